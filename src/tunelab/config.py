@@ -1,0 +1,332 @@
+"""The typed run configuration: one YAML file (plus ``key=value`` overrides) describes a whole run.
+
+Every field is documented once, here; the docstrings show in ``tunelab config --help`` style listings
+and in the README. Unknown keys are errors that name the key and the valid ones, wrong types name the
+field and the expected type. Per-task defaults (learning rate, epochs, ...) are filled by
+``resolve_defaults`` so a user who sets nothing gets a run that works.
+
+Example::
+
+    task: classify
+    model: default
+    data:
+      train: examples/support-routing/train.jsonl
+      test: examples/support-routing/test.jsonl
+    train:
+      epochs: 3
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import ConfigError
+
+Task = Literal["text", "sft", "classify", "preference"]
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo in a config key must fail loudly, never be ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "default",
+        description="'default' (bundled SmolLM2-135M-Instruct), a local model folder, a .gguf file, "
+        "or a Hugging Face hub id (needs allow_network).",
+    )
+    allow_network: bool = Field(False, description="Allow downloading a hub model. Offline by default.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when name is a hub id.")
+
+
+class DataConfig(_Section):
+    train: str | None = Field(
+        None, description="Training data: a file, a folder, a glob, or a hub dataset name (with allow_network)."
+    )
+    test: str | None = Field(None, description="Held-out test file. When absent, test_size of train is held out.")
+    validation: str | None = Field(
+        None, description="Validation file. When absent, validation_size of train is held out."
+    )
+    preset: str | None = Field(
+        None,
+        description="A named mapping for a known public dataset shape (banking77, snips, hwu64, "
+        "fdr_speeches, scitldr, gsm8k, self_instruct, hh_rlhf, tinyshakespeare).",
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "txt"] = Field(
+        "auto", description="File format; 'auto' picks by extension (.gz is looked through)."
+    )
+    text_field: str = Field("text", description="Column with the document (text) or the input text (classify).")
+    prompt_field: str = Field("prompt", description="Column with the prompt (sft, preference).")
+    completion_field: str = Field("completion", description="Column with the answer (sft).")
+    messages_field: str = Field("messages", description="Column with OpenAI-style chat messages (sft).")
+    label_field: str = Field("label", description="Column with the category (classify).")
+    chosen_field: str = Field("chosen", description="Column with the preferred answer (preference).")
+    rejected_field: str = Field("rejected", description="Column with the rejected answer (preference).")
+    system_prompt: str | None = Field(None, description="System message put before every sft/classify prompt.")
+    max_length: int = Field(512, ge=8, description="Longest training sequence in tokens; longer ones are truncated.")
+    stride: int | None = Field(
+        None, ge=1, description="text: step between sliding windows in tokens (default max_length: no overlap)."
+    )
+    test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out as test when no test file.")
+    validation_size: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of train held out for validation loss when no validation file."
+    )
+    max_test_examples: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many test examples (a seeded sample)."
+    )
+    seed: int = Field(0, description="Seed of the train/validation/test split.")
+    skip_invalid: bool = Field(False, description="Drop invalid records (each is listed) instead of stopping.")
+    limit: int | None = Field(None, ge=1, description="Read only the first N records of train (quick trials).")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."
+    )
+
+
+class TrainConfig(_Section):
+    method: Literal["lora", "full", "freeze"] = Field(
+        "lora", description="lora: train adapters; full: train every weight; freeze: train only trainable_layers."
+    )
+    trainable_layers: list[int] = Field(
+        default_factory=list, description="freeze: indices of the decoder layers to train (negative from the end)."
+    )
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 LoRA, 2e-5 full/freeze).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training data (default per task).")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step per process, before accumulation.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps with linear learning-rate warmup.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm (null: no clipping).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast where native (CUDA, CPUs with AMX/AVX512-BF16), else fp32."
+    )
+    packing: bool = Field(True, description="Pack short examples into full rows (no compute on padding).")
+    eval_every: int | None = Field(
+        None, ge=1, description="Validation loss every N optimizer steps (default: about 5 times per run)."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validations without improvement (null: never)."
+    )
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: at each validation).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
+    seed: int = Field(0, description="Seed of initialisation, data order and dropout.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+    compile: bool = Field(False, description="torch.compile the model (pays compile time for faster steps).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
+    tracker: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
+        "none", description="Experiment tracker through accelerate (install it yourself)."
+    )
+    output_dir: str = Field("runs", description="Folder under which each run gets its own folder.")
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(128, ge=1, description="sft: longest generated answer in tokens.")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 is greedy (the default).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0.")
+    batch_size: int = Field(16, ge=1, description="Examples per forward pass in evaluation.")
+    bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap and of sampling.")
+    baseline: bool = Field(True, description="Evaluate the base model too, on the same test set.")
+
+
+class BudgetConfig(_Section):
+    max_hours: float | None = Field(None, gt=0, description="Stop before training if the estimate is longer.")
+    max_usd: float | None = Field(None, gt=0, description="Stop before training if the estimated price is higher.")
+    gpu: str | None = Field(None, description="GPU to price the estimate on (a name from the GPU table).")
+    utilization: float | None = Field(None, gt=0, le=1, description="Assumed MFU on GPUs for the estimate.")
+
+
+class RunConfig(_Section):
+    task: Task = Field(..., description="text, sft, classify or preference.")
+    name: str | None = Field(None, description="Run name (default: task-model-timestamp).")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shorthand(cls, values: Any) -> Any:
+        # `model: default` is the common case; accept a bare string for the model section.
+        if isinstance(values, dict) and isinstance(values.get("model"), str):
+            values = {**values, "model": {"name": values["model"]}}
+        return values
+
+
+# Defaults that depend on the task and method; anything the user sets wins.
+TASK_DEFAULT_EPOCHS: dict[str, float] = {"text": 1.0, "sft": 2.0, "classify": 2.0, "preference": 1.0}
+METHOD_DEFAULT_LR: dict[str, float] = {"lora": 2e-4, "full": 2e-5, "freeze": 5e-5}
+
+
+def resolve_defaults(config: RunConfig) -> RunConfig:
+    """Return a copy with task/method-dependent defaults filled in (learning rate, epochs, stride)."""
+    resolved = config.model_copy(deep=True)
+    if resolved.train.lr is None:
+        resolved.train.lr = METHOD_DEFAULT_LR[resolved.train.method]
+    if resolved.train.epochs is None:
+        resolved.train.epochs = TASK_DEFAULT_EPOCHS[resolved.task]
+    if resolved.data.stride is None:
+        resolved.data.stride = resolved.data.max_length
+    return resolved
+
+
+def field_docs(section: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every field, sections flattened: the one place docs live."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in section.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            rows.extend(field_docs(annotation, f"{prefix}{name}."))
+            continue
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        rows.append((f"{prefix}{name}", default, info.description or ""))
+    return rows
+
+
+def _valid_keys(section: type[BaseModel]) -> list[str]:
+    return list(section.model_fields)
+
+
+def _section_at(path: tuple) -> type[BaseModel]:
+    section: type[BaseModel] = RunConfig
+    for part in path:
+        field = section.model_fields.get(str(part)) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section = annotation
+        else:
+            break
+    return section
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            section = _section_at(item["loc"][:-1])
+            valid = _valid_keys(section)
+            key = str(item["loc"][-1])
+            close = difflib.get_close_matches(key, valid, n=1)
+            suggestion = f" Did you mean '{close[0]}'?" if close else ""
+            lines.append(f"unknown key '{location}'.{suggestion} Valid keys here: {', '.join(valid)}")
+        elif item["type"] == "missing":
+            lines.append(f"missing required key '{location}'")
+        else:
+            lines.append(f"'{location}': {item['msg']} (got {item.get('input')!r})")
+    return f"{source}: " + "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a plain dict into a RunConfig.
+
+    Raises:
+        ConfigError: naming each unknown key (with the valid ones) and each wrongly typed field.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``train.lr=3e-4`` into (["train", "lr"], 0.0003); values are read as YAML scalars/lists.
+
+    Raises:
+        ConfigError: when the text has no '=' or an empty key.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a raw config dict (validation happens afterwards)."""
+    result = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for override in overrides:
+        path, value = parse_override(override)
+        if path == ["model"] and isinstance(value, str):
+            path = ["model", "name"]
+        node = result
+        for part in path[:-1]:
+            current = node.get(part)
+            if isinstance(current, str) and part == "model":
+                current = {"name": current}
+            if not isinstance(current, dict):
+                current = {}
+            node[part] = current
+            node = current
+        node[path[-1]] = value
+    return result
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, resolving relative data paths against the file's folder.
+
+    Raises:
+        ConfigError: when the file is missing, unreadable or not valid YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    data_section = data.get("data")
+    if isinstance(data_section, dict):
+        # Data paths in a config are relative to the config file, so examples run from any folder.
+        for key in ("train", "test", "validation"):
+            value = data_section.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                candidate = path.parent / value
+                if candidate.exists() or any(ch in value for ch in "*?"):
+                    data_section[key] = str(candidate)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a config.
+
+    Raises:
+        ConfigError: for a missing file, bad YAML, an unknown key or a wrong type.
+    """
+    data = read_config_file(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return parse_config(data, source=str(path) if path else "overrides")
+
+
+def dump_config(config: RunConfig) -> str:
+    """The config as YAML text (what is saved next to every checkpoint and in the registry)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Read files into typed records, validate them, split them, tokenize them."""

@@ -1,0 +1,94 @@
+"""Typed records: what every reader produces and every later step consumes.
+
+Each record carries ``source`` (``file:line``, for messages a person can act on) and ``id``, a stable
+content hash used by the split so the same test set is used before and after training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+def content_id(*parts: Any) -> str:
+    """A short stable id from a record's content (same content -> same id, on every platform)."""
+    payload = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """A raw document for self-supervised (next-token) training."""
+
+    text: str
+    source: str = ""
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", content_id("text", self.text))
+
+
+@dataclass(frozen=True)
+class SFTRecord:
+    """A conversation; the assistant turns are what the model learns to produce.
+
+    prompt/completion pairs become ``[user, assistant]`` (with an optional system message first).
+    """
+
+    messages: tuple[Message, ...]
+    source: str = ""
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+        if not self.id:
+            object.__setattr__(self, "id", content_id("sft", list(self.messages)))
+
+    @property
+    def prompt_messages(self) -> list[Message]:
+        """Everything before the last assistant turn (what the model is given at inference)."""
+        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        return list(self.messages[:last])
+
+    @property
+    def completion(self) -> str:
+        """The last assistant turn (the reference answer in evaluation)."""
+        return [m for m in self.messages if m["role"] == "assistant"][-1]["content"]
+
+
+@dataclass(frozen=True)
+class ClassifyRecord:
+    """A text and its category."""
+
+    text: str
+    label: str
+    source: str = ""
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", content_id("classify", self.text, self.label))
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    """A prompt (as messages) with a preferred and a rejected answer."""
+
+    prompt: tuple[Message, ...]
+    chosen: str
+    rejected: str
+    source: str = ""
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", tuple(dict(m) for m in self.prompt))
+        if not self.id:
+            object.__setattr__(self, "id", content_id("preference", list(self.prompt), self.chosen, self.rejected))
+
+
+Record = TextRecord | SFTRecord | ClassifyRecord | PreferenceRecord

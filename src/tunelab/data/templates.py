@@ -1,0 +1,45 @@
+"""The prompts tunelab puts around classify examples, shared by training, evaluation and serving.
+
+The tuned model is trained on ``classify_messages`` (instruction + text, answer = one label token).
+The base model, which has never seen the labels, is evaluated zero-shot on ``zero_shot_messages``,
+which also lists every label with the token that stands for it, scored over the same label tokens:
+the fairest question the base model can be asked.
+"""
+
+from __future__ import annotations
+
+from tunelab.data.labels import LabelMap
+from tunelab.data.records import Message
+
+CLASSIFY_INSTRUCTION = "Classify the following text. Answer with the category only."
+
+
+def classify_messages(text: str, system_prompt: str | None = None) -> list[Message]:
+    """The prompt a classify model is trained and served on (the assistant answers one token)."""
+    messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": f"{CLASSIFY_INSTRUCTION}\n\nText: {text}"})
+    return messages
+
+
+def zero_shot_messages(text: str, label_map: LabelMap, system_prompt: str | None = None) -> list[Message]:
+    """The base model's prompt: the same instruction plus the list of categories and their answers."""
+    if label_map.codes_differ:
+        options = "\n".join(f"{code}: {label}" for label, code in zip(label_map.labels, label_map.token_strings, strict=True))
+        ask = "Answer with the code of the category only."
+    else:
+        options = "\n".join(label_map.labels)
+        ask = "Answer with the category only."
+    messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": f"Classify the following text.\n\nCategories:\n{options}\n\n{ask}\n\nText: {text}"})
+    return messages
+
+
+def render_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
+    """Token ids of ``messages`` with the assistant turn opened, ready for the answer's first token."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
+    return tokenizer.encode(text, add_special_tokens=True)

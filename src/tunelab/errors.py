@@ -1,0 +1,34 @@
+"""Errors a user can fix.
+
+A ``TunelabError`` is a user mistake or an environment problem (bad file, unknown key, unknown
+model, unwritable folder). The CLI prints its message on one line and exits with code 2, without a
+traceback. Anything else is a bug in tunelab and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TunelabError(Exception):
+    """A problem the user can fix; ``hint`` says how."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(TunelabError):
+    """An invalid configuration: unknown key, wrong type, impossible value."""
+
+
+class DataError(TunelabError):
+    """Data that cannot be read or used as given."""
+
+
+class ModelError(TunelabError):
+    """A model that cannot be found, read or converted."""

@@ -1,0 +1,55 @@
+"""End to end on the real default model: load, cache, reload fast, the Paris answer, the CLI."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tunelab.models import load_model
+from tunelab.models.generate import generate_text
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_model_answers_paris(default_model):
+    assert sum(p.numel() for p in default_model.model.parameters()) == 134_515_008
+    answer = generate_text(default_model.model, default_model.tokenizer, "What is the capital of France?", max_new_tokens=20)
+    assert answer == "The capital of France is Paris."
+
+
+def test_cached_reload_is_fast(default_model):
+    start = time.perf_counter()
+    again = load_model("default")
+    elapsed = time.perf_counter() - start
+    # Not a timing assertion: the cached load must not re-run the ~20 s conversion.
+    assert again.model.config.num_hidden_layers == 30
+    assert elapsed < 15, f"cached load took {elapsed:.1f}s: the converted cache was not used"
+
+
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_cli_generate_and_errors(default_model, tmp_path):
+    result = _cli("generate", "What is the capital of France?", "--max-new-tokens", "20")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    result = _cli("generate", "--model", "no-such-model", "hi")
+    assert result.returncode == 2
+    assert "unknown model" in result.stderr and "Traceback" not in result.stderr
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    env = {**os.environ, "TUNELAB_CACHE": str(blocker / "cache")}
+    result = _cli("generate", "hi", env=env)
+    assert result.returncode == 2 and "not writable" in result.stderr, result.stderr
+
+
+def test_cli_help_lists_commands():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for command in ("generate", "models", "env"):
+        assert command in result.stdout

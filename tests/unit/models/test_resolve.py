@@ -1,0 +1,76 @@
+import pytest
+
+from tunelab.errors import ModelError
+from tunelab.models import load_model, resolve_model
+from tunelab.models.loader import _ensure_writable
+from tunelab.paths import atomic_directory
+
+
+def test_default_resolves_to_bundled_gguf():
+    source = resolve_model("default")
+    assert source.kind == "default" and source.location.endswith(".gguf")
+
+
+def test_folder_and_run_and_hub(tiny_model_dir, tmp_path):
+    assert resolve_model(str(tiny_model_dir)).kind == "folder"
+    assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct").kind == "hub"
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text("task: sft\n")
+    assert resolve_model(str(run)).kind == "run"
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("no-such-model", "unknown model"),
+        ("./missing-folder", "not found"),
+        ("missing.gguf", "not found"),
+    ],
+)
+def test_bad_names_are_clear(name, message):
+    with pytest.raises(ModelError, match=message):
+        resolve_model(name)
+
+
+def test_corrupt_gguf_and_empty_folder(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(ModelError, match="not a GGUF file"):
+        resolve_model(str(bad))
+    with pytest.raises(ModelError, match="holds no model"):
+        resolve_model(str(tmp_path))
+
+
+def test_hub_id_offline_is_a_clear_error():
+    with pytest.raises(ModelError, match="not available offline"):
+        load_model("tunelab-test/definitely-not-cached")
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ModelError, match="not writable"):
+        _ensure_writable(blocker / "cache")
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "converted"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "model.safetensors").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(target) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert (target / "config.json").is_file()
+
+
+def test_load_tiny_folder_generates(tiny_model_dir):
+    from tunelab.models.generate import generate_text
+
+    loaded = load_model(str(tiny_model_dir))
+    assert loaded.tokenizer.pad_token_id is not None
+    text = generate_text(loaded.model, loaded.tokenizer, "hello", max_new_tokens=5)
+    assert isinstance(text, str)

@@ -1,0 +1,84 @@
+import pytest
+
+from tunelab.config import (
+    RunConfig,
+    apply_overrides,
+    dump_config,
+    field_docs,
+    load_config,
+    parse_config,
+    resolve_defaults,
+)
+from tunelab.errors import ConfigError
+
+
+def test_minimal_config_gets_task_defaults():
+    config = resolve_defaults(parse_config({"task": "classify"}))
+    assert config.model.name == "default"
+    assert config.train.lr == 2e-4 and config.train.epochs == 2.0
+    assert config.data.stride == config.data.max_length
+    full = resolve_defaults(parse_config({"task": "sft", "train": {"method": "full"}}))
+    assert full.train.lr == 2e-5
+
+
+def test_unknown_key_names_key_and_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"task": "sft", "train": {"learning_rate": 1e-3}}, source="cfg.yaml")
+    message = str(info.value)
+    assert "cfg.yaml" in message and "train.learning_rate" in message
+    assert "lr" in message and "epochs" in message
+
+
+def test_unknown_top_level_key_suggests_close_match():
+    with pytest.raises(ConfigError, match="Did you mean 'train'"):
+        parse_config({"task": "sft", "trian": {}})
+
+
+def test_wrong_type_names_field():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        parse_config({"task": "sft", "train": {"batch_size": "eight"}})
+    with pytest.raises(ConfigError, match="missing required key 'task'"):
+        parse_config({})
+    with pytest.raises(ConfigError, match="task"):
+        parse_config({"task": "translate"})
+
+
+def test_overrides_are_dotted_and_typed():
+    data = apply_overrides({"task": "sft", "model": "default"}, ["train.lr=3e-4", "lora.r=8", "model=other/model"])
+    config = parse_config(data)
+    assert config.train.lr == pytest.approx(3e-4)
+    assert config.lora.r == 8
+    assert config.model.name == "other/model"
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.lr"])
+    with pytest.raises(ConfigError, match="lora.rank"):
+        parse_config(apply_overrides({"task": "sft"}, ["lora.rank=4"]))
+
+
+def test_load_config_resolves_relative_data_paths(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: sft\ndata:\n  train: data/train.jsonl\n")
+    config = load_config(cfg)
+    assert config.data.train == str(tmp_path / "data" / "train.jsonl")
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: sft\n  oops: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml:"):
+        load_config(bad)
+
+
+def test_dump_roundtrip_and_docs():
+    config = resolve_defaults(parse_config({"task": "text", "train": {"lr": 1e-3}}))
+    import yaml
+
+    again = RunConfig.model_validate(yaml.safe_load(dump_config(config)))
+    assert again == config
+    keys = {key for key, _, _ in field_docs()}
+    assert {"train.lr", "lora.r", "data.train", "model.name", "task"} <= keys
+    assert all(doc for _, _, doc in field_docs())
