@@ -1,0 +1,271 @@
+"""Turn records into token ids and loss masks: exactly what the model will be trained on.
+
+- sft: the conversation rendered with the model's chat template; labels are -100 everywhere except
+  the assistant turns, whose content *and* end-of-turn token are trained (so the model learns to
+  stop). An assistant message with ``"weight": 0`` (OpenAI's fine-tuning format) is not trained.
+- text: each document (+ EOS) becomes one example when it fits ``max_length``; a longer document
+  becomes sliding windows of ``max_length`` tokens every ``stride`` tokens. Where windows overlap,
+  the repeated tokens are masked in the later window, so every token is predicted exactly once
+  (training and perplexity alike). Short examples are packed into full rows by the training
+  collate, with attention isolated per example, instead of being padded.
+- classify: the prompt (instruction + text, assistant turn opened) and the index of the label
+  whose single token the model must answer. No label token is in the input: the last position
+  predicts it.
+
+Examples are cached under the user cache by a fingerprint of the tokenizer, the settings and the
+records, so tokenizing the same data again costs a file read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.labels import LabelMap
+from tunelab.data.records import ClassifyRecord, Message, SFTRecord, TextRecord
+from tunelab.data.templates import classify_messages, render_prompt_ids
+from tunelab.paths import cache_dir
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedExample:
+    """A causal-LM example: ``labels[t]`` is the target of position t (-100: no loss).
+
+    Labels are aligned with ``input_ids`` (transformers shifts them inside the loss).
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    source: str = ""
+    truncated: bool = False
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens that carry loss (position 0 never does: nothing precedes it)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass
+class ClassifyExample:
+    """A classify example: the prompt's ids and the index of its label in the LabelMap."""
+
+    input_ids: list[int]
+    label: int
+    source: str = ""
+    truncated: bool = False
+
+
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    truncated: int = 0
+    untrainable: list[str] = field(default_factory=list)  # sources whose every target token was cut
+
+
+def _render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(clean, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False) if text else []
+
+
+def _eos_id(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; tunelab needs one to teach the model to stop")
+    return tokenizer.eos_token_id
+
+
+def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int) -> TokenizedExample:
+    """Render ``record`` with the chat template and mask everything but the trained assistant turns.
+
+    The conversation is tokenized piece by piece between turn boundaries; chat templates start
+    each turn with special tokens, so the pieces concatenate to exactly the ids of the whole text.
+    """
+    eos = _eos_id(tokenizer)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    messages = list(record.messages)
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            # The generation prompt (e.g. "<|im_start|>assistant\n") belongs to the prompt side.
+            with_prompt = _render(tokenizer, messages[:index], add_generation_prompt=True)
+            piece = _encode(tokenizer, with_prompt[len(rendered) :])
+            input_ids += piece
+            labels += [IGNORE_INDEX] * len(piece)
+            rendered = with_prompt
+            full = _render(tokenizer, messages[: index + 1], add_generation_prompt=False)
+            answer = _encode(tokenizer, full[len(rendered) :])
+            rendered = full
+            train = float(message.get("weight", 1)) != 0
+            if eos in answer:
+                # Train through the end-of-turn token; what the template adds after it (a newline) is not the answer.
+                end = len(answer) - answer[::-1].index(eos)
+            else:
+                answer = answer + [eos]
+                end = len(answer)
+            input_ids += answer
+            labels += [(t if train and i < end else IGNORE_INDEX) for i, t in enumerate(answer)]
+        else:
+            full = _render(tokenizer, messages[: index + 1], add_generation_prompt=False)
+            piece = _encode(tokenizer, full[len(rendered) :])
+            input_ids += piece
+            labels += [IGNORE_INDEX] * len(piece)
+            rendered = full
+    truncated = len(input_ids) > max_length
+    return TokenizedExample(input_ids[:max_length], labels[:max_length], record.source, truncated)
+
+
+def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:
+    """Split one document (+ EOS) into windows of ``max_length`` tokens every ``stride`` tokens."""
+    stride = stride or max_length
+    if not 0 < stride <= max_length:
+        raise ValueError(f"stride must be in 1..max_length ({max_length}), got {stride}")
+    ids = _encode(tokenizer, record.text) + [_eos_id(tokenizer)]
+    if len(ids) <= max_length:
+        return [TokenizedExample(ids, list(ids), record.source)]
+    windows = []
+    start = 0
+    predicted_until = 0  # tokens before this index were already targets in an earlier window
+    while True:
+        window = ids[start : start + max_length]
+        labels = [token if start + i >= predicted_until else IGNORE_INDEX for i, token in enumerate(window)]
+        windows.append(TokenizedExample(window, labels, f"{record.source}#window{len(windows)}"))
+        predicted_until = start + len(window)
+        if start + max_length >= len(ids):
+            break
+        start += stride
+    return windows
+
+
+def tokenize_classify(
+    record: ClassifyRecord,
+    tokenizer: Any,
+    label_map: LabelMap,
+    max_length: int,
+    system_prompt: str | None = None,
+    *,
+    messages_fn: Any = None,
+) -> ClassifyExample:
+    """The classify prompt's ids (text shortened to fit ``max_length``) and the label's index.
+
+    ``messages_fn(text) -> messages`` replaces the training prompt (the baseline uses the zero-shot one).
+
+    Raises:
+        KeyError: when the record's label is not in ``label_map``.
+    """
+    build = messages_fn or (lambda text: classify_messages(text, system_prompt))
+    ids = render_prompt_ids(tokenizer, build(record.text))
+    truncated = False
+    if len(ids) > max_length:
+        # Shorten the text, never the template: the opened assistant turn is where the label goes.
+        truncated = True
+        text_ids = _encode(tokenizer, record.text)
+        keep = len(text_ids) - (len(ids) - max_length)
+        while keep > 0:
+            ids = render_prompt_ids(tokenizer, build(tokenizer.decode(text_ids[:keep])))
+            if len(ids) <= max_length:
+                break
+            keep -= max(1, len(ids) - max_length)
+        if len(ids) > max_length:
+            # Even the bare template is longer than max_length: keep its end, where the answer starts.
+            ids = ids[-max_length:]
+    label = label_map.index(record.label) if record.label in label_map.labels else -1
+    if label < 0:
+        raise KeyError(record.label)
+    return ClassifyExample(ids, label, record.source, truncated)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything about a tokenizer that changes its output."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    digest.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    digest.update(str(tokenizer.eos_token_id).encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_key(kind: str, tokenizer: Any, settings: dict, records: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    digest.update(kind.encode())
+    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for record in records:
+        digest.update(record.id.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _cached(key: str, build: Any, use_cache: bool) -> Any:
+    path: Path = cache_dir() / "tokenized" / f"{key}.pkl"
+    if use_cache and path.is_file():
+        try:
+            with path.open("rb") as handle:
+                return pickle.load(handle)
+        except (OSError, pickle.UnpicklingError, EOFError):
+            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
+    result = build()
+    if use_cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{id(result)}")
+            with tmp.open("wb") as handle:
+                pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(path)
+        except OSError:
+            pass  # caching is an optimisation; an unwritable cache must not fail a run
+    return result
+
+
+def tokenize_records(
+    records: Sequence[Any],
+    task: str,
+    tokenizer: Any,
+    *,
+    max_length: int,
+    stride: int | None = None,
+    label_map: LabelMap | None = None,
+    system_prompt: str | None = None,
+    use_cache: bool = True,
+) -> tuple[list[TokenizedExample] | list[ClassifyExample], TokenizeStats]:
+    """Tokenize a list of records of one task (cached by content fingerprint).
+
+    Raises:
+        ValueError: for an unknown task, or classify without a label map.
+    """
+    settings = {"max_length": max_length, "stride": stride, "system_prompt": system_prompt}
+    if task == "classify":
+        if label_map is None:
+            raise ValueError("classify needs a label map")
+        settings["labels"] = label_map.to_dict()
+
+    def build() -> tuple[list, TokenizeStats]:
+        stats = TokenizeStats()
+        examples: list = []
+        for record in records:
+            if task == "sft":
+                example = tokenize_sft(record, tokenizer, max_length)
+                if example.trained_tokens == 0:
+                    stats.untrainable.append(record.source)
+                examples.append(example)
+            elif task == "text":
+                examples.extend(tokenize_text(record, tokenizer, max_length, stride))
+            elif task == "classify":
+                examples.append(tokenize_classify(record, tokenizer, label_map, max_length, system_prompt))
+            else:
+                raise ValueError(f"task {task!r} has no tokenization here")
+        stats.examples = len(examples)
+        stats.truncated = sum(1 for e in examples if e.truncated)
+        return examples, stats
+
+    return _cached(_cache_key(task, tokenizer, settings, records), build, use_cache)

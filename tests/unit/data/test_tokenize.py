@@ -1,0 +1,108 @@
+import pytest
+
+from tunelab.data.labels import build_label_map
+from tunelab.data.records import ClassifyRecord, SFTRecord, TextRecord
+from tunelab.data.templates import classify_messages, render_prompt_ids
+from tunelab.data.tokenize import (
+    IGNORE_INDEX,
+    tokenize_classify,
+    tokenize_records,
+    tokenize_sft,
+    tokenize_text,
+)
+
+
+def _trained_text(tokenizer, example):
+    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX])
+
+
+def test_sft_masks_prompt_and_trains_answer_with_end_of_turn(tiny_tokenizer):
+    record = SFTRecord(({"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "four"}))
+    example = tokenize_sft(record, tiny_tokenizer, max_length=256)
+    # The ids are exactly the chat template's rendering of the whole conversation.
+    whole = tiny_tokenizer.apply_chat_template(list(record.messages), tokenize=False)
+    assert tiny_tokenizer.decode(example.input_ids) == whole
+    assert _trained_text(tiny_tokenizer, example) == "four<|im_end|>"
+    # Token by token: everything up to the answer is masked, the prompt ids are the inference prompt.
+    prompt_ids = render_prompt_ids(tiny_tokenizer, record.prompt_messages)
+    assert example.input_ids[: len(prompt_ids)] == prompt_ids
+    assert all(label == IGNORE_INDEX for label in example.labels[: len(prompt_ids)])
+    answer_and_eos = tiny_tokenizer.encode("four<|im_end|>", add_special_tokens=False)
+    n = len(answer_and_eos)
+    assert example.labels[len(prompt_ids) : len(prompt_ids) + n] == answer_and_eos
+    assert all(label == IGNORE_INDEX for label in example.labels[len(prompt_ids) + n :])
+
+
+def test_sft_multi_turn_trains_every_weighted_assistant_turn(tiny_tokenizer):
+    record = SFTRecord(
+        (
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "capital of France?"},
+            {"role": "assistant", "content": "Paris", "weight": 0},
+            {"role": "user", "content": "and Italy?"},
+            {"role": "assistant", "content": "Rome"},
+        )
+    )
+    example = tokenize_sft(record, tiny_tokenizer, max_length=512)
+    assert _trained_text(tiny_tokenizer, example) == "Rome<|im_end|>"
+    assert "Paris" in tiny_tokenizer.decode(example.input_ids)
+
+
+def test_sft_truncation_is_flagged(tiny_tokenizer):
+    record = SFTRecord(({"role": "user", "content": "hello " * 50}, {"role": "assistant", "content": "ok"}))
+    example = tokenize_sft(record, tiny_tokenizer, max_length=16)
+    assert example.truncated and len(example.input_ids) == 16
+    assert example.trained_tokens == 0
+
+
+def test_text_windows_cover_each_token_once(tiny_tokenizer):
+    text = "Four score and seven years ago our fathers brought forth on this continent a new nation. " * 6
+    record = TextRecord(text, source="speech.txt:1")
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False) + [tiny_tokenizer.eos_token_id]
+    windows = tokenize_text(record, tiny_tokenizer, max_length=32, stride=24)
+    assert len(windows) > 1
+    assert all(len(w.input_ids) <= 32 for w in windows)
+    # Reassemble the targets by absolute position: every token from the document appears exactly once.
+    targets = {}
+    for n, window in enumerate(windows):
+        for i, label in enumerate(window.labels):
+            if label != IGNORE_INDEX:
+                position = n * 24 + i
+                assert position not in targets
+                targets[position] = label
+    assert [targets[p] for p in sorted(targets)] == ids
+    short = tokenize_text(TextRecord("hello"), tiny_tokenizer, max_length=32)
+    assert len(short) == 1 and short[0].input_ids[-1] == tiny_tokenizer.eos_token_id
+
+
+def test_classify_example_and_truncation(tiny_tokenizer):
+    label_map = build_label_map(["billing", "shipping"], tiny_tokenizer)
+    record = ClassifyRecord("my card was charged twice", "shipping")
+    example = tokenize_classify(record, tiny_tokenizer, label_map, max_length=512)
+    assert example.input_ids == render_prompt_ids(tiny_tokenizer, classify_messages(record.text))
+    assert example.label == 1
+    long = tokenize_classify(ClassifyRecord("billing " * 300, "billing"), tiny_tokenizer, label_map, max_length=120)
+    assert long.truncated and len(long.input_ids) <= 120
+    assert "Text: billing" in tiny_tokenizer.decode(long.input_ids)
+    assert tiny_tokenizer.decode(long.input_ids).endswith("<|im_start|>assistant\n")
+    with pytest.raises(KeyError):
+        tokenize_classify(ClassifyRecord("x", "unknown"), tiny_tokenizer, label_map, max_length=64)
+
+
+def test_tokenize_records_is_cached(tiny_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))
+    import tunelab.data.tokenize as module
+
+    records = [SFTRecord(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"})) for i in range(5)]
+    first, stats = tokenize_records(records, "sft", tiny_tokenizer, max_length=64)
+    assert stats.examples == 5
+    calls = []
+    original = module.tokenize_sft
+    module.tokenize_sft = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        second, _ = tokenize_records(records, "sft", tiny_tokenizer, max_length=64)
+        assert calls == [] and [e.input_ids for e in second] == [e.input_ids for e in first]
+        tokenize_records(records, "sft", tiny_tokenizer, max_length=63)
+        assert len(calls) == 5
+    finally:
+        module.tokenize_sft = original
