@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.formats import RecordError, RowOrError, iter_csv, iter_json, iter_jsonl, read_bytes, repair_utf8
+from tunelab.data.formats import (
+    RecordError,
+    RowOrError,
+    iter_csv,
+    iter_json,
+    iter_jsonl,
+    read_bytes,
+    repair_utf8,
+)
 from tunelab.errors import DataError
 
 SCITLDR_INSTRUCTION = "Summarize this scientific paper abstract in one sentence (TL;DR)."
