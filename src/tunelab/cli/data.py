@@ -63,9 +63,15 @@ def _default_tokenizer() -> Any:
 
 
 def _render_example(example: Any) -> Text:
+    # Trained spans are both highlighted and bracketed: the brackets survive pipes and no-colour terminals.
     text = Text()
     for piece, trained in example.segments:
-        text.append(piece, style="bold black on green" if trained else "dim")
+        if trained:
+            text.append("[[", style="green")
+            text.append(piece, style="bold black on green")
+            text.append("]]", style="green")
+        else:
+            text.append(piece, style="dim")
     return text
 
 
@@ -117,7 +123,7 @@ def render_report(report: Any) -> None:
         test = report.test
         console.print(f"[bold]Test file[/bold] {escape(test.path)}: {test.records} records, {test.leaked} also in the data")
     if report.example is not None:
-        console.print(f"[bold]Example[/bold] {escape(report.example.source)} (trained tokens highlighted):")
+        console.print(f"[bold]Example[/bold] {escape(report.example.source)} (trained tokens highlighted, in [[ ]]):")
         console.print(_render_example(report.example))
         if report.example.note:
             console.print(f"[dim]{escape(report.example.note)}[/dim]")

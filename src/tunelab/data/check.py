@@ -29,7 +29,7 @@ from tunelab.data.tokenize import IGNORE_INDEX, tokenize_classify, tokenize_sft,
 from tunelab.errors import DataError
 
 FEW_EXAMPLES = 100
-LENGTH_SAMPLE = 20_000
+LENGTH_SAMPLE = 10_000
 LISTED_GROUPS = 50
 RARE_LABEL = 5
 IMBALANCE_WARNING = 10.0
@@ -191,37 +191,71 @@ def _sample(records: Sequence[Record], size: int) -> list[Record]:
     return [records[i] for i in keep]
 
 
+def _batch_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
+    # One call per thousand texts: the fast tokenizer encodes a batch in Rust, far faster than one by one.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+    lengths: list[int] = []
+    for start in range(0, len(texts), 1000):
+        chunk = texts[start : start + 1000]
+        if encode is not None:
+            # The Rust tokenizer directly: lengths need no offsets, attention masks or Python-side padding.
+            lengths.extend(len(encoding.ids) for encoding in encode(chunk, add_special_tokens=False))
+        else:
+            lengths.extend(len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"])
+    return lengths
+
+
+def _chat_text(tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool) -> str:
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(clean, add_generation_prompt=add_generation_prompt, tokenize=False)
+    return "\n\n".join(m["content"] for m in clean) + ("\n\nAnswer: " if add_generation_prompt else "")
+
+
 def _lengths(
     records: Sequence[Record], task: str, tokenizer: Any, data: DataConfig, label_map: LabelMap | None, sample: int
 ) -> LengthStats:
+    """Token lengths of the training examples, as ``tokenize.py`` builds them.
+
+    The whole conversation is rendered once and the renders are encoded in batches (the chat
+    template's turn markers are special tokens, so this equals the turn-by-turn ids of
+    ``tokenize_sft``); only examples longer than max_length are tokenized turn by turn, to tell
+    whether any of their answer survives truncation.
+    """
     measured = _sample(records, sample)
-    lengths: list[int] = []
+    eos_id = tokenizer.eos_token_id
     untrainable: list[str] = []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    unbounded = 1 << 30
-    for record in measured:
-        if isinstance(record, SFTRecord):
-            example = tokenize_sft(record, tokenizer, unbounded)
-            lengths.append(len(example.input_ids))
-            if not any(label != IGNORE_INDEX for label in example.labels[1 : data.max_length]):
-                untrainable.append(record.source)
-        elif isinstance(record, TextRecord):
-            lengths.append(len(tokenizer.encode(record.text, add_special_tokens=False)) + len(eos))
-        elif isinstance(record, ClassifyRecord):
-            messages = classify_messages(record.text, data.system_prompt)
-            lengths.append(len(render_prompt_ids(tokenizer, messages)) + 1)
-        elif isinstance(record, PreferenceRecord):
-            prompt = len(render_prompt_ids(tokenizer, list(record.prompt)))
-            answer = max(len(tokenizer.encode(a, add_special_tokens=False)) for a in (record.chosen, record.rejected))
-            lengths.append(prompt + answer + len(eos))
+    if task == "sft":
+        texts = [_chat_text(tokenizer, r.messages, add_generation_prompt=False) for r in measured]  # type: ignore[union-attr]
+        eos_text = tokenizer.eos_token or ""
+        lengths = []
+        for record, text, n in zip(measured, texts, _batch_lengths(tokenizer, texts), strict=True):
+            if not eos_text or eos_text not in text:
+                n += sum(1 for m in record.messages if m["role"] == "assistant")  # tokenize_sft appends EOS
+            lengths.append(n)
+            if n > data.max_length:
+                example = tokenize_sft(record, tokenizer, data.max_length)  # type: ignore[arg-type]
+                if example.trained_tokens == 0:
+                    untrainable.append(record.source)
+    elif task == "text":
+        extra = 1 if eos_id is not None else 0
+        lengths = [n + extra for n in _batch_lengths(tokenizer, [r.text for r in measured])]  # type: ignore[union-attr]
+    elif task == "classify":
+        prompts = [_chat_text(tokenizer, classify_messages(r.text, data.system_prompt), add_generation_prompt=True) for r in measured]  # type: ignore[union-attr]
+        lengths = [n + 1 for n in _batch_lengths(tokenizer, prompts)]
+    else:
+        prompts = [_chat_text(tokenizer, r.prompt, add_generation_prompt=True) for r in measured]  # type: ignore[union-attr]
+        chosen = _batch_lengths(tokenizer, [r.chosen for r in measured])  # type: ignore[union-attr]
+        rejected = _batch_lengths(tokenizer, [r.rejected for r in measured])  # type: ignore[union-attr]
+        lengths = [p + max(c, r) + 1 for p, c, r in zip(_batch_lengths(tokenizer, prompts), chosen, rejected, strict=True)]
     ordered = sorted(lengths)
-    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
     return LengthStats(
         measured=len(measured),
         total=len(records),
         min=ordered[0],
         median=float(statistics.median(ordered)),
-        p95=p95,
+        p95=ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
         max=ordered[-1],
         over_max_length=sum(1 for n in lengths if n > data.max_length),
         max_length=data.max_length,

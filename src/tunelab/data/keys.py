@@ -13,13 +13,12 @@ import re
 
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 
-_NOT_WORD = re.compile(r"[^\w\s]|_")
-_SPACES = re.compile(r"\s+")
+_NOT_WORD = re.compile(r"[\W_]+")
 
 
 def normalize_text(text: str) -> str:
     """Casefold, drop punctuation/symbols, collapse whitespace."""
-    return _SPACES.sub(" ", _NOT_WORD.sub(" ", text.casefold())).strip()
+    return " ".join(_NOT_WORD.sub(" ", text.casefold()).split())
 
 
 def input_text(record: Record) -> str:

@@ -90,7 +90,7 @@ def test_cli_exit_codes(tmp_path, tiny_model_dir):
     model = ["--model", str(tiny_model_dir)]
     result = _cli(["data", "check", str(good), "--task", "sft", *model])
     assert result.exit_code == 0, result.output
-    assert "[[" not in result.output and "Token lengths" in result.output
+    assert "[[a<|im_end|>]]" in result.output and "Token lengths" in result.output
     result = _cli(["data", "check", str(bad), "--task", "sft", "--json", *model])
     assert result.exit_code == 1
     report = json.loads(result.output)
@@ -104,3 +104,24 @@ def test_cli_exit_codes(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["sizes"] == {"train": 2, "validation": 0, "test": 1}
     assert (tmp_path / "split.json").is_file()
+
+
+def test_batched_lengths_equal_the_tokenized_examples(tmp_path, tiny_tokenizer):
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.tokenize import tokenize_classify
+
+    rows = [
+        {"messages": [{"role": "user", "content": "capital of France?"}, {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "and Italy?"}, {"role": "assistant", "content": "Rome"}]},
+        {"prompt": "What is two plus two? " * 3, "completion": "four"},
+    ]
+    path = _write_jsonl(tmp_path / "sft.jsonl", rows)
+    report = check_data(str(path), "sft", DataConfig(), tokenizer=tiny_tokenizer)
+    from tunelab.data.read import load_records
+
+    expected = sorted(len(tokenize_sft(r, tiny_tokenizer, 10_000).input_ids) for r in load_records(str(path), "sft", DataConfig()))
+    assert (report.lengths.min, report.lengths.max) == (expected[0], expected[-1])
+    classify = _write_jsonl(tmp_path / "c.jsonl", [{"text": "card charged twice", "label": "billing"}])
+    report = check_data(str(classify), "classify", DataConfig(), tokenizer=tiny_tokenizer)
+    label_map = build_label_map(["billing"], tiny_tokenizer)
+    example = tokenize_classify(ClassifyRecord("card charged twice", "billing"), tiny_tokenizer, label_map, 10_000)
+    assert report.lengths.max == len(example.input_ids) + 1
