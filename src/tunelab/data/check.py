@@ -339,7 +339,7 @@ def _labels(report: CheckReport, records: Sequence[Record], tokenizer: Any, labe
 
 
 def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, task: str, data: DataConfig) -> None:
-    result = read_records(test_path, task, data.model_copy(update={"limit": None, "preset": data.preset}))
+    result = read_records(test_path, task, data.model_copy(update={"limit": None}))
     report.invalid.extend(result.errors)
     train_keys = {input_key(r) for r in records}
     leaked = [r for r in result.records if input_key(r) in train_keys]

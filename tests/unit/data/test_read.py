@@ -197,3 +197,12 @@ def test_references_keep_ids_stable():
     assert SFTRecord(messages).id == SFTRecord(messages, "elsewhere.jsonl:9").id
     with_refs = SFTRecord(messages, references=("a", "b"))
     assert with_refs.references == ("a", "b") and with_refs.id != SFTRecord(messages).id
+
+
+def test_json_file_holding_json_lines_and_wrapped_array(tmp_path):
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert [r.source for r in load_records(str(lines), "text", DataConfig())] == [f"{lines}:1", f"{lines}:2"]
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text('{"data": [\n  {"text": "a"},\n  {"text": "b"}\n]}')
+    assert [r.source for r in load_records(str(wrapped), "text", DataConfig())] == [f"{wrapped}:2", f"{wrapped}:3"]
