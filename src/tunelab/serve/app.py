@@ -450,7 +450,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 if tokenizer.bos_token_id is None:
                     raise bad_request("The prompt is empty.", param="prompt")
                 ids = [tokenizer.bos_token_id]
-            encoded.append((ids, sampling(body, len(ids), body.max_tokens, "prompt")))
+            requested = body.max_tokens if body.max_tokens is not None else min(16, settings.max_tokens_limit)
+            encoded.append((ids, sampling(body, len(ids), requested, "prompt")))
         jobs = [engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = _now()

@@ -72,7 +72,7 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     prompt: str | list[str] = Field(..., description=f"A prompt, or up to {MAX_PROMPTS_PER_REQUEST} prompts.")
-    max_tokens: int | None = Field(16, ge=1, description="Longest answer in tokens (OpenAI's default is 16).")
+    max_tokens: int | None = Field(None, ge=1, description="Longest answer in tokens (default 16, as OpenAI).")
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None

@@ -82,6 +82,8 @@ def build_app(options: ServeOptions):
     """
     api_key = options.api_key or os.environ.get(API_KEY_ENV) or None
     check_bind(options.host, api_key, options.insecure)
+    if options.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
+        raise ServeError(f"unknown dtype '{options.dtype}'", "use float32 or bfloat16")
     registry = load_registry(
         options.model,
         options.adapters,
