@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "tunelab.cli.models",
     "tunelab.cli.env",
     "tunelab.cli.data",
+    "tunelab.cli.serve",
 ]
 
 
