@@ -135,8 +135,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
 def _out_of_memory_error(config: TrainConfig, max_length: int) -> TrainingError:
     return TrainingError(
         f"out of memory with train.batch_size={config.batch_size} and data.max_length={max_length}",
-        f"lower train.batch_size (raise train.grad_accum to keep the same effective batch), lower "
-        f"data.max_length, or set train.gradient_checkpointing=true",
+        "lower train.batch_size (raise train.grad_accum to keep the same effective batch), lower "
+        "data.max_length, or set train.gradient_checkpointing=true",
     )
 
 
@@ -171,6 +171,9 @@ def train_loop(
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
     device = accelerator.device
+
+    if accelerator.is_main_process:
+        run.root.mkdir(parents=True, exist_ok=True)
 
     # 2. Resume: weights, optimizer, scheduler, RNG and counters of the newest complete checkpoint.
     state = LoopState()
@@ -216,12 +219,12 @@ def train_loop(
     stopped_early = False
     window_loss = torch.zeros((), device=device)  # summed loss since the last read, on the device
     window_targets = 0
-    step_started = time.perf_counter()
     start_seconds = state.train_seconds
     start_tokens = state.tokens
     session_first_step = state.step
     try:
         for step in range(state.step, total_steps):
+            step_started = time.perf_counter()
             examples = [train_examples[i] for i in plan.indices(step)]
             step_targets = sum(trained_targets(e) for e in examples)  # the whole step's, known on the host
             batches = micro_batches(
@@ -247,8 +250,9 @@ def train_loop(
 
             state.step = step + 1
             state.tokens += sum(real_tokens(e) for e in examples)
-            now = time.perf_counter()
-            state.train_seconds = start_seconds + (now - step_started)
+            # Training time only: validation and checkpoint writing are not counted in tokens/s.
+            state.train_seconds += time.perf_counter() - step_started
+            session_seconds = state.train_seconds - start_seconds
             done = state.step == total_steps
             validate = state.step % eval_every == 0 or done
             save = state.step % save_every == 0 or done
@@ -266,7 +270,7 @@ def train_loop(
                 log({
                     "step": state.step, "loss": mean, "lr": scheduler.get_last_lr()[0], "tokens": state.tokens,
                     "elapsed": round(state.train_seconds, 3),
-                    "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, now - step_started),
+                    "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, session_seconds),
                 })
             if validate:
                 validation = validation_loss()
@@ -288,9 +292,8 @@ def train_loop(
                     prune_checkpoints(run.checkpoints, config.keep_last)
                 accelerator.wait_for_everyone()
             if progress is not None and accelerator.is_main_process:
-                trained = now - step_started
-                rate = (state.tokens - start_tokens) / max(1e-9, trained)
-                per_step = trained / max(1, state.step - session_first_step)
+                rate = (state.tokens - start_tokens) / max(1e-9, session_seconds)
+                per_step = session_seconds / max(1, state.step - session_first_step)
                 progress(Progress(
                     step=state.step, total_steps=total_steps, loss=state.last_loss, lr=scheduler.get_last_lr()[0],
                     tokens=state.tokens, tokens_per_second=rate, elapsed=state.train_seconds,

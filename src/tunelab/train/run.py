@@ -92,6 +92,8 @@ def make_accelerator(config: RunConfig, run: RunFolder) -> tuple[Any, str]:
     precision = resolve_precision(config.train.precision, device)
     tracker = None if config.train.tracker == "none" else config.train.tracker
     accelerator = Accelerator(
+        # cpu=True on a machine without CUDA is what makes accelerate use gloo across CPU processes.
+        cpu=device == "cpu",
         mixed_precision="bf16" if precision == "bf16" else "no",
         log_with=tracker,
         project_dir=str(run.root / "logs") if tracker else None,
