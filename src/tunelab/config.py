@@ -121,6 +121,9 @@ class TrainConfig(_Section):
         None, ge=1, description="Stop after this many validations without improvement (null: never)."
     )
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: at each validation).")
+    log_every: int = Field(
+        10, ge=1, description="Read the loss back from the device every N steps (metrics.jsonl, progress, trackers)."
+    )
     keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
     seed: int = Field(0, description="Seed of initialisation, data order and dropout.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")

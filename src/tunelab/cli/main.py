@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "tunelab.cli.env",
     "tunelab.cli.data",
     "tunelab.cli.serve",
+    "tunelab.cli.train",
 ]
 
 

@@ -1,0 +1,108 @@
+"""``tunelab train`` (fine-tune from a config) and ``tunelab export`` (merge an adapter into a model folder)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import typer
+
+from tunelab.cli.common import console, error_console, print_json
+from tunelab.config import load_config, resolve_defaults
+from tunelab.errors import ConfigError, TunelabError
+
+
+def _run_name(config) -> str:
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.model.name).name.removesuffix(".gguf")) or "model"
+    return config.name or f"{config.task}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _make_split(config):
+    try:
+        from tunelab.data.split import make_split
+    except ImportError as error:  # the data layer is developed alongside; fail clearly until it is here
+        raise TunelabError(f"the data split is not available in this build ({error})") from None
+    return make_split(config)
+
+
+def train(
+    config_path: Path = typer.Argument(None, metavar="CONFIG", help="Run config (YAML). Not needed with --resume."),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. train.lr=3e-4."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder from its newest checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fine-tune a model as CONFIG says (LoRA by default), writing a run folder under train.output_dir."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunelab.tasks import run_training
+
+    if resume is not None:
+        if config_path is not None and overrides is None and "=" in str(config_path):
+            overrides = [str(config_path)]
+        if overrides:
+            raise ConfigError("--resume continues a run with its own config.yaml; overrides are not allowed")
+        config = load_config(Path(resume) / "config.yaml")
+        run_dir = Path(resume)
+    else:
+        if config_path is None:
+            raise ConfigError("give a config file: tunelab train CONFIG.yaml [key=value ...]")
+        config = resolve_defaults(load_config(config_path, overrides or []))
+        run_dir = Path(config.train.output_dir) / _run_name(config)
+    split = _make_split(config)
+
+    columns = [
+        TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
+        TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=error_console, transient=as_json) as bar:
+        task = bar.add_task("train", total=None, loss="-", rate="-", eta="-")
+
+        def on_progress(event) -> None:
+            eta = "-" if event.eta_seconds is None else time.strftime("%H:%M:%S", time.gmtime(event.eta_seconds))
+            loss = "-" if event.loss is None else f"{event.loss:.4f}"
+            bar.update(task, completed=event.step, total=event.total_steps, loss=loss, rate=f"{event.tokens_per_second:.0f}", eta=eta)
+
+        result = run_training(config, split, run_dir=run_dir, progress=on_progress, resume=resume is not None)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(f"[bold green]trained[/] {result.run_dir}")
+    best = "-" if result.best_validation_loss is None else f"{result.best_validation_loss:.4f}"
+    final = "-" if result.final_loss is None else f"{result.final_loss:.4f}"
+    console.print(
+        f"  {result.steps} steps, train loss {final}, best validation loss {best}, "
+        f"{result.tokens_per_second:.0f} tokens/s ({result.precision}), {result.seconds:.0f} s, "
+        f"{result.trainable_parameters:,} of {result.total_parameters:,} parameters trained ({result.method})"
+    )
+    for warning in result.warnings:
+        error_console.print(f"[yellow]warning[/] {warning}")
+
+
+def export(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A finished run folder."),
+    out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write (must not exist)."),
+    merge: bool = typer.Option(False, "--merge", help="Fold the LoRA adapter into the base weights."),
+) -> None:
+    """Write a run as a model folder that plain transformers loads (--merge), or copy its adapter."""
+    import shutil
+
+    from tunelab.models.adapters import merge_and_save
+    from tunelab.paths import RunFolder
+
+    run = RunFolder(run_dir)
+    if merge or run.model.is_dir():
+        merge_and_save(run_dir, out_dir)
+    else:
+        if out_dir.exists():
+            raise TunelabError(f"{out_dir} already exists; export never overwrites", "choose a new output folder")
+        if not run.adapter.is_dir():
+            raise TunelabError(f"{run_dir} has no adapter/ to export")
+        shutil.copytree(run.adapter, out_dir)
+    console.print(f"[bold green]exported[/] {out_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("export")(export)

@@ -1,0 +1,140 @@
+"""What is trained: LoRA adapters (PEFT), every weight, or only chosen decoder layers; and merged export.
+
+The adapter is saved in PEFT's own format, so it loads in plain ``peft`` and in any PEFT-aware
+server. ``merge_and_save`` folds it into the base weights and writes a model folder that plain
+transformers loads.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tunelab.config import RunConfig
+from tunelab.errors import ConfigError, ModelError
+from tunelab.paths import RunFolder, atomic_directory
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a transformers causal LM.
+
+    Raises:
+        ConfigError: when the model's layers cannot be found (freeze needs them).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()
+    layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"cannot find the decoder layers of {type(base).__name__} for train.method=freeze",
+            "use train.method=lora or full",
+        )
+    return layers
+
+
+def apply_method(model: nn.Module, config: RunConfig) -> nn.Module:
+    """Make the right parameters trainable for ``config.train.method`` (wrapping in PEFT for lora).
+
+    Raises:
+        ConfigError: for freeze without valid ``train.trainable_layers``, or LoRA target modules
+            that match nothing in the model.
+    """
+    method = config.train.method
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = config.lora
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            # "all-linear": peft adapts every linear layer except the output head (lm_head stays frozen).
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        try:
+            return get_peft_model(model, peft_config)
+        except ValueError as error:
+            raise ConfigError(f"lora.target_modules={lora.target_modules!r}: {str(error).splitlines()[0]}") from None
+    if method == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    # freeze: train only the chosen decoder layers
+    layers = decoder_layers(model)
+    if not config.train.trainable_layers:
+        raise ConfigError(
+            "train.method=freeze needs train.trainable_layers",
+            f"e.g. train.trainable_layers=[-1] trains the last of the {len(layers)} layers",
+        )
+    chosen = set()
+    for index in config.train.trainable_layers:
+        if not -len(layers) <= index < len(layers):
+            raise ConfigError(f"train.trainable_layers: {index} is out of range (the model has {len(layers)} layers)")
+        chosen.add(index % len(layers))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for index in sorted(chosen):
+        for parameter in layers[index].parameters():
+            parameter.requires_grad_(True)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+    return trainable, total
+
+
+def save_trained(model: nn.Module, tokenizer: Any, run: RunFolder) -> Path:
+    """Write the trained weights into the run folder: ``adapter/`` for LoRA, ``model/`` otherwise."""
+    if hasattr(model, "peft_config"):
+        target = run.adapter
+    else:
+        target = run.model
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        if target == run.model:
+            # model/ is a complete transformers folder on its own, tokenizer included.
+            tokenizer.save_pretrained(tmp)
+    with atomic_directory(run.tokenizer) as tmp:
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def merge_and_save(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold a run's adapter into its base model and write a plain transformers folder at ``out_dir``.
+
+    Full and freeze runs already are plain model folders; they are copied. The tokenizer (with its
+    chat template) and, for classify, ``labels.json`` go along.
+
+    Raises:
+        ModelError: when ``run_dir`` is no finished run or ``out_dir`` already exists.
+    """
+    from tunelab.models.loader import load_run
+
+    out = Path(out_dir)
+    if out.exists():
+        raise ModelError(f"{out} already exists; export never overwrites", "choose a new output folder")
+    run = RunFolder(Path(run_dir))
+    loaded = load_run(run.root)
+    model = loaded.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        if run.labels.is_file():
+            shutil.copy2(run.labels, tmp / "labels.json")
+    return out

@@ -1,0 +1,32 @@
+"""Task recipes: each reads top to bottom and hands the one training loop a collate and a loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig
+from tunelab.errors import ConfigError
+
+
+def run_training(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> Any:
+    """Train ``config.task`` on ``split`` (``.train`` / ``.validation`` record lists) into ``run_dir``.
+
+    ``progress`` is called with a ``tunelab.train.loop.Progress`` after every optimizer step.
+    ``resume=True`` continues the run in ``run_dir`` from its newest checkpoint.
+
+    Returns:
+        ``tunelab.train.run.TrainResult``.
+
+    Raises:
+        ConfigError: for a task without a training recipe here, or see the recipes.
+    """
+    if config.task == "text":
+        from tunelab.tasks.text import train
+    elif config.task == "sft":
+        from tunelab.tasks.sft import train
+    elif config.task == "classify":
+        from tunelab.tasks.classify import train
+    else:
+        raise ConfigError(f"task '{config.task}' has no training recipe yet", "use text, sft or classify")
+    return train(config, split, run_dir=run_dir, progress=progress, resume=resume)

@@ -1,0 +1,60 @@
+"""sft: teach the model to answer prompts (loss on the assistant turns only, end-of-turn included).
+
+The recipe, top to bottom: open the run, tokenize (chat template, masks), make the chosen
+parameters trainable, pack examples into rows, train with the chunked next-token loss, save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, resolve_defaults
+from tunelab.data.tokenize import tokenize_records
+from tunelab.errors import DataError
+from tunelab.models.adapters import apply_method
+from tunelab.train.batching import LMCollate
+from tunelab.train.loop import train_loop
+from tunelab.train.losses import lm_loss_sum
+from tunelab.train.run import TrainResult, finish_run, start_run
+
+
+def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+    """Fine-tune on prompt -> completion conversations.
+
+    Raises:
+        DataError: when no training example keeps a trained token within data.max_length.
+        ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
+    """
+    config = resolve_defaults(config)
+    session = start_run(config, split, run_dir=run_dir, resume=resume)
+    tokenizer, max_length = session.tokenizer, config.data.max_length
+
+    examples, stats = tokenize_records(split.train, "sft", tokenizer, max_length=max_length)
+    # An example whose answer was cut off entirely teaches nothing; it is reported, not trained on.
+    examples = [e for e in examples if e.trained_tokens > 0]
+    if not examples:
+        raise DataError(
+            f"no training example keeps any answer token within data.max_length={max_length}",
+            "raise data.max_length or shorten the prompts",
+        )
+    validation, _ = tokenize_records(split.validation, "sft", tokenizer, max_length=max_length)
+    validation = [e for e in validation if e.trained_tokens > 0]
+
+    model = apply_method(session.model, config)
+    loop = train_loop(
+        model=model,
+        train_examples=examples,
+        validation_examples=validation,
+        collate=LMCollate(tokenizer.pad_token_id, max_length, config.train.packing),
+        loss_fn=lm_loss_sum,
+        config=config.train,
+        max_length=max_length,
+        run=session.run,
+        accelerator=session.accelerator,
+        progress=progress,
+        resume=resume,
+    )
+    result = finish_run(session, model, loop)
+    result.warnings += [f"{source}: the answer lies beyond data.max_length; not trained on" for source in stats.untrainable]
+    return result

@@ -1,0 +1,54 @@
+"""text: continued (self-supervised) training on raw documents.
+
+The recipe, top to bottom: open the run, cut documents into windows of data.max_length tokens
+(every token predicted once), make the chosen parameters trainable, pack short windows into full
+rows, train with the chunked next-token loss, save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, resolve_defaults
+from tunelab.data.tokenize import tokenize_records
+from tunelab.errors import DataError
+from tunelab.models.adapters import apply_method
+from tunelab.train.batching import LMCollate
+from tunelab.train.loop import train_loop
+from tunelab.train.losses import lm_loss_sum
+from tunelab.train.run import TrainResult, finish_run, start_run
+
+
+def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+    """Continue pre-training on documents.
+
+    Raises:
+        DataError: when the training split is empty.
+        ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
+    """
+    config = resolve_defaults(config)
+    if not split.train:
+        raise DataError("the training split is empty", "check data.train")
+    session = start_run(config, split, run_dir=run_dir, resume=resume)
+    tokenizer, max_length = session.tokenizer, config.data.max_length
+
+    settings = {"max_length": max_length, "stride": config.data.stride}
+    examples, _ = tokenize_records(split.train, "text", tokenizer, **settings)
+    validation, _ = tokenize_records(split.validation, "text", tokenizer, **settings)
+
+    model = apply_method(session.model, config)
+    loop = train_loop(
+        model=model,
+        train_examples=examples,
+        validation_examples=validation,
+        collate=LMCollate(tokenizer.pad_token_id, max_length, config.train.packing),
+        loss_fn=lm_loss_sum,
+        config=config.train,
+        max_length=max_length,
+        run=session.run,
+        accelerator=session.accelerator,
+        progress=progress,
+        resume=resume,
+    )
+    return finish_run(session, model, loop)

@@ -1,0 +1,1 @@
+"""The one training loop (``loop.py``), its losses, batching and checkpoints."""

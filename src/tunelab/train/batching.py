@@ -1,0 +1,187 @@
+"""From tokenized examples to tensors, without computing on padding.
+
+Packing: the examples of one micro-batch are placed into rows of at most ``max_length`` tokens
+(first fit, longest first). Each example keeps its own ``position_ids`` starting at 0, and the
+attention mask is left out: transformers then detects the packed format from the position ids
+(``masking_utils.find_packed_sequence_indices``) and builds a mask that keeps attention inside each
+example, so a packed row gives each example exactly the loss it would get alone. Rows are padded
+only at their end (a "sequence" of pad tokens that carries no loss and that no real token sees).
+
+Without packing, the examples of one optimizer step are sorted by length before they are cut into
+micro-batches (length bucketing), so each micro-batch pads to a similar length.
+
+Targets are shifted here, once: ``targets[p]`` is the token position ``p`` must predict, -100 where
+nothing is predicted (prompt tokens, the last token of each example, padding). The loss then only
+touches positions that carry a target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tunelab.data.tokenize import IGNORE_INDEX, ClassifyExample, TokenizedExample
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Assign example indices to rows of at most ``capacity`` tokens (first fit decreasing).
+
+    An example longer than ``capacity`` gets a row of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in order:
+        size = lengths[index]
+        for row, room in enumerate(free):
+            if size <= room:
+                rows[row].append(index)
+                free[row] -= size
+                break
+        else:
+            rows.append([index])
+            free.append(capacity - size)
+    return rows
+
+
+def _layout(lengths: Sequence[int], packing: bool, max_length: int) -> list[list[int]]:
+    if packing:
+        return pack_rows(lengths, max_length)
+    return [[i] for i in range(len(lengths))]
+
+
+def _row_tensors(rows: list[list[int]], ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """input_ids and position_ids [rows, width]; the start offset of every example in its row."""
+    width = max(sum(len(ids[i]) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    offsets: list[list[int]] = []
+    for r, row in enumerate(rows):
+        start = 0
+        starts = []
+        for i in row:
+            n = len(ids[i])
+            input_ids[r, start : start + n] = torch.tensor(ids[i], dtype=torch.long)
+            position_ids[r, start : start + n] = torch.arange(n)
+            starts.append(start)
+            start += n
+        # Padding continues as its own sequence from position 0, so it looks like one more packed example.
+        position_ids[r, start:] = torch.arange(width - start)
+        offsets.append(starts)
+    return input_ids, position_ids, offsets
+
+
+@dataclass
+class LMCollate:
+    """Collate for next-token tasks (text, sft): rows, positions and shifted targets."""
+
+    pad_id: int
+    max_length: int
+    packing: bool = True
+
+    def __call__(self, examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+        ids = [e.input_ids for e in examples]
+        rows = _layout([len(x) for x in ids], self.packing, self.max_length)
+        input_ids, position_ids, offsets = _row_tensors(rows, ids, self.pad_id)
+        targets = torch.full_like(input_ids, IGNORE_INDEX)
+        for r, row in enumerate(rows):
+            for start, i in zip(offsets[r], row, strict=True):
+                labels = examples[i].labels
+                # Position t predicts labels[t + 1]; the last token of an example predicts nothing.
+                if len(labels) > 1:
+                    targets[r, start : start + len(labels) - 1] = torch.tensor(labels[1:], dtype=torch.long)
+        return {"input_ids": input_ids, "position_ids": position_ids, "targets": targets}
+
+
+@dataclass
+class ClassifyCollate:
+    """Collate for classify: rows, positions, the flat index of each prompt's last token, the label."""
+
+    pad_id: int
+    max_length: int
+    packing: bool = True
+
+    def __call__(self, examples: Sequence[ClassifyExample]) -> dict[str, torch.Tensor]:
+        ids = [e.input_ids for e in examples]
+        rows = _layout([len(x) for x in ids], self.packing, self.max_length)
+        input_ids, position_ids, offsets = _row_tensors(rows, ids, self.pad_id)
+        width = input_ids.shape[1]
+        # In the examples' order (packing reorders them into rows), so logits line up with the input.
+        last_positions = [0] * len(examples)
+        for r, row in enumerate(rows):
+            for start, i in zip(offsets[r], row, strict=True):
+                last_positions[i] = r * width + start + len(ids[i]) - 1
+        labels = [e.label for e in examples]
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "last_positions": torch.tensor(last_positions, dtype=torch.long),
+            "class_labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+
+def trained_targets(example: TokenizedExample | ClassifyExample) -> int:
+    """How many loss terms an example contributes (the loss normaliser counts these)."""
+    if isinstance(example, ClassifyExample):
+        return 1
+    return example.trained_tokens
+
+
+def real_tokens(example: TokenizedExample | ClassifyExample) -> int:
+    return len(example.input_ids)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Which examples every optimizer step uses, fixed by the seed (so a resumed run sees the same order).
+
+    Epoch ``e`` is a permutation of the training examples drawn from ``seed + e``; the permutations
+    are concatenated and cut into global steps of ``batch_size * grad_accum * world_size`` examples.
+    """
+
+    num_examples: int
+    global_batch: int
+    seed: int
+
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.num_examples / self.global_batch))
+
+    def indices(self, step: int) -> list[int]:
+        """Example indices of optimizer step ``step`` (0-based), across all processes and micro-batches."""
+        start = step * self.global_batch
+        result: list[int] = []
+        position = start
+        while len(result) < self.global_batch:
+            epoch, offset = divmod(position, self.num_examples)
+            permutation = self._permutation(epoch)
+            take = min(self.global_batch - len(result), self.num_examples - offset)
+            result.extend(permutation[offset : offset + take])
+            position += take
+        return result
+
+    def _permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+
+def micro_batches(
+    step_examples: Sequence, *, batch_size: int, grad_accum: int, world_size: int, rank: int, bucket: bool
+) -> list[list]:
+    """This process's micro-batches of one optimizer step.
+
+    Micro-batch ``m`` of rank ``r`` takes slot ``m * world_size + r`` of the step, so the union over
+    processes is the same for any number of processes with the same global batch.
+    """
+    ordered = list(step_examples)
+    if bucket:
+        ordered.sort(key=lambda e: len(e.input_ids))
+    batches = []
+    for m in range(grad_accum):
+        slot = m * world_size + rank
+        chunk = ordered[slot * batch_size : (slot + 1) * batch_size]
+        if chunk:
+            batches.append(chunk)
+    return batches

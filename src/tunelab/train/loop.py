@@ -1,0 +1,350 @@
+"""The one training loop every task uses. It reads top to bottom.
+
+A task hands it the tokenized examples, a ``collate`` (examples -> tensors) and a ``loss_fn``
+(model, batch -> summed loss); the loop does the rest: optimizer and schedule, gradient
+accumulation, mixed precision and distribution through accelerate, validation and early stopping,
+checkpoints and exact resume, metrics, and the guards (NaN loss, out of memory).
+
+Exactness: the examples of optimizer step ``s`` are fixed by the seed (``StepPlan``), each step's
+loss is the sum over its targets divided by the number of targets of the whole step (all
+micro-batches, all processes), and checkpoints carry the optimizer, scheduler and RNG state. So a
+resumed run continues with exactly the updates the uninterrupted run would have made, and two
+processes with half the batch each make the same updates as one process with the whole batch.
+
+Speed: nothing is read back from the device inside a step; the summed loss stays on the device and
+is read every ``train.log_every`` steps (and before each validation or checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunelab.config import TrainConfig
+from tunelab.errors import TunelabError
+from tunelab.paths import RunFolder
+from tunelab.train.batching import StepPlan, micro_batches, real_tokens, trained_targets
+from tunelab.train.checkpoints import (
+    BEST,
+    LoopState,
+    copy_as_best,
+    list_step_checkpoints,
+    load_checkpoint,
+    load_trainable_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
+
+
+class TrainingError(TunelabError):
+    """Training cannot go on as configured (NaN loss, out of memory)."""
+
+
+@dataclass
+class Progress:
+    """What the loop reports after every optimizer step (the CLI draws its progress bar from it)."""
+
+    step: int
+    total_steps: int
+    loss: float | None  # mean loss over the last log interval (None before the first read)
+    lr: float
+    tokens: int
+    tokens_per_second: float
+    elapsed: float
+    eta_seconds: float | None
+    validation_loss: float | None = None
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    final_loss: float | None
+    best_validation_loss: float | None
+    best_step: int | None
+    tokens: int
+    tokens_per_second: float
+    seconds: float
+    stopped_early: bool
+
+
+class LossModule(nn.Module):
+    """The model and its loss as one module, so DDP/FSDP see the whole computation in ``forward``."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def resolve_schedule(config: TrainConfig, num_examples: int, world_size: int) -> tuple[int, int, int]:
+    """(total optimizer steps, validation interval, checkpoint interval) for a run."""
+    global_batch = config.batch_size * config.grad_accum * world_size
+    steps_per_epoch = max(1, math.ceil(num_examples / global_batch))
+    total = config.max_steps or max(1, math.ceil((config.epochs or 1.0) * steps_per_epoch))
+    eval_every = config.eval_every or max(1, math.ceil(total / 5))
+    save_every = config.save_every or eval_every
+    return total, eval_every, save_every
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (no weight decay on biases and norms), fused where possible."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
+    # fused is the fastest kernel on CUDA; on CPU the multi-tensor (foreach) path is.
+    options = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=config.lr or 1e-4, betas=(0.9, 0.999), eps=1e-8, **options)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_ratio`` of the steps, then cosine / linear decay to 0, or constant."""
+    warmup = int(round(config.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _out_of_memory_error(config: TrainConfig, max_length: int) -> TrainingError:
+    return TrainingError(
+        f"out of memory with train.batch_size={config.batch_size} and data.max_length={max_length}",
+        "lower train.batch_size (raise train.grad_accum to keep the same effective batch), lower "
+        "data.max_length, or set train.gradient_checkpointing=true",
+    )
+
+
+def train_loop(
+    *,
+    model: nn.Module,
+    train_examples: Sequence[Any],
+    validation_examples: Sequence[Any],
+    collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]],
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor],
+    config: TrainConfig,
+    max_length: int,
+    run: RunFolder,
+    accelerator: Any,
+    progress: Callable[[Progress], None] | None = None,
+    resume: bool = False,
+) -> LoopResult:
+    """Train ``model`` in place; returns counters. On return the model holds the best weights by
+    validation loss when there was a validation set, else the last ones.
+
+    Raises:
+        TrainingError: on a NaN/inf loss (the last good checkpoint is kept) or when memory runs out.
+    """
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    total_steps, eval_every, save_every = resolve_schedule(config, len(train_examples), world)
+    plan = StepPlan(len(train_examples), config.batch_size * config.grad_accum * world, config.seed)
+
+    # 1. Optimizer, schedule, and accelerate's wrapping (DDP/FSDP/DeepSpeed, device placement).
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    device = accelerator.device
+
+    if accelerator.is_main_process:
+        run.root.mkdir(parents=True, exist_ok=True)
+
+    # 2. Resume: weights, optimizer, scheduler, RNG and counters of the newest complete checkpoint.
+    state = LoopState()
+    if resume:
+        checkpoints = list_step_checkpoints(run.checkpoints)
+        if checkpoints:
+            state = load_checkpoint(
+                checkpoints[-1][1], accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler
+            )
+            if accelerator.is_main_process:
+                _truncate_metrics(run, state.step)
+    elif accelerator.is_main_process and run.metrics.exists():
+        run.metrics.unlink()
+
+    def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def log(record: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            with run.metrics.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if config.tracker != "none":
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def validation_loss() -> float | None:
+        if not validation_examples:
+            return None
+        module.eval()
+        total = torch.zeros((), device=device)
+        count = 0
+        shard = list(validation_examples)[rank::world]
+        with torch.no_grad(), accelerator.autocast():
+            for start in range(0, len(shard), config.batch_size):
+                chunk = shard[start : start + config.batch_size]
+                total += module(to_device(collate(chunk))).float()
+                count += sum(trained_targets(e) for e in chunk)
+        module.train()
+        totals = accelerator.reduce(torch.stack([total, torch.tensor(float(count), device=device)]), "sum")
+        return (totals[0] / totals[1].clamp(min=1)).item()
+
+    # 3. The loop: one iteration is one optimizer step over a fixed global batch.
+    module.train()
+    stopped_early = False
+    window_loss = torch.zeros((), device=device)  # summed loss since the last read, on the device
+    window_targets = 0
+    start_seconds = state.train_seconds
+    start_tokens = state.tokens
+    session_first_step = state.step
+    try:
+        for step in range(state.step, total_steps):
+            step_started = time.perf_counter()
+            examples = [train_examples[i] for i in plan.indices(step)]
+            step_targets = sum(trained_targets(e) for e in examples)  # the whole step's, known on the host
+            batches = micro_batches(
+                examples, batch_size=config.batch_size, grad_accum=config.grad_accum,
+                world_size=world, rank=rank, bucket=not getattr(collate, "packing", True),
+            )
+            for index, micro in enumerate(batches):
+                last = index == len(batches) - 1
+                # Gradients are synchronised across processes only on the last micro-batch.
+                sync = contextlib.nullcontext() if last else accelerator.no_sync(module)
+                with sync:
+                    with accelerator.autocast():
+                        loss_sum = module(to_device(collate(micro)))
+                    # DDP averages gradients over processes; scaling by world makes that the global sum.
+                    accelerator.backward(loss_sum * (world / max(1, step_targets)))
+                window_loss += loss_sum.detach().float()
+            window_targets += step_targets
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state.step = step + 1
+            state.tokens += sum(real_tokens(e) for e in examples)
+            # Training time only: validation and checkpoint writing are not counted in tokens/s.
+            state.train_seconds += time.perf_counter() - step_started
+            session_seconds = state.train_seconds - start_seconds
+            done = state.step == total_steps
+            validate = state.step % eval_every == 0 or done
+            save = state.step % save_every == 0 or done
+            validation = None
+
+            # Read the loss back only every log_every steps, and always before trusting the weights.
+            if state.step % config.log_every == 0 or validate or save:
+                summed = accelerator.reduce(window_loss, "sum").item()
+                mean = summed / max(1, window_targets)
+                if not math.isfinite(mean):
+                    raise _nan_error(run, state.step)
+                state.last_loss = mean
+                window_loss.zero_()
+                window_targets = 0
+                log({
+                    "step": state.step, "loss": mean, "lr": scheduler.get_last_lr()[0], "tokens": state.tokens,
+                    "elapsed": round(state.train_seconds, 3),
+                    "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, session_seconds),
+                })
+            if validate:
+                validation = validation_loss()
+                if validation is not None:
+                    improved = state.best_validation_loss is None or validation < state.best_validation_loss
+                    if improved:
+                        state.best_validation_loss, state.best_step, state.bad_validations = validation, state.step, 0
+                    else:
+                        state.bad_validations += 1
+                    log({"step": state.step, "validation_loss": validation})
+                    patience = config.early_stopping_patience
+                    stopped_early = patience is not None and state.bad_validations >= patience and not done
+            if save or stopped_early:
+                target = run.checkpoints / f"step-{state.step}"
+                save_checkpoint(target, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+                if accelerator.is_main_process:
+                    if validation is not None and state.best_step == state.step:
+                        copy_as_best(target, run.checkpoints)
+                    prune_checkpoints(run.checkpoints, config.keep_last)
+                accelerator.wait_for_everyone()
+            if progress is not None and accelerator.is_main_process:
+                rate = (state.tokens - start_tokens) / max(1e-9, session_seconds)
+                per_step = session_seconds / max(1, state.step - session_first_step)
+                progress(Progress(
+                    step=state.step, total_steps=total_steps, loss=state.last_loss, lr=scheduler.get_last_lr()[0],
+                    tokens=state.tokens, tokens_per_second=rate, elapsed=state.train_seconds,
+                    eta_seconds=per_step * (total_steps - state.step), validation_loss=validation,
+                ))
+            if stopped_early:
+                break
+    except RuntimeError as error:
+        if _is_out_of_memory(error):
+            raise _out_of_memory_error(config, max_length) from None
+        raise
+
+    # 4. End on the best weights by validation loss, when there were validations.
+    best = run.checkpoints / BEST
+    if state.best_step is not None and state.best_step != state.step and (best / "trainable.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        load_trainable_state(model, load_file(str(best / "trainable.safetensors")))
+    trained_seconds = state.train_seconds - start_seconds
+    return LoopResult(
+        steps=state.step,
+        final_loss=state.last_loss,
+        best_validation_loss=state.best_validation_loss,
+        best_step=state.best_step,
+        tokens=state.tokens,
+        tokens_per_second=(state.tokens - start_tokens) / max(1e-9, trained_seconds),
+        seconds=state.train_seconds,
+        stopped_early=stopped_early,
+    )
+
+
+def _nan_error(run: RunFolder, step: int) -> TrainingError:
+    checkpoints = list_step_checkpoints(run.checkpoints)
+    kept = f"the last good checkpoint is {checkpoints[-1][1]}" if checkpoints else "no checkpoint was written yet"
+    return TrainingError(
+        f"the training loss became NaN/inf by step {step}; stopped ({kept})",
+        "lower train.lr, keep train.max_grad_norm set, or use train.precision=fp32",
+    )
+
+
+def _truncate_metrics(run: RunFolder, step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from (they will be written again)."""
+    if not run.metrics.is_file():
+        return
+    kept = []
+    for line in run.metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    from tunelab.paths import atomic_write_text
+
+    atomic_write_text(run.metrics, "".join(line + "\n" for line in kept))

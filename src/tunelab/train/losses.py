@@ -1,0 +1,163 @@
+"""Losses that compute only what is used.
+
+Both losses run the base transformer for hidden states and apply the LM head themselves, only at
+positions that carry a target:
+
+- ``lm_loss_sum``: next-token cross-entropy, summed over target positions. The head is applied in
+  chunks of positions inside one autograd function that also computes the gradients chunk by chunk
+  (softmax minus one-hot), so neither the forward nor the backward ever holds logits for more than
+  one chunk: a 49k vocabulary never materialises fp32 logits for the whole batch, and nothing is
+  recomputed.
+- ``classify_loss_sum``: cross-entropy over the label tokens only, from the hidden state at the
+  last prompt position times the label tokens' rows of the head.
+
+Losses are sums; the loop divides by the number of targets of the whole optimizer step (all
+micro-batches, all processes), so every target weighs the same however the step is split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.data.tokenize import IGNORE_INDEX
+
+DEFAULT_CHUNK = 1024
+
+
+def causal_lm_of(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside ``model`` (a PEFT wrapper is looked through)."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden states [rows, width, hidden] from the decoder, without the LM head.
+
+    The attention mask is left out on purpose: with position ids restarting per example,
+    transformers isolates the attention of each packed example (see ``tunelab.train.batching``).
+    """
+    decoder = causal_lm_of(model).get_decoder()
+    output = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    return output.last_hidden_state
+
+
+def _compute_dtype(device_type: str) -> torch.dtype:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.float32
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum CE(hidden @ weight.T + bias, targets), with gradients computed in the forward, per chunk."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+        need_hidden = hidden.requires_grad
+        need_weight = weight.requires_grad
+        need_bias = bias is not None and bias.requires_grad
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
+        weight_c = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start : start + chunk].to(dtype)
+                t = targets[start : start + chunk]
+                logits = (h @ weight_c.T).float()
+                if bias is not None:
+                    logits = logits + bias.float()
+                log_z = torch.logsumexp(logits, dim=-1)
+                total += (log_z - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if need_hidden or need_weight or need_bias:
+                    # d(sum CE)/d logits = softmax - one_hot
+                    grad_logits = torch.exp(logits - log_z[:, None])
+                    grad_logits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                    if need_hidden:
+                        grad_hidden[start : start + chunk] = (grad_logits.to(dtype) @ weight_c).to(hidden.dtype)
+                    if need_weight:
+                        grad_weight += (grad_logits.to(dtype).T @ h).float()
+                    if need_bias:
+                        grad_bias += grad_logits.sum(0)
+        ctx.save_for_backward(
+            grad_hidden if need_hidden else torch.empty(0),
+            grad_weight if need_weight else torch.empty(0),
+            grad_bias if need_bias else torch.empty(0),
+        )
+        ctx.needs = (need_hidden, need_weight, need_bias)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs
+        return (
+            grad_hidden * grad_output if need_hidden else None,
+            (grad_weight * grad_output).to(ctx.weight_dtype) if need_weight else None,
+            (grad_bias * grad_output).to(ctx.weight_dtype) if need_bias else None,
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """sum of CE(head(hidden[i]), targets[i]) over rows of ``hidden`` [N, H], ``chunk`` rows at a time.
+
+    A plain ``nn.Linear`` head goes through the fused chunked function; any other head (e.g. a
+    LoRA-wrapped one) is applied chunk by chunk with activation checkpointing, so its logits are
+    recomputed in the backward instead of being stored.
+    """
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    if type(head) is nn.Linear:
+        dtype = _compute_dtype(hidden.device.type)
+        return _ChunkedLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, dtype)
+    from torch.utils.checkpoint import checkpoint
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), t, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        total = total + checkpoint(piece, hidden[start : start + chunk], targets[start : start + chunk], use_reentrant=False)
+    return total
+
+
+def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Summed next-token cross-entropy over the positions whose target is not -100."""
+    hidden = hidden_states(model, batch["input_ids"], batch["position_ids"])
+    targets = batch["targets"]
+    keep = targets != IGNORE_INDEX
+    head = causal_lm_of(model).get_output_embeddings()
+    return linear_cross_entropy_sum(hidden[keep], head, targets[keep], chunk)
+
+
+def label_logits(hidden: torch.Tensor, head: nn.Module, label_token_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the label tokens only: [N, labels] from hidden states [N, H]."""
+    if type(head) is nn.Linear:
+        weight = head.weight[label_token_ids]
+        bias = head.bias[label_token_ids] if head.bias is not None else None
+        return F.linear(hidden, weight, bias)
+    # A wrapped head (LoRA on lm_head) has no single weight to slice: apply it, then pick the columns.
+    return head(hidden)[:, label_token_ids]
+
+
+def classify_logits(model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor) -> torch.Tensor:
+    """[examples, labels] logits at each prompt's last position, computed over the label columns only."""
+    hidden = hidden_states(model, batch["input_ids"], batch["position_ids"])
+    flat = hidden.reshape(-1, hidden.shape[-1])[batch["last_positions"]]
+    head = causal_lm_of(model).get_output_embeddings()
+    return label_logits(flat, head, label_token_ids.to(flat.device))
+
+
+def classify_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over the label tokens at each prompt's last position."""
+    logits = classify_logits(model, batch, label_token_ids).float()
+    return F.cross_entropy(logits, batch["class_labels"], reduction="sum")

@@ -1,0 +1,174 @@
+"""What every task does around the loop: the run folder, the accelerator, the model, the outputs.
+
+A task recipe reads::
+
+    session = start_run(config, split, run_dir=run_dir, resume=resume)   # folder, accelerator, model
+    ... tokenize, apply the method, build collate + loss ...
+    loop = train_loop(...)
+    return finish_run(session, model, loop)                               # adapter/ or model/, tokenizer/
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import RunConfig, dump_config, parse_config
+from tunelab.errors import ConfigError, DataError
+from tunelab.models.adapters import count_parameters, save_trained
+from tunelab.models.loader import load_model
+from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.runtime import resolve_precision
+from tunelab.train.loop import LoopResult
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (the lead's ``tunelab run`` evaluates ``run_dir`` next)."""
+
+    run_dir: Path
+    steps: int
+    final_loss: float | None
+    best_validation_loss: float | None
+    tokens: int
+    tokens_per_second: float
+    seconds: float
+    precision: str
+    trainable_parameters: int
+    total_parameters: int
+    method: str
+    stopped_early: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        return data
+
+
+@dataclass
+class Session:
+    config: RunConfig
+    run: RunFolder
+    accelerator: Any
+    precision: str
+    model: Any
+    tokenizer: Any
+    resume: bool
+
+
+def _check_resume(config: RunConfig, split: Any, run: RunFolder) -> None:
+    if not run.config.is_file():
+        raise ConfigError(f"cannot resume {run.root}: it has no config.yaml", "start a new run instead")
+    import yaml
+
+    saved = parse_config(yaml.safe_load(run.config.read_text(encoding="utf-8")), source=str(run.config))
+    if dump_config(saved) != dump_config(config):
+        raise ConfigError(
+            f"cannot resume {run.root} with a different config",
+            "resume with `tunelab train --resume RUN` (it reads the run's own config.yaml)",
+        )
+    fingerprint = getattr(split, "fingerprint", None)
+    if fingerprint and run.split.is_file():
+        saved_split = json.loads(run.split.read_text(encoding="utf-8"))
+        if saved_split.get("fingerprint") not in (None, fingerprint):
+            raise DataError(f"cannot resume {run.root}: the data changed since the run started (split fingerprint differs)")
+
+
+def make_accelerator(config: RunConfig, run: RunFolder) -> tuple[Any, str]:
+    """An Accelerator for this run and the precision it computes in (``bf16`` autocast or ``fp32``)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate keeps one global state per process; a notebook or test that trains twice with another
+    # precision must start from a fresh one (the distributed process group itself is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(config.train.precision, device)
+    tracker = None if config.train.tracker == "none" else config.train.tracker
+    accelerator = Accelerator(
+        # cpu=True on a machine without CUDA is what makes accelerate use gloo across CPU processes.
+        cpu=device == "cpu",
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        log_with=tracker,
+        project_dir=str(run.root / "logs") if tracker else None,
+    )
+    return accelerator, precision
+
+
+def start_run(config: RunConfig, split: Any, *, run_dir: str | Path, resume: bool = False) -> Session:
+    """Create (or reopen, for resume) the run folder, save config and split, set up the accelerator and model.
+
+    Raises:
+        ConfigError: when ``run_dir`` already holds something and this is no resume, or resume
+            is asked with a different config.
+        ModelError: when the model cannot be loaded.
+    """
+    run = RunFolder(Path(run_dir))
+    if resume:
+        _check_resume(config, split, run)
+    elif run.root.exists() and any(run.root.iterdir()):
+        raise ConfigError(
+            f"run folder {run.root} already exists; a run is never overwritten",
+            f"choose another name (name=...), delete the folder, or continue it with `tunelab train --resume {run.root}`",
+        )
+    accelerator, precision = make_accelerator(config, run)
+    if accelerator.is_main_process and not resume:
+        run.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.config, dump_config(config))
+        if hasattr(split, "save"):
+            split.save(run.split)
+    accelerator.wait_for_everyone()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+
+    loaded = load_model(config.model.name, dtype="float32", allow_network=config.model.allow_network, revision=config.model.revision)
+    # Seeded after loading: LoRA's initialisation and dropout draw from here, identically on resume.
+    from accelerate.utils import set_seed
+
+    set_seed(config.train.seed)
+    if config.train.gradient_checkpointing:
+        loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.train.tracker != "none":
+        accelerator.init_trackers(run.root.name, config=_flat(config.model_dump(mode="json")))
+    return Session(config, run, accelerator, precision, loaded.model, loaded.tokenizer, resume)
+
+
+def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
+    """Save the trained weights (adapter/ or model/) and the tokenizer; return the summary."""
+    accelerator = session.accelerator
+    if accelerator.is_main_process:
+        save_trained(model, session.tokenizer, session.run)
+    accelerator.wait_for_everyone()
+    if session.config.train.tracker != "none":
+        accelerator.end_training()
+    trainable, total = count_parameters(model)
+    return TrainResult(
+        run_dir=session.run.root,
+        steps=loop.steps,
+        final_loss=loop.final_loss,
+        best_validation_loss=loop.best_validation_loss,
+        tokens=loop.tokens,
+        tokens_per_second=loop.tokens_per_second,
+        seconds=loop.seconds,
+        precision=session.precision,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        method=session.config.train.method,
+        stopped_early=loop.stopped_early,
+    )
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat

@@ -1,0 +1,59 @@
+"""``tunelab train`` / ``export`` end to end on the tiny model (the split is built from records here)."""
+
+import json
+import sys
+
+import pytest
+import yaml
+from train_helpers import SimpleSplit, sft_records
+from typer.testing import CliRunner
+
+from tunelab.errors import ConfigError
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    import tunelab.cli.train as train_cli
+    from tunelab.cli.main import _register_commands, app
+
+    monkeypatch.setattr(train_cli, "_make_split", lambda config: SimpleSplit(sft_records(8), sft_records(10)[8:]))
+    if not any(c.name == "train" for c in app.registered_commands):
+        _register_commands()
+    return app
+
+
+def test_train_resume_and_export_through_the_cli(cli, tiny_model_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"task": "sft", "model": str(tiny_model_dir), "name": "cli-run",
+                                      "train": {"output_dir": str(tmp_path / "runs"), "precision": "fp32"}}))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", str(config), "train.max_steps=2", "train.batch_size=4", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["steps"] == 2 and summary["run_dir"].endswith("cli-run")
+    run_dir = tmp_path / "runs" / "cli-run"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"] == 2e-4  # defaults resolved
+    # Resuming a finished run continues from its last checkpoint: nothing left to do, same result.
+    again = runner.invoke(cli, ["train", "--resume", str(run_dir), "--json"])
+    assert again.exit_code == 0, again.output
+    exported = runner.invoke(cli, ["export", "--merge", str(run_dir), str(tmp_path / "merged")])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_unknown_override_names_the_valid_keys(cli, tiny_model_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"task": "sft", "model": str(tiny_model_dir)}))
+    result = CliRunner().invoke(cli, ["train", str(config), "train.lrr=1"])
+    assert isinstance(result.exception, ConfigError)
+    assert "train.lrr" in str(result.exception) and "lr" in str(result.exception)
+
+
+def test_cli_exits_2_on_a_bad_key(tiny_model_dir, tmp_path):
+    import subprocess
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"task": "sft", "model": str(tiny_model_dir)}))
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "train", str(config), "train.epoch=1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Did you mean 'epochs'" in done.stderr

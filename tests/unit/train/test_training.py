@@ -1,0 +1,132 @@
+"""The loop on a tiny model: what trains, what stays frozen, that the loss falls, the guards."""
+
+import json
+
+import pytest
+import torch
+from train_helpers import SimpleSplit, classify_records, sft_records, tiny_config
+
+from tunelab.data.tokenize import tokenize_records
+from tunelab.errors import ConfigError
+from tunelab.models.adapters import apply_method
+from tunelab.models.loader import load_model
+from tunelab.paths import RunFolder
+from tunelab.tasks import run_training
+from tunelab.train.batching import LMCollate
+from tunelab.train.loop import TrainingError, train_loop
+from tunelab.train.losses import lm_loss_sum
+from tunelab.train.run import make_accelerator
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_directly(model, config, tiny_tokenizer, run_dir, loss_fn=lm_loss_sum):
+    examples, _ = tokenize_records(sft_records(8), "sft", tiny_tokenizer, max_length=64)
+    accelerator, _ = make_accelerator(config, RunFolder(run_dir))
+    return train_loop(
+        model=model, train_examples=examples, validation_examples=[], collate=LMCollate(tiny_tokenizer.pad_token_id, 64),
+        loss_fn=loss_fn, config=config.train, max_length=64, run=RunFolder(run_dir), accelerator=accelerator,
+    )
+
+
+@pytest.mark.parametrize(
+    "method, extra", [("lora", {}), ("full", {}), ("freeze", {"trainable_layers": [-1]})]
+)
+def test_every_trainable_parameter_changes_and_frozen_ones_do_not(method, extra, tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):
+    config = tiny_config(tiny_model_dir, method=method, max_steps=3, **extra)
+    model = apply_method(tiny_model, config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    if method == "lora":
+        # all-linear adapts every projection but never the (tied) output head.
+        assert all("lora_" in name for name in trainable) and not any("lm_head" in n for n in trainable)
+        assert any("q_proj" in n for n in trainable) and any("down_proj" in n for n in trainable)
+    if method == "freeze":
+        assert all(".layers.1." in name for name in trainable)
+    _train_directly(model, config, tiny_tokenizer, tmp_path / "run")
+    for name, parameter in model.named_parameters():
+        changed = not torch.equal(before[name], parameter.detach())
+        assert changed == (name in trainable), name
+
+
+def test_loss_falls_on_a_memorisable_set(tiny_model_dir, tmp_path):
+    # Full fine-tuning: a random tiny model's frozen head and norm cap what LoRA alone can fit (the
+    # real-model test checks LoRA's loss falling).
+    config = tiny_config(tiny_model_dir, method="full", max_steps=30, lr=1e-2, log_every=5)
+    result = run_training(config, SimpleSplit(sft_records(8)), run_dir=tmp_path / "run")
+    losses = [m["loss"] for m in _metrics(tmp_path / "run") if "loss" in m]
+    assert result.steps == 30 and len(losses) >= 6, losses
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert result.final_loss == losses[-1] and result.trainable_parameters > 0
+
+
+def test_run_folder_holds_what_load_run_needs(tiny_model_dir, tmp_path):
+    from tunelab.models import load_run
+
+    config = tiny_config(tiny_model_dir, task="classify", max_steps=2)
+    split = SimpleSplit(classify_records(12), classify_records(6))
+    result = run_training(config, split, run_dir=tmp_path / "run")
+    run = RunFolder(tmp_path / "run")
+    assert run.config.is_file() and run.adapter.is_dir() and run.tokenizer.is_dir() and run.labels.is_file()
+    assert run.split.is_file() and (run.checkpoints / "best").is_dir()
+    assert any("validation_loss" in m for m in _metrics(run.root))
+    loaded = load_run(run.root)
+    assert loaded.label_map["labels"] == ["billing", "login", "shipping"]
+    assert result.best_validation_loss is not None
+    # Never overwritten silently.
+    with pytest.raises(ConfigError, match="already exists"):
+        run_training(config, split, run_dir=run.root)
+
+
+def test_full_run_writes_a_plain_model_folder(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = tiny_config(tiny_model_dir, method="full", max_steps=2)
+    run_training(config, SimpleSplit(sft_records(6)), run_dir=tmp_path / "run")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):
+    config = tiny_config(tiny_model_dir, max_steps=8, save_every=2, log_every=1)
+    calls = []
+
+    def poisoned(model, batch):
+        calls.append(1)
+        loss = lm_loss_sum(model, batch)
+        return loss * float("nan") if len(calls) > 3 else loss
+
+    model = apply_method(tiny_model, config)
+    with pytest.raises(TrainingError, match="NaN") as caught:
+        _train_directly(model, config, tiny_tokenizer, tmp_path / "run", loss_fn=poisoned)
+    assert "step-2" in str(caught.value)
+    assert (tmp_path / "run" / "checkpoints" / "step-2" / "trainable.safetensors").is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "step-4").exists()
+
+
+def test_merged_export_generates_the_same_as_the_adapter(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models import load_run
+    from tunelab.models.adapters import merge_and_save
+
+    config = tiny_config(tiny_model_dir, max_steps=4, lr=2e-2)
+    run_training(config, SimpleSplit(sft_records(6)), run_dir=tmp_path / "run")
+    merge_and_save(tmp_path / "run", tmp_path / "merged")
+    adapted = load_run(tmp_path / "run")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    prompt = adapted.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 3 plus 3?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    settings = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": adapted.tokenizer.pad_token_id}
+    with torch.no_grad():
+        a = adapted.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **settings)
+        b = merged.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **settings)
+        base = load_model(str(tiny_model_dir)).model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **settings)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, base)  # the adapter really changed the model
+    with pytest.raises(Exception, match="already exists"):
+        merge_and_save(tmp_path / "run", tmp_path / "merged")

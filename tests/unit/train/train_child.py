@@ -1,0 +1,40 @@
+"""Run a tiny training in its own process (for the SIGKILL/resume and two-process tests).
+
+usage: train_child.py MODEL_DIR RUN_DIR MODE [key=value ...]
+MODE: fresh | resume | slow (fresh, sleeping after each step so the parent can kill it mid-run).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from train_helpers import SimpleSplit, sft_records, tiny_config  # noqa: E402
+
+from tunelab.tasks import run_training  # noqa: E402
+
+
+def main() -> None:
+    model_dir, run_dir, mode, *overrides = sys.argv[1:]
+    settings = {}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        settings[key] = json.loads(value)
+    config = tiny_config(Path(model_dir), **settings)
+    split = SimpleSplit(sft_records(12), sft_records(16)[12:])
+    seen_steps = []
+
+    def progress(event) -> None:
+        seen_steps.append(event.step)
+        if mode == "slow":
+            time.sleep(0.3)
+
+    result = run_training(config, split, run_dir=Path(run_dir), progress=progress, resume=mode == "resume")
+    summary = {"final_loss": result.final_loss, "steps": result.steps, "first_step": seen_steps[0] if seen_steps else None}
+    print("RESULT " + json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
