@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "tunelab.cli.generate",
     "tunelab.cli.models",
     "tunelab.cli.env",
+    "tunelab.cli.evaluate",
 ]
 
 
