@@ -119,10 +119,11 @@ def label_logits(
     decoder, head = _decoder_and_head(model)
     device = _device(model)
     label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
-    plain_head = isinstance(head, torch.nn.Linear) and type(head) is torch.nn.Linear
+    plain_head = type(head) is torch.nn.Linear  # a LoRA-wrapped head is another type, with no plain rows
     if plain_head:
-        rows = head.weight.index_select(0, label_ids)
-        bias = head.bias.index_select(0, label_ids) if head.bias is not None else None
+        with torch.inference_mode():
+            rows = head.weight.index_select(0, label_ids)
+            bias = head.bias.index_select(0, label_ids) if head.bias is not None else None
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
     for batch in _by_length(prompts, batch_size):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tunelab.errors import DataError
-from tunelab.evaluation.compare import compare_evaluations, compare_files
+from tunelab.evaluation.compare import Comparison, compare_evaluations, compare_files
 from tunelab.evaluation.metrics import corpus_statistics, sft_example_scores
 from tunelab.evaluation.result import EvalResult
 
@@ -32,6 +32,7 @@ def test_bootstrap_is_reproducible_with_a_seed_and_finds_the_right_sign():
     first = compare_evaluations(base, tuned, seed=3, samples=500)
     again = compare_evaluations(base, tuned, seed=3, samples=500)
     assert first.to_dict() == again.to_dict()
+    assert Comparison.from_dict(first.to_dict()).to_dict() == first.to_dict()
     accuracy = first.metric("accuracy")
     assert accuracy.low > 0 and accuracy.high > accuracy.low
     assert accuracy.low < accuracy.difference < accuracy.high
