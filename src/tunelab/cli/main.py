@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "tunelab.cli.data",
     "tunelab.cli.serve",
     "tunelab.cli.train",
+    "tunelab.cli.evaluate",
 ]
 
 

@@ -1,0 +1,180 @@
+"""``tunelab eval``, ``tunelab report`` and ``tunelab review``: score a model, report a run, blind A/B review."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tunelab.cli.common import console, error_console, print_json
+from tunelab.errors import DataError
+
+review_app = typer.Typer(help="Blind human A/B review of base vs tuned outputs.", no_args_is_help=True)
+
+HIDDEN_METRICS = {"primary", "per_class", "confusion_matrix", "unknown_label_examples"}
+
+
+def _metrics_table(result) -> Table:
+    table = Table(title=f"{result.task} evaluation of {result.model} on {result.n} examples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        if name in HIDDEN_METRICS:
+            continue
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(f"[bold]{name}[/bold]" if name == result.metrics.get("primary") else name, shown)
+    return table
+
+
+def render_comparison(comparison) -> Table:
+    """A rich table of a ``tunelab.evaluation.Comparison`` (also used by ``tunelab compare``)."""
+    table = Table(title=f"{comparison.name_b} vs {comparison.name_a} ({comparison.task}, n={comparison.n})")
+    for column in ("metric", "before (A)", "after (B)", "difference", "95% CI", "outcome"):
+        table.add_column(column, justify="left" if column in ("metric", "outcome") else "right")
+    colours = {"better": "green", "worse": "red"}
+    for m in comparison.metrics:
+        name = f"[bold]{m.name}[/bold]" if m.name == comparison.primary else m.name
+        outcome = f"[{colours[m.outcome]}]{m.outcome}[/]" if m.outcome in colours else m.outcome
+        table.add_row(name, f"{m.before:.4g}", f"{m.after:.4g}", f"{m.difference:+.4g}", f"[{m.low:+.4g}, {m.high:+.4g}]", outcome)
+    return table
+
+
+def evaluate_command(
+    data: str = typer.Option(..., "--data", "-d", help="Test file (any format `tunelab data check` reads)."),
+    task: str = typer.Option(..., "--task", "-t", help="text, sft or classify."),
+    model: str = typer.Option("default", "--model", "-m", help="default, a model or run folder, a .gguf, or a hub id."),
+    adapter: Path = typer.Option(None, "--adapter", help="A run folder: evaluate its tuned model (overrides --model)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the evaluation (metrics + every prediction) to this JSON file."),
+    baseline: bool = typer.Option(
+        None, "--baseline/--trained-prompt", help="classify: zero-shot prompt listing the labels (default: when the model has no labels.json)."
+    ),
+    labels: Path = typer.Option(None, "--labels", help="classify: a run's labels.json, so a base model is scored over the same label tokens."),
+    preset: str = typer.Option(None, "--preset", help="Column mapping of a known dataset (banking77, scitldr, ...)."),
+    system: str = typer.Option(None, "--system", help="System message before every prompt."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Evaluate a seeded sample of at most N examples."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="sft: longest answer in tokens."),
+    max_length: int = typer.Option(512, "--max-length", min=8, help="Longest prompt / perplexity window in tokens."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Examples per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample (and of sampling when temperature > 0)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="sft: 0 is greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate any model (or a run's tuned model) on any test file, and optionally save every prediction."""
+    from tunelab.config import DataConfig, EvalConfig
+    from tunelab.data.labels import LabelMap
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.models import load_model, load_run
+
+    try:
+        # Written by the data layer; imported here so the other commands work without it.
+        from tunelab.data.read import load_records
+    except ImportError:
+        raise DataError("reading test files needs tunelab.data.read, which this installation lacks") from None
+    data_config = DataConfig(preset=preset, system_prompt=system, max_length=max_length, max_test_examples=limit, seed=seed)
+    eval_config = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature, top_p=top_p)
+    records = load_records(data, task, data_config)
+    loaded = load_run(adapter, allow_network=allow_network) if adapter else load_model(model, allow_network=allow_network)
+    label_map = None
+    if labels is not None:
+        if not labels.is_file():
+            raise DataError(f"labels file not found: {labels}", "pass a run's labels.json")
+        label_map = LabelMap.load(labels)
+    if baseline is None:
+        baseline = task == "classify" and not loaded.label_map
+    total = min(len(records), limit or len(records))
+    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
+        progress_task = bar.add_task("eval", total=total)
+        result = evaluate(
+            loaded, records, task, config=eval_config, data_config=data_config, label_map=label_map, baseline=baseline,
+            progress=lambda done: bar.advance(progress_task, done),
+        )
+    if out:
+        result.save(out)
+    if as_json:
+        print_json({"model": result.model, "task": result.task, "n": result.n, "metrics": result.metrics, "warnings": result.warnings, "out": str(out) if out else None})
+        return
+    console.print(_metrics_table(result))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if out:
+        console.print(f"saved {out}")
+
+
+def report_command(
+    run: Path = typer.Argument(..., help="A run folder with eval/base.json and eval/tuned.json."),
+    seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: the run's eval.seed)."),
+    samples: int = typer.Option(None, "--samples", min=100, help="Bootstrap resamples (default: the run's eval.bootstrap_samples)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Compare a run's tuned model with its base model and write report.md + report.html into the run."""
+    from tunelab.evaluation.report import report_run
+
+    comparison, files = report_run(run, seed=seed, samples=samples)
+    if as_json:
+        print_json({**comparison.to_dict(), "files": [str(p) for p in files.paths]})
+        return
+    console.print(render_comparison(comparison))
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"[bold]verdict: {comparison.verdict}[/bold]  {comparison.summary}")
+    console.print("wrote " + ", ".join(str(p) for p in files.paths))
+
+
+def _pair(run: Path | None, base: Path | None, tuned: Path | None) -> tuple[Path, Path]:
+    if run is not None:
+        return run / "eval" / "base.json", run / "eval" / "tuned.json"
+    if base is None or tuned is None:
+        raise DataError("name a run folder, or both --base and --tuned evaluation files")
+    return base, tuned
+
+
+@review_app.command("export")
+def review_export(
+    run: Path = typer.Argument(None, help="A run folder (uses eval/base.json and eval/tuned.json)."),
+    base: Path = typer.Option(None, "--base", help="The base model's evaluation JSON (instead of RUN)."),
+    tuned: Path = typer.Option(None, "--tuned", help="The tuned model's evaluation JSON (instead of RUN)."),
+    out: Path = typer.Option(None, "--out", "-o", help="The sheet to write (default: RUN/review.csv)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the row order and of the A/B sides."),
+) -> None:
+    """Write a blind A/B sheet (id, prompt, output_a, output_b, preference) and its key file."""
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.evaluation.review import export_review
+
+    base_path, tuned_path = _pair(run, base, tuned)
+    if out is None:
+        if run is None:
+            raise DataError("--out is required without a run folder")
+        out = run / "review.csv"
+    sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed)
+    console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
+
+
+@review_app.command("score")
+def review_score(
+    sheet: Path = typer.Argument(..., help="The filled-in sheet."),
+    key: Path = typer.Option(None, "--key", help="Its key file (default: SHEET with .key.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Score a filled-in A/B sheet: the tuned model's win rate with a 95% interval (ties count half)."""
+    from tunelab.evaluation.review import score_review
+
+    score = score_review(sheet, key)
+    if as_json:
+        print(json.dumps(score.to_dict(), indent=2))
+        return
+    console.print(
+        f"{score.tuned} preferred over {score.base}: win rate {score.win_rate:.1%} "
+        f"(95% CI {score.low:.1%} to {score.high:.1%}; {score.method})"
+    )
+    console.print(f"tuned wins {score.tuned_wins}, base wins {score.base_wins}, ties {score.ties} (each counted half), not judged {score.unjudged}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate_command)
+    app.command("report")(report_command)
+    app.add_typer(review_app, name="review")

@@ -1,0 +1,165 @@
+"""Compare two evaluations of the same test set: per metric, before, after, the difference, and a
+paired bootstrap 95% interval of the difference; then a one-line verdict on the task's primary metric.
+
+The bootstrap resamples *examples* (the same resample for both evaluations, hence "paired") and
+recomputes every metric on each resample from the stored per-example scores. Corpus metrics are
+recomputed exactly: BLEU and chrF from summed sacrebleu statistics, macro-F1 and ECE from the
+resampled predictions, perplexity as exp(sum NLL / sum tokens) of the resampled documents.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunelab.errors import DataError
+from tunelab.evaluation.metrics import PRIMARY_METRIC, TASK_METRICS, score_table
+from tunelab.evaluation.result import EvalResult, _json_safe
+from tunelab.paths import atomic_write_text
+
+BETTER, WORSE, SAME = "better", "worse", "no significant difference"
+_CHUNK = 200  # resamples computed at once: bounds memory to CHUNK x n indices
+
+
+@dataclass
+class MetricComparison:
+    """One metric before (A) and after (B), with the 95% interval of B - A."""
+
+    name: str
+    before: float
+    after: float
+    difference: float
+    low: float
+    high: float
+    higher_is_better: bool | None
+
+    @property
+    def outcome(self) -> str:
+        """better / worse / no significant difference (for B against A); "changed" when no direction."""
+        if self.low <= 0 <= self.high or not np.isfinite([self.low, self.high]).all():
+            return SAME
+        if self.higher_is_better is None:
+            return "changed"
+        improved = (self.low > 0) == self.higher_is_better
+        return BETTER if improved else WORSE
+
+
+@dataclass
+class Comparison:
+    """B against A on the examples both evaluated (normally A = base model, B = tuned model)."""
+
+    task: str
+    primary: str
+    name_a: str
+    name_b: str
+    n: int
+    seed: int
+    samples: int
+    metrics: list[MetricComparison]
+    verdict: str
+    summary: str
+    warnings: list[str] = field(default_factory=list)
+
+    def metric(self, name: str) -> MetricComparison:
+        return next(m for m in self.metrics if m.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for item, metric in zip(data["metrics"], self.metrics, strict=True):
+            item["outcome"] = metric.outcome
+        return _json_safe(data)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        metrics = [
+            MetricComparison(**{k: (float("nan") if v is None and k not in ("name", "higher_is_better") else v) for k, v in m.items() if k != "outcome"})
+            for m in data["metrics"]
+        ]
+        return cls(**{**data, "metrics": metrics})
+
+
+def _paired_rows(a: EvalResult, b: EvalResult) -> tuple[list[dict], list[dict], list[str]]:
+    # Pair by (id, occurrence): a duplicated test example pairs with its own copy.
+    def keyed(result: EvalResult) -> dict[tuple[str, int], dict]:
+        seen: Counter[str] = Counter()
+        out = {}
+        for row in result.rows:
+            out[(row["id"], seen[row["id"]])] = row
+            seen[row["id"]] += 1
+        return out
+
+    rows_a, rows_b = keyed(a), keyed(b)
+    shared = [key for key in rows_a if key in rows_b]
+    warnings = []
+    if not shared:
+        raise DataError(
+            f"the evaluations of '{a.model}' and '{b.model}' share no test example",
+            "compare evaluations of the same test set",
+        )
+    if len(shared) < max(len(rows_a), len(rows_b)) or (a.test_fingerprint and b.test_fingerprint and a.test_fingerprint != b.test_fingerprint):
+        warnings.append(
+            f"the two evaluations used different test sets ({len(rows_a)} and {len(rows_b)} examples); "
+            f"compared on the {len(shared)} they share"
+        )
+    return [rows_a[k] for k in shared], [rows_b[k] for k in shared], warnings
+
+
+def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples: int = 1000) -> Comparison:
+    """Compare evaluation ``b`` against ``a`` with a seeded paired bootstrap.
+
+    Raises:
+        DataError: when the tasks differ or the evaluations share no example.
+    """
+    if a.task != b.task:
+        raise DataError(f"cannot compare a {a.task} evaluation with a {b.task} evaluation")
+    task = a.task
+    rows_a, rows_b, warnings = _paired_rows(a, b)
+    labels = list(dict.fromkeys((a.labels or []) + (b.labels or [])))
+    table_a, table_b = score_table(task, rows_a, labels), score_table(task, rows_b, labels)
+    n = len(rows_a)
+    everything = np.arange(n)[None, :]
+    rng = np.random.default_rng(seed)
+    specs = TASK_METRICS[task]
+    differences: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+    for start in range(0, samples, _CHUNK):
+        indices = rng.integers(0, n, size=(min(_CHUNK, samples - start), n))
+        for spec in specs:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                differences[spec.name].append(spec.compute(table_b, indices) - spec.compute(table_a, indices))
+    metrics = []
+    for spec in specs:
+        before = float(spec.compute(table_a, everything)[0])
+        after = float(spec.compute(table_b, everything)[0])
+        diffs = np.concatenate(differences[spec.name])
+        diffs = diffs[np.isfinite(diffs)]
+        low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs.size else (float("nan"), float("nan")))
+        metrics.append(MetricComparison(spec.name, before, after, after - before, float(low), float(high), spec.higher_is_better))
+    primary = PRIMARY_METRIC[task]
+    main = next(m for m in metrics if m.name == primary)
+    verdict = main.outcome
+    direction = "higher" if main.higher_is_better else "lower"
+    summary = (
+        f"{b.model} vs {a.model}: {verdict} on {primary} ({direction} is better): "
+        f"{main.before:.4g} -> {main.after:.4g}, difference {main.difference:+.4g} "
+        f"(95% CI {main.low:+.4g} to {main.high:+.4g}, n={n}, paired bootstrap x{samples})"
+    )
+    return Comparison(task, primary, a.model, b.model, n, seed, samples, metrics, verdict, summary, warnings)
+
+
+def compare_files(path_a: str | Path, path_b: str | Path, *, seed: int = 0, samples: int = 1000) -> Comparison:
+    """``compare_evaluations`` on two files written by ``EvalResult.save`` (B against A).
+
+    Raises:
+        DataError: when a file is missing or not an evaluation, or the two cannot be compared.
+    """
+    return compare_evaluations(EvalResult.load(path_a), EvalResult.load(path_b), seed=seed, samples=samples)

@@ -1,0 +1,301 @@
+"""``evaluate``: one model on one test set, the same code before (baseline) and after training.
+
+- classify: one forward pass per batch, scored over the label tokens only; the tuned model gets
+  its training prompt, the base model (``baseline=True``) a zero-shot prompt listing the labels,
+  scored over the same label tokens. Never generation.
+- sft: batched greedy generation on the prompts, in the model's chat template, scored against
+  every reference of the example.
+- text: sliding-window negative log-likelihood of each held-out document, token-weighted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import numpy as np
+
+from tunelab.config import DataConfig, EvalConfig
+from tunelab.data.labels import LabelMap, build_label_map
+from tunelab.data.records import ClassifyRecord, Record, SFTRecord, TextRecord
+from tunelab.data.templates import classify_messages, render_prompt_ids, zero_shot_messages
+from tunelab.data.tokenize import tokenize_classify, tokenize_text
+from tunelab.errors import ConfigError, DataError
+from tunelab.evaluation.metrics import (
+    PRIMARY_METRIC,
+    classify_metrics,
+    corpus_statistics,
+    metric_values,
+    sft_example_scores,
+    text_metrics,
+)
+from tunelab.evaluation.predict import generate_batch, label_logits, softmax, window_nll
+from tunelab.evaluation.result import EvalResult, test_fingerprint
+
+RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord}
+Progress = Callable[[int], None]
+
+
+def references_of(record: SFTRecord) -> list[str]:
+    """An sft record's reference answers: its ``references`` when it has any, else its completion.
+
+    Raises:
+        DataError: when the record has no reference answer at all.
+    """
+    extra = [r for r in (getattr(record, "references", None) or ()) if isinstance(r, str) and r.strip()]
+    if extra:
+        return extra
+    try:
+        completion = record.completion
+    except (ValueError, IndexError):
+        completion = ""
+    if not completion.strip():
+        raise DataError(f"{record.source or record.id}: no reference answer (no non-empty assistant turn)", "give every test example a completion")
+    return [completion]
+
+
+def _prompt_text(messages: Sequence[dict[str, str]]) -> str:
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def select_test_records(records: Sequence[Record], limit: int | None, seed: int) -> list[Record]:
+    """At most ``limit`` records, a seeded sample chosen by id (so before and after see the same ones)."""
+    if limit is None or len(records) <= limit:
+        return list(records)
+    ordered = sorted(records, key=lambda record: record.id)
+    chosen = {record.id for record in random.Random(seed).sample(ordered, limit)}
+    return [record for record in records if record.id in chosen]
+
+
+def _check_records(records: Sequence[Record], task: str, train_ids: Collection[str] | None) -> list[str]:
+    if task not in RECORD_TYPES:
+        raise ConfigError(f"evaluation supports the tasks text, sft and classify, not '{task}'")
+    if not records:
+        raise DataError("the test set is empty", "give a test file with examples, or a larger test_size")
+    expected = RECORD_TYPES[task]
+    wrong = [r.source or r.id for r in records if not isinstance(r, expected)]
+    if wrong:
+        raise DataError(f"{len(wrong)} test records are not {task} records (first: {wrong[0]})", f"read the file with task '{task}'")
+    warnings = []
+    if train_ids:
+        overlap = [r.source or r.id for r in records if r.id in set(train_ids)]
+        if overlap:
+            warnings.append(
+                f"{len(overlap)} of {len(records)} test examples also appear in the training data "
+                f"(first: {', '.join(overlap[:3])}); the scores overstate how well the model generalises"
+            )
+    duplicates = [record_id for record_id, count in Counter(r.id for r in records).items() if count > 1]
+    if duplicates:
+        warnings.append(f"{len(duplicates)} test examples appear more than once; each copy is scored")
+    return warnings
+
+
+def _model_name(loaded: Any) -> str:
+    name = loaded.source.display_name
+    if loaded.base_source is not None:
+        name += f" (adapter on {loaded.base_source.display_name})"
+    return name
+
+
+def evaluate(
+    loaded: Any,
+    records: Sequence[Record],
+    task: str,
+    *,
+    config: EvalConfig,
+    data_config: DataConfig,
+    label_map: LabelMap | None = None,
+    baseline: bool = False,
+    train_ids: Collection[str] | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Evaluate ``loaded`` (a ``tunelab.models.LoadedModel``) on ``records``.
+
+    Args:
+        loaded: the model and tokenizer (a base model, or a run with its adapter).
+        records: the test records, all of ``task``'s type.
+        task: text, sft or classify.
+        config: generation and batching settings.
+        data_config: max_length, stride, system_prompt, max_test_examples, seed.
+        label_map: classify: label -> token (default: the run's labels.json, else built from the test labels).
+        baseline: classify: ask the zero-shot prompt that lists the labels (for a model not trained on them).
+        train_ids: ids of the training records; overlap with the test set is reported as a warning.
+        progress: called with the number of examples just finished.
+
+    Raises:
+        DataError: for an empty test set, records of the wrong task, or an sft example without reference.
+        ConfigError: for a task evaluation does not support.
+    """
+    warnings = _check_records(records, task, train_ids)
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    if len(chosen) < len(records):
+        warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
+    settings: dict[str, Any] = {"batch_size": config.batch_size, "max_length": data_config.max_length}
+    if task == "classify":
+        label_map = _resolve_label_map(loaded, chosen, label_map)
+        rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress)
+    elif task == "sft":
+        rows, metrics, more = _evaluate_sft(loaded, chosen, config, data_config, settings, progress)
+    else:
+        rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
+    warnings += more
+    return EvalResult(
+        task=task,
+        model=_model_name(loaded),
+        n=len(rows),
+        metrics={"primary": PRIMARY_METRIC[task], **metrics},
+        rows=rows,
+        settings=settings,
+        test_fingerprint=test_fingerprint(task, (r.id for r in chosen)),
+        baseline=baseline,
+        labels=list(label_map.labels) if task == "classify" and label_map else None,
+        warnings=warnings,
+    )
+
+
+def _resolve_label_map(loaded: Any, records: Sequence[ClassifyRecord], label_map: LabelMap | None) -> LabelMap:
+    if label_map is not None:
+        return label_map
+    if loaded.label_map:
+        return LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
+    # A model never trained on these labels: the test set's own labels, in a stable order.
+    return build_label_map(sorted({r.label for r in records}), loaded.tokenizer)
+
+
+def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress):
+    tokenizer = loaded.tokenizer
+    system = data_config.system_prompt
+    if baseline:
+        messages_fn = lambda text: zero_shot_messages(text, label_map, system)  # noqa: E731
+    else:
+        messages_fn = lambda text: classify_messages(text, system)  # noqa: E731
+    prompts, truncated = [], 0
+    for record in records:
+        # The prompt does not depend on the label; an unknown label is scored (as wrong), not refused.
+        probe = record if record.label in label_map.labels else dataclasses.replace(record, label=label_map.labels[0])
+        example = tokenize_classify(probe, tokenizer, label_map, data_config.max_length, system, messages_fn=messages_fn)
+        prompts.append(example.input_ids)
+        truncated += example.truncated
+    probabilities = softmax(label_logits(loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress))
+    rows, predictions, confidences = [], [], []
+    for record, probs in zip(records, probabilities, strict=True):
+        best = int(np.argmax(probs))
+        known = record.label in label_map.labels
+        predictions.append(label_map.labels[best])
+        confidences.append(float(probs[best]))
+        rows.append(
+            {
+                "id": record.id,
+                "source": record.source,
+                "prompt": record.text,
+                "reference": record.label,
+                "prediction": label_map.labels[best],
+                "scores": {
+                    "correct": float(known and label_map.labels[best] == record.label),
+                    "confidence": float(probs[best]),
+                    "probability_of_reference": float(probs[label_map.index(record.label)]) if known else 0.0,
+                    "known_label": known,
+                },
+            }
+        )
+    metrics = classify_metrics([r.label for r in records], predictions, confidences, label_map.labels)
+    unknown = Counter(r.label for r in records if r.label not in label_map.labels)
+    warnings = []
+    if unknown:
+        metrics["unknown_labels"] = dict(unknown)
+        metrics["unknown_label_examples"] = [r.source or r.id for r in records if r.label not in label_map.labels]
+        warnings.append(
+            f"{sum(unknown.values())} test examples have labels the model was never trained on "
+            f"({', '.join(sorted(unknown))}); they count as wrong"
+        )
+    if truncated:
+        warnings.append(f"{truncated} classify prompts were longer than max_length and had their text shortened")
+    settings.update(prompt="zero_shot" if baseline else "trained", labels=label_map.to_dict())
+    return rows, metrics, warnings
+
+
+def _evaluate_sft(loaded, records, config, data_config, settings, progress):
+    tokenizer = loaded.tokenizer
+    references = [references_of(record) for record in records]
+    prompts, truncated = [], 0
+    for record in records:
+        ids = render_prompt_ids(tokenizer, record.prompt_messages)
+        if len(ids) > data_config.max_length:
+            # Keep the end: the opened assistant turn is where the answer starts.
+            ids, truncated = ids[-data_config.max_length :], truncated + 1
+        prompts.append(ids)
+    answers = generate_batch(
+        loaded.model,
+        tokenizer,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+        progress=progress,
+    )
+    statistics = corpus_statistics(answers, references)
+    rows = []
+    for index, (record, answer, refs) in enumerate(zip(records, answers, references, strict=True)):
+        scores = sft_example_scores(answer, refs)
+        scores["bleu_stats"] = statistics["bleu"][index]
+        scores["chrf_stats"] = statistics["chrf"][index]
+        row = {"id": record.id, "source": record.source, "prompt": _prompt_text(record.prompt_messages), "reference": refs[0], "prediction": answer, "scores": scores}
+        if len(refs) > 1:
+            row["references"] = refs
+        rows.append(row)
+    metrics = metric_values("sft", rows)
+    warnings = [f"{truncated} sft prompts were longer than max_length and kept only their last tokens"] if truncated else []
+    settings.update(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+    return rows, metrics, warnings
+
+
+def perplexity_stride(data_config: DataConfig) -> int:
+    """Windows overlap by at least half a window, so every token after a document's first has context."""
+    half = max(1, data_config.max_length // 2)
+    return min(data_config.stride or half, half)
+
+
+def _evaluate_text(loaded, records, config, data_config, settings, progress):
+    stride = perplexity_stride(data_config)
+    windows, owner = [], []
+    for index, record in enumerate(records):
+        for window in tokenize_text(record, loaded.tokenizer, data_config.max_length, stride):
+            windows.append((window.input_ids, window.labels))
+            owner.append(index)
+    per_window = window_nll(loaded.model, windows, batch_size=config.batch_size)
+    nll = [0.0] * len(records)
+    tokens = [0] * len(records)
+    for index, (total, count) in zip(owner, per_window, strict=True):
+        nll[index] += total
+        tokens[index] += count
+    if progress:
+        progress(len(records))
+    rows = []
+    for record, total, count in zip(records, nll, tokens, strict=True):
+        byte_count = len(record.text.encode("utf-8"))
+        per_doc = text_metrics(total, count, byte_count)
+        excerpt = record.text[:300] + ("…" if len(record.text) > 300 else "")
+        rows.append(
+            {
+                "id": record.id,
+                "source": record.source,
+                "prompt": "",
+                "reference": excerpt,
+                "prediction": "",
+                "scores": {"nll": total, "tokens": count, "bytes": byte_count, "perplexity": per_doc["perplexity"]},
+            }
+        )
+    metrics = text_metrics(sum(nll), sum(tokens), sum(len(r.text.encode("utf-8")) for r in records))
+    warnings = []
+    empty = [r.source or r.id for r, count in zip(records, tokens, strict=True) if count == 0]
+    if empty:
+        warnings.append(f"{len(empty)} documents have no token to predict (first: {empty[0]})")
+    settings.update(stride=stride, windows=len(windows))
+    return rows, metrics, warnings

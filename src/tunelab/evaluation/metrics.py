@@ -1,0 +1,285 @@
+"""Metrics, computed locally from per-example scores (nothing is loaded from a hub at run time).
+
+Every task stores, per example, what its corpus metrics are made of, so a metric can be recomputed
+on any subset of examples: that is what the paired bootstrap in ``compare`` does.
+
+- sft: ROUGE-1/2/L F-measure (rouge-score, stemmed), exact match after normalisation, answer length
+  in words: per example, best over the references. BLEU and chrF (sacrebleu) are corpus metrics;
+  each example keeps sacrebleu's sufficient statistics (n-gram matches and totals), whose sums give
+  the exact corpus score of any resample.
+- classify: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix (scikit-learn),
+  expected calibration error over equal-width confidence bins.
+- text: perplexity = exp(total NLL / total predicted tokens) and bits per byte = total NLL /
+  (ln 2 * UTF-8 bytes), which compares models with different tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ECE_BINS = 15
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric of a task: how to compute it on a resample, and which direction is better.
+
+    ``compute(table, indices)`` takes the task's column table (see ``score_table``) and a 2-D array
+    of example indices (one resample per row) and returns one value per row.
+    """
+
+    name: str
+    higher_is_better: bool | None  # None: no better direction (answer length)
+    compute: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------- sft
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD-style)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in string.punctuation)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+_rouge_scorer = None
+
+
+def _rouge():
+    global _rouge_scorer
+    if _rouge_scorer is None:
+        from rouge_score import rouge_scorer
+
+        _rouge_scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return _rouge_scorer
+
+
+def _bleu():
+    from sacrebleu.metrics import BLEU
+
+    # Corpus BLEU with sacrebleu's defaults (13a tokenizer, exponential smoothing): comparable to papers.
+    return BLEU()
+
+
+def _chrf():
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+def sft_example_scores(prediction: str, references: Sequence[str]) -> dict[str, Any]:
+    """Per-example sft scores: ROUGE F-measures and exact match (best over references), length.
+
+    Raises:
+        ValueError: when ``references`` is empty.
+    """
+    if not references:
+        raise ValueError("an sft example needs at least one reference answer")
+    scorer = _rouge()
+    best = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for reference in references:
+        scores = scorer.score(reference, prediction)
+        for key in best:
+            best[key] = max(best[key], scores[key].fmeasure)
+    normalized = normalize_answer(prediction)
+    exact = float(any(normalized == normalize_answer(reference) for reference in references))
+    return {**best, "exact_match": exact, "length": float(len(prediction.split()))}
+
+
+def corpus_statistics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, list[list[float]]]:
+    """sacrebleu's per-sentence sufficient statistics for BLEU and chrF (variable reference counts)."""
+    most = max(len(refs) for refs in references)
+    # sacrebleu wants reference *streams*; a missing reference in a stream is None.
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(most)]
+    bleu = _bleu()._extract_corpus_statistics(list(predictions), streams)
+    chrf = _chrf()._extract_corpus_statistics(list(predictions), streams)
+    return {"bleu": [list(map(float, s)) for s in bleu], "chrf": [list(map(float, s)) for s in chrf]}
+
+
+def bleu_from_stats(stats: np.ndarray) -> float:
+    """Corpus BLEU (0-100) from summed sentence statistics."""
+    return float(_bleu()._compute_score_from_stats([float(x) for x in stats]).score)
+
+
+def chrf_from_stats(stats: np.ndarray) -> float:
+    """Corpus chrF (0-100) from summed sentence statistics."""
+    return float(_chrf()._compute_score_from_stats([float(x) for x in stats]).score)
+
+
+def _mean_of(column: str) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]:
+    def compute(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+        return table[column][indices].mean(axis=1)
+
+    return compute
+
+
+def _corpus_of(column: str, from_stats: Callable[[np.ndarray], float]) -> Callable[..., np.ndarray]:
+    def compute(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+        stats = table[column]
+        return np.array([from_stats(stats[row].sum(axis=0)) for row in indices])
+
+    return compute
+
+
+# ---------------------------------------------------------------------------------------- classify
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the |accuracy - mean confidence| of each equal-width confidence bin, weighted by its size."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    if confidence.size == 0:
+        return 0.0
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 goes to bin 0.
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total / confidence.size)
+
+
+def classify_metrics(
+    references: Sequence[str], predictions: Sequence[str], confidences: Sequence[float], labels: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class P/R/F1, confusion matrix and ECE.
+
+    ``labels`` are the classes the model can answer; a reference outside them (a label the model
+    was never trained on) counts as wrong and gets its own row in the confusion matrix.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    classes = list(labels) + sorted({r for r in references if r not in set(labels)})
+    correct = np.array([r == p for r, p in zip(references, predictions, strict=True)], dtype=float)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, labels=classes, zero_division=0
+    )
+    present = sorted(set(references) | set(predictions), key=classes.index)
+    macro = precision_recall_fscore_support(references, predictions, labels=present, average="macro", zero_division=0)
+    matrix = confusion_matrix(references, predictions, labels=classes)
+    return {
+        "accuracy": float(correct.mean()) if correct.size else 0.0,
+        "macro_f1": float(macro[2]),
+        "ece": expected_calibration_error(np.asarray(confidences), correct),
+        "per_class": {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": {"labels": classes, "matrix": matrix.tolist()},
+    }
+
+
+def _macro_f1_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    # Vectorised macro-F1 over the classes present in each resample (as sklearn's labels=present).
+    reference, prediction = table["reference_index"], table["prediction_index"]
+    classes = int(max(reference.max(), prediction.max())) + 1
+    values = np.empty(len(indices))
+    for row, sample in enumerate(indices):
+        ref, pred = reference[sample], prediction[sample]
+        tp = np.bincount(ref[ref == pred], minlength=classes).astype(float)
+        ref_count = np.bincount(ref, minlength=classes).astype(float)
+        pred_count = np.bincount(pred, minlength=classes).astype(float)
+        present = (ref_count + pred_count) > 0
+        denominator = ref_count + pred_count
+        f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+        values[row] = f1[present].mean()
+    return values
+
+
+def _ece_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    return np.array([expected_calibration_error(table["confidence"][s], table["correct"][s]) for s in indices])
+
+
+# -------------------------------------------------------------------------------------------- text
+
+
+def text_metrics(nll_sum: float, tokens: int, byte_count: int) -> dict[str, float]:
+    """Perplexity, mean NLL per token (nats) and bits per byte from summed NLL, tokens and bytes."""
+    nll_per_token = nll_sum / tokens if tokens else float("nan")
+    return {
+        "perplexity": math.exp(nll_per_token) if tokens else float("nan"),
+        "nll_per_token": nll_per_token,
+        "bits_per_byte": nll_sum / (math.log(2) * byte_count) if byte_count else float("nan"),
+        "tokens": float(tokens),
+        "bytes": float(byte_count),
+    }
+
+
+def _perplexity_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    return np.exp(table["nll"][indices].sum(axis=1) / table["tokens"][indices].sum(axis=1))
+
+
+def _bits_per_byte_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    return table["nll"][indices].sum(axis=1) / (math.log(2) * table["bytes"][indices].sum(axis=1))
+
+
+# ------------------------------------------------------------------------------------ per task API
+
+PRIMARY_METRIC = {"classify": "accuracy", "sft": "rougeL", "text": "perplexity"}
+
+TASK_METRICS: dict[str, list[MetricSpec]] = {
+    "sft": [
+        MetricSpec("rouge1", True, _mean_of("rouge1")),
+        MetricSpec("rouge2", True, _mean_of("rouge2")),
+        MetricSpec("rougeL", True, _mean_of("rougeL")),
+        MetricSpec("bleu", True, _corpus_of("bleu_stats", bleu_from_stats)),
+        MetricSpec("chrf", True, _corpus_of("chrf_stats", chrf_from_stats)),
+        MetricSpec("exact_match", True, _mean_of("exact_match")),
+        MetricSpec("length", None, _mean_of("length")),
+    ],
+    "classify": [
+        MetricSpec("accuracy", True, _mean_of("correct")),
+        MetricSpec("macro_f1", True, _macro_f1_resampled),
+        MetricSpec("ece", False, _ece_resampled),
+    ],
+    "text": [
+        MetricSpec("perplexity", False, _perplexity_resampled),
+        MetricSpec("bits_per_byte", False, _bits_per_byte_resampled),
+    ],
+}
+
+
+def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Columns of per-example scores that the task's MetricSpecs compute on.
+
+    ``labels`` (classify) fixes the class indices so two evaluations share one numbering.
+    """
+    if task == "sft":
+        table = {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in ("rouge1", "rouge2", "rougeL", "exact_match", "length")}
+        table["bleu_stats"] = np.array([row["scores"]["bleu_stats"] for row in rows], dtype=float)
+        table["chrf_stats"] = np.array([row["scores"]["chrf_stats"] for row in rows], dtype=float)
+        return table
+    if task == "classify":
+        names = list(labels or [])
+        for row in rows:
+            for value in (row["reference"], row["prediction"]):
+                if value not in names:
+                    names.append(value)
+        position = {name: i for i, name in enumerate(names)}
+        return {
+            "correct": np.array([row["scores"]["correct"] for row in rows], dtype=float),
+            "confidence": np.array([row["scores"]["confidence"] for row in rows], dtype=float),
+            "reference_index": np.array([position[row["reference"]] for row in rows], dtype=int),
+            "prediction_index": np.array([position[row["prediction"]] for row in rows], dtype=int),
+        }
+    if task == "text":
+        return {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in ("nll", "tokens", "bytes")}
+    raise ValueError(f"no metrics for task {task!r}")
+
+
+def metric_values(task: str, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Every MetricSpec of ``task`` on all of ``rows`` (the same code path the bootstrap uses)."""
+    table = score_table(task, rows)
+    everything = np.arange(len(rows))[None, :]
+    return {spec.name: float(spec.compute(table, everything)[0]) for spec in TASK_METRICS[task]}

@@ -1,0 +1,198 @@
+"""Prediction: batched generation, one-pass label scoring, and sliding-window negative log-likelihood.
+
+All three sort their inputs by length before batching (bucketing), so a batch carries as little
+padding as possible, and return results in the caller's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunelab.data.tokenize import IGNORE_INDEX
+
+# End-of-turn markers of common chat templates; generation stops at whichever the vocabulary has.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+Progress = Callable[[int], None]
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _by_length(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end an answer: EOS, the model's configured EOS ids, and end-of-turn markers."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in configured if isinstance(configured, list) else [configured]:
+        if value is not None:
+            ids.append(int(value))
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
+    return list(dict.fromkeys(ids))
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Answer each prompt (token ids, chat template already applied) with batched KV-cache generation.
+
+    Prompts are left-padded (so every row's next token is at the last position) and sorted by
+    length. Greedy unless ``temperature`` > 0. Each answer stops at EOS / end of turn or after
+    ``max_new_tokens``; special tokens are removed from the returned text.
+    """
+    device = _device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(model, tokenizer)
+    answers: list[str] = [""] * len(prompts)
+    sampling = temperature > 0
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling, "eos_token_id": stops, "pad_token_id": pad_id}
+    if sampling:
+        torch.manual_seed(seed)
+        options.update(temperature=temperature, top_p=top_p, top_k=None)
+    else:
+        # Explicitly greedy: a model's generation_config may carry sampling defaults.
+        options.update(temperature=None, top_p=None, top_k=None)
+    for batch in _by_length(prompts, batch_size):
+        longest = max(len(prompts[i]) for i in batch)
+        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = list(prompts[index])
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[row, longest - len(ids) :] = 1
+        with torch.inference_mode():
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options)
+        for row, index in enumerate(batch):
+            new = output[row, longest:].tolist()
+            for position, token in enumerate(new):
+                if token in stops:
+                    new = new[:position]
+                    break
+            answers[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
+        if progress:
+            progress(len(batch))
+    return answers
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any]:
+    # A PEFT model's base model has the adapters injected in place, so its decoder runs them too.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def label_logits(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    label_token_ids: Sequence[int],
+    *,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Logits of the label tokens at each prompt's last position, shape (prompts, labels).
+
+    One forward pass of the decoder per batch; the last hidden state is multiplied by the label
+    tokens' rows of the LM head only, so no full-vocabulary logits are built. Prompts are
+    right-padded: with causal attention the real tokens never see the padding, and each row's
+    last real position is gathered.
+    """
+    decoder, head = _decoder_and_head(model)
+    device = _device(model)
+    label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
+    plain_head = type(head) is torch.nn.Linear  # a LoRA-wrapped head is another type, with no plain rows
+    if plain_head:
+        with torch.inference_mode():
+            rows = head.weight.index_select(0, label_ids)
+            bias = head.bias.index_select(0, label_ids) if head.bias is not None else None
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
+    for batch in _by_length(prompts, batch_size):
+        longest = max(len(prompts[i]) for i in batch)
+        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+        attention = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = list(prompts[index])
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[row, : len(ids)] = 1
+        last = attention.sum(dim=1) - 1
+        with torch.inference_mode():
+            hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+            final = hidden[torch.arange(len(batch), device=device), last.to(device)]
+            if plain_head:
+                logits = final.to(rows.dtype) @ rows.T
+                if bias is not None:
+                    logits = logits + bias
+            else:
+                # An adapted LM head (LoRA on lm_head) has no plain weight rows: score the last position fully.
+                logits = head(final).index_select(-1, label_ids)
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+        result[batch] = logits.float().cpu().numpy()
+        if progress:
+            progress(len(batch))
+    return result
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def window_nll(
+    model: Any,
+    windows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> list[tuple[float, int]]:
+    """(sum of next-token NLL in nats, number of predicted tokens) of each (input_ids, labels) window.
+
+    ``labels`` are aligned with ``input_ids`` (-100: not predicted), as ``tokenize_text`` makes them.
+    """
+    device = _device(model)
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(windows)
+    inputs = [w[0] for w in windows]
+    for batch in _by_length(inputs, batch_size):
+        longest = max(len(inputs[i]) for i in batch)
+        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+        labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids, targets = windows[index]
+            input_ids[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+            labels[row, : len(ids)] = torch.tensor(list(targets), dtype=torch.long)
+            attention[row, : len(ids)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            targets = labels[:, 1:].to(device)
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+            ).view(len(batch), -1)
+            sums = losses.sum(dim=1).cpu().tolist()
+            counts = (targets != IGNORE_INDEX).sum(dim=1).cpu().tolist()
+        for row, index in enumerate(batch):
+            results[index] = (float(sums[row]), int(counts[row]))
+        if progress:
+            progress(len(batch))
+    return results

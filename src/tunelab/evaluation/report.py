@@ -1,0 +1,294 @@
+"""The run report: ``report.md`` and a self-contained ``report.html`` (images embedded) in the run folder.
+
+It holds the verdict, the metrics table with paired-bootstrap intervals, the loss curves from
+``metrics.jsonl``, the confusion matrices (classify), and the examples that changed most between
+the base and the tuned model, side by side. Plots are PNG files under ``plots/`` a person can open.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import DataError
+from tunelab.evaluation.compare import Comparison, compare_evaluations
+from tunelab.evaluation.result import EvalResult
+from tunelab.paths import RunFolder, atomic_write_text
+
+EXAMPLES_EACH_WAY = 5
+TEXT_LIMIT = 400
+VALIDATION_KEYS = ("val_loss", "validation_loss", "eval_loss")
+
+
+@dataclass
+class ReportFiles:
+    """What ``write_report`` wrote."""
+
+    markdown: Path
+    html: Path
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.markdown, self.html, *self.plots]
+
+
+def read_loss_log(path: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+    """(training (step, loss), validation (step, loss), unreadable line count) from a metrics.jsonl.
+
+    Validation lines may name their value ``val_loss``, ``validation_loss`` or ``eval_loss``.
+    """
+    train: list[tuple[float, float]] = []
+    validation: list[tuple[float, float]] = []
+    bad = 0
+    if not path.is_file():
+        return train, validation, bad
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            step = float(entry["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            bad += 1
+            continue
+        if isinstance(entry.get("loss"), int | float):
+            train.append((step, float(entry["loss"])))
+        for key in VALIDATION_KEYS:
+            if isinstance(entry.get(key), int | float):
+                validation.append((step, float(entry[key])))
+                break
+    return train, validation, bad
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(train: list[tuple[float, float]], validation: list[tuple[float, float]], path: Path) -> Path:
+    """Training and validation loss against the optimizer step, as a PNG."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        axes.plot(*zip(*train, strict=True), label="training loss", linewidth=1.2)
+    if validation:
+        axes.plot(*zip(*validation, strict=True), label="validation loss", marker="o", linewidth=1.6)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss (nats per token)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_confusions(results: list[tuple[str, EvalResult]], path: Path) -> Path:
+    """Confusion matrices (rows: true label, columns: predicted) side by side, as a PNG."""
+    plt = _pyplot()
+    size = max(len(r.metrics["confusion_matrix"]["labels"]) for _, r in results)
+    cell = min(0.45, 9 / max(size, 1))
+    figure, axes = plt.subplots(1, len(results), figsize=(len(results) * (2.5 + size * cell), 2 + size * cell), dpi=110, squeeze=False)
+    for axis, (title, result) in zip(axes[0], results, strict=True):
+        labels = result.metrics["confusion_matrix"]["labels"]
+        matrix = result.metrics["confusion_matrix"]["matrix"]
+        axis.imshow(matrix, cmap="Blues")
+        axis.set_title(f"{title}: accuracy {result.metrics['accuracy']:.3f}")
+        axis.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7 if size > 12 else 9)
+        axis.set_yticks(range(len(labels)), labels, fontsize=7 if size > 12 else 9)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        if size <= 15:
+            peak = max(max(row) for row in matrix) or 1
+            for i, row in enumerate(matrix):
+                for j, value in enumerate(row):
+                    if value:
+                        colour = "white" if value > peak / 2 else "black"  # readable on dark cells
+                        axis.text(j, i, str(value), ha="center", va="center", fontsize=8, color=colour)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
+    """How much an example improved (positive) or worsened (negative) from before to after."""
+    if task == "classify":
+        return after["scores"]["probability_of_reference"] - before["scores"]["probability_of_reference"]
+    if task == "sft":
+        return after["scores"]["rougeL"] - before["scores"]["rougeL"]
+
+    def per_token(row: dict[str, Any]) -> float:
+        return row["scores"]["nll"] / row["scores"]["tokens"] if row["scores"]["tokens"] else 0.0
+
+    return per_token(before) - per_token(after)
+
+
+def changed_examples(base: EvalResult, tuned: EvalResult, each_way: int = EXAMPLES_EACH_WAY) -> list[dict[str, Any]]:
+    """The examples that improved most, then those that worsened most (paired by id)."""
+    by_id = {row["id"]: row for row in base.rows}
+    pairs = [(by_id[row["id"]], row) for row in tuned.rows if row["id"] in by_id]
+    scored = [(_change(tuned.task, b, a), b, a) for b, a in pairs]
+    improved = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])[:each_way]
+    worsened = sorted((s for s in scored if s[0] < 0), key=lambda s: s[0])[:each_way]
+    return [
+        {"change": change, "source": after["source"], "prompt": after["prompt"], "reference": after["reference"], "before": before, "after": after}
+        for change, before, after in improved + worsened
+    ]
+
+
+def _format(value: float) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.4g}"
+
+
+def _cut(text: str, limit: int = TEXT_LIMIT) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _shown(task: str, row: dict[str, Any]) -> str:
+    if task == "classify":
+        return f"{row['prediction']} (p={row['scores']['confidence']:.2f}; p(true)={row['scores']['probability_of_reference']:.2f})"
+    if task == "text":
+        scores = row["scores"]
+        return f"perplexity {_format(math.exp(scores['nll'] / scores['tokens'])) if scores['tokens'] else 'n/a'}"
+    return row["prediction"]
+
+
+def _metric_rows(comparison: Comparison) -> list[list[str]]:
+    rows = []
+    for m in comparison.metrics:
+        direction = {True: "↑", False: "↓", None: ""}[m.higher_is_better]
+        name = f"**{m.name}**" if m.name == comparison.primary else m.name
+        rows.append([f"{name} {direction}".strip(), _format(m.before), _format(m.after), _format(m.difference), f"[{_format(m.low)}, {_format(m.high)}]", m.outcome])
+    return rows
+
+
+HEADER = ["metric", "before (base)", "after (tuned)", "difference", "95% CI of difference", "outcome"]
+
+
+def _markdown(run: RunFolder, base: EvalResult, tuned: EvalResult, comparison: Comparison, plots: dict[str, Path], examples, notes) -> str:
+    def table(header: list[str], rows: list[list[str]]) -> list[str]:
+        escape = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
+
+    lines = [f"# Report: {run.root.name}", "", f"**Verdict: {comparison.verdict}.** {comparison.summary}", ""]
+    lines += [f"- task: {tuned.task}; test examples: {comparison.n}; base: {base.model}; tuned: {tuned.model}"]
+    lines += [f"- intervals: paired bootstrap, {comparison.samples} resamples, seed {comparison.seed}; ↑ higher is better, ↓ lower is better"]
+    lines += [f"- warning: {w}" for w in notes]
+    lines += ["", "## Metrics", ""] + table(HEADER, _metric_rows(comparison))
+    if "loss" in plots:
+        lines += ["", "## Loss curves", "", f"![loss curves]({plots['loss'].relative_to(run.root).as_posix()})"]
+    if "confusion" in plots:
+        lines += ["", "## Confusion matrices", "", f"![confusion matrices]({plots['confusion'].relative_to(run.root).as_posix()})"]
+        per_class = tuned.metrics.get("per_class", {})
+        lines += ["", "Per class (tuned):", ""] + table(
+            ["label", "precision", "recall", "f1", "support"],
+            [[label, _format(v["precision"]), _format(v["recall"]), _format(v["f1"]), str(v["support"])] for label, v in per_class.items()],
+        )
+    if examples:
+        lines += ["", "## Examples that changed most", ""]
+        lines += table(
+            ["change", "source", "prompt", "reference", "before (base)", "after (tuned)"],
+            [[f"{e['change']:+.3f}", e["source"], _cut(e["prompt"], 200), _cut(e["reference"], 200), _cut(_shown(tuned.task, e["before"]), 200), _cut(_shown(tuned.task, e["after"]), 200)] for e in examples],
+        )
+    return "\n".join(lines) + "\n"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}
+th{background:#f3f3f3}.verdict{font-size:1.2em;padding:.6em;border-radius:6px;background:#eef}.better{background:#e6f6e6}
+.worse{background:#fbe7e7}.warn{color:#8a5300}td.text{white-space:pre-wrap;max-width:320px;font-size:13px}img{max-width:100%}"""
+
+
+def _html(run: RunFolder, base: EvalResult, tuned: EvalResult, comparison: Comparison, plots: dict[str, Path], examples, notes) -> str:
+    e = html.escape
+    verdict_class = {"better": "better", "worse": "worse"}.get(comparison.verdict, "")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {e(run.root.name)}</title><style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>Report: {e(run.root.name)}</h1>")
+    parts.append(f"<p class='verdict {verdict_class}'><b>Verdict: {e(comparison.verdict)}.</b> {e(comparison.summary)}</p>")
+    parts.append(f"<p>task: {e(tuned.task)}; test examples: {comparison.n}; base: {e(base.model)}; tuned: {e(tuned.model)}.<br>"
+                 f"Intervals: paired bootstrap, {comparison.samples} resamples, seed {comparison.seed}; ↑ higher is better, ↓ lower is better.</p>")
+    parts += [f"<p class='warn'>warning: {e(w)}</p>" for w in notes]
+    parts.append("<h2>Metrics</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in HEADER) + "</tr>")
+    for row in _metric_rows(comparison):
+        cells = [row[0].replace("**", "")] + row[1:]
+        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    for key, title in (("loss", "Loss curves"), ("confusion", "Confusion matrices")):
+        if key in plots:
+            data = base64.b64encode(plots[key].read_bytes()).decode("ascii")
+            parts.append(f"<h2>{title}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
+    if examples:
+        parts.append("<h2>Examples that changed most</h2><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>before (base)</th><th>after (tuned)</th></tr>")
+        for x in examples:
+            cells = [f"{x['change']:+.3f}", x["source"], _cut(x["prompt"]), _cut(x["reference"]), _cut(_shown(tuned.task, x["before"])), _cut(_shown(tuned.task, x["after"]))]
+            parts.append("<tr>" + "".join(f"<td class='text'>{e(str(c))}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, base: EvalResult, tuned: EvalResult, comparison: Comparison) -> ReportFiles:
+    """Write report.md, report.html and plots/*.png into ``run_dir``.
+
+    Raises:
+        DataError: when the two evaluations are of different tasks.
+    """
+    if base.task != tuned.task:
+        raise DataError(f"cannot report a {base.task} evaluation against a {tuned.task} evaluation")
+    run = RunFolder(Path(run_dir))
+    plots: dict[str, Path] = {}
+    notes = list(comparison.warnings) + [f"base: {w}" for w in base.warnings] + [f"tuned: {w}" for w in tuned.warnings]
+    train, validation, bad = read_loss_log(run.metrics)
+    if bad:
+        notes.append(f"{bad} lines of {run.metrics.name} could not be read and are not plotted")
+    if train or validation:
+        plots["loss"] = plot_losses(train, validation, run.root / "plots" / "loss.png")
+    if tuned.task == "classify" and "confusion_matrix" in tuned.metrics and "confusion_matrix" in base.metrics:
+        plots["confusion"] = plot_confusions([("base", base), ("tuned", tuned)], run.root / "plots" / "confusion.png")
+    examples = changed_examples(base, tuned)
+    atomic_write_text(run.report_md, _markdown(run, base, tuned, comparison, plots, examples, notes))
+    atomic_write_text(run.report_html, _html(run, base, tuned, comparison, plots, examples, notes))
+    return ReportFiles(run.report_md, run.report_html, list(plots.values()))
+
+
+def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | None = None) -> tuple[Comparison, ReportFiles]:
+    """Compare ``eval/tuned.json`` against ``eval/base.json`` of a run, save ``eval/comparison.json`` and write the report.
+
+    Seed and resample count default to the run config's ``eval`` section (else 0 and 1000).
+
+    Raises:
+        DataError: when the run has no base or tuned evaluation.
+    """
+    run = RunFolder(Path(run_dir))
+    base_path, tuned_path = run.eval_dir / "base.json", run.eval_dir / "tuned.json"
+    for path in (base_path, tuned_path):
+        if not path.is_file():
+            raise DataError(f"{path} not found", f"evaluate the run first (tunelab eval ... --out {path})")
+    settings: dict[str, Any] = {}
+    if run.config.is_file():
+        import yaml
+
+        loaded = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
+        settings = loaded.get("eval") or {} if isinstance(loaded, dict) else {}
+    seed = seed if seed is not None else int(settings.get("seed", 0))
+    samples = samples if samples is not None else int(settings.get("bootstrap_samples", 1000))
+    base, tuned = EvalResult.load(base_path), EvalResult.load(tuned_path)
+    comparison = compare_evaluations(base, tuned, seed=seed, samples=samples)
+    comparison.save(run.eval_dir / "comparison.json")
+    return comparison, write_report(run.root, base, tuned, comparison)

@@ -1,0 +1,106 @@
+"""The result of one evaluation: metrics plus every example's prediction and scores, saved as JSON.
+
+Per-example scores are kept so that two evaluations of the same test set can be compared with a
+paired bootstrap later, from the files alone (``tunelab compare base.json tuned.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import DataError
+from tunelab.paths import atomic_write_text
+
+FORMAT_VERSION = 1
+
+
+def test_fingerprint(task: str, record_ids: Iterable[str]) -> str:
+    """A hash of the task and the set of test record ids: equal fingerprints, same test set."""
+    digest = hashlib.sha256(task.encode())
+    for record_id in sorted(record_ids):
+        digest.update(b"\0" + record_id.encode())
+    return digest.hexdigest()[:16]
+
+
+def _json_safe(value: Any) -> Any:
+    # JSON has no NaN/Infinity; write null so the file stays standard JSON any tool can read.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+@dataclass
+class EvalResult:
+    """One model evaluated on one test set.
+
+    ``rows`` hold, per example: ``id``, ``source`` (file:line), ``prompt``, ``reference`` (and
+    ``references`` for multi-reference sft), ``prediction`` and ``scores`` (the task's per-example
+    scores, see ``tunelab.evaluation.metrics``).
+    """
+
+    task: str
+    model: str
+    n: int
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    test_fingerprint: str = ""
+    baseline: bool = False
+    labels: list[str] | None = None
+    warnings: list[str] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def ids(self) -> list[str]:
+        return [row["id"] for row in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON (atomically) and return the path."""
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "evaluation") -> EvalResult:
+        """Rebuild a result from its JSON form.
+
+        Raises:
+            DataError: when required keys are missing.
+        """
+        required = ("task", "model", "n", "metrics", "rows")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise DataError(f"{source}: not a tunelab evaluation (missing {', '.join(missing)})", "pass a file written by `tunelab eval --out`")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResult:
+        """Read a result written by ``save``.
+
+        Raises:
+            DataError: when the file is missing, not JSON, or not an evaluation.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"evaluation file not found: {path}", "check the path")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: not a JSON evaluation file ({error})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: not a tunelab evaluation (expected a JSON object)")
+        return cls.from_dict(data, str(path))

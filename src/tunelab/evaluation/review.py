@@ -1,0 +1,136 @@
+"""Blind human A/B review of two evaluations' outputs.
+
+``export_review`` writes a CSV sheet (id, prompt, output_a, output_b, preference) in a seeded random
+order with the base and tuned outputs on random sides, and keeps which side is which in a separate
+key file so the reviewer cannot tell. ``score_review`` reads the filled-in sheet back (A / B / tie)
+and reports the tuned model's win rate with a Wilson 95% interval; a tie counts as half a win.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tunelab.errors import DataError
+from tunelab.evaluation.result import EvalResult
+from tunelab.paths import atomic_write_text
+
+COLUMNS = ["id", "prompt", "output_a", "output_b", "preference"]
+CHOICES = {"a": "A", "b": "B", "tie": "tie"}
+
+
+def key_path_for(sheet: Path) -> Path:
+    """Where the key of ``sheet`` lives: ``review.csv`` -> ``review.key.json``."""
+    return sheet.with_name(sheet.stem + ".key.json")
+
+
+def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """Write a blind A/B sheet of the examples both evaluations answered, and its key file.
+
+    Raises:
+        DataError: for a text evaluation (no outputs to compare) or evaluations with no shared example.
+    """
+    if base.task != tuned.task:
+        raise DataError(f"cannot review a {base.task} evaluation against a {tuned.task} evaluation")
+    if tuned.task == "text":
+        raise DataError("a text evaluation has no generated outputs to review", "review sft or classify evaluations")
+    by_id = {row["id"]: row for row in base.rows}
+    pairs = [(by_id[row["id"]], row) for row in tuned.rows if row["id"] in by_id]
+    if not pairs:
+        raise DataError("the two evaluations share no example to review")
+    rng = random.Random(seed)
+    rng.shuffle(pairs)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    sides: dict[str, dict[str, str]] = {}
+    for before, after in pairs:
+        tuned_first = rng.random() < 0.5
+        a, b = (after, before) if tuned_first else (before, after)
+        sides[after["id"]] = {"A": "tuned" if tuned_first else "base", "B": "base" if tuned_first else "tuned"}
+        writer.writerow([after["id"], after["prompt"], a["prediction"], b["prediction"], ""])
+    sheet = Path(sheet)
+    key = key_path_for(sheet)
+    atomic_write_text(sheet, buffer.getvalue())
+    atomic_write_text(key, json.dumps({"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides}, indent=1, ensure_ascii=False))
+    return sheet, key
+
+
+@dataclass
+class ReviewScore:
+    """The tuned model's win rate over the judged rows (a tie counts as half a win)."""
+
+    judged: int
+    tuned_wins: int
+    base_wins: int
+    ties: int
+    unjudged: int
+    win_rate: float
+    low: float
+    high: float
+    base: str
+    tuned: str
+    method: str = "Wilson 95% interval on wins + ties/2 over judged rows"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def wilson_interval(successes: float, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (accepts a fractional success count, for ties)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScore:
+    """Read a filled-in sheet (preference A, B or tie; empty: not judged) and score it with its key.
+
+    Raises:
+        DataError: naming the line of an unknown preference or id, or when nothing was judged.
+    """
+    sheet = Path(sheet)
+    key = Path(key) if key else key_path_for(sheet)
+    for path in (sheet, key):
+        if not path.is_file():
+            raise DataError(f"{path} not found", "pass the sheet written by `tunelab review export` (its key file lies beside it)")
+    try:
+        key_data = json.loads(key.read_text(encoding="utf-8"))
+        sides = key_data["sides"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{key}: not a review key file") from None
+    wins = {"tuned": 0, "base": 0}
+    ties = unjudged = 0
+    with sheet.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in ("id", "preference") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{sheet}: missing column(s) {', '.join(missing)}")
+        for row in reader:
+            line = reader.line_num
+            if row["id"] not in sides:
+                raise DataError(f"{sheet}:{line}: id {row['id']!r} is not in the key {key}")
+            raw = (row["preference"] or "").strip().lower()
+            if not raw:
+                unjudged += 1
+                continue
+            if raw not in CHOICES:
+                raise DataError(f"{sheet}:{line}: preference {row['preference']!r} is not A, B or tie")
+            if CHOICES[raw] == "tie":
+                ties += 1
+            else:
+                wins[sides[row["id"]][CHOICES[raw]]] += 1
+    judged = wins["tuned"] + wins["base"] + ties
+    if judged == 0:
+        raise DataError(f"{sheet}: no row has a preference yet", "fill the preference column with A, B or tie")
+    successes = wins["tuned"] + ties / 2
+    low, high = wilson_interval(successes, judged)
+    return ReviewScore(judged, wins["tuned"], wins["base"], ties, unjudged, successes / judged, low, high, key_data.get("base", "base"), key_data.get("tuned", "tuned"))

@@ -1,0 +1,113 @@
+"""End to end on the tiny model: eval base and tuned (a saved PEFT adapter), report, review."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tunelab.cli.main import COMMAND_MODULES, _register_commands, app
+from tunelab.data.labels import build_label_map
+from tunelab.data.records import ClassifyRecord
+from tunelab.errors import DataError
+
+TEXTS = ["my card has not arrived", "refund my money", "cannot login", "billing is wrong", "cancel it", "where is my card", "login fails"]
+LABELS = ["billing", "refund", "technical", "billing", "refund", "billing", "technical"]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    if "tunelab.cli.evaluate" not in COMMAND_MODULES:
+        pytest.fail("tunelab.cli.evaluate is not registered")
+    if not any(c.name == "eval" for c in app.registered_commands):
+        _register_commands()
+    return CliRunner()
+
+
+@pytest.fixture
+def reader(monkeypatch):
+    """The data layer's reader when present; else a minimal JSONL reader with the same signature."""
+    try:
+        import tunelab.data.read  # noqa: F401
+    except ImportError:
+        module = types.ModuleType("tunelab.data.read")
+
+        def load_records(path, task, data_config):
+            with open(path, encoding="utf-8") as handle:
+                return [ClassifyRecord(r["text"], r["label"], source=f"{path}:{i + 1}") for i, r in enumerate(map(json.loads, handle))]
+
+        module.load_records = load_records
+        monkeypatch.setitem(sys.modules, "tunelab.data.read", module)
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """A classify run folder with a perturbed LoRA adapter on the tiny model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_" in name:
+                parameter.mul_(20)  # a visible change, as training would make
+    adapted.save_pretrained(run / "adapter")
+    (run / "config.yaml").write_text(f"task: classify\nmodel:\n  name: {tiny_model_dir}\neval:\n  bootstrap_samples: 200\n")
+    build_label_map(["billing", "refund", "technical"], tiny_tokenizer).save(run / "labels.json")
+    lines = [{"step": s, "loss": 2 / s} for s in range(1, 9)] + [{"step": 8, "val_loss": 0.4}]
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    return run
+
+
+def test_eval_base_and_tuned_then_report_and_review(cli, reader, run_dir, tmp_path, tiny_model_dir):
+    data = tmp_path / "test.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": label}) for t, label in zip(TEXTS, LABELS, strict=True)))
+    base_args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--task", "classify",
+                 "--labels", str(run_dir / "labels.json"), "--out", str(run_dir / "eval" / "base.json")]
+    result = cli.invoke(app, base_args)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output
+    result = cli.invoke(app, ["eval", "--adapter", str(run_dir), "--data", str(data), "--task", "classify",
+                              "--out", str(run_dir / "eval" / "tuned.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    base = json.loads((run_dir / "eval" / "base.json").read_text())
+    tuned = json.loads((run_dir / "eval" / "tuned.json").read_text())
+    assert base["baseline"] is True and base["settings"]["prompt"] == "zero_shot"
+    assert tuned["baseline"] is False and "adapter on" in tuned["model"]
+    assert base["test_fingerprint"] == tuned["test_fingerprint"]
+    assert [r["scores"]["confidence"] for r in base["rows"]] != [r["scores"]["confidence"] for r in tuned["rows"]]
+
+    result = cli.invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "verdict:" in result.output
+    assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "loss.png").is_file()
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
+
+    result = cli.invoke(app, ["review", "export", str(run_dir), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    sheet = run_dir / "review.csv"
+    rows = list(csv.DictReader(sheet.open()))
+    for row in rows:
+        row["preference"] = "tie"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = cli.invoke(app, ["review", "score", str(sheet), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["win_rate"] == pytest.approx(0.5)
+
+
+def test_user_mistakes_raise_tunelab_errors(cli, reader, tmp_path):
+    result = cli.invoke(app, ["report", str(tmp_path)])
+    assert isinstance(result.exception, DataError) and "base.json not found" in str(result.exception)
+    result = cli.invoke(app, ["review", "score", str(tmp_path / "nope.csv")])
+    assert isinstance(result.exception, DataError)

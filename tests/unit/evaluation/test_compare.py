@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+from tunelab.errors import DataError
+from tunelab.evaluation.compare import Comparison, compare_evaluations, compare_files
+from tunelab.evaluation.metrics import corpus_statistics, sft_example_scores
+from tunelab.evaluation.result import EvalResult
+
+
+def _classify(name, correct, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, ok in enumerate(correct):
+        reference = "ab"[i % 2]
+        prediction = reference if ok else "ab"[(i + 1) % 2]
+        rows.append(
+            {"id": f"x{i}", "source": f"t:{i}", "prompt": "p", "reference": reference, "prediction": prediction,
+             "scores": {"correct": float(ok), "confidence": float(rng.uniform(0.5, 1))}}
+        )
+    return EvalResult("classify", name, len(rows), {}, rows, labels=["a", "b"], test_fingerprint="same")
+
+
+def _constructed(n=200):
+    rng = np.random.default_rng(1)
+    base = _classify("base", rng.random(n) < 0.5)
+    tuned = _classify("tuned", rng.random(n) < 0.85)
+    return base, tuned
+
+
+def test_bootstrap_is_reproducible_with_a_seed_and_finds_the_right_sign():
+    base, tuned = _constructed()
+    first = compare_evaluations(base, tuned, seed=3, samples=500)
+    again = compare_evaluations(base, tuned, seed=3, samples=500)
+    assert first.to_dict() == again.to_dict()
+    assert Comparison.from_dict(first.to_dict()).to_dict() == first.to_dict()
+    accuracy = first.metric("accuracy")
+    assert accuracy.low > 0 and accuracy.high > accuracy.low
+    assert accuracy.low < accuracy.difference < accuracy.high
+    assert first.verdict == "better"
+    assert first.metric("macro_f1").low > 0
+    other = compare_evaluations(base, tuned, seed=4, samples=500).metric("accuracy")
+    assert (other.low, other.high) != (accuracy.low, accuracy.high)  # the seed matters
+    assert compare_evaluations(tuned, base, seed=3, samples=500).verdict == "worse"
+
+
+def test_identical_evaluations_are_no_significant_difference():
+    base, _ = _constructed()
+    comparison = compare_evaluations(base, base, samples=200)
+    assert comparison.verdict == "no significant difference"
+    assert comparison.metric("accuracy").low == comparison.metric("accuracy").high == 0
+
+
+def test_small_noisy_difference_is_not_significant():
+    rng = np.random.default_rng(5)
+    correct = rng.random(30) < 0.6
+    flipped = correct.copy()
+    flipped[:2] = ~flipped[:2]
+    comparison = compare_evaluations(_classify("a", correct), _classify("b", flipped), samples=500)
+    assert comparison.verdict == "no significant difference"
+
+
+def _text(name, nll_per_token, n=40):
+    rows = [{"id": f"d{i}", "source": "", "prompt": "", "reference": "", "prediction": "",
+             "scores": {"nll": nll_per_token * (10 + i) * (1 + 0.1 * np.sin(i)), "tokens": 10 + i, "bytes": 40 + 4 * i}} for i in range(n)]
+    return EvalResult("text", name, n, {}, rows)
+
+
+def test_lower_perplexity_is_better():
+    comparison = compare_evaluations(_text("base", 3.0), _text("tuned", 2.0), samples=300)
+    perplexity = comparison.metric("perplexity")
+    assert perplexity.before == pytest.approx(np.exp(3.0), rel=0.05)
+    assert perplexity.high < 0
+    assert comparison.verdict == "better"
+    assert comparison.metric("bits_per_byte").outcome == "better"
+
+
+def _sft(name, predictions, references):
+    stats = corpus_statistics(predictions, [[r] for r in references])
+    rows = []
+    for i, (p, r) in enumerate(zip(predictions, references, strict=True)):
+        scores = {**sft_example_scores(p, [r]), "bleu_stats": stats["bleu"][i], "chrf_stats": stats["chrf"][i]}
+        rows.append({"id": f"s{i}", "source": "", "prompt": "q", "reference": r, "prediction": p, "scores": scores})
+    return EvalResult("sft", name, len(rows), {}, rows)
+
+
+def test_sft_comparison_round_trips_through_files(tmp_path):
+    references = [f"the answer number {i} is here" for i in range(25)]
+    base = _sft("base", ["something else entirely"] * 25, references)
+    tuned = _sft("tuned", [r if i % 5 else "wrong" for i, r in enumerate(references)], references)
+    comparison = compare_files(base.save(tmp_path / "a.json"), tuned.save(tmp_path / "b.json"), samples=200)
+    assert comparison.verdict == "better"
+    assert comparison.metric("bleu").low > 0 and comparison.metric("chrf").low > 0
+    assert comparison.metric("length").outcome in ("changed", "no significant difference")
+    assert "rougeL" in comparison.summary
+
+
+def test_mismatched_evaluations_are_clear_errors(tmp_path):
+    base, _ = _constructed()
+    with pytest.raises(DataError, match="cannot compare"):
+        compare_evaluations(base, _text("t", 2.0))
+    with pytest.raises(DataError, match="share no test example"):
+        compare_evaluations(base, EvalResult("classify", "o", 1, {}, [{**base.rows[0], "id": "zzz"}]))
+    with pytest.raises(DataError, match="not found"):
+        compare_files(tmp_path / "missing.json", tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not a tunelab evaluation"):
+        EvalResult.load(tmp_path / "bad.json")
+
+
+def test_partial_overlap_is_compared_with_a_warning():
+    base, tuned = _constructed()
+    tuned.rows = tuned.rows[:150]
+    tuned.test_fingerprint = "other"
+    comparison = compare_evaluations(base, tuned, samples=200)
+    assert comparison.n == 150
+    assert "different test sets" in comparison.warnings[0]
