@@ -112,7 +112,8 @@ def start_run(config: RunConfig, split: Any, *, run_dir: str | Path, resume: boo
     run = RunFolder(Path(run_dir))
     if resume:
         _check_resume(config, split, run)
-    elif run.root.exists() and any(run.root.iterdir()):
+    elif run.config.is_file() or run.checkpoints.exists() or run.adapter.exists() or run.model.exists():
+        # Files the `tunelab run` pipeline writes before training (its state, the baseline) are no run yet.
         raise ConfigError(
             f"run folder {run.root} already exists; a run is never overwritten",
             f"choose another name (name=...), delete the folder, or continue it with `tunelab train --resume {run.root}`",
