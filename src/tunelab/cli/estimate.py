@@ -20,6 +20,11 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _usd(value: float) -> str:
+    # Small runs cost fractions of a cent on a GPU; two significant digits keep them readable.
+    return f"{value:.2f}" if value >= 1 else f"{value:.2g}"
+
+
 def _flops(value: float) -> str:
     for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
         if value >= scale:
@@ -72,14 +77,16 @@ def estimate(
         for step, seconds in (result.seconds or {}).items():
             here.add_row(step, _duration(seconds))
         here.add_row("total", _duration(result.total_seconds))
-        here.caption = (
+        calibration_line = (
             f"measured {calibration.tokens_per_second:,.0f} tokens/s, {calibration.seconds_per_step:.2f} s/step "
             f"(batch {calibration.batch_size} × {calibration.seq_len} tokens, {calibration.precision}, "
             f"{calibration.device}, {calibration.threads} threads; warm-up step {calibration.warmup_seconds:.2f} s excluded)"
         )
+        console.print(here)
+        console.print(calibration_line)
     else:
         here.add_row("not calibrated", "run without --no-calibrate")
-    console.print(here)
+        console.print(here)
 
     mem = Table(title=f"Peak training memory ({result.precision})", show_header=False)
     mem.add_column("part")
@@ -96,14 +103,14 @@ def estimate(
     for column in ("GPU", "time", "price USD", "fits memory"):
         gpus.add_column(column, justify="left" if column == "GPU" else "right")
     for gpu in result.gpus:
-        gpus.add_row(gpu.name, _duration(gpu.seconds), f"{gpu.usd:.3f}", "yes" if gpu.fits else "no")
+        gpus.add_row(gpu.name, _duration(gpu.seconds), _usd(gpu.usd), "yes" if gpu.fits else "no")
     console.print(gpus)
 
     cloud = Table(title="Hosted fine-tuning, same tokens (a different model; money only)")
     for column in ("service", "USD per 1M training tokens", "price USD", "as published"):
         cloud.add_column(column)
     for entry in result.cloud:
-        cloud.add_row(f"{entry.provider} {entry.model}", f"{entry.usd_per_million_training_tokens:.2f}", f"{entry.usd:.3f}", entry.published)
+        cloud.add_row(f"{entry.provider} {entry.model}", f"{entry.usd_per_million_training_tokens:.2f}", _usd(entry.usd), entry.published)
     console.print(cloud)
 
     for note in result.budget.notes:
