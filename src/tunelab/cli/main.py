@@ -32,6 +32,8 @@ COMMAND_MODULES = [
     "tunelab.cli.serve",
     "tunelab.cli.train",
     "tunelab.cli.evaluate",
+    "tunelab.cli.estimate",
+    "tunelab.cli.runs",
 ]
 
 

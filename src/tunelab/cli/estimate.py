@@ -1,0 +1,126 @@
+"""``tunelab estimate CONFIG [key=value ...]``: tokens, FLOPs, time, memory and money before a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from tunelab.cli.common import console, human_bytes, print_json
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _usd(value: float) -> str:
+    # Small runs cost fractions of a cent on a GPU; two significant digits keep them readable.
+    return f"{value:.2f}" if value >= 1 else f"{value:.2g}"
+
+
+def _flops(value: float) -> str:
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.3g} FLOP"
+
+
+def estimate(
+    config_path: Path = typer.Argument(..., help="The run config (YAML)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=1"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Skip the timed training steps on this machine."),
+    steps: int = typer.Option(3, "--steps", min=1, help="Timed calibration steps (after one warm-up step)."),
+    prices: Path | None = typer.Option(None, "--prices", help="Your own GPU/cloud price table (YAML)."),
+) -> None:
+    """Estimate a run before spending anything: tokens, FLOPs, time here and on GPUs, memory, price."""
+    from tunelab.config import load_config
+    from tunelab.estimate import estimate_from_config, load_price_table
+
+    config = load_config(config_path, overrides or [])
+    table = load_price_table(prices) if prices else None
+    result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table)
+    if as_json:
+        print_json(result.as_dict())
+        return
+
+    tokens, flops, memory = result.tokens, result.flops, result.memory
+    summary = Table(title=f"Estimate: {result.task}, {result.method}, model {result.model}", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("training examples", f"{tokens.examples:,}" + (f" ({tokens.truncated_examples} truncated)" if tokens.truncated_examples else ""))
+    summary.add_row("tokens per epoch (real / processed)", f"{tokens.real_tokens_per_epoch:,} / {tokens.processed_tokens_per_epoch:,}")
+    summary.add_row("epochs × rows → optimizer steps", f"{tokens.epochs:g} × {tokens.rows_per_epoch:,} → {tokens.optimizer_steps:,}")
+    summary.add_row("training tokens", f"{tokens.train_tokens:,}" + (" (packed)" if tokens.packed else " (padded batches)"))
+    summary.add_row("row length trained on", f"{tokens.seq_len}")
+    summary.add_row("validation tokens", f"{tokens.validation_tokens:,} ({tokens.validations} passes)")
+    summary.add_row("test tokens per evaluation", f"{tokens.test_tokens:,}")
+    summary.add_row("parameters in matmuls / trainable", f"{flops.matmul_params:,} / {flops.trainable_params:,}")
+    summary.add_row(
+        "FLOPs per token (dense + attention)", f"{_flops(flops.dense_flops_per_token)} + {_flops(flops.attention_flops_per_token)}"
+    )
+    summary.add_row("training FLOPs", _flops(flops.train_flops))
+    console.print(summary)
+
+    here = Table(title="This machine")
+    here.add_column("step")
+    here.add_column("time", justify="right")
+    if result.calibration is not None:
+        calibration = result.calibration
+        for step, seconds in (result.seconds or {}).items():
+            here.add_row(step, _duration(seconds))
+        here.add_row("total", _duration(result.total_seconds))
+        calibration_line = (
+            f"measured {calibration.tokens_per_second:,.0f} tokens/s, {calibration.seconds_per_step:.2f} s/step "
+            f"(batch {calibration.batch_size} × {calibration.seq_len} tokens, {calibration.precision}, "
+            f"{calibration.device}, {calibration.threads} threads; warm-up step {calibration.warmup_seconds:.2f} s excluded)"
+        )
+        console.print(here)
+        console.print(calibration_line)
+    else:
+        here.add_row("not calibrated", "run without --no-calibrate")
+        console.print(here)
+
+    mem = Table(title=f"Peak training memory ({result.precision})", show_header=False)
+    mem.add_column("part")
+    mem.add_column("bytes", justify="right")
+    for part in ("weights", "autocast_copies", "gradients", "optimizer", "activations", "logits"):
+        mem.add_row(part.replace("_", " "), human_bytes(getattr(memory, part)))
+    mem.add_row("total", human_bytes(memory.total))
+    if memory.available is not None:
+        mem.add_row(f"available on {memory.device}", human_bytes(memory.available))
+        mem.add_row("fits", "yes" if memory.fits else "[red]no[/red]")
+    console.print(mem)
+
+    gpus = Table(title=f"On GPUs (bf16, {result.utilization:.0%} utilization; prices as of {result.price_table_date}, verify)")
+    for column in ("GPU", "time", "price USD", "fits memory"):
+        gpus.add_column(column, justify="left" if column == "GPU" else "right")
+    for gpu in result.gpus:
+        gpus.add_row(gpu.name, _duration(gpu.seconds), _usd(gpu.usd), "yes" if gpu.fits else "no")
+    console.print(gpus)
+
+    cloud = Table(title="Hosted fine-tuning, same tokens (a different model; money only)")
+    for column in ("service", "USD per 1M training tokens", "price USD", "as published"):
+        cloud.add_column(column)
+    for entry in result.cloud:
+        cloud.add_row(f"{entry.provider} {entry.model}", f"{entry.usd_per_million_training_tokens:.2f}", _usd(entry.usd), entry.published)
+    console.print(cloud)
+
+    for note in result.budget.notes:
+        console.print(f"note: {note}")
+    if result.budget.over:
+        for reason in result.budget.reasons:
+            console.print(f"[red]over budget:[/red] {reason}")
+    elif result.budget.reasons == [] and (config.budget.max_hours or config.budget.max_usd):
+        console.print("within budget")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("estimate")(estimate)

@@ -1,0 +1,211 @@
+"""``tunelab runs``, ``tunelab show RUN``, ``tunelab compare RUN RUN ...``: read the run registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from tunelab.cli.common import console, print_json
+from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord
+
+REGISTRY_OPTION = typer.Option(Path("runs/registry.db"), "--registry", help="The registry file.")
+
+
+def _open(path: Path) -> Registry:
+    if not path.is_file():
+        raise RegistryError(f"no run registry at {path}", "run `tunelab run CONFIG` first, or pass --registry PATH")
+    return Registry(path)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def _key_metric(run: RunRecord) -> str:
+    metric = run.key_metric()
+    if metric is None:
+        return "-"
+    name, before, after = metric
+    return f"{name} {_number(before)} → {_number(after)}"
+
+
+def runs(
+    task: str | None = typer.Option(None, "--task", help="Only runs of this task."),
+    status: str | None = typer.Option(None, "--status", help=f"Only runs with this status ({', '.join(STATUSES)})."),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many (newest first)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    registry_path: Path = REGISTRY_OPTION,
+) -> None:
+    """List recorded runs, newest first: task, model, status, key metric before → after, verdict."""
+    if status is not None and status not in STATUSES:
+        raise RegistryError(f"unknown status '{status}'", f"use one of {', '.join(STATUSES)}")
+    records = Registry(registry_path).list_runs(task=task, status=status, limit=limit) if registry_path.is_file() else []
+    if as_json:
+        print_json([record.as_dict() for record in records])
+        return
+    if not records:
+        console.print(f"no runs recorded in {registry_path}")
+        return
+    table = Table(title=f"Runs in {registry_path}")
+    for column in ("name", "task", "model", "status", "key metric", "verdict", "created"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            record.name,
+            record.task or "-",
+            record.model or "-",
+            record.status,
+            _key_metric(record),
+            record.verdict or "-",
+            record.created_at[:19].replace("T", " "),
+        )
+    console.print(table)
+
+
+def _timings_table(record: RunRecord) -> Table:
+    table = Table(title="Time: estimate vs actual")
+    for column in ("step", "estimated s", "actual s", "actual / estimated"):
+        table.add_column(column, justify="right" if column != "step" else "left")
+    for step, entry in (record.timings or {}).items():
+        estimated, actual = entry.get("estimated_s"), entry.get("actual_s")
+        ratio = f"{actual / estimated:.2f}" if estimated and actual is not None else "-"
+        table.add_row(step, _number(estimated), _number(actual), ratio)
+    return table
+
+
+def _metrics_table(record: RunRecord) -> Table:
+    from tunelab.registry import metric_values
+
+    before, after = metric_values(record.baseline_metrics), metric_values(record.tuned_metrics)
+    table = Table(title="Metrics")
+    for column in ("metric", "baseline", "tuned"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for name in sorted(set(before) | set(after)):
+        table.add_row(name, _number(before.get(name)), _number(after.get(name)))
+    return table
+
+
+def show(
+    run: str = typer.Argument(..., help="Run name, id or id prefix."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    registry_path: Path = REGISTRY_OPTION,
+) -> None:
+    """Show everything recorded about one run, with estimated and actual time side by side."""
+    record = _open(registry_path).get_run(run)
+    if as_json:
+        print_json(record.as_dict())
+        return
+    summary = Table(title=f"Run {record.name}", show_header=False)
+    summary.add_column("field")
+    summary.add_column("value")
+    for field in ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint", "split_fingerprint", "error"):
+        value = getattr(record, field)
+        if value is not None:
+            summary.add_row(field, str(value))
+    if record.verdict:
+        summary.add_row("verdict", record.verdict)
+    for name, path in (record.artifacts or {}).items():
+        summary.add_row(f"artifact: {name}", str(path))
+    console.print(summary)
+    if record.baseline_metrics or record.tuned_metrics:
+        console.print(_metrics_table(record))
+    if record.timings:
+        console.print(_timings_table(record))
+    if record.comparison:
+        console.print("[bold]Comparison[/bold]")
+        console.print_json(json.dumps(record.comparison, default=str))
+    if record.estimate:
+        console.print("[bold]Estimate[/bold]")
+        console.print_json(json.dumps(record.estimate, default=str))
+    if record.config:
+        console.print("[bold]Config[/bold]")
+        console.print(record.config, markup=False, highlight=False)
+
+
+def _compare_files(paths: list[Path], as_json: bool) -> None:
+    # Comparing two evaluation JSON files belongs to the evaluation package; this is only the hook.
+    try:
+        module = importlib.import_module("tunelab.evaluation.compare")
+        compare_files = module.compare_files
+    except (ImportError, AttributeError):
+        raise RegistryError(
+            "comparing evaluation JSON files needs tunelab.evaluation.compare, which this installation lacks",
+            "pass run names or ids instead",
+        ) from None
+    if len(paths) != 2:
+        raise RegistryError("comparing evaluation files takes exactly two .json files")
+    result = compare_files(paths[0], paths[1])
+    if isinstance(result, str) and not as_json:
+        console.print(result, markup=False)
+        return
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        result = dataclasses.asdict(result)
+    elif hasattr(result, "as_dict"):
+        result = result.as_dict()
+    print_json(result)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return _number(value)
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def compare(
+    items: list[str] = typer.Argument(..., help="Two or more run names/ids, or two evaluation .json files."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    registry_path: Path = REGISTRY_OPTION,
+) -> None:
+    """Compare runs: metrics side by side and the config keys that differ (or two evaluation files)."""
+    json_files = [Path(item) for item in items if item.endswith(".json") and Path(item).is_file()]
+    if json_files:
+        if len(json_files) != len(items):
+            raise RegistryError("give either run names/ids or evaluation .json files, not both")
+        _compare_files(json_files, as_json)
+        return
+    comparison = _open(registry_path).compare_runs(items)
+    if as_json:
+        print_json(comparison.as_dict())
+        return
+    for title, metrics in (("Tuned metrics", comparison.tuned_metrics), ("Baseline metrics", comparison.baseline_metrics)):
+        if not metrics:
+            continue
+        table = Table(title=title)
+        table.add_column("metric")
+        for name in comparison.runs:
+            table.add_column(name, justify="right")
+        for metric, values in metrics.items():
+            table.add_row(metric, *(_cell(value) for value in values))
+        console.print(table)
+    if any(comparison.verdicts):
+        table = Table(title="Verdicts")
+        for name in comparison.runs:
+            table.add_column(name)
+        table.add_row(*(_cell(verdict) for verdict in comparison.verdicts))
+        console.print(table)
+    if comparison.config_differences:
+        table = Table(title="Config keys that differ")
+        table.add_column("key")
+        for name in comparison.runs:
+            table.add_column(name)
+        for key, values in comparison.config_differences.items():
+            table.add_row(key, *(_cell(value) for value in values))
+        console.print(table)
+    else:
+        console.print("the configs are identical")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("runs")(runs)
+    app.command("show")(show)
+    app.command("compare")(compare)

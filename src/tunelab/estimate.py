@@ -1,0 +1,960 @@
+"""How many tokens, FLOPs, seconds, bytes and dollars a run will take, before anything is spent.
+
+The core, :func:`estimate_run`, is arithmetic over a config, the token count of every training
+example and a few facts about the model (:class:`ModelFacts`); it reads no files. A measured
+:class:`Calibration` (a few real optimizer steps of the actual model on this machine, see
+:func:`calibrate`) turns tokens into seconds here; a dated table of GPUs (``resources/prices.yaml``)
+turns FLOPs into seconds and dollars there.
+
+Formulas (per trained token; N = parameters that take part in a matmul for that token, i.e. every
+weight except the input embedding table, with the LM head counted as d_model x head columns):
+
+- full fine-tuning: ``6·N`` (forward 2N; backward 2N for activation gradients + 2N for weight gradients).
+- LoRA: ``4·N + 6·N_adapter``: frozen weights still pass gradients back to the activations (2N)
+  but compute no weight gradients; the adapter matrices are trained in full (6 per parameter).
+- freeze (only some layers trained): ``4·N + 2·N_trainable``.
+- attention scores and weighted sums, stated separately: ``6·n_layers·seq·d_model`` per token
+  (forward ``2·n_layers·seq·d_model``, backward twice that), seq = the row length trained on.
+- classify: only the label columns of the LM head are computed, so the head counts
+  ``d_model·n_labels`` instead of ``d_model·vocab``; the tokens are those of each prompt (+1).
+- preference (DPO): chosen and rejected are two sequences, and the reference model adds a
+  forward pass, ``2·N`` per token.
+- validation and evaluation are forward passes: ``2·N + 2·n_layers·seq·d_model`` per token.
+
+Memory (bytes, peak during training):
+
+- weights ``4·P`` (fp32 master weights; bf16 autocast adds ``2·N_body`` of bf16 copies, kept
+  for the backward), gradients ``4·P_trainable``, AdamW state ``8·P_trainable`` (two fp32 moments);
+- activations ``batch·seq·n_layers·(8·d + 4·d_kv + 4·I [+ 6·d + I with LoRA])·bytes`` where I is
+  the MLP width and bytes is 2 under bf16 autocast, 4 in fp32 (the tensors a Llama-style block
+  saves for its backward: norms, q/k/v/o inputs and outputs, the four MLP intermediates);
+  with gradient checkpointing ``batch·seq·n_layers·d·4`` plus one layer's full activations;
+- logits (sft, text, preference) ``batch·seq·vocab·4·2`` (fp32 logits and their gradient).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.config import RunConfig, resolve_defaults
+from tunelab.errors import ConfigError, DataError
+
+DEFAULT_UTILIZATION = 0.35
+# How many validations a run does when train.eval_every is not set (the training loop's default).
+DEFAULT_VALIDATIONS_PER_RUN = 5
+GIB = 1024**3
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str
+    bf16_tflops: float
+    memory_gib: float
+    usd_per_hour: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class CloudPrice:
+    provider: str
+    model: str
+    usd_per_million_training_tokens: float
+    published: str = ""
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    table_date: str
+    gpus: list[GPUSpec]
+    cloud_fine_tuning: list[CloudPrice]
+
+    def gpu(self, name: str) -> GPUSpec:
+        """The GPU named ``name`` (case-insensitive).
+
+        Raises:
+            ConfigError: naming the GPUs the table has.
+        """
+        for gpu in self.gpus:
+            if gpu.name.lower() == name.lower():
+                return gpu
+        raise ConfigError(
+            f"budget.gpu: unknown GPU '{name}'", f"use one of {', '.join(g.name for g in self.gpus)} or add it to the price table"
+        )
+
+
+def load_price_table(path: str | Path | None = None) -> PriceTable:
+    """Read the GPU and cloud price table (the bundled ``resources/prices.yaml`` by default).
+
+    Raises:
+        ConfigError: when the file is missing or its entries lack fields.
+    """
+    try:
+        if path is None:
+            text = resources.files("tunelab").joinpath("resources/prices.yaml").read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        return PriceTable(
+            table_date=str(data.get("table_date", "unknown")),
+            gpus=[GPUSpec(**entry) for entry in data.get("gpus", [])],
+            cloud_fine_tuning=[CloudPrice(**entry) for entry in data.get("cloud_fine_tuning", [])],
+        )
+    except OSError as error:
+        raise ConfigError(f"cannot read the price table {path}: {error.strerror}") from None
+    except (TypeError, yaml.YAMLError) as error:
+        raise ConfigError(f"price table {path or 'prices.yaml'} is malformed: {error}") from None
+
+
+# -- model facts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The shape of a decoder-only model, enough to count FLOPs and bytes.
+
+    ``body_params`` are the decoder layers and norms: everything but the input embedding table and
+    an untied LM head. ``lora_params`` is the adapter size for the config's LoRA settings.
+    """
+
+    total_params: int
+    body_params: int
+    n_layers: int
+    d_model: int
+    d_kv: int
+    intermediate: int
+    vocab: int
+    lora_params: int = 0
+
+    def matmul_params(self, head_columns: int) -> int:
+        """N of the formulas: body weights plus the LM head restricted to ``head_columns``."""
+        return self.body_params + self.d_model * head_columns
+
+
+def _lora_targets(target_modules: str | list[str]) -> tuple[bool, set[str]]:
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            return True, set()
+        return False, {target_modules}
+    return False, set(target_modules)
+
+
+def model_facts(model: Any, lora_r: int = 16, target_modules: str | list[str] = "all-linear") -> ModelFacts:
+    """Measure a loaded (or meta-device) transformers causal LM.
+
+    LoRA adds ``r·(in + out)`` parameters per adapted ``nn.Linear``; ``all-linear`` adapts every
+    Linear but the LM head (peft's rule).
+    """
+    import torch
+
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d_model = int(text_config.hidden_size)
+    n_heads = int(text_config.num_attention_heads)
+    head_dim = int(getattr(text_config, "head_dim", None) or d_model // n_heads)
+    n_kv = int(getattr(text_config, "num_key_value_heads", None) or n_heads)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if embedding.device.type == "meta":  # meta tensors have no storage to compare
+        tied = bool(getattr(text_config, "tie_word_embeddings", False))
+    else:
+        tied = head is not None and head.weight.data_ptr() == embedding.data_ptr()
+    body = total - embedding.numel() - (0 if tied or head is None else head.weight.numel())
+    all_linear, names = _lora_targets(target_modules)
+    lora = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        if all_linear or name.split(".")[-1] in names:
+            lora += lora_r * (module.in_features + module.out_features)
+    return ModelFacts(
+        total_params=total,
+        body_params=body,
+        n_layers=int(text_config.num_hidden_layers),
+        d_model=d_model,
+        d_kv=n_kv * head_dim,
+        intermediate=int(getattr(text_config, "intermediate_size", 4 * d_model)),
+        vocab=int(embedding.shape[0]),
+        lora_params=lora,
+    )
+
+
+# -- calibration -------------------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """A few real training steps timed on this machine (the first, warm-up step excluded)."""
+
+    device: str
+    precision: str
+    method: str
+    batch_size: int
+    seq_len: int
+    threads: int
+    step_seconds: list[float]
+    warmup_seconds: float
+
+    @property
+    def seconds_per_step(self) -> float:
+        # The median resists one step slowed by another process on a shared machine.
+        return statistics.median(self.step_seconds)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.batch_size * self.seq_len / self.seconds_per_step
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds_per_step": self.seconds_per_step, "tokens_per_second": self.tokens_per_second}
+
+
+def _prepare_trainable(model: Any, config: RunConfig) -> Any:
+    method = config.train.method
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = config.lora
+        peft_config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
+        )
+        return get_peft_model(model, peft_config)
+    for parameter in model.parameters():
+        parameter.requires_grad_(method == "full")
+    if method == "freeze":
+        layers = model.model.layers
+        for index in config.train.trainable_layers:
+            for parameter in layers[index].parameters():
+                parameter.requires_grad_(True)
+    return model
+
+
+def calibrate(
+    config: RunConfig,
+    seq_len: int,
+    *,
+    model: Any = None,
+    steps: int = 3,
+    device: str | None = None,
+    n_labels: int = 8,
+) -> Calibration:
+    """Time ``1 + steps`` real training steps (forward, backward, AdamW step) at the run's shape.
+
+    Loads ``config.model.name`` unless ``model`` (a transformers causal LM) is given; that model is
+    changed in place (adapters added, moved to the device), so pass a throwaway copy. Inputs are
+    random token ids: speed does not depend on content. Precision comes from
+    ``resolve_precision(config.train.precision)``; bf16 runs under autocast with fp32 weights, as
+    training does.
+
+    Raises:
+        ModelError: when the model cannot be loaded.
+    """
+    import contextlib
+
+    import torch
+
+    from tunelab.runtime import default_device, resolve_precision
+
+    device = device or default_device()
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        device = "cpu"
+    precision = resolve_precision(config.train.precision, device)
+    if model is None:
+        from tunelab.models import load_model
+
+        model = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision).model
+    previous_threads = torch.get_num_threads()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    try:
+        model = _prepare_trainable(model, config)
+        if config.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        model.to(device)
+        model.train()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        resolved = resolve_defaults(config)
+        optimizer = torch.optim.AdamW(parameters, lr=resolved.train.lr, weight_decay=config.train.weight_decay)
+        generator = torch.Generator().manual_seed(0)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        batch = config.train.batch_size
+        input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
+        label_columns = torch.arange(min(n_labels, vocab), device=device)
+        targets = torch.randint(0, len(label_columns), (batch,), generator=generator).to(device)
+        autocast = (
+            torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        )
+        times = []
+        for _ in range(1 + steps):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with autocast:
+                if config.task == "classify":
+                    # As classify training does: only the last position, only the label columns.
+                    hidden = model(input_ids=input_ids, logits_to_keep=1).logits[:, -1, :]
+                    loss = torch.nn.functional.cross_entropy(hidden[:, label_columns].float(), targets)
+                else:
+                    loss = model(input_ids=input_ids, labels=input_ids).loss
+            loss.backward()
+            if config.train.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(parameters, config.train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return Calibration(
+        device=device,
+        precision=precision,
+        method=config.train.method,
+        batch_size=batch,
+        seq_len=seq_len,
+        threads=threads,
+        step_seconds=times[1:],
+        warmup_seconds=times[0],
+    )
+
+
+# -- the estimate ------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenPlan:
+    """What training will process: real tokens, tokens including padding, rows and steps."""
+
+    examples: int
+    real_tokens_per_epoch: int
+    processed_tokens_per_epoch: int
+    rows_per_epoch: int
+    epochs: float
+    optimizer_steps: int
+    train_tokens: int
+    seq_len: int
+    packed: bool
+    truncated_examples: int
+    validation_tokens: int = 0
+    validations: int = 0
+    test_tokens: int = 0
+
+
+@dataclass
+class FlopPlan:
+    matmul_params: int
+    trainable_params: int
+    dense_flops_per_token: float
+    attention_flops_per_token: float
+    train_flops: float
+    validation_flops: float
+    eval_flops: float  # one evaluation of one model on the test set
+
+    @property
+    def train_flops_per_token(self) -> float:
+        return self.dense_flops_per_token + self.attention_flops_per_token
+
+
+@dataclass
+class MemoryPlan:
+    weights: int
+    autocast_copies: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    available: int | None = None
+    device: str = "cpu"
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.autocast_copies + self.gradients + self.optimizer + self.activations + self.logits
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.available is None else self.total <= self.available
+
+
+@dataclass
+class GPUEstimate:
+    name: str
+    seconds: float
+    usd: float
+    fits: bool
+    memory_gib: float
+    source: str
+
+
+@dataclass
+class CloudEstimate:
+    provider: str
+    model: str
+    usd: float
+    usd_per_million_training_tokens: float
+    published: str
+
+
+@dataclass
+class BudgetCheck:
+    over: bool
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Estimate:
+    """Everything ``tunelab estimate`` shows; ``as_dict()`` is what the registry stores."""
+
+    task: str
+    model: str
+    method: str
+    precision: str
+    tokens: TokenPlan
+    flops: FlopPlan
+    memory: MemoryPlan
+    calibration: Calibration | None
+    seconds: dict[str, float] | None  # this machine, per step: train, validation, baseline, eval
+    gpus: list[GPUEstimate]
+    cloud: list[CloudEstimate]
+    budget: BudgetCheck
+    utilization: float
+    price_table_date: str
+
+    @property
+    def total_seconds(self) -> float | None:
+        return None if self.seconds is None else sum(self.seconds.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["calibration"] = self.calibration.as_dict() if self.calibration else None
+        data["memory"]["total"] = self.memory.total
+        data["memory"]["fits"] = self.memory.fits
+        data["flops"]["train_flops_per_token"] = self.flops.train_flops_per_token
+        data["total_seconds"] = self.total_seconds
+        return data
+
+
+def _round_up(value: float, multiple: int = 8) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def plan_tokens(
+    config: RunConfig,
+    example_token_counts: list[int],
+    *,
+    validation_token_counts: list[int] | None = None,
+    test_token_counts: list[int] | None = None,
+) -> TokenPlan:
+    """Count what training processes: examples truncated to ``max_length``, packed or padded.
+
+    sft and text rows are packed to ``max_length`` when ``train.packing`` (no padding); text
+    documents longer than ``max_length`` become windows every ``stride`` tokens, so overlapping
+    windows process ``max_length / stride`` times the tokens. Unpacked batches (classify, or
+    packing off) are padded to their longest example: simulated on a seeded shuffle.
+
+    Raises:
+        DataError: when there are no training examples.
+    """
+    config = resolve_defaults(config)
+    if not example_token_counts:
+        raise DataError("no training examples to estimate", "check data.train")
+    max_length = config.data.max_length
+    batch = config.train.batch_size
+    per_step = batch * config.train.grad_accum
+    truncated = sum(1 for count in example_token_counts if count > max_length)
+    if config.task == "text":
+        lengths = []
+        for count in example_token_counts:
+            if count <= max_length:
+                lengths.append(count)
+            else:
+                lengths.extend([max_length] * math.ceil((count - max_length) / (config.data.stride or max_length) + 1))
+        truncated = 0  # long documents become windows: nothing is cut
+    else:
+        lengths = [min(count, max_length) for count in example_token_counts]
+    real = sum(lengths)
+    packed = config.train.packing and config.task in ("sft", "text")
+    if packed:
+        rows = math.ceil(real / max_length)
+        processed = real
+        seq_len = max_length
+    else:
+        order = lengths[:]
+        random.Random(config.train.seed).shuffle(order)
+        chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
+        processed = sum(max(chunk) * len(chunk) for chunk in chunks)
+        rows = len(order)
+        seq_len = min(max_length, _round_up(statistics.mean(max(chunk) for chunk in chunks)))
+    epochs = float(config.train.epochs)
+    steps = math.ceil(rows * epochs / per_step)
+    train_tokens = processed * epochs
+    if config.train.max_steps is not None and config.train.max_steps < steps:
+        train_tokens *= config.train.max_steps / steps
+        steps = config.train.max_steps
+    validations = 0
+    validation_tokens = sum(min(c, max_length) for c in validation_token_counts or [])
+    if validation_tokens:
+        every = config.train.eval_every or max(1, steps // DEFAULT_VALIDATIONS_PER_RUN)
+        validations = max(1, steps // every)
+    test_tokens = sum(min(c, max_length) for c in test_token_counts or [])
+    if config.task == "sft" and test_token_counts:
+        test_tokens += config.eval.max_new_tokens * len(test_token_counts)  # generation, at most
+    return TokenPlan(
+        examples=len(example_token_counts),
+        real_tokens_per_epoch=real,
+        processed_tokens_per_epoch=processed,
+        rows_per_epoch=rows,
+        epochs=epochs,
+        optimizer_steps=steps,
+        train_tokens=int(round(train_tokens)),
+        seq_len=seq_len,
+        packed=packed,
+        truncated_examples=truncated,
+        validation_tokens=validation_tokens * validations,
+        validations=validations,
+        test_tokens=test_tokens,
+    )
+
+
+def plan_flops(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
+    """Training, validation and evaluation FLOPs (see the module docstring for the formulas)."""
+    head_columns = n_labels if config.task == "classify" and n_labels else facts.vocab
+    matmul = facts.matmul_params(head_columns)
+    method = config.train.method
+    if method == "full":
+        trainable = facts.total_params
+        dense = 6 * matmul
+    elif method == "lora":
+        trainable = facts.lora_params
+        dense = 4 * matmul + 6 * facts.lora_params
+    else:
+        per_layer = facts.body_params / facts.n_layers
+        trainable = int(per_layer * len(config.train.trainable_layers))
+        dense = 4 * matmul + 2 * trainable
+    if config.task == "preference":
+        dense += 2 * matmul  # the reference model's forward pass
+    attention_forward = 2 * facts.n_layers * tokens.seq_len * facts.d_model
+    attention = 3 * attention_forward
+    forward = 2 * matmul + attention_forward
+    return FlopPlan(
+        matmul_params=matmul,
+        trainable_params=trainable,
+        dense_flops_per_token=float(dense),
+        attention_flops_per_token=float(attention),
+        train_flops=float((dense + attention) * tokens.train_tokens),
+        validation_flops=float(forward * tokens.validation_tokens),
+        eval_flops=float(forward * tokens.test_tokens),
+    )
+
+
+def plan_memory(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, trainable: int) -> MemoryPlan:
+    """Peak training memory in bytes (formulas in the module docstring); ``available`` left unset."""
+    batch, seq, d = config.train.batch_size, tokens.seq_len, facts.d_model
+    act_bytes = 2 if precision == "bf16" else 4
+    if config.train.gradient_checkpointing:
+        per_token_layer = 4 * d
+        one_layer = batch * seq * (8 * d + 4 * facts.d_kv + 4 * facts.intermediate) * act_bytes
+    else:
+        elements = 8 * d + 4 * facts.d_kv + 4 * facts.intermediate
+        if config.train.method == "lora":
+            elements += 6 * d + facts.intermediate
+        per_token_layer = elements * act_bytes
+        one_layer = 0
+    activations = batch * seq * facts.n_layers * per_token_layer + one_layer
+    logits = 0 if config.task == "classify" else batch * seq * facts.vocab * 4 * 2
+    return MemoryPlan(
+        weights=4 * facts.total_params,
+        autocast_copies=2 * facts.body_params if precision == "bf16" else 0,
+        gradients=4 * trainable,
+        optimizer=8 * trainable,
+        activations=int(activations),
+        logits=int(logits),
+    )
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes free for a run: CUDA free device memory, else MemAvailable (psutil or /proc/meminfo)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+        return None
+    try:
+        import psutil  # optional
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_budget(config: RunConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:
+    """Compare the estimate with ``budget.max_hours`` / ``budget.max_usd``.
+
+    Hours are checked on ``budget.gpu`` when set, else on this machine; dollars need ``budget.gpu``
+    (this machine has no price), otherwise the check is skipped with a note.
+    """
+    budget = config.budget
+    check = BudgetCheck(over=False)
+    target = next((gpu for gpu in gpus if budget.gpu and gpu.name.lower() == budget.gpu.lower()), None)
+    if budget.max_hours is not None:
+        seconds = target.seconds if target else seconds_here
+        where = target.name if target else "this machine"
+        if seconds is None:
+            check.notes.append("budget.max_hours not checked: no calibration of this machine (set budget.gpu or calibrate)")
+        elif seconds / 3600 > budget.max_hours:
+            check.over = True
+            check.reasons.append(f"estimated {seconds / 3600:.2f} h on {where} exceeds budget.max_hours {budget.max_hours:g}")
+    if budget.max_usd is not None:
+        if target is None:
+            check.notes.append("budget.max_usd not checked: set budget.gpu to the GPU the run is priced on")
+        elif target.usd > budget.max_usd:
+            check.over = True
+            check.reasons.append(f"estimated ${target.usd:.2f} on {target.name} exceeds budget.max_usd {budget.max_usd:g}")
+    return check
+
+
+def estimate_run(
+    config: RunConfig,
+    example_token_counts: list[int],
+    facts: ModelFacts,
+    *,
+    validation_token_counts: list[int] | None = None,
+    test_token_counts: list[int] | None = None,
+    n_labels: int | None = None,
+    calibration: Calibration | None = None,
+    prices: PriceTable | None = None,
+    device: str = "cpu",
+    precision: str | None = None,
+    available_bytes: int | None = None,
+) -> Estimate:
+    """Estimate tokens, FLOPs, time (here and on each GPU of the table), memory and money.
+
+    Args:
+        config: the run config (defaults are resolved here).
+        example_token_counts: tokens of each training example as trained (template included;
+            classify: the prompt + 1). The data layer supplies these; nothing here reads files.
+        facts: the model's shape (:func:`model_facts`).
+        validation_token_counts / test_token_counts: per example, for validation and eval time.
+        n_labels: classify: how many label columns the LM head computes.
+        calibration: measured steps on this machine; without it there is no time for this machine.
+        prices: the GPU/cloud table (default: the bundled one).
+        device / precision: where memory is checked and which precision training uses there.
+        available_bytes: free memory on ``device`` (default: measured now).
+
+    Raises:
+        DataError: when there are no training examples.
+        ConfigError: when ``budget.gpu`` names a GPU the table lacks.
+    """
+    from tunelab.runtime import resolve_precision
+
+    config = resolve_defaults(config)
+    prices = prices or load_price_table()
+    if config.budget.gpu:
+        prices.gpu(config.budget.gpu)  # an unknown name is a config error, before any work
+    precision = precision or (calibration.precision if calibration else resolve_precision(config.train.precision, device))
+    tokens = plan_tokens(
+        config, example_token_counts, validation_token_counts=validation_token_counts, test_token_counts=test_token_counts
+    )
+    flops = plan_flops(config, facts, tokens, n_labels)
+    memory = plan_memory(config, facts, tokens, precision, flops.trainable_params)
+    memory.device = device
+    memory.available = available_bytes if available_bytes is not None else available_memory(device)
+
+    seconds = None
+    if calibration is not None:
+        # Tokens at the calibrated shape give the time of training; the FLOP rate that implies
+        # prices the forward-only passes (validation, evaluation) on the same machine.
+        calibrated_tokens = TokenPlan(**{**asdict(tokens), "seq_len": calibration.seq_len})
+        flops_per_token_here = plan_flops(config, facts, calibrated_tokens, n_labels).train_flops_per_token
+        flops_per_second = calibration.tokens_per_second * flops_per_token_here
+        seconds = {
+            "train": tokens.train_tokens / calibration.tokens_per_second,
+            "validation": flops.validation_flops / flops_per_second,
+        }
+        if tokens.test_tokens:
+            if config.eval.baseline:
+                seconds["baseline"] = flops.eval_flops / flops_per_second
+            seconds["eval"] = flops.eval_flops / flops_per_second
+
+    utilization = config.budget.utilization or DEFAULT_UTILIZATION
+    gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params).total
+    evaluations = 1 + int(config.eval.baseline)
+    work = flops.train_flops + flops.validation_flops + evaluations * flops.eval_flops
+    gpus = []
+    for gpu in prices.gpus:
+        gpu_seconds = work / (gpu.bf16_tflops * 1e12 * utilization)
+        gpus.append(
+            GPUEstimate(
+                name=gpu.name,
+                seconds=gpu_seconds,
+                usd=gpu_seconds / 3600 * gpu.usd_per_hour,
+                fits=gpu_memory <= gpu.memory_gib * GIB,
+                memory_gib=gpu.memory_gib,
+                source=gpu.source,
+            )
+        )
+    billed_tokens = tokens.real_tokens_per_epoch * tokens.epochs
+    cloud = [
+        CloudEstimate(
+            provider=price.provider,
+            model=price.model,
+            usd=billed_tokens / 1e6 * price.usd_per_million_training_tokens,
+            usd_per_million_training_tokens=price.usd_per_million_training_tokens,
+            published=price.published,
+        )
+        for price in prices.cloud_fine_tuning
+    ]
+    total_here = sum(seconds.values()) if seconds else None
+    return Estimate(
+        task=config.task,
+        model=config.model.name,
+        method=config.train.method,
+        precision=precision,
+        tokens=tokens,
+        flops=flops,
+        memory=memory,
+        calibration=calibration,
+        seconds=seconds,
+        gpus=gpus,
+        cloud=cloud,
+        budget=check_budget(config, total_here, gpus),
+        utilization=utilization,
+        price_table_date=prices.table_date,
+    )
+
+
+def estimate_error(estimate: Estimate | dict | float, actual_seconds: float, step: str = "train") -> dict[str, Any]:
+    """How far the actual duration of ``step`` was from its estimate.
+
+    ``error`` is ``(actual - estimated) / estimated``: +0.2 means the step took 20% longer than
+    estimated. ``within_25_percent`` is the project's goal for training time on the calibrated machine.
+
+    Args:
+        estimate: an :class:`Estimate`, its ``as_dict()`` (as stored in the registry), or seconds.
+        actual_seconds: the measured duration.
+        step: which step of ``estimate.seconds`` to compare.
+
+    Raises:
+        ValueError: when the estimate has no time for ``step`` (no calibration).
+    """
+    if isinstance(estimate, int | float):
+        estimated = float(estimate)
+    else:
+        seconds = estimate.seconds if isinstance(estimate, Estimate) else estimate.get("seconds")
+        if not seconds or step not in seconds:
+            raise ValueError(f"the estimate has no time for step '{step}' (was it calibrated?)")
+        estimated = float(seconds[step])
+    error = (actual_seconds - estimated) / estimated
+    return {
+        "step": step,
+        "estimated_s": estimated,
+        "actual_s": float(actual_seconds),
+        "error": error,
+        "within_25_percent": abs(error) <= 0.25,
+    }
+
+
+# -- the seam between files and token counts ----------------------------------------------------
+# Until the data layer's readers are wired in, `tunelab estimate` reads JSONL and CSV minimally
+# here. Everything above takes token counts, so swapping this for tunelab.data changes nothing else.
+
+
+@dataclass
+class TokenCounts:
+    train: list[int]
+    validation: list[int]
+    test: list[int]
+    n_labels: int | None = None
+
+
+def _open_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+
+
+def _read_rows(path: Path) -> list[tuple[str, Any]]:
+    """(source 'file:line', row) for each record of a .jsonl/.json/.csv/.tsv/.txt file (.gz looked through)."""
+    if not path.exists():
+        raise DataError(f"data file not found: {path}", "check data.train / data.test in the config")
+    if path.is_dir():
+        rows = []
+        for child in sorted(path.iterdir()):
+            if child.is_file() and not child.name.startswith("."):
+                rows.extend(_read_rows(child))
+        return rows
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    kind = suffixes[-1] if suffixes else ""
+    text = _open_text(path)
+    if kind in (".jsonl", ".json") and not text.lstrip().startswith("["):
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        return rows
+    if kind == ".json":
+        return [(f"{path}:{i + 1}", row) for i, row in enumerate(json.loads(text))]
+    if kind in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if kind == ".tsv" else ",")
+        return [(f"{path}:{i + 2}", row) for i, row in enumerate(reader)]
+    return [(str(path), {"text": text})]
+
+
+def _field(row: Any, name: str, source: str) -> Any:
+    if not isinstance(row, dict) or row.get(name) in (None, ""):
+        raise DataError(f"{source}: missing field '{name}'", "set the data.*_field keys to your column names")
+    return row[name]
+
+
+def _example_tokens(config: RunConfig, tokenizer: Any, row: Any, source: str) -> list[int]:
+    """Token counts of one record as it would be trained (a preference record gives two)."""
+    from tunelab.data.templates import classify_messages, render_prompt_ids
+
+    data = config.data
+    system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
+
+    def chat_length(messages: list[dict]) -> int:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer.encode(rendered, add_special_tokens=False))
+
+    if config.task == "text":
+        return [len(tokenizer.encode(str(_field(row, data.text_field, source)), add_special_tokens=False)) + 1]
+    if config.task == "classify":
+        messages = classify_messages(str(_field(row, data.text_field, source)), data.system_prompt)
+        return [len(render_prompt_ids(tokenizer, messages)) + 1]
+    if config.task == "sft":
+        if isinstance(row, dict) and isinstance(row.get(data.messages_field), list):
+            return [chat_length(system + row[data.messages_field])]
+        prompt, completion = _field(row, data.prompt_field, source), _field(row, data.completion_field, source)
+        return [chat_length(system + [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(completion)}])]
+    prompt = str(_field(row, data.prompt_field, source))
+    return [
+        chat_length(system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(_field(row, key, source))}])
+        for key in (data.chosen_field, data.rejected_field)
+    ]
+
+
+def count_tokens_from_files(config: RunConfig, tokenizer: Any) -> TokenCounts:
+    """Tokens per example of ``data.train`` / ``data.validation`` / ``data.test``, read minimally.
+
+    When there is no test (or validation) file, the shares ``data.test_size`` (and
+    ``data.validation_size``) of a seeded shuffle of train are counted as test (validation).
+
+    Raises:
+        DataError: for a missing file, bad JSON, or a record without the configured fields.
+    """
+    data = config.data
+    if not data.train:
+        raise DataError("the config has no data.train", "set data.train to your training file")
+    if not Path(data.train).exists():
+        raise DataError(
+            f"data.train '{data.train}' is not a local file or folder", "estimate reads local files; check the path"
+        )
+
+    def counts(path: str) -> tuple[list[int], set[str]]:
+        values, labels = [], set()
+        for source, row in _read_rows(Path(path)):
+            values.extend(_example_tokens(config, tokenizer, row, source))
+            if config.task == "classify":
+                labels.add(str(_field(row, data.label_field, source)))
+        return values, labels
+
+    train, labels = counts(data.train)
+    if data.limit:
+        train = train[: data.limit]
+    shuffled = train[:]
+    random.Random(data.seed).shuffle(shuffled)
+    test: list[int] = []
+    validation: list[int] = []
+    if data.test:
+        test, test_labels = counts(data.test)
+        labels |= test_labels
+    else:
+        take = int(round(len(shuffled) * data.test_size))
+        test, shuffled = shuffled[:take], shuffled[take:]
+    if data.validation:
+        validation, _ = counts(data.validation)
+    else:
+        take = int(round(len(shuffled) * data.validation_size))
+        validation, shuffled = shuffled[:take], shuffled[take:]
+    if data.max_test_examples:
+        test = test[: data.max_test_examples]
+    return TokenCounts(train=shuffled, validation=validation, test=test, n_labels=len(labels) or None)
+
+
+def estimate_from_config(
+    config: RunConfig,
+    *,
+    calibrate_here: bool = True,
+    calibration_steps: int = 3,
+    prices: PriceTable | None = None,
+) -> Estimate:
+    """What ``tunelab estimate`` does: load the model, count tokens of the files, calibrate, estimate.
+
+    Raises:
+        ModelError: when the model cannot be loaded.
+        DataError: when the data cannot be read.
+        ConfigError: for an unknown ``budget.gpu``.
+    """
+    from tunelab.models import load_model
+    from tunelab.runtime import default_device
+
+    config = resolve_defaults(config)
+    if config.budget.gpu:
+        (prices or load_price_table()).gpu(config.budget.gpu)
+    loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    counts = count_tokens_from_files(config, loaded.tokenizer)
+    facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
+    device = default_device()
+    device = device if device.startswith("cuda") else "cpu"
+    tokens = plan_tokens(config, counts.train)
+    calibration = None
+    if calibrate_here:
+        calibration = calibrate(
+            config, tokens.seq_len, model=loaded.model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8
+        )
+    return estimate_run(
+        config,
+        counts.train,
+        facts,
+        validation_token_counts=counts.validation,
+        test_token_counts=counts.test,
+        n_labels=counts.n_labels,
+        calibration=calibration,
+        prices=prices,
+        device=device,
+    )

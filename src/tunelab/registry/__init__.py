@@ -1,0 +1,38 @@
+"""The run registry: a SQLite file of runs (config, fingerprints, estimate, metrics, timings, paths)."""
+
+from tunelab.registry.migrations import MIGRATIONS, migrate
+from tunelab.registry.store import (
+    KEY_METRICS,
+    STATUSES,
+    TIMED_STEPS,
+    BaselineKey,
+    CachedBaseline,
+    Registry,
+    RegistryError,
+    RunComparison,
+    RunRecord,
+    baseline_key,
+    config_differences,
+    default_registry_path,
+    flatten,
+    metric_values,
+)
+
+__all__ = [
+    "KEY_METRICS",
+    "MIGRATIONS",
+    "STATUSES",
+    "TIMED_STEPS",
+    "BaselineKey",
+    "CachedBaseline",
+    "Registry",
+    "RegistryError",
+    "RunComparison",
+    "RunRecord",
+    "baseline_key",
+    "config_differences",
+    "default_registry_path",
+    "flatten",
+    "metric_values",
+    "migrate",
+]

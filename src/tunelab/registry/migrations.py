@@ -1,0 +1,108 @@
+"""Schema migrations of the run registry: append-only functions, applied once each, in order.
+
+A migration is never edited once it has shipped, because registries created by earlier versions
+already ran it; a schema change is a new function at the end of ``MIGRATIONS``. The ``_migrations``
+table records the name of every migration that ran, so opening a registry twice (or from two
+processes at once) applies nothing twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(function: Migration) -> Migration:
+    """Register ``function`` as the next migration (the order of definition is the order applied)."""
+    MIGRATIONS.append(function)
+    return function
+
+
+@migration
+def m001_runs(db: sqlite3.Connection) -> None:
+    # JSON columns hold text; json_valid() checks keep hand edits from breaking readers later.
+    db.execute(
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('created', 'running', 'finished', 'failed', 'interrupted')),
+            task TEXT,
+            model TEXT,
+            config TEXT,
+            data_fingerprint TEXT,
+            split_fingerprint TEXT,
+            estimate TEXT CHECK (estimate IS NULL OR json_valid(estimate)),
+            baseline_metrics TEXT CHECK (baseline_metrics IS NULL OR json_valid(baseline_metrics)),
+            tuned_metrics TEXT CHECK (tuned_metrics IS NULL OR json_valid(tuned_metrics)),
+            comparison TEXT CHECK (comparison IS NULL OR json_valid(comparison)),
+            timings TEXT CHECK (timings IS NULL OR json_valid(timings)),
+            run_dir TEXT,
+            artifacts TEXT CHECK (artifacts IS NULL OR json_valid(artifacts)),
+            error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX runs_task_status ON runs (task, status)")
+    db.execute("CREATE INDEX runs_created ON runs (created_at)")
+
+
+@migration
+def m002_baseline_cache(db: sqlite3.Connection) -> None:
+    # A base model's scores on one test set with one set of eval settings never change, so a sweep
+    # of variants pays for the baseline once.
+    db.execute(
+        """
+        CREATE TABLE baseline_cache (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            test_fingerprint TEXT NOT NULL,
+            settings_hash TEXT NOT NULL,
+            metrics TEXT NOT NULL CHECK (json_valid(metrics)),
+            predictions_path TEXT,
+            run_id TEXT,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def applied_migrations(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations already applied to ``db`` (empty for a fresh database)."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply every migration not yet applied, each in the same write transaction; return their names.
+
+    The caller's connection must be in autocommit mode (``isolation_level=None``): this function
+    takes the write lock itself (``BEGIN IMMEDIATE``) so two processes migrating a fresh registry at
+    the same moment serialize, and the second one finds nothing left to do.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        done = set(applied_migrations(db))
+        applied = []
+        for function in MIGRATIONS:
+            if function.__name__ in done:
+                continue
+            function(db)
+            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (function.__name__, _now()))
+            applied.append(function.__name__)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return applied

@@ -1,0 +1,473 @@
+"""The run registry: one SQLite file that remembers every run, its numbers and where its files are.
+
+SQLite because it is a real database that needs no server: WAL journaling lets readers go on while
+one process writes, ``busy_timeout`` makes a second writer wait for the lock instead of failing,
+and every write takes the lock up front (``BEGIN IMMEDIATE``) so a read-modify-write such as
+:meth:`Registry.record_timing` never interleaves with another process's.
+
+A connection is opened per operation: connections must not cross ``fork()``, and opening a SQLite
+file costs well under a millisecond next to anything a run does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import TunelabError
+from tunelab.registry.migrations import migrate
+
+STATUSES = ("created", "running", "finished", "failed", "interrupted")
+JSON_FIELDS = ("estimate", "baseline_metrics", "tuned_metrics", "comparison", "timings", "artifacts")
+TEXT_FIELDS = ("name", "status", "task", "model", "config", "data_fingerprint", "split_fingerprint", "run_dir", "error")
+UPDATABLE_FIELDS = TEXT_FIELDS + JSON_FIELDS
+# The steps whose estimated and actual durations a run records (see Registry.record_timing).
+TIMED_STEPS = ("data_check", "baseline", "train", "eval")
+# The metric shown as "before -> after" in listings, by task: the first one a run has is used.
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "classify": ("accuracy", "macro_f1"),
+    "sft": ("rougeL", "rouge_l", "rougeLsum", "chrf", "bleu", "exact_match"),
+    "text": ("perplexity", "loss"),
+    "preference": ("preference_accuracy", "reward_margin"),
+}
+BUSY_TIMEOUT_MS = 30_000
+
+
+class RegistryError(TunelabError):
+    """A run that does not exist, an ambiguous name, a registry file that cannot be used."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class RunRecord:
+    """One row of the registry, with JSON columns parsed into Python values."""
+
+    id: str
+    name: str
+    created_at: str
+    updated_at: str
+    status: str
+    task: str | None = None
+    model: str | None = None
+    config: str | None = None
+    data_fingerprint: str | None = None
+    split_fingerprint: str | None = None
+    estimate: dict | None = None
+    baseline_metrics: dict | None = None
+    tuned_metrics: dict | None = None
+    comparison: dict | None = None
+    timings: dict | None = None
+    run_dir: str | None = None
+    artifacts: dict | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        """The stored resolved config (YAML or JSON text) as a dict; empty when none is stored."""
+        if not self.config:
+            return {}
+        loaded = yaml.safe_load(self.config)
+        return loaded if isinstance(loaded, dict) else {}
+
+    @property
+    def verdict(self) -> str | None:
+        """The comparison's verdict ("better", "worse", "no significant difference", ...), if any."""
+        if isinstance(self.comparison, dict):
+            value = self.comparison.get("verdict")
+            return str(value) if value is not None else None
+        return None
+
+    def key_metric(self) -> tuple[str, float | None, float | None] | None:
+        """(metric name, baseline value, tuned value) of the task's headline metric, if either is known."""
+        candidates = KEY_METRICS.get(self.task or "", ())
+        for name in candidates + tuple(metric_values(self.tuned_metrics) or metric_values(self.baseline_metrics)):
+            before = metric_values(self.baseline_metrics).get(name)
+            after = metric_values(self.tuned_metrics).get(name)
+            if before is not None or after is not None:
+                return name, before, after
+        return None
+
+
+def metric_values(metrics: dict | None) -> dict[str, float]:
+    """The numeric metrics of a metrics JSON: ``{"accuracy": 0.8}`` or ``{"accuracy": {"value": 0.8, ...}}``.
+
+    Nested ``{"metrics": {...}}`` is looked through, so a whole evaluation result can be stored as is.
+    """
+    if not isinstance(metrics, dict):
+        return {}
+    if isinstance(metrics.get("metrics"), dict):
+        metrics = metrics["metrics"]
+    values: dict[str, float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            value = value.get("value", value.get("mean"))
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            values[name] = float(value)
+    return values
+
+
+@dataclass(frozen=True)
+class BaselineKey:
+    """What makes two baseline evaluations the same: model, test set, and the evaluation settings."""
+
+    model: str
+    test_fingerprint: str
+    settings_hash: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}|{self.test_fingerprint}|{self.settings_hash}"
+
+
+def baseline_key(model: str, test_fingerprint: str, eval_settings: dict[str, Any]) -> BaselineKey:
+    """Build the cache key of a baseline evaluation.
+
+    Args:
+        model: the base model's fingerprint, or its resolved name/location when it has none.
+        test_fingerprint: fingerprint of the exact test records (ids in order).
+        eval_settings: everything that changes the scores (e.g. the ``eval`` config section, the
+            task, the label map, the system prompt); hashed as canonical JSON.
+    """
+    canonical = json.dumps(eval_settings, sort_keys=True, separators=(",", ":"), default=str)
+    return BaselineKey(model, test_fingerprint, hashlib.sha256(canonical.encode()).hexdigest()[:16])
+
+
+@dataclass
+class CachedBaseline:
+    key: BaselineKey
+    metrics: dict
+    predictions_path: str | None
+    run_id: str | None
+    created_at: str
+
+
+@dataclass
+class RunComparison:
+    """Runs side by side: ``metrics[name] = [value per run]`` and the config keys that differ."""
+
+    runs: list[str]
+    baseline_metrics: dict[str, list[float | None]] = field(default_factory=dict)
+    tuned_metrics: dict[str, list[float | None]] = field(default_factory=dict)
+    config_differences: dict[str, list[Any]] = field(default_factory=dict)
+    verdicts: list[str | None] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``; lists stay values."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+_MISSING = object()
+
+
+def config_differences(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The dotted config keys whose values are not the same in every config (absent shows as None)."""
+    flats = [flatten(config) for config in configs]
+    keys = sorted({key for flat in flats for key in flat})
+    differences = {}
+    for key in keys:
+        values = [flat.get(key, _MISSING) for flat in flats]
+        if any(value != values[0] for value in values[1:]):
+            differences[key] = [None if value is _MISSING else value for value in values]
+    return differences
+
+
+def default_registry_path(config: Any = None) -> Path:
+    """``config.registry`` when set, else ``<config.train.output_dir>/registry.db`` (``runs/registry.db``)."""
+    if config is not None and getattr(config, "registry", None):
+        return Path(config.registry)
+    output_dir = getattr(getattr(config, "train", None), "output_dir", None) or "runs"
+    return Path(output_dir) / "registry.db"
+
+
+class Registry:
+    """The SQLite run registry at ``path`` (created, with its folder, when missing).
+
+    Raises:
+        RegistryError: when the file cannot be opened as a registry (not SQLite, unwritable folder).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                # WAL is a property of the file; setting it on every open is cheap and idempotent.
+                db.execute("PRAGMA journal_mode=WAL")
+                migrate(db)
+        except sqlite3.DatabaseError as error:
+            raise RegistryError(f"cannot use {self.path} as a run registry: {error}", "pass another --registry path") from None
+        except OSError as error:
+            raise RegistryError(f"cannot create the registry at {self.path}: {error.strerror}") from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock before reading, so a read-modify-write cannot be
+        # overtaken by another process between its read and its write (no lost updates, no
+        # deadlock from two readers both upgrading).
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        name: str | None = None,
+        task: str | None = None,
+        model: str | None = None,
+        config: str | dict | None = None,
+        status: str = "created",
+        **fields: Any,
+    ) -> RunRecord:
+        """Insert a run and return it. Without ``name``, one is made from task, model and time.
+
+        ``config`` may be YAML/JSON text or a dict (stored as YAML). Any other column of
+        :class:`RunRecord` can be given as a keyword.
+
+        Raises:
+            RegistryError: when a run with ``name`` already exists.
+            ValueError: for an unknown status or field (a bug in the caller).
+        """
+        run_id = uuid.uuid4().hex[:12]
+        if name is None:
+            model_part = re.sub(r"[^A-Za-z0-9]+", "-", Path(model or "model").name).strip("-").lower() or "model"
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+            name = f"{task or 'run'}-{model_part}-{stamp}-{run_id[:4]}"
+        now = _now()
+        values = self._column_values({"name": name, "task": task, "model": model, "config": config, "status": status, **fields})
+        values.update({"id": run_id, "created_at": now, "updated_at": now})
+        columns = ", ".join(values)
+        placeholders = ", ".join("?" for _ in values)
+        try:
+            with self._write() as db:
+                db.execute(f"INSERT INTO runs ({columns}) VALUES ({placeholders})", tuple(values.values()))
+        except sqlite3.IntegrityError as error:
+            if "runs.name" in str(error):
+                raise RegistryError(f"a run named '{name}' already exists in {self.path}", "choose another name") from None
+            raise
+        return self.get_run(run_id)
+
+    def update_run(self, run: str, **fields: Any) -> RunRecord:
+        """Set columns of one run (by id or name); JSON columns take dicts. Returns the updated run.
+
+        Raises:
+            RegistryError: when the run does not exist.
+            ValueError: for an unknown status or field.
+        """
+        values = self._column_values(fields)
+        run_id = self.get_run(run).id
+        if values:
+            values["updated_at"] = _now()
+            assignments = ", ".join(f"{column} = ?" for column in values)
+            with self._write() as db:
+                db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), run_id))
+        return self.get_run(run_id)
+
+    def record_timing(
+        self, run: str, step: str, *, estimated_s: float | None = None, actual_s: float | None = None
+    ) -> RunRecord:
+        """Merge the estimated and/or actual seconds of one step into the run's timings.
+
+        timings look like ``{"train": {"estimated_s": 300.0, "actual_s": 341.2}, ...}``; steps are
+        usually those of ``TIMED_STEPS`` but any name is kept.
+
+        Raises:
+            RegistryError: when the run does not exist.
+        """
+        run_id = self.get_run(run).id
+        with self._write() as db:
+            row = db.execute("SELECT timings FROM runs WHERE id = ?", (run_id,)).fetchone()
+            timings = json.loads(row["timings"]) if row["timings"] else {}
+            entry = timings.setdefault(step, {})
+            if estimated_s is not None:
+                entry["estimated_s"] = float(estimated_s)
+            if actual_s is not None:
+                entry["actual_s"] = float(actual_s)
+            db.execute(
+                "UPDATE runs SET timings = ?, updated_at = ? WHERE id = ?", (json.dumps(timings), _now(), run_id)
+            )
+        return self.get_run(run_id)
+
+    def get_run(self, run: str) -> RunRecord:
+        """A run by id, by name, or by a unique id prefix of at least 4 characters.
+
+        Raises:
+            RegistryError: when no run matches, or a prefix matches several.
+        """
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ? OR name = ?", (run, run)).fetchone()
+            if row is None and len(run) >= 4 and re.fullmatch(r"[0-9a-f]+", run):
+                rows = db.execute("SELECT * FROM runs WHERE id LIKE ? LIMIT 2", (run + "%",)).fetchall()
+                if len(rows) > 1:
+                    raise RegistryError(f"'{run}' matches several run ids in {self.path}", "give more characters or the name")
+                row = rows[0] if rows else None
+        if row is None:
+            raise RegistryError(f"no run '{run}' in {self.path}", "`tunelab runs` lists the recorded runs")
+        return self._record(row)
+
+    def list_runs(self, task: str | None = None, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        """Runs, newest first, optionally only those of one task and/or status.
+
+        Raises:
+            ValueError: for an unknown status.
+        """
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        clauses, parameters = [], []
+        if task is not None:
+            clauses.append("task = ?")
+            parameters.append(task)
+        if status is not None:
+            clauses.append("status = ?")
+            parameters.append(status)
+        sql = "SELECT * FROM runs"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            parameters.append(int(limit))
+        with self._connect() as db:
+            return [self._record(row) for row in db.execute(sql, parameters)]
+
+    def delete_run(self, run: str) -> None:
+        """Remove a run's row (its folder on disk is left alone).
+
+        Raises:
+            RegistryError: when the run does not exist.
+        """
+        run_id = self.get_run(run).id
+        with self._write() as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def compare_runs(self, runs: list[str]) -> RunComparison:
+        """Baseline and tuned metrics side by side, and the config keys (dotted) whose values differ.
+
+        Raises:
+            RegistryError: when a run does not exist, or fewer than two are given.
+        """
+        if len(runs) < 2:
+            raise RegistryError("compare needs at least two runs")
+        records = [self.get_run(run) for run in runs]
+        comparison = RunComparison(runs=[record.name for record in records])
+        for attribute, target in (("baseline_metrics", comparison.baseline_metrics), ("tuned_metrics", comparison.tuned_metrics)):
+            per_run = [metric_values(getattr(record, attribute)) for record in records]
+            for name in sorted({name for values in per_run for name in values}):
+                target[name] = [values.get(name) for values in per_run]
+        comparison.config_differences = config_differences([record.config_dict for record in records])
+        comparison.verdicts = [record.verdict for record in records]
+        return comparison
+
+    # -- baseline cache -----------------------------------------------------------------------
+
+    def get_cached_baseline(self, key: BaselineKey) -> CachedBaseline | None:
+        """The stored baseline evaluation for ``key``, or None."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM baseline_cache WHERE key = ?", (key.key,)).fetchone()
+        if row is None:
+            return None
+        return CachedBaseline(key, json.loads(row["metrics"]), row["predictions_path"], row["run_id"], row["created_at"])
+
+    def put_cached_baseline(
+        self, key: BaselineKey, metrics: dict, *, predictions_path: str | Path | None = None, run_id: str | None = None
+    ) -> CachedBaseline:
+        """Store (or replace) the baseline evaluation for ``key``."""
+        now = _now()
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO baseline_cache "
+                "(key, model, test_fingerprint, settings_hash, metrics, predictions_path, run_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.key,
+                    key.model,
+                    key.test_fingerprint,
+                    key.settings_hash,
+                    json.dumps(metrics, default=str),
+                    str(predictions_path) if predictions_path is not None else None,
+                    run_id,
+                    now,
+                ),
+            )
+        return CachedBaseline(key, metrics, str(predictions_path) if predictions_path else None, run_id, now)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """SQLite's own consistency check: ``"ok"`` when the file is sound."""
+        with self._connect() as db:
+            return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    @staticmethod
+    def _column_values(fields: dict[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for column, value in fields.items():
+            if column not in UPDATABLE_FIELDS:
+                raise ValueError(f"unknown run field {column!r}; valid: {', '.join(UPDATABLE_FIELDS)}")
+            if column == "status" and value not in STATUSES:
+                raise ValueError(f"unknown status {value!r}; valid: {', '.join(STATUSES)}")
+            if column == "config" and isinstance(value, dict):
+                value = yaml.safe_dump(value, sort_keys=False)
+            elif column in JSON_FIELDS and value is not None:
+                value = json.dumps(value, default=str)
+            elif value is not None and not isinstance(value, str):
+                value = str(value)
+            values[column] = value
+        return values
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> RunRecord:
+        data = dict(row)
+        for column in JSON_FIELDS:
+            if data.get(column) is not None:
+                data[column] = json.loads(data[column])
+        return RunRecord(**data)

@@ -1,0 +1,98 @@
+"""``tunelab runs``, ``show`` and ``compare`` on a registry written through the library."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli import main as cli_main
+from tunelab.registry import Registry
+
+
+@pytest.fixture(scope="module")
+def app():
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    return cli_main.app
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    # Tables wrap at the terminal width; a wide console keeps every cell on one line for the asserts.
+    from tunelab.cli.common import console
+
+    monkeypatch.setattr(console, "width", 250)
+
+
+@pytest.fixture
+def registry_path(tmp_path):
+    path = tmp_path / "registry.db"
+    registry = Registry(path)
+    registry.create_run(
+        name="lora-r16",
+        task="classify",
+        model="default",
+        status="finished",
+        config={"task": "classify", "lora": {"r": 16}, "train": {"lr": 0.0002}},
+        baseline_metrics={"accuracy": 0.2},
+        tuned_metrics={"accuracy": 0.9},
+        comparison={"verdict": "better"},
+    )
+    registry.record_timing("lora-r16", "train", estimated_s=100, actual_s=112)
+    registry.create_run(
+        name="lora-r4", task="classify", model="default", status="failed", config={"task": "classify", "lora": {"r": 4}, "train": {"lr": 0.0002}}
+    )
+    return path
+
+
+def test_runs_lists_and_filters(app, registry_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["runs", "--registry", str(registry_path)])
+    assert result.exit_code == 0, result.output
+    assert "lora-r16" in result.output and "accuracy 0.2 → 0.9" in result.output and "better" in result.output
+    result = runner.invoke(app, ["runs", "--registry", str(registry_path), "--status", "failed", "--json"])
+    assert [run["name"] for run in json.loads(result.output)] == ["lora-r4"]
+    empty = runner.invoke(app, ["runs", "--registry", str(registry_path.parent / "none.db")])
+    assert empty.exit_code == 0 and "no runs recorded" in empty.output
+
+
+def test_show_has_estimate_and_actual_side_by_side(app, registry_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["show", "lora-r16", "--registry", str(registry_path)])
+    assert result.exit_code == 0, result.output
+    assert "estimate vs actual" in result.output and "1.12" in result.output
+    data = json.loads(runner.invoke(app, ["show", "lora-r16", "--json", "--registry", str(registry_path)]).output)
+    assert data["timings"]["train"] == {"estimated_s": 100.0, "actual_s": 112.0}
+
+
+def test_compare_shows_differing_config_keys(app, registry_path):
+    runner = CliRunner()
+    data = json.loads(runner.invoke(app, ["compare", "lora-r16", "lora-r4", "--json", "--registry", str(registry_path)]).output)
+    assert data["config_differences"] == {"lora.r": [16, 4]}
+    assert data["tuned_metrics"] == {"accuracy": [0.9, None]}
+    result = runner.invoke(app, ["compare", "lora-r16", "lora-r4", "--registry", str(registry_path)])
+    assert result.exit_code == 0 and "lora.r" in result.output
+
+
+def test_unknown_run_is_a_clear_error(app, registry_path):
+    from tunelab.errors import TunelabError
+
+    result = CliRunner().invoke(app, ["show", "nope", "--registry", str(registry_path)])
+    assert isinstance(result.exception, TunelabError) and "no run 'nope'" in str(result.exception)
+
+
+def test_compare_of_evaluation_files_uses_the_evaluation_hook(app, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    a, b = tmp_path / "base.json", tmp_path / "tuned.json"
+    a.write_text("{}")
+    b.write_text("{}")
+    module = types.ModuleType("tunelab.evaluation.compare")
+    module.compare_files = lambda first, second: {"compared": [first.name, second.name]}
+    monkeypatch.setitem(sys.modules, "tunelab.evaluation.compare", module)
+    result = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"compared": ["base.json", "tuned.json"]}

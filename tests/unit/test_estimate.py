@@ -1,0 +1,244 @@
+"""The estimate: FLOP formulas, token plans, memory, money and budget against hand-computed numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunelab.config import parse_config
+from tunelab.errors import ConfigError, DataError
+from tunelab.estimate import (
+    CloudPrice,
+    GPUSpec,
+    ModelFacts,
+    PriceTable,
+    calibrate,
+    count_tokens_from_files,
+    estimate_error,
+    estimate_run,
+    load_price_table,
+    model_facts,
+    plan_flops,
+    plan_memory,
+    plan_tokens,
+)
+
+# A made-up model: 6,000 body weights, d_model 16, vocab 100, 2 layers, a 500-parameter adapter.
+FACTS = ModelFacts(
+    total_params=10_000, body_params=6_000, n_layers=2, d_model=16, d_kv=8, intermediate=32, vocab=100, lora_params=500
+)
+PRICES = PriceTable(
+    table_date="2025-06",
+    gpus=[GPUSpec("Toy", bf16_tflops=1.0, memory_gib=1, usd_per_hour=3.6), GPUSpec("Tiny", 2.0, 0.000001, 1.0)],
+    cloud_fine_tuning=[CloudPrice("Hosted", "mini", 2.0, "as published 2025-06")],
+)
+
+
+def _config(**sections):
+    base = {"task": "sft", "data": {"max_length": 64}, "train": {"batch_size": 2, "epochs": 2, "lr": 1e-4}}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return parse_config(base)
+
+
+def test_packed_sft_tokens_and_lora_flops():
+    config = _config()
+    tokens = plan_tokens(config, [10, 20, 30, 100])
+    # Truncated to 64: 10+20+30+64 = 124 real tokens, packed into ceil(124/64) = 2 rows of 64.
+    assert (tokens.real_tokens_per_epoch, tokens.rows_per_epoch, tokens.truncated_examples) == (124, 2, 1)
+    assert (tokens.optimizer_steps, tokens.train_tokens, tokens.seq_len, tokens.packed) == (2, 248, 64, True)
+    flops = plan_flops(config, FACTS, tokens)
+    assert flops.matmul_params == 6_000 + 16 * 100
+    assert flops.dense_flops_per_token == 4 * 7_600 + 6 * 500  # LoRA: 4N + 6 N_adapter
+    assert flops.attention_flops_per_token == 6 * 2 * 64 * 16
+    assert flops.train_flops == (33_400 + 12_288) * 248
+    assert flops.trainable_params == 500
+
+
+def test_full_freeze_classify_and_preference_flops():
+    tokens = plan_tokens(_config(), [64])
+    full = plan_flops(_config(train={"method": "full"}), FACTS, tokens)
+    assert full.dense_flops_per_token == 6 * 7_600 and full.trainable_params == 10_000
+    freeze = plan_flops(_config(train={"method": "freeze", "trainable_layers": [-1]}), FACTS, tokens)
+    assert freeze.trainable_params == 3_000 and freeze.dense_flops_per_token == 4 * 7_600 + 2 * 3_000
+    # classify: the head computes only the label columns.
+    classify = _config(task="classify")
+    classify_flops = plan_flops(classify, FACTS, plan_tokens(classify, [64]), n_labels=4)
+    assert classify_flops.matmul_params == 6_000 + 16 * 4
+    preference = plan_flops(_config(task="preference"), FACTS, tokens)
+    assert preference.dense_flops_per_token == 6 * 7_600 + 6 * 500  # + the reference forward, 2N
+
+
+def test_unpacked_batches_are_padded_to_their_longest():
+    config = _config(task="classify", train={"batch_size": 5})
+    tokens = plan_tokens(config, [5, 9, 3, 7, 11])
+    assert tokens.packed is False
+    assert tokens.real_tokens_per_epoch == 35 and tokens.processed_tokens_per_epoch == 55  # one batch, padded to 11
+    assert tokens.seq_len == 16  # rounded up to a multiple of 8
+    single = plan_tokens(_config(task="classify", train={"batch_size": 1}), [5, 9, 3, 7, 11])
+    assert single.processed_tokens_per_epoch == 35 and single.optimizer_steps == 10
+
+
+def test_text_windows_and_max_steps():
+    config = _config(task="text", data={"max_length": 64, "stride": 32}, train={"epochs": 1, "batch_size": 1})
+    tokens = plan_tokens(config, [200, 10])
+    # 200 tokens in windows of 64 every 32: ceil((200-64)/32) + 1 = 6 windows; plus the short document.
+    assert tokens.real_tokens_per_epoch == 6 * 64 + 10
+    limited = plan_tokens(_config(train={"max_steps": 1, "batch_size": 1, "epochs": 4}), [64, 64])
+    assert limited.optimizer_steps == 1 and limited.train_tokens == 64
+    with pytest.raises(DataError):
+        plan_tokens(config, [])
+
+
+def test_validation_and_eval_tokens():
+    config = _config(eval={"max_new_tokens": 10})
+    tokens = plan_tokens(config, [64, 64, 64, 64], validation_token_counts=[10, 10], test_token_counts=[5, 6, 7])
+    assert tokens.optimizer_steps == 4 and tokens.validations == 4  # every max(1, 4 // 5) = 1 step
+    assert tokens.validation_tokens == 20 * 4
+    assert tokens.test_tokens == 18 + 3 * 10  # sft: prompts + at most max_new_tokens generated each
+    flops = plan_flops(config, FACTS, tokens)
+    assert flops.validation_flops == (2 * 7_600 + 2 * 2 * 64 * 16) * 80
+
+
+def test_memory_arithmetic():
+    config = _config()
+    tokens = plan_tokens(config, [64])
+    memory = plan_memory(config, FACTS, tokens, "fp32", trainable=500)
+    assert (memory.weights, memory.autocast_copies, memory.gradients, memory.optimizer) == (40_000, 0, 2_000, 4_000)
+    per_token_layer = (8 * 16 + 4 * 8 + 4 * 32 + 6 * 16 + 32) * 4
+    assert memory.activations == 2 * 64 * 2 * per_token_layer
+    assert memory.logits == 2 * 64 * 100 * 4 * 2
+    assert memory.total == 40_000 + 2_000 + 4_000 + memory.activations + memory.logits
+    bf16 = plan_memory(config, FACTS, tokens, "bf16", trainable=500)
+    assert bf16.autocast_copies == 12_000 and bf16.activations == memory.activations // 2
+    checkpointed = plan_memory(_config(train={"gradient_checkpointing": True}), FACTS, tokens, "fp32", trainable=500)
+    assert checkpointed.activations == 2 * 64 * 2 * 16 * 4 + 2 * 64 * (8 * 16 + 4 * 8 + 4 * 32) * 4
+    assert plan_memory(_config(task="classify"), FACTS, tokens, "fp32", trainable=500).logits == 0
+
+
+def test_gpu_time_money_cloud_and_fit():
+    config = _config(budget={"utilization": 0.5})
+    result = estimate_run(config, [10, 20, 30, 100], FACTS, prices=PRICES, available_bytes=10**9, precision="fp32")
+    toy, tiny = result.gpus
+    assert toy.seconds == pytest.approx(result.flops.train_flops / 0.5e12)
+    assert toy.usd == pytest.approx(toy.seconds / 3600 * 3.6)
+    assert toy.fits and not tiny.fits
+    assert result.cloud[0].usd == pytest.approx(248 / 1e6 * 2.0)
+    assert result.memory.fits is True and result.seconds is None
+    assert json.loads(json.dumps(result.as_dict()))["tokens"]["train_tokens"] == 248
+
+
+def test_budget_flags():
+    over_hours = estimate_run(
+        _config(budget={"gpu": "toy", "max_hours": 1e-12, "max_usd": 1e-15}), [64], FACTS, prices=PRICES, available_bytes=0
+    )
+    assert over_hours.budget.over and len(over_hours.budget.reasons) == 2
+    within = estimate_run(_config(budget={"gpu": "Toy", "max_hours": 1.0}), [64], FACTS, prices=PRICES, available_bytes=0)
+    assert not within.budget.over and within.memory.fits is False
+    unpriced = estimate_run(_config(budget={"max_usd": 1.0}), [64], FACTS, prices=PRICES)
+    assert not unpriced.budget.over and "budget.gpu" in unpriced.budget.notes[0]
+    with pytest.raises(ConfigError, match="unknown GPU 'V100'"):
+        estimate_run(_config(budget={"gpu": "V100"}), [64], FACTS, prices=PRICES)
+
+
+def test_estimate_error():
+    assert estimate_error(100.0, 120.0) == {
+        "step": "train", "estimated_s": 100.0, "actual_s": 120.0, "error": pytest.approx(0.2), "within_25_percent": True
+    }
+    assert estimate_error({"seconds": {"train": 100.0}}, 130.0)["within_25_percent"] is False
+    assert estimate_error({"seconds": {"train": 100.0}}, 80.0)["error"] == pytest.approx(-0.2)
+    with pytest.raises(ValueError):
+        estimate_error({"seconds": None}, 10.0)
+
+
+def test_bundled_price_table_is_complete():
+    table = load_price_table()
+    names = {gpu.name for gpu in table.gpus}
+    assert {"A10G", "L4", "A100-40GB", "A100-80GB", "H100-SXM", "H200"} <= names
+    assert all(gpu.bf16_tflops > 0 and gpu.usd_per_hour > 0 and gpu.source for gpu in table.gpus)
+    assert table.cloud_fine_tuning and all("verify" in price.published for price in table.cloud_fine_tuning)
+
+
+def test_model_facts_of_the_tiny_llama(tiny_model):
+    facts = model_facts(tiny_model, lora_r=16, target_modules="all-linear")
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3 + 2 * 64
+    assert facts.body_params == 2 * per_layer + 64
+    assert facts.total_params == facts.body_params + facts.vocab * 64  # tied embeddings: counted once
+    assert (facts.n_layers, facts.d_model, facts.d_kv, facts.intermediate) == (2, 64, 32, 128)
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert facts.lora_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert model_facts(build_meta_copy(tiny_model), 4, ["q_proj", "v_proj"]).lora_params == 2 * 4 * (128 + 96)
+
+
+def build_meta_copy(model):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model.config)
+
+
+def test_calibration_trains_real_steps(tiny_model_dir, tiny_model):
+    config = parse_config(
+        {"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}}
+    )
+    calibration = calibrate(config, 16, model=tiny_model, steps=2)
+    assert len(calibration.step_seconds) == 2 and calibration.warmup_seconds > 0
+    assert calibration.tokens_per_second == pytest.approx(2 * 16 / calibration.seconds_per_step)
+    # LoRA B matrices start at zero: after AdamW steps they must have moved.
+    lora_b = [p for name, p in tiny_model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    # Loading by name (the tiny model folder) and a classify step also work.
+    classify = parse_config({"task": "classify", "model": str(tiny_model_dir), "train": {"batch_size": 2, "method": "full"}})
+    assert calibrate(classify, 8, steps=1, n_labels=3).seq_len == 8
+
+
+def test_token_counts_from_files_and_the_whole_estimate(tmp_path, tiny_model_dir, tiny_tokenizer):
+    train = tmp_path / "train.jsonl"
+    rows = [{"text": f"my card number {i} has not arrived yet", "label": ["billing", "account"][i % 2]} for i in range(20)]
+    train.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    config = parse_config(
+        {"task": "classify", "model": str(tiny_model_dir), "data": {"train": str(train), "test_size": 0.2, "validation_size": 0.1}}
+    )
+    counts = count_tokens_from_files(config, tiny_tokenizer)
+    assert (len(counts.train), len(counts.test), len(counts.validation), counts.n_labels) == (14, 4, 2, 2)
+    assert all(count > 10 for count in counts.train)
+    (tmp_path / "bad.jsonl").write_text('{"text": "no label here"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: missing field 'label'"):
+        count_tokens_from_files(config.model_copy(update={"data": config.data.model_copy(update={"train": str(tmp_path / "bad.jsonl")})}), tiny_tokenizer)
+
+    from tunelab.estimate import estimate_from_config
+
+    result = estimate_from_config(config, calibration_steps=1)
+    assert result.calibration is not None and set(result.seconds) >= {"train", "validation", "baseline", "eval"}
+    assert result.seconds["train"] == pytest.approx(result.tokens.train_tokens / result.calibration.tokens_per_second)
+
+
+def test_cli_estimate_json_and_errors(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+    from tunelab.errors import TunelabError
+
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(10)) + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"task: sft\nmodel: {tiny_model_dir}\ndata:\n  train: train.jsonl\n  max_length: 32\n")
+    runner = CliRunner()
+    result = runner.invoke(cli_main.app, ["estimate", str(config), "train.epochs=2", "--no-calibrate", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["tokens"]["epochs"] == 2.0 and data["calibration"] is None and data["seconds"] is None
+    assert {gpu["name"] for gpu in data["gpus"]} >= {"H100-SXM", "A10G"}
+    table = runner.invoke(cli_main.app, ["estimate", str(config), "--no-calibrate"])
+    assert table.exit_code == 0 and "On GPUs" in table.output
+    bad = runner.invoke(cli_main.app, ["estimate", str(config), "budget.gpu=V100", "--no-calibrate"])
+    assert isinstance(bad.exception, TunelabError) and "unknown GPU" in str(bad.exception)
