@@ -25,6 +25,7 @@ app = typer.Typer(
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
+    "tunelab.cli.run",
     "tunelab.cli.generate",
     "tunelab.cli.models",
     "tunelab.cli.env",

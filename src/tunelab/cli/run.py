@@ -1,0 +1,201 @@
+"""``tunelab run`` (the whole lifecycle from one config) and ``tunelab sweep`` (variants + leaderboard)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from tunelab.cli.common import console, error_console, print_json
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+
+STEP_TITLES = {
+    "check": "check data",
+    "split": "split",
+    "estimate": "estimate",
+    "baseline": "evaluate base model",
+    "train": "train",
+    "evaluate": "evaluate tuned model",
+    "report": "report",
+    "register": "register",
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+    return "-" if value is None else str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _event_printer(quiet: bool):
+    started: dict[str, float] = {}
+
+    def on_event(step: str, status: str, details: dict[str, Any]) -> None:
+        if quiet:
+            return
+        title = STEP_TITLES.get(step, step)
+        if status == "start":
+            started[step] = time.perf_counter()
+            if step == "variant":
+                error_console.rule(f"variant {details.get('name')}: {' '.join(details.get('overrides', []))}")
+            else:
+                error_console.print(f"[bold cyan]▶ {title}[/]")
+        elif status == "warn":
+            error_console.print(f"  [yellow]warning[/] {details.get('message')}")
+        elif status == "skip":
+            error_console.print(f"  [dim]{title}: reused cached result {details.get('cached_from', '')}[/]")
+        elif status == "done":
+            elapsed = time.perf_counter() - started.get(step, time.perf_counter())
+            summary = _step_summary(step, details)
+            error_console.print(f"  [green]✓[/] {title} [dim]({elapsed:.1f} s)[/] {summary}")
+
+    return on_event
+
+
+def _step_summary(step: str, details: dict[str, Any]) -> str:
+    if step == "split":
+        sizes = details.get("sizes", {})
+        return ", ".join(f"{k} {v}" for k, v in sizes.items())
+    if step == "estimate":
+        estimate = details.get("estimate") or {}
+        seconds = estimate.get("total_seconds")
+        tokens = (estimate.get("tokens") or {}).get("train_tokens")
+        return f"about {_duration(seconds)} on this machine" + (f", {tokens:,} training tokens" if tokens else "")
+    if step in ("baseline", "evaluate"):
+        metrics = details.get("metrics") or {}
+        primary = metrics.get("primary")
+        return f"{primary} = {_fmt(metrics.get(primary))}" if primary else ""
+    if step == "train":
+        result = details.get("result") or {}
+        return f"{result.get('steps')} steps, loss {_fmt(result.get('final_loss'))}, {result.get('tokens_per_second', 0):.0f} tokens/s ({result.get('precision')})"
+    if step == "report":
+        return str((details.get("files") or {}).get("markdown", ""))
+    if step == "register":
+        return f"id {details.get('id')} in {details.get('registry')}"
+    return ""
+
+
+def _train_bar():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("  [bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"), TimeElapsedColumn(),
+        console=error_console, transient=True,
+    )
+    state: dict[str, Any] = {}
+
+    def on_progress(event: Any) -> None:
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task("train", total=event.total_steps, loss="-", rate="-")
+        loss = "-" if event.loss is None else f"{event.loss:.4f}"
+        bar.update(state["task"], completed=event.step, total=event.total_steps, loss=loss, rate=f"{event.tokens_per_second:.0f}")
+        if event.step >= (event.total_steps or 0):
+            bar.stop()
+
+    return bar, on_progress
+
+
+def render_outcome(outcome: Any) -> None:
+    comparison = outcome.comparison
+    if comparison is not None:
+        table = Table(title=f"{outcome.name}: base vs tuned on {comparison.n} held-out examples")
+        for column in ("metric", "base", "tuned", "difference", "95% interval", "outcome"):
+            table.add_column(column, justify="right" if column not in ("metric", "outcome") else "left")
+        for m in comparison.metrics:
+            table.add_row(m.name + (" *" if m.name == comparison.primary else ""), _fmt(m.before), _fmt(m.after),
+                          f"{m.difference:+.4f}", f"[{m.low:+.4f}, {m.high:+.4f}]", m.outcome)
+        console.print(table)
+        colour = {"better": "green", "worse": "red"}.get(comparison.verdict, "yellow")
+        console.print(f"[bold {colour}]verdict: {comparison.summary}[/]")
+    else:
+        console.print(f"tuned: {outcome.tuned_metrics}")
+    estimated = (outcome.estimate or {}).get("seconds") or {}
+    if outcome.train and estimated.get("train"):
+        actual = outcome.train.get("seconds")
+        console.print(f"training time: estimated {_duration(estimated['train'])}, actual {_duration(actual)}")
+    console.print(f"run folder: {outcome.run_dir}   report: {outcome.report.get('html', '-')}")
+
+
+def run(
+    config_path: Path = typer.Argument(None, metavar="CONFIG", help="Run config (YAML). Not needed with --resume."),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. train.lr=3e-4."),
+    resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run folder at the step it stopped in."),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Skip the measured steps of the time estimate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Check data, split, estimate, evaluate the base model, train, evaluate again, report, register."""
+    from tunelab.tasks.pipeline import run_pipeline
+
+    if resume is not None:
+        if config_path is not None or overrides:
+            raise ConfigError("--resume continues a run with its own config; give no config or overrides")
+        config = None
+    else:
+        if config_path is None:
+            raise ConfigError("give a config file: tunelab run CONFIG.yaml [key=value ...]")
+        config = load_config(config_path, overrides or [])
+    bar, on_progress = _train_bar()
+    try:
+        outcome = run_pipeline(
+            config, resume=resume, on_event=_event_printer(as_json), train_progress=on_progress, calibrate=not no_calibrate
+        )
+    finally:
+        bar.stop()
+    if as_json:
+        print_json({
+            "name": outcome.name, "run_dir": str(outcome.run_dir), "registry_id": outcome.registry_id,
+            "split": outcome.split_sizes, "estimate": outcome.estimate, "train": outcome.train,
+            "base": outcome.base_metrics, "tuned": outcome.tuned_metrics,
+            "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
+            "report": outcome.report, "timings": outcome.timings, "warnings": outcome.warnings,
+        })
+        return
+    render_outcome(outcome)
+
+
+def sweep(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="Base run config (YAML)."),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Overrides applied to every variant."),
+    grid: list[str] = typer.Option(..., "--grid", help="KEY=V1,V2 (repeatable): every combination is run."),
+    metric: str = typer.Option(None, "--metric", help="Rank by this metric (default: the task's primary)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
+) -> None:
+    """Run every combination of --grid values (models, parameters, datasets) and rank the results."""
+    from tunelab.tasks.pipeline import leaderboard, run_sweep
+
+    bar, on_progress = _train_bar()
+    try:
+        entries = run_sweep(config_path, overrides or [], grid, on_event=_event_printer(as_json), train_progress=on_progress)
+    finally:
+        bar.stop()
+    rows = leaderboard(entries, metric)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="sweep leaderboard (best first)")
+    for column in ("#", "variant", "metric", "base", "tuned", "difference [95% interval]", "verdict"):
+        table.add_column(column)
+    for rank, row in enumerate(rows, 1):
+        if row.get("after") is None:
+            table.add_row(str(rank), row["overrides"], "-", "-", "-", "-", f"[red]failed: {row.get('error')}[/]")
+            continue
+        table.add_row(str(rank), row["overrides"], row["metric"], _fmt(row["before"]), _fmt(row["after"]),
+                      f"{row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]", row["verdict"])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("sweep")(sweep)
