@@ -258,6 +258,12 @@ def child_result(result: dict[str, Any]) -> None:
     print("\nBENCH_RESULT " + json.dumps(result), flush=True)
 
 
+def tunelab_source() -> Path:
+    """The tunelab source tree the children import: this checkout's ``src`` (not an installed copy),
+    or ``$BENCH_TUNELAB_SRC`` to measure another checkout with the same benchmark code."""
+    return Path(os.environ.get("BENCH_TUNELAB_SRC") or REPO_DIR / "src")
+
+
 def run_child(script: str, args: Sequence[str], *, timeout: float | None = None) -> dict[str, Any]:
     """Run ``bench/<script>`` with ``args`` in a fresh interpreter and return its JSON result.
 
@@ -266,8 +272,7 @@ def run_child(script: str, args: Sequence[str], *, timeout: float | None = None)
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # The worktree's source first, so the benchmark measures this checkout, not an installed copy.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR / "src"), str(BENCH_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tunelab_source()), str(BENCH_DIR), env.get("PYTHONPATH")]))
     command = [sys.executable, str(BENCH_DIR / script), *args]
     started = time.perf_counter()
     try:
