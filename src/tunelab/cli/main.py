@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "tunelab.cli.generate",
     "tunelab.cli.models",
     "tunelab.cli.env",
+    "tunelab.cli.data",
+    "tunelab.cli.serve",
 ]
 
 

@@ -38,16 +38,24 @@ class SFTRecord:
     """A conversation; the assistant turns are what the model learns to produce.
 
     prompt/completion pairs become ``[user, assistant]`` (with an optional system message first).
+    ``references`` holds every acceptable answer when a dataset has several (SciTLDR), for
+    multi-reference scoring; empty means the completion is the only reference.
     """
 
     messages: tuple[Message, ...]
     source: str = ""
     id: str = field(default="")
+    references: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+        object.__setattr__(self, "references", tuple(self.references))
         if not self.id:
-            object.__setattr__(self, "id", content_id("sft", list(self.messages)))
+            # References join the id only when present, so ids of single-reference records never change.
+            parts: tuple = ("sft", list(self.messages))
+            if self.references:
+                parts += (list(self.references),)
+            object.__setattr__(self, "id", content_id(*parts))
 
     @property
     def prompt_messages(self) -> list[Message]:

@@ -1,0 +1,247 @@
+"""``tunelab data check|split|show``: see exactly what the model will be trained on, before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from tunelab.cli.common import console, print_json
+from tunelab.config import DataConfig, load_config
+from tunelab.errors import ModelError
+
+data_app = typer.Typer(help="Check, split and show training data.", no_args_is_help=True)
+
+TASK_HELP = "text, sft, classify or preference."
+
+
+def _data_config(**values: Any) -> DataConfig:
+    return DataConfig(**{key: value for key, value in values.items() if value is not None})
+
+
+def load_tokenizer(name: str, allow_network: bool = False) -> Any:
+    """The tokenizer of model ``name`` without loading its weights.
+
+    Raises:
+        ModelError: when the model is unknown or not available offline.
+    """
+    from transformers import AutoTokenizer
+
+    from tunelab.models.loader import local_folder_for
+    from tunelab.models.resolve import resolve_model
+
+    source = resolve_model(name)
+    if source.kind == "run":
+        location = str(Path(source.location) / "tokenizer")
+    else:
+        folder = local_folder_for(source)
+        location = str(folder) if folder is not None else source.location
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=not allow_network)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"cannot load the tokenizer of '{name}': {str(error).splitlines()[0]}",
+            "check the model name, or pass --allow-network for a hub model",
+        ) from None
+    return tokenizer
+
+
+def _default_tokenizer() -> Any:
+    # Use the default model's tokenizer when it is ready here; converting it (~20 s) is not worth a check.
+    from tunelab.models.loader import is_cached
+    from tunelab.models.resolve import resolve_model
+
+    try:
+        source = resolve_model("default")
+        return load_tokenizer("default") if is_cached(source) else None
+    except ModelError:
+        return None
+
+
+def _render_example(example: Any) -> Text:
+    # Trained spans are both highlighted and bracketed: the brackets survive pipes and no-colour terminals.
+    text = Text()
+    for piece, trained in example.segments:
+        if trained:
+            text.append("[[", style="green")
+            text.append(piece, style="bold black on green")
+            text.append("]]", style="green")
+        else:
+            text.append(piece, style="dim")
+    return text
+
+
+def render_report(report: Any) -> None:
+    """Print a CheckReport in one screen: summary, problems, lengths, labels, example."""
+    status = "[green]OK[/green]" if report.ok else f"[red]{len(report.errors)} error(s)[/red]"
+    console.print(
+        f"[bold]{escape(report.path)}[/bold]  task={report.task}  files={len(report.files)}  "
+        f"records={report.records}  invalid={len(report.invalid)}  → {status}"
+    )
+    if report.limited:
+        console.print("[yellow]read only the first --limit rows[/yellow]")
+    if report.errors or report.skipped:
+        title = "Invalid records" if report.errors else "Skipped invalid records (--skip-invalid)"
+        table = Table(title=title, show_lines=False, title_justify="left")
+        table.add_column("where", style="cyan", no_wrap=True)
+        table.add_column("reason")
+        for error in report.errors or report.skipped:
+            table.add_row(escape(error.source), escape(error.reason))
+        console.print(table)
+    stats = Table(title="Duplicates", title_justify="left", show_header=False)
+    stats.add_row("exact duplicates", str(report.exact_duplicates))
+    stats.add_row("near duplicates", str(report.near_duplicates))
+    stats.add_row("conflicting " + ("labels" if report.task == "classify" else "answers"), str(report.conflicts))
+    console.print(stats)
+    for name, groups in (("exact", report.exact_duplicate_groups), ("near", report.near_duplicate_groups), ("conflict", report.conflict_groups)):
+        for group in groups[:5]:
+            labels = f"  labels: {', '.join(group.labels)}" if group.labels else ""
+            console.print(f"  [dim]{name}:[/dim] {escape(', '.join(group.sources[:4]))}  “{escape(group.preview)}”{escape(labels)}")
+    if report.lengths is not None:
+        lengths = report.lengths
+        sampled = f" (sample of {lengths.measured})" if lengths.sampled else ""
+        console.print(
+            f"[bold]Token lengths[/bold]{sampled}: min {lengths.min}, median {lengths.median:g}, p95 {lengths.p95}, "
+            f"max {lengths.max}; {lengths.over_max_length} longer than max_length={lengths.max_length}"
+        )
+    if report.labels:
+        tokens = {row["label"]: row["token"] for row in report.label_map}
+        table = Table(title=f"Labels ({len(report.labels)}, imbalance {report.imbalance:.1f}:1)", title_justify="left")
+        for column in ("label", "examples", "token"):
+            table.add_column(column)
+        shown = list(report.labels.items())
+        for label, count in shown[:12]:
+            table.add_row(escape(label), str(count), escape(repr(tokens[label])) if label in tokens else "")
+        if len(shown) > 12:
+            table.add_row(f"... {len(shown) - 12} more", str(sum(n for _, n in shown[12:])), "")
+        console.print(table)
+    if report.test is not None:
+        test = report.test
+        console.print(f"[bold]Test file[/bold] {escape(test.path)}: {test.records} records, {test.leaked} also in the data")
+    if report.example is not None:
+        console.print(f"[bold]Example[/bold] {escape(report.example.source)} (trained tokens highlighted, in [[ ]]):")
+        console.print(_render_example(report.example))
+        if report.example.note:
+            console.print(f"[dim]{escape(report.example.note)}[/dim]")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    for note in report.notes:
+        console.print(f"[dim]note: {escape(note)}[/dim]")
+
+
+@data_app.command("check")
+def check(
+    path: str = typer.Argument(..., help="A file, folder, glob or dataset name."),
+    task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model whose tokenizer measures lengths (default: the default model when ready)."),
+    test: str | None = typer.Option(None, "--test", help="A test file to check for leakage against PATH."),
+    preset: str | None = typer.Option(None, "--preset", help="A known dataset's layout (banking77, snips, ...)."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Longest training sequence in tokens."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid records (each is listed); exit 0."),
+    limit: int | None = typer.Option(None, "--limit", help="Read only the first N rows."),
+    text_field: str | None = typer.Option(None, "--text-field"),
+    prompt_field: str | None = typer.Option(None, "--prompt-field"),
+    completion_field: str | None = typer.Option(None, "--completion-field"),
+    messages_field: str | None = typer.Option(None, "--messages-field"),
+    label_field: str | None = typer.Option(None, "--label-field"),
+    system_prompt: str | None = typer.Option(None, "--system-prompt"),
+    allow_network: bool = typer.Option(False, "--allow-network", help="Allow hub models/datasets."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Report every problem in a dataset; exit code 1 when there are errors."""
+    from tunelab.data.check import check_data
+
+    data = _data_config(
+        preset=preset, max_length=max_length, skip_invalid=skip_invalid, limit=limit, text_field=text_field,
+        prompt_field=prompt_field, completion_field=completion_field, messages_field=messages_field,
+        label_field=label_field, system_prompt=system_prompt,
+    )  # fmt: skip
+    tokenizer = load_tokenizer(model, allow_network) if model else _default_tokenizer()
+    report = check_data(path, task, data, tokenizer=tokenizer, test_path=test)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        render_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("show")
+def show(
+    path: str = typer.Argument(..., help="A file, folder, glob or dataset name."),
+    task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
+    count: int = typer.Option(3, "-n", help="How many examples."),
+    model: str = typer.Option("default", "--model", "-m", help="Model whose chat template and tokenizer are used."),
+    preset: str | None = typer.Option(None, "--preset"),
+    max_length: int | None = typer.Option(None, "--max-length"),
+    system_prompt: str | None = typer.Option(None, "--system-prompt"),
+    allow_network: bool = typer.Option(False, "--allow-network"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output ([[trained]] spans bracketed)."),
+) -> None:
+    """Render the first N examples exactly as they will be trained, trained tokens highlighted."""
+    from tunelab.data.check import render_example
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.read import read_records
+    from tunelab.data.records import ClassifyRecord
+
+    data = _data_config(preset=preset, max_length=max_length, system_prompt=system_prompt, skip_invalid=True)
+    result = read_records(path, task, data)
+    tokenizer = load_tokenizer(model, allow_network)
+    labels = sorted({r.label for r in result.records if isinstance(r, ClassifyRecord)})
+    label_map = build_label_map(labels, tokenizer) if labels else None
+    examples = [render_example(record, tokenizer, data, label_map) for record in result.records[:count]]
+    if as_json:
+        print_json([{"source": e.source, "bracketed": e.bracketed(), "note": e.note} for e in examples])
+        return
+    for example in examples:
+        console.rule(escape(example.source))
+        console.print(_render_example(example))
+        if example.note:
+            console.print(f"[dim]{escape(example.note)}[/dim]")
+    if result.errors:
+        console.print(f"[yellow]{len(result.errors)} invalid record(s) not shown; run `tunelab data check`[/yellow]")
+
+
+@data_app.command("split")
+def split(
+    config: Path = typer.Argument(..., help="A run config (YAML)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.seed=1."),
+    save: Path | None = typer.Option(None, "--save", help="Write split.json here."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Split the config's data into train/validation/test and print the sizes (and warnings)."""
+    from tunelab.data.split import make_split
+
+    run_config = load_config(config, overrides or [])
+    result = make_split(run_config)
+    if save is not None:
+        result.save(save)
+    if as_json:
+        summary = result.to_dict()
+        for side in ("train", "validation", "test"):
+            summary[side] = len(summary[side])
+        print_json(summary)
+        return
+    table = Table(title=f"Split of {escape(run_config.data.train or '')}", title_justify="left")
+    for column in ("side", "records", "from"):
+        table.add_column(column)
+    sizes = result.sizes()
+    table.add_row("train", str(sizes["train"]), escape(run_config.data.train or ""))
+    table.add_row("validation", str(sizes["validation"]), escape(result.validation_from))
+    table.add_row("test", str(sizes["test"]), escape(result.test_from))
+    console.print(table)
+    console.print(f"seed {result.seed}, data fingerprint {result.data_fingerprint}, split fingerprint {result.fingerprint}")
+    for error in result.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {escape(str(error))}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    if save is not None:
+        console.print(f"saved {escape(str(save))}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,338 @@
+"""Read rows out of files as they are: JSONL, JSON, CSV, TSV, Parquet and TXT, each possibly gzipped.
+
+Every row comes with its ``source`` (``file:line``; for Parquet the row number) so that each problem
+can be reported where the user can fix it. A row that cannot be read (invalid JSON, undecodable
+bytes, a wrong number of CSV columns) comes out as a ``RecordError`` in its place instead of
+stopping the read: one pass finds every problem. Rows are yielded lazily, so a large JSONL file is
+read in bounded memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import DataError
+
+FORMAT_BY_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "txt",
+    ".text": "txt",
+}
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """One record that cannot be used: where it is (``file:line``) and why."""
+
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+Row = dict[str, Any]
+RowOrError = tuple[str, Row | RecordError]
+
+
+def detect_format(path: Path, declared: str = "auto") -> str:
+    """The format of ``path``: ``declared`` unless 'auto', else by extension (looking through .gz).
+
+    Raises:
+        DataError: when the extension is not one tunelab reads.
+    """
+    if declared != "auto":
+        return declared
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix
+    if suffix in FORMAT_BY_SUFFIX:
+        return FORMAT_BY_SUFFIX[suffix]
+    raise DataError(
+        f"{path}: cannot tell the format from the extension '{suffix or '(none)'}'",
+        "use .jsonl, .json, .csv, .tsv, .parquet or .txt (optionally .gz), or set data.format",
+    )
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """Open a file for reading bytes, decompressing ``.gz`` on the fly."""
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def read_bytes(path: Path) -> bytes:
+    with open_binary(path) as handle:
+        return handle.read()
+
+
+def _undecodable(error: UnicodeDecodeError) -> str:
+    return f"undecodable bytes: not UTF-8 text (byte 0x{error.object[error.start]:02x} at byte {error.start + 1})"
+
+
+def repair_utf8(data: bytes) -> str | None:
+    """Decode UTF-8 that encodes emoji as surrogate pairs (CESU-8, seen in SNIPS), or None if not that."""
+    try:
+        text = data.decode("utf-8", "surrogatepass")
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeError:
+        return None
+
+
+def iter_jsonl(path: Path) -> Iterator[RowOrError]:
+    """One JSON object per line; blank lines are allowed and skipped."""
+    with open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            source = f"{path}:{number}"
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield source, RecordError(source, _undecodable(error))
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                yield source, RecordError(source, f"invalid JSON: {error.msg} (column {error.colno})")
+                continue
+            if not isinstance(value, dict):
+                yield source, RecordError(source, f"wrong type: expected a JSON object, got {_json_type(value)}")
+                continue
+            yield source, value
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _line_counter(text: str) -> Any:
+    """A function pos -> 1-based line number, counting newlines incrementally (positions only grow)."""
+    state = {"pos": 0, "line": 1}
+
+    def line_at(pos: int) -> int:
+        state["line"] += text.count("\n", state["pos"], pos)
+        state["pos"] = pos
+        return state["line"]
+
+    return line_at
+
+
+def iter_json_array(text: str, start: int, path: Path) -> Iterator[RowOrError]:
+    """The elements of the JSON array opening at ``text[start] == '['``, each with its line number.
+
+    A syntax error inside an array cannot be resynchronised: it is reported once, at its line.
+    """
+    decoder = json.JSONDecoder()
+    line_at = _line_counter(text)
+    whitespace = re.compile(r"[ \t\n\r]*")
+    pos = whitespace.match(text, start + 1).end()
+    if text.startswith("]", pos):
+        return
+    while True:
+        source = f"{path}:{line_at(pos)}"
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as error:
+            where = f"{path}:{error.lineno}"
+            yield where, RecordError(where, f"invalid JSON: {error.msg} (column {error.colno}); the rest of the file is unread")
+            return
+        if isinstance(value, dict):
+            yield source, value
+        else:
+            yield source, RecordError(source, f"wrong type: expected a JSON object, got {_json_type(value)}")
+        pos = whitespace.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = whitespace.match(text, pos + 1).end()
+            continue
+        if text.startswith("]", pos):
+            return
+        where = f"{path}:{line_at(pos)}"
+        yield where, RecordError(where, "invalid JSON: expected ',' or ']' in the array; the rest of the file is unread")
+        return
+
+
+def decode_text(path: Path, data: bytes) -> str:
+    """Decode a whole file as UTF-8 (a BOM is dropped).
+
+    Raises:
+        DataError: naming the line of the first undecodable byte.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path}:{line}: {_undecodable(error)}", "save the file as UTF-8") from None
+
+
+def iter_json(path: Path, text: str | None = None) -> Iterator[RowOrError]:
+    """A JSON file: an array of objects, an object wrapping one array (``{"data": [...]}``), or one object.
+
+    A ``.json`` file that really holds one object per line is read as JSONL.
+    """
+    if text is None:
+        data = read_bytes(path)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            yield f"{path}:{line}", RecordError(f"{path}:{line}", _undecodable(error) + "; the file is unread")
+            return
+    stripped = text.lstrip()
+    offset = len(text) - len(stripped)
+    if stripped.startswith("["):
+        yield from iter_json_array(text, offset, path)
+        return
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":
+            yield from iter_jsonl(path)
+            return
+        where = f"{path}:{error.lineno}"
+        yield where, RecordError(where, f"invalid JSON: {error.msg} (column {error.colno}); the file is unread")
+        return
+    if isinstance(value, dict):
+        lists = [key for key, item in value.items() if isinstance(item, list)]
+        if len(value) == 1 and lists:
+            # {"key": [...]}: find where the array starts so each element keeps its line number.
+            match = re.match(r"\s*\{\s*" + re.escape(json.dumps(lists[0], ensure_ascii=False)) + r"\s*:\s*\[", text)
+            if match:
+                yield from iter_json_array(text, match.end() - 1, path)
+            else:
+                for index, item in enumerate(value[lists[0]], start=1):
+                    source = f"{path}:#{index}"
+                    yield source, item if isinstance(item, dict) else RecordError(source, "wrong type: expected a JSON object")
+            return
+        yield f"{path}:1", value
+        return
+    yield f"{path}:1", RecordError(f"{path}:1", f"wrong type: expected a JSON array or object, got {_json_type(value)}")
+
+
+def _sniff_delimiter(header: str, declared: str | None) -> str:
+    if declared:
+        return declared
+    # The header line decides: the candidate that splits it most ("," for CSV, ";" for HWU64, ...).
+    candidates = [",", ";", "\t", "|"]
+    return max(candidates, key=lambda c: (header.count(c), -candidates.index(c)))
+
+
+def iter_csv(path: Path, delimiter: str | None = None) -> Iterator[RowOrError]:
+    """A delimited file with a header row; the delimiter is sniffed from the header unless given.
+
+    Each row's source is the line it starts on (quoted cells may span lines).
+    """
+    bad_lines: set[int] = set()
+
+    def lines() -> Iterator[str]:
+        with open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    bad_lines.add(number)
+                    yield raw.decode("utf-8", "replace")
+
+    stream = lines()
+    header_line = next(stream, None)
+    if header_line is None:
+        return
+    delimiter = _sniff_delimiter(header_line, delimiter)
+    header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
+
+    def rest() -> Iterator[str]:
+        yield from stream
+
+    reader = csv.reader(rest(), delimiter=delimiter)
+    previous_end = 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            source = f"{path}:{previous_end + 1}"
+            yield source, RecordError(source, f"invalid CSV: {error}")
+            previous_end = reader.line_num + 1
+            continue
+        start, end = previous_end + 1, reader.line_num + 1
+        previous_end = end
+        source = f"{path}:{start}"
+        if not cells or all(not cell.strip() for cell in cells):
+            continue
+        if any(start <= line <= end for line in bad_lines):
+            yield source, RecordError(source, "undecodable bytes: not UTF-8 text")
+            continue
+        if len(cells) != len(header):
+            yield source, RecordError(source, f"wrong number of columns: expected {len(header)} ({delimiter!r}-separated), got {len(cells)}")
+            continue
+        yield source, dict(zip(header, cells, strict=True))
+
+
+def iter_parquet(path: Path) -> Iterator[RowOrError]:
+    """Rows of a Parquet file, read in batches; the source is ``file:row``."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    number = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            number += 1
+            yield f"{path}:{number}", row
+
+
+def iter_txt(path: Path) -> Iterator[RowOrError]:
+    """A plain-text file is one document: a row ``{"text": ...}``."""
+    data = read_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        yield f"{path}:{line}", RecordError(f"{path}:{line}", _undecodable(error))
+        return
+    yield f"{path}:1", {"text": text}
+
+
+def iter_rows(path: Path, file_format: str = "auto") -> Iterator[RowOrError]:
+    """Rows of one file in its own field names (see the module docstring).
+
+    Raises:
+        DataError: for an unknown format or a file that cannot be opened at all.
+    """
+    kind = detect_format(path, file_format)
+    try:
+        if kind == "jsonl":
+            yield from iter_jsonl(path)
+        elif kind == "json":
+            yield from iter_json(path)
+        elif kind in ("csv", "tsv"):
+            yield from iter_csv(path, "\t" if kind == "tsv" else None)
+        elif kind == "parquet":
+            yield from iter_parquet(path)
+        elif kind == "txt":
+            yield from iter_txt(path)
+        else:
+            raise DataError(f"{path}: unknown format '{kind}'")
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path}: cannot read the file ({error})") from None

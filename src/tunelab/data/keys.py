@@ -1,0 +1,59 @@
+"""What makes two records "the same example": normalized input text, used by the check and the split.
+
+Normalization casefolds, removes punctuation and symbols, and collapses whitespace, so
+"Where is my card?" and "where is my  card" are one example. The input of a record is what the
+model is given (the text, or the prompt's user/assistant turns; a shared system prompt is left
+out); two records with the same input on both sides of a split would leak the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
+
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def normalize_text(text: str) -> str:
+    """Casefold, drop punctuation/symbols, collapse whitespace."""
+    return " ".join(_NOT_WORD.sub(" ", text.casefold()).split())
+
+
+def input_text(record: Record) -> str:
+    """The text the model is given for ``record`` (system messages left out)."""
+    if isinstance(record, TextRecord | ClassifyRecord):
+        return record.text
+    if isinstance(record, SFTRecord):
+        messages = record.prompt_messages
+    elif isinstance(record, PreferenceRecord):
+        messages = list(record.prompt)
+    else:  # pragma: no cover - Record is a closed union
+        raise TypeError(type(record))
+    return "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
+def target_text(record: Record) -> str | None:
+    """What the model should answer (label, completion, chosen/rejected); None for raw text."""
+    if isinstance(record, ClassifyRecord):
+        return record.label
+    if isinstance(record, SFTRecord):
+        return record.completion
+    if isinstance(record, PreferenceRecord):
+        return f"{record.chosen}\n\0{record.rejected}"
+    return None
+
+
+def stable_hash(*parts: str) -> str:
+    """A hex SHA-256 of the parts (never Python's per-process ``hash()``)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def input_key(record: Record) -> str:
+    """A short hash of the normalized input: equal for exact and near duplicates."""
+    return stable_hash(normalize_text(input_text(record)))[:20]

@@ -1,0 +1,455 @@
+"""Read a user's data as it is into typed records, reporting every record that cannot be used.
+
+Accepted shapes per task (field names are configurable with ``data.*_field``):
+
+- text: ``.txt`` files (one file = one document) or rows with a ``text`` field.
+- sft: ``messages`` in the OpenAI chat format (system/user/assistant; an assistant ``weight`` of 0
+  is kept and not trained), or ``prompt``/``completion`` as strings or as message lists (TRL's
+  conversational prompt-completion). An optional ``references`` list keeps extra reference answers.
+- classify: ``text`` and ``label`` (a string or an integer).
+- preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
+  ``chosen``/``rejected`` holding whole dialogues with a shared beginning: the HH-RLHF shape
+  (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt).
+
+A path is a file, a folder (every readable file below it, in a stable order), a glob, or a Hugging
+Face dataset name (``name`` or ``name:split``) when the network is allowed. ``data.preset`` reads a
+known public dataset's own layout (see ``tunelab.data.presets``).
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import DataConfig
+from tunelab.data.formats import FORMAT_BY_SUFFIX, RecordError, RowOrError, iter_rows
+from tunelab.data.records import (
+    ClassifyRecord,
+    Message,
+    PreferenceRecord,
+    Record,
+    SFTRecord,
+    TextRecord,
+)
+from tunelab.errors import DataError
+
+__all__ = ["ReadResult", "RecordError", "load_records", "load_result", "read_records", "row_to_record"]
+
+ROLES = ("system", "user", "assistant")
+MAX_LISTED_ERRORS = 20
+
+
+@dataclass
+class ReadResult:
+    """What reading produced: the good records, every bad one (``file:line`` + reason), the files read."""
+
+    records: list[Record] = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    truncated_by_limit: bool = False
+
+    def error_summary(self, limit: int = MAX_LISTED_ERRORS) -> str:
+        lines = [str(error) for error in self.errors[:limit]]
+        if len(self.errors) > limit:
+            lines.append(f"... and {len(self.errors) - limit} more")
+        return "\n  ".join(lines)
+
+
+class _Bad(Exception):
+    """A row that is not a valid record; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The column names a row's values are taken from."""
+
+    text: str = "text"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+    label: str = "label"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> Fields:
+        return cls(
+            data.text_field,
+            data.prompt_field,
+            data.completion_field,
+            data.messages_field,
+            data.label_field,
+            data.chosen_field,
+            data.rejected_field,
+        )
+
+
+_OPTION_FOR = {
+    "text": "--text-field",
+    "prompt": "--prompt-field",
+    "completion": "--completion-field",
+    "messages": "--messages-field",
+    "label": "--label-field",
+    "chosen": "--chosen-field",
+    "rejected": "--rejected-field",
+}
+
+
+def _missing(row: dict, name: str, role: str) -> _Bad:
+    present = ", ".join(sorted(str(key) for key in row)[:12]) or "none"
+    return _Bad(f"missing field '{name}' (fields here: {present}; map another column with {_OPTION_FOR[role]})")
+
+
+def _string(row: dict, name: str, role: str) -> str:
+    if name not in row:
+        raise _missing(row, name, role)
+    value = row[name]
+    if value is None:
+        raise _Bad(f"empty field '{name}' (null)")
+    if not isinstance(value, str):
+        raise _Bad(f"wrong type: field '{name}' should be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise _Bad(f"empty field '{name}'")
+    return value
+
+
+def _content(message: Any, where: str) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        # OpenAI content parts: only text parts carry anything a text model can learn from.
+        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        if len(texts) != len(content) or not all(isinstance(text, str) for text in texts):
+            raise _Bad(f"{where}: only text content parts are supported")
+        content = "".join(texts)
+    if content is None:
+        raise _Bad(f"{where}: missing 'content'")
+    if not isinstance(content, str):
+        raise _Bad(f"wrong type: {where}: 'content' should be a string, got {type(content).__name__}")
+    if not content.strip():
+        raise _Bad(f"{where}: empty content")
+    return content
+
+
+def _messages(value: Any, name: str) -> list[Message]:
+    if not isinstance(value, list):
+        raise _Bad(f"wrong type: field '{name}' should be a list of messages, got {type(value).__name__}")
+    if not value:
+        raise _Bad(f"empty field '{name}'")
+    messages: list[Message] = []
+    for number, message in enumerate(value, start=1):
+        where = f"{name}[{number}]"
+        if not isinstance(message, dict):
+            raise _Bad(f"wrong type: {where} should be an object with 'role' and 'content'")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _Bad(f"{where}: unknown role {role!r} (expected system, user or assistant)")
+        item: Message = {"role": role, "content": _content(message, where)}
+        if role == "assistant" and "weight" in message:
+            if message["weight"] not in (0, 1):
+                raise _Bad(f"{where}: 'weight' must be 0 or 1, got {message['weight']!r}")
+            item["weight"] = message["weight"]  # type: ignore[assignment]
+        messages.append(item)
+    return messages
+
+
+def _with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
+    if system_prompt and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def _references(row: dict) -> tuple[str, ...]:
+    value = row.get("references")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise _Bad("wrong type: 'references' should be a list of non-empty strings")
+    return tuple(value)
+
+
+def _sft(row: dict, source: str, fields: Fields, system_prompt: str | None) -> SFTRecord:
+    if fields.messages in row:
+        messages = _messages(row[fields.messages], fields.messages)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise _Bad(f"no assistant turn in '{fields.messages}' (nothing to learn)")
+        if messages[-1]["role"] != "assistant":
+            raise _Bad(f"'{fields.messages}' must end with an assistant turn (the answer to learn)")
+        if not any(m["role"] == "user" for m in messages):
+            raise _Bad(f"no user turn in '{fields.messages}'")
+    else:
+        if fields.prompt not in row:
+            if fields.completion not in row:
+                raise _Bad(
+                    f"missing field '{fields.prompt}' or '{fields.messages}' (fields here: "
+                    f"{', '.join(sorted(map(str, row))[:12]) or 'none'}; map columns with --prompt-field/--completion-field)"
+                )
+            raise _missing(row, fields.prompt, "prompt")
+        prompt_value = row[fields.prompt]
+        if isinstance(prompt_value, list):
+            prompt = _messages(prompt_value, fields.prompt)
+            if prompt[-1]["role"] == "assistant":
+                raise _Bad(f"'{fields.prompt}' must not end with an assistant turn")
+        else:
+            prompt = [{"role": "user", "content": _string(row, fields.prompt, "prompt")}]
+        completion_value = row.get(fields.completion)
+        if isinstance(completion_value, list):
+            completion = _messages(completion_value, fields.completion)
+            if any(m["role"] != "assistant" for m in completion):
+                raise _Bad(f"'{fields.completion}' may hold only assistant turns")
+        else:
+            completion = [{"role": "assistant", "content": _string(row, fields.completion, "completion")}]
+        messages = prompt + completion
+    return SFTRecord(tuple(_with_system(messages, system_prompt)), source=source, references=_references(row))
+
+
+def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
+    text = _string(row, fields.text, "text")
+    if fields.label not in row:
+        raise _Bad(f"missing label: {_missing(row, fields.label, 'label')}")
+    label = row[fields.label]
+    if label is None or (isinstance(label, str) and not label.strip()):
+        raise _Bad(f"missing label: field '{fields.label}' is empty")
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise _Bad(f"wrong type: label '{fields.label}' should be a string or an integer, got {type(label).__name__}")
+    return ClassifyRecord(text, str(label).strip(), source=source)
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def parse_hh_dialogue(text: str) -> list[Message]:
+    """Split an HH-RLHF dialogue (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) into messages.
+
+    Raises:
+        ValueError: when the text is not in that shape.
+    """
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not an HH-RLHF dialogue (expected '\\n\\nHuman: ...' turns)")
+    messages: list[Message] = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def _dialogue(row: dict, name: str) -> list[Message]:
+    value = row.get(name)
+    if isinstance(value, list):
+        return _messages(value, name)
+    text = _string(row, name, name)
+    try:
+        return parse_hh_dialogue(text)
+    except ValueError:
+        raise _Bad(
+            f"field '{name}' is neither a dialogue ('\\n\\nHuman: ... \\n\\nAssistant: ...') nor a message list, "
+            "and there is no prompt field (map it with --prompt-field)"
+        ) from None
+
+
+def _answer(row: dict, name: str) -> str:
+    value = row.get(name)
+    if isinstance(value, list):
+        messages = _messages(value, name)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise _Bad(f"'{name}' should hold exactly one assistant message")
+        return messages[0]["content"]
+    return _string(row, name, "chosen" if name == "chosen" else "rejected")
+
+
+def _preference(row: dict, source: str, fields: Fields, system_prompt: str | None) -> PreferenceRecord:
+    for name, role in ((fields.chosen, "chosen"), (fields.rejected, "rejected")):
+        if name not in row:
+            raise _missing(row, name, role)
+    if fields.prompt in row:
+        prompt_value = row[fields.prompt]
+        if isinstance(prompt_value, list):
+            prompt = _messages(prompt_value, fields.prompt)
+        else:
+            prompt = [{"role": "user", "content": _string(row, fields.prompt, "prompt")}]
+        chosen, rejected = _answer(row, fields.chosen), _answer(row, fields.rejected)
+    else:
+        # Whole dialogues: the shared beginning is the prompt, the differing last turns the answers.
+        chosen_turns, rejected_turns = _dialogue(row, fields.chosen), _dialogue(row, fields.rejected)
+        shared = 0
+        while shared < min(len(chosen_turns), len(rejected_turns)) and chosen_turns[shared] == rejected_turns[shared]:
+            shared += 1
+        if shared == len(chosen_turns) == len(rejected_turns):
+            raise _Bad("chosen and rejected are identical (nothing to prefer)")
+        shared = min(shared, len(chosen_turns) - 1, len(rejected_turns) - 1)
+        chosen_rest, rejected_rest = chosen_turns[shared:], rejected_turns[shared:]
+        if len(chosen_rest) != 1 or len(rejected_rest) != 1:
+            raise _Bad("chosen and rejected dialogues differ before their last turn (no shared prompt)")
+        if chosen_rest[0]["role"] != "assistant" or rejected_rest[0]["role"] != "assistant":
+            raise _Bad("the last turn of chosen and rejected must be the assistant's")
+        prompt = chosen_turns[:shared]
+        if not prompt or prompt[-1]["role"] != "user":
+            raise _Bad("the shared prompt must end with a user turn")
+        chosen, rejected = chosen_rest[0]["content"], rejected_rest[0]["content"]
+        if not chosen.strip() or not rejected.strip():
+            raise _Bad("empty answer in chosen or rejected")
+    if chosen == rejected:
+        raise _Bad("chosen and rejected are identical (nothing to prefer)")
+    return PreferenceRecord(tuple(_with_system(prompt, system_prompt)), chosen, rejected, source=source)
+
+
+def row_to_record(row: dict, source: str, task: str, fields: Fields, system_prompt: str | None = None) -> Record:
+    """Validate one row and build its record.
+
+    Raises:
+        ValueError: with the reason, when the row is not a valid record of ``task``.
+    """
+    try:
+        if task == "text":
+            return TextRecord(_string(row, fields.text, "text"), source=source)
+        if task == "sft":
+            return _sft(row, source, fields, system_prompt)
+        if task == "classify":
+            return _classify(row, source, fields)
+        if task == "preference":
+            return _preference(row, source, fields, system_prompt)
+    except _Bad as bad:
+        raise ValueError(str(bad)) from None
+    raise DataError(f"unknown task '{task}'", "use text, sft, classify or preference")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        name = path.name.lower().removesuffix(".gz")
+        if Path(name).suffix in FORMAT_BY_SUFFIX:
+            found.append(path)
+    # Sorted by the POSIX relative path: the same order on every platform and filesystem.
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def resolve_files(path: str) -> list[Path]:
+    """The files a path names: a file, the readable files under a folder, or a glob's matches.
+
+    Raises:
+        DataError: when nothing matches.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return [candidate]
+    if candidate.is_dir():
+        files = _files_under(candidate)
+        if not files:
+            raise DataError(f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.txt files")
+        return files
+    if any(ch in path for ch in "*?["):
+        files = sorted((Path(p) for p in globbing.glob(os.path.expanduser(path), recursive=True)), key=lambda p: p.as_posix())
+        files = [p for p in files if p.is_file()]
+        if not files:
+            raise DataError(f"{path}: the pattern matches no file")
+        return files
+    raise DataError(f"data not found: {path}", "check the path (a file, a folder or a glob)")
+
+
+def _looks_like_hub_name(path: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?", path)) and not Path(path).suffix
+
+
+def _hub_rows(name: str) -> Iterator[RowOrError]:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise DataError(
+            f"data not found locally: {name} (a Hugging Face dataset name needs the network)",
+            "pass --allow-network, or download the data and give its path",
+        )
+    import datasets
+
+    dataset_name, _, split = name.partition(":")
+    try:
+        dataset = datasets.load_dataset(dataset_name, split=split or "train")
+    except Exception as error:  # datasets raises many types for a missing or private dataset
+        raise DataError(f"cannot load the Hugging Face dataset '{name}': {str(error).splitlines()[0]}") from None
+    for index, row in enumerate(dataset, start=1):
+        yield f"{name}:{index}", dict(row)
+
+
+def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
+    """Read every record at ``path`` for ``task``, keeping each bad one as an error (nothing is dropped).
+
+    ``data.preset`` selects a known dataset's layout, ``data.*_field`` the column names,
+    ``data.format`` the format (default: by extension), ``data.limit`` caps the rows read and
+    ``data.system_prompt`` is put before sft/preference prompts that have no system message.
+
+    Raises:
+        DataError: when the path matches nothing, a file cannot be opened, or a preset does not fit.
+    """
+    from tunelab.data.presets import get_preset
+
+    result = ReadResult()
+    preset = get_preset(data.preset) if data.preset else None
+    if preset is not None:
+        if preset.task != task:
+            raise DataError(f"preset '{preset.name}' is {preset.task} data, not {task}", f"use --task {preset.task}")
+        files = preset.files(path)
+        fields = Fields()
+        rows: Iterator[RowOrError] = (item for file in files for item in preset.rows(file))
+    elif not Path(path).expanduser().exists() and not any(ch in path for ch in "*?[") and _looks_like_hub_name(path):
+        files = []
+        fields = Fields.from_config(data)
+        rows = _hub_rows(path)
+        result.files.append(path)
+    else:
+        files = resolve_files(path)
+        fields = Fields.from_config(data)
+        if task != "text":
+            text_files = [f for f in files if f.name.lower().removesuffix(".gz").endswith((".txt", ".text"))]
+            if text_files and data.format == "auto":
+                raise DataError(
+                    f"{text_files[0]}: a .txt file is raw text, which only the 'text' task reads",
+                    f"give {task} data as JSONL, JSON, CSV, TSV or Parquet, or use --task text",
+                )
+        rows = (item for file in files for item in iter_rows(file, data.format))
+    result.files.extend(str(file) for file in files)
+    count = 0
+    for source, row in rows:
+        if data.limit is not None and count >= data.limit:
+            result.truncated_by_limit = True
+            break
+        count += 1
+        if isinstance(row, RecordError):
+            result.errors.append(row)
+            continue
+        try:
+            result.records.append(row_to_record(row, source, task, fields, data.system_prompt))
+        except ValueError as error:
+            result.errors.append(RecordError(source, str(error)))
+    return result
+
+
+def load_result(path: str, task: str, data: DataConfig) -> ReadResult:
+    """``read_records``, failing on bad records unless ``data.skip_invalid`` (then they are listed, not kept).
+
+    Raises:
+        DataError: listing the bad records (the first 20 and a count), or when no record is usable.
+    """
+    result = read_records(path, task, data)
+    if result.errors and not data.skip_invalid:
+        raise DataError(
+            f"{len(result.errors)} invalid record(s) in {path}:\n  {result.error_summary()}",
+            "fix them, or drop them with --skip-invalid (data.skip_invalid: true); each dropped one is listed",
+        )
+    if not result.records:
+        raise DataError(f"no usable {task} records in {path}")
+    return result
+
+
+def load_records(path: str, task: str, data: DataConfig) -> list[Record]:
+    """The valid records at ``path`` (see ``load_result``).
+
+    Raises:
+        DataError: listing every bad record unless ``data.skip_invalid``, or when none is usable.
+    """
+    return load_result(path, task, data).records

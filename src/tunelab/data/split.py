@@ -1,0 +1,297 @@
+"""A deterministic, honest train/validation/test split, saved so every evaluation uses the same test set.
+
+- Records with the same normalized input (``keys.input_key``) form one group and always land on the
+  same side, so a duplicate can never be trained on and then tested.
+- Groups are ordered by a SHA-256 of (seed, group key): the same split on every run, platform and
+  Python version, whatever the order of the file. For classify the order is stratified: each label's
+  groups are spread evenly over the order, so every side gets each label in proportion.
+- The first ``test_size`` share of the order is the test set, the next ``validation_size`` share the
+  validation set, the rest is train. A user-given test (or validation) file replaces the held-out one.
+- ``split.json`` keeps the record ids of each side and a fingerprint of the data, so a resumed run
+  or ``tunelab eval`` reuses exactly the same test ids, and a changed data file is detected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import DataConfig, RunConfig
+from tunelab.data.formats import RecordError
+from tunelab.data.keys import input_key, stable_hash
+from tunelab.data.read import load_result
+from tunelab.data.records import ClassifyRecord, Record
+from tunelab.errors import DataError
+from tunelab.paths import atomic_write_text
+
+SPLIT_VERSION = 1
+
+
+def data_fingerprint(records: Sequence[Record]) -> str:
+    """A hash of the data's content, independent of record order."""
+    return stable_hash(*sorted(record.id for record in records))[:24]
+
+
+@dataclass
+class Split:
+    """Train/validation/test records of one run and how they were chosen."""
+
+    task: str
+    train: list[Record]
+    validation: list[Record]
+    test: list[Record]
+    seed: int = 0
+    test_size: float = 0.0
+    validation_size: float = 0.0
+    test_from: str = "held out"  # or the test file's path
+    validation_from: str = "held out"
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[RecordError] = field(default_factory=list)  # bad records dropped with skip_invalid
+
+    @property
+    def data_fingerprint(self) -> str:
+        return data_fingerprint([*self.train, *self.validation, *self.test])
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the data and of which records went where: equal fingerprints, equal splits."""
+        return stable_hash(
+            self.data_fingerprint,
+            self.task,
+            "test",
+            *sorted(r.id for r in self.test),
+            "validation",
+            *sorted(r.id for r in self.validation),
+        )[:24]
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+    def sample_test(self, limit: int | None, seed: int = 0) -> list[Record]:
+        """At most ``limit`` test records, chosen by a seeded hash order (stable like the split itself)."""
+        if limit is None or limit >= len(self.test):
+            return list(self.test)
+        ranked = sorted(range(len(self.test)), key=lambda i: stable_hash(str(seed), self.test[i].id, str(i)))
+        keep = set(ranked[:limit])
+        return [record for i, record in enumerate(self.test) if i in keep]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SPLIT_VERSION,
+            "task": self.task,
+            "seed": self.seed,
+            "test_size": self.test_size,
+            "validation_size": self.validation_size,
+            "test_from": self.test_from,
+            "validation_from": self.validation_from,
+            "data_fingerprint": self.data_fingerprint,
+            "fingerprint": self.fingerprint,
+            "sizes": self.sizes(),
+            "warnings": list(self.warnings),
+            "skipped": [str(error) for error in self.skipped],
+            "train": [r.id for r in self.train],
+            "validation": [r.id for r in self.validation],
+            "test": [r.id for r in self.test],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write ``split.json`` atomically."""
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, records: Sequence[Record]) -> Split:
+        """Rebuild a saved split from ``records`` (all of them: train data plus any test/validation file).
+
+        Raises:
+            DataError: when the file is unreadable, or the data no longer holds every saved record.
+        """
+        path = Path(path)
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            sides = {name: saved[name] for name in ("train", "validation", "test")}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise DataError(f"{path}: not a readable split file ({error})") from None
+        # An id may repeat (exact duplicates, or a record in both the train and the test file): hand
+        # each occurrence the next side it was saved on, in the order train, validation, test.
+        queue: dict[str, list[str]] = defaultdict(list)
+        for name, ids in sides.items():
+            for record_id in ids:
+                queue[record_id].append(name)
+        by_side: dict[str, list[Record]] = {"train": [], "validation": [], "test": []}
+        for record in records:
+            pending = queue.get(record.id)
+            if pending:
+                by_side[pending.pop(0)].append(record)
+        missing = [record_id for record_id, pending in queue.items() if pending]
+        if missing:
+            raise DataError(
+                f"{path}: {len(missing)} record(s) of the saved split are no longer in the data "
+                f"(e.g. id {missing[0]}); the data changed since the split was made",
+                "restore the original data, or start a new run to make a new split",
+            )
+        extra = len(records) - sum(len(v) for v in by_side.values())
+        split = cls(
+            task=saved.get("task", ""),
+            train=by_side["train"],
+            validation=by_side["validation"],
+            test=by_side["test"],
+            seed=saved.get("seed", 0),
+            test_size=saved.get("test_size", 0.0),
+            validation_size=saved.get("validation_size", 0.0),
+            test_from=saved.get("test_from", "held out"),
+            validation_from=saved.get("validation_from", "held out"),
+            warnings=list(saved.get("warnings", [])),
+        )
+        if extra:
+            split.warnings.append(f"{extra} record(s) in the data are not in the saved split and are not used")
+        return split
+
+
+def _stratified_order(records: Sequence[Record], task: str, seed: int) -> list[list[int]]:
+    """Groups of record indexes (same normalized input) in split order (see the module docstring)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        groups[input_key(record)].append(index)
+    rank = {key: stable_hash(str(seed), key) for key in groups}
+    strata: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        if task == "classify":
+            labels = Counter(records[i].label for i in members)  # type: ignore[union-attr]
+            # A group with conflicting labels is filed under its most common label (ties: alphabetical).
+            stratum = min(labels, key=lambda label: (-labels[label], label))
+        else:
+            stratum = ""
+        strata[stratum].append(key)
+    position: dict[str, float] = {}
+    for keys in strata.values():
+        keys.sort(key=rank.__getitem__)
+        for i, key in enumerate(keys):
+            position[key] = (i + 0.5) / len(keys)
+    ordered = sorted(groups, key=lambda key: (position[key], rank[key]))
+    return [groups[key] for key in ordered]
+
+
+def _count(total: int, share: float) -> int:
+    if share <= 0:
+        return 0
+    return max(1, int(total * share + 0.5))
+
+
+def split_records(
+    records: Sequence[Record],
+    task: str,
+    *,
+    test_size: float = 0.1,
+    validation_size: float = 0.1,
+    seed: int = 0,
+    test_records: Sequence[Record] | None = None,
+    validation_records: Sequence[Record] | None = None,
+) -> Split:
+    """Split ``records`` (see the module docstring); given test/validation records replace held-out ones.
+
+    Within each side, records keep their order in the data.
+
+    Raises:
+        DataError: when there are too few records to hold out the requested shares.
+    """
+    hold_test = 0.0 if test_records is not None else test_size
+    hold_validation = 0.0 if validation_records is not None else validation_size
+    total = len(records)
+    wanted_test, wanted_validation = _count(total, hold_test), _count(total, hold_validation)
+    if total - wanted_test - wanted_validation < 1:
+        raise DataError(
+            f"{total} record(s) are too few to hold out {wanted_test} for test and {wanted_validation} for validation",
+            "add data, lower data.test_size / data.validation_size, or give a test file (data.test)",
+        )
+    side = ["train"] * total
+    counts = {"test": 0, "validation": 0}
+    for members in _stratified_order(records, task, seed):
+        if counts["test"] < wanted_test:
+            name = "test"
+        elif counts["validation"] < wanted_validation:
+            name = "validation"
+        else:
+            break
+        for index in members:
+            side[index] = name
+        counts[name] += len(members)
+    train = [r for r, s in zip(records, side, strict=True) if s == "train"]
+    validation = list(validation_records) if validation_records is not None else [r for r, s in zip(records, side, strict=True) if s == "validation"]
+    test = list(test_records) if test_records is not None else [r for r, s in zip(records, side, strict=True) if s == "test"]
+    split = Split(task, train, validation, test, seed=seed, test_size=test_size, validation_size=validation_size)
+    split.warnings.extend(overlap_warnings(split))
+    return split
+
+
+def overlap_warnings(split: Split) -> list[str]:
+    """Warnings for test/validation examples whose normalized input also occurs in train, and unseen labels."""
+    warnings = []
+    train_keys = {input_key(r) for r in split.train}
+    for name, records in (("test", split.test), ("validation", split.validation)):
+        leaked = [r for r in records if input_key(r) in train_keys]
+        if leaked:
+            examples = ", ".join(r.source or r.id for r in leaked[:5])
+            warnings.append(f"{len(leaked)} {name} example(s) also occur in train (same normalized text): {examples}")
+    if split.task == "classify":
+        train_labels = {r.label for r in split.train if isinstance(r, ClassifyRecord)}
+        unseen = sorted({r.label for r in split.test if isinstance(r, ClassifyRecord)} - train_labels)
+        if unseen:
+            warnings.append(f"{len(unseen)} test label(s) never occur in train: {', '.join(unseen[:10])}")
+    return warnings
+
+
+def _load_with_errors(path: str, task: str, data: DataConfig, limit: bool) -> tuple[list[Record], list[RecordError]]:
+    # data.limit is for quick trials on train; a test file is always read whole.
+    config = data if limit else data.model_copy(update={"limit": None})
+    result = load_result(path, task, config)
+    return result.records, result.errors
+
+
+def make_split(config: RunConfig) -> Split:
+    """Read ``config.data`` and split it (see the module docstring).
+
+    Raises:
+        DataError: when data.train is not set, a file is bad (unless data.skip_invalid), or too small.
+    """
+    data = config.data
+    if not data.train:
+        raise DataError("no training data: data.train is not set", "set data.train in the config (a file, folder or glob)")
+    records, skipped = _load_with_errors(data.train, config.task, data, limit=True)
+    test_records = validation_records = None
+    if data.test:
+        test_records, errors = _load_with_errors(data.test, config.task, data, limit=False)
+        skipped += errors
+    if data.validation:
+        validation_records, errors = _load_with_errors(data.validation, config.task, data, limit=False)
+        skipped += errors
+    split = split_records(
+        records,
+        config.task,
+        test_size=data.test_size,
+        validation_size=data.validation_size,
+        seed=data.seed,
+        test_records=test_records,
+        validation_records=validation_records,
+    )
+    split.test_from = data.test or "held out"
+    split.validation_from = data.validation or "held out"
+    split.skipped = skipped
+    return split
+
+
+def load_split(path: str | Path, config: RunConfig) -> Split:
+    """Re-read the data named by ``config`` and rebuild the split saved at ``path`` (resume, eval).
+
+    Raises:
+        DataError: when the data changed since the split was saved, or cannot be read.
+    """
+    data = config.data.model_copy(update={"skip_invalid": True})
+    records: list[Record] = []
+    for source, limit in ((data.train, True), (data.test, False), (data.validation, False)):
+        if source:
+            records += _load_with_errors(source, config.task, data, limit)[0]
+    return Split.load(path, records)

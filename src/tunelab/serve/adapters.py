@@ -1,0 +1,224 @@
+"""The models one server answers for: one base model in memory, and any number of LoRA adapters on it.
+
+Adapters are registered by name at start-up (cheap: only their config is read) and loaded into the
+shared base on first use with peft's multi-adapter support. At most ``max_loaded`` stay in memory;
+the least recently used is deleted when another one comes in. Only the engine's single worker
+thread calls ``activate``, so switching adapters never races with a running batch: each batch is
+computed entirely under one adapter (or with adapters disabled, for the base).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.data.labels import LabelMap
+from tunelab.errors import ModelError
+from tunelab.models.loader import LoadedModel, load_model, load_run
+from tunelab.models.resolve import ModelSource, resolve_model
+from tunelab.paths import RunFolder
+from tunelab.serve.errors import ServeError
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One name clients can put in ``model``: the base, or an adapter on it."""
+
+    name: str
+    kind: str  # "base" or "adapter"
+    task: str | None  # the run's task for runs ("classify", "sft", ...), None for a plain model
+    run_dir: Path | None = None
+    label_map: LabelMap | None = None
+    system_prompt: str | None = None
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.label_map is not None
+
+
+def _read_run(run_dir: Path) -> tuple[dict, LabelMap | None]:
+    run = RunFolder(run_dir)
+    if not run.is_run():
+        raise ServeError(
+            f"{run_dir} is not a finished tunelab run (needs config.yaml and adapter/ or model/)",
+            "pass a run folder written by `tunelab train`",
+        )
+    try:
+        config = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
+        label_map = LabelMap.load(run.labels) if run.labels.is_file() else None
+    except (OSError, yaml.YAMLError, json.JSONDecodeError, KeyError, ValueError) as error:
+        raise ServeError(f"cannot read run {run_dir}: {error}") from None
+    if not isinstance(config, dict):
+        raise ServeError(f"{run.config} is not a mapping")
+    return config, label_map
+
+
+def _base_name(config: dict) -> str:
+    section = config.get("model") or {}
+    return str(section.get("name", "default")) if isinstance(section, dict) else str(section)
+
+
+def _system_prompt(config: dict) -> str | None:
+    data = config.get("data") or {}
+    return data.get("system_prompt") if isinstance(data, dict) else None
+
+
+def _same_model(first: ModelSource, second: ModelSource) -> bool:
+    return (first.kind in ("default", "gguf") and second.kind in ("default", "gguf") and first.location == second.location) or (
+        first.kind == second.kind and first.location == second.location
+    )
+
+
+class ModelRegistry:
+    """Maps served names to weights; see the module docstring."""
+
+    def __init__(self, base: LoadedModel, base_name: str, *, max_loaded: int = 4, base_entry: ServedModel | None = None):
+        if max_loaded < 1:
+            raise ServeError("max_loaded_adapters must be at least 1")
+        self.base = base
+        self.base_name = base_name
+        self.tokenizer = base.tokenizer
+        self.max_loaded = max_loaded
+        self._entries: dict[str, ServedModel] = {base_name: base_entry or ServedModel(base_name, "base", None)}
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._peft: Any = None  # the PeftModel wrapping the base, created with the first adapter
+        self.loads = 0  # adapter loads so far (tests and metrics read it)
+
+    # -- registration (start-up thread) --------------------------------------------------------
+    def add_adapter(self, name: str, run_dir: Path) -> ServedModel:
+        """Register the LoRA adapter of run ``run_dir`` under ``name`` without loading its weights.
+
+        Raises:
+            ServeError: for a taken name, a run without adapter/, or a run trained on another base.
+        """
+        if not name or name in self._entries:
+            raise ServeError(f"adapter name '{name}' is empty or already used", "give each --adapter a distinct NAME=RUN")
+        run_dir = Path(run_dir)
+        config, label_map = _read_run(run_dir)
+        run = RunFolder(run_dir)
+        if not (run.adapter / "adapter_config.json").is_file():
+            raise ServeError(
+                f"run {run_dir} has no LoRA adapter (adapter/adapter_config.json)",
+                "serve a full-model run on its own with --model RUN",
+            )
+        wanted = resolve_model(_base_name(config))
+        if not _same_model(wanted, self.base.source):
+            raise ServeError(
+                f"adapter '{name}' ({run_dir}) was trained on '{_base_name(config)}', but the server's base is "
+                f"'{self.base.source.display_name}'",
+                f"start the server with --model {_base_name(config)}",
+            )
+        entry = ServedModel(name, "adapter", str(config.get("task")) if config.get("task") else None, run_dir, label_map, _system_prompt(config))
+        self._entries[name] = entry
+        return entry
+
+    # -- lookup (any thread) -------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, name: str) -> ServedModel | None:
+        return self._entries.get(name)
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._loaded)
+
+    @property
+    def model(self) -> Any:
+        """The module to call: the PeftModel once an adapter is loaded, else the plain base."""
+        return self._peft if self._peft is not None else self.base.model
+
+    @property
+    def context_length(self) -> int:
+        config = self.base.model.config
+        return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+    # -- activation (engine worker thread only) ------------------------------------------------
+    def _load(self, entry: ServedModel) -> None:
+        from peft import PeftModel
+
+        path = str(RunFolder(entry.run_dir).adapter)
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.base.model, path, adapter_name=entry.name)
+            else:
+                self._peft.load_adapter(path, adapter_name=entry.name)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ModelError(f"cannot load adapter '{entry.name}' from {path}: {error}") from None
+        # New LoRA layers start in training mode: dropout would make answers random.
+        self._peft.eval()
+        self.loads += 1
+        self._loaded[entry.name] = None
+        while len(self._loaded) > self.max_loaded:
+            oldest, _ = self._loaded.popitem(last=False)
+            # set the newcomer first: peft re-points the active adapter when the active one is deleted
+            self._peft.set_adapter(entry.name)
+            self._peft.delete_adapter(oldest)
+
+    @contextmanager
+    def activate(self, name: str) -> Iterator[Any]:
+        """Yield the module that computes ``name``'s outputs (worker thread only).
+
+        Raises:
+            KeyError: for an unregistered name. ModelError: when an adapter fails to load.
+        """
+        entry = self._entries[name]
+        if entry.kind == "base":
+            context = self._peft.disable_adapter() if self._peft is not None else nullcontext()
+            with context:
+                yield self.model
+            return
+        if name in self._loaded:
+            self._loaded.move_to_end(name)
+        else:
+            self._load(entry)
+        self._peft.set_adapter(name)
+        yield self._peft
+
+
+def load_registry(
+    model: str,
+    adapters: list[tuple[str, str]] | None = None,
+    *,
+    dtype: str = "float32",
+    max_loaded: int = 4,
+    allow_network: bool = False,
+    served_name: str | None = None,
+) -> ModelRegistry:
+    """Load the base model once and register the adapters (``[(name, run_dir), ...]``) on it.
+
+    ``model`` may be a model name (default, folder, .gguf, hub id), a LoRA run (its base is served
+    and the run becomes an adapter named after its folder) or a full-model run (served as is).
+
+    Raises:
+        ServeError, ModelError: for unusable models, runs or adapter names.
+    """
+    adapters = list(adapters or [])
+    source = resolve_model(model)
+    base_entry = None
+    if source.kind == "run":
+        run_dir = Path(source.location)
+        config, label_map = _read_run(run_dir)
+        if RunFolder(run_dir).adapter.is_dir() and not RunFolder(run_dir).model.is_dir():
+            adapters.insert(0, (run_dir.name, str(run_dir)))
+            source = resolve_model(_base_name(config))
+        else:
+            if adapters:
+                raise ServeError("adapters need a base model, but --model is a full-model run", "pass its base with --model")
+            loaded = load_run(run_dir, dtype=dtype, allow_network=allow_network)
+            name = served_name or run_dir.name
+            base_entry = ServedModel(name, "base", str(config.get("task")) or None, run_dir, label_map, _system_prompt(config))
+            registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=base_entry)
+            return registry
+    loaded = load_model(source, dtype=dtype, allow_network=allow_network)
+    name = served_name or ("default" if source.kind == "default" else source.display_name)
+    registry = ModelRegistry(loaded, name, max_loaded=max_loaded)
+    for adapter_name, run_dir in adapters:
+        registry.add_adapter(adapter_name, Path(run_dir))
+    return registry

@@ -1,0 +1,344 @@
+"""The batching engine: requests from many HTTP handlers, computed together on one worker thread.
+
+Handlers submit jobs (prompt token ids + sampling settings) and await their results on the event
+loop. One worker thread owns the model: it waits for a job, keeps gathering for a short window (or
+until the batch is full), takes the oldest job's group — jobs that can share one ``generate`` call:
+same model or adapter, same kind, same sampling settings — and runs them as one left-padded batch
+with the KV cache. Throughput therefore grows with concurrency while a lone request waits at most
+one window. A batch holds only one adapter's requests, so no request ever sees another's weights.
+
+Per-row bookkeeping (incremental detokenisation, stop sequences, each row's own ``max_tokens``,
+EOS, cancelled streams) runs as a ``StoppingCriteria``: transformers calls it after every decoding
+step with the new tokens, and the rows it reports finished are padded from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunelab.serve.adapters import ModelRegistry
+from tunelab.serve.errors import APIError
+
+logger = logging.getLogger("tunelab.serve")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class ClassifyResult:
+    label: str
+    probabilities: dict[str, float]
+    prompt_tokens: int
+
+
+@dataclass
+class Job:
+    """One prompt. Events go to ``events`` on the handler's loop: ("delta", str), ("done", result), ("error", exc)."""
+
+    model: str
+    kind: str  # "generate" or "classify"
+    prompt_ids: list[int]
+    params: SamplingParams | None
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def group(self) -> tuple:
+        if self.kind == "classify" or self.params is None:
+            return (self.model, self.kind)
+        sampling = (0.0, 1.0) if self.params.greedy else (self.params.temperature, self.params.top_p)
+        return (self.model, self.kind, *sampling)
+
+    def emit(self, kind: str, payload: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+        except RuntimeError:  # the handler's loop is gone (client left, server stopping): nobody listens
+            self.cancelled.set()
+
+
+class _Row:
+    """Decoding state of one row of a generation batch."""
+
+    def __init__(self, job: Job, tokenizer: Any, eos_ids: set[int]) -> None:
+        self.job = job
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.params: SamplingParams = job.params  # type: ignore[assignment]
+        self.tokens: list[int] = []
+        self.count = 0
+        self.text = ""  # the answer so far, after cutting at a stop sequence
+        self.sent = 0  # characters of text already streamed
+        self.finish_reason: str | None = None
+
+    def _held_back(self, text: str) -> int:
+        """Characters at the end of ``text`` that could still become a stop sequence (not streamed yet)."""
+        hold = 0
+        for stop in self.params.stop:
+            for size in range(min(len(stop) - 1, len(text)), hold, -1):
+                if text.endswith(stop[:size]):
+                    hold = size
+                    break
+        return hold
+
+    def add(self, token: int) -> None:
+        if self.job.cancelled.is_set():
+            self.finish_reason = "cancelled"
+            return
+        self.count += 1
+        if token in self.eos_ids:
+            self.finish_reason = "stop"
+            self._flush(len(self.text))
+            return
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        cut = min((i for i in (text.find(s) for s in self.params.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text = text[:cut]
+            self.finish_reason = "stop"
+            self._flush(len(self.text))
+            return
+        self.text = text
+        if self.count >= self.params.max_tokens:
+            self.finish_reason = "length"
+            self._flush(len(text))
+            return
+        # A trailing U+FFFD is half of a multi-byte character: wait for the next token to complete it.
+        safe = len(text.rstrip("\ufffd")) - self._held_back(text)
+        self._flush(safe)
+
+    def _flush(self, upto: int) -> None:
+        if upto > self.sent:
+            self.job.emit("delta", self.text[self.sent : upto])
+            self.sent = upto
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(self.text, self.finish_reason or "length", len(self.job.prompt_ids), self.count)
+
+
+class _RowStopper:
+    """A transformers StoppingCriteria that feeds each new token to its row and reports finished rows."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        new_tokens = input_ids[:, -1].tolist()
+        for row, token in zip(self.rows, new_tokens, strict=True):
+            if row.finish_reason is None:
+                row.add(token)
+        return torch.tensor([row.finish_reason is not None for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+
+def _left_pad(sequences: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        ids[i, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+        mask[i, width - len(sequence) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+class Engine:
+    """Gathers jobs into batches and computes them on one worker thread (see the module docstring)."""
+
+    def __init__(self, registry: ModelRegistry, *, max_batch_size: int = 8, batch_window_ms: float = 10.0) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.registry = registry
+        self.tokenizer = registry.tokenizer
+        self.max_batch_size = max_batch_size
+        self.batch_window = max(batch_window_ms, 0.0) / 1000.0
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._pending: list[Job] = []
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._accepting = True
+        self.batches = 0  # batches computed so far
+        self.largest_batch = 0
+        eos = registry.model.generation_config.eos_token_id if getattr(registry.model, "generation_config", None) else None
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = eos_ids
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._accepting = True
+                self._thread = threading.Thread(target=self._work, name="tunelab-serve-engine", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Refuse new jobs, finish every job already submitted, then end the worker."""
+        with self._lock:
+            self._accepting = False
+            thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout)
+
+    # -- submission (event loop) -----------------------------------------------------------------
+    def submit(self, model: str, kind: str, prompt_ids: list[int], params: SamplingParams | None = None) -> Job:
+        """Queue one job; read its events from ``job.events``.
+
+        Raises:
+            APIError: 503 once the server is shutting down.
+        """
+        if not self._accepting:
+            raise APIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
+        self.start()
+        job = Job(model, kind, list(prompt_ids), params, asyncio.get_running_loop(), asyncio.Queue())
+        self._queue.put(job)
+        return job
+
+    async def stream(self, job: Job) -> AsyncIterator[tuple[str, Any]]:
+        """The job's events until its end ("done" or "error"); cancels the job if the caller stops early."""
+        try:
+            while True:
+                kind, payload = await job.events.get()
+                yield kind, payload
+                if kind in ("done", "error"):
+                    return
+        finally:
+            job.cancelled.set()
+
+    async def result(self, job: Job) -> Any:
+        """The job's final result.
+
+        Raises:
+            APIError (or the worker's exception): when the job failed.
+        """
+        async for kind, payload in self.stream(job):
+            if kind == "error":
+                raise payload
+            if kind == "done":
+                return payload
+        raise APIError(500, "the job ended without a result", type="server_error")
+
+    # -- worker thread ---------------------------------------------------------------------------
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for work, gather for one window, and take the oldest job's group (None: stop)."""
+        stopping = False
+        if not self._pending:
+            job = self._queue.get()
+            if job is None:
+                return None
+            self._pending.append(job)
+        deadline = time.monotonic() + self.batch_window
+        group = self._pending[0].group
+        while sum(j.group == group for j in self._pending) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stopping = True  # finish what is pending first, then stop
+                break
+            self._pending.append(job)
+        batch = [j for j in self._pending if j.group == group][: self.max_batch_size]
+        taken = {id(j) for j in batch}
+        self._pending = [j for j in self._pending if id(j) not in taken]
+        if stopping:
+            self._queue.put(None)
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                for job in self._pending:
+                    job.emit("error", APIError(503, "The server is shutting down.", type="server_error"))
+                return
+            batch = [job for job in batch if not job.cancelled.is_set()]
+            if not batch:
+                continue
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                with torch.inference_mode(), self.registry.activate(batch[0].model) as model:
+                    if batch[0].kind == "classify":
+                        self._classify(model, batch)
+                    else:
+                        self._generate(model, batch)
+            except Exception as error:  # noqa: BLE001 - the worker must survive any one batch's failure
+                logger.exception("batch of %d failed", len(batch))
+                failure = error if isinstance(error, APIError) else APIError(
+                    500, f"The server failed while computing the answer: {error}", type="server_error"
+                )
+                for job in batch:
+                    job.emit("error", failure)
+
+    def _generate(self, model: Any, batch: list[Job]) -> None:
+        rows = [_Row(job, self.tokenizer, self.eos_ids) for job in batch]
+        params = batch[0].params
+        assert params is not None
+        input_ids, attention_mask = _left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
+        kwargs: dict[str, Any] = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
+            stopping_criteria=[_RowStopper(rows)],
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids) or None,
+            do_sample=not params.greedy,
+        )
+        if params.greedy:
+            # The model's generation_config may carry sampling defaults: greedy must mean greedy.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=None)
+        model.generate(**kwargs)
+        for row in rows:
+            if row.finish_reason == "cancelled":
+                continue
+            row._flush(len(row.text))
+            row.job.emit("done", row.result())
+
+    def _classify(self, model: Any, batch: list[Job]) -> None:
+        entry = self.registry.get(batch[0].model)
+        assert entry is not None and entry.label_map is not None
+        label_map = entry.label_map
+        input_ids, attention_mask = _left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # One forward pass; only the last position's logits, and of those only the label tokens, matter.
+        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
+        logits = output.logits[:, -1, label_map.token_ids].float()
+        probabilities = torch.softmax(logits, dim=-1).tolist()
+        for job, row in zip(batch, probabilities, strict=True):
+            best = max(range(len(row)), key=row.__getitem__)
+            job.emit(
+                "done",
+                ClassifyResult(label_map.labels[best], dict(zip(label_map.labels, row, strict=True)), len(job.prompt_ids)),
+            )

@@ -1,0 +1,53 @@
+"""Errors the HTTP API answers with, in the OpenAI shape ``{"error": {message, type, param, code}}``.
+
+Clients (the official ``openai`` package among them) map the status code to an exception class and
+read ``error.message``; keeping the shape identical is what lets them work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+
+class ServeError(TunelabError):
+    """A serving set-up the user can fix (bad host/key combination, unusable adapter)."""
+
+
+class APIError(Exception):
+    """One request failed; ``status`` is the HTTP status code the client gets."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 - the OpenAI field is called "type"
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:  # noqa: A002
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404, f"The model '{name}' does not exist or is not served here (see GET /v1/models).", param="model",
+        code="model_not_found",
+    )

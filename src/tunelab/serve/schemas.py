@@ -1,0 +1,84 @@
+"""Request bodies of the API, as pydantic models: FastAPI validates with them and they make the OpenAPI schema.
+
+Field names, types and bounds follow the OpenAI API. Unknown fields are accepted and ignored (the
+official clients send optional fields such as ``user`` or ``seed``), but fields that would change the
+answer and that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``...) are refused
+with a 400 by the endpoint rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STOP_SEQUENCES = 4
+MAX_PROMPTS_PER_REQUEST = 32
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    model: str = Field(..., description="The base model's name or an adapter's name (GET /v1/models).")
+    max_tokens: int | None = Field(None, ge=1, description="Longest answer in tokens (capped by the server limit).")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 is greedy.")
+    top_p: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
+    stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} stop sequences.")
+    n: int = Field(1, description="Number of answers; only 1 is supported.")
+    stream: bool = Field(False, description="Answer as server-sent events.")
+    stream_options: StreamOptions | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return [s for s in stops if s]
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
+    logprobs: bool | None = None
+    tools: list | None = None
+
+
+class CompletionRequest(_Sampling):
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    prompt: str | list[str] = Field(..., description=f"A prompt, or up to {MAX_PROMPTS_PER_REQUEST} prompts.")
+    max_tokens: int | None = Field(None, ge=1, description="Longest answer in tokens (default 16, as OpenAI).")
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ClassifyRequest(_Request):
+    model: str = Field(..., description="A classify run served here (an adapter name or the base when it is one).")
+    input: str | list[str] = Field(..., description=f"A text, or up to {MAX_PROMPTS_PER_REQUEST} texts.")

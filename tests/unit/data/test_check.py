@@ -1,0 +1,127 @@
+import json
+
+from typer.testing import CliRunner
+
+from tunelab.config import DataConfig
+from tunelab.data.check import check_data, render_example
+from tunelab.data.records import ClassifyRecord, SFTRecord, TextRecord
+from tunelab.data.tokenize import IGNORE_INDEX, tokenize_sft
+
+
+def _write_jsonl(path, rows, extra_lines=()):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "".join(line + "\n" for line in extra_lines))
+    return path
+
+
+def test_classify_report_contents(tmp_path, tiny_tokenizer):
+    rows = [{"text": f"my card number {i} was lost", "label": "card"} for i in range(6)]
+    rows += [{"text": "refund me", "label": "refund"}, {"text": "Refund   me!", "label": "refund"}]  # near duplicate
+    rows += [{"text": "refund me", "label": "refund"}]  # exact duplicate
+    rows += [{"text": "help", "label": "card"}, {"text": "HELP", "label": "refund"}]  # conflicting labels
+    path = _write_jsonl(tmp_path / "train.jsonl", rows, ['{"text": "no label"}'])
+    test = _write_jsonl(tmp_path / "test.jsonl", [{"text": "my card number 2 was LOST", "label": "card"}, {"text": "hi", "label": "other"}])
+    report = check_data(str(path), "classify", DataConfig(max_length=40), tokenizer=tiny_tokenizer, test_path=str(test))
+    assert report.records == 11 and not report.ok
+    assert [(e.source, "missing label" in e.reason) for e in report.errors] == [(f"{path}:12", True)]
+    assert report.exact_duplicates == 1 and report.near_duplicates == 1 and report.conflicts == 1
+    assert report.conflict_groups[0].labels == ["card", "refund"]
+    assert report.labels == {"card": 7, "refund": 4}
+    assert [row["label"] for row in report.label_map] == ["card", "refund"]  # sorted, one token each
+    assert len({row["token_id"] for row in report.label_map}) == 2
+    assert report.lengths.max > 40 and report.lengths.over_max_length == 11  # the tiny template alone is longer
+    assert report.test.leaked == 1 and report.test.unseen_labels == ["other"]
+    assert any("only 11 examples" in w for w in report.warnings)
+    assert any("leakage" in w for w in report.warnings)
+    data = report.to_dict()
+    json.dumps(data)
+    assert data["ok"] is False and data["errors"][0]["source"] == f"{path}:12"
+    skipped = check_data(str(path), "classify", DataConfig(skip_invalid=True), tokenizer=tiny_tokenizer)
+    assert skipped.ok and [e.source for e in skipped.skipped] == [f"{path}:12"]
+
+
+def test_rendered_sft_example_marks_exactly_the_trained_tokens(tiny_tokenizer):
+    record = SFTRecord(({"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "four"}), "f:1")
+    rendered = render_example(record, tiny_tokenizer, DataConfig())
+    example = tokenize_sft(record, tiny_tokenizer, 512)
+    # Token by token: the trained segments are the decoded labels, the whole is the decoded input.
+    assert "".join(text for text, _ in rendered.segments) == tiny_tokenizer.decode(example.input_ids)
+    trained_ids = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    assert "".join(text for text, trained in rendered.segments if trained) == tiny_tokenizer.decode(trained_ids)
+    assert rendered.bracketed().endswith("[[four<|im_end|>]]\n")
+
+
+def test_rendered_text_and_classify_examples(tiny_tokenizer):
+    from tunelab.data.labels import build_label_map
+
+    text = render_example(TextRecord("Four score and seven years ago", "f:1"), tiny_tokenizer, DataConfig())
+    assert text.segments == [("Four score and seven years ago<|im_end|>", True)]
+    label_map = build_label_map(["billing", "shipping"], tiny_tokenizer)
+    classify = render_example(ClassifyRecord("card charged twice", "shipping", "f:2"), tiny_tokenizer, DataConfig(), label_map)
+    assert classify.segments[-1] == (label_map.token_strings[1], True)
+    assert classify.segments[0][0].endswith("<|im_start|>assistant\n")
+
+
+def test_sft_answers_beyond_max_length_are_reported(tmp_path, tiny_tokenizer):
+    rows = [{"prompt": "hello " * 40, "completion": "ok"}, {"prompt": "hi", "completion": "ok"}]
+    path = _write_jsonl(tmp_path / "sft.jsonl", rows)
+    report = check_data(str(path), "sft", DataConfig(max_length=60), tokenizer=tiny_tokenizer)
+    assert report.lengths.untrainable == 1 and report.lengths.untrainable_sources == [f"{path}:1"]
+    assert report.ok
+
+
+def test_length_sample_is_reported(tmp_path, tiny_tokenizer):
+    path = _write_jsonl(tmp_path / "t.jsonl", [{"text": f"document {i}"} for i in range(50)])
+    report = check_data(str(path), "text", DataConfig(), tokenizer=tiny_tokenizer, length_sample=10)
+    assert report.lengths.measured == 10 and report.lengths.sampled
+    assert any("sample of 10 of 50" in note for note in report.notes)
+    assert check_data(str(path), "text", DataConfig()).lengths is None
+
+
+def _cli(args):
+    from tunelab.cli.main import _register_commands, app
+
+    _register_commands()
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_exit_codes(tmp_path, tiny_model_dir):
+    good = _write_jsonl(tmp_path / "good.jsonl", [{"prompt": f"q{i}", "completion": "a"} for i in range(3)])
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "completion": "a"}], ["{broken"])
+    model = ["--model", str(tiny_model_dir)]
+    result = _cli(["data", "check", str(good), "--task", "sft", *model])
+    assert result.exit_code == 0, result.output
+    assert "[[a<|im_end|>]]" in result.output and "Token lengths" in result.output
+    result = _cli(["data", "check", str(bad), "--task", "sft", "--json", *model])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["errors"][0]["source"] == f"{bad}:2" and "[[a<|im_end|>]]" in report["example"]["bracketed"]
+    assert _cli(["data", "check", str(bad), "--task", "sft", "--skip-invalid", *model]).exit_code == 0
+    result = _cli(["data", "show", str(good), "--task", "sft", "-n", "2", "--json", *model])
+    assert result.exit_code == 0 and len(json.loads(result.output)) == 2
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: sft\ndata:\n  train: {good.name}\n  test_size: 0.34\n  validation_size: 0\n")
+    result = _cli(["data", "split", str(config), "--json", "--save", str(tmp_path / "split.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sizes"] == {"train": 2, "validation": 0, "test": 1}
+    assert (tmp_path / "split.json").is_file()
+
+
+def test_batched_lengths_equal_the_tokenized_examples(tmp_path, tiny_tokenizer):
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.tokenize import tokenize_classify
+
+    rows = [
+        {"messages": [{"role": "user", "content": "capital of France?"}, {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "and Italy?"}, {"role": "assistant", "content": "Rome"}]},
+        {"prompt": "What is two plus two? " * 3, "completion": "four"},
+    ]
+    path = _write_jsonl(tmp_path / "sft.jsonl", rows)
+    report = check_data(str(path), "sft", DataConfig(), tokenizer=tiny_tokenizer)
+    from tunelab.data.read import load_records
+
+    expected = sorted(len(tokenize_sft(r, tiny_tokenizer, 10_000).input_ids) for r in load_records(str(path), "sft", DataConfig()))
+    assert (report.lengths.min, report.lengths.max) == (expected[0], expected[-1])
+    classify = _write_jsonl(tmp_path / "c.jsonl", [{"text": "card charged twice", "label": "billing"}])
+    report = check_data(str(classify), "classify", DataConfig(), tokenizer=tiny_tokenizer)
+    label_map = build_label_map(["billing"], tiny_tokenizer)
+    example = tokenize_classify(ClassifyRecord("card charged twice", "billing"), tiny_tokenizer, label_map, 10_000)
+    assert report.lengths.max == len(example.input_ids) + 1

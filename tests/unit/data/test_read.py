@@ -1,0 +1,208 @@
+import csv
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tunelab.config import DataConfig
+from tunelab.data.read import load_records, load_result, parse_hh_dialogue, read_records
+from tunelab.data.records import ClassifyRecord, PreferenceRecord, SFTRecord, TextRecord
+from tunelab.errors import DataError
+
+ROWS = {
+    "text": [{"text": "The first document."}, {"text": "The second document, a little longer."}],
+    "sft": [{"prompt": "What is 2+2?", "completion": "4"}, {"prompt": "Capital of France?", "completion": "Paris"}],
+    "classify": [{"text": "my card is lost", "label": "card"}, {"text": "I want a refund", "label": "refund"}],
+    "preference": [
+        {"prompt": "Say hi", "chosen": "Hello!", "rejected": "Go away."},
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+    ],
+}
+
+
+def _write(path, rows, fmt):
+    if fmt in ("jsonl", "jsonl.gz"):
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        if fmt.endswith(".gz"):
+            path.write_bytes(gzip.compress(text.encode()))
+        else:
+            path.write_text(text)
+    elif fmt == "json":
+        path.write_text(json.dumps(rows, indent=2))
+    elif fmt in ("csv", "tsv", "csv.gz"):
+        delimiter = "\t" if fmt == "tsv" else ","
+        with open(path.with_suffix(".tmp"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(rows)
+        data = path.with_suffix(".tmp").read_bytes()
+        path.write_bytes(gzip.compress(data) if fmt.endswith(".gz") else data)
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _check(records, task):
+    expected = ROWS[task]
+    assert len(records) == len(expected)
+    for record, row in zip(records, expected, strict=True):
+        if task == "text":
+            assert isinstance(record, TextRecord) and record.text == row["text"]
+        elif task == "sft":
+            assert isinstance(record, SFTRecord)
+            assert record.messages == ({"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]})
+        elif task == "classify":
+            assert isinstance(record, ClassifyRecord) and (record.text, record.label) == (row["text"], row["label"])
+        else:
+            assert isinstance(record, PreferenceRecord)
+            assert record.prompt == ({"role": "user", "content": row["prompt"]},)
+            assert (record.chosen, record.rejected) == (row["chosen"], row["rejected"])
+
+
+@pytest.mark.parametrize("task", list(ROWS))
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "json", "csv", "csv.gz", "tsv", "parquet"])
+def test_each_task_loads_from_each_format(tmp_path, task, fmt):
+    path = tmp_path / f"data.{fmt}"
+    _write(path, ROWS[task], fmt)
+    result = read_records(str(path), task, DataConfig())
+    assert result.errors == []
+    _check(result.records, task)
+    # Sources point at the line (or row) of each record.
+    first_line = {"jsonl": 1, "jsonl.gz": 1, "json": 2, "csv": 2, "csv.gz": 2, "tsv": 2, "parquet": 1}[fmt]
+    assert result.records[0].source == f"{path}:{first_line}"
+
+
+def test_text_from_txt_files_and_folder(tmp_path):
+    (tmp_path / "b.txt").write_text("second file")
+    (tmp_path / "a.txt").write_text("first file")
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(b"third file"))
+    (tmp_path / ".hidden.txt").write_text("never read")
+    records = load_records(str(tmp_path), "text", DataConfig())
+    assert [r.text for r in records] == ["first file", "second file", "third file"]
+    assert load_records(str(tmp_path / "*.txt"), "text", DataConfig())[0].text == "first file"
+    with pytest.raises(DataError, match="only the 'text' task"):
+        read_records(str(tmp_path / "a.txt"), "sft", DataConfig())
+
+
+def test_column_mapping_and_system_prompt(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer\nWho?,Me\n")
+    data = DataConfig(prompt_field="question", completion_field="answer", system_prompt="Be brief.")
+    (record,) = load_records(str(path), "sft", data)
+    assert record.messages[0] == {"role": "system", "content": "Be brief."}
+    assert record.completion == "Me"
+    result = read_records(str(path), "sft", DataConfig())
+    assert "missing field 'prompt'" in result.errors[0].reason and "--prompt-field" in result.errors[0].reason
+
+
+def test_openai_chat_and_trl_formats(tmp_path):
+    rows = [
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "a", "weight": 0}, {"role": "user", "content": "again"}, {"role": "assistant", "content": "b"}]},
+        {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "c"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "parts"}]}, {"role": "assistant", "content": "ok"}]},
+    ]
+    path = tmp_path / "chat.jsonl"
+    _write(path, rows, "jsonl")
+    records = load_records(str(path), "sft", DataConfig(system_prompt="unused when a system message exists"))
+    assert records[0].messages[2]["weight"] == 0 and records[0].completion == "b"
+    assert records[0].messages[0]["content"] == "S"
+    assert records[1].messages[-1] == {"role": "assistant", "content": "c"}
+    assert records[2].messages[0]["role"] == "system" and records[2].messages[1]["content"] == "parts"
+
+
+def test_salted_file_reports_every_bad_line(tmp_path):
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "fine"}]}),  # 1 good
+        "{not json",  # 2
+        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),  # 3 no assistant turn
+        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}),  # 4 role
+        json.dumps({"prompt": "q"}),  # 5 missing completion
+        json.dumps({"prompt": "q", "completion": "  "}),  # 6 empty
+        json.dumps({"prompt": 3, "completion": "a"}),  # 7 wrong type
+        "",  # 8 blank: skipped, not an error
+        json.dumps(["a", "list"]),  # 9 not an object
+        json.dumps({"other": 1}),  # 10 neither prompt nor messages
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "dangling"}]}),  # 11
+        json.dumps({"messages": "not a list"}),  # 12
+    ]
+    path = tmp_path / "salted.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"prompt": "caf\xe9", "completion": "x"}\n')  # 13 bytes
+    result = read_records(str(path), "sft", DataConfig())
+    assert len(result.records) == 1
+    reported = {error.source: error.reason for error in result.errors}
+    assert sorted(reported, key=lambda s: int(s.rsplit(":", 1)[1])) == [f"{path}:{n}" for n in (2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13)]
+    assert "invalid JSON" in reported[f"{path}:2"]
+    assert "no assistant turn" in reported[f"{path}:3"]
+    assert "unknown role 'robot'" in reported[f"{path}:4"]
+    assert "missing field 'completion'" in reported[f"{path}:5"]
+    assert "empty field 'completion'" in reported[f"{path}:6"]
+    assert "wrong type" in reported[f"{path}:7"]
+    assert "wrong type" in reported[f"{path}:9"]
+    assert "end with an assistant turn" in reported[f"{path}:11"]
+    assert "undecodable bytes" in reported[f"{path}:13"]
+    with pytest.raises(DataError, match="11 invalid record") as raised:
+        load_records(str(path), "sft", DataConfig())
+    assert f"{path}:13" in str(raised.value)
+    kept = load_result(str(path), "sft", DataConfig(skip_invalid=True))
+    assert len(kept.records) == 1 and len(kept.errors) == 11
+
+
+def test_salted_csv_and_json_array_report_lines(tmp_path):
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_bytes(b'text,label\nfine,a\n"multi\nline",b\nno label,\ntoo,many,cells\ncaf\xe9,c\n')
+    result = read_records(str(csv_path), "classify", DataConfig())
+    assert [r.source for r in result.records] == [f"{csv_path}:2", f"{csv_path}:3"]
+    reasons = {e.source: e.reason for e in result.errors}
+    assert "missing label" in reasons[f"{csv_path}:5"]
+    assert "wrong number of columns" in reasons[f"{csv_path}:6"]
+    assert "undecodable" in reasons[f"{csv_path}:7"]
+    json_path = tmp_path / "bad.json"
+    json_path.write_text('[\n {"text": "a", "label": "x"},\n {"text": "b"},\n 5\n]')
+    result = read_records(str(json_path), "classify", DataConfig())
+    assert [e.source for e in result.errors] == [f"{json_path}:3", f"{json_path}:4"]
+
+
+def test_hh_rlhf_shape_and_integer_labels(tmp_path):
+    chosen = "\n\nHuman: Hi there\n\nAssistant: Hello.\n\nHuman: Tell me a joke\n\nAssistant: A good joke."
+    rejected = "\n\nHuman: Hi there\n\nAssistant: Hello.\n\nHuman: Tell me a joke\n\nAssistant: No."
+    path = tmp_path / "hh.jsonl.gz"
+    _write(path, [{"chosen": chosen, "rejected": rejected}, {"chosen": chosen, "rejected": chosen}], "jsonl.gz")
+    result = read_records(str(path), "preference", DataConfig())
+    (record,) = result.records
+    assert [m["role"] for m in record.prompt] == ["user", "assistant", "user"]
+    assert record.prompt[-1]["content"] == "Tell me a joke"
+    assert (record.chosen, record.rejected) == ("A good joke.", "No.")
+    assert "identical" in result.errors[0].reason
+    assert parse_hh_dialogue("\n\nHuman: a\n\nAssistant: b") == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    labels = tmp_path / "labels.jsonl"
+    _write(labels, [{"text": "good", "label": 1}, {"text": "bad", "label": 0}, {"text": "?", "label": 0.5}], "jsonl")
+    result = read_records(str(labels), "classify", DataConfig())
+    assert [r.label for r in result.records] == ["1", "0"] and "wrong type" in result.errors[0].reason
+
+
+def test_limit_and_missing_path(tmp_path):
+    path = tmp_path / "d.jsonl"
+    _write(path, [{"text": f"doc {i}"} for i in range(10)], "jsonl")
+    result = read_records(str(path), "text", DataConfig(limit=3))
+    assert len(result.records) == 3 and result.truncated_by_limit
+    with pytest.raises(DataError, match="not found"):
+        read_records(str(tmp_path / "nope.jsonl"), "text", DataConfig())
+    with pytest.raises(DataError, match="needs the network"):
+        read_records("someone/some-dataset", "text", DataConfig())
+
+
+def test_references_keep_ids_stable():
+    messages = ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"})
+    assert SFTRecord(messages).id == SFTRecord(messages, "elsewhere.jsonl:9").id
+    with_refs = SFTRecord(messages, references=("a", "b"))
+    assert with_refs.references == ("a", "b") and with_refs.id != SFTRecord(messages).id
+
+
+def test_json_file_holding_json_lines_and_wrapped_array(tmp_path):
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert [r.source for r in load_records(str(lines), "text", DataConfig())] == [f"{lines}:1", f"{lines}:2"]
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text('{"data": [\n  {"text": "a"},\n  {"text": "b"}\n]}')
+    assert [r.source for r in load_records(str(wrapped), "text", DataConfig())] == [f"{wrapped}:2", f"{wrapped}:3"]

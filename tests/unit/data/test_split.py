@@ -1,0 +1,98 @@
+import json
+from collections import Counter
+
+import pytest
+
+from tunelab.config import RunConfig
+from tunelab.data.records import ClassifyRecord, TextRecord
+from tunelab.data.split import Split, load_split, make_split, split_records
+from tunelab.errors import DataError
+
+
+def _classify(n_per_label=(30, 20, 10)):
+    records = []
+    for label, n in zip("abc", n_per_label, strict=True):
+        records += [ClassifyRecord(f"example {i} of class {label}", label, source=f"f:{len(records) + 1}") for i in range(n)]
+    return records
+
+
+def test_split_is_deterministic_and_independent_of_file_order():
+    records = _classify()
+    first = split_records(records, "classify", test_size=0.2, validation_size=0.1, seed=3)
+    again = split_records(list(reversed(records)), "classify", test_size=0.2, validation_size=0.1, seed=3)
+    assert sorted(r.id for r in first.test) == sorted(r.id for r in again.test)
+    assert first.fingerprint == again.fingerprint
+    other_seed = split_records(records, "classify", test_size=0.2, validation_size=0.1, seed=4)
+    assert {r.id for r in other_seed.test} != {r.id for r in first.test}
+    assert first.sizes() == {"train": 42, "validation": 6, "test": 12}
+
+
+def test_split_is_the_same_on_every_platform():
+    # Hard-coded: any change of hashing, normalization or ordering shows up here.
+    records = [TextRecord(f"document number {i}") for i in range(12)]
+    split = split_records(records, "text", test_size=0.25, validation_size=0.25, seed=0)
+    assert [r.text for r in split.test] == EXPECTED_TEST
+    assert [r.text for r in split.validation] == EXPECTED_VALIDATION
+    assert split.fingerprint == EXPECTED_FINGERPRINT
+
+
+# Recorded once from this implementation (SHA-256 ordering); they must never change silently.
+EXPECTED_TEST = ["document number 1", "document number 2", "document number 11"]
+EXPECTED_VALIDATION = ["document number 3", "document number 6", "document number 7"]
+EXPECTED_FINGERPRINT = "c304ab2f64bd485a79bae7d2"
+
+
+def test_stratified_by_label():
+    split = split_records(_classify(), "classify", test_size=0.2, validation_size=0.0, seed=0)
+    assert Counter(r.label for r in split.test) == {"a": 6, "b": 4, "c": 2}
+    assert split.validation == []
+
+
+def test_duplicates_never_straddle_sides():
+    records = []
+    for i in range(40):
+        records.append(TextRecord(f"Text number {i}."))
+        records.append(TextRecord(f"text NUMBER {i}"))  # a near duplicate of the previous one
+    for seed in range(5):
+        split = split_records(records, "text", test_size=0.2, validation_size=0.2, seed=seed)
+        sides = {}
+        for name, side in (("train", split.train), ("validation", split.validation), ("test", split.test)):
+            for record in side:
+                key = record.text.lower().rstrip(".")
+                assert sides.setdefault(key, name) == name
+        assert not split.warnings
+
+
+def test_user_test_file_and_overlap_warning(tmp_path):
+    train = tmp_path / "train.jsonl"
+    test = tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps({"text": f"train text {i}", "label": "ab"[i % 2]}) + "\n" for i in range(20)))
+    test.write_text(json.dumps({"text": "Train text 3!", "label": "b"}) + "\n" + json.dumps({"text": "new", "label": "c"}) + "\n")
+    config = RunConfig(task="classify", data={"train": str(train), "test": str(test), "validation_size": 0.1})
+    split = make_split(config)
+    assert [r.text for r in split.test] == ["Train text 3!", "new"]
+    assert split.sizes() == {"train": 18, "validation": 2, "test": 2}
+    assert any("also occur in train" in w for w in split.warnings)
+    assert any("never occur in train" in w and "c" in w for w in split.warnings)
+    # split.json reproduces exactly the same sides, and notices changed data.
+    path = tmp_path / "run" / "split.json"
+    split.save(path)
+    again = load_split(path, config)
+    assert [r.id for r in again.test] == [r.id for r in split.test]
+    assert [r.id for r in again.train] == [r.id for r in split.train]
+    assert again.fingerprint == split.fingerprint == json.loads(path.read_text())["fingerprint"]
+    train.write_text(train.read_text().replace("train text 0", "edited"))
+    with pytest.raises(DataError, match="data changed"):
+        load_split(path, config)
+
+
+def test_too_small_to_split():
+    with pytest.raises(DataError, match="too few"):
+        split_records([TextRecord("only one")], "text", test_size=0.1, validation_size=0.1)
+
+
+def test_split_load_rejects_garbage(tmp_path):
+    path = tmp_path / "split.json"
+    path.write_text("{")
+    with pytest.raises(DataError, match="not a readable split"):
+        Split.load(path, [])

@@ -1,0 +1,59 @@
+"""Fixtures for the serving tests: fake run folders with LoRA adapters on the tiny model.
+
+The training code is written elsewhere; these runs are built directly with peft, the way a
+finished run stores them: ``adapter/`` (PEFT), ``config.yaml``, ``tokenizer/`` and, for classify
+runs, ``labels.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tunelab.data.labels import build_label_map
+from tunelab.serve.adapters import load_registry
+
+CLASSIFY_LABELS = ["billing", "technical", "account"]
+CLASSIFY_SYSTEM = "Route support requests."
+
+
+def write_fake_run(root: Path, base_dir: Path, tokenizer, *, seed: int, task: str = "sft", labels=None) -> Path:
+    """A run folder whose adapter's LoRA B weights are random (so its answers differ from the base's)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    root.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(root / "adapter")
+    tokenizer.save_pretrained(root / "tokenizer")
+    config = {"task": task, "model": {"name": str(base_dir)}, "data": {}}
+    if task == "classify":
+        config["data"]["system_prompt"] = CLASSIFY_SYSTEM
+        build_label_map(labels or CLASSIFY_LABELS, tokenizer).save(root / "labels.json")
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_runs(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "france": write_fake_run(root / "legal-fr", tiny_model_dir, tiny_tokenizer, seed=1),
+        "germany": write_fake_run(root / "legal-de", tiny_model_dir, tiny_tokenizer, seed=2),
+        "router": write_fake_run(root / "router", tiny_model_dir, tiny_tokenizer, seed=3, task="classify"),
+    }
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_model_dir, fake_runs):
+    """The tiny base with three adapters registered (none loaded yet); at most two stay loaded."""
+    return load_registry(str(tiny_model_dir), [(name, str(path)) for name, path in fake_runs.items()], max_loaded=2)
