@@ -64,6 +64,10 @@ def run_comparison(task: str, runners: list[str], child_args: list[str], peak_tf
     return {"task": task, "args": child_args, "flops": flops, "peak_tflops": peak_tflops, "runs": results}
 
 
+def _four(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 def comparison_markdown(data: dict[str, Any], machine: dict[str, Any], command: str) -> str:
     task = data["task"]
     runs = data["runs"]
@@ -86,8 +90,8 @@ def comparison_markdown(data: dict[str, Any], machine: dict[str, Any], command: 
                 " / ".join(ratios),
                 r.get("mfu", 0.0) * 100 if "mfu" in r else None,
                 r["seconds_per_step"],
-                r.get(f"base_{metric}"),
-                r.get(metric),
+                _four(r.get(f"base_{metric}")),
+                _four(r.get(metric)),
                 r["peak_rss_mb"],
                 r["first_step_s"],
             ]
@@ -125,7 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", choices=["sft", "classify"], default="sft")
     parser.add_argument("--runners", nargs="+", default=list(SFT_RUNNERS), choices=list(SFT_RUNNERS))
     parser.add_argument("--name", default=None, help="results file name (default: <task>_train)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the markdown from the saved JSON")
     args, child_args = parser.parse_known_args(argv)
+    if args.render_only:
+        path = RESULTS_DIR / f"{args.name or args.task + '_train'}.json"
+        data = json.loads(path.read_text())
+        write_results(path.stem, data, comparison_markdown(data, data["machine"], data["command"]))
+        return
     peak_path = RESULTS_DIR / "matmul_peak.json"
     peak = json.loads(peak_path.read_text())["peak_tflops"] if peak_path.is_file() else None
     machine = machine_info()

@@ -130,6 +130,11 @@ def main() -> None:
         else:
             skipped.append("evaluation speed: bench/eval_speed.py is not in this checkout yet")
 
+    # Benchmarks not selected this time keep their latest tables in the summary (--only reruns one piece).
+    for name, key in (("matmul_peak", "peak"), ("startup", "startup"), ("sft_train", "sft"), ("classify_train", "classify")):
+        markdown = RESULTS_DIR / f"{name}.md"
+        if key not in selected and markdown.is_file():
+            sections.append("_(from an earlier run)_\n\n" + markdown.read_text())
     summary = "# tunelab benchmarks\n\n" + machine_markdown(machine) + "\n\n"
     summary += "Command: `python bench/run_all.py" + (" --quick" if args.quick else "") + "`\n\n"
     summary += "\n\n".join(sections)
