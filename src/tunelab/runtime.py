@@ -1,8 +1,8 @@
 """Facts about the machine a run executes on: threads, device, whether bf16 is native.
 
 bf16 is "native" where matmuls run faster in it than in fp32: CUDA GPUs of compute capability 8.0+,
-and x86 CPUs with AMX or AVX512-BF16 (on such a CPU bf16 matmul runs several times faster than
-fp32). Elsewhere bf16 is emulated and slower, so tunelab trains in fp32 there.
+and x86 CPUs with AMX (on such a CPU bf16 matmul runs several times faster than fp32; with
+AVX512-BF16 alone it measured slower than fp32, see ``cpu_bf16_native``). Elsewhere bf16 is emulated and slower, so tunelab trains in fp32 there.
 """
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ def cpu_model_name() -> str:
 
 
 def cpu_bf16_native() -> bool:
-    """True when this CPU has AMX-BF16 or AVX512-BF16 instructions, which oneDNN uses for bf16 matmul."""
-    flags = cpu_flags()
-    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    """True when this CPU has AMX-BF16 tiles, where oneDNN's bf16 matmul beats fp32 several times.
+
+    AVX512-BF16 alone is not enough: on the project's 2-core Xeon (avx512_bf16, no AMX) torch.mm in
+    bf16 measured 0.14 TFLOP/s against 0.32 in fp32, and a LoRA step under bf16 autocast ran about
+    3x slower than in fp32 (bench/README.md, "Training speed"), so such CPUs train in fp32.
+    """
+    return "amx_bf16" in cpu_flags()
 
 
 def default_device() -> str:

@@ -1,0 +1,90 @@
+"""Start-up: how long a user waits before tunelab does anything useful, with the default model cached.
+
+1. ``tunelab generate "..." --max-new-tokens 1``: wall time of the whole command (interpreter,
+   imports, model load, one token), in a fresh process, best of ``--repeats``.
+2. ``load_model("default")`` from the converted cache: time of the call alone, and of the imports
+   before it, in a fresh process each.
+3. Command to first training step: a tiny sft run through ``tunelab.tasks.run_training`` (see
+   ``tunelab_train.py``): process start to the end of optimizer step 1.
+
+Usage: python bench/startup.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from common import BENCH_DIR, child_result, machine_info, run_child, tunelab_source
+
+LOAD_SNIPPET = """
+import json, time
+t0 = time.perf_counter()
+from tunelab.models import load_model
+t1 = time.perf_counter()
+loaded = load_model("default")
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tunelab_source()), str(BENCH_DIR), env.get("PYTHONPATH")]))
+    return env
+
+
+def time_generate(repeats: int) -> list[float]:
+    command = [sys.executable, "-m", "tunelab.cli.main", "generate", "What is the capital of France?", "--max-new-tokens", "1"]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def time_load(repeats: int) -> list[dict[str, float]]:
+    import json
+
+    runs = []
+    for _ in range(repeats):
+        output = subprocess.run(
+            [sys.executable, "-c", LOAD_SNIPPET], env=_env(), check=True, capture_output=True, text=True
+        ).stdout
+        runs.append(json.loads(output.strip().splitlines()[-1]))
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-train", action="store_true")
+    args = parser.parse_args()
+    # Make sure the default model is converted and cached first: start-up is measured with a warm cache.
+    subprocess.run([sys.executable, "-c", "from tunelab.models import load_model; load_model('default')"], env=_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    generate = time_generate(args.repeats)
+    loads = time_load(args.repeats)
+    result = {
+        "generate_one_token_s": {"best": round(min(generate), 2), "all": [round(t, 2) for t in generate]},
+        "load_model_default_s": {"best": round(min(r["load_s"] for r in loads), 2), "all": [round(r["load_s"], 2) for r in loads]},
+        "import_tunelab_models_s": {"best": round(min(r["import_s"] for r in loads), 2)},
+    }
+    if not args.skip_train:
+        train = run_child(
+            "tunelab_train.py", ["--task", "sft", "--steps", "1", "--batch-size", "1", "--max-length", "128", "--validation", "1"]
+        )
+        result["first_training_step_s"] = train.get("first_step_s")
+        result["first_training_step_note"] = (
+            "process start -> end of optimizer step 1 of a 1-example sft step (imports, data read, model load, LoRA, step)"
+        )
+    result["machine"] = machine_info()
+    child_result(result)
+
+
+if __name__ == "__main__":
+    main()
