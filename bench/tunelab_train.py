@@ -82,10 +82,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tunelab.tasks import run_training
-
     from tunelab.data.tokenize import tokenize_classify, tokenize_sft
     from tunelab.models.loader import load_run
+    from tunelab.tasks import run_training
 
     total_steps = WARMUP_STEPS + args.steps + TAIL_STEPS
     n_train = total_steps * args.batch_size * args.grad_accum
