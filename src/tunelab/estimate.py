@@ -34,10 +34,6 @@ Memory (bytes, peak during training):
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import json
 import math
 import random
 import statistics
@@ -780,10 +776,6 @@ def estimate_error(estimate: Estimate | dict | float, actual_seconds: float, ste
     }
 
 
-# -- the seam between files and token counts ----------------------------------------------------
-# Until the data layer's readers are wired in, `tunelab estimate` reads JSONL and CSV minimally
-# here. Everything above takes token counts, so swapping this for tunelab.data changes nothing else.
-
 
 @dataclass
 class TokenCounts:
@@ -793,127 +785,54 @@ class TokenCounts:
     n_labels: int | None = None
 
 
-def _open_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+def example_token_counts(config: RunConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
+    """Tokens of each example exactly as it will be trained (template, windows, truncation included).
 
+    classify examples are the prompt; the answer is one more token.
+    """
+    from tunelab.data.tokenize import tokenize_records
 
-def _read_rows(path: Path) -> list[tuple[str, Any]]:
-    """(source 'file:line', row) for each record of a .jsonl/.json/.csv/.tsv/.txt file (.gz looked through)."""
-    if not path.exists():
-        raise DataError(f"data file not found: {path}", "check data.train / data.test in the config")
-    if path.is_dir():
-        rows = []
-        for child in sorted(path.iterdir()):
-            if child.is_file() and not child.name.startswith("."):
-                rows.extend(_read_rows(child))
-        return rows
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    kind = suffixes[-1] if suffixes else ""
-    text = _open_text(path)
-    if kind in (".jsonl", ".json") and not text.lstrip().startswith("["):
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        return rows
-    if kind == ".json":
-        return [(f"{path}:{i + 1}", row) for i, row in enumerate(json.loads(text))]
-    if kind in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if kind == ".tsv" else ",")
-        return [(f"{path}:{i + 2}", row) for i, row in enumerate(reader)]
-    return [(str(path), {"text": text})]
-
-
-def _field(row: Any, name: str, source: str) -> Any:
-    if not isinstance(row, dict) or row.get(name) in (None, ""):
-        raise DataError(f"{source}: missing field '{name}'", "set the data.*_field keys to your column names")
-    return row[name]
-
-
-def _example_tokens(config: RunConfig, tokenizer: Any, row: Any, source: str) -> list[int]:
-    """Token counts of one record as it would be trained (a preference record gives two)."""
-    from tunelab.data.templates import classify_messages, render_prompt_ids
-
-    data = config.data
-    system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
-
-    def chat_length(messages: list[dict]) -> int:
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-        return len(tokenizer.encode(rendered, add_special_tokens=False))
-
-    if config.task == "text":
-        return [len(tokenizer.encode(str(_field(row, data.text_field, source)), add_special_tokens=False)) + 1]
-    if config.task == "classify":
-        messages = classify_messages(str(_field(row, data.text_field, source)), data.system_prompt)
-        return [len(render_prompt_ids(tokenizer, messages)) + 1]
-    if config.task == "sft":
-        if isinstance(row, dict) and isinstance(row.get(data.messages_field), list):
-            return [chat_length(system + row[data.messages_field])]
-        prompt, completion = _field(row, data.prompt_field, source), _field(row, data.completion_field, source)
-        return [chat_length(system + [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(completion)}])]
-    prompt = str(_field(row, data.prompt_field, source))
-    return [
-        chat_length(system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(_field(row, key, source))}])
-        for key in (data.chosen_field, data.rejected_field)
-    ]
+    if not records:
+        return []
+    examples, _ = tokenize_records(
+        records,
+        config.task,
+        tokenizer,
+        max_length=config.data.max_length,
+        stride=config.data.stride,
+        label_map=label_map,
+        system_prompt=config.data.system_prompt,
+    )
+    extra = 1 if config.task == "classify" else 0
+    return [len(example.input_ids) + extra for example in examples]
 
 
 def count_tokens_from_files(config: RunConfig, tokenizer: Any) -> TokenCounts:
-    """Tokens per example of ``data.train`` / ``data.validation`` / ``data.test``, read minimally.
+    """Tokens per example of the train / validation / test split the run will use.
 
-    When there is no test (or validation) file, the shares ``data.test_size`` (and
-    ``data.validation_size``) of a seeded shuffle of train are counted as test (validation).
+    Reads and splits the data with ``tunelab.data`` (every format and preset), so the counts are
+    those of the real run.
 
     Raises:
-        DataError: for a missing file, bad JSON, or a record without the configured fields.
+        DataError: for missing files, invalid records (unless data.skip_invalid) or too little data.
     """
-    data = config.data
-    if not data.train:
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.split import make_split
+
+    config = resolve_defaults(config)
+    if not config.data.train:
         raise DataError("the config has no data.train", "set data.train to your training file")
-    if not Path(data.train).exists():
-        raise DataError(
-            f"data.train '{data.train}' is not a local file or folder", "estimate reads local files; check the path"
-        )
-
-    def counts(path: str) -> tuple[list[int], set[str]]:
-        values, labels = [], set()
-        for source, row in _read_rows(Path(path)):
-            values.extend(_example_tokens(config, tokenizer, row, source))
-            if config.task == "classify":
-                labels.add(str(_field(row, data.label_field, source)))
-        return values, labels
-
-    train, labels = counts(data.train)
-    if data.limit:
-        train = train[: data.limit]
-    shuffled = train[:]
-    random.Random(data.seed).shuffle(shuffled)
-    test: list[int] = []
-    validation: list[int] = []
-    if data.test:
-        test, test_labels = counts(data.test)
-        labels |= test_labels
-    else:
-        take = int(round(len(shuffled) * data.test_size))
-        test, shuffled = shuffled[:take], shuffled[take:]
-    if data.validation:
-        validation, _ = counts(data.validation)
-    else:
-        take = int(round(len(shuffled) * data.validation_size))
-        validation, shuffled = shuffled[:take], shuffled[take:]
-    if data.max_test_examples:
-        test = test[: data.max_test_examples]
-    return TokenCounts(train=shuffled, validation=validation, test=test, n_labels=len(labels) or None)
+    split = make_split(config)
+    label_map = None
+    if config.task == "classify":
+        label_map = build_label_map(sorted({record.label for record in split.train}), tokenizer)
+    test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
+    return TokenCounts(
+        train=example_token_counts(config, split.train, tokenizer, label_map),
+        validation=example_token_counts(config, split.validation, tokenizer, label_map),
+        test=example_token_counts(config, test, tokenizer, label_map),
+        n_labels=len(label_map.labels) if label_map else None,
+    )
 
 
 def estimate_from_config(

@@ -210,7 +210,7 @@ def test_token_counts_from_files_and_the_whole_estimate(tmp_path, tiny_model_dir
     assert (len(counts.train), len(counts.test), len(counts.validation), counts.n_labels) == (14, 4, 2, 2)
     assert all(count > 10 for count in counts.train)
     (tmp_path / "bad.jsonl").write_text('{"text": "no label here"}\n')
-    with pytest.raises(DataError, match="bad.jsonl:1: missing field 'label'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1\b.*label"):
         count_tokens_from_files(config.model_copy(update={"data": config.data.model_copy(update={"train": str(tmp_path / "bad.jsonl")})}), tiny_tokenizer)
 
     from tunelab.estimate import estimate_from_config

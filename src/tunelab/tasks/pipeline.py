@@ -104,23 +104,6 @@ def _label_map_for(config: RunConfig, split: Any, tokenizer: Any):
     return build_label_map(sorted({record.label for record in split.train}), tokenizer)
 
 
-def _token_counts(config: RunConfig, records: list, tokenizer: Any, label_map: Any) -> list[int]:
-    from tunelab.data.tokenize import tokenize_records
-
-    examples, _ = tokenize_records(
-        records,
-        config.task,
-        tokenizer,
-        max_length=config.data.max_length,
-        stride=config.data.stride,
-        label_map=label_map,
-        system_prompt=config.data.system_prompt,
-    )
-    # classify examples are the prompt; the answer is one more token.
-    extra = 1 if config.task == "classify" else 0
-    return [len(example.input_ids) + extra for example in examples]
-
-
 def _eval_settings(config: RunConfig, label_map: Any) -> dict[str, Any]:
     return {
         "task": config.task,
@@ -276,7 +259,7 @@ def _after_split(config, run, state, split, base, tokenizer, label_map, registry
                  train_progress, eval_progress, calibrate, *, evaluate, compare_evaluations, write_report,
                  EvalResult, load_run, baseline_key, run_training) -> RunOutcome:
     from tunelab.estimate import calibrate as calibrate_here
-    from tunelab.estimate import estimate_run, model_facts, plan_tokens
+    from tunelab.estimate import estimate_run, example_token_counts, model_facts, plan_tokens
     from tunelab.runtime import default_device
 
     # 3. estimate: tokens, FLOPs, time here (measured), on GPUs, memory, money; stop if over budget.
@@ -284,9 +267,9 @@ def _after_split(config, run, state, split, base, tokenizer, label_map, registry
     if estimate is None:
         emit("estimate", "start", {})
         started = time.perf_counter()
-        train_counts = _token_counts(config, split.train, tokenizer, label_map)
-        validation_counts = _token_counts(config, split.validation, tokenizer, label_map) if split.validation else []
-        test_counts = _token_counts(config, split.test, tokenizer, label_map)
+        train_counts = example_token_counts(config, split.train, tokenizer, label_map)
+        validation_counts = example_token_counts(config, split.validation, tokenizer, label_map) if split.validation else []
+        test_counts = example_token_counts(config, split.test, tokenizer, label_map)
         facts = model_facts(base.model, config.lora.r, config.lora.target_modules)
         n_labels = len(label_map.labels) if label_map is not None else None
         device = "cuda" if default_device().startswith("cuda") else "cpu"
