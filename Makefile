@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The classify quickstart: check, split, estimate, base eval, LoRA training, eval, report, register
+# (about 7-10 minutes on a 2-core CPU). Each run gets its own folder under runs/.
 demo: install
-	$(VENV)/bin/tunelab generate "What is the capital of France?"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/tunelab run examples/support-routing/config.yaml
 
 test: install
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pytest tests

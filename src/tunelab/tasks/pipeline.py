@@ -405,20 +405,20 @@ class SweepEntry:
     error: str | None = None
 
 
-def parse_grid(grid: list[str]) -> list[tuple[str, list[Any]]]:
-    """``["train.lr=1e-4,3e-4", "lora.r=8,16"]`` -> ``[("train.lr", [1e-4, 3e-4]), ("lora.r", [8, 16])]``.
+def parse_grid(grid: list[str]) -> list[tuple[str, list[str]]]:
+    """``["train.lr=1e-4,3e-4", "lora.r=8,16"]`` -> ``[("train.lr", ["1e-4", "3e-4"]), ("lora.r", ["8", "16"])]``.
+
+    Values stay as typed (the config validation types them), so run names read like the command.
 
     Raises:
         ConfigError: for an item without '=' or without values.
     """
-    import yaml
-
     axes = []
     for item in grid:
         if "=" not in item:
             raise ConfigError(f"grid item '{item}' is not of the form key=v1,v2 (e.g. train.lr=1e-4,3e-4)")
         key, raw = item.split("=", 1)
-        values = [yaml.safe_load(v) if v.strip() else None for v in raw.split(",")]
+        values = [value.strip() for value in raw.split(",") if value.strip()]
         if not key.strip() or not values:
             raise ConfigError(f"grid item '{item}' needs a key and at least one value")
         axes.append((key.strip(), values))
@@ -430,14 +430,7 @@ def sweep_overrides(grid: list[str]) -> list[list[str]]:
     import itertools
 
     axes = parse_grid(grid)
-    combos = itertools.product(*[[f"{key}={_yaml_scalar(value)}" for value in values] for key, values in axes])
-    return [list(combo) for combo in combos]
-
-
-def _yaml_scalar(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return [list(combo) for combo in itertools.product(*[[f"{key}={value}" for value in values] for key, values in axes])]
 
 
 def run_sweep(

@@ -1,0 +1,133 @@
+"""`tunelab run` / `tunelab sweep` end to end on the tiny model: every step, resume, the cached
+baseline, bad input that leaves nothing registered, and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tunelab.config import parse_config
+from tunelab.errors import ConfigError, DataError
+from tunelab.registry.store import Registry
+from tunelab.tasks.pipeline import leaderboard, run_pipeline, run_sweep, sweep_overrides
+
+WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _write_data(folder):
+    rows = []
+    for i in range(48):
+        label = "AB"[i % 2]
+        words = WORDS[label]
+        rows.append({"text": f"{words[i % 4]} {words[(i // 2) % 4]} number {i}", "label": label})
+    path = folder / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _config(tmp_path, tiny_model_dir, **train):
+    data = _write_data(tmp_path)
+    return parse_config(
+        {
+            "task": "classify",
+            "model": str(tiny_model_dir),
+            "name": "quick",
+            "data": {"train": str(data), "test_size": 0.25, "validation_size": 0.1, "max_length": 64},
+            "train": {"method": "full", "lr": 3e-3, "epochs": 8, "batch_size": 8, "output_dir": str(tmp_path / "runs"), **train},
+            "eval": {"bootstrap_samples": 200},
+        }
+    )
+
+
+def test_run_walks_every_step_and_registers(tmp_path, tiny_model_dir):
+    events = []
+    outcome = run_pipeline(_config(tmp_path, tiny_model_dir), on_event=lambda s, st, d: events.append((s, st)))
+    done = [step for step, status in events if status == "done"]
+    assert done == ["check", "split", "estimate", "baseline", "train", "evaluate", "report", "register"]
+    assert outcome.split_sizes["test"] == 12
+    # The tiny model learns a two-word pattern: the tuned model must beat chance, and the comparison is real.
+    assert outcome.tuned_metrics["accuracy"] >= 0.75
+    assert outcome.comparison.metric("accuracy").after == outcome.tuned_metrics["accuracy"]
+    assert (outcome.run_dir / "report.html").is_file() and (outcome.run_dir / "eval" / "base.json").is_file()
+    record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
+    assert record.status == "finished"
+    assert record.tuned_metrics["accuracy"] == outcome.tuned_metrics["accuracy"]
+    assert record.estimate["tokens"]["train_tokens"] > 0
+    assert record.timings["train"]["actual_s"] > 0 and record.timings["train"]["estimated_s"] > 0
+    assert record.comparison["verdict"] == outcome.comparison.verdict
+    with pytest.raises(ConfigError, match="already exists"):
+        run_pipeline(_config(tmp_path, tiny_model_dir))
+
+
+def test_interrupted_run_resumes_at_the_step_it_stopped_in(tmp_path, tiny_model_dir):
+    def interrupt(step, status, details):
+        if (step, status) == ("train", "start"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_config(tmp_path, tiny_model_dir), on_event=interrupt, calibrate=False)
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    assert registry.get_run("quick").status == "interrupted"
+    events = []
+    outcome = run_pipeline(resume=tmp_path / "runs" / "quick", on_event=lambda s, st, d: events.append((s, st)))
+    started = [step for step, status in events if status == "start"]
+    assert "baseline" not in started and "estimate" not in started and "train" in started
+    assert registry.get_run("quick").status == "finished"
+    assert outcome.base_metrics is not None
+
+
+def test_bad_input_leaves_nothing_registered(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir)
+    config.data.train = str(tmp_path / "missing.jsonl")
+    with pytest.raises(DataError, match="missing.jsonl"):
+        run_pipeline(config)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no label"}\n{"text": "fine", "label": "A"}\n')
+    config.data.train = str(bad)
+    with pytest.raises(DataError, match="bad.jsonl:1"):
+        run_pipeline(config)
+    assert not (tmp_path / "runs" / "registry.db").exists()
+    assert not (tmp_path / "runs" / "quick").exists()
+
+
+def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
+    assert sweep_overrides(["train.lr=1e-3,3e-3", "lora.r=4"]) == [["train.lr=1e-3", "lora.r=4"], ["train.lr=3e-3", "lora.r=4"]]
+    config_path = tmp_path / "sweep.yaml"
+    _write_data(tmp_path)
+    config_path.write_text(
+        f"task: classify\nmodel: {tiny_model_dir}\nname: sw\n"
+        "data: {train: train.jsonl, test_size: 0.25, max_length: 64}\n"
+        f"train: {{method: full, epochs: 4, batch_size: 8, output_dir: {tmp_path / 'runs'}}}\n"
+        "eval: {bootstrap_samples: 200}\n"
+    )
+    events = []
+    entries = run_sweep(config_path, [], ["train.lr=1e-4,3e-3"], on_event=lambda s, st, d: events.append((s, st)))
+    assert [e.error for e in entries] == [None, None]
+    assert ("baseline", "skip") in events  # the second variant reused the first one's baseline
+    rows = leaderboard(entries)
+    assert rows[0]["after"] >= rows[1]["after"]
+
+
+def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir)
+    path = tmp_path / "run.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    bad = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epoch=3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "train.epoch" in bad.stderr and "epochs" in bad.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epochs=2", "--json", "--no-calibrate"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(ok.stdout)
+    assert result["comparison"]["verdict"] in ("better", "worse", "no significant difference")
+    listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "quick" in listed.stdout
