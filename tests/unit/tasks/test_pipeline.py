@@ -131,3 +131,33 @@ def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
     assert result["comparison"]["verdict"] in ("better", "worse", "no significant difference")
     listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
     assert listed.returncode == 0 and "quick" in listed.stdout
+
+
+@pytest.mark.parametrize("task", ["sft", "text"])
+def test_run_sft_and_text_end_to_end(tmp_path, tiny_model_dir, task):
+    rows = []
+    for i in range(30):
+        if task == "sft":
+            rows.append({"prompt": f"What is {i} plus two?", "completion": f"It is {i + 2}."})
+        else:
+            rows.append({"text": f"Four score and seven years ago, entry {i}, our fathers brought forth a new nation."})
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = parse_config(
+        {
+            "task": task,
+            "model": str(tiny_model_dir),
+            "name": f"e2e-{task}",
+            "data": {"train": str(data), "test_size": 0.2, "max_length": 64},
+            "train": {"method": "full", "lr": 3e-3, "epochs": 2, "batch_size": 8, "output_dir": str(tmp_path / "runs")},
+            "eval": {"bootstrap_samples": 200, "max_new_tokens": 8},
+        }
+    )
+    outcome = run_pipeline(config, calibrate=False)
+    primary = outcome.comparison.primary
+    assert primary == {"sft": "rougeL", "text": "perplexity"}[task]
+    assert outcome.base_metrics[primary] != outcome.tuned_metrics[primary]
+    if task == "text":
+        # Training on the documents must lower held-out perplexity of the same kind of text.
+        assert outcome.tuned_metrics["perplexity"] < outcome.base_metrics["perplexity"]
+    assert (outcome.run_dir / "report.md").is_file()
