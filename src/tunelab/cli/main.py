@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "tunelab.cli.generate",
     "tunelab.cli.models",
     "tunelab.cli.env",
+    "tunelab.cli.config",
     "tunelab.cli.data",
     "tunelab.cli.serve",
     "tunelab.cli.train",

@@ -197,5 +197,5 @@ def sweep(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
+    app.command("run", epilog="Every config key, its default and meaning: `tunelab config`.")(run)
     app.command("sweep")(sweep)

@@ -104,5 +104,5 @@ def export(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", epilog="Every config key, its default and meaning: `tunelab config`.")(train)
     app.command("export")(export)

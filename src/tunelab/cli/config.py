@@ -1,0 +1,35 @@
+"""``tunelab config``: every config key with its default and meaning (the docs live on the fields)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from tunelab.cli.common import console, print_json
+from tunelab.config import METHOD_DEFAULT_LR, TASK_DEFAULT_EPOCHS, field_docs
+
+
+def config(
+    section: str = typer.Argument(None, help="Only keys under this section (model, data, lora, train, eval, budget)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List every key of a run config (YAML, or key=value overrides) with its default and meaning."""
+    rows = [row for row in field_docs() if section is None or row[0].startswith(f"{section}.")]
+    if as_json:
+        print_json([{"key": key, "default": default, "description": doc} for key, default, doc in rows])
+        return
+    table = Table(title="run config keys" + (f" ({section})" if section else ""))
+    for column in ("key", "default", "meaning"):
+        table.add_column(column, overflow="fold")
+    for key, default, doc in rows:
+        table.add_row(key, default, doc)
+    console.print(table)
+    console.print(
+        "Defaults that depend on the task and method when left unset: "
+        f"train.lr {METHOD_DEFAULT_LR} by train.method; train.epochs {TASK_DEFAULT_EPOCHS} by task; "
+        "data.stride = data.max_length."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("config")(config)
