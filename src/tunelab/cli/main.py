@@ -50,6 +50,12 @@ def _quiet_libraries() -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    # Deprecation notices raised inside libraries (e.g. peft reading transformers' old attribute names)
+    # are for their maintainers, not for someone fine-tuning a model.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
