@@ -161,3 +161,15 @@ def test_run_sft_and_text_end_to_end(tmp_path, tiny_model_dir, task):
         # Training on the documents must lower held-out perplexity of the same kind of text.
         assert outcome.tuned_metrics["perplexity"] < outcome.base_metrics["perplexity"]
     assert (outcome.run_dir / "report.md").is_file()
+
+
+def test_over_budget_stops_before_training(tmp_path, tiny_model_dir):
+    from tunelab.tasks.pipeline import BudgetExceeded
+
+    config = _config(tmp_path, tiny_model_dir)
+    config.budget.max_hours = 1e-9
+    with pytest.raises(BudgetExceeded, match="over budget"):
+        run_pipeline(config)
+    record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
+    assert record.status == "failed" and "budget" in record.error
+    assert not (tmp_path / "runs" / "quick" / "adapter").exists() and not (tmp_path / "runs" / "quick" / "model").exists()
