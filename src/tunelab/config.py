@@ -114,6 +114,12 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16 autocast where native (CUDA, CPUs with AMX/AVX512-BF16), else fp32."
     )
     packing: bool = Field(True, description="Pack short examples into full rows (no compute on padding).")
+    pack_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Packing: length of a packed row in tokens (default: data.max_length). Longer rows hold "
+        "more short examples and less end-of-row padding; attention stays inside each example.",
+    )
     eval_every: int | None = Field(
         None, ge=1, description="Validation loss every N optimizer steps (default: about 5 times per run)."
     )
