@@ -105,9 +105,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
-    # fused is the fastest kernel on CUDA; on CPU the multi-tensor (foreach) path is.
-    options = {"fused": True} if on_cuda else {"foreach": True}
+    # fused on every device torch has the kernel for: on this CPU (bench/optimizer_step.py, the default
+    # model's 4.88M LoRA weights in 420 tensors) one fused step took 10 ms against 42 ms for foreach.
+    device_type = next((p.device.type for g in groups for p in g["params"]), "cpu")
+    options = {"fused": True} if device_type in ("cpu", "cuda", "mps", "xpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=config.lr or 1e-4, betas=(0.9, 0.999), eps=1e-8, **options)
 
 
