@@ -163,7 +163,7 @@ def add_training_args(parser: Any) -> None:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (tunelab's LoRA default)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
     parser.add_argument("--validation", type=int, default=64, help="held-out examples for validation loss / accuracy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-base", action="store_true", help="also measure the untrained model")

@@ -27,6 +27,8 @@ SFT_RUNNERS = {
     "trl_bf16": ("trl_peer.py", ["--precision", "bf16"]),
     "tunelab_fp32": ("tunelab_train.py", ["--precision", "fp32"]),
     "tunelab_bf16": ("tunelab_train.py", ["--precision", "bf16"]),
+    # What a user gets: `train.precision: auto` (fp32 on a CPU without AMX, bf16 where it is native).
+    "tunelab_auto": ("tunelab_train.py", ["--precision", "auto"]),
 }
 
 
@@ -55,7 +57,7 @@ def run_comparison(task: str, runners: list[str], child_args: list[str], peak_tf
         print(f"[{time.strftime('%H:%M:%S')}] {task}: {name} ...", flush=True)
         result = run_child(script, ["--task", task, *child_args, *extra])
         if "error" not in result and peak_tflops:
-            precision = "bf16" if "bf16" in name else "fp32"
+            precision = "bf16" if "bf16" in result.get("runner", name) else "fp32"
             achieved = result["real_tokens_per_s"] * flops["flops_per_token"] / 1e12
             result["model_tflops"] = round(achieved, 4)
             result["mfu"] = round(achieved / peak_tflops[precision], 4)
@@ -134,6 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.render_only:
         path = RESULTS_DIR / f"{args.name or args.task + '_train'}.json"
         data = json.loads(path.read_text())
+        peak_path = RESULTS_DIR / "matmul_peak.json"
+        if peak_path.is_file():  # MFU against the newest measured peak (matmul_peak.py may run after the comparison)
+            data["peak_tflops"] = json.loads(peak_path.read_text())["peak_tflops"]
+            for result in data["runs"].values():
+                if "model_tflops" in result:
+                    precision = "bf16" if "bf16" in result.get("runner", "") else "fp32"
+                    result["mfu"] = round(result["model_tflops"] / data["peak_tflops"][precision], 4)
         write_results(path.stem, data, comparison_markdown(data, data["machine"], data["command"]))
         return
     peak_path = RESULTS_DIR / "matmul_peak.json"

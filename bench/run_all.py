@@ -49,11 +49,13 @@ def peak_markdown(result: dict) -> str:
 
 
 def startup_markdown(result: dict) -> str:
-    rows = [
-        ["`tunelab generate ... --max-new-tokens 1` (whole command)", result["generate_one_token_s"]["best"]],
-        ["`load_model(\"default\")` from the cache (call only)", result["load_model_default_s"]["best"]],
-        ["`import tunelab.models`", result["import_tunelab_models_s"]["best"]],
+    labels = [
+        ("train_command_first_step_s", "`tunelab train` (qa-assistant example) from process start to the first step's metrics line"),
+        ("generate_one_token_s", "`tunelab generate ... --max-new-tokens 1` (whole command)"),
+        ("load_model_default_s", "`load_model(\"default\")` from the cache (call only)"),
+        ("import_tunelab_models_s", "`import tunelab.models`"),
     ]
+    rows = [[label, result[key]["best"]] for key, label in labels if key in result]
     if result.get("first_training_step_s") is not None:
         rows.append(["command to end of first training step (sft, 1 example)", result["first_training_step_s"]])
     return "### Start-up (seconds, best of repeats, model cached)\n\n" + machine_markdown(result["machine"]) + "\n\n" + markdown_table(["what", "seconds"], rows)

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import BENCH_DIR, child_result, machine_info, run_child, tunelab_source
 
@@ -59,20 +60,57 @@ def time_load(repeats: int) -> list[dict[str, float]]:
     return runs
 
 
+def time_train_command(repeats: int) -> list[float]:
+    """``tunelab train`` on the qa-assistant example, from process start to the first step's metrics line.
+
+    ``train.log_every=1`` makes the loop write step 1 to ``metrics.jsonl`` right after the step;
+    the file is polled, and the command is stopped there (the rest of the run is not start-up).
+    """
+    import shutil
+    import tempfile
+
+    example = BENCH_DIR.parent / "examples" / "qa-assistant" / "config.yaml"
+    times = []
+    for _ in range(repeats):
+        out = Path(tempfile.mkdtemp(prefix="tunelab-startup-"))
+        command = [sys.executable, "-m", "tunelab.cli.main", "train", str(example), "name=startup", f"train.output_dir={out}",
+                   "train.max_steps=2", "train.log_every=1", "train.batch_size=4"]
+        metrics = out / "startup" / "metrics.jsonl"
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=_env(), cwd=example.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (metrics.is_file() and metrics.stat().st_size > 0):
+            if process.poll() is not None:
+                raise SystemExit(f"tunelab train exited with {process.returncode} before its first step: {' '.join(command)}")
+            time.sleep(0.05)
+        times.append(time.perf_counter() - started)
+        process.terminate()
+        process.wait()
+        shutil.rmtree(out, ignore_errors=True)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--only-train-command", action="store_true", help="measure only `tunelab train` -> first step")
     args = parser.parse_args()
+    if args.only_train_command:
+        times = time_train_command(args.repeats)
+        child_result({"train_command_first_step_s": {"best": round(min(times), 2), "all": [round(t, 2) for t in times]},
+                      "machine": machine_info()})
+        return
     # Make sure the default model is converted and cached first: start-up is measured with a warm cache.
     subprocess.run([sys.executable, "-c", "from tunelab.models import load_model; load_model('default')"], env=_env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     generate = time_generate(args.repeats)
     loads = time_load(args.repeats)
+    train_command = time_train_command(args.repeats)
     result = {
         "generate_one_token_s": {"best": round(min(generate), 2), "all": [round(t, 2) for t in generate]},
         "load_model_default_s": {"best": round(min(r["load_s"] for r in loads), 2), "all": [round(r["load_s"], 2) for r in loads]},
         "import_tunelab_models_s": {"best": round(min(r["import_s"] for r in loads), 2)},
+        "train_command_first_step_s": {"best": round(min(train_command), 2), "all": [round(t, 2) for t in train_command]},
     }
     if not args.skip_train:
         train = run_child(

@@ -1,26 +1,37 @@
-"""OpenAI-compatible HTTP serving of a base model and its LoRA adapters (``tunelab serve``)."""
+"""OpenAI-compatible HTTP serving of a base model and its LoRA adapters (``tunelab serve``).
 
-from tunelab.serve.adapters import ModelRegistry, ServedModel, load_registry
-from tunelab.serve.app import ServeSettings, create_app
-from tunelab.serve.engine import Engine, SamplingParams
-from tunelab.serve.errors import APIError, ServeError
-from tunelab.serve.request_log import RequestLog, read_requests
-from tunelab.serve.server import BackgroundServer, ServeOptions, build_app, run_server
+The names below are imported on first use (PEP 562 ``__getattr__``), so importing one light
+submodule (the CLI imports ``tunelab.serve.server`` to register its command) does not import
+fastapi and the serving app.
+"""
 
-__all__ = [
-    "APIError",
-    "BackgroundServer",
-    "Engine",
-    "ModelRegistry",
-    "RequestLog",
-    "SamplingParams",
-    "ServeError",
-    "ServeOptions",
-    "ServeSettings",
-    "ServedModel",
-    "build_app",
-    "create_app",
-    "load_registry",
-    "read_requests",
-    "run_server",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ModelRegistry": "adapters",
+    "ServedModel": "adapters",
+    "load_registry": "adapters",
+    "ServeSettings": "app",
+    "create_app": "app",
+    "Engine": "engine",
+    "SamplingParams": "engine",
+    "APIError": "errors",
+    "ServeError": "errors",
+    "RequestLog": "request_log",
+    "read_requests": "request_log",
+    "BackgroundServer": "server",
+    "ServeOptions": "server",
+    "build_app": "server",
+    "run_server": "server",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tunelab.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tunelab.serve.{_WHERE[name]}"), name)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.serve.adapters import load_registry
-from tunelab.serve.app import ServeSettings, create_app
 from tunelab.serve.errors import ServeError
 
 API_KEY_ENV = "TUNELAB_API_KEY"
@@ -80,6 +79,10 @@ def build_app(options: ServeOptions):
     Raises:
         ServeError, ModelError: for unusable models, adapters, or settings.
     """
+    # Imported here, not at the top: the CLI imports this module to register `tunelab serve`, and
+    # fastapi/pydantic routing cost ~0.9 s that every other command (train, run, ...) would pay.
+    from tunelab.serve.app import ServeSettings, create_app
+
     api_key = options.api_key or os.environ.get(API_KEY_ENV) or None
     check_bind(options.host, api_key, options.insecure)
     if options.dtype not in ("float32", "fp32", "bfloat16", "bf16"):

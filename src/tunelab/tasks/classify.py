@@ -60,7 +60,7 @@ def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any =
         model=model,
         train_examples=examples,
         validation_examples=validation,
-        collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing),
+        collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens),
         loss_fn=functools.partial(classify_loss_sum, label_token_ids=label_token_ids),
         config=config.train,
         max_length=max_length,

@@ -47,9 +47,9 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _layout(lengths: Sequence[int], packing: bool, max_length: int) -> list[list[int]]:
+def _layout(lengths: Sequence[int], packing: bool, capacity: int) -> list[list[int]]:
     if packing:
-        return pack_rows(lengths, max_length)
+        return pack_rows(lengths, capacity)
     return [[i] for i in range(len(lengths))]
 
 
@@ -81,10 +81,13 @@ class LMCollate:
     pad_id: int
     max_length: int
     packing: bool = True
+    # Packed row length (train.pack_tokens); None: max_length. Rows may be longer than any one
+    # example: attention stays per example because positions restart at 0 for each.
+    row_tokens: int | None = None
 
     def __call__(self, examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
         ids = [e.input_ids for e in examples]
-        rows = _layout([len(x) for x in ids], self.packing, self.max_length)
+        rows = _layout([len(x) for x in ids], self.packing, self.row_tokens or self.max_length)
         input_ids, position_ids, offsets = _row_tensors(rows, ids, self.pad_id)
         targets = torch.full_like(input_ids, IGNORE_INDEX)
         for r, row in enumerate(rows):
@@ -103,10 +106,13 @@ class ClassifyCollate:
     pad_id: int
     max_length: int
     packing: bool = True
+    # Packed row length (train.pack_tokens); None: max_length. Rows may be longer than any one
+    # example: attention stays per example because positions restart at 0 for each.
+    row_tokens: int | None = None
 
     def __call__(self, examples: Sequence[ClassifyExample]) -> dict[str, torch.Tensor]:
         ids = [e.input_ids for e in examples]
-        rows = _layout([len(x) for x in ids], self.packing, self.max_length)
+        rows = _layout([len(x) for x in ids], self.packing, self.row_tokens or self.max_length)
         input_ids, position_ids, offsets = _row_tensors(rows, ids, self.pad_id)
         width = input_ids.shape[1]
         # In the examples' order (packing reorders them into rows), so logits line up with the input.

@@ -114,3 +114,33 @@ def test_classify_loss_uses_label_columns_of_full_logits(tiny_model, tiny_tokeni
     torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
     expected = F.cross_entropy(reference, torch.tensor([e.label for e in examples]), reduction="sum")
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_longer_than_max_length_pack_more_and_keep_each_example_isolated(tiny_model, tiny_tokenizer):
+    """train.pack_tokens: one row may hold several max_length examples; logits stay per example."""
+    vocab = len(tiny_tokenizer)
+    label_ids = torch.tensor([40, 41, 42])
+    examples = [ClassifyExample(_example(i, n, vocab).input_ids, i % 3) for i, n in enumerate([10, 12, 14, 9, 11])]
+    short = ClassifyCollate(pad_id=0, max_length=16)(examples)
+    long = ClassifyCollate(pad_id=0, max_length=16, row_tokens=64)(examples)
+    assert short["input_ids"].shape[0] == 5  # no two examples fit in 16 tokens
+    assert long["input_ids"].shape[0] == 1 and long["input_ids"].shape[1] == 56  # all five in one row
+    with torch.no_grad():
+        torch.testing.assert_close(
+            classify_logits(tiny_model, long, label_ids), classify_logits(tiny_model, short, label_ids), rtol=1e-5, atol=1e-5
+        )
+    lm = [_example(i, n, vocab, prompt=2) for i, n in enumerate([10, 12, 14])]
+    packed = LMCollate(pad_id=tiny_tokenizer.pad_token_id, max_length=16, row_tokens=48)(lm)
+    assert packed["input_ids"].shape[0] == 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            lm_loss_sum(tiny_model, packed), sum(_plain_loss_sum(tiny_model, e) for e in lm), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_compile_blocks_compiles_each_block_and_keeps_parameter_names(tiny_model):
+    from tunelab.train.loop import compile_blocks
+
+    names = list(tiny_model.state_dict())
+    assert compile_blocks(tiny_model) == len(tiny_model.model.layers)
+    assert list(tiny_model.state_dict()) == names  # checkpoints and adapters are saved under the same keys
