@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from tunelab.data.tokenize import IGNORE_INDEX
+from tunelab.models.heads import causal_lm_of
+from tunelab.models.heads import label_logits as head_label_logits
 
 # End-of-turn markers of common chat templates; generation stops at whichever the vocabulary has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -95,12 +97,6 @@ def generate_batch(
     return answers
 
 
-def _decoder_and_head(model: Any) -> tuple[Any, Any]:
-    # A PEFT model's base model has the adapters injected in place, so its decoder runs them too.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
-
-
 def label_logits(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -116,15 +112,9 @@ def label_logits(
     right-padded: with causal attention the real tokens never see the padding, and each row's
     last real position is gathered.
     """
-    decoder, head = _decoder_and_head(model)
+    decoder = causal_lm_of(model).get_decoder()
     device = _device(model)
     label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
-    plain_head = type(head) is torch.nn.Linear  # a LoRA-wrapped head is another type, with no plain rows
-    if plain_head:
-        with torch.inference_mode():
-            rows = head.weight.index_select(0, label_ids)
-            bias = head.bias.index_select(0, label_ids) if head.bias is not None else None
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
     for batch in _by_length(prompts, batch_size):
         longest = max(len(prompts[i]) for i in batch)
@@ -138,15 +128,7 @@ def label_logits(
         with torch.inference_mode():
             hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
             final = hidden[torch.arange(len(batch), device=device), last.to(device)]
-            if plain_head:
-                logits = final.to(rows.dtype) @ rows.T
-                if bias is not None:
-                    logits = logits + bias
-            else:
-                # An adapted LM head (LoRA on lm_head) has no plain weight rows: score the last position fully.
-                logits = head(final).index_select(-1, label_ids)
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
+            logits = head_label_logits(model, final, label_ids)
         result[batch] = logits.float().cpu().numpy()
         if progress:
             progress(len(batch))

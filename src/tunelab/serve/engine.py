@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from tunelab.models.heads import causal_lm_of, label_logits
 from tunelab.serve.adapters import ModelRegistry
 from tunelab.serve.errors import APIError
 
@@ -332,9 +333,12 @@ class Engine:
         label_map = entry.label_map
         input_ids, attention_mask = _left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        # One forward pass; only the last position's logits, and of those only the label tokens, matter.
-        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
-        logits = output.logits[:, -1, label_map.token_ids].float()
+        # One forward pass of the decoder; only the label tokens' rows of the LM head at the last position
+        # (left padding puts every prompt's last token there), never the full vocabulary.
+        decoder = causal_lm_of(model).get_decoder()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        label_ids = torch.tensor(label_map.token_ids, dtype=torch.long, device=hidden.device)
+        logits = label_logits(model, hidden[:, -1], label_ids).float()
         probabilities = torch.softmax(logits, dim=-1).tolist()
         for job, row in zip(batch, probabilities, strict=True):
             best = max(range(len(row)), key=row.__getitem__)

@@ -121,7 +121,7 @@ def compile_blocks(model: nn.Module) -> int:
     checkpoints and saved adapters are unchanged. ``dynamic=True`` because packed rows change width
     every step (a static graph would recompile for each new width).
     """
-    from tunelab.train.losses import causal_lm_of
+    from tunelab.models.heads import causal_lm_of
 
     decoder = causal_lm_of(model).get_decoder()
     blocks = getattr(decoder, "layers", None)

@@ -24,15 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.data.tokenize import IGNORE_INDEX
+from tunelab.models.heads import causal_lm_of, label_logits
 
 DEFAULT_CHUNK = 1024
-
-
-def causal_lm_of(model: nn.Module) -> nn.Module:
-    """The transformers causal LM inside ``model`` (a PEFT wrapper is looked through)."""
-    if hasattr(model, "get_base_model"):
-        return model.get_base_model()
-    return model
 
 
 def hidden_states(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -139,22 +133,11 @@ def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = D
     return linear_cross_entropy_sum(hidden[keep], head, targets[keep], chunk)
 
 
-def label_logits(hidden: torch.Tensor, head: nn.Module, label_token_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the label tokens only: [N, labels] from hidden states [N, H]."""
-    if type(head) is nn.Linear:
-        weight = head.weight[label_token_ids]
-        bias = head.bias[label_token_ids] if head.bias is not None else None
-        return F.linear(hidden, weight, bias)
-    # A wrapped head (LoRA on lm_head) has no single weight to slice: apply it, then pick the columns.
-    return head(hidden)[:, label_token_ids]
-
-
 def classify_logits(model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor) -> torch.Tensor:
     """[examples, labels] logits at each prompt's last position, computed over the label columns only."""
     hidden = hidden_states(model, batch["input_ids"], batch["position_ids"])
     flat = hidden.reshape(-1, hidden.shape[-1])[batch["last_positions"]]
-    head = causal_lm_of(model).get_output_embeddings()
-    return label_logits(flat, head, label_token_ids.to(flat.device))
+    return label_logits(model, flat, label_token_ids)
 
 
 def classify_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor) -> torch.Tensor:
