@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -11,19 +10,6 @@ import typer
 from tunelab.cli.common import console, error_console, print_json
 from tunelab.config import load_config, resolve_defaults
 from tunelab.errors import ConfigError, TunelabError
-
-
-def _run_name(config) -> str:
-    model = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.model.name).name.removesuffix(".gguf")) or "model"
-    return config.name or f"{config.task}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _make_split(config):
-    try:
-        from tunelab.data.split import make_split
-    except ImportError as error:  # the data layer is developed alongside; fail clearly until it is here
-        raise TunelabError(f"the data split is not available in this build ({error})") from None
-    return make_split(config)
 
 
 def train(
@@ -35,7 +21,9 @@ def train(
     """Fine-tune a model as CONFIG says (LoRA by default), writing a run folder under train.output_dir."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from tunelab.data.split import make_split
     from tunelab.tasks import run_training
+    from tunelab.tasks.pipeline import run_name
 
     if resume is not None:
         if config_path is not None and overrides is None and "=" in str(config_path):
@@ -48,8 +36,8 @@ def train(
         if config_path is None:
             raise ConfigError("give a config file: tunelab train CONFIG.yaml [key=value ...]")
         config = resolve_defaults(load_config(config_path, overrides or []))
-        run_dir = Path(config.train.output_dir) / _run_name(config)
-    split = _make_split(config)
+        run_dir = Path(config.train.output_dir) / run_name(config)
+    split = make_split(config)
 
     columns = [
         TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),

@@ -145,13 +145,8 @@ def run_pipeline(
     """
     from tunelab.data.check import check_data
     from tunelab.data.split import load_split, make_split
-    from tunelab.evaluation.compare import compare_evaluations
-    from tunelab.evaluation.evaluate import evaluate
-    from tunelab.evaluation.report import write_report
-    from tunelab.evaluation.result import EvalResult
-    from tunelab.models import load_model, load_run
-    from tunelab.registry.store import Registry, baseline_key
-    from tunelab.tasks import run_training
+    from tunelab.models import load_model
+    from tunelab.registry.store import Registry
 
     emit = on_event or (lambda step, status, details: None)
 
@@ -240,10 +235,8 @@ def run_pipeline(
 
     try:
         outcome = _after_split(
-            config, run, state, split, base, tokenizer, label_map, registry, registry_id, emit, warn,
+            config, run, state, split, base, label_map, registry, registry_id, emit,
             train_progress, eval_progress, calibrate,
-            evaluate=evaluate, compare_evaluations=compare_evaluations, write_report=write_report,
-            EvalResult=EvalResult, load_run=load_run, baseline_key=baseline_key, run_training=run_training,
         )
     except KeyboardInterrupt:
         registry.update_run(registry_id, status="interrupted")
@@ -255,12 +248,21 @@ def run_pipeline(
     return outcome
 
 
-def _after_split(config, run, state, split, base, tokenizer, label_map, registry, registry_id, emit, warn,
-                 train_progress, eval_progress, calibrate, *, evaluate, compare_evaluations, write_report,
-                 EvalResult, load_run, baseline_key, run_training) -> RunOutcome:
+def _after_split(config, run, state, split, base, label_map, registry, registry_id, emit,
+                 train_progress, eval_progress, calibrate) -> RunOutcome:
+    """Steps 3-8 (estimate, baseline, train, evaluate, report, register), each skipped when done."""
     from tunelab.estimate import calibrate as calibrate_here
     from tunelab.estimate import estimate_run, example_token_counts, model_facts, plan_tokens
+    from tunelab.evaluation.compare import compare_evaluations
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.evaluation.report import write_report
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.models import load_run
+    from tunelab.registry.store import baseline_key
     from tunelab.runtime import default_device
+    from tunelab.tasks import run_training
+
+    tokenizer = base.tokenizer
 
     # 3. estimate: tokens, FLOPs, time here (measured), on GPUs, memory, money; stop if over budget.
     estimate = state.get("estimate")
