@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -19,13 +18,19 @@ def test_default_model_answers_paris(default_model):
     assert answer == "The capital of France is Paris."
 
 
-def test_cached_reload_is_fast(default_model):
-    start = time.perf_counter()
+def test_cached_reload_never_converts_again(default_model, monkeypatch):
+    import tunelab.models.loader as loader
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the converted cache was not used: the GGUF was dequantized again")
+
+    # Once converted, a load reads the cached safetensors (well under 2 s, see bench/startup.py)
+    # and never dequantizes the GGUF again (about 20 s).
+    monkeypatch.setattr(loader, "convert_gguf", no_conversion)
+    assert loader.is_cached(loader.resolve_model("default"))
     again = load_model("default")
-    elapsed = time.perf_counter() - start
-    # Not a timing assertion: the cached load must not re-run the ~20 s conversion.
     assert again.model.config.num_hidden_layers == 30
-    assert elapsed < 15, f"cached load took {elapsed:.1f}s: the converted cache was not used"
+    assert sum(p.numel() for p in again.model.parameters()) == 134_515_008
 
 
 def _cli(*args, env=None):
