@@ -173,7 +173,7 @@ def sweep(
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:
     """Run every combination of --grid values (models, parameters, datasets) and rank the results."""
-    from tunelab.tasks.pipeline import leaderboard, run_sweep
+    from tunelab.tasks.sweep import leaderboard, run_sweep
 
     bar, on_progress = _train_bar()
     try:

@@ -10,7 +10,8 @@ import pytest
 from tunelab.config import parse_config
 from tunelab.errors import ConfigError, DataError
 from tunelab.registry.store import Registry
-from tunelab.tasks.pipeline import leaderboard, run_pipeline, run_sweep, sweep_overrides
+from tunelab.tasks.pipeline import run_pipeline
+from tunelab.tasks.sweep import leaderboard, run_sweep, sweep_overrides
 
 WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
 
@@ -173,3 +174,25 @@ def test_over_budget_stops_before_training(tmp_path, tiny_model_dir):
     record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
     assert record.status == "failed" and "budget" in record.error
     assert not (tmp_path / "runs" / "quick" / "adapter").exists() and not (tmp_path / "runs" / "quick" / "model").exists()
+
+
+def test_steps_are_public_functions_a_notebook_can_call(tmp_path, tiny_model_dir):
+    from tunelab.tasks import pipeline
+
+    context = pipeline.open_pipeline(_config(tmp_path, tiny_model_dir), calibrate=False)
+    pipeline.check_step(context)
+    split = pipeline.split_step(context)
+    assert split.sizes()["test"] == 12
+    assert context.registry_id is None  # nothing is registered before a step after the split needs it
+    estimate = pipeline.estimate_step(context)
+    assert estimate["tokens"]["train_tokens"] > 0
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    assert registry.get_run("quick").status == "running"
+    base = pipeline.baseline_step(context)
+    assert base.metrics["primary"] == "accuracy"
+    assert registry.get_run("quick").baseline_metrics["accuracy"] == base.metrics["accuracy"]
+    # A step that raises marks the registry record and is not recorded as done (a resume runs it again).
+    with pytest.raises(RuntimeError, match="boom"), pipeline.step(context, "train"):
+        raise RuntimeError("boom")
+    assert registry.get_run("quick").status == "failed"
+    assert not context.state.done("train") and context.state.done("baseline")
