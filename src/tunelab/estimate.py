@@ -45,12 +45,10 @@ from typing import Any
 
 import yaml
 
-from tunelab.config import RunConfig, resolve_defaults
+from tunelab.config import ResolvedConfig, require_resolved
 from tunelab.errors import ConfigError, DataError
 
 DEFAULT_UTILIZATION = 0.35
-# How many validations a run does when train.eval_every is not set (the training loop's default).
-DEFAULT_VALIDATIONS_PER_RUN = 5
 GIB = 1024**3
 
 
@@ -220,7 +218,7 @@ class Calibration:
         return {**asdict(self), "seconds_per_step": self.seconds_per_step, "tokens_per_second": self.tokens_per_second}
 
 
-def _prepare_trainable(model: Any, config: RunConfig) -> Any:
+def _prepare_trainable(model: Any, config: ResolvedConfig) -> Any:
     method = config.train.method
     if method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -241,7 +239,7 @@ def _prepare_trainable(model: Any, config: RunConfig) -> Any:
 
 
 def calibrate(
-    config: RunConfig,
+    config: ResolvedConfig,
     seq_len: int,
     *,
     model: Any = None,
@@ -286,8 +284,7 @@ def calibrate(
         model.to(device)
         model.train()
         parameters = [p for p in model.parameters() if p.requires_grad]
-        resolved = resolve_defaults(config)
-        optimizer = torch.optim.AdamW(parameters, lr=resolved.train.lr, weight_decay=config.train.weight_decay)
+        optimizer = torch.optim.AdamW(parameters, lr=config.train.lr, weight_decay=config.train.weight_decay)
         generator = torch.Generator().manual_seed(0)
         vocab = model.get_input_embeddings().weight.shape[0]
         batch = config.train.batch_size
@@ -453,7 +450,7 @@ def _round_up(value: float, multiple: int = 8) -> int:
 
 
 def plan_tokens(
-    config: RunConfig,
+    config: ResolvedConfig,
     example_token_counts: list[int],
     *,
     validation_token_counts: list[int] | None = None,
@@ -461,20 +458,24 @@ def plan_tokens(
 ) -> TokenPlan:
     """Count what training processes: examples truncated to ``max_length``, packed or padded.
 
-    sft and text rows are packed to ``max_length`` when ``train.packing`` (no padding); text
-    documents longer than ``max_length`` become windows every ``stride`` tokens, so overlapping
-    windows process ``max_length / stride`` times the tokens. Unpacked batches (classify, or
-    packing off) are padded to their longest example: simulated on a seeded shuffle.
+    Steps, validations and epochs come from the training loop's own schedule
+    (``config.train.schedule``): a step takes ``batch_size * grad_accum`` examples. Text documents
+    longer than ``max_length`` become windows every ``stride`` tokens, so overlapping windows
+    process ``max_length / stride`` times the tokens. Micro-batches are simulated on a seeded
+    shuffle as the collate builds them: with ``train.packing`` their examples are packed into rows
+    of ``train.pack_tokens`` (default ``max_length``) tokens, padded to the longest row; without it
+    each example is a row padded to the micro-batch's longest.
 
     Raises:
         DataError: when there are no training examples.
     """
-    config = resolve_defaults(config)
+    from tunelab.data.packing import pack_rows
+
+    config = require_resolved(config)
     if not example_token_counts:
         raise DataError("no training examples to estimate", "check data.train")
     max_length = config.data.max_length
     batch = config.train.batch_size
-    per_step = batch * config.train.grad_accum
     truncated = sum(1 for count in example_token_counts if count > max_length)
     if config.task == "text":
         lengths = []
@@ -482,34 +483,32 @@ def plan_tokens(
             if count <= max_length:
                 lengths.append(count)
             else:
-                lengths.extend([max_length] * math.ceil((count - max_length) / (config.data.stride or max_length) + 1))
+                lengths.extend([max_length] * math.ceil((count - max_length) / config.data.stride + 1))
         truncated = 0  # long documents become windows: nothing is cut
     else:
         lengths = [min(count, max_length) for count in example_token_counts]
     real = sum(lengths)
-    packed = config.train.packing and config.task in ("sft", "text")
-    if packed:
-        rows = math.ceil(real / max_length)
-        processed = real
-        seq_len = max_length
-    else:
-        order = lengths[:]
-        random.Random(config.train.seed).shuffle(order)
-        chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
-        processed = sum(max(chunk) * len(chunk) for chunk in chunks)
-        rows = len(order)
-        seq_len = min(max_length, _round_up(statistics.mean(max(chunk) for chunk in chunks)))
-    epochs = float(config.train.epochs)
-    steps = math.ceil(rows * epochs / per_step)
-    train_tokens = processed * epochs
-    if config.train.max_steps is not None and config.train.max_steps < steps:
-        train_tokens *= config.train.max_steps / steps
-        steps = config.train.max_steps
+    packed = config.train.packing
+    capacity = config.train.pack_tokens or max_length
+    order = lengths[:]
+    random.Random(config.train.seed).shuffle(order)
+    processed = rows = 0
+    widths = []
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        row_lengths = [sum(chunk[i] for i in row) for row in pack_rows(chunk, capacity)] if packed else chunk
+        width = max(row_lengths)
+        processed += width * len(row_lengths)
+        rows += len(row_lengths)
+        widths.append(width)
+    seq_len = min(capacity if packed else max_length, _round_up(statistics.mean(widths)))
+    schedule = config.train.schedule(len(lengths))
+    steps = schedule.total_steps
+    train_tokens = processed * schedule.epochs_run
     validations = 0
     validation_tokens = sum(min(c, max_length) for c in validation_token_counts or [])
     if validation_tokens:
-        every = config.train.eval_every or max(1, steps // DEFAULT_VALIDATIONS_PER_RUN)
-        validations = max(1, steps // every)
+        validations = schedule.validations
     test_tokens = sum(min(c, max_length) for c in test_token_counts or [])
     if config.task == "sft" and test_token_counts:
         test_tokens += config.eval.max_new_tokens * len(test_token_counts)  # generation, at most
@@ -518,7 +517,7 @@ def plan_tokens(
         real_tokens_per_epoch=real,
         processed_tokens_per_epoch=processed,
         rows_per_epoch=rows,
-        epochs=epochs,
+        epochs=float(config.train.epochs),
         optimizer_steps=steps,
         train_tokens=int(round(train_tokens)),
         seq_len=seq_len,
@@ -530,7 +529,7 @@ def plan_tokens(
     )
 
 
-def plan_flops(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
+def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
     """Training, validation and evaluation FLOPs (see the module docstring for the formulas)."""
     head_columns = n_labels if config.task == "classify" and n_labels else facts.vocab
     matmul = facts.matmul_params(head_columns)
@@ -561,7 +560,7 @@ def plan_flops(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, n_labels
     )
 
 
-def plan_memory(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, trainable: int) -> MemoryPlan:
+def plan_memory(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, trainable: int) -> MemoryPlan:
     """Peak training memory in bytes (formulas in the module docstring); ``available`` left unset."""
     batch, seq, d = config.train.batch_size, tokens.seq_len, facts.d_model
     act_bytes = 2 if precision == "bf16" else 4
@@ -609,7 +608,7 @@ def available_memory(device: str = "cpu") -> int | None:
     return None
 
 
-def check_budget(config: RunConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:
+def check_budget(config: ResolvedConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:
     """Compare the estimate with ``budget.max_hours`` / ``budget.max_usd``.
 
     Hours are checked on ``budget.gpu`` when set, else on this machine; dollars need ``budget.gpu``
@@ -636,7 +635,7 @@ def check_budget(config: RunConfig, seconds_here: float | None, gpus: list[GPUEs
 
 
 def estimate_run(
-    config: RunConfig,
+    config: ResolvedConfig,
     example_token_counts: list[int],
     facts: ModelFacts,
     *,
@@ -669,7 +668,7 @@ def estimate_run(
     """
     from tunelab.runtime import resolve_precision
 
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     prices = prices or load_price_table()
     if config.budget.gpu:
         prices.gpu(config.budget.gpu)  # an unknown name is a config error, before any work
@@ -785,7 +784,7 @@ class TokenCounts:
     n_labels: int | None = None
 
 
-def example_token_counts(config: RunConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
+def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
     """Tokens of each example exactly as it will be trained (template, windows, truncation included).
 
     classify examples are the prompt; the answer is one more token.
@@ -807,7 +806,7 @@ def example_token_counts(config: RunConfig, records: list, tokenizer: Any, label
     return [len(example.input_ids) + extra for example in examples]
 
 
-def count_tokens_from_files(config: RunConfig, tokenizer: Any) -> TokenCounts:
+def count_tokens_from_files(config: ResolvedConfig, tokenizer: Any) -> TokenCounts:
     """Tokens per example of the train / validation / test split the run will use.
 
     Reads and splits the data with ``tunelab.data`` (every format and preset), so the counts are
@@ -819,7 +818,7 @@ def count_tokens_from_files(config: RunConfig, tokenizer: Any) -> TokenCounts:
     from tunelab.data.labels import build_label_map
     from tunelab.data.split import make_split
 
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     if not config.data.train:
         raise DataError("the config has no data.train", "set data.train to your training file")
     split = make_split(config)
@@ -836,7 +835,7 @@ def count_tokens_from_files(config: RunConfig, tokenizer: Any) -> TokenCounts:
 
 
 def estimate_from_config(
-    config: RunConfig,
+    config: ResolvedConfig,
     *,
     calibrate_here: bool = True,
     calibration_steps: int = 3,
@@ -852,7 +851,7 @@ def estimate_from_config(
     from tunelab.models import load_model
     from tunelab.runtime import default_device
 
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     if config.budget.gpu:
         (prices or load_price_table()).gpu(config.budget.gpu)
     loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)

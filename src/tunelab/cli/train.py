@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from tunelab.cli.common import console, error_console, print_json
-from tunelab.config import load_config, resolve_defaults
+from tunelab.config import load_config
 from tunelab.errors import ConfigError, TunelabError
 
 
@@ -35,7 +35,7 @@ def train(
     else:
         if config_path is None:
             raise ConfigError("give a config file: tunelab train CONFIG.yaml [key=value ...]")
-        config = resolve_defaults(load_config(config_path, overrides or []))
+        config = load_config(config_path, overrides or [])
         run_dir = Path(config.train.output_dir) / run_name(config)
     split = make_split(config)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig, resolve_defaults
+from tunelab.config import ResolvedConfig, require_resolved
 from tunelab.data.labels import build_label_map
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
@@ -25,7 +25,7 @@ from tunelab.train.losses import classify_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
 
-def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+def train(config: ResolvedConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
     """Fine-tune a classifier that answers one label token.
 
     Raises:
@@ -33,7 +33,7 @@ def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any =
             that training lacks.
         ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
     """
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     labels = sorted({record.label for record in split.train})
     if len(labels) < 2:
         raise DataError(f"classify needs at least two labels in the training split, found {labels}")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.config import RunConfig, dump_config, parse_config, resolve_defaults
+from tunelab.config import ResolvedConfig, RunConfig, dump_config, parse_config, require_resolved
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.paths import RunFolder, atomic_write_text
 
@@ -67,7 +67,7 @@ class RunOutcome:
     name: str
     run_dir: Path
     registry_id: str | None
-    config: RunConfig
+    config: ResolvedConfig
     split_sizes: dict[str, int]
     estimate: dict[str, Any] | None
     train: dict[str, Any] | None
@@ -121,7 +121,7 @@ class PipelineState:
 class PipelineContext:
     """One run of the pipeline: its config, folder and state, and what each step has produced so far."""
 
-    config: RunConfig
+    config: ResolvedConfig
     run: RunFolder
     state: PipelineState
     base: LoadedModel
@@ -235,7 +235,7 @@ def _ensure_registered(context: PipelineContext) -> None:
 
 
 def open_pipeline(
-    config: RunConfig | None = None,
+    config: ResolvedConfig | None = None,
     *,
     resume: str | Path | None = None,
     on_event: EventFn | None = None,
@@ -260,7 +260,7 @@ def open_pipeline(
     else:
         if config is None:
             raise ConfigError("run_pipeline needs a config or a run folder to resume")
-        config = resolve_defaults(config)
+        config = require_resolved(config)
         if config.task == "preference":
             raise ConfigError("preference (DPO) training is not available yet", "use text, sft or classify")
         if not config.data.train:
@@ -516,7 +516,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
 
 
 def run_pipeline(
-    config: RunConfig | None = None,
+    config: ResolvedConfig | None = None,
     *,
     resume: str | Path | None = None,
     on_event: EventFn | None = None,

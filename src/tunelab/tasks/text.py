@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, resolve_defaults
+from tunelab.config import ResolvedConfig, require_resolved
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
@@ -20,14 +20,14 @@ from tunelab.train.losses import lm_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
 
-def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+def train(config: ResolvedConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
     """Continue pre-training on documents.
 
     Raises:
         DataError: when the training split is empty.
         ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
     """
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     if not split.train:
         raise DataError("the training split is empty", "check data.train")
     session = start_run(config, split, run_dir=run_dir, resume=resume)
