@@ -815,7 +815,7 @@ def count_tokens_from_files(config: ResolvedConfig, tokenizer: Any) -> TokenCoun
     Raises:
         DataError: for missing files, invalid records (unless data.skip_invalid) or too little data.
     """
-    from tunelab.data.labels import build_label_map
+    from tunelab.data.labels import LabelMap
     from tunelab.data.split import make_split
 
     config = require_resolved(config)
@@ -824,7 +824,7 @@ def count_tokens_from_files(config: ResolvedConfig, tokenizer: Any) -> TokenCoun
     split = make_split(config)
     label_map = None
     if config.task == "classify":
-        label_map = build_label_map(sorted({record.label for record in split.train}), tokenizer)
+        label_map = LabelMap.for_records(split.train, tokenizer)
     test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
     return TokenCounts(
         train=example_token_counts(config, split.train, tokenizer, label_map),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import DataConfig, EvalConfig
-from tunelab.data.labels import LabelMap, build_label_map
+from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord, TextRecord
 from tunelab.data.templates import classify_messages, render_prompt_ids, zero_shot_messages
 from tunelab.data.tokenize import tokenize_classify, tokenize_text
@@ -164,7 +164,7 @@ def _resolve_label_map(loaded: Any, records: Sequence[ClassifyRecord], label_map
     if loaded.label_map:
         return LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
     # A model never trained on these labels: the test set's own labels, in a stable order.
-    return build_label_map(sorted({r.label for r in records}), loaded.tokenizer)
+    return LabelMap.for_records(records, loaded.tokenizer)
 
 
 def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress):

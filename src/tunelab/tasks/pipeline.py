@@ -548,9 +548,9 @@ def run_pipeline(
 def _label_map_for(config: RunConfig, split: Split, tokenizer: Any) -> LabelMap | None:
     if config.task != "classify":
         return None
-    from tunelab.data.labels import build_label_map
+    from tunelab.data.labels import LabelMap
 
-    return build_label_map(sorted({record.label for record in split.train}), tokenizer)
+    return LabelMap.for_records(split.train, tokenizer)
 
 
 def _eval_settings(config: RunConfig, label_map: LabelMap | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import ResolvedConfig, require_resolved
+from tunelab.data.split import Split
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
@@ -19,7 +20,7 @@ from tunelab.train.losses import lm_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
 
-def train(config: ResolvedConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
     """Fine-tune on prompt -> completion conversations.
 
     Raises:
@@ -28,7 +29,8 @@ def train(config: ResolvedConfig, split: Any, *, run_dir: str | Path, progress: 
     """
     config = require_resolved(config)
     session = start_run(config, split, run_dir=run_dir, resume=resume)
-    tokenizer, max_length = session.tokenizer, config.data.max_length
+    base = session.load_model()
+    tokenizer, max_length = base.tokenizer, config.data.max_length
 
     examples, stats = tokenize_records(split.train, "sft", tokenizer, max_length=max_length)
     # An example whose answer was cut off entirely teaches nothing; it is reported, not trained on.
@@ -41,7 +43,7 @@ def train(config: ResolvedConfig, split: Any, *, run_dir: str | Path, progress: 
     validation, _ = tokenize_records(split.validation, "sft", tokenizer, max_length=max_length)
     validation = [e for e in validation if e.trained_tokens > 0]
 
-    model = apply_method(session.model, config)
+    model = apply_method(base.model, config)
     loop = train_loop(
         model=model,
         train_examples=examples,
