@@ -18,7 +18,6 @@ known public dataset's own layout (see ``tunelab.data.presets``).
 
 from __future__ import annotations
 
-import glob as globbing
 import os
 import re
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig
-from tunelab.data.formats import FORMAT_BY_SUFFIX, RecordError, RowOrError, iter_rows
+from tunelab.data.formats import RecordError, RowOrError, iter_rows, resolve_files
 from tunelab.data.records import (
     ClassifyRecord,
     Message,
@@ -317,42 +316,6 @@ def row_to_record(row: dict, source: str, task: str, fields: Fields, system_prom
     except _Bad as bad:
         raise ValueError(str(bad)) from None
     raise DataError(f"unknown task '{task}'", "use text, sft, classify or preference")
-
-
-def _files_under(folder: Path) -> list[Path]:
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        name = path.name.lower().removesuffix(".gz")
-        if Path(name).suffix in FORMAT_BY_SUFFIX:
-            found.append(path)
-    # Sorted by the POSIX relative path: the same order on every platform and filesystem.
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def resolve_files(path: str) -> list[Path]:
-    """The files a path names: a file, the readable files under a folder, or a glob's matches.
-
-    Raises:
-        DataError: when nothing matches.
-    """
-    candidate = Path(path).expanduser()
-    if candidate.is_file():
-        return [candidate]
-    if candidate.is_dir():
-        files = _files_under(candidate)
-        if not files:
-            raise DataError(f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.txt files")
-        return files
-    if any(ch in path for ch in "*?["):
-        files = sorted((Path(p) for p in globbing.glob(os.path.expanduser(path), recursive=True)), key=lambda p: p.as_posix())
-        files = [p for p in files if p.is_file()]
-        if not files:
-            raise DataError(f"{path}: the pattern matches no file")
-        return files
-    raise DataError(f"data not found: {path}", "check the path (a file, a folder or a glob)")
 
 
 def _looks_like_hub_name(path: str) -> bool:
