@@ -156,12 +156,6 @@ def _messages(value: Any, name: str) -> list[Message]:
     return messages
 
 
-def _with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
-    if system_prompt and messages[0]["role"] != "system":
-        return [{"role": "system", "content": system_prompt}, *messages]
-    return messages
-
-
 def _references(row: dict) -> tuple[str, ...]:
     value = row.get("references")
     if value is None:
@@ -173,7 +167,7 @@ def _references(row: dict) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _sft(row: dict, source: str, fields: Fields, system_prompt: str | None) -> SFTRecord:
+def _sft(row: dict, source: str, fields: Fields) -> SFTRecord:
     if fields.messages in row:
         messages = _messages(row[fields.messages], fields.messages)
         if not any(m["role"] == "assistant" for m in messages):
@@ -205,7 +199,7 @@ def _sft(row: dict, source: str, fields: Fields, system_prompt: str | None) -> S
         else:
             completion = [{"role": "assistant", "content": _string(row, fields.completion, "completion")}]
         messages = prompt + completion
-    return SFTRecord(tuple(_with_system(messages, system_prompt)), source=source, references=_references(row))
+    return SFTRecord(tuple(messages), source=source, references=_references(row))
 
 
 def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
@@ -262,7 +256,7 @@ def _answer(row: dict, name: str) -> str:
     return _string(row, name, "chosen" if name == "chosen" else "rejected")
 
 
-def _preference(row: dict, source: str, fields: Fields, system_prompt: str | None) -> PreferenceRecord:
+def _preference(row: dict, source: str, fields: Fields) -> PreferenceRecord:
     for name, role in ((fields.chosen, "chosen"), (fields.rejected, "rejected")):
         if name not in row:
             raise _missing(row, name, role)
@@ -295,10 +289,10 @@ def _preference(row: dict, source: str, fields: Fields, system_prompt: str | Non
             raise _Bad("empty answer in chosen or rejected")
     if chosen == rejected:
         raise _Bad("chosen and rejected are identical (nothing to prefer)")
-    return PreferenceRecord(tuple(_with_system(prompt, system_prompt)), chosen, rejected, source=source)
+    return PreferenceRecord(tuple(prompt), chosen, rejected, source=source)
 
 
-def row_to_record(row: dict, source: str, task: str, fields: Fields, system_prompt: str | None = None) -> Record:
+def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:
     """Validate one row and build its record.
 
     Raises:
@@ -308,11 +302,11 @@ def row_to_record(row: dict, source: str, task: str, fields: Fields, system_prom
         if task == "text":
             return TextRecord(_string(row, fields.text, "text"), source=source)
         if task == "sft":
-            return _sft(row, source, fields, system_prompt)
+            return _sft(row, source, fields)
         if task == "classify":
             return _classify(row, source, fields)
         if task == "preference":
-            return _preference(row, source, fields, system_prompt)
+            return _preference(row, source, fields)
     except _Bad as bad:
         raise ValueError(str(bad)) from None
     raise DataError(f"unknown task '{task}'", "use text, sft, classify or preference")
@@ -343,8 +337,8 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
     """Read every record at ``path`` for ``task``, keeping each bad one as an error (nothing is dropped).
 
     ``data.preset`` selects a known dataset's layout, ``data.*_field`` the column names,
-    ``data.format`` the format (default: by extension), ``data.limit`` caps the rows read and
-    ``data.system_prompt`` is put before sft/preference prompts that have no system message.
+    ``data.format`` the format (default: by extension) and ``data.limit`` caps the rows read.
+    ``data.system_prompt`` is not part of a record: it is applied at tokenization.
 
     Raises:
         DataError: when the path matches nothing, a file cannot be opened, or a preset does not fit.
@@ -386,7 +380,7 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
             result.errors.append(row)
             continue
         try:
-            result.records.append(row_to_record(row, source, task, fields, data.system_prompt))
+            result.records.append(row_to_record(row, source, task, fields))
         except ValueError as error:
             result.errors.append(RecordError(source, str(error)))
     return result

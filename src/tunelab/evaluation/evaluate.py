@@ -21,7 +21,12 @@ import numpy as np
 from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord, TextRecord
-from tunelab.data.templates import classify_messages, render_prompt_ids, zero_shot_messages
+from tunelab.data.templates import (
+    classify_messages,
+    render_prompt_ids,
+    with_system_prompt,
+    zero_shot_messages,
+)
 from tunelab.data.tokenize import tokenize_classify, tokenize_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import (
@@ -224,7 +229,7 @@ def _evaluate_sft(loaded, records, config, data_config, settings, progress):
     references = [references_of(record) for record in records]
     prompts, truncated = [], 0
     for record in records:
-        ids = render_prompt_ids(tokenizer, record.prompt_messages)
+        ids = render_prompt_ids(tokenizer, with_system_prompt(record.prompt_messages, data_config.system_prompt))
         if len(ids) > data_config.max_length:
             # Keep the end: the opened assistant turn is where the answer starts.
             ids, truncated = ids[-data_config.max_length :], truncated + 1

@@ -32,7 +32,8 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     base = session.load_model()
     tokenizer, max_length = base.tokenizer, config.data.max_length
 
-    examples, stats = tokenize_records(split.train, "sft", tokenizer, max_length=max_length)
+    settings = {"max_length": max_length, "system_prompt": config.data.system_prompt}
+    examples, stats = tokenize_records(split.train, "sft", tokenizer, **settings)
     # An example whose answer was cut off entirely teaches nothing; it is reported, not trained on.
     examples = [e for e in examples if e.trained_tokens > 0]
     if not examples:
@@ -40,7 +41,7 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
             f"no training example keeps any answer token within data.max_length={max_length}",
             "raise data.max_length or shorten the prompts",
         )
-    validation, _ = tokenize_records(split.validation, "sft", tokenizer, max_length=max_length)
+    validation, _ = tokenize_records(split.validation, "sft", tokenizer, **settings)
     validation = [e for e in validation if e.trained_tokens > 0]
 
     model = apply_method(base.model, config)
