@@ -37,8 +37,9 @@ from tunelab.evaluation.metrics import (
     sft_example_scores,
     text_metrics,
 )
-from tunelab.evaluation.predict import generate_batch, label_logits, softmax, window_nll
+from tunelab.evaluation.predict import label_logits, softmax, window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
+from tunelab.models.generate import generate_batch
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord}
 Progress = Callable[[int], None]
