@@ -242,3 +242,40 @@ def test_token_counts_from_files_and_the_whole_estimate(tmp_path, tiny_model_dir
     result = estimate_from_config(config, calibration_steps=1)
     assert result.calibration is not None and set(result.seconds) >= {"train", "validation", "baseline", "eval"}
     assert result.seconds["train"] == pytest.approx(result.tokens.train_tokens / result.calibration.tokens_per_second)
+
+
+def test_the_plan_is_arithmetic_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, tunelab.estimate.plan, tunelab.estimate.prices; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_pipeline_and_cli_make_the_one_estimate_for_split(tmp_path, tiny_model_dir, monkeypatch):
+    import tunelab.estimate as estimate_package
+    from tunelab.tasks import pipeline
+
+    calls = []
+    real = estimate_package.estimate_for_split
+
+    def spy(config, split, loaded, **options):
+        calls.append(len(split.train))
+        return real(config, split, loaded, **options)
+
+    monkeypatch.setattr(estimate_package, "estimate_for_split", spy)
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(20)) + "\n")
+    config = parse_config({
+        "task": "sft", "model": str(tiny_model_dir), "name": "one",
+        "data": {"train": str(train), "max_length": 32}, "train": {"output_dir": str(tmp_path / "runs")},
+    })
+    context = pipeline.open_pipeline(config, calibrate=False)
+    pipeline.check_step(context)
+    pipeline.split_step(context)
+    from_pipeline = pipeline.estimate_step(context)
+    from_cli = estimate_package.estimate_from_config(config, calibrate_here=False).as_dict()
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert from_pipeline["tokens"] == from_cli["tokens"] and from_pipeline["flops"] == from_cli["flops"]

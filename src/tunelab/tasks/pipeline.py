@@ -340,30 +340,15 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
     Raises:
         BudgetExceeded: when the estimate is over ``budget.max_hours`` / ``budget.max_usd``.
     """
-    from tunelab.estimate import calibrate as calibrate_here
-    from tunelab.estimate import estimate_run, example_token_counts, model_facts, plan_tokens
-    from tunelab.runtime import default_device
+    from tunelab.estimate import estimate_for_split
 
     if context.state.get("estimate") is not None:
         context.estimate = context.state.get("estimate")
         return context.estimate
-    config, split, label_map, tokenizer = context.config, context.require_split(), context.label_map, context.base.tokenizer
+    split = context.require_split()
     with step(context, "estimate") as record:
-        train_counts = example_token_counts(config, split.train, tokenizer, label_map)
-        validation_counts = example_token_counts(config, split.validation, tokenizer, label_map) if split.validation else []
-        test_counts = example_token_counts(config, split.test, tokenizer, label_map)
-        facts = model_facts(context.base.model, config.lora.r, config.lora.target_modules)
-        n_labels = len(label_map.labels) if label_map is not None else None
-        device = "cuda" if default_device().startswith("cuda") else "cpu"
-        calibration = None
-        if context.calibrate:
-            tokens = plan_tokens(config, train_counts)
-            # calibrate() adds adapters to the model it is given: it loads its own copy (about 2 s).
-            calibration = calibrate_here(config, tokens.seq_len, steps=3, device=device, n_labels=n_labels or 8)
-        result = estimate_run(
-            config, train_counts, facts, validation_token_counts=validation_counts, test_token_counts=test_counts,
-            n_labels=n_labels, calibration=calibration, device=device,
-        )
+        # The base model stays as it is (the baseline evaluates it next): calibration loads its own copy.
+        result = estimate_for_split(context.config, split, context.base, label_map=context.label_map, calibrate_here=context.calibrate)
         estimate = result.as_dict()
         for name, seconds in (result.seconds or {}).items():
             context.registry.record_timing(context.registry_id, name, estimated_s=seconds)

@@ -6,6 +6,10 @@ example and a few facts about the model (:class:`ModelFacts`); it reads no files
 :func:`calibrate`) turns tokens into seconds here; a dated table of GPUs (``resources/prices.yaml``)
 turns FLOPs into seconds and dollars there.
 
+This module is the arithmetic: tokens, FLOPs, memory, time and money from a config, the token
+count of every training example and a few facts about the model. It imports no torch and reads no
+files; the measuring (model facts, calibration, free memory) lives in ``calibrate.py``.
+
 Formulas (per trained token; N = parameters that take part in a matmul for that token, i.e. every
 weight except the input embedding table, with the LM head counted as d_model x head columns):
 
@@ -37,85 +41,15 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunelab.config import ResolvedConfig, require_resolved
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import DataError
+from tunelab.estimate.prices import PriceTable, load_price_table
 
 DEFAULT_UTILIZATION = 0.35
 GIB = 1024**3
-
-
-# -- tables ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GPUSpec:
-    name: str
-    bf16_tflops: float
-    memory_gib: float
-    usd_per_hour: float
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class CloudPrice:
-    provider: str
-    model: str
-    usd_per_million_training_tokens: float
-    published: str = ""
-
-
-@dataclass(frozen=True)
-class PriceTable:
-    table_date: str
-    gpus: list[GPUSpec]
-    cloud_fine_tuning: list[CloudPrice]
-
-    def gpu(self, name: str) -> GPUSpec:
-        """The GPU named ``name`` (case-insensitive).
-
-        Raises:
-            ConfigError: naming the GPUs the table has.
-        """
-        for gpu in self.gpus:
-            if gpu.name.lower() == name.lower():
-                return gpu
-        raise ConfigError(
-            f"budget.gpu: unknown GPU '{name}'", f"use one of {', '.join(g.name for g in self.gpus)} or add it to the price table"
-        )
-
-
-def load_price_table(path: str | Path | None = None) -> PriceTable:
-    """Read the GPU and cloud price table (the bundled ``resources/prices.yaml`` by default).
-
-    Raises:
-        ConfigError: when the file is missing or its entries lack fields.
-    """
-    try:
-        if path is None:
-            text = resources.files("tunelab").joinpath("resources/prices.yaml").read_text(encoding="utf-8")
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
-        return PriceTable(
-            table_date=str(data.get("table_date", "unknown")),
-            gpus=[GPUSpec(**entry) for entry in data.get("gpus", [])],
-            cloud_fine_tuning=[CloudPrice(**entry) for entry in data.get("cloud_fine_tuning", [])],
-        )
-    except OSError as error:
-        raise ConfigError(f"cannot read the price table {path}: {error.strerror}") from None
-    except (TypeError, yaml.YAMLError) as error:
-        raise ConfigError(f"price table {path or 'prices.yaml'} is malformed: {error}") from None
-
-
-# -- model facts -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -138,58 +72,6 @@ class ModelFacts:
     def matmul_params(self, head_columns: int) -> int:
         """N of the formulas: body weights plus the LM head restricted to ``head_columns``."""
         return self.body_params + self.d_model * head_columns
-
-
-def _lora_targets(target_modules: str | list[str]) -> tuple[bool, set[str]]:
-    if isinstance(target_modules, str):
-        if target_modules == "all-linear":
-            return True, set()
-        return False, {target_modules}
-    return False, set(target_modules)
-
-
-def model_facts(model: Any, lora_r: int = 16, target_modules: str | list[str] = "all-linear") -> ModelFacts:
-    """Measure a loaded (or meta-device) transformers causal LM.
-
-    LoRA adds ``r·(in + out)`` parameters per adapted ``nn.Linear``; ``all-linear`` adapts every
-    Linear but the LM head (peft's rule).
-    """
-    import torch
-
-    config = model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    d_model = int(text_config.hidden_size)
-    n_heads = int(text_config.num_attention_heads)
-    head_dim = int(getattr(text_config, "head_dim", None) or d_model // n_heads)
-    n_kv = int(getattr(text_config, "num_key_value_heads", None) or n_heads)
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    if embedding.device.type == "meta":  # meta tensors have no storage to compare
-        tied = bool(getattr(text_config, "tie_word_embeddings", False))
-    else:
-        tied = head is not None and head.weight.data_ptr() == embedding.data_ptr()
-    body = total - embedding.numel() - (0 if tied or head is None else head.weight.numel())
-    all_linear, names = _lora_targets(target_modules)
-    lora = 0
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is head:
-            continue
-        if all_linear or name.split(".")[-1] in names:
-            lora += lora_r * (module.in_features + module.out_features)
-    return ModelFacts(
-        total_params=total,
-        body_params=body,
-        n_layers=int(text_config.num_hidden_layers),
-        d_model=d_model,
-        d_kv=n_kv * head_dim,
-        intermediate=int(getattr(text_config, "intermediate_size", 4 * d_model)),
-        vocab=int(embedding.shape[0]),
-        lora_params=lora,
-    )
-
-
-# -- calibration -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -216,120 +98,6 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "seconds_per_step": self.seconds_per_step, "tokens_per_second": self.tokens_per_second}
-
-
-def _prepare_trainable(model: Any, config: ResolvedConfig) -> Any:
-    method = config.train.method
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = config.lora
-        peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
-        )
-        return get_peft_model(model, peft_config)
-    for parameter in model.parameters():
-        parameter.requires_grad_(method == "full")
-    if method == "freeze":
-        layers = model.model.layers
-        for index in config.train.trainable_layers:
-            for parameter in layers[index].parameters():
-                parameter.requires_grad_(True)
-    return model
-
-
-def calibrate(
-    config: ResolvedConfig,
-    seq_len: int,
-    *,
-    model: Any = None,
-    steps: int = 3,
-    device: str | None = None,
-    n_labels: int = 8,
-) -> Calibration:
-    """Time ``1 + steps`` real training steps (forward, backward, AdamW step) at the run's shape.
-
-    Loads ``config.model.name`` unless ``model`` (a transformers causal LM) is given; that model is
-    changed in place (adapters added, moved to the device), so pass a throwaway copy. Inputs are
-    random token ids: speed does not depend on content. Precision comes from
-    ``resolve_precision(config.train.precision)``; bf16 runs under autocast with fp32 weights, as
-    training does.
-
-    Raises:
-        ModelError: when the model cannot be loaded.
-    """
-    import contextlib
-
-    import torch
-
-    from tunelab.runtime import default_device, resolve_precision
-
-    device = device or default_device()
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        device = "cpu"
-    precision = resolve_precision(config.train.precision, device)
-    if model is None:
-        from tunelab.models import load_model
-
-        model = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision).model
-    previous_threads = torch.get_num_threads()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    try:
-        model = _prepare_trainable(model, config)
-        if config.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        model.to(device)
-        model.train()
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=config.train.lr, weight_decay=config.train.weight_decay)
-        generator = torch.Generator().manual_seed(0)
-        vocab = model.get_input_embeddings().weight.shape[0]
-        batch = config.train.batch_size
-        input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
-        label_columns = torch.arange(min(n_labels, vocab), device=device)
-        targets = torch.randint(0, len(label_columns), (batch,), generator=generator).to(device)
-        autocast = (
-            torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-        )
-        times = []
-        for _ in range(1 + steps):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with autocast:
-                if config.task == "classify":
-                    # As classify training does: only the last position, only the label columns.
-                    hidden = model(input_ids=input_ids, logits_to_keep=1).logits[:, -1, :]
-                    loss = torch.nn.functional.cross_entropy(hidden[:, label_columns].float(), targets)
-                else:
-                    loss = model(input_ids=input_ids, labels=input_ids).loss
-            loss.backward()
-            if config.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(parameters, config.train.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous_threads)
-    return Calibration(
-        device=device,
-        precision=precision,
-        method=config.train.method,
-        batch_size=batch,
-        seq_len=seq_len,
-        threads=threads,
-        step_seconds=times[1:],
-        warmup_seconds=times[0],
-    )
-
-
-# -- the estimate ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -585,29 +353,6 @@ def plan_memory(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, pr
     )
 
 
-def available_memory(device: str = "cpu") -> int | None:
-    """Bytes free for a run: CUDA free device memory, else MemAvailable (psutil or /proc/meminfo)."""
-    if device.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info()[0])
-        return None
-    try:
-        import psutil  # optional
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def check_budget(config: ResolvedConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:
     """Compare the estimate with ``budget.max_hours`` / ``budget.max_usd``.
 
@@ -679,7 +424,11 @@ def estimate_run(
     flops = plan_flops(config, facts, tokens, n_labels)
     memory = plan_memory(config, facts, tokens, precision, flops.trainable_params)
     memory.device = device
-    memory.available = available_bytes if available_bytes is not None else available_memory(device)
+    if available_bytes is None:
+        from tunelab.estimate.calibrate import available_memory  # a measurement, not arithmetic
+
+        available_bytes = available_memory(device)
+    memory.available = available_bytes
 
     seconds = None
     if calibration is not None:
@@ -773,106 +522,3 @@ def estimate_error(estimate: Estimate | dict | float, actual_seconds: float, ste
         "error": error,
         "within_25_percent": abs(error) <= 0.25,
     }
-
-
-
-@dataclass
-class TokenCounts:
-    train: list[int]
-    validation: list[int]
-    test: list[int]
-    n_labels: int | None = None
-
-
-def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
-    """Tokens of each example exactly as it will be trained (template, windows, truncation included).
-
-    classify examples are the prompt; the answer is one more token.
-    """
-    from tunelab.data.tokenize import tokenize_records
-
-    if not records:
-        return []
-    examples, _ = tokenize_records(
-        records,
-        config.task,
-        tokenizer,
-        max_length=config.data.max_length,
-        stride=config.data.stride,
-        label_map=label_map,
-        system_prompt=config.data.system_prompt,
-    )
-    extra = 1 if config.task == "classify" else 0
-    return [len(example.input_ids) + extra for example in examples]
-
-
-def count_tokens_from_files(config: ResolvedConfig, tokenizer: Any) -> TokenCounts:
-    """Tokens per example of the train / validation / test split the run will use.
-
-    Reads and splits the data with ``tunelab.data`` (every format and preset), so the counts are
-    those of the real run.
-
-    Raises:
-        DataError: for missing files, invalid records (unless data.skip_invalid) or too little data.
-    """
-    from tunelab.data.labels import LabelMap
-    from tunelab.data.split import make_split
-
-    config = require_resolved(config)
-    if not config.data.train:
-        raise DataError("the config has no data.train", "set data.train to your training file")
-    split = make_split(config)
-    label_map = None
-    if config.task == "classify":
-        label_map = LabelMap.for_records(split.train, tokenizer)
-    test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
-    return TokenCounts(
-        train=example_token_counts(config, split.train, tokenizer, label_map),
-        validation=example_token_counts(config, split.validation, tokenizer, label_map),
-        test=example_token_counts(config, test, tokenizer, label_map),
-        n_labels=len(label_map.labels) if label_map else None,
-    )
-
-
-def estimate_from_config(
-    config: ResolvedConfig,
-    *,
-    calibrate_here: bool = True,
-    calibration_steps: int = 3,
-    prices: PriceTable | None = None,
-) -> Estimate:
-    """What ``tunelab estimate`` does: load the model, count tokens of the files, calibrate, estimate.
-
-    Raises:
-        ModelError: when the model cannot be loaded.
-        DataError: when the data cannot be read.
-        ConfigError: for an unknown ``budget.gpu``.
-    """
-    from tunelab.models import load_model
-    from tunelab.runtime import default_device
-
-    config = require_resolved(config)
-    if config.budget.gpu:
-        (prices or load_price_table()).gpu(config.budget.gpu)
-    loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
-    counts = count_tokens_from_files(config, loaded.tokenizer)
-    facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
-    device = default_device()
-    device = device if device.startswith("cuda") else "cpu"
-    tokens = plan_tokens(config, counts.train)
-    calibration = None
-    if calibrate_here:
-        calibration = calibrate(
-            config, tokens.seq_len, model=loaded.model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8
-        )
-    return estimate_run(
-        config,
-        counts.train,
-        facts,
-        validation_token_counts=counts.validation,
-        test_token_counts=counts.test,
-        n_labels=counts.n_labels,
-        calibration=calibration,
-        prices=prices,
-        device=device,
-    )
