@@ -154,6 +154,7 @@ def estimate_for_split(
         calibration=calibration,
         prices=prices,
         device=device,
+        available_bytes=available_memory(device),
     )
 
 

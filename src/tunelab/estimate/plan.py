@@ -405,7 +405,7 @@ def estimate_run(
         calibration: measured steps on this machine; without it there is no time for this machine.
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
-        available_bytes: free memory on ``device`` (default: measured now).
+        available_bytes: free memory on ``device`` (None: unknown; ``calibrate.available_memory`` measures it).
 
     Raises:
         DataError: when there are no training examples.
@@ -424,10 +424,6 @@ def estimate_run(
     flops = plan_flops(config, facts, tokens, n_labels)
     memory = plan_memory(config, facts, tokens, precision, flops.trainable_params)
     memory.device = device
-    if available_bytes is None:
-        from tunelab.estimate.calibrate import available_memory  # a measurement, not arithmetic
-
-        available_bytes = available_memory(device)
     memory.available = available_bytes
 
     seconds = None
