@@ -2,8 +2,6 @@
 baseline, bad input that leaves nothing registered, and the CLI."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -113,25 +111,6 @@ def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
     assert ("baseline", "skip") in events  # the second variant reused the first one's baseline
     rows = leaderboard(entries)
     assert rows[0]["after"] >= rows[1]["after"]
-
-
-def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir)
-    path = tmp_path / "run.yaml"
-    import yaml
-
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    bad = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epoch=3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "train.epoch" in bad.stderr and "epochs" in bad.stderr
-    ok = subprocess.run(
-        [sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epochs=2", "--json", "--no-calibrate"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert ok.returncode == 0, ok.stderr
-    result = json.loads(ok.stdout)
-    assert result["comparison"]["verdict"] in ("better", "worse", "no significant difference")
-    listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
-    assert listed.returncode == 0 and "quick" in listed.stdout
 
 
 @pytest.mark.parametrize("task", ["sft", "text"])
