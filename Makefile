@@ -35,8 +35,10 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit -x
 
+# ruff, then the layer graph and the absence of import cycles (import-linter contracts in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PIP) install -q -e ".[dev,bench]"

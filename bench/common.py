@@ -172,9 +172,9 @@ def add_training_args(parser: Any) -> None:
 
 def classify_label_map(train_records: Sequence, tokenizer: Any) -> Any:
     """The label -> token map tunelab builds for these training records (sorted labels, as its recipe does)."""
-    from tunelab.data.labels import build_label_map
+    from tunelab.data.labels import LabelMap
 
-    return build_label_map(sorted({r.label for r in train_records}), tokenizer)
+    return LabelMap.for_records(train_records, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------- evaluation

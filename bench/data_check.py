@@ -47,9 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from tunelab.cli.data import load_tokenizer
     from tunelab.config import DataConfig
     from tunelab.data.check import check_data
+    from tunelab.models import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     # Peak RSS is process-wide: note the baseline (Python + transformers + tokenizer) before the check.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.config import load_config, resolve_defaults
+from tunelab.config import load_config
 from tunelab.data.split import make_split
 from tunelab.estimate import calibrate, count_tokens_from_files, estimate_error, plan_tokens
 from tunelab.models import load_model
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--calibration-steps", type=int, default=3)
     args = parser.parse_args()
 
-    config = resolve_defaults(load_config(args.config, [*args.overrides, f"train.max_steps={args.steps}"]))
+    config = load_config(args.config, [*args.overrides, f"train.max_steps={args.steps}"])
     tokenizer = load_model(config.model.name).tokenizer
     counts = count_tokens_from_files(config, tokenizer)
     seq_len = plan_tokens(config, counts.train).seq_len

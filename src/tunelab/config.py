@@ -2,8 +2,10 @@
 
 Every field is documented once, here; the docstrings show in ``tunelab config --help`` style listings
 and in the README. Unknown keys are errors that name the key and the valid ones, wrong types name the
-field and the expected type. Per-task defaults (learning rate, epochs, ...) are filled by
-``resolve_defaults`` so a user who sets nothing gets a run that works.
+field and the expected type. Per-task defaults (learning rate, epochs, stride) are filled once, by
+``parse_config`` / ``load_config``, which return a :class:`ResolvedConfig`: the type the recipes,
+the loop and the estimate require, so no other code fills a default again. A user who sets nothing
+gets a run that works.
 
 Example::
 
@@ -19,6 +21,8 @@ Example::
 from __future__ import annotations
 
 import difflib
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,18 +188,112 @@ class RunConfig(_Section):
 # Defaults that depend on the task and method; anything the user sets wins.
 TASK_DEFAULT_EPOCHS: dict[str, float] = {"text": 1.0, "sft": 2.0, "classify": 2.0, "preference": 1.0}
 METHOD_DEFAULT_LR: dict[str, float] = {"lora": 2e-4, "full": 2e-5, "freeze": 5e-5}
+# Validations per run when train.eval_every is not set.
+DEFAULT_VALIDATIONS_PER_RUN = 5
 
 
-def resolve_defaults(config: RunConfig) -> RunConfig:
-    """Return a copy with task/method-dependent defaults filled in (learning rate, epochs, stride)."""
-    resolved = config.model_copy(deep=True)
-    if resolved.train.lr is None:
-        resolved.train.lr = METHOD_DEFAULT_LR[resolved.train.method]
-    if resolved.train.epochs is None:
-        resolved.train.epochs = TASK_DEFAULT_EPOCHS[resolved.task]
-    if resolved.data.stride is None:
-        resolved.data.stride = resolved.data.max_length
-    return resolved
+@dataclass(frozen=True)
+class TrainSchedule:
+    """When a run steps, warms up, validates and saves: the one count the loop and the estimate share."""
+
+    total_steps: int
+    steps_per_epoch: int
+    warmup_steps: int
+    eval_every: int
+    save_every: int
+
+    def validates_at(self, step: int) -> bool:
+        """Whether the loop computes the validation loss after optimizer step ``step`` (1-based)."""
+        return step % self.eval_every == 0 or step == self.total_steps
+
+    def saves_at(self, step: int) -> bool:
+        return step % self.save_every == 0 or step == self.total_steps
+
+    @property
+    def validations(self) -> int:
+        """How many validation passes a whole run does (the last step always validates)."""
+        return self.total_steps // self.eval_every + (self.total_steps % self.eval_every != 0)
+
+    @property
+    def epochs_run(self) -> float:
+        """Passes over the training examples the steps amount to (``max_steps`` may cut or extend them)."""
+        return self.total_steps / self.steps_per_epoch
+
+
+class ResolvedTrainConfig(TrainConfig):
+    """``train`` with the task/method defaults filled in (see :func:`parse_config`)."""
+
+    lr: float = Field(..., gt=0, description="Peak learning rate.")
+    epochs: float = Field(..., gt=0, description="Passes over the training data.")
+
+    def schedule(self, num_examples: int, world_size: int = 1) -> TrainSchedule:
+        """The schedule of a run over ``num_examples`` training examples (text: windows) on ``world_size`` processes.
+
+        A step takes ``batch_size * grad_accum * world_size`` examples, however they are packed into
+        rows; ``max_steps`` overrides the epochs; validation happens about
+        ``DEFAULT_VALIDATIONS_PER_RUN`` times unless ``eval_every`` is set, and at the last step.
+        """
+        global_batch = self.batch_size * self.grad_accum * world_size
+        steps_per_epoch = max(1, math.ceil(num_examples / global_batch))
+        total = self.max_steps or max(1, math.ceil(self.epochs * steps_per_epoch))
+        eval_every = self.eval_every or max(1, math.ceil(total / DEFAULT_VALIDATIONS_PER_RUN))
+        return TrainSchedule(
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=int(round(self.warmup_ratio * total)),
+            eval_every=eval_every,
+            save_every=self.save_every or eval_every,
+        )
+
+
+class ResolvedDataConfig(DataConfig):
+    """``data`` with the stride filled in."""
+
+    stride: int = Field(..., ge=1, description="text: step between sliding windows in tokens.")
+
+
+class ResolvedConfig(RunConfig):
+    """A run config with every task/method-dependent default filled in: what ``parse_config`` returns.
+
+    The recipes, the training loop and the estimate take this type, never a bare :class:`RunConfig`,
+    so defaults are filled in exactly one place.
+    """
+
+    train: ResolvedTrainConfig
+    data: ResolvedDataConfig
+
+
+def resolve_defaults(config: RunConfig) -> ResolvedConfig:
+    """The config with task/method-dependent defaults filled in (learning rate, epochs, stride).
+
+    Only this module calls it (``parse_config`` does; a test enforces it): everything else receives
+    a :class:`ResolvedConfig`.
+    """
+    if isinstance(config, ResolvedConfig):
+        return config
+    data = config.model_dump(mode="python")
+    train, section = data["train"], data["data"]
+    if train["lr"] is None:
+        train["lr"] = METHOD_DEFAULT_LR[config.train.method]
+    if train["epochs"] is None:
+        train["epochs"] = TASK_DEFAULT_EPOCHS[config.task]
+    if section["stride"] is None:
+        section["stride"] = section["max_length"]
+    return ResolvedConfig.model_validate(data)
+
+
+def require_resolved(config: RunConfig) -> ResolvedConfig:
+    """``config`` itself when it is resolved.
+
+    Raises:
+        ConfigError: for a bare ``RunConfig`` (built by hand): its defaults were never filled in.
+    """
+    if not isinstance(config, ResolvedConfig):
+        raise ConfigError(
+            "this config was built without resolving its defaults (learning rate, epochs, stride)",
+            "build it with tunelab.config.parse_config(dict) or load_config(path), which fill them in",
+        )
+    return config
 
 
 def field_docs(section: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -245,8 +343,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(lines)
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate a plain dict into a RunConfig.
+def parse_config(data: dict[str, Any], source: str = "config") -> ResolvedConfig:
+    """Validate a plain dict into a config with its task/method defaults filled in.
 
     Raises:
         ConfigError: naming each unknown key (with the valid ones) and each wrongly typed field.
@@ -254,9 +352,10 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys to values, got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, source)) from None
+    return resolve_defaults(config)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -328,8 +427,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a config.
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ResolvedConfig:
+    """Read, override, validate and resolve a config.
 
     Raises:
         ConfigError: for a missing file, bad YAML, an unknown key or a wrong type.

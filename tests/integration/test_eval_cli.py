@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from tunelab.cli.main import COMMAND_MODULES, _register_commands, app
+from tunelab.cli.main import _register_commands, app
 from tunelab.data.labels import build_label_map
-from tunelab.data.records import ClassifyRecord
 from tunelab.errors import DataError
 
 TEXTS = ["my card has not arrived", "refund my money", "cannot login", "billing is wrong", "cancel it", "where is my card", "login fails"]
@@ -22,27 +19,9 @@ LABELS = ["billing", "refund", "technical", "billing", "refund", "billing", "tec
 
 @pytest.fixture(scope="module")
 def cli():
-    if "tunelab.cli.evaluate" not in COMMAND_MODULES:
-        pytest.fail("tunelab.cli.evaluate is not registered")
     if not any(c.name == "eval" for c in app.registered_commands):
         _register_commands()
     return CliRunner()
-
-
-@pytest.fixture
-def reader(monkeypatch):
-    """The data layer's reader when present; else a minimal JSONL reader with the same signature."""
-    try:
-        import tunelab.data.read  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("tunelab.data.read")
-
-        def load_records(path, task, data_config):
-            with open(path, encoding="utf-8") as handle:
-                return [ClassifyRecord(r["text"], r["label"], source=f"{path}:{i + 1}") for i, r in enumerate(map(json.loads, handle))]
-
-        module.load_records = load_records
-        monkeypatch.setitem(sys.modules, "tunelab.data.read", module)
 
 
 @pytest.fixture
@@ -67,7 +46,7 @@ def run_dir(tmp_path, tiny_model_dir, tiny_tokenizer):
     return run
 
 
-def test_eval_base_and_tuned_then_report_and_review(cli, reader, run_dir, tmp_path, tiny_model_dir):
+def test_eval_base_and_tuned_then_report_and_review(cli, run_dir, tmp_path, tiny_model_dir):
     data = tmp_path / "test.jsonl"
     data.write_text("\n".join(json.dumps({"text": t, "label": label}) for t, label in zip(TEXTS, LABELS, strict=True)))
     base_args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--task", "classify",
@@ -106,7 +85,7 @@ def test_eval_base_and_tuned_then_report_and_review(cli, reader, run_dir, tmp_pa
     assert json.loads(result.output)["win_rate"] == pytest.approx(0.5)
 
 
-def test_user_mistakes_raise_tunelab_errors(cli, reader, tmp_path):
+def test_user_mistakes_raise_tunelab_errors(cli, tmp_path):
     result = cli.invoke(app, ["report", str(tmp_path)])
     assert isinstance(result.exception, DataError) and "base.json not found" in str(result.exception)
     result = cli.invoke(app, ["review", "score", str(tmp_path / "nope.csv")])

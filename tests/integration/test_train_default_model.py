@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "train"))
 
-from train_helpers import SimpleSplit  # noqa: E402
+from train_helpers import records_split  # noqa: E402
 
 from tunelab.config import parse_config  # noqa: E402
 from tunelab.data.records import ClassifyRecord  # noqa: E402
@@ -38,7 +38,7 @@ def test_lora_classify_banking77_loss_falls_and_merged_export_matches(default_mo
         "task": "classify", "model": "default", "data": {"max_length": 96},
         "train": {"max_steps": 12, "batch_size": 8, "lr": 1e-3, "log_every": 3, "eval_every": 12},
     })
-    result = run_training(config, SimpleSplit(records[:180], records[180:]), run_dir=tmp_path / "run")
+    result = run_training(config, records_split(records[:180], records[180:]), run_dir=tmp_path / "run")
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses[-1] < losses[0]
 

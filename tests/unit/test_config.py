@@ -1,6 +1,7 @@
 import pytest
 
 from tunelab.config import (
+    ResolvedConfig,
     RunConfig,
     apply_overrides,
     dump_config,
@@ -13,11 +14,12 @@ from tunelab.errors import ConfigError
 
 
 def test_minimal_config_gets_task_defaults():
-    config = resolve_defaults(parse_config({"task": "classify"}))
+    config = parse_config({"task": "classify"})
+    assert isinstance(config, ResolvedConfig)  # parse_config resolves, once
     assert config.model.name == "default"
     assert config.train.lr == 2e-4 and config.train.epochs == 2.0
     assert config.data.stride == config.data.max_length
-    full = resolve_defaults(parse_config({"task": "sft", "train": {"method": "full"}}))
+    full = parse_config({"task": "sft", "train": {"method": "full"}})
     assert full.train.lr == 2e-5
 
 
@@ -74,23 +76,36 @@ def test_load_config_errors(tmp_path):
 
 
 def test_dump_roundtrip_and_docs():
-    config = resolve_defaults(parse_config({"task": "text", "train": {"lr": 1e-3}}))
+    config = parse_config({"task": "text", "train": {"lr": 1e-3}})
     import yaml
 
-    again = RunConfig.model_validate(yaml.safe_load(dump_config(config)))
+    again = parse_config(yaml.safe_load(dump_config(config)))
     assert again == config
     keys = {key for key, _, _ in field_docs()}
     assert {"train.lr", "lora.r", "data.train", "model.name", "task"} <= keys
     assert all(doc for _, _, doc in field_docs())
 
 
-def test_cli_config_lists_every_key():
-    import json
-    import subprocess
-    import sys
+def test_a_hand_built_config_is_resolved_by_resolve_defaults_and_refused_unresolved():
+    raw = RunConfig(task="sft")
+    assert raw.train.lr is None
+    resolved = resolve_defaults(raw)
+    assert resolved.train.lr == 2e-4 and resolve_defaults(resolved) is resolved
+    from tunelab.config import require_resolved
 
-    result = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "config", "--json"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    keys = {row["key"] for row in json.loads(result.stdout)}
-    assert keys == {key for key, _, _ in field_docs()}
-    assert {"train.lr", "train.log_every", "lora.target_modules", "budget.max_usd"} <= keys
+    with pytest.raises(ConfigError, match="parse_config"):
+        require_resolved(raw)
+
+
+def test_resolve_defaults_is_called_only_in_config_py():
+    """Defaults are filled once, on load: any other caller would mean a config of unknown state."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    callers = [
+        str(path.relative_to(root))
+        for folder in ("src", "bench")
+        for path in (root / folder).rglob("*.py")
+        if "resolve_defaults" in path.read_text(encoding="utf-8") and path.name != "config.py"
+    ]
+    assert callers == []

@@ -48,15 +48,19 @@ def _config(**sections):
 
 def test_packed_sft_tokens_and_lora_flops():
     config = _config()
-    tokens = plan_tokens(config, [10, 20, 30, 100])
-    # Truncated to 64: 10+20+30+64 = 124 real tokens, packed into ceil(124/64) = 2 rows of 64.
-    assert (tokens.real_tokens_per_epoch, tokens.rows_per_epoch, tokens.truncated_examples) == (124, 2, 1)
-    assert (tokens.optimizer_steps, tokens.train_tokens, tokens.seq_len, tokens.packed) == (2, 248, 64, True)
+    truncated = plan_tokens(config, [10, 100])
+    assert (truncated.real_tokens_per_epoch, truncated.truncated_examples) == (10 + 64, 1)  # cut to max_length
+    tokens = plan_tokens(config, [30, 30, 30, 30])
+    # A step takes batch_size = 2 examples (the loop's schedule): 2 steps an epoch, 2 epochs. Each
+    # micro-batch's two examples share one packed row of 60 tokens (a row holds max_length = 64).
+    assert (tokens.real_tokens_per_epoch, tokens.rows_per_epoch, tokens.processed_tokens_per_epoch) == (120, 2, 120)
+    assert (tokens.optimizer_steps, tokens.train_tokens, tokens.seq_len, tokens.packed) == (4, 240, 64, True)
+    assert tokens.optimizer_steps == config.train.schedule(4).total_steps
     flops = plan_flops(config, FACTS, tokens)
     assert flops.matmul_params == 6_000 + 16 * 100
     assert flops.dense_flops_per_token == 4 * 7_600 + 6 * 500  # LoRA: 4N + 6 N_adapter
     assert flops.attention_flops_per_token == 6 * 2 * 64 * 16
-    assert flops.train_flops == (33_400 + 12_288) * 248
+    assert flops.train_flops == (33_400 + 12_288) * 240
     assert flops.trainable_params == 500
 
 
@@ -75,13 +79,33 @@ def test_full_freeze_classify_and_preference_flops():
 
 
 def test_unpacked_batches_are_padded_to_their_longest():
-    config = _config(task="classify", train={"batch_size": 5})
+    config = _config(task="classify", train={"batch_size": 5, "packing": False})
     tokens = plan_tokens(config, [5, 9, 3, 7, 11])
     assert tokens.packed is False
     assert tokens.real_tokens_per_epoch == 35 and tokens.processed_tokens_per_epoch == 55  # one batch, padded to 11
     assert tokens.seq_len == 16  # rounded up to a multiple of 8
     single = plan_tokens(_config(task="classify", train={"batch_size": 1}), [5, 9, 3, 7, 11])
     assert single.processed_tokens_per_epoch == 35 and single.optimizer_steps == 10
+
+
+def test_packing_honours_pack_tokens_and_classify_packs_too():
+    lengths = [30, 30, 30, 30]
+    default = plan_tokens(_config(task="classify", train={"batch_size": 4}), lengths)
+    assert default.packed and default.rows_per_epoch == 2 and default.seq_len == 64  # two rows of 60 within 64
+    longer = plan_tokens(_config(task="classify", train={"batch_size": 4, "pack_tokens": 128}), lengths)
+    assert longer.rows_per_epoch == 1 and longer.processed_tokens_per_epoch == 120 and longer.seq_len == 120
+    assert longer.optimizer_steps == default.optimizer_steps == 2  # packing never changes the step count
+
+
+def test_schedule_is_the_loops_with_max_steps_and_validations():
+    config = _config(train={"batch_size": 2, "grad_accum": 2, "epochs": 3, "warmup_ratio": 0.1})
+    schedule = config.train.schedule(10)
+    # ceil(10 / 4) = 3 steps an epoch, 9 in all; validation every ceil(9 / 5) = 2 steps and at the end.
+    assert (schedule.total_steps, schedule.steps_per_epoch, schedule.eval_every, schedule.warmup_steps) == (9, 3, 2, 1)
+    assert [s for s in range(1, 10) if schedule.validates_at(s)] == [2, 4, 6, 8, 9] and schedule.validations == 5
+    assert config.train.schedule(10, world_size=2).total_steps == 6
+    capped = _config(train={"max_steps": 5}).train.schedule(10)
+    assert capped.total_steps == 5 and capped.epochs_run == 1.0
 
 
 def test_text_windows_and_max_steps():
@@ -123,14 +147,14 @@ def test_memory_arithmetic():
 
 def test_gpu_time_money_cloud_and_fit():
     config = _config(budget={"utilization": 0.5})
-    result = estimate_run(config, [10, 20, 30, 100], FACTS, prices=PRICES, available_bytes=10**9, precision="fp32")
+    result = estimate_run(config, [30, 30, 30, 30], FACTS, prices=PRICES, available_bytes=10**9, precision="fp32")
     toy, tiny = result.gpus
     assert toy.seconds == pytest.approx(result.flops.train_flops / 0.5e12)
     assert toy.usd == pytest.approx(toy.seconds / 3600 * 3.6)
     assert toy.fits and not tiny.fits
-    assert result.cloud[0].usd == pytest.approx(248 / 1e6 * 2.0)
+    assert result.cloud[0].usd == pytest.approx(240 / 1e6 * 2.0)
     assert result.memory.fits is True and result.seconds is None
-    assert json.loads(json.dumps(result.as_dict()))["tokens"]["train_tokens"] == 248
+    assert json.loads(json.dumps(result.as_dict()))["tokens"]["train_tokens"] == 240
 
 
 def test_budget_flags():
@@ -220,25 +244,38 @@ def test_token_counts_from_files_and_the_whole_estimate(tmp_path, tiny_model_dir
     assert result.seconds["train"] == pytest.approx(result.tokens.train_tokens / result.calibration.tokens_per_second)
 
 
-def test_cli_estimate_json_and_errors(tmp_path, tiny_model_dir):
-    from typer.testing import CliRunner
+def test_the_plan_is_arithmetic_without_torch():
+    import subprocess
+    import sys
 
-    from tunelab.cli import main as cli_main
-    from tunelab.errors import TunelabError
+    code = "import sys, tunelab.estimate.plan, tunelab.estimate.prices; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
-    if not cli_main.app.registered_commands:
-        cli_main._register_commands()
+
+def test_pipeline_and_cli_make_the_one_estimate_for_split(tmp_path, tiny_model_dir, monkeypatch):
+    import tunelab.estimate as estimate_package
+    from tunelab.tasks import pipeline
+
+    calls = []
+    real = estimate_package.estimate_for_split
+
+    def spy(config, split, loaded, **options):
+        calls.append(len(split.train))
+        return real(config, split, loaded, **options)
+
+    monkeypatch.setattr(estimate_package, "estimate_for_split", spy)
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     train = tmp_path / "train.jsonl"
-    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(10)) + "\n")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"task: sft\nmodel: {tiny_model_dir}\ndata:\n  train: train.jsonl\n  max_length: 32\n")
-    runner = CliRunner()
-    result = runner.invoke(cli_main.app, ["estimate", str(config), "train.epochs=2", "--no-calibrate", "--json"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
-    assert data["tokens"]["epochs"] == 2.0 and data["calibration"] is None and data["seconds"] is None
-    assert {gpu["name"] for gpu in data["gpus"]} >= {"H100-SXM", "A10G"}
-    table = runner.invoke(cli_main.app, ["estimate", str(config), "--no-calibrate"])
-    assert table.exit_code == 0 and "On GPUs" in table.output
-    bad = runner.invoke(cli_main.app, ["estimate", str(config), "budget.gpu=V100", "--no-calibrate"])
-    assert isinstance(bad.exception, TunelabError) and "unknown GPU" in str(bad.exception)
+    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(20)) + "\n")
+    config = parse_config({
+        "task": "sft", "model": str(tiny_model_dir), "name": "one",
+        "data": {"train": str(train), "max_length": 32}, "train": {"output_dir": str(tmp_path / "runs")},
+    })
+    context = pipeline.open_pipeline(config, calibrate=False)
+    pipeline.check_step(context)
+    pipeline.split_step(context)
+    from_pipeline = pipeline.estimate_step(context)
+    from_cli = estimate_package.estimate_from_config(config, calibrate_here=False).as_dict()
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert from_pipeline["tokens"] == from_cli["tokens"] and from_pipeline["flops"] == from_cli["flops"]

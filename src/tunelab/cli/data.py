@@ -23,36 +23,9 @@ def _data_config(**values: Any) -> DataConfig:
     return DataConfig(**{key: value for key, value in values.items() if value is not None})
 
 
-def load_tokenizer(name: str, allow_network: bool = False) -> Any:
-    """The tokenizer of model ``name`` without loading its weights.
-
-    Raises:
-        ModelError: when the model is unknown or not available offline.
-    """
-    from transformers import AutoTokenizer
-
-    from tunelab.models.loader import local_folder_for
-    from tunelab.models.resolve import resolve_model
-
-    source = resolve_model(name)
-    if source.kind == "run":
-        location = str(Path(source.location) / "tokenizer")
-    else:
-        folder = local_folder_for(source)
-        location = str(folder) if folder is not None else source.location
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=not allow_network)
-    except (OSError, ValueError) as error:
-        raise ModelError(
-            f"cannot load the tokenizer of '{name}': {str(error).splitlines()[0]}",
-            "check the model name, or pass --allow-network for a hub model",
-        ) from None
-    return tokenizer
-
-
 def _default_tokenizer() -> Any:
     # Use the default model's tokenizer when it is ready here; converting it (~20 s) is not worth a check.
-    from tunelab.models.loader import is_cached
+    from tunelab.models.loader import is_cached, load_tokenizer
     from tunelab.models.resolve import resolve_model
 
     try:
@@ -154,6 +127,7 @@ def check(
 ) -> None:
     """Report every problem in a dataset; exit code 1 when there are errors."""
     from tunelab.data.check import check_data
+    from tunelab.models.loader import load_tokenizer
 
     data = _data_config(
         preset=preset, max_length=max_length, skip_invalid=skip_invalid, limit=limit, text_field=text_field,
@@ -184,15 +158,16 @@ def show(
 ) -> None:
     """Render the first N examples exactly as they will be trained, trained tokens highlighted."""
     from tunelab.data.check import render_example
-    from tunelab.data.labels import build_label_map
+    from tunelab.data.labels import LabelMap
     from tunelab.data.read import read_records
     from tunelab.data.records import ClassifyRecord
+    from tunelab.models.loader import load_tokenizer
 
     data = _data_config(preset=preset, max_length=max_length, system_prompt=system_prompt, skip_invalid=True)
     result = read_records(path, task, data)
     tokenizer = load_tokenizer(model, allow_network)
-    labels = sorted({r.label for r in result.records if isinstance(r, ClassifyRecord)})
-    label_map = build_label_map(labels, tokenizer) if labels else None
+    classify_records = [r for r in result.records if isinstance(r, ClassifyRecord)]
+    label_map = LabelMap.for_records(classify_records, tokenizer) if classify_records else None
     examples = [render_example(record, tokenizer, data, label_map) for record in result.records[:count]]
     if as_json:
         print_json([{"source": e.source, "bracketed": e.bracketed(), "note": e.note} for e in examples])

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, error_console, print_json
+from tunelab.cli.common import console, error_console, print_json, train_progress_bar
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
 
@@ -85,28 +85,6 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
     return ""
 
 
-def _train_bar():
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("  [bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"), TimeElapsedColumn(),
-        console=error_console, transient=True,
-    )
-    state: dict[str, Any] = {}
-
-    def on_progress(event: Any) -> None:
-        if "task" not in state:
-            bar.start()
-            state["task"] = bar.add_task("train", total=event.total_steps, loss="-", rate="-")
-        loss = "-" if event.loss is None else f"{event.loss:.4f}"
-        bar.update(state["task"], completed=event.step, total=event.total_steps, loss=loss, rate=f"{event.tokens_per_second:.0f}")
-        if event.step >= (event.total_steps or 0):
-            bar.stop()
-
-    return bar, on_progress
-
-
 def render_outcome(outcome: Any) -> None:
     comparison = outcome.comparison
     if comparison is not None:
@@ -146,13 +124,10 @@ def run(
         if config_path is None:
             raise ConfigError("give a config file: tunelab run CONFIG.yaml [key=value ...]")
         config = load_config(config_path, overrides or [])
-    bar, on_progress = _train_bar()
-    try:
+    with train_progress_bar() as on_progress:
         outcome = run_pipeline(
             config, resume=resume, on_event=_event_printer(as_json), train_progress=on_progress, calibrate=not no_calibrate
         )
-    finally:
-        bar.stop()
     if as_json:
         print_json({
             "name": outcome.name, "run_dir": str(outcome.run_dir), "registry_id": outcome.registry_id,
@@ -173,13 +148,10 @@ def sweep(
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
 ) -> None:
     """Run every combination of --grid values (models, parameters, datasets) and rank the results."""
-    from tunelab.tasks.pipeline import leaderboard, run_sweep
+    from tunelab.tasks.sweep import leaderboard, run_sweep
 
-    bar, on_progress = _train_bar()
-    try:
+    with train_progress_bar() as on_progress:
         entries = run_sweep(config_path, overrides or [], grid, on_event=_event_printer(as_json), train_progress=on_progress)
-    finally:
-        bar.stop()
     rows = leaderboard(entries, metric)
     if as_json:
         print_json(rows)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,12 +10,13 @@ import typer
 from rich.table import Table
 
 from tunelab.cli.common import console, print_json
-from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord
+from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord, default_registry_path
 
-REGISTRY_OPTION = typer.Option(Path("runs/registry.db"), "--registry", help="The registry file.")
+REGISTRY_OPTION = typer.Option(None, "--registry", help="The registry file (default: runs/registry.db).")
 
 
-def _open(path: Path) -> Registry:
+def _open(path: Path | None) -> Registry:
+    path = path or default_registry_path()
     if not path.is_file():
         raise RegistryError(f"no run registry at {path}", "run `tunelab run CONFIG` first, or pass --registry PATH")
     return Registry(path)
@@ -42,11 +41,12 @@ def runs(
     status: str | None = typer.Option(None, "--status", help=f"Only runs with this status ({', '.join(STATUSES)})."),
     limit: int | None = typer.Option(None, "--limit", help="At most this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    registry_path: Path = REGISTRY_OPTION,
+    registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
     """List recorded runs, newest first: task, model, status, key metric before → after, verdict."""
     if status is not None and status not in STATUSES:
         raise RegistryError(f"unknown status '{status}'", f"use one of {', '.join(STATUSES)}")
+    registry_path = registry_path or default_registry_path()
     records = Registry(registry_path).list_runs(task=task, status=status, limit=limit) if registry_path.is_file() else []
     if as_json:
         print_json([record.as_dict() for record in records])
@@ -96,7 +96,7 @@ def _metrics_table(record: RunRecord) -> Table:
 def show(
     run: str = typer.Argument(..., help="Run name, id or id prefix."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    registry_path: Path = REGISTRY_OPTION,
+    registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
     """Show everything recorded about one run, with estimated and actual time side by side."""
     record = _open(registry_path).get_run(run)
@@ -131,26 +131,12 @@ def show(
 
 
 def _compare_files(paths: list[Path], as_json: bool) -> None:
-    # Comparing two evaluation JSON files belongs to the evaluation package; this is only the hook.
-    try:
-        module = importlib.import_module("tunelab.evaluation.compare")
-        compare_files = module.compare_files
-    except (ImportError, AttributeError):
-        raise RegistryError(
-            "comparing evaluation JSON files needs tunelab.evaluation.compare, which this installation lacks",
-            "pass run names or ids instead",
-        ) from None
+    from tunelab.evaluation.compare import compare_files
+
     if len(paths) != 2:
         raise RegistryError("comparing evaluation files takes exactly two .json files")
-    result = compare_files(paths[0], paths[1])
-    if isinstance(result, str) and not as_json:
-        console.print(result, markup=False)
-        return
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        result = dataclasses.asdict(result)
-    elif hasattr(result, "as_dict"):
-        result = result.as_dict()
-    print_json(result)
+    # JSON either way: the comparison is a nested record (the verdict line is its "summary").
+    print_json(compare_files(paths[0], paths[1]).to_dict())
 
 
 def _cell(value: Any) -> str:
@@ -164,7 +150,7 @@ def _cell(value: Any) -> str:
 def compare(
     items: list[str] = typer.Argument(..., help="Two or more run names/ids, or two evaluation .json files."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    registry_path: Path = REGISTRY_OPTION,
+    registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
     """Compare runs: metrics side by side and the config keys that differ (or two evaluation files)."""
     json_files = [Path(item) for item in items if item.endswith(".json") and Path(item).is_file()]

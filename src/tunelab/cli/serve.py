@@ -6,29 +6,30 @@ from pathlib import Path
 
 import typer
 
-from tunelab.serve.server import API_KEY_ENV, DEFAULT_LOG_PATH, ServeOptions, parse_adapter, run_server
+from tunelab.serve.server import parse_adapter, run_server
+from tunelab.serve.settings import API_KEY_ENV, DEFAULT_LOG_PATH, DEFAULTS, ServeSettings
 
 
 def serve(
-    model: str = typer.Option("default", "--model", "-m", help="Base model (default, folder, .gguf, hub id) or a run folder."),
+    model: str = typer.Option(DEFAULTS.model, "--model", "-m", help="Base model (default, folder, .gguf, hub id) or a run folder."),
     adapter: list[str] = typer.Option([], "--adapter", "-a", help="NAME=RUN: serve RUN's LoRA adapter as model NAME (repeatable)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; non-loopback needs --api-key or --insecure."),
-    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535),
+    host: str = typer.Option(DEFAULTS.host, "--host", help="Address to bind; non-loopback needs --api-key or --insecure."),
+    port: int = typer.Option(DEFAULTS.port, "--port", "-p", min=0, max=65535),
     api_key: str = typer.Option(None, "--api-key", envvar=API_KEY_ENV, help="Require 'Authorization: Bearer KEY'."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback address without an API key."),
     log_db: Path = typer.Option(DEFAULT_LOG_PATH, "--log-db", help="SQLite request log (WAL)."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log requests."),
-    max_loaded_adapters: int = typer.Option(4, "--max-loaded-adapters", min=1, help="Adapters kept in memory (LRU)."),
-    max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Most requests computed together."),
-    batch_window_ms: float = typer.Option(10.0, "--batch-window-ms", min=0.0, help="How long to gather a batch."),
-    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Longest answer a request may ask for."),
-    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1024, help="Largest request body."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    max_loaded_adapters: int = typer.Option(DEFAULTS.max_loaded_adapters, "--max-loaded-adapters", min=1, help="Adapters kept in memory (LRU)."),
+    max_batch_size: int = typer.Option(DEFAULTS.max_batch_size, "--max-batch-size", min=1, help="Most requests computed together."),
+    batch_window_ms: float = typer.Option(DEFAULTS.batch_window_ms, "--batch-window-ms", min=0.0, help="How long to gather a batch."),
+    max_tokens: int = typer.Option(DEFAULTS.max_tokens_limit, "--max-tokens", min=1, help="Longest answer a request may ask for."),
+    max_body_bytes: int = typer.Option(DEFAULTS.max_body_bytes, "--max-body-bytes", min=1024, help="Largest request body."),
+    dtype: str = typer.Option(DEFAULTS.dtype, "--dtype", help="float32 or bfloat16."),
     served_name: str = typer.Option(None, "--served-name", help="Name of the base model in the API (default: its name)."),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
 ) -> None:
     """Serve models over an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/classify)."""
-    options = ServeOptions(
+    settings = ServeSettings(
         model=model,
         adapters=[parse_adapter(spec) for spec in adapter],
         host=host,
@@ -45,7 +46,7 @@ def serve(
         served_name=served_name,
         allow_network=allow_network,
     )
-    run_server(options)
+    run_server(settings)
 
 
 def register(app: typer.Typer) -> None:

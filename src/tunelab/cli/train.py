@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import console, error_console, print_json
-from tunelab.config import load_config, resolve_defaults
+from tunelab.cli.common import console, error_console, print_json, train_progress_bar
+from tunelab.config import load_config
 from tunelab.errors import ConfigError, TunelabError
 
 
@@ -19,8 +18,6 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fine-tune a model as CONFIG says (LoRA by default), writing a run folder under train.output_dir."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from tunelab.data.split import make_split
     from tunelab.tasks import run_training
     from tunelab.tasks.pipeline import run_name
@@ -35,23 +32,11 @@ def train(
     else:
         if config_path is None:
             raise ConfigError("give a config file: tunelab train CONFIG.yaml [key=value ...]")
-        config = resolve_defaults(load_config(config_path, overrides or []))
+        config = load_config(config_path, overrides or [])
         run_dir = Path(config.train.output_dir) / run_name(config)
     split = make_split(config)
 
-    columns = [
-        TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
-        TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=error_console, transient=as_json) as bar:
-        task = bar.add_task("train", total=None, loss="-", rate="-", eta="-")
-
-        def on_progress(event) -> None:
-            eta = "-" if event.eta_seconds is None else time.strftime("%H:%M:%S", time.gmtime(event.eta_seconds))
-            loss = "-" if event.loss is None else f"{event.loss:.4f}"
-            bar.update(task, completed=event.step, total=event.total_steps, loss=loss, rate=f"{event.tokens_per_second:.0f}", eta=eta)
-
+    with train_progress_bar(transient=as_json) as on_progress:
         result = run_training(config, split, run_dir=run_dir, progress=on_progress, resume=resume is not None)
     if as_json:
         print_json(result.as_dict())

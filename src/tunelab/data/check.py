@@ -24,7 +24,7 @@ from tunelab.data.keys import input_key, normalize_text, stable_hash, target_tex
 from tunelab.data.labels import LabelMap, build_label_map
 from tunelab.data.read import read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
-from tunelab.data.templates import classify_messages, render_prompt_ids
+from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
 from tunelab.data.tokenize import IGNORE_INDEX, tokenize_classify, tokenize_sft, tokenize_text
 from tunelab.errors import DataError
 
@@ -227,7 +227,8 @@ def _lengths(
     eos_id = tokenizer.eos_token_id
     untrainable: list[str] = []
     if task == "sft":
-        texts = [_chat_text(tokenizer, r.messages, add_generation_prompt=False) for r in measured]  # type: ignore[union-attr]
+        conversations = [with_system_prompt(list(r.messages), data.system_prompt) for r in measured]  # type: ignore[union-attr]
+        texts = [_chat_text(tokenizer, messages, add_generation_prompt=False) for messages in conversations]
         eos_text = tokenizer.eos_token or ""
         lengths = []
         for record, text, n in zip(measured, texts, _batch_lengths(tokenizer, texts), strict=True):
@@ -235,7 +236,7 @@ def _lengths(
                 n += sum(1 for m in record.messages if m["role"] == "assistant")  # tokenize_sft appends EOS
             lengths.append(n)
             if n > data.max_length:
-                example = tokenize_sft(record, tokenizer, data.max_length)  # type: ignore[arg-type]
+                example = tokenize_sft(record, tokenizer, data.max_length, data.system_prompt)  # type: ignore[arg-type]
                 if example.trained_tokens == 0:
                     untrainable.append(record.source)
     elif task == "text":
@@ -245,7 +246,7 @@ def _lengths(
         prompts = [_chat_text(tokenizer, classify_messages(r.text, data.system_prompt), add_generation_prompt=True) for r in measured]  # type: ignore[union-attr]
         lengths = [n + 1 for n in _batch_lengths(tokenizer, prompts)]
     else:
-        prompts = [_chat_text(tokenizer, r.prompt, add_generation_prompt=True) for r in measured]  # type: ignore[union-attr]
+        prompts = [_chat_text(tokenizer, with_system_prompt(list(r.prompt), data.system_prompt), add_generation_prompt=True) for r in measured]  # type: ignore[union-attr]
         chosen = _batch_lengths(tokenizer, [r.chosen for r in measured])  # type: ignore[union-attr]
         rejected = _batch_lengths(tokenizer, [r.rejected for r in measured])  # type: ignore[union-attr]
         lengths = [p + max(c, r) + 1 for p, c, r in zip(_batch_lengths(tokenizer, prompts), chosen, rejected, strict=True)]
@@ -277,7 +278,7 @@ def _segments(tokenizer: Any, input_ids: list[int], trained: list[bool]) -> list
 def render_example(record: Record, tokenizer: Any, data: DataConfig, label_map: LabelMap | None = None) -> RenderedExample:
     """``record`` as token ids decoded back to text, split into trained and untrained pieces."""
     if isinstance(record, SFTRecord):
-        example = tokenize_sft(record, tokenizer, data.max_length)
+        example = tokenize_sft(record, tokenizer, data.max_length, data.system_prompt)
         trained = [label != IGNORE_INDEX for label in example.labels]
         note = "truncated at max_length" if example.truncated else ""
         return RenderedExample(record.source, _segments(tokenizer, example.input_ids, trained), note)
@@ -296,7 +297,7 @@ def render_example(record: Record, tokenizer: Any, data: DataConfig, label_map: 
         note = f"label '{record.label}' is answered with the single token {answer!r}"
         return RenderedExample(record.source, [(tokenizer.decode(example.input_ids), False), (answer, True)], note)
     assert isinstance(record, PreferenceRecord)
-    prompt_ids = render_prompt_ids(tokenizer, list(record.prompt))
+    prompt_ids = render_prompt_ids(tokenizer, with_system_prompt(list(record.prompt), data.system_prompt))
     return RenderedExample(
         record.source,
         [(tokenizer.decode(prompt_ids), False), (record.chosen, True)],

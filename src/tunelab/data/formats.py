@@ -10,9 +10,11 @@ read in bounded memory.
 from __future__ import annotations
 
 import csv
+import glob as globbing
 import gzip
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -336,3 +338,39 @@ def iter_rows(path: Path, file_format: str = "auto") -> Iterator[RowOrError]:
             raise DataError(f"{path}: unknown format '{kind}'")
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"{path}: cannot read the file ({error})") from None
+
+
+def _files_under(folder: Path) -> list[Path]:
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        name = path.name.lower().removesuffix(".gz")
+        if Path(name).suffix in FORMAT_BY_SUFFIX:
+            found.append(path)
+    # Sorted by the POSIX relative path: the same order on every platform and filesystem.
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def resolve_files(path: str) -> list[Path]:
+    """The files a path names: a file, the readable files under a folder, or a glob's matches.
+
+    Raises:
+        DataError: when nothing matches.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return [candidate]
+    if candidate.is_dir():
+        files = _files_under(candidate)
+        if not files:
+            raise DataError(f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.txt files")
+        return files
+    if any(ch in path for ch in "*?["):
+        files = sorted((Path(p) for p in globbing.glob(os.path.expanduser(path), recursive=True)), key=lambda p: p.as_posix())
+        files = [p for p in files if p.is_file()]
+        if not files:
+            raise DataError(f"{path}: the pattern matches no file")
+        return files
+    raise DataError(f"data not found: {path}", "check the path (a file, a folder or a glob)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,18 @@ class LabelMap:
         from tunelab.paths import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+
+    @classmethod
+    def for_records(cls, records: Iterable[Any], tokenizer: Any) -> LabelMap:
+        """The map a run uses for these (training) records: their distinct labels, sorted, one token each.
+
+        The one rule for which labels a model answers and in which order: training, evaluation, the
+        estimate, the pipeline and ``tunelab data show`` all build the map here.
+
+        Raises:
+            DataError: see :func:`build_label_map`.
+        """
+        return build_label_map(sorted({record.label for record in records}), tokenizer)
 
     @classmethod
     def load(cls, path: Path) -> LabelMap:

@@ -21,6 +21,7 @@ from tunelab.data.formats import (
     iter_jsonl,
     read_bytes,
     repair_utf8,
+    resolve_files,
 )
 from tunelab.errors import DataError
 
@@ -44,8 +45,6 @@ class Preset:
         Raises:
             DataError: when nothing matches.
         """
-        from tunelab.data.read import resolve_files
-
         candidate = Path(path).expanduser()
         if candidate.is_dir():
             files = sorted(candidate.glob(self.pattern), key=lambda p: p.relative_to(candidate).as_posix())

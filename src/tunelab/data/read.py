@@ -18,7 +18,6 @@ known public dataset's own layout (see ``tunelab.data.presets``).
 
 from __future__ import annotations
 
-import glob as globbing
 import os
 import re
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig
-from tunelab.data.formats import FORMAT_BY_SUFFIX, RecordError, RowOrError, iter_rows
+from tunelab.data.formats import RecordError, RowOrError, iter_rows, resolve_files
 from tunelab.data.records import (
     ClassifyRecord,
     Message,
@@ -157,12 +156,6 @@ def _messages(value: Any, name: str) -> list[Message]:
     return messages
 
 
-def _with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
-    if system_prompt and messages[0]["role"] != "system":
-        return [{"role": "system", "content": system_prompt}, *messages]
-    return messages
-
-
 def _references(row: dict) -> tuple[str, ...]:
     value = row.get("references")
     if value is None:
@@ -174,7 +167,7 @@ def _references(row: dict) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _sft(row: dict, source: str, fields: Fields, system_prompt: str | None) -> SFTRecord:
+def _sft(row: dict, source: str, fields: Fields) -> SFTRecord:
     if fields.messages in row:
         messages = _messages(row[fields.messages], fields.messages)
         if not any(m["role"] == "assistant" for m in messages):
@@ -206,7 +199,7 @@ def _sft(row: dict, source: str, fields: Fields, system_prompt: str | None) -> S
         else:
             completion = [{"role": "assistant", "content": _string(row, fields.completion, "completion")}]
         messages = prompt + completion
-    return SFTRecord(tuple(_with_system(messages, system_prompt)), source=source, references=_references(row))
+    return SFTRecord(tuple(messages), source=source, references=_references(row))
 
 
 def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
@@ -263,7 +256,7 @@ def _answer(row: dict, name: str) -> str:
     return _string(row, name, "chosen" if name == "chosen" else "rejected")
 
 
-def _preference(row: dict, source: str, fields: Fields, system_prompt: str | None) -> PreferenceRecord:
+def _preference(row: dict, source: str, fields: Fields) -> PreferenceRecord:
     for name, role in ((fields.chosen, "chosen"), (fields.rejected, "rejected")):
         if name not in row:
             raise _missing(row, name, role)
@@ -296,10 +289,10 @@ def _preference(row: dict, source: str, fields: Fields, system_prompt: str | Non
             raise _Bad("empty answer in chosen or rejected")
     if chosen == rejected:
         raise _Bad("chosen and rejected are identical (nothing to prefer)")
-    return PreferenceRecord(tuple(_with_system(prompt, system_prompt)), chosen, rejected, source=source)
+    return PreferenceRecord(tuple(prompt), chosen, rejected, source=source)
 
 
-def row_to_record(row: dict, source: str, task: str, fields: Fields, system_prompt: str | None = None) -> Record:
+def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:
     """Validate one row and build its record.
 
     Raises:
@@ -309,50 +302,14 @@ def row_to_record(row: dict, source: str, task: str, fields: Fields, system_prom
         if task == "text":
             return TextRecord(_string(row, fields.text, "text"), source=source)
         if task == "sft":
-            return _sft(row, source, fields, system_prompt)
+            return _sft(row, source, fields)
         if task == "classify":
             return _classify(row, source, fields)
         if task == "preference":
-            return _preference(row, source, fields, system_prompt)
+            return _preference(row, source, fields)
     except _Bad as bad:
         raise ValueError(str(bad)) from None
     raise DataError(f"unknown task '{task}'", "use text, sft, classify or preference")
-
-
-def _files_under(folder: Path) -> list[Path]:
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        name = path.name.lower().removesuffix(".gz")
-        if Path(name).suffix in FORMAT_BY_SUFFIX:
-            found.append(path)
-    # Sorted by the POSIX relative path: the same order on every platform and filesystem.
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def resolve_files(path: str) -> list[Path]:
-    """The files a path names: a file, the readable files under a folder, or a glob's matches.
-
-    Raises:
-        DataError: when nothing matches.
-    """
-    candidate = Path(path).expanduser()
-    if candidate.is_file():
-        return [candidate]
-    if candidate.is_dir():
-        files = _files_under(candidate)
-        if not files:
-            raise DataError(f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.txt files")
-        return files
-    if any(ch in path for ch in "*?["):
-        files = sorted((Path(p) for p in globbing.glob(os.path.expanduser(path), recursive=True)), key=lambda p: p.as_posix())
-        files = [p for p in files if p.is_file()]
-        if not files:
-            raise DataError(f"{path}: the pattern matches no file")
-        return files
-    raise DataError(f"data not found: {path}", "check the path (a file, a folder or a glob)")
 
 
 def _looks_like_hub_name(path: str) -> bool:
@@ -380,8 +337,8 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
     """Read every record at ``path`` for ``task``, keeping each bad one as an error (nothing is dropped).
 
     ``data.preset`` selects a known dataset's layout, ``data.*_field`` the column names,
-    ``data.format`` the format (default: by extension), ``data.limit`` caps the rows read and
-    ``data.system_prompt`` is put before sft/preference prompts that have no system message.
+    ``data.format`` the format (default: by extension) and ``data.limit`` caps the rows read.
+    ``data.system_prompt`` is not part of a record: it is applied at tokenization.
 
     Raises:
         DataError: when the path matches nothing, a file cannot be opened, or a preset does not fit.
@@ -423,7 +380,7 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
             result.errors.append(row)
             continue
         try:
-            result.records.append(row_to_record(row, source, task, fields, data.system_prompt))
+            result.records.append(row_to_record(row, source, task, fields))
         except ValueError as error:
             result.errors.append(RecordError(source, str(error)))
     return result

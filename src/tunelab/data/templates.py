@@ -14,11 +14,20 @@ from tunelab.data.records import Message
 CLASSIFY_INSTRUCTION = "Classify the following text. Answer with the category only."
 
 
+def with_system_prompt(messages: list[Message], system_prompt: str | None) -> list[Message]:
+    """``messages`` with ``data.system_prompt`` first, unless they bring their own system message.
+
+    The one place the system prompt is applied, at tokenization (and at inference), for every task:
+    it is never part of a record, so it never changes record ids or the split.
+    """
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return list(messages)
+
+
 def classify_messages(text: str, system_prompt: str | None = None) -> list[Message]:
     """The prompt a classify model is trained and served on (the assistant answers one token)."""
-    messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": f"{CLASSIFY_INSTRUCTION}\n\nText: {text}"})
-    return messages
+    return with_system_prompt([{"role": "user", "content": f"{CLASSIFY_INSTRUCTION}\n\nText: {text}"}], system_prompt)
 
 
 def zero_shot_messages(text: str, label_map: LabelMap, system_prompt: str | None = None) -> list[Message]:
@@ -29,9 +38,8 @@ def zero_shot_messages(text: str, label_map: LabelMap, system_prompt: str | None
     else:
         options = "\n".join(label_map.labels)
         ask = "Answer with the category only."
-    messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": f"Classify the following text.\n\nCategories:\n{options}\n\n{ask}\n\nText: {text}"})
-    return messages
+    question = f"Classify the following text.\n\nCategories:\n{options}\n\n{ask}\n\nText: {text}"
+    return with_system_prompt([{"role": "user", "content": question}], system_prompt)
 
 
 def render_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:

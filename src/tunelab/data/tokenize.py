@@ -28,7 +28,7 @@ from typing import Any
 
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Message, SFTRecord, TextRecord
-from tunelab.data.templates import classify_messages, render_prompt_ids
+from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
 from tunelab.paths import cache_dir
 
 IGNORE_INDEX = -100
@@ -84,8 +84,8 @@ def _eos_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id
 
 
-def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int) -> TokenizedExample:
-    """Render ``record`` with the chat template and mask everything but the trained assistant turns.
+def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prompt: str | None = None) -> TokenizedExample:
+    """Render ``record`` (after ``system_prompt``) with the chat template and mask everything but the trained assistant turns.
 
     The conversation is tokenized piece by piece between turn boundaries; chat templates start
     each turn with special tokens, so the pieces concatenate to exactly the ids of the whole text.
@@ -94,7 +94,7 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int) -> Tokenize
     input_ids: list[int] = []
     labels: list[int] = []
     rendered = ""
-    messages = list(record.messages)
+    messages = with_system_prompt(list(record.messages), system_prompt)
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
             # The generation prompt (e.g. "<|im_start|>assistant\n") belongs to the prompt side.
@@ -254,7 +254,7 @@ def tokenize_records(
         examples: list = []
         for record in records:
             if task == "sft":
-                example = tokenize_sft(record, tokenizer, max_length)
+                example = tokenize_sft(record, tokenizer, max_length, system_prompt)
                 if example.trained_tokens == 0:
                     stats.untrainable.append(record.source)
                 examples.append(example)

@@ -19,9 +19,14 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import DataConfig, EvalConfig
-from tunelab.data.labels import LabelMap, build_label_map
+from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord, TextRecord
-from tunelab.data.templates import classify_messages, render_prompt_ids, zero_shot_messages
+from tunelab.data.templates import (
+    classify_messages,
+    render_prompt_ids,
+    with_system_prompt,
+    zero_shot_messages,
+)
 from tunelab.data.tokenize import tokenize_classify, tokenize_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import (
@@ -32,8 +37,9 @@ from tunelab.evaluation.metrics import (
     sft_example_scores,
     text_metrics,
 )
-from tunelab.evaluation.predict import generate_batch, label_logits, softmax, window_nll
+from tunelab.evaluation.predict import label_logits, softmax, window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
+from tunelab.models.generate import generate_batch
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord}
 Progress = Callable[[int], None]
@@ -164,7 +170,7 @@ def _resolve_label_map(loaded: Any, records: Sequence[ClassifyRecord], label_map
     if loaded.label_map:
         return LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
     # A model never trained on these labels: the test set's own labels, in a stable order.
-    return build_label_map(sorted({r.label for r in records}), loaded.tokenizer)
+    return LabelMap.for_records(records, loaded.tokenizer)
 
 
 def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress):
@@ -224,7 +230,7 @@ def _evaluate_sft(loaded, records, config, data_config, settings, progress):
     references = [references_of(record) for record in records]
     prompts, truncated = [], 0
     for record in records:
-        ids = render_prompt_ids(tokenizer, record.prompt_messages)
+        ids = render_prompt_ids(tokenizer, with_system_prompt(record.prompt_messages, data_config.system_prompt))
         if len(ids) > data_config.max_length:
             # Keep the end: the opened assistant turn is where the answer starts.
             ids, truncated = ids[-data_config.max_length :], truncated + 1

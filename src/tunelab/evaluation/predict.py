@@ -1,7 +1,8 @@
-"""Prediction: batched generation, one-pass label scoring, and sliding-window negative log-likelihood.
+"""Prediction: one-pass label scoring and sliding-window negative log-likelihood.
 
-All three sort their inputs by length before batching (bucketing), so a batch carries as little
-padding as possible, and return results in the caller's order.
+Both sort their inputs by length before batching (bucketing), so a batch carries as little
+padding as possible, and return results in the caller's order. Generation (sft answers) goes
+through the one generation path, ``tunelab.models.generate.generate_batch``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from tunelab.data.tokenize import IGNORE_INDEX
 from tunelab.models.heads import causal_lm_of
 from tunelab.models.heads import label_logits as head_label_logits
 
-# End-of-turn markers of common chat templates; generation stops at whichever the vocabulary has.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
-
 Progress = Callable[[int], None]
 
 
@@ -29,72 +27,6 @@ def _device(model: Any) -> torch.device:
 def _by_length(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end an answer: EOS, the model's configured EOS ids, and end-of-turn markers."""
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in configured if isinstance(configured, list) else [configured]:
-        if value is not None:
-            ids.append(int(value))
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
-    return list(dict.fromkeys(ids))
-
-
-def generate_batch(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int = 128,
-    batch_size: int = 16,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    progress: Progress | None = None,
-) -> list[str]:
-    """Answer each prompt (token ids, chat template already applied) with batched KV-cache generation.
-
-    Prompts are left-padded (so every row's next token is at the last position) and sorted by
-    length. Greedy unless ``temperature`` > 0. Each answer stops at EOS / end of turn or after
-    ``max_new_tokens``; special tokens are removed from the returned text.
-    """
-    device = _device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = stop_token_ids(model, tokenizer)
-    answers: list[str] = [""] * len(prompts)
-    sampling = temperature > 0
-    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling, "eos_token_id": stops, "pad_token_id": pad_id}
-    if sampling:
-        torch.manual_seed(seed)
-        options.update(temperature=temperature, top_p=top_p, top_k=None)
-    else:
-        # Explicitly greedy: a model's generation_config may carry sampling defaults.
-        options.update(temperature=None, top_p=None, top_k=None)
-    for batch in _by_length(prompts, batch_size):
-        longest = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, index in enumerate(batch):
-            ids = list(prompts[index])
-            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, longest - len(ids) :] = 1
-        with torch.inference_mode():
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options)
-        for row, index in enumerate(batch):
-            new = output[row, longest:].tolist()
-            for position, token in enumerate(new):
-                if token in stops:
-                    new = new[:position]
-                    break
-            answers[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
-        if progress:
-            progress(len(batch))
-    return answers
 
 
 def label_logits(

@@ -1,16 +1,146 @@
-"""Interactive generation: one prompt, chat template applied, tokens streamed as they are produced.
+"""The one generation path: prompts in, answers out, for ``tunelab generate``, evaluation and serving.
 
-Batched generation for evaluation lives in ``tunelab.evaluation``; this is the single-prompt path
-used by ``tunelab generate``.
+Everything a ``model.generate`` call needs is decided here once: which token ids end an answer
+(EOS, the model's configured EOS ids, the chat templates' end-of-turn markers), left padding (every
+row's next token at the last position, so a batch shares one KV-cache decode), and greedy versus
+seeded sampling (explicitly greedy: a model's ``generation_config`` may carry sampling defaults).
+``generate_ids`` is the single call into transformers; the three callers differ only in what they
+do with the tokens: ``generate_batch`` decodes a batch (evaluation), ``stream_generate`` streams one
+answer (``tunelab generate``), and the serving engine feeds its per-row stopper.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+# End-of-turn markers of common chat templates; generation stops at whichever the vocabulary has.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end an answer: EOS, the model's configured EOS ids, and end-of-turn markers."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in configured if isinstance(configured, list) else [configured]:
+        if value is not None:
+            ids.append(int(value))
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
+    return list(dict.fromkeys(ids))
+
+
+def pad_token_id(tokenizer: Any, stops: Sequence[int] = ()) -> int:
+    """The id padding is written with: the tokenizer's pad token, else EOS, else the first stop id."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return next(iter(stops), 0)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask [rows, longest], each row's tokens at the right end."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        ids[i, width - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
+        mask[i, width - len(sequence) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sampling_options(temperature: float = 0.0, top_p: float = 1.0) -> dict[str, Any]:
+    """``generate`` keyword arguments for greedy decoding (temperature 0) or nucleus sampling."""
+    if temperature > 0:
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
+    # Explicitly greedy: the model's generation_config may carry sampling defaults.
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def generate_ids(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    stops: Sequence[int],
+    pad_id: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    **hooks: Any,
+) -> torch.Tensor:
+    """The one ``model.generate`` call: prompt + answer ids [rows, prompt + new].
+
+    ``seed`` seeds sampling (None: leave the generator as it is, as the server does); ``hooks``
+    are passed through (``streamer``, ``stopping_criteria``).
+    """
+    if temperature > 0 and seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=list(stops) or None,
+            pad_token_id=pad_id,
+            **sampling_options(temperature, top_p),
+            **hooks,
+        )
+
+
+def _by_length(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Answer each prompt (token ids, chat template already applied) with batched KV-cache generation.
+
+    Prompts are sorted by length and left-padded. Each answer stops at a stop id or after
+    ``max_new_tokens``; special tokens are removed from the returned text.
+    """
+    device = next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)
+    pad_id = pad_token_id(tokenizer, stops)
+    answers: list[str] = [""] * len(prompts)
+    # Seeded once for the whole set, not per batch: what evaluation always did.
+    if temperature > 0:
+        torch.manual_seed(seed)
+    for batch in _by_length(prompts, batch_size):
+        input_ids, attention = left_pad([prompts[i] for i in batch], pad_id, device)
+        output = generate_ids(
+            model, input_ids, attention, max_new_tokens=max_new_tokens, stops=stops, pad_id=pad_id,
+            temperature=temperature, top_p=top_p,
+        )
+        longest = input_ids.shape[1]
+        for row, index in enumerate(batch):
+            new = output[row, longest:].tolist()
+            for position, token in enumerate(new):
+                if token in stops:
+                    new = new[:position]
+                    break
+            answers[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
+        if progress:
+            progress(len(batch))
+    return answers
 
 
 def chat_input_ids(tokenizer: Any, prompt: str, system: str | None = None) -> torch.Tensor:
@@ -39,27 +169,15 @@ def stream_generate(
 
     input_ids = chat_input_ids(tokenizer, prompt, system).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    sampling = temperature > 0
-    kwargs = dict(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        streamer=streamer,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if sampling:
-        torch.manual_seed(seed)
-        kwargs.update(temperature=temperature, top_p=top_p)
-    else:
-        # Explicitly greedy: the model's generation_config may carry sampling defaults.
-        kwargs.update(temperature=None, top_p=None, top_k=None)
+    stops = stop_token_ids(model, tokenizer)
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
-            with torch.inference_mode():
-                model.generate(**kwargs)
+            generate_ids(
+                model, input_ids, torch.ones_like(input_ids), max_new_tokens=max_new_tokens, stops=stops,
+                pad_id=pad_token_id(tokenizer, stops), temperature=temperature, top_p=top_p, seed=seed, streamer=streamer,
+            )
         except BaseException as error:  # re-raised in the caller's thread below
             errors.append(error)
             streamer.end()

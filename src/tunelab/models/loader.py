@@ -209,3 +209,27 @@ def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = Fal
     return LoadedModel(
         model=model, tokenizer=tokenizer, source=source, base_source=base_source, run_config=config, label_map=label_map
     )
+
+
+def load_tokenizer(name: str, allow_network: bool = False) -> Any:
+    """The tokenizer of model ``name`` without loading its weights.
+
+    Raises:
+        ModelError: when the model is unknown or not available offline.
+    """
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    if source.kind == "run":
+        location = str(Path(source.location) / "tokenizer")
+    else:
+        folder = local_folder_for(source)
+        location = str(folder) if folder is not None else source.location
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=not allow_network)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"cannot load the tokenizer of '{name}': {str(error).splitlines()[0]}",
+            "check the model name, or pass --allow-network for a hub model",
+        ) from None
+    return tokenizer

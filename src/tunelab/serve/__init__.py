@@ -14,7 +14,7 @@ _WHERE = {
     "ModelRegistry": "adapters",
     "ServedModel": "adapters",
     "load_registry": "adapters",
-    "ServeSettings": "app",
+    "ServeSettings": "settings",
     "create_app": "app",
     "Engine": "engine",
     "SamplingParams": "engine",
@@ -23,7 +23,6 @@ _WHERE = {
     "RequestLog": "request_log",
     "read_requests": "request_log",
     "BackgroundServer": "server",
-    "ServeOptions": "server",
     "build_app": "server",
     "run_server": "server",
 }

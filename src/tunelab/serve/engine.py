@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from tunelab.models import generate
 from tunelab.models.heads import causal_lm_of, label_logits
 from tunelab.serve.adapters import ModelRegistry
 from tunelab.serve.errors import APIError
@@ -158,16 +159,6 @@ class _RowStopper:
         return torch.tensor([row.finish_reason is not None for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
-def _left_pad(sequences: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, sequence in enumerate(sequences):
-        ids[i, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-        mask[i, width - len(sequence) :] = 1
-    return ids.to(device), mask.to(device)
-
-
 class Engine:
     """Gathers jobs into batches and computes them on one worker thread (see the module docstring)."""
 
@@ -185,12 +176,9 @@ class Engine:
         self._accepting = True
         self.batches = 0  # batches computed so far
         self.largest_batch = 0
-        eos = registry.model.generation_config.eos_token_id if getattr(registry.model, "generation_config", None) else None
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
-        self.eos_ids = eos_ids
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+        self.stops = generate.stop_token_ids(registry.model, self.tokenizer)
+        self.eos_ids = set(self.stops)
+        self.pad_id = generate.pad_token_id(self.tokenizer, self.stops)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -305,22 +293,13 @@ class Engine:
         rows = [_Row(job, self.tokenizer, self.eos_ids) for job in batch]
         params = batch[0].params
         assert params is not None
-        input_ids, attention_mask = _left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
-        kwargs: dict[str, Any] = dict(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+        input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
+        generate.generate_ids(
+            model, input_ids, attention_mask,
             max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
+            stops=self.stops, pad_id=self.pad_id, temperature=params.temperature, top_p=params.top_p,
             stopping_criteria=[_RowStopper(rows)],
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids) or None,
-            do_sample=not params.greedy,
         )
-        if params.greedy:
-            # The model's generation_config may carry sampling defaults: greedy must mean greedy.
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=None)
-        model.generate(**kwargs)
         for row in rows:
             if row.finish_reason == "cancelled":
                 continue
@@ -331,7 +310,7 @@ class Engine:
         entry = self.registry.get(batch[0].model)
         assert entry is not None and entry.label_map is not None
         label_map = entry.label_map
-        input_ids, attention_mask = _left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
+        input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         # One forward pass of the decoder; only the label tokens' rows of the LM head at the last position
         # (left padding puts every prompt's last token there), never the full vocabulary.

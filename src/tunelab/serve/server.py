@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.serve.adapters import load_registry
 from tunelab.serve.errors import ServeError
+from tunelab.serve.settings import API_KEY_ENV, ServeSettings
 
-API_KEY_ENV = "TUNELAB_API_KEY"
-DEFAULT_LOG_PATH = Path("runs") / "requests.db"
-
-
-@dataclass
-class ServeOptions:
-    """Everything ``tunelab serve`` can be told."""
-
-    model: str = "default"
-    adapters: list[tuple[str, str]] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    insecure: bool = False
-    log_path: Path | None = DEFAULT_LOG_PATH
-    dtype: str = "float32"
-    max_loaded_adapters: int = 4
-    max_batch_size: int = 8
-    batch_window_ms: float = 10.0
-    max_tokens_limit: int = 512
-    max_body_bytes: int = 1_000_000
-    served_name: str | None = None
-    allow_network: bool = False
-
+__all__ = ["API_KEY_ENV", "BackgroundServer", "ServeSettings", "build_app", "check_bind", "is_loopback", "parse_adapter", "run_server"]
 
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
@@ -73,40 +51,32 @@ def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
         )
 
 
-def build_app(options: ServeOptions):
-    """Load the models of ``options`` and return the ASGI app (no socket is opened).
+def build_app(settings: ServeSettings):
+    """Load the models ``settings`` name and return the ASGI app (no socket is opened).
 
     Raises:
         ServeError, ModelError: for unusable models, adapters, or settings.
     """
     # Imported here, not at the top: the CLI imports this module to register `tunelab serve`, and
     # fastapi/pydantic routing cost ~0.9 s that every other command (train, run, ...) would pay.
-    from tunelab.serve.app import ServeSettings, create_app
+    from tunelab.serve.app import create_app
 
-    api_key = options.api_key or os.environ.get(API_KEY_ENV) or None
-    check_bind(options.host, api_key, options.insecure)
-    if options.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
-        raise ServeError(f"unknown dtype '{options.dtype}'", "use float32 or bfloat16")
+    settings = dataclasses.replace(settings, api_key=settings.api_key or os.environ.get(API_KEY_ENV) or None)
+    check_bind(settings.host, settings.api_key, settings.insecure)
+    if settings.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
+        raise ServeError(f"unknown dtype '{settings.dtype}'", "use float32 or bfloat16")
     registry = load_registry(
-        options.model,
-        options.adapters,
-        dtype=options.dtype,
-        max_loaded=options.max_loaded_adapters,
-        allow_network=options.allow_network,
-        served_name=options.served_name,
-    )
-    settings = ServeSettings(
-        api_key=api_key,
-        max_tokens_limit=options.max_tokens_limit,
-        max_body_bytes=options.max_body_bytes,
-        max_batch_size=options.max_batch_size,
-        batch_window_ms=options.batch_window_ms,
-        log_path=options.log_path,
+        settings.model,
+        settings.adapters,
+        dtype=settings.dtype,
+        max_loaded=settings.max_loaded_adapters,
+        allow_network=settings.allow_network,
+        served_name=settings.served_name,
     )
     return create_app(registry, settings)
 
 
-def run_server(options: ServeOptions) -> None:
+def run_server(settings: ServeSettings) -> None:
     """Serve until interrupted; on SIGINT/SIGTERM in-flight requests finish and the log is flushed.
 
     Raises:
@@ -114,11 +84,11 @@ def run_server(options: ServeOptions) -> None:
     """
     import uvicorn
 
-    api_key = options.api_key or os.environ.get(API_KEY_ENV) or None
-    check_bind(options.host, api_key, options.insecure)  # before the slow model load
-    app = build_app(options)
+    api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
+    check_bind(settings.host, api_key, settings.insecure)  # before the slow model load
+    app = build_app(settings)
     # timeout_graceful_shutdown=None: on shutdown uvicorn waits for every in-flight request.
-    uvicorn.run(app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=None)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=None)
 
 
 class BackgroundServer:

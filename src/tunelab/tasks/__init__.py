@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunelab.config import RunConfig
+from tunelab.config import ResolvedConfig
 from tunelab.errors import ConfigError
 
+if TYPE_CHECKING:
+    from tunelab.data.split import Split
+    from tunelab.train.run import TrainResult
 
-def run_training(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> Any:
-    """Train ``config.task`` on ``split`` (``.train`` / ``.validation`` record lists) into ``run_dir``.
+
+def run_training(
+    config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress: Any = None, resume: bool = False
+) -> TrainResult:
+    """Train ``config.task`` on ``split`` (its ``.train`` / ``.validation`` records) into ``run_dir``.
 
     ``progress`` is called with a ``tunelab.train.loop.Progress`` after every optimizer step.
     ``resume=True`` continues the run in ``run_dir`` from its newest checkpoint.

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig, resolve_defaults
-from tunelab.data.labels import build_label_map
+from tunelab.config import ResolvedConfig, require_resolved
+from tunelab.data.labels import LabelMap
+from tunelab.data.split import Split
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
@@ -25,7 +26,7 @@ from tunelab.train.losses import classify_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
 
-def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
     """Fine-tune a classifier that answers one label token.
 
     Raises:
@@ -33,7 +34,7 @@ def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any =
             that training lacks.
         ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
     """
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     labels = sorted({record.label for record in split.train})
     if len(labels) < 2:
         raise DataError(f"classify needs at least two labels in the training split, found {labels}")
@@ -45,16 +46,17 @@ def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any =
             "give every label a few training examples, or drop the rare labels",
         )
     session = start_run(config, split, run_dir=run_dir, resume=resume)
-    tokenizer, max_length = session.tokenizer, config.data.max_length
+    base = session.load_model()
+    tokenizer, max_length = base.tokenizer, config.data.max_length
 
-    label_map = build_label_map(labels, tokenizer)
+    label_map = LabelMap.for_records(split.train, tokenizer)
     if session.accelerator.is_main_process:
         label_map.save(session.run.labels)
     settings = {"max_length": max_length, "label_map": label_map, "system_prompt": config.data.system_prompt}
     examples, _ = tokenize_records(split.train, "classify", tokenizer, **settings)
     validation, _ = tokenize_records(split.validation, "classify", tokenizer, **settings)
 
-    model = apply_method(session.model, config)
+    model = apply_method(base.model, config)
     label_token_ids = torch.tensor(label_map.token_ids, dtype=torch.long)
     loop = train_loop(
         model=model,

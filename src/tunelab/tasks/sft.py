@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, resolve_defaults
+from tunelab.config import ResolvedConfig, require_resolved
+from tunelab.data.split import Split
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
@@ -19,18 +20,20 @@ from tunelab.train.losses import lm_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
 
-def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
     """Fine-tune on prompt -> completion conversations.
 
     Raises:
         DataError: when no training example keeps a trained token within data.max_length.
         ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
     """
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     session = start_run(config, split, run_dir=run_dir, resume=resume)
-    tokenizer, max_length = session.tokenizer, config.data.max_length
+    base = session.load_model()
+    tokenizer, max_length = base.tokenizer, config.data.max_length
 
-    examples, stats = tokenize_records(split.train, "sft", tokenizer, max_length=max_length)
+    settings = {"max_length": max_length, "system_prompt": config.data.system_prompt}
+    examples, stats = tokenize_records(split.train, "sft", tokenizer, **settings)
     # An example whose answer was cut off entirely teaches nothing; it is reported, not trained on.
     examples = [e for e in examples if e.trained_tokens > 0]
     if not examples:
@@ -38,10 +41,10 @@ def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any =
             f"no training example keeps any answer token within data.max_length={max_length}",
             "raise data.max_length or shorten the prompts",
         )
-    validation, _ = tokenize_records(split.validation, "sft", tokenizer, max_length=max_length)
+    validation, _ = tokenize_records(split.validation, "sft", tokenizer, **settings)
     validation = [e for e in validation if e.trained_tokens > 0]
 
-    model = apply_method(session.model, config)
+    model = apply_method(base.model, config)
     loop = train_loop(
         model=model,
         train_examples=examples,

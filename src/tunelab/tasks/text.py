@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, resolve_defaults
+from tunelab.config import ResolvedConfig, require_resolved
+from tunelab.data.split import Split
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
@@ -20,24 +21,25 @@ from tunelab.train.losses import lm_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
 
-def train(config: RunConfig, split: Any, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
+def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
     """Continue pre-training on documents.
 
     Raises:
         DataError: when the training split is empty.
         ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
     """
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     if not split.train:
         raise DataError("the training split is empty", "check data.train")
     session = start_run(config, split, run_dir=run_dir, resume=resume)
-    tokenizer, max_length = session.tokenizer, config.data.max_length
+    base = session.load_model()
+    tokenizer, max_length = base.tokenizer, config.data.max_length
 
     settings = {"max_length": max_length, "stride": config.data.stride}
     examples, _ = tokenize_records(split.train, "text", tokenizer, **settings)
     validation, _ = tokenize_records(split.validation, "text", tokenizer, **settings)
 
-    model = apply_method(session.model, config)
+    model = apply_method(base.model, config)
     loop = train_loop(
         model=model,
         train_examples=examples,

@@ -23,28 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.data.packing import pack_rows
 from tunelab.data.tokenize import IGNORE_INDEX, ClassifyExample, TokenizedExample
-
-
-def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Assign example indices to rows of at most ``capacity`` tokens (first fit decreasing).
-
-    An example longer than ``capacity`` gets a row of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for index in order:
-        size = lengths[index]
-        for row, room in enumerate(free):
-            if size <= room:
-                rows[row].append(index)
-                free[row] -= size
-                break
-        else:
-            rows.append([index])
-            free.append(capacity - size)
-    return rows
 
 
 def _layout(lengths: Sequence[int], packing: bool, capacity: int) -> list[list[int]]:

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.config import TrainConfig
-from tunelab.errors import TunelabError
+from tunelab.config import ResolvedTrainConfig, TrainSchedule
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.paths import RunFolder
 from tunelab.train.batching import StepPlan, micro_batches, real_tokens, trained_targets
 from tunelab.train.checkpoints import (
@@ -87,17 +87,7 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def resolve_schedule(config: TrainConfig, num_examples: int, world_size: int) -> tuple[int, int, int]:
-    """(total optimizer steps, validation interval, checkpoint interval) for a run."""
-    global_batch = config.batch_size * config.grad_accum * world_size
-    steps_per_epoch = max(1, math.ceil(num_examples / global_batch))
-    total = config.max_steps or max(1, math.ceil((config.epochs or 1.0) * steps_per_epoch))
-    eval_every = config.eval_every or max(1, math.ceil(total / 5))
-    save_every = config.save_every or eval_every
-    return total, eval_every, save_every
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: ResolvedTrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (no weight decay on biases and norms), fused where possible."""
     decay, no_decay = [], []
     for parameter in model.parameters():
@@ -109,7 +99,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     # model's 4.88M LoRA weights in 420 tensors) one fused step took 10 ms against 42 ms for foreach.
     device_type = next((p.device.type for g in groups for p in g["params"]), "cpu")
     options = {"fused": True} if device_type in ("cpu", "cuda", "mps", "xpu") else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=config.lr or 1e-4, betas=(0.9, 0.999), eps=1e-8, **options)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, **options)
 
 
 def compile_blocks(model: nn.Module) -> int:
@@ -132,9 +122,11 @@ def compile_blocks(model: nn.Module) -> int:
     return len(blocks)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup_ratio`` of the steps, then cosine / linear decay to 0, or constant."""
-    warmup = int(round(config.warmup_ratio * total_steps))
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: ResolvedTrainConfig, schedule: TrainSchedule
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over the schedule's warmup steps, then cosine / linear decay to 0, or constant."""
+    warmup, total_steps = schedule.warmup_steps, schedule.total_steps
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -153,7 +145,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def _out_of_memory_error(config: TrainConfig, max_length: int) -> TrainingError:
+def _out_of_memory_error(config: ResolvedTrainConfig, max_length: int) -> TrainingError:
     return TrainingError(
         f"out of memory with train.batch_size={config.batch_size} and data.max_length={max_length}",
         "lower train.batch_size (raise train.grad_accum to keep the same effective batch), lower "
@@ -168,7 +160,7 @@ def train_loop(
     validation_examples: Sequence[Any],
     collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]],
     loss_fn: Callable[[nn.Module, dict], torch.Tensor],
-    config: TrainConfig,
+    config: ResolvedTrainConfig,
     max_length: int,
     run: RunFolder,
     accelerator: Any,
@@ -183,7 +175,13 @@ def train_loop(
     """
     world = accelerator.num_processes
     rank = accelerator.process_index
-    total_steps, eval_every, save_every = resolve_schedule(config, len(train_examples), world)
+    if not isinstance(config, ResolvedTrainConfig):
+        raise ConfigError(
+            "train_loop needs a resolved train config (learning rate and epochs filled in)",
+            "build the config with tunelab.config.parse_config or load_config",
+        )
+    schedule = config.schedule(len(train_examples), world)
+    total_steps = schedule.total_steps
     plan = StepPlan(len(train_examples), config.batch_size * config.grad_accum * world, config.seed)
 
     # 1. Optimizer, schedule, and accelerate's wrapping (DDP/FSDP/DeepSpeed, device placement).
@@ -191,7 +189,7 @@ def train_loop(
         # Measured in bench/README.md ("Levers"): compiling costs more than it returns in short CPU runs.
         compile_blocks(model)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, total_steps)
+    scheduler = make_scheduler(optimizer, config, schedule)
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
     device = accelerator.device
@@ -278,8 +276,8 @@ def train_loop(
             state.train_seconds += time.perf_counter() - step_started
             session_seconds = state.train_seconds - start_seconds
             done = state.step == total_steps
-            validate = state.step % eval_every == 0 or done
-            save = state.step % save_every == 0 or done
+            validate = schedule.validates_at(state.step)
+            save = schedule.saves_at(state.step)
             validation = None
 
             # Read the loss back only every log_every steps, and always before trusting the weights.

@@ -2,7 +2,8 @@
 
 A task recipe reads::
 
-    session = start_run(config, split, run_dir=run_dir, resume=resume)   # folder, accelerator, model
+    session = start_run(config, split, run_dir=run_dir, resume=resume)   # folder, accelerator
+    base = session.load_model()                                           # the model, seeded after loading
     ... tokenize, apply the method, build collate + loss ...
     loop = train_loop(...)
     return finish_run(session, model, loop)                               # adapter/ or model/, tokenizer/
@@ -17,10 +18,11 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig, dump_config, parse_config
+from tunelab.config import ResolvedConfig, dump_config, parse_config
+from tunelab.data.split import Split
 from tunelab.errors import ConfigError, DataError
 from tunelab.models.adapters import count_parameters, save_trained
-from tunelab.models.loader import load_model
+from tunelab.models.loader import LoadedModel, load_model
 from tunelab.paths import RunFolder, atomic_write_text
 from tunelab.runtime import resolve_precision
 from tunelab.train.loop import LoopResult
@@ -52,16 +54,32 @@ class TrainResult:
 
 @dataclass
 class Session:
-    config: RunConfig
+    config: ResolvedConfig
     run: RunFolder
     accelerator: Any
     precision: str
-    model: Any
-    tokenizer: Any
     resume: bool
+    tokenizer: Any = None  # set by load_model(); saved with the trained weights
+
+    def load_model(self) -> LoadedModel:
+        """Load the run's model in float32 for training, then seed (LoRA's initialisation and dropout
+        draw from here, identically on resume) and switch on gradient checkpointing when asked.
+
+        Raises:
+            ModelError: when the model cannot be loaded.
+        """
+        from accelerate.utils import set_seed
+
+        config = self.config
+        loaded = load_model(config.model.name, dtype="float32", allow_network=config.model.allow_network, revision=config.model.revision)
+        set_seed(config.train.seed)
+        if config.train.gradient_checkpointing:
+            loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.tokenizer = loaded.tokenizer
+        return loaded
 
 
-def _check_resume(config: RunConfig, split: Any, run: RunFolder) -> None:
+def _check_resume(config: ResolvedConfig, split: Split, run: RunFolder) -> None:
     if not run.config.is_file():
         raise ConfigError(f"cannot resume {run.root}: it has no config.yaml", "start a new run instead")
     import yaml
@@ -72,14 +90,14 @@ def _check_resume(config: RunConfig, split: Any, run: RunFolder) -> None:
             f"cannot resume {run.root} with a different config",
             "resume with `tunelab train --resume RUN` (it reads the run's own config.yaml)",
         )
-    fingerprint = getattr(split, "fingerprint", None)
-    if fingerprint and run.split.is_file():
+    fingerprint = split.fingerprint
+    if run.split.is_file():
         saved_split = json.loads(run.split.read_text(encoding="utf-8"))
         if saved_split.get("fingerprint") not in (None, fingerprint):
             raise DataError(f"cannot resume {run.root}: the data changed since the run started (split fingerprint differs)")
 
 
-def make_accelerator(config: RunConfig, run: RunFolder) -> tuple[Any, str]:
+def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
     """An Accelerator for this run and the precision it computes in (``bf16`` autocast or ``fp32``)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -101,13 +119,14 @@ def make_accelerator(config: RunConfig, run: RunFolder) -> tuple[Any, str]:
     return accelerator, precision
 
 
-def start_run(config: RunConfig, split: Any, *, run_dir: str | Path, resume: bool = False) -> Session:
-    """Create (or reopen, for resume) the run folder, save config and split, set up the accelerator and model.
+def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resume: bool = False) -> Session:
+    """Create (or reopen, for resume) the run folder, save config and split, set up the accelerator.
+
+    The recipe loads the model next, with ``session.load_model()``.
 
     Raises:
         ConfigError: when ``run_dir`` already holds something and this is no resume, or resume
             is asked with a different config.
-        ModelError: when the model cannot be loaded.
     """
     run = RunFolder(Path(run_dir))
     if resume:
@@ -122,22 +141,14 @@ def start_run(config: RunConfig, split: Any, *, run_dir: str | Path, resume: boo
     if accelerator.is_main_process and not resume:
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, dump_config(config))
-        if hasattr(split, "save"):
-            split.save(run.split)
+        split.save(run.split)
     accelerator.wait_for_everyone()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
-    loaded = load_model(config.model.name, dtype="float32", allow_network=config.model.allow_network, revision=config.model.revision)
-    # Seeded after loading: LoRA's initialisation and dropout draw from here, identically on resume.
-    from accelerate.utils import set_seed
-
-    set_seed(config.train.seed)
-    if config.train.gradient_checkpointing:
-        loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.train.tracker != "none":
         accelerator.init_trackers(run.root.name, config=_flat(config.model_dump(mode="json")))
-    return Session(config, run, accelerator, precision, loaded.model, loaded.tokenizer, resume)
+    return Session(config, run, accelerator, precision, resume)
 
 
 def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:

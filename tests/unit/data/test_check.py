@@ -1,7 +1,5 @@
 import json
 
-from typer.testing import CliRunner
-
 from tunelab.config import DataConfig
 from tunelab.data.check import check_data, render_example
 from tunelab.data.records import ClassifyRecord, SFTRecord, TextRecord
@@ -75,35 +73,6 @@ def test_length_sample_is_reported(tmp_path, tiny_tokenizer):
     assert report.lengths.measured == 10 and report.lengths.sampled
     assert any("sample of 10 of 50" in note for note in report.notes)
     assert check_data(str(path), "text", DataConfig()).lengths is None
-
-
-def _cli(args):
-    from tunelab.cli.main import _register_commands, app
-
-    _register_commands()
-    return CliRunner().invoke(app, args)
-
-
-def test_cli_exit_codes(tmp_path, tiny_model_dir):
-    good = _write_jsonl(tmp_path / "good.jsonl", [{"prompt": f"q{i}", "completion": "a"} for i in range(3)])
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "completion": "a"}], ["{broken"])
-    model = ["--model", str(tiny_model_dir)]
-    result = _cli(["data", "check", str(good), "--task", "sft", *model])
-    assert result.exit_code == 0, result.output
-    assert "[[a<|im_end|>]]" in result.output and "Token lengths" in result.output
-    result = _cli(["data", "check", str(bad), "--task", "sft", "--json", *model])
-    assert result.exit_code == 1
-    report = json.loads(result.output)
-    assert report["errors"][0]["source"] == f"{bad}:2" and "[[a<|im_end|>]]" in report["example"]["bracketed"]
-    assert _cli(["data", "check", str(bad), "--task", "sft", "--skip-invalid", *model]).exit_code == 0
-    result = _cli(["data", "show", str(good), "--task", "sft", "-n", "2", "--json", *model])
-    assert result.exit_code == 0 and len(json.loads(result.output)) == 2
-    config = tmp_path / "run.yaml"
-    config.write_text(f"task: sft\ndata:\n  train: {good.name}\n  test_size: 0.34\n  validation_size: 0\n")
-    result = _cli(["data", "split", str(config), "--json", "--save", str(tmp_path / "split.json")])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["sizes"] == {"train": 2, "validation": 0, "test": 1}
-    assert (tmp_path / "split.json").is_file()
 
 
 def test_batched_lengths_equal_the_tokenized_examples(tmp_path, tiny_tokenizer):

@@ -85,13 +85,20 @@ def test_text_from_txt_files_and_folder(tmp_path):
         read_records(str(tmp_path / "a.txt"), "sft", DataConfig())
 
 
-def test_column_mapping_and_system_prompt(tmp_path):
+def test_column_mapping_and_system_prompt(tmp_path, tiny_tokenizer):
+    from tunelab.data.tokenize import tokenize_sft
+
     path = tmp_path / "qa.csv"
     path.write_text("question,answer\nWho?,Me\n")
     data = DataConfig(prompt_field="question", completion_field="answer", system_prompt="Be brief.")
     (record,) = load_records(str(path), "sft", data)
-    assert record.messages[0] == {"role": "system", "content": "Be brief."}
+    # The system prompt is applied at tokenization, never stored in the record: ids and splits do not depend on it.
+    assert record.messages[0] == {"role": "user", "content": "Who?"}
+    assert record.id == load_records(str(path), "sft", data.model_copy(update={"system_prompt": None}))[0].id
     assert record.completion == "Me"
+    with_system = tokenize_sft(record, tiny_tokenizer, 512, data.system_prompt)
+    assert "Be brief." in tiny_tokenizer.decode(with_system.input_ids)
+    assert "Be brief." not in tiny_tokenizer.decode(tokenize_sft(record, tiny_tokenizer, 512).input_ids)
     result = read_records(str(path), "sft", DataConfig())
     assert "missing field 'prompt'" in result.errors[0].reason and "--prompt-field" in result.errors[0].reason
 
@@ -108,7 +115,7 @@ def test_openai_chat_and_trl_formats(tmp_path):
     assert records[0].messages[2]["weight"] == 0 and records[0].completion == "b"
     assert records[0].messages[0]["content"] == "S"
     assert records[1].messages[-1] == {"role": "assistant", "content": "c"}
-    assert records[2].messages[0]["role"] == "system" and records[2].messages[1]["content"] == "parts"
+    assert records[2].messages[0]["role"] == "user" and records[2].messages[0]["content"] == "parts"
 
 
 def test_salted_file_reports_every_bad_line(tmp_path):

@@ -7,7 +7,8 @@ import torch
 from tunelab.data.records import TextRecord
 from tunelab.data.templates import render_prompt_ids
 from tunelab.data.tokenize import tokenize_text
-from tunelab.evaluation.predict import generate_batch, label_logits, window_nll
+from tunelab.evaluation.predict import label_logits, window_nll
+from tunelab.models.generate import generate_batch
 
 PROMPTS = [
     "What is two plus two?",

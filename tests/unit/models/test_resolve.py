@@ -70,18 +70,18 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
 def test_load_tiny_folder_generates(tiny_model_dir):
     import torch
 
-    from tunelab.models.generate import chat_input_ids, generate_text
+    from tunelab.models.generate import chat_input_ids, generate_text, stop_token_ids
 
     loaded = load_model(str(tiny_model_dir))
     assert loaded.tokenizer.pad_token_id is not None
     text = generate_text(loaded.model, loaded.tokenizer, "hello", max_new_tokens=5)
-    # The streamed answer is the model's own greedy continuation of the chat-templated prompt.
+    # The streamed answer is the model's own greedy continuation of the chat-templated prompt, to the first stop id.
     ids = chat_input_ids(loaded.tokenizer, "hello")
     assert loaded.tokenizer.decode(ids[0]).endswith("<|im_start|>assistant\n")
     with torch.no_grad():
         out = loaded.model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
-            pad_token_id=loaded.tokenizer.pad_token_id,
+            pad_token_id=loaded.tokenizer.pad_token_id, eos_token_id=stop_token_ids(loaded.model, loaded.tokenizer),
         )
     expected = loaded.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
     assert text == expected

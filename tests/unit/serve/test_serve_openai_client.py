@@ -3,9 +3,6 @@ completions from the base and from an adapter in one server; auth errors; gracef
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import openai
 import pytest
 
@@ -54,12 +51,3 @@ def test_openai_client_end_to_end_and_graceful_shutdown(registry, tmp_path):
     assert rows[-1]["model"] == "germany" and rows[-1]["status"] == 200 and rows[-1]["stream"] == 1
     assert rows[-1]["completion_tokens"] >= 1
     assert any(row["status"] == 401 for row in rows)
-
-
-def test_cli_refuses_public_bind_without_key():
-    result = subprocess.run(
-        [sys.executable, "-m", "tunelab.cli.main", "serve", "--host", "0.0.0.0", "--model", "no-such-model"],
-        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "TUNELAB_API_KEY": ""},
-    )
-    assert result.returncode == 2, result.stderr
-    assert "without an API key" in result.stderr and "Traceback" not in result.stderr

@@ -2,15 +2,14 @@
 baseline, bad input that leaves nothing registered, and the CLI."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from tunelab.config import parse_config
 from tunelab.errors import ConfigError, DataError
 from tunelab.registry.store import Registry
-from tunelab.tasks.pipeline import leaderboard, run_pipeline, run_sweep, sweep_overrides
+from tunelab.tasks.pipeline import run_pipeline
+from tunelab.tasks.sweep import leaderboard, run_sweep, sweep_overrides
 
 WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
 
@@ -114,25 +113,6 @@ def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
     assert rows[0]["after"] >= rows[1]["after"]
 
 
-def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir)
-    path = tmp_path / "run.yaml"
-    import yaml
-
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    bad = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epoch=3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "train.epoch" in bad.stderr and "epochs" in bad.stderr
-    ok = subprocess.run(
-        [sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epochs=2", "--json", "--no-calibrate"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert ok.returncode == 0, ok.stderr
-    result = json.loads(ok.stdout)
-    assert result["comparison"]["verdict"] in ("better", "worse", "no significant difference")
-    listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
-    assert listed.returncode == 0 and "quick" in listed.stdout
-
-
 @pytest.mark.parametrize("task", ["sft", "text"])
 def test_run_sft_and_text_end_to_end(tmp_path, tiny_model_dir, task):
     rows = []
@@ -173,3 +153,25 @@ def test_over_budget_stops_before_training(tmp_path, tiny_model_dir):
     record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
     assert record.status == "failed" and "budget" in record.error
     assert not (tmp_path / "runs" / "quick" / "adapter").exists() and not (tmp_path / "runs" / "quick" / "model").exists()
+
+
+def test_steps_are_public_functions_a_notebook_can_call(tmp_path, tiny_model_dir):
+    from tunelab.tasks import pipeline
+
+    context = pipeline.open_pipeline(_config(tmp_path, tiny_model_dir), calibrate=False)
+    pipeline.check_step(context)
+    split = pipeline.split_step(context)
+    assert split.sizes()["test"] == 12
+    assert context.registry_id is None  # nothing is registered before a step after the split needs it
+    estimate = pipeline.estimate_step(context)
+    assert estimate["tokens"]["train_tokens"] > 0
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    assert registry.get_run("quick").status == "running"
+    base = pipeline.baseline_step(context)
+    assert base.metrics["primary"] == "accuracy"
+    assert registry.get_run("quick").baseline_metrics["accuracy"] == base.metrics["accuracy"]
+    # A step that raises marks the registry record and is not recorded as done (a resume runs it again).
+    with pytest.raises(RuntimeError, match="boom"), pipeline.step(context, "train"):
+        raise RuntimeError("boom")
+    assert registry.get_run("quick").status == "failed"
+    assert not context.state.done("train") and context.state.done("baseline")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import SimpleSplit, classify_records, sft_records, tiny_config
+from train_helpers import classify_records, records_split, sft_records, tiny_config
 
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import ConfigError
@@ -56,7 +56,7 @@ def test_loss_falls_on_a_memorisable_set(tiny_model_dir, tmp_path):
     # Full fine-tuning: a random tiny model's frozen head and norm cap what LoRA alone can fit (the
     # real-model test checks LoRA's loss falling).
     config = tiny_config(tiny_model_dir, method="full", max_steps=30, lr=1e-2, log_every=5)
-    result = run_training(config, SimpleSplit(sft_records(8)), run_dir=tmp_path / "run")
+    result = run_training(config, records_split(sft_records(8)), run_dir=tmp_path / "run")
     losses = [m["loss"] for m in _metrics(tmp_path / "run") if "loss" in m]
     assert result.steps == 30 and len(losses) >= 6, losses
     assert losses[-1] < 0.5 * losses[0], losses
@@ -67,7 +67,7 @@ def test_run_folder_holds_what_load_run_needs(tiny_model_dir, tmp_path):
     from tunelab.models import load_run
 
     config = tiny_config(tiny_model_dir, task="classify", max_steps=2)
-    split = SimpleSplit(classify_records(12), classify_records(6))
+    split = records_split(classify_records(12), classify_records(6))
     result = run_training(config, split, run_dir=tmp_path / "run")
     run = RunFolder(tmp_path / "run")
     assert run.config.is_file() and run.adapter.is_dir() and run.tokenizer.is_dir() and run.labels.is_file()
@@ -85,7 +85,7 @@ def test_full_run_writes_a_plain_model_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = tiny_config(tiny_model_dir, method="full", max_steps=2)
-    run_training(config, SimpleSplit(sft_records(6)), run_dir=tmp_path / "run")
+    run_training(config, records_split(sft_records(6)), run_dir=tmp_path / "run")
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
 
@@ -114,7 +114,7 @@ def test_merged_export_generates_the_same_as_the_adapter(tiny_model_dir, tmp_pat
     from tunelab.models.adapters import merge_and_save
 
     config = tiny_config(tiny_model_dir, max_steps=4, lr=2e-2)
-    run_training(config, SimpleSplit(sft_records(6)), run_dir=tmp_path / "run")
+    run_training(config, records_split(sft_records(6)), run_dir=tmp_path / "run")
     merge_and_save(tmp_path / "run", tmp_path / "merged")
     adapted = load_run(tmp_path / "run")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from train_helpers import SimpleSplit, sft_records, tiny_config  # noqa: E402
+from train_helpers import records_split, sft_records, tiny_config  # noqa: E402
 
 from tunelab.tasks import run_training  # noqa: E402
 
@@ -23,7 +23,7 @@ def main() -> None:
         key, value = item.split("=", 1)
         settings[key] = json.loads(value)
     config = tiny_config(Path(model_dir), **settings)
-    split = SimpleSplit(sft_records(12), sft_records(16)[12:])
+    split = records_split(sft_records(12), sft_records(16)[12:])
     seen_steps = []
 
     def progress(event) -> None:

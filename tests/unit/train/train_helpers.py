@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.config import parse_config
 from tunelab.data.records import ClassifyRecord, SFTRecord
+from tunelab.data.split import Split
 
 
-@dataclass
-class SimpleSplit:
-    """What the training recipes read from a split: record lists (the data layer's Split has more)."""
-
-    train: list
-    validation: list = field(default_factory=list)
-    test: list = field(default_factory=list)
-    fingerprint: str = "test"
-
-    def save(self, path: Path) -> None:
-        import json
-
-        ids = {name: [r.id for r in getattr(self, name)] for name in ("train", "validation", "test")}
-        path.write_text(json.dumps({"fingerprint": self.fingerprint, **ids}))
+def records_split(train: list, validation: list | None = None, test: list | None = None) -> Split:
+    """A real Split of these records (no file read): what the recipes train on."""
+    task = "classify" if isinstance(train[0], ClassifyRecord) else "sft"
+    return Split(task, list(train), list(validation or []), list(test or []))
 
 
 def sft_records(n: int = 12) -> list[SFTRecord]:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import yaml
-from train_helpers import SimpleSplit, sft_records
+from train_helpers import records_split, sft_records
 from typer.testing import CliRunner
 
 from tunelab.errors import ConfigError
@@ -17,7 +17,7 @@ def cli(monkeypatch):
     from tunelab.cli.main import _register_commands, app
 
     # The CLI asks the data layer for the split at call time; these tests hand it records directly.
-    monkeypatch.setattr(data_split, "make_split", lambda config: SimpleSplit(sft_records(8), sft_records(10)[8:]))
+    monkeypatch.setattr(data_split, "make_split", lambda config: records_split(sft_records(8), sft_records(10)[8:]))
     if not any(c.name == "train" for c in app.registered_commands):
         _register_commands()
     return app

@@ -83,16 +83,18 @@ def test_unknown_run_is_a_clear_error(app, registry_path):
     assert isinstance(result.exception, TunelabError) and "no run 'nope'" in str(result.exception)
 
 
-def test_compare_of_evaluation_files_uses_the_evaluation_hook(app, tmp_path, monkeypatch):
-    import sys
-    import types
+def test_compare_of_evaluation_files_uses_the_evaluation_comparison(app, tmp_path):
+    from tunelab.evaluation.result import EvalResult
 
-    a, b = tmp_path / "base.json", tmp_path / "tuned.json"
-    a.write_text("{}")
-    b.write_text("{}")
-    module = types.ModuleType("tunelab.evaluation.compare")
-    module.compare_files = lambda first, second: {"compared": [first.name, second.name]}
-    monkeypatch.setitem(sys.modules, "tunelab.evaluation.compare", module)
-    result = CliRunner().invoke(app, ["compare", str(a), str(b)])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"compared": ["base.json", "tuned.json"]}
+    def result(name, correct):
+        rows = [{"id": f"x{i}", "source": f"t:{i}", "prompt": "p", "reference": "ab"[i % 2],
+                 "prediction": "ab"[i % 2] if ok else "ab"[(i + 1) % 2], "scores": {"correct": float(ok), "confidence": 0.9}}
+                for i, ok in enumerate(correct)]
+        return EvalResult("classify", name, len(rows), {}, rows, labels=["a", "b"], test_fingerprint="same")
+
+    a = result("base", [i % 2 == 0 for i in range(40)]).save(tmp_path / "base.json")
+    b = result("tuned", [i % 10 != 0 for i in range(40)]).save(tmp_path / "tuned.json")
+    output = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert output.exit_code == 0, output.output
+    comparison = json.loads(output.output)
+    assert comparison["primary"] == "accuracy" and comparison["verdict"] == "better"

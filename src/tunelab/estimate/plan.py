@@ -6,6 +6,10 @@ example and a few facts about the model (:class:`ModelFacts`); it reads no files
 :func:`calibrate`) turns tokens into seconds here; a dated table of GPUs (``resources/prices.yaml``)
 turns FLOPs into seconds and dollars there.
 
+This module is the arithmetic: tokens, FLOPs, memory, time and money from a config, the token
+count of every training example and a few facts about the model. It imports no torch and reads no
+files; the measuring (model facts, calibration, free memory) lives in ``calibrate.py``.
+
 Formulas (per trained token; N = parameters that take part in a matmul for that token, i.e. every
 weight except the input embedding table, with the LM head counted as d_model x head columns):
 
@@ -37,87 +41,15 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tunelab.config import RunConfig, resolve_defaults
-from tunelab.errors import ConfigError, DataError
+from tunelab.config import ResolvedConfig, require_resolved
+from tunelab.errors import DataError
+from tunelab.estimate.prices import PriceTable, load_price_table
 
 DEFAULT_UTILIZATION = 0.35
-# How many validations a run does when train.eval_every is not set (the training loop's default).
-DEFAULT_VALIDATIONS_PER_RUN = 5
 GIB = 1024**3
-
-
-# -- tables ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GPUSpec:
-    name: str
-    bf16_tflops: float
-    memory_gib: float
-    usd_per_hour: float
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class CloudPrice:
-    provider: str
-    model: str
-    usd_per_million_training_tokens: float
-    published: str = ""
-
-
-@dataclass(frozen=True)
-class PriceTable:
-    table_date: str
-    gpus: list[GPUSpec]
-    cloud_fine_tuning: list[CloudPrice]
-
-    def gpu(self, name: str) -> GPUSpec:
-        """The GPU named ``name`` (case-insensitive).
-
-        Raises:
-            ConfigError: naming the GPUs the table has.
-        """
-        for gpu in self.gpus:
-            if gpu.name.lower() == name.lower():
-                return gpu
-        raise ConfigError(
-            f"budget.gpu: unknown GPU '{name}'", f"use one of {', '.join(g.name for g in self.gpus)} or add it to the price table"
-        )
-
-
-def load_price_table(path: str | Path | None = None) -> PriceTable:
-    """Read the GPU and cloud price table (the bundled ``resources/prices.yaml`` by default).
-
-    Raises:
-        ConfigError: when the file is missing or its entries lack fields.
-    """
-    try:
-        if path is None:
-            text = resources.files("tunelab").joinpath("resources/prices.yaml").read_text(encoding="utf-8")
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
-        return PriceTable(
-            table_date=str(data.get("table_date", "unknown")),
-            gpus=[GPUSpec(**entry) for entry in data.get("gpus", [])],
-            cloud_fine_tuning=[CloudPrice(**entry) for entry in data.get("cloud_fine_tuning", [])],
-        )
-    except OSError as error:
-        raise ConfigError(f"cannot read the price table {path}: {error.strerror}") from None
-    except (TypeError, yaml.YAMLError) as error:
-        raise ConfigError(f"price table {path or 'prices.yaml'} is malformed: {error}") from None
-
-
-# -- model facts -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -140,58 +72,6 @@ class ModelFacts:
     def matmul_params(self, head_columns: int) -> int:
         """N of the formulas: body weights plus the LM head restricted to ``head_columns``."""
         return self.body_params + self.d_model * head_columns
-
-
-def _lora_targets(target_modules: str | list[str]) -> tuple[bool, set[str]]:
-    if isinstance(target_modules, str):
-        if target_modules == "all-linear":
-            return True, set()
-        return False, {target_modules}
-    return False, set(target_modules)
-
-
-def model_facts(model: Any, lora_r: int = 16, target_modules: str | list[str] = "all-linear") -> ModelFacts:
-    """Measure a loaded (or meta-device) transformers causal LM.
-
-    LoRA adds ``r·(in + out)`` parameters per adapted ``nn.Linear``; ``all-linear`` adapts every
-    Linear but the LM head (peft's rule).
-    """
-    import torch
-
-    config = model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    d_model = int(text_config.hidden_size)
-    n_heads = int(text_config.num_attention_heads)
-    head_dim = int(getattr(text_config, "head_dim", None) or d_model // n_heads)
-    n_kv = int(getattr(text_config, "num_key_value_heads", None) or n_heads)
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    if embedding.device.type == "meta":  # meta tensors have no storage to compare
-        tied = bool(getattr(text_config, "tie_word_embeddings", False))
-    else:
-        tied = head is not None and head.weight.data_ptr() == embedding.data_ptr()
-    body = total - embedding.numel() - (0 if tied or head is None else head.weight.numel())
-    all_linear, names = _lora_targets(target_modules)
-    lora = 0
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is head:
-            continue
-        if all_linear or name.split(".")[-1] in names:
-            lora += lora_r * (module.in_features + module.out_features)
-    return ModelFacts(
-        total_params=total,
-        body_params=body,
-        n_layers=int(text_config.num_hidden_layers),
-        d_model=d_model,
-        d_kv=n_kv * head_dim,
-        intermediate=int(getattr(text_config, "intermediate_size", 4 * d_model)),
-        vocab=int(embedding.shape[0]),
-        lora_params=lora,
-    )
-
-
-# -- calibration -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -218,121 +98,6 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "seconds_per_step": self.seconds_per_step, "tokens_per_second": self.tokens_per_second}
-
-
-def _prepare_trainable(model: Any, config: RunConfig) -> Any:
-    method = config.train.method
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = config.lora
-        peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
-        )
-        return get_peft_model(model, peft_config)
-    for parameter in model.parameters():
-        parameter.requires_grad_(method == "full")
-    if method == "freeze":
-        layers = model.model.layers
-        for index in config.train.trainable_layers:
-            for parameter in layers[index].parameters():
-                parameter.requires_grad_(True)
-    return model
-
-
-def calibrate(
-    config: RunConfig,
-    seq_len: int,
-    *,
-    model: Any = None,
-    steps: int = 3,
-    device: str | None = None,
-    n_labels: int = 8,
-) -> Calibration:
-    """Time ``1 + steps`` real training steps (forward, backward, AdamW step) at the run's shape.
-
-    Loads ``config.model.name`` unless ``model`` (a transformers causal LM) is given; that model is
-    changed in place (adapters added, moved to the device), so pass a throwaway copy. Inputs are
-    random token ids: speed does not depend on content. Precision comes from
-    ``resolve_precision(config.train.precision)``; bf16 runs under autocast with fp32 weights, as
-    training does.
-
-    Raises:
-        ModelError: when the model cannot be loaded.
-    """
-    import contextlib
-
-    import torch
-
-    from tunelab.runtime import default_device, resolve_precision
-
-    device = device or default_device()
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        device = "cpu"
-    precision = resolve_precision(config.train.precision, device)
-    if model is None:
-        from tunelab.models import load_model
-
-        model = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision).model
-    previous_threads = torch.get_num_threads()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    try:
-        model = _prepare_trainable(model, config)
-        if config.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        model.to(device)
-        model.train()
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        resolved = resolve_defaults(config)
-        optimizer = torch.optim.AdamW(parameters, lr=resolved.train.lr, weight_decay=config.train.weight_decay)
-        generator = torch.Generator().manual_seed(0)
-        vocab = model.get_input_embeddings().weight.shape[0]
-        batch = config.train.batch_size
-        input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
-        label_columns = torch.arange(min(n_labels, vocab), device=device)
-        targets = torch.randint(0, len(label_columns), (batch,), generator=generator).to(device)
-        autocast = (
-            torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-        )
-        times = []
-        for _ in range(1 + steps):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with autocast:
-                if config.task == "classify":
-                    # As classify training does: only the last position, only the label columns.
-                    hidden = model(input_ids=input_ids, logits_to_keep=1).logits[:, -1, :]
-                    loss = torch.nn.functional.cross_entropy(hidden[:, label_columns].float(), targets)
-                else:
-                    loss = model(input_ids=input_ids, labels=input_ids).loss
-            loss.backward()
-            if config.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(parameters, config.train.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous_threads)
-    return Calibration(
-        device=device,
-        precision=precision,
-        method=config.train.method,
-        batch_size=batch,
-        seq_len=seq_len,
-        threads=threads,
-        step_seconds=times[1:],
-        warmup_seconds=times[0],
-    )
-
-
-# -- the estimate ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -453,7 +218,7 @@ def _round_up(value: float, multiple: int = 8) -> int:
 
 
 def plan_tokens(
-    config: RunConfig,
+    config: ResolvedConfig,
     example_token_counts: list[int],
     *,
     validation_token_counts: list[int] | None = None,
@@ -461,20 +226,24 @@ def plan_tokens(
 ) -> TokenPlan:
     """Count what training processes: examples truncated to ``max_length``, packed or padded.
 
-    sft and text rows are packed to ``max_length`` when ``train.packing`` (no padding); text
-    documents longer than ``max_length`` become windows every ``stride`` tokens, so overlapping
-    windows process ``max_length / stride`` times the tokens. Unpacked batches (classify, or
-    packing off) are padded to their longest example: simulated on a seeded shuffle.
+    Steps, validations and epochs come from the training loop's own schedule
+    (``config.train.schedule``): a step takes ``batch_size * grad_accum`` examples. Text documents
+    longer than ``max_length`` become windows every ``stride`` tokens, so overlapping windows
+    process ``max_length / stride`` times the tokens. Micro-batches are simulated on a seeded
+    shuffle as the collate builds them: with ``train.packing`` their examples are packed into rows
+    of ``train.pack_tokens`` (default ``max_length``) tokens, padded to the longest row; without it
+    each example is a row padded to the micro-batch's longest.
 
     Raises:
         DataError: when there are no training examples.
     """
-    config = resolve_defaults(config)
+    from tunelab.data.packing import pack_rows
+
+    config = require_resolved(config)
     if not example_token_counts:
         raise DataError("no training examples to estimate", "check data.train")
     max_length = config.data.max_length
     batch = config.train.batch_size
-    per_step = batch * config.train.grad_accum
     truncated = sum(1 for count in example_token_counts if count > max_length)
     if config.task == "text":
         lengths = []
@@ -482,34 +251,32 @@ def plan_tokens(
             if count <= max_length:
                 lengths.append(count)
             else:
-                lengths.extend([max_length] * math.ceil((count - max_length) / (config.data.stride or max_length) + 1))
+                lengths.extend([max_length] * math.ceil((count - max_length) / config.data.stride + 1))
         truncated = 0  # long documents become windows: nothing is cut
     else:
         lengths = [min(count, max_length) for count in example_token_counts]
     real = sum(lengths)
-    packed = config.train.packing and config.task in ("sft", "text")
-    if packed:
-        rows = math.ceil(real / max_length)
-        processed = real
-        seq_len = max_length
-    else:
-        order = lengths[:]
-        random.Random(config.train.seed).shuffle(order)
-        chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
-        processed = sum(max(chunk) * len(chunk) for chunk in chunks)
-        rows = len(order)
-        seq_len = min(max_length, _round_up(statistics.mean(max(chunk) for chunk in chunks)))
-    epochs = float(config.train.epochs)
-    steps = math.ceil(rows * epochs / per_step)
-    train_tokens = processed * epochs
-    if config.train.max_steps is not None and config.train.max_steps < steps:
-        train_tokens *= config.train.max_steps / steps
-        steps = config.train.max_steps
+    packed = config.train.packing
+    capacity = config.train.pack_tokens or max_length
+    order = lengths[:]
+    random.Random(config.train.seed).shuffle(order)
+    processed = rows = 0
+    widths = []
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        row_lengths = [sum(chunk[i] for i in row) for row in pack_rows(chunk, capacity)] if packed else chunk
+        width = max(row_lengths)
+        processed += width * len(row_lengths)
+        rows += len(row_lengths)
+        widths.append(width)
+    seq_len = min(capacity if packed else max_length, _round_up(statistics.mean(widths)))
+    schedule = config.train.schedule(len(lengths))
+    steps = schedule.total_steps
+    train_tokens = processed * schedule.epochs_run
     validations = 0
     validation_tokens = sum(min(c, max_length) for c in validation_token_counts or [])
     if validation_tokens:
-        every = config.train.eval_every or max(1, steps // DEFAULT_VALIDATIONS_PER_RUN)
-        validations = max(1, steps // every)
+        validations = schedule.validations
     test_tokens = sum(min(c, max_length) for c in test_token_counts or [])
     if config.task == "sft" and test_token_counts:
         test_tokens += config.eval.max_new_tokens * len(test_token_counts)  # generation, at most
@@ -518,7 +285,7 @@ def plan_tokens(
         real_tokens_per_epoch=real,
         processed_tokens_per_epoch=processed,
         rows_per_epoch=rows,
-        epochs=epochs,
+        epochs=float(config.train.epochs),
         optimizer_steps=steps,
         train_tokens=int(round(train_tokens)),
         seq_len=seq_len,
@@ -530,7 +297,7 @@ def plan_tokens(
     )
 
 
-def plan_flops(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
+def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
     """Training, validation and evaluation FLOPs (see the module docstring for the formulas)."""
     head_columns = n_labels if config.task == "classify" and n_labels else facts.vocab
     matmul = facts.matmul_params(head_columns)
@@ -561,7 +328,7 @@ def plan_flops(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, n_labels
     )
 
 
-def plan_memory(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, trainable: int) -> MemoryPlan:
+def plan_memory(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, trainable: int) -> MemoryPlan:
     """Peak training memory in bytes (formulas in the module docstring); ``available`` left unset."""
     batch, seq, d = config.train.batch_size, tokens.seq_len, facts.d_model
     act_bytes = 2 if precision == "bf16" else 4
@@ -586,30 +353,7 @@ def plan_memory(config: RunConfig, facts: ModelFacts, tokens: TokenPlan, precisi
     )
 
 
-def available_memory(device: str = "cpu") -> int | None:
-    """Bytes free for a run: CUDA free device memory, else MemAvailable (psutil or /proc/meminfo)."""
-    if device.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info()[0])
-        return None
-    try:
-        import psutil  # optional
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def check_budget(config: RunConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:
+def check_budget(config: ResolvedConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:
     """Compare the estimate with ``budget.max_hours`` / ``budget.max_usd``.
 
     Hours are checked on ``budget.gpu`` when set, else on this machine; dollars need ``budget.gpu``
@@ -636,7 +380,7 @@ def check_budget(config: RunConfig, seconds_here: float | None, gpus: list[GPUEs
 
 
 def estimate_run(
-    config: RunConfig,
+    config: ResolvedConfig,
     example_token_counts: list[int],
     facts: ModelFacts,
     *,
@@ -661,7 +405,7 @@ def estimate_run(
         calibration: measured steps on this machine; without it there is no time for this machine.
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
-        available_bytes: free memory on ``device`` (default: measured now).
+        available_bytes: free memory on ``device`` (None: unknown; ``calibrate.available_memory`` measures it).
 
     Raises:
         DataError: when there are no training examples.
@@ -669,7 +413,7 @@ def estimate_run(
     """
     from tunelab.runtime import resolve_precision
 
-    config = resolve_defaults(config)
+    config = require_resolved(config)
     prices = prices or load_price_table()
     if config.budget.gpu:
         prices.gpu(config.budget.gpu)  # an unknown name is a config error, before any work
@@ -680,7 +424,7 @@ def estimate_run(
     flops = plan_flops(config, facts, tokens, n_labels)
     memory = plan_memory(config, facts, tokens, precision, flops.trainable_params)
     memory.device = device
-    memory.available = available_bytes if available_bytes is not None else available_memory(device)
+    memory.available = available_bytes
 
     seconds = None
     if calibration is not None:
@@ -774,106 +518,3 @@ def estimate_error(estimate: Estimate | dict | float, actual_seconds: float, ste
         "error": error,
         "within_25_percent": abs(error) <= 0.25,
     }
-
-
-
-@dataclass
-class TokenCounts:
-    train: list[int]
-    validation: list[int]
-    test: list[int]
-    n_labels: int | None = None
-
-
-def example_token_counts(config: RunConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
-    """Tokens of each example exactly as it will be trained (template, windows, truncation included).
-
-    classify examples are the prompt; the answer is one more token.
-    """
-    from tunelab.data.tokenize import tokenize_records
-
-    if not records:
-        return []
-    examples, _ = tokenize_records(
-        records,
-        config.task,
-        tokenizer,
-        max_length=config.data.max_length,
-        stride=config.data.stride,
-        label_map=label_map,
-        system_prompt=config.data.system_prompt,
-    )
-    extra = 1 if config.task == "classify" else 0
-    return [len(example.input_ids) + extra for example in examples]
-
-
-def count_tokens_from_files(config: RunConfig, tokenizer: Any) -> TokenCounts:
-    """Tokens per example of the train / validation / test split the run will use.
-
-    Reads and splits the data with ``tunelab.data`` (every format and preset), so the counts are
-    those of the real run.
-
-    Raises:
-        DataError: for missing files, invalid records (unless data.skip_invalid) or too little data.
-    """
-    from tunelab.data.labels import build_label_map
-    from tunelab.data.split import make_split
-
-    config = resolve_defaults(config)
-    if not config.data.train:
-        raise DataError("the config has no data.train", "set data.train to your training file")
-    split = make_split(config)
-    label_map = None
-    if config.task == "classify":
-        label_map = build_label_map(sorted({record.label for record in split.train}), tokenizer)
-    test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
-    return TokenCounts(
-        train=example_token_counts(config, split.train, tokenizer, label_map),
-        validation=example_token_counts(config, split.validation, tokenizer, label_map),
-        test=example_token_counts(config, test, tokenizer, label_map),
-        n_labels=len(label_map.labels) if label_map else None,
-    )
-
-
-def estimate_from_config(
-    config: RunConfig,
-    *,
-    calibrate_here: bool = True,
-    calibration_steps: int = 3,
-    prices: PriceTable | None = None,
-) -> Estimate:
-    """What ``tunelab estimate`` does: load the model, count tokens of the files, calibrate, estimate.
-
-    Raises:
-        ModelError: when the model cannot be loaded.
-        DataError: when the data cannot be read.
-        ConfigError: for an unknown ``budget.gpu``.
-    """
-    from tunelab.models import load_model
-    from tunelab.runtime import default_device
-
-    config = resolve_defaults(config)
-    if config.budget.gpu:
-        (prices or load_price_table()).gpu(config.budget.gpu)
-    loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
-    counts = count_tokens_from_files(config, loaded.tokenizer)
-    facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
-    device = default_device()
-    device = device if device.startswith("cuda") else "cpu"
-    tokens = plan_tokens(config, counts.train)
-    calibration = None
-    if calibrate_here:
-        calibration = calibrate(
-            config, tokens.seq_len, model=loaded.model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8
-        )
-    return estimate_run(
-        config,
-        counts.train,
-        facts,
-        validation_token_counts=counts.validation,
-        test_token_counts=counts.test,
-        n_labels=counts.n_labels,
-        calibration=calibration,
-        prices=prices,
-        device=device,
-    )

@@ -1,0 +1,189 @@
+"""How many tokens, FLOPs, seconds, bytes and dollars a run will take, before anything is spent.
+
+- ``prices.py``: the dated GPU and hosted fine-tuning price table.
+- ``plan.py``: the arithmetic (tokens, FLOPs, memory, time, money, budget), no torch.
+- ``calibrate.py``: what is measured (the model's shape, free memory, a few real training steps).
+- here: :func:`estimate_for_split`, the one estimate of a run's split that ``tunelab run`` and
+  ``tunelab estimate`` both make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tunelab.config import ResolvedConfig, require_resolved
+from tunelab.errors import DataError
+from tunelab.estimate.calibrate import Calibration, available_memory, calibrate, model_facts
+from tunelab.estimate.plan import (
+    DEFAULT_UTILIZATION,
+    BudgetCheck,
+    CloudEstimate,
+    Estimate,
+    FlopPlan,
+    GPUEstimate,
+    MemoryPlan,
+    ModelFacts,
+    TokenPlan,
+    check_budget,
+    estimate_error,
+    estimate_run,
+    plan_flops,
+    plan_memory,
+    plan_tokens,
+)
+from tunelab.estimate.prices import CloudPrice, GPUSpec, PriceTable, load_price_table
+
+if TYPE_CHECKING:
+    from tunelab.data.labels import LabelMap
+    from tunelab.data.split import Split
+    from tunelab.models.loader import LoadedModel
+
+__all__ = [
+    "DEFAULT_UTILIZATION", "BudgetCheck", "Calibration", "CloudEstimate", "CloudPrice", "Estimate", "FlopPlan",
+    "GPUEstimate", "GPUSpec", "MemoryPlan", "ModelFacts", "PriceTable", "TokenCounts", "TokenPlan", "available_memory",
+    "calibrate", "check_budget", "count_tokens", "count_tokens_from_files", "estimate_error", "estimate_for_split",
+    "estimate_from_config", "estimate_run", "example_token_counts", "load_price_table", "model_facts", "plan_flops",
+    "plan_memory", "plan_tokens",
+]
+
+
+@dataclass
+class TokenCounts:
+    train: list[int]
+    validation: list[int]
+    test: list[int]
+    n_labels: int | None = None
+
+
+def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
+    """Tokens of each example exactly as it will be trained (template, windows, truncation included).
+
+    classify examples are the prompt; the answer is one more token.
+    """
+    from tunelab.data.tokenize import tokenize_records
+
+    if not records:
+        return []
+    examples, _ = tokenize_records(
+        records,
+        config.task,
+        tokenizer,
+        max_length=config.data.max_length,
+        stride=config.data.stride,
+        label_map=label_map,
+        system_prompt=config.data.system_prompt,
+    )
+    extra = 1 if config.task == "classify" else 0
+    return [len(example.input_ids) + extra for example in examples]
+
+
+def count_tokens(config: ResolvedConfig, split: Split, tokenizer: Any, label_map: LabelMap | None = None) -> TokenCounts:
+    """Tokens per example of ``split`` as the run trains and evaluates it (the test set as sampled by
+    ``data.max_test_examples``, as evaluation does)."""
+    if config.task == "classify" and label_map is None:
+        from tunelab.data.labels import LabelMap
+
+        label_map = LabelMap.for_records(split.train, tokenizer)
+    test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
+    return TokenCounts(
+        train=example_token_counts(config, split.train, tokenizer, label_map),
+        validation=example_token_counts(config, split.validation, tokenizer, label_map),
+        test=example_token_counts(config, test, tokenizer, label_map),
+        n_labels=len(label_map.labels) if label_map else None,
+    )
+
+
+def count_tokens_from_files(config: ResolvedConfig, tokenizer: Any) -> TokenCounts:
+    """:func:`count_tokens` of the split ``tunelab.data`` makes from the config's files.
+
+    Raises:
+        DataError: for missing files, invalid records (unless data.skip_invalid) or too little data.
+    """
+    from tunelab.data.split import make_split
+
+    config = require_resolved(config)
+    if not config.data.train:
+        raise DataError("the config has no data.train", "set data.train to your training file")
+    return count_tokens(config, make_split(config), tokenizer)
+
+
+def estimate_for_split(
+    config: ResolvedConfig,
+    split: Split,
+    loaded: LoadedModel,
+    *,
+    label_map: LabelMap | None = None,
+    calibrate_here: bool = True,
+    calibration_steps: int = 3,
+    calibration_model: Any = None,
+    prices: PriceTable | None = None,
+) -> Estimate:
+    """The estimate of training ``config`` on ``split`` with the model ``loaded``: what ``tunelab run`` and
+    ``tunelab estimate`` both report.
+
+    Calibration adds adapters to the model it trains: ``calibration_model`` is a throwaway copy
+    to use (None: a fresh copy is loaded, about 2 s, so ``loaded`` stays untouched).
+
+    Raises:
+        ModelError: when the model cannot be loaded.
+        DataError: when there are no training examples.
+        ConfigError: for an unknown ``budget.gpu``.
+    """
+    from tunelab.runtime import default_device
+
+    config = require_resolved(config)
+    if config.budget.gpu:
+        (prices or load_price_table()).gpu(config.budget.gpu)  # an unknown name is a config error, before any work
+    counts = count_tokens(config, split, loaded.tokenizer, label_map)
+    facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
+    device = "cuda" if default_device().startswith("cuda") else "cpu"
+    calibration = None
+    if calibrate_here:
+        seq_len = plan_tokens(config, counts.train).seq_len
+        calibration = calibrate(
+            config, seq_len, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8
+        )
+    return estimate_run(
+        config,
+        counts.train,
+        facts,
+        validation_token_counts=counts.validation,
+        test_token_counts=counts.test,
+        n_labels=counts.n_labels,
+        calibration=calibration,
+        prices=prices,
+        device=device,
+        available_bytes=available_memory(device),
+    )
+
+
+def estimate_from_config(
+    config: ResolvedConfig,
+    *,
+    calibrate_here: bool = True,
+    calibration_steps: int = 3,
+    prices: PriceTable | None = None,
+) -> Estimate:
+    """What ``tunelab estimate`` does: load the model, split the files, :func:`estimate_for_split`.
+
+    Raises:
+        ModelError: when the model cannot be loaded.
+        DataError: when the data cannot be read.
+        ConfigError: for an unknown ``budget.gpu``.
+    """
+    from tunelab.data.split import make_split
+    from tunelab.models import load_model
+
+    config = require_resolved(config)
+    if config.budget.gpu:
+        (prices or load_price_table()).gpu(config.budget.gpu)
+    if not config.data.train:
+        raise DataError("the config has no data.train", "set data.train to your training file")
+    loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    split = make_split(config)
+    # The CLI needs the model for nothing else: calibration may change this one in place.
+    return estimate_for_split(
+        config, split, loaded, calibrate_here=calibrate_here, calibration_steps=calibration_steps,
+        calibration_model=loaded.model, prices=prices,
+    )

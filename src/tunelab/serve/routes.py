@@ -1,0 +1,333 @@
+"""The OpenAI-compatible endpoints, each a plain function over the app's one :class:`Service`.
+
+``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``POST /v1/classify``, ``GET /health``. A streamed answer goes through the one SSE helper,
+:func:`sse_answer`; a request's checks (model, context length, max_tokens, stop sequences) are
+methods of the service, shared by every endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from tunelab.data.templates import classify_messages, render_prompt_ids
+from tunelab.serve.adapters import ModelRegistry, ServedModel
+from tunelab.serve.engine import ClassifyResult, Engine, GenerationResult, Job, SamplingParams
+from tunelab.serve.errors import APIError, bad_request, error_body, model_not_found
+from tunelab.serve.middleware import LOG_KEY
+from tunelab.serve.schemas import (
+    MAX_PROMPTS_PER_REQUEST,
+    MAX_STOP_SEQUENCES,
+    ChatCompletionRequest,
+    ClassifyRequest,
+    CompletionRequest,
+)
+from tunelab.serve.settings import ServeSettings
+
+router = APIRouter()
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def sse_answer(
+    engine: Engine,
+    job: Job | None,
+    log: dict,
+    *,
+    delta: Callable[[str], dict],
+    finish: Callable[[str], dict],
+    usage: Callable[[GenerationResult], dict] | None = None,
+    opening: tuple[dict, ...] = (),
+    answer: GenerationResult | None = None,
+) -> StreamingResponse:
+    """The one server-sent-events stream of an answer: ``opening`` chunks, a ``delta`` chunk per piece of
+    text, the ``finish`` chunk, the ``usage`` chunk when asked, then ``[DONE]``; an engine error ends
+    it with the error in the OpenAI shape. ``answer``: an answer already known (no ``job``)."""
+
+    async def events() -> AsyncIterator[str]:
+        for chunk in opening:
+            yield _sse(chunk)
+        final = answer
+        if job is not None:
+            async for kind, payload in engine.stream(job):
+                if kind == "delta":
+                    yield _sse(delta(payload))
+                elif kind == "done":
+                    final = payload
+                else:
+                    log["error"] = getattr(payload, "message", str(payload))
+                    yield _sse(payload.body() if isinstance(payload, APIError) else error_body(str(payload), type="server_error"))
+                    return
+        elif final is not None:
+            yield _sse(delta(final.text))
+        assert final is not None
+        log.update(output=final.text, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
+        yield _sse(finish(final.finish_reason))
+        if usage is not None:
+            yield _sse(usage(final))
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+@dataclass
+class Service:
+    """What every endpoint works with: the models, the engine, the settings, and the request checks."""
+
+    registry: ModelRegistry
+    engine: Engine
+    settings: ServeSettings
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.registry.tokenizer
+
+    def served(self, name: str) -> ServedModel:
+        entry = self.registry.get(name)
+        if entry is None:
+            raise model_not_found(name)
+        return entry
+
+    def model_card(self, name: str) -> dict:
+        entry = self.served(name)
+        card = {"id": name, "object": "model", "created": 0, "owned_by": "tunelab", "kind": entry.kind, "task": entry.task}
+        if entry.kind == "adapter":
+            card["parent"] = self.registry.base_name
+        return card
+
+    def encode_text(self, text: str, param: str) -> list[int]:
+        try:
+            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        except Exception as error:  # noqa: BLE001 - e.g. lone surrogates the tokenizer cannot encode
+            raise bad_request(f"'{param}' cannot be tokenized: {error}", param=param) from None
+
+    def render(self, messages: list[dict], param: str) -> list[int]:
+        try:
+            return render_prompt_ids(self.tokenizer, messages)
+        except Exception as error:  # noqa: BLE001 - the chat template (Jinja) rejects some conversations
+            raise bad_request(f"The model's chat template cannot render these messages: {error}", param=param) from None
+
+    def check_context(self, prompt_tokens: int, param: str) -> None:
+        context = self.registry.context_length
+        if prompt_tokens >= context:
+            raise bad_request(
+                f"This model's maximum context length is {context} tokens. However, your {param} has {prompt_tokens} tokens. "
+                "Please shorten it.",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    def sampling(self, body: Any, prompt_tokens: int, requested: int | None, param: str) -> SamplingParams:
+        self.check_context(prompt_tokens, param)
+        limit = self.settings.max_tokens_limit
+        if requested is not None and requested > limit:
+            raise bad_request(
+                f"max_tokens is too large: {requested}. This server answers with at most {limit} tokens.",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        context = self.registry.context_length
+        max_tokens = requested if requested is not None else min(limit, context - prompt_tokens)
+        if prompt_tokens + max_tokens > context:
+            raise bad_request(
+                f"This model's maximum context length is {context} tokens. However, you requested {prompt_tokens + max_tokens} "
+                f"tokens ({prompt_tokens} in the {param}, {max_tokens} in the completion). Please reduce the length of the "
+                f"{param} or the completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        stops = body.stop_list()
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
+        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, stop=tuple(stops))
+
+    async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
+        prompts = []
+        for text in texts:
+            ids = self.render(classify_messages(text, entry.system_prompt), "input")
+            self.check_context(len(ids), "input")
+            prompts.append(ids)
+        submitted = [self.engine.submit(entry.name, "classify", ids) for ids in prompts]
+        return [await self.engine.result(job) for job in submitted]
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _log(request: Request, **fields: Any) -> dict:
+    entry = request.scope.setdefault(LOG_KEY, {})
+    entry.update(fields)
+    return entry
+
+
+def _refuse(condition: bool, param: str, what: str) -> None:
+    if condition:
+        raise bad_request(f"{what} is not supported by this server.", param=param, code="unsupported_parameter")
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    registry = _service(request).registry
+    return {"status": "ok", "models": registry.names(), "loaded_adapters": registry.loaded_adapters()}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    service = _service(request)
+    return {"object": "list", "data": [service.model_card(name) for name in service.registry.names()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict:
+    return _service(request).model_card(model_id)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    service = _service(request)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    log = _log(request, model=body.model, prompt=json.dumps(messages, ensure_ascii=False), stream=int(body.stream))
+    entry = service.served(body.model)
+    _refuse(body.n != 1, "n", "n other than 1")
+    _refuse(bool(body.logprobs), "logprobs", "logprobs")
+    _refuse(bool(body.tools), "tools", "Tool calling")
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = _now()
+
+    answer: GenerationResult | None = None
+    job: Job | None = None
+    if entry.is_classifier:
+        # A classify model answers with its label: the last user message is the text to classify.
+        text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+        if text is None:
+            raise bad_request("A classify model needs a user message with the text to classify.", param="messages")
+        (result,) = await service.classify(entry, [text])
+        answer = GenerationResult(result.label, "stop", result.prompt_tokens, 1)
+    else:
+        prompt_ids = service.render(messages, "messages")
+        params = service.sampling(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens, "messages")
+        job = service.engine.submit(entry.name, "generate", prompt_ids, params)
+
+    def chunk(delta: dict, finish_reason: str | None) -> dict:
+        return {
+            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_answer(
+            service.engine, job, log,
+            opening=(chunk({"role": "assistant", "content": ""}, None),),
+            delta=lambda text: chunk({"content": text}, None),
+            finish=lambda reason: chunk({}, reason),
+            usage=(lambda final: {**chunk({}, None), "choices": [], "usage": _usage(final.prompt_tokens, final.completion_tokens)})
+            if include_usage else None,
+            answer=answer,
+        )
+
+    final = answer if job is None else await service.engine.result(job)
+    log.update(output=final.text, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
+    return {
+        "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": None, "finish_reason": final.finish_reason}],
+        "usage": _usage(final.prompt_tokens, final.completion_tokens),
+    }
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    service = _service(request)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    log = _log(request, model=body.model, prompt=json.dumps(prompts if len(prompts) > 1 else prompts[0] if prompts else "", ensure_ascii=False), stream=int(body.stream))
+    entry = service.served(body.model)
+    _refuse(body.n != 1, "n", "n other than 1")
+    _refuse(body.echo, "echo", "echo")
+    _refuse(body.logprobs is not None, "logprobs", "logprobs")
+    _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
+    _refuse(bool(body.suffix), "suffix", "suffix")
+    if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
+        raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
+    if body.stream and len(prompts) != 1:
+        raise bad_request("Streaming supports one prompt per request.", param="prompt")
+    if entry.is_classifier:
+        raise bad_request(f"'{entry.name}' is a classify model: use /v1/classify or /v1/chat/completions.", param="model")
+    encoded = []
+    for prompt in prompts:
+        ids = service.encode_text(prompt, "prompt")
+        if not ids:
+            if service.tokenizer.bos_token_id is None:
+                raise bad_request("The prompt is empty.", param="prompt")
+            ids = [service.tokenizer.bos_token_id]
+        requested = body.max_tokens if body.max_tokens is not None else min(16, service.settings.max_tokens_limit)
+        encoded.append((ids, service.sampling(body, len(ids), requested, "prompt")))
+    jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
+    completion_id = f"cmpl-{uuid.uuid4().hex}"
+    created = _now()
+
+    def chunk(text: str, finish_reason: str | None, index: int = 0) -> dict:
+        return {
+            "id": completion_id, "object": "text_completion", "created": created, "model": body.model,
+            "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_answer(
+            service.engine, jobs[0], log,
+            delta=lambda text: chunk(text, None),
+            finish=lambda reason: chunk("", reason),
+            usage=(lambda final: {**chunk("", None), "choices": [], "usage": _usage(final.prompt_tokens, final.completion_tokens)})
+            if include_usage else None,
+        )
+
+    results: list[GenerationResult] = [await service.engine.result(job) for job in jobs]
+    prompt_tokens = sum(r.prompt_tokens for r in results)
+    completion_tokens = sum(r.completion_tokens for r in results)
+    outputs = [r.text for r in results]
+    log.update(output=json.dumps(outputs, ensure_ascii=False) if len(outputs) > 1 else outputs[0], prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    return {
+        "id": completion_id, "object": "text_completion", "created": created, "model": body.model,
+        "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)],
+        "usage": _usage(prompt_tokens, completion_tokens),
+    }
+
+
+@router.post("/v1/classify")
+async def classify(body: ClassifyRequest, request: Request) -> Any:
+    service = _service(request)
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    log = _log(request, model=body.model, prompt=json.dumps(texts if len(texts) > 1 else texts[0] if texts else "", ensure_ascii=False))
+    entry = service.served(body.model)
+    if not entry.is_classifier:
+        raise bad_request(f"'{entry.name}' is not a classify model (it has no labels.json).", param="model")
+    if not texts or len(texts) > MAX_PROMPTS_PER_REQUEST:
+        raise bad_request(f"'input' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="input")
+    results = await service.classify(entry, texts)
+    prompt_tokens = sum(r.prompt_tokens for r in results)
+    labels = [r.label for r in results]
+    log.update(output=json.dumps(labels) if len(labels) > 1 else labels[0], prompt_tokens=prompt_tokens, completion_tokens=len(results))
+    return {
+        "id": f"clf-{uuid.uuid4().hex}", "object": "classification", "created": _now(), "model": body.model,
+        "data": [{"index": i, "label": r.label, "probabilities": r.probabilities} for i, r in enumerate(results)],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

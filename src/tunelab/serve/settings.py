@@ -1,0 +1,37 @@
+"""Everything one ``tunelab serve`` server can be told, declared once (the CLI's options read their defaults here).
+
+Light on purpose (no fastapi): the CLI imports it to register ``tunelab serve``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_KEY_ENV = "TUNELAB_API_KEY"
+DEFAULT_LOG_PATH = Path("runs") / "requests.db"
+
+
+@dataclass
+class ServeSettings:
+    """The models to load, where to listen, and the limits and switches of the app."""
+
+    model: str = "default"
+    adapters: list[tuple[str, str]] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    insecure: bool = False
+    # None: no request log. `tunelab serve` logs to DEFAULT_LOG_PATH unless --no-log.
+    log_path: Path | None = None
+    dtype: str = "float32"
+    max_loaded_adapters: int = 4
+    max_batch_size: int = 8
+    batch_window_ms: float = 10.0
+    max_tokens_limit: int = 512
+    max_body_bytes: int = 1_000_000
+    served_name: str | None = None
+    allow_network: bool = False
+
+
+DEFAULTS = ServeSettings()

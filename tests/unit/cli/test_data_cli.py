@@ -1,0 +1,39 @@
+"""``tunelab data check / show / split``: exit codes, JSON and the rendered examples."""
+
+import json
+
+from typer.testing import CliRunner
+
+
+def _write_jsonl(path, rows, extra_lines=()):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "".join(line + "\n" for line in extra_lines))
+    return path
+
+
+def _cli(args):
+    from tunelab.cli.main import _register_commands, app
+
+    _register_commands()
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_exit_codes(tmp_path, tiny_model_dir):
+    good = _write_jsonl(tmp_path / "good.jsonl", [{"prompt": f"q{i}", "completion": "a"} for i in range(3)])
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "completion": "a"}], ["{broken"])
+    model = ["--model", str(tiny_model_dir)]
+    result = _cli(["data", "check", str(good), "--task", "sft", *model])
+    assert result.exit_code == 0, result.output
+    assert "[[a<|im_end|>]]" in result.output and "Token lengths" in result.output
+    result = _cli(["data", "check", str(bad), "--task", "sft", "--json", *model])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["errors"][0]["source"] == f"{bad}:2" and "[[a<|im_end|>]]" in report["example"]["bracketed"]
+    assert _cli(["data", "check", str(bad), "--task", "sft", "--skip-invalid", *model]).exit_code == 0
+    result = _cli(["data", "show", str(good), "--task", "sft", "-n", "2", "--json", *model])
+    assert result.exit_code == 0 and len(json.loads(result.output)) == 2
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: sft\ndata:\n  train: {good.name}\n  test_size: 0.34\n  validation_size: 0\n")
+    result = _cli(["data", "split", str(config), "--json", "--save", str(tmp_path / "split.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sizes"] == {"train": 2, "validation": 0, "test": 1}
+    assert (tmp_path / "split.json").is_file()

@@ -1,0 +1,27 @@
+"""``tunelab estimate``: JSON, the table, and a user mistake."""
+
+import json
+
+
+def test_cli_estimate_json_and_errors(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+    from tunelab.errors import TunelabError
+
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(10)) + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"task: sft\nmodel: {tiny_model_dir}\ndata:\n  train: train.jsonl\n  max_length: 32\n")
+    runner = CliRunner()
+    result = runner.invoke(cli_main.app, ["estimate", str(config), "train.epochs=2", "--no-calibrate", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["tokens"]["epochs"] == 2.0 and data["calibration"] is None and data["seconds"] is None
+    assert {gpu["name"] for gpu in data["gpus"]} >= {"H100-SXM", "A10G"}
+    table = runner.invoke(cli_main.app, ["estimate", str(config), "--no-calibrate"])
+    assert table.exit_code == 0 and "On GPUs" in table.output
+    bad = runner.invoke(cli_main.app, ["estimate", str(config), "budget.gpu=V100", "--no-calibrate"])
+    assert isinstance(bad.exception, TunelabError) and "unknown GPU" in str(bad.exception)

@@ -1,0 +1,44 @@
+"""``tunelab run`` from the command line: a bad key is one clear error; --json prints the outcome; runs lists it."""
+
+import json
+import subprocess
+import sys
+
+from tunelab.config import parse_config
+
+WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
+
+
+def _config(tmp_path, tiny_model_dir):
+    rows = [{"text": f"{WORDS['AB'[i % 2]][i % 4]} {WORDS['AB'[i % 2]][(i // 2) % 4]} number {i}", "label": "AB"[i % 2]} for i in range(48)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return parse_config(
+        {
+            "task": "classify",
+            "model": str(tiny_model_dir),
+            "name": "quick",
+            "data": {"train": str(data), "test_size": 0.25, "validation_size": 0.1, "max_length": 64},
+            "train": {"method": "full", "lr": 3e-3, "epochs": 8, "batch_size": 8, "output_dir": str(tmp_path / "runs")},
+            "eval": {"bootstrap_samples": 200},
+        }
+    )
+
+
+def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir)
+    path = tmp_path / "run.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    bad = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epoch=3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "train.epoch" in bad.stderr and "epochs" in bad.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", "run", str(path), "train.epochs=2", "--json", "--no-calibrate"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(ok.stdout)
+    assert result["comparison"]["verdict"] in ("better", "worse", "no significant difference")
+    listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "quick" in listed.stdout
