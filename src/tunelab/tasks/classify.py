@@ -20,8 +20,8 @@ from tunelab.data.split import Split
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
-from tunelab.train.batching import ClassifyCollate
 from tunelab.models.heads import LabelHead
+from tunelab.train.batching import ClassifyCollate
 from tunelab.train.loop import train_loop
 from tunelab.train.losses import classify_correct_sum, classify_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
