@@ -3,7 +3,7 @@
 import json
 
 import torch
-from train_helpers import SimpleSplit, classify_records, tiny_config
+from train_helpers import classify_records, records_split, tiny_config
 
 from tunelab.data.labels import label_name_token_ids
 from tunelab.models.heads import LABEL_HEAD_FILE, LabelHead, causal_lm_of, label_logits
@@ -44,7 +44,7 @@ def test_a_classify_run_trains_saves_loads_and_folds_its_label_head(tiny_model_d
     from tunelab.models.adapters import merge_and_save
 
     config = tiny_config(tiny_model_dir, task="classify", max_steps=3)
-    run_training(config, SimpleSplit(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
+    run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
     run = RunFolder(tmp_path / "run")
     assert (run.adapter / LABEL_HEAD_FILE).is_file()
     loaded = load_run(run.root)
@@ -69,7 +69,7 @@ def test_a_classify_run_trains_saves_loads_and_folds_its_label_head(tiny_model_d
 
 def test_best_checkpoint_is_chosen_by_validation_accuracy(tiny_model_dir, tmp_path):
     config = tiny_config(tiny_model_dir, task="classify", max_steps=6, eval_every=1)
-    result = run_training(config, SimpleSplit(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
+    result = run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     validations = [m for m in lines if "validation_score" in m]
     assert len(validations) == 6
