@@ -158,6 +158,22 @@ class EvalConfig(_Section):
     baseline: bool = Field(True, description="Evaluate the base model too, on the same test set.")
 
 
+class ClassifyConfig(_Section):
+    label_head: bool = Field(
+        True,
+        description="Train a delta over the label tokens' rows of the output head (lora/freeze; saved with the "
+        "adapter, folded in on export). LoRA alone never moves those rows when the head is tied to the embeddings.",
+    )
+    label_init: Literal["name", "token"] = Field(
+        "name",
+        description="Start each label's head row at the mean embedding of the label's name ('name') or at its "
+        "answer token's own row ('token').",
+    )
+    select_by: Literal["accuracy", "loss"] = Field(
+        "accuracy", description="Keep the checkpoint with the best validation accuracy (ties: lower loss) or loss."
+    )
+
+
 class BudgetConfig(_Section):
     max_hours: float | None = Field(None, gt=0, description="Stop before training if the estimate is longer.")
     max_usd: float | None = Field(None, gt=0, description="Stop before training if the estimated price is higher.")
@@ -173,6 +189,7 @@ class RunConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
 

@@ -125,3 +125,14 @@ def build_label_map(labels: list[str], tokenizer: Any) -> LabelMap:
         )
     token_ids = [assigned[label] for label in ordered]
     return LabelMap(ordered, token_ids, [tokenizer.decode([t]) for t in token_ids])
+
+
+def label_name_token_ids(labels: list[str], tokenizer: Any) -> list[list[int]]:
+    """The token ids of each label's name as words ("card_arrival" -> " card arrival"), for starting
+    the label's head row at the name's meaning. A name with no word characters keeps its raw text."""
+    result = []
+    for label in labels:
+        words = " ".join(label.replace("_", " ").replace("-", " ").split()) or label
+        ids = tokenizer.encode(" " + words, add_special_tokens=False) or tokenizer.encode(label, add_special_tokens=False)
+        result.append(list(ids))
+    return result

@@ -187,7 +187,10 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
         example = tokenize_classify(probe, tokenizer, label_map, data_config.max_length, system, messages_fn=messages_fn)
         prompts.append(example.input_ids)
         truncated += example.truncated
-    probabilities = softmax(label_logits(loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress))
+    # The run's trained label rows apply only to the labels it was trained on, never to a zero-shot prompt.
+    label_head = getattr(loaded, "label_head", None) if not baseline else None
+    logits = label_logits(loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress, label_head=label_head)
+    probabilities = softmax(logits)
     rows, predictions, confidences = [], [], []
     for record, probs in zip(records, probabilities, strict=True):
         best = int(np.argmax(probs))

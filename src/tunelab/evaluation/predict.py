@@ -36,8 +36,11 @@ def label_logits(
     *,
     batch_size: int = 16,
     progress: Progress | None = None,
+    label_head: Any = None,
 ) -> np.ndarray:
     """Logits of the label tokens at each prompt's last position, shape (prompts, labels).
+
+    ``label_head``: a classify run's trained label rows (``tunelab.models.heads.LabelHead``).
 
     One forward pass of the decoder per batch; the last hidden state is multiplied by the label
     tokens' rows of the LM head only, so no full-vocabulary logits are built. Prompts are
@@ -60,7 +63,7 @@ def label_logits(
         with torch.inference_mode():
             hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
             final = hidden[torch.arange(len(batch), device=device), last.to(device)]
-            logits = head_label_logits(model, final, label_ids)
+            logits = head_label_logits(model, final, label_ids, label_head)
         result[batch] = logits.float().cpu().numpy()
         if progress:
             progress(len(batch))

@@ -98,13 +98,22 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def save_trained(model: nn.Module, tokenizer: Any, run: RunFolder) -> Path:
-    """Write the trained weights into the run folder: ``adapter/`` for LoRA, ``model/`` otherwise."""
+    """Write the trained weights into the run folder: ``adapter/`` for LoRA, ``model/`` otherwise.
+
+    A classify run's ``LabelHead`` is saved next to the LoRA adapter, or folded into the output head
+    of a ``model/`` folder (so that folder stays a plain transformers model).
+    """
+    label_head = model._modules.pop("label_head", None)  # never part of the transformers state dict
     if hasattr(model, "peft_config"):
         target = run.adapter
     else:
         target = run.model
+        if label_head is not None:
+            label_head.fold_into(model)
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp)
+        if label_head is not None and target == run.adapter:
+            label_head.save(tmp)
         if target == run.model:
             # model/ is a complete transformers folder on its own, tokenizer included.
             tokenizer.save_pretrained(tmp)
@@ -132,6 +141,8 @@ def merge_and_save(run_dir: str | Path, out_dir: str | Path) -> Path:
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if loaded.label_head is not None:
+        loaded.label_head.fold_into(model)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)

@@ -3,15 +3,25 @@
 Classification needs the logits of a handful of label tokens at one position, never the full
 vocabulary (49k columns for SmolLM2). Training (the loss), evaluation (one-pass label scoring) and
 serving (``/v1/classify``) all compute them here, so the three agree to the last bit.
+
+A classify run also trains a ``LabelHead``: a delta over the label tokens' rows of the output head.
+It is needed because the default model ties its output head to its input embeddings, so LoRA on the
+linear layers never moves the rows the answer is read from; and it lets each label's row start
+from the meaning of the label's name (the mean embedding of its name's tokens) instead of from an
+arbitrary code token such as "A". The delta is saved with the adapter (``label_head.safetensors``)
+and folded into an untied output head on merge/export.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+LABEL_HEAD_FILE = "label_head.safetensors"
 
 
 def causal_lm_of(model: nn.Module) -> nn.Module:
@@ -23,21 +33,86 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def label_logits(model: nn.Module, hidden: torch.Tensor, label_token_ids: torch.Tensor) -> torch.Tensor:
+class LabelHead(nn.Module):
+    """A trainable delta [labels, hidden] added to the label tokens' rows of the output head."""
+
+    def __init__(self, token_ids: list[int] | torch.Tensor, delta: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("token_ids", torch.as_tensor(token_ids, dtype=torch.long), persistent=False)
+        self.delta = nn.Parameter(delta.detach().clone().float())
+
+    @classmethod
+    def initialise(cls, model: nn.Module, token_ids: list[int], name_token_ids: list[list[int]] | None) -> LabelHead:
+        """A head whose label rows start at the label names' meaning (``name_token_ids``) or, when
+        None, at the label tokens' own rows (delta zero).
+
+        A label's name row is the mean input embedding of its name's tokens, rescaled to the norm of
+        the row it replaces: averaging shrinks a vector, and the logit scale of the other rows must match.
+        """
+        lm = causal_lm_of(model)
+        head_rows = lm.get_output_embeddings().weight.detach()[torch.tensor(token_ids)].float()
+        if name_token_ids is None:
+            return cls(token_ids, torch.zeros_like(head_rows))
+        embeddings = lm.get_input_embeddings().weight.detach()
+        targets = torch.stack([embeddings[torch.tensor(ids)].float().mean(0) for ids in name_token_ids])
+        targets = targets * (head_rows.norm(dim=-1, keepdim=True) / targets.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+        return cls(token_ids, targets - head_rows)
+
+    def save(self, folder: Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(folder) / LABEL_HEAD_FILE
+        save_file({"delta": self.delta.detach().cpu().contiguous(), "token_ids": self.token_ids.cpu()}, str(path))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> LabelHead | None:
+        """The head saved in ``folder``, or None when the run has none (runs from before it existed)."""
+        path = Path(folder) / LABEL_HEAD_FILE
+        if not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        return cls(tensors["token_ids"], tensors["delta"])
+
+    def fold_into(self, model: nn.Module) -> None:
+        """Add the delta to the output head's label rows for good, untying the head from the input
+        embeddings first (the label tokens also occur in input text, whose embeddings must not move)."""
+        lm = causal_lm_of(model)
+        head = lm.get_output_embeddings()
+        weight = head.weight.detach().clone()
+        weight[self.token_ids.to(weight.device)] += self.delta.detach().to(weight.device, weight.dtype)
+        head.weight = nn.Parameter(weight, requires_grad=False)
+        lm.config.tie_word_embeddings = False
+        if hasattr(lm.config, "get_text_config"):
+            lm.config.get_text_config().tie_word_embeddings = False
+
+
+def label_logits(
+    model: nn.Module, hidden: torch.Tensor, label_token_ids: torch.Tensor, label_head: LabelHead | None = None
+) -> torch.Tensor:
     """Logits of the label tokens only, [N, labels], from final hidden states [N, hidden].
 
     A plain ``nn.Linear`` head is sliced to the label rows; a wrapped head (LoRA on ``lm_head``) has no
-    single weight to slice, so it is applied and the label columns picked. Logit soft-capping
-    (``final_logit_softcapping``, e.g. Gemma 2) is applied as the model itself would.
+    single weight to slice, so it is applied and the label columns picked. ``label_head`` adds a
+    classify run's trained delta to those rows. Logit soft-capping (``final_logit_softcapping``, e.g.
+    Gemma 2) is applied as the model itself would.
     """
     lm = causal_lm_of(model)
     head = lm.get_output_embeddings()
     label_token_ids = label_token_ids.to(hidden.device)
     if type(head) is nn.Linear:
+        rows = head.weight[label_token_ids]
+        if label_head is not None:
+            rows = rows + label_head.delta.to(rows.device, rows.dtype)
         bias = head.bias[label_token_ids] if head.bias is not None else None
-        logits = F.linear(hidden.to(head.weight.dtype), head.weight[label_token_ids], bias)
+        logits = F.linear(hidden.to(rows.dtype), rows, bias)
     else:
         logits = head(hidden)[..., label_token_ids]
+        if label_head is not None:
+            delta = label_head.delta.to(hidden.device)
+            logits = logits + (hidden.to(delta.dtype) @ delta.T).to(logits.dtype)
     softcap: Any = getattr(getattr(lm, "config", None), "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap

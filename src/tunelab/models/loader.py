@@ -36,6 +36,7 @@ class LoadedModel:
     base_source: ModelSource | None = None
     run_config: dict | None = None
     label_map: dict | None = None
+    label_head: Any = None  # a classify run's trained label rows (tunelab.models.heads.LabelHead)
     extra: dict = field(default_factory=dict)
 
 
@@ -191,12 +192,16 @@ def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = Fal
     if run.model.is_dir():
         model, tokenizer = _from_pretrained(str(run.model), dtype=dtype, allow_network=False, revision=None)
         base_source = None
+        label_head = None  # folded into model/'s output head when the run was saved
     else:
         from peft import PeftModel
 
         base = load_model(base_name, dtype=dtype, allow_network=allow_network)
         model = PeftModel.from_pretrained(base.model, str(run.adapter))
         model.eval()
+        from tunelab.models.heads import LabelHead
+
+        label_head = LabelHead.load(run.adapter)
         tokenizer = base.tokenizer
         base_source = base.source
     if run.tokenizer.is_dir():
@@ -207,7 +212,8 @@ def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = Fal
             tokenizer.pad_token = tokenizer.eos_token
     source = ModelSource("run", str(run.root.resolve()), run.root.name)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, source=source, base_source=base_source, run_config=config, label_map=label_map
+        model=model, tokenizer=tokenizer, source=source, base_source=base_source, run_config=config, label_map=label_map,
+        label_head=label_head,
     )
 
 

@@ -37,6 +37,7 @@ class ServedModel:
     run_dir: Path | None = None
     label_map: LabelMap | None = None
     system_prompt: str | None = None
+    label_head: Any = None  # a classify run's trained label rows (tunelab.models.heads.LabelHead)
 
     @property
     def is_classifier(self) -> bool:
@@ -115,7 +116,12 @@ class ModelRegistry:
                 f"'{self.base.source.display_name}'",
                 f"start the server with --model {_base_name(config)}",
             )
-        entry = ServedModel(name, "adapter", str(config.get("task")) if config.get("task") else None, run_dir, label_map, _system_prompt(config))
+        from tunelab.models.heads import LabelHead
+
+        entry = ServedModel(
+            name, "adapter", str(config.get("task")) if config.get("task") else None, run_dir, label_map,
+            _system_prompt(config), LabelHead.load(run.adapter),
+        )
         self._entries[name] = entry
         return entry
 

@@ -317,7 +317,7 @@ class Engine:
         decoder = causal_lm_of(model).get_decoder()
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         label_ids = torch.tensor(label_map.token_ids, dtype=torch.long, device=hidden.device)
-        logits = label_logits(model, hidden[:, -1], label_ids).float()
+        logits = label_logits(model, hidden[:, -1], label_ids, entry.label_head).float()
         probabilities = torch.softmax(logits, dim=-1).tolist()
         for job, row in zip(batch, probabilities, strict=True):
             best = max(range(len(row)), key=row.__getitem__)

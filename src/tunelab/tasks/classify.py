@@ -15,14 +15,15 @@ from typing import Any
 import torch
 
 from tunelab.config import ResolvedConfig, require_resolved
-from tunelab.data.labels import LabelMap
+from tunelab.data.labels import LabelMap, label_name_token_ids
 from tunelab.data.split import Split
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
+from tunelab.models.heads import LabelHead
 from tunelab.train.batching import ClassifyCollate
 from tunelab.train.loop import train_loop
-from tunelab.train.losses import classify_loss_sum
+from tunelab.train.losses import classify_correct_sum, classify_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
 
@@ -58,17 +59,25 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
 
     model = apply_method(base.model, config)
     label_token_ids = torch.tensor(label_map.token_ids, dtype=torch.long)
+    label_head = None
+    if config.classify.label_head and config.train.method != "full":
+        # full fine-tuning trains the head rows themselves; LoRA and freeze never reach them.
+        names = label_name_token_ids(label_map.labels, tokenizer) if config.classify.label_init == "name" else None
+        label_head = LabelHead.initialise(model, label_map.token_ids, names)
+        model.add_module("label_head", label_head)  # a submodule: optimized, checkpointed and resumed with the rest
+    scoring = {"label_token_ids": label_token_ids, "label_head": label_head}
     loop = train_loop(
         model=model,
         train_examples=examples,
         validation_examples=validation,
         collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens),
-        loss_fn=functools.partial(classify_loss_sum, label_token_ids=label_token_ids),
+        loss_fn=functools.partial(classify_loss_sum, **scoring),
         config=config.train,
         max_length=max_length,
         run=session.run,
         accelerator=session.accelerator,
         progress=progress,
         resume=resume,
+        validation_score=functools.partial(classify_correct_sum, **scoring) if config.classify.select_by == "accuracy" else None,
     )
     return finish_run(session, model, loop)

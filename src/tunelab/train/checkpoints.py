@@ -38,6 +38,7 @@ class LoopState:
     tokens: int = 0  # real (non-padding) tokens trained on, all processes
     train_seconds: float = 0.0
     best_validation_loss: float | None = None
+    best_validation_score: float | None = None  # e.g. accuracy, when the task selects by a score
     best_step: int | None = None
     bad_validations: int = 0  # validations in a row without improvement (early stopping)
     last_loss: float | None = None
@@ -47,7 +48,9 @@ class LoopState:
 
     @classmethod
     def from_json(cls, text: str) -> LoopState:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data.setdefault("best_validation_score", None)  # checkpoints written before scores existed
+        return cls(**data)
 
 
 def rng_state() -> dict[str, Any]:

@@ -73,6 +73,7 @@ class LoopResult:
     tokens_per_second: float
     seconds: float
     stopped_early: bool
+    best_validation_score: float | None = None
 
 
 class LossModule(nn.Module):
@@ -166,9 +167,15 @@ def train_loop(
     accelerator: Any,
     progress: Callable[[Progress], None] | None = None,
     resume: bool = False,
+    validation_score: Callable[[nn.Module, dict], torch.Tensor] | None = None,
 ) -> LoopResult:
     """Train ``model`` in place; returns counters. On return the model holds the best weights by
     validation loss when there was a validation set, else the last ones.
+
+    ``validation_score(model, batch) -> summed score`` (e.g. the number of correct answers) makes
+    the best checkpoint the one with the highest mean validation score, ties broken by lower loss:
+    for classify, the loss keeps falling on confident right answers long after accuracy stops
+    rising, and the user is judged on accuracy.
 
     Raises:
         TrainingError: on a NaN/inf loss (the last good checkpoint is kept) or when memory runs out.
@@ -220,21 +227,28 @@ def train_loop(
         if config.tracker != "none":
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
-    def validation_loss() -> float | None:
+    def validate_now() -> tuple[float | None, float | None]:
+        """(mean validation loss, mean validation score or None) over every process's shard."""
         if not validation_examples:
-            return None
+            return None, None
         module.eval()
         total = torch.zeros((), device=device)
+        score = torch.zeros((), device=device)
         count = 0
         shard = list(validation_examples)[rank::world]
         with torch.no_grad(), accelerator.autocast():
             for start in range(0, len(shard), config.batch_size):
                 chunk = shard[start : start + config.batch_size]
-                total += module(to_device(collate(chunk))).float()
+                batch = to_device(collate(chunk))
+                total += module(batch).float()
+                if validation_score is not None:
+                    score += validation_score(model, batch).float()
                 count += sum(trained_targets(e) for e in chunk)
         module.train()
-        totals = accelerator.reduce(torch.stack([total, torch.tensor(float(count), device=device)]), "sum")
-        return (totals[0] / totals[1].clamp(min=1)).item()
+        totals = accelerator.reduce(torch.stack([total, score, torch.tensor(float(count), device=device)]), "sum")
+        denominator = totals[2].clamp(min=1)
+        mean_score = (totals[1] / denominator).item() if validation_score is not None else None
+        return (totals[0] / denominator).item(), mean_score
 
     # 3. The loop: one iteration is one optimizer step over a fixed global batch.
     module.train()
@@ -295,14 +309,24 @@ def train_loop(
                     "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, session_seconds),
                 })
             if validate:
-                validation = validation_loss()
+                validation, score = validate_now()
                 if validation is not None:
-                    improved = state.best_validation_loss is None or validation < state.best_validation_loss
+                    if score is not None:
+                        best_score = state.best_validation_score
+                        improved = best_score is None or score > best_score or (
+                            score == best_score and validation < (state.best_validation_loss or math.inf)
+                        )
+                    else:
+                        improved = state.best_validation_loss is None or validation < state.best_validation_loss
                     if improved:
                         state.best_validation_loss, state.best_step, state.bad_validations = validation, state.step, 0
+                        state.best_validation_score = score
                     else:
                         state.bad_validations += 1
-                    log({"step": state.step, "validation_loss": validation})
+                    record = {"step": state.step, "validation_loss": validation}
+                    if score is not None:
+                        record["validation_score"] = score
+                    log(record)
                     patience = config.early_stopping_patience
                     stopped_early = patience is not None and state.bad_validations >= patience and not done
             if save or stopped_early:
@@ -340,6 +364,7 @@ def train_loop(
         final_loss=state.last_loss,
         best_validation_loss=state.best_validation_loss,
         best_step=state.best_step,
+        best_validation_score=state.best_validation_score,
         tokens=state.tokens,
         tokens_per_second=(state.tokens - start_tokens) / max(1e-9, trained_seconds),
         seconds=state.train_seconds,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.data.tokenize import IGNORE_INDEX
-from tunelab.models.heads import causal_lm_of, label_logits
+from tunelab.models.heads import LabelHead, causal_lm_of, label_logits
 
 DEFAULT_CHUNK = 1024
 
@@ -133,14 +133,26 @@ def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = D
     return linear_cross_entropy_sum(hidden[keep], head, targets[keep], chunk)
 
 
-def classify_logits(model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor) -> torch.Tensor:
+def classify_logits(
+    model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor, label_head: LabelHead | None = None
+) -> torch.Tensor:
     """[examples, labels] logits at each prompt's last position, computed over the label columns only."""
     hidden = hidden_states(model, batch["input_ids"], batch["position_ids"])
     flat = hidden.reshape(-1, hidden.shape[-1])[batch["last_positions"]]
-    return label_logits(model, flat, label_token_ids)
+    return label_logits(model, flat, label_token_ids, label_head)
 
 
-def classify_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor) -> torch.Tensor:
+def classify_loss_sum(
+    model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor, label_head: LabelHead | None = None
+) -> torch.Tensor:
     """Summed cross-entropy over the label tokens at each prompt's last position."""
-    logits = classify_logits(model, batch, label_token_ids).float()
+    logits = classify_logits(model, batch, label_token_ids, label_head).float()
     return F.cross_entropy(logits, batch["class_labels"], reduction="sum")
+
+
+def classify_correct_sum(
+    model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor, label_head: LabelHead | None = None
+) -> torch.Tensor:
+    """How many examples of the batch have their own label as the top-scoring one (validation accuracy)."""
+    logits = classify_logits(model, batch, label_token_ids, label_head)
+    return (logits.argmax(dim=-1) == batch["class_labels"]).sum()

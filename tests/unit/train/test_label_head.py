@@ -1,0 +1,77 @@
+"""The classify label head: a trained delta over the label tokens' rows of the output head."""
+
+import json
+
+import torch
+from train_helpers import classify_records, records_split, tiny_config
+
+from tunelab.data.labels import label_name_token_ids
+from tunelab.models.heads import LABEL_HEAD_FILE, LabelHead, causal_lm_of, label_logits
+from tunelab.paths import RunFolder
+from tunelab.tasks import run_training
+
+
+def test_name_initialisation_starts_each_row_at_its_names_mean_embedding(tiny_model, tiny_tokenizer):
+    token_ids = [11, 12]
+    names = label_name_token_ids(["card_arrival", "refund"], tiny_tokenizer)
+    assert names[0] == tiny_tokenizer.encode(" card arrival", add_special_tokens=False)
+    head = LabelHead.initialise(tiny_model, token_ids, names)
+    lm = causal_lm_of(tiny_model)
+    rows = lm.get_output_embeddings().weight[torch.tensor(token_ids)] + head.delta
+    for row, ids, own in zip(rows, names, lm.get_output_embeddings().weight[torch.tensor(token_ids)], strict=True):
+        mean = lm.get_input_embeddings().weight[torch.tensor(ids)].mean(0)
+        # same direction as the name's mean embedding, same norm as the row it replaces
+        torch.testing.assert_close(torch.nn.functional.cosine_similarity(row, mean, dim=0), torch.tensor(1.0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(row.norm(), own.norm(), atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(LabelHead.initialise(tiny_model, token_ids, None).delta) == 0
+
+
+def test_label_logits_add_the_delta_to_the_label_rows(tiny_model):
+    hidden = torch.randn(3, tiny_model.config.hidden_size)
+    labels = torch.tensor([11, 4])
+    delta = torch.randn(2, tiny_model.config.hidden_size)
+    head = LabelHead(labels, delta)
+    weight = causal_lm_of(tiny_model).get_output_embeddings().weight
+    with torch.no_grad():
+        torch.testing.assert_close(label_logits(tiny_model, hidden, labels, head), hidden @ (weight[labels] + delta).T)
+
+
+def test_a_classify_run_trains_saves_loads_and_folds_its_label_head(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.evaluation.predict import label_logits as score_prompts
+    from tunelab.models import load_run
+    from tunelab.models.adapters import merge_and_save
+
+    config = tiny_config(tiny_model_dir, task="classify", max_steps=3)
+    run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
+    run = RunFolder(tmp_path / "run")
+    assert (run.adapter / LABEL_HEAD_FILE).is_file()
+    loaded = load_run(run.root)
+    assert loaded.label_head is not None
+    label_ids = json.loads(run.labels.read_text())["token_ids"]
+    names = label_name_token_ids(loaded.label_map["labels"], loaded.tokenizer)
+    start = LabelHead.initialise(loaded.model, label_ids, names)
+    assert not torch.allclose(loaded.label_head.delta, start.delta), "the label rows were not trained"
+
+    prompts = [[5, 9, 12, 40, 7], [3, 8, 21]]
+    with_head = score_prompts(loaded.model, prompts, label_ids, label_head=loaded.label_head)
+    without = score_prompts(loaded.model, prompts, label_ids)
+    assert not torch.allclose(torch.from_numpy(with_head), torch.from_numpy(without))
+
+    # Merged export: the delta folded into an untied head, the input embeddings untouched.
+    merge_and_save(run.root, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(torch.from_numpy(score_prompts(merged, prompts, label_ids)), torch.from_numpy(with_head), atol=1e-4, rtol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.testing.assert_close(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
+
+
+def test_best_checkpoint_is_chosen_by_validation_accuracy(tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, task="classify", max_steps=6, eval_every=1)
+    result = run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validations = [m for m in lines if "validation_score" in m]
+    assert len(validations) == 6
+    best = max(validations, key=lambda m: (m["validation_score"], -m["validation_loss"]))
+    assert result.best_validation_loss == best["validation_loss"]
