@@ -152,6 +152,8 @@ def write_gguf(merged: MergedRun, out_path: str | Path, *, quant: str = "f16", o
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        # mkstemp makes the file private (0600); an exported model is meant to be read by other tools.
+        os.chmod(writer_target, _default_file_mode())
         os.replace(writer_target, out)
     except BaseException:
         writer.close()
@@ -159,6 +161,7 @@ def write_gguf(merged: MergedRun, out_path: str | Path, *, quant: str = "f16", o
         raise
     if modelfile is not None and modelfile_content is not None:
         atomic_write_text(modelfile, modelfile_content)
+        os.chmod(modelfile, _default_file_mode())
     return GGUFExport(
         path=out,
         quant=quant,
@@ -431,6 +434,12 @@ def _write_metadata(writer: Any, merged: MergedRun, tokenizer: _Tokenizer, quant
                 {key: list(labels[key]) for key in ("labels", "token_ids", "token_strings")}, ensure_ascii=False
             ),
         )
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _temporary_sibling(out: Path) -> Path:
