@@ -25,7 +25,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ from tunelab.errors import ModelError
 from tunelab.models.adapters import MergedRun, merge_run
 from tunelab.paths import atomic_write_text
 
-Quant = Literal["f16", "q8_0"]
 QUANTS: tuple[str, ...] = ("f16", "q8_0")
 # transformers model_type -> GGUF general.architecture. Only architectures whose tensor layout and
 # metadata this module writes exactly are listed; anything else fails before writing.
