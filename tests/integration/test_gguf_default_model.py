@@ -26,7 +26,7 @@ TEXTS = [
 ]
 
 
-def write_default_lora_run(root: Path, tokenizer, *, task: str) -> Path:
+def write_default_lora_run(root: Path, tokenizer, *, task: str, scale: float = 0.002) -> Path:
     from peft import LoraConfig, get_peft_model
 
     from tunelab.data.labels import build_label_map
@@ -39,7 +39,7 @@ def write_default_lora_run(root: Path, tokenizer, *, task: str) -> Path:
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.002)
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
     root.mkdir(parents=True)
     peft_model.save_pretrained(root / "adapter")
     tokenizer.save_pretrained(root / "tokenizer")
@@ -101,6 +101,30 @@ def test_default_model_lora_run_round_trips_through_gguf(default_model, tmp_path
             answer = generate_text(merged.model, merged.tokenizer, prompt, max_new_tokens=12)
             assert generate_text(model, tokenizer, prompt, max_new_tokens=12) == answer
         del model
+
+
+@pytest.mark.slow
+def test_export_of_the_untrained_default_model_matches_llama_cpps_own_file(default_model, tmp_path):
+    """The bundled default GGUF was written by llama.cpp's converter: the same weights exported by tunelab
+    must come out with its tensor names, shapes and q/k layout, and its vocabulary, merges and token types."""
+    from gguf import GGUFReader, dequantize
+
+    from tunelab.models.gguf_export import export_gguf
+    from tunelab.models.resolve import default_gguf_path
+
+    run = write_default_lora_run(tmp_path / "untrained", default_model.tokenizer, task="sft", scale=0.0)
+    ours, theirs = GGUFReader(export_gguf(run, tmp_path / "untrained.gguf").path), GGUFReader(default_gguf_path())
+    assert {t.name: tuple(t.shape) for t in ours.tensors} == {t.name: tuple(t.shape) for t in theirs.tensors}
+    keys = [key for key in theirs.fields if key.startswith(("llama.", "tokenizer."))]
+    assert keys and set(keys) <= set(ours.fields)
+    for key in keys:
+        assert ours.fields[key].contents() == pytest.approx(theirs.fields[key].contents()), key
+    our_tensors, their_tensors = {t.name: t for t in ours.tensors}, {t.name: t for t in theirs.tensors}
+    for name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.29.attn_q.weight", "blk.0.ffn_down.weight"):
+        reference = dequantize(their_tensors[name].data, their_tensors[name].tensor_type)
+        ours_data = dequantize(our_tensors[name].data, our_tensors[name].tensor_type)
+        # Ours is theirs dequantized (by transformers, un-permuted), then permuted back and rounded to f16.
+        np.testing.assert_allclose(ours_data, reference, atol=float(np.abs(reference).max()) * 1e-3, err_msg=name)
 
 
 @pytest.mark.slow
