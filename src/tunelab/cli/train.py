@@ -1,4 +1,4 @@
-"""``tunelab train`` (fine-tune from a config) and ``tunelab export`` (merge an adapter into a model folder)."""
+"""``tunelab train`` (fine-tune from a config) and ``tunelab export`` (a model folder, or one GGUF file)."""
 
 from __future__ import annotations
 
@@ -55,25 +55,48 @@ def train(
 
 def export(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A finished run folder."),
-    out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write (must not exist)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder (or .gguf file) to write; must not exist."),
     merge: bool = typer.Option(False, "--merge", help="Fold the LoRA adapter into the base weights."),
+    output_format: str = typer.Option(
+        None, "--format", help="folder (transformers) or gguf (llama.cpp, Ollama). Default: gguf when OUT ends in .gguf."
+    ),
+    quant: str = typer.Option("f16", "--quant", help="gguf: f16 (exact to f16) or q8_0 (half the size)."),
+    ollama: bool = typer.Option(False, "--ollama", help="gguf: also write OUT.Modelfile for `ollama create`."),
+    as_json: bool = typer.Option(False, "--json", help="gguf: print the result as JSON."),
 ) -> None:
-    """Write a run as a model folder that plain transformers loads (--merge), or copy its adapter."""
+    """Write a run as a model folder that plain transformers loads (--merge), one GGUF file, or copy its adapter."""
     import shutil
 
     from tunelab.models.adapters import merge_and_save
     from tunelab.paths import RunFolder
 
+    chosen = output_format or ("gguf" if out.suffix.lower() == ".gguf" else "folder")
+    if chosen not in ("folder", "gguf"):
+        raise ConfigError(f"--format {chosen!r} is not supported", "use folder or gguf")
+    if chosen == "gguf":
+        from tunelab.models.gguf_export import export_gguf
+
+        result = export_gguf(run_dir, out, quant=quant, ollama=ollama)
+        if as_json:
+            print_json(result.as_dict())
+            return
+        console.print(f"[bold green]exported[/] {result.path} ({result.quant}, {result.size_bytes / 2**20:.1f} MiB)")
+        if result.modelfile is not None:
+            console.print(f"  Modelfile {result.modelfile}; load it into Ollama with:")
+            console.print(f"  {result.ollama_command}", markup=False, highlight=False)
+        return
+    if ollama or quant != "f16":
+        raise ConfigError("--ollama and --quant apply to --format gguf only")
     run = RunFolder(run_dir)
     if merge or run.model.is_dir():
-        merge_and_save(run_dir, out_dir)
+        merge_and_save(run_dir, out)
     else:
-        if out_dir.exists():
-            raise TunelabError(f"{out_dir} already exists; export never overwrites", "choose a new output folder")
+        if out.exists():
+            raise TunelabError(f"{out} already exists; export never overwrites", "choose a new output folder")
         if not run.adapter.is_dir():
             raise TunelabError(f"{run_dir} has no adapter/ to export")
-        shutil.copytree(run.adapter, out_dir)
-    console.print(f"[bold green]exported[/] {out_dir}")
+        shutil.copytree(run.adapter, out)
+    console.print(f"[bold green]exported[/] {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,16 +1,19 @@
 """What is trained: LoRA adapters (PEFT), every weight, or only chosen decoder layers; and merged export.
 
 The adapter is saved in PEFT's own format, so it loads in plain ``peft`` and in any PEFT-aware
-server. ``merge_and_save`` folds it into the base weights and writes a model folder that plain
-transformers loads.
+server. ``merge_run`` folds it into the base weights (the one home of a run's final weights);
+``merge_and_save`` writes them as a model folder that plain transformers loads, and
+``tunelab.models.gguf_export`` as one GGUF file.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tunelab.config import RunConfig
@@ -122,6 +125,56 @@ def save_trained(model: nn.Module, tokenizer: Any, run: RunFolder) -> Path:
     return target
 
 
+@dataclass
+class MergedRun:
+    """A run's final weights as one plain transformers model, with what travels with it.
+
+    ``state_dict`` is the complete set of weights every export writes (``lm_head.weight`` included
+    even when it is tied to the embeddings); ``model`` is the same weights as a module.
+    """
+
+    model: Any
+    tokenizer: Any
+    state_dict: dict[str, torch.Tensor]
+    run: RunFolder
+    run_config: dict
+    label_map: dict | None
+    base_source: Any = None
+
+
+def merge_run(run_dir: str | Path) -> MergedRun:
+    """Fold a run's trained weights into one plain model: the one place a run's final weights are made.
+
+    LoRA adapters are merged into the base weights; full and freeze runs already are plain models.
+    Every export (a transformers folder, a GGUF file) starts from here, so whatever else a run may
+    one day train on top of its weights is folded in once, for all of them.
+
+    Raises:
+        ModelError: when ``run_dir`` is no finished run.
+    """
+    from tunelab.models.loader import load_run
+
+    run = RunFolder(Path(run_dir))
+    loaded = load_run(run.root)
+    model = loaded.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if loaded.label_head is not None:
+        # classify: the trained label rows go into an untied output head (see models.heads.LabelHead)
+        loaded.label_head.fold_into(model)
+    model.eval()
+    state_dict = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    return MergedRun(
+        model=model,
+        tokenizer=loaded.tokenizer,
+        state_dict=state_dict,
+        run=run,
+        run_config=loaded.run_config or {},
+        label_map=loaded.label_map,
+        base_source=loaded.base_source,
+    )
+
+
 def merge_and_save(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Fold a run's adapter into its base model and write a plain transformers folder at ``out_dir``.
 
@@ -131,21 +184,13 @@ def merge_and_save(run_dir: str | Path, out_dir: str | Path) -> Path:
     Raises:
         ModelError: when ``run_dir`` is no finished run or ``out_dir`` already exists.
     """
-    from tunelab.models.loader import load_run
-
     out = Path(out_dir)
     if out.exists():
         raise ModelError(f"{out} already exists; export never overwrites", "choose a new output folder")
-    run = RunFolder(Path(run_dir))
-    loaded = load_run(run.root)
-    model = loaded.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if loaded.label_head is not None:
-        loaded.label_head.fold_into(model)
+    merged = merge_run(run_dir)
     with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
-        if run.labels.is_file():
-            shutil.copy2(run.labels, tmp / "labels.json")
+        merged.model.save_pretrained(tmp)
+        merged.tokenizer.save_pretrained(tmp)
+        if merged.run.labels.is_file():
+            shutil.copy2(merged.run.labels, tmp / "labels.json")
     return out
