@@ -253,15 +253,16 @@ def few_shot_classify(
     _need_training("few_shot", train, ClassifyRecord)
     chosen, warnings = _prepare(records, "classify", data_config, train_ids)
     tokenizer, system = loaded.tokenizer, data_config.system_prompt
-    examples, k = few_shot_classify_examples(train, label_map, tokenizer, config.few_shot_tokens, seed=data_config.seed, system_prompt=system)
+    budget = _example_budget(loaded, config, data_config.max_length, warnings)
+    examples, k = few_shot_classify_examples(train, label_map, tokenizer, budget, seed=data_config.seed, system_prompt=system)
     if k == 0:
         warnings.append(
-            f"eval.few_shot_tokens={config.few_shot_tokens} does not fit one example per label: the few-shot prompt shows "
+            f"{budget} tokens do not fit one example per label (eval.few_shot_tokens): the few-shot prompt shows "
             f"{len(examples)} examples of {len(label_map.labels)} labels"
         )
     build = lambda text: few_shot_messages(text, label_map, examples, system)  # noqa: E731
     # The test text gets as many tokens as in the zero-shot prompt; the examples come on top.
-    limit = data_config.max_length + config.few_shot_tokens
+    limit = data_config.max_length + budget
     prompts, truncated = [], 0
     for record in chosen:
         probe = record if record.label in label_map.labels else dataclasses.replace(record, label=label_map.labels[0])
@@ -310,11 +311,12 @@ def few_shot_sft(
     _need_training("few_shot", train, SFTRecord)
     chosen, warnings = _prepare(records, "sft", data_config, train_ids)
     references = [references_of(record) for record in chosen]
-    examples = few_shot_sft_examples(train, loaded.tokenizer, config.few_shot_tokens, seed=data_config.seed)
+    budget = _example_budget(loaded, config, data_config.max_length + config.max_new_tokens, warnings)
+    examples = few_shot_sft_examples(train, loaded.tokenizer, budget, seed=data_config.seed)
     if not examples:
-        warnings.append(f"eval.few_shot_tokens={config.few_shot_tokens} does not fit one training example: the few-shot prompt has none")
+        warnings.append(f"{budget} tokens do not fit one training example (eval.few_shot_tokens): the few-shot prompt has none")
     conversations = [few_shot_chat(with_system_prompt(record.prompt_messages, data_config.system_prompt), examples) for record in chosen]
-    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length + config.few_shot_tokens, progress)
+    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length + budget, progress)
     rows, metrics = score_sft(chosen, answers, references)
     if truncated:
         warnings.append(f"{truncated} few-shot prompts were too long and kept only their last tokens")
@@ -365,6 +367,16 @@ def retrieval_baseline(train: Sequence[SFTRecord], records: Sequence[SFTRecord],
 
 def _model_name(loaded: Any) -> str:
     return loaded.source.display_name
+
+
+def _example_budget(loaded: Any, config: EvalConfig, room: int, warnings: list[str]) -> int:
+    """``eval.few_shot_tokens``, lowered so examples + the example's own ``room`` tokens fit the model's context."""
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    budget = config.few_shot_tokens
+    if isinstance(context, int) and budget > context - room:
+        budget = max(0, context - room)
+        warnings.append(f"few-shot examples get {budget} tokens, not eval.few_shot_tokens={config.few_shot_tokens}: the model reads at most {context}")
+    return budget
 
 
 def evaluate_baseline(
@@ -497,3 +509,70 @@ def evaluate_baselines(
         results[name] = result
         emit(name, "done", {"metrics": result.metrics})
     return results
+
+
+def base_model_of(loaded: Any, *, allow_network: bool = False) -> Any:
+    """The base model under ``loaded``: the model an adapter sits on, a full run's starting model, else ``loaded`` itself.
+
+    Raises:
+        ModelError: when that model cannot be loaded.
+    """
+    from tunelab.models import load_model
+
+    if loaded.base_source is not None:
+        return load_model(loaded.base_source, allow_network=allow_network)
+    section = (loaded.run_config or {}).get("model") if isinstance(loaded.run_config, dict) else None
+    name = section.get("name") if isinstance(section, dict) else section
+    if loaded.source.kind == "run" and isinstance(name, str):
+        return load_model(name, allow_network=allow_network)
+    return loaded
+
+
+def evaluate_with_baselines(
+    loaded: Any,
+    records: Sequence[Record],
+    task: str,
+    *,
+    baselines: Sequence[str],
+    train: Sequence[Record],
+    config: EvalConfig,
+    data_config: DataConfig,
+    label_map: LabelMap | None = None,
+    zero_shot_prompt: bool = False,
+    allow_network: bool = False,
+    progress: Progress | None = None,
+    on_event: EventFn | None = None,
+) -> tuple[EvalResult, dict[str, EvalResult], Any]:
+    """``tunelab eval`` with opponents: the model, each baseline on the same examples, and the verdict.
+
+    The base model (for base and few_shot) is the one under ``loaded`` (``base_model_of``). classify
+    labels: ``label_map``, else the model's own, else the training labels (else the test labels).
+    Returns (the model's evaluation, the baselines' evaluations, the ``Verdict`` or None without baselines).
+
+    Raises:
+        ConfigError: for a baseline that does not apply to the task.
+        DataError: when a baseline that learns has no training records, or for a bad test set.
+        ModelError: when the base model cannot be loaded.
+    """
+    from tunelab.evaluation.compare import compare_with_baselines
+
+    missing = [name for name in baselines if name in LEARNS_FROM_TRAINING and not train]
+    if missing:
+        raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
+    for name in baselines:
+        if name not in TASK_BASELINES.get(task, ()):
+            raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
+    if task == "classify" and label_map is None:
+        if loaded.label_map:
+            label_map = LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
+        else:
+            source = train or records
+            label_map = build_label_map(sorted({r.label for r in source}), loaded.tokenizer)
+    train_ids = [r.id for r in train] or None
+    result = evaluate(loaded, records, task, config=config, data_config=data_config, label_map=label_map,
+                      baseline=zero_shot_prompt, train_ids=train_ids, progress=progress)
+    base = base_model_of(loaded, allow_network=allow_network) if any(name in NEEDS_BASE_MODEL for name in baselines) else None
+    opponents = evaluate_baselines(baselines, base, records, task, train=train, config=config, data_config=data_config,
+                                   label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress)
+    verdict = compare_with_baselines(opponents, result, seed=config.seed, samples=config.bootstrap_samples) if opponents else None
+    return result, opponents, verdict

@@ -113,7 +113,7 @@ def test_few_shot_examples_are_whole_rounds_within_the_budget(tiny_tokenizer):
         examples, k = B.few_shot_classify_examples(train, label_map, tiny_tokenizer, budget, seed=1)
         used = len(render_prompt_ids(tiny_tokenizer, few_shot_messages("", label_map, examples))) - empty
         assert used <= budget and len(examples) >= previous
-        per_label = {label: sum(1 for _, l in examples if l == label) for label in WORDS}
+        per_label = {label: sum(1 for _, shown in examples if shown == label) for label in WORDS}
         if k:
             assert min(per_label.values()) == k  # every label shown k times
         previous = len(examples)
