@@ -90,6 +90,28 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return max(length, 0)
 
 
+def _cache_over_rows(cache: Any, rows: int) -> Any:
+    """The prefix's KV cache seen by ``rows`` rows, for one batch (the prefix's own tensors are never changed).
+
+    A forward pass appends to its cache, so each batch gets its own cache object; its layers hold
+    broadcast views of the prefix (no copy: appending concatenates into new tensors anyway). A cache
+    of another layout is copied and repeated instead.
+    """
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers):
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(rows)
+        return copied
+    batch_cache = copy.copy(cache)
+    batch_cache.layers = []
+    for layer in layers:
+        view = copy.copy(layer)
+        view.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+        view.values = layer.values.expand(rows, *layer.values.shape[1:])
+        batch_cache.layers.append(view)
+    return batch_cache
+
+
 def prefix_label_logits(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -133,9 +155,7 @@ def prefix_label_logits(
             attention[row, prefix : prefix + len(ids)] = 1
         last = attention[:, prefix:].sum(dim=1) - 1
         positions = torch.arange(prefix, prefix + longest, dtype=torch.long).expand(len(batch), -1)
-        # The forward pass appends the suffix to the cache in place: each batch works on its own copy.
-        batch_cache = copy.deepcopy(cache)
-        batch_cache.batch_repeat_interleave(len(batch))
+        batch_cache = _cache_over_rows(cache, len(batch))
         with torch.inference_mode():
             hidden = decoder(
                 input_ids=input_ids.to(device),
