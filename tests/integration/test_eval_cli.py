@@ -92,7 +92,7 @@ def test_user_mistakes_raise_tunelab_errors(cli, tmp_path):
     assert isinstance(result.exception, DataError)
 
 
-def test_eval_against_baselines_learned_from_train(cli, reader, run_dir, tmp_path):
+def test_eval_against_baselines_learned_from_train(cli, run_dir, tmp_path):
     data, train = tmp_path / "test.jsonl", tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps({"text": t, "label": label}) for t, label in zip(TEXTS, LABELS, strict=True)))
     rows = [{"text": f"{word} issue {i}", "label": label} for i in range(4)

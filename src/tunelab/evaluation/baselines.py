@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import TASK_BASELINES, DataConfig, EvalConfig
-from tunelab.data.labels import LabelMap, build_label_map
+from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.data.templates import (
     few_shot_chat,
@@ -404,7 +404,7 @@ def evaluate_baseline(
         raise ConfigError(f"the {name} baseline needs the base model")
     if task == "classify" and label_map is None:
         source = train if name in LEARNS_FROM_TRAINING else records
-        label_map = build_label_map(sorted({r.label for r in source}), base.tokenizer) if base is not None else None
+        label_map = LabelMap.for_records(source, base.tokenizer) if base is not None else None
     if name == "base":
         result = evaluate(base, records, task, config=config, data_config=data_config, label_map=label_map, baseline=True, train_ids=train_ids, progress=progress)
         result.baseline_name = "base"
@@ -567,7 +567,7 @@ def evaluate_with_baselines(
             label_map = LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
         else:
             source = train or records
-            label_map = build_label_map(sorted({r.label for r in source}), loaded.tokenizer)
+            label_map = LabelMap.for_records(source, loaded.tokenizer)
     train_ids = [r.id for r in train] or None
     result = evaluate(loaded, records, task, config=config, data_config=data_config, label_map=label_map,
                       baseline=zero_shot_prompt, train_ids=train_ids, progress=progress)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tunelab.config import DataConfig, EvalConfig, parse_config, resolve_baselines, resolve_defaults
+from tunelab.config import DataConfig, EvalConfig, parse_config, resolve_baselines
 from tunelab.data.labels import build_label_map
 from tunelab.data.records import ClassifyRecord, SFTRecord
 from tunelab.data.templates import few_shot_chat, few_shot_messages, render_prompt_ids, zero_shot_messages
@@ -179,18 +179,20 @@ def test_retrieval_equals_brute_force_cosine():
 
 
 def test_eval_baselines_default_to_all_that_apply_and_the_old_key_still_works():
-    resolved = resolve_defaults(parse_config({"task": "classify"}))
+    resolved = parse_config({"task": "classify"})
     assert resolved.eval.baselines == ["base", "classical", "few_shot"]
-    assert resolve_defaults(parse_config({"task": "sft"})).eval.baselines == ["base", "few_shot", "retrieval"]
-    assert resolve_defaults(parse_config({"task": "text"})).eval.baselines == ["base"]
-    old = resolve_defaults(parse_config({"task": "classify", "eval": {"baseline": False}}))
+    assert parse_config({"task": "sft"}).eval.baselines == ["base", "few_shot", "retrieval"]
+    assert parse_config({"task": "text"}).eval.baselines == ["base"]
+    old = parse_config({"task": "classify", "eval": {"baseline": False}})
     assert old.eval.baselines == ["classical", "few_shot"] and old.eval.baseline is None
-    assert resolve_defaults(parse_config({"task": "text", "eval": {"baseline": True}})).eval.baselines == ["base"]
-    assert resolve_defaults(parse_config({"task": "sft", "eval": {"baselines": []}})).eval.baselines == []
+    assert parse_config({"task": "text", "eval": {"baseline": True}}).eval.baselines == ["base"]
+    assert parse_config({"task": "sft", "eval": {"baselines": []}}).eval.baselines == []
     with pytest.raises(ConfigError, match="contradicts eval.baselines"):
         parse_config({"task": "classify", "eval": {"baseline": False, "baselines": ["base"]}})
     with pytest.raises(ConfigError, match="retrieval does not apply to the task classify"):
         resolve_baselines("classify", EvalConfig(baselines=["retrieval"]))
+    with pytest.raises(ConfigError, match="retrieval does not apply to the task classify"):
+        parse_config({"task": "classify", "eval": {"baselines": ["base", "retrieval"]}})  # refused on load
     with pytest.raises(ConfigError, match="eval.baselines"):
         parse_config({"task": "classify", "eval": {"baselines": ["nearest"]}})
 
