@@ -159,13 +159,13 @@ def sweep(
         print_json(rows)
         return
     table = Table(title="sweep leaderboard (best first)")
-    for column in ("#", "variant", "metric", "base", "tuned", "difference [95% interval]", "verdict"):
+    for column in ("#", "variant", "metric", "strongest baseline", "tuned", "difference [95% interval]", "verdict"):
         table.add_column(column)
     for rank, row in enumerate(rows, 1):
         if row.get("after") is None:
             table.add_row(str(rank), row["overrides"], "-", "-", "-", "-", f"[red]failed: {row.get('error')}[/]")
             continue
-        table.add_row(str(rank), row["overrides"], row["metric"], _fmt(row["before"]), _fmt(row["after"]),
+        table.add_row(str(rank), row["overrides"], row["metric"], f"{row.get('opponent')} {_fmt(row['before'])}", _fmt(row["after"]),
                       f"{row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]", row["verdict"])
     console.print(table)
 

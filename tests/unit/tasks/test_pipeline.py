@@ -117,6 +117,8 @@ def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
     assert sum(1 for step, status in events if (step, status) == ("baseline", "skip")) == 3
     rows = leaderboard(entries)
     assert rows[0]["after"] >= rows[1]["after"]
+    strongest = {entry.outcome.name: entry.outcome.comparison.strongest for entry in entries}
+    assert [row["opponent"] for row in rows] == [strongest[row["name"]] for row in rows]  # ranked against the strongest baseline
 
 
 @pytest.mark.parametrize("task", ["sft", "text"])
