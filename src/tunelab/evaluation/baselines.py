@@ -174,6 +174,9 @@ def classical_baseline(
     """
     _need_training("classical", train, ClassifyRecord)
     chosen, warnings = _prepare(records, "classify", data_config, train_ids)
+    # In a fixed order (by id), so the CV folds, hence C, do not depend on the order of the file:
+    # the cache key (the records' fingerprint) does not either.
+    train = sorted(train, key=lambda record: record.id)
     labels = list(labels) if labels is not None else sorted({r.label for r in train})
     pipeline, fitted = fit_classical([r.text for r in train], [r.label for r in train], seed=data_config.seed)
     if not fitted["folds"]:
@@ -354,6 +357,7 @@ def retrieval_baseline(train: Sequence[SFTRecord], records: Sequence[SFTRecord],
     """
     _need_training("retrieval", train, SFTRecord)
     chosen, warnings = _prepare(records, "sft", data_config, train_ids)
+    train = sorted(train, key=lambda record: record.id)  # ties go to the same record whatever the file order
     references = [references_of(record) for record in chosen]
     nearest = nearest_training_prompts([prompt_text(r.prompt_messages) for r in train], [prompt_text(r.prompt_messages) for r in chosen])
     answers = [train[int(index)].completion for index in nearest]
