@@ -32,6 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.errors import ConfigError
 
 Task = Literal["text", "sft", "classify", "preference"]
+Baseline = Literal["base", "classical", "few_shot", "retrieval"]
+
+# The opponents that make sense per task (a remote model will be one more entry of each list).
+TASK_BASELINES: dict[str, tuple[str, ...]] = {
+    "classify": ("base", "classical", "few_shot"),
+    "sft": ("base", "few_shot", "retrieval"),
+    "text": ("base",),
+    "preference": ("base",),
+}
 
 
 class _Section(BaseModel):
@@ -155,7 +164,29 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1, description="Examples per forward pass in evaluation.")
     bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
     seed: int = Field(0, description="Seed of the bootstrap and of sampling.")
-    baseline: bool = Field(True, description="Evaluate the base model too, on the same test set.")
+    baselines: list[Baseline] | None = Field(
+        None,
+        description="What the tuned model must beat, on the same test set: base (the base model zero-shot), "
+        "classical (classify: TF-IDF + logistic regression), few_shot (the base model with training examples "
+        "in the prompt), retrieval (sft: the answer of the most similar training prompt). Default: all that "
+        "apply to the task.",
+    )
+    few_shot_tokens: int = Field(
+        1024, ge=0, description="few_shot: token budget for the training examples put in the prompt."
+    )
+    baseline: bool | None = Field(
+        None, description="Old switch for the base model: false removes 'base' from eval.baselines (use eval.baselines)."
+    )
+
+    @model_validator(mode="after")
+    def _baseline_switch_agrees(self) -> EvalConfig:
+        # The old key still works alone; beside an explicit list it must not contradict it.
+        if self.baseline is not None and self.baselines is not None and (self.baseline != ("base" in self.baselines)):
+            raise ValueError(
+                f"eval.baseline: {str(self.baseline).lower()} contradicts eval.baselines: {self.baselines}; "
+                "drop eval.baseline (eval.baselines replaces it)"
+            )
+        return self
 
 
 class ClassifyConfig(_Section):
@@ -286,7 +317,7 @@ class ResolvedConfig(RunConfig):
 
 
 def resolve_defaults(config: RunConfig) -> ResolvedConfig:
-    """The config with task/method-dependent defaults filled in (learning rate, epochs, stride).
+    """The config with task/method-dependent defaults filled in (learning rate, epochs, stride, baselines).
 
     Only this module calls it (``parse_config`` does; a test enforces it): everything else receives
     a :class:`ResolvedConfig`.
@@ -301,6 +332,8 @@ def resolve_defaults(config: RunConfig) -> ResolvedConfig:
         train["epochs"] = TASK_DEFAULT_EPOCHS[config.task]
     if section["stride"] is None:
         section["stride"] = section["max_length"]
+    data["eval"]["baselines"] = resolve_baselines(config.task, config.eval)
+    data["eval"]["baseline"] = None  # folded into eval.baselines
     return ResolvedConfig.model_validate(data)
 
 
@@ -316,6 +349,26 @@ def require_resolved(config: RunConfig) -> ResolvedConfig:
             "build it with tunelab.config.parse_config(dict) or load_config(path), which fill them in",
         )
     return config
+
+
+def resolve_baselines(task: str, config: EvalConfig) -> list[str]:
+    """The baselines of ``config`` for ``task``: the list given, else all that apply; ``baseline: false`` drops base.
+
+    Raises:
+        ConfigError: when a listed baseline does not apply to the task.
+    """
+    valid = TASK_BASELINES.get(task, ())
+    if config.baselines is None:
+        names = [name for name in valid if not (name == "base" and config.baseline is False)]
+    else:
+        names = list(dict.fromkeys(config.baselines))
+    wrong = [name for name in names if name not in valid]
+    if wrong:
+        raise ConfigError(
+            f"eval.baselines: {', '.join(wrong)} does not apply to the task {task}",
+            f"choose from {', '.join(valid)} (or leave eval.baselines out for all of them)",
+        )
+    return names
 
 
 def field_docs(section: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
