@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             elif dataset == "scitldr":
                 cases = [lambda s=seed: scitldr_case(args.scitldr_size, s, args.scitldr_test)]
             else:
-                cases = [lambda s=seed, n=n: classify_case(dataset, n, s, args.test_per_label) for n in sizes]
+                cases = [lambda s=seed, n=n, d=dataset: classify_case(d, n, s, args.test_per_label) for n in sizes]
             for case in cases:
                 result = case()
                 print(json.dumps({k: result[k] for k in ("dataset", "per_label", "seed", "tuned", "baselines", "verdict")}), flush=True)
