@@ -35,13 +35,15 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps of the real run")
     parser.add_argument("--calibration-steps", type=int, default=3)
+    parser.add_argument("--cached", action="store_true", help="use a cached calibration when there is one (default: measure now)")
     args = parser.parse_args()
 
     config = load_config(args.config, [*args.overrides, f"train.max_steps={args.steps}"])
     tokenizer = load_model(config.model.name).tokenizer
     counts = count_tokens_from_files(config, tokenizer)
     seq_len = plan_tokens(config, counts.train).seq_len
-    calibration = calibrate(config, seq_len, steps=args.calibration_steps, n_labels=counts.n_labels or 8)
+    # Measured now by default: the figure is about the method, not about a measurement taken at another load.
+    calibration = calibrate(config, seq_len, steps=args.calibration_steps, n_labels=counts.n_labels or 8, use_cache=args.cached)
 
     with tempfile.TemporaryDirectory() as folder:
         result = run_training(config, make_split(config), run_dir=Path(folder) / "run")

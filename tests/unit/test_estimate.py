@@ -36,6 +36,12 @@ PRICES = PriceTable(
 )
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    # Calibrations are cached under the user cache: each test gets its own, empty one.
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+
+
 def _config(**sections):
     base = {"task": "sft", "data": {"max_length": 64}, "train": {"batch_size": 2, "epochs": 2, "lr": 1e-4}}
     for key, value in sections.items():
@@ -221,6 +227,89 @@ def test_calibration_trains_real_steps(tiny_model_dir, tiny_model):
     # Loading by name (the tiny model folder) and a classify step also work.
     classify = parse_config({"task": "classify", "model": str(tiny_model_dir), "train": {"batch_size": 2, "method": "full"}})
     assert calibrate(classify, 8, steps=1, n_labels=3).seq_len == 8
+
+
+def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, tiny_model, monkeypatch):
+    from tunelab import models
+
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}})
+    first = calibrate(config, 16, model=tiny_model, steps=1)
+    assert not first.cached
+    first = calibrate(config, 16, steps=1, use_cache=False)  # loads the model folder, measures, replaces the entry
+    assert not first.cached
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a cached calibration must not load the model")
+
+    monkeypatch.setattr(models.loader, "load_model", no_load)
+    again = calibrate(config, 16, steps=1)
+    assert again.cached and again.step_seconds == first.step_seconds and again.warmup_seconds == first.warmup_seconds
+    # A different shape is measured anew (here it would load the model: the patched loader says so).
+    with pytest.raises(AssertionError, match="must not load"):
+        calibrate(config, 32, steps=1)
+
+
+BASE_KEY_CONFIG = {
+    "task": "sft", "model": "default", "data": {"max_length": 128}, "train": {"batch_size": 4, "method": "lora", "precision": "fp32"},
+    "lora": {"r": 16, "target_modules": "all-linear"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"train": {"batch_size": 8}},
+        {"data": {"max_length": 256}},
+        {"train": {"method": "full"}},
+        {"task": "classify"},
+        {"lora": {"r": 8}},
+        {"lora": {"target_modules": ["q_proj", "v_proj"]}},
+        {"train": {"threads": 1}},
+        {"train": {"gradient_checkpointing": True}},
+        {"model": "some/other-model"},
+    ],
+    ids=lambda change: json.dumps(change),
+)
+def test_changing_what_sets_the_speed_misses_the_calibration_cache(change):
+    from tunelab.estimate.calibrate import calibration_cache_path, calibration_key
+
+    def key(raw):
+        config = parse_config(raw)
+        return calibration_key(config, 64, device="cpu", precision="fp32", threads=config.train.threads or 2, n_labels=8, steps=3)
+
+    changed = json.loads(json.dumps(BASE_KEY_CONFIG))
+    for section, value in change.items():
+        if isinstance(value, dict):
+            changed[section] = {**changed[section], **value}
+        else:
+            changed[section] = value
+    assert calibration_cache_path(key(changed)) != calibration_cache_path(key(BASE_KEY_CONFIG))
+    assert calibration_cache_path(key(json.loads(json.dumps(BASE_KEY_CONFIG)))) == calibration_cache_path(key(BASE_KEY_CONFIG))
+
+
+@pytest.mark.parametrize("what", ["seq_len", "precision", "device", "versions", "cpu"])
+def test_the_machine_libraries_precision_and_shape_are_in_the_calibration_key(what, monkeypatch):
+    import importlib
+
+    from tunelab import runtime
+
+    # The package exports the function calibrate under the module's name: import the module itself.
+    calibrate_module = importlib.import_module("tunelab.estimate.calibrate")
+
+    config = parse_config(BASE_KEY_CONFIG)
+    arguments = {"seq_len": 64, "device": "cpu", "precision": "fp32", "threads": 2, "n_labels": 8, "steps": 3}
+    before = calibrate_module.calibration_cache_path(calibrate_module.calibration_key(config, **arguments))
+    if what == "seq_len":
+        arguments["seq_len"] = 128
+    elif what == "precision":
+        arguments["precision"] = "bf16"
+    elif what == "device":
+        arguments["device"] = "cuda"
+    elif what == "versions":
+        monkeypatch.setattr(calibrate_module, "_library_versions", lambda: {"torch": "9.9", "transformers": "9.9", "peft": "9.9"})
+    else:
+        monkeypatch.setattr(runtime, "cpu_model_name", lambda: "Some Other CPU")
+    assert calibrate_module.calibration_cache_path(calibrate_module.calibration_key(config, **arguments)) != before
 
 
 def test_token_counts_from_files_and_the_whole_estimate(tmp_path, tiny_model_dir, tiny_tokenizer):

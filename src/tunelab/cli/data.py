@@ -23,6 +23,12 @@ def _data_config(**values: Any) -> DataConfig:
     return DataConfig(**{key: value for key, value in values.items() if value is not None})
 
 
+def _tokenizer(model: str | None, allow_network: bool) -> Any:
+    from tunelab.models.loader import load_tokenizer
+
+    return load_tokenizer(model, allow_network) if model else _default_tokenizer()
+
+
 def _default_tokenizer() -> Any:
     # Use the default model's tokenizer when it is ready here; converting it (~20 s) is not worth a check.
     from tunelab.models.loader import is_cached, load_tokenizer
@@ -123,18 +129,18 @@ def check(
     label_field: str | None = typer.Option(None, "--label-field"),
     system_prompt: str | None = typer.Option(None, "--system-prompt"),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow hub models/datasets."),
+    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token lengths (no tokenizer, no torch: starts in well under a second)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Report every problem in a dataset; exit code 1 when there are errors."""
     from tunelab.data.check import check_data
-    from tunelab.models.loader import load_tokenizer
 
     data = _data_config(
         preset=preset, max_length=max_length, skip_invalid=skip_invalid, limit=limit, text_field=text_field,
         prompt_field=prompt_field, completion_field=completion_field, messages_field=messages_field,
         label_field=label_field, system_prompt=system_prompt,
     )  # fmt: skip
-    tokenizer = load_tokenizer(model, allow_network) if model else _default_tokenizer()
+    tokenizer = None if no_tokens else _tokenizer(model, allow_network)
     report = check_data(path, task, data, tokenizer=tokenizer, test_path=test)
     if as_json:
         print_json(report.to_dict())

@@ -6,11 +6,12 @@ import typer
 from rich.table import Table
 
 from tunelab.cli.common import console, print_json
-from tunelab.runtime import environment_info
 
 
 def env(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Show the machine, the library versions, and which precision training will use."""
+    from tunelab.runtime import environment_info  # imports torch: only for this command
+
     info = environment_info()
     if as_json:
         print_json(info.as_dict())

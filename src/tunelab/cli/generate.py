@@ -7,9 +7,6 @@ import sys
 import typer
 
 from tunelab.cli.common import error_console
-from tunelab.models.generate import stream_generate
-from tunelab.models.loader import is_cached, load_model
-from tunelab.models.resolve import resolve_model
 
 
 def generate(
@@ -22,6 +19,11 @@ def generate(
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
 ) -> None:
     """Answer PROMPT with a model, printing tokens as they are generated."""
+    # Imported here: they pull in torch and transformers, which commands without a model never pay for.
+    from tunelab.models.generate import stream_generate
+    from tunelab.models.loader import is_cached, load_model
+    from tunelab.models.resolve import resolve_model
+
     source = resolve_model(model)
     if not is_cached(source):
         error_console.print(f"[dim]converting {source.display_name} from GGUF once (about 20 s); later loads are fast[/dim]")

@@ -43,10 +43,9 @@ def _quiet_libraries() -> None:
     # are for their maintainers, not for someone fine-tuning a model.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    # Through the environment, not by importing transformers: most commands never load a model, and
+    # importing transformers (and torch under it) is most of their start-up time.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def main() -> None:

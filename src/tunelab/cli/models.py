@@ -6,11 +6,12 @@ import typer
 from rich.table import Table
 
 from tunelab.cli.common import console, human_bytes, print_json
-from tunelab.models.catalog import list_models
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List available models: the bundled default, converted caches, and the Hugging Face cache."""
+    from tunelab.models.catalog import list_models  # imports torch: only for this command
+
     entries = list_models()
     if as_json:
         print_json([entry.__dict__ for entry in entries])

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from tunelab.serve.server import parse_adapter, run_server
 from tunelab.serve.settings import API_KEY_ENV, DEFAULT_LOG_PATH, DEFAULTS, ServeSettings
 
 
@@ -29,6 +28,8 @@ def serve(
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
 ) -> None:
     """Serve models over an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/classify)."""
+    from tunelab.serve.server import parse_adapter, run_server  # imports torch: only for this command
+
     settings = ServeSettings(
         model=model,
         adapters=[parse_adapter(spec) for spec in adapter],

@@ -117,13 +117,16 @@ def estimate_for_split(
     calibrate_here: bool = True,
     calibration_steps: int = 3,
     calibration_model: Any = None,
+    calibration_cache: bool = True,
     prices: PriceTable | None = None,
 ) -> Estimate:
     """The estimate of training ``config`` on ``split`` with the model ``loaded``: what ``tunelab run`` and
     ``tunelab estimate`` both report.
 
     Calibration adds adapters to the model it trains: ``calibration_model`` is a throwaway copy
-    to use (None: a fresh copy is loaded, about 2 s, so ``loaded`` stays untouched).
+    to use (None: a fresh copy is loaded, about 2 s, so ``loaded`` stays untouched). A calibration
+    measured before on this machine for the same shape is read from the cache (``calibration_cache``,
+    see :func:`tunelab.estimate.calibrate.calibrate`); then no copy is loaded at all.
 
     Raises:
         ModelError: when the model cannot be loaded.
@@ -142,7 +145,8 @@ def estimate_for_split(
     if calibrate_here:
         seq_len = plan_tokens(config, counts.train).seq_len
         calibration = calibrate(
-            config, seq_len, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8
+            config, seq_len, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
+            use_cache=calibration_cache,
         )
     return estimate_run(
         config,

@@ -8,12 +8,20 @@ tokens through ``tunelab.models.heads`` (no full-vocabulary logits), as the clas
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import ResolvedConfig
 from tunelab.estimate.plan import Calibration, ModelFacts
+from tunelab.paths import atomic_write_text, cache_dir
+
+CALIBRATION_SUBDIR = "calibration"
+# Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
+CALIBRATION_RECIPE_VERSION = 1
 
 
 def _lora_targets(target_modules: str | list[str]) -> tuple[bool, set[str]]:
@@ -88,6 +96,89 @@ def available_memory(device: str = "cpu") -> int | None:
     return None
 
 
+def _library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("torch", "transformers", "peft"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _model_identity(config: ResolvedConfig) -> dict[str, Any]:
+    # A local folder or file can be replaced by another model under the same name: its resolved path
+    # and modification time are part of what was measured.
+    identity: dict[str, Any] = {"name": config.model.name, "revision": config.model.revision}
+    path = Path(config.model.name).expanduser()
+    if config.model.name != "default" and path.exists():
+        identity["path"] = str(path.resolve())
+        identity["mtime_ns"] = path.stat().st_mtime_ns
+    return identity
+
+
+def calibration_key(
+    config: ResolvedConfig, seq_len: int, *, device: str, precision: str, threads: int, n_labels: int, steps: int
+) -> dict[str, Any]:
+    """Everything that changes the speed of a calibrated step: the cache key of :func:`calibrate`.
+
+    The machine (CPU model, cores, device), the libraries' versions, the model, the task and method,
+    the step's shape (batch, sequence length, max_length, labels) and what runs in it (LoRA rank and
+    targets, precision, threads, gradient checkpointing, compile, gradient clipping).
+    """
+    from tunelab.runtime import cpu_model_name
+
+    return {
+        "recipe": CALIBRATION_RECIPE_VERSION,
+        "cpu": cpu_model_name(),
+        "cores": os.cpu_count(),
+        "device": device,
+        "versions": _library_versions(),
+        "model": _model_identity(config),
+        "task": config.task,
+        "method": config.train.method,
+        "lora_r": config.lora.r if config.train.method in ("lora", "qlora") else None,
+        "lora_targets": config.lora.target_modules if config.train.method in ("lora", "qlora") else None,
+        "lora_dropout": config.lora.dropout if config.train.method in ("lora", "qlora") else None,
+        "batch_size": config.train.batch_size,
+        "seq_len": seq_len,
+        "max_length": config.data.max_length,
+        "n_labels": n_labels if config.task == "classify" else None,
+        "precision": precision,
+        "threads": threads,
+        "gradient_checkpointing": config.train.gradient_checkpointing,
+        "compile": config.train.compile,
+        "max_grad_norm": bool(config.train.max_grad_norm),
+        "steps": steps,
+    }
+
+
+def calibration_cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / CALIBRATION_SUBDIR / f"{digest}.json"
+
+
+def _read_cached(path: Path, key: dict[str, Any]) -> Calibration | None:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if stored.get("key") != json.loads(json.dumps(key, default=str)):  # a hash collision or an older layout
+        return None
+    fields = stored.get("calibration", {})
+    try:
+        return Calibration(
+            device=fields["device"], precision=fields["precision"], method=fields["method"],
+            batch_size=int(fields["batch_size"]), seq_len=int(fields["seq_len"]), threads=int(fields["threads"]),
+            step_seconds=[float(v) for v in fields["step_seconds"]], warmup_seconds=float(fields["warmup_seconds"]),
+            cached=True,
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def calibrate(
     config: ResolvedConfig,
     seq_len: int,
@@ -96,8 +187,15 @@ def calibrate(
     steps: int = 3,
     device: str | None = None,
     n_labels: int = 8,
+    use_cache: bool = True,
 ) -> Calibration:
     """Time ``1 + steps`` real training steps (forward, backward, AdamW step) at the run's shape.
+
+    A measurement is cached under the user cache (``calibration/``), keyed by
+    :func:`calibration_key` (machine, libraries, model, task, method, shape, precision, threads):
+    the same run shape on the same machine is measured once, and a later estimate reads it back
+    without loading a model (``Calibration.cached`` says which). ``use_cache=False`` measures anew
+    and replaces the stored measurement.
 
     Loads ``config.model.name`` unless ``model`` (a transformers causal LM) is given; that model is
     changed in place (adapters added, moved to the device), so pass a throwaway copy. Inputs are
@@ -119,6 +217,15 @@ def calibrate(
     if device not in ("cpu",) and not device.startswith("cuda"):
         device = "cpu"
     precision = resolve_precision(config.train.precision, device)
+    key = calibration_key(
+        config, seq_len, device=device, precision=precision, threads=config.train.threads or torch.get_num_threads(),
+        n_labels=n_labels, steps=steps,
+    )  # fmt: skip
+    cache_path = calibration_cache_path(key)
+    if use_cache:
+        cached = _read_cached(cache_path, key)
+        if cached is not None:
+            return cached
     if model is None:
         from tunelab.models import load_model
 
@@ -168,7 +275,7 @@ def calibrate(
         threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
-    return Calibration(
+    calibration = Calibration(
         device=device,
         precision=precision,
         method=config.train.method,
@@ -178,3 +285,9 @@ def calibrate(
         step_seconds=times[1:],
         warmup_seconds=times[0],
     )
+    try:
+        stored = {"key": key, "calibration": {k: v for k, v in calibration.as_dict().items() if k != "cached"}, "measured_at": time.time()}
+        atomic_write_text(cache_path, json.dumps(stored, indent=1, default=str) + "\n")
+    except OSError:
+        pass  # a read-only cache costs the next estimate a measurement, not this one its result
+    return calibration

@@ -86,6 +86,8 @@ class Calibration:
     threads: int
     step_seconds: list[float]
     warmup_seconds: float
+    # True when read back from the calibration cache (measured earlier on this machine, same key).
+    cached: bool = False
 
     @property
     def seconds_per_step(self) -> float:

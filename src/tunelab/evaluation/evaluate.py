@@ -37,7 +37,7 @@ from tunelab.evaluation.metrics import (
     sft_example_scores,
     text_metrics,
 )
-from tunelab.evaluation.predict import label_logits, softmax, window_nll
+from tunelab.evaluation.predict import prefix_label_logits, softmax, window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.models.generate import generate_batch
 
@@ -239,7 +239,11 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
         truncated += example.truncated
     # The run's trained label rows apply only to the labels it was trained on, never to a zero-shot prompt.
     label_head = getattr(loaded, "label_head", None) if not baseline else None
-    logits = label_logits(loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress, label_head=label_head)
+    # Every prompt starts with the same system message and instruction (the zero-shot one with the whole
+    # label list too): that prefix is computed once, and each request pays only for its own tokens.
+    logits = prefix_label_logits(
+        loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress, label_head=label_head
+    )
     probabilities = softmax(logits)
     rows, metrics, warnings = score_classify(records, probabilities, label_map.labels)
     if truncated:

@@ -123,6 +123,7 @@ def prefix_label_logits(
     batch_size: int = 16,
     progress: Progress | None = None,
     min_prefix: int = 16,
+    label_head: Any = None,
 ) -> np.ndarray:
     """``label_logits`` of prompts that share a long prefix, running the prefix through the model once.
 
@@ -131,10 +132,11 @@ def prefix_label_logits(
     only its own tokens on top, right-padded, at positions that continue after the prefix; each row's
     last real token is scored. Equal to ``label_logits`` on the full prompts up to float rounding.
     Below ``min_prefix`` shared tokens it is not worth a cache and ``label_logits`` runs as is.
+    ``label_head``: a classify run's trained label rows, as in ``label_logits``.
     """
     prefix = shared_prefix_length(prompts)
     if prefix < min_prefix:
-        return label_logits(model, prompts, label_token_ids, batch_size=batch_size, progress=progress)
+        return label_logits(model, prompts, label_token_ids, batch_size=batch_size, progress=progress, label_head=label_head)
     decoder = causal_lm_of(model).get_decoder()
     device = _device(model)
     label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
@@ -168,7 +170,7 @@ def prefix_label_logits(
                 **{cache_name: batch_cache},
             ).last_hidden_state
             final = hidden[torch.arange(len(batch), device=device), last.to(device)]
-            logits = head_label_logits(model, final, label_ids)
+            logits = head_label_logits(model, final, label_ids, label_head)
         del batch_cache
         result[batch] = logits.float().cpu().numpy()
         if progress:
