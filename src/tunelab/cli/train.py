@@ -74,9 +74,10 @@ def export(
     if chosen not in ("folder", "gguf"):
         raise ConfigError(f"--format {chosen!r} is not supported", "use folder or gguf")
     if chosen == "gguf":
+        from tunelab.data.templates import CLASSIFY_INSTRUCTION
         from tunelab.models.gguf_export import export_gguf
 
-        result = export_gguf(run_dir, out, quant=quant, ollama=ollama)
+        result = export_gguf(run_dir, out, quant=quant, ollama=ollama, classify_instruction=CLASSIFY_INSTRUCTION)
         if as_json:
             print_json(result.as_dict())
             return

@@ -103,8 +103,12 @@ def export_gguf(
     *,
     quant: str = "f16",
     ollama: bool = False,
+    classify_instruction: str | None = None,
 ) -> GGUFExport:
     """Write a finished run as one GGUF file at ``out_path`` (and a Modelfile beside it with ``ollama``).
+
+    ``classify_instruction``: the instruction a classify run was trained with, shown in the Modelfile
+    (the data layer owns the prompt, and models sits beside it, so the caller passes it in).
 
     Raises:
         ModelError: when the output exists, the run is no finished run, its tokenizer file is
@@ -113,10 +117,12 @@ def export_gguf(
     out = Path(out_path)
     _check_targets(out, quant, ollama)
     _check_tokenizer_file(Path(run_dir))
-    return write_gguf(merge_run(run_dir), out, quant=quant, ollama=ollama)
+    return write_gguf(merge_run(run_dir), out, quant=quant, ollama=ollama, classify_instruction=classify_instruction)
 
 
-def write_gguf(merged: MergedRun, out_path: str | Path, *, quant: str = "f16", ollama: bool = False) -> GGUFExport:
+def write_gguf(
+    merged: MergedRun, out_path: str | Path, *, quant: str = "f16", ollama: bool = False, classify_instruction: str | None = None
+) -> GGUFExport:
     """Write already merged weights (``merge_run``) as one GGUF file; see ``export_gguf``.
 
     Raises:
@@ -136,7 +142,7 @@ def write_gguf(merged: MergedRun, out_path: str | Path, *, quant: str = "f16", o
         # The run saw its own system prompt, or the template's default one when it had none.
         system = system_prompt or default_system_prompt(tokenizer.chat_template, merged.tokenizer)
         task = str(merged.run_config.get("task", "run"))
-        modelfile_content = modelfile_text(out, tokenizer.chat_template, system, labels, task)
+        modelfile_content = modelfile_text(out, tokenizer.chat_template, system, labels, task, classify_instruction)
 
     from gguf import GGUFWriter
 
@@ -475,6 +481,7 @@ def modelfile_text(
     system: str | None,
     label_map: dict | None,
     task: str,
+    classify_instruction: str | None = None,
 ) -> str:
     """An Ollama Modelfile for the exported file: FROM, TEMPLATE, stop tokens, SYSTEM, label notes."""
     chatml = bool(chat_template) and CHATML_START in chat_template and CHATML_END in chat_template
@@ -489,12 +496,11 @@ def modelfile_text(
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")
     if label_map:
-        from tunelab.data.templates import CLASSIFY_INSTRUCTION
-
         # A classify model answers with exactly one token; greedy, like tunelab's own evaluation.
         lines += ["PARAMETER temperature 0", "PARAMETER num_predict 1", ""]
         lines.append("# Classify: ask with the prompt the run was trained on, the assistant answers one token:")
-        lines.append(f"#   {CLASSIFY_INSTRUCTION}\\n\\nText: <your text>")
+        if classify_instruction:
+            lines.append(f"#   {classify_instruction}\\n\\nText: <your text>")
         lines.append("# What each answer token means:")
         for label, code in zip(label_map["labels"], label_map["token_strings"], strict=True):
             lines.append(f"#   {code!r} = {label}")
