@@ -108,7 +108,7 @@ class TrainConfig(_Section):
     trainable_layers: list[int] = Field(
         default_factory=list, description="freeze: indices of the decoder layers to train (negative from the end)."
     )
-    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 LoRA, 2e-5 full/freeze).")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 LoRA, 2e-5 full, 5e-5 freeze; preference: 5e-5, 1e-6, 5e-6).")
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (default per task).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step per process, before accumulation.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
@@ -174,6 +174,17 @@ class ClassifyConfig(_Section):
     )
 
 
+class PreferenceConfig(_Section):
+    beta: float = Field(
+        0.1, gt=0, description="DPO temperature: how far the policy may move from the reference (higher: stays closer)."
+    )
+    loss: Literal["sigmoid", "ipo", "length_normalized"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO (Rafailov et al. 2023); ipo: squared loss on length-averaged log-ratios (Azar et al. "
+        "2023); length_normalized: DPO on per-token average log-ratios (long answers do not dominate).",
+    )
+
+
 class BudgetConfig(_Section):
     max_hours: float | None = Field(None, gt=0, description="Stop before training if the estimate is longer.")
     max_usd: float | None = Field(None, gt=0, description="Stop before training if the estimated price is higher.")
@@ -190,6 +201,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
 
@@ -205,6 +217,8 @@ class RunConfig(_Section):
 # Defaults that depend on the task and method; anything the user sets wins.
 TASK_DEFAULT_EPOCHS: dict[str, float] = {"text": 1.0, "sft": 2.0, "classify": 2.0, "preference": 1.0}
 METHOD_DEFAULT_LR: dict[str, float] = {"lora": 2e-4, "full": 2e-5, "freeze": 5e-5}
+# DPO moves a model that already answers well: an SFT learning rate overshoots and the policy drifts.
+PREFERENCE_DEFAULT_LR: dict[str, float] = {"lora": 5e-5, "full": 1e-6, "freeze": 5e-6}
 # Validations per run when train.eval_every is not set.
 DEFAULT_VALIDATIONS_PER_RUN = 5
 
@@ -291,7 +305,8 @@ def resolve_defaults(config: RunConfig) -> ResolvedConfig:
     data = config.model_dump(mode="python")
     train, section = data["train"], data["data"]
     if train["lr"] is None:
-        train["lr"] = METHOD_DEFAULT_LR[config.train.method]
+        table = PREFERENCE_DEFAULT_LR if config.task == "preference" else METHOD_DEFAULT_LR
+        train["lr"] = table[config.train.method]
     if train["epochs"] is None:
         train["epochs"] = TASK_DEFAULT_EPOCHS[config.task]
     if section["stride"] is None:
