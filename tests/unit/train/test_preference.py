@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from tests.unit.train.train_helpers import records_split, sft_records, tiny_config
+
 from tunelab.data.records import PreferenceRecord
 from tunelab.data.split import Split
 from tunelab.data.tokenize import IGNORE_INDEX, tokenize_preference, tokenize_records
