@@ -43,6 +43,15 @@ from common import (
 DATA = SHARED_DATA / "hh_rlhf_helpful"
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). ru_maxrss would not do: Linux keeps it across fork + exec,
+    so a child started by a parent that already ran the quality part reports the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=120, help="training pairs (quality)")

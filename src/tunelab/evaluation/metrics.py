@@ -251,6 +251,7 @@ TASK_METRICS: dict[str, list[MetricSpec]] = {
     "preference": [
         MetricSpec("preference_accuracy", True, _mean_of("correct")),
         MetricSpec("reward_margin", True, _mean_of("margin")),
+        MetricSpec("likelihood_accuracy", True, _mean_of("likelihood_correct")),
         MetricSpec("log_ratio_chosen", None, _mean_of("log_ratio_chosen")),
         MetricSpec("log_ratio_rejected", None, _mean_of("log_ratio_rejected")),
     ],
@@ -283,7 +284,7 @@ def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str]
     if task == "text":
         return {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in ("nll", "tokens", "bytes")}
     if task == "preference":
-        columns = ("correct", "margin", "log_ratio_chosen", "log_ratio_rejected")
+        columns = ("correct", "margin", "likelihood_correct", "log_ratio_chosen", "log_ratio_rejected")
         return {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in columns}
     raise ValueError(f"no metrics for task {task!r}")
 

@@ -6,7 +6,9 @@
 - after (a preference run): the implicit DPO reward ``beta * (log pi/ref (chosen) - log pi/ref
   (rejected))`` ranks the pair (per answer token for the ipo and length_normalized losses, as in
   training); the mean reward margin, and how far the policy moved (mean log-ratio to the
-  reference of the chosen and of the rejected answers, per answer token).
+  reference of the chosen and of the rejected answers, per answer token). ``likelihood_accuracy``
+  applies the "before" rule (per-token likelihood) to every model, so it compares like with like:
+  right after training starts the implicit reward is near zero and ranks pairs almost at random.
 
 The reference of a LoRA run is the same weights with the adapter disabled (its parent was folded
 in beneath it); a full or freeze run's reference is its parent model, loaded for the evaluation.
@@ -90,6 +92,8 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
             "prediction": record.chosen if prefers_chosen else record.rejected,
             "scores": {
                 "correct": float(prefers_chosen), "margin": margin,
+                # The "before" rule applied to this model too, so before and after also compare like with like.
+                "likelihood_correct": float(chosen / n_chosen > rejected / n_rejected),
                 "log_ratio_chosen": ratio_chosen / n_chosen, "log_ratio_rejected": ratio_rejected / n_rejected,
                 "chosen_log_prob": chosen, "rejected_log_prob": rejected, "chosen_tokens": n_chosen, "rejected_tokens": n_rejected,
             },

@@ -54,6 +54,7 @@ def test_preference_run_walks_every_step(tmp_path, tiny_model_dir):
 
     # Before: the reference's own likelihood; after: the implicit reward, with paired intervals.
     assert outcome.base_metrics["reward_margin"] == 0.0
+    assert outcome.base_metrics["likelihood_accuracy"] == outcome.base_metrics["preference_accuracy"]
     assert outcome.comparison.primary == "preference_accuracy"
     margin = outcome.comparison.metric("reward_margin")
     assert margin.after > 0 and margin.low > 0  # the policy learned the pattern on held-out prompts
