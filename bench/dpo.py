@@ -35,7 +35,6 @@ from common import (
     machine_info,
     machine_markdown,
     markdown_table,
-    peak_rss_mb,
     run_child,
     write_results,
 )
