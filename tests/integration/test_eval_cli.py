@@ -105,3 +105,28 @@ def test_user_mistakes_raise_tunelab_errors(cli, tmp_path):
     assert isinstance(result.exception, DataError) and "base.json not found" in str(result.exception)
     result = cli.invoke(app, ["review", "score", str(tmp_path / "nope.csv")])
     assert isinstance(result.exception, DataError)
+
+
+def test_eval_against_baselines_learned_from_train(cli, run_dir, tmp_path):
+    data, train = tmp_path / "test.jsonl", tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": label}) for t, label in zip(TEXTS, LABELS, strict=True)))
+    rows = [{"text": f"{word} issue {i}", "label": label} for i in range(4)
+            for word, label in (("card billing", "billing"), ("refund money", "refund"), ("login fails", "technical"))]
+    train.write_text("\n".join(map(json.dumps, rows)))
+    out = tmp_path / "eval" / "tuned.json"
+    result = cli.invoke(app, ["eval", "--adapter", str(run_dir), "--data", str(data), "--task", "classify", "--train", str(train),
+                              "--baselines", "base,classical", "--samples", "200", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert set(printed["baselines"]) == {"base", "classical"}
+    assert printed["verdict"]["strongest"] in ("base", "classical") and set(printed["verdict"]["comparisons"]) == {"base", "classical"}
+    classical = json.loads((tmp_path / "eval" / "tuned.classical.json").read_text())
+    assert classical["baseline_name"] == "classical" and classical["test_fingerprint"] == json.loads(out.read_text())["test_fingerprint"]
+    assert (tmp_path / "eval" / "tuned.base.json").is_file()
+    # The table form: one column per baseline and the verdict line.
+    result = cli.invoke(app, ["eval", "--adapter", str(run_dir), "--data", str(data), "--task", "classify", "--train", str(train),
+                              "--baselines", "classical", "--samples", "200"])
+    assert result.exit_code == 0, result.output
+    assert "classical" in result.output and "verdict:" in result.output
+    result = cli.invoke(app, ["eval", "--adapter", str(run_dir), "--data", str(data), "--task", "classify", "--baselines", "classical"])
+    assert isinstance(result.exception, DataError) and "--train FILE" in str(result.exception)

@@ -42,6 +42,50 @@ def render_comparison(comparison) -> Table:
     return table
 
 
+def render_verdict(verdict) -> Table:
+    """A rich table of a ``tunelab.evaluation.compare.Verdict``: the tuned model, then one column per baseline.
+
+    A baseline's cell shows its value and the tuned model's difference from it with the 95% interval,
+    green where the tuned model is significantly better, red where the baseline is.
+    """
+    names = list(verdict.comparisons)
+    table = Table(title=f"{verdict.tuned} against {len(names)} baseline(s) on {verdict.n} test examples (strongest: {verdict.strongest})")
+    table.add_column("metric")
+    table.add_column("tuned", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    colours = {"better": "green", "worse": "red"}
+    for m in verdict.comparisons[names[0]].metrics:
+        cells = []
+        for name in names:
+            other = verdict.comparisons[name].metric(m.name)
+            cell = f"{other.before:.4g} (tuned {other.difference:+.3g} [{other.low:+.3g}, {other.high:+.3g}])"
+            cells.append(f"[{colours[other.outcome]}]{cell}[/]" if other.outcome in colours else cell)
+        table.add_row(f"[bold]{m.name}[/bold]" if m.name == verdict.primary else m.name, f"{m.after:.4g}", *cells)
+    return table
+
+
+def print_verdict(verdict) -> None:
+    """The verdict table, its warnings and the one-line verdict (``tunelab eval``, ``report`` and ``run``)."""
+    console.print(render_verdict(verdict))
+    for warning in verdict.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    colour = "green" if verdict.paid_off else ("red" if verdict.verdict.startswith("use ") else "yellow")
+    console.print(f"[bold {colour}]verdict: {verdict.verdict}[/]  {verdict.summary}")
+
+
+def _baseline_names(option: str | None, task: str, train: Path | None) -> list[str]:
+    from tunelab.config import TASK_BASELINES
+
+    if option is None:
+        return list(TASK_BASELINES.get(task, ())) if train is not None else []
+    if option.strip() in ("", "none"):
+        return []
+    if option.strip() == "all":
+        return list(TASK_BASELINES.get(task, ()))
+    return list(dict.fromkeys(name.strip() for name in option.split(",") if name.strip()))
+
+
 def evaluate_command(
     data: str = typer.Option(..., "--data", "-d", help="Test file (any format `tunelab data check` reads)."),
     task: str = typer.Option(..., "--task", "-t", help="text, sft or classify."),
@@ -62,12 +106,21 @@ def evaluate_command(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="sft: 0 is greedy."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
+    train: Path = typer.Option(None, "--train", help="Training file the classical, few-shot and retrieval baselines learn from."),
+    baselines: str = typer.Option(
+        None, "--baselines", help="Comma list of base, classical, few_shot, retrieval, or all / none (default: all that apply with --train, else none)."
+    ),
+    few_shot_tokens: int = typer.Option(1024, "--few-shot-tokens", min=0, help="few_shot: token budget for the examples in the prompt."),
+    samples: int = typer.Option(1000, "--samples", min=100, help="Bootstrap resamples of the comparison with the baselines."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Evaluate any model (or a run's tuned model) on any test file, and optionally save every prediction."""
+    """Evaluate any model (or a run's tuned model) on any test file, against baselines, and optionally save every prediction.
+
+    With baselines, each is saved beside --out as OUT_STEM.<baseline>.json and the verdict is printed.
+    """
     from tunelab.config import DataConfig, EvalConfig
     from tunelab.data.labels import LabelMap
-    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.evaluation.baselines import NEEDS_BASE_MODEL, evaluate_with_baselines
     from tunelab.models import load_model, load_run
 
     try:
@@ -76,8 +129,11 @@ def evaluate_command(
     except ImportError:
         raise DataError("reading test files needs tunelab.data.read, which this installation lacks") from None
     data_config = DataConfig(preset=preset, system_prompt=system, max_length=max_length, max_test_examples=limit, seed=seed)
-    eval_config = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature, top_p=top_p)
+    eval_config = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature, top_p=top_p,
+                             few_shot_tokens=few_shot_tokens, bootstrap_samples=samples)
+    names = _baseline_names(baselines, task, train)
     records = load_records(data, task, data_config)
+    train_records = load_records(str(train), task, DataConfig(preset=preset, system_prompt=system)) if train is not None else []
     loaded = load_run(adapter, allow_network=allow_network) if adapter else load_model(model, allow_network=allow_network)
     label_map = None
     if labels is not None:
@@ -86,42 +142,51 @@ def evaluate_command(
         label_map = LabelMap.load(labels)
     if baseline is None:
         baseline = task == "classify" and not loaded.label_map
-    total = min(len(records), limit or len(records))
+    total = min(len(records), limit or len(records)) * (1 + sum(name in NEEDS_BASE_MODEL for name in names))
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
         progress_task = bar.add_task("eval", total=total)
-        result = evaluate(
-            loaded, records, task, config=eval_config, data_config=data_config, label_map=label_map, baseline=baseline,
+        result, opponents, verdict = evaluate_with_baselines(
+            loaded, records, task, baselines=names, train=train_records, config=eval_config, data_config=data_config,
+            label_map=label_map, zero_shot_prompt=baseline, allow_network=allow_network,
             progress=lambda done: bar.advance(progress_task, done),
         )
+    saved = []
     if out:
-        result.save(out)
+        saved.append(result.save(out))
+        saved += [opponent.save(out.with_name(f"{out.stem}.{name}.json")) for name, opponent in opponents.items()]
     if as_json:
-        print_json({"model": result.model, "task": result.task, "n": result.n, "metrics": result.metrics, "warnings": result.warnings, "out": str(out) if out else None})
+        print_json({
+            "model": result.model, "task": result.task, "n": result.n, "metrics": result.metrics, "warnings": result.warnings,
+            "out": str(out) if out else None, "baselines": {name: o.metrics for name, o in opponents.items()},
+            "verdict": verdict.to_dict() if verdict else None, "saved": [str(path) for path in saved],
+        })
         return
     console.print(_metrics_table(result))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    if out:
-        console.print(f"saved {out}")
+    for name, opponent in opponents.items():
+        for warning in opponent.warnings:
+            console.print(f"[yellow]warning ({name}):[/yellow] {warning}")
+    if verdict is not None:
+        print_verdict(verdict)
+    if saved:
+        console.print("saved " + ", ".join(str(path) for path in saved))
 
 
 def report_command(
-    run: Path = typer.Argument(..., help="A run folder with eval/base.json and eval/tuned.json."),
+    run: Path = typer.Argument(..., help="A run folder with eval/tuned.json and baselines (eval/base.json, eval/classical.json, ...)."),
     seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: the run's eval.seed)."),
     samples: int = typer.Option(None, "--samples", min=100, help="Bootstrap resamples (default: the run's eval.bootstrap_samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """Compare a run's tuned model with its base model and write report.md + report.html into the run."""
+    """Compare a run's tuned model with every baseline in eval/ and write report.md + report.html into the run."""
     from tunelab.evaluation.report import report_run
 
-    comparison, files = report_run(run, seed=seed, samples=samples)
+    verdict, files = report_run(run, seed=seed, samples=samples)
     if as_json:
-        print_json({**comparison.to_dict(), "files": [str(p) for p in files.paths]})
+        print_json({**verdict.to_dict(), "files": [str(p) for p in files.paths]})
         return
-    console.print(render_comparison(comparison))
-    for warning in comparison.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(f"[bold]verdict: {comparison.verdict}[/bold]  {comparison.summary}")
+    print_verdict(verdict)
     console.print("wrote " + ", ".join(str(p) for p in files.paths))
 
 

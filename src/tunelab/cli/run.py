@@ -17,7 +17,7 @@ STEP_TITLES = {
     "check": "check data",
     "split": "split",
     "estimate": "estimate",
-    "baseline": "evaluate base model",
+    "baseline": "evaluate baselines",
     "train": "train",
     "evaluate": "evaluate tuned model",
     "report": "report",
@@ -50,10 +50,13 @@ def _event_printer(quiet: bool):
                 error_console.rule(f"variant {details.get('name')}: {' '.join(details.get('overrides', []))}")
             else:
                 error_console.print(f"[bold cyan]▶ {title}[/]")
+        elif status == "baseline start":
+            error_console.print(f"  [dim]… {details.get('baseline')}[/]")
         elif status == "warn":
             error_console.print(f"  [yellow]warning[/] {details.get('message')}")
         elif status == "skip":
-            error_console.print(f"  [dim]{title}: reused cached result {details.get('cached_from', '')}[/]")
+            which = f" {details['baseline']}" if details.get("baseline") else ""
+            error_console.print(f"  [dim]{title}{which}: reused cached result {details.get('cached_from', '')}[/]")
         elif status == "done":
             elapsed = time.perf_counter() - started.get(step, time.perf_counter())
             summary = _step_summary(step, details)
@@ -71,6 +74,12 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
         seconds = estimate.get("total_seconds")
         tokens = (estimate.get("tokens") or {}).get("train_tokens")
         return f"about {_duration(seconds)} on this machine" + (f", {tokens:,} training tokens" if tokens else "")
+    if step == "baseline" and details.get("baselines"):
+        shown = []
+        for name, metrics in details["baselines"].items():
+            primary = metrics.get("primary")
+            shown.append(f"{name} {primary} = {_fmt(metrics.get(primary))}")
+        return "; ".join(shown)
     if step in ("baseline", "evaluate"):
         metrics = details.get("metrics") or {}
         primary = metrics.get("primary")
@@ -86,17 +95,10 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
 
 
 def render_outcome(outcome: Any) -> None:
-    comparison = outcome.comparison
-    if comparison is not None:
-        table = Table(title=f"{outcome.name}: base vs tuned on {comparison.n} held-out examples")
-        for column in ("metric", "base", "tuned", "difference", "95% interval", "outcome"):
-            table.add_column(column, justify="right" if column not in ("metric", "outcome") else "left")
-        for m in comparison.metrics:
-            table.add_row(m.name + (" *" if m.name == comparison.primary else ""), _fmt(m.before), _fmt(m.after),
-                          f"{m.difference:+.4f}", f"[{m.low:+.4f}, {m.high:+.4f}]", m.outcome)
-        console.print(table)
-        colour = {"better": "green", "worse": "red"}.get(comparison.verdict, "yellow")
-        console.print(f"[bold {colour}]verdict: {comparison.summary}[/]")
+    from tunelab.cli.evaluate import print_verdict
+
+    if outcome.comparison is not None:
+        print_verdict(outcome.comparison)
     else:
         console.print(f"tuned: {outcome.tuned_metrics}")
     estimated = (outcome.estimate or {}).get("seconds") or {}
@@ -132,7 +134,7 @@ def run(
         print_json({
             "name": outcome.name, "run_dir": str(outcome.run_dir), "registry_id": outcome.registry_id,
             "split": outcome.split_sizes, "estimate": outcome.estimate, "train": outcome.train,
-            "base": outcome.base_metrics, "tuned": outcome.tuned_metrics,
+            "base": outcome.base_metrics, "baselines": outcome.baseline_metrics, "tuned": outcome.tuned_metrics,
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
             "report": outcome.report, "timings": outcome.timings, "warnings": outcome.warnings,
         })
@@ -157,13 +159,13 @@ def sweep(
         print_json(rows)
         return
     table = Table(title="sweep leaderboard (best first)")
-    for column in ("#", "variant", "metric", "base", "tuned", "difference [95% interval]", "verdict"):
+    for column in ("#", "variant", "metric", "strongest baseline", "tuned", "difference [95% interval]", "verdict"):
         table.add_column(column)
     for rank, row in enumerate(rows, 1):
         if row.get("after") is None:
             table.add_row(str(rank), row["overrides"], "-", "-", "-", "-", f"[red]failed: {row.get('error')}[/]")
             continue
-        table.add_row(str(rank), row["overrides"], row["metric"], _fmt(row["before"]), _fmt(row["after"]),
+        table.add_row(str(rank), row["overrides"], row["metric"], f"{row.get('opponent')} {_fmt(row['before'])}", _fmt(row["after"]),
                       f"{row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]", row["verdict"])
     console.print(table)
 

@@ -44,7 +44,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunelab.config import ResolvedConfig, require_resolved
+from tunelab.config import ResolvedConfig, require_resolved, resolve_baselines
 from tunelab.errors import DataError
 from tunelab.estimate.prices import PriceTable, load_price_table
 
@@ -430,6 +430,9 @@ def estimate_run(
     memory.device = device
     memory.available = available_bytes
 
+    # Baselines that run the model (base, few_shot) cost about one test evaluation each: few-shot prompts
+    # are longer, but their shared prefix is computed once. classical / retrieval cost next to nothing.
+    model_baselines = sum(name in ("base", "few_shot") for name in resolve_baselines(config.task, config.eval))
     seconds = None
     if calibration is not None:
         # Tokens at the calibrated shape give the time of training; the FLOP rate that implies
@@ -445,13 +448,13 @@ def estimate_run(
             # The reference model's log-probabilities: one forward pass over the pairs, before training.
             seconds["reference"] = (2 * flops.matmul_params + attention_forward_per_token(facts, tokens)) * tokens.processed_tokens_per_epoch / flops_per_second
         if tokens.test_tokens:
-            if config.eval.baseline:
-                seconds["baseline"] = flops.eval_flops / flops_per_second
+            if model_baselines:
+                seconds["baseline"] = model_baselines * flops.eval_flops / flops_per_second
             seconds["eval"] = flops.eval_flops / flops_per_second
 
     utilization = config.budget.utilization or DEFAULT_UTILIZATION
     gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params).total
-    evaluations = 1 + int(config.eval.baseline)
+    evaluations = 1 + model_baselines
     work = flops.train_flops + flops.validation_flops + evaluations * flops.eval_flops
     gpus = []
     for gpu in prices.gpus:

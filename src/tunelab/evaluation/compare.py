@@ -163,3 +163,127 @@ def compare_files(path_a: str | Path, path_b: str | Path, *, seed: int = 0, samp
         DataError: when a file is missing or not an evaluation, or the two cannot be compared.
     """
     return compare_evaluations(EvalResult.load(path_a), EvalResult.load(path_b), seed=seed, samples=samples)
+
+
+PAID_OFF = "fine-tuning paid off"
+
+
+@dataclass
+class Verdict:
+    """The tuned model against every baseline, each with the same paired bootstrap, and the one-line answer.
+
+    ``comparisons[name]`` is the tuned model (B) against baseline ``name`` (A). ``strongest`` is the
+    baseline with the best primary metric. ``verdict`` is ``PAID_OFF`` only when the tuned model beats
+    every baseline with the 95% interval of the difference above zero (below, for lower-is-better
+    metrics); ``"use <baseline> instead"`` when some baseline is significantly better (the best of
+    those); else ``"no significant difference"``.
+    """
+
+    task: str
+    primary: str
+    tuned: str
+    n: int
+    seed: int
+    samples: int
+    comparisons: dict[str, Comparison]
+    strongest: str
+    verdict: str
+    summary: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def paid_off(self) -> bool:
+        return self.verdict == PAID_OFF
+
+    def against(self, baseline: str) -> MetricComparison:
+        """The primary metric of the tuned model against ``baseline``."""
+        return self.comparisons[baseline].metric(self.primary)
+
+    def metric(self, name: str) -> MetricComparison:
+        """Metric ``name`` of the tuned model against the strongest opponent (what a leaderboard shows)."""
+        return self.comparisons[self.strongest].metric(name)
+
+    @property
+    def metrics(self) -> list[MetricComparison]:
+        return self.comparisons[self.strongest].metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {key: value for key, value in asdict(self).items() if key != "comparisons"}
+        data["comparisons"] = {name: comparison.to_dict() for name, comparison in self.comparisons.items()}
+        data["paid_off"] = self.paid_off
+        return _json_safe(data)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        comparisons = {name: Comparison.from_dict(value) for name, value in data["comparisons"].items()}
+        known = set(cls.__dataclass_fields__) - {"comparisons"}
+        return cls(**{key: value for key, value in data.items() if key in known}, comparisons=comparisons)
+
+
+def _lead(metric: MetricComparison) -> tuple[float, float, float]:
+    """How much the baseline (A) leads the tuned model (B), with its 95% interval, in the metric's good direction."""
+    if metric.higher_is_better is False:
+        return metric.difference, metric.low, metric.high
+    return -metric.difference, -metric.high, -metric.low
+
+
+def compare_with_baselines(
+    baselines: dict[str, EvalResult], tuned: EvalResult, *, seed: int = 0, samples: int = 1000
+) -> Verdict:
+    """Compare ``tuned`` with every baseline (same seed, hence the same resamples) and say whether tuning paid off.
+
+    Raises:
+        DataError: without baselines, or when an evaluation cannot be compared with the tuned one.
+    """
+    if not baselines:
+        raise DataError("no baseline to compare the tuned model with", "evaluate at least one baseline (eval.baselines)")
+    comparisons = {name: compare_evaluations(result, tuned, seed=seed, samples=samples) for name, result in baselines.items()}
+    first = next(iter(comparisons.values()))
+    primary = first.primary
+    metrics = {name: comparison.metric(primary) for name, comparison in comparisons.items()}
+    lower_is_better = first.metric(primary).higher_is_better is False
+    # The strongest opponent scores best on the primary metric (ties: the first listed).
+    strongest = (min if lower_is_better else max)(metrics, key=lambda name: metrics[name].before)
+    beaten = [name for name, m in metrics.items() if m.outcome == BETTER]
+    winners = [name for name, m in metrics.items() if m.outcome == WORSE]
+    direction = "lower" if lower_is_better else "higher"
+
+    def scores(name: str) -> str:
+        m = metrics[name]
+        return f"{name} {m.before:.4g} vs tuned {m.after:.4g}"
+
+    if len(beaten) == len(metrics):
+        verdict = PAID_OFF
+        m = metrics[strongest]
+        summary = (
+            f"{PAID_OFF}: {tuned.model} beats every baseline on {primary} ({direction} is better); "
+            f"the strongest, {scores(strongest)}: difference {m.difference:+.4g} (95% CI {m.low:+.4g} to {m.high:+.4g})"
+        )
+    elif winners:
+        best = (min if lower_is_better else max)(winners, key=lambda name: metrics[name].before)
+        lead, low, high = _lead(metrics[best])
+        verdict = f"use {best} instead"
+        summary = (
+            f"fine-tuning did not pay off: use {best} instead: it wins by {lead:.4g} {primary} "
+            f"(95% CI {low:.4g} to {high:.4g}; {scores(best)}, {direction} is better)"
+        )
+        others = [name for name in winners if name != best]
+        if others:
+            summary += f"; also significantly better than the tuned model: {', '.join(others)}"
+        if strongest != best:
+            summary += f"; the strongest opponent, {scores(strongest)}, is not significantly better"
+    else:
+        verdict = SAME
+        tied = [name for name in metrics if name not in beaten]
+        m = metrics[strongest]
+        summary = (
+            f"fine-tuning did not pay off: no significant difference on {primary} from {', '.join(tied)}; "
+            f"the strongest opponent, {scores(strongest)}: difference {m.difference:+.4g} (95% CI {m.low:+.4g} to {m.high:+.4g})"
+        )
+    warnings = list(dict.fromkeys(w for comparison in comparisons.values() for w in comparison.warnings))
+    return Verdict(tuned.task, primary, tuned.model, first.n, seed, samples, comparisons, strongest, verdict, summary, warnings)

@@ -63,7 +63,8 @@ def references_of(record: SFTRecord) -> list[str]:
     return [completion]
 
 
-def _prompt_text(messages: Sequence[dict[str, str]]) -> str:
+def prompt_text(messages: Sequence[dict[str, str]]) -> str:
+    """An sft prompt as one string (for reports, and what the retrieval baseline matches on)."""
     if len(messages) == 1:
         return messages[0]["content"]
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
@@ -78,7 +79,13 @@ def select_test_records(records: Sequence[Record], limit: int | None, seed: int)
     return [record for record in records if record.id in chosen]
 
 
-def _check_records(records: Sequence[Record], task: str, train_ids: Collection[str] | None) -> list[str]:
+def check_test_records(records: Sequence[Record], task: str, train_ids: Collection[str] | None) -> list[str]:
+    """Warnings about the test set (overlap with training, duplicates).
+
+    Raises:
+        ConfigError: for a task evaluation does not support.
+        DataError: for an empty test set or records of the wrong task.
+    """
     if task not in RECORD_TYPES:
         raise ConfigError(f"evaluation supports the tasks text, sft, classify and preference, not '{task}'")
     if not records:
@@ -138,7 +145,7 @@ def evaluate(
         DataError: for an empty test set, records of the wrong task, or an sft example without reference.
         ConfigError: for a task evaluation does not support.
     """
-    warnings = _check_records(records, task, train_ids)
+    warnings = check_test_records(records, task, train_ids)
     chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
     if len(chosen) < len(records):
         warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
@@ -178,6 +185,49 @@ def _resolve_label_map(loaded: Any, records: Sequence[ClassifyRecord], label_map
     return LabelMap.for_records(records, loaded.tokenizer)
 
 
+def score_classify(
+    records: Sequence[ClassifyRecord], probabilities: np.ndarray, labels: Sequence[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Rows, metrics and warnings of classify predictions: ``probabilities[i, j]`` is P(labels[j] | records[i]).
+
+    Shared by the model's evaluation and the baselines, so every opponent is scored the same way.
+    """
+    labels = list(labels)
+    position = {label: index for index, label in enumerate(labels)}
+    rows, predictions, confidences = [], [], []
+    for record, probs in zip(records, probabilities, strict=True):
+        best = int(np.argmax(probs))
+        known = record.label in position
+        predictions.append(labels[best])
+        confidences.append(float(probs[best]))
+        rows.append(
+            {
+                "id": record.id,
+                "source": record.source,
+                "prompt": record.text,
+                "reference": record.label,
+                "prediction": labels[best],
+                "scores": {
+                    "correct": float(known and labels[best] == record.label),
+                    "confidence": float(probs[best]),
+                    "probability_of_reference": float(probs[position[record.label]]) if known else 0.0,
+                    "known_label": known,
+                },
+            }
+        )
+    metrics = classify_metrics([r.label for r in records], predictions, confidences, labels)
+    unknown = Counter(r.label for r in records if r.label not in position)
+    warnings = []
+    if unknown:
+        metrics["unknown_labels"] = dict(unknown)
+        metrics["unknown_label_examples"] = [r.source or r.id for r in records if r.label not in position]
+        warnings.append(
+            f"{sum(unknown.values())} test examples have labels the model was never trained on "
+            f"({', '.join(sorted(unknown))}); they count as wrong"
+        )
+    return rows, metrics, warnings
+
+
 def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress):
     tokenizer = loaded.tokenizer
     system = data_config.system_prompt
@@ -196,56 +246,50 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
     label_head = getattr(loaded, "label_head", None) if not baseline else None
     logits = label_logits(loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress, label_head=label_head)
     probabilities = softmax(logits)
-    rows, predictions, confidences = [], [], []
-    for record, probs in zip(records, probabilities, strict=True):
-        best = int(np.argmax(probs))
-        known = record.label in label_map.labels
-        predictions.append(label_map.labels[best])
-        confidences.append(float(probs[best]))
-        rows.append(
-            {
-                "id": record.id,
-                "source": record.source,
-                "prompt": record.text,
-                "reference": record.label,
-                "prediction": label_map.labels[best],
-                "scores": {
-                    "correct": float(known and label_map.labels[best] == record.label),
-                    "confidence": float(probs[best]),
-                    "probability_of_reference": float(probs[label_map.index(record.label)]) if known else 0.0,
-                    "known_label": known,
-                },
-            }
-        )
-    metrics = classify_metrics([r.label for r in records], predictions, confidences, label_map.labels)
-    unknown = Counter(r.label for r in records if r.label not in label_map.labels)
-    warnings = []
-    if unknown:
-        metrics["unknown_labels"] = dict(unknown)
-        metrics["unknown_label_examples"] = [r.source or r.id for r in records if r.label not in label_map.labels]
-        warnings.append(
-            f"{sum(unknown.values())} test examples have labels the model was never trained on "
-            f"({', '.join(sorted(unknown))}); they count as wrong"
-        )
+    rows, metrics, warnings = score_classify(records, probabilities, label_map.labels)
     if truncated:
         warnings.append(f"{truncated} classify prompts were longer than max_length and had their text shortened")
     settings.update(prompt="zero_shot" if baseline else "trained", labels=label_map.to_dict())
     return rows, metrics, warnings
 
 
-def _evaluate_sft(loaded, records, config, data_config, settings, progress):
-    tokenizer = loaded.tokenizer
-    references = [references_of(record) for record in records]
+def score_sft(
+    records: Sequence[SFTRecord], answers: Sequence[str], references: Sequence[Sequence[str]]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Rows and metrics of sft answers against every reference (shared by the model and the baselines)."""
+    statistics = corpus_statistics(list(answers), references)
+    rows = []
+    for index, (record, answer, refs) in enumerate(zip(records, answers, references, strict=True)):
+        scores = sft_example_scores(answer, refs)
+        scores["bleu_stats"] = statistics["bleu"][index]
+        scores["chrf_stats"] = statistics["chrf"][index]
+        row = {"id": record.id, "source": record.source, "prompt": prompt_text(record.prompt_messages), "reference": refs[0], "prediction": answer, "scores": scores}
+        if len(refs) > 1:
+            row["references"] = refs
+        rows.append(row)
+    return rows, metric_values("sft", rows)
+
+
+def answer_prompts(
+    loaded: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    config: EvalConfig,
+    max_length: int,
+    progress: Progress | None = None,
+) -> tuple[list[str], int]:
+    """The model's answers to chat prompts (the one generation path), and how many prompts were cut.
+
+    A prompt longer than ``max_length`` keeps its end: the opened assistant turn is where the answer starts.
+    """
     prompts, truncated = [], 0
-    for record in records:
-        ids = render_prompt_ids(tokenizer, with_system_prompt(record.prompt_messages, data_config.system_prompt))
-        if len(ids) > data_config.max_length:
-            # Keep the end: the opened assistant turn is where the answer starts.
-            ids, truncated = ids[-data_config.max_length :], truncated + 1
+    for messages in conversations:
+        ids = render_prompt_ids(loaded.tokenizer, list(messages))
+        if len(ids) > max_length:
+            ids, truncated = ids[-max_length:], truncated + 1
         prompts.append(ids)
     answers = generate_batch(
         loaded.model,
-        tokenizer,
+        loaded.tokenizer,
         prompts,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
@@ -254,17 +298,14 @@ def _evaluate_sft(loaded, records, config, data_config, settings, progress):
         seed=config.seed,
         progress=progress,
     )
-    statistics = corpus_statistics(answers, references)
-    rows = []
-    for index, (record, answer, refs) in enumerate(zip(records, answers, references, strict=True)):
-        scores = sft_example_scores(answer, refs)
-        scores["bleu_stats"] = statistics["bleu"][index]
-        scores["chrf_stats"] = statistics["chrf"][index]
-        row = {"id": record.id, "source": record.source, "prompt": _prompt_text(record.prompt_messages), "reference": refs[0], "prediction": answer, "scores": scores}
-        if len(refs) > 1:
-            row["references"] = refs
-        rows.append(row)
-    metrics = metric_values("sft", rows)
+    return answers, truncated
+
+
+def _evaluate_sft(loaded, records, config, data_config, settings, progress):
+    references = [references_of(record) for record in records]
+    conversations = [with_system_prompt(r.prompt_messages, data_config.system_prompt) for r in records]
+    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length, progress)
+    rows, metrics = score_sft(records, answers, references)
     warnings = [f"{truncated} sft prompts were longer than max_length and kept only their last tokens"] if truncated else []
     settings.update(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     return rows, metrics, warnings

@@ -7,6 +7,8 @@ through the one generation path, ``tunelab.models.generate.generate_batch``.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,6 +66,110 @@ def label_logits(
             hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
             final = hidden[torch.arange(len(batch), device=device), last.to(device)]
             logits = head_label_logits(model, final, label_ids, label_head)
+        result[batch] = logits.float().cpu().numpy()
+        if progress:
+            progress(len(batch))
+    return result
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix of ``prompts``, short enough that each keeps one own token.
+
+    Every prompt must keep at least one token after the prefix: the last position's hidden state is
+    what gets scored.
+    """
+    if not prompts:
+        return 0
+    first = list(prompts[0])
+    length = min(len(p) for p in prompts) - 1
+    for prompt in prompts[1:]:
+        same = 0
+        limit = min(length, len(prompt))
+        while same < limit and prompt[same] == first[same]:
+            same += 1
+        length = same
+        if length == 0:
+            break
+    return max(length, 0)
+
+
+def _cache_over_rows(cache: Any, rows: int) -> Any:
+    """The prefix's KV cache seen by ``rows`` rows, for one batch (the prefix's own tensors are never changed).
+
+    A forward pass appends to its cache, so each batch gets its own cache object; its layers hold
+    broadcast views of the prefix (no copy: appending concatenates into new tensors anyway). A cache
+    of another layout is copied and repeated instead.
+    """
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers):
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(rows)
+        return copied
+    batch_cache = copy.copy(cache)
+    batch_cache.layers = []
+    for layer in layers:
+        view = copy.copy(layer)
+        view.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+        view.values = layer.values.expand(rows, *layer.values.shape[1:])
+        batch_cache.layers.append(view)
+    return batch_cache
+
+
+def prefix_label_logits(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    label_token_ids: Sequence[int],
+    *,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+    min_prefix: int = 16,
+) -> np.ndarray:
+    """``label_logits`` of prompts that share a long prefix, running the prefix through the model once.
+
+    The prefix (the longest common token prefix of all prompts: instruction, label list, few-shot
+    examples) is computed once into a KV cache; each batch copies that cache over its rows and runs
+    only its own tokens on top, right-padded, at positions that continue after the prefix; each row's
+    last real token is scored. Equal to ``label_logits`` on the full prompts up to float rounding.
+    Below ``min_prefix`` shared tokens it is not worth a cache and ``label_logits`` runs as is.
+    """
+    prefix = shared_prefix_length(prompts)
+    if prefix < min_prefix:
+        return label_logits(model, prompts, label_token_ids, batch_size=batch_size, progress=progress)
+    decoder = causal_lm_of(model).get_decoder()
+    device = _device(model)
+    label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
+    suffixes = [list(p[prefix:]) for p in prompts]
+    result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
+    # transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and will go).
+    cache_name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        prefix_ids = torch.tensor([list(prompts[0][:prefix])], dtype=torch.long, device=device)
+        output = decoder(input_ids=prefix_ids, use_cache=True)
+        cache = output.cache if cache_name == "cache" else output.past_key_values
+    for batch in _by_length(suffixes, batch_size):
+        longest = max(len(suffixes[i]) for i in batch)
+        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+        # The mask covers the cached prefix too: every row attends to all of it.
+        attention = torch.zeros((len(batch), prefix + longest), dtype=torch.long)
+        attention[:, :prefix] = 1
+        for row, index in enumerate(batch):
+            ids = suffixes[index]
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[row, prefix : prefix + len(ids)] = 1
+        last = attention[:, prefix:].sum(dim=1) - 1
+        positions = torch.arange(prefix, prefix + longest, dtype=torch.long).expand(len(batch), -1)
+        batch_cache = _cache_over_rows(cache, len(batch))
+        with torch.inference_mode():
+            hidden = decoder(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+                **{cache_name: batch_cache},
+            ).last_hidden_state
+            final = hidden[torch.arange(len(batch), device=device), last.to(device)]
+            logits = head_label_logits(model, final, label_ids)
+        del batch_cache
         result[batch] = logits.float().cpu().numpy()
         if progress:
             progress(len(batch))

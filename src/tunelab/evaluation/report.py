@@ -1,8 +1,8 @@
 """The run report: ``report.md`` and a self-contained ``report.html`` (images embedded) in the run folder.
 
-It holds the verdict, the metrics table with paired-bootstrap intervals, the loss curves from
-``metrics.jsonl``, the confusion matrices (classify), and the examples that changed most between
-the base and the tuned model, side by side. Plots are PNG files under ``plots/`` a person can open.
+It holds the verdict against every baseline, the metrics table (one column per baseline) with
+paired-bootstrap intervals, the loss curves from ``metrics.jsonl``, the confusion matrices (classify),
+and the examples that changed most between the strongest baseline and the tuned model, side by side. Plots are PNG files under ``plots/`` a person can open.
 """
 
 from __future__ import annotations
@@ -11,16 +11,19 @@ import base64
 import html
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.config import Baseline
 from tunelab.errors import DataError
-from tunelab.evaluation.compare import Comparison, compare_evaluations
+from tunelab.evaluation.compare import Verdict, compare_with_baselines
 from tunelab.evaluation.result import EvalResult
 from tunelab.paths import RunFolder, atomic_write_text
 
 EXAMPLES_EACH_WAY = 5
+BASELINE_NAMES = typing.get_args(Baseline)  # base, classical, few_shot, retrieval
 TEXT_LIMIT = 400
 VALIDATION_KEYS = ("val_loss", "validation_loss", "eval_loss")
 
@@ -174,28 +177,48 @@ def _shown(task: str, row: dict[str, Any]) -> str:
     return row["prediction"]
 
 
-def _metric_rows(comparison: Comparison) -> list[list[str]]:
+def _cell(metric) -> str:
+    # One baseline's value and what the tuned model gains over it, with the 95% interval.
+    return f"{_format(metric.before)} (tuned {_format(metric.difference)} [{_format(metric.low)}, {_format(metric.high)}])"
+
+
+def metric_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per metric, the tuned model's value, then one column per baseline."""
+    names = list(verdict.comparisons)
+    header = ["metric", "tuned", *names]
+    first = verdict.comparisons[names[0]]
     rows = []
-    for m in comparison.metrics:
+    for m in first.metrics:
         direction = {True: "↑", False: "↓", None: ""}[m.higher_is_better]
-        name = f"**{m.name}**" if m.name == comparison.primary else m.name
-        rows.append([f"{name} {direction}".strip(), _format(m.before), _format(m.after), _format(m.difference), f"[{_format(m.low)}, {_format(m.high)}]", m.outcome])
-    return rows
+        name = f"**{m.name}**" if m.name == verdict.primary else m.name
+        rows.append([f"{name} {direction}".strip(), _format(m.after), *(_cell(verdict.comparisons[b].metric(m.name)) for b in names)])
+    return header, rows
 
 
-HEADER = ["metric", "before (base)", "after (tuned)", "difference", "95% CI of difference", "outcome"]
+def opponent_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: the primary metric against each baseline, and the outcome for the tuned model."""
+    header = ["baseline", "model", verdict.primary, "tuned", "tuned − baseline", "95% CI", "outcome for the tuned model"]
+    rows = []
+    for name, comparison in verdict.comparisons.items():
+        m = comparison.metric(verdict.primary)
+        label = f"{name} (strongest)" if name == verdict.strongest else name
+        rows.append([label, comparison.name_a, _format(m.before), _format(m.after), _format(m.difference), f"[{_format(m.low)}, {_format(m.high)}]", m.outcome])
+    return header, rows
 
 
-def _markdown(run: RunFolder, base: EvalResult, tuned: EvalResult, comparison: Comparison, plots: dict[str, Path], examples, notes) -> str:
+def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict, plots: dict[str, Path], examples, notes) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
         escape = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
         return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
 
-    lines = [f"# Report: {run.root.name}", "", f"**Verdict: {comparison.verdict}.** {comparison.summary}", ""]
-    lines += [f"- task: {tuned.task}; test examples: {comparison.n}; base: {base.model}; tuned: {tuned.model}"]
-    lines += [f"- intervals: paired bootstrap, {comparison.samples} resamples, seed {comparison.seed}; ↑ higher is better, ↓ lower is better"]
+    lines = [f"# Report: {run.root.name}", "", f"**Verdict: {verdict.verdict}.** {verdict.summary}", ""]
+    lines += [f"- task: {tuned.task}; test examples: {verdict.n}; tuned: {tuned.model}"]
+    lines += [f"- baseline {name}: {result.model}" for name, result in baselines.items()]
+    lines += [f"- intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
+              "a baseline column shows its value, then the tuned model's difference from it [95% CI]"]
     lines += [f"- warning: {w}" for w in notes]
-    lines += ["", "## Metrics", ""] + table(HEADER, _metric_rows(comparison))
+    lines += ["", "## Against each baseline", ""] + table(*opponent_table(verdict))
+    lines += ["", "## Metrics", ""] + table(*metric_table(verdict))
     if "loss" in plots:
         lines += ["", "## Loss curves", "", f"![loss curves]({plots['loss'].relative_to(run.root).as_posix()})"]
     if "confusion" in plots:
@@ -206,9 +229,10 @@ def _markdown(run: RunFolder, base: EvalResult, tuned: EvalResult, comparison: C
             [[label, _format(v["precision"]), _format(v["recall"]), _format(v["f1"]), str(v["support"])] for label, v in per_class.items()],
         )
     if examples:
-        lines += ["", "## Examples that changed most", ""]
+        opponent = verdict.strongest
+        lines += ["", f"## Examples that changed most (tuned against {opponent})", ""]
         lines += table(
-            ["change", "source", "prompt", "reference", "before (base)", "after (tuned)"],
+            ["change", "source", "prompt", "reference", f"{opponent}", "tuned"],
             [[f"{e['change']:+.3f}", e["source"], _cut(e["prompt"], 200), _cut(e["reference"], 200), _cut(_shown(tuned.task, e["before"]), 200), _cut(_shown(tuned.task, e["after"]), 200)] for e in examples],
         )
     return "\n".join(lines) + "\n"
@@ -220,26 +244,32 @@ th{background:#f3f3f3}.verdict{font-size:1.2em;padding:.6em;border-radius:6px;ba
 .worse{background:#fbe7e7}.warn{color:#8a5300}td.text{white-space:pre-wrap;max-width:320px;font-size:13px}img{max-width:100%}"""
 
 
-def _html(run: RunFolder, base: EvalResult, tuned: EvalResult, comparison: Comparison, plots: dict[str, Path], examples, notes) -> str:
+def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict, plots: dict[str, Path], examples, notes) -> str:
     e = html.escape
-    verdict_class = {"better": "better", "worse": "worse"}.get(comparison.verdict, "")
+    verdict_class = "better" if verdict.paid_off else ("worse" if verdict.verdict.startswith("use ") else "")
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        out = ["<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
+        out += ["<tr>" + "".join(f"<td>{e(str(c).replace('**', ''))}</td>" for c in row) + "</tr>" for row in rows]
+        return "".join(out) + "</table>"
+
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {e(run.root.name)}</title><style>{CSS}</style></head><body>"]
     parts.append(f"<h1>Report: {e(run.root.name)}</h1>")
-    parts.append(f"<p class='verdict {verdict_class}'><b>Verdict: {e(comparison.verdict)}.</b> {e(comparison.summary)}</p>")
-    parts.append(f"<p>task: {e(tuned.task)}; test examples: {comparison.n}; base: {e(base.model)}; tuned: {e(tuned.model)}.<br>"
-                 f"Intervals: paired bootstrap, {comparison.samples} resamples, seed {comparison.seed}; ↑ higher is better, ↓ lower is better.</p>")
+    parts.append(f"<p class='verdict {verdict_class}'><b>Verdict: {e(verdict.verdict)}.</b> {e(verdict.summary)}</p>")
+    described = "".join(f"<br>baseline {e(name)}: {e(result.model)}" for name, result in baselines.items())
+    parts.append(f"<p>task: {e(tuned.task)}; test examples: {verdict.n}; tuned: {e(tuned.model)}{described}<br>"
+                 f"Intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
+                 "a baseline column shows its value, then the tuned model's difference from it [95% CI].</p>")
     parts += [f"<p class='warn'>warning: {e(w)}</p>" for w in notes]
-    parts.append("<h2>Metrics</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in HEADER) + "</tr>")
-    for row in _metric_rows(comparison):
-        cells = [row[0].replace("**", "")] + row[1:]
-        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    parts.append("</table>")
+    parts.append("<h2>Against each baseline</h2>" + table(*opponent_table(verdict)))
+    parts.append("<h2>Metrics</h2>" + table(*metric_table(verdict)))
     for key, title in (("loss", "Loss curves"), ("confusion", "Confusion matrices")):
         if key in plots:
             data = base64.b64encode(plots[key].read_bytes()).decode("ascii")
             parts.append(f"<h2>{title}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
     if examples:
-        parts.append("<h2>Examples that changed most</h2><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>before (base)</th><th>after (tuned)</th></tr>")
+        opponent = e(verdict.strongest)
+        parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
         for x in examples:
             cells = [f"{x['change']:+.3f}", x["source"], _cut(x["prompt"]), _cut(x["reference"]), _cut(_shown(tuned.task, x["before"])), _cut(_shown(tuned.task, x["after"]))]
             parts.append("<tr>" + "".join(f"<td class='text'>{e(str(c))}</td>" for c in cells) + "</tr>")
@@ -248,43 +278,56 @@ def _html(run: RunFolder, base: EvalResult, tuned: EvalResult, comparison: Compa
     return "\n".join(parts)
 
 
-def write_report(run_dir: str | Path, base: EvalResult, tuned: EvalResult, comparison: Comparison) -> ReportFiles:
-    """Write report.md, report.html and plots/*.png into ``run_dir``.
+def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict) -> ReportFiles:
+    """Write report.md, report.html and plots/*.png into ``run_dir``: the tuned model against every baseline.
 
     Raises:
-        DataError: when the two evaluations are of different tasks.
+        DataError: when an evaluation is of another task than the tuned one, or there is no baseline.
     """
-    if base.task != tuned.task:
-        raise DataError(f"cannot report a {base.task} evaluation against a {tuned.task} evaluation")
+    if not baselines:
+        raise DataError("a report needs at least one baseline evaluation")
+    for name, result in baselines.items():
+        if result.task != tuned.task:
+            raise DataError(f"cannot report a {result.task} evaluation ({name}) against a {tuned.task} evaluation")
     run = RunFolder(Path(run_dir))
     plots: dict[str, Path] = {}
-    notes = list(comparison.warnings) + [f"base: {w}" for w in base.warnings] + [f"tuned: {w}" for w in tuned.warnings]
+    notes = list(verdict.warnings) + [f"{name}: {w}" for name, result in baselines.items() for w in result.warnings] + [f"tuned: {w}" for w in tuned.warnings]
     train, validation, bad = read_loss_log(run.metrics)
     if bad:
         notes.append(f"{bad} lines of {run.metrics.name} could not be read and are not plotted")
     if train or validation:
         plots["loss"] = plot_losses(train, validation, run.root / "plots" / "loss.png")
-    if tuned.task == "classify" and "confusion_matrix" in tuned.metrics and "confusion_matrix" in base.metrics:
-        plots["confusion"] = plot_confusions([("base", base), ("tuned", tuned)], run.root / "plots" / "confusion.png")
-    examples = changed_examples(base, tuned)
-    atomic_write_text(run.report_md, _markdown(run, base, tuned, comparison, plots, examples, notes))
-    atomic_write_text(run.report_html, _html(run, base, tuned, comparison, plots, examples, notes))
+    if tuned.task == "classify" and "confusion_matrix" in tuned.metrics:
+        shown = [(name, result) for name, result in baselines.items() if "confusion_matrix" in result.metrics]
+        plots["confusion"] = plot_confusions([*shown, ("tuned", tuned)], run.root / "plots" / "confusion.png")
+    examples = changed_examples(baselines[verdict.strongest], tuned)
+    atomic_write_text(run.report_md, _markdown(run, baselines, tuned, verdict, plots, examples, notes))
+    atomic_write_text(run.report_html, _html(run, baselines, tuned, verdict, plots, examples, notes))
     return ReportFiles(run.report_md, run.report_html, list(plots.values()))
 
 
-def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | None = None) -> tuple[Comparison, ReportFiles]:
-    """Compare ``eval/tuned.json`` against ``eval/base.json`` of a run, save ``eval/comparison.json`` and write the report.
+def baseline_paths(run_dir: str | Path) -> dict[str, Path]:
+    """The baseline evaluations saved in a run folder: ``eval/<name>.json`` for each known baseline, in order."""
+    eval_dir = RunFolder(Path(run_dir)).eval_dir
+    return {name: eval_dir / f"{name}.json" for name in BASELINE_NAMES if (eval_dir / f"{name}.json").is_file()}
+
+
+def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | None = None) -> tuple[Verdict, ReportFiles]:
+    """Compare ``eval/tuned.json`` with every baseline of a run (``eval/base.json``, ``eval/classical.json``, ...),
+    save ``eval/comparison.json`` (the verdict) and write the report.
 
     Seed and resample count default to the run config's ``eval`` section (else 0 and 1000).
 
     Raises:
-        DataError: when the run has no base or tuned evaluation.
+        DataError: when the run has no tuned evaluation or no baseline evaluation.
     """
     run = RunFolder(Path(run_dir))
-    base_path, tuned_path = run.eval_dir / "base.json", run.eval_dir / "tuned.json"
-    for path in (base_path, tuned_path):
-        if not path.is_file():
-            raise DataError(f"{path} not found", f"evaluate the run first (tunelab eval ... --out {path})")
+    tuned_path = run.eval_dir / "tuned.json"
+    found = baseline_paths(run.root)
+    if not found:
+        raise DataError(f"{run.eval_dir / 'base.json'} not found, nor any other baseline evaluation", f"evaluate the run first (tunelab eval ... --out {run.eval_dir / 'base.json'})")
+    if not tuned_path.is_file():
+        raise DataError(f"{tuned_path} not found", f"evaluate the run first (tunelab eval ... --out {tuned_path})")
     settings: dict[str, Any] = {}
     if run.config.is_file():
         import yaml
@@ -293,7 +336,8 @@ def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | N
         settings = loaded.get("eval") or {} if isinstance(loaded, dict) else {}
     seed = seed if seed is not None else int(settings.get("seed", 0))
     samples = samples if samples is not None else int(settings.get("bootstrap_samples", 1000))
-    base, tuned = EvalResult.load(base_path), EvalResult.load(tuned_path)
-    comparison = compare_evaluations(base, tuned, seed=seed, samples=samples)
-    comparison.save(run.eval_dir / "comparison.json")
-    return comparison, write_report(run.root, base, tuned, comparison)
+    baselines = {name: EvalResult.load(path) for name, path in found.items()}
+    tuned = EvalResult.load(tuned_path)
+    verdict = compare_with_baselines(baselines, tuned, seed=seed, samples=samples)
+    verdict.save(run.eval_dir / "comparison.json")
+    return verdict, write_report(run.root, baselines, tuned, verdict)

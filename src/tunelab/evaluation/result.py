@@ -43,6 +43,7 @@ def _json_safe(value: Any) -> Any:
 class EvalResult:
     """One model evaluated on one test set.
 
+    ``baseline_name`` says which opponent of the tuned model this is (``tunelab.evaluation.baselines``).
     ``rows`` hold, per example: ``id``, ``source`` (file:line), ``prompt``, ``reference`` (and
     ``references`` for multi-reference sft), ``prediction`` and ``scores`` (the task's per-example
     scores, see ``tunelab.evaluation.metrics``).
@@ -57,6 +58,7 @@ class EvalResult:
     test_fingerprint: str = ""
     baseline: bool = False
     labels: list[str] | None = None
+    baseline_name: str | None = None  # which opponent (base, classical, few_shot, retrieval); None: the model itself
     warnings: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 

@@ -20,8 +20,10 @@ Each step is a public function over one ``PipelineContext``, so a notebook can w
 ``run_pipeline`` is exactly that sequence. Each step's outcome is written to ``<run>/pipeline.json``
 as it finishes, so ``tunelab run --resume RUN`` picks up an interrupted run at the step it stopped in
 (training itself resumes from its last checkpoint); a step that is already done returns what it
-produced before. The base model's evaluation is cached in the registry by model + test-set
-fingerprint + evaluation settings, so variants of a run (a sweep) pay for it once.
+produced before. The baselines (``eval.baselines``: the base model, and what a user would do
+instead: a classical model, few-shot prompting, retrieval) are cached in the registry by model +
+test-set fingerprint + evaluation settings (+ the training records' fingerprint where a baseline
+learns from them), so variants of a run (a sweep) pay for them once.
 
 Nothing is registered before the config and the data have passed their checks: a bad key, a wrong
 type or a missing file never leaves a half-registered run.
@@ -45,7 +47,7 @@ from tunelab.paths import RunFolder, atomic_write_text
 if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (start-up time)
     from tunelab.data.labels import LabelMap
     from tunelab.data.split import Split
-    from tunelab.evaluation.compare import Comparison
+    from tunelab.evaluation.compare import Verdict
     from tunelab.evaluation.result import EvalResult
     from tunelab.models.loader import LoadedModel
     from tunelab.registry.store import Registry
@@ -73,10 +75,11 @@ class RunOutcome:
     train: dict[str, Any] | None
     base_metrics: dict[str, Any] | None
     tuned_metrics: dict[str, Any] | None
-    comparison: Comparison | None
+    comparison: Verdict | None  # the tuned model against every baseline
     report: dict[str, str]
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    baseline_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline name -> metrics
 
     @property
     def verdict(self) -> str | None:
@@ -134,10 +137,10 @@ class PipelineContext:
     split: Split | None = None
     label_map: LabelMap | None = None
     estimate: dict[str, Any] | None = None
-    base_eval: EvalResult | None = None
+    baseline_evals: dict[str, EvalResult] = field(default_factory=dict)  # eval.baselines, in order
     train_result: dict[str, Any] | None = None
     tuned_eval: EvalResult | None = None
-    comparison: Comparison | None = None
+    comparison: Verdict | None = None
     report_files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -149,6 +152,11 @@ class PipelineContext:
         self.warnings.append(message)
         self.state.data["warnings"] = self.warnings
         self.emit("warn", "warn", {"message": message})
+
+    @property
+    def base_eval(self) -> EvalResult | None:
+        """The base model's zero-shot evaluation, when ``base`` is among the baselines."""
+        return self.baseline_evals.get("base")
 
     def require_split(self) -> Split:
         if self.split is None:
@@ -363,43 +371,53 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
     return estimate
 
 
-def baseline_step(context: PipelineContext) -> EvalResult | None:
-    """4. Baseline: the base model on the test split (cached across variants); None when ``eval.baseline`` is off."""
-    from tunelab.evaluation.evaluate import evaluate
+def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
+    """4. Baselines: every ``eval.baselines`` entry on the test split, each cached across variants.
+
+    Each is saved as ``eval/<name>.json`` (``eval/base.json`` for the base model). The classical,
+    few-shot and retrieval baselines learn from the split's training and validation records. Returns
+    {} when ``eval.baselines`` is empty.
+    """
+    from tunelab.config import resolve_baselines
+    from tunelab.evaluation.baselines import evaluate_baselines, learning_records
     from tunelab.evaluation.result import EvalResult
-    from tunelab.registry.store import baseline_key
 
     config, run = context.config, context.run
-    if not config.eval.baseline:
-        return None
-    base_path = run.eval_dir / "base.json"
-    if context.state.done("baseline") and base_path.is_file():
-        context.base_eval = EvalResult.load(base_path)
-        return context.base_eval
+    names = resolve_baselines(config.task, config.eval)  # a resumed older run has no resolved list
+    if not names:
+        return {}
+    paths = {name: run.eval_dir / f"{name}.json" for name in names}
+    if context.state.done("baseline") and all(path.is_file() for path in paths.values()):
+        context.baseline_evals = {name: EvalResult.load(path) for name, path in paths.items()}
+        return context.baseline_evals
     split = context.require_split()
     _ensure_registered(context)
-    key = baseline_key(_model_key(context.base), _test_fingerprint(split), _eval_settings(config, context.label_map))
-    cached = context.registry.get_cached_baseline(key)
-    reuse = cached is not None and cached.predictions_path and Path(cached.predictions_path).is_file()
-    with step(context, "baseline", emit_start=not reuse, n=len(split.test)) as record:
-        if reuse:
-            base_eval = EvalResult.load(cached.predictions_path)
-            context.emit("baseline", "skip", {"cached_from": cached.predictions_path})
+    cached: list[str] = []
+
+    def on_baseline(name: str, status: str, details: dict[str, Any]) -> None:
+        if status == "skip":
+            cached.append(name)
+            context.emit("baseline", "skip", {"baseline": name, **details})
         else:
-            base_eval = evaluate(
-                context.base, split.test, config.task, config=config.eval, data_config=config.data,
-                label_map=context.label_map, baseline=True, train_ids=[r.id for r in split.train], progress=context.eval_progress,
-            )
-            cache_path = Path(config.train.output_dir) / "baselines" / f"{key.settings_hash}-{key.test_fingerprint[:12]}.json"
-            base_eval.save(cache_path)
-            context.registry.put_cached_baseline(key, metrics=base_eval.metrics, predictions_path=str(cache_path), run_id=context.registry_id)
-        base_eval.save(base_path)
-        record.value = {"path": str(base_path)}
-        record.details = {"metrics": base_eval.metrics}
-        record.registry_fields = {"baseline_metrics": base_eval.metrics}
+            context.emit("baseline", f"baseline {status}", {"baseline": name, **details})
+
+    with step(context, "baseline", n=len(split.test), baselines=names) as record:
+        results = evaluate_baselines(
+            names, context.base, split.test, config.task, train=learning_records(split), config=config.eval,
+            data_config=config.data, label_map=context.label_map, train_ids=[r.id for r in split.train],
+            registry=context.registry, cache_dir=Path(config.train.output_dir) / "baselines", model_key=_model_key(context.base),
+            run_id=context.registry_id, on_event=on_baseline, progress=context.eval_progress,
+        )
+        for name, result in results.items():
+            result.save(paths[name])
+        metrics = {name: result.metrics for name, result in results.items()}
+        record.value = {"paths": {name: str(path) for name, path in paths.items()}, "cached": cached}
+        record.details = {"metrics": metrics.get("base") or next(iter(metrics.values())), "baselines": metrics}
+        # The registry's baseline_metrics column keeps the base model's (what `tunelab runs` shows as "before").
+        record.registry_fields = {"baseline_metrics": metrics.get("base") or next(iter(metrics.values()))}
         record.timing = "baseline"
-    context.base_eval = base_eval
-    return base_eval
+    context.baseline_evals = results
+    return results
 
 
 def train_step(context: PipelineContext) -> dict[str, Any]:
@@ -447,25 +465,28 @@ def evaluate_step(context: PipelineContext) -> EvalResult:
     return tuned_eval
 
 
-def report_step(context: PipelineContext) -> Comparison | None:
-    """7. Compare base and tuned (bootstrap intervals, verdict) and write the report; None without a baseline."""
-    from tunelab.evaluation.compare import compare_evaluations
+def report_step(context: PipelineContext) -> Verdict | None:
+    """7. Compare the tuned model with every baseline (paired bootstrap), give the verdict, write the report.
+
+    Returns None without baselines.
+    """
+    from tunelab.evaluation.compare import compare_with_baselines
     from tunelab.evaluation.report import write_report
 
-    if context.base_eval is None:
+    if not context.baseline_evals:
         return None
     if context.tuned_eval is None:
         raise ConfigError("report_step needs the tuned evaluation: call evaluate_step(context) first")
     config, run = context.config, context.run
     with step(context, "report") as record:
-        comparison = compare_evaluations(context.base_eval, context.tuned_eval, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
-        comparison.save(run.eval_dir / "comparison.json")
-        files = write_report(run.root, context.base_eval, context.tuned_eval, comparison)
+        verdict = compare_with_baselines(context.baseline_evals, context.tuned_eval, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+        verdict.save(run.eval_dir / "comparison.json")
+        files = write_report(run.root, context.baseline_evals, context.tuned_eval, verdict)
         report_files = {"markdown": str(files.markdown), "html": str(files.html)}
         record.value = report_files
-        record.details = {"files": report_files}
-    context.comparison, context.report_files = comparison, report_files
-    return comparison
+        record.details = {"files": report_files, "verdict": verdict.verdict, "summary": verdict.summary}
+    context.comparison, context.report_files = verdict, report_files
+    return verdict
 
 
 def register_step(context: PipelineContext) -> RunOutcome:
@@ -476,7 +497,10 @@ def register_step(context: PipelineContext) -> RunOutcome:
         record.registry_fields = {
             "status": "finished",
             "comparison": context.comparison.to_dict() if context.comparison else None,
-            "artifacts": {"run_dir": str(context.run.root), "train": context.train_result, **context.report_files},
+            "artifacts": {
+                "run_dir": str(context.run.root), "train": context.train_result, **context.report_files,
+                "baselines": {name: result.metrics for name, result in context.baseline_evals.items()},
+            },
         }
         record.value = {"registry": str(context.registry.path), "id": context.registry_id}
         record.details = {"id": context.registry_id, "registry": str(context.registry.path)}
@@ -495,6 +519,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
         report=context.report_files,
         timings=dict(context.state.data.get("timings", {})),
         warnings=list(context.warnings),
+        baseline_metrics={name: result.metrics for name, result in context.baseline_evals.items()},
     )
 
 
@@ -536,18 +561,6 @@ def _label_map_for(config: RunConfig, split: Split, tokenizer: Any) -> LabelMap 
     return LabelMap.for_records(split.train, tokenizer)
 
 
-def _eval_settings(config: RunConfig, label_map: LabelMap | None) -> dict[str, Any]:
-    return {
-        "task": config.task,
-        "eval": config.eval.model_dump(mode="json"),
-        "max_length": config.data.max_length,
-        "stride": config.data.stride,
-        "system_prompt": config.data.system_prompt,
-        "max_test_examples": config.data.max_test_examples,
-        "labels": label_map.to_dict() if label_map is not None else None,
-    }
-
-
 def _model_key(loaded: LoadedModel) -> str:
     """What identifies the base model for the baseline cache: its resolved location (+ file identity)."""
     source = loaded.source
@@ -556,9 +569,3 @@ def _model_key(loaded: LoadedModel) -> str:
         stat = location.stat()
         return f"{source.kind}:{location.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
     return f"{source.kind}:{source.location}"
-
-
-def _test_fingerprint(split: Split) -> str:
-    from tunelab.evaluation.result import test_fingerprint
-
-    return test_fingerprint("split", (record.id for record in split.test))

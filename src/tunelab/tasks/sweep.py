@@ -106,7 +106,8 @@ def leaderboard(entries: list[SweepEntry], metric: str | None = None) -> list[di
             except StopIteration:
                 raise ConfigError(f"metric '{name}' is not among {[x.name for x in outcome.comparison.metrics]}") from None
             row.update(name=outcome.name, metric=name, before=m.before, after=m.after, difference=m.difference,
-                       low=m.low, high=m.high, higher_is_better=m.higher_is_better, verdict=outcome.comparison.verdict)
+                       low=m.low, high=m.high, higher_is_better=m.higher_is_better, verdict=outcome.comparison.verdict,
+                       opponent=outcome.comparison.strongest)  # before/difference are against the strongest baseline
         rows.append(row)
 
     def sort_key(row: dict[str, Any]) -> tuple:

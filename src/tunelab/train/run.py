@@ -45,6 +45,7 @@ class TrainResult:
     method: str
     stopped_early: bool = False
     warnings: list[str] = field(default_factory=list)
+    best_validation_score: float | None = None  # classify: the kept checkpoint's validation accuracy
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -173,6 +174,7 @@ def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
         total_parameters=total,
         method=session.config.train.method,
         stopped_early=loop.stopped_early,
+        best_validation_score=loop.best_validation_score,
     )
 
 

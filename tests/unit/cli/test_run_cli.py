@@ -39,6 +39,8 @@ def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
     )
     assert ok.returncode == 0, ok.stderr
     result = json.loads(ok.stdout)
-    assert result["comparison"]["verdict"] in ("better", "worse", "no significant difference")
+    verdict = result["comparison"]["verdict"]
+    assert verdict in ("fine-tuning paid off", "no significant difference") or verdict.startswith("use ")
+    assert set(result["baselines"]) == {"base", "classical", "few_shot"}
     listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
     assert listed.returncode == 0 and "quick" in listed.stdout

@@ -114,3 +114,48 @@ def test_partial_overlap_is_compared_with_a_warning():
     comparison = compare_evaluations(base, tuned, samples=200)
     assert comparison.n == 150
     assert "different test sets" in comparison.warnings[0]
+
+
+def test_verdict_is_never_paid_off_while_a_baseline_is_significantly_better():
+    from tunelab.evaluation.compare import PAID_OFF, compare_with_baselines
+
+    rng = np.random.default_rng(11)
+    seen = set()
+    for trial in range(40):
+        n = int(rng.integers(30, 120))
+        tuned = _classify("tuned", rng.random(n) < rng.uniform(0.3, 0.9), seed=trial)
+        opponents = {name: _classify(name, rng.random(n) < rng.uniform(0.2, 0.95), seed=trial + 100)
+                     for name in ("base", "classical", "few_shot")[: int(rng.integers(1, 4))]}
+        verdict = compare_with_baselines(opponents, tuned, seed=trial, samples=200)
+        outcomes = {name: verdict.against(name).outcome for name in opponents}
+        # Each comparison is the same paired bootstrap as compare_evaluations.
+        for name, result in opponents.items():
+            assert verdict.comparisons[name].to_dict() == compare_evaluations(result, tuned, seed=trial, samples=200).to_dict()
+        significantly_better = [name for name, outcome in outcomes.items() if outcome == "worse"]
+        assert verdict.paid_off == all(outcome == "better" for outcome in outcomes.values())
+        if significantly_better:
+            assert verdict.verdict != PAID_OFF and not verdict.paid_off
+            winner = verdict.verdict.removeprefix("use ").removesuffix(" instead")
+            assert winner in significantly_better
+            assert verdict.against(winner).before == max(verdict.against(b).before for b in significantly_better)
+            assert f"use {winner} instead: it wins by" in verdict.summary
+        elif not verdict.paid_off:
+            assert verdict.verdict == "no significant difference"
+        accuracies = {name: verdict.against(name).before for name in opponents}
+        assert accuracies[verdict.strongest] == max(accuracies.values())
+        seen.add(verdict.verdict.split()[0])
+    assert seen == {"fine-tuning", "use", "no"}  # the trials reach all three verdicts
+
+
+def test_verdict_for_lower_is_better_metrics_and_round_trip():
+    from tunelab.evaluation.compare import Verdict, compare_with_baselines
+
+    verdict = compare_with_baselines({"base": _text("base", 3.0), "other": _text("other", 1.5)}, _text("tuned", 2.0), samples=300)
+    assert verdict.strongest == "other" and verdict.verdict == "use other instead"
+    lead = verdict.against("other")
+    assert f"wins by {lead.difference:.4g} perplexity" in verdict.summary  # tuned - other > 0: other's lead
+    assert Verdict.from_dict(verdict.to_dict()).to_dict() == verdict.to_dict()
+    paid = compare_with_baselines({"base": _text("base", 3.0)}, _text("tuned", 2.0), samples=300)
+    assert paid.paid_off and paid.summary.startswith("fine-tuning paid off")
+    with pytest.raises(DataError, match="no baseline"):
+        compare_with_baselines({}, _text("tuned", 2.0))

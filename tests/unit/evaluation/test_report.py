@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tunelab.errors import DataError
-from tunelab.evaluation.compare import compare_evaluations
+from tunelab.evaluation.compare import compare_with_baselines
 from tunelab.evaluation.metrics import classify_metrics
 from tunelab.evaluation.report import read_loss_log, report_run, write_report
 from tunelab.evaluation.result import EvalResult
@@ -44,13 +44,13 @@ def test_report_renders_with_plots_and_embedded_images(tmp_path):
     run.mkdir()
     _metrics_log(run / "metrics.jsonl")
     base, tuned = _classify("base", 0.4, 1), _classify("tuned", 0.9, 2)
-    comparison = compare_evaluations(base, tuned, samples=200)
-    files = write_report(run, base, tuned, comparison)
+    verdict = compare_with_baselines({"base": base}, tuned, samples=200)
+    files = write_report(run, {"base": base}, tuned, verdict)
     assert {p.name for p in files.plots} == {"loss.png", "confusion.png"}
     for plot in files.plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = files.markdown.read_text()
-    assert "**Verdict: better.**" in markdown
+    assert "**Verdict: fine-tuning paid off.**" in markdown
     assert "![loss curves](plots/loss.png)" in markdown and "![confusion matrices](plots/confusion.png)" in markdown
     assert "## Examples that changed most" in markdown and "test.csv:" in markdown
     page = files.html.read_text()
@@ -64,7 +64,7 @@ def test_report_renders_with_plots_and_embedded_images(tmp_path):
 def test_report_run_reads_the_run_folder(tmp_path):
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
-    with pytest.raises(DataError, match="base.json not found"):
+    with pytest.raises(DataError, match="base.json not found, nor any other baseline"):
         report_run(run)
     _classify("base", 0.4, 1).save(run / "eval" / "base.json")
     _classify("tuned", 0.4, 1).save(run / "eval" / "tuned.json")
@@ -74,3 +74,22 @@ def test_report_run_reads_the_run_folder(tmp_path):
     assert json.loads((run / "eval" / "comparison.json").read_text())["verdict"] == comparison.verdict
     assert files.plots == [run / "plots" / "confusion.png"]  # no metrics.jsonl: no loss plot
     assert files.html.is_file()
+
+
+def test_report_has_one_column_per_baseline_and_names_the_strongest(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    _classify("base", 0.3, 1).save(run / "eval" / "base.json")
+    _classify("classical", 0.95, 3).save(run / "eval" / "classical.json")
+    _classify("few-shot", 0.5, 4).save(run / "eval" / "few_shot.json")
+    _classify("tuned", 0.6, 2).save(run / "eval" / "tuned.json")
+    verdict, files = report_run(run, samples=200)
+    assert list(verdict.comparisons) == ["base", "classical", "few_shot"]
+    assert verdict.strongest == "classical" and verdict.verdict == "use classical instead"
+    markdown = files.markdown.read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| metric |"))
+    assert header == "| metric | tuned | base | classical | few_shot |"
+    assert "classical (strongest)" in markdown and "use classical instead" in markdown
+    assert "Examples that changed most (tuned against classical)" in markdown
+    saved = json.loads((run / "eval" / "comparison.json").read_text())
+    assert saved["strongest"] == "classical" and saved["paid_off"] is False and set(saved["comparisons"]) == {"base", "classical", "few_shot"}

@@ -54,6 +54,11 @@ def test_run_walks_every_step_and_registers(tmp_path, tiny_model_dir):
     assert outcome.tuned_metrics["accuracy"] >= 0.75
     assert outcome.comparison.metric("accuracy").after == outcome.tuned_metrics["accuracy"]
     assert (outcome.run_dir / "report.html").is_file() and (outcome.run_dir / "eval" / "base.json").is_file()
+    # Every baseline that applies to classify ran on the same test set, was saved and is in the verdict and report.
+    assert list(outcome.comparison.comparisons) == ["base", "classical", "few_shot"] == list(outcome.baseline_metrics)
+    assert all((outcome.run_dir / "eval" / f"{name}.json").is_file() for name in ("classical", "few_shot"))
+    assert outcome.comparison.strongest in outcome.baseline_metrics
+    assert "| metric | tuned | base | classical | few_shot |" in (outcome.run_dir / "report.md").read_text()
     record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
     assert record.status == "finished"
     assert record.tuned_metrics["accuracy"] == outcome.tuned_metrics["accuracy"]
@@ -108,9 +113,12 @@ def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
     events = []
     entries = run_sweep(config_path, [], ["train.lr=1e-4,3e-3"], on_event=lambda s, st, d: events.append((s, st)))
     assert [e.error for e in entries] == [None, None]
-    assert ("baseline", "skip") in events  # the second variant reused the first one's baseline
+    assert ("baseline", "skip") in events  # the second variant reused the first one's baselines
+    assert sum(1 for step, status in events if (step, status) == ("baseline", "skip")) == 3
     rows = leaderboard(entries)
     assert rows[0]["after"] >= rows[1]["after"]
+    strongest = {entry.outcome.name: entry.outcome.comparison.strongest for entry in entries}
+    assert [row["opponent"] for row in rows] == [strongest[row["name"]] for row in rows]  # ranked against the strongest baseline
 
 
 @pytest.mark.parametrize("task", ["sft", "text"])
@@ -134,6 +142,7 @@ def test_run_sft_and_text_end_to_end(tmp_path, tiny_model_dir, task):
         }
     )
     outcome = run_pipeline(config, calibrate=False)
+    assert list(outcome.comparison.comparisons) == {"sft": ["base", "few_shot", "retrieval"], "text": ["base"]}[task]
     primary = outcome.comparison.primary
     assert primary == {"sft": "rougeL", "text": "perplexity"}[task]
     assert outcome.base_metrics[primary] != outcome.tuned_metrics[primary]
@@ -167,8 +176,8 @@ def test_steps_are_public_functions_a_notebook_can_call(tmp_path, tiny_model_dir
     assert estimate["tokens"]["train_tokens"] > 0
     registry = Registry(tmp_path / "runs" / "registry.db")
     assert registry.get_run("quick").status == "running"
-    base = pipeline.baseline_step(context)
-    assert base.metrics["primary"] == "accuracy"
+    base = pipeline.baseline_step(context)["base"]
+    assert base.metrics["primary"] == "accuracy" and context.base_eval is base
     assert registry.get_run("quick").baseline_metrics["accuracy"] == base.metrics["accuracy"]
     # A step that raises marks the registry record and is not recorded as done (a resume runs it again).
     with pytest.raises(RuntimeError, match="boom"), pipeline.step(context, "train"):

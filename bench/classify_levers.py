@@ -1,0 +1,103 @@
+"""One classify-recipe lever at a time: train the real recipe with config overrides, score held-out rows.
+
+The rows come from a shared dataset's training file: ``--labels`` intents drawn with the seed,
+``--per-label`` training rows each (10% of them kept for validation, as ``tunelab run`` does) and
+``--test-per-label`` other rows each for scoring. These are the rows the defaults were chosen on;
+bench/quality.py reports on other seeds and all labels.
+
+    PYTHONPATH=src python bench/classify_levers.py --dataset banking77 --labels 20 --per-label 10 train.lr=1e-3
+    PYTHONPATH=src python bench/classify_levers.py --dataset banking77 --labels 20 classify.label_head=false
+
+Each run appends one JSON line to bench/results/classify_levers.jsonl and rewrites classify_levers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from collections import defaultdict
+
+from common import RESULTS_DIR, SHARED_DATA, markdown_table
+
+DATASETS = {"banking77": "banking77", "hwu64": "hwu64/trainset", "snips": "snips"}
+RESULTS = RESULTS_DIR / "classify_levers.jsonl"
+
+
+def subsample(records, per_label: int, test_per_label: int, seed: int, labels: int | None):
+    by_label = defaultdict(list)
+    for record in records:
+        by_label[record.label].append(record)
+    rng = random.Random(seed)
+    chosen = sorted(by_label)
+    if labels:
+        chosen = sorted(rng.sample(chosen, labels))
+    train, validation, test = [], [], []
+    for label in chosen:
+        rows = list(by_label[label])
+        rng.shuffle(rows)
+        kept = rows[:per_label]
+        held = max(1, round(len(kept) * 0.1))
+        validation += kept[:held]
+        train += kept[held:]
+        test += rows[per_label : per_label + test_per_label]
+    return train, validation, test
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="banking77", choices=sorted(DATASETS))
+    parser.add_argument("--per-label", type=int, default=10)
+    parser.add_argument("--labels", type=int, default=None, help="intents drawn (default: all)")
+    parser.add_argument("--test-per-label", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
+    args = parser.parse_args()
+
+    from tunelab.config import DataConfig, apply_overrides, parse_config
+    from tunelab.data.read import load_records
+    from tunelab.data.split import Split
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.models import load_run
+    from tunelab.tasks import run_training
+
+    records = load_records(str(SHARED_DATA / DATASETS[args.dataset]), "classify", DataConfig(preset=args.dataset))
+    train, validation, test = subsample(records, args.per_label, args.test_per_label, args.seed, args.labels)
+    name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
+    output = RESULTS_DIR / "tmp" / "levers"
+    raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},
+                           "train": {"output_dir": str(output)}}, args.overrides)
+    config = parse_config(raw, source="overrides")
+    started = time.perf_counter()
+    result = run_training(config, Split("classify", train, validation, test), run_dir=output / name)
+    train_seconds = time.perf_counter() - started
+    tuned = load_run(result.run_dir)
+    scored = evaluate(tuned, test, "classify", config=config.eval, data_config=config.data)
+    row = {
+        "dataset": args.dataset, "labels": len({r.label for r in train}), "per_label": args.per_label, "seed": args.seed,
+        "tag": args.tag, "overrides": args.overrides, "train": len(train), "validation": len(validation), "test": len(test),
+        "steps": result.steps, "final_loss": result.final_loss, "best_validation_loss": result.best_validation_loss,
+        "best_validation_accuracy": result.best_validation_score,
+        "accuracy": scored.metrics["accuracy"], "macro_f1": scored.metrics["macro_f1"],
+        "train_seconds": round(train_seconds, 1), "tokens_per_second": round(result.tokens_per_second, 1),
+        "load": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    print(json.dumps(row))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    table = markdown_table(
+        ["dataset", "labels", "per label", "seed", "variant", "steps", "final loss", "best validation accuracy", "held-out accuracy",
+         "macro-F1", "train s", "load"],
+        [[r["dataset"], r["labels"], r["per_label"], r["seed"], r.get("tag") or " ".join(r["overrides"]) or "defaults", r["steps"],
+          r["final_loss"], r.get("best_validation_accuracy"), r["accuracy"], r["macro_f1"], r["train_seconds"], r["load"]] for r in rows],
+    )
+    (RESULTS_DIR / "classify_levers.md").write_text(table + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

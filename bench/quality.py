@@ -1,0 +1,223 @@
+"""Quality benchmark: does fine-tuning the default model pay off against what a user would do instead?
+
+For each shared classify dataset (BANKING77, HWU64, SNIPS) and each size (examples per label), and for
+each of ``--seeds`` seeded subsamples: the training rows are drawn per label from the dataset's file,
+the test rows are other labelled rows of the same file (never trained on), capped per label so a run
+fits this machine. The quickstart (examples/support-routing, its own train/test files) and a SciTLDR
+sft subset join them. Each case is one real ``tunelab run`` (tasks.pipeline.run_pipeline) with the
+project defaults: nothing here sets a hyperparameter. The run evaluates the base model and every
+baseline of ``eval.baselines`` on the same test rows, and its verdict compares the tuned model with
+each one by paired bootstrap.
+
+Results: ``bench/results/quality.json`` (every case, every seed) and ``quality.md`` (mean and spread
+over seeds per dataset and size, plus each seed's interval against the strongest baseline).
+
+    PYTHONPATH=src python bench/quality.py --quick                    # a few minutes: the quickstart, 1 seed
+    PYTHONPATH=src python bench/quality.py                            # all datasets, sizes 10,40, 3 seeds
+    PYTHONPATH=src python bench/quality.py --datasets banking77 --sizes 10 --seeds 3 --test-per-label 10
+
+The defaults were chosen on other rows (bench/classify_levers.py: different seeds, a subset of the
+labels, the validation rows), never on the rows reported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from common import REPO_DIR, RESULTS_DIR, SHARED_DATA, machine_info, write_results
+
+CLASSIFY = {"banking77": "banking77", "hwu64": "hwu64/trainset", "snips": "snips"}
+WORK_DIR = RESULTS_DIR / "tmp" / "quality"
+
+
+def _classify_rows(dataset: str) -> dict[str, list[dict]]:
+    from tunelab.config import DataConfig
+    from tunelab.data.read import load_records
+
+    records = load_records(str(SHARED_DATA / CLASSIFY[dataset]), "classify", DataConfig(preset=dataset))
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    seen: set[str] = set()
+    for record in records:
+        key = " ".join(record.text.lower().split())
+        if key in seen:  # a duplicate text could land on both sides
+            continue
+        seen.add(key)
+        by_label[record.label].append({"text": record.text, "label": record.label})
+    return by_label
+
+
+def _subsample(by_label: dict[str, list[dict]], per_label: int, test_per_label: int, seed: int) -> tuple[list, list]:
+    rng = random.Random(f"quality-{seed}")
+    train, test = [], []
+    for label in sorted(by_label):
+        rows = list(by_label[label])
+        rng.shuffle(rows)
+        if len(rows) <= per_label:
+            continue  # a label without held-out rows would only add noise
+        train += rows[:per_label]
+        test += rows[per_label : per_label + test_per_label]
+    return train, test
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def _case_config(case: str, task: str, train: str, test: str, extra: dict[str, Any]) -> dict[str, Any]:
+    folder = WORK_DIR / case
+    return {
+        "task": task,
+        "model": "default",
+        "name": case,
+        "data": {"train": train, "test": test, **extra},
+        "train": {"output_dir": str(folder / "runs")},
+        "registry": str(WORK_DIR / "registry.db"),
+    }
+
+
+def _run(raw: dict[str, Any]) -> dict[str, Any]:
+    import shutil
+
+    from tunelab.config import parse_config
+    from tunelab.tasks.pipeline import run_pipeline
+
+    shutil.rmtree(Path(raw["train"]["output_dir"]) / raw["name"], ignore_errors=True)
+    started = time.perf_counter()
+    outcome = run_pipeline(parse_config(raw, source=raw["name"]), calibrate=False)
+    verdict = outcome.comparison
+    primary = verdict.primary
+    against = {}
+    for name in verdict.comparisons:
+        metric = verdict.against(name)
+        against[name] = {"baseline": metric.before, "tuned": metric.after, "difference": metric.difference,
+                         "low": metric.low, "high": metric.high, "outcome": metric.outcome}
+    return {
+        "primary": primary,
+        "tuned": outcome.tuned_metrics.get(primary),
+        "baselines": {name: metrics.get(primary) for name, metrics in outcome.baseline_metrics.items()},
+        "against": against,
+        "strongest": verdict.strongest,
+        "verdict": verdict.verdict,
+        "summary": verdict.summary,
+        "train_seconds": (outcome.train or {}).get("seconds"),
+        "steps": (outcome.train or {}).get("steps"),
+        "timings": outcome.timings,
+        "split": outcome.split_sizes,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def classify_case(dataset: str, per_label: int, seed: int, test_per_label: int) -> dict[str, Any]:
+    case = f"{dataset}-{per_label}-seed{seed}"
+    if dataset == "quickstart":
+        folder = REPO_DIR / "examples" / "support-routing"
+        train, test = str(folder / "train.jsonl"), str(folder / "test.jsonl")
+        raw = _case_config(case, "classify", train, test, {})
+    else:
+        rows, held = _subsample(_classify_rows(dataset), per_label, test_per_label, seed)
+        train = _write_jsonl(WORK_DIR / case / "train.jsonl", rows)
+        test = _write_jsonl(WORK_DIR / case / "test.jsonl", held)
+        raw = _case_config(case, "classify", train, test, {})
+    return {"dataset": dataset, "per_label": per_label, "seed": seed, **_run(raw)}
+
+
+def scitldr_case(size: int, seed: int, test_size: int) -> dict[str, Any]:
+    from tunelab.config import DataConfig
+    from tunelab.data.read import load_records
+
+    records = load_records(str(SHARED_DATA / "scitldr"), "sft", DataConfig(preset="scitldr"))
+    rng = random.Random(f"quality-scitldr-{seed}")
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    rows = [{"messages": list(records[i].messages), "references": list(records[i].references)} for i in order]
+    case = f"scitldr-{size}-seed{seed}"
+    train = _write_jsonl(WORK_DIR / case / "train.jsonl", rows[:size])
+    test = _write_jsonl(WORK_DIR / case / "test.jsonl", rows[size : size + test_size])
+    raw = _case_config(case, "sft", train, test, {"max_length": 512})
+    raw["eval"] = {"max_new_tokens": 64}
+    return {"dataset": "scitldr", "per_label": size, "seed": seed, **_run(raw)}
+
+
+def _spread(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for result in results:
+        groups[(result["dataset"], result["per_label"])].append(result)
+    names = sorted({name for r in results for name in r["baselines"]})
+    header = ["dataset", "per label", "seeds", "metric", "tuned", *names, "strongest", "tuned − strongest (95% CI per seed)",
+              "paid off", "train min"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (dataset, size), runs in groups.items():
+        intervals = "; ".join(
+            f"{r['against'][r['strongest']]['difference']:+.3f} [{r['against'][r['strongest']]['low']:+.3f}, "
+            f"{r['against'][r['strongest']]['high']:+.3f}]" for r in runs
+        )
+        strongest = ", ".join(sorted({r["strongest"] for r in runs}))
+        paid = sum(r["verdict"] == "fine-tuning paid off" or r["verdict"].startswith("paid") for r in runs)
+        minutes = _spread([(r["train_seconds"] or 0) / 60 for r in runs])
+        cells = [dataset, str(size), str(len(runs)), runs[0]["primary"], _spread([r["tuned"] for r in runs]),
+                 *[_spread([r["baselines"].get(n) for r in runs]) for n in names], strongest, intervals,
+                 f"{paid}/{len(runs)}", minutes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="quickstart,banking77,hwu64,snips,scitldr")
+    parser.add_argument("--sizes", default="10,40", help="training examples per label (classify)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--test-per-label", type=int, default=10, help="held-out test rows per label (classify)")
+    parser.add_argument("--scitldr-size", type=int, default=300)
+    parser.add_argument("--scitldr-test", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="the quickstart only, one seed")
+    parser.add_argument("--name", default="quality")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.datasets, args.seeds = "quickstart", 1
+    datasets = [d for d in args.datasets.split(",") if d]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if any(d != "quickstart" for d in datasets) and not SHARED_DATA.is_dir():
+        print(f"skipped: {SHARED_DATA} is absent (the shared datasets)", file=sys.stderr)
+        datasets = [d for d in datasets if d == "quickstart"]
+    results = []
+    for dataset in datasets:
+        for seed in seeds:
+            if dataset == "quickstart":
+                cases = [lambda s=seed: classify_case("quickstart", 40, s, 0)] if seed == args.first_seed else []
+            elif dataset == "scitldr":
+                cases = [lambda s=seed: scitldr_case(args.scitldr_size, s, args.scitldr_test)]
+            else:
+                cases = [lambda s=seed, n=n, d=dataset: classify_case(d, n, s, args.test_per_label) for n in sizes]
+            for case in cases:
+                result = case()
+                print(json.dumps({k: result[k] for k in ("dataset", "per_label", "seed", "tuned", "baselines", "verdict")}), flush=True)
+                results.append(result)
+                write_results(args.name, {"machine": machine_info(), "command": " ".join(sys.argv), "results": results},
+                              render(results))
+
+
+if __name__ == "__main__":
+    main()

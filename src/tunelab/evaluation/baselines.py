@@ -1,0 +1,582 @@
+"""Baselines: what a user would do instead of fine-tuning, scored on the same test examples as the tuned model.
+
+Each baseline returns an ``EvalResult`` with the same per-example rows as ``evaluate``, so the paired
+bootstrap of ``compare.py`` compares it with the tuned model example by example.
+
+- ``base``: the base model zero-shot (``evaluate(..., baseline=True)``), every task.
+- ``classical`` (classify): TF-IDF word 1-2-grams + char_wb 2-5-grams, logistic regression whose C is
+  chosen by stratified cross-validation on the training records only (a fixed grid, seeded), so it
+  is a fair opponent and not one tuned to lose. Its probabilities give ECE like the model's.
+- ``few_shot`` (classify, sft): the base model with solved training examples in the prompt, as many as
+  fit ``eval.few_shot_tokens``. classify: k examples per label (rounds of one per label), scored over
+  the same label tokens as zero-shot, the shared prefix computed once (``prefix_label_logits``);
+  sft: k training pairs, answered through the same generation path.
+- ``retrieval`` (sft): the completion of the most similar training prompt (TF-IDF cosine).
+
+The records a baseline learns from are the training *and* validation records of the split
+(``learning_records``): the tuned model trains on the first and selects on the second, so both see
+the same labelled data. Their fingerprint is part of the baseline's cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunelab.config import TASK_BASELINES, DataConfig, EvalConfig
+from tunelab.data.labels import LabelMap
+from tunelab.data.records import ClassifyRecord, Record, SFTRecord
+from tunelab.data.templates import (
+    few_shot_chat,
+    few_shot_messages,
+    render_prompt_ids,
+    with_system_prompt,
+    zero_shot_messages,
+)
+from tunelab.data.tokenize import tokenize_classify
+from tunelab.errors import ConfigError, DataError
+from tunelab.evaluation.evaluate import (
+    answer_prompts,
+    check_test_records,
+    evaluate,
+    prompt_text,
+    references_of,
+    score_classify,
+    score_sft,
+    select_test_records,
+)
+from tunelab.evaluation.metrics import PRIMARY_METRIC
+from tunelab.evaluation.predict import prefix_label_logits, softmax
+from tunelab.evaluation.result import EvalResult, test_fingerprint
+
+# Regularisation strengths tried by cross-validation (inverse: large C = little regularisation).
+CLASSICAL_C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+CLASSICAL_FOLDS = 5
+CLASSICAL_FALLBACK_C = 10.0  # when some label has a single training example, so no stratified CV
+LEARNS_FROM_TRAINING = ("classical", "few_shot", "retrieval")
+NEEDS_BASE_MODEL = ("base", "few_shot")
+
+Progress = Callable[[int], None]
+EventFn = Callable[[str, str, dict[str, Any]], None]  # (baseline name, "start"|"done"|"skip", details)
+
+
+def learning_records(split: Any) -> list[Record]:
+    """What a baseline learns from: the split's training and validation records (what the tuned model saw)."""
+    return [*split.train, *split.validation]
+
+
+def training_fingerprint(records: Sequence[Record]) -> str:
+    """A hash of the records a baseline learns from (order-independent)."""
+    from tunelab.data.split import data_fingerprint
+
+    return data_fingerprint(records)
+
+
+def _result(task: str, name: str, model: str, chosen: Sequence[Record], rows, metrics, settings, warnings, labels=None) -> EvalResult:
+    return EvalResult(
+        task=task,
+        model=model,
+        n=len(rows),
+        metrics={"primary": PRIMARY_METRIC[task], **metrics},
+        rows=rows,
+        settings={"baseline": name, **settings},
+        test_fingerprint=test_fingerprint(task, (r.id for r in chosen)),
+        baseline=True,
+        labels=list(labels) if labels is not None else None,
+        baseline_name=name,
+        warnings=list(warnings),
+    )
+
+
+def _prepare(records: Sequence[Record], task: str, data_config: DataConfig, train_ids) -> tuple[list[Record], list[str]]:
+    # The same checks and the same seeded sample as ``evaluate``, so every opponent sees the same examples.
+    warnings = check_test_records(records, task, train_ids)
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    if len(chosen) < len(records):
+        warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
+    return chosen, warnings
+
+
+def _need_training(name: str, train: Sequence[Record], expected: type) -> None:
+    if not train:
+        raise DataError(f"the {name} baseline learns from training data, and there is none", "give training records (tunelab eval --train FILE)")
+    wrong = [r.source or r.id for r in train if not isinstance(r, expected)]
+    if wrong:
+        raise DataError(f"{len(wrong)} training records of the {name} baseline are not {expected.__name__}s (first: {wrong[0]})")
+
+
+# ----------------------------------------------------------------------------------------- classical
+
+
+def classical_pipeline(c: float = 1.0, seed: int = 0):
+    """The classical text classifier: TF-IDF word 1-2-grams + char_wb 2-5-grams (sublinear tf), logistic regression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    features = FeatureUnion(
+        [
+            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)),
+        ]
+    )
+    return Pipeline([("features", features), ("model", LogisticRegression(C=c, max_iter=2000, random_state=seed))])
+
+
+def fit_classical(texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Fit ``classical_pipeline`` with C chosen by stratified k-fold CV (accuracy) on these records only.
+
+    Returns the pipeline refitted on all of them, and what was chosen (C, folds, CV accuracy).
+
+    Raises:
+        DataError: with fewer than two labels.
+    """
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    if len(counts) < 2:
+        raise DataError("the classical baseline needs at least two labels in its training data")
+    folds = int(min(CLASSICAL_FOLDS, counts.min()))
+    if folds < 2:
+        pipeline = classical_pipeline(CLASSICAL_FALLBACK_C, seed).fit(list(texts), list(labels))
+        return pipeline, {"C": CLASSICAL_FALLBACK_C, "folds": 0, "cv_accuracy": None}
+    search = GridSearchCV(
+        classical_pipeline(1.0, seed),
+        {"model__C": list(CLASSICAL_C_GRID)},
+        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
+        scoring="accuracy",
+        n_jobs=1,
+        refit=True,
+    )
+    search.fit(list(texts), list(labels))
+    return search.best_estimator_, {"C": float(search.best_params_["model__C"]), "folds": folds, "cv_accuracy": float(search.best_score_)}
+
+
+def classical_baseline(
+    train: Sequence[ClassifyRecord],
+    records: Sequence[ClassifyRecord],
+    *,
+    data_config: DataConfig,
+    labels: Sequence[str] | None = None,
+    train_ids=None,
+) -> EvalResult:
+    """The classical classifier trained on ``train``, scored on ``records`` like the model.
+
+    ``labels`` fixes the answerable classes and their order (the tuned model's); default: the training labels.
+
+    Raises:
+        DataError: for missing or wrong training records, fewer than two labels, or a bad test set.
+    """
+    _need_training("classical", train, ClassifyRecord)
+    chosen, warnings = _prepare(records, "classify", data_config, train_ids)
+    # In a fixed order (by id), so the CV folds, hence C, do not depend on the order of the file:
+    # the cache key (the records' fingerprint) does not either.
+    train = sorted(train, key=lambda record: record.id)
+    labels = list(labels) if labels is not None else sorted({r.label for r in train})
+    pipeline, fitted = fit_classical([r.text for r in train], [r.label for r in train], seed=data_config.seed)
+    if not fitted["folds"]:
+        warnings.append(f"some label has a single training example: the classical baseline uses C={CLASSICAL_FALLBACK_C} without cross-validation")
+    predicted = pipeline.predict_proba([r.text for r in chosen])
+    # Columns in the tuned model's label order; a label the classifier never saw has probability 0.
+    probabilities = np.zeros((len(chosen), len(labels)))
+    column = {label: index for index, label in enumerate(labels)}
+    for source, label in enumerate(pipeline.classes_):
+        if label in column:
+            probabilities[:, column[label]] = predicted[:, source]
+    rows, metrics, more = score_classify(chosen, probabilities, labels)
+    model = f"classical (TF-IDF word 1-2 + char 2-5 grams, logistic regression C={fitted['C']:g})"
+    settings = {"train_records": len(train), "c_grid": list(CLASSICAL_C_GRID), **fitted}
+    return _result("classify", "classical", model, chosen, rows, metrics, settings, warnings + more, labels)
+
+
+# ------------------------------------------------------------------------------------------ few-shot
+
+
+def few_shot_classify_examples(
+    train: Sequence[ClassifyRecord], label_map: LabelMap, tokenizer: Any, budget: int, *, seed: int = 0, system_prompt: str | None = None
+) -> tuple[list[tuple[str, str]], int]:
+    """Solved examples for the few-shot prompt and k, the examples per label: whole rounds of one per label.
+
+    Each label's training records are shuffled (seeded); round r holds the r-th of each label, in a
+    seeded label order. Rounds are added while the examples' tokens fit ``budget``; when not even one
+    round fits, the first round's examples that fit are used (k = 0 then: not every label is shown).
+    """
+    rng = random.Random(seed)
+    pools: dict[str, list[str]] = {}
+    for label in label_map.labels:
+        texts = sorted({r.text for r in train if r.label == label})
+        rng.shuffle(texts)
+        pools[label] = texts
+    empty = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))
+
+    def cost(examples: list[tuple[str, str]]) -> int:
+        return len(render_prompt_ids(tokenizer, few_shot_messages("", label_map, examples, system_prompt))) - len(empty)
+
+    chosen: list[tuple[str, str]] = []
+    rounds = max((len(p) for p in pools.values()), default=0)
+    k = 0
+    for index in range(rounds):
+        order = [label for label in label_map.labels if index < len(pools[label])]
+        rng.shuffle(order)
+        candidate = chosen + [(pools[label][index], label) for label in order]
+        if cost(candidate) > budget:
+            if index == 0:
+                for example in candidate:
+                    if cost([*chosen, example]) > budget:
+                        break
+                    chosen.append(example)
+            break
+        chosen = candidate
+        if len(order) == len(label_map.labels):
+            k = index + 1  # a whole round: every label shown once more
+    return chosen, k
+
+
+def few_shot_classify(
+    loaded: Any,
+    train: Sequence[ClassifyRecord],
+    records: Sequence[ClassifyRecord],
+    *,
+    config: EvalConfig,
+    data_config: DataConfig,
+    label_map: LabelMap,
+    train_ids=None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """The base model prompted with solved training examples, scored over the label tokens (shared prefix once).
+
+    Raises:
+        DataError: for missing or wrong training records or a bad test set.
+    """
+    _need_training("few_shot", train, ClassifyRecord)
+    chosen, warnings = _prepare(records, "classify", data_config, train_ids)
+    tokenizer, system = loaded.tokenizer, data_config.system_prompt
+    budget = _example_budget(loaded, config, data_config.max_length, warnings)
+    examples, k = few_shot_classify_examples(train, label_map, tokenizer, budget, seed=data_config.seed, system_prompt=system)
+    if k == 0:
+        warnings.append(
+            f"{budget} tokens do not fit one example per label (eval.few_shot_tokens): the few-shot prompt shows "
+            f"{len(examples)} examples of {len(label_map.labels)} labels"
+        )
+    build = lambda text: few_shot_messages(text, label_map, examples, system)  # noqa: E731
+    # The test text gets as many tokens as in the zero-shot prompt; the examples come on top.
+    limit = data_config.max_length + budget
+    prompts, truncated = [], 0
+    for record in chosen:
+        probe = record if record.label in label_map.labels else dataclasses.replace(record, label=label_map.labels[0])
+        example = tokenize_classify(probe, tokenizer, label_map, limit, system, messages_fn=build)
+        prompts.append(example.input_ids)
+        truncated += example.truncated
+    logits = prefix_label_logits(loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress)
+    rows, metrics, more = score_classify(chosen, softmax(logits), label_map.labels)
+    if truncated:
+        more.append(f"{truncated} few-shot prompts were too long and had their text shortened")
+    model = f"{_model_name(loaded)} few-shot ({k} per label, {len(examples)} examples)"
+    settings = {"prompt": "few_shot", "examples_per_label": k, "examples": len(examples), "few_shot_tokens": config.few_shot_tokens, "labels": label_map.to_dict()}
+    return _result("classify", "few_shot", model, chosen, rows, metrics, settings, warnings + more, label_map.labels)
+
+
+def few_shot_sft_examples(
+    train: Sequence[SFTRecord], tokenizer: Any, budget: int, *, seed: int = 0
+) -> list[tuple[list[dict[str, str]], str]]:
+    """(prompt messages, answer) training pairs in a seeded order, added while their tokens fit ``budget``."""
+    order = sorted(train, key=lambda r: r.id)
+    random.Random(seed).shuffle(order)
+    chosen: list[tuple[list[dict[str, str]], str]] = []
+    for record in order:
+        candidate = [*chosen, (record.prompt_messages, record.completion)]
+        if len(render_prompt_ids(tokenizer, few_shot_chat([], candidate))) > budget:
+            break  # stop at the first that does not fit: no bias toward the shortest examples
+        chosen = candidate
+    return chosen
+
+
+def few_shot_sft(
+    loaded: Any,
+    train: Sequence[SFTRecord],
+    records: Sequence[SFTRecord],
+    *,
+    config: EvalConfig,
+    data_config: DataConfig,
+    train_ids=None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """The base model answering with k solved training pairs before each prompt (same generation path).
+
+    Raises:
+        DataError: for missing or wrong training records, a bad test set, or an example without reference.
+    """
+    _need_training("few_shot", train, SFTRecord)
+    chosen, warnings = _prepare(records, "sft", data_config, train_ids)
+    references = [references_of(record) for record in chosen]
+    budget = _example_budget(loaded, config, data_config.max_length + config.max_new_tokens, warnings)
+    examples = few_shot_sft_examples(train, loaded.tokenizer, budget, seed=data_config.seed)
+    if not examples:
+        warnings.append(f"{budget} tokens do not fit one training example (eval.few_shot_tokens): the few-shot prompt has none")
+    conversations = [few_shot_chat(with_system_prompt(record.prompt_messages, data_config.system_prompt), examples) for record in chosen]
+    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length + budget, progress)
+    rows, metrics = score_sft(chosen, answers, references)
+    if truncated:
+        warnings.append(f"{truncated} few-shot prompts were too long and kept only their last tokens")
+    settings = {"prompt": "few_shot", "examples": len(examples), "few_shot_tokens": config.few_shot_tokens,
+                "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
+    return _result("sft", "few_shot", f"{_model_name(loaded)} few-shot ({len(examples)} examples)", chosen, rows, metrics, settings, warnings)
+
+
+# ----------------------------------------------------------------------------------------- retrieval
+
+
+def nearest_training_prompts(train_prompts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    """Index of the most TF-IDF-cosine-similar training prompt for each prompt (ties: the first).
+
+    Raises:
+        DataError: when the training prompts have no word to match on.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    try:
+        train_matrix = vectorizer.fit_transform(list(train_prompts))
+    except ValueError:
+        raise DataError("the retrieval baseline found no words in the training prompts") from None
+    # Rows are L2-normalised, so the dot product is the cosine similarity.
+    similarity = (vectorizer.transform(list(prompts)) @ train_matrix.T).toarray()
+    return similarity.argmax(axis=1)
+
+
+def retrieval_baseline(train: Sequence[SFTRecord], records: Sequence[SFTRecord], *, data_config: DataConfig, train_ids=None) -> EvalResult:
+    """Answer each test prompt with the completion of the most similar training prompt (TF-IDF cosine).
+
+    Raises:
+        DataError: for missing or wrong training records, a bad test set, or an example without reference.
+    """
+    _need_training("retrieval", train, SFTRecord)
+    chosen, warnings = _prepare(records, "sft", data_config, train_ids)
+    train = sorted(train, key=lambda record: record.id)  # ties go to the same record whatever the file order
+    references = [references_of(record) for record in chosen]
+    nearest = nearest_training_prompts([prompt_text(r.prompt_messages) for r in train], [prompt_text(r.prompt_messages) for r in chosen])
+    answers = [train[int(index)].completion for index in nearest]
+    rows, metrics = score_sft(chosen, answers, references)
+    settings = {"train_records": len(train), "features": "TF-IDF word 1-2-grams, cosine"}
+    return _result("sft", "retrieval", "retrieval (completion of the nearest training prompt, TF-IDF cosine)", chosen, rows, metrics, settings, warnings)
+
+
+# ---------------------------------------------------------------------------------------- dispatching
+
+
+def _model_name(loaded: Any) -> str:
+    return loaded.source.display_name
+
+
+def _example_budget(loaded: Any, config: EvalConfig, room: int, warnings: list[str]) -> int:
+    """``eval.few_shot_tokens``, lowered so examples + the example's own ``room`` tokens fit the model's context."""
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    budget = config.few_shot_tokens
+    if isinstance(context, int) and budget > context - room:
+        budget = max(0, context - room)
+        warnings.append(f"few-shot examples get {budget} tokens, not eval.few_shot_tokens={config.few_shot_tokens}: the model reads at most {context}")
+    return budget
+
+
+def evaluate_baseline(
+    name: str,
+    base: Any,
+    records: Sequence[Record],
+    task: str,
+    *,
+    train: Sequence[Record],
+    config: EvalConfig,
+    data_config: DataConfig,
+    label_map: LabelMap | None = None,
+    train_ids=None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """One baseline's evaluation on ``records`` (``base`` is the base model, needed by base and few_shot).
+
+    Raises:
+        ConfigError: for a baseline that does not apply to the task, or no base model where one is needed.
+        DataError: for missing training records or a bad test set.
+    """
+    if name not in TASK_BASELINES.get(task, ()):
+        raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
+    if name in NEEDS_BASE_MODEL and base is None:
+        raise ConfigError(f"the {name} baseline needs the base model")
+    if task == "classify" and label_map is None:
+        source = train if name in LEARNS_FROM_TRAINING else records
+        label_map = LabelMap.for_records(source, base.tokenizer) if base is not None else None
+    if name == "base":
+        result = evaluate(base, records, task, config=config, data_config=data_config, label_map=label_map, baseline=True, train_ids=train_ids, progress=progress)
+        result.baseline_name = "base"
+        result.settings["baseline"] = "base"
+        return result
+    if name == "classical":
+        labels = label_map.labels if label_map is not None else None
+        return classical_baseline(train, records, data_config=data_config, labels=labels, train_ids=train_ids)
+    if name == "retrieval":
+        return retrieval_baseline(train, records, data_config=data_config, train_ids=train_ids)
+    if task == "classify":
+        return few_shot_classify(base, train, records, config=config, data_config=data_config, label_map=label_map, train_ids=train_ids, progress=progress)
+    return few_shot_sft(base, train, records, config=config, data_config=data_config, train_ids=train_ids, progress=progress)
+
+
+def baseline_settings(
+    name: str, task: str, config: EvalConfig, data_config: DataConfig, label_map: LabelMap | None, train: Sequence[Record] = ()
+) -> dict[str, Any]:
+    """Everything that changes a baseline's scores besides the model and the test set: its cache settings.
+
+    Includes the fingerprint of the training records for the baselines that learn from them.
+    """
+    settings: dict[str, Any] = {
+        "baseline": name,
+        "task": task,
+        "max_length": data_config.max_length,
+        "stride": data_config.stride,
+        "system_prompt": data_config.system_prompt,
+        "max_test_examples": data_config.max_test_examples,
+        "sample_seed": data_config.seed,
+        "labels": label_map.to_dict() if label_map is not None else None,
+    }
+    if name in NEEDS_BASE_MODEL:
+        # Batch size is in: padding changes float rounding, hence (rarely) an argmax.
+        settings["eval"] = config.model_dump(mode="json", include={"max_new_tokens", "temperature", "top_p", "batch_size", "seed"})
+    if name == "few_shot":
+        settings["few_shot_tokens"] = config.few_shot_tokens
+    if name == "classical":
+        settings["classical"] = {"c_grid": list(CLASSICAL_C_GRID), "folds": CLASSICAL_FOLDS}
+    if name in LEARNS_FROM_TRAINING:
+        settings["train_fingerprint"] = training_fingerprint(train)
+    return settings
+
+
+def baseline_cache_key(name: str, model_key: str, test_fingerprint_: str, settings: Mapping[str, Any]):
+    """The registry's cache key of a baseline (``tunelab.registry.store.BaselineKey``).
+
+    The model is part of it only for the baselines that run the base model.
+    """
+    from tunelab.registry.store import baseline_key
+
+    return baseline_key(model_key if name in NEEDS_BASE_MODEL else name, test_fingerprint_, dict(settings))
+
+
+def evaluate_baselines(
+    names: Sequence[str],
+    base: Any,
+    records: Sequence[Record],
+    task: str,
+    *,
+    train: Sequence[Record],
+    config: EvalConfig,
+    data_config: DataConfig,
+    label_map: LabelMap | None = None,
+    train_ids=None,
+    registry: Any = None,
+    cache_dir: str | Path | None = None,
+    model_key: str | None = None,
+    run_id: str | None = None,
+    on_event: EventFn | None = None,
+    progress: Progress | None = None,
+) -> dict[str, EvalResult]:
+    """Every baseline in ``names`` on ``records``, in order; cached in ``registry`` when one is given.
+
+    A cached evaluation is reused when its key (model for base/few_shot, test-set fingerprint,
+    ``baseline_settings``, the training records' fingerprint where it learns) matches and its file exists.
+
+    Raises:
+        ConfigError, DataError: as ``evaluate_baseline``.
+    """
+    emit = on_event or (lambda name, status, details: None)
+    results: dict[str, EvalResult] = {}
+    test_key = test_fingerprint("split", (r.id for r in records))
+    for name in names:
+        key = None
+        if registry is not None and cache_dir is not None:
+            key = baseline_cache_key(name, model_key or "", test_key, baseline_settings(name, task, config, data_config, label_map, train))
+            cached = registry.get_cached_baseline(key)
+            if cached and cached.predictions_path and Path(cached.predictions_path).is_file():
+                results[name] = EvalResult.load(cached.predictions_path)
+                emit(name, "skip", {"cached_from": cached.predictions_path})
+                continue
+        emit(name, "start", {"n": len(records)})
+        result = evaluate_baseline(
+            name, base, records, task, train=train, config=config, data_config=data_config,
+            label_map=label_map, train_ids=train_ids, progress=progress if name in NEEDS_BASE_MODEL else None,
+        )
+        if key is not None:
+            path = Path(cache_dir) / f"{name}-{key.settings_hash}-{key.test_fingerprint[:12]}.json"
+            result.save(path)
+            registry.put_cached_baseline(key, metrics=result.metrics, predictions_path=str(path), run_id=run_id)
+        results[name] = result
+        emit(name, "done", {"metrics": result.metrics})
+    return results
+
+
+def base_model_of(loaded: Any, *, allow_network: bool = False) -> Any:
+    """The base model under ``loaded``: the model an adapter sits on, a full run's starting model, else ``loaded`` itself.
+
+    Raises:
+        ModelError: when that model cannot be loaded.
+    """
+    from tunelab.models import load_model
+
+    if loaded.base_source is not None:
+        return load_model(loaded.base_source, allow_network=allow_network)
+    section = (loaded.run_config or {}).get("model") if isinstance(loaded.run_config, dict) else None
+    name = section.get("name") if isinstance(section, dict) else section
+    if loaded.source.kind == "run" and isinstance(name, str):
+        return load_model(name, allow_network=allow_network)
+    return loaded
+
+
+def evaluate_with_baselines(
+    loaded: Any,
+    records: Sequence[Record],
+    task: str,
+    *,
+    baselines: Sequence[str],
+    train: Sequence[Record],
+    config: EvalConfig,
+    data_config: DataConfig,
+    label_map: LabelMap | None = None,
+    zero_shot_prompt: bool = False,
+    allow_network: bool = False,
+    progress: Progress | None = None,
+    on_event: EventFn | None = None,
+) -> tuple[EvalResult, dict[str, EvalResult], Any]:
+    """``tunelab eval`` with opponents: the model, each baseline on the same examples, and the verdict.
+
+    The base model (for base and few_shot) is the one under ``loaded`` (``base_model_of``). classify
+    labels: ``label_map``, else the model's own, else the training labels (else the test labels).
+    Returns (the model's evaluation, the baselines' evaluations, the ``Verdict`` or None without baselines).
+
+    Raises:
+        ConfigError: for a baseline that does not apply to the task.
+        DataError: when a baseline that learns has no training records, or for a bad test set.
+        ModelError: when the base model cannot be loaded.
+    """
+    from tunelab.evaluation.compare import compare_with_baselines
+
+    missing = [name for name in baselines if name in LEARNS_FROM_TRAINING and not train]
+    if missing:
+        raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
+    for name in baselines:
+        if name not in TASK_BASELINES.get(task, ()):
+            raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
+    if task == "classify" and label_map is None:
+        if loaded.label_map:
+            label_map = LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
+        else:
+            source = train or records
+            label_map = LabelMap.for_records(source, loaded.tokenizer)
+    train_ids = [r.id for r in train] or None
+    result = evaluate(loaded, records, task, config=config, data_config=data_config, label_map=label_map,
+                      baseline=zero_shot_prompt, train_ids=train_ids, progress=progress)
+    base = base_model_of(loaded, allow_network=allow_network) if any(name in NEEDS_BASE_MODEL for name in baselines) else None
+    opponents = evaluate_baselines(baselines, base, records, task, train=train, config=config, data_config=data_config,
+                                   label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress)
+    verdict = compare_with_baselines(opponents, result, seed=config.seed, samples=config.bootstrap_samples) if opponents else None
+    return result, opponents, verdict
