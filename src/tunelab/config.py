@@ -117,7 +117,10 @@ class TrainConfig(_Section):
     trainable_layers: list[int] = Field(
         default_factory=list, description="freeze: indices of the decoder layers to train (negative from the end)."
     )
-    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 LoRA, 1e-3 LoRA classify, 2e-5 full, 5e-5 freeze).")
+    lr: float | None = Field(
+        None, gt=0,
+        description="Peak learning rate (default: 2e-4 LoRA, 1e-3 LoRA classify, 2e-5 full, 5e-5 freeze; preference: 5e-5 LoRA, 1e-6 full, 5e-6 freeze).",
+    )
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (default per task).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step per process, before accumulation.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
@@ -205,6 +208,17 @@ class ClassifyConfig(_Section):
     )
 
 
+class PreferenceConfig(_Section):
+    beta: float = Field(
+        0.1, gt=0, description="DPO temperature: how far the policy may move from the reference (higher: stays closer)."
+    )
+    loss: Literal["sigmoid", "ipo", "length_normalized"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO (Rafailov et al. 2023); ipo: squared loss on length-averaged log-ratios (Azar et al. "
+        "2023); length_normalized: DPO on per-token average log-ratios (long answers do not dominate).",
+    )
+
+
 class BudgetConfig(_Section):
     max_hours: float | None = Field(None, gt=0, description="Stop before training if the estimate is longer.")
     max_usd: float | None = Field(None, gt=0, description="Stop before training if the estimated price is higher.")
@@ -221,6 +235,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
 
@@ -240,7 +255,13 @@ METHOD_DEFAULT_LR: dict[str, float] = {"lora": 2e-4, "full": 2e-5, "freeze": 5e-
 # classify with LoRA learns one token per example from a few hundred examples: measured in
 # bench/README.md ("Classify recipe"), 2e-4 left 20 BANKING77 intents at 0.65 validation accuracy
 # after 2 epochs where 1e-3 reached 0.80 (0.79 on held-out rows); the label head trains at the same rate.
-TASK_METHOD_DEFAULT_LR: dict[tuple[str, str], float] = {("classify", "lora"): 1e-3}
+# preference: DPO moves a model that already answers well; an SFT learning rate overshoots and the policy drifts.
+TASK_METHOD_DEFAULT_LR: dict[tuple[str, str], float] = {
+    ("classify", "lora"): 1e-3,
+    ("preference", "lora"): 5e-5,
+    ("preference", "full"): 1e-6,
+    ("preference", "freeze"): 5e-6,
+}
 # Validations per run when train.eval_every is not set.
 DEFAULT_VALIDATIONS_PER_RUN = 5
 

@@ -84,6 +84,21 @@ def test_eval_base_and_tuned_then_report_and_review(cli, run_dir, tmp_path, tiny
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["win_rate"] == pytest.approx(0.5)
 
+    # Ties are no preference: pairs need a decided row; one "A" row (with two different outputs) makes one pair.
+    result = cli.invoke(app, ["review", "pairs", str(sheet), "--out", str(tmp_path / "pairs.jsonl")])
+    assert isinstance(result.exception, DataError) and "no row prefers A or B" in str(result.exception)
+    rows[0]["output_b"] = rows[0]["output_a"] + " (the other answer)"
+    rows[0]["preference"] = "A"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = cli.invoke(app, ["review", "pairs", str(sheet), "--out", str(tmp_path / "pairs.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pairs"] == 1
+    pair = json.loads((tmp_path / "pairs.jsonl").read_text())
+    assert (pair["prompt"], pair["chosen"], pair["rejected"]) == (rows[0]["prompt"], rows[0]["output_a"], rows[0]["output_b"])
+
 
 def test_user_mistakes_raise_tunelab_errors(cli, tmp_path):
     result = cli.invoke(app, ["report", str(tmp_path)])

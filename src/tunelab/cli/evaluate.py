@@ -239,6 +239,26 @@ def review_score(
     console.print(f"tuned wins {score.tuned_wins}, base wins {score.base_wins}, ties {score.ties} (each counted half), not judged {score.unjudged}")
 
 
+@review_app.command("pairs")
+def review_pairs_command(
+    sheet: Path = typer.Argument(..., help="The filled-in sheet."),
+    out: Path = typer.Option(..., "--out", "-o", help="The preference pairs to write (JSONL: prompt, chosen, rejected)."),
+    key: Path = typer.Option(None, "--key", help="Its key file (default: SHEET with .key.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Turn a filled-in A/B sheet into preference pairs for `task: preference` (ties and blank rows left out)."""
+    from tunelab.evaluation.review import review_pairs
+
+    result = review_pairs(sheet, out, key)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    console.print(
+        f"wrote {result.pairs} preference pairs to {result.path} (chosen: tuned {result.tuned_chosen}, base {result.base_chosen}); "
+        f"left out {result.ties} ties and {result.unjudged} blank rows"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate_command)
     app.command("report")(report_command)

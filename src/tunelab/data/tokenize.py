@@ -8,6 +8,10 @@
   the repeated tokens are masked in the later window, so every token is predicted exactly once
   (training and perplexity alike). Short examples are packed into full rows by the training
   collate, with attention isolated per example, instead of being padded.
+- preference: the prompt with the chosen answer and, separately, with the rejected one, each as an
+  sft conversation whose only trained turn is that last answer (earlier assistant turns of a
+  dialogue are context). When a pair is too long, both sequences lose the same tokens from the
+  start of the prompt (TRL's "keep end"), so chosen and rejected are scored on the same context.
 - classify: the prompt (instruction + text, assistant turn opened) and the index of the label
   whose single token the model must answer. No label token is in the input: the last position
   predicts it.
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.labels import LabelMap
-from tunelab.data.records import ClassifyRecord, Message, SFTRecord, TextRecord
+from tunelab.data.records import ClassifyRecord, Message, PreferenceRecord, SFTRecord, TextRecord
 from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
 from tunelab.paths import cache_dir
 
@@ -60,6 +64,37 @@ class ClassifyExample:
     label: int
     source: str = ""
     truncated: bool = False
+
+
+@dataclass
+class PreferenceExample:
+    """A preference pair: prompt + chosen and prompt + rejected, labels on the answer tokens only.
+
+    ``reference_chosen`` / ``reference_rejected``: the reference model's summed log-probabilities of
+    the two answers, filled in once before training (``tunelab.tasks.preference``).
+    """
+
+    chosen_ids: list[int]
+    chosen_labels: list[int]
+    rejected_ids: list[int]
+    rejected_labels: list[int]
+    source: str = ""
+    truncated: bool = False
+    reference_chosen: float | None = None
+    reference_rejected: float | None = None
+
+    @property
+    def chosen_tokens(self) -> int:
+        return sum(1 for label in self.chosen_labels[1:] if label != IGNORE_INDEX)
+
+    @property
+    def rejected_tokens(self) -> int:
+        return sum(1 for label in self.rejected_labels[1:] if label != IGNORE_INDEX)
+
+    @property
+    def trainable(self) -> bool:
+        """Both answers keep at least one token within max_length (else the pair teaches nothing)."""
+        return self.chosen_tokens > 0 and self.rejected_tokens > 0
 
 
 @dataclass
@@ -123,6 +158,32 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
             rendered = full
     truncated = len(input_ids) > max_length
     return TokenizedExample(input_ids[:max_length], labels[:max_length], record.source, truncated)
+
+
+def tokenize_preference(record: PreferenceRecord, tokenizer: Any, max_length: int, system_prompt: str | None = None) -> PreferenceExample:
+    """Tokenize a pair as two sft conversations trained on their last answer only (see the module docstring)."""
+    # weight 0: earlier assistant turns of a dialogue are context, never trained on.
+    context = [dict(m, weight=0) if m["role"] == "assistant" else dict(m) for m in record.prompt]
+    sides = []
+    for answer in (record.chosen, record.rejected):
+        conversation = SFTRecord(tuple([*context, {"role": "assistant", "content": answer}]), source=record.source)
+        sides.append(tokenize_sft(conversation, tokenizer, max_length=10**9, system_prompt=system_prompt))
+    (chosen, rejected) = sides
+    longest = max(len(chosen.input_ids), len(rejected.input_ids))
+    truncated = longest > max_length
+    if truncated:
+        prompt_length = min(_first_target(chosen.labels), _first_target(rejected.labels))
+        # Keep one prompt token so the first answer token still has a position predicting it.
+        cut = max(0, min(longest - max_length, prompt_length - 1))
+        for side in sides:
+            side.input_ids, side.labels = side.input_ids[cut : cut + max_length], side.labels[cut : cut + max_length]
+    return PreferenceExample(
+        chosen.input_ids, chosen.labels, rejected.input_ids, rejected.labels, record.source, truncated
+    )
+
+
+def _first_target(labels: Sequence[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
 
 
 def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:
@@ -237,7 +298,7 @@ def tokenize_records(
     label_map: LabelMap | None = None,
     system_prompt: str | None = None,
     use_cache: bool = True,
-) -> tuple[list[TokenizedExample] | list[ClassifyExample], TokenizeStats]:
+) -> tuple[list[TokenizedExample] | list[ClassifyExample] | list[PreferenceExample], TokenizeStats]:
     """Tokenize a list of records of one task (cached by content fingerprint).
 
     Raises:
@@ -262,6 +323,11 @@ def tokenize_records(
                 examples.extend(tokenize_text(record, tokenizer, max_length, stride))
             elif task == "classify":
                 examples.append(tokenize_classify(record, tokenizer, label_map, max_length, system_prompt))
+            elif task == "preference":
+                example = tokenize_preference(record, tokenizer, max_length, system_prompt)
+                if not example.trainable:
+                    stats.untrainable.append(record.source)
+                examples.append(example)
             else:
                 raise ValueError(f"task {task!r} has no tokenization here")
         stats.examples = len(examples)

@@ -74,6 +74,9 @@ def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, 
         label_map=label_map,
         system_prompt=config.data.system_prompt,
     )
+    if config.task == "preference":
+        # Two sequences per pair (chosen, rejected), packed into the same rows.
+        return [len(example.chosen_ids) + len(example.rejected_ids) for example in examples]
     extra = 1 if config.task == "classify" else 0
     return [len(example.input_ids) + extra for example in examples]
 

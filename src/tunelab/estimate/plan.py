@@ -299,6 +299,10 @@ def plan_tokens(
     )
 
 
+def attention_forward_per_token(facts: ModelFacts, tokens: TokenPlan) -> int:
+    return 2 * facts.n_layers * tokens.seq_len * facts.d_model
+
+
 def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
     """Training, validation and evaluation FLOPs (see the module docstring for the formulas)."""
     head_columns = n_labels if config.task == "classify" and n_labels else facts.vocab
@@ -442,6 +446,9 @@ def estimate_run(
             "train": tokens.train_tokens / calibration.tokens_per_second,
             "validation": flops.validation_flops / flops_per_second,
         }
+        if config.task == "preference":
+            # The reference model's log-probabilities: one forward pass over the pairs, before training.
+            seconds["reference"] = (2 * flops.matmul_params + attention_forward_per_token(facts, tokens)) * tokens.processed_tokens_per_epoch / flops_per_second
         if tokens.test_tokens:
             if model_baselines:
                 seconds["baseline"] = model_baselines * flops.eval_flops / flops_per_second

@@ -20,7 +20,7 @@ import numpy as np
 
 from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap
-from tunelab.data.records import ClassifyRecord, Record, SFTRecord, TextRecord
+from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 from tunelab.data.templates import (
     classify_messages,
     render_prompt_ids,
@@ -41,7 +41,7 @@ from tunelab.evaluation.predict import prefix_label_logits, softmax, window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.models.generate import generate_batch
 
-RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord}
+RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
 Progress = Callable[[int], None]
 
 
@@ -87,7 +87,7 @@ def check_test_records(records: Sequence[Record], task: str, train_ids: Collecti
         DataError: for an empty test set or records of the wrong task.
     """
     if task not in RECORD_TYPES:
-        raise ConfigError(f"evaluation supports the tasks text, sft and classify, not '{task}'")
+        raise ConfigError(f"evaluation supports the tasks text, sft, classify and preference, not '{task}'")
     if not records:
         raise DataError("the test set is empty", "give a test file with examples, or a larger test_size")
     expected = RECORD_TYPES[task]
@@ -136,7 +136,8 @@ def evaluate(
         config: generation and batching settings.
         data_config: max_length, stride, system_prompt, max_test_examples, seed.
         label_map: classify: label -> token (default: the run's labels.json, else built from the test labels).
-        baseline: classify: ask the zero-shot prompt that lists the labels (for a model not trained on them).
+        baseline: classify: ask the zero-shot prompt that lists the labels (for a model not trained on them);
+            preference: rank pairs by the model's own per-token likelihood (the reference, before DPO).
         train_ids: ids of the training records; overlap with the test set is reported as a warning.
         progress: called with the number of examples just finished.
 
@@ -154,6 +155,10 @@ def evaluate(
         rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress)
     elif task == "sft":
         rows, metrics, more = _evaluate_sft(loaded, chosen, config, data_config, settings, progress)
+    elif task == "preference":
+        from tunelab.evaluation.preference import evaluate_preference
+
+        rows, metrics, more = evaluate_preference(loaded, chosen, config, data_config, baseline, settings, progress)
     else:
         rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
     warnings += more

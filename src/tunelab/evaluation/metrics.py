@@ -226,7 +226,7 @@ def _bits_per_byte_resampled(table: dict[str, np.ndarray], indices: np.ndarray) 
 
 # ------------------------------------------------------------------------------------ per task API
 
-PRIMARY_METRIC = {"classify": "accuracy", "sft": "rougeL", "text": "perplexity"}
+PRIMARY_METRIC = {"classify": "accuracy", "sft": "rougeL", "text": "perplexity", "preference": "preference_accuracy"}
 
 TASK_METRICS: dict[str, list[MetricSpec]] = {
     "sft": [
@@ -246,6 +246,14 @@ TASK_METRICS: dict[str, list[MetricSpec]] = {
     "text": [
         MetricSpec("perplexity", False, _perplexity_resampled),
         MetricSpec("bits_per_byte", False, _bits_per_byte_resampled),
+    ],
+    # preference: see evaluation/preference.py (before: the reference's own per-token likelihood ranks the pair).
+    "preference": [
+        MetricSpec("preference_accuracy", True, _mean_of("correct")),
+        MetricSpec("reward_margin", True, _mean_of("margin")),
+        MetricSpec("likelihood_accuracy", True, _mean_of("likelihood_correct")),
+        MetricSpec("log_ratio_chosen", None, _mean_of("log_ratio_chosen")),
+        MetricSpec("log_ratio_rejected", None, _mean_of("log_ratio_rejected")),
     ],
 }
 
@@ -275,6 +283,9 @@ def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str]
         }
     if task == "text":
         return {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in ("nll", "tokens", "bytes")}
+    if task == "preference":
+        columns = ("correct", "margin", "likelihood_correct", "log_ratio_chosen", "log_ratio_rejected")
+        return {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in columns}
     raise ValueError(f"no metrics for task {task!r}")
 
 

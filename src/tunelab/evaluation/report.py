@@ -132,6 +132,8 @@ def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
         return after["scores"]["probability_of_reference"] - before["scores"]["probability_of_reference"]
     if task == "sft":
         return after["scores"]["rougeL"] - before["scores"]["rougeL"]
+    if task == "preference":
+        return after["scores"]["margin"] - before["scores"]["margin"]
 
     def per_token(row: dict[str, Any]) -> float:
         return row["scores"]["nll"] / row["scores"]["tokens"] if row["scores"]["tokens"] else 0.0
@@ -166,6 +168,9 @@ def _cut(text: str, limit: int = TEXT_LIMIT) -> str:
 def _shown(task: str, row: dict[str, Any]) -> str:
     if task == "classify":
         return f"{row['prediction']} (p={row['scores']['confidence']:.2f}; p(true)={row['scores']['probability_of_reference']:.2f})"
+    if task == "preference":
+        side = "chosen" if row["scores"]["correct"] else "rejected"
+        return f"prefers the {side} answer (reward margin {row['scores']['margin']:+.3f})"
     if task == "text":
         scores = row["scores"]
         return f"perplexity {_format(math.exp(scores['nll'] / scores['tokens'])) if scores['tokens'] else 'n/a'}"

@@ -4,6 +4,8 @@
 order with the base and tuned outputs on random sides, and keeps which side is which in a separate
 key file so the reviewer cannot tell. ``score_review`` reads the filled-in sheet back (A / B / tie)
 and reports the tuned model's win rate with a Wilson 95% interval; a tie counts as half a win.
+``review_pairs`` turns the same filled-in sheet into preference pairs (prompt, chosen, rejected) for
+``task: preference``: each row judged A or B becomes one pair; ties and blank rows are no preference.
 """
 
 from __future__ import annotations
@@ -91,6 +93,88 @@ def wilson_interval(successes: float, total: int, z: float = 1.959964) -> tuple[
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _read_key(sheet: Path, key: str | Path | None) -> tuple[Path, dict]:
+    key = Path(key) if key else key_path_for(sheet)
+    for path in (sheet, key):
+        if not path.is_file():
+            raise DataError(f"{path} not found", "pass the sheet written by `tunelab review export` (its key file lies beside it)")
+    try:
+        key_data = json.loads(key.read_text(encoding="utf-8"))
+        if not isinstance(key_data["sides"], dict):
+            raise TypeError
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{key}: not a review key file") from None
+    return key, key_data
+
+
+@dataclass
+class ReviewPairs:
+    """What ``review_pairs`` wrote: one pair per decided row, and what it left out."""
+
+    path: Path
+    pairs: int
+    ties: int
+    unjudged: int
+    tuned_chosen: int
+    base_chosen: int
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = None) -> ReviewPairs:
+    """Write a JSONL file of preference pairs (prompt, chosen, rejected) from a filled-in sheet.
+
+    Every row judged A or B becomes one pair, the preferred output as ``chosen``; ties and blank rows
+    carry no preference and are left out (counted). Each pair keeps where it came from (``review``:
+    sheet:line, and which model wrote the chosen answer), so the pairs file can be traced back.
+
+    Raises:
+        DataError: naming the line of an unknown preference or id, or when no row is decided.
+    """
+    sheet = Path(sheet)
+    key, key_data = _read_key(sheet, key)
+    sides = key_data["sides"]
+    lines: list[str] = []
+    chosen_by = {"tuned": 0, "base": 0}
+    ties = unjudged = 0
+    with sheet.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{sheet}: missing column(s) {', '.join(missing)}", "pass a sheet written by `tunelab review export`")
+        for row in reader:
+            line = reader.line_num
+            if row["id"] not in sides:
+                raise DataError(f"{sheet}:{line}: id {row['id']!r} is not in the key {key}")
+            raw = (row["preference"] or "").strip().lower()
+            if not raw:
+                unjudged += 1
+                continue
+            if raw not in CHOICES:
+                raise DataError(f"{sheet}:{line}: preference {row['preference']!r} is not A, B or tie")
+            choice = CHOICES[raw]
+            if choice == "tie":
+                ties += 1
+                continue
+            other = "B" if choice == "A" else "A"
+            chosen, rejected = row[f"output_{choice.lower()}"], row[f"output_{other.lower()}"]
+            if chosen == rejected:
+                ties += 1  # both models wrote the same answer: nothing to prefer
+                continue
+            model = sides[row["id"]][choice]
+            chosen_by[model] += 1
+            pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "review": f"{sheet.name}:{line}", "chosen_model": model}
+            lines.append(json.dumps(pair, ensure_ascii=False))
+    if not lines:
+        raise DataError(f"{sheet}: no row prefers A or B ({ties} ties, {unjudged} blank)", "fill the preference column with A or B")
+    out = Path(out)
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return ReviewPairs(out, len(lines), ties, unjudged, chosen_by["tuned"], chosen_by["base"])
+
+
 def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScore:
     """Read a filled-in sheet (preference A, B or tie; empty: not judged) and score it with its key.
 
@@ -98,15 +182,8 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
         DataError: naming the line of an unknown preference or id, or when nothing was judged.
     """
     sheet = Path(sheet)
-    key = Path(key) if key else key_path_for(sheet)
-    for path in (sheet, key):
-        if not path.is_file():
-            raise DataError(f"{path} not found", "pass the sheet written by `tunelab review export` (its key file lies beside it)")
-    try:
-        key_data = json.loads(key.read_text(encoding="utf-8"))
-        sides = key_data["sides"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise DataError(f"{key}: not a review key file") from None
+    key, key_data = _read_key(sheet, key)
+    sides = key_data["sides"]
     wins = {"tuned": 0, "base": 0}
     ties = unjudged = 0
     with sheet.open(newline="", encoding="utf-8-sig") as handle:

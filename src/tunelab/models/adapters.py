@@ -45,6 +45,10 @@ def apply_method(model: nn.Module, config: RunConfig) -> nn.Module:
         ConfigError: for freeze without valid ``train.trainable_layers``, or LoRA target modules
             that match nothing in the model.
     """
+    if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):
+        # `model: runs/<a LoRA run>`: fold that run's adapter into the weights first, so this run trains
+        # on the parent model itself and saves only its own weights (load_run folds the parent back in).
+        model = model.merge_and_unload()
     method = config.train.method
     if method == "lora":
         from peft import LoraConfig, get_peft_model

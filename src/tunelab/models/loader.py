@@ -197,7 +197,12 @@ def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = Fal
         from peft import PeftModel
 
         base = load_model(base_name, dtype=dtype, allow_network=allow_network)
-        model = PeftModel.from_pretrained(base.model, str(run.adapter))
+        parent = base.model
+        if hasattr(parent, "merge_and_unload"):
+            # Trained on top of another LoRA run (e.g. DPO after SFT): the parent's adapter was folded
+            # into the weights before this run's adapter was trained, so fold it in the same way here.
+            parent = parent.merge_and_unload()
+        model = PeftModel.from_pretrained(parent, str(run.adapter))
         model.eval()
         from tunelab.models.heads import LabelHead
 

@@ -33,6 +33,8 @@ def run_training(
         from tunelab.tasks.sft import train
     elif config.task == "classify":
         from tunelab.tasks.classify import train
+    elif config.task == "preference":
+        from tunelab.tasks.preference import train
     else:
-        raise ConfigError(f"task '{config.task}' has no training recipe yet", "use text, sft or classify")
+        raise ConfigError(f"task '{config.task}' has no training recipe yet", "use text, sft, classify or preference")
     return train(config, split, run_dir=run_dir, progress=progress, resume=resume)

@@ -269,8 +269,6 @@ def open_pipeline(
         if config is None:
             raise ConfigError("run_pipeline needs a config or a run folder to resume")
         config = require_resolved(config)
-        if config.task == "preference":
-            raise ConfigError("preference (DPO) training is not available yet", "use text, sft or classify")
         if not config.data.train:
             raise ConfigError("data.train is required: the file, folder or preset data to train on")
         run = RunFolder(Path(config.train.output_dir) / run_name(config))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.packing import pack_rows
-from tunelab.data.tokenize import IGNORE_INDEX, ClassifyExample, TokenizedExample
+from tunelab.data.tokenize import IGNORE_INDEX, ClassifyExample, PreferenceExample, TokenizedExample
 
 
 def _layout(lengths: Sequence[int], packing: bool, capacity: int) -> list[list[int]]:
@@ -109,14 +109,60 @@ class ClassifyCollate:
         }
 
 
-def trained_targets(example: TokenizedExample | ClassifyExample) -> int:
-    """How many loss terms an example contributes (the loss normaliser counts these)."""
-    if isinstance(example, ClassifyExample):
+@dataclass
+class PreferenceCollate:
+    """Collate for preference (DPO): chosen and rejected sequences of every pair packed into the same rows.
+
+    Sequence ``2i`` is pair i's chosen answer, ``2i + 1`` its rejected one; ``sequence_index[p]``
+    says which sequence the target at position p belongs to (-1: none), so one forward pass gives
+    both answers' log-probabilities. ``reference`` [pairs, 2] holds the precomputed reference
+    log-probabilities (zeros before they are computed).
+    """
+
+    pad_id: int
+    max_length: int
+    packing: bool = True
+    row_tokens: int | None = None
+
+    def __call__(self, examples: Sequence[PreferenceExample]) -> dict[str, torch.Tensor]:
+        ids, labels = [], []
+        for e in examples:
+            ids += [e.chosen_ids, e.rejected_ids]
+            labels += [e.chosen_labels, e.rejected_labels]
+        rows = _layout([len(x) for x in ids], self.packing, self.row_tokens or self.max_length)
+        input_ids, position_ids, offsets = _row_tensors(rows, ids, self.pad_id)
+        targets = torch.full_like(input_ids, IGNORE_INDEX)
+        sequence_index = torch.full_like(input_ids, -1)
+        for r, row in enumerate(rows):
+            for start, i in zip(offsets[r], row, strict=True):
+                shifted = torch.tensor(labels[i][1:], dtype=torch.long)
+                end = start + len(shifted)
+                targets[r, start:end] = shifted
+                sequence_index[r, start:end] = torch.where(shifted != IGNORE_INDEX, i, -1)
+        reference = torch.tensor(
+            [[e.reference_chosen or 0.0, e.reference_rejected or 0.0] for e in examples], dtype=torch.float32
+        )
+        answer_tokens = torch.tensor([[e.chosen_tokens, e.rejected_tokens] for e in examples], dtype=torch.float32)
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "targets": targets,
+            "sequence_index": sequence_index,
+            "reference": reference,
+            "answer_tokens": answer_tokens,
+        }
+
+
+def trained_targets(example: TokenizedExample | ClassifyExample | PreferenceExample) -> int:
+    """How many loss terms an example contributes (the loss normaliser counts these): one per pair for DPO."""
+    if isinstance(example, ClassifyExample | PreferenceExample):
         return 1
     return example.trained_tokens
 
 
-def real_tokens(example: TokenizedExample | ClassifyExample) -> int:
+def real_tokens(example: TokenizedExample | ClassifyExample | PreferenceExample) -> int:
+    if isinstance(example, PreferenceExample):
+        return len(example.chosen_ids) + len(example.rejected_ids)
     return len(example.input_ids)
 
 
@@ -163,7 +209,7 @@ def micro_batches(
     """
     ordered = list(step_examples)
     if bucket:
-        ordered.sort(key=lambda e: len(e.input_ids))
+        ordered.sort(key=real_tokens)
     batches = []
     for m in range(grad_accum):
         slot = m * world_size + rank

@@ -8,6 +8,8 @@ positions that carry a target:
   (softmax minus one-hot), so neither the forward nor the backward ever holds logits for more than
   one chunk: a 49k vocabulary never materialises fp32 logits for the whole batch, and nothing is
   recomputed.
+- ``dpo_loss_sum``: DPO and its variants over the answer tokens of chosen and rejected, packed into
+  the same rows (one forward pass), against reference log-probabilities computed once beforehand.
 - ``classify_loss_sum``: cross-entropy over the label tokens only, from the hidden state at the
   last prompt position times the label tokens' rows of the head.
 
@@ -156,3 +158,65 @@ def classify_correct_sum(
     """How many examples of the batch have their own label as the top-scoring one (validation accuracy)."""
     logits = classify_logits(model, batch, label_token_ids, label_head)
     return (logits.argmax(dim=-1) == batch["class_labels"]).sum()
+
+
+def _token_log_probs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log p(targets[i] | hidden[i]) for every row, ``chunk`` rows of logits at a time.
+
+    While training, each chunk runs under activation checkpointing: its logits are recomputed in the
+    backward instead of being kept, so no more than one chunk of full-vocabulary logits ever exists.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(head(h).float(), t, reduction="none")
+
+    parts = []
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        parts.append(checkpoint(piece, h, t, use_reentrant=False) if torch.is_grad_enabled() and h.requires_grad else piece(h, t))
+    return torch.cat(parts) if parts else hidden.new_zeros((0,), dtype=torch.float32)
+
+
+def sequence_log_probs(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """[pairs, 2] summed log-probabilities of each pair's chosen and rejected answer tokens (``PreferenceCollate``).
+
+    One forward pass over the packed rows; only the answer positions go through the LM head.
+    """
+    hidden = hidden_states(model, batch["input_ids"], batch["position_ids"])
+    index = batch["sequence_index"]
+    keep = index >= 0
+    head = causal_lm_of(model).get_output_embeddings()
+    token_log_probs = _token_log_probs(hidden[keep], head, batch["targets"][keep], chunk)
+    pairs = batch["reference"].shape[0]
+    sums = torch.zeros(2 * pairs, dtype=torch.float32, device=hidden.device).index_add(0, index[keep], token_log_probs)
+    return sums.view(pairs, 2)
+
+
+def preference_logits(log_ratios: torch.Tensor, answer_tokens: torch.Tensor, loss: str) -> torch.Tensor:
+    """[pairs] chosen-minus-rejected log-ratio (policy over reference); per token for ipo and length_normalized.
+
+    ``evaluation.preference`` computes the implicit reward the same way (it may not import ``train``).
+    """
+    if loss in ("ipo", "length_normalized"):
+        log_ratios = log_ratios / answer_tokens.clamp(min=1)
+    return log_ratios[:, 0] - log_ratios[:, 1]
+
+
+def dpo_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], *, beta: float, loss: str = "sigmoid", chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Summed preference loss over the pairs of ``batch`` against the precomputed reference log-probabilities.
+
+    sigmoid (DPO): ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))``; length_normalized: the
+    same on per-token averages; ipo: ``(h - 1 / (2 beta))^2`` with h on per-token averages.
+    """
+    log_ratios = sequence_log_probs(model, batch, chunk) - batch["reference"].float()
+    logits = preference_logits(log_ratios, batch["answer_tokens"], loss)
+    if loss == "ipo":
+        return ((logits - 1.0 / (2.0 * beta)) ** 2).sum()
+    return -F.logsigmoid(beta * logits).sum()
+
+
+def preference_correct_sum(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: str = "sigmoid", chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """How many pairs of the batch the implicit reward ranks chosen above rejected (validation accuracy)."""
+    log_ratios = sequence_log_probs(model, batch, chunk) - batch["reference"].float()
+    return (preference_logits(log_ratios, batch["answer_tokens"], loss) > 0).sum()

@@ -73,3 +73,50 @@ def test_bad_sheets_are_clear_errors(tmp_path):
         score_review(tmp_path / "nothing.csv")
     with pytest.raises(DataError, match="no generated outputs"):
         export_review(EvalResult("text", "a", 0, {}, []), EvalResult("text", "b", 0, {}, []), tmp_path / "t.csv")
+
+
+def test_review_pairs_are_exactly_the_decided_rows(tmp_path):
+    from tunelab.config import DataConfig
+    from tunelab.data.read import load_records
+    from tunelab.evaluation.review import review_pairs
+
+    base = _result("base", [f"base answer {i}" for i in range(12)])
+    tuned = _result("tuned", [f"tuned answer {i}" for i in range(12)])
+    sheet, key = export_review(base, tuned, tmp_path / "review.csv", seed=1)
+    # q0..q3 blank, q4..q5 tie, even others prefer tuned, odd others prefer base; "a"/"B " casing and spaces allowed.
+    def choose(row, side):
+        i = int(row["id"][1:])
+        if i < 4:
+            return ""
+        if i < 6:
+            return "tie"
+        wanted = "tuned" if i % 2 == 0 else "base"
+        letter = "A" if side["A"] == wanted else "B"
+        return letter.lower() if i == 6 else f"{letter} "
+
+    _fill(sheet, key, choose)
+    result = review_pairs(sheet, tmp_path / "pairs.jsonl")
+    assert (result.pairs, result.ties, result.unjudged, result.tuned_chosen, result.base_chosen) == (6, 2, 4, 3, 3)
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    expected = {
+        f"question {i}": (f"tuned answer {i}", f"base answer {i}") if i % 2 == 0 else (f"base answer {i}", f"tuned answer {i}")
+        for i in range(6, 12)
+    }
+    assert {p["prompt"]: (p["chosen"], p["rejected"]) for p in pairs} == expected
+    # The pairs file is preference data as tunelab reads it.
+    records = load_records(str(tmp_path / "pairs.jsonl"), "preference", DataConfig())
+    assert sorted(r.chosen for r in records) == sorted(c for c, _ in expected.values())
+
+
+def test_review_pairs_errors_name_the_line(tmp_path):
+    from tunelab.evaluation.review import review_pairs
+
+    base, tuned = _result("base", ["x", "y"]), _result("tuned", ["z", "w"])
+    sheet, key = export_review(base, tuned, tmp_path / "s.csv")
+    _fill(sheet, key, lambda row, side: "")
+    with pytest.raises(DataError, match="no row prefers A or B"):
+        review_pairs(sheet, tmp_path / "p.jsonl")
+    _fill(sheet, key, lambda row, side: "better")
+    with pytest.raises(DataError, match=r"s\.csv:2: preference 'better'"):
+        review_pairs(sheet, tmp_path / "p.jsonl")
+    assert not (tmp_path / "p.jsonl").exists()
