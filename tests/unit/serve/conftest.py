@@ -38,7 +38,13 @@ def write_fake_run(root: Path, base_dir: Path, tokenizer, *, seed: int, task: st
     config = {"task": task, "model": {"name": str(base_dir)}, "data": {}}
     if task == "classify":
         config["data"]["system_prompt"] = CLASSIFY_SYSTEM
-        build_label_map(labels or CLASSIFY_LABELS, tokenizer).save(root / "labels.json")
+        label_map = build_label_map(labels or CLASSIFY_LABELS, tokenizer)
+        label_map.save(root / "labels.json")
+        # A trained classify run carries a label head: random rows here, so serving must apply it to agree.
+        from tunelab.models.heads import LabelHead
+
+        delta = torch.randn((len(label_map.labels), base.config.hidden_size), generator=generator)
+        LabelHead(label_map.token_ids, delta).save(root / "adapter")
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 

@@ -162,10 +162,17 @@ def test_classify_returns_label_and_probabilities(client, fake_runs, tiny_model_
     body = client.post("/v1/classify", json={"model": "router", "input": texts}).json()
     label_map = LabelMap.load(fake_runs["router"] / "labels.json")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(fake_runs["router"] / "adapter")).eval()
+    from tunelab.models.heads import LabelHead
+
+    head = LabelHead.load(fake_runs["router"] / "adapter")
     for text, item in zip(texts, body["data"], strict=True):
         ids = torch.tensor([render_prompt_ids(tiny_tokenizer, classify_messages(text, "Route support requests."))])
         with torch.inference_mode():
-            expected = torch.softmax(model(input_ids=ids).logits[0, -1, label_map.token_ids], dim=-1).tolist()
+            # Computed independently: the full model's last hidden state and the head rows plus the trained delta.
+            output = model(input_ids=ids, output_hidden_states=True)
+            hidden = output.hidden_states[-1][0, -1]
+            logits = output.logits[0, -1, label_map.token_ids] + hidden @ head.delta.T
+            expected = torch.softmax(logits, dim=-1).tolist()
         got = [item["probabilities"][label] for label in label_map.labels]
         assert got == pytest.approx(expected, abs=1e-4)
         assert item["label"] == label_map.labels[max(range(3), key=expected.__getitem__)]
