@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -231,7 +232,9 @@ def test_calibration_trains_real_steps(tiny_model_dir, tiny_model):
 
 def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, tiny_model, monkeypatch):
     from tunelab import models
+    calibrate_module = sys.modules["tunelab.estimate.calibrate"]  # the package re-exports the function under that name
 
+    monkeypatch.setattr(calibrate_module, "_load_per_core", lambda: 0.3)  # the same quiet machine throughout
     config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}})
     first = calibrate(config, 16, model=tiny_model, steps=1)
     assert not first.cached
@@ -247,6 +250,21 @@ def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, t
     # A different shape is measured anew (here it would load the model: the patched loader says so).
     with pytest.raises(AssertionError, match="must not load"):
         calibrate(config, 32, steps=1)
+
+
+def test_a_calibration_measured_on_an_oversubscribed_machine_is_measured_again_once_it_is_quiet(tiny_model_dir, tiny_model, monkeypatch):
+    calibrate_module = sys.modules["tunelab.estimate.calibrate"]  # the package re-exports the function under that name
+    from tunelab.estimate.calibrate import measured_while_busier
+
+    assert measured_while_busier(4.0, 0.2) and not measured_while_busier(0.8, 0.1) and not measured_while_busier(2.0, 1.5)
+    assert not measured_while_busier(None, 0.1)
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}})
+    monkeypatch.setattr(calibrate_module, "_load_per_core", lambda: 4.0)  # 4 runnable jobs per core
+    calibrate(config, 24, model=tiny_model, steps=1, use_cache=False)
+    assert calibrate(config, 24, steps=1).cached  # still busy: the measurement stands
+    monkeypatch.setattr(calibrate_module, "_load_per_core", lambda: 0.2)
+    assert not calibrate(config, 24, steps=1).cached  # quiet now: measured again (and stored with the new load)
+    assert calibrate(config, 24, steps=1).cached
 
 
 BASE_KEY_CONFIG = {

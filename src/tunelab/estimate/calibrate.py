@@ -160,12 +160,29 @@ def calibration_cache_path(key: dict[str, Any]) -> Path:
     return cache_dir() / CALIBRATION_SUBDIR / f"{digest}.json"
 
 
+def _load_per_core() -> float | None:
+    try:
+        return os.getloadavg()[0] / max(1, os.cpu_count() or 1)
+    except OSError:
+        return None
+
+
+def measured_while_busier(stored_load: float | None, current_load: float | None) -> bool:
+    """True when a measurement was taken on an oversubscribed machine (load above the core count)
+    that is no longer so: its step times would overstate every estimate made on the quiet machine."""
+    if stored_load is None or current_load is None:
+        return False
+    return stored_load > 1.0 and current_load < 0.5 * stored_load
+
+
 def _read_cached(path: Path, key: dict[str, Any]) -> Calibration | None:
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if stored.get("key") != json.loads(json.dumps(key, default=str)):  # a hash collision or an older layout
+        return None
+    if measured_while_busier(stored.get("load_per_core"), _load_per_core()):
         return None
     fields = stored.get("calibration", {})
     try:
@@ -286,7 +303,8 @@ def calibrate(
         warmup_seconds=times[0],
     )
     try:
-        stored = {"key": key, "calibration": {k: v for k, v in calibration.as_dict().items() if k != "cached"}, "measured_at": time.time()}
+        stored = {"key": key, "calibration": {k: v for k, v in calibration.as_dict().items() if k != "cached"}, "measured_at": time.time(),
+                  "load_per_core": _load_per_core()}
         atomic_write_text(cache_path, json.dumps(stored, indent=1, default=str) + "\n")
     except OSError:
         pass  # a read-only cache costs the next estimate a measurement, not this one its result
