@@ -15,6 +15,7 @@ import io
 import json
 import math
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,6 +125,27 @@ class ReviewPairs:
         return data
 
 
+def _judged_rows(sheet: Path, key: Path, sides: dict, columns: Sequence[str], hint: str | None = None) -> Iterator[tuple[int, dict, str | None]]:
+    """(line, row, "A" | "B" | "tie" | None for blank) for every row of a filled-in sheet, checked against its key.
+
+    Raises:
+        DataError: for a missing column, or naming the line of an unknown id or preference.
+    """
+    with sheet.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{sheet}: missing column(s) {', '.join(missing)}", hint)
+        for row in reader:
+            line = reader.line_num
+            if row["id"] not in sides:
+                raise DataError(f"{sheet}:{line}: id {row['id']!r} is not in the key {key}")
+            raw = (row["preference"] or "").strip().lower()
+            if raw and raw not in CHOICES:
+                raise DataError(f"{sheet}:{line}: preference {row['preference']!r} is not A, B or tie")
+            yield line, row, CHOICES[raw] if raw else None
+
+
 def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = None) -> ReviewPairs:
     """Write a JSONL file of preference pairs (prompt, chosen, rejected) from a filled-in sheet.
 
@@ -140,34 +162,22 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
     lines: list[str] = []
     chosen_by = {"tuned": 0, "base": 0}
     ties = unjudged = 0
-    with sheet.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{sheet}: missing column(s) {', '.join(missing)}", "pass a sheet written by `tunelab review export`")
-        for row in reader:
-            line = reader.line_num
-            if row["id"] not in sides:
-                raise DataError(f"{sheet}:{line}: id {row['id']!r} is not in the key {key}")
-            raw = (row["preference"] or "").strip().lower()
-            if not raw:
-                unjudged += 1
-                continue
-            if raw not in CHOICES:
-                raise DataError(f"{sheet}:{line}: preference {row['preference']!r} is not A, B or tie")
-            choice = CHOICES[raw]
-            if choice == "tie":
-                ties += 1
-                continue
-            other = "B" if choice == "A" else "A"
-            chosen, rejected = row[f"output_{choice.lower()}"], row[f"output_{other.lower()}"]
-            if chosen == rejected:
-                ties += 1  # both models wrote the same answer: nothing to prefer
-                continue
-            model = sides[row["id"]][choice]
-            chosen_by[model] += 1
-            pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "review": f"{sheet.name}:{line}", "chosen_model": model}
-            lines.append(json.dumps(pair, ensure_ascii=False))
+    for line, row, choice in _judged_rows(sheet, key, sides, COLUMNS, "pass a sheet written by `tunelab review export`"):
+        if choice is None:
+            unjudged += 1
+            continue
+        if choice == "tie":
+            ties += 1
+            continue
+        other = "B" if choice == "A" else "A"
+        chosen, rejected = row[f"output_{choice.lower()}"], row[f"output_{other.lower()}"]
+        if chosen == rejected:
+            ties += 1  # both models wrote the same answer: nothing to prefer
+            continue
+        model = sides[row["id"]][choice]
+        chosen_by[model] += 1
+        pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "review": f"{sheet.name}:{line}", "chosen_model": model}
+        lines.append(json.dumps(pair, ensure_ascii=False))
     if not lines:
         raise DataError(f"{sheet}: no row prefers A or B ({ties} ties, {unjudged} blank)", "fill the preference column with A or B")
     out = Path(out)
@@ -186,25 +196,13 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
     sides = key_data["sides"]
     wins = {"tuned": 0, "base": 0}
     ties = unjudged = 0
-    with sheet.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ("id", "preference") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{sheet}: missing column(s) {', '.join(missing)}")
-        for row in reader:
-            line = reader.line_num
-            if row["id"] not in sides:
-                raise DataError(f"{sheet}:{line}: id {row['id']!r} is not in the key {key}")
-            raw = (row["preference"] or "").strip().lower()
-            if not raw:
-                unjudged += 1
-                continue
-            if raw not in CHOICES:
-                raise DataError(f"{sheet}:{line}: preference {row['preference']!r} is not A, B or tie")
-            if CHOICES[raw] == "tie":
-                ties += 1
-            else:
-                wins[sides[row["id"]][CHOICES[raw]]] += 1
+    for _, row, choice in _judged_rows(sheet, key, sides, ("id", "preference")):
+        if choice is None:
+            unjudged += 1
+        elif choice == "tie":
+            ties += 1
+        else:
+            wins[sides[row["id"]][choice]] += 1
     judged = wins["tuned"] + wins["base"] + ties
     if judged == 0:
         raise DataError(f"{sheet}: no row has a preference yet", "fill the preference column with A, B or tie")
