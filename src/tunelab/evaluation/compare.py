@@ -26,6 +26,13 @@ BETTER, WORSE, SAME = "better", "worse", "no significant difference"
 _CHUNK = 200  # resamples computed at once: bounds memory to CHUNK x n indices
 
 
+def _save_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write a comparison or verdict as JSON, atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False))
+    return path
+
+
 @dataclass
 class MetricComparison:
     """One metric before (A) and after (B), with the 95% interval of B - A."""
@@ -75,9 +82,7 @@ class Comparison:
         return _json_safe(data)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
-        return path
+        return _save_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Comparison:
@@ -214,9 +219,7 @@ class Verdict:
         return _json_safe(data)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
-        return path
+        return _save_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
