@@ -88,6 +88,16 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
+def improves(loss: float, score: float | None, best_loss: float | None, best_score: float | None) -> bool:
+    """Whether a validation beats the best so far: by score when the task gives one (higher is
+    better, ties broken by lower loss), else by loss."""
+    if score is None:
+        return best_loss is None or loss < best_loss
+    if best_score is None or score > best_score:
+        return True
+    return score == best_score and loss < (best_loss if best_loss is not None else math.inf)
+
+
 def make_optimizer(model: nn.Module, config: ResolvedTrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (no weight decay on biases and norms), fused where possible."""
     decay, no_decay = [], []
@@ -311,14 +321,7 @@ def train_loop(
             if validate:
                 validation, score = validate_now()
                 if validation is not None:
-                    if score is not None:
-                        best_score = state.best_validation_score
-                        improved = best_score is None or score > best_score or (
-                            score == best_score and validation < (state.best_validation_loss or math.inf)
-                        )
-                    else:
-                        improved = state.best_validation_loss is None or validation < state.best_validation_loss
-                    if improved:
+                    if improves(validation, score, state.best_validation_loss, state.best_validation_score):
                         state.best_validation_loss, state.best_step, state.bad_validations = validation, state.step, 0
                         state.best_validation_score = score
                     else:

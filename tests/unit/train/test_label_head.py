@@ -75,3 +75,13 @@ def test_best_checkpoint_is_chosen_by_validation_accuracy(tiny_model_dir, tmp_pa
     assert len(validations) == 6
     best = max(validations, key=lambda m: (m["validation_score"], -m["validation_loss"]))
     assert result.best_validation_loss == best["validation_loss"]
+
+
+def test_a_higher_validation_accuracy_wins_over_a_lower_loss():
+    from tunelab.train.loop import improves
+
+    assert improves(1.0, 0.9, best_loss=0.5, best_score=0.8)  # more right answers, though less confident
+    assert not improves(0.4, 0.7, best_loss=0.5, best_score=0.8)  # lower loss, fewer right answers
+    assert improves(0.4, 0.8, best_loss=0.5, best_score=0.8) and not improves(0.6, 0.8, best_loss=0.5, best_score=0.8)
+    assert improves(0.4, None, best_loss=0.5, best_score=None) and not improves(0.6, None, best_loss=0.5, best_score=None)
+    assert improves(3.0, 0.1, best_loss=None, best_score=None)
