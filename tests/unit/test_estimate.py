@@ -104,6 +104,17 @@ def test_packing_honours_pack_tokens_and_classify_packs_too():
     assert longer.optimizer_steps == default.optimizer_steps == 2  # packing never changes the step count
 
 
+def test_a_shared_classify_prefix_is_processed_once_per_micro_batch():
+    config = _config(task="classify", train={"batch_size": 4, "packing": False})
+    full = plan_tokens(config, [30, 40, 50, 60], validation_token_counts=[30, 30])
+    reused = plan_tokens(config, [30, 40, 50, 60], validation_token_counts=[30, 30], shared_prefix=20)
+    assert full.processed_tokens_per_epoch == 4 * 60
+    # Rows hold the suffixes (10..40 tokens, padded to 40), and the prefix runs once: 4 * 40 + 20.
+    assert reused.processed_tokens_per_epoch == 4 * 40 + 20
+    assert reused.real_tokens_per_epoch == full.real_tokens_per_epoch == 180  # the user's tokens, prefix included
+    assert reused.validation_tokens == full.validation_tokens - 20 * full.validations  # 2 examples, 1 micro-batch
+
+
 def test_schedule_is_the_loops_with_max_steps_and_validations():
     config = _config(train={"batch_size": 2, "grad_accum": 2, "epochs": 3, "warmup_ratio": 0.1})
     schedule = config.train.schedule(10)

@@ -246,6 +246,43 @@ def tokenize_classify(
     return ClassifyExample(ids, label, record.source, truncated)
 
 
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix of ``sequences``, short enough that each keeps one own token.
+
+    Every sequence must keep at least one token after the prefix: the last position's hidden state is
+    what gets scored (classify).
+    """
+    if not sequences:
+        return 0
+    first = list(sequences[0])
+    length = min(len(p) for p in sequences) - 1
+    for sequence in sequences[1:]:
+        same = 0
+        limit = min(length, len(sequence))
+        while same < limit and sequence[same] == first[same]:
+            same += 1
+        length = same
+        if length == 0:
+            break
+    return max(length, 0)
+
+
+# Below this many shared tokens a prefix cache saves less than its extra forward pass costs.
+MIN_SHARED_PREFIX = 16
+
+
+def training_prefix(prompts: Sequence[Sequence[int]], *, enabled: bool = True) -> tuple[int, ...] | None:
+    """The token prefix classify training runs once per micro-batch (``train.prefix_reuse``); None: full prompts.
+
+    The longest prefix all ``prompts`` (training and validation) share, when it is at least
+    ``MIN_SHARED_PREFIX`` tokens long.
+    """
+    if not enabled or not prompts:
+        return None
+    length = shared_prefix_length(prompts)
+    return tuple(prompts[0][:length]) if length >= MIN_SHARED_PREFIX else None
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything about a tokenizer that changes its output."""
     digest = hashlib.sha256()

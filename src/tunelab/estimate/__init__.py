@@ -54,6 +54,8 @@ class TokenCounts:
     validation: list[int]
     test: list[int]
     n_labels: int | None = None
+    # classify: prompt tokens all examples share, run once per micro-batch (``train.prefix_reuse``).
+    shared_prefix: int = 0
 
 
 def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
@@ -94,7 +96,21 @@ def count_tokens(config: ResolvedConfig, split: Split, tokenizer: Any, label_map
         validation=example_token_counts(config, split.validation, tokenizer, label_map),
         test=example_token_counts(config, test, tokenizer, label_map),
         n_labels=len(label_map.labels) if label_map else None,
+        shared_prefix=_shared_prefix(config, split, tokenizer, label_map),
     )
+
+
+def _shared_prefix(config: ResolvedConfig, split: Split, tokenizer: Any, label_map: Any) -> int:
+    """The prefix classify training will run once per micro-batch, as ``tasks.classify`` finds it."""
+    from tunelab.data.tokenize import tokenize_records, training_prefix
+
+    if config.task != "classify" or not config.train.reuses_prefix() or not split.train:
+        return 0
+    settings = {"max_length": config.data.max_length, "label_map": label_map, "system_prompt": config.data.system_prompt}
+    train, _ = tokenize_records(split.train, "classify", tokenizer, **settings)
+    validation, _ = tokenize_records(split.validation, "classify", tokenizer, **settings) if split.validation else ([], None)
+    prefix = training_prefix([e.input_ids for e in train + validation])
+    return len(prefix) if prefix else 0
 
 
 def count_tokens_from_files(config: ResolvedConfig, tokenizer: Any) -> TokenCounts:
@@ -146,7 +162,7 @@ def estimate_for_split(
     device = "cuda" if default_device().startswith("cuda") else "cpu"
     calibration = None
     if calibrate_here:
-        seq_len = plan_tokens(config, counts.train).seq_len
+        seq_len = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix).seq_len
         calibration = calibrate(
             config, seq_len, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
             use_cache=calibration_cache,
@@ -158,6 +174,7 @@ def estimate_for_split(
         validation_token_counts=counts.validation,
         test_token_counts=counts.test,
         n_labels=counts.n_labels,
+        shared_prefix=counts.shared_prefix,
         calibration=calibration,
         prices=prices,
         device=device,

@@ -225,6 +225,7 @@ def plan_tokens(
     *,
     validation_token_counts: list[int] | None = None,
     test_token_counts: list[int] | None = None,
+    shared_prefix: int = 0,
 ) -> TokenPlan:
     """Count what training processes: examples truncated to ``max_length``, packed or padded.
 
@@ -234,7 +235,9 @@ def plan_tokens(
     process ``max_length / stride`` times the tokens. Micro-batches are simulated on a seeded
     shuffle as the collate builds them: with ``train.packing`` their examples are packed into rows
     of ``train.pack_tokens`` (default ``max_length``) tokens, padded to the longest row; without it
-    each example is a row padded to the micro-batch's longest.
+    each example is a row padded to the micro-batch's longest. ``shared_prefix`` (classify with
+    ``train.prefix_reuse``): the tokens every prompt starts with are processed once per micro-batch,
+    not once per example; real tokens still count them per example.
 
     Raises:
         DataError: when there are no training examples.
@@ -258,6 +261,7 @@ def plan_tokens(
     else:
         lengths = [min(count, max_length) for count in example_token_counts]
     real = sum(lengths)
+    lengths = [max(1, n - shared_prefix) for n in lengths]
     packed = config.train.packing
     capacity = config.train.pack_tokens or max_length
     order = lengths[:]
@@ -268,7 +272,7 @@ def plan_tokens(
         chunk = order[start : start + batch]
         row_lengths = [sum(chunk[i] for i in row) for row in pack_rows(chunk, capacity)] if packed else chunk
         width = max(row_lengths)
-        processed += width * len(row_lengths)
+        processed += width * len(row_lengths) + shared_prefix
         rows += len(row_lengths)
         widths.append(width)
     seq_len = min(capacity if packed else max_length, _round_up(statistics.mean(widths)))
@@ -277,6 +281,9 @@ def plan_tokens(
     train_tokens = processed * schedule.epochs_run
     validations = 0
     validation_tokens = sum(min(c, max_length) for c in validation_token_counts or [])
+    if shared_prefix and validation_token_counts:
+        micro_batches = math.ceil(len(validation_token_counts) / batch)
+        validation_tokens -= shared_prefix * (len(validation_token_counts) - micro_batches)
     if validation_tokens:
         validations = schedule.validations
     test_tokens = sum(min(c, max_length) for c in test_token_counts or [])
@@ -393,6 +400,7 @@ def estimate_run(
     validation_token_counts: list[int] | None = None,
     test_token_counts: list[int] | None = None,
     n_labels: int | None = None,
+    shared_prefix: int = 0,
     calibration: Calibration | None = None,
     prices: PriceTable | None = None,
     device: str = "cpu",
@@ -408,6 +416,7 @@ def estimate_run(
         facts: the model's shape (:func:`model_facts`).
         validation_token_counts / test_token_counts: per example, for validation and eval time.
         n_labels: classify: how many label columns the LM head computes.
+        shared_prefix: classify: prompt tokens run once per micro-batch (see :func:`plan_tokens`).
         calibration: measured steps on this machine; without it there is no time for this machine.
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
@@ -425,8 +434,9 @@ def estimate_run(
         prices.gpu(config.budget.gpu)  # an unknown name is a config error, before any work
     precision = precision or (calibration.precision if calibration else resolve_precision(config.train.precision, device))
     tokens = plan_tokens(
-        config, example_token_counts, validation_token_counts=validation_token_counts, test_token_counts=test_token_counts
-    )
+        config, example_token_counts, validation_token_counts=validation_token_counts, test_token_counts=test_token_counts,
+        shared_prefix=shared_prefix,
+    )  # fmt: skip
     flops = plan_flops(config, facts, tokens, n_labels)
     memory = plan_memory(config, facts, tokens, precision, flops.trainable_params)
     memory.device = device

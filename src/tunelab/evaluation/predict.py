@@ -7,17 +7,16 @@ through the one generation path, ``tunelab.models.generate.generate_batch``.
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from tunelab.data.tokenize import IGNORE_INDEX
+from tunelab.data.tokenize import IGNORE_INDEX, shared_prefix_length
 from tunelab.models.heads import causal_lm_of
 from tunelab.models.heads import label_logits as head_label_logits
+from tunelab.models.prefix import cache_argument, cache_over_rows, prefix_cache
 
 Progress = Callable[[int], None]
 
@@ -72,49 +71,6 @@ def label_logits(
     return result
 
 
-def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common token prefix of ``prompts``, short enough that each keeps one own token.
-
-    Every prompt must keep at least one token after the prefix: the last position's hidden state is
-    what gets scored.
-    """
-    if not prompts:
-        return 0
-    first = list(prompts[0])
-    length = min(len(p) for p in prompts) - 1
-    for prompt in prompts[1:]:
-        same = 0
-        limit = min(length, len(prompt))
-        while same < limit and prompt[same] == first[same]:
-            same += 1
-        length = same
-        if length == 0:
-            break
-    return max(length, 0)
-
-
-def _cache_over_rows(cache: Any, rows: int) -> Any:
-    """The prefix's KV cache seen by ``rows`` rows, for one batch (the prefix's own tensors are never changed).
-
-    A forward pass appends to its cache, so each batch gets its own cache object; its layers hold
-    broadcast views of the prefix (no copy: appending concatenates into new tensors anyway). A cache
-    of another layout is copied and repeated instead.
-    """
-    layers = getattr(cache, "layers", None)
-    if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers):
-        copied = copy.deepcopy(cache)
-        copied.batch_repeat_interleave(rows)
-        return copied
-    batch_cache = copy.copy(cache)
-    batch_cache.layers = []
-    for layer in layers:
-        view = copy.copy(layer)
-        view.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
-        view.values = layer.values.expand(rows, *layer.values.shape[1:])
-        batch_cache.layers.append(view)
-    return batch_cache
-
-
 def prefix_label_logits(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -142,12 +98,9 @@ def prefix_label_logits(
     label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
     suffixes = [list(p[prefix:]) for p in prompts]
     result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
-    # transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and will go).
-    cache_name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    cache_name = cache_argument(decoder)
     with torch.inference_mode():
-        prefix_ids = torch.tensor([list(prompts[0][:prefix])], dtype=torch.long, device=device)
-        output = decoder(input_ids=prefix_ids, use_cache=True)
-        cache = output.cache if cache_name == "cache" else output.past_key_values
+        cache = prefix_cache(decoder, torch.tensor(list(prompts[0][:prefix]), dtype=torch.long, device=device))
     for batch in _by_length(suffixes, batch_size):
         longest = max(len(suffixes[i]) for i in batch)
         input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
@@ -160,7 +113,7 @@ def prefix_label_logits(
             attention[row, prefix : prefix + len(ids)] = 1
         last = attention[:, prefix:].sum(dim=1) - 1
         positions = torch.arange(prefix, prefix + longest, dtype=torch.long).expand(len(batch), -1)
-        batch_cache = _cache_over_rows(cache, len(batch))
+        batch_cache = cache_over_rows(cache, len(batch))
         with torch.inference_mode():
             hidden = decoder(
                 input_ids=input_ids.to(device),

@@ -17,7 +17,7 @@ import torch
 from tunelab.config import ResolvedConfig, require_resolved
 from tunelab.data.labels import LabelMap, label_name_token_ids
 from tunelab.data.split import Split
-from tunelab.data.tokenize import tokenize_records
+from tunelab.data.tokenize import tokenize_records, training_prefix
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
 from tunelab.models.heads import LabelHead
@@ -58,6 +58,8 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     validation, _ = tokenize_records(split.validation, "classify", tokenizer, **settings)
 
     model = apply_method(base.model, config)
+    # The system message and instruction every prompt starts with run once per micro-batch (same loss and gradients).
+    prefix = training_prefix([e.input_ids for e in examples + validation], enabled=config.train.reuses_prefix())
     label_token_ids = torch.tensor(label_map.token_ids, dtype=torch.long)
     label_head = None
     if config.classify.label_head and config.train.method != "full":
@@ -70,7 +72,7 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         model=model,
         train_examples=examples,
         validation_examples=validation,
-        collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens),
+        collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens, prefix),
         loss_fn=functools.partial(classify_loss_sum, **scoring),
         config=config.train,
         max_length=max_length,

@@ -81,7 +81,14 @@ class LMCollate:
 
 @dataclass
 class ClassifyCollate:
-    """Collate for classify: rows, positions, the flat index of each prompt's last token, the label."""
+    """Collate for classify: rows, positions, the flat index of each prompt's last token, the label.
+
+    ``prefix_ids``: the token prefix every prompt starts with (system message, instruction). Given,
+    rows hold only each prompt's own tokens, at positions that continue after the prefix, and the
+    batch carries the prefix once (``prefix_ids``) and a 4D ``attention_mask`` [rows, 1, width,
+    prefix + width]: every token sees the whole prefix and the earlier tokens of its own prompt.
+    The loss runs the prefix once per micro-batch (``tunelab.train.losses.classify_logits``).
+    """
 
     pad_id: int
     max_length: int
@@ -89,9 +96,13 @@ class ClassifyCollate:
     # Packed row length (train.pack_tokens); None: max_length. Rows may be longer than any one
     # example: attention stays per example because positions restart at 0 for each.
     row_tokens: int | None = None
+    prefix_ids: tuple[int, ...] | None = None
 
     def __call__(self, examples: Sequence[ClassifyExample]) -> dict[str, torch.Tensor]:
-        ids = [e.input_ids for e in examples]
+        prefix = len(self.prefix_ids or ())
+        ids = [e.input_ids[prefix:] for e in examples]
+        if prefix and any(tuple(e.input_ids[:prefix]) != self.prefix_ids for e in examples):
+            raise ValueError("a classify example does not start with the shared prefix it was batched with")
         rows = _layout([len(x) for x in ids], self.packing, self.row_tokens or self.max_length)
         input_ids, position_ids, offsets = _row_tensors(rows, ids, self.pad_id)
         width = input_ids.shape[1]
@@ -101,12 +112,33 @@ class ClassifyCollate:
             for start, i in zip(offsets[r], row, strict=True):
                 last_positions[i] = r * width + start + len(ids[i]) - 1
         labels = [e.label for e in examples]
-        return {
+        batch = {
             "input_ids": input_ids,
             "position_ids": position_ids,
             "last_positions": torch.tensor(last_positions, dtype=torch.long),
             "class_labels": torch.tensor(labels, dtype=torch.long),
         }
+        if prefix:
+            batch["prefix_ids"] = torch.tensor(self.prefix_ids, dtype=torch.long)
+            batch["position_ids"] = position_ids + prefix
+            batch["attention_mask"] = _prefix_attention(rows, offsets, [len(x) for x in ids], width, prefix)
+        return batch
+
+
+def _prefix_attention(rows: list[list[int]], offsets: list[list[int]], lengths: Sequence[int], width: int, prefix: int) -> torch.Tensor:
+    """[rows, 1, width, prefix + width] True where a query may attend: the prefix, and its own prompt up to itself.
+
+    Padding is one more segment (it sees the prefix and itself, so no row of the softmax is empty;
+    no real token sees it).
+    """
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        for start, i in zip(offsets[r], row, strict=True):
+            segment[r, start : start + lengths[i]] = i
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    own = (segment[:, :, None] == segment[:, None, :]) & causal
+    sees_prefix = torch.ones((len(rows), width, prefix), dtype=torch.bool)
+    return torch.cat([sees_prefix, own], dim=-1)[:, None]
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""A shared token prefix computed once: its KV cache, seen by many rows, with or without gradients.
+
+Classify prompts all start with the same tokens (system message, instruction, for the zero-shot
+model the whole label list): evaluation runs that prefix once per evaluation, training once per
+micro-batch (the LoRA weights change every step, and the gradient must flow into the prefix too).
+Each row then runs only its own tokens, at positions that continue after the prefix, attending to
+the prefix through the cache. Mathematically this is the full computation split in two; the tests
+check predictions, losses and gradients against it.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+
+
+def cache_argument(decoder: Any) -> str:
+    """The decoder's keyword for a KV cache: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def prefix_cache(decoder: Any, prefix_ids: torch.Tensor) -> Any:
+    """Run ``prefix_ids`` [prefix] (one sequence) through ``decoder``; its KV cache, in the autograd graph when grad is on."""
+    output = decoder(input_ids=prefix_ids[None], use_cache=True)
+    return output.cache if cache_argument(decoder) == "cache" else output.past_key_values
+
+
+def cache_over_rows(cache: Any, rows: int) -> Any:
+    """The prefix's KV cache seen by ``rows`` rows, for one forward pass (the prefix's own tensors are never changed).
+
+    A forward pass appends to its cache, so each pass gets its own cache object; its layers hold
+    broadcast views of the prefix (no copy: appending concatenates into new tensors anyway, and the
+    backward of a broadcast sums the rows' gradients into the prefix's). A cache of another layout
+    is copied and repeated instead.
+    """
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers):
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(rows)
+        return copied
+    batch_cache = copy.copy(cache)
+    batch_cache.layers = []
+    for layer in layers:
+        view = copy.copy(layer)
+        view.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+        view.values = layer.values.expand(rows, *layer.values.shape[1:])
+        batch_cache.layers.append(view)
+    return batch_cache
+
+
+def mask_for(decoder: Any, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 4D ``allowed`` mask [rows, 1, queries, keys] (True: may attend) in the form the decoder's attention takes.
+
+    SDPA takes booleans as they are; eager attention adds the mask to the scores, so it gets 0 / -inf-like floats.
+    """
+    if getattr(decoder.config, "_attn_implementation", "sdpa") == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
