@@ -17,7 +17,7 @@ def test_minimal_config_gets_task_defaults():
     config = parse_config({"task": "classify"})
     assert isinstance(config, ResolvedConfig)  # parse_config resolves, once
     assert config.model.name == "default"
-    assert config.train.lr == 1e-3 and config.train.epochs == 3.0  # classify with LoRA
+    assert config.train.lr == 1e-3 and config.train.epochs == 5.0  # classify with LoRA
     assert config.classify.label_head and config.classify.select_by == "accuracy"
     sft = parse_config({"task": "sft"})
     assert sft.train.lr == 2e-4 and sft.train.epochs == 2.0
