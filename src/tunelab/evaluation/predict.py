@@ -16,7 +16,7 @@ import torch
 from tunelab.data.tokenize import IGNORE_INDEX, shared_prefix_length
 from tunelab.models.heads import causal_lm_of
 from tunelab.models.heads import label_logits as head_label_logits
-from tunelab.models.prefix import cache_argument, cache_over_rows, prefix_cache
+from tunelab.models.prefix import last_hidden_after_prefix, prefix_cache
 
 Progress = Callable[[int], None]
 
@@ -98,33 +98,12 @@ def prefix_label_logits(
     label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
     suffixes = [list(p[prefix:]) for p in prompts]
     result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
-    cache_name = cache_argument(decoder)
     with torch.inference_mode():
         cache = prefix_cache(decoder, torch.tensor(list(prompts[0][:prefix]), dtype=torch.long, device=device))
     for batch in _by_length(suffixes, batch_size):
-        longest = max(len(suffixes[i]) for i in batch)
-        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        # The mask covers the cached prefix too: every row attends to all of it.
-        attention = torch.zeros((len(batch), prefix + longest), dtype=torch.long)
-        attention[:, :prefix] = 1
-        for row, index in enumerate(batch):
-            ids = suffixes[index]
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[row, prefix : prefix + len(ids)] = 1
-        last = attention[:, prefix:].sum(dim=1) - 1
-        positions = torch.arange(prefix, prefix + longest, dtype=torch.long).expand(len(batch), -1)
-        batch_cache = cache_over_rows(cache, len(batch))
         with torch.inference_mode():
-            hidden = decoder(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                position_ids=positions.to(device),
-                use_cache=True,
-                **{cache_name: batch_cache},
-            ).last_hidden_state
-            final = hidden[torch.arange(len(batch), device=device), last.to(device)]
+            final = last_hidden_after_prefix(decoder, cache, prefix, [suffixes[i] for i in batch])
             logits = head_label_logits(model, final, label_ids, label_head)
-        del batch_cache
         result[batch] = logits.float().cpu().numpy()
         if progress:
             progress(len(batch))

@@ -51,6 +51,32 @@ def cache_over_rows(cache: Any, rows: int) -> Any:
     return batch_cache
 
 
+def last_hidden_after_prefix(decoder: Any, cache: Any, prefix_length: int, suffixes: list[list[int]]) -> torch.Tensor:
+    """[rows, hidden]: each suffix's last hidden state, the suffixes run on top of the prefix's ``cache``.
+
+    Suffixes are right-padded, at positions that continue after the prefix; the 2D mask covers the
+    cached prefix too, so every row attends to all of it. The caller picks the grad mode.
+    """
+    device = next(decoder.parameters()).device
+    longest = max(len(ids) for ids in suffixes)
+    input_ids = torch.zeros((len(suffixes), longest), dtype=torch.long)
+    attention = torch.zeros((len(suffixes), prefix_length + longest), dtype=torch.long)
+    attention[:, :prefix_length] = 1
+    for row, ids in enumerate(suffixes):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, prefix_length : prefix_length + len(ids)] = 1
+    last = torch.tensor([len(ids) - 1 for ids in suffixes], dtype=torch.long, device=device)
+    positions = torch.arange(prefix_length, prefix_length + longest, dtype=torch.long).expand(len(suffixes), -1)
+    hidden = decoder(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        use_cache=True,
+        **{cache_argument(decoder): cache_over_rows(cache, len(suffixes))},
+    ).last_hidden_state
+    return hidden[torch.arange(len(suffixes), device=device), last]
+
+
 def mask_for(decoder: Any, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A 4D ``allowed`` mask [rows, 1, queries, keys] (True: may attend) in the form the decoder's attention takes.
 

@@ -25,8 +25,11 @@ from typing import Any
 
 import torch
 
+from tunelab.data.templates import classify_messages, render_prompt_ids
+from tunelab.data.tokenize import training_prefix
 from tunelab.models import generate
 from tunelab.models.heads import causal_lm_of, label_logits
+from tunelab.models.prefix import last_hidden_after_prefix, prefix_cache
 from tunelab.serve.adapters import ModelRegistry
 from tunelab.serve.errors import APIError
 
@@ -179,6 +182,9 @@ class Engine:
         self.stops = generate.stop_token_ids(registry.model, self.tokenizer)
         self.eos_ids = set(self.stops)
         self.pad_id = generate.pad_token_id(self.tokenizer, self.stops)
+        # Per served classify model: (the entry, its prompt prefix, that prefix's KV cache). Keyed by id and
+        # checked by identity, so an entry replaced (a new adapter under the same name) computes its own.
+        self._prefixes: dict[int, tuple[Any, tuple[int, ...] | None, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -306,18 +312,40 @@ class Engine:
             row._flush(len(row.text))
             row.job.emit("done", row.result())
 
+    def _classify_prefix(self, entry: Any, decoder: Any) -> tuple[tuple[int, ...] | None, Any]:
+        """The classify prompt's fixed prefix (system message, instruction) for ``entry`` and its KV cache, computed once.
+
+        Runs inside the worker's inference mode with ``entry``'s adapter active, so the cache is that model's.
+        """
+        cached = self._prefixes.get(id(entry))
+        if cached is None or cached[0] is not entry:
+            probes = [render_prompt_ids(self.tokenizer, classify_messages(text, entry.system_prompt)) for text in ("a", "b")]
+            prefix = training_prefix(probes)
+            cache = None
+            if prefix:
+                cache = prefix_cache(decoder, torch.tensor(prefix, dtype=torch.long, device=next(decoder.parameters()).device))
+            cached = self._prefixes[id(entry)] = (entry, prefix, cache)
+        return cached[1], cached[2]
+
     def _classify(self, model: Any, batch: list[Job]) -> None:
         entry = self.registry.get(batch[0].model)
         assert entry is not None and entry.label_map is not None
         label_map = entry.label_map
-        input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        # One forward pass of the decoder; only the label tokens' rows of the LM head at the last position
-        # (left padding puts every prompt's last token there), never the full vocabulary.
         decoder = causal_lm_of(model).get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        label_ids = torch.tensor(label_map.token_ids, dtype=torch.long, device=hidden.device)
-        logits = label_logits(model, hidden[:, -1], label_ids, entry.label_head).float()
+        prefix, cache = self._classify_prefix(entry, decoder)
+        size = len(prefix or ())
+        if prefix and all(len(job.prompt_ids) > size and tuple(job.prompt_ids[:size]) == prefix for job in batch):
+            # The shared prefix's keys/values are computed once per model; each request runs only its own tokens.
+            last = last_hidden_after_prefix(decoder, cache, size, [job.prompt_ids[size:] for job in batch])
+        else:
+            input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            # One forward pass of the decoder; left padding puts every prompt's last token at the end.
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+            last = hidden[:, -1]
+        # Only the label tokens' rows of the LM head, never the full vocabulary.
+        label_ids = torch.tensor(label_map.token_ids, dtype=torch.long, device=last.device)
+        logits = label_logits(model, last, label_ids, entry.label_head).float()
         probabilities = torch.softmax(logits, dim=-1).tolist()
         for job, row in zip(batch, probabilities, strict=True):
             best = max(range(len(row)), key=row.__getitem__)

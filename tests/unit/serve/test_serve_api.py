@@ -176,6 +176,9 @@ def test_classify_returns_label_and_probabilities(client, fake_runs, tiny_model_
         got = [item["probabilities"][label] for label in label_map.labels]
         assert got == pytest.approx(expected, abs=1e-4)
         assert item["label"] == label_map.labels[max(range(3), key=expected.__getitem__)]
+    # ... although the server ran the prompts' shared prefix once and only each request's own tokens on top.
+    prefixes = [prefix for entry, prefix, cache in client.app.state.engine._prefixes.values() if entry.name == "router"]
+    assert len(prefixes) == 1 and prefixes[0] and len(prefixes[0]) >= 16
     # chat completions on a classify model answer with the label
     answer = chat(client, "router", messages=[{"role": "user", "content": texts[0]}]).json()
     assert answer["choices"][0]["message"]["content"] == body["data"][0]["label"]
