@@ -226,6 +226,15 @@ def build_meta_copy(model):
         return AutoModelForCausalLM.from_config(model.config)
 
 
+def test_a_cpu_calibration_times_only_the_rows_a_full_speed_step_needs():
+    from tunelab.estimate.calibrate import CPU_CALIBRATION_TOKENS, calibration_rows
+
+    assert calibration_rows(8, 64, "cpu") == 8  # 512 tokens: the whole batch
+    assert calibration_rows(8, 512, "cpu") == CPU_CALIBRATION_TOKENS // 512  # 2 rows, not 8
+    assert calibration_rows(8, 4096, "cpu") == 1
+    assert calibration_rows(8, 512, "cuda") == 8  # a GPU's speed depends on the batch
+
+
 def test_calibration_trains_real_steps(tiny_model_dir, tiny_model):
     config = parse_config(
         {"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}}
