@@ -49,6 +49,7 @@ from tunelab.evaluation.evaluate import (
     score_classify,
     score_sft,
     select_test_records,
+    zero_shot_extra_tokens,
 )
 from tunelab.evaluation.metrics import PRIMARY_METRIC
 from tunelab.evaluation.predict import prefix_label_logits, softmax
@@ -264,8 +265,8 @@ def few_shot_classify(
             f"{len(examples)} examples of {len(label_map.labels)} labels"
         )
     build = lambda text: few_shot_messages(text, label_map, examples, system)  # noqa: E731
-    # The test text gets as many tokens as in the zero-shot prompt; the examples come on top.
-    limit = data_config.max_length + budget
+    # The test text gets as many tokens as in the trained prompt; the label list and the examples come on top.
+    limit = data_config.max_length + zero_shot_extra_tokens(tokenizer, label_map, system) + budget
     prompts, truncated = [], 0
     for record in chosen:
         probe = record if record.label in label_map.labels else dataclasses.replace(record, label=label_map.labels[0])
@@ -444,6 +445,9 @@ def baseline_settings(
     if name in NEEDS_BASE_MODEL:
         # Batch size is in: padding changes float rounding, hence (rarely) an argmax.
         settings["eval"] = config.model_dump(mode="json", include={"max_new_tokens", "temperature", "top_p", "batch_size", "seed"})
+    if name in ("base", "few_shot") and task == "classify":
+        # Since 2026-12-01 the label list no longer counts against max_length (it used to be cut for many labels).
+        settings["label_list"] = "beyond max_length"
     if name == "few_shot":
         settings["few_shot_tokens"] = config.few_shot_tokens
     if name == "classical":

@@ -228,6 +228,13 @@ def score_classify(
     return rows, metrics, warnings
 
 
+def zero_shot_extra_tokens(tokenizer: Any, label_map: LabelMap, system_prompt: str | None) -> int:
+    """How many more tokens the zero-shot prompt's template (instruction + label list) has than the trained prompt's."""
+    zero_shot = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))
+    trained = render_prompt_ids(tokenizer, classify_messages("", system_prompt))
+    return max(0, len(zero_shot) - len(trained))
+
+
 def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress):
     tokenizer = loaded.tokenizer
     system = data_config.system_prompt
@@ -235,11 +242,16 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
         messages_fn = lambda text: zero_shot_messages(text, label_map, system)  # noqa: E731
     else:
         messages_fn = lambda text: classify_messages(text, system)  # noqa: E731
+    limit = data_config.max_length
+    if baseline:
+        # The zero-shot instruction carries the whole label list (hundreds of tokens for 77 labels): the
+        # text gets as many tokens as in the trained prompt, and the list is never cut to fit max_length.
+        limit += zero_shot_extra_tokens(tokenizer, label_map, system)
     prompts, truncated = [], 0
     for record in records:
         # The prompt does not depend on the label; an unknown label is scored (as wrong), not refused.
         probe = record if record.label in label_map.labels else dataclasses.replace(record, label=label_map.labels[0])
-        example = tokenize_classify(probe, tokenizer, label_map, data_config.max_length, system, messages_fn=messages_fn)
+        example = tokenize_classify(probe, tokenizer, label_map, limit, system, messages_fn=messages_fn)
         prompts.append(example.input_ids)
         truncated += example.truncated
     # The run's trained label rows apply only to the labels it was trained on, never to a zero-shot prompt.

@@ -53,6 +53,30 @@ def test_baseline_uses_the_zero_shot_prompt_over_the_same_label_tokens(loaded, t
     assert [r["scores"]["confidence"] for r in base.rows] != [r["scores"]["confidence"] for r in tuned.rows]
 
 
+def test_a_long_label_list_is_never_cut_from_the_zero_shot_prompt(loaded, tiny_tokenizer, monkeypatch):
+    """77 BANKING77 labels make a zero-shot template longer than max_length: the text, not the list, is what fits."""
+    import sys
+
+    from tunelab.evaluation.evaluate import zero_shot_extra_tokens
+
+    evaluate_module = sys.modules["tunelab.evaluation.evaluate"]  # the package exports a function of the same name
+
+    labels = [f"intent_{i}" for i in range(40)]
+    label_map = build_label_map(labels, tiny_tokenizer)
+    records = [ClassifyRecord(f"request number {i}", labels[i]) for i in range(4)]
+    data_config = DataConfig(max_length=128)  # the trained prompt of these texts fits (about 90 tokens)
+    extra = zero_shot_extra_tokens(tiny_tokenizer, label_map, None)
+    assert extra > data_config.max_length  # the list alone is longer than max_length
+    seen = []
+    real = evaluate_module.prefix_label_logits
+    monkeypatch.setattr(evaluate_module, "prefix_label_logits", lambda model, prompts, *a, **k: seen.extend(prompts) or real(model, prompts, *a, **k))
+    base = evaluate(loaded, records, "classify", config=EvalConfig(), data_config=data_config, label_map=label_map, baseline=True)
+    assert not any("shortened" in w for w in base.warnings)
+    for record, prompt in zip(records, seen, strict=True):
+        text = tiny_tokenizer.decode(prompt)
+        assert all(label in text for label in labels) and record.text in text
+
+
 def test_unknown_test_labels_count_as_wrong_and_are_listed(loaded, tiny_tokenizer):
     records = _classify_records() + [ClassifyRecord("where is my parcel", "shipping", source="test.csv:9")]
     label_map = build_label_map(["billing", "technical", "refund"], tiny_tokenizer)
