@@ -234,11 +234,10 @@ def create_app(settings: UISettings):
         except RegistryError:
             pass
         state = views.progress(registry, job.run_dir, record)
-        outcome = job.outcome()
         return {
             **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),
-            "run_id": record.id if record else None, "verdict": (outcome or {}).get("comparison", {}) and outcome["comparison"].get("verdict"),
-            "command": " ".join(job.command[2:]),
+            "run_id": record.id if record else None, "verdict": record.verdict if record else None,
+            "command": "tunelab " + " ".join(job.command[3:]),
         }
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -7,7 +7,6 @@ marks the run interrupted in the registry, and ``tunelab run --resume`` continue
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tunelab.config import ResolvedConfig, load_config
 from tunelab.errors import ConfigError
@@ -35,7 +33,6 @@ class Job:
     registry: Path
     process: subprocess.Popen
     log_path: Path
-    out_path: Path
     started_at: float = field(default_factory=time.time)
     cancelled: bool = False
 
@@ -58,15 +55,6 @@ class Job:
         except OSError:
             return ""
         return text[-LOG_TAIL_CHARS:]
-
-    def outcome(self) -> dict[str, Any] | None:
-        """The ``tunelab run --json`` outcome once the process has finished well."""
-        if self.status() != "finished":
-            return None
-        try:
-            return json.loads(self.out_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
 
 
 def prepare_run(config_path: str | Path, overrides: list[str], registry: Path) -> tuple[ResolvedConfig, list[str]]:
@@ -105,7 +93,7 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
 
     def start(self, config_path: str | Path, overrides: list[str] | None = None, *, calibrate: bool = True) -> Job:
-        """Start ``tunelab run CONFIG [overrides] --json`` as a child process.
+        """Start ``tunelab run CONFIG [overrides]`` as a child process (its output, as in a terminal, goes to a log file).
 
         Raises:
             ConfigError: for an invalid config or an existing run folder (nothing is started).
@@ -114,14 +102,14 @@ class JobManager:
         job_id = uuid.uuid4().hex[:10]
         folder = self.jobs_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "tunelab.cli.main", "run", str(config_path), *pinned, "--json"]
+        command = [sys.executable, "-m", "tunelab.cli.main", "run", str(config_path), *pinned]
         if not calibrate:
             command.append("--no-calibrate")
-        log_path, out_path = folder / "log.txt", folder / "outcome.json"
+        log_path = folder / "log.txt"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
-        with log_path.open("wb") as log, out_path.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env)
-        job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path, out_path)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path)
         self.jobs[job_id] = job
         return job
 
