@@ -130,12 +130,12 @@ def create_app(settings: UISettings):
 
     @app.get("/api/runs/{run}/progress")
     def run_progress(run: str):
-        record = registry.get_run(run)
+        record = views.get_run(registry, run)
         return views.progress(registry, record.run_dir, record)
 
     @app.get("/runs/{run}/files/{path:path}")
     def run_file(run: str, path: str = ""):
-        record = registry.get_run(run)
+        record = views.get_run(registry, run)
         if not record.run_dir:
             raise RegistryError(f"run {record.name} has no run folder recorded")
         root = Path(record.run_dir).resolve()
@@ -181,7 +181,7 @@ def create_app(settings: UISettings):
         preference = {"1": "A", "2": "B", "t": "tie", "s": "skip"}.get(str(body.get("preference")), str(body.get("preference")))
         if preference not in ("A", "B", "tie", "skip"):
             return JSONResponse({"error": "preference must be A, B, tie or skip"}, status_code=400)
-        record = registry.get_run(run)
+        record = views.get_run(registry, run)
         sheet = open_run_review(record.run_dir)
         example_id = str(body.get("example_id") or "")
         if example_id not in sheet.sides:
@@ -193,7 +193,7 @@ def create_app(settings: UISettings):
     def review_pairs(run: str):
         from tunelab.evaluation.review import open_run_review, registry_review_pairs
 
-        record = registry.get_run(run)
+        record = views.get_run(registry, run)
         sheet = open_run_review(record.run_dir)
         result = registry_review_pairs(registry, record.id, sheet, Path(record.run_dir) / "review-pairs.jsonl")
         return {**result.to_dict(), "url": f"/runs/{record.id}/files/review-pairs.jsonl"}

@@ -8,6 +8,7 @@ runs is ``compare_runs`` plus the same paired bootstrap as ``tunelab compare``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,6 +21,25 @@ from tunelab.registry import Registry, RunRecord, metric_values
 
 EXAMPLES_SHOWN = 20
 HIDDEN_METRICS = {"primary", "per_class", "confusion_matrix", "unknown_label_examples"}
+
+
+def get_run(registry: Registry, run: str) -> RunRecord:
+    """A run by id or name, its folder made absolute.
+
+    ``tunelab run`` records the folder as it was given (``runs/<name>`` relative to where it ran); the
+    UI may be started elsewhere, so a relative folder is looked for from here, then beside the registry.
+
+    Raises:
+        RegistryError: when the run does not exist.
+    """
+    record = registry.get_run(run)
+    if not record.run_dir or Path(record.run_dir).is_absolute():
+        return record
+    relative = Path(record.run_dir)
+    for candidate in (Path.cwd() / relative, registry.path.parent.parent / relative, registry.path.parent / relative.name):
+        if candidate.is_dir():
+            return dataclasses.replace(record, run_dir=str(candidate.resolve()))
+    return record
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -267,7 +287,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
     Raises:
         RegistryError: when the run does not exist.
     """
-    record = registry.get_run(run)
+    record = get_run(registry, run)
     folder = RunFolder(Path(record.run_dir)) if record.run_dir else None
     pipeline = _load_json(folder.root / "pipeline.json") if folder else None
     data_check = _load_json(folder.data_check) if folder else None
@@ -355,7 +375,7 @@ def compare_page(registry: Registry, runs: list[str]) -> dict[str, Any]:
     from tunelab.evaluation.result import EvalResult
 
     side_by_side = registry.compare_runs(runs)
-    records = [registry.get_run(run) for run in runs]
+    records = [get_run(registry, run) for run in runs]
     rows = [run_row(record) for record in records]
     tuned: list[EvalResult | None] = []
     for record in records:
@@ -417,7 +437,7 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
     """
     from tunelab.evaluation.review import agreement, open_run_review, registry_judgments, score_judgments
 
-    record = registry.get_run(run)
+    record = get_run(registry, run)
     if not record.run_dir:
         raise DataError(f"run {record.name} has no run folder recorded")
     sheet = open_run_review(record.run_dir)
