@@ -62,12 +62,13 @@ def test_keyboard_review_is_saved_and_changes_the_win_rate(page, ui_url, ui_runs
     page.fill("#reviewer-name", "ann")
     page.press("#reviewer-name", "Enter")
     page.wait_for_selector("#item:not(.hidden)")
-    assert page.inner_text("#score") == "no judgment yet"
+    assert page.text_content("#score") == "no judgment yet"
+    assert not page.is_visible("#score")  # the live score stays folded away from the reviewer's eyes
     sheet = load_sheet(review_sheet_path(run.run_dir))
     first = page.input_value("#example-id")
     page.keyboard.press("1")
     page.wait_for_function("document.getElementById('progress').textContent.startsWith('1 /')")
-    after_one = page.inner_text("#score")
+    after_one = page.text_content("#score")
     # Answer A was the tuned model's or the base model's: the win rate is 100% or 0% after one judgment.
     expected = "100.0%" if sheet.sides[first]["A"] == "tuned" else "0.0%"
     assert after_one.startswith(expected)
@@ -80,7 +81,7 @@ def test_keyboard_review_is_saved_and_changes_the_win_rate(page, ui_url, ui_runs
     assert [r.preference for r in stored] == ["A", "B", "tie", "skip"] and {r.reviewer for r in stored} == {"ann"}
     score = score_registry_reviews(registry, run.id, sheet)
     assert score.judged == 3
-    assert page.inner_text("#score").startswith(f"{score.win_rate * 100:.1f}%")
+    assert page.text_content("#score").startswith(f"{score.win_rate * 100:.1f}%")
     # The CLI counts the same rows.
     cli = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "review", "score", "--run", run.name, "--registry", str(registry_path), "--json"],
                          capture_output=True, text=True, timeout=120)
@@ -99,6 +100,8 @@ def test_keyboard_review_is_saved_and_changes_the_win_rate(page, ui_url, ui_runs
     page.click("#export-pairs")
     page.wait_for_selector("#pairs-result a")
     assert "pairs" in page.inner_text("#pairs-result")
+    page.click("#score-box summary")
+    assert page.is_visible("#score")
     shot(page, "review-two-reviewers")
 
 

@@ -54,7 +54,7 @@ def _host_name(host_header: str) -> str:
 
 
 def _host_allowed(host_header: str, settings: UISettings) -> bool:
-    from tunelab.serve.server import is_loopback
+    from tunelab.serve.settings import is_loopback
 
     name = _host_name(host_header)
     if name in LOOPBACK_NAMES or name == settings.host.lower():
@@ -131,7 +131,7 @@ def create_app(settings: UISettings):
     @app.get("/api/runs/{run}/progress")
     def run_progress(run: str):
         record = views.get_run(registry, run)
-        return views.progress(registry, record.run_dir, record)
+        return views.progress(record.run_dir, record)
 
     @app.get("/runs/{run}/files/{path:path}")
     def run_file(run: str, path: str = ""):
@@ -233,7 +233,7 @@ def create_app(settings: UISettings):
             record = registry.get_run(job.name)
         except RegistryError:
             pass
-        state = views.progress(registry, job.run_dir, record)
+        state = views.progress(job.run_dir, record)
         return {
             **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),
             "run_id": record.id if record else None, "verdict": record.verdict if record else None,

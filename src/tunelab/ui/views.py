@@ -342,7 +342,7 @@ def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
     return lines
 
 
-def progress(registry: Registry | None, run_dir: str | Path | None, record: RunRecord | None = None) -> dict[str, Any]:
+def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dict[str, Any]:
     """What a page polls while a run trains: finished steps, the loss points so far, the status."""
     from tunelab.evaluation.report import read_loss_log
 
