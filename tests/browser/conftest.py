@@ -41,7 +41,9 @@ def _source_path() -> str:
     return os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH", "")])])
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an asyncio loop running in this thread while it is open,
+# and later tests that call asyncio.run() (serving) must not find it.
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory):
     _require_browser()
     from playwright.sync_api import sync_playwright
@@ -52,7 +54,8 @@ def browser_context(tmp_path_factory):
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 900},
         )
-        context.set_default_timeout(30_000)
+        # Generous: a first page may import numpy and scikit-learn, slow on a loaded 2-core machine.
+        context.set_default_timeout(120_000)
         yield context
         context.close()
 
@@ -73,7 +76,7 @@ def ui_runs(tmp_path_factory, tiny_model_dir):
     for name, epochs in (("short", 2), ("longer", 6)):
         config = write_config(folder, tiny_model_dir, name, epochs=epochs)
         done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "run", str(config), "--no-calibrate"],
-                              capture_output=True, text=True, timeout=600, env=env, cwd=folder)
+                              capture_output=True, text=True, timeout=1200, env=env, cwd=folder)
         assert done.returncode == 0, done.stderr[-3000:]
     return folder, folder / "runs" / "registry.db"
 

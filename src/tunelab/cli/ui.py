@@ -19,8 +19,10 @@ def ui(
     """Open the web UI: runs, a run's curves and verdict, comparisons, blind A/B review, starting runs."""
     from tunelab.registry import default_registry_path
     from tunelab.ui import UISettings, run_ui
+    from tunelab.ui.server import check_ui_bind
 
     settings = UISettings(registry=registry_path or default_registry_path(), host=host, port=port, api_key=api_key, insecure=insecure)
+    check_ui_bind(settings)
     shown = f"[{host}]" if ":" in host else host
     error_console.print(f"tunelab ui on http://{shown}:{port}/ over {settings.registry} (Ctrl-C to stop)")
     run_ui(settings)

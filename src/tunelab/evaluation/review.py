@@ -339,8 +339,6 @@ class Agreement:
 
 def agreement(judgments: Iterable[Judgment]) -> list[Agreement]:
     """Cohen's kappa for every pair of reviewers who judged at least one same row."""
-    from sklearn.metrics import cohen_kappa_score
-
     by_reviewer: dict[str, dict[str, str]] = {}
     for judgment in judgments:
         if judgment.choice is not None:
@@ -356,7 +354,13 @@ def agreement(judgments: Iterable[Judgment]) -> list[Agreement]:
             b = [by_reviewer[second][row] for row in shared]
             agreed = sum(x == y for x, y in zip(a, b, strict=True))
             # Kappa is undefined when both used one and the same category throughout (no chance model).
-            kappa = None if len(set(a) | set(b)) < 2 else float(cohen_kappa_score(a, b, labels=["A", "B", "tie"]))
+            # scikit-learn is imported only here: a review page with one reviewer should not wait for it.
+            if len(set(a) | set(b)) < 2:
+                kappa = None
+            else:
+                from sklearn.metrics import cohen_kappa_score
+
+                kappa = float(cohen_kappa_score(a, b, labels=["A", "B", "tie"]))
             results.append(Agreement(first, second, len(shared), kappa if kappa is None or math.isfinite(kappa) else None, agreed))
     return results
 
