@@ -11,6 +11,7 @@ A run folder is everything needed to evaluate, serve or resume a run later::
       tokenizer/         the tokenizer, with its chat template
       checkpoints/       step-N/ folders for resume; best/ by validation loss
       metrics.jsonl      one JSON object per logged step / validation
+      data_check.json    the data check of `tunelab run` (what `tunelab data check --json` prints)
       eval/              base.json, tuned.json, comparison.json
       report.md, report.html
 """
@@ -71,6 +72,10 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def data_check(self) -> Path:
+        return self.root / "data_check.json"
 
     @property
     def eval_dir(self) -> Path:

@@ -219,16 +219,43 @@ def review_export(
     console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
 
 
+def _registry_review(run: str, registry_path: Path | None):
+    """(registry, run record, sheet) of a run whose review was done in `tunelab ui` (judgments in the registry)."""
+    from tunelab.evaluation.review import load_sheet, review_sheet_path
+    from tunelab.registry import Registry, RegistryError, default_registry_path
+
+    registry_path = registry_path or default_registry_path()
+    if not registry_path.is_file():
+        raise RegistryError(f"no run registry at {registry_path}", "pass --registry PATH")
+    registry = Registry(registry_path)
+    record = registry.get_run(run)
+    if not record.run_dir:
+        raise DataError(f"run {record.name} has no run folder recorded")
+    return registry, record, load_sheet(review_sheet_path(record.run_dir))
+
+
+RUN_REVIEW_OPTION = typer.Option(None, "--run", help="Instead of SHEET: a run reviewed in `tunelab ui` (judgments in the registry).")
+REVIEW_REGISTRY_OPTION = typer.Option(None, "--registry", help="The registry with --run (default: runs/registry.db).")
+
+
 @review_app.command("score")
 def review_score(
-    sheet: Path = typer.Argument(..., help="The filled-in sheet."),
+    sheet: Path = typer.Argument(None, help="The filled-in sheet."),
     key: Path = typer.Option(None, "--key", help="Its key file (default: SHEET with .key.json)."),
+    run: str = RUN_REVIEW_OPTION,
+    registry_path: Path = REVIEW_REGISTRY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Score a filled-in A/B sheet: the tuned model's win rate with a 95% interval (ties count half)."""
-    from tunelab.evaluation.review import score_review
+    """Score a filled-in A/B sheet (or a run's reviews in the registry): the tuned model's win rate with a 95% interval (ties count half)."""
+    from tunelab.evaluation.review import score_registry_reviews, score_review
 
-    score = score_review(sheet, key)
+    if (sheet is None) == (run is None):
+        raise DataError("give either a filled-in SHEET or --run RUN")
+    if run is not None:
+        registry, record, review_sheet = _registry_review(run, registry_path)
+        score = score_registry_reviews(registry, record.id, review_sheet)
+    else:
+        score = score_review(sheet, key)
     if as_json:
         print(json.dumps(score.to_dict(), indent=2))
         return
@@ -241,15 +268,23 @@ def review_score(
 
 @review_app.command("pairs")
 def review_pairs_command(
-    sheet: Path = typer.Argument(..., help="The filled-in sheet."),
+    sheet: Path = typer.Argument(None, help="The filled-in sheet."),
     out: Path = typer.Option(..., "--out", "-o", help="The preference pairs to write (JSONL: prompt, chosen, rejected)."),
     key: Path = typer.Option(None, "--key", help="Its key file (default: SHEET with .key.json)."),
+    run: str = RUN_REVIEW_OPTION,
+    registry_path: Path = REVIEW_REGISTRY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Turn a filled-in A/B sheet into preference pairs for `task: preference` (ties and blank rows left out)."""
-    from tunelab.evaluation.review import review_pairs
+    """Turn a filled-in A/B sheet (or a run's reviews in the registry) into preference pairs for `task: preference` (ties and blank rows left out)."""
+    from tunelab.evaluation.review import registry_review_pairs, review_pairs
 
-    result = review_pairs(sheet, out, key)
+    if (sheet is None) == (run is None):
+        raise DataError("give either a filled-in SHEET or --run RUN")
+    if run is not None:
+        registry, record, review_sheet = _registry_review(run, registry_path)
+        result = registry_review_pairs(registry, record.id, review_sheet, out)
+    else:
+        result = review_pairs(sheet, out, key)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return

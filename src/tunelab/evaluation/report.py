@@ -165,7 +165,8 @@ def _cut(text: str, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _shown(task: str, row: dict[str, Any]) -> str:
+def shown_prediction(task: str, row: dict[str, Any]) -> str:
+    """How one example's prediction reads to a person (label and probabilities, the answer, perplexity)."""
     if task == "classify":
         return f"{row['prediction']} (p={row['scores']['confidence']:.2f}; p(true)={row['scores']['probability_of_reference']:.2f})"
     if task == "preference":
@@ -233,7 +234,7 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
         lines += ["", f"## Examples that changed most (tuned against {opponent})", ""]
         lines += table(
             ["change", "source", "prompt", "reference", f"{opponent}", "tuned"],
-            [[f"{e['change']:+.3f}", e["source"], _cut(e["prompt"], 200), _cut(e["reference"], 200), _cut(_shown(tuned.task, e["before"]), 200), _cut(_shown(tuned.task, e["after"]), 200)] for e in examples],
+            [[f"{e['change']:+.3f}", e["source"], _cut(e["prompt"], 200), _cut(e["reference"], 200), _cut(shown_prediction(tuned.task, e["before"]), 200), _cut(shown_prediction(tuned.task, e["after"]), 200)] for e in examples],
         )
     return "\n".join(lines) + "\n"
 
@@ -271,7 +272,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
         opponent = e(verdict.strongest)
         parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
         for x in examples:
-            cells = [f"{x['change']:+.3f}", x["source"], _cut(x["prompt"]), _cut(x["reference"]), _cut(_shown(tuned.task, x["before"])), _cut(_shown(tuned.task, x["after"]))]
+            cells = [f"{x['change']:+.3f}", x["source"], _cut(x["prompt"]), _cut(x["reference"]), _cut(shown_prediction(tuned.task, x["before"])), _cut(shown_prediction(tuned.task, x["after"]))]
             parts.append("<tr>" + "".join(f"<td class='text'>{e(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
     parts.append("</body></html>")

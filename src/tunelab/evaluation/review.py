@@ -6,6 +6,11 @@ key file so the reviewer cannot tell. ``score_review`` reads the filled-in sheet
 and reports the tuned model's win rate with a Wilson 95% interval; a tie counts as half a win.
 ``review_pairs`` turns the same filled-in sheet into preference pairs (prompt, chosen, rejected) for
 ``task: preference``: each row judged A or B becomes one pair; ties and blank rows are no preference.
+
+Judgments made in the browser (``tunelab ui``) are rows of the registry's ``reviews`` table, made on
+the run's own sheet (``RUN/review.csv``, the ``tunelab review export RUN`` default) with its key.
+``score_judgments`` is the one scoring rule for a sheet and for the registry; ``write_judged_sheet``
+turns the registry's judgments into a filled-in sheet, so ``review_pairs`` is the one way to pairs.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import io
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunelab.errors import DataError
 from tunelab.evaluation.result import EvalResult
 from tunelab.paths import atomic_write_text
+
+if TYPE_CHECKING:
+    from tunelab.registry.store import Registry
 
 COLUMNS = ["id", "prompt", "output_a", "output_b", "preference"]
 CHOICES = {"a": "A", "b": "B", "tie": "tie"}
@@ -185,6 +194,32 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
     return ReviewPairs(out, len(lines), ties, unjudged, chosen_by["tuned"], chosen_by["base"])
 
 
+def score_judgments(choices: Iterable[tuple[str, str | None]], sides: dict[str, dict[str, str]], *, base: str = "base", tuned: str = "tuned") -> ReviewScore:
+    """Score (example id, "A" | "B" | "tie" | None) judgments with a key's ``sides``: the one scoring rule.
+
+    None is a row not judged (blank in a sheet, skipped in the browser). Each judgment counts once,
+    so two reviewers of the same row count twice.
+
+    Raises:
+        DataError: when nothing was judged.
+    """
+    wins = {"tuned": 0, "base": 0}
+    ties = unjudged = 0
+    for example_id, choice in choices:
+        if choice is None:
+            unjudged += 1
+        elif choice == "tie":
+            ties += 1
+        else:
+            wins[sides[example_id][choice]] += 1
+    judged = wins["tuned"] + wins["base"] + ties
+    if judged == 0:
+        raise DataError("no row has a preference yet", "judge some rows with A, B or tie")
+    successes = wins["tuned"] + ties / 2
+    low, high = wilson_interval(successes, judged)
+    return ReviewScore(judged, wins["tuned"], wins["base"], ties, unjudged, successes / judged, low, high, base, tuned)
+
+
 def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScore:
     """Read a filled-in sheet (preference A, B or tie; empty: not judged) and score it with its key.
 
@@ -194,18 +229,166 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
     sheet = Path(sheet)
     key, key_data = _read_key(sheet, key)
     sides = key_data["sides"]
-    wins = {"tuned": 0, "base": 0}
-    ties = unjudged = 0
-    for _, row, choice in _judged_rows(sheet, key, sides, ("id", "preference")):
-        if choice is None:
-            unjudged += 1
-        elif choice == "tie":
-            ties += 1
-        else:
-            wins[sides[row["id"]][choice]] += 1
-    judged = wins["tuned"] + wins["base"] + ties
-    if judged == 0:
-        raise DataError(f"{sheet}: no row has a preference yet", "fill the preference column with A, B or tie")
-    successes = wins["tuned"] + ties / 2
-    low, high = wilson_interval(successes, judged)
-    return ReviewScore(judged, wins["tuned"], wins["base"], ties, unjudged, successes / judged, low, high, key_data.get("base", "base"), key_data.get("tuned", "tuned"))
+    choices = [(row["id"], choice) for _, row, choice in _judged_rows(sheet, key, sides, ("id", "preference"))]
+    try:
+        return score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"))
+    except DataError:
+        raise DataError(f"{sheet}: no row has a preference yet", "fill the preference column with A, B or tie") from None
+
+
+# -- reviews in the registry (tunelab ui) -----------------------------------------------------------
+
+REVIEW_SHEET = "review.csv"
+
+
+def review_sheet_path(run_dir: str | Path) -> Path:
+    """The run's own review sheet, ``RUN/review.csv`` (what ``tunelab review export RUN`` writes), absolute."""
+    return (Path(run_dir) / REVIEW_SHEET).resolve()
+
+
+@dataclass
+class ReviewSheet:
+    """A blind sheet and its key: the rows a reviewer sees (no side is named) and, apart, the sides."""
+
+    path: Path
+    key_path: Path
+    rows: list[dict[str, str]]
+    sides: dict[str, dict[str, str]]
+    base: str
+    tuned: str
+
+    def row(self, example_id: str) -> dict[str, str]:
+        return next(row for row in self.rows if row["id"] == example_id)
+
+
+def load_sheet(sheet: str | Path, key: str | Path | None = None) -> ReviewSheet:
+    """Read a review sheet and its key (the filled-in preferences are ignored).
+
+    Raises:
+        DataError: when the sheet or key is missing or not a review sheet.
+    """
+    sheet = Path(sheet)
+    key, key_data = _read_key(sheet, key)
+    rows = [
+        {name: row[name] for name in ("id", "prompt", "output_a", "output_b")}
+        for _, row, _ in _judged_rows(sheet, key, key_data["sides"], COLUMNS, "pass a sheet written by `tunelab review export`")
+    ]
+    return ReviewSheet(sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"))
+
+
+def open_run_review(run_dir: str | Path, *, seed: int = 0) -> ReviewSheet:
+    """The run's review sheet, exported from eval/base.json and eval/tuned.json (as ``tunelab review export RUN``) on first use.
+
+    Raises:
+        DataError: when the run has no base or tuned evaluation, or nothing to review (a text run).
+    """
+    run_dir = Path(run_dir)
+    sheet = review_sheet_path(run_dir)
+    if not sheet.is_file() or not key_path_for(sheet).is_file():
+        base, tuned = run_dir / "eval" / "base.json", run_dir / "eval" / "tuned.json"
+        export_review(EvalResult.load(base), EvalResult.load(tuned), sheet, seed=seed)
+    return load_sheet(sheet)
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """A reviewer's current choice on one example: "A", "B", "tie", or None (skipped)."""
+
+    example_id: str
+    reviewer: str
+    choice: str | None
+
+
+def registry_judgments(registry: Registry, run: str, sheet: ReviewSheet) -> list[Judgment]:
+    """The judgments of ``run``'s sheet stored in the registry: the latest per reviewer and example counts.
+
+    Raises:
+        RegistryError: when the run does not exist.
+    """
+    latest: dict[tuple[str, str], str] = {}
+    for review in registry.list_reviews(run, sheet=sheet.path):
+        if review.example_id in sheet.sides:  # rows of an older export of the sheet are not this sheet's
+            latest[(review.reviewer, review.example_id)] = review.preference
+    return [Judgment(example, reviewer, None if choice == "skip" else choice) for (reviewer, example), choice in latest.items()]
+
+
+def score_registry_reviews(registry: Registry, run: str, sheet: ReviewSheet) -> ReviewScore:
+    """``score_judgments`` over the registry's judgments of ``run`` (what the UI and ``tunelab review score --run`` show).
+
+    Raises:
+        DataError: when nothing was judged yet.
+    """
+    judgments = registry_judgments(registry, run, sheet)
+    return score_judgments([(j.example_id, j.choice) for j in judgments], sheet.sides, base=sheet.base, tuned=sheet.tuned)
+
+
+@dataclass
+class Agreement:
+    """Cohen's kappa of two reviewers over the rows both judged (A, B or tie); None when undefined."""
+
+    reviewer_a: str
+    reviewer_b: str
+    rows: int
+    kappa: float | None
+    agreed: int = 0
+    method: str = field(default="Cohen's kappa (scikit-learn) over the rows both judged A, B or tie")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def agreement(judgments: Iterable[Judgment]) -> list[Agreement]:
+    """Cohen's kappa for every pair of reviewers who judged at least one same row."""
+    by_reviewer: dict[str, dict[str, str]] = {}
+    for judgment in judgments:
+        if judgment.choice is not None:
+            by_reviewer.setdefault(judgment.reviewer, {})[judgment.example_id] = judgment.choice
+    names = sorted(by_reviewer)
+    results = []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = sorted(set(by_reviewer[first]) & set(by_reviewer[second]))
+            if not shared:
+                continue
+            a = [by_reviewer[first][row] for row in shared]
+            b = [by_reviewer[second][row] for row in shared]
+            agreed = sum(x == y for x, y in zip(a, b, strict=True))
+            # Kappa is undefined when both used one and the same category throughout (no chance model).
+            # scikit-learn is imported only here: a review page with one reviewer should not wait for it.
+            if len(set(a) | set(b)) < 2:
+                kappa = None
+            else:
+                from sklearn.metrics import cohen_kappa_score
+
+                kappa = float(cohen_kappa_score(a, b, labels=["A", "B", "tie"]))
+            results.append(Agreement(first, second, len(shared), kappa if kappa is None or math.isfinite(kappa) else None, agreed))
+    return results
+
+
+def write_judged_sheet(sheet: ReviewSheet, judgments: Iterable[Judgment], out: str | Path) -> Path:
+    """A filled-in copy of ``sheet``: one row per judgment (with a ``reviewer`` column), read by ``score_review`` and
+    ``review_pairs`` with the sheet's key."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*COLUMNS, "reviewer"])
+    for judgment in judgments:
+        if judgment.choice is None:
+            continue
+        row = sheet.row(judgment.example_id)
+        writer.writerow([row["id"], row["prompt"], row["output_a"], row["output_b"], judgment.choice, judgment.reviewer])
+    out = Path(out)
+    atomic_write_text(out, buffer.getvalue())
+    return out
+
+
+def registry_review_pairs(registry: Registry, run: str, sheet: ReviewSheet, out: str | Path) -> ReviewPairs:
+    """Preference pairs from the registry's judgments of ``run``, through ``review_pairs`` (the same as ``tunelab review pairs``).
+
+    The judged sheet is written beside ``out`` (``<out stem>.judged.csv``) so every pair traces back to a line.
+
+    Raises:
+        DataError: when no judgment prefers A or B.
+    """
+    out = Path(out)
+    judged = write_judged_sheet(sheet, registry_judgments(registry, run, sheet), out.with_name(out.stem + ".judged.csv"))
+    return review_pairs(judged, out, sheet.key_path)

@@ -74,6 +74,27 @@ def m002_baseline_cache(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_reviews(db: sqlite3.Connection) -> None:
+    # Blind A/B judgments made in `tunelab ui`, one row per click: append-only, so a reviewer changing
+    # their mind is a newer row (the latest per reviewer and example counts, see evaluation/review.py)
+    # and nothing a reviewer did is ever lost. ``sheet`` is the review sheet whose key unblinds the row.
+    db.execute(
+        """
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            sheet TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            reviewer TEXT NOT NULL,
+            preference TEXT NOT NULL CHECK (preference IN ('A', 'B', 'tie', 'skip')),
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX reviews_run ON reviews (run_id, sheet)")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 

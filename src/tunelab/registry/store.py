@@ -160,6 +160,22 @@ class CachedBaseline:
     created_at: str
 
 
+REVIEW_PREFERENCES = ("A", "B", "tie", "skip")
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """One stored A/B judgment (a row of the ``reviews`` table)."""
+
+    id: int
+    run_id: str
+    sheet: str
+    example_id: str
+    reviewer: str
+    preference: str
+    created_at: str
+
+
 @dataclass
 class RunComparison:
     """Runs side by side: ``metrics[name] = [value per run]`` and the config keys that differ."""
@@ -439,6 +455,43 @@ class Registry:
                 ),
             )
         return CachedBaseline(key, metrics, str(predictions_path) if predictions_path else None, run_id, now)
+
+    # -- reviews ------------------------------------------------------------------------------
+
+    def add_review(self, run: str, *, sheet: str | Path, example_id: str, reviewer: str, preference: str) -> ReviewRecord:
+        """Append one A/B judgment of ``run``'s review sheet (never updates an earlier one).
+
+        Raises:
+            RegistryError: when the run does not exist, or the reviewer's name is empty.
+            ValueError: for a preference other than A, B, tie or skip.
+        """
+        if preference not in REVIEW_PREFERENCES:
+            raise ValueError(f"unknown preference {preference!r}; valid: {', '.join(REVIEW_PREFERENCES)}")
+        reviewer = reviewer.strip()
+        if not reviewer:
+            raise RegistryError("a review needs the reviewer's name")
+        run_id = self.get_run(run).id
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO reviews (run_id, sheet, example_id, reviewer, preference, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, str(sheet), example_id, reviewer, preference, _now()),
+            )
+            row = db.execute("SELECT * FROM reviews WHERE id = ?", (cursor.lastrowid,)).fetchone()
+        return ReviewRecord(**dict(row))
+
+    def list_reviews(self, run: str, *, sheet: str | Path | None = None) -> list[ReviewRecord]:
+        """Every judgment stored for ``run`` (of one sheet when given), oldest first.
+
+        Raises:
+            RegistryError: when the run does not exist.
+        """
+        run_id = self.get_run(run).id
+        sql, parameters = "SELECT * FROM reviews WHERE run_id = ?", [run_id]
+        if sheet is not None:
+            sql += " AND sheet = ?"
+            parameters.append(str(sheet))
+        with self._connect() as db:
+            return [ReviewRecord(**dict(row)) for row in db.execute(sql + " ORDER BY id", parameters)]
 
     # -- helpers ------------------------------------------------------------------------------
 

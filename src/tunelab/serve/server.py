@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 from pathlib import Path
 
 from tunelab.serve.adapters import load_registry
 from tunelab.serve.errors import ServeError
-from tunelab.serve.settings import API_KEY_ENV, ServeSettings
+from tunelab.serve.settings import API_KEY_ENV, ServeSettings, is_loopback
 
 __all__ = ["API_KEY_ENV", "BackgroundServer", "ServeSettings", "build_app", "check_bind", "is_loopback", "parse_adapter", "run_server"]
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
 
 def parse_adapter(spec: str) -> tuple[str, str]:
     """``NAME=RUN`` → (NAME, RUN); a bare ``RUN`` is named after its folder.

@@ -309,7 +309,9 @@ def check_step(context: PipelineContext) -> None:
         for message in report.warnings:
             context.warn(f"data: {message}")
         context.run.root.mkdir(parents=True, exist_ok=True)
-        record.value = {"errors": len(report.errors), "warnings": len(report.warnings)}
+        # Kept in the run folder so the report and the UI show what the data looked like at training time.
+        atomic_write_text(context.run.data_check, json.dumps(report.to_dict(), indent=1, ensure_ascii=False, default=str))
+        record.value = {"errors": len(report.errors), "warnings": len(report.warnings), "path": str(context.run.data_check)}
         record.details = {"errors": len(report.errors), "warnings": report.warnings}
 
 

@@ -57,6 +57,7 @@ def workspace(tmp_path_factory):
         ["show", "a", "--registry", "registry.db"],
         ["compare", "a", "b", "--registry", "registry.db"],
         ["data", "check", "train.jsonl", "--task", "classify", "--no-tokens"],
+        ["ui", "--help"],
     ],
     ids=lambda arguments: " ".join(arguments[:2]),
 )

@@ -223,3 +223,23 @@ def test_two_processes_creating_a_fresh_registry_migrate_once(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == len(MIGRATIONS)
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 10
+
+
+def test_reviews_table_is_added_to_a_registry_made_before_it(tmp_path):
+    from tunelab.registry import migrations
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    migrations.applied_migrations(db)
+    for function in migrations.MIGRATIONS[:2]:  # what a registry written before m003 holds
+        function(db)
+        db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, 'then')", (function.__name__,))
+    db.execute("COMMIT")
+    registry = Registry(path)
+    run = registry.create_run(name="old-run")
+    first = registry.add_review(run.id, sheet="/r/review.csv", example_id="q1", reviewer="ann", preference="A")
+    registry.add_review(run.id, sheet="/r/review.csv", example_id="q1", reviewer="ann", preference="tie")
+    registry.add_review(run.id, sheet="/other.csv", example_id="q1", reviewer="ann", preference="B")
+    assert [r.preference for r in registry.list_reviews("old-run", sheet="/r/review.csv")] == ["A", "tie"]
+    assert len(registry.list_reviews(run.id)) == 3 and first.run_id == run.id and first.reviewer == "ann"

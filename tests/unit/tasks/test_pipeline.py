@@ -54,6 +54,9 @@ def test_run_walks_every_step_and_registers(tmp_path, tiny_model_dir):
     assert outcome.tuned_metrics["accuracy"] >= 0.75
     assert outcome.comparison.metric("accuracy").after == outcome.tuned_metrics["accuracy"]
     assert (outcome.run_dir / "report.html").is_file() and (outcome.run_dir / "eval" / "base.json").is_file()
+    # The data check as it was at training time stays in the run folder (the UI shows it).
+    data_check = json.loads((outcome.run_dir / "data_check.json").read_text())
+    assert data_check["records"] == 48 and data_check["ok"] and data_check["task"] == "classify"
     # Every baseline that applies to classify ran on the same test set, was saved and is in the verdict and report.
     assert list(outcome.comparison.comparisons) == ["base", "classical", "few_shot"] == list(outcome.baseline_metrics)
     assert all((outcome.run_dir / "eval" / f"{name}.json").is_file() for name in ("classical", "few_shot"))

@@ -1,0 +1,32 @@
+"""``tunelab ui``: the local web app over the runs, their reports, comparison, blind review and new runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunelab.cli.common import error_console
+
+
+def ui(
+    registry_path: Path = typer.Option(None, "--registry", help="The registry file (default: runs/registry.db)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; non-loopback needs --api-key or --insecure."),
+    port: int = typer.Option(7860, "--port", "-p", min=0, max=65535),
+    api_key: str = typer.Option(None, "--api-key", envvar="TUNELAB_UI_API_KEY", help="Require this key (open the page once with ?key=KEY)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback address without an API key."),
+) -> None:
+    """Open the web UI: runs, a run's curves and verdict, comparisons, blind A/B review, starting runs."""
+    from tunelab.registry import default_registry_path
+    from tunelab.ui import UISettings, run_ui
+    from tunelab.ui.server import check_ui_bind
+
+    settings = UISettings(registry=registry_path or default_registry_path(), host=host, port=port, api_key=api_key, insecure=insecure)
+    check_ui_bind(settings)
+    shown = f"[{host}]" if ":" in host else host
+    error_console.print(f"tunelab ui on http://{shown}:{port}/ over {settings.registry} (Ctrl-C to stop)")
+    run_ui(settings)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ui")(ui)

@@ -1,0 +1,256 @@
+"""The FastAPI app of ``tunelab ui``: server-rendered pages (Jinja2) and the few JSON endpoints their scripts poll.
+
+Every page is rendered from values the library returns (``tunelab.ui.views``); the scripts in
+``static/ui.js`` only sort and filter tables, draw the loss curve, send review judgments and poll.
+
+Guards, because a local web app is reachable by every page the user's browser opens:
+- the Host header must name this machine (or the bound host): a DNS-rebinding page cannot read it;
+- every POST must carry the ``X-Tunelab-UI`` header, which a cross-site form cannot send and a
+  cross-site script cannot add without a CORS preflight this app never grants;
+- with an API key, a request needs it as ``Authorization: Bearer KEY``, the ``tunelab_ui_key``
+  cookie, or once as ``?key=KEY`` (which sets the cookie).
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import mimetypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from tunelab.errors import TunelabError
+from tunelab.registry import Registry, RegistryError
+
+PACKAGE = Path(__file__).resolve().parent
+KEY_COOKIE = "tunelab_ui_key"
+POST_HEADER = "x-tunelab-ui"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+@dataclass(frozen=True)
+class UISettings:
+    """What ``tunelab ui`` is told."""
+
+    registry: Path
+    host: str = "127.0.0.1"
+    port: int = 7860
+    api_key: str | None = None
+    insecure: bool = False
+    jobs_dir: Path | None = None  # where started runs keep their log (default: beside the registry)
+
+
+def _host_name(host_header: str) -> str:
+    """The name part of a Host header: ``127.0.0.1:7860`` -> ``127.0.0.1``, ``[::1]:7860`` -> ``[::1]``."""
+    if host_header.startswith("["):
+        return host_header[: host_header.find("]") + 1].lower()
+    return host_header.rsplit(":", 1)[0].lower()
+
+
+def _host_allowed(host_header: str, settings: UISettings) -> bool:
+    from tunelab.serve.settings import is_loopback
+
+    name = _host_name(host_header)
+    if name in LOOPBACK_NAMES or name == settings.host.lower():
+        return True
+    # Bound beyond loopback (with a key, or --insecure): any name that reaches it is the user's choice.
+    return not is_loopback(settings.host)
+
+
+def create_app(settings: UISettings):
+    """The ASGI app over ``settings.registry`` (opened, and created when missing)."""
+    from tunelab.ui import views
+    from tunelab.ui.jobs import JobManager
+
+    registry = Registry(settings.registry)
+    jobs = JobManager(registry.path, settings.jobs_dir or registry.path.parent / "ui-jobs")
+    templates = Environment(loader=FileSystemLoader(PACKAGE / "templates"), autoescape=select_autoescape(["html"]))
+    templates.globals.update(number=views.number, signed=views.signed, duration=views.duration, money=views.money)
+
+    async def lifespan(app):
+        yield
+        jobs.stop_all()
+
+    app = FastAPI(title="tunelab ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.registry = registry
+    app.state.jobs = jobs
+    app.mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if not _host_allowed(request.headers.get("host", ""), settings):
+            return Response("this address is not served here", status_code=421)
+        if settings.api_key:
+            given = request.cookies.get(KEY_COOKIE) or request.query_params.get("key") or ""
+            auth = request.headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+                return HTMLResponse(
+                    "<h1>401: this tunelab ui needs its API key</h1><p>open the address with <code>?key=YOUR_KEY</code> once.</p>",
+                    status_code=401,
+                )
+            if request.query_params.get("key"):
+                # Drop the key from the address bar (and history) once the cookie holds it.
+                target = request.url.remove_query_params("key")
+                response = RedirectResponse(str(target), status_code=303)
+                response.set_cookie(KEY_COOKIE, settings.api_key, httponly=True, samesite="strict")
+                return response
+        if request.method not in ("GET", "HEAD") and request.headers.get(POST_HEADER) != "1":
+            return JSONResponse({"error": f"a {request.method} needs the {POST_HEADER} header (sent by the UI's own pages)"}, status_code=403)
+        return await call_next(request)
+
+    def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
+        return HTMLResponse(templates.get_template(name).render(registry_path=str(registry.path), **values), status_code=status)
+
+    def error_status(error: TunelabError) -> int:
+        return 404 if isinstance(error, RegistryError) and error.message.startswith("no run") else 400
+
+    @app.exception_handler(TunelabError)
+    async def tunelab_error(request: Request, error: TunelabError):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": error.message, "hint": error.hint}, status_code=error_status(error))
+        return page("error.html", status=error_status(error), message=error.message, hint=error.hint)
+
+    @app.get("/", response_class=HTMLResponse)
+    def runs_page(request: Request):
+        return page("runs.html", **views.runs_page(registry), active="runs")
+
+    @app.get("/runs/{run}", response_class=HTMLResponse)
+    def run_page(run: str):
+        values = views.run_page(registry, run)
+        job = next((j for j in jobs.jobs.values() if j.run_dir.resolve() == Path(values["record"].run_dir or "").resolve()), None)
+        return page("run.html", **values, job=job, active="runs")
+
+    @app.get("/api/runs/{run}/progress")
+    def run_progress(run: str):
+        record = views.get_run(registry, run)
+        return views.progress(record.run_dir, record)
+
+    @app.get("/runs/{run}/files/{path:path}")
+    def run_file(run: str, path: str = ""):
+        record = views.get_run(registry, run)
+        if not record.run_dir:
+            raise RegistryError(f"run {record.name} has no run folder recorded")
+        root = Path(record.run_dir).resolve()
+        target = (root / path).resolve()
+        if target != root and root not in target.parents:
+            return Response("outside the run folder", status_code=403)
+        if target.is_dir():
+            entries = sorted(target.iterdir())
+            items = "".join(
+                f'<li><a href="/runs/{html.escape(record.id)}/files/{html.escape(str(e.relative_to(root)))}">{html.escape(e.name)}{"/" if e.is_dir() else ""}</a>'
+                f' {"" if e.is_dir() else f"({e.stat().st_size:,} bytes)"}</li>'
+                for e in entries
+            )
+            return HTMLResponse(f"<!doctype html><title>{html.escape(target.name)}</title><h1>{html.escape(str(target))}</h1><ul>{items}</ul>")
+        if not target.is_file():
+            return Response("not found", status_code=404)
+        media = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if target.suffix in (".jsonl", ".yaml", ".md", ".csv"):
+            media = "text/plain; charset=utf-8"
+        return FileResponse(target, media_type=media)
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare_page(request: Request):
+        runs = [value for value in request.query_params.getlist("runs") if value]
+        if len(runs) < 2:
+            raise RegistryError("select two or more runs to compare", "tick them on the Runs page")
+        return page("compare.html", **views.compare_page(registry, runs), active="runs")
+
+    @app.get("/runs/{run}/review", response_class=HTMLResponse)
+    def review_page(run: str, reviewer: str | None = None):
+        return page("review.html", state=views.review_state(registry, run, reviewer), active="runs")
+
+    @app.get("/api/runs/{run}/review")
+    def review_get(run: str, reviewer: str | None = None):
+        return views.review_state(registry, run, reviewer)
+
+    @app.post("/api/runs/{run}/review")
+    async def review_post(run: str, request: Request):
+        from tunelab.evaluation.review import open_run_review
+
+        body = await request.json()
+        reviewer = str(body.get("reviewer") or "").strip()
+        preference = {"1": "A", "2": "B", "t": "tie", "s": "skip"}.get(str(body.get("preference")), str(body.get("preference")))
+        if preference not in ("A", "B", "tie", "skip"):
+            return JSONResponse({"error": "preference must be A, B, tie or skip"}, status_code=400)
+        record = views.get_run(registry, run)
+        sheet = open_run_review(record.run_dir)
+        example_id = str(body.get("example_id") or "")
+        if example_id not in sheet.sides:
+            return JSONResponse({"error": f"example {example_id!r} is not on this run's review sheet"}, status_code=400)
+        registry.add_review(record.id, sheet=sheet.path, example_id=example_id, reviewer=reviewer, preference=preference)
+        return views.review_state(registry, record.id, reviewer)
+
+    @app.post("/api/runs/{run}/review/pairs")
+    def review_pairs(run: str):
+        from tunelab.evaluation.review import open_run_review, registry_review_pairs
+
+        record = views.get_run(registry, run)
+        sheet = open_run_review(record.run_dir)
+        result = registry_review_pairs(registry, record.id, sheet, Path(record.run_dir) / "review-pairs.jsonl")
+        return {**result.to_dict(), "url": f"/runs/{record.id}/files/review-pairs.jsonl"}
+
+    @app.get("/start", response_class=HTMLResponse)
+    def start_page(config: str = ""):
+        return page("start.html", config=config, jobs=list(jobs.jobs.values()), active="start")
+
+    def _start_body(body: dict[str, Any]) -> tuple[str, list[str], bool]:
+        config = str(body.get("config") or "").strip()
+        overrides = [line.strip() for line in str(body.get("overrides") or "").splitlines() if line.strip()]
+        return config, overrides, bool(body.get("calibrate", False))
+
+    @app.post("/api/estimate")
+    async def estimate(request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        from tunelab.estimate import estimate_from_config
+        from tunelab.ui.jobs import prepare_run
+
+        config_path, overrides, calibrate = _start_body(await request.json())
+        config, _ = prepare_run(config_path, overrides, registry.path)
+        # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
+        result = await run_in_threadpool(estimate_from_config, config, calibrate_here=calibrate)
+        data = result.as_dict()
+        return {"run": config.name, "lines": views.estimate_summary(data), "estimate": data}
+
+    @app.post("/api/jobs")
+    async def start_job(request: Request):
+        config_path, overrides, calibrate = _start_body(await request.json())
+        job = jobs.start(config_path, overrides, calibrate=calibrate)
+        return {"id": job.id, "url": f"/jobs/{job.id}", "run": job.name}
+
+    def job_state(job) -> dict[str, Any]:
+        record = None
+        try:
+            record = registry.get_run(job.name)
+        except RegistryError:
+            pass
+        state = views.progress(job.run_dir, record)
+        return {
+            **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),
+            "run_id": record.id if record else None, "verdict": record.verdict if record else None,
+            "command": "tunelab " + " ".join(job.command[3:]),
+        }
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(job_id: str):
+        job = jobs.get(job_id)
+        return page("job.html", job=job, state=job_state(job), active="start")
+
+    @app.get("/api/jobs/{job_id}")
+    def job_api(job_id: str):
+        return job_state(jobs.get(job_id))
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    def job_cancel(job_id: str):
+        return job_state(jobs.cancel(job_id))
+
+    return app

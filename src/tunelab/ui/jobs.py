@@ -1,0 +1,142 @@
+"""Runs started from the browser: each one is a real ``tunelab run`` process, watched through its run folder.
+
+A subprocess rather than a thread: training holds the GIL and the CPU for minutes, a crash in it must
+not take the web app down, and cancelling is what Ctrl-C does in a terminal (SIGINT: the pipeline
+marks the run interrupted in the registry, and ``tunelab run --resume`` continues it later).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.config import ResolvedConfig, load_config
+from tunelab.errors import ConfigError
+
+LOG_TAIL_CHARS = 4000
+
+
+@dataclass
+class Job:
+    """One started run: its process, where it writes, and whether someone asked it to stop."""
+
+    id: str
+    config_path: str
+    command: list[str]
+    run_dir: Path
+    registry: Path
+    process: subprocess.Popen
+    log_path: Path
+    started_at: float = field(default_factory=time.time)
+    cancelled: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def status(self) -> str:
+        """running, finished, failed or cancelled."""
+        code = self.process.poll()
+        if code is None:
+            return "running"
+        if self.cancelled:
+            return "cancelled"
+        return "finished" if code == 0 else "failed"
+
+    def log_tail(self) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-LOG_TAIL_CHARS:]
+
+
+def prepare_run(config_path: str | Path, overrides: list[str], registry: Path) -> tuple[ResolvedConfig, list[str]]:
+    """Load the config as ``tunelab run`` will, and the overrides that pin its run name and registry.
+
+    The run name is fixed here (the config's ``name``, else the name ``tunelab run`` would give it) so
+    the browser knows the run folder to watch before the process writes anything; the registry is the
+    one this UI shows, so the started run appears among the runs.
+
+    Raises:
+        ConfigError: for a missing or invalid config, or a run folder that already exists.
+    """
+    from tunelab.tasks.pipeline import run_name
+
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", "give the path of a run config (YAML), relative to where `tunelab ui` was started")
+    config = load_config(path, overrides)
+    pinned = list(overrides)
+    if not config.name:
+        pinned.append(f"name={run_name(config)}")
+    pinned.append(f"registry={registry}")
+    config = load_config(path, pinned)
+    run_dir = Path(config.train.output_dir) / str(config.name)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run folder {run_dir} already exists; a run is never overwritten", "set another name (an override name=...)")
+    return config, pinned
+
+
+class JobManager:
+    """The runs this UI process started (kept in memory: the registry keeps everything that lasts)."""
+
+    def __init__(self, registry: Path, jobs_dir: Path) -> None:
+        self.registry = Path(registry)
+        self.jobs_dir = Path(jobs_dir)
+        self.jobs: dict[str, Job] = {}
+
+    def start(self, config_path: str | Path, overrides: list[str] | None = None, *, calibrate: bool = True) -> Job:
+        """Start ``tunelab run CONFIG [overrides]`` as a child process (its output, as in a terminal, goes to a log file).
+
+        Raises:
+            ConfigError: for an invalid config or an existing run folder (nothing is started).
+        """
+        config, pinned = prepare_run(config_path, overrides or [], self.registry)
+        job_id = uuid.uuid4().hex[:10]
+        folder = self.jobs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "tunelab.cli.main", "run", str(config_path), *pinned]
+        if not calibrate:
+            command.append("--no-calibrate")
+        log_path = folder / "log.txt"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path)
+        self.jobs[job_id] = job
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """Raises: ConfigError when no job has this id."""
+        if job_id not in self.jobs:
+            raise ConfigError(f"no started run '{job_id}' in this UI session", "runs started earlier are on the Runs page")
+        return self.jobs[job_id]
+
+    def cancel(self, job_id: str) -> Job:
+        """Interrupt the run as Ctrl-C would (a second cancel terminates it)."""
+        job = self.get(job_id)
+        if job.process.poll() is None:
+            job.process.send_signal(signal.SIGTERM if job.cancelled else signal.SIGINT)
+            job.cancelled = True
+        return job
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        """Interrupt every run still going and wait for them (the UI is shutting down)."""
+        running = [job for job in self.jobs.values() if job.process.poll() is None]
+        for job in running:
+            job.cancelled = True
+            job.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        for job in running:
+            try:
+                job.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                job.process.wait()

@@ -1,0 +1,37 @@
+"""``tunelab review score/pairs --run RUN``: the judgments made in `tunelab ui` (registry rows), scored and paired from the CLI."""
+
+import json
+
+from typer.testing import CliRunner
+
+from tunelab.cli.main import _register_commands, app
+from tunelab.evaluation.result import EvalResult
+from tunelab.evaluation.review import open_run_review
+from tunelab.registry import Registry
+
+
+def _result(name):
+    rows = [{"id": f"q{i}", "source": "", "prompt": f"question {i}", "reference": "r", "prediction": f"{name} answer {i}", "scores": {}} for i in range(6)]
+    return EvalResult("sft", name, len(rows), {}, rows)
+
+
+def test_score_and_pairs_read_the_registry(tmp_path):
+    _register_commands()
+    run_dir = tmp_path / "runs" / "demo"
+    _result("base").save(run_dir / "eval" / "base.json")
+    _result("tuned").save(run_dir / "eval" / "tuned.json")
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    record = registry.create_run(name="demo", task="sft", run_dir=str(run_dir))
+    sheet = open_run_review(run_dir)
+    for row in sheet.rows[:4]:
+        tuned_side = next(side for side, model in sheet.sides[row["id"]].items() if model == "tuned")
+        registry.add_review(record.id, sheet=sheet.path, example_id=row["id"], reviewer="ann", preference=tuned_side)
+    runner = CliRunner()
+    score = runner.invoke(app, ["review", "score", "--run", "demo", "--registry", str(registry.path), "--json"])
+    assert score.exit_code == 0, score.output
+    assert json.loads(score.output)["tuned_wins"] == 4 and json.loads(score.output)["judged"] == 4
+    pairs = runner.invoke(app, ["review", "pairs", "--run", "demo", "--registry", str(registry.path), "--out", str(tmp_path / "p.jsonl"), "--json"])
+    assert pairs.exit_code == 0, pairs.output
+    assert json.loads(pairs.output)["pairs"] == 4 and len((tmp_path / "p.jsonl").read_text().splitlines()) == 4
+    neither = runner.invoke(app, ["review", "score"])
+    assert neither.exit_code != 0

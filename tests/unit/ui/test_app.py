@@ -1,0 +1,146 @@
+"""The UI's pages and guards over a hand-made run (no model): what the registry and run folder hold is what is shown."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tunelab.errors import ConfigError
+from tunelab.evaluation.compare import compare_with_baselines
+from tunelab.evaluation.result import EvalResult
+from tunelab.evaluation.review import load_sheet, review_sheet_path, score_registry_reviews
+from tunelab.registry import Registry
+from tunelab.ui import UISettings, create_app
+from tunelab.ui.jobs import prepare_run
+
+HEADERS = {"X-Tunelab-UI": "1"}
+
+
+def _eval(name, predictions, references):
+    rows = []
+    for i, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
+        p = 0.9 if prediction == reference else 0.2
+        rows.append({"id": f"e{i}", "source": f"data.jsonl:{i + 1}", "prompt": f"request {i}", "reference": reference, "prediction": prediction,
+                     "scores": {"correct": float(prediction == reference), "confidence": 0.9, "probability_of_reference": p, "known_label": True}})
+    from tunelab.evaluation.metrics import classify_metrics
+
+    metrics = classify_metrics([r["reference"] for r in rows], [r["prediction"] for r in rows], [0.9] * len(rows), ["x", "y"])
+    return EvalResult("classify", name, len(rows), {"primary": "accuracy", **metrics}, rows, labels=["x", "y"])
+
+
+@pytest.fixture
+def made_run(tmp_path):
+    references = ["x", "y"] * 10
+    base = _eval("base-model", ["x"] * 20, references)
+    tuned = _eval("tuned-run", references[:18] + ["y", "x"], references)
+    run_dir = tmp_path / "runs" / "made"
+    base.save(run_dir / "eval" / "base.json")
+    tuned.save(run_dir / "eval" / "tuned.json")
+    verdict = compare_with_baselines({"base": base}, tuned, samples=200)
+    verdict.save(run_dir / "eval" / "comparison.json")
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in [
+        {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "validation_loss": 1.7}, "not json"]) + "\n")
+    (run_dir / "report.html").write_text("<html>the report</html>")
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    record = registry.create_run(
+        name="made", task="classify", model="/models/tiny", status="finished", run_dir=str(run_dir),
+        config={"task": "classify", "data": {"train": "/data/support.jsonl"}, "train": {"epochs": 2}},
+        baseline_metrics=base.metrics, tuned_metrics=tuned.metrics, comparison=verdict.to_dict(),
+        artifacts={"baselines": {"base": base.metrics}}, estimate={"gpus": [{"name": "L4", "usd": 0.25, "fits": True}]},
+    )
+    registry.record_timing(record.id, "train", estimated_s=10.0, actual_s=12.5)
+    return registry, record, verdict
+
+
+def _client(registry, **settings):
+    app = create_app(UISettings(registry=registry.path, **settings))
+    return TestClient(app, base_url="http://127.0.0.1:7860")
+
+
+def test_runs_and_run_pages_show_the_registry_values(made_run):
+    registry, record, verdict = made_run
+    with _client(registry) as client:
+        runs = client.get("/")
+        assert runs.status_code == 200
+        accuracy = verdict.comparisons["base"].metric("accuracy")
+        assert "made" in runs.text and "support.jsonl" in runs.text and "$0.25" in runs.text
+        assert f"[{accuracy.low:+.3g}, {accuracy.high:+.3g}]" in runs.text and verdict.verdict in runs.text
+        page = client.get(f"/runs/{record.id}")
+        assert page.status_code == 200
+        assert "Confusion matrices" in page.text and "request 18" in page.text  # a changed example
+        assert "12.5 s" in page.text and "1.25" in page.text  # actual time and actual / estimated
+        assert "not saved for this run" in page.text  # no data_check.json in this hand-made folder
+        progress = client.get(f"/api/runs/{record.id}/progress").json()
+        assert progress["train"] == [[1.0, 2.0], [2.0, 1.5]] and progress["validation"] == [[2.0, 1.7]]
+        assert client.get(f"/runs/{record.id}/files/report.html").text == "<html>the report</html>"
+        missing = client.get("/runs/nope")
+        assert missing.status_code == 404 and "no run" in missing.text
+
+
+def test_files_outside_the_run_folder_are_refused(made_run, tmp_path):
+    registry, record, _ = made_run
+    (tmp_path / "secret.txt").write_text("secret")
+    with _client(registry) as client:
+        response = client.get(f"/runs/{record.id}/files/..%2F..%2Fsecret.txt")
+        assert response.status_code in (403, 404) and "secret" not in response.text
+
+
+def test_guards_host_post_header_and_api_key(made_run):
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        assert client.get("/", headers={"host": "attacker.example"}).status_code == 421
+        no_header = client.post(f"/api/runs/{record.id}/review", json={"reviewer": "ann", "example_id": "e0", "preference": "A"})
+        assert no_header.status_code == 403 and registry.list_reviews(record.id) == []
+    with _client(registry, api_key="sesame") as client:
+        assert client.get("/").status_code == 401
+        assert client.get("/?key=wrong").status_code == 401
+        opened = client.get("/?key=sesame", follow_redirects=False)
+        assert opened.status_code == 303 and "key=" not in opened.headers["location"]
+        assert client.get("/").status_code == 200  # the cookie now carries the key
+    with _client(registry, api_key="sesame") as client:
+        assert client.get("/", headers={"Authorization": "Bearer sesame"}).status_code == 200
+
+
+def test_review_api_stores_judgments_and_scores_them_like_the_cli(made_run):
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        state = client.get(f"/api/runs/{record.id}/review", params={"reviewer": "ann"}).json()
+        assert state["total"] == 20 and state["done"] == 0 and state["score"] is None
+        assert "tuned" not in json.dumps(state["next"]) and "A" not in state["next"]  # the sides are never sent
+        for key in ("1", "2", "t", "s"):
+            state = client.post(f"/api/runs/{record.id}/review", json={"reviewer": "ann", "example_id": state["next"]["id"], "preference": key}, headers=HEADERS).json()
+        assert state["done"] == 3 and state["score"]["judged"] == 3
+        sheet = load_sheet(review_sheet_path(record.run_dir))
+        assert state["score"]["win_rate"] == score_registry_reviews(registry, record.id, sheet).win_rate
+        bad = client.post(f"/api/runs/{record.id}/review", json={"reviewer": "ann", "example_id": "e0", "preference": "maybe"}, headers=HEADERS)
+        assert bad.status_code == 400
+        unknown = client.post(f"/api/runs/{record.id}/review", json={"reviewer": "ann", "example_id": "zz", "preference": "A"}, headers=HEADERS)
+        assert unknown.status_code == 400
+        # bob judges the same first row as ann did: agreement over one shared row.
+        first = registry.list_reviews(record.id)[0]
+        state = client.post(f"/api/runs/{record.id}/review", json={"reviewer": "bob", "example_id": first.example_id, "preference": first.preference}, headers=HEADERS).json()
+        assert state["agreement"][0]["rows"] == 1 and state["agreement"][0]["agreed"] == 1
+        page = client.get(f"/runs/{record.id}/review", params={"reviewer": "bob"})
+        assert "ann · bob" in page.text
+
+
+def test_compare_needs_two_runs_and_start_refuses_bad_configs(made_run, tmp_path):
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        assert client.get(f"/compare?runs={record.id}").status_code == 400
+        response = client.post("/api/jobs", json={"config": str(tmp_path / "missing.yaml")}, headers=HEADERS)
+        assert response.status_code == 400 and "not found" in response.json()["error"]
+
+
+def test_prepare_run_pins_the_run_name_and_this_registry(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n')
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: classify\ndata:\n  train: {data}\ntrain:\n  output_dir: {tmp_path / 'runs'}\n")
+    resolved, overrides = prepare_run(config, ["train.epochs=1"], tmp_path / "ui.db")
+    assert overrides[0] == "train.epochs=1" and overrides[1].startswith("name=classify-") and overrides[2] == f"registry={tmp_path / 'ui.db'}"
+    assert resolved.registry == str(tmp_path / "ui.db") and resolved.train.epochs == 1
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "config.yaml").write_text("x")
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare_run(config, ["name=taken"], tmp_path / "ui.db")
