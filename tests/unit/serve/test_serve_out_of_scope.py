@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.unit.serve.conftest import write_fake_run
 
 from tunelab.data.labels import OutOfScope
 from tunelab.serve import ServeSettings, create_app
 from tunelab.serve.adapters import load_registry
-
-from tests.unit.serve.conftest import write_fake_run
 
 TEXTS = ["my card has not arrived", "login fails every time", "refund please", "What is the capital of France?"]
 
