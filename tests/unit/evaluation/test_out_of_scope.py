@@ -166,6 +166,9 @@ def test_out_of_scope_file_is_split_and_checked(tmp_path):
     outside.write_text(json.dumps({"text": "my order is late", "label": "shipping"}) + "\n")
     with pytest.raises(DataError, match="is not data.out_of_scope_label 'other'"):
         make_split(config)
+    outside.write_text(json.dumps({"text": "a fine row", "label": "other"}) + "\n" + json.dumps({"label": "other"}) + "\n")
+    with pytest.raises(DataError, match=r"(?s)invalid record.*oos.jsonl:2: missing field"):
+        make_split(config)
 
 
 def test_config_errors_are_clear():
