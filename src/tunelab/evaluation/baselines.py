@@ -489,6 +489,8 @@ def calibrated_baseline(
     on_validation = dataclasses.replace(scored, rows=scored.rows[:cut], n=cut)
     out_of_scope = calibrate_out_of_scope(on_validation, label) if cut else OutOfScope(label, 0.0, validation={"queries": 0, "out_of_scope": 0})
     warnings = list(scored.warnings)
+    if not any(r.label == label for r in validation):
+        warnings.append(f"no '{label}' query among the validation queries: the {name} baseline's threshold is 0 (it never answers '{label}')")
     if len(chosen) < len(records):
         warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
     on_test = dataclasses.replace(
