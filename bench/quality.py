@@ -20,9 +20,9 @@ Requests that fit no category: ``--out-of-scope 0.25`` holds out a seeded 25% of
 intents as out of scope (label ``out_of_scope``): the model trains on the other intents only; the
 held-out intents' rows go to validation (where each opponent's confidence threshold is chosen) and
 to test, through ``data.out_of_scope`` as a user would. Per held-out intent: ``--test-per-label`` test
-rows and a validation share like the in-scope intents' (``data.validation_size`` of the training rows,
-at least 1); ``data.test_size`` only sets that ratio here (the test file is given). The quickstart
-then adds examples/support-routing/out_of_scope.jsonl. Reported besides: accuracy over all test
+rows and as many validation rows as an in-scope intent has (``data.validation_size`` of its training
+rows, at least 1); the split shares them as it shares the in-scope rows. The quickstart then adds
+examples/support-routing/out_of_scope.jsonl. Reported besides: accuracy over all test
 queries (the primary metric), in-scope accuracy and out-of-scope F1 of the tuned model and of each baseline.
 
     PYTHONPATH=src python bench/quality.py --datasets banking77,hwu64 --sizes 10 --out-of-scope 0.25
@@ -154,13 +154,6 @@ def _run(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def out_of_scope_data(path: str, test_per_label: int, per_label: int) -> dict[str, Any]:
-    """The data keys of a case with out-of-scope rows: test_size shares them as test : validation rows per intent."""
-    validation_per_label = max(1, round(per_label * VALIDATION_SIZE))
-    test_size = min(0.95, VALIDATION_SIZE * test_per_label / validation_per_label)
-    return {"out_of_scope": path, "out_of_scope_label": OUT_OF_SCOPE, "test_size": round(test_size, 4)}
-
-
 def classify_case(dataset: str, per_label: int, seed: int, test_per_label: int, out_of_scope: float = 0.0) -> dict[str, Any]:
     case = f"{dataset}-{per_label}-seed{seed}" + (f"-oos{out_of_scope:g}" if out_of_scope > 0 else "")
     if dataset == "quickstart":
@@ -174,7 +167,9 @@ def classify_case(dataset: str, per_label: int, seed: int, test_per_label: int, 
         rows, held, outside = _subsample(_classify_rows(dataset), per_label, test_per_label, seed, out_of_scope)
         train = _write_jsonl(WORK_DIR / case / "train.jsonl", rows)
         test = _write_jsonl(WORK_DIR / case / "test.jsonl", held)
-        extra = out_of_scope_data(_write_jsonl(WORK_DIR / case / "out_of_scope.jsonl", outside), test_per_label, per_label) if outside else {}
+        extra = {}
+        if outside:
+            extra = {"out_of_scope": _write_jsonl(WORK_DIR / case / "out_of_scope.jsonl", outside), "out_of_scope_label": OUT_OF_SCOPE}
         raw = _case_config(case, "classify", train, test, extra)
     return {"dataset": dataset, "per_label": per_label, "seed": seed, "out_of_scope_share": out_of_scope, **_run(raw)}
 

@@ -9,8 +9,9 @@
   validation set, the rest is train. A user-given test (or validation) file replaces the held-out one.
 - classify with ``data.out_of_scope_label``: records with that label (in train, and every record of
   ``data.out_of_scope``) are never trained on. In their own seeded order they are shared between test
-  and validation in the ratio ``test_size : validation_size`` (also when a test or validation file is
-  given: they are the only out-of-scope examples the threshold can be chosen on and tested with).
+  and validation in proportion to the in-scope records of each side, so both sides have the same
+  out-of-scope share and the threshold is chosen on the mix it is tested on (also when a test or
+  validation file is given: they are the only out-of-scope examples to choose and test it with).
 - ``split.json`` keeps the record ids of each side and a fingerprint of the data, so a resumed run
   or ``tunelab eval`` reuses exactly the same test ids, and a changed data file is detected.
 """
@@ -235,7 +236,7 @@ def split_records(
     train = [r for r, s in zip(records, side, strict=True) if s == "train"]
     validation = list(validation_records) if validation_records is not None else [r for r, s in zip(records, side, strict=True) if s == "validation"]
     test = list(test_records) if test_records is not None else [r for r, s in zip(records, side, strict=True) if s == "test"]
-    out_test, out_validation = _share_out_of_scope(outside, task, seed, test_size, validation_size)
+    out_test, out_validation = _share_out_of_scope(outside, task, seed, len(test), len(validation))
     split = Split(
         task, train, validation + out_validation, test + out_test, seed=seed, test_size=test_size,
         validation_size=validation_size, out_of_scope_label=out_of_scope_label,
@@ -252,14 +253,17 @@ def split_records(
     return split
 
 
-def _share_out_of_scope(
-    outside: Sequence[Record], task: str, seed: int, test_size: float, validation_size: float
-) -> tuple[list[Record], list[Record]]:
-    """Out-of-scope records shared between test and validation as test_size : validation_size, in a seeded order."""
+def _share_out_of_scope(outside: Sequence[Record], task: str, seed: int, in_test: int, in_validation: int) -> tuple[list[Record], list[Record]]:
+    """Out-of-scope records shared between test and validation as in_test : in_validation, in a seeded order.
+
+    Each side with in-scope records gets at least one when there are two or more.
+    """
     if not outside:
         return [], []
-    total_share = test_size + validation_size
-    wanted_test = _count(len(outside), test_size / total_share) if total_share > 0 else 0
+    total = len(outside)
+    wanted_test = int(total * in_test / (in_test + in_validation) + 0.5) if in_test + in_validation else (total + 1) // 2
+    if total > 1:
+        wanted_test = min(max(wanted_test, 1 if in_test else 0), total - 1 if in_validation else total)
     side = ["validation"] * len(outside)
     placed = 0
     for members in _stratified_order(outside, task, seed):

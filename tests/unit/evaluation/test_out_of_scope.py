@@ -136,17 +136,22 @@ def test_out_of_scope_records_go_to_validation_and_test_only(tiny_tokenizer):
     assert not [r for r in split.train if r.label == "other"]
     outside_test = [r for r in split.test if r.label == "other"]
     outside_validation = [r for r in split.validation if r.label == "other"]
-    assert len(outside_test) == 6 and len(outside_validation) == 6  # test_size : validation_size = 1 : 1
+    assert len(outside_test) == 6 and len(outside_validation) == 6  # as the in-scope records: 8 test, 8 validation
     assert len(split.train) + len([r for r in split.test + split.validation if r.label != "other"]) == 40
     assert not any("never occur in train" in w for w in split.warnings)
     again = split_records(list(reversed(records)), "classify", test_size=0.2, validation_size=0.2, seed=3, out_of_scope_label="other")
     assert sorted(r.id for r in again.test) == sorted(r.id for r in split.test)
     other_seed = split_records(records, "classify", test_size=0.2, validation_size=0.2, seed=4, out_of_scope_label="other")
     assert {r.id for r in other_seed.test if r.label == "other"} != {r.id for r in outside_test}
-    # A given test file still gets its share of the out-of-scope records; they never reach train.
+    # A given test file still gets its share of the out-of-scope records (4 in-scope test : 8 validation,
+    # so 4 of the 12 go to test); they never reach train.
     given = [_record(100 + i, f"billing given {i}", "billing") for i in range(4)]
     with_file = split_records(records, "classify", test_size=0.2, validation_size=0.2, seed=3, test_records=given, out_of_scope_label="other")
-    assert [r.label for r in with_file.test].count("other") == 6 and "other" not in {r.label for r in with_file.train}
+    assert [r.label for r in with_file.test].count("other") == 4 and [r.label for r in with_file.validation].count("other") == 8
+    assert "other" not in {r.label for r in with_file.train}
+    # No in-scope validation: every out-of-scope record is for test, and the split says the threshold stays 0.
+    no_validation = split_records(records, "classify", test_size=0.2, validation_size=0.0, seed=3, out_of_scope_label="other")
+    assert [r.label for r in no_validation.test].count("other") == 12 and any("threshold stays 0" in w for w in no_validation.warnings)
     # The out-of-scope label is never a label token, even when the records handed in carry it.
     label_map = LabelMap.for_records(records, tiny_tokenizer, "other")
     assert label_map.labels == ["billing", "shipping"]
