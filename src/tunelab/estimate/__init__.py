@@ -114,7 +114,9 @@ def _shared_prefix(config: ResolvedConfig, split: Split, tokenizer: Any, label_m
         return 0
     settings = {"max_length": config.data.max_length, "label_map": label_map, "system_prompt": config.data.system_prompt}
     train, _ = tokenize_records(split.train, "classify", tokenizer, **settings)
-    validation, _ = tokenize_records(split.validation, "classify", tokenizer, **settings) if split.validation else ([], None)
+    # The loop validates on in-scope queries only (the out-of-scope label has no token), as tasks.classify does.
+    in_scope = [r for r in split.validation if r.label != config.data.out_of_scope_label]
+    validation, _ = tokenize_records(in_scope, "classify", tokenizer, **settings) if in_scope else ([], None)
     prefix = training_prefix([e.input_ids for e in train + validation])
     return len(prefix) if prefix else 0
 
