@@ -16,6 +16,17 @@ over seeds per dataset and size, plus each seed's interval against the strongest
     PYTHONPATH=src python bench/quality.py                            # all datasets, sizes 10,40, 3 seeds
     PYTHONPATH=src python bench/quality.py --datasets banking77 --sizes 10 --seeds 3 --test-per-label 10
 
+Requests that fit no category: ``--out-of-scope 0.25`` holds out a seeded 25% of each dataset's
+intents as out of scope (label ``out_of_scope``): the model trains on the other intents only; the
+held-out intents' rows go to validation (where each opponent's confidence threshold is chosen) and
+to test, through ``data.out_of_scope`` as a user would. Per held-out intent: ``--test-per-label`` test
+rows and as many validation rows as an in-scope intent has (``data.validation_size`` of its training
+rows, at least 1); the split shares them as it shares the in-scope rows. The quickstart then adds
+examples/support-routing/out_of_scope.jsonl. Reported besides: accuracy over all test
+queries (the primary metric), in-scope accuracy and out-of-scope F1 of the tuned model and of each baseline.
+
+    PYTHONPATH=src python bench/quality.py --datasets banking77,hwu64 --sizes 10 --out-of-scope 0.25
+
 The defaults were chosen on other rows (bench/classify_levers.py: different seeds, a subset of the
 labels, the validation rows), never on the rows reported here.
 """
@@ -36,6 +47,9 @@ from typing import Any
 from common import REPO_DIR, RESULTS_DIR, SHARED_DATA, machine_info, write_results
 
 CLASSIFY = {"banking77": "banking77", "hwu64": "hwu64/trainset", "snips": "snips"}
+OUT_OF_SCOPE = "out_of_scope"
+OUT_OF_SCOPE_METRICS = ("accuracy", "in_scope_accuracy", "out_of_scope_precision", "out_of_scope_recall", "out_of_scope_f1")
+VALIDATION_SIZE = 0.1  # the project default of data.validation_size (the bench never sets it)
 WORK_DIR = RESULTS_DIR / "tmp" / "quality"
 
 
@@ -55,17 +69,32 @@ def _classify_rows(dataset: str) -> dict[str, list[dict]]:
     return by_label
 
 
-def _subsample(by_label: dict[str, list[dict]], per_label: int, test_per_label: int, seed: int) -> tuple[list, list]:
+def out_of_scope_intents(labels: list[str], share: float, seed: int) -> set[str]:
+    """A seeded ``share`` of the intents (at least one when share > 0), held out as out of scope."""
+    if share <= 0:
+        return set()
+    count = max(1, round(len(labels) * share))
+    return set(random.Random(f"quality-out-of-scope-{seed}").sample(sorted(labels), count))
+
+
+def _subsample(
+    by_label: dict[str, list[dict]], per_label: int, test_per_label: int, seed: int, out_of_scope_share: float = 0.0
+) -> tuple[list, list, list]:
     rng = random.Random(f"quality-{seed}")
-    train, test = [], []
+    outside = out_of_scope_intents(list(by_label), out_of_scope_share, seed)
+    validation_per_label = max(1, round(per_label * VALIDATION_SIZE))
+    train, test, held_out = [], [], []
     for label in sorted(by_label):
         rows = list(by_label[label])
         rng.shuffle(rows)
+        if label in outside:
+            held_out += [{"text": row["text"], "label": OUT_OF_SCOPE} for row in rows[: test_per_label + validation_per_label]]
+            continue
         if len(rows) <= per_label:
             continue  # a label without held-out rows would only add noise
         train += rows[:per_label]
         test += rows[per_label : per_label + test_per_label]
-    return train, test
+    return train, test, held_out
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -102,8 +131,14 @@ def _run(raw: dict[str, Any]) -> dict[str, Any]:
         metric = verdict.against(name)
         against[name] = {"baseline": metric.before, "tuned": metric.after, "difference": metric.difference,
                          "low": metric.low, "high": metric.high, "outcome": metric.outcome}
+    out_of_scope = {}
+    if "out_of_scope_f1" in outcome.tuned_metrics:
+        opponents = {"tuned": outcome.tuned_metrics, **outcome.baseline_metrics}
+        out_of_scope = {name: {key: metrics.get(key) for key in (*OUT_OF_SCOPE_METRICS, "out_of_scope_threshold")}
+                        for name, metrics in opponents.items()}
     return {
         "primary": primary,
+        "out_of_scope": out_of_scope,
         "tuned": outcome.tuned_metrics.get(primary),
         "baselines": {name: metrics.get(primary) for name, metrics in outcome.baseline_metrics.items()},
         "against": against,
@@ -119,18 +154,24 @@ def _run(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def classify_case(dataset: str, per_label: int, seed: int, test_per_label: int) -> dict[str, Any]:
-    case = f"{dataset}-{per_label}-seed{seed}"
+def classify_case(dataset: str, per_label: int, seed: int, test_per_label: int, out_of_scope: float = 0.0) -> dict[str, Any]:
+    case = f"{dataset}-{per_label}-seed{seed}" + (f"-oos{out_of_scope:g}" if out_of_scope > 0 else "")
     if dataset == "quickstart":
         folder = REPO_DIR / "examples" / "support-routing"
         train, test = str(folder / "train.jsonl"), str(folder / "test.jsonl")
-        raw = _case_config(case, "classify", train, test, {})
+        extra = {}
+        if out_of_scope > 0:  # the project's own out-of-scope requests, split as the example config does
+            extra = {"out_of_scope": str(folder / "out_of_scope.jsonl"), "out_of_scope_label": OUT_OF_SCOPE}
+        raw = _case_config(case, "classify", train, test, extra)
     else:
-        rows, held = _subsample(_classify_rows(dataset), per_label, test_per_label, seed)
+        rows, held, outside = _subsample(_classify_rows(dataset), per_label, test_per_label, seed, out_of_scope)
         train = _write_jsonl(WORK_DIR / case / "train.jsonl", rows)
         test = _write_jsonl(WORK_DIR / case / "test.jsonl", held)
-        raw = _case_config(case, "classify", train, test, {})
-    return {"dataset": dataset, "per_label": per_label, "seed": seed, **_run(raw)}
+        extra = {}
+        if outside:
+            extra = {"out_of_scope": _write_jsonl(WORK_DIR / case / "out_of_scope.jsonl", outside), "out_of_scope_label": OUT_OF_SCOPE}
+        raw = _case_config(case, "classify", train, test, extra)
+    return {"dataset": dataset, "per_label": per_label, "seed": seed, "out_of_scope_share": out_of_scope, **_run(raw)}
 
 
 def scitldr_case(size: int, seed: int, test_size: int) -> dict[str, Any]:
@@ -179,7 +220,24 @@ def render(results: list[dict[str, Any]]) -> str:
                  *[_spread([r["baselines"].get(n) for r in runs]) for n in names], strongest, intervals,
                  f"{paid}/{len(runs)}", minutes]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _render_out_of_scope(groups)
     return "\n".join(lines)
+
+
+def _render_out_of_scope(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Out-of-scope cases: accuracy over all queries, in-scope accuracy and out-of-scope F1 per opponent."""
+    shown = {key: runs for key, runs in groups.items() if runs[0].get("out_of_scope")}
+    if not shown:
+        return []
+    names = list(next(iter(shown.values()))[0]["out_of_scope"])
+    header = ["dataset", "per label", "seeds", "metric", *names]
+    lines = ["", "Out of scope (each opponent with its own threshold, chosen on validation):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (dataset, size), runs in shown.items():
+        for metric in ("accuracy", "in_scope_accuracy", "out_of_scope_f1", "out_of_scope_threshold"):
+            values = [_spread([r["out_of_scope"].get(name, {}).get(metric) for r in runs]) for name in names]
+            lines.append("| " + " | ".join([dataset, str(size), str(len(runs)), metric, *values]) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scitldr-size", type=int, default=300)
     parser.add_argument("--scitldr-test", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="the quickstart only, one seed")
+    parser.add_argument("--out-of-scope", type=float, default=0.0,
+                        help="hold out this seeded share of each classify dataset's intents as out of scope (e.g. 0.25)")
     parser.add_argument("--name", default="quality")
     args = parser.parse_args(argv)
     if args.quick:
@@ -206,11 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     for dataset in datasets:
         for seed in seeds:
             if dataset == "quickstart":
-                cases = [lambda s=seed: classify_case("quickstart", 40, s, 0)] if seed == args.first_seed else []
+                cases = [lambda s=seed: classify_case("quickstart", 40, s, 0, args.out_of_scope)] if seed == args.first_seed else []
             elif dataset == "scitldr":
                 cases = [lambda s=seed: scitldr_case(args.scitldr_size, s, args.scitldr_test)]
             else:
-                cases = [lambda s=seed, n=n, d=dataset: classify_case(d, n, s, args.test_per_label) for n in sizes]
+                cases = [lambda s=seed, n=n, d=dataset: classify_case(d, n, s, args.test_per_label, args.out_of_scope) for n in sizes]
             for case in cases:
                 result = case()
                 print(json.dumps({k: result[k] for k in ("dataset", "per_label", "seed", "tuned", "baselines", "verdict")}), flush=True)

@@ -96,6 +96,28 @@ class DataConfig(_Section):
     seed: int = Field(0, description="Seed of the train/validation/test split.")
     skip_invalid: bool = Field(False, description="Drop invalid records (each is listed) instead of stopping.")
     limit: int | None = Field(None, ge=1, description="Read only the first N records of train (quick trials).")
+    out_of_scope_label: str | None = Field(
+        None,
+        description="classify: the label of requests that fit no category. Records with it are never trained "
+        "as a class: they go to validation and test, and calibrate a confidence threshold on validation below "
+        "which the model answers this label.",
+    )
+    out_of_scope: str | None = Field(
+        None,
+        description="classify: more out-of-scope requests (a file, folder or glob, labelled data.out_of_scope_label), "
+        "split between validation and test like the out-of-scope records of train (never trained on).",
+    )
+
+    @model_validator(mode="after")
+    def _out_of_scope_named(self) -> DataConfig:
+        if self.out_of_scope_label is not None and not self.out_of_scope_label.strip():
+            raise ValueError("data.out_of_scope_label is empty; give the label of out-of-scope requests (e.g. other)")
+        if self.out_of_scope is not None and self.out_of_scope_label is None:
+            raise ValueError(
+                "data.out_of_scope names a file but data.out_of_scope_label is not set; "
+                "set it to the label those records carry (e.g. out_of_scope_label: other)"
+            )
+        return self
 
 
 class LoraConfig(_Section):
@@ -250,6 +272,14 @@ class RunConfig(_Section):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
+
+    @model_validator(mode="after")
+    def _out_of_scope_is_classify(self) -> RunConfig:
+        if self.data.out_of_scope_label is not None and self.task != "classify":
+            raise ValueError(
+                f"data.out_of_scope_label applies to task classify only, not {self.task}; drop it or set task: classify"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -449,6 +479,9 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
             lines.append(f"unknown key '{location}'.{suggestion} Valid keys here: {', '.join(valid)}")
         elif item["type"] == "missing":
             lines.append(f"missing required key '{location}'")
+        elif item["type"] == "value_error":
+            # A section's own check: its message names the keys already; the whole section as "got" is noise.
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"'{location}': {item['msg']} (got {item.get('input')!r})")
     return f"{source}: " + "; ".join(lines)
@@ -529,7 +562,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     data_section = data.get("data")
     if isinstance(data_section, dict):
         # Data paths in a config are relative to the config file, so examples run from any folder.
-        for key in ("train", "test", "validation"):
+        for key in ("train", "test", "validation", "out_of_scope"):
             value = data_section.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 candidate = path.parent / value

@@ -6,6 +6,7 @@ A run folder is everything needed to evaluate, serve or resume a run later::
       config.yaml        the resolved config
       split.json         record ids of train/validation/test + the data fingerprint
       labels.json        classify: the label -> token mapping
+      out_of_scope.json  classify with an out-of-scope label: the label and its confidence threshold
       adapter/           LoRA: a PEFT adapter folder (loads in plain peft, vLLM, ...)
       model/             full/freeze: a complete transformers model folder
       tokenizer/         the tokenizer, with its chat template
@@ -52,6 +53,11 @@ class RunFolder:
     @property
     def labels(self) -> Path:
         return self.root / "labels.json"
+
+    @property
+    def out_of_scope(self) -> Path:
+        """classify with data.out_of_scope_label: the label and its confidence threshold (labels.OutOfScope)."""
+        return self.root / "out_of_scope.json"
 
     @property
     def adapter(self) -> Path:

@@ -51,3 +51,24 @@ def test_support_routing_is_balanced_and_held_out():
     normalise = lambda text: " ".join(text.lower().split())  # noqa: E731
     assert not {normalise(row["text"]) for row in train} & {normalise(row["text"]) for row in test}
     assert all(5 <= len(row["text"].split()) <= 45 for row in train + test)
+
+
+def test_support_routing_out_of_scope_file_and_config():
+    from tunelab.data.split import make_split
+
+    config = load_config(EXAMPLES / "support-routing" / "config-out-of-scope.yaml")
+    assert config.data.out_of_scope_label == "out_of_scope"
+    quickstart = load_config(EXAMPLES / "support-routing" / "config.yaml")
+    assert (config.data.train, config.data.test) == (quickstart.data.train, quickstart.data.test)
+    assert quickstart.data.out_of_scope_label is None  # the quickstart itself is unchanged
+    outside = _rows(config.data.out_of_scope)
+    assert 40 <= len(outside) <= 60 and {row["label"] for row in outside} == {"out_of_scope"}
+    normalise = lambda text: " ".join(text.lower().split())  # noqa: E731
+    texts = {normalise(row["text"]) for row in outside}
+    assert len(texts) == len(outside)
+    in_scope = _rows(config.data.train) + _rows(config.data.test)
+    assert not texts & {normalise(row["text"]) for row in in_scope}
+    split = make_split(config)
+    assert "out_of_scope" not in {r.label for r in split.train}
+    # Shared as the in-scope records (80 test, 32 validation): the same out-of-scope share on both sides.
+    assert [r.label for r in split.test].count("out_of_scope") == 36 and [r.label for r in split.validation].count("out_of_scope") == 14

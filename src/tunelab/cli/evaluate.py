@@ -110,6 +110,12 @@ def evaluate_command(
     baselines: str = typer.Option(
         None, "--baselines", help="Comma list of base, classical, few_shot, retrieval, or all / none (default: all that apply with --train, else none)."
     ),
+    out_of_scope_label: str = typer.Option(
+        None, "--out-of-scope-label", help="classify: label of out-of-scope queries (default: the run's out_of_scope.json)."
+    ),
+    validation: Path = typer.Option(
+        None, "--validation", help="classify with an out-of-scope label: validation file each baseline's threshold is chosen on."
+    ),
     few_shot_tokens: int = typer.Option(1024, "--few-shot-tokens", min=0, help="few_shot: token budget for the examples in the prompt."),
     samples: int = typer.Option(1000, "--samples", min=100, help="Bootstrap resamples of the comparison with the baselines."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
@@ -135,6 +141,10 @@ def evaluate_command(
     records = load_records(data, task, data_config)
     train_records = load_records(str(train), task, DataConfig(preset=preset, system_prompt=system)) if train is not None else []
     loaded = load_run(adapter, allow_network=allow_network) if adapter else load_model(model, allow_network=allow_network)
+    out_of_scope_label = out_of_scope_label or (loaded.out_of_scope or {}).get("label")
+    if out_of_scope_label is not None and task == "classify":
+        data_config = data_config.model_copy(update={"out_of_scope_label": out_of_scope_label})
+    validation_records = load_records(str(validation), task, DataConfig(preset=preset, system_prompt=system)) if validation is not None else None
     label_map = None
     if labels is not None:
         if not labels.is_file():
@@ -148,7 +158,7 @@ def evaluate_command(
         result, opponents, verdict = evaluate_with_baselines(
             loaded, records, task, baselines=names, train=train_records, config=eval_config, data_config=data_config,
             label_map=label_map, zero_shot_prompt=baseline, allow_network=allow_network,
-            progress=lambda done: bar.advance(progress_task, done),
+            progress=lambda done: bar.advance(progress_task, done), validation=validation_records,
         )
     saved = []
     if out:

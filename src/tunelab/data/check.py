@@ -347,7 +347,8 @@ def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, 
     unseen: list[str] = []
     if task == "classify":
         train_labels = {r.label for r in records if isinstance(r, ClassifyRecord)}
-        unseen = sorted({r.label for r in result.records if isinstance(r, ClassifyRecord)} - train_labels)
+        # The out-of-scope label is meant to be absent from training.
+        unseen = sorted({r.label for r in result.records if isinstance(r, ClassifyRecord)} - train_labels - {data.out_of_scope_label})
     report.test = TestCheck(test_path, len(result.records), len(leaked), [r.source for r in leaked[:20]], unseen)
     if leaked:
         report.warnings.append(

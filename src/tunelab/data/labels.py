@@ -53,19 +53,65 @@ class LabelMap:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     @classmethod
-    def for_records(cls, records: Iterable[Any], tokenizer: Any) -> LabelMap:
+    def for_records(cls, records: Iterable[Any], tokenizer: Any, out_of_scope_label: str | None = None) -> LabelMap:
         """The map a run uses for these (training) records: their distinct labels, sorted, one token each.
 
         The one rule for which labels a model answers and in which order: training, evaluation, the
-        estimate, the pipeline and ``tunelab data show`` all build the map here.
+        estimate, the pipeline and ``tunelab data show`` all build the map here. The out-of-scope
+        label is never one of them: it is answered by the confidence threshold, not by a token.
 
         Raises:
             DataError: see :func:`build_label_map`.
         """
-        return build_label_map(sorted({record.label for record in records}), tokenizer)
+        labels = {record.label for record in records} - {out_of_scope_label}
+        return build_label_map(sorted(labels), tokenizer)
 
     @classmethod
     def load(cls, path: Path) -> LabelMap:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+OUT_OF_SCOPE_RULE = (
+    "the threshold t among 0, the midpoints between consecutive distinct validation confidences and 1 "
+    "that maximises accuracy over all validation queries (in-scope answered correctly and not rejected, "
+    "out-of-scope rejected); ties go to the lowest t; a query is out of scope when its top label's probability is below t"
+)
+
+
+@dataclass(frozen=True)
+class OutOfScope:
+    """A classify model's out-of-scope rule: below ``threshold`` (top label probability), answer ``label``.
+
+    Saved as ``out_of_scope.json`` next to ``labels.json``: evaluation, serving and monitoring read it there.
+    ``validation`` holds how it was chosen (queries, out-of-scope queries, accuracy at the threshold).
+    """
+
+    label: str
+    threshold: float
+    rule: str = OUT_OF_SCOPE_RULE
+    validation: dict[str, Any] | None = None
+
+    def rejects(self, confidence: float) -> bool:
+        """Whether a query whose top label has probability ``confidence`` is out of scope."""
+        return confidence < self.threshold
+
+    def answer(self, top_label: str, confidence: float) -> str:
+        return self.label if self.rejects(confidence) else top_label
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OutOfScope:
+        return cls(str(data["label"]), float(data["threshold"]), str(data.get("rule", OUT_OF_SCOPE_RULE)), data.get("validation"))
+
+    def save(self, path: Path) -> None:
+        from tunelab.paths import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: Path) -> OutOfScope:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 

@@ -7,6 +7,11 @@
   groups are spread evenly over the order, so every side gets each label in proportion.
 - The first ``test_size`` share of the order is the test set, the next ``validation_size`` share the
   validation set, the rest is train. A user-given test (or validation) file replaces the held-out one.
+- classify with ``data.out_of_scope_label``: records with that label (in train, and every record of
+  ``data.out_of_scope``) are never trained on. In their own seeded order they are shared between test
+  and validation in proportion to the in-scope records of each side, so both sides have the same
+  out-of-scope share and the threshold is chosen on the mix it is tested on (also when a test or
+  validation file is given: they are the only out-of-scope examples to choose and test it with).
 - ``split.json`` keeps the record ids of each side and a fingerprint of the data, so a resumed run
   or ``tunelab eval`` reuses exactly the same test ids, and a changed data file is detected.
 """
@@ -51,6 +56,7 @@ class Split:
     validation_from: str = "held out"
     warnings: list[str] = field(default_factory=list)
     skipped: list[RecordError] = field(default_factory=list)  # bad records dropped with skip_invalid
+    out_of_scope_label: str | None = None  # classify: never trained; in validation and test only
 
     @property
     def data_fingerprint(self) -> str:
@@ -88,6 +94,7 @@ class Split:
             "validation_size": self.validation_size,
             "test_from": self.test_from,
             "validation_from": self.validation_from,
+            "out_of_scope_label": self.out_of_scope_label,
             "data_fingerprint": self.data_fingerprint,
             "fingerprint": self.fingerprint,
             "sizes": self.sizes(),
@@ -145,6 +152,7 @@ class Split:
             test_from=saved.get("test_from", "held out"),
             validation_from=saved.get("validation_from", "held out"),
             warnings=list(saved.get("warnings", [])),
+            out_of_scope_label=saved.get("out_of_scope_label"),
         )
         if extra:
             split.warnings.append(f"{extra} record(s) in the data are not in the saved split and are not used")
@@ -190,14 +198,20 @@ def split_records(
     seed: int = 0,
     test_records: Sequence[Record] | None = None,
     validation_records: Sequence[Record] | None = None,
+    out_of_scope_label: str | None = None,
+    out_of_scope_records: Sequence[Record] = (),
 ) -> Split:
     """Split ``records`` (see the module docstring); given test/validation records replace held-out ones.
 
-    Within each side, records keep their order in the data.
+    Within each side, records keep their order in the data; out-of-scope records come after the others.
 
     Raises:
         DataError: when there are too few records to hold out the requested shares.
     """
+    outside: list[Record] = []
+    if out_of_scope_label is not None:
+        outside = [r for r in records if r.label == out_of_scope_label] + list(out_of_scope_records)  # type: ignore[union-attr]
+        records = [r for r in records if r.label != out_of_scope_label]  # type: ignore[union-attr]
     hold_test = 0.0 if test_records is not None else test_size
     hold_validation = 0.0 if validation_records is not None else validation_size
     total = len(records)
@@ -222,9 +236,45 @@ def split_records(
     train = [r for r, s in zip(records, side, strict=True) if s == "train"]
     validation = list(validation_records) if validation_records is not None else [r for r, s in zip(records, side, strict=True) if s == "validation"]
     test = list(test_records) if test_records is not None else [r for r, s in zip(records, side, strict=True) if s == "test"]
-    split = Split(task, train, validation, test, seed=seed, test_size=test_size, validation_size=validation_size)
+    out_test, out_validation = _share_out_of_scope(outside, task, seed, len(test), len(validation))
+    split = Split(
+        task, train, validation + out_validation, test + out_test, seed=seed, test_size=test_size,
+        validation_size=validation_size, out_of_scope_label=out_of_scope_label,
+    )
     split.warnings.extend(overlap_warnings(split))
+    if out_of_scope_label is not None:
+        if not out_validation:
+            split.warnings.append(
+                f"no out-of-scope record ('{out_of_scope_label}') in validation: the confidence threshold stays 0 "
+                "(nothing is answered out of scope)"
+            )
+        if not out_test:
+            split.warnings.append(f"no out-of-scope record ('{out_of_scope_label}') in test: out-of-scope recall is not measured")
     return split
+
+
+def _share_out_of_scope(outside: Sequence[Record], task: str, seed: int, in_test: int, in_validation: int) -> tuple[list[Record], list[Record]]:
+    """Out-of-scope records shared between test and validation as in_test : in_validation, in a seeded order.
+
+    Each side with in-scope records gets at least one when there are two or more.
+    """
+    if not outside:
+        return [], []
+    total = len(outside)
+    wanted_test = int(total * in_test / (in_test + in_validation) + 0.5) if in_test + in_validation else (total + 1) // 2
+    if total > 1:
+        wanted_test = min(max(wanted_test, 1 if in_test else 0), total - 1 if in_validation else total)
+    side = ["validation"] * len(outside)
+    placed = 0
+    for members in _stratified_order(outside, task, seed):
+        if placed >= wanted_test:
+            break
+        for index in members:
+            side[index] = "test"
+        placed += len(members)
+    test = [r for r, s in zip(outside, side, strict=True) if s == "test"]
+    validation = [r for r, s in zip(outside, side, strict=True) if s == "validation"]
+    return test, validation
 
 
 def overlap_warnings(split: Split) -> list[str]:
@@ -238,7 +288,8 @@ def overlap_warnings(split: Split) -> list[str]:
             warnings.append(f"{len(leaked)} {name} example(s) also occur in train (same normalized text): {examples}")
     if split.task == "classify":
         train_labels = {r.label for r in split.train if isinstance(r, ClassifyRecord)}
-        unseen = sorted({r.label for r in split.test if isinstance(r, ClassifyRecord)} - train_labels)
+        test_labels = {r.label for r in split.test if isinstance(r, ClassifyRecord)} - {split.out_of_scope_label}
+        unseen = sorted(test_labels - train_labels)
         if unseen:
             warnings.append(f"{len(unseen)} test label(s) never occur in train: {', '.join(unseen[:10])}")
     return warnings
@@ -268,6 +319,11 @@ def make_split(config: RunConfig) -> Split:
     if data.validation:
         validation_records, errors = _load_with_errors(data.validation, config.task, data, limit=False)
         skipped += errors
+    out_of_scope: list[Record] = []
+    if data.out_of_scope:
+        out_of_scope, errors = _load_with_errors(data.out_of_scope, config.task, data, limit=False)
+        skipped += errors
+        _check_out_of_scope_file(out_of_scope, data)
     split = split_records(
         records,
         config.task,
@@ -276,11 +332,23 @@ def make_split(config: RunConfig) -> Split:
         seed=data.seed,
         test_records=test_records,
         validation_records=validation_records,
+        out_of_scope_label=data.out_of_scope_label,
+        out_of_scope_records=out_of_scope,
     )
     split.test_from = data.test or "held out"
     split.validation_from = data.validation or "held out"
     split.skipped = skipped
     return split
+
+
+def _check_out_of_scope_file(records: Sequence[Record], data: DataConfig) -> None:
+    wrong = [r for r in records if getattr(r, "label", None) != data.out_of_scope_label]
+    if wrong:
+        raise DataError(
+            f"{wrong[0].source or data.out_of_scope}: label {getattr(wrong[0], 'label', None)!r} in data.out_of_scope "
+            f"is not data.out_of_scope_label {data.out_of_scope_label!r} ({len(wrong)} record(s) like it)",
+            "label every record of the out-of-scope file with data.out_of_scope_label, or move in-scope ones to data.train",
+        )
 
 
 def load_split(path: str | Path, config: RunConfig) -> Split:
@@ -291,7 +359,7 @@ def load_split(path: str | Path, config: RunConfig) -> Split:
     """
     data = config.data.model_copy(update={"skip_invalid": True})
     records: list[Record] = []
-    for source, limit in ((data.train, True), (data.test, False), (data.validation, False)):
+    for source, limit in ((data.train, True), (data.test, False), (data.validation, False), (data.out_of_scope, False)):
         if source:
             records += _load_with_errors(source, config.task, data, limit)[0]
     return Split.load(path, records)

@@ -67,6 +67,12 @@ def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, 
 
     if not records:
         return []
+    outside = config.data.out_of_scope_label
+    if config.task == "classify" and outside is not None and label_map is not None and label_map.labels:
+        import dataclasses
+
+        # An out-of-scope query is scored like any other (its prompt does not depend on the label), never trained.
+        records = [dataclasses.replace(r, label=label_map.labels[0]) if r.label == outside else r for r in records]
     examples, _ = tokenize_records(
         records,
         config.task,
@@ -89,7 +95,7 @@ def count_tokens(config: ResolvedConfig, split: Split, tokenizer: Any, label_map
     if config.task == "classify" and label_map is None:
         from tunelab.data.labels import LabelMap
 
-        label_map = LabelMap.for_records(split.train, tokenizer)
+        label_map = LabelMap.for_records(split.train, tokenizer, config.data.out_of_scope_label)
     test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
     return TokenCounts(
         train=example_token_counts(config, split.train, tokenizer, label_map),
@@ -108,7 +114,9 @@ def _shared_prefix(config: ResolvedConfig, split: Split, tokenizer: Any, label_m
         return 0
     settings = {"max_length": config.data.max_length, "label_map": label_map, "system_prompt": config.data.system_prompt}
     train, _ = tokenize_records(split.train, "classify", tokenizer, **settings)
-    validation, _ = tokenize_records(split.validation, "classify", tokenizer, **settings) if split.validation else ([], None)
+    # The loop validates on in-scope queries only (the out-of-scope label has no token), as tasks.classify does.
+    in_scope = [r for r in split.validation if r.label != config.data.out_of_scope_label]
+    validation, _ = tokenize_records(in_scope, "classify", tokenizer, **settings) if in_scope else ([], None)
     prefix = training_prefix([e.input_ids for e in train + validation])
     return len(prefix) if prefix else 0
 

@@ -16,6 +16,10 @@ bootstrap of ``compare.py`` compares it with the tuned model example by example.
 The records a baseline learns from are the training *and* validation records of the split
 (``learning_records``): the tuned model trains on the first and selects on the second, so both see
 the same labelled data. Their fingerprint is part of the baseline's cache key.
+
+With an out-of-scope label (``data.out_of_scope_label``) every baseline is treated as the tuned model
+is: it learns from the training records only, scores the validation queries, and its own threshold is
+chosen there by the same rule (``evaluate.calibrate_out_of_scope``) before it answers the test queries.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import TASK_BASELINES, DataConfig, EvalConfig
-from tunelab.data.labels import LabelMap
+from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.data.templates import (
     few_shot_chat,
@@ -42,6 +46,8 @@ from tunelab.data.tokenize import tokenize_classify
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.evaluate import (
     answer_prompts,
+    apply_out_of_scope,
+    calibrate_out_of_scope,
     check_test_records,
     evaluate,
     prompt_text,
@@ -67,7 +73,13 @@ EventFn = Callable[[str, str, dict[str, Any]], None]  # (baseline name, "start"|
 
 
 def learning_records(split: Any) -> list[Record]:
-    """What a baseline learns from: the split's training and validation records (what the tuned model saw)."""
+    """What a baseline learns from: the split's training and validation records (what the tuned model saw).
+
+    With an out-of-scope label, the training records only: the validation queries choose each
+    opponent's threshold, so none may have learned from them (the tuned model never trains on them).
+    """
+    if getattr(split, "out_of_scope_label", None) is not None:
+        return list(split.train)
     return [*split.train, *split.validation]
 
 
@@ -409,7 +421,7 @@ def evaluate_baseline(
         raise ConfigError(f"the {name} baseline needs the base model")
     if task == "classify" and label_map is None:
         source = train if name in LEARNS_FROM_TRAINING else records
-        label_map = LabelMap.for_records(source, base.tokenizer) if base is not None else None
+        label_map = LabelMap.for_records(source, base.tokenizer, data_config.out_of_scope_label) if base is not None else None
     if name == "base":
         result = evaluate(base, records, task, config=config, data_config=data_config, label_map=label_map, baseline=True, train_ids=train_ids, progress=progress)
         result.baseline_name = "base"
@@ -426,11 +438,13 @@ def evaluate_baseline(
 
 
 def baseline_settings(
-    name: str, task: str, config: EvalConfig, data_config: DataConfig, label_map: LabelMap | None, train: Sequence[Record] = ()
+    name: str, task: str, config: EvalConfig, data_config: DataConfig, label_map: LabelMap | None, train: Sequence[Record] = (),
+    validation: Sequence[Record] | None = None,
 ) -> dict[str, Any]:
     """Everything that changes a baseline's scores besides the model and the test set: its cache settings.
 
-    Includes the fingerprint of the training records for the baselines that learn from them.
+    Includes the fingerprint of the training records for the baselines that learn from them, and with
+    an out-of-scope label the label and the fingerprint of the validation queries its threshold is chosen on.
     """
     settings: dict[str, Any] = {
         "baseline": name,
@@ -454,7 +468,39 @@ def baseline_settings(
         settings["classical"] = {"c_grid": list(CLASSICAL_C_GRID), "folds": CLASSICAL_FOLDS}
     if name in LEARNS_FROM_TRAINING:
         settings["train_fingerprint"] = training_fingerprint(train)
+    if task == "classify" and data_config.out_of_scope_label is not None:
+        settings["out_of_scope"] = {"label": data_config.out_of_scope_label, "validation": training_fingerprint(validation or [])}
     return settings
+
+
+def calibrated_baseline(
+    name: str, base: Any, records: Sequence[Record], validation: Sequence[Record], *, train: Sequence[Record],
+    config: EvalConfig, data_config: DataConfig, label_map: LabelMap | None = None, train_ids=None, progress: Progress | None = None,
+) -> EvalResult:
+    """A classify baseline with its own out-of-scope threshold, chosen on ``validation`` by the tuned model's rule.
+
+    The validation and test queries are scored in one pass (one fit of the classical model, one shared
+    few-shot prefix); the threshold then answers the test queries.
+    """
+    label = data_config.out_of_scope_label
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    whole = data_config.model_copy(update={"max_test_examples": None})
+    scored = evaluate_baseline(
+        name, base, [*validation, *chosen], "classify", train=train, config=config, data_config=whole,
+        label_map=label_map, train_ids=train_ids, progress=progress,
+    )
+    cut = len(validation)
+    on_validation = dataclasses.replace(scored, rows=scored.rows[:cut], n=cut)
+    out_of_scope = calibrate_out_of_scope(on_validation, label) if cut else OutOfScope(label, 0.0, validation={"queries": 0, "out_of_scope": 0})
+    warnings = list(scored.warnings)
+    if not any(r.label == label for r in validation):
+        warnings.append(f"no '{label}' query among the validation queries: the {name} baseline's threshold is 0 (it never answers '{label}')")
+    if len(chosen) < len(records):
+        warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
+    on_test = dataclasses.replace(
+        scored, rows=scored.rows[cut:], n=len(chosen), test_fingerprint=test_fingerprint("classify", (r.id for r in chosen)), warnings=warnings,
+    )
+    return apply_out_of_scope(on_test, out_of_scope)
 
 
 def baseline_cache_key(name: str, model_key: str, test_fingerprint_: str, settings: Mapping[str, Any]):
@@ -484,11 +530,14 @@ def evaluate_baselines(
     run_id: str | None = None,
     on_event: EventFn | None = None,
     progress: Progress | None = None,
+    validation: Sequence[Record] | None = None,
 ) -> dict[str, EvalResult]:
     """Every baseline in ``names`` on ``records``, in order; cached in ``registry`` when one is given.
 
     A cached evaluation is reused when its key (model for base/few_shot, test-set fingerprint,
     ``baseline_settings``, the training records' fingerprint where it learns) matches and its file exists.
+    classify with ``data_config.out_of_scope_label``: each baseline's threshold is chosen on ``validation``
+    (``calibrated_baseline``); without validation queries it stays 0 (nothing rejected).
 
     Raises:
         ConfigError, DataError: as ``evaluate_baseline``.
@@ -499,17 +548,20 @@ def evaluate_baselines(
     for name in names:
         key = None
         if registry is not None and cache_dir is not None:
-            key = baseline_cache_key(name, model_key or "", test_key, baseline_settings(name, task, config, data_config, label_map, train))
+            settings = baseline_settings(name, task, config, data_config, label_map, train, validation)
+            key = baseline_cache_key(name, model_key or "", test_key, settings)
             cached = registry.get_cached_baseline(key)
             if cached and cached.predictions_path and Path(cached.predictions_path).is_file():
                 results[name] = EvalResult.load(cached.predictions_path)
                 emit(name, "skip", {"cached_from": cached.predictions_path})
                 continue
         emit(name, "start", {"n": len(records)})
-        result = evaluate_baseline(
-            name, base, records, task, train=train, config=config, data_config=data_config,
-            label_map=label_map, train_ids=train_ids, progress=progress if name in NEEDS_BASE_MODEL else None,
-        )
+        scoring = {"train": train, "config": config, "data_config": data_config, "label_map": label_map, "train_ids": train_ids,
+                   "progress": progress if name in NEEDS_BASE_MODEL else None}
+        if task == "classify" and data_config.out_of_scope_label is not None:
+            result = calibrated_baseline(name, base, records, list(validation or []), **scoring)
+        else:
+            result = evaluate_baseline(name, base, records, task, **scoring)
         if key is not None:
             path = Path(cache_dir) / f"{name}-{key.settings_hash}-{key.test_fingerprint[:12]}.json"
             result.save(path)
@@ -550,6 +602,7 @@ def evaluate_with_baselines(
     allow_network: bool = False,
     progress: Progress | None = None,
     on_event: EventFn | None = None,
+    validation: Sequence[Record] | None = None,
 ) -> tuple[EvalResult, dict[str, EvalResult], Any]:
     """``tunelab eval`` with opponents: the model, each baseline on the same examples, and the verdict.
 
@@ -575,12 +628,12 @@ def evaluate_with_baselines(
             label_map = LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
         else:
             source = train or records
-            label_map = LabelMap.for_records(source, loaded.tokenizer)
+            label_map = LabelMap.for_records(source, loaded.tokenizer, data_config.out_of_scope_label)
     train_ids = [r.id for r in train] or None
     result = evaluate(loaded, records, task, config=config, data_config=data_config, label_map=label_map,
                       baseline=zero_shot_prompt, train_ids=train_ids, progress=progress)
     base = base_model_of(loaded, allow_network=allow_network) if any(name in NEEDS_BASE_MODEL for name in baselines) else None
     opponents = evaluate_baselines(baselines, base, records, task, train=train, config=config, data_config=data_config,
-                                   label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress)
+                                   label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress, validation=validation)
     verdict = compare_with_baselines(opponents, result, seed=config.seed, samples=config.bootstrap_samples) if opponents else None
     return result, opponents, verdict

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import DataError
-from tunelab.evaluation.metrics import PRIMARY_METRIC, TASK_METRICS, score_table
+from tunelab.evaluation.metrics import PRIMARY_METRIC, metric_specs, score_table
 from tunelab.evaluation.result import EvalResult, _json_safe
 from tunelab.paths import atomic_write_text
 
@@ -134,7 +134,7 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
     n = len(rows_a)
     everything = np.arange(n)[None, :]
     rng = np.random.default_rng(seed)
-    specs = TASK_METRICS[task]
+    specs = metric_specs(task, table_a, table_b)
     differences: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
     for start in range(0, samples, _CHUNK):
         indices = rng.integers(0, n, size=(min(_CHUNK, samples - start), n))

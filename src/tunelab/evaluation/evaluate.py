@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import DataConfig, EvalConfig
-from tunelab.data.labels import LabelMap
+from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 from tunelab.data.templates import (
     classify_messages,
@@ -31,6 +31,7 @@ from tunelab.data.tokenize import tokenize_classify, tokenize_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import (
     PRIMARY_METRIC,
+    choose_threshold,
     classify_metrics,
     corpus_statistics,
     metric_values,
@@ -126,6 +127,7 @@ def evaluate(
     baseline: bool = False,
     train_ids: Collection[str] | None = None,
     progress: Progress | None = None,
+    out_of_scope: OutOfScope | None = None,
 ) -> EvalResult:
     """Evaluate ``loaded`` (a ``tunelab.models.LoadedModel``) on ``records``.
 
@@ -140,6 +142,8 @@ def evaluate(
             preference: rank pairs by the model's own per-token likelihood (the reference, before DPO).
         train_ids: ids of the training records; overlap with the test set is reported as a warning.
         progress: called with the number of examples just finished.
+        out_of_scope: classify: the out-of-scope label and threshold (default: the run's out_of_scope.json,
+            else ``data_config.out_of_scope_label`` with threshold 0: recognised, never answered).
 
     Raises:
         DataError: for an empty test set, records of the wrong task, or an sft example without reference.
@@ -151,8 +155,9 @@ def evaluate(
         warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
     settings: dict[str, Any] = {"batch_size": config.batch_size, "max_length": data_config.max_length}
     if task == "classify":
-        label_map = _resolve_label_map(loaded, chosen, label_map)
-        rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress)
+        out_of_scope = resolve_out_of_scope(loaded, data_config, out_of_scope, baseline, warnings)
+        label_map = _resolve_label_map(loaded, chosen, label_map, out_of_scope)
+        rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress, out_of_scope)
     elif task == "sft":
         rows, metrics, more = _evaluate_sft(loaded, chosen, config, data_config, settings, progress)
     elif task == "preference":
@@ -176,30 +181,51 @@ def evaluate(
     )
 
 
-def _resolve_label_map(loaded: Any, records: Sequence[ClassifyRecord], label_map: LabelMap | None) -> LabelMap:
+def _resolve_label_map(loaded: Any, records: Sequence[ClassifyRecord], label_map: LabelMap | None, out_of_scope: OutOfScope | None = None) -> LabelMap:
     if label_map is not None:
         return label_map
     if loaded.label_map:
         return LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
     # A model never trained on these labels: the test set's own labels, in a stable order.
-    return LabelMap.for_records(records, loaded.tokenizer)
+    return LabelMap.for_records(records, loaded.tokenizer, out_of_scope.label if out_of_scope else None)
+
+
+def resolve_out_of_scope(
+    loaded: Any, data_config: DataConfig, given: OutOfScope | None, baseline: bool, warnings: list[str]
+) -> OutOfScope | None:
+    """Which out-of-scope rule a classify evaluation applies (see ``evaluate``'s ``out_of_scope``).
+
+    A zero-shot prompt (``baseline``) never uses the tuned run's threshold: it was chosen for other scores.
+    """
+    if given is not None:
+        return given
+    saved = getattr(loaded, "out_of_scope", None)
+    if saved and not baseline:
+        return OutOfScope.from_dict(saved) if isinstance(saved, dict) else saved
+    if data_config.out_of_scope_label is not None:
+        if not baseline:
+            warnings.append(
+                f"no out-of-scope threshold is saved with this model: '{data_config.out_of_scope_label}' queries are "
+                "scored, but never answered (threshold 0)"
+            )
+        return OutOfScope(data_config.out_of_scope_label, 0.0)
+    return None
 
 
 def score_classify(
-    records: Sequence[ClassifyRecord], probabilities: np.ndarray, labels: Sequence[str]
+    records: Sequence[ClassifyRecord], probabilities: np.ndarray, labels: Sequence[str], out_of_scope: OutOfScope | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Rows, metrics and warnings of classify predictions: ``probabilities[i, j]`` is P(labels[j] | records[i]).
 
     Shared by the model's evaluation and the baselines, so every opponent is scored the same way.
+    With ``out_of_scope``, a query whose top probability is below its threshold is answered with its label.
     """
     labels = list(labels)
     position = {label: index for index, label in enumerate(labels)}
-    rows, predictions, confidences = [], [], []
+    rows = []
     for record, probs in zip(records, probabilities, strict=True):
         best = int(np.argmax(probs))
         known = record.label in position
-        predictions.append(labels[best])
-        confidences.append(float(probs[best]))
         rows.append(
             {
                 "id": record.id,
@@ -215,17 +241,54 @@ def score_classify(
                 },
             }
         )
-    metrics = classify_metrics([r.label for r in records], predictions, confidences, labels)
-    unknown = Counter(r.label for r in records if r.label not in position)
-    warnings = []
-    if unknown:
-        metrics["unknown_labels"] = dict(unknown)
-        metrics["unknown_label_examples"] = [r.source or r.id for r in records if r.label not in position]
-        warnings.append(
-            f"{sum(unknown.values())} test examples have labels the model was never trained on "
-            f"({', '.join(sorted(unknown))}); they count as wrong"
+    if out_of_scope is not None:
+        return rescore_classify(rows, labels, out_of_scope)
+    metrics = classify_metrics([r.label for r in records], [row["prediction"] for row in rows], [row["scores"]["confidence"] for row in rows], labels)
+    return rows, metrics, _unknown_labels(rows, position, metrics)
+
+
+def _unknown_labels(rows: Sequence[dict[str, Any]], known: Collection[str], metrics: dict[str, Any]) -> list[str]:
+    unknown = Counter(row["reference"] for row in rows if row["reference"] not in known)
+    if not unknown:
+        return []
+    metrics["unknown_labels"] = dict(unknown)
+    metrics["unknown_label_examples"] = [row["source"] or row["id"] for row in rows if row["reference"] not in known]
+    return [
+        f"{sum(unknown.values())} test examples have labels the model was never trained on "
+        f"({', '.join(sorted(unknown))}); they count as wrong"
+    ]
+
+
+def rescore_classify(
+    rows: Sequence[dict[str, Any]], labels: Sequence[str], out_of_scope: OutOfScope
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Classify rows answered under ``out_of_scope`` (from each row's top label and its probability), with metrics.
+
+    ``label_prediction`` keeps the top label; ``prediction`` is the answer (the out-of-scope label when
+    rejected). Any out-of-scope rule can be applied to an evaluation afterwards this way (the baselines'
+    thresholds are chosen on their own validation scores).
+    """
+    result = []
+    for row in rows:
+        top = row.get("label_prediction", row["prediction"])
+        scores = dict(row["scores"])
+        confidence = scores["confidence"]
+        answer = out_of_scope.answer(top, confidence)
+        outside = row["reference"] == out_of_scope.label
+        scores.update(
+            label_correct=float(not outside and top == row["reference"]),
+            correct=float(answer == row["reference"]),
+            out_of_scope=float(outside),
+            rejected=float(answer == out_of_scope.label),
+            known_label=bool(scores.get("known_label")) or outside,
         )
-    return rows, metrics, warnings
+        result.append({**row, "prediction": answer, "label_prediction": top, "scores": scores})
+    metrics = classify_metrics(
+        [row["reference"] for row in result], [row["prediction"] for row in result], [row["scores"]["confidence"] for row in result],
+        list(labels), out_of_scope_label=out_of_scope.label, label_correct=[row["scores"]["label_correct"] for row in result],
+    )
+    metrics["out_of_scope_threshold"] = out_of_scope.threshold
+    return result, metrics, _unknown_labels(result, {*labels, out_of_scope.label}, metrics)
 
 
 def zero_shot_extra_tokens(tokenizer: Any, label_map: LabelMap, system_prompt: str | None) -> int:
@@ -235,7 +298,34 @@ def zero_shot_extra_tokens(tokenizer: Any, label_map: LabelMap, system_prompt: s
     return max(0, len(zero_shot) - len(trained))
 
 
-def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress):
+def calibrate_out_of_scope(validation: EvalResult, label: str) -> OutOfScope:
+    """The out-of-scope threshold of a model chosen on its evaluation of the validation queries.
+
+    The one home of the rule for the tuned model and every baseline (``metrics.choose_threshold``).
+    """
+    rows = validation.rows
+    confidence = [row["scores"]["confidence"] for row in rows]
+    top = [row.get("label_prediction", row["prediction"]) for row in rows]
+    outside = [row["reference"] == label for row in rows]
+    correct = [not out and t == row["reference"] for t, out, row in zip(top, outside, rows, strict=True)]
+    threshold, accuracy = choose_threshold(confidence, correct, outside)
+    without = float(np.mean([c for c in correct])) if rows else 0.0
+    details = {"queries": len(rows), "out_of_scope": int(sum(outside)), "accuracy": accuracy, "accuracy_without_threshold": without}
+    return OutOfScope(label, threshold, validation=details)
+
+
+def apply_out_of_scope(result: EvalResult, out_of_scope: OutOfScope) -> EvalResult:
+    """``result`` (classify) answered under ``out_of_scope``: rows, metrics and settings updated."""
+    labels = result.labels or []
+    rows, metrics, warnings = rescore_classify(result.rows, labels, out_of_scope)
+    kept = [w for w in result.warnings if "never trained on" not in w]
+    return dataclasses.replace(
+        result, rows=rows, metrics={"primary": result.metrics.get("primary", PRIMARY_METRIC["classify"]), **metrics},
+        settings={**result.settings, "out_of_scope": out_of_scope.to_dict()}, warnings=kept + warnings,
+    )
+
+
+def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress, out_of_scope=None):
     tokenizer = loaded.tokenizer
     system = data_config.system_prompt
     if baseline:
@@ -262,10 +352,12 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
         loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress, label_head=label_head
     )
     probabilities = softmax(logits)
-    rows, metrics, warnings = score_classify(records, probabilities, label_map.labels)
+    rows, metrics, warnings = score_classify(records, probabilities, label_map.labels, out_of_scope)
     if truncated:
         warnings.append(f"{truncated} classify prompts were longer than max_length and had their text shortened")
     settings.update(prompt="zero_shot" if baseline else "trained", labels=label_map.to_dict())
+    if out_of_scope is not None:
+        settings["out_of_scope"] = out_of_scope.to_dict()
     return rows, metrics, warnings
 
 

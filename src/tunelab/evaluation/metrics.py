@@ -8,7 +8,10 @@ on any subset of examples: that is what the paired bootstrap in ``compare`` does
   each example keeps sacrebleu's sufficient statistics (n-gram matches and totals), whose sums give
   the exact corpus score of any resample.
 - classify: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix (scikit-learn),
-  expected calibration error over equal-width confidence bins.
+  expected calibration error over equal-width confidence bins. With an out-of-scope label: accuracy
+  is over all queries (an out-of-scope query is right when rejected), plus in-scope accuracy (a
+  rejected in-scope query is wrong) and out-of-scope precision/recall/F1 (rejected vs out of scope).
+  ECE stays the calibration of the top label's probability on in-scope queries.
 - text: perplexity = exp(total NLL / total predicted tokens) and bits per byte = total NLL /
   (ln 2 * UTF-8 bytes), which compares models with different tokenizers.
 """
@@ -150,34 +153,82 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(total / confidence.size)
 
 
+def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_of_scope: Sequence[float]) -> tuple[float, float]:
+    """The out-of-scope threshold chosen on validation queries, and the accuracy it reaches there.
+
+    The rule (``tunelab.data.labels.OUT_OF_SCOPE_RULE``): a query is rejected (answered out of
+    scope) when its top label's probability is below t. Candidates are 0 (reject nothing), the
+    midpoints between consecutive distinct confidences, and 1; t maximises the accuracy over all
+    queries (in-scope: top label correct and not rejected; out-of-scope: rejected); ties go to the
+    lowest t, so a threshold never rejects more than the data asks for. ``correct`` is whether the
+    top label is right (in-scope queries), ``out_of_scope`` whether the query is out of scope.
+    """
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=bool)
+    outside = np.asarray(out_of_scope, dtype=bool)
+    if confidence.size == 0:
+        return 0.0, 0.0
+    distinct = np.unique(confidence)
+    candidates = np.concatenate([[0.0], (distinct[:-1] + distinct[1:]) / 2, [1.0]])
+    accepted = confidence[None, :] >= candidates[:, None]
+    right = np.where(outside[None, :], ~accepted, accepted & correct[None, :])
+    accuracy = right.mean(axis=1)
+    best = int(np.argmax(accuracy))  # the first maximum: the lowest threshold among equals
+    return float(candidates[best]), float(accuracy[best])
+
+
+def out_of_scope_values(correct: np.ndarray, outside: np.ndarray, rejected: np.ndarray) -> dict[str, float]:
+    """In-scope accuracy and out-of-scope precision/recall/F1 of one set of queries (0 where undefined)."""
+    correct, outside, rejected = (np.asarray(a, dtype=float) for a in (correct, outside, rejected))
+    everything = np.arange(correct.size)[None, :]
+    table = {"correct": correct, "out_of_scope": outside, "rejected": rejected}
+    return {spec.name: float(spec.compute(table, everything)[0]) for spec in OUT_OF_SCOPE_METRICS}
+
+
 def classify_metrics(
-    references: Sequence[str], predictions: Sequence[str], confidences: Sequence[float], labels: Sequence[str]
+    references: Sequence[str],
+    predictions: Sequence[str],
+    confidences: Sequence[float],
+    labels: Sequence[str],
+    out_of_scope_label: str | None = None,
+    label_correct: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class P/R/F1, confusion matrix and ECE.
+    """Accuracy, macro-F1, per-class P/R/F1, confusion matrix and ECE (+ the out-of-scope metrics).
 
     ``labels`` are the classes the model can answer; a reference outside them (a label the model
-    was never trained on) counts as wrong and gets its own row in the confusion matrix.
+    was never trained on) counts as wrong and gets its own row in the confusion matrix. With
+    ``out_of_scope_label`` that label is one more class, and ``label_correct`` (whether the top label,
+    before the threshold, is right) gives ECE on the in-scope queries.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    classes = list(labels) + sorted({r for r in references if r not in set(labels)})
+    answerable = list(labels) + ([out_of_scope_label] if out_of_scope_label is not None and out_of_scope_label not in labels else [])
+    classes = answerable + sorted({r for r in references if r not in set(answerable)})
     correct = np.array([r == p for r, p in zip(references, predictions, strict=True)], dtype=float)
+    outside = np.array([r == out_of_scope_label for r in references], dtype=float) if out_of_scope_label is not None else np.zeros(len(references))
+    in_scope = outside == 0
+    ece_correct = np.asarray(label_correct, dtype=float) if label_correct is not None else correct
     precision, recall, f1, support = precision_recall_fscore_support(
         references, predictions, labels=classes, zero_division=0
     )
     present = sorted(set(references) | set(predictions), key=classes.index)
     macro = precision_recall_fscore_support(references, predictions, labels=present, average="macro", zero_division=0)
     matrix = confusion_matrix(references, predictions, labels=classes)
-    return {
+    metrics = {
         "accuracy": float(correct.mean()) if correct.size else 0.0,
         "macro_f1": float(macro[2]),
-        "ece": expected_calibration_error(np.asarray(confidences), correct),
+        "ece": expected_calibration_error(np.asarray(confidences, dtype=float)[in_scope], ece_correct[in_scope]),
         "per_class": {
             label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for label, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
         },
         "confusion_matrix": {"labels": classes, "matrix": matrix.tolist()},
     }
+    if out_of_scope_label is not None:
+        rejected = np.array([p == out_of_scope_label for p in predictions], dtype=float)
+        metrics.update(out_of_scope_values(correct, outside, rejected))
+        metrics["out_of_scope_queries"] = int(outside.sum())
+    return metrics
 
 
 def _macro_f1_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
@@ -198,7 +249,48 @@ def _macro_f1_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np
 
 
 def _ece_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
-    return np.array([expected_calibration_error(table["confidence"][s], table["correct"][s]) for s in indices])
+    # On in-scope queries, of the top label before any out-of-scope threshold (as classify_metrics).
+    correct = table.get("label_correct", table["correct"])
+    inside = table["out_of_scope"] == 0 if "out_of_scope" in table else np.ones(len(correct), dtype=bool)
+    return np.array([expected_calibration_error(table["confidence"][s[inside[s]]], correct[s[inside[s]]]) for s in indices])
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0)
+
+
+def _in_scope_accuracy(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    inside = 1.0 - table["out_of_scope"][indices]
+    return _ratio((table["correct"][indices] * inside).sum(axis=1), inside.sum(axis=1))
+
+
+def _out_of_scope_counts(table: dict[str, np.ndarray], indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    outside, rejected = table["out_of_scope"][indices], table["rejected"][indices]
+    return (outside * rejected).sum(axis=1), rejected.sum(axis=1), outside.sum(axis=1)
+
+
+def _out_of_scope_precision(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    hits, rejected, _ = _out_of_scope_counts(table, indices)
+    return _ratio(hits, rejected)
+
+
+def _out_of_scope_recall(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    hits, _, outside = _out_of_scope_counts(table, indices)
+    return _ratio(hits, outside)
+
+
+def _out_of_scope_f1(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    hits, rejected, outside = _out_of_scope_counts(table, indices)
+    return _ratio(2 * hits, rejected + outside)
+
+
+# Metrics of a classify evaluation with an out-of-scope label (its rows score "out_of_scope" and "rejected").
+OUT_OF_SCOPE_METRICS = [
+    MetricSpec("in_scope_accuracy", True, _in_scope_accuracy),
+    MetricSpec("out_of_scope_precision", True, _out_of_scope_precision),
+    MetricSpec("out_of_scope_recall", True, _out_of_scope_recall),
+    MetricSpec("out_of_scope_f1", True, _out_of_scope_f1),
+]
 
 
 # -------------------------------------------------------------------------------------------- text
@@ -275,12 +367,16 @@ def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str]
                 if value not in names:
                     names.append(value)
         position = {name: i for i, name in enumerate(names)}
-        return {
+        table = {
             "correct": np.array([row["scores"]["correct"] for row in rows], dtype=float),
             "confidence": np.array([row["scores"]["confidence"] for row in rows], dtype=float),
             "reference_index": np.array([position[row["reference"]] for row in rows], dtype=int),
             "prediction_index": np.array([position[row["prediction"]] for row in rows], dtype=int),
         }
+        if rows and all("out_of_scope" in row["scores"] for row in rows):
+            for key in ("out_of_scope", "rejected", "label_correct"):
+                table[key] = np.array([row["scores"][key] for row in rows], dtype=float)
+        return table
     if task == "text":
         return {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in ("nll", "tokens", "bytes")}
     if task == "preference":
@@ -289,8 +385,16 @@ def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str]
     raise ValueError(f"no metrics for task {task!r}")
 
 
+def metric_specs(task: str, *tables: dict[str, np.ndarray]) -> list[MetricSpec]:
+    """The MetricSpecs to compute on these tables: the task's, plus the out-of-scope ones when every table has them."""
+    specs = list(TASK_METRICS[task])
+    if task == "classify" and tables and all("out_of_scope" in table for table in tables):
+        specs += OUT_OF_SCOPE_METRICS
+    return specs
+
+
 def metric_values(task: str, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Every MetricSpec of ``task`` on all of ``rows`` (the same code path the bootstrap uses)."""
     table = score_table(task, rows)
     everything = np.arange(len(rows))[None, :]
-    return {spec.name: float(spec.compute(table, everything)[0]) for spec in TASK_METRICS[task]}
+    return {spec.name: float(spec.compute(table, everything)[0]) for spec in metric_specs(task, table)}

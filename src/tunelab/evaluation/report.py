@@ -207,6 +207,21 @@ def opponent_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def out_of_scope_lines(baselines: dict[str, EvalResult], tuned: EvalResult) -> list[str]:
+    """classify with an out-of-scope label: each opponent's threshold, chosen on the validation queries."""
+    rule = tuned.settings.get("out_of_scope")
+    if not rule:
+        return []
+    thresholds = [f"tuned {rule['threshold']:.3g}"] + [
+        f"{name} {result.settings['out_of_scope']['threshold']:.3g}" for name, result in baselines.items() if result.settings.get("out_of_scope")
+    ]
+    return [
+        f"out of scope: '{rule['label']}' when the top label's probability is below the model's own threshold "
+        f"({', '.join(thresholds)}), each chosen on the validation queries: {rule.get('rule', '')}; "
+        "accuracy counts every test query, in_scope_accuracy the in-scope ones (a rejected one is wrong)"
+    ]
+
+
 def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict, plots: dict[str, Path], examples, notes) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
         escape = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -217,6 +232,7 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
     lines += [f"- baseline {name}: {result.model}" for name, result in baselines.items()]
     lines += [f"- intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
               "a baseline column shows its value, then the tuned model's difference from it [95% CI]"]
+    lines += [f"- {line}" for line in out_of_scope_lines(baselines, tuned)]
     lines += [f"- warning: {w}" for w in notes]
     lines += ["", "## Against each baseline", ""] + table(*opponent_table(verdict))
     lines += ["", "## Metrics", ""] + table(*metric_table(verdict))
@@ -261,6 +277,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
     parts.append(f"<p>task: {e(tuned.task)}; test examples: {verdict.n}; tuned: {e(tuned.model)}{described}<br>"
                  f"Intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
                  "a baseline column shows its value, then the tuned model's difference from it [95% CI].</p>")
+    parts += [f"<p>{e(line)}</p>" for line in out_of_scope_lines(baselines, tuned)]
     parts += [f"<p class='warn'>warning: {e(w)}</p>" for w in notes]
     parts.append("<h2>Against each baseline</h2>" + table(*opponent_table(verdict)))
     parts.append("<h2>Metrics</h2>" + table(*metric_table(verdict)))

@@ -37,6 +37,7 @@ class LoadedModel:
     run_config: dict | None = None
     label_map: dict | None = None
     label_head: Any = None  # a classify run's trained label rows (tunelab.models.heads.LabelHead)
+    out_of_scope: dict | None = None  # a classify run's out_of_scope.json (tunelab.data.labels.OutOfScope)
     extra: dict = field(default_factory=dict)
 
 
@@ -186,6 +187,7 @@ def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = Fal
         raise ModelError(f"{run.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")
     config = yaml.safe_load(run.config.read_text(encoding="utf-8"))
     label_map = json.loads(run.labels.read_text()) if run.labels.is_file() else None
+    out_of_scope = json.loads(run.out_of_scope.read_text(encoding="utf-8")) if run.out_of_scope.is_file() else None
     model_section = config.get("model") or {}
     base_name = model_section.get("name", "default") if isinstance(model_section, dict) else str(model_section)
 
@@ -218,7 +220,7 @@ def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = Fal
     source = ModelSource("run", str(run.root.resolve()), run.root.name)
     return LoadedModel(
         model=model, tokenizer=tokenizer, source=source, base_source=base_source, run_config=config, label_map=label_map,
-        label_head=label_head,
+        label_head=label_head, out_of_scope=out_of_scope,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.data.labels import LabelMap
+from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.errors import ModelError
 from tunelab.models.loader import LoadedModel, load_model, load_run
 from tunelab.models.resolve import ModelSource, resolve_model
@@ -38,10 +38,21 @@ class ServedModel:
     label_map: LabelMap | None = None
     system_prompt: str | None = None
     label_head: Any = None  # a classify run's trained label rows (tunelab.models.heads.LabelHead)
+    out_of_scope: OutOfScope | None = None  # below its threshold a classify run answers its out-of-scope label
 
     @property
     def is_classifier(self) -> bool:
         return self.label_map is not None
+
+
+def _read_out_of_scope(run_dir: Path) -> OutOfScope | None:
+    path = RunFolder(run_dir).out_of_scope
+    if not path.is_file():
+        return None
+    try:
+        return OutOfScope.load(path)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ServeError(f"cannot read {path}: {error}", "retrain the run, or delete the file to serve without out-of-scope answers") from None
 
 
 def _read_run(run_dir: Path) -> tuple[dict, LabelMap | None]:
@@ -120,7 +131,7 @@ class ModelRegistry:
 
         entry = ServedModel(
             name, "adapter", str(config.get("task")) if config.get("task") else None, run_dir, label_map,
-            _system_prompt(config), LabelHead.load(run.adapter),
+            _system_prompt(config), LabelHead.load(run.adapter), _read_out_of_scope(run_dir),
         )
         self._entries[name] = entry
         return entry
@@ -219,7 +230,10 @@ def load_registry(
                 raise ServeError("adapters need a base model, but --model is a full-model run", "pass its base with --model")
             loaded = load_run(run_dir, dtype=dtype, allow_network=allow_network)
             name = served_name or run_dir.name
-            base_entry = ServedModel(name, "base", str(config.get("task")) or None, run_dir, label_map, _system_prompt(config))
+            base_entry = ServedModel(
+                name, "base", str(config.get("task")) or None, run_dir, label_map, _system_prompt(config),
+                out_of_scope=_read_out_of_scope(run_dir),
+            )
             registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=base_entry)
             return registry
     loaded = load_model(source, dtype=dtype, allow_network=allow_network)

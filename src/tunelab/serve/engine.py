@@ -58,9 +58,14 @@ class GenerationResult:
 
 @dataclass
 class ClassifyResult:
+    """``label`` is the answer: the top label, or the run's out-of-scope label when ``confidence`` is below its threshold."""
+
     label: str
     probabilities: dict[str, float]
     prompt_tokens: int
+    top_label: str | None = None
+    confidence: float | None = None  # the top label's probability
+    out_of_scope: bool = False
 
 
 @dataclass
@@ -347,9 +352,15 @@ class Engine:
         label_ids = torch.tensor(label_map.token_ids, dtype=torch.long, device=last.device)
         logits = label_logits(model, last, label_ids, entry.label_head).float()
         probabilities = torch.softmax(logits, dim=-1).tolist()
+        rule = entry.out_of_scope
         for job, row in zip(batch, probabilities, strict=True):
             best = max(range(len(row)), key=row.__getitem__)
+            top, confidence = label_map.labels[best], row[best]
+            rejected = rule is not None and rule.rejects(confidence)
             job.emit(
                 "done",
-                ClassifyResult(label_map.labels[best], dict(zip(label_map.labels, row, strict=True)), len(job.prompt_ids)),
+                ClassifyResult(
+                    rule.label if rejected else top, dict(zip(label_map.labels, row, strict=True)), len(job.prompt_ids),
+                    top_label=top, confidence=confidence, out_of_scope=rejected,
+                ),
             )

@@ -215,6 +215,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
     answer: GenerationResult | None = None
     job: Job | None = None
+    classification: dict[str, Any] | None = None
     if entry.is_classifier:
         # A classify model answers with its label: the last user message is the text to classify.
         text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
@@ -222,6 +223,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             raise bad_request("A classify model needs a user message with the text to classify.", param="messages")
         (result,) = await service.classify(entry, [text])
         answer = GenerationResult(result.label, "stop", result.prompt_tokens, 1)
+        classification = _classification(0, result, entry)
     else:
         prompt_ids = service.render(messages, "messages")
         params = service.sampling(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens, "messages")
@@ -247,11 +249,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
     final = answer if job is None else await service.engine.result(job)
     log.update(output=final.text, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
-    return {
+    response = {
         "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": None, "finish_reason": final.finish_reason}],
         "usage": _usage(final.prompt_tokens, final.completion_tokens),
     }
+    if classification is not None and entry.out_of_scope is not None:
+        # An extra top-level key (OpenAI clients keep unknown fields): why the answer is what it is.
+        response["classification"] = {key: value for key, value in classification.items() if key != "index"}
+    return response
 
 
 @router.post("/v1/completions")
@@ -312,6 +318,17 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     }
 
 
+def _classification(index: int, result: ClassifyResult, entry: ServedModel) -> dict[str, Any]:
+    item: dict[str, Any] = {"index": index, "label": result.label, "probabilities": result.probabilities}
+    if entry.out_of_scope is not None:
+        # Say why the answer is (or is not) the out-of-scope label: the top label, its probability, the threshold.
+        item.update(
+            top_label=result.top_label, confidence=result.confidence, out_of_scope=result.out_of_scope,
+            out_of_scope_threshold=entry.out_of_scope.threshold,
+        )
+    return item
+
+
 @router.post("/v1/classify")
 async def classify(body: ClassifyRequest, request: Request) -> Any:
     service = _service(request)
@@ -328,6 +345,6 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
     log.update(output=json.dumps(labels) if len(labels) > 1 else labels[0], prompt_tokens=prompt_tokens, completion_tokens=len(results))
     return {
         "id": f"clf-{uuid.uuid4().hex}", "object": "classification", "created": _now(), "model": body.model,
-        "data": [{"index": i, "label": r.label, "probabilities": r.probabilities} for i, r in enumerate(results)],
+        "data": [_classification(i, r, entry) for i, r in enumerate(results)],
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }

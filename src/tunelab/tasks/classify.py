@@ -3,7 +3,9 @@
 The recipe, top to bottom: open the run, map each label of the training split to one token (saved
 as labels.json), tokenize the prompts, make the chosen parameters trainable, pack prompts into
 rows, train with cross-entropy over the label tokens only (the hidden state at each prompt's last
-position times the label tokens' rows of the head: no full-vocabulary logits), save.
+position times the label tokens' rows of the head: no full-vocabulary logits), save. With
+``data.out_of_scope_label``: the saved model scores the validation queries (in-scope and out of
+scope) and the confidence threshold chosen there is saved as out_of_scope.json.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 import torch
 
 from tunelab.config import ResolvedConfig, require_resolved
-from tunelab.data.labels import LabelMap, label_name_token_ids
+from tunelab.data.labels import LabelMap, OutOfScope, label_name_token_ids
 from tunelab.data.split import Split
 from tunelab.data.tokenize import tokenize_records, training_prefix
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
 from tunelab.models.heads import LabelHead
+from tunelab.paths import RunFolder
 from tunelab.train.batching import ClassifyCollate
 from tunelab.train.loop import train_loop
 from tunelab.train.losses import classify_correct_sum, classify_loss_sum
@@ -36,10 +39,13 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         ConfigError, ModelError, TrainingError: see ``start_run`` and ``train_loop``.
     """
     config = require_resolved(config)
-    labels = sorted({record.label for record in split.train})
+    outside = config.data.out_of_scope_label
+    labels = sorted({record.label for record in split.train} - {outside})
     if len(labels) < 2:
         raise DataError(f"classify needs at least two labels in the training split, found {labels}")
-    unseen = [r for r in split.validation if r.label not in set(labels)]
+    # Out-of-scope queries are never a class: the loop validates on the in-scope ones only.
+    in_scope_validation = [r for r in split.validation if r.label != outside]
+    unseen = [r for r in in_scope_validation if r.label not in set(labels)]
     if unseen:
         raise DataError(
             f"{unseen[0].source or 'a validation record'}: label {unseen[0].label!r} does not occur in the training split "
@@ -50,12 +56,12 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     base = session.load_model()
     tokenizer, max_length = base.tokenizer, config.data.max_length
 
-    label_map = LabelMap.for_records(split.train, tokenizer)
+    label_map = LabelMap.for_records(split.train, tokenizer, outside)
     if session.accelerator.is_main_process:
         label_map.save(session.run.labels)
     settings = {"max_length": max_length, "label_map": label_map, "system_prompt": config.data.system_prompt}
     examples, _ = tokenize_records(split.train, "classify", tokenizer, **settings)
-    validation, _ = tokenize_records(split.validation, "classify", tokenizer, **settings)
+    validation, _ = tokenize_records(in_scope_validation, "classify", tokenizer, **settings)
 
     model = apply_method(base.model, config)
     # The system message and instruction every prompt starts with run once per micro-batch (same loss and gradients).
@@ -82,4 +88,30 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         resume=resume,
         validation_score=functools.partial(classify_correct_sum, **scoring) if config.classify.select_by == "accuracy" else None,
     )
-    return finish_run(session, model, loop)
+    result = finish_run(session, model, loop)
+    if outside is not None and session.accelerator.is_main_process:
+        del model, base  # the saved run is reloaded as evaluation and serving will see it
+        calibrate_run(config, split, run_dir)
+    return result
+
+
+def calibrate_run(config: ResolvedConfig, split: Split, run_dir: str | Path) -> OutOfScope:
+    """Choose the run's out-of-scope threshold on the validation split and save it as out_of_scope.json.
+
+    The saved run (adapter and label head, as ``load_run`` gives it) scores every validation query
+    with the evaluation's own code; the threshold rule is ``evaluation.evaluate.calibrate_out_of_scope``.
+    """
+    from tunelab.evaluation.evaluate import calibrate_out_of_scope, evaluate
+    from tunelab.models import load_run
+
+    label = config.data.out_of_scope_label
+    run = RunFolder(Path(run_dir))
+    if split.validation:
+        loaded = load_run(run.root)
+        whole = config.data.model_copy(update={"max_test_examples": None})
+        scored = evaluate(loaded, split.validation, "classify", config=config.eval, data_config=whole, out_of_scope=OutOfScope(label, 0.0))
+        out_of_scope = calibrate_out_of_scope(scored, label)
+    else:
+        out_of_scope = OutOfScope(label, 0.0, validation={"queries": 0, "out_of_scope": 0})
+    out_of_scope.save(run.out_of_scope)
+    return out_of_scope

@@ -408,7 +408,7 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
             names, context.base, split.test, config.task, train=learning_records(split), config=config.eval,
             data_config=config.data, label_map=context.label_map, train_ids=[r.id for r in split.train],
             registry=context.registry, cache_dir=Path(config.train.output_dir) / "baselines", model_key=_model_key(context.base),
-            run_id=context.registry_id, on_event=on_baseline, progress=context.eval_progress,
+            run_id=context.registry_id, on_event=on_baseline, progress=context.eval_progress, validation=split.validation,
         )
         for name, result in results.items():
             result.save(paths[name])
@@ -560,7 +560,7 @@ def _label_map_for(config: RunConfig, split: Split, tokenizer: Any) -> LabelMap 
         return None
     from tunelab.data.labels import LabelMap
 
-    return LabelMap.for_records(split.train, tokenizer)
+    return LabelMap.for_records(split.train, tokenizer, config.data.out_of_scope_label)
 
 
 def _model_key(loaded: LoadedModel) -> str:
