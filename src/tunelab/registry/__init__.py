@@ -3,6 +3,7 @@
 from tunelab.registry.migrations import MIGRATIONS, migrate
 from tunelab.registry.store import (
     KEY_METRICS,
+    AliasChange,
     STATUSES,
     TIMED_STEPS,
     BaselineKey,
@@ -20,6 +21,7 @@ from tunelab.registry.store import (
 
 __all__ = [
     "KEY_METRICS",
+    "AliasChange",
     "MIGRATIONS",
     "STATUSES",
     "TIMED_STEPS",

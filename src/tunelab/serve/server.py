@@ -24,7 +24,7 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_adapter(spec: str) -> tuple[str, str]:
-    """``NAME=RUN`` → (NAME, RUN); a bare ``RUN`` is named after its folder.
+    """``NAME=RUN`` → (NAME, RUN); a bare ``RUN`` is named after its folder; ``NAME=alias:ALIAS`` follows an alias.
 
     Raises:
         ServeError: for an empty name or path.
@@ -72,6 +72,7 @@ def build_app(settings: ServeSettings):
         max_loaded=settings.max_loaded_adapters,
         allow_network=settings.allow_network,
         served_name=settings.served_name,
+        registry_path=settings.registry_path,
     )
     return create_app(registry, settings)
 
