@@ -3,9 +3,9 @@
 from tunelab.registry.migrations import MIGRATIONS, migrate
 from tunelab.registry.store import (
     KEY_METRICS,
-    AliasChange,
     STATUSES,
     TIMED_STEPS,
+    AliasChange,
     BaselineKey,
     CachedBaseline,
     Registry,

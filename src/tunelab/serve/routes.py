@@ -8,14 +8,13 @@ methods of the service, shared by every endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-
-import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
