@@ -58,37 +58,46 @@ def build(folder: Path, rows: int, seed: int = 0) -> dict:
     registry = Registry(folder / "runs" / "registry.db")
     run_id = registry.create_run(name="router-v1", task="classify", status="finished", run_dir=str(run_dir)).id
 
+    import numpy as np
+
     log = folder / "requests.db"
     db = connect(log)
     now = datetime.now(UTC)
     start = now - timedelta(days=6)
     step = (now - start).total_seconds() / rows
-    errors = feedback = 0
-    batch, feedback_rows = [], []
-    for i in range(rows):
-        words = NEW_WORDS if i % 2 else WORDS
-        text = " ".join(rng.choice(words) for _ in range(rng.randint(4, 20)))
-        status = 500 if rng.random() < 0.005 else 200
-        errors += status == 500
-        label = rng.choice(LABELS)
-        top = rng.uniform(0.3, 1.0)
-        moment = (start + timedelta(seconds=i * step)).isoformat(timespec="milliseconds")
-        response_id = f"clf-{i:08x}"
-        batch.append((
-            moment, "/v1/classify", "router", json.dumps(text), label if status == 200 else None, 12, 1, rng.uniform(5, 80), status,
-            None, 0, response_id, run_id, label if status == 200 else None, top if status == 200 else None,
-            json.dumps([{label: top}]) if status == 200 else None,
-        ))
-        if status == 200 and rng.random() < 0.01:
-            feedback += 1
-            feedback_rows.append((moment, response_id, 0, rng.choice(LABELS), None, None, "bench"))
-        if len(batch) == 50000:
-            db.executemany("INSERT INTO requests (time, endpoint, model, prompt, output, prompt_tokens, completion_tokens, latency_ms, status, error, stream, response_id, run_id, predicted_label, top_probability, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
-            batch = []
-    if batch:
-        db.executemany("INSERT INTO requests (time, endpoint, model, prompt, output, prompt_tokens, completion_tokens, latency_ms, status, error, stream, response_id, run_id, predicted_label, top_probability, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
-    db.executemany("INSERT INTO feedback (time, response_id, item, label, completion, rating, source) VALUES (?, ?, ?, ?, ?, ?, ?)", feedback_rows)
+    # Texts from two pools (the run's words; words it never saw), so the text signals have drift to find.
+    pools = [[json.dumps(" ".join(rng.choice(words) for _ in range(rng.randint(4, 20)))) for _ in range(5000)] for words in (WORDS, NEW_WORDS)]
+    numbers = np.random.default_rng(seed)
+    failed = numbers.random(rows) < 0.005
+    label_index = numbers.integers(0, len(LABELS), rows)
+    tops = numbers.uniform(0.3, 1.0, rows)
+    latencies = numbers.uniform(5, 80, rows)
+    labelled = (numbers.random(rows) < 0.01) & ~failed
+    insert = (
+        "INSERT INTO requests (time, endpoint, model, prompt, output, prompt_tokens, completion_tokens, latency_ms, status, error, "
+        "stream, response_id, run_id, predicted_label, top_probability, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def requests():
+        for i in range(rows):
+            moment = (start + timedelta(seconds=i * step)).isoformat(timespec="milliseconds")
+            prompt = pools[i % 2][i % 5000]
+            if failed[i]:
+                yield (moment, "/v1/classify", "router", prompt, None, 12, 0, float(latencies[i]), 500, "boom", 0, f"clf-{i:08x}", run_id, None, None, None)
+            else:
+                label = LABELS[label_index[i]]
+                yield (moment, "/v1/classify", "router", prompt, label, 12, 1, float(latencies[i]), 200, None, 0, f"clf-{i:08x}", run_id,
+                       label, float(tops[i]), f'[{{"{label}": {tops[i]:.4f}}}]')
+
+    db.execute("BEGIN")
+    db.executemany(insert, requests())
+    db.executemany(
+        "INSERT INTO feedback (time, response_id, item, label, completion, rating, source) VALUES (?, ?, 0, ?, NULL, NULL, 'bench')",
+        ((now.isoformat(timespec="milliseconds"), f"clf-{i:08x}", LABELS[(label_index[i] + i) % len(LABELS)]) for i in np.flatnonzero(labelled)),
+    )
+    db.execute("COMMIT")
     db.close()
+    errors, feedback = int(failed.sum()), int(labelled.sum())
     return {"log": log, "registry": folder / "runs" / "registry.db", "errors": errors, "feedback": feedback, "run_id": run_id}
 
 

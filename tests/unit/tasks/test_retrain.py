@@ -40,9 +40,9 @@ def cli():
 
 
 def _rows(label: str, start: int, count: int) -> list[dict]:
-    # Every row has its own number (never seen elsewhere): held-out rows and live rows of the same
-    # intents then have the same share of unseen words.
-    words, offset = WORDS[label], 10000 * "ABC".index(label)
+    # Every row has its own 4-digit number (never seen elsewhere, always the same number of tokens):
+    # held-out and live rows of the same intents then look alike, unseen words included.
+    words, offset = WORDS[label], 1000 * (1 + "ABC".index(label))
     return [{"text": f"{words[i % 4]} {words[(i // 4) % 4]} number {offset + i}", "label": label} for i in range(start, start + count)]
 
 
