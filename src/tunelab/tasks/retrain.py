@@ -5,9 +5,10 @@ Reads top to bottom:
 1. the champion: a run (id, name or folder, or ``alias:NAME``) and its saved resolved config;
 2. the new labelled data: ``--data`` files plus, with a request log, the served inputs that got a
    corrected label (``POST /v1/feedback`` / ``tunelab feedback import``); a seeded, per-label share of
-   it (``recent_share``) becomes the *recent slice* of the test set, the rest joins the training data;
+   it (``recent_share``) becomes the *recent slice* of the test set, a tenth of the rest (at least
+   ``data.validation_size``) joins the validation records, the rest joins the training data;
 3. the challenger: the champion's recipe (its config) on old train + new train, with the old
-   validation records and a fresh test set = old test + recent slice; new labels extend the label map
+   validation records (+ new ones) and a fresh test set = old test + recent slice; new labels extend the label map
    (it is built from the training records); the pipeline's own steps train, evaluate and register it;
 4. the champion evaluated on the same fresh test set; the paired bootstrap of ``evaluation.compare``
    on the whole test set and on the recent slice;
@@ -192,11 +193,14 @@ def retrain(
     if not fresh:
         raise DataError("no new labelled records to retrain on", "pass --data FILE, or a --log-db with labelled feedback")
     new_train, recent = _per_label_split(fresh, recent_share, seed)
+    # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
+    # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
+    new_train, new_validation = _per_label_split(new_train, max(config.data.validation_size, 0.1), seed + 1)
     if not recent:
         raise DataError(f"only {len(fresh)} new records: too few for a recent test slice", "label more traffic")
     old_labels = {r.label for r in old.train}
     new_labels = sorted({r.label for r in new_train} - old_labels)
-    emit("data", "done", {"new": len(fresh), "new_train": len(new_train), "recent_test": len(recent), "new_labels": new_labels})
+    emit("data", "done", {"new": len(fresh), "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "new_labels": new_labels})
 
     # 3. The challenger: the champion's recipe on old + new data, through the pipeline's own steps.
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -205,7 +209,7 @@ def retrain(
     data_dir = output_dir / "retrain-data" / challenger_name
     files = {
         "train": _write_jsonl(data_dir / "train.jsonl", list(old.train) + new_train),
-        "validation": _write_jsonl(data_dir / "validation.jsonl", list(old.validation)) if old.validation else None,
+        "validation": _write_jsonl(data_dir / "validation.jsonl", list(old.validation) + new_validation) if old.validation or new_validation else None,
         "test": _write_jsonl(data_dir / "test.jsonl", list(old.test) + recent),
     }
     challenger_raw = config.model_dump(mode="json")
@@ -277,7 +281,7 @@ def retrain(
         champion={"id": champion.id, "name": champion.name, "run_dir": str(champion_dir)},
         challenger={"id": outcome_run.registry_id, "name": outcome_run.name, "run_dir": str(outcome_run.run_dir)},
         primary=primary, margin=margin, overall=overall.to_dict(), recent=recent_cmp.to_dict(),
-        sizes={"old_train": len(old.train), "new_train": len(new_train), "recent_test": len(recent), "test": len(split.test)},
+        sizes={"old_train": len(old.train), "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "test": len(split.test)},
         new_labels=new_labels, alias=alias, alias_change=change, warnings=list(overall.warnings),
     )
     atomic_write_text(context.run.root / "retrain.json", json.dumps(outcome.as_dict(), indent=1, default=str))

@@ -40,10 +40,10 @@ def cli():
 
 
 def _rows(label: str, start: int, count: int) -> list[dict]:
-    # Every row has its own 4-digit number (never seen elsewhere, always the same number of tokens):
-    # held-out and live rows of the same intents then look alike, unseen words included.
-    words, offset = WORDS[label], 1000 * (1 + "ABC".index(label))
-    return [{"text": f"{words[i % 4]} {words[(i // 4) % 4]} number {offset + i}", "label": label} for i in range(start, start + count)]
+    # Every row has its own 4-digit number, interleaved across labels: never seen elsewhere, the same
+    # number of tokens, and no hint of the label (the model must read the words).
+    words, index = WORDS[label], "ABC".index(label)
+    return [{"text": f"{words[i % 4]} {words[(i // 4) % 4]} number {1000 + 3 * i + index}", "label": label} for i in range(start, start + count)]
 
 
 def _write(path, rows):
