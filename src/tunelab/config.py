@@ -260,6 +260,88 @@ class BudgetConfig(_Section):
     utilization: float | None = Field(None, gt=0, le=1, description="Assumed MFU on GPUs for the estimate.")
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | int | float, key: str = "duration") -> float:
+    """``"90s"``, ``"30m"``, ``"6h"``, ``"7d"``, ``"2w"`` (or a number of seconds) → seconds.
+
+    Raises:
+        ConfigError: naming ``key`` for anything else.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool) and text > 0:
+        return float(text)
+    value = str(text).strip().lower()
+    number, unit = value[:-1], value[-1:]
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ConfigError(f"{key}: '{text}' is not a duration", "write a number and a unit: 90s, 30m, 6h, 7d, 2w") from None
+    if seconds <= 0:
+        raise ConfigError(f"{key}: '{text}' must be longer than zero")
+    return seconds
+
+
+class MonitorThresholds(_Section):
+    """Where each monitoring signal turns from ok to watch and from watch to drifted (see README, "Monitoring")."""
+
+    length_ks: tuple[float, float] = Field(
+        (0.1, 0.2), description="Kolmogorov-Smirnov distance of live vs training input lengths (words); also needs p < 0.01."
+    )
+    centroid_distance: tuple[float, float] = Field(
+        (0.005, 0.015),
+        description="TF-IDF centroid cosine distance of live vs training inputs, above that of held-out rows of the same size.",
+    )
+    label_psi: tuple[float, float] = Field(
+        (0.1, 0.25), description="Population stability index of live vs test-set predicted labels (else training labels), above its sampling noise."
+    )
+    oov_share: tuple[float, float] = Field(
+        (0.01, 0.025), description="Share of live words never seen in training, above that of held-out rows."
+    )
+    confidence_drop: tuple[float, float] = Field(
+        (0.05, 0.10), description="Mean top probability on the test set minus live."
+    )
+    oos_share: tuple[float, float] = Field(
+        (0.10, 0.25), description="Share of live classify answers below the run's out-of-scope threshold (when it has one)."
+    )
+    accuracy_drop: tuple[float, float] = Field(
+        (0.05, 0.10), description="Test accuracy minus live accuracy on feedback; drifted also needs the 95% interval below the test accuracy."
+    )
+    latency_p95_ms: tuple[float, float] = Field((1000.0, 5000.0), description="95th percentile of request latency (ms).")
+    error_rate: tuple[float, float] = Field((0.01, 0.05), description="Share of requests answered with a 5xx status.")
+
+
+class MonitorConfig(_Section):
+    """``tunelab monitor``: what it watches, how often, and when it retrains a challenger."""
+
+    window: str = Field("7d", description="Live traffic judged: the last window (90s, 30m, 6h, 7d, 2w).")
+    every: str = Field("6h", description="--every loop: time between two checks.")
+    retrain_on: Literal["drift", "watch", "never"] = Field(
+        "drift", description="--every loop: retrain a challenger when the status reaches this (never: only report)."
+    )
+    margin: float = Field(
+        0.02, ge=0.0, lt=1.0,
+        description="Retrain: promote only when the challenger is not worse than the champion by more than this on the primary metric.",
+    )
+    min_requests: int = Field(50, ge=1, description="Fewer requests in the window: the input signals say ok with a note.")
+    sample: int = Field(20000, ge=100, description="Text signals (lengths, TF-IDF, OOV) use at most this many requests (seeded).")
+    thresholds: MonitorThresholds = Field(default_factory=MonitorThresholds)
+
+    @model_validator(mode="after")
+    def _durations(self) -> MonitorConfig:
+        parse_duration(self.window, "monitor.window")
+        parse_duration(self.every, "monitor.every")
+        return self
+
+    @property
+    def window_seconds(self) -> float:
+        return parse_duration(self.window, "monitor.window")
+
+    @property
+    def every_seconds(self) -> float:
+        return parse_duration(self.every, "monitor.every")
+
+
 class RunConfig(_Section):
     task: Task = Field(..., description="text, sft, classify or preference.")
     name: str | None = Field(None, description="Run name (default: task-model-timestamp).")
@@ -271,6 +353,7 @@ class RunConfig(_Section):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
 
     @model_validator(mode="after")

@@ -406,3 +406,16 @@ def test_pipeline_and_cli_make_the_one_estimate_for_split(tmp_path, tiny_model_d
     from_cli = estimate_package.estimate_from_config(config, calibrate_here=False).as_dict()
     assert len(calls) == 2 and calls[0] == calls[1]
     assert from_pipeline["tokens"] == from_cli["tokens"] and from_pipeline["flops"] == from_cli["flops"]
+
+
+def test_the_monthly_cost_of_re_tuning_follows_the_monitor_cadence():
+    from tunelab.config import MonitorConfig
+    from tunelab.estimate.plan import GPUEstimate, plan_retune
+
+    gpus = [GPUEstimate("big", 600.0, 0.50, True, 80, "t"), GPUEstimate("small", 1200.0, 0.20, False, 8, "t")]
+    retune = plan_retune(MonitorConfig(every="6h", retrain_on="drift"), 900.0, gpus)
+    assert retune.checks_per_month == 120 and retune.max_retrains_per_month == 120
+    assert retune.usd_per_month == {"big": pytest.approx(60.0), "small": pytest.approx(24.0)}
+    # The cheapest GPU the run fits on, not the cheapest one.
+    assert retune.cheapest_gpu == "big" and retune.seconds_here_per_month == 900.0 * 120
+    assert plan_retune(MonitorConfig(every="1d", retrain_on="never"), 900.0, gpus).cheapest_usd_per_month == 0.0

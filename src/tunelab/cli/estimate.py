@@ -113,6 +113,15 @@ def estimate(
         cloud.add_row(f"{entry.provider} {entry.model}", f"{entry.usd_per_million_training_tokens:.2f}", _usd(entry.usd), entry.published)
     console.print(cloud)
 
+    retune = result.retune
+    if retune is not None and retune.max_retrains_per_month:
+        here_month = f", {_duration(retune.seconds_here_per_month)} on this machine" if retune.seconds_here_per_month is not None else ""
+        cheapest = f"{retune.cheapest_gpu} USD {_usd(retune.cheapest_usd_per_month)}" if retune.cheapest_gpu else "-"
+        console.print(
+            f"re-tuning (monitor.every {retune.every}, retrain_on {retune.retrain_on}): at most {retune.max_retrains_per_month:.0f} "
+            f"retrains a month{here_month}; on {cheapest} a month at most"
+        )
+
     for note in result.budget.notes:
         console.print(f"note: {note}")
     if result.budget.over:

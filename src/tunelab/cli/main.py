@@ -31,8 +31,10 @@ def _register_commands() -> None:
         env,
         estimate,
         evaluate,
+        feedback,
         generate,
         models,
+        monitor,
         run,
         runs,
         serve,
@@ -40,7 +42,7 @@ def _register_commands() -> None:
         ui,
     )
 
-    for module in (run, generate, models, env, config, data, serve, train, evaluate, estimate, runs, ui):
+    for module in (run, generate, models, env, config, data, serve, train, evaluate, estimate, runs, feedback, monitor, ui):
         module.register(app)
 
 

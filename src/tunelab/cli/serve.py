@@ -11,7 +11,10 @@ from tunelab.serve.settings import API_KEY_ENV, DEFAULT_LOG_PATH, DEFAULTS, Serv
 
 def serve(
     model: str = typer.Option(DEFAULTS.model, "--model", "-m", help="Base model (default, folder, .gguf, hub id) or a run folder."),
-    adapter: list[str] = typer.Option([], "--adapter", "-a", help="NAME=RUN: serve RUN's LoRA adapter as model NAME (repeatable)."),
+    adapter: list[str] = typer.Option(
+        [], "--adapter", "-a",
+        help="NAME=RUN: serve RUN's LoRA adapter as model NAME (repeatable); NAME=alias:ALIAS follows a registry alias.",
+    ),
     host: str = typer.Option(DEFAULTS.host, "--host", help="Address to bind; non-loopback needs --api-key or --insecure."),
     port: int = typer.Option(DEFAULTS.port, "--port", "-p", min=0, max=65535),
     api_key: str = typer.Option(None, "--api-key", envvar=API_KEY_ENV, help="Require 'Authorization: Bearer KEY'."),
@@ -26,6 +29,8 @@ def serve(
     dtype: str = typer.Option(DEFAULTS.dtype, "--dtype", help="float32 or bfloat16."),
     served_name: str = typer.Option(None, "--served-name", help="Name of the base model in the API (default: its name)."),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
+    registry_path: Path = typer.Option(None, "--registry", help="Registry that alias:ALIAS adapters follow (default: runs/registry.db)."),
+    alias_poll_s: float = typer.Option(DEFAULTS.alias_poll_s, "--alias-poll-s", min=0.1, help="How often followed aliases are checked."),
 ) -> None:
     """Serve models over an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/classify)."""
     from tunelab.serve.server import parse_adapter, run_server  # imports torch: only for this command
@@ -46,6 +51,8 @@ def serve(
         max_body_bytes=max_body_bytes,
         served_name=served_name,
         allow_network=allow_network,
+        registry_path=registry_path,
+        alias_poll_s=alias_poll_s,
     )
     run_server(settings)
 

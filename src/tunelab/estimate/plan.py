@@ -183,6 +183,42 @@ class BudgetCheck:
 
 
 @dataclass
+class RetuneEstimate:
+    """The monthly cost of re-tuning at the ``monitor:`` cadence: at most one retrain per check.
+
+    A retrain trains the same recipe on the old data plus the new, so one costs about what this
+    run costs (more as new data accumulates); ``retrain_on: drift`` retrains only on drifted checks,
+    so the real count is between 0 and ``max_retrains_per_month``.
+    """
+
+    every: str
+    retrain_on: str
+    checks_per_month: float
+    max_retrains_per_month: float
+    seconds_here_per_month: float | None
+    usd_per_month: dict[str, float]  # GPU name -> USD at max_retrains_per_month
+    cheapest_gpu: str | None
+    cheapest_usd_per_month: float | None
+
+
+DAYS_PER_MONTH = 30.0
+
+
+def plan_retune(monitor: Any, seconds_here: float | None, gpus: list[GPUEstimate]) -> RetuneEstimate:
+    """:class:`RetuneEstimate` of one run's cost at the cadence of ``monitor`` (a ``MonitorConfig``)."""
+    checks = DAYS_PER_MONTH * 86400 / monitor.every_seconds
+    retrains = 0.0 if monitor.retrain_on == "never" else checks
+    usd = {gpu.name: gpu.usd * retrains for gpu in gpus}
+    fitting = [gpu for gpu in gpus if gpu.fits] or gpus
+    cheapest = min(fitting, key=lambda gpu: gpu.usd, default=None)
+    return RetuneEstimate(
+        every=monitor.every, retrain_on=monitor.retrain_on, checks_per_month=checks, max_retrains_per_month=retrains,
+        seconds_here_per_month=None if seconds_here is None else seconds_here * retrains, usd_per_month=usd,
+        cheapest_gpu=cheapest.name if cheapest else None, cheapest_usd_per_month=cheapest.usd * retrains if cheapest else None,
+    )
+
+
+@dataclass
 class Estimate:
     """Everything ``tunelab estimate`` shows; ``as_dict()`` is what the registry stores."""
 
@@ -200,6 +236,7 @@ class Estimate:
     budget: BudgetCheck
     utilization: float
     price_table_date: str
+    retune: RetuneEstimate | None = None
 
     @property
     def total_seconds(self) -> float | None:
@@ -508,6 +545,7 @@ def estimate_run(
         budget=check_budget(config, total_here, gpus),
         utilization=utilization,
         price_table_date=prices.table_date,
+        retune=plan_retune(config.monitor, total_here, gpus),
     )
 
 

@@ -6,6 +6,7 @@ from tunelab.registry.store import (
     REVIEW_PREFERENCES,
     STATUSES,
     TIMED_STEPS,
+    AliasChange,
     BaselineKey,
     CachedBaseline,
     Registry,
@@ -22,6 +23,7 @@ from tunelab.registry.store import (
 
 __all__ = [
     "KEY_METRICS",
+    "AliasChange",
     "MIGRATIONS",
     "REVIEW_PREFERENCES",
     "STATUSES",

@@ -95,6 +95,36 @@ def m003_reviews(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX reviews_run ON reviews (run_id, sheet)")
 
 
+@migration
+def m004_aliases(db: sqlite3.Connection) -> None:
+    # A served name follows an alias (router -> run id); every change is kept, so a rollback knows
+    # where to go back to and an audit can tell which run answered when.
+    db.execute(
+        """
+        CREATE TABLE aliases (
+            name TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE alias_history (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            previous_run_id TEXT,
+            action TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
+            reason TEXT,
+            details TEXT CHECK (details IS NULL OR json_valid(details)),
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX alias_history_name ON alias_history (name, id)")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 

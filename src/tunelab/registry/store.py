@@ -177,6 +177,23 @@ class ReviewRecord:
 
 
 @dataclass
+class AliasChange:
+    """One row of an alias's history: the alias moved from ``previous_run_id`` to ``run_id``."""
+
+    id: int
+    name: str
+    run_id: str
+    previous_run_id: str | None
+    action: str  # "promote" or "rollback"
+    reason: str | None
+    details: dict | None
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class RunComparison:
     """Runs side by side: ``metrics[name] = [value per run]`` and the config keys that differ."""
 
@@ -492,6 +509,92 @@ class Registry:
             parameters.append(str(sheet))
         with self._connect() as db:
             return [ReviewRecord(**dict(row)) for row in db.execute(sql + " ORDER BY id", parameters)]
+
+    # -- aliases ------------------------------------------------------------------------------
+
+    def alias(self, name: str) -> str | None:
+        """The run id alias ``name`` points at, or None when it was never set."""
+        with self._connect() as db:
+            row = db.execute("SELECT run_id FROM aliases WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row["run_id"])
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the run id it points at."""
+        with self._connect() as db:
+            return {row["name"]: row["run_id"] for row in db.execute("SELECT name, run_id FROM aliases ORDER BY name")}
+
+    def resolve_alias(self, name: str) -> RunRecord:
+        """The run alias ``name`` points at.
+
+        Raises:
+            RegistryError: when the alias is not set, or its run is gone.
+        """
+        run_id = self.alias(name)
+        if run_id is None:
+            raise RegistryError(f"no alias '{name}' in {self.path}", f"set it with `tunelab promote {name} RUN`")
+        return self.get_run(run_id)
+
+    def set_alias(self, name: str, run: str, *, reason: str | None = None, details: dict | None = None, action: str = "promote") -> AliasChange:
+        """Point alias ``name`` at ``run`` (id or name) and append the change to its history.
+
+        Raises:
+            RegistryError: for an unknown run, an empty alias name, or a run that did not finish.
+        """
+        if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise RegistryError(f"alias name '{name}' is not letters, digits, '.', '_' or '-'")
+        record = self.get_run(run)
+        if record.status != "finished":
+            raise RegistryError(f"run '{record.name}' is {record.status}, not finished: it cannot be served", "promote a finished run")
+        now = _now()
+        with self._write() as db:
+            row = db.execute("SELECT run_id FROM aliases WHERE name = ?", (name,)).fetchone()
+            previous = None if row is None else row["run_id"]
+            db.execute(
+                "INSERT INTO aliases (name, run_id, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at",
+                (name, record.id, now),
+            )
+            cursor = db.execute(
+                "INSERT INTO alias_history (name, run_id, previous_run_id, action, reason, details, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, record.id, previous, action, reason, json.dumps(details, default=str) if details is not None else None, now),
+            )
+            change_id = int(cursor.lastrowid)
+        return AliasChange(change_id, name, record.id, previous, action, reason, details, now)
+
+    def alias_history(self, name: str) -> list[AliasChange]:
+        """Every change of alias ``name``, oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM alias_history WHERE name = ? ORDER BY id", (name,)).fetchall()
+        return [
+            AliasChange(
+                row["id"], row["name"], row["run_id"], row["previous_run_id"], row["action"], row["reason"],
+                json.loads(row["details"]) if row["details"] else None, row["created_at"],
+            )
+            for row in rows
+        ]
+
+    def rollback_alias(self, name: str, *, reason: str | None = None) -> AliasChange:
+        """Point alias ``name`` back at the run it pointed at before its current one.
+
+        Walks the history backwards past earlier rollbacks, so two rollbacks in a row step back twice
+        (A -> B -> C, rollback: B, rollback: A).
+
+        Raises:
+            RegistryError: when the alias has no earlier run to go back to.
+        """
+        history = self.alias_history(name)
+        if not history:
+            raise RegistryError(f"no alias '{name}' in {self.path}")
+        # The chain of promotions still in force: each rollback cancels the promotion it undid.
+        chain: list[str] = []
+        for change in history:
+            if change.action == "promote":
+                chain.append(change.run_id)
+            elif chain:
+                chain.pop()
+        if len(chain) < 2:
+            raise RegistryError(f"alias '{name}' has no earlier run to roll back to", "`tunelab promote NAME RUN` sets one explicitly")
+        return self.set_alias(name, chain[-2], reason=reason or "rollback", action="rollback")
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -1,5 +1,11 @@
 """The models one server answers for: one base model in memory, and any number of LoRA adapters on it.
 
+An adapter may follow a registry alias (``--adapter router=alias:router``): its name then points at
+an entry per run (``router--<run id>``); :meth:`ModelRegistry.refresh_aliases` registers the run an
+alias now points at and moves the name to it in one assignment. A request resolves its name once, when
+it arrives, so it is computed entirely by the run it started with, while the next request already
+goes to the promoted one: no restart, no dropped request, no batch that mixes the two.
+
 Adapters are registered by name at start-up (cheap: only their config is read) and loaded into the
 shared base on first use with peft's multi-adapter support. At most ``max_loaded`` stay in memory;
 the least recently used is deleted when another one comes in. Only the engine's single worker
@@ -39,6 +45,7 @@ class ServedModel:
     system_prompt: str | None = None
     label_head: Any = None  # a classify run's trained label rows (tunelab.models.heads.LabelHead)
     out_of_scope: OutOfScope | None = None  # below its threshold a classify run answers its out-of-scope label
+    run_id: str | None = None  # the registry id of the run (its folder name when unregistered): logged per request
 
     @property
     def is_classifier(self) -> bool:
@@ -72,6 +79,17 @@ def _read_run(run_dir: Path) -> tuple[dict, LabelMap | None]:
     return config, label_map
 
 
+def run_id_of(run_dir: Path) -> str:
+    """The registry id a run folder was registered under (pipeline.json), else the folder's name."""
+    try:
+        state = json.loads((Path(run_dir) / "pipeline.json").read_text(encoding="utf-8"))
+        if isinstance(state, dict) and state.get("registry_id"):
+            return str(state["registry_id"])
+    except (OSError, ValueError):
+        pass
+    return Path(run_dir).name
+
+
 def _base_name(config: dict) -> str:
     section = config.get("model") or {}
     return str(section.get("name", "default")) if isinstance(section, dict) else str(section)
@@ -88,6 +106,19 @@ def _same_model(first: ModelSource, second: ModelSource) -> bool:
     )
 
 
+@dataclass
+class AliasBinding:
+    """A served name that follows registry alias ``alias``; ``key`` is the entry of the run it points at now."""
+
+    alias: str
+    registry_path: Path
+    key: str
+    run_id: str
+
+
+ALIAS_PREFIX = "alias:"
+
+
 class ModelRegistry:
     """Maps served names to weights; see the module docstring."""
 
@@ -101,10 +132,12 @@ class ModelRegistry:
         self._entries: dict[str, ServedModel] = {base_name: base_entry or ServedModel(base_name, "base", None)}
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._peft: Any = None  # the PeftModel wrapping the base, created with the first adapter
+        self._aliases: dict[str, AliasBinding] = {}
         self.loads = 0  # adapter loads so far (tests and metrics read it)
+        self.alias_changes: list[tuple[str, str, str]] = []  # (name, old run id, new run id), for tests and logs
 
     # -- registration (start-up thread) --------------------------------------------------------
-    def add_adapter(self, name: str, run_dir: Path) -> ServedModel:
+    def add_adapter(self, name: str, run_dir: Path, run_id: str | None = None) -> ServedModel:
         """Register the LoRA adapter of run ``run_dir`` under ``name`` without loading its weights.
 
         Raises:
@@ -131,16 +164,60 @@ class ModelRegistry:
 
         entry = ServedModel(
             name, "adapter", str(config.get("task")) if config.get("task") else None, run_dir, label_map,
-            _system_prompt(config), LabelHead.load(run.adapter), _read_out_of_scope(run_dir),
+            _system_prompt(config), LabelHead.load(run.adapter), out_of_scope=_read_out_of_scope(run_dir),
+            run_id=run_id or run_id_of(run_dir),
         )
         self._entries[name] = entry
         return entry
 
+    def add_alias(self, name: str, alias: str, registry_path: Path) -> ServedModel:
+        """Serve as ``name`` whatever run registry alias ``alias`` points at (followed by :meth:`refresh_aliases`).
+
+        Raises:
+            ServeError: for a taken name, an unset alias, or a run that cannot be served here.
+        """
+        if not name or name in self._entries or name in self._aliases:
+            raise ServeError(f"adapter name '{name}' is empty or already used", "give each --adapter a distinct NAME")
+        run_id, run_dir = _alias_target(alias, Path(registry_path))
+        entry = self._entry_for_run(name, run_id, run_dir)
+        self._aliases[name] = AliasBinding(alias, Path(registry_path), entry.name, run_id)
+        return entry
+
+    def _entry_for_run(self, name: str, run_id: str, run_dir: Path) -> ServedModel:
+        key = f"{name}--{run_id}"
+        return self._entries.get(key) or self.add_adapter(key, run_dir, run_id=run_id)
+
+    def refresh_aliases(self) -> list[tuple[str, str, str]]:
+        """Move every alias-following name to the run its alias points at now; return the moves made.
+
+        Raises:
+            ServeError: when an alias now points at a run that cannot be served (the name stays where it was).
+        """
+        moves = []
+        for name, binding in list(self._aliases.items()):
+            run_id, run_dir = _alias_target(binding.alias, binding.registry_path)
+            if run_id == binding.run_id:
+                continue
+            entry = self._entry_for_run(name, run_id, run_dir)
+            # One assignment: a request that already resolved the name keeps the entry it got.
+            self._aliases[name] = AliasBinding(binding.alias, binding.registry_path, entry.name, run_id)
+            moves.append((name, binding.run_id, run_id))
+        self.alias_changes.extend(moves)
+        return moves
+
+    @property
+    def follows_aliases(self) -> bool:
+        return bool(self._aliases)
+
     # -- lookup (any thread) -------------------------------------------------------------------
     def names(self) -> list[str]:
-        return list(self._entries)
+        hidden = {key for key in self._entries if any(key.startswith(f"{name}--") for name in self._aliases)}
+        return [name for name in self._entries if name not in hidden] + list(self._aliases)
 
     def get(self, name: str) -> ServedModel | None:
+        binding = self._aliases.get(name)
+        if binding is not None:
+            return self._entries[binding.key]
         return self._entries.get(name)
 
     def loaded_adapters(self) -> list[str]:
@@ -199,6 +276,20 @@ class ModelRegistry:
         yield self._peft
 
 
+def _alias_target(alias: str, registry_path: Path) -> tuple[str, Path]:
+    from tunelab.registry.store import Registry, RegistryError
+
+    if not registry_path.is_file():
+        raise ServeError(f"--adapter ...=alias:{alias}: no registry at {registry_path}", "pass --registry PATH")
+    try:
+        record = Registry(registry_path).resolve_alias(alias)
+    except RegistryError as error:
+        raise ServeError(error.message, error.hint) from None
+    if not record.run_dir:
+        raise ServeError(f"alias '{alias}' points at run {record.name}, which has no run folder")
+    return record.id, Path(record.run_dir)
+
+
 def load_registry(
     model: str,
     adapters: list[tuple[str, str]] | None = None,
@@ -207,11 +298,13 @@ def load_registry(
     max_loaded: int = 4,
     allow_network: bool = False,
     served_name: str | None = None,
+    registry_path: Path | None = None,
 ) -> ModelRegistry:
     """Load the base model once and register the adapters (``[(name, run_dir), ...]``) on it.
 
     ``model`` may be a model name (default, folder, .gguf, hub id), a LoRA run (its base is served
     and the run becomes an adapter named after its folder) or a full-model run (served as is).
+    An adapter ``alias:NAME`` follows registry alias NAME (in ``registry_path``).
 
     Raises:
         ServeError, ModelError: for unusable models, runs or adapter names.
@@ -232,7 +325,7 @@ def load_registry(
             name = served_name or run_dir.name
             base_entry = ServedModel(
                 name, "base", str(config.get("task")) or None, run_dir, label_map, _system_prompt(config),
-                out_of_scope=_read_out_of_scope(run_dir),
+                out_of_scope=_read_out_of_scope(run_dir), run_id=run_id_of(run_dir),
             )
             registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=base_entry)
             return registry
@@ -240,5 +333,10 @@ def load_registry(
     name = served_name or ("default" if source.kind == "default" else source.display_name)
     registry = ModelRegistry(loaded, name, max_loaded=max_loaded)
     for adapter_name, run_dir in adapters:
-        registry.add_adapter(adapter_name, Path(run_dir))
+        if str(run_dir).startswith(ALIAS_PREFIX):
+            from tunelab.registry.store import default_registry_path
+
+            registry.add_alias(adapter_name, str(run_dir)[len(ALIAS_PREFIX) :], Path(registry_path or default_registry_path()))
+        else:
+            registry.add_adapter(adapter_name, Path(run_dir))
     return registry

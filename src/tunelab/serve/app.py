@@ -8,6 +8,8 @@ the gatekeeper middleware (``middleware.py``), error handlers that answer in the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,6 +27,19 @@ from tunelab.serve.routes import Service, router
 from tunelab.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
+
+logger = logging.getLogger("tunelab.serve")
+
+
+async def _follow_aliases(registry: ModelRegistry, every_s: float) -> None:
+    """Poll the registry for promotions of the aliases some names follow (off the event loop)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            for name, old, new in await asyncio.to_thread(registry.refresh_aliases):
+                logger.info("'%s' now served by run %s (was %s)", name, new, old)
+        except Exception:  # noqa: BLE001 - a bad promotion must not stop serving the current run
+            logger.exception("could not follow an alias; still serving the runs loaded before")
 
 
 def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
@@ -81,9 +96,12 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        follower = asyncio.create_task(_follow_aliases(registry, settings.alias_poll_s)) if registry.follows_aliases else None
         try:
             yield
         finally:
+            if follower is not None:
+                follower.cancel()
             # uvicorn has already let in-flight requests finish; drain the engine, flush the log.
             engine.stop()
             if request_log is not None:

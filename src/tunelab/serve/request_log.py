@@ -9,17 +9,37 @@ Table ``requests`` (one row per HTTP request)::
 
     id INTEGER PRIMARY KEY, time TEXT (UTC ISO-8601, when the request arrived), endpoint TEXT,
     model TEXT, prompt TEXT, output TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
-    latency_ms REAL, status INTEGER (HTTP status), error TEXT, stream INTEGER (0/1)
+    latency_ms REAL, status INTEGER (HTTP status), error TEXT, stream INTEGER (0/1),
+    response_id TEXT (the id the response carried: chatcmpl-/cmpl-/clf-...), run_id TEXT (the run behind
+    the served name when the request was answered), predicted_label TEXT, top_probability REAL (classify,
+    one input), probabilities TEXT (classify: JSON list, one {label: p} per input)
+
+Table ``feedback`` (the correct answer for a logged response, from ``POST /v1/feedback`` or
+``tunelab feedback import``; the newest row per (response_id, item) wins)::
+
+    id INTEGER PRIMARY KEY, time TEXT, response_id TEXT, item INTEGER (input index of a multi-input
+    classify request), label TEXT, completion TEXT, rating INTEGER (+1 / -1), source TEXT
+
+The schema grows by append-only migrations (``MIGRATIONS``, recorded in ``_migrations``), like the
+run registry's: a log written by an older server gains the new columns on the next start, its rows
+kept (their new columns are NULL).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import sqlite3
 import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tunelab.errors import DataError
 
 logger = logging.getLogger("tunelab.serve")
 
@@ -35,25 +55,113 @@ COLUMNS = (
     "status",
     "error",
     "stream",
+    "response_id",
+    "run_id",
+    "predicted_label",
+    "top_probability",
+    "probabilities",
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY,
-    time TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    model TEXT,
-    prompt TEXT,
-    output TEXT,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    latency_ms REAL,
-    status INTEGER NOT NULL,
-    error TEXT,
-    stream INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
-"""
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+BUSY_TIMEOUT_S = 30.0
+
+
+def _migration(function: Migration) -> Migration:
+    MIGRATIONS.append(function)
+    return function
+
+
+@_migration
+def m001_requests(db: sqlite3.Connection) -> None:
+    # IF NOT EXISTS: logs written before migrations existed already have this table.
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS requests (
+            id INTEGER PRIMARY KEY,
+            time TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            model TEXT,
+            prompt TEXT,
+            output TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms REAL,
+            status INTEGER NOT NULL,
+            error TEXT,
+            stream INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests(time)")
+
+
+@_migration
+def m002_response_ids_and_predictions(db: sqlite3.Connection) -> None:
+    # What monitoring and feedback need: which response a correction is about, which run answered
+    # (a promotion must not mix two models' traffic), and the classify prediction with its confidence.
+    for column, kind in (
+        ("response_id", "TEXT"), ("run_id", "TEXT"), ("predicted_label", "TEXT"), ("top_probability", "REAL"), ("probabilities", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+    db.execute("CREATE INDEX requests_response_id ON requests(response_id)")
+    db.execute("CREATE INDEX requests_model_time ON requests(model, time)")
+
+
+@_migration
+def m003_feedback(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            time TEXT NOT NULL,
+            response_id TEXT NOT NULL,
+            item INTEGER NOT NULL DEFAULT 0,
+            label TEXT,
+            completion TEXT,
+            rating INTEGER CHECK (rating IS NULL OR rating IN (-1, 1)),
+            source TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX feedback_response ON feedback(response_id, item)")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """An autocommit connection to the request log at ``path`` with its schema up to date (WAL mode)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply the request log's migrations not yet applied (under the write lock); return their names."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    if all(function.__name__ in done for function in MIGRATIONS):
+        return []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+        applied = []
+        for function in MIGRATIONS:
+            if function.__name__ not in done:
+                function(db)
+                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (function.__name__, _now()))
+                applied.append(function.__name__)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return applied
+
 
 
 def _clean(value: Any) -> Any:
@@ -69,15 +177,9 @@ class RequestLog:
     def __init__(self, path: Path, *, max_queue: int = 100_000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Create the table now so a bad path fails at start-up, not in the writer thread.
-        connection = sqlite3.connect(self.path)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(SCHEMA)
-            connection.commit()
-        finally:
-            connection.close()
-        self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=max_queue)
+        # Migrate now so a bad path fails at start-up, not in the writer thread.
+        connect(self.path).close()
+        self._queue: queue.Queue[dict | threading.Event | None] = queue.Queue(maxsize=max_queue)
         self.dropped = 0
         self.written = 0
         self._closed = False
@@ -92,6 +194,14 @@ class RequestLog:
             self._queue.put_nowait(entry)
         except queue.Full:
             self.dropped += 1
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written (feedback looks its response up after this)."""
+        if self._closed or not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, then stop the writer."""
@@ -120,16 +230,18 @@ class RequestLog:
                         break
                 if None in entries:
                     running = False
-                rows = [tuple(_clean(entry.get(column)) for column in COLUMNS) for entry in entries if entry is not None]
-                if not rows:
-                    continue
-                try:
-                    with connection:
-                        connection.executemany(statement, rows)
-                    self.written += len(rows)
-                except sqlite3.Error:
-                    logger.exception("request log: could not write %d rows to %s", len(rows), self.path)
-                    self.dropped += len(rows)
+                rows = [tuple(_clean(entry.get(column)) for column in COLUMNS) for entry in entries if isinstance(entry, dict)]
+                if rows:
+                    try:
+                        with connection:
+                            connection.executemany(statement, rows)
+                        self.written += len(rows)
+                    except sqlite3.Error:
+                        logger.exception("request log: could not write %d rows to %s", len(rows), self.path)
+                        self.dropped += len(rows)
+                for entry in entries:
+                    if isinstance(entry, threading.Event):
+                        entry.set()
         finally:
             connection.close()
 
@@ -143,3 +255,156 @@ def read_requests(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         return [dict(row) for row in connection.execute(query)]
     finally:
         connection.close()
+
+
+# -- feedback ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Feedback:
+    """The correct answer for one logged response: a label (classify), a completion, or a rating (chat)."""
+
+    response_id: str
+    item: int = 0
+    label: str | None = None
+    completion: str | None = None
+    rating: int | None = None
+
+    def check(self, where: str = "feedback") -> None:
+        """Raises:
+            DataError: naming ``where`` when the feedback says nothing or a field has a wrong value.
+        """
+        if not isinstance(self.response_id, str) or not self.response_id.strip():
+            raise DataError(f"{where}: 'id' (the response id the server returned) is missing or empty")
+        if not isinstance(self.item, int) or self.item < 0:
+            raise DataError(f"{where}: 'index' must be a whole number >= 0, got {self.item!r}")
+        if self.label is None and self.completion is None and self.rating is None:
+            raise DataError(f"{where}: give 'label' (classify), 'completion' or 'rating' (+1 / -1)")
+        if self.label is not None and (not isinstance(self.label, str) or not self.label.strip()):
+            raise DataError(f"{where}: 'label' must be a non-empty string, got {self.label!r}")
+        if self.completion is not None and not isinstance(self.completion, str):
+            raise DataError(f"{where}: 'completion' must be a string")
+        if self.rating is not None and self.rating not in (-1, 1):
+            raise DataError(f"{where}: 'rating' must be 1 (thumbs up) or -1 (thumbs down), got {self.rating!r}")
+
+
+def feedback_from_dict(row: dict[str, Any], where: str = "feedback") -> Feedback:
+    """``{"id", "label"}``, ``{"id", "completion"}`` or ``{"id", "rating"|"thumbs": "up"/"down"}``; ``index`` optional.
+
+    Raises:
+        DataError: for a row without an id or an answer, or with unknown keys.
+    """
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a feedback row must be a JSON object")
+    known = {"id", "response_id", "index", "label", "completion", "rating", "thumbs"}
+    unknown = sorted(set(row) - known)
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    rating = row.get("rating")
+    thumbs = row.get("thumbs")
+    if thumbs is not None:
+        if thumbs not in ("up", "down"):
+            raise DataError(f"{where}: 'thumbs' must be 'up' or 'down', got {thumbs!r}")
+        rating = 1 if thumbs == "up" else -1
+    feedback = Feedback(
+        response_id=row.get("id", row.get("response_id")), item=row.get("index", 0), label=row.get("label"),
+        completion=row.get("completion"), rating=rating,
+    )
+    feedback.check(where)
+    return feedback
+
+
+def logged_response_ids(db: sqlite3.Connection, response_ids: Iterable[str]) -> set[str]:
+    """Which of ``response_ids`` the log holds."""
+    ids = list(dict.fromkeys(response_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        found.update(row[0] for row in db.execute(f"SELECT response_id FROM requests WHERE response_id IN ({marks})", chunk))
+    return found
+
+
+def add_feedback(path: Path, items: list[Feedback], *, source: str, require_logged: bool = True) -> list[str]:
+    """Store feedback rows in one transaction; return their ids (``fb-...``).
+
+    Raises:
+        DataError: when ``require_logged`` and some response id is not in the log (nothing is stored then).
+    """
+    db = connect(Path(path))
+    try:
+        if require_logged:
+            missing = sorted({item.response_id for item in items} - logged_response_ids(db, (item.response_id for item in items)))
+            if missing:
+                listed = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+                raise DataError(
+                    f"no logged response with id {listed} in {path}",
+                    "send the id the server returned (the response's 'id' field), to the server that logged it",
+                )
+        now = _now()
+        ids = [f"fb-{uuid.uuid4().hex}" for _ in items]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO feedback (time, response_id, item, label, completion, rating, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(now, i.response_id, i.item, _clean(i.label), _clean(i.completion), i.rating, source) for i in items],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return ids
+    finally:
+        db.close()
+
+
+def read_feedback_file(path: Path) -> list[Feedback]:
+    """Feedback rows of a JSONL or CSV file (columns id, label / completion / rating / thumbs, optional index).
+
+    Raises:
+        DataError: naming the file and line of the first bad row.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"feedback file not found: {path}")
+    items: list[Feedback] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        if path.suffix.lower() == ".csv":
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                clean = {key: value for key, value in row.items() if value not in (None, "")}
+                if "index" in clean:
+                    try:
+                        clean["index"] = int(clean["index"])
+                    except ValueError:
+                        raise DataError(f"{path}:{line}: 'index' is not a number") from None
+                if "rating" in clean:
+                    try:
+                        clean["rating"] = int(clean["rating"])
+                    except ValueError:
+                        raise DataError(f"{path}:{line}: 'rating' is not 1 or -1") from None
+                items.append(feedback_from_dict(clean, f"{path}:{line}"))
+        else:
+            for line, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{line}: not valid JSON: {error.msg}") from None
+                items.append(feedback_from_dict(row, f"{path}:{line}"))
+    if not items:
+        raise DataError(f"{path} holds no feedback rows")
+    return items
+
+
+def import_feedback(log_path: Path, file: Path, *, require_logged: bool = True) -> dict[str, Any]:
+    """``tunelab feedback import FILE``: store every row of ``file`` (all or nothing); return counts.
+
+    Raises:
+        DataError: for a bad row, or a response id the log does not hold.
+    """
+    if not Path(log_path).is_file():
+        raise DataError(f"request log not found: {log_path}", "pass the --log-db the server wrote (default runs/requests.db)")
+    items = read_feedback_file(file)
+    ids = add_feedback(log_path, items, source=f"import:{Path(file).name}", require_logged=require_logged)
+    return {"imported": len(ids), "labels": sum(i.label is not None for i in items), "file": str(file), "log": str(log_path)}

@@ -1,13 +1,14 @@
 """The OpenAI-compatible endpoints, each a plain function over the app's one :class:`Service`.
 
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``POST /v1/classify``, ``GET /health``. A streamed answer goes through the one SSE helper,
+``POST /v1/classify``, ``POST /v1/feedback``, ``GET /health``. A streamed answer goes through the one SSE helper,
 :func:`sse_answer`; a request's checks (model, context length, max_tokens, stop sequences) are
 methods of the service, shared by every endpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -29,6 +30,7 @@ from tunelab.serve.schemas import (
     ChatCompletionRequest,
     ClassifyRequest,
     CompletionRequest,
+    FeedbackRequest,
 )
 from tunelab.serve.settings import ServeSettings
 
@@ -111,6 +113,8 @@ class Service:
         card = {"id": name, "object": "model", "created": 0, "owned_by": "tunelab", "kind": entry.kind, "task": entry.task}
         if entry.kind == "adapter":
             card["parent"] = self.registry.base_name
+        if entry.run_id:
+            card["run_id"] = entry.run_id  # which run answers now (it moves when a followed alias is promoted)
         return card
 
     def encode_text(self, text: str, param: str) -> list[int]:
@@ -179,6 +183,14 @@ def _log(request: Request, **fields: Any) -> dict:
     return entry
 
 
+def _prediction_fields(results: list[ClassifyResult]) -> dict[str, Any]:
+    """What monitoring reads of a classify answer: the label and top probability (one input), all probabilities."""
+    fields: dict[str, Any] = {"probabilities": json.dumps([r.probabilities for r in results])}
+    if len(results) == 1:
+        fields.update(predicted_label=results[0].label, top_probability=max(results[0].probabilities.values()))
+    return fields
+
+
 def _refuse(condition: bool, param: str, what: str) -> None:
     if condition:
         raise bad_request(f"{what} is not supported by this server.", param=param, code="unsupported_parameter")
@@ -211,6 +223,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
     _refuse(bool(body.tools), "tools", "Tool calling")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    log.update(response_id=completion_id, run_id=entry.run_id)
     created = _now()
 
     answer: GenerationResult | None = None
@@ -222,6 +235,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         if text is None:
             raise bad_request("A classify model needs a user message with the text to classify.", param="messages")
         (result,) = await service.classify(entry, [text])
+        log.update(_prediction_fields([result]))
         answer = GenerationResult(result.label, "stop", result.prompt_tokens, 1)
         classification = _classification(0, result, entry)
     else:
@@ -288,6 +302,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         encoded.append((ids, service.sampling(body, len(ids), requested, "prompt")))
     jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
+    log.update(response_id=completion_id, run_id=entry.run_id)
     created = _now()
 
     def chunk(text: str, finish_reason: str | None, index: int = 0) -> dict:
@@ -339,12 +354,38 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
         raise bad_request(f"'{entry.name}' is not a classify model (it has no labels.json).", param="model")
     if not texts or len(texts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'input' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="input")
+    response_id = f"clf-{uuid.uuid4().hex}"
+    log.update(response_id=response_id, run_id=entry.run_id)
     results = await service.classify(entry, texts)
     prompt_tokens = sum(r.prompt_tokens for r in results)
     labels = [r.label for r in results]
     log.update(output=json.dumps(labels) if len(labels) > 1 else labels[0], prompt_tokens=prompt_tokens, completion_tokens=len(results))
+    log.update(_prediction_fields(results))
     return {
-        "id": f"clf-{uuid.uuid4().hex}", "object": "classification", "created": _now(), "model": body.model,
+        "id": response_id, "object": "classification", "created": _now(), "model": body.model,
         "data": [_classification(i, r, entry) for i, r in enumerate(results)],
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+@router.post("/v1/feedback")
+async def feedback(body: FeedbackRequest, request: Request) -> Any:
+    """Store the correct answer next to a logged response (same auth as every endpoint)."""
+    from tunelab.errors import DataError
+    from tunelab.serve.request_log import add_feedback, feedback_from_dict
+
+    log = request.app.state.request_log
+    if log is None:
+        raise APIError(409, "This server keeps no request log (--no-log), so it cannot take feedback.", code="no_request_log")
+    try:
+        item = feedback_from_dict(body.model_dump(exclude_none=True), "feedback")
+    except DataError as error:
+        raise bad_request(error.message) from None
+    _log(request, response_id=None, prompt=json.dumps(body.model_dump(exclude_none=True), ensure_ascii=False))
+    # The response's own log row may still be queued: write the queue out before looking it up.
+    await asyncio.to_thread(log.flush)
+    try:
+        (feedback_id,) = await asyncio.to_thread(add_feedback, log.path, [item], source="api")
+    except DataError as error:
+        raise APIError(404, error.message, param="id", code="response_not_found") from None
+    return {"id": feedback_id, "object": "feedback", "created": _now(), "response_id": item.response_id, "index": item.item}

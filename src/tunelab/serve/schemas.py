@@ -82,3 +82,15 @@ class CompletionRequest(_Sampling):
 class ClassifyRequest(_Request):
     model: str = Field(..., description="A classify run served here (an adapter name or the base when it is one).")
     input: str | list[str] = Field(..., description=f"A text, or up to {MAX_PROMPTS_PER_REQUEST} texts.")
+
+
+class FeedbackRequest(BaseModel):
+    """The correct answer for a response this server gave (its ``id``): a label, a completion or a rating."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(..., min_length=1, description="The id of the response (chatcmpl-..., cmpl-..., clf-...).")
+    index: int = Field(0, ge=0, description="Which input of a multi-input classify request.")
+    label: str | None = Field(None, min_length=1, description="classify: the correct label (a new one is fine).")
+    completion: str | None = Field(None, description="chat/completions: the answer that should have been given.")
+    rating: Literal[-1, 1] | None = Field(None, description="Thumbs up (1) or down (-1).")
+    thumbs: Literal["up", "down"] | None = Field(None, description="Same as rating, as a word.")

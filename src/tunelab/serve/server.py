@@ -13,7 +13,7 @@ from tunelab.serve.settings import API_KEY_ENV, ServeSettings, is_loopback
 __all__ = ["API_KEY_ENV", "BackgroundServer", "ServeSettings", "build_app", "check_bind", "is_loopback", "parse_adapter", "run_server"]
 
 def parse_adapter(spec: str) -> tuple[str, str]:
-    """``NAME=RUN`` → (NAME, RUN); a bare ``RUN`` is named after its folder.
+    """``NAME=RUN`` → (NAME, RUN); a bare ``RUN`` is named after its folder; ``NAME=alias:ALIAS`` follows an alias.
 
     Raises:
         ServeError: for an empty name or path.
@@ -61,6 +61,7 @@ def build_app(settings: ServeSettings):
         max_loaded=settings.max_loaded_adapters,
         allow_network=settings.allow_network,
         served_name=settings.served_name,
+        registry_path=settings.registry_path,
     )
     return create_app(registry, settings)
 

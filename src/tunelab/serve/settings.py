@@ -43,6 +43,9 @@ class ServeSettings:
     max_body_bytes: int = 1_000_000
     served_name: str | None = None
     allow_network: bool = False
+    # Where --adapter NAME=alias:ALIAS looks its alias up (None: runs/registry.db), and how often.
+    registry_path: Path | None = None
+    alias_poll_s: float = 2.0
 
 
 DEFAULTS = ServeSettings()

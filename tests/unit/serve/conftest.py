@@ -63,3 +63,10 @@ def fake_runs(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, Pat
 def registry(tiny_model_dir, fake_runs):
     """The tiny base with three adapters registered (none loaded yet); at most two stay loaded."""
     return load_registry(str(tiny_model_dir), [(name, str(path)) for name, path in fake_runs.items()], max_loaded=2)
+
+
+@pytest.fixture(scope="session")
+def router_versions(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> list[Path]:
+    """Two classify runs with the same labels and different weights: a champion and a challenger to promote."""
+    root = tmp_path_factory.mktemp("router-versions")
+    return [write_fake_run(root / f"router-v{i}", tiny_model_dir, tiny_tokenizer, seed=10 + i, task="classify") for i in (1, 2)]

@@ -1,0 +1,385 @@
+"""``tunelab monitor``: live traffic of each served model and run against what the run was trained on.
+
+For every (served name, run) with traffic in the window the report has these signals, each with its
+thresholds (``monitor.thresholds``) and a status ok / watch / drifted:
+
+- input drift: ``length_ks`` (input lengths in words), ``centroid_distance`` (TF-IDF), ``oov_share``
+  (words never seen in training), ``label_psi`` (predicted labels against training labels);
+- confidence drift: ``confidence_drop`` (mean top probability, test set minus live) and ``oos_share``
+  (answers below the run's out-of-scope threshold, when the run saved one in ``out_of_scope.json``);
+- quality: ``live_accuracy`` on the requests that got feedback, with a 95% Wilson interval;
+- service: ``latency_p95_ms`` and ``error_rate`` (5xx share).
+
+The reference of a run is its folder: the training split's records (``split.json`` + the data files
+of its saved config), the test evaluation (``eval/tuned.json``) and ``out_of_scope.json``. A signal
+whose reference is missing is reported as skipped with the reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tunelab.config import MonitorConfig, parse_config
+from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.monitor.signals import (
+    DRIFTED,
+    OK,
+    CentroidModel,
+    Signal,
+    length_ks,
+    oov_share,
+    psi,
+    psi_noise,
+    status_for,
+    wilson_interval,
+    words,
+    worst,
+)
+from tunelab.monitor.traffic import Traffic, read_traffic, served_groups, window_bounds
+from tunelab.paths import RunFolder, atomic_write_text
+
+EXIT_DRIFTED = 3  # `tunelab monitor` exits with this when some signal drifted (cron / CI act on it)
+REFERENCE_SAMPLE = 20000  # training texts the TF-IDF and vocabulary are fitted on at most (seeded)
+REFERENCE_DRAWS = 5  # undrifted samples of the live size whose centroid distance is the noise level
+
+
+@dataclass
+class Reference:
+    """What a run was trained and tested on, as monitoring compares with it."""
+
+    run_id: str | None
+    run_dir: Path | None
+    task: str | None = None
+    train_texts: list[str] = field(default_factory=list)
+    train_labels: Counter = field(default_factory=Counter)
+    heldout_texts: list[str] = field(default_factory=list)  # test (+ validation) inputs: undrifted data of any size
+    test_accuracy: float | None = None
+    test_confidence: float | None = None
+    test_predictions: Counter = field(default_factory=Counter)  # the tuned model's answers on its test set
+    oos_threshold: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _record_text(record: Any) -> str:
+    text = getattr(record, "text", None)
+    if text is not None:
+        return str(text)
+    messages = record.prompt_messages() if hasattr(record, "prompt_messages") else getattr(record, "messages", [])
+    users = [m.content if hasattr(m, "content") else m.get("content", "") for m in messages if (getattr(m, "role", None) or m.get("role")) == "user"]
+    return str(users[-1]) if users else ""
+
+
+def load_reference(run_dir: Path | None, run_id: str | None = None) -> Reference:
+    """The reference of the run in ``run_dir`` (missing parts become notes, not errors)."""
+    reference = Reference(run_id, run_dir)
+    if run_dir is None or not Path(run_dir).is_dir():
+        reference.notes.append(f"run {run_id} has no run folder here: signals against training data skipped (pass --run RUN_DIR)")
+        return reference
+    run = RunFolder(Path(run_dir))
+    try:
+        config = parse_config(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, source=str(run.config))
+        reference.task = config.task
+        from tunelab.data.split import load_split
+
+        split = load_split(run.split, config)
+        reference.train_texts = [_record_text(r) for r in split.train]
+        reference.train_labels = Counter(str(r.label) for r in split.train if getattr(r, "label", None) is not None)
+        reference.heldout_texts = [_record_text(r) for r in list(split.test) + list(split.validation)]
+    except (OSError, TunelabError, ValueError, KeyError) as error:
+        message = getattr(error, "message", None) or str(error)
+        reference.notes.append(f"cannot read the training data of {run.root}: {message}; signals against it skipped")
+    tuned = run.eval_dir / "tuned.json"
+    if tuned.is_file():
+        from tunelab.evaluation.result import EvalResult
+
+        result = EvalResult.load(tuned)
+        accuracy = result.metrics.get("accuracy")
+        reference.test_accuracy = float(accuracy) if isinstance(accuracy, int | float) else None
+        confidences = [row["scores"]["confidence"] for row in result.rows if "confidence" in row.get("scores", {})]
+        reference.test_confidence = float(np.mean(confidences)) if confidences else None
+        reference.test_predictions = Counter(str(row["prediction"]) for row in result.rows if row.get("prediction") is not None)
+    else:
+        reference.notes.append(f"{tuned} is missing: confidence and accuracy have no test-set reference")
+    oos = run.root / "out_of_scope.json"
+    if oos.is_file():
+        try:
+            reference.oos_threshold = float(json.loads(oos.read_text(encoding="utf-8"))["threshold"])
+        except (OSError, ValueError, KeyError, TypeError):
+            reference.notes.append(f"{oos} has no readable 'threshold'")
+    return reference
+
+
+@dataclass
+class ModelReport:
+    """The signals of one served name answered by one run in the window."""
+
+    model: str
+    run_id: str | None
+    run_dir: str | None
+    requests: int
+    first: str | None
+    last: str | None
+    signals: list[Signal]
+    notes: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return worst(s.status for s in self.signals)
+
+    def signal(self, name: str) -> Signal:
+        return next(s for s in self.signals if s.name == name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "run_id": self.run_id, "run_dir": self.run_dir, "requests": self.requests,
+            "first": self.first, "last": self.last, "status": self.status, "signals": [s.as_dict() for s in self.signals],
+            "notes": self.notes, "plots": self.plots,
+        }
+
+
+@dataclass
+class MonitorReport:
+    """``tunelab monitor``'s answer: one :class:`ModelReport` per served name and run."""
+
+    log: str
+    since: str
+    until: str
+    window: str
+    models: list[ModelReport]
+    checked_at: str
+
+    @property
+    def status(self) -> str:
+        return worst(m.status for m in self.models)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_DRIFTED if self.status == DRIFTED else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "log": self.log, "since": self.since, "until": self.until, "window": self.window, "checked_at": self.checked_at,
+            "status": self.status, "exit_code": self.exit_code, "models": [m.as_dict() for m in self.models],
+        }
+
+    def save(self, path: Path) -> Path:
+        atomic_write_text(Path(path), json.dumps(self.as_dict(), indent=1, default=str))
+        return Path(path)
+
+
+def _skipped(name: str, reason: str, n: int = 0) -> Signal:
+    return Signal(name, None, OK, detail=f"skipped: {reason}", n=n)
+
+
+def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfig, *, seed: int = 0) -> list[Signal]:
+    """Every signal of one traffic group against its reference (see the module docstring)."""
+    t = config.thresholds
+    signals: list[Signal] = []
+    few = traffic.requests < config.min_requests
+    few_note = f"only {traffic.requests} requests (< monitor.min_requests {config.min_requests}): not judged"
+    sampled_note = f"sampled {traffic.text_requests} of the window's requests" if traffic.sampled else ""
+    rng = random.Random(seed)
+    train = reference.train_texts
+    if len(train) > REFERENCE_SAMPLE:
+        train = rng.sample(train, REFERENCE_SAMPLE)
+    live = traffic.texts
+
+    # -- input drift ---------------------------------------------------------------------------
+    if not train:
+        for name in ("length_ks", "centroid_distance", "oov_share"):
+            signals.append(_skipped(name, "no training texts for this run"))
+    elif not live:
+        for name in ("length_ks", "centroid_distance", "oov_share"):
+            signals.append(_skipped(name, "no request texts in the window"))
+    else:
+        statistic, pvalue = length_ks([len(words(x)) for x in train], [len(words(x)) for x in live])
+        judged = statistic if pvalue < 0.01 else 0.0
+        signals.append(Signal(
+            "length_ks", statistic, OK if few else status_for(judged, t.length_ks), t.length_ks, None, judged, len(live),
+            traffic.sampled, "; ".join(filter(None, [f"p={pvalue:.3g}", sampled_note, few_note if few else ""])),
+            {"train_mean_words": float(np.mean([len(words(x)) for x in train])), "live_mean_words": float(np.mean([len(words(x)) for x in live]))},
+        ))
+        centroid = CentroidModel(train)
+        held = reference.heldout_texts
+        # Undrifted samples of the live sample's size (drawn with replacement when the held-out rows
+        # are fewer): what the distance is from sample size alone. Averaged over a few draws.
+        draws = [rng.choices(held, k=len(live)) for _ in range(REFERENCE_DRAWS)] if held else []
+        same_size = [text for draw in draws for text in draw]
+        distance = centroid.distance(live)
+        baseline = float(np.mean([centroid.distance(draw) for draw in draws])) if draws else 0.0
+        judged = distance - baseline
+        signals.append(Signal(
+            "centroid_distance", distance, OK if few else status_for(judged, t.centroid_distance), t.centroid_distance, baseline, judged,
+            len(live), traffic.sampled,
+            "; ".join(filter(None, [f"held-out rows of the same size: {baseline:.4f}" if same_size else "no held-out rows: judged as is", sampled_note, few_note if few else ""])),
+        ))
+        vocabulary = {w for x in train for w in words(x)}
+        live_oov = oov_share(vocabulary, live)
+        held_oov = oov_share(vocabulary, same_size) if same_size else 0.0
+        judged = live_oov - held_oov
+        signals.append(Signal(
+            "oov_share", live_oov, OK if few else status_for(judged, t.oov_share), t.oov_share, held_oov, judged, len(live), traffic.sampled,
+            "; ".join(filter(None, [f"held-out rows: {held_oov:.4f}", sampled_note, few_note if few else ""])),
+        ))
+
+    predicted_n = sum(traffic.predicted.values())
+    # Against the model's own answers on its test set where there is one: a model that over-predicts a
+    # label on undrifted data does so live too, and that is not drift. Else against the training labels.
+    expected, against = (reference.test_predictions, "test-set predictions") if reference.test_predictions else (reference.train_labels, "training labels")
+    if not predicted_n:
+        signals.append(_skipped("label_psi", "no classify answers in the window"))
+    elif not expected:
+        signals.append(_skipped("label_psi", "no training labels for this run", predicted_n))
+    else:
+        value = psi(expected, traffic.predicted)
+        categories = len(set(expected) | set(traffic.predicted))
+        noise = psi_noise(categories, sum(expected.values()), predicted_n)
+        judged = value - noise
+        top = traffic.predicted.most_common(3)
+        signals.append(Signal(
+            "label_psi", value, OK if few else status_for(judged, t.label_psi), t.label_psi, noise, judged, predicted_n, False,
+            "; ".join(filter(None, [f"against the {against}, sampling noise {noise:.3f}", "most predicted: " + ", ".join(f"{k} {v}" for k, v in top), few_note if few else ""])),
+        ))
+
+    # -- confidence drift ----------------------------------------------------------------------
+    top_p = traffic.top_probabilities
+    if not top_p.size:
+        signals.append(_skipped("confidence_drop", "no one-input classify answers in the window"))
+    else:
+        mean = float(top_p.mean())
+        if reference.test_confidence is None:
+            signals.append(Signal("confidence_drop", None, OK, t.confidence_drop, None, None, int(top_p.size), False,
+                                  f"skipped: no test-set confidence to compare with (live mean top probability {mean:.4f})", {"live_mean": mean}))
+        else:
+            judged = reference.test_confidence - mean
+            signals.append(Signal(
+                "confidence_drop", judged, OK if few else status_for(judged, t.confidence_drop), t.confidence_drop, reference.test_confidence,
+                judged, int(top_p.size), False, f"mean top probability: test {reference.test_confidence:.4f}, live {mean:.4f}" + (f"; {few_note}" if few else ""),
+                {"live_mean": mean},
+            ))
+    if reference.oos_threshold is None:
+        signals.append(_skipped("oos_share", "the run has no out-of-scope threshold (out_of_scope.json)", int(top_p.size)))
+    elif not top_p.size:
+        signals.append(_skipped("oos_share", "no one-input classify answers in the window"))
+    else:
+        share = float((top_p < reference.oos_threshold).mean())
+        signals.append(Signal(
+            "oos_share", share, OK if few else status_for(share, t.oos_share), t.oos_share, reference.oos_threshold, share, int(top_p.size),
+            False, f"answers below the out-of-scope threshold {reference.oos_threshold:.4f}" + (f"; {few_note}" if few else ""),
+        ))
+
+    # -- live accuracy -------------------------------------------------------------------------
+    if not traffic.feedback:
+        signals.append(_skipped("live_accuracy", "no labelled feedback in the window"))
+    else:
+        n = len(traffic.feedback)
+        correct = sum(predicted == label for predicted, label in traffic.feedback)
+        accuracy = correct / n
+        low, high = wilson_interval(correct, n)
+        status, judged = OK, None
+        if reference.test_accuracy is not None:
+            judged = reference.test_accuracy - accuracy
+            status = status_for(judged, t.accuracy_drop)
+            # Drifted only when the whole interval is below the test accuracy: not a few unlucky corrections.
+            if status == DRIFTED and high >= reference.test_accuracy:
+                status = "watch"
+        signals.append(Signal(
+            "live_accuracy", accuracy, status, t.accuracy_drop, reference.test_accuracy, judged, n, False,
+            f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}" + (f"; test accuracy {reference.test_accuracy:.4f}" if reference.test_accuracy is not None else ""),
+            {"low": low, "high": high, "new_labels": sorted({label for _, label in traffic.feedback} - set(reference.train_labels))},
+        ))
+
+    # -- service -------------------------------------------------------------------------------
+    if traffic.latency_ms.size:
+        p50, p95, p99 = (float(x) for x in np.percentile(traffic.latency_ms, [50, 95, 99]))
+        signals.append(Signal("latency_p95_ms", p95, status_for(p95, t.latency_p95_ms), t.latency_p95_ms, None, p95, int(traffic.latency_ms.size),
+                              False, f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", {"p50": p50, "p99": p99}))
+    else:
+        signals.append(_skipped("latency_p95_ms", "no latencies logged"))
+    rate = traffic.server_errors / traffic.requests if traffic.requests else 0.0
+    signals.append(Signal("error_rate", rate, status_for(rate, t.error_rate), t.error_rate, None, rate, traffic.requests, False,
+                          f"{traffic.server_errors} server errors, {traffic.client_errors} client errors (4xx, not judged)"))
+    return signals
+
+
+def _run_folder(run_id: str | None, registry_path: Path | None) -> Path | None:
+    if run_id is None:
+        return None
+    if registry_path is not None and Path(registry_path).is_file():
+        from tunelab.registry.store import Registry, RegistryError
+
+        try:
+            record = Registry(registry_path).get_run(run_id)
+            return Path(record.run_dir) if record.run_dir else None
+        except RegistryError:
+            pass
+    return None
+
+
+def run_monitor(
+    log_path: Path,
+    config: MonitorConfig | None = None,
+    *,
+    registry_path: Path | None = None,
+    model: str | None = None,
+    run_dir: Path | None = None,
+    until: datetime | None = None,
+    plots_dir: Path | None = None,
+) -> MonitorReport:
+    """Judge the last ``config.window`` of ``log_path`` for every served name and run (or only ``model``).
+
+    ``run_dir`` overrides the reference run (otherwise the registry's folder for the logged run id).
+
+    Raises:
+        DataError: when the log cannot be read. ConfigError: for a bad window.
+    """
+    config = config or MonitorConfig()
+    since, end = window_bounds(config.window_seconds, until)
+    groups = [g for g in served_groups(log_path, since, end) if model is None or g[0] == model]
+    reports = []
+    for served, run_id, _count in groups:
+        traffic = read_traffic(log_path, served, run_id, since, end, sample=config.sample)
+        folder = Path(run_dir) if run_dir is not None else _run_folder(run_id, registry_path)
+        reference = load_reference(folder, run_id)
+        report = ModelReport(
+            served, run_id, str(folder) if folder else None, traffic.requests, traffic.first, traffic.last,
+            compute_signals(traffic, reference, config), list(reference.notes),
+        )
+        if plots_dir is not None:
+            from tunelab.monitor.plots import plot_traffic
+
+            report.plots = [str(p) for p in plot_traffic(traffic, reference, Path(plots_dir))]
+        reports.append(report)
+    if model is not None and not reports:
+        raise DataError(f"no traffic for '{model}' in {log_path} in the last {config.window}", "check --model and --window")
+    return MonitorReport(str(log_path), since, end, config.window, reports, datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def load_monitor_config(path: Path | None, overrides: dict[str, Any] | None = None) -> MonitorConfig:
+    """The ``monitor:`` section of a YAML file (a run config, or a file with only that section), plus overrides.
+
+    Raises:
+        ConfigError: for a missing file, bad YAML or a bad key (named).
+    """
+    from tunelab.config import read_config_file
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        raw = read_config_file(path)
+        section = raw.get("monitor", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: 'monitor' must be a mapping of keys to values")
+        data = dict(section)
+    data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    # Validated as the monitor section of a run config: the same key errors, with did-you-mean.
+    return parse_config({"task": "classify", "monitor": data}, source=str(path or "monitor")).monitor

@@ -1,0 +1,138 @@
+"""The numbers of monitoring, as pure functions over arrays and texts (no database, no model).
+
+Each drift signal compares live traffic with what the model was trained on. Where a signal's value
+shrinks or grows with the sample size alone (a centroid of few texts lies far from any other; a
+label histogram of few predictions is lumpy), the function also returns what the same size of
+*undrifted* data gives, so the status judges the excess over sampling noise, not the noise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+OK, WATCH, DRIFTED = "ok", "watch", "drifted"
+_ORDER = {OK: 0, WATCH: 1, DRIFTED: 2}
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass
+class Signal:
+    """One monitored number with its reference, thresholds (watch, drifted) and status."""
+
+    name: str
+    value: float | None
+    status: str
+    thresholds: tuple[float, float] | None = None
+    reference: float | None = None
+    judged: float | None = None  # the number compared with the thresholds (value minus noise/reference)
+    n: int = 0
+    sampled: bool = False
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["thresholds"] = list(self.thresholds) if self.thresholds else None
+        return data
+
+
+def worst(statuses: Iterable[str]) -> str:
+    """The most serious of ``statuses`` (ok when there are none)."""
+    return max(statuses, key=_ORDER.__getitem__, default=OK)
+
+
+def status_for(judged: float | None, thresholds: tuple[float, float]) -> str:
+    """ok below the first threshold, watch from it, drifted from the second (None: ok, nothing to judge)."""
+    if judged is None or not math.isfinite(judged):
+        return OK
+    watch, drifted = thresholds
+    return DRIFTED if judged >= drifted else WATCH if judged >= watch else OK
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens: the vocabulary of drift (a model's BPE never has an unknown token)."""
+    return _WORD.findall(text.lower())
+
+
+def length_ks(train_lengths: Sequence[int], live_lengths: Sequence[int]) -> tuple[float, float]:
+    """Kolmogorov-Smirnov distance between two length samples and its p-value."""
+    from scipy.stats import ks_2samp
+
+    result = ks_2samp(np.asarray(train_lengths), np.asarray(live_lengths))
+    return float(result.statistic), float(result.pvalue)
+
+
+def oov_share(vocabulary: set[str], texts: Iterable[str]) -> float:
+    """Share of the words of ``texts`` (counted with repeats) that are not in ``vocabulary``."""
+    total = unknown = 0
+    for text in texts:
+        for word in words(text):
+            total += 1
+            unknown += word not in vocabulary
+    return unknown / total if total else 0.0
+
+
+class CentroidModel:
+    """TF-IDF fitted on the training texts; the cosine distance of a sample's centroid to the training centroid."""
+
+    def __init__(self, train_texts: Sequence[str]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=1, token_pattern=r"(?u)\b\w+\b")
+        matrix = self.vectorizer.fit_transform(train_texts)
+        self.centroid = np.asarray(matrix.mean(axis=0)).ravel()
+
+    def distance(self, texts: Sequence[str]) -> float:
+        if not texts:
+            return float("nan")
+        centroid = np.asarray(self.vectorizer.transform(texts).mean(axis=0)).ravel()
+        norm = float(np.linalg.norm(centroid) * np.linalg.norm(self.centroid))
+        return 1.0 - float(centroid @ self.centroid) / norm if norm else 1.0
+
+
+def psi(expected: Counter, actual: Counter) -> float:
+    """Population stability index of ``actual`` against ``expected`` over the union of their categories.
+
+    sum((a - e) * ln(a / e)) over shares with half a count added to every category (Jeffreys): a
+    share floored at a tiny epsilon instead makes each label a small sample happens to miss cost
+    about 0.3, so 100 requests over 20 labels would always look drifted.
+    """
+    categories = sorted(set(expected) | set(actual))
+    total_e, total_a = sum(expected.values()), sum(actual.values())
+    if not categories or not total_e or not total_a:
+        return float("nan")
+    k = len(categories)
+    e = np.array([(expected.get(c, 0) + 0.5) / (total_e + 0.5 * k) for c in categories])
+    a = np.array([(actual.get(c, 0) + 0.5) / (total_a + 0.5 * k) for c in categories])
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_noise(categories: int, expected_n: int, actual_n: int) -> float:
+    """About what PSI two samples of one distribution give by chance: (k - 1)(1/N + 1/n).
+
+    PSI is a symmetrised KL divergence; for multinomial samples it approaches a chi-square with
+    k - 1 degrees of freedom scaled by 1/N + 1/n, whose mean this is.
+    """
+    if categories < 2 or not expected_n or not actual_n:
+        return 0.0
+    return (categories - 1) * (1.0 / expected_n + 1.0 / actual_n)
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (good at small n and near 0 or 1)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

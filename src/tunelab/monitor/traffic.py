@@ -1,0 +1,208 @@
+"""Live traffic out of the request log (``tunelab.serve.request_log``): one window, per served model and run.
+
+Counts, latencies, error rates, predicted labels and top probabilities are read exactly with SQL over
+every row of the window. The request texts (for the length, TF-IDF and vocabulary signals) are read
+for at most ``sample`` rows, chosen by a hash of the row id (seeded, spread over the whole window),
+and the result says when it sampled.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunelab.errors import DataError
+from tunelab.serve.request_log import connect
+
+SERVING_ENDPOINTS = ("/v1/classify", "/v1/chat/completions", "/v1/completions")
+_HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive ids over 2**32
+_HASH_RANGE = 2**32
+
+
+def iso(moment: datetime) -> str:
+    """The request log's time format (UTC ISO-8601, milliseconds), which sorts as text."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def window_bounds(window_seconds: float, until: datetime | None = None) -> tuple[str, str]:
+    until = until or datetime.now(UTC)
+    return iso(until - timedelta(seconds=window_seconds)), iso(until + timedelta(milliseconds=1))
+
+
+@dataclass
+class Traffic:
+    """What one served name answered with one run in the window."""
+
+    model: str
+    run_id: str | None
+    since: str
+    until: str
+    requests: int
+    server_errors: int
+    client_errors: int
+    first: str | None
+    last: str | None
+    latency_ms: np.ndarray
+    predicted: Counter = field(default_factory=Counter)  # every classify answer of the window
+    top_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))  # one-input classify answers
+    texts: list[str] = field(default_factory=list)  # the inputs of the sampled requests
+    text_requests: int = 0  # requests the texts came from
+    sampled: bool = False
+    feedback: list[tuple[str | None, str]] = field(default_factory=list)  # (predicted, correct label)
+    ratings: Counter = field(default_factory=Counter)  # +1 / -1 on generated answers
+    per_day: dict[str, int] = field(default_factory=dict)
+
+
+def request_texts(endpoint: str, prompt: str | None) -> list[str]:
+    """The input text(s) a logged request asked about (classify inputs; the last user message of a chat)."""
+    if not prompt:
+        return []
+    try:
+        value = json.loads(prompt)
+    except json.JSONDecodeError:
+        return [prompt]
+    if endpoint == "/v1/chat/completions" and isinstance(value, list):
+        users = [m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        return [str(users[-1])] if users else []
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [str(value)]
+
+
+def _predictions(output: str | None) -> list[str]:
+    if output is None:
+        return []
+    try:
+        value = json.loads(output)
+    except json.JSONDecodeError:
+        return [output]
+    return [str(item) for item in value] if isinstance(value, list) else [str(value)]
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    if not Path(path).is_file():
+        raise DataError(f"request log not found: {path}", "pass the --log-db the server wrote (default runs/requests.db)")
+    try:
+        return connect(Path(path))
+    except sqlite3.DatabaseError as error:
+        raise DataError(f"{path} is not a tunelab request log: {error}") from None
+
+
+_WHERE = (
+    f"time >= ? AND time < ? AND model = ? AND run_id IS ? AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)})"
+)
+
+
+def served_groups(path: Path, since: str, until: str) -> list[tuple[str, str | None, int]]:
+    """(model, run id, requests) of every served name and run with traffic in the window, busiest first."""
+    db = _open(path)
+    try:
+        rows = db.execute(
+            f"SELECT model, run_id, count(*) FROM requests WHERE time >= ? AND time < ? AND model IS NOT NULL "
+            f"AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) GROUP BY model, run_id ORDER BY count(*) DESC",
+            (since, until, *SERVING_ENDPOINTS),
+        ).fetchall()
+    finally:
+        db.close()
+    return [(row[0], row[1], int(row[2])) for row in rows]
+
+
+def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: str, *, sample: int = 20000) -> Traffic:
+    """Everything monitoring needs of one (served name, run) in the window [since, until).
+
+    Raises:
+        DataError: when ``path`` is not a request log.
+    """
+    db = _open(path)
+    arguments = (since, until, model, run_id, *SERVING_ENDPOINTS)
+    try:
+        count, server_errors, client_errors, first, last = db.execute(
+            f"SELECT count(*), coalesce(sum(status >= 500), 0), coalesce(sum(status >= 400 AND status < 500), 0), min(time), max(time) "
+            f"FROM requests WHERE {_WHERE}",
+            arguments,
+        ).fetchone()
+        latency = np.array([row[0] for row in db.execute(f"SELECT latency_ms FROM requests WHERE {_WHERE} AND latency_ms IS NOT NULL", arguments)], dtype=float)
+        answered = f"{_WHERE} AND status < 400"
+        predicted: Counter = Counter(
+            {row[0]: int(row[1]) for row in db.execute(f"SELECT predicted_label, count(*) FROM requests WHERE {answered} AND predicted_label IS NOT NULL GROUP BY predicted_label", arguments)}
+        )
+        # Multi-input classify requests have no single predicted_label: their labels are the output list.
+        for (output,) in db.execute(f"SELECT output FROM requests WHERE {answered} AND endpoint = '/v1/classify' AND predicted_label IS NULL", arguments):
+            predicted.update(_predictions(output))
+        top = np.array([row[0] for row in db.execute(f"SELECT top_probability FROM requests WHERE {answered} AND top_probability IS NOT NULL", arguments)], dtype=float)
+        ok_requests = int(count) - int(server_errors) - int(client_errors)
+        sampled = ok_requests > sample
+        share = f" AND ((id * {_HASH}) % {_HASH_RANGE}) < {int(_HASH_RANGE * sample / max(ok_requests, 1))}" if sampled else ""
+        texts: list[str] = []
+        text_requests = 0
+        for endpoint, prompt in db.execute(f"SELECT endpoint, prompt FROM requests WHERE {answered}{share}", arguments):
+            texts.extend(request_texts(endpoint, prompt))
+            text_requests += 1
+        feedback, ratings = [], Counter()
+        for _endpoint, predicted_label, output, item, label, rating in db.execute(
+            "SELECT r.endpoint, r.predicted_label, r.output, f.item, f.label, f.rating FROM feedback f "
+            "JOIN requests r ON r.response_id = f.response_id "
+            "WHERE r.time >= ? AND r.time < ? AND r.model = ? AND r.run_id IS ? "
+            "AND f.id IN (SELECT max(id) FROM feedback GROUP BY response_id, item)",
+            (since, until, model, run_id),
+        ):
+            if label is not None:
+                labels = [predicted_label] if predicted_label is not None else _predictions(output)
+                feedback.append((labels[item] if item < len(labels) else None, str(label)))
+            if rating is not None:
+                ratings[int(rating)] += 1
+        per_day = {row[0]: int(row[1]) for row in db.execute(f"SELECT substr(time, 1, 10), count(*) FROM requests WHERE {_WHERE} GROUP BY 1 ORDER BY 1", arguments)}
+    finally:
+        db.close()
+    return Traffic(
+        model=model, run_id=run_id, since=since, until=until, requests=int(count), server_errors=int(server_errors),
+        client_errors=int(client_errors), first=first, last=last, latency_ms=latency, predicted=predicted,
+        top_probabilities=top, texts=texts, text_requests=text_requests, sampled=sampled, feedback=feedback,
+        ratings=ratings, per_day=per_day,
+    )
+
+
+def labelled_requests(path: Path, *, model: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+    """Logged classify inputs that got a corrected label (the newest feedback per input), oldest first.
+
+    Each item: ``text``, ``label`` (the feedback's), ``predicted``, ``response_id``, ``time``, ``model``,
+    ``run_id``: what a retrain learns from and tests on.
+
+    Raises:
+        DataError: when ``path`` is not a request log.
+    """
+    db = _open(path)
+    clauses, arguments = ["f.label IS NOT NULL"], []
+    if model is not None:
+        clauses.append("r.model = ?")
+        arguments.append(model)
+    if since is not None:
+        clauses.append("r.time >= ?")
+        arguments.append(since)
+    try:
+        rows = db.execute(
+            "SELECT r.endpoint, r.prompt, r.predicted_label, r.output, r.response_id, r.time, r.model, r.run_id, f.item, f.label "
+            "FROM feedback f JOIN requests r ON r.response_id = f.response_id "
+            f"WHERE {' AND '.join(clauses)} AND f.id IN (SELECT max(id) FROM feedback GROUP BY response_id, item) ORDER BY r.id, f.item",
+            arguments,
+        ).fetchall()
+    finally:
+        db.close()
+    items = []
+    for endpoint, prompt, predicted_label, output, response_id, time, served, run_id, item, label in rows:
+        texts = request_texts(endpoint, prompt)
+        if item >= len(texts):
+            continue
+        labels = [predicted_label] if predicted_label is not None else _predictions(output)
+        items.append({
+            "text": texts[item], "label": str(label), "predicted": labels[item] if item < len(labels) else None,
+            "response_id": response_id, "item": item, "time": time, "model": served, "run_id": run_id,
+        })
+    return items

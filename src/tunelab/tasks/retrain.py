@@ -1,0 +1,289 @@
+"""``tunelab retrain RUN --data new.jsonl``: train a challenger on old + new data; promote it only if it wins.
+
+Reads top to bottom:
+
+1. the champion: a run (id, name or folder, or ``alias:NAME``) and its saved resolved config;
+2. the new labelled data: ``--data`` files plus, with a request log, the served inputs that got a
+   corrected label (``POST /v1/feedback`` / ``tunelab feedback import``); a seeded, per-label share of
+   it (``recent_share``) becomes the *recent slice* of the test set, a tenth of the rest (at least
+   ``data.validation_size``) joins the validation records, the rest joins the training data;
+3. the challenger: the champion's recipe (its config) on old train + new train, with the old
+   validation records (+ new ones) and a fresh test set = old test + recent slice; new labels extend the label map
+   (it is built from the training records); the pipeline's own steps train, evaluate and register it;
+4. the champion evaluated on the same fresh test set; the paired bootstrap of ``evaluation.compare``
+   on the whole test set and on the recent slice;
+5. the decision: promote only when the challenger is not worse on the primary metric by more than
+   ``margin`` (the 95% interval's low end above ``-margin``) *and* better on the recent slice (its
+   interval above zero). Otherwise the champion stays and the outcome says why. Promotion moves the
+   registry alias (kept with its history; a server following the alias picks it up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.config import parse_config
+from tunelab.errors import ConfigError, DataError
+from tunelab.paths import RunFolder, atomic_write_text
+
+EventFn = Callable[[str, str, dict[str, Any]], None]
+PROMOTED, KEPT = "promoted", "kept champion"
+
+
+@dataclass
+class RetrainOutcome:
+    """What a retrain decided and the numbers behind it; the CLI renders it."""
+
+    decision: str  # PROMOTED or KEPT
+    reasons: list[str]
+    champion: dict[str, Any]  # id, name, run_dir
+    challenger: dict[str, Any]  # id, name, run_dir
+    primary: str
+    margin: float
+    overall: dict[str, Any]  # the paired comparison on the whole fresh test set (challenger vs champion)
+    recent: dict[str, Any] | None  # the same on the recent slice
+    sizes: dict[str, int]
+    new_labels: list[str]
+    alias: str | None = None
+    alias_change: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == PROMOTED
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"promoted": self.promoted}
+
+
+def _champion(run: str, registry: Any) -> Any:
+    """The champion's registry record: ``alias:NAME``, a run id/name, or a run folder."""
+    from tunelab.registry.store import RegistryError
+
+    if run.startswith("alias:"):
+        return registry.resolve_alias(run[len("alias:") :])
+    folder = Path(run)
+    if folder.is_dir():
+        state = folder / "pipeline.json"
+        if state.is_file():
+            registry_id = json.loads(state.read_text(encoding="utf-8")).get("registry_id")
+            if registry_id:
+                return registry.get_run(registry_id)
+        raise ConfigError(f"{folder} was not registered by `tunelab run` (no registry id in pipeline.json)", "retrain a run `tunelab run` made")
+    try:
+        return registry.get_run(run)
+    except RegistryError as error:
+        raise ConfigError(error.message, error.hint) from None
+
+
+def _per_label_split(records: list[Any], share: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, recent test): ``share`` of each label's records go to the test side (at least one when it has two)."""
+    by_label: dict[str, list[Any]] = defaultdict(list)
+    for record in records:
+        by_label[record.label].append(record)
+    rng = random.Random(seed)
+    train, test = [], []
+    for label in sorted(by_label):
+        items = by_label[label][:]
+        rng.shuffle(items)
+        count = max(1, round(share * len(items))) if len(items) >= 2 else 0
+        test += items[:count]
+        train += items[count:]
+    return train, test
+
+
+def _write_jsonl(path: Path, records: list[Any]) -> str:
+    atomic_write_text(path, "".join(json.dumps({"text": r.text, "label": r.label}, ensure_ascii=False) + "\n" for r in records))
+    return str(path)
+
+
+def _subset(result: Any, ids: set[str]) -> Any:
+    rows = [row for row in result.rows if row["id"] in ids]
+    return dataclasses.replace(result, rows=rows, n=len(rows), test_fingerprint="")
+
+
+def retrain(
+    run: str,
+    data: list[str | Path] | None = None,
+    *,
+    registry_path: str | Path | None = None,
+    log_path: str | Path | None = None,
+    served_model: str | None = None,
+    since: str | None = None,
+    alias: str | None = None,
+    margin: float | None = None,
+    recent_share: float = 0.5,
+    seed: int = 0,
+    name: str | None = None,
+    promote: bool = True,
+    on_event: EventFn | None = None,
+    train_progress: Callable[[Any], None] | None = None,
+) -> RetrainOutcome:
+    """Train a challenger of ``run`` on its data plus ``data`` (and the log's feedback); promote it only if it wins.
+
+    Args:
+        run: the champion: run id or name, run folder, or ``alias:NAME`` (then ``alias`` defaults to NAME).
+        data: files of new labelled records (read with the champion's data settings).
+        log_path: a request log whose labelled feedback joins the new data (``served_model``/``since`` filter it).
+        alias: the registry alias to move on promotion (None: decide, but move nothing).
+        margin: the non-inferiority margin on the primary metric (default: the config's ``monitor.margin``).
+        recent_share: share of the new records (per label) held out as the recent test slice.
+
+    Raises:
+        ConfigError: for an unknown run or a task retraining does not support.
+        DataError: when there is no new labelled data, or a file is bad.
+    """
+    from tunelab.data.read import load_records
+    from tunelab.data.records import ClassifyRecord
+    from tunelab.data.split import load_split
+    from tunelab.evaluation.compare import compare_evaluations
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.models import load_run
+    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.tasks import pipeline
+
+    def emit(step: str, status: str, details: dict[str, Any]) -> None:
+        if on_event is not None:
+            on_event(step, status, details)
+
+    # 1. The champion and its recipe.
+    registry = Registry(registry_path or default_registry_path())
+    champion = _champion(run, registry)
+    if alias is None and run.startswith("alias:"):
+        alias = run[len("alias:") :]
+    if not champion.run_dir or not RunFolder(Path(champion.run_dir)).is_run():
+        raise ConfigError(f"run {champion.name} has no usable run folder ({champion.run_dir})")
+    champion_dir = Path(champion.run_dir)
+    raw = yaml.safe_load(RunFolder(champion_dir).config.read_text(encoding="utf-8")) or {}
+    config = parse_config(raw, source=str(RunFolder(champion_dir).config))
+    if config.task != "classify":
+        raise ConfigError(f"retrain supports classify runs; {champion.name} is a {config.task} run")
+    margin = config.monitor.margin if margin is None else margin
+    old = load_split(RunFolder(champion_dir).split, config)
+
+    # 2. The new labelled data: files + feedback on served requests.
+    new: list[Any] = []
+    for path in data or []:
+        new += load_records(str(path), "classify", config.data)
+    if log_path is not None:
+        from tunelab.monitor.traffic import labelled_requests
+
+        for item in labelled_requests(Path(log_path), model=served_model, since=since):
+            new.append(ClassifyRecord(item["text"], item["label"], source=f"feedback:{item['response_id']}#{item['item']}"))
+    known = {r.text for r in list(old.train) + list(old.validation) + list(old.test)}
+    seen: set[str] = set()
+    fresh = []
+    for record in new:
+        # A corrected label for a text already in the old data: the newest label wins for the new data,
+        # and the old copy stays where it was (the old test set must stay comparable).
+        if record.text in known or record.text in seen:
+            continue
+        seen.add(record.text)
+        fresh.append(record)
+    if not fresh:
+        raise DataError("no new labelled records to retrain on", "pass --data FILE, or a --log-db with labelled feedback")
+    new_train, recent = _per_label_split(fresh, recent_share, seed)
+    # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
+    # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
+    new_train, new_validation = _per_label_split(new_train, max(config.data.validation_size, 0.1), seed + 1)
+    if not recent:
+        raise DataError(f"only {len(fresh)} new records: too few for a recent test slice", "label more traffic")
+    old_labels = {r.label for r in old.train}
+    new_labels = sorted({r.label for r in new_train} - old_labels)
+    emit("data", "done", {"new": len(fresh), "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "new_labels": new_labels})
+
+    # 3. The challenger: the champion's recipe on old + new data, through the pipeline's own steps.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    challenger_name = name or f"{champion.name}-retrain-{stamp}"
+    output_dir = Path(config.train.output_dir)
+    data_dir = output_dir / "retrain-data" / challenger_name
+    files = {
+        "train": _write_jsonl(data_dir / "train.jsonl", list(old.train) + new_train),
+        "validation": _write_jsonl(data_dir / "validation.jsonl", list(old.validation) + new_validation) if old.validation or new_validation else None,
+        "test": _write_jsonl(data_dir / "test.jsonl", list(old.test) + recent),
+    }
+    challenger_raw = config.model_dump(mode="json")
+    challenger_raw["name"] = challenger_name
+    challenger_raw["registry"] = str(registry.path)
+    challenger_raw["data"].update(
+        train=files["train"], validation=files["validation"], test=files["test"], format="jsonl", preset=None,
+        text_field="text", label_field="label", limit=None, max_test_examples=None,
+    )
+    if not files["validation"]:
+        challenger_raw["data"]["validation_size"] = 0.0
+    # The champion is the opponent that matters here; the usual baselines were judged when it was made.
+    challenger_raw["eval"]["baselines"] = []
+    challenger_config = parse_config(challenger_raw, source=f"retrain of {champion.name}")
+    context = pipeline.open_pipeline(challenger_config, on_event=on_event, train_progress=train_progress, calibrate=False)
+    pipeline.check_step(context)
+    split = pipeline.split_step(context)
+    pipeline.estimate_step(context)
+    pipeline.train_step(context)
+    challenger_eval = pipeline.evaluate_step(context)
+    outcome_run = pipeline.register_step(context)
+
+    # 4. The champion on the same fresh test set; paired bootstrap overall and on the recent slice.
+    emit("champion", "start", {"n": len(split.test)})
+    champion_eval = evaluate(
+        load_run(champion_dir), split.test, "classify", config=challenger_config.eval, data_config=config.data,
+        baseline=False, train_ids=[r.id for r in split.train],
+    )
+    champion_eval.save(context.run.eval_dir / "champion.json")
+    emit("champion", "done", {"metrics": {"accuracy": champion_eval.metrics.get("accuracy")}})
+    samples, boot_seed = challenger_config.eval.bootstrap_samples, challenger_config.eval.seed
+    overall = compare_evaluations(champion_eval, challenger_eval, seed=boot_seed, samples=samples)
+    recent_texts = {r.text for r in recent}
+    recent_ids = {r.id for r in split.test if r.text in recent_texts}
+    recent_cmp = compare_evaluations(_subset(champion_eval, recent_ids), _subset(challenger_eval, recent_ids), seed=boot_seed, samples=samples)
+
+    # 5. The decision.
+    primary = overall.primary
+    main, slice_main = overall.metric(primary), recent_cmp.metric(primary)
+    sign = 1.0 if main.higher_is_better is not False else -1.0
+    reasons = []
+    # Non-inferiority: the worst plausible difference (interval end in the bad direction) within the margin.
+    worst_case = main.low if sign > 0 else -main.high
+    if worst_case < -margin:
+        reasons.append(
+            f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
+            f"may be worse than the margin -{margin:g}"
+        )
+    slice_low = slice_main.low if sign > 0 else -slice_main.high
+    if not slice_low > 0:
+        reasons.append(
+            f"not better on the recent slice (n={recent_cmp.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
+            f"95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f} includes or is below zero"
+        )
+    decision = KEPT if reasons else PROMOTED
+    if not reasons:
+        reasons.append(
+            f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {margin:g}) "
+            f"and better on the recent slice ({slice_main.before:.4f} -> {slice_main.after:.4f}, 95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f})"
+        )
+    change = None
+    if decision == PROMOTED and alias and promote:
+        change = registry.set_alias(
+            alias, outcome_run.registry_id, reason="retrain: " + reasons[0],
+            details={"champion": champion.id, "overall": overall.summary, "recent": recent_cmp.summary},
+        ).as_dict()
+    outcome = RetrainOutcome(
+        decision=decision, reasons=reasons,
+        champion={"id": champion.id, "name": champion.name, "run_dir": str(champion_dir)},
+        challenger={"id": outcome_run.registry_id, "name": outcome_run.name, "run_dir": str(outcome_run.run_dir)},
+        primary=primary, margin=margin, overall=overall.to_dict(), recent=recent_cmp.to_dict(),
+        sizes={"old_train": len(old.train), "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "test": len(split.test)},
+        new_labels=new_labels, alias=alias, alias_change=change, warnings=list(overall.warnings),
+    )
+    atomic_write_text(context.run.root / "retrain.json", json.dumps(outcome.as_dict(), indent=1, default=str))
+    emit("decision", "done", {"decision": decision, "reasons": reasons})
+    return outcome

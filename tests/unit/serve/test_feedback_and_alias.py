@@ -1,0 +1,169 @@
+"""Feedback and alias-following on a real uvicorn server over SQLite: response ids and predictions in the
+request log, POST /v1/feedback (auth, unknown ids, bad bodies), `tunelab feedback import`, the request
+log's migration of an old file, and a promotion under 32 concurrent clients that loses no request and
+never mixes two runs inside one answer."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+
+from tunelab.errors import DataError
+from tunelab.registry.store import Registry
+from tunelab.serve import BackgroundServer, ServeSettings, create_app, read_requests
+from tunelab.serve.adapters import load_registry
+from tunelab.serve.request_log import RequestLog, import_feedback
+
+KEY = "k-feedback"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_old_request_log_is_migrated_in_place(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY, time TEXT NOT NULL, endpoint TEXT NOT NULL, model TEXT, prompt TEXT, "
+        "output TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_ms REAL, status INTEGER NOT NULL, error TEXT, "
+        "stream INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("INSERT INTO requests (time, endpoint, status) VALUES ('2026-01-01T00:00:00.000+00:00', '/v1/classify', 200)")
+    db.commit()
+    db.close()
+    log = RequestLog(path)
+    log.record({"time": "2026-01-02T00:00:00.000+00:00", "endpoint": "/v1/classify", "status": 200, "stream": 0, "response_id": "clf-1", "run_id": "r1"})
+    log.close()
+    RequestLog(path).close()  # a second open applies nothing twice
+    rows = read_requests(path)
+    assert [row["response_id"] for row in rows] == [None, "clf-1"] and rows[1]["run_id"] == "r1"
+    names = [row[0] for row in sqlite3.connect(path).execute("SELECT name FROM _migrations")]
+    assert names == ["m001_requests", "m002_response_ids_and_predictions", "m003_feedback"]
+
+
+def test_feedback_endpoint_and_import(registry, tmp_path):
+    log_path = tmp_path / "requests.db"
+    app = create_app(registry, ServeSettings(api_key=KEY, log_path=log_path))
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, headers=HEADERS, timeout=60) as client:
+        answer = client.post("/v1/classify", json={"model": "router", "input": "my card has not arrived"}).json()
+        multi = client.post("/v1/classify", json={"model": "router", "input": ["refund please", "login fails"]}).json()
+        chat = client.post("/v1/chat/completions", json={"model": "france", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).json()
+        stored = client.post("/v1/feedback", json={"id": answer["id"], "label": "billing"})
+        assert stored.status_code == 200 and stored.json()["id"].startswith("fb-")
+        assert client.post("/v1/feedback", json={"id": multi["id"], "index": 1, "label": "technical"}).status_code == 200
+        assert client.post("/v1/feedback", json={"id": chat["id"], "thumbs": "down"}).status_code == 200
+        # The same auth as every endpoint, ids the server gave, and a body that says something.
+        assert httpx.post(f"{url}/v1/feedback", json={"id": answer["id"], "label": "x"}).status_code == 401
+        unknown = client.post("/v1/feedback", json={"id": "clf-nope", "label": "billing"})
+        assert unknown.status_code == 404 and "clf-nope" in unknown.json()["error"]["message"]
+        assert client.post("/v1/feedback", json={"id": answer["id"]}).status_code == 400
+        assert client.post("/v1/feedback", json={"id": answer["id"], "lable": "billing"}).status_code == 400
+    rows = {row["response_id"]: row for row in read_requests(log_path) if row["response_id"]}
+    single = rows[answer["id"]]
+    assert single["predicted_label"] == answer["data"][0]["label"] and single["run_id"] == "router"
+    assert single["top_probability"] == pytest.approx(max(answer["data"][0]["probabilities"].values()))
+    assert json.loads(single["probabilities"]) == [answer["data"][0]["probabilities"]]
+    assert rows[multi["id"]]["predicted_label"] is None and len(json.loads(rows[multi["id"]]["probabilities"])) == 2
+    assert rows[chat["id"]]["run_id"] == "legal-fr"
+
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text(json.dumps({"id": answer["id"], "label": "account"}) + "\n" + json.dumps({"id": multi["id"], "index": 0, "label": "billing"}) + "\n")
+    assert import_feedback(log_path, corrections)["imported"] == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": answer["id"], "label": "account"}) + "\n" + json.dumps({"id": "clf-unknown", "label": "x"}) + "\n")
+    with pytest.raises(DataError, match="clf-unknown"):
+        import_feedback(log_path, bad)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "x", "label": "y"}\n{oops\n')
+    with pytest.raises(DataError, match="broken.jsonl:2"):
+        import_feedback(log_path, broken)
+    db = sqlite3.connect(log_path)
+    assert db.execute("SELECT count(*) FROM feedback").fetchone()[0] == 5  # 3 from the API + 2 imported, none of the refused file
+
+
+def _register(registry_db, run_dirs):
+    store = Registry(registry_db)
+    return store, [store.create_run(name=path.name, task="classify", status="finished", run_dir=str(path)).id for path in run_dirs]
+
+
+def test_promotion_under_32_concurrent_clients_loses_nothing_and_mixes_nothing(tiny_model_dir, router_versions, tmp_path):
+    store, (first, second) = _register(tmp_path / "registry.db", router_versions)
+    store.set_alias("router", first)
+    served = load_registry(
+        str(tiny_model_dir), [("router", "alias:router"), ("v1", str(router_versions[0])), ("v2", str(router_versions[1]))],
+        registry_path=tmp_path / "registry.db",
+    )
+    log_path = tmp_path / "requests.db"
+    app = create_app(served, ServeSettings(log_path=log_path, alias_poll_s=0.05, max_batch_size=8))
+    texts = [f"request number {i} about my card and billing" for i in range(32)]
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        assert {m["id"] for m in client.get("/v1/models").json()["data"]} == {served.base_name, "router", "v1", "v2"}
+        # What each run answers for each text, from the same server (the fixed names of the two runs).
+        expected = {
+            version: {t: client.post("/v1/classify", json={"model": version, "input": t}).json()["data"][0]["probabilities"] for t in texts}
+            for version in ("v1", "v2")
+        }
+        assert all(expected["v1"][t] != pytest.approx(expected["v2"][t], abs=1e-3) for t in texts)
+        results: list[tuple[str, dict, int]] = []
+        lock = threading.Lock()
+        promoted = threading.Event()
+
+        def worker(index: int) -> None:
+            with httpx.Client(base_url=url, timeout=120) as own:
+                for round_ in range(6):
+                    if round_ == 3:
+                        promoted.wait(30)
+                    text = texts[(index + round_) % len(texts)]
+                    response = own.post("/v1/classify", json={"model": "router", "input": text})
+                    with lock:
+                        results.append((text, response.json(), response.status_code))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        store.set_alias("router", second, reason="test promotion")  # while requests are in flight
+        deadline = time.monotonic() + 30
+        while client.get("/v1/models/router").json().get("run_id") != second and time.monotonic() < deadline:
+            time.sleep(0.05)
+        promoted.set()
+        for thread in threads:
+            thread.join()
+        after = client.post("/v1/classify", json={"model": "router", "input": texts[0]}).json()
+    assert len(results) == 32 * 6 and all(status == 200 for _, _, status in results)
+    served_by = []
+    for text, body, _ in results:
+        probabilities = body["data"][0]["probabilities"]
+        # Each answer is entirely one run's: equal to v1's or to v2's answer for that text, never a blend.
+        matches = [v for v in ("v1", "v2") if probabilities == pytest.approx(expected[v][text], abs=1e-4)]
+        assert len(matches) == 1, (text, probabilities)
+        served_by.append((body["id"], matches[0]))
+    assert after["data"][0]["probabilities"] == pytest.approx(expected["v2"][texts[0]], abs=1e-4)
+    assert {version for _, version in served_by} == {"v1", "v2"}
+    # The log names the run that answered each request: a promotion never mixes two runs' traffic.
+    run_of = {row["response_id"]: row["run_id"] for row in read_requests(log_path)}
+    assert all(run_of[response_id] == {"v1": first, "v2": second}[version] for response_id, version in served_by)
+    assert served.alias_changes == [("router", first, second)]
+
+
+def test_registry_aliases_keep_history_and_roll_back(tmp_path, router_versions):
+    store, (first, second) = _register(tmp_path / "registry.db", router_versions)
+    third = store.create_run(name="third", task="classify", status="finished", run_dir=str(router_versions[0])).id
+    unfinished = store.create_run(name="half", task="classify", status="running").id
+    store.set_alias("router", first)
+    store.set_alias("router", second, reason="won")
+    store.set_alias("router", third)
+    assert store.rollback_alias("router").run_id == second
+    assert store.rollback_alias("router").run_id == first
+    with pytest.raises(Exception, match="no earlier run"):
+        store.rollback_alias("router")
+    with pytest.raises(Exception, match="not finished"):
+        store.set_alias("router", unfinished)
+    history = store.alias_history("router")
+    assert [(c.action, c.previous_run_id, c.run_id) for c in history] == [
+        ("promote", None, first), ("promote", first, second), ("promote", second, third), ("rollback", third, second), ("rollback", second, first),
+    ]
+    assert history[1].reason == "won" and store.alias("router") == first == store.resolve_alias("router").id

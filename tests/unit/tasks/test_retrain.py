@@ -1,0 +1,141 @@
+"""The loop end to end on the tiny model, a real server and SQLite:
+serve (alias) -> traffic -> feedback -> monitor (ok, then drifted, exit code 3) -> retrain -> promote ->
+the server follows the alias; and a retrain on shuffled labels is refused with its reason."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli import main as cli_main
+from tunelab.config import parse_config
+from tunelab.registry.store import Registry
+from tunelab.serve import BackgroundServer, ServeSettings, create_app
+from tunelab.serve.adapters import load_registry
+from tunelab.tasks.pipeline import run_pipeline
+
+# Words the tiny tokenizer learnt whole (tests/conftest.py's corpus): LoRA on the tiny model learns them in a few
+# epochs at lr 5e-3 (measured: 1e-2 learns two labels but collapses to one class with three).
+WORDS = {
+    "A": ["billing", "refund", "cancel", "shipping"],
+    "B": ["technical", "login", "account", "other"],
+    "C": ["positive", "negative", "capital", "paris"],  # an intent the champion never saw
+}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def cli():
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    return CliRunner()
+
+
+def _rows(label: str, start: int, count: int) -> list[dict]:
+    # Every row has its own 4-digit number, interleaved across labels: never seen elsewhere, the same
+    # number of tokens, and no hint of the label (the model must read the words).
+    words, index = WORDS[label], "ABC".index(label)
+    return [{"text": f"{words[i % 4]} {words[(i // 4) % 4]} number {1000 + 3 * i + index}", "label": label} for i in range(start, start + count)]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _statuses(report):
+    return "\n".join(f"{s['name']} {s['status']} {s['judged']} {s['detail']}" for m in report["models"] for s in m["signals"])
+
+
+def _classify(client, text):
+    response = client.post("/v1/classify", json={"model": "router", "input": text})
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_serve_feedback_monitor_retrain_promote_serve(tmp_path, tiny_model_dir, cli):
+    runs = tmp_path / "runs"
+    registry_path = runs / "registry.db"
+    train = _write(tmp_path / "train.jsonl", _rows("A", 0, 40) + _rows("B", 0, 40))
+    config = parse_config({
+        "task": "classify", "model": str(tiny_model_dir), "name": "router-v1", "registry": str(registry_path),
+        "data": {"train": str(train), "test_size": 0.25, "validation_size": 0.1, "max_length": 64},
+        "train": {"method": "lora", "lr": 5e-3, "epochs": 12, "batch_size": 8, "output_dir": str(runs)},
+        "eval": {"bootstrap_samples": 200, "baselines": ["classical"]},
+        "monitor": {"min_requests": 10, "window": "1d"},
+    })
+    champion = run_pipeline(config, calibrate=False)
+    assert champion.tuned_metrics["accuracy"] >= 0.75
+    store = Registry(registry_path)
+    store.set_alias("router", champion.registry_id)
+    served = load_registry(str(tiny_model_dir), [("router", "alias:router")], registry_path=registry_path)
+    monitor_config = tmp_path / "monitor.yaml"
+    monitor_config.write_text("monitor:\n  min_requests: 10\n  window: 1d\n")
+
+    # Undrifted traffic: unused rows of its own intents only -> ok, exit code 0.
+    ok_log = tmp_path / "ok.db"
+    with BackgroundServer(create_app(served, ServeSettings(log_path=ok_log))) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for row in _rows("A", 100, 20) + _rows("B", 100, 20):
+            _classify(client, row["text"])
+    result = cli.invoke(cli_main.app, ["monitor", "--log-db", str(ok_log), "--registry", str(registry_path), "--config", str(monitor_config), "--json"])
+    report = json.loads(result.output)
+    assert result.exit_code == 0, _statuses(report)
+    assert report["status"] != "drifted" and report["models"][0]["run_id"] == champion.registry_id
+
+    # Drifted traffic: a new intent plus unused rows of its own; support staff label every answer.
+    drift_log = tmp_path / "drift.db"
+    app = create_app(served, ServeSettings(log_path=drift_log, alias_poll_s=0.05))
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        traffic = _rows("C", 200, 80) + _rows("A", 200, 10) + _rows("B", 200, 10)
+        random.Random(0).shuffle(traffic)
+        for row in traffic:
+            answer = _classify(client, row["text"])
+            assert client.post("/v1/feedback", json={"id": answer["id"], "label": row["label"]}).status_code == 200
+        plots = tmp_path / "plots"
+        result = cli.invoke(cli_main.app, [
+            "monitor", "--log-db", str(drift_log), "--registry", str(registry_path), "--config", str(monitor_config), "--json", "--plots", str(plots),
+        ])
+        report = json.loads(result.output)
+        assert result.exit_code == 3, _statuses(report)
+        signals = {s["name"]: s for s in report["models"][0]["signals"]}
+        assert signals["oov_share"]["status"] == "drifted"
+        assert signals["live_accuracy"]["value"] <= 0.5 and signals["live_accuracy"]["extra"]["new_labels"] == ["C"]
+        assert list(plots.glob("*.png"))
+
+        # Retrain on the feedback: the challenger learns the new intent and is promoted; the server follows.
+        result = cli.invoke(cli_main.app, ["retrain", "alias:router", "--log-db", str(drift_log), "--registry", str(registry_path), "--json"])
+        assert result.exit_code == 0, result.output
+        outcome = json.loads(result.output[result.output.index("{"):])
+        assert outcome["promoted"], outcome["reasons"]
+        assert outcome["new_labels"] == ["C"] and outcome["recent"]["metrics"][0]["low"] > 0
+        challenger = outcome["challenger"]["id"]
+        assert store.alias("router") == challenger
+        deadline = time.monotonic() + 30
+        while client.get("/v1/models/router").json().get("run_id") != challenger and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/v1/models/router").json()["run_id"] == challenger
+        labels = set(_classify(client, "positive capital number 999")["data"][0]["probabilities"])
+        assert labels == {"A", "B", "C"}  # new labels extend the label map
+
+    # A retrain on shuffled labels is refused, and says why.
+    shuffled = _rows("C", 300, 20) + _rows("A", 300, 10) + _rows("B", 300, 10)
+    labels = [row["label"] for row in shuffled]
+    random.Random(1).shuffle(labels)
+    shuffled_file = _write(tmp_path / "shuffled.jsonl", [{"text": r["text"], "label": label} for r, label in zip(shuffled, labels, strict=True)])
+    result = cli.invoke(cli_main.app, ["retrain", "alias:router", "--data", str(shuffled_file), "--registry", str(registry_path), "--json"])
+    outcome = json.loads(result.output[result.output.index("{"):])
+    assert not outcome["promoted"] and any("recent slice" in reason for reason in outcome["reasons"])
+    assert store.alias("router") == challenger
+    assert [c.action for c in store.alias_history("router")] == ["promote", "promote"]
+
+    result = cli.invoke(cli_main.app, ["rollback", "router", "--registry", str(registry_path)])
+    assert result.exit_code == 0 and store.alias("router") == champion.registry_id

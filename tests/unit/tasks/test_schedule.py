@@ -1,0 +1,51 @@
+"""The `--every` loop: a check per interval, a retrain when the status reaches `retrain_on`, never the
+same retrain twice without new feedback (no model needed: the retrain stops at "no new labelled data")."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import yaml
+
+from tunelab.config import MonitorConfig, parse_config
+from tunelab.data.split import make_split
+from tunelab.registry.store import Registry
+from tunelab.serve.request_log import RequestLog
+from tunelab.tasks.schedule import monitor_loop
+
+
+def _setup(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"my card {w} number {i}", "label": "card" if i % 2 else "refund"}) + "\n"
+                             for i, w in enumerate(["lost", "stolen", "late", "refund", "money", "back"] * 8)))
+    run_dir = tmp_path / "runs" / "router"
+    (run_dir / "adapter").mkdir(parents=True)
+    config = parse_config({"task": "classify", "data": {"train": str(train)}})
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    make_split(config).save(run_dir / "split.json")
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    run_id = registry.create_run(name="router", task="classify", status="finished", run_dir=str(run_dir)).id
+    log = RequestLog(tmp_path / "requests.db")
+    for i in range(60):
+        log.record({
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "endpoint": "/v1/classify", "model": "router",
+            "prompt": json.dumps(f"crypto wallet mortgage pension {i}"), "output": "card", "status": 200, "stream": 0,
+            "latency_ms": 10.0, "response_id": f"clf-{i}", "run_id": run_id, "predicted_label": "card", "top_probability": 0.6,
+        })
+    log.close()
+    return registry.path, tmp_path / "requests.db"
+
+
+def test_the_loop_checks_every_interval_and_does_not_repeat_a_retrain(tmp_path):
+    registry_path, log_path = _setup(tmp_path)
+    ticks, sleeps = [], []
+    config = MonitorConfig(every="6h", retrain_on="drift", min_requests=10)
+    monitor_loop(log_path, config, on_tick=ticks.append, iterations=3, sleep=sleeps.append, registry_path=registry_path)
+    assert [tick.report.status for tick in ticks] == ["drifted"] * 3 and ticks[0].report.exit_code == 3
+    assert len(sleeps) == 2 and all(21000 < s <= 21600 for s in sleeps)
+    first, second = ticks[0].retrains[0]["skipped"], ticks[1].retrains[0]["skipped"]
+    assert "no new labelled records" in first and "no new labelled feedback since the last retrain" in second
+    never = []
+    monitor_loop(log_path, MonitorConfig(retrain_on="never", min_requests=10), on_tick=never.append, iterations=1, registry_path=registry_path)
+    assert never[0].retrains == []
