@@ -306,6 +306,10 @@ class DistillConfig(_Section):
     )
     margin: float = Field(0.05, ge=0.0, description="Non-inferiority margin on the primary metric (student vs teacher).")
     concurrency: int = Field(8, ge=1, description="Teacher requests in flight at once (remote teachers).")
+    local_usd_per_hour: float | None = Field(
+        None, gt=0, description="Price of the machine local models (the student, a local teacher) run on, for the cost "
+        "per 1,000 requests; unset: their cost is shown as unknown.",
+    )
 
 
 class BudgetConfig(_Section):

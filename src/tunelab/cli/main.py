@@ -25,9 +25,22 @@ app = typer.Typer(
 def _register_commands() -> None:
     # Each command module imports only typer and rich at the top (its heavy imports are inside its
     # commands), so importing all of them keeps `tunelab --help` fast. Listed in --help order.
-    from tunelab.cli import config, data, env, estimate, evaluate, generate, models, run, runs, serve, train
+    from tunelab.cli import (
+        config,
+        data,
+        distill,
+        env,
+        estimate,
+        evaluate,
+        generate,
+        models,
+        run,
+        runs,
+        serve,
+        train,
+    )
 
-    for module in (run, generate, models, env, config, data, serve, train, evaluate, estimate, runs):
+    for module in (run, generate, models, env, config, data, serve, train, evaluate, distill, estimate, runs):
         module.register(app)
 
 

@@ -250,10 +250,13 @@ def open_pipeline(
     train_progress: Callable[[Any], None] | None = None,
     eval_progress: Callable[[int], None] | None = None,
     calibrate: bool = True,
+    run_dir: str | Path | None = None,
 ) -> PipelineContext:
     """Start a run of ``config`` (or reopen the run folder ``resume``) and load its base model.
 
-    Nothing is written yet: the run folder appears when the data check passes.
+    Nothing is written yet: the run folder appears when the data check passes. ``run_dir``: the run
+    folder to use, which may already hold what a step before the pipeline wrote (``tunelab distill``
+    writes its dataset there first); it must not hold another pipeline's state.
 
     Raises:
         ConfigError: for an invalid config or an existing run folder.
@@ -271,8 +274,8 @@ def open_pipeline(
         config = require_resolved(config)
         if not config.data.train:
             raise ConfigError("data.train is required: the file, folder or preset data to train on")
-        run = RunFolder(Path(config.train.output_dir) / run_name(config))
-        if run.root.exists() and any(run.root.iterdir()):
+        run = RunFolder(Path(run_dir) if run_dir is not None else Path(config.train.output_dir) / run_name(config))
+        if (run.root / STATE_FILE).exists() or (run_dir is None and run.root.exists() and any(run.root.iterdir())):
             raise ConfigError(
                 f"run folder {run.root} already exists; a run is never overwritten",
                 f"choose another name (name=...) or continue it with `tunelab run --resume {run.root}`",

@@ -23,8 +23,9 @@ def sft_records():
 
 
 def logged_requests(log_path) -> int:
+    """Chat requests the server answered (the request log of `tunelab serve`)."""
     with sqlite3.connect(log_path) as connection:
-        return connection.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        return connection.execute("SELECT COUNT(*) FROM requests WHERE endpoint LIKE '%chat%'").fetchone()[0]
 
 
 def test_remote_sft_answers_equal_the_local_evaluation_of_the_same_model(endpoint, talkative_model_dir):
