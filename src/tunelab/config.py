@@ -341,6 +341,14 @@ class RunConfig(_Section):
             values = {**values, "model": {"name": values["model"]}}
         return values
 
+    @model_validator(mode="after")
+    def _cloud_backend_has_a_provider(self) -> RunConfig:
+        if self.train.backend == "openai" and self.model.endpoint is None:
+            raise ValueError("train.backend: openai needs model.endpoint {base_url, name, api_key_env}: the provider and its base model")
+        if self.train.backend == "openai" and self.task not in REMOTE_TASKS:
+            raise ValueError(f"train.backend: openai trains sft and classify, not {self.task}")
+        return self
+
 
 # Defaults that depend on the task and method; anything the user sets wins.
 # classify: 3 epochs, the best epoch kept by validation accuracy (classify.select_by).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -35,7 +36,9 @@ CREATE TABLE IF NOT EXISTS responses (
 
 
 def default_cache_path() -> Path:
-    """``<user cache>/remote/requests.db``: shared by every run, so variants of a run pay once."""
+    """$TUNELAB_REMOTE_CACHE, else ``<user cache>/remote/requests.db``: shared by every run, so variants of a run pay once."""
+    if os.environ.get("TUNELAB_REMOTE_CACHE"):
+        return Path(os.environ["TUNELAB_REMOTE_CACHE"]).expanduser()
     return cache_dir() / "remote" / "requests.db"
 
 

@@ -1,7 +1,7 @@
 """Fixtures for the remote tests: `tunelab serve` itself on 127.0.0.1 (a free port) over the tiny model.
 
 Every test here talks HTTP to a real server on the loopback through the official ``openai`` client;
-nothing leaves the machine. The request cache lives under a per-test TUNELAB_CACHE.
+nothing leaves the machine. The request cache is per test (TUNELAB_REMOTE_CACHE).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from tunelab.config import EndpointConfig
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    """Each test its own request cache (the model cache stays shared: the default model is converted once)."""
+    monkeypatch.setenv("TUNELAB_REMOTE_CACHE", str(tmp_path / "requests.db"))
+    return tmp_path / "requests.db"
 
 
 @pytest.fixture(scope="session")
