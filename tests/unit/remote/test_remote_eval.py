@@ -122,3 +122,14 @@ def test_remote_model_as_a_baseline_in_the_pipeline_evaluation(endpoint, talkati
     # The tiny model locally and the same model served remotely answer alike: no difference on any metric.
     assert [r["prediction"] for r in opponents["remote:served"].rows] == [r["prediction"] for r in result.rows]
     assert verdict.comparisons["remote:served"].metric("rougeL").difference == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", ["distill.yaml", "cloud.yaml"])
+def test_the_remote_example_configs_parse(name):
+    from pathlib import Path
+
+    from tunelab.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[3] / "examples" / "qa-assistant" / name)
+    assert config.distill.teacher is not None or config.train.backend == "openai"
+    assert Path(config.data.train).is_file() and Path(config.data.test).is_file()
