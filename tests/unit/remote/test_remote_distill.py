@@ -137,3 +137,31 @@ def test_bad_teacher_answers_are_listed_and_left_out(served, tiny_model_dir, tmp
     lines = read_distill_file(tmp_path / "runs" / "distilled-classify" / DISTILL_FILE)
     assert len(lines) == 9 and {line.status for line in lines.values()} == {"rejected"}
     assert all(line.reason.startswith("names no category") and line.answer is not None for line in lines.values())
+
+
+def test_tunelab_distill_prints_the_student_vs_teacher_table(served, tiny_model_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    if not any(c.name == "distill" for c in app.registered_commands):
+        _register_commands()
+    url, name, _ = served
+    config = sft_config(tmp_path, {"base_url": url, "name": name}, tiny_model_dir)
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["distill", str(path), "--no-calibrate"])
+    assert result.exit_code == 0, result.output
+    assert "vs teacher" in result.output and "cost / 1,000 requests" in result.output and "of the teacher on rougeL" in result.output
+    assert (tmp_path / "runs" / "distilled" / "distill_report.md").is_file()
+
+
+def test_the_local_training_command_refuses_the_cloud_backend(tmp_path):
+    from tunelab.errors import ConfigError
+    from tunelab.tasks import run_training
+
+    config = parse_config({"task": "sft", "model": {"name": "default", "endpoint": {"base_url": "http://127.0.0.1:9/v1", "name": "m"}},
+                           "train": {"backend": "openai"}})
+    with pytest.raises(ConfigError, match="tunelab run"):
+        run_training(config, None, run_dir=tmp_path)

@@ -70,6 +70,9 @@ def test_cloud_run_end_to_end_through_a_429_storm_and_a_dropped_connection(provi
     assert set(outcome.baseline_metrics) == {"remote:base", "classical"}
     assert outcome.tuned_metrics["accuracy"] > outcome.baseline_metrics["remote:base"]["accuracy"] == 0.0
     assert outcome.comparison is not None and outcome.registry_id
+    from tunelab.evaluation.report import report_run
+
+    assert set(report_run(outcome.run_dir)[0].comparisons) == {"remote:base", "classical"}  # `tunelab report RUN` finds it
     training = (outcome.run_dir / "cloud_train.jsonl").read_text().splitlines()
     assert all(json.loads(line)["messages"][-1]["role"] == "assistant" for line in training)
     from tunelab.registry.store import Registry
