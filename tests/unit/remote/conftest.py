@@ -37,19 +37,34 @@ def talkative_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
     return folder
 
 
+class ChatCounter:
+    """ASGI wrapper counting the chat requests that reach the server (counted on arrival, so exact
+    once the client has its answer; the request log is written later, by a background thread)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.chat = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
+            self.chat += 1
+        await self.app(scope, receive, send)
+
+
 @pytest.fixture(scope="module")
 def served(talkative_model_dir, tmp_path_factory):
-    """`tunelab serve --model TALKATIVE` running in this process: (url, served model name, request log path)."""
+    """`tunelab serve --model TALKATIVE` running in this process: (url, served model name, chat request counter)."""
     from tunelab.serve import BackgroundServer, ServeSettings, create_app
     from tunelab.serve.adapters import load_registry
 
     log = tmp_path_factory.mktemp("serve") / "requests.db"
     registry = load_registry(str(talkative_model_dir), [], max_loaded=1)
     app = create_app(registry, ServeSettings(max_tokens_limit=64, log_path=log, max_batch_size=8))
-    server = BackgroundServer(app, "127.0.0.1", 0)
+    counter = ChatCounter(app)
+    server = BackgroundServer(counter, "127.0.0.1", 0)
     url = server.start()
     try:
-        yield f"{url}/v1", registry.base_name, log
+        yield f"{url}/v1", registry.base_name, counter
     finally:
         server.stop()
 

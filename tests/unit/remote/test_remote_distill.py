@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -16,10 +15,9 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-def logged_requests(log_path) -> int:
-    """Chat requests the server answered (the request log of `tunelab serve`)."""
-    with sqlite3.connect(log_path) as connection:
-        return connection.execute("SELECT COUNT(*) FROM requests WHERE endpoint LIKE '%chat%'").fetchone()[0]
+def chat_requests(counter) -> int:
+    """Chat requests that reached the server so far."""
+    return counter.chat
 
 
 def sft_config(tmp_path, teacher, student, **distill):
@@ -35,7 +33,7 @@ def sft_config(tmp_path, teacher, student, **distill):
 
 
 def test_distill_from_a_served_teacher_trains_the_student_and_compares_them(served, endpoint, tiny_model_dir, tmp_path):
-    url, name, log = served
+    url, name, counter = served
     config = sft_config(tmp_path, {"base_url": url, "name": name}, tiny_model_dir, concurrency=3)
     events = []
     outcome = run_distill(config, calibrate=False, on_event=lambda step, status, details: events.append((step, status)))
@@ -60,9 +58,9 @@ def test_distill_from_a_served_teacher_trains_the_student_and_compares_them(serv
     assert ("teacher", "done") in events and ("train", "done") in events
 
     # Resuming the finished run asks the teacher nothing: every input has its line already.
-    before = logged_requests(log)
+    before = chat_requests(counter)
     again = run_distill(resume=outcome.run_dir, calibrate=False)
-    assert logged_requests(log) == before and again.asked == outcome.asked
+    assert chat_requests(counter) == before and again.asked == outcome.asked
 
 
 def test_a_crashed_distillation_asks_only_what_has_no_line(served, tiny_model_dir, tmp_path):
@@ -71,7 +69,7 @@ def test_a_crashed_distillation_asks_only_what_has_no_line(served, tiny_model_di
     from tunelab.evaluation.remote import remote_client
     from tunelab.tasks.distill import Teacher, _input_of, ask_teacher, distill_run_dir
 
-    url, name, log = served
+    url, name, counter = served
     config = sft_config(tmp_path, {"base_url": url, "name": name}, tiny_model_dir)
     run_dir = distill_run_dir(config)
     run_dir.mkdir(parents=True)
@@ -83,13 +81,13 @@ def test_a_crashed_distillation_asks_only_what_has_no_line(served, tiny_model_di
     text = (run_dir / DISTILL_FILE).read_text()
     (run_dir / DISTILL_FILE).write_text(text[: len(text) - 20])  # the second line torn
     assert len(read_distill_file(run_dir / DISTILL_FILE)) == 1
-    served_before = logged_requests(log)
+    served_before = chat_requests(counter)
     outcome = run_distill(resume=run_dir, calibrate=False)
     lines = read_distill_file(outcome.distill_file)
     assert len(lines) == 10
     # The whole line is not asked again; the torn one comes from the request cache; the 8 others are new
     # requests, and the teacher's evaluation on the 3 test prompts makes 3 more.
-    assert logged_requests(log) - served_before == 8 + 3
+    assert chat_requests(counter) - served_before == 8 + 3
 
 
 def test_distill_refuses_a_teacher_equal_to_the_student(tiny_model_dir, tmp_path):

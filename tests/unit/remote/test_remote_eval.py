@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -22,10 +21,9 @@ def sft_records():
             for i, q in enumerate(QUESTIONS)]
 
 
-def logged_requests(log_path) -> int:
-    """Chat requests the server answered (the request log of `tunelab serve`)."""
-    with sqlite3.connect(log_path) as connection:
-        return connection.execute("SELECT COUNT(*) FROM requests WHERE endpoint LIKE '%chat%'").fetchone()[0]
+def chat_requests(counter) -> int:
+    """Chat requests that reached the server so far."""
+    return counter.chat
 
 
 def test_remote_sft_answers_equal_the_local_evaluation_of_the_same_model(endpoint, talkative_model_dir):
@@ -45,17 +43,17 @@ def test_remote_sft_answers_equal_the_local_evaluation_of_the_same_model(endpoin
 
 
 def test_a_rerun_is_served_from_the_cache_and_the_server_sees_no_request(endpoint, served):
-    log = served[2]
+    counter = served[2]
     config, data = EvalConfig(max_new_tokens=6), DataConfig()
     first = evaluate_remote(remote_client(endpoint), sft_records(), "sft", config=config, data_config=data)
-    before = logged_requests(log)
+    before = chat_requests(counter)
     again = evaluate_remote(remote_client(endpoint), sft_records(), "sft", config=config, data_config=data)
-    assert logged_requests(log) == before
+    assert chat_requests(counter) == before
     assert again.settings["usage"]["cache_hit_rate"] == 1.0
     assert [r["prediction"] for r in again.rows] == [r["prediction"] for r in first.rows]
     # A different decoding setting is a different request: not a cache hit.
     third = evaluate_remote(remote_client(endpoint), sft_records()[:1], "sft", config=EvalConfig(max_new_tokens=7), data_config=data)
-    assert third.settings["usage"]["cached"] == 0 and logged_requests(log) == before + 1
+    assert third.settings["usage"]["cached"] == 0 and chat_requests(counter) == before + 1
 
 
 def test_cost_comes_from_the_price_table_per_token(endpoint, tmp_path):
