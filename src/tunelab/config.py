@@ -48,6 +48,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The OpenAI API, for `openai:NAME` (a model of OpenAI's, the key in OPENAI_API_KEY).
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+REMOTE_TASKS = ("classify", "sft")  # a chat API gives answers, not the token log-likelihoods text/preference need
+
+
+class EndpointConfig(_Section):
+    """An OpenAI-compatible HTTP endpoint and one model behind it (``tunelab.remote``)."""
+
+    base_url: str = Field(..., description="Base URL of the API, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1.")
+    name: str = Field(..., description="The model's name at that endpoint.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (none: no key is sent; a local server needs none)."
+    )
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once (the bound).")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds before one request is abandoned (then retried).")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 429, 5xx, timeouts and dropped connections.")
+
+    @classmethod
+    def parse_name(cls, text: str) -> EndpointConfig | None:
+        """``openai:NAME`` as an endpoint (OpenAI's API, key in OPENAI_API_KEY); None for any other name."""
+        if text.startswith("openai:") and text.removeprefix("openai:").strip():
+            return cls(base_url=OPENAI_BASE_URL, name=text.removeprefix("openai:").strip(), api_key_env=OPENAI_KEY_ENV)
+        return None
+
+
 class ModelConfig(_Section):
     name: str = Field(
         "default",
@@ -56,6 +82,10 @@ class ModelConfig(_Section):
     )
     allow_network: bool = Field(False, description="Allow downloading a hub model. Offline by default.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when name is a hub id.")
+    endpoint: EndpointConfig | None = Field(
+        None,
+        description="A remote OpenAI-compatible model: what `tunelab eval` scores, and the provider of train.backend: openai.",
+    )
 
 
 class DataConfig(_Section):
@@ -185,6 +215,9 @@ class TrainConfig(_Section):
         "none", description="Experiment tracker through accelerate (install it yourself)."
     )
     output_dir: str = Field("runs", description="Folder under which each run gets its own folder.")
+    backend: Literal["local", "openai"] = Field(
+        "local", description="local: train here; openai: a provider's fine-tuning API at model.endpoint (same data and config)."
+    )
 
     def reuses_prefix(self) -> bool:
         """Whether classify training runs the shared prompt prefix once per micro-batch.
@@ -201,12 +234,16 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1, description="Examples per forward pass in evaluation.")
     bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
     seed: int = Field(0, description="Seed of the bootstrap and of sampling.")
-    baselines: list[Baseline] | None = Field(
+    baselines: list[str] | None = Field(
         None,
         description="What the tuned model must beat, on the same test set: base (the base model zero-shot), "
         "classical (classify: TF-IDF + logistic regression), few_shot (the base model with training examples "
-        "in the prompt), retrieval (sft: the answer of the most similar training prompt). Default: all that "
-        "apply to the task.",
+        "in the prompt), retrieval (sft: the answer of the most similar training prompt), and remote models: "
+        "openai:NAME, remote:NAME (an entry of eval.endpoints) or {endpoint: {base_url, name, api_key_env}}. "
+        "Default: all local ones that apply to the task.",
+    )
+    endpoints: dict[str, EndpointConfig] = Field(
+        default_factory=dict, description="Remote models named in eval.baselines as remote:NAME."
     )
     few_shot_tokens: int = Field(
         1024, ge=0, description="few_shot: token budget for the training examples put in the prompt."
@@ -214,6 +251,43 @@ class EvalConfig(_Section):
     baseline: bool | None = Field(
         None, description="Old switch for the base model: false removes 'base' from eval.baselines (use eval.baselines)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_entries(cls, values: Any) -> Any:
+        # `{endpoint: {...}}` in the list is shorthand for `remote:NAME` plus eval.endpoints[NAME]: after this
+        # every baseline is a name (file names, cache keys and reports stay strings).
+        if not isinstance(values, dict) or not isinstance(values.get("baselines"), list):
+            return values
+        endpoints = dict(values.get("endpoints") or {})
+        names = []
+        for entry in values["baselines"]:
+            if isinstance(entry, dict) and set(entry) <= {"endpoint", "as"} and isinstance(entry.get("endpoint"), dict):
+                name = str(entry.get("as") or entry["endpoint"].get("name") or "remote")
+                endpoints[name] = entry["endpoint"]
+                names.append(f"remote:{name}")
+            else:
+                names.append(entry)
+        return {**values, "baselines": names, "endpoints": endpoints}
+
+    @model_validator(mode="after")
+    def _remote_names_known(self) -> EvalConfig:
+        local = set(Baseline.__args__)
+        for name in self.baselines or ():
+            if name in local or EndpointConfig.parse_name(name) is not None:
+                continue
+            if name.startswith("remote:"):
+                if name.removeprefix("remote:") not in self.endpoints:
+                    raise ValueError(f"eval.baselines: {name} names no entry of eval.endpoints ({', '.join(self.endpoints) or 'none'})")
+                continue
+            raise ValueError(f"eval.baselines: unknown baseline '{name}': use {', '.join(sorted(local))}, openai:NAME, remote:NAME or {{endpoint: ...}}")
+        return self
+
+    def endpoint_of(self, name: str) -> EndpointConfig | None:
+        """The endpoint of a remote baseline name (``openai:NAME``, ``remote:NAME``), None for a local baseline."""
+        if name.startswith("remote:"):
+            return self.endpoints.get(name.removeprefix("remote:"))
+        return EndpointConfig.parse_name(name)
 
     @model_validator(mode="after")
     def _baseline_switch_agrees(self) -> EvalConfig:
@@ -250,6 +324,25 @@ class PreferenceConfig(_Section):
         "sigmoid",
         description="sigmoid: DPO (Rafailov et al. 2023); ipo: squared loss on length-averaged log-ratios (Azar et al. "
         "2023); length_normalized: DPO on per-token average log-ratios (long answers do not dominate).",
+    )
+
+
+class DistillConfig(_Section):
+    teacher: str | EndpointConfig | None = Field(
+        None,
+        description="The model whose answers the student learns: a model name, a run folder, openai:NAME, or an "
+        "endpoint {base_url, name, api_key_env}. The student is `model` (default: the bundled model).",
+    )
+    unlabeled: str | None = Field(
+        None,
+        description="A file of inputs without answers (prompts for sft, texts for classify) for the teacher to answer; "
+        "default: the prompts of data.train (their own answers are then only used as references).",
+    )
+    margin: float = Field(0.05, ge=0.0, description="Non-inferiority margin on the primary metric (student vs teacher).")
+    concurrency: int = Field(8, ge=1, description="Teacher requests in flight at once (remote teachers).")
+    local_usd_per_hour: float | None = Field(
+        None, gt=0, description="Price of the machine local models (the student, a local teacher) run on, for the cost "
+        "per 1,000 requests; unset: their cost is shown as unknown.",
     )
 
 
@@ -352,6 +445,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
@@ -371,6 +465,14 @@ class RunConfig(_Section):
         if isinstance(values, dict) and isinstance(values.get("model"), str):
             values = {**values, "model": {"name": values["model"]}}
         return values
+
+    @model_validator(mode="after")
+    def _cloud_backend_has_a_provider(self) -> RunConfig:
+        if self.train.backend == "openai" and self.model.endpoint is None:
+            raise ValueError("train.backend: openai needs model.endpoint {base_url, name, api_key_env}: the provider and its base model")
+        if self.train.backend == "openai" and self.task not in REMOTE_TASKS:
+            raise ValueError(f"train.backend: openai trains sft and classify, not {self.task}")
+        return self
 
 
 # Defaults that depend on the task and method; anything the user sets wins.
@@ -511,7 +613,7 @@ def resolve_baselines(task: str, config: EvalConfig) -> list[str]:
         names = [name for name in valid if not (name == "base" and config.baseline is False)]
     else:
         names = list(dict.fromkeys(config.baselines))
-    wrong = [name for name in names if name not in valid]
+    wrong = [name for name in names if name not in valid and not (config.endpoint_of(name) and task in REMOTE_TASKS)]
     if wrong:
         raise ConfigError(
             f"eval.baselines: {', '.join(wrong)} does not apply to the task {task}",

@@ -29,6 +29,15 @@ def _metrics_table(result) -> Table:
     return table
 
 
+def render_usage(usage: dict) -> str:
+    """One line on what a remote model's requests used and cost (an unknown price is shown as unknown)."""
+    cost = "unknown (no price in the table)" if usage.get("cost_usd") is None else f"${usage['cost_usd']:.4f}"
+    paid = "" if usage.get("paid_usd") is None else f", paid now ${usage['paid_usd']:.4f}"
+    latency = "" if usage.get("latency_median_s") is None else f", median latency {usage['latency_median_s'] * 1000:.0f} ms"
+    return (f"remote: {usage['requests']} requests ({usage['cached']} from the cache, {usage['failed']} failed), "
+            f"{usage['input_tokens']} input + {usage['output_tokens']} output tokens, cost {cost}{paid}{latency}")
+
+
 def render_comparison(comparison) -> Table:
     """A rich table of a ``tunelab.evaluation.Comparison`` (also used by ``tunelab compare``)."""
     table = Table(title=f"{comparison.name_b} vs {comparison.name_a} ({comparison.task}, n={comparison.n})")
@@ -119,10 +128,15 @@ def evaluate_command(
     few_shot_tokens: int = typer.Option(1024, "--few-shot-tokens", min=0, help="few_shot: token budget for the examples in the prompt."),
     samples: int = typer.Option(1000, "--samples", min=100, help="Bootstrap resamples of the comparison with the baselines."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    endpoint: str = typer.Option(None, "--endpoint", help="Evaluate a remote model: the base URL of an OpenAI-compatible API."),
+    endpoint_model: str = typer.Option(None, "--endpoint-model", help="The model's name at --endpoint."),
+    endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Remote model: requests in flight at once."),
 ) -> None:
-    """Evaluate any model (or a run's tuned model) on any test file, against baselines, and optionally save every prediction.
+    """Evaluate any model (or a run's tuned model, or a remote one) on any test file, against baselines, and optionally save every prediction.
 
     With baselines, each is saved beside --out as OUT_STEM.<baseline>.json and the verdict is printed.
+    A remote model: --endpoint URL --endpoint-model NAME, or --model openai:NAME (key in OPENAI_API_KEY).
     """
     from tunelab.config import DataConfig, EvalConfig
     from tunelab.data.labels import LabelMap
@@ -140,16 +154,31 @@ def evaluate_command(
     names = _baseline_names(baselines, task, train)
     records = load_records(data, task, data_config)
     train_records = load_records(str(train), task, DataConfig(preset=preset, system_prompt=system)) if train is not None else []
-    loaded = load_run(adapter, allow_network=allow_network) if adapter else load_model(model, allow_network=allow_network)
-    out_of_scope_label = out_of_scope_label or (loaded.out_of_scope or {}).get("label")
-    if out_of_scope_label is not None and task == "classify":
-        data_config = data_config.model_copy(update={"out_of_scope_label": out_of_scope_label})
     validation_records = load_records(str(validation), task, DataConfig(preset=preset, system_prompt=system)) if validation is not None else None
     label_map = None
     if labels is not None:
         if not labels.is_file():
             raise DataError(f"labels file not found: {labels}", "pass a run's labels.json")
         label_map = LabelMap.load(labels)
+    remote = _endpoint(endpoint, endpoint_model, endpoint_key_env, model, concurrency)
+    if remote is not None:
+        from tunelab.evaluation.remote import remote_client
+        from tunelab.evaluation.remote_eval import evaluate_remote_with_baselines
+
+        client = remote_client(remote)
+        client.check()
+        with Progress(TextColumn("asking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
+            progress_task = bar.add_task("eval", total=min(len(records), limit or len(records)))
+            result, opponents, verdict = evaluate_remote_with_baselines(
+                client, records, task, baselines=names, train=train_records, config=eval_config, data_config=data_config,
+                labels=label_map.labels if label_map else None, progress=lambda done: bar.advance(progress_task, done),
+            )
+        _show_evaluation(result, opponents, verdict, out, as_json)
+        return
+    loaded = load_run(adapter, allow_network=allow_network) if adapter else load_model(model, allow_network=allow_network)
+    out_of_scope_label = out_of_scope_label or (loaded.out_of_scope or {}).get("label")
+    if out_of_scope_label is not None and task == "classify":
+        data_config = data_config.model_copy(update={"out_of_scope_label": out_of_scope_label})
     if baseline is None:
         baseline = task == "classify" and not loaded.label_map
     total = min(len(records), limit or len(records)) * (1 + sum(name in NEEDS_BASE_MODEL for name in names))
@@ -160,6 +189,22 @@ def evaluate_command(
             label_map=label_map, zero_shot_prompt=baseline, allow_network=allow_network,
             progress=lambda done: bar.advance(progress_task, done), validation=validation_records,
         )
+    _show_evaluation(result, opponents, verdict, out, as_json)
+
+
+def _endpoint(url: str | None, name: str | None, key_env: str | None, model: str, concurrency: int):
+    """The remote model named on the command line (--endpoint/--endpoint-model, or --model openai:NAME), or None."""
+    from tunelab.config import EndpointConfig
+
+    if url is None and name is None:
+        parsed = EndpointConfig.parse_name(model)
+        return parsed.model_copy(update={"concurrency": concurrency}) if parsed else None
+    if not url or not name:
+        raise DataError("a remote model needs both --endpoint URL and --endpoint-model NAME")
+    return EndpointConfig(base_url=url, name=name, api_key_env=key_env, concurrency=concurrency)
+
+
+def _show_evaluation(result, opponents, verdict, out: Path | None, as_json: bool) -> None:
     saved = []
     if out:
         saved.append(result.save(out))
@@ -169,9 +214,12 @@ def evaluate_command(
             "model": result.model, "task": result.task, "n": result.n, "metrics": result.metrics, "warnings": result.warnings,
             "out": str(out) if out else None, "baselines": {name: o.metrics for name, o in opponents.items()},
             "verdict": verdict.to_dict() if verdict else None, "saved": [str(path) for path in saved],
+            "usage": result.settings.get("usage"),
         })
         return
     console.print(_metrics_table(result))
+    if result.settings.get("usage"):
+        console.print(render_usage(result.settings["usage"]))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     for name, opponent in opponents.items():

@@ -28,6 +28,7 @@ def _register_commands() -> None:
     from tunelab.cli import (
         config,
         data,
+        distill,
         env,
         estimate,
         evaluate,
@@ -42,7 +43,7 @@ def _register_commands() -> None:
         ui,
     )
 
-    for module in (run, generate, models, env, config, data, serve, train, evaluate, estimate, runs, feedback, monitor, ui):
+    for module in (run, generate, models, env, config, data, serve, train, evaluate, distill, estimate, runs, feedback, monitor, ui):
         module.register(app)
 
 

@@ -52,6 +52,8 @@ def _event_printer(quiet: bool):
                 error_console.print(f"[bold cyan]▶ {title}[/]")
         elif status == "baseline start":
             error_console.print(f"  [dim]… {details.get('baseline')}[/]")
+        elif status == "event":  # a cloud fine-tuning job's events, as the provider sends them
+            error_console.print(f"  [dim]{details.get('status') or ''}[/] {details.get('message')}")
         elif status == "warn":
             error_console.print(f"  [yellow]warning[/] {details.get('message')}")
         elif status == "skip":

@@ -12,6 +12,8 @@ bootstrap of ``compare.py`` compares it with the tuned model example by example.
   the same label tokens as zero-shot, the shared prefix computed once (``prefix_label_logits``);
   sft: k training pairs, answered through the same generation path.
 - ``retrieval`` (sft): the completion of the most similar training prompt (TF-IDF cosine).
+- a remote model (classify, sft): ``openai:NAME``, ``remote:NAME`` (``eval.endpoints``) or an
+  ``{endpoint: ...}`` entry, asked through ``tunelab.remote`` and scored by ``evaluation/remote.py``.
 
 The records a baseline learns from are the training *and* validation records of the split
 (``learning_records``): the tuned model trains on the first and selects on the second, so both see
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.config import TASK_BASELINES, DataConfig, EvalConfig
+from tunelab.config import REMOTE_TASKS, TASK_BASELINES, DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.data.templates import (
@@ -415,6 +417,15 @@ def evaluate_baseline(
         ConfigError: for a baseline that does not apply to the task, or no base model where one is needed.
         DataError: for missing training records or a bad test set.
     """
+    endpoint = config.endpoint_of(name)
+    if endpoint is not None and task in REMOTE_TASKS:
+        from tunelab.evaluation.remote import evaluate_remote, remote_client
+
+        labels = None
+        if task == "classify":
+            labels = label_map.labels if label_map is not None else (sorted({r.label for r in train}) if train else None)
+        return evaluate_remote(remote_client(endpoint), records, task, config=config, data_config=data_config, labels=labels,
+                               train_ids=train_ids, baseline_name=name, progress=progress)
     if name not in TASK_BASELINES.get(task, ()):
         raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
     if name in NEEDS_BASE_MODEL and base is None:
@@ -456,6 +467,10 @@ def baseline_settings(
         "sample_seed": data_config.seed,
         "labels": label_map.to_dict() if label_map is not None else None,
     }
+    endpoint = config.endpoint_of(name)
+    if endpoint is not None:
+        settings["endpoint"] = {"base_url": endpoint.base_url, "name": endpoint.name}
+        settings["eval"] = config.model_dump(mode="json", include={"max_new_tokens", "temperature", "top_p", "seed"})
     if name in NEEDS_BASE_MODEL:
         # Batch size is in: padding changes float rounding, hence (rarely) an argmax.
         settings["eval"] = config.model_dump(mode="json", include={"max_new_tokens", "temperature", "top_p", "batch_size", "seed"})
@@ -621,7 +636,7 @@ def evaluate_with_baselines(
     if missing:
         raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
     for name in baselines:
-        if name not in TASK_BASELINES.get(task, ()):
+        if name not in TASK_BASELINES.get(task, ()) and not (config.endpoint_of(name) and task in REMOTE_TASKS):
             raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
     if task == "classify" and label_map is None:
         if loaded.label_map:

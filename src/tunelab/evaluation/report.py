@@ -325,9 +325,12 @@ def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: E
 
 
 def baseline_paths(run_dir: str | Path) -> dict[str, Path]:
-    """The baseline evaluations saved in a run folder: ``eval/<name>.json`` for each known baseline, in order."""
+    """The baseline evaluations saved in a run folder: ``eval/<name>.json`` for each known baseline, in order, then remote ones."""
     eval_dir = RunFolder(Path(run_dir)).eval_dir
-    return {name: eval_dir / f"{name}.json" for name in BASELINE_NAMES if (eval_dir / f"{name}.json").is_file()}
+    found = {name: eval_dir / f"{name}.json" for name in BASELINE_NAMES if (eval_dir / f"{name}.json").is_file()}
+    for path in sorted(eval_dir.glob("*:*.json")):  # remote baselines: openai:NAME, remote:NAME
+        found.setdefault(path.stem, path)
+    return found
 
 
 def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | None = None) -> tuple[Verdict, ReportFiles]:

@@ -27,6 +27,11 @@ def run_training(
     Raises:
         ConfigError: for a task without a training recipe here, or see the recipes.
     """
+    if config.train.backend != "local":
+        raise ConfigError(
+            f"train.backend: {config.train.backend} trains through the provider's API, not this local loop",
+            "run it with `tunelab run CONFIG` (it estimates the price, starts the job, follows it and evaluates the result)",
+        )
     if config.task == "text":
         from tunelab.tasks.text import train
     elif config.task == "sft":

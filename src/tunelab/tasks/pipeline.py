@@ -17,7 +17,8 @@ Each step is a public function over one ``PipelineContext``, so a notebook can w
     pipeline.report_step(context)
     outcome = pipeline.register_step(context)
 
-``run_pipeline`` is exactly that sequence. Each step's outcome is written to ``<run>/pipeline.json``
+``run_pipeline`` is exactly that sequence (with ``train.backend: openai``, ``run_cloud_steps``: the same
+steps with a provider's fine-tuning API in place of the local loop, see the section at the end). Each step's outcome is written to ``<run>/pipeline.json``
 as it finishes, so ``tunelab run --resume RUN`` picks up an interrupted run at the step it stopped in
 (training itself resumes from its last checkpoint); a step that is already done returns what it
 produced before. The baselines (``eval.baselines``: the base model, and what a user would do
@@ -34,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,10 +251,13 @@ def open_pipeline(
     train_progress: Callable[[Any], None] | None = None,
     eval_progress: Callable[[int], None] | None = None,
     calibrate: bool = True,
+    run_dir: str | Path | None = None,
 ) -> PipelineContext:
     """Start a run of ``config`` (or reopen the run folder ``resume``) and load its base model.
 
-    Nothing is written yet: the run folder appears when the data check passes.
+    Nothing is written yet: the run folder appears when the data check passes. ``run_dir``: the run
+    folder to use, which may already hold what a step before the pipeline wrote (``tunelab distill``
+    writes its dataset there first); it must not hold another pipeline's state.
 
     Raises:
         ConfigError: for an invalid config or an existing run folder.
@@ -271,8 +275,8 @@ def open_pipeline(
         config = require_resolved(config)
         if not config.data.train:
             raise ConfigError("data.train is required: the file, folder or preset data to train on")
-        run = RunFolder(Path(config.train.output_dir) / run_name(config))
-        if run.root.exists() and any(run.root.iterdir()):
+        run = RunFolder(Path(run_dir) if run_dir is not None else Path(config.train.output_dir) / run_name(config))
+        if (run.root / STATE_FILE).exists() or (run_dir is None and run.root.exists() and any(run.root.iterdir())):
             raise ConfigError(
                 f"run folder {run.root} already exists; a run is never overwritten",
                 f"choose another name (name=...) or continue it with `tunelab run --resume {run.root}`",
@@ -545,6 +549,8 @@ def run_pipeline(
     context = open_pipeline(
         config, resume=resume, on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate
     )
+    if context.config.train.backend == "openai":  # a provider's fine-tuning API in place of the local loop
+        return run_cloud_steps(context)
     check_step(context)
     split_step(context)
     estimate_step(context)
@@ -571,3 +577,178 @@ def _model_key(loaded: LoadedModel) -> str:
         stat = location.stat()
         return f"{source.kind}:{location.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
     return f"{source.kind}:{source.location}"
+
+
+# ------------------------------------------------------------------ train.backend: openai (cloud fine-tuning)
+# ``train.backend: openai``: the pipeline with a provider's fine-tuning API in place of the local loop.
+#
+#     check -> split -> estimate (price) -> baselines -> train (upload, job, events) -> evaluate (remote) -> report -> register
+#
+# The same data, split, baselines, report and registry as a local run; what differs:
+#
+# - estimate: tokens of the chat JSONL (counted with the local model's tokenizer, an approximation of
+#   the provider's) x epochs x the dated per-training-token price; ``budget.max_usd`` is checked
+#   before anything is uploaded (an unknown price with a budget set stops the run).
+# - baselines: ``base`` is the provider's base model (``model.endpoint``) asked remotely, the same
+#   prompts as the tuned model; ``few_shot`` (a local model with examples in its prompt) is left out.
+# - train: upload, create the job, follow its events; ``cloud_job.json`` in the run folder keeps the
+#   job id, so ``tunelab run --resume RUN`` after Ctrl-C follows the same job.
+# - evaluate: the fine-tuned model through ``tunelab.evaluation.remote``.
+
+REMOTE_BASE = "remote:base"  # the provider's base model as the "base" baseline of a cloud run
+# Seconds between two looks at a running job (jobs take minutes to hours); TUNELAB_CLOUD_POLL_S overrides it.
+POLL_SECONDS = 10.0
+
+
+def _poll_seconds() -> float:
+    import os
+
+    return float(os.environ.get("TUNELAB_CLOUD_POLL_S") or POLL_SECONDS)
+
+
+def cloud_conversations(records: Sequence[Any], config: ResolvedConfig, labels: Sequence[str]) -> list[list[dict[str, str]]]:
+    """Training chats: the prompt the model is evaluated with, answered with the reference (sft) or the label (classify)."""
+    from tunelab.data.templates import with_system_prompt
+    from tunelab.evaluation.remote import classify_conversation
+
+    system = config.data.system_prompt
+    if config.task == "classify":
+        return [[*classify_conversation(r.text, labels, system), {"role": "assistant", "content": r.label}] for r in records]
+    return [[*with_system_prompt(r.prompt_messages, system), {"role": "assistant", "content": r.completion}] for r in records]
+
+
+def cloud_labels(context: PipelineContext) -> list[str]:
+    split = context.require_split()
+    return sorted({r.label for r in split.train}) if context.config.task == "classify" else []
+
+
+def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
+    """3. The price of the job before anything is uploaded; stop when over ``budget.max_usd``.
+
+    Raises:
+        DataError: when the examples do not make a valid chat file.
+        BudgetExceeded: over budget, or a budget set and the price unknown.
+    """
+    from tunelab.remote.finetune import (
+        TRAINING_FILE,
+        VALIDATION_FILE,
+        chat_lines,
+        estimate_cloud_cost,
+        write_chat_jsonl,
+    )
+
+    if context.state.get("estimate") is not None:
+        context.estimate = context.state.get("estimate")
+        return context.estimate
+    config, split = context.config, context.require_split()
+    labels = cloud_labels(context)
+    with step(context, "estimate") as record:
+        rows = chat_lines(cloud_conversations(split.train, config, labels))
+        write_chat_jsonl(rows, context.run.root / TRAINING_FILE)
+        if split.validation:
+            write_chat_jsonl([{"messages": m} for m in cloud_conversations(split.validation, config, labels)], context.run.root / VALIDATION_FILE)
+        tokenizer = context.base.tokenizer
+        estimate = estimate_cloud_cost(
+            rows, config.train.epochs, config.model.endpoint.name,
+            count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+            counted_with=f"the tokenizer of {context.base.source.display_name} (the provider's count differs somewhat)",
+        ).as_dict()
+        estimate["backend"] = "openai"
+        record.value = estimate
+        record.details = {"estimate": {**estimate, "total_seconds": None}}
+        record.registry_fields = {"estimate": estimate}
+    context.estimate = estimate
+    limit = config.budget.max_usd
+    if limit is not None and (estimate["usd"] is None or estimate["usd"] > limit):
+        reason = (f"the price of fine-tuning {config.model.endpoint.name} is not in the price table" if estimate["usd"] is None
+                  else f"estimated ${estimate['usd']:.2f} > budget.max_usd ${limit:.2f}")
+        context.registry.update_run(context.registry_id, status="failed", error=f"over budget: {reason}")
+        raise BudgetExceeded(f"the estimate is over budget: {reason}", "raise budget.max_usd, add the price to the table, or shrink the data")
+    return estimate
+
+
+def with_remote_base(config: ResolvedConfig) -> ResolvedConfig:
+    """The config whose baselines ask the provider's base model in place of a local one (few_shot left out)."""
+    from tunelab.config import resolve_baselines
+
+    names = [REMOTE_BASE if name == "base" else name for name in resolve_baselines(config.task, config.eval) if name != "few_shot"]
+    endpoints = {**config.eval.endpoints, "base": config.model.endpoint}
+    return config.model_copy(update={"eval": config.eval.model_copy(update={"baselines": names, "endpoints": endpoints})})
+
+
+def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -> dict[str, Any]:
+    """5. Upload, create the job (or find the one already created), follow it to its end.
+
+    Raises:
+        CloudJobFailed: when the job fails or is cancelled.
+        RemoteError: when the provider cannot be reached (resume to follow again).
+    """
+    import time
+
+    from tunelab.remote.finetune import TRAINING_FILE, VALIDATION_FILE, CloudJob, follow_job, start_job
+
+    if context.state.get("train") is not None:
+        context.train_result = context.state.get("train")
+        return context.train_result
+    config, run = context.config, context.run
+    endpoint = config.model.endpoint
+    began = time.perf_counter()
+    with step(context, "train") as record:
+        job = CloudJob.load(run.root)
+        if job is None:
+            validation = run.root / VALIDATION_FILE
+            job = start_job(endpoint, run.root, run.root / TRAINING_FILE, validation if validation.is_file() else None,
+                            epochs=max(1, round(config.train.epochs)), seed=config.train.seed, suffix="tunelab")
+            context.emit("train", "event", {"message": f"job {job.job_id} created on {endpoint.base_url}", "job_id": job.job_id})
+        else:
+            context.emit("train", "event", {"message": f"following job {job.job_id} again (status {job.status})", "job_id": job.job_id})
+        job = follow_job(endpoint, run.root, job, poll_s=_poll_seconds() if poll_s is None else poll_s, on_event=lambda event: context.emit("train", "event", event))
+        result = {"backend": "openai", "job_id": job.job_id, "fine_tuned_model": job.fine_tuned_model, "trained_tokens": job.trained_tokens,
+                  "status": job.status, "seconds": time.perf_counter() - began, "base_url": endpoint.base_url}
+        record.value = result
+        record.details = {"result": {**result, "steps": "-", "tokens_per_second": 0.0, "precision": "provider"}}
+        record.timing = "train"
+    context.train_result = result
+    return result
+
+
+def cloud_evaluate_step(context: PipelineContext):
+    """6. The fine-tuned model on the test records, through the remote evaluation (same prompts as its training)."""
+    from tunelab.config import EndpointConfig
+    from tunelab.evaluation.remote import evaluate_remote, remote_client
+    from tunelab.evaluation.result import EvalResult
+
+    config, run = context.config, context.run
+    tuned_path = run.eval_dir / "tuned.json"
+    if context.state.done("evaluate") and tuned_path.is_file():
+        context.tuned_eval = EvalResult.load(tuned_path)
+        return context.tuned_eval
+    split = context.require_split()
+    endpoint: EndpointConfig = config.model.endpoint.model_copy(update={"name": context.train_result["fine_tuned_model"]})
+    with step(context, "evaluate", n=len(split.test)) as record:
+        tuned_eval = evaluate_remote(remote_client(endpoint), split.test, config.task, config=config.eval, data_config=config.data,
+                                     labels=cloud_labels(context) or None, train_ids=[r.id for r in split.train], progress=context.eval_progress)
+        tuned_eval.save(tuned_path)
+        record.value = {"path": str(tuned_path)}
+        record.details = {"metrics": tuned_eval.metrics}
+        record.registry_fields = {"tuned_metrics": tuned_eval.metrics}
+        record.timing = "eval"
+    context.tuned_eval = tuned_eval
+    return tuned_eval
+
+
+def run_cloud_steps(context: PipelineContext, *, poll_s: float | None = None) -> RunOutcome:
+    """The pipeline of a ``train.backend: openai`` run (see the comment at the start of this section), from an opened context."""
+    check_step(context)
+    split_step(context)
+    cloud_estimate_step(context)
+    resolved = context.config
+    context.config = with_remote_base(resolved)
+    try:
+        baseline_step(context)
+    finally:
+        context.config = resolved
+    cloud_train_step(context, poll_s=poll_s)
+    cloud_evaluate_step(context)
+    report_step(context)
+    return register_step(context)

@@ -1,0 +1,96 @@
+"""``tunelab distill``: a teacher's answers into a small student, and the student-vs-teacher table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tunelab.cli.common import console, error_console, print_json, train_progress_bar
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_distill(report: dict[str, Any]) -> Table:
+    """Teacher, student (and the untuned student) against the references, then cost and latency."""
+    refs = report["against_references"]
+    who = [name for name in ("teacher", "student", "untuned_student") if name in refs]
+    table = Table(title=f"student {report['student']} vs teacher {report['teacher']} on {report['n']} held-out examples")
+    table.add_column("")
+    for name in who:
+        table.add_column(name.replace("_", " "), justify="right")
+    for metric in refs["teacher"]:
+        table.add_row(f"{metric} vs references", *(_fmt(refs[name].get(metric)) for name in who))
+    cost, latency = report["cost_per_1000_requests_usd"], report["latency_s"]
+    table.add_row("cost / 1,000 requests (USD)", _fmt(cost["teacher"]), _fmt(cost["student"]), *([""] * (len(who) - 2)))
+    table.add_row("latency (s)", _fmt(latency["teacher"]), _fmt(latency["student"]), *([""] * (len(who) - 2)))
+    return table
+
+
+def distill(
+    config_path: Path = typer.Argument(None, metavar="CONFIG", help="Run config (YAML) with a distill: section. Not needed with --resume."),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. distill.teacher=runs/big."),
+    resume: Path = typer.Option(None, "--resume", help="Continue a distillation run folder (answers already in distill.jsonl are not asked again)."),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Skip the measured steps of the time estimate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """The teacher answers your prompts (or labels your texts), the student learns them, and both are scored on held-out data."""
+    from tunelab.cli.run import _event_printer
+    from tunelab.tasks.distill import run_distill
+
+    if resume is not None:
+        if config_path is not None or overrides:
+            raise ConfigError("--resume continues a run with its own config; give no config or overrides")
+        config = None
+    else:
+        if config_path is None:
+            raise ConfigError("give a config file: tunelab distill CONFIG.yaml [key=value ...]")
+        config = load_config(config_path, overrides or [])
+    printer = _event_printer(as_json)
+
+    with Progress(TextColumn("teacher"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
+        asking = bar.add_task("teacher", total=None)
+
+        def on_event(step: str, status: str, details: dict[str, Any]) -> None:
+            if step == "teacher" and status == "start":
+                bar.update(asking, total=details["inputs"])
+                if not as_json:
+                    error_console.print(f"[bold cyan]▶ teacher[/] {details['teacher']} answers {details['inputs']} inputs")
+                return
+            if step == "teacher" and status == "done":
+                bar.update(asking, visible=False)
+                if not as_json:
+                    error_console.print(f"  [green]✓[/] {details['accepted']} answers kept, {len(details['rejected'])} rejected")
+                    for item in details["rejected"][:10]:
+                        error_console.print(f"  [yellow]rejected[/] {item['source']}: {item['reason']}")
+                return
+            printer(step, status, details)
+
+        with train_progress_bar() as on_progress:
+            outcome = run_distill(config, resume=resume, on_event=on_event, ask_progress=lambda n: bar.advance(asking, n),
+                                  train_progress=on_progress, calibrate=not no_calibrate)
+    if as_json:
+        print_json({"run_dir": str(outcome.run_dir), "distill_file": str(outcome.distill_file), "asked": outcome.asked,
+                    "accepted": outcome.accepted, "rejected": outcome.rejected, "report": outcome.report, "warnings": outcome.warnings})
+        return
+    console.print(render_distill(outcome.report))
+    vs = outcome.report["student_vs_teacher"]
+    console.print("student against the teacher's answers: " + ", ".join(f"{k} {_fmt(v)}" for k, v in vs.items() if k != "n"))
+    colour = "green" if outcome.report["non_inferior"] else "yellow"
+    console.print(f"[bold {colour}]{outcome.report['statement']}[/]")
+    if outcome.rejected:
+        console.print(f"{len(outcome.rejected)} teacher answers were rejected and left out (listed in {outcome.distill_file})")
+    console.print(f"run folder: {outcome.run_dir}   report: {outcome.run_dir / 'distill_report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill", epilog="The distill: keys: `tunelab config`.")(distill)

@@ -1,0 +1,182 @@
+"""A remote model (any OpenAI-compatible endpoint) scored exactly like a local one.
+
+Same test records, same seeded sample, same checks, same prompts, same scoring functions
+(``score_sft``, ``classify_metrics``), so its ``EvalResult`` pairs with the tuned model's in the
+bootstrap of ``compare.py``. What differs is only how an answer is obtained:
+
+- sft: the prompt (with ``data.system_prompt``) is sent as chat messages; greedy by default.
+- classify: a chat API gives text, not label-token probabilities, so the model gets the zero-shot
+  prompt that lists the categories by name (the base model's prompt) and its answer is read back as a
+  label (``parse_label``). An answer that names no category counts as wrong and is listed; confidence
+  is 1 (there is no probability), so ECE says nothing about a remote model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from tunelab.config import REMOTE_TASKS, DataConfig, EndpointConfig, EvalConfig
+from tunelab.data.labels import LabelMap
+from tunelab.data.records import ClassifyRecord, Record
+from tunelab.data.templates import with_system_prompt, zero_shot_messages
+from tunelab.evaluation.evaluate import check_test_records, references_of, score_sft, select_test_records
+from tunelab.evaluation.metrics import PRIMARY_METRIC, classify_metrics
+from tunelab.evaluation.result import EvalResult, test_fingerprint
+from tunelab.remote.client import Answer, RemoteClient, RemoteError
+
+Progress = Callable[[int], None]
+UNPARSED = "(no category in the answer)"
+
+
+def names_label_map(labels: Sequence[str]) -> LabelMap:
+    """A label list whose answers are the labels' own names (a remote model has no label tokens).
+
+    The token ids are placeholders: only ``labels`` and ``token_strings`` (= the names) shape the
+    zero-shot prompt, and nothing is scored over token ids here.
+    """
+    return LabelMap(list(labels), list(range(len(labels))), list(labels))
+
+
+def classify_conversation(text: str, labels: Sequence[str], system_prompt: str | None) -> list[dict[str, str]]:
+    """The chat a remote model is asked for one text: the zero-shot prompt listing the categories by name."""
+    return zero_shot_messages(text, names_label_map(labels), system_prompt)
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", text.strip().strip("\"'`*.:;,!()[]{}").lower()).strip()
+
+
+def parse_label(answer: str | None, labels: Sequence[str]) -> str | None:
+    """The category an answer names: the whole answer (case, quotes, ``_``/``-`` and end punctuation
+    aside), else its first line, else the one category mentioned as whole words (the longest when one
+    name contains another); None when no category, or several unrelated ones, are named."""
+    if not answer or not answer.strip():
+        return None
+    by_normal = {_normal(label): label for label in labels}
+    for candidate in (answer, answer.strip().splitlines()[0], re.sub(r"^(category|label|answer)\s*:\s*", "", answer.strip(), flags=re.I)):
+        if _normal(candidate) in by_normal:
+            return by_normal[_normal(candidate)]
+    spoken = _normal(answer)
+    found = [label for normal, label in by_normal.items() if normal and re.search(rf"(?<!\w){re.escape(normal)}(?!\w)", spoken)]
+    if not found:
+        return None
+    longest = max(found, key=lambda label: len(_normal(label)))
+    # "card arrival" and "card" both match: the longer one is meant; two unrelated names: ambiguous.
+    if all(_normal(label) in _normal(longest) for label in found):
+        return longest
+    return None
+
+
+def raise_for_failures(answers: Sequence[Answer], client: RemoteClient) -> None:
+    """Refuse to score with holes: a failed request would count as a wrong answer the model never gave.
+
+    Raises:
+        RemoteError: naming how many failed and the first error (answered ones are cached: a rerun asks only the rest).
+    """
+    failed = [a for a in answers if a.error is not None]
+    if failed:
+        raise RemoteError(
+            f"{len(failed)} of {len(answers)} requests to {client.display_name} failed after retries (first: {failed[0].error})",
+            "rerun when the endpoint answers: the answers already received are cached and cost nothing again",
+        )
+
+
+def classify_rows(
+    records: Sequence[ClassifyRecord], answers: Sequence[str | None], labels: Sequence[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Rows, metrics and warnings of classify answers given as text (a remote model, a teacher)."""
+    labels = list(labels)
+    predictions = [parse_label(answer, labels) or UNPARSED for answer in answers]
+    rows = []
+    for record, answer, prediction in zip(records, answers, predictions, strict=True):
+        rows.append({
+            "id": record.id, "source": record.source, "prompt": record.text, "reference": record.label, "prediction": prediction,
+            "answer": answer,
+            "scores": {"correct": float(prediction == record.label), "confidence": 1.0,
+                       "probability_of_reference": float(prediction == record.label), "known_label": record.label in labels},
+        })
+    # An answer naming no category is its own (always wrong) class in the confusion matrix.
+    classes = labels + [UNPARSED] if UNPARSED in predictions else labels
+    metrics = classify_metrics([r.label for r in records], predictions, [1.0] * len(records), classes)
+    warnings = ["a chat API gives no probabilities: confidence is 1 for every answer, so ECE is not meaningful here"]
+    unparsed = [r.source or r.id for r, p in zip(records, predictions, strict=True) if p == UNPARSED]
+    if unparsed:
+        metrics["unparsed_answers"] = len(unparsed)
+        warnings.append(f"{len(unparsed)} answers named no category (counted wrong; first: {', '.join(unparsed[:3])})")
+    return rows, metrics, warnings
+
+
+def evaluate_remote(
+    client: RemoteClient,
+    records: Sequence[Record],
+    task: str,
+    *,
+    config: EvalConfig,
+    data_config: DataConfig,
+    labels: Sequence[str] | None = None,
+    train_ids: Collection[str] | None = None,
+    baseline_name: str | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Evaluate the remote model of ``client`` on ``records`` (classify: over ``labels``, default the test labels).
+
+    Raises:
+        ConfigError: for a task a chat API cannot be scored on (text, preference).
+        DataError: for an empty test set, records of the wrong task, or an sft example without reference.
+        RemoteError: when requests still fail after the retries.
+    """
+    from tunelab.errors import ConfigError
+
+    if task not in REMOTE_TASKS:
+        raise ConfigError(f"a remote model can be evaluated on classify and sft, not {task}",
+                          "a chat API returns answers, not the token log-likelihoods perplexity and preference need")
+    warnings = check_test_records(records, task, train_ids)
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    if len(chosen) < len(records):
+        warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
+    system = data_config.system_prompt
+    ask = {"max_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed, "progress": progress}
+    if task == "classify":
+        labels = list(labels) if labels is not None else sorted({r.label for r in chosen})
+        answers = client.chat_many([classify_conversation(r.text, labels, system) for r in chosen], **{**ask, "max_tokens": min(config.max_new_tokens, 32)})
+        raise_for_failures(answers, client)
+        rows, metrics, more = classify_rows(chosen, [a.text for a in answers], labels)
+    else:
+        references = [references_of(r) for r in chosen]
+        answers = client.chat_many([with_system_prompt(r.prompt_messages, system) for r in chosen], **ask)
+        raise_for_failures(answers, client)
+        # Stripped, as the local generation path strips its answers: the same answer scores the same.
+        rows, metrics = score_sft(chosen, [(a.text or "").strip() for a in answers], references)
+        more = []
+    for row, answer in zip(rows, answers, strict=True):
+        row["remote"] = {"latency_s": answer.latency_s, "input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
+                         "cached": answer.cached, "cost_usd": answer.cost_usd}
+    usage = client.usage(answers)
+    if usage.cost_usd is None:
+        more.append(f"no price for {client.endpoint.name} in the price table: its cost is unknown (not 0)")
+    settings = {
+        "endpoint": {"base_url": client.endpoint.base_url, "name": client.endpoint.name},
+        "prompt": "zero_shot_names" if task == "classify" else "chat", "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature, "usage": usage.to_dict(),
+    }
+    if baseline_name:
+        settings["baseline"] = baseline_name
+    return EvalResult(
+        task=task, model=client.display_name, n=len(rows), metrics={"primary": PRIMARY_METRIC[task], **metrics}, rows=rows,
+        settings=settings, test_fingerprint=test_fingerprint(task, (r.id for r in chosen)), baseline=baseline_name is not None,
+        labels=list(labels) if task == "classify" else None, baseline_name=baseline_name, warnings=warnings + more,
+    )
+
+
+def remote_client(endpoint: EndpointConfig, *, concurrency: int | None = None, cache: bool = True) -> RemoteClient:
+    """The client evaluation uses: the shared request cache under the user cache (``TUNELAB_CACHE``), the bundled prices.
+
+    Raises:
+        ConfigError: when the endpoint's API key variable is empty.
+    """
+    from tunelab.remote.cache import RequestCache
+
+    return RemoteClient(endpoint, cache=RequestCache() if cache else None, concurrency=concurrency)
+

@@ -1,0 +1,235 @@
+"""One client for every OpenAI-compatible endpoint: bounded concurrency, retries, timeouts, cache, cost.
+
+Built on the official ``openai`` package pointed at ``endpoint.base_url``. Retries are the client's
+own (exponential backoff with jitter, ``Retry-After`` honoured) on 408/409/429/5xx, timeouts and
+dropped connections, ``endpoint.max_retries`` times; at most ``endpoint.concurrency`` requests are
+in flight. Every answer that comes back is cached (``RequestCache``), so asking again costs nothing.
+A request that still fails is returned as an :class:`Answer` with its ``error`` (never dropped),
+and the caller decides: an evaluation refuses to score with holes, distillation lists and skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunelab.config import EndpointConfig
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.estimate.prices import InferencePrice, PriceTable, load_price_table
+from tunelab.remote.cache import CachedResponse, RequestCache, request_key
+
+Progress = Callable[[int], None]
+NO_KEY = "not-needed"  # the openai client insists on a key; a local server ignores it
+
+
+class RemoteError(TunelabError):
+    """A remote endpoint that cannot be reached or keeps refusing."""
+
+
+@dataclass
+class Answer:
+    """One chat answer (or the error that stayed after the retries)."""
+
+    text: str | None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float | None = None
+    cached: bool = False
+    finish_reason: str | None = None
+    cost_usd: float | None = None  # None: the price of this model is unknown (never read as free)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Usage:
+    """What a batch of requests used and cost. ``cost_usd`` is None when the model's price is unknown."""
+
+    requests: int = 0
+    cached: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None  # all answers, cached ones at what they cost when asked
+    paid_usd: float | None = None  # only the answers asked this time (a rerun from the cache pays 0)
+    price_source: str | None = None
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cached / self.requests if self.requests else 0.0
+
+    @property
+    def cost_per_1000_requests(self) -> float | None:
+        answered = self.requests - self.failed
+        return None if self.cost_usd is None or not answered else 1000 * self.cost_usd / answered
+
+    def to_dict(self) -> dict[str, Any]:
+        latencies = sorted(self.latencies_s)
+        return {
+            "requests": self.requests, "cached": self.cached, "failed": self.failed, "cache_hit_rate": self.cache_hit_rate,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd, "paid_usd": self.paid_usd, "cost_per_1000_requests": self.cost_per_1000_requests, "price_source": self.price_source,
+            "latency_median_s": latencies[len(latencies) // 2] if latencies else None,
+        }
+
+
+def summarize(answers: Sequence[Answer], price: InferencePrice | None) -> Usage:
+    """The usage of ``answers``: tokens, cache hits, failures, and the cost (None when the price is unknown)."""
+    usage = Usage(requests=len(answers), price_source=price.published if price else None)
+    for answer in answers:
+        usage.cached += answer.cached
+        usage.failed += answer.error is not None
+        usage.input_tokens += answer.input_tokens or 0
+        usage.output_tokens += answer.output_tokens or 0
+        if answer.latency_s is not None and answer.error is None:
+            usage.latencies_s.append(answer.latency_s)
+    # What the requests cost when they were made; a cached answer costs nothing now but is what a
+    # production request would cost, so it counts (cost per 1,000 requests is about production).
+    usage.cost_usd = price.cost(usage.input_tokens, usage.output_tokens) if price else None
+    fresh = [a for a in answers if not a.cached]
+    usage.paid_usd = price.cost(sum(a.input_tokens or 0 for a in fresh), sum(a.output_tokens or 0 for a in fresh)) if price else None
+    return usage
+
+
+def api_key_for(endpoint: EndpointConfig) -> str:
+    """The key of ``endpoint`` from its ``api_key_env``, or a placeholder when it names none.
+
+    Raises:
+        ConfigError: when ``api_key_env`` is set but that variable is empty.
+    """
+    if not endpoint.api_key_env:
+        return NO_KEY
+    key = os.environ.get(endpoint.api_key_env, "").strip()
+    if not key:
+        raise ConfigError(
+            f"the endpoint {endpoint.base_url} ({endpoint.name}) needs an API key in ${endpoint.api_key_env}, which is empty",
+            f"export {endpoint.api_key_env}=... (or set api_key_env: null for a server without keys)",
+        )
+    return key
+
+
+def openai_client(endpoint: EndpointConfig, *, max_retries: int | None = None):
+    """The official client for ``endpoint`` (its timeout and retries)."""
+    import openai
+
+    return openai.OpenAI(
+        base_url=endpoint.base_url, api_key=api_key_for(endpoint), timeout=endpoint.timeout_s,
+        max_retries=endpoint.max_retries if max_retries is None else max_retries,
+    )
+
+
+class RemoteClient:
+    """Chat completions from one model at one endpoint, ``endpoint.concurrency`` at a time, cached."""
+
+    def __init__(
+        self, endpoint: EndpointConfig, *, cache: RequestCache | None = None, prices: PriceTable | None = None, concurrency: int | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.cache = cache
+        self.concurrency = concurrency or endpoint.concurrency
+        self.client = openai_client(endpoint)
+        self.price = (prices or load_price_table()).inference_price(endpoint.name)
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.endpoint.name} @ {self.endpoint.base_url}"
+
+    def request_body(self, messages: Sequence[dict[str, str]], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = 0) -> dict[str, Any]:
+        body: dict[str, Any] = {"messages": [dict(m) for m in messages], "max_tokens": max_tokens, "temperature": temperature}
+        if temperature > 0:
+            body.update(top_p=top_p, seed=seed)
+        return body
+
+    def ask(self, body: dict[str, Any]) -> Answer:
+        """One request (a cache hit when this exact request was answered before)."""
+        import openai
+
+        key = request_key(self.endpoint.base_url, self.endpoint.name, body)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return self._answer(hit, cached=True)
+        started = time.perf_counter()
+        try:
+            response = self.client.chat.completions.create(model=self.endpoint.name, **body)
+        except openai.APIStatusError as error:
+            return Answer(text=None, error=f"HTTP {error.status_code}: {_message(error)}")
+        except openai.APIConnectionError as error:  # timeouts included, after the retries
+            return Answer(text=None, error=f"{type(error).__name__}: {error}")
+        latency = time.perf_counter() - started
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        result = CachedResponse(
+            text=(choice.message.content or "") if choice else "",
+            input_tokens=usage.prompt_tokens if usage else None,
+            output_tokens=usage.completion_tokens if usage else None,
+            latency_s=latency,
+            finish_reason=choice.finish_reason if choice else None,
+        )
+        if self.cache is not None:
+            self.cache.put(key, self.endpoint.base_url, self.endpoint.name, body, result)
+        return self._answer(result, cached=False)
+
+    def _answer(self, response: CachedResponse, *, cached: bool) -> Answer:
+        cost = self.price.cost(response.input_tokens or 0, response.output_tokens or 0) if self.price and response.input_tokens is not None else None
+        return Answer(
+            text=response.text, input_tokens=response.input_tokens, output_tokens=response.output_tokens, latency_s=response.latency_s,
+            cached=cached, finish_reason=response.finish_reason, cost_usd=cost,
+        )
+
+    def chat_many(
+        self, conversations: Sequence[Sequence[dict[str, str]]], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = 0, progress: Progress | None = None, on_answer: Callable[[int, Answer], None] | None = None,
+    ) -> list[Answer]:
+        """Answers to ``conversations`` in their order, at most ``concurrency`` requests in flight.
+
+        ``on_answer(index, answer)`` is called as each one arrives (from worker threads; in arrival order).
+        """
+        bodies = [self.request_body(m, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed) for m in conversations]
+
+        def one(index: int) -> Answer:
+            answer = self.ask(bodies[index])
+            if on_answer is not None:
+                on_answer(index, answer)
+            if progress is not None:
+                progress(1)
+            return answer
+
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tunelab-remote") as pool:
+            return list(pool.map(one, range(len(bodies))))
+
+    def usage(self, answers: Sequence[Answer]) -> Usage:
+        return summarize(answers, self.price)
+
+    def check(self) -> None:
+        """Fail early, with one clear message, when the endpoint does not answer at all.
+
+        Raises:
+            RemoteError: when the server cannot be reached or refuses the key.
+        """
+        import openai
+
+        try:
+            openai_client(self.endpoint, max_retries=1).models.list()
+        except openai.AuthenticationError as error:
+            raise RemoteError(f"{self.endpoint.base_url} refused the API key: {_message(error)}", "check api_key_env") from None
+        except openai.APIConnectionError as error:
+            raise RemoteError(f"cannot reach {self.endpoint.base_url}: {error}", "is the server running? check base_url") from None
+        except openai.APIStatusError:
+            pass  # some compatible servers have no /models; the requests themselves will tell
+
+
+def _message(error: Any) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(error, "message", error))

@@ -1,0 +1,621 @@
+"""Distillation: a teacher answers, a small student learns its answers, and the two are compared on held-out data.
+
+    split the user's data -> the teacher answers the inputs (distill.jsonl) -> the student trains on the
+    answers with the normal recipe (the pipeline's steps) -> teacher and student on the same test set
+
+1. The user's data (``data.train``, with answers where it has them) is split as for any run. The
+   test split is held out: neither teacher answers on it nor reference answers reach the student.
+2. The teacher — a remote endpoint (``openai:NAME``, ``{base_url, name}``) or a local model/run —
+   answers every input of the training and validation splits plus ``distill.unlabeled``: sft
+   prompts get its answer, classify texts its label. Each answer is one line of
+   ``<run>/distill.jsonl`` with its tokens, latency and cost, written as it arrives, so a crash loses
+   nothing: a rerun asks only what has no line yet. An empty answer, a failed request, or a classify
+   answer that names no category is kept in the file as ``rejected`` with its reason, listed, and
+   left out of the student's data (never silently).
+3. The student (``model``, default the bundled model) trains on the accepted answers through the
+   pipeline's steps (check, split, estimate, baselines, train, evaluate, report, register), with the
+   held-out test records (and their references) as its test set.
+4. The teacher is evaluated on the same test records with the same prompts and metrics; the student
+   is compared with it by the paired bootstrap: agreement with the teacher (classify), ROUGE/BLEU
+   against the teacher's answers (sft), both against the references, the non-inferiority statement
+   (the lower end of the 95% interval of student - teacher above -``distill.margin``), cost per 1,000
+   requests and latency of each. Written to ``<run>/distill_report.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import EndpointConfig, ResolvedConfig, parse_config, require_resolved
+from tunelab.errors import ConfigError, DataError
+from tunelab.paths import RunFolder, atomic_write_text
+
+DISTILL_FILE = "distill.jsonl"
+REPORT_FILE = "distill_report.json"
+STUDENT_DATA = "distill"  # <run>/distill/train.jsonl (teacher answers) and test.jsonl (held out, references)
+LOCAL_CHUNK = 16  # a local teacher answers this many inputs between two writes of distill.jsonl
+LATENCY_PROBES = 8  # requests timed one at a time for a local model's latency
+
+EventFn = Callable[[str, str, dict[str, Any]], None]
+
+
+# ------------------------------------------------------------------------------------------ teacher
+
+
+@dataclass
+class Teacher:
+    """A remote client or a local model, and what it is called in reports."""
+
+    name: str
+    client: Any = None  # tunelab.remote.RemoteClient
+    local: Any = None  # tunelab.models.LoadedModel
+
+    @property
+    def remote(self) -> bool:
+        return self.client is not None
+
+
+def teacher_endpoint(config: ResolvedConfig) -> EndpointConfig | None:
+    """The teacher as an endpoint (``openai:NAME`` or a mapping), None for a local model or run."""
+    teacher = config.distill.teacher
+    if isinstance(teacher, EndpointConfig):
+        return teacher.model_copy(update={"concurrency": config.distill.concurrency})
+    parsed = EndpointConfig.parse_name(teacher or "")
+    return parsed.model_copy(update={"concurrency": config.distill.concurrency}) if parsed else None
+
+
+def open_teacher(config: ResolvedConfig) -> Teacher:
+    """Connect to (or load) ``distill.teacher``.
+
+    Raises:
+        ConfigError: without a teacher, or when the teacher is the untuned student itself.
+        RemoteError: when a remote teacher cannot be reached.
+        ModelError: when a local teacher cannot be loaded.
+    """
+    teacher = config.distill.teacher
+    if teacher is None:
+        raise ConfigError("distill.teacher is required: the model whose answers the student learns",
+                          "a run folder, a model name, openai:NAME, or {base_url, name, api_key_env}")
+    endpoint = teacher_endpoint(config)
+    if endpoint is not None:
+        from tunelab.evaluation.remote import remote_client
+
+        client = remote_client(endpoint, concurrency=config.distill.concurrency)
+        client.check()
+        return Teacher(client.display_name, client=client)
+    if teacher == config.model.name:
+        raise ConfigError(f"distill.teacher is the student's own model ({teacher}): the student would learn nothing new",
+                          "name a tuned run, a larger model, or an endpoint as the teacher")
+    from tunelab.models import load_model, load_run
+    from tunelab.paths import RunFolder as Folder
+
+    loaded = load_run(teacher) if Folder(Path(teacher)).is_run() else load_model(teacher, allow_network=config.model.allow_network)
+    return Teacher(loaded.source.display_name, local=loaded)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class TeacherInput:
+    """One thing the teacher is asked: an sft prompt (chat messages) or a classify text."""
+
+    id: str
+    source: str
+    messages: tuple[dict[str, str], ...] = ()
+    text: str = ""
+
+
+def _input_of(record: Any, task: str) -> TeacherInput:
+    from tunelab.data.records import content_id
+
+    if task == "sft":
+        messages = tuple(dict(m) for m in record.prompt_messages)
+        return TeacherInput(content_id("distill-sft", list(messages)), record.source, messages=messages)
+    return TeacherInput(content_id("distill-classify", record.text), record.source, text=record.text)
+
+
+def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
+    """The inputs of ``distill.unlabeled``: sft prompts (``data.prompt_field`` or chat ``messages`` without
+    their last assistant turn; a .txt file: one prompt per non-empty line), classify texts (``data.text_field``).
+
+    Raises:
+        DataError: listing the rows without a usable input (unless ``data.skip_invalid``).
+    """
+    from tunelab.data.formats import RecordError, iter_rows, resolve_files
+    from tunelab.data.records import content_id
+
+    data, inputs, bad = config.data, [], []
+    for file in resolve_files(path):
+        if file.suffix == ".txt":
+            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    inputs.append(_unlabeled(config.task, line.strip(), f"{file}:{number}", content_id))
+            continue
+        for source, row in iter_rows(file, data.format):
+            if isinstance(row, RecordError):
+                bad.append(str(row))
+                continue
+            value = row.get(data.prompt_field if config.task == "sft" else data.text_field)
+            if config.task == "sft" and value is None and isinstance(row.get(data.messages_field), list):
+                messages = [m for m in row[data.messages_field] if isinstance(m, dict)]
+                while messages and messages[-1].get("role") == "assistant":
+                    messages.pop()
+                if messages:
+                    inputs.append(TeacherInput(content_id("distill-sft", messages), source, messages=tuple(messages)))
+                    continue
+            if isinstance(value, str) and value.strip():
+                inputs.append(_unlabeled(config.task, value.strip(), source, content_id))
+            else:
+                field_name = data.prompt_field if config.task == "sft" else data.text_field
+                bad.append(f"{source}: no '{field_name}' text")
+    if bad and not data.skip_invalid:
+        raise DataError(f"{len(bad)} unusable row(s) in {path}: {'; '.join(bad[:5])}", "fix them, or set data.skip_invalid: true (each is listed)")
+    if not inputs:
+        raise DataError(f"distill.unlabeled {path} holds no input")
+    return inputs
+
+
+def _unlabeled(task: str, value: str, source: str, content_id: Callable[..., str]) -> TeacherInput:
+    if task == "sft":
+        messages = ({"role": "user", "content": value},)
+        return TeacherInput(content_id("distill-sft", list(messages)), source, messages=messages)
+    return TeacherInput(content_id("distill-classify", value), source, text=value)
+
+
+# --------------------------------------------------------------------------------- the distillation file
+
+
+@dataclass
+class DistillLine:
+    """One line of distill.jsonl: the input, the teacher's answer, what it cost, and whether it is used."""
+
+    id: str
+    source: str
+    input: Any
+    answer: str | None
+    status: str  # "ok" | "rejected"
+    reason: str | None = None
+    label: str | None = None  # classify: the category the answer names
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float | None = None
+    cost_usd: float | None = None
+    cached: bool = False
+    teacher: str = ""
+
+    @property
+    def retry(self) -> bool:
+        """A failed request is asked again on the next run; an answer that came back (good or bad) is not."""
+        return self.status == "rejected" and (self.reason or "").startswith("request failed")
+
+
+def read_distill_file(path: Path) -> dict[str, DistillLine]:
+    """The lines already written (a torn last line from a crash is ignored: that input is asked again)."""
+    lines: dict[str, DistillLine] = {}
+    if not path.is_file():
+        return lines
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            line = DistillLine(**json.loads(text))
+        except (json.JSONDecodeError, TypeError):
+            continue
+        lines[line.id] = line
+    return lines
+
+
+class DistillWriter:
+    """Appends lines to distill.jsonl as answers arrive (from worker threads), flushed one by one."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write("\n")  # end a torn last line, so the next line starts clean
+        self._handle = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, line: DistillLine) -> None:
+        with self._lock:
+            self._handle.write(json.dumps(asdict(line), ensure_ascii=False) + "\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[str]) -> tuple[str, str | None, str | None]:
+    """(status, reason, label) of one teacher answer."""
+    from tunelab.evaluation.remote import parse_label
+
+    if error is not None:
+        return "rejected", f"request failed: {error}", None
+    if answer is None or not answer.strip():
+        return "rejected", "empty answer", None
+    if task == "classify":
+        label = parse_label(answer, labels)
+        if label is None:
+            return "rejected", f"names no category of {len(labels)}", None
+        return "ok", None, label
+    return "ok", None, None
+
+
+def ask_teacher(
+    teacher: Teacher,
+    inputs: Sequence[TeacherInput],
+    config: ResolvedConfig,
+    labels: Sequence[str],
+    path: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, DistillLine]:
+    """Every input's line of distill.jsonl: those already there are kept, the others are asked now.
+
+    Returns the lines of ``inputs`` by id (the file may hold more, from an earlier, larger run).
+    """
+    done = read_distill_file(path)
+    todo = [item for item in inputs if item.id not in done or done[item.id].retry]
+    writer = DistillWriter(path)
+    try:
+        if teacher.remote:
+            _ask_remote(teacher, todo, config, labels, writer, done, progress)
+        else:
+            _ask_local(teacher, todo, config, labels, writer, done, progress)
+    finally:
+        writer.close()
+    return {item.id: done[item.id] for item in inputs if item.id in done}
+
+
+def _conversation(item: TeacherInput, config: ResolvedConfig, labels: Sequence[str]) -> list[dict[str, str]]:
+    from tunelab.data.templates import with_system_prompt
+    from tunelab.evaluation.remote import classify_conversation
+
+    if config.task == "classify":
+        return classify_conversation(item.text, labels, config.data.system_prompt)
+    return with_system_prompt([dict(m) for m in item.messages], config.data.system_prompt)
+
+
+def _ask_remote(teacher, todo, config, labels, writer, done, progress) -> None:
+    # The same request bodies as evaluation/remote.py, so a teacher's evaluation reuses its cached answers.
+    max_tokens = min(config.eval.max_new_tokens, 32) if config.task == "classify" else config.eval.max_new_tokens
+
+    def on_answer(index: int, answer: Any) -> None:
+        item = todo[index]
+        status, reason, label = _judge(config.task, answer.text, answer.error, labels)
+        line = DistillLine(
+            id=item.id, source=item.source, input=item.text or list(item.messages), answer=answer.text, status=status, reason=reason,
+            label=label, input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, latency_s=answer.latency_s,
+            cost_usd=answer.cost_usd, cached=answer.cached, teacher=teacher.name,
+        )
+        writer.write(line)
+        done[item.id] = line
+
+    teacher.client.chat_many(
+        [_conversation(item, config, labels) for item in todo], max_tokens=max_tokens, temperature=config.eval.temperature,
+        top_p=config.eval.top_p, seed=config.eval.seed, progress=progress, on_answer=on_answer,
+    )
+
+
+def _ask_local(teacher, todo, config, labels, writer, done, progress) -> None:
+    from tunelab.data.records import ClassifyRecord
+    from tunelab.evaluation.evaluate import answer_prompts, evaluate
+
+    usd_per_hour = config.distill.local_usd_per_hour
+    for start in range(0, len(todo), LOCAL_CHUNK):
+        chunk = todo[start:start + LOCAL_CHUNK]
+        began = time.perf_counter()
+        if config.task == "classify":
+            label_map = _teacher_label_map(teacher, labels)
+            # The label is a placeholder: evaluate needs records, and only the prediction is read.
+            records = [ClassifyRecord(item.text, label_map.labels[0], source=item.source) for item in chunk]
+            result = evaluate(teacher.local, records, "classify", config=config.eval, data_config=config.data.model_copy(update={"max_test_examples": None}),
+                              label_map=label_map, baseline=not teacher.local.label_map)
+            answers = [row["prediction"] for row in result.rows]
+        else:
+            answers, _ = answer_prompts(teacher.local, [_conversation(item, config, labels) for item in chunk], config.eval, config.data.max_length)
+        seconds = (time.perf_counter() - began) / len(chunk)  # batched: seconds per answer, not one request's latency
+        for item, answer in zip(chunk, answers, strict=True):
+            status, reason, label = _judge(config.task, answer, None, labels)
+            line = DistillLine(
+                id=item.id, source=item.source, input=item.text or list(item.messages), answer=answer, status=status, reason=reason,
+                label=label, latency_s=seconds, cost_usd=seconds * usd_per_hour / 3600 if usd_per_hour else None, teacher=teacher.name,
+            )
+            writer.write(line)
+            done[item.id] = line
+        if progress is not None:
+            progress(len(chunk))
+
+
+def _teacher_label_map(teacher: Teacher, labels: Sequence[str]):
+    from tunelab.data.labels import LabelMap, build_label_map
+
+    if teacher.local.label_map:
+        own = teacher.local.label_map
+        return LabelMap.from_dict(own) if isinstance(own, dict) else own
+    return build_label_map(list(labels), teacher.local.tokenizer)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class DistillOutcome:
+    """What ``tunelab distill`` produced: the dataset, the student's run, and the student-vs-teacher report."""
+
+    run_dir: Path
+    distill_file: Path
+    asked: int
+    accepted: int
+    rejected: list[dict[str, Any]]
+    report: dict[str, Any]
+    run: Any = None  # tunelab.tasks.pipeline.RunOutcome of the student
+    warnings: list[str] = field(default_factory=list)
+
+
+def distill_run_dir(config: ResolvedConfig) -> Path:
+    from tunelab.tasks.pipeline import run_name
+
+    return Path(config.train.output_dir) / (config.name or f"distill-{run_name(config)}")
+
+
+def run_distill(
+    config: ResolvedConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    on_event: EventFn | None = None,
+    ask_progress: Callable[[int], None] | None = None,
+    train_progress: Callable[[Any], None] | None = None,
+    eval_progress: Callable[[int], None] | None = None,
+    calibrate: bool = True,
+) -> DistillOutcome:
+    """Distil ``distill.teacher`` into ``model`` (see the module docstring); ``resume``: continue a run folder.
+
+    Raises:
+        ConfigError: without a teacher, for a task other than sft/classify, or a teacher equal to the student.
+        DataError: for bad data, or when the teacher gave no usable answer.
+        RemoteError: when a remote teacher cannot be reached.
+    """
+    from tunelab.data.split import make_split
+    from tunelab.tasks import pipeline
+
+    emit = on_event or (lambda step, status, details: None)
+    if resume is not None:
+        run = RunFolder(Path(resume))
+        saved = run.root / "distill_config.json"
+        if not saved.is_file():
+            raise ConfigError(f"{run.root} has no distill_config.json: it was not started by `tunelab distill`")
+        config = parse_config(json.loads(saved.read_text(encoding="utf-8")), source=str(saved))
+    else:
+        if config is None:
+            raise ConfigError("run_distill needs a config or a run folder to resume")
+        config = require_resolved(config)
+        run = RunFolder(distill_run_dir(config))
+        if run.root.exists() and any(run.root.iterdir()):
+            raise ConfigError(f"run folder {run.root} already exists; a run is never overwritten",
+                              f"choose another name (name=...) or continue it with `tunelab distill --resume {run.root}`")
+    if config.task not in ("sft", "classify"):
+        raise ConfigError(f"distillation is for sft and classify, not {config.task}")
+    if not config.data.train:
+        raise ConfigError("data.train is required: the data whose test split judges teacher and student")
+
+    # 1. The user's split: its test records are held out from the teacher's training answers.
+    emit("split", "start", {})
+    split = make_split(config)
+    if not split.test:
+        raise DataError("the test split is empty", "add data, raise data.test_size, or give data.test")
+    emit("split", "done", {"sizes": split.sizes()})
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.root / "distill_config.json", json.dumps(config.model_dump(mode="json"), indent=1))
+
+    # 2. The teacher answers the training inputs (and distill.unlabeled), line by line.
+    teacher = open_teacher(config)
+    labels = sorted({r.label for r in [*split.train, *split.validation, *split.test]}) if config.task == "classify" else []
+    test_inputs = {_input_of(r, config.task).id for r in split.test}
+    inputs = [_input_of(r, config.task) for r in [*split.train, *split.validation]]
+    if config.distill.unlabeled:
+        inputs += read_unlabeled(config.distill.unlabeled, config)
+    inputs = [item for item in dict((item.id, item) for item in inputs).values() if item.id not in test_inputs]
+    emit("teacher", "start", {"teacher": teacher.name, "inputs": len(inputs)})
+    lines = ask_teacher(teacher, inputs, config, labels, run.root / DISTILL_FILE, progress=ask_progress)
+    accepted = [line for line in lines.values() if line.status == "ok"]
+    rejected = [{"id": line.id, "source": line.source, "reason": line.reason, "answer": line.answer} for line in lines.values() if line.status != "ok"]
+    emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected})
+    if not accepted:
+        raise DataError(f"the teacher {teacher.name} gave no usable answer to {len(lines)} inputs (first reason: {rejected[0]['reason'] if rejected else 'none'})",
+                        f"see {run.root / DISTILL_FILE}")
+
+    # 3. The student trains on the accepted answers with the normal recipe; the user's test records judge it.
+    student_config = _student_config(config, run.root, accepted, split.test, lines)
+    state_file = run.root / pipeline.STATE_FILE
+    context = pipeline.open_pipeline(
+        None if state_file.is_file() else student_config, resume=run.root if state_file.is_file() else None, run_dir=run.root,
+        on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate,
+    )
+    pipeline.check_step(context)
+    pipeline.split_step(context)
+    pipeline.estimate_step(context)
+    pipeline.baseline_step(context)
+    pipeline.train_step(context)
+    pipeline.evaluate_step(context)
+    pipeline.report_step(context)
+    outcome = pipeline.register_step(context)
+
+    # 4. Teacher and student on the same test records.
+    emit("compare", "start", {})
+    report = compare_student_with_teacher(context, teacher, config, list(lines.values()))
+    atomic_write_text(run.root / REPORT_FILE, json.dumps(report, indent=1, default=str))
+    atomic_write_text(run.root / "distill_report.md", report_markdown(report))
+    context.registry.update_run(context.registry_id, artifacts={**(context.registry.get_run(context.registry_id).artifacts or {}),
+                                                                 "distill_report": str(run.root / REPORT_FILE), "teacher": teacher.name})
+    emit("compare", "done", {"report": report})
+    return DistillOutcome(run.root, run.root / DISTILL_FILE, len(lines), len(accepted), rejected, report, outcome, list(context.warnings))
+
+
+def _student_config(config: ResolvedConfig, root: Path, accepted: Sequence[DistillLine], test: Sequence[Any], lines) -> ResolvedConfig:
+    """The student's run config: the teacher's accepted answers as data.train, the held-out records as data.test."""
+    folder = root / STUDENT_DATA
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for line in sorted(accepted, key=lambda line: line.id):
+        if config.task == "classify":
+            rows.append({"text": line.input, "label": line.label, "teacher_id": line.id})
+        else:
+            rows.append({"messages": [*line.input, {"role": "assistant", "content": line.answer.strip()}], "teacher_id": line.id})
+    atomic_write_text(folder / "train.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    test_rows = []
+    for record in test:
+        if config.task == "classify":
+            test_rows.append({"text": record.text, "label": record.label})
+        else:
+            from tunelab.evaluation.evaluate import references_of
+
+            test_rows.append({"messages": [*record.prompt_messages, {"role": "assistant", "content": references_of(record)[0]}],
+                              "references": references_of(record)})
+    atomic_write_text(folder / "test.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in test_rows))
+    data = config.model_dump(mode="json")
+    keep = {key: data["data"][key] for key in ("system_prompt", "max_length", "validation_size", "max_test_examples", "seed", "stride")}
+    data["data"] = {**keep, "train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}
+    data["name"] = root.name
+    data["train"]["output_dir"] = str(root.parent)
+    data["train"]["backend"] = "local"
+    # Baselines that only a local model under the student can run stay; the teacher is compared in step 4.
+    data["eval"]["baselines"] = [name for name in data["eval"]["baselines"] if not config.eval.endpoint_of(name)]
+    return parse_config(data, source="distill student config")
+
+
+# --------------------------------------------------------------------------------- student vs teacher
+
+
+def evaluate_teacher(teacher: Teacher, test: Sequence[Any], config: ResolvedConfig, labels: Sequence[str] | None):
+    """The teacher on the test records, scored like the student (remote: same prompts as its distillation requests)."""
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.evaluation.remote import evaluate_remote
+
+    if teacher.remote:
+        return evaluate_remote(teacher.client, test, config.task, config=config.eval, data_config=config.data, labels=labels)
+    label_map = _teacher_label_map(teacher, labels) if config.task == "classify" else None
+    return evaluate(teacher.local, test, config.task, config=config.eval, data_config=config.data, label_map=label_map,
+                    baseline=config.task == "classify" and not teacher.local.label_map)
+
+
+def local_latency(loaded: Any, test: Sequence[Any], config: ResolvedConfig, labels: Sequence[str] | None) -> float | None:
+    """Median seconds of one request to a local model, timed one at a time on a few test records (batch 1)."""
+    from tunelab.evaluation.evaluate import evaluate
+
+    single = config.eval.model_copy(update={"batch_size": 1})
+    timings = []
+    for record in list(test)[:LATENCY_PROBES]:
+        began = time.perf_counter()
+        evaluate(loaded, [record], config.task, config=single, data_config=config.data.model_copy(update={"max_test_examples": None}))
+        timings.append(time.perf_counter() - began)
+    return sorted(timings)[len(timings) // 2] if timings else None
+
+
+def agreement(student_rows: Sequence[dict], teacher_rows: Sequence[dict], *, seed: int, samples: int) -> dict[str, float]:
+    """Share of test examples where student and teacher give the same label, with a 95% bootstrap interval."""
+    import numpy as np
+
+    teacher_by_id = {row["id"]: row["prediction"] for row in teacher_rows}
+    same = np.array([row["prediction"] == teacher_by_id.get(row["id"]) for row in student_rows], dtype=float)
+    if not same.size:
+        return {"agreement": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    draws = np.random.default_rng(seed).integers(0, same.size, size=(samples, same.size))
+    low, high = np.percentile(same[draws].mean(axis=1), [2.5, 97.5])
+    return {"agreement": float(same.mean()), "low": float(low), "high": float(high), "n": int(same.size)}
+
+
+def compare_student_with_teacher(context: Any, teacher: Teacher, config: ResolvedConfig, lines: Sequence[DistillLine]) -> dict[str, Any]:
+    """Teacher vs student on the held-out test records (see the module docstring); also saves eval/teacher.json."""
+    from tunelab.evaluation.compare import compare_evaluations
+    from tunelab.evaluation.evaluate import score_sft
+    from tunelab.models import load_run
+
+    split = context.require_split()
+    student_eval = context.tuned_eval
+    labels = student_eval.labels
+    teacher_eval = evaluate_teacher(teacher, split.test, config, labels)
+    teacher_eval.save(context.run.eval_dir / "teacher.json")
+    comparison = compare_evaluations(teacher_eval, student_eval, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+    primary = comparison.metric(comparison.primary)
+    margin = config.distill.margin
+    non_inferior = bool(primary.low > -margin) if primary.higher_is_better else bool(primary.high < margin)
+    statement = (
+        f"the student is {'within' if non_inferior else 'NOT shown to be within'} {margin:g} of the teacher on {comparison.primary}: "
+        f"student {primary.after:.4g} vs teacher {primary.before:.4g}, difference {primary.difference:+.4g} "
+        f"(95% CI {primary.low:+.4g} to {primary.high:+.4g}, n={comparison.n}, paired bootstrap x{comparison.samples})"
+    )
+    vs_teacher: dict[str, Any]
+    if config.task == "classify":
+        vs_teacher = agreement(student_eval.rows, teacher_eval.rows, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+    else:
+        teacher_answer = {row["id"]: row["prediction"] for row in teacher_eval.rows}
+        records = [r for r in split.test if r.id in teacher_answer]
+        student_answer = {row["id"]: row["prediction"] for row in student_eval.rows}
+        _, metrics = score_sft(records, [student_answer.get(r.id, "") for r in records], [[teacher_answer[r.id]] for r in records])
+        vs_teacher = {name: metrics[name] for name in ("rouge1", "rougeL", "bleu", "chrf") if name in metrics}
+    student = load_run(context.run.root)
+    usd_per_hour = config.distill.local_usd_per_hour
+    student_latency = local_latency(student, split.test, config, labels)
+    teacher_usage = teacher_eval.settings.get("usage") or {}
+    if teacher.remote:
+        teacher_latency, teacher_per_1000 = teacher_usage.get("latency_median_s"), teacher_usage.get("cost_per_1000_requests")
+    else:
+        teacher_latency = local_latency(teacher.local, split.test, config, labels)
+        teacher_per_1000 = 1000 * teacher_latency * usd_per_hour / 3600 if usd_per_hour and teacher_latency else None
+    student_per_1000 = 1000 * student_latency * usd_per_hour / 3600 if usd_per_hour and student_latency else None
+    distill_cost = [line.cost_usd for line in lines]
+    base = context.baseline_evals.get("base")
+    return {
+        "task": config.task, "teacher": teacher.name, "student": student_eval.model, "n": comparison.n, "primary": comparison.primary,
+        "margin": margin, "non_inferior": non_inferior, "statement": statement,
+        "against_references": {"teacher": _headline(teacher_eval), "student": _headline(student_eval),
+                               **({"untuned_student": _headline(base)} if base else {})},
+        "student_vs_teacher": vs_teacher,
+        "comparison": comparison.to_dict(),
+        "cost_per_1000_requests_usd": {"teacher": teacher_per_1000, "student": student_per_1000},
+        "latency_s": {"teacher": teacher_latency, "student": student_latency},
+        "latency_note": "remote teacher: median over its test requests (network included); local models: median of "
+                        f"{LATENCY_PROBES} requests one at a time on this machine",
+        "cost_note": ("teacher: the price table's per-token price (unknown when the model is not in it)" if teacher.remote else
+                      "local teacher: distill.local_usd_per_hour") + "; student: distill.local_usd_per_hour x its latency "
+                      "(unknown when not set)",
+        "distillation": {
+            "lines": len(lines), "accepted": sum(line.status == "ok" for line in lines),
+            "rejected": sum(line.status != "ok" for line in lines),
+            "cost_usd": None if any(c is None for c in distill_cost) else float(sum(distill_cost)),
+        },
+    }
+
+
+def _headline(result: Any) -> dict[str, Any]:
+    names = ("accuracy", "macro_f1") if result.task == "classify" else ("rougeL", "bleu", "chrf", "exact_match")
+    return {name: result.metrics.get(name) for name in names if name in result.metrics}
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.4f}"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The student-vs-teacher report as markdown (distill_report.md)."""
+    lines = [f"# Distillation: {report['student']} learned from {report['teacher']}", "", f"**{report['statement']}**", "",
+             "| | teacher | student |" + (" untuned student |" if "untuned_student" in report["against_references"] else ""),
+             "|---|---:|---:|" + ("---:|" if "untuned_student" in report["against_references"] else "")]
+    refs = report["against_references"]
+    for name in refs["teacher"]:
+        cells = [refs[who].get(name) for who in ("teacher", "student", "untuned_student") if who in refs]
+        lines.append(f"| {name} (vs references) | " + " | ".join("-" if v is None else f"{v:.4g}" for v in cells) + " |")
+    cost, latency = report["cost_per_1000_requests_usd"], report["latency_s"]
+    lines.append(f"| cost per 1,000 requests | {_money(cost['teacher'])} | {_money(cost['student'])} |")
+    lines.append("| latency (s) | " + " | ".join("unknown" if latency[w] is None else f"{latency[w]:.3f}" for w in ("teacher", "student")) + " |")
+    lines += ["", "Student against the teacher's answers: " + ", ".join(f"{k} {v:.4g}" for k, v in report["student_vs_teacher"].items() if isinstance(v, float)),
+              "", f"Distillation set: {report['distillation']['accepted']} answers used, {report['distillation']['rejected']} rejected "
+              f"(listed in distill.jsonl), teacher cost {_money(report['distillation']['cost_usd'])}.", "",
+              f"Latency: {report['latency_note']}. Cost: {report['cost_note']}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""`train.backend: openai` end to end against a local fine-tuning API server (fake_provider), through the official client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fake_provider import BASE_ANSWER, FakeProvider
+
+from tunelab.config import parse_config
+from tunelab.errors import DataError
+from tunelab.remote.finetune import JOB_FILE, CloudJob, CloudJobFailed, chat_lines, estimate_cloud_cost
+from tunelab.tasks.pipeline import run_pipeline
+
+BASE_MODEL = "gpt-4o-mini-2024-07-18"
+TEXTS = {
+    "billing": ["my bill is wrong", "I was charged twice", "refund my invoice please", "the invoice amount is too high",
+                "billing error on my card", "why is my bill so high", "wrong charge on invoice"],
+    "technical": ["the app crashes on start", "I cannot login", "the screen freezes", "error when I open the app",
+                  "login page is broken", "app freezes after update", "crash when saving"],
+}
+
+
+@pytest.fixture
+def provider(monkeypatch):
+    monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
+    fake = FakeProvider()
+    url = fake.start()
+    fake.url = url
+    yield fake
+    fake.stop()
+
+
+def cloud_config(tmp_path, provider, model, **train):
+    rows = [{"text": text, "label": label} for label, items in TEXTS.items() for text in items]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return parse_config({
+        "task": "classify", "name": "cloud", "model": {"name": str(model), "endpoint": {"base_url": provider.url, "name": BASE_MODEL, "max_retries": 5}},
+        "data": {"train": str(path), "test_size": 0.3, "validation_size": 0.0},
+        "train": {"backend": "openai", "epochs": 2, "output_dir": str(tmp_path / "runs"), **train},
+        "eval": {"baselines": ["base", "classical"], "bootstrap_samples": 200},
+    })
+
+
+def test_cloud_run_end_to_end_through_a_429_storm_and_a_dropped_connection(provider, tmp_path, tiny_model_dir):
+    config = cloud_config(tmp_path, provider, tiny_model_dir)
+    events = []
+
+    def on_event(step, status, details):
+        events.append((step, status, details))
+        if step == "train" and status == "start":
+            provider.rate_limit_next = 3  # the upload is refused three times (Retry-After honoured) ...
+        if step == "train" and status == "event" and "started" in str(details.get("message")):
+            provider.drop_next = 1  # ... and a connection drops while the job is followed
+
+    outcome = run_pipeline(config, on_event=on_event)
+    assert provider.count("POST", "/v1/files", 429) == 3 and any(status == 0 for _, _, status in provider.requests)
+    assert provider.count("POST", "/v1/fine_tuning/jobs", 200) == 1  # one job, despite the retries
+    job = CloudJob.load(outcome.run_dir)
+    assert job.status == "succeeded" and job.fine_tuned_model.startswith(f"ft:{BASE_MODEL}:tunelab")
+    # Every event reported once, oldest first.
+    messages = [d["message"] for s, st, d in events if s == "train" and st == "event" and "id" in d]
+    assert messages[0].startswith("Created fine-tuning job") and messages[-1] == "The job has successfully completed"
+    assert len(messages) == len(set(messages)) == len(provider.events[job.job_id])
+    # The price before the start: tokens x epochs x the dated per-training-token price of gpt-4o-mini.
+    estimate = outcome.estimate
+    assert estimate["epochs"] == 2 and estimate["usd"] == pytest.approx(estimate["tokens_per_epoch"] * 2 * 3.00 / 1e6)
+    # Evaluated like any model, against the provider's base model (asked remotely) and the classical baseline.
+    assert set(outcome.baseline_metrics) == {"remote:base", "classical"}
+    assert outcome.tuned_metrics["accuracy"] > outcome.baseline_metrics["remote:base"]["accuracy"] == 0.0
+    assert outcome.comparison is not None and outcome.registry_id
+    from tunelab.evaluation.report import report_run
+
+    assert set(report_run(outcome.run_dir)[0].comparisons) == {"remote:base", "classical"}  # `tunelab report RUN` finds it
+    training = (outcome.run_dir / "cloud_train.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["messages"][-1]["role"] == "assistant" for line in training)
+    from tunelab.registry.store import Registry
+
+    record = Registry(tmp_path / "runs" / "registry.db").get_run(outcome.registry_id)
+    assert record.status == "finished" and record.artifacts["train"]["fine_tuned_model"] == job.fine_tuned_model
+
+
+def test_a_failed_job_is_one_clear_error_and_the_run_is_marked_failed(provider, tmp_path, tiny_model_dir):
+    provider.fail_jobs = True
+    config = cloud_config(tmp_path, provider, tiny_model_dir)
+    with pytest.raises(CloudJobFailed, match="too many tokens"):
+        run_pipeline(config)
+    job = CloudJob.load(tmp_path / "runs" / "cloud")
+    assert job.status == "failed" and "line 3" in job.error
+    from tunelab.registry.store import Registry
+
+    assert Registry(tmp_path / "runs" / "registry.db").list_runs()[0].status == "failed"
+
+
+def test_following_resumes_after_ctrl_c_without_a_second_job(provider, tmp_path, tiny_model_dir):
+    config = cloud_config(tmp_path, provider, tiny_model_dir)
+    seen = []
+
+    def interrupt(step, status, details):
+        if step == "train" and status == "event" and "id" in details:
+            seen.append(details["id"])
+            if details["message"].startswith("Step 1"):
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, on_event=interrupt)
+    run_dir = tmp_path / "runs" / "cloud"
+    assert (run_dir / JOB_FILE).is_file() and CloudJob.load(run_dir).status == "running"
+    resumed = []
+    outcome = run_pipeline(resume=run_dir, on_event=lambda s, st, d: resumed.append(d.get("id")) if s == "train" and st == "event" else None)
+    assert provider.count("POST", "/v1/fine_tuning/jobs") == 1
+    assert CloudJob.load(run_dir).status == "succeeded" and outcome.tuned_metrics is not None
+    # The events after the interruption, each once: none of those already reported comes again.
+    new = [event for event in resumed if event]
+    assert not set(new) & set(seen) and len(seen) + len(new) == len(provider.events["ftjob-1"])
+
+
+def test_chat_file_validation_and_an_unknown_price():
+    with pytest.raises(DataError, match="at least 10"):
+        chat_lines([[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]] * 3)
+    with pytest.raises(DataError, match="non-empty assistant"):
+        chat_lines([[{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]] * 10)
+    rows = chat_lines([[{"role": "user", "content": "abcd" * 10}, {"role": "assistant", "content": "abcd"}]] * 10)
+    known = estimate_cloud_cost(rows, 3, "gpt-4o-mini")
+    assert known.tokens_per_epoch == 10 * ((10 + 4) + (1 + 4)) and known.usd == pytest.approx(known.training_tokens * 3.0 / 1e6)
+    assert estimate_cloud_cost(rows, 3, "some-model-nobody-prices").usd is None  # unknown, never 0
+
+
+def test_over_budget_stops_before_anything_is_uploaded(provider, tmp_path, tiny_model_dir):
+    from tunelab.tasks.pipeline import BudgetExceeded
+
+    config = cloud_config(tmp_path, provider, tiny_model_dir).model_copy(update={})
+    config = parse_config({**config.model_dump(mode="json"), "budget": {"max_usd": 1e-9}})
+    with pytest.raises(BudgetExceeded, match="budget.max_usd"):
+        run_pipeline(config)
+    assert provider.count("POST", "/v1/files") == 0
+
+
+def test_base_answers_are_the_providers(provider):
+    import openai
+
+    client = openai.OpenAI(base_url=provider.url, api_key="x", max_retries=0)
+    answer = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == BASE_ANSWER
