@@ -277,6 +277,26 @@ def _share_out_of_scope(outside: Sequence[Record], task: str, seed: int, in_test
     return test, validation
 
 
+def check_classify_labels(split: Split, out_of_scope_label: str | None = None) -> list[str]:
+    """The labels classify trains on (sorted); every in-scope validation label must be one of them.
+
+    Raises:
+        DataError: when training has fewer than two labels, or validation has a label training lacks
+            (the best checkpoint is chosen on validation, which must be answerable).
+    """
+    labels = sorted({record.label for record in split.train} - {out_of_scope_label})
+    if len(labels) < 2:
+        raise DataError(f"classify needs at least two labels in the training split, found {labels}")
+    unseen = [r for r in split.validation if r.label != out_of_scope_label and r.label not in set(labels)]
+    if unseen:
+        raise DataError(
+            f"{unseen[0].source or 'a validation record'}: label {unseen[0].label!r} does not occur in the training split "
+            f"({len(unseen)} validation records like it)",
+            "give every label a few training examples, or drop the rare labels",
+        )
+    return labels
+
+
 def overlap_warnings(split: Split) -> list[str]:
     """Warnings for test/validation examples whose normalized input also occurs in train, and unseen labels."""
     warnings = []

@@ -18,9 +18,8 @@ import torch
 
 from tunelab.config import ResolvedConfig, require_resolved
 from tunelab.data.labels import LabelMap, OutOfScope, label_name_token_ids
-from tunelab.data.split import Split
+from tunelab.data.split import Split, check_classify_labels
 from tunelab.data.tokenize import tokenize_records, training_prefix
-from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
 from tunelab.models.heads import LabelHead
 from tunelab.paths import RunFolder
@@ -40,18 +39,9 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     """
     config = require_resolved(config)
     outside = config.data.out_of_scope_label
-    labels = sorted({record.label for record in split.train} - {outside})
-    if len(labels) < 2:
-        raise DataError(f"classify needs at least two labels in the training split, found {labels}")
+    check_classify_labels(split, outside)
     # Out-of-scope queries are never a class: the loop validates on the in-scope ones only.
     in_scope_validation = [r for r in split.validation if r.label != outside]
-    unseen = [r for r in in_scope_validation if r.label not in set(labels)]
-    if unseen:
-        raise DataError(
-            f"{unseen[0].source or 'a validation record'}: label {unseen[0].label!r} does not occur in the training split "
-            f"({len(unseen)} validation records like it)",
-            "give every label a few training examples, or drop the rare labels",
-        )
     session = start_run(config, split, run_dir=run_dir, resume=resume)
     base = session.load_model()
     tokenizer, max_length = base.tokenizer, config.data.max_length

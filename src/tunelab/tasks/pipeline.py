@@ -341,6 +341,10 @@ def split_step(context: PipelineContext) -> Split:
             record.details = {"sizes": split.sizes()}
     if not split.test:
         raise DataError("the test split is empty", "add data, raise data.test_size, or give data.test")
+    if config.task == "classify":
+        from tunelab.data.split import check_classify_labels
+
+        check_classify_labels(split, config.data.out_of_scope_label)  # before the estimate tokenizes validation with them
     context.split = split
     context.label_map = _label_map_for(config, split, context.base.tokenizer)
     return split

@@ -103,6 +103,20 @@ def test_bad_input_leaves_nothing_registered(tmp_path, tiny_model_dir):
     assert not (tmp_path / "runs" / "quick").exists()
 
 
+def test_a_validation_label_training_lacks_stops_at_the_split_with_its_record(tmp_path, tiny_model_dir):
+    """Before the estimate tokenizes validation over the training labels (a KeyError once, in distillation)."""
+    from tunelab.tasks import pipeline
+
+    config = _config(tmp_path, tiny_model_dir)
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text('{"text": "apple pear", "label": "A"}\n{"text": "where is my parcel", "label": "shipping"}\n')
+    config.data.validation = str(validation)
+    context = pipeline.open_pipeline(config, calibrate=False)
+    pipeline.check_step(context)
+    with pytest.raises(DataError, match="validation.jsonl:2: label 'shipping' does not occur in the training split"):
+        pipeline.split_step(context)
+
+
 def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
     assert sweep_overrides(["train.lr=1e-3,3e-3", "lora.r=4"]) == [["train.lr=1e-3", "lora.r=4"], ["train.lr=3e-3", "lora.r=4"]]
     config_path = tmp_path / "sweep.yaml"
