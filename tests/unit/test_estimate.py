@@ -248,6 +248,10 @@ def test_calibration_trains_real_steps(tiny_model_dir, tiny_model):
     # Loading by name (the tiny model folder) and a classify step also work.
     classify = parse_config({"task": "classify", "model": str(tiny_model_dir), "train": {"batch_size": 2, "method": "full"}})
     assert calibrate(classify, 8, steps=1, n_labels=3).seq_len == 8
+    # With a shared prompt prefix the timed step runs it once and the rows on top of it, as training does.
+    lora = parse_config({"task": "classify", "model": str(tiny_model_dir), "train": {"batch_size": 2}, "lora": {"r": 4}})
+    reused = calibrate(lora, 8, steps=1, n_labels=3, shared_prefix=20, use_cache=False)
+    assert reused.seq_len == 8 and len(reused.step_seconds) == 1
 
 
 def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, tiny_model, monkeypatch):
@@ -323,6 +327,14 @@ def test_changing_what_sets_the_speed_misses_the_calibration_cache(change):
             changed[section] = value
     assert calibration_cache_path(key(changed)) != calibration_cache_path(key(BASE_KEY_CONFIG))
     assert calibration_cache_path(key(json.loads(json.dumps(BASE_KEY_CONFIG)))) == calibration_cache_path(key(BASE_KEY_CONFIG))
+
+
+def test_a_shared_classify_prefix_is_in_the_calibration_key():
+    from tunelab.estimate.calibrate import calibration_key
+
+    config = parse_config({**BASE_KEY_CONFIG, "task": "classify"})
+    arguments = {"device": "cpu", "precision": "fp32", "threads": 2, "n_labels": 8, "steps": 3}
+    assert calibration_key(config, 64, **arguments, shared_prefix=40) != calibration_key(config, 64, **arguments)
 
 
 @pytest.mark.parametrize("what", ["seq_len", "precision", "device", "versions", "cpu"])

@@ -173,7 +173,7 @@ def estimate_for_split(
         seq_len = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix).seq_len
         calibration = calibrate(
             config, seq_len, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
-            use_cache=calibration_cache,
+            use_cache=calibration_cache, shared_prefix=counts.shared_prefix,
         )
     return estimate_run(
         config,

@@ -121,7 +121,8 @@ def _model_identity(config: ResolvedConfig) -> dict[str, Any]:
 
 
 def calibration_key(
-    config: ResolvedConfig, seq_len: int, *, device: str, precision: str, threads: int, n_labels: int, steps: int
+    config: ResolvedConfig, seq_len: int, *, device: str, precision: str, threads: int, n_labels: int, steps: int,
+    shared_prefix: int = 0,
 ) -> dict[str, Any]:
     """Everything that changes the speed of a calibrated step: the cache key of :func:`calibrate`.
 
@@ -153,6 +154,7 @@ def calibration_key(
         "compile": config.train.compile,
         "max_grad_norm": bool(config.train.max_grad_norm),
         "steps": steps,
+        "shared_prefix": shared_prefix if config.task == "classify" else None,
     }
 
 
@@ -219,6 +221,7 @@ def calibrate(
     device: str | None = None,
     n_labels: int = 8,
     use_cache: bool = True,
+    shared_prefix: int = 0,
 ) -> Calibration:
     """Time ``1 + steps`` real training steps (forward, backward, AdamW step) at the run's shape.
 
@@ -242,6 +245,7 @@ def calibrate(
 
     from tunelab.models.adapters import apply_method
     from tunelab.models.heads import causal_lm_of, label_logits
+    from tunelab.models.prefix import prefix_hidden_states
     from tunelab.runtime import default_device, resolve_precision
 
     device = device or default_device()
@@ -250,7 +254,7 @@ def calibrate(
     precision = resolve_precision(config.train.precision, device)
     key = calibration_key(
         config, seq_len, device=device, precision=precision, threads=config.train.threads or torch.get_num_threads(),
-        n_labels=n_labels, steps=steps,
+        n_labels=n_labels, steps=steps, shared_prefix=shared_prefix,
     )  # fmt: skip
     cache_path = calibration_cache_path(key)
     if use_cache:
@@ -279,6 +283,16 @@ def calibrate(
         batch = calibration_rows(config.train.batch_size, seq_len, device)
         input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
         label_columns = torch.arange(min(n_labels, vocab), device=device)
+        prefix_batch = None
+        if config.task == "classify" and shared_prefix:
+            causal = torch.ones((seq_len, seq_len), dtype=torch.bool).tril()
+            prefix_batch = {
+                "prefix_ids": torch.randint(0, vocab, (shared_prefix,), generator=generator).to(device),
+                "input_ids": input_ids,
+                "position_ids": (torch.arange(seq_len) + shared_prefix).expand(batch, -1).to(device),
+                "attention_mask": torch.cat([torch.ones((seq_len, shared_prefix), dtype=torch.bool), causal], dim=-1)
+                .expand(batch, 1, -1, -1).to(device),
+            }
         targets = torch.randint(0, len(label_columns), (batch,), generator=generator).to(device)
         autocast = (
             torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -290,8 +304,12 @@ def calibrate(
             start = time.perf_counter()
             with autocast:
                 if config.task == "classify":
-                    # As classify training does: the decoder's last hidden state, only the label tokens' rows of the head.
-                    hidden = causal_lm_of(model).get_decoder()(input_ids=input_ids).last_hidden_state[:, -1]
+                    # As classify training does: the decoder's last hidden state, only the label tokens' rows of the head;
+                    # with a shared prefix (train.prefix_reuse) the prefix once, the rows on top of it.
+                    if prefix_batch is not None:
+                        hidden = prefix_hidden_states(model, prefix_batch)[:, -1]
+                    else:
+                        hidden = causal_lm_of(model).get_decoder()(input_ids=input_ids).last_hidden_state[:, -1]
                     loss = torch.nn.functional.cross_entropy(label_logits(model, hidden, label_columns).float(), targets)
                 else:
                     loss = model(input_ids=input_ids, labels=input_ids).loss

@@ -85,3 +85,24 @@ def mask_for(decoder: Any, allowed: torch.Tensor, dtype: torch.dtype) -> torch.T
     if getattr(decoder.config, "_attn_implementation", "sdpa") == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def prefix_hidden_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Last hidden states [rows, width, hidden] of rows that continue a shared prefix (``ClassifyCollate(prefix_ids=...)``).
+
+    ``batch``: ``prefix_ids`` [prefix], ``input_ids`` / ``position_ids`` [rows, width] and the 4D
+    ``attention_mask`` [rows, 1, width, prefix + width] (True: may attend). The prefix runs once, in
+    the autograd graph: its KV cache is seen by every row, and the rows' gradients flow back into it,
+    so loss and gradients equal those of the full prompts. Training and the calibration run this.
+    """
+    from tunelab.models.heads import causal_lm_of
+
+    decoder = causal_lm_of(model).get_decoder()
+    device_type = batch["input_ids"].device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
+    cache = cache_over_rows(prefix_cache(decoder, batch["prefix_ids"]), batch["input_ids"].shape[0])
+    output = decoder(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask_for(decoder, batch["attention_mask"], dtype),
+        use_cache=True, **{cache_argument(decoder): cache},
+    )  # fmt: skip
+    return output.last_hidden_state

@@ -27,7 +27,7 @@ from torch import nn
 
 from tunelab.data.tokenize import IGNORE_INDEX
 from tunelab.models.heads import LabelHead, causal_lm_of, label_logits
-from tunelab.models.prefix import cache_argument, cache_over_rows, mask_for, prefix_cache
+from tunelab.models.prefix import prefix_hidden_states
 
 DEFAULT_CHUNK = 1024
 
@@ -40,22 +40,6 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, position_ids: torch
     """
     decoder = causal_lm_of(model).get_decoder()
     output = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-    return output.last_hidden_state
-
-
-def prefix_hidden_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Last hidden states [rows, width, hidden] of rows that continue a shared prefix (``ClassifyCollate(prefix_ids=...)``).
-
-    The prefix runs once, in the autograd graph: its KV cache is seen by every row, and the rows'
-    gradients flow back into it, so loss and gradients equal those of the full prompts.
-    """
-    decoder = causal_lm_of(model).get_decoder()
-    cache = cache_over_rows(prefix_cache(decoder, batch["prefix_ids"]), batch["input_ids"].shape[0])
-    mask = mask_for(decoder, batch["attention_mask"], _compute_dtype(batch["input_ids"].device.type))
-    output = decoder(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask, use_cache=True,
-        **{cache_argument(decoder): cache},
-    )  # fmt: skip
     return output.last_hidden_state
 
 
