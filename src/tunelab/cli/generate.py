@@ -18,7 +18,7 @@ def generate(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
 ) -> None:
-    """Answer PROMPT with a model, printing tokens as they are generated."""
+    """Answer PROMPT with a model, printing tokens as they are generated (a classify run prints its label)."""
     # Imported here: they pull in torch and transformers, which commands without a model never pay for.
     from tunelab.models.generate import stream_generate
     from tunelab.models.loader import is_cached, load_model
@@ -28,6 +28,14 @@ def generate(
     if not is_cached(source):
         error_console.print(f"[dim]converting {source.display_name} from GGUF once (about 20 s); later loads are fast[/dim]")
     loaded = load_model(source, allow_network=allow_network)
+    if loaded.label_map:
+        # A classify run answers with one label, as it does when served: its own prompt, label head and threshold.
+        from tunelab.evaluation.evaluate import classify_texts
+
+        (answer,) = classify_texts(loaded, [prompt])
+        sys.stdout.write(answer["label"] + "\n")
+        error_console.print(f"[dim]top label {answer['top_label']} with probability {answer['confidence']:.3f}[/dim]")
+        return
     for piece in stream_generate(
         loaded.model, loaded.tokenizer, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
     ):

@@ -291,6 +291,36 @@ def rescore_classify(
     return result, metrics, _unknown_labels(result, {*labels, out_of_scope.label}, metrics)
 
 
+def classify_texts(loaded: Any, texts: Sequence[str], *, max_length: int = 512, batch_size: int = 16) -> list[dict[str, Any]]:
+    """A classify run's answers to ``texts``, as serving gives them: the label (the out-of-scope label below the
+    run's threshold), the top label, its probability and every label's probability.
+
+    The run's own prompt (its system message), label tokens, label head and ``out_of_scope.json``.
+
+    Raises:
+        ConfigError: when ``loaded`` is no classify run (it has no labels.json).
+    """
+    if not loaded.label_map:
+        raise ConfigError("this model has no labels.json: it is not a classify run", "pass a classify run folder")
+    label_map = LabelMap.from_dict(loaded.label_map)
+    system = ((loaded.run_config or {}).get("data") or {}).get("system_prompt")
+    out_of_scope = OutOfScope.from_dict(loaded.out_of_scope) if loaded.out_of_scope else None
+    prompts = [
+        tokenize_classify(ClassifyRecord(text, label_map.labels[0]), loaded.tokenizer, label_map, max_length, system).input_ids
+        for text in texts
+    ]
+    logits = prefix_label_logits(loaded.model, prompts, label_map.token_ids, batch_size=batch_size, label_head=loaded.label_head)
+    answers = []
+    for row in softmax(logits):
+        best = int(np.argmax(row))
+        top, confidence = label_map.labels[best], float(row[best])
+        answers.append({
+            "label": out_of_scope.answer(top, confidence) if out_of_scope else top, "top_label": top, "confidence": confidence,
+            "probabilities": {label: float(p) for label, p in zip(label_map.labels, row, strict=True)},
+        })  # fmt: skip
+    return answers
+
+
 def zero_shot_extra_tokens(tokenizer: Any, label_map: LabelMap, system_prompt: str | None) -> int:
     """How many more tokens the zero-shot prompt's template (instruction + label list) has than the trained prompt's."""
     zero_shot = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))

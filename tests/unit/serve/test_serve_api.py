@@ -176,6 +176,17 @@ def test_classify_returns_label_and_probabilities(client, fake_runs, tiny_model_
         got = [item["probabilities"][label] for label in label_map.labels]
         assert got == pytest.approx(expected, abs=1e-4)
         assert item["label"] == label_map.labels[max(range(3), key=expected.__getitem__)]
+    # `tunelab generate --model RUN` on a classify run answers the same label, through the library, not the server.
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()  # the CLI registers its commands lazily (start-up time)
+    for text, item in zip(texts, body["data"], strict=True):
+        printed = CliRunner().invoke(cli_main.app, ["generate", text, "--model", str(fake_runs["router"])])
+        assert printed.exit_code == 0, printed.output
+        assert printed.stdout.strip().splitlines()[-1] == item["label"]
     # ... although the server ran the prompts' shared prefix once and only each request's own tokens on top.
     prefixes = [prefix for entry, prefix, cache in client.app.state.engine._prefixes.values() if entry.name == "router"]
     assert len(prefixes) == 1 and prefixes[0] and len(prefixes[0]) >= 16
