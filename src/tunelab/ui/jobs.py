@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunelab.config import ResolvedConfig, load_config
 from tunelab.errors import ConfigError
@@ -55,6 +56,23 @@ class Job:
         except OSError:
             return ""
         return text[-LOG_TAIL_CHARS:]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_process(command: list[str], log: Any, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``command`` with its output in ``log``, cancellable by SIGINT as Ctrl-C would.
+
+    A UI started in the background (``tunelab ui &``, a non-interactive shell, CI) inherits SIGINT
+    ignored, and a Python child that starts with SIGINT ignored never raises KeyboardInterrupt: cancel
+    would do nothing. The child gets the default action back before it starts.
+    """
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        preexec_fn=_default_sigint if os.name == "posix" else None,
+    )  # fmt: skip
 
 
 def prepare_run(config_path: str | Path, overrides: list[str], registry: Path) -> tuple[ResolvedConfig, list[str]]:
@@ -108,7 +126,7 @@ class JobManager:
         log_path = folder / "log.txt"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            process = start_process(command, log, env)
         job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path)
         self.jobs[job_id] = job
         return job

@@ -144,3 +144,21 @@ def test_prepare_run_pins_the_run_name_and_this_registry(tmp_path):
     (tmp_path / "runs" / "taken" / "config.yaml").write_text("x")
     with pytest.raises(ConfigError, match="already exists"):
         prepare_run(config, ["name=taken"], tmp_path / "ui.db")
+
+
+def test_a_started_run_can_be_cancelled_even_when_the_ui_ignores_sigint(tmp_path):
+    """`tunelab ui &` (or CI) inherits SIGINT ignored; the run it starts must still stop on cancel (SIGINT)."""
+    import signal
+    import sys
+
+    from tunelab.ui.jobs import start_process
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        log = tmp_path / "log.txt"
+        with log.open("wb") as handle:
+            child = start_process([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"], handle, {})
+        assert child.wait(60) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "default_int_handler" in log.read_text()
