@@ -3,6 +3,7 @@ processes with half the batch each train like one process with the whole batch."
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,8 +30,10 @@ def _args(settings: dict) -> list[str]:
 
 
 def _result(output: str) -> dict:
-    line = [line for line in output.splitlines() if line.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
+    """The last RESULT a child printed (under accelerate each rank prints one)."""
+    decoder = json.JSONDecoder()
+    results = [decoder.raw_decode(output, match.end())[0] for match in re.finditer(r"RESULT ", output)]
+    return results[-1]
 
 
 def _adapter(run_dir: Path) -> dict:

@@ -5,6 +5,7 @@ MODE: fresh | resume | slow (fresh, sleeping after each step so the parent can k
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,9 @@ def main() -> None:
 
     result = run_training(config, split, run_dir=Path(run_dir), progress=progress, resume=mode == "resume")
     summary = {"final_loss": result.final_loss, "steps": result.steps, "first_step": seen_steps[0] if seen_steps else None}
-    print("RESULT " + json.dumps(summary), flush=True)
+    # One write of the whole line: under accelerate two ranks share the parent's pipe, and print()
+    # may write the text and its newline separately, gluing the two ranks' lines into one.
+    os.write(sys.stdout.fileno(), ("RESULT " + json.dumps(summary) + "\n").encode())
 
 
 if __name__ == "__main__":
