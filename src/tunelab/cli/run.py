@@ -20,6 +20,7 @@ STEP_TITLES = {
     "baseline": "evaluate baselines",
     "train": "train",
     "evaluate": "evaluate tuned model",
+    "generation": "answer the SFT parent's test prompts",
     "report": "report",
     "register": "register",
 }
@@ -89,6 +90,8 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
     if step == "train":
         result = details.get("result") or {}
         return f"{result.get('steps')} steps, loss {_fmt(result.get('final_loss'))}, {result.get('tokens_per_second', 0):.0f} tokens/s ({result.get('precision')})"
+    if step == "generation":
+        return f"{details.get('summary', '')}; blind A/B sheet {details.get('sheet', '')}"
     if step == "report":
         return str((details.get("files") or {}).get("markdown", ""))
     if step == "register":
@@ -107,6 +110,9 @@ def render_outcome(outcome: Any) -> None:
     if outcome.train and estimated.get("train"):
         actual = outcome.train.get("seconds")
         console.print(f"training time: estimated {_duration(estimated['train'])}, actual {_duration(actual)}")
+    if outcome.generation:
+        console.print(f"against the SFT parent on its test prompts: {outcome.generation['summary']}")
+        console.print(f"blind A/B sheet for people: {outcome.generation['sheet']} (then `tunelab review score {outcome.generation['sheet']}`)")
     console.print(f"run folder: {outcome.run_dir}   report: {outcome.report.get('html', '-')}")
 
 
@@ -138,7 +144,7 @@ def run(
             "split": outcome.split_sizes, "estimate": outcome.estimate, "train": outcome.train,
             "base": outcome.base_metrics, "baselines": outcome.baseline_metrics, "tuned": outcome.tuned_metrics,
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
-            "report": outcome.report, "timings": outcome.timings, "warnings": outcome.warnings,
+            "report": outcome.report, "timings": outcome.timings, "warnings": outcome.warnings, "generation": outcome.generation,
         })
         return
     render_outcome(outcome)

@@ -81,6 +81,7 @@ class RunOutcome:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     baseline_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline name -> metrics
+    generation: dict[str, Any] | None = None  # preference from an SFT run: generations against the parent
 
     @property
     def verdict(self) -> str | None:
@@ -143,6 +144,7 @@ class PipelineContext:
     tuned_eval: EvalResult | None = None
     comparison: Verdict | None = None
     report_files: dict[str, str] = field(default_factory=dict)
+    generation: dict[str, Any] | None = None  # preference: the DPO model against its SFT parent (generation_step)
     warnings: list[str] = field(default_factory=list)
 
     def emit(self, step: str, status: str, details: dict[str, Any]) -> None:
@@ -475,6 +477,30 @@ def evaluate_step(context: PipelineContext) -> EvalResult:
     return tuned_eval
 
 
+def generation_step(context: PipelineContext) -> dict[str, Any] | None:
+    """6b. preference from an evaluated SFT run: the DPO model answers the parent's test prompts.
+
+    Generation metrics of the DPO model against its SFT parent (paired bootstrap) and a blind A/B
+    sheet for people (``review.csv``: win rate with ``tunelab review score RUN/review.csv``). None for any
+    other run (another task, a parent that is no evaluated SFT run).
+    """
+    from tunelab.tasks.preference import generation_against_parent, sft_parent
+
+    if context.config.task != "preference":
+        return None
+    if context.state.done("generation"):
+        context.generation = context.state.get("generation")
+        return context.generation
+    parent = sft_parent(context.config)
+    if parent is None:
+        return None
+    with step(context, "generation", parent=str(parent.root)) as record:
+        record.value = generation_against_parent(context.config, context.run.root, parent, progress=context.eval_progress)
+        record.details = {"summary": record.value["summary"], "sheet": record.value["sheet"]}
+    context.generation = record.value
+    return context.generation
+
+
 def report_step(context: PipelineContext) -> Verdict | None:
     """7. Compare the tuned model with every baseline (paired bootstrap), give the verdict, write the report.
 
@@ -510,6 +536,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
             "artifacts": {
                 "run_dir": str(context.run.root), "train": context.train_result, **context.report_files,
                 "baselines": {name: result.metrics for name, result in context.baseline_evals.items()},
+                **({"generation": context.generation["comparison"]} if context.generation else {}),
             },
         }
         record.value = {"registry": str(context.registry.path), "id": context.registry_id}
@@ -530,6 +557,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
         timings=dict(context.state.data.get("timings", {})),
         warnings=list(context.warnings),
         baseline_metrics={name: result.metrics for name, result in context.baseline_evals.items()},
+        generation=context.generation,
     )
 
 
@@ -561,6 +589,7 @@ def run_pipeline(
     baseline_step(context)
     train_step(context)
     evaluate_step(context)
+    generation_step(context)
     report_step(context)
     return register_step(context)
 

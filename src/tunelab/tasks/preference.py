@@ -26,7 +26,7 @@ from tunelab.data.split import Split
 from tunelab.data.tokenize import PreferenceExample, tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
-from tunelab.paths import atomic_write_text
+from tunelab.paths import RunFolder, atomic_write_text
 from tunelab.train.batching import PreferenceCollate
 from tunelab.train.loop import train_loop
 from tunelab.train.losses import dpo_loss_sum, sequence_log_probs
@@ -113,3 +113,66 @@ def with_reference_log_probs(
 def save_reference_log_probs(path: Path, examples: Sequence[PreferenceExample]) -> None:
     rows = [{"source": e.source, "chosen": e.reference_chosen, "rejected": e.reference_rejected} for e in examples]
     atomic_write_text(path, json.dumps(rows, indent=0) + "\n")
+
+
+# ------------------------------------------------------------------ the DPO model against its SFT parent
+
+GENERATION_FILE = "generation.json"  # in eval/: the DPO model's answers to the SFT parent's test prompts
+GENERATION_COMPARISON_FILE = "generation_comparison.json"
+
+
+def sft_parent(config: ResolvedConfig) -> RunFolder | None:
+    """The SFT run this preference run starts from, when it has a test evaluation to answer again.
+
+    None when ``model`` is no run folder, the run is not an sft run, or it was never evaluated.
+    """
+    from tunelab.config import load_config
+    from tunelab.models.resolve import resolve_model
+
+    source = resolve_model(config.model.name)
+    if source.kind != "run":
+        return None
+    parent = RunFolder(Path(source.location))
+    if not (parent.eval_dir / "tuned.json").is_file() or not parent.split.is_file():
+        return None
+    return parent if load_config(parent.config).task == "sft" else None
+
+
+def generation_against_parent(config: ResolvedConfig, run_dir: str | Path, parent: RunFolder, *, progress: Any = None) -> dict[str, Any]:
+    """The DPO model answers its SFT parent's test prompts as the parent was evaluated; compared and sheeted.
+
+    The parent's saved config gives the prompts (its split's test records), the decoding and the
+    metrics, so both sides are generated alike. Writes ``eval/generation.json``,
+    ``eval/generation_comparison.json`` (paired bootstrap, DPO against the parent) and the run's
+    blind A/B sheet ``review.csv`` + key (base = the SFT parent, tuned = the DPO model), which
+    ``tunelab review score RUN/review.csv`` and the web interface's review read.
+
+    Raises:
+        DataError: when the parent's data files are gone or no longer match its split.
+    """
+    from tunelab.config import load_config
+    from tunelab.data.split import load_split
+    from tunelab.evaluation.compare import compare_evaluations
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.evaluation.review import export_review, review_sheet_path
+    from tunelab.models import load_run
+
+    run = RunFolder(Path(run_dir))
+    parent_config = load_config(parent.config)
+    parent_split = load_split(parent.split, parent_config)
+    parent_eval = EvalResult.load(parent.eval_dir / "tuned.json")
+    tested = set(parent_eval.ids)
+    records = [r for r in parent_split.test if r.id in tested]
+    generated = evaluate(
+        load_run(run.root), records, "sft", config=parent_config.eval, data_config=parent_config.data,
+        baseline=False, train_ids=[r.id for r in parent_split.train], progress=progress,
+    )
+    generated.save(run.eval_dir / GENERATION_FILE)
+    comparison = compare_evaluations(parent_eval, generated, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+    comparison.save(run.eval_dir / GENERATION_COMPARISON_FILE)
+    sheet, key = export_review(parent_eval, generated, review_sheet_path(run.root), seed=config.eval.seed)
+    return {
+        "parent": str(parent.root), "n": generated.n, "metrics": generated.metrics, "parent_metrics": parent_eval.metrics,
+        "comparison": comparison.to_dict(), "summary": comparison.summary, "sheet": str(sheet), "key": str(key),
+    }

@@ -75,3 +75,55 @@ def test_bad_pair_file_names_file_and_line_and_trains_nothing(tmp_path, tiny_mod
     run = tmp_path / "runs" / "dpo"
     assert not (run / "adapter").exists() and not (run / "checkpoints").exists()
     assert not (tmp_path / "runs" / "registry.db").exists() or "dpo" not in (tmp_path / "runs" / "registry.db").read_bytes().decode("latin-1")
+
+
+def test_dpo_after_an_sft_run_answers_the_parents_test_prompts_and_writes_a_blind_sheet(tmp_path, tiny_model_dir):
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.evaluation.review import load_sheet, score_review
+
+    rows = [{"prompt": f"Say {i} twice.", "completion": f"{i} {i}"} for i in range(16)]
+    sft_file = tmp_path / "sft.jsonl"
+    sft_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sft = run_pipeline(parse_config({
+        "task": "sft", "model": str(tiny_model_dir), "name": "sft",
+        "data": {"train": str(sft_file), "test_size": 0.25, "validation_size": 0.0, "max_length": 64},
+        "train": {"max_steps": 2, "batch_size": 8, "precision": "fp32", "output_dir": str(tmp_path / "runs")},
+        "eval": {"max_new_tokens": 6, "bootstrap_samples": 100, "baselines": ["base"]},
+    }), calibrate=False)
+    events = []
+    outcome = run_pipeline(_config(tmp_path, sft.run_dir, _write_pairs(tmp_path / "pairs.jsonl", n=8), max_steps=2), calibrate=False,
+                           on_event=lambda s, st, d: events.append((s, st)))
+    assert ("generation", "done") in events and outcome.generation is not None
+
+    # The DPO model answered exactly the parent's test prompts, with the parent's decoding.
+    parent = EvalResult.load(sft.run_dir / "eval" / "tuned.json")
+    generated = EvalResult.load(outcome.run_dir / "eval" / "generation.json")
+    assert sorted(generated.ids) == sorted(parent.ids) and generated.task == "sft" and generated.n == 4
+    assert generated.settings["max_new_tokens"] == parent.settings["max_new_tokens"] == 6
+    comparison = json.loads((outcome.run_dir / "eval" / "generation_comparison.json").read_text())
+    assert comparison["n"] == 4 and comparison["primary"] == outcome.generation["comparison"]["primary"]
+
+    # The blind sheet names no side; its key says which is the parent and which the DPO model.
+    sheet = load_sheet(outcome.run_dir / "review.csv")
+    assert sorted(row["id"] for row in sheet.rows) == sorted(parent.ids)
+    assert sheet.base == parent.model and sheet.tuned == generated.model
+    text = (outcome.run_dir / "review.csv").read_text()
+    assert "tuned" not in text.splitlines()[0] and "base" not in text.splitlines()[0]
+    # A person fills it in: the DPO side wins every decided row but one tie.
+    import csv
+
+    with (outcome.run_dir / "review.csv").open() as handle:
+        filled = list(csv.DictReader(handle))
+    for index, row in enumerate(filled):
+        row["preference"] = "tie" if index == 0 else next(side for side, who in sheet.sides[row["id"]].items() if who == "tuned")
+    with (outcome.run_dir / "review.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(filled[0]))
+        writer.writeheader()
+        writer.writerows(filled)
+    score = score_review(outcome.run_dir / "review.csv")
+    assert (score.tuned_wins, score.ties, score.base_wins) == (3, 1, 0)
+
+
+def test_a_preference_run_from_the_base_model_has_no_generation_step(tmp_path, tiny_model_dir):
+    outcome = run_pipeline(_config(tmp_path, tiny_model_dir, _write_pairs(tmp_path / "pairs.jsonl", n=8), max_steps=1), calibrate=False)
+    assert outcome.generation is None and not (outcome.run_dir / "review.csv").exists()
