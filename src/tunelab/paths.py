@@ -26,6 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
+
+def baseline_file_stem(name: str) -> str:
+    """A baseline's name as a file-name stem: local names (base, classical) unchanged, remote ones encoded."""
+    return quote(name, safe="")
 
 
 def cache_dir() -> Path:
@@ -86,6 +91,11 @@ class RunFolder:
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
+
+    def baseline_eval(self, name: str) -> Path:
+        """``eval/<name>.json`` of one baseline. A remote one's name (``openai:org/model``) is
+        percent-encoded: ':' is no file-name character on Windows and '/' would make a folder."""
+        return self.eval_dir / f"{baseline_file_stem(name)}.json"
 
     @property
     def report_md(self) -> Path:

@@ -205,10 +205,12 @@ def _endpoint(url: str | None, name: str | None, key_env: str | None, model: str
 
 
 def _show_evaluation(result, opponents, verdict, out: Path | None, as_json: bool) -> None:
+    from tunelab.paths import baseline_file_stem
+
     saved = []
     if out:
         saved.append(result.save(out))
-        saved += [opponent.save(out.with_name(f"{out.stem}.{name}.json")) for name, opponent in opponents.items()]
+        saved += [opponent.save(out.with_name(f"{out.stem}.{baseline_file_stem(name)}.json")) for name, opponent in opponents.items()]
     if as_json:
         print_json({
             "model": result.model, "task": result.task, "n": result.n, "metrics": result.metrics, "warnings": result.warnings,

@@ -14,6 +14,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 from typing import Any
 
 from tunelab.config import Baseline
@@ -326,10 +327,11 @@ def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: E
 
 def baseline_paths(run_dir: str | Path) -> dict[str, Path]:
     """The baseline evaluations saved in a run folder: ``eval/<name>.json`` for each known baseline, in order, then remote ones."""
-    eval_dir = RunFolder(Path(run_dir)).eval_dir
-    found = {name: eval_dir / f"{name}.json" for name in BASELINE_NAMES if (eval_dir / f"{name}.json").is_file()}
-    for path in sorted(eval_dir.glob("*:*.json")):  # remote baselines: openai:NAME, remote:NAME
-        found.setdefault(path.stem, path)
+    run = RunFolder(Path(run_dir))
+    found = {name: run.baseline_eval(name) for name in BASELINE_NAMES if run.baseline_eval(name).is_file()}
+    # Remote baselines (openai:NAME, remote:NAME): percent-encoded names; runs written before kept the ':'.
+    for path in sorted([*run.eval_dir.glob("*%3A*.json"), *run.eval_dir.glob("*:*.json")]):
+        found.setdefault(unquote(path.stem), path)
     return found
 
 

@@ -398,7 +398,7 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
     names = resolve_baselines(config.task, config.eval)  # a resumed older run has no resolved list
     if not names:
         return {}
-    paths = {name: run.eval_dir / f"{name}.json" for name in names}
+    paths = {name: run.baseline_eval(name) for name in names}
     if context.state.done("baseline") and all(path.is_file() for path in paths.values()):
         context.baseline_evals = {name: EvalResult.load(path) for name, path in paths.items()}
         return context.baseline_evals

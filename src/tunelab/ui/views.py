@@ -234,9 +234,9 @@ def changed(record: RunRecord, comparison: dict[str, Any] | None) -> list[dict[s
 
     if not record.run_dir or not comparison:
         return []
-    eval_dir = RunFolder(Path(record.run_dir)).eval_dir
+    run = RunFolder(Path(record.run_dir))
     strongest = comparison.get("strongest") or "base"
-    paths = (eval_dir / f"{strongest}.json", eval_dir / "tuned.json")
+    paths = (run.baseline_eval(strongest), run.eval_dir / "tuned.json")
     if not all(path.is_file() for path in paths):
         return []
     try:
