@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+
 def baseline_file_stem(name: str) -> str:
     """A baseline's name as a file-name stem: local names (base, classical) unchanged, remote ones encoded."""
     return quote(name, safe="")

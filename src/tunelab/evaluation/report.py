@@ -14,8 +14,8 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 from typing import Any
+from urllib.parse import unquote
 
 from tunelab.config import Baseline
 from tunelab.errors import DataError
