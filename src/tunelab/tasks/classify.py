@@ -69,7 +69,7 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         train_examples=examples,
         validation_examples=validation,
         collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens, prefix),
-        loss_fn=functools.partial(classify_loss_sum, **scoring),
+        loss_fn=functools.partial(classify_loss_sum, **scoring, label_smoothing=config.classify.label_smoothing),
         config=config.train,
         max_length=max_length,
         run=session.run,

@@ -149,11 +149,20 @@ def classify_logits(
 
 
 def classify_loss_sum(
-    model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor, label_head: LabelHead | None = None
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    label_token_ids: torch.Tensor,
+    label_head: LabelHead | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Summed cross-entropy over the label tokens at each prompt's last position."""
+    """Summed cross-entropy over the label tokens at each prompt's last position.
+
+    ``label_smoothing`` applies while gradients are on (training steps) only: the validation loss
+    the loop reports and selects by stays the plain cross-entropy.
+    """
     logits = classify_logits(model, batch, label_token_ids, label_head).float()
-    return F.cross_entropy(logits, batch["class_labels"], reduction="sum")
+    smoothing = label_smoothing if torch.is_grad_enabled() else 0.0
+    return F.cross_entropy(logits, batch["class_labels"], reduction="sum", label_smoothing=smoothing)
 
 
 def classify_correct_sum(

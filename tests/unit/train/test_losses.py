@@ -116,6 +116,25 @@ def test_classify_loss_uses_label_columns_of_full_logits(tiny_model, tiny_tokeni
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_label_smoothing_shapes_the_training_loss_only(tiny_model, tiny_tokenizer):
+    """classify.label_smoothing: (1 - e) x cross-entropy + e x the mean over labels of -log p, by hand;
+    without gradients (validation) the plain cross-entropy the loop selects checkpoints by."""
+    vocab = len(tiny_tokenizer)
+    label_ids = torch.tensor([40, 41, 42, 43])
+    examples = [ClassifyExample(_example(i, n, vocab).input_ids, i % 4) for i, n in enumerate([10, 6, 14, 3, 8])]
+    batch = ClassifyCollate(pad_id=0, max_length=32)(examples)
+    targets = torch.tensor([e.label for e in examples])
+    with torch.no_grad():
+        log_p = torch.log_softmax(classify_logits(tiny_model, batch, label_ids).float(), dim=-1)
+        plain = classify_loss_sum(tiny_model, batch, label_ids, label_smoothing=0.2)
+    nll = -log_p[torch.arange(len(examples)), targets]
+    torch.testing.assert_close(plain, nll.sum(), rtol=1e-5, atol=1e-5)
+    smoothed = classify_loss_sum(tiny_model, batch, label_ids, label_smoothing=0.2)
+    assert smoothed.requires_grad
+    by_hand = (0.8 * nll + 0.2 * -log_p.mean(dim=-1)).sum()
+    torch.testing.assert_close(smoothed.detach(), by_hand, rtol=1e-5, atol=1e-5)
+
+
 def test_rows_longer_than_max_length_pack_more_and_keep_each_example_isolated(tiny_model, tiny_tokenizer):
     """train.pack_tokens: one row may hold several max_length examples; logits stay per example."""
     vocab = len(tiny_tokenizer)
