@@ -68,3 +68,21 @@ def train_progress_bar(*, transient: bool = True) -> Iterator[Callable[[Any], No
         yield on_progress
     finally:
         stop()
+
+
+def config_or_resume(config_path: Any, overrides: list[str] | None, resume: Any, command: str) -> Any:
+    """The config of a pipeline command (``run``, ``distill``), or None when ``--resume`` continues a run folder.
+
+    Raises:
+        ConfigError: for a config or overrides beside --resume, or neither a config nor --resume.
+    """
+    from tunelab.config import load_config
+    from tunelab.errors import ConfigError
+
+    if resume is not None:
+        if config_path is not None or overrides:
+            raise ConfigError("--resume continues a run with its own config; give no config or overrides")
+        return None
+    if config_path is None:
+        raise ConfigError(f"give a config file: tunelab {command} CONFIG.yaml [key=value ...]")
+    return load_config(config_path, overrides or [])

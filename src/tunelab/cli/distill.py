@@ -9,9 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tunelab.cli.common import console, error_console, print_json, train_progress_bar
-from tunelab.config import load_config
-from tunelab.errors import ConfigError
+from tunelab.cli.common import config_or_resume, console, error_console, print_json, train_progress_bar
 
 
 def _fmt(value: Any) -> str:
@@ -47,14 +45,7 @@ def distill(
     from tunelab.cli.run import _event_printer
     from tunelab.tasks.distill import run_distill
 
-    if resume is not None:
-        if config_path is not None or overrides:
-            raise ConfigError("--resume continues a run with its own config; give no config or overrides")
-        config = None
-    else:
-        if config_path is None:
-            raise ConfigError("give a config file: tunelab distill CONFIG.yaml [key=value ...]")
-        config = load_config(config_path, overrides or [])
+    config = config_or_resume(config_path, overrides, resume, "distill")
     printer = _event_printer(as_json)
 
     with Progress(TextColumn("teacher"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:

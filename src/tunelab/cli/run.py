@@ -9,9 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, error_console, print_json, train_progress_bar
-from tunelab.config import load_config
-from tunelab.errors import ConfigError
+from tunelab.cli.common import config_or_resume, console, error_console, print_json, train_progress_bar
 
 STEP_TITLES = {
     "check": "check data",
@@ -126,14 +124,7 @@ def run(
     """Check data, split, estimate, evaluate the base model, train, evaluate again, report, register."""
     from tunelab.tasks.pipeline import run_pipeline
 
-    if resume is not None:
-        if config_path is not None or overrides:
-            raise ConfigError("--resume continues a run with its own config; give no config or overrides")
-        config = None
-    else:
-        if config_path is None:
-            raise ConfigError("give a config file: tunelab run CONFIG.yaml [key=value ...]")
-        config = load_config(config_path, overrides or [])
+    config = config_or_resume(config_path, overrides, resume, "run")
     with train_progress_bar() as on_progress:
         outcome = run_pipeline(
             config, resume=resume, on_event=_event_printer(as_json), train_progress=on_progress, calibrate=not no_calibrate
