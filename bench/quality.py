@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.datasets, args.seeds = "quickstart", 1
     datasets = [d for d in args.datasets.split(",") if d]
+    # The cases' registry is scratch: a case run again (same name) replaces its folder, so its old record goes too.
+    (WORK_DIR / "registry.db").unlink(missing_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     if any(d != "quickstart" for d in datasets) and not SHARED_DATA.is_dir():
