@@ -1,8 +1,9 @@
 """DPO on HH-RLHF helpful pairs with the default model: held-out preference accuracy before/after, and speed vs TRL.
 
-1. Quality: ``tunelab run`` (the library's ``run_pipeline``) with ``task: preference`` from the base
-   default model on ``--train`` pairs, judged on ``--test`` held-out pairs sharing no prompt with
-   them (tunelab's split groups pairs by prompt): preference accuracy before (the reference's own
+1. Quality: ``tunelab run`` (the library's ``run_pipeline``) with ``task: preference`` on ``--train``
+   pairs, judged on ``--test`` held-out pairs sharing no prompt with them, once from each of
+   ``--parents``: ``base`` (the default model) and ``sft`` (an SFT run on the training pairs' chosen
+   answers, which is then the reference policy): preference accuracy before (the reference's own
    per-token likelihood) and after (the implicit reward), reward margin, log-ratios, with paired
    bootstrap 95% intervals.
 2. Speed: one DPO job (LoRA r=16 alpha=32 dropout=0.05 all linear layers, batch ``--batch-size``,
@@ -62,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--speed-steps", type=int, default=3, help="timed DPO steps per runner (plus one untimed first)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parents", default="base,sft", help="where DPO starts: base (the default model), sft (an SFT run on the chosen answers)")
+    parser.add_argument("--sft-epochs", type=float, default=1.0, help="epochs of the SFT parent")
+    parser.add_argument("--sft-test", type=int, default=24, help="held-out prompts the SFT parent (and then the DPO model) answer")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer of those")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip", choices=["quality", "speed", "trl"], action="append", default=[])
     parser.add_argument("--child", choices=["tunelab", "trl"], help=argparse.SUPPRESS)
@@ -94,17 +99,69 @@ def write_pairs(records, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- quality
 
 
-def quality(args: argparse.Namespace, records: list, folder: Path) -> dict:
+def held_out_by_prompt(records: list, train: int, test: int) -> tuple[list, list]:
+    """``train`` and ``test`` pairs with no prompt in both (pairs of one prompt stay together, in seeded order)."""
+    groups: dict[str, list] = {}
+    for record in records:
+        groups.setdefault(json.dumps(list(record.prompt), sort_keys=True), []).append(record)
+    train_pairs: list = []
+    test_pairs: list = []
+    for group in groups.values():
+        if len(test_pairs) < test:
+            test_pairs += group
+        elif len(train_pairs) < train:
+            train_pairs += group
+    return train_pairs[:train], test_pairs[:test]
+
+
+def sft_parent(args: argparse.Namespace, train_pairs: list, test_pairs: list, folder: Path) -> tuple[Path, dict]:
+    """``tunelab run`` of an SFT run on the training pairs' chosen answers (the usual start of DPO), judged on
+    ``--sft-test`` held-out pairs' prompts (chosen answers as references): its folder and summary.
+
+    Its test evaluation is what the DPO run's generation step answers again (DPO vs parent, blind A/B sheet).
+    """
     from tunelab.config import parse_config
     from tunelab.tasks.pipeline import run_pipeline
 
-    chosen = records[: args.train + args.test]
-    data = write_pairs(chosen, folder / "pairs.jsonl")
+    def conversations(pairs: list, path: Path) -> Path:
+        rows = [{"messages": [*r.prompt, {"role": "assistant", "content": r.chosen}]} for r in pairs]
+        path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
+        return path
+
+    config = parse_config({
+        "task": "sft", "model": "default", "name": "sft-parent",
+        "data": {"train": str(conversations(train_pairs, folder / "sft_train.jsonl")),
+                 "test": str(conversations(test_pairs[: args.sft_test], folder / "sft_test.jsonl")),
+                 "validation_size": 0.0, "max_length": args.max_length},
+        "train": {"epochs": args.sft_epochs, "batch_size": args.batch_size, "output_dir": str(folder / "runs"),
+                  "threads": args.threads, "seed": args.seed},
+        "eval": {"baselines": ["base"], "max_new_tokens": args.max_new_tokens, "batch_size": 8, "bootstrap_samples": 1000},
+    })
+    started = time.perf_counter()
+    outcome = run_pipeline(config, calibrate=False)
+    return outcome.run_dir, {"examples": len(train_pairs), "epochs": args.sft_epochs, "steps": outcome.train["steps"],
+                             "final_loss": outcome.train["final_loss"], "seconds": round(time.perf_counter() - started, 1),
+                             "tokens_per_second": round(outcome.train["tokens_per_second"], 1),
+                             "test_prompts": outcome.split_sizes["test"], "verdict": outcome.comparison.summary if outcome.comparison else None}
+
+
+def quality(args: argparse.Namespace, records: list, folder: Path, parent: str) -> dict:
+    """DPO from ``parent`` ("base": the default model; "sft": an SFT run on the chosen answers) on the same pairs."""
+    from tunelab.config import parse_config
+    from tunelab.tasks.pipeline import run_pipeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train_pairs, test_pairs = held_out_by_prompt(records, args.train, args.test)
+    train_file, test_file = write_pairs(train_pairs, folder / "train_pairs.jsonl"), write_pairs(test_pairs, folder / "test_pairs.jsonl")
+    model, sft = "default", None
+    if parent == "sft":
+        run_dir, sft = sft_parent(args, train_pairs, test_pairs, folder)
+        model = str(run_dir)
     config = parse_config({
         "task": "preference",
-        "model": "default",
-        "name": "dpo-bench",
-        "data": {"train": str(data), "test_size": args.test / len(chosen), "validation_size": 0.0, "max_length": args.max_length},
+        "model": model,
+        "name": f"dpo-bench-from-{parent}",
+        "data": {"train": str(train_file), "test": str(test_file), "validation_size": 0.0, "max_length": args.max_length},
         "train": {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "output_dir": str(folder / "runs"),
                   "threads": args.threads, "seed": args.seed},
         "preference": {"beta": args.beta},
@@ -114,6 +171,9 @@ def quality(args: argparse.Namespace, records: list, folder: Path) -> dict:
     outcome = run_pipeline(config, calibrate=False)
     comparison = outcome.comparison.to_dict()
     return {
+        "parent": parent,
+        "sft_parent": sft,
+        "generation": outcome.generation and {k: outcome.generation[k] for k in ("n", "summary", "sheet", "metrics", "parent_metrics")},
         "pairs": outcome.split_sizes,
         "seconds": round(time.perf_counter() - started, 1),
         "timings": outcome.timings,
@@ -229,10 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {"machine": info, "command": "python bench/dpo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "data": {"file": str(DATA / "test.jsonl.gz"), "pairs_in_file": total, "fitting_max_length": len(records)}}
     if "quality" not in args.skip:
-        result["quality"] = quality(args, records, folder)
+        result["quality"] = [quality(args, records, folder / parent, parent) for parent in args.parents.split(",")]
     if "speed" not in args.skip:
         # The speed pairs come after the quality pairs: the same ones for both runners, in the same order.
-        speed_pairs = records[args.train + args.test :][: (1 + args.speed_steps) * args.batch_size]
+        speed_pairs = records[-(1 + args.speed_steps) * args.batch_size :][: (1 + args.speed_steps) * args.batch_size]
         pairs_file = write_pairs(speed_pairs, folder / "speed_pairs.jsonl")
         child_args = [f"--max-length={args.max_length}", f"--batch-size={args.batch_size}", f"--lr={args.lr}", f"--beta={args.beta}",
                       f"--speed-steps={args.speed_steps}", f"--seed={args.seed}", f"--pairs={pairs_file}"]
@@ -246,13 +306,20 @@ def main(argv: list[str] | None = None) -> None:
 def render(result: dict) -> str:
     lines = ["### DPO on HH-RLHF helpful pairs (default model)", "", machine_markdown(result["machine"]), "",
              f"Command: `{result['command']}`. Data: {result['data']['fitting_max_length']} of {result['data']['pairs_in_file']} pairs fit max_length untruncated.", ""]
-    quality = result.get("quality")
-    if quality:
+    for quality in result.get("quality") or []:
         c = quality["comparison"]
-        lines += [f"Quality: {quality['pairs']['train']} training pairs, {quality['pairs']['test']} held-out pairs (no shared prompt), "
+        sft = quality.get("sft_parent")
+        start = (f"an SFT run on the {sft['examples']} training pairs' chosen answers ({sft['steps']} steps, {sft['seconds']} s)"
+                 if sft else "the base default model")
+        lines += [f"Quality from {start}: {quality['pairs']['train']} training pairs, {quality['pairs']['test']} held-out pairs (no shared prompt), "
                   f"{quality['train']['steps']} DPO steps ({quality['settings']}), {quality['seconds']} s for the whole `tunelab run`.", ""]
         rows = [[m["name"], m["before"], m["after"], m["difference"], f"[{m['low']:+.3g}, {m['high']:+.3g}]", m["outcome"]] for m in c["metrics"]]
         lines += [markdown_table(["metric", "before (reference)", "after (DPO)", "difference", "95% CI (paired bootstrap)", "outcome"], rows), ""]
+        if sft:
+            lines += [f"SFT parent against the base model on {sft['test_prompts']} held-out prompts: {sft['verdict']}", ""]
+        if quality.get("generation"):
+            lines += [f"DPO model against its SFT parent on those prompts: {quality['generation']['summary']}; "
+                      f"blind A/B sheet for people: `{quality['generation']['sheet']}`", ""]
     speed = result.get("speed")
     if speed:
         rows = []
