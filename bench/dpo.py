@@ -308,6 +308,8 @@ def render(result: dict) -> str:
              f"Command: `{result['command']}`. Data: {result['data']['fitting_max_length']} of {result['data']['pairs_in_file']} pairs fit max_length untruncated.", ""]
     for quality in result.get("quality") or []:
         c = quality["comparison"]
+        # A run's verdict holds one comparison per baseline; a preference run's one baseline is its reference.
+        c = c["comparisons"][c.get("strongest") or "base"] if "comparisons" in c else c
         sft = quality.get("sft_parent")
         start = (f"an SFT run on the {sft['examples']} training pairs' chosen answers ({sft['steps']} steps, {sft['seconds']} s)"
                  if sft else "the base default model")
