@@ -1,0 +1,217 @@
+"""Where one tunelab training step spends its time: a torch.profiler table per op, against the machine's peak (issue 13).
+
+The job is the one of the TRL comparison (``bench/compare.py --task sft``): the default model, LoRA
+r=16 / alpha=32 on all linear layers (tunelab's defaults otherwise: dropout 0, fused AdamW, fp32 on
+a CPU without native bf16), a batch of GSM8K examples at ``--max-length``, packed as the loop packs
+them, tunelab's own loss (LM head only at target positions, chunked). One warm-up step, then
+``--steps`` profiled steps (forward + backward + AdamW + zero_grad), each inside one profiler window.
+
+Each op's self CPU time is attributed to a group (matmul, attention, the loss's head matmuls,
+elementwise / norm / activation, copies and dtype casts, optimizer, autograd and Python overhead);
+for ops with a FLOP count (``with_flops``: mm, addmm, bmm, matmul) the achieved GFLOP/s is set
+against the fp32 ``torch.mm`` peak measured in the same process at the start (n = 1024, 2048).
+
+    PYTHONPATH=src python bench/profile_step.py --batch-size 8 --max-length 512 --steps 2
+
+Writes bench/results/profile_step.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import defaultdict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from common import machine_info, machine_markdown, markdown_table, sft_data, write_results  # noqa: E402
+
+# Which group an op's self time belongs to (first match wins; names are aten op names).
+GROUPS = [
+    ("matmul (mm / addmm / bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("attention (SDPA)", ("aten::_scaled_dot_product", "aten::scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("optimizer (fused AdamW)", ("aten::_fused_adamw", "Optimizer.step", "aten::_foreach")),
+    ("copies, casts, layout", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::clone", "aten::cat",
+                               "aten::index", "aten::gather", "aten::scatter", "aten::embedding", "aten::fill_", "aten::zero_",
+                               "aten::zeros", "aten::empty", "aten::ones", "aten::full", "aten::transpose", "aten::view", "aten::reshape",
+                               "aten::permute", "aten::slice", "aten::select", "aten::expand", "aten::as_strided", "aten::t",
+                               "aten::unsqueeze", "aten::squeeze", "aten::split", "aten::chunk", "aten::narrow", "aten::masked")),
+    ("loss (log-softmax, NLL)", ("aten::_log_softmax", "aten::log_softmax", "aten::nll_loss", "aten::cross_entropy")),
+    ("elementwise, norms, activations", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::pow", "aten::rsqrt", "aten::mean",
+                                         "aten::silu", "aten::sigmoid", "aten::neg", "aten::cos", "aten::sin", "aten::sum", "aten::exp",
+                                         "aten::tanh", "aten::where", "aten::threshold", "aten::_softmax", "aten::sqrt", "aten::rms",
+                                         "aten::_fused_rms", "aten::native", "aten::addcmul", "aten::clamp", "aten::norm")),
+]
+
+
+def group_of(name: str) -> str:
+    base = name.replace("autograd::engine::evaluate_function: ", "")
+    if base.endswith("Backward0") or base.endswith("Backward1"):
+        return "autograd nodes (Python-free backward bookkeeping)"
+    for group, prefixes in GROUPS:
+        if any(base.startswith(p) for p in prefixes):
+            return group
+    return "other (Python, dispatcher, hooks)"
+
+
+def matmul_peak() -> dict[str, float]:
+    """fp32 torch.mm TFLOP/s, best of 5 after a warm-up, at n = 1024 and 2048 (this process, these threads)."""
+    peaks = {}
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        best = min(_timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(5))
+        peaks[str(n)] = 2 * n**3 / best / 1e12
+    return peaks
+
+
+def matmul_shapes(profiler, top: int) -> list[dict]:
+    """The ``top`` aten::mm shapes by self time in the step, each also timed alone (best of 5, same threads):
+    what this CPU does with exactly that shape, so the step's matmul time can be judged against it."""
+    rows = []
+    for event in profiler.key_averages(group_by_input_shape=True):
+        if event.key != "aten::mm" or not event.input_shapes or len(event.input_shapes) < 2:
+            continue
+        (m, k), (k2, n) = event.input_shapes[0], event.input_shapes[1]
+        rows.append({"shape": f"[{m}x{k}] @ [{k2}x{n}]", "m": m, "k": k, "n": n, "calls": event.count,
+                     "self_s": event.self_cpu_time_total / 1e6, "flops": 2 * m * k * n * event.count})
+    rows.sort(key=lambda r: -r["self_s"])
+    for row in rows[:top]:
+        a, b = torch.randn(row["m"], row["k"]), torch.randn(row["k"], row["n"])
+        repeat = max(1, int(2e8 / max(1, 2 * row["m"] * row["k"] * row["n"])))
+        torch.mm(a, b)
+        best = min(_timed(lambda a=a, b=b, r=repeat: [torch.mm(a, b) for _ in range(r)]) for _ in range(5)) / repeat
+        row["in_step_gflops"] = row["flops"] / row["self_s"] / 1e9 if row["self_s"] else None
+        row["alone_gflops"] = 2 * row["m"] * row["k"] * row["n"] / best / 1e9
+    return rows[:top]
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rows", type=int, default=25, help="ops listed in the per-op table")
+    parser.add_argument("--shapes", type=int, default=12, help="matmul shapes set against their own standalone speed")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from tunelab.config import parse_config
+    from tunelab.data.tokenize import tokenize_records
+    from tunelab.models import load_model
+    from tunelab.models.adapters import apply_method
+    from tunelab.train.batching import LMCollate
+    from tunelab.train.loop import make_optimizer
+    from tunelab.train.losses import lm_loss_sum
+
+    info = machine_info()
+    peak = matmul_peak()
+    config = parse_config({"task": "sft", "model": "default", "data": {"max_length": args.max_length},
+                           "lora": {"r": 16, "alpha": 32}, "train": {"batch_size": args.batch_size}}, source="bench")
+    loaded = load_model("default")
+    records, _, source = sft_data(args.batch_size * (1 + args.steps), 0)
+    examples, _ = tokenize_records(records, "sft", loaded.tokenizer, max_length=args.max_length)
+    model = apply_method(loaded.model, config)
+    model.train()
+    optimizer = make_optimizer(model, config.train)
+    collate = LMCollate(loaded.tokenizer.pad_token_id, args.max_length)
+    batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(1 + args.steps)]
+
+    def step(batch) -> float:
+        loss = lm_loss_sum(model, batch) / max(1, int((batch["targets"] != -100).sum()))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    step(batches[0])  # warm-up: oneDNN primitives, allocator
+    real_tokens = sum(len(e.input_ids) for e in examples[args.batch_size :])
+    from torch.profiler import ProfilerActivity, profile
+
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as profiler:
+        for batch in batches[1:]:
+            step(batch)
+    wall = time.perf_counter() - start
+    # Profiling adds overhead per op; an unprofiled pass over the same batches gives the real step time.
+    unprofiled = _timed(lambda: [step(b) for b in batches[1:]])
+
+    by_op: dict[str, dict] = defaultdict(lambda: {"self_s": 0.0, "calls": 0, "flops": 0})
+    for event in profiler.key_averages():
+        row = by_op[event.key]
+        row["self_s"] += event.self_cpu_time_total / 1e6
+        row["calls"] += event.count
+        row["flops"] += getattr(event, "flops", 0) or 0
+    total = sum(r["self_s"] for r in by_op.values())
+    groups: dict[str, dict] = defaultdict(lambda: {"self_s": 0.0, "flops": 0})
+    for name, row in by_op.items():
+        group = groups[group_of(name)]
+        group["self_s"] += row["self_s"]
+        group["flops"] += row["flops"]
+    best_peak = max(peak.values())
+    shapes = matmul_shapes(profiler, args.shapes)
+    # Model FLOPs per token as in the TRL comparison: 4 x frozen matrix weights (the embedding counts
+    # once, as the tied LM head) + 6 x adapter weights.
+    n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad and p.ndim == 2)
+    n_adapter = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result = {
+        "machine": info,
+        "command": "python bench/profile_step.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        "data": source,
+        "peak_tflops_fp32": peak,
+        "steps": args.steps,
+        "real_tokens": real_tokens,
+        "profiled_wall_s": round(wall, 2),
+        "unprofiled_wall_s": round(unprofiled, 2),
+        "real_tokens_per_s": round(real_tokens / unprofiled, 1),
+        "model_tflops": round(real_tokens / unprofiled * (4 * n_frozen + 6 * n_adapter) / 1e12, 4),
+        "ops": sorted(({"op": k, **v} for k, v in by_op.items()), key=lambda r: -r["self_s"]),
+        "groups": sorted(({"group": k, **v} for k, v in groups.items()), key=lambda r: -r["self_s"]),
+        "self_total_s": round(total, 3),
+        "matmul_shapes": shapes,
+    }
+    write_results("profile_step", result, render(result, args.rows, best_peak))
+
+
+def render(result: dict, rows: int, best_peak: float) -> str:
+    total = result["self_total_s"]
+
+    def rate(flops: float, seconds: float) -> str:
+        return f"{flops / seconds / 1e9:.1f}" if flops and seconds else ""
+
+    def share_of_peak(flops: float, seconds: float) -> str:
+        return f"{flops / seconds / 1e12 / best_peak:.0%}" if flops and seconds else ""
+
+    lines = ["### One training step, profiled (torch.profiler, self CPU time)", "", machine_markdown(result["machine"]), "",
+             f"Command: `{result['command']}`; data: {result['data']}. fp32 `torch.mm` peak in this process: "
+             + ", ".join(f"n={n}: {v:.3f} TFLOP/s" for n, v in result["peak_tflops_fp32"].items())
+             + f". {result['steps']} steps, {result['real_tokens']} real tokens: {result['unprofiled_wall_s']} s unprofiled "
+             f"({result['real_tokens_per_s']} real tokens/s, {result['model_tflops']} TFLOP/s of model FLOPs = "
+             f"{result['model_tflops'] / best_peak:.0%} MFU), {result['profiled_wall_s']} s under the profiler.", ""]
+    group_rows = [[g["group"], f"{g['self_s']:.2f}", f"{g['self_s'] / total:.1%}",
+                   *((rate(g["flops"], g["self_s"]), share_of_peak(g["flops"], g["self_s"])) if g["group"].startswith("matmul") else ("", ""))]
+                  for g in result["groups"]]
+    lines += [markdown_table(["group", "self s", "share", "GFLOP/s", "of mm peak"], group_rows), ""]
+    op_rows = [[r["op"], r["calls"], f"{r['self_s']:.3f}", f"{r['self_s'] / total:.1%}",
+                *((rate(r["flops"], r["self_s"]), share_of_peak(r["flops"], r["self_s"])) if r["op"] in ("aten::mm", "aten::addmm", "aten::bmm") else ("", ""))]
+               for r in result["ops"][:rows]]
+    lines += [markdown_table(["op", "calls", "self s", "share", "GFLOP/s", "of mm peak"], op_rows), ""]
+    shape_rows = [[r["shape"], r["calls"], f"{r['self_s']:.3f}", f"{r['self_s'] / total:.1%}", f"{r['in_step_gflops']:.1f}",
+                   f"{r['alone_gflops']:.1f}", f"{r['in_step_gflops'] / r['alone_gflops']:.0%}"] for r in result["matmul_shapes"]]
+    lines += ["Matmul shapes (forward and backward; the same shape timed alone, best of 5):", "",
+              markdown_table(["aten::mm shape", "calls", "self s", "share of step", "GFLOP/s in step", "GFLOP/s alone", "in step / alone"], shape_rows)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
