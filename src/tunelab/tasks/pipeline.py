@@ -53,7 +53,6 @@ if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (
     from tunelab.models.loader import LoadedModel
     from tunelab.registry.store import Registry
 
-STEPS = ("check", "split", "estimate", "baseline", "train", "evaluate", "report", "register")
 STATE_FILE = "pipeline.json"
 
 EventFn = Callable[[str, str, dict[str, Any]], None]  # (step, "start"|"done"|"skip"|"warn", details)
@@ -450,8 +449,12 @@ def train_step(context: PipelineContext) -> dict[str, Any]:
     return context.train_result
 
 
-def evaluate_step(context: PipelineContext) -> EvalResult:
-    """6. Evaluate the tuned model on the same test records, prompts and decoding."""
+def evaluate_step(context: PipelineContext, score: Callable[[Split], EvalResult] | None = None) -> EvalResult:
+    """6. Evaluate the tuned model on the same test records, prompts and decoding.
+
+    ``score`` evaluates the tuned model on a split (default: the run folder's model, loaded here);
+    the cloud pipeline passes the provider's fine-tuned model. Resume, saving and bookkeeping are the same.
+    """
     from tunelab.evaluation.evaluate import evaluate
     from tunelab.evaluation.result import EvalResult
     from tunelab.models import load_run
@@ -461,13 +464,16 @@ def evaluate_step(context: PipelineContext) -> EvalResult:
     if context.state.done("evaluate") and tuned_path.is_file():
         context.tuned_eval = EvalResult.load(tuned_path)
         return context.tuned_eval
-    split = context.require_split()
-    with step(context, "evaluate", n=len(split.test)) as record:
-        tuned = load_run(run.root)
-        tuned_eval = evaluate(
-            tuned, split.test, config.task, config=config.eval, data_config=config.data,
+
+    def score_local(split: Split) -> EvalResult:
+        return evaluate(
+            load_run(run.root), split.test, config.task, config=config.eval, data_config=config.data,
             baseline=False, train_ids=[r.id for r in split.train], progress=context.eval_progress,
         )
+
+    split = context.require_split()
+    with step(context, "evaluate", n=len(split.test)) as record:
+        tuned_eval = (score or score_local)(split)
         tuned_eval.save(tuned_path)
         record.value = {"path": str(tuned_path)}
         record.details = {"metrics": tuned_eval.metrics}
@@ -749,25 +755,15 @@ def cloud_evaluate_step(context: PipelineContext):
     """6. The fine-tuned model on the test records, through the remote evaluation (same prompts as its training)."""
     from tunelab.config import EndpointConfig
     from tunelab.evaluation.remote import evaluate_remote, remote_client
-    from tunelab.evaluation.result import EvalResult
 
-    config, run = context.config, context.run
-    tuned_path = run.eval_dir / "tuned.json"
-    if context.state.done("evaluate") and tuned_path.is_file():
-        context.tuned_eval = EvalResult.load(tuned_path)
-        return context.tuned_eval
-    split = context.require_split()
-    endpoint: EndpointConfig = config.model.endpoint.model_copy(update={"name": context.train_result["fine_tuned_model"]})
-    with step(context, "evaluate", n=len(split.test)) as record:
-        tuned_eval = evaluate_remote(remote_client(endpoint), split.test, config.task, config=config.eval, data_config=config.data,
-                                     labels=cloud_labels(context) or None, train_ids=[r.id for r in split.train], progress=context.eval_progress)
-        tuned_eval.save(tuned_path)
-        record.value = {"path": str(tuned_path)}
-        record.details = {"metrics": tuned_eval.metrics}
-        record.registry_fields = {"tuned_metrics": tuned_eval.metrics}
-        record.timing = "eval"
-    context.tuned_eval = tuned_eval
-    return tuned_eval
+    config = context.config
+
+    def score_remote(split: Split) -> EvalResult:
+        endpoint: EndpointConfig = config.model.endpoint.model_copy(update={"name": context.train_result["fine_tuned_model"]})
+        return evaluate_remote(remote_client(endpoint), split.test, config.task, config=config.eval, data_config=config.data,
+                               labels=cloud_labels(context) or None, train_ids=[r.id for r in split.train], progress=context.eval_progress)
+
+    return evaluate_step(context, score_remote)
 
 
 def run_cloud_steps(context: PipelineContext, *, poll_s: float | None = None) -> RunOutcome:
