@@ -135,18 +135,23 @@ def applied_migrations(db: sqlite3.Connection) -> list[str]:
     return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
 
-def migrate(db: sqlite3.Connection) -> list[str]:
+def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply every migration not yet applied, each in the same write transaction; return their names.
 
+    ``migrations``: the list to apply (default: the registry's; the serving request log passes its own).
     The caller's connection must be in autocommit mode (``isolation_level=None``): this function
-    takes the write lock itself (``BEGIN IMMEDIATE``) so two processes migrating a fresh registry at
-    the same moment serialize, and the second one finds nothing left to do.
+    takes the write lock itself (``BEGIN IMMEDIATE``) so two processes migrating a fresh database at
+    the same moment serialize, and the second one finds nothing left to do. A database that is up to
+    date is only read (no write lock: many processes open one at once).
     """
+    migrations = MIGRATIONS if migrations is None else migrations
+    if {function.__name__ for function in migrations} <= set(applied_migrations(db)):
+        return []
     db.execute("BEGIN IMMEDIATE")
     try:
         done = set(applied_migrations(db))
         applied = []
-        for function in MIGRATIONS:
+        for function in migrations:
             if function.__name__ in done:
                 continue
             function(db)

@@ -33,13 +33,15 @@ import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.registry.migrations import Migration
+from tunelab.registry.migrations import migrate as apply_migrations
 
 logger = logging.getLogger("tunelab.serve")
 
@@ -62,8 +64,7 @@ COLUMNS = (
     "probabilities",
 )
 
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = []
+MIGRATIONS: list[Migration] = []  # the request log's own, applied by the registry's runner
 BUSY_TIMEOUT_S = 30.0
 
 
@@ -143,24 +144,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the request log's migrations not yet applied (under the write lock); return their names."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-    if all(function.__name__ in done for function in MIGRATIONS):
-        return []
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-        applied = []
-        for function in MIGRATIONS:
-            if function.__name__ not in done:
-                function(db)
-                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (function.__name__, _now()))
-                applied.append(function.__name__)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return applied
+    return apply_migrations(db, MIGRATIONS)
 
 
 
