@@ -437,14 +437,7 @@ def run_distill(
         None if state_file.is_file() else student_config, resume=run.root if state_file.is_file() else None, run_dir=run.root,
         on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate,
     )
-    pipeline.check_step(context)
-    pipeline.split_step(context)
-    pipeline.estimate_step(context)
-    pipeline.baseline_step(context)
-    pipeline.train_step(context)
-    pipeline.evaluate_step(context)
-    pipeline.report_step(context)
-    outcome = pipeline.register_step(context)
+    outcome = pipeline.run_steps(context)
 
     # 4. Teacher and student on the same test records.
     emit("compare", "start", {})

@@ -14,10 +14,11 @@ Each step is a public function over one ``PipelineContext``, so a notebook can w
     pipeline.baseline_step(context)
     pipeline.train_step(context)
     pipeline.evaluate_step(context)
+    pipeline.generation_step(context)     # preference from an evaluated SFT run only
     pipeline.report_step(context)
     outcome = pipeline.register_step(context)
 
-``run_pipeline`` is exactly that sequence (with ``train.backend: openai``, ``run_cloud_steps``: the same
+``run_pipeline`` is exactly that sequence (``run_steps``) (with ``train.backend: openai``, ``run_cloud_steps``: the same
 steps with a provider's fine-tuning API in place of the local loop, see the section at the end). Each step's outcome is written to ``<run>/pipeline.json``
 as it finishes, so ``tunelab run --resume RUN`` picks up an interrupted run at the step it stopped in
 (training itself resumes from its last checkpoint); a step that is already done returns what it
@@ -589,6 +590,11 @@ def run_pipeline(
     )
     if context.config.train.backend == "openai":  # a provider's fine-tuning API in place of the local loop
         return run_cloud_steps(context)
+    return run_steps(context)
+
+
+def run_steps(context: PipelineContext) -> RunOutcome:
+    """Every step of a local run, in order, from an opened context (what ``run_pipeline`` and distillation's student run)."""
     check_step(context)
     split_step(context)
     estimate_step(context)
