@@ -85,3 +85,24 @@ def test_a_higher_validation_accuracy_wins_over_a_lower_loss():
     assert improves(0.4, 0.8, best_loss=0.5, best_score=0.8) and not improves(0.6, 0.8, best_loss=0.5, best_score=0.8)
     assert improves(0.4, None, best_loss=0.5, best_score=None) and not improves(0.6, None, best_loss=0.5, best_score=None)
     assert improves(3.0, 0.1, best_loss=None, best_score=None)
+
+
+def test_classify_label_smoothing_reaches_the_training_loss(tiny_model_dir, tmp_path):
+    """The default (0.2) is the loss the loop trains on: the same first batch, before any update, scores
+    differently with and without it (a recipe that dropped the setting would log equal losses)."""
+    from tunelab.config import parse_config
+
+    def first_loss(smoothing, name):
+        raw = {"task": "classify", "model": str(tiny_model_dir), "data": {"max_length": 64},
+               "train": {"batch_size": 4, "lr": 5e-3, "max_steps": 1, "log_every": 1, "precision": "fp32", "seed": 0}}
+        if smoothing is not None:
+            raw["classify"] = {"label_smoothing": smoothing}
+        config = parse_config(raw)
+        run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / name)
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return config.classify.label_smoothing, next(m["loss"] for m in lines if "loss" in m)
+
+    default, smoothed = first_loss(None, "default")
+    none, plain = first_loss(0.0, "none")
+    assert default == 0.2 and none == 0.0
+    assert abs(smoothed - plain) > 1e-4
