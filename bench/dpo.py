@@ -114,7 +114,7 @@ def held_out_by_prompt(records: list, train: int, test: int) -> tuple[list, list
     return train_pairs[:train], test_pairs[:test]
 
 
-def sft_parent(args: argparse.Namespace, train_pairs: list, test_pairs: list, folder: Path) -> tuple[Path, dict]:
+def train_sft_parent(args: argparse.Namespace, train_pairs: list, test_pairs: list, folder: Path) -> tuple[Path, dict]:
     """``tunelab run`` of an SFT run on the training pairs' chosen answers (the usual start of DPO), judged on
     ``--sft-test`` held-out pairs' prompts (chosen answers as references): its folder and summary.
 
@@ -155,7 +155,7 @@ def quality(args: argparse.Namespace, records: list, folder: Path, parent: str) 
     train_file, test_file = write_pairs(train_pairs, folder / "train_pairs.jsonl"), write_pairs(test_pairs, folder / "test_pairs.jsonl")
     model, sft = "default", None
     if parent == "sft":
-        run_dir, sft = sft_parent(args, train_pairs, test_pairs, folder)
+        run_dir, sft = train_sft_parent(args, train_pairs, test_pairs, folder)
         model = str(run_dir)
     config = parse_config({
         "task": "preference",
