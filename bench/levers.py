@@ -24,12 +24,14 @@ CLASSIFY_JOB = ["--task", "classify", "--steps", "3", "--batch-size", "16", "--m
 GROUPS = {
     "sft": (SFT_JOB, {
         "baseline (auto = fp32, dropout 0.05)": [],
+        "PEFT's own LoRA forward (before the fused one)": ["--peft-forward"],
         "lora.dropout=0.0": ["--set", "lora.dropout=0.0"],
         "train.compile=true": ["--compile"],
         "2 threads": ["--threads-override", "2"],
     }),
     "classify": (CLASSIFY_JOB, {
         "baseline (rows of max_length=128)": [],
+        "PEFT's own LoRA forward (before the fused one)": ["--peft-forward"],
         "train.pack_tokens=2048 (batch x max_length)": ["--set", "train.pack_tokens=2048"],
     }),
 }

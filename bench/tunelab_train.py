@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_training_args(parser)
     parser.add_argument("--no-packing", action="store_true", help="length bucketing instead of packing")
     parser.add_argument("--compile", action="store_true", help="train.compile=true")
+    parser.add_argument("--peft-forward", action="store_true", help="PEFT's own LoRA forward instead of tunelab's fused one (the lever's 'before')")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     return parser.parse_args(argv)
 
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     from tunelab.models.loader import load_run
     from tunelab.tasks import run_training
 
+    if args.peft_forward:
+        import tunelab.models.lora_forward
+
+        tunelab.models.lora_forward.fuse_lora_forward = lambda model: 0
     total_steps = WARMUP_STEPS + args.steps + TAIL_STEPS
     n_train = total_steps * args.batch_size * args.grad_accum
     train_records, validation_records, data_name = task_data(args.task, n_train, args.validation, args.seed)
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
 
     child_result(
         {
-            "runner": f"tunelab_{result.precision}" + ("_nopack" if args.no_packing else "") + ("_compile" if args.compile else ""),
+            "runner": f"tunelab_{result.precision}" + ("_nopack" if args.no_packing else "") + ("_compile" if args.compile else "")
+            + ("_peft_forward" if args.peft_forward else ""),
             "task": args.task,
             "data": data_name,
             "settings": vars(args),

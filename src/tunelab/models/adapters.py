@@ -63,9 +63,13 @@ def apply_method(model: nn.Module, config: RunConfig) -> nn.Module:
             task_type="CAUSAL_LM",
         )
         try:
-            return get_peft_model(model, peft_config)
+            model = get_peft_model(model, peft_config)
         except ValueError as error:
             raise ConfigError(f"lora.target_modules={lora.target_modules!r}: {str(error).splitlines()[0]}") from None
+        from tunelab.models.lora_forward import fuse_lora_forward
+
+        fuse_lora_forward(model)
+        return model
     if method == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)

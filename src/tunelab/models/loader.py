@@ -205,6 +205,9 @@ def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = Fal
             # into the weights before this run's adapter was trained, so fold it in the same way here.
             parent = parent.merge_and_unload()
         model = PeftModel.from_pretrained(parent, str(run.adapter))
+        from tunelab.models.lora_forward import fuse_lora_forward
+
+        fuse_lora_forward(model)
         model.eval()
         from tunelab.models.heads import LabelHead
 
