@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer of those")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip", choices=["quality", "speed", "trl"], action="append", default=[])
+    parser.add_argument("--tunelab-accum", default="1", help="speed: tunelab runs, one per value: the batch in that many "
+                        "accumulated micro-batches (the same optimizer step, less activation memory)")
+    parser.add_argument("--tunelab-checkpointing", action="store_true", help="speed: one more tunelab run with train.gradient_checkpointing")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="speed: LoRA dropout of both runners (the same math)")
+    parser.add_argument("--grad-accum", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--results", default="dpo", help="name of the files written under bench/results/ (several runs can keep theirs)")
     parser.add_argument("--child", choices=["tunelab", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -129,7 +136,7 @@ def train_sft_parent(args: argparse.Namespace, train_pairs: list, test_pairs: li
         return path
 
     config = parse_config({
-        "task": "sft", "model": "default", "name": "sft-parent",
+        "task": "sft", "model": "default", "name": "sft-parent", "registry": str(folder / "registry.db"),
         "data": {"train": str(conversations(train_pairs, folder / "sft_train.jsonl")),
                  "test": str(conversations(test_pairs[: args.sft_test], folder / "sft_test.jsonl")),
                  "validation_size": 0.0, "max_length": args.max_length},
@@ -161,6 +168,7 @@ def quality(args: argparse.Namespace, records: list, folder: Path, parent: str) 
         "task": "preference",
         "model": model,
         "name": f"dpo-bench-from-{parent}",
+        "registry": str(folder / "registry.db"),  # scratch: a benchmark run again must not clash with its old records
         "data": {"train": str(train_file), "test": str(test_file), "validation_size": 0.0, "max_length": args.max_length},
         "train": {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "output_dir": str(folder / "runs"),
                   "threads": args.threads, "seed": args.seed},
@@ -197,9 +205,11 @@ def tunelab_child(args: argparse.Namespace, records: list) -> None:
     steps = 1 + args.speed_steps
     config = parse_config({
         "task": "preference", "model": "default", "data": {"max_length": args.max_length},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "train": {"lr": args.lr, "max_steps": steps, "batch_size": args.batch_size, "log_every": 1, "threads": args.threads,
-                  "seed": args.seed, "eval_every": 10**6, "save_every": 10**6},
+        "lora": {"r": 16, "alpha": 32, "dropout": args.lora_dropout},
+        # --grad-accum splits the batch into micro-batches: the optimizer step still sees batch_size pairs.
+        "train": {"lr": args.lr, "max_steps": steps, "batch_size": args.batch_size // args.grad_accum, "grad_accum": args.grad_accum,
+                  "log_every": 1, "threads": args.threads, "seed": args.seed, "eval_every": 10**6, "save_every": 10**6,
+                  "gradient_checkpointing": args.checkpointing},
         "preference": {"beta": args.beta},
     })
     progress: list = []
@@ -209,7 +219,8 @@ def tunelab_child(args: argparse.Namespace, records: list) -> None:
     timed_seconds, timed_tokens = last.elapsed - first.elapsed, last.tokens - first.tokens
     total = time.perf_counter() - started
     child_result({
-        "runner": "tunelab", "timed_steps": args.speed_steps, "timed_seconds": round(timed_seconds, 2), "real_tokens": timed_tokens,
+        "runner": "tunelab" + (f" ({args.batch_size // args.grad_accum} x {args.grad_accum} accumulated)" if args.grad_accum > 1 else "")
+        + (" (gradient checkpointing)" if args.checkpointing else ""), "timed_steps": args.speed_steps, "timed_seconds": round(timed_seconds, 2), "real_tokens": timed_tokens,
         "real_tokens_per_s": round(timed_tokens / timed_seconds, 1), "seconds_per_step": round(timed_seconds / args.speed_steps, 2),
         "train_seconds": round(result.seconds, 2), "wall_seconds": round(total, 2), "precision": result.precision,
         # Everything before the first step: model load, tokenizing, the reference log-probabilities (once).
@@ -239,7 +250,7 @@ def trl_child(args: argparse.Namespace, records: list) -> None:
         max_length=args.max_length, learning_rate=args.lr, beta=args.beta, bf16=False, use_cpu=True, save_strategy="no",
         logging_steps=steps, seed=args.seed, disable_tqdm=True,
     )
-    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=args.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     step_ends: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -295,12 +306,16 @@ def main(argv: list[str] | None = None) -> None:
         speed_pairs = records[-(1 + args.speed_steps) * args.batch_size :][: (1 + args.speed_steps) * args.batch_size]
         pairs_file = write_pairs(speed_pairs, folder / "speed_pairs.jsonl")
         child_args = [f"--max-length={args.max_length}", f"--batch-size={args.batch_size}", f"--lr={args.lr}", f"--beta={args.beta}",
-                      f"--speed-steps={args.speed_steps}", f"--seed={args.seed}", f"--pairs={pairs_file}"]
+                      f"--speed-steps={args.speed_steps}", f"--seed={args.seed}", f"--pairs={pairs_file}", f"--lora-dropout={args.lora_dropout}"]
         if args.threads:
             child_args.append(f"--threads={args.threads}")
-        runners = ["tunelab"] + ([] if "trl" in args.skip else ["trl"])
-        result["speed"] = [run_child("dpo.py", ["--child", runner, *child_args]) for runner in runners]
-    write_results("dpo", result, render(result))
+        runners = [["--child", "tunelab", f"--grad-accum={accum}"] for accum in map(int, args.tunelab_accum.split(","))]
+        if args.tunelab_checkpointing:
+            runners.append(["--child", "tunelab", "--checkpointing"])
+        if "trl" not in args.skip:
+            runners.append(["--child", "trl"])
+        result["speed"] = [run_child("dpo.py", [*runner, *child_args]) for runner in runners]
+    write_results(args.results, result, render(result))
 
 
 def render(result: dict) -> str:
