@@ -176,6 +176,13 @@ class TrainConfig(_Section):
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (default per task).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step per process, before accumulation.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
+    max_pass_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most real tokens one forward/backward pass holds: a micro-batch above it runs as several passes "
+        "whose gradients add up (the same optimizer step, less activation memory; an example longer than it is a pass "
+        "of its own). null: one pass per micro-batch.",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps with linear learning-rate warmup.")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")

@@ -22,7 +22,7 @@ from tunelab.paths import atomic_write_text, cache_dir
 
 CALIBRATION_SUBDIR = "calibration"
 # Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
-CALIBRATION_RECIPE_VERSION = 1
+CALIBRATION_RECIPE_VERSION = 2
 
 
 def _lora_targets(target_modules: str | list[str]) -> tuple[bool, set[str]]:

@@ -249,3 +249,26 @@ def micro_batches(
         if chunk:
             batches.append(chunk)
     return batches
+
+
+def split_passes(examples: Sequence, max_tokens: int | None) -> list[list]:
+    """``examples`` (one micro-batch) as consecutive passes of at most ``max_tokens`` real tokens each.
+
+    The loss is a sum normalised by the whole step's targets, so gradients accumulated over the passes
+    equal the micro-batch's in one pass; only the activation memory (and cache footprint) shrinks.
+    """
+    if max_tokens is None:
+        return [list(examples)] if examples else []
+    passes: list[list] = []
+    current: list = []
+    size = 0
+    for example in examples:
+        tokens = real_tokens(example)
+        if current and size + tokens > max_tokens:
+            passes.append(current)
+            current, size = [], 0
+        current.append(example)
+        size += tokens
+    if current:
+        passes.append(current)
+    return passes

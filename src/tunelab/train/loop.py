@@ -31,7 +31,7 @@ from torch import nn
 from tunelab.config import ResolvedTrainConfig, TrainSchedule
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.paths import RunFolder
-from tunelab.train.batching import StepPlan, micro_batches, real_tokens, trained_targets
+from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
 from tunelab.train.checkpoints import (
     BEST,
     LoopState,
@@ -159,8 +159,9 @@ def _is_out_of_memory(error: BaseException) -> bool:
 def _out_of_memory_error(config: ResolvedTrainConfig, max_length: int) -> TrainingError:
     return TrainingError(
         f"out of memory with train.batch_size={config.batch_size} and data.max_length={max_length}",
-        "lower train.batch_size (raise train.grad_accum to keep the same effective batch), lower "
-        "data.max_length, or set train.gradient_checkpointing=true",
+        "set train.max_pass_tokens (the same step in smaller passes), lower train.batch_size (raise "
+        "train.grad_accum to keep the same effective batch), lower data.max_length, or set "
+        "train.gradient_checkpointing=true",
     )
 
 
@@ -273,13 +274,14 @@ def train_loop(
             step_started = time.perf_counter()
             examples = [train_examples[i] for i in plan.indices(step)]
             step_targets = sum(trained_targets(e) for e in examples)  # the whole step's, known on the host
-            batches = micro_batches(
+            planned = micro_batches(
                 examples, batch_size=config.batch_size, grad_accum=config.grad_accum,
                 world_size=world, rank=rank, bucket=not getattr(collate, "packing", True),
             )
+            batches = [part for batch in planned for part in split_passes(batch, config.max_pass_tokens)]
             for index, micro in enumerate(batches):
                 last = index == len(batches) - 1
-                # Gradients are synchronised across processes only on the last micro-batch.
+                # Gradients are synchronised across processes only on the last pass.
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(module)
                 with sync:
                     with accelerator.autocast():

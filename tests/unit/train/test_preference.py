@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from tests.unit.train.train_helpers import records_split, sft_records, tiny_config
+from tests.unit.train.train_helpers import assert_same_training, records_split, sft_records, tiny_config
 
 from tunelab.data.records import PreferenceRecord
 from tunelab.data.split import Split
@@ -103,3 +103,11 @@ def test_reference_is_the_sft_parent_and_dpo_moves_the_margin(tmp_path, tiny_mod
     assert torch.allclose(parent, reference, atol=1e-3)
     margin = ((after - reference)[:, 0] - (after - reference)[:, 1]).mean().item()
     assert margin > 0.5  # the policy now prefers the chosen answers relative to the reference
+
+
+def test_dpo_step_in_smaller_passes_trains_the_same_weights(tmp_path, tiny_model_dir):
+    pairs = preference_records(8)
+    for name, budget in (("one-pass", None), ("passes", 1)):
+        config = tiny_config(tiny_model_dir, "preference", max_steps=3, batch_size=8, lr=1e-2, max_pass_tokens=budget)
+        run_training(config, Split("preference", pairs, [], []), run_dir=tmp_path / name)
+    assert_same_training(tmp_path / "one-pass", tmp_path / "passes")

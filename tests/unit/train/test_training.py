@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import classify_records, records_split, sft_records, tiny_config
+from train_helpers import assert_same_training, classify_records, records_split, sft_records, tiny_config
 
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import ConfigError
@@ -130,3 +130,30 @@ def test_merged_export_generates_the_same_as_the_adapter(tiny_model_dir, tmp_pat
     assert not torch.equal(a, base)  # the adapter really changed the model
     with pytest.raises(Exception, match="already exists"):
         merge_and_save(tmp_path / "run", tmp_path / "merged")
+
+
+def test_split_passes_keeps_order_and_the_token_budget(tiny_tokenizer):
+    from tunelab.train.batching import real_tokens, split_passes
+
+    examples, _ = tokenize_records(sft_records(6), "sft", tiny_tokenizer, max_length=64)
+    sizes = [real_tokens(e) for e in examples]
+    budget = sizes[0] + sizes[1]
+    passes = split_passes(examples, budget)
+    assert [e for p in passes for e in p] == examples and passes[0] == examples[:2]
+    assert all(sum(real_tokens(e) for e in p) <= budget or len(p) == 1 for p in passes)
+    assert split_passes(examples, 1) == [[e] for e in examples]  # longer than the budget: a pass of its own
+    assert split_passes(examples, None) == [examples] and split_passes([], 8) == []
+
+
+@pytest.mark.parametrize("task", ["sft", "classify"])
+def test_a_step_in_smaller_passes_trains_the_same_weights(task, tiny_model_dir, tiny_tokenizer, tmp_path):
+    from tunelab.train.batching import split_passes
+
+    records = sft_records(8) if task == "sft" else classify_records(8)
+    if task == "sft":
+        examples, _ = tokenize_records(records, "sft", tiny_tokenizer, max_length=64)
+        assert len(split_passes(examples, 40)) >= 4  # the budget really splits each step
+    for name, budget in (("one-pass", None), ("passes", 40)):
+        config = tiny_config(tiny_model_dir, task, max_steps=3, batch_size=8, lr=1e-2, max_pass_tokens=budget)
+        run_training(config, records_split(records), run_dir=tmp_path / name)
+    assert_same_training(tmp_path / "one-pass", tmp_path / "passes")

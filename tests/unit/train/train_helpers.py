@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
 
 from tunelab.config import parse_config
 from tunelab.data.records import ClassifyRecord, SFTRecord
@@ -35,3 +40,20 @@ def tiny_config(model_dir: Path, task: str = "sft", **train):
     return parse_config(
         {"task": task, "model": str(model_dir), "data": {"max_length": 64}, "train": settings, "lora": lora}
     )
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Two runs of the same steps agree: every step's loss, and the weights up to Adam's amplified rounding
+    (an element whose gradient is near zero can move by up to lr on noise; a lost or doubled pass moves them all)."""
+    def losses(run_dir: Path) -> list[float]:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [row["loss"] for row in rows if "loss" in row]
+
+    losses_a, losses_b = losses(a), losses(b)
+    assert len(losses_a) == len(losses_b) >= 3 and losses_b == pytest.approx(losses_a, rel=1e-4)
+    weights_a = load_file(str(a / "adapter" / "adapter_model.safetensors"))
+    weights_b = load_file(str(b / "adapter" / "adapter_model.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        close = torch.isclose(weights_b[key], weights_a[key], rtol=1e-3, atol=1e-5)
+        assert close.float().mean() >= 0.99, key
