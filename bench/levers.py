@@ -25,6 +25,8 @@ GROUPS = {
     "sft": (SFT_JOB, {
         "baseline (auto = fp32, dropout 0.05)": [],
         "PEFT's own LoRA forward (before the fused one)": ["--peft-forward"],
+        "train.max_pass_tokens=1024": ["--set", "train.max_pass_tokens=1024"],
+        "train.max_pass_tokens=512": ["--set", "train.max_pass_tokens=512"],
         "lora.dropout=0.0": ["--set", "lora.dropout=0.0"],
         "train.compile=true": ["--compile"],
         "2 threads": ["--threads-override", "2"],
@@ -33,6 +35,8 @@ GROUPS = {
         "baseline (rows of max_length=128)": [],
         "PEFT's own LoRA forward (before the fused one)": ["--peft-forward"],
         "train.pack_tokens=2048 (batch x max_length)": ["--set", "train.pack_tokens=2048"],
+        "train.max_pass_tokens=512": ["--set", "train.max_pass_tokens=512"],
+        "train.max_pass_tokens=256": ["--set", "train.max_pass_tokens=256"],
     }),
 }
 
