@@ -23,7 +23,6 @@ STARTED = time.perf_counter()  # before the heavy imports: "command to first ste
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 from common import (  # noqa: E402
     TAIL_STEPS,
@@ -83,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from tunelab.data.split import Split
     from tunelab.data.tokenize import tokenize_classify, tokenize_sft
     from tunelab.models.loader import load_run
     from tunelab.tasks import run_training
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run_dir = Path(tempfile.mkdtemp(prefix="tunelab-bench-")) / "run"
     # No validation records inside the run: the loss is measured below, identically for both trainers.
-    split = SimpleNamespace(train=train_records, validation=[])
+    split = Split(args.task, list(train_records), [], [])
     train_started = time.perf_counter()
     result = run_training(config, split, run_dir=run_dir, progress=progress)
     train_s = time.perf_counter() - train_started

@@ -161,6 +161,10 @@ def test_memory_arithmetic():
     checkpointed = plan_memory(_config(train={"gradient_checkpointing": True}), FACTS, tokens, "fp32", trainable=500)
     assert checkpointed.activations == 2 * 64 * 2 * 16 * 4 + 2 * 64 * (8 * 16 + 4 * 8 + 4 * 32) * 4
     assert plan_memory(_config(task="classify"), FACTS, tokens, "fp32", trainable=500).logits == 0
+    # Activations are one pass's: train.max_pass_tokens=64 runs the 2 x 64-token micro-batch as 2 passes.
+    halved = plan_memory(_config(train={"max_pass_tokens": 64}), FACTS, tokens, "fp32", trainable=500)
+    assert halved.activations == 1 * 64 * 2 * per_token_layer
+    assert plan_memory(_config(train={"max_pass_tokens": 16}), FACTS, tokens, "fp32", trainable=500).activations == halved.activations
 
 
 def test_gpu_time_money_cloud_and_fit():

@@ -378,9 +378,18 @@ def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_l
     )
 
 
-def plan_memory(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, trainable: int) -> MemoryPlan:
-    """Peak training memory in bytes (formulas in the module docstring); ``available`` left unset."""
+def plan_memory(
+    config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, trainable: int, device: str = "cpu"
+) -> MemoryPlan:
+    """Peak training memory in bytes (formulas in the module docstring) on ``device``; ``available`` left unset.
+
+    Activations are those of one pass: ``train.max_pass_tokens`` cuts a micro-batch into passes of at
+    most that many tokens (an example longer than the budget is a pass of its own).
+    """
     batch, seq, d = config.train.batch_size, tokens.seq_len, facts.d_model
+    budget = config.train.pass_token_budget(device.split(":")[0], shares_prefix=config.task == "classify")
+    if budget is not None and batch * seq > max(budget, seq):
+        batch = max(budget, seq) / seq
     act_bytes = 2 if precision == "bf16" else 4
     if config.train.gradient_checkpointing:
         per_token_layer = 4 * d
@@ -475,7 +484,7 @@ def estimate_run(
         shared_prefix=shared_prefix,
     )  # fmt: skip
     flops = plan_flops(config, facts, tokens, n_labels)
-    memory = plan_memory(config, facts, tokens, precision, flops.trainable_params)
+    memory = plan_memory(config, facts, tokens, precision, flops.trainable_params, device)
     memory.device = device
     memory.available = available_bytes
 
@@ -502,7 +511,7 @@ def estimate_run(
             seconds["eval"] = flops.eval_flops / flops_per_second
 
     utilization = config.budget.utilization or DEFAULT_UTILIZATION
-    gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params).total
+    gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params, "cuda").total
     evaluations = 1 + model_baselines
     work = flops.train_flops + flops.validation_flops + evaluations * flops.eval_flops
     gpus = []

@@ -31,7 +31,14 @@ from torch import nn
 from tunelab.config import ResolvedTrainConfig, TrainSchedule
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.paths import RunFolder
-from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
+from tunelab.train.batching import (
+    ClassifyCollate,
+    StepPlan,
+    micro_batches,
+    real_tokens,
+    split_passes,
+    trained_targets,
+)
 from tunelab.train.checkpoints import (
     BEST,
     LoopState,
@@ -211,6 +218,7 @@ def train_loop(
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
     device = accelerator.device
+    pass_tokens = config.pass_token_budget(device.type, shares_prefix=isinstance(collate, ClassifyCollate))
 
     if accelerator.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
@@ -278,7 +286,7 @@ def train_loop(
                 examples, batch_size=config.batch_size, grad_accum=config.grad_accum,
                 world_size=world, rank=rank, bucket=not getattr(collate, "packing", True),
             )
-            batches = [part for batch in planned for part in split_passes(batch, config.max_pass_tokens)]
+            batches = [part for batch in planned for part in split_passes(batch, pass_tokens)]
             for index, micro in enumerate(batches):
                 last = index == len(batches) - 1
                 # Gradients are synchronised across processes only on the last pass.

@@ -157,3 +157,18 @@ def test_a_step_in_smaller_passes_trains_the_same_weights(task, tiny_model_dir, 
         config = tiny_config(tiny_model_dir, task, max_steps=3, batch_size=8, lr=1e-2, max_pass_tokens=budget)
         run_training(config, records_split(records), run_dir=tmp_path / name)
     assert_same_training(tmp_path / "one-pass", tmp_path / "passes")
+
+
+def test_max_pass_tokens_auto_limits_passes_on_a_cpu_only_where_it_pays():
+    from tunelab.config import CPU_PASS_TOKENS, TrainConfig
+
+    auto = TrainConfig()
+    assert auto.max_pass_tokens == "auto"
+    assert auto.pass_token_budget("cpu", shares_prefix=False) == CPU_PASS_TOKENS
+    assert auto.pass_token_budget("cpu", shares_prefix=True) is None  # classify: each pass re-runs the prefix
+    assert auto.pass_token_budget("cuda", shares_prefix=False) is None
+    assert TrainConfig(max_pass_tokens=300).pass_token_budget("cuda", shares_prefix=True) == 300
+    assert TrainConfig(max_pass_tokens=None).pass_token_budget("cpu", shares_prefix=False) is None
+    for bad in (0, "fast", 1.5):
+        with pytest.raises(ValueError):
+            TrainConfig(max_pass_tokens=bad)
