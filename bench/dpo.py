@@ -71,10 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", choices=["quality", "speed", "trl"], action="append", default=[])
     parser.add_argument("--tunelab-pass-tokens", default="default", help="speed: tunelab runs, one per comma-separated value of "
                         "train.max_pass_tokens: 'default' (tunelab's own), 'none' (the whole batch in one pass) or a number")
-    parser.add_argument("--tunelab-checkpointing", action="store_true", help="speed: one more tunelab run with train.gradient_checkpointing")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="speed: LoRA dropout of both runners (the same math)")
     parser.add_argument("--pass-tokens", default="default", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--results", default="dpo", help="name of the files written under bench/results/ (several runs can keep theirs)")
     parser.add_argument("--child", choices=["tunelab", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
@@ -207,7 +205,7 @@ def tunelab_child(args: argparse.Namespace, records: list) -> None:
         "task": "preference", "model": "default", "data": {"max_length": args.max_length},
         "lora": {"r": 16, "alpha": 32, "dropout": args.lora_dropout},
         "train": {"lr": args.lr, "max_steps": steps, "batch_size": args.batch_size, "log_every": 1, "threads": args.threads,
-                  "seed": args.seed, "eval_every": 10**6, "save_every": 10**6, "gradient_checkpointing": args.checkpointing,
+                  "seed": args.seed, "eval_every": 10**6, "save_every": 10**6,
                   # Smaller passes split the batch, the optimizer step still sees batch_size pairs.
                   **({} if args.pass_tokens == "default" else {"max_pass_tokens": None if args.pass_tokens == "none" else int(args.pass_tokens)})},
         "preference": {"beta": args.beta},
@@ -219,8 +217,7 @@ def tunelab_child(args: argparse.Namespace, records: list) -> None:
     timed_seconds, timed_tokens = last.elapsed - first.elapsed, last.tokens - first.tokens
     total = time.perf_counter() - started
     child_result({
-        "runner": "tunelab" + ("" if args.pass_tokens == "default" else f" (max_pass_tokens={args.pass_tokens})")
-        + (" (gradient checkpointing)" if args.checkpointing else ""), "max_pass_tokens": config.train.max_pass_tokens,
+        "runner": "tunelab" + ("" if args.pass_tokens == "default" else f" (max_pass_tokens={args.pass_tokens})"), "max_pass_tokens": config.train.max_pass_tokens,
         "timed_steps": args.speed_steps, "timed_seconds": round(timed_seconds, 2), "real_tokens": timed_tokens,
         "real_tokens_per_s": round(timed_tokens / timed_seconds, 1), "seconds_per_step": round(timed_seconds / args.speed_steps, 2),
         "train_seconds": round(result.seconds, 2), "wall_seconds": round(total, 2), "precision": result.precision,
@@ -311,8 +308,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads:
             child_args.append(f"--threads={args.threads}")
         runners = [["--child", "tunelab", f"--pass-tokens={value}"] for value in args.tunelab_pass_tokens.split(",")]
-        if args.tunelab_checkpointing:
-            runners.append(["--child", "tunelab", "--checkpointing"])
         if "trl" not in args.skip:
             runners.append(["--child", "trl"])
         result["speed"] = [run_child("dpo.py", [*runner, *child_args]) for runner in runners]
