@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -255,14 +256,35 @@ class Registry:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                # WAL is a property of the file; setting it on every open is cheap and idempotent.
-                db.execute("PRAGMA journal_mode=WAL")
-                migrate(db)
+            self._open_file()
         except sqlite3.DatabaseError as error:
             raise RegistryError(f"cannot use {self.path} as a run registry: {error}", "pass another --registry path") from None
         except OSError as error:
             raise RegistryError(f"cannot create the registry at {self.path}: {error.strerror}") from None
+
+    def _open_file(self) -> None:
+        """Switch the file to WAL and migrate it, waiting out another process doing the same.
+
+        Two processes opening a fresh file at once can get "database is locked" without the busy
+        handler being consulted (SQLite returns SQLITE_BUSY at once where waiting could deadlock,
+        e.g. while the other one changes the journal mode), so the whole opening is retried, with a
+        growing pause, for as long as ``busy_timeout`` would have waited.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.01
+        while True:
+            try:
+                with self._connect() as db:
+                    # WAL is a property of the file: set it once (changing it takes an exclusive lock).
+                    if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")
+                    migrate(db)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(0.5, pause * 2)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
