@@ -13,6 +13,7 @@ Results: ``bench/results/quality.json`` (every case, every seed) and ``quality.m
 over seeds per dataset and size, plus each seed's interval against the strongest baseline).
 
     PYTHONPATH=src python bench/quality.py --quick                    # a few minutes: the quickstart, 1 seed
+    PYTHONPATH=src python bench/quality.py --datasets quickstart --seeds 3  # the quickstart, 3 validation draws / training seeds
     PYTHONPATH=src python bench/quality.py                            # all datasets, sizes 10,40, 3 seeds
     PYTHONPATH=src python bench/quality.py --datasets banking77 --sizes 10 --seeds 3 --test-per-label 10
 
@@ -50,7 +51,7 @@ CLASSIFY = {"banking77": "banking77", "hwu64": "hwu64/trainset", "snips": "snips
 OUT_OF_SCOPE = "out_of_scope"
 OUT_OF_SCOPE_METRICS = ("accuracy", "in_scope_accuracy", "out_of_scope_precision", "out_of_scope_recall", "out_of_scope_f1")
 VALIDATION_SIZE = 0.1  # the project default of data.validation_size (the bench never sets it)
-WORK_DIR = RESULTS_DIR / "tmp" / "quality"
+WORK_DIR = RESULTS_DIR / "tmp" / "quality"  # one folder per --name (main sets it), so runs side by side never share a registry
 
 
 def _classify_rows(dataset: str) -> dict[str, list[dict]]:
@@ -163,6 +164,9 @@ def classify_case(dataset: str, per_label: int, seed: int, test_per_label: int, 
         if out_of_scope > 0:  # the project's own out-of-scope requests, split as the example config does
             extra = {"out_of_scope": str(folder / "out_of_scope.jsonl"), "out_of_scope_label": OUT_OF_SCOPE}
         raw = _case_config(case, "classify", train, test, extra)
+        # The files are fixed, so a quickstart seed varies what the pipeline draws: which 32 rows go to
+        # validation (data.seed) and the initialisation and data order (train.seed). Seed 1 is make demo's run (0, 0).
+        raw["data"]["seed"] = raw["train"]["seed"] = seed - 1
     else:
         rows, held, outside = _subsample(_classify_rows(dataset), per_label, test_per_label, seed, out_of_scope)
         train = _write_jsonl(WORK_DIR / case / "train.jsonl", rows)
@@ -257,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.datasets, args.seeds = "quickstart", 1
     datasets = [d for d in args.datasets.split(",") if d]
+    global WORK_DIR
+    WORK_DIR = WORK_DIR / args.name
     # The cases' registry is scratch: a case run again (same name) replaces its folder, so its old record goes too.
     (WORK_DIR / "registry.db").unlink(missing_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     for dataset in datasets:
         for seed in seeds:
             if dataset == "quickstart":
-                cases = [lambda s=seed: classify_case("quickstart", 40, s, 0, args.out_of_scope)] if seed == args.first_seed else []
+                cases = [lambda s=seed: classify_case("quickstart", 40, s, 0, args.out_of_scope)]
             elif dataset == "scitldr":
                 cases = [lambda s=seed: scitldr_case(args.scitldr_size, s, args.scitldr_test)]
             else:
