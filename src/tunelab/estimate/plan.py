@@ -387,7 +387,7 @@ def plan_memory(
     most that many tokens (an example longer than the budget is a pass of its own).
     """
     batch, seq, d = config.train.batch_size, tokens.seq_len, facts.d_model
-    budget = config.train.pass_token_budget(device.split(":")[0], shares_prefix=config.task == "classify")
+    budget = config.train.pass_token_budget(device.split(":")[0])
     if budget is not None and batch * seq > max(budget, seq):
         batch = max(budget, seq) / seq
     act_bytes = 2 if precision == "bf16" else 4

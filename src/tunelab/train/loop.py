@@ -31,14 +31,7 @@ from torch import nn
 from tunelab.config import ResolvedTrainConfig, TrainSchedule
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.paths import RunFolder
-from tunelab.train.batching import (
-    ClassifyCollate,
-    StepPlan,
-    micro_batches,
-    real_tokens,
-    split_passes,
-    trained_targets,
-)
+from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
 from tunelab.train.checkpoints import (
     BEST,
     LoopState,
@@ -218,7 +211,7 @@ def train_loop(
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
     device = accelerator.device
-    pass_tokens = config.pass_token_budget(device.type, shares_prefix=isinstance(collate, ClassifyCollate))
+    pass_tokens = config.pass_token_budget(device.type)
 
     if accelerator.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)

@@ -243,3 +243,22 @@ def test_reviews_table_is_added_to_a_registry_made_before_it(tmp_path):
     registry.add_review(run.id, sheet="/other.csv", example_id="q1", reviewer="ann", preference="B")
     assert [r.preference for r in registry.list_reviews("old-run", sheet="/r/review.csv")] == ["A", "tie"]
     assert len(registry.list_reviews(run.id)) == 3 and first.run_id == run.id and first.reviewer == "ann"
+
+
+def test_opening_waits_out_a_lock_the_busy_handler_does_not_cover(tmp_path, monkeypatch):
+    from tunelab.registry import store
+
+    real, calls = store.migrate, []
+
+    def locked_twice(db):
+        calls.append(1)
+        if len(calls) <= 2:  # what a second process switching the fresh file to WAL looks like
+            raise sqlite3.OperationalError("database is locked")
+        return real(db)
+
+    monkeypatch.setattr(store, "migrate", locked_twice)
+    registry = Registry(tmp_path / "r.db")
+    assert len(calls) == 3 and registry.create_run(name="after-the-wait").name == "after-the-wait"
+    monkeypatch.setattr(store, "migrate", lambda db: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
+    with pytest.raises(RegistryError, match="disk I/O error"):  # anything but a lock is not retried
+        Registry(tmp_path / "other.db")

@@ -160,15 +160,17 @@ def test_a_step_in_smaller_passes_trains_the_same_weights(task, tiny_model_dir, 
 
 
 def test_max_pass_tokens_auto_limits_passes_on_a_cpu_only_where_it_pays():
-    from tunelab.config import CPU_PASS_TOKENS, TrainConfig
+    from tunelab.config import CPU_PASS_TOKENS, TrainConfig, parse_config
 
     auto = TrainConfig()
     assert auto.max_pass_tokens == "auto"
-    assert auto.pass_token_budget("cpu", shares_prefix=False) == CPU_PASS_TOKENS
-    assert auto.pass_token_budget("cpu", shares_prefix=True) is None  # classify: each pass re-runs the prefix
-    assert auto.pass_token_budget("cuda", shares_prefix=False) is None
-    assert TrainConfig(max_pass_tokens=300).pass_token_budget("cuda", shares_prefix=True) == 300
-    assert TrainConfig(max_pass_tokens=None).pass_token_budget("cpu", shares_prefix=False) is None
+    assert auto.pass_token_budget("cpu") == CPU_PASS_TOKENS
+    assert parse_config({"task": "sft"}).train.pass_token_budget("cpu") == CPU_PASS_TOKENS
+    classify = parse_config({"task": "classify"}).train  # each pass would re-run the shared prefix
+    assert classify.max_pass_tokens is None and classify.pass_token_budget("cpu") is None
+    assert auto.pass_token_budget("cuda") is None
+    assert parse_config({"task": "classify", "train": {"max_pass_tokens": 300}}).train.pass_token_budget("cuda") == 300
+    assert TrainConfig(max_pass_tokens=None).pass_token_budget("cpu") is None
     for bad in (0, "fast", 1.5):
         with pytest.raises(ValueError):
             TrainConfig(max_pass_tokens=bad)
