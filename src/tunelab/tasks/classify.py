@@ -24,7 +24,6 @@ from tunelab.models.adapters import apply_method
 from tunelab.models.heads import LabelHead
 from tunelab.paths import RunFolder
 from tunelab.train.batching import ClassifyCollate
-from tunelab.train.loop import train_loop
 from tunelab.train.losses import classify_correct_sum, classify_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
@@ -64,18 +63,13 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         label_head = LabelHead.initialise(model, label_map.token_ids, names)
         model.add_module("label_head", label_head)  # a submodule: optimized, checkpointed and resumed with the rest
     scoring = {"label_token_ids": label_token_ids, "label_head": label_head}
-    loop = train_loop(
-        model=model,
-        train_examples=examples,
-        validation_examples=validation,
+    loop = session.train(
+        model,
+        examples,
+        validation,
         collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens, prefix),
         loss_fn=functools.partial(classify_loss_sum, **scoring, label_smoothing=config.classify.label_smoothing),
-        config=config.train,
-        max_length=max_length,
-        run=session.run,
-        accelerator=session.accelerator,
         progress=progress,
-        resume=resume,
         validation_score=functools.partial(classify_correct_sum, **scoring) if config.classify.select_by == "accuracy" else None,
     )
     result = finish_run(session, model, loop)

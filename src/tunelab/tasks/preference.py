@@ -28,7 +28,6 @@ from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
 from tunelab.paths import RunFolder, atomic_write_text
 from tunelab.train.batching import PreferenceCollate
-from tunelab.train.loop import train_loop
 from tunelab.train.losses import dpo_loss_sum, sequence_log_probs
 from tunelab.train.run import TrainResult, finish_run, start_run
 
@@ -66,18 +65,13 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         save_reference_log_probs(session.run.root / REFERENCE_FILE, examples)
 
     model = apply_method(base.model, config)
-    loop = train_loop(
-        model=model,
-        train_examples=examples,
-        validation_examples=validation,
+    loop = session.train(
+        model,
+        examples,
+        validation,
         collate=collate,
         loss_fn=functools.partial(dpo_loss_sum, beta=config.preference.beta, loss=config.preference.loss),
-        config=config.train,
-        max_length=max_length,
-        run=session.run,
-        accelerator=session.accelerator,
         progress=progress,
-        resume=resume,
     )
     result = finish_run(session, model, loop)
     result.warnings += [f"{source}: an answer lies beyond data.max_length; pair not trained on" for source in stats.untrainable]

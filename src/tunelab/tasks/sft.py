@@ -15,7 +15,6 @@ from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
 from tunelab.train.batching import LMCollate
-from tunelab.train.loop import train_loop
 from tunelab.train.losses import lm_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
@@ -45,18 +44,13 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     validation = [e for e in validation if e.trained_tokens > 0]
 
     model = apply_method(base.model, config)
-    loop = train_loop(
-        model=model,
-        train_examples=examples,
-        validation_examples=validation,
+    loop = session.train(
+        model,
+        examples,
+        validation,
         collate=LMCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens),
         loss_fn=lm_loss_sum,
-        config=config.train,
-        max_length=max_length,
-        run=session.run,
-        accelerator=session.accelerator,
         progress=progress,
-        resume=resume,
     )
     result = finish_run(session, model, loop)
     result.warnings += [f"{source}: the answer lies beyond data.max_length; not trained on" for source in stats.untrainable]

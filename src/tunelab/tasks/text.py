@@ -16,7 +16,6 @@ from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
 from tunelab.train.batching import LMCollate
-from tunelab.train.loop import train_loop
 from tunelab.train.losses import lm_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
 
@@ -40,17 +39,12 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     validation, _ = tokenize_records(split.validation, "text", tokenizer, **settings)
 
     model = apply_method(base.model, config)
-    loop = train_loop(
-        model=model,
-        train_examples=examples,
-        validation_examples=validation,
+    loop = session.train(
+        model,
+        examples,
+        validation,
         collate=LMCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens),
         loss_fn=lm_loss_sum,
-        config=config.train,
-        max_length=max_length,
-        run=session.run,
-        accelerator=session.accelerator,
         progress=progress,
-        resume=resume,
     )
     return finish_run(session, model, loop)

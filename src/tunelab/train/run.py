@@ -5,13 +5,14 @@ A task recipe reads::
     session = start_run(config, split, run_dir=run_dir, resume=resume)   # folder, accelerator
     base = session.load_model()                                           # the model, seeded after loading
     ... tokenize, apply the method, build collate + loss ...
-    loop = train_loop(...)
+    loop = session.train(model, examples, validation, collate=..., loss_fn=..., progress=progress)
     return finish_run(session, model, loop)                               # adapter/ or model/, tokenizer/
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tunelab.models.adapters import count_parameters, save_trained
 from tunelab.models.loader import LoadedModel, load_model
 from tunelab.paths import RunFolder, atomic_write_text
 from tunelab.runtime import resolve_precision
-from tunelab.train.loop import LoopResult
+from tunelab.train.loop import LoopResult, Progress, train_loop
 
 
 @dataclass
@@ -78,6 +79,38 @@ class Session:
             loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.tokenizer = loaded.tokenizer
         return loaded
+
+    def train(
+        self,
+        model: Any,
+        examples: Sequence[Any],
+        validation: Sequence[Any],
+        *,
+        collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]],
+        loss_fn: Callable[..., torch.Tensor],
+        progress: Callable[[Progress], None] | None = None,
+        validation_score: Callable[..., torch.Tensor] | None = None,
+    ) -> LoopResult:
+        """``train_loop`` with this run's config, folder, accelerator and resume flag: a recipe names only what
+        its task changes (the examples, how they are batched and scored).
+
+        Raises:
+            TrainingError: as ``train_loop``.
+        """
+        return train_loop(
+            model=model,
+            train_examples=examples,
+            validation_examples=validation,
+            collate=collate,
+            loss_fn=loss_fn,
+            config=self.config.train,
+            max_length=self.config.data.max_length,
+            run=self.run,
+            accelerator=self.accelerator,
+            progress=progress,
+            resume=self.resume,
+            validation_score=validation_score,
+        )
 
 
 def _check_resume(config: ResolvedConfig, split: Split, run: RunFolder) -> None:
