@@ -258,6 +258,16 @@ def test_calibration_trains_real_steps(tiny_model_dir, tiny_model):
     assert reused.seq_len == 8 and len(reused.step_seconds) == 1
 
 
+def test_calibration_stops_timing_once_the_timed_steps_add_up_to_the_budget(tiny_model_dir, tiny_model):
+    config = parse_config(
+        {"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}}
+    )
+    # A budget any step exceeds: one timed step after the warm-up, however many are allowed.
+    assert len(calibrate(config, 16, model=tiny_model, steps=3, timed_seconds=0.0, use_cache=False).step_seconds) == 1
+    # No budget: every allowed step is timed.
+    assert len(calibrate(config, 16, model=tiny_model, steps=3, timed_seconds=None, use_cache=False).step_seconds) == 3
+
+
 def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, tiny_model, monkeypatch):
     from tunelab import models
     calibrate_module = sys.modules["tunelab.estimate.calibrate"]  # the package re-exports the function under that name

@@ -22,7 +22,11 @@ from tunelab.paths import atomic_write_text, cache_dir
 
 CALIBRATION_SUBDIR = "calibration"
 # Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
-CALIBRATION_RECIPE_VERSION = 2
+CALIBRATION_RECIPE_VERSION = 3
+# The timed steps stop once they add up to this many seconds (at least one is timed): a slow step already
+# averages over much work, and a cold estimate must stay well under half a minute (sft at 512 tokens on
+# a 2-core CPU: 3 timed steps of 10 s made the cold estimate 39 s).
+CALIBRATION_TIMED_SECONDS = 8.0
 
 
 def _lora_targets(target_modules: str | list[str]) -> tuple[bool, set[str]]:
@@ -222,8 +226,11 @@ def calibrate(
     n_labels: int = 8,
     use_cache: bool = True,
     shared_prefix: int = 0,
+    timed_seconds: float | None = CALIBRATION_TIMED_SECONDS,
 ) -> Calibration:
-    """Time ``1 + steps`` real training steps (forward, backward, AdamW step) at the run's shape.
+    """Time one warm-up and up to ``steps`` real training steps (forward, backward, AdamW step) at the run's shape.
+
+    The timed steps stop early once they add up to ``timed_seconds`` (None: all ``steps`` are timed).
 
     A measurement is cached under the user cache (``calibration/``), keyed by
     :func:`calibration_key` (machine, libraries, model, task, method, shape, precision, threads):
@@ -321,6 +328,8 @@ def calibrate(
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
+            if timed_seconds is not None and len(times) > 1 and sum(times[1:]) >= timed_seconds:
+                break
         threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
