@@ -10,6 +10,10 @@ Each op's self CPU time is attributed to a group (matmul, attention, the loss's 
 elementwise / norm / activation, copies and dtype casts, optimizer, autograd and Python overhead);
 for ops with a FLOP count (``with_flops``: mm, addmm, bmm, matmul) the achieved GFLOP/s is set
 against the fp32 ``torch.mm`` peak measured in the same process at the start (n = 1024, 2048).
+The top matmul shapes are each timed alone (what this CPU does with exactly that shape), and so are
+the top elementwise ops with their shapes (``aten::mul``, ``add``, ...), in GB/s of the bytes they read
+and write, beside the bandwidth of a large ``copy_`` measured in the same process: memory-bound ops
+are judged against memory speed, not against the matmul peak.
 
     PYTHONPATH=src python bench/profile_step.py --batch-size 8 --max-length 512 --steps 2
 
@@ -88,6 +92,48 @@ def matmul_shapes(profiler, top: int) -> list[dict]:
     return rows[:top]
 
 
+ELEMENTWISE_OPS = ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::silu", "aten::silu_backward", "aten::exp", "aten::pow")
+
+
+def copy_bandwidth() -> float:
+    """GB/s of ``dst.copy_(src)`` on 64M floats (read + write), best of 5: this process's memory speed."""
+    src, dst = torch.randn(64 * 2**20), torch.empty(64 * 2**20)
+    dst.copy_(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(5))
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def elementwise_shapes(profiler, top: int) -> list[dict]:
+    """The ``top`` elementwise (op, input shapes) by self time, each re-run alone on random tensors of those
+    shapes (2.0 for each scalar: the profiler keeps no values; RMSNorm squares), best of 5: GB/s in the step and alone, bytes = every
+    tensor input read once + the output written once (fp32)."""
+    rows = []
+    for event in profiler.key_averages(group_by_input_shape=True):
+        shapes = [list(s) for s in (event.input_shapes or [])]
+        tensors = [s for s in shapes if s]
+        if event.key not in ELEMENTWISE_OPS or not tensors:
+            continue
+        output = list(torch.broadcast_shapes(*[torch.Size(s) for s in tensors]))
+        moved = 4 * (sum(torch.Size(s).numel() for s in tensors) + torch.Size(output).numel()) * event.count
+        rows.append({"op": event.key, "shapes": shapes, "calls": event.count, "self_s": event.self_cpu_time_total / 1e6,
+                     "bytes": moved})  # fmt: skip
+    rows.sort(key=lambda r: -r["self_s"])
+    for row in rows[:top]:
+        op = getattr(torch.ops.aten, row["op"].split("::")[1])
+        per_call = row["bytes"] / row["calls"]
+        # Enough distinct input sets to pass 256 MB per round, so the inputs come from memory as in the
+        # step (whose activations are far larger than the caches), not from a cache a loop would warm.
+        sets = [[torch.randn(s) if s else 2.0 for s in row["shapes"]] for _ in range(max(1, min(64, int(2.56e8 // per_call))))]
+        try:
+            op(*sets[0])
+        except (RuntimeError, TypeError):  # e.g. add's alpha is keyword-only: the tensors alone
+            sets = [[a for a in args if isinstance(a, torch.Tensor)] for args in sets]
+        best = min(_timed(lambda o=op, c=sets: [o(*args) for args in c]) for _ in range(5)) / len(sets)
+        row["in_step_gbs"] = row["bytes"] / row["self_s"] / 1e9 if row["self_s"] else None
+        row["alone_gbs"] = per_call / best / 1e9
+    return rows[:top]
+
+
 def _timed(function) -> float:
     start = time.perf_counter()
     function()
@@ -102,6 +148,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rows", type=int, default=25, help="ops listed in the per-op table")
     parser.add_argument("--shapes", type=int, default=12, help="matmul shapes set against their own standalone speed")
+    parser.add_argument("--elementwise", type=int, default=10, help="elementwise (op, shape) rows set against their standalone speed")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,6 +163,7 @@ def main() -> None:
 
     info = machine_info()
     peak = matmul_peak()
+    bandwidth = copy_bandwidth()
     config = parse_config({"task": "sft", "model": "default", "data": {"max_length": args.max_length},
                            "lora": {"r": 16, "alpha": 32}, "train": {"batch_size": args.batch_size}}, source="bench")
     loaded = load_model("default")
@@ -160,6 +208,7 @@ def main() -> None:
         group["flops"] += row["flops"]
     best_peak = max(peak.values())
     shapes = matmul_shapes(profiler, args.shapes)
+    elementwise = elementwise_shapes(profiler, args.elementwise)
     # Model FLOPs per token as in the TRL comparison: 4 x frozen matrix weights (the embedding counts
     # once, as the tied LM head) + 6 x adapter weights.
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad and p.ndim == 2)
@@ -179,6 +228,8 @@ def main() -> None:
         "groups": sorted(({"group": k, **v} for k, v in groups.items()), key=lambda r: -r["self_s"]),
         "self_total_s": round(total, 3),
         "matmul_shapes": shapes,
+        "copy_bandwidth_gbs": round(bandwidth, 1),
+        "elementwise_shapes": elementwise,
     }
     write_results("profile_step", result, render(result, args.rows, best_peak))
 
@@ -210,6 +261,13 @@ def render(result: dict, rows: int, best_peak: float) -> str:
                    f"{r['alone_gflops']:.1f}", f"{r['in_step_gflops'] / r['alone_gflops']:.0%}"] for r in result["matmul_shapes"]]
     lines += ["Matmul shapes (forward and backward; the same shape timed alone, best of 5):", "",
               markdown_table(["aten::mm shape", "calls", "self s", "share of step", "GFLOP/s in step", "GFLOP/s alone", "in step / alone"], shape_rows)]
+    if result.get("elementwise_shapes"):
+        rows_ = [[r["op"], " , ".join(f"[{'x'.join(map(str, s))}]" if s else "scalar" for s in r["shapes"]), r["calls"], f"{r['self_s']:.3f}",
+                  f"{r['self_s'] / total:.1%}", f"{r['in_step_gbs']:.1f}", f"{r['alone_gbs']:.1f}", f"{r['in_step_gbs'] / r['alone_gbs']:.0%}"]
+                 for r in result["elementwise_shapes"]]
+        lines += ["", f"Elementwise ops by input shapes (bytes read + written, fp32; the same op and shapes timed alone, best of 5; "
+                  f"`copy_` of 64M floats in this process: {result['copy_bandwidth_gbs']} GB/s):", "",
+                  markdown_table(["op", "input shapes", "calls", "self s", "share of step", "GB/s in step", "GB/s alone", "in step / alone"], rows_)]
     return "\n".join(lines)
 
 
