@@ -4,13 +4,14 @@ Each measurement runs in a fresh process, as `tunelab run` would: the model and 
 first (they are loaded before the estimate step in the pipeline too, so they are not timed), then
 ``estimate_for_split`` is timed, the way the pipeline's estimate step calls it.
 
-- ``before``: ``--before-src`` (e.g. main's ``src``), which measures its calibration every time;
+- ``before``: ``--before-src`` (another checkout's ``src``), its calibration measured anew (cache bypassed
+  where that checkout has one);
 - ``cold``: this checkout with the calibration cache bypassed (measures and stores);
 - ``cached``: this checkout again: the calibration is read back, no model copy is loaded.
 
     python bench/estimate_speed.py examples/support-routing/config.yaml --before-src /work/main/src
 
-Writes bench/results/estimate_speed.{json,md}.
+Writes bench/results/estimate_speed.{json,md} (estimate_speed-TAG.* with ``--tag TAG``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from common import BENCH_DIR, REPO_DIR, tunelab_source
 
 CHILD = """
-import json, os, sys, time
+import inspect, json, os, sys, time
 from tunelab.config import load_config
 from tunelab.data.split import make_split
 from tunelab.estimate import estimate_for_split
@@ -34,7 +35,9 @@ from tunelab.models import load_model
 config = load_config(sys.argv[1], json.loads(sys.argv[2]))
 loaded = load_model(config.model.name)
 split = make_split(config)
-kwargs = {} if sys.argv[3] == "before" else {"calibration_cache": sys.argv[3] == "cached"}
+# "before" measures anew too: a checkout with a calibration cache bypasses it, an older one has none.
+cache_known = "calibration_cache" in inspect.signature(estimate_for_split).parameters
+kwargs = {"calibration_cache": sys.argv[3] == "cached"} if cache_known else {}
 load = os.getloadavg()[0]
 started = time.perf_counter()
 result = estimate_for_split(config, split, loaded, **kwargs)
@@ -62,6 +65,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--before-src", type=Path)
     parser.add_argument("--repeats", type=int, default=1, help="cached measurements (best kept)")
+    parser.add_argument("--tag", default="", help="results go to estimate_speed-TAG.{json,md} (one file per job)")
     args = parser.parse_args()
     config = args.config.resolve()
     rows = {}
@@ -77,8 +81,9 @@ def main() -> None:
     for name, row in rows.items():
         lines.append(f"| {name} | {row['estimate_s']:.1f} | {'yes' if row['cached'] else 'no'} | {row['seconds_per_step']:.2f} | {row['load_average_1min']:.1f} |")
     table = "\n".join(lines) + "\n"
-    (BENCH_DIR / "results" / "estimate_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (BENCH_DIR / "results" / "estimate_speed.md").write_text(table)
+    stem = BENCH_DIR / "results" / ("estimate_speed-" + args.tag if args.tag else "estimate_speed")
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(table)
     print(table)
 
 
