@@ -7,17 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, human_bytes, print_json
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+from tunelab.cli.common import console, duration, human_bytes, print_json
 
 
 def _usd(value: float) -> str:
@@ -75,8 +65,8 @@ def estimate(
     if result.calibration is not None:
         calibration = result.calibration
         for step, seconds in (result.seconds or {}).items():
-            here.add_row(step, _duration(seconds))
-        here.add_row("total", _duration(result.total_seconds))
+            here.add_row(step, duration(seconds))
+        here.add_row("total", duration(result.total_seconds))
         calibration_line = (
             f"measured {calibration.tokens_per_second:,.0f} tokens/s, {calibration.seconds_per_step:.2f} s/step "
             f"(batch {calibration.batch_size} × {calibration.seq_len} tokens, {calibration.precision}, "
@@ -103,7 +93,7 @@ def estimate(
     for column in ("GPU", "time", "price USD", "fits memory"):
         gpus.add_column(column, justify="left" if column == "GPU" else "right")
     for gpu in result.gpus:
-        gpus.add_row(gpu.name, _duration(gpu.seconds), _usd(gpu.usd), "yes" if gpu.fits else "no")
+        gpus.add_row(gpu.name, duration(gpu.seconds), _usd(gpu.usd), "yes" if gpu.fits else "no")
     console.print(gpus)
 
     cloud = Table(title="Hosted fine-tuning, same tokens (a different model; money only)")
@@ -115,7 +105,7 @@ def estimate(
 
     retune = result.retune
     if retune is not None and retune.max_retrains_per_month:
-        here_month = f", {_duration(retune.seconds_here_per_month)} on this machine" if retune.seconds_here_per_month is not None else ""
+        here_month = f", {duration(retune.seconds_here_per_month)} on this machine" if retune.seconds_here_per_month is not None else ""
         cheapest = f"{retune.cheapest_gpu} USD {_usd(retune.cheapest_usd_per_month)}" if retune.cheapest_gpu else "-"
         console.print(
             f"re-tuning (monitor.every {retune.every}, retrain_on {retune.retrain_on}): at most {retune.max_retrains_per_month:.0f} "

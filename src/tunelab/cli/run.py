@@ -9,7 +9,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import config_or_resume, console, error_console, print_json, train_progress_bar
+from tunelab.cli.common import (
+    config_or_resume,
+    console,
+    duration,
+    error_console,
+    print_json,
+    train_progress_bar,
+)
 
 STEP_TITLES = {
     "check": "check data",
@@ -28,12 +35,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
     return "-" if value is None else str(value)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _event_printer(quiet: bool):
@@ -74,7 +75,7 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
         estimate = details.get("estimate") or {}
         seconds = estimate.get("total_seconds")
         tokens = (estimate.get("tokens") or {}).get("train_tokens")
-        return f"about {_duration(seconds)} on this machine" + (f", {tokens:,} training tokens" if tokens else "")
+        return f"about {duration(seconds)} on this machine" + (f", {tokens:,} training tokens" if tokens else "")
     if step == "baseline" and details.get("baselines"):
         shown = []
         for name, metrics in details["baselines"].items():
@@ -107,7 +108,7 @@ def render_outcome(outcome: Any) -> None:
     estimated = (outcome.estimate or {}).get("seconds") or {}
     if outcome.train and estimated.get("train"):
         actual = outcome.train.get("seconds")
-        console.print(f"training time: estimated {_duration(estimated['train'])}, actual {_duration(actual)}")
+        console.print(f"training time: estimated {duration(estimated['train'])}, actual {duration(actual)}")
     if outcome.generation:
         console.print(f"against the SFT parent on its test prompts: {outcome.generation['summary']}")
         console.print(f"blind A/B sheet for people: {outcome.generation['sheet']} (then `tunelab review score {outcome.generation['sheet']}`)")
