@@ -14,7 +14,7 @@ way: the mean cross-entropy per answer token on the 32 validation conversations
 tokens (at most max_length each): the same for both, so the whole-process speed ratio is the
 inverse ratio of the seconds.
 
-    PYTHONPATH=src python bench/whole_process.py --repeats 1
+    PYTHONPATH=src python bench/whole_process.py --repeats 1 [--before-src /path/to/older/checkout/src]
 
 Writes bench/results/whole_process.{json,md}. Needs ../shared/data/gsm8k, the default model and TRL
 (``pip install -e .[bench]``).
@@ -42,9 +42,9 @@ from common import (
 )
 
 
-def child_env(threads: int | None) -> dict[str, str]:
+def child_env(threads: int | None, source: Path) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tunelab_source()), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
@@ -78,7 +78,7 @@ def write_job(folder: Path, train: list, validation: list, args: argparse.Namesp
     return path
 
 
-def judge(train: list, validation: list, tunelab_runs: list[Path], trl_outputs: list[Path], model_folder: Path, max_length: int) -> dict:
+def judge(train: list, validation: list, tunelab_runs: dict[str, list[Path]], trl_outputs: list[Path], model_folder: Path, max_length: int) -> dict:
     """One yardstick for both: completion loss on the validation conversations, and the real training tokens."""
     from common import completion_loss
     from peft import PeftModel
@@ -91,7 +91,8 @@ def judge(train: list, validation: list, tunelab_runs: list[Path], trl_outputs: 
     tokenizer = load_model("default").tokenizer
     held_out = [tokenize_sft(r, tokenizer, max_length) for r in validation]
     tokens = sum(len(tokenize_sft(r, tokenizer, max_length).input_ids) for r in train)
-    losses = {"tunelab": [completion_loss(load_run(run).model, held_out) for run in tunelab_runs], "trl": []}
+    losses = {name: [completion_loss(load_run(run).model, held_out) for run in runs] for name, runs in tunelab_runs.items()}
+    losses["trl"] = []
     for output in trl_outputs:
         base = AutoModelForCausalLM.from_pretrained(model_folder, dtype="float32")
         losses["trl"].append(completion_loss(PeftModel.from_pretrained(base, output), held_out))
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both processes (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--before-src", type=Path, help="another checkout's src: its tunelab train timed in the same run (before/after)")
     args = parser.parse_args()
 
     from tunelab.models.loader import local_folder_for
@@ -114,25 +116,27 @@ def main() -> None:
 
     model_folder = local_folder_for(resolve_model("default"))  # the transformers folder tunelab's default loads from
     train, validation, data_name = sft_data(args.train, args.validation, args.seed)
-    env = child_env(args.threads)
+    sources = {"tunelab": tunelab_source()} | ({"before": args.before_src.resolve()} if args.before_src else {})
     work = Path(tempfile.mkdtemp(prefix="whole-process-"))
     config = write_job(work, train, validation, args)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    runs: dict[str, list[dict]] = {"tunelab": [], "trl": []}
-    tunelab_runs, trl_outputs = [], []
+    runs: dict[str, list[dict]] = {name: [] for name in sources} | {"trl": []}
+    tunelab_runs: dict[str, list[Path]] = {name: [] for name in sources}
+    trl_outputs = []
     for repeat in range(args.repeats):
-        name = f"run{repeat}"
-        seconds, load, stdout = timed_process(
-            [sys.executable, "-m", "tunelab.cli.main", "train", str(config), f"name={name}", "--json"], env
-        )
-        tunelab_runs.append(Path(json.loads(stdout)["run_dir"]))
-        runs["tunelab"].append({"seconds": round(seconds, 1), "load_average_1min": load})
-        print(f"tunelab train: {seconds:.1f} s (load {load:.1f})", file=sys.stderr, flush=True)
+        for label, source in sources.items():
+            seconds, load, stdout = timed_process(
+                [sys.executable, "-m", "tunelab.cli.main", "train", str(config), f"name={label}{repeat}", "--json"],
+                child_env(args.threads, source),
+            )
+            tunelab_runs[label].append(Path(json.loads(stdout)["run_dir"]))
+            runs[label].append({"seconds": round(seconds, 1), "load_average_1min": load})
+            print(f"{label} tunelab train: {seconds:.1f} s (load {load:.1f})", file=sys.stderr, flush=True)
         output = work / f"trl{repeat}"
         seconds, load, stdout = timed_process(
             [sys.executable, str(BENCH_DIR / "trl_script.py"), "--model", str(model_folder), "--train", str(work / "train.jsonl"),
              "--validation", str(work / "validation.jsonl"), "--output", str(output), "--batch-size", str(args.batch_size),
-             "--max-length", str(args.max_length)], env,
+             "--max-length", str(args.max_length)], child_env(args.threads, tunelab_source()),
         )  # fmt: skip
         trl_outputs.append(output)
         runs["trl"].append({"seconds": round(seconds, 1), "load_average_1min": load, **json.loads(stdout.splitlines()[-1])})
@@ -144,7 +148,7 @@ def main() -> None:
     for name, entries in runs.items():
         loss = judged["validation_loss"][name]
         rows.append([
-            "tunelab train" if name == "tunelab" else "TRL SFTTrainer script",
+            {"tunelab": "tunelab train", "before": f"tunelab train at {args.before_src}", "trl": "TRL SFTTrainer script"}[name],
             " / ".join(f"{r['seconds']:.1f}" for r in entries),
             " / ".join(f"{r['load_average_1min']:.1f}" for r in entries),
             round(tokens / best[name], 1),
