@@ -1,9 +1,10 @@
 """How close is `tunelab estimate`'s training time to a real training run on this machine?
 
-The estimate is made first (real tokenizer over the real split, plus its own short measured
-calibration), then the real training recipe (`tunelab.tasks.run_training`, what `tunelab train` and
-`tunelab run` call) runs for ``--steps`` optimizer steps into a temporary run folder. The estimate
-for those steps is the estimated seconds per token times the tokens those steps consumed.
+The config gets ``train.max_steps=--steps``; the estimate is made first, exactly as the estimate step
+of `tunelab run` makes it (``estimate_for_split``: the real tokenizer over the real split, its
+planned tokens for those steps, its own short calibration measured now), then the real training
+recipe (`tunelab.tasks.run_training`, what `tunelab train` and `tunelab run` call) runs those steps
+into a temporary run folder, and its training seconds are set against the estimate's.
 
     python bench/estimate_accuracy.py examples/support-routing/config.yaml --steps 8
 
@@ -23,7 +24,7 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.data.split import make_split
-from tunelab.estimate import calibrate, count_tokens_from_files, estimate_error, plan_tokens
+from tunelab.estimate import estimate_error, estimate_for_split
 from tunelab.models import load_model
 from tunelab.runtime import cpu_model_name
 from tunelab.tasks import run_training
@@ -39,17 +40,16 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config, [*args.overrides, f"train.max_steps={args.steps}"])
-    tokenizer = load_model(config.model.name).tokenizer
-    counts = count_tokens_from_files(config, tokenizer)
-    seq_len = plan_tokens(config, counts.train).seq_len
-    # Measured now by default: the figure is about the method, not about a measurement taken at another load.
-    calibration = calibrate(config, seq_len, steps=args.calibration_steps, n_labels=counts.n_labels or 8, use_cache=args.cached)
+    split = make_split(config)
+    # What `tunelab run` would have said for these steps: its own estimate step, calibration measured now
+    # by default (the figure is about the method, not about a measurement taken at another load).
+    estimate = estimate_for_split(config, split, load_model(config.model.name), calibration_steps=args.calibration_steps,
+                                  calibration_cache=args.cached)  # fmt: skip
+    calibration = estimate.calibration
 
     with tempfile.TemporaryDirectory() as folder:
-        result = run_training(config, make_split(config), run_dir=Path(folder) / "run")
-    # Same tokens, the estimate's rate: what the estimate would have said for this much training.
-    estimated_s = result.tokens / calibration.tokens_per_second
-    error = estimate_error(estimated_s, result.seconds)
+        result = run_training(config, split, run_dir=Path(folder) / "run")
+    error = estimate_error(estimate, result.seconds)
     entry = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": args.config,

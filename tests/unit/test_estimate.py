@@ -268,6 +268,37 @@ def test_calibration_stops_timing_once_the_timed_steps_add_up_to_the_budget(tiny
     assert len(calibrate(config, 16, model=tiny_model, steps=3, timed_seconds=None, use_cache=False).step_seconds) == 3
 
 
+def test_an_sft_calibration_runs_the_head_only_on_the_share_of_positions_that_carry_loss(tiny_model_dir, tiny_model):
+    from tunelab.models.heads import causal_lm_of
+
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}})
+    rows = []
+    head = causal_lm_of(tiny_model).get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    try:
+        calibrate(config, 16, model=tiny_model, steps=1, scored_share=0.25, use_cache=False)
+    finally:
+        handle.remove()
+    assert rows == [2 * 4, 2 * 4]  # warm-up and timed step: 2 rows x 4 of their 16 positions
+
+
+def test_the_sft_scored_share_is_the_answers_share_of_the_tokens_and_in_the_calibration_key(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from tunelab.data.split import make_split
+    from tunelab.data.tokenize import tokenize_sft
+    from tunelab.estimate.calibrate import calibration_key
+
+    train = tmp_path / "train.jsonl"
+    rows = [{"prompt": f"What is the leave policy number {i}?", "completion": "Twenty days a year." * (1 + i % 3)} for i in range(20)]
+    train.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "data": {"train": str(train), "test_size": 0.2, "validation_size": 0.1}})
+    counts = count_tokens_from_files(config, tiny_tokenizer)
+    examples = [tokenize_sft(r, tiny_tokenizer, config.data.max_length) for r in make_split(config).train]
+    expected = sum(e.trained_tokens for e in examples) / sum(len(e.input_ids) for e in examples)
+    assert 0 < counts.scored_share < 1 and counts.scored_share == pytest.approx(expected)
+    arguments = {"device": "cpu", "precision": "fp32", "threads": 2, "n_labels": 8, "steps": 3}
+    assert calibration_key(config, 64, **arguments, scored_share=0.3) != calibration_key(config, 64, **arguments)
+
+
 def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, tiny_model, monkeypatch):
     from tunelab import models
     calibrate_module = sys.modules["tunelab.estimate.calibrate"]  # the package re-exports the function under that name

@@ -56,6 +56,8 @@ class TokenCounts:
     n_labels: int | None = None
     # classify: prompt tokens all examples share, run once per micro-batch (``train.prefix_reuse``).
     shared_prefix: int = 0
+    # sft: the share of training tokens that carry loss (the answers), where the output head runs.
+    scored_share: float = 1.0
 
 
 def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
@@ -103,7 +105,20 @@ def count_tokens(config: ResolvedConfig, split: Split, tokenizer: Any, label_map
         test=example_token_counts(config, test, tokenizer, label_map),
         n_labels=len(label_map.labels) if label_map else None,
         shared_prefix=_shared_prefix(config, split, tokenizer, label_map),
+        scored_share=_scored_share(config, split, tokenizer),
     )
+
+
+def _scored_share(config: ResolvedConfig, split: Split, tokenizer: Any) -> float:
+    """sft: answer tokens over all tokens of the training examples (1.0 for the other tasks)."""
+    from tunelab.data.tokenize import tokenize_records
+
+    if config.task != "sft" or not split.train:
+        return 1.0
+    examples, _ = tokenize_records(split.train, "sft", tokenizer, max_length=config.data.max_length,
+                                   stride=config.data.stride, system_prompt=config.data.system_prompt)  # fmt: skip
+    total = sum(len(e.input_ids) for e in examples)
+    return sum(e.trained_tokens for e in examples) / total if total else 1.0
 
 
 def _shared_prefix(config: ResolvedConfig, split: Split, tokenizer: Any, label_map: Any) -> int:
@@ -173,7 +188,7 @@ def estimate_for_split(
         seq_len = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix).seq_len
         calibration = calibrate(
             config, seq_len, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
-            use_cache=calibration_cache, shared_prefix=counts.shared_prefix,
+            use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share,
         )
     return estimate_run(
         config,
