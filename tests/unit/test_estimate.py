@@ -235,6 +235,7 @@ def test_a_cpu_calibration_times_only_the_rows_a_full_speed_step_needs():
 
     assert calibration_rows(8, 64, "cpu") == 8  # 512 tokens: the whole batch
     assert calibration_rows(8, 512, "cpu") == CPU_CALIBRATION_TOKENS // 512  # 2 rows, not 8
+    assert calibration_rows(8, 472, "cpu") == 2  # 944 tokens: a timed step never outgrows one of the loop's CPU passes
     assert calibration_rows(8, 4096, "cpu") == 1
     assert calibration_rows(8, 512, "cuda") == 8  # a GPU's speed depends on the batch
 

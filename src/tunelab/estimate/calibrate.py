@@ -10,19 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import ResolvedConfig
+from tunelab.config import CPU_PASS_TOKENS, ResolvedConfig
 from tunelab.estimate.plan import Calibration, ModelFacts
 from tunelab.paths import atomic_write_text, cache_dir
 
 CALIBRATION_SUBDIR = "calibration"
 # Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
-CALIBRATION_RECIPE_VERSION = 4
+CALIBRATION_RECIPE_VERSION = 5
 # The timed steps stop once they add up to this many seconds (at least one is timed): a slow step already
 # averages over much work, and a cold estimate must stay well under half a minute (sft at 512 tokens on
 # a 2-core CPU: 3 timed steps of 10 s made the cold estimate 39 s).
@@ -206,15 +205,17 @@ def _read_cached(path: Path, key: dict[str, Any]) -> Calibration | None:
 
 # On a CPU a step of about this many tokens already runs the matmuls at their per-token speed, so a
 # bigger batch only makes the calibration slower (measured: sft at 512 tokens, 2 rows 42.6 tok/s vs
-# 8 rows 40.9 tok/s, one cold calibration 89 s vs 299 s, same load). GPUs need the real batch.
-CPU_CALIBRATION_TOKENS = 1024
+# 8 rows 40.9 tok/s, one cold calibration 89 s vs 299 s, same load). GPUs need the real batch. It is
+# the loop's own CPU pass (train.max_pass_tokens=auto), and a timed step stays within it: 3 rows of 472
+# tokens (1,416) timed slower per token than the loop's passes of at most 1,024, an sft estimate 25 % slow.
+CPU_CALIBRATION_TOKENS = CPU_PASS_TOKENS
 
 
 def calibration_rows(batch_size: int, seq_len: int, device: str) -> int:
-    """Rows of the timed steps: the run's batch, on a CPU only as many as ``CPU_CALIBRATION_TOKENS`` need."""
+    """Rows of the timed steps: the run's batch, on a CPU as many as fit in ``CPU_CALIBRATION_TOKENS`` (at least one)."""
     if device != "cpu":
         return batch_size
-    return max(1, min(batch_size, math.ceil(CPU_CALIBRATION_TOKENS / max(1, seq_len))))
+    return max(1, min(batch_size, CPU_CALIBRATION_TOKENS // max(1, seq_len)))
 
 
 def calibrate(
