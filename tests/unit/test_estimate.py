@@ -283,7 +283,9 @@ def test_an_sft_calibration_runs_the_head_only_on_the_share_of_positions_that_ca
     assert rows == [2 * 4, 2 * 4]  # warm-up and timed step: 2 rows x 4 of their 16 positions
 
 
-def test_the_sft_scored_share_is_the_answers_share_of_the_tokens_and_in_the_calibration_key(tmp_path, tiny_model_dir, tiny_tokenizer):
+def test_the_sft_scored_share_is_the_answers_share_of_the_tokens_and_in_the_calibration_key(
+    tmp_path, tiny_model_dir, tiny_tokenizer, tiny_model, monkeypatch
+):
     from tunelab.data.split import make_split
     from tunelab.data.tokenize import tokenize_sft
     from tunelab.estimate.calibrate import calibration_key
@@ -298,6 +300,15 @@ def test_the_sft_scored_share_is_the_answers_share_of_the_tokens_and_in_the_cali
     assert 0 < counts.scored_share < 1 and counts.scored_share == pytest.approx(expected)
     arguments = {"device": "cpu", "precision": "fp32", "threads": 2, "n_labels": 8, "steps": 3}
     assert calibration_key(config, 64, **arguments, scored_share=0.3) != calibration_key(config, 64, **arguments)
+    # The estimate step hands that share to its calibration.
+    import types
+
+    from tunelab import estimate as estimate_package
+
+    seen = {}
+    monkeypatch.setattr(estimate_package, "calibrate", lambda *args, **kwargs: seen.update(kwargs))
+    estimate_package.estimate_for_split(config, make_split(config), types.SimpleNamespace(tokenizer=tiny_tokenizer, model=tiny_model))
+    assert seen["scored_share"] == pytest.approx(expected)
 
 
 def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, tiny_model, monkeypatch):

@@ -327,8 +327,8 @@ def calibrate(
                     loss = torch.nn.functional.cross_entropy(label_logits(model, hidden, label_columns).float(), targets)
                 else:
                     # The head only at the positions that carry loss (the last ones of a row: an sft answer
-                    # follows its prompt), as the training loss computes it; the full-vocabulary head on
-                    # every position made sft estimates about 30 % slow.
+                    # follows its prompt), as the training loss computes it; on every position it timed
+                    # full-vocabulary logits the loop never computes.
                     hidden = causal_lm_of(model).get_decoder()(input_ids=input_ids).last_hidden_state[:, -scored:]
                     logits = causal_lm_of(model).get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1]))
                     loss = torch.nn.functional.cross_entropy(logits.float(), token_targets)
