@@ -244,6 +244,25 @@ def _render_out_of_scope(groups: dict[tuple, list[dict]]) -> list[str]:
     return lines
 
 
+def merge(names: list[str], into: str) -> None:
+    """One results file from several runs'; a case (dataset, size, seed, out-of-scope share) found twice is an error."""
+    results, commands, seen = [], [], {}
+    for name in names:
+        path = RESULTS_DIR / f"{name}.json"
+        if not path.is_file():
+            raise SystemExit(f"--merge: {path} does not exist (give the --name of an earlier run)")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for result in data["results"]:
+            case = (result["dataset"], result["per_label"], result["seed"], result.get("out_of_scope_share", 0.0))
+            if case in seen:
+                raise SystemExit(f"--merge: {case} is in both {seen[case]} and {name}; merge each seed once")
+            seen[case] = name
+            results.append(result)
+        commands.append(data["command"])
+    write_results(into, {"machine": machine_info(), "merged": names, "commands": commands, "results": results}, render(results))
+    print(render(results))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="quickstart,banking77,hwu64,snips,scitldr")
@@ -257,7 +276,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-of-scope", type=float, default=0.0,
                         help="hold out this seeded share of each classify dataset's intents as out of scope (e.g. 0.25)")
     parser.add_argument("--name", default="quality")
+    parser.add_argument("--merge", nargs="+", metavar="NAME", default=None,
+                        help="run nothing: join the results of earlier runs (bench/results/NAME.json, e.g. seeds run "
+                        "side by side) into --name, one table with the mean and spread over all their seeds")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.name)
+        return
     if args.quick:
         args.datasets, args.seeds = "quickstart", 1
     datasets = [d for d in args.datasets.split(",") if d]
