@@ -488,3 +488,12 @@ def test_the_monthly_cost_of_re_tuning_follows_the_monitor_cadence():
     # The cheapest GPU the run fits on, not the cheapest one.
     assert retune.cheapest_gpu == "big" and retune.seconds_here_per_month == 900.0 * 120
     assert plan_retune(MonitorConfig(every="1d", retrain_on="never"), 900.0, gpus).cheapest_usd_per_month == 0.0
+
+
+def test_duration_reads_as_a_person_would_and_the_ui_shows_the_same():
+    from tunelab.estimate.plan import duration
+    from tunelab.ui import app as ui_app
+
+    assert [duration(s) for s in (None, 45, 119.9, 270, 7199, 7560)] == ["-", "45.0 s", "119.9 s", "4.5 min", "120.0 min", "2.1 h"]
+    # One home: the web interface's templates render with the very function the CLI uses.
+    assert ui_app.duration is duration

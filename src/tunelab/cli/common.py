@@ -27,17 +27,6 @@ def human_bytes(size: float) -> str:
     return f"{size:.1f} TB"
 
 
-def duration(seconds: float | None) -> str:
-    """Seconds as a person reads them: 45.0 s, 4.5 min, 2.1 h ("-" when unknown)."""
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 @contextmanager
 def train_progress_bar(*, transient: bool = True) -> Iterator[Callable[[Any], None]]:
     """The one training progress bar (``tunelab train``, ``run``, ``sweep``), fed by the loop's Progress events.

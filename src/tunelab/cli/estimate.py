@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, duration, human_bytes, print_json
+from tunelab.cli.common import console, human_bytes, print_json
+from tunelab.estimate.plan import duration
 
 
 def _usd(value: float) -> str:

@@ -12,11 +12,11 @@ from rich.table import Table
 from tunelab.cli.common import (
     config_or_resume,
     console,
-    duration,
     error_console,
     print_json,
     train_progress_bar,
 )
+from tunelab.estimate.plan import duration
 
 STEP_TITLES = {
     "check": "check data",

@@ -587,3 +587,18 @@ def estimate_error(estimate: Estimate | dict | float, actual_seconds: float, ste
         "error": error,
         "within_25_percent": abs(error) <= 0.25,
     }
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a person reads them: 45.0 s, 4.5 min, 2.1 h ("-" when unknown).
+
+    Here because the estimate's seconds are what the CLI and the web interface show most; both render
+    every duration with it.
+    """
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

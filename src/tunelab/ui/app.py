@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tunelab.errors import TunelabError
+from tunelab.estimate.plan import duration
 from tunelab.registry import Registry, RegistryError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -71,7 +72,7 @@ def create_app(settings: UISettings):
     registry = Registry(settings.registry)
     jobs = JobManager(registry.path, settings.jobs_dir or registry.path.parent / "ui-jobs")
     templates = Environment(loader=FileSystemLoader(PACKAGE / "templates"), autoescape=select_autoescape(["html"]))
-    templates.globals.update(number=views.number, signed=views.signed, duration=views.duration, money=views.money)
+    templates.globals.update(number=views.number, signed=views.signed, duration=duration, money=views.money)
 
     async def lifespan(app):
         yield

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.estimate.plan import duration
 from tunelab.paths import RunFolder
 from tunelab.registry import Registry, RunRecord, metric_values
 
@@ -57,16 +58,6 @@ def signed(value: Any) -> str:
     if not isinstance(value, int | float) or not math.isfinite(value):
         return "n/a"
     return f"{value:+.3g}"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _primary_comparison(record: RunRecord) -> tuple[str | None, dict[str, Any] | None, str | None]:
