@@ -244,8 +244,9 @@ def _render_out_of_scope(groups: dict[tuple, list[dict]]) -> list[str]:
     return lines
 
 
-def merge(names: list[str], into: str) -> None:
-    """One results file from several runs'; a case (dataset, size, seed, out-of-scope share) found twice is an error."""
+def merge(names: list[str], into: str, datasets: set[str]) -> None:
+    """One results file from several runs' cases of ``datasets``; a case (dataset, size, seed, out-of-scope
+    share) found twice is an error."""
     results, commands, seen = [], [], {}
     for name in names:
         path = RESULTS_DIR / f"{name}.json"
@@ -253,6 +254,8 @@ def merge(names: list[str], into: str) -> None:
             raise SystemExit(f"--merge: {path} does not exist (give the --name of an earlier run)")
         data = json.loads(path.read_text(encoding="utf-8"))
         for result in data["results"]:
+            if result["dataset"] not in datasets:
+                continue
             case = (result["dataset"], result["per_label"], result["seed"], result.get("out_of_scope_share", 0.0))
             if case in seen:
                 raise SystemExit(f"--merge: {case} is in both {seen[case]} and {name}; merge each seed once")
@@ -278,10 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="quality")
     parser.add_argument("--merge", nargs="+", metavar="NAME", default=None,
                         help="run nothing: join the results of earlier runs (bench/results/NAME.json, e.g. seeds run "
-                        "side by side) into --name, one table with the mean and spread over all their seeds")
+                        "side by side) for --datasets into --name, one table with the mean and spread over their seeds")
     args = parser.parse_args(argv)
     if args.merge:
-        merge(args.merge, args.name)
+        merge(args.merge, args.name, set(args.datasets.split(",")))
         return
     if args.quick:
         args.datasets, args.seeds = "quickstart", 1

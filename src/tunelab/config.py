@@ -346,7 +346,9 @@ class ClassifyConfig(_Section):
         "examples from being memorised with certainty; the validation loss stays plain cross-entropy).",
     )
     select_by: Literal["accuracy", "loss"] = Field(
-        "accuracy", description="Keep the checkpoint with the best validation accuracy (ties: lower loss) or loss."
+        "accuracy",
+        description="accuracy: keep the latest checkpoint within one validation example of the highest validation "
+        "accuracy (a one-example difference is noise); loss: the one with the lowest validation loss.",
     )
 
 

@@ -40,6 +40,7 @@ class LoopState:
     best_validation_loss: float | None = None
     best_validation_score: float | None = None  # e.g. accuracy, when the task selects by a score
     best_step: int | None = None
+    top_validation_score: float | None = None  # the highest score so far; the kept one may be a near-tie after it
     bad_validations: int = 0  # validations in a row without improvement (early stopping)
     last_loss: float | None = None
 
@@ -50,6 +51,7 @@ class LoopState:
     def from_json(cls, text: str) -> LoopState:
         data = json.loads(text)
         data.setdefault("best_validation_score", None)  # checkpoints written before scores existed
+        data.setdefault("top_validation_score", data["best_validation_score"])  # before near-ties went to the later one
         return cls(**data)
 
 

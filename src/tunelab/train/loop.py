@@ -88,14 +88,21 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def improves(loss: float, score: float | None, best_loss: float | None, best_score: float | None) -> bool:
-    """Whether a validation beats the best so far: by score when the task gives one (higher is
-    better, ties broken by lower loss), else by loss."""
+def improves(
+    loss: float, score: float | None, best_loss: float | None, top_score: float | None, *, tolerance: float = 0.0
+) -> bool:
+    """Whether a validation replaces the kept checkpoint. Without a score: by lower loss. With one (higher
+    is better): when its score is within ``tolerance`` of the highest so far (``top_score``), so the later,
+    longer-trained weights win every near-tie.
+
+    The loop passes one validation example's worth as the tolerance: a difference of one example is
+    noise. Measured in bench/README.md ("Quality"): on SNIPS with 7 validation rows the strict rule kept
+    a first-epoch checkpoint that happened to get 7 of 7 over the last one at 6 of 7, and it scored 0.70
+    on 350 held-out requests where the classical baseline scored 0.94.
+    """
     if score is None:
         return best_loss is None or loss < best_loss
-    if best_score is None or score > best_score:
-        return True
-    return score == best_score and loss < (best_loss if best_loss is not None else math.inf)
+    return top_score is None or score >= top_score - tolerance - 1e-9
 
 
 def make_optimizer(model: nn.Module, config: ResolvedTrainConfig) -> torch.optim.Optimizer:
@@ -184,7 +191,8 @@ def train_loop(
     validation loss when there was a validation set, else the last ones.
 
     ``validation_score(model, batch) -> summed score`` (e.g. the number of correct answers) makes
-    the best checkpoint the one with the highest mean validation score, ties broken by lower loss:
+    the kept checkpoint the latest one within one validation example of the highest mean score (see
+    :func:`improves`):
     for classify, the loss keeps falling on confident right answers long after accuracy stops
     rising, and the user is judged on accuracy.
 
@@ -239,10 +247,10 @@ def train_loop(
         if config.tracker != "none":
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
-    def validate_now() -> tuple[float | None, float | None]:
-        """(mean validation loss, mean validation score or None) over every process's shard."""
+    def validate_now() -> tuple[float | None, float | None, int]:
+        """(mean validation loss, mean validation score or None, targets counted) over every process's shard."""
         if not validation_examples:
-            return None, None
+            return None, None, 0
         module.eval()
         total = torch.zeros((), device=device)
         score = torch.zeros((), device=device)
@@ -260,7 +268,7 @@ def train_loop(
         totals = accelerator.reduce(torch.stack([total, score, torch.tensor(float(count), device=device)]), "sum")
         denominator = totals[2].clamp(min=1)
         mean_score = (totals[1] / denominator).item() if validation_score is not None else None
-        return (totals[0] / denominator).item(), mean_score
+        return (totals[0] / denominator).item(), mean_score, int(totals[2].item())
 
     # 3. The loop: one iteration is one optimizer step over a fixed global batch.
     module.train()
@@ -322,13 +330,16 @@ def train_loop(
                     "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, session_seconds),
                 })
             if validate:
-                validation, score = validate_now()
+                validation, score, counted = validate_now()
                 if validation is not None:
-                    if improves(validation, score, state.best_validation_loss, state.best_validation_score):
+                    one_example = 1.0 / max(1, counted)
+                    if improves(validation, score, state.best_validation_loss, state.top_validation_score, tolerance=one_example):
                         state.best_validation_loss, state.best_step, state.bad_validations = validation, state.step, 0
                         state.best_validation_score = score
                     else:
                         state.bad_validations += 1
+                    if score is not None:
+                        state.top_validation_score = max(score, state.top_validation_score or -math.inf)
                     record = {"step": state.step, "validation_loss": validation}
                     if score is not None:
                         record["validation_score"] = score
