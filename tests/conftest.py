@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Two threads on an idle 2-core machine; a job given fewer cores (OMP_NUM_THREADS=1 beside another) keeps to them.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
