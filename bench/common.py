@@ -10,6 +10,7 @@ Nothing here is imported by tunelab itself: bench/ is a consumer of the library,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,79 @@ def machine_info() -> dict[str, Any]:
         "load_average": os.getloadavg(),
         "versions": versions,
     }
+
+
+class BusyCores:
+    """Busy cores of the whole machine over a window (``/proc/stat``), and what a measured child used of them."""
+
+    def __init__(self) -> None:
+        self.mean: float | None = None  # all processes, averaged over the window
+        self.child_cores: float | None = None  # set by the caller: the measured process's CPU seconds / wall
+        self._start: tuple[int, int] | None = None
+        self._started = 0.0
+
+    @property
+    def mean_others(self) -> float | None:
+        """Busy cores that were not the measured process (a hog, other people's jobs)."""
+        if self.mean is None:
+            return None
+        return round(max(0.0, self.mean - (self.child_cores or 0.0)), 2)
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]) - idle - steal, sum(fields[:8])
+
+
+@contextlib.contextmanager
+def busy_cores_sampler() -> Iterator[BusyCores]:
+    """Measure the machine's mean busy cores over the ``with`` block (None where /proc/stat is absent)."""
+    sample = BusyCores()
+    start, started, before = _cpu_jiffies(), time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        yield sample
+    finally:
+        end, wall = _cpu_jiffies(), time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if start and end and end[1] > start[1]:
+            sample.mean = round((end[0] - start[0]) / (end[1] - start[1]) * (os.cpu_count() or 1), 2)
+        if sample.child_cores is None and wall > 0:
+            used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            sample.child_cores = round(used / wall, 2)
+
+
+HOG_SOURCE = "import sys, time\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    pass\n"
+
+
+@contextlib.contextmanager
+def cpu_hog(seconds: float, cpu: int | None = None) -> Iterator[subprocess.Popen | None]:
+    """A bounded busy loop in its own process for at most ``seconds`` (0: none), stopped when the block ends.
+
+    It stops by itself at the deadline even if this process dies, so a crashed benchmark never leaves
+    a core taken. ``cpu`` pins it to one core (``os.sched_setaffinity``); None lets the kernel place it.
+    """
+    if seconds <= 0:
+        yield None
+        return
+    process = subprocess.Popen([sys.executable, "-c", HOG_SOURCE, str(seconds)])
+    if cpu is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setaffinity(process.pid, {cpu})
+    try:
+        time.sleep(0.5)  # running before the measured work starts
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def peak_rss_mb() -> float:

@@ -21,6 +21,18 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+
+@pytest.fixture(autouse=True)
+def _threads_unpinned():
+    # A test that trains with train.threads pins it for the process (tunelab.runtime.pin_threads): the next
+    # test starts from the suite's own threads again.
+    from tunelab.runtime import pin_threads
+
+    threads = torch.get_num_threads()
+    yield
+    pin_threads(None)
+    torch.set_num_threads(threads)
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}"

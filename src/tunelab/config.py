@@ -217,7 +217,11 @@ class TrainConfig(_Section):
     )
     keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
     seed: int = Field(0, description="Seed of initialisation, data order and dropout.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads for torch (default: the cores free of other processes, checked at start, at each "
+        "validation point and every minute; an explicit OMP_NUM_THREADS is kept).",
+    )
     compile: bool = Field(False, description="torch.compile the model (pays compile time for faster steps).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
     prefix_reuse: bool = Field(

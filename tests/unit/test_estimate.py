@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -113,6 +112,17 @@ def test_a_shared_classify_prefix_is_processed_once_per_micro_batch():
     assert reused.processed_tokens_per_epoch == 4 * 40 + 20
     assert reused.real_tokens_per_epoch == full.real_tokens_per_epoch == 180  # the user's tokens, prefix included
     assert reused.validation_tokens == full.validation_tokens - 20 * full.validations  # 2 examples, 1 micro-batch
+
+
+def test_the_calibration_step_holds_the_rows_of_one_micro_batch_and_evaluation_runs_the_prefix_once():
+    # 8 classify prompts of 60 tokens that share 40 pack their 20-token suffixes into one row: a step of the
+    # run is one row, not 8 (a calibration of 6 rows timed such a BANKING77 run 2.2x too fast).
+    packed = plan_tokens(_config(task="classify", data={"max_length": 256}, train={"batch_size": 8}), [60] * 64,
+                         test_token_counts=[60] * 10, shared_prefix=40)  # fmt: skip
+    assert packed.micro_batches_per_epoch == 8 and packed.rows_per_epoch == 8 and packed.rows_per_micro_batch == 1
+    assert packed.test_tokens == 10 * 60 - 9 * 40  # one KV cache of the prefix for the whole test set
+    unpacked = plan_tokens(_config(train={"batch_size": 4, "packing": False}), [30] * 10)
+    assert unpacked.micro_batches_per_epoch == 3 and unpacked.rows_per_micro_batch == 3  # 4 + 4 + 2 rows
 
 
 def test_schedule_is_the_loops_with_max_steps_and_validations():
@@ -309,43 +319,96 @@ def test_the_sft_scored_share_is_the_answers_share_of_the_tokens_and_in_the_cali
     monkeypatch.setattr(estimate_package, "calibrate", lambda *args, **kwargs: seen.update(kwargs))
     estimate_package.estimate_for_split(config, make_split(config), types.SimpleNamespace(tokenizer=tiny_tokenizer, model=tiny_model))
     assert seen["scored_share"] == pytest.approx(expected)
+    planned = plan_tokens(config, counts.train)
+    assert seen["rows"] == planned.rows_per_micro_batch and seen["machine"] is not None  # the run's step, the machine now
+
+
+def _machine(others_busy: float | None):
+    from tunelab.runtime import CpuState
+
+    return CpuState(cpus=2, physical_cores=2, others_busy=others_busy)
 
 
 def test_a_calibration_is_cached_and_read_back_without_a_model(tiny_model_dir, tiny_model, monkeypatch):
     from tunelab import models
-    calibrate_module = sys.modules["tunelab.estimate.calibrate"]  # the package re-exports the function under that name
 
-    monkeypatch.setattr(calibrate_module, "_load_per_core", lambda: 0.3)  # the same quiet machine throughout
-    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}})
-    first = calibrate(config, 16, model=tiny_model, steps=1)
-    assert not first.cached
-    first = calibrate(config, 16, steps=1, use_cache=False)  # loads the model folder, measures, replaces the entry
+    quiet = _machine(0.1)  # the same quiet machine throughout
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32", "threads": 1}, "lora": {"r": 4}})
+    first = calibrate(config, 16, model=tiny_model, steps=1, machine=quiet)
+    assert not first.cached and first.machine == quiet and first.threads == 1
+    first = calibrate(config, 16, steps=1, use_cache=False, machine=quiet)  # loads the model folder, measures, replaces the entry
     assert not first.cached
 
     def no_load(*args, **kwargs):
         raise AssertionError("a cached calibration must not load the model")
 
     monkeypatch.setattr(models.loader, "load_model", no_load)
-    again = calibrate(config, 16, steps=1)
+    again = calibrate(config, 16, steps=1, machine=quiet)
     assert again.cached and again.step_seconds == first.step_seconds and again.warmup_seconds == first.warmup_seconds
+    assert again.machine == quiet  # the state it was measured in comes back with it
     # A different shape is measured anew (here it would load the model: the patched loader says so).
     with pytest.raises(AssertionError, match="must not load"):
-        calibrate(config, 32, steps=1)
+        calibrate(config, 32, steps=1, machine=quiet)
 
 
-def test_a_calibration_measured_on_an_oversubscribed_machine_is_measured_again_once_it_is_quiet(tiny_model_dir, tiny_model, monkeypatch):
-    calibrate_module = sys.modules["tunelab.estimate.calibrate"]  # the package re-exports the function under that name
-    from tunelab.estimate.calibrate import measured_while_busier
+@pytest.mark.parametrize(
+    "threads, measured, now, reused",
+    [
+        (1, 0.0, 1.0, True),   # one thread had a core to itself then and has one now
+        (1, 1.0, 0.0, True),
+        (2, 0.0, 0.0, True),
+        (2, 0.0, 1.0, False),  # two threads measured idle say nothing about two threads beside a busy core
+        (2, 1.0, 0.0, False),  # nor the other way round
+        (1, 2.0, 0.0, False),  # every core was busy: the one thread shared its core then
+        (1, 0.0, 2.3, False),
+        (1, None, 1.0, True),  # a state not known on either side keeps the measurement
+    ],
+)
+def test_the_calibration_load_rule(threads, measured, now, reused):
+    from tunelab.estimate.calibrate import same_load
 
-    assert measured_while_busier(4.0, 0.2) and not measured_while_busier(0.8, 0.1) and not measured_while_busier(2.0, 1.5)
-    assert not measured_while_busier(None, 0.1)
+    assert same_load(_machine(measured), _machine(now), threads) is reused
+
+
+def test_a_calibration_is_measured_again_when_the_load_leaves_its_threads_other_cores(tiny_model_dir, tiny_model, monkeypatch):
+    idle, one_busy, full = _machine(0.0), _machine(1.0), _machine(2.0)
+    one = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32", "threads": 1}, "lora": {"r": 4}})
+    calibrate(one, 24, model=tiny_model, steps=1, use_cache=False, machine=idle)
+    assert calibrate(one, 24, steps=1, machine=one_busy).cached  # one thread on the free core: the measurement stands
+    assert not calibrate(one, 24, steps=1, machine=full).cached  # it would share a core now: measured again
+    assert calibrate(one, 24, steps=1, machine=full).cached  # and stored with the new state
+
+    two = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32", "threads": 2}, "lora": {"r": 4}})
+    calibrate(two, 24, steps=1, use_cache=False, machine=idle)
+    assert calibrate(two, 24, steps=1, machine=idle).cached
+    assert not calibrate(two, 24, steps=1, machine=one_busy).cached
+
+
+def test_the_calibration_and_the_estimate_run_with_the_threads_the_run_will_use(tmp_path, tiny_model_dir, tiny_model, tiny_tokenizer, monkeypatch):
+    import types
+
+    from tunelab import estimate as estimate_package
+    from tunelab import runtime
+    from tunelab.data.split import make_split
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *args, **kwargs: seen.append(torch.get_num_threads()))
     config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}})
-    monkeypatch.setattr(calibrate_module, "_load_per_core", lambda: 4.0)  # 4 runnable jobs per core
-    calibrate(config, 24, model=tiny_model, steps=1, use_cache=False)
-    assert calibrate(config, 24, steps=1).cached  # still busy: the measurement stands
-    monkeypatch.setattr(calibrate_module, "_load_per_core", lambda: 0.2)
-    assert not calibrate(config, 24, steps=1).cached  # quiet now: measured again (and stored with the new load)
-    assert calibrate(config, 24, steps=1).cached
+    before = torch.get_num_threads()
+    calibration = calibrate(config, 24, model=tiny_model, steps=1, use_cache=False, machine=_machine(1.0))
+    assert calibration.threads == 1 and set(seen) == {1}  # one core busy: the run will have one thread, so has the measurement
+    assert torch.get_num_threads() == before
+
+    # The estimate states the machine and the threads: "2 cores, 1 busy, 1 thread".
+    monkeypatch.setattr(runtime, "cpu_state", lambda **kwargs: _machine(1.0))
+    monkeypatch.setattr(estimate_package, "calibrate", lambda *args, **kwargs: calibration)
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": "an answer."}) for i in range(12)) + "\n")
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "data": {"train": str(train)}})
+    result = estimate_package.estimate_for_split(config, make_split(config), types.SimpleNamespace(tokenizer=tiny_tokenizer, model=tiny_model))
+    assert result.threads == 1 and result.here == "2 cores, 1 busy, 1 thread"
+    assert result.as_dict()["machine"]["busy"] == 1 and result.as_dict()["here"] == "2 cores, 1 busy, 1 thread"
 
 
 BASE_KEY_CONFIG = {

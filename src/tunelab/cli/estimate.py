@@ -60,7 +60,7 @@ def estimate(
     summary.add_row("training FLOPs", _flops(flops.train_flops))
     console.print(summary)
 
-    here = Table(title="This machine")
+    here = Table(title=f"This machine ({result.here})" if result.here else "This machine")
     here.add_column("step")
     here.add_column("time", justify="right")
     if result.calibration is not None:
@@ -73,6 +73,9 @@ def estimate(
             f"(batch {calibration.batch_size} × {calibration.seq_len} tokens, {calibration.precision}, "
             f"{calibration.device}, {calibration.threads} threads; warm-up step {calibration.warmup_seconds:.2f} s excluded)"
         )
+        if calibration.cached:
+            measured = f" ({calibration.machine.describe()})" if calibration.machine else ""
+            calibration_line += f"; read back from an earlier measurement on this machine{measured}"
         console.print(here)
         console.print(calibration_line)
     else:

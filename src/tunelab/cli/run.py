@@ -75,7 +75,10 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
         estimate = details.get("estimate") or {}
         seconds = estimate.get("total_seconds")
         tokens = (estimate.get("tokens") or {}).get("train_tokens")
-        return f"about {duration(seconds)} on this machine" + (f", {tokens:,} training tokens" if tokens else "")
+        # The machine's state decides the time here: "2 cores, 1 busy, 1 thread: about 9.5 min".
+        here = estimate.get("here")
+        where = f"{here}: about {duration(seconds)}" if here else f"about {duration(seconds)} on this machine"
+        return where + (f", {tokens:,} training tokens" if tokens else "")
     if step == "baseline" and details.get("baselines"):
         shown = []
         for name, metrics in details["baselines"].items():

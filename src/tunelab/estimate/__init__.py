@@ -175,7 +175,7 @@ def estimate_for_split(
         DataError: when there are no training examples.
         ConfigError: for an unknown ``budget.gpu``.
     """
-    from tunelab.runtime import default_device
+    from tunelab.runtime import choose_threads, cpu_state, default_device
 
     config = require_resolved(config)
     if config.budget.gpu:
@@ -183,12 +183,16 @@ def estimate_for_split(
     counts = count_tokens(config, split, loaded.tokenizer, label_map)
     facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
     device = "cuda" if default_device().startswith("cuda") else "cpu"
+    # On a CPU the time here depends on how many cores other processes leave free now: the threads the run
+    # will use, and the state the estimate states ("2 cores, 1 busy").
+    machine = cpu_state() if device == "cpu" else None
+    threads = choose_threads(config.train.threads, state=machine).threads if machine else None
     calibration = None
     if calibrate_here:
-        seq_len = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix).seq_len
+        planned = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix)
         calibration = calibrate(
-            config, seq_len, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
-            use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share,
+            config, planned.seq_len, rows=planned.rows_per_micro_batch, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
+            use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share, machine=machine,
         )
     return estimate_run(
         config,
@@ -202,6 +206,8 @@ def estimate_for_split(
         prices=prices,
         device=device,
         available_bytes=available_memory(device),
+        machine=machine,
+        threads=threads,
     )
 
 

@@ -8,6 +8,7 @@ tokens through ``tunelab.models.heads`` (no full-vocabulary logits), as the clas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,10 +19,12 @@ from typing import Any
 from tunelab.config import CPU_PASS_TOKENS, ResolvedConfig
 from tunelab.estimate.plan import Calibration, ModelFacts
 from tunelab.paths import atomic_write_text, cache_dir
+from tunelab.runtime import CpuState, choose_threads, cpu_state
 
 CALIBRATION_SUBDIR = "calibration"
 # Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
-CALIBRATION_RECIPE_VERSION = 5
+# 6: the threads are the run's own (the free cores), and the machine's state is stored with each measurement.
+CALIBRATION_RECIPE_VERSION = 6
 # The timed steps stop once they add up to this many seconds (at least one is timed): a slow step already
 # averages over much work, and a cold estimate must stay well under half a minute (sft at 512 tokens on
 # a 2-core CPU: 3 timed steps of 10 s made the cold estimate 39 s).
@@ -125,12 +128,12 @@ def _model_identity(config: ResolvedConfig) -> dict[str, Any]:
 
 def calibration_key(
     config: ResolvedConfig, seq_len: int, *, device: str, precision: str, threads: int, n_labels: int, steps: int,
-    shared_prefix: int = 0, scored_share: float = 1.0,
+    shared_prefix: int = 0, scored_share: float = 1.0, rows: int | None = None,
 ) -> dict[str, Any]:
     """Everything that changes the speed of a calibrated step: the cache key of :func:`calibrate`.
 
     The machine (CPU model, cores, device), the libraries' versions, the model, the task and method,
-    the step's shape (batch, sequence length, max_length, labels) and what runs in it (LoRA rank and
+    the step's shape (batch, rows, sequence length, max_length, labels) and what runs in it (LoRA rank and
     targets, precision, threads, gradient checkpointing, compile, gradient clipping).
     """
     from tunelab.runtime import cpu_model_name
@@ -157,6 +160,7 @@ def calibration_key(
         "compile": config.train.compile,
         "max_grad_norm": bool(config.train.max_grad_norm),
         "steps": steps,
+        "rows": rows,
         "shared_prefix": shared_prefix if config.task == "classify" else None,
         "scored_share": round(scored_share, 2) if config.task in ("sft", "text") else None,
     }
@@ -167,37 +171,56 @@ def calibration_cache_path(key: dict[str, Any]) -> Path:
     return cache_dir() / CALIBRATION_SUBDIR / f"{digest}.json"
 
 
-def _load_per_core() -> float | None:
+def unshared_cores(state: CpuState) -> int:
+    """Cores no other process kept busy (0 when they all were: every thread of ours shared one)."""
+    return max(0, state.cores - state.busy)
+
+
+def same_load(measured: CpuState | None, now: CpuState | None, threads: int) -> bool:
+    """Whether a step measured in the machine state ``measured`` times what ``threads`` threads do ``now``.
+
+    The calibration's load rule: as many of the threads must have had a core to themselves then as will
+    now. One thread beside one busy core of two runs as fast as on an idle machine (the measurement
+    stands); two threads beside it ran 12x slower than one (bench/README.md, "Threads that follow the
+    free cores"), so a measurement of two threads on an idle machine says nothing about them beside a
+    neighbour, nor the other way round. An unknown state on either side keeps the measurement.
+    """
+    if measured is None or now is None or measured.others_busy is None or now.others_busy is None:
+        return True
+    return min(threads, unshared_cores(measured)) == min(threads, unshared_cores(now))
+
+
+def _stored_state(stored: dict[str, Any]) -> CpuState | None:
+    fields = stored.get("machine")
+    if not isinstance(fields, dict):
+        return None
     try:
-        return os.getloadavg()[0] / max(1, os.cpu_count() or 1)
-    except OSError:
+        others = fields.get("others_busy")
+        return CpuState(cpus=int(fields["cpus"]), physical_cores=int(fields["physical_cores"]),
+                        quota=None if fields.get("quota") is None else float(fields["quota"]),
+                        others_busy=None if others is None else float(others))  # fmt: skip
+    except (KeyError, TypeError, ValueError):
         return None
 
 
-def measured_while_busier(stored_load: float | None, current_load: float | None) -> bool:
-    """True when a measurement was taken on an oversubscribed machine (load above the core count)
-    that is no longer so: its step times would overstate every estimate made on the quiet machine."""
-    if stored_load is None or current_load is None:
-        return False
-    return stored_load > 1.0 and current_load < 0.5 * stored_load
-
-
-def _read_cached(path: Path, key: dict[str, Any]) -> Calibration | None:
+def _read_cached(path: Path, key: dict[str, Any], machine: CpuState | None) -> Calibration | None:
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if stored.get("key") != json.loads(json.dumps(key, default=str)):  # a hash collision or an older layout
         return None
-    if measured_while_busier(stored.get("load_per_core"), _load_per_core()):
-        return None
+    measured = _stored_state(stored)
     fields = stored.get("calibration", {})
     try:
+        threads = int(fields["threads"])
+        if not same_load(measured, machine, threads):
+            return None
         return Calibration(
             device=fields["device"], precision=fields["precision"], method=fields["method"],
-            batch_size=int(fields["batch_size"]), seq_len=int(fields["seq_len"]), threads=int(fields["threads"]),
+            batch_size=int(fields["batch_size"]), seq_len=int(fields["seq_len"]), threads=threads,
             step_seconds=[float(v) for v in fields["step_seconds"]], warmup_seconds=float(fields["warmup_seconds"]),
-            cached=True,
+            cached=True, machine=measured,
         )  # fmt: skip
     except (KeyError, TypeError, ValueError):
         return None
@@ -212,7 +235,8 @@ CPU_CALIBRATION_TOKENS = CPU_PASS_TOKENS
 
 
 def calibration_rows(batch_size: int, seq_len: int, device: str) -> int:
-    """Rows of the timed steps: the run's batch, on a CPU as many as fit in ``CPU_CALIBRATION_TOKENS`` (at least one)."""
+    """Rows of the timed steps: the rows of the run's micro-batch (``batch_size``), on a CPU as many of them
+    as fit in ``CPU_CALIBRATION_TOKENS`` (at least one)."""
     if device != "cpu":
         return batch_size
     return max(1, min(batch_size, CPU_CALIBRATION_TOKENS // max(1, seq_len)))
@@ -230,18 +254,27 @@ def calibrate(
     shared_prefix: int = 0,
     scored_share: float = 1.0,
     timed_seconds: float | None = CALIBRATION_TIMED_SECONDS,
+    machine: CpuState | None = None,
+    rows: int | None = None,
 ) -> Calibration:
     """Time one warm-up and up to ``steps`` real training steps (forward, backward, AdamW step) at the run's shape.
 
-    The timed steps stop early once they add up to ``timed_seconds`` (None: all ``steps`` are timed).
+    A step holds ``rows`` rows of ``seq_len`` tokens: the rows of one of the run's micro-batches
+    (``TokenPlan.rows_per_micro_batch``: packed examples share rows; None: ``train.batch_size``, one
+    example a row). The timed steps stop early once they add up to ``timed_seconds`` (None: all ``steps`` are timed).
     sft and text score the output head on ``scored_share`` of each row's positions (the share of the
     run's tokens that carry loss: an sft answer, not its prompt), as their loss does.
+
+    The steps run with the threads the run will have (``tunelab.runtime.choose_threads``: ``train.threads``,
+    an explicit ``OMP_NUM_THREADS``, else the cores free now), beside whatever else runs on the machine
+    now; ``machine`` is that state (None: sampled here), stored with the measurement.
 
     A measurement is cached under the user cache (``calibration/``), keyed by
     :func:`calibration_key` (machine, libraries, model, task, method, shape, precision, threads):
     the same run shape on the same machine is measured once, and a later estimate reads it back
-    without loading a model (``Calibration.cached`` says which). ``use_cache=False`` measures anew
-    and replaces the stored measurement.
+    without loading a model (``Calibration.cached`` says which) while the machine's load leaves the
+    threads as many free cores as when it was measured (:func:`same_load`). ``use_cache=False``
+    measures anew and replaces the stored measurement.
 
     Loads ``config.model.name`` unless ``model`` (a transformers causal LM) is given; that model is
     changed in place (adapters added, moved to the device), so pass a throwaway copy. Inputs are
@@ -264,13 +297,19 @@ def calibrate(
     if device not in ("cpu",) and not device.startswith("cuda"):
         device = "cpu"
     precision = resolve_precision(config.train.precision, device)
+    if device == "cpu":
+        machine = machine or cpu_state()
+        threads = choose_threads(config.train.threads, state=machine).threads
+    else:
+        threads = config.train.threads or torch.get_num_threads()
+    batch = calibration_rows(rows or config.train.batch_size, seq_len, device)
     key = calibration_key(
-        config, seq_len, device=device, precision=precision, threads=config.train.threads or torch.get_num_threads(),
-        n_labels=n_labels, steps=steps, shared_prefix=shared_prefix, scored_share=scored_share,
+        config, seq_len, device=device, precision=precision, threads=threads,
+        n_labels=n_labels, steps=steps, shared_prefix=shared_prefix, scored_share=scored_share, rows=batch,
     )  # fmt: skip
     cache_path = calibration_cache_path(key)
     if use_cache:
-        cached = _read_cached(cache_path, key)
+        cached = _read_cached(cache_path, key, machine)
         if cached is not None:
             return cached
     if model is None:
@@ -278,8 +317,7 @@ def calibrate(
 
         model = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision).model
     previous_threads = torch.get_num_threads()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    torch.set_num_threads(threads)
     try:
         model = apply_method(model, config)
         if config.train.gradient_checkpointing:
@@ -292,7 +330,6 @@ def calibrate(
         optimizer = torch.optim.AdamW(parameters, lr=config.train.lr, weight_decay=config.train.weight_decay)
         generator = torch.Generator().manual_seed(0)
         vocab = model.get_input_embeddings().weight.shape[0]
-        batch = calibration_rows(config.train.batch_size, seq_len, device)
         input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
         label_columns = torch.arange(min(n_labels, vocab), device=device)
         prefix_batch = None
@@ -342,7 +379,6 @@ def calibrate(
             times.append(time.perf_counter() - start)
             if timed_seconds is not None and len(times) > 1 and sum(times[1:]) >= timed_seconds:
                 break
-        threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
     calibration = Calibration(
@@ -354,10 +390,12 @@ def calibrate(
         threads=threads,
         step_seconds=times[1:],
         warmup_seconds=times[0],
+        machine=machine,
     )
     try:
-        stored = {"key": key, "calibration": {k: v for k, v in calibration.as_dict().items() if k != "cached"}, "measured_at": time.time(),
-                  "load_per_core": _load_per_core()}
+        fields = {k: v for k, v in calibration.as_dict().items() if k not in ("cached", "machine")}
+        stored = {"key": key, "calibration": fields, "measured_at": time.time(),
+                  "machine": None if machine is None else dataclasses.asdict(machine)}
         atomic_write_text(cache_path, json.dumps(stored, indent=1, default=str) + "\n")
     except OSError:
         pass  # a read-only cache costs the next estimate a measurement, not this one its result

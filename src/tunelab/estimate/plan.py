@@ -47,6 +47,7 @@ from typing import Any
 from tunelab.config import ResolvedConfig, require_resolved, resolve_baselines
 from tunelab.errors import DataError
 from tunelab.estimate.prices import PriceTable, load_price_table
+from tunelab.runtime import CpuState
 
 DEFAULT_UTILIZATION = 0.35
 GIB = 1024**3
@@ -88,6 +89,8 @@ class Calibration:
     warmup_seconds: float
     # True when read back from the calibration cache (measured earlier on this machine, same key).
     cached: bool = False
+    # The machine while the steps ran: its cores and how many other processes kept busy (None: not known).
+    machine: CpuState | None = None
 
     @property
     def seconds_per_step(self) -> float:
@@ -99,7 +102,9 @@ class Calibration:
         return self.batch_size * self.seq_len / self.seconds_per_step
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "seconds_per_step": self.seconds_per_step, "tokens_per_second": self.tokens_per_second}
+        data = {**asdict(self), "seconds_per_step": self.seconds_per_step, "tokens_per_second": self.tokens_per_second}
+        data["machine"] = self.machine.as_dict() if self.machine else None
+        return data
 
 
 @dataclass
@@ -119,6 +124,14 @@ class TokenPlan:
     validation_tokens: int = 0
     validations: int = 0
     test_tokens: int = 0
+    micro_batches_per_epoch: int = 0
+
+    @property
+    def rows_per_micro_batch(self) -> int:
+        """Rows one micro-batch holds (packed examples share rows): the shape a calibration step should have."""
+        if not self.micro_batches_per_epoch:
+            return 1
+        return max(1, round(self.rows_per_epoch / self.micro_batches_per_epoch))
 
 
 @dataclass
@@ -237,14 +250,27 @@ class Estimate:
     utilization: float
     price_table_date: str
     retune: RetuneEstimate | None = None
+    # This machine when the estimate was made, and the torch threads the run will use on it (CPU runs).
+    machine: CpuState | None = None
+    threads: int | None = None
 
     @property
     def total_seconds(self) -> float | None:
         return None if self.seconds is None else sum(self.seconds.values())
 
+    @property
+    def here(self) -> str | None:
+        """The machine's state as the estimate states it: ``2 cores, 1 busy, 1 thread`` (None off the CPU)."""
+        if self.machine is None:
+            return None
+        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""
+        return self.machine.describe() + threads
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["calibration"] = self.calibration.as_dict() if self.calibration else None
+        data["machine"] = self.machine.as_dict() if self.machine else None
+        data["here"] = self.here
         data["memory"]["total"] = self.memory.total
         data["memory"]["fits"] = self.memory.fits
         data["flops"]["train_flops_per_token"] = self.flops.train_flops_per_token
@@ -303,9 +329,10 @@ def plan_tokens(
     capacity = config.train.pack_tokens or max_length
     order = lengths[:]
     random.Random(config.train.seed).shuffle(order)
-    processed = rows = 0
+    processed = rows = micro_batches = 0
     widths = []
     for start in range(0, len(order), batch):
+        micro_batches += 1
         chunk = order[start : start + batch]
         row_lengths = [sum(chunk[i] for i in row) for row in pack_rows(chunk, capacity)] if packed else chunk
         width = max(row_lengths)
@@ -324,6 +351,10 @@ def plan_tokens(
     if validation_tokens:
         validations = schedule.validations
     test_tokens = sum(min(c, max_length) for c in test_token_counts or [])
+    if shared_prefix and test_token_counts:
+        # classify evaluation scores every test prompt on one KV cache of the prefix they share
+        # (evaluation.predict.prefix_label_logits): the prefix runs once, not once per request.
+        test_tokens -= shared_prefix * (len(test_token_counts) - 1)
     if config.task == "sft" and test_token_counts:
         test_tokens += config.eval.max_new_tokens * len(test_token_counts)  # generation, at most
     return TokenPlan(
@@ -340,6 +371,7 @@ def plan_tokens(
         validation_tokens=validation_tokens * validations,
         validations=validations,
         test_tokens=test_tokens,
+        micro_batches_per_epoch=micro_batches,
     )
 
 
@@ -452,6 +484,8 @@ def estimate_run(
     device: str = "cpu",
     precision: str | None = None,
     available_bytes: int | None = None,
+    machine: CpuState | None = None,
+    threads: int | None = None,
 ) -> Estimate:
     """Estimate tokens, FLOPs, time (here and on each GPU of the table), memory and money.
 
@@ -467,6 +501,8 @@ def estimate_run(
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
         available_bytes: free memory on ``device`` (None: unknown; ``calibrate.available_memory`` measures it).
+        machine / threads: this machine's state now and the threads the run will use (``runtime.choose_threads``),
+            stated with the time here.
 
     Raises:
         DataError: when there are no training examples.
@@ -555,6 +591,8 @@ def estimate_run(
         utilization=utilization,
         price_table_date=prices.table_date,
         retune=plan_retune(config.monitor, total_here, gpus),
+        machine=machine,
+        threads=threads,
     )
 
 

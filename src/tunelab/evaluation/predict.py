@@ -17,6 +17,7 @@ from tunelab.data.tokenize import IGNORE_INDEX, shared_prefix_length
 from tunelab.models.heads import causal_lm_of
 from tunelab.models.heads import label_logits as head_label_logits
 from tunelab.models.prefix import last_hidden_after_prefix, prefix_cache
+from tunelab.runtime import following_free_cores
 
 Progress = Callable[[int], None]
 
@@ -52,7 +53,7 @@ def label_logits(
     device = _device(model)
     label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
     result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
-    for batch in _by_length(prompts, batch_size):
+    for batch in following_free_cores(_by_length(prompts, batch_size), device.type):
         longest = max(len(prompts[i]) for i in batch)
         input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
         attention = torch.zeros((len(batch), longest), dtype=torch.long)
@@ -100,7 +101,7 @@ def prefix_label_logits(
     result = np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
     with torch.inference_mode():
         cache = prefix_cache(decoder, torch.tensor(list(prompts[0][:prefix]), dtype=torch.long, device=device))
-    for batch in _by_length(suffixes, batch_size):
+    for batch in following_free_cores(_by_length(suffixes, batch_size), device.type):
         with torch.inference_mode():
             final = last_hidden_after_prefix(decoder, cache, prefix, [suffixes[i] for i in batch])
             logits = head_label_logits(model, final, label_ids, label_head)
@@ -130,7 +131,7 @@ def window_nll(
     device = _device(model)
     results: list[tuple[float, int]] = [(0.0, 0)] * len(windows)
     inputs = [w[0] for w in windows]
-    for batch in _by_length(inputs, batch_size):
+    for batch in following_free_cores(_by_length(inputs, batch_size), device.type):
         longest = max(len(inputs[i]) for i in batch)
         input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
         labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)

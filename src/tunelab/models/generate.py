@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from tunelab.runtime import following_free_cores
+
 # End-of-turn markers of common chat templates; generation stops at whichever the vocabulary has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
@@ -124,7 +126,7 @@ def generate_batch(
     # Seeded once for the whole set, not per batch: what evaluation always did.
     if temperature > 0:
         torch.manual_seed(seed)
-    for batch in _by_length(prompts, batch_size):
+    for batch in following_free_cores(_by_length(prompts, batch_size), device.type):
         input_ids, attention = left_pad([prompts[i] for i in batch], pad_id, device)
         output = generate_ids(
             model, input_ids, attention, max_new_tokens=max_new_tokens, stops=stops, pad_id=pad_id,

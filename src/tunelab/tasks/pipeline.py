@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.config import ResolvedConfig, RunConfig, dump_config, parse_config, require_resolved
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.runtime import pin_threads
 
 if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (start-up time)
     from tunelab.data.labels import LabelMap
@@ -284,6 +285,8 @@ def open_pipeline(
                 f"choose another name (name=...) or continue it with `tunelab run --resume {run.root}`",
             )
         state = PipelineState(run, {"config": config.model_dump(mode="json"), "steps": {}, "timings": {}})
+    # train.threads, when set, sizes torch's threads in every step (baselines and evaluation too).
+    pin_threads(config.train.threads)
     # The base model is needed by the data check (token lengths), the estimate and the baseline.
     base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     return PipelineContext(

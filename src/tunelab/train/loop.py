@@ -31,6 +31,7 @@ from torch import nn
 from tunelab.config import ResolvedTrainConfig, TrainSchedule
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.paths import RunFolder
+from tunelab.runtime import ThreadFollower
 from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
 from tunelab.train.checkpoints import (
     BEST,
@@ -220,6 +221,10 @@ def train_loop(
     trainable = [p for p in module.parameters() if p.requires_grad]
     device = accelerator.device
     pass_tokens = config.pass_token_budget(device.type)
+    # torch's threads follow the free cores (train.threads or OMP_NUM_THREADS win): sized now, again at each
+    # validation point and at most every minute between them, as other processes come and go.
+    threads = ThreadFollower(config.threads, device=device.type)
+    threads.check(force=True)
 
     if accelerator.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
@@ -314,6 +319,7 @@ def train_loop(
             validate = schedule.validates_at(state.step)
             save = schedule.saves_at(state.step)
             validation = None
+            threads.check(force=validate)
 
             # Read the loss back only every log_every steps, and always before trusting the weights.
             if state.step % config.log_every == 0 or validate or save:
@@ -328,6 +334,7 @@ def train_loop(
                     "step": state.step, "loss": mean, "lr": scheduler.get_last_lr()[0], "tokens": state.tokens,
                     "elapsed": round(state.train_seconds, 3),
                     "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, session_seconds),
+                    "threads": torch.get_num_threads(),
                 })
             if validate:
                 validation, score, counted = validate_now()

@@ -25,7 +25,7 @@ from tunelab.errors import ConfigError, DataError
 from tunelab.models.adapters import count_parameters, save_trained
 from tunelab.models.loader import LoadedModel, load_model
 from tunelab.paths import RunFolder, atomic_write_text
-from tunelab.runtime import resolve_precision
+from tunelab.runtime import pin_threads, resolve_precision
 from tunelab.train.loop import LoopResult, Progress, train_loop
 
 
@@ -177,8 +177,8 @@ def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resu
         atomic_write_text(run.config, dump_config(config))
         split.save(run.split)
     accelerator.wait_for_everyone()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    # train.threads wins over the free-core rule in every step of this process (the loop sizes the threads).
+    pin_threads(config.train.threads)
 
     if config.train.tracker != "none":
         accelerator.init_trackers(run.root.name, config=_flat(config.model_dump(mode="json")))
