@@ -289,6 +289,7 @@ def calibrate(
     import torch
 
     from tunelab.models.adapters import apply_method
+    from tunelab.models.fused import compile_model
     from tunelab.models.heads import causal_lm_of, label_logits
     from tunelab.models.prefix import prefix_hidden_states
     from tunelab.runtime import default_device, resolve_precision
@@ -320,6 +321,7 @@ def calibrate(
     torch.set_num_threads(threads)
     try:
         model = apply_method(model, config)
+        compile_model(model, config.train.compile)  # as the loop does: the steps timed are the run's steps
         if config.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             if hasattr(model, "enable_input_require_grads"):

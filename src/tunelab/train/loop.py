@@ -30,6 +30,7 @@ from torch import nn
 
 from tunelab.config import ResolvedTrainConfig, TrainSchedule
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.models.fused import compile_model
 from tunelab.paths import RunFolder
 from tunelab.runtime import ThreadFollower
 from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
@@ -121,26 +122,6 @@ def make_optimizer(model: nn.Module, config: ResolvedTrainConfig) -> torch.optim
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, **options)
 
 
-def compile_blocks(model: nn.Module) -> int:
-    """``torch.compile`` each decoder block in place (``train.compile``); returns how many were compiled.
-
-    Blocks, not the whole model: the packed-attention mask is built from the position ids by
-    data-dependent code outside the blocks, which would break a whole-model graph, while every block
-    is the same graph, compiled once and reused. ``nn.Module.compile`` keeps the parameter names, so
-    checkpoints and saved adapters are unchanged. ``dynamic=True`` because packed rows change width
-    every step (a static graph would recompile for each new width).
-    """
-    from tunelab.models.heads import causal_lm_of
-
-    decoder = causal_lm_of(model).get_decoder()
-    blocks = getattr(decoder, "layers", None)
-    if blocks is None:
-        return 0
-    for block in blocks:
-        block.compile(dynamic=True)
-    return len(blocks)
-
-
 def make_scheduler(
     optimizer: torch.optim.Optimizer, config: ResolvedTrainConfig, schedule: TrainSchedule
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -212,9 +193,8 @@ def train_loop(
     plan = StepPlan(len(train_examples), config.batch_size * config.grad_accum * world, config.seed)
 
     # 1. Optimizer, schedule, and accelerate's wrapping (DDP/FSDP/DeepSpeed, device placement).
-    if config.compile:
-        # Measured in bench/README.md ("Levers"): compiling costs more than it returns in short CPU runs.
-        compile_blocks(model)
+    # train.compile (bench/README.md, "A faster step"): compiled elementwise kernels or whole compiled blocks.
+    compile_model(model, config.compile)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, schedule)
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)

@@ -158,7 +158,7 @@ def test_rows_longer_than_max_length_pack_more_and_keep_each_example_isolated(ti
 
 
 def test_compile_blocks_compiles_each_block_and_keeps_parameter_names(tiny_model):
-    from tunelab.train.loop import compile_blocks
+    from tunelab.models.fused import compile_blocks
 
     names = list(tiny_model.state_dict())
     assert compile_blocks(tiny_model) == len(tiny_model.model.layers)
