@@ -60,18 +60,18 @@ def group_of(name: str) -> str:
     return "other (Python, dispatcher, hooks)"
 
 
-def matmul_peak() -> dict[str, float]:
-    """fp32 torch.mm TFLOP/s, best of 5 after a warm-up, at n = 1024 and 2048 (this process, these threads)."""
+def matmul_peak(dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """``dtype`` torch.mm TFLOP/s, best of 5 after a warm-up, at n = 1024 and 2048 (this process, these threads)."""
     peaks = {}
     for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         torch.mm(a, b)
         best = min(_timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(5))
         peaks[str(n)] = 2 * n**3 / best / 1e12
     return peaks
 
 
-def matmul_shapes(profiler, top: int) -> list[dict]:
+def matmul_shapes(profiler, top: int, dtype: torch.dtype = torch.float32) -> list[dict]:
     """The ``top`` aten::mm shapes by self time in the step, each also timed alone (best of 5, same threads):
     what this CPU does with exactly that shape, so the step's matmul time can be judged against it."""
     rows = []
@@ -83,7 +83,7 @@ def matmul_shapes(profiler, top: int) -> list[dict]:
                      "self_s": event.self_cpu_time_total / 1e6, "flops": 2 * m * k * n * event.count})
     rows.sort(key=lambda r: -r["self_s"])
     for row in rows[:top]:
-        a, b = torch.randn(row["m"], row["k"]), torch.randn(row["k"], row["n"])
+        a, b = torch.randn(row["m"], row["k"]).to(dtype), torch.randn(row["k"], row["n"]).to(dtype)
         repeat = max(1, int(2e8 / max(1, 2 * row["m"] * row["k"] * row["n"])))
         torch.mm(a, b)
         best = min(_timed(lambda a=a, b=b, r=repeat: [torch.mm(a, b) for _ in range(r)]) for _ in range(5)) / repeat
@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="ops listed in the per-op table")
     parser.add_argument("--shapes", type=int, default=12, help="matmul shapes set against their own standalone speed")
     parser.add_argument("--elementwise", type=int, default=10, help="elementwise (op, shape) rows set against their standalone speed")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="bf16: the step under bf16 autocast, as training on a CPU with AMX runs it; auto: as the run resolves it")
+    parser.add_argument("--compile", default="false", help="train.compile of the job (false, elementwise, blocks)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,33 +160,47 @@ def main() -> None:
     from tunelab.data.tokenize import tokenize_records
     from tunelab.models import load_model
     from tunelab.models.adapters import apply_method
+    from tunelab.models.fused import compile_model
+    from tunelab.runtime import resolve_precision
     from tunelab.train.batching import LMCollate
     from tunelab.train.loop import make_optimizer
     from tunelab.train.losses import lm_loss_sum
 
+    precision = resolve_precision(args.precision, "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    compile_mode = {"false": False, "true": True}.get(args.compile, args.compile)
     info = machine_info()
-    peak = matmul_peak()
+    peak = matmul_peak(dtype)
     bandwidth = copy_bandwidth()
     config = parse_config({"task": "sft", "model": "default", "data": {"max_length": args.max_length},
-                           "lora": {"r": 16, "alpha": 32}, "train": {"batch_size": args.batch_size}}, source="bench")
+                           "lora": {"r": 16, "alpha": 32}, "train": {"batch_size": args.batch_size, "compile": compile_mode}},
+                          source="bench")  # fmt: skip
     loaded = load_model("default")
-    records, _, source = sft_data(args.batch_size * (1 + args.steps), 0)
+    records, _, source = sft_data(args.batch_size * (2 + args.steps), 0)
     examples, _ = tokenize_records(records, "sft", loaded.tokenizer, max_length=args.max_length)
     model = apply_method(loaded.model, config)
+    compile_model(model, compile_mode)
     model.train()
     optimizer = make_optimizer(model, config.train)
     collate = LMCollate(loaded.tokenizer.pad_token_id, args.max_length)
-    batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(1 + args.steps)]
+    batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(2 + args.steps)]
 
     def step(batch) -> float:
-        loss = lm_loss_sum(model, batch) / max(1, int((batch["targets"] != -100).sum()))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = lm_loss_sum(model, batch) / max(1, int((batch["targets"] != -100).sum()))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    step(batches[0])  # warm-up: oneDNN primitives, allocator
-    real_tokens = sum(len(e.input_ids) for e in examples[args.batch_size :])
+    # Warm-up: oneDNN primitives, the allocator, compiled kernels (two steps: a compiled graph's second
+    # call may specialise again); the profiled steps are other batches.
+    warm_started = time.perf_counter()
+    step(batches[0])
+    step(batches[1])
+    warmup_s = time.perf_counter() - warm_started
+    batches = batches[1:]
+    real_tokens = sum(len(e.input_ids) for e in examples[2 * args.batch_size :])
     from torch.profiler import ProfilerActivity, profile
 
     start = time.perf_counter()
@@ -207,7 +224,7 @@ def main() -> None:
         group["self_s"] += row["self_s"]
         group["flops"] += row["flops"]
     best_peak = max(peak.values())
-    shapes = matmul_shapes(profiler, args.shapes)
+    shapes = matmul_shapes(profiler, args.shapes, dtype)
     elementwise = elementwise_shapes(profiler, args.elementwise)
     # Model FLOPs per token as in the TRL comparison: 4 x frozen matrix weights (the embedding counts
     # once, as the tied LM head) + 6 x adapter weights.
@@ -217,7 +234,10 @@ def main() -> None:
         "machine": info,
         "command": "python bench/profile_step.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "data": source,
-        "peak_tflops_fp32": peak,
+        "precision": precision,
+        "compile": args.compile,
+        "warmup_s": round(warmup_s, 1),
+        "peak_tflops_fp32": peak,  # of the step's dtype (the key keeps its old name for older result files)
         "steps": args.steps,
         "real_tokens": real_tokens,
         "profiled_wall_s": round(wall, 2),
@@ -244,7 +264,7 @@ def render(result: dict, rows: int, best_peak: float) -> str:
         return f"{flops / seconds / 1e12 / best_peak:.0%}" if flops and seconds else ""
 
     lines = ["### One training step, profiled (torch.profiler, self CPU time)", "", machine_markdown(result["machine"]), "",
-             f"Command: `{result['command']}`; data: {result['data']}. fp32 `torch.mm` peak in this process: "
+             f"Command: `{result['command']}`; data: {result['data']}. {result.get('precision', 'fp32')} `torch.mm` peak in this process: "
              + ", ".join(f"n={n}: {v:.3f} TFLOP/s" for n, v in result["peak_tflops_fp32"].items())
              + f". {result['steps']} steps, {result['real_tokens']} real tokens: {result['unprofiled_wall_s']} s unprofiled "
              f"({result['real_tokens_per_s']} real tokens/s, {result['model_tflops']} TFLOP/s of model FLOPs = "
