@@ -277,6 +277,32 @@ def _share_out_of_scope(outside: Sequence[Record], task: str, seed: int, in_test
     return test, validation
 
 
+def nested_subsets(records: Sequence[Record], sizes: Sequence[int], *, task: str, seed: int = 0) -> list[list[Record]]:
+    """Seeded subsets of ``records`` of about each of ``sizes`` examples, each inside the next larger one.
+
+    What a learning curve trains on: the same seeded order is cut at every size, so a larger subset
+    only adds examples (the points differ by the data added, not by a new draw). classify keeps each
+    label's share: every label's records have their own seeded order and a subset takes the first
+    ``round(share x size)`` of each, at least one, so no label goes missing at a small size (a subset's
+    size can therefore differ from the size asked by a few examples). Within a subset records keep
+    their order in ``records``.
+    """
+    order = sorted(range(len(records)), key=lambda i: stable_hash(str(seed), "nested", records[i].id, str(i)))
+    total = len(records)
+    subsets: list[list[Record]] = []
+    for size in sizes:
+        size = max(0, min(int(size), total))
+        if task == "classify":
+            by_label: dict[str, list[int]] = defaultdict(list)
+            for index in order:
+                by_label[records[index].label].append(index)  # type: ignore[union-attr]
+            chosen = {i for members in by_label.values() for i in members[: max(1, round(len(members) * size / total))]} if size else set()
+        else:
+            chosen = set(order[:size])
+        subsets.append([record for i, record in enumerate(records) if i in chosen])
+    return subsets
+
+
 def check_classify_labels(split: Split, out_of_scope_label: str | None = None) -> list[str]:
     """The labels classify trains on (sorted); every in-scope validation label must be one of them.
 

@@ -38,11 +38,12 @@ if TYPE_CHECKING:
     from tunelab.data.labels import LabelMap
     from tunelab.data.split import Split
     from tunelab.models.loader import LoadedModel
+    from tunelab.runtime import CpuState
 
 __all__ = [
-    "DEFAULT_UTILIZATION", "BudgetCheck", "Calibration", "CloudEstimate", "CloudPrice", "Estimate", "FlopPlan",
+    "DEFAULT_UTILIZATION", "BudgetCheck", "Calibration", "CloudEstimate", "CloudPrice", "Estimate", "EstimateInputs", "FlopPlan",
     "GPUEstimate", "GPUSpec", "MemoryPlan", "ModelFacts", "PriceTable", "TokenCounts", "TokenPlan", "available_memory",
-    "calibrate", "check_budget", "count_tokens", "count_tokens_from_files", "estimate_error", "estimate_for_split",
+    "calibrate", "check_budget", "count_tokens", "count_tokens_from_files", "estimate_error", "estimate_for_split", "estimate_inputs",
     "estimate_from_config", "estimate_run", "example_token_counts", "load_price_table", "model_facts", "plan_flops",
     "plan_memory", "plan_tokens",
 ]
@@ -150,6 +151,92 @@ def count_tokens_from_files(config: ResolvedConfig, tokenizer: Any) -> TokenCoun
     return count_tokens(config, make_split(config), tokenizer)
 
 
+@dataclass
+class EstimateInputs:
+    """What the estimate of one split is computed from: its token counts, the model's shape, the measured speed.
+
+    ``estimate()`` is the split's estimate; ``estimate(train=...)`` is the same run over other training
+    examples (a subset, or more of the same kind): a learning curve and ``tunelab advise`` price every
+    size with the one calibration instead of measuring again.
+    """
+
+    config: ResolvedConfig
+    counts: TokenCounts
+    facts: ModelFacts
+    calibration: Calibration | None
+    device: str
+    available_bytes: int | None
+    prices: PriceTable | None = None
+    machine: CpuState | None = None  # the CPU's state when measured (how many cores other processes kept busy)
+    threads: int | None = None  # the threads the run will use there
+
+    def estimate(
+        self, *, train: list[int] | None = None, validation: list[int] | None = None, test: list[int] | None = None,
+        config: ResolvedConfig | None = None,
+    ) -> Estimate:
+        """The estimate with these training / validation / test token counts (default: the split's own).
+
+        Raises:
+            DataError: when there are no training examples.
+        """
+        counts = self.counts
+        return estimate_run(
+            config or self.config,
+            counts.train if train is None else train,
+            self.facts,
+            validation_token_counts=counts.validation if validation is None else validation,
+            test_token_counts=counts.test if test is None else test,
+            n_labels=counts.n_labels,
+            shared_prefix=counts.shared_prefix,
+            calibration=self.calibration,
+            prices=self.prices,
+            device=self.device,
+            available_bytes=self.available_bytes,
+            machine=self.machine,
+            threads=self.threads,
+        )
+
+
+def estimate_inputs(
+    config: ResolvedConfig,
+    split: Split,
+    loaded: LoadedModel,
+    *,
+    label_map: LabelMap | None = None,
+    calibrate_here: bool = True,
+    calibration_steps: int = 3,
+    calibration_model: Any = None,
+    calibration_cache: bool = True,
+    prices: PriceTable | None = None,
+) -> EstimateInputs:
+    """Count ``split``'s tokens, read the model's shape and (``calibrate_here``) time a few steps: see :func:`estimate_for_split`.
+
+    Raises:
+        ModelError: when the model cannot be loaded.
+        ConfigError: for an unknown ``budget.gpu``.
+    """
+    from tunelab.runtime import choose_threads, cpu_state, default_device
+
+    config = require_resolved(config)
+    if config.budget.gpu:
+        (prices or load_price_table()).gpu(config.budget.gpu)  # an unknown name is a config error, before any work
+    counts = count_tokens(config, split, loaded.tokenizer, label_map)
+    facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
+    device = "cuda" if default_device().startswith("cuda") else "cpu"
+    # On a CPU the time here depends on how many cores other processes leave free now: the threads the run
+    # will use, and the state the estimate states ("2 cores, 1 busy").
+    machine = cpu_state() if device == "cpu" else None
+    threads = choose_threads(config.train.threads, state=machine).threads if machine else None
+    calibration = None
+    if calibrate_here:
+        planned = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix)
+        calibration = calibrate(
+            config, planned.seq_len, rows=planned.rows_per_micro_batch, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
+            use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share, machine=machine,
+        )
+    return EstimateInputs(config, counts, facts, calibration, device, available_memory(device), prices, machine, threads)
+
+
 def estimate_for_split(
     config: ResolvedConfig,
     split: Split,
@@ -175,40 +262,10 @@ def estimate_for_split(
         DataError: when there are no training examples.
         ConfigError: for an unknown ``budget.gpu``.
     """
-    from tunelab.runtime import choose_threads, cpu_state, default_device
-
-    config = require_resolved(config)
-    if config.budget.gpu:
-        (prices or load_price_table()).gpu(config.budget.gpu)  # an unknown name is a config error, before any work
-    counts = count_tokens(config, split, loaded.tokenizer, label_map)
-    facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
-    device = "cuda" if default_device().startswith("cuda") else "cpu"
-    # On a CPU the time here depends on how many cores other processes leave free now: the threads the run
-    # will use, and the state the estimate states ("2 cores, 1 busy").
-    machine = cpu_state() if device == "cpu" else None
-    threads = choose_threads(config.train.threads, state=machine).threads if machine else None
-    calibration = None
-    if calibrate_here:
-        planned = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix)
-        calibration = calibrate(
-            config, planned.seq_len, rows=planned.rows_per_micro_batch, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
-            use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share, machine=machine,
-        )
-    return estimate_run(
-        config,
-        counts.train,
-        facts,
-        validation_token_counts=counts.validation,
-        test_token_counts=counts.test,
-        n_labels=counts.n_labels,
-        shared_prefix=counts.shared_prefix,
-        calibration=calibration,
-        prices=prices,
-        device=device,
-        available_bytes=available_memory(device),
-        machine=machine,
-        threads=threads,
-    )
+    return estimate_inputs(
+        config, split, loaded, label_map=label_map, calibrate_here=calibrate_here, calibration_steps=calibration_steps,
+        calibration_model=calibration_model, calibration_cache=calibration_cache, prices=prices,
+    ).estimate()
 
 
 def estimate_from_config(

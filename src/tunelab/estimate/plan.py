@@ -217,9 +217,14 @@ class RetuneEstimate:
 DAYS_PER_MONTH = 30.0
 
 
+def times_per_month(every_seconds: float) -> float:
+    """How often something done every ``every_seconds`` happens in a month of ``DAYS_PER_MONTH`` days."""
+    return DAYS_PER_MONTH * 86400 / every_seconds
+
+
 def plan_retune(monitor: Any, seconds_here: float | None, gpus: list[GPUEstimate]) -> RetuneEstimate:
     """:class:`RetuneEstimate` of one run's cost at the cadence of ``monitor`` (a ``MonitorConfig``)."""
-    checks = DAYS_PER_MONTH * 86400 / monitor.every_seconds
+    checks = times_per_month(monitor.every_seconds)
     retrains = 0.0 if monitor.retrain_on == "never" else checks
     usd = {gpu.name: gpu.usd * retrains for gpu in gpus}
     fitting = [gpu for gpu in gpus if gpu.fits] or gpus

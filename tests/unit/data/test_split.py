@@ -96,3 +96,24 @@ def test_split_load_rejects_garbage(tmp_path):
     path.write_text("{")
     with pytest.raises(DataError, match="not a readable split"):
         Split.load(path, [])
+
+
+def test_nested_subsets_are_seeded_nested_and_keep_every_label():
+    from tunelab.data.split import nested_subsets
+
+    records = [ClassifyRecord(text=f"text {i}", label="abc"[i % 3] if i < 60 else "a") for i in range(90)]
+    sizes = [9, 18, 45, 90]
+    subsets = nested_subsets(records, sizes, task="classify", seed=1)
+    for small, large in zip(subsets, subsets[1:], strict=False):
+        assert {r.id for r in small} <= {r.id for r in large}
+    # label a has 50 of 90 records: 9 * 50/90 = 5; b and c 20 each: round(2.0) = 2 -> 9 examples.
+    first = subsets[0]
+    assert sorted(r.label for r in first) == ["a"] * 5 + ["b"] * 2 + ["c"] * 2
+    assert len(subsets[-1]) == 90
+    # At a size below one per label every label still has one.
+    assert {r.label for r in nested_subsets(records, [2], task="classify", seed=1)[0]} == {"a", "b", "c"}
+    assert nested_subsets(records, sizes, task="classify", seed=1) == subsets
+    assert nested_subsets(records, sizes, task="classify", seed=2) != subsets
+    documents = [TextRecord(text=f"document {i}") for i in range(10)]
+    parts = nested_subsets(documents, [3, 6], task="text", seed=0)
+    assert [len(p) for p in parts] == [3, 6] and {r.id for r in parts[0]} <= {r.id for r in parts[1]}
