@@ -26,6 +26,7 @@ def _register_commands() -> None:
     # Each command module imports only typer and rich at the top (its heavy imports are inside its
     # commands), so importing all of them keeps `tunelab --help` fast. Listed in --help order.
     from tunelab.cli import (
+        advise,
         config,
         data,
         distill,
@@ -43,7 +44,7 @@ def _register_commands() -> None:
         ui,
     )
 
-    for module in (run, generate, models, env, config, data, serve, train, evaluate, distill, estimate, runs, feedback, monitor, ui):
+    for module in (run, advise, generate, models, env, config, data, serve, train, evaluate, distill, estimate, runs, feedback, monitor, ui):
         module.register(app)
 
 

@@ -201,7 +201,33 @@ def create_app(settings: UISettings):
 
     @app.get("/start", response_class=HTMLResponse)
     def start_page(config: str = ""):
-        return page("start.html", config=config, jobs=list(jobs.jobs.values()), active="start")
+        return page("start.html", config=config, jobs=[j for j in jobs.jobs.values() if j.kind == "run"], active="start")
+
+    @app.get("/advise", response_class=HTMLResponse)
+    def advise_list_page():
+        return page("advise.html", advice_name=None, rows=views.advice_list(registry), active="advise")
+
+    @app.get("/advise/{name}", response_class=HTMLResponse)
+    def advise_page(name: str):
+        values = views.advice_page(registry, name)
+        folder = views.advice_folder(registry, name).resolve()
+        job = next((j for j in jobs.jobs.values() if j.kind == "advise" and j.run_dir.resolve() == folder), None)
+        return page("advise.html", **values, job=job, active="advise")
+
+    @app.post("/api/advise")
+    async def start_advise(request: Request):
+        body = await request.json()
+        config_path, overrides, _ = _start_body(body)
+        options = {}
+        for key in ("budget_minutes", "label_usd"):
+            value = body.get(key)
+            if value not in (None, ""):
+                try:
+                    options[key] = float(value)
+                except (TypeError, ValueError):
+                    return JSONResponse({"error": f"{key} must be a number, got {value!r}"}, status_code=400)
+        job = jobs.start_advise(config_path, overrides, retrain_every=str(body.get("retrain_every") or "30d"), **options)
+        return {"id": job.id, "url": f"/advise/{job.name}", "name": job.name}
 
     def _start_body(body: dict[str, Any]) -> tuple[str, list[str], bool]:
         config = str(body.get("config") or "").strip()

@@ -36,6 +36,7 @@ class Job:
     log_path: Path
     started_at: float = field(default_factory=time.time)
     cancelled: bool = False
+    kind: str = "run"  # run: `tunelab run` (run_dir is the run folder); advise: `tunelab advise` (run_dir is the advice folder)
 
     @property
     def name(self) -> str:
@@ -128,6 +129,49 @@ class JobManager:
         with log_path.open("wb") as log:
             process = start_process(command, log, env)
         job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path)
+        self.jobs[job_id] = job
+        return job
+
+    def start_advise(
+        self, config_path: str | Path, overrides: list[str] | None = None, *, budget_minutes: float | None = None,
+        label_usd: float | None = None, retrain_every: str = "30d",
+    ) -> Job:
+        """Start ``tunelab advise CONFIG`` as a child process, its advice folder beside this UI's registry.
+
+        Raises:
+            ConfigError: for an invalid config, cadence or budget, or an advice folder that already exists.
+        """
+        from tunelab.config import parse_duration
+        from tunelab.tasks.pipeline import run_name
+
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}", "give the path of a run config (YAML), relative to where `tunelab ui` was started")
+        config = load_config(path, overrides or [])
+        parse_duration(retrain_every, "re-tune every")
+        if budget_minutes is not None and budget_minutes <= 0:
+            raise ConfigError(f"the budget must be above 0 minutes, got {budget_minutes:g}")
+        # The advice lands beside the registry, where the Advise page lists it, under a name known before it starts.
+        pinned = [*(overrides or []), f"train.output_dir={self.registry.parent}"]
+        if not config.name:
+            pinned.append(f"name={run_name(config)}")
+        config = load_config(path, pinned)
+        folder = self.registry.parent / f"advise-{config.name}"
+        if folder.exists() and any(folder.iterdir()):
+            raise ConfigError(f"{folder} already exists; an advice is never overwritten", "set another name (an override name=...)")
+        command = [sys.executable, "-m", "tunelab.cli.main", "advise", str(config_path), *pinned, "--retrain-every", retrain_every]
+        if budget_minutes is not None:
+            command += ["--budget-minutes", f"{budget_minutes:g}"]
+        if label_usd is not None:
+            command += ["--label-usd", f"{label_usd:g}"]
+        job_id = uuid.uuid4().hex[:10]
+        log_folder = self.jobs_dir / job_id
+        log_folder.mkdir(parents=True, exist_ok=True)
+        log_path = log_folder / "log.txt"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+        with log_path.open("wb") as log:
+            process = start_process(command, log, env)
+        job = Job(job_id, str(config_path), command, folder, self.registry, process, log_path, kind="advise")
         self.jobs[job_id] = job
         return job
 

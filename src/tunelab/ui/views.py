@@ -458,3 +458,112 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         "agreement": [a.to_dict() for a in agreement(judgments)],
         "sheet": str(sheet.path),
     }
+
+
+# -- advice (tunelab advise) -------------------------------------------------------------------
+
+ADVICE_PREFIX = "advise-"
+CHART_WIDTH, CHART_HEIGHT = 640, 300
+CHART_MARGIN = {"left": 52, "right": 16, "top": 14, "bottom": 36}
+
+
+def advice_root(registry: Registry) -> Path:
+    """Where ``tunelab advise`` writes beside this registry's runs (``<train.output_dir>/advise-<name>``)."""
+    return registry.path.parent
+
+
+def advice_list(registry: Registry) -> list[dict[str, Any]]:
+    """Every advice written beside the registry's runs, newest first: its name, task, recommendation."""
+    from tunelab.tasks.advise import ADVICE_FILE
+
+    rows = []
+    for path in advice_root(registry).glob(f"{ADVICE_PREFIX}*/{ADVICE_FILE}"):
+        data = _load_json(path)
+        if not isinstance(data, dict) or "recommendation" not in data:
+            continue
+        rows.append({
+            "name": path.parent.name, "task": data.get("task"), "metric": data.get("metric"), "train_size": data.get("train_size"),
+            "recommendation": data.get("recommendation"), "seconds": data.get("seconds"), "modified": path.stat().st_mtime,
+        })
+    return sorted(rows, key=lambda row: -row["modified"])
+
+
+def advice_folder(registry: Registry, name: str) -> Path:
+    """The advice folder ``name`` beside the registry: one path component named ``advise-...``.
+
+    Raises:
+        DataError: for any other name.
+    """
+    if not name.startswith(ADVICE_PREFIX) or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise DataError(f"'{name}' is not an advice folder name", "advice folders are named advise-<run name>")
+    return advice_root(registry) / name
+
+
+def advice_page(registry: Registry, name: str) -> dict[str, Any]:
+    """One advice: its table, recommendation, notes and the chart of its curves (None while it is still being made).
+
+    Raises:
+        DataError: for a bad name, or a folder without a readable advice.
+    """
+    from tunelab.tasks.advise import ADVICE_FILE, load_advice
+
+    folder = advice_folder(registry, name)
+    if not (folder / ADVICE_FILE).is_file():
+        return {"advice_name": name, "advice": None, "chart": None}
+    data = load_advice(folder)
+    return {"advice_name": name, "advice": data, "chart": curve_chart(data)}
+
+
+def curve_chart(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The learning curves of an advice as SVG shapes (a log scale of training examples across, the metric up).
+
+    Each learning curve: its 95% band (a polygon), the fitted law (a line), the measured points; each
+    opponent that does not learn: a dashed line at its score; markers at the user's data and the crossing.
+    """
+    curves = [c for c in data.get("curves", []) if c.get("grid")]
+    flats = [o for o in data.get("opponents", []) if not any(c["name"] == o["name"] for c in curves)]
+    if not curves:
+        return None
+    sizes = [g["n"] for c in curves for g in c["grid"]]
+    values = [v for c in curves for g in c["grid"] for v in (g["low"], g["high"], g["value"])]
+    values += [s for c in curves for s in c["scores"]] + [o["score"] for o in flats]
+    finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    low, high = min(finite), max(finite)
+    if data.get("metric") in ("accuracy", "rougeL", "macro_f1"):
+        low, high = max(0.0, low), min(1.0, high)
+    pad = (high - low) * 0.05 or 0.05
+    low, high = low - pad, high + pad
+    left, right, top, bottom = (CHART_MARGIN[k] for k in ("left", "right", "top", "bottom"))
+    n_low, n_high = math.log(min(sizes)), math.log(max(sizes))
+
+    def x(n: float) -> float:
+        return round(left + (math.log(n) - n_low) / (n_high - n_low) * (CHART_WIDTH - left - right), 1)
+
+    def y(v: float) -> float:
+        v = min(max(v, low), high)
+        return round(top + (high - v) / (high - low) * (CHART_HEIGHT - top - bottom), 1)
+
+    shapes = []
+    for index, curve in enumerate(curves):
+        grid = curve["grid"]
+        band = [f"{x(g['n'])},{y(g['high'])}" for g in grid] + [f"{x(g['n'])},{y(g['low'])}" for g in reversed(grid)]
+        shapes.append({
+            "name": curve["name"], "series": index, "band": " ".join(band),
+            "line": " ".join(f"{x(g['n'])},{y(g['value'])}" for g in grid),
+            "points": [{"x": x(n), "y": y(s), "title": f"{curve['name']}: {s:.3f} at {n:,} examples"}
+                       for n, s in zip(curve["sizes"], curve["scores"], strict=True)],
+        })
+    ticks_x = [n for n in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000) if min(sizes) <= n <= max(sizes)]
+    step = (high - low) / 4
+    markers = [{"x": x(data["train_size"]), "label": f"your data ({data['train_size']:,})"}]
+    crossing = data.get("crossing") or {}
+    if crossing.get("size") and not crossing.get("ahead_at_start") and min(sizes) <= crossing["size"] <= max(sizes):
+        markers.append({"x": x(crossing["size"]), "label": f"crossing ({crossing['size']:,.0f})"})
+    return {
+        "width": CHART_WIDTH, "height": CHART_HEIGHT, "left": left, "right": CHART_WIDTH - right, "top": top,
+        "bottom": CHART_HEIGHT - bottom, "curves": shapes,
+        "flats": [{"name": o["name"], "y": y(o["score"]), "score": o["score"]} for o in flats],
+        "markers": markers, "ticks_x": [{"x": x(n), "label": f"{n:,}"} for n in ticks_x],
+        "ticks_y": [{"y": y(low + step * i), "label": f"{low + step * i:.3g}"} for i in range(5)],
+        "metric": data.get("metric"),
+    }

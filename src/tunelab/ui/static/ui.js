@@ -234,6 +234,25 @@ function setUpStart() {
   });
 }
 
+// -- should I fine-tune? (tunelab advise) ------------------------------------------------------
+
+function setUpAdvise() {
+  const button = document.getElementById("advise-button");
+  if (!button) return;
+  button.addEventListener("click", () => {
+    setText("advise-error", "");
+    button.disabled = true;
+    post("/api/advise", {
+      config: document.getElementById("advise-config").value,
+      overrides: document.getElementById("advise-overrides").value,
+      budget_minutes: document.getElementById("advise-budget").value,
+      label_usd: document.getElementById("advise-label-usd").value,
+      retrain_every: document.getElementById("advise-retrain").value,
+    }).then((job) => { window.location = job.url; })
+      .catch((error) => { setText("advise-error", error.message); button.disabled = false; });
+  });
+}
+
 // -- blind review with the keyboard ------------------------------------------------------------
 
 function renderReview(state) {
@@ -319,5 +338,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpLoss();
   setUpJob();
   setUpStart();
+  setUpAdvise();
   setUpReview();
 });

@@ -1,0 +1,617 @@
+"""``tunelab advise``: should I fine-tune at all? The answer before the money is spent.
+
+    split -> opponents on the validation rows -> estimate -> learning curve -> fits and bands
+          -> crossing -> the cost of each way forward -> one recommendation
+
+1. **Opponents first.** Every baseline of ``eval.baselines`` (the base model, the classical model,
+   few-shot, retrieval, a remote model...) learns from the training split only and is scored on the
+   validation split, with a bootstrap interval. The test split is never scored: it stays for the
+   verdict of the real run.
+2. **A learning curve.** The config's own recipe (its defaults included) trains on nested seeded
+   subsets of the training split (``data.split.nested_subsets``: halvings of the largest size the
+   budget allows, down to one example per label), each scored on the same validation rows. The runs
+   train to the recipe's last epoch with no validation set: choosing the checkpoint on the rows that
+   then score it would flatter the curve. A baseline that learns from data and costs seconds to refit
+   (``CURVE_BASELINES``) is refitted at every size too. How many sizes fit ``budget_minutes`` is
+   decided with the estimate of each run (``estimate.EstimateInputs``: one calibration, every size).
+3. **Fits.** A saturating power law through each curve, a paired bootstrap band (``evaluation.curve``),
+   the projected score with all the training data against the best opponent, and the number of
+   training examples at which the tuned curve reaches every opponent (or "not within 10x your data").
+4. **Costs and the answer.** The time, money and monthly re-tuning cost of each way forward
+   (``estimate.options``) and one plain recommendation with its reason.
+
+Everything is written to ``<train.output_dir>/advise-<name>/`` (``advice.json``, each baseline's and
+each curve run's evaluation on the validation rows, the curve runs' adapters); nothing is registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunelab.config import ResolvedConfig, parse_duration, require_resolved
+from tunelab.errors import ConfigError, DataError
+from tunelab.paths import RunFolder, atomic_write_text, baseline_file_stem
+
+if TYPE_CHECKING:
+    from tunelab.data.records import Record
+    from tunelab.estimate.options import OptionCost
+    from tunelab.evaluation.curve import Crossing, Curve, Difference
+    from tunelab.evaluation.result import EvalResult
+
+ADVICE_FILE = "advice.json"
+DEFAULT_BUDGET_MINUTES = 10.0
+DEFAULT_RETRAIN_EVERY = "30d"
+MAX_POINTS = 4  # sizes on the curve: the largest the budget allows and its halvings
+MIN_EXAMPLES = 8  # the smallest subset trained on (classify: also at least one example per label)
+TOP_FRACTIONS = (1.0, 0.5, 0.25, 0.125)  # the largest size tried first: all the training data, then halves
+# Seconds a curve run costs besides the estimated training and scoring: loading the model, tokenizing,
+# saving the adapter, loading it back (measured on the quickstart: 8-12 s on this 2-core CPU).
+RUN_OVERHEAD_S = 12.0
+# The budget is a target: a point is still run when the time left is this much short of its estimate.
+BUDGET_GRACE = 1.25
+# Baselines refitted at every size of the curve: they learn from the data and refit in seconds. few_shot
+# also learns, but at most eval.few_shot_tokens of it, and costs a model pass per size: it stays one point.
+CURVE_BASELINES = ("classical", "retrieval", "embedding")
+ADVISED_TASKS = ("classify", "sft", "text")
+# A recommendation to fine-tune here when it takes at most this long on this machine; else the cheapest GPU.
+HERE_IS_FINE_S = 3600.0
+
+EventFn = Callable[[str, str, dict[str, Any]], None]  # (step, "start"|"done"|"warn", details)
+
+
+@dataclass
+class Opponent:
+    """A baseline scored on the validation rows: its score, bootstrap interval and what fitting + scoring it took."""
+
+    name: str
+    score: float
+    low: float
+    high: float
+    learns: bool  # refitted at every size of the curve
+    seconds: float
+    model: str = ""
+
+
+@dataclass
+class CurvePoint:
+    """One short run of the learning curve: its training size, its score on the validation rows, its time."""
+
+    size: int
+    score: float
+    seconds: float
+    estimated_seconds: float | None
+    run_dir: str
+
+
+@dataclass
+class OptionRow:
+    """One line of the table: a way forward, the score it gets (measured or projected), its cost."""
+
+    cost: OptionCost
+    score: float | None
+    score_low: float | None = None
+    score_high: float | None = None
+    score_note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.cost.to_dict(), "score": self.score, "score_low": self.score_low, "score_high": self.score_high,
+                "score_note": self.score_note}
+
+
+@dataclass
+class Advice:
+    """Everything ``tunelab advise`` found; ``to_dict()`` is ``advice.json`` and what the CLI and the UI render."""
+
+    name: str
+    task: str
+    metric: str
+    higher_is_better: bool
+    train_size: int
+    validation_size: int
+    labelled: int
+    opponents: list[Opponent]
+    points: list[CurvePoint]
+    curves: list[Curve]
+    projection: Difference | None
+    crossing: Crossing | None
+    options: list[OptionRow]
+    recommendation: str
+    reason: str
+    flags: list[str]
+    budget: dict[str, Any]
+    retrain_every: str
+    folder: Path
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def strongest(self) -> Opponent | None:
+        if not self.opponents:
+            return None
+        pick = max if self.higher_is_better else min
+        return pick(self.opponents, key=lambda o: o.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        # The curves are drawn from 1/2 of the smallest size to 10x the data: where the crossing is looked for.
+        smallest = min([p.size for p in self.points] or [self.train_size])
+        grid = sorted({*_log_grid(max(1.0, smallest / 2), 10 * self.train_size, 40), float(self.train_size)})
+        return {
+            "name": self.name, "task": self.task, "metric": self.metric, "higher_is_better": self.higher_is_better,
+            "train_size": self.train_size, "validation_size": self.validation_size, "labelled": self.labelled,
+            "opponents": [dataclasses.asdict(o) for o in self.opponents],
+            "points": [dataclasses.asdict(p) for p in self.points],
+            "curves": [curve.to_dict(grid) for curve in self.curves],
+            "projection": None if self.projection is None else self.projection.to_dict(),
+            "crossing": None if self.crossing is None else self.crossing.to_dict(),
+            "options": [row.to_dict() for row in self.options],
+            "recommendation": self.recommendation, "reason": self.reason, "flags": list(self.flags),
+            "budget": dict(self.budget), "retrain_every": self.retrain_every, "folder": str(self.folder),
+            "seconds": self.seconds, "warnings": list(self.warnings),
+        }
+
+    def save(self) -> Path:
+        path = self.folder / ADVICE_FILE
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False, default=str))
+        return path
+
+
+def _log_grid(start: float, stop: float, count: int) -> list[float]:
+    ratio = (stop / start) ** (1 / (count - 1))
+    return [start * ratio**i for i in range(count)]
+
+
+# ------------------------------------------------------------------------------------ pure decisions
+
+
+def curve_sizes(train_size: int, top_fraction: float, *, min_size: int, max_points: int = MAX_POINTS) -> list[int]:
+    """The sizes of a curve whose largest point is ``top_fraction`` of the data: it and its halvings, ascending.
+
+    Sizes below ``min_size`` are left out (so a small dataset gets fewer points).
+    """
+    top = int(round(train_size * top_fraction))
+    sizes = []
+    for i in range(max_points):
+        size = int(round(top / 2**i))
+        if size < max(min_size, 1) or size in sizes:
+            break
+        sizes.append(size)
+    return sorted(sizes)
+
+
+def plan_curve(
+    train_size: int, *, min_size: int, seconds_for: Callable[[int], float | None], budget_s: float | None,
+) -> tuple[list[int], float | None, str | None]:
+    """The sizes to train: the largest top size (all the data, else a half, a quarter...) whose curve fits the budget.
+
+    Returns (sizes, their estimated seconds or None when unknown, why there is no curve or None).
+    A curve needs three sizes (a power law has three parameters); without a known time per run (no
+    calibration) or without a budget, the largest curve is planned.
+    """
+    from tunelab.evaluation.curve import MIN_POINTS
+
+    cheapest = None
+    for fraction in TOP_FRACTIONS:
+        sizes = curve_sizes(train_size, fraction, min_size=min_size)
+        if len(sizes) < MIN_POINTS:
+            break
+        times = [seconds_for(size) for size in sizes]
+        total = None if any(t is None for t in times) else float(sum(times))  # type: ignore[arg-type]
+        if budget_s is None or total is None or total <= budget_s:
+            return sizes, total, None
+        cheapest = (sizes, total)
+    if cheapest is None:
+        return [], None, (
+            f"{train_size} training examples are too few for a learning curve: {MIN_POINTS} sizes of at least "
+            f"{min_size} examples, each half the next, are needed"
+        )
+    sizes, total = cheapest
+    return [], None, (
+        f"no learning curve fits the budget: the smallest ({', '.join(map(str, sizes))} examples) is estimated at "
+        f"{total / 60:.1f} min; give --budget-minutes {math.ceil(total / 60 * BUDGET_GRACE)} or more"
+    )
+
+
+def recommend(
+    *,
+    metric: str,
+    train_size: int,
+    projection: Difference | None,
+    crossing: Crossing | None,
+    options: dict[str, OptionCost],
+    labels_to_add: int | None,
+    no_curve: str | None = None,
+) -> tuple[str, str]:
+    """One plain recommendation and its reason, from the projection against the best opponent and the costs.
+
+    - The tuned model's projected score with all the training data is ahead of every opponent with the
+      95% interval of the difference above zero: fine-tune (here when that takes at most an hour, else
+      on the cheapest GPU that fits).
+    - Otherwise keep the best opponent (a tie goes to the cheaper way): behind, or not shown to be ahead.
+      The reason says where the curve reaches it, and what labelling that many examples costs.
+    """
+    from tunelab.estimate.plan import duration
+
+    if projection is None:
+        why = no_curve or "no learning curve was measured"
+        here = options.get("here")
+        cost = f" (about {duration(here.seconds)} here)" if here and here.seconds is not None else ""
+        return ("measure first: run tunelab run",
+                f"{why}. The opponents alone cannot say what fine-tuning gives: `tunelab run` measures it{cost} and its verdict decides.")
+    p = projection
+    where = f"with your {train_size:,} training examples"
+    scores = (f"the tuned model is projected at {metric} {p.tuned:.3f} (95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) {where}, "
+              f"{p.opponent} scores {p.opponent_score:.3f}: difference {p.difference:+.3f} (95% interval {p.low:+.3f} to {p.high:+.3f})")
+    if p.low > 0:
+        here, gpu = options.get("here"), options.get("gpu")
+        if here is not None and here.seconds is not None and (here.seconds <= HERE_IS_FINE_S or gpu is None):
+            return "fine-tune here", f"{scores}; ahead of every opponent. Here it takes about {duration(here.seconds)}."
+        if gpu is not None:
+            money = "" if gpu.usd is None else f" for about USD {gpu.usd:.2f}"
+            return f"fine-tune ({gpu.name.removeprefix('fine-tune ')})", f"{scores}; ahead of every opponent. {gpu.name} takes {duration(gpu.seconds)}{money}."
+        return "fine-tune", f"{scores}; ahead of every opponent."
+    choice = f"keep {p.opponent}"
+    if p.high < 0:
+        lead = f"{scores}; behind it."
+    else:
+        lead = f"{scores}; not shown to be ahead, so the cheaper way wins."
+    if crossing is None:
+        return choice, lead
+    if crossing.size is None:
+        return choice, f"{lead} The curve does not reach it within {crossing.limit / train_size:.0f}x your data ({crossing.limit:,.0f} training examples)."
+    if crossing.size <= train_size:
+        return choice, f"{lead} The central curve is level with it from about {crossing.size:,.0f} training examples: the gain is within the noise."
+    label = options.get("label")
+    cost = ""
+    if labels_to_add:
+        cost = f" (label about {labels_to_add:,} more"
+        cost += f", USD {label.usd:,.2f})" if label is not None and label.usd is not None else ")"
+    return choice, f"{lead} The curve reaches it at about {crossing.size:,.0f} training examples{cost}: only beyond that would fine-tuning win."
+
+
+# ------------------------------------------------------------------------------------------ runner
+
+
+def _emit(on_event: EventFn | None, step: str, status: str, **details: Any) -> None:
+    if on_event is not None:
+        on_event(step, status, details)
+
+
+def _score_interval(resampled: Sequence[float]) -> tuple[float, float]:
+    import numpy as np
+
+    low, high = np.percentile(np.asarray(resampled, dtype=float), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def advise(
+    config: ResolvedConfig,
+    *,
+    budget_minutes: float | None = DEFAULT_BUDGET_MINUTES,
+    label_usd_per_example: float | None = None,
+    local_usd_per_hour: float | None = None,
+    retrain_every: str = DEFAULT_RETRAIN_EVERY,
+    folder: str | Path | None = None,
+    calibrate: bool = True,
+    on_event: EventFn | None = None,
+    train_progress: Callable[[Any], None] | None = None,
+) -> Advice:
+    """Should ``config`` be fine-tuned at all? Opponents, a learning curve, costs and one recommendation (module docstring).
+
+    Args:
+        config: the run config a ``tunelab run`` would use (its recipe is the curve's).
+        budget_minutes: how long the whole advice may take (a target: the curve gets the largest
+            sizes whose estimated runs fit; None: no limit, the largest curve).
+        label_usd_per_example: what labelling one more example costs (None: unknown).
+        local_usd_per_hour: what this machine costs an hour (default ``distill.local_usd_per_hour``; None: unknown).
+        retrain_every: the re-tuning cadence the monthly costs assume (30m, 6h, 7d, 30d...).
+        folder: where to write (default ``<train.output_dir>/advise-<run name>``); must not hold an advice yet.
+        calibrate: time a few training steps here (cached per machine) so time is known.
+        on_event: called with (step, status, details) as the advice goes.
+        train_progress: the training loop's progress callback, for each curve run.
+
+    Raises:
+        ConfigError: for a task advise does not cover, a provider backend, a bad cadence or an existing folder.
+        DataError: for unreadable data, or no validation rows to score on.
+        ModelError: when the model cannot be loaded.
+    """
+    from tunelab.data.labels import LabelMap
+    from tunelab.data.split import check_classify_labels, make_split
+    from tunelab.estimate import estimate_inputs
+    from tunelab.evaluation.metrics import PRIMARY_METRIC, TASK_METRICS
+    from tunelab.models import load_model
+    from tunelab.tasks.pipeline import run_name
+
+    started = time.perf_counter()
+    config = require_resolved(config)
+    if config.task not in ADVISED_TASKS:
+        raise ConfigError(
+            f"tunelab advise covers the tasks {', '.join(ADVISED_TASKS)}, not {config.task}",
+            "a preference run is judged against its SFT parent: run it with `tunelab run` and read the verdict",
+        )
+    if config.train.backend != "local":
+        raise ConfigError(
+            f"tunelab advise draws its curve with short local runs, not through train.backend: {config.train.backend}",
+            "advise on the same config with train.backend=local: the table prices the provider's fine-tuning beside it",
+        )
+    retrain_s = parse_duration(retrain_every, "--retrain-every")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be above 0, got {budget_minutes:g}")
+    if local_usd_per_hour is None:
+        local_usd_per_hour = config.distill.local_usd_per_hour
+    name = run_name(config)
+    root = Path(folder) if folder is not None else Path(config.train.output_dir) / f"advise-{name}"
+    if (root / ADVICE_FILE).exists():
+        raise ConfigError(f"{root} already holds an advice", "choose another name (name=...) or folder, or delete it")
+    task, metric = config.task, PRIMARY_METRIC[config.task]
+    higher = next(spec.higher_is_better for spec in TASK_METRICS[task] if spec.name == metric) is not False
+    warnings: list[str] = []
+
+    # 1. The split; the validation rows are what everything is scored on.
+    _emit(on_event, "split", "start")
+    split = make_split(config)
+    outside = config.data.out_of_scope_label
+    if task == "classify":
+        check_classify_labels(split, outside)
+    validation = [r for r in split.validation if task != "classify" or r.label != outside]
+    if not validation:
+        raise DataError(
+            "tunelab advise scores every opponent and every curve run on the validation split, and it is empty",
+            "set data.validation_size above 0 (default 0.1) or give data.validation",
+        )
+    if outside is not None and len(validation) < len(split.validation):
+        warnings.append(f"the {len(split.validation) - len(validation)} out-of-scope validation rows are left out: "
+                        "the curve is of in-scope accuracy (their threshold is chosen on these rows in a real run)")
+    train = list(split.train)
+    # How many labelled examples the user has, and which share of new ones would land in training.
+    labelled = len(train) + len(split.validation) + (len(split.test) if split.test_from == "held out" else 0)
+    _emit(on_event, "split", "done", train=len(train), validation=len(validation), labelled=labelled)
+
+    base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    label_map = LabelMap.for_records(train, base.tokenizer, outside) if task == "classify" else None
+    n_labels = len(label_map.labels) if label_map is not None else 0
+    whole = config.data.model_copy(update={"max_test_examples": None})
+    root.mkdir(parents=True, exist_ok=True)
+
+    # 2. Opponents on the validation rows, each learning from the training split only.
+    from tunelab.config import resolve_baselines
+    from tunelab.evaluation.baselines import evaluate_baseline
+
+    names = resolve_baselines(task, config.eval)
+    baseline_results: dict[str, EvalResult] = {}
+    baseline_seconds: dict[str, float] = {}
+    for baseline in names:
+        _emit(on_event, "baseline", "start", baseline=baseline, n=len(validation))
+        began = time.perf_counter()
+        result = evaluate_baseline(baseline, base, validation, task, train=train, config=config.eval, data_config=whole,
+                                   label_map=label_map, train_ids=[r.id for r in train])
+        baseline_seconds[baseline] = time.perf_counter() - began
+        result.save(root / "baselines" / f"{baseline_file_stem(baseline)}.json")
+        baseline_results[baseline] = result
+        _emit(on_event, "baseline", "done", baseline=baseline, score=result.metrics.get(metric), seconds=baseline_seconds[baseline])
+
+    # 3. The estimate: one calibration prices the real run, every curve run and a run on more data.
+    _emit(on_event, "estimate", "start")
+    inputs = estimate_inputs(config, split, base, label_map=label_map, calibrate_here=calibrate)
+    estimate_now = inputs.estimate()
+    _emit(on_event, "estimate", "done", seconds=estimate_now.total_seconds)
+
+    from functools import cache
+
+    from tunelab.data.split import nested_subsets
+    from tunelab.estimate import example_token_counts
+
+    seed = config.train.seed
+
+    def subset(size: int) -> list[Record]:
+        return nested_subsets(train, [size], task=task, seed=seed)[0]
+
+    @cache
+    def seconds_for(size: int) -> float | None:
+        # A curve run: the subset's own token counts (tokenized as trained), no validation, scored on the validation rows.
+        counts = example_token_counts(config, subset(size), base.tokenizer, label_map)
+        run = inputs.estimate(train=counts, validation=[], test=inputs.counts.validation)
+        if run.seconds is None:
+            return None
+        return run.seconds["train"] + run.seconds.get("eval", 0.0) + RUN_OVERHEAD_S
+
+    min_size = max(MIN_EXAMPLES, n_labels)
+    used = time.perf_counter() - started
+    budget_s = None if budget_minutes is None else budget_minutes * 60 - used
+    sizes, planned_s, no_curve = plan_curve(len(train), min_size=min_size, seconds_for=seconds_for,
+                                            budget_s=None if budget_s is None else max(budget_s, 0.0))
+    if planned_s is None and sizes and budget_s is not None:
+        warnings.append("the time of each curve run is unknown (no calibration): the largest curve was planned regardless of the budget")
+    _emit(on_event, "plan", "done", sizes=sizes, estimated_seconds=planned_s, reason=no_curve)
+
+    # 4. The learning curve: the recipe on nested subsets, each scored on the validation rows.
+    from tunelab.data.split import Split
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.models import load_run
+    from tunelab.tasks import run_training
+
+    point_config = config.model_copy(update={"train": config.train.model_copy(update={"tracker": "none"})})
+    points: list[CurvePoint] = []
+    point_results: list[EvalResult] = []
+    learning = [b for b in names if b in CURVE_BASELINES]
+    curve_baselines: dict[str, list[EvalResult]] = {b: [] for b in learning}
+    ratios: list[float] = []  # measured / estimated seconds of the runs so far
+    stopped = None
+    for size in sizes:
+        estimated = seconds_for(size)
+        if budget_s is not None and estimated is not None and ratios:
+            left = budget_minutes * 60 - (time.perf_counter() - started)  # type: ignore[operator]
+            if estimated * max(ratios) > left * BUDGET_GRACE:
+                stopped = f"the budget ran out after {len(points)} of {len(sizes)} sizes (the runs took up to {max(ratios):.2f}x their estimate)"
+                break
+        records = subset(size)
+        _emit(on_event, "point", "start", size=len(records), estimated_seconds=estimated)
+        began = time.perf_counter()
+        run_dir = root / "curve" / f"n{len(records)}"
+        piece = Split(task, records, [], [], seed=split.seed, out_of_scope_label=outside)
+        run_training(point_config, piece, run_dir=run_dir, progress=train_progress)
+        tuned = evaluate(load_run(run_dir), validation, task, config=config.eval, data_config=whole,
+                         train_ids=[r.id for r in records])
+        tuned.save(run_dir / "eval" / "validation.json")
+        shutil.rmtree(RunFolder(run_dir).checkpoints, ignore_errors=True)  # no resume for a curve run: the adapter is kept
+        for baseline in learning:
+            result = evaluate_baseline(baseline, base, validation, task, train=records, config=config.eval, data_config=whole,
+                                       train_ids=[r.id for r in records])
+            result.save(run_dir / "eval" / f"{baseline_file_stem(baseline)}.json")
+            curve_baselines[baseline].append(result)
+        seconds = time.perf_counter() - began
+        if estimated:
+            ratios.append(seconds / estimated)
+        points.append(CurvePoint(len(records), float(tuned.metrics[metric]), seconds, estimated, str(run_dir)))
+        point_results.append(tuned)
+        _emit(on_event, "point", "done", size=len(records), score=tuned.metrics[metric], seconds=seconds, estimated_seconds=estimated)
+
+    # 5. Fits: every evaluation on the same bootstrap resamples of the validation rows (paired).
+    from tunelab.evaluation.curve import (
+        CROSSING_LIMIT,
+        crossing_point,
+        difference_at,
+        fit_curve,
+        flat_curve,
+        projection_flags,
+        resampled_scores,
+    )
+
+    evaluations: list[EvalResult] = [*baseline_results.values(), *point_results]
+    for results in curve_baselines.values():
+        evaluations += results
+    labels = label_map.labels if label_map is not None else None
+    full, resampled = resampled_scores(task, [e.rows for e in evaluations], metric, samples=config.eval.bootstrap_samples,
+                                       seed=config.eval.seed, labels=labels)
+    column = {id(e): i for i, e in enumerate(evaluations)}
+    n_all = len(train)
+    opponents: list[Opponent] = []
+    opponent_curves: list[Curve] = []
+    for baseline, result in baseline_results.items():
+        i = column[id(result)]
+        low, high = _score_interval(resampled[:, i])
+        refits = curve_baselines.get(baseline, [])
+        opponents.append(Opponent(baseline, float(full[i]), low, high, baseline in CURVE_BASELINES, baseline_seconds[baseline], result.model))
+        if refits:
+            columns = [column[id(r)] for r in refits] + ([i] if n_all not in [p.size for p in points] else [])
+            sizes_here = [p.size for p in points] + ([n_all] if n_all not in [p.size for p in points] else [])
+            opponent_curves.append(fit_curve(baseline, sizes_here, full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher))
+        else:
+            opponent_curves.append(flat_curve(baseline, n_all, float(full[i]), resampled[:, i], higher_is_better=higher))
+
+    curves: list[Curve] = []
+    projection = crossing = None
+    flags: list[str] = []
+    if points:
+        columns = [column[id(r)] for r in point_results]
+        tuned_curve = fit_curve("tuned", [p.size for p in points], full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher)
+        curves.append(tuned_curve)
+        flags += projection_flags(tuned_curve, n_all, metric)
+        if opponent_curves:
+            projection = difference_at(tuned_curve, opponent_curves, n_all)
+            if tuned_curve.learns:
+                crossing = crossing_point(tuned_curve, opponent_curves, start=min(p.size for p in points), limit=CROSSING_LIMIT * n_all)
+    curves += [c for c in opponent_curves if c.learns]
+    for curve in opponent_curves:
+        flags += [f"{curve.name}: {flag}" for flag in curve.flags]
+    if stopped:
+        flags.append(stopped)
+    if len(validation) < 30:
+        flags.append(f"{len(validation)} validation rows: every score here is uncertain by several points (see the intervals)")
+    if not opponent_curves:
+        flags.append("no baseline to compare with (eval.baselines is empty): nothing says fine-tuning is needed")
+
+    # 6. The cost of each way forward, and the answer.
+    from tunelab.estimate.options import (
+        gpu_option,
+        here_option,
+        keep_option,
+        label_option,
+        labels_needed,
+        provider_option,
+    )
+    from tunelab.evaluation.baselines import LEARNS_FROM_TRAINING
+
+    every = dict(retrain_every_s=retrain_s)
+    options: list[OptionRow] = []
+    keyed: dict[str, OptionCost] = {}
+    if opponents:
+        best = (max if higher else min)(opponents, key=lambda o: o.score)
+        keep = keep_option(best.name, best.seconds, learns=best.name in LEARNS_FROM_TRAINING or best.name in CURVE_BASELINES,
+                           local_usd_per_hour=local_usd_per_hour, **every)
+        if config.eval.endpoint_of(best.name) is not None:
+            keep.notes.append("a remote model: each request is paid for (not counted here)")
+        options.append(OptionRow(keep, best.score, best.low, best.high, "measured on the validation rows"))
+        keyed["keep"] = keep
+    tuned_score = (projection.tuned, projection.tuned_low, projection.tuned_high) if projection else (None, None, None)
+    if projection is None:
+        tuned_note = "not measured"
+    elif curves[0].learns:
+        tuned_note = f"projected from the curve at {n_all:,} training examples"
+    else:
+        tuned_note = f"measured at {curves[0].sizes[-1]:,} training examples (too few sizes for a curve)"
+    here = here_option(estimate_now.total_seconds, local_usd_per_hour=local_usd_per_hour, **every)
+    options.append(OptionRow(here, *tuned_score, tuned_note))
+    keyed["here"] = here
+    gpu = gpu_option(estimate_now.gpus, **every)
+    if gpu is not None:
+        options.append(OptionRow(gpu, *tuned_score, tuned_note))
+        keyed["gpu"] = gpu
+    endpoint = config.model.endpoint.name if config.model.endpoint is not None else None
+    provider = provider_option(estimate_now.cloud, model=endpoint, **every)
+    if provider is not None:
+        options.append(OptionRow(provider, None, score_note="a different model: not measured"))
+        keyed["provider"] = provider
+    to_add = None
+    if crossing is not None and crossing.size is not None and crossing.size > n_all:
+        target = int(math.ceil(crossing.size))
+        to_add = labels_needed(target, n_all, n_all / labelled if labelled else 1.0)
+        # More examples like these: the training examples' token counts repeated up to the larger size.
+        cycle = inputs.counts.train
+        bigger = inputs.estimate(train=[cycle[i % len(cycle)] for i in range(int(round(len(cycle) * target / n_all)))])
+        label = label_option(to_add, label_usd_per_example, bigger.total_seconds, local_usd_per_hour=local_usd_per_hour, **every)
+        level = float(curves[0].value([target])[0])
+        low, high = (float(x[0]) for x in curves[0].band([target]))
+        options.append(OptionRow(label, level, low, high, f"projected at {target:,} training examples (level with {crossing.opponent})"))
+        keyed["label"] = label
+    recommendation, reason = recommend(metric=metric, train_size=n_all, projection=projection, crossing=crossing,
+                                       options=keyed, labels_to_add=to_add, no_curve=no_curve)
+    if no_curve:
+        flags.insert(0, no_curve)
+    advice = Advice(
+        name=name, task=task, metric=metric, higher_is_better=higher, train_size=n_all, validation_size=len(validation),
+        labelled=labelled, opponents=opponents, points=points, curves=curves, projection=projection, crossing=crossing,
+        options=options, recommendation=recommendation, reason=reason, flags=flags,
+        budget={"minutes": budget_minutes, "sizes": sizes, "estimated_seconds": planned_s, "used_seconds": time.perf_counter() - started},
+        retrain_every=retrain_every, folder=root, warnings=warnings + list(split.warnings),
+    )
+    advice.seconds = time.perf_counter() - started
+    advice.budget["used_seconds"] = advice.seconds
+    advice.save()
+    _emit(on_event, "advice", "done", path=str(root / ADVICE_FILE))
+    return advice
+
+
+def load_advice(path: str | Path) -> dict[str, Any]:
+    """An ``advice.json`` (or the folder holding it) as written by :func:`advise`.
+
+    Raises:
+        DataError: when the file is missing or not an advice.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / ADVICE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not a readable advice ({error})") from None
+    if not isinstance(data, dict) or "recommendation" not in data:
+        raise DataError(f"{path}: not an advice written by tunelab advise")
+    return data

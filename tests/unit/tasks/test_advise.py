@@ -1,0 +1,204 @@
+"""`tunelab advise` on the tiny model: opponents and a learning curve on the validation rows only, the costs,
+one recommendation; and its pure decisions (which sizes fit the budget, what to recommend) by hand."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tunelab.config import parse_config
+from tunelab.errors import ConfigError, DataError
+from tunelab.estimate.options import OptionCost
+from tunelab.evaluation.curve import Crossing, Difference
+from tunelab.tasks.advise import advise, curve_sizes, load_advice, plan_curve, recommend
+
+WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _classify_config(tmp_path, tiny_model_dir, rows=120, **data):
+    lines = []
+    for i in range(rows):
+        label = "AB"[i % 2]
+        words = WORDS[label]
+        lines.append(json.dumps({"text": f"{words[i % 4]} {words[(i // 2) % 4]} number {i}", "label": label}))
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return parse_config({
+        "task": "classify", "model": str(tiny_model_dir), "name": "tiny",
+        "data": {"train": str(path), "test_size": 0.2, "validation_size": 0.2, "max_length": 64, **data},
+        "train": {"method": "full", "lr": 3e-3, "epochs": 4, "batch_size": 8, "output_dir": str(tmp_path / "runs")},
+        "eval": {"bootstrap_samples": 200},
+    })
+
+
+def test_advise_scores_opponents_and_a_nested_curve_on_validation_rows_only(tmp_path, tiny_model_dir):
+    from tunelab.data.split import make_split
+
+    config = _classify_config(tmp_path, tiny_model_dir)
+    events = []
+    advice = advise(config, budget_minutes=None, calibrate=False, label_usd_per_example=0.5,
+                    on_event=lambda step, status, details: events.append((step, status)))
+    split = make_split(config)
+    assert advice.train_size == len(split.train) == 72 and advice.validation_size == len(split.validation) == 24
+    assert advice.labelled == 120
+    # Sizes: all 72 training examples and their halvings down to MIN_EXAMPLES (8): 72, 36, 18, 9; 9 of two
+    # labels of 36 each is round(4.5) = 4 per label: the subset has 8.
+    assert [p.size for p in advice.points] == [8, 18, 36, 72]
+    assert [o.name for o in advice.opponents] == ["base", "classical", "few_shot"]
+    assert [c.name for c in advice.curves] == ["tuned", "classical"]
+    assert advice.curves[0].sizes == [8, 18, 36, 72] and advice.curves[1].sizes == [8, 18, 36, 72]
+    # Every evaluation is of the validation rows; no test row is ever scored.
+    validation_ids = [r.id for r in split.validation]
+    test_ids = {r.id for r in split.test}
+    files = list(advice.folder.rglob("*.json"))
+    evaluations = [json.loads(f.read_text()) for f in files if f.parent.name in ("eval", "baselines")]
+    assert len(evaluations) == 3 + 4 * 2  # 3 opponents; each size: the tuned run and the classical refit
+    for evaluation in evaluations:
+        ids = [row["id"] for row in evaluation["rows"]]
+        assert ids == validation_ids and not test_ids & set(ids)
+    # Each curve run trained on its own nested subset, to the last epoch (no checkpoints kept, no validation).
+    trained = [set(json.loads((advice.folder / "curve" / f"n{n}" / "split.json").read_text())["train"]) for n in (8, 18, 36, 72)]
+    assert all(small <= large for small, large in zip(trained, trained[1:], strict=False))
+    assert not (advice.folder / "curve" / "n72" / "checkpoints").exists()
+    assert json.loads((advice.folder / "curve" / "n72" / "split.json").read_text())["validation"] == []
+    # The score of each point is its evaluation's accuracy; the projection is against the best opponent.
+    point = json.loads((advice.folder / "curve" / "n36" / "eval" / "validation.json").read_text())
+    assert advice.points[2].score == point["metrics"]["accuracy"]
+    assert advice.projection is not None and advice.projection.opponent in ("base", "classical", "few_shot")
+    assert {row.cost.key for row in advice.options} >= {"keep", "here", "gpu", "provider"}
+    assert advice.recommendation and advice.reason
+    saved = load_advice(advice.folder)
+    assert saved["recommendation"] == advice.recommendation and saved["curves"][0]["grid"]
+    assert ("advice", "done") in events and ("point", "done") in events
+    with pytest.raises(ConfigError, match="already holds an advice"):
+        advise(config, budget_minutes=None, calibrate=False)
+
+
+def test_advise_refuses_what_it_cannot_answer(tmp_path, tiny_model_dir):
+    config = _classify_config(tmp_path, tiny_model_dir, validation_size=0.0)
+    with pytest.raises(DataError, match="validation split"):
+        advise(config, calibrate=False)
+    preference = parse_config({"task": "preference", "model": str(tiny_model_dir), "data": {"train": "x.jsonl"}})
+    with pytest.raises(ConfigError, match="covers the tasks"):
+        advise(preference, calibrate=False)
+
+
+def test_too_little_data_still_gets_an_honest_answer(tmp_path, tiny_model_dir):
+    # 20 rows: 12 to train; halvings 12, 6 stop below 8 examples: no curve, the opponents and costs only.
+    config = _classify_config(tmp_path, tiny_model_dir, rows=20)
+    advice = advise(config, budget_minutes=None, calibrate=False, folder=tmp_path / "tiny-advice")
+    assert advice.points == [] and advice.projection is None
+    assert advice.recommendation == "measure first: run tunelab run"
+    assert "too few for a learning curve" in advice.reason and "too few" in advice.flags[0]
+
+
+def test_the_cli_prints_the_table_and_the_recommendation(tmp_path, tiny_model_dir):
+    import yaml
+
+    config = _classify_config(tmp_path, tiny_model_dir, rows=48)
+    path = tmp_path / "advise.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "advise", str(path), "--no-calibrate", "--label-usd", "0.2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Opponents on" in done.stdout and "Each way forward" in done.stdout and "recommendation:" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "advise", str(path), "--retrain-every", "often"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--retrain-every" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_curve_sizes_halve_down_to_the_minimum():
+    assert curve_sizes(288, 1.0, min_size=8) == [36, 72, 144, 288]
+    assert curve_sizes(288, 0.5, min_size=20) == [36, 72, 144]
+    assert curve_sizes(770, 1.0, min_size=77) == [96, 192, 385, 770]
+    assert curve_sizes(12, 1.0, min_size=8) == [12]
+
+
+def test_the_plan_takes_the_largest_curve_that_fits_the_budget():
+    # A run costs 10 s + 1 s per example: from all 288 (with 144, 72, 36) 4 x 10 + 540 = 580 s; from 144
+    # (72, 36, 18) 40 + 270 = 310 s; from 72 (36, 18, 9) 40 + 135 = 175 s.
+    seconds = lambda n: 10 + n  # noqa: E731
+    assert plan_curve(288, min_size=8, seconds_for=seconds, budget_s=600) == ([36, 72, 144, 288], 580.0, None)
+    assert plan_curve(288, min_size=8, seconds_for=seconds, budget_s=320) == ([18, 36, 72, 144], 310.0, None)
+    assert plan_curve(288, min_size=8, seconds_for=seconds, budget_s=300) == ([9, 18, 36, 72], 175.0, None)
+    sizes, total, reason = plan_curve(288, min_size=8, seconds_for=seconds, budget_s=60)
+    assert sizes == [] and total is None and "--budget-minutes" in reason
+    assert plan_curve(288, min_size=8, seconds_for=lambda n: None, budget_s=1)[0] == [36, 72, 144, 288]
+    assert "too few" in plan_curve(20, min_size=8, seconds_for=seconds, budget_s=None)[2]
+
+
+def _options(here_seconds=300.0, gpu_usd=0.01):
+    return {
+        "here": OptionCost("here", "fine-tune here", here_seconds, None, None, None),
+        "gpu": OptionCost("gpu", "fine-tune on a rented L4", 20.0, gpu_usd, None, None),
+        "label": OptionCost("label", "label 180 more, then fine-tune here", 600.0, 45.0, None, None),
+    }
+
+
+def _difference(tuned, low, high, opponent=0.80):
+    return Difference(288, tuned, tuned - 0.05, tuned + 0.05, "classical", opponent, tuned - opponent, low, high)
+
+
+def _crossing(size):
+    return Crossing(size, None, None, 36, 2880, False, "classical")
+
+
+def test_recommend_fine_tuning_only_when_ahead_with_the_interval_above_zero():
+    choice, reason = recommend(metric="accuracy", train_size=288, projection=_difference(0.9, 0.02, 0.18), crossing=_crossing(100),
+                               options=_options(), labels_to_add=None)
+    assert choice == "fine-tune here" and "ahead of every opponent" in reason and "5.0 min" in reason
+    slow = recommend(metric="accuracy", train_size=288, projection=_difference(0.9, 0.02, 0.18), crossing=None,
+                     options=_options(here_seconds=5 * 3600), labels_to_add=None)
+    assert slow[0] == "fine-tune (on a rented L4)" and "USD 0.01" in slow[1]
+
+
+def test_recommend_keeping_the_baseline_says_where_the_curve_reaches_it():
+    behind = recommend(metric="accuracy", train_size=288, projection=_difference(0.75, -0.1, -0.01), crossing=_crossing(450.2),
+                       options=_options(), labels_to_add=180)
+    assert behind[0] == "keep classical"
+    assert "behind it" in behind[1] and "about 450 training examples" in behind[1] and "180 more, USD 45.00" in behind[1]
+    level = recommend(metric="accuracy", train_size=288, projection=_difference(0.81, -0.05, 0.07), crossing=_crossing(250),
+                      options=_options(), labels_to_add=None)
+    assert level[0] == "keep classical" and "not shown to be ahead" in level[1] and "within the noise" in level[1]
+    never = recommend(metric="accuracy", train_size=288, projection=_difference(0.7, -0.2, -0.05), crossing=_crossing(None),
+                      options=_options(), labels_to_add=None)
+    assert "does not reach it within 10x your data (2,880 training examples)" in never[1]
+    nothing = recommend(metric="accuracy", train_size=288, projection=None, crossing=None, options=_options(), labels_to_add=None,
+                        no_curve="no learning curve fits the budget")
+    assert nothing[0].startswith("measure first") and "5.0 min" in nothing[1]
+
+
+def test_sft_and_text_get_their_own_opponents_and_curves(tmp_path, tiny_model_dir):
+    sft_rows = tmp_path / "qa.jsonl"
+    sft_rows.write_text("\n".join(json.dumps({"prompt": f"what is {i} plus {i}?", "completion": f"{i} plus {i} is {2 * i}."})
+                                  for i in range(60)) + "\n")
+    sft = parse_config({
+        "task": "sft", "model": str(tiny_model_dir), "name": "qa",
+        "data": {"train": str(sft_rows), "test_size": 0.2, "validation_size": 0.2, "max_length": 160},
+        "train": {"epochs": 1, "batch_size": 8, "output_dir": str(tmp_path / "runs")},
+        "eval": {"bootstrap_samples": 100, "max_new_tokens": 8, "few_shot_tokens": 64},
+    })
+    advice = advise(sft, budget_minutes=None, calibrate=False)
+    assert advice.metric == "rougeL" and [o.name for o in advice.opponents] == ["base", "few_shot", "retrieval"]
+    assert [c.name for c in advice.curves][:1] == ["tuned"] and "retrieval" in [c.name for c in advice.curves]
+    assert len(advice.points) == 3 and advice.recommendation
+    documents = tmp_path / "log.jsonl"
+    documents.write_text("\n".join(json.dumps({"text": f"entry {i}: the lamp was lit at dusk and the sea was calm. " * 3})
+                                   for i in range(50)) + "\n")
+    text = parse_config({
+        "task": "text", "model": str(tiny_model_dir), "name": "log",
+        "data": {"train": str(documents), "test_size": 0.1, "validation_size": 0.2, "max_length": 64},
+        "train": {"epochs": 1, "batch_size": 4, "output_dir": str(tmp_path / "runs")},
+        "eval": {"bootstrap_samples": 100},
+    })
+    advice = advise(text, budget_minutes=None, calibrate=False)
+    # perplexity: lower is better; the only opponent is the base model, which learns nothing from more data.
+    assert advice.metric == "perplexity" and not advice.higher_is_better
+    assert [o.name for o in advice.opponents] == ["base"] and [c.name for c in advice.curves] == ["tuned"]
+    assert advice.projection is not None and advice.projection.opponent == "base"
