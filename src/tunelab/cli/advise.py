@@ -25,7 +25,9 @@ def _score(value: Any, low: Any = None, high: Any = None) -> str:
 def _usd(value: Any) -> str:
     if value is None:
         return "?"
-    return f"{value:,.2f}" if value >= 1 or value == 0 else f"{value:.2g}"
+    if 0 < value < 0.01:
+        return "< 0.01"
+    return f"{value:,.2f}"
 
 
 def _event_printer(quiet: bool):
@@ -91,7 +93,8 @@ def render_advice(data: dict[str, Any]) -> None:
     if projection:
         console.print(
             f"projected with all {data['train_size']:,} training examples: tuned {_score(projection['tuned'], projection['tuned_low'], projection['tuned_high'])}"
-            f" vs {projection['opponent']} {_score(projection['opponent_score'])}: difference {projection['difference']:+.3f} "
+            f" vs {projection['opponent']}{' (its curve)' if projection.get('opponent_learns') else ''} {_score(projection['opponent_score'])}: "
+            f"difference {projection['difference']:+.3f} "
             f"[{projection['low']:+.3f}, {projection['high']:+.3f}]"
         )
     if crossing:

@@ -246,9 +246,10 @@ def recommend(
         return ("measure first: run tunelab run",
                 f"{why}. The opponents alone cannot say what fine-tuning gives: `tunelab run` measures it{cost} and its verdict decides.")
     p = projection
-    where = f"with your {train_size:,} training examples"
-    scores = (f"the tuned model is projected at {metric} {p.tuned:.3f} (95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) {where}, "
-              f"{p.opponent} scores {p.opponent_score:.3f}: difference {p.difference:+.3f} (95% interval {p.low:+.3f} to {p.high:+.3f})")
+    theirs = f"{p.opponent}'s curve {p.opponent_score:.3f}" if p.opponent_learns else f"{p.opponent} {p.opponent_score:.3f}"
+    scores = (f"At your {train_size:,} training examples the tuned model is projected at {metric} {p.tuned:.3f} "
+              f"(95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) against {theirs}: difference {p.difference:+.3f} "
+              f"(95% interval {p.low:+.3f} to {p.high:+.3f})")
     if p.low > 0:
         here, gpu = options.get("here"), options.get("gpu")
         if here is not None and here.seconds is not None and (here.seconds <= HERE_IS_FINE_S or gpu is None):
