@@ -91,7 +91,7 @@ def run_case(dataset: str, seed: int, labels: int | None, validation_rows: int, 
     from tunelab.data.read import load_records
     from tunelab.evaluation.baselines import classical_baseline
     from tunelab.evaluation.evaluate import evaluate
-    from tunelab.models import load_run
+    from tunelab.runs import load_run
     from tunelab.tasks.advise import advise
     from tunelab.tasks.pipeline import run_pipeline
 

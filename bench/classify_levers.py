@@ -66,7 +66,7 @@ def main() -> None:
     from tunelab.data.split import Split
     from tunelab.evaluation.baselines import classical_baseline
     from tunelab.evaluation.evaluate import evaluate
-    from tunelab.models import load_run
+    from tunelab.runs import load_run
     from tunelab.tasks import run_training
 
     if args.dataset == "quickstart-train":

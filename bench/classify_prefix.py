@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from tunelab.data.labels import build_label_map  # noqa: E402
 from tunelab.data.templates import classify_messages, render_prompt_ids, zero_shot_messages  # noqa: E402
 from tunelab.evaluation.predict import label_logits, prefix_label_logits, shared_prefix_length  # noqa: E402
-from tunelab.models import load_model  # noqa: E402
+from tunelab.runs import load_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"

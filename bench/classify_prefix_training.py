@@ -30,9 +30,9 @@ from tunelab.config import DataConfig, parse_config  # noqa: E402
 from tunelab.data.labels import LabelMap  # noqa: E402
 from tunelab.data.read import load_records  # noqa: E402
 from tunelab.data.tokenize import tokenize_records, training_prefix  # noqa: E402
-from tunelab.models import load_model  # noqa: E402
 from tunelab.models.adapters import apply_method  # noqa: E402
 from tunelab.models.heads import LabelHead  # noqa: E402
+from tunelab.runs import load_model  # noqa: E402
 from tunelab.train.batching import ClassifyCollate  # noqa: E402
 from tunelab.train.losses import classify_loss_sum  # noqa: E402
 

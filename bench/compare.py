@@ -36,7 +36,7 @@ def lora_flops_per_token(r: int = 16) -> dict[str, float]:
     """4·N_frozen + 6·N_adapter for the default model with LoRA rank ``r`` on every linear layer but the head."""
     import torch
 
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     model = load_model("default").model
     frozen = 0

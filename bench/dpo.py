@@ -237,7 +237,7 @@ def trl_child(args: argparse.Namespace, records: list) -> None:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     loaded = load_model("default")
     steps = 1 + args.speed_steps

@@ -33,7 +33,7 @@ from common import busy_cores_sampler, cpu_hog
 from tunelab.config import load_config
 from tunelab.data.split import make_split
 from tunelab.estimate import estimate_error, estimate_for_split
-from tunelab.models import load_model
+from tunelab.runs import load_model
 from tunelab.runtime import cpu_model_name
 from tunelab.tasks import run_training
 

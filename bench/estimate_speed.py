@@ -31,7 +31,7 @@ import inspect, json, os, sys, time
 from tunelab.config import load_config
 from tunelab.data.split import make_split
 from tunelab.estimate import estimate_for_split
-from tunelab.models import load_model
+from tunelab.runs import load_model
 config = load_config(sys.argv[1], json.loads(sys.argv[2]))
 loaded = load_model(config.model.name)
 split = make_split(config)

@@ -30,7 +30,7 @@ def make_run(root: Path) -> Path:
     import yaml
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     base = load_model("default")
     adapted = get_peft_model(base.model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
@@ -50,9 +50,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.models.adapters import merge_run
     from tunelab.models.generate import generate_text
     from tunelab.models.gguf_export import write_gguf
+    from tunelab.runs import merge_run
 
     work = Path(tempfile.mkdtemp(prefix="tunelab-gguf-bench-"))
     run = make_run(work / "run")

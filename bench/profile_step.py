@@ -158,9 +158,9 @@ def main() -> None:
 
     from tunelab.config import parse_config
     from tunelab.data.tokenize import tokenize_records
-    from tunelab.models import load_model
     from tunelab.models.adapters import apply_method
     from tunelab.models.fused import compile_model
+    from tunelab.runs import load_model
     from tunelab.runtime import resolve_precision
     from tunelab.train.batching import LMCollate
     from tunelab.train.loop import make_optimizer

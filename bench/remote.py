@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, machine_markdown, markdown_table, write_results  # noqa: E402
 
 from tunelab.config import EndpointConfig  # noqa: E402
-from tunelab.models import load_model  # noqa: E402
 from tunelab.remote import RemoteClient, RequestCache  # noqa: E402
+from tunelab.runs import load_model  # noqa: E402
 from tunelab.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
 from tunelab.serve.adapters import ModelRegistry  # noqa: E402
 

@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import openai  # noqa: E402
 import torch  # noqa: E402
 
-from tunelab.models import load_model  # noqa: E402
+from tunelab.runs import load_model  # noqa: E402
 from tunelab.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
 from tunelab.serve.adapters import ModelRegistry  # noqa: E402
 

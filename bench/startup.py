@@ -31,7 +31,7 @@ from common import BENCH_DIR, child_result, machine_info, run_child, tunelab_sou
 LOAD_SNIPPET = """
 import json, time
 t0 = time.perf_counter()
-from tunelab.models import load_model
+from tunelab.runs import load_model
 t1 = time.perf_counter()
 loaded = load_model("default")
 t2 = time.perf_counter()
@@ -179,7 +179,7 @@ def main() -> None:
                       "machine": machine_info()})
         return
     # Make sure the default model is converted and cached first: start-up is measured with a warm cache.
-    subprocess.run([sys.executable, "-c", "from tunelab.models import load_model; load_model('default')"], env=_env(), check=True,
+    subprocess.run([sys.executable, "-c", "from tunelab.runs import load_model; load_model('default')"], env=_env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     generate = time_generate(args.repeats)
     loads = time_load(args.repeats)

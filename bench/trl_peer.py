@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tunelab.data.templates import classify_messages
     from tunelab.data.tokenize import tokenize_classify, tokenize_sft
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     total_steps = WARMUP_STEPS + args.steps + TAIL_STEPS
     n_train = total_steps * args.batch_size * args.grad_accum

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from tunelab.data.split import Split
     from tunelab.data.tokenize import tokenize_classify, tokenize_sft
-    from tunelab.models.loader import load_run
+    from tunelab.runs import load_run
     from tunelab.tasks import run_training
 
     if args.peft_forward:

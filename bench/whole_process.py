@@ -85,8 +85,7 @@ def judge(train: list, validation: list, tunelab_runs: dict[str, list[Path]], tr
     from transformers import AutoModelForCausalLM
 
     from tunelab.data.tokenize import tokenize_sft
-    from tunelab.models import load_model
-    from tunelab.models.loader import load_run
+    from tunelab.runs import load_model, load_run
 
     tokenizer = load_model("default").tokenizer
     held_out = [tokenize_sft(r, tokenizer, max_length) for r in validation]
@@ -112,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tunelab.models.loader import local_folder_for
-    from tunelab.models.resolve import resolve_model
+    from tunelab.runs import resolve_model
 
     model_folder = local_folder_for(resolve_model("default"))  # the transformers folder tunelab's default loads from
     train, validation, data_name = sft_data(args.train, args.validation, args.seed)

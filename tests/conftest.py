@@ -125,7 +125,7 @@ def tiny_model(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def default_model():
     """The real default model (SmolLM2-135M-Instruct), converted once per machine into the user cache."""
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     return load_model("default")
 

@@ -32,14 +32,39 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.errors import ConfigError
 
 Task = Literal["text", "sft", "classify", "preference"]
-Baseline = Literal["base", "classical", "few_shot", "retrieval"]
 
-# The opponents that make sense per task (a remote model will be one more entry of each list).
+
+@dataclass(frozen=True)
+class BaselineEntry:
+    """One opponent of the tuned model in the baseline catalogue (``eval.baselines``).
+
+    How it scores and what else its cache key holds live beside its scorer, under the same name
+    (``tunelab.evaluation.baselines.SCORERS``; a test checks that the two agree).
+    """
+
+    name: str
+    tasks: tuple[str, ...]  # the tasks it applies to (listed there by default)
+    needs_base_model: bool  # runs the base model: costs about one evaluation; none under a remote evaluated model
+    learns_from_training: bool  # learns from the training split: its records' fingerprint is part of the cache key
+    description: str
+
+
+# The baseline catalogue: what a user would do instead of fine-tuning. A new baseline is one entry here and
+# its scorer in tunelab.evaluation.baselines; a remote model (openai:NAME, remote:NAME) is an opponent of classify
+# and sft besides these.
+BASELINES: dict[str, BaselineEntry] = {
+    entry.name: entry
+    for entry in (
+        BaselineEntry("base", ("classify", "sft", "text", "preference"), True, False, "the base model zero-shot"),
+        BaselineEntry("classical", ("classify",), False, True, "TF-IDF word 1-2 + char 2-5 grams, logistic regression (C by cross-validation)"),
+        BaselineEntry("few_shot", ("classify", "sft"), True, True, "the base model with solved training examples in its prompt"),
+        BaselineEntry("retrieval", ("sft",), False, True, "the completion of the most similar training prompt (TF-IDF cosine)"),
+    )
+}
+
+# The opponents that make sense per task, in the catalogue's order.
 TASK_BASELINES: dict[str, tuple[str, ...]] = {
-    "classify": ("base", "classical", "few_shot"),
-    "sft": ("base", "few_shot", "retrieval"),
-    "text": ("base",),
-    "preference": ("base",),
+    task: tuple(name for name, entry in BASELINES.items() if task in entry.tasks) for task in ("classify", "sft", "text", "preference")
 }
 
 
@@ -306,7 +331,7 @@ class EvalConfig(_Section):
 
     @model_validator(mode="after")
     def _remote_names_known(self) -> EvalConfig:
-        local = set(Baseline.__args__)
+        local = set(BASELINES)
         for name in self.baselines or ():
             if name in local or EndpointConfig.parse_name(name) is not None:
                 continue

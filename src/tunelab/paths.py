@@ -1,20 +1,6 @@
-"""Where tunelab keeps things: the user cache, and the layout of a run folder.
+"""Where tunelab keeps things: the user cache, atomic writes, and a name as a file-name stem.
 
-A run folder is everything needed to evaluate, serve or resume a run later::
-
-    runs/<run-name>/
-      config.yaml        the resolved config
-      split.json         record ids of train/validation/test + the data fingerprint
-      labels.json        classify: the label -> token mapping
-      out_of_scope.json  classify with an out-of-scope label: the label and its confidence threshold
-      adapter/           LoRA: a PEFT adapter folder (loads in plain peft, vLLM, ...)
-      model/             full/freeze: a complete transformers model folder
-      tokenizer/         the tokenizer, with its chat template
-      checkpoints/       step-N/ folders for resume; best/ by validation loss
-      metrics.jsonl      one JSON object per logged step / validation
-      data_check.json    the data check of `tunelab run` (what `tunelab data check --json` prints)
-      eval/              base.json, tuned.json, comparison.json
-      report.md, report.html
+The layout of a run folder is ``tunelab.runs.RunFolder``: the only place its file names are spelled.
 """
 
 from __future__ import annotations
@@ -24,7 +10,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -40,74 +25,6 @@ def cache_dir() -> Path:
         return Path(os.environ["TUNELAB_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "tunelab"
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """Paths inside one run folder (see the module docstring)."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def split(self) -> Path:
-        return self.root / "split.json"
-
-    @property
-    def labels(self) -> Path:
-        return self.root / "labels.json"
-
-    @property
-    def out_of_scope(self) -> Path:
-        """classify with data.out_of_scope_label: the label and its confidence threshold (labels.OutOfScope)."""
-        return self.root / "out_of_scope.json"
-
-    @property
-    def adapter(self) -> Path:
-        return self.root / "adapter"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def data_check(self) -> Path:
-        return self.root / "data_check.json"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-    def baseline_eval(self, name: str) -> Path:
-        """``eval/<name>.json`` of one baseline. A remote one's name (``openai:org/model``) is
-        percent-encoded: ':' is no file-name character on Windows and '/' would make a folder."""
-        return self.eval_dir / f"{baseline_file_stem(name)}.json"
-
-    @property
-    def report_md(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    def is_run(self) -> bool:
-        return self.config.is_file() and (self.adapter.is_dir() or self.model.is_dir())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from tunelab.models import load_model
 from tunelab.models.generate import generate_text
+from tunelab.runs import load_model
 
 pytestmark = pytest.mark.slow
 

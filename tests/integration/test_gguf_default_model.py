@@ -30,7 +30,7 @@ def write_default_lora_run(root: Path, tokenizer, *, task: str, scale: float = 0
     from peft import LoraConfig, get_peft_model
 
     from tunelab.data.labels import build_label_map
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     base = load_model("default")
     torch.manual_seed(0)
@@ -64,9 +64,9 @@ def test_default_model_lora_run_round_trips_through_gguf(default_model, tmp_path
 
     from tunelab.data.templates import classify_messages, render_prompt_ids
     from tunelab.evaluation.predict import label_logits
-    from tunelab.models.adapters import merge_run
     from tunelab.models.generate import generate_text
-    from tunelab.models.gguf_export import LABELS_KEY, export_gguf
+    from tunelab.models.gguf_export import LABELS_KEY
+    from tunelab.runs import export_gguf, merge_run
 
     run = write_default_lora_run(tmp_path / "router", default_model.tokenizer, task="classify")
     merged = merge_run(run)
@@ -109,8 +109,8 @@ def test_export_of_the_untrained_default_model_matches_llama_cpps_own_file(defau
     must come out with its tensor names, shapes and q/k layout, and its vocabulary, merges and token types."""
     from gguf import GGUFReader, dequantize
 
-    from tunelab.models.gguf_export import export_gguf
     from tunelab.models.resolve import default_gguf_path
+    from tunelab.runs import export_gguf
 
     run = write_default_lora_run(tmp_path / "untrained", default_model.tokenizer, task="sft", scale=0.0)
     ours, theirs = GGUFReader(export_gguf(run, tmp_path / "untrained.gguf").path), GGUFReader(default_gguf_path())
@@ -132,9 +132,8 @@ def test_llama_cpp_reads_the_export(default_model, tmp_path):
     """Optional: llama.cpp itself (``pip install llama-cpp-python``, which compiles it) gives the same answers."""
     llama_cpp = pytest.importorskip("llama_cpp")
     from tunelab.data.templates import render_prompt_ids
-    from tunelab.models.adapters import merge_run
     from tunelab.models.generate import generate_text
-    from tunelab.models.gguf_export import export_gguf
+    from tunelab.runs import export_gguf, merge_run
 
     run = write_default_lora_run(tmp_path / "sft", default_model.tokenizer, task="sft")
     merged = merge_run(run)

@@ -21,8 +21,8 @@ from tunelab.data.records import ClassifyRecord  # noqa: E402
 def test_lora_classify_banking77_loss_falls_and_merged_export_matches(default_model, shared_data, tmp_path):
     from tunelab.data.labels import LabelMap
     from tunelab.data.templates import classify_messages, render_prompt_ids
-    from tunelab.models import load_run
-    from tunelab.models.adapters import merge_and_save
+    from tunelab.runs import export_folder as merge_and_save
+    from tunelab.runs import load_run
     from tunelab.tasks import run_training
 
     path = shared_data / "banking77" / "train.csv"

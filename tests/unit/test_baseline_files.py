@@ -1,7 +1,6 @@
 """A baseline's evaluation file: remote names (openai:org/model) make one plain file, found again by name."""
 
-from tunelab.evaluation.report import baseline_paths
-from tunelab.paths import RunFolder
+from tunelab.runs import RunFolder
 
 
 def test_remote_baseline_names_make_plain_files_found_again_by_name(tmp_path):
@@ -15,7 +14,7 @@ def test_remote_baseline_names_make_plain_files_found_again_by_name(tmp_path):
     (run.eval_dir / "tuned.json").write_text("{}")
     (run.eval_dir / "comparison.json").write_text("{}")
     (run.eval_dir / "remote:legacy.json").write_text("{}")  # a run written before names were encoded
-    found = baseline_paths(run.root)
+    found = run.baseline_evaluations()
     assert list(found)[:2] == ["base", "classical"]
     assert set(found) == {*names, "remote:legacy"}
     assert found["openai:org/model-1"] == run.baseline_eval("openai:org/model-1")

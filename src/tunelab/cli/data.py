@@ -24,15 +24,15 @@ def _data_config(**values: Any) -> DataConfig:
 
 
 def _tokenizer(model: str | None, allow_network: bool) -> Any:
-    from tunelab.models.loader import load_tokenizer
+    from tunelab.runs import load_tokenizer
 
     return load_tokenizer(model, allow_network) if model else _default_tokenizer()
 
 
 def _default_tokenizer() -> Any:
     # Use the default model's tokenizer when it is ready here; converting it (~20 s) is not worth a check.
-    from tunelab.models.loader import is_cached, load_tokenizer
-    from tunelab.models.resolve import resolve_model
+    from tunelab.models.loader import is_cached
+    from tunelab.runs import load_tokenizer, resolve_model
 
     try:
         source = resolve_model("default")
@@ -167,7 +167,7 @@ def show(
     from tunelab.data.labels import LabelMap
     from tunelab.data.read import read_records
     from tunelab.data.records import ClassifyRecord
-    from tunelab.models.loader import load_tokenizer
+    from tunelab.runs import load_tokenizer
 
     data = _data_config(preset=preset, max_length=max_length, system_prompt=system_prompt, skip_invalid=True)
     result = read_records(path, task, data)

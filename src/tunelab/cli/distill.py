@@ -80,7 +80,9 @@ def distill(
     console.print(f"[bold {colour}]{outcome.report['statement']}[/]")
     if outcome.rejected:
         console.print(f"{len(outcome.rejected)} teacher answers were rejected and left out (listed in {outcome.distill_file})")
-    console.print(f"run folder: {outcome.run_dir}   report: {outcome.run_dir / 'distill_report.md'}")
+    from tunelab.runs import RunFolder
+
+    console.print(f"run folder: {outcome.run_dir}   report: {RunFolder(outcome.run_dir).distill_report_md}")
 
 
 def register(app: typer.Typer) -> None:

@@ -140,8 +140,8 @@ def evaluate_command(
     """
     from tunelab.config import DataConfig, EvalConfig
     from tunelab.data.labels import LabelMap
-    from tunelab.evaluation.baselines import NEEDS_BASE_MODEL, evaluate_with_baselines
-    from tunelab.models import load_model, load_run
+    from tunelab.evaluation.answering import open_model
+    from tunelab.evaluation.baselines import evaluate_with_baselines, needs_base_model
 
     try:
         # Written by the data layer; imported here so the other commands work without it.
@@ -161,31 +161,21 @@ def evaluate_command(
             raise DataError(f"labels file not found: {labels}", "pass a run's labels.json")
         label_map = LabelMap.load(labels)
     remote = _endpoint(endpoint, endpoint_model, endpoint_key_env, model, concurrency)
-    if remote is not None:
-        from tunelab.evaluation.remote import remote_client
-        from tunelab.evaluation.remote_eval import evaluate_remote_with_baselines
-
-        client = remote_client(remote)
-        client.check()
-        with Progress(TextColumn("asking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
-            progress_task = bar.add_task("eval", total=min(len(records), limit or len(records)))
-            result, opponents, verdict = evaluate_remote_with_baselines(
-                client, records, task, baselines=names, train=train_records, config=eval_config, data_config=data_config,
-                labels=label_map.labels if label_map else None, progress=lambda done: bar.advance(progress_task, done),
-            )
-        _show_evaluation(result, opponents, verdict, out, as_json)
-        return
-    loaded = load_run(adapter, allow_network=allow_network) if adapter else load_model(model, allow_network=allow_network)
-    out_of_scope_label = out_of_scope_label or (loaded.out_of_scope or {}).get("label")
-    if out_of_scope_label is not None and task == "classify":
+    # One model interface: a remote endpoint, a run (--adapter) or any model name answer the same way.
+    answering = open_model(remote if remote is not None else str(adapter or model), allow_network=allow_network)
+    if answering.out_of_scope_label is not None and out_of_scope_label is None:
+        out_of_scope_label = answering.out_of_scope_label
+    if out_of_scope_label is not None and task == "classify" and not answering.remote:
         data_config = data_config.model_copy(update={"out_of_scope_label": out_of_scope_label})
     if baseline is None:
-        baseline = task == "classify" and not loaded.label_map
-    total = min(len(records), limit or len(records)) * (1 + sum(name in NEEDS_BASE_MODEL for name in names))
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
+        baseline = task == "classify" and answering.label_map is None
+    model_runs = 0 if answering.remote else sum(needs_base_model(name) for name in names)
+    total = min(len(records), limit or len(records)) * (1 + model_runs)
+    verb = "asking" if answering.remote else "evaluating"
+    with Progress(TextColumn(verb), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
         progress_task = bar.add_task("eval", total=total)
         result, opponents, verdict = evaluate_with_baselines(
-            loaded, records, task, baselines=names, train=train_records, config=eval_config, data_config=data_config,
+            answering, records, task, baselines=names, train=train_records, config=eval_config, data_config=data_config,
             label_map=label_map, zero_shot_prompt=baseline, allow_network=allow_network,
             progress=lambda done: bar.advance(progress_task, done), validation=validation_records,
         )
@@ -252,7 +242,10 @@ def report_command(
 
 def _pair(run: Path | None, base: Path | None, tuned: Path | None) -> tuple[Path, Path]:
     if run is not None:
-        return run / "eval" / "base.json", run / "eval" / "tuned.json"
+        from tunelab.runs import RunFolder
+
+        folder = RunFolder(run)
+        return folder.baseline_eval("base"), folder.tuned_eval
     if base is None or tuned is None:
         raise DataError("name a run folder, or both --base and --tuned evaluation files")
     return base, tuned
@@ -274,7 +267,9 @@ def review_export(
     if out is None:
         if run is None:
             raise DataError("--out is required without a run folder")
-        out = run / "review.csv"
+        from tunelab.runs import RunFolder
+
+        out = RunFolder(run).review_sheet
     sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed)
     console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
 

@@ -52,6 +52,8 @@ def _print_retrain(outcome: dict[str, Any]) -> None:
     console.print(f"retrain: challenger {outcome['challenger']['name']} vs champion {outcome['champion']['name']}: {mark}")
     sizes = outcome["sizes"]
     console.print(f"  data: old train {sizes['old_train']}, new train {sizes['new_train']}, fresh test {sizes['test']} (recent slice {sizes['recent_test']})")
+    for warning in outcome.get("warnings") or []:
+        console.print(f"  [yellow]warning[/yellow] {warning}")
     if outcome["new_labels"]:
         console.print(f"  new labels: {', '.join(outcome['new_labels'])}")
     for name, comparison in (("whole test set", outcome["overall"]), ("recent slice", outcome["recent"])):

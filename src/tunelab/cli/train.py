@@ -8,7 +8,7 @@ import typer
 
 from tunelab.cli.common import console, error_console, print_json, train_progress_bar
 from tunelab.config import load_config
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import ConfigError
 
 
 def train(
@@ -19,15 +19,16 @@ def train(
 ) -> None:
     """Fine-tune a model as CONFIG says (LoRA by default), writing a run folder under train.output_dir."""
     from tunelab.data.split import make_split
-    from tunelab.tasks import run_training
-    from tunelab.tasks.pipeline import run_name
+    from tunelab.tasks.pipeline import run_name, train_registered
 
     if resume is not None:
         if config_path is not None and overrides is None and "=" in str(config_path):
             overrides = [str(config_path)]
         if overrides:
             raise ConfigError("--resume continues a run with its own config.yaml; overrides are not allowed")
-        config = load_config(Path(resume) / "config.yaml")
+        from tunelab.runs import Run
+
+        config = Run.open(resume).config
         run_dir = Path(resume)
     else:
         if config_path is None:
@@ -37,7 +38,7 @@ def train(
     split = make_split(config)
 
     with train_progress_bar(transient=as_json) as on_progress:
-        result = run_training(config, split, run_dir=run_dir, progress=on_progress, resume=resume is not None)
+        result = train_registered(config, split, run_dir=run_dir, progress=on_progress, resume=resume is not None)
     if as_json:
         print_json(result.as_dict())
         return
@@ -65,17 +66,13 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="gguf: print the result as JSON."),
 ) -> None:
     """Write a run as a model folder that plain transformers loads (--merge), one GGUF file, or copy its adapter."""
-    import shutil
-
-    from tunelab.models.adapters import merge_and_save
-    from tunelab.paths import RunFolder
+    from tunelab.runs import export_folder, export_gguf
 
     chosen = output_format or ("gguf" if out.suffix.lower() == ".gguf" else "folder")
     if chosen not in ("folder", "gguf"):
         raise ConfigError(f"--format {chosen!r} is not supported", "use folder or gguf")
     if chosen == "gguf":
         from tunelab.data.templates import CLASSIFY_INSTRUCTION
-        from tunelab.models.gguf_export import export_gguf
 
         result = export_gguf(run_dir, out, quant=quant, ollama=ollama, classify_instruction=CLASSIFY_INSTRUCTION)
         if as_json:
@@ -88,15 +85,7 @@ def export(
         return
     if ollama or quant != "f16":
         raise ConfigError("--ollama and --quant apply to --format gguf only")
-    run = RunFolder(run_dir)
-    if merge or run.model.is_dir():
-        merge_and_save(run_dir, out)
-    else:
-        if out.exists():
-            raise TunelabError(f"{out} already exists; export never overwrites", "choose a new output folder")
-        if not run.adapter.is_dir():
-            raise TunelabError(f"{run_dir} has no adapter/ to export")
-        shutil.copytree(run.adapter, out)
+    export_folder(run_dir, out, merge=merge)
     console.print(f"[bold green]exported[/] {out}")
 
 

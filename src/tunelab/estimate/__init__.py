@@ -283,7 +283,7 @@ def estimate_from_config(
         ConfigError: for an unknown ``budget.gpu``.
     """
     from tunelab.data.split import make_split
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     config = require_resolved(config)
     if config.budget.gpu:

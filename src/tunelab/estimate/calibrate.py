@@ -314,7 +314,7 @@ def calibrate(
         if cached is not None:
             return cached
     if model is None:
-        from tunelab.models import load_model
+        from tunelab.runs import load_model
 
         model = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision).model
     previous_threads = torch.get_num_threads()

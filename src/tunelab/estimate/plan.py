@@ -44,7 +44,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunelab.config import ResolvedConfig, require_resolved, resolve_baselines
+from tunelab.config import BASELINES, ResolvedConfig, require_resolved, resolve_baselines
 from tunelab.errors import DataError
 from tunelab.estimate.prices import PriceTable, load_price_table
 from tunelab.runtime import CpuState
@@ -531,7 +531,7 @@ def estimate_run(
 
     # Baselines that run the model (base, few_shot) cost about one test evaluation each: few-shot prompts
     # are longer, but their shared prefix is computed once. classical / retrieval cost next to nothing.
-    model_baselines = sum(name in ("base", "few_shot") for name in resolve_baselines(config.task, config.eval))
+    model_baselines = sum(name in BASELINES and BASELINES[name].needs_base_model for name in resolve_baselines(config.task, config.eval))
     seconds = None
     if calibration is not None:
         # Tokens at the calibrated shape give the time of training; the FLOP rate that implies

@@ -29,12 +29,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tunelab.config import REMOTE_TASKS, TASK_BASELINES, DataConfig, EvalConfig
+from tunelab.config import BASELINES, REMOTE_TASKS, TASK_BASELINES, DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.data.templates import (
@@ -44,14 +45,12 @@ from tunelab.data.templates import (
     with_system_prompt,
     zero_shot_messages,
 )
-from tunelab.data.tokenize import tokenize_classify
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.evaluate import (
     answer_prompts,
     apply_out_of_scope,
     calibrate_out_of_scope,
     check_test_records,
-    evaluate,
     prompt_text,
     references_of,
     score_classify,
@@ -60,15 +59,14 @@ from tunelab.evaluation.evaluate import (
     zero_shot_extra_tokens,
 )
 from tunelab.evaluation.metrics import PRIMARY_METRIC
-from tunelab.evaluation.predict import prefix_label_logits, softmax
+from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
+from tunelab.inference import Classifier
 
 # Regularisation strengths tried by cross-validation (inverse: large C = little regularisation).
 CLASSICAL_C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 CLASSICAL_FOLDS = 5
 CLASSICAL_FALLBACK_C = 10.0  # when some label has a single training example, so no stratified CV
-LEARNS_FROM_TRAINING = ("classical", "few_shot", "retrieval")
-NEEDS_BASE_MODEL = ("base", "few_shot")
 
 Progress = Callable[[int], None]
 EventFn = Callable[[str, str, dict[str, Any]], None]  # (baseline name, "start"|"done"|"skip", details)
@@ -278,17 +276,14 @@ def few_shot_classify(
             f"{budget} tokens do not fit one example per label (eval.few_shot_tokens): the few-shot prompt shows "
             f"{len(examples)} examples of {len(label_map.labels)} labels"
         )
-    build = lambda text: few_shot_messages(text, label_map, examples, system)  # noqa: E731
     # The test text gets as many tokens as in the trained prompt; the label list and the examples come on top.
     limit = data_config.max_length + zero_shot_extra_tokens(tokenizer, label_map, system) + budget
-    prompts, truncated = [], 0
-    for record in chosen:
-        probe = record if record.label in label_map.labels else dataclasses.replace(record, label=label_map.labels[0])
-        example = tokenize_classify(probe, tokenizer, label_map, limit, system, messages_fn=build)
-        prompts.append(example.input_ids)
-        truncated += example.truncated
-    logits = prefix_label_logits(loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress)
-    rows, metrics, more = score_classify(chosen, softmax(logits), label_map.labels)
+    # The one classify inference with the few-shot prompt: the examples are the shared prefix, computed once.
+    classifier = Classifier(tokenizer, label_map, limit, system, messages=lambda text: few_shot_messages(text, label_map, examples, system))
+    built = [classifier.prompt(record.text) for record in chosen]
+    truncated = sum(cut for _, cut in built)
+    probabilities = classifier.probabilities(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)
+    rows, metrics, more = score_classify(chosen, probabilities, label_map.labels)
     if truncated:
         more.append(f"{truncated} few-shot prompts were too long and had their text shortened")
     model = f"{_model_name(loaded)} few-shot ({k} per label, {len(examples)} examples)"
@@ -398,6 +393,105 @@ def _example_budget(loaded: Any, config: EvalConfig, room: int, warnings: list[s
     return budget
 
 
+@dataclass(frozen=True)
+class BaselineJob:
+    """What a baseline's scorer is given: the base model (when its catalogue entry needs one), the test records,
+    the records it may learn from, the settings and the labels it answers over."""
+
+    name: str
+    base: Any
+    records: Sequence[Record]
+    task: str
+    train: Sequence[Record]
+    config: EvalConfig
+    data_config: DataConfig
+    label_map: LabelMap | None
+    train_ids: Any
+    progress: Progress | None
+
+
+@dataclass(frozen=True)
+class BaselineScorer:
+    """How one catalogue entry (``tunelab.config.BASELINES``) scores, and what else than the common settings
+    changes its scores (its part of the cache key)."""
+
+    score: Callable[[BaselineJob], EvalResult]
+    cache_settings: Callable[[EvalConfig], dict[str, Any]]
+
+
+SCORERS: dict[str, BaselineScorer] = {}
+
+
+def scorer(name: str, cache_settings: Callable[[EvalConfig], dict[str, Any]] = lambda config: {}) -> Callable:
+    """Register the scorer of the catalogue entry ``name`` (a decorator)."""
+
+    def register(function: Callable[[BaselineJob], EvalResult]) -> Callable[[BaselineJob], EvalResult]:
+        SCORERS[name] = BaselineScorer(function, cache_settings)
+        return function
+
+    return register
+
+
+@scorer("base")
+def _score_base(job: BaselineJob) -> EvalResult:
+    from tunelab.evaluation.answering import LocalModel
+
+    return LocalModel(job.base).evaluate(job.records, job.task, config=job.config, data_config=job.data_config, label_map=job.label_map,
+                                         baseline=True, train_ids=job.train_ids, progress=job.progress, baseline_name="base")
+
+
+@scorer("classical", lambda config: {"classical": {"c_grid": list(CLASSICAL_C_GRID), "folds": CLASSICAL_FOLDS}})
+def _score_classical(job: BaselineJob) -> EvalResult:
+    labels = job.label_map.labels if job.label_map is not None else None
+    return classical_baseline(job.train, job.records, data_config=job.data_config, labels=labels, train_ids=job.train_ids)
+
+
+@scorer("few_shot", lambda config: {"few_shot_tokens": config.few_shot_tokens})
+def _score_few_shot(job: BaselineJob) -> EvalResult:
+    if job.task == "classify":
+        return few_shot_classify(job.base, job.train, job.records, config=job.config, data_config=job.data_config, label_map=job.label_map,
+                                 train_ids=job.train_ids, progress=job.progress)
+    return few_shot_sft(job.base, job.train, job.records, config=job.config, data_config=job.data_config, train_ids=job.train_ids,
+                        progress=job.progress)
+
+
+@scorer("retrieval")
+def _score_retrieval(job: BaselineJob) -> EvalResult:
+    return retrieval_baseline(job.train, job.records, data_config=job.data_config, train_ids=job.train_ids)
+
+
+def needs_base_model(name: str) -> bool:
+    """Whether baseline ``name`` runs the base model (a remote one runs elsewhere)."""
+    entry = BASELINES.get(name)
+    return entry is not None and entry.needs_base_model
+
+
+def learns_from_training(name: str) -> bool:
+    """Whether baseline ``name`` learns from the training split."""
+    entry = BASELINES.get(name)
+    return entry is not None and entry.learns_from_training
+
+
+def check_baselines(names: Sequence[str], task: str, config: EvalConfig, *, train: Sequence[Record], has_base: bool) -> None:
+    """Refuse, before anything runs, a baseline that does not apply to ``task``, learns without training records,
+    or needs a base model there is none of (under a remote model).
+
+    Raises:
+        ConfigError: for a baseline that does not apply, or needs a base model.
+        DataError: when a baseline that learns has no training records.
+    """
+    for name in names:
+        if name not in TASK_BASELINES.get(task, ()) and not (config.endpoint_of(name) and task in REMOTE_TASKS):
+            raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
+    local = [name for name in names if needs_base_model(name)]
+    if local and not has_base:
+        raise ConfigError(f"the {', '.join(local)} baseline(s) run the local model under the evaluated one, and a remote model has none",
+                          "use classical, retrieval or another remote model (openai:NAME) as baselines")
+    missing = [name for name in names if learns_from_training(name) and not train]
+    if missing:
+        raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
+
+
 def evaluate_baseline(
     name: str,
     base: Any,
@@ -413,39 +507,30 @@ def evaluate_baseline(
 ) -> EvalResult:
     """One baseline's evaluation on ``records`` (``base`` is the base model, needed by base and few_shot).
 
+    A remote baseline (``openai:NAME``, ``remote:NAME``) is a remote model answering through the one model
+    interface; every other is an entry of the catalogue (``tunelab.config.BASELINES``) scored by its ``SCORERS`` entry.
+
     Raises:
         ConfigError: for a baseline that does not apply to the task, or no base model where one is needed.
         DataError: for missing training records or a bad test set.
     """
     endpoint = config.endpoint_of(name)
     if endpoint is not None and task in REMOTE_TASKS:
-        from tunelab.evaluation.remote import evaluate_remote, remote_client
+        from tunelab.evaluation.answering import remote_model
 
-        labels = None
-        if task == "classify":
-            labels = label_map.labels if label_map is not None else (sorted({r.label for r in train}) if train else None)
-        return evaluate_remote(remote_client(endpoint), records, task, config=config, data_config=data_config, labels=labels,
-                               train_ids=train_ids, baseline_name=name, progress=progress)
+        if task == "classify" and label_map is None and train:
+            label_map = names_label_map(sorted({r.label for r in train}))
+        return remote_model(endpoint, check=False).evaluate(records, task, config=config, data_config=data_config, label_map=label_map,
+                                                            train_ids=train_ids, baseline_name=name, progress=progress)
     if name not in TASK_BASELINES.get(task, ()):
         raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
-    if name in NEEDS_BASE_MODEL and base is None:
+    if needs_base_model(name) and base is None:
         raise ConfigError(f"the {name} baseline needs the base model")
     if task == "classify" and label_map is None:
-        source = train if name in LEARNS_FROM_TRAINING else records
+        source = train if learns_from_training(name) else records
         label_map = LabelMap.for_records(source, base.tokenizer, data_config.out_of_scope_label) if base is not None else None
-    if name == "base":
-        result = evaluate(base, records, task, config=config, data_config=data_config, label_map=label_map, baseline=True, train_ids=train_ids, progress=progress)
-        result.baseline_name = "base"
-        result.settings["baseline"] = "base"
-        return result
-    if name == "classical":
-        labels = label_map.labels if label_map is not None else None
-        return classical_baseline(train, records, data_config=data_config, labels=labels, train_ids=train_ids)
-    if name == "retrieval":
-        return retrieval_baseline(train, records, data_config=data_config, train_ids=train_ids)
-    if task == "classify":
-        return few_shot_classify(base, train, records, config=config, data_config=data_config, label_map=label_map, train_ids=train_ids, progress=progress)
-    return few_shot_sft(base, train, records, config=config, data_config=data_config, train_ids=train_ids, progress=progress)
+    job = BaselineJob(name, base, records, task, train, config, data_config, label_map, train_ids, progress)
+    return SCORERS[name].score(job)
 
 
 def baseline_settings(
@@ -471,17 +556,15 @@ def baseline_settings(
     if endpoint is not None:
         settings["endpoint"] = {"base_url": endpoint.base_url, "name": endpoint.name}
         settings["eval"] = config.model_dump(mode="json", include={"max_new_tokens", "temperature", "top_p", "seed"})
-    if name in NEEDS_BASE_MODEL:
+    if needs_base_model(name):
         # Batch size is in: padding changes float rounding, hence (rarely) an argmax.
         settings["eval"] = config.model_dump(mode="json", include={"max_new_tokens", "temperature", "top_p", "batch_size", "seed"})
-    if name in ("base", "few_shot") and task == "classify":
-        # Since 2026-12-01 the label list no longer counts against max_length (it used to be cut for many labels).
-        settings["label_list"] = "beyond max_length"
-    if name == "few_shot":
-        settings["few_shot_tokens"] = config.few_shot_tokens
-    if name == "classical":
-        settings["classical"] = {"c_grid": list(CLASSICAL_C_GRID), "folds": CLASSICAL_FOLDS}
-    if name in LEARNS_FROM_TRAINING:
+        if task == "classify":
+            # Since 2026-12-01 the label list no longer counts against max_length (it used to be cut for many labels).
+            settings["label_list"] = "beyond max_length"
+    if name in SCORERS:
+        settings.update(SCORERS[name].cache_settings(config))
+    if learns_from_training(name):
         settings["train_fingerprint"] = training_fingerprint(train)
     if task == "classify" and data_config.out_of_scope_label is not None:
         settings["out_of_scope"] = {"label": data_config.out_of_scope_label, "validation": training_fingerprint(validation or [])}
@@ -525,7 +608,7 @@ def baseline_cache_key(name: str, model_key: str, test_fingerprint_: str, settin
     """
     from tunelab.registry.store import baseline_key
 
-    return baseline_key(model_key if name in NEEDS_BASE_MODEL else name, test_fingerprint_, dict(settings))
+    return baseline_key(model_key if needs_base_model(name) else name, test_fingerprint_, dict(settings))
 
 
 def evaluate_baselines(
@@ -572,7 +655,7 @@ def evaluate_baselines(
                 continue
         emit(name, "start", {"n": len(records)})
         scoring = {"train": train, "config": config, "data_config": data_config, "label_map": label_map, "train_ids": train_ids,
-                   "progress": progress if name in NEEDS_BASE_MODEL else None}
+                   "progress": progress if needs_base_model(name) else None}
         if task == "classify" and data_config.out_of_scope_label is not None:
             result = calibrated_baseline(name, base, records, list(validation or []), **scoring)
         else:
@@ -586,25 +669,8 @@ def evaluate_baselines(
     return results
 
 
-def base_model_of(loaded: Any, *, allow_network: bool = False) -> Any:
-    """The base model under ``loaded``: the model an adapter sits on, a full run's starting model, else ``loaded`` itself.
-
-    Raises:
-        ModelError: when that model cannot be loaded.
-    """
-    from tunelab.models import load_model
-
-    if loaded.base_source is not None:
-        return load_model(loaded.base_source, allow_network=allow_network)
-    section = (loaded.run_config or {}).get("model") if isinstance(loaded.run_config, dict) else None
-    name = section.get("name") if isinstance(section, dict) else section
-    if loaded.source.kind == "run" and isinstance(name, str):
-        return load_model(name, allow_network=allow_network)
-    return loaded
-
-
 def evaluate_with_baselines(
-    loaded: Any,
+    model: Any,
     records: Sequence[Record],
     task: str,
     *,
@@ -619,35 +685,32 @@ def evaluate_with_baselines(
     on_event: EventFn | None = None,
     validation: Sequence[Record] | None = None,
 ) -> tuple[EvalResult, dict[str, EvalResult], Any]:
-    """``tunelab eval`` with opponents: the model, each baseline on the same examples, and the verdict.
+    """``tunelab eval`` with opponents: ``model`` (an ``answering.AnsweringModel``: local or remote), each baseline on
+    the same examples, and the verdict.
 
-    The base model (for base and few_shot) is the one under ``loaded`` (``base_model_of``). classify
-    labels: ``label_map``, else the model's own, else the training labels (else the test labels).
-    Returns (the model's evaluation, the baselines' evaluations, the ``Verdict`` or None without baselines).
+    The base model (for base and few_shot) is the one under ``model`` (``model.base_model()``; a remote model has
+    none, so those are refused). classify labels: ``label_map``, else the model's own, else the training labels
+    (else the test labels). Returns (the model's evaluation, the baselines' evaluations, the ``Verdict`` or None).
 
     Raises:
-        ConfigError: for a baseline that does not apply to the task.
+        ConfigError: for a baseline that does not apply to the task, or needs a base model a remote model lacks.
         DataError: when a baseline that learns has no training records, or for a bad test set.
         ModelError: when the base model cannot be loaded.
     """
     from tunelab.evaluation.compare import compare_with_baselines
 
-    missing = [name for name in baselines if name in LEARNS_FROM_TRAINING and not train]
-    if missing:
-        raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
-    for name in baselines:
-        if name not in TASK_BASELINES.get(task, ()) and not (config.endpoint_of(name) and task in REMOTE_TASKS):
-            raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
+    check_baselines(baselines, task, config, train=train, has_base=not model.remote)
     if task == "classify" and label_map is None:
-        if loaded.label_map:
-            label_map = LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
+        if model.label_map is not None:
+            label_map = model.label_map
+        elif model.remote:
+            label_map = names_label_map(sorted({r.label for r in (train or records)}))
         else:
-            source = train or records
-            label_map = LabelMap.for_records(source, loaded.tokenizer, data_config.out_of_scope_label)
+            label_map = LabelMap.for_records(train or records, model.loaded.tokenizer, data_config.out_of_scope_label)
     train_ids = [r.id for r in train] or None
-    result = evaluate(loaded, records, task, config=config, data_config=data_config, label_map=label_map,
-                      baseline=zero_shot_prompt, train_ids=train_ids, progress=progress)
-    base = base_model_of(loaded, allow_network=allow_network) if any(name in NEEDS_BASE_MODEL for name in baselines) else None
+    result = model.evaluate(records, task, config=config, data_config=data_config, label_map=label_map, baseline=zero_shot_prompt,
+                            train_ids=train_ids, progress=progress)
+    base = model.base_model(allow_network=allow_network) if any(needs_base_model(name) for name in baselines) else None
     opponents = evaluate_baselines(baselines, base, records, task, train=train, config=config, data_config=data_config,
                                    label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress, validation=validation)
     verdict = compare_with_baselines(opponents, result, seed=config.seed, samples=config.bootstrap_samples) if opponents else None

@@ -55,6 +55,17 @@ class MetricComparison:
         improved = (self.low > 0) == self.higher_is_better
         return BETTER if improved else WORSE
 
+    def worst_case(self) -> float:
+        """The least favourable plausible change of B over A, in the "better" direction: the 95% interval's end
+        on the bad side (its low end when higher is better, minus its high end when lower is better)."""
+        return self.low if self.higher_is_better is not False else -self.high
+
+    def non_inferior(self, margin: float) -> bool:
+        """The one non-inferiority rule (retrain's challenger, distillation's student): B is shown to be no worse
+        than A by more than ``margin`` when even the worst plausible change (``worst_case``) is above ``-margin``."""
+        worst = self.worst_case()
+        return bool(np.isfinite(worst) and worst > -margin)
+
 
 @dataclass
 class Comparison:

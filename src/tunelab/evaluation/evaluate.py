@@ -27,7 +27,7 @@ from tunelab.data.templates import (
     with_system_prompt,
     zero_shot_messages,
 )
-from tunelab.data.tokenize import tokenize_classify, tokenize_text
+from tunelab.data.tokenize import tokenize_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import (
     PRIMARY_METRIC,
@@ -38,8 +38,9 @@ from tunelab.evaluation.metrics import (
     sft_example_scores,
     text_metrics,
 )
-from tunelab.evaluation.predict import prefix_label_logits, softmax, window_nll
+from tunelab.evaluation.predict import window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
+from tunelab.inference import Classifier, chat_prompt
 from tunelab.models.generate import generate_batch
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
@@ -184,8 +185,8 @@ def evaluate(
 def _resolve_label_map(loaded: Any, records: Sequence[ClassifyRecord], label_map: LabelMap | None, out_of_scope: OutOfScope | None = None) -> LabelMap:
     if label_map is not None:
         return label_map
-    if loaded.label_map:
-        return LabelMap.from_dict(loaded.label_map) if isinstance(loaded.label_map, dict) else loaded.label_map
+    if loaded.label_map is not None:
+        return loaded.label_map
     # A model never trained on these labels: the test set's own labels, in a stable order.
     return LabelMap.for_records(records, loaded.tokenizer, out_of_scope.label if out_of_scope else None)
 
@@ -199,9 +200,9 @@ def resolve_out_of_scope(
     """
     if given is not None:
         return given
-    saved = getattr(loaded, "out_of_scope", None)
-    if saved and not baseline:
-        return OutOfScope.from_dict(saved) if isinstance(saved, dict) else saved
+    saved = loaded.out_of_scope
+    if saved is not None and not baseline:
+        return saved
     if data_config.out_of_scope_label is not None:
         if not baseline:
             warnings.append(
@@ -291,34 +292,16 @@ def rescore_classify(
     return result, metrics, _unknown_labels(result, {*labels, out_of_scope.label}, metrics)
 
 
-def classify_texts(loaded: Any, texts: Sequence[str], *, max_length: int = 512, batch_size: int = 16) -> list[dict[str, Any]]:
-    """A classify run's answers to ``texts``, as serving gives them: the label (the out-of-scope label below the
-    run's threshold), the top label, its probability and every label's probability.
-
-    The run's own prompt (its system message), label tokens, label head and ``out_of_scope.json``.
+def classify_texts(loaded: Any, texts: Sequence[str], *, batch_size: int = 16) -> list[dict[str, Any]]:
+    """A classify run's answers to ``texts``, as serving gives them (``tunelab.inference.Classifier``): the label
+    (the out-of-scope label below the run's threshold), the top label, its probability and every label's probability.
 
     Raises:
-        ConfigError: when ``loaded`` is no classify run (it has no labels.json).
+        ConfigError: when ``loaded`` is no classify run (it has no label map).
     """
-    if not loaded.label_map:
-        raise ConfigError("this model has no labels.json: it is not a classify run", "pass a classify run folder")
-    label_map = LabelMap.from_dict(loaded.label_map)
-    system = ((loaded.run_config or {}).get("data") or {}).get("system_prompt")
-    out_of_scope = OutOfScope.from_dict(loaded.out_of_scope) if loaded.out_of_scope else None
-    prompts = [
-        tokenize_classify(ClassifyRecord(text, label_map.labels[0]), loaded.tokenizer, label_map, max_length, system).input_ids
-        for text in texts
-    ]
-    logits = prefix_label_logits(loaded.model, prompts, label_map.token_ids, batch_size=batch_size, label_head=loaded.label_head)
-    answers = []
-    for row in softmax(logits):
-        best = int(np.argmax(row))
-        top, confidence = label_map.labels[best], float(row[best])
-        answers.append({
-            "label": out_of_scope.answer(top, confidence) if out_of_scope else top, "top_label": top, "confidence": confidence,
-            "probabilities": {label: float(p) for label, p in zip(label_map.labels, row, strict=True)},
-        })  # fmt: skip
-    return answers
+    if loaded.label_map is None:
+        raise ConfigError("this model has no label map: it is not a classify run", "pass a classify run folder")
+    return [answer.to_dict() for answer in Classifier.for_model(loaded).classify(loaded.model, texts, batch_size=batch_size)]
 
 
 def zero_shot_extra_tokens(tokenizer: Any, label_map: LabelMap, system_prompt: str | None) -> int:
@@ -358,30 +341,22 @@ def apply_out_of_scope(result: EvalResult, out_of_scope: OutOfScope) -> EvalResu
 def _evaluate_classify(loaded, records, config, data_config, label_map, baseline, settings, progress, out_of_scope=None):
     tokenizer = loaded.tokenizer
     system = data_config.system_prompt
-    if baseline:
-        messages_fn = lambda text: zero_shot_messages(text, label_map, system)  # noqa: E731
-    else:
-        messages_fn = lambda text: classify_messages(text, system)  # noqa: E731
     limit = data_config.max_length
     if baseline:
         # The zero-shot instruction carries the whole label list (hundreds of tokens for 77 labels): the
         # text gets as many tokens as in the trained prompt, and the list is never cut to fit max_length.
         limit += zero_shot_extra_tokens(tokenizer, label_map, system)
-    prompts, truncated = [], 0
-    for record in records:
-        # The prompt does not depend on the label; an unknown label is scored (as wrong), not refused.
-        probe = record if record.label in label_map.labels else dataclasses.replace(record, label=label_map.labels[0])
-        example = tokenize_classify(probe, tokenizer, label_map, limit, system, messages_fn=messages_fn)
-        prompts.append(example.input_ids)
-        truncated += example.truncated
-    # The run's trained label rows apply only to the labels it was trained on, never to a zero-shot prompt.
-    label_head = getattr(loaded, "label_head", None) if not baseline else None
-    # Every prompt starts with the same system message and instruction (the zero-shot one with the whole
-    # label list too): that prefix is computed once, and each request pays only for its own tokens.
-    logits = prefix_label_logits(
-        loaded.model, prompts, label_map.token_ids, batch_size=config.batch_size, progress=progress, label_head=label_head
-    )
-    probabilities = softmax(logits)
+    # The one classify inference (as served): the prompt, the text shortened to max_length, the shared prefix
+    # computed once, the label rows. The run's trained label rows apply only to the labels it was trained on,
+    # never to a zero-shot prompt.
+    classifier = Classifier(
+        tokenizer, label_map, limit, system, label_head=None if baseline else loaded.label_head,
+        messages=(lambda text: zero_shot_messages(text, label_map, system)) if baseline else None,
+    )  # fmt: skip
+    # The prompt does not depend on the label; an unknown label is scored (as wrong), not refused.
+    built = [classifier.prompt(record.text) for record in records]
+    truncated = sum(cut for _, cut in built)
+    probabilities = classifier.probabilities(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)
     rows, metrics, warnings = score_classify(records, probabilities, label_map.labels, out_of_scope)
     if truncated:
         warnings.append(f"{truncated} classify prompts were longer than max_length and had their text shortened")
@@ -421,10 +396,10 @@ def answer_prompts(
     """
     prompts, truncated = [], 0
     for messages in conversations:
-        ids = render_prompt_ids(loaded.tokenizer, list(messages))
-        if len(ids) > max_length:
-            ids, truncated = ids[-max_length:], truncated + 1
-        prompts.append(ids)
+        # The one chat preparation (as served); the system prompt is already in the messages here.
+        prompt = chat_prompt(loaded.tokenizer, messages, max_length=max_length)
+        prompts.append(prompt.ids)
+        truncated += prompt.truncated
     answers = generate_batch(
         loaded.model,
         loaded.tokenizer,

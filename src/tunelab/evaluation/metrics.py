@@ -153,6 +153,21 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(total / confidence.size)
 
 
+def wilson_interval(successes: float, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (good at small n and near 0 or 1): the one interval of a win
+    rate (review, where a tie counts as half a success) and of a live accuracy (monitor). statsmodels computes it.
+
+    With nothing observed (``total`` 0) every proportion is possible: (0, 1).
+    """
+    if total <= 0:
+        return 0.0, 1.0
+    # Imported here: it pulls in pandas (about a second), which only these two readings need.
+    from statsmodels.stats.proportion import proportion_confint
+
+    low, high = proportion_confint(successes, total, alpha=1 - confidence, method="wilson")
+    return max(0.0, float(low)), min(1.0, float(high))
+
+
 def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_of_scope: Sequence[float]) -> tuple[float, float]:
     """The out-of-scope threshold chosen on validation queries, and the accuracy it reaches there.
 

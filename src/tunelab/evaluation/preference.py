@@ -23,6 +23,7 @@ from typing import Any
 
 from tunelab.data.records import PreferenceRecord
 from tunelab.data.tokenize import PreferenceExample, tokenize_records
+from tunelab.errors import ConfigError
 from tunelab.evaluation.predict import window_nll
 
 Progress = Callable[[int], None]
@@ -45,10 +46,9 @@ def _reference_context(loaded: Any) -> tuple[Any, Any]:
     model = loaded.model
     if hasattr(model, "disable_adapter"):
         return model, model.disable_adapter()
-    from tunelab.models.loader import load_model
-
-    parent = ((loaded.run_config or {}).get("model") or {}).get("name", "default")
-    return load_model(parent).model, contextlib.nullcontext()
+    if loaded.run is None:
+        raise ConfigError("a preference run's evaluation needs its run (the reference is the model it was trained from)")
+    return loaded.run.base.load().model, contextlib.nullcontext()
 
 
 def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config: Any, data_config: Any, baseline: bool, settings: dict, progress: Progress | None):
@@ -63,8 +63,8 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
         warnings.append(f"{len(records) - len(kept)} pairs have an answer beyond max_length and were not scored")
     examples = [e for _, e in kept]
     policy = answer_log_probs(loaded.model, examples, batch_size=config.batch_size, progress=progress)
-    run_settings = (loaded.run_config or {}).get("preference") or {}
-    beta, loss = run_settings.get("beta", DEFAULT_BETA), run_settings.get("loss", DEFAULT_LOSS)
+    run_settings = loaded.run.config.preference if loaded.run is not None else None
+    beta, loss = (run_settings.beta, run_settings.loss) if run_settings is not None else (DEFAULT_BETA, DEFAULT_LOSS)
     if baseline:
         reference = policy
     else:

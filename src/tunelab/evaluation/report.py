@@ -11,20 +11,17 @@ import base64
 import html
 import json
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from tunelab.config import Baseline
 from tunelab.errors import DataError
 from tunelab.evaluation.compare import Verdict, compare_with_baselines
 from tunelab.evaluation.result import EvalResult
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.paths import atomic_write_text
+from tunelab.runs import Run, RunFolder
 
 EXAMPLES_EACH_WAY = 5
-BASELINE_NAMES = typing.get_args(Baseline)  # base, classical, few_shot, retrieval
 TEXT_LIMIT = 400
 VALIDATION_KEYS = ("val_loss", "validation_loss", "eval_loss")
 
@@ -315,24 +312,14 @@ def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: E
     if bad:
         notes.append(f"{bad} lines of {run.metrics.name} could not be read and are not plotted")
     if train or validation:
-        plots["loss"] = plot_losses(train, validation, run.root / "plots" / "loss.png")
+        plots["loss"] = plot_losses(train, validation, run.plots / "loss.png")
     if tuned.task == "classify" and "confusion_matrix" in tuned.metrics:
         shown = [(name, result) for name, result in baselines.items() if "confusion_matrix" in result.metrics]
-        plots["confusion"] = plot_confusions([*shown, ("tuned", tuned)], run.root / "plots" / "confusion.png")
+        plots["confusion"] = plot_confusions([*shown, ("tuned", tuned)], run.plots / "confusion.png")
     examples = changed_examples(baselines[verdict.strongest], tuned)
     atomic_write_text(run.report_md, _markdown(run, baselines, tuned, verdict, plots, examples, notes))
     atomic_write_text(run.report_html, _html(run, baselines, tuned, verdict, plots, examples, notes))
     return ReportFiles(run.report_md, run.report_html, list(plots.values()))
-
-
-def baseline_paths(run_dir: str | Path) -> dict[str, Path]:
-    """The baseline evaluations saved in a run folder: ``eval/<name>.json`` for each known baseline, in order, then remote ones."""
-    run = RunFolder(Path(run_dir))
-    found = {name: run.baseline_eval(name) for name in BASELINE_NAMES if run.baseline_eval(name).is_file()}
-    # Remote baselines (openai:NAME, remote:NAME): percent-encoded names; runs written before kept the ':'.
-    for path in sorted([*run.eval_dir.glob("*%3A*.json"), *run.eval_dir.glob("*:*.json")]):
-        found.setdefault(unquote(path.stem), path)
-    return found
 
 
 def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | None = None) -> tuple[Verdict, ReportFiles]:
@@ -345,22 +332,19 @@ def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | N
         DataError: when the run has no tuned evaluation or no baseline evaluation.
     """
     run = RunFolder(Path(run_dir))
-    tuned_path = run.eval_dir / "tuned.json"
-    found = baseline_paths(run.root)
+    tuned_path = run.tuned_eval
+    found = run.baseline_evaluations()
+    base_path = run.baseline_eval("base")
     if not found:
-        raise DataError(f"{run.eval_dir / 'base.json'} not found, nor any other baseline evaluation", f"evaluate the run first (tunelab eval ... --out {run.eval_dir / 'base.json'})")
+        raise DataError(f"{base_path} not found, nor any other baseline evaluation", f"evaluate the run first (tunelab eval ... --out {base_path})")
     if not tuned_path.is_file():
         raise DataError(f"{tuned_path} not found", f"evaluate the run first (tunelab eval ... --out {tuned_path})")
-    settings: dict[str, Any] = {}
-    if run.config.is_file():
-        import yaml
-
-        loaded = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
-        settings = loaded.get("eval") or {} if isinstance(loaded, dict) else {}
-    seed = seed if seed is not None else int(settings.get("seed", 0))
-    samples = samples if samples is not None else int(settings.get("bootstrap_samples", 1000))
+    # The run's own eval settings when it has a config (a folder of evaluation files alone: 0 and 1000).
+    settings = Run.open(run.root).config.eval if run.config.is_file() or run.pipeline_state.is_file() else None
+    seed = seed if seed is not None else (settings.seed if settings else 0)
+    samples = samples if samples is not None else (settings.bootstrap_samples if settings else 1000)
     baselines = {name: EvalResult.load(path) for name, path in found.items()}
     tuned = EvalResult.load(tuned_path)
     verdict = compare_with_baselines(baselines, tuned, seed=seed, samples=samples)
-    verdict.save(run.eval_dir / "comparison.json")
+    verdict.save(run.comparison)
     return verdict, write_report(run.root, baselines, tuned, verdict)

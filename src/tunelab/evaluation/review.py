@@ -26,14 +26,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunelab.errors import DataError
+from tunelab.evaluation.metrics import wilson_interval
 from tunelab.evaluation.result import EvalResult
 from tunelab.paths import atomic_write_text
+from tunelab.runs import RunFolder
 
 if TYPE_CHECKING:
     from tunelab.registry.store import Registry
 
 COLUMNS = ["id", "prompt", "output_a", "output_b", "preference"]
 CHOICES = {"a": "A", "b": "B", "tie": "tie"}
+
+
+def decided(choice: str | None, output_a: str | None, output_b: str | None) -> str | None:
+    """The one tie rule of a judged row, for the win rate and for preference pairs alike: a row judged tie, or
+    whose two outputs are the same text (the models agreed: there is nothing to prefer), is a tie."""
+    if choice in ("A", "B") and output_a is not None and output_a == output_b:
+        return "tie"
+    return choice
 
 
 def key_path_for(sheet: Path) -> Path:
@@ -91,16 +101,6 @@ class ReviewScore:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def wilson_interval(successes: float, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion (accepts a fractional success count, for ties)."""
-    if total == 0:
-        return 0.0, 1.0
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _read_key(sheet: Path, key: str | Path | None) -> tuple[Path, dict]:
@@ -175,14 +175,11 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
         if choice is None:
             unjudged += 1
             continue
-        if choice == "tie":
+        if decided(choice, row["output_a"], row["output_b"]) == "tie":
             ties += 1
             continue
         other = "B" if choice == "A" else "A"
         chosen, rejected = row[f"output_{choice.lower()}"], row[f"output_{other.lower()}"]
-        if chosen == rejected:
-            ties += 1  # both models wrote the same answer: nothing to prefer
-            continue
         model = sides[row["id"]][choice]
         chosen_by[model] += 1
         pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "review": f"{sheet.name}:{line}", "chosen_model": model}
@@ -197,7 +194,7 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
 def score_judgments(choices: Iterable[tuple[str, str | None]], sides: dict[str, dict[str, str]], *, base: str = "base", tuned: str = "tuned") -> ReviewScore:
     """Score (example id, "A" | "B" | "tie" | None) judgments with a key's ``sides``: the one scoring rule.
 
-    None is a row not judged (blank in a sheet, skipped in the browser). Each judgment counts once,
+    The callers pass each choice through ``decided`` (the one tie rule). None is a row not judged (blank in a sheet, skipped in the browser). Each judgment counts once,
     so two reviewers of the same row count twice.
 
     Raises:
@@ -229,7 +226,8 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
     sheet = Path(sheet)
     key, key_data = _read_key(sheet, key)
     sides = key_data["sides"]
-    choices = [(row["id"], choice) for _, row, choice in _judged_rows(sheet, key, sides, ("id", "preference"))]
+    choices = [(row["id"], decided(choice, row.get("output_a"), row.get("output_b")))
+               for _, row, choice in _judged_rows(sheet, key, sides, ("id", "preference"))]
     try:
         return score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"))
     except DataError:
@@ -238,12 +236,9 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
 
 # -- reviews in the registry (tunelab ui) -----------------------------------------------------------
 
-REVIEW_SHEET = "review.csv"
-
-
 def review_sheet_path(run_dir: str | Path) -> Path:
     """The run's own review sheet, ``RUN/review.csv`` (what ``tunelab review export RUN`` writes), absolute."""
-    return (Path(run_dir) / REVIEW_SHEET).resolve()
+    return RunFolder(Path(run_dir)).review_sheet.resolve()
 
 
 @dataclass
@@ -285,8 +280,8 @@ def open_run_review(run_dir: str | Path, *, seed: int = 0) -> ReviewSheet:
     run_dir = Path(run_dir)
     sheet = review_sheet_path(run_dir)
     if not sheet.is_file() or not key_path_for(sheet).is_file():
-        base, tuned = run_dir / "eval" / "base.json", run_dir / "eval" / "tuned.json"
-        export_review(EvalResult.load(base), EvalResult.load(tuned), sheet, seed=seed)
+        folder = RunFolder(run_dir)
+        export_review(EvalResult.load(folder.baseline_eval("base")), EvalResult.load(folder.tuned_eval), sheet, seed=seed)
     return load_sheet(sheet)
 
 
@@ -319,7 +314,8 @@ def score_registry_reviews(registry: Registry, run: str, sheet: ReviewSheet) -> 
         DataError: when nothing was judged yet.
     """
     judgments = registry_judgments(registry, run, sheet)
-    return score_judgments([(j.example_id, j.choice) for j in judgments], sheet.sides, base=sheet.base, tuned=sheet.tuned)
+    choices = [(j.example_id, decided(j.choice, sheet.row(j.example_id)["output_a"], sheet.row(j.example_id)["output_b"])) for j in judgments]
+    return score_judgments(choices, sheet.sides, base=sheet.base, tuned=sheet.tuned)
 
 
 @dataclass

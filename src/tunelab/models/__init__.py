@@ -1,4 +1,4 @@
-"""Resolve a model name to weights + tokenizer: the bundled default, a folder, a .gguf, a hub id, a run.
+"""Resolve a model name to weights + tokenizer: the bundled default, a folder, a .gguf, a hub id (a run: ``tunelab.runs``).
 
 The names are loaded on first use (PEP 562): ``tunelab.models.loader`` imports torch and
 transformers, and importing a light submodule such as ``tunelab.models.resolve`` or
@@ -11,20 +11,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tunelab.models.loader import LoadedModel, load_model, load_run, load_tokenizer
+    from tunelab.models.loader import LoadedModel, load_model, load_tokenizer
     from tunelab.models.resolve import DEFAULT_MODEL_NAME, ModelSource, resolve_model
 
 _HOMES = {
     "LoadedModel": "tunelab.models.loader",
     "load_model": "tunelab.models.loader",
-    "load_run": "tunelab.models.loader",
     "load_tokenizer": "tunelab.models.loader",
     "DEFAULT_MODEL_NAME": "tunelab.models.resolve",
     "ModelSource": "tunelab.models.resolve",
     "resolve_model": "tunelab.models.resolve",
 }
 
-__all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "ModelSource", "load_model", "load_run", "load_tokenizer", "resolve_model"]
+__all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "ModelSource", "load_model", "load_tokenizer", "resolve_model"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,14 +1,13 @@
 """What is trained: LoRA adapters (PEFT), every weight, or only chosen decoder layers; and merged export.
 
 The adapter is saved in PEFT's own format, so it loads in plain ``peft`` and in any PEFT-aware
-server. ``merge_run`` folds it into the base weights (the one home of a run's final weights);
-``merge_and_save`` writes them as a model folder that plain transformers loads, and
+server. ``fold_trained`` folds it into the base weights (the one home of a run's final weights);
+``tunelab.runs`` writes them as a model folder that plain transformers loads (``export_folder``), and
 ``tunelab.models.gguf_export`` as one GGUF file.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ import torch
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.errors import ConfigError, ModelError
-from tunelab.paths import RunFolder, atomic_directory
+from tunelab.errors import ConfigError
+from tunelab.paths import atomic_directory
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -108,29 +107,91 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_trained(model: nn.Module, tokenizer: Any, run: RunFolder) -> Path:
-    """Write the trained weights into the run folder: ``adapter/`` for LoRA, ``model/`` otherwise.
+def save_trained(model: nn.Module, tokenizer: Any, *, adapter_dir: Path, model_dir: Path, tokenizer_dir: Path) -> Path:
+    """Write the trained weights: ``adapter_dir`` for LoRA, ``model_dir`` otherwise; the tokenizer in ``tokenizer_dir``.
 
-    A classify run's ``LabelHead`` is saved next to the LoRA adapter, or folded into the output head
-    of a ``model/`` folder (so that folder stays a plain transformers model).
+    A classify run's ``LabelHead`` goes into the LoRA adapter as PEFT trainable tokens (``write_label_rows``:
+    plain ``peft`` loads it), or is folded into the output head of the model folder (so that folder stays a
+    plain transformers model). ``tunelab.train.run`` passes
+    the run folder's paths (this layer knows no run folder).
     """
     label_head = model._modules.pop("label_head", None)  # never part of the transformers state dict
     if hasattr(model, "peft_config"):
-        target = run.adapter
+        target = Path(adapter_dir)
     else:
-        target = run.model
+        target = Path(model_dir)
         if label_head is not None:
             label_head.fold_into(model)
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp)
-        if label_head is not None and target == run.adapter:
-            label_head.save(tmp)
-        if target == run.model:
+        if label_head is not None and target == Path(adapter_dir):
+            write_label_rows(tmp, model, label_head)
+        if target == Path(model_dir):
             # model/ is a complete transformers folder on its own, tokenizer included.
             tokenizer.save_pretrained(tmp)
-    with atomic_directory(run.tokenizer) as tmp:
+    with atomic_directory(Path(tokenizer_dir)) as tmp:
         tokenizer.save_pretrained(tmp)
     return target
+
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # PEFT's own file names
+
+
+def write_label_rows(adapter_dir: Path, model: nn.Module, label_head: Any) -> None:
+    """Put a classify run's trained label rows into the PEFT adapter saved in ``adapter_dir``, in PEFT's own form:
+    ``trainable_token_indices`` on the output head in ``adapter_config.json`` and the rows as the head's
+    ``token_adapter.trainable_tokens_delta`` in ``adapter_model.safetensors`` (what ``peft.LoraConfig(trainable_token_indices=...)``
+    saves), so ``peft.PeftModel.from_pretrained`` reproduces tunelab's label scores without tunelab.
+    """
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from tunelab.models.heads import label_rows_as_trainable_tokens
+
+    name, ids, rows = label_rows_as_trainable_tokens(model, label_head)
+    config_path, weights_path = Path(adapter_dir) / ADAPTER_CONFIG, Path(adapter_dir) / ADAPTER_WEIGHTS
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["trainable_token_indices"] = {name: ids}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    tensors = load_file(str(weights_path))
+    tensors[f"base_model.model.{name}.token_adapter.trainable_tokens_delta"] = rows
+    save_file(tensors, str(weights_path), metadata={"format": "pt"})
+
+
+def label_rows_config(adapter_dir: Path) -> tuple[Any, dict[str, list[int]] | None]:
+    """(the adapter's PEFT config without its label rows, the label rows' ``trainable_token_indices``).
+
+    tunelab applies a classify run's label rows itself (``models.heads.LabelHead``, the label columns only),
+    so it loads the LoRA part alone: PEFT's own trainable-tokens wrapper on the output head cannot hold the
+    adapters of several runs, with and without label rows, on one base (a server's multi-adapter case).
+    """
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    indices = getattr(config, "trainable_token_indices", None)
+    if indices:
+        config.trainable_token_indices = None
+    return config, indices or None
+
+
+def read_label_head(adapter_dir: Path, model: nn.Module, indices: dict[str, list[int]] | None = None) -> Any:
+    """A classify run's trained label rows saved in ``adapter_dir`` as a ``LabelHead`` over ``model``'s output head:
+    PEFT trainable tokens (``write_label_rows``), or the delta of a run saved before (``label_head.safetensors``).
+    None when the adapter has no label rows."""
+    from tunelab.models.heads import LabelHead, causal_lm_of
+
+    old = LabelHead.load(adapter_dir)
+    if old is not None or not indices:
+        return old
+    from safetensors import safe_open
+
+    ((name, ids),) = indices.items()
+    with safe_open(str(Path(adapter_dir) / ADAPTER_WEIGHTS), framework="pt") as handle:
+        rows = handle.get_tensor(f"base_model.model.{name}.token_adapter.trainable_tokens_delta")
+    weight = causal_lm_of(model).get_output_embeddings().weight.detach()
+    token_ids = torch.tensor(ids, dtype=torch.long)
+    return LabelHead(token_ids, rows.float() - weight[token_ids.to(weight.device)].float().cpu())
 
 
 @dataclass
@@ -138,67 +199,31 @@ class MergedRun:
     """A run's final weights as one plain transformers model, with what travels with it.
 
     ``state_dict`` is the complete set of weights every export writes (``lm_head.weight`` included
-    even when it is tied to the embeddings); ``model`` is the same weights as a module.
+    even when it is tied to the embeddings); ``model`` is the same weights as a module. ``run_config``
+    is the run's resolved config as plain data, ``label_map`` a classify run's labels.json as plain data.
+    Made by ``tunelab.runs.merge_run``.
     """
 
     model: Any
     tokenizer: Any
     state_dict: dict[str, torch.Tensor]
-    run: RunFolder
+    name: str
     run_config: dict
     label_map: dict | None
     base_source: Any = None
 
 
-def merge_run(run_dir: str | Path) -> MergedRun:
-    """Fold a run's trained weights into one plain model: the one place a run's final weights are made.
+def fold_trained(loaded: Any) -> nn.Module:
+    """Fold trained weights into one plain model: the one place a run's final weights are made.
 
-    LoRA adapters are merged into the base weights; full and freeze runs already are plain models.
-    Every export (a transformers folder, a GGUF file) starts from here, so whatever else a run may
-    one day train on top of its weights is folded in once, for all of them.
-
-    Raises:
-        ModelError: when ``run_dir`` is no finished run.
+    A LoRA adapter is merged into the base weights, and a classify run's trained label rows go into an
+    untied output head (see ``models.heads.LabelHead``); full and freeze runs already are plain models.
+    Every export (a transformers folder, a GGUF file) starts from here.
     """
-    from tunelab.models.loader import load_run
-
-    run = RunFolder(Path(run_dir))
-    loaded = load_run(run.root)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if loaded.label_head is not None:
-        # classify: the trained label rows go into an untied output head (see models.heads.LabelHead)
         loaded.label_head.fold_into(model)
     model.eval()
-    state_dict = {name: tensor.detach() for name, tensor in model.state_dict().items()}
-    return MergedRun(
-        model=model,
-        tokenizer=loaded.tokenizer,
-        state_dict=state_dict,
-        run=run,
-        run_config=loaded.run_config or {},
-        label_map=loaded.label_map,
-        base_source=loaded.base_source,
-    )
-
-
-def merge_and_save(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Fold a run's adapter into its base model and write a plain transformers folder at ``out_dir``.
-
-    Full and freeze runs already are plain model folders; they are copied. The tokenizer (with its
-    chat template) and, for classify, ``labels.json`` go along.
-
-    Raises:
-        ModelError: when ``run_dir`` is no finished run or ``out_dir`` already exists.
-    """
-    out = Path(out_dir)
-    if out.exists():
-        raise ModelError(f"{out} already exists; export never overwrites", "choose a new output folder")
-    merged = merge_run(run_dir)
-    with atomic_directory(out) as tmp:
-        merged.model.save_pretrained(tmp)
-        merged.tokenizer.save_pretrained(tmp)
-        if merged.run.labels.is_file():
-            shutil.copy2(merged.run.labels, tmp / "labels.json")
-    return out
+    return model

@@ -158,7 +158,7 @@ def chat_input_ids(tokenizer: Any, prompt: str, system: str | None = None) -> to
 def stream_generate(
     model: Any,
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     system: str | None = None,
     max_new_tokens: int = 256,
@@ -166,10 +166,17 @@ def stream_generate(
     top_p: float = 1.0,
     seed: int = 0,
 ) -> Iterator[str]:
-    """Yield the answer to ``prompt`` piece by piece (greedy unless temperature > 0)."""
+    """Yield the answer to ``prompt`` piece by piece (greedy unless temperature > 0).
+
+    ``prompt``: token ids already prepared (``tunelab.inference.chat_prompt``: what ``tunelab generate`` passes),
+    or a user message put into the chat template here (with ``system``).
+    """
     from transformers import TextIteratorStreamer
 
-    input_ids = chat_input_ids(tokenizer, prompt, system).to(model.device)
+    if isinstance(prompt, str):
+        input_ids = chat_input_ids(tokenizer, prompt, system).to(model.device)
+    else:
+        input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stops = stop_token_ids(model, tokenizer)
     errors: list[BaseException] = []

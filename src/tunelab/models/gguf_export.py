@@ -1,6 +1,6 @@
 """A run as one GGUF file for llama.cpp, Ollama and LM Studio, and an Ollama ``Modelfile`` beside it.
 
-The weights are the run's merged ones (``merge_run``), written with the ``gguf`` package's writer
+The weights are the run's merged ones (``tunelab.runs.merge_run``), written with the ``gguf`` package's writer
 under llama.cpp's names and metadata keys. Everything a reader needs travels in the file: the
 architecture, the byte-level BPE tokenizer (vocabulary, merges, special ids) and the chat template
 the run was trained with; a classify run adds its label map (``tunelab.labels``).
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import ModelError
-from tunelab.models.adapters import MergedRun, merge_run
+from tunelab.models.adapters import MergedRun
 from tunelab.paths import atomic_write_text
 
 QUANTS: tuple[str, ...] = ("f16", "q8_0")
@@ -97,46 +97,28 @@ class _Tokenizer:
     chat_template: str | None
 
 
-def export_gguf(
-    run_dir: str | Path,
-    out_path: str | Path,
-    *,
-    quant: str = "f16",
-    ollama: bool = False,
-    classify_instruction: str | None = None,
+def write_gguf(
+    merged: MergedRun, out_path: str | Path, *, quant: str = "f16", ollama: bool = False, classify_instruction: str | None = None
 ) -> GGUFExport:
-    """Write a finished run as one GGUF file at ``out_path`` (and a Modelfile beside it with ``ollama``).
+    """Write a run's merged weights (``tunelab.runs.merge_run``) as one GGUF file at ``out_path`` (and a
+    Modelfile beside it with ``ollama``). ``tunelab.runs.export_gguf`` merges a run folder and calls this.
 
     ``classify_instruction``: the instruction a classify run was trained with, shown in the Modelfile
     (the data layer owns the prompt, and models sits beside it, so the caller passes it in).
 
     Raises:
-        ModelError: when the output exists, the run is no finished run, its tokenizer file is
-            missing, its architecture or tokenizer cannot be written as GGUF, or ``quant`` is unknown.
+        ModelError: when the output exists, the architecture or tokenizer cannot be written as GGUF, or
+            ``quant`` is unknown.
     """
     out = Path(out_path)
-    _check_targets(out, quant, ollama)
-    _check_tokenizer_file(Path(run_dir))
-    return write_gguf(merge_run(run_dir), out, quant=quant, ollama=ollama, classify_instruction=classify_instruction)
-
-
-def write_gguf(
-    merged: MergedRun, out_path: str | Path, *, quant: str = "f16", ollama: bool = False, classify_instruction: str | None = None
-) -> GGUFExport:
-    """Write already merged weights (``merge_run``) as one GGUF file; see ``export_gguf``.
-
-    Raises:
-        ModelError: as ``export_gguf``.
-    """
-    out = Path(out_path)
-    _check_targets(out, quant, ollama)
+    check_targets(out, quant, ollama)
     architecture = _architecture(merged.model.config)
     tokenizer = _tokenizer_metadata(merged)
     tensors, tied = _gguf_tensors(merged.state_dict, merged.model.config, quant)
     labels = merged.label_map
     system_prompt = _system_prompt(merged.run_config)
     modelfile = modelfile_path(out) if ollama else None
-    name = ollama_model_name(merged.run.root.name) if ollama else None
+    name = ollama_model_name(merged.name) if ollama else None
     modelfile_content = None
     if ollama:
         # The run saw its own system prompt, or the template's default one when it had none.
@@ -179,7 +161,7 @@ def write_gguf(
     )
 
 
-def _check_targets(out: Path, quant: str, ollama: bool) -> None:
+def check_targets(out: Path, quant: str, ollama: bool) -> None:
     if quant not in QUANTS:
         raise ModelError(f"--quant {quant!r} is not supported", f"use one of: {', '.join(QUANTS)}")
     for target in (out, modelfile_path(out) if ollama else None):
@@ -199,18 +181,6 @@ def ollama_model_name(run_name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ checks
-
-
-def _check_tokenizer_file(run_dir: Path) -> None:
-    from tunelab.paths import RunFolder
-
-    run = RunFolder(run_dir)
-    if run.tokenizer.is_dir() and not (run.tokenizer / "tokenizer.json").is_file():
-        raise ModelError(
-            f"{run.tokenizer / 'tokenizer.json'} is missing: a GGUF file needs the run's fast tokenizer "
-            "(vocabulary and merges)",
-            "restore the run's tokenizer/ folder (tokenizer.save_pretrained writes tokenizer.json)",
-        )
 
 
 def _architecture(config: Any) -> str:
@@ -394,7 +364,7 @@ def _write_metadata(writer: Any, merged: MergedRun, tokenizer: _Tokenizer, quant
     config = merged.model.config
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    writer.add_name(merged.run.root.name)
+    writer.add_name(merged.name)
     writer.add_type("model")
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))

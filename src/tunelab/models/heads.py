@@ -8,8 +8,11 @@ A classify run also trains a ``LabelHead``: a delta over the label tokens' rows 
 It is needed because the default model ties its output head to its input embeddings, so LoRA on the
 linear layers never moves the rows the answer is read from; and it lets each label's row start
 from the meaning of the label's name (the mean embedding of its name's tokens) instead of from an
-arbitrary code token such as "A". The delta is saved with the adapter (``label_head.safetensors``)
-and folded into an untied output head on merge/export.
+arbitrary code token such as "A". A LoRA run saves the trained rows inside its PEFT adapter as PEFT's own
+trainable tokens on the output head (``trainable_token_indices``), so plain ``peft`` loads them
+(``label_rows_as_trainable_tokens``); runs saved before kept the delta beside it (``label_head.safetensors``,
+still read). tunelab itself reads either form back as a ``LabelHead`` (``models.adapters.read_label_head``) and
+scores the label columns only; merge/export fold the rows into an untied output head.
 """
 
 from __future__ import annotations
@@ -87,6 +90,34 @@ class LabelHead(nn.Module):
         lm.config.tie_word_embeddings = False
         if hasattr(lm.config, "get_text_config"):
             lm.config.get_text_config().tie_word_embeddings = False
+
+
+def output_head_name(model: nn.Module) -> str:
+    """The output head's module name inside the causal LM (``lm_head`` for Llama): where PEFT's trainable tokens go."""
+    lm = causal_lm_of(model)
+    head = lm.get_output_embeddings()
+    return next(name for name, module in lm.named_modules() if module is head)
+
+
+def label_rows_as_trainable_tokens(model: nn.Module, label_head: LabelHead) -> tuple[str, list[int], torch.Tensor]:
+    """(output head's module name, label token ids, their trained rows): a run's label head in PEFT's own form.
+
+    PEFT's ``trainable_token_indices`` (a ``TrainableTokensWrapper`` on the output head) stores replacement rows
+    for chosen token ids, so a plain ``PeftModel.from_pretrained`` scores the labels as tunelab does. Only the
+    output head is wrapped: the label tokens' input embeddings stay as they were, tied head or not.
+    """
+    lm = causal_lm_of(model)
+    head = lm.get_output_embeddings()
+    weight = _plain_head(head).weight.detach()
+    ids = label_head.token_ids.tolist()
+    rows = weight[label_head.token_ids.to(weight.device)].float() + label_head.delta.detach().to(weight.device).float()
+    return output_head_name(model), [int(i) for i in ids], rows.to(weight.dtype).cpu().contiguous()
+
+
+def _plain_head(head: nn.Module) -> nn.Module:
+    """The linear layer under a PEFT trainable-tokens wrapper (the head itself when not wrapped)."""
+    adapter = getattr(head, "token_adapter", None)
+    return adapter.get_base_layer() if adapter is not None else head
 
 
 def label_logits(

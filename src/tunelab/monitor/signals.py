@@ -125,14 +125,3 @@ def psi_noise(categories: int, expected_n: int, actual_n: int) -> float:
     return (categories - 1) * (1.0 / expected_n + 1.0 / actual_n)
 
 
-def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (good at small n and near 0 or 1)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)

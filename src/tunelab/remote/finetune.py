@@ -29,10 +29,8 @@ from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.estimate.prices import PriceTable, load_price_table
 from tunelab.paths import atomic_write_text
 from tunelab.remote.client import RemoteError, openai_client
+from tunelab.runs import RunFolder
 
-JOB_FILE = "cloud_job.json"
-TRAINING_FILE = "cloud_train.jsonl"
-VALIDATION_FILE = "cloud_validation.jsonl"
 MIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
 FINISHED = ("succeeded", "failed", "cancelled")
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text, when no tokenizer count is given
@@ -115,11 +113,11 @@ class CloudJob:
 
     @classmethod
     def load(cls, run_dir: Path) -> CloudJob | None:
-        path = Path(run_dir) / JOB_FILE
+        path = RunFolder(Path(run_dir)).cloud_job
         return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
 
     def save(self, run_dir: Path) -> None:
-        atomic_write_text(Path(run_dir) / JOB_FILE, json.dumps(asdict(self), indent=1))
+        atomic_write_text(RunFolder(Path(run_dir)).cloud_job, json.dumps(asdict(self), indent=1))
 
 
 def start_job(

@@ -15,7 +15,6 @@ computed entirely under one adapter (or with adapters disabled, for the base).
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -23,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.errors import ModelError
-from tunelab.models.loader import LoadedModel, load_model, load_run
-from tunelab.models.resolve import ModelSource, resolve_model
-from tunelab.paths import RunFolder
+from tunelab.inference import Classifier
+from tunelab.models.loader import LoadedModel
+from tunelab.models.resolve import ModelSource
+from tunelab.runs import Run, load_model, resolve_model
 from tunelab.serve.errors import ServeError
 
 
@@ -46,58 +44,52 @@ class ServedModel:
     label_head: Any = None  # a classify run's trained label rows (tunelab.models.heads.LabelHead)
     out_of_scope: OutOfScope | None = None  # below its threshold a classify run answers its out-of-scope label
     run_id: str | None = None  # the registry id of the run (its folder name when unregistered): logged per request
+    run: Run | None = None  # the run it answers with (None for a plain base model)
 
     @property
     def is_classifier(self) -> bool:
         return self.label_map is not None
 
+    @property
+    def max_length(self) -> int | None:
+        """The longest prompt the run was trained and evaluated on (None: a plain model, only its context limits it)."""
+        return self.run.max_length if self.run is not None else None
 
-def _read_out_of_scope(run_dir: Path) -> OutOfScope | None:
-    path = RunFolder(run_dir).out_of_scope
-    if not path.is_file():
-        return None
+
+def _open_run(run_dir: Path) -> Run:
+    """The finished run in ``run_dir``, or a ServeError naming what is wrong with it."""
+    from tunelab.errors import TunelabError
+
     try:
-        return OutOfScope.load(path)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ServeError(f"cannot read {path}: {error}", "retrain the run, or delete the file to serve without out-of-scope answers") from None
-
-
-def _read_run(run_dir: Path) -> tuple[dict, LabelMap | None]:
-    run = RunFolder(run_dir)
-    if not run.is_run():
+        run = Run.open(run_dir)
+    except TunelabError as error:
+        raise ServeError(error.message, error.hint or "pass a run folder written by `tunelab train`") from None
+    if not run.is_finished:
         raise ServeError(
-            f"{run_dir} is not a finished tunelab run (needs config.yaml and adapter/ or model/)",
-            "pass a run folder written by `tunelab train`",
+            f"{run_dir} is not a finished tunelab run (it has no trained weights)", "pass a run folder written by `tunelab train`"
         )
-    try:
-        config = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
-        label_map = LabelMap.load(run.labels) if run.labels.is_file() else None
-    except (OSError, yaml.YAMLError, json.JSONDecodeError, KeyError, ValueError) as error:
-        raise ServeError(f"cannot read run {run_dir}: {error}") from None
-    if not isinstance(config, dict):
-        raise ServeError(f"{run.config} is not a mapping")
-    return config, label_map
+    return run
 
 
 def run_id_of(run_dir: Path) -> str:
-    """The registry id a run folder was registered under (pipeline.json), else the folder's name."""
+    """The registry id a run folder was registered under, else the folder's name."""
     try:
-        state = json.loads((Path(run_dir) / "pipeline.json").read_text(encoding="utf-8"))
-        if isinstance(state, dict) and state.get("registry_id"):
-            return str(state["registry_id"])
-    except (OSError, ValueError):
-        pass
-    return Path(run_dir).name
+        return Run.open(run_dir).registry_id or Path(run_dir).name
+    except Exception:  # noqa: BLE001 - an unreadable run still has a name to log
+        return Path(run_dir).name
 
 
-def _base_name(config: dict) -> str:
-    section = config.get("model") or {}
-    return str(section.get("name", "default")) if isinstance(section, dict) else str(section)
+def _entry(name: str, kind: str, run: Run, run_id: str | None = None, base: Any = None) -> ServedModel:
+    """A served run; an adapter's label rows are read over ``base`` (the shared base model's output head)."""
+    label_head = None
+    if kind == "adapter":
+        from tunelab.models.adapters import label_rows_config, read_label_head
 
-
-def _system_prompt(config: dict) -> str | None:
-    data = config.get("data") or {}
-    return data.get("system_prompt") if isinstance(data, dict) else None
+        label_head = read_label_head(run.folder.adapter, base, label_rows_config(run.folder.adapter)[1])
+    return ServedModel(
+        name, kind, run.task, run.root, run.label_map, run.system_prompt, label_head, out_of_scope=run.out_of_scope,
+        run_id=run_id or run_id_of(run.root), run=run,
+    )  # fmt: skip
 
 
 def _same_model(first: ModelSource, second: ModelSource) -> bool:
@@ -133,6 +125,8 @@ class ModelRegistry:
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._peft: Any = None  # the PeftModel wrapping the base, created with the first adapter
         self._aliases: dict[str, AliasBinding] = {}
+        # The one classify inference of each served classify model (it keeps that model's prompt prefix cache).
+        self._classifiers: dict[str, tuple[ServedModel, Classifier]] = {}
         self.loads = 0  # adapter loads so far (tests and metrics read it)
         self.alias_changes: list[tuple[str, str, str]] = []  # (name, old run id, new run id), for tests and logs
 
@@ -146,27 +140,17 @@ class ModelRegistry:
         if not name or name in self._entries:
             raise ServeError(f"adapter name '{name}' is empty or already used", "give each --adapter a distinct NAME=RUN")
         run_dir = Path(run_dir)
-        config, label_map = _read_run(run_dir)
-        run = RunFolder(run_dir)
-        if not (run.adapter / "adapter_config.json").is_file():
-            raise ServeError(
-                f"run {run_dir} has no LoRA adapter (adapter/adapter_config.json)",
-                "serve a full-model run on its own with --model RUN",
-            )
-        wanted = resolve_model(_base_name(config))
+        run = _open_run(run_dir)
+        if not run.is_adapter:
+            raise ServeError(f"run {run_dir} has no LoRA adapter", "serve a full-model run on its own with --model RUN")
+        base_name = run.base.name
+        wanted = resolve_model(base_name)
         if not _same_model(wanted, self.base.source):
             raise ServeError(
-                f"adapter '{name}' ({run_dir}) was trained on '{_base_name(config)}', but the server's base is "
-                f"'{self.base.source.display_name}'",
-                f"start the server with --model {_base_name(config)}",
+                f"adapter '{name}' ({run_dir}) was trained on '{base_name}', but the server's base is '{self.base.source.display_name}'",
+                f"start the server with --model {base_name}",
             )
-        from tunelab.models.heads import LabelHead
-
-        entry = ServedModel(
-            name, "adapter", str(config.get("task")) if config.get("task") else None, run_dir, label_map,
-            _system_prompt(config), LabelHead.load(run.adapter), out_of_scope=_read_out_of_scope(run_dir),
-            run_id=run_id or run_id_of(run_dir),
-        )
+        entry = _entry(name, "adapter", run, run_id, self.base.model)
         self._entries[name] = entry
         return entry
 
@@ -220,6 +204,19 @@ class ModelRegistry:
             return self._entries[binding.key]
         return self._entries.get(name)
 
+    def classifier(self, entry: ServedModel) -> Classifier:
+        """The classify inference of ``entry`` (a classify model): its prompt, ``max_length``, label rows and threshold.
+
+        Kept per entry and checked by identity, so an entry replaced (a new adapter under the same name) gets its own.
+        """
+        kept = self._classifiers.get(entry.name)
+        if kept is None or kept[0] is not entry:
+            assert entry.label_map is not None and entry.max_length is not None
+            classifier = Classifier(self.tokenizer, entry.label_map, entry.max_length, entry.system_prompt, entry.label_head, entry.out_of_scope,
+                                    follow_cores=False)
+            kept = self._classifiers[entry.name] = (entry, classifier)
+        return kept[1]
+
     def loaded_adapters(self) -> list[str]:
         return list(self._loaded)
 
@@ -237,11 +234,16 @@ class ModelRegistry:
     def _load(self, entry: ServedModel) -> None:
         from peft import PeftModel
 
-        path = str(RunFolder(entry.run_dir).adapter)
+        from tunelab.models.adapters import label_rows_config
+
+        path = str(entry.run.folder.adapter)
         try:
+            # The LoRA part only: the entry applies a classify run's label rows itself (entry.label_head).
+            config, _ = label_rows_config(entry.run.folder.adapter)
             if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self.base.model, path, adapter_name=entry.name)
+                self._peft = PeftModel.from_pretrained(self.base.model, path, adapter_name=entry.name, config=config)
             else:
+                self._peft.add_adapter(entry.name, config)
                 self._peft.load_adapter(path, adapter_name=entry.name)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise ModelError(f"cannot load adapter '{entry.name}' from {path}: {error}") from None
@@ -311,23 +313,18 @@ def load_registry(
     """
     adapters = list(adapters or [])
     source = resolve_model(model)
-    base_entry = None
     if source.kind == "run":
         run_dir = Path(source.location)
-        config, label_map = _read_run(run_dir)
-        if RunFolder(run_dir).adapter.is_dir() and not RunFolder(run_dir).model.is_dir():
+        run = _open_run(run_dir)
+        if run.is_adapter:
             adapters.insert(0, (run_dir.name, str(run_dir)))
-            source = resolve_model(_base_name(config))
+            source = resolve_model(run.base.name)
         else:
             if adapters:
                 raise ServeError("adapters need a base model, but --model is a full-model run", "pass its base with --model")
-            loaded = load_run(run_dir, dtype=dtype, allow_network=allow_network)
+            loaded = run.load(dtype=dtype, allow_network=allow_network)
             name = served_name or run_dir.name
-            base_entry = ServedModel(
-                name, "base", str(config.get("task")) or None, run_dir, label_map, _system_prompt(config),
-                out_of_scope=_read_out_of_scope(run_dir), run_id=run_id_of(run_dir),
-            )
-            registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=base_entry)
+            registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=_entry(name, "base", run))
             return registry
     loaded = load_model(source, dtype=dtype, allow_network=allow_network)
     name = served_name or ("default" if source.kind == "default" else source.display_name)

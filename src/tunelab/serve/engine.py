@@ -25,11 +25,8 @@ from typing import Any
 
 import torch
 
-from tunelab.data.templates import classify_messages, render_prompt_ids
-from tunelab.data.tokenize import training_prefix
+from tunelab.inference import ClassifyAnswer as ClassifyResult  # noqa: F401 - what a classify job answers (routes read it)
 from tunelab.models import generate
-from tunelab.models.heads import causal_lm_of, label_logits
-from tunelab.models.prefix import last_hidden_after_prefix, prefix_cache
 from tunelab.serve.adapters import ModelRegistry
 from tunelab.serve.errors import APIError
 
@@ -54,18 +51,6 @@ class GenerationResult:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
-
-
-@dataclass
-class ClassifyResult:
-    """``label`` is the answer: the top label, or the run's out-of-scope label when ``confidence`` is below its threshold."""
-
-    label: str
-    probabilities: dict[str, float]
-    prompt_tokens: int
-    top_label: str | None = None
-    confidence: float | None = None  # the top label's probability
-    out_of_scope: bool = False
 
 
 @dataclass
@@ -187,9 +172,6 @@ class Engine:
         self.stops = generate.stop_token_ids(registry.model, self.tokenizer)
         self.eos_ids = set(self.stops)
         self.pad_id = generate.pad_token_id(self.tokenizer, self.stops)
-        # Per served classify model: (the entry, its prompt prefix, that prefix's KV cache). Keyed by id and
-        # checked by identity, so an entry replaced (a new adapter under the same name) computes its own.
-        self._prefixes: dict[int, tuple[Any, tuple[int, ...] | None, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -317,50 +299,13 @@ class Engine:
             row._flush(len(row.text))
             row.job.emit("done", row.result())
 
-    def _classify_prefix(self, entry: Any, decoder: Any) -> tuple[tuple[int, ...] | None, Any]:
-        """The classify prompt's fixed prefix (system message, instruction) for ``entry`` and its KV cache, computed once.
-
-        Runs inside the worker's inference mode with ``entry``'s adapter active, so the cache is that model's.
-        """
-        cached = self._prefixes.get(id(entry))
-        if cached is None or cached[0] is not entry:
-            probes = [render_prompt_ids(self.tokenizer, classify_messages(text, entry.system_prompt)) for text in ("a", "b")]
-            prefix = training_prefix(probes)
-            cache = None
-            if prefix:
-                cache = prefix_cache(decoder, torch.tensor(prefix, dtype=torch.long, device=next(decoder.parameters()).device))
-            cached = self._prefixes[id(entry)] = (entry, prefix, cache)
-        return cached[1], cached[2]
-
     def _classify(self, model: Any, batch: list[Job]) -> None:
+        """A batch of classify requests through the served model's one classify inference (``tunelab.inference.Classifier``):
+        the same prefix cache, label rows, probabilities and threshold as evaluation."""
         entry = self.registry.get(batch[0].model)
         assert entry is not None and entry.label_map is not None
-        label_map = entry.label_map
-        decoder = causal_lm_of(model).get_decoder()
-        prefix, cache = self._classify_prefix(entry, decoder)
-        size = len(prefix or ())
-        if prefix and all(len(job.prompt_ids) > size and tuple(job.prompt_ids[:size]) == prefix for job in batch):
-            # The shared prefix's keys/values are computed once per model; each request runs only its own tokens.
-            last = last_hidden_after_prefix(decoder, cache, size, [job.prompt_ids[size:] for job in batch])
-        else:
-            input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            # One forward pass of the decoder; left padding puts every prompt's last token at the end.
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-            last = hidden[:, -1]
-        # Only the label tokens' rows of the LM head, never the full vocabulary.
-        label_ids = torch.tensor(label_map.token_ids, dtype=torch.long, device=last.device)
-        logits = label_logits(model, last, label_ids, entry.label_head).float()
-        probabilities = torch.softmax(logits, dim=-1).tolist()
-        rule = entry.out_of_scope
-        for job, row in zip(batch, probabilities, strict=True):
-            best = max(range(len(row)), key=row.__getitem__)
-            top, confidence = label_map.labels[best], row[best]
-            rejected = rule is not None and rule.rejects(confidence)
-            job.emit(
-                "done",
-                ClassifyResult(
-                    rule.label if rejected else top, dict(zip(label_map.labels, row, strict=True)), len(job.prompt_ids),
-                    top_label=top, confidence=confidence, out_of_scope=rejected,
-                ),
-            )
+        classifier = self.registry.classifier(entry)
+        prompts = [job.prompt_ids for job in batch]
+        probabilities = classifier.probabilities(model, prompts, batch_size=len(batch))
+        for job, answer in zip(batch, classifier.answers(probabilities, prompts), strict=True):
+            job.emit("done", answer)

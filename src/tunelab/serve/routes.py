@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from tunelab.data.templates import classify_messages, render_prompt_ids
+from tunelab.inference import chat_prompt, completion_prompt
 from tunelab.serve.adapters import ModelRegistry, ServedModel
 from tunelab.serve.engine import ClassifyResult, Engine, GenerationResult, Job, SamplingParams
 from tunelab.serve.errors import APIError, bad_request, error_body, model_not_found
@@ -117,15 +117,18 @@ class Service:
             card["run_id"] = entry.run_id  # which run answers now (it moves when a followed alias is promoted)
         return card
 
-    def encode_text(self, text: str, param: str) -> list[int]:
+    def encode_text(self, entry: ServedModel, text: str, param: str) -> list[int]:
+        """A raw-text prompt (``tunelab.inference.completion_prompt``), at most the run's ``max_length`` tokens."""
         try:
-            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+            return completion_prompt(self.tokenizer, text, max_length=entry.max_length).ids
         except Exception as error:  # noqa: BLE001 - e.g. lone surrogates the tokenizer cannot encode
             raise bad_request(f"'{param}' cannot be tokenized: {error}", param=param) from None
 
-    def render(self, messages: list[dict], param: str) -> list[int]:
+    def render(self, entry: ServedModel, messages: list[dict], param: str) -> list[int]:
+        """The one chat preparation (``tunelab.inference.chat_prompt``): the run's system prompt when the request
+        brings none, the chat template, at most the run's ``max_length`` tokens (the end kept), as evaluation does."""
         try:
-            return render_prompt_ids(self.tokenizer, messages)
+            return chat_prompt(self.tokenizer, messages, system_prompt=entry.system_prompt, max_length=entry.max_length).ids
         except Exception as error:  # noqa: BLE001 - the chat template (Jinja) rejects some conversations
             raise bad_request(f"The model's chat template cannot render these messages: {error}", param=param) from None
 
@@ -164,9 +167,14 @@ class Service:
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, stop=tuple(stops))
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
+        """The served model's one classify inference (its prompt, the text shortened to its ``max_length``), batched by the engine."""
+        classifier = self.registry.classifier(entry)
         prompts = []
         for text in texts:
-            ids = self.render(classify_messages(text, entry.system_prompt), "input")
+            try:
+                ids, _ = classifier.prompt(text)
+            except Exception as error:  # noqa: BLE001 - the chat template (Jinja) or the tokenizer rejects the text
+                raise bad_request(f"'input' cannot be prompted: {error}", param="input") from None
             self.check_context(len(ids), "input")
             prompts.append(ids)
         submitted = [self.engine.submit(entry.name, "classify", ids) for ids in prompts]
@@ -239,7 +247,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         answer = GenerationResult(result.label, "stop", result.prompt_tokens, 1)
         classification = _classification(0, result, entry)
     else:
-        prompt_ids = service.render(messages, "messages")
+        prompt_ids = service.render(entry, messages, "messages")
         params = service.sampling(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens, "messages")
         job = service.engine.submit(entry.name, "generate", prompt_ids, params)
 
@@ -293,11 +301,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         raise bad_request(f"'{entry.name}' is a classify model: use /v1/classify or /v1/chat/completions.", param="model")
     encoded = []
     for prompt in prompts:
-        ids = service.encode_text(prompt, "prompt")
+        ids = service.encode_text(entry, prompt, "prompt")
         if not ids:
-            if service.tokenizer.bos_token_id is None:
-                raise bad_request("The prompt is empty.", param="prompt")
-            ids = [service.tokenizer.bos_token_id]
+            raise bad_request("The prompt is empty.", param="prompt")
         requested = body.max_tokens if body.max_tokens is not None else min(16, service.settings.max_tokens_limit)
         encoded.append((ids, service.sampling(body, len(ids), requested, "prompt")))
     jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]

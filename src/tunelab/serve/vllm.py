@@ -3,8 +3,11 @@
 vLLM reads a PEFT LoRA folder: ``adapter_config.json`` (peft_type LORA, base_model_name_or_path,
 target_modules, r, lora_alpha) and ``adapter_model.safetensors`` whose tensor names look like
 ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` (no adapter name inside the
-key, no ``.default.``). vLLM cannot run in this project's CPU environment, so this check is what
-tests (and ``tunelab`` runs) use to keep the folders compatible.
+key, no ``.default.``). A classify run's adapter also holds its trained label rows as PEFT trainable
+tokens (``trainable_token_indices``): plain PEFT loads them, vLLM's LoRA does not, so such a folder is
+reported with the way out (serve the merged export, ``tunelab export --merge RUN OUT``, which vLLM loads as
+a plain model). vLLM cannot run in this project's CPU environment, so this check is what tests (and
+``tunelab`` runs) use to keep the folders compatible.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def vllm_adapter_problems(folder: Path) -> list[str]:
         problems.append(f"peft_type is {config.get('peft_type')!r}; vLLM serves LORA adapters only")
     if not isinstance(config.get("r"), int) or (isinstance(config.get("r"), int) and config["r"] < 1):
         problems.append("'r' must be a positive integer")
+    if config.get("trainable_token_indices"):
+        problems.append(
+            "the adapter holds trained label rows as PEFT trainable tokens (a classify run), which vLLM's LoRA support "
+            "does not load: serve the merged export (`tunelab export --merge RUN OUT`) with vLLM instead"
+        )
     if not weights_path.is_file():
         problems.append(f"{weights_path} is missing (vLLM reads safetensors, not adapter_model.bin)")
         return problems

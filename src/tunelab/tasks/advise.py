@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, parse_duration, require_resolved
 from tunelab.errors import ConfigError, DataError
-from tunelab.paths import RunFolder, atomic_write_text, baseline_file_stem
+from tunelab.paths import atomic_write_text, baseline_file_stem
+from tunelab.runs import RunFolder
 
 if TYPE_CHECKING:
     from tunelab.data.records import Record
@@ -327,7 +328,7 @@ def advise(
     from tunelab.data.split import check_classify_labels, make_split
     from tunelab.estimate import estimate_inputs
     from tunelab.evaluation.metrics import PRIMARY_METRIC, TASK_METRICS
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
     from tunelab.tasks.pipeline import run_name
 
     started = time.perf_counter()
@@ -435,7 +436,7 @@ def advise(
     # 4. The learning curve: the recipe on nested subsets, each scored on the validation rows.
     from tunelab.data.split import Split
     from tunelab.evaluation.evaluate import evaluate
-    from tunelab.models import load_run
+    from tunelab.runs import load_run
     from tunelab.tasks import run_training
 
     point_config = config.model_copy(update={"train": config.train.model_copy(update={"tracker": "none"})})
@@ -460,12 +461,12 @@ def advise(
         run_training(point_config, piece, run_dir=run_dir, progress=train_progress)
         tuned = evaluate(load_run(run_dir), validation, task, config=config.eval, data_config=whole,
                          train_ids=[r.id for r in records])
-        tuned.save(run_dir / "eval" / "validation.json")
+        tuned.save(RunFolder(run_dir).validation_eval)
         shutil.rmtree(RunFolder(run_dir).checkpoints, ignore_errors=True)  # no resume for a curve run: the adapter is kept
         for baseline in learning:
             result = evaluate_baseline(baseline, base, validation, task, train=records, config=config.eval, data_config=whole,
                                        train_ids=[r.id for r in records])
-            result.save(run_dir / "eval" / f"{baseline_file_stem(baseline)}.json")
+            result.save(RunFolder(run_dir).baseline_eval(baseline))
             curve_baselines[baseline].append(result)
         seconds = time.perf_counter() - began
         if estimated:
@@ -538,14 +539,14 @@ def advise(
         labels_needed,
         provider_option,
     )
-    from tunelab.evaluation.baselines import LEARNS_FROM_TRAINING
+    from tunelab.evaluation.baselines import learns_from_training
 
     every = dict(retrain_every_s=retrain_s)
     options: list[OptionRow] = []
     keyed: dict[str, OptionCost] = {}
     if opponents:
         best = (max if higher else min)(opponents, key=lambda o: o.score)
-        keep = keep_option(best.name, best.seconds, learns=best.name in LEARNS_FROM_TRAINING or best.name in CURVE_BASELINES,
+        keep = keep_option(best.name, best.seconds, learns=learns_from_training(best.name) or best.name in CURVE_BASELINES,
                            local_usd_per_hour=local_usd_per_hour, **every)
         if config.eval.endpoint_of(best.name) is not None:
             keep.notes.append("a remote model: each request is paid for (not counted here)")

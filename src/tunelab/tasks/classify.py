@@ -22,7 +22,7 @@ from tunelab.data.split import Split, check_classify_labels
 from tunelab.data.tokenize import tokenize_records, training_prefix
 from tunelab.models.adapters import apply_method
 from tunelab.models.heads import LabelHead
-from tunelab.paths import RunFolder
+from tunelab.runs import Run, RunFolder
 from tunelab.train.batching import ClassifyCollate
 from tunelab.train.losses import classify_correct_sum, classify_loss_sum
 from tunelab.train.run import TrainResult, finish_run, start_run
@@ -82,16 +82,15 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
 def calibrate_run(config: ResolvedConfig, split: Split, run_dir: str | Path) -> OutOfScope:
     """Choose the run's out-of-scope threshold on the validation split and save it as out_of_scope.json.
 
-    The saved run (adapter and label head, as ``load_run`` gives it) scores every validation query
+    The saved run (adapter and label head, as ``Run.load`` gives it) scores every validation query
     with the evaluation's own code; the threshold rule is ``evaluation.evaluate.calibrate_out_of_scope``.
     """
     from tunelab.evaluation.evaluate import calibrate_out_of_scope, evaluate
-    from tunelab.models import load_run
 
     label = config.data.out_of_scope_label
     run = RunFolder(Path(run_dir))
     if split.validation:
-        loaded = load_run(run.root)
+        loaded = Run.open(run.root).load()
         whole = config.data.model_copy(update={"max_test_examples": None})
         scored = evaluate(loaded, split.validation, "classify", config=config.eval, data_config=whole, out_of_scope=OutOfScope(label, 0.0))
         out_of_scope = calibrate_out_of_scope(scored, label)

@@ -30,35 +30,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.config import EndpointConfig, ResolvedConfig, parse_config, require_resolved
 from tunelab.errors import ConfigError, DataError
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.paths import atomic_write_text
+from tunelab.runs import RunFolder
 
-DISTILL_FILE = "distill.jsonl"
-REPORT_FILE = "distill_report.json"
-STUDENT_DATA = "distill"  # <run>/distill/train.jsonl (teacher answers) and test.jsonl (held out, references)
-LOCAL_CHUNK = 16  # a local teacher answers this many inputs between two writes of distill.jsonl
 LATENCY_PROBES = 8  # requests timed one at a time for a local model's latency
+
+if TYPE_CHECKING:
+    from tunelab.evaluation.answering import AnsweringModel
 
 EventFn = Callable[[str, str, dict[str, Any]], None]
 
 
 # ------------------------------------------------------------------------------------------ teacher
-
-
-@dataclass
-class Teacher:
-    """A remote client or a local model, and what it is called in reports."""
-
-    name: str
-    client: Any = None  # tunelab.remote.RemoteClient
-    local: Any = None  # tunelab.models.LoadedModel
-
-    @property
-    def remote(self) -> bool:
-        return self.client is not None
 
 
 def teacher_endpoint(config: ResolvedConfig) -> EndpointConfig | None:
@@ -70,33 +57,25 @@ def teacher_endpoint(config: ResolvedConfig) -> EndpointConfig | None:
     return parsed.model_copy(update={"concurrency": config.distill.concurrency}) if parsed else None
 
 
-def open_teacher(config: ResolvedConfig) -> Teacher:
-    """Connect to (or load) ``distill.teacher``.
+def open_teacher(config: ResolvedConfig) -> AnsweringModel:
+    """Connect to (or load) ``distill.teacher``: a model that answers through the one model interface.
 
     Raises:
         ConfigError: without a teacher, or when the teacher is the untuned student itself.
         RemoteError: when a remote teacher cannot be reached.
         ModelError: when a local teacher cannot be loaded.
     """
+    from tunelab.evaluation.answering import open_model
+
     teacher = config.distill.teacher
     if teacher is None:
         raise ConfigError("distill.teacher is required: the model whose answers the student learns",
                           "a run folder, a model name, openai:NAME, or {base_url, name, api_key_env}")
     endpoint = teacher_endpoint(config)
-    if endpoint is not None:
-        from tunelab.evaluation.remote import remote_client
-
-        client = remote_client(endpoint, concurrency=config.distill.concurrency)
-        client.check()
-        return Teacher(client.display_name, client=client)
-    if teacher == config.model.name:
+    if endpoint is None and teacher == config.model.name:
         raise ConfigError(f"distill.teacher is the student's own model ({teacher}): the student would learn nothing new",
                           "name a tuned run, a larger model, or an endpoint as the teacher")
-    from tunelab.models import load_model, load_run
-    from tunelab.paths import RunFolder as Folder
-
-    loaded = load_run(teacher) if Folder(Path(teacher)).is_run() else load_model(teacher, allow_network=config.model.allow_network)
-    return Teacher(loaded.source.display_name, local=loaded)
+    return open_model(endpoint or teacher, allow_network=config.model.allow_network, concurrency=config.distill.concurrency)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -247,7 +226,7 @@ def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[st
 
 
 def ask_teacher(
-    teacher: Teacher,
+    teacher: AnsweringModel,
     inputs: Sequence[TeacherInput],
     config: ResolvedConfig,
     labels: Sequence[str],
@@ -257,88 +236,34 @@ def ask_teacher(
 ) -> dict[str, DistillLine]:
     """Every input's line of distill.jsonl: those already there are kept, the others are asked now.
 
-    Returns the lines of ``inputs`` by id (the file may hold more, from an earlier, larger run).
+    Each answer is written as it arrives (a remote teacher's one by one, a local one's batch by batch), so a crash
+    loses nothing. Returns the lines of ``inputs`` by id (the file may hold more, from an earlier, larger run).
     """
     done = read_distill_file(path)
     todo = [item for item in inputs if item.id not in done or done[item.id].retry]
+    usd_per_hour = config.distill.local_usd_per_hour
     writer = DistillWriter(path)
-    try:
-        if teacher.remote:
-            _ask_remote(teacher, todo, config, labels, writer, done, progress)
-        else:
-            _ask_local(teacher, todo, config, labels, writer, done, progress)
-    finally:
-        writer.close()
-    return {item.id: done[item.id] for item in inputs if item.id in done}
-
-
-def _conversation(item: TeacherInput, config: ResolvedConfig, labels: Sequence[str]) -> list[dict[str, str]]:
-    from tunelab.data.templates import with_system_prompt
-    from tunelab.evaluation.remote import classify_conversation
-
-    if config.task == "classify":
-        return classify_conversation(item.text, labels, config.data.system_prompt)
-    return with_system_prompt([dict(m) for m in item.messages], config.data.system_prompt)
-
-
-def _ask_remote(teacher, todo, config, labels, writer, done, progress) -> None:
-    # The same request bodies as evaluation/remote.py, so a teacher's evaluation reuses its cached answers.
-    max_tokens = min(config.eval.max_new_tokens, 32) if config.task == "classify" else config.eval.max_new_tokens
 
     def on_answer(index: int, answer: Any) -> None:
         item = todo[index]
         status, reason, label = _judge(config.task, answer.text, answer.error, labels)
+        cost = answer.cost_usd
+        if not teacher.remote:  # a local teacher's cost is its time on this machine
+            cost = answer.latency_s * usd_per_hour / 3600 if usd_per_hour and answer.latency_s is not None else None
         line = DistillLine(
             id=item.id, source=item.source, input=item.text or list(item.messages), answer=answer.text, status=status, reason=reason,
             label=label, input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, latency_s=answer.latency_s,
-            cost_usd=answer.cost_usd, cached=answer.cached, teacher=teacher.name,
+            cost_usd=cost, cached=answer.cached, teacher=teacher.name,
         )
         writer.write(line)
         done[item.id] = line
 
-    teacher.client.chat_many(
-        [_conversation(item, config, labels) for item in todo], max_tokens=max_tokens, temperature=config.eval.temperature,
-        top_p=config.eval.top_p, seed=config.eval.seed, progress=progress, on_answer=on_answer,
-    )
-
-
-def _ask_local(teacher, todo, config, labels, writer, done, progress) -> None:
-    from tunelab.data.records import ClassifyRecord
-    from tunelab.evaluation.evaluate import answer_prompts, evaluate
-
-    usd_per_hour = config.distill.local_usd_per_hour
-    for start in range(0, len(todo), LOCAL_CHUNK):
-        chunk = todo[start:start + LOCAL_CHUNK]
-        began = time.perf_counter()
-        if config.task == "classify":
-            label_map = _teacher_label_map(teacher, labels)
-            # The label is a placeholder: evaluate needs records, and only the prediction is read.
-            records = [ClassifyRecord(item.text, label_map.labels[0], source=item.source) for item in chunk]
-            result = evaluate(teacher.local, records, "classify", config=config.eval, data_config=config.data.model_copy(update={"max_test_examples": None}),
-                              label_map=label_map, baseline=not teacher.local.label_map)
-            answers = [row["prediction"] for row in result.rows]
-        else:
-            answers, _ = answer_prompts(teacher.local, [_conversation(item, config, labels) for item in chunk], config.eval, config.data.max_length)
-        seconds = (time.perf_counter() - began) / len(chunk)  # batched: seconds per answer, not one request's latency
-        for item, answer in zip(chunk, answers, strict=True):
-            status, reason, label = _judge(config.task, answer, None, labels)
-            line = DistillLine(
-                id=item.id, source=item.source, input=item.text or list(item.messages), answer=answer, status=status, reason=reason,
-                label=label, latency_s=seconds, cost_usd=seconds * usd_per_hour / 3600 if usd_per_hour else None, teacher=teacher.name,
-            )
-            writer.write(line)
-            done[item.id] = line
-        if progress is not None:
-            progress(len(chunk))
-
-
-def _teacher_label_map(teacher: Teacher, labels: Sequence[str]):
-    from tunelab.data.labels import LabelMap, build_label_map
-
-    if teacher.local.label_map:
-        own = teacher.local.label_map
-        return LabelMap.from_dict(own) if isinstance(own, dict) else own
-    return build_label_map(list(labels), teacher.local.tokenizer)
+    questions = [item.text if config.task == "classify" else item.messages for item in todo]
+    try:
+        teacher.ask(questions, config.task, config=config.eval, data_config=config.data, labels=labels, on_answer=on_answer, progress=progress)
+    finally:
+        writer.close()
+    return {item.id: done[item.id] for item in inputs if item.id in done}
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -387,9 +312,9 @@ def run_distill(
     emit = on_event or (lambda step, status, details: None)
     if resume is not None:
         run = RunFolder(Path(resume))
-        saved = run.root / "distill_config.json"
+        saved = run.distill_config
         if not saved.is_file():
-            raise ConfigError(f"{run.root} has no distill_config.json: it was not started by `tunelab distill`")
+            raise ConfigError(f"{run.root} has no {saved.name}: it was not started by `tunelab distill`")
         config = parse_config(json.loads(saved.read_text(encoding="utf-8")), source=str(saved))
     else:
         if config is None:
@@ -411,7 +336,7 @@ def run_distill(
         raise DataError("the test split is empty", "add data, raise data.test_size, or give data.test")
     emit("split", "done", {"sizes": split.sizes()})
     run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.root / "distill_config.json", json.dumps(config.model_dump(mode="json"), indent=1))
+    atomic_write_text(run.distill_config, json.dumps(config.model_dump(mode="json"), indent=1))
 
     # 2. The teacher answers the training inputs (and distill.unlabeled), line by line.
     teacher = open_teacher(config)
@@ -422,17 +347,17 @@ def run_distill(
         inputs += read_unlabeled(config.distill.unlabeled, config)
     inputs = [item for item in dict((item.id, item) for item in inputs).values() if item.id not in test_inputs]
     emit("teacher", "start", {"teacher": teacher.name, "inputs": len(inputs)})
-    lines = ask_teacher(teacher, inputs, config, labels, run.root / DISTILL_FILE, progress=ask_progress)
+    lines = ask_teacher(teacher, inputs, config, labels, run.distill_file, progress=ask_progress)
     accepted = [line for line in lines.values() if line.status == "ok"]
     rejected = [{"id": line.id, "source": line.source, "reason": line.reason, "answer": line.answer} for line in lines.values() if line.status != "ok"]
     emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected})
     if not accepted:
         raise DataError(f"the teacher {teacher.name} gave no usable answer to {len(lines)} inputs (first reason: {rejected[0]['reason'] if rejected else 'none'})",
-                        f"see {run.root / DISTILL_FILE}")
+                        f"see {run.distill_file}")
 
     # 3. The student trains on the accepted answers with the normal recipe; the user's test records judge it.
-    student_config = _student_config(config, run.root, accepted, split.test, lines)
-    state_file = run.root / pipeline.STATE_FILE
+    student_config = _student_config(config, run, accepted, split.test, lines)
+    state_file = run.pipeline_state
     context = pipeline.open_pipeline(
         None if state_file.is_file() else student_config, resume=run.root if state_file.is_file() else None, run_dir=run.root,
         on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate,
@@ -442,17 +367,18 @@ def run_distill(
     # 4. Teacher and student on the same test records.
     emit("compare", "start", {})
     report = compare_student_with_teacher(context, teacher, config, list(lines.values()))
-    atomic_write_text(run.root / REPORT_FILE, json.dumps(report, indent=1, default=str))
-    atomic_write_text(run.root / "distill_report.md", report_markdown(report))
+    atomic_write_text(run.distill_report, json.dumps(report, indent=1, default=str))
+    atomic_write_text(run.distill_report_md, report_markdown(report))
     context.registry.update_run(context.registry_id, artifacts={**(context.registry.get_run(context.registry_id).artifacts or {}),
-                                                                 "distill_report": str(run.root / REPORT_FILE), "teacher": teacher.name})
+                                                                 "distill_report": str(run.distill_report), "teacher": teacher.name})
     emit("compare", "done", {"report": report})
-    return DistillOutcome(run.root, run.root / DISTILL_FILE, len(lines), len(accepted), rejected, report, outcome, list(context.warnings))
+    return DistillOutcome(run.root, run.distill_file, len(lines), len(accepted), rejected, report, outcome, list(context.warnings))
 
 
-def _student_config(config: ResolvedConfig, root: Path, accepted: Sequence[DistillLine], test: Sequence[Any], lines) -> ResolvedConfig:
+def _student_config(config: ResolvedConfig, run: RunFolder, accepted: Sequence[DistillLine], test: Sequence[Any], lines) -> ResolvedConfig:
     """The student's run config: the teacher's accepted answers as data.train, the held-out records as data.test."""
-    folder = root / STUDENT_DATA
+    root = run.root
+    folder = run.distill_data
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for line in sorted(accepted, key=lambda line: line.id):
@@ -485,16 +411,12 @@ def _student_config(config: ResolvedConfig, root: Path, accepted: Sequence[Disti
 # --------------------------------------------------------------------------------- student vs teacher
 
 
-def evaluate_teacher(teacher: Teacher, test: Sequence[Any], config: ResolvedConfig, labels: Sequence[str] | None):
-    """The teacher on the test records, scored like the student (remote: same prompts as its distillation requests)."""
-    from tunelab.evaluation.evaluate import evaluate
-    from tunelab.evaluation.remote import evaluate_remote
-
-    if teacher.remote:
-        return evaluate_remote(teacher.client, test, config.task, config=config.eval, data_config=config.data, labels=labels)
-    label_map = _teacher_label_map(teacher, labels) if config.task == "classify" else None
-    return evaluate(teacher.local, test, config.task, config=config.eval, data_config=config.data, label_map=label_map,
-                    baseline=config.task == "classify" and not teacher.local.label_map)
+def evaluate_teacher(teacher: AnsweringModel, test: Sequence[Any], config: ResolvedConfig, labels: Sequence[str] | None):
+    """The teacher on the test records, scored like the student (over the labels it was asked with)."""
+    classify = config.task == "classify"
+    label_map = teacher.answer_label_map(labels or []) if classify else None
+    return teacher.evaluate(test, config.task, config=config.eval, data_config=config.data, label_map=label_map,
+                            baseline=classify and teacher.label_map is None)
 
 
 def local_latency(loaded: Any, test: Sequence[Any], config: ResolvedConfig, labels: Sequence[str] | None) -> float | None:
@@ -523,21 +445,21 @@ def agreement(student_rows: Sequence[dict], teacher_rows: Sequence[dict], *, see
     return {"agreement": float(same.mean()), "low": float(low), "high": float(high), "n": int(same.size)}
 
 
-def compare_student_with_teacher(context: Any, teacher: Teacher, config: ResolvedConfig, lines: Sequence[DistillLine]) -> dict[str, Any]:
+def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: ResolvedConfig, lines: Sequence[DistillLine]) -> dict[str, Any]:
     """Teacher vs student on the held-out test records (see the module docstring); also saves eval/teacher.json."""
     from tunelab.evaluation.compare import compare_evaluations
     from tunelab.evaluation.evaluate import score_sft
-    from tunelab.models import load_run
+    from tunelab.runs import Run
 
     split = context.require_split()
     student_eval = context.tuned_eval
     labels = student_eval.labels
     teacher_eval = evaluate_teacher(teacher, split.test, config, labels)
-    teacher_eval.save(context.run.eval_dir / "teacher.json")
+    teacher_eval.save(context.run.teacher_eval)
     comparison = compare_evaluations(teacher_eval, student_eval, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
     primary = comparison.metric(comparison.primary)
     margin = config.distill.margin
-    non_inferior = bool(primary.low > -margin) if primary.higher_is_better else bool(primary.high < margin)
+    non_inferior = primary.non_inferior(margin)
     statement = (
         f"the student is {'within' if non_inferior else 'NOT shown to be within'} {margin:g} of the teacher on {comparison.primary}: "
         f"student {primary.after:.4g} vs teacher {primary.before:.4g}, difference {primary.difference:+.4g} "
@@ -552,14 +474,14 @@ def compare_student_with_teacher(context: Any, teacher: Teacher, config: Resolve
         student_answer = {row["id"]: row["prediction"] for row in student_eval.rows}
         _, metrics = score_sft(records, [student_answer.get(r.id, "") for r in records], [[teacher_answer[r.id]] for r in records])
         vs_teacher = {name: metrics[name] for name in ("rouge1", "rougeL", "bleu", "chrf") if name in metrics}
-    student = load_run(context.run.root)
+    student = Run.open(context.run.root).load()
     usd_per_hour = config.distill.local_usd_per_hour
     student_latency = local_latency(student, split.test, config, labels)
     teacher_usage = teacher_eval.settings.get("usage") or {}
     if teacher.remote:
         teacher_latency, teacher_per_1000 = teacher_usage.get("latency_median_s"), teacher_usage.get("cost_per_1000_requests")
     else:
-        teacher_latency = local_latency(teacher.local, split.test, config, labels)
+        teacher_latency = local_latency(teacher.loaded, split.test, config, labels)
         teacher_per_1000 = 1000 * teacher_latency * usd_per_hour / 3600 if usd_per_hour and teacher_latency else None
     student_per_1000 = 1000 * student_latency * usd_per_hour / 3600 if usd_per_hour and student_latency else None
     distill_cost = [line.cost_usd for line in lines]

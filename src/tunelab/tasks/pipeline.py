@@ -44,18 +44,19 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, RunConfig, dump_config, parse_config, require_resolved
 from tunelab.errors import ConfigError, DataError, TunelabError
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.paths import atomic_write_text
+from tunelab.runs import Run, RunFolder
 from tunelab.runtime import pin_threads
 
 if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (start-up time)
     from tunelab.data.labels import LabelMap
     from tunelab.data.split import Split
+    from tunelab.evaluation.answering import AnsweringModel
     from tunelab.evaluation.compare import Verdict
     from tunelab.evaluation.result import EvalResult
     from tunelab.models.loader import LoadedModel
     from tunelab.registry.store import Registry
-
-STATE_FILE = "pipeline.json"
+    from tunelab.train.run import TrainResult
 
 EventFn = Callable[[str, str, dict[str, Any]], None]  # (step, "start"|"done"|"skip"|"warn", details)
 
@@ -103,9 +104,9 @@ class PipelineState:
 
     @classmethod
     def load(cls, run: RunFolder) -> PipelineState:
-        path = run.root / STATE_FILE
+        path = run.pipeline_state
         if not path.is_file():
-            raise ConfigError(f"{run.root} has no {STATE_FILE}: it was not started by `tunelab run`")
+            raise ConfigError(f"{run.root} has no {path.name}: it was not started by `tunelab run`")
         return cls(run, json.loads(path.read_text(encoding="utf-8")))
 
     def done(self, step: str) -> bool:
@@ -120,7 +121,7 @@ class PipelineState:
         return self.data.get("steps", {}).get(step)
 
     def save(self) -> None:
-        atomic_write_text(self.run.root / STATE_FILE, json.dumps(self.data, indent=1, default=str))
+        atomic_write_text(self.run.pipeline_state, json.dumps(self.data, indent=1, default=str))
 
 
 @dataclass
@@ -266,12 +267,12 @@ def open_pipeline(
         ConfigError: for an invalid config or an existing run folder.
         ModelError: when the model cannot be loaded.
     """
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     if resume is not None:
         run = RunFolder(Path(resume))
         state = PipelineState.load(run)
-        config = parse_config(state.data["config"], source=str(run.root / STATE_FILE))
+        config = parse_config(state.data["config"], source=str(run.pipeline_state))
     else:
         if config is None:
             raise ConfigError("run_pipeline needs a config or a run folder to resume")
@@ -279,7 +280,7 @@ def open_pipeline(
         if not config.data.train:
             raise ConfigError("data.train is required: the file, folder or preset data to train on")
         run = RunFolder(Path(run_dir) if run_dir is not None else Path(config.train.output_dir) / run_name(config))
-        if (run.root / STATE_FILE).exists() or (run_dir is None and run.root.exists() and any(run.root.iterdir())):
+        if run.pipeline_state.exists() or (run_dir is None and run.root.exists() and any(run.root.iterdir())):
             raise ConfigError(
                 f"run folder {run.root} already exists; a run is never overwritten",
                 f"choose another name (name=...) or continue it with `tunelab run --resume {run.root}`",
@@ -453,31 +454,82 @@ def train_step(context: PipelineContext) -> dict[str, Any]:
     return context.train_result
 
 
-def evaluate_step(context: PipelineContext, score: Callable[[Split], EvalResult] | None = None) -> EvalResult:
+def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress: Callable[[Any], None] | None = None,
+                     resume: bool = False) -> TrainResult:
+    """``tunelab train``: train ``config`` into ``run_dir`` and keep the run in the registry like any other.
+
+    The run is registered (status running) once its data has been split, marked finished with the
+    training result afterwards, or interrupted / failed when training stops; its registry id is kept in
+    the run's pipeline state, so ``tunelab runs``, the web interface, ``tunelab retrain`` and
+    ``tunelab run --resume`` (which evaluates it) all find it.
+
+    Raises:
+        ConfigError, DataError, ModelError, TrainingError: as ``tasks.run_training``.
+    """
+    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.tasks import run_training
+
+    run = RunFolder(Path(run_dir))
+    if run.pipeline_state.is_file():
+        state = PipelineState.load(run)
+    else:
+        state = PipelineState(run, {"config": config.model_dump(mode="json"), "steps": {}, "timings": {}})
+    registry = Registry(default_registry_path(config))
+    registry_id = state.data.get("registry_id")
+    if registry_id is None:
+        if not resume:
+            # start_run refuses an existing run folder; check first, so no registry row is left for a refused run.
+            from tunelab.train.run import check_new_run_folder
+
+            check_new_run_folder(run)
+        record = registry.create_run(
+            name=run.root.name, task=config.task, model=config.model.name, config=dump_config(config), status="running",
+            data_fingerprint=split.data_fingerprint, split_fingerprint=split.fingerprint, run_dir=str(run.root),
+        )  # fmt: skip
+        registry_id = state.data["registry_id"] = record.id
+        state.data.setdefault("steps", {})["split"] = {"sizes": split.sizes(), "fingerprint": split.fingerprint}
+        state.save()
+    else:
+        registry.update_run(registry_id, status="running")
+    try:
+        result = run_training(config, split, run_dir=run.root, progress=progress, resume=resume)
+    except KeyboardInterrupt:
+        registry.update_run(registry_id, status="interrupted")
+        raise
+    except BaseException as error:
+        registry.update_run(registry_id, status="failed", error=str(getattr(error, "message", error)))
+        raise
+    registry.update_run(registry_id, status="finished", artifacts={"run_dir": str(run.root), "train": result.as_dict()})
+    registry.record_timing(registry_id, "train", actual_s=result.seconds)
+    state.finish("train", result.as_dict(), result.seconds)
+    return result
+
+
+def evaluate_step(context: PipelineContext, model: AnsweringModel | None = None) -> EvalResult:
     """6. Evaluate the tuned model on the same test records, prompts and decoding.
 
-    ``score`` evaluates the tuned model on a split (default: the run folder's model, loaded here);
-    the cloud pipeline passes the provider's fine-tuned model. Resume, saving and bookkeeping are the same.
+    ``model`` is the tuned model (default: the run folder's, loaded here); the cloud pipeline passes the
+    provider's fine-tuned model. Both answer through the one model interface; resume, saving and bookkeeping
+    are the same.
     """
-    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.evaluation.answering import LocalModel
+    from tunelab.evaluation.remote import names_label_map
     from tunelab.evaluation.result import EvalResult
-    from tunelab.models import load_run
 
     config, run = context.config, context.run
-    tuned_path = run.eval_dir / "tuned.json"
+    tuned_path = run.tuned_eval
     if context.state.done("evaluate") and tuned_path.is_file():
         context.tuned_eval = EvalResult.load(tuned_path)
         return context.tuned_eval
-
-    def score_local(split: Split) -> EvalResult:
-        return evaluate(
-            load_run(run.root), split.test, config.task, config=config.eval, data_config=config.data,
-            baseline=False, train_ids=[r.id for r in split.train], progress=context.eval_progress,
-        )
-
     split = context.require_split()
     with step(context, "evaluate", n=len(split.test)) as record:
-        tuned_eval = (score or score_local)(split)
+        tuned = model if model is not None else LocalModel(Run.open(run.root).load())
+        labels = None  # a run answers over its own label map
+        if config.task == "classify" and tuned.remote:
+            # A remote model answers by the categories' names: the training labels, as its fine-tuning data had them.
+            labels = names_label_map(sorted({r.label for r in split.train}))
+        tuned_eval = tuned.evaluate(split.test, config.task, config=config.eval, data_config=config.data, label_map=labels,
+                                    train_ids=[r.id for r in split.train], progress=context.eval_progress)
         tuned_eval.save(tuned_path)
         record.value = {"path": str(tuned_path)}
         record.details = {"metrics": tuned_eval.metrics}
@@ -526,7 +578,7 @@ def report_step(context: PipelineContext) -> Verdict | None:
     config, run = context.config, context.run
     with step(context, "report") as record:
         verdict = compare_with_baselines(context.baseline_evals, context.tuned_eval, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
-        verdict.save(run.eval_dir / "comparison.json")
+        verdict.save(run.comparison)
         files = write_report(run.root, context.baseline_evals, context.tuned_eval, verdict)
         report_files = {"markdown": str(files.markdown), "html": str(files.html)}
         record.value = report_files
@@ -551,6 +603,10 @@ def register_step(context: PipelineContext) -> RunOutcome:
         }
         record.value = {"registry": str(context.registry.path), "id": context.registry_id}
         record.details = {"id": context.registry_id, "registry": str(context.registry.path)}
+        if context.run.adapter.is_dir():
+            from tunelab.runs import make_adapter_portable
+
+            make_adapter_portable(Run.open(context.run.root))  # the model card with the held-out metrics and the verdict
     split = context.require_split()
     return RunOutcome(
         name=context.run.root.name,
@@ -677,13 +733,7 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
         DataError: when the examples do not make a valid chat file.
         BudgetExceeded: over budget, or a budget set and the price unknown.
     """
-    from tunelab.remote.finetune import (
-        TRAINING_FILE,
-        VALIDATION_FILE,
-        chat_lines,
-        estimate_cloud_cost,
-        write_chat_jsonl,
-    )
+    from tunelab.remote.finetune import chat_lines, estimate_cloud_cost, write_chat_jsonl
 
     if context.state.get("estimate") is not None:
         context.estimate = context.state.get("estimate")
@@ -692,9 +742,9 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
     labels = cloud_labels(context)
     with step(context, "estimate") as record:
         rows = chat_lines(cloud_conversations(split.train, config, labels))
-        write_chat_jsonl(rows, context.run.root / TRAINING_FILE)
+        write_chat_jsonl(rows, context.run.cloud_train)
         if split.validation:
-            write_chat_jsonl([{"messages": m} for m in cloud_conversations(split.validation, config, labels)], context.run.root / VALIDATION_FILE)
+            write_chat_jsonl([{"messages": m} for m in cloud_conversations(split.validation, config, labels)], context.run.cloud_validation)
         tokenizer = context.base.tokenizer
         estimate = estimate_cloud_cost(
             rows, config.train.epochs, config.model.endpoint.name,
@@ -733,7 +783,7 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
     """
     import time
 
-    from tunelab.remote.finetune import TRAINING_FILE, VALIDATION_FILE, CloudJob, follow_job, start_job
+    from tunelab.remote.finetune import CloudJob, follow_job, start_job
 
     if context.state.get("train") is not None:
         context.train_result = context.state.get("train")
@@ -744,8 +794,8 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
     with step(context, "train") as record:
         job = CloudJob.load(run.root)
         if job is None:
-            validation = run.root / VALIDATION_FILE
-            job = start_job(endpoint, run.root, run.root / TRAINING_FILE, validation if validation.is_file() else None,
+            validation = run.cloud_validation
+            job = start_job(endpoint, run.root, run.cloud_train, validation if validation.is_file() else None,
                             epochs=max(1, round(config.train.epochs)), seed=config.train.seed, suffix="tunelab")
             context.emit("train", "event", {"message": f"job {job.job_id} created on {endpoint.base_url}", "job_id": job.job_id})
         else:
@@ -761,18 +811,11 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
 
 
 def cloud_evaluate_step(context: PipelineContext):
-    """6. The fine-tuned model on the test records, through the remote evaluation (same prompts as its training)."""
-    from tunelab.config import EndpointConfig
-    from tunelab.evaluation.remote import evaluate_remote, remote_client
+    """6. The fine-tuned model on the test records, through the one model interface (same prompts as its training)."""
+    from tunelab.evaluation.answering import remote_model
 
-    config = context.config
-
-    def score_remote(split: Split) -> EvalResult:
-        endpoint: EndpointConfig = config.model.endpoint.model_copy(update={"name": context.train_result["fine_tuned_model"]})
-        return evaluate_remote(remote_client(endpoint), split.test, config.task, config=config.eval, data_config=config.data,
-                               labels=cloud_labels(context) or None, train_ids=[r.id for r in split.train], progress=context.eval_progress)
-
-    return evaluate_step(context, score_remote)
+    tuned = remote_model(context.config.model.endpoint, name=context.train_result["fine_tuned_model"], check=False)
+    return evaluate_step(context, tuned)
 
 
 def run_cloud_steps(context: PipelineContext, *, poll_s: float | None = None) -> RunOutcome:

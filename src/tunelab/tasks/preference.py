@@ -7,7 +7,7 @@ reference model's log-probabilities of every answer once, make the chosen parame
 reference), pack chosen and rejected into the same rows, train with the DPO loss, save.
 
 No second copy of the model is kept: the reference log-probabilities are numbers stored with
-each example (and in ``reference_log_probs.json``, for audit), computed before any weight moves.
+each example (and in the run folder's ``reference_log_probs.json``, for audit), computed before any weight moves.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ from tunelab.data.split import Split
 from tunelab.data.tokenize import PreferenceExample, tokenize_records
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.paths import atomic_write_text
+from tunelab.runs import Run, RunFolder
 from tunelab.train.batching import PreferenceCollate
 from tunelab.train.losses import dpo_loss_sum, sequence_log_probs
 from tunelab.train.run import TrainResult, finish_run, start_run
-
-REFERENCE_FILE = "reference_log_probs.json"
 
 
 def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress: Any = None, resume: bool = False) -> TrainResult:
@@ -62,7 +61,7 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     examples = with_reference_log_probs(base.model, examples, collate, batch_size=config.train.batch_size, accelerator=session.accelerator)
     validation = with_reference_log_probs(base.model, validation, collate, batch_size=config.train.batch_size, accelerator=session.accelerator)
     if session.accelerator.is_main_process:
-        save_reference_log_probs(session.run.root / REFERENCE_FILE, examples)
+        save_reference_log_probs(session.run.reference_log_probs, examples)
 
     model = apply_method(base.model, config)
     loop = session.train(
@@ -111,28 +110,23 @@ def save_reference_log_probs(path: Path, examples: Sequence[PreferenceExample]) 
 
 # ------------------------------------------------------------------ the DPO model against its SFT parent
 
-GENERATION_FILE = "generation.json"  # in eval/: the DPO model's answers to the SFT parent's test prompts
-GENERATION_COMPARISON_FILE = "generation_comparison.json"
-
-
-def sft_parent(config: ResolvedConfig) -> RunFolder | None:
+def sft_parent(config: ResolvedConfig) -> Run | None:
     """The SFT run this preference run starts from, when it has a test evaluation to answer again.
 
     None when ``model`` is no run folder, the run is not an sft run, or it was never evaluated.
     """
-    from tunelab.config import load_config
-    from tunelab.models.resolve import resolve_model
+    from tunelab.runs import resolve_model
 
     source = resolve_model(config.model.name)
     if source.kind != "run":
         return None
-    parent = RunFolder(Path(source.location))
-    if not (parent.eval_dir / "tuned.json").is_file() or not parent.split.is_file():
+    parent = Run.open(source.location)
+    if not parent.folder.tuned_eval.is_file() or not parent.folder.split.is_file():
         return None
-    return parent if load_config(parent.config).task == "sft" else None
+    return parent if parent.task == "sft" else None
 
 
-def generation_against_parent(config: ResolvedConfig, run_dir: str | Path, parent: RunFolder, *, progress: Any = None) -> dict[str, Any]:
+def generation_against_parent(config: ResolvedConfig, run_dir: str | Path, parent: Run, *, progress: Any = None) -> dict[str, Any]:
     """The DPO model answers its SFT parent's test prompts as the parent was evaluated; compared and sheeted.
 
     The parent's saved config gives the prompts (its split's test records), the decoding and the
@@ -144,28 +138,26 @@ def generation_against_parent(config: ResolvedConfig, run_dir: str | Path, paren
     Raises:
         DataError: when the parent's data files are gone or no longer match its split.
     """
-    from tunelab.config import load_config
     from tunelab.data.split import load_split
     from tunelab.evaluation.compare import compare_evaluations
     from tunelab.evaluation.evaluate import evaluate
     from tunelab.evaluation.result import EvalResult
-    from tunelab.evaluation.review import export_review, review_sheet_path
-    from tunelab.models import load_run
+    from tunelab.evaluation.review import export_review
 
     run = RunFolder(Path(run_dir))
-    parent_config = load_config(parent.config)
-    parent_split = load_split(parent.split, parent_config)
-    parent_eval = EvalResult.load(parent.eval_dir / "tuned.json")
+    parent_config = parent.config
+    parent_split = load_split(parent.folder.split, parent_config)
+    parent_eval = EvalResult.load(parent.folder.tuned_eval)
     tested = set(parent_eval.ids)
     records = [r for r in parent_split.test if r.id in tested]
     generated = evaluate(
-        load_run(run.root), records, "sft", config=parent_config.eval, data_config=parent_config.data,
+        Run.open(run.root).load(), records, "sft", config=parent_config.eval, data_config=parent_config.data,
         baseline=False, train_ids=[r.id for r in parent_split.train], progress=progress,
     )
-    generated.save(run.eval_dir / GENERATION_FILE)
+    generated.save(run.generation_eval)
     comparison = compare_evaluations(parent_eval, generated, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
-    comparison.save(run.eval_dir / GENERATION_COMPARISON_FILE)
-    sheet, key = export_review(parent_eval, generated, review_sheet_path(run.root), seed=config.eval.seed)
+    comparison.save(run.generation_comparison)
+    sheet, key = export_review(parent_eval, generated, run.review_sheet.resolve(), seed=config.eval.seed)
     return {
         "parent": str(parent.root), "n": generated.n, "metrics": generated.metrics, "parent_metrics": parent_eval.metrics,
         "comparison": comparison.to_dict(), "summary": comparison.summary, "sheet": str(sheet), "key": str(key),

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunelab.config import parse_config
-from tunelab.errors import ConfigError, DataError
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.paths import atomic_write_text
 
 EventFn = Callable[[str, str, dict[str, Any]], None]
 PROMOTED, KEPT = "promoted", "kept champion"
@@ -56,6 +54,7 @@ class RetrainOutcome:
     new_labels: list[str]
     alias: str | None = None
     alias_change: dict[str, Any] | None = None
+    dropped: dict[str, int] = field(default_factory=dict)  # new records left out, by reason (see ``new_records``)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -74,16 +73,58 @@ def _champion(run: str, registry: Any) -> Any:
         return registry.resolve_alias(run[len("alias:") :])
     folder = Path(run)
     if folder.is_dir():
-        state = folder / "pipeline.json"
-        if state.is_file():
-            registry_id = json.loads(state.read_text(encoding="utf-8")).get("registry_id")
-            if registry_id:
-                return registry.get_run(registry_id)
-        raise ConfigError(f"{folder} was not registered by `tunelab run` (no registry id in pipeline.json)", "retrain a run `tunelab run` made")
+        from tunelab.runs import Run
+
+        try:
+            registry_id = Run.open(folder).registry_id
+        except TunelabError:
+            registry_id = None
+        if registry_id:
+            return registry.get_run(registry_id)
+        raise ConfigError(f"{folder} was not registered (it has no registry id)", "retrain a run `tunelab run` or `tunelab train` made")
     try:
         return registry.get_run(run)
     except RegistryError as error:
         raise ConfigError(error.message, error.hint) from None
+
+
+# Why a new labelled record is left out of a retrain (``new_records``), as counted and shown to the user.
+DROP_REASONS = {
+    "in_train": "text already in the champion's training records",
+    "in_validation": "text already in the champion's validation records",
+    "in_test": "text already in the champion's test records (the old test set must stay comparable)",
+    "repeated": "text repeated in the new data (the first copy is used)",
+}
+
+
+def new_records(new: list[Any], old: Any) -> tuple[list[Any], dict[str, int]]:
+    """(the new records a retrain learns from, how many were left out by reason, see ``DROP_REASONS``).
+
+    A corrected label for a text already in the old data does not enter the new data: the old copy stays
+    where it was, so the old test set stays comparable and no text is both trained and tested on.
+    """
+    where = {}
+    for part in ("test", "validation", "train"):  # the first part a text appears in, test first
+        for record in getattr(old, part):
+            where.setdefault(record.text, f"in_{part}")
+    seen: set[str] = set()
+    fresh, dropped = [], {}
+    for record in new:
+        reason = where.get(record.text) or ("repeated" if record.text in seen else None)
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        seen.add(record.text)
+        fresh.append(record)
+    return fresh, dropped
+
+
+def describe_dropped(dropped: dict[str, int], total: int) -> str:
+    """One line on what ``new_records`` left out of ``total`` new records, and why."""
+    if not dropped:
+        return f"all {total} new records are new"
+    parts = ", ".join(f"{count} {DROP_REASONS[reason]}" for reason, count in dropped.items())
+    return f"{sum(dropped.values())} of {total} new records left out: {parts}"
 
 
 def _per_label_split(records: list[Any], share: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -148,8 +189,8 @@ def retrain(
     from tunelab.data.split import load_split
     from tunelab.evaluation.compare import compare_evaluations
     from tunelab.evaluation.evaluate import evaluate
-    from tunelab.models import load_run
     from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.runs import Run, is_run_folder
     from tunelab.tasks import pipeline
 
     def emit(step: str, status: str, details: dict[str, Any]) -> None:
@@ -161,15 +202,15 @@ def retrain(
     champion = _champion(run, registry)
     if alias is None and run.startswith("alias:"):
         alias = run[len("alias:") :]
-    if not champion.run_dir or not RunFolder(Path(champion.run_dir)).is_run():
+    if not champion.run_dir or not is_run_folder(champion.run_dir):
         raise ConfigError(f"run {champion.name} has no usable run folder ({champion.run_dir})")
     champion_dir = Path(champion.run_dir)
-    raw = yaml.safe_load(RunFolder(champion_dir).config.read_text(encoding="utf-8")) or {}
-    config = parse_config(raw, source=str(RunFolder(champion_dir).config))
+    champion_run = Run.open(champion_dir)
+    config = champion_run.config
     if config.task != "classify":
         raise ConfigError(f"retrain supports classify runs; {champion.name} is a {config.task} run")
     margin = config.monitor.margin if margin is None else margin
-    old = load_split(RunFolder(champion_dir).split, config)
+    old = load_split(champion_run.folder.split, config)
 
     # 2. The new labelled data: files + feedback on served requests.
     new: list[Any] = []
@@ -180,18 +221,12 @@ def retrain(
 
         for item in labelled_requests(Path(log_path), model=served_model, since=since):
             new.append(ClassifyRecord(item["text"], item["label"], source=f"feedback:{item['response_id']}#{item['item']}"))
-    known = {r.text for r in list(old.train) + list(old.validation) + list(old.test)}
-    seen: set[str] = set()
-    fresh = []
-    for record in new:
-        # A corrected label for a text already in the old data: the newest label wins for the new data,
-        # and the old copy stays where it was (the old test set must stay comparable).
-        if record.text in known or record.text in seen:
-            continue
-        seen.add(record.text)
-        fresh.append(record)
+    fresh, dropped = new_records(new, old)
     if not fresh:
-        raise DataError("no new labelled records to retrain on", "pass --data FILE, or a --log-db with labelled feedback")
+        raise DataError(
+            f"no new labelled records to retrain on: {describe_dropped(dropped, len(new))}",
+            "pass --data FILE with other texts, or a --log-db with labelled feedback on new requests",
+        )
     new_train, recent = _per_label_split(fresh, recent_share, seed)
     # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
     # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
@@ -200,7 +235,7 @@ def retrain(
         raise DataError(f"only {len(fresh)} new records: too few for a recent test slice", "label more traffic")
     old_labels = {r.label for r in old.train}
     new_labels = sorted({r.label for r in new_train} - old_labels)
-    emit("data", "done", {"new": len(fresh), "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "new_labels": new_labels})
+    emit("data", "done", {"new": len(fresh), "dropped": dropped, "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "new_labels": new_labels})
 
     # 3. The challenger: the champion's recipe on old + new data, through the pipeline's own steps.
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -235,10 +270,10 @@ def retrain(
     # 4. The champion on the same fresh test set; paired bootstrap overall and on the recent slice.
     emit("champion", "start", {"n": len(split.test)})
     champion_eval = evaluate(
-        load_run(champion_dir), split.test, "classify", config=challenger_config.eval, data_config=config.data,
+        champion_run.load(), split.test, "classify", config=challenger_config.eval, data_config=config.data,
         baseline=False, train_ids=[r.id for r in split.train],
     )
-    champion_eval.save(context.run.eval_dir / "champion.json")
+    champion_eval.save(context.run.champion_eval)
     emit("champion", "done", {"metrics": {"accuracy": champion_eval.metrics.get("accuracy")}})
     samples, boot_seed = challenger_config.eval.bootstrap_samples, challenger_config.eval.seed
     overall = compare_evaluations(champion_eval, challenger_eval, seed=boot_seed, samples=samples)
@@ -249,17 +284,14 @@ def retrain(
     # 5. The decision.
     primary = overall.primary
     main, slice_main = overall.metric(primary), recent_cmp.metric(primary)
-    sign = 1.0 if main.higher_is_better is not False else -1.0
     reasons = []
     # Non-inferiority: the worst plausible difference (interval end in the bad direction) within the margin.
-    worst_case = main.low if sign > 0 else -main.high
-    if worst_case < -margin:
+    if not main.non_inferior(margin):
         reasons.append(
             f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
             f"may be worse than the margin -{margin:g}"
         )
-    slice_low = slice_main.low if sign > 0 else -slice_main.high
-    if not slice_low > 0:
+    if not slice_main.worst_case() > 0:
         reasons.append(
             f"not better on the recent slice (n={recent_cmp.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
             f"95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f} includes or is below zero"
@@ -282,8 +314,9 @@ def retrain(
         challenger={"id": outcome_run.registry_id, "name": outcome_run.name, "run_dir": str(outcome_run.run_dir)},
         primary=primary, margin=margin, overall=overall.to_dict(), recent=recent_cmp.to_dict(),
         sizes={"old_train": len(old.train), "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "test": len(split.test)},
-        new_labels=new_labels, alias=alias, alias_change=change, warnings=list(overall.warnings),
+        new_labels=new_labels, alias=alias, alias_change=change, dropped=dropped,
+        warnings=([f"new data: {describe_dropped(dropped, len(new))}"] if dropped else []) + list(overall.warnings),
     )
-    atomic_write_text(context.run.root / "retrain.json", json.dumps(outcome.as_dict(), indent=1, default=str))
+    atomic_write_text(context.run.retrain_outcome, json.dumps(outcome.as_dict(), indent=1, default=str))
     emit("decision", "done", {"decision": decision, "reasons": reasons})
     return outcome

@@ -31,7 +31,7 @@ from torch import nn
 from tunelab.config import ResolvedTrainConfig, TrainSchedule
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.models.fused import compile_model
-from tunelab.paths import RunFolder
+from tunelab.runs import RunFolder
 from tunelab.runtime import ThreadFollower
 from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
 from tunelab.train.checkpoints import (

@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
-from tunelab.config import ResolvedConfig, dump_config, parse_config
+from tunelab.config import ResolvedConfig, dump_config
 from tunelab.data.split import Split
 from tunelab.errors import ConfigError, DataError
 from tunelab.models.adapters import count_parameters, save_trained
-from tunelab.models.loader import LoadedModel, load_model
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.models.loader import LoadedModel
+from tunelab.paths import atomic_write_text
+from tunelab.runs import RunFolder, load_model
 from tunelab.runtime import pin_threads, resolve_precision
 from tunelab.train.loop import LoopResult, Progress, train_loop
 
@@ -115,14 +116,14 @@ class Session:
 
 def _check_resume(config: ResolvedConfig, split: Split, run: RunFolder) -> None:
     if not run.config.is_file():
-        raise ConfigError(f"cannot resume {run.root}: it has no config.yaml", "start a new run instead")
-    import yaml
+        raise ConfigError(f"cannot resume {run.root}: it has no {run.config.name}", "start a new run instead")
+    from tunelab.runs import Run
 
-    saved = parse_config(yaml.safe_load(run.config.read_text(encoding="utf-8")), source=str(run.config))
+    saved = Run.open(run.root).config
     if dump_config(saved) != dump_config(config):
         raise ConfigError(
             f"cannot resume {run.root} with a different config",
-            "resume with `tunelab train --resume RUN` (it reads the run's own config.yaml)",
+            "resume with `tunelab train --resume RUN` (it reads the run's own config)",
         )
     fingerprint = split.fingerprint
     if run.split.is_file():
@@ -153,6 +154,21 @@ def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
     return accelerator, precision
 
 
+def check_new_run_folder(run: RunFolder) -> None:
+    """Refuse a run folder that already holds a run (a run is never overwritten).
+
+    Files the `tunelab run` pipeline writes before training (its state, the baseline) are no run yet.
+
+    Raises:
+        ConfigError: when ``run`` already holds a config, checkpoints or trained weights.
+    """
+    if run.config.is_file() or run.checkpoints.exists() or run.adapter.exists() or run.model.exists():
+        raise ConfigError(
+            f"run folder {run.root} already exists; a run is never overwritten",
+            f"choose another name (name=...), delete the folder, or continue it with `tunelab train --resume {run.root}`",
+        )
+
+
 def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resume: bool = False) -> Session:
     """Create (or reopen, for resume) the run folder, save config and split, set up the accelerator.
 
@@ -165,12 +181,8 @@ def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resu
     run = RunFolder(Path(run_dir))
     if resume:
         _check_resume(config, split, run)
-    elif run.config.is_file() or run.checkpoints.exists() or run.adapter.exists() or run.model.exists():
-        # Files the `tunelab run` pipeline writes before training (its state, the baseline) are no run yet.
-        raise ConfigError(
-            f"run folder {run.root} already exists; a run is never overwritten",
-            f"choose another name (name=...), delete the folder, or continue it with `tunelab train --resume {run.root}`",
-        )
+    else:
+        check_new_run_folder(run)
     accelerator, precision = make_accelerator(config, run)
     if accelerator.is_main_process and not resume:
         run.root.mkdir(parents=True, exist_ok=True)
@@ -189,7 +201,12 @@ def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
     """Save the trained weights (adapter/ or model/) and the tokenizer; return the summary."""
     accelerator = session.accelerator
     if accelerator.is_main_process:
-        save_trained(model, session.tokenizer, session.run)
+        run = session.run
+        save_trained(model, session.tokenizer, adapter_dir=run.adapter, model_dir=run.model, tokenizer_dir=run.tokenizer)
+        # The adapter names the base a user can fetch and carries a model card (filled in again once evaluated).
+        from tunelab.runs import Run, make_adapter_portable
+
+        make_adapter_portable(Run.open(run.root))
     accelerator.wait_for_everyone()
     if session.config.train.tracker != "none":
         accelerator.end_training()

@@ -196,8 +196,11 @@ def create_app(settings: UISettings):
 
         record = views.get_run(registry, run)
         sheet = open_run_review(record.run_dir)
-        result = registry_review_pairs(registry, record.id, sheet, Path(record.run_dir) / "review-pairs.jsonl")
-        return {**result.to_dict(), "url": f"/runs/{record.id}/files/review-pairs.jsonl"}
+        from tunelab.runs import RunFolder
+
+        out = RunFolder(Path(record.run_dir)).review_pairs
+        result = registry_review_pairs(registry, record.id, sheet, out)
+        return {**result.to_dict(), "url": f"/runs/{record.id}/files/{out.name}"}
 
     @app.get("/start", response_class=HTMLResponse)
     def start_page(config: str = ""):

@@ -17,8 +17,8 @@ from typing import Any
 
 from tunelab.errors import DataError
 from tunelab.estimate.plan import duration
-from tunelab.paths import RunFolder
 from tunelab.registry import Registry, RunRecord, metric_values
+from tunelab.runs import RunFolder
 
 EXAMPLES_SHOWN = 20
 HIDDEN_METRICS = {"primary", "per_class", "confusion_matrix", "unknown_label_examples"}
@@ -200,7 +200,7 @@ def _load_json(path: Path) -> Any:
 
 def _comparison_of(record: RunRecord) -> dict[str, Any] | None:
     if record.run_dir:
-        saved = _load_json(RunFolder(Path(record.run_dir)).eval_dir / "comparison.json")
+        saved = _load_json(RunFolder(Path(record.run_dir)).comparison)
         if isinstance(saved, dict):
             return saved
     return record.comparison if isinstance(record.comparison, dict) else None
@@ -227,7 +227,7 @@ def changed(record: RunRecord, comparison: dict[str, Any] | None) -> list[dict[s
         return []
     run = RunFolder(Path(record.run_dir))
     strongest = comparison.get("strongest") or "base"
-    paths = (run.baseline_eval(strongest), run.eval_dir / "tuned.json")
+    paths = (run.baseline_eval(strongest), run.tuned_eval)
     if not all(path.is_file() for path in paths):
         return []
     try:
@@ -267,7 +267,7 @@ def run_files(record: RunRecord) -> dict[str, Any]:
     run = RunFolder(Path(record.run_dir))
     return {
         "report_html": run.report_html.is_file(), "report_md": run.report_md.is_file(),
-        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": (run.eval_dir / "base.json").is_file() and (run.eval_dir / "tuned.json").is_file(),
+        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": run.baseline_eval("base").is_file() and run.tuned_eval.is_file(),
         "folder": str(run.root), "exists": run.root.is_dir(),
     }
 
@@ -280,7 +280,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
     """
     record = get_run(registry, run)
     folder = RunFolder(Path(record.run_dir)) if record.run_dir else None
-    pipeline = _load_json(folder.root / "pipeline.json") if folder else None
+    pipeline = _load_json(folder.pipeline_state) if folder else None
     data_check = _load_json(folder.data_check) if folder else None
     comparison = _comparison_of(record)
     names, lines = verdict_table(comparison)
@@ -341,7 +341,7 @@ def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dic
     if run_dir is None:
         return {"steps": [], "train": [], "validation": [], "status": record.status if record else None}
     folder = RunFolder(Path(run_dir))
-    pipeline = _load_json(folder.root / "pipeline.json")
+    pipeline = _load_json(folder.pipeline_state)
     train, validation, _ = read_loss_log(folder.metrics)
     steps = list(((pipeline or {}).get("steps") or {}).keys()) if isinstance(pipeline, dict) else []
     return {
@@ -371,7 +371,7 @@ def compare_page(registry: Registry, runs: list[str]) -> dict[str, Any]:
     rows = [run_row(record) for record in records]
     tuned: list[EvalResult | None] = []
     for record in records:
-        path = RunFolder(Path(record.run_dir)).eval_dir / "tuned.json" if record.run_dir else None
+        path = RunFolder(Path(record.run_dir)).tuned_eval if record.run_dir else None
         try:
             tuned.append(EvalResult.load(path) if path and path.is_file() else None)
         except DataError:
@@ -427,7 +427,12 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         RegistryError: when the run does not exist.
         DataError: when the run has no base and tuned evaluation to review.
     """
-    from tunelab.evaluation.review import agreement, open_run_review, registry_judgments, score_judgments
+    from tunelab.evaluation.review import (
+        agreement,
+        open_run_review,
+        registry_judgments,
+        score_registry_reviews,
+    )
 
     record = get_run(registry, run)
     if not record.run_dir:
@@ -444,7 +449,7 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         if judgment.choice is not None:
             counts[judgment.reviewer] = counts.get(judgment.reviewer, 0) + 1
     try:
-        score = score_judgments([(j.example_id, j.choice) for j in judgments], sheet.sides, base=sheet.base, tuned=sheet.tuned).to_dict()
+        score = score_registry_reviews(registry, record.id, sheet).to_dict()
     except DataError:
         score = None
     return {

@@ -42,6 +42,27 @@ def test_train_resume_and_export_through_the_cli(cli, tiny_model_dir, tmp_path):
     assert (tmp_path / "merged" / "config.json").is_file()
 
 
+def test_a_trained_run_is_registered_and_listed(cli, tiny_model_dir, tmp_path):
+    """`tunelab train` keeps its run in the registry (as `tunelab run` does): `tunelab runs` and the web interface list it."""
+    from tunelab.registry.store import Registry
+    from tunelab.runs import Run
+
+    config = tmp_path / "run.yaml"
+    registry_path = tmp_path / "registry.db"
+    config.write_text(yaml.safe_dump({"task": "sft", "model": str(tiny_model_dir), "name": "listed", "registry": str(registry_path),
+                                      "train": {"output_dir": str(tmp_path / "runs"), "precision": "fp32"}}))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", str(config), "train.max_steps=1", "train.batch_size=4", "--json"])
+    assert result.exit_code == 0, result.output
+    run = Run.open(tmp_path / "runs" / "listed")
+    record = Registry(registry_path).get_run(run.registry_id)
+    assert record.name == "listed" and record.status == "finished" and record.task == "sft"
+    assert record.run_dir == str(run.root) and record.artifacts["train"]["steps"] == 1
+    listed = runner.invoke(cli, ["runs", "--registry", str(registry_path), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert "listed" in listed.stdout
+
+
 def test_unknown_override_names_the_valid_keys(cli, tiny_model_dir, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"task": "sft", "model": str(tiny_model_dir)}))

@@ -242,3 +242,115 @@ def test_evaluate_baselines_caches_and_recomputes_when_training_data_changes(tmp
     assert events[-3:] == [("base", "skip"), ("classical", "start"), ("classical", "done")]
     with pytest.raises(ConfigError, match="does not apply"):
         B.evaluate_baseline("retrieval", loaded, _test_records(), "classify", train=_classify_records(), config=EvalConfig(), data_config=DataConfig())
+
+
+# The cache keys of every baseline as they were before the catalogue (computed on main at 93ed97a): a cached
+# evaluation stays valid across the change. A baseline whose scores change must change its key on purpose.
+PINNED_CACHE_KEYS = {
+ "None-classify-base": [
+  "model-key",
+  "677de56e4dc24eb3"
+ ],
+ "None-classify-classical": [
+  "classical",
+  "39eed3d4196f99f9"
+ ],
+ "None-classify-few_shot": [
+  "model-key",
+  "1f020d105984d00b"
+ ],
+ "None-classify-openai:gpt-x": [
+  "openai:gpt-x",
+  "072ab413af165fad"
+ ],
+ "None-classify-remote:big": [
+  "remote:big",
+  "84c980cd155311c9"
+ ],
+ "None-sft-base": [
+  "model-key",
+  "c5889e11eabc8202"
+ ],
+ "None-sft-few_shot": [
+  "model-key",
+  "8a90d72527a71e13"
+ ],
+ "None-sft-openai:gpt-x": [
+  "openai:gpt-x",
+  "dd638f0811aba38c"
+ ],
+ "None-sft-retrieval": [
+  "retrieval",
+  "8ed3465891bfbc75"
+ ],
+ "None-text-base": [
+  "model-key",
+  "bb76ce41134f2e18"
+ ],
+ "other-classify-base": [
+  "model-key",
+  "5de774a502d175f0"
+ ],
+ "other-classify-classical": [
+  "classical",
+  "692f8c9cca97410f"
+ ],
+ "other-classify-few_shot": [
+  "model-key",
+  "8c638590f3d3ab9d"
+ ],
+ "other-classify-openai:gpt-x": [
+  "openai:gpt-x",
+  "5a844e27de3ce805"
+ ],
+ "other-classify-remote:big": [
+  "remote:big",
+  "f1dea5e86bd833d8"
+ ],
+ "other-sft-base": [
+  "model-key",
+  "c5889e11eabc8202"
+ ],
+ "other-sft-few_shot": [
+  "model-key",
+  "8a90d72527a71e13"
+ ],
+ "other-sft-openai:gpt-x": [
+  "openai:gpt-x",
+  "dd638f0811aba38c"
+ ],
+ "other-sft-retrieval": [
+  "retrieval",
+  "8ed3465891bfbc75"
+ ],
+ "other-text-base": [
+  "model-key",
+  "bb76ce41134f2e18"
+ ]
+}
+
+
+def test_the_catalogue_and_its_scorers_agree_and_cache_keys_stay_stable():
+    from tunelab.config import BASELINES, TASK_BASELINES, EndpointConfig
+    from tunelab.data.labels import LabelMap
+    from tunelab.data.records import ClassifyRecord, SFTRecord
+    from tunelab.evaluation.baselines import SCORERS, baseline_cache_key, baseline_settings
+
+    assert set(SCORERS) == set(BASELINES)
+    assert TASK_BASELINES == {"classify": ("base", "classical", "few_shot"), "sft": ("base", "few_shot", "retrieval"),
+                              "text": ("base",), "preference": ("base",)}
+    lm = LabelMap(["a", "b"], [5, 6], ["A", "B"])
+    train_c = [ClassifyRecord("x", "a"), ClassifyRecord("y", "b")]
+    train_s = [SFTRecord(({"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}))]
+    ev = EvalConfig(endpoints={"big": EndpointConfig(base_url="http://x/v1", name="m")})
+    out = {}
+    for oos in (None, "other"):
+        dc = DataConfig(out_of_scope_label=oos, system_prompt="S")
+        for task, names, train, label_map in (("classify", ["base", "classical", "few_shot", "openai:gpt-x", "remote:big"], train_c, lm),
+                                              ("sft", ["base", "few_shot", "retrieval", "openai:gpt-x"], train_s, None),
+                                              ("text", ["base"], [], None)):
+            for name in names:
+                s = baseline_settings(name, task, ev, dc, label_map, train, train_c[:1])
+                k = baseline_cache_key(name, "model-key", "testfp", s)
+                out[f"{oos}-{task}-{name}"] = [k.model, k.settings_hash]
+    assert out == PINNED_CACHE_KEYS

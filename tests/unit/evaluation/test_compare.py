@@ -159,3 +159,22 @@ def test_verdict_for_lower_is_better_metrics_and_round_trip():
     assert paid.paid_off and paid.summary.startswith("fine-tuning paid off")
     with pytest.raises(DataError, match="no baseline"):
         compare_with_baselines({}, _text("tuned", 2.0))
+
+
+def test_one_non_inferiority_rule_for_retrain_and_distillation():
+    """retrain called a difference whose interval ends exactly at -margin non-inferior, distillation did not, and
+    distillation read a metric without a direction as lower-is-better: one rule now, used by both."""
+    import inspect
+
+    from tunelab.evaluation.compare import MetricComparison
+    from tunelab.tasks import distill, retrain
+
+    at_margin = MetricComparison("accuracy", 0.8, 0.78, -0.02, -0.05, 0.01, True)
+    assert not at_margin.non_inferior(0.05) and at_margin.non_inferior(0.06)
+    lower = MetricComparison("perplexity", 10.0, 10.2, 0.2, -0.1, 0.4, False)
+    assert lower.worst_case() == pytest.approx(-0.4) and lower.non_inferior(0.5) and not lower.non_inferior(0.3)
+    undirected = MetricComparison("length", 1.0, 1.0, 0.0, -0.01, 0.02, None)
+    assert undirected.non_inferior(0.05)  # read as higher-is-better, as retrain always did
+    assert not MetricComparison("accuracy", 0.8, 0.8, 0.0, float("nan"), float("nan"), True).non_inferior(0.05)
+    for module in (retrain, distill):
+        assert ".non_inferior(" in inspect.getsource(module)

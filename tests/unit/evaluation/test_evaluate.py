@@ -55,11 +55,8 @@ def test_baseline_uses_the_zero_shot_prompt_over_the_same_label_tokens(loaded, t
 
 def test_a_long_label_list_is_never_cut_from_the_zero_shot_prompt(loaded, tiny_tokenizer, monkeypatch):
     """77 BANKING77 labels make a zero-shot template longer than max_length: the text, not the list, is what fits."""
-    import sys
-
+    import tunelab.inference as inference_module
     from tunelab.evaluation.evaluate import zero_shot_extra_tokens
-
-    evaluate_module = sys.modules["tunelab.evaluation.evaluate"]  # the package exports a function of the same name
 
     labels = [f"intent_{i}" for i in range(40)]
     label_map = build_label_map(labels, tiny_tokenizer)
@@ -68,8 +65,8 @@ def test_a_long_label_list_is_never_cut_from_the_zero_shot_prompt(loaded, tiny_t
     extra = zero_shot_extra_tokens(tiny_tokenizer, label_map, None)
     assert extra > data_config.max_length  # the list alone is longer than max_length
     seen = []
-    real = evaluate_module.prefix_label_logits
-    monkeypatch.setattr(evaluate_module, "prefix_label_logits", lambda model, prompts, *a, **k: seen.extend(prompts) or real(model, prompts, *a, **k))
+    real = inference_module.prefix_label_logits  # the one classify inference runs it
+    monkeypatch.setattr(inference_module, "prefix_label_logits", lambda model, prompts, *a, **k: seen.extend(prompts) or real(model, prompts, *a, **k))
     base = evaluate(loaded, records, "classify", config=EvalConfig(), data_config=data_config, label_map=label_map, baseline=True)
     assert not any("shortened" in w for w in base.warnings)
     for record, prompt in zip(records, seen, strict=True):

@@ -4,8 +4,9 @@ import json
 import pytest
 
 from tunelab.errors import DataError
+from tunelab.evaluation.metrics import wilson_interval
 from tunelab.evaluation.result import EvalResult
-from tunelab.evaluation.review import export_review, score_review, wilson_interval
+from tunelab.evaluation.review import export_review, score_review
 
 
 def _result(name, answers):
@@ -59,6 +60,19 @@ def test_wilson_interval_by_hand():
     low, high = wilson_interval(15, 20)
     # Wilson: centre (p + z²/2n)/(1 + z²/n), with p = 0.75, n = 20, z = 1.96.
     assert low == pytest.approx(0.5313, abs=1e-3) and high == pytest.approx(0.8881, abs=1e-3)
+    # A tie counts half: 14.5 of 20 is a fractional count, the same formula.
+    assert wilson_interval(14.5, 20)[0] == pytest.approx(0.5059, abs=1e-3)
+
+
+def test_one_wilson_interval_for_review_and_monitoring():
+    """review and monitor each had their own, and they disagreed at n = 0 ((0, 1) against NaN)."""
+    import tunelab.monitor.check as monitor_check
+    import tunelab.monitor.signals as signals
+    from tunelab.evaluation import review
+
+    assert not hasattr(signals, "wilson_interval")
+    assert review.wilson_interval is wilson_interval and monitor_check.wilson_interval is wilson_interval
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # nothing observed: every proportion is possible
 
 
 def test_bad_sheets_are_clear_errors(tmp_path):
@@ -120,3 +134,18 @@ def test_review_pairs_errors_name_the_line(tmp_path):
     with pytest.raises(DataError, match=r"s\.csv:2: preference 'better'"):
         review_pairs(sheet, tmp_path / "p.jsonl")
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_identical_outputs_are_a_tie_for_the_score_and_the_pairs(tmp_path):
+    """`review score` counted an identical-output row judged A as a win, `review pairs` dropped it as a tie: one rule now."""
+    from tunelab.evaluation.review import review_pairs
+
+    base = _result("base", ["same answer", "base answer", "base other"])
+    tuned = _result("tuned", ["same answer", "tuned answer", "tuned other"])
+    sheet, key = export_review(base, tuned, tmp_path / "review.csv", seed=0)
+    # The reviewer clicks the tuned side everywhere, also on the row whose two outputs are the same text.
+    _fill(sheet, key, lambda row, side: "A" if side["A"] == "tuned" else "B")
+    score = score_review(sheet)
+    pairs = review_pairs(sheet, tmp_path / "pairs.jsonl")
+    assert (score.tuned_wins, score.ties) == (2, 1) and score.win_rate == pytest.approx(2.5 / 3)
+    assert (pairs.pairs, pairs.ties) == (2, 1)

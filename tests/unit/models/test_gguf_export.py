@@ -21,9 +21,9 @@ from tunelab.data.labels import build_label_map
 from tunelab.data.templates import classify_messages, render_prompt_ids
 from tunelab.errors import ModelError
 from tunelab.evaluation.predict import label_logits
-from tunelab.models.adapters import merge_run
 from tunelab.models.generate import generate_text
-from tunelab.models.gguf_export import LABELS_KEY, export_gguf, modelfile_path
+from tunelab.models.gguf_export import LABELS_KEY, modelfile_path
+from tunelab.runs import export_gguf, merge_run
 
 PROMPTS = ["What is the capital of France?", "What is two plus two?", "my card has not arrived", "Four score"]
 LABELS = ["billing", "technical", "account"]
@@ -135,7 +135,7 @@ def test_f16_gives_the_merged_runs_tokens_logits_and_greedy_answers(runs, sft_f1
 
 
 def test_tunelab_reads_the_export_back_as_a_model(sft_f16, runs, monkeypatch, tmp_path):
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     loaded = load_model(str(sft_f16))

@@ -17,7 +17,12 @@ def test_folder_and_run_and_hub(tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "config.yaml").write_text("task: sft\n")
-    assert resolve_model(str(run)).kind == "run"
+    # A run folder is known to the run module; the models layer knows no run folder.
+    from tunelab.runs import resolve_model as resolve_any
+
+    assert resolve_any(str(run)).kind == "run" and resolve_any(str(tiny_model_dir)).kind == "folder"
+    with pytest.raises(ModelError, match="holds no model"):
+        resolve_model(str(run))
 
 
 @pytest.mark.parametrize(

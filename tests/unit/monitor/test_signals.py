@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
@@ -16,7 +15,6 @@ from tunelab.monitor.signals import (
     psi,
     psi_noise,
     status_for,
-    wilson_interval,
     worst,
 )
 
@@ -34,9 +32,10 @@ def test_psi_matches_a_hand_computed_value_and_its_noise_level():
 
 
 def test_wilson_interval_and_statuses():
+    from tunelab.evaluation.metrics import wilson_interval
+
     low, high = wilson_interval(8, 10)
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # the textbook Wilson interval of 8/10
-    assert math.isnan(wilson_interval(0, 0)[0])
     assert [status_for(x, (0.1, 0.2)) for x in (0.05, 0.1, 0.25, None)] == ["ok", "watch", "drifted", "ok"]
     assert worst(["ok", "drifted", "watch"]) == "drifted" and worst([]) == "ok"
 
@@ -55,3 +54,26 @@ def test_durations_and_monitor_config_errors():
 
     with pytest.raises(ConfigError, match="Did you mean 'window'"):
         load_monitor_config(None, {"windw": "1d"})
+
+
+def test_an_sft_run_is_a_reference_of_its_prompts(tmp_path):
+    """`tunelab monitor` on an sft run's traffic read the training prompts through a property it called (TypeError)."""
+    import json
+
+    from tunelab.config import dump_config, parse_config
+    from tunelab.data.split import make_split
+    from tunelab.monitor.check import load_reference
+    from tunelab.runs import RunFolder
+
+    rows = [{"prompt": f"question number {i} about billing", "completion": f"answer {i}"} for i in range(20)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = parse_config({"task": "sft", "data": {"train": str(data), "test_size": 0.2, "validation_size": 0.0}})
+    run = RunFolder(tmp_path / "run")
+    run.adapter.mkdir(parents=True)
+    run.config.write_text(dump_config(config))
+    make_split(config).save(run.split)
+    reference = load_reference(run.root, "r1")
+    assert reference.task == "sft" and not any("cannot read" in note for note in reference.notes)
+    assert len(reference.train_texts) == 16 and all(text.startswith("question number") for text in reference.train_texts)
+    assert len(reference.heldout_texts) == 4

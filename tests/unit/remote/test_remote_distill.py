@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tunelab.config import parse_config
-from tunelab.tasks.distill import DISTILL_FILE, read_distill_file, run_distill
+from tunelab.runs import RunFolder
+from tunelab.tasks.distill import read_distill_file, run_distill
 
 
 def write_jsonl(path, rows):
@@ -66,8 +67,9 @@ def test_distill_from_a_served_teacher_trains_the_student_and_compares_them(serv
 def test_a_crashed_distillation_asks_only_what_has_no_line(served, tiny_model_dir, tmp_path):
     from tunelab.config import EndpointConfig
     from tunelab.data.split import make_split
+    from tunelab.evaluation.answering import RemoteModel
     from tunelab.evaluation.remote import remote_client
-    from tunelab.tasks.distill import Teacher, _input_of, ask_teacher, distill_run_dir
+    from tunelab.tasks.distill import _input_of, ask_teacher, distill_run_dir
 
     url, name, counter = served
     config = sft_config(tmp_path, {"base_url": url, "name": name}, tiny_model_dir)
@@ -77,10 +79,10 @@ def test_a_crashed_distillation_asks_only_what_has_no_line(served, tiny_model_di
     (run_dir / "distill_config.json").write_text(json.dumps(config.model_dump(mode="json")))
     split = make_split(config)
     inputs = [_input_of(r, "sft") for r in split.train[:2]]
-    ask_teacher(Teacher("t", client=remote_client(EndpointConfig(base_url=url, name=name))), inputs, config, [], run_dir / DISTILL_FILE)
-    text = (run_dir / DISTILL_FILE).read_text()
-    (run_dir / DISTILL_FILE).write_text(text[: len(text) - 20])  # the second line torn
-    assert len(read_distill_file(run_dir / DISTILL_FILE)) == 1
+    ask_teacher(RemoteModel(remote_client(EndpointConfig(base_url=url, name=name))), inputs, config, [], RunFolder(run_dir).distill_file)
+    text = (RunFolder(run_dir).distill_file).read_text()
+    (RunFolder(run_dir).distill_file).write_text(text[: len(text) - 20])  # the second line torn
+    assert len(read_distill_file(RunFolder(run_dir).distill_file)) == 1
     served_before = chat_requests(counter)
     outcome = run_distill(resume=run_dir, calibrate=False)
     lines = read_distill_file(outcome.distill_file)
@@ -132,7 +134,7 @@ def test_bad_teacher_answers_are_listed_and_left_out(served, tiny_model_dir, tmp
     # The tiny served model answers noise, which names no category: every answer is rejected, none is used.
     with pytest.raises(DataError, match="no usable answer"):
         run_distill(classify_config(tmp_path, {"base_url": url, "name": name}, tiny_model_dir), calibrate=False)
-    lines = read_distill_file(tmp_path / "runs" / "distilled-classify" / DISTILL_FILE)
+    lines = read_distill_file(RunFolder(tmp_path / "runs" / "distilled-classify").distill_file)
     assert len(lines) == 9 and {line.status for line in lines.values()} == {"rejected"}
     assert all(line.reason.startswith("names no category") and line.answer is not None for line in lines.values())
 

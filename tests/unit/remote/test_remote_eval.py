@@ -28,7 +28,7 @@ def chat_requests(counter) -> int:
 
 def test_remote_sft_answers_equal_the_local_evaluation_of_the_same_model(endpoint, talkative_model_dir):
     from tunelab.evaluation.evaluate import evaluate
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     config, data = EvalConfig(max_new_tokens=8), DataConfig()
     remote = evaluate_remote(remote_client(endpoint), sft_records(), "sft", config=config, data_config=data)
@@ -105,14 +105,16 @@ def test_text_task_and_missing_key_are_clear_errors(endpoint, monkeypatch):
 
 def test_remote_model_as_a_baseline_in_the_pipeline_evaluation(endpoint, talkative_model_dir):
     from tunelab.evaluation.baselines import evaluate_with_baselines
-    from tunelab.models import load_model
+    from tunelab.runs import load_model
 
     config = parse_config({"task": "sft", "eval": {"max_new_tokens": 6, "bootstrap_samples": 200,
                                                     "baselines": ["retrieval", {"endpoint": endpoint.model_dump(), "as": "served"}]}})
     assert config.eval.baselines == ["retrieval", "remote:served"]
     train = [SFTRecord(({"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."})) for i in range(4)]
+    from tunelab.evaluation.answering import LocalModel
+
     result, opponents, verdict = evaluate_with_baselines(
-        load_model(str(talkative_model_dir)), sft_records(), "sft", baselines=config.eval.baselines, train=train,
+        LocalModel(load_model(str(talkative_model_dir))), sft_records(), "sft", baselines=config.eval.baselines, train=train,
         config=config.eval, data_config=config.data,
     )
     assert set(opponents) == {"retrieval", "remote:served"}

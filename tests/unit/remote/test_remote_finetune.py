@@ -9,7 +9,8 @@ from fake_provider import BASE_ANSWER, FakeProvider
 
 from tunelab.config import parse_config
 from tunelab.errors import DataError
-from tunelab.remote.finetune import JOB_FILE, CloudJob, CloudJobFailed, chat_lines, estimate_cloud_cost
+from tunelab.remote.finetune import CloudJob, CloudJobFailed, chat_lines, estimate_cloud_cost
+from tunelab.runs import RunFolder
 from tunelab.tasks.pipeline import run_pipeline
 
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
@@ -106,7 +107,7 @@ def test_following_resumes_after_ctrl_c_without_a_second_job(provider, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, on_event=interrupt)
     run_dir = tmp_path / "runs" / "cloud"
-    assert (run_dir / JOB_FILE).is_file() and CloudJob.load(run_dir).status == "running"
+    assert RunFolder(run_dir).cloud_job.is_file() and CloudJob.load(run_dir).status == "running"
     resumed = []
     outcome = run_pipeline(resume=run_dir, on_event=lambda s, st, d: resumed.append(d.get("id")) if s == "train" and st == "event" else None)
     assert provider.count("POST", "/v1/fine_tuning/jobs") == 1

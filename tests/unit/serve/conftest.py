@@ -40,11 +40,13 @@ def write_fake_run(root: Path, base_dir: Path, tokenizer, *, seed: int, task: st
         config["data"]["system_prompt"] = CLASSIFY_SYSTEM
         label_map = build_label_map(labels or CLASSIFY_LABELS, tokenizer)
         label_map.save(root / "labels.json")
-        # A trained classify run carries a label head: random rows here, so serving must apply it to agree.
+        # A trained classify run carries its label rows in the adapter (PEFT trainable tokens, as training saves
+        # them): random rows here, so serving must apply them to agree.
+        from tunelab.models.adapters import write_label_rows
         from tunelab.models.heads import LabelHead
 
         delta = torch.randn((len(label_map.labels), base.config.hidden_size), generator=generator)
-        LabelHead(label_map.token_ids, delta).save(root / "adapter")
+        write_label_rows(root / "adapter", peft_model, LabelHead(label_map.token_ids, delta))
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 

@@ -161,18 +161,12 @@ def test_classify_returns_label_and_probabilities(client, fake_runs, tiny_model_
     texts = ["my card has not arrived", "login fails every time", "refund please"]
     body = client.post("/v1/classify", json={"model": "router", "input": texts}).json()
     label_map = LabelMap.load(fake_runs["router"] / "labels.json")
+    # Plain PEFT, no tunelab: the adapter carries the trained label rows as PEFT trainable tokens on the head.
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(fake_runs["router"] / "adapter")).eval()
-    from tunelab.models.heads import LabelHead
-
-    head = LabelHead.load(fake_runs["router"] / "adapter")
     for text, item in zip(texts, body["data"], strict=True):
         ids = torch.tensor([render_prompt_ids(tiny_tokenizer, classify_messages(text, "Route support requests."))])
         with torch.inference_mode():
-            # Computed independently: the full model's last hidden state and the head rows plus the trained delta.
-            output = model(input_ids=ids, output_hidden_states=True)
-            hidden = output.hidden_states[-1][0, -1]
-            logits = output.logits[0, -1, label_map.token_ids] + hidden @ head.delta.T
-            expected = torch.softmax(logits, dim=-1).tolist()
+            expected = torch.softmax(model(input_ids=ids).logits[0, -1, label_map.token_ids], dim=-1).tolist()
         got = [item["probabilities"][label] for label in label_map.labels]
         assert got == pytest.approx(expected, abs=1e-4)
         assert item["label"] == label_map.labels[max(range(3), key=expected.__getitem__)]
@@ -188,8 +182,8 @@ def test_classify_returns_label_and_probabilities(client, fake_runs, tiny_model_
         assert printed.exit_code == 0, printed.output
         assert printed.stdout.strip().splitlines()[-1] == item["label"]
     # ... although the server ran the prompts' shared prefix once and only each request's own tokens on top.
-    prefixes = [prefix for entry, prefix, cache in client.app.state.engine._prefixes.values() if entry.name == "router"]
-    assert len(prefixes) == 1 and prefixes[0] and len(prefixes[0]) >= 16
+    classifier = client.app.state.engine.registry.classifier(client.app.state.engine.registry.get("router"))
+    assert len(classifier.prefix) >= 16 and classifier._cache is not None
     # chat completions on a classify model answer with the label
     answer = chat(client, "router", messages=[{"role": "user", "content": texts[0]}]).json()
     assert answer["choices"][0]["message"]["content"] == body["data"][0]["label"]

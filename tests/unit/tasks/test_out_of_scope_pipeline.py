@@ -10,7 +10,7 @@ from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.split import load_split
 from tunelab.evaluation.evaluate import evaluate
 from tunelab.evaluation.metrics import choose_threshold
-from tunelab.models import load_run
+from tunelab.runs import load_run
 from tunelab.tasks.pipeline import run_pipeline
 
 WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
@@ -49,7 +49,7 @@ def test_run_with_out_of_scope_requests(tmp_path, tiny_model_dir):
     assert saved.label == "other" and 0.0 <= saved.threshold <= 1.0 and saved.validation["queries"] == len(split.validation)
     # The saved threshold is the rule applied to the saved run's scores of the validation queries.
     loaded = load_run(run)
-    assert loaded.out_of_scope == saved.to_dict()
+    assert loaded.out_of_scope == saved
     scored = evaluate(loaded, split.validation, "classify", config=config.eval, data_config=config.data, out_of_scope=OutOfScope("other", 0.0))
     confidence = [row["scores"]["confidence"] for row in scored.rows]
     correct = [row["label_prediction"] == row["reference"] for row in scored.rows]

@@ -139,3 +139,19 @@ def test_serve_feedback_monitor_retrain_promote_serve(tmp_path, tiny_model_dir, 
 
     result = cli.invoke(cli_main.app, ["rollback", "router", "--registry", str(registry_path)])
     assert result.exit_code == 0 and store.alias("router") == champion.registry_id
+
+
+def test_dropped_new_records_are_counted_with_their_reason():
+    """retrain left out feedback whose text was already in the run's data and said only "no new labelled records"."""
+    from types import SimpleNamespace
+
+    from tunelab.data.records import ClassifyRecord
+    from tunelab.tasks.retrain import describe_dropped, new_records
+
+    old = SimpleNamespace(train=[ClassifyRecord("a", "x")], validation=[ClassifyRecord("b", "x")], test=[ClassifyRecord("c", "y")])
+    new = [ClassifyRecord("a", "y"), ClassifyRecord("c", "x"), ClassifyRecord("c", "x"), ClassifyRecord("d", "y"), ClassifyRecord("d", "x")]
+    fresh, dropped = new_records(new, old)
+    assert [r.text for r in fresh] == ["d"]
+    assert dropped == {"in_train": 1, "in_test": 2, "repeated": 1}
+    line = describe_dropped(dropped, len(new))
+    assert line.startswith("4 of 5 new records left out") and "training records" in line and "test records" in line and "repeated" in line

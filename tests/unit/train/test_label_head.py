@@ -7,7 +7,7 @@ from train_helpers import classify_records, records_split, tiny_config
 
 from tunelab.data.labels import label_name_token_ids
 from tunelab.models.heads import LABEL_HEAD_FILE, LabelHead, causal_lm_of, label_logits
-from tunelab.paths import RunFolder
+from tunelab.runs import RunFolder
 from tunelab.tasks import run_training
 
 
@@ -40,17 +40,19 @@ def test_a_classify_run_trains_saves_loads_and_folds_its_label_head(tiny_model_d
     from transformers import AutoModelForCausalLM
 
     from tunelab.evaluation.predict import label_logits as score_prompts
-    from tunelab.models import load_run
-    from tunelab.models.adapters import merge_and_save
+    from tunelab.runs import export_folder as merge_and_save
+    from tunelab.runs import load_run
 
     config = tiny_config(tiny_model_dir, task="classify", max_steps=3)
     run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
     run = RunFolder(tmp_path / "run")
-    assert (run.adapter / LABEL_HEAD_FILE).is_file()
+    # The rows travel inside the PEFT adapter (trainable tokens on the head), not in a file of tunelab's own.
+    assert not (run.adapter / LABEL_HEAD_FILE).exists()
+    assert json.loads((run.adapter / "adapter_config.json").read_text())["trainable_token_indices"] == {"lm_head": json.loads(run.labels.read_text())["token_ids"]}
     loaded = load_run(run.root)
     assert loaded.label_head is not None
     label_ids = json.loads(run.labels.read_text())["token_ids"]
-    names = label_name_token_ids(loaded.label_map["labels"], loaded.tokenizer)
+    names = label_name_token_ids(loaded.label_map.labels, loaded.tokenizer)
     start = LabelHead.initialise(loaded.model, label_ids, names)
     assert not torch.allclose(loaded.label_head.delta, start.delta), "the label rows were not trained"
 

@@ -12,9 +12,8 @@ from tests.unit.train.train_helpers import assert_same_training, records_split, 
 from tunelab.data.records import PreferenceRecord
 from tunelab.data.split import Split
 from tunelab.data.tokenize import IGNORE_INDEX, tokenize_preference, tokenize_records
-from tunelab.models.loader import load_run
+from tunelab.runs import RunFolder, load_run
 from tunelab.tasks import run_training
-from tunelab.tasks.preference import REFERENCE_FILE
 from tunelab.train.batching import PreferenceCollate
 from tunelab.train.losses import dpo_loss_sum, sequence_log_probs
 
@@ -84,7 +83,7 @@ def test_reference_is_the_sft_parent_and_dpo_moves_the_margin(tmp_path, tiny_mod
 
     # The reference log-probabilities are the SFT model's (adapter active), computed by a plain forward pass.
     sft = load_run(sft_run)
-    saved = json.loads((tmp_path / "dpo" / REFERENCE_FILE).read_text())
+    saved = json.loads(RunFolder(tmp_path / "dpo").reference_log_probs.read_text())
     examples, _ = tokenize_records(pairs, "preference", tiny_tokenizer, max_length=64, use_cache=False)
     assert len(saved) == len(pairs)
     for example, row in zip(examples, saved, strict=True):

@@ -9,8 +9,7 @@ from train_helpers import assert_same_training, classify_records, records_split,
 from tunelab.data.tokenize import tokenize_records
 from tunelab.errors import ConfigError
 from tunelab.models.adapters import apply_method
-from tunelab.models.loader import load_model
-from tunelab.paths import RunFolder
+from tunelab.runs import RunFolder, load_model
 from tunelab.tasks import run_training
 from tunelab.train.batching import LMCollate
 from tunelab.train.loop import TrainingError, train_loop
@@ -64,7 +63,7 @@ def test_loss_falls_on_a_memorisable_set(tiny_model_dir, tmp_path):
 
 
 def test_run_folder_holds_what_load_run_needs(tiny_model_dir, tmp_path):
-    from tunelab.models import load_run
+    from tunelab.runs import load_run
 
     config = tiny_config(tiny_model_dir, task="classify", max_steps=2)
     split = records_split(classify_records(12), classify_records(6))
@@ -74,7 +73,7 @@ def test_run_folder_holds_what_load_run_needs(tiny_model_dir, tmp_path):
     assert run.split.is_file() and (run.checkpoints / "best").is_dir()
     assert any("validation_loss" in m for m in _metrics(run.root))
     loaded = load_run(run.root)
-    assert loaded.label_map["labels"] == ["billing", "login", "shipping"]
+    assert loaded.label_map.labels == ["billing", "login", "shipping"]
     assert result.best_validation_loss is not None
     # Never overwritten silently.
     with pytest.raises(ConfigError, match="already exists"):
@@ -110,8 +109,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
 def test_merged_export_generates_the_same_as_the_adapter(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tunelab.models import load_run
-    from tunelab.models.adapters import merge_and_save
+    from tunelab.runs import export_folder as merge_and_save
+    from tunelab.runs import load_run
 
     config = tiny_config(tiny_model_dir, max_steps=4, lr=2e-2)
     run_training(config, records_split(sft_records(6)), run_dir=tmp_path / "run")

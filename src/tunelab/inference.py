@@ -1,0 +1,269 @@
+"""One answer per input: the classify inference and the prompt preparation that every path uses.
+
+Evaluation, ``tunelab generate``, ``tunelab serve`` and the web interface answer through these, so the
+model that is judged answers exactly as the model that is served:
+
+- :class:`Classifier` — a classify model's answer to a text: its prompt (the run's system prompt and
+  instruction, or a baseline's zero-shot / few-shot prompt), the text shortened to the run's
+  ``max_length`` as in training, the prompt's fixed prefix computed once (its KV cache), the label tokens'
+  rows of the head (with a run's trained label head), the probabilities, and the out-of-scope threshold.
+  A server's engine batches requests from many clients and hands each batch to the same
+  :meth:`Classifier.probabilities`.
+- :func:`chat_prompt` — a chat request's token ids: the run's system prompt when the request brings
+  none, the model's chat template with the assistant turn opened, and a prompt longer than the run's
+  ``max_length`` keeping its end (where the answer starts), as evaluation always did.
+  :func:`completion_prompt` is the same for raw text (a text run continues documents, no template).
+- Decoding (stop ids, left padding, greedy or seeded sampling) is ``tunelab.models.generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunelab.data.labels import LabelMap, OutOfScope
+from tunelab.data.records import ClassifyRecord, Message
+from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
+from tunelab.data.tokenize import MIN_SHARED_PREFIX, shared_prefix_length, tokenize_classify
+from tunelab.models.heads import causal_lm_of
+from tunelab.models.heads import label_logits as head_label_logits
+from tunelab.models.prefix import last_hidden_after_prefix, prefix_cache
+from tunelab.runtime import following_free_cores
+
+Progress = Callable[[int], None]
+PROBES = ("a", "b")  # two texts whose prompts differ only in the text: what they share is the prompt's fixed prefix
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _by_length(sequences: Sequence[Sequence[int]], indices: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(indices, key=lambda i: len(sequences[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def label_logits(
+    model: Any, prompts: Sequence[Sequence[int]], label_token_ids: Sequence[int], *, batch_size: int = 16,
+    progress: Progress | None = None, label_head: Any = None, indices: Sequence[int] | None = None, out: np.ndarray | None = None,
+    follow_cores: bool = True,
+) -> np.ndarray:
+    """Logits of the label tokens at each prompt's last position, shape (prompts, labels).
+
+    One forward pass of the decoder per batch (prompts bucketed by length); the last hidden state is
+    multiplied by the label tokens' rows of the head only, so no full-vocabulary logits are built.
+    Prompts are right-padded: with causal attention the real tokens never see the padding, and each
+    row's last real position is gathered. ``label_head``: a classify run's trained label rows. ``follow_cores``:
+    torch's threads follow the free cores between batches (an evaluation beside other jobs; a server's engine,
+    which answers one small batch at a time, leaves them as they are).
+    """
+    decoder = causal_lm_of(model).get_decoder()
+    device = _device(model)
+    label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
+    result = out if out is not None else np.zeros((len(prompts), len(label_ids)), dtype=np.float32)
+    batches = _by_length(prompts, range(len(prompts)) if indices is None else indices, batch_size)
+    for batch in following_free_cores(batches, device.type) if follow_cores else batches:
+        longest = max(len(prompts[i]) for i in batch)
+        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+        attention = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = list(prompts[index])
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[row, : len(ids)] = 1
+        last = attention.sum(dim=1) - 1
+        with torch.inference_mode():
+            hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+            final = hidden[torch.arange(len(batch), device=device), last.to(device)]
+            logits = head_label_logits(model, final, label_ids, label_head)
+        result[batch] = logits.float().cpu().numpy()
+        if progress:
+            progress(len(batch))
+    return result
+
+
+def prefix_label_logits(
+    model: Any, prompts: Sequence[Sequence[int]], label_token_ids: Sequence[int], *, batch_size: int = 16,
+    progress: Progress | None = None, min_prefix: int = MIN_SHARED_PREFIX, label_head: Any = None, prefix: Sequence[int] | None = None,
+    cache: Any = None, follow_cores: bool = True,
+) -> np.ndarray:
+    """``label_logits`` of prompts that share a long prefix, running the prefix through the model once.
+
+    ``prefix``: the shared token prefix (default: the longest common prefix of all prompts), with its KV
+    ``cache`` when the caller keeps one. Prompts that start with it run only their own tokens on top of the
+    cache, right-padded, at positions that continue after the prefix; any other prompt (and every prompt
+    when the prefix is shorter than ``min_prefix`` tokens) runs whole. Equal to ``label_logits`` on the full
+    prompts up to float rounding.
+    """
+    if prefix is None:
+        length = shared_prefix_length(prompts)
+        prefix = list(prompts[0][:length]) if prompts and length >= min_prefix else []
+    prefix = list(prefix)
+    size = len(prefix)
+    result = np.zeros((len(prompts), len(label_token_ids)), dtype=np.float32)
+    if size < min_prefix:
+        return label_logits(model, prompts, label_token_ids, batch_size=batch_size, progress=progress, label_head=label_head, out=result,
+                            follow_cores=follow_cores)
+    shared = [i for i, p in enumerate(prompts) if len(p) > size and list(p[:size]) == prefix]
+    whole = sorted(set(range(len(prompts))) - set(shared))
+    if shared:
+        decoder = causal_lm_of(model).get_decoder()
+        device = _device(model)
+        label_ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
+        with torch.inference_mode():
+            if cache is None:
+                cache = prefix_cache(decoder, torch.tensor(prefix, dtype=torch.long, device=device))
+            suffixes = [list(p[size:]) for p in prompts]
+            batches = _by_length(suffixes, shared, batch_size)
+            for batch in following_free_cores(batches, device.type) if follow_cores else batches:
+                final = last_hidden_after_prefix(decoder, cache, size, [suffixes[i] for i in batch])
+                result[batch] = head_label_logits(model, final, label_ids, label_head).float().cpu().numpy()
+                if progress:
+                    progress(len(batch))
+    if whole:
+        label_logits(model, prompts, label_token_ids, batch_size=batch_size, progress=progress, label_head=label_head, indices=whole, out=result,
+                     follow_cores=follow_cores)
+    return result
+
+
+@dataclass
+class ClassifyAnswer:
+    """A classify model's answer to one text: ``label`` is the answer (the out-of-scope label when the top
+    label's probability is below the threshold), ``top_label`` the most probable label."""
+
+    label: str
+    top_label: str
+    confidence: float  # the top label's probability
+    probabilities: dict[str, float]
+    out_of_scope: bool = False
+    prompt_tokens: int = 0
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "top_label": self.top_label, "confidence": self.confidence, "probabilities": self.probabilities,
+                "out_of_scope": self.out_of_scope}
+
+
+@dataclass
+class Classifier:
+    """The one classify inference (see the module docstring) of one model's weights.
+
+    ``messages``: the prompt around a text (default: the trained prompt, ``classify_messages`` with
+    ``system_prompt``; a baseline passes its zero-shot or few-shot prompt). ``max_length``: the text is shortened
+    so the prompt fits it, as in training. The prefix's KV cache is kept after the first call: a Classifier
+    belongs to one model's weights (a server keeps one per served run).
+    """
+
+    tokenizer: Any
+    label_map: LabelMap
+    max_length: int
+    system_prompt: str | None = None
+    label_head: Any = None
+    out_of_scope: OutOfScope | None = None
+    messages: Callable[[str], list[Message]] | None = None
+    follow_cores: bool = True  # a server's engine sets False (see label_logits)
+    _prefix: list[int] | None = field(default=None, init=False, repr=False)
+    _cache: Any = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def for_model(cls, loaded: Any, *, max_length: int | None = None) -> Classifier:
+        """The classifier of a classify run as trained (``tunelab.models.LoadedModel`` loaded from a run): its label map,
+        system prompt, ``max_length``, label head and out-of-scope rule.
+
+        Raises:
+            ValueError: when ``loaded`` is no classify run.
+        """
+        run = loaded.run
+        if run is None or run.label_map is None:
+            raise ValueError("not a classify run: it has no label map")
+        return cls(loaded.tokenizer, run.label_map, max_length or run.max_length, run.system_prompt, loaded.label_head, run.out_of_scope)
+
+    def build(self, text: str) -> list[Message]:
+        return self.messages(text) if self.messages is not None else classify_messages(text, self.system_prompt)
+
+    def prompt(self, text: str) -> tuple[list[int], bool]:
+        """(token ids, whether the text was shortened to fit ``max_length``) of the prompt for ``text``."""
+        probe = ClassifyRecord(text, self.label_map.labels[0])
+        example = tokenize_classify(probe, self.tokenizer, self.label_map, self.max_length, self.system_prompt, messages_fn=self.build)
+        return example.input_ids, example.truncated
+
+    @property
+    def prefix(self) -> list[int]:
+        """The prompt's fixed part (system message, instruction, a baseline's label list and examples)."""
+        if self._prefix is None:
+            probes = [render_prompt_ids(self.tokenizer, self.build(text)) for text in PROBES]
+            length = shared_prefix_length(probes)
+            self._prefix = probes[0][:length] if length >= MIN_SHARED_PREFIX else []
+        return self._prefix
+
+    def logits(self, model: Any, prompts: Sequence[Sequence[int]], *, batch_size: int = 16, progress: Progress | None = None) -> np.ndarray:
+        """Label logits (prompts, labels) of prompt ids made by :meth:`prompt`, the fixed prefix run once."""
+        prefix = self.prefix
+        if prefix and self._cache is None and any(len(p) > len(prefix) and list(p[: len(prefix)]) == prefix for p in prompts):
+            with torch.inference_mode():
+                decoder = causal_lm_of(model).get_decoder()
+                self._cache = prefix_cache(decoder, torch.tensor(prefix, dtype=torch.long, device=_device(model)))
+        return prefix_label_logits(model, prompts, self.label_map.token_ids, batch_size=batch_size, progress=progress,
+                                   label_head=self.label_head, prefix=prefix, cache=self._cache, follow_cores=self.follow_cores)
+
+    def probabilities(self, model: Any, prompts: Sequence[Sequence[int]], *, batch_size: int = 16, progress: Progress | None = None) -> np.ndarray:
+        """P(label | prompt) for each prompt, (prompts, labels), in the label map's order."""
+        return softmax(self.logits(model, prompts, batch_size=batch_size, progress=progress))
+
+    def answers(self, probabilities: np.ndarray, prompts: Sequence[Sequence[int]] = (), truncated: Sequence[bool] = ()) -> list[ClassifyAnswer]:
+        """Each row's answer: the top label, its probability, and the out-of-scope label below the threshold."""
+        labels = self.label_map.labels
+        result = []
+        for index, row in enumerate(probabilities):
+            best = int(np.argmax(row))
+            top, confidence = labels[best], float(row[best])
+            rejected = self.out_of_scope is not None and self.out_of_scope.rejects(confidence)
+            result.append(ClassifyAnswer(
+                self.out_of_scope.label if rejected else top, top, confidence, {label: float(p) for label, p in zip(labels, row, strict=True)},
+                rejected, len(prompts[index]) if index < len(prompts) else 0, bool(truncated[index]) if index < len(truncated) else False,
+            ))  # fmt: skip
+        return result
+
+    def classify(self, model: Any, texts: Sequence[str], *, batch_size: int = 16, progress: Progress | None = None) -> list[ClassifyAnswer]:
+        """The answers to ``texts`` (prompt, probabilities, threshold), in order."""
+        built = [self.prompt(text) for text in texts]
+        prompts = [ids for ids, _ in built]
+        return self.answers(self.probabilities(model, prompts, batch_size=batch_size, progress=progress), prompts, [t for _, t in built])
+
+
+@dataclass
+class ChatPrompt:
+    """A request's prompt as token ids, and whether it was cut to ``max_length`` (keeping its end)."""
+
+    ids: list[int]
+    truncated: bool = False
+
+
+def chat_prompt(tokenizer: Any, messages: Sequence[Message], *, system_prompt: str | None = None, max_length: int | None = None) -> ChatPrompt:
+    """The one preparation of a chat request: ``system_prompt`` first when the messages bring no system message,
+    the chat template with the assistant turn opened, and at most ``max_length`` tokens (the end is kept: the
+    opened assistant turn is where the answer starts)."""
+    ids = render_prompt_ids(tokenizer, with_system_prompt([dict(m) for m in messages], system_prompt))
+    if max_length is not None and len(ids) > max_length:
+        return ChatPrompt(ids[-max_length:], True)
+    return ChatPrompt(ids)
+
+
+def completion_prompt(tokenizer: Any, text: str, *, max_length: int | None = None) -> ChatPrompt:
+    """A raw-text prompt (``/v1/completions``, a text run's continuation): the text's tokens (with the tokenizer's
+    own special tokens, e.g. a BOS), the end kept when longer than ``max_length``; an empty text is its BOS."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id]
+    if max_length is not None and len(ids) > max_length:
+        return ChatPrompt(ids[-max_length:], True)
+    return ChatPrompt(ids)

