@@ -72,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="training steps of the short run")
     parser.add_argument("--run", type=Path, help="score this finished classify run instead of training one")
+    parser.add_argument("--name", default="portable_adapter", help="results file name under bench/results/")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -105,12 +106,13 @@ def main() -> None:
     rows = [[name, f"{value:.4f}"] for name, value in result["accuracy"].items()]
     markdown = "\n".join([
         "# A classify adapter outside tunelab (bench/portable_adapter.py)", "", machine_markdown(info), "",
-        f"The quickstart ({EXAMPLE.name}) trained for {args.steps} steps; its {len(records)} held-out requests.", "",
+        (f"The quickstart ({EXAMPLE.name}) trained for {args.steps} steps" if args.run is None else f"The run {run.name}")
+        + f"; its {len(records)} held-out requests.", "",
         markdown_table(["scored by", "accuracy"], rows), "",
         f"tunelab and plain PEFT give the same label on {agree:.1%} of the requests; the adapter names "
         f"`{result['base_model_name_or_path']}` as its base.", "",
     ])
-    write_results("portable_adapter", result, markdown)
+    write_results(args.name, result, markdown)
     print(json.dumps(result["accuracy"]), "agreement", agree)
 
 
