@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                         help="bf16: the step under bf16 autocast, as training on a CPU with AMX runs it; auto: as the run resolves it")
     parser.add_argument("--compile", default="false", help="train.compile of the job (false, elementwise, blocks)")
+    parser.add_argument("--name", default="profile_step", help="results file name under bench/results/")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,7 +176,12 @@ def main() -> None:
     config = parse_config({"task": "sft", "model": "default", "data": {"max_length": args.max_length},
                            "lora": {"r": 16, "alpha": 32}, "train": {"batch_size": args.batch_size, "compile": compile_mode}},
                           source="bench")  # fmt: skip
-    loaded = load_model("default")
+    from tunelab.models import loader
+
+    if hasattr(loader, "load_for_training"):  # the frozen weights as training holds them (bf16 under bf16 autocast)
+        loaded = loader.load_for_training(config, precision)
+    else:
+        loaded = load_model("default")
     records, _, source = sft_data(args.batch_size * (2 + args.steps), 0)
     examples, _ = tokenize_records(records, "sft", loaded.tokenizer, max_length=args.max_length)
     model = apply_method(loaded.model, config)
@@ -251,7 +257,7 @@ def main() -> None:
         "copy_bandwidth_gbs": round(bandwidth, 1),
         "elementwise_shapes": elementwise,
     }
-    write_results("profile_step", result, render(result, args.rows, best_peak))
+    write_results(args.name, result, render(result, args.rows, best_peak))
 
 
 def render(result: dict, rows: int, best_peak: float) -> str:

@@ -108,6 +108,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both processes (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--before-src", type=Path, help="another checkout's src: its tunelab train timed in the same run (before/after)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+                        help="another `tunelab train` of this checkout with config overrides, e.g. 'no compile=train.compile=false' "
+                        "(repeatable; each runs in every repeat, in the order given)")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="empty the compiled-kernel cache (TORCHINDUCTOR_CACHE_DIR, a fresh folder) before the first repeat")
+    parser.add_argument("--name", default="whole_process", help="results file name under bench/results/")
     args = parser.parse_args()
 
     from tunelab.models.loader import local_folder_for
@@ -115,17 +121,25 @@ def main() -> None:
 
     model_folder = local_folder_for(resolve_model("default"))  # the transformers folder tunelab's default loads from
     train, validation, data_name = sft_data(args.train, args.validation, args.seed)
-    sources = {"tunelab": tunelab_source()} | ({"before": args.before_src.resolve()} if args.before_src else {})
+    # label -> (source, overrides); "tunelab" is this checkout with its defaults.
+    sources = {"tunelab": (tunelab_source(), [])} | ({"before": (args.before_src.resolve(), [])} if args.before_src else {})
+    for variant in args.variant:
+        label, _, overrides = variant.partition("=")
+        sources[label] = (tunelab_source(), [o for o in overrides.split(",") if o])
     work = Path(tempfile.mkdtemp(prefix="whole-process-"))
+    if args.cold_compile:
+        # A fresh compiled-kernel cache shared by this invocation's runs: the first compiling run pays the
+        # compile, later ones (and later repeats) read it back, as a user's second run does.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")
     config = write_job(work, train, validation, args)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     runs: dict[str, list[dict]] = {name: [] for name in sources} | {"trl": []}
     tunelab_runs: dict[str, list[Path]] = {name: [] for name in sources}
     trl_outputs = []
     for repeat in range(args.repeats):
-        for label, source in sources.items():
+        for index, (label, (source, overrides)) in enumerate(sources.items()):
             seconds, load, stdout = timed_process(
-                [sys.executable, "-m", "tunelab.cli.main", "train", str(config), f"name={label}{repeat}", "--json"],
+                [sys.executable, "-m", "tunelab.cli.main", "train", str(config), f"name=run{index}-{repeat}", *overrides, "--json"],
                 child_env(args.threads, source),
             )
             tunelab_runs[label].append(Path(json.loads(stdout)["run_dir"]))
@@ -146,8 +160,9 @@ def main() -> None:
     best = {name: min(r["seconds"] for r in entries) for name, entries in runs.items()}
     for name, entries in runs.items():
         loss = judged["validation_loss"][name]
+        names = {"tunelab": "tunelab train", "before": f"tunelab train at {args.before_src}", "trl": "TRL SFTTrainer script"}
         rows.append([
-            {"tunelab": "tunelab train", "before": f"tunelab train at {args.before_src}", "trl": "TRL SFTTrainer script"}[name],
+            names.get(name, f"tunelab train, {name} ({' '.join(sources[name][1])})"),
             " / ".join(f"{r['seconds']:.1f}" for r in entries),
             " / ".join(f"{r['load_average_1min']:.1f}" for r in entries),
             round(tokens / best[name], 1),
@@ -164,7 +179,7 @@ def main() -> None:
         f"one epoch, max_length {args.max_length}, LoRA r=16 all-linear, threads {args.threads or 'default'}; {started}.\n\n"
         + markdown_table(headers, rows)
     )
-    write_results("whole_process", result, markdown)
+    write_results(args.name, result, markdown)
     print(markdown)
 
 

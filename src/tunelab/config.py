@@ -247,11 +247,11 @@ class TrainConfig(_Section):
         description="CPU threads for torch (default: the cores free of other processes, checked at start, at each "
         "validation point and every minute; an explicit OMP_NUM_THREADS is kept).",
     )
-    compile: bool | Literal["elementwise", "blocks"] = Field(
+    compile: bool | Literal["auto", "elementwise", "blocks"] = Field(
         False,
         description="torch.compile for faster steps: elementwise (each block's SiLU x up and RMSNorm as compiled "
-        "kernels, seconds to compile), blocks or true (whole decoder blocks, a minute or more); compiled "
-        "kernels are cached across runs.",
+        "kernels, seconds to compile), auto (elementwise on a CPU, nothing on GPUs), blocks or true (whole decoder "
+        "blocks, a minute or more); compiled kernels are cached across runs.",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
     prefix_reuse: bool = Field(

@@ -321,7 +321,7 @@ def calibrate(
     torch.set_num_threads(threads)
     try:
         model = apply_method(model, config)
-        compile_model(model, config.train.compile)  # as the loop does: the steps timed are the run's steps
+        compile_model(model, config.train.compile, device=device.split(":")[0], precision=precision)  # as the loop does
         if config.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             if hasattr(model, "enable_input_require_grads"):

@@ -48,11 +48,34 @@ def compile_cache_dir() -> str:
     return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(cache_dir() / "inductor")
 
 
+# Inductor's CPU kernels otherwise fix their OpenMP thread count when they are compiled: a kernel compiled
+# with 2 threads would keep running 2 after the thread rule (tunelab.runtime) drops to 1 beside a busy core.
+COMPILE_OPTIONS = {"cpp.dynamic_threads": True}
+
+
 @functools.cache
 def compiled(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``function`` compiled once per process (every module shares it, so one compile serves all blocks)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", compile_cache_dir())
-    return torch.compile(function, dynamic=True, fullgraph=True)
+    return torch.compile(function, dynamic=True, fullgraph=True, options=COMPILE_OPTIONS)
+
+
+def compiles_here(hidden_size: int, intermediate_size: int, autocast_dtype: torch.dtype | None = None) -> bool:
+    """Whether the compiled functions build and run here (a C++ compiler, a working inductor), forward and
+    backward, in the training's autocast dtype: tried on tiny tensors before any module is swapped, so a
+    machine where compiling fails trains eagerly instead of failing in its first backward."""
+    try:
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            hidden = torch.randn(2, 3, hidden_size, requires_grad=True)
+            weight = torch.ones(hidden_size, requires_grad=True)
+            normed = compiled(rms_norm)(hidden, weight, 1e-6, autocast_dtype or torch.float32)
+            gate = torch.randn(2, 3, intermediate_size, dtype=normed.dtype, requires_grad=True)
+            up = torch.randn(2, 3, intermediate_size, dtype=normed.dtype, requires_grad=True)
+            out = compiled(silu_mul)(gate, up)
+        (normed.float().sum() + out.float().sum()).backward()
+    except Exception:  # noqa: BLE001 - any failure of the toolchain means: stay eager
+        return False
+    return True
 
 
 def _fused_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -89,12 +112,20 @@ def _is_rms_norm(module: nn.Module) -> bool:
     )
 
 
-def fuse_elementwise(model: nn.Module) -> int:
-    """Give each decoder block's gated-SiLU MLP and RMSNorms the compiled forward; returns how many changed.
+def fuse_elementwise(model: nn.Module, autocast_dtype: torch.dtype | None = None) -> int:
+    """Give each decoder block's gated-SiLU MLP and RMSNorms the compiled forward; returns how many changed
+    (0 when compiling does not work here: :func:`compiles_here`, tried in the training's ``autocast_dtype``).
 
     Only the norms inside the blocks (which feed linear layers alone) are fused, not the model's final
     norm (its output is the hidden state the heads and the loss read in fp32).
     """
+    mlps = [m for m in model.modules() if _is_gated_silu_mlp(m)]
+    if not mlps:
+        return 0
+    up = mlps[0].up_proj
+    up = getattr(up, "base_layer", up)  # under a LoRA wrapper
+    if not isinstance(up, nn.Linear) or not compiles_here(up.in_features, up.out_features, autocast_dtype):
+        return 0
     changed = 0
     for name, module in model.named_modules():
         if _is_gated_silu_mlp(module):
@@ -123,16 +154,21 @@ def compile_blocks(model: nn.Module) -> int:
     if blocks is None:
         return 0
     for block in blocks:
-        block.compile(dynamic=True)
+        block.compile(dynamic=True, options=COMPILE_OPTIONS)
     return len(blocks)
 
 
-def compile_model(model: nn.Module, mode: bool | str) -> int:
-    """Apply ``train.compile`` to a model about to train (the loop and the calibration both call it):
-    ``elementwise`` fuses each block's SiLU x up and RMSNorm (:func:`fuse_elementwise`), ``blocks`` (or
-    true) compiles whole decoder blocks (:func:`compile_blocks`), false changes nothing."""
-    if mode == "elementwise":
-        return fuse_elementwise(model)
+def compile_model(model: nn.Module, mode: bool | str, *, device: str = "cpu", precision: str = "fp32") -> int:
+    """Apply ``train.compile`` to a model about to train on ``device`` in ``precision`` (the loop and the
+    calibration both call it); returns how many modules changed.
+
+    ``elementwise`` fuses each block's SiLU x up and RMSNorm (:func:`fuse_elementwise`); ``auto`` does so
+    on a CPU and nothing elsewhere; ``blocks`` (or true) compiles whole decoder blocks
+    (:func:`compile_blocks`); false changes nothing.
+    """
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    if mode == "elementwise" or (mode == "auto" and device == "cpu"):
+        return fuse_elementwise(model, autocast_dtype)
     if mode in (True, "blocks"):
         return compile_blocks(model)
     return 0

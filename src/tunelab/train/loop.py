@@ -141,6 +141,10 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _precision(accelerator: Any) -> str:
+    return "bf16" if getattr(accelerator, "mixed_precision", "no") == "bf16" else "fp32"
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -194,7 +198,7 @@ def train_loop(
 
     # 1. Optimizer, schedule, and accelerate's wrapping (DDP/FSDP/DeepSpeed, device placement).
     # train.compile (bench/README.md, "A faster step"): compiled elementwise kernels or whole compiled blocks.
-    compile_model(model, config.compile)
+    compile_model(model, config.compile, device=accelerator.device.type, precision=_precision(accelerator))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, schedule)
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)

@@ -25,7 +25,7 @@ def test_fused_blocks_give_the_same_outputs_and_gradients(tiny_model, autocast, 
     eager = tiny_model
     fused = copy.deepcopy(eager)
     layers = len(eager.model.layers)
-    assert fuse_elementwise(fused) == 3 * layers  # each block's MLP and its two norms; the final norm stays
+    assert fuse_elementwise(fused, torch.bfloat16 if autocast else None) == 3 * layers  # each block's MLP and two norms
     assert type(fused.model.norm) is type(eager.model.norm)
     assert fuse_elementwise(fused) == 0  # applying it twice changes nothing
     assert list(fused.state_dict()) == list(eager.state_dict())  # saved under the same names
@@ -46,3 +46,27 @@ def test_the_functions_are_the_eager_formulas():
     expected = weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-5))
     torch.testing.assert_close(rms_norm(hidden, weight, 1e-5, torch.float32), expected)
     assert rms_norm(hidden, weight, 1e-5, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_a_machine_where_compiling_fails_trains_eagerly(tiny_model, monkeypatch):
+    from tunelab.models import fused as fused_module
+
+    def broken(function):
+        def call(*args, **kwargs):
+            raise RuntimeError("InductorError: no C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(fused_module, "compiled", broken)
+    classes = [type(m) for m in tiny_model.modules()]
+    assert fuse_elementwise(tiny_model) == 0
+    assert [type(m) for m in tiny_model.modules()] == classes
+
+
+def test_auto_fuses_on_a_cpu_and_not_on_a_gpu(tiny_model, tmp_path, monkeypatch):
+    from tunelab.models.fused import compile_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    assert compile_model(copy.deepcopy(tiny_model), "auto", device="cuda") == 0
+    assert compile_model(copy.deepcopy(tiny_model), False) == 0
+    assert compile_model(tiny_model, "auto", device="cpu") == 3 * len(tiny_model.model.layers)
