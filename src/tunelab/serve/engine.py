@@ -27,6 +27,7 @@ import torch
 
 from tunelab.inference import ClassifyAnswer as ClassifyResult  # noqa: F401 - what a classify job answers (routes read it)
 from tunelab.models import generate
+from tunelab.runtime import ThreadFollower
 from tunelab.serve.adapters import ModelRegistry
 from tunelab.serve.errors import APIError
 
@@ -169,6 +170,9 @@ class Engine:
         self._accepting = True
         self.batches = 0  # batches computed so far
         self.largest_batch = 0
+        # torch's threads follow the cores other processes leave free (tunelab.runtime): checked on the worker
+        # thread (OpenMP's thread count belongs to the thread that sets it) before a batch, at most every minute.
+        self._threads = ThreadFollower(device=str(getattr(registry.model, "device", "cpu")).split(":")[0])
         self.stops = generate.stop_token_ids(registry.model, self.tokenizer)
         self.eos_ids = set(self.stops)
         self.pad_id = generate.pad_token_id(self.tokenizer, self.stops)
@@ -266,6 +270,7 @@ class Engine:
             batch = [job for job in batch if not job.cancelled.is_set()]
             if not batch:
                 continue
+            self._threads.check()
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
             try:

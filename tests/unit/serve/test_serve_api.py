@@ -270,3 +270,29 @@ def test_no_log_writes_nothing(registry, tmp_path):
         assert chat(client, "france", max_tokens=2).status_code == 200
         assert client.app.state.request_log is None
     assert not any(tmp_path.iterdir())
+
+
+def test_the_engine_sizes_its_threads_to_the_free_cores_on_its_worker_thread(registry, tiny_tokenizer, monkeypatch):
+    import threading
+
+    from tunelab import runtime
+
+    # OpenMP's thread count belongs to the thread that sets it: the engine's worker, which runs the model.
+    seen = []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "cpu_state", lambda **kwargs: runtime.CpuState(cpus=2, physical_cores=2, others_busy=1.0))
+    real = runtime.follow_free_cores
+    monkeypatch.setattr(runtime, "follow_free_cores", lambda *a, **k: seen.append(threading.current_thread().name) or real(*a, **k))
+    engine = Engine(registry, max_batch_size=8, batch_window_ms=0)
+    prompt = render_prompt_ids(tiny_tokenizer, [{"role": "user", "content": "hi"}])
+
+    async def twice():
+        for _ in range(2):
+            await engine.result(engine.submit("france", "generate", prompt, SamplingParams(max_tokens=2)))
+
+    try:
+        asyncio.run(twice())
+    finally:
+        engine.stop()
+    assert seen == ["tunelab-serve-engine"]  # before the first batch; the next is within the minute
+    assert engine._threads.last.threads == 1 and engine._threads.last.reason == "free cores"
