@@ -126,8 +126,8 @@ class DataConfig(_Section):
         description="A named mapping for a known public dataset shape (banking77, snips, hwu64, "
         "fdr_speeches, scitldr, gsm8k, self_instruct, hh_rlhf, tinyshakespeare).",
     )
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "txt"] = Field(
-        "auto", description="File format; 'auto' picks by extension (.gz is looked through)."
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "arrow", "txt"] = Field(
+        "auto", description="File format; 'auto' picks by extension (.gz is looked through); a saved Hugging Face dataset folder is always read as one."
     )
     text_field: str = Field("text", description="Column with the document (text) or the input text (classify).")
     prompt_field: str = Field("prompt", description="Column with the prompt (sft, preference).")

@@ -248,11 +248,14 @@ class ChatPrompt:
     truncated: bool = False
 
 
-def chat_prompt(tokenizer: Any, messages: Sequence[Message], *, system_prompt: str | None = None, max_length: int | None = None) -> ChatPrompt:
+def chat_prompt(
+    tokenizer: Any, messages: Sequence[Message], *, system_prompt: str | None = None, max_length: int | None = None,
+    tools: Sequence[dict[str, Any]] = (),
+) -> ChatPrompt:
     """The one preparation of a chat request: ``system_prompt`` first when the messages bring no system message,
-    the chat template with the assistant turn opened, and at most ``max_length`` tokens (the end is kept: the
-    opened assistant turn is where the answer starts)."""
-    ids = render_prompt_ids(tokenizer, with_system_prompt([dict(m) for m in messages], system_prompt))
+    the chat template with the assistant turn opened (``tools``: a tool-calling conversation's schemas), and at most
+    ``max_length`` tokens (the end is kept: the opened assistant turn is where the answer starts)."""
+    ids = render_prompt_ids(tokenizer, with_system_prompt([dict(m) for m in messages], system_prompt), tools)
     if max_length is not None and len(ids) > max_length:
         return ChatPrompt(ids[-max_length:], True)
     return ChatPrompt(ids)

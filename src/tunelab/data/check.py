@@ -24,7 +24,7 @@ from tunelab.data.keys import input_key, normalize_text, stable_hash, target_tex
 from tunelab.data.labels import LabelMap, build_label_map
 from tunelab.data.read import read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
-from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
+from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
 from tunelab.data.tokenize import IGNORE_INDEX, tokenize_classify, tokenize_sft, tokenize_text
 from tunelab.errors import DataError
 
@@ -206,11 +206,8 @@ def _batch_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
     return lengths
 
 
-def _chat_text(tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool) -> str:
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(clean, add_generation_prompt=add_generation_prompt, tokenize=False)
-    return "\n\n".join(m["content"] for m in clean) + ("\n\nAnswer: " if add_generation_prompt else "")
+def _chat_text(tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool, tools: Sequence[dict] = ()) -> str:
+    return render_chat(tokenizer, messages, tools=tools, add_generation_prompt=add_generation_prompt)
 
 
 def _lengths(
@@ -228,7 +225,7 @@ def _lengths(
     untrainable: list[str] = []
     if task == "sft":
         conversations = [with_system_prompt(list(r.messages), data.system_prompt) for r in measured]  # type: ignore[union-attr]
-        texts = [_chat_text(tokenizer, messages, add_generation_prompt=False) for messages in conversations]
+        texts = [_chat_text(tokenizer, messages, add_generation_prompt=False, tools=r.tools) for r, messages in zip(measured, conversations, strict=True)]  # type: ignore[union-attr]
         eos_text = tokenizer.eos_token or ""
         lengths = []
         for record, text, n in zip(measured, texts, _batch_lengths(tokenizer, texts), strict=True):

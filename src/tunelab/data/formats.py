@@ -1,4 +1,5 @@
-"""Read rows out of files as they are: JSONL, JSON, CSV, TSV, Parquet and TXT, each possibly gzipped.
+"""Read rows out of files as they are: JSONL, JSON, CSV, TSV, Parquet and TXT, each possibly gzipped;
+Arrow files and folders written by Hugging Face ``datasets`` (``save_to_disk``).
 
 Every row comes with its ``source`` (``file:line``; for Parquet the row number) so that each problem
 can be reported where the user can fix it. A row that cannot be read (invalid JSON, undecodable
@@ -34,7 +35,12 @@ FORMAT_BY_SUFFIX = {
     ".pq": "parquet",
     ".txt": "txt",
     ".text": "txt",
+    ".arrow": "arrow",
 }
+# What ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` leave in a folder besides the Arrow
+# shards: metadata, never rows.
+SAVED_DATASET_FILES = ("state.json", "dataset_info.json")
+SAVED_DATASET_DICT_FILE = "dataset_dict.json"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ def detect_format(path: Path, declared: str = "auto") -> str:
     Raises:
         DataError: when the extension is not one tunelab reads.
     """
+    if path.is_dir() and is_saved_dataset(path):
+        return "hf_disk"
     if declared != "auto":
         return declared
     name = path.name.lower()
@@ -68,7 +76,8 @@ def detect_format(path: Path, declared: str = "auto") -> str:
         return FORMAT_BY_SUFFIX[suffix]
     raise DataError(
         f"{path}: cannot tell the format from the extension '{suffix or '(none)'}'",
-        "use .jsonl, .json, .csv, .tsv, .parquet or .txt (optionally .gz), or set data.format",
+        "use .jsonl, .json, .csv, .tsv, .parquet, .arrow or .txt (optionally .gz), a saved Hugging Face "
+        "dataset folder, or set data.format",
     )
 
 
@@ -304,6 +313,75 @@ def iter_parquet(path: Path) -> Iterator[RowOrError]:
             yield f"{path}:{number}", row
 
 
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``datasets``' ``save_to_disk`` (one dataset, or a dict of splits)."""
+    return (folder / SAVED_DATASET_DICT_FILE).is_file() or all((folder / name).is_file() for name in SAVED_DATASET_FILES)
+
+
+def dataset_rows(dataset: Any, where: Path | str) -> Iterator[RowOrError]:
+    """Rows of a ``datasets.Dataset``, in batches; class-label columns as their names (what a label file holds)."""
+    from datasets import ClassLabel
+
+    names = {column: feature for column, feature in dataset.features.items() if isinstance(feature, ClassLabel)}
+    number = 0
+    for batch in dataset.iter(batch_size=4096):
+        columns = list(batch)
+        for values in zip(*(batch[column] for column in columns), strict=True):
+            number += 1
+            row = dict(zip(columns, values, strict=True))
+            for column, feature in names.items():
+                if isinstance(row.get(column), int) and 0 <= row[column] < feature.num_classes:
+                    row[column] = feature.int2str(row[column])
+            yield f"{where}:{number}", row
+
+
+def iter_saved_dataset(folder: Path) -> Iterator[RowOrError]:
+    """A ``save_to_disk`` folder through ``datasets.load_from_disk``; of a dict of splits, its ``train`` split.
+
+    Raises:
+        DataError: when the folder cannot be loaded, or holds splits and none is ``train``.
+    """
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as error:  # datasets raises several types for a damaged or foreign folder
+        raise DataError(f"{folder}: not a readable saved Hugging Face dataset ({str(error).splitlines()[0]})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            splits = ", ".join(loaded)
+            raise DataError(
+                f"{folder} holds the splits {splits} and none is 'train'",
+                f"give one split's folder, e.g. {folder / next(iter(loaded))}",
+            )
+        yield from dataset_rows(loaded["train"], folder / "train")
+        return
+    yield from dataset_rows(loaded, folder)
+
+
+def iter_arrow(path: Path) -> Iterator[RowOrError]:
+    """Rows of an Arrow file: the stream format ``datasets`` writes (its cache and shards) or the IPC file format.
+
+    Raises:
+        DataError: for a compressed or unreadable file.
+    """
+    import datasets
+    import pyarrow as pa
+
+    if path.name.lower().endswith(".gz"):
+        raise DataError(f"{path}: Arrow files are read memory-mapped and cannot be gzipped", "decompress it first")
+    try:
+        dataset = datasets.Dataset.from_file(str(path))
+    except Exception:  # not the stream format: try Arrow's file format before giving up
+        try:
+            with pa.memory_map(str(path)) as source:
+                table = pa.ipc.open_file(source).read_all()
+        except Exception as error:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable Arrow file ({error})") from None
+        dataset = datasets.Dataset(table)
+    yield from dataset_rows(dataset, path)
+
+
 def iter_txt(path: Path) -> Iterator[RowOrError]:
     """A plain-text file is one document: a row ``{"text": ...}``."""
     data = read_bytes(path)
@@ -332,6 +410,10 @@ def iter_rows(path: Path, file_format: str = "auto") -> Iterator[RowOrError]:
             yield from iter_csv(path, "\t" if kind == "tsv" else None)
         elif kind == "parquet":
             yield from iter_parquet(path)
+        elif kind == "arrow":
+            yield from iter_arrow(path)
+        elif kind == "hf_disk":
+            yield from iter_saved_dataset(path)
         elif kind == "txt":
             yield from iter_txt(path)
         else:
@@ -341,10 +423,18 @@ def iter_rows(path: Path, file_format: str = "auto") -> Iterator[RowOrError]:
 
 
 def _files_under(folder: Path) -> list[Path]:
+    """The readable files under ``folder``; a saved Hugging Face dataset inside it counts as one entry (its folder)."""
     found = []
-    for path in folder.rglob("*"):
+    saved: list[Path] = []
+    for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        if any(part.startswith(".") for part in relative.parts) or any(root in path.parents for root in saved):
+            continue
+        if path.is_dir() and is_saved_dataset(path):
+            saved.append(path)
+            found.append(path)
+            continue
+        if not path.is_file():
             continue
         name = path.name.lower().removesuffix(".gz")
         if Path(name).suffix in FORMAT_BY_SUFFIX:
@@ -356,6 +446,8 @@ def _files_under(folder: Path) -> list[Path]:
 def resolve_files(path: str) -> list[Path]:
     """The files a path names: a file, the readable files under a folder, or a glob's matches.
 
+    A folder written by ``datasets``' ``save_to_disk`` is returned as itself (one source).
+
     Raises:
         DataError: when nothing matches.
     """
@@ -363,9 +455,11 @@ def resolve_files(path: str) -> list[Path]:
     if candidate.is_file():
         return [candidate]
     if candidate.is_dir():
+        if is_saved_dataset(candidate):
+            return [candidate]  # the folder's metadata files are no data: datasets reads it as a whole
         files = _files_under(candidate)
         if not files:
-            raise DataError(f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.txt files")
+            raise DataError(f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.arrow/.txt files")
         return files
     if any(ch in path for ch in "*?["):
         files = sorted((Path(p) for p in globbing.glob(os.path.expanduser(path), recursive=True)), key=lambda p: p.as_posix())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
+from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord, message_text
 
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -31,7 +31,7 @@ def input_text(record: Record) -> str:
         messages = list(record.prompt)
     else:  # pragma: no cover - Record is a closed union
         raise TypeError(type(record))
-    return "\n".join(m["content"] for m in messages if m["role"] != "system")
+    return "\n".join(message_text(m) for m in messages if m["role"] != "system")
 
 
 def target_text(record: Record) -> str | None:

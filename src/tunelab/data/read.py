@@ -3,8 +3,9 @@
 Accepted shapes per task (field names are configurable with ``data.*_field``):
 
 - text: ``.txt`` files (one file = one document) or rows with a ``text`` field.
-- sft: ``messages`` in the OpenAI chat format (system/user/assistant; an assistant ``weight`` of 0
-  is kept and not trained), or ``prompt``/``completion`` as strings or as message lists (TRL's
+- sft: ``messages`` in the OpenAI chat format (system/developer/user/assistant/tool; an assistant
+  ``weight`` of 0 is kept and not trained; assistant ``tool_calls`` and ``tool`` results, with the
+  row's ``tools`` schemas), or ``prompt``/``completion`` as strings or as message lists (TRL's
   conversational prompt-completion). An optional ``references`` list keeps extra reference answers.
 - classify: ``text`` and ``label`` (a string or an integer).
 - preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
@@ -18,15 +19,16 @@ known public dataset's own layout (see ``tunelab.data.presets``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig
-from tunelab.data.formats import RecordError, RowOrError, iter_rows, resolve_files
+from tunelab.data.formats import RecordError, RowOrError, dataset_rows, iter_rows, resolve_files
 from tunelab.data.records import (
     ClassifyRecord,
     Message,
@@ -39,7 +41,7 @@ from tunelab.errors import DataError
 
 __all__ = ["ReadResult", "RecordError", "load_records", "load_result", "read_records", "row_to_record"]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED_ERRORS = 20
 
 
@@ -117,7 +119,7 @@ def _string(row: dict, name: str, role: str) -> str:
     return value
 
 
-def _content(message: Any, where: str) -> str:
+def _content(message: Any, where: str, *, required: bool = True) -> str:
     content = message.get("content")
     if isinstance(content, list):
         # OpenAI content parts: only text parts carry anything a text model can learn from.
@@ -126,32 +128,105 @@ def _content(message: Any, where: str) -> str:
             raise _Bad(f"{where}: only text content parts are supported")
         content = "".join(texts)
     if content is None:
+        if not required:
+            return ""
         raise _Bad(f"{where}: missing 'content'")
     if not isinstance(content, str):
         raise _Bad(f"wrong type: {where}: 'content' should be a string, got {type(content).__name__}")
-    if not content.strip():
+    if required and not content.strip():
         raise _Bad(f"{where}: empty content")
     return content
 
 
-def _messages(value: Any, name: str) -> list[Message]:
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """OpenAI ``tool_calls``, with each call's ``arguments`` (a JSON string there) parsed into an object."""
+    if not isinstance(value, list) or not value:
+        raise _Bad(f"wrong type: {where}: 'tool_calls' should be a non-empty list")
+    calls = []
+    for number, call in enumerate(value, start=1):
+        here = f"{where}.tool_calls[{number}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise _Bad(f"{here}: expected {{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}")
+        if call.get("type", "function") != "function":
+            raise _Bad(f"{here}: only 'function' tool calls are supported, got {call.get('type')!r}")
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _Bad(f"{here}: missing function 'name'")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as error:
+                raise _Bad(f"{here}: 'arguments' is not valid JSON ({error.msg})") from None
+        if not isinstance(arguments, dict):
+            raise _Bad(f"{here}: 'arguments' should be a JSON object, got {type(arguments).__name__}")
+        parsed: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        if call.get("id") is not None:
+            parsed["id"] = str(call["id"])
+        calls.append(parsed)
+    return calls
+
+
+def _tools(row: dict) -> tuple[dict[str, Any], ...]:
+    """A row's function schemas: OpenAI's ``tools`` (or the older ``functions``), each ``{"type": "function", "function": {...}}``."""
+    value = row.get("tools")
+    if value is None and row.get("functions") is not None:
+        value = [{"type": "function", "function": function} for function in row["functions"]] if isinstance(row["functions"], list) else row["functions"]
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Bad(f"wrong type: 'tools' should be a list of function schemas, got {type(value).__name__}")
+    tools = []
+    for number, tool in enumerate(value, start=1):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"].strip():
+            raise _Bad(f"tools[{number}]: expected {{\"type\": \"function\", \"function\": {{\"name\", \"description\", \"parameters\"}}}}")
+        if tool.get("type", "function") != "function":
+            raise _Bad(f"tools[{number}]: only 'function' tools are supported, got {tool.get('type')!r}")
+        if "parameters" in function and not isinstance(function["parameters"], dict):
+            raise _Bad(f"tools[{number}]: 'parameters' should be a JSON schema object")
+        tools.append({"type": "function", "function": dict(function)})
+    return tuple(tools)
+
+
+def _messages(value: Any, name: str, context: Sequence[Message] = ()) -> list[Message]:
+    """Validated chat messages; ``context``: the turns before them (a completion's prompt), for tool results."""
     if not isinstance(value, list):
         raise _Bad(f"wrong type: field '{name}' should be a list of messages, got {type(value).__name__}")
     if not value:
         raise _Bad(f"empty field '{name}'")
     messages: list[Message] = []
+    call_ids = {call["id"] for m in context for call in m.get("tool_calls") or () if "id" in call}
     for number, message in enumerate(value, start=1):
         where = f"{name}[{number}]"
         if not isinstance(message, dict):
             raise _Bad(f"wrong type: {where} should be an object with 'role' and 'content'")
         role = message.get("role")
+        # OpenAI's "developer" role is the system message under its newer name: chat templates know "system".
+        role = "system" if role == "developer" else role
         if role not in ROLES:
-            raise _Bad(f"{where}: unknown role {role!r} (expected system, user or assistant)")
-        item: Message = {"role": role, "content": _content(message, where)}
+            raise _Bad(f"{where}: unknown role {role!r} (expected system, developer, user, assistant or tool)")
+        if role == "assistant" and message.get("tool_calls"):
+            calls = _tool_calls(message["tool_calls"], where)
+            call_ids.update(call["id"] for call in calls if "id" in call)
+            item: Message = {"role": role, "content": _content(message, where, required=False), "tool_calls": calls}
+        elif role == "tool":
+            if not any(m.get("tool_calls") for m in [*context, *messages]):
+                raise _Bad(f"{where}: a tool result with no assistant tool call before it")
+            item = {"role": role, "content": _content(message, where, required=False)}
+            if message.get("tool_call_id") is not None:
+                if call_ids and str(message["tool_call_id"]) not in call_ids:
+                    raise _Bad(f"{where}: 'tool_call_id' {message['tool_call_id']!r} answers no earlier tool call")
+                item["tool_call_id"] = str(message["tool_call_id"])
+            if isinstance(message.get("name"), str):
+                item["name"] = message["name"]
+        else:
+            item = {"role": role, "content": _content(message, where)}
         if role == "assistant" and "weight" in message:
             if message["weight"] not in (0, 1):
                 raise _Bad(f"{where}: 'weight' must be 0 or 1, got {message['weight']!r}")
-            item["weight"] = message["weight"]  # type: ignore[assignment]
+            item["weight"] = message["weight"]
         messages.append(item)
     return messages
 
@@ -193,13 +268,13 @@ def _sft(row: dict, source: str, fields: Fields) -> SFTRecord:
             prompt = [{"role": "user", "content": _string(row, fields.prompt, "prompt")}]
         completion_value = row.get(fields.completion)
         if isinstance(completion_value, list):
-            completion = _messages(completion_value, fields.completion)
-            if any(m["role"] != "assistant" for m in completion):
-                raise _Bad(f"'{fields.completion}' may hold only assistant turns")
+            completion = _messages(completion_value, fields.completion, context=prompt)
+            if any(m["role"] not in ("assistant", "tool") for m in completion) or completion[-1]["role"] != "assistant":
+                raise _Bad(f"'{fields.completion}' may hold only assistant turns (and tool results), ending with the assistant's")
         else:
             completion = [{"role": "assistant", "content": _string(row, fields.completion, "completion")}]
         messages = prompt + completion
-    return SFTRecord(tuple(messages), source=source, references=_references(row))
+    return SFTRecord(tuple(messages), source=source, references=_references(row), tools=_tools(row))
 
 
 def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
@@ -329,8 +404,7 @@ def _hub_rows(name: str) -> Iterator[RowOrError]:
         dataset = datasets.load_dataset(dataset_name, split=split or "train")
     except Exception as error:  # datasets raises many types for a missing or private dataset
         raise DataError(f"cannot load the Hugging Face dataset '{name}': {str(error).splitlines()[0]}") from None
-    for index, row in enumerate(dataset, start=1):
-        yield f"{name}:{index}", dict(row)
+    yield from dataset_rows(dataset, name)
 
 
 def read_records(path: str, task: str, data: DataConfig) -> ReadResult:

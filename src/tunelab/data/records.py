@@ -11,7 +11,24 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+# {"role": "system"|"user"|"assistant"|"tool", "content": str}; an assistant turn may add "tool_calls"
+# ([{"id", "type": "function", "function": {"name", "arguments": dict}}]) and "weight" (0: not trained),
+# a tool turn "tool_call_id". ``content`` is always a string ("" for a turn that only calls tools).
+Message = dict[str, Any]
+
+
+def tool_call_text(call: dict[str, Any]) -> str:
+    """One tool call as text: the ``<tool_call>`` JSON block that Hermes-style chat templates (Qwen2.5, ...) write."""
+    function = call.get("function") or {}
+    body = json.dumps({"name": function.get("name"), "arguments": function.get("arguments")}, ensure_ascii=False)
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def message_text(message: Message) -> str:
+    """A turn as text: its content, then each tool call it makes (what an answer is scored and matched on)."""
+    parts = [message["content"]] if message.get("content") else []
+    parts += [tool_call_text(call) for call in message.get("tool_calls") or ()]
+    return "\n".join(parts)
 
 
 def content_id(*parts: Any) -> str:
@@ -39,22 +56,27 @@ class SFTRecord:
 
     prompt/completion pairs become ``[user, assistant]`` (with an optional system message first).
     ``references`` holds every acceptable answer when a dataset has several (SciTLDR), for
-    multi-reference scoring; empty means the completion is the only reference.
+    multi-reference scoring; empty means the completion is the only reference. ``tools`` holds the
+    function schemas of a tool-calling conversation (OpenAI's ``tools``), handed to the chat template.
     """
 
     messages: tuple[Message, ...]
     source: str = ""
     id: str = field(default="")
     references: tuple[str, ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
         object.__setattr__(self, "references", tuple(self.references))
+        object.__setattr__(self, "tools", tuple(self.tools))
         if not self.id:
-            # References join the id only when present, so ids of single-reference records never change.
+            # References and tools join the id only when present, so ids of older records never change.
             parts: tuple = ("sft", list(self.messages))
             if self.references:
                 parts += (list(self.references),)
+            if self.tools:
+                parts += ({"tools": list(self.tools)},)
             object.__setattr__(self, "id", content_id(*parts))
 
     @property
@@ -65,8 +87,8 @@ class SFTRecord:
 
     @property
     def completion(self) -> str:
-        """The last assistant turn (the reference answer in evaluation)."""
-        return [m for m in self.messages if m["role"] == "assistant"][-1]["content"]
+        """The last assistant turn as text (the reference answer in evaluation; tool calls as ``<tool_call>`` blocks)."""
+        return message_text([m for m in self.messages if m["role"] == "assistant"][-1])
 
 
 @dataclass(frozen=True)

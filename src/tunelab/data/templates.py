@@ -1,4 +1,7 @@
-"""The prompts tunelab puts around classify examples, shared by training, evaluation and serving.
+"""The prompts tunelab puts around examples, and the one way a conversation goes through a chat template.
+
+``render_chat`` / ``render_prompt_ids`` are where a conversation (tool calls and tool schemas
+included) becomes a chat template's input, for training, the data check, evaluation and serving.
 
 The tuned model is trained on ``classify_messages`` (instruction + text, answer = one label token).
 The base model, which has never seen the labels, is evaluated zero-shot on ``zero_shot_messages``,
@@ -8,10 +11,12 @@ the fairest question the base model can be asked.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from tunelab.data.labels import LabelMap
-from tunelab.data.records import Message
+from tunelab.data.records import Message, message_text
 
 CLASSIFY_INSTRUCTION = "Classify the following text. Answer with the category only."
 
@@ -67,15 +72,84 @@ def few_shot_messages(
     return with_system_prompt(messages, system_prompt)
 
 
-def render_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
+# Told to a model whose chat template knows no tools (SmolLM2's ChatML, ...): the Hermes-style block that
+# tool-aware templates (Qwen2.5 and others) write, so the model sees the same schemas and answers in the
+# same ``<tool_call>`` form (``records.tool_call_text``) either way.
+TOOLS_INSTRUCTION = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
+    '<tool_call>\n{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+
+
+def template_handles_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders ``tool_calls`` itself (Qwen2.5, Llama 3.1, Mistral v3, ...)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and "tool_calls" in template
+
+
+def uses_tools(messages: Sequence[Message], tools: Sequence[dict[str, Any]] = ()) -> bool:
+    return bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+
+
+def chat_inputs(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] = ()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The messages and keyword arguments ``apply_chat_template`` is given for a conversation.
+
+    A template that renders tool calls gets them as they are (and ``tools=``); any other template gets
+    them as text: each call as a ``<tool_call>`` block in the assistant's turn, tool results as a user
+    turn of ``<tool_response>`` blocks, and the schemas in the system message. Keys a template does not
+    know (``weight``) are dropped.
+    """
+    if not uses_tools(messages, tools):
+        return [{"role": m["role"], "content": m["content"]} for m in messages], {}
+    if template_handles_tools(tokenizer):
+        shown = []
+        for m in messages:
+            item: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+            for key in ("tool_calls", "tool_call_id", "name"):
+                if key in m:
+                    item[key] = m[key]
+            shown.append(item)
+        return shown, ({"tools": [dict(tool) for tool in tools]} if tools else {})
+    shown = []
+    for m in messages:
+        if m["role"] == "tool":
+            block = f"<tool_response>\n{m['content']}\n</tool_response>"
+            if shown and shown[-1].get("tool_results"):
+                shown[-1]["content"] += "\n" + block  # parallel calls' results: one turn, as tool-aware templates do
+            else:
+                shown.append({"role": "user", "content": block, "tool_results": True})
+        else:
+            shown.append({"role": m["role"], "content": message_text(m)})
+    if tools:
+        listed = TOOLS_INSTRUCTION.format(tools="\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools))
+        if shown and shown[0]["role"] == "system":
+            shown[0]["content"] = f"{shown[0]['content']}\n\n{listed}"
+        else:
+            shown.insert(0, {"role": "system", "content": listed})
+    return [{"role": m["role"], "content": m["content"]} for m in shown], {}
+
+
+def render_chat(
+    tokenizer: Any, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] = (), add_generation_prompt: bool = False
+) -> str:
+    """A conversation as the text the model reads (its chat template; plain turns when it has none)."""
+    shown, extra = chat_inputs(tokenizer, messages, tools)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(shown, add_generation_prompt=add_generation_prompt, tokenize=False, **extra)
+    return "\n\n".join(m["content"] for m in shown) + ("\n\nAnswer: " if add_generation_prompt else "")
+
+
+def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[dict[str, Any]] = ()) -> list[int]:
     """Token ids of ``messages`` with the assistant turn opened, ready for the answer's first token."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        shown, extra = chat_inputs(tokenizer, messages, tools)
+        ids = tokenizer.apply_chat_template(shown, add_generation_prompt=True, tokenize=True, **extra)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
-    text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
-    return tokenizer.encode(text, add_special_tokens=True)
+    return tokenizer.encode(render_chat(tokenizer, messages, tools=tools, add_generation_prompt=True), add_special_tokens=True)
 
 
 def few_shot_chat(prompt_messages: Sequence[Message], examples: Sequence[tuple[Sequence[Message], str]]) -> list[Message]:

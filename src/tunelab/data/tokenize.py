@@ -2,7 +2,8 @@
 
 - sft: the conversation rendered with the model's chat template; labels are -100 everywhere except
   the assistant turns, whose content *and* end-of-turn token are trained (so the model learns to
-  stop). An assistant message with ``"weight": 0`` (OpenAI's fine-tuning format) is not trained.
+  stop). An assistant message with ``"weight": 0`` (OpenAI's fine-tuning format) is not trained;
+  tool results are context, the assistant's tool calls are trained, the tool schemas reach the template.
 - text: each document (+ EOS) becomes one example when it fits ``max_length``; a longer document
   becomes sliding windows of ``max_length`` tokens every ``stride`` tokens. Where windows overlap,
   the repeated tokens are masked in the later window, so every token is predicted exactly once
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.labels import LabelMap
-from tunelab.data.records import ClassifyRecord, Message, PreferenceRecord, SFTRecord, TextRecord
-from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
+from tunelab.data.records import ClassifyRecord, PreferenceRecord, SFTRecord, TextRecord
+from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
 from tunelab.paths import cache_dir
 
 IGNORE_INDEX = -100
@@ -104,11 +105,6 @@ class TokenizeStats:
     untrainable: list[str] = field(default_factory=list)  # sources whose every target token was cut
 
 
-def _render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(clean, add_generation_prompt=add_generation_prompt, tokenize=False)
-
-
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
 
@@ -122,40 +118,48 @@ def _eos_id(tokenizer: Any) -> int:
 def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prompt: str | None = None) -> TokenizedExample:
     """Render ``record`` (after ``system_prompt``) with the chat template and mask everything but the trained assistant turns.
 
-    The conversation is tokenized piece by piece between turn boundaries; chat templates start
-    each turn with special tokens, so the pieces concatenate to exactly the ids of the whole text.
+    The conversation is rendered up to each assistant turn and tokenized piece by piece between those
+    boundaries (user, system and tool turns are context, never trained); chat templates start each
+    turn with special tokens, so the pieces concatenate to exactly the ids of the whole text. Tool
+    calls and the record's tool schemas go through ``templates.render_chat``.
+
+    Raises:
+        ValueError: when the chat template does not render a conversation's beginning the same way
+            as the whole conversation (the trained tokens could not be found).
     """
     eos = _eos_id(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
     rendered = ""
     messages = with_system_prompt(list(record.messages), system_prompt)
+
+    def render(upto: int, *, opened: bool) -> str:
+        text = render_chat(tokenizer, messages[:upto], tools=record.tools, add_generation_prompt=opened)
+        if not text.startswith(rendered):
+            raise ValueError(f"{record.source}: the chat template renders turn {upto} differently from the conversation before it")
+        return text
+
     for index, message in enumerate(messages):
-        if message["role"] == "assistant":
-            # The generation prompt (e.g. "<|im_start|>assistant\n") belongs to the prompt side.
-            with_prompt = _render(tokenizer, messages[:index], add_generation_prompt=True)
-            piece = _encode(tokenizer, with_prompt[len(rendered) :])
-            input_ids += piece
-            labels += [IGNORE_INDEX] * len(piece)
-            rendered = with_prompt
-            full = _render(tokenizer, messages[: index + 1], add_generation_prompt=False)
-            answer = _encode(tokenizer, full[len(rendered) :])
-            rendered = full
-            train = float(message.get("weight", 1)) != 0
-            if eos in answer:
-                # Train through the end-of-turn token; what the template adds after it (a newline) is not the answer.
-                end = len(answer) - answer[::-1].index(eos)
-            else:
-                answer = answer + [eos]
-                end = len(answer)
-            input_ids += answer
-            labels += [(t if train and i < end else IGNORE_INDEX) for i, t in enumerate(answer)]
+        if message["role"] != "assistant":
+            continue
+        # The generation prompt (e.g. "<|im_start|>assistant\n") belongs to the prompt side.
+        with_prompt = render(index, opened=True)
+        piece = _encode(tokenizer, with_prompt[len(rendered) :])
+        input_ids += piece
+        labels += [IGNORE_INDEX] * len(piece)
+        rendered = with_prompt
+        full = render(index + 1, opened=False)
+        answer = _encode(tokenizer, full[len(rendered) :])
+        rendered = full
+        train = float(message.get("weight", 1)) != 0
+        if eos in answer:
+            # Train through the end-of-turn token; what the template adds after it (a newline) is not the answer.
+            end = len(answer) - answer[::-1].index(eos)
         else:
-            full = _render(tokenizer, messages[: index + 1], add_generation_prompt=False)
-            piece = _encode(tokenizer, full[len(rendered) :])
-            input_ids += piece
-            labels += [IGNORE_INDEX] * len(piece)
-            rendered = full
+            answer = answer + [eos]
+            end = len(answer)
+        input_ids += answer
+        labels += [(t if train and i < end else IGNORE_INDEX) for i, t in enumerate(answer)]
     truncated = len(input_ids) > max_length
     return TokenizedExample(input_ids[:max_length], labels[:max_length], record.source, truncated)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap, OutOfScope
-from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
+from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord, message_text
 from tunelab.data.templates import (
     classify_messages,
     render_prompt_ids,
@@ -68,8 +68,8 @@ def references_of(record: SFTRecord) -> list[str]:
 def prompt_text(messages: Sequence[dict[str, str]]) -> str:
     """An sft prompt as one string (for reports, and what the retrieval baseline matches on)."""
     if len(messages) == 1:
-        return messages[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return message_text(messages[0])
+    return "\n".join(f"{m['role']}: {message_text(m)}" for m in messages)
 
 
 def select_test_records(records: Sequence[Record], limit: int | None, seed: int) -> list[Record]:
@@ -389,15 +389,17 @@ def answer_prompts(
     config: EvalConfig,
     max_length: int,
     progress: Progress | None = None,
+    tools: Sequence[Sequence[dict[str, Any]]] | None = None,
 ) -> tuple[list[str], int]:
     """The model's answers to chat prompts (the one generation path), and how many prompts were cut.
 
     A prompt longer than ``max_length`` keeps its end: the opened assistant turn is where the answer starts.
+    ``tools``: each conversation's tool schemas (tool-calling records), handed to the chat template.
     """
     prompts, truncated = [], 0
-    for messages in conversations:
+    for index, messages in enumerate(conversations):
         # The one chat preparation (as served); the system prompt is already in the messages here.
-        prompt = chat_prompt(loaded.tokenizer, messages, max_length=max_length)
+        prompt = chat_prompt(loaded.tokenizer, messages, max_length=max_length, tools=tools[index] if tools else ())
         prompts.append(prompt.ids)
         truncated += prompt.truncated
     answers = generate_batch(
@@ -417,7 +419,7 @@ def answer_prompts(
 def _evaluate_sft(loaded, records, config, data_config, settings, progress):
     references = [references_of(record) for record in records]
     conversations = [with_system_prompt(r.prompt_messages, data_config.system_prompt) for r in records]
-    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length, progress)
+    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length, progress, tools=[r.tools for r in records])
     rows, metrics = score_sft(records, answers, references)
     warnings = [f"{truncated} sft prompts were longer than max_length and kept only their last tokens"] if truncated else []
     settings.update(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
