@@ -1,17 +1,24 @@
 """A run as one GGUF file for llama.cpp, Ollama and LM Studio, and an Ollama ``Modelfile`` beside it.
 
 The weights are the run's merged ones (``tunelab.runs.merge_run``), written with the ``gguf`` package's writer
-under llama.cpp's names and metadata keys. Everything a reader needs travels in the file: the
-architecture, the byte-level BPE tokenizer (vocabulary, merges, special ids) and the chat template
-the run was trained with; a classify run adds its label map (``tunelab.labels``).
+under llama.cpp's names and metadata keys, as llama.cpp's own ``convert_hf_to_gguf.py`` writes them for
+Llama, Mistral (as ``llama``), Qwen2 and Gemma 2. Everything a reader needs travels in the file: the
+architecture, the tokenizer (byte-level BPE as ``gpt2``; SentencePiece-style BPE with byte fallback as
+``llama``), the chat template the run was trained with, and ``general.*`` facts (name, the base model,
+its licence); a classify run adds its label map (``tunelab.labels``).
 
-Two details decide whether the round trip is exact:
+Details that decide whether the round trip is exact:
 
 - llama.cpp stores the query and key projections of Llama with the rows of each head interleaved
   for its rotary kernel (``permute`` in llama.cpp's ``convert_hf_to_gguf.py``); readers undo it
-  (transformers' ``LlamaTensorProcessor._reverse_permute_weights``), so we apply it.
+  (transformers' ``LlamaTensorProcessor._reverse_permute_weights``), so we apply it. Qwen2 and Gemma
+  use the other rotary layout and are stored as they are.
+- Gemma's RMS norms multiply by ``1 + weight``; llama.cpp stores ``1 + weight``.
 - The output head is written only when it differs from the embedding matrix; readers take a file
   without ``output.weight`` as tied.
+- Quantized files follow llama.cpp's choices per tensor (``gguf_quants.tensor_type``): a ``q4_K_M`` file
+  keeps the output head and half of the value/down projections at 6 bits, and rows that are no
+  multiple of 256 values fall back to the 32-value formats, as ``llama-quantize`` does.
 
 Everything that can make an export fail (architecture, tokenizer, quantization) is checked before
 the output file is opened, and the file appears under its name only once complete.
@@ -19,6 +26,7 @@ the output file is opened, and the file appears under its name only once complet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -34,10 +42,29 @@ from tunelab.errors import ModelError
 from tunelab.models.adapters import MergedRun
 from tunelab.paths import atomic_write_text
 
-QUANTS: tuple[str, ...] = ("f16", "q8_0")
-# transformers model_type -> GGUF general.architecture. Only architectures whose tensor layout and
-# metadata this module writes exactly are listed; anything else fails before writing.
-SUPPORTED_ARCHITECTURES: dict[str, str] = {"llama": "llama"}
+QUANTS: tuple[str, ...] = ("f16", "q8_0", "q6_K", "q5_K_M", "q4_K_M", "q5_0", "q4_0")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How llama.cpp writes one transformers architecture."""
+
+    gguf: str  # general.architecture
+    tensor_names: str  # gguf.MODEL_ARCH member whose tensor name map applies
+    permute_qk: bool  # Llama's rotary layout (q/k rows interleaved per head)
+    norm_offset: float  # added to every RMS norm weight (Gemma multiplies by 1 + weight)
+
+
+# transformers model_type -> how it is written. Only architectures whose tensor layout and metadata this
+# module writes as llama.cpp does, and that transformers' GGUF reader reads back, are listed (each is
+# tested that way); anything else fails before writing.
+SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture("llama", "LLAMA", True, 0.0),
+    # llama.cpp's converter writes Mistral as llama (LlamaModel handles MistralForCausalLM).
+    "mistral": Architecture("llama", "LLAMA", True, 0.0),
+    "qwen2": Architecture("qwen2", "QWEN2", False, 0.0),
+    "gemma2": Architecture("gemma2", "GEMMA2", False, 1.0),
+}
 LABELS_KEY = "tunelab.labels"
 TASK_KEY = "tunelab.task"
 SYSTEM_PROMPT_KEY = "tunelab.system_prompt"
@@ -63,6 +90,8 @@ class GGUFExport:
     modelfile: Path | None = None
     ollama_name: str | None = None
     labels: list[str] | None = None
+    architecture: str = "llama"
+    tensor_types: dict[str, int] | None = None  # ggml type name -> how many tensors are stored in it
 
     @property
     def ollama_command(self) -> str | None:
@@ -80,21 +109,27 @@ class GGUFExport:
             "modelfile": str(self.modelfile) if self.modelfile else None,
             "ollama_command": self.ollama_command,
             "labels": self.labels,
+            "architecture": self.architecture,
+            "tensor_types": self.tensor_types,
         }
 
 
 @dataclass(frozen=True)
 class _Tokenizer:
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece-style)
     tokens: list[str]
     token_types: list[int]
     merges: list[str]
-    pre: str
+    pre: str | None
     bos_id: int | None
     eos_id: int | None
     unk_id: int | None
     pad_id: int | None
     add_bos: bool
     chat_template: str | None
+    scores: list[float] | None = None
+    add_space_prefix: bool = False
+    ignore_merges: bool = False  # whole words are looked up in the vocabulary before merging (Llama 3)
 
 
 def write_gguf(
@@ -114,8 +149,13 @@ def write_gguf(
     check_targets(out, quant, ollama)
     architecture = _architecture(merged.model.config)
     tokenizer = _tokenizer_metadata(merged)
-    tensors, tied = _gguf_tensors(merged.state_dict, merged.model.config, quant)
     labels = merged.label_map
+    state_dict = merged.state_dict
+    answers: list[int] | None = None
+    if labels:
+        # A classify run answers with its label names: each label gets a token of its own (see _label_answers).
+        state_dict, tokenizer, answers = _label_answers(state_dict, tokenizer, labels)
+    tensors, tied = _gguf_tensors(state_dict, merged.model.config, quant, architecture)
     system_prompt = _system_prompt(merged.run_config)
     modelfile = modelfile_path(out) if ollama else None
     name = ollama_model_name(merged.name) if ollama else None
@@ -124,15 +164,17 @@ def write_gguf(
         # The run saw its own system prompt, or the template's default one when it had none.
         system = system_prompt or default_system_prompt(tokenizer.chat_template, merged.tokenizer)
         task = str(merged.run_config.get("task", "run"))
-        modelfile_content = modelfile_text(out, tokenizer.chat_template, system, labels, task, classify_instruction)
+        modelfile_content = modelfile_text(
+            out, tokenizer.chat_template, system, labels, task, classify_instruction, named_answers=answers is not None
+        )
 
     from gguf import GGUFWriter
 
     # Written under a temporary name and renamed when complete: a reader never sees half a file.
     writer_target = _temporary_sibling(out)
-    writer = GGUFWriter(str(writer_target), arch=architecture)
+    writer = GGUFWriter(str(writer_target), arch=architecture.gguf)
     try:
-        _write_metadata(writer, merged, tokenizer, quant, system_prompt)
+        _write_metadata(writer, merged, architecture, tokenizer, quant, system_prompt, answers)
         for tensor_name, data, raw_dtype in tensors:
             writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
         writer.write_header_to_file()
@@ -149,6 +191,10 @@ def write_gguf(
     if modelfile is not None and modelfile_content is not None:
         atomic_write_text(modelfile, modelfile_content)
         os.chmod(modelfile, _default_file_mode())
+    counts: dict[str, int] = {}
+    for _, data, raw_dtype in tensors:
+        kind = raw_dtype.name if raw_dtype is not None else {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}[data.dtype]
+        counts[kind] = counts.get(kind, 0) + 1
     return GGUFExport(
         path=out,
         quant=quant,
@@ -158,7 +204,63 @@ def write_gguf(
         modelfile=modelfile,
         ollama_name=name,
         labels=list(labels["labels"]) if labels else None,
+        architecture=architecture.gguf,
+        tensor_types=counts,
     )
+
+
+def _label_answers(
+    state_dict: dict[str, torch.Tensor], tokenizer: _Tokenizer, labels: dict
+) -> tuple[dict[str, torch.Tensor], _Tokenizer, list[int] | None]:
+    """A classify run's weights and vocabulary with one answer token per label, spelled as the label's name.
+
+    The run answers with one token per label (``A``, ``B``, ... or the label itself when it is one
+    token); llama.cpp and Ollama print the token they pick, so a user would read codes. Each label gets
+    a token spelled as its name, whose output row is the trained row of its code token; the code
+    tokens keep their input rows (text that contains "A" reads as before) and their output rows become
+    zero, so they no longer compete as answers. A new token is a normal vocabulary entry that no merge
+    produces, so the tokenizer never makes it out of a user's text: the input side is unchanged. That
+    holds for byte-level BPE vocabularies that apply their merges (SmolLM2, Qwen2); where a tokenizer
+    looks whole words up first (``ignore_merges``, Llama 3) or is SentencePiece, the file keeps the codes
+    (None), and the Modelfile lists what each one means.
+    """
+    if tokenizer.model != "gpt2" or tokenizer.ignore_merges:
+        return state_dict, tokenizer, None
+    from gguf import TokenType
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    spelling = bytes_to_unicode()
+    embed = state_dict["model.embed_tokens.weight"]
+    head = state_dict.get("lm_head.weight", embed).clone()
+    codes = [int(i) for i in labels["token_ids"]]
+    tokens, types = list(tokenizer.tokens), list(tokenizer.token_types)
+    index = {token: position for position, token in enumerate(tokens)}
+    answers: list[int] = []
+    rows = head[codes].clone()  # the trained label rows, before any code row is cleared
+    embed_rows = []
+    for label, code in zip(labels["labels"], codes, strict=True):
+        spelled = "".join(spelling[byte] for byte in str(label).encode("utf-8"))
+        if spelled in index:
+            answers.append(index[spelled])  # the label already is a token: it answers as itself
+            continue
+        answers.append(len(tokens))
+        index[spelled] = len(tokens)
+        tokens.append(spelled)
+        types.append(int(TokenType.NORMAL))
+        embed_rows.append(embed[code].clone())
+    for code in codes:
+        if code not in answers:
+            head[code] = 0
+    grown = len(tokens) - len(tokenizer.tokens)
+    if grown:
+        head = torch.cat([head, torch.zeros(grown, head.shape[1], dtype=head.dtype)])
+    for row, answer in zip(rows, answers, strict=True):
+        head[answer] = row
+    updated = dict(state_dict)
+    if grown:
+        updated["model.embed_tokens.weight"] = torch.cat([embed, torch.stack(embed_rows)])
+    updated["lm_head.weight"] = head
+    return updated, dataclasses.replace(tokenizer, tokens=tokens, token_types=types), answers
 
 
 def check_targets(out: Path, quant: str, ollama: bool) -> None:
@@ -183,7 +285,7 @@ def ollama_model_name(run_name: str) -> str:
 # ------------------------------------------------------------------------------------------ checks
 
 
-def _architecture(config: Any) -> str:
+def _architecture(config: Any) -> Architecture:
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise ModelError(
@@ -195,9 +297,11 @@ def _architecture(config: Any) -> str:
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     if rope_type not in (None, "default"):
         raise ModelError(
-            f"cannot export a llama model with rope scaling {rope_type!r} to GGUF yet",
+            f"cannot export a {model_type} model with rope scaling {rope_type!r} to GGUF yet",
             "use `tunelab export --merge` for a transformers folder",
         )
+    if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
+        raise ModelError("cannot export a qwen2 model that uses sliding-window attention to GGUF (llama.cpp has no such qwen2)")
     return SUPPORTED_ARCHITECTURES[model_type]
 
 
@@ -217,10 +321,10 @@ def _system_prompt(run_config: dict) -> str | None:
 
 
 def _tokenizer_metadata(merged: MergedRun) -> _Tokenizer:
-    """The tokenizer as llama.cpp's ``gpt2`` (byte-level BPE) vocabulary.
+    """The tokenizer as llama.cpp's ``gpt2`` (byte-level BPE) or ``llama`` (SentencePiece-style BPE) vocabulary.
 
     Raises:
-        ModelError: for a tokenizer that is not byte-level BPE, or larger than the embedding matrix.
+        ModelError: for any other kind of tokenizer, or one larger than the embedding matrix.
     """
     from gguf import TokenType
 
@@ -230,11 +334,16 @@ def _tokenizer_metadata(merged: MergedRun) -> _Tokenizer:
         raise ModelError("the run's tokenizer has no tokenizer.json (a fast tokenizer is needed for GGUF export)")
     spec = json.loads(backend.to_str())
     model = spec.get("model") or {}
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+    if model.get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
+        kind = "gpt2"
+    elif model.get("type") == "BPE" and model.get("byte_fallback"):
+        # Llama 2, Mistral, Gemma: SentencePiece BPE as transformers' converters write it (pieces with "▁", <0xXX> bytes).
+        kind = "llama"
+    else:
         raise ModelError(
-            "cannot export this tokenizer to GGUF: only byte-level BPE tokenizers (GPT-2 style) are supported",
-            f"the run's tokenizer is {model.get('type')} with pre-tokenizer "
-            f"{(spec.get('pre_tokenizer') or {}).get('type')}",
+            "cannot export this tokenizer to GGUF: only byte-level BPE (GPT-2 style) and SentencePiece-style BPE "
+            "with byte fallback are supported",
+            f"the run's tokenizer is {model.get('type')} with pre-tokenizer {(spec.get('pre_tokenizer') or {}).get('type')}",
         )
     vocab_rows = int(merged.model.config.vocab_size)
     vocab = tokenizer.get_vocab()
@@ -244,8 +353,15 @@ def _tokenizer_metadata(merged: MergedRun) -> _Tokenizer:
         )
     by_id = {index: token for token, index in vocab.items()}
     added = {token.content: token for token in tokenizer.added_tokens_decoder.values()}
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges") or []]
+    # SentencePiece merges the adjacent pair whose result scores highest: the earlier a merge, the higher its score.
+    rank = {}
+    for index, merge in enumerate(merges):
+        rank.setdefault(merge.replace(" ", "", 1), index)
+    unk_id = getattr(tokenizer, "unk_token_id", None)
     tokens: list[str] = []
     types: list[int] = []
+    scores: list[float] = []
     for index in range(vocab_rows):
         token = by_id.get(index)
         if token is None:
@@ -256,10 +372,16 @@ def _tokenizer_metadata(merged: MergedRun) -> _Tokenizer:
         elif token in added:
             tokens.append(token)
             types.append(int(TokenType.CONTROL if added[token].special else TokenType.USER_DEFINED))
+        elif kind == "llama" and index == unk_id:
+            tokens.append(token)
+            types.append(int(TokenType.UNKNOWN))
+        elif kind == "llama" and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+            tokens.append(token)
+            types.append(int(TokenType.BYTE))
         else:
             tokens.append(token)
             types.append(int(TokenType.NORMAL))
-    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges") or []]
+        scores.append(-float(rank[tokens[-1]]) if tokens[-1] in rank else 0.0)
 
     def token_id(name: str) -> int | None:
         value = getattr(tokenizer, f"{name}_token_id", None)
@@ -267,11 +389,13 @@ def _tokenizer_metadata(merged: MergedRun) -> _Tokenizer:
 
     probe = tokenizer("a")["input_ids"]
     bos = token_id("bos")
+    described = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")])
     return _Tokenizer(
+        model=kind,
         tokens=tokens,
         token_types=types,
         merges=merges,
-        pre=_pre_tokenizer_name(merged, spec),
+        pre=_pre_tokenizer_name(merged, spec) if kind == "gpt2" else None,
         bos_id=bos,
         eos_id=token_id("eos"),
         unk_id=token_id("unk"),
@@ -279,14 +403,20 @@ def _tokenizer_metadata(merged: MergedRun) -> _Tokenizer:
         # What the tokenizer does on plain text, so llama.cpp adds a BOS exactly when transformers does.
         add_bos=bool(probe) and bos is not None and probe[0] == bos,
         chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+        scores=scores if kind == "llama" else None,
+        ignore_merges=bool(model.get("ignore_merges")),
+        # Llama and Mistral put "▁" before the text (a Prepend normalizer, or Metaspace prepending); Gemma does not.
+        add_space_prefix=kind == "llama" and ('"Prepend"' in described or '"prepend_scheme": "first"' in described or '"prepend_scheme": "always"' in described),
     )
 
 
 def _pre_tokenizer_name(merged: MergedRun, spec: dict) -> str:
     """llama.cpp's name for how text is split before BPE (``tokenizer.ggml.pre``).
 
-    A run on a GGUF base (the default model) keeps its base's value: the tokenizer is the base's. Otherwise
-    a plain GPT-2 byte-level split is "gpt2", and digits split one by one before it is "smollm".
+    A run on a GGUF base (the default model) keeps its base's value: the tokenizer is the base's.
+    Otherwise the split expression names it where transformers' GGUF reader knows it (Llama 3's
+    "llama-bpe", "qwen2", Mistral's "tekken", ...); digits split one by one before a GPT-2 split is
+    "smollm", and anything else "gpt2".
     """
     source = merged.base_source
     if source is not None and source.kind in ("default", "gguf"):
@@ -297,6 +427,17 @@ def _pre_tokenizer_name(merged: MergedRun, spec: dict) -> str:
         if isinstance(pre, str):
             return pre
     described = json.dumps(spec.get("pre_tokenizer"))
+    expressions = re.findall(r'"Regex": ("(?:[^"\\]|\\.)*")', described)
+    if expressions:
+        try:
+            from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+        except ImportError:  # an older transformers: the reader matches nothing more specific
+            GGUF_PRE_TOKENIZER_SPLITS = {}
+        pattern = json.loads(expressions[0])
+        # The names llama.cpp's converter gives each family first; other names share their expressions.
+        for name in ("llama-bpe", "qwen2", "tekken", "gpt-4o", *GGUF_PRE_TOKENIZER_SPLITS):
+            if GGUF_PRE_TOKENIZER_SPLITS.get(name) == pattern:
+                return name
     if '"Digits"' in described and '"individual_digits": true' in described:
         return "smollm"
     return "gpt2"
@@ -311,17 +452,21 @@ def _llama_permute(weights: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _gguf_tensors(
-    state_dict: dict[str, torch.Tensor], config: Any, quant: str
+    state_dict: dict[str, torch.Tensor], config: Any, quant: str, architecture: Architecture
 ) -> tuple[list[tuple[str, np.ndarray, Any]], bool]:
-    """(name, data, raw_dtype) for every tensor, in llama.cpp's names; and whether the head is tied.
+    """(name, data, raw_dtype) for every tensor, in llama.cpp's names and types; and whether the head is tied.
 
     Raises:
-        ModelError: for a weight llama.cpp has no name for, or one q8_0 cannot quantize.
+        ModelError: for a weight llama.cpp has no name for, or one that cannot be quantized.
     """
-    from gguf import MODEL_ARCH, GGMLQuantizationType, get_tensor_name_map
+    import gguf
+    from gguf import GGMLQuantizationType, get_tensor_name_map
     from gguf.quants import QuantError, quantize
 
-    names = get_tensor_name_map(MODEL_ARCH.LLAMA, int(config.num_hidden_layers))
+    from tunelab.models.gguf_quants import ENCODERS, tensor_type
+
+    layers = int(config.num_hidden_layers)
+    names = get_tensor_name_map(getattr(gguf.MODEL_ARCH, architecture.tensor_names), layers)
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     embed = state_dict.get("model.embed_tokens.weight")
@@ -338,53 +483,83 @@ def _gguf_tensors(
             raise ModelError(f"cannot export the weight {hf_name!r}: llama.cpp has no name for it")
         gguf_name = f"{gguf_base}.{suffix}"
         data = tensor.detach().to(torch.float32).cpu().numpy()
-        if gguf_base.endswith(".attn_q"):
+        if architecture.permute_qk and gguf_base.endswith(".attn_q"):
             data = _llama_permute(data, heads)
-        elif gguf_base.endswith(".attn_k"):
+        elif architecture.permute_qk and gguf_base.endswith(".attn_k"):
             data = _llama_permute(data, kv_heads)
+        if architecture.norm_offset and data.ndim == 1 and gguf_base.endswith("norm"):
+            data = data + np.float32(architecture.norm_offset)
         if data.ndim == 1:
             # Norms and biases stay f32, as llama.cpp's converter keeps them: they are tiny and precision-critical.
             out.append((gguf_name, data, None))
-        elif quant == "f16":
+            continue
+        if quant == "f16":
             out.append((gguf_name, data.astype(np.float16), None))
-        else:
-            try:
-                out.append((gguf_name, quantize(data, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0))
-            except QuantError as error:
-                raise ModelError(f"cannot quantize {hf_name} {tuple(data.shape)} to q8_0: {error}", "use --quant f16") from None
+            continue
+        layer = int(gguf_base.split(".")[1]) if gguf_base.startswith("blk.") else None
+        kind = tensor_type(quant, gguf_name, data.shape[-1], layer=layer, layers=layers, has_output=not tied)
+        qtype = GGMLQuantizationType[kind]
+        try:
+            if kind in ENCODERS:
+                from tunelab.models.gguf_quants import quantize_k
+
+                packed = quantize_k(data, kind)
+            else:
+                packed = quantize(data, qtype)
+        except (QuantError, ValueError) as error:
+            raise ModelError(f"cannot quantize {hf_name} {tuple(data.shape)} to {kind}: {error}", "use --quant f16") from None
+        out.append((gguf_name, packed, qtype))
     return out, tied
 
 
 # ---------------------------------------------------------------------------------------- metadata
 
 
-def _write_metadata(writer: Any, merged: MergedRun, tokenizer: _Tokenizer, quant: str, system_prompt: str | None) -> None:
+FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q6_K": "MOSTLY_Q6_K", "q5_K_M": "MOSTLY_Q5_K_M",
+              "q4_K_M": "MOSTLY_Q4_K_M", "q5_0": "MOSTLY_Q5_0", "q4_0": "MOSTLY_Q4_0"}
+
+
+def _write_metadata(
+    writer: Any, merged: MergedRun, architecture: Architecture, tokenizer: _Tokenizer, quant: str,
+    system_prompt: str | None, answers: list[int] | None,
+) -> None:
     from gguf import GGML_QUANT_VERSION, LlamaFileType
 
     config = merged.model.config
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    writer.add_name(merged.name)
-    writer.add_type("model")
+    _write_general(writer, merged)
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
     writer.add_feed_forward_length(int(config.intermediate_size))
     writer.add_head_count(heads)
     writer.add_head_count_kv(int(getattr(config, "num_key_value_heads", None) or heads))
-    writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(int(config.vocab_size))
-    writer.add_file_type(int(LlamaFileType.MOSTLY_F16 if quant == "f16" else LlamaFileType.MOSTLY_Q8_0))
+    if architecture.gguf == "llama":
+        writer.add_vocab_size(len(tokenizer.tokens))
+        writer.add_rope_dimension_count(head_dim)
+    elif architecture.gguf == "gemma2":
+        # What llama.cpp's Gemma2Model writes; Gemma's head size is not hidden / heads.
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping or 0.0))
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping or 0.0))
+        writer.add_sliding_window(int(config.sliding_window))
+    writer.add_file_type(int(getattr(LlamaFileType, FILE_TYPES[quant])))
     if quant != "f16":
         writer.add_quantization_version(GGML_QUANT_VERSION)
 
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tokenizer.pre)
+    writer.add_tokenizer_model(tokenizer.model)
+    if tokenizer.pre is not None:
+        writer.add_tokenizer_pre(tokenizer.pre)
     writer.add_token_list(tokenizer.tokens)
+    if tokenizer.scores is not None:
+        writer.add_token_scores(tokenizer.scores)
     writer.add_token_types(tokenizer.token_types)
-    writer.add_token_merges(tokenizer.merges)
+    if tokenizer.merges:
+        writer.add_token_merges(tokenizer.merges)
     for value, add in (
         (tokenizer.bos_id, writer.add_bos_token_id),
         (tokenizer.eos_id, writer.add_eos_token_id),
@@ -394,7 +569,7 @@ def _write_metadata(writer: Any, merged: MergedRun, tokenizer: _Tokenizer, quant
         if value is not None:
             add(value)
     writer.add_add_bos_token(tokenizer.add_bos)
-    writer.add_add_space_prefix(False)
+    writer.add_add_space_prefix(tokenizer.add_space_prefix)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
@@ -403,12 +578,80 @@ def _write_metadata(writer: Any, merged: MergedRun, tokenizer: _Tokenizer, quant
         writer.add_string(SYSTEM_PROMPT_KEY, system_prompt)
     if merged.label_map:
         labels = merged.label_map
-        writer.add_string(
-            LABELS_KEY,
-            json.dumps(
-                {key: list(labels[key]) for key in ("labels", "token_ids", "token_strings")}, ensure_ascii=False
-            ),
-        )
+        stored = {key: list(labels[key]) for key in ("labels", "token_ids", "token_strings")}
+        # The token each label is answered with in this file: its name, or its code where the vocabulary keeps codes.
+        stored["answer_ids"] = answers if answers is not None else stored["token_ids"]
+        writer.add_string(LABELS_KEY, json.dumps(stored, ensure_ascii=False))
+
+
+def base_model_facts(merged: MergedRun) -> dict[str, Any]:
+    """What is known about the run's base model: name, organization, repository, licence (absent keys unknown).
+
+    From the base GGUF's own ``general.*`` keys (the default model), or a model folder's model card
+    (``README.md`` front matter: ``license``, ``base_model``) and its hub id.
+    """
+    source = merged.base_source
+    if source is None:
+        # A full or freeze run holds its own weights: its base is the model its config names.
+        from tunelab.models.resolve import resolve_model
+
+        model = merged.run_config.get("model") or {}
+        name = model.get("name") if isinstance(model, dict) else model
+        try:
+            source = resolve_model(str(name)) if name else None
+        except ModelError:
+            source = None
+        if source is None or source.kind == "run":
+            return {}
+    facts: dict[str, Any] = {}
+    if source.kind in ("default", "gguf"):
+        from transformers.integrations.gguf import read_gguf_metadata
+
+        metadata = read_gguf_metadata(source.location)[0]
+        for key in ("name", "organization", "basename", "size_label", "license", "repo_url"):
+            if isinstance(metadata.get(f"general.{key}"), str):
+                facts[key] = metadata[f"general.{key}"]
+        return facts
+    facts["name"] = source.display_name
+    if source.kind == "hub" and "/" in source.location:
+        facts["organization"] = source.location.split("/")[0]
+        facts["repo_url"] = f"https://huggingface.co/{source.location}"
+    card = Path(source.location) / "README.md" if source.kind in ("folder", "hub") and Path(source.location).is_dir() else None
+    if card is not None and card.is_file():
+        import yaml
+
+        text = card.read_text(encoding="utf-8", errors="replace")
+        if text.startswith("---"):
+            try:
+                front = yaml.safe_load(text.split("---", 2)[1]) or {}
+            except yaml.YAMLError:
+                front = {}
+            if isinstance(front, dict) and isinstance(front.get("license"), str):
+                facts["license"] = front["license"]
+    return facts
+
+
+def _write_general(writer: Any, merged: MergedRun) -> None:
+    """``general.*``: the file is the run (its name), fine-tuned from the base (its name, maker, licence)."""
+    base = base_model_facts(merged)
+    writer.add_name(merged.name)
+    writer.add_type("model")
+    writer.add_finetune(merged.name)
+    for key, add in (("basename", writer.add_basename), ("size_label", writer.add_size_label), ("organization", writer.add_organization)):
+        if base.get(key):
+            add(base[key])
+    if base.get("license"):
+        # A fine-tune is bound by its base model's licence.
+        writer.add_license(base["license"])
+    if base.get("name"):
+        writer.add_base_model_count(1)
+        writer.add_base_model_name(0, base["name"])
+        if base.get("organization"):
+            writer.add_base_model_organization(0, base["organization"])
+        if base.get("repo_url"):
+            writer.add_base_model_repo_url(0, base["repo_url"])
+    task = str(merged.run_config.get("task", "") or "")
+    writer.add_tags(["tunelab", *([f"tunelab-{task}"] if task else [])])
 
 
 def _default_file_mode() -> int:
@@ -445,6 +688,14 @@ def _quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
+def classify_go_template(instruction: str) -> str:
+    """The Ollama template of a classify run: the user's message is the text, put into the prompt the run was trained on."""
+    return (
+        "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+        f"<|im_start|>user\n{instruction}\n\nText: {{{{ .Prompt }}}}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
 def modelfile_text(
     gguf_path: Path,
     chat_template: str | None,
@@ -452,26 +703,44 @@ def modelfile_text(
     label_map: dict | None,
     task: str,
     classify_instruction: str | None = None,
+    *,
+    named_answers: bool = True,
 ) -> str:
-    """An Ollama Modelfile for the exported file: FROM, TEMPLATE, stop tokens, SYSTEM, label notes."""
+    """An Ollama Modelfile for the exported file: FROM, TEMPLATE, stop tokens, SYSTEM, label notes.
+
+    A classify run's template wraps the user's message in the instruction it was trained on, and the
+    file answers with the label's name (``write_gguf`` gives each label an answer token), so
+    ``ollama run NAME "my card never came"`` prints ``card_arrival``.
+    """
     chatml = bool(chat_template) and CHATML_START in chat_template and CHATML_END in chat_template
     lines = [f"# Written by tunelab export ({task} run).", f"FROM ./{gguf_path.name}", ""]
-    if chatml:
+    if chatml and label_map and classify_instruction:
+        if '"""' in classify_instruction or "{{" in classify_instruction:
+            raise ModelError("the classify instruction cannot be quoted in a Modelfile template")
+        lines.append(f'TEMPLATE """{classify_go_template(classify_instruction)}"""')
+    elif chatml:
         lines.append(f'TEMPLATE """{CHATML_GO_TEMPLATE}"""')
-        lines.append(f'PARAMETER stop "{CHATML_END}"')
-        lines.append(f'PARAMETER stop "{CHATML_START}"')
     else:
         lines.append("# No TEMPLATE: the chat template is not ChatML; Ollama derives one from the GGUF's")
         lines.append("# tokenizer.chat_template.")
+    if chatml:
+        lines.append(f'PARAMETER stop "{CHATML_END}"')
+        lines.append(f'PARAMETER stop "{CHATML_START}"')
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")
     if label_map:
-        # A classify model answers with exactly one token; greedy, like tunelab's own evaluation.
+        # A classify model answers with exactly one token (its label's name); greedy, like tunelab's own evaluation.
         lines += ["PARAMETER temperature 0", "PARAMETER num_predict 1", ""]
-        lines.append("# Classify: ask with the prompt the run was trained on, the assistant answers one token:")
-        if classify_instruction:
+        if chatml and classify_instruction:
+            lines.append("# Classify: send the text alone; the template puts it into the prompt the run was trained on:")
             lines.append(f"#   {classify_instruction}\\n\\nText: <your text>")
-        lines.append("# What each answer token means:")
-        for label, code in zip(label_map["labels"], label_map["token_strings"], strict=True):
-            lines.append(f"#   {code!r} = {label}")
+        elif classify_instruction:
+            lines.append("# Classify: ask with the prompt the run was trained on:")
+            lines.append(f"#   {classify_instruction}\\n\\nText: <your text>")
+        if named_answers:
+            lines.append("# It answers one of these labels:")
+            lines += [f"#   {label}" for label in label_map["labels"]]
+        else:
+            lines.append("# It answers one token; what each one means:")
+            lines += [f"#   {code!r} = {label}" for label, code in zip(label_map["labels"], label_map["token_strings"], strict=True)]
     return "\n".join(lines) + "\n"

@@ -142,9 +142,15 @@ def _from_pretrained(location: str, *, dtype: str, allow_network: bool, revision
         kwargs["revision"] = revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=_torch_dtype(dtype), attn_implementation="sdpa", **kwargs
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=_torch_dtype(dtype), attn_implementation="sdpa", **kwargs
+            )
+        except ValueError as error:
+            if "scaled_dot_product_attention" not in str(error):
+                raise
+            # An architecture without an SDPA path in this transformers (Gemma 2): its own attention.
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=_torch_dtype(dtype), attn_implementation="eager", **kwargs)
     except OSError as error:
         if not allow_network:
             raise ModelError(

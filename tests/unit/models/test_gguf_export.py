@@ -156,11 +156,14 @@ def test_classify_export_keeps_labels_and_label_predictions(runs, tmp_path):
     for quant, atol, min_agreement in (("f16", 2e-3, 1.0), ("q8_0", 5e-2, 0.95)):
         result = export_gguf(runs["classify"], tmp_path / f"router-{quant}.gguf", quant=quant)
         stored = json.loads(gguf_string(result.path, LABELS_KEY))
-        assert stored == {key: merged.label_map[key] for key in ("labels", "token_ids", "token_strings")}
+        assert {key: stored[key] for key in ("labels", "token_ids", "token_strings")} == {
+            key: merged.label_map[key] for key in ("labels", "token_ids", "token_strings")
+        }
         assert gguf_string(result.path, "tunelab.system_prompt") == SYSTEM
         model, tokenizer = read_back(result.path)
         assert [render_prompt_ids(tokenizer, classify_messages(text, SYSTEM)) for text in TEXTS] == prompts
-        got = label_logits(model, prompts, stored["token_ids"])
+        # The file answers with each label's own token (its name): those rows score as the run's label rows.
+        got = label_logits(model, prompts, stored["answer_ids"])
         np.testing.assert_allclose(got, expected, atol=atol)
         assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= min_agreement, quant
     f16, q8 = (tmp_path / "router-f16.gguf").stat().st_size, (tmp_path / "router-q8_0.gguf").stat().st_size
@@ -168,21 +171,31 @@ def test_classify_export_keeps_labels_and_label_predictions(runs, tmp_path):
 
 
 def test_modelfile_has_template_stops_system_and_label_notes(runs, tmp_path):
-    result = export_gguf(runs["classify"], tmp_path / "router.gguf", ollama=True)
+    from tunelab.data.templates import CLASSIFY_INSTRUCTION
+
+    result = export_gguf(runs["classify"], tmp_path / "router.gguf", ollama=True, classify_instruction=CLASSIFY_INSTRUCTION)
     assert result.modelfile == tmp_path / "router.Modelfile"
     assert result.ollama_command == f"ollama create router-run -f {tmp_path / 'router.Modelfile'}"
     text = result.modelfile.read_text()
     assert "FROM ./router.gguf\n" in text
+    # The user sends the text alone: the template wraps it in the prompt the run was trained on.
     template = (
-        'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
-        '<|im_start|>assistant\n"""'
+        'TEMPLATE """{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
+        f"<|im_start|>user\n{CLASSIFY_INSTRUCTION}\n\nText: {{{{ .Prompt }}}}<|im_end|>\n<|im_start|>assistant\n\"\"\""
     )
     assert template in text
     assert 'PARAMETER stop "<|im_end|>"' in text
     assert f'SYSTEM """{SYSTEM}"""' in text
-    label_map = merge_run(runs["classify"]).label_map
-    for label, code in zip(label_map["labels"], label_map["token_strings"], strict=True):
-        assert f"#   {code!r} = {label}" in text
+    for label in merge_run(runs["classify"]).label_map["labels"]:
+        assert f"#   {label}\n" in text
+    # The rendered template is exactly tunelab's classify prompt.
+    from tunelab.data.templates import classify_messages
+
+    rendered = template.split('"""')[1].replace("{{- if .System }}", "").replace("{{ end }}", "").replace("{{ .System }}", SYSTEM)
+    expected = merge_run(runs["classify"]).tokenizer.apply_chat_template(
+        classify_messages("my card", SYSTEM), tokenize=False, add_generation_prompt=True
+    )
+    assert rendered.replace("{{ .Prompt }}", "my card") == expected
 
 
 def test_modelfile_system_is_the_templates_default_when_the_run_has_none(runs, tmp_path):
@@ -210,17 +223,17 @@ def _nothing_written(folder: Path) -> bool:
 
 
 def test_unsupported_architecture_fails_before_writing(tiny_tokenizer, tmp_path):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Phi3Config, Phi3ForCausalLM
 
-    config = Qwen2Config(
+    config = Phi3Config(
         vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
     )
-    run = write_full_run(tmp_path / "qwen", Qwen2ForCausalLM(config), tiny_tokenizer)
+    run = write_full_run(tmp_path / "phi", Phi3ForCausalLM(config), tiny_tokenizer)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(ModelError, match=r"cannot export a 'qwen2' model to GGUF.*supported architectures: llama"):
-        export_gguf(run, out / "qwen.gguf", ollama=True)
+    with pytest.raises(ModelError, match=r"cannot export a 'phi3' model to GGUF.*supported architectures: gemma2, llama, mistral, qwen2"):
+        export_gguf(run, out / "phi.gguf", ollama=True)
     assert _nothing_written(out)
 
 
@@ -240,7 +253,7 @@ def test_export_never_overwrites_and_rejects_unknown_quant(runs, sft_f16, tmp_pa
     with pytest.raises(ModelError, match="already exists"):
         export_gguf(runs["sft"], sft_f16)
     assert sft_f16.stat().st_mtime_ns == before
-    with pytest.raises(ModelError, match="q4_k"):
+    with pytest.raises(ModelError, match="q4_k.*q4_K_M"):
         export_gguf(runs["sft"], tmp_path / "x.gguf", quant="q4_k")
     assert not (tmp_path / "x.gguf").exists()
 
