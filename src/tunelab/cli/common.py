@@ -27,47 +27,124 @@ def human_bytes(size: float) -> str:
     return f"{size:.1f} TB"
 
 
-@contextmanager
-def train_progress_bar(*, transient: bool = True) -> Iterator[Callable[[Any], None]]:
-    """The one training progress bar (``tunelab train``, ``run``, ``sweep``), fed by the loop's Progress events.
+def _clock(seconds: float | None) -> str:
+    return "-" if seconds is None else time.strftime("%H:%M:%S", time.gmtime(max(0.0, seconds)))
 
-    It appears with the first step and goes at the last, so the steps around training print
-    normally; a sweep's next variant brings it back.
+
+class ProgressDisplay:
+    """The CLI's one progress display, for every step that runs longer than a moment.
+
+    The library reports, the CLI renders: pipeline events open and close a step's line (a spinner and
+    its elapsed time), counts reported while it runs (test examples scored, teacher requests answered)
+    fill a bar with the rate and the time left, and the training loop's ``Progress`` events show steps,
+    loss, real tokens/s and ETA. The line goes when its step ends, so the step's ✓ line prints normally.
+    Nothing is drawn when stderr is no terminal (rich's rule for live displays).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(
-        TextColumn("  [bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
-        TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
-        console=error_console, transient=transient,
-    )
-    state: dict[str, Any] = {"task": None, "running": False}
+    # Steps that open a line at their "start" event, with what the line says while they run.
+    STEP_LINES = {
+        "check": "check data",
+        "estimate": "estimate: counting tokens, timing training steps here",
+        "evaluate": "evaluate tuned model",
+        "generation": "answer the SFT parent's test prompts",
+        "report": "report: paired bootstrap against every baseline",
+        "teacher": "teacher answers",
+        "compare": "compare student and teacher",
+    }
 
-    def on_progress(event: Any) -> None:
-        if not state["running"]:
-            bar.start()
-            state["running"] = True
-            if state["task"] is None:
-                state["task"] = bar.add_task("train", total=event.total_steps, loss="-", rate="-", eta="-")
-            else:
-                bar.reset(state["task"], total=event.total_steps)
-        eta = "-" if event.eta_seconds is None else time.strftime("%H:%M:%S", time.gmtime(event.eta_seconds))
+    def __init__(self, *, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=28), TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(), console=error_console, transient=True,
+        )
+        self.task: Any = None
+        self.kind: str | None = None
+        self.unit = "examples"
+        self.started = 0.0
+        self.live = False
+
+    # -- a line ------------------------------------------------------------------------------
+    def begin(self, description: str, *, total: int | None = None, unit: str = "examples", kind: str = "step") -> None:
+        """Open the line of a step (closing the one before): a spinner, or a bar when ``total`` is known."""
+        self.end()
+        if self.quiet:
+            return
+        if not self.live:
+            self.progress.start()
+            self.live = True
+        self.kind, self.unit, self.started = kind, unit, time.perf_counter()
+        self.task = self.progress.add_task(description, total=total, detail=f"0/{total:,} {unit}" if total else "")
+
+    def advance(self, count: int = 1) -> None:
+        """``count`` more items of the running step done (the library's progress callback)."""
+        if self.task is None:
+            return
+        self.progress.advance(self.task, count)
+        task = self.progress.tasks[-1]
+        elapsed = time.perf_counter() - self.started
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        left = (task.total - task.completed) / rate if task.total and rate > 0 else None
+        total = f"/{int(task.total):,}" if task.total else ""
+        self.progress.update(self.task, detail=f"{int(task.completed):,}{total} {self.unit}, {rate:.1f}/s, ETA {_clock(left)}")
+
+    def end(self) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task, self.kind = None, None
+
+    def stop(self) -> None:
+        self.end()
+        if self.live:
+            self.progress.stop()
+            self.live = False
+
+    # -- fed by the library ------------------------------------------------------------------
+    def on_event(self, step: str, status: str, details: dict[str, Any]) -> None:
+        """A pipeline event (``tasks.pipeline.EventFn``): open or close the step's line."""
+        if status == "start" and step in self.STEP_LINES:
+            total = details.get("n") if step in ("evaluate", "generation") else details.get("inputs") if step == "teacher" else None
+            self.begin(self.STEP_LINES[step], total=total, unit="requests" if step == "teacher" else "examples")
+        elif status == "baseline start":
+            total = details.get("n")
+            self.begin(f"baseline {details.get('baseline')}", total=total)
+        elif status in ("done", "skip", "baseline done") or (status == "start" and step not in self.STEP_LINES):
+            self.end()
+
+    def training(self, event: Any) -> None:
+        """The training loop's ``Progress`` events: steps, loss, real tokens/s and ETA."""
+        if self.quiet:
+            return
+        if self.kind != "train":
+            self.begin("train", total=event.total_steps, unit="steps", kind="train")
+        if self.task is None:
+            return
         loss = "-" if event.loss is None else f"{event.loss:.4f}"
-        bar.update(state["task"], completed=event.step, total=event.total_steps, loss=loss,
-                   rate=f"{event.tokens_per_second:.0f}", eta=eta)
+        self.progress.update(
+            self.task, completed=event.step, total=event.total_steps,
+            detail=f"{event.step}/{event.total_steps} steps, loss {loss}, {event.tokens_per_second:.0f} tok/s, ETA {_clock(event.eta_seconds)}",
+        )
         if event.step >= (event.total_steps or 0):
-            stop()
+            self.end()
 
-    def stop() -> None:
-        if state["running"]:
-            bar.stop()
-            state["running"] = False
 
+@contextmanager
+def progress_display(*, quiet: bool = False) -> Iterator[ProgressDisplay]:
+    """The one progress display (``run``, ``sweep``, ``train``, ``distill``, ``eval``, ``estimate``, ``retrain``), stopped on the way out."""
+    display = ProgressDisplay(quiet=quiet)
     try:
-        yield on_progress
+        yield display
     finally:
-        stop()
+        display.stop()
+
+
+@contextmanager
+def train_progress_bar() -> Iterator[Callable[[Any], None]]:
+    """The training bar of the one progress display, for commands that only train (``train``, ``retrain``)."""
+    with progress_display() as display:
+        yield display.training
 
 
 def config_or_resume(config_path: Any, overrides: list[str] | None, resume: Any, command: str) -> Any:

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tunelab.cli.common import config_or_resume, console, error_console, print_json, train_progress_bar
+from tunelab.cli.common import config_or_resume, console, error_console, print_json, progress_display
 
 
 def _fmt(value: Any) -> str:
@@ -42,33 +41,31 @@ def distill(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """The teacher answers your prompts (or labels your texts), the student learns them, and both are scored on held-out data."""
-    from tunelab.cli.run import _event_printer
+    from tunelab.cli.run import shown_events
     from tunelab.tasks.distill import run_distill
 
     config = config_or_resume(config_path, overrides, resume, "distill")
-    printer = _event_printer(as_json)
 
-    with Progress(TextColumn("teacher"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
-        asking = bar.add_task("teacher", total=None)
+    with progress_display(quiet=as_json) as display:
+        shown = shown_events(display, as_json)
 
         def on_event(step: str, status: str, details: dict[str, Any]) -> None:
             if step == "teacher" and status == "start":
-                bar.update(asking, total=details["inputs"])
+                display.on_event(step, status, details)
                 if not as_json:
                     error_console.print(f"[bold cyan]▶ teacher[/] {details['teacher']} answers {details['inputs']} inputs")
                 return
             if step == "teacher" and status == "done":
-                bar.update(asking, visible=False)
+                display.on_event(step, status, details)
                 if not as_json:
                     error_console.print(f"  [green]✓[/] {details['accepted']} answers kept, {len(details['rejected'])} rejected")
                     for item in details["rejected"][:10]:
                         error_console.print(f"  [yellow]rejected[/] {item['source']}: {item['reason']}")
                 return
-            printer(step, status, details)
+            shown(step, status, details)
 
-        with train_progress_bar() as on_progress:
-            outcome = run_distill(config, resume=resume, on_event=on_event, ask_progress=lambda n: bar.advance(asking, n),
-                                  train_progress=on_progress, calibrate=not no_calibrate)
+        outcome = run_distill(config, resume=resume, on_event=on_event, ask_progress=display.advance,
+                              train_progress=display.training, eval_progress=display.advance, calibrate=not no_calibrate)
     if as_json:
         print_json({"run_dir": str(outcome.run_dir), "distill_file": str(outcome.distill_file), "asked": outcome.asked,
                     "accepted": outcome.accepted, "rejected": outcome.rejected, "report": outcome.report, "warnings": outcome.warnings})

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, human_bytes, print_json
+from tunelab.cli.common import console, human_bytes, print_json, progress_display
 from tunelab.estimate.plan import duration
 
 
@@ -37,7 +37,9 @@ def estimate(
 
     config = load_config(config_path, overrides or [])
     table = load_price_table(prices) if prices else None
-    result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table)
+    with progress_display(quiet=as_json) as display:
+        display.begin("estimate: loading the model, counting tokens" + ("" if no_calibrate else ", timing training steps here"))
+        result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table)
     if as_json:
         print_json(result.as_dict())
         return

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tunelab.cli.common import console, error_console, print_json
+from tunelab.cli.common import console, print_json, progress_display
 from tunelab.errors import DataError
 
 review_app = typer.Typer(help="Blind human A/B review of base vs tuned outputs.", no_args_is_help=True)
@@ -141,7 +140,7 @@ def evaluate_command(
     from tunelab.config import DataConfig, EvalConfig
     from tunelab.data.labels import LabelMap
     from tunelab.evaluation.answering import open_model
-    from tunelab.evaluation.baselines import evaluate_with_baselines, needs_base_model
+    from tunelab.evaluation.baselines import evaluate_with_baselines
 
     try:
         # Written by the data layer; imported here so the other commands work without it.
@@ -169,15 +168,18 @@ def evaluate_command(
         data_config = data_config.model_copy(update={"out_of_scope_label": out_of_scope_label})
     if baseline is None:
         baseline = task == "classify" and answering.label_map is None
-    model_runs = 0 if answering.remote else sum(needs_base_model(name) for name in names)
-    total = min(len(records), limit or len(records)) * (1 + model_runs)
     verb = "asking" if answering.remote else "evaluating"
-    with Progress(TextColumn(verb), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=error_console, transient=True) as bar:
-        progress_task = bar.add_task("eval", total=total)
+    with progress_display(quiet=as_json) as display:
+        display.begin(f"{verb} {answering.name}", total=min(len(records), limit or len(records)),
+                      unit="requests" if answering.remote else "examples")
+
+        def on_baseline(name: str, status: str, details: dict) -> None:
+            display.on_event("baseline", f"baseline {status}" if status in ("start", "done") else status, {"baseline": name, **details})
+
         result, opponents, verdict = evaluate_with_baselines(
             answering, records, task, baselines=names, train=train_records, config=eval_config, data_config=data_config,
             label_map=label_map, zero_shot_prompt=baseline, allow_network=allow_network,
-            progress=lambda done: bar.advance(progress_task, done), validation=validation_records,
+            progress=display.advance, validation=validation_records, on_event=on_baseline,
         )
     _show_evaluation(result, opponents, verdict, out, as_json)
 

@@ -22,6 +22,29 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+def package_version() -> str:
+    """tunelab's installed version (the package metadata; a checkout run from src/ without installing says so)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunelab")
+    except PackageNotFoundError:
+        return "unknown (not installed: run from a source checkout)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"tunelab {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print tunelab's version and exit."),
+) -> None:
+    """Fine-tune open language models on your own data and prove, with numbers, whether it paid off."""
+
+
 def _register_commands() -> None:
     # Each command module imports only typer and rich at the top (its heavy imports are inside its
     # commands), so importing all of them keeps `tunelab --help` fast. Listed in --help order.

@@ -125,17 +125,23 @@ def retrain(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Train a challenger on the champion's data + new labelled data; promote it only if it wins."""
-    from tunelab.cli.common import train_progress_bar
+    from tunelab.cli.common import progress_display
     from tunelab.tasks.retrain import retrain as run_retrain
 
-    def on_event(step: str, status: str, details: dict[str, Any]) -> None:
-        if not as_json and status == "done" and step in ("data", "split", "train", "evaluate", "champion"):
-            error_console.print(f"  {step} done")
+    with progress_display(quiet=as_json) as display:
 
-    with train_progress_bar() as progress:
+        def on_event(step: str, status: str, details: dict[str, Any]) -> None:
+            if step == "champion" and status == "start":
+                display.begin("evaluate the champion", total=details.get("n"))
+            else:
+                display.on_event(step, status, details)
+            if not as_json and status == "done" and step in ("data", "split", "train", "evaluate", "champion"):
+                error_console.print(f"  {step} done")
+
         outcome = run_retrain(
             run, data, registry_path=registry_path, log_path=log_db, served_model=served_model, alias=alias, margin=margin,
-            recent_share=recent_share, name=name, promote=not no_promote, on_event=on_event, train_progress=None if as_json else progress,
+            recent_share=recent_share, name=name, promote=not no_promote, on_event=on_event, train_progress=display.training,
+            eval_progress=display.advance,
         )
     if as_json:
         print_json(outcome.as_dict())

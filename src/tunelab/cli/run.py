@@ -14,7 +14,7 @@ from tunelab.cli.common import (
     console,
     error_console,
     print_json,
-    train_progress_bar,
+    progress_display,
 )
 from tunelab.estimate.plan import duration
 
@@ -63,6 +63,17 @@ def _event_printer(quiet: bool):
             elapsed = time.perf_counter() - started.get(step, time.perf_counter())
             summary = _step_summary(step, details)
             error_console.print(f"  [green]✓[/] {title} [dim]({elapsed:.1f} s)[/] {summary}")
+
+    return on_event
+
+
+def shown_events(display: Any, quiet: bool):
+    """Pipeline events to the progress display (a step's running line) and to the printed ✓ lines."""
+    printer = _event_printer(quiet)
+
+    def on_event(step: str, status: str, details: dict[str, Any]) -> None:
+        display.on_event(step, status, details)
+        printer(step, status, details)
 
     return on_event
 
@@ -129,9 +140,10 @@ def run(
     from tunelab.tasks.pipeline import run_pipeline
 
     config = config_or_resume(config_path, overrides, resume, "run")
-    with train_progress_bar() as on_progress:
+    with progress_display(quiet=as_json) as display:
         outcome = run_pipeline(
-            config, resume=resume, on_event=_event_printer(as_json), train_progress=on_progress, calibrate=not no_calibrate
+            config, resume=resume, on_event=shown_events(display, as_json), train_progress=display.training,
+            eval_progress=display.advance, calibrate=not no_calibrate,
         )
     if as_json:
         print_json({
@@ -155,8 +167,9 @@ def sweep(
     """Run every combination of --grid values (models, parameters, datasets) and rank the results."""
     from tunelab.tasks.sweep import leaderboard, run_sweep
 
-    with train_progress_bar() as on_progress:
-        entries = run_sweep(config_path, overrides or [], grid, on_event=_event_printer(as_json), train_progress=on_progress)
+    with progress_display(quiet=as_json) as display:
+        entries = run_sweep(config_path, overrides or [], grid, on_event=shown_events(display, as_json), train_progress=display.training,
+                            eval_progress=display.advance)
     rows = leaderboard(entries, metric)
     if as_json:
         print_json(rows)

@@ -93,40 +93,68 @@ def _metrics_table(record: RunRecord) -> Table:
     return table
 
 
+def _facts_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _train_rows(train: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for key, label in (("steps", "optimizer steps"), ("final_loss", "final training loss"), ("best_validation_loss", "best validation loss"),
+                       ("tokens", "real tokens trained"), ("tokens_per_second", "real tokens / s"), ("precision", "precision"),
+                       ("trainable_parameters", "trainable parameters"), ("seconds", "seconds")):
+        value = train.get(key)
+        if value is not None:
+            rows.append((label, f"{value:,}" if isinstance(value, int) else _cell(value)))
+    return rows
+
+
 def show(
     run: str = typer.Argument(..., help="Run name, id or id prefix."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
-    """Show everything recorded about one run, with estimated and actual time side by side."""
+    """Show everything recorded about one run: verdict, metrics against every baseline, training, time, estimate, config."""
+    from tunelab.cli.evaluate import print_verdict
+    from tunelab.evaluation.compare import Verdict
+    from tunelab.ui.views import estimate_summary
+
     record = _open(registry_path).get_run(run)
     if as_json:
         print_json(record.as_dict())
         return
-    summary = Table(title=f"Run {record.name}", show_header=False)
-    summary.add_column("field")
-    summary.add_column("value")
-    for field in ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint", "split_fingerprint", "error"):
-        value = getattr(record, field)
-        if value is not None:
-            summary.add_row(field, str(value))
-    if record.verdict:
-        summary.add_row("verdict", record.verdict)
-    for name, path in (record.artifacts or {}).items():
-        summary.add_row(f"artifact: {name}", str(path))
-    console.print(summary)
-    if record.baseline_metrics or record.tuned_metrics:
+    rows = [(field.replace("_", " "), str(getattr(record, field))) for field in
+            ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint", "split_fingerprint", "error")
+            if getattr(record, field) is not None]
+    artifacts = dict(record.artifacts or {})
+    train = artifacts.pop("train", None)
+    baselines = artifacts.pop("baselines", None)
+    rows += [(f"{name}", str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float)]
+    console.print(_facts_table(f"Run {record.name}", rows))
+    verdict = None
+    if isinstance(record.comparison, dict) and record.comparison.get("comparisons"):
+        try:
+            verdict = Verdict.from_dict(record.comparison)
+        except (KeyError, TypeError, ValueError):
+            verdict = None
+    if verdict is not None:
+        print_verdict(verdict)
+    elif record.baseline_metrics or record.tuned_metrics:
         console.print(_metrics_table(record))
+    if isinstance(baselines, dict) and baselines and verdict is None:
+        console.print(_facts_table("Baselines", [(name, _cell((m or {}).get((m or {}).get("primary")))) for name, m in baselines.items()]))
+    if isinstance(train, dict) and train:
+        console.print(_facts_table("Training", _train_rows(train)))
     if record.timings:
         console.print(_timings_table(record))
-    if record.comparison:
-        console.print("[bold]Comparison[/bold]")
-        console.print_json(json.dumps(record.comparison, default=str))
     if record.estimate:
-        console.print("[bold]Estimate[/bold]")
-        console.print_json(json.dumps(record.estimate, default=str))
+        console.print(_facts_table("Estimate made before training", estimate_summary(record.estimate)))
     if record.config:
-        console.print("[bold]Config[/bold]")
+        console.print("[bold]Config[/bold] (resolved)")
         console.print(record.config, markup=False, highlight=False)
 
 

@@ -37,7 +37,7 @@ def train(
         run_dir = Path(config.train.output_dir) / run_name(config)
     split = make_split(config)
 
-    with train_progress_bar(transient=as_json) as on_progress:
+    with train_progress_bar() as on_progress:
         result = train_registered(config, split, run_dir=run_dir, progress=on_progress, resume=resume is not None)
     if as_json:
         print_json(result.as_dict())
@@ -61,7 +61,10 @@ def export(
     output_format: str = typer.Option(
         None, "--format", help="folder (transformers) or gguf (llama.cpp, Ollama). Default: gguf when OUT ends in .gguf."
     ),
-    quant: str = typer.Option("f16", "--quant", help="gguf: f16 (exact to f16) or q8_0 (half the size)."),
+    quant: str = typer.Option(
+        "f16", "--quant",
+        help="gguf: f16 (exact to f16), q8_0 (about half), q6_K, q5_K_M, q4_K_M (Ollama's default, about a quarter), q5_0 or q4_0.",
+    ),
     ollama: bool = typer.Option(False, "--ollama", help="gguf: also write OUT.Modelfile for `ollama create`."),
     as_json: bool = typer.Option(False, "--json", help="gguf: print the result as JSON."),
 ) -> None:
@@ -78,7 +81,9 @@ def export(
         if as_json:
             print_json(result.as_dict())
             return
-        console.print(f"[bold green]exported[/] {result.path} ({result.quant}, {result.size_bytes / 2**20:.1f} MiB)")
+        console.print(f"[bold green]exported[/] {result.path} ({result.architecture}, {result.quant}, {result.size_bytes / 2**20:.1f} MiB)")
+        if result.labels:
+            console.print(f"  answers with the label names: {', '.join(result.labels)}", markup=False, highlight=False)
         if result.modelfile is not None:
             console.print(f"  Modelfile {result.modelfile}; load it into Ollama with:")
             console.print(f"  {result.ollama_command}", markup=False, highlight=False)

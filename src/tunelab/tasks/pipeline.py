@@ -286,6 +286,9 @@ def open_pipeline(
                 f"choose another name (name=...) or continue it with `tunelab run --resume {run.root}`",
             )
         state = PipelineState(run, {"config": config.model_dump(mode="json"), "steps": {}, "timings": {}})
+    from tunelab.train.run import require_tracker
+
+    require_tracker(config)  # before minutes of baselines, not when training starts
     # train.threads, when set, sizes torch's threads in every step (baselines and evaluation too).
     pin_threads(config.train.threads)
     # The base model is needed by the data check (token lengths), the estimate and the baseline.
@@ -587,10 +590,33 @@ def report_step(context: PipelineContext) -> Verdict | None:
     return verdict
 
 
+def tracker_values(context: PipelineContext) -> dict[str, float | str]:
+    """What the experiment tracker gets after training: every evaluation metric, each baseline's, and the verdict."""
+    from tunelab.registry import metric_values
+
+    values: dict[str, float | str] = {}
+    if context.tuned_eval is not None:
+        values.update({f"eval/tuned/{name}": value for name, value in metric_values(context.tuned_eval.metrics).items()})
+    for baseline, result in context.baseline_evals.items():
+        values.update({f"eval/{baseline}/{name}": value for name, value in metric_values(result.metrics).items()})
+    verdict = context.comparison
+    if verdict is not None:
+        values["eval/verdict"] = f"{verdict.verdict}: {verdict.summary}"
+        values["eval/paid_off"] = 1.0 if verdict.paid_off else 0.0
+    return values
+
+
 def register_step(context: PipelineContext) -> RunOutcome:
-    """8. Register the finished run (status, comparison, artifacts) and return everything it produced."""
+    """8. Register the finished run (status, comparison, artifacts) and return everything it produced.
+
+    A run with ``train.tracker`` also logs the evaluation and the verdict there, at its last training step.
+    """
     if context.tuned_eval is None:
         raise ConfigError("register_step needs the tuned evaluation: call evaluate_step(context) first")
+    if context.config.train.tracker != "none" and not context.state.done("register") and context.config.train.backend == "local":
+        from tunelab.train.run import report_to_tracker
+
+        report_to_tracker(context.config, context.run.root, tracker_values(context), step=(context.train_result or {}).get("steps"))
     with step(context, "register", emit_start=False) as record:
         record.registry_fields = {
             "status": "finished",

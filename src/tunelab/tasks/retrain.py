@@ -169,6 +169,7 @@ def retrain(
     promote: bool = True,
     on_event: EventFn | None = None,
     train_progress: Callable[[Any], None] | None = None,
+    eval_progress: Callable[[int], None] | None = None,
 ) -> RetrainOutcome:
     """Train a challenger of ``run`` on its data plus ``data`` (and the log's feedback); promote it only if it wins.
 
@@ -259,7 +260,9 @@ def retrain(
     # The champion is the opponent that matters here; the usual baselines were judged when it was made.
     challenger_raw["eval"]["baselines"] = []
     challenger_config = parse_config(challenger_raw, source=f"retrain of {champion.name}")
-    context = pipeline.open_pipeline(challenger_config, on_event=on_event, train_progress=train_progress, calibrate=False)
+    context = pipeline.open_pipeline(
+        challenger_config, on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=False
+    )
     pipeline.check_step(context)
     split = pipeline.split_step(context)
     pipeline.estimate_step(context)
@@ -271,7 +274,7 @@ def retrain(
     emit("champion", "start", {"n": len(split.test)})
     champion_eval = evaluate(
         champion_run.load(), split.test, "classify", config=challenger_config.eval, data_config=config.data,
-        baseline=False, train_ids=[r.id for r in split.train],
+        baseline=False, train_ids=[r.id for r in split.train], progress=eval_progress,
     )
     champion_eval.save(context.run.champion_eval)
     emit("champion", "done", {"metrics": {"accuracy": champion_eval.metrics.get("accuracy")}})

@@ -57,6 +57,7 @@ def run_sweep(
     *,
     on_event: EventFn | None = None,
     train_progress: Callable[[Any], None] | None = None,
+    eval_progress: Callable[[int], None] | None = None,
     calibrate: bool = False,
 ) -> list[SweepEntry]:
     """Run every combination of ``grid`` on top of the config; the baseline is shared through the cache.
@@ -81,7 +82,7 @@ def run_sweep(
     for overrides, config in configs:
         emit("variant", "start", {"overrides": overrides, "name": config.name})
         try:
-            outcome = run_pipeline(config, on_event=on_event, train_progress=train_progress, calibrate=calibrate)
+            outcome = run_pipeline(config, on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate)
             entries.append(SweepEntry(overrides, outcome))
         except TunelabError as error:
             entries.append(SweepEntry(overrides, None, str(error)))

@@ -175,9 +175,10 @@ def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resu
     The recipe loads the model next, with ``session.load_model()``.
 
     Raises:
-        ConfigError: when ``run_dir`` already holds something and this is no resume, or resume
-            is asked with a different config.
+        ConfigError: when ``run_dir`` already holds something and this is no resume, resume
+            is asked with a different config, or ``train.tracker`` is not installed.
     """
+    require_tracker(config)
     run = RunFolder(Path(run_dir))
     if resume:
         _check_resume(config, split, run)
@@ -193,8 +194,80 @@ def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resu
     pin_threads(config.train.threads)
 
     if config.train.tracker != "none":
-        accelerator.init_trackers(run.root.name, config=_flat(config.model_dump(mode="json")))
+        accelerator.init_trackers(run.root.name, config=_flat(config.model_dump(mode="json")), init_kwargs=_tracker_kwargs(config, run))
+        if config.train.tracker == "mlflow" and accelerator.is_main_process:
+            # The evaluation and the verdict are logged to this same MLflow run later (report_to_tracker).
+            active = accelerator.get_tracker("mlflow").tracker
+            (run.root / "logs").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run.root / "logs" / MLFLOW_RUN_FILE, active.info.run_id)
     return Session(config, run, accelerator, precision, resume)
+
+
+# train.tracker -> the module it needs; the extra of the same name installs it.
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+MLFLOW_RUN_FILE = "mlflow_run_id"
+
+
+def require_tracker(config: ResolvedConfig) -> None:
+    """Stop before anything runs when ``train.tracker`` names a tracker whose package is not installed.
+
+    Raises:
+        ConfigError: naming the extra to install.
+    """
+    import importlib.util
+
+    name = config.train.tracker
+    if name == "none":
+        return
+    if not any(importlib.util.find_spec(module) is not None for module in TRACKER_MODULES[name]):
+        raise ConfigError(
+            f"train.tracker: {name} needs the {name} package, which is not installed here",
+            f"pip install 'tunelab[{name}]' (or set train.tracker: none)",
+        )
+
+
+def _tracker_kwargs(config: ResolvedConfig, run: RunFolder) -> dict[str, Any]:
+    # A W&B run id of our own, so that the evaluation logged after training lands in the same W&B run.
+    if config.train.tracker == "wandb":
+        return {"wandb": {"id": _wandb_id(run), "resume": "allow"}}
+    return {}
+
+
+def _wandb_id(run: RunFolder) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", run.root.name)[:64] or "tunelab-run"
+
+
+def report_to_tracker(config: ResolvedConfig, run_dir: str | Path, values: dict[str, float | str], *, step: int | None = None) -> None:
+    """Log ``values`` (the evaluation metrics, the verdict) to the run's experiment tracker, beside its training curves.
+
+    The same tracker run as training: TensorBoard's log folder, W&B's run id, MLflow's saved run id.
+    """
+    name = config.train.tracker
+    if name == "none" or not values:
+        return
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    run = RunFolder(Path(run_dir))
+    if name == "tensorboard":
+        tracker: Any = TensorBoardTracker(run.root.name, str(run.root / "logs"))
+    elif name == "wandb":
+        tracker = WandBTracker(run.root.name, id=_wandb_id(run), resume="allow")
+    else:
+        saved = run.root / "logs" / MLFLOW_RUN_FILE
+        tracker = MLflowTracker(run.root.name, str(run.root / "logs"), run_id=saved.read_text().strip() if saved.is_file() else None)
+    tracker.start()
+    try:
+        numbers = {key: value for key, value in values.items() if isinstance(value, int | float)}
+        texts = {key: value for key, value in values.items() if isinstance(value, str)}
+        tracker.log(numbers if name == "mlflow" else values, step=step)
+        if name == "mlflow" and texts:
+            import mlflow
+
+            mlflow.set_tags(texts)  # MLflow keeps text as tags, not metrics
+    finally:
+        tracker.finish()
 
 
 def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
