@@ -1,8 +1,11 @@
-"""The run report: ``report.md`` and a self-contained ``report.html`` (images embedded) in the run folder.
+"""The run report: ``report.md`` and a self-contained ``report.html`` (images and scripts embedded) in the run folder.
 
 It holds the verdict against every baseline, the metrics table (one column per baseline) with
 paired-bootstrap intervals, the loss curves from ``metrics.jsonl``, the confusion matrices (classify),
-and the examples that changed most between the strongest baseline and the tuned model, side by side. Plots are PNG files under ``plots/`` a person can open.
+and the examples that changed most between the strongest baseline and the tuned model, side by side.
+The loss plot is a PNG under ``plots/``; the confusion matrices are HTML tables a person can sort
+(``confusion_html``, the same markup and script the web interface shows), with the most frequent
+confusions listed, readable with 77 labels where one image of four matrices was not.
 """
 
 from __future__ import annotations
@@ -95,33 +98,74 @@ def plot_losses(train: list[tuple[float, float]], validation: list[tuple[float, 
     return path
 
 
-def plot_confusions(results: list[tuple[str, EvalResult]], path: Path) -> Path:
-    """Confusion matrices (rows: true label, columns: predicted) side by side, as a PNG."""
-    plt = _pyplot()
-    size = max(len(r.metrics["confusion_matrix"]["labels"]) for _, r in results)
-    cell = min(0.45, 9 / max(size, 1))
-    figure, axes = plt.subplots(1, len(results), figsize=(len(results) * (2.5 + size * cell), 2 + size * cell), dpi=110, squeeze=False)
-    for axis, (title, result) in zip(axes[0], results, strict=True):
-        labels = result.metrics["confusion_matrix"]["labels"]
-        matrix = result.metrics["confusion_matrix"]["matrix"]
-        axis.imshow(matrix, cmap="Blues")
-        axis.set_title(f"{title}: accuracy {result.metrics['accuracy']:.3f}")
-        axis.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7 if size > 12 else 9)
-        axis.set_yticks(range(len(labels)), labels, fontsize=7 if size > 12 else 9)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
-        if size <= 15:
-            peak = max(max(row) for row in matrix) or 1
-            for i, row in enumerate(matrix):
-                for j, value in enumerate(row):
-                    if value:
-                        colour = "white" if value > peak / 2 else "black"  # readable on dark cells
-                        axis.text(j, i, str(value), ha="center", va="center", fontsize=8, color=colour)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+CONFUSION_SCRIPT = (RESOURCES / "confusion.js").read_text(encoding="utf-8")
+CONFUSION_STYLE = (RESOURCES / "confusion.css").read_text(encoding="utf-8")
+TOP_CONFUSIONS = 12
+
+
+def confusion_view(labels: list[str], matrix: list[list[int]], *, top: int = TOP_CONFUSIONS) -> dict[str, Any]:
+    """A confusion matrix as a person reads it: per class support, recall, precision, F1, and the most frequent confusions."""
+    size = len(labels)
+    classes = []
+    for i, label in enumerate(labels):
+        support = sum(matrix[i])
+        predicted = sum(matrix[r][i] for r in range(size))
+        correct = matrix[i][i]
+        recall = correct / support if support else None
+        precision = correct / predicted if predicted else None
+        f1 = 2 * recall * precision / (recall + precision) if recall and precision else (0.0 if support or predicted else None)
+        classes.append({"index": i, "label": label, "support": support, "correct": correct, "errors": support - correct + predicted - correct,
+                        "recall": recall, "precision": precision, "f1": f1})
+    pairs = sorted(((matrix[i][j], i, j) for i in range(size) for j in range(size) if i != j and matrix[i][j]), key=lambda x: (-x[0], x[1], x[2]))
+    confusions = [{"true": labels[i], "predicted": labels[j], "count": n, "share": n / classes[i]["support"]} for n, i, j in pairs[:top]]
+    peak = max((max(row) for row in matrix if row), default=0) or 1
+    total = sum(map(sum, matrix))
+    accuracy = sum(matrix[i][i] for i in range(size)) / total if total else None
+    return {"labels": labels, "matrix": matrix, "classes": classes, "confusions": confusions, "peak": peak, "total": total, "accuracy": accuracy}
+
+
+def confusion_html(name: str, view: dict[str, Any]) -> str:
+    """One sortable confusion matrix (rows: true label, columns: predicted) and its most frequent confusions.
+
+    Columns carry the classes' numbers (names in each header's title and in the row heads), so 77 labels
+    stay readable; ``resources/confusion.js`` sorts rows and columns together and hides error-free classes.
+    """
+    e = html.escape
+    labels, matrix, peak = view["labels"], view["matrix"], view["peak"]
+    accuracy = "" if view["accuracy"] is None else f": accuracy {view['accuracy']:.3f} ({view['total']} examples)"
+    out = [f"<section class='confusion-block' data-confusion data-name='{e(name)}'><h3>{e(name)}{accuracy}</h3>"]
+    out.append("<div class='confusion-tools'><label>sort classes by <select data-sort>"
+               "<option value='index'>label order</option><option value='label'>name</option><option value='support'>support</option>"
+               "<option value='recall'>recall (worst first)</option><option value='precision'>precision (worst first)</option>"
+               "<option value='f1'>F1 (worst first)</option></select></label>"
+               "<label><input type='checkbox' data-errors-only> only classes with errors</label></div>")
+    out.append("<div class='confusion-scroll'><table class='confusion'><thead><tr><th title='rows: true label; columns: predicted label'>true ＼ predicted</th>")
+    out += [f"<th data-col='{j}' title='predicted: {e(label)}'>{j + 1}</th>" for j, label in enumerate(labels)]
+    out.append("<th data-sort-key='support'>support</th><th data-sort-key='recall'>recall</th><th data-sort-key='precision'>precision</th><th data-sort-key='f1'>F1</th></tr></thead><tbody>")
+
+    def stat(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    for c in view["classes"]:
+        i = c["index"]
+        attributes = " ".join(f"data-{key}='{'' if c[key] is None else c[key]}'" for key in ("index", "support", "recall", "precision", "f1", "errors"))
+        out.append(f"<tr {attributes} data-label='{e(c['label'])}'><th><span class='code'>{i + 1}</span>{e(c['label'])}</th>")
+        for j, value in enumerate(matrix[i]):
+            shade = value / peak
+            kind = "cell" + (" diagonal" if i == j else "") + (" strong" if shade > 0.55 else "") + (" zero" if value == 0 else "")
+            title = f"true {c['label']} → predicted {labels[j]}: {value}"
+            out.append(f"<td class='{kind}' data-col='{j}' style='--shade: {shade:.2f}' title='{e(title)}'>{value}</td>")
+        out.append(f"<td class='stat'>{c['support']}</td><td class='stat'>{stat(c['recall'])}</td><td class='stat'>{stat(c['precision'])}</td><td class='stat'>{stat(c['f1'])}</td></tr>")
+    out.append("</tbody></table></div>")
+    if view["confusions"]:
+        out.append("<h4>Most frequent confusions</h4><ol class='top-confusions'>")
+        out += [f"<li>{e(x['true'])} → {e(x['predicted'])}: {x['count']} ({x['share']:.0%} of {e(x['true'])})</li>" for x in view["confusions"]]
+        out.append("</ol>")
+    else:
+        out.append("<p>No confusion: every test example is on the diagonal.</p>")
+    out.append("</section>")
+    return "".join(out)
 
 
 def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
@@ -236,8 +280,11 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
     lines += ["", "## Metrics", ""] + table(*metric_table(verdict))
     if "loss" in plots:
         lines += ["", "## Loss curves", "", f"![loss curves]({plots['loss'].relative_to(run.root).as_posix()})"]
-    if "confusion" in plots:
-        lines += ["", "## Confusion matrices", "", f"![confusion matrices]({plots['confusion'].relative_to(run.root).as_posix()})"]
+    matrices = confusion_results(baselines, tuned)
+    if matrices:
+        lines += ["", "## Confusion matrices", "", "Sortable tables in report.html; the most frequent confusions of the tuned model:", ""]
+        view = confusion_view(tuned.metrics["confusion_matrix"]["labels"], tuned.metrics["confusion_matrix"]["matrix"])
+        lines += [f"- {x['true']} → {x['predicted']}: {x['count']} ({x['share']:.0%} of {x['true']})" for x in view["confusions"]] or ["- none"]
         per_class = tuned.metrics.get("per_class", {})
         lines += ["", "Per class (tuned):", ""] + table(
             ["label", "precision", "recall", "f1", "support"],
@@ -268,7 +315,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
         out += ["<tr>" + "".join(f"<td>{e(str(c).replace('**', ''))}</td>" for c in row) + "</tr>" for row in rows]
         return "".join(out) + "</table>"
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {e(run.root.name)}</title><style>{CSS}</style></head><body>"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {e(run.root.name)}</title><style>{CSS}\n{CONFUSION_STYLE}</style></head><body>"]
     parts.append(f"<h1>Report: {e(run.root.name)}</h1>")
     parts.append(f"<p class='verdict {verdict_class}'><b>Verdict: {e(verdict.verdict)}.</b> {e(verdict.summary)}</p>")
     described = "".join(f"<br>baseline {e(name)}: {e(result.model)}" for name, result in baselines.items())
@@ -279,10 +326,16 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
     parts += [f"<p class='warn'>warning: {e(w)}</p>" for w in notes]
     parts.append("<h2>Against each baseline</h2>" + table(*opponent_table(verdict)))
     parts.append("<h2>Metrics</h2>" + table(*metric_table(verdict)))
-    for key, title in (("loss", "Loss curves"), ("confusion", "Confusion matrices")):
-        if key in plots:
-            data = base64.b64encode(plots[key].read_bytes()).decode("ascii")
-            parts.append(f"<h2>{title}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
+    if "loss" in plots:
+        data = base64.b64encode(plots["loss"].read_bytes()).decode("ascii")
+        parts.append(f"<h2>Loss curves</h2><img alt='Loss curves' src='data:image/png;base64,{data}'>")
+    matrices = confusion_results(baselines, tuned)
+    if matrices:
+        parts.append("<h2>Confusion matrices</h2><p>Rows: the true label, columns: the predicted one (numbered as the rows; "
+                     "hover a cell for both names). Sort the classes, or keep only those with errors.</p>")
+        parts += [confusion_html(name, confusion_view(result.metrics["confusion_matrix"]["labels"], result.metrics["confusion_matrix"]["matrix"]))
+                  for name, result in [matrices[-1], *matrices[:-1]]]
+        parts.append(f"<script>{CONFUSION_SCRIPT}</script>")
     if examples:
         opponent = e(verdict.strongest)
         parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
@@ -294,8 +347,16 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
     return "\n".join(parts)
 
 
+def confusion_results(baselines: dict[str, EvalResult], tuned: EvalResult) -> list[tuple[str, EvalResult]]:
+    """The evaluations with a confusion matrix (classify): the baselines', then the tuned model's."""
+    if tuned.task != "classify" or "confusion_matrix" not in tuned.metrics:
+        return []
+    shown = [(name, result) for name, result in baselines.items() if "confusion_matrix" in result.metrics]
+    return [*shown, ("tuned", tuned)]
+
+
 def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict) -> ReportFiles:
-    """Write report.md, report.html and plots/*.png into ``run_dir``: the tuned model against every baseline.
+    """Write report.md, report.html and plots/loss.png into ``run_dir``: the tuned model against every baseline.
 
     Raises:
         DataError: when an evaluation is of another task than the tuned one, or there is no baseline.
@@ -313,9 +374,6 @@ def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: E
         notes.append(f"{bad} lines of {run.metrics.name} could not be read and are not plotted")
     if train or validation:
         plots["loss"] = plot_losses(train, validation, run.plots / "loss.png")
-    if tuned.task == "classify" and "confusion_matrix" in tuned.metrics:
-        shown = [(name, result) for name, result in baselines.items() if "confusion_matrix" in result.metrics]
-        plots["confusion"] = plot_confusions([*shown, ("tuned", tuned)], run.plots / "confusion.png")
     examples = changed_examples(baselines[verdict.strongest], tuned)
     atomic_write_text(run.report_md, _markdown(run, baselines, tuned, verdict, plots, examples, notes))
     atomic_write_text(run.report_html, _html(run, baselines, tuned, verdict, plots, examples, notes))

@@ -46,17 +46,20 @@ def test_report_renders_with_plots_and_embedded_images(tmp_path):
     base, tuned = _classify("base", 0.4, 1), _classify("tuned", 0.9, 2)
     verdict = compare_with_baselines({"base": base}, tuned, samples=200)
     files = write_report(run, {"base": base}, tuned, verdict)
-    assert {p.name for p in files.plots} == {"loss.png", "confusion.png"}
+    assert {p.name for p in files.plots} == {"loss.png"}
     for plot in files.plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = files.markdown.read_text()
     assert "**Verdict: fine-tuning paid off.**" in markdown
-    assert "![loss curves](plots/loss.png)" in markdown and "![confusion matrices](plots/confusion.png)" in markdown
+    assert "![loss curves](plots/loss.png)" in markdown and "## Confusion matrices" in markdown
     assert "## Examples that changed most" in markdown and "test.csv:" in markdown
     page = files.html.read_text()
     images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
-    assert len(images) == 2
+    assert len(images) == 1
     assert base64.b64decode(images[0])[:4] == b"\x89PNG"
+    # The confusion matrices are HTML tables (tuned first), sortable by the embedded script: no image, no link.
+    assert page.count("<section class='confusion-block' data-confusion") == 2 and "tunelabConfusions" in page
+    assert page.index("data-name='tuned'") < page.index("data-name='base'")
     assert "text &lt;" in page  # example text is escaped, not injected
     assert "<img" in page and "plots/" not in page  # self-contained: no links to files
 
@@ -72,7 +75,7 @@ def test_report_run_reads_the_run_folder(tmp_path):
     comparison, files = report_run(run)
     assert comparison.verdict == "no significant difference" and comparison.seed == 7 and comparison.samples == 150
     assert json.loads((run / "eval" / "comparison.json").read_text())["verdict"] == comparison.verdict
-    assert files.plots == [run / "plots" / "confusion.png"]  # no metrics.jsonl: no loss plot
+    assert files.plots == []  # no metrics.jsonl: no loss plot; confusion matrices are tables in report.html
     assert files.html.is_file()
 
 
@@ -93,3 +96,39 @@ def test_report_has_one_column_per_baseline_and_names_the_strongest(tmp_path):
     assert "Examples that changed most (tuned against classical)" in markdown
     saved = json.loads((run / "eval" / "comparison.json").read_text())
     assert saved["strongest"] == "classical" and saved["paid_off"] is False and set(saved["comparisons"]) == {"base", "classical", "few_shot"}
+
+
+def test_confusion_view_counts_per_class_and_lists_the_top_confusions():
+    from tunelab.evaluation.report import confusion_html, confusion_view
+
+    labels = ["card", "refund", "login"]
+    matrix = [[8, 2, 0], [5, 3, 0], [0, 0, 0]]
+    view = confusion_view(labels, matrix)
+    card, refund, login = view["classes"]
+    assert (card["support"], card["recall"], card["precision"]) == (10, 0.8, 8 / 13)
+    assert refund["recall"] == 3 / 8 and login["recall"] is None and login["errors"] == 0
+    assert view["confusions"] == [{"true": "refund", "predicted": "card", "count": 5, "share": 5 / 8},
+                                  {"true": "card", "predicted": "refund", "count": 2, "share": 0.2}]
+    page = confusion_html("tuned", view)
+    assert "title='true refund → predicted card: 5'" in page and "refund → card: 5 (62% of refund)" in page
+    assert page.count("<td class='cell") == 9 and "data-errors='0'" in page
+
+
+def test_77_labels_stay_readable_in_the_html_report(tmp_path):
+    labels = [f"intent_{i:02d}" for i in range(77)]
+    rng = np.random.default_rng(0)
+    rows, refs, preds = [], [], []
+    for i in range(77 * 4):
+        reference = labels[i % 77]
+        prediction = reference if rng.random() < 0.7 else labels[(i + 1) % 77]
+        rows.append({"id": f"r{i}", "source": f"t:{i}", "prompt": "x", "reference": reference, "prediction": prediction,
+                     "scores": {"correct": float(reference == prediction), "confidence": 0.9, "probability_of_reference": 0.5}})
+        refs.append(reference), preds.append(prediction)
+    metrics = {"primary": "accuracy", **classify_metrics(refs, preds, [0.9] * len(refs), labels)}
+    tuned = EvalResult("classify", "tuned", len(rows), metrics, rows, labels=labels, test_fingerprint="f")
+    base = EvalResult("classify", "base", len(rows), metrics, rows, labels=labels, test_fingerprint="f")
+    files = write_report(tmp_path, {"base": base}, tuned, compare_with_baselines({"base": base}, tuned, samples=50))
+    page = files.html.read_text()
+    # Every class is a row with its full name, every column a number whose header names the label.
+    assert "<span class='code'>77</span>intent_76" in page and "title='predicted: intent_76'>77</th>" in page
+    assert "Most frequent confusions" in page and "font-size: 12px" in page
