@@ -120,8 +120,8 @@ def show(
 ) -> None:
     """Show everything recorded about one run: verdict, metrics against every baseline, training, time, estimate, config."""
     from tunelab.cli.evaluate import print_verdict
+    from tunelab.estimate.summary import estimate_summary
     from tunelab.evaluation.compare import Verdict
-    from tunelab.ui.views import estimate_summary
 
     record = _open(registry_path).get_run(run)
     if as_json:

@@ -1,0 +1,68 @@
+"""An estimate as a person decides on it: the few lines the web interface and ``tunelab show`` print."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.estimate.plan import duration
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A number as a person reads it: ``digits`` significant digits, "-" when absent."""
+    if value is None or isinstance(value, bool):
+        return "-"
+    if isinstance(value, int | float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def cheapest(estimate: dict[str, Any] | None) -> tuple[float | None, str]:
+    """The cheapest estimated way to pay for the run elsewhere (a GPU that fits, or a hosted fine-tuning API)."""
+    options = []
+    for gpu in (estimate or {}).get("gpus") or []:
+        if gpu.get("fits", True) and isinstance(gpu.get("usd"), int | float):
+            options.append((float(gpu["usd"]), f"on {gpu.get('name')}"))
+    for cloud in (estimate or {}).get("cloud") or []:
+        if isinstance(cloud.get("usd"), int | float):
+            options.append((float(cloud["usd"]), f"{cloud.get('provider')} {cloud.get('model')}"))
+    if not options:
+        return None, ""
+    return min(options)
+
+
+def money(usd: float | None) -> str:
+    """Dollars as a person compares them: cents above a cent, else two significant digits (a tiny run costs $0.000031, not "< $0.0001")."""
+    if usd is None:
+        return "-"
+    if usd >= 0.01:
+        return f"${usd:,.2f}"
+    return f"${usd:.2g}" if usd > 0 else "$0"
+
+
+def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The few lines of an estimate a person decides on: tokens, steps, time here, memory, money, budget."""
+    if not estimate:
+        return []
+    tokens = estimate.get("tokens") or {}
+    memory = estimate.get("memory") or {}
+    lines = [
+        ("task / method", f"{estimate.get('task', '-')} / {estimate.get('method', '-')} ({estimate.get('precision', '-')})"),
+        ("training examples", number(tokens.get("examples"))),
+        ("training tokens", f"{tokens.get('train_tokens', 0):,}" if isinstance(tokens.get("train_tokens"), int) else "-"),
+        ("optimizer steps", number(tokens.get("optimizer_steps"))),
+    ]
+    seconds = estimate.get("seconds") or {}
+    if seconds:
+        lines.append(("time on this machine", ", ".join(f"{step} {duration(value)}" for step, value in seconds.items()) + f"; total {duration(estimate.get('total_seconds'))}"))
+    else:
+        lines.append(("time on this machine", "not measured (calibration off)"))
+    if memory:
+        fits = "fits" if memory.get("fits") else "does NOT fit"
+        lines.append(("memory", f"{number((memory.get('total') or 0) / 2**30, 3)} GiB needed on {memory.get('device')}, {fits} in {number((memory.get('available') or 0) / 2**30, 3)} GiB"))
+    usd, where = cheapest(estimate)
+    if usd is not None:
+        lines.append(("cheapest elsewhere", f"{money(usd)} {where}"))
+    budget = estimate.get("budget") or {}
+    if budget:
+        lines.append(("budget", "over: " + "; ".join(budget.get("reasons") or []) if budget.get("over") else "within budget"))
+    return lines
