@@ -63,6 +63,9 @@ def browser_context(tmp_path_factory):
 @pytest.fixture
 def page(browser_context):
     page = browser_context.new_page()
+    # Every script error of the page is kept: check_screen fails on any.
+    page.script_errors = []
+    page.on("pageerror", lambda error: page.script_errors.append(str(error)))
     yield page
     page.close()
 

@@ -53,7 +53,8 @@ def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
     seconds = estimate.get("seconds") or {}
     if seconds:
-        lines.append(("time on this machine", ", ".join(f"{step} {duration(value)}" for step, value in seconds.items()) + f"; total {duration(estimate.get('total_seconds'))}"))
+        here = f" ({estimate['here']})" if estimate.get("here") else ""
+        lines.append((f"time on this machine{here}", ", ".join(f"{step} {duration(value)}" for step, value in seconds.items()) + f"; total {duration(estimate.get('total_seconds'))}"))
     else:
         lines.append(("time on this machine", "not measured (calibration off)"))
     if memory:

@@ -42,16 +42,27 @@ class ReportFiles:
         return [self.markdown, self.html, *self.plots]
 
 
-def read_loss_log(path: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
-    """(training (step, loss), validation (step, loss), unreadable line count) from a metrics.jsonl.
+@dataclass
+class TrainingLog:
+    """The series of a run's ``metrics.jsonl`` (the loop writes one line per loss read and per validation)."""
+
+    train_loss: list[tuple[float, float]] = field(default_factory=list)
+    validation_loss: list[tuple[float, float]] = field(default_factory=list)
+    validation_score: list[tuple[float, float]] = field(default_factory=list)  # classify: validation accuracy
+    lr: list[tuple[float, float]] = field(default_factory=list)
+    tokens_per_second: list[tuple[float, float]] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)  # the last training line: step, elapsed, tokens, tokens_per_second
+    unreadable: int = 0
+
+
+def read_training_log(path: Path) -> TrainingLog:
+    """Every series of a ``metrics.jsonl``; lines that cannot be read are counted, never guessed at.
 
     Validation lines may name their value ``val_loss``, ``validation_loss`` or ``eval_loss``.
     """
-    train: list[tuple[float, float]] = []
-    validation: list[tuple[float, float]] = []
-    bad = 0
+    log = TrainingLog()
     if not path.is_file():
-        return train, validation, bad
+        return log
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
@@ -59,15 +70,25 @@ def read_loss_log(path: Path) -> tuple[list[tuple[float, float]], list[tuple[flo
             entry = json.loads(line)
             step = float(entry["step"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            bad += 1
+            log.unreadable += 1
             continue
         if isinstance(entry.get("loss"), int | float):
-            train.append((step, float(entry["loss"])))
+            log.train_loss.append((step, float(entry["loss"])))
+            log.last = entry
+        for key, series in (("lr", log.lr), ("tokens_per_second", log.tokens_per_second), ("validation_score", log.validation_score)):
+            if isinstance(entry.get(key), int | float):
+                series.append((step, float(entry[key])))
         for key in VALIDATION_KEYS:
             if isinstance(entry.get(key), int | float):
-                validation.append((step, float(entry[key])))
+                log.validation_loss.append((step, float(entry[key])))
                 break
-    return train, validation, bad
+    return log
+
+
+def read_loss_log(path: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+    """(training (step, loss), validation (step, loss), unreadable line count) from a metrics.jsonl."""
+    log = read_training_log(path)
+    return log.train_loss, log.validation_loss, log.unreadable
 
 
 def _pyplot():

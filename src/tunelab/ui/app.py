@@ -16,17 +16,21 @@ from __future__ import annotations
 import hmac
 import html
 import mimetypes
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.estimate.plan import duration
+from tunelab.estimate.summary import estimate_summary, money
+from tunelab.paths import atomic_write_text
 from tunelab.registry import Registry, RegistryError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -68,15 +72,23 @@ def create_app(settings: UISettings):
     """The ASGI app over ``settings.registry`` (opened, and created when missing)."""
     from tunelab.ui import views
     from tunelab.ui.jobs import JobManager
+    from tunelab.ui.playground import Playground
 
     registry = Registry(settings.registry)
     jobs = JobManager(registry.path, settings.jobs_dir or registry.path.parent / "ui-jobs")
+    playground = Playground()
     templates = Environment(loader=FileSystemLoader(PACKAGE / "templates"), autoescape=select_autoescape(["html"]))
-    templates.globals.update(number=views.number, signed=views.signed, duration=duration, money=views.money)
+    from tunelab.evaluation.report import CONFUSION_SCRIPT, CONFUSION_STYLE, confusion_html
+
+    templates.globals.update(
+        number=views.number, signed=views.signed, duration=duration, money=money, confusion_html=confusion_html,
+        confusion_script=CONFUSION_SCRIPT, confusion_style=CONFUSION_STYLE,
+    )
 
     async def lifespan(app):
         yield
         jobs.stop_all()
+        playground.close()
 
     app = FastAPI(title="tunelab ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.registry = registry
@@ -202,9 +214,32 @@ def create_app(settings: UISettings):
         result = registry_review_pairs(registry, record.id, sheet, out)
         return {**result.to_dict(), "url": f"/runs/{record.id}/files/{out.name}"}
 
+    @app.get("/playground", response_class=HTMLResponse)
+    def playground_page(request: Request):
+        chosen = [value for value in request.query_params.getlist("runs") if value][:2]
+        return page("playground.html", **views.playground_page(registry, chosen), active="playground")
+
+    @app.post("/api/playground")
+    async def playground_answer(request: Request):
+        body = await request.json()
+        runs = [str(run) for run in (body.get("runs") or []) if str(run).strip()][:2]
+        if not runs:
+            raise ConfigError("pick one run, or two to compare")
+        records = [views.get_run(registry, run) for run in runs]
+        prompt = str(body.get("prompt") or "")
+        max_tokens = max(1, min(int(body.get("max_tokens") or 128), 1024))
+        answers = []
+        for record in records:
+            if not record.run_dir or not Path(record.run_dir).is_dir():
+                raise RegistryError(f"run {record.name} has no run folder here")
+            answers.append(await playground.answer(Path(record.run_dir), prompt, max_tokens=max_tokens))
+        return {"answers": answers}
+
     @app.get("/start", response_class=HTMLResponse)
     def start_page(config: str = ""):
-        return page("start.html", config=config, jobs=[j for j in jobs.jobs.values() if j.kind == "run"], active="start")
+        options = views.start_options(registry)
+        chosen = config or (options["configs"][0] if options["configs"] else "")
+        return page("start.html", config=chosen, options=options, jobs=[j for j in jobs.jobs.values() if j.kind == "run"], active="start")
 
     @app.get("/advise", response_class=HTMLResponse)
     def advise_list_page():
@@ -233,8 +268,22 @@ def create_app(settings: UISettings):
         return {"id": job.id, "url": f"/advise/{job.name}", "name": job.name}
 
     def _start_body(body: dict[str, Any]) -> tuple[str, list[str], bool]:
+        """(config file, overrides, calibrate) of the start form: the pickers' fields, then the free overrides.
+
+        Without a config file the fields are the whole config: it is written beside the UI's job logs.
+        """
         config = str(body.get("config") or "").strip()
-        overrides = [line.strip() for line in str(body.get("overrides") or "").splitlines() if line.strip()]
+        fields = body.get("fields") if isinstance(body.get("fields"), dict) else {}
+        overrides = views.start_overrides(fields)
+        overrides += [line.strip() for line in str(body.get("overrides") or "").splitlines() if line.strip()]
+        if not config:
+            if not str(fields.get("train") or "").strip():
+                raise ConfigError("pick a config file, or the training data (and task) of a new run")
+            folder = jobs.jobs_dir / "configs"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{uuid.uuid4().hex[:10]}.yaml"
+            atomic_write_text(target, yaml.safe_dump({"task": str(fields.get("task") or "classify"), "model": "default"}))
+            config = str(target)
         return config, overrides, bool(body.get("calibrate", False))
 
     @app.post("/api/estimate")
@@ -249,7 +298,8 @@ def create_app(settings: UISettings):
         # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
         result = await run_in_threadpool(estimate_from_config, config, calibrate_here=calibrate)
         data = result.as_dict()
-        return {"run": config.name, "lines": views.estimate_summary(data), "estimate": data}
+        command = " ".join(["tunelab", "run", config_path, *overrides])
+        return {"run": config.name, "lines": estimate_summary(data), "estimate": data, "command": command}
 
     @app.post("/api/jobs")
     async def start_job(request: Request):

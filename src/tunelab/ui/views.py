@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
-from tunelab.estimate.plan import duration
+from tunelab.estimate.summary import cheapest, estimate_summary
 from tunelab.registry import Registry, RunRecord, metric_values
 from tunelab.runs import RunFolder
 
@@ -60,40 +60,6 @@ def signed(value: Any) -> str:
     return f"{value:+.3g}"
 
 
-def _primary_comparison(record: RunRecord) -> tuple[str | None, dict[str, Any] | None, str | None]:
-    """(primary metric, its comparison against the base model if present else the strongest baseline, that baseline)."""
-    comparison = record.comparison if isinstance(record.comparison, dict) else None
-    if not comparison or not isinstance(comparison.get("comparisons"), dict):
-        return None, None, None
-    primary = comparison.get("primary")
-    opponents = comparison["comparisons"]
-    name = "base" if "base" in opponents else comparison.get("strongest")
-    for metric in (opponents.get(name) or {}).get("metrics", []):
-        if metric.get("name") == primary:
-            return primary, metric, name
-    return primary, None, name
-
-
-def _cheapest(estimate: dict[str, Any] | None) -> tuple[float | None, str]:
-    """The cheapest estimated way to pay for the run elsewhere (a GPU that fits, or a hosted fine-tuning API)."""
-    options = []
-    for gpu in (estimate or {}).get("gpus") or []:
-        if gpu.get("fits", True) and isinstance(gpu.get("usd"), int | float):
-            options.append((float(gpu["usd"]), f"on {gpu.get('name')}"))
-    for cloud in (estimate or {}).get("cloud") or []:
-        if isinstance(cloud.get("usd"), int | float):
-            options.append((float(cloud["usd"]), f"{cloud.get('provider')} {cloud.get('model')}"))
-    if not options:
-        return None, ""
-    return min(options)
-
-
-def money(usd: float | None) -> str:
-    if usd is None:
-        return "-"
-    return f"${usd:.2f}" if usd >= 0.01 else f"${usd:.4f}" if usd >= 0.0001 else "< $0.0001"
-
-
 def _data_name(record: RunRecord) -> str:
     data = (record.config_dict.get("data") or {}) if record.config else {}
     train = data.get("train") or data.get("preset") or "-"
@@ -102,7 +68,7 @@ def _data_name(record: RunRecord) -> str:
 
 @dataclass
 class RunRow:
-    """One line of the Runs table."""
+    """One line of the Runs table: the tuned model against the strongest baseline, as the verdict judges it."""
 
     id: str
     name: str
@@ -111,12 +77,15 @@ class RunRow:
     model: str
     data: str
     metric: str
-    before: float | None
-    after: float | None
+    tuned: float | None
+    opponent: str | None  # the strongest baseline (the verdict's), else the base model
+    opponent_value: float | None
+    difference: float | None
     low: float | None
     high: float | None
-    against: str | None
     verdict: str
+    verdict_kind: str  # paid-off, lost, no-difference, none: the colour of the verdict
+    baselines: list[tuple[str, float | None]]  # every baseline's value of the metric
     cost_usd: float | None
     cost_where: str
     seconds: float | None
@@ -129,25 +98,57 @@ class RunRow:
             return ""
         return f"[{signed(self.low)}, {signed(self.high)}]"
 
+    # The names the compare page and older templates read.
+    @property
+    def after(self) -> float | None:
+        return self.tuned
+
+    @property
+    def before(self) -> float | None:
+        return self.opponent_value
+
+    @property
+    def against(self) -> str | None:
+        return self.opponent
+
+
+def verdict_kind(verdict: str | None) -> str:
+    """The colour class of a verdict: it paid off (green), a baseline wins (red), no significant difference (amber)."""
+    if not verdict or verdict == "-":
+        return "none"
+    if "paid off" in verdict and "not" not in verdict:
+        return "paid-off"
+    if verdict.startswith("use ") or "worse" in verdict:
+        return "lost"
+    return "no-difference"
+
 
 def run_row(record: RunRecord) -> RunRow:
+    comparison = record.comparison if isinstance(record.comparison, dict) else None
     key = record.key_metric()
-    metric, before, after = key if key else ("-", None, None)
-    primary, compared, against = _primary_comparison(record)
-    low = high = None
-    if compared is not None and (primary == metric or key is None):
-        metric = primary or metric
-        before = compared.get("before", before)
-        after = compared.get("after", after)
-        low, high = compared.get("low"), compared.get("high")
+    metric, _, tuned = key if key else ("-", None, None)
+    opponent = opponent_value = difference = low = high = None
+    baselines: list[tuple[str, float | None]] = []
+    if comparison and isinstance(comparison.get("comparisons"), dict) and comparison["comparisons"]:
+        metric = comparison.get("primary") or metric
+        opponent = comparison.get("strongest") or next(iter(comparison["comparisons"]))
+        for name, entry in comparison["comparisons"].items():
+            found = next((m for m in entry.get("metrics", []) if m.get("name") == metric), None)
+            baselines.append((name, found.get("before") if found else None))
+            if name == opponent and found:
+                opponent_value, tuned = found.get("before"), found.get("after", tuned)
+                difference, low, high = found.get("difference"), found.get("low"), found.get("high")
+    elif key is not None:
+        opponent, opponent_value = "base", key[1]
     timings = record.timings or {}
     actual = [entry["actual_s"] for entry in timings.values() if isinstance(entry.get("actual_s"), int | float)]
     estimated = [entry["estimated_s"] for entry in timings.values() if isinstance(entry.get("estimated_s"), int | float)]
-    usd, where = _cheapest(record.estimate)
+    usd, where = cheapest(record.estimate)
     return RunRow(
         id=record.id, name=record.name, status=record.status, task=record.task or "-",
         model=Path(record.model).name if record.model else "-", data=_data_name(record), metric=metric,
-        before=before, after=after, low=low, high=high, against=against, verdict=record.verdict or "-",
+        tuned=tuned, opponent=opponent, opponent_value=opponent_value, difference=difference, low=low, high=high,
+        verdict=record.verdict or "-", verdict_kind=verdict_kind(record.verdict), baselines=baselines,
         cost_usd=usd, cost_where=where, seconds=sum(actual) if actual else None,
         estimated_seconds=sum(estimated) if estimated else None, created=record.created_at[:19].replace("T", " "),
     )
@@ -207,14 +208,15 @@ def _comparison_of(record: RunRecord) -> dict[str, Any] | None:
 
 
 def confusion_matrices(record: RunRecord) -> list[dict[str, Any]]:
-    """Each model's confusion matrix (classify): the baselines' as registered, then the tuned model's."""
+    """Each model's confusion matrix (classify): the tuned model's, then the baselines' as registered."""
+    from tunelab.evaluation.report import confusion_view
+
     found = []
     baselines = (record.artifacts or {}).get("baselines") or {}
-    for name, metrics in [*baselines.items(), ("tuned", record.tuned_metrics or {})]:
+    for name, metrics in [("tuned", record.tuned_metrics or {}), *baselines.items()]:
         matrix = (metrics or {}).get("confusion_matrix") if isinstance(metrics, dict) else None
         if isinstance(matrix, dict) and matrix.get("labels"):
-            peak = max((max(row) for row in matrix["matrix"] if row), default=0) or 1
-            found.append({"name": name, "labels": matrix["labels"], "matrix": matrix["matrix"], "peak": peak, "accuracy": metrics.get("accuracy")})
+            found.append({"name": name, "view": confusion_view(matrix["labels"], matrix["matrix"])})
     return found
 
 
@@ -300,56 +302,77 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "confusions": confusion_matrices(record),
         "examples": changed(record, comparison),
         "files": run_files(record),
+        "baselines_done": finished_baselines(folder.root) if folder and folder.eval_dir.is_dir() and not comparison else [],
+        "score_name": VALIDATION_SCORE_NAMES.get(record.task or "", "validation score"),
         "train": (record.artifacts or {}).get("train") or (((pipeline or {}).get("steps") or {}).get("train") if isinstance(pipeline, dict) else None),
     }
 
 
-def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The few lines of an estimate a person decides on: tokens, steps, time here, memory, money, budget."""
-    if not estimate:
-        return []
-    tokens = estimate.get("tokens") or {}
-    memory = estimate.get("memory") or {}
-    lines = [
-        ("task / method", f"{estimate.get('task', '-')} / {estimate.get('method', '-')} ({estimate.get('precision', '-')})"),
-        ("training examples", number(tokens.get("examples"))),
-        ("training tokens", f"{tokens.get('train_tokens', 0):,}" if isinstance(tokens.get("train_tokens"), int) else "-"),
-        ("optimizer steps", number(tokens.get("optimizer_steps"))),
-    ]
-    seconds = estimate.get("seconds") or {}
-    if seconds:
-        here = f" ({estimate['here']})" if estimate.get("here") else ""
-        lines.append((f"time on this machine{here}", ", ".join(f"{step} {duration(value)}" for step, value in seconds.items()) + f"; total {duration(estimate.get('total_seconds'))}"))
-    else:
-        lines.append(("time on this machine", "not measured (calibration off)"))
-    if memory:
-        fits = "fits" if memory.get("fits") else "does NOT fit"
-        lines.append(("memory", f"{number((memory.get('total') or 0) / 2**30, 3)} GiB needed on {memory.get('device')}, {fits} in {number((memory.get('available') or 0) / 2**30, 3)} GiB"))
-    usd, where = _cheapest(estimate)
-    if usd is not None:
-        lines.append(("cheapest elsewhere", f"{money(usd)} {where}"))
-    budget = estimate.get("budget") or {}
-    if budget:
-        lines.append(("budget", "over: " + "; ".join(budget.get("reasons") or []) if budget.get("over") else "within budget"))
-    return lines
+# What the validation score of each task is (the loop's ``validation_score``): the metric a checkpoint is kept by.
+VALIDATION_SCORE_NAMES = {"classify": "validation accuracy"}
+
+
+def _total_steps(estimate: dict[str, Any] | None, config: dict[str, Any]) -> int | None:
+    steps = ((estimate or {}).get("tokens") or {}).get("optimizer_steps")
+    if isinstance(steps, int | float) and steps > 0:
+        return int(steps)
+    max_steps = (config.get("train") or {}).get("max_steps") if isinstance(config.get("train"), dict) else None
+    return int(max_steps) if isinstance(max_steps, int) and max_steps > 0 else None
+
+
+def finished_baselines(run_dir: Path) -> list[dict[str, Any]]:
+    """The baselines a (running) run has already evaluated: name and primary metric, from their saved evaluations."""
+    found = []
+    for name, path in RunFolder(Path(run_dir)).baseline_evaluations().items():
+        metrics = (_load_json(path) or {}).get("metrics") or {}
+        primary = metrics.get("primary")
+        found.append({"name": name, "metric": primary, "value": metrics.get(primary) if primary else None})
+    return found
 
 
 def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dict[str, Any]:
-    """What a page polls while a run trains: finished steps, the loss points so far, the status."""
-    from tunelab.evaluation.report import read_loss_log
+    """What a page polls while a run trains, and draws afterwards.
 
+    The training log's series (training loss, validation loss, validation score, learning rate), the
+    live state of training (step of total, ETA, real tokens/s), the steps done, and the baselines
+    already evaluated (a running run shows them before its comparison exists).
+    """
+    from tunelab.evaluation.report import read_training_log
+
+    status = record.status if record else None
     if run_dir is None:
-        return {"steps": [], "train": [], "validation": [], "status": record.status if record else None}
+        return {"steps": [], "train": [], "validation": [], "series": {}, "live": None, "baselines": [], "status": status}
     folder = RunFolder(Path(run_dir))
     pipeline = _load_json(folder.pipeline_state)
-    train, validation, _ = read_loss_log(folder.metrics)
-    steps = list(((pipeline or {}).get("steps") or {}).keys()) if isinstance(pipeline, dict) else []
+    pipeline = pipeline if isinstance(pipeline, dict) else {}
+    log = read_training_log(folder.metrics)
+    steps = list((pipeline.get("steps") or {}).keys())
+    config = record.config_dict if record and record.config else (pipeline.get("config") or {})
+    task = (record.task if record else None) or config.get("task")
+    estimate = (record.estimate if record else None) or (pipeline.get("steps") or {}).get("estimate")
+    live = None
+    if log.last:
+        step, elapsed = int(log.last.get("step", 0)), log.last.get("elapsed")
+        total = _total_steps(estimate, config)
+        eta = None
+        if total and step and isinstance(elapsed, int | float) and "train" not in steps:
+            eta = max(0.0, elapsed / step * (total - step))
+        live = {"step": step, "total_steps": total, "eta_seconds": eta, "elapsed": elapsed,
+                "tokens_per_second": log.last.get("tokens_per_second"), "training": "train" not in steps}
+    series = {
+        "train_loss": log.train_loss, "validation_loss": log.validation_loss,
+        "validation_score": log.validation_score, "lr": log.lr,
+    }
     return {
         "steps": steps,
-        "timings": (pipeline or {}).get("timings") if isinstance(pipeline, dict) else {},
-        "train": train,
-        "validation": validation,
-        "status": record.status if record else None,
+        "timings": pipeline.get("timings") or {},
+        "train": log.train_loss,
+        "validation": log.validation_loss,
+        "series": series,
+        "score_name": VALIDATION_SCORE_NAMES.get(task or "", "validation score"),
+        "live": live,
+        "baselines": finished_baselines(folder.root) if folder.eval_dir.is_dir() else [],
+        "status": status,
     }
 
 
@@ -406,10 +429,17 @@ def compare_page(registry: Registry, runs: list[str]) -> dict[str, Any]:
         examples.sort(key=lambda example: not example["differ"])  # where the runs disagree first
     tuned_metrics = {name: values for name, values in side_by_side.tuned_metrics.items() if name not in HIDDEN_METRICS}
     baseline_metrics = {name: values for name, values in side_by_side.baseline_metrics.items() if name not in HIDDEN_METRICS}
+    tasks = sorted({row.task for row in rows})
+    if len(tasks) > 1:
+        # Their metrics differ (accuracy, ROUGE-L, perplexity): side by side they say nothing about each other.
+        notes.insert(0, f"these runs are of different tasks ({', '.join(tasks)}): each is shown with its own metric; "
+                        "their numbers and curves are not comparable")
     return {
         "records": records, "rows": rows, "tuned_metrics": tuned_metrics, "baseline_metrics": baseline_metrics,
         "config_differences": side_by_side.config_differences, "differences": differences, "notes": notes,
-        "examples": examples[:EXAMPLES_SHOWN], "shared_examples": len(examples),
+        "examples": examples[:EXAMPLES_SHOWN], "shared_examples": len(examples), "tasks": tasks,
+        "chart_runs": [{"id": row.id, "name": row.name} for row in rows],
+        "score_name": VALIDATION_SCORE_NAMES.get(tasks[0], "validation score") if len(tasks) == 1 else "validation score",
     }
 
 
@@ -418,6 +448,15 @@ def metric_value_table(metrics: dict | None) -> dict[str, float]:
 
 
 # -- review ------------------------------------------------------------------------------------
+
+
+def _reference_of(run_dir: Path, example_id: str) -> str | None:
+    """The test example's reference answer (from the tuned evaluation): shown beside the two answers, it names no side."""
+    tuned = _load_json(RunFolder(run_dir).tuned_eval)
+    for row in (tuned or {}).get("rows") or []:
+        if row.get("id") == example_id:
+            return row.get("reference")
+    return None
 
 
 def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str, Any]:
@@ -440,10 +479,13 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
     sheet = open_run_review(record.run_dir)
     judgments = registry_judgments(registry, record.id, sheet)
     reviewer = (reviewer or "").strip() or None
+    # Rows where both models answered the same carry no preference: they are not asked.
+    identical = {row["id"] for row in sheet.rows if " ".join(row["output_a"].split()) == " ".join(row["output_b"].split())}
+    askable = [row for row in sheet.rows if row["id"] not in identical]
     # Skipped rows count as seen by this reviewer (they come back only after every other row).
     seen = {j.example_id for j in judgments if j.reviewer == reviewer}
     skipped = {j.example_id for j in judgments if j.reviewer == reviewer and j.choice is None}
-    upcoming = [row for row in sheet.rows if row["id"] not in seen] or [row for row in sheet.rows if row["id"] in skipped]
+    upcoming = [row for row in askable if row["id"] not in seen] or [row for row in askable if row["id"] in skipped]
     counts: dict[str, int] = {}
     for judgment in judgments:
         if judgment.choice is not None:
@@ -452,12 +494,16 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         score = score_registry_reviews(registry, record.id, sheet).to_dict()
     except DataError:
         score = None
+    next_row = dict(upcoming[0]) if reviewer and upcoming else None
+    if next_row is not None:
+        next_row["reference"] = _reference_of(Path(record.run_dir), next_row["id"])
     return {
         "record": {"id": record.id, "name": record.name, "task": record.task},
         "reviewer": reviewer,
-        "total": len(sheet.rows),
-        "done": len({j.example_id for j in judgments if j.reviewer == reviewer and j.choice is not None}),
-        "next": upcoming[0] if reviewer and upcoming else None,
+        "total": len(askable),
+        "identical": len(identical),
+        "done": len({j.example_id for j in judgments if j.reviewer == reviewer and j.choice is not None and j.example_id not in identical}),
+        "next": next_row,
         "score": score,
         "reviewers": counts,
         "agreement": [a.to_dict() for a in agreement(judgments)],
@@ -572,3 +618,59 @@ def curve_chart(data: dict[str, Any]) -> dict[str, Any] | None:
         "ticks_y": [{"y": y(low + step * i), "label": f"{low + step * i:.3g}"} for i in range(5)],
         "metric": data.get("metric"),
     }
+
+
+# -- start a run -------------------------------------------------------------------------------
+
+TASKS = ("classify", "sft", "text", "preference")
+# The form fields that become dotted overrides (a blank field keeps the config's value, or the task's default).
+FIELD_KEYS = {
+    "model": "model", "task": "task", "name": "name", "train": "data.train", "test": "data.test", "method": "train.method",
+    "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size", "max_length": "data.max_length", "lora_r": "lora.r",
+}
+
+
+def start_options(registry: Registry, root: Path | None = None) -> dict[str, Any]:
+    """What the start form offers: example configs, models here (with finished runs to build on), data files, tasks."""
+    from tunelab.models.catalog import list_models
+
+    root = Path(root or Path.cwd())
+    configs = sorted(str(path.relative_to(root)) for path in root.glob("examples/*/config*.yaml"))
+    configs += sorted(str(path.relative_to(root)) for path in root.glob("*.yaml"))[:20]
+    data = sorted(str(path.relative_to(root)) for pattern in ("examples/*/*.jsonl", "*.jsonl", "*.csv", "data/*.jsonl", "data/*.csv")
+                  for path in root.glob(pattern))[:60]
+    models = [{"name": entry.name, "note": entry.note or entry.kind} for entry in list_models() if entry.kind != "converted cache"]
+    runs = [{"name": record.run_dir, "note": f"run {record.name} ({record.task})"} for record in registry.list_runs(status="finished", limit=30)
+            if record.run_dir]
+    return {"configs": configs, "data_files": data, "models": models + runs, "tasks": TASKS}
+
+
+def start_overrides(fields: dict[str, Any]) -> list[str]:
+    """The form's filled fields as ``key=value`` overrides, in a stable order."""
+    overrides = []
+    for field_name, key in FIELD_KEYS.items():
+        value = str(fields.get(field_name) or "").strip()
+        if value:
+            overrides.append(f"{key}={value}")
+    return overrides
+
+
+# -- the playground ----------------------------------------------------------------------------
+
+
+def playground_page(registry: Registry, chosen: list[str]) -> dict[str, Any]:
+    """The runs a person can try (finished, with weights), and the one or two picked.
+
+    Raises:
+        RegistryError: for a picked run that does not exist.
+    """
+    runs = []
+    for record in registry.list_runs(status="finished", limit=200):
+        files = run_files(get_run(registry, record.id))
+        if files.get("adapter") or files.get("model"):
+            runs.append({"id": record.id, "name": record.name, "task": record.task})
+    picked = [get_run(registry, run) for run in chosen]
+    picked_rows = [{"id": record.id, "name": record.name, "task": record.task} for record in picked]
+    tasks = {row["task"] for row in picked_rows}
+    note = "the two runs are of different tasks: each answers in its own way" if len(tasks) > 1 else None
+    return {"runs": runs, "picked": picked_rows, "note": note}

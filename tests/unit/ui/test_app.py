@@ -105,7 +105,8 @@ def test_review_api_stores_judgments_and_scores_them_like_the_cli(made_run):
     registry, record, _ = made_run
     with _client(registry) as client:
         state = client.get(f"/api/runs/{record.id}/review", params={"reviewer": "ann"}).json()
-        assert state["total"] == 20 and state["done"] == 0 and state["score"] is None
+        # 10 of the 20 rows have the same answer on both sides: they are not asked.
+        assert state["total"] == 10 and state["identical"] == 10 and state["done"] == 0 and state["score"] is None
         assert "tuned" not in json.dumps(state["next"]) and "A" not in state["next"]  # the sides are never sent
         for key in ("1", "2", "t", "s"):
             state = client.post(f"/api/runs/{record.id}/review", json={"reviewer": "ann", "example_id": state["next"]["id"], "preference": key}, headers=HEADERS).json()
@@ -162,3 +163,110 @@ def test_a_started_run_can_be_cancelled_even_when_the_ui_ignores_sigint(tmp_path
     finally:
         signal.signal(signal.SIGINT, previous)
     assert "default_int_handler" in log.read_text()
+
+
+def test_runs_list_shows_the_strongest_baseline_coloured_verdicts_and_real_costs(made_run):
+    from tunelab.ui.views import run_row, verdict_kind
+
+    registry, record, verdict = made_run
+    row = run_row(registry.get_run(record.id))
+    accuracy = verdict.comparisons[verdict.strongest].metric("accuracy")
+    assert (row.opponent, row.opponent_value, row.tuned, row.difference) == (verdict.strongest, accuracy.before, accuracy.after, accuracy.difference)
+    assert verdict_kind("fine-tuning paid off") == "paid-off" and verdict_kind("use classical instead") == "lost"
+    assert verdict_kind("no significant difference") == "no-difference" and verdict_kind(None) == "none"
+    from tunelab.estimate.summary import money
+
+    assert money(0.000031) == "$3.1e-05" or money(0.000031) == "$0.000031"
+    assert money(0.25) == "$0.25" and money(1234.5) == "$1,234.50"
+    with _client(registry) as client:
+        page = client.get("/").text
+        assert f"verdict-{verdict_kind(verdict.verdict)}" in page and "strongest baseline" in page
+
+
+def test_a_running_run_shows_its_live_step_and_the_baselines_already_evaluated(made_run):
+    registry, record, _ = made_run
+    from pathlib import Path
+
+    run_dir = Path(record.run_dir)
+    (run_dir / "eval" / "tuned.json").unlink()
+    (run_dir / "eval" / "comparison.json").unlink()
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in [
+        {"step": 10, "loss": 2.0, "lr": 1e-3, "elapsed": 5.0, "tokens_per_second": 300.0},
+        {"step": 10, "validation_loss": 1.9, "validation_score": 0.6},
+        {"step": 20, "loss": 1.5, "lr": 5e-4, "elapsed": 10.0, "tokens_per_second": 320.0}]) + "\n")
+    (run_dir / "pipeline.json").write_text(json.dumps({"steps": {"check": 1, "split": 1, "estimate": 1, "baseline": 1}}))
+    registry.update_run(record.id, status="running", comparison=None, tuned_metrics=None,
+                        estimate={"tokens": {"optimizer_steps": 80}, "gpus": [{"name": "L4", "usd": 0.25, "fits": True}]})
+    with _client(registry) as client:
+        state = client.get(f"/api/runs/{record.id}/progress").json()
+        assert state["live"] == {"step": 20, "total_steps": 80, "eta_seconds": 30.0, "elapsed": 10.0, "tokens_per_second": 320.0, "training": True}
+        assert state["series"]["lr"] == [[10.0, 0.001], [20.0, 0.0005]] and state["series"]["validation_score"] == [[10.0, 0.6]]
+        assert state["score_name"] == "validation accuracy"
+        assert state["baselines"] == [{"name": "base", "metric": "accuracy", "value": 0.5}]
+        page = client.get(f"/runs/{record.id}").text
+        assert "the baselines evaluated so far" in page and "No comparison yet" in page
+
+
+def test_compare_warns_when_runs_are_of_different_tasks(made_run, tmp_path):
+    registry, record, _ = made_run
+    other = registry.create_run(name="qa", task="sft", model="/models/tiny", status="finished", run_dir=str(tmp_path / "nowhere"),
+                                tuned_metrics={"rougeL": 0.3})
+    with _client(registry) as client:
+        page = client.get(f"/compare?runs={record.id}&runs={other.id}").text
+        assert "different tasks (classify, sft)" in page and "rougeL 0.3" in page and "accuracy 0.9" in page
+
+
+def test_review_shows_the_reference_and_leaves_identical_answers_out(made_run):
+    from pathlib import Path
+
+    registry, record, _ = made_run
+    run_dir = Path(record.run_dir)
+    base = json.loads((run_dir / "eval" / "base.json").read_text())
+    tuned = json.loads((run_dir / "eval" / "tuned.json").read_text())
+    same = sum(b["prediction"] == t["prediction"] for b, t in zip(base["rows"], tuned["rows"], strict=True))
+    with _client(registry) as client:
+        empty = client.get(f"/runs/{record.id}/review").text
+        assert "no reviews yet" in empty
+        state = client.get(f"/api/runs/{record.id}/review", params={"reviewer": "ann"}).json()
+        assert state["identical"] == same and state["total"] == 20 - same
+        assert state["next"]["output_a"] != state["next"]["output_b"]
+        reference = next(r["reference"] for r in tuned["rows"] if r["id"] == state["next"]["id"])
+        assert state["next"]["reference"] == reference
+
+
+def test_start_form_fields_become_overrides_and_a_config_of_their_own(made_run, tmp_path, monkeypatch):
+    from tunelab.ui.views import start_options, start_overrides
+
+    registry, _, _ = made_run
+    assert start_overrides({"model": "default", "epochs": "3", "lr": "", "lora_r": 8, "train": "data.jsonl"}) == [
+        "model=default", "data.train=data.jsonl", "train.epochs=3", "lora.r=8"]
+    (tmp_path / "examples" / "demo").mkdir(parents=True)
+    (tmp_path / "examples" / "demo" / "config.yaml").write_text("task: classify\n")
+    (tmp_path / "examples" / "demo" / "train.jsonl").write_text("{}\n")
+    options = start_options(registry, tmp_path)
+    assert options["configs"] == ["examples/demo/config.yaml"] and options["data_files"] == ["examples/demo/train.jsonl"]
+    assert options["models"][0]["name"] == "default" and "classify" in options["tasks"]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"t {i}", "label": "xy"[i % 2]}) for i in range(10)) + "\n")
+    monkeypatch.chdir(tmp_path)
+    with _client(registry) as client:
+        assert 'list="models"' in client.get("/start").text
+        missing = client.post("/api/estimate", json={"config": "", "fields": {}}, headers=HEADERS)
+        assert missing.status_code == 400 and "training data" in missing.json()["error"]
+        # No config file: the fields are the config (the estimate itself needs a model, so only the start is checked here).
+        # (a model that is not there: the started process stops at once, nothing heavy is loaded).
+        fields = {"task": "classify", "train": str(data), "name": "from-fields", "epochs": "1", "model": "./no-such-model"}
+        started = client.post("/api/jobs", json={"config": "", "fields": fields}, headers=HEADERS)
+        assert started.status_code == 200, started.text
+        job = client.app.state.jobs.get(started.json()["id"])
+        assert "data.train=" + str(data) in job.command and "train.epochs=1" in job.command and "name=from-fields" in job.command
+        assert job.process.wait(120) != 0 and "no-such-model" in job.log_tail()
+
+
+def test_playground_page_lists_runs_with_weights(made_run, tmp_path):
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        page = client.get("/playground").text
+        assert "No finished run with weights" in page  # the hand-made run has evaluations but no adapter/ or model/
+        refused = client.post("/api/playground", json={"runs": []}, headers=HEADERS)
+        assert refused.status_code == 400 and "pick one run" in refused.json()["error"]

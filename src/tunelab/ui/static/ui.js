@@ -76,65 +76,19 @@ function setUpRunsTable() {
   [text, task, status].forEach((input) => input.addEventListener("input", applyFilter));
   applyFilter();
   const button = document.getElementById("compare-selected");
+  const playground = document.getElementById("playground-selected");
   const boxes = Array.from(table.querySelectorAll(".select-run"));
+  const selected = () => boxes.filter((b) => b.checked).map((b) => "runs=" + encodeURIComponent(b.value));
   boxes.forEach((box) => box.addEventListener("change", () => {
-    button.disabled = boxes.filter((b) => b.checked).length < 2;
+    const count = boxes.filter((b) => b.checked).length;
+    button.disabled = count < 2;
+    if (playground) playground.disabled = count < 1 || count > 2;
   }));
-  button.addEventListener("click", () => {
-    const selected = boxes.filter((b) => b.checked).map((b) => "runs=" + encodeURIComponent(b.value));
-    window.location = "/compare?" + selected.join("&");
-  });
+  button.addEventListener("click", () => { window.location = "/compare?" + selected().join("&"); });
+  if (playground) playground.addEventListener("click", () => { window.location = "/playground?" + selected().join("&"); });
 }
 
-// -- the loss curve, as inline SVG, polled while the run trains --------------------------------
-
-const SVG_NS = "http://www.w3.org/2000/svg";
-
-function svgNode(name, attributes) {
-  const node = document.createElementNS(SVG_NS, name);
-  Object.entries(attributes).forEach(([key, value]) => node.setAttribute(key, value));
-  return node;
-}
-
-function drawLoss(svg, train, validation) {
-  while (svg.firstChild) svg.removeChild(svg.firstChild);
-  const width = 640, height = 260, left = 56, right = 12, top = 12, bottom = 36;
-  const points = train.concat(validation);
-  if (!points.length) {
-    const empty = svgNode("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "axis-label" });
-    empty.textContent = "no loss logged yet";
-    svg.appendChild(empty);
-    return;
-  }
-  const steps = points.map((p) => p[0]), losses = points.map((p) => p[1]);
-  let minX = Math.min(...steps), maxX = Math.max(...steps), minY = Math.min(...losses), maxY = Math.max(...losses);
-  if (maxX === minX) maxX = minX + 1;
-  if (maxY === minY) { maxY += 0.5; minY -= 0.5; }
-  const x = (step) => left + ((step - minX) / (maxX - minX)) * (width - left - right);
-  const y = (loss) => top + (1 - (loss - minY) / (maxY - minY)) * (height - top - bottom);
-  svg.appendChild(svgNode("line", { x1: left, y1: height - bottom, x2: width - right, y2: height - bottom, class: "axis" }));
-  svg.appendChild(svgNode("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" }));
-  [[minY, height - bottom], [maxY, top + 10]].forEach(([value, position]) => {
-    const label = svgNode("text", { x: left - 6, y: position, "text-anchor": "end", class: "axis-label" });
-    label.textContent = value.toFixed(3);
-    svg.appendChild(label);
-  });
-  [[minX, left, "start"], [maxX, width - right, "end"]].forEach(([value, position, anchor]) => {
-    const label = svgNode("text", { x: position, y: height - bottom + 16, "text-anchor": anchor, class: "axis-label" });
-    label.textContent = "step " + Math.round(value);
-    svg.appendChild(label);
-  });
-  const caption = svgNode("text", { x: (left + width) / 2, y: height - 4, "text-anchor": "middle", class: "axis-label" });
-  caption.textContent = "optimizer step";
-  svg.appendChild(caption);
-  if (train.length) {
-    svg.appendChild(svgNode("polyline", { points: train.map((p) => x(p[0]) + "," + y(p[1])).join(" "), class: "train-line" }));
-  }
-  if (validation.length) {
-    svg.appendChild(svgNode("polyline", { points: validation.map((p) => x(p[0]) + "," + y(p[1])).join(" "), class: "validation-line" }));
-    validation.forEach((p) => svg.appendChild(svgNode("circle", { cx: x(p[0]), cy: y(p[1]), r: 3, class: "validation-point" })));
-  }
-}
+// -- the steps done (the curves and the live panel are in charts.js) -----------------------------
 
 function renderSteps(steps) {
   const list = document.getElementById("steps");
@@ -145,25 +99,6 @@ function renderSteps(steps) {
     item.className = "done";
     item.textContent = step;
     list.appendChild(item);
-  });
-}
-
-function setUpLoss() {
-  document.querySelectorAll(".loss").forEach((box) => {
-    const svg = box.querySelector("svg");
-    const url = box.dataset.progressUrl;
-    function update() {
-      return getJSON(url).then((state) => {
-        drawLoss(svg, state.train || [], state.validation || []);
-        box.querySelector(".loss-points").textContent = "(" + (state.train || []).length + " training points, " + (state.validation || []).length + " validation)";
-        renderSteps(state.steps);
-        if (state.status) setText("run-status", state.status);
-        if (state.job_status !== undefined) updateJob(state);
-        const going = state.job_status !== undefined ? state.job_status === "running" : state.status === "running" || state.status === "created";
-        if (going && box.dataset.live === "yes") setTimeout(update, 1500);
-      }).catch(() => setTimeout(update, 3000));
-    }
-    update();
   });
 }
 
@@ -197,11 +132,16 @@ function setUpJob() {
 function setUpStart() {
   const form = document.getElementById("start-form");
   if (!form) return;
-  const body = () => ({
-    config: document.getElementById("config-path").value,
-    overrides: document.getElementById("overrides").value,
-    calibrate: document.getElementById("calibrate").checked,
-  });
+  const body = () => {
+    const fields = {};
+    form.querySelectorAll("[data-field]").forEach((input) => { if (input.value.trim()) fields[input.dataset.field] = input.value.trim(); });
+    return {
+      config: document.getElementById("config-path").value,
+      fields: fields,
+      overrides: document.getElementById("overrides").value,
+      calibrate: document.getElementById("calibrate").checked,
+    };
+  };
   const estimateButton = document.getElementById("estimate-button");
   const startButton = document.getElementById("start-button");
   form.addEventListener("input", () => { startButton.disabled = true; });
@@ -221,7 +161,9 @@ function setUpStart() {
         row.insertCell().textContent = value;
       });
       document.getElementById("estimate-result").classList.remove("hidden");
+      setText("estimate-command", result.command ? "will run: " + result.command : "");
       startButton.disabled = false;
+      startButton.title = "";
     }).catch((error) => setText("start-error", error.message)).finally(() => {
       estimateButton.disabled = false;
       estimateButton.textContent = "1. Estimate";
@@ -264,6 +206,7 @@ function renderReview(state) {
     setText("prompt", state.next.prompt);
     setText("output-a", state.next.output_a);
     setText("output-b", state.next.output_b);
+    setText("reference", state.next.reference || "-");
     document.getElementById("example-id").value = state.next.id;
     item.classList.remove("hidden");
     document.getElementById("all-done").classList.add("hidden");
@@ -281,6 +224,12 @@ function renderReview(state) {
     item.textContent = name + ": " + count;
     reviewers.appendChild(item);
   });
+  if (!Object.keys(state.reviewers).length) reviewers.innerHTML = "<li class='empty'>no reviews yet</li>";
+  const empty = document.getElementById("agreement-empty");
+  if (empty) {
+    empty.classList.toggle("hidden", state.agreement.length > 0);
+    empty.textContent = Object.keys(state.reviewers).length ? "no two reviewers have judged the same rows yet" : "no reviews yet";
+  }
   const agreement = document.getElementById("agreement").tBodies[0];
   agreement.innerHTML = "";
   state.agreement.forEach((a) => {
@@ -333,9 +282,82 @@ function setUpReview() {
   });
 }
 
+// -- the playground: one run, or two side by side -----------------------------------------------
+
+function renderAnswer(answer) {
+  const box = document.createElement("div");
+  box.className = "answer";
+  box.dataset.run = answer.run;
+  const title = document.createElement("h3");
+  title.textContent = answer.run + " ";
+  const meta = document.createElement("small");
+  meta.textContent = "(" + answer.task + ", " + answer.seconds.toFixed(2) + " s" + (answer.tokens ? ", " + answer.tokens + " tokens" : "") + ")";
+  title.appendChild(meta);
+  box.appendChild(title);
+  if (answer.task === "classify") {
+    const label = document.createElement("p");
+    label.className = "label";
+    label.innerHTML = "label: <strong></strong>" + (answer.out_of_scope ? " <span class='warning'>(out of scope: below the run's threshold)</span>" : "");
+    label.querySelector("strong").textContent = answer.label;
+    box.appendChild(label);
+    const table = document.createElement("table");
+    table.className = "probabilities";
+    answer.probabilities.forEach(([name, p]) => {
+      const row = table.insertRow();
+      row.insertCell().textContent = name;
+      row.insertCell().textContent = p.toFixed(3);
+      const bar = row.insertCell();
+      bar.className = "bar-cell";
+      const fill = document.createElement("span");
+      fill.style.width = (100 * p).toFixed(1) + "%";
+      bar.appendChild(fill);
+    });
+    box.appendChild(table);
+  } else {
+    const text = document.createElement("pre");
+    text.className = "text answer-text";
+    text.textContent = answer.text;
+    box.appendChild(text);
+  }
+  return box;
+}
+
+function setUpPlayground() {
+  const form = document.getElementById("playground-form");
+  if (!form) return;
+  const button = document.getElementById("playground-ask");
+  const holder = document.getElementById("playground-answers");
+  function ask() {
+    const runs = Array.from(document.querySelectorAll(".playground-run")).map((s) => s.value).filter(Boolean);
+    setText("playground-error", "");
+    if (!runs.length) { setText("playground-error", "pick a run first"); return; }
+    button.disabled = true;
+    button.textContent = "Answering…";
+    post("/api/playground", {
+      runs: runs, prompt: document.getElementById("playground-prompt").value,
+      max_tokens: parseInt(document.getElementById("playground-max-tokens").value, 10) || 128,
+    }).then((result) => {
+      holder.innerHTML = "";
+      holder.style.setProperty("--columns", result.answers.length);
+      result.answers.forEach((answer) => holder.appendChild(renderAnswer(answer)));
+    }).catch((error) => setText("playground-error", error.message)).finally(() => {
+      button.disabled = false;
+      button.textContent = "Ask";
+    });
+  }
+  button.addEventListener("click", ask);
+  document.getElementById("playground-prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); ask(); }
+  });
+  document.querySelectorAll(".playground-run").forEach((select) => select.addEventListener("change", () => {
+    const picked = Array.from(document.querySelectorAll(".playground-run")).map((s) => s.value).filter(Boolean);
+    history.replaceState(null, "", "/playground?" + picked.map((r) => "runs=" + encodeURIComponent(r)).join("&"));
+  }));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  setUpPlayground();
   setUpRunsTable();
-  setUpLoss();
   setUpJob();
   setUpStart();
   setUpAdvise();
