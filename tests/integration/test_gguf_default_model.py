@@ -101,7 +101,9 @@ def test_default_model_lora_run_round_trips_through_gguf(default_model, tmp_path
             assert render_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]) == ids
             with torch.no_grad():
                 expected, logits = merged.model(torch.tensor([ids])).logits, model(torch.tensor([ids])).logits
-            torch.testing.assert_close(logits, expected, atol=0.15, rtol=0.02)
+            # The label tokens' output rows are the file's own: the codes' cleared, the names' the trained label rows.
+            kept = [i for i in range(expected.shape[-1]) if i not in {*token_ids, *stored["answer_ids"]}]
+            torch.testing.assert_close(logits[..., kept], expected[..., kept], atol=0.15, rtol=0.02)
             answer = generate_text(merged.model, merged.tokenizer, prompt, max_new_tokens=12)
             assert generate_text(model, tokenizer, prompt, max_new_tokens=12) == answer
         del model
