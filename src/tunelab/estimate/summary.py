@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tunelab.estimate.plan import duration
@@ -36,7 +37,10 @@ def money(usd: float | None) -> str:
         return "-"
     if usd >= 0.01:
         return f"${usd:,.2f}"
-    return f"${usd:.2g}" if usd > 0 else "$0"
+    if usd <= 0:
+        return "$0"
+    decimals = -math.floor(math.log10(usd)) + 1  # two significant digits, written out
+    return f"${usd:.{decimals}f}"
 
 
 def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -161,7 +161,7 @@ def confusion_html(name: str, view: dict[str, Any]) -> str:
                "<option value='recall'>recall (worst first)</option><option value='precision'>precision (worst first)</option>"
                "<option value='f1'>F1 (worst first)</option></select></label>"
                "<label><input type='checkbox' data-errors-only> only classes with errors</label></div>")
-    out.append("<div class='confusion-scroll'><table class='confusion'><thead><tr><th title='rows: true label; columns: predicted label'>true ＼ predicted</th>")
+    out.append("<div class='confusion-scroll'><table class='confusion'><thead><tr><th title='rows: true label; columns: predicted label'>true \\ predicted</th>")
     out += [f"<th data-col='{j}' title='predicted: {e(label)}'>{j + 1}</th>" for j, label in enumerate(labels)]
     out.append("<th data-sort-key='support'>support</th><th data-sort-key='recall'>recall</th><th data-sort-key='precision'>precision</th><th data-sort-key='f1'>F1</th></tr></thead><tbody>")
 

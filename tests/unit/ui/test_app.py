@@ -176,7 +176,7 @@ def test_runs_list_shows_the_strongest_baseline_coloured_verdicts_and_real_costs
     assert verdict_kind("no significant difference") == "no-difference" and verdict_kind(None) == "none"
     from tunelab.estimate.summary import money
 
-    assert money(0.000031) == "$3.1e-05" or money(0.000031) == "$0.000031"
+    assert money(0.000031) == "$0.000031" and money(6.1e-09) == "$0.0000000061"
     assert money(0.25) == "$0.25" and money(1234.5) == "$1,234.50"
     with _client(registry) as client:
         page = client.get("/").text

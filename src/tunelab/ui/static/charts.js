@@ -5,7 +5,7 @@
 "use strict";
 
 const SERIES = {
-  train_loss: { title: "training loss", axis: "loss (label-smoothed for classify)", loss: true },
+  train_loss: { title: "training loss", axis: "loss", loss: true },
   validation_loss: { title: "validation loss", axis: "loss", loss: true, points: true },
   validation_score: { title: "validation score", axis: "score", points: true },
   lr: { title: "learning rate", axis: "learning rate" },
@@ -39,7 +39,7 @@ function chartOptions(holder, key, lines, logScale) {
     axes: [
       { label: "optimizer step", size: 36, grid: { stroke: "#eef1f4" } },
       { label: holder.dataset.axis || spec.axis, size: 62, grid: { stroke: "#eef1f4" },
-        values: (u, ticks) => ticks.map((v) => (Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(1) : +v.toPrecision(4))) },
+        values: (u, ticks) => ticks.map((v) => (v === null || v === undefined ? "" : Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(1) : +v.toPrecision(4))) },
     ],
     series: [{ label: "step", value: (u, v) => (v === null ? "-" : Math.round(v)) }].concat(lines),
     legend: { live: true },
