@@ -62,6 +62,10 @@ PLAN: dict[str, Run | Skip] = {
     # Two commands
     "make demo": Skip("installs a virtualenv, then runs `tunelab run examples/support-routing/config.yaml` (run below as name=r1)"),
     "make test": Skip("the test suite itself"),
+    # Should I fine-tune at all?
+    "tunelab advise examples/support-routing/config.yaml": Run(("--budget-minutes", "1")),
+    "tunelab advise CONFIG --budget-minutes 30 --label-usd 0.25 --retrain-every 7d": Skip(SYNOPSIS),
+    "tunelab advise CONFIG --json": Skip(SYNOPSIS),
     # Variants
     "tunelab sweep examples/support-routing/config.yaml --grid train.lr=1e-4,3e-4 --grid lora.r=8,16": Run(TINY_CLASSIFY),
     "tunelab sweep CONFIG --grid model=default,./my-other-model --grid data.train=a.jsonl,b.jsonl --metric macro_f1": Skip(SYNOPSIS),
