@@ -13,7 +13,7 @@ The clone is ``git clone`` of this checkout's HEAD (committed files only, as a u
 temporary folder, with ``../shared`` linked beside it when this checkout has the shared public data.
 Commands run in order, each block after the ones before it (a later block may use an earlier one's run).
 A command ending in ``&`` (a server) runs in the background until its address answers, and is stopped
-at the end. In tiny mode a command that trains gets the overrides of its entry (fewer steps, fewer
+at the end of its block. In tiny mode a command that trains gets the overrides of its entry (fewer steps, fewer
 test examples) appended; the command itself is otherwise the README's.
 """
 
@@ -237,6 +237,11 @@ def run_readme(clone: Path, *, tiny: bool, only: str | None, log) -> list[Outcom
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     try:
         for block in readme_blocks(text):
+            # A background server serves the block that starts it (a later block may want its port).
+            while servers:
+                process = servers.pop()
+                os.killpg(process.pid, signal.SIGINT)
+                process.wait(timeout=60)
             if only and only.lower() not in block.heading.lower():
                 continue
             items: list[tuple[str, Run | Skip | None]] = []
