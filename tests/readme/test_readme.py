@@ -93,3 +93,27 @@ def test_every_readme_command_is_run_or_skipped_with_a_reason():
 def test_instant_commands_run(command):
     done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", *command], cwd=README.parent, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_python_blocks_import_what_they_call():
+    """Each name a README Python block imports and calls is callable, whichever tunelab modules were imported before.
+
+    (A lazy package ``__init__`` once let ``from tunelab.evaluation import evaluate`` return the submodule of that
+    name once the submodule had been imported elsewhere; the evaluation block then failed with "'module' object is
+    not callable".)
+    """
+    script = [
+        "import importlib, re, sys",
+        "import tunelab.evaluation.baselines, tunelab.tasks.pipeline  # modules that import submodules first",
+        f"blocks = {[block.text for block in readme_blocks(TEXT) if block.language == 'python']!r}",
+        "bad = []",
+        "for text in blocks:",
+        "    for module, names in re.findall(r'^from (\\S+) import (.+)$', text, re.M):",
+        "        for name in [n.strip() for n in names.split(',')]:",
+        "            value = getattr(importlib.import_module(module), name)",
+        "            if re.search(r'\\b' + name + r'\\(', text) and not callable(value):",
+        "                bad.append(f'{module}.{name} is {type(value).__name__}')",
+        "print(bad); sys.exit(1 if bad else 0)",
+    ]
+    done = subprocess.run([sys.executable, "-c", "\n".join(script)], cwd=README.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr

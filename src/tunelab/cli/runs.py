@@ -102,6 +102,38 @@ def _facts_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return table
 
 
+def _verdict_kind(verdict: str | None) -> str:
+    from tunelab.ui.views import verdict_kind
+
+    return verdict_kind(verdict)
+
+
+def _stored_verdict_table(comparison: Any) -> Table | None:
+    """The tuned model against every baseline, as the registry stored the verdict (no evaluation code imported)."""
+    from tunelab.ui.views import verdict_table
+
+    names, lines = verdict_table(comparison if isinstance(comparison, dict) else None)
+    if not lines:
+        return None
+    table = Table(title=f"tuned against {len(names)} baseline(s) on {comparison.get('n')} test examples (strongest: {comparison.get('strongest')})")
+    table.add_column("metric")
+    table.add_column("tuned", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    colours = {"better": "green", "worse": "red"}
+    for line in lines:
+        cells = []
+        for cell in line.cells:
+            text = f"{_number(cell['value'])} (tuned {_signed(cell['difference'])} [{_signed(cell['low'])}, {_signed(cell['high'])}])"
+            cells.append(f"[{colours[cell['outcome']]}]{text}[/]" if cell["outcome"] in colours else text)
+        table.add_row(f"[bold]{line.name}[/bold]" if line.primary else line.name, _number(line.tuned), *cells)
+    return table
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3g}"
+
+
 def _train_rows(train: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key, label in (("steps", "optimizer steps"), ("final_loss", "final training loss"), ("best_validation_loss", "best validation loss"),
@@ -119,9 +151,7 @@ def show(
     registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
     """Show everything recorded about one run: verdict, metrics against every baseline, training, time, estimate, config."""
-    from tunelab.cli.evaluate import print_verdict
     from tunelab.estimate.summary import estimate_summary
-    from tunelab.evaluation.compare import Verdict
 
     record = _open(registry_path).get_run(run)
     if as_json:
@@ -135,14 +165,11 @@ def show(
     baselines = artifacts.pop("baselines", None)
     rows += [(f"{name}", str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float)]
     console.print(_facts_table(f"Run {record.name}", rows))
-    verdict = None
-    if isinstance(record.comparison, dict) and record.comparison.get("comparisons"):
-        try:
-            verdict = Verdict.from_dict(record.comparison)
-        except (KeyError, TypeError, ValueError):
-            verdict = None
+    verdict = _stored_verdict_table(record.comparison)
     if verdict is not None:
-        print_verdict(verdict)
+        console.print(verdict)
+        colour = {"paid-off": "green", "lost": "red"}.get(_verdict_kind(record.verdict), "yellow")
+        console.print(f"[bold {colour}]verdict: {record.verdict}[/]  {record.comparison.get('summary', '')}")
     elif record.baseline_metrics or record.tuned_metrics:
         console.print(_metrics_table(record))
     if isinstance(baselines, dict) and baselines and verdict is None:

@@ -1,27 +1,7 @@
-"""Evaluation: predict (batched generation, one-pass label scoring, perplexity), score, compare, report.
+"""Evaluation: predict (batched generation, one-pass label scoring, perplexity), score, compare, report."""
 
-The names below are imported on first use (PEP 562 ``__getattr__``), so a command that only reads a
-stored comparison (``tunelab show``) does not import torch through ``evaluate``.
-"""
+from tunelab.evaluation.compare import Comparison, MetricComparison, compare_evaluations, compare_files
+from tunelab.evaluation.evaluate import evaluate
+from tunelab.evaluation.result import EvalResult
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_WHERE = {
-    "Comparison": "compare",
-    "MetricComparison": "compare",
-    "compare_evaluations": "compare",
-    "compare_files": "compare",
-    "evaluate": "evaluate",
-    "EvalResult": "result",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"tunelab.evaluation.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'tunelab.evaluation' has no attribute {name!r}")
+__all__ = ["Comparison", "EvalResult", "MetricComparison", "compare_evaluations", "compare_files", "evaluate"]
