@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from tunelab.models.adapters import merge_run
-from tunelab.models.gguf_export import LABELS_KEY, export_gguf
+from tunelab.models.gguf_export import LABELS_KEY
+from tunelab.runs import export_gguf, merge_run
 
 PROMPT_IDS = [[1, 20, 33, 47, 58, 61, 70, 82, 95, 101, 4, 7]]
 
