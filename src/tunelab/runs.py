@@ -22,6 +22,7 @@ greps the source for the names). A run folder::
       split.json         record ids of train/validation/test + the data fingerprint
       labels.json        classify: the label -> token mapping
       out_of_scope.json  classify with an out-of-scope label: the label and its confidence threshold
+      calibration.json   classify: the temperature fitted on validation (folded into the label rows), ECE before/after
       pipeline.json      `tunelab run` / `tunelab train`: the steps done, their outputs, the registry id
       adapter/           LoRA: a PEFT adapter folder (loads in plain peft, vLLM, ...)
       model/             full/freeze: a complete transformers model folder
@@ -83,6 +84,11 @@ class RunFolder:
     def out_of_scope(self) -> Path:
         """classify with data.out_of_scope_label: the label and its confidence threshold (labels.OutOfScope)."""
         return self.root / "out_of_scope.json"
+
+    @property
+    def calibration(self) -> Path:
+        """classify: the temperature fitted on validation and the ECE before/after (folded into the label head)."""
+        return self.root / "calibration.json"
 
     @property
     def adapter(self) -> Path:

@@ -76,6 +76,8 @@ def render_verdict(verdict) -> Table:
 def print_verdict(verdict) -> None:
     """The verdict table, its warnings and the one-line verdict (``tunelab eval``, ``report`` and ``run``)."""
     console.print(render_verdict(verdict))
+    for name, reason in getattr(verdict, "skipped", {}).items():
+        console.print(f"[yellow]{name} skipped:[/yellow] {reason}")
     for warning in verdict.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     colour = "green" if verdict.paid_off else ("red" if verdict.verdict.startswith("use ") else "yellow")
@@ -116,7 +118,7 @@ def evaluate_command(
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
     train: Path = typer.Option(None, "--train", help="Training file the classical, few-shot and retrieval baselines learn from."),
     baselines: str = typer.Option(
-        None, "--baselines", help="Comma list of base, classical, few_shot, retrieval, or all / none (default: all that apply with --train, else none)."
+        None, "--baselines", help="Comma list of base, classical, embedding, few_shot, retrieval, or all / none (default: all that apply with --train, else none)."
     ),
     out_of_scope_label: str = typer.Option(
         None, "--out-of-scope-label", help="classify: label of out-of-scope queries (default: the run's out_of_scope.json)."
@@ -207,6 +209,7 @@ def _show_evaluation(result, opponents, verdict, out: Path | None, as_json: bool
         print_json({
             "model": result.model, "task": result.task, "n": result.n, "metrics": result.metrics, "warnings": result.warnings,
             "out": str(out) if out else None, "baselines": {name: o.metrics for name, o in opponents.items()},
+            "baselines_skipped": dict(getattr(opponents, "skipped", {})),
             "verdict": verdict.to_dict() if verdict else None, "saved": [str(path) for path in saved],
             "usage": result.settings.get("usage"),
         })
@@ -221,6 +224,9 @@ def _show_evaluation(result, opponents, verdict, out: Path | None, as_json: bool
             console.print(f"[yellow]warning ({name}):[/yellow] {warning}")
     if verdict is not None:
         print_verdict(verdict)
+    else:  # every baseline skipped: still said, never silently
+        for name, reason in getattr(opponents, "skipped", {}).items():
+            console.print(f"[yellow]{name} skipped:[/yellow] {reason}")
     if saved:
         console.print("saved " + ", ".join(str(path) for path in saved))
 
@@ -244,10 +250,10 @@ def report_command(
 
 def _pair(run: Path | None, base: Path | None, tuned: Path | None) -> tuple[Path, Path]:
     if run is not None:
+        from tunelab.evaluation.review import review_opponent
         from tunelab.runs import RunFolder
 
-        folder = RunFolder(run)
-        return folder.baseline_eval("base"), folder.tuned_eval
+        return review_opponent(run), RunFolder(run).tuned_eval
     if base is None or tuned is None:
         raise DataError("name a run folder, or both --base and --tuned evaluation files")
     return base, tuned

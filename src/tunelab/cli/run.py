@@ -37,13 +37,41 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _eta(seconds: float | None) -> str:
+    return "-" if seconds is None else duration(seconds)
+
+
 def _event_printer(quiet: bool):
     started: dict[str, float] = {}
+    # One transient bar per baseline while it runs: what it has done of what it expects, and its ETA.
+    bar: dict[str, Any] = {"progress": None, "task": None}
+
+    def stop_bar() -> None:
+        if bar["progress"] is not None:
+            bar["progress"].stop()
+            bar["progress"] = bar["task"] = None
+
+    def show_progress(details: dict[str, Any]) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if bar["progress"] is None:
+            bar["progress"] = Progress(
+                TextColumn("    {task.fields[name]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(), console=error_console, transient=True,
+            )
+            bar["progress"].start()
+            bar["task"] = bar["progress"].add_task("baseline", total=max(1, details.get("total") or 1), name=details.get("baseline"), eta="-")
+        bar["progress"].update(bar["task"], completed=details.get("done", 0), total=max(1, details.get("total") or 1),
+                               name=details.get("baseline"), eta=_eta(details.get("eta_s")))
 
     def on_event(step: str, status: str, details: dict[str, Any]) -> None:
         if quiet:
             return
         title = STEP_TITLES.get(step, step)
+        if status == "baseline progress":
+            show_progress(details)
+            return
+        stop_bar()
         if status == "start":
             started[step] = time.perf_counter()
             if step == "variant":
@@ -52,6 +80,8 @@ def _event_printer(quiet: bool):
                 error_console.print(f"[bold cyan]▶ {title}[/]")
         elif status == "baseline start":
             error_console.print(f"  [dim]… {details.get('baseline')}[/]")
+        elif status == "baseline skipped":
+            error_console.print(f"  [yellow]– {details.get('baseline')} skipped:[/] {details.get('reason')}")
         elif status == "event":  # a cloud fine-tuning job's events, as the provider sends them
             error_console.print(f"  [dim]{details.get('status') or ''}[/] {details.get('message')}")
         elif status == "warn":
@@ -90,11 +120,12 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
         here = estimate.get("here")
         where = f"{here}: about {duration(seconds)}" if here else f"about {duration(seconds)} on this machine"
         return where + (f", {tokens:,} training tokens" if tokens else "")
-    if step == "baseline" and details.get("baselines"):
+    if step == "baseline" and (details.get("baselines") or details.get("skipped")):
         shown = []
-        for name, metrics in details["baselines"].items():
+        for name, metrics in (details.get("baselines") or {}).items():
             primary = metrics.get("primary")
             shown.append(f"{name} {primary} = {_fmt(metrics.get(primary))}")
+        shown += [f"{name} skipped" for name in details.get("skipped") or {}]
         return "; ".join(shown)
     if step in ("baseline", "evaluate"):
         metrics = details.get("metrics") or {}
@@ -119,6 +150,8 @@ def render_outcome(outcome: Any) -> None:
         print_verdict(outcome.comparison)
     else:
         console.print(f"tuned: {outcome.tuned_metrics}")
+        for name, reason in outcome.baseline_skipped.items():
+            console.print(f"[yellow]{name} skipped:[/yellow] {reason}")
     estimated = (outcome.estimate or {}).get("seconds") or {}
     if outcome.train and estimated.get("train"):
         actual = outcome.train.get("seconds")
@@ -149,7 +182,8 @@ def run(
         print_json({
             "name": outcome.name, "run_dir": str(outcome.run_dir), "registry_id": outcome.registry_id,
             "split": outcome.split_sizes, "estimate": outcome.estimate, "train": outcome.train,
-            "base": outcome.base_metrics, "baselines": outcome.baseline_metrics, "tuned": outcome.tuned_metrics,
+            "base": outcome.base_metrics, "baselines": outcome.baseline_metrics, "baselines_skipped": outcome.baseline_skipped,
+            "tuned": outcome.tuned_metrics,
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
             "report": outcome.report, "timings": outcome.timings, "warnings": outcome.warnings, "generation": outcome.generation,
         })

@@ -12,6 +12,9 @@ bootstrap of ``compare.py`` compares it with the tuned model example by example.
   the same label tokens as zero-shot, the shared prefix computed once (``prefix_label_logits``);
   sft: k training pairs, answered through the same generation path.
 - ``retrieval`` (sft): the completion of the most similar training prompt (TF-IDF cosine).
+- ``embedding``: frozen sentence embeddings (``tunelab.models.embedding``, all-MiniLM-L6-v2 by default):
+  classify = logistic regression on them, C chosen by cross-validation on the training records like
+  ``classical``; sft = the completion of the training prompt nearest by embedding cosine.
 - a remote model (classify, sft): ``openai:NAME``, ``remote:NAME`` (``eval.endpoints``) or an
   ``{endpoint: ...}`` entry, asked through ``tunelab.remote`` and scored by ``evaluation/remote.py``.
 
@@ -22,6 +25,15 @@ the same labelled data. Their fingerprint is part of the baseline's cache key.
 With an out-of-scope label (``data.out_of_scope_label``) every baseline is treated as the tuned model
 is: it learns from the training records only, scores the validation queries, and its own threshold is
 chosen there by the same rule (``evaluate.calibrate_out_of_scope``) before it answers the test queries.
+
+A baseline that cannot run here (the embedding model not installed) or cannot win is skipped, never
+silently: ``evaluate_baselines`` returns it in ``Baselines.skipped`` with its reason, which the verdict,
+the report and the CLI show. "Cannot win" is decided on the validation rows, never the test rows
+(``model_baseline_cannot_win``): a classify baseline that runs the base model (base, few_shot) is first
+scored on the in-scope validation queries; when the upper end of the 95% Wilson interval of its accuracy
+there is below the cross-validated accuracy of a cheap opponent already in the verdict (classical,
+embedding), it is not scored on the test rows. A classify few-shot prompt that cannot hold one example
+per label is skipped before anything runs.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ from tunelab.data.templates import (
     with_system_prompt,
     zero_shot_messages,
 )
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, ModelError, TunelabError
 from tunelab.evaluation.evaluate import (
     answer_prompts,
     apply_out_of_scope,
@@ -58,7 +70,7 @@ from tunelab.evaluation.evaluate import (
     select_test_records,
     zero_shot_extra_tokens,
 )
-from tunelab.evaluation.metrics import PRIMARY_METRIC
+from tunelab.evaluation.metrics import PRIMARY_METRIC, wilson_interval
 from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier
@@ -67,9 +79,64 @@ from tunelab.inference import Classifier
 CLASSICAL_C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 CLASSICAL_FOLDS = 5
 CLASSICAL_FALLBACK_C = 10.0  # when some label has a single training example, so no stratified CV
+CROSS_VALIDATED = ("classical", "embedding")  # cheap opponents whose training-split CV accuracy is known before the test
 
 Progress = Callable[[int], None]
-EventFn = Callable[[str, str, dict[str, Any]], None]  # (baseline name, "start"|"done"|"skip", details)
+# (baseline name, status, details); status: "start", "progress" (done, total, eta_s), "done", "skip" (a cached
+# result reused), "skipped" (not scored: reason).
+EventFn = Callable[[str, str, dict[str, Any]], None]
+
+
+class BaselineSkipped(TunelabError):
+    """A baseline that cannot run here or cannot win: not scored, and shown with this reason."""
+
+
+class Baselines(dict):
+    """The baselines' evaluations by name (a dict, in ``eval.baselines`` order), and those skipped with their reason."""
+
+    def __init__(self, *args: Any, skipped: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped: dict[str, str] = dict(skipped or {})
+
+
+class Meter:
+    """Progress of one baseline: work expected and done (examples, texts or model fits), and its ETA.
+
+    Every baseline function calls ``expect(n)`` for the work it is about to do and the meter with each
+    part done; ``evaluate_baselines`` turns that into "progress" events with an ETA for the CLI to show.
+    """
+
+    def __init__(self, name: str, emit: EventFn, forward: Progress | None = None) -> None:
+        import time
+
+        self.name, self.emit, self.forward = name, emit, forward
+        self.total = self.done = 0
+        self.started = time.perf_counter()
+        self._clock = time.perf_counter
+
+    def expect(self, n: int) -> None:
+        self.total += int(n)
+        self._send()
+
+    def __call__(self, n: int) -> None:
+        self.done += int(n)
+        if self.forward is not None:
+            self.forward(n)
+        self._send()
+
+    def eta_seconds(self) -> float | None:
+        if self.done <= 0 or self.total <= self.done:
+            return None if self.done <= 0 else 0.0
+        return (self._clock() - self.started) / self.done * (self.total - self.done)
+
+    def _send(self) -> None:
+        self.emit(self.name, "progress", {"done": min(self.done, self.total), "total": self.total, "eta_s": self.eta_seconds()})
+
+
+def _expect(progress: Any, n: int) -> None:
+    expect = getattr(progress, "expect", None)
+    if expect is not None:
+        expect(n)
 
 
 def learning_records(split: Any) -> list[Record]:
@@ -141,7 +208,64 @@ def classical_pipeline(c: float = 1.0, seed: int = 0):
     return Pipeline([("features", features), ("model", LogisticRegression(C=c, max_iter=2000, random_state=seed))])
 
 
-def fit_classical(texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> tuple[Any, dict[str, Any]]:
+def cv_folds(labels: Sequence[str]) -> int:
+    """Stratified folds the cross-validation of a learned baseline uses: at most 5, at most the rarest label's count.
+
+    Raises:
+        DataError: with fewer than two labels.
+    """
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    if len(counts) < 2:
+        raise DataError("a learned baseline needs at least two labels in its training data")
+    return int(min(CLASSICAL_FOLDS, counts.min()))
+
+
+def fit_with_cv(make: Callable[[float], Any], features: Any, labels: Sequence[str], *, seed: int = 0, progress: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Fit ``make(C)`` with C chosen from ``CLASSICAL_C_GRID`` by stratified k-fold CV (accuracy) on these rows only.
+
+    What ``GridSearchCV(refit=True)`` does (the same folds, mean fold accuracy, ties to the first C of the
+    grid), written out so each fit is a step of the baseline's progress. Returns the estimator refitted on
+    every row, and what was chosen (C, folds, CV accuracy).
+
+    Raises:
+        DataError: with fewer than two labels.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(list(labels))
+    folds = cv_folds(labels)
+    if folds < 2:
+        _expect(progress, 1)
+        fitted = make(CLASSICAL_FALLBACK_C).fit(features, labels)
+        if progress is not None:
+            progress(1)
+        return fitted, {"C": CLASSICAL_FALLBACK_C, "folds": 0, "cv_accuracy": None}
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+    _expect(progress, len(CLASSICAL_C_GRID) * folds + 1)
+    means = []
+    for c in CLASSICAL_C_GRID:
+        scores = []
+        for train_index, test_index in splits:
+            estimator = clone(make(c)).fit(_rows(features, train_index), labels[train_index])
+            scores.append(float(np.mean(estimator.predict(_rows(features, test_index)) == labels[test_index])))
+            if progress is not None:
+                progress(1)
+        means.append(float(np.mean(scores)))
+    best = int(np.argmax(means))  # the first of equal means, as GridSearchCV ranks them
+    fitted = make(CLASSICAL_C_GRID[best]).fit(features, labels)
+    if progress is not None:
+        progress(1)
+    return fitted, {"C": float(CLASSICAL_C_GRID[best]), "folds": folds, "cv_accuracy": means[best]}
+
+
+def _rows(features: Any, index: np.ndarray) -> Any:
+    if isinstance(features, list):
+        return [features[i] for i in index]
+    return features[index]
+
+
+def fit_classical(texts: Sequence[str], labels: Sequence[str], seed: int = 0, progress: Any = None) -> tuple[Any, dict[str, Any]]:
     """Fit ``classical_pipeline`` with C chosen by stratified k-fold CV (accuracy) on these records only.
 
     Returns the pipeline refitted on all of them, and what was chosen (C, folds, CV accuracy).
@@ -149,25 +273,7 @@ def fit_classical(texts: Sequence[str], labels: Sequence[str], seed: int = 0) ->
     Raises:
         DataError: with fewer than two labels.
     """
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-
-    counts = np.unique(np.asarray(labels), return_counts=True)[1]
-    if len(counts) < 2:
-        raise DataError("the classical baseline needs at least two labels in its training data")
-    folds = int(min(CLASSICAL_FOLDS, counts.min()))
-    if folds < 2:
-        pipeline = classical_pipeline(CLASSICAL_FALLBACK_C, seed).fit(list(texts), list(labels))
-        return pipeline, {"C": CLASSICAL_FALLBACK_C, "folds": 0, "cv_accuracy": None}
-    search = GridSearchCV(
-        classical_pipeline(1.0, seed),
-        {"model__C": list(CLASSICAL_C_GRID)},
-        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
-        scoring="accuracy",
-        n_jobs=1,
-        refit=True,
-    )
-    search.fit(list(texts), list(labels))
-    return search.best_estimator_, {"C": float(search.best_params_["model__C"]), "folds": folds, "cv_accuracy": float(search.best_score_)}
+    return fit_with_cv(lambda c: classical_pipeline(c, seed), list(texts), labels, seed=seed, progress=progress)
 
 
 def classical_baseline(
@@ -177,6 +283,7 @@ def classical_baseline(
     data_config: DataConfig,
     labels: Sequence[str] | None = None,
     train_ids=None,
+    progress: Any = None,
 ) -> EvalResult:
     """The classical classifier trained on ``train``, scored on ``records`` like the model.
 
@@ -191,20 +298,114 @@ def classical_baseline(
     # the cache key (the records' fingerprint) does not either.
     train = sorted(train, key=lambda record: record.id)
     labels = list(labels) if labels is not None else sorted({r.label for r in train})
-    pipeline, fitted = fit_classical([r.text for r in train], [r.label for r in train], seed=data_config.seed)
+    pipeline, fitted = fit_classical([r.text for r in train], [r.label for r in train], seed=data_config.seed, progress=progress)
     if not fitted["folds"]:
         warnings.append(f"some label has a single training example: the classical baseline uses C={CLASSICAL_FALLBACK_C} without cross-validation")
-    predicted = pipeline.predict_proba([r.text for r in chosen])
-    # Columns in the tuned model's label order; a label the classifier never saw has probability 0.
-    probabilities = np.zeros((len(chosen), len(labels)))
-    column = {label: index for index, label in enumerate(labels)}
-    for source, label in enumerate(pipeline.classes_):
-        if label in column:
-            probabilities[:, column[label]] = predicted[:, source]
+    probabilities = _in_label_order(pipeline.predict_proba([r.text for r in chosen]), pipeline.classes_, labels)
     rows, metrics, more = score_classify(chosen, probabilities, labels)
     model = f"classical (TF-IDF word 1-2 + char 2-5 grams, logistic regression C={fitted['C']:g})"
     settings = {"train_records": len(train), "c_grid": list(CLASSICAL_C_GRID), **fitted}
     return _result("classify", "classical", model, chosen, rows, metrics, settings, warnings + more, labels)
+
+
+def _in_label_order(predicted: np.ndarray, classes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """Columns in the tuned model's label order; a label the classifier never saw has probability 0."""
+    probabilities = np.zeros((len(predicted), len(labels)))
+    column = {label: index for index, label in enumerate(labels)}
+    for source, label in enumerate(classes):
+        if label in column:
+            probabilities[:, column[label]] = predicted[:, source]
+    return probabilities
+
+
+# ----------------------------------------------------------------------------------------- embedding
+
+
+def embedding_classifier(c: float = 1.0, seed: int = 0):
+    """Logistic regression over unit-length sentence embeddings (the embedding baseline's classifier)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=2000, random_state=seed)
+
+
+def _embedder(config: EvalConfig, allow_network: bool) -> tuple[Any, Any]:
+    """The embedding model of ``eval.embedding_model`` and its source, or BaselineSkipped with the reason."""
+    from tunelab.models.embedding import load_embedding_model, resolve_embedding_model
+
+    try:
+        source = resolve_embedding_model(config.embedding_model, allow_network=allow_network)
+        return load_embedding_model(source), source
+    except ModelError as error:
+        raise BaselineSkipped(f"the embedding model is unavailable: {error}") from None
+
+
+def embedding_baseline(
+    train: Sequence[ClassifyRecord],
+    records: Sequence[ClassifyRecord],
+    *,
+    config: EvalConfig,
+    data_config: DataConfig,
+    labels: Sequence[str] | None = None,
+    train_ids=None,
+    allow_network: bool = False,
+    progress: Any = None,
+) -> EvalResult:
+    """Frozen sentence embeddings + logistic regression trained on ``train``, scored on ``records`` like the model.
+
+    C is chosen by stratified cross-validation on the training records only (``fit_with_cv``, the grid of
+    ``classical``); probabilities give ECE like the model's.
+
+    Raises:
+        BaselineSkipped: when the embedding model cannot be loaded here (the reason says why).
+        DataError: for missing or wrong training records, fewer than two labels, or a bad test set.
+    """
+    from tunelab.models.embedding import embed_texts
+
+    _need_training("embedding", train, ClassifyRecord)
+    chosen, warnings = _prepare(records, "classify", data_config, train_ids)
+    train = sorted(train, key=lambda record: record.id)  # fold assignment independent of the file order
+    labels = list(labels) if labels is not None else sorted({r.label for r in train})
+    model, source = _embedder(config, allow_network)
+    _expect(progress, len(train) + len(chosen))
+    train_vectors = embed_texts(model, [r.text for r in train], progress=progress)
+    test_vectors = embed_texts(model, [r.text for r in chosen], progress=progress)
+    classifier, fitted = fit_with_cv(lambda c: embedding_classifier(c, data_config.seed), train_vectors, [r.label for r in train],
+                                     seed=data_config.seed, progress=progress)
+    if not fitted["folds"]:
+        warnings.append(f"some label has a single training example: the embedding baseline uses C={CLASSICAL_FALLBACK_C} without cross-validation")
+    probabilities = _in_label_order(classifier.predict_proba(test_vectors), classifier.classes_, labels)
+    rows, metrics, more = score_classify(chosen, probabilities, labels)
+    name = f"embedding ({source.display_name} sentence embeddings, logistic regression C={fitted['C']:g})"
+    settings = {"train_records": len(train), "c_grid": list(CLASSICAL_C_GRID), "embedding_model": source.display_name, **fitted}
+    return _result("classify", "embedding", name, chosen, rows, metrics, settings, warnings + more, labels)
+
+
+def embedding_retrieval_baseline(
+    train: Sequence[SFTRecord], records: Sequence[SFTRecord], *, config: EvalConfig, data_config: DataConfig, train_ids=None,
+    allow_network: bool = False, progress: Any = None,
+) -> EvalResult:
+    """Answer each test prompt with the completion of the training prompt nearest by embedding cosine (ties: the first by id).
+
+    Raises:
+        BaselineSkipped: when the embedding model cannot be loaded here.
+        DataError: for missing or wrong training records, a bad test set, or an example without reference.
+    """
+    from tunelab.models.embedding import embed_texts
+
+    _need_training("embedding", train, SFTRecord)
+    chosen, warnings = _prepare(records, "sft", data_config, train_ids)
+    train = sorted(train, key=lambda record: record.id)
+    references = [references_of(record) for record in chosen]
+    model, source = _embedder(config, allow_network)
+    _expect(progress, len(train) + len(chosen))
+    train_vectors = embed_texts(model, [prompt_text(r.prompt_messages) for r in train], progress=progress)
+    test_vectors = embed_texts(model, [prompt_text(r.prompt_messages) for r in chosen], progress=progress)
+    nearest = (test_vectors @ train_vectors.T).argmax(axis=1)  # unit vectors: the dot product is the cosine
+    answers = [train[int(index)].completion for index in nearest]
+    rows, metrics = score_sft(chosen, answers, references)
+    settings = {"train_records": len(train), "features": f"{source.display_name} sentence embeddings, cosine", "embedding_model": source.display_name}
+    model_name = f"embedding retrieval (completion of the nearest training prompt, {source.display_name} cosine)"
+    return _result("sft", "embedding", model_name, chosen, rows, metrics, settings, warnings)
 
 
 # ------------------------------------------------------------------------------------------ few-shot
@@ -250,6 +451,17 @@ def few_shot_classify_examples(
     return chosen, k
 
 
+def few_shot_round(
+    train: Sequence[ClassifyRecord], label_map: LabelMap, tokenizer: Any, *, seed: int = 0, system_prompt: str | None = None
+) -> tuple[list[tuple[str, str]], int, int]:
+    """The first round of few-shot examples (one per label) and its token cost: (examples, k, tokens)."""
+    examples, k = few_shot_classify_examples(train, label_map, tokenizer, 10**9, seed=seed, system_prompt=system_prompt)
+    first = examples[: len(label_map.labels)]
+    empty = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))
+    tokens = len(render_prompt_ids(tokenizer, few_shot_messages("", label_map, first, system_prompt))) - len(empty)
+    return first, min(k, 1), tokens
+
+
 def few_shot_classify(
     loaded: Any,
     train: Sequence[ClassifyRecord],
@@ -272,9 +484,11 @@ def few_shot_classify(
     budget = _example_budget(loaded, config, data_config.max_length, warnings)
     examples, k = few_shot_classify_examples(train, label_map, tokenizer, budget, seed=data_config.seed, system_prompt=system)
     if k == 0:
-        warnings.append(
-            f"{budget} tokens do not fit one example per label (eval.few_shot_tokens): the few-shot prompt shows "
-            f"{len(examples)} examples of {len(label_map.labels)} labels"
+        # A prompt that never shows some labels cannot win against opponents that learned every one.
+        _, _, round_tokens = few_shot_round(train, label_map, tokenizer, seed=data_config.seed, system_prompt=system)
+        raise BaselineSkipped(
+            f"{budget} tokens (eval.few_shot_tokens) hold {len(examples)} examples, not one for each of the "
+            f"{len(label_map.labels)} labels (one round needs {round_tokens} tokens; raise eval.few_shot_tokens to try it)"
         )
     # The test text gets as many tokens as in the trained prompt; the label list and the examples come on top.
     limit = data_config.max_length + zero_shot_extra_tokens(tokenizer, label_map, system) + budget
@@ -327,7 +541,9 @@ def few_shot_sft(
     budget = _example_budget(loaded, config, data_config.max_length + config.max_new_tokens, warnings)
     examples = few_shot_sft_examples(train, loaded.tokenizer, budget, seed=data_config.seed)
     if not examples:
-        warnings.append(f"{budget} tokens do not fit one training example (eval.few_shot_tokens): the few-shot prompt has none")
+        raise BaselineSkipped(
+            f"{budget} tokens (eval.few_shot_tokens) do not fit one training example: the prompt would be the base model's own"
+        )
     conversations = [few_shot_chat(with_system_prompt(record.prompt_messages, data_config.system_prompt), examples) for record in chosen]
     answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length + budget, progress)
     rows, metrics = score_sft(chosen, answers, references)
@@ -396,7 +612,10 @@ def _example_budget(loaded: Any, config: EvalConfig, room: int, warnings: list[s
 @dataclass(frozen=True)
 class BaselineJob:
     """What a baseline's scorer is given: the base model (when its catalogue entry needs one), the test records,
-    the records it may learn from, the settings and the labels it answers over."""
+    the records it may learn from, the settings and the labels it answers over.
+
+    ``progress`` is called with each part of the work done; a ``Meter`` is also told how much to expect.
+    ``allow_network``: whether a hub model it needs (``eval.embedding_model``) may be downloaded."""
 
     name: str
     base: Any
@@ -408,6 +627,11 @@ class BaselineJob:
     label_map: LabelMap | None
     train_ids: Any
     progress: Progress | None
+    allow_network: bool = False
+
+    @property
+    def test_count(self) -> int:
+        return len(select_test_records(self.records, self.data_config.max_test_examples, self.data_config.seed))
 
 
 @dataclass(frozen=True)
@@ -432,22 +656,37 @@ def scorer(name: str, cache_settings: Callable[[EvalConfig], dict[str, Any]] = l
     return register
 
 
+CROSS_VALIDATION_SETTINGS = {"c_grid": list(CLASSICAL_C_GRID), "folds": CLASSICAL_FOLDS}
+
+
 @scorer("base")
 def _score_base(job: BaselineJob) -> EvalResult:
     from tunelab.evaluation.answering import LocalModel
 
+    _expect(job.progress, job.test_count)
     return LocalModel(job.base).evaluate(job.records, job.task, config=job.config, data_config=job.data_config, label_map=job.label_map,
                                          baseline=True, train_ids=job.train_ids, progress=job.progress, baseline_name="base")
 
 
-@scorer("classical", lambda config: {"classical": {"c_grid": list(CLASSICAL_C_GRID), "folds": CLASSICAL_FOLDS}})
+@scorer("classical", lambda config: {"classical": CROSS_VALIDATION_SETTINGS})
 def _score_classical(job: BaselineJob) -> EvalResult:
     labels = job.label_map.labels if job.label_map is not None else None
-    return classical_baseline(job.train, job.records, data_config=job.data_config, labels=labels, train_ids=job.train_ids)
+    return classical_baseline(job.train, job.records, data_config=job.data_config, labels=labels, train_ids=job.train_ids, progress=job.progress)
+
+
+@scorer("embedding", lambda config: {"classical": CROSS_VALIDATION_SETTINGS, "embedding_model": _embedding_key(config)})
+def _score_embedding(job: BaselineJob) -> EvalResult:
+    if job.task == "classify":
+        labels = job.label_map.labels if job.label_map is not None else None
+        return embedding_baseline(job.train, job.records, config=job.config, data_config=job.data_config, labels=labels,
+                                  train_ids=job.train_ids, allow_network=job.allow_network, progress=job.progress)
+    return embedding_retrieval_baseline(job.train, job.records, config=job.config, data_config=job.data_config, train_ids=job.train_ids,
+                                        allow_network=job.allow_network, progress=job.progress)
 
 
 @scorer("few_shot", lambda config: {"few_shot_tokens": config.few_shot_tokens})
 def _score_few_shot(job: BaselineJob) -> EvalResult:
+    _expect(job.progress, job.test_count)
     if job.task == "classify":
         return few_shot_classify(job.base, job.train, job.records, config=job.config, data_config=job.data_config, label_map=job.label_map,
                                  train_ids=job.train_ids, progress=job.progress)
@@ -457,7 +696,11 @@ def _score_few_shot(job: BaselineJob) -> EvalResult:
 
 @scorer("retrieval")
 def _score_retrieval(job: BaselineJob) -> EvalResult:
-    return retrieval_baseline(job.train, job.records, data_config=job.data_config, train_ids=job.train_ids)
+    _expect(job.progress, 1)
+    result = retrieval_baseline(job.train, job.records, data_config=job.data_config, train_ids=job.train_ids)
+    if job.progress is not None:
+        job.progress(1)
+    return result
 
 
 def needs_base_model(name: str) -> bool:
@@ -504,13 +747,16 @@ def evaluate_baseline(
     label_map: LabelMap | None = None,
     train_ids=None,
     progress: Progress | None = None,
+    allow_network: bool = False,
 ) -> EvalResult:
     """One baseline's evaluation on ``records`` (``base`` is the base model, needed by base and few_shot).
 
     A remote baseline (``openai:NAME``, ``remote:NAME``) is a remote model answering through the one model
     interface; every other is an entry of the catalogue (``tunelab.config.BASELINES``) scored by its ``SCORERS`` entry.
+    ``progress``: called with each part of the work done; a ``Meter`` is also told how much work to expect.
 
     Raises:
+        BaselineSkipped: for a baseline that cannot run here or cannot win (the reason says which).
         ConfigError: for a baseline that does not apply to the task, or no base model where one is needed.
         DataError: for missing training records or a bad test set.
     """
@@ -529,7 +775,7 @@ def evaluate_baseline(
     if task == "classify" and label_map is None:
         source = train if learns_from_training(name) else records
         label_map = LabelMap.for_records(source, base.tokenizer, data_config.out_of_scope_label) if base is not None else None
-    job = BaselineJob(name, base, records, task, train, config, data_config, label_map, train_ids, progress)
+    job = BaselineJob(name, base, records, task, train, config, data_config, label_map, train_ids, progress, allow_network)
     return SCORERS[name].score(job)
 
 
@@ -571,9 +817,20 @@ def baseline_settings(
     return settings
 
 
+def _embedding_key(config: EvalConfig) -> str:
+    """What identifies the embedding model's weights (its package version or files), for the cache key."""
+    from tunelab.models.embedding import resolve_embedding_model
+
+    try:
+        return resolve_embedding_model(config.embedding_model, allow_network=True).key
+    except ModelError:
+        return f"unavailable:{config.embedding_model}"
+
+
 def calibrated_baseline(
     name: str, base: Any, records: Sequence[Record], validation: Sequence[Record], *, train: Sequence[Record],
     config: EvalConfig, data_config: DataConfig, label_map: LabelMap | None = None, train_ids=None, progress: Progress | None = None,
+    allow_network: bool = False,
 ) -> EvalResult:
     """A classify baseline with its own out-of-scope threshold, chosen on ``validation`` by the tuned model's rule.
 
@@ -585,7 +842,7 @@ def calibrated_baseline(
     whole = data_config.model_copy(update={"max_test_examples": None})
     scored = evaluate_baseline(
         name, base, [*validation, *chosen], "classify", train=train, config=config, data_config=whole,
-        label_map=label_map, train_ids=train_ids, progress=progress,
+        label_map=label_map, train_ids=train_ids, progress=progress, allow_network=allow_network,
     )
     cut = len(validation)
     on_validation = dataclasses.replace(scored, rows=scored.rows[:cut], n=cut)
@@ -611,6 +868,37 @@ def baseline_cache_key(name: str, model_key: str, test_fingerprint_: str, settin
     return baseline_key(model_key if needs_base_model(name) else name, test_fingerprint_, dict(settings))
 
 
+def model_baseline_cannot_win(
+    name: str, base: Any, validation: Sequence[Record], *, train: Sequence[Record], config: EvalConfig, data_config: DataConfig,
+    label_map: LabelMap | None, cross_validated: Mapping[str, float], progress: Progress | None = None,
+) -> str | None:
+    """Why a classify baseline that runs the base model cannot win, judged on the validation rows; None when it may.
+
+    It is scored on the in-scope validation queries; when the upper end of the 95% Wilson interval of its
+    accuracy there is below the cross-validated accuracy of a cheap opponent already in the verdict
+    (``cross_validated``: classical, embedding), it is behind that opponent by more than chance explains,
+    so scoring it on the test rows could not change the verdict. Without validation rows or such an
+    opponent nothing is skipped. (A few-shot prompt may show a validation row as an example: that can only
+    raise its validation score, so the rule stays on the side of scoring it.)
+    """
+    label = data_config.out_of_scope_label
+    rows = [r for r in validation if r.label != label]
+    if not rows or not cross_validated:
+        return None
+    whole = data_config.model_copy(update={"max_test_examples": None})
+    scored = evaluate_baseline(name, base, rows, "classify", train=train, config=config, data_config=whole,
+                               label_map=label_map, progress=progress)
+    right = int(sum(row["scores"]["correct"] for row in scored.rows))
+    _, high = wilson_interval(right, len(rows))
+    best = max(cross_validated, key=lambda key: cross_validated[key])
+    if high >= cross_validated[best]:
+        return None
+    return (
+        f"{right} of {len(rows)} validation requests right ({right / len(rows):.3f}, 95% interval up to {high:.3f}), "
+        f"below the {best} baseline's cross-validated accuracy {cross_validated[best]:.3f}: it cannot win, so it is not scored on the test rows"
+    )
+
+
 def evaluate_baselines(
     names: Sequence[str],
     base: Any,
@@ -629,21 +917,30 @@ def evaluate_baselines(
     on_event: EventFn | None = None,
     progress: Progress | None = None,
     validation: Sequence[Record] | None = None,
-) -> dict[str, EvalResult]:
-    """Every baseline in ``names`` on ``records``, in order; cached in ``registry`` when one is given.
+    allow_network: bool = False,
+) -> Baselines:
+    """Every baseline in ``names`` on ``records``; cached in ``registry`` when one is given.
 
     A cached evaluation is reused when its key (model for base/few_shot, test-set fingerprint,
     ``baseline_settings``, the training records' fingerprint where it learns) matches and its file exists.
     classify with ``data_config.out_of_scope_label``: each baseline's threshold is chosen on ``validation``
     (``calibrated_baseline``); without validation queries it stays 0 (nothing rejected).
 
+    The cheap baselines run first, so that (classify, ``eval.skip_hopeless``) a baseline that runs the base
+    model can be skipped when the validation rows show it cannot win (``model_baseline_cannot_win``).
+    A baseline that cannot run here or cannot win is in the result's ``skipped`` with its reason (and a
+    "skipped" event), never silently absent. Each baseline reports "progress" events with an ETA.
+
     Raises:
         ConfigError, DataError: as ``evaluate_baseline``.
     """
     emit = on_event or (lambda name, status, details: None)
     results: dict[str, EvalResult] = {}
+    skipped: dict[str, str] = {}
+    cross_validated: dict[str, float] = {}
     test_key = test_fingerprint("split", (r.id for r in records))
-    for name in names:
+    cheap_first = sorted(names, key=needs_base_model)  # stable: the listed order otherwise
+    for name in cheap_first:
         key = None
         if registry is not None and cache_dir is not None:
             settings = baseline_settings(name, task, config, data_config, label_map, train, validation)
@@ -651,22 +948,41 @@ def evaluate_baselines(
             cached = registry.get_cached_baseline(key)
             if cached and cached.predictions_path and Path(cached.predictions_path).is_file():
                 results[name] = EvalResult.load(cached.predictions_path)
+                _note_cross_validated(name, results[name], cross_validated)
                 emit(name, "skip", {"cached_from": cached.predictions_path})
                 continue
         emit(name, "start", {"n": len(records)})
+        meter = Meter(name, emit, progress if needs_base_model(name) else None)
         scoring = {"train": train, "config": config, "data_config": data_config, "label_map": label_map, "train_ids": train_ids,
-                   "progress": progress if needs_base_model(name) else None}
-        if task == "classify" and data_config.out_of_scope_label is not None:
-            result = calibrated_baseline(name, base, records, list(validation or []), **scoring)
-        else:
-            result = evaluate_baseline(name, base, records, task, **scoring)
+                   "progress": meter, "allow_network": allow_network}
+        try:
+            if task == "classify" and config.skip_hopeless and name in needs_base_model(name) and validation and config.endpoint_of(name) is None:
+                reason = model_baseline_cannot_win(name, base, list(validation), train=train, config=config, data_config=data_config,
+                                                   label_map=label_map, cross_validated=cross_validated, progress=meter)
+                if reason is not None:
+                    raise BaselineSkipped(reason)
+            if task == "classify" and data_config.out_of_scope_label is not None:
+                result = calibrated_baseline(name, base, records, list(validation or []), **scoring)
+            else:
+                result = evaluate_baseline(name, base, records, task, **scoring)
+        except BaselineSkipped as skip:
+            skipped[name] = skip.message
+            emit(name, "skipped", {"reason": skip.message})
+            continue
         if key is not None:
             path = Path(cache_dir) / f"{name}-{key.settings_hash}-{key.test_fingerprint[:12]}.json"
             result.save(path)
             registry.put_cached_baseline(key, metrics=result.metrics, predictions_path=str(path), run_id=run_id)
         results[name] = result
+        _note_cross_validated(name, result, cross_validated)
         emit(name, "done", {"metrics": result.metrics})
-    return results
+    return Baselines({name: results[name] for name in names if name in results}, skipped=skipped)
+
+
+def _note_cross_validated(name: str, result: EvalResult, cross_validated: dict[str, float]) -> None:
+    score = result.settings.get("cv_accuracy")
+    if name in CROSS_VALIDATED and isinstance(score, int | float):
+        cross_validated[name] = float(score)
 
 
 def evaluate_with_baselines(
@@ -712,6 +1028,8 @@ def evaluate_with_baselines(
                             train_ids=train_ids, progress=progress)
     base = model.base_model(allow_network=allow_network) if any(needs_base_model(name) for name in baselines) else None
     opponents = evaluate_baselines(baselines, base, records, task, train=train, config=config, data_config=data_config,
-                                   label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress, validation=validation)
-    verdict = compare_with_baselines(opponents, result, seed=config.seed, samples=config.bootstrap_samples) if opponents else None
+                                   label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress, validation=validation,
+                                   allow_network=allow_network)
+    verdict = (compare_with_baselines(opponents, result, seed=config.seed, samples=config.bootstrap_samples, skipped=opponents.skipped)
+               if opponents else None)
     return result, opponents, verdict

@@ -23,7 +23,39 @@ from tunelab.evaluation.result import EvalResult, _json_safe
 from tunelab.paths import atomic_write_text
 
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
+TOO_FEW = "too few test examples to decide"
+# Below this many paired test examples the percentile bootstrap's 95% interval is too narrow: with two
+# equally good models it excluded zero in 8-18 % of simulated test sets at n <= 20 (nominal 5 %), and in at
+# most 7.5 % from n = 25 on, for accuracy and continuous per-example scores alike; 25 rounded up to ten for the
+# simulation's noise (bench/bootstrap_minimum.py; bench/README.md, "How many test examples a verdict needs").
+# A verdict from fewer examples is no verdict.
+MIN_TEST_EXAMPLES = 30
 _CHUNK = 200  # resamples computed at once: bounds memory to CHUNK x n indices
+_Z_POWER = 1.959964 + 0.841621  # a two-sided 5 % test with 80 % power
+
+
+def examples_needed(metric: MetricComparison, n: int) -> int | None:
+    """About how many test examples would detect ``metric``'s observed difference (5 % level, 80 % power).
+
+    The bootstrap's standard error at n (its 95% interval's width / 3.92) scales as 1/sqrt(n); None when the
+    observed difference is 0 or the interval is undefined.
+    """
+    if not (np.isfinite([metric.low, metric.high, metric.difference]).all()) or metric.difference == 0 or n <= 0:
+        return None
+    error = (metric.high - metric.low) / (2 * 1.959964)
+    if error <= 0:
+        return max(n, MIN_TEST_EXAMPLES)
+    return max(MIN_TEST_EXAMPLES, int(np.ceil(n * (_Z_POWER * error / abs(metric.difference)) ** 2)))
+
+
+def too_few_statement(n: int, metric: MetricComparison, opponent: str) -> str:
+    """The verdict's sentence for a test set under ``MIN_TEST_EXAMPLES``, naming what would be needed."""
+    needed = examples_needed(metric, n)
+    text = (f"{TOO_FEW} (n={n}; the paired bootstrap needs at least {MIN_TEST_EXAMPLES}): against {opponent} the observed "
+            f"difference is {metric.difference:+.4g} on {metric.name}")
+    if needed is None:
+        return text + f"; at least {MIN_TEST_EXAMPLES} test examples are needed"
+    return text + f"; about {needed} test examples would be needed to detect a difference that large (80% power)"
 
 
 def _save_json(path: str | Path, data: dict[str, Any]) -> Path:
@@ -162,13 +194,15 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
         metrics.append(MetricComparison(spec.name, before, after, after - before, float(low), float(high), spec.higher_is_better))
     primary = PRIMARY_METRIC[task]
     main = next(m for m in metrics if m.name == primary)
-    verdict = main.outcome
+    verdict = main.outcome if n >= MIN_TEST_EXAMPLES else TOO_FEW
     direction = "higher" if main.higher_is_better else "lower"
     summary = (
         f"{b.model} vs {a.model}: {verdict} on {primary} ({direction} is better): "
         f"{main.before:.4g} -> {main.after:.4g}, difference {main.difference:+.4g} "
         f"(95% CI {main.low:+.4g} to {main.high:+.4g}, n={n}, paired bootstrap x{samples})"
     )
+    if n < MIN_TEST_EXAMPLES:
+        summary += "; " + too_few_statement(n, main, a.model)
     return Comparison(task, primary, a.model, b.model, n, seed, samples, metrics, verdict, summary, warnings)
 
 
@@ -206,6 +240,7 @@ class Verdict:
     verdict: str
     summary: str
     warnings: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # baselines not scored, with the reason (shown, never dropped)
 
     @property
     def paid_off(self) -> bool:
@@ -247,13 +282,18 @@ def _lead(metric: MetricComparison) -> tuple[float, float, float]:
 
 
 def compare_with_baselines(
-    baselines: dict[str, EvalResult], tuned: EvalResult, *, seed: int = 0, samples: int = 1000
+    baselines: dict[str, EvalResult], tuned: EvalResult, *, seed: int = 0, samples: int = 1000, skipped: dict[str, str] | None = None,
 ) -> Verdict:
     """Compare ``tuned`` with every baseline (same seed, hence the same resamples) and say whether tuning paid off.
+
+    ``skipped``: baselines not scored and why (default: the ``skipped`` of ``evaluate_baselines``' result);
+    the verdict carries them so the report and the CLI show each. Under ``MIN_TEST_EXAMPLES`` paired test
+    examples the verdict is ``TOO_FEW`` whatever the intervals say.
 
     Raises:
         DataError: without baselines, or when an evaluation cannot be compared with the tuned one.
     """
+    skipped = dict(getattr(baselines, "skipped", {}) if skipped is None else skipped)
     if not baselines:
         raise DataError("no baseline to compare the tuned model with", "evaluate at least one baseline (eval.baselines)")
     comparisons = {name: compare_evaluations(result, tuned, seed=seed, samples=samples) for name, result in baselines.items()}
@@ -271,7 +311,10 @@ def compare_with_baselines(
         m = metrics[name]
         return f"{name} {m.before:.4g} vs tuned {m.after:.4g}"
 
-    if len(beaten) == len(metrics):
+    if first.n < MIN_TEST_EXAMPLES:
+        verdict = TOO_FEW
+        summary = "fine-tuning cannot be judged: " + too_few_statement(first.n, metrics[strongest], strongest)
+    elif len(beaten) == len(metrics):
         verdict = PAID_OFF
         m = metrics[strongest]
         summary = (
@@ -300,4 +343,6 @@ def compare_with_baselines(
             f"the strongest opponent, {scores(strongest)}: difference {m.difference:+.4g} (95% CI {m.low:+.4g} to {m.high:+.4g})"
         )
     warnings = list(dict.fromkeys(w for comparison in comparisons.values() for w in comparison.warnings))
-    return Verdict(tuned.task, primary, tuned.model, first.n, seed, samples, comparisons, strongest, verdict, summary, warnings)
+    if skipped:
+        summary += f"; not scored (cannot run here or cannot win, see each reason): {', '.join(skipped)}"
+    return Verdict(tuned.task, primary, tuned.model, first.n, seed, samples, comparisons, strongest, verdict, summary, warnings, skipped)

@@ -166,6 +166,26 @@ def wilson_interval(successes: float, total: int, confidence: float = 0.95) -> t
 
     low, high = proportion_confint(successes, total, alpha=1 - confidence, method="wilson")
     return max(0.0, float(low)), min(1.0, float(high))
+def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
+    """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on these rows.
+
+    Temperature scaling (Guo et al. 2017): one positive scalar, so the argmax (every answer) is unchanged;
+    searched on log T in [log 0.05, log 20] (bounded: a handful of rows must not send it to 0 or infinity).
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    logits = np.asarray(logits, dtype=np.float64)
+    targets = np.asarray(targets, dtype=int)
+    if logits.size == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(targets)), targets].mean())
+
+    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    best = float(np.exp(found.x))
+    return best if nll(np.log(best)) <= nll(0.0) else 1.0
 
 
 def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_of_scope: Sequence[float]) -> tuple[float, float]:

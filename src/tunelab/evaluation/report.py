@@ -293,6 +293,7 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
     lines = [f"# Report: {run.root.name}", "", f"**Verdict: {verdict.verdict}.** {verdict.summary}", ""]
     lines += [f"- task: {tuned.task}; test examples: {verdict.n}; tuned: {tuned.model}"]
     lines += [f"- baseline {name}: {result.model}" for name, result in baselines.items()]
+    lines += [f"- baseline {name}: **skipped**, {reason}" for name, reason in verdict.skipped.items()]
     lines += [f"- intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
               "a baseline column shows its value, then the tuned model's difference from it [95% CI]"]
     lines += [f"- {line}" for line in out_of_scope_lines(baselines, tuned)]
@@ -340,6 +341,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
     parts.append(f"<h1>Report: {e(run.root.name)}</h1>")
     parts.append(f"<p class='verdict {verdict_class}'><b>Verdict: {e(verdict.verdict)}.</b> {e(verdict.summary)}</p>")
     described = "".join(f"<br>baseline {e(name)}: {e(result.model)}" for name, result in baselines.items())
+    described += "".join(f"<br>baseline {e(name)}: <b>skipped</b>, {e(reason)}" for name, reason in verdict.skipped.items())
     parts.append(f"<p>task: {e(tuned.task)}; test examples: {verdict.n}; tuned: {e(tuned.model)}{described}<br>"
                  f"Intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
                  "a baseline column shows its value, then the tuned model's difference from it [95% CI].</p>")
@@ -424,6 +426,19 @@ def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | N
     samples = samples if samples is not None else (settings.bootstrap_samples if settings else 1000)
     baselines = {name: EvalResult.load(path) for name, path in found.items()}
     tuned = EvalResult.load(tuned_path)
-    verdict = compare_with_baselines(baselines, tuned, seed=seed, samples=samples)
+    verdict = compare_with_baselines(baselines, tuned, seed=seed, samples=samples, skipped=_skipped_before(run))
     verdict.save(run.comparison)
     return verdict, write_report(run.root, baselines, tuned, verdict)
+
+
+def _skipped_before(run: RunFolder) -> dict[str, str]:
+    """The baselines the run's verdict listed as skipped (kept when the report is written again from the files)."""
+    import json
+
+    path = run.comparison
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    skipped = data.get("skipped") if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {}

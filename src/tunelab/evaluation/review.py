@@ -271,17 +271,32 @@ def load_sheet(sheet: str | Path, key: str | Path | None = None) -> ReviewSheet:
     return ReviewSheet(sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"))
 
 
+def review_opponent(run_dir: str | Path) -> Path:
+    """The evaluation the tuned model is reviewed against: the base model's, else (the base model skipped because it
+    could not win) the strongest baseline's named by the run's verdict; the base's path when neither exists."""
+    folder = RunFolder(Path(run_dir))
+    base = folder.baseline_eval("base")
+    if base.is_file():
+        return base
+    try:
+        strongest = json.loads(folder.comparison.read_text(encoding="utf-8")).get("strongest")
+    except (OSError, ValueError, AttributeError):
+        return base
+    other = folder.baseline_eval(strongest) if isinstance(strongest, str) else base
+    return other if other.is_file() else base
+
+
 def open_run_review(run_dir: str | Path, *, seed: int = 0) -> ReviewSheet:
-    """The run's review sheet, exported from eval/base.json and eval/tuned.json (as ``tunelab review export RUN``) on first use.
+    """The run's review sheet, exported from the opponent's evaluation (``review_opponent``) and eval/tuned.json (as
+    ``tunelab review export RUN``) on first use.
 
     Raises:
-        DataError: when the run has no base or tuned evaluation, or nothing to review (a text run).
+        DataError: when the run has no opponent or tuned evaluation, or nothing to review (a text run).
     """
     run_dir = Path(run_dir)
     sheet = review_sheet_path(run_dir)
     if not sheet.is_file() or not key_path_for(sheet).is_file():
-        folder = RunFolder(run_dir)
-        export_review(EvalResult.load(folder.baseline_eval("base")), EvalResult.load(folder.tuned_eval), sheet, seed=seed)
+        export_review(EvalResult.load(review_opponent(run_dir)), EvalResult.load(RunFolder(run_dir).tuned_eval), sheet, seed=seed)
     return load_sheet(sheet)
 
 

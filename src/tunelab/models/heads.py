@@ -61,6 +61,15 @@ class LabelHead(nn.Module):
         targets = targets * (head_rows.norm(dim=-1, keepdim=True) / targets.norm(dim=-1, keepdim=True).clamp(min=1e-6))
         return cls(token_ids, targets - head_rows)
 
+    @classmethod
+    def at_rows(cls, model: nn.Module, token_ids: list[int], targets: torch.Tensor) -> LabelHead:
+        """A head whose label rows start at ``targets`` [labels, hidden], each rescaled to the norm of the row it replaces."""
+        lm = causal_lm_of(model)
+        head_rows = lm.get_output_embeddings().weight.detach()[torch.tensor(token_ids)].float()
+        targets = targets.float().to(head_rows.device)
+        targets = targets * (head_rows.norm(dim=-1, keepdim=True) / targets.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+        return cls(token_ids, targets - head_rows)
+
     def save(self, folder: Path) -> Path:
         from safetensors.torch import save_file
 
@@ -78,6 +87,19 @@ class LabelHead(nn.Module):
 
         tensors = load_file(str(path))
         return cls(tensors["token_ids"], tensors["delta"])
+
+    def with_temperature(self, model: nn.Module, temperature: float) -> LabelHead:
+        """The head whose label logits are this head's divided by ``temperature`` (temperature scaling, folded in).
+
+        logits / T = h (W + delta)^T / T, so the new delta is (W + delta) / T - W over the output head's label
+        rows W: the answers stay, the probabilities are calibrated, and everything that scores through the
+        head (evaluation, serving, the merged export) gives the calibrated ones. Exact for a plain linear head
+        without bias (the default model's); soft-capped logits are scaled before the cap.
+        """
+        weight = _plain_head(causal_lm_of(model).get_output_embeddings()).weight.detach()
+        rows = weight[self.token_ids.to(weight.device)].float().cpu()
+        delta = (rows + self.delta.detach().float().cpu()) / float(temperature) - rows
+        return LabelHead(self.token_ids.cpu(), delta)
 
     def fold_into(self, model: nn.Module) -> None:
         """Add the delta to the output head's label rows for good, untying the head from the input

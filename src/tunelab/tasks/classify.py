@@ -3,9 +3,12 @@
 The recipe, top to bottom: open the run, map each label of the training split to one token (saved
 as labels.json), tokenize the prompts, make the chosen parameters trainable, pack prompts into
 rows, train with cross-entropy over the label tokens only (the hidden state at each prompt's last
-position times the label tokens' rows of the head: no full-vocabulary logits), save. With
-``data.out_of_scope_label``: the saved model scores the validation queries (in-scope and out of
-scope) and the confidence threshold chosen there is saved as out_of_scope.json.
+position times the label tokens' rows of the head: no full-vocabulary logits), save. Then the
+saved model is calibrated on the validation split (``classify.calibrate``): one temperature for the
+label logits, fitted on the in-scope validation queries and folded into the trained label rows
+(calibration.json keeps it with the ECE before and after). With ``data.out_of_scope_label``: the
+calibrated model scores the validation queries (in-scope and out of scope) and the confidence
+threshold chosen there is saved as out_of_scope.json.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         # full fine-tuning trains the head rows themselves; LoRA and freeze never reach them.
         names = label_name_token_ids(label_map.labels, tokenizer) if config.classify.label_init == "name" else None
         label_head = LabelHead.initialise(model, label_map.token_ids, names)
+        if config.classify.label_init == "centroid":
+            label_head = LabelHead.at_rows(model, label_map.token_ids, class_centroids(model, examples, len(label_map.labels)))
         model.add_module("label_head", label_head)  # a submodule: optimized, checkpointed and resumed with the rest
     scoring = {"label_token_ids": label_token_ids, "label_head": label_head}
     loop = session.train(
@@ -73,10 +78,76 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         validation_score=functools.partial(classify_correct_sum, **scoring) if config.classify.select_by == "accuracy" else None,
     )
     result = finish_run(session, model, loop)
-    if outside is not None and session.accelerator.is_main_process:
+    if session.accelerator.is_main_process and (config.classify.calibrate or outside is not None):
         del model, base  # the saved run is reloaded as evaluation and serving will see it
-        calibrate_run(config, split, run_dir)
+        if config.classify.calibrate:
+            calibrate_temperature(config, split, run_dir)
+        if outside is not None:
+            calibrate_run(config, split, run_dir)
     return result
+
+
+def class_centroids(model: Any, examples: list[Any], labels: int) -> torch.Tensor:
+    """[labels, hidden]: each label's mean last hidden state over its training prompts, minus the mean over all labels.
+
+    Centred, so that a row's dot product with a prompt's hidden state measures what sets the label apart,
+    not the direction every prompt shares. Computed with the model as it starts (before any step).
+    """
+    from tunelab.models.heads import causal_lm_of
+
+    decoder = causal_lm_of(model).get_decoder()
+    device = next(decoder.parameters()).device
+    sums = torch.zeros(labels, decoder.config.hidden_size)
+    counts = torch.zeros(labels)
+    with torch.inference_mode():
+        for example in examples:
+            hidden = decoder(input_ids=torch.tensor([example.input_ids], device=device)).last_hidden_state[0, -1].float().cpu()
+            sums[example.label] += hidden
+            counts[example.label] += 1
+    means = sums / counts.clamp(min=1)[:, None]
+    return means - means.mean(0, keepdim=True)
+
+
+def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | Path) -> dict[str, Any]:
+    """Fit one temperature on the in-scope validation queries, fold it into the saved label rows, save calibration.json.
+
+    The saved run (as ``Run.load`` gives it) scores the validation queries with the one classify inference
+    (``inference.Classifier``); ``metrics.fit_temperature`` picks T (lowest NLL); the adapter's label rows become
+    ``LabelHead.with_temperature``'s, so evaluation, serving, plain PEFT and the merged export all give the
+    calibrated probability. The answers do not change. Returns what calibration.json holds.
+    """
+    import json
+
+    import numpy as np
+
+    from tunelab.evaluation.metrics import expected_calibration_error, fit_temperature
+    from tunelab.inference import Classifier, softmax
+    from tunelab.models.adapters import write_label_rows
+    from tunelab.paths import atomic_write_text
+
+    run = RunFolder(Path(run_dir))
+    loaded = Run.open(run.root).load()
+    classifier = Classifier.for_model(loaded)
+    labels = classifier.label_map.labels
+    rows = [r for r in split.validation if r.label != config.data.out_of_scope_label and r.label in labels]
+    record: dict[str, Any] = {"method": "temperature scaling on the in-scope validation queries (lowest NLL)", "queries": len(rows)}
+    if not rows or loaded.label_head is None or not run.adapter.is_dir():
+        record.update(temperature=1.0, applied=False,
+                      reason="no validation queries" if not rows else "the run has no label rows in an adapter to fold the temperature into")
+    else:
+        prompts = [classifier.prompt(r.text)[0] for r in rows]
+        logits = classifier.logits(loaded.model, prompts, batch_size=config.eval.batch_size)
+        targets = np.array([labels.index(r.label) for r in rows])
+        temperature = fit_temperature(logits, targets)
+
+        def ece(scaled: np.ndarray) -> float:
+            probabilities = softmax(scaled)
+            return expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets)
+
+        write_label_rows(run.adapter, loaded.model, loaded.label_head.with_temperature(loaded.model, temperature))
+        record.update(temperature=temperature, applied=True, ece_before=ece(logits), ece_after=ece(logits / temperature))
+    atomic_write_text(run.calibration, json.dumps(record, indent=1))
+    return record
 
 
 def calibrate_run(config: ResolvedConfig, split: Split, run_dir: str | Path) -> OutOfScope:

@@ -83,6 +83,7 @@ class RunOutcome:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     baseline_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline name -> metrics
+    baseline_skipped: dict[str, str] = field(default_factory=dict)  # baseline name -> why it was not scored
     generation: dict[str, Any] | None = None  # preference from an SFT run: generations against the parent
 
     @property
@@ -142,6 +143,7 @@ class PipelineContext:
     label_map: LabelMap | None = None
     estimate: dict[str, Any] | None = None
     baseline_evals: dict[str, EvalResult] = field(default_factory=dict)  # eval.baselines, in order
+    baseline_skipped: dict[str, str] = field(default_factory=dict)  # eval.baselines not scored, with the reason
     train_result: dict[str, Any] | None = None
     tuned_eval: EvalResult | None = None
     comparison: Verdict | None = None
@@ -346,6 +348,9 @@ def split_step(context: PipelineContext) -> Split:
             split.save(run.split)
             for message in split.warnings:
                 context.warn(f"split: {message}")
+            small = too_few_test_examples(config, split)
+            if small:
+                context.warn(f"split: {small}")
             record.value = {"sizes": split.sizes(), "fingerprint": split.fingerprint}
             record.details = {"sizes": split.sizes()}
     if not split.test:
@@ -357,6 +362,25 @@ def split_step(context: PipelineContext) -> Split:
     context.split = split
     context.label_map = _label_map_for(config, split, context.base.tokenizer)
     return split
+
+
+def too_few_test_examples(config: RunConfig, split: Split) -> str | None:
+    """The split step's warning, before any compute, when the test split is too small for a verdict; else None.
+
+    The rule is the verdict's (``evaluation.compare.MIN_TEST_EXAMPLES`` paired test examples: requests,
+    answers, documents or preference pairs alike), counted after ``data.max_test_examples``.
+    """
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+
+    n = len(split.test) if config.data.max_test_examples is None else min(len(split.test), config.data.max_test_examples)
+    if n >= MIN_TEST_EXAMPLES or n == 0:
+        return None
+    unit = {"text": "documents", "preference": "pairs"}.get(config.task, "examples")
+    return (
+        f"the test split has {n} {unit}; a verdict needs at least {MIN_TEST_EXAMPLES} (below that the paired bootstrap's "
+        f"interval is too narrow to trust), so this run will say 'too few test examples to decide': give more data, "
+        f"raise data.test_size, or give data.test"
+    )
 
 
 def estimate_step(context: PipelineContext) -> dict[str, Any]:
@@ -406,9 +430,13 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
     if not names:
         return {}
     paths = {name: run.baseline_eval(name) for name in names}
-    if context.state.done("baseline") and all(path.is_file() for path in paths.values()):
-        context.baseline_evals = {name: EvalResult.load(path) for name, path in paths.items()}
-        return context.baseline_evals
+    if context.state.done("baseline"):
+        done = context.state.get("baseline") or {}
+        skipped = dict(done.get("skipped") or {})
+        if all(path.is_file() for name, path in paths.items() if name not in skipped):
+            context.baseline_evals = {name: EvalResult.load(path) for name, path in paths.items() if name not in skipped}
+            context.baseline_skipped = skipped
+            return context.baseline_evals
     split = context.require_split()
     _ensure_registered(context)
     cached: list[str] = []
@@ -417,7 +445,7 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
         if status == "skip":
             cached.append(name)
             context.emit("baseline", "skip", {"baseline": name, **details})
-        else:
+        else:  # start, progress (done, total, eta_s), done, skipped (reason)
             context.emit("baseline", f"baseline {status}", {"baseline": name, **details})
 
     with step(context, "baseline", n=len(split.test), baselines=names) as record:
@@ -426,17 +454,20 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
             data_config=config.data, label_map=context.label_map, train_ids=[r.id for r in split.train],
             registry=context.registry, cache_dir=Path(config.train.output_dir) / "baselines", model_key=_model_key(context.base),
             run_id=context.registry_id, on_event=on_baseline, progress=context.eval_progress, validation=split.validation,
+            allow_network=config.model.allow_network,
         )
         for name, result in results.items():
             result.save(paths[name])
         metrics = {name: result.metrics for name, result in results.items()}
-        record.value = {"paths": {name: str(path) for name, path in paths.items()}, "cached": cached}
-        record.details = {"metrics": metrics.get("base") or next(iter(metrics.values())), "baselines": metrics}
+        record.value = {"paths": {name: str(paths[name]) for name in results}, "cached": cached, "skipped": results.skipped}
+        shown = metrics.get("base") or next(iter(metrics.values()), None)
+        record.details = {"metrics": shown, "baselines": metrics, "skipped": results.skipped}
         # The registry's baseline_metrics column keeps the base model's (what `tunelab runs` shows as "before").
-        record.registry_fields = {"baseline_metrics": metrics.get("base") or next(iter(metrics.values()))}
+        record.registry_fields = {"baseline_metrics": shown}
         record.timing = "baseline"
-    context.baseline_evals = results
-    return results
+    context.baseline_evals = dict(results)
+    context.baseline_skipped = dict(results.skipped)
+    return context.baseline_evals
 
 
 def train_step(context: PipelineContext) -> dict[str, Any]:
@@ -580,7 +611,8 @@ def report_step(context: PipelineContext) -> Verdict | None:
         raise ConfigError("report_step needs the tuned evaluation: call evaluate_step(context) first")
     config, run = context.config, context.run
     with step(context, "report") as record:
-        verdict = compare_with_baselines(context.baseline_evals, context.tuned_eval, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+        verdict = compare_with_baselines(context.baseline_evals, context.tuned_eval, seed=config.eval.seed,
+                                         samples=config.eval.bootstrap_samples, skipped=context.baseline_skipped)
         verdict.save(run.comparison)
         files = write_report(run.root, context.baseline_evals, context.tuned_eval, verdict)
         report_files = {"markdown": str(files.markdown), "html": str(files.html)}
@@ -624,6 +656,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
             "artifacts": {
                 "run_dir": str(context.run.root), "train": context.train_result, **context.report_files,
                 "baselines": {name: result.metrics for name, result in context.baseline_evals.items()},
+                "baselines_skipped": context.baseline_skipped,
                 **({"generation": context.generation["comparison"]} if context.generation else {}),
             },
         }
@@ -649,6 +682,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
         timings=dict(context.state.data.get("timings", {})),
         warnings=list(context.warnings),
         baseline_metrics={name: result.metrics for name, result in context.baseline_evals.items()},
+        baseline_skipped=dict(context.baseline_skipped),
         generation=context.generation,
     )
 

@@ -264,12 +264,14 @@ def timing_rows(record: RunRecord, pipeline: dict[str, Any] | None) -> list[dict
 
 def run_files(record: RunRecord) -> dict[str, Any]:
     """Which of the run's files exist: report, adapter or full model, data check."""
+    from tunelab.evaluation.review import review_opponent
+
     if not record.run_dir:
         return {}
     run = RunFolder(Path(record.run_dir))
     return {
         "report_html": run.report_html.is_file(), "report_md": run.report_md.is_file(),
-        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": run.baseline_eval("base").is_file() and run.tuned_eval.is_file(),
+        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": review_opponent(run.root).is_file() and run.tuned_eval.is_file(),
         "folder": str(run.root), "exists": run.root.is_dir(),
     }
 

@@ -183,11 +183,11 @@ def test_retrieval_equals_brute_force_cosine():
 
 def test_eval_baselines_default_to_all_that_apply_and_the_old_key_still_works():
     resolved = parse_config({"task": "classify"})
-    assert resolved.eval.baselines == ["base", "classical", "few_shot"]
-    assert parse_config({"task": "sft"}).eval.baselines == ["base", "few_shot", "retrieval"]
+    assert resolved.eval.baselines == ["base", "classical", "embedding", "few_shot"]
+    assert parse_config({"task": "sft"}).eval.baselines == ["base", "few_shot", "retrieval", "embedding"]
     assert parse_config({"task": "text"}).eval.baselines == ["base"]
     old = parse_config({"task": "classify", "eval": {"baseline": False}})
-    assert old.eval.baselines == ["classical", "few_shot"] and old.eval.baseline is None
+    assert old.eval.baselines == ["classical", "embedding", "few_shot"] and old.eval.baseline is None
     assert parse_config({"task": "text", "eval": {"baseline": True}}).eval.baselines == ["base"]
     assert parse_config({"task": "sft", "eval": {"baselines": []}}).eval.baselines == []
     with pytest.raises(ConfigError, match="contradicts eval.baselines"):
@@ -230,16 +230,16 @@ def test_evaluate_baselines_caches_and_recomputes_when_training_data_changes(tmp
         return B.evaluate_baselines(
             ["base", "classical"], loaded, _test_records(), "classify", train=train, config=EvalConfig(), data_config=DataConfig(),
             label_map=label_map, registry=registry, cache_dir=tmp_path / "cache", model_key="tiny",
-            on_event=lambda name, status, details: events.append((name, status)),
+            on_event=lambda name, status, details: events.append((name, status)) if status != "progress" else None,
         )
 
     first = run(_classify_records())
-    assert list(first) == ["base", "classical"] and first["base"].baseline_name == "base"
+    assert list(first) == ["base", "classical"] and first["base"].baseline_name == "base"  # the listed order
     again = run(_classify_records())
-    assert events[-2:] == [("base", "skip"), ("classical", "skip")]
+    assert events[-2:] == [("classical", "skip"), ("base", "skip")]  # the cheap opponent runs first
     assert again["classical"].rows == first["classical"].rows
     run(_classify_records(offset=1))
-    assert events[-3:] == [("base", "skip"), ("classical", "start"), ("classical", "done")]
+    assert events[-3:] == [("classical", "start"), ("classical", "done"), ("base", "skip")]
     with pytest.raises(ConfigError, match="does not apply"):
         B.evaluate_baseline("retrieval", loaded, _test_records(), "classify", train=_classify_records(), config=EvalConfig(), data_config=DataConfig())
 

@@ -84,8 +84,8 @@ def _sft(name, predictions, references):
 
 
 def test_sft_comparison_round_trips_through_files(tmp_path):
-    references = [f"the answer number {i} is here" for i in range(25)]
-    base = _sft("base", ["something else entirely"] * 25, references)
+    references = [f"the answer number {i} is here" for i in range(30)]  # MIN_TEST_EXAMPLES: fewer is no verdict
+    base = _sft("base", ["something else entirely"] * 30, references)
     tuned = _sft("tuned", [r if i % 5 else "wrong" for i, r in enumerate(references)], references)
     comparison = compare_files(base.save(tmp_path / "a.json"), tuned.save(tmp_path / "b.json"), samples=200)
     assert comparison.verdict == "better"

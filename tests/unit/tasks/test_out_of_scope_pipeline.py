@@ -36,7 +36,7 @@ def test_run_with_out_of_scope_requests(tmp_path, tiny_model_dir):
         "data": {"train": str(train), "out_of_scope": str(outside), "out_of_scope_label": "other",
                  "test_size": 0.25, "validation_size": 0.25, "max_length": 64},
         "train": {"method": "full", "lr": 3e-3, "epochs": 4, "batch_size": 8, "output_dir": str(tmp_path / "runs")},
-        "eval": {"bootstrap_samples": 200},
+        "eval": {"bootstrap_samples": 200, "skip_hopeless": False},
     })
     outcome = run_pipeline(config)
     run = outcome.run_dir
@@ -60,7 +60,7 @@ def test_run_with_out_of_scope_requests(tmp_path, tiny_model_dir):
     for key in ("in_scope_accuracy", "out_of_scope_precision", "out_of_scope_recall", "out_of_scope_f1"):
         assert key in tuned and all(key in metrics for metrics in outcome.baseline_metrics.values())
         assert outcome.comparison.comparisons["classical"].metric(key).after == tuned[key]
-    for name in ("base", "classical", "few_shot"):
+    for name in ("base", "classical", "embedding", "few_shot"):
         evaluation = json.loads((run / "eval" / f"{name}.json").read_text())
         assert evaluation["settings"]["out_of_scope"]["validation"]["queries"] == len(split.validation)
         assert evaluation["n"] == len(split.test)

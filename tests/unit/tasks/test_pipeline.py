@@ -39,7 +39,8 @@ def _config(tmp_path, tiny_model_dir, **train):
             "name": "quick",
             "data": {"train": str(data), "test_size": 0.25, "validation_size": 0.1, "max_length": 64},
             "train": {"method": "full", "lr": 3e-3, "epochs": 8, "batch_size": 8, "output_dir": str(tmp_path / "runs"), **train},
-            "eval": {"bootstrap_samples": 200},
+            # Every baseline scored, so each one's files, cache and columns are checked (skipping is tested below).
+            "eval": {"bootstrap_samples": 200, "skip_hopeless": False},
         }
     )
 
@@ -58,10 +59,14 @@ def test_run_walks_every_step_and_registers(tmp_path, tiny_model_dir):
     data_check = json.loads((outcome.run_dir / "data_check.json").read_text())
     assert data_check["records"] == 48 and data_check["ok"] and data_check["task"] == "classify"
     # Every baseline that applies to classify ran on the same test set, was saved and is in the verdict and report.
-    assert list(outcome.comparison.comparisons) == ["base", "classical", "few_shot"] == list(outcome.baseline_metrics)
-    assert all((outcome.run_dir / "eval" / f"{name}.json").is_file() for name in ("classical", "few_shot"))
+    assert list(outcome.comparison.comparisons) == ["base", "classical", "embedding", "few_shot"] == list(outcome.baseline_metrics)
+    assert all((outcome.run_dir / "eval" / f"{name}.json").is_file() for name in ("classical", "embedding", "few_shot"))
     assert outcome.comparison.strongest in outcome.baseline_metrics
-    assert "| metric | tuned | base | classical | few_shot |" in (outcome.run_dir / "report.md").read_text()
+    assert "| metric | tuned | base | classical | embedding | few_shot |" in (outcome.run_dir / "report.md").read_text()
+    # 12 test examples: below the minimum a verdict needs; said at the split step, before any compute, and in the verdict.
+    assert outcome.comparison.verdict == "too few test examples to decide" and "n=12" in outcome.comparison.summary
+    assert any("the test split has 12 examples" in warning for warning in outcome.warnings)
+    assert events.index(("warn", "warn")) < events.index(("estimate", "done"))
     record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
     assert record.status == "finished"
     assert record.tuned_metrics["accuracy"] == outcome.tuned_metrics["accuracy"]
@@ -131,7 +136,9 @@ def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
     entries = run_sweep(config_path, [], ["train.lr=1e-4,3e-3"], on_event=lambda s, st, d: events.append((s, st)))
     assert [e.error for e in entries] == [None, None]
     assert ("baseline", "skip") in events  # the second variant reused the first one's baselines
-    assert sum(1 for step, status in events if (step, status) == ("baseline", "skip")) == 3
+    # classical and embedding come from the cache; base and few_shot, skipped (cannot win on validation), are decided again.
+    assert sum(1 for step, status in events if (step, status) == ("baseline", "skip")) == 2
+    assert sum(1 for step, status in events if (step, status) == ("baseline", "baseline skipped")) == 4
     rows = leaderboard(entries)
     assert rows[0]["after"] >= rows[1]["after"]
     strongest = {entry.outcome.name: entry.outcome.comparison.strongest for entry in entries}
@@ -159,7 +166,7 @@ def test_run_sft_and_text_end_to_end(tmp_path, tiny_model_dir, task):
         }
     )
     outcome = run_pipeline(config, calibrate=False)
-    assert list(outcome.comparison.comparisons) == {"sft": ["base", "few_shot", "retrieval"], "text": ["base"]}[task]
+    assert list(outcome.comparison.comparisons) == {"sft": ["base", "few_shot", "retrieval", "embedding"], "text": ["base"]}[task]
     primary = outcome.comparison.primary
     assert primary == {"sft": "rougeL", "text": "perplexity"}[task]
     assert outcome.base_metrics[primary] != outcome.tuned_metrics[primary]
@@ -201,3 +208,27 @@ def test_steps_are_public_functions_a_notebook_can_call(tmp_path, tiny_model_dir
         raise RuntimeError("boom")
     assert registry.get_run("quick").status == "failed"
     assert not context.state.done("train") and context.state.done("baseline")
+
+
+def test_a_baseline_that_cannot_win_on_validation_rows_is_skipped_and_shown_everywhere(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir, epochs=1)
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={"skip_hopeless": True})})
+    events = []
+    outcome = run_pipeline(config, on_event=lambda s, st, d: events.append((s, st, d)))
+    # The random tiny base model is at chance on the 5 validation rows; the classical model cross-validates far higher.
+    assert set(outcome.baseline_skipped) == {"base", "few_shot"}
+    for name, reason in outcome.baseline_skipped.items():
+        assert "validation requests right" in reason and "cannot win" in reason
+        assert ("baseline", "baseline skipped", {"baseline": name, "reason": reason}) in events
+        assert not (outcome.run_dir / "eval" / f"{name}.json").exists()
+    assert list(outcome.baseline_metrics) == ["classical", "embedding"] == list(outcome.comparison.comparisons)
+    assert outcome.comparison.skipped == outcome.baseline_skipped and "base, few_shot" in outcome.comparison.summary
+    assert "baseline base: **skipped**" in (outcome.run_dir / "report.md").read_text()
+    saved = json.loads((outcome.run_dir / "eval" / "comparison.json").read_text())
+    assert saved["skipped"] == outcome.baseline_skipped
+    registry = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
+    assert registry.artifacts["baselines_skipped"] == outcome.baseline_skipped
+    # Every baseline reported progress with an ETA while it ran.
+    progress = [d for s, st, d in events if st == "baseline progress"]
+    assert {d["baseline"] for d in progress} >= {"classical", "embedding", "base", "few_shot"}
+    assert all(0 <= d["done"] <= d["total"] for d in progress) and any(d["eta_s"] is not None for d in progress)

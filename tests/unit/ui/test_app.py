@@ -36,7 +36,7 @@ def made_run(tmp_path):
     run_dir = tmp_path / "runs" / "made"
     base.save(run_dir / "eval" / "base.json")
     tuned.save(run_dir / "eval" / "tuned.json")
-    verdict = compare_with_baselines({"base": base}, tuned, samples=200)
+    verdict = compare_with_baselines({"base": base}, tuned, samples=200, skipped={"few_shot": "20 tokens hold 1 example, not one for each of the 2 labels"})
     verdict.save(run_dir / "eval" / "comparison.json")
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in [
         {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "validation_loss": 1.7}, "not json"]) + "\n")
@@ -68,6 +68,7 @@ def test_runs_and_run_pages_show_the_registry_values(made_run):
         page = client.get(f"/runs/{record.id}")
         assert page.status_code == 200
         assert "Confusion matrices" in page.text and "request 18" in page.text  # a changed example
+        assert "baselines skipped" in page.text and "not one for each of the 2 labels" in page.text  # never silently absent
         assert "12.5 s" in page.text and "1.25" in page.text  # actual time and actual / estimated
         assert "not saved for this run" in page.text  # no data_check.json in this hand-made folder
         progress = client.get(f"/api/runs/{record.id}/progress").json()

@@ -1,0 +1,113 @@
+"""A cheap proxy before training: how far do the default model's own representations get, untrained?
+
+The embedding baseline is frozen sentence embeddings + logistic regression. The tuned model reads its
+answer from the last prompt token's hidden state. This script asks, with no fine-tuning at all, on the
+rows bench/classify_levers.py chooses defaults on (never the rows bench/quality.py reports): the same
+logistic regression (C by the baseline's cross-validation) over
+
+- ``last``: the default model's final hidden state at the classify prompt's last token (what the label head reads);
+- ``mean``: the mean of its final hidden states over the request's own tokens (a pooled representation);
+- ``embedding``: all-MiniLM-L6-v2 sentence embeddings (the embedding baseline's features);
+
+plus a nearest-centroid rule (cosine) over ``last`` (what a label row initialised at each class's mean
+would score before any training). Results append to bench/results/classify_representations.jsonl.
+
+    PYTHONPATH=src python bench/classify_representations.py --dataset banking77 --labels 20 --per-label 10 --test-per-label 15 --seed 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from classify_levers import DATASETS, QUICKSTART_TRAIN, subsample
+from common import RESULTS_DIR, SHARED_DATA
+
+RESULTS = RESULTS_DIR / "classify_representations.jsonl"
+
+
+def hidden_features(loaded, records, label_map, system, max_length=128):
+    from tunelab.data.templates import classify_messages, render_prompt_ids
+    from tunelab.data.tokenize import tokenize_classify
+    from tunelab.models.heads import causal_lm_of
+
+    decoder = causal_lm_of(loaded.model).get_decoder()
+    prefix = len(render_prompt_ids(loaded.tokenizer, classify_messages("", system)))
+    last, mean = [], []
+    with torch.inference_mode():
+        for record in records:
+            ids = tokenize_classify(record, loaded.tokenizer, label_map, max_length, system).input_ids
+            hidden = decoder(input_ids=torch.tensor([ids])).last_hidden_state[0].float()
+            last.append(hidden[-1].numpy())
+            own = hidden[max(0, prefix - 8) :]  # the request's own tokens (and the few template tokens around them)
+            mean.append(own.mean(0).numpy())
+    return np.stack(last), np.stack(mean)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
+    parser.add_argument("--per-label", type=int, default=10)
+    parser.add_argument("--labels", type=int, default=20)
+    parser.add_argument("--test-per-label", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=4)
+    args = parser.parse_args()
+
+    from sklearn.preprocessing import normalize
+
+    from tunelab.config import DataConfig, EvalConfig
+    from tunelab.data.labels import LabelMap
+    from tunelab.data.read import load_records
+    from tunelab.evaluation.baselines import embedding_classifier, fit_with_cv
+    from tunelab.models import load_model
+    from tunelab.models.embedding import embed_texts, load_embedding_model, resolve_embedding_model
+
+    if args.dataset == "quickstart-train":
+        records = load_records(str(QUICKSTART_TRAIN), "classify", DataConfig())
+    else:
+        records = load_records(str(SHARED_DATA / DATASETS[args.dataset]), "classify", DataConfig(preset=args.dataset))
+    train, validation, test = subsample(records, args.per_label, args.test_per_label, args.seed, args.labels)
+    train = train + validation
+    loaded = load_model("default")
+    label_map = LabelMap.for_records(train, loaded.tokenizer)
+    system = DataConfig().system_prompt
+    started = time.perf_counter()
+    train_last, train_mean = hidden_features(loaded, train, label_map, system)
+    test_last, test_mean = hidden_features(loaded, test, label_map, system)
+    model = load_embedding_model(resolve_embedding_model(EvalConfig().embedding_model))
+    train_embedding = embed_texts(model, [r.text for r in train])
+    test_embedding = embed_texts(model, [r.text for r in test])
+    y_train, y_test = np.array([r.label for r in train]), np.array([r.label for r in test])
+
+    def accuracy(x_train, x_test):
+        x_train, x_test = normalize(x_train), normalize(x_test)
+        classifier, fitted = fit_with_cv(lambda c: embedding_classifier(c, 0), x_train, y_train, seed=0)
+        return float(np.mean(classifier.predict(x_test) == y_test)), fitted["C"]
+
+    def centroid(x_train, x_test):
+        x_train, x_test = normalize(x_train), normalize(x_test)
+        labels = sorted(set(y_train))
+        centres = normalize(np.stack([x_train[y_train == label].mean(0) for label in labels]))
+        return float(np.mean(np.array(labels)[(x_test @ centres.T).argmax(1)] == y_test))
+
+    row = {"dataset": args.dataset, "labels": len(set(y_train)), "per_label": args.per_label, "seed": args.seed,
+           "train": len(train), "test": len(test)}
+    for name, (a, b) in {"last": (train_last, test_last), "mean": (train_mean, test_mean),
+                         "embedding": (train_embedding, test_embedding)}.items():
+        row[f"{name}_lr"], row[f"{name}_C"] = accuracy(a, b)
+    row["last_centroid"] = centroid(train_last, test_last)
+    row["mean_centroid"] = centroid(train_mean, test_mean)
+    row.update(seconds=round(time.perf_counter() - started, 1), load=round(os.getloadavg()[0], 2),
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(json.dumps(row))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

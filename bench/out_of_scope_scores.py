@@ -1,0 +1,128 @@
+"""Which score separates known from unknown requests? Measured on a finished out-of-scope run.
+
+A tuned classify run answers "out of scope" when a score of the request is below a threshold chosen on
+the validation queries (the rule of ``evaluation/metrics.choose_threshold``: the highest accuracy over
+all validation queries, ties to the lowest threshold). This script scores the run's own validation and
+test queries (``split.json``) with the run's own model only, four ways:
+
+- ``probability``: the top label's probability (calibrated when the run folded a temperature in): today's rule;
+- ``energy``: logsumexp of the label logits (Liu et al. 2020; higher = more in scope);
+- ``margin``: top-1 minus top-2 label probability;
+- ``nearest``: the highest cosine similarity between the request's last hidden state and those of the
+  training requests (the distance to the training examples' representations, in the tuned model).
+
+For each it chooses the threshold on validation and reports, on the test queries: accuracy over all
+queries, in-scope accuracy (a rejected in-scope query is wrong), out-of-scope recall, and AUROC of the
+score for known vs unknown. Appends to bench/results/out_of_scope_scores.jsonl.
+
+    PYTHONPATH=src python bench/out_of_scope_scores.py bench/results/tmp/quality/NAME/CASE/runs/CASE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS_DIR
+
+RESULTS = RESULTS_DIR / "out_of_scope_scores.jsonl"
+
+
+def choose(scores: np.ndarray, correct: np.ndarray, outside: np.ndarray) -> float:
+    """The threshold with the highest all-query accuracy on these rows (reject below it); ties to the lowest."""
+    values = np.unique(scores)
+    candidates = [-np.inf, *((values[:-1] + values[1:]) / 2), np.inf]
+    best, best_accuracy = -np.inf, -1.0
+    for threshold in candidates:
+        rejected = scores < threshold
+        accuracy = np.mean(np.where(outside, rejected, correct & ~rejected))
+        if accuracy > best_accuracy + 1e-12:
+            best, best_accuracy = threshold, accuracy
+    return float(best)
+
+
+def auroc(scores: np.ndarray, outside: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(~outside, scores)) if outside.any() and (~outside).any() else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    args = parser.parse_args()
+
+    from tunelab.data.split import load_split
+    from tunelab.inference import Classifier, softmax
+    from tunelab.models.heads import causal_lm_of
+    from tunelab.runs import Run
+
+    run = Run.open(args.run)
+    config = run.config
+    label = config.data.out_of_scope_label
+    if label is None:
+        sys.exit(f"{args.run} has no out-of-scope label")
+    split = load_split(run.folder.split, config)
+    loaded = run.load()
+    classifier = Classifier.for_model(loaded)
+    label_map = classifier.label_map
+    decoder = causal_lm_of(loaded.model).get_decoder()
+
+    def last_hidden(records):
+        out = []
+        with torch.inference_mode():
+            for record in records:
+                ids = classifier.prompt(record.text)[0]
+                out.append(decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].float().numpy())
+        hidden = np.stack(out)
+        return hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+
+    started = time.perf_counter()
+    train_hidden = last_hidden(split.train)
+    row = {"run": args.run.name, "train": len(split.train)}
+    for part, records in (("validation", split.validation), ("test", split.test)):
+        logits = classifier.logits(loaded.model, [classifier.prompt(r.text)[0] for r in records])
+        probabilities = softmax(logits)
+        top = np.array(label_map.labels)[probabilities.argmax(1)]
+        ordered = np.sort(probabilities, axis=1)
+        hidden = last_hidden(records)
+        scores = {
+            "probability": ordered[:, -1],
+            "energy": np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1),
+            "margin": ordered[:, -1] - ordered[:, -2],
+            "nearest": (hidden @ train_hidden.T).max(1),
+        }
+        outside = np.array([r.label == label for r in records])
+        correct = np.array([t == r.label for t, r in zip(top, records, strict=True)])
+        row[part] = {"scores": scores, "outside": outside, "correct": correct}
+    result = {"run": args.run.name, "validation": len(split.validation), "test": len(split.test),
+              "test_out_of_scope": int(row["test"]["outside"].sum())}
+    test, validation = row["test"], row["validation"]
+    result["in_scope_accuracy_without_threshold"] = float(test["correct"][~test["outside"]].mean())
+    for name in validation["scores"]:
+        threshold = choose(validation["scores"][name], validation["correct"], validation["outside"])
+        rejected = test["scores"][name] < threshold
+        outside, correct = test["outside"], test["correct"]
+        result[name] = {
+            "threshold": threshold,
+            "accuracy": float(np.mean(np.where(outside, rejected, correct & ~rejected))),
+            "in_scope_accuracy": float(np.mean((correct & ~rejected)[~outside])),
+            "out_of_scope_recall": float(rejected[outside].mean()) if outside.any() else None,
+            "auroc": auroc(test["scores"][name], outside),
+        }
+    result.update(seconds=round(time.perf_counter() - started, 1), load=round(os.getloadavg()[0], 2),
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(json.dumps(result, indent=1))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

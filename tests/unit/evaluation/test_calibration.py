@@ -1,0 +1,88 @@
+"""Temperature scaling: the fit against a brute-force search, folded into the label head exactly, and a run calibrated."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tunelab.evaluation.metrics import fit_temperature
+from tunelab.models.heads import LabelHead, label_logits
+
+
+def _nll(logits, targets, temperature):
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+    return -log_probs[np.arange(len(targets)), targets].mean()
+
+
+@pytest.mark.parametrize("sharpness", [0.3, 3.0])
+def test_fit_temperature_finds_the_lowest_nll_of_a_brute_force_search(sharpness):
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 5, size=200)
+    logits = rng.normal(size=(200, 5))
+    logits[np.arange(200), targets] += 1.5  # right more often than not
+    logits *= sharpness  # 0.3: underconfident (T < 1 fits), 3.0: overconfident (T > 1)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    best = grid[np.argmin([_nll(logits, targets, t) for t in grid])]
+    found = fit_temperature(logits, targets)
+    assert found == pytest.approx(best, rel=0.01)
+    assert (found < 1) == (sharpness < 1)
+    assert _nll(logits, targets, found) <= _nll(logits, targets, 1.0)
+    assert fit_temperature(np.zeros((0, 3)), []) == 1.0
+
+
+def test_a_temperature_folded_into_the_label_head_divides_the_label_logits(tiny_model):
+    token_ids = [5, 9, 13]
+    head = LabelHead(token_ids, torch.randn(3, tiny_model.config.hidden_size) * 0.1)
+    hidden = torch.randn(4, tiny_model.config.hidden_size)
+    ids = torch.tensor(token_ids)
+    before = label_logits(tiny_model, hidden, ids, head)
+    scaled = head.with_temperature(tiny_model, 2.5)
+    after = label_logits(tiny_model, hidden, ids, scaled)
+    torch.testing.assert_close(after, before / 2.5, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after.argmax(-1), before.argmax(-1))  # the answers stay
+
+
+def test_a_classify_run_is_calibrated_on_validation_with_the_answers_unchanged(tiny_model_dir, tmp_path, monkeypatch):
+    from tunelab.config import parse_config
+    from tunelab.data.split import make_split
+    from tunelab.inference import Classifier
+    from tunelab.runs import Run
+    from tunelab.tasks import run_training
+    from tunelab.tasks.classify import calibrate_temperature
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    words = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
+    rows = [{"text": f"{words['AB'[i % 2]][i % 4]} {words['AB'[i % 2]][(i // 2) % 4]} number {i}", "label": "AB"[i % 2]} for i in range(48)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = parse_config({
+        "task": "classify", "model": str(tiny_model_dir),
+        "data": {"train": str(data), "test_size": 0.2, "validation_size": 0.25, "max_length": 64},
+        "train": {"lr": 3e-3, "epochs": 3, "batch_size": 8, "output_dir": str(tmp_path / "runs")},
+        "classify": {"calibrate": False},
+    })
+    split = make_split(config)
+    run_dir = tmp_path / "runs" / "calibrated"
+    run_training(config, split, run_dir=run_dir)
+    assert not Run.open(run_dir).folder.calibration.exists()  # classify.calibrate: false
+
+    def validation_logits():
+        loaded = Run.open(run_dir).load()
+        classifier = Classifier.for_model(loaded)
+        return classifier.logits(loaded.model, [classifier.prompt(r.text)[0] for r in split.validation]), classifier.label_map
+
+    raw, label_map = validation_logits()
+    record = calibrate_temperature(config, split, run_dir)
+    saved = json.loads(Run.open(run_dir).folder.calibration.read_text())
+    assert saved == record and saved["applied"] and saved["queries"] == len(split.validation)
+    targets = np.array([label_map.labels.index(r.label) for r in split.validation])
+    assert saved["temperature"] == pytest.approx(fit_temperature(raw, targets))
+    calibrated, _ = validation_logits()  # read back from the adapter's label rows, as every consumer reads them
+    np.testing.assert_allclose(calibrated, raw / saved["temperature"], rtol=1e-4, atol=1e-4)
+    assert (calibrated.argmax(1) == raw.argmax(1)).all()
+    assert _nll(calibrated, targets, 1.0) <= _nll(raw, targets, 1.0) + 1e-9
+    for key in ("ece_before", "ece_after"):
+        assert 0.0 <= saved[key] <= 1.0

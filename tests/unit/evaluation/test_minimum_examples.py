@@ -1,0 +1,81 @@
+"""No verdict from too few examples: the rule in the verdict, what it names, and the warning at the split step."""
+
+import numpy as np
+import pytest
+
+from tunelab.config import parse_config
+from tunelab.data.split import make_split
+from tunelab.evaluation.compare import (
+    MIN_TEST_EXAMPLES,
+    TOO_FEW,
+    compare_evaluations,
+    compare_with_baselines,
+    examples_needed,
+)
+from tunelab.evaluation.result import EvalResult
+from tunelab.tasks.pipeline import too_few_test_examples
+
+
+def _classify(name, correct):
+    rows = [{"id": f"x{i}", "source": f"t:{i}", "prompt": "p", "reference": "a", "prediction": "a" if ok else "b",
+             "scores": {"correct": float(ok), "confidence": 0.9}} for i, ok in enumerate(correct)]
+    return EvalResult("classify", name, len(rows), {}, rows, labels=["a", "b"], test_fingerprint="same")
+
+
+def _text(name, nll):
+    rows = [{"id": f"d{i}", "source": f"d:{i}", "prompt": "", "reference": "", "prediction": "",
+             "scores": {"nll": float(v), "tokens": 100, "bytes": 400, "perplexity": float(np.exp(v / 100))}} for i, v in enumerate(nll)]
+    return EvalResult("text", name, len(rows), {}, rows, test_fingerprint="same")
+
+
+def test_a_verdict_from_fewer_than_the_minimum_says_too_few_and_how_many_would_be_needed():
+    n = MIN_TEST_EXAMPLES - 1
+    opponent = _classify("classical", [i % 3 == 0 for i in range(n)])
+    tuned = _classify("tuned", [True] * n)  # far better: significant by the interval alone
+    verdict = compare_with_baselines({"classical": opponent}, tuned, samples=500)
+    assert verdict.against("classical").low > 0  # the bootstrap alone would have said "paid off"
+    assert verdict.verdict == TOO_FEW and not verdict.paid_off
+    needed = examples_needed(verdict.against("classical"), n)
+    assert f"n={n}" in verdict.summary and f"about {needed} test examples" in verdict.summary
+    assert compare_evaluations(opponent, tuned, samples=500).verdict == TOO_FEW
+
+    enough = MIN_TEST_EXAMPLES
+    verdict = compare_with_baselines({"classical": _classify("c", [i % 3 == 0 for i in range(enough)])},
+                                     _classify("t", [True] * enough), samples=500)
+    assert verdict.paid_off
+
+
+def test_the_same_rule_holds_for_text_documents():
+    documents = _text("base", [300.0] * 5), _text("tuned", [200.0] * 5)
+    verdict = compare_with_baselines({"base": documents[0]}, documents[1], samples=200)
+    assert verdict.verdict == TOO_FEW and "n=5" in verdict.summary
+
+
+def test_examples_needed_scales_the_standard_error_by_one_over_root_n():
+    from tunelab.evaluation.compare import MetricComparison
+
+    # 95% interval +-0.1 at n=100 -> standard error 0.1/1.96; detecting 0.05 at 80% power needs n*(2.8016*se/0.05)^2.
+    metric = MetricComparison("accuracy", 0.5, 0.55, 0.05, -0.05, 0.15, True)
+    expected = int(np.ceil(100 * ((1.959964 + 0.841621) * (0.1 / 1.959964) / 0.05) ** 2))
+    assert examples_needed(metric, 100) == expected
+    assert examples_needed(MetricComparison("accuracy", 0.5, 0.5, 0.0, 0.0, 0.0, True), 10) is None
+
+
+@pytest.mark.parametrize("task, rows", [
+    ("classify", [{"text": f"request {i}", "label": "ab"[i % 2]} for i in range(60)]),
+    ("preference", [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(11)]),
+])
+def test_the_split_step_warns_before_any_compute_when_the_test_split_is_too_small(tmp_path, task, rows):
+    import json
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = parse_config({"task": task, "data": {"train": str(path)}})
+    split = make_split(config)
+    message = too_few_test_examples(config, split)
+    assert len(split.test) < MIN_TEST_EXAMPLES
+    unit = "pairs" if task == "preference" else "examples"
+    assert message is not None and f"the test split has {len(split.test)} {unit}" in message and "data.test_size" in message
+    bigger = parse_config({"task": task, "data": {"train": str(path), "test_size": 0.6}})
+    if len(make_split(bigger).test) >= MIN_TEST_EXAMPLES:
+        assert too_few_test_examples(bigger, make_split(bigger)) is None
