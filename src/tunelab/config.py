@@ -383,11 +383,10 @@ class ClassifyConfig(_Section):
         description="Train a delta over the label tokens' rows of the output head (lora/freeze; saved with the "
         "adapter, folded in on export). LoRA alone never moves those rows when the head is tied to the embeddings.",
     )
-    label_init: Literal["name", "token", "centroid"] = Field(
+    label_init: Literal["name", "token"] = Field(
         "name",
-        description="Start each label's head row at the mean embedding of the label's name ('name'), at its "
-        "answer token's own row ('token'), or at the centred mean of the base model's last hidden states over the "
-        "label's training prompts ('centroid': a nearest-centroid classifier before the first step).",
+        description="Start each label's head row at the mean embedding of the label's name ('name') or at its "
+        "answer token's own row ('token').",
     )
     # 0.2: without it the training loss reaches 1e-3 (a few hundred examples memorised with certainty) well
     # before the last epoch. Measured in bench/README.md ("Classify recipe"): on three 20-intent draws of

@@ -61,15 +61,6 @@ class LabelHead(nn.Module):
         targets = targets * (head_rows.norm(dim=-1, keepdim=True) / targets.norm(dim=-1, keepdim=True).clamp(min=1e-6))
         return cls(token_ids, targets - head_rows)
 
-    @classmethod
-    def at_rows(cls, model: nn.Module, token_ids: list[int], targets: torch.Tensor) -> LabelHead:
-        """A head whose label rows start at ``targets`` [labels, hidden], each rescaled to the norm of the row it replaces."""
-        lm = causal_lm_of(model)
-        head_rows = lm.get_output_embeddings().weight.detach()[torch.tensor(token_ids)].float()
-        targets = targets.float().to(head_rows.device)
-        targets = targets * (head_rows.norm(dim=-1, keepdim=True) / targets.norm(dim=-1, keepdim=True).clamp(min=1e-6))
-        return cls(token_ids, targets - head_rows)
-
     def save(self, folder: Path) -> Path:
         from safetensors.torch import save_file
 

@@ -64,8 +64,6 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         # full fine-tuning trains the head rows themselves; LoRA and freeze never reach them.
         names = label_name_token_ids(label_map.labels, tokenizer) if config.classify.label_init == "name" else None
         label_head = LabelHead.initialise(model, label_map.token_ids, names)
-        if config.classify.label_init == "centroid":
-            label_head = LabelHead.at_rows(model, label_map.token_ids, class_centroids(model, examples, len(label_map.labels)))
         model.add_module("label_head", label_head)  # a submodule: optimized, checkpointed and resumed with the rest
     scoring = {"label_token_ids": label_token_ids, "label_head": label_head}
     loop = session.train(
@@ -85,27 +83,6 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         if outside is not None:
             calibrate_run(config, split, run_dir)
     return result
-
-
-def class_centroids(model: Any, examples: list[Any], labels: int) -> torch.Tensor:
-    """[labels, hidden]: each label's mean last hidden state over its training prompts, minus the mean over all labels.
-
-    Centred, so that a row's dot product with a prompt's hidden state measures what sets the label apart,
-    not the direction every prompt shares. Computed with the model as it starts (before any step).
-    """
-    from tunelab.models.heads import causal_lm_of
-
-    decoder = causal_lm_of(model).get_decoder()
-    device = next(decoder.parameters()).device
-    sums = torch.zeros(labels, decoder.config.hidden_size)
-    counts = torch.zeros(labels)
-    with torch.inference_mode():
-        for example in examples:
-            hidden = decoder(input_ids=torch.tensor([example.input_ids], device=device)).last_hidden_state[0, -1].float().cpu()
-            sums[example.label] += hidden
-            counts[example.label] += 1
-    means = sums / counts.clamp(min=1)[:, None]
-    return means - means.mean(0, keepdim=True)
 
 
 def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | Path) -> dict[str, Any]:
