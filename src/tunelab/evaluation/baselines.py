@@ -956,7 +956,7 @@ def evaluate_baselines(
         scoring = {"train": train, "config": config, "data_config": data_config, "label_map": label_map, "train_ids": train_ids,
                    "progress": meter, "allow_network": allow_network}
         try:
-            if task == "classify" and config.skip_hopeless and name in needs_base_model(name) and validation and config.endpoint_of(name) is None:
+            if task == "classify" and config.skip_hopeless and needs_base_model(name) and validation and config.endpoint_of(name) is None:
                 reason = model_baseline_cannot_win(name, base, list(validation), train=train, config=config, data_config=data_config,
                                                    label_map=label_map, cross_validated=cross_validated, progress=meter)
                 if reason is not None:

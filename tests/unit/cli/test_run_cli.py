@@ -39,8 +39,14 @@ def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
     )
     assert ok.returncode == 0, ok.stderr
     result = json.loads(ok.stdout)
-    verdict = result["comparison"]["verdict"]
-    assert verdict in ("fine-tuning paid off", "no significant difference") or verdict.startswith("use ")
-    assert set(result["baselines"]) == {"base", "classical", "few_shot"}
+    # 48 rows, a quarter of them test: 12 paired test examples, under the verdict's minimum of 30. The split
+    # step warned before any compute, and the verdict refuses to decide.
+    assert result["split"]["test"] == 12
+    assert any("a verdict needs at least 30" in warning for warning in result["warnings"])
+    assert result["comparison"]["verdict"] == "too few test examples to decide"
+    assert "n=12" in result["comparison"]["summary"]
+    # Every default baseline is scored or skipped with its reason, never silently absent.
+    assert set(result["baselines"]) | set(result["baselines_skipped"]) == {"base", "classical", "embedding", "few_shot"}
+    assert all(reason for reason in result["baselines_skipped"].values())
     listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
     assert listed.returncode == 0 and "quick" in listed.stdout

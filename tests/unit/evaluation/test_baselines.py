@@ -184,7 +184,7 @@ def test_retrieval_equals_brute_force_cosine():
 def test_eval_baselines_default_to_all_that_apply_and_the_old_key_still_works():
     resolved = parse_config({"task": "classify"})
     assert resolved.eval.baselines == ["base", "classical", "embedding", "few_shot"]
-    assert parse_config({"task": "sft"}).eval.baselines == ["base", "few_shot", "retrieval", "embedding"]
+    assert parse_config({"task": "sft"}).eval.baselines == ["base", "embedding", "few_shot", "retrieval"]
     assert parse_config({"task": "text"}).eval.baselines == ["base"]
     old = parse_config({"task": "classify", "eval": {"baseline": False}})
     assert old.eval.baselines == ["classical", "embedding", "few_shot"] and old.eval.baseline is None
@@ -337,7 +337,7 @@ def test_the_catalogue_and_its_scorers_agree_and_cache_keys_stay_stable():
     from tunelab.evaluation.baselines import SCORERS, baseline_cache_key, baseline_settings
 
     assert set(SCORERS) == set(BASELINES)
-    assert TASK_BASELINES == {"classify": ("base", "classical", "few_shot"), "sft": ("base", "few_shot", "retrieval"),
+    assert TASK_BASELINES == {"classify": ("base", "classical", "embedding", "few_shot"), "sft": ("base", "embedding", "few_shot", "retrieval"),
                               "text": ("base",), "preference": ("base",)}
     lm = LabelMap(["a", "b"], [5, 6], ["A", "B"])
     train_c = [ClassifyRecord("x", "a"), ClassifyRecord("y", "b")]

@@ -166,7 +166,7 @@ def test_run_sft_and_text_end_to_end(tmp_path, tiny_model_dir, task):
         }
     )
     outcome = run_pipeline(config, calibrate=False)
-    assert list(outcome.comparison.comparisons) == {"sft": ["base", "few_shot", "retrieval", "embedding"], "text": ["base"]}[task]
+    assert list(outcome.comparison.comparisons) == {"sft": ["base", "embedding", "few_shot", "retrieval"], "text": ["base"]}[task]
     primary = outcome.comparison.primary
     assert primary == {"sft": "rougeL", "text": "perplexity"}[task]
     assert outcome.base_metrics[primary] != outcome.tuned_metrics[primary]
