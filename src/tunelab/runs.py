@@ -33,6 +33,7 @@ greps the source for the names). A run folder::
       eval/              base.json (and every other baseline), tuned.json, comparison.json, ...
       report.md, report.html, plots/
       review.csv         the blind A/B sheet (+ review.key.json)
+      .lock              held (flock) by the one process working in the folder (``tunelab.paths.lock_run_folder``)
 
 Model names: :func:`resolve_model` and :func:`load_model` here accept everything
 ``tunelab.models`` does *and* a run folder; the models layer itself knows nothing of runs.
@@ -50,7 +51,7 @@ from tunelab.config import BASELINES, ResolvedConfig, parse_config
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.errors import ConfigError, ModelError
 from tunelab.models.resolve import ModelSource
-from tunelab.paths import baseline_file_stem
+from tunelab.paths import LOCK_FILE, atomic_write_text, baseline_file_stem
 
 if TYPE_CHECKING:
     from tunelab.models.loader import LoadedModel
@@ -235,6 +236,11 @@ class RunFolder:
     def cloud_validation(self) -> Path:
         return self.root / "cloud_validation.jsonl"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the process working in the folder (``tunelab.paths.lock_run_folder``); holds its pid."""
+        return self.root / LOCK_FILE
+
     def baseline_evaluations(self) -> dict[str, Path]:
         """The baseline evaluations saved in the folder: ``eval/<name>.json`` of each local baseline, in order, then remote ones."""
         found = {name: self.baseline_eval(name) for name in LOCAL_BASELINES if self.baseline_eval(name).is_file()}
@@ -251,6 +257,109 @@ class RunFolder:
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _state_problem(data: Any) -> str | None:
+    """What is wrong with a loaded pipeline.json, or None."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if not isinstance(data.get("config"), dict):
+        return "no 'config' object"
+    for key in ("steps", "timings"):
+        if not isinstance(data.get(key, {}), dict):
+            return f"'{key}' is not an object"
+    if not isinstance(data.get("registry_id", ""), str | type(None)):
+        return "'registry_id' is not a string"
+    if not isinstance(data.get("warnings", []), list):
+        return "'warnings' is not a list"
+    return None
+
+
+def read_state(folder: RunFolder) -> dict[str, Any] | None:
+    """The pipeline's state (pipeline.json) as a dict, None when the folder has none.
+
+    Raises:
+        ConfigError: one line naming the file when it is damaged (truncated, not JSON, wrong types): a resume
+            cannot go on without it, and nothing in it can be guessed.
+    """
+    path = folder.pipeline_state
+    if not path.is_file():
+        return None
+    restart = "start the run again under a new name: `tunelab run CONFIG name=...` (its checkpoints cannot be trusted without it)"
+    try:
+        data = _read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else str(error)
+        raise ConfigError(f"{path} is damaged (not JSON: {reason})", restart) from None
+    problem = _state_problem(data)
+    if problem:
+        raise ConfigError(f"{path} is damaged ({problem})", restart)
+    return data
+
+
+_PATH_KEYS = (("data", "train"), ("data", "test"), ("data", "validation"), ("data", "out_of_scope"))
+
+
+def anchor_paths(config: dict[str, Any], base: Path, *, outputs: bool = False) -> dict[str, Any]:
+    """The config (a JSON dict) with its relative data paths made absolute against ``base`` (where a file or
+    glob is there: a bare name may be a hub dataset), and with ``outputs`` also ``train.output_dir`` and ``registry``.
+
+    A new run anchors its data (read again on resume); a resumed one also its outputs, against the folder it
+    was started in (:func:`started_in`): resumed from any folder, it reads the same files and registry (relative
+    data paths made a resume from another folder fail), while a project folder moved as a whole keeps working.
+    """
+    config = json.loads(json.dumps(config))
+    for section, key in _PATH_KEYS:
+        value = (config.get(section) or {}).get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            candidate = base / Path(value).expanduser()
+            if candidate.exists() or any(ch in value for ch in "*?["):
+                config[section][key] = str(candidate)
+    if not outputs:
+        return config
+    train = config.get("train") or {}
+    if isinstance(train.get("output_dir"), str) and not Path(train["output_dir"]).is_absolute():
+        train["output_dir"] = str(base / train["output_dir"])
+    if isinstance(config.get("registry"), str) and not Path(config["registry"]).is_absolute():
+        config["registry"] = str(base / config["registry"])
+    return config
+
+
+def started_in(folder: RunFolder, config: dict[str, Any]) -> Path:
+    """The folder a run was started in, for its relative paths: the run folder is ``<there>/<train.output_dir>/<name>``
+    (the current folder when that does not fit: the run was moved, or its output_dir was absolute)."""
+    output_dir = Path(str((config.get("train") or {}).get("output_dir") or "runs"))
+    parent = folder.root.absolute().parent
+    depth = len(output_dir.parts)
+    if not output_dir.is_absolute() and depth and parent.parts[len(parent.parts) - depth :] == output_dir.parts:
+        return Path(*parent.parts[: len(parent.parts) - depth])
+    return Path.cwd()
+
+
+def repair_config(folder: RunFolder, config: ResolvedConfig, started: Path) -> str | None:
+    """Bring the run folder's config.yaml in line with the pipeline's state on resume; a warning when it was damaged.
+
+    Damaged (not YAML, not a config): rewritten from pipeline.json, with a warning. Saved with relative paths
+    (before they were anchored): rewritten anchored, silently. Any other difference is left for the training
+    step to refuse.
+    """
+    import yaml
+
+    from tunelab.config import dump_config
+
+    if not folder.config.is_file():
+        return None
+    try:
+        saved = parse_config(yaml.safe_load(folder.config.read_text(encoding="utf-8")), source=str(folder.config))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, ConfigError, AttributeError, TypeError, ValueError) as error:
+        atomic_write_text(folder.config, dump_config(config))
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        return f"{folder.config} was damaged ({reason}); rewritten from {folder.pipeline_state}"
+    if dump_config(saved) != dump_config(config):
+        anchored = parse_config(anchor_paths(saved.model_dump(mode="json"), started, outputs=True), source=str(folder.config))
+        if dump_config(anchored) == dump_config(config):
+            atomic_write_text(folder.config, dump_config(config))
+    return None
 
 
 @dataclass(frozen=True)
@@ -309,9 +418,13 @@ class Run:
         folder = RunFolder(Path(path).expanduser())
         state = None
         try:
-            if folder.pipeline_state.is_file():
-                state = _read_json(folder.pipeline_state)
-                state = state if isinstance(state, dict) else None
+            try:
+                state = read_state(folder)
+            except ConfigError:
+                if not folder.config.is_file():
+                    raise
+                # A finished run is still usable (served, evaluated, exported) without it; its registry id is unknown.
+                state = None
             if folder.config.is_file():
                 raw = yaml.safe_load(folder.config.read_text(encoding="utf-8")) or {}
                 config = parse_config(raw, source=str(folder.config))
@@ -392,6 +505,23 @@ class Run:
         return found
 
     # -- its model ---------------------------------------------------------------------------------
+    def verify_weights(self) -> None:
+        """Read every trained weight of the run in full, so a damaged file is named before an export or a server
+        uses it (``tunelab.models.adapters.verify_weights``).
+
+        Raises:
+            ModelError: when the run has no trained weights, or one of its weight files is damaged.
+        """
+        from tunelab.models.adapters import verify_weights
+
+        folder = self.folder
+        if not self.is_finished:
+            raise ModelError(f"{folder.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")
+        if self.is_adapter:
+            verify_weights(folder.adapter, ADAPTER_CONFIG)
+        else:
+            verify_weights(folder.model, "config.json")  # transformers' own file name
+
     def load(self, *, dtype: str = "float32", allow_network: bool | None = None) -> LoadedModel:
         """The trained model: the base with the LoRA adapter (and a classify run's label head) on top, or the full model.
 
@@ -477,11 +607,12 @@ def merge_run(run_dir: str | Path) -> Any:
     """A run's final weights as one plain model (``tunelab.models.adapters.MergedRun``), what every export writes.
 
     Raises:
-        ModelError: when ``run_dir`` is no finished run.
+        ModelError: when ``run_dir`` is no finished run, or its weights are damaged.
     """
     from tunelab.models.adapters import MergedRun, fold_trained
 
     run = Run.open(run_dir)
+    run.verify_weights()
     loaded = run.load()
     model = fold_trained(loaded)
     state_dict = {name: tensor.detach() for name, tensor in model.state_dict().items()}
@@ -496,11 +627,12 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     full/freeze runs), else a copy of its PEFT adapter. A classify run's labels.json and out_of_scope.json go along.
 
     Raises:
-        ModelError: when ``run_dir`` is no finished run or ``out_dir`` already exists.
+        ModelError: when ``run_dir`` is no finished run, its weights are damaged, or ``out_dir`` already exists.
+        DiskFullError: when the output's disk is full (nothing half-written is left).
     """
     import shutil
 
-    from tunelab.paths import atomic_directory
+    from tunelab.paths import atomic_directory, disk_full_error, is_disk_full, remove_stale_temporaries
 
     out = Path(out_dir)
     if out.exists():
@@ -508,17 +640,25 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     run = Run.open(run_dir)
     if not run.is_finished:
         raise ModelError(f"{run.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")
+    remove_stale_temporaries(out)  # what an export killed midway left
+    run.verify_weights()  # a damaged adapter is named here, not copied out with exit code 0
     folder = run.folder
-    if not merge and run.is_adapter:
-        shutil.copytree(folder.adapter, out)
-        return out
-    merged = merge_run(run.root)
-    with atomic_directory(out) as tmp:
-        merged.model.save_pretrained(tmp)
-        merged.tokenizer.save_pretrained(tmp)
-        for path in (folder.labels, folder.out_of_scope):
-            if path.is_file():
-                shutil.copy2(path, tmp / path.name)
+    merged = None if not merge and run.is_adapter else merge_run(run.root)
+    try:
+        with atomic_directory(out) as tmp:
+            if merged is None:
+                shutil.copytree(folder.adapter, tmp, dirs_exist_ok=True)
+            else:
+                merged.model.save_pretrained(tmp)
+                merged.tokenizer.save_pretrained(tmp)
+                for path in (folder.labels, folder.out_of_scope):
+                    if path.is_file():
+                        shutil.copy2(path, tmp / path.name)
+    except Exception as error:  # safetensors and torch report a full disk as their own kinds
+        need = sum(t.numel() * t.element_size() for t in merged.state_dict.values()) if merged else None
+        if is_disk_full(error, out.parent, need):
+            raise disk_full_error(out, need or sum(p.stat().st_size for p in folder.adapter.rglob("*") if p.is_file())) from None
+        raise
     return out
 
 

@@ -194,6 +194,41 @@ def read_label_head(adapter_dir: Path, model: nn.Module, indices: dict[str, list
     return LabelHead(token_ids, rows.float() - weight[token_ids.to(weight.device)].float().cpu())
 
 
+def verify_weights(folder: Path, config_name: str) -> None:
+    """Read every weight in ``folder`` (an adapter or a model folder, with its ``config_name``), so a damaged file
+    is named before an export writes it out (it was exported with exit code 0) or a server starts on it (it
+    answered 500 per request).
+
+    Raises:
+        ModelError: naming the file that is missing, truncated, garbled or holds NaN/inf.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    from tunelab.errors import ModelError
+
+    hint = "train the run again, or resume it: `tunelab run --resume RUN` continues from its last checkpoint"
+    config = Path(folder) / config_name
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{config} is damaged or missing ({type(error).__name__})", hint) from None
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{folder} holds no weights (*.safetensors)", hint)
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                for key in weights.keys():  # noqa: SIM118 - safe_open is no dict
+                    tensor = weights.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise ValueError(f"tensor {key} holds NaN or inf")
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own kinds for a damaged file
+            reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise ModelError(f"{file} is damaged ({reason})", hint) from None
+
+
 @dataclass
 class MergedRun:
     """A run's final weights as one plain transformers model, with what travels with it.

@@ -40,7 +40,13 @@ import torch
 
 from tunelab.errors import ModelError
 from tunelab.models.adapters import MergedRun
-from tunelab.paths import atomic_write_text
+from tunelab.paths import (
+    atomic_write_text,
+    disk_full_error,
+    is_disk_full,
+    remove_stale_temporaries,
+    temporary_prefix,
+)
 
 QUANTS: tuple[str, ...] = ("f16", "q8_0", "q6_K", "q5_K_M", "q4_K_M", "q5_0", "q4_0")
 
@@ -147,6 +153,7 @@ def write_gguf(
     """
     out = Path(out_path)
     check_targets(out, quant, ollama)
+    remove_stale_temporaries(out)  # a killed export's half-written file (hundreds of MB)
     architecture = _architecture(merged.model.config)
     tokenizer = _tokenizer_metadata(merged)
     labels = merged.label_map
@@ -184,9 +191,14 @@ def write_gguf(
         # mkstemp makes the file private (0600); an exported model is meant to be read by other tools.
         os.chmod(writer_target, _default_file_mode())
         os.replace(writer_target, out)
-    except BaseException:
-        writer.close()
+    except BaseException as error:
+        try:
+            writer.close()
+        except OSError:
+            pass  # closing flushes, which fails again on a full disk
         writer_target.unlink(missing_ok=True)
+        if isinstance(error, Exception) and is_disk_full(error, out.parent):
+            raise disk_full_error(out, sum(int(getattr(data, "nbytes", 0)) for _, data, _ in tensors)) from None
         raise
     if modelfile is not None and modelfile_content is not None:
         atomic_write_text(modelfile, modelfile_content)
@@ -662,7 +674,7 @@ def _default_file_mode() -> int:
 
 def _temporary_sibling(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, name = tempfile.mkstemp(prefix=temporary_prefix(out), suffix=".tmp", dir=out.parent)
     os.close(fd)
     return Path(name)
 

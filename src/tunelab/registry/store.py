@@ -7,6 +7,10 @@ and every write takes the lock up front (``BEGIN IMMEDIATE``) so a read-modify-w
 
 A connection is opened per operation: connections must not cross ``fork()``, and opening a SQLite
 file costs well under a millisecond next to anything a run does.
+
+The file is created readable by its owner only (it holds every run's config and, through reviews,
+answers). A row that says "running" while no process holds its run folder's lock belongs to a run
+that was killed: whoever reads it next marks it "interrupted" (see :meth:`Registry._settle`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 import yaml
 
 from tunelab.errors import TunelabError
+from tunelab.faults import kill_point
+from tunelab.paths import LOCK_FILE, create_private_file, run_folder_holder
 from tunelab.registry.migrations import migrate
 
 STATUSES = ("created", "running", "finished", "failed", "interrupted")
@@ -255,7 +261,7 @@ class Registry:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(self.path)
             self._open_file()
         except sqlite3.DatabaseError as error:
             raise RegistryError(f"cannot use {self.path} as a run registry: {error}", "pass another --registry path") from None
@@ -306,6 +312,7 @@ class Registry:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                kill_point("registry.before-commit")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -407,7 +414,7 @@ class Registry:
                 row = rows[0] if rows else None
         if row is None:
             raise RegistryError(f"no run '{run}' in {self.path}", "`tunelab runs` lists the recorded runs")
-        return self._record(row)
+        return self._settle(self._record(row))
 
     def list_runs(self, task: str | None = None, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
         """Runs, newest first, optionally only those of one task and/or status.
@@ -432,7 +439,8 @@ class Registry:
             sql += " LIMIT ?"
             parameters.append(int(limit))
         with self._connect() as db:
-            return [self._record(row) for row in db.execute(sql, parameters)]
+            records = [self._record(row) for row in db.execute(sql, parameters)]
+        return [self._settle(record) for record in records]
 
     def delete_run(self, run: str) -> None:
         """Remove a run's row (its folder on disk is left alone).
@@ -619,6 +627,31 @@ class Registry:
         return self.set_alias(name, chain[-2], reason=reason or "rollback", action="rollback")
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _settle(self, record: RunRecord) -> RunRecord:
+        """``record``, marked interrupted first when it says running but its process is gone.
+
+        A running pipeline holds its run folder's lock (an flock, which the kernel drops when the
+        process dies, SIGKILL included), so a "running" row whose folder has a lock file nobody holds
+        was killed. The update is conditional on the row being unchanged since it was read: a resume
+        that has just taken the folder over keeps its own status.
+        """
+        if record.status != "running" or not record.run_dir:
+            return record
+        folder = Path(record.run_dir)
+        if not (folder / LOCK_FILE).is_file() or run_folder_holder(folder) is not None:
+            return record
+        error = record.error or "stopped without finishing (killed, or the machine went down); `tunelab run --resume RUN` continues it"
+        try:
+            with self._write() as db:
+                db.execute(
+                    "UPDATE runs SET status = 'interrupted', error = ?, updated_at = ? WHERE id = ? AND status = 'running' AND updated_at = ?",
+                    (error, _now(), record.id, record.updated_at),
+                )
+                row = db.execute("SELECT * FROM runs WHERE id = ?", (record.id,)).fetchone()
+        except sqlite3.OperationalError:
+            return record  # a read-only or full registry: the row is shown as stored
+        return self._record(row) if row is not None else record
 
     def integrity_check(self) -> str:
         """SQLite's own consistency check: ``"ok"`` when the file is sound."""

@@ -143,6 +143,7 @@ class ModelRegistry:
         run = _open_run(run_dir)
         if not run.is_adapter:
             raise ServeError(f"run {run_dir} has no LoRA adapter", "serve a full-model run on its own with --model RUN")
+        run.verify_weights()  # at start-up, not as a 500 on every request once loaded
         base_name = run.base.name
         wanted = resolve_model(base_name)
         if not _same_model(wanted, self.base.source):

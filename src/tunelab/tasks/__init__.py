@@ -26,6 +26,7 @@ def run_training(
 
     Raises:
         ConfigError: for a task without a training recipe here, or see the recipes.
+        RunFolderInUse: when another process works in ``run_dir``.
     """
     if config.train.backend != "local":
         raise ConfigError(
@@ -42,4 +43,19 @@ def run_training(
         from tunelab.tasks.preference import train
     else:
         raise ConfigError(f"task '{config.task}' has no training recipe yet", "use text, sft, classify or preference")
-    return train(config, split, run_dir=run_dir, progress=progress, resume=resume)
+    import os
+
+    from tunelab.paths import lock_run_folder, remove_temporaries, unlock_run_folder
+
+    # One run per run folder: a second `--resume` (or a UI job beside a CLI one) would train into the same
+    # checkpoints. Under a multi-process launch the first process holds it for all of them.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        lock_run_folder(Path(run_dir))
+    try:
+        if main_process:
+            remove_temporaries(Path(run_dir))  # what a killed write left (a half-saved adapter/, config.yaml)
+        return train(config, split, run_dir=run_dir, progress=progress, resume=resume)
+    finally:
+        if main_process:
+            unlock_run_folder(Path(run_dir))

@@ -117,7 +117,7 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
                 if line.strip():
                     inputs.append(_unlabeled(config.task, line.strip(), f"{file}:{number}", content_id))
             continue
-        for source, row in iter_rows(file, data.format):
+        for source, row in iter_rows(file, data.format, data.max_record_bytes):
             if isinstance(row, RecordError):
                 bad.append(str(row))
                 continue
@@ -372,6 +372,7 @@ def run_distill(
     context.registry.update_run(context.registry_id, artifacts={**(context.registry.get_run(context.registry_id).artifacts or {}),
                                                                  "distill_report": str(run.distill_report), "teacher": teacher.name})
     emit("compare", "done", {"report": report})
+    context.close()  # the run folder's lock (a notebook goes on living)
     return DistillOutcome(run.root, run.distill_file, len(lines), len(accepted), rejected, report, outcome, list(context.warnings))
 
 

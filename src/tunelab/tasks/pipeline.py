@@ -44,8 +44,16 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, RunConfig, dump_config, parse_config, require_resolved
 from tunelab.errors import ConfigError, DataError, TunelabError
-from tunelab.paths import atomic_write_text
-from tunelab.runs import Run, RunFolder
+from tunelab.faults import kill_point
+from tunelab.paths import (
+    atomic_write_text,
+    disk_full_error,
+    is_disk_full,
+    lock_run_folder,
+    remove_temporaries,
+    unlock_run_folder,
+)
+from tunelab.runs import Run, RunFolder, anchor_paths, read_state, repair_config, started_in
 from tunelab.runtime import pin_threads
 
 if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (start-up time)
@@ -105,10 +113,11 @@ class PipelineState:
 
     @classmethod
     def load(cls, run: RunFolder) -> PipelineState:
-        path = run.pipeline_state
-        if not path.is_file():
-            raise ConfigError(f"{run.root} has no {path.name}: it was not started by `tunelab run`")
-        return cls(run, json.loads(path.read_text(encoding="utf-8")))
+        """Raises: ConfigError naming the file when it is missing, damaged or not a pipeline state."""
+        data = read_state(run)
+        if data is None:
+            raise ConfigError(f"{run.root} has no {run.pipeline_state.name}: it was not started by `tunelab run`")
+        return cls(run, data)
 
     def done(self, step: str) -> bool:
         return step in self.data.setdefault("steps", {})
@@ -150,6 +159,25 @@ class PipelineContext:
     report_files: dict[str, str] = field(default_factory=dict)
     generation: dict[str, Any] | None = None  # preference: the DPO model against its SFT parent (generation_step)
     warnings: list[str] = field(default_factory=list)
+    locked: bool = False
+
+    def close(self) -> None:
+        """Release the run folder's lock (``run_pipeline`` does this when it returns or raises)."""
+        if self.locked:
+            self.locked = False
+            unlock_run_folder(self.run.root)
+
+    def lock(self) -> None:
+        """Take the run folder's lock (one process per run folder) and remove what killed writes left in it.
+
+        Raises:
+            RunFolderInUse: naming the pid of the process working in it.
+        """
+        if not self.locked:
+            lock_run_folder(self.run.root)
+            self.locked = True
+            remove_temporaries(self.run.root)
+            remove_temporaries(self.run.eval_dir)
 
     def emit(self, step: str, status: str, details: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -190,13 +218,14 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
     the step raises, the record is marked interrupted (Ctrl-C) or failed, and the step is not
     recorded as done, so a resume runs it again.
     """
-    if name not in ("check", "split"):
-        _ensure_registered(context)
     started = time.perf_counter()
     record = StepRecord()
     try:
+        if name not in ("check", "split"):
+            _ensure_registered(context)
         if emit_start:
             context.emit(name, "start", start_details)
+        kill_point("pipeline.step-started")
         yield record
         seconds = time.perf_counter() - started
         if context.registry_id is not None:
@@ -206,18 +235,53 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
                 actual = record.seconds if record.seconds is not None else seconds
                 context.registry.record_timing(context.registry_id, record.timing, actual_s=actual)
     except KeyboardInterrupt:
-        _mark(context, "interrupted")
+        _mark(context, "interrupted", "interrupted (Ctrl-C); `tunelab run --resume RUN` continues it")
         raise
-    except BaseException:
-        _mark(context, "failed")
+    except TunelabError as error:
+        _mark(context, "failed", str(error))
         raise
-    context.state.finish(name, record.value, seconds)
+    except Exception as error:
+        full = _disk_full(context, error)
+        _mark(context, "failed", str(full) if full else f"{type(error).__name__}: {error}")
+        if full:
+            raise full from None
+        raise
+    except BaseException as error:
+        _mark(context, "failed", type(error).__name__)
+        raise
+    try:
+        context.state.finish(name, record.value, seconds)
+    except OSError as error:
+        full = _disk_full(context, error)
+        _mark(context, "failed", str(full) if full else f"{type(error).__name__}: {error}")
+        if full:
+            raise full from None
+        raise
+    kill_point("pipeline.step-finished")
     context.emit(name, "done", record.details)
 
 
-def _mark(context: PipelineContext, status: str) -> None:
-    if context.registry_id is not None:
-        context.registry.update_run(context.registry_id, status=status)
+def _mark(context: PipelineContext, status: str, error: str) -> None:
+    """Record why a step stopped in the run's row. Best effort: when even that write fails (a full disk
+    under the registry), the row is marked interrupted the next time the registry is opened."""
+    if context.registry_id is None:
+        return
+    try:
+        context.registry.update_run(context.registry_id, status=status, error=error)
+    except Exception:  # noqa: BLE001 - the error being reported matters more than this one
+        pass
+
+
+def _disk_full(context: PipelineContext, error: BaseException) -> TunelabError | None:
+    """The one-line error for a write that failed on a full disk (the registry's or the run folder's), or None."""
+    import sqlite3
+
+    need = 1_000_000  # a registry row, a report, an evaluation file: small writes
+    if isinstance(error, sqlite3.Error) and context.registry is not None:
+        return disk_full_error(context.registry.path, need) if is_disk_full(error, context.registry.path) else None
+    filename = getattr(error, "filename", None)
+    where = Path(filename) if isinstance(filename, str) else context.run.root
+    return disk_full_error(where, need) if is_disk_full(error, where) else None
 
 
 def _ensure_registered(context: PipelineContext) -> None:
@@ -229,7 +293,7 @@ def _ensure_registered(context: PipelineContext) -> None:
     if context.registry_id is not None:
         return
     split = context.require_split()
-    context.registry_id = context.state.data.get("registry_id")
+    context.registry_id = context.state.data.get("registry_id") or _own_row(context)
     if context.registry_id is None:
         config = context.config
         record = context.registry.create_run(
@@ -240,13 +304,31 @@ def _ensure_registered(context: PipelineContext) -> None:
             status="running",
             data_fingerprint=split.data_fingerprint,
             split_fingerprint=split.fingerprint,
-            run_dir=str(context.run.root),
+            run_dir=str(context.run.root.absolute()),  # read from other folders (the UI, `tunelab runs`, a resume)
         )
         context.registry_id = record.id
+        kill_point("pipeline.registered")
         context.state.data["registry_id"] = record.id
         context.state.save()
     else:
-        context.registry.update_run(context.registry_id, status="running")
+        context.registry.update_run(context.registry_id, status="running", error=None)
+        if context.state.data.get("registry_id") != context.registry_id:
+            context.state.data["registry_id"] = context.registry_id
+            context.state.save()
+
+
+def _own_row(context: PipelineContext) -> str | None:
+    """The id of this run folder's registry row when a run was killed after creating it and before
+    saving its id in pipeline.json (a row of the same name for another folder is not ours)."""
+    from tunelab.registry.store import RegistryError
+
+    try:
+        record = context.registry.get_run(context.run.root.name)
+    except RegistryError:
+        return None
+    if record.run_dir and Path(record.run_dir).resolve() == context.run.root.resolve():
+        return record.id
+    return None
 
 
 def open_pipeline(
@@ -271,16 +353,22 @@ def open_pipeline(
     """
     from tunelab.runs import load_model
 
+    repaired: str | None = None
+    started = Path.cwd()
     if resume is not None:
         run = RunFolder(Path(resume))
         state = PipelineState.load(run)
-        config = parse_config(state.data["config"], source=str(run.pipeline_state))
+        started = started_in(run, state.data["config"])
+        # Anchored here, not in pipeline.json: the saved state stays as portable as it was written.
+        config = parse_config(anchor_paths(state.data["config"], started, outputs=True), source=str(run.pipeline_state))
     else:
         if config is None:
             raise ConfigError("run_pipeline needs a config or a run folder to resume")
         config = require_resolved(config)
         if not config.data.train:
             raise ConfigError("data.train is required: the file, folder or preset data to train on")
+        # Data paths as they mean now, so `tunelab run --resume` reads the same files from any folder.
+        config = parse_config(anchor_paths(config.model_dump(mode="json"), Path.cwd()), source="config")
         run = RunFolder(Path(run_dir) if run_dir is not None else Path(config.train.output_dir) / run_name(config))
         if run.pipeline_state.exists() or (run_dir is None and run.root.exists() and any(run.root.iterdir())):
             raise ConfigError(
@@ -293,12 +381,22 @@ def open_pipeline(
     require_tracker(config)  # before minutes of baselines, not when training starts
     # train.threads, when set, sizes torch's threads in every step (baselines and evaluation too).
     pin_threads(config.train.threads)
-    # The base model is needed by the data check (token lengths), the estimate and the baseline.
-    base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
-    return PipelineContext(
-        config=config, run=run, state=state, base=base, on_event=on_event, train_progress=train_progress,
+    context = PipelineContext(
+        config=config, run=run, state=state, base=None, on_event=on_event, train_progress=train_progress,  # type: ignore[arg-type]
         eval_progress=eval_progress, calibrate=calibrate, warnings=list(state.data.get("warnings", [])),
     )
+    if resume is not None:
+        context.lock()  # before anything is read further: another process may be working in it
+        repaired = repair_config(run, config, started)
+    try:
+        # The base model is needed by the data check (token lengths), the estimate and the baseline.
+        context.base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    except BaseException:
+        context.close()
+        raise
+    if repaired:
+        context.warn(repaired)
+    return context
 
 
 def check_step(context: PipelineContext) -> None:
@@ -324,6 +422,7 @@ def check_step(context: PipelineContext) -> None:
         for message in report.warnings:
             context.warn(f"data: {message}")
         context.run.root.mkdir(parents=True, exist_ok=True)
+        context.lock()  # from here on this process writes into the folder; a second one is refused
         # Kept in the run folder so the report and the UI show what the data looked like at training time.
         atomic_write_text(context.run.data_check, json.dumps(report.to_dict(), indent=1, ensure_ascii=False, default=str))
         record.value = {"errors": len(report.errors), "warnings": len(report.warnings), "path": str(context.run.data_check)}
@@ -481,6 +580,8 @@ def train_step(context: PipelineContext) -> dict[str, Any]:
     with step(context, "train") as record:
         resume_training = context.run.config.is_file()
         result = run_training(context.config, split, run_dir=context.run.root, progress=context.train_progress, resume=resume_training)
+        for message in result.warnings:
+            context.warn(f"train: {message}")
         record.value = result.as_dict()
         record.details = {"result": record.value}
         record.timing, record.seconds = "train", result.seconds
@@ -654,7 +755,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
             "status": "finished",
             "comparison": context.comparison.to_dict() if context.comparison else None,
             "artifacts": {
-                "run_dir": str(context.run.root), "train": context.train_result, **context.report_files,
+                "run_dir": str(context.run.root.absolute()), "train": context.train_result, **context.report_files,
                 "baselines": {name: result.metrics for name, result in context.baseline_evals.items()},
                 "baselines_skipped": context.baseline_skipped,
                 **({"generation": context.generation["comparison"]} if context.generation else {}),
@@ -707,9 +808,12 @@ def run_pipeline(
     context = open_pipeline(
         config, resume=resume, on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate
     )
-    if context.config.train.backend == "openai":  # a provider's fine-tuning API in place of the local loop
-        return run_cloud_steps(context)
-    return run_steps(context)
+    try:
+        if context.config.train.backend == "openai":  # a provider's fine-tuning API in place of the local loop
+            return run_cloud_steps(context)
+        return run_steps(context)
+    finally:
+        context.close()
 
 
 def run_steps(context: PipelineContext) -> RunOutcome:

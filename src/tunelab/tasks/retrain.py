@@ -277,6 +277,7 @@ def retrain(
         baseline=False, train_ids=[r.id for r in split.train], progress=eval_progress,
     )
     champion_eval.save(context.run.champion_eval)
+    context.close()  # the run folder's lock: the challenger's run is complete
     emit("champion", "done", {"metrics": {"accuracy": champion_eval.metrics.get("accuracy")}})
     samples, boot_seed = challenger_config.eval.bootstrap_samples, challenger_config.eval.seed
     overall = compare_evaluations(champion_eval, challenger_eval, seed=boot_seed, samples=samples)

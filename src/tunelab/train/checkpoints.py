@@ -1,10 +1,19 @@
 """Checkpoints: everything needed to continue a run exactly where it stopped.
 
 ``checkpoints/step-N/`` holds the trainable weights (for LoRA only the adapter's, a few MB), the
-optimizer and scheduler state, the random-number state of every process, and the loop's counters.
-Each is written into a temporary folder renamed into place (``atomic_directory``), so a run killed
-at any moment leaves only complete checkpoints. The last ``keep_last`` are kept, and
-``checkpoints/best/`` holds the one with the lowest validation loss.
+optimizer and scheduler state, the random-number state of every process, and the loop's counters
+(``state.json``). Each is written into a temporary folder renamed into place (``atomic_directory``),
+so a run killed at any moment leaves only complete checkpoints. The last ``keep_last`` are kept.
+
+``checkpoints/best/`` is a complete checkpoint too, written when a validation improves and *before*
+that step's own checkpoint: its ``state.json`` says which step it is, and a step checkpoint that
+names step S as its best is only ever written once ``best/`` holds step S. So whatever moment a run
+is killed at, the newest checkpoint and ``best/`` agree, and ``best/`` (a valid place to resume
+from) is also a fallback when the newest step checkpoint is damaged.
+
+Resuming takes the newest checkpoint that loads; a damaged one (a truncated file, garbled
+``state.json``) is skipped with a warning. Temporary folders of a write that was killed are removed
+when the next run starts.
 
 Under FSDP or DeepSpeed the weights and optimizer are sharded; accelerate's ``save_state`` writes
 them (into ``accelerate/`` inside the checkpoint).
@@ -24,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunelab.paths import atomic_directory
+from tunelab.errors import TunelabError
+from tunelab.faults import kill_point
+from tunelab.paths import atomic_directory, disk_full_error, is_disk_full, remove_temporaries
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 BEST = "best"
@@ -49,10 +60,29 @@ class LoopState:
 
     @classmethod
     def from_json(cls, text: str) -> LoopState:
+        """Raises: ValueError when the text is not a loop state (garbled, truncated, wrong types)."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         data.setdefault("best_validation_score", None)  # checkpoints written before scores existed
         data.setdefault("top_validation_score", data["best_validation_score"])  # before near-ties went to the later one
-        return cls(**data)
+        try:
+            state = cls(**data)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+        numbers = (int, float)
+        if not isinstance(state.step, int) or isinstance(state.step, bool) or state.step < 0 or not isinstance(state.tokens, int):
+            raise ValueError("'step' and 'tokens' must be counts")
+        for name in ("best_validation_loss", "best_validation_score", "top_validation_score", "last_loss"):
+            if getattr(state, name) is not None and not isinstance(getattr(state, name), numbers):
+                raise ValueError(f"'{name}' must be a number")
+        if state.best_step is not None and not isinstance(state.best_step, int):
+            raise ValueError("'best_step' must be a step number")
+        return state
+
+
+class CheckpointError(TunelabError):
+    """No checkpoint of a run can be resumed from (each is damaged), or best/ is not the run's best."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -96,6 +126,31 @@ def list_step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint folder holds (its ``state.json``), or None when that cannot be read."""
+    try:
+        return LoopState.from_json((path / "state.json").read_text(encoding="utf-8")).step
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def resume_candidates(folder: Path) -> list[tuple[int, Path]]:
+    """Where a run can resume from, newest first: every step checkpoint and ``best/`` (a step checkpoint
+    before ``best/`` of the same step)."""
+    candidates = [(step, 1, path) for step, path in list_step_checkpoints(folder)]
+    best = folder / BEST
+    if (best / "state.json").is_file():
+        step = checkpoint_step(best)
+        candidates.append((step if step is not None else -1, 0, best))
+    return [(step, path) for step, _, path in sorted(candidates, reverse=True)]
+
+
+def clean_checkpoint_folder(folder: Path) -> list[Path]:
+    """Remove what a killed checkpoint write left behind (``.step-N.*.tmp``, ``.best.*.tmp``, staging
+    folders); returns what was removed. Only for a run folder this process has locked."""
+    return remove_temporaries(folder)
+
+
 def save_checkpoint(
     target: Path,
     *,
@@ -107,27 +162,52 @@ def save_checkpoint(
 ) -> None:
     """Write one checkpoint folder atomically (every process must call this: RNG states are gathered)."""
     from accelerate.utils import DistributedType, gather_object
-    from safetensors.torch import save_file
 
     rng_states = gather_object([rng_state()])
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if sharded:
+    staging = None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         # Every process writes its shards; the main process then adds the rest and renames.
         staging = target.with_name(f".{target.name}.sharded")
         accelerator.save_state(str(staging / "accelerate"))
     if accelerator.is_main_process:
-        with atomic_directory(target) as tmp:
-            if sharded:
-                shutil.move(str(staging / "accelerate"), tmp / "accelerate")
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            for rank, rng in enumerate(rng_states):
-                torch.save(rng, tmp / f"rng-{rank}.pt")
-            (tmp / "state.json").write_text(state.to_json())
+        try:
+            _write_checkpoint(target, staging, model, optimizer, scheduler, rng_states, state)
+        except Exception as error:  # torch and safetensors report a full disk as RuntimeError / their own kinds
+            # Weights, Adam's two moments, and the small files.
+            need = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) + 1_000_000
+            if is_disk_full(error, target.parent, need):
+                raise disk_full_error(target, need) from None
+            raise
+        if target.name != BEST:
+            kill_point("checkpoint.renamed")
     accelerator.wait_for_everyone()
+
+
+def _write_checkpoint(
+    target: Path, staging: Path | None, model: nn.Module, optimizer: Any, scheduler: Any, rng_states: list, state: LoopState
+) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_directory(target) as tmp:
+        if staging is not None:
+            shutil.move(str(staging / "accelerate"), tmp / "accelerate")
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+        for rank, rng in enumerate(rng_states):
+            _torch_save(rng, tmp / f"rng-{rank}.pt")
+        (tmp / "state.json").write_text(state.to_json())
+        if target.name != BEST:
+            kill_point("checkpoint.files-written")
+
+
+def _torch_save(value: Any, path: Path) -> None:
+    # Through a Python file: a full disk then raises OSError(ENOSPC). Given a path, torch's own writer
+    # reports it as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...".
+    with path.open("wb") as handle:
+        torch.save(value, handle)
 
 
 def load_checkpoint(
@@ -139,19 +219,75 @@ def load_checkpoint(
     scheduler: Any,
     restore_rng: bool = True,
 ) -> LoopState:
-    """Restore what ``save_checkpoint`` wrote; returns the loop's counters."""
+    """Restore what ``save_checkpoint`` wrote; returns the loop's counters.
+
+    Raises:
+        CheckpointError: naming the file that cannot be read (a truncated or garbled checkpoint). The
+            model and optimizer may then hold part of it: load another checkpoint over them.
+    """
     from safetensors.torch import load_file
 
-    if (source / "accelerate").is_dir():
-        accelerator.load_state(str(source / "accelerate"))
-    else:
-        load_trainable_state(model, load_file(str(source / "trainable.safetensors")))
-        optimizer.load_state_dict(torch.load(source / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(source / "scheduler.pt", weights_only=False))
-    rng_file = source / f"rng-{accelerator.process_index}.pt"
-    if restore_rng and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
-    return LoopState.from_json((source / "state.json").read_text())
+    def damaged(name: str, error: BaseException) -> CheckpointError:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        return CheckpointError(f"{source / name} is damaged ({reason})")
+
+    try:
+        state = LoopState.from_json((source / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise damaged("state.json", error) from None
+    expected = STEP_DIR.match(source.name)
+    if expected and int(expected.group(1)) != state.step:
+        raise damaged("state.json", ValueError(f"it says step {state.step}, the folder is step {expected.group(1)}"))
+    current = "state.json"
+    try:
+        if (source / "accelerate").is_dir():
+            current = "accelerate"
+            accelerator.load_state(str(source / "accelerate"))
+        else:
+            current = "trainable.safetensors"
+            load_trainable_state(model, load_file(str(source / "trainable.safetensors")))
+            current = "optimizer.pt"
+            optimizer.load_state_dict(torch.load(source / "optimizer.pt", weights_only=True))
+        current = "scheduler.pt"
+        scheduler.load_state_dict(torch.load(source / "scheduler.pt", weights_only=True))
+        rng_file = source / f"rng-{accelerator.process_index}.pt"
+        current = rng_file.name
+        if restore_rng and rng_file.is_file():
+            # Not weights_only: Python's and numpy's RNG states are tuples holding numpy arrays.
+            set_rng_state(torch.load(rng_file, weights_only=False))
+    except Exception as error:  # noqa: BLE001 - safetensors, torch and pickle each raise their own kinds
+        raise damaged(current, error) from None
+    return state
+
+
+def resume_newest(
+    folder: Path, *, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[LoopState | None, list[str]]:
+    """Load the newest checkpoint that loads (``resume_candidates``); returns its state (None when there is
+    no checkpoint at all) and one warning per damaged checkpoint passed over.
+
+    Raises:
+        CheckpointError: when checkpoints exist and none of them loads (naming the newest one's damage).
+    """
+    warnings: list[str] = []
+    first_error: CheckpointError | None = None
+    candidates = resume_candidates(folder)
+    for _step, path in candidates:
+        try:
+            state = load_checkpoint(path, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
+        except CheckpointError as error:
+            first_error = first_error or error
+            warnings.append(f"{error.message}: not resumed from it")
+            continue
+        if warnings:
+            warnings.append(f"resumed from the newest intact checkpoint, {path} (step {state.step})")
+        return state, warnings
+    if first_error is not None:
+        raise CheckpointError(
+            f"{first_error.message}, and no other checkpoint of this run is intact",
+            f"delete {folder} to train this run again from the start",
+        )
+    return None, warnings
 
 
 def prune_checkpoints(folder: Path, keep_last: int) -> None:
@@ -160,10 +296,12 @@ def prune_checkpoints(folder: Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def copy_as_best(source: Path, folder: Path) -> None:
-    with atomic_directory(folder / BEST) as tmp:
-        for item in source.iterdir():
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
-            else:
-                shutil.copy2(item, tmp / item.name)
+def best_state(folder: Path) -> LoopState | None:
+    """The loop state saved with ``best/`` (its ``step`` is which step it holds), or None without one."""
+    path = folder / BEST / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        return LoopState.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None

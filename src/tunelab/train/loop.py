@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,18 +30,21 @@ from torch import nn
 
 from tunelab.config import ResolvedTrainConfig, TrainSchedule
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.faults import kill_point
 from tunelab.models.fused import compile_model
 from tunelab.runs import RunFolder
 from tunelab.runtime import ThreadFollower
 from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
 from tunelab.train.checkpoints import (
     BEST,
+    CheckpointError,
     LoopState,
-    copy_as_best,
+    best_state,
+    clean_checkpoint_folder,
     list_step_checkpoints,
-    load_checkpoint,
     load_trainable_state,
     prune_checkpoints,
+    resume_newest,
     save_checkpoint,
 )
 
@@ -76,6 +79,7 @@ class LoopResult:
     seconds: float
     stopped_early: bool
     best_validation_score: float | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a damaged checkpoint passed over on resume
 
 
 class LossModule(nn.Module):
@@ -184,6 +188,8 @@ def train_loop(
 
     Raises:
         TrainingError: on a NaN/inf loss (the last good checkpoint is kept) or when memory runs out.
+        CheckpointError: on resume, when checkpoints exist and none of them loads.
+        DiskFullError: when a checkpoint cannot be written for lack of space (nothing half-written is left).
     """
     world = accelerator.num_processes
     rank = accelerator.process_index
@@ -212,15 +218,16 @@ def train_loop(
 
     if accelerator.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
+        clean_checkpoint_folder(run.checkpoints)  # what a killed checkpoint write left behind
 
-    # 2. Resume: weights, optimizer, scheduler, RNG and counters of the newest complete checkpoint.
+    # 2. Resume: weights, optimizer, scheduler, RNG and counters of the newest checkpoint that loads
+    # (a damaged newer one is passed over, with a warning).
     state = LoopState()
+    warnings: list[str] = []
     if resume:
-        checkpoints = list_step_checkpoints(run.checkpoints)
-        if checkpoints:
-            state = load_checkpoint(
-                checkpoints[-1][1], accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler
-            )
+        resumed, warnings = resume_newest(run.checkpoints, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
+        if resumed is not None:
+            state = resumed
             if accelerator.is_main_process:
                 _truncate_metrics(run, state.step)
     elif accelerator.is_main_process and run.metrics.exists():
@@ -304,6 +311,7 @@ def train_loop(
             save = schedule.saves_at(state.step)
             validation = None
             threads.check(force=validate)
+            new_best = False
 
             # Read the loss back only every log_every steps, and always before trusting the weights.
             if state.step % config.log_every == 0 or validate or save:
@@ -327,6 +335,7 @@ def train_loop(
                     if improves(validation, score, state.best_validation_loss, state.top_validation_score, tolerance=one_example):
                         state.best_validation_loss, state.best_step, state.bad_validations = validation, state.step, 0
                         state.best_validation_score = score
+                        new_best = True
                     else:
                         state.bad_validations += 1
                     if score is not None:
@@ -337,13 +346,19 @@ def train_loop(
                     log(record)
                     patience = config.early_stopping_patience
                     stopped_early = patience is not None and state.bad_validations >= patience and not done
+            best = run.checkpoints / BEST
+            if new_best:
+                # best/ first, then step-N: a step checkpoint that names this step as its best exists only once
+                # best/ holds it, so a run killed between the two writes resumes to the same final weights.
+                save_checkpoint(best, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+                if accelerator.is_main_process:
+                    kill_point("checkpoint.best-written")
             if save or stopped_early:
                 target = run.checkpoints / f"step-{state.step}"
                 save_checkpoint(target, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
                 if accelerator.is_main_process:
-                    if validation is not None and state.best_step == state.step:
-                        copy_as_best(target, run.checkpoints)
                     prune_checkpoints(run.checkpoints, config.keep_last)
+                    kill_point("checkpoint.pruned")
                 accelerator.wait_for_everyone()
             if progress is not None and accelerator.is_main_process:
                 rate = (state.tokens - start_tokens) / max(1e-9, session_seconds)
@@ -365,6 +380,12 @@ def train_loop(
     if state.best_step is not None and state.best_step != state.step and (best / "trainable.safetensors").is_file():
         from safetensors.torch import load_file
 
+        kept = best_state(run.checkpoints)
+        if kept is None or kept.step != state.best_step:
+            raise CheckpointError(
+                f"{best} holds step {kept.step if kept else '?'}, but this run's best validation was at step {state.best_step}",
+                f"delete {run.checkpoints} to train this run again from the start",
+            )
         load_trainable_state(model, load_file(str(best / "trainable.safetensors")))
     trained_seconds = state.train_seconds - start_seconds
     return LoopResult(
@@ -377,6 +398,7 @@ def train_loop(
         tokens_per_second=(state.tokens - start_tokens) / max(1e-9, trained_seconds),
         seconds=state.train_seconds,
         stopped_early=stopped_early,
+        warnings=warnings,
     )
 
 

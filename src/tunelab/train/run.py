@@ -22,9 +22,10 @@ import torch
 from tunelab.config import ResolvedConfig, dump_config
 from tunelab.data.split import Split
 from tunelab.errors import ConfigError, DataError
+from tunelab.faults import kill_point
 from tunelab.models.adapters import count_parameters, save_trained
 from tunelab.models.loader import LoadedModel
-from tunelab.paths import atomic_write_text
+from tunelab.paths import atomic_write_text, disk_full_error, is_disk_full
 from tunelab.runs import RunFolder, load_model
 from tunelab.runtime import pin_threads, resolve_precision
 from tunelab.train.loop import LoopResult, Progress, train_loop
@@ -127,8 +128,12 @@ def _check_resume(config: ResolvedConfig, split: Split, run: RunFolder) -> None:
         )
     fingerprint = split.fingerprint
     if run.split.is_file():
-        saved_split = json.loads(run.split.read_text(encoding="utf-8"))
-        if saved_split.get("fingerprint") not in (None, fingerprint):
+        try:
+            saved_split = json.loads(run.split.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            saved_split = {}  # rewritten below from the split the run was given
+            split.save(run.split)
+        if isinstance(saved_split, dict) and saved_split.get("fingerprint") not in (None, fingerprint):
             raise DataError(f"cannot resume {run.root}: the data changed since the run started (split fingerprint differs)")
 
 
@@ -275,7 +280,14 @@ def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
     accelerator = session.accelerator
     if accelerator.is_main_process:
         run = session.run
-        save_trained(model, session.tokenizer, adapter_dir=run.adapter, model_dir=run.model, tokenizer_dir=run.tokenizer)
+        try:
+            save_trained(model, session.tokenizer, adapter_dir=run.adapter, model_dir=run.model, tokenizer_dir=run.tokenizer)
+        except Exception as error:  # torch/safetensors report a full disk as RuntimeError or their own kinds
+            if is_disk_full(error, run.root):
+                trainable, _ = count_parameters(model)
+                raise disk_full_error(run.root, 4 * trainable) from None
+            raise
+        kill_point("train.weights-saved")
         # The adapter names the base a user can fetch and carries a model card (filled in again once evaluated).
         from tunelab.runs import Run, make_adapter_portable
 
@@ -298,6 +310,7 @@ def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
         method=session.config.train.method,
         stopped_early=loop.stopped_early,
         best_validation_score=loop.best_validation_score,
+        warnings=list(loop.warnings),
     )
 
 

@@ -173,3 +173,34 @@ def test_max_pass_tokens_auto_limits_passes_on_a_cpu_only_where_it_pays():
     for bad in (0, "fast", 1.5):
         with pytest.raises(ValueError):
             TrainConfig(max_pass_tokens=bad)
+
+
+def test_the_best_weights_of_a_validation_between_checkpoints_are_the_ones_kept(tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """best/ is written when a validation improves, not only when a checkpoint is due: with save_every above
+    eval_every, a best validation between two checkpoints once ended the run on its last weights instead."""
+    from tunelab.models.adapters import apply_method
+    from tunelab.train.checkpoints import trainable_state
+
+    config = tiny_config(tiny_model_dir, max_steps=6, eval_every=1, save_every=3, log_every=1)
+    model = apply_method(tiny_model, config)
+    examples, _ = tokenize_records(sft_records(8), "sft", tiny_tokenizer, max_length=64)
+    validations, snapshots = [], {}
+
+    def score(model_, batch):  # the second validation (step 2, no checkpoint there) scores best
+        validations.append(1)
+        return torch.tensor(10.0 if len(validations) == 2 else 1.0)
+
+    def progress(event):
+        snapshots[event.step] = trainable_state(model)
+
+    accelerator, _ = make_accelerator(config, RunFolder(tmp_path / "run"))
+    result = train_loop(
+        model=model, train_examples=examples, validation_examples=examples[:2], collate=LMCollate(tiny_tokenizer.pad_token_id, 64),
+        loss_fn=lm_loss_sum, config=config.train, max_length=64, run=RunFolder(tmp_path / "run"), accelerator=accelerator,
+        validation_score=score, progress=progress,
+    )
+    assert result.best_step == 2 and result.steps == 6
+    final = trainable_state(model)
+    assert final.keys() == snapshots[2].keys()
+    assert all(torch.equal(final[name], snapshots[2][name]) for name in final)
+    assert not all(torch.equal(final[name], snapshots[6][name]) for name in final)

@@ -1,0 +1,49 @@
+"""Named kill points: where a test makes the process die as a power cut or ``kill -9`` would.
+
+The pipeline, the checkpoint writer and the registry call :func:`kill_point` at the moments between
+two writes where a crash is most likely to leave state behind that does not agree with itself (a
+checkpoint written but not yet known as the best one, a registry row created but its id not yet
+saved in ``pipeline.json``). Normally it does nothing. With ``TUNELAB_KILL_AT=NAME`` (or
+``NAME@N``: the N-th time that point is reached, counting from 1) the process sends itself SIGKILL
+there: no ``finally`` block, no ``atexit``, no flush runs, exactly as after a real crash. The
+fault-injection tests (``tests/unit/faults``) kill a run at every point in :data:`KILL_POINTS`, resume it,
+and compare the result with an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_ENV = "TUNELAB_KILL_AT"
+
+# Every named point, in the order a run reaches them (the tests iterate over this list).
+KILL_POINTS = (
+    # tasks/pipeline.py
+    "pipeline.registered",  # the registry row exists, pipeline.json does not know its id yet
+    "pipeline.step-started",  # a step has begun (its registry row says running)
+    "pipeline.step-finished",  # a step's outcome is in pipeline.json, its "done" event not yet sent
+    # train/checkpoints.py and train/loop.py
+    "checkpoint.files-written",  # every file of step-N is in its temporary folder, not yet renamed
+    "checkpoint.renamed",  # step-N is in place; older checkpoints not yet pruned
+    "checkpoint.best-written",  # best/ holds the new best weights; step-N not written yet
+    "checkpoint.pruned",  # older step checkpoints removed
+    "train.weights-saved",  # adapter/ (or model/) written after the loop, the step not yet recorded
+    # registry/store.py
+    "registry.before-commit",  # inside a write transaction, before COMMIT
+)
+
+_reached: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process here when ``TUNELAB_KILL_AT`` names this point (see the module docstring)."""
+    wanted = os.environ.get(KILL_ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition("@")
+    if point != name:
+        return
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
