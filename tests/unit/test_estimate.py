@@ -560,3 +560,32 @@ def test_duration_reads_as_a_person_would_and_the_ui_shows_the_same():
     assert [duration(s) for s in (None, 45, 119.9, 270, 7199, 7560)] == ["-", "45.0 s", "119.9 s", "4.5 min", "120.0 min", "2.1 h"]
     # One home: the web interface's templates render with the very function the CLI uses.
     assert ui_app.duration is duration
+
+
+def _damaged(kind: str, stored: dict) -> str:
+    if kind in ("[]", "null", "not json at all"):
+        return kind
+    fields = stored["calibration"]
+    if kind == "calibration-list":
+        stored["calibration"] = []
+    elif kind == "no-steps":
+        fields["step_seconds"] = []
+    elif kind == "negative":
+        fields["step_seconds"] = [-0.5, -0.4]
+    elif kind == "nan":
+        fields["step_seconds"] = [float("nan")]
+    return json.dumps(stored)
+
+
+@pytest.mark.parametrize("damage", ["[]", "null", "not json at all", "calibration-list", "no-steps", "negative", "nan"])
+def test_a_damaged_calibration_cache_is_measured_again_never_a_negative_estimate(tiny_model_dir, tiny_model, monkeypatch, tmp_path, damage):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))
+    quiet = _machine(0.1)
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32", "threads": 1}, "lora": {"r": 4}})
+    calibrate(config, 16, model=tiny_model, steps=1, use_cache=False, machine=quiet)
+    (path,) = (tmp_path / "calibration").glob("*.json")
+    path.write_text(_damaged(damage, json.loads(path.read_text())))
+    again = calibrate(config, 16, steps=1, machine=quiet)
+    assert not again.cached  # measured anew
+    assert again.step_seconds and min(again.step_seconds) > 0 and again.seconds_per_step > 0
+    assert calibrate(config, 16, steps=1, machine=quiet).cached  # and stored again

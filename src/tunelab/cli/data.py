@@ -132,7 +132,7 @@ def check(
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token lengths (no tokenizer, no torch: starts in well under a second)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Report every problem in a dataset; exit code 1 when there are errors."""
+    """Report every problem in a dataset; exit code 2 when there are errors (as for any bad input)."""
     from tunelab.data.check import check_data
 
     data = _data_config(
@@ -147,7 +147,8 @@ def check(
     else:
         render_report(report)
     if not report.ok:
-        raise typer.Exit(1)
+        # 2 as for every user mistake: a crash exits 1, so a script (and the fuzz tests) can tell them apart.
+        raise typer.Exit(2)
 
 
 @data_app.command("show")

@@ -3,9 +3,10 @@ Arrow files and folders written by Hugging Face ``datasets`` (``save_to_disk``).
 
 Every row comes with its ``source`` (``file:line``; for Parquet the row number) so that each problem
 can be reported where the user can fix it. A row that cannot be read (invalid JSON, undecodable
-bytes, a wrong number of CSV columns) comes out as a ``RecordError`` in its place instead of
-stopping the read: one pass finds every problem. Rows are yielded lazily, so a large JSONL file is
-read in bounded memory.
+bytes, a wrong number of CSV columns, more bytes than ``max_record_bytes``, JSON nested deeper than
+Python can parse) comes out as a ``RecordError`` in its place instead of stopping the read: one pass
+finds every problem. Rows are yielded lazily, so a large JSONL file is read in bounded memory, and an
+oversized line is skipped without being held in memory.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ class RecordError:
 Row = dict[str, Any]
 RowOrError = tuple[str, Row | RecordError]
 
+DEFAULT_MAX_RECORD_BYTES = 4_000_000  # data.max_record_bytes
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def too_large(size: int, limit: int) -> str:
+    """The reason given for a record over ``data.max_record_bytes``."""
+    return f"record too large: more than {limit:,} bytes ({size:,}+); raise data.max_record_bytes to read it"
+
+
+def too_deep() -> str:
+    return "invalid JSON: nested too deeply (thousands of levels of [ or {)"
+
 
 def detect_format(path: Path, declared: str = "auto") -> str:
     """The format of ``path``: ``declared`` unless 'auto', else by extension (looking through .gz).
@@ -106,11 +119,33 @@ def repair_utf8(data: bytes) -> str | None:
         return None
 
 
-def iter_jsonl(path: Path) -> Iterator[RowOrError]:
-    """One JSON object per line; blank lines are allowed and skipped."""
+def bounded_lines(handle: io.BufferedIOBase, limit: int) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, size)`` for each line of a binary file; ``line`` is None for a line longer than ``limit``
+    bytes, which is read past in chunks and never held whole in memory."""
+    while True:
+        raw = handle.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        size = len(raw)
+        while raw and not raw.endswith(b"\n"):
+            raw = handle.readline(1 << 20)
+            size += len(raw)
+        yield None, size
+
+
+def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
+    """One JSON object per line; blank lines are allowed and skipped, and so is a UTF-8 BOM at the start."""
     with open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, (raw, size) in enumerate(bounded_lines(handle, max_record_bytes), start=1):
             source = f"{path}:{number}"
+            if raw is None:
+                yield source, RecordError(source, too_large(size, max_record_bytes))
+                continue
+            if number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]  # written by Windows editors; invisible, and no part of the JSON
             if not raw.strip():
                 continue
             try:
@@ -122,6 +157,9 @@ def iter_jsonl(path: Path) -> Iterator[RowOrError]:
                 value = json.loads(line)
             except json.JSONDecodeError as error:
                 yield source, RecordError(source, f"invalid JSON: {error.msg} (column {error.colno})")
+                continue
+            except RecursionError:
+                yield source, RecordError(source, too_deep())
                 continue
             if not isinstance(value, dict):
                 yield source, RecordError(source, f"wrong type: expected a JSON object, got {_json_type(value)}")
@@ -147,7 +185,9 @@ def _line_counter(text: str) -> Any:
     return line_at
 
 
-def iter_json_array(text: str, start: int, path: Path) -> Iterator[RowOrError]:
+def iter_json_array(
+    text: str, start: int, path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[RowOrError]:
     """The elements of the JSON array opening at ``text[start] == '['``, each with its line number.
 
     A syntax error inside an array cannot be resynchronised: it is reported once, at its line.
@@ -160,13 +200,19 @@ def iter_json_array(text: str, start: int, path: Path) -> Iterator[RowOrError]:
         return
     while True:
         source = f"{path}:{line_at(pos)}"
+        began = pos
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as error:
             where = f"{path}:{error.lineno}"
             yield where, RecordError(where, f"invalid JSON: {error.msg} (column {error.colno}); the rest of the file is unread")
             return
-        if isinstance(value, dict):
+        except RecursionError:
+            yield source, RecordError(source, too_deep() + "; the rest of the file is unread")
+            return
+        if pos - began > max_record_bytes:  # characters, at least as many bytes
+            yield source, RecordError(source, too_large(pos - began, max_record_bytes))
+        elif isinstance(value, dict):
             yield source, value
         else:
             yield source, RecordError(source, f"wrong type: expected a JSON object, got {_json_type(value)}")
@@ -194,7 +240,7 @@ def decode_text(path: Path, data: bytes) -> str:
         raise DataError(f"{path}:{line}: {_undecodable(error)}", "save the file as UTF-8") from None
 
 
-def iter_json(path: Path, text: str | None = None) -> Iterator[RowOrError]:
+def iter_json(path: Path, text: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """A JSON file: an array of objects, an object wrapping one array (``{"data": [...]}``), or one object.
 
     A ``.json`` file that really holds one object per line is read as JSONL.
@@ -210,16 +256,19 @@ def iter_json(path: Path, text: str | None = None) -> Iterator[RowOrError]:
     stripped = text.lstrip()
     offset = len(text) - len(stripped)
     if stripped.startswith("["):
-        yield from iter_json_array(text, offset, path)
+        yield from iter_json_array(text, offset, path, max_record_bytes)
         return
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":
-            yield from iter_jsonl(path)
+            yield from iter_jsonl(path, max_record_bytes)
             return
         where = f"{path}:{error.lineno}"
         yield where, RecordError(where, f"invalid JSON: {error.msg} (column {error.colno}); the file is unread")
+        return
+    except RecursionError:
+        yield f"{path}:1", RecordError(f"{path}:1", too_deep() + "; the file is unread")
         return
     if isinstance(value, dict):
         lists = [key for key, item in value.items() if isinstance(item, list)]
@@ -227,13 +276,16 @@ def iter_json(path: Path, text: str | None = None) -> Iterator[RowOrError]:
             # {"key": [...]}: find where the array starts so each element keeps its line number.
             match = re.match(r"\s*\{\s*" + re.escape(json.dumps(lists[0], ensure_ascii=False)) + r"\s*:\s*\[", text)
             if match:
-                yield from iter_json_array(text, match.end() - 1, path)
+                yield from iter_json_array(text, match.end() - 1, path, max_record_bytes)
             else:
                 for index, item in enumerate(value[lists[0]], start=1):
                     source = f"{path}:#{index}"
                     yield source, item if isinstance(item, dict) else RecordError(source, "wrong type: expected a JSON object")
             return
-        yield f"{path}:1", value
+        if len(text) > max_record_bytes:
+            yield f"{path}:1", RecordError(f"{path}:1", too_large(len(text), max_record_bytes))
+        else:
+            yield f"{path}:1", value
         return
     yield f"{path}:1", RecordError(f"{path}:1", f"wrong type: expected a JSON array or object, got {_json_type(value)}")
 
@@ -246,7 +298,7 @@ def _sniff_delimiter(header: str, declared: str | None) -> str:
     return max(candidates, key=lambda c: (header.count(c), -candidates.index(c)))
 
 
-def iter_csv(path: Path, delimiter: str | None = None) -> Iterator[RowOrError]:
+def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """A delimited file with a header row; the delimiter is sniffed from the header unless given.
 
     Each row's source is the line it starts on (quoted cells may span lines).
@@ -291,6 +343,10 @@ def iter_csv(path: Path, delimiter: str | None = None) -> Iterator[RowOrError]:
             continue
         if any(start <= line <= end for line in bad_lines):
             yield source, RecordError(source, "undecodable bytes: not UTF-8 text")
+            continue
+        size = sum(len(cell) for cell in cells)
+        if size > max_record_bytes:
+            yield source, RecordError(source, too_large(size, max_record_bytes))
             continue
         if len(cells) != len(header):
             yield source, RecordError(source, f"wrong number of columns: expected {len(header)} ({delimiter!r}-separated), got {len(cells)}")
@@ -382,9 +438,13 @@ def iter_arrow(path: Path) -> Iterator[RowOrError]:
     yield from dataset_rows(dataset, path)
 
 
-def iter_txt(path: Path) -> Iterator[RowOrError]:
+def iter_txt(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """A plain-text file is one document: a row ``{"text": ...}``."""
-    data = read_bytes(path)
+    with open_binary(path) as handle:
+        data = handle.read(max_record_bytes + 1)
+    if len(data) > max_record_bytes:
+        yield f"{path}:1", RecordError(f"{path}:1", too_large(len(data), max_record_bytes) + " (one .txt file is one record)")
+        return
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -394,7 +454,7 @@ def iter_txt(path: Path) -> Iterator[RowOrError]:
     yield f"{path}:1", {"text": text}
 
 
-def iter_rows(path: Path, file_format: str = "auto") -> Iterator[RowOrError]:
+def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """Rows of one file in its own field names (see the module docstring).
 
     Raises:
@@ -403,11 +463,11 @@ def iter_rows(path: Path, file_format: str = "auto") -> Iterator[RowOrError]:
     kind = detect_format(path, file_format)
     try:
         if kind == "jsonl":
-            yield from iter_jsonl(path)
+            yield from iter_jsonl(path, max_record_bytes)
         elif kind == "json":
-            yield from iter_json(path)
+            yield from iter_json(path, max_record_bytes=max_record_bytes)
         elif kind in ("csv", "tsv"):
-            yield from iter_csv(path, "\t" if kind == "tsv" else None)
+            yield from iter_csv(path, "\t" if kind == "tsv" else None, max_record_bytes)
         elif kind == "parquet":
             yield from iter_parquet(path)
         elif kind == "arrow":
@@ -415,7 +475,7 @@ def iter_rows(path: Path, file_format: str = "auto") -> Iterator[RowOrError]:
         elif kind == "hf_disk":
             yield from iter_saved_dataset(path)
         elif kind == "txt":
-            yield from iter_txt(path)
+            yield from iter_txt(path, max_record_bytes)
         else:
             raise DataError(f"{path}: unknown format '{kind}'")
     except (OSError, EOFError, gzip.BadGzipFile) as error:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig
-from tunelab.data.formats import RecordError, RowOrError, dataset_rows, iter_rows, resolve_files
+from tunelab.data.formats import RecordError, RowOrError, dataset_rows, iter_rows, resolve_files, too_large
 from tunelab.data.records import (
     ClassifyRecord,
     Message,
@@ -76,6 +76,7 @@ class Fields:
     label: str = "label"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    max_label_chars: int = 200  # data.max_label_chars
 
     @classmethod
     def from_config(cls, data: DataConfig) -> Fields:
@@ -87,6 +88,7 @@ class Fields:
             data.label_field,
             data.chosen_field,
             data.rejected_field,
+            data.max_label_chars,
         )
 
 
@@ -286,7 +288,14 @@ def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
         raise _Bad(f"missing label: field '{fields.label}' is empty")
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise _Bad(f"wrong type: label '{fields.label}' should be a string or an integer, got {type(label).__name__}")
-    return ClassifyRecord(text, str(label).strip(), source=source)
+    label = str(label).strip()
+    if len(label) > fields.max_label_chars:
+        # A category, not a text: a long one is almost always a column mix-up (and labels are shown everywhere).
+        raise _Bad(
+            f"label '{fields.label}' is {len(label):,} characters long, more than data.max_label_chars={fields.max_label_chars} "
+            f"(is the text in the label column? map columns with --text-field/--label-field)"
+        )
+    return ClassifyRecord(text, label, source=source)
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
@@ -387,6 +396,24 @@ def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:
     raise DataError(f"unknown task '{task}'", "use text, sft, classify or preference")
 
 
+def content_size(value: Any, limit: int) -> int:
+    """Characters of text in a row (strings, keys, nested lists and objects), counted up to just past ``limit``."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            total += sum(len(key) for key in item if isinstance(key, str))
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
 def _looks_like_hub_name(path: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?", path)) and not Path(path).suffix
 
@@ -425,7 +452,7 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         if preset.task != task:
             raise DataError(f"preset '{preset.name}' is {preset.task} data, not {task}", f"use --task {preset.task}")
         files = preset.files(path)
-        fields = Fields()
+        fields = Fields(max_label_chars=data.max_label_chars)
         rows: Iterator[RowOrError] = (item for file in files for item in preset.rows(file))
     elif not Path(path).expanduser().exists() and not any(ch in path for ch in "*?[") and _looks_like_hub_name(path):
         files = []
@@ -442,7 +469,7 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
                     f"{text_files[0]}: a .txt file is raw text, which only the 'text' task reads",
                     f"give {task} data as JSONL, JSON, CSV, TSV or Parquet, or use --task text",
                 )
-        rows = (item for file in files for item in iter_rows(file, data.format))
+        rows = (item for file in files for item in iter_rows(file, data.format, data.max_record_bytes))
     result.files.extend(str(file) for file in files)
     count = 0
     for source, row in rows:
@@ -452,6 +479,10 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         count += 1
         if isinstance(row, RecordError):
             result.errors.append(row)
+            continue
+        size = content_size(row, data.max_record_bytes)
+        if size > data.max_record_bytes:  # rows no reader could measure in bytes (Parquet, presets, the hub)
+            result.errors.append(RecordError(source, too_large(size, data.max_record_bytes)))
             continue
         try:
             result.records.append(row_to_record(row, source, task, fields))

@@ -18,16 +18,18 @@
   predicts it.
 
 Examples are cached under the user cache by a fingerprint of the tokenizer, the settings and the
-records, so tokenizing the same data again costs a file read.
+records, so tokenizing the same data again costs a file read. The cache is plain JSON (data only:
+reading it can never run code, as unpickling a crafted file did), and an entry that does not read
+back as examples of the right shape is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -308,24 +310,66 @@ def _cache_key(kind: str, tokenizer: Any, settings: dict, records: Sequence[Any]
     return digest.hexdigest()[:24]
 
 
-def _cached(key: str, build: Any, use_cache: bool) -> Any:
-    path: Path = cache_dir() / "tokenized" / f"{key}.pkl"
+CACHE_FORMAT = "tunelab-tokenized/1"
+_EXAMPLE_TYPES = {"sft": TokenizedExample, "text": TokenizedExample, "classify": ClassifyExample, "preference": PreferenceExample}
+
+
+def _encode_cache(kind: str, examples: list, stats: TokenizeStats) -> str:
+    return json.dumps(
+        {"format": CACHE_FORMAT, "kind": kind, "examples": [asdict(e) for e in examples], "stats": asdict(stats)},
+        separators=(",", ":"),
+    )
+
+
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(type(item) is int for item in value)
+
+
+def _decode_cache(kind: str, text: str) -> tuple[list, TokenizeStats]:
+    """The examples and stats of a cache entry.
+
+    Raises:
+        ValueError: for anything but examples of ``kind`` in the shape this version writes.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("kind") != kind:
+        raise ValueError("not a tokenization cache entry of this kind")
+    cls = _EXAMPLE_TYPES[kind]
+    names = {f.name for f in fields(cls)}
+    examples = []
+    for item in data["examples"]:
+        if not isinstance(item, dict) or set(item) != names:
+            raise ValueError("an example of another shape")
+        example = cls(**item)
+        ids = [v for k, v in item.items() if k.endswith(("_ids", "labels"))]
+        if not all(_int_list(v) for v in ids) or not isinstance(item.get("source"), str) or type(item.get("label", 0)) is not int:
+            raise ValueError("an example with ids that are not integers")
+        examples.append(example)
+    stats = data["stats"]
+    if not isinstance(stats, dict) or set(stats) != {f.name for f in fields(TokenizeStats)}:
+        raise ValueError("no stats")
+    return examples, TokenizeStats(**stats)
+
+
+def _cached(key: str, kind: str, build: Any, use_cache: bool) -> Any:
+    path: Path = cache_dir() / "tokenized" / f"{key}.json"
     if use_cache and path.is_file():
         try:
-            with path.open("rb") as handle:
-                return pickle.load(handle)
-        except (OSError, pickle.UnpicklingError, EOFError):
-            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
+            return _decode_cache(kind, path.read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001 - whatever is wrong with an entry, it is rebuilt, never trusted
+            path.unlink(missing_ok=True)
     result = build()
     if use_cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{id(result)}")
-            with tmp.open("wb") as handle:
-                pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            tmp.replace(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(_encode_cache(kind, *result), encoding="utf-8")
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
         except OSError:
-            pass  # caching is an optimisation; an unwritable cache must not fail a run
+            pass  # caching is an optimisation; an unwritable (or full) cache must not fail a run
     return result
 
 
@@ -375,4 +419,4 @@ def tokenize_records(
         stats.truncated = sum(1 for e in examples if e.truncated)
         return examples, stats
 
-    return _cached(_cache_key(task, tokenizer, settings, records), build, use_cache)
+    return _cached(_cache_key(task, tokenizer, settings, records), task, build, use_cache)

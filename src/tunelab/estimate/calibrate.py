@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -204,26 +205,39 @@ def _stored_state(stored: dict[str, Any]) -> CpuState | None:
 
 
 def _read_cached(path: Path, key: dict[str, Any], machine: CpuState | None) -> Calibration | None:
+    """The stored calibration for ``key``, or None when there is none or it cannot be trusted (measured anew then).
+
+    Anything but a complete measurement of positive, finite durations is ignored: a damaged entry
+    (``[]``, no timed step, negative times) once gave a negative estimate or a crash.
+    """
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if stored.get("key") != json.loads(json.dumps(key, default=str)):  # a hash collision or an older layout
-        return None
+    if not isinstance(stored, dict) or stored.get("key") != json.loads(json.dumps(key, default=str)):
+        return None  # damaged, a hash collision or an older layout
     measured = _stored_state(stored)
-    fields = stored.get("calibration", {})
+    fields = stored.get("calibration")
+    if not isinstance(fields, dict):
+        return None
     try:
         threads = int(fields["threads"])
         if not same_load(measured, machine, threads):
             return None
-        return Calibration(
-            device=fields["device"], precision=fields["precision"], method=fields["method"],
+        calibration = Calibration(
+            device=str(fields["device"]), precision=str(fields["precision"]), method=str(fields["method"]),
             batch_size=int(fields["batch_size"]), seq_len=int(fields["seq_len"]), threads=threads,
             step_seconds=[float(v) for v in fields["step_seconds"]], warmup_seconds=float(fields["warmup_seconds"]),
             cached=True, machine=measured,
         )  # fmt: skip
     except (KeyError, TypeError, ValueError):
         return None
+    durations = [*calibration.step_seconds, calibration.warmup_seconds]
+    if not calibration.step_seconds or not all(math.isfinite(d) and d > 0 for d in durations):
+        return None
+    if calibration.batch_size < 1 or calibration.seq_len < 1 or calibration.threads < 1:
+        return None
+    return calibration
 
 
 # On a CPU a step of about this many tokens already runs the matmuls at their per-token speed, so a

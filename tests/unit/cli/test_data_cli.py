@@ -25,7 +25,7 @@ def test_cli_exit_codes(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "[[a<|im_end|>]]" in result.output and "Token lengths" in result.output
     result = _cli(["data", "check", str(bad), "--task", "sft", "--json", *model])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     report = json.loads(result.output)
     assert report["errors"][0]["source"] == f"{bad}:2" and "[[a<|im_end|>]]" in report["example"]["bracketed"]
     assert _cli(["data", "check", str(bad), "--task", "sft", "--skip-invalid", *model]).exit_code == 0

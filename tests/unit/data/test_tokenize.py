@@ -106,3 +106,47 @@ def test_tokenize_records_is_cached(tiny_tokenizer, tmp_path, monkeypatch):
         assert len(calls) == 5
     finally:
         module.tokenize_sft = original
+
+
+def _cache_files(folder):
+    return [p for p in (folder / "tokenized").iterdir() if not p.name.startswith(".")]
+
+
+def test_the_tokenization_cache_holds_data_only_and_never_runs_code(tiny_tokenizer, tmp_path, monkeypatch):
+    """A crafted cache file once ran code (pickle); now it is data (JSON) and a file that is not is rebuilt."""
+    import json
+    import pickle
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))
+    records = [ClassifyRecord(f"my card {i}", "billing" if i % 2 else "login") for i in range(4)]
+    label_map = build_label_map(["billing", "login"], tiny_tokenizer)
+    first, _ = tokenize_records(records, "classify", tiny_tokenizer, max_length=64, label_map=label_map)
+    (cache,) = _cache_files(tmp_path)
+    json.loads(cache.read_text(encoding="utf-8"))  # plain data a person can read
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    cache.write_bytes(pickle.dumps(Payload()))
+    again, _ = tokenize_records(records, "classify", tiny_tokenizer, max_length=64, label_map=label_map)
+    assert not marker.exists()  # the crafted file was not executed
+    assert [(e.input_ids, e.label) for e in again] == [(e.input_ids, e.label) for e in first]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"\x00\xff random bytes \x13\x37", b"", b"[]", b'{"format": "tunelab-tokenized/1", "examples": [{"input_ids": "x"}]}'],
+)
+def test_a_damaged_tokenization_cache_entry_is_rebuilt(tiny_tokenizer, tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))
+    records = [SFTRecord(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"})) for i in range(3)]
+    first, _ = tokenize_records(records, "sft", tiny_tokenizer, max_length=64)
+    (cache,) = _cache_files(tmp_path)
+    cache.write_bytes(damage)
+    again, stats = tokenize_records(records, "sft", tiny_tokenizer, max_length=64)
+    assert stats.examples == 3 and [e.input_ids for e in again] == [e.input_ids for e in first]
+    third, _ = tokenize_records(records, "sft", tiny_tokenizer, max_length=64)  # the rebuilt entry reads back
+    assert [e.labels for e in third] == [e.labels for e in first]
