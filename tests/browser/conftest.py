@@ -95,7 +95,8 @@ def ui_url(ui_runs):
     os.environ["TUNELAB_CACHE"] = str(folder / "cache")
     os.environ["PYTHONPATH"] = _source_path()
     try:
-        with BackgroundServer(create_app(UISettings(registry=registry)), port=0) as url:
+        # As `tunelab ui` started in the project folder: configs to start are taken from there (or the registry's folder).
+        with BackgroundServer(create_app(UISettings(registry=registry, project=folder)), port=0) as url:
             yield url
     finally:
         for name, value in saved.items():

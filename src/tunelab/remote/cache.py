@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.paths import cache_dir
+from tunelab.paths import cache_dir, create_private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -61,7 +61,7 @@ class RequestCache:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(self.path)  # prompts and answers: readable by their owner only, like the request log
         self._lock = threading.Lock()
         self._connection = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         with self._lock:

@@ -282,7 +282,7 @@ class Engine:
             except Exception as error:  # noqa: BLE001 - the worker must survive any one batch's failure
                 logger.exception("batch of %d failed", len(batch))
                 failure = error if isinstance(error, APIError) else APIError(
-                    500, f"The server failed while computing the answer: {error}", type="server_error"
+                    500, f"The server failed while computing the answer ({type(error).__name__}; the server log has the details).", type="server_error"
                 )
                 for job in batch:
                     job.emit("error", failure)

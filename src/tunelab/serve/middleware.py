@@ -1,4 +1,8 @@
-"""The gatekeeper in front of every endpoint: API key (constant-time compare), body size limit, request log.
+"""The gatekeeper in front of every endpoint: Host guard, API key (constant-time compare), body size limit, request log.
+
+Bound to loopback, a request must name this machine in its Host header (``settings.host_allowed``, the
+same guard as ``tunelab ui``): without it a web page could rebind its DNS name to 127.0.0.1 and, from
+the user's own browser, call the models and write ``/v1/feedback`` (which feeds ``tunelab retrain``).
 
 A pure ASGI middleware (it must not buffer streamed responses): it refuses bodies over the size
 limit before they are read in full, and once the response's last byte is sent hands the request's
@@ -15,7 +19,7 @@ from typing import Any
 
 from tunelab.serve.errors import APIError, error_body
 from tunelab.serve.request_log import RequestLog
-from tunelab.serve.settings import ServeSettings
+from tunelab.serve.settings import ServeSettings, host_allowed
 
 LOG_KEY = "tunelab.log"  # where a request's log entry lives in the ASGI scope
 
@@ -40,13 +44,20 @@ class Gatekeeper:
         self.app = app
         self.settings = settings
         self.request_log = request_log
-        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+        self.expected = settings.api_key.encode() if settings.api_key else None
 
     def _authorized(self, scope: dict) -> bool:
         if self.expected is None:
             return True
         given = next((value for name, value in scope.get("headers", []) if name == b"authorization"), b"")
-        return hmac.compare_digest(given, self.expected)
+        scheme, _, token = given.strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 9110): "bearer KEY" is as good as "Bearer KEY".
+        valid_scheme = scheme.lower() == b"bearer"
+        return hmac.compare_digest(token.strip(), self.expected) and valid_scheme
+
+    def _host_allowed(self, scope: dict) -> bool:
+        host = next((value for name, value in scope.get("headers", []) if name == b"host"), b"")
+        return host_allowed(host.decode("latin-1"), self.settings.host)
 
     async def _bounded_receive(self, scope: dict, receive: Any) -> Any:
         limit = self.settings.max_body_bytes
@@ -114,6 +125,17 @@ class Gatekeeper:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 write_log(status_seen)
 
+        if not self._host_allowed(scope):
+            entry["error"] = "host not allowed"
+            await _send_json(
+                logging_send,
+                421,
+                error_body(
+                    "This server does not answer for this host name (it is bound to this machine only).",
+                    type="invalid_request_error", code="host_not_allowed",
+                ),
+            )
+            return
         if not self._authorized(scope):
             entry["error"] = "invalid api key"
             await _send_json(

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.paths import create_private_file
 from tunelab.registry.migrations import Migration
 from tunelab.registry.migrations import migrate as apply_migrations
 
@@ -135,7 +136,7 @@ def _now() -> str:
 def connect(path: Path) -> sqlite3.Connection:
     """An autocommit connection to the request log at ``path`` with its schema up to date (WAL mode)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    create_private_file(path)  # every prompt and answer: readable by the server's user only (0600)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     migrate(db)

@@ -230,6 +230,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _refuse(body.n != 1, "n", "n other than 1")
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
     _refuse(bool(body.tools), "tools", "Tool calling")
+    _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
+    kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
+    _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     log.update(response_id=completion_id, run_id=entry.run_id)
     created = _now()
@@ -293,6 +296,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse(body.logprobs is not None, "logprobs", "logprobs")
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
+    _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
     if body.stream and len(prompts) != 1:
@@ -392,6 +396,9 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
     await asyncio.to_thread(log.flush)
     try:
         (feedback_id,) = await asyncio.to_thread(add_feedback, log.path, [item], source="api")
-    except DataError as error:
-        raise APIError(404, error.message, param="id", code="response_not_found") from None
+    except DataError:
+        # Not the library's message: it names the log file, and a client has no business knowing server paths.
+        raise APIError(
+            404, f"No response with id '{item.response_id}' was logged by this server.", param="id", code="response_not_found"
+        ) from None
     return {"id": feedback_id, "object": "feedback", "created": _now(), "response_id": item.response_id, "index": item.item}

@@ -1,9 +1,10 @@
 """Request bodies of the API, as pydantic models: FastAPI validates with them and they make the OpenAPI schema.
 
-Field names, types and bounds follow the OpenAI API. Unknown fields are accepted and ignored (the
-official clients send optional fields such as ``user`` or ``seed``), but fields that would change the
-answer and that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``...) are refused
-with a 400 by the endpoint rather than silently ignored.
+Field names, types and bounds follow the OpenAI API, strictly as it checks them: a number sent as a
+string (``"max_tokens": "5"``) is refused, not converted. Unknown fields are accepted and ignored (the
+official clients send optional fields such as ``user``), but fields that would change the answer and
+that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``, ``seed``, a JSON
+``response_format``...) are refused with a 400 by the endpoint rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ class StreamOptions(BaseModel):
 
 class _Sampling(_Request):
     model: str = Field(..., description="The base model's name or an adapter's name (GET /v1/models).")
-    max_tokens: int | None = Field(None, ge=1, description="Longest answer in tokens (capped by the server limit).")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 is greedy.")
-    top_p: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
+    max_tokens: int | None = Field(None, ge=1, strict=True, description="Longest answer in tokens (capped by the server limit).")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, strict=True, description="0 is greedy.")
+    top_p: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False, strict=True, description="Nucleus sampling mass.")
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} stop sequences.")
-    n: int = Field(1, description="Number of answers; only 1 is supported.")
-    stream: bool = Field(False, description="Answer as server-sent events.")
+    n: int = Field(1, strict=True, description="Number of answers; only 1 is supported.")
+    stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
+    seed: int | None = Field(None, strict=True, description="Not supported: answers are not reproducible per request (refused).")
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -64,18 +66,19 @@ class _Sampling(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
-    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True, description="Newer name of max_tokens.")
+    logprobs: bool | None = Field(None, strict=True)
     tools: list | None = None
+    response_format: dict | None = Field(None, description='Only {"type": "text"} (JSON modes are refused).')
 
 
 class CompletionRequest(_Sampling):
-    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, strict=True)
     prompt: str | list[str] = Field(..., description=f"A prompt, or up to {MAX_PROMPTS_PER_REQUEST} prompts.")
-    max_tokens: int | None = Field(None, ge=1, description="Longest answer in tokens (default 16, as OpenAI).")
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    max_tokens: int | None = Field(None, ge=1, strict=True, description="Longest answer in tokens (default 16, as OpenAI).")
+    echo: bool = Field(False, strict=True)
+    logprobs: int | None = Field(None, strict=True)
+    best_of: int | None = Field(None, strict=True)
     suffix: str | None = None
 
 
@@ -89,7 +92,7 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(..., min_length=1, description="The id of the response (chatcmpl-..., cmpl-..., clf-...).")
-    index: int = Field(0, ge=0, description="Which input of a multi-input classify request.")
+    index: int = Field(0, ge=0, strict=True, description="Which input of a multi-input classify request.")
     label: str | None = Field(None, min_length=1, description="classify: the correct label (a new one is fine).")
     completion: str | None = Field(None, description="chat/completions: the answer that should have been given.")
     rating: Literal[-1, 1] | None = Field(None, description="Thumbs up (1) or down (-1).")

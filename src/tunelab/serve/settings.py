@@ -23,6 +23,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def host_name(host_header: str) -> str:
+    """The name part of a Host header: ``127.0.0.1:7860`` -> ``127.0.0.1``, ``[::1]:7860`` -> ``[::1]``."""
+    if host_header.startswith("["):
+        return host_header[: host_header.find("]") + 1].lower()
+    return host_header.rsplit(":", 1)[0].lower()
+
+
+def host_allowed(host_header: str, bound_host: str) -> bool:
+    """The Host guard of a server bound to ``bound_host`` (``tunelab serve`` and ``tunelab ui``).
+
+    Bound to loopback, a request must name this machine (or the bound address): a page that has
+    rebound its own DNS name to 127.0.0.1 sends its own name and is refused, so it cannot use the
+    models, read answers or write feedback through the user's browser. Bound beyond loopback (with a
+    key, or --insecure), any name that reaches the server is the user's choice.
+    """
+    name = host_name(host_header)
+    if name in LOOPBACK_NAMES or name == bound_host.lower():
+        return True
+    return not is_loopback(bound_host)
+
+
 @dataclass
 class ServeSettings:
     """The models to load, where to listen, and the limits and switches of the app."""

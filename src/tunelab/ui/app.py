@@ -32,11 +32,11 @@ from tunelab.estimate.plan import duration
 from tunelab.estimate.summary import estimate_summary, money
 from tunelab.paths import atomic_write_text
 from tunelab.registry import Registry, RegistryError
+from tunelab.serve.settings import host_allowed
 
 PACKAGE = Path(__file__).resolve().parent
 KEY_COOKIE = "tunelab_ui_key"
 POST_HEADER = "x-tunelab-ui"
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
 @dataclass(frozen=True)
@@ -49,23 +49,52 @@ class UISettings:
     api_key: str | None = None
     insecure: bool = False
     jobs_dir: Path | None = None  # where started runs keep their log (default: beside the registry)
+    # Where configs of runs started from the browser may be (with the registry's folder): the folder
+    # `tunelab ui` was started in. A config path elsewhere is refused: the estimate endpoint once
+    # echoed the first line of any readable file (/etc/shadow) in its error message.
+    project: Path | None = None
+
+    def config_roots(self) -> list[Path]:
+        roots = [Path(self.project or Path.cwd()), Path(self.registry).parent]
+        return [root.resolve() for root in roots]
 
 
-def _host_name(host_header: str) -> str:
-    """The name part of a Host header: ``127.0.0.1:7860`` -> ``127.0.0.1``, ``[::1]:7860`` -> ``[::1]``."""
-    if host_header.startswith("["):
-        return host_header[: host_header.find("]") + 1].lower()
-    return host_header.rsplit(":", 1)[0].lower()
+def check_config_path(config: str, settings: UISettings) -> str:
+    """``config`` as an absolute path (a relative one is in the project folder), refused outside the project
+    and registry folders (symlinks followed).
+
+    Raises:
+        ConfigError: naming the folders a config may be in.
+    """
+    from tunelab.errors import ConfigError
+
+    roots = settings.config_roots()
+    given = Path(config).expanduser()
+    given = given if given.is_absolute() else roots[0] / given
+    target = given.resolve()
+    if not any(target == root or root in target.parents for root in roots):
+        raise ConfigError(
+            f"config {config} is outside the folders this UI serves",
+            "give a config inside " + " or ".join(str(root) for root in dict.fromkeys(roots)),
+        )
+    return str(given) if config else config
 
 
-def _host_allowed(host_header: str, settings: UISettings) -> bool:
-    from tunelab.serve.settings import is_loopback
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object.
 
-    name = _host_name(host_header)
-    if name in LOOPBACK_NAMES or name == settings.host.lower():
-        return True
-    # Bound beyond loopback (with a key, or --insecure): any name that reaches it is the user's choice.
-    return not is_loopback(settings.host)
+    Raises:
+        ConfigError: for a body that is not JSON or not an object (``[]`` once gave a 500): a 400.
+    """
+    from tunelab.errors import ConfigError
+
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ConfigError("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ConfigError("the request body must be a JSON object")
+    return body
 
 
 def create_app(settings: UISettings):
@@ -97,7 +126,7 @@ def create_app(settings: UISettings):
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if not _host_allowed(request.headers.get("host", ""), settings):
+        if not host_allowed(request.headers.get("host", ""), settings.host):
             return Response("this address is not served here", status_code=421)
         if settings.api_key:
             given = request.cookies.get(KEY_COOKIE) or request.query_params.get("key") or ""
@@ -189,7 +218,7 @@ def create_app(settings: UISettings):
     async def review_post(run: str, request: Request):
         from tunelab.evaluation.review import open_run_review
 
-        body = await request.json()
+        body = await json_object(request)
         reviewer = str(body.get("reviewer") or "").strip()
         preference = {"1": "A", "2": "B", "t": "tie", "s": "skip"}.get(str(body.get("preference")), str(body.get("preference")))
         if preference not in ("A", "B", "tie", "skip"):
@@ -270,13 +299,19 @@ def create_app(settings: UISettings):
     def _start_body(body: dict[str, Any]) -> tuple[str, list[str], bool]:
         """(config file, overrides, calibrate) of the start form: the pickers' fields, then the free overrides.
 
-        Without a config file the fields are the whole config: it is written beside the UI's job logs.
+        Without a config file the fields are the whole config: it is written beside the UI's job logs. A config
+        or data file must lie in the folders this UI serves (the page would otherwise read any file it is given).
         """
         config = str(body.get("config") or "").strip()
-        fields = body.get("fields") if isinstance(body.get("fields"), dict) else {}
+        fields = dict(body.get("fields")) if isinstance(body.get("fields"), dict) else {}
+        for data_field in ("train", "test"):
+            if str(fields.get(data_field) or "").strip():
+                fields[data_field] = check_config_path(str(fields[data_field]).strip(), settings)
         overrides = views.start_overrides(fields)
         overrides += [line.strip() for line in str(body.get("overrides") or "").splitlines() if line.strip()]
-        if not config:
+        if config:
+            config = check_config_path(config, settings)
+        else:
             if not str(fields.get("train") or "").strip():
                 raise ConfigError("pick a config file, or the training data (and task) of a new run")
             folder = jobs.jobs_dir / "configs"
@@ -293,7 +328,7 @@ def create_app(settings: UISettings):
         from tunelab.estimate import estimate_from_config
         from tunelab.ui.jobs import prepare_run
 
-        config_path, overrides, calibrate = _start_body(await request.json())
+        config_path, overrides, calibrate = _start_body(await json_object(request))
         config, _ = prepare_run(config_path, overrides, registry.path)
         # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
         result = await run_in_threadpool(estimate_from_config, config, calibrate_here=calibrate)
@@ -303,7 +338,7 @@ def create_app(settings: UISettings):
 
     @app.post("/api/jobs")
     async def start_job(request: Request):
-        config_path, overrides, calibrate = _start_body(await request.json())
+        config_path, overrides, calibrate = _start_body(await json_object(request))
         job = jobs.start(config_path, overrides, calibrate=calibrate)
         return {"id": job.id, "url": f"/jobs/{job.id}", "run": job.name}
 

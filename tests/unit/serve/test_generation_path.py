@@ -10,6 +10,8 @@ from tunelab.data.records import SFTRecord
 from tunelab.models import generate, load_model
 from tunelab.serve import ServeSettings, create_app
 
+LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers (its DNS-rebinding guard refuses others)
+
 
 def test_generate_evaluation_and_serving_share_generate_ids(monkeypatch, registry, tiny_model_dir, tmp_path):
     calls: list[str] = []
@@ -37,7 +39,7 @@ def test_generate_evaluation_and_serving_share_generate_ids(monkeypatch, registr
 
     caller = "serve"
     app = create_app(registry, ServeSettings(log_path=tmp_path / "requests.db"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         body = {"model": "france", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
         assert client.post("/v1/chat/completions", json=body).status_code == 200
 

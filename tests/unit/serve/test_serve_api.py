@@ -17,13 +17,15 @@ from tunelab.serve import ServeError, ServeSettings, create_app, read_requests
 from tunelab.serve.engine import Engine, SamplingParams
 from tunelab.serve.server import check_bind, is_loopback, parse_adapter
 
+LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers (its DNS-rebinding guard refuses others)
+
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture
 def client(registry, tmp_path):
     app = create_app(registry, ServeSettings(max_tokens_limit=24, max_body_bytes=20_000, log_path=tmp_path / "requests.db"))
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -227,7 +229,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, reg
 
 def test_auth_requires_the_bearer_key(registry):
     app = create_app(registry, ServeSettings(api_key="s3cret"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         _assert_error(client.get("/v1/models"), 401, code="invalid_api_key")
         _assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
         _assert_error(client.get("/v1/models", headers={"Authorization": "s3cret"}), 401)
@@ -250,7 +252,7 @@ def test_bind_rules():
 
 def test_request_log_records_requests_and_errors(registry, tmp_path):
     path = tmp_path / "log" / "requests.db"
-    with TestClient(create_app(registry, ServeSettings(log_path=path))) as client:
+    with TestClient(create_app(registry, ServeSettings(log_path=path)), base_url=LOCAL) as client:
         ok = chat(client, "france", max_tokens=4).json()
         chat(client, "nope")
     # leaving the client ran the shutdown: the log is flushed
@@ -266,7 +268,7 @@ def test_request_log_records_requests_and_errors(registry, tmp_path):
 
 
 def test_no_log_writes_nothing(registry, tmp_path):
-    with TestClient(create_app(registry, ServeSettings(log_path=None))) as client:
+    with TestClient(create_app(registry, ServeSettings(log_path=None)), base_url=LOCAL) as client:
         assert chat(client, "france", max_tokens=2).status_code == 200
         assert client.app.state.request_log is None
     assert not any(tmp_path.iterdir())

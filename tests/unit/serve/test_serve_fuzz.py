@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from tunelab.serve import ServeSettings, create_app
 
+LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers (its DNS-rebinding guard refuses others)
+
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/classify"]
 
 junk_json = st.recursive(
@@ -65,7 +67,7 @@ def _conforming(schema: dict, components: dict, model_names: list[str], name: st
 @pytest.fixture(scope="module")
 def fuzz_client(registry):
     app = create_app(registry, ServeSettings(max_tokens_limit=3, max_body_bytes=50_000, batch_window_ms=0))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as client:
         yield client
 
 

@@ -13,6 +13,8 @@ from tunelab.data.labels import OutOfScope
 from tunelab.serve import ServeSettings, create_app
 from tunelab.serve.adapters import load_registry
 
+LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers (its DNS-rebinding guard refuses others)
+
 TEXTS = ["my card has not arrived", "login fails every time", "refund please", "What is the capital of France?"]
 
 
@@ -22,14 +24,14 @@ def test_below_the_threshold_the_answer_is_the_out_of_scope_label(tmp_path, tiny
     guarded = Path(shutil.copytree(plain, tmp_path / "guarded"))
     registry = load_registry(str(tiny_model_dir), [("plain", str(plain)), ("guarded", str(guarded))])
     settings = ServeSettings(max_tokens_limit=24, log_path=tmp_path / "requests.db")
-    with TestClient(create_app(registry, settings)) as client:
+    with TestClient(create_app(registry, settings), base_url=LOCAL) as client:
         before = client.post("/v1/classify", json={"model": "plain", "input": TEXTS}).json()["data"]
     confidences = sorted(max(item["probabilities"].values()) for item in before)
     assert confidences[0] < confidences[-1]  # the threshold below separates them
     threshold = (confidences[1] + confidences[2]) / 2
     OutOfScope("out_of_scope", threshold).save(guarded / "out_of_scope.json")
     registry = load_registry(str(tiny_model_dir), [("plain", str(plain)), ("guarded", str(guarded))])
-    with TestClient(create_app(registry, settings)) as client:
+    with TestClient(create_app(registry, settings), base_url=LOCAL) as client:
         after = client.post("/v1/classify", json={"model": "guarded", "input": TEXTS}).json()["data"]
         for text, plain_item, item in zip(TEXTS, before, after, strict=True):
             confidence = max(plain_item["probabilities"].values())

@@ -130,8 +130,47 @@ def test_compare_needs_two_runs_and_start_refuses_bad_configs(made_run, tmp_path
     registry, record, _ = made_run
     with _client(registry) as client:
         assert client.get(f"/compare?runs={record.id}").status_code == 400
-        response = client.post("/api/jobs", json={"config": str(tmp_path / "missing.yaml")}, headers=HEADERS)
+        response = client.post("/api/jobs", json={"config": str(tmp_path / "runs" / "missing.yaml")}, headers=HEADERS)
         assert response.status_code == 400 and "not found" in response.json()["error"]
+
+
+def test_config_paths_outside_the_project_and_registry_folders_are_refused(made_run, tmp_path):
+    """The estimate endpoint echoed the first line of any readable file given as a config (/etc/shadow)."""
+    registry, _, _ = made_run
+    secret = tmp_path / "elsewhere" / "secret.yaml"
+    secret.parent.mkdir()
+    secret.write_text("root: the-first-line-of-a-secret\n")
+    inside = tmp_path / "runs" / "link.yaml"
+    inside.symlink_to(secret)  # a link inside that points outside is outside
+    with _client(registry, project=tmp_path / "project") as client:
+        for config in (str(secret), str(inside), "/etc/passwd", "../elsewhere/secret.yaml"):
+            for endpoint in ("/api/estimate", "/api/jobs"):
+                response = client.post(endpoint, json={"config": config}, headers=HEADERS)
+                assert response.status_code == 400, (endpoint, config, response.text)
+                assert "outside the folders this UI serves" in response.json()["error"]
+                assert "the-first-line" not in response.text and "root:" not in response.text
+
+
+@pytest.mark.parametrize("body", ["[]", "\"text\"", "3", "null", "{not json"])
+def test_json_bodies_that_are_no_object_get_400_not_500(made_run, body):
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        for endpoint in ("/api/estimate", "/api/jobs", f"/api/runs/{record.id}/review"):
+            response = client.post(endpoint, content=body, headers={**HEADERS, "content-type": "application/json"})
+            assert response.status_code == 400, (endpoint, body, response.text)
+            assert "JSON" in response.json()["error"]
+
+
+def test_a_run_name_that_is_not_one_folder_is_refused_for_a_ui_job(made_run, tmp_path):
+    registry, _, _ = made_run
+    config = tmp_path / "runs" / "run.yaml"
+    config.write_text(f"task: classify\ndata:\n  train: train.jsonl\ntrain:\n  output_dir: {tmp_path / 'runs' / 'out'}\n")
+    (tmp_path / "runs" / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    with _client(registry) as client:
+        for name in ("../../../escaped", "a/b", "..", "."):
+            response = client.post("/api/jobs", json={"config": str(config), "overrides": f"name={name}"}, headers=HEADERS)
+            assert response.status_code == 400 and "one folder name" in response.json()["error"], (name, response.text)
+    assert not (tmp_path / "runs" / "out" / "../../../escaped").resolve().exists() and not list(tmp_path.rglob("escaped"))
 
 
 def test_prepare_run_pins_the_run_name_and_this_registry(tmp_path):

@@ -1,0 +1,135 @@
+"""What a hostile web page or a careless client can do to `tunelab serve`: DNS rebinding (the Host guard),
+server paths in errors, requests OpenAI would refuse, the key's scheme, who can read the request log,
+and a damaged adapter."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tunelab.errors import ModelError
+from tunelab.serve import BackgroundServer, ServeSettings, create_app
+from tunelab.serve.adapters import load_registry
+
+LOCAL = "http://127.0.0.1"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _assert_openai_error(response, status, *, param=None, code=None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_a_page_that_rebinds_its_name_to_loopback_gets_nothing(registry, tmp_path):
+    """DNS rebinding: the browser sends the attacker's name as Host; a loopback server without a key refused nothing."""
+    log_path = tmp_path / "requests.db"
+    app = create_app(registry, ServeSettings(log_path=log_path))
+    foreign = {"Host": "rebound.attacker.example:8000"}
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        _assert_openai_error(client.get("/v1/models", headers=foreign), 421, code="host_not_allowed")
+        chat = {"model": "france", "messages": QUESTION, "max_tokens": 2}
+        _assert_openai_error(client.post("/v1/chat/completions", json=chat, headers=foreign), 421)
+        _assert_openai_error(client.post("/v1/feedback", json={"id": "chatcmpl-x", "thumbs": "down"}, headers=foreign), 421)
+        # The machine's own names still work (the test client's own Host is 127.0.0.1:PORT).
+        assert client.get("/v1/models").status_code == 200
+        assert client.get("/v1/models", headers={"Host": "localhost"}).status_code == 200
+    # Bound beyond loopback (with a key or --insecure), the name is the user's choice.
+    from tunelab.serve.settings import host_allowed
+
+    assert host_allowed("models.example.com", "0.0.0.0") and not host_allowed("models.example.com", "127.0.0.1")
+    assert host_allowed("[::1]:8000", "::1") and not host_allowed("evil", "localhost")
+
+
+def test_an_unknown_feedback_id_does_not_show_the_servers_paths(registry, tmp_path):
+    log_path = tmp_path / "secret-folder" / "requests.db"
+    with TestClient(create_app(registry, ServeSettings(log_path=log_path)), base_url=LOCAL) as client:
+        response = client.post("/v1/feedback", json={"id": "clf-nope", "label": "billing"})
+        error = _assert_openai_error(response, 404, param="id", code="response_not_found")
+        assert "clf-nope" in error["message"]
+        assert "secret-folder" not in response.text and "requests.db" not in response.text and str(tmp_path) not in response.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"max_completion_tokens": "5"}, "max_completion_tokens"),
+        ({"temperature": "0"}, "temperature"),
+        ({"top_p": "1"}, "top_p"),
+        ({"stream": "true"}, "stream"),
+        ({"n": "1"}, "n"),
+        ({"seed": 7}, "seed"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_chat_requests_openai_refuses_are_refused_in_its_shape(registry, fields, param):
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
+        body = {"model": "france", "messages": QUESTION, "max_tokens": 2, "temperature": 0, **fields}
+        _assert_openai_error(client.post("/v1/chat/completions", json=body), 400, param=param)
+
+
+def test_completions_refuse_strings_for_numbers_and_a_seed(registry):
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
+        base = {"model": "france", "prompt": "hi", "max_tokens": 2, "temperature": 0}
+        _assert_openai_error(client.post("/v1/completions", json={**base, "max_tokens": "5"}), 400, param="max_tokens")
+        _assert_openai_error(client.post("/v1/completions", json={**base, "seed": 1}), 400, param="seed", code="unsupported_parameter")
+        _assert_openai_error(client.post("/v1/completions", json={**base, "echo": "yes"}), 400, param="echo")
+        assert client.post("/v1/completions", json=base).status_code == 200
+        # What is supported stays accepted: the plain text format, a float given as an integer.
+        chat = {"model": "france", "messages": QUESTION, "max_tokens": 2, "temperature": 1, "response_format": {"type": "text"}}
+        assert client.post("/v1/chat/completions", json=chat).status_code == 200
+
+
+def test_the_bearer_scheme_is_case_insensitive(registry):
+    with TestClient(create_app(registry, ServeSettings(api_key="s3cret")), base_url=LOCAL) as client:
+        for header in ("Bearer s3cret", "bearer s3cret", "BEARER s3cret", "Bearer  s3cret "):
+            assert client.get("/v1/models", headers={"Authorization": header}).status_code == 200, header
+        for header in ("Bearers3cret", "Basic s3cret", "bearer wrong", "s3cret"):
+            _assert_openai_error(client.get("/v1/models", headers={"Authorization": header}), 401, code="invalid_api_key")
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_the_request_log_and_the_registry_are_readable_by_their_owner_only(registry, tmp_path):
+    """Every prompt and answer: they were created 0644 (world-readable) while run files were 0600."""
+    from tunelab.registry.store import Registry
+
+    previous = os.umask(0o022)  # the usual default, under which SQLite creates 0644
+    try:
+        log_path = tmp_path / "requests.db"
+        with TestClient(create_app(registry, ServeSettings(log_path=log_path)), base_url=LOCAL) as client:
+            assert client.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 2}).status_code == 200
+        store = Registry(tmp_path / "runs" / "registry.db")
+        store.create_run(name="r", task="sft", status="created")
+    finally:
+        os.umask(previous)
+    for path in (log_path, tmp_path / "runs" / "registry.db"):
+        assert _mode(path) == 0o600, (path, oct(_mode(path)))
+        for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if companion.exists():
+                assert _mode(companion) == 0o600, companion
+
+
+def test_a_damaged_adapter_stops_the_server_at_start_not_every_request(fake_runs, tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(fake_runs["france"], broken)
+    weights = broken / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(ModelError, match="adapter_model.safetensors is damaged"):
+        load_registry(str(tiny_model_dir), [("broken", str(broken))])
