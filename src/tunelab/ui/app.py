@@ -283,7 +283,7 @@ def create_app(settings: UISettings):
 
     @app.post("/api/advise")
     async def start_advise(request: Request):
-        body = await request.json()
+        body = await json_object(request)
         config_path, overrides, _ = _start_body(body)
         options = {}
         for key in ("budget_minutes", "label_usd"):

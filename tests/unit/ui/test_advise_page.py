@@ -35,7 +35,8 @@ def advice_config(tmp_path, tiny_model_dir, monkeypatch):
 
 def _client(tmp_path):
     registry = Registry(tmp_path / "runs" / "registry.db")
-    return TestClient(create_app(UISettings(registry=registry.path)), base_url="http://127.0.0.1:7860")
+    # As `tunelab ui` started in the project folder: configs are taken from there (or the registry's folder).
+    return TestClient(create_app(UISettings(registry=registry.path, project=tmp_path)), base_url="http://127.0.0.1:7860")
 
 
 def test_the_page_lists_and_shows_an_advice_with_its_chart(tmp_path, advice_config):

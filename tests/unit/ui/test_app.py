@@ -144,7 +144,7 @@ def test_config_paths_outside_the_project_and_registry_folders_are_refused(made_
     inside.symlink_to(secret)  # a link inside that points outside is outside
     with _client(registry, project=tmp_path / "project") as client:
         for config in (str(secret), str(inside), "/etc/passwd", "../elsewhere/secret.yaml"):
-            for endpoint in ("/api/estimate", "/api/jobs"):
+            for endpoint in ("/api/estimate", "/api/jobs", "/api/advise"):
                 response = client.post(endpoint, json={"config": config}, headers=HEADERS)
                 assert response.status_code == 400, (endpoint, config, response.text)
                 assert "outside the folders this UI serves" in response.json()["error"]
@@ -155,7 +155,7 @@ def test_config_paths_outside_the_project_and_registry_folders_are_refused(made_
 def test_json_bodies_that_are_no_object_get_400_not_500(made_run, body):
     registry, record, _ = made_run
     with _client(registry) as client:
-        for endpoint in ("/api/estimate", "/api/jobs", f"/api/runs/{record.id}/review"):
+        for endpoint in ("/api/estimate", "/api/jobs", "/api/advise", f"/api/runs/{record.id}/review"):
             response = client.post(endpoint, content=body, headers={**HEADERS, "content-type": "application/json"})
             assert response.status_code == 400, (endpoint, body, response.text)
             assert "JSON" in response.json()["error"]
