@@ -8,6 +8,13 @@ with batching (the engine gathers concurrent requests into one ``generate`` call
     PYTHONPATH=src python bench/serve_load.py [--requests-per-client 4] [--max-tokens 16] [--compare-unbatched]
 
 Writes bench/results/serve_load.json and bench/results/serve_load.md.
+
+``--soak SECONDS`` is the endurance run instead: ``--concurrency`` clients (default 32) send requests back to
+back for that long with the request log on; it reports errors, whether every request was logged exactly
+once, and the process's resident memory (RSS) over time, and fails on any error, a lost or doubled log
+row, or memory that keeps growing. Writes bench/results/serve_soak.json and .md.
+
+    PYTHONPATH=src python bench/serve_load.py --soak 180 --max-tokens 16
 """
 
 from __future__ import annotations
@@ -86,6 +93,105 @@ async def drive(url: str, concurrency: int, per_client: int, max_tokens: int) ->
     }
 
 
+def rss_mb() -> float:
+    """This process's resident memory (the server runs in it, on a thread), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def soak(url: str, concurrency: int, seconds: float, max_tokens: int, samples: list) -> dict:
+    """``concurrency`` clients send chat requests back to back until ``seconds`` have passed; RSS sampled every 5 s."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+    deadline = time.monotonic() + seconds
+    ok = errors = 0
+    latencies: list[float] = []
+
+    async def one_client(index: int) -> None:
+        nonlocal ok, errors
+        turn = 0
+        while time.monotonic() < deadline:
+            question = QUESTIONS[(index + turn) % len(QUESTIONS)]
+            turn += 1
+            started = time.perf_counter()
+            try:
+                await client.chat.completions.create(
+                    model="default", messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0
+                )
+                ok += 1
+                latencies.append(time.perf_counter() - started)
+            except openai.APIError:
+                errors += 1
+
+    async def sampler() -> None:
+        began = time.monotonic()
+        while time.monotonic() < deadline:
+            samples.append((round(time.monotonic() - began, 1), round(rss_mb(), 1)))
+            await asyncio.sleep(5)
+
+    started = time.perf_counter()
+    await asyncio.gather(sampler(), *(one_client(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return {
+        "clients": concurrency, "seconds": round(elapsed, 1), "requests": ok + errors, "errors": errors,
+        "requests_per_s": round(ok / elapsed, 2),
+        "p50_latency_s": round(statistics.median(latencies), 3) if latencies else None,
+        "p99_latency_s": round(percentile(latencies, 99), 3) if latencies else None,
+    }
+
+
+def run_soak(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from tunelab.serve import read_requests
+
+    concurrency = args.concurrency[0] if args.concurrency != [1, 8, 32] else 32
+    loaded = load_model("default")
+    samples: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        log_path = Path(folder) / "requests.db"
+        app = create_app(ModelRegistry(loaded, "default"), ServeSettings(max_batch_size=args.max_batch_size, batch_window_ms=10, log_path=log_path))
+        with BackgroundServer(app, "127.0.0.1", 0) as url:
+            asyncio.run(drive(url, 1, 1, args.max_tokens))  # warm-up (1 request, logged too)
+            row = asyncio.run(soak(url, concurrency, args.soak, args.max_tokens, samples))
+        logged = read_requests(log_path)  # leaving the server flushed the log
+    # Memory: the first minute is the allocator settling (batches of every size seen once); growth is judged after it.
+    settled = [mb for t, mb in samples if t >= min(60.0, args.soak / 3)]
+    first, last = (settled[0], settled[-1]) if settled else (float("nan"), float("nan"))
+    row.update({
+        "logged_rows": len(logged), "logged_exactly_once": len(logged) == row["requests"] + 1,
+        "rss_mb_start": samples[0][1] if samples else None, "rss_mb_settled": first, "rss_mb_end": last,
+        "rss_mb_max": max(mb for _, mb in samples) if samples else None,
+        "rss_growth_after_settling_mb": round(last - first, 1),
+    })  # fmt: skip
+    flat = row["rss_growth_after_settling_mb"] <= max(20.0, 0.05 * first)
+    row["rss_flat"] = flat
+    meta = {
+        "model": "default (SmolLM2-135M-Instruct, fp32)", "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+        "max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size, "batch_window_ms": 10,
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serve_soak.json").write_text(json.dumps({"meta": meta, "result": row, "rss_samples": samples}, indent=2))
+    lines = [
+        f"Soak: {row['clients']} clients for {row['seconds']} s against {meta['model']} on {meta['device']} "
+        f"({meta['torch_threads']} torch thread(s)), chat requests of {args.max_tokens} new tokens, request log on.",
+        "",
+        "| requests | errors | req/s | p50 s | p99 s | logged exactly once | RSS start MB | RSS settled MB | RSS end MB | RSS max MB | growth after settling MB |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        f"| {row['requests']} | {row['errors']} | {row['requests_per_s']} | {row['p50_latency_s']} | {row['p99_latency_s']} | "
+        f"{row['logged_exactly_once']} ({row['logged_rows']} rows) | {row['rss_mb_start']} | {row['rss_mb_settled']} | "
+        f"{row['rss_mb_end']} | {row['rss_mb_max']} | {row['rss_growth_after_settling_mb']} |",
+    ]
+    (RESULTS / "serve_soak.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if row["errors"] or not row["logged_exactly_once"] or not flat:
+        raise SystemExit("soak failed: errors, a lost or doubled log row, or memory growth")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests-per-client", type=int, default=4)
@@ -93,7 +199,11 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--compare-unbatched", action="store_true", help="Also run with max_batch_size=1.")
+    parser.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="The endurance run instead (see above).")
     args = parser.parse_args()
+    if args.soak:
+        run_soak(args)
+        return
 
     loaded = load_model("default")
     results = []

@@ -293,7 +293,7 @@ def _ensure_registered(context: PipelineContext) -> None:
     if context.registry_id is not None:
         return
     split = context.require_split()
-    context.registry_id = context.state.data.get("registry_id") or _own_row(context)
+    context.registry_id = context.state.data.get("registry_id") or _own_row(context.registry, context.run)
     if context.registry_id is None:
         config = context.config
         record = context.registry.create_run(
@@ -317,16 +317,16 @@ def _ensure_registered(context: PipelineContext) -> None:
             context.state.save()
 
 
-def _own_row(context: PipelineContext) -> str | None:
+def _own_row(registry: Registry, run: RunFolder) -> str | None:
     """The id of this run folder's registry row when a run was killed after creating it and before
     saving its id in pipeline.json (a row of the same name for another folder is not ours)."""
     from tunelab.registry.store import RegistryError
 
     try:
-        record = context.registry.get_run(context.run.root.name)
+        record = registry.get_run(run.root.name)
     except RegistryError:
         return None
-    if record.run_dir and Path(record.run_dir).resolve() == context.run.root.resolve():
+    if record.run_dir and Path(record.run_dir).resolve() == run.root.resolve():
         return record.id
     return None
 
@@ -610,34 +610,51 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
     else:
         state = PipelineState(run, {"config": config.model_dump(mode="json"), "steps": {}, "timings": {}})
     registry = Registry(default_registry_path(config))
-    registry_id = state.data.get("registry_id")
-    if registry_id is None:
-        if not resume:
-            # start_run refuses an existing run folder; check first, so no registry row is left for a refused run.
-            from tunelab.train.run import check_new_run_folder
+    if not resume and state.data.get("registry_id") is None:
+        # start_run refuses an existing run folder; check first, so no registry row is left for a refused run.
+        from tunelab.train.run import check_new_run_folder
 
-            check_new_run_folder(run)
-        record = registry.create_run(
-            name=run.root.name, task=config.task, model=config.model.name, config=dump_config(config), status="running",
-            data_fingerprint=split.data_fingerprint, split_fingerprint=split.fingerprint, run_dir=str(run.root),
-        )  # fmt: skip
-        registry_id = state.data["registry_id"] = record.id
-        state.data.setdefault("steps", {})["split"] = {"sizes": split.sizes(), "fingerprint": split.fingerprint}
-        state.save()
-    else:
-        registry.update_run(registry_id, status="running")
+        check_new_run_folder(run)
+    # Held before the row says running: a row whose folder's lock nobody holds was killed (Registry._settle).
+    # Under a multi-process launch the first process holds it for all (as in run_training).
+    import os
+
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        lock_run_folder(run.root)
     try:
-        result = run_training(config, split, run_dir=run.root, progress=progress, resume=resume)
-    except KeyboardInterrupt:
-        registry.update_run(registry_id, status="interrupted")
-        raise
-    except BaseException as error:
-        registry.update_run(registry_id, status="failed", error=str(getattr(error, "message", error)))
-        raise
-    registry.update_run(registry_id, status="finished", artifacts={"run_dir": str(run.root), "train": result.as_dict()})
-    registry.record_timing(registry_id, "train", actual_s=result.seconds)
-    state.finish("train", result.as_dict(), result.seconds)
-    return result
+        registry_id = state.data.get("registry_id") or _own_row(registry, run)
+        if registry_id is None:
+            record = registry.create_run(
+                name=run.root.name, task=config.task, model=config.model.name, config=dump_config(config), status="running",
+                data_fingerprint=split.data_fingerprint, split_fingerprint=split.fingerprint, run_dir=str(run.root.absolute()),
+            )  # fmt: skip
+            registry_id = record.id
+            kill_point("pipeline.registered")
+        else:
+            registry.update_run(registry_id, status="running", error=None)
+        if state.data.get("registry_id") != registry_id:
+            state.data["registry_id"] = registry_id
+            state.data.setdefault("steps", {})["split"] = {"sizes": split.sizes(), "fingerprint": split.fingerprint}
+            state.save()
+        try:
+            result = run_training(config, split, run_dir=run.root, progress=progress, resume=resume)
+        except KeyboardInterrupt:
+            registry.update_run(registry_id, status="interrupted", error="interrupted (Ctrl-C); `tunelab train --resume RUN` continues it")
+            raise
+        except BaseException as error:
+            try:
+                registry.update_run(registry_id, status="failed", error=str(getattr(error, "message", error)))
+            except Exception:  # noqa: BLE001 - a full disk under the registry: the next reader marks it interrupted
+                pass
+            raise
+        registry.update_run(registry_id, status="finished", artifacts={"run_dir": str(run.root.absolute()), "train": result.as_dict()})
+        registry.record_timing(registry_id, "train", actual_s=result.seconds)
+        state.finish("train", result.as_dict(), result.seconds)
+        return result
+    finally:
+        if main_process:
+            unlock_run_folder(run.root)
 
 
 def evaluate_step(context: PipelineContext, model: AnsweringModel | None = None) -> EvalResult:

@@ -102,9 +102,13 @@ def _outcome(project: Path) -> dict:
         {k: v for k, v in json.loads(line).items() if k not in ("elapsed", "tokens_per_second")}
         for line in (run / "metrics.jsonl").read_text().splitlines()
     ]
+    adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    # The classify label head travels in the adapter, in PEFT's trainable-tokens form.
+    label_head = {name: tensor for name, tensor in adapter.items() if "trainable_tokens" in name}
+    assert label_head, sorted(adapter)
     return {
-        "adapter": load_file(str(run / "adapter" / "adapter_model.safetensors")),
-        "label_head": load_file(str(run / "adapter" / "label_head.safetensors")),
+        "adapter": adapter,
+        "label_head": label_head,
         "tuned": json.loads((run / "eval" / "tuned.json").read_text())["metrics"],
         "train": train,
         "metrics": metrics,

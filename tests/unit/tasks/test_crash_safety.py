@@ -117,6 +117,30 @@ def test_a_run_stopped_between_creating_its_row_and_saving_its_id_can_be_resumed
     assert rows[0].error is None
 
 
+def test_tunelab_train_stopped_between_its_row_and_its_id_can_run_again(tmp_path, tiny_model_dir, monkeypatch):
+    from tunelab.config import load_config
+    from tunelab.data.split import make_split
+    from tunelab.tasks import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(_project(tmp_path, tiny_model_dir))
+    split = make_split(config)
+    run_dir = tmp_path / "runs" / NAME
+
+    def stop_there(name: str) -> None:
+        if name == "pipeline.registered":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "kill_point", stop_there)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_registered(config, split, run_dir=run_dir)
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    assert [(r.name, r.status) for r in registry.list_runs()] == [(NAME, "interrupted")]  # its process let go of the folder
+    monkeypatch.setattr(pipeline, "kill_point", lambda name: None)
+    pipeline.train_registered(config, split, run_dir=run_dir)  # the same command again takes its row over
+    assert [(r.name, r.status) for r in registry.list_runs()] == [(NAME, "finished")]
+
+
 def test_a_killed_runs_row_is_marked_interrupted_when_the_registry_is_next_read(tmp_path):
     run = tmp_path / "runs" / "gone"
     run.mkdir(parents=True)
