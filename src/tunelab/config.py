@@ -207,15 +207,17 @@ CPU_PASS_TOKENS = 1024
 
 
 class TrainConfig(_Section):
-    method: Literal["lora", "full", "freeze"] = Field(
-        "lora", description="lora: train adapters; full: train every weight; freeze: train only trainable_layers."
+    method: Literal["lora", "qlora", "full", "freeze"] = Field(
+        "lora",
+        description="lora: train adapters; qlora: adapters over a 4-bit NF4 base (bitsandbytes; a quarter of bf16's "
+        "memory for the frozen weights); full: train every weight; freeze: train only trainable_layers.",
     )
     trainable_layers: list[int] = Field(
         default_factory=list, description="freeze: indices of the decoder layers to train (negative from the end)."
     )
     lr: float | None = Field(
         None, gt=0,
-        description="Peak learning rate (default: 2e-4 LoRA, 1e-3 LoRA classify, 2e-5 full, 5e-5 freeze; preference: 5e-5 LoRA, 1e-6 full, 5e-6 freeze).",
+        description="Peak learning rate (default: 2e-4 LoRA/QLoRA, 1e-3 LoRA classify, 2e-5 full, 5e-5 freeze; preference: 5e-5 LoRA, 1e-6 full, 5e-6 freeze).",
     )
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (default per task).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step per process, before accumulation.")
@@ -236,7 +238,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm (null: no clipping).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast where native (CUDA, CPUs with AMX/AVX512-BF16), else fp32."
+        "auto",
+        description="auto: bf16 where native (CUDA with bf16, CPUs with AMX), else fp32. Under bf16 the frozen weights are "
+        "held in bf16; trained weights and optimizer state stay fp32.",
     )
     packing: bool = Field(True, description="Pack short examples into full rows (no compute on padding).")
     pack_tokens: int | None = Field(
@@ -269,6 +273,12 @@ class TrainConfig(_Section):
         "blocks, a minute or more); compiled kernels are cached across runs.",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
+    fit: Literal["check", "auto", "off"] = Field(
+        "check",
+        description="When the estimate's memory plan says the run will not fit the device: check: stop before any "
+        "compute and name what makes it fit (gradient checkpointing, smaller passes, qlora); auto: apply the first "
+        "that fits and say so; off: train anyway.",
+    )
     prefix_reuse: bool = Field(
         True,
         description="classify: run the prompt prefix every example shares (system message, instruction) once per "
@@ -456,6 +466,9 @@ class BudgetConfig(_Section):
     max_usd: float | None = Field(None, gt=0, description="Stop before training if the estimated price is higher.")
     gpu: str | None = Field(None, description="GPU to price the estimate on (a name from the GPU table).")
     utilization: float | None = Field(None, gt=0, le=1, description="Assumed MFU on GPUs for the estimate.")
+    max_memory_gib: float | None = Field(
+        None, gt=0, description="Memory the run may take on its device, in GiB (default: what is free there); train.fit checks against it."
+    )
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -609,14 +622,16 @@ class RunConfig(_Section):
 # 2 epochs and 0.85 with the checkpoint chosen by validation over 6 (best near epoch 4); with the shared
 # prompt prefix run once per micro-batch (train.prefix_reuse) 5 epochs cost less than 3 did before.
 TASK_DEFAULT_EPOCHS: dict[str, float] = {"text": 1.0, "sft": 2.0, "classify": 5.0, "preference": 1.0}
-METHOD_DEFAULT_LR: dict[str, float] = {"lora": 2e-4, "full": 2e-5, "freeze": 5e-5}
+METHOD_DEFAULT_LR: dict[str, float] = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "freeze": 5e-5}
 # classify with LoRA learns one token per example from a few hundred examples: measured in
 # bench/README.md ("Classify recipe"), 2e-4 left 20 BANKING77 intents at 0.65 validation accuracy
 # after 2 epochs where 1e-3 reached 0.80 (0.79 on held-out rows); the label head trains at the same rate.
 # preference: DPO moves a model that already answers well; an SFT learning rate overshoots and the policy drifts.
 TASK_METHOD_DEFAULT_LR: dict[tuple[str, str], float] = {
     ("classify", "lora"): 1e-3,
+    ("classify", "qlora"): 1e-3,
     ("preference", "lora"): 5e-5,
+    ("preference", "qlora"): 5e-5,
     ("preference", "full"): 1e-6,
     ("preference", "freeze"): 5e-6,
 }

@@ -522,8 +522,12 @@ class Run:
         else:
             verify_weights(folder.model, "config.json")  # transformers' own file name
 
-    def load(self, *, dtype: str = "float32", allow_network: bool | None = None) -> LoadedModel:
+    def load(self, *, dtype: str = "float32", allow_network: bool | None = None, dequantize: bool = False) -> LoadedModel:
         """The trained model: the base with the LoRA adapter (and a classify run's label head) on top, or the full model.
+
+        A ``train.method: qlora`` run loads its base in 4-bit NF4, as it was trained, computing in bf16 where that
+        is native (else in ``dtype``); ``dequantize`` turns those 4-bit weights back into plain bf16 ones before
+        the adapter goes on (what merging folds the adapter into: exactly the weights it was trained over).
 
         Raises:
             ModelError: when the run has no trained weights, or its base cannot be loaded.
@@ -538,7 +542,17 @@ class Run:
             base = None
         else:
             base = self.base
-            base = load_model(base.name, dtype=dtype, allow_network=network, revision=base.revision)
+            if self.config.train.method == "qlora":
+                from tunelab.models.loader import load_model as load_plain
+                from tunelab.runtime import resolve_precision
+
+                native = resolve_precision(self.config.train.precision) == "bf16"
+                compute = "bfloat16" if dequantize or native else dtype
+                base = load_plain(base.name, dtype=compute, allow_network=network, revision=base.revision, quantize=True)
+                if dequantize:
+                    base.model = base.model.dequantize()
+            else:
+                base = load_model(base.name, dtype=dtype, allow_network=network, revision=base.revision)
         loaded = load_adapted(
             base, adapter_dir=folder.adapter, model_dir=folder.model if folder.model.is_dir() else None,
             tokenizer_dir=folder.tokenizer if folder.tokenizer.is_dir() else None, dtype=dtype,
@@ -583,6 +597,32 @@ def load_model(
     return load_plain(source, dtype=dtype, allow_network=allow_network, revision=revision)
 
 
+def load_for_training(config: Any, precision: str) -> LoadedModel:
+    """The model of a run config (a ``ResolvedConfig``) as training holds it: frozen weights in the compute dtype
+    (``models.loader.weights_dtype``), a 4-bit NF4 base for ``train.method: qlora``. Training and the estimate's
+    calibration both load through here, so the calibrated step is the trained one.
+
+    Raises:
+        ModelError: as :func:`load_model`; for qlora over a run's model (its adapter is folded into bf16
+            weights first, which are then no 4-bit base).
+    """
+    from tunelab.models.loader import load_model as load_plain
+    from tunelab.models.loader import weights_dtype
+
+    method = config.train.method
+    dtype = weights_dtype(method, precision)
+    source = resolve_model(config.model.name)
+    if source.kind == "run":
+        if method == "qlora":
+            raise ModelError(
+                f"train.method: qlora over the run {source.location} is not supported",
+                "train it with train.method: lora (its base stays in the compute dtype)",
+            )
+        return load_model(source, dtype=dtype, allow_network=config.model.allow_network)
+    return load_plain(source, dtype=dtype, allow_network=config.model.allow_network, revision=config.model.revision,
+                      quantize=method == "qlora")  # fmt: skip
+
+
 def load_tokenizer(name: str, allow_network: bool = False) -> Any:
     """The tokenizer of model ``name`` (a run folder included) without loading its weights.
 
@@ -613,7 +653,9 @@ def merge_run(run_dir: str | Path) -> Any:
 
     run = Run.open(run_dir)
     run.verify_weights()
-    loaded = run.load()
+    # A qlora run's 4-bit base is dequantized to bf16 first: the adapter folds into exactly the weights it was
+    # trained over, and the result is a plain bf16 model (merging into 4-bit layers would quantize them again).
+    loaded = run.load(dequantize=True)
     model = fold_trained(loaded)
     state_dict = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     return MergedRun(

@@ -161,13 +161,24 @@ def test_memory_arithmetic():
     config = _config()
     tokens = plan_tokens(config, [64])
     memory = plan_memory(config, FACTS, tokens, "fp32", trainable=500)
-    assert (memory.weights, memory.autocast_copies, memory.gradients, memory.optimizer) == (40_000, 0, 2_000, 4_000)
+    # LoRA in fp32: the 10,000 base weights and the 500 adapter weights at 4 bytes.
+    assert (memory.weights, memory.autocast_copies, memory.gradients, memory.optimizer) == (42_000, 0, 2_000, 4_000)
     per_token_layer = (8 * 16 + 4 * 8 + 4 * 32 + 6 * 16 + 32) * 4
     assert memory.activations == 2 * 64 * 2 * per_token_layer
     assert memory.logits == 2 * 64 * 100 * 4 * 2
-    assert memory.total == 40_000 + 2_000 + 4_000 + memory.activations + memory.logits
+    assert memory.total == 42_000 + 2_000 + 4_000 + memory.activations + memory.logits
     bf16 = plan_memory(config, FACTS, tokens, "bf16", trainable=500)
-    assert bf16.autocast_copies == 12_000 and bf16.activations == memory.activations // 2
+    # bf16: the frozen base in bf16, the adapter fp32 (autocast keeps a bf16 copy of it), not the other way round.
+    assert (bf16.weights, bf16.autocast_copies) == (2 * 10_000 + 4 * 500, 2 * 500)
+    assert bf16.activations == memory.activations // 2
+    full = plan_memory(_config(train={"method": "full"}), FACTS, tokens, "bf16", trainable=10_000)
+    assert (full.weights, full.autocast_copies) == (40_000, 12_000)  # fp32 master weights, bf16 copies of the body
+    frozen = plan_memory(_config(train={"method": "freeze", "trainable_layers": [-1]}), FACTS, tokens, "bf16", trainable=3_000)
+    assert (frozen.weights, frozen.autocast_copies) == (2 * 7_000 + 4 * 3_000, 2 * 3_000)
+    qlora = plan_memory(_config(train={"method": "qlora"}), FACTS, tokens, "bf16", trainable=500)
+    # 6,000 body weights at 4.127 bits, the 4,000 embedding weights in bf16, the adapter fp32.
+    assert qlora.weights == int(6_000 * 4.126953125 / 8 + 2 * 4_000 + 4 * 500)
+    assert qlora.activations == bf16.activations and qlora.total < bf16.total
     checkpointed = plan_memory(_config(train={"gradient_checkpointing": True}), FACTS, tokens, "fp32", trainable=500)
     assert checkpointed.activations == 2 * 64 * 2 * 16 * 4 + 2 * 64 * (8 * 16 + 4 * 8 + 4 * 32) * 4
     assert plan_memory(_config(task="classify"), FACTS, tokens, "fp32", trainable=500).logits == 0

@@ -17,17 +17,22 @@ from tunelab.errors import DataError
 from tunelab.estimate.calibrate import Calibration, available_memory, calibrate, model_facts
 from tunelab.estimate.plan import (
     DEFAULT_UTILIZATION,
+    GIB,
     BudgetCheck,
     CloudEstimate,
     Estimate,
+    FitCheck,
+    FitOption,
     FlopPlan,
     GPUEstimate,
     MemoryPlan,
     ModelFacts,
     TokenPlan,
+    apply_fit,
     check_budget,
     estimate_error,
     estimate_run,
+    plan_fit,
     plan_flops,
     plan_memory,
     plan_tokens,
@@ -41,10 +46,11 @@ if TYPE_CHECKING:
     from tunelab.runtime import CpuState
 
 __all__ = [
-    "DEFAULT_UTILIZATION", "BudgetCheck", "Calibration", "CloudEstimate", "CloudPrice", "Estimate", "EstimateInputs", "FlopPlan",
-    "GPUEstimate", "GPUSpec", "MemoryPlan", "ModelFacts", "PriceTable", "TokenCounts", "TokenPlan", "available_memory",
-    "calibrate", "check_budget", "count_tokens", "count_tokens_from_files", "estimate_error", "estimate_for_split", "estimate_inputs",
-    "estimate_from_config", "estimate_run", "example_token_counts", "load_price_table", "model_facts", "plan_flops",
+    "DEFAULT_UTILIZATION", "BudgetCheck", "Calibration", "CloudEstimate", "CloudPrice", "Estimate", "EstimateInputs", "FitCheck",
+    "FitOption", "FlopPlan", "GPUEstimate", "GPUSpec", "MemoryPlan", "ModelFacts", "PriceTable", "TokenCounts", "TokenPlan",
+    "available_memory", "calibrate", "check_budget", "count_tokens", "count_tokens_from_files", "estimate_error",
+    "estimate_for_split", "estimate_inputs", "estimate_from_config", "estimate_run", "example_token_counts", "load_price_table",
+    "memory_limit", "model_facts", "plan_fit", "plan_flops",
     "plan_memory", "plan_tokens",
 ]
 
@@ -169,6 +175,7 @@ class EstimateInputs:
     prices: PriceTable | None = None
     machine: CpuState | None = None  # the CPU's state when measured (how many cores other processes kept busy)
     threads: int | None = None  # the threads the run will use there
+    fit: FitCheck | None = None  # the split's run against the device's memory (``train.fit`` applied to ``config``)
 
     def estimate(
         self, *, train: list[int] | None = None, validation: list[int] | None = None, test: list[int] | None = None,
@@ -180,7 +187,7 @@ class EstimateInputs:
             DataError: when there are no training examples.
         """
         counts = self.counts
-        return estimate_run(
+        estimate = estimate_run(
             config or self.config,
             counts.train if train is None else train,
             self.facts,
@@ -195,6 +202,25 @@ class EstimateInputs:
             machine=self.machine,
             threads=self.threads,
         )
+        if train is None and config is None:
+            estimate.fit = self.fit
+        return estimate
+
+
+def memory_limit(config: ResolvedConfig, device: str) -> int | None:
+    """Bytes the run may take on ``device``: ``budget.max_memory_gib`` when set, else what is free there."""
+    if config.budget.max_memory_gib is not None:
+        return int(config.budget.max_memory_gib * GIB)
+    return available_memory(device)
+
+
+def _check_fit(config: ResolvedConfig, counts: TokenCounts, facts: ModelFacts, device: str) -> FitCheck:
+    """The memory plan of ``config`` on ``device`` against :func:`memory_limit`, with what would make it fit."""
+    from tunelab.runtime import resolve_precision
+
+    tokens = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix)
+    precision = resolve_precision(config.train.precision, device)
+    return plan_fit(config, facts, tokens, precision, device, memory_limit(config, device), counts.n_labels)
 
 
 def estimate_inputs(
@@ -227,14 +253,19 @@ def estimate_inputs(
     # will use, and the state the estimate states ("2 cores, 1 busy").
     machine = cpu_state() if device == "cpu" else None
     threads = choose_threads(config.train.threads, state=machine).threads if machine else None
+    fit = _check_fit(config, counts, facts, device)
+    if not fit.fits and config.train.fit == "auto" and fit.options:
+        config = apply_fit(config, fit)  # the rest of the estimate is of the run that will happen
     calibration = None
+    if not fit.fits and config.train.fit != "off":
+        calibrate_here = False  # timing steps that will not fit would run out of memory themselves
     if calibrate_here:
         planned = plan_tokens(config, counts.train, shared_prefix=counts.shared_prefix)
         calibration = calibrate(
             config, planned.seq_len, rows=planned.rows_per_micro_batch, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
             use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share, machine=machine,
         )
-    return EstimateInputs(config, counts, facts, calibration, device, available_memory(device), prices, machine, threads)
+    return EstimateInputs(config, counts, facts, calibration, device, fit.available, prices, machine, threads, fit)
 
 
 def estimate_for_split(

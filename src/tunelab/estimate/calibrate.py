@@ -25,7 +25,8 @@ from tunelab.runtime import CpuState, choose_threads, cpu_state
 CALIBRATION_SUBDIR = "calibration"
 # Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
 # 6: the threads are the run's own (the free cores), and the machine's state is stored with each measurement.
-CALIBRATION_RECIPE_VERSION = 6
+# 7: frozen weights in the compute dtype (bf16 under bf16), a 4-bit base for qlora, as training holds them.
+CALIBRATION_RECIPE_VERSION = 7
 # The timed steps stop once they add up to this many seconds (at least one is timed): a slow step already
 # averages over much work, and a cold estimate must stay well under half a minute (sft at 512 tokens on
 # a 2-core CPU: 3 timed steps of 10 s made the cold estimate 39 s).
@@ -293,8 +294,8 @@ def calibrate(
     Loads ``config.model.name`` unless ``model`` (a transformers causal LM) is given; that model is
     changed in place (adapters added, moved to the device), so pass a throwaway copy. Inputs are
     random token ids: speed does not depend on content. Precision comes from
-    ``resolve_precision(config.train.precision)``; bf16 runs under autocast with fp32 weights, as
-    training does.
+    ``resolve_precision(config.train.precision)``; bf16 runs under autocast with the frozen weights in
+    bf16 and the trained ones in fp32, as training does (``models.loader.load_for_training``).
 
     Raises:
         ModelError: when the model cannot be loaded.
@@ -327,10 +328,14 @@ def calibrate(
         cached = _read_cached(cache_path, key, machine)
         if cached is not None:
             return cached
-    if model is None:
-        from tunelab.runs import load_model
+    from tunelab.models.loader import weights_dtype
+    from tunelab.runs import load_for_training
 
-        model = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision).model
+    if model is None or config.train.method == "qlora":
+        # The model as training holds it (frozen weights in the compute dtype, a 4-bit base for qlora).
+        model = load_for_training(config, precision).model
+    else:
+        model = model.to(getattr(torch, weights_dtype(config.train.method, precision)))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

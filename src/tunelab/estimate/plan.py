@@ -27,8 +27,11 @@ weight except the input embedding table, with the LM head counted as d_model x h
 
 Memory (bytes, peak during training):
 
-- weights ``4·P`` (fp32 master weights; bf16 autocast adds ``2·N_body`` of bf16 copies, kept
-  for the backward), gradients ``4·P_trainable``, AdamW state ``8·P_trainable`` (two fp32 moments);
+- weights: trained weights ``4·P_trainable`` (fp32), frozen ones in the compute dtype (``2·P_frozen``
+  under bf16, ``4·P_frozen`` in fp32), and for ``qlora`` the decoder's weights at ``QLORA_BYTES_PER_WEIGHT``
+  (4-bit NF4 with double-quantized block constants) while the embeddings stay in the compute dtype; bf16
+  autocast adds ``2·P`` of bf16 copies of the fp32 weights it computes with (full: the body), kept for
+  the backward; gradients ``4·P_trainable``, AdamW state ``8·P_trainable`` (two fp32 moments);
 - activations ``batch·seq·n_layers·(8·d + 4·d_kv + 4·I [+ 6·d + I with LoRA])·bytes`` where I is
   the MLP width and bytes is 2 under bf16 autocast, 4 in fp32 (the tensors a Llama-style block
   saves for its backward: norms, q/k/v/o inputs and outputs, the four MLP intermediates);
@@ -51,6 +54,10 @@ from tunelab.runtime import CpuState
 
 DEFAULT_UTILIZATION = 0.35
 GIB = 1024**3
+# A 4-bit NF4 weight with double quantization: 4 bits, plus its block's absmax (one per 64 weights) quantized
+# to 8 bits, plus one fp32 constant per 256 such blocks: 4 + 8/64 + 32/(64*256) = 4.127 bits.
+QLORA_BYTES_PER_WEIGHT = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+ADAPTER_METHODS = ("lora", "qlora")
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,46 @@ class MemoryPlan:
 
 
 @dataclass
+class FitOption:
+    """Settings (``key=value`` overrides) under which the run's memory plan fits, and its total bytes then."""
+
+    overrides: list[str]
+    total: int
+
+
+@dataclass
+class FitCheck:
+    """Whether the run fits the memory it may take (``budget.max_memory_gib``, else what is free on its device),
+    what would make it fit (least costly first), and what ``train.fit: auto`` applied."""
+
+    needed: int
+    available: int | None
+    device: str
+    options: list[FitOption] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    needed_before: int | None = None  # the plan before ``applied``, when something was applied
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.needed <= self.available
+
+    def describe(self) -> str:
+        """One line a person reads: what the run needs, what there is, and what fits."""
+        needed = self.needed_before if self.applied else self.needed
+        line = f"the run needs {needed / GIB:.2f} GiB on {self.device}"
+        if self.available is not None:
+            line += f" and {self.available / GIB:.2f} GiB may be used"
+        if self.applied:
+            return f"{line}: applied {' '.join(self.applied)} (now {self.needed / GIB:.2f} GiB)"
+        if self.fits:
+            return line
+        if not self.options:
+            return f"{line}: nothing tunelab can change makes it fit (a smaller model, data.max_length or a bigger device)"
+        shown = "; ".join(f"{' '.join(o.overrides)} ({o.total / GIB:.2f} GiB)" for o in self.options[:4])
+        return f"{line}: it will not fit. What fits: {shown}"
+
+
+@dataclass
 class GPUEstimate:
     name: str
     seconds: float
@@ -258,6 +305,7 @@ class Estimate:
     # This machine when the estimate was made, and the torch threads the run will use on it (CPU runs).
     machine: CpuState | None = None
     threads: int | None = None
+    fit: FitCheck | None = None  # the memory check against the device (set by estimate_for_split)
 
     @property
     def total_seconds(self) -> float | None:
@@ -280,6 +328,9 @@ class Estimate:
         data["memory"]["fits"] = self.memory.fits
         data["flops"]["train_flops_per_token"] = self.flops.train_flops_per_token
         data["total_seconds"] = self.total_seconds
+        if self.fit is not None:
+            data["fit"]["fits"] = self.fit.fits
+            data["fit"]["summary"] = self.fit.describe()
         return data
 
 
@@ -392,7 +443,7 @@ def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_l
     if method == "full":
         trainable = facts.total_params
         dense = 6 * matmul
-    elif method == "lora":
+    elif method in ADAPTER_METHODS:
         trainable = facts.lora_params
         dense = 4 * matmul + 6 * facts.lora_params
     else:
@@ -428,25 +479,95 @@ def plan_memory(
     if budget is not None and batch * seq > max(budget, seq):
         batch = max(budget, seq) / seq
     act_bytes = 2 if precision == "bf16" else 4
+    method = config.train.method
     if config.train.gradient_checkpointing:
         per_token_layer = 4 * d
         one_layer = batch * seq * (8 * d + 4 * facts.d_kv + 4 * facts.intermediate) * act_bytes
     else:
         elements = 8 * d + 4 * facts.d_kv + 4 * facts.intermediate
-        if config.train.method == "lora":
+        if method in ADAPTER_METHODS:
             elements += 6 * d + facts.intermediate
         per_token_layer = elements * act_bytes
         one_layer = 0
     activations = batch * seq * facts.n_layers * per_token_layer + one_layer
     logits = 0 if config.task == "classify" else batch * seq * facts.vocab * 4 * 2
+    frozen_bytes = 2 if precision == "bf16" else 4  # frozen weights are held in the compute dtype
+    if method == "full":
+        weights, fp32_matmul_weights = 4 * facts.total_params, facts.body_params
+    elif method == "qlora":
+        embeddings = facts.total_params - facts.body_params
+        weights = QLORA_BYTES_PER_WEIGHT * facts.body_params + frozen_bytes * embeddings + 4 * trainable
+        fp32_matmul_weights = trainable
+    elif method == "lora":
+        weights, fp32_matmul_weights = frozen_bytes * facts.total_params + 4 * trainable, trainable
+    else:  # freeze: the chosen layers are trained (fp32) inside the model's own weights
+        weights, fp32_matmul_weights = frozen_bytes * (facts.total_params - trainable) + 4 * trainable, trainable
     return MemoryPlan(
-        weights=4 * facts.total_params,
-        autocast_copies=2 * facts.body_params if precision == "bf16" else 0,
+        weights=int(weights),
+        autocast_copies=2 * fp32_matmul_weights if precision == "bf16" else 0,
         gradients=4 * trainable,
         optimizer=8 * trainable,
         activations=int(activations),
         logits=int(logits),
     )
+
+
+def _with_overrides(config: ResolvedConfig, overrides: list[str]) -> ResolvedConfig:
+    from tunelab.config import apply_overrides, parse_config
+
+    return parse_config(apply_overrides(config.model_dump(mode="json"), overrides), source="train.fit")
+
+
+def fit_candidates(config: ResolvedConfig, seq_len: int, device: str) -> list[list[str]]:
+    """Changes that lower a run's peak memory without changing what it learns, least costly first.
+
+    Smaller passes (``train.max_pass_tokens``: the same step in more passes, the same weights) cost the
+    least; gradient checkpointing recomputes each layer's forward in the backward (about a third more
+    compute); a 4-bit base (``train.method=qlora``, offered for LoRA runs only: the same adapters over
+    NF4 weights) is slower per step and changes the frozen weights slightly. ``train.fit: auto`` never
+    changes what a run trains (full or freeze never become adapters).
+    """
+    train = config.train
+    budget = train.pass_token_budget(device.split(":")[0])
+    rows_per_pass = train.batch_size if budget is None else max(1, min(train.batch_size, budget // max(1, seq_len)))
+    passes = []
+    rows = rows_per_pass // 2
+    while rows >= 1:
+        passes.append([f"train.max_pass_tokens={rows * seq_len}"])
+        rows //= 2
+    checkpointing = [] if train.gradient_checkpointing else [["train.gradient_checkpointing=true"]]
+    candidates = passes + checkpointing + [c + p for c in checkpointing for p in passes]
+    if train.method == "lora":
+        quantized = [["train.method=qlora"]] + [["train.method=qlora", *c] for c in candidates]
+        candidates += quantized
+    return candidates
+
+
+def plan_fit(
+    config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, precision: str, device: str, available: int | None,
+    n_labels: int | None = None,
+) -> FitCheck:
+    """:class:`FitCheck` of ``config``: its memory plan against ``available`` bytes, and when it does not fit,
+    every candidate of :func:`fit_candidates` that does (in their order), with its total."""
+    def total(candidate: ResolvedConfig) -> int:
+        trainable = plan_flops(candidate, facts, tokens, n_labels).trainable_params
+        return plan_memory(candidate, facts, tokens, precision, trainable, device).total
+
+    check = FitCheck(needed=total(config), available=available, device=device)
+    if check.fits:
+        return check
+    for overrides in fit_candidates(config, tokens.seq_len, device):
+        needed = total(_with_overrides(config, overrides))
+        if needed <= available:
+            check.options.append(FitOption(overrides, needed))
+    return check
+
+
+def apply_fit(config: ResolvedConfig, check: FitCheck) -> ResolvedConfig:
+    """``config`` with the first option of ``check`` applied (what ``train.fit: auto`` does); ``check`` records it."""
+    option = check.options[0]
+    check.applied, check.needed_before, check.needed = list(option.overrides), check.needed, option.total
+    return _with_overrides(config, option.overrides)
 
 
 def check_budget(config: ResolvedConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:

@@ -1,4 +1,4 @@
-"""What is trained: LoRA adapters (PEFT), every weight, or only chosen decoder layers; and merged export.
+"""What is trained: LoRA adapters (PEFT, over a bf16 or a 4-bit base), every weight, or only chosen decoder layers; and merged export.
 
 The adapter is saved in PEFT's own format, so it loads in plain ``peft`` and in any PEFT-aware
 server. ``fold_trained`` folds it into the base weights (the one home of a run's final weights);
@@ -49,8 +49,15 @@ def apply_method(model: nn.Module, config: RunConfig) -> nn.Module:
         # on the parent model itself and saves only its own weights (load_run folds the parent back in).
         model = model.merge_and_unload()
     method = config.train.method
-    if method == "lora":
+    if method in ("lora", "qlora"):
+        # qlora: the same adapters over the 4-bit base that ``load_for_training`` loaded (PEFT puts its own
+        # bitsandbytes LoRA layers there). peft's prepare_model_for_kbit_training is not used: it casts every
+        # weight that is not 4-bit (embeddings, norms, the output head) to fp32, doubling their memory, and
+        # switches gradient checkpointing on, which train.gradient_checkpointing decides here.
         from peft import LoraConfig, get_peft_model
+
+        if method == "qlora":
+            keep_4bit_layers_differentiable(model)
 
         lora = config.lora
         peft_config = LoraConfig(
@@ -68,11 +75,11 @@ def apply_method(model: nn.Module, config: RunConfig) -> nn.Module:
         from tunelab.models.lora_forward import fuse_lora_forward
 
         fuse_lora_forward(model)
-        return model
+        return trained_in_fp32(model)
     if method == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-        return model
+        return trained_in_fp32(model)
     # freeze: train only the chosen decoder layers
     layers = decoder_layers(model)
     if not config.train.trainable_layers:
@@ -90,6 +97,33 @@ def apply_method(model: nn.Module, config: RunConfig) -> nn.Module:
     for index in sorted(chosen):
         for parameter in layers[index].parameters():
             parameter.requires_grad_(True)
+    return trained_in_fp32(model)
+
+
+def keep_4bit_layers_differentiable(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking a 4-bit layer for its CPU inference kernel during training.
+
+    On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight in place the first time it
+    runs in eval mode without gradients (the loop's validation), and from then on always computes with
+    ``gemv_4bit``, which has no backward: every later training step would pass no gradient back through the
+    frozen 4-bit weights to the layers below (torch only warns). Training keeps the differentiable layout;
+    a loaded run used for inference still gets the fast one.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def trained_in_fp32(model: nn.Module) -> nn.Module:
+    """Make every trainable parameter fp32 (the frozen ones keep the dtype they were loaded in).
+
+    The optimizer's updates are often smaller than bf16's resolution near a weight's value, so trained
+    weights and their AdamW state stay fp32 while frozen weights sit in the compute dtype
+    (``loader.weights_dtype``); autocast computes each matmul in bf16 from either.
+    """
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
     return model
 
 
@@ -107,15 +141,24 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_trained(model: nn.Module, tokenizer: Any, *, adapter_dir: Path, model_dir: Path, tokenizer_dir: Path) -> Path:
+def save_trained(
+    model: nn.Module, tokenizer: Any, *, adapter_dir: Path, model_dir: Path, tokenizer_dir: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write the trained weights: ``adapter_dir`` for LoRA, ``model_dir`` otherwise; the tokenizer in ``tokenizer_dir``.
 
     A classify run's ``LabelHead`` goes into the LoRA adapter as PEFT trainable tokens (``write_label_rows``:
     plain ``peft`` loads it), or is folded into the output head of the model folder (so that folder stays a
     plain transformers model). ``tunelab.train.run`` passes
-    the run folder's paths (this layer knows no run folder).
+    the run folder's paths (this layer knows no run folder). ``state_dict``: the whole weights when the
+    model's own are shards (FSDP, DeepSpeed), gathered by the caller.
     """
     label_head = model._modules.pop("label_head", None)  # never part of the transformers state dict
+    if state_dict is not None:
+        state_dict = dict(state_dict)
+        delta = state_dict.pop("label_head.delta", None)
+        if label_head is not None and delta is not None:
+            label_head.delta = nn.Parameter(delta.detach().float(), requires_grad=False)
     if hasattr(model, "peft_config"):
         target = Path(adapter_dir)
     else:
@@ -123,7 +166,7 @@ def save_trained(model: nn.Module, tokenizer: Any, *, adapter_dir: Path, model_d
         if label_head is not None:
             label_head.fold_into(model)
     with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         if label_head is not None and target == Path(adapter_dir):
             write_label_rows(tmp, model, label_head)
         if target == Path(model_dir):

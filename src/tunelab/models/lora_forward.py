@@ -10,8 +10,9 @@ outputs and gradients agree with PEFT's to float rounding (tested).
 
 The module keeps PEFT's class (a subclass of it) and state, so saving, loading, merging and
 ``disable_adapter()`` behave as before; anything this path does not cover (several active adapters,
-mixed-adapter batches, DoRA and other variants, a LoRA bias, a non-``nn.Linear`` base, dtypes that
-differ, autocast) goes to PEFT's own forward.
+mixed-adapter batches, DoRA and other variants, a LoRA bias, a non-``nn.Linear`` base (a 4-bit one
+among them), dtypes that differ outside autocast) goes to PEFT's own forward. Under autocast (bf16
+training: bf16 frozen base weights, fp32 adapters) the fused path runs too, in the autocast dtype.
 """
 
 from __future__ import annotations
@@ -37,22 +38,26 @@ class FusedLoraLinear(PeftLoraLinear):
         flat = x.reshape(-1, x.shape[-1])
         result = nn.functional.linear(flat, base.weight, base.bias)
         low_rank = nn.functional.linear(self.lora_dropout[name](flat), lora_a.weight)
-        # In place is safe for autograd: a linear layer's backward does not read its own output.
-        result.addmm_(low_rank, lora_b.weight.t(), alpha=self.scaling[name])
+        # In place is safe for autograd: a linear layer's backward does not read its own output. Under
+        # autocast both linears above computed in its dtype; the in-place GEMM is not autocast, so lora_B
+        # (an fp32 trained weight over bf16 frozen ones) is cast to it here, as autocast would.
+        result.addmm_(low_rank, lora_b.weight.t().to(result.dtype), alpha=self.scaling[name])
         return result.view(*x.shape[:-1], result.shape[-1])
 
     def _fast_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
         """The one adapter the fast path can run, or None when PEFT's forward must handle the call."""
         if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
             return None
-        if torch.is_autocast_enabled(x.device.type):
-            return None  # autocast would give the GEMM's operands different dtypes; PEFT's path casts them
         name = self.active_adapters[0]
         if name not in self.lora_A or name in self.lora_variant or type(self.base_layer) is not nn.Linear:
             return None
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         if lora_a.bias is not None or lora_b.bias is not None:
             return None
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast casts every operand of the two linears to its dtype (bf16 frozen weights and fp32
+            # adapters alike), and forward casts lora_B for the in-place GEMM: the dtypes always agree.
+            return name if x.device == self.base_layer.weight.device else None
         dtype = self.base_layer.weight.dtype
         if x.dtype != dtype or lora_a.weight.dtype != dtype or lora_b.weight.dtype != dtype:
             return None

@@ -26,7 +26,7 @@ from tunelab.faults import kill_point
 from tunelab.models.adapters import count_parameters, save_trained
 from tunelab.models.loader import LoadedModel
 from tunelab.paths import atomic_write_text, disk_full_error, is_disk_full
-from tunelab.runs import RunFolder, load_model
+from tunelab.runs import RunFolder, load_for_training
 from tunelab.runtime import pin_threads, resolve_precision
 from tunelab.train.loop import LoopResult, Progress, train_loop
 
@@ -66,8 +66,9 @@ class Session:
     tokenizer: Any = None  # set by load_model(); saved with the trained weights
 
     def load_model(self) -> LoadedModel:
-        """Load the run's model in float32 for training, then seed (LoRA's initialisation and dropout
-        draw from here, identically on resume) and switch on gradient checkpointing when asked.
+        """Load the run's model as training holds it (frozen weights in the compute dtype, a 4-bit base for
+        qlora: ``load_for_training``), then seed (LoRA's initialisation and dropout draw from here,
+        identically on resume) and switch on gradient checkpointing when asked.
 
         Raises:
             ModelError: when the model cannot be loaded.
@@ -75,7 +76,7 @@ class Session:
         from accelerate.utils import set_seed
 
         config = self.config
-        loaded = load_model(config.model.name, dtype="float32", allow_network=config.model.allow_network, revision=config.model.revision)
+        loaded = load_for_training(config, self.precision)
         set_seed(config.train.seed)
         if config.train.gradient_checkpointing:
             loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -277,11 +278,19 @@ def report_to_tracker(config: ResolvedConfig, run_dir: str | Path, values: dict[
 
 def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
     """Save the trained weights (adapter/ or model/) and the tokenizer; return the summary."""
+    from accelerate.utils import DistributedType
+
     accelerator = session.accelerator
+    state_dict = None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # Each process holds a shard: every one takes part in gathering the whole weights onto the main one.
+        full = accelerator.get_state_dict(loop.module)
+        state_dict = {name.removeprefix("model."): tensor for name, tensor in full.items()}
     if accelerator.is_main_process:
         run = session.run
         try:
-            save_trained(model, session.tokenizer, adapter_dir=run.adapter, model_dir=run.model, tokenizer_dir=run.tokenizer)
+            save_trained(model, session.tokenizer, adapter_dir=run.adapter, model_dir=run.model, tokenizer_dir=run.tokenizer,
+                         state_dict=state_dict)
         except Exception as error:  # torch/safetensors report a full disk as RuntimeError or their own kinds
             if is_disk_full(error, run.root):
                 trainable, _ = count_parameters(model)

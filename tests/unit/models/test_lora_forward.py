@@ -88,3 +88,32 @@ def test_apply_method_gives_lora_runs_the_fused_layers(tiny_model):
     model = apply_method(tiny_model, RunConfig.model_validate({"task": "sft", "data": {"train": "x.jsonl"}}))
     kinds = {type(m) for m in model.modules() if type(m).__name__ in ("Linear", "FusedLoraLinear") and hasattr(m, "lora_A")}
     assert kinds == {FusedLoraLinear}
+
+
+def test_under_autocast_over_bf16_base_weights_the_fused_path_runs_and_matches_peft(tiny_model, tiny_tokenizer):
+    """bf16 training: frozen weights in bf16, adapters in fp32, bf16 autocast. The fused GEMM runs there too
+    (it used to hand every such call to PEFT) and gives PEFT's loss and gradients to bf16 rounding."""
+    from tunelab.models.adapters import trained_in_fp32
+
+    plain, fused = peft_pair(tiny_model.to(torch.bfloat16))
+    for model in (plain, fused):
+        trained_in_fp32(model)
+        model.train()
+    assert {p.dtype for n, p in fused.named_parameters() if "lora_" in n} == {torch.float32}
+    ids = torch.randint(3, len(tiny_tokenizer), (3, 11))
+    calls = []
+    original = torch.Tensor.addmm_
+    try:
+        torch.Tensor.addmm_ = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits_b, loss_b, grads_b = loss_and_grads(fused, ids)
+    finally:
+        torch.Tensor.addmm_ = original
+    assert len(calls) == 14  # every adapted layer took the fused path
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits_a, loss_a, grads_a = loss_and_grads(plain, ids)
+    torch.testing.assert_close(loss_b, loss_a, rtol=2e-2, atol=2e-2)
+    for name in grads_a:
+        assert grads_b[name].dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(grads_a[name].flatten(), grads_b[name].flatten(), dim=0)
+        assert cosine > 0.99, name
