@@ -168,6 +168,11 @@ def run(
     resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run folder at the step it stopped in."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Skip the measured steps of the time estimate."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+    launch: str = typer.Option(
+        None, "--launch", metavar="OPTIONS",
+        help='Train on several processes/machines: accelerate launch options, e.g. "--num_processes 8" (DDP) or '
+        '"--use_fsdp --fsdp_version 2 --num_processes 8". The other steps run in this process.',
+    ),
 ) -> None:
     """Check data, split, estimate, evaluate the base model, train, evaluate again, report, register."""
     from tunelab.tasks.pipeline import run_pipeline
@@ -177,6 +182,7 @@ def run(
         outcome = run_pipeline(
             config, resume=resume, on_event=shown_events(display, as_json), train_progress=display.training,
             eval_progress=display.advance, calibrate=not no_calibrate,
+            launch=launch,
         )
     if as_json:
         print_json({
@@ -197,14 +203,42 @@ def sweep(
     grid: list[str] = typer.Option(..., "--grid", help="KEY=V1,V2 (repeatable): every combination is run."),
     metric: str = typer.Option(None, "--metric", help="Rank by this metric (default: the task's primary)."),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
+    engine: str = typer.Option("local", "--engine", help="local: one variant after another here; ray: Ray Tune trials (pip install 'tunelab[ray]')."),
+    address: str = typer.Option(None, "--address", help="ray: the cluster (auto, ray://HOST:10001); default: a Ray started here."),
+    search: str = typer.Option("grid", "--search", help="ray: grid (every combination) or optuna (draws over the grid's ranges)."),
+    trials: int = typer.Option(None, "--trials", help="ray with --search optuna: how many variants to try."),
+    asha: bool = typer.Option(False, "--asha", help="ray: stop trials whose validation loss lags (ASHA)."),
+    cpus_per_trial: int = typer.Option(1, "--cpus-per-trial", help="ray: CPUs (and torch threads) of each trial."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="ray: GPUs of each trial."),
+    max_hours: float = typer.Option(None, "--max-hours", help="ray: start no trial after this many hours."),
+    max_usd: float = typer.Option(None, "--max-usd", help="ray: the same in dollars, at budget.gpu's price (or --usd-per-hour)."),
+    usd_per_hour: float = typer.Option(None, "--usd-per-hour", help="ray: the hourly price of the resources the trials use."),
+    name: str = typer.Option(None, "--name", help="ray: the sweep's name; run the same command again to continue it after a crash."),
 ) -> None:
     """Run every combination of --grid values (models, parameters, datasets) and rank the results."""
     from tunelab.tasks.sweep import leaderboard, run_sweep
 
-    with progress_display(quiet=as_json) as display:
-        entries = run_sweep(config_path, overrides or [], grid, on_event=shown_events(display, as_json), train_progress=display.training,
-                            eval_progress=display.advance)
-    rows = leaderboard(entries, metric)
+    if engine == "ray":
+        from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+
+        settings = RaySweepSettings(
+            address=address, search=search, trials=trials, asha=asha, cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial, max_hours=max_hours, max_usd=max_usd, usd_per_hour=usd_per_hour, name=name,
+            metric=metric,
+        )
+        result = run_ray_sweep(config_path, overrides or [], grid, settings)
+        rows = result.rows
+        if not as_json:
+            error_console.print(f"sweep {result.name}{' (continued)' if result.restored else ''}: {result.path}")
+    elif engine == "local":
+        with progress_display(quiet=as_json) as display:
+            entries = run_sweep(config_path, overrides or [], grid, on_event=shown_events(display, as_json), train_progress=display.training,
+                                eval_progress=display.advance)
+        rows = leaderboard(entries, metric)
+    else:
+        from tunelab.errors import ConfigError
+
+        raise ConfigError(f"--engine {engine!r} is not an engine", "use local or ray")
     if as_json:
         print_json(rows)
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import console, error_console, print_json, train_progress_bar
+from tunelab.cli.common import console, error_console, print_json, progress_display
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
 
@@ -16,11 +16,24 @@ def train(
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. train.lr=3e-4."),
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder from its newest checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    launch: str = typer.Option(
+        None, "--launch", metavar="OPTIONS",
+        help='Train on several processes/machines: accelerate launch options, e.g. "--num_processes 8" (DDP), '
+        '"--use_fsdp --fsdp_version 2 --num_processes 8", "--config_file fsdp.yaml".',
+    ),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Train into this folder instead of train.output_dir/<name>."),
 ) -> None:
     """Fine-tune a model as CONFIG says (LoRA by default), writing a run folder under train.output_dir."""
     from tunelab.data.split import make_split
+    from tunelab.tasks import run_training
+    from tunelab.tasks.launch import is_main_process, launch_command, run_launched
     from tunelab.tasks.pipeline import run_name, train_registered
 
+    if launch is not None:
+        # This process only starts the group: accelerate runs this same command once per process.
+        arguments = ["train", *([str(config_path)] if config_path else []), *(overrides or [])]
+        arguments += [*(["--resume", str(resume)] if resume else []), *(["--run-dir", str(run_dir)] if run_dir else [])]
+        raise typer.Exit(run_launched(launch_command(launch, arguments + (["--json"] if as_json else []))))
     if resume is not None:
         if config_path is not None and overrides is None and "=" in str(config_path):
             overrides = [str(config_path)]
@@ -34,11 +47,15 @@ def train(
         if config_path is None:
             raise ConfigError("give a config file: tunelab train CONFIG.yaml [key=value ...]")
         config = load_config(config_path, overrides or [])
-        run_dir = Path(config.train.output_dir) / run_name(config)
+        run_dir = run_dir or Path(config.train.output_dir) / run_name(config)
     split = make_split(config)
 
-    with train_progress_bar() as on_progress:
-        result = train_registered(config, split, run_dir=run_dir, progress=on_progress, resume=resume is not None)
+    with progress_display(quiet=as_json) as display:
+        # One registry row per run however many processes train it: the first one keeps it.
+        train = train_registered if is_main_process() else run_training
+        result = train(config, split, run_dir=run_dir, progress=display.training, resume=resume is not None)
+    if not is_main_process():
+        return  # every process of a launched group has the same result; the first one prints it
     if as_json:
         print_json(result.as_dict())
         return

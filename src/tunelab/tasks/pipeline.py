@@ -146,6 +146,7 @@ class PipelineContext:
     train_progress: Callable[[Any], None] | None = None
     eval_progress: Callable[[int], None] | None = None
     calibrate: bool = True
+    launch: str | None = None  # accelerate launch options: the train step runs on several processes
     registry: Registry | None = None
     registry_id: str | None = None
     split: Split | None = None
@@ -340,6 +341,7 @@ def open_pipeline(
     eval_progress: Callable[[int], None] | None = None,
     calibrate: bool = True,
     run_dir: str | Path | None = None,
+    launch: str | None = None,
 ) -> PipelineContext:
     """Start a run of ``config`` (or reopen the run folder ``resume``) and load its base model.
 
@@ -383,7 +385,7 @@ def open_pipeline(
     pin_threads(config.train.threads)
     context = PipelineContext(
         config=config, run=run, state=state, base=None, on_event=on_event, train_progress=train_progress,  # type: ignore[arg-type]
-        eval_progress=eval_progress, calibrate=calibrate, warnings=list(state.data.get("warnings", [])),
+        eval_progress=eval_progress, calibrate=calibrate, warnings=list(state.data.get("warnings", [])), launch=launch,
     )
     if resume is not None:
         context.lock()  # before anything is read further: another process may be working in it
@@ -485,8 +487,13 @@ def too_few_test_examples(config: RunConfig, split: Split) -> str | None:
 def estimate_step(context: PipelineContext) -> dict[str, Any]:
     """3. Estimate: tokens, FLOPs, time here (measured), on GPUs, memory, money; stop if over budget.
 
+    When the memory plan does not fit the device (``budget.max_memory_gib``, else its free memory), the
+    run stops here before any compute, naming what would fit (``train.fit: check``), or the first of those
+    is applied to the run's config and said (``train.fit: auto``).
+
     Raises:
-        BudgetExceeded: when the estimate is over ``budget.max_hours`` / ``budget.max_usd``.
+        BudgetExceeded: when the estimate is over ``budget.max_hours`` / ``budget.max_usd``, or the run
+            will not fit its device's memory under ``train.fit: check``.
     """
     from tunelab.estimate import estimate_for_split
 
@@ -504,6 +511,24 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
         record.details = {"estimate": estimate}
         record.registry_fields = {"estimate": estimate}
     context.estimate = estimate
+    fit = result.fit
+    if fit is not None and fit.applied:
+        # train.fit: auto: the run that trains is the one that fits; its config is what is saved and registered.
+        from tunelab.config import apply_overrides
+
+        context.config = parse_config(apply_overrides(context.state.data["config"], fit.applied), source="train.fit")
+        context.state.data["config"] = context.config.model_dump(mode="json")
+        context.state.save()
+        context.registry.update_run(context.registry_id, config=dump_config(context.config))
+        context.warn(f"train.fit: auto: {fit.describe()}")
+    elif fit is not None and not fit.fits and context.config.train.fit != "off":
+        reason = fit.describe()
+        context.registry.update_run(context.registry_id, status="failed", error=reason)
+        raise BudgetExceeded(
+            reason,
+            "set one of those, or train.fit=auto to apply the first (train.fit=off trains anyway; "
+            "budget.max_memory_gib sets the limit)",
+        )
     if result.budget.over:
         context.registry.update_run(context.registry_id, status="failed", error="over budget: " + "; ".join(result.budget.reasons))
         raise BudgetExceeded(
@@ -579,12 +604,17 @@ def train_step(context: PipelineContext) -> dict[str, Any]:
     split = context.require_split()
     with step(context, "train") as record:
         resume_training = context.run.config.is_file()
-        result = run_training(context.config, split, run_dir=context.run.root, progress=context.train_progress, resume=resume_training)
-        for message in result.warnings:
-            context.warn(f"train: {message}")
-        record.value = result.as_dict()
+        if context.launch:
+            from tunelab.tasks.launch import train_launched
+
+            record.value = train_launched(context.config, context.run.root, context.launch, resume=resume_training)
+        else:
+            result = run_training(context.config, split, run_dir=context.run.root, progress=context.train_progress, resume=resume_training)
+            for message in result.warnings:
+                context.warn(f"train: {message}")
+            record.value = result.as_dict()
         record.details = {"result": record.value}
-        record.timing, record.seconds = "train", result.seconds
+        record.timing, record.seconds = "train", record.value["seconds"]
     context.train_result = record.value
     return context.train_result
 
@@ -813,8 +843,12 @@ def run_pipeline(
     train_progress: Callable[[Any], None] | None = None,
     eval_progress: Callable[[int], None] | None = None,
     calibrate: bool = True,
+    launch: str | None = None,
 ) -> RunOutcome:
     """Run the whole lifecycle for ``config`` (or continue the run folder ``resume``): every step in order.
+
+    ``launch``: ``accelerate launch`` options; the train step then runs on the processes they start
+    (``tunelab.tasks.launch``).
 
     Raises:
         ConfigError: for an invalid config or an existing run folder.
@@ -823,7 +857,8 @@ def run_pipeline(
         ModelError: when the model cannot be loaded.
     """
     context = open_pipeline(
-        config, resume=resume, on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate
+        config, resume=resume, on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate,
+        launch=launch,
     )
     try:
         if context.config.train.backend == "openai":  # a provider's fine-tuning API in place of the local loop

@@ -80,6 +80,7 @@ class LoopResult:
     stopped_early: bool
     best_validation_score: float | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. a damaged checkpoint passed over on resume
+    module: Any = None  # the module accelerate prepared (under FSDP/DeepSpeed it holds the sharded weights)
 
 
 class LossModule(nn.Module):
@@ -387,6 +388,8 @@ def train_loop(
                 f"delete {run.checkpoints} to train this run again from the start",
             )
         load_trainable_state(model, load_file(str(best / "trainable.safetensors")))
+    elif state.best_step is not None and state.best_step != state.step and (best / "accelerate").is_dir():
+        accelerator.load_state(str(best / "accelerate"))  # sharded (FSDP, DeepSpeed): every process loads its shard
     trained_seconds = state.train_seconds - start_seconds
     return LoopResult(
         steps=state.step,
@@ -399,6 +402,7 @@ def train_loop(
         seconds=state.train_seconds,
         stopped_early=stopped_early,
         warnings=warnings,
+        module=module,
     )
 
 

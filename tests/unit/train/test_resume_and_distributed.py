@@ -77,6 +77,20 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_loss(tiny_model_dir, tmp_
     assert steps == sorted(steps)  # lines written after the checkpoint before the kill were dropped
 
 
+def _launched(launch: str, child_arguments: list[str]) -> list[str]:
+    """The product's launch command (tunelab.tasks.launch) running the child script instead of the CLI."""
+    from tunelab.tasks.launch import launch_command
+
+    command = launch_command(launch, [])
+    module = command.index("-m", 3)  # accelerate's own "-m accelerate.commands.launch" comes first
+    return command[:module] + [str(CHILD), *child_arguments]
+
+
+# FSDP2: every decoder layer its own shard group, checkpoints written sharded by each process.
+FSDP = ("--use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap "
+        "LlamaDecoderLayer --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true")
+
+
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     common = {"max_steps": 4, "lora": {"dropout": 0.0}, "lr": 1e-2}
@@ -85,12 +99,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
         env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
-    double = subprocess.run(
-        launch + [str(CHILD), str(tiny_model_dir), str(tmp_path / "two"), "fresh", *_args({**common, "batch_size": 2})],
-        env=_env(), capture_output=True, text=True, timeout=300,
-    )
+    # No mode given: several processes are DDP (--multi_gpu is added, gloo between CPU processes).
+    launch = _launched("--num_processes 2 --mixed_precision no --main_process_port 29517",
+                       [str(tiny_model_dir), str(tmp_path / "two"), "fresh", *_args({**common, "batch_size": 2})])
+    assert "--multi_gpu" in launch
+    double = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     # Only the main process writes the run folder; both report the same reduced loss.
     one, two = _result(single.stdout), _result(double.stdout)
@@ -100,3 +113,51 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_fsdp2_on_two_processes_trains_like_one_and_resumes_after_one_rank_is_killed(tiny_model_dir, tmp_path):
+    """FSDP2 (sharded weights, optimizer state and checkpoints) with half the batch on each of 2 processes makes the
+    updates of one process with the whole batch; SIGKILL of one rank after a checkpoint, then a resume under FSDP,
+    ends with the weights and losses of the uninterrupted run."""
+    settings = {"max_steps": 6, "save_every": 3, "eval_every": 3, "lora": {"dropout": 0.0}, "lr": 1e-2}
+    single = subprocess.run(
+        [sys.executable, str(CHILD), str(tiny_model_dir), str(tmp_path / "one"), "fresh", *_args({**settings, "batch_size": 4})],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    fsdp = f"{FSDP} --num_processes 2 --mixed_precision no --main_process_port 29518"
+    half = _args({**settings, "batch_size": 2})
+    sharded = subprocess.run(_launched(fsdp, [str(tiny_model_dir), str(tmp_path / "fsdp"), "fresh", *half]),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert (tmp_path / "fsdp" / "checkpoints" / "step-3" / "accelerate").is_dir()  # sharded checkpoints
+    # Tolerance: the same as DDP's (gloo sums in another order; the sharded optimizer steps on shards).
+    assert _result(sharded.stdout)["final_loss"] == pytest.approx(_result(single.stdout)["final_loss"], rel=1e-4)
+    a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "fsdp")
+    assert a.keys() == b.keys() and len(a) == 28
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+
+    victim = subprocess.Popen(_launched(fsdp, [str(tiny_model_dir), str(tmp_path / "killed"), "slow", *half]),
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "killed.rank1.pid"
+    deadline, killed = time.time() + 300, False
+    while time.time() < deadline and victim.poll() is None:
+        if (tmp_path / "killed" / "checkpoints" / "step-3" / "state.json").is_file() and pid_file.is_file():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)  # one rank of two dies; the launcher ends the other
+            killed = True
+            break
+        time.sleep(0.05)
+    victim.communicate(timeout=120)
+    assert killed and victim.returncode != 0
+    assert not (tmp_path / "killed" / "adapter").exists()
+    resumed = subprocess.run(_launched(fsdp, [str(tiny_model_dir), str(tmp_path / "killed"), "resume", *half]),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = _result(resumed.stdout)
+    assert again["first_step"] == 4 and again["steps"] == 6  # continued after step 3
+    assert again["final_loss"] == pytest.approx(_result(sharded.stdout)["final_loss"], rel=1e-5)
+    b, c = _adapter(tmp_path / "fsdp"), _adapter(tmp_path / "killed")
+    for name in b:
+        torch.testing.assert_close(c[name], b[name], rtol=1e-4, atol=1e-6)

@@ -26,6 +26,8 @@ def main() -> None:
     config = tiny_config(Path(model_dir), **settings)
     split = records_split(sft_records(12), sft_records(16)[12:])
     seen_steps = []
+    if mode == "slow":  # the parent may kill one rank of a launched group: it finds this process's id here
+        Path(f"{run_dir}.rank{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
 
     def progress(event) -> None:
         seen_steps.append(event.step)
