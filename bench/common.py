@@ -328,6 +328,9 @@ def label_scores_accuracy(model: Any, examples: Sequence, label_token_ids: Seque
 def child_result(result: dict[str, Any]) -> None:
     """Print a child's result as the last stdout line (what ``run_child`` reads back)."""
     result.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        # The whole child's peak on the GPU (training and the evaluation after it), as torch's allocator saw it.
+        result.setdefault("peak_cuda_mb", round(sys.modules["torch"].cuda.max_memory_allocated() / 2**20, 1))
     sys.stdout.flush()
     print("\nBENCH_RESULT " + json.dumps(result), flush=True)
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         max_length=args.max_length,
         learning_rate=args.lr,
         bf16=args.precision == "bf16",
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),  # on a GPU, TRL's own default device
         gradient_checkpointing=not args.no_gradient_checkpointing,
         save_strategy="no",
         logging_steps=total_steps,

@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     train_started = time.perf_counter()
     result = run_training(config, split, run_dir=run_dir, progress=progress)
     train_s = time.perf_counter() - train_started
+    from common import peak_rss_mb
+
+    train_peak_rss_mb = round(peak_rss_mb(), 1)  # before the run is loaded back for its validation loss
+    train_peak_cuda_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
     (t0, tokens0), (t1, tokens1) = steps[WARMUP_STEPS - 1], steps[WARMUP_STEPS + args.steps - 1]
     timed_seconds = t1 - t0
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
     child_result(
         {
-            "runner": f"tunelab_{result.precision}" + ("_nopack" if args.no_packing else "") + ("_compile" if args.compile else "")
+            "runner": f"tunelab_{result.precision}" + ("_qlora" if config.train.method == "qlora" else "") + ("_nopack" if args.no_packing else "") + ("_compile" if args.compile else "")
             + ("_peft_forward" if args.peft_forward else ""),
             "task": args.task,
             "data": data_name,
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
             "seconds_per_step": round(timed_seconds / args.steps, 2),
             "first_step_s": round(steps[0][0] - STARTED, 2),
             "train_s": round(train_s, 2),
+            "train_peak_rss_mb": train_peak_rss_mb,
+            "train_peak_cuda_mb": train_peak_cuda_mb,
+            "method": config.train.method,
             "train_loss": round(result.final_loss, 4) if result.final_loss is not None else None,
             metric: round(score, 4),
             "validation_examples": len(validation),

@@ -96,20 +96,31 @@ def leaderboard(entries: list[SweepEntry], metric: str | None = None) -> list[di
     Raises:
         ConfigError: when ``metric`` is not one of the comparison's metrics.
     """
-    rows = []
-    for entry in entries:
-        row: dict[str, Any] = {"overrides": " ".join(entry.overrides), "error": entry.error}
-        outcome = entry.outcome
-        if outcome is not None and outcome.comparison is not None:
-            name = metric or outcome.comparison.primary
-            try:
-                m = outcome.comparison.metric(name)
-            except StopIteration:
-                raise ConfigError(f"metric '{name}' is not among {[x.name for x in outcome.comparison.metrics]}") from None
-            row.update(name=outcome.name, metric=name, before=m.before, after=m.after, difference=m.difference,
-                       low=m.low, high=m.high, higher_is_better=m.higher_is_better, verdict=outcome.comparison.verdict,
-                       opponent=outcome.comparison.strongest)  # before/difference are against the strongest baseline
-        rows.append(row)
+    return rank_rows([leaderboard_row(entry, metric) for entry in entries])
+
+
+def leaderboard_row(entry: SweepEntry, metric: str | None = None) -> dict[str, Any]:
+    """One variant's leaderboard row (plain values: a Ray trial sends it to the driver as it is).
+
+    Raises:
+        ConfigError: when ``metric`` is not one of the comparison's metrics.
+    """
+    row: dict[str, Any] = {"overrides": " ".join(entry.overrides), "error": entry.error}
+    outcome = entry.outcome
+    if outcome is not None and outcome.comparison is not None:
+        name = metric or outcome.comparison.primary
+        try:
+            m = outcome.comparison.metric(name)
+        except StopIteration:
+            raise ConfigError(f"metric '{name}' is not among {[x.name for x in outcome.comparison.metrics]}") from None
+        row.update(name=outcome.name, metric=name, before=m.before, after=m.after, difference=m.difference,
+                   low=m.low, high=m.high, higher_is_better=m.higher_is_better, verdict=outcome.comparison.verdict,
+                   opponent=outcome.comparison.strongest)  # before/difference are against the strongest baseline
+    return row
+
+
+def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leaderboard rows best first by their tuned metric; variants without one (failed, stopped) last."""
 
     def sort_key(row: dict[str, Any]) -> tuple:
         if row.get("after") is None:

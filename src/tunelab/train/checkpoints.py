@@ -169,6 +169,9 @@ def save_checkpoint(
         # Every process writes its shards; the main process then adds the rest and renames.
         staging = target.with_name(f".{target.name}.sharded")
         accelerator.save_state(str(staging / "accelerate"))
+        # save_state's last files (each process's random state) are written with no barrier after them: the
+        # folder moves only once every process is done writing into it.
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
             _write_checkpoint(target, staging, model, optimizer, scheduler, rng_states, state)

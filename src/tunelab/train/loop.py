@@ -210,6 +210,7 @@ def train_loop(
     scheduler = make_scheduler(optimizer, config, schedule)
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
+    deepspeed = str(accelerator.distributed_type).endswith("DEEPSPEED")
     device = accelerator.device
     pass_tokens = config.pass_token_budget(device.type)
     # torch's threads follow the free cores (train.threads or OMP_NUM_THREADS win): sized now, again at each
@@ -285,6 +286,12 @@ def train_loop(
                 world_size=world, rank=rank, bucket=not getattr(collate, "packing", True),
             )
             batches = [part for batch in planned for part in split_passes(batch, pass_tokens)]
+            if len(batches) > 1 and deepspeed:
+                raise ConfigError(
+                    f"under DeepSpeed an optimizer step must be one backward pass; step {step + 1} has {len(batches)} "
+                    "(accelerate's DeepSpeed wrapper steps the optimizer at every backward)",
+                    "set train.grad_accum=1 and train.max_pass_tokens=null (raise train.batch_size instead)",
+                )
             for index, micro in enumerate(batches):
                 last = index == len(batches) - 1
                 # Gradients are synchronised across processes only on the last pass.

@@ -12,6 +12,7 @@ A task recipe reads::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,7 +142,7 @@ def _check_resume(config: ResolvedConfig, split: Split, run: RunFolder) -> None:
 def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
     """An Accelerator for this run and the precision it computes in (``bf16`` autocast or ``fp32``)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
     # accelerate keeps one global state per process; a notebook or test that trains twice with another
     # precision must start from a fresh one (the distributed process group itself is kept).
@@ -150,13 +151,30 @@ def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(config.train.precision, device)
     tracker = None if config.train.tracker == "none" else config.train.tracker
+    fsdp_between_cpus = device == "cpu" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    plugin = None
+    if fsdp_between_cpus:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* settings accelerate launch passed on
     accelerator = Accelerator(
         # cpu=True on a machine without CUDA is what makes accelerate use gloo across CPU processes.
         cpu=device == "cpu",
         mixed_precision="bf16" if precision == "bf16" else "no",
         log_with=tracker,
         project_dir=str(run.root / "logs") if tracker else None,
+        fsdp_plugin=plugin,
     )
+    if plugin is not None and accelerator.num_processes > 1:
+        from accelerate.utils import DistributedType
+
+        # accelerate shards with FSDP only between accelerators and runs CPU processes as DDP; torch's FSDP2 itself
+        # shards over gloo. Switching its state to FSDP is what lets CPU processes run (and the tests check) the
+        # FSDP path a GPU run takes: sharded weights and optimizer state, sharded checkpoints, gathered final weights.
+        # Both states: every AcceleratorState() accelerate makes later copies the process-wide PartialState over its own.
+        PartialState().distributed_type = DistributedType.FSDP
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
     return accelerator, precision
 
 

@@ -1,0 +1,151 @@
+"""`tunelab sweep --engine ray` against a real local Ray cluster: a head and a worker node started here (the
+worker has one CPU: one trial at a time, one thread each), 4 trials of the tiny model, each a registered
+tunelab run, ASHA stopping the ones whose validation loss lags, and the sweep continued after its driver is
+killed. The cluster is torn down whatever happens."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.tune", reason="the Ray engine is an optional extra (pip install 'tunelab[ray]')")
+pytest.importorskip("optuna", reason="the Ray engine's Optuna search is an optional extra")
+
+SRC = Path(__file__).resolve().parents[3] / "src"
+RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false", TUNELAB_CACHE=str(tmp_path / "cache"), RAY_USAGE_STATS_ENABLED="0",
+        TUNE_GLOBAL_CHECKPOINT_S="1", RAY_CHDIR_TO_TRIAL_DIR="0",
+    )
+    return env
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A head node (no CPUs of its own: it only schedules) and a worker node with one CPU, as two `ray start`s."""
+    if RAY is None:
+        pytest.skip("the ray command is not installed")
+    port = _free_port()
+    temp = Path(f"/tmp/ray-tl-{port}")  # Ray's socket paths must stay short
+    env = _env(tmp_path)
+    lean = ["--disable-usage-stats", "--object-store-memory", str(100 * 1024**2), f"--temp-dir={temp}", "--node-ip-address", "127.0.0.1"]
+
+    def start(*arguments: str) -> None:
+        done = subprocess.run([RAY, "start", *arguments, *lean], env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"ray start {' '.join(arguments)}: {done.stdout[-1500:]} {done.stderr[-1500:]}"
+
+    try:
+        start("--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false")
+        start("--address", f"127.0.0.1:{port}", "--num-cpus", "1")
+        yield f"127.0.0.1:{port}"
+    finally:
+        # Both nodes of this test (ray stop ends the Ray processes started on this machine), then their files.
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _config_file(tmp_path: Path) -> Path:
+    rows = []
+    for i in range(48):
+        label = "AB"[i % 2]
+        words = WORDS[label]
+        rows.append({"text": f"{words[i % 4]} {words[(i // 2) % 4]} number {i}", "label": label})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "config.json"
+
+
+def _write_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    path = _config_file(tmp_path)
+    path.write_text(json.dumps({
+        "task": "classify", "model": str(tiny_model_dir), "name": "ray",
+        "data": {"train": str(tmp_path / "train.jsonl"), "test_size": 0.25, "validation_size": 0.15, "max_length": 64},
+        "train": {"method": "full", "epochs": 6, "batch_size": 8, "eval_every": 2, "output_dir": str(tmp_path / "runs"), "precision": "fp32"},
+        "eval": {"bootstrap_samples": 200, "baselines": ["base"]},
+    }))
+    return path
+
+
+DRIVER = """
+import json, sys
+from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+config, address, name = sys.argv[1:4]
+result = run_ray_sweep(config, [], ["train.lr=3e-3,1e-3,1e-8,1e-9"], RaySweepSettings(address=address, asha=True, name=name))
+print("RESULT " + json.dumps({"rows": result.rows, "stopped": result.stopped, "restored": result.restored}))
+"""
+
+
+def _runs(registry: Path) -> list[tuple[str, str]]:
+    if not registry.is_file():
+        return []
+    with sqlite3.connect(registry) as db:
+        return db.execute("SELECT name, status FROM runs ORDER BY created_at").fetchall()
+
+
+def test_ray_sweep_on_a_local_cluster_stops_lagging_trials_and_continues_after_the_driver_dies(ray_cluster, tmp_path, tiny_model_dir):
+    config = _write_config(tmp_path, tiny_model_dir)
+    driver = [sys.executable, "-c", DRIVER, str(config), ray_cluster, "s1"]
+    registry = tmp_path / "runs" / "registry.db"
+
+    # 1. The driver dies (SIGKILL) once the first trial's run is registered as finished.
+    first = subprocess.Popen(driver, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and first.poll() is None:
+        if any(status == "finished" for _, status in _runs(registry)):
+            first.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.5)
+    first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL, "the sweep ended before its driver could be killed"
+    finished_before = [name for name, status in _runs(registry) if status == "finished"]
+    assert finished_before
+
+    # 2. The same command again continues the sweep: the finished trial is not trained again.
+    again = subprocess.run(driver, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    result = json.loads(again.stdout[again.stdout.index("RESULT ") + 7:].splitlines()[0])
+    assert result["restored"] is True
+    rows = result["rows"]
+    assert len(rows) == 4, rows
+    runs = dict(_runs(registry))
+    assert len(runs) == 4 and set(finished_before) <= {n for n, s in runs.items() if s == "finished"}
+    # Every trial is a registered tunelab run. The two whose learning rate is too small to move the weights
+    # (1e-8, 1e-9) lag at their first validations and ASHA stops them there; they are marked interrupted.
+    stopped = {r["overrides"] for r in rows if r.get("name") in result["stopped"]}
+    assert {"train.lr=1e-8", "train.lr=1e-9"} <= stopped, rows
+    assert all(runs[name] == "interrupted" for name in result["stopped"])
+    ranked = [r for r in rows if r.get("after") is not None]
+    assert ranked and rows[: len(ranked)] == ranked  # finished variants first, best first
+    assert [r["after"] for r in ranked] == sorted((r["after"] for r in ranked), reverse=True)
+    assert ranked[0]["overrides"] == "train.lr=3e-3" and runs[ranked[0]["name"]] == "finished"
+
+
+def test_optuna_draws_from_the_grids_ranges():
+    from ray import tune
+
+    from tunelab.tasks.ray_sweep import search_space
+
+    space = search_space(["train.lr=1e-5,1e-3", "lora.r=8,16", "train.warmup_ratio=0.0,0.1"], "optuna")
+    assert isinstance(space["train.lr"], tune.search.sample.Float) and space["train.lr"].lower == 1e-5
+    assert space["lora.r"].categories == ["8", "16"]
+    assert isinstance(space["train.warmup_ratio"], tune.search.sample.Float)
+    assert search_space(["train.lr=1e-5,1e-3"], "grid")["train.lr"] == {"grid_search": ["1e-5", "1e-3"]}
