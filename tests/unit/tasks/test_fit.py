@@ -81,3 +81,18 @@ def test_fit_off_trains_anyway(tmp_path, tiny_model_dir):
     config = _config(tmp_path, tiny_model_dir, budget={"max_memory_gib": 1e-6}, train={"fit": "off"})
     outcome = run_pipeline(config, calibrate=False)
     assert outcome.train["steps"] == 3 and outcome.estimate["fit"]["fits"] is False
+
+
+def test_run_launch_trains_its_step_on_two_processes_and_the_other_steps_here(tmp_path, tiny_model_dir):
+    """`tunelab run --launch "--num_processes 2"`: the train step runs under accelerate launch (DDP, gloo between
+    2 CPU processes), the pipeline reads its result back and evaluates, reports and registers as always."""
+    import torch
+
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    config = _config(tmp_path, tiny_model_dir, train={"max_steps": 2, "batch_size": 2})
+    outcome = run_pipeline(config, calibrate=False, launch="--num_processes 2 --mixed_precision no --main_process_port 29561")
+    assert outcome.train["steps"] == 2 and outcome.tuned_metrics is not None
+    assert (outcome.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert yaml.safe_load((outcome.run_dir / "launch-config.yaml").read_text())["data"]["train"].startswith("/")
+    assert Registry(tmp_path / "runs" / "registry.db").get_run("fit").status == "finished"
