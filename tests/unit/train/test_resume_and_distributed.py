@@ -30,10 +30,11 @@ def _args(settings: dict) -> list[str]:
 
 
 def _result(output: str) -> dict:
-    """The last RESULT a child printed (under accelerate each rank prints one)."""
+    """The RESULT a child printed; under accelerate each rank prints one, and only the main process sees progress
+    (its ``first_step``), so that one is preferred."""
     decoder = json.JSONDecoder()
     results = [decoder.raw_decode(output, match.end())[0] for match in re.finditer(r"RESULT ", output)]
-    return results[-1]
+    return ([r for r in results if r.get("first_step") is not None] or results)[-1]
 
 
 def _failure(completed: subprocess.CompletedProcess) -> str:
