@@ -19,7 +19,8 @@ from typing import Any
 
 from tunelab.config import ResolvedConfig
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.paths import RunFolder, atomic_write_text
+from tunelab.paths import atomic_write_text
+from tunelab.runs import RunFolder
 
 # accelerate's own choices of how processes share the work; without one, several processes mean DDP.
 _MODE_FLAGS = ("--multi_gpu", "--use_fsdp", "--use_deepspeed", "--config_file", "--use_megatron_lm", "--cpu")

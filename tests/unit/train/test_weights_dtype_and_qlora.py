@@ -7,8 +7,8 @@ from train_helpers import assert_same_training, classify_records, records_split,
 
 from tunelab.config import parse_config
 from tunelab.models.adapters import apply_method
-from tunelab.models.loader import load_for_training, weights_dtype
-from tunelab.paths import RunFolder
+from tunelab.models.loader import weights_dtype
+from tunelab.runs import RunFolder, load_for_training
 from tunelab.tasks import run_training
 from tunelab.train.run import start_run
 
@@ -103,18 +103,17 @@ def test_qlora_resumed_after_an_interruption_ends_where_an_uninterrupted_run_end
 def test_a_qlora_classify_run_merges_into_a_plain_bf16_model_that_scores_as_the_run(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tunelab.models import load_run
-    from tunelab.models.adapters import merge_and_save
     from tunelab.models.heads import causal_lm_of, label_logits
+    from tunelab.runs import export_folder, load_run
 
     config = tiny_config(tiny_model_dir, task="classify", method="qlora", precision="bf16", max_steps=4, lr=2e-2)
     run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
     loaded = load_run(tmp_path / "run")
     assert isinstance(loaded.model.base_model.model.model.layers[0].mlp.up_proj.base_layer, bitsandbytes.nn.Linear4bit)
-    merge_and_save(tmp_path / "run", tmp_path / "merged")
+    export_folder(tmp_path / "run", tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merged.dtype == torch.bfloat16 and not hasattr(merged.config, "quantization_config")
-    columns = torch.tensor(loaded.label_map["token_ids"])
+    columns = torch.tensor(loaded.label_map.token_ids)
     ids = torch.randint(3, 300, (2, 9))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = causal_lm_of(loaded.model).get_decoder()(input_ids=ids).last_hidden_state[:, -1]
