@@ -127,7 +127,8 @@ def run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     from ray import tune
 
     from tunelab.config import load_config
-    from tunelab.tasks.pipeline import STATE_FILE, run_pipeline
+    from tunelab.runs import RunFolder
+    from tunelab.tasks.pipeline import run_pipeline
     from tunelab.tasks.sweep import SweepEntry, leaderboard_row
 
     os.environ["OMP_NUM_THREADS"] = str(context["threads"])
@@ -137,7 +138,7 @@ def run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     name = f"{context['sweep']}-{trial_id}-{suffix}"[:120]
     config = load_config(context["config_path"], [*context["overrides"], *overrides, f"train.threads={context['threads']}", f"name={name}"])
     run_dir = Path(config.train.output_dir) / name
-    resume = run_dir if (run_dir / STATE_FILE).is_file() else None
+    resume = run_dir if RunFolder(run_dir).pipeline_state.is_file() else None
     common = {"run": name, "run_dir": str(run_dir), "overrides": " ".join(overrides)}
 
     def report_validation(progress: Any) -> None:

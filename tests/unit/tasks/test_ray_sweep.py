@@ -114,8 +114,8 @@ def test_ray_sweep_on_a_local_cluster_stops_lagging_trials_and_continues_after_t
             first.send_signal(signal.SIGKILL)
             break
         time.sleep(0.5)
-    first.communicate(timeout=60)
-    assert first.returncode == -signal.SIGKILL, "the sweep ended before its driver could be killed"
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL, f"the sweep ended before its driver could be killed: {out[-1500:]} {err[-2500:]}"
     finished_before = [name for name, status in _runs(registry) if status == "finished"]
     assert finished_before
 
