@@ -216,7 +216,7 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
     """One step's bookkeeping: the start and done events, its time, its state, its registry record.
 
     A step after the split runs with a registry record (created on first use, marked running); when
-    the step raises, the record is marked interrupted (Ctrl-C) or failed, and the step is not
+    the step raises, the record is marked interrupted (Ctrl-C, a stop) or failed, and the step is not
     recorded as done, so a resume runs it again.
     """
     started = time.perf_counter()
@@ -237,6 +237,11 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
                 context.registry.record_timing(context.registry_id, record.timing, actual_s=actual)
     except KeyboardInterrupt:
         _mark(context, "interrupted", "interrupted (Ctrl-C); `tunelab run --resume RUN` continues it")
+        raise
+    except SystemExit:
+        # Asked to stop (a sweep's scheduler stopping a trial, a signal handler's exit), not broken: the row says
+        # interrupted, as the sweep's driver marks it too, and keeps the driver's reason (whoever writes last).
+        _mark(context, "interrupted", None)
         raise
     except TunelabError as error:
         _mark(context, "failed", str(error))
@@ -262,13 +267,15 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
     context.emit(name, "done", record.details)
 
 
-def _mark(context: PipelineContext, status: str, error: str) -> None:
-    """Record why a step stopped in the run's row. Best effort: when even that write fails (a full disk
-    under the registry), the row is marked interrupted the next time the registry is opened."""
+def _mark(context: PipelineContext, status: str, error: str | None) -> None:
+    """Record why a step stopped in the run's row (``error`` None: the row's reason is left as it is). Best
+    effort: when even that write fails (a full disk under the registry), the row is marked interrupted the
+    next time the registry is opened."""
     if context.registry_id is None:
         return
     try:
-        context.registry.update_run(context.registry_id, status=status, error=error)
+        fields = {"status": status} if error is None else {"status": status, "error": error}
+        context.registry.update_run(context.registry_id, **fields)
     except Exception:  # noqa: BLE001 - the error being reported matters more than this one
         pass
 

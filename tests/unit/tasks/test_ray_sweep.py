@@ -132,7 +132,7 @@ def test_ray_sweep_on_a_local_cluster_stops_lagging_trials_and_continues_after_t
     # (1e-8, 1e-9) lag at their first validations and ASHA stops them there; they are marked interrupted.
     stopped = {r["overrides"] for r in rows if r.get("name") in result["stopped"]}
     assert {"train.lr=1e-8", "train.lr=1e-9"} <= stopped, rows
-    assert all(runs[name] == "interrupted" for name in result["stopped"])
+    assert all(runs[name] == "interrupted" for name in result["stopped"]), (runs, result, again.stderr[-4000:])
     ranked = [r for r in rows if r.get("after") is not None]
     assert ranked and rows[: len(ranked)] == ranked  # finished variants first, best first
     assert [r["after"] for r in ranked] == sorted((r["after"] for r in ranked), reverse=True)
