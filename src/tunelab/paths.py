@@ -151,7 +151,19 @@ class RunFolderInUse(TunelabError):
     """Another process works in this run folder (training, resuming, evaluating)."""
 
 
-_held: dict[Path, list[int]] = {}  # locked run folder -> [file descriptor, how many holders in this process]
+_held: dict[Path, list[int]] = {}  # locked run folder -> [file descriptor (-1: a parent's), how many holders in this process]
+# "PID:FOLDER": the processes a run's holder starts to train it (``accelerate launch``) work under its lock.
+INHERITED_LOCK_ENV = "TUNELAB_RUN_FOLDER_HELD"
+
+
+def lock_for_children(root: Path) -> dict[str, str]:
+    """The environment that lets the processes this one starts (``tunelab run --launch``) work in ``root``
+    under this process's lock; empty when this process does not hold it."""
+    key = Path(root).resolve()
+    held = _held.get(key)
+    if held is None or held[0] < 0:
+        return {}
+    return {INHERITED_LOCK_ENV: f"{os.getpid()}:{key}"}
 
 
 def lock_run_folder(root: Path) -> None:
@@ -169,6 +181,11 @@ def lock_run_folder(root: Path) -> None:
         _held[key][1] += 1
         return
     if fcntl is None:  # pragma: no cover - Windows
+        return
+    inherited = os.environ.get(INHERITED_LOCK_ENV, "")
+    pid, _, folder = inherited.partition(":")
+    if folder == str(key) and pid.isdigit() and run_folder_holder(key) == int(pid):
+        _held[key] = [-1, 1]  # started by the process that holds it, to train in it (lock_for_children)
         return
     key.mkdir(parents=True, exist_ok=True)
     fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -196,7 +213,8 @@ def unlock_run_folder(root: Path) -> None:
     held[1] -= 1
     if held[1] <= 0:
         del _held[key]
-        os.close(held[0])  # closing the descriptor releases the flock
+        if held[0] >= 0:
+            os.close(held[0])  # closing the descriptor releases the flock
 
 
 def run_folder_holder(root: Path) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from tunelab.config import ResolvedConfig
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.paths import atomic_write_text
+from tunelab.paths import atomic_write_text, lock_for_children
 from tunelab.runs import RunFolder
 
 # accelerate's own choices of how processes share the work; without one, several processes mean DDP.
@@ -98,7 +98,8 @@ def train_launched(config: ResolvedConfig, run_dir: str | Path, launch: str, *, 
         atomic_write_text(path, dump_config(type(config).model_validate(settings)))
         arguments = ["train", str(path), "--run-dir", str(run.root), "--json"]
     completed = subprocess.run(
-        launch_command(launch, arguments), env={**os.environ, "TUNELAB_LAUNCHED": "1"}, stdout=subprocess.PIPE, text=True, check=False
+        launch_command(launch, arguments), env={**os.environ, "TUNELAB_LAUNCHED": "1", **lock_for_children(run.root)},
+        stdout=subprocess.PIPE, text=True, check=False,
     )
     if completed.returncode != 0:
         raise LaunchError(

@@ -200,6 +200,28 @@ def test_a_second_process_on_the_same_run_folder_gets_one_line_naming_the_first(
     assert run_folder_holder(run) is None
 
 
+def test_processes_a_run_starts_to_train_it_work_under_its_lock(tmp_path):
+    """`tunelab run --launch`: the pipeline holds the folder and accelerate's processes train in it."""
+    from tunelab.paths import lock_for_children
+
+    run = tmp_path / "runs" / "launched"
+    take = "import sys; from tunelab.paths import lock_run_folder, unlock_run_folder; lock_run_folder(sys.argv[1]); unlock_run_folder(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3] / "src")}
+    assert lock_for_children(run) == {}  # not held: nothing to hand down
+    lock_run_folder(run)
+    try:
+        child = subprocess.run([sys.executable, "-c", take, str(run)], env={**env, **lock_for_children(run)}, capture_output=True, text=True, timeout=120)
+        assert child.returncode == 0, child.stderr
+        stranger = subprocess.run([sys.executable, "-c", take, str(run)], env=env, capture_output=True, text=True, timeout=120)
+        assert stranger.returncode != 0 and f"in use by process {os.getpid()}" in stranger.stderr
+        other = subprocess.run([sys.executable, "-c", take, str(tmp_path / "other")], env={**env, **lock_for_children(run)},
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert other.returncode == 0  # another folder is locked as usual
+        assert run_folder_holder(run) == os.getpid()  # the child's release did not release the parent's lock
+    finally:
+        unlock_run_folder(run)
+
+
 # ------------------------------------------------------------------ damaged checkpoints and state
 
 
