@@ -431,7 +431,7 @@ def advise(
                                             budget_s=None if budget_s is None else max(budget_s, 0.0))
     if planned_s is None and sizes and budget_s is not None:
         warnings.append("the time of each curve run is unknown (no calibration): the largest curve was planned regardless of the budget")
-    _emit(on_event, "plan", "done", sizes=sizes, estimated_seconds=planned_s, reason=no_curve)
+    _emit(on_event, "plan", "done", sizes=[len(subset(size)) for size in sizes], estimated_seconds=planned_s, reason=no_curve)
 
     # 4. The learning curve: the recipe on nested subsets, each scored on the validation rows.
     from tunelab.data.split import Split
@@ -591,7 +591,8 @@ def advise(
         name=name, task=task, metric=metric, higher_is_better=higher, train_size=n_all, validation_size=len(validation),
         labelled=labelled, opponents=opponents, points=points, curves=curves, projection=projection, crossing=crossing,
         options=options, recommendation=recommendation, reason=reason, flags=flags,
-        budget={"minutes": budget_minutes, "sizes": sizes, "estimated_seconds": planned_s, "used_seconds": time.perf_counter() - started},
+        budget={"minutes": budget_minutes, "sizes": [len(subset(size)) for size in sizes], "estimated_seconds": planned_s,
+                "used_seconds": time.perf_counter() - started},
         retrain_every=retrain_every, folder=root, warnings=warnings + list(split.warnings),
     )
     advice.seconds = time.perf_counter() - started
