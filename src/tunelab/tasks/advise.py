@@ -454,6 +454,8 @@ def advise(
                 stopped = f"the budget ran out after {len(points)} of {len(sizes)} sizes (the runs took up to {max(ratios):.2f}x their estimate)"
                 break
         records = subset(size)
+        if any(p.size == len(records) for p in points):
+            continue  # two sizes that keep every label's share can round to the same subset: it is trained once
         _emit(on_event, "point", "start", size=len(records), estimated_seconds=estimated)
         began = time.perf_counter()
         run_dir = root / "curve" / f"n{len(records)}"
