@@ -67,8 +67,9 @@ def test_keeping_a_baseline_refits_only_one_that_learns():
     classical = keep_option("classical", 4.0, learns=True, retrain_every_s=WEEKLY, local_usd_per_hour=0.36)
     assert classical.retune_seconds_per_month == pytest.approx(4 * 30 / 7)
     assert classical.usd == pytest.approx(0.0004)  # 4 s at 0.36 USD/h
-    prompt = keep_option("few_shot", 0.0, learns=False, retrain_every_s=WEEKLY)
-    assert prompt.retune_seconds_per_month == 0.0 and prompt.usd is None
+    prompt = keep_option("base", 2.0, learns=False, retrain_every_s=WEEKLY)
+    assert prompt.retune_seconds_per_month == 0.0 and prompt.retune_usd_per_month == 0.0  # nothing done, nothing paid
+    assert prompt.usd is None  # scoring it here once took 2 s of an unpriced machine
 
 
 def test_labels_needed_count_only_the_share_that_lands_in_training():

@@ -94,7 +94,7 @@ def render_advice(data: dict[str, Any]) -> None:
         console.print(
             f"projected with all {data['train_size']:,} training examples: tuned {_score(projection['tuned'], projection['tuned_low'], projection['tuned_high'])}"
             f" vs {projection['opponent']}{' (its curve)' if projection.get('opponent_learns') else ''} {_score(projection['opponent_score'])}: "
-            f"difference {projection['difference']:+.3f} "
+            f"difference {projection['difference']:+.3f}{'' if projection.get('higher_is_better', True) else ' (lower is better: > 0 is the tuned model lower)'} "
             f"[{projection['low']:+.3f}, {projection['high']:+.3f}]"
         )
     if crossing:

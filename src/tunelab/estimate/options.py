@@ -58,11 +58,12 @@ def keep_option(
     A baseline that learns from the data (a classical model) is refitted at every re-tuning; one that
     does not (a prompt, a remote model) costs nothing to re-tune.
     """
-    notes = [] if learns else ["nothing to re-tune: it does not learn from your data"]
-    refit = seconds if learns else 0.0
+    if not learns:  # nothing is done at a re-tuning: nothing is paid
+        return OptionCost("keep", f"keep {baseline}", seconds, machine_usd(seconds, local_usd_per_hour), 0.0, 0.0,
+                          ["nothing to re-tune: it does not learn from your data"])
     return OptionCost(
         "keep", f"keep {baseline}", seconds, machine_usd(seconds, local_usd_per_hour),
-        _monthly(refit, retrain_every_s), _monthly(machine_usd(refit, local_usd_per_hour), retrain_every_s), notes,
+        _monthly(seconds, retrain_every_s), _monthly(machine_usd(seconds, local_usd_per_hour), retrain_every_s),
     )
 
 

@@ -332,6 +332,7 @@ class Difference:
     low: float
     high: float
     opponent_learns: bool = False  # the opponent's value is its curve's at this size, not one measured score
+    higher_is_better: bool = True  # of the metric; ``difference`` is in the good direction either way
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -351,7 +352,7 @@ def difference_at(tuned: Curve, opponents: Sequence[Curve], n: float) -> Differe
     low, high = np.percentile(gaps, [2.5, 97.5])
     tuned_low, tuned_high = (float(x[0]) for x in tuned.band([n]))
     return Difference(float(n), tuned_value, tuned_low, tuned_high, opponent.name, float(values[0]),
-                      sign * (tuned_value - float(values[0])), float(low), float(high), opponent.learns)
+                      sign * (tuned_value - float(values[0])), float(low), float(high), opponent.learns, higher)
 
 
 def resampled_scores(

@@ -248,8 +248,9 @@ def recommend(
                 f"{why}. The opponents alone cannot say what fine-tuning gives: `tunelab run` measures it{cost} and its verdict decides.")
     p = projection
     theirs = f"{p.opponent}'s curve {p.opponent_score:.3f}" if p.opponent_learns else f"{p.opponent} {p.opponent_score:.3f}"
+    direction = "" if p.higher_is_better else f", {metric} lower by that much"
     scores = (f"At your {train_size:,} training examples the tuned model is projected at {metric} {p.tuned:.3f} "
-              f"(95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) against {theirs}: difference {p.difference:+.3f} "
+              f"(95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) against {theirs}: difference {p.difference:+.3f}{direction} "
               f"(95% interval {p.low:+.3f} to {p.high:+.3f})")
     if p.low > 0:
         here, gpu = options.get("here"), options.get("gpu")
