@@ -118,7 +118,7 @@ def run_case(dataset: str, seed: int, labels: int | None, validation_rows: int, 
     projected = {size: _band(tuned_curve, n[size]) for size in SIZES} if tuned_curve is not None else {}
     classical_projected = {size: _band(curves["classical"], n[size]) for size in SIZES} if "classical" in curves else {}
     result: dict[str, Any] = {
-        "dataset": dataset, "seed": seed, "labels": drawn["labels"], "train_rows": n, "validation_rows": len(validation_records),
+        "dataset": dataset, "seed": seed, "labels": drawn["labels"], "labels_asked": labels, "train_rows": n, "validation_rows": len(validation_records),
         "test_rows": len(test_records), "budget_minutes": budget,
         "advice": {
             "sizes": [p.size for p in advice.points], "scores": [p.score for p in advice.points],
@@ -153,6 +153,21 @@ def run_case(dataset: str, seed: int, labels: int | None, validation_rows: int, 
     result["classical_measured"] = classical
     result["load_after"] = round(os.getloadavg()[0], 2)
     return result
+
+
+def refit(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each case's projections fitted again from its saved advice (the curve code of this checkout, no training)."""
+    from tunelab.tasks.advise import refit_advice
+
+    for result in results:
+        case = f"{result['dataset']}-seed{result['seed']}" + (f"-labels{result['labels_asked']}" if result.get("labels_asked") else "")
+        _, fits = refit_advice(WORK_DIR / case / "advice")
+        n = {int(size): count for size, count in result["train_rows"].items()}
+        curves = {curve.name: curve for curve in [fits.tuned, *fits.opponents] if curve is not None and curve.learns}
+        result["projected"] = {str(size): _band(curves["tuned"], n[size]) for size in SIZES} if "tuned" in curves else {}
+        result["classical_projected"] = {str(size): _band(curves["classical"], n[size]) for size in SIZES} if "classical" in curves else {}
+        result["advice"]["refit_flags"] = fits.flags
+    return results
 
 
 def _inside(band: dict[str, float] | None, value: float | None) -> bool | None:
@@ -206,7 +221,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-rows", type=int, default=200, help="held-out rows in all, spread over the labels")
     parser.add_argument("--budget-minutes", type=float, default=60.0, help="advise's budget (the curve gets what fits)")
     parser.add_argument("--name", default="advise")
+    parser.add_argument("--refit", action="store_true",
+                        help="train nothing: fit every saved case's curves again with this checkout's code and rewrite the results")
     args = parser.parse_args(argv)
+    if args.refit:
+        path = RESULTS_DIR / f"{args.name}.json"
+        data = json.loads(path.read_text())
+        data["results"] = refit(data["results"])
+        data["refit_command"] = " ".join(sys.argv)
+        write_results(args.name, data, render(data["results"]))
+        print(render(data["results"]))
+        return
     if not SHARED_DATA.is_dir():
         print(f"skipped: {SHARED_DATA} is absent (the shared datasets)", file=sys.stderr)
         return

@@ -132,6 +132,7 @@ class Advice:
     folder: Path
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    bootstrap: dict[str, int] = field(default_factory=dict)  # the resamples of the bands: samples, seed
 
     @property
     def strongest(self) -> Opponent | None:
@@ -155,7 +156,7 @@ class Advice:
             "options": [row.to_dict() for row in self.options],
             "recommendation": self.recommendation, "reason": self.reason, "flags": list(self.flags),
             "budget": dict(self.budget), "retrain_every": self.retrain_every, "folder": str(self.folder),
-            "seconds": self.seconds, "warnings": list(self.warnings),
+            "seconds": self.seconds, "warnings": list(self.warnings), "bootstrap": dict(self.bootstrap),
         }
 
     def save(self) -> Path:
@@ -277,6 +278,102 @@ def recommend(
         cost = f" (label about {labels_to_add:,} more"
         cost += f", USD {label.usd:,.2f})" if label is not None and label.usd is not None else ")"
     return choice, f"{lead} The curve reaches it at about {crossing.size:,.0f} training examples{cost}: only beyond that would fine-tuning win."
+
+
+# -------------------------------------------------------------------------------------------- fits
+
+
+@dataclass
+class Fits:
+    """The curves of one advice and what they say at the user's size (``fit_advice``)."""
+
+    scores: dict[str, tuple[float, float, float]]  # each opponent: its score on the validation rows and 95% interval
+    opponents: list[Curve]  # each opponent's curve (flat for one that does not learn from more data)
+    tuned: Curve | None
+    projection: Difference | None
+    crossing: Crossing | None
+    flags: list[str]
+
+
+def fit_advice(
+    task: str, metric: str, higher: bool, train_size: int, baselines: dict[str, EvalResult], points: dict[int, EvalResult],
+    refits: dict[str, dict[int, EvalResult]], *, samples: int, seed: int, labels: Sequence[str] | None = None,
+) -> Fits:
+    """Fit every curve of an advice from its evaluations, all on the same validation rows.
+
+    ``baselines``: each opponent trained on all the training data; ``points``: the tuned model at each
+    size; ``refits``: the opponents refitted at each size. Every evaluation is computed on the same
+    bootstrap resamples (``evaluation.curve.resampled_scores``), so the tuned curve and the opponents stay paired.
+    """
+    from tunelab.evaluation.curve import (
+        CROSSING_LIMIT,
+        crossing_point,
+        difference_at,
+        fit_curve,
+        flat_curve,
+        projection_flags,
+        resampled_scores,
+    )
+
+    evaluations: list[EvalResult] = [*baselines.values(), *points.values()] + [r for by_size in refits.values() for r in by_size.values()]
+    full, resampled = resampled_scores(task, [e.rows for e in evaluations], metric, samples=samples, seed=seed, labels=labels)
+    column = {id(e): i for i, e in enumerate(evaluations)}
+    scores: dict[str, tuple[float, float, float]] = {}
+    opponents: list[Curve] = []
+    for name, result in baselines.items():
+        i = column[id(result)]
+        scores[name] = (float(full[i]), *_score_interval(resampled[:, i]))
+        by_size = dict(refits.get(name, {}))
+        if by_size:
+            by_size.setdefault(train_size, result)  # the opponent on all the training data is the curve's last point
+            sizes = sorted(by_size)
+            columns = [column[id(by_size[n])] for n in sizes]
+            opponents.append(fit_curve(name, sizes, full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher))
+        else:
+            opponents.append(flat_curve(name, train_size, float(full[i]), resampled[:, i], higher_is_better=higher))
+    tuned = projection = crossing = None
+    flags: list[str] = []
+    if points:
+        sizes = sorted(points)
+        columns = [column[id(points[n])] for n in sizes]
+        tuned = fit_curve("tuned", sizes, full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher)
+        flags += projection_flags(tuned, train_size, metric)
+        if opponents:
+            projection = difference_at(tuned, opponents, train_size)
+            if tuned.learns:
+                crossing = crossing_point(tuned, opponents, start=min(sizes), limit=CROSSING_LIMIT * train_size)
+    for curve in opponents:
+        flags += [f"{curve.name}: {flag}" for flag in curve.flags]
+    return Fits(scores, opponents, tuned, projection, crossing, flags)
+
+
+def refit_advice(folder: str | Path) -> tuple[dict[str, Any], Fits]:
+    """An advice's curves fitted again from the evaluations it saved (no training): what ``bench/advise.py --refit`` uses.
+
+    Raises:
+        DataError: when the folder holds no advice or its evaluations are missing.
+    """
+    from urllib.parse import unquote
+
+    from tunelab.evaluation.result import EvalResult
+
+    folder = Path(folder)
+    data = load_advice(folder)
+    baselines = {unquote(path.stem): EvalResult.load(path) for path in sorted((folder / "baselines").glob("*.json"))}
+    baselines = {o["name"]: baselines[o["name"]] for o in data["opponents"]}  # in the advice's order
+    points: dict[int, EvalResult] = {}
+    refits: dict[str, dict[int, EvalResult]] = {}
+    for point in data["points"]:
+        evals = Path(point["run_dir"]) / "eval"
+        if not evals.is_dir():
+            evals = folder / "curve" / Path(point["run_dir"]).name / "eval"
+        points[point["size"]] = EvalResult.load(evals / "validation.json")
+        for path in evals.glob("*.json"):
+            if path.stem != "validation":
+                refits.setdefault(unquote(path.stem), {})[point["size"]] = EvalResult.load(path)
+    bootstrap = data.get("bootstrap") or {"samples": 1000, "seed": 0}
+    return data, fit_advice(data["task"], data["metric"], data["higher_is_better"], data["train_size"], baselines, points, refits,
+                            samples=bootstrap["samples"], seed=bootstrap["seed"])
 
 
 # ------------------------------------------------------------------------------------------ runner
@@ -479,53 +576,16 @@ def advise(
         _emit(on_event, "point", "done", size=len(records), score=tuned.metrics[metric], seconds=seconds, estimated_seconds=estimated)
 
     # 5. Fits: every evaluation on the same bootstrap resamples of the validation rows (paired).
-    from tunelab.evaluation.curve import (
-        CROSSING_LIMIT,
-        crossing_point,
-        difference_at,
-        fit_curve,
-        flat_curve,
-        projection_flags,
-        resampled_scores,
-    )
-
-    evaluations: list[EvalResult] = [*baseline_results.values(), *point_results]
-    for results in curve_baselines.values():
-        evaluations += results
-    labels = label_map.labels if label_map is not None else None
-    full, resampled = resampled_scores(task, [e.rows for e in evaluations], metric, samples=config.eval.bootstrap_samples,
-                                       seed=config.eval.seed, labels=labels)
-    column = {id(e): i for i, e in enumerate(evaluations)}
     n_all = len(train)
-    opponents: list[Opponent] = []
-    opponent_curves: list[Curve] = []
-    for baseline, result in baseline_results.items():
-        i = column[id(result)]
-        low, high = _score_interval(resampled[:, i])
-        refits = curve_baselines.get(baseline, [])
-        opponents.append(Opponent(baseline, float(full[i]), low, high, baseline in CURVE_BASELINES, baseline_seconds[baseline], result.model))
-        if refits:
-            columns = [column[id(r)] for r in refits] + ([i] if n_all not in [p.size for p in points] else [])
-            sizes_here = [p.size for p in points] + ([n_all] if n_all not in [p.size for p in points] else [])
-            opponent_curves.append(fit_curve(baseline, sizes_here, full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher))
-        else:
-            opponent_curves.append(flat_curve(baseline, n_all, float(full[i]), resampled[:, i], higher_is_better=higher))
-
-    curves: list[Curve] = []
-    projection = crossing = None
-    flags: list[str] = []
-    if points:
-        columns = [column[id(r)] for r in point_results]
-        tuned_curve = fit_curve("tuned", [p.size for p in points], full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher)
-        curves.append(tuned_curve)
-        flags += projection_flags(tuned_curve, n_all, metric)
-        if opponent_curves:
-            projection = difference_at(tuned_curve, opponent_curves, n_all)
-            if tuned_curve.learns:
-                crossing = crossing_point(tuned_curve, opponent_curves, start=min(p.size for p in points), limit=CROSSING_LIMIT * n_all)
-    curves += [c for c in opponent_curves if c.learns]
-    for curve in opponent_curves:
-        flags += [f"{curve.name}: {flag}" for flag in curve.flags]
+    fits = fit_advice(
+        task, metric, higher, n_all, baseline_results, dict(zip([p.size for p in points], point_results, strict=True)),
+        {name: dict(zip([p.size for p in points], results, strict=True)) for name, results in curve_baselines.items()},
+        samples=config.eval.bootstrap_samples, seed=config.eval.seed, labels=label_map.labels if label_map is not None else None,
+    )
+    opponents = [Opponent(name, score, low, high, name in CURVE_BASELINES, baseline_seconds[name], baseline_results[name].model)
+                 for name, (score, low, high) in fits.scores.items()]
+    opponent_curves, projection, crossing, flags = fits.opponents, fits.projection, fits.crossing, list(fits.flags)
+    curves = ([fits.tuned] if fits.tuned is not None else []) + [c for c in opponent_curves if c.learns]
     if stopped:
         flags.append(stopped)
     if len(validation) < 30:
@@ -597,6 +657,7 @@ def advise(
         budget={"minutes": budget_minutes, "sizes": [len(subset(size)) for size in sizes], "estimated_seconds": planned_s,
                 "used_seconds": time.perf_counter() - started},
         retrain_every=retrain_every, folder=root, warnings=warnings + list(split.warnings),
+        bootstrap={"samples": config.eval.bootstrap_samples, "seed": config.eval.seed},
     )
     advice.seconds = time.perf_counter() - started
     advice.budget["used_seconds"] = advice.seconds
