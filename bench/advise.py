@@ -155,13 +155,13 @@ def run_case(dataset: str, seed: int, labels: int | None, validation_rows: int, 
     return result
 
 
-def refit(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def refit(results: list[dict[str, Any]], run_noise: float | None = None) -> list[dict[str, Any]]:
     """Each case's projections fitted again from its saved advice (the curve code of this checkout, no training)."""
     from tunelab.tasks.advise import refit_advice
 
     for result in results:
         case = f"{result['dataset']}-seed{result['seed']}" + (f"-labels{result['labels_asked']}" if result.get("labels_asked") else "")
-        _, fits = refit_advice(WORK_DIR / case / "advice")
+        _, fits = refit_advice(WORK_DIR / case / "advice", run_noise=run_noise)
         n = {int(size): count for size, count in result["train_rows"].items()}
         curves = {curve.name: curve for curve in [fits.tuned, *fits.opponents] if curve is not None and curve.learns}
         result["projected"] = {str(size): _band(curves["tuned"], n[size]) for size in SIZES} if "tuned" in curves else {}
@@ -222,14 +222,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-minutes", type=float, default=60.0, help="advise's budget (the curve gets what fits)")
     parser.add_argument("--name", default="advise")
     parser.add_argument("--refit", action="store_true",
-                        help="train nothing: fit every saved case's curves again with this checkout's code and rewrite the results")
+                        help="train nothing: fit every saved case's curves again with this checkout's code and write them as --into")
+    parser.add_argument("--into", default=None, help="--refit: the results name to write (default: --name, rewritten)")
+    parser.add_argument("--run-noise", type=float, default=None, help="--refit: the run-to-run noise of the tuned curve (default: the library's)")
     args = parser.parse_args(argv)
     if args.refit:
         path = RESULTS_DIR / f"{args.name}.json"
         data = json.loads(path.read_text())
-        data["results"] = refit(data["results"])
+        data["results"] = refit(data["results"], args.run_noise)
         data["refit_command"] = " ".join(sys.argv)
-        write_results(args.name, data, render(data["results"]))
+        write_results(args.into or args.name, data, render(data["results"]))
         print(render(data["results"]))
         return
     if not SHARED_DATA.is_dir():

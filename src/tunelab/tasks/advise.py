@@ -298,15 +298,19 @@ class Fits:
 def fit_advice(
     task: str, metric: str, higher: bool, train_size: int, baselines: dict[str, EvalResult], points: dict[int, EvalResult],
     refits: dict[str, dict[int, EvalResult]], *, samples: int, seed: int, labels: Sequence[str] | None = None,
+    run_noise: float | None = None,
 ) -> Fits:
     """Fit every curve of an advice from its evaluations, all on the same validation rows.
 
     ``baselines``: each opponent trained on all the training data; ``points``: the tuned model at each
     size; ``refits``: the opponents refitted at each size. Every evaluation is computed on the same
     bootstrap resamples (``evaluation.curve.resampled_scores``), so the tuned curve and the opponents stay paired.
+    The tuned curve's band also holds the run-to-run noise of training (``run_noise``, default
+    ``evaluation.curve.RUN_NOISE``); an opponent's curve is deterministic given its data.
     """
     from tunelab.evaluation.curve import (
         CROSSING_LIMIT,
+        RUN_NOISE,
         crossing_point,
         difference_at,
         fit_curve,
@@ -336,7 +340,8 @@ def fit_advice(
     if points:
         sizes = sorted(points)
         columns = [column[id(points[n])] for n in sizes]
-        tuned = fit_curve("tuned", sizes, full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher)
+        tuned = fit_curve("tuned", sizes, full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher,
+                          run_noise=RUN_NOISE if run_noise is None else run_noise, seed=seed)
         flags += projection_flags(tuned, train_size, metric)
         if opponents:
             projection = difference_at(tuned, opponents, train_size)
@@ -347,7 +352,7 @@ def fit_advice(
     return Fits(scores, opponents, tuned, projection, crossing, flags)
 
 
-def refit_advice(folder: str | Path) -> tuple[dict[str, Any], Fits]:
+def refit_advice(folder: str | Path, *, run_noise: float | None = None) -> tuple[dict[str, Any], Fits]:
     """An advice's curves fitted again from the evaluations it saved (no training): what ``bench/advise.py --refit`` uses.
 
     Raises:
@@ -373,7 +378,7 @@ def refit_advice(folder: str | Path) -> tuple[dict[str, Any], Fits]:
                 refits.setdefault(unquote(path.stem), {})[point["size"]] = EvalResult.load(path)
     bootstrap = data.get("bootstrap") or {"samples": 1000, "seed": 0}
     return data, fit_advice(data["task"], data["metric"], data["higher_is_better"], data["train_size"], baselines, points, refits,
-                            samples=bootstrap["samples"], seed=bootstrap["seed"])
+                            samples=bootstrap["samples"], seed=bootstrap["seed"], run_noise=run_noise)
 
 
 # ------------------------------------------------------------------------------------------ runner

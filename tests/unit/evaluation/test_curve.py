@@ -177,3 +177,21 @@ def test_the_difference_at_a_size_is_against_the_best_opponent_with_a_paired_int
     gap = difference_at(tuned, [few_shot, classical], 400)  # tuned 0.9 - 1/20 = 0.85
     assert gap.opponent == "classical" and gap.difference == pytest.approx(0.05, abs=1e-6)
     assert gap.low == pytest.approx(0.85 - 0.85 + 0.0025, abs=0.01) and gap.high == pytest.approx(0.1, abs=0.01)
+
+
+def test_run_noise_widens_the_band_around_the_same_curve():
+    law = PowerLaw(0.9, 1.0, 0.5)
+    exact = np.tile(_exact(law), (400, 1))  # no validation noise at all: only the runs' own noise is left
+    quiet = fit_curve("tuned", SIZES, _exact(law), exact, metric="accuracy")
+    noisy = fit_curve("tuned", SIZES, _exact(law), exact, metric="accuracy", run_noise=0.08, seed=1)
+    assert noisy.value([640])[0] == quiet.value([640])[0]  # the central curve is the fit of the measured points
+    low, high = quiet.band([640])
+    assert high[0] - low[0] < 1e-6
+    low, high = noisy.band([640])
+    # One run at 0.9 - 1/sqrt(640) = 0.860 varies by 0.08 * sqrt(0.86 * 0.14) = 0.028: the band is at least about 2 x 1.96 x that.
+    assert high[0] - low[0] > 2 * 1.96 * 0.028 * 0.9 and low[0] < 0.86 < high[0]
+    assert (noisy.sample_values([10, 1e6]) <= 1.0).all() and (noisy.sample_values([10, 1e6]) >= 0.0).all()
+    # A metric without a bound (perplexity) has no run noise model: its band stays the validation rows' only.
+    ppl = PowerLaw(5.0, 20.0, 0.5, higher_is_better=False)
+    flat = fit_curve("tuned", SIZES, _exact(ppl), np.tile(_exact(ppl), (50, 1)), metric="perplexity", higher_is_better=False, run_noise=0.08)
+    assert flat.run_draws is None
