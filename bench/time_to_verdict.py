@@ -10,6 +10,11 @@ exit is the figure, and the pipeline's own step timings (``pipeline.json``) say 
     PYTHONPATH=src python bench/time_to_verdict.py                                   # this checkout
     PYTHONPATH=src python bench/time_to_verdict.py --before-src /tmp/before/src      # and an older one, same run
     PYTHONPATH=src python bench/time_to_verdict.py --hog                             # a CPU hog on one core throughout
+    PYTHONPATH=src python bench/time_to_verdict.py --job quickstart --idle-and-hog   # `make demo`'s job, idle then beside a hog
+
+``--job quickstart`` times `make demo`'s command instead (``tunelab run examples/support-routing/config.yaml``,
+its own registry and run folder); ``--idle-and-hog`` runs each variant twice in the same invocation, on
+the idle machine and then with one core kept busy, and reports the busy/idle ratio.
 
 Children inherit the environment minus ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` unless ``--keep-omp``:
 what a user who sets nothing gets. Results: ``bench/results/<--name>.{json,md}``.
@@ -57,23 +62,32 @@ def _data(per_label: int, test_rows: int, seed: int) -> tuple[str, str, int, int
     return train_path, test_path, len(rows), len(test)
 
 
-def run_variant(label: str, src: Path, train: str, test: str, *, keep_omp: bool, hog: bool, timeout: float) -> dict[str, Any]:
-    folder = WORK_DIR / label
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "support-routing" / "config.yaml"
+
+
+def run_variant(label: str, src: Path, train: str | None, test: str | None, *, keep_omp: bool, hog: bool, timeout: float) -> dict[str, Any]:
+    """One ``tunelab run`` process, launch to exit; ``train`` None: the quickstart's own config (``make demo``)."""
+    folder = WORK_DIR / label.replace(", ", "-")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    config = {
-        "task": "classify", "model": "default", "name": "banking77-10",
-        "data": {"train": train, "test": test},
-        "train": {"output_dir": str(folder / "runs")},
-        "registry": str(folder / "registry.db"),
-    }
-    config_path = folder / "config.json"
-    config_path.write_text(json.dumps(config, indent=1))
+    name = "banking77-10" if train is not None else "quickstart"
+    if train is not None:
+        config = {
+            "task": "classify", "model": "default", "name": name,
+            "data": {"train": train, "test": test},
+            "train": {"output_dir": str(folder / "runs")},
+            "registry": str(folder / "registry.db"),
+        }
+        config_path = folder / "config.json"
+        config_path.write_text(json.dumps(config, indent=1))
+        arguments = [str(config_path)]
+    else:
+        arguments = [str(QUICKSTART), f"name={name}", f"train.output_dir={folder / 'runs'}", f"registry={folder / 'registry.db'}"]
     env = dict(os.environ, PYTHONPATH=str(src), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if not keep_omp:
         env.pop("OMP_NUM_THREADS", None)
         env.pop("MKL_NUM_THREADS", None)
-    command = [sys.executable, "-m", "tunelab.cli.main", "run", str(config_path)]
+    command = [sys.executable, "-m", "tunelab.cli.main", "run", *arguments]
     log_path = folder / "stdout.log"
     load_before = os.getloadavg()
     with busy_cores_sampler() as busy, cpu_hog(timeout if hog else 0) as hog_process, log_path.open("w") as log:
@@ -86,7 +100,7 @@ def run_variant(label: str, src: Path, train: str, test: str, *, keep_omp: bool,
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run alone: the hog is reaped later
         busy.child_cores = round((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / wall, 2)
-    state_path = folder / "runs" / "banking77-10" / "pipeline.json"
+    state_path = folder / "runs" / name / "pipeline.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     steps = state.get("steps", {})
     tail = log_path.read_text(errors="replace").splitlines()[-25:]
@@ -100,7 +114,8 @@ def run_variant(label: str, src: Path, train: str, test: str, *, keep_omp: bool,
 
 
 def render(data: dict[str, Any]) -> str:
-    lines = [f"# Time to verdict: BANKING77, {data['train_rows']} training rows, {data['test_rows']} test requests", "",
+    job = "BANKING77" if data.get("job", "banking77") == "banking77" else "the quickstart (make demo)"
+    lines = [f"# Time to verdict: {job}, {data['train_rows']} training rows, {data['test_rows']} test requests", "",
              f"`{data['command']}`", "", machine_markdown(data["machine"]), ""]
     headers = ["variant", "wall s", "wall min", *[f"{step} s" for step in STEPS], "others' busy cores", "exit"]
     rows = []
@@ -109,6 +124,11 @@ def render(data: dict[str, Any]) -> str:
         rows.append([result["label"], result["wall_s"], round(result["wall_s"] / 60, 1),
                      *[timings.get(step) for step in STEPS], result.get("others_busy_cores"), result["exit_code"]])
     lines.append(markdown_table(headers, rows))
+    walls = {result["label"]: result["wall_s"] for result in data["results"]}
+    for label, wall in walls.items():
+        if label.endswith(", hog") and walls.get(label.removesuffix(", hog")):
+            idle = walls[label.removesuffix(", hog")]
+            lines += ["", f"{label.removesuffix(', hog')}: beside a busy core {wall / idle:.2f}x its idle wall time ({wall:.0f} s / {idle:.0f} s)."]
     return "\n".join(lines)
 
 
@@ -123,20 +143,31 @@ def main() -> None:
     parser.add_argument("--no-now", action="store_true", help="run only --before-src")
     parser.add_argument("--timeout", type=float, default=7200)
     parser.add_argument("--name", default="time_to_verdict")
+    parser.add_argument("--job", choices=["banking77", "quickstart"], default="banking77")
+    parser.add_argument("--idle-and-hog", action="store_true", help="each variant on the idle machine, then beside a one-core hog")
     args = parser.parse_args()
-    if not (SHARED_DATA / "banking77").is_dir():
+    if args.job == "quickstart":
+        train = test = None
+        folder = QUICKSTART.parent
+        n_train = sum(1 for _ in (folder / "train.jsonl").open())
+        n_test = sum(1 for _ in (folder / "test.jsonl").open())
+    elif not (SHARED_DATA / "banking77").is_dir():
         print(f"skipped: {SHARED_DATA / 'banking77'} is absent", file=sys.stderr)
         return
-    train, test, n_train, n_test = _data(args.per_label, args.test_rows, args.seed)
+    else:
+        train, test, n_train, n_test = _data(args.per_label, args.test_rows, args.seed)
     variants = []
     if args.before_src:
         variants.append(("before", args.before_src.resolve()))
     if not args.no_now:
         variants.append(("now", (Path(__file__).resolve().parents[1] / "src")))
-    data: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv), "train_rows": n_train,
+    data: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv), "job": args.job, "train_rows": n_train,
                             "test_rows": n_test, "results": []}
-    for label, src in variants:
-        result = run_variant(label, src, train, test, keep_omp=args.keep_omp, hog=args.hog, timeout=args.timeout)
+    runs = [(label, src, args.hog) for label, src in variants]
+    if args.idle_and_hog:
+        runs = [(name, src, hog) for label, src in variants for name, hog in ((label, False), (f"{label}, hog", True))]
+    for label, src, hog in runs:
+        result = run_variant(label, src, train, test, keep_omp=args.keep_omp, hog=hog, timeout=args.timeout)
         print(json.dumps({k: result[k] for k in ("label", "wall_s", "timings", "others_busy_cores", "exit_code")}), flush=True)
         data["results"].append(result)
         write_results(args.name, data, render(data))
