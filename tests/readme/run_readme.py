@@ -101,8 +101,24 @@ PLAN: dict[str, Run | Skip] = {
     "tunelab train run.yaml train.lr=1e-4 train.method=full": Skip(YOURS + ": run.yaml"),
     "tunelab train --resume runs/my-run": Skip(YOURS + ": runs/my-run"),
     "tunelab export --merge runs/my-run merged/": Skip(YOURS + ": runs/my-run"),
-    "accelerate launch --multi_gpu --num_processes 2 -m tunelab.cli.main train run.yaml": Skip("GPUs, and " + YOURS),
-    "accelerate launch --config_file fsdp.yaml -m tunelab.cli.main train run.yaml": Skip("GPUs, and " + YOURS),
+    # GPUs and clusters (multi-process training is tested on 2 CPU processes in tests/unit/train and tests/unit/tasks/test_fit.py)
+    "tunelab sweep CONFIG --engine ray --asha --search optuna --trials 12 --grid train.lr=1e-5,1e-3": Skip(SYNOPSIS),
+    "pip install 'tunelab[qlora]'": Skip("installs an extra from the network (make test installs the qlora and ray extras)"),
+    "tunelab run config.yaml model.name=Qwen/Qwen2.5-7B-Instruct model.allow_network=true train.method=qlora": Skip(
+        "a 7B model: the network and a GPU, and " + YOURS),
+    "tunelab run config.yaml model.name=Qwen/Qwen2.5-7B-Instruct model.allow_network=true train.fit=auto": Skip(
+        "a 7B model: the network and a GPU, and " + YOURS),
+    "tunelab run config.yaml --launch \"--num_processes 8\"": Skip("8 GPUs, and " + YOURS),
+    "tunelab run config.yaml --launch \"--use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --num_processes 8\"": Skip(
+        "8 GPUs, and " + YOURS),
+    "tunelab train config.yaml --launch \"--config_file my-accelerate.yaml\"": Skip("GPUs, and " + YOURS),
+    "tunelab train --resume runs/NAME --launch \"--num_processes 8\"": Skip("8 GPUs, and " + YOURS),
+    "tunelab train config.yaml --launch \"--num_machines 2 --machine_rank 0 --main_process_ip 10.0.0.1 --main_process_port 29500 --num_processes 16\"": Skip(
+        "two machines with GPUs"),
+    "ray start --head --port 6379": Skip("starts a node of a Ray cluster (tests/unit/tasks/test_ray_sweep.py starts a real local one)"),
+    "ray start --address HEAD:6379": Skip("joins a Ray cluster's head on another machine"),
+    "tunelab sweep config.yaml --engine ray --address auto --name lr-rank --asha --gpus-per-trial 1 --search optuna --trials 24 --grid train.lr=1e-5,1e-3 --grid lora.r=8,16,32 --max-usd 40 budget.gpu=A10G": Skip(
+        "a Ray cluster with GPUs, and " + YOURS),
     # Evaluation
     "tunelab run examples/support-routing/config.yaml name=r1": Run(TINY_CLASSIFY),
     "tunelab eval --model default --data examples/support-routing/test.jsonl --task classify --labels runs/r1/labels.json --out r1-base.json": Run(("--limit", "16")),

@@ -369,12 +369,12 @@ def refit_advice(folder: str | Path, *, run_noise: float | None = None) -> tuple
     points: dict[int, EvalResult] = {}
     refits: dict[str, dict[int, EvalResult]] = {}
     for point in data["points"]:
-        evals = Path(point["run_dir"]) / "eval"
-        if not evals.is_dir():
-            evals = folder / "curve" / Path(point["run_dir"]).name / "eval"
-        points[point["size"]] = EvalResult.load(evals / "validation.json")
-        for path in evals.glob("*.json"):
-            if path.stem != "validation":
+        run = RunFolder(Path(point["run_dir"]))
+        if not run.eval_dir.is_dir():
+            run = RunFolder(folder / "curve" / Path(point["run_dir"]).name)
+        points[point["size"]] = EvalResult.load(run.validation_eval)
+        for path in run.eval_dir.glob("*.json"):
+            if path != run.validation_eval:
                 refits.setdefault(unquote(path.stem), {})[point["size"]] = EvalResult.load(path)
     bootstrap = data.get("bootstrap") or {"samples": 1000, "seed": 0}
     return data, fit_advice(data["task"], data["metric"], data["higher_is_better"], data["train_size"], baselines, points, refits,
@@ -487,7 +487,7 @@ def advise(
 
     # 2. Opponents on the validation rows, each learning from the training split only.
     from tunelab.config import resolve_baselines
-    from tunelab.evaluation.baselines import evaluate_baseline
+    from tunelab.evaluation.baselines import BaselineSkipped, evaluate_baseline
 
     names = resolve_baselines(task, config.eval)
     baseline_results: dict[str, EvalResult] = {}
@@ -495,8 +495,14 @@ def advise(
     for baseline in names:
         _emit(on_event, "baseline", "start", baseline=baseline, n=len(validation))
         began = time.perf_counter()
-        result = evaluate_baseline(baseline, base, validation, task, train=train, config=config.eval, data_config=whole,
-                                   label_map=label_map, train_ids=[r.id for r in train])
+        try:
+            result = evaluate_baseline(baseline, base, validation, task, train=train, config=config.eval, data_config=whole,
+                                       label_map=label_map, train_ids=[r.id for r in train])
+        except BaselineSkipped as skipped:
+            # It cannot run here (no room for one example, no embedding model): said, never silently absent.
+            warnings.append(f"{baseline} skipped: {skipped}")
+            _emit(on_event, "baseline", "done", baseline=baseline, skipped=str(skipped), seconds=time.perf_counter() - began)
+            continue
         baseline_seconds[baseline] = time.perf_counter() - began
         result.save(root / "baselines" / f"{baseline_file_stem(baseline)}.json")
         baseline_results[baseline] = result

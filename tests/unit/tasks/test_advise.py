@@ -50,15 +50,15 @@ def test_advise_scores_opponents_and_a_nested_curve_on_validation_rows_only(tmp_
     # Sizes: all 72 training examples and their halvings down to MIN_EXAMPLES (8): 72, 36, 18, 9; 9 of two
     # labels of 36 each is round(4.5) = 4 per label: the subset has 8.
     assert [p.size for p in advice.points] == [8, 18, 36, 72]
-    assert [o.name for o in advice.opponents] == ["base", "classical", "few_shot"]
-    assert [c.name for c in advice.curves] == ["tuned", "classical"]
-    assert advice.curves[0].sizes == [8, 18, 36, 72] and advice.curves[1].sizes == [8, 18, 36, 72]
+    assert [o.name for o in advice.opponents] == ["base", "classical", "embedding", "few_shot"]
+    assert [c.name for c in advice.curves] == ["tuned", "classical", "embedding"]
+    assert all(curve.sizes == [8, 18, 36, 72] for curve in advice.curves)
     # Every evaluation is of the validation rows; no test row is ever scored.
     validation_ids = [r.id for r in split.validation]
     test_ids = {r.id for r in split.test}
     files = list(advice.folder.rglob("*.json"))
     evaluations = [json.loads(f.read_text()) for f in files if f.parent.name in ("eval", "baselines")]
-    assert len(evaluations) == 3 + 4 * 2  # 3 opponents; each size: the tuned run and the classical refit
+    assert len(evaluations) == 4 + 4 * 3  # 4 opponents; each size: the tuned run, the classical and embedding refits
     for evaluation in evaluations:
         ids = [row["id"] for row in evaluation["rows"]]
         assert ids == validation_ids and not test_ids & set(ids)
@@ -185,7 +185,9 @@ def test_sft_and_text_get_their_own_opponents_and_curves(tmp_path, tiny_model_di
         "eval": {"bootstrap_samples": 100, "max_new_tokens": 8, "few_shot_tokens": 64},
     })
     advice = advise(sft, budget_minutes=None, calibrate=False)
-    assert advice.metric == "rougeL" and [o.name for o in advice.opponents] == ["base", "few_shot", "retrieval"]
+    # 64 tokens hold no solved example: few_shot is skipped, and says so.
+    assert advice.metric == "rougeL" and [o.name for o in advice.opponents] == ["base", "embedding", "retrieval"]
+    assert any(w.startswith("few_shot skipped: 64 tokens") for w in advice.warnings), advice.warnings
     assert [c.name for c in advice.curves][:1] == ["tuned"] and "retrieval" in [c.name for c in advice.curves]
     assert len(advice.points) == 3 and advice.recommendation
     documents = tmp_path / "log.jsonl"
