@@ -137,6 +137,14 @@ def test_classify_with_out_of_scope_answers_the_same_everywhere(tmp_path, tiny_m
         served = server.post("/v1/classify", {"input": [*texts, long_text]})["data"]
     served = dict(zip([*texts, long_text], served, strict=True))
     exports = _exports(run, tmp_path)
+    # The GGUF file answers each label with a token spelled as its name (its trained row moved there): the
+    # label's scores are read at the tokens the file names in its metadata; the merged folder keeps the codes.
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    from tunelab.models.gguf_export import LABELS_KEY
+
+    answer_ids = {"merged": list(run.label_map.token_ids),
+                  "gguf": json.loads(read_gguf_metadata(str(tmp_path / "model.gguf"))[0][LABELS_KEY])["answer_ids"]}
     for text in texts:
         expected = saved[text]
         assert generated[text] == expected["prediction"] == served[text]["label"]
@@ -145,7 +153,7 @@ def test_classify_with_out_of_scope_answers_the_same_everywhere(tmp_path, tiny_m
             ids = tokenizer.apply_chat_template(classify_messages(text, SYSTEM), add_generation_prompt=True, return_tensors="pt",
                                                 return_dict=True)["input_ids"]
             with torch.inference_mode():
-                logits = model(ids).logits[0, -1, run.label_map.token_ids].double()
+                logits = model(ids).logits[0, -1, answer_ids[name]].double()
             probabilities = torch.softmax(logits, -1).numpy()
             top = run.label_map.labels[int(np.argmax(probabilities))]
             answer = run.out_of_scope.answer(top, float(probabilities.max()))
