@@ -110,7 +110,7 @@ def create_app(settings: UISettings):
     from tunelab.evaluation.report import CONFUSION_SCRIPT, CONFUSION_STYLE, confusion_html
 
     templates.globals.update(
-        number=views.number, signed=views.signed, duration=duration, money=money, confusion_html=confusion_html,
+        number=views.number, signed=views.signed, verdict_kind=views.verdict_kind, outcome_kind=views.outcome_kind, duration=duration, money=money, confusion_html=confusion_html,
         confusion_script=CONFUSION_SCRIPT, confusion_style=CONFUSION_STYLE,
     )
 
@@ -352,6 +352,7 @@ def create_app(settings: UISettings):
         return {
             **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),
             "run_id": record.id if record else None, "verdict": record.verdict if record else None,
+            "verdict_kind": views.verdict_kind(record.verdict if record else None),
             "command": "tunelab " + " ".join(job.command[3:]),
         }
 

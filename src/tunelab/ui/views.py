@@ -84,7 +84,7 @@ class RunRow:
     low: float | None
     high: float | None
     verdict: str
-    verdict_kind: str  # paid-off, lost, no-difference, none: the colour of the verdict
+    verdict_kind: str  # paid-off, lost, no-difference, too-few, none: the colour of the verdict
     baselines: list[tuple[str, float | None]]  # every baseline's value of the metric
     cost_usd: float | None
     cost_where: str
@@ -113,9 +113,14 @@ class RunRow:
 
 
 def verdict_kind(verdict: str | None) -> str:
-    """The colour class of a verdict: it paid off (green), a baseline wins (red), no significant difference (amber)."""
+    """The colour class of a verdict: it paid off (green), a baseline wins (red), no significant difference (amber),
+    too few test examples to decide (grey: no verdict at all, neither a loss nor a tie)."""
+    from tunelab.evaluation.compare import TOO_FEW
+
     if not verdict or verdict == "-":
         return "none"
+    if verdict.startswith(TOO_FEW):
+        return "too-few"
     if "paid off" in verdict and "not" not in verdict:
         return "paid-off"
     if verdict.startswith("use ") or "worse" in verdict:
@@ -172,6 +177,16 @@ class MetricLine:
     cells: list[dict[str, Any]] = field(default_factory=list)  # per baseline: value, difference, low, high, outcome
 
 
+def outcome_kind(outcome: str | None, n: Any) -> str:
+    """The colour class of one metric's outcome (better, worse, no-significant-difference, changed), or "too-few"
+    under ``MIN_TEST_EXAMPLES`` paired test examples: there the interval is too narrow to trust, whatever it says."""
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+
+    if isinstance(n, int) and n < MIN_TEST_EXAMPLES:
+        return "too-few"
+    return (outcome or "").replace(" ", "-")
+
+
 def verdict_table(comparison: dict[str, Any] | None) -> tuple[list[str], list[MetricLine]]:
     """The before/after/baselines table of a stored verdict: one line per metric, one cell per baseline."""
     if not comparison or not isinstance(comparison.get("comparisons"), dict) or not comparison["comparisons"]:
@@ -187,6 +202,7 @@ def verdict_table(comparison: dict[str, Any] | None) -> tuple[list[str], list[Me
             line.cells.append({
                 "baseline": name, "value": other.get("before"), "difference": other.get("difference"),
                 "low": other.get("low"), "high": other.get("high"), "outcome": other.get("outcome", ""),
+                "kind": outcome_kind(other.get("outcome"), comparison["comparisons"][name].get("n", comparison.get("n"))),
             })
         lines.append(line)
     return names, lines
@@ -304,7 +320,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "confusions": confusion_matrices(record),
         "examples": changed(record, comparison),
         "files": run_files(record),
-        "baselines_done": finished_baselines(folder.root) if folder and folder.eval_dir.is_dir() and not comparison else [],
+        "baselines_done": finished_baselines(folder.root, pipeline) if folder and not comparison else [],
         "score_name": VALIDATION_SCORE_NAMES.get(record.task or "", "validation score"),
         "train": (record.artifacts or {}).get("train") or (((pipeline or {}).get("steps") or {}).get("train") if isinstance(pipeline, dict) else None),
     }
@@ -322,13 +338,30 @@ def _total_steps(estimate: dict[str, Any] | None, config: dict[str, Any]) -> int
     return int(max_steps) if isinstance(max_steps, int) and max_steps > 0 else None
 
 
-def finished_baselines(run_dir: Path) -> list[dict[str, Any]]:
-    """The baselines a (running) run has already evaluated: name and primary metric, from their saved evaluations."""
+def finished_baselines(run_dir: Path, pipeline: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The baselines a (running) run has already dealt with: name and primary metric from their saved evaluations,
+    and those skipped (``eval.skip_hopeless``, a prompt that holds no example) with the reason pipeline.json keeps.
+
+    A skipped baseline is listed as skipped, never left out: the page must not read as if it was forgotten.
+    Ordered as the run's ``eval.baselines`` when pipeline.json has its config.
+    """
     found = []
     for name, path in RunFolder(Path(run_dir)).baseline_evaluations().items():
         metrics = (_load_json(path) or {}).get("metrics") or {}
         primary = metrics.get("primary")
-        found.append({"name": name, "metric": primary, "value": metrics.get(primary) if primary else None})
+        found.append({"name": name, "metric": primary, "value": metrics.get(primary) if primary else None, "skipped": None})
+    pipeline = pipeline if isinstance(pipeline, dict) else {}
+    baseline_step = (pipeline.get("steps") or {}).get("baseline")
+    skipped = baseline_step.get("skipped") if isinstance(baseline_step, dict) else None
+    scored = {entry["name"] for entry in found}
+    for name, reason in (skipped if isinstance(skipped, dict) else {}).items():
+        if name not in scored:
+            found.append({"name": name, "metric": None, "value": None, "skipped": str(reason)})
+    config_eval = (pipeline.get("config") or {}).get("eval") if isinstance(pipeline.get("config"), dict) else None
+    order = (config_eval or {}).get("baselines") if isinstance(config_eval, dict) else None
+    if isinstance(order, list):
+        position = {name: index for index, name in enumerate(order)}
+        found.sort(key=lambda entry: position.get(entry["name"], len(position)))
     return found
 
 
@@ -373,7 +406,7 @@ def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dic
         "series": series,
         "score_name": VALIDATION_SCORE_NAMES.get(task or "", "validation score"),
         "live": live,
-        "baselines": finished_baselines(folder.root) if folder.eval_dir.is_dir() else [],
+        "baselines": finished_baselines(folder.root, pipeline) if folder.eval_dir.is_dir() or pipeline else [],
         "status": status,
     }
 
@@ -472,6 +505,7 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         agreement,
         open_run_review,
         registry_judgments,
+        review_opponent,
         score_registry_reviews,
     )
 
@@ -501,6 +535,9 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         next_row["reference"] = _reference_of(Path(record.run_dir), next_row["id"])
     return {
         "record": {"id": record.id, "name": record.name, "task": record.task},
+        # Which baseline the tuned model is reviewed against (the base model, else the verdict's strongest when the base
+        # was skipped): named, as the score is; which side is which stays unnamed.
+        "opponent": review_opponent(record.run_dir).stem,
         "reviewer": reviewer,
         "total": len(askable),
         "identical": len(identical),

@@ -214,6 +214,8 @@ def test_runs_list_shows_the_strongest_baseline_coloured_verdicts_and_real_costs
     assert (row.opponent, row.opponent_value, row.tuned, row.difference) == (verdict.strongest, accuracy.before, accuracy.after, accuracy.difference)
     assert verdict_kind("fine-tuning paid off") == "paid-off" and verdict_kind("use classical instead") == "lost"
     assert verdict_kind("no significant difference") == "no-difference" and verdict_kind(None) == "none"
+    # Under 30 paired test examples there is no verdict: its own neutral kind, neither a loss nor a tie.
+    assert verdict.verdict == "too few test examples to decide" and verdict_kind(verdict.verdict) == "too-few"
     from tunelab.estimate.summary import money
 
     assert money(0.000031) == "$0.000031" and money(6.1e-09) == "$0.0000000061"
@@ -221,6 +223,10 @@ def test_runs_list_shows_the_strongest_baseline_coloured_verdicts_and_real_costs
     with _client(registry) as client:
         page = client.get("/").text
         assert f"verdict-{verdict_kind(verdict.verdict)}" in page and "strongest baseline" in page
+        # The run page: the same kind, and no cell coloured as significant on 20 test examples.
+        run_page = client.get(f"/runs/{record.id}").text
+        assert 'class="verdict verdict-too-few" id="verdict"' in run_page and "outcome-too-few" in run_page
+        assert "outcome-better" not in run_page and "outcome-worse" not in run_page
 
 
 def test_a_running_run_shows_its_live_step_and_the_baselines_already_evaluated(made_run):
@@ -234,7 +240,10 @@ def test_a_running_run_shows_its_live_step_and_the_baselines_already_evaluated(m
         {"step": 10, "loss": 2.0, "lr": 1e-3, "elapsed": 5.0, "tokens_per_second": 300.0},
         {"step": 10, "validation_loss": 1.9, "validation_score": 0.6},
         {"step": 20, "loss": 1.5, "lr": 5e-4, "elapsed": 10.0, "tokens_per_second": 320.0}]) + "\n")
-    (run_dir / "pipeline.json").write_text(json.dumps({"steps": {"check": 1, "split": 1, "estimate": 1, "baseline": 1}}))
+    reason = "2 of 5 validation requests right: it cannot win, so it is not scored on the test rows"
+    (run_dir / "pipeline.json").write_text(json.dumps({
+        "config": {"eval": {"baselines": ["few_shot", "base"]}},
+        "steps": {"check": 1, "split": 1, "estimate": 1, "baseline": {"paths": {}, "skipped": {"few_shot": reason}}}}))
     registry.update_run(record.id, status="running", comparison=None, tuned_metrics=None,
                         estimate={"tokens": {"optimizer_steps": 80}, "gpus": [{"name": "L4", "usd": 0.25, "fits": True}]})
     with _client(registry) as client:
@@ -242,9 +251,12 @@ def test_a_running_run_shows_its_live_step_and_the_baselines_already_evaluated(m
         assert state["live"] == {"step": 20, "total_steps": 80, "eta_seconds": 30.0, "elapsed": 10.0, "tokens_per_second": 320.0, "training": True}
         assert state["series"]["lr"] == [[10.0, 0.001], [20.0, 0.0005]] and state["series"]["validation_score"] == [[10.0, 0.6]]
         assert state["score_name"] == "validation accuracy"
-        assert state["baselines"] == [{"name": "base", "metric": "accuracy", "value": 0.5}]
+        # A skipped baseline is listed with its reason, in the run's eval.baselines order, never left out.
+        assert state["baselines"] == [{"name": "few_shot", "metric": None, "value": None, "skipped": reason},
+                                      {"name": "base", "metric": "accuracy", "value": 0.5, "skipped": None}]
         page = client.get(f"/runs/{record.id}").text
-        assert "the baselines evaluated so far" in page and "No comparison yet" in page
+        assert "the baselines evaluated or skipped so far" in page and "No comparison yet" in page
+        assert f"skipped ({reason})" in page
 
 
 def test_compare_warns_when_runs_are_of_different_tasks(made_run, tmp_path):
@@ -272,6 +284,26 @@ def test_review_shows_the_reference_and_leaves_identical_answers_out(made_run):
         assert state["next"]["output_a"] != state["next"]["output_b"]
         reference = next(r["reference"] for r in tuned["rows"] if r["id"] == state["next"]["id"])
         assert state["next"]["reference"] == reference
+
+
+def test_review_against_the_strongest_baseline_that_answers_alike_says_there_is_nothing_to_review(tmp_path):
+    # The base model skipped (eval.skip_hopeless): the review is against the verdict's strongest baseline, here one that
+    # answers every test example as the tuned model does. The page says so, instead of "every row is judged".
+    references = ["x", "y"] * 10
+    tuned = _eval("tuned-run", references, references)
+    classical = _eval("classical (TF-IDF)", references, references)
+    run_dir = tmp_path / "runs" / "alike"
+    classical.save(run_dir / "eval" / "classical.json")
+    tuned.save(run_dir / "eval" / "tuned.json")
+    compare_with_baselines({"classical": classical}, tuned, samples=200, skipped={"base": "it cannot win"}).save(run_dir / "eval" / "comparison.json")
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    record = registry.create_run(name="alike", task="classify", model="/models/tiny", status="finished", run_dir=str(run_dir))
+    with _client(registry) as client:
+        state = client.get(f"/api/runs/{record.id}/review", params={"reviewer": "ann"}).json()
+        assert (state["opponent"], state["total"], state["identical"], state["next"]) == ("classical", 0, 20, None)
+        page = client.get(f"/runs/{record.id}/review", params={"reviewer": "ann"}).text
+        assert "Nothing to review: the tuned model and classical gave the same answer" in page and "against classical" in page
+        assert '<p id="all-done" class="hidden">' in page
 
 
 def test_start_form_fields_become_overrides_and_a_config_of_their_own(made_run, tmp_path, monkeypatch):

@@ -148,7 +148,7 @@ function formatSeconds(seconds) {
   return (h ? h + " h " : "") + (h || m ? m + " min " : "") + (s % 60) + " s";
 }
 
-// The live panel of a running run: step of total, ETA, tokens/s, the baselines already evaluated.
+// The live panel of a running run: step of total, ETA, tokens/s, the baselines already evaluated or skipped (with why).
 function renderLive(state) {
   const panel = document.getElementById("live");
   if (!panel) return;
@@ -171,10 +171,15 @@ function renderLive(state) {
     list.innerHTML = "";
     (state.baselines || []).forEach((b) => {
       const item = document.createElement("li");
-      item.textContent = b.name + ": " + (b.metric || "") + " " + (b.value === null || b.value === undefined ? "-" : (+b.value).toPrecision(4));
+      if (b.skipped) {
+        item.className = "skipped";
+        item.textContent = b.name + ": skipped (" + b.skipped + ")";
+      } else {
+        item.textContent = b.name + ": " + (b.metric || "") + " " + (b.value === null || b.value === undefined ? "-" : (+b.value).toPrecision(4));
+      }
       list.appendChild(item);
     });
-    if (!(state.baselines || []).length) list.innerHTML = "<li class='empty'>none evaluated yet</li>";
+    if (!(state.baselines || []).length) list.innerHTML = "<li class='empty'>none evaluated or skipped yet</li>";
   }
 }
 

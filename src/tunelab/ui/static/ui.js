@@ -110,6 +110,8 @@ function updateJob(state) {
   if (status) status.className = "status-" + state.job_status;
   setText("job-log", state.log || "");
   setText("job-verdict", state.verdict || "");
+  const verdict = document.getElementById("job-verdict");
+  if (verdict) verdict.className = "verdict verdict-" + (state.verdict_kind || "none") + (state.verdict ? "" : " hidden");
   const link = document.getElementById("run-link");
   if (link && state.run_id) {
     link.href = "/runs/" + state.run_id;
@@ -212,11 +214,11 @@ function renderReview(state) {
     document.getElementById("all-done").classList.add("hidden");
   } else {
     item.classList.add("hidden");
-    document.getElementById("all-done").classList.remove("hidden");
+    document.getElementById("all-done").classList.toggle("hidden", !state.total);
   }
   const s = state.score;
   setText("score", s ? percent(s.win_rate) + " (95% Wilson interval " + percent(s.low) + " to " + percent(s.high) + ") over " + s.judged +
-    " judgments: tuned " + s.tuned_wins + ", base " + s.base_wins + ", ties " + s.ties + " (half each)" : "no judgment yet");
+    " judgments: tuned " + s.tuned_wins + ", " + (state.opponent || "base") + " " + s.base_wins + ", ties " + s.ties + " (half each)" : "no judgment yet");
   const reviewers = document.getElementById("reviewers");
   reviewers.innerHTML = "";
   Object.entries(state.reviewers).forEach(([name, count]) => {
