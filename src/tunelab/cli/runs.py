@@ -168,7 +168,7 @@ def show(
     verdict = _stored_verdict_table(record.comparison)
     if verdict is not None:
         console.print(verdict)
-        colour = {"paid-off": "green", "lost": "red"}.get(_verdict_kind(record.verdict), "yellow")
+        colour = {"paid-off": "green", "lost": "red", "too-few": "dim"}.get(_verdict_kind(record.verdict), "yellow")
         console.print(f"[bold {colour}]verdict: {record.verdict}[/]  {record.comparison.get('summary', '')}")
     elif record.baseline_metrics or record.tuned_metrics:
         console.print(_metrics_table(record))
