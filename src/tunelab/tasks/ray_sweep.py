@@ -156,6 +156,23 @@ def run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     tune.report({METRIC: final, "step": last, "row": json.dumps(row), "finished": True, **common})
 
 
+def asha_scheduler(experiment: Path) -> Any:
+    """The ASHA of a sweep started anew, its rungs kept in the experiment's folder ``experiment``.
+
+    Trials are compared at the same optimizer step (every variant validates at the same steps). Not Tune's
+    count of reports: a trial restarted after a crash counts from 1 again, and its first report then sat in
+    the first rung beside other trials' first validations. max_t: ASHA never stops a run for its length.
+    The rungs are saved beside the experiment (``ray_asha``): Tune's restore hands back the scheduler as the
+    sweep began, which forgot every validation made before the driver died.
+    """
+    require_ray()
+    from tunelab.tasks.ray_asha import RUNGS_FILE, DurableASHAScheduler
+
+    rungs = Path(experiment) / RUNGS_FILE
+    rungs.unlink(missing_ok=True)  # left by an attempt that died before Tune saved a state to restore: not this sweep's
+    return DurableASHAScheduler(rungs, time_attr="step", grace_period=1, reduction_factor=2, max_t=10**9)
+
+
 def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list[str], settings: RaySweepSettings) -> RaySweepResult:
     """Run a sweep as a Ray Tune experiment; returns its leaderboard (best first).
 
@@ -165,7 +182,6 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     """
     tune = require_ray()
     import ray
-    from ray.tune.schedulers import ASHAScheduler
 
     from tunelab.config import load_config
     from tunelab.registry.store import Registry, default_registry_path
@@ -198,12 +214,7 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     if restored:
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        scheduler = None
-        if settings.asha:
-            # Trials are compared at the same optimizer step (every variant validates at the same steps). Not Tune's
-            # count of reports: a trial restarted after a crash counts from 1 again, and its first report then sat in
-            # the first rung beside other trials' first validations. max_t: ASHA never stops a run for its length.
-            scheduler = ASHAScheduler(time_attr="step", grace_period=1, reduction_factor=2, max_t=10**9)
+        scheduler = asha_scheduler(experiment) if settings.asha else None
         search_alg = None
         if settings.search == "optuna":
             try:

@@ -130,9 +130,16 @@ def test_ray_sweep_on_a_local_cluster_stops_lagging_trials_and_continues_after_t
     assert len(runs) == 4 and set(finished_before) <= {n for n, s in runs.items() if s == "finished"}
     # Every trial is a registered tunelab run. The two whose learning rate is too small to move the weights
     # (1e-8, 1e-9) lag at their first validations and ASHA stops them there; they are marked interrupted.
+    # They run after the restore, in an order Tune chooses, and may be the first to run then: ASHA judges
+    # them against the validations of the trial finished before the crash, read back with its rungs.
     stopped = {r["overrides"] for r in rows if r.get("name") in result["stopped"]}
     assert {"train.lr=1e-8", "train.lr=1e-9"} <= stopped, rows
     assert all(runs[name] == "interrupted" for name in result["stopped"]), (runs, result, again.stderr[-4000:])
+    # What ASHA saw is kept for a next crash: every trial's validations, those before this one's included.
+    from tunelab.tasks.ray_asha import RUNGS_FILE
+
+    rungs = json.loads((tmp_path / "runs" / "sweeps" / "s1" / RUNGS_FILE).read_text())
+    assert {trial for _, recorded in rungs["brackets"][0] for trial in recorded} == {r["name"].split("-")[1] for r in rows}
     ranked = [r for r in rows if r.get("after") is not None]
     assert ranked and rows[: len(ranked)] == ranked  # finished variants first, best first
     assert [r["after"] for r in ranked] == sorted((r["after"] for r in ranked), reverse=True)
@@ -149,3 +156,43 @@ def test_optuna_draws_from_the_grids_ranges():
     assert space["lora.r"].categories == ["8", "16"]
     assert isinstance(space["train.warmup_ratio"], tune.search.sample.Float)
     assert search_space(["train.lr=1e-5,1e-3"], "grid")["train.lr"] == {"grid_search": ["1e-5", "1e-3"]}
+
+
+def test_asha_restored_after_the_driver_died_still_compares_with_the_trials_seen_before(tmp_path):
+    """Tune's restore hands back the scheduler pickled when the sweep began (its experiment state leaves the
+    scheduler out). The sweep's ASHA reads its rungs back: a lagging trial that runs first after the restore is
+    compared with the trials seen before the crash, and a trial stopped before it stays stopped."""
+    from ray import cloudpickle
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from tunelab.tasks.ray_asha import RUNGS_FILE
+    from tunelab.tasks.ray_sweep import METRIC, asha_scheduler
+
+    # Left by an earlier attempt that died before Tune saved anything to restore: a sweep started anew ignores it.
+    stale = {"brackets": [[[2 ** k, {"stale": -0.1}] for k in reversed(range(30))]], "trials": {}, "stopped": [], "num_stopped": 0}
+    (tmp_path / RUNGS_FILE).parent.mkdir(parents=True)
+    (tmp_path / RUNGS_FILE).write_text(json.dumps(stale))
+
+    def report(scheduler, trial, step, loss):
+        return scheduler.on_trial_result(None, trial, {METRIC: loss, "step": step})
+
+    scheduler = asha_scheduler(tmp_path)
+    scheduler.set_search_properties(METRIC, "min")
+    as_the_sweep_began = cloudpickle.dumps(scheduler)  # what tuner.pkl holds, and Tuner.restore loads
+    good, slow, late = (Trial("run_trial", trial_id=name, stub=True) for name in ("good", "slow", "late"))
+    scheduler.on_trial_add(None, good)
+    scheduler.on_trial_add(None, slow)
+    # A good learning rate: its first validation is the worst of all, it improves fast.
+    assert [report(scheduler, good, step, loss) for step, loss in [(2, 0.81), (4, 0.68), (6, 0.54), (8, 0.26)]] == ["CONTINUE"] * 4
+    assert report(scheduler, slow, 2, 0.70) == TrialScheduler.CONTINUE  # better than good's first validation
+    assert report(scheduler, slow, 4, 0.70) == TrialScheduler.STOP  # worse than good's at step 4
+
+    # The driver dies; the same sweep again restores the scheduler as it began and adds its trials.
+    restored = cloudpickle.loads(as_the_sweep_began)
+    restored.set_search_properties(METRIC, "min")
+    for trial in (good, slow, late):
+        restored.on_trial_add(None, trial)
+    assert report(restored, late, 2, 0.70) == TrialScheduler.CONTINUE
+    assert report(restored, late, 4, 0.70) == TrialScheduler.STOP  # the first to run after the restore, yet stopped
+    assert report(restored, slow, 6, 0.70) == TrialScheduler.STOP  # its stop was not in Tune's state yet: it ran again
