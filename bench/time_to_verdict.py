@@ -67,10 +67,10 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "support-routing
 
 def run_variant(label: str, src: Path, train: str | None, test: str | None, *, keep_omp: bool, hog: bool, timeout: float) -> dict[str, Any]:
     """One ``tunelab run`` process, launch to exit; ``train`` None: the quickstart's own config (``make demo``)."""
-    folder = WORK_DIR / label.replace(", ", "-")
+    name = "banking77-10" if train is not None else "quickstart"
+    folder = WORK_DIR / name / label.replace(", ", "-")  # each job its own folders: one job's run never overwrites another's
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    name = "banking77-10" if train is not None else "quickstart"
     if train is not None:
         config = {
             "task": "classify", "model": "default", "name": name,
