@@ -86,6 +86,13 @@ def _quiet_libraries() -> None:
     # Through the environment, not by importing transformers: most commands never load a model, and
     # importing transformers (and torch under it) is most of their start-up time.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import logging
+
+    # bitsandbytes (the qlora extra) tries to fetch a prebuilt CPU kernel from the Hub when it is imported on a CPU
+    # with AVX512-BF16, and peft imports it for every LoRA run: offline it falls back to its own kernel and logs two
+    # warnings (its own and the kernels package's) that say nothing about the user's run.
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:
