@@ -20,6 +20,9 @@ whether the measured score is inside the projected band, and what advise recomme
 
 ``--labels K`` keeps a seeded K of each dataset's intents (all by default) so a case fits the machine.
 Results: ``bench/results/<name>.json`` and ``.md`` (``--name``, default ``advise``).
+
+    PYTHONPATH=src python bench/advise.py --refit --into advise-refit   # the saved cases' curves fitted again, no training
+    PYTHONPATH=src python bench/advise.py --render                      # advise.md written again from advise.json
 """
 
 from __future__ import annotations
@@ -178,10 +181,11 @@ def _inside(band: dict[str, float] | None, value: float | None) -> bool | None:
 
 def render(results: list[dict[str, Any]]) -> str:
     header = ["case", "labels", "train rows (10 / 40)", "advise: sizes → accuracy", "projected at 10 [95%]", "measured at 10 (held out / validation)",
-              "projected at 40 [95%]", "measured at 40 (held out / validation)", "error at 40 (held out)", "inside band at 40",
+              "error at 10 (held out)", "projected at 40 [95%]", "measured at 40 (held out / validation)", "error at 40 (held out)", "inside band at 40",
               "classical at 40: projected [95%] / measured", "advice"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     inside_count = total = 0
+    errors: dict[str, list[float]] = {"10": [], "40": []}
     for r in results:
         proj, meas = r["projected"], r["measured"]
         cells = [f"{r['dataset']} seed {r['seed']}", str(r["labels"]), f"{r['train_rows']['10']} / {r['train_rows']['40']}"]
@@ -191,9 +195,12 @@ def render(results: list[dict[str, Any]]) -> str:
             band = proj.get(size)
             cells.append(f"{band['value']:.3f} [{band['low']:.3f}, {band['high']:.3f}]" if band else "-")
             cells.append(f"{meas[size]['test']:.3f} / {meas[size]['validation']:.3f}")
+            error = meas[size]["test"] - band["value"] if band else None
+            cells.append(f"{error:+.3f}" if error is not None else "-")
+            if error is not None:
+                errors[size].append(error)
         band40 = proj.get("40")
         inside = _inside(band40, meas["40"]["test"])
-        cells.append(f"{meas['40']['test'] - band40['value']:+.3f}" if band40 else "-")
         cells.append({True: "yes", False: "no", None: "-"}[inside])
         if inside is not None:
             total += 1
@@ -204,6 +211,10 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Measured 40-per-label accuracy (held-out rows) inside the projected 95% band: {inside_count} of {total} cases.")
+    for size, values in errors.items():
+        if values:
+            lines.append(f"Error at {size} per label (measured on the held-out rows - projected): mean {sum(values) / len(values):+.3f}, "
+                         f"mean absolute {sum(abs(v) for v in values) / len(values):.3f}, over {len(values)} cases.")
     return "\n".join(lines)
 
 
@@ -225,7 +236,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="train nothing: fit every saved case's curves again with this checkout's code and write them as --into")
     parser.add_argument("--into", default=None, help="--refit: the results name to write (default: --name, rewritten)")
     parser.add_argument("--run-noise", type=float, default=None, help="--refit: the run-to-run noise of the tuned curve (default: the library's)")
+    parser.add_argument("--render", action="store_true", help="train and fit nothing: write <name>.md again from <name>.json")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())["results"]
+        (RESULTS_DIR / f"{args.name}.md").write_text(render(results).rstrip() + "\n")
+        print(render(results))
+        return
     if args.refit:
         path = RESULTS_DIR / f"{args.name}.json"
         data = json.loads(path.read_text())
