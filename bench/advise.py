@@ -185,6 +185,7 @@ def render(results: list[dict[str, Any]]) -> str:
               "classical at 40: projected [95%] / measured", "advice"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     inside_count = total = 0
+    inside_validation = total_validation = 0  # the same on the rows the curve itself is scored on
     errors: dict[str, list[float]] = {"10": [], "40": []}
     for r in results:
         proj, meas = r["projected"], r["measured"]
@@ -205,12 +206,17 @@ def render(results: list[dict[str, Any]]) -> str:
         if inside is not None:
             total += 1
             inside_count += inside
+        on_validation = _inside(band40, meas["40"]["validation"])
+        if on_validation is not None:
+            total_validation += 1
+            inside_validation += on_validation
         cband = r["classical_projected"].get("40")
         cells.append((f"{cband['value']:.3f} [{cband['low']:.3f}, {cband['high']:.3f}]" if cband else "-") + f" / {r['classical_measured']['40']:.3f}")
         cells.append(advice["recommendation"])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Measured 40-per-label accuracy (held-out rows) inside the projected 95% band: {inside_count} of {total} cases.")
+    lines.append(f"The same on the validation rows (those the curve is scored on): {inside_validation} of {total_validation} cases.")
     for size, values in errors.items():
         if values:
             lines.append(f"Error at {size} per label (measured on the held-out rows - projected): mean {sum(values) / len(values):+.3f}, "
