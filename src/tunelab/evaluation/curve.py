@@ -276,10 +276,10 @@ def envelope(opponents: Sequence[Curve], n: Any, higher_is_better: bool = True) 
 
 @dataclass
 class Crossing:
-    """Where the tuned curve reaches the best opponent (every opponent at once), between ``start`` and ``limit`` examples.
+    """Where the tuned curve reaches the best opponent (every opponent at once) for good, between ``start`` and ``limit`` examples.
 
-    ``size`` None: not within ``limit`` (``CROSSING_LIMIT`` x the user's data). ``ahead_at_start``: already
-    level or ahead at the smallest size looked at. ``low``/``high``: the 95% range of the crossing over the
+    ``size`` None: not within ``limit`` (``CROSSING_LIMIT`` x the user's data), or ahead only for a while and
+    behind again at ``limit``. ``ahead_at_start``: level or ahead from the smallest size looked at to ``limit``. ``low``/``high``: the 95% range of the crossing over the
     bootstrap resamples (``high`` None: beyond the limit in more than 2.5% of them).
     """
 
@@ -296,9 +296,12 @@ class Crossing:
 
 
 def crossing_point(tuned: Curve, opponents: Sequence[Curve], *, start: float, limit: float, points: int = 400) -> Crossing:
-    """The smallest size in [start, limit] at which ``tuned`` is at least as good as every opponent.
+    """The smallest size in [start, limit] from which ``tuned`` stays at least as good as every opponent up to ``limit``.
 
-    The central crossing is exact (``scipy.optimize.brentq`` between the grid sizes around the sign
+    Two saturating curves can cross twice: a tuned curve that learns fast but levels off lower than an
+    opponent that keeps learning is ahead for a while and then behind again. It has not reached that
+    opponent: more data of this kind would leave it behind, so the crossing is where it gets ahead for
+    good, and None when it is behind at ``limit``. The central crossing is exact (``scipy.optimize.brentq`` between the grid sizes around the sign
     change); each bootstrap resample's crossing is read on the log grid of ``points`` sizes.
 
     Raises:
@@ -319,27 +322,29 @@ def crossing_point(tuned: Curve, opponents: Sequence[Curve], *, start: float, li
         return sign * (tuned.value(n) - best)
 
     gaps = gap(grid)
-    ahead = np.flatnonzero(gaps >= 0)
+    behind = np.flatnonzero(gaps < 0)
     size: float | None
-    if ahead.size == 0:
-        size = None
-    elif ahead[0] == 0:
+    if behind.size == 0:
         size = float(start)
+    elif behind[-1] == grid.size - 1:
+        size = None
     else:
-        i = int(ahead[0])
+        i = int(behind[-1]) + 1  # the first size after the last one behind
         size = float(brentq(lambda n: float(gap([n])[0]), grid[i - 1], grid[i], xtol=1e-9, rtol=1e-12))
     # The resamples: tuned and opponents share each resample of the validation rows.
     tuned_samples = tuned.sample_values(grid)
     opponent_samples = np.stack([opponent.sample_values(grid) for opponent in opponents])  # (O, S, G)
     best_samples = opponent_samples.max(0) if higher else opponent_samples.min(0)
-    level = sign * (tuned_samples - best_samples) >= 0
-    first = np.sort(np.where(level.any(1), grid[level.argmax(1)], np.inf))
+    behind_samples = sign * (tuned_samples - best_samples) < 0
+    # Each resample's last size behind (-1: none); the crossing is the grid size after it, inf when behind at the limit.
+    last = np.where(behind_samples.any(1), grid.size - 1 - behind_samples[:, ::-1].argmax(1), -1)
+    first = np.sort(np.where(last == grid.size - 1, np.inf, grid[np.minimum(last + 1, grid.size - 1)]))
     # Order statistics, not interpolated percentiles: "beyond the limit" (inf) must stay inf.
     low, high = first[int(np.floor(0.025 * (first.size - 1)))], first[int(np.ceil(0.975 * (first.size - 1)))]
     _, names = envelope(opponents, [size if size is not None else limit], higher)
     return Crossing(
         size=size, low=float(low) if np.isfinite(low) else None, high=float(high) if np.isfinite(high) else None,
-        start=float(start), limit=float(limit), ahead_at_start=bool(ahead.size and ahead[0] == 0), opponent=names[0],
+        start=float(start), limit=float(limit), ahead_at_start=behind.size == 0, opponent=names[0],
     )
 
 

@@ -159,6 +159,23 @@ def test_no_crossing_within_ten_times_the_data_and_ahead_from_the_start():
     assert ahead.ahead_at_start and ahead.size == 20
 
 
+def test_a_curve_that_is_ahead_only_for_a_while_has_not_reached_the_opponent():
+    # (0.8 - 10/n) - (0.9 - 2.5/sqrt(n)) = -(10 x^2 - 2.5 x + 0.1) with x = 1/sqrt(n) = -10 (x - 0.2)(x - 0.05):
+    # level at n = 25 and n = 400, ahead between them, behind below 25 and above 400 (at 1600: 0.794 vs 0.8375).
+    tuned = _curve(PowerLaw(0.8, 10.0, 1.0))
+    embedding = _curve(PowerLaw(0.9, 2.5, 0.5))
+    embedding.name = "embedding"
+    # Behind again at the limit: more data of this kind leaves it behind, so no crossing within the limit.
+    crossing = crossing_point(tuned, [embedding], start=20, limit=1600)
+    assert crossing.size is None and crossing.high is None and not crossing.ahead_at_start
+    assert not crossing_point(tuned, [embedding], start=100, limit=1600).ahead_at_start
+    # Up to a limit below 400 it stays ahead from 25 on: that is its crossing.
+    within = crossing_point(tuned, [embedding], start=20, limit=300)
+    assert within.size == pytest.approx(25.0, rel=1e-5) and within.low == pytest.approx(25, rel=0.05)
+    # Between 400 and 1600 it gets ahead nowhere: from 500 on it is behind everywhere.
+    assert crossing_point(tuned, [embedding], start=500, limit=1600).size is None
+
+
 def test_the_crossing_of_a_lower_is_better_metric():
     # perplexity 10 + 100 n^-0.5 = 20  <=>  n = 100.
     law = PowerLaw(10.0, 100.0, 0.5, higher_is_better=False)
