@@ -190,12 +190,15 @@ def curve_sizes(train_size: int, top_fraction: float, *, min_size: int, max_poin
 
 def plan_curve(
     train_size: int, *, min_size: int, seconds_for: Callable[[int], float | None], budget_s: float | None,
+    spent_s: float = 0.0,
 ) -> tuple[list[int], float | None, str | None]:
     """The sizes to train: the largest top size (all the data, else a half, a quarter...) whose curve fits the budget.
 
     Returns (sizes, their estimated seconds or None when unknown, why there is no curve or None).
     A curve needs three sizes (a power law has three parameters); without a known time per run (no
-    calibration) or without a budget, the largest curve is planned.
+    calibration) or without a budget, the largest curve is planned. ``budget_s`` is what is left of the
+    budget after the ``spent_s`` seconds already taken (the opponents, the estimate): the budget to give
+    for a curve counts both, so it is always more than the one given.
     """
     from tunelab.evaluation.curve import MIN_POINTS
 
@@ -215,9 +218,10 @@ def plan_curve(
             f"{min_size} examples, each half the next, are needed"
         )
     sizes, total = cheapest
+    spent = f", after {spent_s / 60:.1f} min on the opponents and the estimate" if spent_s >= 1 else ""
     return [], None, (
         f"no learning curve fits the budget: the smallest ({', '.join(map(str, sizes))} examples) is estimated at "
-        f"{total / 60:.1f} min; give --budget-minutes {math.ceil(total / 60 * BUDGET_GRACE)} or more"
+        f"{total / 60:.1f} min{spent}; give --budget-minutes {math.ceil((spent_s + total * BUDGET_GRACE) / 60)} or more"
     )
 
 
@@ -537,7 +541,7 @@ def advise(
     used = time.perf_counter() - started
     budget_s = None if budget_minutes is None else budget_minutes * 60 - used
     sizes, planned_s, no_curve = plan_curve(len(train), min_size=min_size, seconds_for=seconds_for,
-                                            budget_s=None if budget_s is None else max(budget_s, 0.0))
+                                            budget_s=None if budget_s is None else max(budget_s, 0.0), spent_s=used)
     if planned_s is None and sizes and budget_s is not None:
         warnings.append("the time of each curve run is unknown (no calibration): the largest curve was planned regardless of the budget")
     _emit(on_event, "plan", "done", sizes=[len(subset(size)) for size in sizes], estimated_seconds=planned_s, reason=no_curve)

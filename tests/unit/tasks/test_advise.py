@@ -128,7 +128,14 @@ def test_the_plan_takes_the_largest_curve_that_fits_the_budget():
     assert plan_curve(288, min_size=8, seconds_for=seconds, budget_s=320) == ([18, 36, 72, 144], 310.0, None)
     assert plan_curve(288, min_size=8, seconds_for=seconds, budget_s=300) == ([9, 18, 36, 72], 175.0, None)
     sizes, total, reason = plan_curve(288, min_size=8, seconds_for=seconds, budget_s=60)
-    assert sizes == [] and total is None and "--budget-minutes" in reason
+    # The smallest curve (9, 18, 36: from 36, 4 is below min_size) is 3 x 10 + 63 = 93 s; with the grace of
+    # 1.25: 116.25 s, 2 minutes rounded up.
+    assert sizes == [] and total is None and reason.endswith("give --budget-minutes 2 or more")
+    # A budget of 3 minutes of which the opponents and the estimate took 2: the 93 s curve does not fit the
+    # 60 s left, and the budget to give counts the 2 minutes too: (120 + 116.25) / 60 = 3.9, so 4 (not 2,
+    # less than the 3 that were given).
+    reason = plan_curve(288, min_size=8, seconds_for=seconds, budget_s=60, spent_s=120)[2]
+    assert reason.endswith("after 2.0 min on the opponents and the estimate; give --budget-minutes 4 or more")
     assert plan_curve(288, min_size=8, seconds_for=lambda n: None, budget_s=1)[0] == [36, 72, 144, 288]
     assert "too few" in plan_curve(20, min_size=8, seconds_for=seconds, budget_s=None)[2]
 
