@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The classify quickstart: check, split, estimate, base eval, LoRA training, eval, report, register
-# (about 7-10 minutes on a 2-core CPU). Each run gets its own folder under runs/.
+# (about 3.5 minutes on an idle 2-core CPU with bf16, 5 beside a busy core). Each run gets its own folder under runs/.
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/tunelab run examples/support-routing/config.yaml
 

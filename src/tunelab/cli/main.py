@@ -77,6 +77,9 @@ def _quiet_libraries() -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Libraries' own tqdm bars (transformers de-quantizing the default model's GGUF file at every load): the
+    # command's one progress display says what is happening; TQDM_DISABLE=0 brings them back.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     import warnings
 
     # Deprecation notices raised inside libraries (e.g. peft reading transformers' old attribute names)

@@ -427,7 +427,7 @@ def advise(
         train_progress: the training loop's progress callback, for each curve run.
 
     Raises:
-        ConfigError: for a task advise does not cover, a provider backend, a bad cadence or an existing folder.
+        ConfigError: for a task advise does not cover, a bad cadence or an existing folder.
         DataError: for unreadable data, or no validation rows to score on.
         ModelError: when the model cannot be loaded.
     """
@@ -445,11 +445,13 @@ def advise(
             f"tunelab advise covers the tasks {', '.join(ADVISED_TASKS)}, not {config.task}",
             "a preference run is judged against its SFT parent: run it with `tunelab run` and read the verdict",
         )
+    provider_note = None
     if config.train.backend != "local":
-        raise ConfigError(
-            f"tunelab advise draws its curve with short local runs, not through train.backend: {config.train.backend}",
-            "advise on the same config with train.backend=local: the table prices the provider's fine-tuning beside it",
-        )
+        # A curve through a provider's API would cost money for every point: the curve is drawn with short local
+        # runs of the config's local model instead, and the provider's fine-tuning is priced beside them.
+        provider_note = (f"train.backend: {config.train.backend}: the curve is drawn with short local runs of {config.model.name}, "
+                         "not of the provider's model; the table prices the provider's fine-tuning beside them")
+        config = config.model_copy(update={"train": config.train.model_copy(update={"backend": "local"})})
     retrain_s = parse_duration(retrain_every, "--retrain-every")
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be above 0, got {budget_minutes:g}")
@@ -461,7 +463,7 @@ def advise(
         raise ConfigError(f"{root} already holds an advice", "choose another name (name=...) or folder, or delete it")
     task, metric = config.task, PRIMARY_METRIC[config.task]
     higher = next(spec.higher_is_better for spec in TASK_METRICS[task] if spec.name == metric) is not False
-    warnings: list[str] = []
+    warnings: list[str] = [provider_note] if provider_note else []
 
     # 1. The split; the validation rows are what everything is scored on.
     _emit(on_event, "split", "start")

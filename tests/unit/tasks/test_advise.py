@@ -98,6 +98,18 @@ def test_too_little_data_still_gets_an_honest_answer(tmp_path, tiny_model_dir):
     assert "too few for a learning curve" in advice.reason and "too few" in advice.flags[0]
 
 
+def test_a_provider_config_is_advised_with_local_runs_and_says_so(tmp_path, tiny_model_dir):
+    # examples/qa-assistant/cloud.yaml's shape: train.backend openai at model.endpoint. Nothing is sent anywhere
+    # (the address answers nothing): the opponents and the curve are local, and the advice says whose runs they are.
+    raw = _classify_config(tmp_path, tiny_model_dir, rows=20).model_dump(mode="json")
+    raw["model"]["endpoint"] = {"base_url": "http://127.0.0.1:9/v1", "name": "gpt-4o-mini-2024-07-18"}
+    raw["train"]["backend"] = "openai"
+    advice = advise(parse_config(raw), budget_minutes=None, calibrate=False, folder=tmp_path / "cloud-advice")
+    assert advice.warnings[0].startswith("train.backend: openai: the curve is drawn with short local runs of")
+    assert [o.name for o in advice.opponents] == ["base", "classical", "embedding", "few_shot"]
+    assert advice.recommendation == "measure first: run tunelab run"
+
+
 def test_the_cli_prints_the_table_and_the_recommendation(tmp_path, tiny_model_dir):
     import yaml
 
