@@ -15,6 +15,9 @@ once, and the process's resident memory (RSS) over time, and fails on any error,
 row, or memory that keeps growing. Writes bench/results/serve_soak.json and .md.
 
     PYTHONPATH=src python bench/serve_load.py --soak 180 --max-tokens 16
+    PYTHONPATH=/tmp/before/src python bench/serve_load.py --soak 60 --max-tokens 8 --hog --name serve_soak-before-hog
+
+``--hog`` keeps one core busy (a bounded busy loop) during the soak; ``--name`` names the results files.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import openai  # noqa: E402
 import torch  # noqa: E402
 
-from tunelab.runs import load_model  # noqa: E402
+try:
+    from tunelab.runs import load_model  # noqa: E402
+except ImportError:  # a checkout from before tunelab.runs (measured with PYTHONPATH=<it>/src for a before/after)
+    from tunelab.models import load_model  # noqa: E402
 from tunelab.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
 from tunelab.serve.adapters import ModelRegistry  # noqa: E402
 
@@ -153,9 +159,16 @@ def run_soak(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "requests.db"
         app = create_app(ModelRegistry(loaded, "default"), ServeSettings(max_batch_size=args.max_batch_size, batch_window_ms=10, log_path=log_path))
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import busy_cores_sampler, cpu_hog
+
         with BackgroundServer(app, "127.0.0.1", 0) as url:
             asyncio.run(drive(url, 1, 1, args.max_tokens))  # warm-up (1 request, logged too)
-            row = asyncio.run(soak(url, concurrency, args.soak, args.max_tokens, samples))
+            with cpu_hog(args.soak + 120 if args.hog else 0), busy_cores_sampler() as busy:
+                row = asyncio.run(soak(url, concurrency, args.soak, args.max_tokens, samples))
+            row["hog"], row["machine_busy_cores"] = args.hog, busy.mean
         logged = read_requests(log_path)  # leaving the server flushed the log
     # Memory: the first minute is the allocator settling (batches of every size seen once); growth is judged after it.
     settled = [mb for t, mb in samples if t >= min(60.0, args.soak / 3)]
@@ -175,10 +188,11 @@ def run_soak(args: argparse.Namespace) -> None:
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_soak.json").write_text(json.dumps({"meta": meta, "result": row, "rss_samples": samples}, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "result": row, "rss_samples": samples}, indent=2))
     lines = [
         f"Soak: {row['clients']} clients for {row['seconds']} s against {meta['model']} on {meta['device']} "
-        f"({meta['torch_threads']} torch thread(s)), chat requests of {args.max_tokens} new tokens, request log on.",
+        f"({meta['torch_threads']} torch thread(s)), chat requests of {args.max_tokens} new tokens, request log on"
+        f"{', one core kept busy by a hog' if row['hog'] else ''} (machine's busy cores over the soak: {row['machine_busy_cores']}).",
         "",
         "| requests | errors | req/s | p50 s | p99 s | logged exactly once | RSS start MB | RSS settled MB | RSS end MB | RSS max MB | growth after settling MB |",
         "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
@@ -186,7 +200,7 @@ def run_soak(args: argparse.Namespace) -> None:
         f"{row['logged_exactly_once']} ({row['logged_rows']} rows) | {row['rss_mb_start']} | {row['rss_mb_settled']} | "
         f"{row['rss_mb_end']} | {row['rss_mb_max']} | {row['rss_growth_after_settling_mb']} |",
     ]
-    (RESULTS / "serve_soak.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if row["errors"] or not row["logged_exactly_once"] or not flat:
         raise SystemExit("soak failed: errors, a lost or doubled log row, or memory growth")
@@ -200,6 +214,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--compare-unbatched", action="store_true", help="Also run with max_batch_size=1.")
     parser.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="The endurance run instead (see above).")
+    parser.add_argument("--hog", action="store_true", help="--soak: one core kept busy by a bounded busy loop")
+    parser.add_argument("--name", default="serve_soak", help="--soak: the results files' name under bench/results/")
     args = parser.parse_args()
     if args.soak:
         run_soak(args)
