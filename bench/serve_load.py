@@ -17,7 +17,8 @@ row, or memory that keeps growing. Writes bench/results/serve_soak.json and .md.
     PYTHONPATH=src python bench/serve_load.py --soak 180 --max-tokens 16
     PYTHONPATH=/tmp/before/src python bench/serve_load.py --soak 60 --max-tokens 8 --hog --name serve_soak-before-hog
 
-``--hog`` keeps one core busy (a bounded busy loop) during the soak; ``--name`` names the results files.
+``--hog`` keeps one core busy (a bounded busy loop) from before the server starts until the soak ends;
+``--name`` names the results files.
 """
 
 from __future__ import annotations
@@ -164,9 +165,10 @@ def run_soak(args: argparse.Namespace) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from common import busy_cores_sampler, cpu_hog
 
-        with BackgroundServer(app, "127.0.0.1", 0) as url:
+        # The hog starts before the server: a server started on a machine where another job already runs.
+        with cpu_hog(args.soak + 300 if args.hog else 0), BackgroundServer(app, "127.0.0.1", 0) as url:
             asyncio.run(drive(url, 1, 1, args.max_tokens))  # warm-up (1 request, logged too)
-            with cpu_hog(args.soak + 120 if args.hog else 0), busy_cores_sampler() as busy:
+            with busy_cores_sampler() as busy:
                 row = asyncio.run(soak(url, concurrency, args.soak, args.max_tokens, samples))
             row["hog"], row["machine_busy_cores"] = args.hog, busy.mean
         logged = read_requests(log_path)  # leaving the server flushed the log
