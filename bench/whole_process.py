@@ -161,8 +161,10 @@ def main() -> None:
     for name, entries in runs.items():
         loss = judged["validation_loss"][name]
         names = {"tunelab": "tunelab train", "before": f"tunelab train at {args.before_src}", "trl": "TRL SFTTrainer script"}
+        # Not names.get(name, default): the default would be built for "trl" too, which has no source.
+        label = names[name] if name in names else f"tunelab train, {name} ({' '.join(sources[name][1])})"
         rows.append([
-            names.get(name, f"tunelab train, {name} ({' '.join(sources[name][1])})"),
+            label,
             " / ".join(f"{r['seconds']:.1f}" for r in entries),
             " / ".join(f"{r['load_average_1min']:.1f}" for r in entries),
             round(tokens / best[name], 1),
