@@ -107,12 +107,17 @@ def remove_temporaries(folder: Path) -> list[Path]:
             # Killed between atomic_directory's two renames: the previous complete version goes back in place.
             os.replace(child, folder / replaced.group(1))
             continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
+        _remove(child)
         removed.append(child)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a leftover file, link or folder (a folder with what is in it)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -138,10 +143,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     for child in folder.iterdir():
         match = pattern.match(child.name)
         if match and not _pid_alive(int(match.group(1))):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+            _remove(child)
             removed.append(child)
     return removed
 

@@ -247,8 +247,7 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
         _mark(context, "failed", str(error))
         raise
     except Exception as error:
-        full = _disk_full(context, error)
-        _mark(context, "failed", str(full) if full else f"{type(error).__name__}: {error}")
+        full = _failed(context, error)
         if full:
             raise full from None
         raise
@@ -258,13 +257,19 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
     try:
         context.state.finish(name, record.value, seconds)
     except OSError as error:
-        full = _disk_full(context, error)
-        _mark(context, "failed", str(full) if full else f"{type(error).__name__}: {error}")
+        full = _failed(context, error)
         if full:
             raise full from None
         raise
     kill_point("pipeline.step-finished")
     context.emit(name, "done", record.details)
+
+
+def _failed(context: PipelineContext, error: Exception) -> TunelabError | None:
+    """Mark the step's row failed with why; a full disk's one-line error to raise instead, or None."""
+    full = _disk_full(context, error)
+    _mark(context, "failed", str(full) if full else f"{type(error).__name__}: {error}")
+    return full
 
 
 def _mark(context: PipelineContext, status: str, error: str | None) -> None:
