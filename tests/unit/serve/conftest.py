@@ -72,3 +72,15 @@ def router_versions(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> list[Pa
     """Two classify runs with the same labels and different weights: a champion and a challenger to promote."""
     root = tmp_path_factory.mktemp("router-versions")
     return [write_fake_run(root / f"router-v{i}", tiny_model_dir, tiny_tokenizer, seed=10 + i, task="classify") for i in (1, 2)]
+
+
+def assert_openai_error(response, status, param=None, code=None):
+    """``response`` is an OpenAI-shaped error of ``status`` (and ``param`` / ``code`` when given); its error object."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error

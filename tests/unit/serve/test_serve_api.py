@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from tests.unit.serve.conftest import assert_openai_error
 
 from tunelab.data.labels import LabelMap
 from tunelab.data.templates import classify_messages, render_prompt_ids
@@ -194,45 +195,34 @@ def test_classify_returns_label_and_probabilities(client, fake_runs, tiny_model_
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
 
 
-def _assert_error(response, status, param=None, code=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    return error
-
-
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, registry):
     url = "/v1/chat/completions"
     base = registry.base_name
-    _assert_error(client.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400)
-    _assert_error(client.post(url, content=b"[1, 2]", headers={"content-type": "application/json"}), 400)
-    _assert_error(client.post(url, json={"model": base}), 400, param="messages")
-    _assert_error(client.post(url, json={"model": base, "messages": "hi"}), 400, param="messages")
-    _assert_error(client.post(url, json={"model": base, "messages": QUESTION, "temperature": "hot"}), 400, param="temperature")
-    _assert_error(client.post(url, json={"model": base, "messages": [{"role": "wizard", "content": "x"}]}), 400)
-    _assert_error(chat(client, "gpt-17"), 404, param="model", code="model_not_found")
-    _assert_error(chat(client, base, max_tokens=25), 400, param="max_tokens")
-    _assert_error(chat(client, base, n=2), 400, param="n")
+    assert_openai_error(client.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert_openai_error(client.post(url, content=b"[1, 2]", headers={"content-type": "application/json"}), 400)
+    assert_openai_error(client.post(url, json={"model": base}), 400, param="messages")
+    assert_openai_error(client.post(url, json={"model": base, "messages": "hi"}), 400, param="messages")
+    assert_openai_error(client.post(url, json={"model": base, "messages": QUESTION, "temperature": "hot"}), 400, param="temperature")
+    assert_openai_error(client.post(url, json={"model": base, "messages": [{"role": "wizard", "content": "x"}]}), 400)
+    assert_openai_error(chat(client, "gpt-17"), 404, param="model", code="model_not_found")
+    assert_openai_error(chat(client, base, max_tokens=25), 400, param="max_tokens")
+    assert_openai_error(chat(client, base, n=2), 400, param="n")
     long_text = "Four score and seven years ago " * 150  # far above the tiny model's 1024-token context
-    _assert_error(chat(client, base, messages=[{"role": "user", "content": long_text}]), 400, code="context_length_exceeded")
-    _assert_error(client.post(url, content=b"x" * 30_000, headers={"content-type": "application/json"}), 413, code="request_too_large")
-    _assert_error(client.post("/v1/completions", json={"model": base, "prompt": "hi", "max_tokens": 0}), 400, param="max_tokens")
-    _assert_error(client.post("/v1/completions", json={"model": base, "prompt": []}), 400, param="prompt")
-    _assert_error(client.get("/v1/nothing-here"), 404)
-    _assert_error(client.get(url), 405)
+    assert_openai_error(chat(client, base, messages=[{"role": "user", "content": long_text}]), 400, code="context_length_exceeded")
+    assert_openai_error(client.post(url, content=b"x" * 30_000, headers={"content-type": "application/json"}), 413, code="request_too_large")
+    assert_openai_error(client.post("/v1/completions", json={"model": base, "prompt": "hi", "max_tokens": 0}), 400, param="max_tokens")
+    assert_openai_error(client.post("/v1/completions", json={"model": base, "prompt": []}), 400, param="prompt")
+    assert_openai_error(client.get("/v1/nothing-here"), 404)
+    assert_openai_error(client.get(url), 405)
     assert chat(client, base).status_code == 200
 
 
 def test_auth_requires_the_bearer_key(registry):
     app = create_app(registry, ServeSettings(api_key="s3cret"))
     with TestClient(app, base_url=LOCAL) as client:
-        _assert_error(client.get("/v1/models"), 401, code="invalid_api_key")
-        _assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
-        _assert_error(client.get("/v1/models", headers={"Authorization": "s3cret"}), 401)
+        assert_openai_error(client.get("/v1/models"), 401, code="invalid_api_key")
+        assert_openai_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+        assert_openai_error(client.get("/v1/models", headers={"Authorization": "s3cret"}), 401)
         assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 

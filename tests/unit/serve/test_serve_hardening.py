@@ -10,6 +10,7 @@ import stat
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from tests.unit.serve.conftest import assert_openai_error
 
 from tunelab.errors import ModelError
 from tunelab.serve import BackgroundServer, ServeSettings, create_app
@@ -19,27 +20,16 @@ LOCAL = "http://127.0.0.1"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def _assert_openai_error(response, status, *, param=None, code=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    return error
-
-
 def test_a_page_that_rebinds_its_name_to_loopback_gets_nothing(registry, tmp_path):
     """DNS rebinding: the browser sends the attacker's name as Host; a loopback server without a key refused nothing."""
     log_path = tmp_path / "requests.db"
     app = create_app(registry, ServeSettings(log_path=log_path))
     foreign = {"Host": "rebound.attacker.example:8000"}
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        _assert_openai_error(client.get("/v1/models", headers=foreign), 421, code="host_not_allowed")
+        assert_openai_error(client.get("/v1/models", headers=foreign), 421, code="host_not_allowed")
         chat = {"model": "france", "messages": QUESTION, "max_tokens": 2}
-        _assert_openai_error(client.post("/v1/chat/completions", json=chat, headers=foreign), 421)
-        _assert_openai_error(client.post("/v1/feedback", json={"id": "chatcmpl-x", "thumbs": "down"}, headers=foreign), 421)
+        assert_openai_error(client.post("/v1/chat/completions", json=chat, headers=foreign), 421)
+        assert_openai_error(client.post("/v1/feedback", json={"id": "chatcmpl-x", "thumbs": "down"}, headers=foreign), 421)
         # The machine's own names still work (the test client's own Host is 127.0.0.1:PORT).
         assert client.get("/v1/models").status_code == 200
         assert client.get("/v1/models", headers={"Host": "localhost"}).status_code == 200
@@ -54,7 +44,7 @@ def test_an_unknown_feedback_id_does_not_show_the_servers_paths(registry, tmp_pa
     log_path = tmp_path / "secret-folder" / "requests.db"
     with TestClient(create_app(registry, ServeSettings(log_path=log_path)), base_url=LOCAL) as client:
         response = client.post("/v1/feedback", json={"id": "clf-nope", "label": "billing"})
-        error = _assert_openai_error(response, 404, param="id", code="response_not_found")
+        error = assert_openai_error(response, 404, param="id", code="response_not_found")
         assert "clf-nope" in error["message"]
         assert "secret-folder" not in response.text and "requests.db" not in response.text and str(tmp_path) not in response.text
 
@@ -77,15 +67,15 @@ def test_an_unknown_feedback_id_does_not_show_the_servers_paths(registry, tmp_pa
 def test_chat_requests_openai_refuses_are_refused_in_its_shape(registry, fields, param):
     with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
         body = {"model": "france", "messages": QUESTION, "max_tokens": 2, "temperature": 0, **fields}
-        _assert_openai_error(client.post("/v1/chat/completions", json=body), 400, param=param)
+        assert_openai_error(client.post("/v1/chat/completions", json=body), 400, param=param)
 
 
 def test_completions_refuse_strings_for_numbers_and_a_seed(registry):
     with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
         base = {"model": "france", "prompt": "hi", "max_tokens": 2, "temperature": 0}
-        _assert_openai_error(client.post("/v1/completions", json={**base, "max_tokens": "5"}), 400, param="max_tokens")
-        _assert_openai_error(client.post("/v1/completions", json={**base, "seed": 1}), 400, param="seed", code="unsupported_parameter")
-        _assert_openai_error(client.post("/v1/completions", json={**base, "echo": "yes"}), 400, param="echo")
+        assert_openai_error(client.post("/v1/completions", json={**base, "max_tokens": "5"}), 400, param="max_tokens")
+        assert_openai_error(client.post("/v1/completions", json={**base, "seed": 1}), 400, param="seed", code="unsupported_parameter")
+        assert_openai_error(client.post("/v1/completions", json={**base, "echo": "yes"}), 400, param="echo")
         assert client.post("/v1/completions", json=base).status_code == 200
         # What is supported stays accepted: the plain text format, a float given as an integer.
         chat = {"model": "france", "messages": QUESTION, "max_tokens": 2, "temperature": 1, "response_format": {"type": "text"}}
@@ -97,7 +87,7 @@ def test_the_bearer_scheme_is_case_insensitive(registry):
         for header in ("Bearer s3cret", "bearer s3cret", "BEARER s3cret", "Bearer  s3cret "):
             assert client.get("/v1/models", headers={"Authorization": header}).status_code == 200, header
         for header in ("Bearers3cret", "Basic s3cret", "bearer wrong", "s3cret"):
-            _assert_openai_error(client.get("/v1/models", headers={"Authorization": header}), 401, code="invalid_api_key")
+            assert_openai_error(client.get("/v1/models", headers={"Authorization": header}), 401, code="invalid_api_key")
 
 
 def _mode(path) -> int:
