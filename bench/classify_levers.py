@@ -50,6 +50,16 @@ def subsample(records, per_label: int, test_per_label: int, seed: int, labels: i
     return train, validation, test
 
 
+def dataset_records(dataset: str) -> list:
+    """The classify records of a shared dataset (its preset), or of the quickstart's training file."""
+    from tunelab.config import DataConfig
+    from tunelab.data.read import load_records
+
+    if dataset == "quickstart-train":
+        return load_records(str(QUICKSTART_TRAIN), "classify", DataConfig())
+    return load_records(str(SHARED_DATA / DATASETS[dataset]), "classify", DataConfig(preset=dataset))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -61,19 +71,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
-    from tunelab.config import DataConfig, apply_overrides, parse_config
-    from tunelab.data.read import load_records
+    from tunelab.config import apply_overrides, parse_config
     from tunelab.data.split import Split
     from tunelab.evaluation.baselines import classical_baseline
     from tunelab.evaluation.evaluate import evaluate
     from tunelab.runs import load_run
     from tunelab.tasks import run_training
 
-    if args.dataset == "quickstart-train":
-        records = load_records(str(QUICKSTART_TRAIN), "classify", DataConfig())
-    else:
-        records = load_records(str(SHARED_DATA / DATASETS[args.dataset]), "classify", DataConfig(preset=args.dataset))
-    train, validation, test = subsample(records, args.per_label, args.test_per_label, args.seed, args.labels)
+    train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels)
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
     output = RESULTS_DIR / "tmp" / "levers"
     raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 import torch
-from classify_levers import DATASETS, QUICKSTART_TRAIN, subsample
-from common import RESULTS_DIR, SHARED_DATA
+from classify_levers import DATASETS, dataset_records, subsample
+from common import RESULTS_DIR
 
 RESULTS = RESULTS_DIR / "classify_representations.jsonl"
 
@@ -61,16 +61,11 @@ def main() -> None:
 
     from tunelab.config import DataConfig, EvalConfig
     from tunelab.data.labels import LabelMap
-    from tunelab.data.read import load_records
     from tunelab.evaluation.baselines import embedding_classifier, fit_with_cv
     from tunelab.models import load_model
     from tunelab.models.embedding import embed_texts, load_embedding_model, resolve_embedding_model
 
-    if args.dataset == "quickstart-train":
-        records = load_records(str(QUICKSTART_TRAIN), "classify", DataConfig())
-    else:
-        records = load_records(str(SHARED_DATA / DATASETS[args.dataset]), "classify", DataConfig(preset=args.dataset))
-    train, validation, test = subsample(records, args.per_label, args.test_per_label, args.seed, args.labels)
+    train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels)
     train = train + validation
     loaded = load_model("default")
     label_map = LabelMap.for_records(train, loaded.tokenizer)
