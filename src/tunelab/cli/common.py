@@ -163,3 +163,36 @@ def config_or_resume(config_path: Any, overrides: list[str] | None, resume: Any,
     if config_path is None:
         raise ConfigError(f"give a config file: tunelab {command} CONFIG.yaml [key=value ...]")
     return load_config(config_path, overrides or [])
+
+
+def verdict_rich_table(comparison: Any, *, tuned: str = "tuned") -> Any:
+    """The tuned model against every baseline, from a verdict as saved (``Verdict.to_dict``, the registry's
+    ``comparison``): one column per baseline, each cell its value and the tuned model's difference with the 95%
+    interval, green where the tuned model is significantly better, red where the baseline is. None without one."""
+    from rich.table import Table
+
+    from tunelab.ui.views import verdict_table
+
+    names, lines = verdict_table(comparison if isinstance(comparison, dict) else None)
+    if not lines:
+        return None
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    def signed(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.3g}"
+
+    table = Table(title=f"{tuned} against {len(names)} baseline(s) on {comparison.get('n')} test examples (strongest: {comparison.get('strongest')})")
+    table.add_column("metric")
+    table.add_column("tuned", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    colours = {"better": "green", "worse": "red"}
+    for line in lines:
+        cells = []
+        for cell in line.cells:
+            text = f"{number(cell['value'])} (tuned {signed(cell['difference'])} [{signed(cell['low'])}, {signed(cell['high'])}])"
+            cells.append(f"[{colours[cell['outcome']]}]{text}[/]" if cell["outcome"] in colours else text)
+        table.add_row(f"[bold]{line.name}[/bold]" if line.primary else line.name, number(line.tuned), *cells)
+    return table

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, print_json, progress_display
+from tunelab.cli.common import console, print_json, progress_display, verdict_rich_table
 from tunelab.errors import DataError
 
 review_app = typer.Typer(help="Blind human A/B review of base vs tuned outputs.", no_args_is_help=True)
@@ -50,32 +50,9 @@ def render_comparison(comparison) -> Table:
     return table
 
 
-def render_verdict(verdict) -> Table:
-    """A rich table of a ``tunelab.evaluation.compare.Verdict``: the tuned model, then one column per baseline.
-
-    A baseline's cell shows its value and the tuned model's difference from it with the 95% interval,
-    green where the tuned model is significantly better, red where the baseline is.
-    """
-    names = list(verdict.comparisons)
-    table = Table(title=f"{verdict.tuned} against {len(names)} baseline(s) on {verdict.n} test examples (strongest: {verdict.strongest})")
-    table.add_column("metric")
-    table.add_column("tuned", justify="right")
-    for name in names:
-        table.add_column(name, justify="right")
-    colours = {"better": "green", "worse": "red"}
-    for m in verdict.comparisons[names[0]].metrics:
-        cells = []
-        for name in names:
-            other = verdict.comparisons[name].metric(m.name)
-            cell = f"{other.before:.4g} (tuned {other.difference:+.3g} [{other.low:+.3g}, {other.high:+.3g}])"
-            cells.append(f"[{colours[other.outcome]}]{cell}[/]" if other.outcome in colours else cell)
-        table.add_row(f"[bold]{m.name}[/bold]" if m.name == verdict.primary else m.name, f"{m.after:.4g}", *cells)
-    return table
-
-
 def print_verdict(verdict) -> None:
     """The verdict table, its warnings and the one-line verdict (``tunelab eval``, ``report`` and ``run``)."""
-    console.print(render_verdict(verdict))
+    console.print(verdict_rich_table(verdict.to_dict(), tuned=verdict.tuned))
     for name, reason in getattr(verdict, "skipped", {}).items():
         console.print(f"[yellow]{name} skipped:[/yellow] {reason}")
     for warning in verdict.warnings:

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, print_json
+from tunelab.cli.common import console, print_json, verdict_rich_table
 from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord, default_registry_path
 
 REGISTRY_OPTION = typer.Option(None, "--registry", help="The registry file (default: runs/registry.db).")
@@ -108,32 +108,6 @@ def _verdict_kind(verdict: str | None) -> str:
     return verdict_kind(verdict)
 
 
-def _stored_verdict_table(comparison: Any) -> Table | None:
-    """The tuned model against every baseline, as the registry stored the verdict (no evaluation code imported)."""
-    from tunelab.ui.views import verdict_table
-
-    names, lines = verdict_table(comparison if isinstance(comparison, dict) else None)
-    if not lines:
-        return None
-    table = Table(title=f"tuned against {len(names)} baseline(s) on {comparison.get('n')} test examples (strongest: {comparison.get('strongest')})")
-    table.add_column("metric")
-    table.add_column("tuned", justify="right")
-    for name in names:
-        table.add_column(name, justify="right")
-    colours = {"better": "green", "worse": "red"}
-    for line in lines:
-        cells = []
-        for cell in line.cells:
-            text = f"{_number(cell['value'])} (tuned {_signed(cell['difference'])} [{_signed(cell['low'])}, {_signed(cell['high'])}])"
-            cells.append(f"[{colours[cell['outcome']]}]{text}[/]" if cell["outcome"] in colours else text)
-        table.add_row(f"[bold]{line.name}[/bold]" if line.primary else line.name, _number(line.tuned), *cells)
-    return table
-
-
-def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.3g}"
-
-
 def _train_rows(train: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key, label in (("steps", "optimizer steps"), ("final_loss", "final training loss"), ("best_validation_loss", "best validation loss"),
@@ -165,7 +139,7 @@ def show(
     baselines = artifacts.pop("baselines", None)
     rows += [(f"{name}", str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float)]
     console.print(_facts_table(f"Run {record.name}", rows))
-    verdict = _stored_verdict_table(record.comparison)
+    verdict = verdict_rich_table(record.comparison)
     if verdict is not None:
         console.print(verdict)
         colour = {"paid-off": "green", "lost": "red", "too-few": "dim"}.get(_verdict_kind(record.verdict), "yellow")
