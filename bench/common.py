@@ -35,20 +35,26 @@ if not SHARED_DATA.is_dir() and Path("/work/shared/data").is_dir():
 # --------------------------------------------------------------------------------------------- machine
 
 
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Each installed package's version, "not installed" for the others."""
+    from importlib import metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, bf16 support, threads and library versions: the header of every table."""
     import torch
 
     from tunelab import runtime
 
-    versions = {}
-    from importlib import metadata
-
-    for name in ("tunelab", "torch", "transformers", "peft", "accelerate", "datasets", "trl"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+    versions = package_versions(("tunelab", "torch", "transformers", "peft", "accelerate", "datasets", "trl"))
     try:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):

@@ -47,16 +47,10 @@ def _install_wheels(folder: str) -> None:
 
 
 def _environment(cpu: bool) -> dict:
-    from importlib import metadata
-
     import torch
+    from common import package_versions
 
-    versions = {}
-    for name in ("tunelab", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+    versions = package_versions(("tunelab", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl"))
     info = {"versions": versions, "python": sys.version.split()[0], "cuda_available": torch.cuda.is_available()}
     if torch.cuda.is_available() and not cpu:
         properties = torch.cuda.get_device_properties(0)
