@@ -74,29 +74,47 @@ def main() -> None:
     label_map = classifier.label_map
     decoder = causal_lm_of(loaded.model).get_decoder()
 
-    def last_hidden(records):
+    def last_hidden(records, normalise=True):
         out = []
         with torch.inference_mode():
             for record in records:
                 ids = classifier.prompt(record.text)[0]
                 out.append(decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].float().numpy())
         hidden = np.stack(out)
-        return hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+        return hidden / np.linalg.norm(hidden, axis=1, keepdims=True) if normalise else hidden
 
     started = time.perf_counter()
-    train_hidden = last_hidden(split.train)
+    train_raw = last_hidden([r for r in split.train if r.label != label], normalise=False)
+    train_labels = np.array([r.label for r in split.train if r.label != label])
+    train_hidden = train_raw / np.linalg.norm(train_raw, axis=1, keepdims=True)
+    centre = train_raw.mean(0)
+    centred = train_raw - centre
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    from sklearn.covariance import LedoitWolf
+
+    means = np.stack([train_raw[train_labels == c].mean(0) for c in sorted(set(train_labels))])
+    within = np.concatenate([train_raw[train_labels == c] - train_raw[train_labels == c].mean(0) for c in sorted(set(train_labels))])
+    precision = LedoitWolf().fit(within).precision_
     row = {"run": args.run.name, "train": len(split.train)}
     for part, records in (("validation", split.validation), ("test", split.test)):
         logits = classifier.logits(loaded.model, [classifier.prompt(r.text)[0] for r in records])
         probabilities = softmax(logits)
         top = np.array(label_map.labels)[probabilities.argmax(1)]
         ordered = np.sort(probabilities, axis=1)
-        hidden = last_hidden(records)
+        raw = last_hidden(records, normalise=False)
+        hidden = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+        moved = raw - centre
+        moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+        difference = raw[:, None, :] - means[None, :, :]
+        mahalanobis = np.einsum("nkd,de,nke->nk", difference, precision, difference).min(1)
         scores = {
             "probability": ordered[:, -1],
             "energy": np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1),
             "margin": ordered[:, -1] - ordered[:, -2],
             "nearest": (hidden @ train_hidden.T).max(1),
+            "nearest_centred": (moved @ centred.T).max(1),
+            "knn5_centred": np.sort(moved @ centred.T, axis=1)[:, -5],
+            "mahalanobis": -mahalanobis,
         }
         outside = np.array([r.label == label for r in records])
         correct = np.array([t == r.label for t, r in zip(top, records, strict=True)])
@@ -115,6 +133,7 @@ def main() -> None:
             "in_scope_accuracy": float(np.mean((correct & ~rejected)[~outside])),
             "out_of_scope_recall": float(rejected[outside].mean()) if outside.any() else None,
             "auroc": auroc(test["scores"][name], outside),
+            "validation_auroc": auroc(validation["scores"][name], validation["outside"]),
         }
     result.update(seconds=round(time.perf_counter() - started, 1), load=round(os.getloadavg()[0], 2),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
