@@ -47,6 +47,11 @@ def _by_length(sequences: Sequence[Sequence[int]], indices: Sequence[int], batch
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def state_buffer(model: Any, count: int) -> np.ndarray:
+    """An array for ``count`` final hidden states of ``model`` (the ``features`` of :func:`label_logits`)."""
+    return np.zeros((count, causal_lm_of(model).get_decoder().config.hidden_size), dtype=np.float32)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -56,7 +61,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def label_logits(
     model: Any, prompts: Sequence[Sequence[int]], label_token_ids: Sequence[int], *, batch_size: int = 16,
     progress: Progress | None = None, label_head: Any = None, indices: Sequence[int] | None = None, out: np.ndarray | None = None,
-    follow_cores: bool = True,
+    follow_cores: bool = True, features: np.ndarray | None = None,
 ) -> np.ndarray:
     """Logits of the label tokens at each prompt's last position, shape (prompts, labels).
 
@@ -65,7 +70,8 @@ def label_logits(
     Prompts are right-padded: with causal attention the real tokens never see the padding, and each
     row's last real position is gathered. ``label_head``: a classify run's trained label rows. ``follow_cores``:
     torch's threads follow the free cores between batches (an evaluation beside other jobs; a server's engine,
-    which answers one small batch at a time, leaves them as they are).
+    which answers one small batch at a time, leaves them as they are). ``features``: an array (prompts, hidden)
+    filled with each prompt's final hidden state, the one the label rows read (an out-of-scope score uses it).
     """
     decoder = causal_lm_of(model).get_decoder()
     device = _device(model)
@@ -86,6 +92,8 @@ def label_logits(
             final = hidden[torch.arange(len(batch), device=device), last.to(device)]
             logits = head_label_logits(model, final, label_ids, label_head)
         result[batch] = logits.float().cpu().numpy()
+        if features is not None:
+            features[batch] = final.float().cpu().numpy()
         if progress:
             progress(len(batch))
     return result
@@ -94,7 +102,7 @@ def label_logits(
 def prefix_label_logits(
     model: Any, prompts: Sequence[Sequence[int]], label_token_ids: Sequence[int], *, batch_size: int = 16,
     progress: Progress | None = None, min_prefix: int = MIN_SHARED_PREFIX, label_head: Any = None, prefix: Sequence[int] | None = None,
-    cache: Any = None, follow_cores: bool = True,
+    cache: Any = None, follow_cores: bool = True, features: np.ndarray | None = None,
 ) -> np.ndarray:
     """``label_logits`` of prompts that share a long prefix, running the prefix through the model once.
 
@@ -112,7 +120,7 @@ def prefix_label_logits(
     result = np.zeros((len(prompts), len(label_token_ids)), dtype=np.float32)
     if size < min_prefix:
         return label_logits(model, prompts, label_token_ids, batch_size=batch_size, progress=progress, label_head=label_head, out=result,
-                            follow_cores=follow_cores)
+                            follow_cores=follow_cores, features=features)
     shared = [i for i, p in enumerate(prompts) if len(p) > size and list(p[:size]) == prefix]
     whole = sorted(set(range(len(prompts))) - set(shared))
     if shared:
@@ -127,18 +135,20 @@ def prefix_label_logits(
             for batch in following_free_cores(batches, device.type) if follow_cores else batches:
                 final = last_hidden_after_prefix(decoder, cache, size, [suffixes[i] for i in batch])
                 result[batch] = head_label_logits(model, final, label_ids, label_head).float().cpu().numpy()
+                if features is not None:
+                    features[batch] = final.float().cpu().numpy()
                 if progress:
                     progress(len(batch))
     if whole:
         label_logits(model, prompts, label_token_ids, batch_size=batch_size, progress=progress, label_head=label_head, indices=whole, out=result,
-                     follow_cores=follow_cores)
+                     follow_cores=follow_cores, features=features)
     return result
 
 
 @dataclass
 class ClassifyAnswer:
-    """A classify model's answer to one text: ``label`` is the answer (the out-of-scope label when the top
-    label's probability is below the threshold), ``top_label`` the most probable label."""
+    """A classify model's answer to one text: ``label`` is the answer (the out-of-scope label when the run's
+    out-of-scope score is below its threshold), ``top_label`` the most probable label."""
 
     label: str
     top_label: str
@@ -147,10 +157,11 @@ class ClassifyAnswer:
     out_of_scope: bool = False
     prompt_tokens: int = 0
     truncated: bool = False
+    out_of_scope_score: float | None = None  # what the run's out-of-scope threshold was compared with
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "top_label": self.top_label, "confidence": self.confidence, "probabilities": self.probabilities,
-                "out_of_scope": self.out_of_scope}
+                "out_of_scope": self.out_of_scope, "out_of_scope_score": self.out_of_scope_score}
 
 
 @dataclass
@@ -205,39 +216,58 @@ class Classifier:
             self._prefix = probes[0][:length] if length >= MIN_SHARED_PREFIX else []
         return self._prefix
 
-    def logits(self, model: Any, prompts: Sequence[Sequence[int]], *, batch_size: int = 16, progress: Progress | None = None) -> np.ndarray:
-        """Label logits (prompts, labels) of prompt ids made by :meth:`prompt`, the fixed prefix run once."""
+    def logits(self, model: Any, prompts: Sequence[Sequence[int]], *, batch_size: int = 16, progress: Progress | None = None,
+               features: np.ndarray | None = None) -> np.ndarray:
+        """Label logits (prompts, labels) of prompt ids made by :meth:`prompt`, the fixed prefix run once
+        (``features``: filled with the final hidden states, see :func:`label_logits`)."""
         prefix = self.prefix
         if prefix and self._cache is None and any(len(p) > len(prefix) and list(p[: len(prefix)]) == prefix for p in prompts):
             with torch.inference_mode():
                 decoder = causal_lm_of(model).get_decoder()
                 self._cache = prefix_cache(decoder, torch.tensor(prefix, dtype=torch.long, device=_device(model)))
         return prefix_label_logits(model, prompts, self.label_map.token_ids, batch_size=batch_size, progress=progress,
-                                   label_head=self.label_head, prefix=prefix, cache=self._cache, follow_cores=self.follow_cores)
+                                   label_head=self.label_head, prefix=prefix, cache=self._cache, follow_cores=self.follow_cores,
+                                   features=features)
 
     def probabilities(self, model: Any, prompts: Sequence[Sequence[int]], *, batch_size: int = 16, progress: Progress | None = None) -> np.ndarray:
         """P(label | prompt) for each prompt, (prompts, labels), in the label map's order."""
         return softmax(self.logits(model, prompts, batch_size=batch_size, progress=progress))
 
-    def answers(self, probabilities: np.ndarray, prompts: Sequence[Sequence[int]] = (), truncated: Sequence[bool] = ()) -> list[ClassifyAnswer]:
-        """Each row's answer: the top label, its probability, and the out-of-scope label below the threshold."""
+    def scored(self, model: Any, prompts: Sequence[Sequence[int]], *, batch_size: int = 16,
+               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(:meth:`probabilities`, each prompt's out-of-scope score or None without an out-of-scope rule), one forward pass."""
+        rule = self.out_of_scope
+        features = state_buffer(model, len(prompts)) if rule is not None and rule.needs_features else None
+        probabilities = softmax(self.logits(model, prompts, batch_size=batch_size, progress=progress, features=features))
+        return probabilities, rule.scores(probabilities, features) if rule is not None else None
+
+    def answers(self, probabilities: np.ndarray, prompts: Sequence[Sequence[int]] = (), truncated: Sequence[bool] = (),
+                scores: Sequence[float] | None = None) -> list[ClassifyAnswer]:
+        """Each row's answer: the top label, its probability, and the out-of-scope label when the row's out-of-scope
+        score (``scores``, from :meth:`scored`; the top probability when the rule is on it) is below the threshold."""
         labels = self.label_map.labels
+        rule = self.out_of_scope
+        if rule is not None and scores is None:
+            scores = rule.scores(probabilities)  # raises for a rule that needs the hidden states
         result = []
         for index, row in enumerate(probabilities):
             best = int(np.argmax(row))
             top, confidence = labels[best], float(row[best])
-            rejected = self.out_of_scope is not None and self.out_of_scope.rejects(confidence)
+            score = float(scores[index]) if scores is not None else None
+            rejected = rule is not None and score is not None and rule.rejects(score)
             result.append(ClassifyAnswer(
-                self.out_of_scope.label if rejected else top, top, confidence, {label: float(p) for label, p in zip(labels, row, strict=True)},
+                rule.label if rejected else top, top, confidence, {label: float(p) for label, p in zip(labels, row, strict=True)},
                 rejected, len(prompts[index]) if index < len(prompts) else 0, bool(truncated[index]) if index < len(truncated) else False,
+                score,
             ))  # fmt: skip
         return result
 
     def classify(self, model: Any, texts: Sequence[str], *, batch_size: int = 16, progress: Progress | None = None) -> list[ClassifyAnswer]:
-        """The answers to ``texts`` (prompt, probabilities, threshold), in order."""
+        """The answers to ``texts`` (prompt, probabilities, out-of-scope score and threshold), in order."""
         built = [self.prompt(text) for text in texts]
         prompts = [ids for ids, _ in built]
-        return self.answers(self.probabilities(model, prompts, batch_size=batch_size, progress=progress), prompts, [t for _, t in built])
+        probabilities, scores = self.scored(model, prompts, batch_size=batch_size, progress=progress)
+        return self.answers(probabilities, prompts, [t for _, t in built], scores)
 
 
 @dataclass

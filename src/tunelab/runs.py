@@ -21,7 +21,8 @@ greps the source for the names). A run folder::
       config.yaml        the resolved config
       split.json         record ids of train/validation/test + the data fingerprint
       labels.json        classify: the label -> token mapping
-      out_of_scope.json  classify with an out-of-scope label: the label and its confidence threshold
+      out_of_scope.json  classify with an out-of-scope label: the label, the score and its threshold
+      out_of_scope.npy   ... when that score is `nearest`: the training requests' final hidden states (float32)
       calibration.json   classify: the temperature fitted on validation (folded into the label rows), ECE before/after
       pipeline.json      `tunelab run` / `tunelab train`: the steps done, their outputs, the registry id
       adapter/           LoRA: a PEFT adapter folder (loads in plain peft, vLLM, ...)
@@ -48,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from tunelab.config import BASELINES, ResolvedConfig, parse_config
-from tunelab.data.labels import LabelMap, OutOfScope
-from tunelab.errors import ConfigError, ModelError
+from tunelab.data.labels import OUT_OF_SCOPE_SCORES, LabelMap, OutOfScope
+from tunelab.errors import ConfigError, DataError, ModelError
 from tunelab.models.resolve import ModelSource
 from tunelab.paths import LOCK_FILE, atomic_write_text, baseline_file_stem
 
@@ -83,8 +84,13 @@ class RunFolder:
 
     @property
     def out_of_scope(self) -> Path:
-        """classify with data.out_of_scope_label: the label and its confidence threshold (labels.OutOfScope)."""
+        """classify with data.out_of_scope_label: the label, the score and its threshold (labels.OutOfScope)."""
         return self.root / "out_of_scope.json"
+
+    @property
+    def out_of_scope_reference(self) -> Path:
+        """The training requests' representations an out-of-scope rule on the ``nearest`` score compares with."""
+        return self.root / "out_of_scope.npy"
 
     @property
     def calibration(self) -> Path:
@@ -435,8 +441,8 @@ class Run:
                     f"{folder.root} is not a tunelab run (it has no config.yaml)", "pass a run folder written by `tunelab run` or `tunelab train`"
                 )
             label_map = LabelMap.load(folder.labels) if folder.labels.is_file() else None
-            out_of_scope = OutOfScope.load(folder.out_of_scope) if folder.out_of_scope.is_file() else None
-        except ConfigError as error:
+            out_of_scope = OutOfScope.load(folder.out_of_scope, folder.out_of_scope_reference) if folder.out_of_scope.is_file() else None
+        except (ConfigError, DataError) as error:
             raise ModelError(f"cannot read run {folder.root}: {error.message}", error.hint) from None
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
             # a JSON error is a ValueError; a file with missing keys is a KeyError or TypeError
@@ -693,7 +699,7 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
             else:
                 merged.model.save_pretrained(tmp)
                 merged.tokenizer.save_pretrained(tmp)
-                for path in (folder.labels, folder.out_of_scope):
+                for path in (folder.labels, folder.out_of_scope, folder.out_of_scope_reference):
                     if path.is_file():
                         shutil.copy2(path, tmp / path.name)
     except Exception as error:  # safetensors and torch report a full disk as their own kinds
@@ -854,7 +860,9 @@ def model_card(run: Run, base: dict[str, Any] | None = None) -> str:
         lines += [f"- `{label}`: token {token_id} (`{text}`)" for label, token_id, text in
                   zip(run.label_map.labels, run.label_map.token_ids, run.label_map.token_strings, strict=True)]
         if run.out_of_scope is not None:
-            lines.append(f"\nBelow a top-label probability of {run.out_of_scope.threshold:.4f} the answer is `{run.out_of_scope.label}`.")
+            rule = run.out_of_scope
+            lines.append(f"\nWhen {OUT_OF_SCOPE_SCORES[rule.score]} is below {rule.threshold:.4f}, the answer is `{rule.label}`"
+                         + (" (the training requests' states are in out_of_scope.npy)." if rule.needs_features else "."))
     if run.system_prompt:
         lines += ["", "## System prompt", "", f"Every prompt starts with the system message: `{run.system_prompt}`"]
     lines += ["", "## Use it", "", "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

@@ -114,13 +114,14 @@ def _held_out(run: Run) -> list[dict]:
 # ------------------------------------------------------------------------------------------ classify
 
 
-def test_classify_with_out_of_scope_answers_the_same_everywhere(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("score", ["probability", "nearest"])
+def test_classify_with_out_of_scope_answers_the_same_everywhere(tmp_path, tiny_model_dir, score):
     words = {"billing": ["card", "refund", "invoice", "charge"], "shipping": ["parcel", "delivery", "courier", "tracking"]}
     rows = [{"text": f"my {words[label][i % 4]} {words[label][(i // 4) % 4]} {i}", "label": label}
             for i in range(40) for label in ("billing", "shipping")]
     rows += [{"text": f"poem about the weather {i}", "label": "other"} for i in range(16)]
-    run = _train(tmp_path, tiny_model_dir, "classify", rows, data={"out_of_scope_label": "other"})
-    assert run.out_of_scope is not None and run.label_map is not None
+    run = _train(tmp_path, tiny_model_dir, "classify", rows, data={"out_of_scope_label": "other"}, classify={"out_of_scope_score": score})
+    assert run.out_of_scope is not None and run.label_map is not None and run.out_of_scope.score == score
     held = _held_out(run)
     texts = [row["prompt"] for row in held][:8]
     saved = {row["prompt"]: row for row in held}
@@ -149,14 +150,24 @@ def test_classify_with_out_of_scope_answers_the_same_everywhere(tmp_path, tiny_m
         expected = saved[text]
         assert generated[text] == expected["prediction"] == served[text]["label"]
         assert served[text]["probabilities"][served[text]["top_label"]] == pytest.approx(expected["scores"]["confidence"], abs=1e-4)
+        assert served[text]["out_of_scope_score"] == pytest.approx(expected["scores"]["out_of_scope_score"], abs=1e-4)
+        assert served[text]["out_of_scope_score_kind"] == score
         for name, (model, tokenizer) in exports.items():
             ids = tokenizer.apply_chat_template(classify_messages(text, SYSTEM), add_generation_prompt=True, return_tensors="pt",
                                                 return_dict=True)["input_ids"]
             with torch.inference_mode():
                 logits = model(ids).logits[0, -1, answer_ids[name]].double()
+                state = model.get_decoder()(input_ids=ids).last_hidden_state[0, -1].double().numpy()
             probabilities = torch.softmax(logits, -1).numpy()
             top = run.label_map.labels[int(np.argmax(probabilities))]
-            answer = run.out_of_scope.answer(top, float(probabilities.max()))
+            # The rule as a user applies it: the top probability, or the cosine similarity to the nearest of the
+            # training requests' states that the export carries (out_of_scope.npy).
+            if score == "probability":
+                value = float(probabilities.max())
+            else:
+                reference = np.load(tmp_path / "merged" / "out_of_scope.npy")
+                value = float((reference @ (state / np.linalg.norm(state))).max())
+            answer = run.out_of_scope.answer(top, value)
             assert answer == expected["prediction"], (name, text)
             tolerance = 1e-4 if name == "merged" else 2e-2  # the GGUF file holds f16 weights
             assert float(probabilities.max()) == pytest.approx(expected["scores"]["confidence"], abs=tolerance), name

@@ -214,17 +214,19 @@ def resolve_out_of_scope(
 
 
 def score_classify(
-    records: Sequence[ClassifyRecord], probabilities: np.ndarray, labels: Sequence[str], out_of_scope: OutOfScope | None = None
+    records: Sequence[ClassifyRecord], probabilities: np.ndarray, labels: Sequence[str], out_of_scope: OutOfScope | None = None,
+    out_of_scope_scores: Sequence[float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Rows, metrics and warnings of classify predictions: ``probabilities[i, j]`` is P(labels[j] | records[i]).
 
     Shared by the model's evaluation and the baselines, so every opponent is scored the same way.
-    With ``out_of_scope``, a query whose top probability is below its threshold is answered with its label.
+    With ``out_of_scope``, a query whose out-of-scope score (``out_of_scope_scores``, from
+    ``Classifier.scored``; default: the top probability) is below its threshold is answered with its label.
     """
     labels = list(labels)
     position = {label: index for index, label in enumerate(labels)}
     rows = []
-    for record, probs in zip(records, probabilities, strict=True):
+    for index, (record, probs) in enumerate(zip(records, probabilities, strict=True)):
         best = int(np.argmax(probs))
         known = record.label in position
         rows.append(
@@ -242,6 +244,8 @@ def score_classify(
                 },
             }
         )
+        if out_of_scope_scores is not None:
+            rows[-1]["scores"]["out_of_scope_score"] = float(out_of_scope_scores[index])
     if out_of_scope is not None:
         return rescore_classify(rows, labels, out_of_scope)
     metrics = classify_metrics([r.label for r in records], [row["prediction"] for row in rows], [row["scores"]["confidence"] for row in rows], labels)
@@ -263,7 +267,7 @@ def _unknown_labels(rows: Sequence[dict[str, Any]], known: Collection[str], metr
 def rescore_classify(
     rows: Sequence[dict[str, Any]], labels: Sequence[str], out_of_scope: OutOfScope
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """Classify rows answered under ``out_of_scope`` (from each row's top label and its probability), with metrics.
+    """Classify rows answered under ``out_of_scope`` (from each row's top label and its out-of-scope score), with metrics.
 
     ``label_prediction`` keeps the top label; ``prediction`` is the answer (the out-of-scope label when
     rejected). Any out-of-scope rule can be applied to an evaluation afterwards this way (the baselines'
@@ -273,8 +277,8 @@ def rescore_classify(
     for row in rows:
         top = row.get("label_prediction", row["prediction"])
         scores = dict(row["scores"])
-        confidence = scores["confidence"]
-        answer = out_of_scope.answer(top, confidence)
+        # The score the rule's threshold applies to: the top probability, or one the evaluation stored with the row.
+        answer = out_of_scope.answer(top, scores["out_of_scope_score"] if out_of_scope.needs_features else scores["confidence"])
         outside = row["reference"] == out_of_scope.label
         scores.update(
             label_correct=float(not outside and top == row["reference"]),
@@ -350,14 +354,14 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
     # computed once, the label rows. The run's trained label rows apply only to the labels it was trained on,
     # never to a zero-shot prompt.
     classifier = Classifier(
-        tokenizer, label_map, limit, system, label_head=None if baseline else loaded.label_head,
+        tokenizer, label_map, limit, system, label_head=None if baseline else loaded.label_head, out_of_scope=out_of_scope,
         messages=(lambda text: zero_shot_messages(text, label_map, system)) if baseline else None,
     )  # fmt: skip
     # The prompt does not depend on the label; an unknown label is scored (as wrong), not refused.
     built = [classifier.prompt(record.text) for record in records]
     truncated = sum(cut for _, cut in built)
-    probabilities = classifier.probabilities(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)
-    rows, metrics, warnings = score_classify(records, probabilities, label_map.labels, out_of_scope)
+    probabilities, scores = classifier.scored(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)
+    rows, metrics, warnings = score_classify(records, probabilities, label_map.labels, out_of_scope, scores)
     if truncated:
         warnings.append(f"{truncated} classify prompts were longer than max_length and had their text shortened")
     settings.update(prompt="zero_shot" if baseline else "trained", labels=label_map.to_dict())

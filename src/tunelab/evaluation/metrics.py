@@ -192,8 +192,10 @@ def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_
     """The out-of-scope threshold chosen on validation queries, and the accuracy it reaches there.
 
     The rule (``tunelab.data.labels.OUT_OF_SCOPE_RULE``): a query is rejected (answered out of
-    scope) when its top label's probability is below t. Candidates are 0 (reject nothing), the
-    midpoints between consecutive distinct confidences, and 1; t maximises the accuracy over all
+    scope) when its score (``confidence``: the top label's probability, or another out-of-scope score
+    such as a cosine similarity) is below t. Candidates are 0 or the lowest score when it is negative
+    (reject nothing), the midpoints between consecutive distinct scores, and 1 or the highest score
+    above it; t maximises the accuracy over all
     queries (in-scope: top label correct and not rejected; out-of-scope: rejected); ties go to the
     lowest t, so a threshold never rejects more than the data asks for. ``correct`` is whether the
     top label is right (in-scope queries), ``out_of_scope`` whether the query is out of scope.
@@ -204,7 +206,7 @@ def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_
     if confidence.size == 0:
         return 0.0, 0.0
     distinct = np.unique(confidence)
-    candidates = np.concatenate([[0.0], (distinct[:-1] + distinct[1:]) / 2, [1.0]])
+    candidates = np.concatenate([[min(0.0, distinct[0])], (distinct[:-1] + distinct[1:]) / 2, [max(1.0, distinct[-1])]])
     accepted = confidence[None, :] >= candidates[:, None]
     right = np.where(outside[None, :], ~accepted, accepted & correct[None, :])
     accuracy = right.mean(axis=1)

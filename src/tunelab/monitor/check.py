@@ -6,7 +6,7 @@ thresholds (``monitor.thresholds``) and a status ok / watch / drifted:
 - input drift: ``length_ks`` (input lengths in words), ``centroid_distance`` (TF-IDF), ``oov_share``
   (words never seen in training), ``label_psi`` (predicted labels against training labels);
 - confidence drift: ``confidence_drop`` (mean top probability, test set minus live) and ``oos_share``
-  (answers below the run's out-of-scope threshold, when the run saved one in ``out_of_scope.json``);
+  (the share of answers that are the run's out-of-scope label, when the run saved a rule in ``out_of_scope.json``);
 - quality: ``live_accuracy`` on the requests that got feedback, with a 95% Wilson interval;
 - service: ``latency_p95_ms`` and ``error_rate`` (5xx share).
 
@@ -66,6 +66,8 @@ class Reference:
     test_confidence: float | None = None
     test_predictions: Counter = field(default_factory=Counter)  # the tuned model's answers on its test set
     oos_threshold: float | None = None
+    oos_label: str | None = None
+    oos_on_probability: bool = False  # whether the threshold applies to the top probability (the confidence plot draws it)
     notes: list[str] = field(default_factory=list)
 
 
@@ -117,6 +119,8 @@ def load_reference(run_dir: Path | None, run_id: str | None = None) -> Reference
         reference.notes.append(f"{tuned} is missing: confidence and accuracy have no test-set reference")
     if opened is not None and opened.out_of_scope is not None:
         reference.oos_threshold = opened.out_of_scope.threshold
+        reference.oos_label = opened.out_of_scope.label
+        reference.oos_on_probability = not opened.out_of_scope.needs_features
     return reference
 
 
@@ -269,15 +273,17 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
                 judged, int(top_p.size), False, f"mean top probability: test {reference.test_confidence:.4f}, live {mean:.4f}" + (f"; {few_note}" if few else ""),
                 {"live_mean": mean},
             ))
-    if reference.oos_threshold is None:
-        signals.append(_skipped("oos_share", "the run has no out-of-scope threshold (out_of_scope.json)", int(top_p.size)))
-    elif not top_p.size:
-        signals.append(_skipped("oos_share", "no one-input classify answers in the window"))
+    answers = int(sum(traffic.predicted.values()))
+    if reference.oos_label is None:
+        signals.append(_skipped("oos_share", "the run has no out-of-scope rule (out_of_scope.json)", answers))
+    elif not answers:
+        signals.append(_skipped("oos_share", "no classify answers in the window"))
     else:
-        share = float((top_p < reference.oos_threshold).mean())
+        # The answers themselves say which requests the rule rejected, whatever score it applies to.
+        share = traffic.predicted[reference.oos_label] / answers
         signals.append(Signal(
-            "oos_share", share, OK if few else status_for(share, t.oos_share), t.oos_share, reference.oos_threshold, share, int(top_p.size),
-            False, f"answers below the out-of-scope threshold {reference.oos_threshold:.4f}" + (f"; {few_note}" if few else ""),
+            "oos_share", share, OK if few else status_for(share, t.oos_share), t.oos_share, reference.oos_threshold, share, answers,
+            False, f"answers '{reference.oos_label}' (below the out-of-scope threshold {reference.oos_threshold:.4f})" + (f"; {few_note}" if few else ""),
         ))
 
     # -- live accuracy -------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def plot_traffic(traffic: Any, reference: Any, folder: Path) -> list[Path]:
         confidence_ax.hist(traffic.top_probabilities, bins=np.linspace(0, 1, 21), alpha=0.7, label="live")
         if reference.test_confidence is not None:
             confidence_ax.axvline(reference.test_confidence, color="k", linestyle="--", label="test mean")
-        if reference.oos_threshold is not None:
+        if reference.oos_threshold is not None and reference.oos_on_probability:
             confidence_ax.axvline(reference.oos_threshold, color="r", linestyle=":", label="out-of-scope threshold")
         confidence_ax.legend()
     confidence_ax.set_title("top probability of classify answers")

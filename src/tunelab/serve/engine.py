@@ -306,11 +306,11 @@ class Engine:
 
     def _classify(self, model: Any, batch: list[Job]) -> None:
         """A batch of classify requests through the served model's one classify inference (``tunelab.inference.Classifier``):
-        the same prefix cache, label rows, probabilities and threshold as evaluation."""
+        the same prefix cache, label rows, probabilities, out-of-scope score and threshold as evaluation."""
         entry = self.registry.get(batch[0].model)
         assert entry is not None and entry.label_map is not None
         classifier = self.registry.classifier(entry)
         prompts = [job.prompt_ids for job in batch]
-        probabilities = classifier.probabilities(model, prompts, batch_size=len(batch))
-        for job, answer in zip(batch, classifier.answers(probabilities, prompts), strict=True):
+        probabilities, scores = classifier.scored(model, prompts, batch_size=len(batch))
+        for job, answer in zip(batch, classifier.answers(probabilities, prompts, scores=scores), strict=True):
             job.emit("done", answer)

@@ -346,9 +346,11 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 def _classification(index: int, result: ClassifyResult, entry: ServedModel) -> dict[str, Any]:
     item: dict[str, Any] = {"index": index, "label": result.label, "probabilities": result.probabilities}
     if entry.out_of_scope is not None:
-        # Say why the answer is (or is not) the out-of-scope label: the top label, its probability, the threshold.
+        # Say why the answer is (or is not) the out-of-scope label: the top label, its probability, the score the
+        # threshold applies to (the top probability, or the similarity to the nearest training request) and the threshold.
         item.update(
             top_label=result.top_label, confidence=result.confidence, out_of_scope=result.out_of_scope,
+            out_of_scope_score=result.out_of_scope_score, out_of_scope_score_kind=entry.out_of_scope.score,
             out_of_scope_threshold=entry.out_of_scope.threshold,
         )
     return item

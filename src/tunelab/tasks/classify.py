@@ -7,8 +7,9 @@ position times the label tokens' rows of the head: no full-vocabulary logits), s
 saved model is calibrated on the validation split (``classify.calibrate``): one temperature for the
 label logits, fitted on the in-scope validation queries and folded into the trained label rows
 (calibration.json keeps it with the ECE before and after). With ``data.out_of_scope_label``: the
-calibrated model scores the validation queries (in-scope and out of scope) and the confidence
-threshold chosen there is saved as out_of_scope.json.
+calibrated model scores the validation queries (in-scope and out of scope) and the out-of-scope rule
+chosen there (a threshold on the top probability or on the similarity to the nearest training request,
+``classify.out_of_scope_score``) is saved as out_of_scope.json.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from tunelab.config import ResolvedConfig, require_resolved
-from tunelab.data.labels import LabelMap, OutOfScope, label_name_token_ids
+from tunelab.data.labels import LabelMap, OutOfScope, label_name_token_ids, nearest_similarity
 from tunelab.data.split import Split, check_classify_labels
 from tunelab.data.tokenize import tokenize_records, training_prefix
 from tunelab.models.adapters import apply_method
@@ -128,21 +129,60 @@ def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | P
 
 
 def calibrate_run(config: ResolvedConfig, split: Split, run_dir: str | Path) -> OutOfScope:
-    """Choose the run's out-of-scope threshold on the validation split and save it as out_of_scope.json.
+    """Choose the run's out-of-scope rule on the validation split and save it (out_of_scope.json, .npy).
 
-    The saved run (adapter and label head, as ``Run.load`` gives it) scores every validation query
-    with the evaluation's own code; the threshold rule is ``evaluation.evaluate.calibrate_out_of_scope``.
+    The saved run (adapter, calibrated label rows, as ``Run.load`` gives it) scores every validation query with
+    the one classify inference (``inference.Classifier``). Each candidate score of ``classify.out_of_scope_score``
+    (``labels.OUT_OF_SCOPE_SCORES``) gets its threshold by the one rule (``metrics.choose_threshold``); ``auto``
+    keeps the one with the higher accuracy over all validation queries (ties: the top probability). The
+    ``nearest`` score compares a request's final hidden state with the in-scope training requests', which are
+    saved with the rule.
     """
-    from tunelab.evaluation.evaluate import calibrate_out_of_scope, evaluate
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from tunelab.evaluation.metrics import choose_threshold
+    from tunelab.inference import Classifier, softmax, state_buffer
 
     label = config.data.out_of_scope_label
     run = RunFolder(Path(run_dir))
-    if split.validation:
-        loaded = Run.open(run.root).load()
-        whole = config.data.model_copy(update={"max_test_examples": None})
-        scored = evaluate(loaded, split.validation, "classify", config=config.eval, data_config=whole, out_of_scope=OutOfScope(label, 0.0))
-        out_of_scope = calibrate_out_of_scope(scored, label)
-    else:
+    if not split.validation:
         out_of_scope = OutOfScope(label, 0.0, validation={"queries": 0, "out_of_scope": 0})
-    out_of_scope.save(run.out_of_scope)
+        out_of_scope.save(run.out_of_scope)
+        return out_of_scope
+    loaded = Run.open(run.root).load()
+    classifier = Classifier.for_model(loaded)
+    labels = classifier.label_map.labels
+    choices = ["probability", "nearest"] if config.classify.out_of_scope_score == "auto" else [config.classify.out_of_scope_score]
+
+    def final_states(records: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(label logits, final hidden states) of ``records``' prompts."""
+        prompts = [classifier.prompt(r.text)[0] for r in records]
+        states = state_buffer(loaded.model, len(prompts)) if "nearest" in choices else None
+        return classifier.logits(loaded.model, prompts, batch_size=config.eval.batch_size, features=states), states
+
+    logits, states = final_states(list(split.validation))
+    probabilities = softmax(logits)
+    top = np.array(labels)[probabilities.argmax(axis=1)]
+    outside = np.array([r.label == label for r in split.validation])
+    correct = np.array([not out and t == r.label for t, out, r in zip(top, outside, split.validation, strict=True)])
+    reference = None
+    scores = {"probability": probabilities.max(axis=1)}
+    if "nearest" in choices:
+        training = [r for r in split.train if r.label != label and r.label in labels]
+        _, training_states = final_states(training)
+        reference = training_states / np.maximum(np.linalg.norm(training_states, axis=1, keepdims=True), 1e-12)
+        scores["nearest"] = nearest_similarity(states, reference)
+    measured = {}
+    for name in choices:
+        threshold, accuracy = choose_threshold(scores[name], correct, outside)
+        auroc = float(roc_auc_score(~outside, scores[name])) if outside.any() and (~outside).any() else None
+        measured[name] = {"threshold": threshold, "accuracy": accuracy, "auroc": auroc}
+    chosen = max(choices, key=lambda name: measured[name]["accuracy"])  # the first of equals: probability
+    details = {"queries": len(outside), "out_of_scope": int(outside.sum()), "accuracy": measured[chosen]["accuracy"],
+               "accuracy_without_threshold": float(correct.mean()), "scores": measured}
+    out_of_scope = OutOfScope(label, measured[chosen]["threshold"], validation=details, score=chosen,
+                              reference=reference if chosen == "nearest" else None)
+    run.out_of_scope_reference.unlink(missing_ok=True)  # a rule on the probability leaves no stale states behind
+    out_of_scope.save(run.out_of_scope, run.out_of_scope_reference)
     return out_of_scope

@@ -219,3 +219,48 @@ def test_classical_baseline_gets_its_own_threshold_from_validation():
     answers = [["billing", "shipping"][int(p.argmax())] if p.max() >= expected else "other" for p in test_probs]
     assert [row["prediction"] for row in result.rows] == answers
     assert "out_of_scope_f1" in result.metrics
+
+
+# ------------------------------------------------------------------------- the nearest-request score
+
+
+def test_nearest_score_is_the_cosine_to_the_closest_training_state_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    training = rng.normal(size=(6, 5))
+    reference = training / np.linalg.norm(training, axis=1, keepdims=True)
+    rule = OutOfScope("other", 0.8, score="nearest", reference=reference)
+    requests = np.vstack([training[2] * 3.0, rng.normal(size=5)])  # a training state (scaled), a random one
+    by_hand = [max(float(np.dot(r, t) / np.linalg.norm(r) / np.linalg.norm(t)) for t in training) for r in requests]
+    scores = rule.scores(np.full((2, 3), 1 / 3), requests)
+    assert scores == pytest.approx(by_hand) and scores[0] == pytest.approx(1.0)
+    assert [rule.answer("billing", s) for s in scores] == ["billing", "other" if by_hand[1] < 0.8 else "billing"]
+    rule.save(tmp_path / "out_of_scope.json", tmp_path / "out_of_scope.npy")
+    loaded = OutOfScope.load(tmp_path / "out_of_scope.json", tmp_path / "out_of_scope.npy")
+    assert loaded == rule and loaded.score == "nearest" and np.allclose(loaded.reference, reference)
+    assert json.loads((tmp_path / "out_of_scope.json").read_text())["score_is"].startswith("the highest cosine similarity")
+    # Without its states the rule cannot answer: one clear error, not a silent fallback to the probability.
+    (tmp_path / "out_of_scope.npy").unlink()
+    with pytest.raises(DataError, match=r"out_of_scope\.npy.*missing"):
+        OutOfScope.load(tmp_path / "out_of_scope.json", tmp_path / "out_of_scope.npy")
+    with pytest.raises(ValueError, match="hidden states"):
+        rule.scores(np.full((2, 3), 1 / 3))
+    with pytest.raises(DataError, match="unknown out-of-scope score"):
+        OutOfScope("other", 0.5, score="energy")
+
+
+def test_a_rule_saved_before_the_score_existed_reads_as_the_probability(tmp_path):
+    path = tmp_path / "out_of_scope.json"
+    path.write_text(json.dumps({"label": "other", "threshold": 0.6}))
+    rule = OutOfScope.load(path, tmp_path / "out_of_scope.npy")
+    assert rule.score == "probability" and not rule.needs_features
+    assert list(rule.scores(np.array([[0.7, 0.3], [0.5, 0.5]]))) == [0.7, 0.5]
+
+
+def test_threshold_candidates_cover_scores_below_zero():
+    # Cosine similarities can be negative: "reject nothing" must stay a candidate, and the rule still
+    # picks the lowest threshold that reaches the best accuracy.
+    scores = [-0.4, -0.2, 0.3, 0.9]
+    correct = [True, True, False, True]
+    outside = [False, False, True, False]
+    threshold, accuracy = choose_threshold(scores, correct, outside)
+    assert threshold == pytest.approx(-0.4) and accuracy == pytest.approx(0.75)

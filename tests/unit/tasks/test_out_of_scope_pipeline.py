@@ -3,13 +3,17 @@ saves its threshold, the tuned model and every baseline are judged with their ow
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from tunelab.config import parse_config
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.split import load_split
 from tunelab.evaluation.evaluate import evaluate
 from tunelab.evaluation.metrics import choose_threshold
+from tunelab.inference import Classifier
+from tunelab.models.heads import causal_lm_of
 from tunelab.runs import load_run
 from tunelab.tasks.pipeline import run_pipeline
 
@@ -45,15 +49,32 @@ def test_run_with_out_of_scope_requests(tmp_path, tiny_model_dir):
     assert [r.label for r in split.test].count("other") == 8 and [r.label for r in split.validation].count("other") == 8
     # Never a class: not in the label map, so never a label token.
     assert LabelMap.load(run / "labels.json").labels == ["A", "B"]
-    saved = OutOfScope.load(run / "out_of_scope.json")
-    assert saved.label == "other" and 0.0 <= saved.threshold <= 1.0 and saved.validation["queries"] == len(split.validation)
-    # The saved threshold is the rule applied to the saved run's scores of the validation queries.
+    saved = OutOfScope.load(run / "out_of_scope.json", run / "out_of_scope.npy")
+    assert saved.label == "other" and saved.validation["queries"] == len(split.validation)
+    # Each candidate score's threshold is the rule applied to the saved run's scores of the validation queries,
+    # computed here without tunelab's inference: the top probability of the label tokens, and the cosine similarity
+    # of the last prompt token's final hidden state to the nearest training request's.
     loaded = load_run(run)
     assert loaded.out_of_scope == saved
     scored = evaluate(loaded, split.validation, "classify", config=config.eval, data_config=config.data, out_of_scope=OutOfScope("other", 0.0))
     confidence = [row["scores"]["confidence"] for row in scored.rows]
     correct = [row["label_prediction"] == row["reference"] for row in scored.rows]
-    assert saved.threshold == pytest.approx(choose_threshold(confidence, correct, [row["reference"] == "other" for row in scored.rows])[0])
+    outside = [row["reference"] == "other" for row in scored.rows]
+    states = {}
+    for record in [*split.train, *split.validation]:
+        ids = torch.tensor([Classifier.for_model(loaded).prompt(record.text)[0]])
+        with torch.inference_mode():
+            state = causal_lm_of(loaded.model).get_decoder()(input_ids=ids).last_hidden_state[0, -1].double().numpy()
+        states[record.id] = state / np.linalg.norm(state)
+    training = np.stack([states[r.id] for r in split.train])
+    nearest = [float((training @ states[r.id]).max()) for r in split.validation]
+    candidates = saved.validation["scores"]
+    assert set(candidates) == {"probability", "nearest"}
+    assert candidates["probability"]["threshold"] == pytest.approx(choose_threshold(confidence, correct, outside)[0])
+    assert candidates["nearest"]["threshold"] == pytest.approx(choose_threshold(nearest, correct, outside)[0], abs=1e-4)
+    chosen = max(candidates, key=lambda name: candidates[name]["accuracy"])
+    assert saved.score == chosen and saved.threshold == candidates[chosen]["threshold"]
+    assert (run / "out_of_scope.npy").is_file() == (chosen == "nearest")
     # The tuned evaluation applies it; every baseline has its own, chosen on the same validation queries.
     tuned = outcome.tuned_metrics
     assert tuned["out_of_scope_threshold"] == saved.threshold and tuned["out_of_scope_queries"] == 8
