@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.labels import OUT_OF_SCOPE_SCORES
 from tunelab.errors import DataError
 from tunelab.evaluation.compare import Verdict, compare_with_baselines
 from tunelab.evaluation.result import EvalResult
@@ -275,12 +276,18 @@ def out_of_scope_lines(baselines: dict[str, EvalResult], tuned: EvalResult) -> l
     rule = tuned.settings.get("out_of_scope")
     if not rule:
         return []
-    thresholds = [f"tuned {rule['threshold']:.3g}"] + [
-        f"{name} {result.settings['out_of_scope']['threshold']:.3g}" for name, result in baselines.items() if result.settings.get("out_of_scope")
+    def described(name: str, saved: dict) -> str:
+        score = saved.get("score", "probability")
+        return f"{name} {saved['threshold']:.3g}" + ("" if score == "probability" else f" on the {score} score")
+
+    thresholds = [described("tuned", rule)] + [
+        described(name, result.settings["out_of_scope"]) for name, result in baselines.items() if result.settings.get("out_of_scope")
     ]
+    scores = {saved.get("score", "probability") for saved in [rule, *(r.settings.get("out_of_scope") or {} for r in baselines.values())] if saved}
+    meaning = "; ".join(f"{score}: {OUT_OF_SCOPE_SCORES[score]}" for score in sorted(scores))
     return [
-        f"out of scope: '{rule['label']}' when the top label's probability is below the model's own threshold "
-        f"({', '.join(thresholds)}), each chosen on the validation queries: {rule.get('rule', '')}; "
+        f"out of scope: '{rule['label']}' when the model's score is below its own threshold "
+        f"({', '.join(thresholds)}), each chosen on the validation queries ({meaning}): {rule.get('rule', '')}; "
         "accuracy counts every test query, in_scope_accuracy the in-scope ones (a rejected one is wrong)"
     ]
 

@@ -77,3 +77,21 @@ def test_an_sft_run_is_a_reference_of_its_prompts(tmp_path):
     assert reference.task == "sft" and not any("cannot read" in note for note in reference.notes)
     assert len(reference.train_texts) == 16 and all(text.startswith("question number") for text in reference.train_texts)
     assert len(reference.heldout_texts) == 4
+
+
+def test_the_out_of_scope_share_counts_the_answers_whatever_score_the_rule_uses():
+    """With a rule on the nearest-request score the top probabilities say nothing about rejections: the share is
+    read from the answers themselves (it was the share of top probabilities below the threshold)."""
+    from tunelab.monitor.check import Reference, compute_signals
+    from tunelab.monitor.traffic import Traffic
+
+    traffic = Traffic(model="router", run_id="r1", since="2026-01-01", until="2026-01-02", requests=40, server_errors=0, client_errors=0,
+                      first=None, last=None, latency_ms=np.zeros(40), predicted=Counter({"billing": 28, "out_of_scope": 12}),
+                      top_probabilities=np.full(40, 0.99))
+    reference = Reference(run_id="r1", run_dir=None, task="classify", oos_threshold=0.95, oos_label="out_of_scope")
+    config = MonitorConfig(min_requests=10)
+    signal = next(s for s in compute_signals(traffic, reference, config) if s.name == "oos_share")
+    assert signal.value == pytest.approx(12 / 40) and signal.n == 40 and "out_of_scope" in signal.detail
+    assert signal.status == "drifted"  # 0.30 against 0.10 / 0.25
+    without = next(s for s in compute_signals(traffic, Reference(run_id="r1", run_dir=None, task="classify"), config) if s.name == "oos_share")
+    assert without.value is None and "no out-of-scope rule" in without.detail
