@@ -60,6 +60,32 @@ def dataset_records(dataset: str) -> list:
     return load_records(str(SHARED_DATA / DATASETS[dataset]), "classify", DataConfig(preset=dataset))
 
 
+def _start_lora_from(path: Path) -> None:
+    """Make the classify recipe start its LoRA from ``path``'s weights (a prototype hook for a lever; not in tunelab)."""
+    from safetensors.torch import load_file
+
+    import tunelab.tasks.classify as recipe
+
+    weights = load_file(str(path))
+    plain = recipe.apply_method
+
+    def apply_then_load(model, config):
+        model = plain(model, config)
+        own = dict(model.named_parameters())
+        missing = [name for name in weights if name not in own]
+        if missing:
+            raise SystemExit(f"--init-lora: {len(missing)} weights match nothing in the model, e.g. {missing[0]}")
+        import torch
+
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                own[name].copy_(tensor.to(own[name].dtype))
+        print(json.dumps({"init_lora": str(path), "tensors": len(weights)}), flush=True)
+        return model
+
+    recipe.apply_method = apply_then_load
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -68,6 +94,8 @@ def main() -> None:
     parser.add_argument("--test-per-label", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--init-lora", type=Path, default=None,
+                        help="start the recipe's LoRA from these weights (bench/classify_contrastive.py --save) instead of a fresh one")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -79,6 +107,8 @@ def main() -> None:
     from tunelab.tasks import run_training
 
     train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels)
+    if args.init_lora is not None:
+        _start_lora_from(args.init_lora)
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
     output = RESULTS_DIR / "tmp" / "levers"
     raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},
@@ -99,7 +129,7 @@ def main() -> None:
         embedding = None
     row = {
         "dataset": args.dataset, "labels": len({r.label for r in train}), "per_label": args.per_label, "seed": args.seed,
-        "tag": args.tag, "overrides": args.overrides, "train": len(train), "validation": len(validation), "test": len(test),
+        "tag": args.tag, "overrides": args.overrides, "init_lora": str(args.init_lora) if args.init_lora else None, "train": len(train), "validation": len(validation), "test": len(test),
         "steps": result.steps, "final_loss": result.final_loss, "best_validation_loss": result.best_validation_loss,
         "best_validation_accuracy": result.best_validation_score,
         "accuracy": scored.metrics["accuracy"], "macro_f1": scored.metrics["macro_f1"],
