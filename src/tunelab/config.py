@@ -401,8 +401,9 @@ class EvalConfig(_Section):
 class ClassifyConfig(_Section):
     label_head: bool = Field(
         True,
-        description="Train a delta over the label tokens' rows of the output head (lora/freeze; saved with the "
-        "adapter, folded in on export). LoRA alone never moves those rows when the head is tied to the embeddings.",
+        description="Train a delta over the label tokens' rows of the output head (saved with a LoRA adapter and "
+        "folded in on export; folded into an untied head of the model folder for full and freeze). LoRA alone never "
+        "moves those rows when the head is tied to the embeddings.",
     )
     label_init: Literal["name", "token"] = Field(
         "name",

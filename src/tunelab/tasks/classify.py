@@ -61,8 +61,10 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     prefix = training_prefix([e.input_ids for e in examples + validation], enabled=config.train.reuses_prefix())
     label_token_ids = torch.tensor(label_map.token_ids, dtype=torch.long)
     label_head = None
-    if config.classify.label_head and config.train.method != "full":
-        # full fine-tuning trains the head rows themselves; LoRA and freeze never reach them.
+    if config.classify.label_head:
+        # LoRA and freeze never reach the label rows of a tied head; full fine-tuning does, but at its small
+        # learning rate from arbitrary code tokens, so it gets the name-initialised rows as well (folded into
+        # an untied head when the model folder is saved).
         names = label_name_token_ids(label_map.labels, tokenizer) if config.classify.label_init == "name" else None
         label_head = LabelHead.initialise(model, label_map.token_ids, names)
         model.add_module("label_head", label_head)  # a submodule: optimized, checkpointed and resumed with the rest

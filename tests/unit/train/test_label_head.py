@@ -117,3 +117,31 @@ def test_classify_label_smoothing_reaches_the_training_loss(tiny_model_dir, tmp_
     none, plain = first_loss(0.0, "none")
     assert default == 0.2 and none == 0.0
     assert abs(smoothed - plain) > 1e-4
+
+
+def test_a_full_classify_run_starts_its_label_rows_at_the_names_and_saves_them_in_an_untied_head(tiny_model_dir, tmp_path):
+    """train.method=full used to skip the label head, so classify.label_init (default: name) did nothing and the
+    label rows started at arbitrary code tokens. With a learning rate too small to move anything, the saved
+    model's label rows are the name-initialised ones, the input embeddings the base's, and scoring agrees."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.evaluation.predict import label_logits as score_prompts
+    from tunelab.runs import load_run
+
+    config = tiny_config(tiny_model_dir, task="classify", method="full", lr=1e-12, max_steps=1)
+    run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / "run")
+    run = RunFolder(tmp_path / "run")
+    assert (run.model / "config.json").is_file() and not run.adapter.exists()
+    label_ids = json.loads(run.labels.read_text())["token_ids"]
+    saved = AutoModelForCausalLM.from_pretrained(run.model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    names = label_name_token_ids(json.loads(run.labels.read_text())["labels"], load_run(run.root).tokenizer)
+    start = LabelHead.initialise(base, label_ids, names)
+    expected = base.get_output_embeddings().weight[torch.tensor(label_ids)] + start.delta
+    torch.testing.assert_close(saved.get_output_embeddings().weight[torch.tensor(label_ids)], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(saved.get_input_embeddings().weight, base.get_input_embeddings().weight, atol=1e-6, rtol=0)
+
+    loaded = load_run(run.root)
+    prompts = [[5, 9, 12, 40, 7], [3, 8, 21]]
+    torch.testing.assert_close(torch.from_numpy(score_prompts(loaded.model, prompts, label_ids)),
+                               torch.from_numpy(score_prompts(base, prompts, label_ids, label_head=start)), atol=1e-4, rtol=1e-4)
