@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -117,6 +118,9 @@ def main() -> None:
     started = time.perf_counter()
     result = run_training(config, Split("classify", train, validation, test), run_dir=output / name)
     train_seconds = time.perf_counter() - started
+    # Peak resident memory of the process up to the end of training (Linux reports KiB), before the
+    # evaluation and the baselines load anything else.
+    peak_train_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tuned = load_run(result.run_dir)
     scored = evaluate(tuned, test, "classify", config=config.eval, data_config=config.data)
     # The opponent on the same rows, trained on what the tuned model saw (as tunelab run does).
@@ -135,7 +139,7 @@ def main() -> None:
         "accuracy": scored.metrics["accuracy"], "macro_f1": scored.metrics["macro_f1"],
         "classical_accuracy": classical.metrics["accuracy"], "embedding_accuracy": embedding,
         "ece": scored.metrics.get("ece"),
-        "train_seconds": round(train_seconds, 1), "tokens_per_second": round(result.tokens_per_second, 1),
+        "train_seconds": round(train_seconds, 1), "peak_train_mb": round(peak_train_mb), "tokens_per_second": round(result.tokens_per_second, 1),
         "load": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(json.dumps(row))
@@ -145,9 +149,9 @@ def main() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     table = markdown_table(
         ["dataset", "labels", "per label", "seed", "variant", "steps", "final loss", "best validation accuracy", "held-out accuracy",
-         "macro-F1", "classical", "embedding", "train s", "load"],
+         "macro-F1", "classical", "embedding", "train s", "peak MB", "load"],
         [[r["dataset"], r["labels"], r["per_label"], r["seed"], r.get("tag") or " ".join(r["overrides"]) or "defaults", r["steps"],
-          r["final_loss"], r.get("best_validation_accuracy"), r["accuracy"], r["macro_f1"], r.get("classical_accuracy"), r.get("embedding_accuracy"), r["train_seconds"], r["load"]] for r in rows],
+          r["final_loss"], r.get("best_validation_accuracy"), r["accuracy"], r["macro_f1"], r.get("classical_accuracy"), r.get("embedding_accuracy"), r["train_seconds"], r.get("peak_train_mb"), r["load"]] for r in rows],
     )
     (RESULTS_DIR / "classify_levers.md").write_text(table + "\n", encoding="utf-8")
 
