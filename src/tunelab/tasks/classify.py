@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tunelab.config import ResolvedConfig, require_resolved
-from tunelab.data.labels import LabelMap, OutOfScope, label_name_token_ids, nearest_similarity
+from tunelab.data.labels import LabelMap, OutOfScope, label_name_token_ids
 from tunelab.data.split import Split, check_classify_labels
 from tunelab.data.tokenize import tokenize_records, training_prefix
 from tunelab.models.adapters import apply_method
@@ -169,12 +169,12 @@ def calibrate_run(config: ResolvedConfig, split: Split, run_dir: str | Path) -> 
     outside = np.array([r.label == label for r in split.validation])
     correct = np.array([not out and t == r.label for t, out, r in zip(top, outside, split.validation, strict=True)])
     reference = None
-    scores = {"probability": probabilities.max(axis=1)}
     if "nearest" in choices:
         training = [r for r in split.train if r.label != label and r.label in labels]
         _, training_states = final_states(training)
         reference = training_states / np.maximum(np.linalg.norm(training_states, axis=1, keepdims=True), 1e-12)
-        scores["nearest"] = nearest_similarity(states, reference)
+    # Each candidate scored exactly as evaluation and serving will score it (OutOfScope.scores).
+    scores = {name: OutOfScope(label, 0.0, score=name, reference=reference).scores(probabilities, states) for name in choices}
     measured = {}
     for name in choices:
         threshold, accuracy = choose_threshold(scores[name], correct, outside)
@@ -185,6 +185,8 @@ def calibrate_run(config: ResolvedConfig, split: Split, run_dir: str | Path) -> 
                "accuracy_without_threshold": float(correct.mean()), "scores": measured}
     out_of_scope = OutOfScope(label, measured[chosen]["threshold"], validation=details, score=chosen,
                               reference=reference if chosen == "nearest" else None)
-    run.out_of_scope_reference.unlink(missing_ok=True)  # a rule on the probability leaves no stale states behind
     out_of_scope.save(run.out_of_scope, run.out_of_scope_reference)
+    if not out_of_scope.needs_features:
+        # After the json that no longer names them: a kill in between never leaves a rule without its states.
+        run.out_of_scope_reference.unlink(missing_ok=True)
     return out_of_scope
