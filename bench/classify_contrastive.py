@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from classify_levers import DATASETS, dataset_records, subsample
-from common import RESULTS_DIR
+from common import RESULTS_DIR, append_row
 
 RESULTS = RESULTS_DIR / "classify_contrastive.jsonl"
 
@@ -205,9 +205,7 @@ def main() -> None:
         "load": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(json.dumps(row))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_row(RESULTS, row)
 
 
 if __name__ == "__main__":

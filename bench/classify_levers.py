@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import RESULTS_DIR, SHARED_DATA, markdown_table
+from common import RESULTS_DIR, SHARED_DATA, append_row, markdown_table
 
 DATASETS = {"banking77": "banking77", "hwu64": "hwu64/trainset", "snips": "snips"}
 # The quickstart's own training file (its test file is never read here: it is what bench/quality.py reports on).
@@ -143,9 +143,7 @@ def main() -> None:
         "load": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(json.dumps(row))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_row(RESULTS, row)
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     table = markdown_table(
         ["dataset", "labels", "per label", "seed", "variant", "steps", "final loss", "best validation accuracy", "held-out accuracy",

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 from classify_levers import DATASETS, dataset_records, subsample
-from common import RESULTS_DIR
+from common import RESULTS_DIR, append_row
 
 RESULTS = RESULTS_DIR / "classify_representations.jsonl"
 
@@ -99,9 +99,7 @@ def main() -> None:
     row.update(seconds=round(time.perf_counter() - started, 1), load=round(os.getloadavg()[0], 2),
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(json.dumps(row))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_row(RESULTS, row)
 
 
 if __name__ == "__main__":

@@ -410,3 +410,10 @@ def atomic_json(path: Path, data: Any) -> None:
     from tunelab.paths import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one result row to a JSON-lines results file (the levers' and probes' accumulating results)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS_DIR
+from common import RESULTS_DIR, append_row
 
 RESULTS = RESULTS_DIR / "out_of_scope_scores.jsonl"
 
@@ -138,9 +138,7 @@ def main() -> None:
     result.update(seconds=round(time.perf_counter() - started, 1), load=round(os.getloadavg()[0], 2),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(json.dumps(result, indent=1))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(result) + "\n")
+    append_row(RESULTS, result)
 
 
 if __name__ == "__main__":
