@@ -419,6 +419,15 @@ class ClassifyConfig(_Section):
         description="Training loss only: the share of each target spread over all labels (keeps a few hundred "
         "examples from being memorised with certainty; the validation loss stays plain cross-entropy).",
     )
+    # none by default: the verdict scores a test split drawn like the training data, where the frequent labels
+    # count as often as they occur; weighting trades their accuracy for the rare labels' recall. Measured in
+    # bench/README.md ("Class weights on skewed data").
+    class_weights: Literal["none", "balanced"] = Field(
+        "none",
+        description="Training loss only: 'balanced' weighs each example by n / (labels x examples of its label), as "
+        "scikit-learn's class_weight='balanced' does, so rare labels count as much as frequent ones (the validation "
+        "loss and checkpoint choice stay unweighted).",
+    )
     select_by: Literal["accuracy", "loss"] = Field(
         "accuracy",
         description="accuracy: keep the latest checkpoint within one validation example of the highest validation "

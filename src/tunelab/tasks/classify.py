@@ -69,12 +69,17 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         label_head = LabelHead.initialise(model, label_map.token_ids, names)
         model.add_module("label_head", label_head)  # a submodule: optimized, checkpointed and resumed with the rest
     scoring = {"label_token_ids": label_token_ids, "label_head": label_head}
+    weights = None
+    if config.classify.class_weights == "balanced":
+        weights = balanced_class_weights([label_map.index(r.label) for r in split.train if r.label != outside], len(label_map.labels))
     loop = session.train(
         model,
         examples,
         validation,
         collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens, prefix),
-        loss_fn=functools.partial(classify_loss_sum, **scoring, label_smoothing=config.classify.label_smoothing),
+        loss_fn=functools.partial(
+            classify_loss_sum, **scoring, label_smoothing=config.classify.label_smoothing, class_weights=weights
+        ),
         progress=progress,
         validation_score=functools.partial(classify_correct_sum, **scoring) if config.classify.select_by == "accuracy" else None,
     )
@@ -86,6 +91,17 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         if outside is not None:
             calibrate_run(config, split, run_dir)
     return result
+
+
+def balanced_class_weights(labels: list[int], count: int) -> torch.Tensor:
+    """One weight per label, n / (labels x examples of the label), from the training examples' label indices.
+
+    scikit-learn's ``class_weight='balanced'``: the weights average 1 over the training examples, so the loss
+    keeps its scale, and each label's examples weigh as much in total as any other label's. A label with no
+    training example gets 0 (none reaches here: the split check requires each validation label in training).
+    """
+    counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=count).float()
+    return torch.where(counts > 0, len(labels) / (count * counts.clamp(min=1)), torch.zeros_like(counts))
 
 
 def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | Path) -> dict[str, Any]:

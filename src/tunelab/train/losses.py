@@ -154,15 +154,23 @@ def classify_loss_sum(
     label_token_ids: torch.Tensor,
     label_head: LabelHead | None = None,
     label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed cross-entropy over the label tokens at each prompt's last position.
 
-    ``label_smoothing`` applies while gradients are on (training steps) only: the validation loss
-    the loop reports and selects by stays the plain cross-entropy.
+    ``label_smoothing`` and ``class_weights`` (one weight per label: each example's loss times its label's)
+    apply while gradients are on (training steps) only: the validation loss the loop reports and selects by
+    stays the plain cross-entropy.
     """
     logits = classify_logits(model, batch, label_token_ids, label_head).float()
-    smoothing = label_smoothing if torch.is_grad_enabled() else 0.0
-    return F.cross_entropy(logits, batch["class_labels"], reduction="sum", label_smoothing=smoothing)
+    if not torch.is_grad_enabled():
+        return F.cross_entropy(logits, batch["class_labels"], reduction="sum")
+    if class_weights is None:
+        return F.cross_entropy(logits, batch["class_labels"], reduction="sum", label_smoothing=label_smoothing)
+    # Per example, not F.cross_entropy(weight=...): with label smoothing torch would also weigh the smoothed share
+    # by every other label's weight, and the loop averages the sum over examples, not over weights.
+    losses = F.cross_entropy(logits, batch["class_labels"], reduction="none", label_smoothing=label_smoothing)
+    return (losses * class_weights.to(losses.device)[batch["class_labels"]]).sum()
 
 
 def classify_correct_sum(

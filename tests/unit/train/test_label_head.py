@@ -119,6 +119,46 @@ def test_classify_label_smoothing_reaches_the_training_loss(tiny_model_dir, tmp_
     assert abs(smoothed - plain) > 1e-4
 
 
+def test_balanced_class_weights_are_scikit_learns():
+    """n / (labels x count of the label), the weights scikit-learn's class_weight='balanced' gives the same labels."""
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from tunelab.tasks.classify import balanced_class_weights
+
+    labels = [0] * 6 + [1] * 3 + [2]
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=np.array(labels))
+    weights = balanced_class_weights(labels, 3)
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-6)
+    assert abs(float(weights[torch.tensor(labels)].mean()) - 1.0) < 1e-6  # the loss keeps its scale
+    assert balanced_class_weights([0, 0, 1], 3)[2] == 0  # a label without examples weighs nothing
+
+
+def test_classify_class_weights_reach_the_training_loss(tiny_model_dir, tmp_path):
+    """classify.class_weights: balanced on skewed training rows changes the first logged loss (the same batch,
+    before any update); none, the default, leaves it as the plain recipe's."""
+    from tunelab.config import parse_config
+
+    records = classify_records(12)
+    skewed = [r for i, r in enumerate(records) if i % 3 == 0 or i < 6]  # 4 x billing, 2 x each other label
+    assert len({r.label for r in skewed}) == 3 and len(skewed) == 8
+
+    def first_loss(weights, name):
+        raw = {"task": "classify", "model": str(tiny_model_dir), "data": {"max_length": 64},
+               "train": {"batch_size": 16, "lr": 5e-3, "max_steps": 1, "log_every": 1, "precision": "fp32", "seed": 0}}
+        if weights is not None:
+            raw["classify"] = {"class_weights": weights}
+        config = parse_config(raw)
+        run_training(config, records_split(skewed, classify_records(6)), run_dir=tmp_path / name)
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return config.classify.class_weights, next(m["loss"] for m in lines if "loss" in m)
+
+    default, plain = first_loss(None, "default")
+    balanced, weighted = first_loss("balanced", "balanced")
+    assert default == "none" and balanced == "balanced"
+    assert abs(weighted - plain) > 1e-4
+
+
 def test_a_full_classify_run_starts_its_label_rows_at_the_names_and_saves_them_in_an_untied_head(tiny_model_dir, tmp_path):
     """train.method=full used to skip the label head, so classify.label_init (default: name) did nothing and the
     label rows started at arbitrary code tokens. With a learning rate too small to move anything, the saved

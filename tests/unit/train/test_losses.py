@@ -135,6 +135,26 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny_model, tiny_tokenize
     torch.testing.assert_close(smoothed.detach(), by_hand, rtol=1e-5, atol=1e-5)
 
 
+def test_class_weights_scale_each_training_example_by_its_label_weight_only_while_training(tiny_model, tiny_tokenizer):
+    """classify.class_weights: each example's (smoothed) loss times its label's weight, summed, by hand; without
+    gradients (validation) the plain, unweighted cross-entropy."""
+    vocab = len(tiny_tokenizer)
+    label_ids = torch.tensor([40, 41, 42])
+    pairs = [(10, 0), (6, 0), (14, 1), (3, 2)]  # (length, label)
+    examples = [ClassifyExample(_example(i, n, vocab).input_ids, label) for i, (n, label) in enumerate(pairs)]
+    batch = ClassifyCollate(pad_id=0, max_length=32)(examples)
+    targets = torch.tensor([e.label for e in examples])
+    weights = torch.tensor([0.5, 2.0, 3.0])
+    with torch.no_grad():
+        log_p = torch.log_softmax(classify_logits(tiny_model, batch, label_ids).float(), dim=-1)
+        validation = classify_loss_sum(tiny_model, batch, label_ids, label_smoothing=0.1, class_weights=weights)
+    nll = -log_p[torch.arange(len(examples)), targets]
+    torch.testing.assert_close(validation, nll.sum(), rtol=1e-5, atol=1e-5)
+    weighted = classify_loss_sum(tiny_model, batch, label_ids, label_smoothing=0.1, class_weights=weights)
+    by_hand = (weights[targets] * (0.9 * nll + 0.1 * -log_p.mean(dim=-1))).sum()
+    torch.testing.assert_close(weighted.detach(), by_hand, rtol=1e-5, atol=1e-5)
+
+
 def test_rows_longer_than_max_length_pack_more_and_keep_each_example_isolated(tiny_model, tiny_tokenizer):
     """train.pack_tokens: one row may hold several max_length examples; logits stay per example."""
     vocab = len(tiny_tokenizer)
