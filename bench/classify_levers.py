@@ -31,7 +31,9 @@ QUICKSTART_TRAIN = Path(__file__).resolve().parents[1] / "examples" / "support-r
 RESULTS = RESULTS_DIR / "classify_levers.jsonl"
 
 
-def subsample(records, per_label: int, test_per_label: int, seed: int, labels: int | None):
+def subsample(records, per_label: int, test_per_label: int, seed: int, labels: int | None, skew: float = 1.0):
+    """Training, validation and test rows per label; ``skew`` R > 1 draws skewed training data: the labels' counts
+    fall geometrically from ``per_label`` to ``per_label / R`` (at least 2) in a seeded order; test stays balanced."""
     by_label = defaultdict(list)
     for record in records:
         by_label[record.label].append(record)
@@ -39,11 +41,16 @@ def subsample(records, per_label: int, test_per_label: int, seed: int, labels: i
     chosen = sorted(by_label)
     if labels:
         chosen = sorted(rng.sample(chosen, labels))
+    counts = {label: per_label for label in chosen}
+    if skew > 1.0:
+        order = rng.sample(chosen, len(chosen))
+        steps = max(1, len(order) - 1)
+        counts = {label: max(2, round(per_label * skew ** (-i / steps))) for i, label in enumerate(order)}
     train, validation, test = [], [], []
     for label in chosen:
         rows = list(by_label[label])
         rng.shuffle(rows)
-        kept = rows[:per_label]
+        kept = rows[: counts[label]]
         held = max(1, round(len(kept) * 0.1))
         validation += kept[:held]
         train += kept[held:]
@@ -95,6 +102,8 @@ def main() -> None:
     parser.add_argument("--test-per-label", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--skew", type=float, default=1.0,
+                        help="skewed training data: label counts fall geometrically from --per-label to --per-label / SKEW")
     parser.add_argument("--init-lora", type=Path, default=None,
                         help="start the recipe's LoRA from these weights (bench/classify_contrastive.py --save) instead of a fresh one")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
@@ -107,7 +116,7 @@ def main() -> None:
     from tunelab.runs import load_run
     from tunelab.tasks import run_training
 
-    train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels)
+    train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels, args.skew)
     if args.init_lora is not None:
         _start_lora_from(args.init_lora)
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
@@ -131,7 +140,17 @@ def main() -> None:
         embedding = embedding_baseline([*train, *validation], test, config=config.eval, data_config=config.data).metrics["accuracy"]
     except BaselineSkipped:
         embedding = None
+    # On skewed training data the held-out rows stay balanced, so accuracy is the mean per-label recall; weighted
+    # by each label's share of the training rows it is the accuracy expected on a test split drawn like them.
+    shares = defaultdict(float)
+    for record in [*train, *validation]:
+        shares[record.label] += 1 / (len(train) + len(validation))
+    recall = {label: values["recall"] for label, values in scored.metrics["per_class"].items()}
+    rare = sorted(shares, key=shares.get)[: max(1, len(shares) // 4)]
     row = {
+        "skew": args.skew,
+        "accuracy_as_trained": round(sum(shares[label] * recall.get(label, 0.0) for label in shares), 4),
+        "rare_quarter_recall": round(sum(recall.get(label, 0.0) for label in rare) / len(rare), 4),
         "dataset": args.dataset, "labels": len({r.label for r in train}), "per_label": args.per_label, "seed": args.seed,
         "tag": args.tag, "overrides": args.overrides, "init_lora": str(args.init_lora) if args.init_lora else None, "train": len(train), "validation": len(validation), "test": len(test),
         "steps": result.steps, "final_loss": result.final_loss, "best_validation_loss": result.best_validation_loss,
