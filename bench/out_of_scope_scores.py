@@ -3,13 +3,16 @@
 A tuned classify run answers "out of scope" when a score of the request is below a threshold chosen on
 the validation queries (the rule of ``evaluation/metrics.choose_threshold``: the highest accuracy over
 all validation queries, ties to the lowest threshold). This script scores the run's own validation and
-test queries (``split.json``) with the run's own model only, four ways:
+test queries (``split.json``) with the run's own model only, several ways:
 
 - ``probability``: the top label's probability (calibrated when the run folded a temperature in): today's rule;
 - ``energy``: logsumexp of the label logits (Liu et al. 2020; higher = more in scope);
 - ``margin``: top-1 minus top-2 label probability;
 - ``nearest``: the highest cosine similarity between the request's last hidden state and those of the
-  training requests (the distance to the training examples' representations, in the tuned model).
+  training requests (the distance to the training examples' representations, in the tuned model);
+- ``probability_and_nearest``: a logistic regression of known vs unknown on those two, fitted on the
+  validation queries (a prototype: the validation queries also choose its threshold, so its validation
+  AUROC flatters it; the test columns do not).
 
 For each it chooses the threshold on validation and reports, on the test queries: accuracy over all
 queries, in-scope accuracy (a rejected in-scope query is wrong), out-of-scope recall, and AUROC of the
@@ -122,6 +125,18 @@ def main() -> None:
     result = {"run": args.run.name, "validation": len(split.validation), "test": len(split.test),
               "test_out_of_scope": int(row["test"]["outside"].sum())}
     test, validation = row["test"], row["validation"]
+    # Two scores at once: a logistic regression of in-scope vs out-of-scope on the (standardised) top probability
+    # and nearest similarity, fitted on the validation queries (which also choose its threshold, as for the others).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def pair(part):
+        return np.column_stack([part["scores"]["probability"], part["scores"]["nearest"]])
+
+    combined = make_pipeline(StandardScaler(), LogisticRegression(C=1.0)).fit(pair(validation), ~validation["outside"])
+    for part in (validation, test):
+        part["scores"]["probability_and_nearest"] = combined.predict_proba(pair(part))[:, 1]
     result["in_scope_accuracy_without_threshold"] = float(test["correct"][~test["outside"]].mean())
     for name in validation["scores"]:
         threshold = choose(validation["scores"][name], validation["correct"], validation["outside"])
