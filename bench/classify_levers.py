@@ -94,6 +94,44 @@ def _start_lora_from(path: Path) -> None:
     recipe.apply_method = apply_then_load
 
 
+def _head_lr_times(factor: float) -> None:
+    """Train the label head's rows at ``factor`` x the learning rate of the rest (a prototype hook for a lever; not in tunelab)."""
+    import tunelab.train.loop as loop
+
+    plain = loop.make_optimizer
+
+    def make(model, config):
+        optimizer = plain(model, config)
+        head = [p for n, p in model.named_parameters() if n.endswith("label_head.delta") and p.requires_grad]
+        if len(head) != 1:
+            raise SystemExit("--head-lr-times: the run has no label head")
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if p is not head[0]]
+        optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+        optimizer.add_param_group({"params": head, "weight_decay": 0.0, "lr": config.lr * factor})
+        return optimizer
+
+    loop.make_optimizer = make
+
+
+def _truncate_layers(layers: int) -> None:
+    """Load the model cut to its first ``layers`` decoder layers, for training and scoring (a prototype hook; not in tunelab)."""
+    import tunelab.models.loader as loader
+
+    plain = loader._from_pretrained
+
+    def cut(*args, **kwargs):
+        model, tokenizer = plain(*args, **kwargs)
+        if len(model.model.layers) > layers:
+            model.model.layers = model.model.layers[:layers]
+            model.config.num_hidden_layers = layers
+            if getattr(model.config, "layer_types", None):
+                model.config.layer_types = model.config.layer_types[:layers]
+        return model, tokenizer
+
+    loader._from_pretrained = cut
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -106,6 +144,8 @@ def main() -> None:
                         help="skewed training data: label counts fall geometrically from --per-label to --per-label / SKEW")
     parser.add_argument("--init-lora", type=Path, default=None,
                         help="start the recipe's LoRA from these weights (bench/classify_contrastive.py --save) instead of a fresh one")
+    parser.add_argument("--head-lr-times", type=float, default=None, help="prototype: the label head at this multiple of train.lr")
+    parser.add_argument("--truncate-layers", type=int, default=None, help="prototype: the model cut to its first N decoder layers")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -119,6 +159,10 @@ def main() -> None:
     train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels, args.skew)
     if args.init_lora is not None:
         _start_lora_from(args.init_lora)
+    if args.head_lr_times is not None:
+        _head_lr_times(args.head_lr_times)
+    if args.truncate_layers is not None:
+        _truncate_layers(args.truncate_layers)
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
     output = RESULTS_DIR / "tmp" / "levers"
     raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},

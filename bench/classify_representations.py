@@ -13,6 +13,7 @@ plus a nearest-centroid rule (cosine) over ``last`` (what a label row initialise
 would score before any training). Results append to bench/results/classify_representations.jsonl.
 
     PYTHONPATH=src python bench/classify_representations.py --dataset banking77 --labels 20 --per-label 10 --test-per-label 15 --seed 4
+    PYTHONPATH=src python bench/classify_representations.py --dataset hwu64 --labels 20 --per-label 10 --test-per-label 15 --seed 3 --layers
 """
 
 from __future__ import annotations
@@ -48,6 +49,55 @@ def hidden_features(loaded, records, label_map, system, max_length=128):
     return np.stack(last), np.stack(mean)
 
 
+def by_layer(args) -> None:
+    """Logistic regression on each layer's last-token state and mean over the request's tokens (standardised, then
+    L2-normalised: a few dimensions of the raw states have a mean far above the rest). One row per layer."""
+    from sklearn.preprocessing import StandardScaler, normalize
+
+    from tunelab.config import DataConfig
+    from tunelab.data.labels import LabelMap
+    from tunelab.data.templates import classify_messages, render_prompt_ids
+    from tunelab.data.tokenize import tokenize_classify
+    from tunelab.evaluation.baselines import embedding_classifier, fit_with_cv
+    from tunelab.models import load_model
+    from tunelab.models.heads import causal_lm_of
+
+    train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels)
+    train = train + validation
+    loaded = load_model("default")
+    label_map = LabelMap.for_records(train, loaded.tokenizer)
+    system = DataConfig().system_prompt
+    decoder = causal_lm_of(loaded.model).get_decoder()
+    prefix = len(render_prompt_ids(loaded.tokenizer, classify_messages("", system)))
+
+    def states(records):
+        last, mean = [], []
+        with torch.inference_mode():
+            for record in records:
+                ids = tokenize_classify(record, loaded.tokenizer, label_map, 128, system).input_ids
+                hidden = torch.stack([h[0].float() for h in decoder(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states])
+                last.append(hidden[:, -1].numpy())
+                mean.append(hidden[:, max(0, prefix - 8) :].mean(1).numpy())
+        return np.stack(last), np.stack(mean)
+
+    (train_last, train_mean), (test_last, test_mean) = states(train), states(test)
+    y_train, y_test = np.array([r.label for r in train]), np.array([r.label for r in test])
+
+    def accuracy(x_train, x_test):
+        scaler = StandardScaler().fit(x_train)
+        x_train, x_test = normalize(scaler.transform(x_train)), normalize(scaler.transform(x_test))
+        classifier, _ = fit_with_cv(lambda c: embedding_classifier(c, 0), x_train, y_train, seed=0)
+        return round(float(np.mean(classifier.predict(x_test) == y_test)), 4)
+
+    for layer in range(0, train_last.shape[1], 2):
+        row = {"dataset": args.dataset, "labels": len(set(y_train)), "per_label": args.per_label, "seed": args.seed,
+               "layer": layer, "last_lr_standardised": accuracy(train_last[:, layer], test_last[:, layer]),
+               "mean_lr_standardised": accuracy(train_mean[:, layer], test_mean[:, layer]),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        print(json.dumps(row), flush=True)
+        append_row(RESULTS, row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -55,7 +105,12 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=20)
     parser.add_argument("--test-per-label", type=int, default=15)
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--layers", action="store_true",
+                        help="instead: last token and mean over the request at every other layer, features standardised")
     args = parser.parse_args()
+    if args.layers:
+        by_layer(args)
+        return
 
     from sklearn.preprocessing import normalize
 
