@@ -31,7 +31,9 @@ from common import RESULTS_DIR, append_row
 RESULTS = RESULTS_DIR / "classify_representations.jsonl"
 
 
-def hidden_features(loaded, records, label_map, system, max_length=128):
+def hidden_features(loaded, records, label_map, system, max_length=128, every_layer=False):
+    """(last token, mean over the request's tokens) of the final hidden states, [N, hidden] each; with
+    ``every_layer`` of every layer's output (the embeddings first, the final normed states last), [N, layers, hidden]."""
     from tunelab.data.templates import classify_messages, render_prompt_ids
     from tunelab.data.tokenize import tokenize_classify
     from tunelab.models.heads import causal_lm_of
@@ -42,10 +44,12 @@ def hidden_features(loaded, records, label_map, system, max_length=128):
     with torch.inference_mode():
         for record in records:
             ids = tokenize_classify(record, loaded.tokenizer, label_map, max_length, system).input_ids
-            hidden = decoder(input_ids=torch.tensor([ids])).last_hidden_state[0].float()
-            last.append(hidden[-1].numpy())
-            own = hidden[max(0, prefix - 8) :]  # the request's own tokens (and the few template tokens around them)
-            mean.append(own.mean(0).numpy())
+            output = decoder(input_ids=torch.tensor([ids]), output_hidden_states=every_layer)
+            hidden = torch.stack([h[0] for h in output.hidden_states]) if every_layer else output.last_hidden_state[0]
+            hidden = hidden.float()
+            last.append(hidden[..., -1, :].numpy())
+            own = hidden[..., max(0, prefix - 8) :, :]  # the request's own tokens (and the few template tokens around them)
+            mean.append(own.mean(-2).numpy())
     return np.stack(last), np.stack(mean)
 
 
@@ -56,31 +60,16 @@ def by_layer(args) -> None:
 
     from tunelab.config import DataConfig
     from tunelab.data.labels import LabelMap
-    from tunelab.data.templates import classify_messages, render_prompt_ids
-    from tunelab.data.tokenize import tokenize_classify
     from tunelab.evaluation.baselines import embedding_classifier, fit_with_cv
     from tunelab.models import load_model
-    from tunelab.models.heads import causal_lm_of
 
     train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels)
     train = train + validation
     loaded = load_model("default")
     label_map = LabelMap.for_records(train, loaded.tokenizer)
     system = DataConfig().system_prompt
-    decoder = causal_lm_of(loaded.model).get_decoder()
-    prefix = len(render_prompt_ids(loaded.tokenizer, classify_messages("", system)))
-
-    def states(records):
-        last, mean = [], []
-        with torch.inference_mode():
-            for record in records:
-                ids = tokenize_classify(record, loaded.tokenizer, label_map, 128, system).input_ids
-                hidden = torch.stack([h[0].float() for h in decoder(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states])
-                last.append(hidden[:, -1].numpy())
-                mean.append(hidden[:, max(0, prefix - 8) :].mean(1).numpy())
-        return np.stack(last), np.stack(mean)
-
-    (train_last, train_mean), (test_last, test_mean) = states(train), states(test)
+    train_last, train_mean = hidden_features(loaded, train, label_map, system, every_layer=True)
+    test_last, test_mean = hidden_features(loaded, test, label_map, system, every_layer=True)
     y_train, y_test = np.array([r.label for r in train]), np.array([r.label for r in test])
 
     def accuracy(x_train, x_test):

@@ -69,9 +69,8 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         label_head = LabelHead.initialise(model, label_map.token_ids, names)
         model.add_module("label_head", label_head)  # a submodule: optimized, checkpointed and resumed with the rest
     scoring = {"label_token_ids": label_token_ids, "label_head": label_head}
-    weights = None
-    if config.classify.class_weights == "balanced":
-        weights = balanced_class_weights([label_map.index(r.label) for r in split.train if r.label != outside], len(label_map.labels))
+    # From the tokenized examples' label indices: exactly the rows the loss sees.
+    weights = balanced_class_weights([e.label for e in examples], len(label_map.labels)) if config.classify.class_weights == "balanced" else None
     loop = session.train(
         model,
         examples,

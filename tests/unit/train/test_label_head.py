@@ -98,20 +98,28 @@ def test_a_higher_validation_accuracy_wins_over_a_lower_loss_and_near_ties_go_to
     assert improves(3.0, 0.1, best_loss=None, top_score=None)
 
 
+def _first_logged_loss(model_dir, run_dir, train, classify=None, batch_size=4):
+    """(the resolved classify section, the first loss the loop logs) of a one-step classify run on ``train``."""
+    from tunelab.config import parse_config
+
+    raw = {"task": "classify", "model": str(model_dir), "data": {"max_length": 64},
+           "train": {"batch_size": batch_size, "lr": 5e-3, "max_steps": 1, "log_every": 1, "precision": "fp32", "seed": 0}}
+    if classify is not None:
+        raw["classify"] = classify
+    config = parse_config(raw)
+    run_training(config, records_split(train, classify_records(6)), run_dir=run_dir)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return config.classify, next(m["loss"] for m in lines if "loss" in m)
+
+
 def test_classify_label_smoothing_reaches_the_training_loss(tiny_model_dir, tmp_path):
     """The default (0.2) is the loss the loop trains on: the same first batch, before any update, scores
     differently with and without it (a recipe that dropped the setting would log equal losses)."""
-    from tunelab.config import parse_config
 
     def first_loss(smoothing, name):
-        raw = {"task": "classify", "model": str(tiny_model_dir), "data": {"max_length": 64},
-               "train": {"batch_size": 4, "lr": 5e-3, "max_steps": 1, "log_every": 1, "precision": "fp32", "seed": 0}}
-        if smoothing is not None:
-            raw["classify"] = {"label_smoothing": smoothing}
-        config = parse_config(raw)
-        run_training(config, records_split(classify_records(12), classify_records(6)), run_dir=tmp_path / name)
-        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return config.classify.label_smoothing, next(m["loss"] for m in lines if "loss" in m)
+        classify = None if smoothing is None else {"label_smoothing": smoothing}
+        settings, loss = _first_logged_loss(tiny_model_dir, tmp_path / name, classify_records(12), classify)
+        return settings.label_smoothing, loss
 
     default, smoothed = first_loss(None, "default")
     none, plain = first_loss(0.0, "none")
@@ -137,21 +145,14 @@ def test_balanced_class_weights_are_scikit_learns():
 def test_classify_class_weights_reach_the_training_loss(tiny_model_dir, tmp_path):
     """classify.class_weights: balanced on skewed training rows changes the first logged loss (the same batch,
     before any update); none, the default, leaves it as the plain recipe's."""
-    from tunelab.config import parse_config
-
     records = classify_records(12)
     skewed = [r for i, r in enumerate(records) if i % 3 == 0 or i < 6]  # 4 x billing, 2 x each other label
     assert len({r.label for r in skewed}) == 3 and len(skewed) == 8
 
     def first_loss(weights, name):
-        raw = {"task": "classify", "model": str(tiny_model_dir), "data": {"max_length": 64},
-               "train": {"batch_size": 16, "lr": 5e-3, "max_steps": 1, "log_every": 1, "precision": "fp32", "seed": 0}}
-        if weights is not None:
-            raw["classify"] = {"class_weights": weights}
-        config = parse_config(raw)
-        run_training(config, records_split(skewed, classify_records(6)), run_dir=tmp_path / name)
-        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return config.classify.class_weights, next(m["loss"] for m in lines if "loss" in m)
+        classify = None if weights is None else {"class_weights": weights}
+        settings, loss = _first_logged_loss(tiny_model_dir, tmp_path / name, skewed, classify, batch_size=16)
+        return settings.class_weights, loss
 
     default, plain = first_loss(None, "default")
     balanced, weighted = first_loss("balanced", "balanced")
