@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         metric, score = "validation_loss", completion_loss(loaded.model, validation)
     else:
         label_map = classify_label_map(train_records, tokenizer)
-        if loaded.label_map is not None and list(loaded.label_map["token_ids"]) != label_map.token_ids:
+        if loaded.label_map is not None and list(loaded.label_map.token_ids) != label_map.token_ids:
             raise SystemExit("tunelab's saved label map differs from the benchmark's: the peer would be judged differently")
         validation = [tokenize_classify(r, tokenizer, label_map, args.max_length) for r in validation_records]
         metric, score = "accuracy", label_scores_accuracy(loaded.model, validation, label_map.token_ids)

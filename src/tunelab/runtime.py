@@ -1,8 +1,8 @@
 """Facts about the machine a run executes on: free cores and threads, device, whether bf16 is native.
 
 bf16 is "native" where matmuls run faster in it than in fp32: CUDA GPUs of compute capability 8.0+,
-and x86 CPUs with AMX (on such a CPU bf16 matmul runs several times faster than fp32; with
-AVX512-BF16 alone it measured slower than fp32, see ``cpu_bf16_native``). Elsewhere bf16 is emulated and slower, so tunelab trains in fp32 there.
+and x86 CPUs whose bf16 instructions, timed once per process, beat fp32 clearly (``cpu_bf16_native``:
+the flags alone do not tell). Elsewhere bf16 is emulated or slower, so tunelab trains in fp32 there.
 
 Threads follow the cores that are free (``choose_threads``): torch's intra-op threads synchronise at
 every operation, so one thread that shares its core with another process stalls all of them. On the
@@ -49,14 +49,55 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_bf16_native() -> bool:
-    """True when this CPU has AMX-BF16 tiles, where oneDNN's bf16 matmul beats fp32 several times.
+# bf16 must run the model's matmul this much faster than fp32 before a CPU trains in it: autocast adds a cast of
+# every activation and weight it feeds a matmul, which a small matmul gain does not pay for.
+BF16_MIN_SPEEDUP = 1.5
 
-    AVX512-BF16 alone is not enough: on the project's 2-core Xeon (avx512_bf16, no AMX) torch.mm in
-    bf16 measured 0.14 TFLOP/s against 0.32 in fp32, and a LoRA step under bf16 autocast ran about
-    3x slower than in fp32 (bench/README.md, "Training speed"), so such CPUs train in fp32.
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU runs bf16 matmuls clearly faster than fp32 (``BF16_MIN_SPEEDUP``), measured.
+
+    Without bf16 instructions (``avx512_bf16``, ``amx_bf16``) bf16 is emulated and never faster. With them
+    the flags do not tell: AMX tiles run bf16 several times faster than fp32; with AVX512-BF16 alone the
+    project's 2-core Xeon measured torch.mm at 0.14 TFLOP/s in bf16 against 0.32 in fp32 (a LoRA step under
+    autocast about 3x slower), while a 2-core AMD EPYC (Zen 5) measured 0.40 against 0.09 (bench/README.md,
+    "bf16 decided by measurement"). So such a CPU times one matmul of the default model's MLP shape in
+    both dtypes (``bf16_matmul_speedup``) and trains in bf16 only where it wins.
     """
-    return "amx_bf16" in cpu_flags()
+    if not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        return False
+    return bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
+
+
+@functools.cache
+def bf16_matmul_speedup(rows: int = 256, inner: int = 576, outer: int = 1536) -> float:
+    """fp32 seconds / bf16 seconds of one ``[rows x inner] @ [inner x outer]`` torch.mm, on one thread.
+
+    The default model's MLP projection over a micro-batch's tokens; one thread, so a busy neighbour core
+    slows both dtypes alike instead of stalling a thread pool. Best of 5 timed runs after a warm-up (oneDNN
+    builds its kernel on the first call); about 0.2 s, once per process.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = torch.randn(rows, inner, generator=generator), torch.randn(inner, outer, generator=generator)
+        seconds = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x, y = a.to(dtype), b.to(dtype)
+            out = torch.mm(x, y)
+            best = math.inf
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(3):
+                    torch.mm(x, y, out=out)
+                best = min(best, time.perf_counter() - started)
+            seconds[dtype] = best
+        return seconds[torch.float32] / max(seconds[torch.bfloat16], 1e-9)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def default_device() -> str:
@@ -98,6 +139,7 @@ class EnvironmentInfo:
     device: str
     bf16_native: bool
     cpu_bf16_flags: list[str]
+    cpu_bf16_speedup: float | None  # fp32 / bf16 time of one matmul, where the CPU has bf16 instructions
     cuda_devices: list[str]
     versions: dict[str, str]
 
@@ -127,6 +169,7 @@ def environment_info() -> EnvironmentInfo:
         device=default_device(),
         bf16_native=bf16_native(),
         cpu_bf16_flags=sorted({"amx_bf16", "amx_tile", "avx512_bf16"} & cpu_flags()),
+        cpu_bf16_speedup=round(bf16_matmul_speedup(), 2) if {"avx512_bf16", "amx_bf16"} & cpu_flags() else None,
         cuda_devices=cuda,
         versions=versions,
     )

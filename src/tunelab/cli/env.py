@@ -23,7 +23,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="Machine-readable out
     table.add_row("torch threads", str(info.torch_threads))
     table.add_row("device", info.device + (f" ({', '.join(info.cuda_devices)})" if info.cuda_devices else ""))
     native = "yes" if info.bf16_native else "no"
-    flags = f" (CPU flags: {', '.join(info.cpu_bf16_flags)})" if info.cpu_bf16_flags else ""
+    measured = f"; bf16 matmul {info.cpu_bf16_speedup:.2f}x fp32" if info.cpu_bf16_speedup is not None else ""
+    flags = f" (CPU flags: {', '.join(info.cpu_bf16_flags)}{measured})" if info.cpu_bf16_flags else ""
     table.add_row("bf16 native", native + flags + (" -> training uses bf16 autocast" if info.bf16_native else " -> training uses fp32"))
     for name, version in info.versions.items():
         table.add_row(name, version)

@@ -1,0 +1,43 @@
+"""The precision rule on a CPU: bf16 only where the CPU has bf16 instructions *and* a measured matmul wins.
+
+The flags and the measurement are injected, so the rule is checked on every machine the suite runs on; one test
+runs the real measurement to check that it returns a usable ratio and leaves torch's threads as it found them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tunelab import runtime
+
+
+@pytest.mark.parametrize(
+    "flags, speedup, native",
+    [
+        (frozenset({"avx2", "fma"}), 9.0, False),  # no bf16 instructions: emulated, never measured
+        (frozenset({"avx512f", "avx512_bf16"}), 0.44, False),  # the Xeon with AVX512-BF16 and no AMX
+        (frozenset({"avx512f", "avx512_bf16"}), 1.4, False),  # a small gain the step's casts eat
+        (frozenset({"avx512f", "avx512_bf16"}), 4.3, True),  # AMD Zen 5
+        (frozenset({"avx512_bf16", "amx_tile", "amx_bf16"}), 8.0, True),  # AMX
+    ],
+)
+def test_cpu_bf16_native_needs_the_instructions_and_a_measured_win(monkeypatch, flags, speedup, native):
+    measured = []
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(runtime, "bf16_matmul_speedup", lambda: measured.append(1) or speedup)
+    assert runtime.cpu_bf16_native() is native
+    assert runtime.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert runtime.resolve_precision("fp32", "cpu") == "fp32"  # an explicit precision always wins
+    assert runtime.resolve_precision("bf16", "cpu") == "bf16"
+    if not {"avx512_bf16", "amx_bf16"} & flags:
+        assert not measured  # no instructions: nothing timed
+
+
+def test_the_measurement_is_a_ratio_and_restores_threads():
+    threads = torch.get_num_threads()
+    runtime.bf16_matmul_speedup.cache_clear()
+    ratio = runtime.bf16_matmul_speedup(rows=32, inner=64, outer=96)
+    assert math.isfinite(ratio) and ratio > 0
+    assert torch.get_num_threads() == threads
