@@ -132,6 +132,22 @@ def _truncate_layers(layers: int) -> None:
     loader._from_pretrained = cut
 
 
+def _prompt_suffix(suffix: str) -> None:
+    """Put ``suffix`` after the text in the classify prompt, for training and scoring (a prototype hook; not in tunelab)."""
+    import tunelab.data.check
+    import tunelab.data.templates as templates
+    import tunelab.data.tokenize
+    import tunelab.evaluation.evaluate
+    import tunelab.inference
+
+    def classify_messages(text, system_prompt=None):
+        content = f"{templates.CLASSIFY_INSTRUCTION}\n\nText: {text}{suffix}"
+        return templates.with_system_prompt([{"role": "user", "content": content}], system_prompt)
+
+    for module in (templates, tunelab.data.check, tunelab.data.tokenize, tunelab.evaluation.evaluate, tunelab.inference):
+        module.classify_messages = classify_messages
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -146,6 +162,7 @@ def main() -> None:
                         help="start the recipe's LoRA from these weights (bench/classify_contrastive.py --save) instead of a fresh one")
     parser.add_argument("--head-lr-times", type=float, default=None, help="prototype: the label head at this multiple of train.lr")
     parser.add_argument("--truncate-layers", type=int, default=None, help="prototype: the model cut to its first N decoder layers")
+    parser.add_argument("--prompt-suffix", default=None, help="prototype: text put after the request in the classify prompt")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -163,6 +180,8 @@ def main() -> None:
         _head_lr_times(args.head_lr_times)
     if args.truncate_layers is not None:
         _truncate_layers(args.truncate_layers)
+    if args.prompt_suffix is not None:
+        _prompt_suffix(args.prompt_suffix.encode().decode("unicode_escape"))
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
     output = RESULTS_DIR / "tmp" / "levers"
     raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},

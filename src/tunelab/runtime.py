@@ -49,6 +49,8 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instructions that run bf16 matmuls natively on an x86 CPU; without them bf16 is emulated.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # bf16 must run the model's matmul this much faster than fp32 before a CPU trains in it: autocast adds a cast of
 # every activation and weight it feeds a matmul, which a small matmul gain does not pay for.
 BF16_MIN_SPEEDUP = 1.5
@@ -64,7 +66,7 @@ def cpu_bf16_native() -> bool:
     "bf16 decided by measurement"). So such a CPU times one matmul of the default model's MLP shape in
     both dtypes (``bf16_matmul_speedup``) and trains in bf16 only where it wins.
     """
-    if not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+    if not BF16_CPU_FLAGS & cpu_flags():
         return False
     return bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
 
@@ -169,7 +171,7 @@ def environment_info() -> EnvironmentInfo:
         device=default_device(),
         bf16_native=bf16_native(),
         cpu_bf16_flags=sorted({"amx_bf16", "amx_tile", "avx512_bf16"} & cpu_flags()),
-        cpu_bf16_speedup=round(bf16_matmul_speedup(), 2) if {"avx512_bf16", "amx_bf16"} & cpu_flags() else None,
+        cpu_bf16_speedup=round(bf16_matmul_speedup(), 2) if BF16_CPU_FLAGS & cpu_flags() else None,
         cuda_devices=cuda,
         versions=versions,
     )
