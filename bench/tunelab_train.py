@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="train.compile=true")
     parser.add_argument("--peft-forward", action="store_true", help="PEFT's own LoRA forward instead of tunelab's fused one (the lever's 'before')")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    parser.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) first (a lever)")
     return parser.parse_args(argv)
 
 
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        raise SystemExit("--flush-denormal: this CPU cannot flush denormals")
     from tunelab.data.split import Split
     from tunelab.data.tokenize import tokenize_classify, tokenize_sft
     from tunelab.runs import load_run

@@ -62,7 +62,7 @@ def cpu_bf16_native() -> bool:
     Without bf16 instructions (``avx512_bf16``, ``amx_bf16``) bf16 is emulated and never faster. With them
     the flags do not tell: AMX tiles run bf16 several times faster than fp32; with AVX512-BF16 alone the
     project's 2-core Xeon measured torch.mm at 0.14 TFLOP/s in bf16 against 0.32 in fp32 (a LoRA step under
-    autocast about 3x slower), while a 2-core AMD EPYC (Zen 5) measured 0.40 against 0.09 (bench/README.md,
+    autocast about 3x slower), while a 2-core AMD EPYC (Zen 5) measured 0.50 against 0.11 on one thread (bench/README.md,
     "bf16 decided by measurement"). So such a CPU times one matmul of the default model's MLP shape in
     both dtypes (``bf16_matmul_speedup``) and trains in bf16 only where it wins.
     """
