@@ -62,13 +62,17 @@ def cpu_bf16_native() -> bool:
     Without bf16 instructions (``avx512_bf16``, ``amx_bf16``) bf16 is emulated and never faster. With them
     the flags do not tell: AMX tiles run bf16 several times faster than fp32; with AVX512-BF16 alone the
     project's 2-core Xeon measured torch.mm at 0.14 TFLOP/s in bf16 against 0.32 in fp32 (a LoRA step under
-    autocast about 3x slower), while a 2-core AMD EPYC (Zen 5) measured 0.50 against 0.11 on one thread (bench/README.md,
-    "bf16 decided by measurement"). So such a CPU times one matmul of the default model's MLP shape in
-    both dtypes (``bf16_matmul_speedup``) and trains in bf16 only where it wins.
+    autocast about 3x slower), while a 2-core AMD EPYC (Zen 5) measured 0.50 against 0.11 on one thread
+    (bench/README.md, "bf16 decided by measurement"). So such a CPU times one matmul of the default model's
+    MLP shape in both dtypes (``cpu_bf16_speedup``) and trains in bf16 only where it wins.
     """
-    if not BF16_CPU_FLAGS & cpu_flags():
-        return False
-    return bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
+    speedup = cpu_bf16_speedup()
+    return speedup is not None and speedup >= BF16_MIN_SPEEDUP
+
+
+def cpu_bf16_speedup() -> float | None:
+    """``bf16_matmul_speedup`` where the CPU has bf16 instructions; None (nothing timed) where it has none."""
+    return bf16_matmul_speedup() if BF16_CPU_FLAGS & cpu_flags() else None
 
 
 @functools.cache
@@ -171,7 +175,7 @@ def environment_info() -> EnvironmentInfo:
         device=default_device(),
         bf16_native=bf16_native(),
         cpu_bf16_flags=sorted({"amx_bf16", "amx_tile", "avx512_bf16"} & cpu_flags()),
-        cpu_bf16_speedup=round(bf16_matmul_speedup(), 2) if BF16_CPU_FLAGS & cpu_flags() else None,
+        cpu_bf16_speedup=None if (speedup := cpu_bf16_speedup()) is None else round(speedup, 2),
         cuda_devices=cuda,
         versions=versions,
     )
