@@ -108,6 +108,24 @@ def test_tokenize_records_is_cached(tiny_tokenizer, tmp_path, monkeypatch):
         module.tokenize_sft = original
 
 
+def test_a_changed_classify_prompt_is_never_served_from_the_cache(tiny_tokenizer, tmp_path, monkeypatch):
+    """The cache key holds the prompt written around each text, not only the records and the tokenizer."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))
+    import tunelab.data.tokenize as module
+
+    label_map = build_label_map(["billing", "shipping"], tiny_tokenizer)
+    records = [ClassifyRecord(f"request {i}", "billing") for i in range(3)]
+    before, _ = tokenize_records(records, "classify", tiny_tokenizer, max_length=128, label_map=label_map)
+
+    def asked_differently(text, system_prompt=None):
+        return [{"role": "user", "content": f"Which team handles this?\n\n{text}"}]
+
+    monkeypatch.setattr(module, "classify_messages", asked_differently)
+    after, _ = tokenize_records(records, "classify", tiny_tokenizer, max_length=128, label_map=label_map)
+    assert [e.input_ids for e in after] == [render_prompt_ids(tiny_tokenizer, asked_differently(r.text)) for r in records]
+    assert [e.input_ids for e in after] != [e.input_ids for e in before]
+
+
 def _cache_files(folder):
     return [p for p in (folder / "tokenized").iterdir() if not p.name.startswith(".")]
 
