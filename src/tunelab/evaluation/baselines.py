@@ -808,6 +808,11 @@ def baseline_settings(
         if task == "classify":
             # Since 2026-12-01 the label list no longer counts against max_length (it used to be cut for many labels).
             settings["label_list"] = "beyond max_length"
+            if label_map is not None:
+                # The prompt tunelab writes is part of the key (as for tokenized training data): a changed
+                # instruction is never scored from answers cached with the old one.
+                labels = label_map.labels[:1]
+                settings["prompt"] = few_shot_messages("{text}", label_map, [("{example}", label) for label in labels], data_config.system_prompt)
     if name in SCORERS:
         settings.update(SCORERS[name].cache_settings(config))
     if learns_from_training(name):

@@ -219,6 +219,23 @@ def test_cache_key_includes_the_training_fingerprint_where_the_baseline_learns()
     assert key("classical", list(reversed(train))) == key("classical", train)
 
 
+def test_a_changed_base_model_prompt_changes_the_cache_key(monkeypatch):
+    """Answers cached with one instruction are never reused for another (base and few-shot run tunelab's prompt)."""
+    from tunelab.data.labels import LabelMap
+
+    label_map = LabelMap(["a", "b"], [5, 6], ["A", "B"])
+
+    def key(name):
+        return B.baseline_cache_key(name, "m", "test-fp", B.baseline_settings(name, "classify", EvalConfig(), DataConfig(), label_map, [])).key
+
+    before = {name: key(name) for name in ("base", "few_shot", "classical")}
+    plain = B.few_shot_messages
+    monkeypatch.setattr(B, "few_shot_messages", lambda text, *args, **kwargs: [{"role": "user", "content": "Sort this."}, *plain(text, *args, **kwargs)])
+    after = {name: key(name) for name in before}
+    assert after["base"] != before["base"] and after["few_shot"] != before["few_shot"]
+    assert after["classical"] == before["classical"]  # no prompt involved
+
+
 def test_evaluate_baselines_caches_and_recomputes_when_training_data_changes(tmp_path, loaded, tiny_tokenizer):
     from tunelab.registry.store import Registry
 
@@ -249,7 +266,7 @@ def test_evaluate_baselines_caches_and_recomputes_when_training_data_changes(tmp
 PINNED_CACHE_KEYS = {
  "None-classify-base": [
   "model-key",
-  "677de56e4dc24eb3"
+  "8ec52d05fa77131b"
  ],
  "None-classify-classical": [
   "classical",
@@ -257,7 +274,7 @@ PINNED_CACHE_KEYS = {
  ],
  "None-classify-few_shot": [
   "model-key",
-  "1f020d105984d00b"
+  "23ba610d7684d131"
  ],
  "None-classify-openai:gpt-x": [
   "openai:gpt-x",
@@ -289,7 +306,7 @@ PINNED_CACHE_KEYS = {
  ],
  "other-classify-base": [
   "model-key",
-  "5de774a502d175f0"
+  "cc3a7597c3f46511"
  ],
  "other-classify-classical": [
   "classical",
@@ -297,7 +314,7 @@ PINNED_CACHE_KEYS = {
  ],
  "other-classify-few_shot": [
   "model-key",
-  "8c638590f3d3ab9d"
+  "bee35b8d10047d1a"
  ],
  "other-classify-openai:gpt-x": [
   "openai:gpt-x",
