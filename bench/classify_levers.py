@@ -133,7 +133,10 @@ def _truncate_layers(layers: int) -> None:
 
 
 def _prompt_suffix(suffix: str) -> None:
-    """Put ``suffix`` after the text in the classify prompt, for training and scoring (a prototype hook; not in tunelab)."""
+    """Put ``suffix`` after the text in the classify prompt, for training and scoring (a prototype hook; not in tunelab).
+
+    ``{text}`` in the suffix is the request again: an "echo" prompt, whose second copy's tokens attend to the whole
+    request, which a causal model's single pass never lets its early tokens do."""
     import tunelab.data.check
     import tunelab.data.templates as templates
     import tunelab.data.tokenize
@@ -141,11 +144,100 @@ def _prompt_suffix(suffix: str) -> None:
     import tunelab.inference
 
     def classify_messages(text, system_prompt=None):
-        content = f"{templates.CLASSIFY_INSTRUCTION}\n\nText: {text}{suffix}"
+        content = f"{templates.CLASSIFY_INSTRUCTION}\n\nText: {text}{suffix.replace('{text}', text)}"
         return templates.with_system_prompt([{"role": "user", "content": content}], system_prompt)
 
     for module in (templates, tunelab.data.check, tunelab.data.tokenize, tunelab.evaluation.evaluate, tunelab.inference):
         module.classify_messages = classify_messages
+
+
+def _distill_embeddings(weight: float, records: list, eval_config, mode: str = "relational") -> None:
+    """Add a relational distillation term to the classify loss (a prototype hook for a lever; not in tunelab).
+
+    Within each training batch, the cosine similarities between the examples' final last-token states (centred on the
+    batch mean) are pulled towards those of the same requests' sentence embeddings (the embedding baseline's model):
+    ``weight`` x the summed squared difference per example. ``mode="direct"``: a linear map of the state (trained
+    with the LoRA, dropped after training) is pulled towards the sentence embedding itself, ``weight`` x (1 - cosine)
+    per example. Predictions still come from the tuned model alone; the
+    embedding model is a teacher during training only, on the training rows only.
+    """
+    import numpy as np
+    import torch
+
+    import tunelab.tasks.classify as recipe
+    import tunelab.train.batching as batching
+    import tunelab.train.losses as losses
+    from tunelab.evaluation.baselines import _embedder
+
+    embedder, _ = _embedder(eval_config, allow_network=False)
+    texts = sorted({r.text for r in records})
+    by_text = dict(zip(texts, embedder.encode(texts, normalize_embeddings=True), strict=True))
+    targets: dict[tuple, np.ndarray] = {}
+
+    plain_tokenize = recipe.tokenize_records
+
+    def tokenize(batch_records, task, tokenizer, **kwargs):
+        examples, stats = plain_tokenize(batch_records, task, tokenizer, **kwargs)
+        if len(examples) == len(batch_records):
+            for record, example in zip(batch_records, examples, strict=True):
+                if record.text in by_text:
+                    targets[tuple(example.input_ids)] = by_text[record.text]
+        return examples, stats
+
+    recipe.tokenize_records = tokenize
+    plain_call = batching.ClassifyCollate.__call__
+
+    def call(self, examples):
+        batch = plain_call(self, examples)
+        keys = [tuple(e.input_ids) for e in examples]
+        if len(keys) > 2 and all(k in targets for k in keys):
+            batch["distill_targets"] = torch.tensor(np.stack([targets[k] for k in keys]), dtype=torch.float32)
+        return batch
+
+    batching.ClassifyCollate.__call__ = call
+    stash = {}
+    plain_label_logits = losses.label_logits
+
+    def label_logits(model, flat, *args, **kwargs):
+        stash["states"] = flat
+        return plain_label_logits(model, flat, *args, **kwargs)
+
+    losses.label_logits = label_logits
+    plain_loss = recipe.classify_loss_sum
+
+    def relational(states: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        s = states.float()
+        s = torch.nn.functional.normalize(s - s.mean(0, keepdim=True), dim=-1)
+        t = torch.nn.functional.normalize(teacher - teacher.mean(0, keepdim=True), dim=-1)
+        return ((s @ s.T - t @ t.T) ** 2).mean(1).sum()
+
+    import tunelab.train.loop as loop
+
+    projection: list[torch.nn.Linear] = []
+    plain_optimizer = loop.make_optimizer
+
+    def make_optimizer(model, config):
+        optimizer = plain_optimizer(model, config)
+        if mode == "direct":
+            hidden = model.get_input_embeddings().weight.shape[1]
+            projection.append(torch.nn.Linear(hidden, len(next(iter(by_text.values())))))
+            optimizer.add_param_group({"params": list(projection[0].parameters()), "weight_decay": 0.0, "lr": config.lr})
+        return optimizer
+
+    loop.make_optimizer = make_optimizer
+
+    def direct(states: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        mapped = projection[0](states.float())
+        return (1 - torch.nn.functional.cosine_similarity(mapped, teacher, dim=-1)).sum()
+
+    def loss(model, batch, *args, **kwargs):
+        value = plain_loss(model, batch, *args, **kwargs)
+        if torch.is_grad_enabled() and "distill_targets" in batch:
+            term = direct if mode == "direct" else relational
+            value = value + weight * term(stash["states"], batch["distill_targets"].to(stash["states"].device))
+        return value
+
+    recipe.classify_loss_sum = loss
 
 
 def main() -> None:
@@ -163,6 +255,9 @@ def main() -> None:
     parser.add_argument("--head-lr-times", type=float, default=None, help="prototype: the label head at this multiple of train.lr")
     parser.add_argument("--truncate-layers", type=int, default=None, help="prototype: the model cut to its first N decoder layers")
     parser.add_argument("--prompt-suffix", default=None, help="prototype: text put after the request in the classify prompt")
+    parser.add_argument("--distill-embeddings", type=float, default=None,
+                        help="prototype: weight of a relational distillation term towards the embedding model's similarities")
+    parser.add_argument("--distill-mode", choices=["relational", "direct"], default="relational")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -182,6 +277,10 @@ def main() -> None:
         _truncate_layers(args.truncate_layers)
     if args.prompt_suffix is not None:
         _prompt_suffix(args.prompt_suffix.encode().decode("unicode_escape"))
+    if args.distill_embeddings is not None:
+        from tunelab.config import EvalConfig
+
+        _distill_embeddings(args.distill_embeddings, train, EvalConfig(), args.distill_mode)
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
     output = RESULTS_DIR / "tmp" / "levers"
     raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},

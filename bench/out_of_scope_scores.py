@@ -10,6 +10,10 @@ test queries (``split.json``) with the run's own model only, several ways:
 - ``margin``: top-1 minus top-2 label probability;
 - ``nearest``: the highest cosine similarity between the request's last hidden state and those of the
   training requests (the distance to the training examples' representations, in the tuned model);
+- ``nearest_standardised``: the same after z-scoring each dimension on the training requests' states (a few
+  dimensions of the raw state have means near 40 and dominate its cosine);
+- ``nearest_layerN_mean``: the same, standardised, on the mean over the prompt's tokens of decoder layer N's
+  output (N = a third and two thirds of the depth), where an untrained probe found intents separate best;
 - ``probability_and_nearest``: a logistic regression of known vs unknown on those two, fitted on the
   validation queries (a prototype: the validation queries also choose its threshold, so its validation
   AUROC flatters it; the test columns do not).
@@ -86,6 +90,27 @@ def main() -> None:
         hidden = np.stack(out)
         return hidden / np.linalg.norm(hidden, axis=1, keepdims=True) if normalise else hidden
 
+    depth = len(decoder.layers)
+    middle = (depth // 3, 2 * depth // 3)
+
+    def layer_means(records):
+        out = {n: [] for n in middle}
+        with torch.inference_mode():
+            for record in records:
+                states = decoder(input_ids=torch.tensor([classifier.prompt(record.text)[0]]), output_hidden_states=True).hidden_states
+                for n in middle:
+                    out[n].append(states[n][0].float().mean(0).numpy())
+        return {n: np.stack(v) for n, v in out.items()}
+
+    def standardiser(train_states):
+        mean, std = train_states.mean(0), train_states.std(0) + 1e-6
+
+        def apply(states):
+            z = (states - mean) / std
+            return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+        return apply, apply(train_states)
+
     started = time.perf_counter()
     train_raw = last_hidden([r for r in split.train if r.label != label], normalise=False)
     train_labels = np.array([r.label for r in split.train if r.label != label])
@@ -98,6 +123,9 @@ def main() -> None:
     means = np.stack([train_raw[train_labels == c].mean(0) for c in sorted(set(train_labels))])
     within = np.concatenate([train_raw[train_labels == c] - train_raw[train_labels == c].mean(0) for c in sorted(set(train_labels))])
     precision = LedoitWolf().fit(within).precision_
+    standardise, train_standardised = standardiser(train_raw)
+    train_layers = layer_means([r for r in split.train if r.label != label])
+    layer_standardise = {n: standardiser(train_layers[n]) for n in middle}
     row = {"run": args.run.name, "train": len(split.train)}
     for part, records in (("validation", split.validation), ("test", split.test)):
         logits = classifier.logits(loaded.model, [classifier.prompt(r.text)[0] for r in records])
@@ -118,7 +146,12 @@ def main() -> None:
             "nearest_centred": (moved @ centred.T).max(1),
             "knn5_centred": np.sort(moved @ centred.T, axis=1)[:, -5],
             "mahalanobis": -mahalanobis,
+            "nearest_standardised": (standardise(raw) @ train_standardised.T).max(1),
         }
+        layers = layer_means(records)
+        for n in middle:
+            apply, train_n = layer_standardise[n]
+            scores[f"nearest_layer{n}_mean"] = (apply(layers[n]) @ train_n.T).max(1)
         outside = np.array([r.label == label for r in records])
         correct = np.array([t == r.label for t, r in zip(top, records, strict=True)])
         row[part] = {"scores": scores, "outside": outside, "correct": correct}
