@@ -25,6 +25,7 @@ back as examples of the right shape is rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tunelab.data import templates
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, SFTRecord, TextRecord
 from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
@@ -299,9 +301,23 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the code that turns records into tokens (this module and the prompt templates).
+
+    Part of the cache key: a tunelab version that masks, windows or prompts differently never reads examples
+    cached by another (an edit to either file costs one re-tokenization, a few seconds).
+    """
+    digest = hashlib.sha256()
+    for module in (__file__, templates.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _cache_key(kind: str, tokenizer: Any, settings: dict, records: Sequence[Any]) -> str:
     digest = hashlib.sha256()
     digest.update(kind.encode())
+    digest.update(code_fingerprint().encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for record in records:

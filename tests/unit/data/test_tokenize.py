@@ -104,6 +104,10 @@ def test_tokenize_records_is_cached(tiny_tokenizer, tmp_path, monkeypatch):
         assert calls == [] and [e.input_ids for e in second] == [e.input_ids for e in first]
         tokenize_records(records, "sft", tiny_tokenizer, max_length=63)
         assert len(calls) == 5
+        # Another version of the tokenizing code (this module or the templates) never reads these entries.
+        monkeypatch.setattr(module, "code_fingerprint", lambda: "another version")
+        tokenize_records(records, "sft", tiny_tokenizer, max_length=64)
+        assert len(calls) == 10
     finally:
         module.tokenize_sft = original
 
