@@ -172,3 +172,22 @@ def test_a_damaged_tokenization_cache_entry_is_rebuilt(tiny_tokenizer, tmp_path,
     assert stats.examples == 3 and [e.input_ids for e in again] == [e.input_ids for e in first]
     third, _ = tokenize_records(records, "sft", tiny_tokenizer, max_length=64)  # the rebuilt entry reads back
     assert [e.labels for e in third] == [e.labels for e in first]
+
+
+def test_the_code_fingerprint_holds_without_source_files(monkeypatch):
+    """Installed as bytecode only, the package version stands in for the sources (tokenizing still works)."""
+    import tunelab.data.tokenize as module
+
+    module.code_fingerprint.cache_clear()
+    with_sources = module.code_fingerprint()
+
+    def unreadable(self):
+        raise FileNotFoundError(self)
+
+    monkeypatch.setattr(module.Path, "read_bytes", unreadable)
+    module.code_fingerprint.cache_clear()
+    try:
+        without = module.code_fingerprint()
+        assert without != with_sources and without == module.code_fingerprint.__wrapped__()
+    finally:
+        module.code_fingerprint.cache_clear()
