@@ -415,8 +415,8 @@ def tokenize_records(
         if label_map is None:
             raise ValueError("classify needs a label map")
         settings["labels"] = label_map.to_dict()
-        # The prompt tunelab writes around each text is part of the key: a changed instruction must never be
-        # trained from tokens cached with the old one (the chat template is in the tokenizer's fingerprint).
+        # The prompt written around each text is part of the key, besides the code's fingerprint: a prompt
+        # replaced at run time (a prototype patching classify_messages) must never train on the old prompt's tokens.
         settings["prompt"] = classify_messages("{text}", system_prompt)
 
     def build() -> tuple[list, TokenizeStats]:

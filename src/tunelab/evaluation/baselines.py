@@ -811,8 +811,8 @@ def baseline_settings(
             if label_map is not None:
                 # The prompt tunelab writes is part of the key (as for tokenized training data): a changed
                 # instruction is never scored from answers cached with the old one.
-                labels = label_map.labels[:1]
-                settings["prompt"] = few_shot_messages("{text}", label_map, [("{example}", label) for label in labels], data_config.system_prompt)
+                solved = [("{example}", label) for label in label_map.labels[:1]]  # one solved example: the instruction and both turn shapes
+                settings["prompt"] = few_shot_messages("{text}", label_map, solved, data_config.system_prompt)
     if name in SCORERS:
         settings.update(SCORERS[name].cache_settings(config))
     if learns_from_training(name):
