@@ -167,11 +167,11 @@ def _distill_embeddings(weight: float, records: list, eval_config, mode: str = "
     import tunelab.tasks.classify as recipe
     import tunelab.train.batching as batching
     import tunelab.train.losses as losses
-    from tunelab.evaluation.baselines import _embedder
+    from tunelab.models.embedding import embed_texts, load_embedding_model, resolve_embedding_model
 
-    embedder, _ = _embedder(eval_config, allow_network=False)
+    embedder = load_embedding_model(resolve_embedding_model(eval_config.embedding_model))
     texts = sorted({r.text for r in records})
-    by_text = dict(zip(texts, embedder.encode(texts, normalize_embeddings=True), strict=True))
+    by_text = dict(zip(texts, embed_texts(embedder, texts), strict=True))
     targets: dict[tuple, np.ndarray] = {}
 
     plain_tokenize = recipe.tokenize_records

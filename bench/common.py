@@ -65,7 +65,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "memory_gb": memory_gb,
         "bf16_native": runtime.bf16_native("cpu"),
-        "cpu_bf16_flags": sorted({"amx_bf16", "amx_tile", "avx512_bf16"} & runtime.cpu_flags()),
+        "cpu_bf16_flags": sorted(runtime.BF16_CPU_FLAGS & runtime.cpu_flags()),
         "cuda": torch.cuda.is_available(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -174,7 +174,7 @@ def environment_info() -> EnvironmentInfo:
         torch_threads=torch.get_num_threads(),
         device=default_device(),
         bf16_native=bf16_native(),
-        cpu_bf16_flags=sorted({"amx_bf16", "amx_tile", "avx512_bf16"} & cpu_flags()),
+        cpu_bf16_flags=sorted(BF16_CPU_FLAGS & cpu_flags()),
         cpu_bf16_speedup=None if (speedup := cpu_bf16_speedup()) is None else round(speedup, 2),
         cuda_devices=cuda,
         versions=versions,
