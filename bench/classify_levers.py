@@ -240,6 +240,47 @@ def _distill_embeddings(weight: float, records: list, eval_config, mode: str = "
     recipe.classify_loss_sum = loss
 
 
+def _mixup(alpha: float) -> None:
+    """Mix the last-token states of each training micro-batch (manifold mixup at the label head's input; a
+    prototype hook for a lever, not in tunelab).
+
+    Each training micro-batch draws lam ~ Beta(alpha, alpha) (the larger of lam and 1 - lam, so each mix stays
+    nearer one of its two examples) and a permutation of its examples; the head scores lam x state + (1 - lam) x
+    the permuted state, and the loss is lam x the cross-entropy against the example's label plus (1 - lam) x
+    against the permuted one's, with the recipe's label smoothing. Gradients reach the LoRA through both states.
+    Validation, calibration and every prediction score plain states: the saved model is an ordinary run.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import tunelab.tasks.classify as recipe
+    import tunelab.train.losses as losses
+
+    plain = recipe.classify_loss_sum
+    rng = np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
+
+    def loss(model, batch, label_token_ids, label_head=None, label_smoothing=0.0, class_weights=None):
+        if not torch.is_grad_enabled() or class_weights is not None or len(batch["class_labels"]) < 2:
+            return plain(model, batch, label_token_ids, label_head, label_smoothing, class_weights)
+        if "prefix_ids" in batch:
+            hidden = losses.prefix_hidden_states(model, batch)
+        else:
+            hidden = losses.hidden_states(model, batch["input_ids"], batch["position_ids"])
+        flat = hidden.reshape(-1, hidden.shape[-1])[batch["last_positions"]]
+        lam = float(rng.beta(alpha, alpha))
+        lam = max(lam, 1.0 - lam)
+        order = torch.randperm(flat.shape[0], generator=generator).to(flat.device)
+        logits = losses.label_logits(model, lam * flat + (1.0 - lam) * flat[order], label_token_ids, label_head).float()
+        labels = batch["class_labels"]
+        return lam * F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing) + (1.0 - lam) * F.cross_entropy(
+            logits, labels[order], reduction="sum", label_smoothing=label_smoothing
+        )
+
+    recipe.classify_loss_sum = loss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -258,6 +299,7 @@ def main() -> None:
     parser.add_argument("--distill-embeddings", type=float, default=None,
                         help="prototype: weight of a relational distillation term towards the embedding model's similarities")
     parser.add_argument("--distill-mode", choices=["relational", "direct"], default="relational")
+    parser.add_argument("--mixup", type=float, default=None, help="prototype: manifold mixup of the last-token states, Beta(ALPHA, ALPHA)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -281,6 +323,8 @@ def main() -> None:
         from tunelab.config import EvalConfig
 
         _distill_embeddings(args.distill_embeddings, train, EvalConfig(), args.distill_mode)
+    if args.mixup is not None:
+        _mixup(args.mixup)
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
     output = RESULTS_DIR / "tmp" / "levers"
     raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},
