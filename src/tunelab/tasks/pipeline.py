@@ -332,16 +332,24 @@ def _ensure_registered(context: PipelineContext) -> None:
 
 def _own_row(registry: Registry, run: RunFolder) -> str | None:
     """The id of this run folder's registry row when a run was killed after creating it and before
-    saving its id in pipeline.json (a row of the same name for another folder is not ours)."""
+    saving its id in pipeline.json (a row of the same name for another folder is not ours).
+
+    Such a row holds only what creating it wrote (and why it stopped): nothing after that knew its id. A row
+    that went further belongs to an earlier run of a folder that was deleted and made again; it may be
+    promoted, so taking it over would serve this run's model under the earlier one's verdict.
+    """
     from tunelab.registry.store import RegistryError
 
     try:
         record = registry.get_run(run.root.name)
     except RegistryError:
         return None
-    if record.run_dir and Path(record.run_dir).resolve() == run.root.resolve():
-        return record.id
-    return None
+    if not record.run_dir or Path(record.run_dir).resolve() != run.root.resolve():
+        return None
+    went_on = (record.estimate, record.baseline_metrics, record.tuned_metrics, record.comparison, record.timings, record.artifacts)
+    if record.status == "finished" or any(value is not None for value in went_on):
+        return None
+    return record.id
 
 
 def open_pipeline(
