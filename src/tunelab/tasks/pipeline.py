@@ -519,6 +519,10 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
 
     if context.state.get("estimate") is not None:
         context.estimate = context.state.get("estimate")
+        # The step is recorded before its checks: a resume (whose config, and so its budget, is pipeline.json's)
+        # is held to the same limits, or it would train what the first attempt refused to.
+        _ensure_registered(context)
+        _stop_over_budget(context, context.estimate)
         return context.estimate
     split = context.require_split()
     with step(context, "estimate") as record:
@@ -541,21 +545,33 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
         context.state.save()
         context.registry.update_run(context.registry_id, config=dump_config(context.config))
         context.warn(f"train.fit: auto: {fit.describe()}")
-    elif fit is not None and not fit.fits and context.config.train.fit != "off":
-        reason = fit.describe()
+    _stop_over_budget(context, estimate)
+    return estimate
+
+
+def _stop_over_budget(context: PipelineContext, estimate: dict[str, Any]) -> None:
+    """Stop a run whose saved estimate (``EstimateResult.as_dict``) will not fit its device or is over budget.
+
+    Raises:
+        BudgetExceeded: naming what would fit, or which limit the estimate is over.
+    """
+    fit = estimate.get("fit") or {}
+    if fit and not fit.get("applied") and not fit.get("fits") and context.config.train.fit != "off":
+        reason = fit.get("summary") or "the run will not fit its device's memory"
         context.registry.update_run(context.registry_id, status="failed", error=reason)
         raise BudgetExceeded(
             reason,
             "set one of those, or train.fit=auto to apply the first (train.fit=off trains anyway; "
             "budget.max_memory_gib sets the limit)",
         )
-    if result.budget.over:
-        context.registry.update_run(context.registry_id, status="failed", error="over budget: " + "; ".join(result.budget.reasons))
+    budget = estimate.get("budget") or {}
+    if budget.get("over"):
+        reasons = "; ".join(budget.get("reasons") or [])
+        context.registry.update_run(context.registry_id, status="failed", error="over budget: " + reasons)
         raise BudgetExceeded(
-            "the estimate is over budget: " + "; ".join(result.budget.reasons),
+            "the estimate is over budget: " + reasons,
             "raise budget.max_hours / budget.max_usd, or shrink the run",
         )
-    return estimate
 
 
 def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
