@@ -989,6 +989,8 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
 
     if context.state.get("estimate") is not None:
         context.estimate = context.state.get("estimate")
+        _ensure_registered(context)
+        _stop_over_cloud_budget(context, context.estimate)  # a resume is held to the budget (see estimate_step)
         return context.estimate
     config, split = context.config, context.require_split()
     labels = cloud_labels(context)
@@ -1008,13 +1010,19 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
         record.details = {"estimate": {**estimate, "total_seconds": None}}
         record.registry_fields = {"estimate": estimate}
     context.estimate = estimate
+    _stop_over_cloud_budget(context, estimate)
+    return estimate
+
+
+def _stop_over_cloud_budget(context: PipelineContext, estimate: dict[str, Any]) -> None:
+    """Raises: BudgetExceeded when the job's price is over ``budget.max_usd``, or unknown with a budget set."""
+    config = context.config
     limit = config.budget.max_usd
     if limit is not None and (estimate["usd"] is None or estimate["usd"] > limit):
         reason = (f"the price of fine-tuning {config.model.endpoint.name} is not in the price table" if estimate["usd"] is None
                   else f"estimated ${estimate['usd']:.2f} > budget.max_usd ${limit:.2f}")
         context.registry.update_run(context.registry_id, status="failed", error=f"over budget: {reason}")
         raise BudgetExceeded(f"the estimate is over budget: {reason}", "raise budget.max_usd, add the price to the table, or shrink the data")
-    return estimate
 
 
 def with_remote_base(config: ResolvedConfig) -> ResolvedConfig:
