@@ -423,6 +423,7 @@ class Run:
 
         folder = RunFolder(Path(path).expanduser())
         state = None
+        reading = folder.pipeline_state  # the file being read: what an error names
         try:
             try:
                 state = read_state(folder)
@@ -432,6 +433,7 @@ class Run:
                 # A finished run is still usable (served, evaluated, exported) without it; its registry id is unknown.
                 state = None
             if folder.config.is_file():
+                reading = folder.config
                 raw = yaml.safe_load(folder.config.read_text(encoding="utf-8")) or {}
                 config = parse_config(raw, source=str(folder.config))
             elif state is not None and isinstance(state.get("config"), dict):
@@ -440,13 +442,19 @@ class Run:
                 raise ModelError(
                     f"{folder.root} is not a tunelab run (it has no config.yaml)", "pass a run folder written by `tunelab run` or `tunelab train`"
                 )
+            reading = folder.labels
             label_map = LabelMap.load(folder.labels) if folder.labels.is_file() else None
+            reading = folder.out_of_scope
             out_of_scope = OutOfScope.load(folder.out_of_scope, folder.out_of_scope_reference) if folder.out_of_scope.is_file() else None
         except (ConfigError, DataError) as error:
             raise ModelError(f"cannot read run {folder.root}: {error.message}", error.hint) from None
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
             # a JSON error is a ValueError; a file with missing keys is a KeyError or TypeError
-            raise ModelError(f"cannot read run {folder.root}: {error}", "retrain the run, or restore the file") from None
+            if isinstance(error, json.JSONDecodeError):
+                reason = f"not JSON: {error.msg} at line {error.lineno}"
+            else:
+                reason = f"no {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
+            raise ModelError(f"cannot read run {folder.root}: {reading.name}: {reason}", f"retrain the run, or restore its {reading.name}") from None
         return cls(folder, config, label_map, out_of_scope, state)
 
     # -- what the run is -----------------------------------------------------------------------

@@ -140,6 +140,21 @@ def test_an_unreadable_run_is_one_clear_error(tmp_path, damage):
     assert str(folder.root) in error.value.message
 
 
+@pytest.mark.parametrize(("damage", "content", "reason"), [
+    ("labels", "{not json", "not JSON"),
+    ("out_of_scope", '{"label": "out_of_scope"}', "'threshold'"),
+])
+def test_a_damaged_file_of_a_run_is_named(tmp_path, damage, content, reason):
+    """"cannot read run X: Expecting property name ..." left the user to guess which of its files to restore."""
+    folder = _write_run(tmp_path / "run")
+    damaged = getattr(folder, damage)
+    damaged.write_text(content)
+    with pytest.raises(ModelError) as error:
+        Run.open(folder.root)
+    assert damaged.name in error.value.message and reason in error.value.message
+    assert "\n" not in error.value.message and damaged.name in error.value.hint
+
+
 def test_only_the_run_module_calls_the_plain_model_loaders():
     """``tunelab.models`` knows no run folder: every module above it loads model names through ``tunelab.runs``."""
     plain = {"load_model", "resolve_model", "load_tokenizer"}

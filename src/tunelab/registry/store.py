@@ -300,6 +300,16 @@ class Registry:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA foreign_keys=ON")
             yield db
+        except sqlite3.DatabaseError as error:
+            # A file whose header is sound but whose pages are not opens fine and fails on the first read that
+            # reaches a damaged page: the same one line as a file that cannot be opened at all.
+            if not getattr(error, "sqlite_errorname", "").startswith("SQLITE_CORRUPT"):
+                raise
+            raise RegistryError(
+                f"cannot use {self.path} as a run registry: it is damaged ({error})",
+                f"restore it from a backup, or save what is readable with `sqlite3 {self.path} .recover`; "
+                "--registry PATH starts a new one",
+            ) from None
         finally:
             db.close()
 

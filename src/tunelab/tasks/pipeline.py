@@ -332,16 +332,24 @@ def _ensure_registered(context: PipelineContext) -> None:
 
 def _own_row(registry: Registry, run: RunFolder) -> str | None:
     """The id of this run folder's registry row when a run was killed after creating it and before
-    saving its id in pipeline.json (a row of the same name for another folder is not ours)."""
+    saving its id in pipeline.json (a row of the same name for another folder is not ours).
+
+    Such a row holds only what creating it wrote (and why it stopped): nothing after that knew its id. A row
+    that went further belongs to an earlier run of a folder that was deleted and made again; it may be
+    promoted, so taking it over would serve this run's model under the earlier one's verdict.
+    """
     from tunelab.registry.store import RegistryError
 
     try:
         record = registry.get_run(run.root.name)
     except RegistryError:
         return None
-    if record.run_dir and Path(record.run_dir).resolve() == run.root.resolve():
-        return record.id
-    return None
+    if not record.run_dir or Path(record.run_dir).resolve() != run.root.resolve():
+        return None
+    went_on = (record.estimate, record.baseline_metrics, record.tuned_metrics, record.comparison, record.timings, record.artifacts)
+    if record.status == "finished" or any(value is not None for value in went_on):
+        return None
+    return record.id
 
 
 def open_pipeline(
@@ -511,6 +519,10 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
 
     if context.state.get("estimate") is not None:
         context.estimate = context.state.get("estimate")
+        # The step is recorded before its checks: a resume (whose config, and so its budget, is pipeline.json's)
+        # is held to the same limits, or it would train what the first attempt refused to.
+        _ensure_registered(context)
+        _stop_over_budget(context, context.estimate)
         return context.estimate
     split = context.require_split()
     with step(context, "estimate") as record:
@@ -533,21 +545,33 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
         context.state.save()
         context.registry.update_run(context.registry_id, config=dump_config(context.config))
         context.warn(f"train.fit: auto: {fit.describe()}")
-    elif fit is not None and not fit.fits and context.config.train.fit != "off":
-        reason = fit.describe()
+    _stop_over_budget(context, estimate)
+    return estimate
+
+
+def _stop_over_budget(context: PipelineContext, estimate: dict[str, Any]) -> None:
+    """Stop a run whose saved estimate (``EstimateResult.as_dict``) will not fit its device or is over budget.
+
+    Raises:
+        BudgetExceeded: naming what would fit, or which limit the estimate is over.
+    """
+    fit = estimate.get("fit") or {}
+    if fit and not fit.get("applied") and not fit.get("fits") and context.config.train.fit != "off":
+        reason = fit.get("summary") or "the run will not fit its device's memory"
         context.registry.update_run(context.registry_id, status="failed", error=reason)
         raise BudgetExceeded(
             reason,
             "set one of those, or train.fit=auto to apply the first (train.fit=off trains anyway; "
             "budget.max_memory_gib sets the limit)",
         )
-    if result.budget.over:
-        context.registry.update_run(context.registry_id, status="failed", error="over budget: " + "; ".join(result.budget.reasons))
+    budget = estimate.get("budget") or {}
+    if budget.get("over"):
+        reasons = "; ".join(budget.get("reasons") or [])
+        context.registry.update_run(context.registry_id, status="failed", error="over budget: " + reasons)
         raise BudgetExceeded(
-            "the estimate is over budget: " + "; ".join(result.budget.reasons),
+            "the estimate is over budget: " + reasons,
             "raise budget.max_hours / budget.max_usd, or shrink the run",
         )
-    return estimate
 
 
 def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
@@ -965,6 +989,8 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
 
     if context.state.get("estimate") is not None:
         context.estimate = context.state.get("estimate")
+        _ensure_registered(context)
+        _stop_over_cloud_budget(context, context.estimate)  # a resume is held to the budget (see estimate_step)
         return context.estimate
     config, split = context.config, context.require_split()
     labels = cloud_labels(context)
@@ -984,13 +1010,19 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
         record.details = {"estimate": {**estimate, "total_seconds": None}}
         record.registry_fields = {"estimate": estimate}
     context.estimate = estimate
+    _stop_over_cloud_budget(context, estimate)
+    return estimate
+
+
+def _stop_over_cloud_budget(context: PipelineContext, estimate: dict[str, Any]) -> None:
+    """Raises: BudgetExceeded when the job's price is over ``budget.max_usd``, or unknown with a budget set."""
+    config = context.config
     limit = config.budget.max_usd
     if limit is not None and (estimate["usd"] is None or estimate["usd"] > limit):
         reason = (f"the price of fine-tuning {config.model.endpoint.name} is not in the price table" if estimate["usd"] is None
                   else f"estimated ${estimate['usd']:.2f} > budget.max_usd ${limit:.2f}")
         context.registry.update_run(context.registry_id, status="failed", error=f"over budget: {reason}")
         raise BudgetExceeded(f"the estimate is over budget: {reason}", "raise budget.max_usd, add the price to the table, or shrink the data")
-    return estimate
 
 
 def with_remote_base(config: ResolvedConfig) -> ResolvedConfig:

@@ -172,6 +172,26 @@ def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
         Registry(path)
 
 
+def test_a_registry_damaged_after_its_header_is_a_clear_error_not_a_traceback(tmp_path):
+    """A file whose header is fine but whose pages are not (a disk error, a copy cut short) opens; every read
+    of it then fails in SQLite. Each failure is one RegistryError naming the file, as an unusable file's is."""
+    path = tmp_path / "registry.db"
+    registry = Registry(path)
+    for index in range(60):
+        registry.create_run(name=f"run-{index}", task="classify", config={"notes": "x" * 500}, status="finished")
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[8192:] = b"\x55" * (len(data) - 8192)  # every page after the second
+    path.write_bytes(bytes(data))
+    damaged = Registry(path)
+    for read in (damaged.list_runs, lambda: damaged.get_run("run-3")):
+        with pytest.raises(RegistryError) as error:
+            read()
+        assert str(path) in error.value.message and "damaged" in error.value.message
+        assert "\n" not in error.value.message
+
+
 def _writer(path: str, worker: int, count: int) -> None:
     registry = Registry(path)
     for index in range(count):

@@ -342,3 +342,25 @@ def test_a_run_name_that_is_not_one_folder_is_refused(tmp_path, tiny_model_dir, 
         assert cli.returncode == 2 and "one folder name" in cli.stderr and "Traceback" not in cli.stderr, (name, cli.stderr)
     assert not (tmp_path / "runs" / "../../../escaped").resolve().exists() and not (tmp_path / "runs").exists()
 
+
+
+def test_a_new_run_in_a_deleted_run_folder_does_not_take_over_the_old_runs_row(tmp_path, tiny_model_dir, monkeypatch):
+    """The row of a killed run is taken over by its resume (above); the row of a finished run that was promoted is
+    not taken over by a new run of the same name after its folder was deleted: the alias would then serve a
+    model nobody judged (and, while it trains, one that is not there)."""
+    from tunelab.config import load_config
+    from tunelab.registry.store import RegistryError
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(_project(tmp_path, tiny_model_dir, max_steps=2))
+    first = run_pipeline(config, calibrate=False)
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    registry.set_alias("router", first.registry_id)
+    judged = registry.get_run(first.registry_id)
+    shutil.rmtree(first.run_dir)
+    with pytest.raises(RegistryError, match="already exists"):
+        run_pipeline(config, calibrate=False)
+    row = registry.get_run(first.registry_id)
+    assert (row.status, row.comparison, row.tuned_metrics, row.created_at) == (
+        "finished", judged.comparison, judged.tuned_metrics, judged.created_at)
+    assert registry.alias("router") == first.registry_id and [r.id for r in registry.list_runs()] == [first.registry_id]

@@ -55,6 +55,11 @@ def test_a_run_that_will_not_fit_stops_before_any_compute_and_names_what_fits(tm
     assert estimate["calibration"] is None and estimate["fit"]["fits"] is False  # not even the timed steps ran
     record = Registry(tmp_path / "runs" / "registry.db").get_run("fit")
     assert record.status == "failed" and "will not fit" in record.error
+    # A resume (same config, same limit) stops the same way instead of training what did not fit.
+    with pytest.raises(BudgetExceeded, match="will not fit"):
+        run_pipeline(resume=run)
+    assert not (run / "checkpoints").exists() and not (run / "adapter").exists()
+    assert Registry(tmp_path / "runs" / "registry.db").get_run("fit").status == "failed"
 
 
 def test_fit_auto_applies_the_first_change_that_fits_and_trains_with_it(tmp_path, tiny_model_dir):

@@ -191,6 +191,23 @@ def test_over_budget_stops_before_training(tmp_path, tiny_model_dir):
     assert not (tmp_path / "runs" / "quick" / "adapter").exists() and not (tmp_path / "runs" / "quick" / "model").exists()
 
 
+def test_a_resumed_over_budget_run_is_still_over_budget(tmp_path, tiny_model_dir):
+    """The estimate step is recorded as done before its budget check: a resume skipped the check and trained
+    past budget.max_hours (which a resume cannot change: its config is the one in pipeline.json)."""
+    from tunelab.tasks.pipeline import BudgetExceeded
+
+    config = _config(tmp_path, tiny_model_dir)
+    config.budget.max_hours = 1e-9
+    with pytest.raises(BudgetExceeded, match="over budget"):
+        run_pipeline(config)  # calibrated: hours on this machine are only checked with a measured step
+    run = tmp_path / "runs" / "quick"
+    with pytest.raises(BudgetExceeded, match="over budget"):
+        run_pipeline(resume=run)
+    record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
+    assert record.status == "failed" and "budget" in record.error
+    assert not (run / "adapter").exists() and not (run / "model").exists() and not (run / "checkpoints").exists()
+
+
 def test_steps_are_public_functions_a_notebook_can_call(tmp_path, tiny_model_dir):
     from tunelab.tasks import pipeline
 
