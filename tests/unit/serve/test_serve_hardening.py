@@ -123,3 +123,16 @@ def test_a_damaged_adapter_stops_the_server_at_start_not_every_request(fake_runs
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
     with pytest.raises(ModelError, match="adapter_model.safetensors is damaged"):
         load_registry(str(tiny_model_dir), [("broken", str(broken))])
+
+
+def test_a_model_name_json_allows_but_utf8_does_not_gets_a_404_not_a_500(registry):
+    """A lone surrogate ("\\ud800") is valid JSON; echoed in the error message, it made the JSON response itself fail (500)."""
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL, raise_server_exceptions=False) as client:
+        for path, body in (
+            ("/v1/chat/completions", '{"model": "gpt\\ud800", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'),
+            ("/v1/completions", '{"model": "gpt\\ud800", "prompt": "hi", "max_tokens": 2}'),
+            ("/v1/classify", '{"model": "gpt\\ud800", "input": "hi"}'),
+        ):
+            response = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+            error = assert_openai_error(response, 404, param="model", code="model_not_found")
+            assert "gpt" in error["message"], path
