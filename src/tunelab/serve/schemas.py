@@ -9,9 +9,9 @@ that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``, ``see
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_PROMPTS_PER_REQUEST = 32
@@ -56,6 +56,12 @@ class _Sampling(_Request):
     stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, strict=True, description="Not supported: answers are not reproducible per request (refused).")
+
+    @field_validator("temperature", "top_p", "n", "stream", "echo", mode="before", check_fields=False)
+    @classmethod
+    def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # OpenAI takes null for these and answers as if they were left out (the official client sends null for None).
+        return cls.model_fields[info.field_name].default if value is None else value
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

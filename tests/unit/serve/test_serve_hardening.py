@@ -136,3 +136,20 @@ def test_a_model_name_json_allows_but_utf8_does_not_gets_a_404_not_a_500(registr
             response = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
             error = assert_openai_error(response, 404, param="model", code="model_not_found")
             assert "gpt" in error["message"], path
+
+
+def test_null_for_an_optional_openai_field_means_its_default(registry):
+    """OpenAI takes null for temperature, top_p, n, stream and echo (the official client sends it for ``temperature=None``):
+    they were refused with a 400 here."""
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
+        chat = {"model": "france", "messages": QUESTION, "max_tokens": 3, "temperature": 0}
+        plain = client.post("/v1/chat/completions", json=chat)
+        assert plain.status_code == 200, plain.text
+        nulls = client.post("/v1/chat/completions", json={**chat, "top_p": None, "n": None, "stream": None})
+        assert nulls.status_code == 200, nulls.text
+        assert nulls.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"]
+        assert client.post("/v1/chat/completions", json={**chat, "temperature": None}).status_code == 200
+        completion = {"model": "france", "prompt": "hi", "max_tokens": 3}
+        for field in ("temperature", "top_p", "n", "stream", "echo"):
+            response = client.post("/v1/completions", json={**completion, field: None})
+            assert response.status_code == 200, (field, response.text)
