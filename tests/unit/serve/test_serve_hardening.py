@@ -153,3 +153,17 @@ def test_null_for_an_optional_openai_field_means_its_default(registry):
         for field in ("temperature", "top_p", "n", "stream", "echo"):
             response = client.post("/v1/completions", json={**completion, field: None})
             assert response.status_code == 200, (field, response.text)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_penalties_and_logit_bias_are_refused_not_silently_ignored(registry, path):
+    """They change the answer and tunelab does not apply them: they were accepted and ignored (a 200 with an unpenalised answer)."""
+    body = {"model": "france", "max_tokens": 2, "temperature": 0}
+    body.update({"messages": QUESTION} if "chat" in path else {"prompt": "hi"})
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
+        for field, value in (("frequency_penalty", 1.5), ("presence_penalty", -0.5), ("logit_bias", {"5": 100})):
+            assert_openai_error(client.post(path, json={**body, field: value}), 400, param=field, code="unsupported_parameter")
+        # Their no-op values (what some clients always send) stay accepted.
+        neutral = {**body, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}}
+        assert client.post(path, json=neutral).status_code == 200
+        assert client.post(path, json={**body, "frequency_penalty": None, "logit_bias": None}).status_code == 200
