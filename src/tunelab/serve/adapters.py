@@ -15,6 +15,7 @@ computed entirely under one adapter (or with adapters disabled, for the base).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -329,7 +330,15 @@ def load_registry(
             return registry
     loaded = load_model(source, dtype=dtype, allow_network=allow_network)
     name = served_name or ("default" if source.kind == "default" else source.display_name)
-    registry = ModelRegistry(loaded, name, max_loaded=max_loaded)
+    base_entry = None
+    if loaded.run is not None:
+        # The adapter was trained on another run (DPO after SFT). As Run.load does for evaluation, that run's own
+        # adapter is folded into the weights under this one (a PeftModel base would take the new adapter as a
+        # second layer of LoRA), and that run answers as itself: its system prompt, max_length, label rows.
+        if hasattr(loaded.model, "merge_and_unload"):
+            loaded.model = loaded.model.merge_and_unload()
+        base_entry = dataclasses.replace(_entry(name, "base", loaded.run), label_head=loaded.label_head)
+    registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=base_entry)
     for adapter_name, run_dir in adapters:
         if str(run_dir).startswith(ALIAS_PREFIX):
             from tunelab.registry.store import default_registry_path

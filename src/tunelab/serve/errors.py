@@ -39,6 +39,9 @@ class APIError(Exception):
 
 
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:  # noqa: A002
+    # A message may quote the request (a model name): a lone surrogate is valid JSON but not UTF-8, and would make the
+    # error response itself fail to encode (a 500 instead of this error).
+    message = message.encode("utf-8", "replace").decode("utf-8")
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 

@@ -204,6 +204,13 @@ def _refuse(condition: bool, param: str, what: str) -> None:
         raise bad_request(f"{what} is not supported by this server.", param=param, code="unsupported_parameter")
 
 
+def _refuse_penalties(body: Any) -> None:
+    """Penalties and logit_bias change the answer and are not applied here: only their no-op values pass."""
+    _refuse(bool(body.frequency_penalty), "frequency_penalty", "frequency_penalty other than 0")
+    _refuse(bool(body.presence_penalty), "presence_penalty", "presence_penalty other than 0")
+    _refuse(bool(body.logit_bias), "logit_bias", "logit_bias")
+
+
 @router.get("/health")
 async def health(request: Request) -> dict:
     registry = _service(request).registry
@@ -231,6 +238,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
     _refuse(bool(body.tools), "tools", "Tool calling")
     _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
+    _refuse_penalties(body)
     kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
     _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -297,6 +305,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
     _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
+    _refuse_penalties(body)
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
     if body.stream and len(prompts) != 1:

@@ -3,15 +3,15 @@
 Field names, types and bounds follow the OpenAI API, strictly as it checks them: a number sent as a
 string (``"max_tokens": "5"``) is refused, not converted. Unknown fields are accepted and ignored (the
 official clients send optional fields such as ``user``), but fields that would change the answer and
-that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``, ``seed``, a JSON
+that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``, ``seed``, penalties, ``logit_bias``, a JSON
 ``response_format``...) are refused with a 400 by the endpoint rather than silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_PROMPTS_PER_REQUEST = 32
@@ -56,6 +56,15 @@ class _Sampling(_Request):
     stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, strict=True, description="Not supported: answers are not reproducible per request (refused).")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False, strict=True, description="Not supported: only 0 (refused).")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False, strict=True, description="Not supported: only 0 (refused).")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported: only {} (refused).")
+
+    @field_validator("temperature", "top_p", "n", "stream", "echo", mode="before", check_fields=False)
+    @classmethod
+    def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # OpenAI takes null for these and answers as if they were left out (the official client sends null for None).
+        return cls.model_fields[info.field_name].default if value is None else value
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -123,3 +123,47 @@ def test_a_damaged_adapter_stops_the_server_at_start_not_every_request(fake_runs
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
     with pytest.raises(ModelError, match="adapter_model.safetensors is damaged"):
         load_registry(str(tiny_model_dir), [("broken", str(broken))])
+
+
+def test_a_model_name_json_allows_but_utf8_does_not_gets_a_404_not_a_500(registry):
+    """A lone surrogate ("\\ud800") is valid JSON; echoed in the error message, it made the JSON response itself fail (500)."""
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL, raise_server_exceptions=False) as client:
+        for path, body in (
+            ("/v1/chat/completions", '{"model": "gpt\\ud800", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'),
+            ("/v1/completions", '{"model": "gpt\\ud800", "prompt": "hi", "max_tokens": 2}'),
+            ("/v1/classify", '{"model": "gpt\\ud800", "input": "hi"}'),
+        ):
+            response = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+            error = assert_openai_error(response, 404, param="model", code="model_not_found")
+            assert "gpt" in error["message"], path
+
+
+def test_null_for_an_optional_openai_field_means_its_default(registry):
+    """OpenAI takes null for temperature, top_p, n, stream and echo (the official client sends it for ``temperature=None``):
+    they were refused with a 400 here."""
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
+        chat = {"model": "france", "messages": QUESTION, "max_tokens": 3, "temperature": 0}
+        plain = client.post("/v1/chat/completions", json=chat)
+        assert plain.status_code == 200, plain.text
+        nulls = client.post("/v1/chat/completions", json={**chat, "top_p": None, "n": None, "stream": None})
+        assert nulls.status_code == 200, nulls.text
+        assert nulls.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"]
+        assert client.post("/v1/chat/completions", json={**chat, "temperature": None}).status_code == 200
+        completion = {"model": "france", "prompt": "hi", "max_tokens": 3}
+        for field in ("temperature", "top_p", "n", "stream", "echo"):
+            response = client.post("/v1/completions", json={**completion, field: None})
+            assert response.status_code == 200, (field, response.text)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_penalties_and_logit_bias_are_refused_not_silently_ignored(registry, path):
+    """They change the answer and tunelab does not apply them: they were accepted and ignored (a 200 with an unpenalised answer)."""
+    body = {"model": "france", "max_tokens": 2, "temperature": 0}
+    body.update({"messages": QUESTION} if "chat" in path else {"prompt": "hi"})
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
+        for field, value in (("frequency_penalty", 1.5), ("presence_penalty", -0.5), ("logit_bias", {"5": 100})):
+            assert_openai_error(client.post(path, json={**body, field: value}), 400, param=field, code="unsupported_parameter")
+        # Their no-op values (what some clients always send) stay accepted.
+        neutral = {**body, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}}
+        assert client.post(path, json=neutral).status_code == 200
+        assert client.post(path, json={**body, "frequency_penalty": None, "logit_bias": None}).status_code == 200
