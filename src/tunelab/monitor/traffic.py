@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import DataError
-from tunelab.serve.request_log import connect
+from tunelab.serve.request_log import connect, request_texts
 
 SERVING_ENDPOINTS = ("/v1/classify", "/v1/chat/completions", "/v1/completions")
 _HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive ids over 2**32
@@ -58,22 +58,6 @@ class Traffic:
     feedback: list[tuple[str | None, str]] = field(default_factory=list)  # (predicted, correct label)
     ratings: Counter = field(default_factory=Counter)  # +1 / -1 on generated answers
     per_day: dict[str, int] = field(default_factory=dict)
-
-
-def request_texts(endpoint: str, prompt: str | None) -> list[str]:
-    """The input text(s) a logged request asked about (classify inputs; the last user message of a chat)."""
-    if not prompt:
-        return []
-    try:
-        value = json.loads(prompt)
-    except json.JSONDecodeError:
-        return [prompt]
-    if endpoint == "/v1/chat/completions" and isinstance(value, list):
-        users = [m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == "user"]
-        return [str(users[-1])] if users else []
-    if isinstance(value, list):
-        return [str(item) for item in value]
-    return [str(value)]
 
 
 def _predictions(output: str | None) -> list[str]:

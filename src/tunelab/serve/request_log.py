@@ -297,15 +297,42 @@ def feedback_from_dict(row: dict[str, Any], where: str = "feedback") -> Feedback
     return feedback
 
 
-def logged_response_ids(db: sqlite3.Connection, response_ids: Iterable[str]) -> set[str]:
-    """Which of ``response_ids`` the log holds."""
+def request_texts(endpoint: str, prompt: str | None) -> list[str]:
+    """The input text(s) a logged request asked about (classify inputs; the last user message of a chat).
+
+    A feedback row's ``item`` indexes this list; monitoring reads the inputs through it too.
+    """
+    if not prompt:
+        return []
+    try:
+        value = json.loads(prompt)
+    except json.JSONDecodeError:
+        return [prompt]
+    if endpoint == "/v1/chat/completions" and isinstance(value, list):
+        users = [m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        return [str(users[-1])] if users else []
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [str(value)]
+
+
+def logged_inputs(db: sqlite3.Connection, response_ids: Iterable[str]) -> dict[str, int]:
+    """How many inputs each of ``response_ids`` that the log holds was asked about (at least 1: every response
+    answered something, and a rating is about the whole answer)."""
     ids = list(dict.fromkeys(response_ids))
-    found: set[str] = set()
+    found: dict[str, int] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ", ".join("?" for _ in chunk)
-        found.update(row[0] for row in db.execute(f"SELECT response_id FROM requests WHERE response_id IN ({marks})", chunk))
+        for response_id, endpoint, prompt in db.execute(
+            f"SELECT response_id, endpoint, prompt FROM requests WHERE response_id IN ({marks})", chunk
+        ):
+            found[response_id] = max(1, len(request_texts(endpoint, prompt)))
     return found
+
+
+class FeedbackItemError(DataError):
+    """Feedback about an input a logged response does not have (``index`` past its inputs)."""
 
 
 def add_feedback(path: Path, items: list[Feedback], *, source: str, require_logged: bool = True) -> list[str]:
@@ -317,12 +344,21 @@ def add_feedback(path: Path, items: list[Feedback], *, source: str, require_logg
     db = connect(Path(path))
     try:
         if require_logged:
-            missing = sorted({item.response_id for item in items} - logged_response_ids(db, (item.response_id for item in items)))
+            inputs = logged_inputs(db, (item.response_id for item in items))
+            missing = sorted({item.response_id for item in items} - set(inputs))
             if missing:
                 listed = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
                 raise DataError(
                     f"no logged response with id {listed} in {path}",
                     "send the id the server returned (the response's 'id' field), to the server that logged it",
+                )
+            # Stored, such a row would be skipped by monitoring and retraining without a word: refused here instead.
+            beyond = next((item for item in items if item.item >= inputs[item.response_id]), None)
+            if beyond is not None:
+                count = inputs[beyond.response_id]
+                raise FeedbackItemError(
+                    f"response {beyond.response_id} has {count} input{'s' if count != 1 else ''}: no index {beyond.item}",
+                    "index counts a multi-input request's inputs from 0",
                 )
         now = _now()
         ids = [f"fb-{uuid.uuid4().hex}" for _ in items]

@@ -61,6 +61,11 @@ def test_feedback_endpoint_and_import(registry, tmp_path):
         assert unknown.status_code == 404 and "clf-nope" in unknown.json()["error"]["message"]
         assert client.post("/v1/feedback", json={"id": answer["id"]}).status_code == 400
         assert client.post("/v1/feedback", json={"id": answer["id"], "lable": "billing"}).status_code == 400
+        # An input the response does not have: stored, monitoring and retraining would skip it without a word.
+        beyond = client.post("/v1/feedback", json={"id": multi["id"], "index": 2, "label": "billing"})
+        assert beyond.status_code == 400 and beyond.json()["error"]["param"] == "index"
+        assert "has 2 inputs: no index 2" in beyond.json()["error"]["message"]
+        assert client.post("/v1/feedback", json={"id": answer["id"], "index": 1, "label": "billing"}).status_code == 400
     rows = {row["response_id"]: row for row in read_requests(log_path) if row["response_id"]}
     single = rows[answer["id"]]
     assert single["predicted_label"] == answer["data"][0]["label"] and single["run_id"] == "router"
@@ -76,6 +81,10 @@ def test_feedback_endpoint_and_import(registry, tmp_path):
     bad.write_text(json.dumps({"id": answer["id"], "label": "account"}) + "\n" + json.dumps({"id": "clf-unknown", "label": "x"}) + "\n")
     with pytest.raises(DataError, match="clf-unknown"):
         import_feedback(log_path, bad)
+    past = tmp_path / "past.jsonl"
+    past.write_text(json.dumps({"id": answer["id"], "label": "account"}) + "\n" + json.dumps({"id": multi["id"], "index": 5, "label": "x"}) + "\n")
+    with pytest.raises(DataError, match="no index 5"):
+        import_feedback(log_path, past)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "x", "label": "y"}\n{oops\n')
     with pytest.raises(DataError, match="broken.jsonl:2"):
