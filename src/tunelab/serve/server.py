@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import socket
 from pathlib import Path
 
 from tunelab.serve.adapters import load_registry
 from tunelab.serve.errors import ServeError
 from tunelab.serve.settings import API_KEY_ENV, ServeSettings, is_loopback
 
-__all__ = ["API_KEY_ENV", "BackgroundServer", "ServeSettings", "build_app", "check_bind", "is_loopback", "parse_adapter", "run_server"]
+__all__ = ["API_KEY_ENV", "BackgroundServer", "ServeSettings", "bind_port", "build_app", "check_bind", "is_loopback", "parse_adapter", "run_server"]
 
 def parse_adapter(spec: str) -> tuple[str, str]:
     """``NAME=RUN`` → (NAME, RUN); a bare ``RUN`` is named after its folder; ``NAME=alias:ALIAS`` follows an alias.
@@ -38,6 +40,25 @@ def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
             f"refusing to serve on {host} without an API key: anyone who can reach it could use the models",
             f"set --api-key (or {API_KEY_ENV}), bind to 127.0.0.1, or pass --insecure",
         )
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the slow model load: a port in use is one line at once, not a uvicorn log
+    line after the models have loaded.
+
+    Raises:
+        ServeError: when ``host``:``port`` cannot be bound (in use, not an address of this machine, no permission).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is reusable
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}", "choose another --port, or stop the process using it"
+        ) from None
+    return sock
 
 
 def build_app(settings: ServeSettings):
@@ -76,9 +97,18 @@ def run_server(settings: ServeSettings) -> None:
 
     api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
     check_bind(settings.host, api_key, settings.insecure)  # before the slow model load
-    app = build_app(settings)
-    # timeout_graceful_shutdown=None: on shutdown uvicorn waits for every in-flight request.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=None)
+    sock = bind_port(settings.host, settings.port)
+    try:
+        app = build_app(settings)
+        # timeout_graceful_shutdown=None: on shutdown uvicorn waits for every in-flight request.
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=None)
+        # uvicorn names the address only of sockets it binds itself; the URL is what a user copies into a client.
+        host, port = sock.getsockname()[:2]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        logging.getLogger("uvicorn.error").info("tunelab serve: listening on %s (the API under %s/v1; Ctrl+C stops)", url, url)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class BackgroundServer:
