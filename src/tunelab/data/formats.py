@@ -305,9 +305,19 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
     """
     bad_lines: set[int] = set()
 
+    def raw_lines(handle: io.BufferedIOBase) -> Iterator[bytes]:
+        first = handle.readline()
+        if b"\r" in first.rstrip(b"\r\n"):
+            # Lines ended by a bare \r (Excel for Mac's "CSV (Macintosh)"): one readline held the whole file.
+            yield from (first + handle.read()).splitlines(keepends=True)
+            return
+        if first:
+            yield first
+        yield from handle
+
     def lines() -> Iterator[str]:
         with open_binary(path) as handle:
-            for number, raw in enumerate(handle, start=1):
+            for number, raw in enumerate(raw_lines(handle), start=1):
                 try:
                     yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError:
@@ -319,7 +329,10 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
     if header_line is None:
         return
     delimiter = _sniff_delimiter(header_line, delimiter)
-    header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
+    try:
+        header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
+    except csv.Error as error:
+        raise DataError(f"{path}:1: invalid CSV header: {error}") from None
 
     def rest() -> Iterator[str]:
         yield from stream

@@ -213,3 +213,16 @@ def test_json_file_holding_json_lines_and_wrapped_array(tmp_path):
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text('{"data": [\n  {"text": "a"},\n  {"text": "b"}\n]}')
     assert [r.source for r in load_records(str(wrapped), "text", DataConfig())] == [f"{wrapped}:2", f"{wrapped}:3"]
+
+
+def test_csv_with_bare_carriage_return_line_endings(tmp_path):
+    # Excel for Mac's "CSV (Macintosh)" ends lines with a bare \r: rows, not a csv.Error traceback.
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b'text,label\rmy card is lost,card\r"I want\ra refund",refund\r')
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [(r.text, r.label, r.source) for r in result.records] == [
+        ("my card is lost", "card", f"{path}:2"),
+        ("I want\ra refund", "refund", f"{path}:3"),
+    ]
+
