@@ -304,6 +304,9 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
     Each row's source is the line it starts on (quoted cells may span lines).
     """
     bad_lines: set[int] = set()
+    # The csv module refuses a cell over 131,072 characters by default; the user's cap is max_record_bytes
+    # (a larger cell is reported as too large below). The limit is process-wide, so it is only ever raised.
+    csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes + 1))
 
     def raw_lines(handle: io.BufferedIOBase) -> Iterator[bytes]:
         first = handle.readline()
@@ -346,7 +349,8 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
             return
         except csv.Error as error:
             source = f"{path}:{previous_end + 1}"
-            yield source, RecordError(source, f"invalid CSV: {error}")
+            too_long = "field larger than field limit" in str(error)
+            yield source, RecordError(source, too_large(max_record_bytes + 1, max_record_bytes) if too_long else f"invalid CSV: {error}")
             previous_end = reader.line_num + 1
             continue
         start, end = previous_end + 1, reader.line_num + 1

@@ -226,3 +226,16 @@ def test_csv_with_bare_carriage_return_line_endings(tmp_path):
         ("I want\ra refund", "refund", f"{path}:3"),
     ]
 
+
+def test_csv_cell_longer_than_the_csv_module_default_is_read_up_to_max_record_bytes(tmp_path):
+    # Python's csv module refuses cells over 131,072 characters; the cap a user sets is data.max_record_bytes.
+    path = tmp_path / "long.csv"
+    long_text = "word " * 40_000  # 200,000 characters
+    path.write_text(f"text,label\n{long_text},a\nshort,b\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [len(r.text) for r in result.records] == [len(long_text), 5]
+    small = read_records(str(path), "classify", DataConfig(max_record_bytes=100_000))
+    assert [error.source for error in small.errors] == [f"{path}:2"]
+    assert "record too large" in small.errors[0].reason
+    assert [r.text for r in small.records] == ["short"]
