@@ -11,6 +11,7 @@ oversized line is skipped without being held in memory.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob as globbing
 import gzip
@@ -471,6 +472,18 @@ def iter_txt(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> It
     yield f"{path}:1", {"text": text}
 
 
+# UTF-32's little-endian mark begins with UTF-16's, so it is tried first.
+WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "txt")
+
+
+def wide_encoding(path: Path) -> str | None:
+    """"UTF-16" or "UTF-32" when ``path`` starts with that byte-order mark (Excel's "Unicode Text", PowerShell)."""
+    with open_binary(path) as handle:
+        start = handle.read(4)
+    return next((name for bom, name in WIDE_BOMS if start.startswith(bom)), None)
+
+
 def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """Rows of one file in its own field names (see the module docstring).
 
@@ -479,7 +492,16 @@ def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEF
     """
     kind = detect_format(path, file_format)
     try:
-        if kind == "jsonl":
+        encoding = wide_encoding(path) if kind in TEXT_FORMATS else None
+        if encoding is not None:
+            # Read as UTF-8, every row would be garbled into its own misleading error.
+            source = f"{path}:1"
+            yield source, RecordError(
+                source,
+                f"undecodable bytes: the file is {encoding} text (it starts with a {encoding} byte-order mark), not UTF-8; "
+                "save it as UTF-8; the file is unread",
+            )
+        elif kind == "jsonl":
             yield from iter_jsonl(path, max_record_bytes)
         elif kind == "json":
             yield from iter_json(path, max_record_bytes=max_record_bytes)

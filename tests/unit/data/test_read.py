@@ -239,3 +239,25 @@ def test_csv_cell_longer_than_the_csv_module_default_is_read_up_to_max_record_by
     assert [error.source for error in small.errors] == [f"{path}:2"]
     assert "record too large" in small.errors[0].reason
     assert [r.text for r in small.records] == ["short"]
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.tsv", "train.jsonl", "train.json", "train.txt"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_a_utf16_file_is_one_clear_error_not_a_garbled_one_per_row(tmp_path, name, encoding):
+    # Excel's "Unicode Text" and Windows PowerShell write UTF-16 with a byte-order mark.
+    path = tmp_path / name
+    task = "text" if name.endswith(".txt") else "classify"
+    if name.endswith((".csv", ".tsv")):
+        separator = "\t" if name.endswith(".tsv") else ","
+        content = f"text{separator}label\nmy card is lost{separator}card\nI want a refund{separator}refund\n"
+    elif name.endswith(".txt"):
+        content = "A document.\n"
+    else:
+        content = "".join(json.dumps(row) + "\n" for row in ROWS["classify"])
+    path.write_bytes(content.encode(encoding))
+    result = read_records(str(path), task, DataConfig())
+    assert not result.records
+    assert [str(error) for error in result.errors] == [
+        f"{path}:1: undecodable bytes: the file is {encoding.upper()} text (it starts with a {encoding.upper()} byte-order mark), not UTF-8; "
+        "save it as UTF-8; the file is unread"
+    ]
