@@ -261,3 +261,15 @@ def test_a_utf16_file_is_one_clear_error_not_a_garbled_one_per_row(tmp_path, nam
         f"{path}:1: undecodable bytes: the file is {encoding.upper()} text (it starts with a {encoding.upper()} byte-order mark), not UTF-8; "
         "save it as UTF-8; the file is unread"
     ]
+
+
+def test_whole_number_float_labels_are_the_integer_label(tmp_path):
+    # pandas stores an integer label column holding a missing value as float64: 1.0, 0.0 and NaN.
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"text": ["good", "bad", "meh", "odd"], "label": pa.array([1.0, 0.0, float("nan"), 0.5])}), path)
+    result = read_records(str(path), "classify", DataConfig())
+    assert [(r.text, r.label) for r in result.records] == [("good", "1"), ("bad", "0")]
+    assert [(e.source, e.reason.split(":")[0]) for e in result.errors] == [(f"{path}:3", "missing label"), (f"{path}:4", "wrong type")]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n')
+    assert [r.label for r in read_records(str(mixed), "classify", DataConfig()).records] == ["1", "1"]
