@@ -324,13 +324,20 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
             for number, raw in enumerate(raw_lines(handle), start=1):
                 try:
                     yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError:
+                except UnicodeDecodeError as error:
                     bad_lines.add(number)
+                    header_errors.extend([error] if number == 1 else [])
                     yield raw.decode("utf-8", "replace")
 
+    header_errors: list[UnicodeDecodeError] = []
     stream = lines()
     header_line = next(stream, None)
     if header_line is None:
+        return
+    if header_errors:
+        # Column names with replacement characters would fail every row as a missing field.
+        source = f"{path}:1"
+        yield source, RecordError(source, f"{_undecodable(header_errors[0]).replace(':', ' in the header:', 1)}; save the file as UTF-8; the file is unread")
         return
     delimiter = _sniff_delimiter(header_line, delimiter)
     try:

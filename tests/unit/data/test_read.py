@@ -273,3 +273,14 @@ def test_whole_number_float_labels_are_the_integer_label(tmp_path):
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n')
     assert [r.label for r in read_records(str(mixed), "classify", DataConfig()).records] == ["1", "1"]
+
+
+def test_a_csv_header_that_is_not_utf8_is_reported_at_line_1(tmp_path):
+    # Column names read with replacement characters would make every row "missing field 'libellé' (fields here: libell�)".
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("texte,libellé\ncafé au lait,boisson\n".encode("latin-1"))
+    result = read_records(str(path), "classify", DataConfig(text_field="texte", label_field="libellé"))
+    assert not result.records
+    assert [str(error) for error in result.errors] == [
+        f"{path}:1: undecodable bytes in the header: not UTF-8 text (byte 0xe9 at byte 13); save the file as UTF-8; the file is unread"
+    ]
