@@ -345,12 +345,17 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
     except csv.Error as error:
         raise DataError(f"{path}:1: invalid CSV header: {error}") from None
 
+    record_lines: list[str] = []  # the lines of the record being read
+
     def rest() -> Iterator[str]:
-        yield from stream
+        for line in stream:
+            record_lines.append(line)
+            yield line
 
     reader = csv.reader(rest(), delimiter=delimiter)
     previous_end = 1
     while True:
+        record_lines.clear()
         try:
             cells = next(reader)
         except StopIteration:
@@ -369,6 +374,15 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
         if any(start <= line <= end for line in bad_lines):
             yield source, RecordError(source, "undecodable bytes: not UTF-8 text")
             continue
+        if end > start:
+            # The lenient reader ends a quoted cell at any later quote (or at the end of the file), so one
+            # unbalanced quote turns the next rows into one record; a well-formed multi-line cell reads strictly.
+            try:
+                list(csv.reader(record_lines, delimiter=delimiter, strict=True))
+            except csv.Error as error:
+                reason = f"invalid CSV: a quoted cell runs from line {start} to line {end} ({error}); is a quote unbalanced?"
+                yield source, RecordError(source, reason)
+                continue
         size = sum(len(cell) for cell in cells)
         if size > max_record_bytes:
             yield source, RecordError(source, too_large(size, max_record_bytes))

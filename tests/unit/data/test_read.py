@@ -284,3 +284,25 @@ def test_a_csv_header_that_is_not_utf8_is_reported_at_line_1(tmp_path):
     assert [str(error) for error in result.errors] == [
         f"{path}:1: undecodable bytes in the header: not UTF-8 text (byte 0xe9 at byte 13); save the file as UTF-8; the file is unread"
     ]
+
+
+@pytest.mark.parametrize("separator", [",", "\t"])
+def test_an_unbalanced_quote_does_not_silently_swallow_the_next_rows(tmp_path, separator):
+    # The csv module's lenient reading made lines 2-4 one record ('Hello she said,a\nnext,b\nand more" here', 'c').
+    path = tmp_path / ("train.tsv" if separator == "\t" else "train.csv")
+    s = separator
+    path.write_text(f'text{s}label\n"Hello she said{s}a\nnext{s}b\nand "more" here{s}c\nlast{s}d\n"a quoted{s} cell\nover two lines"{s}e\n')
+    result = read_records(str(path), "classify", DataConfig())
+    assert [(e.source, e.reason.startswith("invalid CSV: a quoted cell runs from line 2 to line 4")) for e in result.errors] == [(f"{path}:2", True)]
+    assert [(r.source, r.text, r.label) for r in result.records] == [
+        (f"{path}:5", "last", "d"),
+        (f"{path}:6", f"a quoted{s} cell\nover two lines", "e"),  # a well-formed multi-line cell is still a record
+    ]
+
+
+def test_a_quote_left_open_at_the_end_of_a_csv_names_the_lines_it_swallowed(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('text,label\nfirst,a\n"never closed,b\nnext,c\nlast,d\n')
+    result = read_records(str(path), "classify", DataConfig())
+    assert [r.text for r in result.records] == ["first"]
+    assert [(e.source, e.reason.startswith("invalid CSV: a quoted cell runs from line 3 to line 5")) for e in result.errors] == [(f"{path}:3", True)]
