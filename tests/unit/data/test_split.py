@@ -125,3 +125,18 @@ def test_texts_of_only_symbols_are_not_grouped_as_one_example():
     texts = [":)", ":(", "😀", "😡", "!!!", "???"]
     assert len({input_key(ClassifyRecord(text, "x")) for text in texts}) == len(texts)
     assert input_key(ClassifyRecord(" :) ", "x")) == input_key(ClassifyRecord(":)", "x"))  # spacing still does not count
+
+
+def test_a_label_with_one_example_stays_in_train():
+    # Held out, a label's only example can be neither learned nor validated: the run stopped with
+    # "label 'L1' does not occur in the training split" (validation) or tested an unseen label.
+    from tunelab.data.split import check_classify_labels
+
+    counts = {"L0": 2, "L1": 1, "L2": 8, "L3": 1, "L4": 1, "L5": 5}
+    records = [ClassifyRecord(f"example {i} of {label}", label) for label, n in counts.items() for i in range(n)]
+    for seed in range(40):
+        split = split_records(records, "classify", test_size=0.2, validation_size=0.2, seed=seed)
+        assert {r.label for r in split.train} == set(counts), seed
+        assert split.sizes() == {"train": 10, "validation": 4, "test": 4}, seed
+        check_classify_labels(split)
+        assert not any("never occur in train" in warning for warning in split.warnings), seed
