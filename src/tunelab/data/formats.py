@@ -138,7 +138,20 @@ def bounded_lines(handle: io.BufferedIOBase, limit: int) -> Iterator[tuple[bytes
 
 
 def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
-    """One JSON object per line; blank lines are allowed and skipped, and so is a UTF-8 BOM at the start."""
+    """One JSON object per line; blank lines are allowed and skipped, and so is a UTF-8 BOM at the start.
+
+    A file whose first line opens a JSON array over several lines (``json.dump(rows, f, indent=2)``) is read as JSON.
+    """
+    first = b""
+    with open_binary(path) as handle:
+        for raw, _ in bounded_lines(handle, 4096):  # an array's opening line is short; a long line is a record
+            first = (raw or b"{").removeprefix(UTF8_BOM).strip()
+            if first:
+                break
+    if first.startswith(b"[") and not first.endswith(b"]"):
+        # Line by line, "[" and each "}," would fail while the last object alone was accepted.
+        yield from iter_json(path, max_record_bytes=max_record_bytes)
+        return
     with open_binary(path) as handle:
         for number, (raw, size) in enumerate(bounded_lines(handle, max_record_bytes), start=1):
             source = f"{path}:{number}"

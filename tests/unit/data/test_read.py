@@ -306,3 +306,13 @@ def test_a_quote_left_open_at_the_end_of_a_csv_names_the_lines_it_swallowed(tmp_
     result = read_records(str(path), "classify", DataConfig())
     assert [r.text for r in result.records] == ["first"]
     assert [(e.source, e.reason.startswith("invalid CSV: a quoted cell runs from line 3 to line 5")) for e in result.errors] == [(f"{path}:3", True)]
+
+
+def test_a_json_array_in_a_jsonl_file_is_read_as_json(tmp_path):
+    # json.dump(rows, f, indent=2) into train.jsonl: line by line, "[" and every "}," failed while
+    # the last object alone was accepted, so a skip-invalid run trained on one row of many.
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(ROWS["classify"], indent=2) + "\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [(r.text, r.source) for r in result.records] == [("my card is lost", f"{path}:2"), ("I want a refund", f"{path}:6")]
