@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from tunelab.cli.common import console, print_json
 from tunelab.config import DataConfig, load_config
-from tunelab.errors import ModelError
+from tunelab.errors import ConfigError, ModelError
 
 data_app = typer.Typer(help="Check, split and show training data.", no_args_is_help=True)
 
@@ -20,7 +21,19 @@ TASK_HELP = "text, sft, classify or preference."
 
 
 def _data_config(**values: Any) -> DataConfig:
-    return DataConfig(**{key: value for key, value in values.items() if value is not None})
+    """The options as a ``DataConfig``.
+
+    Raises:
+        ConfigError: naming each option out of range (``--max-length: ...``), not a pydantic traceback.
+    """
+    try:
+        return DataConfig(**{key: value for key, value in values.items() if value is not None})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            option = "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
+            problems.append(f"{option}: {item['msg']} (got {item.get('input')!r})" if item["loc"] else str(item["msg"]))
+        raise ConfigError("; ".join(problems)) from None
 
 
 def _tokenizer(model: str | None, allow_network: bool) -> Any:

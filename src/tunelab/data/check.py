@@ -164,7 +164,8 @@ def _find_duplicates(report: CheckReport, records: Sequence[Record]) -> None:
         if len(by_id) < 2:
             continue
         representatives = [copies[0] for copies in by_id.values()]
-        targets = {normalize_text(target_text(r) or "") for r in representatives}
+        # A label is a class as written ("Yes" and "yes" are two tokens of the label map); answers are text.
+        targets = {r.label if isinstance(r, ClassifyRecord) else normalize_text(target_text(r) or "") for r in representatives}
         if len(targets) > 1 and report.task in ("classify", "sft"):
             report.conflicts += 1
             labels = sorted({r.label for r in representatives}) if report.task == "classify" else []  # type: ignore[union-attr]

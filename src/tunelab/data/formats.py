@@ -11,6 +11,7 @@ oversized line is skipped without being held in memory.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob as globbing
 import gzip
@@ -137,7 +138,20 @@ def bounded_lines(handle: io.BufferedIOBase, limit: int) -> Iterator[tuple[bytes
 
 
 def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
-    """One JSON object per line; blank lines are allowed and skipped, and so is a UTF-8 BOM at the start."""
+    """One JSON object per line; blank lines are allowed and skipped, and so is a UTF-8 BOM at the start.
+
+    A file whose first line opens a JSON array over several lines (``json.dump(rows, f, indent=2)``) is read as JSON.
+    """
+    first = b""
+    with open_binary(path) as handle:
+        for raw, _ in bounded_lines(handle, 4096):  # an array's opening line is short; a long line is a record
+            first = (raw or b"{").removeprefix(UTF8_BOM).strip()
+            if first:
+                break
+    if first.startswith(b"[") and not first.endswith(b"]"):
+        # Line by line, "[" and each "}," would fail while the last object alone was accepted.
+        yield from iter_json(path, max_record_bytes=max_record_bytes)
+        return
     with open_binary(path) as handle:
         for number, (raw, size) in enumerate(bounded_lines(handle, max_record_bytes), start=1):
             source = f"{path}:{number}"
@@ -304,36 +318,65 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
     Each row's source is the line it starts on (quoted cells may span lines).
     """
     bad_lines: set[int] = set()
+    # The csv module refuses a cell over 131,072 characters by default; the user's cap is max_record_bytes
+    # (a larger cell is reported as too large below). The limit is process-wide, so it is only ever raised.
+    csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes + 1))
+
+    def raw_lines(handle: io.BufferedIOBase) -> Iterator[bytes]:
+        first = handle.readline()
+        if b"\r" in first.rstrip(b"\r\n"):
+            # Lines ended by a bare \r (Excel for Mac's "CSV (Macintosh)"): one readline held the whole file.
+            yield from (first + handle.read()).splitlines(keepends=True)
+            return
+        if first:
+            yield first
+        yield from handle
 
     def lines() -> Iterator[str]:
         with open_binary(path) as handle:
-            for number, raw in enumerate(handle, start=1):
+            for number, raw in enumerate(raw_lines(handle), start=1):
                 try:
                     yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError:
+                except UnicodeDecodeError as error:
                     bad_lines.add(number)
+                    header_errors.extend([error] if number == 1 else [])
                     yield raw.decode("utf-8", "replace")
 
+    header_errors: list[UnicodeDecodeError] = []
     stream = lines()
     header_line = next(stream, None)
     if header_line is None:
         return
+    if header_errors:
+        # Column names with replacement characters would fail every row as a missing field.
+        source = f"{path}:1"
+        yield source, RecordError(source, f"{_undecodable(header_errors[0]).replace(':', ' in the header:', 1)}; save the file as UTF-8; the file is unread")
+        return
     delimiter = _sniff_delimiter(header_line, delimiter)
-    header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
+    try:
+        header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
+    except csv.Error as error:
+        raise DataError(f"{path}:1: invalid CSV header: {error}") from None
+
+    record_lines: list[str] = []  # the lines of the record being read
 
     def rest() -> Iterator[str]:
-        yield from stream
+        for line in stream:
+            record_lines.append(line)
+            yield line
 
     reader = csv.reader(rest(), delimiter=delimiter)
     previous_end = 1
     while True:
+        record_lines.clear()
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as error:
             source = f"{path}:{previous_end + 1}"
-            yield source, RecordError(source, f"invalid CSV: {error}")
+            too_long = "field larger than field limit" in str(error)
+            yield source, RecordError(source, too_large(max_record_bytes + 1, max_record_bytes) if too_long else f"invalid CSV: {error}")
             previous_end = reader.line_num + 1
             continue
         start, end = previous_end + 1, reader.line_num + 1
@@ -344,6 +387,15 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
         if any(start <= line <= end for line in bad_lines):
             yield source, RecordError(source, "undecodable bytes: not UTF-8 text")
             continue
+        if end > start:
+            # The lenient reader ends a quoted cell at any later quote (or at the end of the file), so one
+            # unbalanced quote turns the next rows into one record; a well-formed multi-line cell reads strictly.
+            try:
+                list(csv.reader(record_lines, delimiter=delimiter, strict=True))
+            except csv.Error as error:
+                reason = f"invalid CSV: a quoted cell runs from line {start} to line {end} ({error}); is a quote unbalanced?"
+                yield source, RecordError(source, reason)
+                continue
         size = sum(len(cell) for cell in cells)
         if size > max_record_bytes:
             yield source, RecordError(source, too_large(size, max_record_bytes))
@@ -454,6 +506,18 @@ def iter_txt(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> It
     yield f"{path}:1", {"text": text}
 
 
+# UTF-32's little-endian mark begins with UTF-16's, so it is tried first.
+WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "txt")
+
+
+def wide_encoding(path: Path) -> str | None:
+    """"UTF-16" or "UTF-32" when ``path`` starts with that byte-order mark (Excel's "Unicode Text", PowerShell)."""
+    with open_binary(path) as handle:
+        start = handle.read(4)
+    return next((name for bom, name in WIDE_BOMS if start.startswith(bom)), None)
+
+
 def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """Rows of one file in its own field names (see the module docstring).
 
@@ -462,7 +526,16 @@ def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEF
     """
     kind = detect_format(path, file_format)
     try:
-        if kind == "jsonl":
+        encoding = wide_encoding(path) if kind in TEXT_FORMATS else None
+        if encoding is not None:
+            # Read as UTF-8, every row would be garbled into its own misleading error.
+            source = f"{path}:1"
+            yield source, RecordError(
+                source,
+                f"undecodable bytes: the file is {encoding} text (it starts with a {encoding} byte-order mark), not UTF-8; "
+                "save it as UTF-8; the file is unread",
+            )
+        elif kind == "jsonl":
             yield from iter_jsonl(path, max_record_bytes)
         elif kind == "json":
             yield from iter_json(path, max_record_bytes=max_record_bytes)

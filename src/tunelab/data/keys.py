@@ -17,8 +17,13 @@ _NOT_WORD = re.compile(r"[\W_]+")
 
 
 def normalize_text(text: str) -> str:
-    """Casefold, drop punctuation/symbols, collapse whitespace."""
-    return " ".join(_NOT_WORD.sub(" ", text.casefold()).split())
+    """Casefold, drop punctuation/symbols, collapse whitespace.
+
+    A text made only of punctuation, symbols or emoji (":)", "😡") keeps them (casefolded, whitespace
+    collapsed): dropped, every such text would be the same empty example.
+    """
+    folded = text.casefold()
+    return " ".join(_NOT_WORD.sub(" ", folded).split()) or " ".join(folded.split())
 
 
 def input_text(record: Record) -> str:

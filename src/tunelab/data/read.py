@@ -7,7 +7,7 @@ Accepted shapes per task (field names are configurable with ``data.*_field``):
   ``weight`` of 0 is kept and not trained; assistant ``tool_calls`` and ``tool`` results, with the
   row's ``tools`` schemas), or ``prompt``/``completion`` as strings or as message lists (TRL's
   conversational prompt-completion). An optional ``references`` list keeps extra reference answers.
-- classify: ``text`` and ``label`` (a string or an integer).
+- classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer).
 - preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
   ``chosen``/``rejected`` holding whole dialogues with a shared beginning: the HH-RLHF shape
   (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt).
@@ -284,6 +284,9 @@ def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
     if fields.label not in row:
         raise _Bad(f"missing label: {_missing(row, fields.label, 'label')}")
     label = row[fields.label]
+    if isinstance(label, float) and (label != label or label.is_integer()):
+        # pandas writes an integer label column holding a missing value as float64 (1.0, NaN): 1.0 is label 1.
+        label = None if label != label else int(label)
     if label is None or (isinstance(label, str) and not label.strip()):
         raise _Bad(f"missing label: field '{fields.label}' is empty")
     if isinstance(label, bool) or not isinstance(label, str | int):

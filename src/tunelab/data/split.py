@@ -6,7 +6,8 @@
   Python version, whatever the order of the file. For classify the order is stratified: each label's
   groups are spread evenly over the order, so every side gets each label in proportion.
 - The first ``test_size`` share of the order is the test set, the next ``validation_size`` share the
-  validation set, the rest is train. A user-given test (or validation) file replaces the held-out one.
+  validation set, the rest is train; for classify, a label's last group stays in train (held out, it
+  could be neither learned nor validated). A user-given test (or validation) file replaces the held-out one.
 - classify with ``data.out_of_scope_label``: records with that label (in train, and every record of
   ``data.out_of_scope``) are never trained on. In their own seeded order they are shared between test
   and validation in proportion to the in-scope records of each side, so both sides have the same
@@ -167,13 +168,7 @@ def _stratified_order(records: Sequence[Record], task: str, seed: int) -> list[l
     rank = {key: stable_hash(str(seed), key) for key in groups}
     strata: dict[str, list[str]] = defaultdict(list)
     for key, members in groups.items():
-        if task == "classify":
-            labels = Counter(records[i].label for i in members)  # type: ignore[union-attr]
-            # A group with conflicting labels is filed under its most common label (ties: alphabetical).
-            stratum = min(labels, key=lambda label: (-labels[label], label))
-        else:
-            stratum = ""
-        strata[stratum].append(key)
+        strata[_stratum(records, members, task)].append(key)
     position: dict[str, float] = {}
     for keys in strata.values():
         keys.sort(key=rank.__getitem__)
@@ -181,6 +176,15 @@ def _stratified_order(records: Sequence[Record], task: str, seed: int) -> list[l
             position[key] = (i + 0.5) / len(keys)
     ordered = sorted(groups, key=lambda key: (position[key], rank[key]))
     return [groups[key] for key in ordered]
+
+
+def _stratum(records: Sequence[Record], members: Sequence[int], task: str) -> str:
+    """The label a group is stratified under (classify; other tasks have one stratum)."""
+    if task != "classify":
+        return ""
+    labels = Counter(records[i].label for i in members)  # type: ignore[union-attr]
+    # A group with conflicting labels is filed under its most common label (ties: alphabetical).
+    return min(labels, key=lambda label: (-labels[label], label))
 
 
 def _count(total: int, share: float) -> int:
@@ -223,13 +227,20 @@ def split_records(
         )
     side = ["train"] * total
     counts = {"test": 0, "validation": 0}
-    for members in _stratified_order(records, task, seed):
+    order = _stratified_order(records, task, seed)
+    groups_in_train = Counter(_stratum(records, members, task) for members in order)
+    for members in order:
         if counts["test"] < wanted_test:
             name = "test"
         elif counts["validation"] < wanted_validation:
             name = "validation"
         else:
             break
+        stratum = _stratum(records, members, task)
+        if task == "classify" and groups_in_train[stratum] == 1:
+            # A label's last group stays in train: held out, it could be neither learned nor validated.
+            continue
+        groups_in_train[stratum] -= 1
         for index in members:
             side[index] = name
         counts[name] += len(members)

@@ -37,3 +37,16 @@ def test_cli_exit_codes(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["sizes"] == {"train": 2, "validation": 0, "test": 1}
     assert (tmp_path / "split.json").is_file()
+
+
+def test_an_out_of_range_option_is_a_one_line_error_naming_the_option(tmp_path):
+    from tunelab.errors import ConfigError
+
+    good = _write_jsonl(tmp_path / "good.jsonl", [{"text": "hello", "label": "a"}, {"text": "bye", "label": "b"}])
+    for args in (["check", "--no-tokens", "--max-length", "0"], ["check", "--no-tokens", "--limit", "-1"], ["show", "--max-length", "2"]):
+        command, *options = args
+        result = _cli(["data", command, str(good), "--task", "classify", *options])
+        # A ConfigError is what main() prints as one line with exit code 2 (a pydantic traceback exited 1).
+        assert isinstance(result.exception, ConfigError), (args, repr(result.exception))
+        assert str(result.exception).startswith(options[-2]), (args, str(result.exception))
+        assert "\n" not in str(result.exception)

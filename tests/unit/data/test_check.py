@@ -94,3 +94,22 @@ def test_batched_lengths_equal_the_tokenized_examples(tmp_path, tiny_tokenizer):
     label_map = build_label_map(["billing"], tiny_tokenizer)
     example = tokenize_classify(ClassifyRecord("card charged twice", "billing"), tiny_tokenizer, label_map, 10_000)
     assert report.lengths.max == len(example.input_ids) + 1
+
+
+def test_texts_of_only_symbols_or_emoji_are_not_one_example(tmp_path):
+    # Normalization drops punctuation and symbols; a text made only of them must not become "" for all.
+    rows = [{"text": ":)", "label": "pos"}, {"text": ":(", "label": "neg"}, {"text": "😀", "label": "pos"}, {"text": "😡", "label": "neg"}]
+    rows += [{"text": ":)", "label": "pos"}, {"text": " :) ", "label": "pos"}]  # an exact and a near duplicate of line 1
+    report = check_data(str(_write_jsonl(tmp_path / "emoji.jsonl", rows)), "classify", DataConfig())
+    assert report.conflicts == 0 and report.conflict_groups == []
+    assert report.exact_duplicates == 1 and report.near_duplicates == 1
+    assert not any("conflicting" in warning for warning in report.warnings)
+
+
+def test_labels_that_differ_only_in_case_or_symbols_are_a_conflict(tmp_path):
+    # "+" and "-" (or "Yes" and "yes") are different classes to the label map: the same text with both conflicts.
+    rows = [{"text": "great phone", "label": "+"}, {"text": "great phone!", "label": "-"}]
+    rows += [{"text": "bad phone", "label": "Yes"}, {"text": "Bad phone", "label": "yes"}]
+    report = check_data(str(_write_jsonl(tmp_path / "signs.jsonl", rows)), "classify", DataConfig())
+    assert report.conflicts == 2 and report.near_duplicates == 0
+    assert sorted(group.labels for group in report.conflict_groups) == [["+", "-"], ["Yes", "yes"]]

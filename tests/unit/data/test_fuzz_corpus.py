@@ -66,8 +66,9 @@ def _corpus(folder: Path) -> list[tuple[str, Path, int, str, str]]:
     big_txt.write_text("word " * 1_000_000)  # 5 MB: one .txt file is one record
     cases.append(("txt-5mb", big_txt, 1, "text", "record too large"))
     csv = folder / "wide.csv"
-    csv.write_text("text,label\n" + "a,b\n" + "x" * 200_000 + ",billing\n" + "c,d\n")
-    cases.append(("csv-huge-field", csv, 3, "classify", "CSV"))
+    # Over the default data.max_record_bytes (4 MB); a 200,000-character cell is a valid record.
+    csv.write_text("text,label\n" + "a,b\n" + "x" * 5_000_000 + ",billing\n" + "c,d\n")
+    cases.append(("csv-huge-field", csv, 3, "classify", "record too large"))
     gz = folder / "label.jsonl.gz"
     gz.write_bytes(gzip.compress((json.dumps(GOOD[0]) + "\n" + _label(100_000) + "\n").encode()))
     cases.append(("gzip-label", gz, 2, "classify", "max_label_chars"))

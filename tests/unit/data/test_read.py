@@ -213,3 +213,106 @@ def test_json_file_holding_json_lines_and_wrapped_array(tmp_path):
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text('{"data": [\n  {"text": "a"},\n  {"text": "b"}\n]}')
     assert [r.source for r in load_records(str(wrapped), "text", DataConfig())] == [f"{wrapped}:2", f"{wrapped}:3"]
+
+
+def test_csv_with_bare_carriage_return_line_endings(tmp_path):
+    # Excel for Mac's "CSV (Macintosh)" ends lines with a bare \r: rows, not a csv.Error traceback.
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b'text,label\rmy card is lost,card\r"I want\ra refund",refund\r')
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [(r.text, r.label, r.source) for r in result.records] == [
+        ("my card is lost", "card", f"{path}:2"),
+        ("I want\ra refund", "refund", f"{path}:3"),
+    ]
+
+
+def test_csv_cell_longer_than_the_csv_module_default_is_read_up_to_max_record_bytes(tmp_path):
+    # Python's csv module refuses cells over 131,072 characters; the cap a user sets is data.max_record_bytes.
+    path = tmp_path / "long.csv"
+    long_text = "word " * 40_000  # 200,000 characters
+    path.write_text(f"text,label\n{long_text},a\nshort,b\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [len(r.text) for r in result.records] == [len(long_text), 5]
+    small = read_records(str(path), "classify", DataConfig(max_record_bytes=100_000))
+    assert [error.source for error in small.errors] == [f"{path}:2"]
+    assert "record too large" in small.errors[0].reason
+    assert [r.text for r in small.records] == ["short"]
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.tsv", "train.jsonl", "train.json", "train.txt"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_a_utf16_file_is_one_clear_error_not_a_garbled_one_per_row(tmp_path, name, encoding):
+    # Excel's "Unicode Text" and Windows PowerShell write UTF-16 with a byte-order mark.
+    path = tmp_path / name
+    task = "text" if name.endswith(".txt") else "classify"
+    if name.endswith((".csv", ".tsv")):
+        separator = "\t" if name.endswith(".tsv") else ","
+        content = f"text{separator}label\nmy card is lost{separator}card\nI want a refund{separator}refund\n"
+    elif name.endswith(".txt"):
+        content = "A document.\n"
+    else:
+        content = "".join(json.dumps(row) + "\n" for row in ROWS["classify"])
+    path.write_bytes(content.encode(encoding))
+    result = read_records(str(path), task, DataConfig())
+    assert not result.records
+    assert [str(error) for error in result.errors] == [
+        f"{path}:1: undecodable bytes: the file is {encoding.upper()} text (it starts with a {encoding.upper()} byte-order mark), not UTF-8; "
+        "save it as UTF-8; the file is unread"
+    ]
+
+
+def test_whole_number_float_labels_are_the_integer_label(tmp_path):
+    # pandas stores an integer label column holding a missing value as float64: 1.0, 0.0 and NaN.
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"text": ["good", "bad", "meh", "odd"], "label": pa.array([1.0, 0.0, float("nan"), 0.5])}), path)
+    result = read_records(str(path), "classify", DataConfig())
+    assert [(r.text, r.label) for r in result.records] == [("good", "1"), ("bad", "0")]
+    assert [(e.source, e.reason.split(":")[0]) for e in result.errors] == [(f"{path}:3", "missing label"), (f"{path}:4", "wrong type")]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n')
+    assert [r.label for r in read_records(str(mixed), "classify", DataConfig()).records] == ["1", "1"]
+
+
+def test_a_csv_header_that_is_not_utf8_is_reported_at_line_1(tmp_path):
+    # Column names read with replacement characters would make every row "missing field 'libellé' (fields here: libell�)".
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("texte,libellé\ncafé au lait,boisson\n".encode("latin-1"))
+    result = read_records(str(path), "classify", DataConfig(text_field="texte", label_field="libellé"))
+    assert not result.records
+    assert [str(error) for error in result.errors] == [
+        f"{path}:1: undecodable bytes in the header: not UTF-8 text (byte 0xe9 at byte 13); save the file as UTF-8; the file is unread"
+    ]
+
+
+@pytest.mark.parametrize("separator", [",", "\t"])
+def test_an_unbalanced_quote_does_not_silently_swallow_the_next_rows(tmp_path, separator):
+    # The csv module's lenient reading made lines 2-4 one record ('Hello she said,a\nnext,b\nand more" here', 'c').
+    path = tmp_path / ("train.tsv" if separator == "\t" else "train.csv")
+    s = separator
+    path.write_text(f'text{s}label\n"Hello she said{s}a\nnext{s}b\nand "more" here{s}c\nlast{s}d\n"a quoted{s} cell\nover two lines"{s}e\n')
+    result = read_records(str(path), "classify", DataConfig())
+    assert [(e.source, e.reason.startswith("invalid CSV: a quoted cell runs from line 2 to line 4")) for e in result.errors] == [(f"{path}:2", True)]
+    assert [(r.source, r.text, r.label) for r in result.records] == [
+        (f"{path}:5", "last", "d"),
+        (f"{path}:6", f"a quoted{s} cell\nover two lines", "e"),  # a well-formed multi-line cell is still a record
+    ]
+
+
+def test_a_quote_left_open_at_the_end_of_a_csv_names_the_lines_it_swallowed(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('text,label\nfirst,a\n"never closed,b\nnext,c\nlast,d\n')
+    result = read_records(str(path), "classify", DataConfig())
+    assert [r.text for r in result.records] == ["first"]
+    assert [(e.source, e.reason.startswith("invalid CSV: a quoted cell runs from line 3 to line 5")) for e in result.errors] == [(f"{path}:3", True)]
+
+
+def test_a_json_array_in_a_jsonl_file_is_read_as_json(tmp_path):
+    # json.dump(rows, f, indent=2) into train.jsonl: line by line, "[" and every "}," failed while
+    # the last object alone was accepted, so a skip-invalid run trained on one row of many.
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(ROWS["classify"], indent=2) + "\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [(r.text, r.source) for r in result.records] == [("my card is lost", f"{path}:2"), ("I want a refund", f"{path}:6")]

@@ -4,6 +4,7 @@ from collections import Counter
 import pytest
 
 from tunelab.config import RunConfig
+from tunelab.data.keys import input_key
 from tunelab.data.records import ClassifyRecord, TextRecord
 from tunelab.data.split import Split, load_split, make_split, split_records
 from tunelab.errors import DataError
@@ -117,3 +118,25 @@ def test_nested_subsets_are_seeded_nested_and_keep_every_label():
     documents = [TextRecord(text=f"document {i}") for i in range(10)]
     parts = nested_subsets(documents, [3, 6], task="text", seed=0)
     assert [len(p) for p in parts] == [3, 6] and {r.id for r in parts[0]} <= {r.id for r in parts[1]}
+
+
+def test_texts_of_only_symbols_are_not_grouped_as_one_example():
+    # ":)" and ":(" normalize to nothing; as one group (the split's unit) they would always land on one side.
+    texts = [":)", ":(", "😀", "😡", "!!!", "???"]
+    assert len({input_key(ClassifyRecord(text, "x")) for text in texts}) == len(texts)
+    assert input_key(ClassifyRecord(" :) ", "x")) == input_key(ClassifyRecord(":)", "x"))  # spacing still does not count
+
+
+def test_a_label_with_one_example_stays_in_train():
+    # Held out, a label's only example can be neither learned nor validated: the run stopped with
+    # "label 'L1' does not occur in the training split" (validation) or tested an unseen label.
+    from tunelab.data.split import check_classify_labels
+
+    counts = {"L0": 2, "L1": 1, "L2": 8, "L3": 1, "L4": 1, "L5": 5}
+    records = [ClassifyRecord(f"example {i} of {label}", label) for label, n in counts.items() for i in range(n)]
+    for seed in range(40):
+        split = split_records(records, "classify", test_size=0.2, validation_size=0.2, seed=seed)
+        assert {r.label for r in split.train} == set(counts), seed
+        assert split.sizes() == {"train": 10, "validation": 4, "test": 4}, seed
+        check_classify_labels(split)
+        assert not any("never occur in train" in warning for warning in split.warnings), seed
