@@ -144,6 +144,12 @@ class ModelRegistry:
         run = _open_run(run_dir)
         if not run.is_adapter:
             raise ServeError(f"run {run_dir} has no LoRA adapter", "serve a full-model run on its own with --model RUN")
+        if run.config.train.method == "qlora":
+            raise ServeError(
+                f"adapter '{name}' ({run_dir}) was trained with qlora over a 4-bit base: over this server's shared "
+                "full-precision base it would answer otherwise than it was evaluated",
+                f"serve it on its own with --model {run_dir} (over its 4-bit base, as evaluated), or its merged export",
+            )
         run.verify_weights()  # at start-up, not as a 500 on every request once loaded
         base_name = run.base.name
         wanted = resolve_model(base_name)
@@ -318,6 +324,18 @@ def load_registry(
     if source.kind == "run":
         run_dir = Path(source.location)
         run = _open_run(run_dir)
+        if run.is_adapter and run.config.train.method == "qlora":
+            # Trained and evaluated over its base quantized to 4-bit NF4 (Run.load): over the full-precision base that
+            # plain LoRA adapters share it would answer otherwise. It is served alone, loaded as evaluation loads it.
+            if adapters:
+                raise ServeError(
+                    f"{run_dir} is a qlora run: it is served over its own 4-bit base, not beside other adapters",
+                    "serve it on its own, or serve its merged export (tunelab export --merge RUN OUT) beside them",
+                )
+            loaded = run.load(dtype=dtype, allow_network=allow_network)
+            name = served_name or run_dir.name
+            return ModelRegistry(loaded, name, max_loaded=max_loaded,
+                                 base_entry=dataclasses.replace(_entry(name, "base", run), label_head=loaded.label_head))
         if run.is_adapter:
             adapters.insert(0, (run_dir.name, str(run_dir)))
             source = resolve_model(run.base.name)
