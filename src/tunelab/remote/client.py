@@ -10,6 +10,7 @@ and the caller decides: an evaluation refuses to score with holes, distillation 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -160,22 +161,33 @@ class RemoteClient:
         try:
             response = self.client.chat.completions.create(model=self.endpoint.name, **body)
         except openai.APIStatusError as error:
-            return Answer(text=None, error=f"HTTP {error.status_code}: {_message(error)}")
+            return self._failed(f"HTTP {error.status_code}: {_message(error)}")
         except openai.APIConnectionError as error:  # timeouts included, after the retries
-            return Answer(text=None, error=f"{type(error).__name__}: {error}")
+            return self._failed(f"{type(error).__name__}: {error}")
+        except (openai.APIResponseValidationError, json.JSONDecodeError) as error:  # a 200 whose body is not JSON
+            return self._failed(f"HTTP 200 with a body that is not JSON ({error})")
         latency = time.perf_counter() - started
-        choice = response.choices[0] if response.choices else None
+        # A 200 that is no completion (an HTML login page of a proxy, an `error` object some gateways send
+        # with 200, no choices) is a failed request: cached as an empty answer it would be scored, and
+        # distilled from, as if the model had said nothing, on every rerun.
+        problem = _not_a_completion(response)
+        if problem is not None:
+            return self._failed(problem)
+        choice = response.choices[0]
         usage = response.usage
         result = CachedResponse(
-            text=(choice.message.content or "") if choice else "",
+            text=(choice.message.content or "") if choice.message else "",
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
             latency_s=latency,
-            finish_reason=choice.finish_reason if choice else None,
+            finish_reason=choice.finish_reason,
         )
         if self.cache is not None:
             self.cache.put(key, self.endpoint.base_url, self.endpoint.name, body, result)
         return self._answer(result, cached=False)
+
+    def _failed(self, error: str) -> Answer:
+        return Answer(text=None, error=_one_line(error))
 
     def _answer(self, response: CachedResponse, *, cached: bool) -> Answer:
         cost = self.price.cost(response.input_tokens or 0, response.output_tokens or 0) if self.price and response.input_tokens is not None else None
@@ -224,6 +236,27 @@ class RemoteClient:
             raise RemoteError(f"cannot reach {self.endpoint.base_url}: {error}", "is the server running? check base_url") from None
         except openai.APIStatusError:
             pass  # some compatible servers have no /models; the requests themselves will tell
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _not_a_completion(response: Any) -> str | None:
+    """Why a 200 response is not a chat completion, or None when it is one."""
+    from openai.types.chat import ChatCompletion
+
+    if not isinstance(response, ChatCompletion):  # the client hands back a non-JSON body as text
+        return f"HTTP 200 with a body that is not a chat completion: {_one_line(str(response))!r}"
+    extra = response.model_extra or {}
+    if extra.get("error"):
+        inner = extra["error"]
+        message = inner.get("message") if isinstance(inner, dict) else None
+        return f"HTTP 200 with an error: {_one_line(str(message or inner))}"
+    if not response.choices:
+        return "HTTP 200 with no choices in the completion"
+    return None
 
 
 def _message(error: Any) -> str:

@@ -1,0 +1,105 @@
+"""A remote endpoint that misbehaves, on the loopback: each request gets the next scripted response.
+
+What a user must see: a failed request is an ``Answer`` with a one-line ``error`` (never an exception out
+of a batch, never cached as if the model had answered), and the API key appears in no error.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tunelab.config import EndpointConfig
+from tunelab.remote.cache import RequestCache
+from tunelab.remote.client import RemoteClient
+
+KEY = "sk-test-0123456789abcdef"
+
+
+def completion(text: str, finish_reason: str = "stop", usage: bool = True) -> tuple[int, str, str]:
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "teacher",
+            "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": text}}]}
+    if usage:
+        body["usage"] = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    return 200, "application/json", json.dumps(body)
+
+
+class Scripted:
+    """Answers chat requests with ``script`` in order (the last one repeats); ``seen`` counts them."""
+
+    def __init__(self) -> None:
+        self.script: list = [completion("fine")]
+        self.seen = 0
+        self.lock = threading.Lock()
+
+    def next(self, request: BaseHTTPRequestHandler) -> tuple[int, str, str]:
+        with self.lock:
+            self.seen += 1
+            item = self.script[min(self.seen - 1, len(self.script) - 1)]
+        return item(request) if callable(item) else item
+
+
+@pytest.fixture
+def scripted():
+    state = Scripted()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            status, content_type, text = state.next(self)
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST  # /models (RemoteClient.check) gets the script too
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def client_for(scripted, tmp_path, monkeypatch, name: str = "teacher", retries: int = 0) -> RemoteClient:
+    monkeypatch.setenv("TEACHER_KEY", KEY)
+    endpoint = EndpointConfig(base_url=scripted.url, name=name, api_key_env="TEACHER_KEY", max_retries=retries, timeout_s=5)
+    return RemoteClient(endpoint, cache=RequestCache(tmp_path / "requests.db"))
+
+
+ASK = [{"role": "user", "content": "What is two plus two?"}]
+NOT_COMPLETIONS = {
+    "a 200 with an error object": (200, "application/json", json.dumps({"error": {"message": "upstream overloaded", "code": 502}})),
+    "a 200 without choices": (200, "application/json", json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": []})),
+    "an HTML page with 200": (200, "text/html", "<html>\n<body>\n<h1>Sign in to the proxy</h1>\n</body>\n</html>\n"),
+    "invalid JSON with 200": (200, "application/json", '{"id": "chatcmpl-1", "choices": ['),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_COMPLETIONS))
+def test_a_200_that_is_not_a_completion_is_a_failed_request_and_never_cached(scripted, tmp_path, monkeypatch, case):
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [NOT_COMPLETIONS[case], completion("four")]
+    answers = client.chat_many([ASK], max_tokens=8)  # no exception out of the batch
+    assert answers[0].text is None and answers[0].error and "\n" not in answers[0].error
+    assert len(client.cache) == 0
+    # Asked again, the request reaches the server (nothing was cached) and the real answer comes back.
+    assert client.chat_many([ASK], max_tokens=8)[0].text == "four" and scripted.seen == 2
+
+
+def test_the_200_error_object_names_the_servers_message(scripted, tmp_path, monkeypatch):
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [NOT_COMPLETIONS["a 200 with an error object"]]
+    assert "upstream overloaded" in client.chat_many([ASK], max_tokens=8)[0].error
