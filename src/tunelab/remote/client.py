@@ -116,6 +116,12 @@ def api_key_for(endpoint: EndpointConfig) -> str:
     return key
 
 
+def without_key(text: str, endpoint: EndpointConfig) -> str:
+    """``text`` (a server's error message) with the endpoint's API key masked: some servers echo what they were sent."""
+    key = os.environ.get(endpoint.api_key_env, "").strip() if endpoint.api_key_env else ""
+    return text.replace(key, "***") if key else text
+
+
 def openai_client(endpoint: EndpointConfig, *, max_retries: int | None = None):
     """The official client for ``endpoint`` (its timeout and retries)."""
     import openai
@@ -187,7 +193,7 @@ class RemoteClient:
         return self._answer(result, cached=False)
 
     def _failed(self, error: str) -> Answer:
-        return Answer(text=None, error=_one_line(error))
+        return Answer(text=None, error=without_key(_one_line(error), self.endpoint))
 
     def _answer(self, response: CachedResponse, *, cached: bool) -> Answer:
         cost = self.price.cost(response.input_tokens or 0, response.output_tokens or 0) if self.price and response.input_tokens is not None else None
@@ -231,7 +237,8 @@ class RemoteClient:
         try:
             openai_client(self.endpoint, max_retries=1).models.list()
         except openai.AuthenticationError as error:
-            raise RemoteError(f"{self.endpoint.base_url} refused the API key: {_message(error)}", "check api_key_env") from None
+            raise RemoteError(f"{self.endpoint.base_url} refused the API key: {without_key(_message(error), self.endpoint)}",
+                              "check api_key_env") from None
         except openai.APIConnectionError as error:
             raise RemoteError(f"cannot reach {self.endpoint.base_url}: {error}", "is the server running? check base_url") from None
         except openai.APIStatusError:

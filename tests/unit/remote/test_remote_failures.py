@@ -103,3 +103,19 @@ def test_the_200_error_object_names_the_servers_message(scripted, tmp_path, monk
     client = client_for(scripted, tmp_path, monkeypatch)
     scripted.script = [NOT_COMPLETIONS["a 200 with an error object"]]
     assert "upstream overloaded" in client.chat_many([ASK], max_tokens=8)[0].error
+
+
+def test_the_api_key_is_in_no_error_even_when_the_server_echoes_it(scripted, tmp_path, monkeypatch):
+    from tunelab.remote.client import RemoteError
+
+    def echo(request):
+        return 401, "application/json", json.dumps({"error": {"message": f"invalid key: {request.headers['authorization']}"}})
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [echo]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert error.startswith("HTTP 401") and KEY not in error
+    # check() says the key was refused, not what it is.
+    with pytest.raises(RemoteError) as raised:
+        client.check()
+    assert KEY not in raised.value.message
