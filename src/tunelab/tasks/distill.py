@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -485,7 +485,6 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
         teacher_latency = local_latency(teacher.loaded, split.test, config, labels)
         teacher_per_1000 = 1000 * teacher_latency * usd_per_hour / 3600 if usd_per_hour and teacher_latency else None
     student_per_1000 = 1000 * student_latency * usd_per_hour / 3600 if usd_per_hour and student_latency else None
-    distill_cost = [line.cost_usd for line in lines]
     base = context.baseline_evals.get("base")
     return {
         "task": config.task, "teacher": teacher.name, "student": student_eval.model, "n": comparison.n, "primary": comparison.primary,
@@ -504,9 +503,16 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
         "distillation": {
             "lines": len(lines), "accepted": sum(line.status == "ok" for line in lines),
             "rejected": sum(line.status != "ok" for line in lines),
-            "cost_usd": None if any(c is None for c in distill_cost) else float(sum(distill_cost)),
+            "cost_usd": distillation_cost(lines),
         },
     }
+
+
+def distillation_cost(lines: Iterable[DistillLine]) -> float | None:
+    """What the teacher's answers cost, None when a price is unknown. A request that failed was not charged
+    (its line has no cost): it counts 0, not unknown, or one failure would hide the cost of all the rest."""
+    costs = [line.cost_usd for line in lines if not line.retry]
+    return None if any(cost is None for cost in costs) else float(sum(costs))
 
 
 def _headline(result: Any) -> dict[str, Any]:

@@ -119,3 +119,20 @@ def test_the_api_key_is_in_no_error_even_when_the_server_echoes_it(scripted, tmp
     with pytest.raises(RemoteError) as raised:
         client.check()
     assert KEY not in raised.value.message
+
+
+def test_a_failed_request_does_not_make_the_distillation_cost_unknown(scripted, tmp_path, monkeypatch):
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher, distillation_cost
+
+    client = client_for(scripted, tmp_path, monkeypatch, name="gpt-4o-mini")  # priced in the bundled table
+    assert client.price is not None
+    scripted.script = [completion("fine"), (500, "application/json", json.dumps({"error": {"message": "boom"}})), completion("fine")]
+    client.concurrency = 1
+    config = parse_config({"task": "sft", "data": {"train": "unused.jsonl"}, "distill": {"teacher": "openai:gpt-4o-mini"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", messages=({"role": "user", "content": f"question {i}"},)) for i in range(3)]
+    lines = ask_teacher(RemoteModel(client), inputs, config, [], tmp_path / "distill.jsonl")
+    assert sorted(line.status for line in lines.values()) == ["ok", "ok", "rejected"]
+    # The failed request cost nothing; the two answers cost what the price table says.
+    assert distillation_cost(lines.values()) == pytest.approx(2 * client.price.cost(10, 5))
