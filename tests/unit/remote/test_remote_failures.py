@@ -136,3 +136,21 @@ def test_a_failed_request_does_not_make_the_distillation_cost_unknown(scripted, 
     assert sorted(line.status for line in lines.values()) == ["ok", "ok", "rejected"]
     # The failed request cost nothing; the two answers cost what the price table says.
     assert distillation_cost(lines.values()) == pytest.approx(2 * client.price.cost(10, 5))
+
+
+def test_teacher_answers_cut_at_max_new_tokens_are_marked_and_named(scripted, tmp_path, monkeypatch):
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher, cut_answers_warning, read_distill_file
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    client.concurrency = 1
+    scripted.script = [completion("The answer is a long story that", finish_reason="length"), completion("It is four.")]
+    config = parse_config({"task": "sft", "data": {"train": "unused.jsonl"}, "eval": {"max_new_tokens": 7}, "distill": {"teacher": "openai:x"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", messages=({"role": "user", "content": f"question {i}"},)) for i in range(2)]
+    ask_teacher(RemoteModel(client), inputs, config, [], tmp_path / "distill.jsonl")
+    lines = read_distill_file(tmp_path / "distill.jsonl")  # what a resume reads back
+    assert lines["id0"].finish_reason == "length" and lines["id1"].finish_reason == "stop"
+    warning = cut_answers_warning(lines.values(), config)
+    assert warning is not None and warning.startswith("1 of 2 teacher answers") and "eval.max_new_tokens (7 tokens)" in warning
+    assert "row 0" in warning and "row 1" not in warning
