@@ -154,3 +154,13 @@ def test_teacher_answers_cut_at_max_new_tokens_are_marked_and_named(scripted, tm
     warning = cut_answers_warning(lines.values(), config)
     assert warning is not None and warning.startswith("1 of 2 teacher answers") and "eval.max_new_tokens (7 tokens)" in warning
     assert "row 0" in warning and "row 1" not in warning
+
+
+def test_a_damaged_request_cache_is_one_clear_error(tmp_path):
+    from tunelab.errors import TunelabError
+
+    path = tmp_path / "requests.db"
+    path.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(TunelabError) as raised:
+        RequestCache(path)
+    assert str(path) in raised.value.message and "TUNELAB_REMOTE_CACHE" in (raised.value.hint or "")
