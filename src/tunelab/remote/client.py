@@ -93,9 +93,11 @@ def summarize(answers: Sequence[Answer], price: InferencePrice | None) -> Usage:
             usage.latencies_s.append(answer.latency_s)
     # What the requests cost when they were made; a cached answer costs nothing now but is what a
     # production request would cost, so it counts (cost per 1,000 requests is about production).
-    usage.cost_usd = price.cost(usage.input_tokens, usage.output_tokens) if price else None
+    # An answer without `usage` (some compatible servers send none) has unknown tokens: the cost is unknown, not 0.
+    counted = price is not None and all(a.input_tokens is not None for a in answers if a.error is None)
+    usage.cost_usd = price.cost(usage.input_tokens, usage.output_tokens) if counted and price else None
     fresh = [a for a in answers if not a.cached]
-    usage.paid_usd = price.cost(sum(a.input_tokens or 0 for a in fresh), sum(a.output_tokens or 0 for a in fresh)) if price else None
+    usage.paid_usd = price.cost(sum(a.input_tokens or 0 for a in fresh), sum(a.output_tokens or 0 for a in fresh)) if counted and price else None
     return usage
 
 

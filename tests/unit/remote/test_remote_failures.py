@@ -164,3 +164,10 @@ def test_a_damaged_request_cache_is_one_clear_error(tmp_path):
     with pytest.raises(TunelabError) as raised:
         RequestCache(path)
     assert str(path) in raised.value.message and "TUNELAB_REMOTE_CACHE" in (raised.value.hint or "")
+
+
+def test_answers_without_usage_make_the_cost_unknown_not_zero(scripted, tmp_path, monkeypatch):
+    client = client_for(scripted, tmp_path, monkeypatch, name="gpt-4o-mini")  # priced in the bundled table
+    scripted.script = [completion("four", usage=False)]
+    usage = client.usage(client.chat_many([ASK], max_tokens=8))
+    assert usage.cost_usd is None and usage.paid_usd is None and usage.cost_per_1000_requests is None
