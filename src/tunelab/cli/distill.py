@@ -61,6 +61,8 @@ def distill(
                     error_console.print(f"  [green]✓[/] {details['accepted']} answers kept, {len(details['rejected'])} rejected")
                     for item in details["rejected"][:10]:
                         error_console.print(f"  [yellow]rejected[/] {item['source']}: {item['reason']}")
+                    if details.get("warning"):
+                        error_console.print(f"  [yellow]warning[/] {details['warning']}")
                 return
             shown(step, status, details)
 

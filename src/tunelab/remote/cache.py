@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import TunelabError
 from tunelab.paths import cache_dir, create_private_file
 
 SCHEMA = """
@@ -63,11 +64,17 @@ class RequestCache:
         self.path = Path(path) if path is not None else default_cache_path()
         create_private_file(self.path)  # prompts and answers: readable by their owner only, like the request log
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        with self._lock:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute(SCHEMA)
-            self._connection.commit()
+        try:
+            self._connection = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+            with self._lock:
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.execute(SCHEMA)
+                self._connection.commit()
+        except sqlite3.DatabaseError as error:
+            raise TunelabError(
+                f"cannot use {self.path} as the remote request cache: {error}",
+                "delete it (it only saves asking again), or point $TUNELAB_REMOTE_CACHE at another file",
+            ) from None
 
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:

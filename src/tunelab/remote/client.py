@@ -10,6 +10,7 @@ and the caller decides: an evaluation refuses to score with holes, distillation 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -92,9 +93,11 @@ def summarize(answers: Sequence[Answer], price: InferencePrice | None) -> Usage:
             usage.latencies_s.append(answer.latency_s)
     # What the requests cost when they were made; a cached answer costs nothing now but is what a
     # production request would cost, so it counts (cost per 1,000 requests is about production).
-    usage.cost_usd = price.cost(usage.input_tokens, usage.output_tokens) if price else None
+    # An answer without `usage` (some compatible servers send none) has unknown tokens: the cost is unknown, not 0.
+    counted = price is not None and all(a.input_tokens is not None for a in answers if a.error is None)
+    usage.cost_usd = price.cost(usage.input_tokens, usage.output_tokens) if counted and price else None
     fresh = [a for a in answers if not a.cached]
-    usage.paid_usd = price.cost(sum(a.input_tokens or 0 for a in fresh), sum(a.output_tokens or 0 for a in fresh)) if price else None
+    usage.paid_usd = price.cost(sum(a.input_tokens or 0 for a in fresh), sum(a.output_tokens or 0 for a in fresh)) if counted and price else None
     return usage
 
 
@@ -113,6 +116,12 @@ def api_key_for(endpoint: EndpointConfig) -> str:
             f"export {endpoint.api_key_env}=... (or set api_key_env: null for a server without keys)",
         )
     return key
+
+
+def without_key(text: str, endpoint: EndpointConfig) -> str:
+    """``text`` (a server's error message) with the endpoint's API key masked: some servers echo what they were sent."""
+    key = os.environ.get(endpoint.api_key_env, "").strip() if endpoint.api_key_env else ""
+    return text.replace(key, "***") if key else text
 
 
 def openai_client(endpoint: EndpointConfig, *, max_retries: int | None = None):
@@ -160,22 +169,33 @@ class RemoteClient:
         try:
             response = self.client.chat.completions.create(model=self.endpoint.name, **body)
         except openai.APIStatusError as error:
-            return Answer(text=None, error=f"HTTP {error.status_code}: {_message(error)}")
+            return self._failed(f"HTTP {error.status_code}: {_message(error)}")
         except openai.APIConnectionError as error:  # timeouts included, after the retries
-            return Answer(text=None, error=f"{type(error).__name__}: {error}")
+            return self._failed(f"{type(error).__name__}: {error}")
+        except (openai.APIResponseValidationError, json.JSONDecodeError) as error:  # a 200 whose body is not JSON
+            return self._failed(f"HTTP 200 with a body that is not JSON ({error})")
         latency = time.perf_counter() - started
-        choice = response.choices[0] if response.choices else None
+        # A 200 that is no completion (an HTML login page of a proxy, an `error` object some gateways send
+        # with 200, no choices) is a failed request: cached as an empty answer it would be scored, and
+        # distilled from, as if the model had said nothing, on every rerun.
+        problem = _not_a_completion(response)
+        if problem is not None:
+            return self._failed(problem)
+        choice = response.choices[0]
         usage = response.usage
         result = CachedResponse(
-            text=(choice.message.content or "") if choice else "",
+            text=(choice.message.content or "") if choice.message else "",
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
             latency_s=latency,
-            finish_reason=choice.finish_reason if choice else None,
+            finish_reason=choice.finish_reason,
         )
         if self.cache is not None:
             self.cache.put(key, self.endpoint.base_url, self.endpoint.name, body, result)
         return self._answer(result, cached=False)
+
+    def _failed(self, error: str) -> Answer:
+        return Answer(text=None, error=without_key(_one_line(error), self.endpoint))
 
     def _answer(self, response: CachedResponse, *, cached: bool) -> Answer:
         cost = self.price.cost(response.input_tokens or 0, response.output_tokens or 0) if self.price and response.input_tokens is not None else None
@@ -219,11 +239,33 @@ class RemoteClient:
         try:
             openai_client(self.endpoint, max_retries=1).models.list()
         except openai.AuthenticationError as error:
-            raise RemoteError(f"{self.endpoint.base_url} refused the API key: {_message(error)}", "check api_key_env") from None
+            raise RemoteError(f"{self.endpoint.base_url} refused the API key: {without_key(_message(error), self.endpoint)}",
+                              "check api_key_env") from None
         except openai.APIConnectionError as error:
             raise RemoteError(f"cannot reach {self.endpoint.base_url}: {error}", "is the server running? check base_url") from None
         except openai.APIStatusError:
             pass  # some compatible servers have no /models; the requests themselves will tell
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _not_a_completion(response: Any) -> str | None:
+    """Why a 200 response is not a chat completion, or None when it is one."""
+    from openai.types.chat import ChatCompletion
+
+    if not isinstance(response, ChatCompletion):  # the client hands back a non-JSON body as text
+        return f"HTTP 200 with a body that is not a chat completion: {_one_line(str(response))!r}"
+    extra = response.model_extra or {}
+    if extra.get("error"):
+        inner = extra["error"]
+        message = inner.get("message") if isinstance(inner, dict) else None
+        return f"HTTP 200 with an error: {_one_line(str(message or inner))}"
+    if not response.choices:
+        return "HTTP 200 with no choices in the completion"
+    return None
 
 
 def _message(error: Any) -> str:

@@ -28,7 +28,7 @@ from tunelab.config import EndpointConfig
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.estimate.prices import PriceTable, load_price_table
 from tunelab.paths import atomic_write_text
-from tunelab.remote.client import RemoteError, openai_client
+from tunelab.remote.client import RemoteError, openai_client, without_key
 from tunelab.runs import RunFolder
 
 MIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
@@ -139,7 +139,7 @@ def start_job(
             method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}}, seed=seed, suffix=suffix,
         )
     except openai.APIStatusError as error:
-        raise RemoteError(f"{endpoint.base_url} refused the fine-tuning job (HTTP {error.status_code}): {error.message}") from None
+        raise RemoteError(f"{endpoint.base_url} refused the fine-tuning job (HTTP {error.status_code}): {without_key(error.message, endpoint)}") from None
     except openai.APIConnectionError as error:
         raise RemoteError(f"cannot reach {endpoint.base_url} to start the fine-tuning job: {error}") from None
     record = CloudJob(job.id, endpoint.base_url, endpoint.name, uploaded.id, uploaded_validation.id if uploaded_validation else None,
@@ -174,7 +174,7 @@ def follow_job(
             # After the state, so the events that led to a final state are reported before the loop ends.
             page = client.fine_tuning.jobs.list_events(job.job_id, limit=100)
         except openai.APIStatusError as error:
-            raise RemoteError(f"{endpoint.base_url}: following job {job.job_id} failed (HTTP {error.status_code}): {error.message}",
+            raise RemoteError(f"{endpoint.base_url}: following job {job.job_id} failed (HTTP {error.status_code}): {without_key(error.message, endpoint)}",
                               "follow it again with `tunelab run --resume RUN`") from None
         except openai.APIConnectionError as error:
             raise RemoteError(f"lost {endpoint.base_url} while following job {job.job_id}: {error}",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,6 +168,7 @@ class DistillLine:
     cost_usd: float | None = None
     cached: bool = False
     teacher: str = ""
+    finish_reason: str | None = None  # "length": the answer was cut at eval.max_new_tokens
 
     @property
     def retry(self) -> bool:
@@ -253,7 +254,7 @@ def ask_teacher(
         line = DistillLine(
             id=item.id, source=item.source, input=item.text or list(item.messages), answer=answer.text, status=status, reason=reason,
             label=label, input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, latency_s=answer.latency_s,
-            cost_usd=cost, cached=answer.cached, teacher=teacher.name,
+            cost_usd=cost, cached=answer.cached, teacher=teacher.name, finish_reason=answer.finish_reason,
         )
         writer.write(line)
         done[item.id] = line
@@ -264,6 +265,17 @@ def ask_teacher(
     finally:
         writer.close()
     return {item.id: done[item.id] for item in inputs if item.id in done}
+
+
+def cut_answers_warning(lines: Iterable[DistillLine], config: ResolvedConfig) -> str | None:
+    """The sft answers the teacher stopped at ``eval.max_new_tokens``, named: the student learns them as they
+    are (mid-sentence), so the user is told and can raise the limit. None when there are none."""
+    used = [line for line in lines if line.status == "ok"]
+    cut = [line for line in used if line.finish_reason == "length"]
+    if config.task != "sft" or not cut:
+        return None
+    return (f"{len(cut)} of {len(used)} teacher answers were cut at eval.max_new_tokens ({config.eval.max_new_tokens} tokens) and are "
+            f"learned cut (first: {', '.join(line.source for line in cut[:3])}): raise eval.max_new_tokens for whole answers")
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -350,7 +362,8 @@ def run_distill(
     lines = ask_teacher(teacher, inputs, config, labels, run.distill_file, progress=ask_progress)
     accepted = [line for line in lines.values() if line.status == "ok"]
     rejected = [{"id": line.id, "source": line.source, "reason": line.reason, "answer": line.answer} for line in lines.values() if line.status != "ok"]
-    emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected})
+    cut_warning = cut_answers_warning(lines.values(), config)
+    emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected, "warning": cut_warning})
     if not accepted:
         raise DataError(f"the teacher {teacher.name} gave no usable answer to {len(lines)} inputs (first reason: {rejected[0]['reason'] if rejected else 'none'})",
                         f"see {run.distill_file}")
@@ -373,7 +386,8 @@ def run_distill(
                                                                  "distill_report": str(run.distill_report), "teacher": teacher.name})
     emit("compare", "done", {"report": report})
     context.close()  # the run folder's lock (a notebook goes on living)
-    return DistillOutcome(run.root, run.distill_file, len(lines), len(accepted), rejected, report, outcome, list(context.warnings))
+    warnings = [cut_warning] if cut_warning else []
+    return DistillOutcome(run.root, run.distill_file, len(lines), len(accepted), rejected, report, outcome, warnings + list(context.warnings))
 
 
 def _student_config(config: ResolvedConfig, run: RunFolder, accepted: Sequence[DistillLine], test: Sequence[Any], lines) -> ResolvedConfig:
@@ -485,7 +499,6 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
         teacher_latency = local_latency(teacher.loaded, split.test, config, labels)
         teacher_per_1000 = 1000 * teacher_latency * usd_per_hour / 3600 if usd_per_hour and teacher_latency else None
     student_per_1000 = 1000 * student_latency * usd_per_hour / 3600 if usd_per_hour and student_latency else None
-    distill_cost = [line.cost_usd for line in lines]
     base = context.baseline_evals.get("base")
     return {
         "task": config.task, "teacher": teacher.name, "student": student_eval.model, "n": comparison.n, "primary": comparison.primary,
@@ -504,9 +517,16 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
         "distillation": {
             "lines": len(lines), "accepted": sum(line.status == "ok" for line in lines),
             "rejected": sum(line.status != "ok" for line in lines),
-            "cost_usd": None if any(c is None for c in distill_cost) else float(sum(distill_cost)),
+            "cost_usd": distillation_cost(lines),
         },
     }
+
+
+def distillation_cost(lines: Iterable[DistillLine]) -> float | None:
+    """What the teacher's answers cost, None when a price is unknown. A request that failed was not charged
+    (its line has no cost): it counts 0, not unknown, or one failure would hide the cost of all the rest."""
+    costs = [line.cost_usd for line in lines if not line.retry]
+    return None if any(cost is None for cost in costs) else float(sum(costs))
 
 
 def _headline(result: Any) -> dict[str, Any]:

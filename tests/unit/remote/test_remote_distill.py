@@ -155,6 +155,8 @@ def test_tunelab_distill_prints_the_student_vs_teacher_table(served, tiny_model_
     assert result.exit_code == 0, result.output
     assert "vs teacher" in result.output and "cost / 1,000 requests" in result.output and "of the teacher on rougeL" in result.output
     assert (tmp_path / "runs" / "distilled" / "distill_report.md").is_file()
+    # The tiny teacher never stops before eval.max_new_tokens: the user is told the student learns cut answers.
+    assert "cut at eval.max_new_tokens (6 tokens)" in result.output
 
 
 def test_the_local_training_command_refuses_the_cloud_backend(tmp_path):

@@ -1,0 +1,173 @@
+"""A remote endpoint that misbehaves, on the loopback: each request gets the next scripted response.
+
+What a user must see: a failed request is an ``Answer`` with a one-line ``error`` (never an exception out
+of a batch, never cached as if the model had answered), and the API key appears in no error.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tunelab.config import EndpointConfig
+from tunelab.remote.cache import RequestCache
+from tunelab.remote.client import RemoteClient
+
+KEY = "sk-test-0123456789abcdef"
+
+
+def completion(text: str, finish_reason: str = "stop", usage: bool = True) -> tuple[int, str, str]:
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "teacher",
+            "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": text}}]}
+    if usage:
+        body["usage"] = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    return 200, "application/json", json.dumps(body)
+
+
+class Scripted:
+    """Answers chat requests with ``script`` in order (the last one repeats); ``seen`` counts them."""
+
+    def __init__(self) -> None:
+        self.script: list = [completion("fine")]
+        self.seen = 0
+        self.lock = threading.Lock()
+
+    def next(self, request: BaseHTTPRequestHandler) -> tuple[int, str, str]:
+        with self.lock:
+            self.seen += 1
+            item = self.script[min(self.seen - 1, len(self.script) - 1)]
+        return item(request) if callable(item) else item
+
+
+@pytest.fixture
+def scripted():
+    state = Scripted()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            status, content_type, text = state.next(self)
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST  # /models (RemoteClient.check) gets the script too
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def client_for(scripted, tmp_path, monkeypatch, name: str = "teacher", retries: int = 0) -> RemoteClient:
+    monkeypatch.setenv("TEACHER_KEY", KEY)
+    endpoint = EndpointConfig(base_url=scripted.url, name=name, api_key_env="TEACHER_KEY", max_retries=retries, timeout_s=5)
+    return RemoteClient(endpoint, cache=RequestCache(tmp_path / "requests.db"))
+
+
+ASK = [{"role": "user", "content": "What is two plus two?"}]
+NOT_COMPLETIONS = {
+    "a 200 with an error object": (200, "application/json", json.dumps({"error": {"message": "upstream overloaded", "code": 502}})),
+    "a 200 without choices": (200, "application/json", json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": []})),
+    "an HTML page with 200": (200, "text/html", "<html>\n<body>\n<h1>Sign in to the proxy</h1>\n</body>\n</html>\n"),
+    "invalid JSON with 200": (200, "application/json", '{"id": "chatcmpl-1", "choices": ['),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_COMPLETIONS))
+def test_a_200_that_is_not_a_completion_is_a_failed_request_and_never_cached(scripted, tmp_path, monkeypatch, case):
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [NOT_COMPLETIONS[case], completion("four")]
+    answers = client.chat_many([ASK], max_tokens=8)  # no exception out of the batch
+    assert answers[0].text is None and answers[0].error and "\n" not in answers[0].error
+    assert len(client.cache) == 0
+    # Asked again, the request reaches the server (nothing was cached) and the real answer comes back.
+    assert client.chat_many([ASK], max_tokens=8)[0].text == "four" and scripted.seen == 2
+
+
+def test_the_200_error_object_names_the_servers_message(scripted, tmp_path, monkeypatch):
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [NOT_COMPLETIONS["a 200 with an error object"]]
+    assert "upstream overloaded" in client.chat_many([ASK], max_tokens=8)[0].error
+
+
+def test_the_api_key_is_in_no_error_even_when_the_server_echoes_it(scripted, tmp_path, monkeypatch):
+    from tunelab.remote.client import RemoteError
+
+    def echo(request):
+        return 401, "application/json", json.dumps({"error": {"message": f"invalid key: {request.headers['authorization']}"}})
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [echo]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert error.startswith("HTTP 401") and KEY not in error
+    # check() says the key was refused, not what it is.
+    with pytest.raises(RemoteError) as raised:
+        client.check()
+    assert KEY not in raised.value.message
+
+
+def test_a_failed_request_does_not_make_the_distillation_cost_unknown(scripted, tmp_path, monkeypatch):
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher, distillation_cost
+
+    client = client_for(scripted, tmp_path, monkeypatch, name="gpt-4o-mini")  # priced in the bundled table
+    assert client.price is not None
+    scripted.script = [completion("fine"), (500, "application/json", json.dumps({"error": {"message": "boom"}})), completion("fine")]
+    client.concurrency = 1
+    config = parse_config({"task": "sft", "data": {"train": "unused.jsonl"}, "distill": {"teacher": "openai:gpt-4o-mini"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", messages=({"role": "user", "content": f"question {i}"},)) for i in range(3)]
+    lines = ask_teacher(RemoteModel(client), inputs, config, [], tmp_path / "distill.jsonl")
+    assert sorted(line.status for line in lines.values()) == ["ok", "ok", "rejected"]
+    # The failed request cost nothing; the two answers cost what the price table says.
+    assert distillation_cost(lines.values()) == pytest.approx(2 * client.price.cost(10, 5))
+
+
+def test_teacher_answers_cut_at_max_new_tokens_are_marked_and_named(scripted, tmp_path, monkeypatch):
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher, cut_answers_warning, read_distill_file
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    client.concurrency = 1
+    scripted.script = [completion("The answer is a long story that", finish_reason="length"), completion("It is four.")]
+    config = parse_config({"task": "sft", "data": {"train": "unused.jsonl"}, "eval": {"max_new_tokens": 7}, "distill": {"teacher": "openai:x"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", messages=({"role": "user", "content": f"question {i}"},)) for i in range(2)]
+    ask_teacher(RemoteModel(client), inputs, config, [], tmp_path / "distill.jsonl")
+    lines = read_distill_file(tmp_path / "distill.jsonl")  # what a resume reads back
+    assert lines["id0"].finish_reason == "length" and lines["id1"].finish_reason == "stop"
+    warning = cut_answers_warning(lines.values(), config)
+    assert warning is not None and warning.startswith("1 of 2 teacher answers") and "eval.max_new_tokens (7 tokens)" in warning
+    assert "row 0" in warning and "row 1" not in warning
+
+
+def test_a_damaged_request_cache_is_one_clear_error(tmp_path):
+    from tunelab.errors import TunelabError
+
+    path = tmp_path / "requests.db"
+    path.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(TunelabError) as raised:
+        RequestCache(path)
+    assert str(path) in raised.value.message and "TUNELAB_REMOTE_CACHE" in (raised.value.hint or "")
+
+
+def test_answers_without_usage_make_the_cost_unknown_not_zero(scripted, tmp_path, monkeypatch):
+    client = client_for(scripted, tmp_path, monkeypatch, name="gpt-4o-mini")  # priced in the bundled table
+    scripted.script = [completion("four", usage=False)]
+    usage = client.usage(client.chat_many([ASK], max_tokens=8))
+    assert usage.cost_usd is None and usage.paid_usd is None and usage.cost_per_1000_requests is None
