@@ -168,3 +168,22 @@ def test_a_lora_on_a_tied_output_head_merges_into_the_head_alone(tmp_path, tiny_
     with torch.inference_mode():
         torch.testing.assert_close(merged(input_ids=ids).logits, loaded.model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     assert torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
+
+
+def test_a_copied_adapter_carries_the_labels_and_the_out_of_scope_rule_its_card_names(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """``tunelab export RUN OUT`` (no --merge) copies the adapter: a classify run's labels.json, out_of_scope.json and
+    the training requests' states (out_of_scope.npy, which the model card points to) go along, as with --merge."""
+    import numpy as np
+
+    from tunelab.data.labels import OutOfScope
+    from tunelab.runs import export_folder
+
+    run = _classify_run(tmp_path / "run", tiny_model_dir, tiny_tokenizer)
+    reference = np.eye(3, 64, dtype=np.float32)
+    OutOfScope("other", 0.5, score="nearest", reference=reference).save(run.out_of_scope, run.out_of_scope_reference)
+    make_adapter_portable(Run.open(run.root))
+    out = export_folder(run.root, tmp_path / "adapter", merge=False)
+    assert "out_of_scope.npy" in (out / "README.md").read_text()
+    for path in (run.labels, run.out_of_scope, run.out_of_scope_reference):
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert (out / "adapter_model.safetensors").is_file()
