@@ -689,11 +689,18 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     """
     import shutil
 
-    from tunelab.paths import atomic_directory, disk_full_error, is_disk_full, remove_stale_temporaries
+    from tunelab.paths import (
+        atomic_directory,
+        check_output_folder,
+        disk_full_error,
+        is_disk_full,
+        remove_stale_temporaries,
+    )
 
     out = Path(out_dir)
     if out.exists():
         raise ModelError(f"{out} already exists; export never overwrites", "choose a new output folder")
+    check_output_folder(out)
     run = Run.open(run_dir)
     if not run.is_finished:
         raise ModelError(f"{run.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")

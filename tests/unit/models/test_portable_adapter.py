@@ -187,3 +187,20 @@ def test_a_copied_adapter_carries_the_labels_and_the_out_of_scope_rule_its_card_
     for path in (run.labels, run.out_of_scope, run.out_of_scope_reference):
         assert (out / path.name).read_bytes() == path.read_bytes(), path.name
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["merged", "adapter", "model.gguf"])
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_path, tiny_model_dir, tiny_tokenizer, name):
+    """An OUT under a file (or a folder this user cannot write) stopped with a FileExistsError / PermissionError traceback,
+    after the run had been merged; now a TunelabError (one line, exit 2) names the folder before anything is loaded."""
+    from tunelab.errors import TunelabError
+    from tunelab.runs import export_folder, export_gguf
+
+    run = _classify_run(tmp_path / "run", tiny_model_dir, tiny_tokenizer)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / name
+    with pytest.raises(TunelabError, match="cannot write into"):
+        if name.endswith(".gguf"):
+            export_gguf(run.root, out)
+        else:
+            export_folder(run.root, out, merge=name == "merged")
