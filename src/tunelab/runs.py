@@ -680,7 +680,8 @@ def merge_run(run_dir: str | Path) -> Any:
 
 def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = True) -> Path:
     """Write a run as a folder: its weights merged into a plain transformers model (``merge``, and always for
-    full/freeze runs), else a copy of its PEFT adapter. A classify run's labels.json and out_of_scope.json go along.
+    full/freeze runs), else a copy of its PEFT adapter. A classify run's labels.json, out_of_scope.json and
+    out_of_scope.npy go along either way.
 
     Raises:
         ModelError: when ``run_dir`` is no finished run, its weights are damaged, or ``out_dir`` already exists.
@@ -688,11 +689,18 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     """
     import shutil
 
-    from tunelab.paths import atomic_directory, disk_full_error, is_disk_full, remove_stale_temporaries
+    from tunelab.paths import (
+        atomic_directory,
+        check_output_folder,
+        disk_full_error,
+        is_disk_full,
+        remove_stale_temporaries,
+    )
 
     out = Path(out_dir)
     if out.exists():
         raise ModelError(f"{out} already exists; export never overwrites", "choose a new output folder")
+    check_output_folder(out)
     run = Run.open(run_dir)
     if not run.is_finished:
         raise ModelError(f"{run.root} is not a finished tunelab run (no config.yaml with adapter/ or model/)")
@@ -707,9 +715,10 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
             else:
                 merged.model.save_pretrained(tmp)
                 merged.tokenizer.save_pretrained(tmp)
-                for path in (folder.labels, folder.out_of_scope, folder.out_of_scope_reference):
-                    if path.is_file():
-                        shutil.copy2(path, tmp / path.name)
+            # Either way: what the model card names (the labels, the out-of-scope rule and its training states).
+            for path in (folder.labels, folder.out_of_scope, folder.out_of_scope_reference):
+                if path.is_file():
+                    shutil.copy2(path, tmp / path.name)
     except Exception as error:  # safetensors and torch report a full disk as their own kinds
         need = sum(t.numel() * t.element_size() for t in merged.state_dict.values()) if merged else None
         if is_disk_full(error, out.parent, need):

@@ -300,8 +300,25 @@ def fold_trained(loaded: Any) -> nn.Module:
     """
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
+        _untie_adapted_head(model)
         model = model.merge_and_unload()
     if loaded.label_head is not None:
         loaded.label_head.fold_into(model)
     model.eval()
     return model
+
+
+def _untie_adapted_head(model: nn.Module) -> None:
+    """Before merging: an output head with a LoRA adapter (``lora.target_modules`` naming ``lm_head``) gets its own
+    copy of a weight it shares with the input embeddings. Merging writes the head's delta into that weight, and
+    through the tie into every input token's embedding too, which the run never did (its adapter moves the head only)."""
+    from tunelab.models.heads import causal_lm_of, untie_output_head
+
+    lm = causal_lm_of(model)
+    head, embeddings = lm.get_output_embeddings(), lm.get_input_embeddings()
+    layer = getattr(head, "base_layer", None)
+    if layer is None or embeddings is None:
+        return
+    shared = getattr(embeddings, "base_layer", embeddings).weight
+    if layer.weight.data_ptr() == shared.data_ptr():
+        untie_output_head(model, shared.detach().clone())

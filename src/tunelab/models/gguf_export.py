@@ -42,6 +42,7 @@ from tunelab.errors import ModelError
 from tunelab.models.adapters import MergedRun
 from tunelab.paths import (
     atomic_write_text,
+    check_output_folder,
     disk_full_error,
     is_disk_full,
     remove_stale_temporaries,
@@ -281,6 +282,7 @@ def check_targets(out: Path, quant: str, ollama: bool) -> None:
     for target in (out, modelfile_path(out) if ollama else None):
         if target is not None and target.exists():
             raise ModelError(f"{target} already exists; export never overwrites", "choose a new output name")
+    check_output_folder(out)
 
 
 def modelfile_path(gguf_path: Path) -> Path:

@@ -95,14 +95,20 @@ class LabelHead(nn.Module):
     def fold_into(self, model: nn.Module) -> None:
         """Add the delta to the output head's label rows for good, untying the head from the input
         embeddings first (the label tokens also occur in input text, whose embeddings must not move)."""
-        lm = causal_lm_of(model)
-        head = lm.get_output_embeddings()
-        weight = head.weight.detach().clone()
+        weight = causal_lm_of(model).get_output_embeddings().weight.detach().clone()
         weight[self.token_ids.to(weight.device)] += self.delta.detach().to(weight.device, weight.dtype)
-        head.weight = nn.Parameter(weight, requires_grad=False)
-        lm.config.tie_word_embeddings = False
-        if hasattr(lm.config, "get_text_config"):
-            lm.config.get_text_config().tie_word_embeddings = False
+        untie_output_head(model, weight)
+
+
+def untie_output_head(model: nn.Module, weight: torch.Tensor) -> None:
+    """Give the output head (the linear layer under a LoRA wrapper) ``weight`` as its own parameter, no longer tied
+    to the input embeddings, and say so in the config (so saving and loading keep the two apart)."""
+    lm = causal_lm_of(model)
+    head = lm.get_output_embeddings()
+    getattr(head, "base_layer", head).weight = nn.Parameter(weight, requires_grad=False)
+    lm.config.tie_word_embeddings = False
+    if hasattr(lm.config, "get_text_config"):
+        lm.config.get_text_config().tie_word_embeddings = False
 
 
 def output_head_name(model: nn.Module) -> str:

@@ -141,3 +141,66 @@ def test_the_default_models_adapter_names_the_hub_model_and_the_exact_gguf(tmp_p
     assert base["weights"]["gguf_file"] == gguf.name and base["weights"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
     assert portable_base(BaseModel("HuggingFaceTB/SmolLM2-360M-Instruct", revision="abc123")) == {
         "base_model_name_or_path": "HuggingFaceTB/SmolLM2-360M-Instruct", "revision": "abc123"}
+
+
+def test_a_lora_on_a_tied_output_head_merges_into_the_head_alone(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """``lora.target_modules`` naming ``lm_head`` on a model whose head is tied to its input embeddings (the default
+    model's): the merged export answers as the run (merging wrote the head's delta into the embeddings as well)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.runs import export_folder
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape) * 0.5)
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    save_trained(model, tiny_tokenizer, adapter_dir=run.adapter, model_dir=run.model, tokenizer_dir=run.tokenizer)
+    run.config.write_text(yaml.safe_dump({"task": "sft", "model": {"name": str(tiny_model_dir)}, "lora": {"target_modules": ["q_proj", "lm_head"]}}))
+    loaded = Run.open(run.root).load()
+    ids = torch.tensor([render_prompt_ids(tiny_tokenizer, classify_messages("my card has not arrived, billing", SYSTEM))])
+    merged = AutoModelForCausalLM.from_pretrained(str(export_folder(run.root, tmp_path / "merged", merge=True))).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    with torch.inference_mode():
+        torch.testing.assert_close(merged(input_ids=ids).logits, loaded.model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
+
+
+def test_a_copied_adapter_carries_the_labels_and_the_out_of_scope_rule_its_card_names(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """``tunelab export RUN OUT`` (no --merge) copies the adapter: a classify run's labels.json, out_of_scope.json and
+    the training requests' states (out_of_scope.npy, which the model card points to) go along, as with --merge."""
+    import numpy as np
+
+    from tunelab.data.labels import OutOfScope
+    from tunelab.runs import export_folder
+
+    run = _classify_run(tmp_path / "run", tiny_model_dir, tiny_tokenizer)
+    reference = np.eye(3, 64, dtype=np.float32)
+    OutOfScope("other", 0.5, score="nearest", reference=reference).save(run.out_of_scope, run.out_of_scope_reference)
+    make_adapter_portable(Run.open(run.root))
+    out = export_folder(run.root, tmp_path / "adapter", merge=False)
+    assert "out_of_scope.npy" in (out / "README.md").read_text()
+    for path in (run.labels, run.out_of_scope, run.out_of_scope_reference):
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["merged", "adapter", "model.gguf"])
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_path, tiny_model_dir, tiny_tokenizer, name):
+    """An OUT under a file (or a folder this user cannot write) stopped with a FileExistsError / PermissionError traceback,
+    after the run had been merged; now a TunelabError (one line, exit 2) names the folder before anything is loaded."""
+    from tunelab.errors import TunelabError
+    from tunelab.runs import export_folder, export_gguf
+
+    run = _classify_run(tmp_path / "run", tiny_model_dir, tiny_tokenizer)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / name
+    with pytest.raises(TunelabError, match="cannot write into"):
+        if name.endswith(".gguf"):
+            export_gguf(run.root, out)
+        else:
+            export_folder(run.root, out, merge=name == "merged")
