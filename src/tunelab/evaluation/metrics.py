@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +49,13 @@ class MetricSpec:
 
 
 def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD-style)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in string.punctuation)
+    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD-style).
+
+    Unicode-aware as MLQA's scorer: NFKC first (a decomposed accent, a full-width digit is the same answer),
+    caseless matching, and any Unicode punctuation dropped (’, 。, «») besides SQuAD's ASCII set.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if ch not in string.punctuation and not unicodedata.category(ch).startswith("P"))
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 

@@ -286,19 +286,19 @@ PINNED_CACHE_KEYS = {
  ],
  "None-sft-base": [
   "model-key",
-  "c5889e11eabc8202"
+  "57c9de3d5db531fb"
  ],
  "None-sft-few_shot": [
   "model-key",
-  "8a90d72527a71e13"
+  "fbdf8a119de5a845"
  ],
  "None-sft-openai:gpt-x": [
   "openai:gpt-x",
-  "dd638f0811aba38c"
+  "cb4d3d0b6e9e84b1"
  ],
  "None-sft-retrieval": [
   "retrieval",
-  "8ed3465891bfbc75"
+  "f6658efa742e9a5a"
  ],
  "None-text-base": [
   "model-key",
@@ -326,19 +326,19 @@ PINNED_CACHE_KEYS = {
  ],
  "other-sft-base": [
   "model-key",
-  "c5889e11eabc8202"
+  "57c9de3d5db531fb"
  ],
  "other-sft-few_shot": [
   "model-key",
-  "8a90d72527a71e13"
+  "fbdf8a119de5a845"
  ],
  "other-sft-openai:gpt-x": [
   "openai:gpt-x",
-  "dd638f0811aba38c"
+  "cb4d3d0b6e9e84b1"
  ],
  "other-sft-retrieval": [
   "retrieval",
-  "8ed3465891bfbc75"
+  "f6658efa742e9a5a"
  ],
  "other-text-base": [
   "model-key",

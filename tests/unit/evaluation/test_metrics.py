@@ -74,6 +74,15 @@ def test_normalize_answer():
     assert normalize_answer("  The Answer,  is: 42! ") == "answer is 42"
 
 
+def test_exact_match_ignores_unicode_forms_and_non_ascii_punctuation():
+    # The same answer written another way: decomposed accents (NFD, as macOS and some editors save), a typographic
+    # apostrophe, CJK full stops and full-width digits. Each was scored as a miss (exact_match 0).
+    for prediction, reference in (("Cafe\u0301", "Café."), ("It's Paris", "It\u2019s Paris."), ("北京", "北京。"),
+                                  ("«Oui»", "oui"), ("１２", "12"), ("STRASSE", "Straße")):
+        assert sft_example_scores(prediction, [reference])["exact_match"] == 1.0, (prediction, reference)
+    assert sft_example_scores("Café", ["Cafe"])["exact_match"] == 0.0  # an accent is part of the word
+
+
 def _sft_rows(predictions, references):
     stats = corpus_statistics(predictions, references)
     rows = []
