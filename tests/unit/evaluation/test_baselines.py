@@ -286,19 +286,19 @@ PINNED_CACHE_KEYS = {
  ],
  "None-sft-base": [
   "model-key",
-  "57c9de3d5db531fb"
+  "66c428f355fe4606"
  ],
  "None-sft-few_shot": [
   "model-key",
-  "fbdf8a119de5a845"
+  "d67dfe87ca6019e3"
  ],
  "None-sft-openai:gpt-x": [
   "openai:gpt-x",
-  "cb4d3d0b6e9e84b1"
+  "63816847454cefe1"
  ],
  "None-sft-retrieval": [
   "retrieval",
-  "f6658efa742e9a5a"
+  "1ed60df2459d6804"
  ],
  "None-text-base": [
   "model-key",
@@ -326,19 +326,19 @@ PINNED_CACHE_KEYS = {
  ],
  "other-sft-base": [
   "model-key",
-  "57c9de3d5db531fb"
+  "66c428f355fe4606"
  ],
  "other-sft-few_shot": [
   "model-key",
-  "fbdf8a119de5a845"
+  "d67dfe87ca6019e3"
  ],
  "other-sft-openai:gpt-x": [
   "openai:gpt-x",
-  "cb4d3d0b6e9e84b1"
+  "63816847454cefe1"
  ],
  "other-sft-retrieval": [
   "retrieval",
-  "f6658efa742e9a5a"
+  "1ed60df2459d6804"
  ],
  "other-text-base": [
   "model-key",

@@ -83,6 +83,15 @@ def test_exact_match_ignores_unicode_forms_and_non_ascii_punctuation():
     assert sft_example_scores("Café", ["Cafe"])["exact_match"] == 0.0  # an accent is part of the word
 
 
+def test_an_empty_answer_is_not_an_exact_match_of_a_one_letter_choice():
+    # A multiple-choice reference "A" normalises to nothing (the article goes), as does an empty answer: a model that
+    # answered nothing scored exact_match 1 on every question whose answer is A.
+    scores = lambda prediction, reference: sft_example_scores(prediction, [reference])["exact_match"]  # noqa: E731
+    assert scores("", "A") == 0.0 and scores("The", "A") == 0.0 and scores("...", "A.") == 0.0
+    assert scores("a", "A") == 1.0 and scores("A.", "(A)") == 1.0 and scores("B", "b") == 1.0 and scores("B", "A") == 0.0
+    assert scores("the Paris", "Paris") == 1.0  # articles still go when a word is left
+
+
 def _sft_rows(predictions, references):
     stats = corpus_statistics(predictions, references)
     rows = []
