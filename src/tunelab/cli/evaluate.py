@@ -140,7 +140,10 @@ def evaluate_command(
     if labels is not None:
         if not labels.is_file():
             raise DataError(f"labels file not found: {labels}", "pass a run's labels.json")
-        label_map = LabelMap.load(labels)
+        try:
+            label_map = LabelMap.load(labels)
+        except (ValueError, KeyError, TypeError) as error:  # not JSON (JSONDecodeError, UnicodeDecodeError are ValueErrors), or not a map
+            raise DataError(f"{labels}: not a labels.json ({type(error).__name__}: {error})", "pass a run's labels.json") from None
     remote = _endpoint(endpoint, endpoint_model, endpoint_key_env, model, concurrency)
     # One model interface: a remote endpoint, a run (--adapter) or any model name answer the same way.
     answering = open_model(remote if remote is not None else str(adapter or model), allow_network=allow_network)
