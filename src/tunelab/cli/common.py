@@ -4,14 +4,40 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
+
+from tunelab.errors import ConfigError
 
 console = Console()
 error_console = Console(stderr=True)
+
+
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def config_from_options(section: type[Section], options: Mapping[str, str] | None = None, **values: Any) -> Section:
+    """A config section built from command-line options; None is an option not given (the section's default).
+
+    ``options`` names the option of a field spelled otherwise (``{"bootstrap_samples": "--samples"}``); by default
+    a field ``max_length`` is the option ``--max-length``.
+
+    Raises:
+        ConfigError: naming each option out of range (``--max-length: ...``), not a pydantic traceback.
+    """
+    try:
+        return section(**{key: value for key, value in values.items() if value is not None})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = str(item["loc"][0]) if item["loc"] else ""
+            option = (options or {}).get(field) or "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
+            problems.append(f"{option}: {item['msg']} (got {item.get('input')!r})" if item["loc"] else str(item["msg"]))
+        raise ConfigError("; ".join(problems)) from None
 
 
 def print_json(data: Any) -> None:

@@ -6,34 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from tunelab.cli.common import console, print_json
+from tunelab.cli.common import config_from_options, console, print_json
 from tunelab.config import DataConfig, load_config
-from tunelab.errors import ConfigError, ModelError
+from tunelab.errors import ModelError
 
 data_app = typer.Typer(help="Check, split and show training data.", no_args_is_help=True)
 
 TASK_HELP = "text, sft, classify or preference."
-
-
-def _data_config(**values: Any) -> DataConfig:
-    """The options as a ``DataConfig``.
-
-    Raises:
-        ConfigError: naming each option out of range (``--max-length: ...``), not a pydantic traceback.
-    """
-    try:
-        return DataConfig(**{key: value for key, value in values.items() if value is not None})
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            option = "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
-            problems.append(f"{option}: {item['msg']} (got {item.get('input')!r})" if item["loc"] else str(item["msg"]))
-        raise ConfigError("; ".join(problems)) from None
 
 
 def _tokenizer(model: str | None, allow_network: bool) -> Any:
@@ -148,7 +131,8 @@ def check(
     """Report every problem in a dataset; exit code 2 when there are errors (as for any bad input)."""
     from tunelab.data.check import check_data
 
-    data = _data_config(
+    data = config_from_options(
+        DataConfig,
         preset=preset, max_length=max_length, skip_invalid=skip_invalid, limit=limit, text_field=text_field,
         prompt_field=prompt_field, completion_field=completion_field, messages_field=messages_field,
         label_field=label_field, system_prompt=system_prompt,
@@ -183,7 +167,7 @@ def show(
     from tunelab.data.records import ClassifyRecord
     from tunelab.runs import load_tokenizer
 
-    data = _data_config(preset=preset, max_length=max_length, system_prompt=system_prompt, skip_invalid=True)
+    data = config_from_options(DataConfig, preset=preset, max_length=max_length, system_prompt=system_prompt, skip_invalid=True)
     result = read_records(path, task, data)
     tokenizer = load_tokenizer(model, allow_network)
     classify_records = [r for r in result.records if isinstance(r, ClassifyRecord)]

@@ -8,12 +8,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, print_json, progress_display, verdict_rich_table
+from tunelab.cli.common import config_from_options, console, print_json, progress_display, verdict_rich_table
 from tunelab.errors import DataError
 
 review_app = typer.Typer(help="Blind human A/B review of base vs tuned outputs.", no_args_is_help=True)
 
 HIDDEN_METRICS = {"primary", "per_class", "confusion_matrix", "unknown_label_examples"}
+# The config fields whose option is spelled otherwise (a field max_length is the option --max-length).
+EVAL_OPTIONS = {"system_prompt": "--system", "max_test_examples": "--limit", "bootstrap_samples": "--samples"}
 
 
 def _metrics_table(result) -> Table:
@@ -126,9 +128,10 @@ def evaluate_command(
         from tunelab.data.read import load_records
     except ImportError:
         raise DataError("reading test files needs tunelab.data.read, which this installation lacks") from None
-    data_config = DataConfig(preset=preset, system_prompt=system, max_length=max_length, max_test_examples=limit, seed=seed)
-    eval_config = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature, top_p=top_p,
-                             few_shot_tokens=few_shot_tokens, bootstrap_samples=samples)
+    data_config = config_from_options(DataConfig, EVAL_OPTIONS, preset=preset, system_prompt=system, max_length=max_length,
+                                      max_test_examples=limit, seed=seed)
+    eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                      temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples)
     names = _baseline_names(baselines, task, train)
     records = load_records(data, task, data_config)
     train_records = load_records(str(train), task, DataConfig(preset=preset, system_prompt=system)) if train is not None else []
@@ -137,14 +140,18 @@ def evaluate_command(
     if labels is not None:
         if not labels.is_file():
             raise DataError(f"labels file not found: {labels}", "pass a run's labels.json")
-        label_map = LabelMap.load(labels)
+        try:
+            label_map = LabelMap.load(labels)
+        except (ValueError, KeyError, TypeError) as error:  # not JSON (JSONDecodeError, UnicodeDecodeError are ValueErrors), or not a map
+            raise DataError(f"{labels}: not a labels.json ({type(error).__name__}: {error})", "pass a run's labels.json") from None
     remote = _endpoint(endpoint, endpoint_model, endpoint_key_env, model, concurrency)
     # One model interface: a remote endpoint, a run (--adapter) or any model name answer the same way.
     answering = open_model(remote if remote is not None else str(adapter or model), allow_network=allow_network)
     if answering.out_of_scope_label is not None and out_of_scope_label is None:
         out_of_scope_label = answering.out_of_scope_label
     if out_of_scope_label is not None and task == "classify" and not answering.remote:
-        data_config = data_config.model_copy(update={"out_of_scope_label": out_of_scope_label})
+        # Validated like the other options (model_copy would take an empty label unchecked).
+        data_config = config_from_options(DataConfig, EVAL_OPTIONS, **{**data_config.model_dump(exclude_unset=True), "out_of_scope_label": out_of_scope_label})
     if baseline is None:
         baseline = task == "classify" and answering.label_map is None
     verb = "asking" if answering.remote else "evaluating"

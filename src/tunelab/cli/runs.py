@@ -182,7 +182,8 @@ def compare(
     registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
     """Compare runs: metrics side by side and the config keys that differ (or two evaluation files)."""
-    json_files = [Path(item) for item in items if item.endswith(".json") and Path(item).is_file()]
+    # A name ending in .json is an evaluation file, there or not: a missing one is "not found", never a run name.
+    json_files = [Path(item) for item in items if item.endswith(".json")]
     if json_files:
         if len(json_files) != len(items):
             raise RegistryError("give either run names/ids or evaluation .json files, not both")

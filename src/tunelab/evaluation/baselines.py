@@ -813,6 +813,10 @@ def baseline_settings(
                 # instruction is never scored from answers cached with the old one.
                 solved = [("{example}", label) for label in label_map.labels[:1]]  # one solved example: the instruction and both turn shapes
                 settings["prompt"] = few_shot_messages("{text}", label_map, solved, data_config.system_prompt)
+    if task == "sft":
+        # How exact match compares (``metrics.exact_match``: Unicode-aware since it was ASCII-only): a baseline
+        # scored the old way is not reused beside a tuned model scored the new way.
+        settings["exact_match"] = "nfkc, casefold, unicode punctuation; articles kept when nothing else is left"
     if name in SCORERS:
         settings.update(SCORERS[name].cache_settings(config))
     if learns_from_training(name):

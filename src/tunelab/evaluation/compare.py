@@ -288,7 +288,7 @@ def compare_with_baselines(
 
     ``skipped``: baselines not scored and why (default: the ``skipped`` of ``evaluate_baselines``' result);
     the verdict carries them so the report and the CLI show each. Under ``MIN_TEST_EXAMPLES`` paired test
-    examples the verdict is ``TOO_FEW`` whatever the intervals say.
+    examples (with any one baseline) the verdict is ``TOO_FEW`` whatever the intervals say.
 
     Raises:
         DataError: without baselines, or when an evaluation cannot be compared with the tuned one.
@@ -311,9 +311,13 @@ def compare_with_baselines(
         m = metrics[name]
         return f"{name} {m.before:.4g} vs tuned {m.after:.4g}"
 
-    if first.n < MIN_TEST_EXAMPLES:
+    # Each opponent is paired on the rows it shares with the tuned model (a baseline file may hold fewer): the
+    # fewest decide whether there is a verdict at all.
+    n = min(comparison.n for comparison in comparisons.values())
+    if n < MIN_TEST_EXAMPLES:
         verdict = TOO_FEW
-        summary = "fine-tuning cannot be judged: " + too_few_statement(first.n, metrics[strongest], strongest)
+        short = strongest if comparisons[strongest].n == n else next(name for name, c in comparisons.items() if c.n == n)
+        summary = "fine-tuning cannot be judged: " + too_few_statement(n, metrics[short], short)
     elif len(beaten) == len(metrics):
         verdict = PAID_OFF
         m = metrics[strongest]
@@ -345,4 +349,4 @@ def compare_with_baselines(
     warnings = list(dict.fromkeys(w for comparison in comparisons.values() for w in comparison.warnings))
     if skipped:
         summary += f"; not scored (cannot run here or cannot win, see each reason): {', '.join(skipped)}"
-    return Verdict(tuned.task, primary, tuned.model, first.n, seed, samples, comparisons, strongest, verdict, summary, warnings, skipped)
+    return Verdict(tuned.task, primary, tuned.model, n, seed, samples, comparisons, strongest, verdict, summary, warnings, skipped)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,11 +49,30 @@ class MetricSpec:
 
 
 def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD-style)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in string.punctuation)
-    text = _ARTICLES.sub(" ", text)
+    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD-style).
+
+    Unicode-aware as MLQA's scorer: NFKC first (a decomposed accent, a full-width digit is the same answer),
+    caseless matching, and any Unicode punctuation dropped (’, 。, «») besides SQuAD's ASCII set.
+    """
+    text = _ARTICLES.sub(" ", _without_punctuation(text))
     return " ".join(text.split())
+
+
+def _without_punctuation(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in text if ch not in string.punctuation and not unicodedata.category(ch).startswith("P"))
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """Whether two answers are the same after ``normalize_answer``.
+
+    When both normalise to nothing (a multiple-choice "A" is an article), their articles are kept: "a" matches
+    "A", while an empty answer, or "The", does not.
+    """
+    left, right = normalize_answer(prediction), normalize_answer(reference)
+    if left or right:
+        return left == right
+    return " ".join(_without_punctuation(prediction).split()) == " ".join(_without_punctuation(reference).split())
 
 
 _rouge_scorer = None
@@ -94,8 +114,7 @@ def sft_example_scores(prediction: str, references: Sequence[str]) -> dict[str, 
         scores = scorer.score(reference, prediction)
         for key in best:
             best[key] = max(best[key], scores[key].fmeasure)
-    normalized = normalize_answer(prediction)
-    exact = float(any(normalized == normalize_answer(reference) for reference in references))
+    exact = float(any(exact_match(prediction, reference) for reference in references))
     return {**best, "exact_match": exact, "length": float(len(prediction.split()))}
 
 

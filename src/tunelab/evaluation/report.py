@@ -243,20 +243,30 @@ def shown_prediction(task: str, row: dict[str, Any]) -> str:
 
 
 def _cell(metric) -> str:
-    # One baseline's value and what the tuned model gains over it, with the 95% interval.
+    # One baseline's value and what the tuned model gains over it, with the 95% interval; n/a when not compared.
+    if metric is None:
+        return "n/a"
     return f"{_format(metric.before)} (tuned {_format(metric.difference)} [{_format(metric.low)}, {_format(metric.high)}])"
 
 
 def metric_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one row per metric, the tuned model's value, then one column per baseline."""
+    """Header and rows: one row per metric, the tuned model's value, then one column per baseline.
+
+    A metric only some comparisons have (the out-of-scope ones, when a baseline's answers were never thresholded)
+    is n/a in the others' columns.
+    """
     names = list(verdict.comparisons)
     header = ["metric", "tuned", *names]
-    first = verdict.comparisons[names[0]]
+    by_name = {b: {m.name: m for m in verdict.comparisons[b].metrics} for b in names}
+    shown: dict[str, Any] = {}
+    for b in names:  # the first comparison's metrics, in its order, then any the others add
+        for m in verdict.comparisons[b].metrics:
+            shown.setdefault(m.name, m)
     rows = []
-    for m in first.metrics:
+    for m in shown.values():
         direction = {True: "↑", False: "↓", None: ""}[m.higher_is_better]
         name = f"**{m.name}**" if m.name == verdict.primary else m.name
-        rows.append([f"{name} {direction}".strip(), _format(m.after), *(_cell(verdict.comparisons[b].metric(m.name)) for b in names)])
+        rows.append([f"{name} {direction}".strip(), _format(m.after), *(_cell(by_name[b].get(m.name)) for b in names)])
     return header, rows
 
 

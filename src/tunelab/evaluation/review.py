@@ -62,7 +62,13 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
     if tuned.task == "text":
         raise DataError("a text evaluation has no generated outputs to review", "review sft or classify evaluations")
     by_id = {row["id"]: row for row in base.rows}
-    pairs = [(by_id[row["id"]], row) for row in tuned.rows if row["id"] in by_id]
+    # One row per example: the key (and the registry's judgments) know an example by its id, so a test example
+    # given twice must not be two rows with sides of their own.
+    pairs, seen = [], set()
+    for row in tuned.rows:
+        if row["id"] in by_id and row["id"] not in seen:
+            seen.add(row["id"])
+            pairs.append((by_id[row["id"]], row))
     if not pairs:
         raise DataError("the two evaluations share no example to review")
     rng = random.Random(seed)

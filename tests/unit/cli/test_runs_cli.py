@@ -98,3 +98,17 @@ def test_compare_of_evaluation_files_uses_the_evaluation_comparison(app, tmp_pat
     assert output.exit_code == 0, output.output
     comparison = json.loads(output.output)
     assert comparison["primary"] == "accuracy" and comparison["verdict"] == "better"
+
+
+def test_compare_names_an_evaluation_file_that_is_not_there(app, tmp_path, monkeypatch):
+    # A mistyped or not yet written file read as "give either run names/ids or evaluation .json files, not both",
+    # or (both missing) as run names: "no run registry at runs/registry.db".
+    from tunelab.errors import DataError
+    from tunelab.evaluation.result import EvalResult
+
+    monkeypatch.chdir(tmp_path)
+    here = EvalResult("sft", "m", 0, {}, []).save(tmp_path / "base.json")
+    for items in ([str(here), "tuned.json"], ["base2.json", "tuned.json"]):
+        result = CliRunner().invoke(app, ["compare", *items])
+        assert isinstance(result.exception, DataError), (items, repr(result.exception))
+        assert str(result.exception).startswith("evaluation file not found:"), str(result.exception)

@@ -286,19 +286,19 @@ PINNED_CACHE_KEYS = {
  ],
  "None-sft-base": [
   "model-key",
-  "c5889e11eabc8202"
+  "66c428f355fe4606"
  ],
  "None-sft-few_shot": [
   "model-key",
-  "8a90d72527a71e13"
+  "d67dfe87ca6019e3"
  ],
  "None-sft-openai:gpt-x": [
   "openai:gpt-x",
-  "dd638f0811aba38c"
+  "63816847454cefe1"
  ],
  "None-sft-retrieval": [
   "retrieval",
-  "8ed3465891bfbc75"
+  "1ed60df2459d6804"
  ],
  "None-text-base": [
   "model-key",
@@ -326,19 +326,19 @@ PINNED_CACHE_KEYS = {
  ],
  "other-sft-base": [
   "model-key",
-  "c5889e11eabc8202"
+  "66c428f355fe4606"
  ],
  "other-sft-few_shot": [
   "model-key",
-  "8a90d72527a71e13"
+  "d67dfe87ca6019e3"
  ],
  "other-sft-openai:gpt-x": [
   "openai:gpt-x",
-  "dd638f0811aba38c"
+  "63816847454cefe1"
  ],
  "other-sft-retrieval": [
   "retrieval",
-  "8ed3465891bfbc75"
+  "1ed60df2459d6804"
  ],
  "other-text-base": [
   "model-key",

@@ -74,6 +74,24 @@ def test_normalize_answer():
     assert normalize_answer("  The Answer,  is: 42! ") == "answer is 42"
 
 
+def test_exact_match_ignores_unicode_forms_and_non_ascii_punctuation():
+    # The same answer written another way: decomposed accents (NFD, as macOS and some editors save), a typographic
+    # apostrophe, CJK full stops and full-width digits. Each was scored as a miss (exact_match 0).
+    for prediction, reference in (("Cafe\u0301", "Café."), ("It's Paris", "It\u2019s Paris."), ("北京", "北京。"),
+                                  ("«Oui»", "oui"), ("１２", "12"), ("STRASSE", "Straße")):
+        assert sft_example_scores(prediction, [reference])["exact_match"] == 1.0, (prediction, reference)
+    assert sft_example_scores("Café", ["Cafe"])["exact_match"] == 0.0  # an accent is part of the word
+
+
+def test_an_empty_answer_is_not_an_exact_match_of_a_one_letter_choice():
+    # A multiple-choice reference "A" normalises to nothing (the article goes), as does an empty answer: a model that
+    # answered nothing scored exact_match 1 on every question whose answer is A.
+    scores = lambda prediction, reference: sft_example_scores(prediction, [reference])["exact_match"]  # noqa: E731
+    assert scores("", "A") == 0.0 and scores("The", "A") == 0.0 and scores("...", "A.") == 0.0
+    assert scores("a", "A") == 1.0 and scores("A.", "(A)") == 1.0 and scores("B", "b") == 1.0 and scores("B", "A") == 0.0
+    assert scores("the Paris", "Paris") == 1.0  # articles still go when a word is left
+
+
 def _sft_rows(predictions, references):
     stats = corpus_statistics(predictions, references)
     rows = []

@@ -45,6 +45,20 @@ def test_a_verdict_from_fewer_than_the_minimum_says_too_few_and_how_many_would_b
     assert verdict.paid_off
 
 
+def test_the_rule_holds_for_every_opponent_not_only_the_first_listed():
+    # A baseline file evaluated on fewer rows (tunelab eval --limit, then tunelab report) pairs with the tuned model
+    # on those rows only: 20 shared examples were judged "paid off" because the first baseline shared 40.
+    enough, few = MIN_TEST_EXAMPLES + 10, MIN_TEST_EXAMPLES - 10
+    tuned = _classify("tuned", [True] * enough)
+    base = _classify("base", [i % 3 == 0 for i in range(enough)])
+    classical = _classify("classical", [i % 3 == 0 for i in range(few)])
+    classical.test_fingerprint = "fewer"
+    verdict = compare_with_baselines({"base": base, "classical": classical}, tuned, samples=500)
+    assert verdict.comparisons["classical"].n == few and verdict.against("classical").low > 0
+    assert verdict.verdict == TOO_FEW and not verdict.paid_off
+    assert verdict.n == few and f"n={few}" in verdict.summary and "against classical" in verdict.summary
+
+
 def test_the_same_rule_holds_for_text_documents():
     documents = _text("base", [300.0] * 5), _text("tuned", [200.0] * 5)
     verdict = compare_with_baselines({"base": documents[0]}, documents[1], samples=200)

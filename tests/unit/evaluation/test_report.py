@@ -132,3 +132,23 @@ def test_77_labels_stay_readable_in_the_html_report(tmp_path):
     # Every class is a row with its full name, every column a number whose header names the label.
     assert "<span class='code'>77</span>intent_76" in page and "title='predicted: intent_76'>77</th>" in page
     assert "Most frequent confusions" in page and "font-size: 12px" in page
+
+
+def test_a_baseline_without_the_out_of_scope_metrics_is_reported_beside_those_with_them(tmp_path):
+    # A remote model's file from `tunelab eval --model openai:NAME` has no out-of-scope columns (its answers are
+    # never thresholded); report_run stopped with "RuntimeError: generator raised StopIteration".
+    def out_of_scope(result):
+        for row in result.rows:
+            row["scores"].update(out_of_scope=0.0, rejected=0.0, label_correct=row["scores"]["correct"])
+        return result
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    out_of_scope(_classify("classical", 0.5, 3)).save(run / "eval" / "classical.json")
+    _classify("openai:gpt-x", 0.4, 4).save(run / "eval" / "openai%3Agpt-x.json")
+    out_of_scope(_classify("tuned", 0.9, 2)).save(run / "eval" / "tuned.json")
+    verdict, files = report_run(run, samples=200)
+    assert verdict.paid_off
+    markdown = files.markdown.read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| in_scope_accuracy"))
+    assert row.endswith("| n/a |")  # the remote model's column: not measured, not zero

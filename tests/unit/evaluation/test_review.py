@@ -149,3 +149,26 @@ def test_identical_outputs_are_a_tie_for_the_score_and_the_pairs(tmp_path):
     pairs = review_pairs(sheet, tmp_path / "pairs.jsonl")
     assert (score.tuned_wins, score.ties) == (2, 1) and score.win_rate == pytest.approx(2.5 / 3)
     assert (pairs.pairs, pairs.ties) == (2, 1)
+
+
+def test_a_test_example_given_twice_is_one_row_of_the_sheet_scored_on_its_own_sides(tmp_path):
+    # A duplicated test example (evaluation scores each copy) had two rows of one id, each with its own random
+    # sides, and one entry in the key: a reviewer who always chose the tuned answer got base wins.
+    def doubled(name):
+        result = _result(name, [f"{name} answer {i}" for i in range(10)])
+        result.rows += [dict(row) for row in result.rows]
+        result.n = len(result.rows)
+        return result
+
+    sheet, key = export_review(doubled("base"), doubled("tuned"), tmp_path / "review.csv", seed=0)
+    with sheet.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # the reviewer reads the outputs, not the key
+        row["preference"] = "A" if row["output_a"].startswith("tuned") else "B"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    score = score_review(sheet)
+    assert (score.tuned_wins, score.base_wins) == (score.judged, 0)
+    assert sorted(r["id"] for r in rows) == [f"q{i}" for i in range(10)]  # one row per example, as the registry keys judgments
