@@ -926,13 +926,35 @@ def _label_map_for(config: RunConfig, split: Split, tokenizer: Any) -> LabelMap 
 
 
 def _model_key(loaded: LoadedModel) -> str:
-    """What identifies the base model for the baseline cache: its resolved location (+ file identity)."""
+    """What identifies the base model for the baseline cache: its resolved location and the identity of its weights.
+
+    A folder's own size and time stay the same when a file in it is rewritten in place (``save_pretrained`` over the
+    same names), so each weight-bearing file counts (name, size, modification time in ns); a hub model counts the
+    commit its files were loaded from. Anything that changes the weights gives a new key: base and few-shot
+    baselines are never served from answers of other weights.
+    """
+    import hashlib
+
     source = loaded.source
     location = Path(source.location)
-    if location.exists():
+    if location.is_file():
         stat = location.stat()
-        return f"{source.kind}:{location.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
-    return f"{source.kind}:{source.location}"
+        return f"{source.kind}:{location.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if location.is_dir():
+        if source.kind == "run":  # its weights, tokenizer and labels; not its evaluations, reports or checkpoints
+            folder = RunFolder(location)
+            files = [folder.config, folder.labels, *_files_in(folder.adapter), *_files_in(folder.model), *_files_in(folder.tokenizer)]
+        else:
+            files = _files_in(location)
+        identity = "\n".join(f"{path.relative_to(location)}:{stat.st_size}:{stat.st_mtime_ns}"
+                              for path in files if path.is_file() for stat in [path.stat()])
+        return f"{source.kind}:{location.resolve()}:{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    commit = getattr(getattr(loaded.model, "config", None), "_commit_hash", None)  # set by transformers from the hub cache
+    return f"{source.kind}:{source.location}" + (f"@{commit}" if commit else "")
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_file()) if folder.is_dir() else []
 
 
 # ------------------------------------------------------------------ train.backend: openai (cloud fine-tuning)

@@ -252,3 +252,34 @@ def test_a_baseline_that_cannot_win_on_validation_rows_is_skipped_and_shown_ever
     progress = [d for s, st, d in events if st == "baseline progress"]
     assert {d["baseline"] for d in progress} >= {"classical", "embedding", "base", "few_shot"}
     assert all(0 <= d["done"] <= d["total"] for d in progress) and any(d["eta_s"] is not None for d in progress)
+
+
+def test_the_base_model_key_of_the_baseline_cache_follows_the_weights(tmp_path):
+    """Base and few-shot baselines are cached by this key: weights rewritten in place (same file names, so the folder's
+    own size and time stay) or another hub commit must give another key, or the answers of old weights are reused."""
+    import os
+    import types
+
+    from tunelab.models.loader import LoadedModel
+    from tunelab.models.resolve import ModelSource
+    from tunelab.tasks.pipeline import _model_key
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"old weights")
+    (folder / "config.json").write_text("{}")
+    loaded = LoadedModel(model=None, tokenizer=None, source=ModelSource("folder", str(folder), "my-model"))
+    before = _model_key(loaded)
+    folder_time = folder.stat().st_mtime_ns
+    weights.write_bytes(b"new weights")  # the same name and size, rewritten in place
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    os.utime(folder, ns=(folder.stat().st_atime_ns, folder_time))
+    assert _model_key(loaded) != before
+    assert _model_key(loaded) == _model_key(loaded)  # and stable while nothing changes
+
+    def hub(commit):
+        model = types.SimpleNamespace(config=types.SimpleNamespace(_commit_hash=commit))
+        return LoadedModel(model=model, tokenizer=None, source=ModelSource("hub", "org/model", "org/model"))
+
+    assert _model_key(hub("a" * 40)) != _model_key(hub("b" * 40))
