@@ -342,3 +342,23 @@ def test_playground_page_lists_runs_with_weights(made_run, tmp_path):
         assert "No finished run with weights" in page  # the hand-made run has evaluations but no adapter/ or model/
         refused = client.post("/api/playground", json={"runs": []}, headers=HEADERS)
         assert refused.status_code == 400 and "pick one run" in refused.json()["error"]
+
+
+def test_a_nan_in_the_training_log_or_a_baseline_is_drawn_as_a_gap_not_a_500(made_run):
+    """A validation loss that overflowed (NaN/inf in metrics.jsonl) made /api/runs/.../progress a 500: the run page's charts
+    never drew, and a started run's page (which polls the same state) stopped showing its log and status."""
+    from pathlib import Path
+
+    registry, record, _ = made_run
+    run_dir = Path(record.run_dir)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "validation_loss": NaN}\n{"step": 3, "loss": Infinity}\n')
+    base = json.loads((run_dir / "eval" / "base.json").read_text())
+    base["metrics"]["accuracy"] = float("nan")
+    (run_dir / "eval" / "base.json").write_text(json.dumps(base))
+    with _client(registry) as client:
+        response = client.get(f"/api/runs/{record.id}/progress")
+        assert response.status_code == 200, response.text
+        state = response.json()
+        assert state["train"] == [[1.0, 2.0], [3.0, None]] and state["validation"] == [[2.0, None]]
+        assert state["series"]["train_loss"] == state["train"]
+        assert state["baselines"][0]["name"] == "base" and state["baselines"][0]["value"] is None
