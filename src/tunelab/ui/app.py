@@ -345,9 +345,12 @@ def create_app(settings: UISettings):
     def job_state(job) -> dict[str, Any]:
         record = None
         try:
-            record = registry.get_run(job.name)
+            record = views.get_run(registry, job.name)
         except RegistryError:
             pass
+        # Only the row of this job's own folder: a row of the same name for another folder is another run.
+        if record is not None and (not record.run_dir or Path(record.run_dir).resolve() != job.run_dir.resolve()):
+            record = None
         state = views.progress(job.run_dir, record)
         return {
             **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),

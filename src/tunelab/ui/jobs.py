@@ -100,6 +100,17 @@ def prepare_run(config_path: str | Path, overrides: list[str], registry: Path) -
     run_dir = Path(config.train.output_dir) / str(config.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run folder {run_dir} already exists; a run is never overwritten", "set another name (an override name=...)")
+    # A name the registry holds for another folder: the process would fail registering it after the data check, and the
+    # job's page would meanwhile show that earlier run as its own.
+    from tunelab.registry import Registry, RegistryError
+
+    try:
+        taken = Registry(registry).get_run(str(config.name))
+    except RegistryError:
+        taken = None
+    if taken is not None and taken.name == config.name:
+        raise ConfigError(f"a run named {config.name} is already in the registry {registry} (folder {taken.run_dir})",
+                          "set another name (an override name=...)")
     return config, pinned
 
 

@@ -362,3 +362,37 @@ def test_a_nan_in_the_training_log_or_a_baseline_is_drawn_as_a_gap_not_a_500(mad
         assert state["train"] == [[1.0, 2.0], [3.0, None]] and state["validation"] == [[2.0, None]]
         assert state["series"]["train_loss"] == state["train"]
         assert state["baselines"][0]["name"] == "base" and state["baselines"][0]["value"] is None
+
+
+def test_a_run_name_already_in_the_registry_is_refused_before_a_job_starts(made_run, tmp_path):
+    """The registry's run 'made' has its folder elsewhere: a job named 'made' started (the folder check passed), its page showed
+    the earlier run's verdict and linked to it while the process ran, and the process then failed registering the name."""
+    registry, record, _ = made_run
+    data = tmp_path / "runs" / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"t {i}", "label": "xy"[i % 2]}) for i in range(10)) + "\n")
+    config = tmp_path / "runs" / "again.yaml"
+    config.write_text(f"task: classify\nmodel: ./no-such-model\ndata:\n  train: {data}\ntrain:\n  output_dir: {tmp_path / 'runs' / 'elsewhere'}\n")
+    with pytest.raises(ConfigError, match="already"):
+        prepare_run(config, ["name=made"], registry.path)
+    with _client(registry) as client:
+        response = client.post("/api/jobs", json={"config": str(config), "overrides": "name=made"}, headers=HEADERS)
+        assert response.status_code == 400 and "already" in response.json()["error"], response.text
+        assert client.app.state.jobs.jobs == {}
+
+
+def test_a_job_page_shows_only_the_registry_row_of_its_own_run_folder(made_run, tmp_path):
+    import subprocess
+    import sys
+
+    from tunelab.ui.jobs import Job
+
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        process = subprocess.Popen([sys.executable, "-c", "pass"])
+        process.wait(60)
+        job = Job("j1", "c.yaml", [sys.executable, "-m", "tunelab.cli.main", "run", "c.yaml"], tmp_path / "other" / "made", registry.path,
+                  process, tmp_path / "log.txt")
+        client.app.state.jobs.jobs[job.id] = job
+        state = client.get(f"/api/jobs/{job.id}").json()
+        assert state["run_id"] is None and state["verdict"] is None and state["verdict_kind"] == "none"
+        assert record.verdict not in client.get(f"/jobs/{job.id}").text
