@@ -1,7 +1,7 @@
 """What each page shows, as plain values read from the registry and the run folders (the templates render them).
 
-Nothing here computes a new number the CLI does not: the verdict and its intervals are the run's own
-``eval/comparison.json`` (or the registry's copy), the changed examples are the report's
+Nothing here computes a new number the CLI does not: the verdict and its intervals are the registry's, as
+``tunelab show`` gives them (the run's ``eval/comparison.json`` while none is registered), the changed examples are the report's
 ``changed_examples``, the loss points are the report's ``read_loss_log``, and a comparison between
 runs is ``compare_runs`` plus the same paired bootstrap as ``tunelab compare``.
 """
@@ -216,11 +216,15 @@ def _load_json(path: Path) -> Any:
 
 
 def _comparison_of(record: RunRecord) -> dict[str, Any] | None:
+    """The registered verdict, as the page's header, the runs list and ``tunelab show`` give it (``tunelab report`` rewrites
+    eval/comparison.json and not the registry); the file only for a run not registered as finished yet."""
+    if isinstance(record.comparison, dict):
+        return record.comparison
     if record.run_dir:
         saved = _load_json(RunFolder(Path(record.run_dir)).comparison)
         if isinstance(saved, dict):
             return saved
-    return record.comparison if isinstance(record.comparison, dict) else None
+    return None
 
 
 def confusion_matrices(record: RunRecord) -> list[dict[str, Any]]:

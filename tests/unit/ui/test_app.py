@@ -396,3 +396,22 @@ def test_a_job_page_shows_only_the_registry_row_of_its_own_run_folder(made_run, 
         state = client.get(f"/api/jobs/{job.id}").json()
         assert state["run_id"] is None and state["verdict"] is None and state["verdict_kind"] == "none"
         assert record.verdict not in client.get(f"/jobs/{job.id}").text
+
+
+def test_the_run_page_shows_the_registered_verdict_as_tunelab_show_does(made_run):
+    """`tunelab report RUN --samples N` rewrites eval/comparison.json, not the registry: the page's table then showed other
+    intervals (and another "why") than its own header, the runs list and `tunelab show RUN`, which read the registry."""
+    from pathlib import Path
+
+    registry, record, verdict = made_run
+    run_dir = Path(record.run_dir)
+    base, tuned = EvalResult.load(run_dir / "eval" / "base.json"), EvalResult.load(run_dir / "eval" / "tuned.json")
+    redone = compare_with_baselines({"base": base}, tuned, samples=150, seed=11)
+    redone.save(run_dir / "eval" / "comparison.json")
+    shown = verdict.comparisons["base"].metric("macro_f1")
+    other = redone.comparisons["base"].metric("macro_f1")
+    assert (shown.low, shown.high) != (other.low, other.high)
+    with _client(registry) as client:
+        page = client.get(f"/runs/{record.id}").text
+        assert f"[{shown.low:+.3g}, {shown.high:+.3g}]" in page and f"[{other.low:+.3g}, {other.high:+.3g}]" not in page
+        assert f"{verdict.samples} resamples" in page
