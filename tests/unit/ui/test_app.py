@@ -155,7 +155,7 @@ def test_config_paths_outside_the_project_and_registry_folders_are_refused(made_
 def test_json_bodies_that_are_no_object_get_400_not_500(made_run, body):
     registry, record, _ = made_run
     with _client(registry) as client:
-        for endpoint in ("/api/estimate", "/api/jobs", "/api/advise", f"/api/runs/{record.id}/review"):
+        for endpoint in ("/api/estimate", "/api/jobs", "/api/advise", f"/api/runs/{record.id}/review", "/api/playground"):
             response = client.post(endpoint, content=body, headers={**HEADERS, "content-type": "application/json"})
             assert response.status_code == 400, (endpoint, body, response.text)
             assert "JSON" in response.json()["error"]
@@ -342,6 +342,8 @@ def test_playground_page_lists_runs_with_weights(made_run, tmp_path):
         assert "No finished run with weights" in page  # the hand-made run has evaluations but no adapter/ or model/
         refused = client.post("/api/playground", json={"runs": []}, headers=HEADERS)
         assert refused.status_code == 400 and "pick one run" in refused.json()["error"]
+        bad = client.post("/api/playground", json={"runs": [record.id], "prompt": "hi", "max_tokens": "many"}, headers=HEADERS)
+        assert bad.status_code == 400 and "max_tokens" in bad.json()["error"], bad.text
 
 
 def test_a_nan_in_the_training_log_or_a_baseline_is_drawn_as_a_gap_not_a_500(made_run):
