@@ -211,7 +211,18 @@ def verdict_table(comparison: dict[str, Any] | None) -> tuple[list[str], list[Me
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError: a damaged file is shown as absent
+        return None
+
+
+def _pipeline_state(folder: RunFolder) -> dict[str, Any] | None:
+    """pipeline.json as ``runs.read_state`` reads it; a damaged one (truncated, wrong types) is shown as absent."""
+    from tunelab.errors import ConfigError
+    from tunelab.runs import read_state
+
+    try:
+        return read_state(folder)
+    except ConfigError:
         return None
 
 
@@ -304,7 +315,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
     """
     record = get_run(registry, run)
     folder = RunFolder(Path(record.run_dir)) if record.run_dir else None
-    pipeline = _load_json(folder.pipeline_state) if folder else None
+    pipeline = _pipeline_state(folder) if folder else None
     data_check = _load_json(folder.data_check) if folder else None
     comparison = _comparison_of(record)
     names, lines = verdict_table(comparison)
@@ -351,7 +362,9 @@ def finished_baselines(run_dir: Path, pipeline: dict[str, Any] | None = None) ->
     """
     found = []
     for name, path in RunFolder(Path(run_dir)).baseline_evaluations().items():
-        metrics = (_load_json(path) or {}).get("metrics") or {}
+        saved = _load_json(path)
+        metrics = saved.get("metrics") if isinstance(saved, dict) else None
+        metrics = metrics if isinstance(metrics, dict) else {}
         primary = metrics.get("primary")
         found.append({"name": name, "metric": primary, "value": metrics.get(primary) if primary else None, "skipped": None})
     pipeline = pipeline if isinstance(pipeline, dict) else {}
@@ -394,8 +407,7 @@ def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dic
     if run_dir is None:
         return {"steps": [], "train": [], "validation": [], "series": {}, "live": None, "baselines": [], "status": status}
     folder = RunFolder(Path(run_dir))
-    pipeline = _load_json(folder.pipeline_state)
-    pipeline = pipeline if isinstance(pipeline, dict) else {}
+    pipeline = _pipeline_state(folder) or {}
     log = read_training_log(folder.metrics)
     steps = list((pipeline.get("steps") or {}).keys())
     config = record.config_dict if record and record.config else (pipeline.get("config") or {})

@@ -417,3 +417,25 @@ def test_the_run_page_shows_the_registered_verdict_as_tunelab_show_does(made_run
         page = client.get(f"/runs/{record.id}").text
         assert f"[{shown.low:+.3g}, {shown.high:+.3g}]" in page and f"[{other.low:+.3g}, {other.high:+.3g}]" not in page
         assert f"{verdict.samples} resamples" in page
+
+
+def test_a_run_with_damaged_files_still_shows_its_page_and_curves(made_run):
+    """A pipeline.json of the wrong shape, a baseline evaluation whose metrics are no object, a data check that is not UTF-8:
+    the run page and its progress were 500s; the page shows what can be read (runs.read_state judges pipeline.json)."""
+    from pathlib import Path
+
+    registry, record, _ = made_run
+    run_dir = Path(record.run_dir)
+    registry.update_run(record.id, status="interrupted", comparison=None)
+    (run_dir / "eval" / "comparison.json").unlink()
+    (run_dir / "pipeline.json").write_text(json.dumps({"config": {}, "steps": ["check", "split"], "timings": [1.5]}))
+    (run_dir / "eval" / "few_shot.json").write_text(json.dumps({"metrics": ["accuracy"]}))
+    (run_dir / "data_check.json").write_bytes(b"\xff\xfe{\x00")
+    with _client(registry) as client:
+        page = client.get(f"/runs/{record.id}")
+        assert page.status_code == 200, page.text
+        assert "not saved for this run" in page.text and "12.5 s" in page.text
+        progress = client.get(f"/api/runs/{record.id}/progress")
+        assert progress.status_code == 200, progress.text
+        assert progress.json()["train"] == [[1.0, 2.0], [2.0, 1.5]]
+        assert {b["name"] for b in progress.json()["baselines"]} == {"base", "few_shot"}
