@@ -439,3 +439,22 @@ def test_a_run_with_damaged_files_still_shows_its_page_and_curves(made_run):
         assert progress.status_code == 200, progress.text
         assert progress.json()["train"] == [[1.0, 2.0], [2.0, 1.5]]
         assert {b["name"] for b in progress.json()["baselines"]} == {"base", "few_shot"}
+
+
+def test_starting_the_same_run_twice_before_its_folder_exists_starts_one_process(made_run, tmp_path):
+    """A second Start (another tab, the page restored by Back) in the seconds before `tunelab run` creates its folder passed
+    the folder check and started a second process on the same run folder."""
+    registry, _, _ = made_run
+    data = tmp_path / "runs" / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"t {i}", "label": "xy"[i % 2]}) for i in range(10)) + "\n")
+    config = tmp_path / "runs" / "twice.yaml"
+    config.write_text(f"task: classify\nmodel: ./no-such-model\ndata:\n  train: {data}\ntrain:\n  output_dir: {tmp_path / 'runs' / 'out'}\n")
+    with _client(registry) as client:
+        first = client.post("/api/jobs", json={"config": str(config), "overrides": "name=twice"}, headers=HEADERS)
+        second = client.post("/api/jobs", json={"config": str(config), "overrides": "name=twice"}, headers=HEADERS)
+        jobs = list(client.app.state.jobs.jobs.values())
+        for job in jobs:
+            job.process.wait(120)
+        assert first.status_code == 200, first.text
+        assert second.status_code == 400 and "already" in second.json()["error"], second.text
+        assert len(jobs) == 1
