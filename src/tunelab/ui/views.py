@@ -336,6 +336,8 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "examples": changed(record, comparison),
         "files": run_files(record),
         "baselines_done": finished_baselines(folder.root, pipeline) if folder and not comparison else [],
+        # Without a verdict (every baseline skipped, or none asked for) the tuned model's own metrics, as `tunelab show` lists them.
+        "tuned_metrics": metric_value_table(record.tuned_metrics) if not lines else {},
         "score_name": VALIDATION_SCORE_NAMES.get(record.task or "", "validation score"),
         "train": (record.artifacts or {}).get("train") or (((pipeline or {}).get("steps") or {}).get("train") if isinstance(pipeline, dict) else None),
     }

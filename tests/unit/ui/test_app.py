@@ -458,3 +458,23 @@ def test_starting_the_same_run_twice_before_its_folder_exists_starts_one_process
         assert first.status_code == 200, first.text
         assert second.status_code == 400 and "already" in second.json()["error"], second.text
         assert len(jobs) == 1
+
+
+def test_a_finished_run_without_a_verdict_shows_its_tuned_metrics(made_run):
+    """Every baseline skipped (eval.skip_hopeless) or none asked for (eval.baselines: []): the run finishes with no verdict.
+    The page said "no baseline and no tuned model evaluated" and showed none of the tuned metrics `tunelab show` lists."""
+    from pathlib import Path
+
+    registry, record, _ = made_run
+    run_dir = Path(record.run_dir)
+    for name in ("comparison.json", "base.json"):
+        (run_dir / "eval" / name).unlink()
+    reason = "2 of 5 validation requests right: it cannot win, so it is not scored on the test rows"
+    (run_dir / "pipeline.json").write_text(json.dumps({
+        "config": {"eval": {"baselines": ["base"]}}, "steps": {"baseline": {"paths": {}, "skipped": {"base": reason}}, "eval": {}}}))
+    registry.update_run(record.id, comparison=None, baseline_metrics=None, artifacts={"baselines": {}, "baselines_skipped": {"base": reason}})
+    accuracy = registry.get_run(record.id).tuned_metrics["accuracy"]
+    with _client(registry) as client:
+        page = client.get(f"/runs/{record.id}").text
+        assert "no tuned model evaluated" not in page and "the tuned model is not evaluated" not in page
+        assert "tuned-metrics" in page and f"{accuracy:.4g}" in page and f"skipped ({reason})" in page
