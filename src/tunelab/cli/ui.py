@@ -23,9 +23,7 @@ def ui(
 
     settings = UISettings(registry=registry_path or default_registry_path(), host=host, port=port, api_key=api_key, insecure=insecure)
     check_ui_bind(settings)
-    shown = f"[{host}]" if ":" in host else host
-    error_console.print(f"tunelab ui on http://{shown}:{port}/ over {settings.registry} (Ctrl-C to stop)")
-    run_ui(settings)
+    run_ui(settings, announce=lambda url: error_console.print(f"tunelab ui on {url} over {settings.registry} (Ctrl-C to stop)"))
 
 
 def register(app: typer.Typer) -> None:

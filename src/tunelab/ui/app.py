@@ -250,13 +250,17 @@ def create_app(settings: UISettings):
 
     @app.post("/api/playground")
     async def playground_answer(request: Request):
-        body = await request.json()
-        runs = [str(run) for run in (body.get("runs") or []) if str(run).strip()][:2]
+        body = await json_object(request)
+        picked = body.get("runs") or []
+        runs = [str(run) for run in (picked if isinstance(picked, list) else [picked]) if str(run).strip()][:2]
         if not runs:
             raise ConfigError("pick one run, or two to compare")
         records = [views.get_run(registry, run) for run in runs]
         prompt = str(body.get("prompt") or "")
-        max_tokens = max(1, min(int(body.get("max_tokens") or 128), 1024))
+        try:
+            max_tokens = max(1, min(int(body.get("max_tokens") or 128), 1024))
+        except (TypeError, ValueError):
+            raise ConfigError(f"max_tokens must be a whole number, got {body.get('max_tokens')!r}") from None
         answers = []
         for record in records:
             if not record.run_dir or not Path(record.run_dir).is_dir():
@@ -345,9 +349,12 @@ def create_app(settings: UISettings):
     def job_state(job) -> dict[str, Any]:
         record = None
         try:
-            record = registry.get_run(job.name)
+            record = views.get_run(registry, job.name)
         except RegistryError:
             pass
+        # Only the row of this job's own folder: a row of the same name for another folder is another run.
+        if record is not None and (not record.run_dir or Path(record.run_dir).resolve() != job.run_dir.resolve()):
+            record = None
         state = views.progress(job.run_dir, record)
         return {
             **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),

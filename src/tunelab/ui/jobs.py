@@ -100,6 +100,17 @@ def prepare_run(config_path: str | Path, overrides: list[str], registry: Path) -
     run_dir = Path(config.train.output_dir) / str(config.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run folder {run_dir} already exists; a run is never overwritten", "set another name (an override name=...)")
+    # A name the registry holds for another folder: the process would fail registering it after the data check, and the
+    # job's page would meanwhile show that earlier run as its own.
+    from tunelab.registry import Registry, RegistryError
+
+    try:
+        taken = Registry(registry).get_run(str(config.name))
+    except RegistryError:
+        taken = None
+    if taken is not None and taken.name == config.name:
+        raise ConfigError(f"a run named {config.name} is already in the registry {registry} (folder {taken.run_dir})",
+                          "set another name (an override name=...)")
     return config, pinned
 
 
@@ -118,6 +129,7 @@ class JobManager:
             ConfigError: for an invalid config or an existing run folder (nothing is started).
         """
         config, pinned = prepare_run(config_path, overrides or [], self.registry)
+        self._refuse_running(Path(config.train.output_dir) / str(config.name))
         job_id = uuid.uuid4().hex[:10]
         folder = self.jobs_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -159,6 +171,7 @@ class JobManager:
         folder = self.registry.parent / f"advise-{config.name}"
         if folder.exists() and any(folder.iterdir()):
             raise ConfigError(f"{folder} already exists; an advice is never overwritten", "set another name (an override name=...)")
+        self._refuse_running(folder)
         command = [sys.executable, "-m", "tunelab.cli.main", "advise", str(config_path), *pinned, "--retrain-every", retrain_every]
         if budget_minutes is not None:
             command += ["--budget-minutes", f"{budget_minutes:g}"]
@@ -174,6 +187,18 @@ class JobManager:
         job = Job(job_id, str(config_path), command, folder, self.registry, process, log_path, kind="advise")
         self.jobs[job_id] = job
         return job
+
+    def _refuse_running(self, folder: Path) -> None:
+        """Refuse a second job on ``folder`` while the first is going: in the seconds before its process creates the
+        folder, the folder check alone lets a second Start (another tab, a page restored by Back) through.
+
+        Raises:
+            ConfigError: naming the job already started.
+        """
+        for job in self.jobs.values():
+            if job.process.poll() is None and job.run_dir.resolve() == folder.resolve():
+                raise ConfigError(f"{folder} is already being made by a job started from this UI (/jobs/{job.id})",
+                                  "wait for it, cancel it, or set another name (an override name=...)")
 
     def get(self, job_id: str) -> Job:
         """Raises: ConfigError when no job has this id."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tunelab.errors import TunelabError
 from tunelab.ui.app import UISettings, create_app
 
@@ -27,15 +29,28 @@ def check_ui_bind(settings: UISettings) -> None:
         )
 
 
-def run_ui(settings: UISettings) -> None:
+def run_ui(settings: UISettings, announce: Callable[[str], None] | None = None) -> None:
     """Serve the UI until interrupted (Ctrl-C); started runs still going are interrupted on the way out.
+
+    The port is bound first: a port in use (7860 is also Gradio's default) is one line, and ``announce`` gets the
+    address (the real port, for ``--port 0``) only once it is this UI's.
 
     Raises:
         UIError: for an unauthenticated non-loopback address.
+        ServeError: when the address cannot be bound (in use, not this machine's).
         RegistryError: when the registry file cannot be used.
     """
     import uvicorn
 
+    from tunelab.serve.server import bind_port
+
     check_ui_bind(settings)
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    sock = bind_port(settings.host, settings.port)
+    try:
+        app = create_app(settings)
+        host, port = sock.getsockname()[:2]
+        if announce is not None:
+            announce(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
+        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=port, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,7 +1,7 @@
 """What each page shows, as plain values read from the registry and the run folders (the templates render them).
 
-Nothing here computes a new number the CLI does not: the verdict and its intervals are the run's own
-``eval/comparison.json`` (or the registry's copy), the changed examples are the report's
+Nothing here computes a new number the CLI does not: the verdict and its intervals are the registry's, as
+``tunelab show`` gives them (the run's ``eval/comparison.json`` while none is registered), the changed examples are the report's
 ``changed_examples``, the loss points are the report's ``read_loss_log``, and a comparison between
 runs is ``compare_runs`` plus the same paired bootstrap as ``tunelab compare``.
 """
@@ -211,16 +211,31 @@ def verdict_table(comparison: dict[str, Any] | None) -> tuple[list[str], list[Me
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError: a damaged file is shown as absent
+        return None
+
+
+def _pipeline_state(folder: RunFolder) -> dict[str, Any] | None:
+    """pipeline.json as ``runs.read_state`` reads it; a damaged one (truncated, wrong types) is shown as absent."""
+    from tunelab.errors import ConfigError
+    from tunelab.runs import read_state
+
+    try:
+        return read_state(folder)
+    except ConfigError:
         return None
 
 
 def _comparison_of(record: RunRecord) -> dict[str, Any] | None:
+    """The registered verdict, as the page's header, the runs list and ``tunelab show`` give it (``tunelab report`` rewrites
+    eval/comparison.json and not the registry); the file only for a run not registered as finished yet."""
+    if isinstance(record.comparison, dict):
+        return record.comparison
     if record.run_dir:
         saved = _load_json(RunFolder(Path(record.run_dir)).comparison)
         if isinstance(saved, dict):
             return saved
-    return record.comparison if isinstance(record.comparison, dict) else None
+    return None
 
 
 def confusion_matrices(record: RunRecord) -> list[dict[str, Any]]:
@@ -300,7 +315,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
     """
     record = get_run(registry, run)
     folder = RunFolder(Path(record.run_dir)) if record.run_dir else None
-    pipeline = _load_json(folder.pipeline_state) if folder else None
+    pipeline = _pipeline_state(folder) if folder else None
     data_check = _load_json(folder.data_check) if folder else None
     comparison = _comparison_of(record)
     names, lines = verdict_table(comparison)
@@ -321,6 +336,8 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "examples": changed(record, comparison),
         "files": run_files(record),
         "baselines_done": finished_baselines(folder.root, pipeline) if folder and not comparison else [],
+        # Without a verdict (every baseline skipped, or none asked for) the tuned model's own metrics, as `tunelab show` lists them.
+        "tuned_metrics": metric_value_table(record.tuned_metrics) if not lines else {},
         "score_name": VALIDATION_SCORE_NAMES.get(record.task or "", "validation score"),
         "train": (record.artifacts or {}).get("train") or (((pipeline or {}).get("steps") or {}).get("train") if isinstance(pipeline, dict) else None),
     }
@@ -347,7 +364,9 @@ def finished_baselines(run_dir: Path, pipeline: dict[str, Any] | None = None) ->
     """
     found = []
     for name, path in RunFolder(Path(run_dir)).baseline_evaluations().items():
-        metrics = (_load_json(path) or {}).get("metrics") or {}
+        saved = _load_json(path)
+        metrics = saved.get("metrics") if isinstance(saved, dict) else None
+        metrics = metrics if isinstance(metrics, dict) else {}
         primary = metrics.get("primary")
         found.append({"name": name, "metric": primary, "value": metrics.get(primary) if primary else None, "skipped": None})
     pipeline = pipeline if isinstance(pipeline, dict) else {}
@@ -365,6 +384,18 @@ def finished_baselines(run_dir: Path, pipeline: dict[str, Any] | None = None) ->
     return found
 
 
+def json_finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: JSON has no NaN (the response would be a 500), and a chart
+    draws None as a gap. A diverged validation loss or a baseline's undefined metric is logged as NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_finite(item) for item in value]
+    return value
+
+
 def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dict[str, Any]:
     """What a page polls while a run trains, and draws afterwards.
 
@@ -378,8 +409,7 @@ def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dic
     if run_dir is None:
         return {"steps": [], "train": [], "validation": [], "series": {}, "live": None, "baselines": [], "status": status}
     folder = RunFolder(Path(run_dir))
-    pipeline = _load_json(folder.pipeline_state)
-    pipeline = pipeline if isinstance(pipeline, dict) else {}
+    pipeline = _pipeline_state(folder) or {}
     log = read_training_log(folder.metrics)
     steps = list((pipeline.get("steps") or {}).keys())
     config = record.config_dict if record and record.config else (pipeline.get("config") or {})
@@ -398,7 +428,7 @@ def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dic
         "train_loss": log.train_loss, "validation_loss": log.validation_loss,
         "validation_score": log.validation_score, "lr": log.lr,
     }
-    return {
+    return json_finite({
         "steps": steps,
         "timings": pipeline.get("timings") or {},
         "train": log.train_loss,
@@ -408,7 +438,7 @@ def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dic
         "live": live,
         "baselines": finished_baselines(folder.root, pipeline) if folder.eval_dir.is_dir() or pipeline else [],
         "status": status,
-    }
+    })
 
 
 # -- comparing runs ----------------------------------------------------------------------------

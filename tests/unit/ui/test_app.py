@@ -155,7 +155,7 @@ def test_config_paths_outside_the_project_and_registry_folders_are_refused(made_
 def test_json_bodies_that_are_no_object_get_400_not_500(made_run, body):
     registry, record, _ = made_run
     with _client(registry) as client:
-        for endpoint in ("/api/estimate", "/api/jobs", "/api/advise", f"/api/runs/{record.id}/review"):
+        for endpoint in ("/api/estimate", "/api/jobs", "/api/advise", f"/api/runs/{record.id}/review", "/api/playground"):
             response = client.post(endpoint, content=body, headers={**HEADERS, "content-type": "application/json"})
             assert response.status_code == 400, (endpoint, body, response.text)
             assert "JSON" in response.json()["error"]
@@ -342,3 +342,139 @@ def test_playground_page_lists_runs_with_weights(made_run, tmp_path):
         assert "No finished run with weights" in page  # the hand-made run has evaluations but no adapter/ or model/
         refused = client.post("/api/playground", json={"runs": []}, headers=HEADERS)
         assert refused.status_code == 400 and "pick one run" in refused.json()["error"]
+        bad = client.post("/api/playground", json={"runs": [record.id], "prompt": "hi", "max_tokens": "many"}, headers=HEADERS)
+        assert bad.status_code == 400 and "max_tokens" in bad.json()["error"], bad.text
+
+
+def test_a_nan_in_the_training_log_or_a_baseline_is_drawn_as_a_gap_not_a_500(made_run):
+    """A validation loss that overflowed (NaN/inf in metrics.jsonl) made /api/runs/.../progress a 500: the run page's charts
+    never drew, and a started run's page (which polls the same state) stopped showing its log and status."""
+    from pathlib import Path
+
+    registry, record, _ = made_run
+    run_dir = Path(record.run_dir)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "validation_loss": NaN}\n{"step": 3, "loss": Infinity}\n')
+    base = json.loads((run_dir / "eval" / "base.json").read_text())
+    base["metrics"]["accuracy"] = float("nan")
+    (run_dir / "eval" / "base.json").write_text(json.dumps(base))
+    with _client(registry) as client:
+        response = client.get(f"/api/runs/{record.id}/progress")
+        assert response.status_code == 200, response.text
+        state = response.json()
+        assert state["train"] == [[1.0, 2.0], [3.0, None]] and state["validation"] == [[2.0, None]]
+        assert state["series"]["train_loss"] == state["train"]
+        assert state["baselines"][0]["name"] == "base" and state["baselines"][0]["value"] is None
+
+
+def test_a_run_name_already_in_the_registry_is_refused_before_a_job_starts(made_run, tmp_path):
+    """The registry's run 'made' has its folder elsewhere: a job named 'made' started (the folder check passed), its page showed
+    the earlier run's verdict and linked to it while the process ran, and the process then failed registering the name."""
+    registry, record, _ = made_run
+    data = tmp_path / "runs" / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"t {i}", "label": "xy"[i % 2]}) for i in range(10)) + "\n")
+    config = tmp_path / "runs" / "again.yaml"
+    config.write_text(f"task: classify\nmodel: ./no-such-model\ndata:\n  train: {data}\ntrain:\n  output_dir: {tmp_path / 'runs' / 'elsewhere'}\n")
+    with pytest.raises(ConfigError, match="already"):
+        prepare_run(config, ["name=made"], registry.path)
+    with _client(registry) as client:
+        response = client.post("/api/jobs", json={"config": str(config), "overrides": "name=made"}, headers=HEADERS)
+        assert response.status_code == 400 and "already" in response.json()["error"], response.text
+        assert client.app.state.jobs.jobs == {}
+
+
+def test_a_job_page_shows_only_the_registry_row_of_its_own_run_folder(made_run, tmp_path):
+    import subprocess
+    import sys
+
+    from tunelab.ui.jobs import Job
+
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        process = subprocess.Popen([sys.executable, "-c", "pass"])
+        process.wait(60)
+        job = Job("j1", "c.yaml", [sys.executable, "-m", "tunelab.cli.main", "run", "c.yaml"], tmp_path / "other" / "made", registry.path,
+                  process, tmp_path / "log.txt")
+        client.app.state.jobs.jobs[job.id] = job
+        state = client.get(f"/api/jobs/{job.id}").json()
+        assert state["run_id"] is None and state["verdict"] is None and state["verdict_kind"] == "none"
+        assert record.verdict not in client.get(f"/jobs/{job.id}").text
+
+
+def test_the_run_page_shows_the_registered_verdict_as_tunelab_show_does(made_run):
+    """`tunelab report RUN --samples N` rewrites eval/comparison.json, not the registry: the page's table then showed other
+    intervals (and another "why") than its own header, the runs list and `tunelab show RUN`, which read the registry."""
+    from pathlib import Path
+
+    registry, record, verdict = made_run
+    run_dir = Path(record.run_dir)
+    base, tuned = EvalResult.load(run_dir / "eval" / "base.json"), EvalResult.load(run_dir / "eval" / "tuned.json")
+    redone = compare_with_baselines({"base": base}, tuned, samples=150, seed=11)
+    redone.save(run_dir / "eval" / "comparison.json")
+    shown = verdict.comparisons["base"].metric("macro_f1")
+    other = redone.comparisons["base"].metric("macro_f1")
+    assert (shown.low, shown.high) != (other.low, other.high)
+    with _client(registry) as client:
+        page = client.get(f"/runs/{record.id}").text
+        assert f"[{shown.low:+.3g}, {shown.high:+.3g}]" in page and f"[{other.low:+.3g}, {other.high:+.3g}]" not in page
+        assert f"{verdict.samples} resamples" in page
+
+
+def test_a_run_with_damaged_files_still_shows_its_page_and_curves(made_run):
+    """A pipeline.json of the wrong shape, a baseline evaluation whose metrics are no object, a data check that is not UTF-8:
+    the run page and its progress were 500s; the page shows what can be read (runs.read_state judges pipeline.json)."""
+    from pathlib import Path
+
+    registry, record, _ = made_run
+    run_dir = Path(record.run_dir)
+    registry.update_run(record.id, status="interrupted", comparison=None)
+    (run_dir / "eval" / "comparison.json").unlink()
+    (run_dir / "pipeline.json").write_text(json.dumps({"config": {}, "steps": ["check", "split"], "timings": [1.5]}))
+    (run_dir / "eval" / "few_shot.json").write_text(json.dumps({"metrics": ["accuracy"]}))
+    (run_dir / "data_check.json").write_bytes(b"\xff\xfe{\x00")
+    with _client(registry) as client:
+        page = client.get(f"/runs/{record.id}")
+        assert page.status_code == 200, page.text
+        assert "not saved for this run" in page.text and "12.5 s" in page.text
+        progress = client.get(f"/api/runs/{record.id}/progress")
+        assert progress.status_code == 200, progress.text
+        assert progress.json()["train"] == [[1.0, 2.0], [2.0, 1.5]]
+        assert {b["name"] for b in progress.json()["baselines"]} == {"base", "few_shot"}
+
+
+def test_starting_the_same_run_twice_before_its_folder_exists_starts_one_process(made_run, tmp_path):
+    """A second Start (another tab, the page restored by Back) in the seconds before `tunelab run` creates its folder passed
+    the folder check and started a second process on the same run folder."""
+    registry, _, _ = made_run
+    data = tmp_path / "runs" / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"t {i}", "label": "xy"[i % 2]}) for i in range(10)) + "\n")
+    config = tmp_path / "runs" / "twice.yaml"
+    config.write_text(f"task: classify\nmodel: ./no-such-model\ndata:\n  train: {data}\ntrain:\n  output_dir: {tmp_path / 'runs' / 'out'}\n")
+    with _client(registry) as client:
+        first = client.post("/api/jobs", json={"config": str(config), "overrides": "name=twice"}, headers=HEADERS)
+        second = client.post("/api/jobs", json={"config": str(config), "overrides": "name=twice"}, headers=HEADERS)
+        jobs = list(client.app.state.jobs.jobs.values())
+        for job in jobs:
+            job.process.wait(120)
+        assert first.status_code == 200, first.text
+        assert second.status_code == 400 and "already" in second.json()["error"], second.text
+        assert len(jobs) == 1
+
+
+def test_a_finished_run_without_a_verdict_shows_its_tuned_metrics(made_run):
+    """Every baseline skipped (eval.skip_hopeless) or none asked for (eval.baselines: []): the run finishes with no verdict.
+    The page said "no baseline and no tuned model evaluated" and showed none of the tuned metrics `tunelab show` lists."""
+    from pathlib import Path
+
+    registry, record, _ = made_run
+    run_dir = Path(record.run_dir)
+    for name in ("comparison.json", "base.json"):
+        (run_dir / "eval" / name).unlink()
+    reason = "2 of 5 validation requests right: it cannot win, so it is not scored on the test rows"
+    (run_dir / "pipeline.json").write_text(json.dumps({
+        "config": {"eval": {"baselines": ["base"]}}, "steps": {"baseline": {"paths": {}, "skipped": {"base": reason}}, "eval": {}}}))
+    registry.update_run(record.id, comparison=None, baseline_metrics=None, artifacts={"baselines": {}, "baselines_skipped": {"base": reason}})
+    accuracy = registry.get_run(record.id).tuned_metrics["accuracy"]
+    with _client(registry) as client:
+        page = client.get(f"/runs/{record.id}").text
+        assert "no tuned model evaluated" not in page and "the tuned model is not evaluated" not in page
+        assert "tuned-metrics" in page and f"{accuracy:.4g}" in page and f"skipped ({reason})" in page
