@@ -14,7 +14,8 @@ Reads top to bottom:
    on the whole test set and on the recent slice;
 5. the decision: promote only when the challenger is not worse on the primary metric by more than
    ``margin`` (the 95% interval's low end above ``-margin``) *and* better on the recent slice (its
-   interval above zero). Otherwise the champion stays and the outcome says why. Promotion moves the
+   interval above zero, on at least ``evaluation.compare.MIN_TEST_EXAMPLES`` recent rows: fewer give no verdict).
+   Otherwise the champion stays and the outcome says why. Promotion moves the
    registry alias (kept with its history; a server following the alias picks it up).
 """
 
@@ -153,6 +154,40 @@ def _subset(result: Any, ids: set[str]) -> Any:
     return dataclasses.replace(result, rows=rows, n=len(rows), test_fingerprint="")
 
 
+def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
+    """(PROMOTED or KEPT, the reasons): the rule of step 5 over the challenger-vs-champion comparisons
+    (``evaluation.compare.Comparison``) on the whole fresh test set and on its recent slice."""
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+
+    primary = overall.primary
+    main, slice_main = overall.metric(primary), recent.metric(primary)
+    reasons = []
+    # Non-inferiority: the worst plausible difference (interval end in the bad direction) within the margin.
+    if not main.non_inferior(margin):
+        reasons.append(
+            f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
+            f"may be worse than the margin -{margin:g}"
+        )
+    if recent.n < MIN_TEST_EXAMPLES:
+        # A bootstrap interval of a few rows is degenerate (two rows both won give [+1, +1]): no verdict, no promotion.
+        reasons.append(
+            f"too few examples on the recent slice (n={recent.n}) for a verdict: it needs at least {MIN_TEST_EXAMPLES} "
+            "(label more traffic, or raise --recent-share)"
+        )
+    elif not slice_main.worst_case() > 0:
+        reasons.append(
+            f"not better on the recent slice (n={recent.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
+            f"95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f} includes or is below zero"
+        )
+    decision = KEPT if reasons else PROMOTED
+    if not reasons:
+        reasons.append(
+            f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {margin:g}) "
+            f"and better on the recent slice ({slice_main.before:.4f} -> {slice_main.after:.4f}, 95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f})"
+        )
+    return decision, reasons
+
+
 def retrain(
     run: str,
     data: list[str | Path] | None = None,
@@ -287,25 +322,7 @@ def retrain(
 
     # 5. The decision.
     primary = overall.primary
-    main, slice_main = overall.metric(primary), recent_cmp.metric(primary)
-    reasons = []
-    # Non-inferiority: the worst plausible difference (interval end in the bad direction) within the margin.
-    if not main.non_inferior(margin):
-        reasons.append(
-            f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
-            f"may be worse than the margin -{margin:g}"
-        )
-    if not slice_main.worst_case() > 0:
-        reasons.append(
-            f"not better on the recent slice (n={recent_cmp.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
-            f"95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f} includes or is below zero"
-        )
-    decision = KEPT if reasons else PROMOTED
-    if not reasons:
-        reasons.append(
-            f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {margin:g}) "
-            f"and better on the recent slice ({slice_main.before:.4f} -> {slice_main.after:.4f}, 95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f})"
-        )
+    decision, reasons = decide(overall, recent_cmp, margin)
     change = None
     if decision == PROMOTED and alias and promote:
         change = registry.set_alias(
