@@ -29,10 +29,12 @@ import numpy as np
 
 from tunelab.config import MonitorConfig, parse_config
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
 from tunelab.evaluation.metrics import wilson_interval
 from tunelab.monitor.signals import (
     DRIFTED,
     OK,
+    WATCH,
     CentroidModel,
     Signal,
     length_ks,
@@ -294,16 +296,20 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         correct = sum(predicted == label for predicted, label in traffic.feedback)
         accuracy = correct / n
         low, high = wilson_interval(correct, n)
-        status, judged = OK, None
+        status, judged, too_few = OK, None, ""
         if reference.test_accuracy is not None:
             judged = reference.test_accuracy - accuracy
             status = status_for(judged, t.accuracy_drop)
             # Drifted only when the whole interval is below the test accuracy: not a few unlucky corrections.
             if status == DRIFTED and high >= reference.test_accuracy:
-                status = "watch"
+                status = WATCH
+            # Nor one or two: 0/1 already has its Wilson interval (0 to 0.79) below a test accuracy of 0.9.
+            if status == DRIFTED and n < MIN_TEST_EXAMPLES:
+                status, too_few = WATCH, f"too few labelled answers for drift (< {MIN_TEST_EXAMPLES})"
         signals.append(Signal(
             "live_accuracy", accuracy, status, t.accuracy_drop, reference.test_accuracy, judged, n, False,
-            f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}" + (f"; test accuracy {reference.test_accuracy:.4f}" if reference.test_accuracy is not None else ""),
+            f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}" + (f"; test accuracy {reference.test_accuracy:.4f}" if reference.test_accuracy is not None else "")
+            + (f"; {too_few}" if too_few else ""),
             {"low": low, "high": high, "new_labels": sorted({label for _, label in traffic.feedback} - set(reference.train_labels))},
         ))
 

@@ -95,3 +95,22 @@ def test_the_out_of_scope_share_counts_the_answers_whatever_score_the_rule_uses(
     assert signal.status == "drifted"  # 0.30 against 0.10 / 0.25
     without = next(s for s in compute_signals(traffic, Reference(run_id="r1", run_dir=None, task="classify"), config) if s.name == "oos_share")
     assert without.value is None and "no out-of-scope rule" in without.detail
+
+
+def test_one_unlucky_correction_is_not_drift():
+    """A quiet window with one request and one correction said live_accuracy drifted (exit code 3, a retrain with
+    --retrain-on drift): 0/1 has the Wilson interval 0 to 0.79, "below" a test accuracy of 0.9."""
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+    from tunelab.monitor.check import Reference, compute_signals
+    from tunelab.monitor.traffic import Traffic
+
+    reference = Reference("r", None, task="classify", train_labels=Counter(a=5, b=5), test_accuracy=0.9)
+
+    def live_accuracy(feedback):
+        traffic = Traffic("m", "r", "s", "u", len(feedback), 0, 0, None, None, np.array([5.0]), feedback=feedback)
+        return next(s for s in compute_signals(traffic, reference, MonitorConfig()) if s.name == "live_accuracy")
+
+    one = live_accuracy([("a", "b")])
+    assert one.status == "watch" and "too few" in one.detail
+    # As many wrong answers as a verdict needs: drifted.
+    assert live_accuracy([("a", "b")] * MIN_TEST_EXAMPLES).status == "drifted"
