@@ -49,6 +49,9 @@ from tunelab.monitor.traffic import Traffic, read_traffic, served_groups, window
 from tunelab.paths import atomic_write_text
 from tunelab.runs import Run, RunFolder
 
+# How the model is served, not what it answers: they count in the status (and the exit code), but a retrained
+# model cannot make serving faster or fix its errors, so they never trigger a retrain (``retrain_status``).
+SERVICE_SIGNALS = ("latency_p95_ms", "error_rate")
 EXIT_DRIFTED = 3  # `tunelab monitor` exits with this when some signal drifted (cron / CI act on it)
 REFERENCE_SAMPLE = 20000  # training texts the TF-IDF and vocabulary are fitted on at most (seeded)
 REFERENCE_DRAWS = 5  # undrifted samples of the live size whose centroid distance is the noise level
@@ -143,6 +146,11 @@ class ModelReport:
     @property
     def status(self) -> str:
         return worst(s.status for s in self.signals)
+
+    @property
+    def retrain_status(self) -> str:
+        """The status of the signals a retrain can answer: the data and quality ones, not ``SERVICE_SIGNALS``."""
+        return worst(s.status for s in self.signals if s.name not in SERVICE_SIGNALS)
 
     def signal(self, name: str) -> Signal:
         return next(s for s in self.signals if s.name == name)

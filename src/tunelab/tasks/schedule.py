@@ -2,7 +2,8 @@
 
 A long-running loop for a container or a systemd service (cron can instead run ``tunelab monitor``
 alone and act on its exit code 3). Each tick runs :func:`tunelab.monitor.run_monitor`; when a
-served model's status reaches ``monitor.retrain_on`` it runs :func:`tunelab.tasks.retrain.retrain`
+served model's status reaches ``monitor.retrain_on`` on a data or quality signal (latency and server errors
+alone never retrain: ``ModelReport.retrain_status``) it runs :func:`tunelab.tasks.retrain.retrain`
 on the champion behind it with the window's labelled feedback (and ``--data`` files), which promotes
 the challenger only if it wins. A retrain is not repeated for the same champion until new labelled
 feedback arrives.
@@ -50,7 +51,7 @@ def monitor_tick(
     report = run_monitor(log_path, config, registry_path=registry_path, model=model, plots_dir=plots_dir)
     tick = Tick(report)
     for model_report in report.models:
-        if model_report.status not in _REACHES[config.retrain_on] or model_report.run_id is None:
+        if model_report.retrain_status not in _REACHES[config.retrain_on] or model_report.run_id is None:
             continue
         key = (model_report.model, model_report.run_id)
         labelled = len(labelled_requests(log_path, model=model_report.model, since=report.since))

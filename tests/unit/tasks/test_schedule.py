@@ -49,3 +49,27 @@ def test_the_loop_checks_every_interval_and_does_not_repeat_a_retrain(tmp_path):
     never = []
     monitor_loop(log_path, MonitorConfig(retrain_on="never", min_requests=10), on_tick=never.append, iterations=1, registry_path=registry_path)
     assert never[0].retrains == []
+
+
+def test_slow_or_failing_serving_alone_does_not_retrain(tmp_path):
+    """A latency spike drifted latency_p95_ms, and the --every loop retrained the model for it (training on the
+    serving machine, which a new model cannot make faster); only the data and quality signals call for a retrain."""
+    registry_path, _ = _setup(tmp_path)
+    run_id = Registry(registry_path).get_run("router").id
+    log_path = tmp_path / "slow.db"
+    log = RequestLog(log_path)
+    for i in range(60):
+        label = "card" if i % 2 else "refund"
+        log.record({
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "endpoint": "/v1/classify", "model": "router",
+            "prompt": json.dumps(f"my card {['lost', 'stolen', 'late', 'refund', 'money', 'back'][i % 6]} number {i}"),
+            "output": label, "status": 200, "stream": 0, "latency_ms": 9000.0, "response_id": f"clf-{i}", "run_id": run_id,
+            "predicted_label": label, "top_probability": 0.9,
+        })
+    log.close()
+    ticks = []
+    monitor_loop(log_path, MonitorConfig(retrain_on="watch", min_requests=10), on_tick=ticks.append, iterations=1, registry_path=registry_path)
+    report = ticks[0].report.models[0]
+    assert report.status == "drifted" and report.signal("latency_p95_ms").status == "drifted"
+    assert {s.name for s in report.signals if s.status != "ok"} == {"latency_p95_ms"}, [(s.name, s.status, s.judged) for s in report.signals]
+    assert ticks[0].retrains == []
