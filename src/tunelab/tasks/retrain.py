@@ -122,6 +122,8 @@ def new_records(new: list[Any], old: Any) -> tuple[list[Any], dict[str, int]]:
 
 def describe_dropped(dropped: dict[str, int], total: int) -> str:
     """One line on what ``new_records`` left out of ``total`` new records, and why."""
+    if not total:
+        return "no labelled records were found (no --data file, no labelled feedback in the log)"
     if not dropped:
         return f"all {total} new records are new"
     parts = ", ".join(f"{count} {DROP_REASONS[reason]}" for reason, count in dropped.items())

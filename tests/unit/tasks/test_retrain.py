@@ -186,3 +186,11 @@ def test_a_recent_slice_too_small_for_a_verdict_does_not_promote():
     overall = compare_evaluations(_evaluation("champion", old + [False] * n, "x"), _evaluation("challenger", old + [True] * n, "x"))
     recent = compare_evaluations(_evaluation("champion", [False] * n, "r"), _evaluation("challenger", [True] * n, "r"))
     assert decide(overall, recent, 0.02)[0] == PROMOTED
+
+
+def test_no_labelled_records_at_all_is_said_plainly():
+    """A retrain with a request log that held no labelled feedback said "all 0 new records are new"."""
+    from tunelab.tasks.retrain import describe_dropped
+
+    assert describe_dropped({}, 0) == "no labelled records were found (no --data file, no labelled feedback in the log)"
+    assert describe_dropped({}, 3) == "all 3 new records are new"
