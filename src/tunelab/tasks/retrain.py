@@ -16,7 +16,8 @@ Reads top to bottom:
    ``margin`` (the 95% interval's low end above ``-margin``) *and* better on the recent slice (its
    interval above zero, on at least ``evaluation.compare.MIN_TEST_EXAMPLES`` recent rows: fewer give no verdict).
    Otherwise the champion stays and the outcome says why. Promotion moves the
-   registry alias (kept with its history; a server following the alias picks it up).
+   registry alias (kept with its history; a server following the alias picks it up), and only while the
+   alias still serves the champion the challenger was compared with.
 """
 
 from __future__ import annotations
@@ -190,6 +191,24 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
     return decision, reasons
 
 
+def promote_challenger(
+    registry: Any, alias: str, champion_id: str, challenger_id: str, *, reason: str, details: dict[str, Any],
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the alias change, None) after pointing ``alias`` at the challenger; (None, why) when it was not moved.
+
+    The challenger won against ``champion_id`` only: when the alias serves another run now (moved while the
+    retrain trained, or the champion was an older run of the monitored window), that run stays.
+    """
+    serving = registry.alias(alias)
+    if serving is not None and serving != champion_id:
+        names = {run_id: registry.get_run(run_id).name for run_id in (serving, champion_id)}
+        return None, (
+            f"alias {alias} now serves run {names[serving]} ({serving}), not the champion {names[champion_id]} ({champion_id}) "
+            f"the challenger was compared with: not promoted (retrain alias:{alias} to judge against the run it serves)"
+        )
+    return registry.set_alias(alias, challenger_id, reason=reason, details=details).as_dict(), None
+
+
 def retrain(
     run: str,
     data: list[str | Path] | None = None,
@@ -327,10 +346,12 @@ def retrain(
     decision, reasons = decide(overall, recent_cmp, margin)
     change = None
     if decision == PROMOTED and alias and promote:
-        change = registry.set_alias(
-            alias, outcome_run.registry_id, reason="retrain: " + reasons[0],
+        change, refused = promote_challenger(
+            registry, alias, champion.id, outcome_run.registry_id, reason="retrain: " + reasons[0],
             details={"champion": champion.id, "overall": overall.summary, "recent": recent_cmp.summary},
-        ).as_dict()
+        )
+        if refused:
+            decision, reasons = KEPT, [refused, f"against the champion {champion.name}: {reasons[0]}"]
     outcome = RetrainOutcome(
         decision=decision, reasons=reasons,
         champion={"id": champion.id, "name": champion.name, "run_dir": str(champion_dir)},

@@ -194,3 +194,23 @@ def test_no_labelled_records_at_all_is_said_plainly():
 
     assert describe_dropped({}, 0) == "no labelled records were found (no --data file, no labelled feedback in the log)"
     assert describe_dropped({}, 3) == "all 3 new records are new"
+
+
+def test_a_challenger_never_replaces_a_run_it_was_not_compared_with(tmp_path):
+    """The alias moved while a retrain ran (or the --every loop retrained the run of an older part of the window):
+    the challenger, judged against run X, replaced run Y, which it was never compared with."""
+    from tunelab.tasks.retrain import promote_challenger
+
+    store = Registry(tmp_path / "registry.db")
+    x, y, challenger = (store.create_run(name=name, task="classify", status="finished", run_dir=str(tmp_path / name)).id
+                        for name in ("x", "y", "challenger"))
+    store.set_alias("router", y)
+    change, refused = promote_challenger(store, "router", x, challenger, reason="retrain", details={})
+    assert change is None and store.alias("router") == y
+    assert "router" in refused and "y" in refused and "x" in refused
+    # The alias still at the champion: moved; an alias not set yet: set.
+    store.set_alias("router", x)
+    change, refused = promote_challenger(store, "router", x, challenger, reason="retrain", details={})
+    assert refused is None and change["previous_run_id"] == x and store.alias("router") == challenger
+    assert promote_challenger(store, "fresh", x, challenger, reason="retrain", details={})[1] is None
+    assert store.alias("fresh") == challenger
