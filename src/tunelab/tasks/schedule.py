@@ -32,6 +32,19 @@ class Tick:
     retrains: list[dict[str, Any]] = field(default_factory=list)  # RetrainOutcome.as_dict() or {"skipped": reason}
 
 
+def _serving(registry_path: Path | None, alias: str) -> Any:
+    """The run ``alias`` points at now (None: no registry, or no such alias)."""
+    from tunelab.registry.store import Registry, RegistryError, default_registry_path
+
+    path = Path(registry_path or default_registry_path())
+    if not path.is_file():
+        return None
+    try:
+        return Registry(path).resolve_alias(alias)
+    except RegistryError:
+        return None
+
+
 def monitor_tick(
     log_path: Path,
     config: MonitorConfig,
@@ -52,6 +65,12 @@ def monitor_tick(
     tick = Tick(report)
     for model_report in report.models:
         if model_report.retrain_status not in _REACHES[config.retrain_on] or model_report.run_id is None:
+            continue
+        serving = _serving(registry_path, alias or model_report.model)
+        if serving is not None and serving.id != model_report.run_id:
+            # Traffic of the run served before a promotion: its challenger could only be judged against it.
+            tick.retrains.append({"model": model_report.model, "skipped": (
+                f"run {model_report.run_id} no longer serves alias {alias or model_report.model} (now {serving.name}, {serving.id})")})
             continue
         key = (model_report.model, model_report.run_id)
         labelled = len(labelled_requests(log_path, model=model_report.model, since=report.since))

@@ -73,3 +73,17 @@ def test_slow_or_failing_serving_alone_does_not_retrain(tmp_path):
     assert report.status == "drifted" and report.signal("latency_p95_ms").status == "drifted"
     assert {s.name for s in report.signals if s.status != "ok"} == {"latency_p95_ms"}, [(s.name, s.status, s.judged) for s in report.signals]
     assert ticks[0].retrains == []
+
+
+def test_a_run_the_alias_no_longer_serves_is_not_retrained(tmp_path):
+    """The window still held drifted traffic of the run served before a promotion: the loop trained a challenger
+    of that old run (which could then never be promoted over the run now served)."""
+    registry_path, log_path = _setup(tmp_path)
+    store = Registry(registry_path)
+    newer = store.create_run(name="router-v2", task="classify", status="finished", run_dir=str(tmp_path / "runs" / "router")).id
+    store.set_alias("router", newer)
+    ticks = []
+    monitor_loop(log_path, MonitorConfig(retrain_on="drift", min_requests=10), on_tick=ticks.append, iterations=1, registry_path=registry_path)
+    assert ticks[0].report.status == "drifted"
+    [skipped] = ticks[0].retrains
+    assert "no longer serves" in skipped["skipped"] and "router-v2" in skipped["skipped"]
