@@ -114,3 +114,31 @@ def test_one_unlucky_correction_is_not_drift():
     assert one.status == "watch" and "too few" in one.detail
     # As many wrong answers as a verdict needs: drifted.
     assert live_accuracy([("a", "b")] * MIN_TEST_EXAMPLES).status == "drifted"
+
+
+def test_a_rating_after_a_correction_keeps_the_corrected_label(tmp_path):
+    """A thumbs-up sent after a label correction of the same answer was its newest feedback row, and the label
+    vanished from live accuracy and from what retrain learns from."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from tunelab.monitor.traffic import labelled_requests, read_traffic, window_bounds
+    from tunelab.serve.request_log import Feedback, RequestLog, add_feedback
+
+    log_path = tmp_path / "requests.db"
+    log = RequestLog(log_path)
+    log.record({
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "endpoint": "/v1/classify", "model": "router",
+        "prompt": json.dumps("my card is lost"), "output": "card", "status": 200, "stream": 0, "latency_ms": 5.0,
+        "response_id": "clf-1", "run_id": "r", "predicted_label": "card", "top_probability": 0.9,
+    })
+    log.close()
+    add_feedback(log_path, [Feedback("clf-1", label="refund")], source="test")
+    add_feedback(log_path, [Feedback("clf-1", rating=1)], source="test")
+    assert [(item["text"], item["label"]) for item in labelled_requests(log_path)] == [("my card is lost", "refund")]
+    since, until = window_bounds(3600, datetime.now(UTC) + timedelta(seconds=1))
+    traffic = read_traffic(log_path, "router", "r", since, until)
+    assert traffic.feedback == [("card", "refund")] and traffic.ratings == Counter({1: 1})
+    # A newer label replaces the older one.
+    add_feedback(log_path, [Feedback("clf-1", label="card")], source="test")
+    assert [item["label"] for item in labelled_requests(log_path)] == ["card"]
