@@ -53,7 +53,7 @@ def monitor_tick(
     model: str | None = None,
     alias: str | None = None,
     data: list[Path] | None = None,
-    attempted: dict[tuple[str, str | None], int] | None = None,
+    attempted: dict[tuple[str, str | None], set[tuple[str, int, str]]] | None = None,
     plots_dir: Path | None = None,
     on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
 ) -> Tick:
@@ -73,8 +73,9 @@ def monitor_tick(
                 f"run {model_report.run_id} no longer serves alias {alias or model_report.model} (now {serving.name}, {serving.id})")})
             continue
         key = (model_report.model, model_report.run_id)
-        labelled = len(labelled_requests(log_path, model=model_report.model, since=report.since))
-        if attempted.get(key) == labelled:
+        # Which labelled inputs, not how many: as many old ones may leave the window as new ones arrive.
+        labelled = {(item["response_id"], item["item"], item["label"]) for item in labelled_requests(log_path, model=model_report.model, since=report.since)}
+        if key in attempted and labelled <= attempted[key]:
             tick.retrains.append({"model": model_report.model, "skipped": f"no new labelled feedback since the last retrain of run {model_report.run_id}"})
             continue
         attempted[key] = labelled
@@ -99,7 +100,7 @@ def monitor_loop(
     **tick_options: Any,
 ) -> None:
     """Check every ``config.every`` (forever, or ``iterations`` times), handing each :class:`Tick` to ``on_tick``."""
-    attempted: dict[tuple[str, str | None], int] = {}
+    attempted: dict[tuple[str, str | None], set[tuple[str, int, str]]] = {}
     count = 0
     while iterations is None or count < iterations:
         started = time.monotonic()

@@ -87,3 +87,23 @@ def test_a_run_the_alias_no_longer_serves_is_not_retrained(tmp_path):
     assert ticks[0].report.status == "drifted"
     [skipped] = ticks[0].retrains
     assert "no longer serves" in skipped["skipped"] and "router-v2" in skipped["skipped"]
+
+
+def test_new_feedback_retrains_even_when_as_much_old_feedback_left_the_window(tmp_path, monkeypatch):
+    """The loop remembered how many labelled requests the window held: one correction leaving the window as a new
+    one arrived kept the count, and the new feedback was reported as "no new labelled feedback"."""
+    import tunelab.tasks.schedule as schedule
+
+    registry_path, log_path = _setup(tmp_path)
+    windows = iter([
+        [{"response_id": "clf-1", "item": 0, "label": "card"}],
+        [{"response_id": "clf-2", "item": 0, "label": "refund"}],  # clf-1 left the window, clf-2 is new
+        [{"response_id": "clf-2", "item": 0, "label": "refund"}],  # nothing new
+    ])
+    monkeypatch.setattr(schedule, "labelled_requests", lambda *args, **kwargs: next(windows))
+    ticks = []
+    monitor_loop(log_path, MonitorConfig(retrain_on="drift", min_requests=10), on_tick=ticks.append, iterations=3,
+                 sleep=lambda _: None, registry_path=registry_path)
+    reasons = [tick.retrains[0]["skipped"] for tick in ticks]
+    assert "no new labelled records" in reasons[0] and "no new labelled records" in reasons[1], reasons
+    assert "no new labelled feedback since the last retrain" in reasons[2]
