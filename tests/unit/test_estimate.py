@@ -600,3 +600,13 @@ def test_a_damaged_calibration_cache_is_measured_again_never_a_negative_estimate
     assert not again.cached  # measured anew
     assert again.step_seconds and min(again.step_seconds) > 0 and again.seconds_per_step > 0
     assert calibrate(config, 16, steps=1, machine=quiet).cached  # and stored again
+
+
+def test_validation_does_not_change_the_training_micro_batches():
+    """With a shared classify prefix, the validation's micro-batches overwrote the training's: `tunelab estimate
+    --json` said 2 micro-batches (and 4 rows per micro-batch) for an epoch of 8 micro-batches of one row."""
+    config = _config(task="classify", data={"max_length": 256}, train={"batch_size": 8})
+    alone = plan_tokens(config, [60] * 64, shared_prefix=40)
+    validated = plan_tokens(config, [60] * 64, validation_token_counts=[60] * 10, shared_prefix=40)
+    assert validated.micro_batches_per_epoch == alone.micro_batches_per_epoch == 8
+    assert validated.rows_per_micro_batch == alone.rows_per_micro_batch == 1

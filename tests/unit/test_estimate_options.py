@@ -90,3 +90,13 @@ def test_labelling_then_training_here():
     assert unknown.usd is None and any("price per labelled example" in note for note in unknown.notes)
     labelling_only = label_option(180, 0.25, 600.0, retrain_every_s=MONTHLY)
     assert labelling_only.usd == 45.0
+
+
+def test_the_summary_does_not_say_a_run_will_not_fit_when_the_free_memory_is_unknown():
+    """An estimate without the device's free memory (fits: None) read "does NOT fit in 0 GiB"."""
+    from tunelab.estimate.summary import estimate_summary
+
+    unknown = dict(estimate_summary({"memory": {"total": 3 * 2**30, "device": "cuda", "available": None, "fits": None}}))
+    assert unknown["memory"] == "3 GiB needed on cuda (free memory not known)"
+    known = dict(estimate_summary({"memory": {"total": 3 * 2**30, "device": "cpu", "available": 2 * 2**30, "fits": False}}))
+    assert known["memory"] == "3 GiB needed on cpu, does NOT fit in 2 GiB"

@@ -9,11 +9,7 @@ from rich.table import Table
 
 from tunelab.cli.common import console, human_bytes, print_json, progress_display
 from tunelab.estimate.plan import duration
-
-
-def _usd(value: float) -> str:
-    # Small runs cost fractions of a cent on a GPU; two significant digits keep them readable.
-    return f"{value:.2f}" if value >= 1 else f"{value:.2g}"
+from tunelab.estimate.summary import money
 
 
 def _flops(value: float) -> str:
@@ -96,23 +92,23 @@ def estimate(
     console.print(mem)
 
     gpus = Table(title=f"On GPUs (bf16, {result.utilization:.0%} utilization; prices as of {result.price_table_date}, verify)")
-    for column in ("GPU", "time", "price USD", "fits memory"):
+    for column in ("GPU", "time", "price", "fits memory"):
         gpus.add_column(column, justify="left" if column == "GPU" else "right")
     for gpu in result.gpus:
-        gpus.add_row(gpu.name, duration(gpu.seconds), _usd(gpu.usd), "yes" if gpu.fits else "no")
+        gpus.add_row(gpu.name, duration(gpu.seconds), money(gpu.usd), "yes" if gpu.fits else "no")
     console.print(gpus)
 
     cloud = Table(title="Hosted fine-tuning, same tokens (a different model; money only)")
-    for column in ("service", "USD per 1M training tokens", "price USD", "as published"):
+    for column in ("service", "USD per 1M training tokens", "price", "as published"):
         cloud.add_column(column)
     for entry in result.cloud:
-        cloud.add_row(f"{entry.provider} {entry.model}", f"{entry.usd_per_million_training_tokens:.2f}", _usd(entry.usd), entry.published)
+        cloud.add_row(f"{entry.provider} {entry.model}", f"{entry.usd_per_million_training_tokens:.2f}", money(entry.usd), entry.published)
     console.print(cloud)
 
     retune = result.retune
     if retune is not None and retune.max_retrains_per_month:
         here_month = f", {duration(retune.seconds_here_per_month)} on this machine" if retune.seconds_here_per_month is not None else ""
-        cheapest = f"{retune.cheapest_gpu} USD {_usd(retune.cheapest_usd_per_month)}" if retune.cheapest_gpu else "-"
+        cheapest = f"{retune.cheapest_gpu} {money(retune.cheapest_usd_per_month)}" if retune.cheapest_gpu else "-"
         console.print(
             f"re-tuning (monitor.every {retune.every}, retrain_on {retune.retrain_on}): at most {retune.max_retrains_per_month:.0f} "
             f"retrains a month{here_month}; on {cheapest} a month at most"

@@ -402,8 +402,8 @@ def plan_tokens(
     validations = 0
     validation_tokens = sum(min(c, max_length) for c in validation_token_counts or [])
     if shared_prefix and validation_token_counts:
-        micro_batches = math.ceil(len(validation_token_counts) / batch)
-        validation_tokens -= shared_prefix * (len(validation_token_counts) - micro_batches)
+        validation_batches = math.ceil(len(validation_token_counts) / batch)
+        validation_tokens -= shared_prefix * (len(validation_token_counts) - validation_batches)
     if validation_tokens:
         validations = schedule.validations
     test_tokens = sum(min(c, max_length) for c in test_token_counts or [])

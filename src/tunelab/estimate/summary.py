@@ -62,8 +62,12 @@ def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
     else:
         lines.append(("time on this machine", "not measured (calibration off)"))
     if memory:
-        fits = "fits" if memory.get("fits") else "does NOT fit"
-        lines.append(("memory", f"{number((memory.get('total') or 0) / 2**30, 3)} GiB needed on {memory.get('device')}, {fits} in {number((memory.get('available') or 0) / 2**30, 3)} GiB"))
+        needed = f"{number((memory.get('total') or 0) / 2**30, 3)} GiB needed on {memory.get('device')}"
+        if memory.get("available") is None:  # not measured: unknown, not "does not fit in 0 GiB"
+            lines.append(("memory", f"{needed} (free memory not known)"))
+        else:
+            fits = "fits" if memory.get("fits") else "does NOT fit"
+            lines.append(("memory", f"{needed}, {fits} in {number(memory['available'] / 2**30, 3)} GiB"))
     usd, where = cheapest(estimate)
     if usd is not None:
         lines.append(("cheapest elsewhere", f"{money(usd)} {where}"))

@@ -29,10 +29,12 @@ import numpy as np
 
 from tunelab.config import MonitorConfig, parse_config
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
 from tunelab.evaluation.metrics import wilson_interval
 from tunelab.monitor.signals import (
     DRIFTED,
     OK,
+    WATCH,
     CentroidModel,
     Signal,
     length_ks,
@@ -47,6 +49,9 @@ from tunelab.monitor.traffic import Traffic, read_traffic, served_groups, window
 from tunelab.paths import atomic_write_text
 from tunelab.runs import Run, RunFolder
 
+# How the model is served, not what it answers: they count in the status (and the exit code), but a retrained
+# model cannot make serving faster or fix its errors, so they never trigger a retrain (``retrain_status``).
+SERVICE_SIGNALS = ("latency_p95_ms", "error_rate")
 EXIT_DRIFTED = 3  # `tunelab monitor` exits with this when some signal drifted (cron / CI act on it)
 REFERENCE_SAMPLE = 20000  # training texts the TF-IDF and vocabulary are fitted on at most (seeded)
 REFERENCE_DRAWS = 5  # undrifted samples of the live size whose centroid distance is the noise level
@@ -141,6 +146,11 @@ class ModelReport:
     @property
     def status(self) -> str:
         return worst(s.status for s in self.signals)
+
+    @property
+    def retrain_status(self) -> str:
+        """The status of the signals a retrain can answer: the data and quality ones, not ``SERVICE_SIGNALS``."""
+        return worst(s.status for s in self.signals if s.name not in SERVICE_SIGNALS)
 
     def signal(self, name: str) -> Signal:
         return next(s for s in self.signals if s.name == name)
@@ -294,16 +304,20 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         correct = sum(predicted == label for predicted, label in traffic.feedback)
         accuracy = correct / n
         low, high = wilson_interval(correct, n)
-        status, judged = OK, None
+        status, judged, too_few = OK, None, ""
         if reference.test_accuracy is not None:
             judged = reference.test_accuracy - accuracy
             status = status_for(judged, t.accuracy_drop)
             # Drifted only when the whole interval is below the test accuracy: not a few unlucky corrections.
             if status == DRIFTED and high >= reference.test_accuracy:
-                status = "watch"
+                status = WATCH
+            # Nor one or two: 0/1 already has its Wilson interval (0 to 0.79) below a test accuracy of 0.9.
+            if status == DRIFTED and n < MIN_TEST_EXAMPLES:
+                status, too_few = WATCH, f"too few labelled answers for drift (< {MIN_TEST_EXAMPLES})"
         signals.append(Signal(
             "live_accuracy", accuracy, status, t.accuracy_drop, reference.test_accuracy, judged, n, False,
-            f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}" + (f"; test accuracy {reference.test_accuracy:.4f}" if reference.test_accuracy is not None else ""),
+            f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}" + (f"; test accuracy {reference.test_accuracy:.4f}" if reference.test_accuracy is not None else "")
+            + (f"; {too_few}" if too_few else ""),
             {"low": low, "high": high, "new_labels": sorted({label for _, label in traffic.feedback} - set(reference.train_labels))},
         ))
 

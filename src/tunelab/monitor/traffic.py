@@ -84,6 +84,12 @@ _WHERE = (
 )
 
 
+# The newest label and the newest rating of an input, each on its own: a thumbs-up sent after a correction
+# is the newest feedback row but says nothing about the label (and a newer label replaces an older one).
+_NEWEST = "f.id = (SELECT max(g.id) FROM feedback g WHERE g.response_id = f.response_id AND g.item = f.item AND g.{} IS NOT NULL)"
+_NEWEST_LABEL, _NEWEST_RATING = _NEWEST.format("label"), _NEWEST.format("rating")
+
+
 def served_groups(path: Path, since: str, until: str) -> list[tuple[str, str | None, int]]:
     """(model, run id, requests) of every served name and run with traffic in the window, busiest first."""
     db = _open(path)
@@ -130,17 +136,16 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
             texts.extend(request_texts(endpoint, prompt))
             text_requests += 1
         feedback, ratings = [], Counter()
-        for _endpoint, predicted_label, output, item, label, rating in db.execute(
-            "SELECT r.endpoint, r.predicted_label, r.output, f.item, f.label, f.rating FROM feedback f "
-            "JOIN requests r ON r.response_id = f.response_id "
-            "WHERE r.time >= ? AND r.time < ? AND r.model = ? AND r.run_id IS ? "
-            "AND f.id IN (SELECT max(id) FROM feedback GROUP BY response_id, item)",
+        for _endpoint, predicted_label, output, item, label, rating, newest_label, newest_rating in db.execute(
+            f"SELECT r.endpoint, r.predicted_label, r.output, f.item, f.label, f.rating, {_NEWEST_LABEL}, {_NEWEST_RATING} "
+            "FROM feedback f JOIN requests r ON r.response_id = f.response_id "
+            f"WHERE r.time >= ? AND r.time < ? AND r.model = ? AND r.run_id IS ? AND ({_NEWEST_LABEL} OR {_NEWEST_RATING})",
             (since, until, model, run_id),
         ):
-            if label is not None:
+            if newest_label:
                 labels = [predicted_label] if predicted_label is not None else _predictions(output)
                 feedback.append((labels[item] if item < len(labels) else None, str(label)))
-            if rating is not None:
+            if newest_rating:
                 ratings[int(rating)] += 1
         per_day = {row[0]: int(row[1]) for row in db.execute(f"SELECT substr(time, 1, 10), count(*) FROM requests WHERE {_WHERE} GROUP BY 1 ORDER BY 1", arguments)}
     finally:
@@ -154,7 +159,7 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
 
 
 def labelled_requests(path: Path, *, model: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-    """Logged classify inputs that got a corrected label (the newest feedback per input), oldest first.
+    """Logged classify inputs that got a corrected label (the newest label per input), oldest first.
 
     Each item: ``text``, ``label`` (the feedback's), ``predicted``, ``response_id``, ``time``, ``model``,
     ``run_id``: what a retrain learns from and tests on.
@@ -163,7 +168,7 @@ def labelled_requests(path: Path, *, model: str | None = None, since: str | None
         DataError: when ``path`` is not a request log.
     """
     db = _open(path)
-    clauses, arguments = ["f.label IS NOT NULL"], []
+    clauses, arguments = [_NEWEST_LABEL], []
     if model is not None:
         clauses.append("r.model = ?")
         arguments.append(model)
@@ -174,7 +179,7 @@ def labelled_requests(path: Path, *, model: str | None = None, since: str | None
         rows = db.execute(
             "SELECT r.endpoint, r.prompt, r.predicted_label, r.output, r.response_id, r.time, r.model, r.run_id, f.item, f.label "
             "FROM feedback f JOIN requests r ON r.response_id = f.response_id "
-            f"WHERE {' AND '.join(clauses)} AND f.id IN (SELECT max(id) FROM feedback GROUP BY response_id, item) ORDER BY r.id, f.item",
+            f"WHERE {' AND '.join(clauses)} ORDER BY r.id, f.item",
             arguments,
         ).fetchall()
     finally:

@@ -14,8 +14,10 @@ Reads top to bottom:
    on the whole test set and on the recent slice;
 5. the decision: promote only when the challenger is not worse on the primary metric by more than
    ``margin`` (the 95% interval's low end above ``-margin``) *and* better on the recent slice (its
-   interval above zero). Otherwise the champion stays and the outcome says why. Promotion moves the
-   registry alias (kept with its history; a server following the alias picks it up).
+   interval above zero, on at least ``evaluation.compare.MIN_TEST_EXAMPLES`` recent rows: fewer give no verdict).
+   Otherwise the champion stays and the outcome says why. Promotion moves the
+   registry alias (kept with its history; a server following the alias picks it up), and only while the
+   alias still serves the champion the challenger was compared with.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ def new_records(new: list[Any], old: Any) -> tuple[list[Any], dict[str, int]]:
 
 def describe_dropped(dropped: dict[str, int], total: int) -> str:
     """One line on what ``new_records`` left out of ``total`` new records, and why."""
+    if not total:
+        return "no labelled records were found (no --data file, no labelled feedback in the log)"
     if not dropped:
         return f"all {total} new records are new"
     parts = ", ".join(f"{count} {DROP_REASONS[reason]}" for reason, count in dropped.items())
@@ -151,6 +155,58 @@ def _write_jsonl(path: Path, records: list[Any]) -> str:
 def _subset(result: Any, ids: set[str]) -> Any:
     rows = [row for row in result.rows if row["id"] in ids]
     return dataclasses.replace(result, rows=rows, n=len(rows), test_fingerprint="")
+
+
+def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
+    """(PROMOTED or KEPT, the reasons): the rule of step 5 over the challenger-vs-champion comparisons
+    (``evaluation.compare.Comparison``) on the whole fresh test set and on its recent slice."""
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+
+    primary = overall.primary
+    main, slice_main = overall.metric(primary), recent.metric(primary)
+    reasons = []
+    # Non-inferiority: the worst plausible difference (interval end in the bad direction) within the margin.
+    if not main.non_inferior(margin):
+        reasons.append(
+            f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
+            f"may be worse than the margin -{margin:g}"
+        )
+    if recent.n < MIN_TEST_EXAMPLES:
+        # A bootstrap interval of a few rows is degenerate (two rows both won give [+1, +1]): no verdict, no promotion.
+        reasons.append(
+            f"too few examples on the recent slice (n={recent.n}) for a verdict: it needs at least {MIN_TEST_EXAMPLES} "
+            "(label more traffic, or raise --recent-share)"
+        )
+    elif not slice_main.worst_case() > 0:
+        reasons.append(
+            f"not better on the recent slice (n={recent.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
+            f"95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f} includes or is below zero"
+        )
+    decision = KEPT if reasons else PROMOTED
+    if not reasons:
+        reasons.append(
+            f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {margin:g}) "
+            f"and better on the recent slice ({slice_main.before:.4f} -> {slice_main.after:.4f}, 95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f})"
+        )
+    return decision, reasons
+
+
+def promote_challenger(
+    registry: Any, alias: str, champion_id: str, challenger_id: str, *, reason: str, details: dict[str, Any],
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the alias change, None) after pointing ``alias`` at the challenger; (None, why) when it was not moved.
+
+    The challenger won against ``champion_id`` only: when the alias serves another run now (moved while the
+    retrain trained, or the champion was an older run of the monitored window), that run stays.
+    """
+    serving = registry.alias(alias)
+    if serving is not None and serving != champion_id:
+        names = {run_id: registry.get_run(run_id).name for run_id in (serving, champion_id)}
+        return None, (
+            f"alias {alias} now serves run {names[serving]} ({serving}), not the champion {names[champion_id]} ({champion_id}) "
+            f"the challenger was compared with: not promoted (retrain alias:{alias} to judge against the run it serves)"
+        )
+    return registry.set_alias(alias, challenger_id, reason=reason, details=details).as_dict(), None
 
 
 def retrain(
@@ -287,31 +343,15 @@ def retrain(
 
     # 5. The decision.
     primary = overall.primary
-    main, slice_main = overall.metric(primary), recent_cmp.metric(primary)
-    reasons = []
-    # Non-inferiority: the worst plausible difference (interval end in the bad direction) within the margin.
-    if not main.non_inferior(margin):
-        reasons.append(
-            f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
-            f"may be worse than the margin -{margin:g}"
-        )
-    if not slice_main.worst_case() > 0:
-        reasons.append(
-            f"not better on the recent slice (n={recent_cmp.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
-            f"95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f} includes or is below zero"
-        )
-    decision = KEPT if reasons else PROMOTED
-    if not reasons:
-        reasons.append(
-            f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {margin:g}) "
-            f"and better on the recent slice ({slice_main.before:.4f} -> {slice_main.after:.4f}, 95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f})"
-        )
+    decision, reasons = decide(overall, recent_cmp, margin)
     change = None
     if decision == PROMOTED and alias and promote:
-        change = registry.set_alias(
-            alias, outcome_run.registry_id, reason="retrain: " + reasons[0],
+        change, refused = promote_challenger(
+            registry, alias, champion.id, outcome_run.registry_id, reason="retrain: " + reasons[0],
             details={"champion": champion.id, "overall": overall.summary, "recent": recent_cmp.summary},
-        ).as_dict()
+        )
+        if refused:
+            decision, reasons = KEPT, [refused, f"against the champion {champion.name}: {reasons[0]}"]
     outcome = RetrainOutcome(
         decision=decision, reasons=reasons,
         champion={"id": champion.id, "name": champion.name, "run_dir": str(champion_dir)},

@@ -2,7 +2,8 @@
 
 A long-running loop for a container or a systemd service (cron can instead run ``tunelab monitor``
 alone and act on its exit code 3). Each tick runs :func:`tunelab.monitor.run_monitor`; when a
-served model's status reaches ``monitor.retrain_on`` it runs :func:`tunelab.tasks.retrain.retrain`
+served model's status reaches ``monitor.retrain_on`` on a data or quality signal (latency and server errors
+alone never retrain: ``ModelReport.retrain_status``) it runs :func:`tunelab.tasks.retrain.retrain`
 on the champion behind it with the window's labelled feedback (and ``--data`` files), which promotes
 the challenger only if it wins. A retrain is not repeated for the same champion until new labelled
 feedback arrives.
@@ -31,6 +32,19 @@ class Tick:
     retrains: list[dict[str, Any]] = field(default_factory=list)  # RetrainOutcome.as_dict() or {"skipped": reason}
 
 
+def _serving(registry_path: Path | None, alias: str) -> Any:
+    """The run ``alias`` points at now (None: no registry, or no such alias)."""
+    from tunelab.registry.store import Registry, RegistryError, default_registry_path
+
+    path = Path(registry_path or default_registry_path())
+    if not path.is_file():
+        return None
+    try:
+        return Registry(path).resolve_alias(alias)
+    except RegistryError:
+        return None
+
+
 def monitor_tick(
     log_path: Path,
     config: MonitorConfig,
@@ -39,7 +53,7 @@ def monitor_tick(
     model: str | None = None,
     alias: str | None = None,
     data: list[Path] | None = None,
-    attempted: dict[tuple[str, str | None], int] | None = None,
+    attempted: dict[tuple[str, str | None], set[tuple[str, int, str]]] | None = None,
     plots_dir: Path | None = None,
     on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
 ) -> Tick:
@@ -50,11 +64,18 @@ def monitor_tick(
     report = run_monitor(log_path, config, registry_path=registry_path, model=model, plots_dir=plots_dir)
     tick = Tick(report)
     for model_report in report.models:
-        if model_report.status not in _REACHES[config.retrain_on] or model_report.run_id is None:
+        if model_report.retrain_status not in _REACHES[config.retrain_on] or model_report.run_id is None:
+            continue
+        serving = _serving(registry_path, alias or model_report.model)
+        if serving is not None and serving.id != model_report.run_id:
+            # Traffic of the run served before a promotion: its challenger could only be judged against it.
+            tick.retrains.append({"model": model_report.model, "skipped": (
+                f"run {model_report.run_id} no longer serves alias {alias or model_report.model} (now {serving.name}, {serving.id})")})
             continue
         key = (model_report.model, model_report.run_id)
-        labelled = len(labelled_requests(log_path, model=model_report.model, since=report.since))
-        if attempted.get(key) == labelled:
+        # Which labelled inputs, not how many: as many old ones may leave the window as new ones arrive.
+        labelled = {(item["response_id"], item["item"], item["label"]) for item in labelled_requests(log_path, model=model_report.model, since=report.since)}
+        if key in attempted and labelled <= attempted[key]:
             tick.retrains.append({"model": model_report.model, "skipped": f"no new labelled feedback since the last retrain of run {model_report.run_id}"})
             continue
         attempted[key] = labelled
@@ -79,7 +100,7 @@ def monitor_loop(
     **tick_options: Any,
 ) -> None:
     """Check every ``config.every`` (forever, or ``iterations`` times), handing each :class:`Tick` to ``on_tick``."""
-    attempted: dict[tuple[str, str | None], int] = {}
+    attempted: dict[tuple[str, str | None], set[tuple[str, int, str]]] = {}
     count = 0
     while iterations is None or count < iterations:
         started = time.monotonic()

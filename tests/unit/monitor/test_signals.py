@@ -95,3 +95,50 @@ def test_the_out_of_scope_share_counts_the_answers_whatever_score_the_rule_uses(
     assert signal.status == "drifted"  # 0.30 against 0.10 / 0.25
     without = next(s for s in compute_signals(traffic, Reference(run_id="r1", run_dir=None, task="classify"), config) if s.name == "oos_share")
     assert without.value is None and "no out-of-scope rule" in without.detail
+
+
+def test_one_unlucky_correction_is_not_drift():
+    """A quiet window with one request and one correction said live_accuracy drifted (exit code 3, a retrain with
+    --retrain-on drift): 0/1 has the Wilson interval 0 to 0.79, "below" a test accuracy of 0.9."""
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+    from tunelab.monitor.check import Reference, compute_signals
+    from tunelab.monitor.traffic import Traffic
+
+    reference = Reference("r", None, task="classify", train_labels=Counter(a=5, b=5), test_accuracy=0.9)
+
+    def live_accuracy(feedback):
+        traffic = Traffic("m", "r", "s", "u", len(feedback), 0, 0, None, None, np.array([5.0]), feedback=feedback)
+        return next(s for s in compute_signals(traffic, reference, MonitorConfig()) if s.name == "live_accuracy")
+
+    one = live_accuracy([("a", "b")])
+    assert one.status == "watch" and "too few" in one.detail
+    # As many wrong answers as a verdict needs: drifted.
+    assert live_accuracy([("a", "b")] * MIN_TEST_EXAMPLES).status == "drifted"
+
+
+def test_a_rating_after_a_correction_keeps_the_corrected_label(tmp_path):
+    """A thumbs-up sent after a label correction of the same answer was its newest feedback row, and the label
+    vanished from live accuracy and from what retrain learns from."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from tunelab.monitor.traffic import labelled_requests, read_traffic, window_bounds
+    from tunelab.serve.request_log import Feedback, RequestLog, add_feedback
+
+    log_path = tmp_path / "requests.db"
+    log = RequestLog(log_path)
+    log.record({
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "endpoint": "/v1/classify", "model": "router",
+        "prompt": json.dumps("my card is lost"), "output": "card", "status": 200, "stream": 0, "latency_ms": 5.0,
+        "response_id": "clf-1", "run_id": "r", "predicted_label": "card", "top_probability": 0.9,
+    })
+    log.close()
+    add_feedback(log_path, [Feedback("clf-1", label="refund")], source="test")
+    add_feedback(log_path, [Feedback("clf-1", rating=1)], source="test")
+    assert [(item["text"], item["label"]) for item in labelled_requests(log_path)] == [("my card is lost", "refund")]
+    since, until = window_bounds(3600, datetime.now(UTC) + timedelta(seconds=1))
+    traffic = read_traffic(log_path, "router", "r", since, until)
+    assert traffic.feedback == [("card", "refund")] and traffic.ratings == Counter({1: 1})
+    # A newer label replaces the older one.
+    add_feedback(log_path, [Feedback("clf-1", label="card")], source="test")
+    assert [item["label"] for item in labelled_requests(log_path)] == ["card"]

@@ -155,3 +155,62 @@ def test_dropped_new_records_are_counted_with_their_reason():
     assert dropped == {"in_train": 1, "in_test": 2, "repeated": 1}
     line = describe_dropped(dropped, len(new))
     assert line.startswith("4 of 5 new records left out") and "training records" in line and "test records" in line and "repeated" in line
+
+
+def _evaluation(name: str, correct: list[bool], prefix: str):
+    from tunelab.evaluation.result import EvalResult
+
+    rows = [
+        {"id": f"{prefix}{i}", "source": f"t:{i}", "prompt": "p", "reference": "a", "prediction": "a" if ok else "b",
+         "scores": {"correct": float(ok), "confidence": 0.9}}
+        for i, ok in enumerate(correct)
+    ]
+    return EvalResult("classify", name, len(rows), {}, rows, labels=["a", "b"])
+
+
+def test_a_recent_slice_too_small_for_a_verdict_does_not_promote():
+    """Two new records held out as the recent slice, both right for the challenger and wrong for the champion:
+    every bootstrap resample says +1, so retrain promoted on n=2, though a verdict needs MIN_TEST_EXAMPLES."""
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, compare_evaluations
+    from tunelab.tasks.retrain import KEPT, PROMOTED, decide
+
+    old = [True] * 90 + [False] * 10
+    overall = compare_evaluations(_evaluation("champion", old + [False, False], "x"), _evaluation("challenger", old + [True, True], "x"))
+    recent = compare_evaluations(_evaluation("champion", [False, False], "r"), _evaluation("challenger", [True, True], "r"))
+    decision, reasons = decide(overall, recent, 0.02)
+    assert decision == KEPT, reasons
+    assert any("recent slice" in reason and str(MIN_TEST_EXAMPLES) in reason for reason in reasons)
+
+    # The same difference on a recent slice of a verdict's size promotes.
+    n = MIN_TEST_EXAMPLES
+    overall = compare_evaluations(_evaluation("champion", old + [False] * n, "x"), _evaluation("challenger", old + [True] * n, "x"))
+    recent = compare_evaluations(_evaluation("champion", [False] * n, "r"), _evaluation("challenger", [True] * n, "r"))
+    assert decide(overall, recent, 0.02)[0] == PROMOTED
+
+
+def test_no_labelled_records_at_all_is_said_plainly():
+    """A retrain with a request log that held no labelled feedback said "all 0 new records are new"."""
+    from tunelab.tasks.retrain import describe_dropped
+
+    assert describe_dropped({}, 0) == "no labelled records were found (no --data file, no labelled feedback in the log)"
+    assert describe_dropped({}, 3) == "all 3 new records are new"
+
+
+def test_a_challenger_never_replaces_a_run_it_was_not_compared_with(tmp_path):
+    """The alias moved while a retrain ran (or the --every loop retrained the run of an older part of the window):
+    the challenger, judged against run X, replaced run Y, which it was never compared with."""
+    from tunelab.tasks.retrain import promote_challenger
+
+    store = Registry(tmp_path / "registry.db")
+    x, y, challenger = (store.create_run(name=name, task="classify", status="finished", run_dir=str(tmp_path / name)).id
+                        for name in ("x", "y", "challenger"))
+    store.set_alias("router", y)
+    change, refused = promote_challenger(store, "router", x, challenger, reason="retrain", details={})
+    assert change is None and store.alias("router") == y
+    assert "router" in refused and "y" in refused and "x" in refused
+    # The alias still at the champion: moved; an alias not set yet: set.
+    store.set_alias("router", x)
+    change, refused = promote_challenger(store, "router", x, challenger, reason="retrain", details={})
+    assert refused is None and change["previous_run_id"] == x and store.alias("router") == challenger
+    assert promote_challenger(store, "fresh", x, challenger, reason="retrain", details={})[1] is None
+    assert store.alias("fresh") == challenger
