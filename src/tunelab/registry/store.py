@@ -55,6 +55,14 @@ class RegistryError(TunelabError):
     """A run that does not exist, an ambiguous name, a registry file that cannot be used."""
 
 
+class AliasMoved(RegistryError):
+    """``set_alias(only_from=...)`` found the alias pointing at another run (``current``)."""
+
+    def __init__(self, alias: str, current: str) -> None:
+        super().__init__(f"alias {alias} points at run {current} now")
+        self.alias, self.current = alias, current
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -574,11 +582,19 @@ class Registry:
             raise RegistryError(f"no alias '{name}' in {self.path}", f"set it with `tunelab promote {name} RUN`")
         return self.get_run(run_id)
 
-    def set_alias(self, name: str, run: str, *, reason: str | None = None, details: dict | None = None, action: str = "promote") -> AliasChange:
+    def set_alias(
+        self, name: str, run: str, *, reason: str | None = None, details: dict | None = None, action: str = "promote",
+        only_from: str | None = None,
+    ) -> AliasChange:
         """Point alias ``name`` at ``run`` (id or name) and append the change to its history.
+
+        ``only_from`` (a run id): move the alias only while it is unset or still points at that run, checked in the
+        same write transaction (a retrain's challenger replaces only the champion it was judged against, even when
+        another promotion lands while it trains).
 
         Raises:
             RegistryError: for an unknown run, an empty alias name, or a run that did not finish.
+            AliasMoved: when ``only_from`` is given and the alias points at another run (nothing is written).
         """
         if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise RegistryError(f"alias name '{name}' is not letters, digits, '.', '_' or '-'")
@@ -589,6 +605,8 @@ class Registry:
         with self._write() as db:
             row = db.execute("SELECT run_id FROM aliases WHERE name = ?", (name,)).fetchone()
             previous = None if row is None else row["run_id"]
+            if only_from is not None and previous not in (None, only_from):
+                raise AliasMoved(name, previous)
             db.execute(
                 "INSERT INTO aliases (name, run_id, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at",

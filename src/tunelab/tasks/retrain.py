@@ -199,14 +199,19 @@ def promote_challenger(
     The challenger won against ``champion_id`` only: when the alias serves another run now (moved while the
     retrain trained, or the champion was an older run of the monitored window), that run stays.
     """
-    serving = registry.alias(alias)
-    if serving is not None and serving != champion_id:
+    from tunelab.registry.store import AliasMoved
+
+    try:
+        # Checked and moved in one write: a promotion landing meanwhile is never overwritten.
+        change = registry.set_alias(alias, challenger_id, reason=reason, details=details, only_from=champion_id)
+    except AliasMoved as moved:
+        serving = moved.current
         names = {run_id: registry.get_run(run_id).name for run_id in (serving, champion_id)}
         return None, (
             f"alias {alias} now serves run {names[serving]} ({serving}), not the champion {names[champion_id]} ({champion_id}) "
             f"the challenger was compared with: not promoted (retrain alias:{alias} to judge against the run it serves)"
         )
-    return registry.set_alias(alias, challenger_id, reason=reason, details=details).as_dict(), None
+    return change.as_dict(), None
 
 
 def retrain(

@@ -282,3 +282,19 @@ def test_opening_waits_out_a_lock_the_busy_handler_does_not_cover(tmp_path, monk
     monkeypatch.setattr(store, "migrate", lambda db: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
     with pytest.raises(RegistryError, match="disk I/O error"):  # anything but a lock is not retried
         Registry(tmp_path / "other.db")
+
+
+def test_an_alias_moved_only_from_a_given_run_is_checked_in_the_same_write(tmp_path):
+    """A retrain's challenger replaces only the champion it was judged against: with only_from, an alias that
+    points at another run by the time of the write stays where it is, its history untouched."""
+    from tunelab.registry.store import AliasMoved
+
+    registry = Registry(tmp_path / "registry.db")
+    a, b, c = (registry.create_run(name=name, task="classify", status="finished").id for name in ("a", "b", "c"))
+    registry.set_alias("router", a, only_from=b)  # unset: any run may take it
+    registry.set_alias("router", b)  # another promotion lands meanwhile
+    with pytest.raises(AliasMoved) as moved:
+        registry.set_alias("router", c, only_from=a)
+    assert moved.value.current == b and registry.alias("router") == b
+    assert [change.run_id for change in registry.alias_history("router")] == [a, b]
+    assert registry.set_alias("router", c, only_from=b).previous_run_id == b
