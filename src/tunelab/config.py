@@ -619,6 +619,17 @@ class RunConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _text_stride_fits(self) -> RunConfig:
+        # The windows of a document step by stride inside max_length: a longer step would skip tokens.
+        stride = self.data.stride
+        if self.task == "text" and stride is not None and stride > self.data.max_length:
+            raise ValueError(
+                f"data.stride ({stride}) is longer than data.max_length ({self.data.max_length}): windows would skip "
+                "tokens; set data.stride to at most data.max_length (or leave it out: no overlap)"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _model_shorthand(cls, values: Any) -> Any:

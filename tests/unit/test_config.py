@@ -113,3 +113,11 @@ def test_resolve_defaults_is_called_only_in_config_py():
         if "resolve_defaults" in path.read_text(encoding="utf-8") and path.name != "config.py"
     ]
     assert callers == []
+
+
+def test_a_text_stride_longer_than_max_length_is_a_config_error():
+    # Was accepted here, then tokenization raised a bare ValueError (a traceback from `tunelab train`).
+    with pytest.raises(ConfigError, match=r"data.stride \(128\).*data.max_length \(64\)"):
+        parse_config({"task": "text", "data": {"max_length": 64, "stride": 128}})
+    assert parse_config({"task": "text", "data": {"max_length": 64, "stride": 64}}).data.stride == 64
+    assert parse_config({"task": "text", "data": {"max_length": 64, "stride": 16}}).data.stride == 16
