@@ -270,14 +270,17 @@ def train_loop(
 
     # 3. The loop: one iteration is one optimizer step over a fixed global batch.
     module.train()
-    stopped_early = False
+    # A run that stopped early and was interrupted before its weights were saved resumes from its last checkpoint,
+    # which already ran out of patience: it stops there again instead of training past where it stopped.
+    patience = config.early_stopping_patience
+    stopped_early = patience is not None and state.bad_validations >= patience and state.step < total_steps
     window_loss = torch.zeros((), device=device)  # summed loss since the last read, on the device
     window_targets = 0
     start_seconds = state.train_seconds
     start_tokens = state.tokens
     session_first_step = state.step
     try:
-        for step in range(state.step, total_steps):
+        for step in range(state.step, state.step if stopped_early else total_steps):
             step_started = time.perf_counter()
             examples = [train_examples[i] for i in plan.indices(step)]
             step_targets = sum(trained_targets(e) for e in examples)  # the whole step's, known on the host
@@ -352,7 +355,6 @@ def train_loop(
                     if score is not None:
                         record["validation_score"] = score
                     log(record)
-                    patience = config.early_stopping_patience
                     stopped_early = patience is not None and state.bad_validations >= patience and not done
             best = run.checkpoints / BEST
             if new_best:

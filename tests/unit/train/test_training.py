@@ -204,3 +204,35 @@ def test_the_best_weights_of_a_validation_between_checkpoints_are_the_ones_kept(
     assert final.keys() == snapshots[2].keys()
     assert all(torch.equal(final[name], snapshots[2][name]) for name in final)
     assert not all(torch.equal(final[name], snapshots[6][name]) for name in final)
+
+
+def test_a_run_stopped_early_and_interrupted_before_its_weights_are_saved_resumes_to_the_same_stop(tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Early stopping writes its checkpoint, then the run saves its weights; interrupted in between, a resume once
+    went on training past the step where the uninterrupted run stopped."""
+    from tunelab.models.adapters import apply_method
+
+    config = tiny_config(tiny_model_dir, max_steps=10, eval_every=1, save_every=10, early_stopping_patience=2)
+    examples, _ = tokenize_records(sft_records(8), "sft", tiny_tokenizer, max_length=64)
+    scores = iter([10.0, 1.0, 1.0])  # the first validation is the best; two worse ones stop the run at step 3
+
+    class Interrupted(Exception):
+        pass
+
+    def progress(event):
+        if event.step == 3:
+            raise Interrupted  # after the step's checkpoint, before the loop returns
+
+    def train(model, *, resume, **extra):
+        accelerator, _ = make_accelerator(config, RunFolder(tmp_path / "run"))
+        return train_loop(
+            model=apply_method(model, config), train_examples=examples, validation_examples=examples[:2],
+            collate=LMCollate(tiny_tokenizer.pad_token_id, 64), loss_fn=lm_loss_sum, config=config.train, max_length=64,
+            run=RunFolder(tmp_path / "run"), accelerator=accelerator, resume=resume,
+            validation_score=lambda model_, batch: torch.tensor(next(scores, 1.0)), **extra,
+        )
+
+    with pytest.raises(Interrupted):
+        train(tiny_model, resume=False, progress=progress)
+    resumed = train(load_model(str(tiny_model_dir)).model, resume=True)
+    assert resumed.stopped_early and resumed.steps == 3 and resumed.best_step == 1
+    assert [row["step"] for row in _metrics(tmp_path / "run") if "loss" in row] == [1, 2, 3]
