@@ -308,6 +308,7 @@ def train_loop(
             window_targets += step_targets
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            step_lr = scheduler.get_last_lr()[0]  # this step's rate: after scheduler.step() it is the next one's
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -334,7 +335,7 @@ def train_loop(
                 window_loss.zero_()
                 window_targets = 0
                 log({
-                    "step": state.step, "loss": mean, "lr": scheduler.get_last_lr()[0], "tokens": state.tokens,
+                    "step": state.step, "loss": mean, "lr": step_lr, "tokens": state.tokens,
                     "elapsed": round(state.train_seconds, 3),
                     "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, session_seconds),
                     "threads": torch.get_num_threads(),
@@ -374,7 +375,7 @@ def train_loop(
                 rate = (state.tokens - start_tokens) / max(1e-9, session_seconds)
                 per_step = session_seconds / max(1, state.step - session_first_step)
                 progress(Progress(
-                    step=state.step, total_steps=total_steps, loss=state.last_loss, lr=scheduler.get_last_lr()[0],
+                    step=state.step, total_steps=total_steps, loss=state.last_loss, lr=step_lr,
                     tokens=state.tokens, tokens_per_second=rate, elapsed=state.train_seconds,
                     eta_seconds=per_step * (total_steps - state.step), validation_loss=validation,
                 ))

@@ -236,3 +236,29 @@ def test_a_run_stopped_early_and_interrupted_before_its_weights_are_saved_resume
     resumed = train(load_model(str(tiny_model_dir)).model, resume=True)
     assert resumed.stopped_early and resumed.steps == 3 and resumed.best_step == 1
     assert [row["step"] for row in _metrics(tmp_path / "run") if "loss" in row] == [1, 2, 3]
+
+
+def test_the_learning_rate_logged_at_a_step_is_the_one_that_step_trained_with(tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """metrics.jsonl and the progress once showed the next step's rate (0.0 at the last step of a decaying schedule)."""
+    config = tiny_config(tiny_model_dir, max_steps=4, warmup_ratio=0.5, scheduler="linear", lr=3e-3)
+    used, shown = [], []
+    model = apply_method(tiny_model, config)
+    examples, _ = tokenize_records(sft_records(8), "sft", tiny_tokenizer, max_length=64)
+    accelerator, _ = make_accelerator(config, RunFolder(tmp_path / "run"))
+    original_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", step)
+        train_loop(
+            model=model, train_examples=examples, validation_examples=[], collate=LMCollate(tiny_tokenizer.pad_token_id, 64),
+            loss_fn=lm_loss_sum, config=config.train, max_length=64, run=RunFolder(tmp_path / "run"), accelerator=accelerator,
+            progress=lambda event: shown.append(event.lr),
+        )
+    # Two warmup steps (1/3, 2/3 of the peak), then linear decay from the peak over the last two.
+    assert used == pytest.approx([1e-3, 2e-3, 3e-3, 1.5e-3])
+    assert [row["lr"] for row in _metrics(tmp_path / "run") if "lr" in row] == pytest.approx(used)
+    assert shown == pytest.approx(used)
