@@ -190,6 +190,7 @@ def train_loop(
     Raises:
         TrainingError: on a NaN/inf loss (the last good checkpoint is kept) or when memory runs out.
         CheckpointError: on resume, when checkpoints exist and none of them loads.
+        ConfigError: on resume on another number of processes than the run was trained on.
         DiskFullError: when a checkpoint cannot be written for lack of space (nothing half-written is left).
     """
     world = accelerator.num_processes
@@ -224,12 +225,13 @@ def train_loop(
 
     # 2. Resume: weights, optimizer, scheduler, RNG and counters of the newest checkpoint that loads
     # (a damaged newer one is passed over, with a warning).
-    state = LoopState()
+    state = LoopState(processes=world)
     warnings: list[str] = []
     if resume:
         resumed, warnings = resume_newest(run.checkpoints, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
         if resumed is not None:
             state = resumed
+            state.processes = world  # the same count (load_checkpoint refuses another), or a checkpoint that did not say
             if accelerator.is_main_process:
                 _truncate_metrics(run, state.step)
     elif accelerator.is_main_process and run.metrics.exists():
