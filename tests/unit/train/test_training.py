@@ -262,3 +262,20 @@ def test_the_learning_rate_logged_at_a_step_is_the_one_that_step_trained_with(ti
     assert used == pytest.approx([1e-3, 2e-3, 3e-3, 1.5e-3])
     assert [row["lr"] for row in _metrics(tmp_path / "run") if "lr" in row] == pytest.approx(used)
     assert shown == pytest.approx(used)
+
+
+def test_sft_conversations_with_every_answer_at_weight_zero_are_named_as_such(tiny_model_dir, tmp_path):
+    """Every assistant turn at weight 0 trains nothing: the run blamed data.max_length and said to raise it."""
+    from tunelab.data.records import SFTRecord
+    from tunelab.errors import DataError
+
+    unweighted = [
+        SFTRecord(({"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello.", "weight": 0}), source=f"chat.jsonl:{i}")
+        for i in range(3)
+    ]
+    config = tiny_config(tiny_model_dir, max_steps=1)
+    with pytest.raises(DataError, match="weight 0") as info:
+        run_training(config, records_split(unweighted), run_dir=tmp_path / "none")
+    assert "raise data.max_length" not in str(info.value.hint)
+    result = run_training(config, records_split(sft_records(4) + unweighted[:1]), run_dir=tmp_path / "some")
+    assert [w for w in result.warnings if "chat.jsonl:0" in w] and all("weight 0" in w for w in result.warnings if "chat.jsonl:0" in w)
