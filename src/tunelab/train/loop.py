@@ -236,6 +236,11 @@ def train_loop(
                 _truncate_metrics(run, state.step)
     elif accelerator.is_main_process and run.metrics.exists():
         run.metrics.unlink()
+    if config.early_stopping_patience is not None and not validation_examples:
+        warnings.append(
+            "train.early_stopping_patience is set, but there are no validation examples: the run never stops early "
+            "(set data.validation_size above 0 or give data.validation)"
+        )
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -279,3 +279,12 @@ def test_sft_conversations_with_every_answer_at_weight_zero_are_named_as_such(ti
     assert "raise data.max_length" not in str(info.value.hint)
     result = run_training(config, records_split(sft_records(4) + unweighted[:1]), run_dir=tmp_path / "some")
     assert [w for w in result.warnings if "chat.jsonl:0" in w] and all("weight 0" in w for w in result.warnings if "chat.jsonl:0" in w)
+
+
+def test_early_stopping_without_a_validation_split_says_it_never_applies(tiny_model_dir, tmp_path):
+    """train.early_stopping_patience with no validation examples was ignored without a word."""
+    config = tiny_config(tiny_model_dir, max_steps=2, early_stopping_patience=1)
+    result = run_training(config, records_split(sft_records(4)), run_dir=tmp_path / "run")
+    assert result.steps == 2 and any("early_stopping_patience" in w and "no validation" in w for w in result.warnings)
+    quiet = run_training(tiny_config(tiny_model_dir, max_steps=2), records_split(sft_records(4)), run_dir=tmp_path / "quiet")
+    assert not any("early_stopping_patience" in w for w in quiet.warnings)
