@@ -260,7 +260,8 @@ class TrainConfig(_Section):
         10, ge=1, description="Read the loss back from the device every N steps (metrics.jsonl, progress, trackers)."
     )
     keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
-    seed: int = Field(0, description="Seed of initialisation, data order and dropout.")
+    # The bounds of numpy's seed, which accelerate's set_seed feeds it.
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of initialisation, data order and dropout.")
     threads: int | None = Field(
         None, ge=1,
         description="CPU threads for torch (default: the cores free of other processes, checked at start, at each "
@@ -317,7 +318,7 @@ class EvalConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0.")
     batch_size: int = Field(16, ge=1, description="Examples per forward pass in evaluation.")
     bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
-    seed: int = Field(0, description="Seed of the bootstrap and of sampling.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of the bootstrap and of sampling.")
     baselines: list[str] | None = Field(
         None,
         description="What the tuned model must beat, on the same test set: base (the base model zero-shot), "
@@ -616,6 +617,17 @@ class RunConfig(_Section):
         if self.data.out_of_scope_label is not None and self.task != "classify":
             raise ValueError(
                 f"data.out_of_scope_label applies to task classify only, not {self.task}; drop it or set task: classify"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _text_stride_fits(self) -> RunConfig:
+        # The windows of a document step by stride inside max_length: a longer step would skip tokens.
+        stride = self.data.stride
+        if self.task == "text" and stride is not None and stride > self.data.max_length:
+            raise ValueError(
+                f"data.stride ({stride}) is longer than data.max_length ({self.data.max_length}): windows would skip "
+                "tokens; set data.stride to at most data.max_length (or leave it out: no overlap)"
             )
         return self
 

@@ -113,3 +113,21 @@ def test_resolve_defaults_is_called_only_in_config_py():
         if "resolve_defaults" in path.read_text(encoding="utf-8") and path.name != "config.py"
     ]
     assert callers == []
+
+
+def test_a_text_stride_longer_than_max_length_is_a_config_error():
+    # Was accepted here, then tokenization raised a bare ValueError (a traceback from `tunelab train`).
+    with pytest.raises(ConfigError, match=r"data.stride \(128\).*data.max_length \(64\)"):
+        parse_config({"task": "text", "data": {"max_length": 64, "stride": 128}})
+    assert parse_config({"task": "text", "data": {"max_length": 64, "stride": 64}}).data.stride == 64
+    assert parse_config({"task": "text", "data": {"max_length": 64, "stride": 16}}).data.stride == 16
+
+
+def test_seeds_the_random_generators_refuse_are_config_errors():
+    # train.seed seeds accelerate's set_seed (numpy: 0..2**32-1) once the run folder exists; eval.seed numpy's bootstrap:
+    # a negative or too large seed was accepted here and failed later with a ValueError traceback.
+    for section, value in (("train", -1), ("train", 2**32), ("eval", -1)):
+        with pytest.raises(ConfigError, match=rf"{section}\.seed"):
+            parse_config({"task": "sft", section: {"seed": value}})
+    config = parse_config({"task": "sft", "train": {"seed": 2**32 - 1}, "eval": {"seed": 12345}, "data": {"seed": -3}})
+    assert config.train.seed == 2**32 - 1 and config.data.seed == -3  # the split's seed only names a hash order

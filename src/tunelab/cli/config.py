@@ -7,14 +7,26 @@ from rich.table import Table
 
 from tunelab.cli.common import console, print_json
 from tunelab.config import METHOD_DEFAULT_LR, TASK_DEFAULT_EPOCHS, field_docs
+from tunelab.errors import ConfigError
 
 
 def config(
-    section: str = typer.Argument(None, help="Only keys under this section (model, data, lora, train, eval, budget)."),
+    section: str = typer.Argument(
+        None, help="Only keys under this section (model, data, lora, train, eval, classify, preference, distill, budget, monitor)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List every key of a run config (YAML, or key=value overrides) with its default and meaning."""
     rows = [row for row in field_docs() if section is None or row[0].startswith(f"{section}.")]
+    if not rows:
+        import difflib
+
+        sections = list(dict.fromkeys(key.split(".")[0] for key, _, _ in field_docs() if "." in key))
+        close = difflib.get_close_matches(section, sections, n=1)
+        raise ConfigError(
+            f"no config section '{section}'." + (f" Did you mean '{close[0]}'?" if close else ""),
+            f"sections: {', '.join(sections)}",
+        )
     if as_json:
         print_json([{"key": key, "default": default, "description": doc} for key, default, doc in rows])
         return

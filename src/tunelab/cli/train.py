@@ -39,6 +39,16 @@ def train(
             overrides = [str(config_path)]
         if overrides:
             raise ConfigError("--resume continues a run with its own config.yaml; overrides are not allowed")
+        if config_path is not None and "=" not in str(config_path):
+            raise ConfigError(
+                f"--resume continues a run with its own config.yaml; {config_path} would not be read",
+                f"leave the config file out: tunelab train --resume {resume}",
+            )
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            raise ConfigError(
+                f"--resume continues the run in {resume}; --run-dir {run_dir} would not be used",
+                f"leave --run-dir out: tunelab train --resume {resume}",
+            )
         from tunelab.runs import Run
 
         config = Run.open(resume).config

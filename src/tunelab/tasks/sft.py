@@ -11,7 +11,7 @@ from typing import Any
 
 from tunelab.config import ResolvedConfig, require_resolved
 from tunelab.data.split import Split
-from tunelab.data.tokenize import tokenize_records
+from tunelab.data.tokenize import tokenize_records, tokenize_sft
 from tunelab.errors import DataError
 from tunelab.models.adapters import apply_method
 from tunelab.train.batching import LMCollate
@@ -32,9 +32,21 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     tokenizer, max_length = base.tokenizer, config.data.max_length
 
     settings = {"max_length": max_length, "system_prompt": config.data.system_prompt}
-    examples, stats = tokenize_records(split.train, "sft", tokenizer, **settings)
-    # An example whose answer was cut off entirely teaches nothing; it is reported, not trained on.
-    examples = [e for e in examples if e.trained_tokens > 0]
+    tokenized, _ = tokenize_records(split.train, "sft", tokenizer, **settings)
+    # An example whose answer was cut off entirely teaches nothing, nor one whose every assistant turn has weight 0
+    # (at any length: tokenized again without the limit); each is reported, not trained on.
+    untrained = [
+        (e.source, "every assistant turn has weight 0"
+         if tokenize_sft(record, tokenizer, 10**9, config.data.system_prompt).trained_tokens == 0
+         else "the answer lies beyond data.max_length")
+        for record, e in zip(split.train, tokenized, strict=True) if e.trained_tokens == 0
+    ]
+    examples = [e for e in tokenized if e.trained_tokens > 0]
+    if not examples and {reason for _, reason in untrained} == {"every assistant turn has weight 0"}:
+        raise DataError(
+            "every training conversation has weight 0 on all its assistant turns: nothing to train on",
+            "set weight: 1 (or leave weight out) on the assistant turns to learn",
+        )
     if not examples:
         raise DataError(
             f"no training example keeps any answer token within data.max_length={max_length}",
@@ -53,5 +65,5 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         progress=progress,
     )
     result = finish_run(session, model, loop)
-    result.warnings += [f"{source}: the answer lies beyond data.max_length; not trained on" for source in stats.untrainable]
+    result.warnings += [f"{source}: {reason}; not trained on" for source, reason in untrained]
     return result

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.faults import kill_point
 from tunelab.paths import atomic_directory, disk_full_error, is_disk_full, remove_temporaries
 
@@ -54,6 +54,7 @@ class LoopState:
     top_validation_score: float | None = None  # the highest score so far; the kept one may be a near-tie after it
     bad_validations: int = 0  # validations in a row without improvement (early stopping)
     last_loss: float | None = None
+    processes: int | None = None  # how many processes trained it (None: written before this was kept)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -66,6 +67,7 @@ class LoopState:
             raise ValueError("not a JSON object")
         data.setdefault("best_validation_score", None)  # checkpoints written before scores existed
         data.setdefault("top_validation_score", data["best_validation_score"])  # before near-ties went to the later one
+        data.setdefault("processes", None)
         try:
             state = cls(**data)
         except TypeError as error:
@@ -78,6 +80,8 @@ class LoopState:
                 raise ValueError(f"'{name}' must be a number")
         if state.best_step is not None and not isinstance(state.best_step, int):
             raise ValueError("'best_step' must be a step number")
+        if state.processes is not None and (not isinstance(state.processes, int) or state.processes < 1):
+            raise ValueError("'processes' must be a count")
         return state
 
 
@@ -227,6 +231,7 @@ def load_checkpoint(
     Raises:
         CheckpointError: naming the file that cannot be read (a truncated or garbled checkpoint). The
             model and optimizer may then hold part of it: load another checkpoint over them.
+        ConfigError: when the checkpoint was written by another number of processes (nothing is loaded).
     """
     from safetensors.torch import load_file
 
@@ -241,6 +246,15 @@ def load_checkpoint(
     expected = STEP_DIR.match(source.name)
     if expected and int(expected.group(1)) != state.step:
         raise damaged("state.json", ValueError(f"it says step {state.step}, the folder is step {expected.group(1)}"))
+    if state.processes is not None and state.processes != accelerator.num_processes:
+        # Each step takes batch_size x grad_accum examples per process: on another count the steps would take other
+        # examples (and their number would change). Not a damaged checkpoint: no other one would do better.
+        raise ConfigError(
+            f"{source.parent.parent} was trained on {state.processes} processes and is resumed on {accelerator.num_processes}: "
+            "each step would take other examples",
+            f"resume it on {state.processes} processes"
+            + (f' (--launch "--num_processes {state.processes}")' if state.processes > 1 else " (without --launch)"),
+        )
     current = "state.json"
     try:
         if (source / "accelerate").is_dir():
@@ -271,6 +285,7 @@ def resume_newest(
 
     Raises:
         CheckpointError: when checkpoints exist and none of them loads (naming the newest one's damage).
+        ConfigError: when the run was trained on another number of processes.
     """
     warnings: list[str] = []
     first_error: CheckpointError | None = None

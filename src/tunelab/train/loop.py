@@ -190,6 +190,7 @@ def train_loop(
     Raises:
         TrainingError: on a NaN/inf loss (the last good checkpoint is kept) or when memory runs out.
         CheckpointError: on resume, when checkpoints exist and none of them loads.
+        ConfigError: on resume on another number of processes than the run was trained on.
         DiskFullError: when a checkpoint cannot be written for lack of space (nothing half-written is left).
     """
     world = accelerator.num_processes
@@ -224,16 +225,22 @@ def train_loop(
 
     # 2. Resume: weights, optimizer, scheduler, RNG and counters of the newest checkpoint that loads
     # (a damaged newer one is passed over, with a warning).
-    state = LoopState()
+    state = LoopState(processes=world)
     warnings: list[str] = []
     if resume:
         resumed, warnings = resume_newest(run.checkpoints, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
         if resumed is not None:
             state = resumed
+            state.processes = world  # the same count (load_checkpoint refuses another), or a checkpoint that did not say
             if accelerator.is_main_process:
                 _truncate_metrics(run, state.step)
     elif accelerator.is_main_process and run.metrics.exists():
         run.metrics.unlink()
+    if config.early_stopping_patience is not None and not validation_examples:
+        warnings.append(
+            "train.early_stopping_patience is set, but there are no validation examples: the run never stops early "
+            "(set data.validation_size above 0 or give data.validation)"
+        )
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -270,14 +277,17 @@ def train_loop(
 
     # 3. The loop: one iteration is one optimizer step over a fixed global batch.
     module.train()
-    stopped_early = False
+    # A run that stopped early and was interrupted before its weights were saved resumes from its last checkpoint,
+    # which already ran out of patience: it stops there again instead of training past where it stopped.
+    patience = config.early_stopping_patience
+    stopped_early = patience is not None and state.bad_validations >= patience and state.step < total_steps
     window_loss = torch.zeros((), device=device)  # summed loss since the last read, on the device
     window_targets = 0
     start_seconds = state.train_seconds
     start_tokens = state.tokens
     session_first_step = state.step
     try:
-        for step in range(state.step, total_steps):
+        for step in range(state.step, state.step if stopped_early else total_steps):
             step_started = time.perf_counter()
             examples = [train_examples[i] for i in plan.indices(step)]
             step_targets = sum(trained_targets(e) for e in examples)  # the whole step's, known on the host
@@ -305,6 +315,7 @@ def train_loop(
             window_targets += step_targets
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            step_lr = scheduler.get_last_lr()[0]  # this step's rate: after scheduler.step() it is the next one's
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -331,7 +342,7 @@ def train_loop(
                 window_loss.zero_()
                 window_targets = 0
                 log({
-                    "step": state.step, "loss": mean, "lr": scheduler.get_last_lr()[0], "tokens": state.tokens,
+                    "step": state.step, "loss": mean, "lr": step_lr, "tokens": state.tokens,
                     "elapsed": round(state.train_seconds, 3),
                     "tokens_per_second": (state.tokens - start_tokens) / max(1e-9, session_seconds),
                     "threads": torch.get_num_threads(),
@@ -352,7 +363,6 @@ def train_loop(
                     if score is not None:
                         record["validation_score"] = score
                     log(record)
-                    patience = config.early_stopping_patience
                     stopped_early = patience is not None and state.bad_validations >= patience and not done
             best = run.checkpoints / BEST
             if new_best:
@@ -372,7 +382,7 @@ def train_loop(
                 rate = (state.tokens - start_tokens) / max(1e-9, session_seconds)
                 per_step = session_seconds / max(1, state.step - session_first_step)
                 progress(Progress(
-                    step=state.step, total_steps=total_steps, loss=state.last_loss, lr=scheduler.get_last_lr()[0],
+                    step=state.step, total_steps=total_steps, loss=state.last_loss, lr=step_lr,
                     tokens=state.tokens, tokens_per_second=rate, elapsed=state.train_seconds,
                     eta_seconds=per_step * (total_steps - state.step), validation_loss=validation,
                 ))

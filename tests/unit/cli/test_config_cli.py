@@ -13,3 +13,17 @@ def test_cli_config_lists_every_key():
     keys = {row["key"] for row in json.loads(result.stdout)}
     assert keys == {key for key, _, _ in field_docs()}
     assert {"train.lr", "train.log_every", "lora.target_modules", "budget.max_usd"} <= keys
+
+
+def test_cli_config_names_the_sections_when_one_is_unknown():
+    import subprocess
+    import sys
+
+    # `tunelab config trian` printed an empty table with exit code 0.
+    result = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "config", "trian"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "trian" in result.stderr and "Did you mean 'train'" in result.stderr and "preference" in result.stderr
+    listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "config", "classify", "--json"], capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout.count('"key": "classify.') == len(
+        [key for key, _, _ in field_docs() if key.startswith("classify.")]
+    )

@@ -79,3 +79,22 @@ def test_cli_exits_2_on_a_bad_key(tiny_model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "train", str(config), "train.epoch=1"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Did you mean 'epochs'" in done.stderr
+
+
+def test_a_config_file_beside_resume_is_refused_not_ignored(cli, tiny_model_dir, tmp_path):
+    from tunelab.config import dump_config, load_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"task": "sft", "model": str(tiny_model_dir),
+                                      "train": {"max_steps": 1, "precision": "fp32", "output_dir": str(tmp_path / "runs")}}))
+    run_dir = tmp_path / "runs" / "old"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_config(load_config(config, ["train.lr=1e-3"])))
+    # The file (a changed learning rate, say) was silently dropped for the run's own config.yaml.
+    result = CliRunner().invoke(cli, ["train", str(config), "--resume", str(run_dir)])
+    assert isinstance(result.exception, ConfigError)
+    assert str(config) in str(result.exception) and "--resume" in str(result.exception)
+    # --run-dir beside --resume: the run went on in the --resume folder, the other one unused.
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run_dir), "--run-dir", str(tmp_path / "elsewhere")])
+    assert isinstance(result.exception, ConfigError) and "--run-dir" in str(result.exception)
+    assert not (run_dir / "checkpoints").exists()

@@ -110,3 +110,23 @@ def test_dpo_step_in_smaller_passes_trains_the_same_weights(tmp_path, tiny_model
         config = tiny_config(tiny_model_dir, "preference", max_steps=3, batch_size=8, lr=1e-2, max_pass_tokens=budget)
         run_training(config, Split("preference", pairs, [], []), run_dir=tmp_path / name)
     assert_same_training(tmp_path / "one-pass", tmp_path / "passes")
+
+
+def test_a_pair_whose_answers_differ_only_beyond_max_length_is_reported_not_trained(tmp_path, tiny_model_dir):
+    """Cut to data.max_length, chosen and rejected were the same tokens: a pair with no gradient that still counted in
+    every step's mean (and as a miss in validation), trained on without a word."""
+    shared = "The capital of France is Paris. The capital of Italy is Rome. " * 3
+    tied = [PreferenceRecord(({"role": "user", "content": f"Tell me {i}"},), shared + "Four score.", shared + "No idea.", source=f"tied:{i}")
+            for i in range(2)]
+    pairs = preference_records(4)
+    config = tiny_config(tiny_model_dir, "preference", max_steps=1, batch_size=8)
+    config = config.model_copy(update={"data": config.data.model_copy(update={"max_length": 32})})
+    result = run_training(config, Split("preference", pairs + tied, tied[:1], []), run_dir=tmp_path / "dpo")
+    trained = json.loads(RunFolder(tmp_path / "dpo").reference_log_probs.read_text())
+    assert sorted(row["source"] for row in trained) == sorted(p.source for p in pairs)
+    assert sum("tied:" in warning and "max_length" in warning for warning in result.warnings) == 2
+
+    from tunelab.errors import DataError
+
+    with pytest.raises(DataError, match="max_length"):
+        run_training(config, Split("preference", tied, [], []), run_dir=tmp_path / "only-tied")

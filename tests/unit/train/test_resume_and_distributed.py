@@ -169,3 +169,20 @@ def test_fsdp2_on_two_processes_trains_like_one_and_resumes_after_one_rank_is_ki
     b, c = _adapter(tmp_path / "fsdp"), _adapter(tmp_path / "killed")
     for name in b:
         torch.testing.assert_close(c[name], b[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_a_run_resumed_on_another_number_of_processes_is_refused(tiny_model_dir, tmp_path):
+    """The global batch is batch_size x processes: resumed on one process, a run trained on two once went on with other
+    examples per step and twice the steps (12 examples, 1 epoch: 3 steps of 4 became 6 of 2) without a word."""
+    settings = {"max_steps": None, "epochs": 1, "batch_size": 2, "lora": {"dropout": 0.0}}
+    launch = _launched("--num_processes 2 --mixed_precision no --main_process_port 29519",
+                       [str(tiny_model_dir), str(tmp_path / "two"), "fresh", *_args(settings)])
+    double = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, _failure(double)
+    assert _result(double.stdout)["steps"] == 3
+    single = subprocess.run([sys.executable, str(CHILD), str(tiny_model_dir), str(tmp_path / "two"), "resume", *_args(settings)],
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode != 0 and "RESULT" not in single.stdout
+    assert "trained on 2 processes" in single.stderr and "resumed on 1" in single.stderr
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["best", "step-2", "step-3"]  # nothing lost

@@ -204,3 +204,87 @@ def test_the_best_weights_of_a_validation_between_checkpoints_are_the_ones_kept(
     assert final.keys() == snapshots[2].keys()
     assert all(torch.equal(final[name], snapshots[2][name]) for name in final)
     assert not all(torch.equal(final[name], snapshots[6][name]) for name in final)
+
+
+def test_a_run_stopped_early_and_interrupted_before_its_weights_are_saved_resumes_to_the_same_stop(tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Early stopping writes its checkpoint, then the run saves its weights; interrupted in between, a resume once
+    went on training past the step where the uninterrupted run stopped."""
+    from tunelab.models.adapters import apply_method
+
+    config = tiny_config(tiny_model_dir, max_steps=10, eval_every=1, save_every=10, early_stopping_patience=2)
+    examples, _ = tokenize_records(sft_records(8), "sft", tiny_tokenizer, max_length=64)
+    scores = iter([10.0, 1.0, 1.0])  # the first validation is the best; two worse ones stop the run at step 3
+
+    class Interrupted(Exception):
+        pass
+
+    def progress(event):
+        if event.step == 3:
+            raise Interrupted  # after the step's checkpoint, before the loop returns
+
+    def train(model, *, resume, **extra):
+        accelerator, _ = make_accelerator(config, RunFolder(tmp_path / "run"))
+        return train_loop(
+            model=apply_method(model, config), train_examples=examples, validation_examples=examples[:2],
+            collate=LMCollate(tiny_tokenizer.pad_token_id, 64), loss_fn=lm_loss_sum, config=config.train, max_length=64,
+            run=RunFolder(tmp_path / "run"), accelerator=accelerator, resume=resume,
+            validation_score=lambda model_, batch: torch.tensor(next(scores, 1.0)), **extra,
+        )
+
+    with pytest.raises(Interrupted):
+        train(tiny_model, resume=False, progress=progress)
+    resumed = train(load_model(str(tiny_model_dir)).model, resume=True)
+    assert resumed.stopped_early and resumed.steps == 3 and resumed.best_step == 1
+    assert [row["step"] for row in _metrics(tmp_path / "run") if "loss" in row] == [1, 2, 3]
+
+
+def test_the_learning_rate_logged_at_a_step_is_the_one_that_step_trained_with(tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """metrics.jsonl and the progress once showed the next step's rate (0.0 at the last step of a decaying schedule)."""
+    config = tiny_config(tiny_model_dir, max_steps=4, warmup_ratio=0.5, scheduler="linear", lr=3e-3)
+    used, shown = [], []
+    model = apply_method(tiny_model, config)
+    examples, _ = tokenize_records(sft_records(8), "sft", tiny_tokenizer, max_length=64)
+    accelerator, _ = make_accelerator(config, RunFolder(tmp_path / "run"))
+    original_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", step)
+        train_loop(
+            model=model, train_examples=examples, validation_examples=[], collate=LMCollate(tiny_tokenizer.pad_token_id, 64),
+            loss_fn=lm_loss_sum, config=config.train, max_length=64, run=RunFolder(tmp_path / "run"), accelerator=accelerator,
+            progress=lambda event: shown.append(event.lr),
+        )
+    # Two warmup steps (1/3, 2/3 of the peak), then linear decay from the peak over the last two.
+    assert used == pytest.approx([1e-3, 2e-3, 3e-3, 1.5e-3])
+    assert [row["lr"] for row in _metrics(tmp_path / "run") if "lr" in row] == pytest.approx(used)
+    assert shown == pytest.approx(used)
+
+
+def test_sft_conversations_with_every_answer_at_weight_zero_are_named_as_such(tiny_model_dir, tmp_path):
+    """Every assistant turn at weight 0 trains nothing: the run blamed data.max_length and said to raise it."""
+    from tunelab.data.records import SFTRecord
+    from tunelab.errors import DataError
+
+    unweighted = [
+        SFTRecord(({"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello.", "weight": 0}), source=f"chat.jsonl:{i}")
+        for i in range(3)
+    ]
+    config = tiny_config(tiny_model_dir, max_steps=1)
+    with pytest.raises(DataError, match="weight 0") as info:
+        run_training(config, records_split(unweighted), run_dir=tmp_path / "none")
+    assert "raise data.max_length" not in str(info.value.hint)
+    result = run_training(config, records_split(sft_records(4) + unweighted[:1]), run_dir=tmp_path / "some")
+    assert [w for w in result.warnings if "chat.jsonl:0" in w] and all("weight 0" in w for w in result.warnings if "chat.jsonl:0" in w)
+
+
+def test_early_stopping_without_a_validation_split_says_it_never_applies(tiny_model_dir, tmp_path):
+    """train.early_stopping_patience with no validation examples was ignored without a word."""
+    config = tiny_config(tiny_model_dir, max_steps=2, early_stopping_patience=1)
+    result = run_training(config, records_split(sft_records(4)), run_dir=tmp_path / "run")
+    assert result.steps == 2 and any("early_stopping_patience" in w and "no validation" in w for w in result.warnings)
+    quiet = run_training(tiny_config(tiny_model_dir, max_steps=2), records_split(sft_records(4)), run_dir=tmp_path / "quiet")
+    assert not any("early_stopping_patience" in w for w in quiet.warnings)
