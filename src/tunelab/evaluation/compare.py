@@ -19,7 +19,7 @@ import numpy as np
 
 from tunelab.errors import DataError
 from tunelab.evaluation.metrics import PRIMARY_METRIC, metric_specs, score_table
-from tunelab.evaluation.result import EvalResult, _json_safe
+from tunelab.evaluation.result import EvalResult, json_safe
 from tunelab.paths import atomic_write_text
 
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
@@ -122,7 +122,7 @@ class Comparison:
         data = asdict(self)
         for item, metric in zip(data["metrics"], self.metrics, strict=True):
             item["outcome"] = metric.outcome
-        return _json_safe(data)
+        return json_safe(data)
 
     def save(self, path: str | Path) -> Path:
         return _save_json(path, self.to_dict())
@@ -262,7 +262,7 @@ class Verdict:
         data = {key: value for key, value in asdict(self).items() if key != "comparisons"}
         data["comparisons"] = {name: comparison.to_dict() for name, comparison in self.comparisons.items()}
         data["paid_off"] = self.paid_off
-        return _json_safe(data)
+        return json_safe(data)
 
     def save(self, path: str | Path) -> Path:
         return _save_json(path, self.to_dict())

@@ -28,14 +28,15 @@ def test_fingerprint(task: str, record_ids: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _json_safe(value: Any) -> Any:
-    # JSON has no NaN/Infinity; write null so the file stays standard JSON any tool can read.
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None (null): JSON has no NaN/Infinity, so a file stays standard
+    JSON any tool reads, and a response stays valid (a chart draws null as a gap)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -67,7 +68,7 @@ class EvalResult:
         return [row["id"] for row in self.rows]
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON (atomically) and return the path."""

@@ -384,18 +384,6 @@ def finished_baselines(run_dir: Path, pipeline: dict[str, Any] | None = None) ->
     return found
 
 
-def json_finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float as None: JSON has no NaN (the response would be a 500), and a chart
-    draws None as a gap. A diverged validation loss or a baseline's undefined metric is logged as NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_finite(item) for item in value]
-    return value
-
-
 def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dict[str, Any]:
     """What a page polls while a run trains, and draws afterwards.
 
@@ -428,7 +416,10 @@ def progress(run_dir: str | Path | None, record: RunRecord | None = None) -> dic
         "train_loss": log.train_loss, "validation_loss": log.validation_loss,
         "validation_score": log.validation_score, "lr": log.lr,
     }
-    return json_finite({
+    # A diverged validation loss or a baseline's undefined metric is logged as NaN: sent as null, a gap in the chart.
+    from tunelab.evaluation.result import json_safe
+
+    return json_safe({
         "steps": steps,
         "timings": pipeline.get("timings") or {},
         "train": log.train_loss,

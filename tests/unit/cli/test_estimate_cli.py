@@ -3,18 +3,25 @@
 import json
 
 
+def _sft_config(tmp_path, tiny_model_dir):
+    """A small sft config over 10 examples, with the CLI's commands registered."""
+    from tunelab.cli import main as cli_main
+
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(10)) + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"task: sft\nmodel: {tiny_model_dir}\ndata:\n  train: train.jsonl\n  max_length: 32\n")
+    return config
+
+
 def test_cli_estimate_json_and_errors(tmp_path, tiny_model_dir):
     from typer.testing import CliRunner
 
     from tunelab.cli import main as cli_main
     from tunelab.errors import TunelabError
 
-    if not cli_main.app.registered_commands:
-        cli_main._register_commands()
-    train = tmp_path / "train.jsonl"
-    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(10)) + "\n")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"task: sft\nmodel: {tiny_model_dir}\ndata:\n  train: train.jsonl\n  max_length: 32\n")
+    config = _sft_config(tmp_path, tiny_model_dir)
     runner = CliRunner()
     result = runner.invoke(cli_main.app, ["estimate", str(config), "train.epochs=2", "--no-calibrate", "--json"])
     assert result.exit_code == 0, result.output
@@ -35,12 +42,7 @@ def test_a_tiny_runs_price_reads_as_money_not_scientific_notation(tmp_path, tiny
 
     from tunelab.cli import main as cli_main
 
-    if not cli_main.app.registered_commands:
-        cli_main._register_commands()
-    train = tmp_path / "train.jsonl"
-    train.write_text("\n".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) for i in range(10)) + "\n")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"task: sft\nmodel: {tiny_model_dir}\ndata:\n  train: train.jsonl\n  max_length: 32\n")
+    config = _sft_config(tmp_path, tiny_model_dir)
     table = CliRunner().invoke(cli_main.app, ["estimate", str(config), "--no-calibrate"], terminal_width=200)
     assert table.exit_code == 0, table.output
     assert not re.search(r"\d[eE]-\d", table.output), table.output
