@@ -15,9 +15,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from jinja2 import TemplateError
+
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import Message, message_text
+from tunelab.errors import DataError
 
+# Opens the assistant's turn for a model with no chat template (a base model).
+NO_TEMPLATE_ANSWER = "Answer: "
 CLASSIFY_INSTRUCTION = "Classify the following text. Answer with the category only."
 
 
@@ -131,21 +136,71 @@ def chat_inputs(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dic
     return [{"role": m["role"], "content": m["content"]} for m in shown], {}
 
 
+def _model_name(tokenizer: Any) -> str:
+    return getattr(tokenizer, "name_or_path", "") or "the model"
+
+
+def _fold_system(shown: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """``shown`` with a leading system message written at the start of the first user turn; None: nothing to fold.
+
+    What Gemma's and Mistral's own documentation say to do with a system prompt (Gemma 3's template does it itself).
+    """
+    if len(shown) < 2 or shown[0]["role"] != "system" or shown[1]["role"] != "user":
+        return None
+    first = {**shown[1], "content": f"{shown[0]['content']}\n\n{shown[1]['content']}"}
+    return [first, *shown[2:]]
+
+
+def _apply_template(tokenizer: Any, shown: list[dict[str, Any]], extra: dict[str, Any], **options: Any) -> Any:
+    """``apply_chat_template``; a template that refuses a system role gets it folded into the first user turn.
+
+    Raises:
+        DataError: when the template refuses the conversation (roles that do not alternate, an unknown role, ...).
+    """
+    try:
+        return tokenizer.apply_chat_template(shown, **options, **extra)
+    except TemplateError as error:
+        folded = _fold_system(shown)
+        if folded is not None:
+            try:
+                return tokenizer.apply_chat_template(folded, **options, **extra)
+            except TemplateError:
+                pass
+        roles = "/".join(m["role"] for m in shown)
+        raise DataError(
+            f"the chat template of {_model_name(tokenizer)} refuses a conversation with roles {roles}: {error}",
+            "give the records the turns this template accepts (e.g. user and assistant alternating, starting with user), or use another model",
+        ) from None
+
+
 def render_chat(
     tokenizer: Any, messages: Sequence[Message], *, tools: Sequence[dict[str, Any]] = (), add_generation_prompt: bool = False
 ) -> str:
-    """A conversation as the text the model reads (its chat template; plain turns when it has none)."""
+    """A conversation as the text the model reads (its chat template; plain turns when it has none).
+
+    Without a template the turns are paragraphs and each assistant turn starts with "Answer: ", the same words
+    that open the assistant turn of a prompt, so a conversation renders its earlier turns the same way whatever
+    follows them (``tokenize_sft`` finds each answer's tokens that way).
+
+    Raises:
+        DataError: when the chat template refuses the conversation (see ``_apply_template``).
+    """
     shown, extra = chat_inputs(tokenizer, messages, tools)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(shown, add_generation_prompt=add_generation_prompt, tokenize=False, **extra)
-    return "\n\n".join(m["content"] for m in shown) + ("\n\nAnswer: " if add_generation_prompt else "")
+        return _apply_template(tokenizer, shown, extra, add_generation_prompt=add_generation_prompt, tokenize=False)
+    turns = [f"{NO_TEMPLATE_ANSWER}{m['content']}" if m["role"] == "assistant" else m["content"] for m in shown]
+    return "\n\n".join(turns) + (f"\n\n{NO_TEMPLATE_ANSWER}" if add_generation_prompt else "")
 
 
 def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[dict[str, Any]] = ()) -> list[int]:
-    """Token ids of ``messages`` with the assistant turn opened, ready for the answer's first token."""
+    """Token ids of ``messages`` with the assistant turn opened, ready for the answer's first token.
+
+    Raises:
+        DataError: when the chat template refuses the conversation (see ``_apply_template``).
+    """
     if getattr(tokenizer, "chat_template", None):
         shown, extra = chat_inputs(tokenizer, messages, tools)
-        ids = tokenizer.apply_chat_template(shown, add_generation_prompt=True, tokenize=True, **extra)
+        ids = _apply_template(tokenizer, shown, extra, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)

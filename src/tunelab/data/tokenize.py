@@ -38,6 +38,7 @@ from tunelab.data import templates
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, SFTRecord, TextRecord
 from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
+from tunelab.errors import DataError
 from tunelab.paths import cache_dir
 
 IGNORE_INDEX = -100
@@ -128,8 +129,8 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
     calls and the record's tool schemas go through ``templates.render_chat``.
 
     Raises:
-        ValueError: when the chat template does not render a conversation's beginning the same way
-            as the whole conversation (the trained tokens could not be found).
+        DataError: when the chat template refuses the conversation, or does not render a conversation's
+            beginning the same way as the whole conversation (the trained tokens could not be found).
     """
     eos = _eos_id(tokenizer)
     input_ids: list[int] = []
@@ -138,9 +139,19 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
     messages = with_system_prompt(list(record.messages), system_prompt)
 
     def render(upto: int, *, opened: bool) -> str:
-        text = render_chat(tokenizer, messages[:upto], tools=record.tools, add_generation_prompt=opened)
+        try:
+            text = render_chat(tokenizer, messages[:upto], tools=record.tools, add_generation_prompt=opened)
+        except DataError as error:
+            raise DataError(f"{record.source}: {error.message}", error.hint) from None
         if not text.startswith(rendered):
-            raise ValueError(f"{record.source}: the chat template renders turn {upto} differently from the conversation before it")
+            # Masking by position here would train on the wrong tokens (Qwen3's template, for one, drops an earlier
+            # turn's reasoning once a user turn follows it).
+            raise DataError(
+                f"{record.source}: the chat template of {getattr(tokenizer, 'name_or_path', '') or 'the model'} renders "
+                f"an earlier turn differently once turn {upto} follows it, so the assistant's tokens cannot be told apart",
+                "give each record one assistant turn to learn (the earlier turns as context in it), or use a model whose "
+                "template renders each turn the same way whatever follows",
+            )
         return text
 
     for index, message in enumerate(messages):
@@ -148,7 +159,12 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
             continue
         # The generation prompt (e.g. "<|im_start|>assistant\n") belongs to the prompt side.
         with_prompt = render(index, opened=True)
-        piece = _encode(tokenizer, with_prompt[len(rendered) :])
+        if not rendered and not getattr(tokenizer, "chat_template", None):
+            # No template writes the BOS into the text: the tokenizer's own special tokens start the prompt, as they
+            # start the inference prompt (``render_prompt_ids``).
+            piece = tokenizer.encode(with_prompt, add_special_tokens=True)
+        else:
+            piece = _encode(tokenizer, with_prompt[len(rendered) :])
         input_ids += piece
         labels += [IGNORE_INDEX] * len(piece)
         rendered = with_prompt

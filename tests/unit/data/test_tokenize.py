@@ -191,3 +191,100 @@ def test_the_code_fingerprint_holds_without_source_files(monkeypatch):
         assert without != with_sources and without == module.code_fingerprint.__wrapped__()
     finally:
         module.code_fingerprint.cache_clear()
+
+
+# Gemma 2's template (its turn markers replaced by the tiny tokenizer's): no system role, strictly alternating roles.
+GEMMA_LIKE_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _with_template(tokenizer, template, name="google/gemma-2-2b-it"):
+    import copy
+
+    changed = copy.deepcopy(tokenizer)
+    changed.chat_template = template
+    changed.name_or_path = name
+    return changed
+
+
+def test_a_system_prompt_is_folded_into_the_first_user_turn_when_the_template_has_no_system_role(tiny_tokenizer):
+    from tunelab.inference import chat_prompt
+
+    gemma = _with_template(tiny_tokenizer, GEMMA_LIKE_TEMPLATE)
+    record = SFTRecord(({"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "four"}))
+    example = tokenize_sft(record, gemma, max_length=256, system_prompt="Be brief.")
+    assert tiny_tokenizer.decode(example.input_ids).startswith("<|im_start|><|im_start|>user\nBe brief.\n\nWhat is two plus two?<|im_end|>")
+    assert _trained_text(gemma, example) == "four<|im_end|>"
+    # Training, classify and inference fold it the same way: the prompt trained on is the prompt served.
+    prompt = chat_prompt(gemma, [{"role": "user", "content": "What is two plus two?"}], system_prompt="Be brief.")
+    assert example.input_ids[: len(prompt.ids)] == prompt.ids
+    label_map = build_label_map(["billing", "shipping"], gemma)
+    classify = tokenize_classify(ClassifyRecord("my card", "billing"), gemma, label_map, 256, "Be brief.")
+    assert "user\nBe brief.\n\nClassify" in gemma.decode(classify.input_ids)
+
+
+def test_a_conversation_the_template_refuses_is_one_line_naming_the_record_and_model(tiny_tokenizer):
+    from tunelab.errors import DataError
+
+    gemma = _with_template(tiny_tokenizer, GEMMA_LIKE_TEMPLATE)
+    record = SFTRecord(
+        ({"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}), source="chat.jsonl:3"
+    )
+    with pytest.raises(DataError, match=r"chat.jsonl:3: the chat template of google/gemma-2-2b-it refuses .*user/user.*alternate") as caught:
+        tokenize_sft(record, gemma, max_length=256)
+    assert "\n" not in caught.value.message
+
+
+def test_a_template_that_rewrites_earlier_turns_fails_loudly_instead_of_masking_wrong_tokens(tiny_tokenizer):
+    from tunelab.errors import DataError
+
+    # Like Qwen3's: an assistant turn that is no longer the last is rendered shorter.
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+        "{{ '<|im_start|>assistant\\n' + m['content'][:1] + '<|im_end|>\\n' }}"
+        "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    qwen = _with_template(tiny_tokenizer, template, name="Qwen/Qwen3-0.6B")
+    record = SFTRecord(
+        (
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "four"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "five"},
+        ),
+        source="chat.jsonl:7",
+    )
+    with pytest.raises(DataError, match=r"chat.jsonl:7: the chat template of Qwen/Qwen3-0.6B renders an earlier turn differently"):
+        tokenize_sft(record, qwen, max_length=256)
+
+
+def test_sft_without_a_chat_template_trains_the_answers_after_the_inference_prompt(tiny_tokenizer):
+    from tokenizers.processors import TemplateProcessing
+
+    plain = _with_template(tiny_tokenizer, None, name="a-base-model")
+    # A base model's tokenizer that starts every text with its BOS (Llama's do).
+    bos = plain.bos_token_id
+    plain.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    record = SFTRecord(
+        (
+            {"role": "user", "content": "capital of France?"},
+            {"role": "assistant", "content": "Paris"},
+            {"role": "user", "content": "and Italy?"},
+            {"role": "assistant", "content": "Rome"},
+        )
+    )
+    example = tokenize_sft(record, plain, max_length=256)
+    assert _trained_text(plain, example) == "Paris<|im_end|>Rome<|im_end|>"
+    prompt_ids = render_prompt_ids(plain, list(record.messages[:1]))
+    assert prompt_ids[0] == bos
+    assert example.input_ids[: len(prompt_ids)] == prompt_ids
+    assert plain.decode(example.input_ids) == (
+        "<|im_start|>capital of France?\n\nAnswer: Paris<|im_end|>\n\nand Italy?\n\nAnswer: Rome<|im_end|>"
+    )
