@@ -30,17 +30,27 @@ def parse_grid(grid: list[str]) -> list[tuple[str, list[str]]]:
     Values stay as typed (the config validation types them), so run names read like the command.
 
     Raises:
-        ConfigError: for an item without '=' or without values.
+        ConfigError: for an item without '=' or without values, a value given twice, or a key given twice
+            (every variant would run twice, or the later item would silently replace the earlier one).
     """
-    axes = []
+    axes: list[tuple[str, list[str]]] = []
     for item in grid:
         if "=" not in item:
             raise ConfigError(f"grid item '{item}' is not of the form key=v1,v2 (e.g. train.lr=1e-4,3e-4)")
         key, raw = item.split("=", 1)
+        key = key.strip()
         values = [value.strip() for value in raw.split(",") if value.strip()]
-        if not key.strip() or not values:
+        if not key or not values:
             raise ConfigError(f"grid item '{item}' needs a key and at least one value")
-        axes.append((key.strip(), values))
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ConfigError(f"grid item '{item}' gives {', '.join(repeated)} twice: those variants would run twice")
+        if any(key == earlier for earlier, _ in axes):
+            raise ConfigError(
+                f"grid key '{key}' is given twice (the later --grid would replace the earlier in every variant)",
+                f"give its values once: --grid {key}=V1,V2,...",
+            )
+        axes.append((key, values))
     return axes
 
 
