@@ -233,7 +233,7 @@ def sweep(
     elif engine == "local":
         with progress_display(quiet=as_json) as display:
             entries = run_sweep(config_path, overrides or [], grid, on_event=shown_events(display, as_json), train_progress=display.training,
-                                eval_progress=display.advance)
+                                eval_progress=display.advance, metric=metric)
         rows = leaderboard(entries, metric)
     else:
         from tunelab.errors import ConfigError

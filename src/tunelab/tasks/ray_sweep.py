@@ -177,20 +177,20 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     """Run a sweep as a Ray Tune experiment; returns its leaderboard (best first).
 
     Raises:
-        ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, or a
-            budget in dollars without a price.
+        ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, a
+            ``settings.metric`` the task does not measure, or a budget in dollars without a price.
     """
     tune = require_ray()
     import ray
 
     from tunelab.config import load_config
     from tunelab.registry.store import Registry, default_registry_path
-    from tunelab.tasks.sweep import sweep_overrides
+    from tunelab.tasks.sweep import check_metric, sweep_overrides
 
     config_path = Path(config_path).resolve()
     base = load_config(config_path, base_overrides)
     for overrides in sweep_overrides(grid):  # every combination must make a valid config before any trial runs
-        load_config(config_path, [*base_overrides, *overrides])
+        check_metric(settings.metric, load_config(config_path, [*base_overrides, *overrides]))
     output_dir = Path(base.train.output_dir).resolve()
     name = settings.name or f"{base.name or 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = output_dir / SWEEPS_SUBDIR

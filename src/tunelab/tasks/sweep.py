@@ -69,23 +69,31 @@ def run_sweep(
     train_progress: Callable[[Any], None] | None = None,
     eval_progress: Callable[[int], None] | None = None,
     calibrate: bool = False,
+    metric: str | None = None,
 ) -> list[SweepEntry]:
     """Run every combination of ``grid`` on top of the config; the baseline is shared through the cache.
 
     A failing variant does not stop the others (there is no guarantee every variant works); its
-    error is kept in the entry. Every config is validated before any variant runs.
+    error is kept in the entry. Every config, and the leaderboard's ``metric``, is validated before any
+    variant runs.
 
     Raises:
-        ConfigError: for a bad grid or a combination that makes an invalid config.
+        ConfigError: for a bad grid, a combination that makes an invalid config, or a ``metric`` the
+            variants' task does not measure.
     """
     from tunelab.config import load_config
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     configs = []
-    for overrides in sweep_overrides(grid):
+    for index, overrides in enumerate(sweep_overrides(grid), 1):
         config = load_config(config_path, [*base_overrides, *overrides])
+        check_metric(metric, config)
         suffix = "-".join(re.sub(r"[^A-Za-z0-9.]+", "", o.split(".")[-1]) for o in overrides)
-        config.name = f"{config.name or 'sweep'}-{stamp}-{suffix}"[:120]
+        name = f"{config.name or 'sweep'}-{stamp}-{suffix}"[:120]
+        if any(name == other.name for _, other in configs):
+            # Values that differ only where the suffix drops them (data/en.jsonl, data/de.jsonl): one run folder each.
+            name = f"{name[:114]}-v{index}"
+        config.name = name
         configs.append((overrides, config))
     emit = on_event or (lambda step, status, details: None)
     entries = []
@@ -98,6 +106,26 @@ def run_sweep(
             entries.append(SweepEntry(overrides, None, str(error)))
             emit("variant", "warn", {"message": f"{config.name} failed: {error}"})
     return entries
+
+
+def check_metric(metric: str | None, config: Any) -> None:
+    """Refuse a leaderboard ``metric`` that a run of ``config`` does not measure, or that has no better direction.
+
+    Checked before a sweep starts: the leaderboard is made after the last variant, hours later.
+
+    Raises:
+        ConfigError: naming the metric and those the task has.
+    """
+    if metric is None:
+        return
+    from tunelab.evaluation.metrics import OUT_OF_SCOPE_METRICS, TASK_METRICS
+
+    specs = list(TASK_METRICS[config.task])
+    if config.task == "classify" and config.data.out_of_scope_label is not None:
+        specs += OUT_OF_SCOPE_METRICS
+    rankable = [spec.name for spec in specs if spec.higher_is_better is not None]
+    if metric not in rankable:
+        raise ConfigError(f"--metric {metric!r} cannot rank {config.task} runs", f"use one of {', '.join(rankable)}")
 
 
 def leaderboard(entries: list[SweepEntry], metric: str | None = None) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 import pytest
 
 from tunelab.errors import ConfigError
-from tunelab.tasks.sweep import parse_grid
+from tunelab.tasks import sweep
+from tunelab.tasks.sweep import parse_grid, run_sweep
 
 
 @pytest.mark.parametrize(
@@ -13,3 +14,42 @@ from tunelab.tasks.sweep import parse_grid
 def test_a_grid_that_would_run_the_same_variant_twice_is_refused(grid):
     with pytest.raises(ConfigError, match="train.lr"):
         parse_grid(grid)
+
+
+def _sweep_config(tmp_path):
+    for name in ("en.jsonl", "de.jsonl"):
+        (tmp_path / name).write_text('{"text": "apple", "label": "A"}\n{"text": "card", "label": "B"}\n')
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"task: classify\nmodel: tiny\nname: sw\ndata: {{train: en.jsonl}}\ntrain: {{output_dir: {tmp_path / 'runs'}}}\n")
+    return path
+
+
+def test_variants_that_differ_only_in_a_path_get_their_own_run_folders(tmp_path, monkeypatch):
+    names = []
+    monkeypatch.setattr(sweep, "run_pipeline", lambda config, **kwargs: names.append(config.name))
+    run_sweep(_sweep_config(tmp_path), [], [f"data.train={tmp_path / 'en.jsonl'},{tmp_path / 'de.jsonl'}", "train.lr=1e-4,2e-4"])
+    assert len(names) == 4 and len(set(names)) == 4, names
+
+
+def test_an_unknown_metric_is_refused_before_any_variant_runs(tmp_path, monkeypatch):
+    def never(config, **kwargs):
+        raise AssertionError("a variant ran")
+
+    monkeypatch.setattr(sweep, "run_pipeline", never)
+    with pytest.raises(ConfigError, match="acuracy"):
+        run_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"], metric="acuracy")
+    names = []
+    monkeypatch.setattr(sweep, "run_pipeline", lambda config, **kwargs: names.append(config.name))
+    run_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4"], metric="macro_f1")
+    assert len(names) == 1
+
+
+def test_the_ray_engine_refuses_an_unknown_metric_before_starting_ray(tmp_path):
+    pytest.importorskip("ray.tune")
+    import ray
+
+    from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+
+    with pytest.raises(ConfigError, match="acuracy"):
+        run_ray_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"], RaySweepSettings(metric="acuracy"))
+    assert not ray.is_initialized()
