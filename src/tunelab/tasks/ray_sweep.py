@@ -173,6 +173,46 @@ def asha_scheduler(experiment: Path) -> Any:
     return DurableASHAScheduler(rungs, time_attr="step", grace_period=1, reduction_factor=2, max_t=10**9)
 
 
+SPEC_FILE = "tunelab-sweep.json"
+
+
+def same_sweep(experiment: Path, config_path: Path, base_overrides: list[str], grid: list[str], settings: RaySweepSettings, *,
+               restored: bool) -> None:
+    """Keep what a sweep was started with beside its experiment; refuse to continue it with something else.
+
+    Tune's restore keeps the trials of the grid it began with and ignores a new ``--grid``, while its unfinished
+    trials read the config file and the overrides as they are now: finished and continued trials would then be
+    ranked together though they ran different configs.
+
+    Raises:
+        ConfigError: when the sweep ``experiment`` was started with another config file, overrides, grid, search or metric.
+    """
+    import hashlib
+
+    from tunelab.paths import atomic_write_text
+
+    spec = {
+        "config": hashlib.sha256(Path(config_path).read_bytes()).hexdigest(), "overrides": list(base_overrides),
+        "grid": list(grid), "search": settings.search, "trials": settings.trials, "asha": settings.asha, "metric": settings.metric,
+    }
+    path = Path(experiment) / SPEC_FILE
+    if not restored:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(spec, indent=1))
+        return
+    try:
+        started = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # started before tunelab kept its spec: nothing to compare with
+    changed = [key for key in spec if started.get(key) != spec[key]]
+    if changed:
+        what = ", ".join("the config file's content" if key == "config" else key for key in changed)
+        raise ConfigError(
+            f"sweep {Path(experiment).name} was started with another {what}; continuing it would rank trials of both together",
+            "run the command it was started with to continue it, or give this one another --name",
+        )
+
+
 def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list[str], settings: RaySweepSettings) -> RaySweepResult:
     """Run a sweep as a Ray Tune experiment; returns its leaderboard (best first).
 
@@ -211,6 +251,7 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
         ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     restored = tune.Tuner.can_restore(str(experiment))
+    same_sweep(experiment, config_path, base_overrides, grid, settings, restored=restored)
     if restored:
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

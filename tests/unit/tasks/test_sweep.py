@@ -53,3 +53,24 @@ def test_the_ray_engine_refuses_an_unknown_metric_before_starting_ray(tmp_path):
     with pytest.raises(ConfigError, match="acuracy"):
         run_ray_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"], RaySweepSettings(metric="acuracy"))
     assert not ray.is_initialized()
+
+
+def test_continuing_a_ray_sweep_with_another_grid_config_or_overrides_is_refused(tmp_path):
+    from tunelab.tasks.ray_sweep import RaySweepSettings, same_sweep
+
+    config = _sweep_config(tmp_path)
+    experiment = tmp_path / "runs" / "sweeps" / "night"
+    settings = RaySweepSettings(name="night")
+    same_sweep(experiment, config, ["train.epochs=2"], ["train.lr=1e-4,2e-4"], settings, restored=False)  # a new sweep: kept
+    same_sweep(experiment, config, ["train.epochs=2"], ["train.lr=1e-4,2e-4"], settings, restored=True)  # the same sweep again
+    for overrides, grid, change in [
+        (["train.epochs=3"], ["train.lr=1e-4,2e-4"], None),
+        (["train.epochs=2"], ["train.lr=1e-4,3e-4"], None),
+        (["train.epochs=2"], ["train.lr=1e-4,2e-4"], "metric"),
+    ]:
+        changed = RaySweepSettings(name="night", metric="macro_f1" if change == "metric" else None)
+        with pytest.raises(ConfigError, match="night"):
+            same_sweep(experiment, config, overrides, grid, changed, restored=True)
+    config.write_text(config.read_text().replace("name: sw", "name: other"))
+    with pytest.raises(ConfigError, match="night"):
+        same_sweep(experiment, config, ["train.epochs=2"], ["train.lr=1e-4,2e-4"], settings, restored=True)
