@@ -213,6 +213,27 @@ def same_sweep(experiment: Path, config_path: Path, base_overrides: list[str], g
         )
 
 
+def trial_row(metrics: dict[str, Any], error: BaseException | None, sweep: str) -> tuple[dict[str, Any], bool]:
+    """A trial's leaderboard row from its last report, and whether the sweep's scheduler stopped it.
+
+    A trial without its final report either was stopped by ASHA (or the budget) between two validations, or
+    its worker failed (an exception outside tunelab's errors, a process killed, a node lost): that one is not
+    the scheduler's doing, and running the sweep's command again continues it.
+    """
+    if metrics.get("row"):
+        return json.loads(metrics["row"]), False
+    run_name = metrics.get("run")
+    lagged = f"{METRIC} {metrics[METRIC]:.4f} at step {metrics.get('step')}" if METRIC in metrics else "before its first validation"
+    if error is not None:
+        inner = getattr(error, "cause", None)  # a RayTaskError's first line names Ray's wrapper; its cause says what failed
+        error = inner if isinstance(inner, BaseException) else error
+        cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = f"its worker failed ({lagged}): {cause}; run the same command with --name {sweep} to continue it"
+        return {"overrides": metrics.get("overrides", ""), "error": reason, "name": run_name}, False
+    reason = f"stopped early by the sweep's scheduler ({lagged})"
+    return {"overrides": metrics.get("overrides", ""), "error": reason, "name": run_name}, True
+
+
 def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list[str], settings: RaySweepSettings) -> RaySweepResult:
     """Run a sweep as a Ray Tune experiment; returns its leaderboard (best first).
 
@@ -282,19 +303,12 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     rows, stopped = [], []
     registry = Registry(default_registry_path(load_config(config_path, context["overrides"])))
     for result in grid_result:
-        metrics = result.metrics or {}
-        if metrics.get("row"):
-            rows.append(json.loads(metrics["row"]))
-            continue
-        # Stopped by ASHA (or by the budget) between two validations: its process ended mid-run.
-        run_name = metrics.get("run")
-        lagged = f"{METRIC} {metrics[METRIC]:.4f} at step {metrics.get('step')}" if METRIC in metrics else "before its first validation"
-        reason = f"stopped early by the sweep's scheduler ({lagged})"
-        rows.append({"overrides": metrics.get("overrides", ""), "error": reason, "name": run_name})
-        if run_name:
-            stopped.append(run_name)
+        row, by_scheduler = trial_row(result.metrics or {}, result.error, name)
+        rows.append(row)
+        if by_scheduler and row.get("name"):
+            stopped.append(row["name"])
             try:
-                registry.update_run(run_name, status="interrupted", error=reason)
+                registry.update_run(row["name"], status="interrupted", error=row["error"])
             except TunelabError:
                 pass  # stopped before its data check registered it: there is no row to mark
     return RaySweepResult(name=name, path=experiment, rows=rank_rows(rows), stopped=stopped, restored=restored)

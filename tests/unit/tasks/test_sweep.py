@@ -74,3 +74,31 @@ def test_continuing_a_ray_sweep_with_another_grid_config_or_overrides_is_refused
     config.write_text(config.read_text().replace("name: sw", "name: other"))
     with pytest.raises(ConfigError, match="night"):
         same_sweep(experiment, config, ["train.epochs=2"], ["train.lr=1e-4,2e-4"], settings, restored=True)
+
+
+def test_a_ray_trial_whose_worker_failed_is_not_reported_as_stopped_by_the_scheduler():
+    from tunelab.tasks.ray_sweep import METRIC, trial_row
+
+    last = {METRIC: 0.71, "step": 20, "run": "night-abc-lr1e4", "overrides": "train.lr=1e-4"}
+    row, stopped = trial_row(last, RuntimeError("The actor died unexpectedly before finishing this task.\nmore"), "night")
+    assert not stopped and row["name"] == "night-abc-lr1e4" and row["overrides"] == "train.lr=1e-4"
+    assert "scheduler" not in row["error"] and "actor died" in row["error"] and "--name night" in row["error"]
+    assert "\n" not in row["error"]
+    row, stopped = trial_row(last, None, "night")
+    assert stopped and row["error"] == f"stopped early by the sweep's scheduler ({METRIC} 0.7100 at step 20)"
+    finished = {**last, "row": '{"overrides": "train.lr=1e-4", "after": 0.9}'}
+    assert trial_row(finished, None, "night") == ({"overrides": "train.lr=1e-4", "after": 0.9}, False)
+
+
+def test_a_ray_task_error_is_told_by_its_cause():
+    pytest.importorskip("ray")
+    from ray.exceptions import RayTaskError
+
+    from tunelab.tasks.ray_sweep import trial_row
+
+    try:
+        raise ValueError("loss is nan at step 7")
+    except ValueError as cause:
+        wrapped = RayTaskError("train", "Traceback (most recent call last):\n  ...", cause)
+    row, stopped = trial_row({"run": "r", "overrides": "train.lr=1"}, wrapped, "night")
+    assert not stopped and "loss is nan at step 7" in row["error"], row
