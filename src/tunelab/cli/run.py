@@ -231,9 +231,18 @@ def sweep(
         if not as_json:
             error_console.print(f"sweep {result.name}{' (continued)' if result.restored else ''}: {result.path}")
     elif engine == "local":
+        # Silently dropped, --name would let a second run start every variant anew, --max-hours never stop one.
+        ray_only = {"--address": address, "--search": search != "grid", "--trials": trials, "--asha": asha,
+                    "--cpus-per-trial": cpus_per_trial != 1, "--gpus-per-trial": gpus_per_trial, "--max-hours": max_hours,
+                    "--max-usd": max_usd, "--usd-per-hour": usd_per_hour, "--name": name}
+        given = [option for option, value in ray_only.items() if value not in (None, False, 0)]
+        if given:
+            from tunelab.errors import ConfigError
+
+            raise ConfigError(f"{', '.join(given)} apply to the Ray engine only", "add --engine ray, or leave them out")
         with progress_display(quiet=as_json) as display:
             entries = run_sweep(config_path, overrides or [], grid, on_event=shown_events(display, as_json), train_progress=display.training,
-                                eval_progress=display.advance)
+                                eval_progress=display.advance, metric=metric)
         rows = leaderboard(entries, metric)
     else:
         from tunelab.errors import ConfigError

@@ -47,18 +47,22 @@ def launch_command(launch: str, tunelab_arguments: list[str]) -> list[str]:
     except ValueError as error:
         raise ConfigError(f"--launch {launch!r}: {error}", 'quote it as one argument, e.g. --launch "--num_processes 2"') from None
 
-    def number(flag: str) -> int:
+    def flag(option: str) -> str:
+        # accelerate takes --num-processes as well as --num_processes (and so every option of its own).
+        return "--" + option[2:].split("=", 1)[0].replace("-", "_") if option.startswith("--") else option
+
+    def number(name: str) -> int:
         for index, option in enumerate(options):
-            if option == flag and index + 1 < len(options) and options[index + 1].isdigit():
+            if "=" not in option and flag(option) == name and index + 1 < len(options) and options[index + 1].isdigit():
                 return int(options[index + 1])
-            if option.startswith(flag + "=") and option.split("=", 1)[1].isdigit():
+            if "=" in option and flag(option) == name and option.split("=", 1)[1].isdigit():
                 return int(option.split("=", 1)[1])
         return 1
 
     several = number("--num_processes") > 1 or number("--num_machines") > 1
-    if several and not any(option.split("=")[0] in _MODE_FLAGS for option in options):
+    if several and not any(flag(option) in _MODE_FLAGS for option in options):
         options = ["--multi_gpu", *options]
-    if not any(option.split("=")[0] == "--dynamo_backend" for option in options):
+    if not any(flag(option) == "--dynamo_backend" for option in options):
         options += ["--dynamo_backend", "no"]  # train.compile decides compilation, not accelerate's defaults
     return [sys.executable, "-m", "accelerate.commands.launch", *options, "-m", "tunelab.cli.main", *tunelab_arguments]
 

@@ -173,24 +173,85 @@ def asha_scheduler(experiment: Path) -> Any:
     return DurableASHAScheduler(rungs, time_attr="step", grace_period=1, reduction_factor=2, max_t=10**9)
 
 
+SPEC_FILE = "tunelab-sweep.json"
+
+
+def same_sweep(experiment: Path, config_path: Path, base_overrides: list[str], grid: list[str], settings: RaySweepSettings, *,
+               restored: bool) -> None:
+    """Keep what a sweep was started with beside its experiment; refuse to continue it with something else.
+
+    Tune's restore keeps the trials of the grid it began with and ignores a new ``--grid``, while its unfinished
+    trials read the config file and the overrides as they are now: finished and continued trials would then be
+    ranked together though they ran different configs.
+
+    Raises:
+        ConfigError: when the sweep ``experiment`` was started with another config file, overrides, grid, search or metric.
+    """
+    import hashlib
+
+    from tunelab.paths import atomic_write_text
+
+    spec = {
+        "config": hashlib.sha256(Path(config_path).read_bytes()).hexdigest(), "overrides": list(base_overrides),
+        "grid": list(grid), "search": settings.search, "trials": settings.trials, "asha": settings.asha, "metric": settings.metric,
+    }
+    path = Path(experiment) / SPEC_FILE
+    if not restored:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(spec, indent=1))
+        return
+    try:
+        started = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # started before tunelab kept its spec: nothing to compare with
+    changed = [key for key in spec if started.get(key) != spec[key]]
+    if changed:
+        what = ", ".join("the config file's content" if key == "config" else key for key in changed)
+        raise ConfigError(
+            f"sweep {Path(experiment).name} was started with another {what}; continuing it would rank trials of both together",
+            "run the command it was started with to continue it, or give this one another --name",
+        )
+
+
+def trial_row(metrics: dict[str, Any], error: BaseException | None, sweep: str) -> tuple[dict[str, Any], bool]:
+    """A trial's leaderboard row from its last report, and whether the sweep's scheduler stopped it.
+
+    A trial without its final report either was stopped by ASHA (or the budget) between two validations, or
+    its worker failed (an exception outside tunelab's errors, a process killed, a node lost): that one is not
+    the scheduler's doing, and running the sweep's command again continues it.
+    """
+    if metrics.get("row"):
+        return json.loads(metrics["row"]), False
+    run_name = metrics.get("run")
+    lagged = f"{METRIC} {metrics[METRIC]:.4f} at step {metrics.get('step')}" if METRIC in metrics else "before its first validation"
+    if error is not None:
+        inner = getattr(error, "cause", None)  # a RayTaskError's first line names Ray's wrapper; its cause says what failed
+        error = inner if isinstance(inner, BaseException) else error
+        cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = f"its worker failed ({lagged}): {cause}; run the same command with --name {sweep} to continue it"
+        return {"overrides": metrics.get("overrides", ""), "error": reason, "name": run_name}, False
+    reason = f"stopped early by the sweep's scheduler ({lagged})"
+    return {"overrides": metrics.get("overrides", ""), "error": reason, "name": run_name}, True
+
+
 def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list[str], settings: RaySweepSettings) -> RaySweepResult:
     """Run a sweep as a Ray Tune experiment; returns its leaderboard (best first).
 
     Raises:
-        ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, or a
-            budget in dollars without a price.
+        ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, a
+            ``settings.metric`` the task does not measure, or a budget in dollars without a price.
     """
     tune = require_ray()
     import ray
 
     from tunelab.config import load_config
     from tunelab.registry.store import Registry, default_registry_path
-    from tunelab.tasks.sweep import sweep_overrides
+    from tunelab.tasks.sweep import check_metric, sweep_overrides
 
     config_path = Path(config_path).resolve()
     base = load_config(config_path, base_overrides)
     for overrides in sweep_overrides(grid):  # every combination must make a valid config before any trial runs
-        load_config(config_path, [*base_overrides, *overrides])
+        check_metric(settings.metric, load_config(config_path, [*base_overrides, *overrides]))
     output_dir = Path(base.train.output_dir).resolve()
     name = settings.name or f"{base.name or 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = output_dir / SWEEPS_SUBDIR
@@ -211,6 +272,7 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
         ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     restored = tune.Tuner.can_restore(str(experiment))
+    same_sweep(experiment, config_path, base_overrides, grid, settings, restored=restored)
     if restored:
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -241,19 +303,12 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     rows, stopped = [], []
     registry = Registry(default_registry_path(load_config(config_path, context["overrides"])))
     for result in grid_result:
-        metrics = result.metrics or {}
-        if metrics.get("row"):
-            rows.append(json.loads(metrics["row"]))
-            continue
-        # Stopped by ASHA (or by the budget) between two validations: its process ended mid-run.
-        run_name = metrics.get("run")
-        lagged = f"{METRIC} {metrics[METRIC]:.4f} at step {metrics.get('step')}" if METRIC in metrics else "before its first validation"
-        reason = f"stopped early by the sweep's scheduler ({lagged})"
-        rows.append({"overrides": metrics.get("overrides", ""), "error": reason, "name": run_name})
-        if run_name:
-            stopped.append(run_name)
+        row, by_scheduler = trial_row(result.metrics or {}, result.error, name)
+        rows.append(row)
+        if by_scheduler and row.get("name"):
+            stopped.append(row["name"])
             try:
-                registry.update_run(run_name, status="interrupted", error=reason)
+                registry.update_run(row["name"], status="interrupted", error=row["error"])
             except TunelabError:
                 pass  # stopped before its data check registered it: there is no row to mark
     return RaySweepResult(name=name, path=experiment, rows=rank_rows(rows), stopped=stopped, restored=restored)

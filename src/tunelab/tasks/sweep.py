@@ -30,17 +30,27 @@ def parse_grid(grid: list[str]) -> list[tuple[str, list[str]]]:
     Values stay as typed (the config validation types them), so run names read like the command.
 
     Raises:
-        ConfigError: for an item without '=' or without values.
+        ConfigError: for an item without '=' or without values, a value given twice, or a key given twice
+            (every variant would run twice, or the later item would silently replace the earlier one).
     """
-    axes = []
+    axes: list[tuple[str, list[str]]] = []
     for item in grid:
         if "=" not in item:
             raise ConfigError(f"grid item '{item}' is not of the form key=v1,v2 (e.g. train.lr=1e-4,3e-4)")
         key, raw = item.split("=", 1)
+        key = key.strip()
         values = [value.strip() for value in raw.split(",") if value.strip()]
-        if not key.strip() or not values:
+        if not key or not values:
             raise ConfigError(f"grid item '{item}' needs a key and at least one value")
-        axes.append((key.strip(), values))
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ConfigError(f"grid item '{item}' gives {', '.join(repeated)} twice: those variants would run twice")
+        if any(key == earlier for earlier, _ in axes):
+            raise ConfigError(
+                f"grid key '{key}' is given twice (the later --grid would replace the earlier in every variant)",
+                f"give its values once: --grid {key}=V1,V2,...",
+            )
+        axes.append((key, values))
     return axes
 
 
@@ -59,23 +69,31 @@ def run_sweep(
     train_progress: Callable[[Any], None] | None = None,
     eval_progress: Callable[[int], None] | None = None,
     calibrate: bool = False,
+    metric: str | None = None,
 ) -> list[SweepEntry]:
     """Run every combination of ``grid`` on top of the config; the baseline is shared through the cache.
 
     A failing variant does not stop the others (there is no guarantee every variant works); its
-    error is kept in the entry. Every config is validated before any variant runs.
+    error is kept in the entry. Every config, and the leaderboard's ``metric``, is validated before any
+    variant runs.
 
     Raises:
-        ConfigError: for a bad grid or a combination that makes an invalid config.
+        ConfigError: for a bad grid, a combination that makes an invalid config, or a ``metric`` the
+            variants' task does not measure.
     """
     from tunelab.config import load_config
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     configs = []
-    for overrides in sweep_overrides(grid):
+    for index, overrides in enumerate(sweep_overrides(grid), 1):
         config = load_config(config_path, [*base_overrides, *overrides])
+        check_metric(metric, config)
         suffix = "-".join(re.sub(r"[^A-Za-z0-9.]+", "", o.split(".")[-1]) for o in overrides)
-        config.name = f"{config.name or 'sweep'}-{stamp}-{suffix}"[:120]
+        name = f"{config.name or 'sweep'}-{stamp}-{suffix}"[:120]
+        if any(name == other.name for _, other in configs):
+            # Values that differ only where the suffix drops them (data/en.jsonl, data/de.jsonl): one run folder each.
+            name = f"{name[:114]}-v{index}"
+        config.name = name
         configs.append((overrides, config))
     emit = on_event or (lambda step, status, details: None)
     entries = []
@@ -88,6 +106,26 @@ def run_sweep(
             entries.append(SweepEntry(overrides, None, str(error)))
             emit("variant", "warn", {"message": f"{config.name} failed: {error}"})
     return entries
+
+
+def check_metric(metric: str | None, config: Any) -> None:
+    """Refuse a leaderboard ``metric`` that a run of ``config`` does not measure, or that has no better direction.
+
+    Checked before a sweep starts: the leaderboard is made after the last variant, hours later.
+
+    Raises:
+        ConfigError: naming the metric and those the task has.
+    """
+    if metric is None:
+        return
+    from tunelab.evaluation.metrics import OUT_OF_SCOPE_METRICS, TASK_METRICS
+
+    specs = list(TASK_METRICS[config.task])
+    if config.task == "classify" and config.data.out_of_scope_label is not None:
+        specs += OUT_OF_SCOPE_METRICS
+    rankable = [spec.name for spec in specs if spec.higher_is_better is not None]
+    if metric not in rankable:
+        raise ConfigError(f"--metric {metric!r} cannot rank {config.task} runs", f"use one of {', '.join(rankable)}")
 
 
 def leaderboard(entries: list[SweepEntry], metric: str | None = None) -> list[dict[str, Any]]:

@@ -50,3 +50,21 @@ def test_cli_run_bad_key_and_json(tmp_path, tiny_model_dir):
     assert all(reason for reason in result["baselines_skipped"].values())
     listed = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "runs", "--registry", str(tmp_path / "runs" / "registry.db"), "--json"], capture_output=True, text=True)
     assert listed.returncode == 0 and "quick" in listed.stdout
+
+
+def test_cli_sweep_refuses_ray_options_with_the_local_engine(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.errors import ConfigError
+    from tunelab.tasks import sweep
+
+    def never(*args, **kwargs):
+        raise AssertionError("the sweep ran")
+
+    monkeypatch.setattr(sweep, "run_sweep", never)
+    _register_commands()
+    for option in (["--name", "night"], ["--asha"], ["--max-hours", "2"], ["--search", "optuna", "--trials", "4"]):
+        result = CliRunner().invoke(app, ["sweep", str(tmp_path / "c.yaml"), "--grid", "train.lr=1e-4,2e-4", *option])
+        assert isinstance(result.exception, ConfigError), (option, result.output, result.exception)
+        assert option[0] in result.exception.message and "--engine ray" in result.exception.hint
