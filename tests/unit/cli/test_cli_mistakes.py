@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from tunelab.cli.main import _register_commands, app
 from tunelab.errors import TunelabError
 from tunelab.evaluation.result import EvalResult
+from tunelab.registry import Registry
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,3 +49,32 @@ def test_an_output_file_that_is_a_folder_is_one_line_before_any_work(tmp_path, t
         message = str(result.exception)
         assert f"{folder} is a folder" in message and "--out" in message and "\n" not in message, message
     assert list(folder.iterdir()) == []
+
+
+def test_a_registry_folder_is_an_error_not_an_empty_registry(tmp_path):
+    # `--registry runs` (the folder, not runs/registry.db) listed "no runs recorded" with exit 0, and `show` said to
+    # run `tunelab run` first, although the folder's registry held runs.
+    Registry(tmp_path / "registry.db").create_run(name="demo", task="classify", status="finished")
+    for args in (["runs"], ["runs", "--json"], ["show", "demo"], ["compare", "demo", "demo"], ["aliases"]):
+        result = _cli(*args, "--registry", tmp_path)
+        assert isinstance(result.exception, TunelabError), (args, result.output, repr(result.exception))
+        assert f"{tmp_path} is a folder" in str(result.exception) and str(tmp_path / "registry.db") in str(result.exception), args
+
+
+def test_aliases_of_a_missing_registry_or_alias_say_so(tmp_path):
+    # `tunelab aliases` printed nothing at all (exit 0) for a registry without aliases or an alias never set, and
+    # created the registry file (and its folders) it was asked to read.
+    missing = tmp_path / "nowhere" / "registry.db"
+    result = _cli("aliases", "--registry", missing)
+    assert isinstance(result.exception, TunelabError) and "no run registry" in str(result.exception), repr(result.exception)
+    assert not missing.parent.exists()
+    registry = Registry(tmp_path / "registry.db")
+    registry.create_run(name="demo", task="classify", status="finished")
+    empty = _cli("aliases", "--registry", registry.path)
+    assert empty.exit_code == 0 and "no aliases" in empty.output, empty.output
+    assert json.loads(_cli("aliases", "--registry", registry.path, "--json").output) == {}
+    unknown = _cli("aliases", "prod", "--registry", registry.path)
+    assert isinstance(unknown.exception, TunelabError) and "no alias 'prod'" in str(unknown.exception), repr(unknown.exception)
+    assert _cli("promote", "prod", "demo", "--registry", registry.path).exit_code == 0
+    history = _cli("aliases", "prod", "--registry", registry.path)
+    assert history.exit_code == 0 and "promote" in history.output, history.output
