@@ -90,9 +90,10 @@ def _event_printer(quiet: bool):
             which = f" {details['baseline']}" if details.get("baseline") else ""
             error_console.print(f"  [dim]{title}{which}: reused cached result {details.get('cached_from', '')}[/]")
         elif status == "done":
-            elapsed = time.perf_counter() - started.get(step, time.perf_counter())
+            # A step that sent no start event (register) has no time to show: it read "(-0.0 s)".
+            elapsed = f"[dim]({time.perf_counter() - started[step]:.1f} s)[/] " if step in started else ""
             summary = _step_summary(step, details)
-            error_console.print(f"  [green]✓[/] {title} [dim]({elapsed:.1f} s)[/] {summary}")
+            error_console.print(f"  [green]✓[/] {title} {elapsed}{summary}")
 
     return on_event
 

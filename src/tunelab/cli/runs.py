@@ -70,7 +70,9 @@ def runs(
         return
     table = Table(title=f"Runs in {registry_path}")
     for column in ("name", "task", "model", "status", "key metric", "verdict", "created"):
-        table.add_column(column)
+        # A name or model too long for its column folds onto more lines rather than ending in "…" (80 columns,
+        # or piped): the name is what `tunelab show` takes.
+        table.add_column(column, overflow="fold" if column in ("name", "model") else "ellipsis")
     for record in records:
         table.add_row(
             record.name,

@@ -78,3 +78,32 @@ def test_aliases_of_a_missing_registry_or_alias_say_so(tmp_path):
     assert _cli("promote", "prod", "demo", "--registry", registry.path).exit_code == 0
     history = _cli("aliases", "prod", "--registry", registry.path)
     assert history.exit_code == 0 and "promote" in history.output, history.output
+
+
+def test_runs_keeps_whole_run_names_at_80_columns(tmp_path, monkeypatch):
+    # Piped (or in an 80-column terminal) the name column was cut to "classify…": the one thing `tunelab show` needs.
+    from tunelab.cli.common import console
+
+    monkeypatch.setattr(console, "width", 80)
+    registry = Registry(tmp_path / "registry.db")
+    names = ["classify-default-20261204-195653", "café-日本-sft-lora-r16-long-name"]
+    for name in names:
+        registry.create_run(name=name, task="classify", model="/some/where/models/SmolLM2-135M-Instruct", status="finished",
+                            comparison={"verdict": "no significant difference"})
+    result = _cli("runs", "--registry", registry.path)
+    assert result.exit_code == 0, result.output
+    first_column = "".join(line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│"))
+    for name in names:
+        assert name in first_column, (name, result.output)
+    assert "/some/where/models/SmolLM2-135M-Instruct" in "".join(
+        line.split("│")[3].strip() for line in result.output.splitlines() if line.startswith("│"))
+
+
+def test_a_step_without_a_start_event_shows_no_negative_time():
+    # `tunelab run` printed "✓ register (-0.0 s)": the register step sends no start event.
+    from tunelab.cli.common import error_console
+    from tunelab.cli.run import _event_printer
+
+    with error_console.capture() as captured:
+        _event_printer(quiet=False)("register", "done", {"id": "abc", "registry": "runs/registry.db"})
+    assert "register" in captured.get() and "-0.0" not in captured.get(), captured.get()
