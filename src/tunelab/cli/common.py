@@ -112,7 +112,8 @@ class ProgressDisplay:
     def begin(self, description: str, *, total: int | None = None, unit: str = "examples", kind: str = "step") -> None:
         """Open the line of a step (closing the one before): a spinner, or a bar when ``total`` is known."""
         self.end()
-        if self.quiet:
+        # No terminal (piped, a log file): nothing to redraw, and rich's Progress prints an empty line when it stops.
+        if self.quiet or not self.progress.console.is_terminal:
             return
         if not self.live:
             self.progress.start()

@@ -69,7 +69,8 @@ def _event_printer(quiet: bool):
             return
         title = STEP_TITLES.get(step, step)
         if status == "baseline progress":
-            show_progress(details)
+            if error_console.is_terminal:  # no terminal: nothing to redraw (and a stopped bar leaves an empty line)
+                show_progress(details)
             return
         stop_bar()
         if status == "start":

@@ -107,3 +107,28 @@ def test_a_step_without_a_start_event_shows_no_negative_time():
     with error_console.capture() as captured:
         _event_printer(quiet=False)("register", "done", {"id": "abc", "registry": "runs/registry.db"})
     assert "register" in captured.get() and "-0.0" not in captured.get(), captured.get()
+
+
+def test_progress_lines_leave_no_blank_lines_when_stderr_is_no_terminal(monkeypatch):
+    # Piped or logged (`tunelab run ... 2>run.log`), each step's progress line left an empty line behind (rich's
+    # Progress prints one on stop when the console is no terminal): "… base", "", "– base skipped".
+    import io
+
+    from rich.console import Console
+
+    from tunelab.cli import common, run
+
+    out = io.StringIO()
+    logged = Console(file=out, force_terminal=False, width=100)
+    monkeypatch.setattr(common, "error_console", logged)
+    monkeypatch.setattr(run, "error_console", logged)
+    with common.progress_display() as display:
+        events = run.shown_events(display, quiet=False)
+        events("baseline", "start", {})
+        events("baseline", "baseline start", {"baseline": "base", "n": 8})
+        events("baseline", "baseline progress", {"baseline": "base", "done": 4, "total": 8})
+        display.advance(4)
+        events("baseline", "baseline skipped", {"baseline": "base", "reason": "it cannot win"})
+        events("baseline", "done", {})
+    lines = out.getvalue().splitlines()
+    assert lines and all(line.strip() for line in lines), lines
