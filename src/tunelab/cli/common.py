@@ -6,12 +6,14 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from tunelab.errors import ConfigError
+from tunelab.paths import check_output_folder
 
 console = Console()
 error_console = Console(stderr=True)
@@ -38,6 +40,20 @@ def config_from_options(section: type[Section], options: Mapping[str, str] | Non
             option = (options or {}).get(field) or "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
             problems.append(f"{option}: {item['msg']} (got {item.get('input')!r})" if item["loc"] else str(item["msg"]))
         raise ConfigError("; ".join(problems)) from None
+
+
+def check_output_file(path: Path | None, option: str = "--out") -> None:
+    """Stop with one line before any work when an output file option names a folder or a place no file can be
+    written (the write came last, as a traceback, after an evaluation had scored every example). None: not given.
+
+    Raises:
+        ConfigError: naming the option and the folder.
+    """
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; {option} takes a file name", f"e.g. {option} {path / 'out.json'}")
+    check_output_folder(path)
 
 
 def print_json(data: Any) -> None:
@@ -96,7 +112,8 @@ class ProgressDisplay:
     def begin(self, description: str, *, total: int | None = None, unit: str = "examples", kind: str = "step") -> None:
         """Open the line of a step (closing the one before): a spinner, or a bar when ``total`` is known."""
         self.end()
-        if self.quiet:
+        # No terminal (piped, a log file): nothing to redraw, and rich's Progress prints an empty line when it stops.
+        if self.quiet or not self.progress.console.is_terminal:
             return
         if not self.live:
             self.progress.start()

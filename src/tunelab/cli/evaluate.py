@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import config_from_options, console, print_json, progress_display, verdict_rich_table
+from tunelab.cli.common import (
+    check_output_file,
+    config_from_options,
+    console,
+    print_json,
+    progress_display,
+    verdict_rich_table,
+)
 from tunelab.errors import DataError
 
 review_app = typer.Typer(help="Blind human A/B review of base vs tuned outputs.", no_args_is_help=True)
@@ -132,6 +139,7 @@ def evaluate_command(
                                       max_test_examples=limit, seed=seed)
     eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples)
+    check_output_file(out)
     names = _baseline_names(baselines, task, train)
     records = load_records(data, task, data_config)
     train_records = load_records(str(train), task, DataConfig(preset=preset, system_prompt=system)) if train is not None else []
@@ -262,6 +270,7 @@ def review_export(
         from tunelab.runs import RunFolder
 
         out = RunFolder(run).review_sheet
+    check_output_file(out)
     sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed)
     console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
 
@@ -327,6 +336,7 @@ def review_pairs_command(
 
     if (sheet is None) == (run is None):
         raise DataError("give either a filled-in SHEET or --run RUN")
+    check_output_file(out)
     if run is not None:
         registry, record, review_sheet = _registry_review(run, registry_path)
         result = registry_review_pairs(registry, record.id, review_sheet, out)

@@ -180,18 +180,23 @@ def aliases(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List aliases and the runs they point at, or one alias's history."""
-    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.cli.runs import open_registry
+    from tunelab.registry import RegistryError
 
-    registry = Registry(registry_path or default_registry_path())
+    registry = open_registry(registry_path)
     if alias is None:
         current = registry.aliases()
         if as_json:
             print_json(current)
             return
+        if not current:
+            console.print(f"no aliases in {registry.path} (set one with `tunelab promote ALIAS RUN`)")
         for name, run_id in current.items():
             console.print(f"{name} -> {run_id} ({registry.get_run(run_id).name})")
         return
     history = [change.as_dict() for change in registry.alias_history(alias)]
+    if not history:
+        raise RegistryError(f"no alias '{alias}' in {registry.path}", f"set it with `tunelab promote {alias} RUN`")
     if as_json:
         print_json(history)
         return

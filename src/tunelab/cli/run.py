@@ -69,7 +69,8 @@ def _event_printer(quiet: bool):
             return
         title = STEP_TITLES.get(step, step)
         if status == "baseline progress":
-            show_progress(details)
+            if error_console.is_terminal:  # no terminal: nothing to redraw (and a stopped bar leaves an empty line)
+                show_progress(details)
             return
         stop_bar()
         if status == "start":
@@ -90,9 +91,10 @@ def _event_printer(quiet: bool):
             which = f" {details['baseline']}" if details.get("baseline") else ""
             error_console.print(f"  [dim]{title}{which}: reused cached result {details.get('cached_from', '')}[/]")
         elif status == "done":
-            elapsed = time.perf_counter() - started.get(step, time.perf_counter())
+            # A step that sent no start event (register) has no time to show: it read "(-0.0 s)".
+            elapsed = f"[dim]({time.perf_counter() - started[step]:.1f} s)[/] " if step in started else ""
             summary = _step_summary(step, details)
-            error_console.print(f"  [green]✓[/] {title} [dim]({elapsed:.1f} s)[/] {summary}")
+            error_console.print(f"  [green]✓[/] {title} {elapsed}{summary}")
 
     return on_event
 

@@ -15,8 +15,22 @@ from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord, defau
 REGISTRY_OPTION = typer.Option(None, "--registry", help="The registry file (default: runs/registry.db).")
 
 
-def _open(path: Path | None) -> Registry:
+def _registry_file(path: Path | None) -> Path:
+    """The registry file a read-only command reads: --registry or the default. A folder is an error, not an empty
+    registry (``--registry runs`` for ``runs/registry.db`` listed "no runs recorded")."""
     path = path or default_registry_path()
+    if path.is_dir():
+        raise RegistryError(f"{path} is a folder, not a run registry", f"pass the registry file: --registry {path / 'registry.db'}")
+    return path
+
+
+def open_registry(path: Path | None) -> Registry:
+    """The registry of a read-only command (``show``, ``compare``, ``aliases``): never created by reading it.
+
+    Raises:
+        RegistryError: for a folder or a file that is not there.
+    """
+    path = _registry_file(path)
     if not path.is_file():
         raise RegistryError(f"no run registry at {path}", "run `tunelab run CONFIG` first, or pass --registry PATH")
     return Registry(path)
@@ -46,7 +60,7 @@ def runs(
     """List recorded runs, newest first: task, model, status, key metric before → after, verdict."""
     if status is not None and status not in STATUSES:
         raise RegistryError(f"unknown status '{status}'", f"use one of {', '.join(STATUSES)}")
-    registry_path = registry_path or default_registry_path()
+    registry_path = _registry_file(registry_path)
     records = Registry(registry_path).list_runs(task=task, status=status, limit=limit) if registry_path.is_file() else []
     if as_json:
         print_json([record.as_dict() for record in records])
@@ -56,7 +70,9 @@ def runs(
         return
     table = Table(title=f"Runs in {registry_path}")
     for column in ("name", "task", "model", "status", "key metric", "verdict", "created"):
-        table.add_column(column)
+        # A name or model too long for its column folds onto more lines rather than ending in "…" (80 columns,
+        # or piped): the name is what `tunelab show` takes.
+        table.add_column(column, overflow="fold" if column in ("name", "model") else "ellipsis")
     for record in records:
         table.add_row(
             record.name,
@@ -127,7 +143,7 @@ def show(
     """Show everything recorded about one run: verdict, metrics against every baseline, training, time, estimate, config."""
     from tunelab.estimate.summary import estimate_summary
 
-    record = _open(registry_path).get_run(run)
+    record = open_registry(registry_path).get_run(run)
     if as_json:
         print_json(record.as_dict())
         return
@@ -189,7 +205,7 @@ def compare(
             raise RegistryError("give either run names/ids or evaluation .json files, not both")
         _compare_files(json_files, as_json)
         return
-    comparison = _open(registry_path).compare_runs(items)
+    comparison = open_registry(registry_path).compare_runs(items)
     if as_json:
         print_json(comparison.as_dict())
         return

@@ -676,8 +676,9 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
     else:
         state = PipelineState(run, {"config": config.model_dump(mode="json"), "steps": {}, "timings": {}})
     registry = Registry(default_registry_path(config))
-    if not resume and state.data.get("registry_id") is None:
-        # start_run refuses an existing run folder; check first, so no registry row is left for a refused run.
+    if not resume:
+        # start_run refuses an existing run folder; check first, so no registry row is left for a refused run and a
+        # finished run's row (its id in pipeline.json) is never marked failed by a second start of the same name.
         from tunelab.train.run import check_new_run_folder
 
         check_new_run_folder(run)

@@ -58,6 +58,12 @@ def test_a_trained_run_is_registered_and_listed(cli, tiny_model_dir, tmp_path):
     record = Registry(registry_path).get_run(run.registry_id)
     assert record.name == "listed" and record.status == "finished" and record.task == "sft"
     assert record.run_dir == str(run.root) and record.artifacts["train"]["steps"] == 1
+    # The same command again is refused, and the finished run's row stays finished (it was marked failed with the
+    # refusal as its error, the first run's result lost from `tunelab runs`).
+    again = runner.invoke(cli, ["train", str(config), "train.max_steps=1", "train.batch_size=4", "--json"])
+    assert isinstance(again.exception, ConfigError) and "already exists" in str(again.exception), repr(again.exception)
+    record = Registry(registry_path).get_run(run.registry_id)
+    assert record.status == "finished" and record.error is None, (record.status, record.error)
     listed = runner.invoke(cli, ["runs", "--registry", str(registry_path), "--json"])
     assert listed.exit_code == 0, listed.output
     assert "listed" in listed.stdout

@@ -1,0 +1,134 @@
+"""A new user's mistakes on the command line: each is one line and exit code 2 (a TunelabError), never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli.main import _register_commands, app
+from tunelab.errors import TunelabError
+from tunelab.evaluation.result import EvalResult
+from tunelab.registry import Registry
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _commands():
+    _register_commands()
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def _sft_result(name: str) -> EvalResult:
+    rows = [{"id": f"q{i}", "source": "", "prompt": f"question {i}", "reference": "r", "prediction": f"{name} answer {i}", "scores": {}}
+            for i in range(6)]
+    return EvalResult("sft", name, len(rows), {}, rows)
+
+
+def test_an_output_file_that_is_a_folder_is_one_line_before_any_work(tmp_path, tiny_model_dir):
+    # --out naming a folder was an IsADirectoryError traceback (exit 1), for eval only after every example was scored.
+    folder = tmp_path / "out"
+    folder.mkdir()
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) + "\n" for i in range(4)))
+    base, tuned = _sft_result("base").save(tmp_path / "base.json"), _sft_result("tuned").save(tmp_path / "tuned.json")
+    sheet = tmp_path / "sheet.csv"
+    assert _cli("review", "export", "--base", base, "--tuned", tuned, "--out", sheet).exit_code == 0
+    lines = sheet.read_text().splitlines()
+    sheet.write_text("\n".join([lines[0], *(line + "A" for line in lines[1:3]), *lines[3:]]) + "\n")  # two rows judged
+    for args in (
+        ["eval", "--data", data, "--task", "classify", "--model", tiny_model_dir, "--baselines", "none", "--out", folder],
+        ["review", "export", "--base", base, "--tuned", tuned, "--out", folder],
+        ["review", "pairs", sheet, "--out", folder],
+    ):
+        result = _cli(*args)
+        assert isinstance(result.exception, TunelabError), (args[:2], repr(result.exception))
+        message = str(result.exception)
+        assert f"{folder} is a folder" in message and "--out" in message and "\n" not in message, message
+    assert list(folder.iterdir()) == []
+
+
+def test_a_registry_folder_is_an_error_not_an_empty_registry(tmp_path):
+    # `--registry runs` (the folder, not runs/registry.db) listed "no runs recorded" with exit 0, and `show` said to
+    # run `tunelab run` first, although the folder's registry held runs.
+    Registry(tmp_path / "registry.db").create_run(name="demo", task="classify", status="finished")
+    for args in (["runs"], ["runs", "--json"], ["show", "demo"], ["compare", "demo", "demo"], ["aliases"]):
+        result = _cli(*args, "--registry", tmp_path)
+        assert isinstance(result.exception, TunelabError), (args, result.output, repr(result.exception))
+        assert f"{tmp_path} is a folder" in str(result.exception) and str(tmp_path / "registry.db") in str(result.exception), args
+
+
+def test_aliases_of_a_missing_registry_or_alias_say_so(tmp_path):
+    # `tunelab aliases` printed nothing at all (exit 0) for a registry without aliases or an alias never set, and
+    # created the registry file (and its folders) it was asked to read.
+    missing = tmp_path / "nowhere" / "registry.db"
+    result = _cli("aliases", "--registry", missing)
+    assert isinstance(result.exception, TunelabError) and "no run registry" in str(result.exception), repr(result.exception)
+    assert not missing.parent.exists()
+    registry = Registry(tmp_path / "registry.db")
+    registry.create_run(name="demo", task="classify", status="finished")
+    empty = _cli("aliases", "--registry", registry.path)
+    assert empty.exit_code == 0 and "no aliases" in empty.output, empty.output
+    assert json.loads(_cli("aliases", "--registry", registry.path, "--json").output) == {}
+    unknown = _cli("aliases", "prod", "--registry", registry.path)
+    assert isinstance(unknown.exception, TunelabError) and "no alias 'prod'" in str(unknown.exception), repr(unknown.exception)
+    assert _cli("promote", "prod", "demo", "--registry", registry.path).exit_code == 0
+    history = _cli("aliases", "prod", "--registry", registry.path)
+    assert history.exit_code == 0 and "promote" in history.output, history.output
+
+
+def test_runs_keeps_whole_run_names_at_80_columns(tmp_path, monkeypatch):
+    # Piped (or in an 80-column terminal) the name column was cut to "classify…": the one thing `tunelab show` needs.
+    from tunelab.cli.common import console
+
+    monkeypatch.setattr(console, "width", 80)
+    registry = Registry(tmp_path / "registry.db")
+    names = ["classify-default-20261204-195653", "café-日本-sft-lora-r16-long-name"]
+    for name in names:
+        registry.create_run(name=name, task="classify", model="/some/where/models/SmolLM2-135M-Instruct", status="finished",
+                            comparison={"verdict": "no significant difference"})
+    result = _cli("runs", "--registry", registry.path)
+    assert result.exit_code == 0, result.output
+    first_column = "".join(line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│"))
+    for name in names:
+        assert name in first_column, (name, result.output)
+    assert "/some/where/models/SmolLM2-135M-Instruct" in "".join(
+        line.split("│")[3].strip() for line in result.output.splitlines() if line.startswith("│"))
+
+
+def test_a_step_without_a_start_event_shows_no_negative_time():
+    # `tunelab run` printed "✓ register (-0.0 s)": the register step sends no start event.
+    from tunelab.cli.common import error_console
+    from tunelab.cli.run import _event_printer
+
+    with error_console.capture() as captured:
+        _event_printer(quiet=False)("register", "done", {"id": "abc", "registry": "runs/registry.db"})
+    assert "register" in captured.get() and "-0.0" not in captured.get(), captured.get()
+
+
+def test_progress_lines_leave_no_blank_lines_when_stderr_is_no_terminal(monkeypatch):
+    # Piped or logged (`tunelab run ... 2>run.log`), each step's progress line left an empty line behind (rich's
+    # Progress prints one on stop when the console is no terminal): "… base", "", "– base skipped".
+    import io
+
+    from rich.console import Console
+
+    from tunelab.cli import common, run
+
+    out = io.StringIO()
+    logged = Console(file=out, force_terminal=False, width=100)
+    monkeypatch.setattr(common, "error_console", logged)
+    monkeypatch.setattr(run, "error_console", logged)
+    with common.progress_display() as display:
+        events = run.shown_events(display, quiet=False)
+        events("baseline", "start", {})
+        events("baseline", "baseline start", {"baseline": "base", "n": 8})
+        events("baseline", "baseline progress", {"baseline": "base", "done": 4, "total": 8})
+        display.advance(4)
+        events("baseline", "baseline skipped", {"baseline": "base", "reason": "it cannot win"})
+        events("baseline", "done", {})
+    lines = out.getvalue().splitlines()
+    assert lines and all(line.strip() for line in lines), lines
