@@ -910,6 +910,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ConfigError: when the file is missing, unreadable or not valid YAML.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file", "pass the run config's YAML file, e.g. config.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", "check the path")
     try:

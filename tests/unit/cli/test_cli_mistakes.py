@@ -132,3 +132,18 @@ def test_progress_lines_leave_no_blank_lines_when_stderr_is_no_terminal(monkeypa
         events("baseline", "done", {})
     lines = out.getvalue().splitlines()
     assert lines and all(line.strip() for line in lines), lines
+
+
+def _one_line_error(result, *named: str) -> str:
+    """The TunelabError a command stopped on (exit code 2 from main), one line, naming each of ``named``."""
+    assert isinstance(result.exception, TunelabError), (result.output, repr(result.exception))
+    message = str(result.exception)
+    assert all(part in message for part in named) and "\n" not in message, message
+    return message
+
+
+def test_a_folder_given_as_the_config_says_it_is_a_folder(tmp_path):
+    # `tunelab run /tmp` said "config file not found: /tmp" about a folder that is there.
+    message = _one_line_error(_cli("run", tmp_path), f"{tmp_path} is a folder, not a config file")
+    assert "not found" not in message
+
