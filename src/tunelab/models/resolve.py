@@ -82,7 +82,7 @@ def resolve_model(name: str) -> ModelSource:
     """Classify a model name into a ModelSource.
 
     Raises:
-        ModelError: for a missing path, a folder that is no model, a corrupt .gguf, or an unknown name.
+        ModelError: for a missing path, a folder or file that is no model, a corrupt .gguf, or an unknown name.
     """
     name = (name or DEFAULT_MODEL_NAME).strip()
     if name.lower() in DEFAULT_MODEL_ALIASES:
@@ -100,6 +100,12 @@ def resolve_model(name: str) -> ModelSource:
         raise ModelError(
             f"{path} is a folder but holds no model (no config.json) and is no tunelab run",
             "pass a Hugging Face model folder, a run folder, a .gguf file or 'default'",
+        )
+    if path.is_file():
+        # A data file or any other file: "not found" would send the user looking for a file that is there.
+        raise ModelError(
+            f"{path} is a file but not a model",
+            "pass a .gguf file, a model folder, a run folder, 'default', or a hub id like owner/name",
         )
     looks_like_path = name.startswith((".", "/", "~")) or path.suffix or (path.parent != Path(".") and path.parent.exists())
     if looks_like_path:

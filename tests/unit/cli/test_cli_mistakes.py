@@ -147,3 +147,11 @@ def test_a_folder_given_as_the_config_says_it_is_a_folder(tmp_path):
     message = _one_line_error(_cli("run", tmp_path), f"{tmp_path} is a folder, not a config file")
     assert "not found" not in message
 
+
+def test_a_file_that_is_no_model_says_so_not_that_it_is_missing(tmp_path):
+    # `tunelab generate --model train.jsonl` said "model path not found" about a file that is there.
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"text": "a", "label": "b"}) + "\n")
+    message = _one_line_error(_cli("generate", "--model", data, "hello"), f"{data} is a file but not a model")
+    assert "not found" not in message
+
