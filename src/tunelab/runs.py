@@ -260,6 +260,17 @@ class RunFolder:
         """A finished run: its config and its trained weights (an adapter or a full model)."""
         return self.config.is_file() and (self.adapter.is_dir() or self.model.is_dir())
 
+    def require_folder(self) -> None:
+        """Check the folder is there before a file in it is looked for: a mistyped run path is named as such, not as
+        a run missing one of its files (``run --resume``, ``distill --resume``, ``report``).
+
+        Raises:
+            ConfigError: when the path is not there, or is a file.
+        """
+        if not self.root.is_dir():
+            what = f"{self.root} is a file, not a run folder" if self.root.exists() else f"no run folder {self.root}"
+            raise ConfigError(what, "check the path: `tunelab show RUN` prints a run's folder")
+
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))

@@ -427,9 +427,11 @@ def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | N
     Seed and resample count default to the run config's ``eval`` section (else 0 and 1000).
 
     Raises:
+        ConfigError: when ``run_dir`` is no folder.
         DataError: when the run has no tuned evaluation or no baseline evaluation.
     """
     run = RunFolder(Path(run_dir))
+    run.require_folder()  # else a mistyped run was told to evaluate itself first
     tuned_path = run.tuned_eval
     found = run.baseline_evaluations()
     base_path = run.baseline_eval("base")

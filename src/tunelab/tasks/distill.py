@@ -324,6 +324,7 @@ def run_distill(
     emit = on_event or (lambda step, status, details: None)
     if resume is not None:
         run = RunFolder(Path(resume))
+        run.require_folder()
         saved = run.distill_config
         if not saved.is_file():
             raise ConfigError(f"{run.root} has no {saved.name}: it was not started by `tunelab distill`")

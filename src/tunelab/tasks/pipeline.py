@@ -113,7 +113,9 @@ class PipelineState:
 
     @classmethod
     def load(cls, run: RunFolder) -> PipelineState:
-        """Raises: ConfigError naming the file when it is missing, damaged or not a pipeline state."""
+        """Raises: ConfigError naming the folder when it is not there, or the file when it is missing, damaged or not
+        a pipeline state."""
+        run.require_folder()
         data = read_state(run)
         if data is None:
             raise ConfigError(f"{run.root} has no {run.pipeline_state.name}: it was not started by `tunelab run`")

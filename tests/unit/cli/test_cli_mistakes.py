@@ -155,3 +155,13 @@ def test_a_file_that_is_no_model_says_so_not_that_it_is_missing(tmp_path):
     message = _one_line_error(_cli("generate", "--model", data, "hello"), f"{data} is a file but not a model")
     assert "not found" not in message
 
+
+def test_a_run_folder_that_is_not_there_is_named_as_missing(tmp_path):
+    # `run --resume runs/nope` said the folder "has no pipeline.json"; `report nope` said to evaluate the run first.
+    # `distill --resume` shared the first.
+    missing = tmp_path / "runs" / "nope"
+    for args in (["run", "--resume", missing], ["distill", "--resume", missing], ["report", missing]):
+        message = _one_line_error(_cli(*args), f"no run folder {missing}")
+        assert "pipeline.json" not in message and "distill_config" not in message and "evaluate" not in message, (args, message)
+    assert not missing.exists()
+
