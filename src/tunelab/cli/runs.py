@@ -53,7 +53,7 @@ def _key_metric(run: RunRecord) -> str:
 def runs(
     task: str | None = typer.Option(None, "--task", help="Only runs of this task."),
     status: str | None = typer.Option(None, "--status", help=f"Only runs with this status ({', '.join(STATUSES)})."),
-    limit: int | None = typer.Option(None, "--limit", help="At most this many (newest first)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
@@ -147,13 +147,14 @@ def show(
     if as_json:
         print_json(record.as_dict())
         return
-    rows = [(field.replace("_", " "), str(getattr(record, field))) for field in
-            ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint", "split_fingerprint", "error")
-            if getattr(record, field) is not None]
+    fields = [field for field in ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint",
+                                  "split_fingerprint", "error") if getattr(record, field) is not None]
+    rows = [(field.replace("_", " "), str(getattr(record, field))) for field in fields]
     artifacts = dict(record.artifacts or {})
     train = artifacts.pop("train", None)
     baselines = artifacts.pop("baselines", None)
-    rows += [(f"{name}", str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float)]
+    # The artifacts repeat the record's run_dir: shown once, as "run dir".
+    rows += [(f"{name}", str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float) and name not in fields]
     console.print(_facts_table(f"Run {record.name}", rows))
     verdict = verdict_rich_table(record.comparison)
     if verdict is not None:

@@ -165,3 +165,25 @@ def test_a_run_folder_that_is_not_there_is_named_as_missing(tmp_path):
         assert "pipeline.json" not in message and "distill_config" not in message and "evaluate" not in message, (args, message)
     assert not missing.exists()
 
+
+def test_runs_refuses_a_limit_below_one(tmp_path):
+    # `tunelab runs --limit -1` (and 0) listed every run.
+    registry = Registry(tmp_path / "registry.db")
+    registry.create_run(name="demo", task="classify", status="finished")
+    for limit in ("0", "-1"):
+        result = _cli("runs", "--limit", limit, "--registry", registry.path)
+        assert result.exit_code == 2 and "--limit" in result.output and "demo" not in result.output, result.output
+
+
+def test_show_lists_the_run_folder_once(tmp_path, monkeypatch):
+    # A finished run's artifacts repeat its run_dir: `tunelab show` printed both "run dir" and "run_dir".
+    from tunelab.cli.common import console
+
+    monkeypatch.setattr(console, "width", 250)
+    registry = Registry(tmp_path / "registry.db")
+    folder = str(tmp_path / "runs" / "demo")
+    registry.create_run(name="demo", task="classify", status="finished", run_dir=folder, artifacts={"run_dir": folder, "report_md": "r.md"})
+    result = _cli("show", "demo", "--registry", registry.path)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(folder) == 1 and "run_dir" not in result.output and "report_md" in result.output, result.output
+
