@@ -57,6 +57,22 @@ def teacher_endpoint(config: ResolvedConfig) -> EndpointConfig | None:
     return parsed.model_copy(update={"concurrency": config.distill.concurrency}) if parsed else None
 
 
+def check_teacher(config: ResolvedConfig) -> None:
+    """Refuse a missing teacher, or the untuned student as its own teacher, before the data is split or the run
+    folder written (``run_distill``) or the teacher opened (``open_teacher``).
+
+    Raises:
+        ConfigError: without a teacher, or when the teacher is the untuned student itself.
+    """
+    teacher = config.distill.teacher
+    if teacher is None:
+        raise ConfigError("distill.teacher is required: the model whose answers the student learns",
+                          "a run folder, a model name, openai:NAME, or {base_url, name, api_key_env}")
+    if teacher_endpoint(config) is None and teacher == config.model.name:
+        raise ConfigError(f"distill.teacher is the student's own model ({teacher}): the student would learn nothing new",
+                          "name a tuned run, a larger model, or an endpoint as the teacher")
+
+
 def open_teacher(config: ResolvedConfig) -> AnsweringModel:
     """Connect to (or load) ``distill.teacher``: a model that answers through the one model interface.
 
@@ -67,14 +83,9 @@ def open_teacher(config: ResolvedConfig) -> AnsweringModel:
     """
     from tunelab.evaluation.answering import open_model
 
+    check_teacher(config)
     teacher = config.distill.teacher
-    if teacher is None:
-        raise ConfigError("distill.teacher is required: the model whose answers the student learns",
-                          "a run folder, a model name, openai:NAME, or {base_url, name, api_key_env}")
     endpoint = teacher_endpoint(config)
-    if endpoint is None and teacher == config.model.name:
-        raise ConfigError(f"distill.teacher is the student's own model ({teacher}): the student would learn nothing new",
-                          "name a tuned run, a larger model, or an endpoint as the teacher")
     return open_model(endpoint or teacher, allow_network=config.model.allow_network, concurrency=config.distill.concurrency)
 
 
@@ -341,6 +352,7 @@ def run_distill(
         raise ConfigError(f"distillation is for sft and classify, not {config.task}")
     if not config.data.train:
         raise ConfigError("data.train is required: the data whose test split judges teacher and student")
+    check_teacher(config)  # before the split and the run folder: a refused run leaves nothing behind
 
     # 1. The user's split: its test records are held out from the teacher's training answers.
     emit("split", "start", {})

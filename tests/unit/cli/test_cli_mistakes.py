@@ -187,3 +187,12 @@ def test_show_lists_the_run_folder_once(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.output.count(folder) == 1 and "run_dir" not in result.output and "report_md" in result.output, result.output
 
+
+def test_distill_without_a_teacher_is_refused_before_anything_is_written(tmp_path):
+    # The data was split and runs/<name>/distill_config.json written before "distill.teacher is required".
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": "a"}) + "\n" for i in range(10)))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"task: sft\nname: student\ndata:\n  train: {data.name}\ntrain:\n  output_dir: {tmp_path / 'runs'}\n")
+    _one_line_error(_cli("distill", config), "distill.teacher is required")
+    assert not (tmp_path / "runs").exists()
