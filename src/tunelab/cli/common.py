@@ -56,9 +56,15 @@ def check_output_file(path: Path | None, option: str = "--out") -> None:
     check_output_folder(path)
 
 
-def print_json(data: Any) -> None:
-    """Print machine-readable JSON on stdout (no colours, stable key order)."""
-    print(json.dumps(data, indent=2, default=str))
+def print_json(data: Any, *, line: bool = False) -> None:
+    """Print machine-readable JSON on stdout (no colours, stable key order).
+
+    ``line``: one compact document on one line, flushed at once: a stream of them (a loop's checks) is JSON Lines
+    that a pipe reads as each arrives; indented documents one after another are neither JSON nor JSON Lines."""
+    if line:
+        print(json.dumps(data, default=str), flush=True)
+    else:
+        print(json.dumps(data, indent=2, default=str))
 
 
 def human_bytes(size: float) -> str:

@@ -7,13 +7,20 @@ import sys
 import typer
 
 from tunelab.cli.common import error_console
+from tunelab.errors import ConfigError
+
+DEFAULT_NEW_TOKENS = 256
 
 
 def generate(
     prompt: str = typer.Argument(..., help="The user message (the model's chat template is applied; a text run continues it as raw text)."),
     model: str = typer.Option("default", "--model", "-m", help="default, a model or run folder, a .gguf, or a hub id."),
     system: str = typer.Option(None, "--system", help="System message (default: the run's own data.system_prompt)."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer in tokens."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", min=1, show_default=False,
+        help=f"Longest answer in tokens (default {DEFAULT_NEW_TOKENS}, or fewer when the model's context leaves less after the "
+        "prompt); a prompt plus this many tokens past the model's context is refused.",
+    ),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
@@ -24,7 +31,7 @@ def generate(
     """
     # Imported here: they pull in torch and transformers, which commands without a model never pay for.
     from tunelab.inference import Classifier, chat_prompt, completion_prompt
-    from tunelab.models.generate import stream_generate
+    from tunelab.models.generate import context_length, stream_generate
     from tunelab.models.loader import is_cached
     from tunelab.runs import load_model, resolve_model
 
@@ -47,12 +54,28 @@ def generate(
         prepared = chat_prompt(loaded.tokenizer, [{"role": "user", "content": prompt}], system_prompt=system_prompt, max_length=max_length)
     if prepared.truncated:
         error_console.print(f"[yellow]warning[/yellow] the prompt is longer than the run's max_length ({max_length}): its last tokens are kept")
+    max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model))
     for piece in stream_generate(
         loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
     ):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def _new_tokens(prompt_tokens: int, requested: int | None, context: int) -> int:
+    """As the server does: past the model's context is refused (a GPT-2-style model would fail with an IndexError, a
+    RoPE model answer beyond its context); without --max-new-tokens the answer gets what the context leaves."""
+    if prompt_tokens >= context:
+        raise ConfigError(f"the prompt has {prompt_tokens} tokens, the model's context is {context}: shorten the prompt")
+    if requested is None:
+        return min(DEFAULT_NEW_TOKENS, context - prompt_tokens)
+    if prompt_tokens + requested > context:
+        raise ConfigError(
+            f"the prompt has {prompt_tokens} tokens and --max-new-tokens asks for {requested} more, past the model's context "
+            f"of {context}: give --max-new-tokens {context - prompt_tokens} or less, or shorten the prompt"
+        )
+    return requested
 
 
 def register(app: typer.Typer) -> None:

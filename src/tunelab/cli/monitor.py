@@ -78,9 +78,16 @@ def monitor(
     alias: str | None = typer.Option(None, "--alias", help="With --retrain-on: the alias a winning challenger moves (default: the served name)."),
     data: list[Path] = typer.Option([], "--data", help="With --retrain-on: new labelled files besides the logged feedback."),
     iterations: int | None = typer.Option(None, "--iterations", min=1, help="With --every: stop after this many checks."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (for alerting)."),
+    as_json: bool = typer.Option(
+        False, "--json",
+        help="Machine-readable output (for alerting): one JSON document; with --every, one compact JSON document per check, "
+        "one per line (JSON Lines), printed as each check ends.",
+    ),
 ) -> None:
-    """Judge live traffic against each served run's training data; exit code 3 when a signal drifted."""
+    """Judge live traffic against each served run's training data; exit code 3 when a signal drifted.
+
+    With --every it keeps checking; --json then prints JSON Lines: one line per check, {"report": ..., "retrains": [...]}.
+    """
     from tunelab.monitor import load_monitor_config, run_monitor
     from tunelab.registry.store import default_registry_path
 
@@ -98,7 +105,8 @@ def monitor(
 
     def on_tick(tick: Any) -> None:
         if as_json:
-            print_json({"report": tick.report.as_dict(), "retrains": tick.retrains})
+            # One line per check (JSON Lines): a consumer reads each check as it comes from a loop that never ends.
+            print_json({"report": tick.report.as_dict(), "retrains": tick.retrains}, line=every is not None)
         else:
             _print_report(tick.report)
             for outcome in tick.retrains:

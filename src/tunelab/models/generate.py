@@ -37,6 +37,15 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def context_length(model: Any) -> int:
+    """How many positions prompt + answer may fill: the config's ``max_position_embeddings`` (2048 when it has none).
+
+    GPT-2-style models (absolute positions) fail with an IndexError past it and RoPE models answer beyond what they
+    were trained on, so ``tunelab generate`` and the server refuse or cap a request against this one number."""
+    config = getattr(model, "config", None)
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
 def pad_token_id(tokenizer: Any, stops: Sequence[int] = ()) -> int:
     """The id padding is written with: the tokenizer's pad token, else EOS, else the first stop id."""
     if tokenizer.pad_token_id is not None:

@@ -26,6 +26,7 @@ from typing import Any
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.errors import ModelError
 from tunelab.inference import Classifier
+from tunelab.models.generate import context_length
 from tunelab.models.loader import LoadedModel
 from tunelab.models.resolve import ModelSource
 from tunelab.runs import Run, load_model, resolve_model
@@ -235,8 +236,7 @@ class ModelRegistry:
 
     @property
     def context_length(self) -> int:
-        config = self.base.model.config
-        return int(getattr(config, "max_position_embeddings", None) or 2048)
+        return context_length(self.base.model)
 
     # -- activation (engine worker thread only) ------------------------------------------------
     def _load(self, entry: ServedModel) -> None:

@@ -107,3 +107,30 @@ def test_new_feedback_retrains_even_when_as_much_old_feedback_left_the_window(tm
     reasons = [tick.retrains[0]["skipped"] for tick in ticks]
     assert "no new labelled records" in reasons[0] and "no new labelled records" in reasons[1], reasons
     assert "no new labelled feedback since the last retrain" in reasons[2]
+
+
+def test_monitor_every_json_prints_one_json_document_per_line(tmp_path, monkeypatch):
+    """`tunelab monitor --every 6h --json` printed one indented document per check, one after another: the output was
+    neither JSON nor JSON Lines, so an alerting pipe could not read it. Each check is now one compact line."""
+    from functools import partial
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+    from tunelab.tasks import schedule
+
+    registry_path, log_path = _setup(tmp_path)
+    # The loop sleeps 6h between checks: run it without waiting (the CLI imports monitor_loop when it runs).
+    monkeypatch.setattr(schedule, "monitor_loop", partial(monitor_loop, sleep=lambda _: None))
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    args = ["monitor", "--log-db", str(log_path), "--registry", str(registry_path), "--every", "6h", "--iterations", "2", "--json"]
+    result = CliRunner().invoke(cli_main.app, args)
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    ticks = [json.loads(line) for line in lines]
+    assert all(set(tick) == {"report", "retrains"} and tick["report"]["models"][0]["model"] == "router" for tick in ticks)
+    # Without --every it stays one (indented) JSON document.
+    single = CliRunner().invoke(cli_main.app, ["monitor", "--log-db", str(log_path), "--registry", str(registry_path), "--json"])
+    assert json.loads(single.stdout)["models"][0]["model"] == "router"
