@@ -94,6 +94,11 @@ def _entry(name: str, kind: str, run: Run, run_id: str | None = None, base: Any 
     )  # fmt: skip
 
 
+def _run_as_base(name: str, loaded: LoadedModel) -> ServedModel:
+    """A run loaded as ``Run.load`` gives it, served as the base model: its prompt, max_length and label rows."""
+    return dataclasses.replace(_entry(name, "base", loaded.run), label_head=loaded.label_head)
+
+
 def _same_model(first: ModelSource, second: ModelSource) -> bool:
     return (first.kind in ("default", "gguf") and second.kind in ("default", "gguf") and first.location == second.location) or (
         first.kind == second.kind and first.location == second.location
@@ -324,28 +329,20 @@ def load_registry(
     if source.kind == "run":
         run_dir = Path(source.location)
         run = _open_run(run_dir)
-        if run.is_adapter and run.config.train.method == "qlora":
-            # Trained and evaluated over its base quantized to 4-bit NF4 (Run.load): over the full-precision base that
-            # plain LoRA adapters share it would answer otherwise. It is served alone, loaded as evaluation loads it.
-            if adapters:
-                raise ServeError(
-                    f"{run_dir} is a qlora run: it is served over its own 4-bit base, not beside other adapters",
-                    "serve it on its own, or serve its merged export (tunelab export --merge RUN OUT) beside them",
-                )
-            loaded = run.load(dtype=dtype, allow_network=allow_network)
-            name = served_name or run_dir.name
-            return ModelRegistry(loaded, name, max_loaded=max_loaded,
-                                 base_entry=dataclasses.replace(_entry(name, "base", run), label_head=loaded.label_head))
-        if run.is_adapter:
+        if run.is_adapter and run.config.train.method != "qlora":
             adapters.insert(0, (run_dir.name, str(run_dir)))
             source = resolve_model(run.base.name)
         else:
+            # A full-model run, or a qlora run (trained and evaluated over its base quantized to 4-bit NF4: over the
+            # full-precision base plain LoRA adapters share it would answer otherwise): served alone, as Run.load loads it.
             if adapters:
-                raise ServeError("adapters need a base model, but --model is a full-model run", "pass its base with --model")
+                raise ServeError(
+                    f"{run_dir} is a {run.config.train.method} run: it is served on its own (as evaluated), not beside adapters",
+                    "serve it on its own, or serve its base with --model and other runs with --adapter",
+                )
             loaded = run.load(dtype=dtype, allow_network=allow_network)
             name = served_name or run_dir.name
-            registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=_entry(name, "base", run))
-            return registry
+            return ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=_run_as_base(name, loaded))
     loaded = load_model(source, dtype=dtype, allow_network=allow_network)
     name = served_name or ("default" if source.kind == "default" else source.display_name)
     base_entry = None
@@ -355,7 +352,7 @@ def load_registry(
         # second layer of LoRA), and that run answers as itself: its system prompt, max_length, label rows.
         if hasattr(loaded.model, "merge_and_unload"):
             loaded.model = loaded.model.merge_and_unload()
-        base_entry = dataclasses.replace(_entry(name, "base", loaded.run), label_head=loaded.label_head)
+        base_entry = _run_as_base(name, loaded)
     registry = ModelRegistry(loaded, name, max_loaded=max_loaded, base_entry=base_entry)
     for adapter_name, run_dir in adapters:
         if str(run_dir).startswith(ALIAS_PREFIX):
