@@ -2,8 +2,10 @@
 
 - sft: the conversation rendered with the model's chat template; labels are -100 everywhere except
   the assistant turns, whose content *and* end-of-turn token are trained (so the model learns to
-  stop). An assistant message with ``"weight": 0`` (OpenAI's fine-tuning format) is not trained;
-  tool results are context, the assistant's tool calls are trained, the tool schemas reach the template.
+  stop). The end of turn is the template's own (``<|im_end|>``, Gemma's ``<end_of_turn>``, Llama 3's
+  ``<|eot_id|>``): EOS is added only after a turn the template ends with no special token. An
+  assistant message with ``"weight": 0`` (OpenAI's fine-tuning format) is not trained; tool results
+  are context, the assistant's tool calls are trained, the tool schemas reach the template.
 - text: each document (+ EOS) becomes one example when it fits ``max_length``; a longer document
   becomes sliding windows of ``max_length`` tokens every ``stride`` tokens. Where windows overlap,
   the repeated tokens are masked in the later window, so every token is predicted exactly once
@@ -120,6 +122,27 @@ def _eos_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id
 
 
+def _end_of_turn(tokenizer: Any, answer: list[int], eos: int) -> int | None:
+    """How many of an assistant turn's ids are trained: through its end-of-turn token; None: the template wrote none.
+
+    What the template adds after that token (Gemma's and ChatML's newline) is not the answer. A turn that ends
+    with a special token other than EOS (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, Phi-3's ``<|end|>``)
+    gets no EOS after it: the model would learn tokens no chat runtime sends, and in a dialogue an EOS
+    in the middle of every later turn's context (generation stops at these tokens: ``models.generate``).
+    """
+    if eos in answer:
+        return len(answer) - answer[::-1].index(eos)
+    if not getattr(tokenizer, "chat_template", None):
+        return None  # the plain "Answer: " turns have no end-of-turn token of their own
+    # Turn markers are special without being named (Llama 3's <|eot_id|>): the added tokens flagged special count too.
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)}
+    end = len(answer)
+    while end and answer[end - 1] not in special and not tokenizer.decode([answer[end - 1]]).strip():
+        end -= 1
+    return end if end and answer[end - 1] in special else None
+
+
 def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prompt: str | None = None) -> TokenizedExample:
     """Render ``record`` (after ``system_prompt``) with the chat template and mask everything but the trained assistant turns.
 
@@ -172,10 +195,8 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
         answer = _encode(tokenizer, full[len(rendered) :])
         rendered = full
         train = float(message.get("weight", 1)) != 0
-        if eos in answer:
-            # Train through the end-of-turn token; what the template adds after it (a newline) is not the answer.
-            end = len(answer) - answer[::-1].index(eos)
-        else:
+        end = _end_of_turn(tokenizer, answer, eos)
+        if end is None:
             answer = answer + [eos]
             end = len(answer)
         input_ids += answer
