@@ -25,7 +25,7 @@ from tunelab.data.labels import LabelMap, build_label_map
 from tunelab.data.read import read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
-from tunelab.data.tokenize import IGNORE_INDEX, tokenize_classify, tokenize_sft, tokenize_text
+from tunelab.data.tokenize import IGNORE_INDEX, appends_eos, tokenize_classify, tokenize_sft, tokenize_text
 from tunelab.errors import DataError
 
 FEW_EXAMPLES = 100
@@ -228,10 +228,13 @@ def _lengths(
         conversations = [with_system_prompt(list(r.messages), data.system_prompt) for r in measured]  # type: ignore[union-attr]
         texts = [_chat_text(tokenizer, messages, add_generation_prompt=False, tools=r.tools) for r, messages in zip(measured, conversations, strict=True)]  # type: ignore[union-attr]
         eos_text = tokenizer.eos_token or ""
+        # tokenize_sft appends EOS to a turn the template ends with no special token of its own (not Gemma's
+        # <end_of_turn> or Llama 3's <|eot_id|>)
+        eos_added = appends_eos(tokenizer)
         lengths = []
         for record, text, n in zip(measured, texts, _batch_lengths(tokenizer, texts), strict=True):
-            if not eos_text or eos_text not in text:
-                n += sum(1 for m in record.messages if m["role"] == "assistant")  # tokenize_sft appends EOS
+            if eos_added and (not eos_text or eos_text not in text):
+                n += sum(1 for m in record.messages if m["role"] == "assistant")
             lengths.append(n)
             if n > data.max_length:
                 example = tokenize_sft(record, tokenizer, data.max_length, data.system_prompt)  # type: ignore[arg-type]

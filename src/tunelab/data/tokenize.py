@@ -143,6 +143,14 @@ def _end_of_turn(tokenizer: Any, answer: list[int], eos: int) -> int | None:
     return end if end and answer[end - 1] in special else None
 
 
+def appends_eos(tokenizer: Any) -> bool:
+    """Whether ``tokenize_sft`` adds EOS after this tokenizer's assistant turns (the data check's lengths count it)."""
+    probe = [{"role": "user", "content": "hi"}]
+    prompt = render_chat(tokenizer, probe, add_generation_prompt=True)
+    full = render_chat(tokenizer, [*probe, {"role": "assistant", "content": "ok"}], add_generation_prompt=False)
+    return _end_of_turn(tokenizer, _encode(tokenizer, full[len(prompt) :]), _eos_id(tokenizer)) is None
+
+
 def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prompt: str | None = None) -> TokenizedExample:
     """Render ``record`` (after ``system_prompt``) with the chat template and mask everything but the trained assistant turns.
 

@@ -123,3 +123,19 @@ def test_generation_stops_at_the_end_of_turn_and_never_shows_it(gemma):
     prompt = render_prompt_ids(gemma, list(CONVERSATION[:1]))
     assert generate_batch(model, gemma, [prompt], max_new_tokens=6) == [""]
     assert "".join(stream_generate(model, gemma, prompt, max_new_tokens=6)) == ""
+
+
+@pytest.mark.parametrize("name", ["gemma", "llama3", "chatml"])
+def test_the_data_check_counts_the_ids_tokenize_sft_builds(name, request, tmp_path):
+    # The check's lengths (and its count over max_length) are those of the examples trained on: no EOS counted
+    # after a turn the template closes with its own end-of-turn token.
+    import json
+
+    from tunelab.config import DataConfig
+    from tunelab.data.check import check_data
+
+    tokenizer = build_tiny_tokenizer() if name == "chatml" else request.getfixturevalue(name)
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"messages": list(CONVERSATION)}) + "\n", encoding="utf-8")
+    report = check_data(str(path), "sft", DataConfig(), tokenizer=tokenizer)
+    assert report.lengths.max == len(tokenize_sft(SFTRecord(CONVERSATION), tokenizer, max_length=512).input_ids)
