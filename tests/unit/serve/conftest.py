@@ -26,7 +26,11 @@ def write_fake_run(root: Path, base_dir: Path, tokenizer, *, seed: int, task: st
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1))
+    # LoRA A is drawn from the global generator: seeded here, so a run's weights do not depend on which tests ran first
+    # (a test comparing two runs' answers failed in some orders).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
