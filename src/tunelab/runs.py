@@ -719,6 +719,14 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     run.verify_weights()  # a damaged adapter is named here, not copied out with exit code 0
     folder = run.folder
     merged = None if not merge and run.is_adapter else merge_run(run.root)
+    if merged is not None:
+        from tunelab.data.templates import template_with_system_prompt
+
+        # The folder is read without tunelab (transformers, vLLM) and by `tunelab serve OUT`: its chat template
+        # puts the run's system prompt first when a request brings none, as training, evaluation and serving did.
+        carried = template_with_system_prompt(merged.tokenizer, run.system_prompt)
+        if carried is not None:
+            merged.tokenizer.chat_template = carried
     try:
         with atomic_directory(out) as tmp:
             if merged is None:
