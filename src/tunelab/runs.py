@@ -686,6 +686,7 @@ def merge_run(run_dir: str | Path) -> Any:
     return MergedRun(
         model=model, tokenizer=loaded.tokenizer, state_dict=state_dict, name=run.name, run_config=run.config.model_dump(mode="json"),
         label_map=run.label_map.to_dict() if run.label_map else None, base_source=loaded.base_source,
+        out_of_scope={k: v for k, v in run.out_of_scope.to_dict().items() if k != "validation"} if run.out_of_scope else None,
     )  # fmt: skip
 
 
@@ -719,6 +720,14 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     run.verify_weights()  # a damaged adapter is named here, not copied out with exit code 0
     folder = run.folder
     merged = None if not merge and run.is_adapter else merge_run(run.root)
+    if merged is not None:
+        from tunelab.data.templates import template_with_system_prompt
+
+        # The folder is read without tunelab (transformers, vLLM) and by `tunelab serve OUT`: its chat template
+        # puts the run's system prompt first when a request brings none, as training, evaluation and serving did.
+        carried = template_with_system_prompt(merged.tokenizer, run.system_prompt)
+        if carried is not None:
+            merged.tokenizer.chat_template = carried
     try:
         with atomic_directory(out) as tmp:
             if merged is None:
@@ -891,6 +900,8 @@ def model_card(run: Run, base: dict[str, Any] | None = None) -> str:
             rule = run.out_of_scope
             lines.append(f"\nWhen {OUT_OF_SCOPE_SCORES[rule.score]} is below {rule.threshold:.4f}, the answer is `{rule.label}`"
                          + (" (the training requests' states are in out_of_scope.npy)." if rule.needs_features else "."))
+            lines.append("A GGUF export (llama.cpp, Ollama) does not apply this rule: it answers a category for every request "
+                         "(`tunelab export RUN OUT.gguf` says how to apply it yourself).")
     if run.system_prompt:
         lines += ["", "## System prompt", "", f"Every prompt starts with the system message: `{run.system_prompt}`"]
     lines += ["", "## Use it", "", "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

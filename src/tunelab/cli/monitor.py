@@ -164,9 +164,10 @@ def promote(
     registry_path: Path | None = typer.Option(None, "--registry", help="The run registry (default: runs/registry.db)."),
 ) -> None:
     """Point ALIAS at RUN (servers following alias:ALIAS pick it up without a restart)."""
-    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.cli.runs import open_registry
 
-    change = Registry(registry_path or default_registry_path()).set_alias(alias, run, reason=reason or "manual promote")
+    # An existing registry only: a mistyped --registry would otherwise become a new, empty one.
+    change = open_registry(registry_path).set_alias(alias, run, reason=reason or "manual promote")
     console.print(f"alias {alias}: {change.previous_run_id or '(new)'} -> {change.run_id}")
 
 
@@ -176,9 +177,9 @@ def rollback(
     registry_path: Path | None = typer.Option(None, "--registry", help="The run registry (default: runs/registry.db)."),
 ) -> None:
     """Point ALIAS back at the run it served before the current one."""
-    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.cli.runs import open_registry
 
-    change = Registry(registry_path or default_registry_path()).rollback_alias(alias, reason=reason)
+    change = open_registry(registry_path).rollback_alias(alias, reason=reason)
     console.print(f"alias {alias}: {change.previous_run_id} -> {change.run_id} (rollback)")
 
 

@@ -25,7 +25,8 @@ def _registry_file(path: Path | None) -> Path:
 
 
 def open_registry(path: Path | None) -> Registry:
-    """The registry of a read-only command (``show``, ``compare``, ``aliases``): never created by reading it.
+    """The registry of a command that reads it (``show``, ``compare``, ``aliases``) or moves an alias in it (``promote``,
+    ``rollback``): never created by such a command.
 
     Raises:
         RegistryError: for a folder or a file that is not there.

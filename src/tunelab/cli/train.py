@@ -111,6 +111,8 @@ def export(
         console.print(f"[bold green]exported[/] {result.path} ({result.architecture}, {result.quant}, {result.size_bytes / 2**20:.1f} MiB)")
         if result.labels:
             console.print(f"  answers with the label names: {', '.join(result.labels)}", markup=False, highlight=False)
+        if result.out_of_scope:
+            error_console.print(f"warning: {result.out_of_scope['note']}", markup=False, highlight=False, soft_wrap=True)
         if result.modelfile is not None:
             console.print(f"  Modelfile {result.modelfile}; load it into Ollama with:")
             console.print(f"  {result.ollama_command}", markup=False, highlight=False)

@@ -192,6 +192,49 @@ def render_chat(
     return "\n\n".join(turns) + (f"\n\n{NO_TEMPLATE_ANSWER}" if add_generation_prompt else "")
 
 
+def template_with_system_prompt(tokenizer: Any, system_prompt: str | None) -> str | None:
+    """``tokenizer``'s chat template with ``system_prompt`` as its default: put first when a conversation brings no
+    system message (``with_system_prompt``), or folded into the first user turn for a template without a system role
+    (``_apply_template``). What an exported model folder carries, so plain transformers, vLLM and ``tunelab serve`` of
+    that folder prompt the model as its run was trained, judged and served. None: no template, or no system prompt.
+
+    Raises:
+        DataError: when the template given the default renders a request otherwise than the run's prompt.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not system_prompt or not isinstance(template, str):
+        return None
+    # A JSON string is a Jinja string literal (escapes included); Jinja syntax inside it stays text.
+    literal = json.dumps(system_prompt, ensure_ascii=False)
+    probe = [{"role": "user", "content": "x"}]
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "x"}, *probe], tokenize=False)
+        default = (
+            "{%- if not messages or messages[0]['role'] != 'system' %}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}{{%- endif %}}"
+        )
+    except TemplateError:
+        default = (
+            "{%- if messages and messages[0]['role'] == 'user' and messages[0]['content'] is string %}"
+            f"{{%- set messages = [{{'role': 'user', 'content': {literal} ~ '\\n\\n' ~ messages[0]['content']}}] + messages[1:] %}}"
+            "{%- endif %}"
+        )
+    result = default + template
+    original = tokenizer.chat_template
+    try:
+        expected = render_chat(tokenizer, with_system_prompt(probe, system_prompt), add_generation_prompt=True)
+        tokenizer.chat_template = result
+        rendered = render_chat(tokenizer, probe, add_generation_prompt=True)
+    finally:
+        tokenizer.chat_template = original
+    if rendered != expected:
+        raise DataError(
+            f"the chat template of {_model_name(tokenizer)} cannot carry the system prompt as its default",
+            "pass the system prompt in every request (data.system_prompt in the run's config.yaml)",
+        )
+    return result
+
+
 def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[dict[str, Any]] = ()) -> list[int]:
     """Token ids of ``messages`` with the assistant turn opened, ready for the answer's first token.
 

@@ -278,7 +278,8 @@ class MergedRun:
 
     ``state_dict`` is the complete set of weights every export writes (``lm_head.weight`` included
     even when it is tied to the embeddings); ``model`` is the same weights as a module. ``run_config``
-    is the run's resolved config as plain data, ``label_map`` a classify run's labels.json as plain data.
+    is the run's resolved config as plain data, ``label_map`` a classify run's labels.json as plain data,
+    ``out_of_scope`` its out_of_scope.json without the validation details.
     Made by ``tunelab.runs.merge_run``.
     """
 
@@ -289,6 +290,8 @@ class MergedRun:
     run_config: dict
     label_map: dict | None
     base_source: Any = None
+    # A classify run's out-of-scope rule as plain data (label, threshold, score, score_is): what an export says of it.
+    out_of_scope: dict | None = None
 
 
 def fold_trained(loaded: Any) -> nn.Module:

@@ -75,6 +75,7 @@ SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
 LABELS_KEY = "tunelab.labels"
 TASK_KEY = "tunelab.task"
 SYSTEM_PROMPT_KEY = "tunelab.system_prompt"
+OUT_OF_SCOPE_KEY = "tunelab.out_of_scope"  # a classify run's out-of-scope rule (JSON), which llama.cpp does not apply
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 
 # The Go-template form (Ollama) of the ChatML chat template: each message as
@@ -99,6 +100,7 @@ class GGUFExport:
     labels: list[str] | None = None
     architecture: str = "llama"
     tensor_types: dict[str, int] | None = None  # ggml type name -> how many tensors are stored in it
+    out_of_scope: dict | None = None  # the run's out-of-scope rule this file cannot apply, with its ``note``
 
     @property
     def ollama_command(self) -> str | None:
@@ -118,6 +120,7 @@ class GGUFExport:
             "labels": self.labels,
             "architecture": self.architecture,
             "tensor_types": self.tensor_types,
+            "out_of_scope": self.out_of_scope,
         }
 
 
@@ -165,6 +168,7 @@ def write_gguf(
         state_dict, tokenizer, answers = _label_answers(state_dict, tokenizer, labels)
     tensors, tied = _gguf_tensors(state_dict, merged.model.config, quant, architecture)
     system_prompt = _system_prompt(merged.run_config)
+    out_of_scope = {**merged.out_of_scope, "note": out_of_scope_note(merged.out_of_scope)} if merged.out_of_scope else None
     modelfile = modelfile_path(out) if ollama else None
     name = ollama_model_name(merged.name) if ollama else None
     modelfile_content = None
@@ -173,7 +177,8 @@ def write_gguf(
         system = system_prompt or default_system_prompt(tokenizer.chat_template, merged.tokenizer)
         task = str(merged.run_config.get("task", "run"))
         modelfile_content = modelfile_text(
-            out, tokenizer.chat_template, system, labels, task, classify_instruction, named_answers=answers is not None
+            out, tokenizer.chat_template, system, labels, task, classify_instruction, named_answers=answers is not None,
+            out_of_scope_note=out_of_scope["note"] if out_of_scope else None,
         )
 
     from gguf import GGUFWriter
@@ -219,6 +224,7 @@ def write_gguf(
         labels=list(labels["labels"]) if labels else None,
         architecture=architecture.gguf,
         tensor_types=counts,
+        out_of_scope=out_of_scope,
     )
 
 
@@ -596,6 +602,8 @@ def _write_metadata(
         # The token each label is answered with in this file: its name, or its code where the vocabulary keeps codes.
         stored["answer_ids"] = answers if answers is not None else stored["token_ids"]
         writer.add_string(LABELS_KEY, json.dumps(stored, ensure_ascii=False))
+    if merged.out_of_scope:
+        writer.add_string(OUT_OF_SCOPE_KEY, json.dumps(merged.out_of_scope, ensure_ascii=False))
 
 
 def base_model_facts(merged: MergedRun) -> dict[str, Any]:
@@ -696,6 +704,20 @@ def default_system_prompt(chat_template: str | None, tokenizer: Any) -> str | No
     return match.group(1) if match else None
 
 
+def out_of_scope_note(rule: dict) -> str:
+    """One line on a classify run's out-of-scope rule, which a GGUF file cannot apply (llama.cpp answers the most likely
+    label token): that the file answers a category for every request, and how to apply the rule without tunelab."""
+    below = f"the run answers `{rule['label']}` when {rule['score_is']} is below {rule['threshold']:.4f}"
+    if rule["score"] == "probability":
+        # The label answer tokens' logits are the run's calibrated label logits (the temperature is folded in).
+        how = ("apply it yourself: divide each label answer token's probability by their sum, and compare the highest with the"
+               f" threshold (key {OUT_OF_SCOPE_KEY} of this file)")
+    else:
+        how = ("that needs the request's final hidden state and the training requests' states, which this file does not"
+               " hold: serve the run with `tunelab serve --model RUN` to apply it")
+    return f"this file answers a category for every request (the out-of-scope rule is not applied): {below}; {how}"
+
+
 def _quoted(text: str) -> str:
     if '"""' in text:
         raise ModelError('the system prompt contains """, which a Modelfile cannot quote', "remove the triple quotes")
@@ -719,6 +741,7 @@ def modelfile_text(
     classify_instruction: str | None = None,
     *,
     named_answers: bool = True,
+    out_of_scope_note: str | None = None,
 ) -> str:
     """An Ollama Modelfile for the exported file: FROM, TEMPLATE, stop tokens, SYSTEM, label notes.
 
@@ -757,4 +780,6 @@ def modelfile_text(
         else:
             lines.append("# It answers one token; what each one means:")
             lines += [f"#   {code!r} = {label}" for label, code in zip(label_map["labels"], label_map["token_strings"], strict=True)]
+        if out_of_scope_note:
+            lines.append(f"# {out_of_scope_note}")
     return "\n".join(lines) + "\n"

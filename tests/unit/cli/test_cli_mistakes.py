@@ -80,6 +80,16 @@ def test_aliases_of_a_missing_registry_or_alias_say_so(tmp_path):
     assert history.exit_code == 0 and "promote" in history.output, history.output
 
 
+@pytest.mark.parametrize("args", [("promote", "prod", "demo"), ("rollback", "prod")])
+def test_promote_and_rollback_of_a_missing_registry_say_so_and_create_nothing(tmp_path, args):
+    # A mistyped --registry made an empty registry file (and its folders), then failed with "no run 'demo'".
+    missing = tmp_path / "nowhere" / "registry.db"
+    result = _cli(*args, "--registry", missing)
+    assert isinstance(result.exception, TunelabError), (result.output, repr(result.exception))
+    assert f"no run registry at {missing}" in str(result.exception), repr(result.exception)
+    assert not missing.parent.exists()
+
+
 def test_runs_keeps_whole_run_names_at_80_columns(tmp_path, monkeypatch):
     # Piped (or in an 80-column terminal) the name column was cut to "classify…": the one thing `tunelab show` needs.
     from tunelab.cli.common import console

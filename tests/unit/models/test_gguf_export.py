@@ -275,3 +275,32 @@ def test_cli_exports_gguf_with_modelfile_and_prints_the_ollama_line(runs, tmp_pa
     failed = CliRunner().invoke(app, ["export", str(runs["classify"]), str(out), "--format", "gguf"])
     # main() prints a TunelabError as one line with exit code 2.
     assert isinstance(failed.exception, ModelError) and "already exists" in str(failed.exception)
+
+
+def test_classify_export_says_it_cannot_apply_the_out_of_scope_rule_and_carries_it(runs, tmp_path):
+    # llama.cpp answers a label token for every request: the run's "below the threshold, answer out_of_scope" was
+    # dropped without a word (export result, CLI and Modelfile said nothing of it).
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.data.labels import OutOfScope
+    from tunelab.models.gguf_export import OUT_OF_SCOPE_KEY
+
+    run = tmp_path / "guarded"
+    shutil.copytree(runs["classify"], run)
+    OutOfScope("out_of_scope", 0.4375).save(run / "out_of_scope.json")
+    result = export_gguf(run, tmp_path / "guarded.gguf", ollama=True)
+    rule = result.as_dict()["out_of_scope"]
+    assert {key: rule[key] for key in ("label", "threshold", "score")} == {"label": "out_of_scope", "threshold": 0.4375, "score": "probability"}
+    assert "every request" in rule["note"] and "0.4375" in rule["note"] and "out_of_scope" in rule["note"]
+    stored = json.loads(gguf_string(result.path, OUT_OF_SCOPE_KEY))
+    assert {key: stored[key] for key in ("label", "threshold", "score")} == {key: rule[key] for key in ("label", "threshold", "score")}
+    assert f"# {rule['note']}" in result.modelfile.read_text()
+    assert export_gguf(runs["classify"], tmp_path / "plain.gguf").out_of_scope is None
+    from tunelab.runs import Run, model_card
+
+    assert "A GGUF export (llama.cpp, Ollama) does not apply this rule" in model_card(Run.open(run))
+
+    if not any(c.name == "export" for c in app.registered_commands):
+        _register_commands()
+    printed = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "cli.gguf")])
+    assert printed.exit_code == 0, printed.output
+    assert rule["note"] in " ".join(printed.output.split())
