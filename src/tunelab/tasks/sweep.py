@@ -106,6 +106,11 @@ def run_sweep(
         except TunelabError as error:
             entries.append(SweepEntry(overrides, None, str(error)))
             emit("variant", "warn", {"message": f"{config.name} failed: {error}"})
+        except Exception as error:  # noqa: BLE001 - e.g. out of GPU memory in evaluation: the other variants still run
+            # Its run is marked failed in the registry by the pipeline; Ctrl-C (not an Exception) still ends the sweep.
+            message = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+            entries.append(SweepEntry(overrides, None, message))
+            emit("variant", "warn", {"message": f"{config.name} failed: {message}"})
     return entries
 
 

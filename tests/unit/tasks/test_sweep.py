@@ -169,3 +169,19 @@ def test_the_cli_leaderboard_says_what_it_ranked_by(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "best first by validation accuracy; the metric on test" in result.output
     assert result.output.index("0.7000") < result.output.index("0.6000")  # b (validation 0.7, test 0.8) first
+
+
+def test_a_variant_failing_outside_tunelab_errors_does_not_end_the_sweep(tmp_path, monkeypatch):
+    # E.g. a larger model of a --grid model=... running out of GPU memory while it is evaluated: the other
+    # variants still run and the leaderboard still lists the ones that finished.
+    ran = []
+
+    def pipeline(config, **kwargs):
+        ran.append(config.name)
+        if len(ran) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+
+    monkeypatch.setattr(sweep, "run_pipeline", pipeline)
+    entries = run_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"])
+    assert len(ran) == 2 and entries[1].error is None
+    assert entries[0].outcome is None and entries[0].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
