@@ -205,7 +205,8 @@ def leaderboard_row(entry: SweepEntry, metric: str | None = None) -> dict[str, A
                    low=m.low, high=m.high, higher_is_better=m.higher_is_better, verdict=outcome.comparison.verdict,
                    opponent=outcome.comparison.strongest)  # before/difference are against the strongest baseline
         train = outcome.train or {}
-        row.update(validation_loss=train.get("best_validation_loss"), validation_score=train.get("best_validation_score"))
+        row.update(validation_loss=train.get("best_validation_loss"), validation_score=train.get("best_validation_score"),
+                   model=outcome.config.model.name)
     return row
 
 
@@ -222,11 +223,14 @@ def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     without a result (failed, stopped) last.
     """
     finished = [row for row in rows if row.get("after") is not None]
+    # A loss per token of one tokenizer is not comparable with another's: a grid over models has no common loss.
+    one_model = len({row.get("model") for row in finished}) <= 1
     chosen = next(((name, label, higher) for name, label, higher in RANKINGS
-                   if finished and all(row.get(name) is not None for row in finished)), None)
+                   if finished and all(row.get(name) is not None for row in finished) and (name != "validation_loss" or one_model)), None)
+    why = "no validation rows" if one_model else "the models' validation losses are per token of different tokenizers"
     for row in finished:
         if chosen is None:
-            row.update(ranked_by="the test metric (no validation rows: this selects on test)", rank_value=row["after"])
+            row.update(ranked_by=f"the test metric ({why}: this selects on test)", rank_value=row["after"])
         else:
             row.update(ranked_by=chosen[1], rank_value=row[chosen[0]])
 

@@ -130,14 +130,15 @@ def test_a_grid_key_that_changes_the_test_or_validation_rows_is_refused_before_a
     assert len(names) == 4
 
 
-def _entry(name, test_accuracy, validation_accuracy, validation_loss):
+def _entry(name, test_accuracy, validation_accuracy, validation_loss, model="default"):
     from types import SimpleNamespace
 
     metric = SimpleNamespace(name="accuracy", before=0.5, after=test_accuracy, difference=test_accuracy - 0.5, low=0.0, high=0.1,
                              higher_is_better=True)
     comparison = SimpleNamespace(primary="accuracy", metrics=[metric], metric=lambda name: metric, verdict="better", strongest="classical")
     train = {"best_validation_loss": validation_loss, "best_validation_score": validation_accuracy}
-    return sweep.SweepEntry([f"train.lr={name}"], SimpleNamespace(name=name, comparison=comparison, train=train))
+    config = SimpleNamespace(model=SimpleNamespace(name=model))
+    return sweep.SweepEntry([f"train.lr={name}"], SimpleNamespace(name=name, comparison=comparison, train=train, config=config))
 
 
 def test_the_leaderboard_selects_on_validation_and_reports_test():
@@ -156,6 +157,14 @@ def test_the_leaderboard_selects_on_validation_and_reports_test():
         entry.outcome.train["best_validation_loss"] = None
     rows = sweep.leaderboard(entries)
     assert [row["overrides"] for row in rows][:2] == ["train.lr=a", "train.lr=b"] and "selects on test" in rows[0]["ranked_by"]
+
+
+def test_a_grid_over_models_is_not_ranked_by_losses_of_different_tokenizers():
+    # sft/text variants of two models: a loss per token of one tokenizer says nothing against another's.
+    entries = [_entry("a", 0.9, None, 0.7, model="org/small"), _entry("b", 0.8, None, 0.5, model="org/other")]
+    rows = sweep.leaderboard(entries)
+    assert [row["overrides"] for row in rows] == ["train.lr=a", "train.lr=b"]
+    assert "different tokenizers" in rows[0]["ranked_by"] and "selects on test" in rows[0]["ranked_by"]
 
 
 def test_the_cli_leaderboard_says_what_it_ranked_by(tmp_path, monkeypatch):
