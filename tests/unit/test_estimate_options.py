@@ -49,6 +49,16 @@ def test_the_rented_gpu_is_the_cheapest_that_fits():
     assert gpu_option([_gpu("A10G", 1, 1, fits=False)], retrain_every_s=WEEKLY) is None
 
 
+
+def test_the_rented_gpu_is_the_one_budget_gpu_names_when_it_fits():
+    gpus = [_gpu("A10G", 100, 0.03), _gpu("L4", 80, 0.016), _gpu("H200", 10, 0.05), _gpu("A100-80GB", 9, 0.04, fits=False)]
+    option = gpu_option(gpus, retrain_every_s=WEEKLY, named="h200")
+    assert option.name == "fine-tune on a rented H200" and option.usd == 0.05 and option.seconds == 10
+    assert option.retune_usd_per_month == pytest.approx(0.05 * 30 / 7)
+    # A named GPU the run does not fit on: the cheapest that fits, and the advice says why.
+    option = gpu_option(gpus, retrain_every_s=WEEKLY, named="A100-80GB")
+    assert option.name == "fine-tune on a rented L4" and any("budget.gpu A100-80GB does not fit" in note for note in option.notes)
+
 def _cloud(model, usd):
     return CloudEstimate(provider="OpenAI", model=model, usd=usd, usd_per_million_training_tokens=usd * 10, published="2025-06")
 

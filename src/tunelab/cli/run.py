@@ -253,15 +253,16 @@ def sweep(
     if as_json:
         print_json(rows)
         return
-    table = Table(title="sweep leaderboard (best first)")
-    for column in ("#", "variant", "metric", "strongest baseline", "tuned", "difference [95% interval]", "verdict"):
+    ranked_by = next((row["ranked_by"] for row in rows if row.get("ranked_by")), None)
+    table = Table(title=f"sweep leaderboard (best first by {ranked_by}; the metric on test)" if ranked_by else "sweep leaderboard")
+    for column in ("#", "variant", "ranked by", "metric", "strongest baseline", "tuned", "difference [95% interval]", "verdict"):
         table.add_column(column)
     for rank, row in enumerate(rows, 1):
         if row.get("after") is None:
-            table.add_row(str(rank), row["overrides"], "-", "-", "-", "-", f"[red]failed: {row.get('error')}[/]")
+            table.add_row(str(rank), row["overrides"], "-", "-", "-", "-", "-", f"[red]failed: {row.get('error')}[/]")
             continue
-        table.add_row(str(rank), row["overrides"], row["metric"], f"{row.get('opponent')} {_fmt(row['before'])}", _fmt(row["after"]),
-                      f"{row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]", row["verdict"])
+        table.add_row(str(rank), row["overrides"], _fmt(row["rank_value"]), row["metric"], f"{row.get('opponent')} {_fmt(row['before'])}",
+                      _fmt(row["after"]), f"{row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]", row["verdict"])
     console.print(table)
 
 

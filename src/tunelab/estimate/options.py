@@ -1,7 +1,7 @@
 """What each way forward costs, once and per month of re-tuning: the money side of ``tunelab advise``.
 
 The ways: keep the strongest baseline; fine-tune here (this machine); fine-tune on a rented GPU (the
-cheapest one of the price table that fits); fine-tune through a provider's API (the cheapest hosted
+config's ``budget.gpu`` when it fits, else the cheapest one of the price table that fits); fine-tune through a provider's API (the cheapest hosted
 fine-tuning price); label more examples first, then fine-tune here. Each is arithmetic over what the
 estimate already computed (``plan.Estimate``: the time measured on this machine, each GPU's time and
 price, each provider's price), never a second estimate. Re-tuning repeats the same run at a stated
@@ -78,13 +78,22 @@ def here_option(seconds_here: float | None, *, retrain_every_s: float, local_usd
     return OptionCost("here", "fine-tune here", seconds_here, usd, _monthly(seconds_here, retrain_every_s), _monthly(usd, retrain_every_s), notes)
 
 
-def gpu_option(gpus: Sequence[GPUEstimate], *, retrain_every_s: float) -> OptionCost | None:
-    """Fine-tune on the cheapest GPU of the table that fits the run (None without any GPU that fits)."""
+def gpu_option(gpus: Sequence[GPUEstimate], *, retrain_every_s: float, named: str | None = None) -> OptionCost | None:
+    """Fine-tune on the GPU the config names (``budget.gpu``) when it fits the run, else on the cheapest that fits.
+
+    None without any GPU that fits.
+    """
     fitting = [gpu for gpu in gpus if gpu.fits]
     if not fitting:
         return None
-    gpu = min(fitting, key=lambda g: (g.usd, g.seconds))
-    notes = ["compute only: renting, start-up, setup and minimum billing are not counted", f"price: {gpu.source}"]
+    notes = ["compute only: renting, start-up, setup and minimum billing are not counted"]
+    chosen = next((gpu for gpu in gpus if named is not None and gpu.name.lower() == named.lower()), None)
+    if chosen is not None and not chosen.fits:
+        # The user's GPU cannot run it: pricing it would promise a run that does not start.
+        notes.append(f"budget.gpu {chosen.name} does not fit this run in its {chosen.memory_gib:g} GiB: priced on the cheapest that does")
+        chosen = None
+    gpu = chosen or min(fitting, key=lambda g: (g.usd, g.seconds))
+    notes.append(f"price: {gpu.source}")
     return OptionCost("gpu", f"fine-tune on a rented {gpu.name}", gpu.seconds, gpu.usd,
                       _monthly(gpu.seconds, retrain_every_s), _monthly(gpu.usd, retrain_every_s), notes)
 

@@ -642,7 +642,7 @@ def advise(
     here = here_option(estimate_now.total_seconds, local_usd_per_hour=local_usd_per_hour, **every)
     options.append(OptionRow(here, *tuned_score, tuned_note))
     keyed["here"] = here
-    gpu = gpu_option(estimate_now.gpus, **every)
+    gpu = gpu_option(estimate_now.gpus, named=config.budget.gpu, **every)
     if gpu is not None:
         options.append(OptionRow(gpu, *tuned_score, tuned_note))
         keyed["gpu"] = gpu

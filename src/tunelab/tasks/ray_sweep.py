@@ -3,9 +3,9 @@
 Each trial is a whole ``tunelab run`` (check, split, estimate, baselines, train, evaluate, report, register),
 registered like any other run; the loop reports every validation loss to Tune, so ASHA can stop a trial
 whose validation loss lags the others at the same step, and Optuna can choose the next variant from the
-grid's ranges. The search only ever sees validation losses: the test set judges the leaderboard, never
-the search. Ray is an optional extra (``pip install 'tunelab[ray]'``); without it the in-process engine
-(``tunelab.tasks.sweep``) runs the grid as before.
+grid's ranges. The search and the leaderboard's order only ever see validation numbers (``sweep.rank_rows``):
+the test set is reported, never selected on. Ray is an optional extra (``pip install 'tunelab[ray]'``);
+without it the in-process engine (``tunelab.tasks.sweep``) runs the grid as before.
 
 A sweep is a Tune experiment under ``<train.output_dir>/sweeps/<name>``: running the same command again
 after the driver crashed restores it (finished trials are kept, unfinished ones continue their run
@@ -238,20 +238,22 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     """Run a sweep as a Ray Tune experiment; returns its leaderboard (best first).
 
     Raises:
-        ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, a
-            ``settings.metric`` the task does not measure, or a budget in dollars without a price.
+        ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, a grid key that
+            changes the split, a ``settings.metric`` the task does not measure, or a budget in dollars without a price.
     """
     tune = require_ray()
     import ray
 
     from tunelab.config import load_config
     from tunelab.registry.store import Registry, default_registry_path
-    from tunelab.tasks.sweep import check_metric, sweep_overrides
+    from tunelab.tasks.sweep import check_metric, check_same_rows, sweep_overrides
 
     config_path = Path(config_path).resolve()
     base = load_config(config_path, base_overrides)
-    for overrides in sweep_overrides(grid):  # every combination must make a valid config before any trial runs
-        check_metric(settings.metric, load_config(config_path, [*base_overrides, *overrides]))
+    variants = [(overrides, load_config(config_path, [*base_overrides, *overrides])) for overrides in sweep_overrides(grid)]
+    for _, variant in variants:  # every combination must make a valid config before any trial runs
+        check_metric(settings.metric, variant)
+    check_same_rows(variants)
     output_dir = Path(base.train.output_dir).resolve()
     name = settings.name or f"{base.name or 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = output_dir / SWEEPS_SUBDIR

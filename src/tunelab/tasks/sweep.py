@@ -78,8 +78,8 @@ def run_sweep(
     variant runs.
 
     Raises:
-        ConfigError: for a bad grid, a combination that makes an invalid config, or a ``metric`` the
-            variants' task does not measure.
+        ConfigError: for a bad grid, a combination that makes an invalid config, a grid key that changes the
+            split (``check_same_rows``), or a ``metric`` the variants' task does not measure.
     """
     from tunelab.config import load_config
 
@@ -95,6 +95,7 @@ def run_sweep(
             name = f"{name[:114]}-v{index}"
         config.name = name
         configs.append((overrides, config))
+    check_same_rows(configs)
     emit = on_event or (lambda step, status, details: None)
     entries = []
     for overrides, config in configs:
@@ -105,6 +106,11 @@ def run_sweep(
         except TunelabError as error:
             entries.append(SweepEntry(overrides, None, str(error)))
             emit("variant", "warn", {"message": f"{config.name} failed: {error}"})
+        except Exception as error:  # noqa: BLE001 - e.g. out of GPU memory in evaluation: the other variants still run
+            # Its run is marked failed in the registry by the pipeline; Ctrl-C (not an Exception) still ends the sweep.
+            message = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+            entries.append(SweepEntry(overrides, None, message))
+            emit("variant", "warn", {"message": f"{config.name} failed: {message}"})
     return entries
 
 
@@ -128,8 +134,52 @@ def check_metric(metric: str | None, config: Any) -> None:
         raise ConfigError(f"--metric {metric!r} cannot rank {config.task} runs", f"use one of {', '.join(rankable)}")
 
 
+def check_same_rows(variants: list[tuple[list[str], Any]]) -> None:
+    """Refuse a grid whose variants would be selected (validation) or judged (test) on different rows.
+
+    A grid key that changes the split (data.seed, data.test_size, data.limit, the data files, data.out_of_scope,
+    data.max_test_examples...) gives every variant rows of its own: their numbers are not comparable, and the
+    leaderboard would rank them anyway. The rows are computed as the pipeline computes them, not guessed from the
+    key's name. A variant whose data cannot be read is left to fail in its own run, as before.
+
+    Raises:
+        ConfigError: naming the grid key whose values change the rows.
+    """
+    from tunelab.data.split import make_split
+    from tunelab.evaluation.evaluate import select_test_records
+
+    rows_by_data: dict[str, tuple | None] = {}
+    rows = []
+    for _, config in variants:
+        data = f"{config.task} {config.data.model_dump_json()}"  # variants that change no data key share one split
+        if data not in rows_by_data:
+            try:
+                split = make_split(config)
+            except TunelabError:
+                rows_by_data[data] = None
+            else:
+                test = select_test_records(split.test, config.data.max_test_examples, config.data.seed)
+                rows_by_data[data] = (frozenset(r.id for r in test), frozenset(r.id for r in split.validation))
+        rows.append(rows_by_data[data])
+    if len({r for r in rows if r is not None}) <= 1:
+        return
+    for axis in range(len(variants[0][0])):
+        # The key whose values alone change the rows: variants equal on every other key, different rows.
+        seen: dict[tuple, set] = {}
+        for (overrides, _), variant_rows in zip(variants, rows, strict=True):
+            if variant_rows is not None:
+                seen.setdefault(tuple(o for i, o in enumerate(overrides) if i != axis), set()).add(variant_rows)
+        if any(len(found) > 1 for found in seen.values()):
+            key = variants[0][0][axis].split("=", 1)[0]
+            raise ConfigError(
+                f"--grid {key} changes the validation and test rows of the variants: the leaderboard would rank numbers "
+                "measured on different rows",
+                f"sweep one value of {key} at a time, or fix the rows with data.test and data.validation files",
+            )
+
+
 def leaderboard(entries: list[SweepEntry], metric: str | None = None) -> list[dict[str, Any]]:
-    """Rows sorted best first by ``metric`` (default: the task's primary metric) of the tuned model.
+    """Rows of the variants, best first by validation; ``metric`` (default: the task's primary) is reported on test.
 
     Raises:
         ConfigError: when ``metric`` is not one of the comparison's metrics.
@@ -154,16 +204,40 @@ def leaderboard_row(entry: SweepEntry, metric: str | None = None) -> dict[str, A
         row.update(name=outcome.name, metric=name, before=m.before, after=m.after, difference=m.difference,
                    low=m.low, high=m.high, higher_is_better=m.higher_is_better, verdict=outcome.comparison.verdict,
                    opponent=outcome.comparison.strongest)  # before/difference are against the strongest baseline
+        train = outcome.train or {}
+        row.update(validation_loss=train.get("best_validation_loss"), validation_score=train.get("best_validation_score"),
+                   model=outcome.config.model.name)
     return row
 
 
+# What the variants are ranked by: the kept checkpoint's validation accuracy (classify), else its validation loss.
+# Never the test metric while there is a validation number: choosing the best variant by test is selection on test.
+RANKINGS = (("validation_score", "validation accuracy", True), ("validation_loss", "validation loss", False))
+
+
 def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Leaderboard rows best first by their tuned metric; variants without one (failed, stopped) last."""
+    """Leaderboard rows best first, each with ``ranked_by`` (what decided the order) and ``rank_value``.
+
+    Ranked by validation when every finished variant has the same validation number; the test metric is reported,
+    not selected on. Without one (no validation rows) by the test metric, and ``ranked_by`` says so. Variants
+    without a result (failed, stopped) last.
+    """
+    finished = [row for row in rows if row.get("after") is not None]
+    # A loss per token of one tokenizer is not comparable with another's: a grid over models has no common loss.
+    one_model = len({row.get("model") for row in finished}) <= 1
+    chosen = next(((name, label, higher) for name, label, higher in RANKINGS
+                   if finished and all(row.get(name) is not None for row in finished) and (name != "validation_loss" or one_model)), None)
+    why = "no validation rows" if one_model else "the models' validation losses are per token of different tokenizers"
+    for row in finished:
+        if chosen is None:
+            row.update(ranked_by=f"the test metric ({why}: this selects on test)", rank_value=row["after"])
+        else:
+            row.update(ranked_by=chosen[1], rank_value=row[chosen[0]])
 
     def sort_key(row: dict[str, Any]) -> tuple:
         if row.get("after") is None:
             return (1, 0.0)
-        sign = -1.0 if row.get("higher_is_better", True) is not False else 1.0
-        return (0, sign * row["after"])
+        higher = chosen[2] if chosen is not None else row.get("higher_is_better", True) is not False
+        return (0, (-1.0 if higher else 1.0) * row["rank_value"])
 
     return sorted(rows, key=sort_key)

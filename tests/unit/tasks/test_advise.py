@@ -98,6 +98,15 @@ def test_too_little_data_still_gets_an_honest_answer(tmp_path, tiny_model_dir):
     assert "too few for a learning curve" in advice.reason and "too few" in advice.flags[0]
 
 
+
+def test_the_rented_gpu_of_the_advice_is_the_one_the_config_names(tmp_path, tiny_model_dir):
+    # The cheapest GPU of the table for a tiny run is not the H200: a user who set budget.gpu: H200 is told its price.
+    raw = _classify_config(tmp_path, tiny_model_dir, rows=20).model_dump(mode="json")
+    raw["budget"]["gpu"] = "H200"
+    advice = advise(parse_config(raw), budget_minutes=None, calibrate=False, folder=tmp_path / "h200-advice")
+    gpu = next(row.cost for row in advice.options if row.cost.key == "gpu")
+    assert gpu.name == "fine-tune on a rented H200", gpu
+
 def test_a_provider_config_is_advised_with_local_runs_and_says_so(tmp_path, tiny_model_dir):
     # examples/qa-assistant/cloud.yaml's shape: train.backend openai at model.endpoint. Nothing is sent anywhere
     # (the address answers nothing): the opponents and the curve are local, and the advice says whose runs they are.

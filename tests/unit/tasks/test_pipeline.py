@@ -143,7 +143,8 @@ def test_sweep_shares_the_baseline_and_ranks(tmp_path, tiny_model_dir):
     assert sum(1 for step, status in events if (step, status) == ("baseline", "skip")) == 2
     assert sum(1 for step, status in events if (step, status) == ("baseline", "baseline skipped")) == 4
     rows = leaderboard(entries)
-    assert rows[0]["after"] >= rows[1]["after"]
+    # Selected on validation (the kept checkpoint's validation accuracy), the test metric reported beside it.
+    assert rows[0]["ranked_by"] == "validation accuracy" and rows[0]["rank_value"] >= rows[1]["rank_value"]
     strongest = {entry.outcome.name: entry.outcome.comparison.strongest for entry in entries}
     assert [row["opponent"] for row in rows] == [strongest[row["name"]] for row in rows]  # ranked against the strongest baseline
 

@@ -142,7 +142,8 @@ def test_ray_sweep_on_a_local_cluster_stops_lagging_trials_and_continues_after_t
     assert {trial for _, recorded in rungs["brackets"][0] for trial in recorded} == {r["name"].split("-")[1] for r in rows}
     ranked = [r for r in rows if r.get("after") is not None]
     assert ranked and rows[: len(ranked)] == ranked  # finished variants first, best first
-    assert [r["after"] for r in ranked] == sorted((r["after"] for r in ranked), reverse=True)
+    assert {r["ranked_by"] for r in ranked} == {"validation accuracy"}  # selected on validation, test reported
+    assert [r["rank_value"] for r in ranked] == sorted((r["rank_value"] for r in ranked), reverse=True)
     assert ranked[0]["overrides"] == "train.lr=3e-3" and runs[ranked[0]["name"]] == "finished"
 
 

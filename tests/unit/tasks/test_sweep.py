@@ -102,3 +102,95 @@ def test_a_ray_task_error_is_told_by_its_cause():
         wrapped = RayTaskError("train", "Traceback (most recent call last):\n  ...", cause)
     row, stopped = trial_row({"run": "r", "overrides": "train.lr=1"}, wrapped, "night")
     assert not stopped and "loss is nan at step 7" in row["error"], row
+
+
+def _split_config(tmp_path):
+    rows = [f'{{"text": "item {i} {word}", "label": "{label}"}}' for i in range(20) for word, label in (("apple", "A"), ("card", "B"))]
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    path = tmp_path / "split.yaml"
+    path.write_text(f"task: classify\nmodel: tiny\nname: sw\ndata: {{train: {tmp_path / 'train.jsonl'}, test_size: 0.25}}\n"
+                    f"train: {{output_dir: {tmp_path / 'runs'}}}\n")
+    return path
+
+
+@pytest.mark.parametrize("grid", [["train.lr=1e-4,2e-4", "data.seed=0,1"], ["data.test_size=0.2,0.3"], ["data.limit=30,40"],
+                                  ["train.lr=1e-4", "data.max_test_examples=4,6"]])
+def test_a_grid_key_that_changes_the_test_or_validation_rows_is_refused_before_any_variant_runs(tmp_path, monkeypatch, grid):
+    # Variants judged on different test rows (and chosen on different validation rows) rank numbers that do not compare.
+    def never(config, **kwargs):
+        raise AssertionError("a variant ran")
+
+    monkeypatch.setattr(sweep, "run_pipeline", never)
+    key = grid[-1].split("=")[0]
+    with pytest.raises(ConfigError, match=rf"--grid {key} changes the validation and test rows"):
+        run_sweep(_split_config(tmp_path), [], grid)
+    names = []
+    monkeypatch.setattr(sweep, "run_pipeline", lambda config, **kwargs: names.append(config.name))
+    run_sweep(_split_config(tmp_path), [], ["train.lr=1e-4,2e-4", "data.max_length=64,128"])  # same rows: it runs
+    assert len(names) == 4
+
+
+def _entry(name, test_accuracy, validation_accuracy, validation_loss, model="default"):
+    from types import SimpleNamespace
+
+    metric = SimpleNamespace(name="accuracy", before=0.5, after=test_accuracy, difference=test_accuracy - 0.5, low=0.0, high=0.1,
+                             higher_is_better=True)
+    comparison = SimpleNamespace(primary="accuracy", metrics=[metric], metric=lambda name: metric, verdict="better", strongest="classical")
+    train = {"best_validation_loss": validation_loss, "best_validation_score": validation_accuracy}
+    config = SimpleNamespace(model=SimpleNamespace(name=model))
+    return sweep.SweepEntry([f"train.lr={name}"], SimpleNamespace(name=name, comparison=comparison, train=train, config=config))
+
+
+def test_the_leaderboard_selects_on_validation_and_reports_test():
+    # The variant with the best test accuracy is not the best on validation: the sweep picks by validation.
+    entries = [_entry("a", 0.9, 0.6, 0.7), _entry("b", 0.8, 0.7, 0.9), sweep.SweepEntry(["train.lr=c"], None, "failed")]
+    rows = sweep.leaderboard(entries)
+    assert [row["overrides"] for row in rows] == ["train.lr=b", "train.lr=a", "train.lr=c"]
+    assert rows[0]["ranked_by"] == "validation accuracy" and rows[0]["rank_value"] == 0.7 and rows[0]["after"] == 0.8
+    # Without a validation accuracy (classify.select_by: loss, sft, text): the lower validation loss first.
+    for entry in entries[:2]:
+        entry.outcome.train["best_validation_score"] = None
+    rows = sweep.leaderboard(entries)
+    assert [row["overrides"] for row in rows][:2] == ["train.lr=a", "train.lr=b"] and rows[0]["ranked_by"] == "validation loss"
+    # No validation rows at all: ranked on test, and the row says that this is selection on test.
+    for entry in entries[:2]:
+        entry.outcome.train["best_validation_loss"] = None
+    rows = sweep.leaderboard(entries)
+    assert [row["overrides"] for row in rows][:2] == ["train.lr=a", "train.lr=b"] and "selects on test" in rows[0]["ranked_by"]
+
+
+def test_a_grid_over_models_is_not_ranked_by_losses_of_different_tokenizers():
+    # sft/text variants of two models: a loss per token of one tokenizer says nothing against another's.
+    entries = [_entry("a", 0.9, None, 0.7, model="org/small"), _entry("b", 0.8, None, 0.5, model="org/other")]
+    rows = sweep.leaderboard(entries)
+    assert [row["overrides"] for row in rows] == ["train.lr=a", "train.lr=b"]
+    assert "different tokenizers" in rows[0]["ranked_by"] and "selects on test" in rows[0]["ranked_by"]
+
+
+def test_the_cli_leaderboard_says_what_it_ranked_by(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: [_entry("a", 0.9, 0.6, 0.7), _entry("b", 0.8, 0.7, 0.9)])
+    _register_commands()
+    result = CliRunner().invoke(app, ["sweep", str(_sweep_config(tmp_path)), "--grid", "train.lr=a,b"])
+    assert result.exit_code == 0, result.output
+    assert "best first by validation accuracy; the metric on test" in result.output
+    assert result.output.index("0.7000") < result.output.index("0.6000")  # b (validation 0.7, test 0.8) first
+
+
+def test_a_variant_failing_outside_tunelab_errors_does_not_end_the_sweep(tmp_path, monkeypatch):
+    # E.g. a larger model of a --grid model=... running out of GPU memory while it is evaluated: the other
+    # variants still run and the leaderboard still lists the ones that finished.
+    ran = []
+
+    def pipeline(config, **kwargs):
+        ran.append(config.name)
+        if len(ran) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+
+    monkeypatch.setattr(sweep, "run_pipeline", pipeline)
+    entries = run_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"])
+    assert len(ran) == 2 and entries[1].error is None
+    assert entries[0].outcome is None and entries[0].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
