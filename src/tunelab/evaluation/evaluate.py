@@ -41,7 +41,7 @@ from tunelab.evaluation.metrics import (
 from tunelab.evaluation.predict import window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier, chat_prompt
-from tunelab.models.generate import generate_batch
+from tunelab.models.generate import context_length, generate_batch
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
 Progress = Callable[[int], None]
@@ -387,6 +387,24 @@ def score_sft(
     return rows, metric_values("sft", rows)
 
 
+def prompt_room(loaded: Any, config: EvalConfig, max_length: int) -> int:
+    """The most tokens an evaluated prompt keeps: ``max_length``, less when the model's context
+    (``models.generate.context_length``, as ``tunelab generate`` and the server read it) leaves less beside
+    ``eval.max_new_tokens``. The answer keeps its whole budget: cutting it per batch would make an answer's length
+    depend on its neighbours; a GPT-2-style model fails with an IndexError past its positions.
+
+    Raises:
+        ConfigError: when ``eval.max_new_tokens`` alone fills the model's context.
+    """
+    context = context_length(loaded.model)
+    if config.max_new_tokens >= context:
+        raise ConfigError(
+            f"eval.max_new_tokens ({config.max_new_tokens}) leaves no room for a prompt in the model's context of {context} "
+            f"tokens: set eval.max_new_tokens (--max-new-tokens) below {context}"
+        )
+    return min(max_length, context - config.max_new_tokens)
+
+
 def answer_prompts(
     loaded: Any,
     conversations: Sequence[Sequence[dict[str, str]]],
@@ -397,13 +415,15 @@ def answer_prompts(
 ) -> tuple[list[str], int]:
     """The model's answers to chat prompts (the one generation path), and how many prompts were cut.
 
-    A prompt longer than ``max_length`` keeps its end: the opened assistant turn is where the answer starts.
+    A prompt longer than ``max_length`` (or than ``prompt_room``) keeps its end: the opened assistant turn is where
+    the answer starts.
     ``tools``: each conversation's tool schemas (tool-calling records), handed to the chat template.
     """
+    limit = prompt_room(loaded, config, max_length)
     prompts, truncated = [], 0
     for index, messages in enumerate(conversations):
         # The one chat preparation (as served); the system prompt is already in the messages here.
-        prompt = chat_prompt(loaded.tokenizer, messages, max_length=max_length, tools=tools[index] if tools else ())
+        prompt = chat_prompt(loaded.tokenizer, messages, max_length=limit, tools=tools[index] if tools else ())
         prompts.append(prompt.ids)
         truncated += prompt.truncated
     answers = generate_batch(
@@ -425,7 +445,12 @@ def _evaluate_sft(loaded, records, config, data_config, settings, progress):
     conversations = [with_system_prompt(r.prompt_messages, data_config.system_prompt) for r in records]
     answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length, progress, tools=[r.tools for r in records])
     rows, metrics = score_sft(records, answers, references)
-    warnings = [f"{truncated} sft prompts were longer than max_length and kept only their last tokens"] if truncated else []
+    limit = prompt_room(loaded, config, data_config.max_length)
+    bound = "max_length" if limit == data_config.max_length else (
+        f"{limit} tokens (the model's context of {context_length(loaded.model)} less eval.max_new_tokens={config.max_new_tokens}; "
+        f"data.max_length is {data_config.max_length})"
+    )
+    warnings = [f"{truncated} sft prompts were longer than {bound} and kept only their last tokens"] if truncated else []
     settings.update(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     return rows, metrics, warnings
 

@@ -1,0 +1,58 @@
+"""Evaluation's generation keeps prompt + answer inside the model's context (``models.generate.context_length``),
+the one rule ``tunelab generate`` and the server follow: a GPT-2-style model (absolute positions) past ``n_positions``
+failed mid-evaluation with an IndexError traceback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.config import DataConfig, EvalConfig
+from tunelab.data.records import SFTRecord
+from tunelab.errors import ConfigError
+from tunelab.evaluation.evaluate import evaluate
+from tunelab.models.loader import LoadedModel
+from tunelab.models.resolve import ModelSource
+
+CONTEXT = 32
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    return LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+
+
+def _record(question: str) -> SFTRecord:
+    return SFTRecord(({"role": "user", "content": question}, {"role": "assistant", "content": "four"}), source="test.jsonl:1")
+
+
+def test_prompt_plus_answer_past_the_context_keeps_the_answer_and_cuts_the_prompt(gpt2, monkeypatch):
+    from tunelab.models import generate
+
+    asked: list[tuple[int, int]] = []
+    real = generate.generate_ids
+
+    def spy(model, input_ids, attention_mask, **options):
+        asked.append((input_ids.shape[1], options["max_new_tokens"]))
+        return real(model, input_ids, attention_mask, **options)
+
+    monkeypatch.setattr(generate, "generate_ids", spy)
+    # data.max_length 64 and eval.max_new_tokens 20 both pass on their own; together they run past 32 positions.
+    records = [_record("What is two plus two?"), _record("Four score and seven years ago our fathers brought forth " * 2)]
+    result = evaluate(gpt2, records, "sft", config=EvalConfig(max_new_tokens=20, batch_size=1), data_config=DataConfig(max_length=64))
+    assert result.n == 2
+    assert asked and all(prompt + new <= CONTEXT and new == 20 for prompt, new in asked), asked
+    assert any(
+        "sft prompts were longer than" in w and f"context of {CONTEXT}" in w and "eval.max_new_tokens=20" in w for w in result.warnings
+    ), result.warnings
+
+
+def test_an_answer_as_long_as_the_context_is_one_line_naming_the_key(gpt2):
+    with pytest.raises(ConfigError) as caught:
+        evaluate(gpt2, [_record("hello")], "sft", config=EvalConfig(max_new_tokens=CONTEXT), data_config=DataConfig(max_length=64))
+    message = str(caught.value)
+    assert "\n" not in message and "eval.max_new_tokens" in message and f"context of {CONTEXT}" in message, message
