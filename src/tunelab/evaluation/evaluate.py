@@ -462,6 +462,13 @@ def perplexity_stride(data_config: DataConfig) -> int:
 
 
 def _evaluate_text(loaded, records, config, data_config, settings, progress):
+    # A window reads at most the model's context (the one context_length): a GPT-2-style model fails with an
+    # IndexError past its positions. The stride follows the window, so every token after a document's first has context.
+    context = context_length(loaded.model)
+    warnings = []
+    if data_config.max_length > context:
+        warnings.append(f"perplexity windows are {context} tokens, the model's context of {context}, not data.max_length={data_config.max_length}")
+        data_config = data_config.model_copy(update={"max_length": context})
     stride = perplexity_stride(data_config)
     windows, owner = [], []
     for index, record in enumerate(records):
@@ -492,7 +499,6 @@ def _evaluate_text(loaded, records, config, data_config, settings, progress):
             }
         )
     metrics = text_metrics(sum(nll), sum(tokens), sum(len(r.text.encode("utf-8")) for r in records))
-    warnings = []
     empty = [r.source or r.id for r, count in zip(records, tokens, strict=True) if count == 0]
     if empty:
         warnings.append(f"{len(empty)} documents have no token to predict (first: {empty[0]})")

@@ -56,3 +56,27 @@ def test_an_answer_as_long_as_the_context_is_one_line_naming_the_key(gpt2):
         evaluate(gpt2, [_record("hello")], "sft", config=EvalConfig(max_new_tokens=CONTEXT), data_config=DataConfig(max_length=64))
     message = str(caught.value)
     assert "\n" not in message and "eval.max_new_tokens" in message and f"context of {CONTEXT}" in message, message
+
+
+def test_text_windows_longer_than_the_context_are_cut_to_it(gpt2, monkeypatch):
+    # Perplexity windows of data.max_length (64) past n_positions (32) were an IndexError traceback (the base model's
+    # perplexity, before any training); each window now fits the model's context, and the result says so.
+    import importlib
+
+    from tunelab.data.records import TextRecord
+
+    module = importlib.import_module("tunelab.evaluation.evaluate")  # the package exports the function of that name
+
+    widths: list[int] = []
+    real = module.window_nll
+
+    def spy(model, windows, **options):
+        widths.extend(len(ids) for ids, _ in windows)
+        return real(model, windows, **options)
+
+    monkeypatch.setattr(module, "window_nll", spy)
+    document = TextRecord("Four score and seven years ago our fathers brought forth on this continent a new nation. " * 3)
+    result = evaluate(gpt2, [document], "text", config=EvalConfig(), data_config=DataConfig(max_length=64))
+    assert widths and max(widths) <= CONTEXT and result.metrics["perplexity"] > 0
+    assert result.settings["stride"] <= CONTEXT // 2
+    assert any(f"context of {CONTEXT}" in warning and "data.max_length=64" in warning for warning in result.warnings), result.warnings
