@@ -350,6 +350,11 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
         # The zero-shot instruction carries the whole label list (hundreds of tokens for 77 labels): the
         # text gets as many tokens as in the trained prompt, and the list is never cut to fit max_length.
         limit += zero_shot_extra_tokens(tokenizer, label_map, system)
+    # The prompt reads at most the model's context (the one context_length): a GPT-2-style model fails with an
+    # IndexError past its positions; the text is what is shortened, as for max_length.
+    context = context_length(loaded.model)
+    cut_to_context = limit > context
+    limit = min(limit, context)
     # The one classify inference (as served): the prompt, the text shortened to max_length, the shared prefix
     # computed once, the label rows. The run's trained label rows apply only to the labels it was trained on,
     # never to a zero-shot prompt.
@@ -363,7 +368,8 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
     probabilities, scores = classifier.scored(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)
     rows, metrics, warnings = score_classify(records, probabilities, label_map.labels, out_of_scope, scores)
     if truncated:
-        warnings.append(f"{truncated} classify prompts were longer than max_length and had their text shortened")
+        bound = f"the model's context of {context} tokens" if cut_to_context else "max_length"
+        warnings.append(f"{truncated} classify prompts were longer than {bound} and had their text shortened")
     settings.update(prompt="zero_shot" if baseline else "trained", labels=label_map.to_dict())
     if out_of_scope is not None:
         settings["out_of_scope"] = out_of_scope.to_dict()

@@ -80,3 +80,19 @@ def test_text_windows_longer_than_the_context_are_cut_to_it(gpt2, monkeypatch):
     assert widths and max(widths) <= CONTEXT and result.metrics["perplexity"] > 0
     assert result.settings["stride"] <= CONTEXT // 2
     assert any(f"context of {CONTEXT}" in warning and "data.max_length=64" in warning for warning in result.warnings), result.warnings
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_classify_prompts_longer_than_the_context_have_their_text_shortened_to_it(gpt2, tiny_tokenizer, baseline):
+    # A classify prompt of data.max_length (64, more with the zero-shot label list) past n_positions (32) was an
+    # IndexError traceback; the text is shortened so the prompt fits the model's context, and the result says so.
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.records import ClassifyRecord
+
+    records = [ClassifyRecord("my card has not arrived yet and I need help with billing " * 3, "billing", source="test.csv:2"),
+               ClassifyRecord("cannot login", "technical", source="test.csv:3")]
+    label_map = build_label_map(["billing", "technical"], tiny_tokenizer)
+    result = evaluate(gpt2, records, "classify", config=EvalConfig(), data_config=DataConfig(max_length=64), label_map=label_map,
+                      baseline=baseline)
+    assert result.n == 2 and all(row["prediction"] in label_map.labels for row in result.rows)
+    assert any(f"context of {CONTEXT}" in warning for warning in result.warnings), result.warnings
