@@ -48,7 +48,9 @@ def _key_metric(run: RunRecord) -> str:
     if metric is None:
         return "-"
     name, before, after = metric
-    return f"{name} {_number(before)} → {_number(after)}"
+    # Only the base model's value is "before": when it was skipped the cell says so (`tunelab show` gives the reason).
+    shown = "n/a (base skipped)" if before is None and run.base_skipped is not None else _number(before)
+    return f"{name} {shown} → {_number(after)}"
 
 
 def runs(

@@ -39,6 +39,7 @@ per label is skipped before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,11 +202,41 @@ def classical_pipeline(c: float = 1.0, seed: int = 0):
 
     features = FeatureUnion(
         [
-            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
+            ("word", _word_features()(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
             ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)),
         ]
     )
     return Pipeline([("features", features), ("model", LogisticRegression(C=c, max_iter=2000, random_state=seed))])
+
+
+@functools.cache
+def _word_features() -> type:
+    """TfidfVectorizer that gives no columns when its texts have no word, instead of sklearn's "empty vocabulary"
+    ValueError: texts such as ":)" or "😡" are examples the data layer accepts, and the char n-grams still read them
+    (also a cross-validation fold whose training texts happen to be symbols only). A class made once, lazily, so
+    that importing this module does not import sklearn; ``clone`` rebuilds it from its parameters like its parent."""
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    class WordFeatures(TfidfVectorizer):
+        def fit(self, raw_documents, y=None):
+            self.fit_transform(raw_documents, y)
+            return self
+
+        def fit_transform(self, raw_documents, y=None):
+            documents = list(raw_documents)
+            analyze = self.build_analyzer()
+            self.no_words_ = not any(analyze(document) for document in documents)
+            if self.no_words_:
+                return csr_matrix((len(documents), 0))
+            return super().fit_transform(documents, y)
+
+        def transform(self, raw_documents):
+            if getattr(self, "no_words_", False):
+                return csr_matrix((len(list(raw_documents)), 0))
+            return super().transform(raw_documents)
+
+    return WordFeatures
 
 
 def cv_folds(labels: Sequence[str]) -> int:

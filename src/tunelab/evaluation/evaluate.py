@@ -41,7 +41,7 @@ from tunelab.evaluation.metrics import (
 from tunelab.evaluation.predict import window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier, chat_prompt
-from tunelab.models.generate import generate_batch
+from tunelab.models.generate import context_length, generate_batch
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
 Progress = Callable[[int], None]
@@ -350,6 +350,11 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
         # The zero-shot instruction carries the whole label list (hundreds of tokens for 77 labels): the
         # text gets as many tokens as in the trained prompt, and the list is never cut to fit max_length.
         limit += zero_shot_extra_tokens(tokenizer, label_map, system)
+    # The prompt reads at most the model's context (the one context_length): a GPT-2-style model fails with an
+    # IndexError past its positions; the text is what is shortened, as for max_length.
+    context = context_length(loaded.model)
+    cut_to_context = limit > context
+    limit = min(limit, context)
     # The one classify inference (as served): the prompt, the text shortened to max_length, the shared prefix
     # computed once, the label rows. The run's trained label rows apply only to the labels it was trained on,
     # never to a zero-shot prompt.
@@ -363,7 +368,8 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
     probabilities, scores = classifier.scored(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)
     rows, metrics, warnings = score_classify(records, probabilities, label_map.labels, out_of_scope, scores)
     if truncated:
-        warnings.append(f"{truncated} classify prompts were longer than max_length and had their text shortened")
+        bound = f"the model's context of {context} tokens" if cut_to_context else "max_length"
+        warnings.append(f"{truncated} classify prompts were longer than {bound} and had their text shortened")
     settings.update(prompt="zero_shot" if baseline else "trained", labels=label_map.to_dict())
     if out_of_scope is not None:
         settings["out_of_scope"] = out_of_scope.to_dict()
@@ -387,6 +393,24 @@ def score_sft(
     return rows, metric_values("sft", rows)
 
 
+def prompt_room(loaded: Any, config: EvalConfig, max_length: int) -> int:
+    """The most tokens an evaluated prompt keeps: ``max_length``, less when the model's context
+    (``models.generate.context_length``, as ``tunelab generate`` and the server read it) leaves less beside
+    ``eval.max_new_tokens``. The answer keeps its whole budget: cutting it per batch would make an answer's length
+    depend on its neighbours; a GPT-2-style model fails with an IndexError past its positions.
+
+    Raises:
+        ConfigError: when ``eval.max_new_tokens`` alone fills the model's context.
+    """
+    context = context_length(loaded.model)
+    if config.max_new_tokens >= context:
+        raise ConfigError(
+            f"eval.max_new_tokens ({config.max_new_tokens}) leaves no room for a prompt in the model's context of {context} "
+            f"tokens: set eval.max_new_tokens (--max-new-tokens) below {context}"
+        )
+    return min(max_length, context - config.max_new_tokens)
+
+
 def answer_prompts(
     loaded: Any,
     conversations: Sequence[Sequence[dict[str, str]]],
@@ -397,13 +421,15 @@ def answer_prompts(
 ) -> tuple[list[str], int]:
     """The model's answers to chat prompts (the one generation path), and how many prompts were cut.
 
-    A prompt longer than ``max_length`` keeps its end: the opened assistant turn is where the answer starts.
+    A prompt longer than ``max_length`` (or than ``prompt_room``) keeps its end: the opened assistant turn is where
+    the answer starts.
     ``tools``: each conversation's tool schemas (tool-calling records), handed to the chat template.
     """
+    limit = prompt_room(loaded, config, max_length)
     prompts, truncated = [], 0
     for index, messages in enumerate(conversations):
         # The one chat preparation (as served); the system prompt is already in the messages here.
-        prompt = chat_prompt(loaded.tokenizer, messages, max_length=max_length, tools=tools[index] if tools else ())
+        prompt = chat_prompt(loaded.tokenizer, messages, max_length=limit, tools=tools[index] if tools else ())
         prompts.append(prompt.ids)
         truncated += prompt.truncated
     answers = generate_batch(
@@ -425,7 +451,12 @@ def _evaluate_sft(loaded, records, config, data_config, settings, progress):
     conversations = [with_system_prompt(r.prompt_messages, data_config.system_prompt) for r in records]
     answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length, progress, tools=[r.tools for r in records])
     rows, metrics = score_sft(records, answers, references)
-    warnings = [f"{truncated} sft prompts were longer than max_length and kept only their last tokens"] if truncated else []
+    limit = prompt_room(loaded, config, data_config.max_length)
+    bound = "max_length" if limit == data_config.max_length else (
+        f"{limit} tokens (the model's context of {context_length(loaded.model)} less eval.max_new_tokens={config.max_new_tokens}; "
+        f"data.max_length is {data_config.max_length})"
+    )
+    warnings = [f"{truncated} sft prompts were longer than {bound} and kept only their last tokens"] if truncated else []
     settings.update(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     return rows, metrics, warnings
 
@@ -437,6 +468,13 @@ def perplexity_stride(data_config: DataConfig) -> int:
 
 
 def _evaluate_text(loaded, records, config, data_config, settings, progress):
+    # A window reads at most the model's context (the one context_length): a GPT-2-style model fails with an
+    # IndexError past its positions. The stride follows the window, so every token after a document's first has context.
+    context = context_length(loaded.model)
+    warnings = []
+    if data_config.max_length > context:
+        warnings.append(f"perplexity windows are {context} tokens, the model's context of {context}, not data.max_length={data_config.max_length}")
+        data_config = data_config.model_copy(update={"max_length": context})
     stride = perplexity_stride(data_config)
     windows, owner = [], []
     for index, record in enumerate(records):
@@ -467,7 +505,6 @@ def _evaluate_text(loaded, records, config, data_config, settings, progress):
             }
         )
     metrics = text_metrics(sum(nll), sum(tokens), sum(len(r.text.encode("utf-8")) for r in records))
-    warnings = []
     empty = [r.source or r.id for r, count in zip(records, tokens, strict=True) if count == 0]
     if empty:
         warnings.append(f"{len(empty)} documents have no token to predict (first: {empty[0]})")

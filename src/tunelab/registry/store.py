@@ -109,11 +109,26 @@ class RunRecord:
             return str(value) if value is not None else None
         return None
 
+    @property
+    def base_skipped(self) -> str | None:
+        """Why the base model was not scored (``eval.skip_hopeless``: it cannot win), as the verdict or the artifacts
+        keep it; None when it was scored or nothing says so."""
+        for skipped in ((self.comparison or {}).get("skipped"), (self.artifacts or {}).get("baselines_skipped")):
+            if isinstance(skipped, dict) and "base" in skipped:
+                return str(skipped["base"])
+        return None
+
+    def base_metrics(self) -> dict[str, float]:
+        """The base model's metrics ("before"): ``baseline_metrics``, unless the run says the base model was skipped.
+        Rows written before that column held only the base model's kept another baseline's metrics there (the
+        classical baseline's when the base model was skipped), never to be shown as the base model's."""
+        return {} if self.base_skipped is not None else metric_values(self.baseline_metrics)
+
     def key_metric(self) -> tuple[str, float | None, float | None] | None:
-        """(metric name, baseline value, tuned value) of the task's headline metric, if either is known."""
+        """(metric name, base model's value, tuned value) of the task's headline metric, if either is known."""
         candidates = KEY_METRICS.get(self.task or "", ())
         for name in candidates + tuple(metric_values(self.tuned_metrics) or metric_values(self.baseline_metrics)):
-            before = metric_values(self.baseline_metrics).get(name)
+            before = self.base_metrics().get(name)
             after = metric_values(self.tuned_metrics).get(name)
             if before is not None or after is not None:
                 return name, before, after

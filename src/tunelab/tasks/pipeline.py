@@ -624,8 +624,9 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
         record.value = {"paths": {name: str(paths[name]) for name in results}, "cached": cached, "skipped": results.skipped}
         shown = metrics.get("base") or next(iter(metrics.values()), None)
         record.details = {"metrics": shown, "baselines": metrics, "skipped": results.skipped}
-        # The registry's baseline_metrics column keeps the base model's (what `tunelab runs` shows as "before").
-        record.registry_fields = {"baseline_metrics": shown}
+        # The registry's baseline_metrics column keeps the base model's (what `tunelab runs` shows as "before"), or
+        # none when it was skipped or not asked for: another baseline's metrics there read as the base model's.
+        record.registry_fields = {"baseline_metrics": metrics.get("base") or metrics.get(REMOTE_BASE)}
         record.timing = "baseline"
     context.baseline_evals = dict(results)
     context.baseline_skipped = dict(results.skipped)

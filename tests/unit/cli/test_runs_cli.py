@@ -112,3 +112,23 @@ def test_compare_names_an_evaluation_file_that_is_not_there(app, tmp_path, monke
         result = CliRunner().invoke(app, ["compare", *items])
         assert isinstance(result.exception, DataError), (items, repr(result.exception))
         assert str(result.exception).startswith("evaluation file not found:"), str(result.exception)
+
+
+def test_runs_never_shows_another_baselines_value_as_the_base_models_before(app, tmp_path):
+    # eval.skip_hopeless skipped the base model; the row's baseline_metrics held the classical baseline's metrics
+    # (what the pipeline stored then), and `tunelab runs` printed "accuracy 0.85 → 0.86" as if the base model scored 0.85.
+    reason = "2 of 5 validation requests right (0.400, 95% interval up to 0.769), below the classical baseline's cross-validated accuracy 0.900: it cannot win, so it is not scored on the test rows"
+    path = tmp_path / "registry.db"
+    registry = Registry(path)
+    classical = {"primary": "accuracy", "accuracy": 0.85}
+    registry.create_run(
+        name="hopeless-base", task="classify", model="default", status="finished",
+        baseline_metrics=classical, tuned_metrics={"primary": "accuracy", "accuracy": 0.86},
+        comparison={"verdict": "no significant difference", "primary": "accuracy", "skipped": {"base": reason}},
+        artifacts={"baselines": {"classical": classical}, "baselines_skipped": {"base": reason}},
+    )
+    result = CliRunner().invoke(app, ["runs", "--registry", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "0.85 →" not in result.output, result.output
+    assert "accuracy n/a (base skipped) → 0.86" in result.output, result.output
+    assert Registry(path).get_run("hopeless-base").key_metric() == ("accuracy", None, 0.86)

@@ -249,6 +249,8 @@ def test_a_baseline_that_cannot_win_on_validation_rows_is_skipped_and_shown_ever
     assert saved["skipped"] == outcome.baseline_skipped
     registry = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
     assert registry.artifacts["baselines_skipped"] == outcome.baseline_skipped
+    # The classical baseline's metrics were stored as "before" and `tunelab runs` showed them as the base model's.
+    assert registry.baseline_metrics is None and registry.key_metric()[1] is None and registry.base_skipped == outcome.baseline_skipped["base"]
     # Every baseline reported progress with an ETA while it ran.
     progress = [d for s, st, d in events if st == "baseline progress"]
     assert {d["baseline"] for d in progress} >= {"classical", "embedding", "base", "few_shot"}
