@@ -86,6 +86,10 @@ class CentroidModel:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=1, token_pattern=r"(?u)\b\w+\b")
+        if not any(self.vectorizer.build_analyzer()(text) for text in train_texts):
+            # Training texts without a word (":)", "😡": examples the data layer accepts) left sklearn no vocabulary
+            # ("empty vocabulary" ValueError in `tunelab monitor`): their characters are what they are made of.
+            self.vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=1, analyzer="char", ngram_range=(1, 2))
         matrix = self.vectorizer.fit_transform(train_texts)
         self.centroid = np.asarray(matrix.mean(axis=0)).ravel()
 

@@ -46,6 +46,13 @@ def test_oov_share_and_centroid_distance():
     assert model.distance(["my card is lost"]) < model.distance(["crypto wallet transfer"])
 
 
+def test_a_drift_signal_over_training_texts_without_words():
+    # ":)", "😡": texts the data layer accepts; the monitor's text signal was sklearn's "empty vocabulary" ValueError.
+    model = CentroidModel([":)", "😡", "!!!", ":("])
+    assert model.distance([":)", ":("]) < model.distance(["😡😡", "?"])
+    assert model.distance(["a word"]) == pytest.approx(1.0)
+
+
 def test_durations_and_monitor_config_errors():
     assert parse_duration("7d") == 7 * 86400 and parse_duration("90s") == 90 and parse_duration("6h") == 21600
     with pytest.raises(ConfigError, match="monitor.window"):
