@@ -5,9 +5,19 @@
 The training examples become the provider's chat format, one ``{"messages": [...]}`` per line: sft
 as its prompt (with ``data.system_prompt``) and completion, classify as the zero-shot prompt that
 lists the categories by name answered with the category (a provider's model answers in text, and
-it is evaluated with that same prompt). The job's id is written to ``<run>/cloud_job.json`` before it
-is followed, so an interrupted follow (Ctrl-C, a lost connection) resumes the same job instead of
-paying for a second one.
+it is evaluated with that same prompt).
+
+Real money is at stake, so a run pays for one job whatever is lost on the way. ``<run>/cloud_job.json``
+is written as soon as the first upload returns and keeps each uploaded file's id, so a resume never
+uploads a file twice. The request that creates the job is never repeated blindly: the client's
+automatic retries would send it again after a lost reply (a dropped connection, a timeout, a 5xx)
+although the provider may have created (and will bill) the job. Only a 429, refused before anything
+is done, is asked again. After any other failure the provider's job list is searched for a job made
+from this run's training file (a file id no other run has): found, it is the run's job; not found,
+the run stops and ``tunelab run --resume RUN`` searches again before it asks again. The request also
+carries an ``Idempotency-Key`` (saved before it is sent, the same on every try) for the providers
+that honour one; OpenAI documents none for fine-tuning jobs, hence the search. The job's id is
+saved before it is followed, so an interrupted follow (Ctrl-C, a lost connection) resumes the same job.
 
 Any provider that speaks OpenAI's fine-tuning API works through ``model.endpoint.base_url``. Note:
 OpenAI's fine-tuning platform closed to new organisations on 2026-05-07 and takes no new training
@@ -16,9 +26,12 @@ jobs after 2027-01-06 (OpenAI's deprecations page).
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +46,9 @@ from tunelab.runs import RunFolder
 
 MIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
 FINISHED = ("succeeded", "failed", "cancelled")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Before the job exists, cloud_job.json's status says how far the start went.
+UPLOADING, UPLOADED, CREATING = "uploading", "uploaded", "creating"  # creating: asked for, whether it was made is unknown
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text, when no tokenizer count is given
 
 EventFn = Callable[[dict[str, Any]], None]
@@ -98,18 +114,28 @@ def estimate_cloud_cost(
 
 @dataclass
 class CloudJob:
-    """What ``cloud_job.json`` remembers of a job: enough to follow it again after an interruption."""
+    """What ``cloud_job.json`` remembers of a job: enough to follow it again after an interruption.
 
-    job_id: str
-    base_url: str
-    model: str
-    training_file: str
+    Written from the first upload on, before the job exists (``job_id`` None, ``status`` one of
+    ``uploading``, ``uploaded``, ``creating``), so a resume reuses the files and looks for a job whose
+    creation it never heard back from before it asks for one.
+    """
+
+    job_id: str | None = None  # None: no job yet, or its creation's reply was lost (status "creating")
+    base_url: str = ""
+    model: str = ""
+    training_file: str | None = None
     validation_file: str | None = None
     seen_events: list[str] = field(default_factory=list)  # ids of the events already reported
     status: str = "created"
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
     error: str | None = None
+    training_sha256: str | None = None  # what the uploaded file held: a file changed since is uploaded again
+    validation_sha256: str | None = None
+    uploaded_at: int | None = None  # the provider's time of the training file's upload: this run's job is not older
+    request_key: str | None = None  # the Idempotency-Key of the request that creates the job (saved before it is sent)
+    found: bool = False  # the job was found in the provider's list after its creation's reply was lost
 
     @classmethod
     def load(cls, run_dir: Path) -> CloudJob | None:
@@ -123,27 +149,162 @@ class CloudJob:
 def start_job(
     endpoint: EndpointConfig, run_dir: Path, training: Path, validation: Path | None, *, epochs: int, seed: int, suffix: str | None = None,
 ) -> CloudJob:
-    """Upload the files and create the job; its id is saved in the run folder before anything else happens.
+    """Upload the files and create the job, continuing what an earlier start in ``run_dir`` did; one job, whatever is lost.
+
+    Each file's id is saved as soon as its upload returns and reused by the next start (uploaded again
+    only when the file changed or the provider no longer has it). A start whose creation's outcome is
+    unknown first looks for the job it may have made; a run folder that has its job returns it as it is.
 
     Raises:
-        RemoteError: when the provider refuses the files or the job.
+        RemoteError: when the provider refuses the files or the job, cannot be reached, or lost the reply to
+            the creation and lists no job of this run yet (``tunelab run --resume RUN`` looks again, then asks again).
     """
     import openai
 
+    record = CloudJob.load(run_dir)
+    if record is not None and record.job_id is not None:
+        return record  # created already: follow it, never a second one
+    if record is None or (record.base_url, record.model) != (endpoint.base_url, endpoint.name):
+        record = CloudJob(base_url=endpoint.base_url, model=endpoint.name, status=UPLOADING)
     client = openai_client(endpoint)
+    if record.status == CREATING and record.training_file:  # a creation was asked for and never answered
+        found = _look_for_job(client, endpoint, record, run_dir, "an earlier start asked for it and had no answer")
+        if found is not None:
+            return _adopt(record, found, run_dir, found=True)
     try:
-        uploaded = client.files.create(file=(training.name, training.read_bytes()), purpose="fine-tune")
-        uploaded_validation = client.files.create(file=(validation.name, validation.read_bytes()), purpose="fine-tune") if validation else None
-        job = client.fine_tuning.jobs.create(
-            model=endpoint.name, training_file=uploaded.id, validation_file=uploaded_validation.id if uploaded_validation else None,
-            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}}, seed=seed, suffix=suffix,
-        )
+        training_id, record.training_sha256, uploaded_at = _upload(client, training, record.training_file, record.training_sha256)
+        if training_id != record.training_file:
+            record.training_file, record.uploaded_at, record.request_key = training_id, uploaded_at, None  # another request
+        record.status = UPLOADED if validation is None else UPLOADING
+        record.save(run_dir)
+        validation_id, validation_sha256 = None, None
+        if validation is not None:
+            validation_id, validation_sha256, _ = _upload(client, validation, record.validation_file, record.validation_sha256)
+        record.validation_sha256 = validation_sha256
+        if validation_id != record.validation_file:
+            record.validation_file, record.request_key = validation_id, None
+        record.status = UPLOADED
+        record.save(run_dir)
     except openai.APIStatusError as error:
         raise RemoteError(f"{endpoint.base_url} refused the fine-tuning job (HTTP {error.status_code}): {without_key(error.message, endpoint)}") from None
     except openai.APIConnectionError as error:
-        raise RemoteError(f"cannot reach {endpoint.base_url} to start the fine-tuning job: {error}") from None
-    record = CloudJob(job.id, endpoint.base_url, endpoint.name, uploaded.id, uploaded_validation.id if uploaded_validation else None,
-                      status=job.status)
+        raise RemoteError(f"cannot reach {endpoint.base_url} to start the fine-tuning job: {error}",
+                          "`tunelab run --resume RUN` reuses the files already uploaded") from None
+    record.request_key = record.request_key or f"tunelab-{uuid.uuid4()}"
+    record.status = CREATING
+    record.save(run_dir)  # before the request: a crash from here on is resumed by looking for the job first
+    job = _create(client, endpoint, record, run_dir, {
+        "model": endpoint.name, "training_file": record.training_file, "validation_file": record.validation_file,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}}, "seed": seed, "suffix": suffix,
+    })
+    return _adopt(record, job, run_dir, found=record.found)
+
+
+def _upload(client: Any, path: Path, saved_id: str | None, saved_sha256: str | None) -> tuple[str, str, int | None]:
+    """(file id, content hash, the provider's upload time): the saved file when the provider still has it as it is now."""
+    import openai
+
+    content = path.read_bytes()
+    digest = hashlib.sha256(content).hexdigest()
+    if saved_id and saved_sha256 == digest:
+        try:
+            return saved_id, digest, client.files.retrieve(saved_id).created_at
+        except openai.NotFoundError:
+            pass  # deleted on the provider since: upload it again
+    uploaded = client.files.create(file=(path.name, content), purpose="fine-tune")
+    return uploaded.id, digest, uploaded.created_at
+
+
+def _create(client: Any, endpoint: EndpointConfig, record: CloudJob, run_dir: Path, params: dict[str, Any]) -> Any:
+    """The job, asked for without the client's retries: again only after a 429; after a lost reply, found in the job list."""
+    import openai
+
+    creator = client.with_options(max_retries=0)
+    for attempt in itertools.count():
+        try:
+            return creator.fine_tuning.jobs.create(**params, extra_headers={IDEMPOTENCY_HEADER: record.request_key})
+        except openai.RateLimitError as error:  # refused before anything was done: asking again cannot make a second job
+            if attempt == endpoint.max_retries:
+                record.status = UPLOADED
+                record.save(run_dir)
+                raise RemoteError(f"{endpoint.base_url} refused the fine-tuning job (HTTP 429): {without_key(error.message, endpoint)}",
+                                  "`tunelab run --resume RUN` asks again later, with the files already uploaded") from None
+            time.sleep(_retry_after(error, attempt))
+        except openai.APIStatusError as error:
+            if error.status_code not in (408, 409) and error.status_code < 500:  # refused: no job was made
+                record.status = UPLOADED
+                record.save(run_dir)
+                raise RemoteError(f"{endpoint.base_url} refused the fine-tuning job (HTTP {error.status_code}): {without_key(error.message, endpoint)}") from None
+            return _look_after_lost_reply(client, endpoint, record, run_dir, f"HTTP {error.status_code}: {without_key(error.message, endpoint)}")
+        except openai.APIConnectionError as error:
+            return _look_after_lost_reply(client, endpoint, record, run_dir, str(error))
+    raise AssertionError("itertools.count() never ends")
+
+
+def _look_for_job(client: Any, endpoint: EndpointConfig, record: CloudJob, run_dir: Path, why: str) -> Any | None:
+    """The job a creation without an answer made, from the provider's job list (None: not listed).
+
+    Raises:
+        RemoteError: when the list cannot be read: the run stops rather than risk paying for a second job.
+    """
+    import openai
+
+    try:
+        return _find_job(client, record)
+    except (openai.APIStatusError, openai.APIConnectionError) as error:
+        reason = f"HTTP {error.status_code}" if isinstance(error, openai.APIStatusError) else str(error)
+        raise RemoteError(
+            f"the fine-tuning job may exist on {endpoint.base_url} ({why}), and its job list cannot be read ({reason})",
+            f"`tunelab run --resume RUN` looks for it again; if the provider shows no job made from training file {record.training_file}, "
+            f"remove {RunFolder(Path(run_dir)).cloud_job} and resume (the files are uploaded again)",
+        ) from None
+
+
+def _look_after_lost_reply(client: Any, endpoint: EndpointConfig, record: CloudJob, run_dir: Path, what: str) -> Any:
+    """The job a creation whose reply was lost made.
+
+    Raises:
+        RemoteError: when it is not listed (yet), or the list cannot be read: the run stops rather than ask twice.
+    """
+    why = f"the request that creates it had no answer: {what}"
+    found = _look_for_job(client, endpoint, record, run_dir, why)
+    if found is None:
+        raise RemoteError(f"no answer from {endpoint.base_url} to the request that creates the fine-tuning job ({what}), and it lists no job "
+                          f"made from training file {record.training_file} (yet)",
+                          "`tunelab run --resume RUN` looks for that job again before it asks for one: no second job is paid for")
+    record.found = True
+    return found
+
+
+def _find_job(client: Any, record: CloudJob) -> Any | None:
+    """The oldest job made from this run's training file (an id no other run has), or None; newest first, so older ones end the search."""
+    matches = []
+    previous = None
+    newest_first = True  # how OpenAI lists jobs; a provider listing in another order is searched to the end
+    for job in client.fine_tuning.jobs.list(limit=100):  # the page iterator fetches the next pages
+        newest_first = newest_first and (previous is None or job.created_at <= previous)
+        previous = job.created_at
+        if job.training_file == record.training_file:
+            matches.append(job)
+        elif newest_first and record.uploaded_at is not None and job.created_at < record.uploaded_at:
+            break
+    return min(matches, key=lambda job: job.created_at) if matches else None
+
+
+def _retry_after(error: Any, attempt: int) -> float:
+    """Seconds to wait after a 429: the provider's Retry-After (ms or s), else exponential backoff (at most a minute)."""
+    headers = error.response.headers if error.response is not None else {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            return min(60.0, max(0.0, float(headers.get(name)) * scale))
+        except (TypeError, ValueError):
+            continue
+    return min(60.0, 0.5 * 2**attempt)
+
+
+def _adopt(record: CloudJob, job: Any, run_dir: Path, *, found: bool) -> CloudJob:
+    record.job_id, record.status, record.found = job.id, job.status, found
+    record.training_file, record.validation_file = job.training_file, job.validation_file
     record.save(run_dir)
     return record
 
@@ -164,6 +325,8 @@ def follow_job(
     """
     import openai
 
+    if job.job_id is None:
+        raise ConfigError("no fine-tuning job to follow yet: start it with start_job")
     client = openai_client(endpoint)
     started = time.monotonic()
     seen = set(job.seen_events)
@@ -194,6 +357,9 @@ def follow_job(
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise RemoteError(f"job {job.job_id} still {state.status} after {timeout_s:.0f} s", "follow it again with `tunelab run --resume RUN`")
         time.sleep(poll_s)
+    if job.status == "cancelled":
+        raise CloudJobFailed(f"the fine-tuning job {job.job_id} cancelled: {job.error or 'no error message'}",
+                             "it was cancelled at the provider; start a new run to train again (a cancelled job is not resumed)")
     if job.status != "succeeded" or not job.fine_tuned_model:
         raise CloudJobFailed(f"the fine-tuning job {job.job_id} {job.status}: {job.error or 'no error message'}",
                              "fix the data or the settings it names and start a new run (a failed job is not resumed)")

@@ -974,7 +974,9 @@ def _files_in(folder: Path) -> list[Path]:
 # - baselines: ``base`` is the provider's base model (``model.endpoint``) asked remotely, the same
 #   prompts as the tuned model; ``few_shot`` (a local model with examples in its prompt) is left out.
 # - train: upload, create the job, follow its events; ``cloud_job.json`` in the run folder keeps the
-#   job id, so ``tunelab run --resume RUN`` after Ctrl-C follows the same job.
+#   uploaded files' ids from the first upload on and then the job id, so ``tunelab run --resume RUN`` after
+#   Ctrl-C, a crash or a lost connection reuses the files and follows the same job (one job is paid for:
+#   see ``tunelab.remote.finetune``).
 # - evaluate: the fine-tuned model through ``tunelab.evaluation.remote``.
 
 REMOTE_BASE = "remote:base"  # the provider's base model as the "base" baseline of a cloud run
@@ -1079,14 +1081,24 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
     began = time.perf_counter()
     with step(context, "train") as record:
         job = CloudJob.load(run.root)
-        if job is None:
+        if job is None or job.job_id is None:  # not started, or started as far as the uploads (reused) or an unanswered creation
             validation = run.cloud_validation
             job = start_job(endpoint, run.root, run.cloud_train, validation if validation.is_file() else None,
                             epochs=max(1, round(config.train.epochs)), seed=config.train.seed, suffix="tunelab")
-            context.emit("train", "event", {"message": f"job {job.job_id} created on {endpoint.base_url}", "job_id": job.job_id})
+            created = (f"job {job.job_id} found on {endpoint.base_url}: created by a request whose answer was lost (status {job.status})"
+                       if job.found else f"job {job.job_id} created on {endpoint.base_url}")
+            context.emit("train", "event", {"message": created, "job_id": job.job_id})
         else:
             context.emit("train", "event", {"message": f"following job {job.job_id} again (status {job.status})", "job_id": job.job_id})
-        job = follow_job(endpoint, run.root, job, poll_s=_poll_seconds() if poll_s is None else poll_s, on_event=lambda event: context.emit("train", "event", event))
+        try:
+            job = follow_job(endpoint, run.root, job, poll_s=_poll_seconds() if poll_s is None else poll_s,
+                             on_event=lambda event: context.emit("train", "event", event))
+        except KeyboardInterrupt:
+            # Stopping tunelab does not stop the provider's job: it goes on, and is billed, until it ends or is cancelled there.
+            context.emit("train", "warn", {"message": f"job {job.job_id} keeps running on {endpoint.base_url} (and is billed): "
+                                                      f"`tunelab run --resume {run.root}` follows it again; cancel it at the provider to stop it",
+                                           "job_id": job.job_id})
+            raise
         result = {"backend": "openai", "job_id": job.job_id, "fine_tuned_model": job.fine_tuned_model, "trained_tokens": job.trained_tokens,
                   "status": job.status, "seconds": time.perf_counter() - began, "base_url": endpoint.base_url}
         record.value = result

@@ -1,8 +1,9 @@
 """A small OpenAI-compatible provider on the loopback: files, fine_tuning.jobs (+ events), models, chat completions.
 
 It implements the documented endpoints with their documented shapes and job states
-(validating_files -> running -> succeeded | failed), and can misbehave on purpose: a storm of 429s,
-a connection dropped without a response, a job that fails. Every response body is validated
+(validating_files -> running -> succeeded | failed | cancelled), and can misbehave on purpose: a storm
+of 429s, a connection dropped without a response, a request that is carried out but whose reply is
+lost (the job is created, the client never hears of it), a job that fails. Every response body is validated
 against the ``openai`` package's own response type before it is sent (``FileObject``,
 ``FineTuningJob``, ``FineTuningJobEvent``, ``Model``, ``ChatCompletion``), so this server cannot
 drift from the client that talks to it.
@@ -46,6 +47,13 @@ class FakeProvider:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) as answered
         self.rate_limit_next = 0  # the next N requests get 429
         self.drop_next = 0  # the next N requests lose their connection without a response
+        # "METHOD /path" -> statuses: the next such requests are answered with the status without being carried
+        # out (0: the connection drops without a reply)
+        self.refuse_next: dict[str, list[int]] = {}
+        # "METHOD /path" -> statuses: the next such requests are carried out, then answered with the status
+        # (0: the connection drops without a reply) in place of their result
+        self.lose_reply: dict[str, list[int]] = {}
+        self.idempotency_keys: list[str | None] = []  # the Idempotency-Key header of each job creation that arrived
         self.fail_jobs = False
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -86,13 +94,18 @@ class FakeProvider:
         url = urlparse(request.path)
         length = int(request.headers.get("content-length") or 0)
         body = request.rfile.read(length) if length else b""
+        key = f"{method} {url.path}"
         with self.lock:
+            if method == "POST" and url.path.endswith("/fine_tuning/jobs"):
+                self.idempotency_keys.append(request.headers.get("idempotency-key"))
             if self.drop_next > 0:
                 self.drop_next -= 1
-                self.requests.append((method, url.path, 0))
-                request.close_connection = True
-                request.connection.shutdown(socket.SHUT_RDWR)
-                return
+                return self.drop(request, method, url.path)
+            if self.refuse_next.get(key):
+                refused = self.refuse_next[key].pop(0)
+                if refused == 0:
+                    return self.drop(request, method, url.path)
+                return self.send(request, method, url.path, refused, self.error_body(refused), {"retry-after-ms": "5"})
             if self.rate_limit_next > 0:
                 self.rate_limit_next -= 1
                 return self.send(request, method, url.path, 429, {"error": {"message": "Rate limit reached", "type": "requests",
@@ -104,7 +117,23 @@ class FakeProvider:
                 status, payload = 404, {"error": {"message": f"no such object: {missing}", "type": "invalid_request_error", "code": None, "param": None}}
             except ValueError as wrong:
                 status, payload = 400, {"error": {"message": str(wrong), "type": "invalid_request_error", "code": None, "param": None}}
+            if self.lose_reply.get(key):
+                lost = self.lose_reply[key].pop(0)
+                if lost == 0:
+                    return self.drop(request, method, url.path)
+                status, payload = lost, self.error_body(lost)
             self.send(request, method, url.path, status, payload)
+
+    @staticmethod
+    def error_body(status: int) -> dict:
+        if status == 429:
+            return {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded", "param": None}}
+        return {"error": {"message": "The server had an error while processing your request.", "type": "server_error", "code": None, "param": None}}
+
+    def drop(self, request: BaseHTTPRequestHandler, method: str, path: str) -> None:
+        self.requests.append((method, path, 0))
+        request.close_connection = True
+        request.connection.shutdown(socket.SHUT_RDWR)
 
     def send(self, request, method, path, status, payload, headers=None) -> None:
         data = json.dumps(payload).encode()
@@ -121,8 +150,14 @@ class FakeProvider:
         parts = path.strip("/").split("/")[1:]  # without "v1"
         if method == "POST" and parts == ["files"]:
             return 200, self.upload(body, content_type)
+        if method == "GET" and parts[:1] == ["files"] and len(parts) == 2:
+            return 200, FileObject.model_validate(self.files[parts[1]]["object"]).model_dump(mode="json")
         if method == "POST" and parts == ["fine_tuning", "jobs"]:
             return 200, self.create_job(json.loads(body))
+        if method == "GET" and parts == ["fine_tuning", "jobs"]:
+            return 200, self.list_jobs(query)
+        if method == "POST" and parts[:2] == ["fine_tuning", "jobs"] and parts[3:] == ["cancel"]:
+            return 200, self.cancel(parts[2])
         if method == "GET" and parts[:2] == ["fine_tuning", "jobs"] and len(parts) == 3:
             return 200, self.advance(parts[2])
         if method == "GET" and parts[:2] == ["fine_tuning", "jobs"] and parts[3:] == ["events"]:
@@ -173,6 +208,23 @@ class FakeProvider:
         self.event(job_id, f"Created fine-tuning job: {job_id}")
         return FineTuningJob.model_validate(job).model_dump(mode="json")
 
+    def list_jobs(self, query: dict) -> dict:
+        # Newest first; `after` pages toward older jobs (as the API documents). Looking does not advance a job.
+        jobs = sorted((entry["job"] for entry in self.jobs.values()), key=lambda job: job["created_at"], reverse=True)
+        if "after" in query:
+            ids = [job["id"] for job in jobs]
+            jobs = jobs[ids.index(query["after"][0]) + 1:]
+        limit = int(query.get("limit", ["20"])[0])
+        return {"object": "list", "data": [FineTuningJob.model_validate(job).model_dump(mode="json") for job in jobs[:limit]],
+                "has_more": len(jobs) > limit}
+
+    def cancel(self, job_id: str) -> dict:
+        job = self.jobs[job_id]["job"]
+        if job["status"] not in ("succeeded", "failed", "cancelled"):
+            job.update(status="cancelled", finished_at=self.tick())
+            self.event(job_id, "Fine-tuning job cancelled")
+        return FineTuningJob.model_validate(job).model_dump(mode="json")
+
     def event(self, job_id: str, message: str, level: str = "info", data: dict | None = None) -> None:
         event = {"id": f"ftevent-{job_id}-{len(self.events[job_id]) + 1}", "object": "fine_tuning.job.event", "created_at": self.tick(),
                  "level": level, "message": message, "type": "metrics" if data else "message", "data": data or {}}
@@ -184,7 +236,9 @@ class FakeProvider:
         entry = self.jobs[job_id]
         job = entry["job"]
         entry["polls"] += 1
-        if job["status"] == "validating_files":
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            pass
+        elif job["status"] == "validating_files":
             job["status"] = "running"
             self.event(job_id, "Fine-tuning job started")
         elif job["status"] == "running" and entry["polls"] <= 3:

@@ -32,13 +32,14 @@ def provider(monkeypatch):
     fake.stop()
 
 
-def cloud_config(tmp_path, provider, model, **train):
-    rows = [{"text": text, "label": label} for label, items in TEXTS.items() for text in items]
+def cloud_config(tmp_path, provider, model, *, copies=1, data=None, **train):
+    rows = [{"text": text + (f" ({copy})" if copy else ""), "label": label}
+            for label, items in TEXTS.items() for text in items for copy in range(copies)]
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return parse_config({
         "task": "classify", "name": "cloud", "model": {"name": str(model), "endpoint": {"base_url": provider.url, "name": BASE_MODEL, "max_retries": 5}},
-        "data": {"train": str(path), "test_size": 0.3, "validation_size": 0.0},
+        "data": {"train": str(path), "test_size": 0.3, "validation_size": 0.0, **(data or {})},
         "train": {"backend": "openai", "epochs": 2, "output_dir": str(tmp_path / "runs"), **train},
         "eval": {"baselines": ["base", "classical"], "bootstrap_samples": 200},
     })
@@ -96,9 +97,11 @@ def test_a_failed_job_is_one_clear_error_and_the_run_is_marked_failed(provider, 
 
 def test_following_resumes_after_ctrl_c_without_a_second_job(provider, tmp_path, tiny_model_dir):
     config = cloud_config(tmp_path, provider, tiny_model_dir)
-    seen = []
+    seen, warnings = [], []
 
     def interrupt(step, status, details):
+        if step == "train" and status == "warn":
+            warnings.append(details["message"])
         if step == "train" and status == "event" and "id" in details:
             seen.append(details["id"])
             if details["message"].startswith("Step 1"):
@@ -107,6 +110,8 @@ def test_following_resumes_after_ctrl_c_without_a_second_job(provider, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, on_event=interrupt)
     run_dir = tmp_path / "runs" / "cloud"
+    # Ctrl-C stops tunelab, not the provider's job: the user is told it goes on (and is billed), and how to stop it.
+    assert len(warnings) == 1 and "ftjob-1 keeps running" in warnings[0] and "billed" in warnings[0] and "--resume" in warnings[0]
     assert RunFolder(run_dir).cloud_job.is_file() and CloudJob.load(run_dir).status == "running"
     resumed = []
     outcome = run_pipeline(resume=run_dir, on_event=lambda s, st, d: resumed.append(d.get("id")) if s == "train" and st == "event" else None)
@@ -148,3 +153,127 @@ def test_base_answers_are_the_providers(provider):
     client = openai.OpenAI(base_url=provider.url, api_key="x", max_retries=0)
     answer = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content == BASE_ANSWER
+
+
+# ------------------------------------------------------------------ real money: one job per run, one upload per file
+
+JOBS = "POST /v1/fine_tuning/jobs"
+
+
+def other_job(provider) -> str:
+    """A job of someone else's on the same account (another run, another file): never taken for this run's."""
+    import openai
+
+    client = openai.OpenAI(base_url=provider.url, api_key="x", max_retries=0)
+    lines = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{n}"}, {"role": "assistant", "content": "a"}]}) + "\n" for n in range(10))
+    uploaded = client.files.create(file=("other.jsonl", lines.encode()), purpose="fine-tune")
+    return client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=uploaded.id).id
+
+
+@pytest.mark.parametrize("lost", [0, 500], ids=["connection dropped", "HTTP 500"])
+def test_a_lost_reply_to_the_job_creation_never_pays_for_a_second_job(provider, tmp_path, tiny_model_dir, lost):
+    # The provider creates the job, then the reply is lost: asking again would create (and bill) a second one.
+    others = [other_job(provider) for _ in range(3)]
+    provider.lose_reply[JOBS] = [lost]
+    outcome = run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    ours = [job_id for job_id in provider.jobs if job_id not in others]
+    assert len(ours) == 1 and provider.count("POST", "/v1/fine_tuning/jobs") == 1 + len(others)
+    job = CloudJob.load(outcome.run_dir)
+    assert job.job_id == ours[0] and job.status == "succeeded" and outcome.train["job_id"] == ours[0]
+    assert all(provider.jobs[other]["job"]["status"] == "validating_files" for other in others)  # never followed as ours
+
+
+def test_a_rate_limited_job_creation_is_asked_again_once_it_is_allowed(provider, tmp_path, tiny_model_dir):
+    # A 429 is refused before anything is done: asking again is safe (and what the client's retries did).
+    provider.refuse_next[JOBS] = [429, 429]
+    outcome = run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    assert provider.count("POST", "/v1/fine_tuning/jobs", 429) == 2 and len(provider.jobs) == 1
+    assert CloudJob.load(outcome.run_dir).status == "succeeded"
+
+
+def test_uploaded_files_are_kept_when_the_job_cannot_be_created_and_reused_on_resume(provider, tmp_path, tiny_model_dir):
+    from tunelab.remote.client import RemoteError
+
+    config = cloud_config(tmp_path, provider, tiny_model_dir, copies=2, data={"validation_size": 0.2})
+    provider.refuse_next[JOBS] = [0] * 20  # the provider cannot be reached for the creation, whatever the retries
+    with pytest.raises(RemoteError) as stopped:
+        run_pipeline(config)
+    run_dir = tmp_path / "runs" / "cloud"
+    saved = CloudJob.load(run_dir)  # the files' ids, saved as each upload returned
+    assert saved is not None and saved.job_id is None and not provider.jobs and "--resume" in str(stopped.value)
+    assert {saved.training_file, saved.validation_file} == set(provider.files) and len(provider.files) == 2
+    provider.refuse_next[JOBS] = []
+    outcome = run_pipeline(resume=run_dir)
+    assert provider.count("POST", "/v1/files") == 2 and len(provider.jobs) == 1  # nothing uploaded twice
+    job = CloudJob.load(run_dir)
+    assert (job.training_file, job.validation_file) == (saved.training_file, saved.validation_file) and outcome.tuned_metrics is not None
+    # Every request that could create the job carried the same key, so a provider that honours Idempotency-Key
+    # recognises the one asked again.
+    assert len(provider.idempotency_keys) >= 2 and len(set(provider.idempotency_keys)) == 1 and None not in provider.idempotency_keys
+
+
+def test_a_file_deleted_on_the_provider_is_uploaded_again_on_resume(provider, tmp_path, tiny_model_dir):
+    from tunelab.remote.client import RemoteError
+
+    provider.refuse_next[JOBS] = [0] * 20
+    with pytest.raises(RemoteError):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    run_dir = tmp_path / "runs" / "cloud"
+    del provider.files[CloudJob.load(run_dir).training_file]  # the user cleaned the provider's storage
+    provider.refuse_next[JOBS] = []
+    run_pipeline(resume=run_dir)
+    job = CloudJob.load(run_dir)
+    assert job.status == "succeeded" and job.training_file in provider.files and provider.count("POST", "/v1/files", 200) == 2
+
+
+def test_a_resume_finds_the_job_whose_creation_it_never_heard_of(provider, tmp_path, tiny_model_dir):
+    # The job is created, its reply lost, and the provider cannot be asked which jobs it has (or the process is
+    # killed there): the run stops, saying so; the resume finds that job and follows it, creating none.
+    from tunelab.remote.client import RemoteError
+
+    provider.lose_reply[JOBS] = [0]
+    provider.refuse_next["GET /v1/fine_tuning/jobs"] = [0] * 20
+    with pytest.raises(RemoteError, match="--resume"):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    run_dir = tmp_path / "runs" / "cloud"
+    assert list(provider.jobs) == ["ftjob-1"] and CloudJob.load(run_dir).job_id is None
+    provider.refuse_next = {}
+    events = []
+    outcome = run_pipeline(resume=run_dir, on_event=lambda s, st, d: events.append(d) if s == "train" and st == "event" else None)
+    assert provider.count("POST", "/v1/fine_tuning/jobs") == 1 and list(provider.jobs) == ["ftjob-1"]
+    assert CloudJob.load(run_dir).job_id == "ftjob-1" and outcome.train["job_id"] == "ftjob-1"
+    assert "ftjob-1" in events[0]["message"] and provider.count("POST", "/v1/files") == 1
+
+
+def test_a_failed_job_is_never_started_again_by_a_resume(provider, tmp_path, tiny_model_dir):
+    provider.fail_jobs = True
+    with pytest.raises(CloudJobFailed, match="too many tokens"):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    with pytest.raises(CloudJobFailed, match="too many tokens"):
+        run_pipeline(resume=tmp_path / "runs" / "cloud")
+    assert provider.count("POST", "/v1/fine_tuning/jobs") == 1 and provider.count("POST", "/v1/files") == 1
+
+
+def test_a_job_cancelled_on_the_provider_is_one_clear_error_and_not_started_again(provider, tmp_path, tiny_model_dir):
+    def cancel(step, status, details):
+        if step == "train" and status == "event" and "started" in str(details.get("message")):
+            with provider.lock:
+                provider.cancel("ftjob-1")  # in the provider's dashboard
+
+    with pytest.raises(CloudJobFailed, match="cancelled"):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir), on_event=cancel)
+    with pytest.raises(CloudJobFailed, match="cancelled"):
+        run_pipeline(resume=tmp_path / "runs" / "cloud")
+    assert provider.count("POST", "/v1/fine_tuning/jobs") == 1
+
+
+def test_a_refused_job_creation_is_one_error_and_a_resume_asks_once_more_with_the_same_files(provider, tmp_path, tiny_model_dir):
+    from tunelab.remote.client import RemoteError
+
+    provider.refuse_next[JOBS] = [400]  # refused outright: no job was made, nothing to look for
+    with pytest.raises(RemoteError, match=r"refused the fine-tuning job \(HTTP 400\)"):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    run_dir = tmp_path / "runs" / "cloud"
+    assert provider.count("GET", "/v1/fine_tuning/jobs") == 0 and CloudJob.load(run_dir).status == "uploaded"
+    run_pipeline(resume=run_dir)
+    assert provider.count("POST", "/v1/files") == 1 and len(provider.jobs) == 1 and CloudJob.load(run_dir).status == "succeeded"
