@@ -82,3 +82,25 @@ def test_tunelab_run_refuses_at_the_data_check_before_anything_is_written(gpt2_d
         run_pipeline(config, on_event=lambda step, status, details: events.append((step, status)))
     _one_line(caught.value, "data.max_length")
     assert ("check", "done") not in events and not (tmp_path / "runs" / "long").exists()
+
+
+def test_classify_rows_after_the_shared_prefix_stay_inside_the_context(tiny_tokenizer, tmp_path):
+    # max_length = the context (128): a packed row's padding after a short prompt ran on from the shared prefix
+    # (69 tokens) to position 165, an IndexError mid-training, though every prompt fit.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.data.records import ClassifyRecord
+
+    context = 128
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    records = [ClassifyRecord("x " * n, "AB"[i % 2]) for i, n in enumerate([1, 60, 2, 2, 2, 2, 2, 2])]
+    run_config = parse_config({
+        "task": "classify", "model": str(folder), "data": {"max_length": context},
+        "train": {"batch_size": 8, "max_steps": 1, "precision": "fp32", "seed": 0},
+    })  # fmt: skip
+    result = run_training(run_config, records_split(records), run_dir=tmp_path / "run")
+    assert result.steps == 1
