@@ -75,6 +75,7 @@ from tunelab.evaluation.metrics import PRIMARY_METRIC, wilson_interval
 from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier
+from tunelab.models.generate import context_length
 
 # Regularisation strengths tried by cross-validation (inverse: large C = little regularisation).
 CLASSICAL_C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -524,7 +525,8 @@ def few_shot_classify(
     # The test text gets as many tokens as in the trained prompt; the label list and the examples come on top.
     limit = data_config.max_length + zero_shot_extra_tokens(tokenizer, label_map, system) + budget
     # The one classify inference with the few-shot prompt: the examples are the shared prefix, computed once.
-    classifier = Classifier(tokenizer, label_map, limit, system, messages=lambda text: few_shot_messages(text, label_map, examples, system))
+    classifier = Classifier(tokenizer, label_map, limit, system, messages=lambda text: few_shot_messages(text, label_map, examples, system),
+                            context=context_length(loaded.model))
     built = [classifier.prompt(record.text) for record in chosen]
     truncated = sum(cut for _, cut in built)
     probabilities = classifier.probabilities(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)

@@ -96,3 +96,24 @@ def test_classify_prompts_longer_than_the_context_have_their_text_shortened_to_i
                       baseline=baseline)
     assert result.n == 2 and all(row["prediction"] in label_map.labels for row in result.rows)
     assert any(f"context of {CONTEXT}" in warning for warning in result.warnings), result.warnings
+
+
+def test_few_shot_classify_prompts_stay_inside_the_context(tiny_tokenizer):
+    # The examples' budget left data.max_length (128) for the text beside eval.few_shot_tokens, but not the label list:
+    # a long test text made a prompt past the model's 256 positions, an IndexError in the baseline step.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.records import ClassifyRecord
+    from tunelab.evaluation.baselines import few_shot_classify
+
+    context = 256
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    label_map = build_label_map(["billing", "technical"], tiny_tokenizer)
+    train = [ClassifyRecord(f"{word} {i}", label, source=f"train.csv:{i}") for i in range(8) for word, label in [("card", "billing"), ("login", "technical")]]
+    test = [ClassifyRecord("my card has not arrived yet and I need help with billing " * 8, "billing", source="test.csv:2"),
+            ClassifyRecord("cannot login", "technical", source="test.csv:3")]
+    result = few_shot_classify(loaded, train, test, config=EvalConfig(), data_config=DataConfig(max_length=128), label_map=label_map)
+    assert result.n == 2 and all(row["prediction"] in label_map.labels for row in result.rows)
