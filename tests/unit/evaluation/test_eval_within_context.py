@@ -153,3 +153,21 @@ def test_few_shot_examples_leave_the_text_its_max_length_beside_the_label_list(t
     assert any(f"few-shot examples get {budget} tokens" in warning for warning in result.warnings), result.warnings
     # The prompt's room (max_length + label list + examples) fits the context: the text is never cut below max_length.
     assert limits and all(room == limit for room, limit in limits), limits
+
+
+def test_preference_pairs_longer_than_the_context_are_cut_to_it(tiny_tokenizer):
+    # A chosen or rejected answer of data.max_length (128) past n_positions (64) was an IndexError traceback (the base
+    # model's preference accuracy, before any training); each pair is now read within the context, as text windows are.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.data.records import PreferenceRecord
+
+    context = 64
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    records = [PreferenceRecord(({"role": "user", "content": "hi"},), "ok", "no", source="test.jsonl:1"),
+               PreferenceRecord(({"role": "user", "content": "hi"},), "fine thanks " * 6, "go away " * 6, source="test.jsonl:2")]
+    result = evaluate(loaded, records, "preference", config=EvalConfig(), data_config=DataConfig(max_length=2 * context), baseline=True)
+    assert result.n == 2
+    assert any(f"context of {context}" in warning and f"data.max_length={2 * context}" in warning for warning in result.warnings), result.warnings
