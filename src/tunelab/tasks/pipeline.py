@@ -436,7 +436,7 @@ def check_step(context: PipelineContext) -> None:
         return
     config = context.config
     if config.train.backend == "local":  # a provider's fine-tuning API knows its own model's context
-        from tunelab.train.run import check_context
+        from tunelab.models.generate import check_context
 
         # As training would, but before the baselines spend minutes and before the run folder exists.
         check_context(config, context.base.model)

@@ -25,7 +25,7 @@ from tunelab.data.split import Split
 from tunelab.errors import ConfigError, DataError
 from tunelab.faults import kill_point
 from tunelab.models.adapters import count_parameters, save_trained
-from tunelab.models.generate import context_length
+from tunelab.models.generate import check_context
 from tunelab.models.loader import LoadedModel
 from tunelab.paths import atomic_write_text, disk_full_error, is_disk_full
 from tunelab.runs import RunFolder, load_for_training
@@ -74,7 +74,7 @@ class Session:
 
         Raises:
             ModelError: when the model cannot be loaded.
-            ConfigError: when the run's rows may be longer than the model's context (``check_context``).
+            ConfigError: when the run's rows may be longer than the model's context (``models.generate.check_context``).
         """
         from accelerate.utils import set_seed
 
@@ -194,26 +194,6 @@ def check_new_run_folder(run: RunFolder) -> None:
             f"run folder {run.root} already exists; a run is never overwritten",
             f"choose another name (name=...), delete the folder, or continue it with `tunelab train --resume {run.root}`",
         )
-
-
-def check_context(config: ResolvedConfig, model: Any) -> None:
-    """Refuse a run whose rows may be longer than the model's context (``models.generate.context_length``).
-
-    Refused, not capped: ``data.max_length`` is the length a run is trained, evaluated and served at (it is saved with
-    the run), so quietly training at another would make the saved config lie; a GPT-2-style model fails with an
-    IndexError past its positions (and a RoPE model learns positions it was never trained on). Packed rows count too:
-    their padding runs on as one more example, up to ``train.pack_tokens``.
-
-    Raises:
-        ConfigError: naming the key and the model's context.
-    """
-    context = context_length(model)
-    pack_tokens = config.train.pack_tokens if config.train.packing else None
-    for key, value in (("data.max_length", config.data.max_length), ("train.pack_tokens", pack_tokens)):
-        if value is not None and value > context:
-            raise ConfigError(
-                f"{key} ({value}) is longer than the model's context of {context} tokens: set {key} to at most {context}"
-            )
 
 
 def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resume: bool = False) -> Session:

@@ -104,3 +104,17 @@ def test_classify_rows_after_the_shared_prefix_stay_inside_the_context(tiny_toke
     })  # fmt: skip
     result = run_training(run_config, records_split(records), run_dir=tmp_path / "run")
     assert result.steps == 1
+
+
+def test_tunelab_estimate_refuses_as_training_would(gpt2_dir, tmp_path, monkeypatch):
+    # The timed training steps of `tunelab estimate` ran rows of data.max_length (128) through a 64-position GPT-2:
+    # an IndexError traceback before the estimate said anything.
+    from tunelab.estimate import estimate_from_config
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"hi {i} " * 10, "completion": "ok " * 10}) for i in range(24)) + "\n")
+    config = parse_config({"task": "sft", "model": str(gpt2_dir), "data": {"train": str(data), "max_length": 2 * CONTEXT}, "train": {"max_steps": 2}})
+    with pytest.raises(ConfigError) as caught:
+        estimate_from_config(config, calibrate_here=True, calibration_steps=1)
+    _one_line(caught.value, "data.max_length")
