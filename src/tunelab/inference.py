@@ -5,7 +5,7 @@ model that is judged answers exactly as the model that is served:
 
 - :class:`Classifier` — a classify model's answer to a text: its prompt (the run's system prompt and
   instruction, or a baseline's zero-shot / few-shot prompt), the text shortened to the run's
-  ``max_length`` as in training, the prompt's fixed prefix computed once (its KV cache), the label tokens'
+  ``max_length`` as in training (and to the model's context: ``models.generate.context_length``), the prompt's fixed prefix computed once (its KV cache), the label tokens'
   rows of the head (with a run's trained label head), the probabilities, and the out-of-scope threshold.
   A server's engine batches requests from many clients and hands each batch to the same
   :meth:`Classifier.probabilities`.
@@ -29,6 +29,7 @@ from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Message
 from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
 from tunelab.data.tokenize import MIN_SHARED_PREFIX, shared_prefix_length, tokenize_classify
+from tunelab.models.generate import context_length
 from tunelab.models.heads import causal_lm_of
 from tunelab.models.heads import label_logits as head_label_logits
 from tunelab.models.prefix import last_hidden_after_prefix, prefix_cache
@@ -170,7 +171,9 @@ class Classifier:
 
     ``messages``: the prompt around a text (default: the trained prompt, ``classify_messages`` with
     ``system_prompt``; a baseline passes its zero-shot or few-shot prompt). ``max_length``: the text is shortened
-    so the prompt fits it, as in training. The prefix's KV cache is kept after the first call: a Classifier
+    so the prompt fits it, as in training. ``context``: the model's context (``models.generate.context_length``); the
+    prompt fits it too (a GPT-2-style model fails with an IndexError past its positions), so evaluation, the server
+    and ``tunelab generate`` shorten a text alike. The prefix's KV cache is kept after the first call: a Classifier
     belongs to one model's weights (a server keeps one per served run).
     """
 
@@ -182,6 +185,7 @@ class Classifier:
     out_of_scope: OutOfScope | None = None
     messages: Callable[[str], list[Message]] | None = None
     follow_cores: bool = True  # a server's engine sets False (see label_logits)
+    context: int | None = None
     _prefix: list[int] | None = field(default=None, init=False, repr=False)
     _cache: Any = field(default=None, init=False, repr=False)
 
@@ -196,15 +200,21 @@ class Classifier:
         run = loaded.run
         if run is None or run.label_map is None:
             raise ValueError("not a classify run: it has no label map")
-        return cls(loaded.tokenizer, run.label_map, max_length or run.max_length, run.system_prompt, loaded.label_head, run.out_of_scope)
+        return cls(loaded.tokenizer, run.label_map, max_length or run.max_length, run.system_prompt, loaded.label_head, run.out_of_scope,
+                   context=context_length(loaded.model))
 
     def build(self, text: str) -> list[Message]:
         return self.messages(text) if self.messages is not None else classify_messages(text, self.system_prompt)
 
+    @property
+    def limit(self) -> int:
+        """The most tokens a prompt keeps: ``max_length``, or the model's ``context`` when that is shorter."""
+        return self.max_length if self.context is None else min(self.max_length, self.context)
+
     def prompt(self, text: str) -> tuple[list[int], bool]:
-        """(token ids, whether the text was shortened to fit ``max_length``) of the prompt for ``text``."""
+        """(token ids, whether the text was shortened to fit :attr:`limit`) of the prompt for ``text``."""
         probe = ClassifyRecord(text, self.label_map.labels[0])
-        example = tokenize_classify(probe, self.tokenizer, self.label_map, self.max_length, self.system_prompt, messages_fn=self.build)
+        example = tokenize_classify(probe, self.tokenizer, self.label_map, self.limit, self.system_prompt, messages_fn=self.build)
         return example.input_ids, example.truncated
 
     @property

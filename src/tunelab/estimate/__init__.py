@@ -239,13 +239,16 @@ def estimate_inputs(
 
     Raises:
         ModelError: when the model cannot be loaded.
-        ConfigError: for an unknown ``budget.gpu``.
+        ConfigError: for an unknown ``budget.gpu``, or rows longer than the model's context.
     """
+    from tunelab.models.generate import check_context
     from tunelab.runtime import choose_threads, cpu_state, default_device
 
     config = require_resolved(config)
     if config.budget.gpu:
         (prices or load_price_table()).gpu(config.budget.gpu)  # an unknown name is a config error, before any work
+    if config.train.backend == "local":
+        check_context(config, loaded.model)  # training would refuse it; its timed steps would fail the same way
     counts = count_tokens(config, split, loaded.tokenizer, label_map)
     facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
     device = "cuda" if default_device().startswith("cuda") else "cpu"
@@ -291,7 +294,7 @@ def estimate_for_split(
     Raises:
         ModelError: when the model cannot be loaded.
         DataError: when there are no training examples.
-        ConfigError: for an unknown ``budget.gpu``.
+        ConfigError: for an unknown ``budget.gpu``, or rows longer than the model's context.
     """
     return estimate_inputs(
         config, split, loaded, label_map=label_map, calibrate_here=calibrate_here, calibration_steps=calibration_steps,

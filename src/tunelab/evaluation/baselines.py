@@ -75,6 +75,7 @@ from tunelab.evaluation.metrics import PRIMARY_METRIC, wilson_interval
 from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier
+from tunelab.models.generate import context_length
 
 # Regularisation strengths tried by cross-validation (inverse: large C = little regularisation).
 CLASSICAL_C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -512,7 +513,10 @@ def few_shot_classify(
     _need_training("few_shot", train, ClassifyRecord)
     chosen, warnings = _prepare(records, "classify", data_config, train_ids)
     tokenizer, system = loaded.tokenizer, data_config.system_prompt
-    budget = _example_budget(loaded, config, data_config.max_length, warnings)
+    # The text keeps data.max_length beside the label list (what the zero-shot instruction adds), so both count
+    # against the context before the examples do.
+    extra = zero_shot_extra_tokens(tokenizer, label_map, system)
+    budget = _example_budget(loaded, config, data_config.max_length + extra, warnings)
     examples, k = few_shot_classify_examples(train, label_map, tokenizer, budget, seed=data_config.seed, system_prompt=system)
     if k == 0:
         # A prompt that never shows some labels cannot win against opponents that learned every one.
@@ -522,9 +526,10 @@ def few_shot_classify(
             f"{len(label_map.labels)} labels (one round needs {round_tokens} tokens; raise eval.few_shot_tokens to try it)"
         )
     # The test text gets as many tokens as in the trained prompt; the label list and the examples come on top.
-    limit = data_config.max_length + zero_shot_extra_tokens(tokenizer, label_map, system) + budget
+    limit = data_config.max_length + extra + budget
     # The one classify inference with the few-shot prompt: the examples are the shared prefix, computed once.
-    classifier = Classifier(tokenizer, label_map, limit, system, messages=lambda text: few_shot_messages(text, label_map, examples, system))
+    classifier = Classifier(tokenizer, label_map, limit, system, messages=lambda text: few_shot_messages(text, label_map, examples, system),
+                            context=context_length(loaded.model))
     built = [classifier.prompt(record.text) for record in chosen]
     truncated = sum(cut for _, cut in built)
     probabilities = classifier.probabilities(loaded.model, [ids for ids, _ in built], batch_size=config.batch_size, progress=progress)
@@ -632,9 +637,9 @@ def _model_name(loaded: Any) -> str:
 
 def _example_budget(loaded: Any, config: EvalConfig, room: int, warnings: list[str]) -> int:
     """``eval.few_shot_tokens``, lowered so examples + the example's own ``room`` tokens fit the model's context."""
-    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    context = context_length(loaded.model)  # the one context length, as the Classifier caps the prompt at
     budget = config.few_shot_tokens
-    if isinstance(context, int) and budget > context - room:
+    if budget > context - room:
         budget = max(0, context - room)
         warnings.append(f"few-shot examples get {budget} tokens, not eval.few_shot_tokens={config.few_shot_tokens}: the model reads at most {context}")
     return budget

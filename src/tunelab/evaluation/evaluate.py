@@ -350,18 +350,15 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
         # The zero-shot instruction carries the whole label list (hundreds of tokens for 77 labels): the
         # text gets as many tokens as in the trained prompt, and the list is never cut to fit max_length.
         limit += zero_shot_extra_tokens(tokenizer, label_map, system)
-    # The prompt reads at most the model's context (the one context_length): a GPT-2-style model fails with an
-    # IndexError past its positions; the text is what is shortened, as for max_length.
+    # The one classify inference (as served): the prompt, the text shortened to max_length and to the model's
+    # context, the shared prefix computed once, the label rows. The run's trained label rows apply only to the labels
+    # it was trained on, never to a zero-shot prompt.
     context = context_length(loaded.model)
-    cut_to_context = limit > context
-    limit = min(limit, context)
-    # The one classify inference (as served): the prompt, the text shortened to max_length, the shared prefix
-    # computed once, the label rows. The run's trained label rows apply only to the labels it was trained on,
-    # never to a zero-shot prompt.
     classifier = Classifier(
         tokenizer, label_map, limit, system, label_head=None if baseline else loaded.label_head, out_of_scope=out_of_scope,
-        messages=(lambda text: zero_shot_messages(text, label_map, system)) if baseline else None,
+        messages=(lambda text: zero_shot_messages(text, label_map, system)) if baseline else None, context=context,
     )  # fmt: skip
+    cut_to_context = classifier.limit < limit
     # The prompt does not depend on the label; an unknown label is scored (as wrong), not refused.
     built = [classifier.prompt(record.text) for record in records]
     truncated = sum(cut for _, cut in built)

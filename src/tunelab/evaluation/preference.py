@@ -25,6 +25,7 @@ from tunelab.data.records import PreferenceRecord
 from tunelab.data.tokenize import PreferenceExample, tokenize_records
 from tunelab.errors import ConfigError
 from tunelab.evaluation.predict import window_nll
+from tunelab.models.generate import context_length
 
 Progress = Callable[[int], None]
 DEFAULT_BETA, DEFAULT_LOSS = 0.1, "sigmoid"
@@ -56,9 +57,15 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
     from tunelab.evaluation.metrics import metric_values
 
     tokenizer = loaded.tokenizer
+    # A pair reads at most the model's context (the one context_length), as text windows do: a GPT-2-style model
+    # fails with an IndexError past its positions.
+    context = context_length(loaded.model)
+    warnings = []
+    if data_config.max_length > context:
+        warnings.append(f"pairs are read within {context} tokens, the model's context of {context}, not data.max_length={data_config.max_length}")
+        data_config = data_config.model_copy(update={"max_length": context})
     examples, _ = tokenize_records(records, "preference", tokenizer, max_length=data_config.max_length, system_prompt=data_config.system_prompt)
     kept = [(r, e) for r, e in zip(records, examples, strict=True) if e.trainable]
-    warnings = []
     if len(kept) < len(records):
         warnings.append(f"{len(records) - len(kept)} pairs have an answer beyond max_length and were not scored")
     examples = [e for _, e in kept]

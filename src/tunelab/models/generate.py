@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from tunelab.config import RunConfig
+from tunelab.errors import ConfigError
 from tunelab.runtime import following_free_cores
 
 # End-of-turn markers of common chat templates; generation stops at whichever the vocabulary has.
@@ -44,6 +46,27 @@ def context_length(model: Any) -> int:
     were trained on, so ``tunelab generate`` and the server refuse or cap a request against this one number."""
     config = getattr(model, "config", None)
     return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def check_context(config: RunConfig, model: Any) -> None:
+    """Refuse a run whose rows may be longer than the model's context (:func:`context_length`): what training, its
+    estimate and ``tunelab run``'s data check ask before anything is spent.
+
+    Refused, not capped: ``data.max_length`` is the length a run is trained, evaluated and served at (it is saved with
+    the run), so quietly training at another would make the saved config lie; a GPT-2-style model fails with an
+    IndexError past its positions (and a RoPE model learns positions it was never trained on). Packed rows count too:
+    their padding runs on as one more example, up to ``train.pack_tokens``.
+
+    Raises:
+        ConfigError: naming the key and the model's context.
+    """
+    context = context_length(model)
+    pack_tokens = config.train.pack_tokens if config.train.packing else None
+    for key, value in (("data.max_length", config.data.max_length), ("train.pack_tokens", pack_tokens)):
+        if value is not None and value > context:
+            raise ConfigError(
+                f"{key} ({value}) is longer than the model's context of {context} tokens: set {key} to at most {context}"
+            )
 
 
 def pad_token_id(tokenizer: Any, stops: Sequence[int] = ()) -> int:

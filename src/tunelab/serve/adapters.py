@@ -227,7 +227,7 @@ class ModelRegistry:
         if kept is None or kept[0] is not entry:
             assert entry.label_map is not None and entry.max_length is not None
             classifier = Classifier(self.tokenizer, entry.label_map, entry.max_length, entry.system_prompt, entry.label_head, entry.out_of_scope,
-                                    follow_cores=False)
+                                    follow_cores=False, context=self.context_length)
             kept = self._classifiers[entry.name] = (entry, classifier)
         return kept[1]
 

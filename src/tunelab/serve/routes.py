@@ -132,9 +132,11 @@ class Service:
         except Exception as error:  # noqa: BLE001 - the chat template (Jinja) rejects some conversations
             raise bad_request(f"The model's chat template cannot render these messages: {error}", param=param) from None
 
-    def check_context(self, prompt_tokens: int, param: str) -> None:
+    def check_context(self, prompt_tokens: int, param: str, answer_tokens: int = 1) -> None:
+        """Refuse a prompt that leaves no room for ``answer_tokens`` in the model's context (a classify answer is read
+        at the prompt's last position: 0)."""
         context = self.registry.context_length
-        if prompt_tokens >= context:
+        if prompt_tokens + answer_tokens > context:
             raise bad_request(
                 f"This model's maximum context length is {context} tokens. However, your {param} has {prompt_tokens} tokens. "
                 "Please shorten it.",
@@ -167,7 +169,8 @@ class Service:
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, stop=tuple(stops))
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
-        """The served model's one classify inference (its prompt, the text shortened to its ``max_length``), batched by the engine."""
+        """The served model's one classify inference (its prompt, the text shortened to its ``max_length`` and to the model's
+        context, as evaluated), batched by the engine."""
         classifier = self.registry.classifier(entry)
         prompts = []
         for text in texts:
@@ -175,7 +178,7 @@ class Service:
                 ids, _ = classifier.prompt(text)
             except Exception as error:  # noqa: BLE001 - the chat template (Jinja) or the tokenizer rejects the text
                 raise bad_request(f"'input' cannot be prompted: {error}", param="input") from None
-            self.check_context(len(ids), "input")
+            self.check_context(len(ids), "input", answer_tokens=0)
             prompts.append(ids)
         submitted = [self.engine.submit(entry.name, "classify", ids) for ids in prompts]
         return [await self.engine.result(job) for job in submitted]

@@ -428,12 +428,18 @@ def check_step(context: PipelineContext) -> None:
 
     Raises:
         DataError: when records are invalid and ``data.skip_invalid`` is off.
+        ConfigError: when ``data.max_length`` or ``train.pack_tokens`` is longer than the model's context.
     """
     from tunelab.data.check import check_data
 
     if context.state.done("check"):
         return
     config = context.config
+    if config.train.backend == "local":  # a provider's fine-tuning API knows its own model's context
+        from tunelab.models.generate import check_context
+
+        # As training would, but before the baselines spend minutes and before the run folder exists.
+        check_context(config, context.base.model)
     with step(context, "check", path=config.data.train) as record:
         report = check_data(config.data.train, config.task, config.data, tokenizer=context.base.tokenizer, test_path=config.data.test)
         if report.errors and not config.data.skip_invalid:

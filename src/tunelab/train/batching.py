@@ -120,7 +120,10 @@ class ClassifyCollate:
         }
         if prefix:
             batch["prefix_ids"] = torch.tensor(self.prefix_ids, dtype=torch.long)
-            batch["position_ids"] = position_ids + prefix
+            # A real token sits below max_length (its prompt, prefix included, fits it); the padding after a short
+            # row's prompts would run on past it, and past a GPT-2's positions (an IndexError). Padding is its own
+            # segment that no real token sees and no loss reads, so its positions stop at the last one.
+            batch["position_ids"] = (position_ids + prefix).clamp(max=self.max_length - 1)
             batch["attention_mask"] = _prefix_attention(rows, offsets, [len(x) for x in ids], width, prefix)
         return batch
 

@@ -25,6 +25,7 @@ from tunelab.data.split import Split
 from tunelab.errors import ConfigError, DataError
 from tunelab.faults import kill_point
 from tunelab.models.adapters import count_parameters, save_trained
+from tunelab.models.generate import check_context
 from tunelab.models.loader import LoadedModel
 from tunelab.paths import atomic_write_text, disk_full_error, is_disk_full
 from tunelab.runs import RunFolder, load_for_training
@@ -73,11 +74,13 @@ class Session:
 
         Raises:
             ModelError: when the model cannot be loaded.
+            ConfigError: when the run's rows may be longer than the model's context (``models.generate.check_context``).
         """
         from accelerate.utils import set_seed
 
         config = self.config
         loaded = load_for_training(config, self.precision)
+        check_context(config, loaded.model)
         set_seed(config.train.seed)
         if config.train.gradient_checkpointing:
             loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -96,3 +96,78 @@ def test_classify_prompts_longer_than_the_context_have_their_text_shortened_to_i
                       baseline=baseline)
     assert result.n == 2 and all(row["prediction"] in label_map.labels for row in result.rows)
     assert any(f"context of {CONTEXT}" in warning for warning in result.warnings), result.warnings
+
+
+def test_few_shot_classify_prompts_stay_inside_the_context(tiny_tokenizer):
+    # The examples' budget left data.max_length (128) for the text beside eval.few_shot_tokens, but not the label list:
+    # a long test text made a prompt past the model's 256 positions, an IndexError in the baseline step.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.records import ClassifyRecord
+    from tunelab.evaluation.baselines import few_shot_classify
+
+    context = 256
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    label_map = build_label_map(["billing", "technical"], tiny_tokenizer)
+    train = [ClassifyRecord(f"{word} {i}", label, source=f"train.csv:{i}") for i in range(8) for word, label in [("card", "billing"), ("login", "technical")]]
+    test = [ClassifyRecord("my card has not arrived yet and I need help with billing " * 8, "billing", source="test.csv:2"),
+            ClassifyRecord("cannot login", "technical", source="test.csv:3")]
+    result = few_shot_classify(loaded, train, test, config=EvalConfig(), data_config=DataConfig(max_length=128), label_map=label_map)
+    assert result.n == 2 and all(row["prediction"] in label_map.labels for row in result.rows)
+
+
+def test_few_shot_examples_leave_the_text_its_max_length_beside_the_label_list(tiny_tokenizer, monkeypatch):
+    # The examples' budget was the context less data.max_length, but the label list comes on top: a long test text
+    # was shortened below data.max_length (what the tuned model reads), so the opponent read less than the tuned model.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.data.labels import build_label_map
+    from tunelab.data.records import ClassifyRecord
+    from tunelab.evaluation.baselines import few_shot_classify
+    from tunelab.evaluation.evaluate import zero_shot_extra_tokens
+    from tunelab.inference import Classifier
+
+    limits: list[tuple[int, int]] = []
+    real = Classifier.prompt
+
+    def spy(self, text):
+        limits.append((self.max_length, self.limit))
+        return real(self, text)
+
+    monkeypatch.setattr(Classifier, "prompt", spy)
+
+    context, max_length = 320, 128
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    label_map = build_label_map(["billing", "technical"], tiny_tokenizer)
+    train = [ClassifyRecord(f"{word} {i}", label, source=f"train.csv:{i}") for i in range(8) for word, label in [("card", "billing"), ("login", "technical")]]
+    test = [ClassifyRecord("my card has not arrived yet and I need help with billing " * 8, "billing", source="test.csv:2"),
+            ClassifyRecord("cannot login", "technical", source="test.csv:3")]
+    result = few_shot_classify(loaded, train, test, config=EvalConfig(), data_config=DataConfig(max_length=max_length), label_map=label_map)
+    budget = context - max_length - zero_shot_extra_tokens(tiny_tokenizer, label_map, None)
+    assert result.settings["examples"] > 0
+    assert any(f"few-shot examples get {budget} tokens" in warning for warning in result.warnings), result.warnings
+    # The prompt's room (max_length + label list + examples) fits the context: the text is never cut below max_length.
+    assert limits and all(room == limit for room, limit in limits), limits
+
+
+def test_preference_pairs_longer_than_the_context_are_cut_to_it(tiny_tokenizer):
+    # A chosen or rejected answer of data.max_length (128) past n_positions (64) was an IndexError traceback (the base
+    # model's preference accuracy, before any training); each pair is now read within the context, as text windows are.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.data.records import PreferenceRecord
+
+    context = 64
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    records = [PreferenceRecord(({"role": "user", "content": "hi"},), "ok", "no", source="test.jsonl:1"),
+               PreferenceRecord(({"role": "user", "content": "hi"},), "fine thanks " * 6, "go away " * 6, source="test.jsonl:2")]
+    result = evaluate(loaded, records, "preference", config=EvalConfig(), data_config=DataConfig(max_length=2 * context), baseline=True)
+    assert result.n == 2
+    assert any(f"context of {context}" in warning and f"data.max_length={2 * context}" in warning for warning in result.warnings), result.warnings

@@ -1,0 +1,120 @@
+"""Training refuses rows longer than the model's context (``models.generate.context_length``) before any compute:
+a GPT-2-style model (absolute positions) past ``n_positions`` failed mid-training with an IndexError traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_helpers import records_split
+
+from tunelab.config import parse_config
+from tunelab.data.records import SFTRecord
+from tunelab.errors import ConfigError
+from tunelab.tasks import run_training
+
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny GPT-2 (absolute positions: a position past n_positions is an IndexError) with a 64-token context."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _records(answer: str) -> list[SFTRecord]:
+    return [SFTRecord(({"role": "user", "content": "hi"}, {"role": "assistant", "content": answer})) for _ in range(8)]
+
+
+def _config(model_dir, max_length: int, **train):
+    settings = {"batch_size": 4, "max_steps": 2, "precision": "fp32", "seed": 0, **train}
+    return parse_config({"task": "sft", "model": str(model_dir), "data": {"max_length": max_length}, "train": settings})
+
+
+def _one_line(error: ConfigError, key: str) -> str:
+    message = str(error)
+    assert "\n" not in message and key in message and f"context of {CONTEXT}" in message, message
+    return message
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_max_length_past_the_context_is_one_line_not_an_index_error(gpt2_dir, tmp_path, packing):
+    # data.max_length 128 on a 64-position GPT-2: a conversation longer than 64 tokens was an IndexError mid-training.
+    with pytest.raises(ConfigError) as caught:
+        run_training(_config(gpt2_dir, 2 * CONTEXT, packing=packing), records_split(_records("ok " * 12)), run_dir=tmp_path / "run")
+    _one_line(caught.value, "data.max_length")
+
+
+def test_packed_rows_past_the_context_are_one_line_not_an_index_error(gpt2_dir, tmp_path):
+    # Every example fits the context, but rows of train.pack_tokens (192) did not: a short row's padding ran on to
+    # positions past 64, an IndexError mid-training.
+    with pytest.raises(ConfigError) as caught:
+        run_training(_config(gpt2_dir, CONTEXT, pack_tokens=3 * CONTEXT), records_split(_records("ok")), run_dir=tmp_path / "run")
+    _one_line(caught.value, "train.pack_tokens")
+
+
+def test_within_the_context_trains(gpt2_dir, tmp_path):
+    result = run_training(_config(gpt2_dir, CONTEXT), records_split(_records("ok")), run_dir=tmp_path / "run")
+    assert result.steps == 2
+
+
+def test_tunelab_run_refuses_at_the_data_check_before_anything_is_written(gpt2_dir, tmp_path, monkeypatch):
+    from tunelab.tasks.pipeline import run_pipeline
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"hi {i}", "completion": "ok"}) for i in range(24)) + "\n")
+    config = parse_config({
+        "task": "sft", "model": str(gpt2_dir), "name": "long",
+        "data": {"train": str(data), "max_length": 2 * CONTEXT},
+        "train": {"max_steps": 1, "output_dir": str(tmp_path / "runs")},
+    })  # fmt: skip
+    events = []
+    with pytest.raises(ConfigError) as caught:
+        run_pipeline(config, on_event=lambda step, status, details: events.append((step, status)))
+    _one_line(caught.value, "data.max_length")
+    assert ("check", "done") not in events and not (tmp_path / "runs" / "long").exists()
+
+
+def test_classify_rows_after_the_shared_prefix_stay_inside_the_context(tiny_tokenizer, tmp_path):
+    # max_length = the context (128): a packed row's padding after a short prompt ran on from the shared prefix
+    # (69 tokens) to position 165, an IndexError mid-training, though every prompt fit.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.data.records import ClassifyRecord
+
+    context = 128
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    records = [ClassifyRecord("x " * n, "AB"[i % 2]) for i, n in enumerate([1, 60, 2, 2, 2, 2, 2, 2])]
+    run_config = parse_config({
+        "task": "classify", "model": str(folder), "data": {"max_length": context},
+        "train": {"batch_size": 8, "max_steps": 1, "precision": "fp32", "seed": 0},
+    })  # fmt: skip
+    result = run_training(run_config, records_split(records), run_dir=tmp_path / "run")
+    assert result.steps == 1
+
+
+def test_tunelab_estimate_refuses_as_training_would(gpt2_dir, tmp_path, monkeypatch):
+    # The timed training steps of `tunelab estimate` ran rows of data.max_length (128) through a 64-position GPT-2:
+    # an IndexError traceback before the estimate said anything.
+    from tunelab.estimate import estimate_from_config
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"hi {i} " * 10, "completion": "ok " * 10}) for i in range(24)) + "\n")
+    config = parse_config({"task": "sft", "model": str(gpt2_dir), "data": {"train": str(data), "max_length": 2 * CONTEXT}, "train": {"max_steps": 2}})
+    with pytest.raises(ConfigError) as caught:
+        estimate_from_config(config, calibrate_here=True, calibration_steps=1)
+    _one_line(caught.value, "data.max_length")
