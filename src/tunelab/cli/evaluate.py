@@ -289,13 +289,10 @@ def review_export(
 
 def _registry_review(run: str, registry_path: Path | None):
     """(registry, run record, sheet) of a run whose review was done in `tunelab ui` (judgments in the registry)."""
+    from tunelab.cli.runs import open_registry
     from tunelab.evaluation.review import load_sheet, review_sheet_path
-    from tunelab.registry import Registry, RegistryError, default_registry_path
 
-    registry_path = registry_path or default_registry_path()
-    if not registry_path.is_file():
-        raise RegistryError(f"no run registry at {registry_path}", "pass --registry PATH")
-    registry = Registry(registry_path)
+    registry = open_registry(registry_path)  # a folder names the file it likely meant, as for the other registry commands
     record = registry.get_run(run)
     if not record.run_dir:
         raise DataError(f"run {record.name} has no run folder recorded")
