@@ -158,7 +158,7 @@ def show(
     max_length: int | None = typer.Option(None, "--max-length"),
     system_prompt: str | None = typer.Option(None, "--system-prompt"),
     allow_network: bool = typer.Option(False, "--allow-network"),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output ([[trained]] spans bracketed)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (\\[\\[trained]] spans bracketed)."),
 ) -> None:
     """Render the first N examples exactly as they will be trained, trained tokens highlighted."""
     from tunelab.data.check import render_example

@@ -76,7 +76,8 @@ def distill(
     vs = outcome.report["student_vs_teacher"]
     console.print("student against the teacher's answers: " + ", ".join(f"{k} {_fmt(v)}" for k, v in vs.items() if k != "n"))
     colour = "green" if outcome.report["non_inferior"] else "yellow"
-    console.print(f"[bold {colour}]{outcome.report['statement']}[/]")
+    # One sentence, unbroken by the console's width (it is the line a user copies into a note or an issue).
+    console.print(f"[bold {colour}]{outcome.report['statement']}[/]", soft_wrap=True)
     if outcome.rejected:
         console.print(f"{len(outcome.rejected)} teacher answers were rejected and left out (listed in {outcome.distill_file})")
     from tunelab.runs import RunFolder

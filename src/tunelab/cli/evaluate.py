@@ -12,6 +12,7 @@ from tunelab.cli.common import (
     check_output_file,
     config_from_options,
     console,
+    error_console,
     print_json,
     progress_display,
     verdict_rich_table,
@@ -119,6 +120,7 @@ def evaluate_command(
     endpoint_model: str = typer.Option(None, "--endpoint-model", help="The model's name at --endpoint."),
     endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Remote model: requests in flight at once."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid records of --data, --train and --validation (each is listed) instead of stopping."),
 ) -> None:
     """Evaluate any model (or a run's tuned model, or a remote one) on any test file, against baselines, and optionally save every prediction.
 
@@ -132,18 +134,28 @@ def evaluate_command(
 
     try:
         # Written by the data layer; imported here so the other commands work without it.
-        from tunelab.data.read import load_records
+        from tunelab.data.read import load_result
     except ImportError:
         raise DataError("reading test files needs tunelab.data.read, which this installation lacks") from None
     data_config = config_from_options(DataConfig, EVAL_OPTIONS, preset=preset, system_prompt=system, max_length=max_length,
-                                      max_test_examples=limit, seed=seed)
+                                      max_test_examples=limit, seed=seed, skip_invalid=skip_invalid)
+
+    def load_records(path: str, task: str, config: DataConfig) -> list:
+        # The records of one file; with --skip-invalid the dropped ones are listed (the error's hint promises it).
+        result = load_result(path, task, config)
+        if result.errors:
+            error_console.print(f"warning: skipped {len(result.errors)} invalid record(s) in {path}:\n  {result.error_summary()}",
+                                markup=False, highlight=False, soft_wrap=True)
+        return result.records
+
     eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples)
     check_output_file(out)
     names = _baseline_names(baselines, task, train)
     records = load_records(data, task, data_config)
-    train_records = load_records(str(train), task, DataConfig(preset=preset, system_prompt=system)) if train is not None else []
-    validation_records = load_records(str(validation), task, DataConfig(preset=preset, system_prompt=system)) if validation is not None else None
+    learn_config = DataConfig(preset=preset, system_prompt=system, skip_invalid=skip_invalid)
+    train_records = load_records(str(train), task, learn_config) if train is not None else []
+    validation_records = load_records(str(validation), task, learn_config) if validation is not None else None
     label_map = None
     if labels is not None:
         if not labels.is_file():
@@ -277,13 +289,10 @@ def review_export(
 
 def _registry_review(run: str, registry_path: Path | None):
     """(registry, run record, sheet) of a run whose review was done in `tunelab ui` (judgments in the registry)."""
+    from tunelab.cli.runs import open_registry
     from tunelab.evaluation.review import load_sheet, review_sheet_path
-    from tunelab.registry import Registry, RegistryError, default_registry_path
 
-    registry_path = registry_path or default_registry_path()
-    if not registry_path.is_file():
-        raise RegistryError(f"no run registry at {registry_path}", "pass --registry PATH")
-    registry = Registry(registry_path)
+    registry = open_registry(registry_path)  # a folder names the file it likely meant, as for the other registry commands
     record = registry.get_run(run)
     if not record.run_dir:
         raise DataError(f"run {record.name} has no run folder recorded")

@@ -205,7 +205,7 @@ def sweep(
     grid: list[str] = typer.Option(..., "--grid", help="KEY=V1,V2 (repeatable): every combination is run."),
     metric: str = typer.Option(None, "--metric", help="Rank by this metric (default: the task's primary)."),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
-    engine: str = typer.Option("local", "--engine", help="local: one variant after another here; ray: Ray Tune trials (pip install 'tunelab[ray]')."),
+    engine: str = typer.Option("local", "--engine", help="local: one variant after another here; ray: Ray Tune trials (pip install 'tunelab\\[ray]')."),
     address: str = typer.Option(None, "--address", help="ray: the cluster (auto, ray://HOST:10001); default: a Ray started here."),
     search: str = typer.Option("grid", "--search", help="ray: grid (every combination) or optuna (draws over the grid's ranges)."),
     trials: int = typer.Option(None, "--trials", help="ray with --search optuna: how many variants to try."),

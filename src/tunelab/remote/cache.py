@@ -62,6 +62,10 @@ class RequestCache:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
+        if self.path.is_dir():
+            # Never "delete it" (the damaged file's fix): a folder here is usually a cache folder full of other things.
+            raise TunelabError(f"{self.path} is a folder, not the remote request cache (a file)",
+                               f"point $TUNELAB_REMOTE_CACHE at a file, e.g. {self.path / 'requests.db'}")
         create_private_file(self.path)  # prompts and answers: readable by their owner only, like the request log
         self._lock = threading.Lock()
         try:

@@ -475,7 +475,7 @@ def agreement(student_rows: Sequence[dict], teacher_rows: Sequence[dict], *, see
 
 def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: ResolvedConfig, lines: Sequence[DistillLine]) -> dict[str, Any]:
     """Teacher vs student on the held-out test records (see the module docstring); also saves eval/teacher.json."""
-    from tunelab.evaluation.compare import compare_evaluations
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, TOO_FEW, compare_evaluations
     from tunelab.evaluation.evaluate import score_sft
     from tunelab.runs import Run
 
@@ -487,12 +487,17 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
     comparison = compare_evaluations(teacher_eval, student_eval, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
     primary = comparison.metric(comparison.primary)
     margin = config.distill.margin
-    non_inferior = primary.non_inferior(margin)
-    statement = (
-        f"the student is {'within' if non_inferior else 'NOT shown to be within'} {margin:g} of the teacher on {comparison.primary}: "
-        f"student {primary.after:.4g} vs teacher {primary.before:.4g}, difference {primary.difference:+.4g} "
-        f"(95% CI {primary.low:+.4g} to {primary.high:+.4g}, n={comparison.n}, paired bootstrap x{comparison.samples})"
-    )
+    numbers = (f"student {primary.after:.4g} vs teacher {primary.before:.4g}, difference {primary.difference:+.4g} "
+               f"(95% CI {primary.low:+.4g} to {primary.high:+.4g}, n={comparison.n}, paired bootstrap x{comparison.samples})")
+    if comparison.n < MIN_TEST_EXAMPLES:
+        # The verdict's rule: an interval from this few examples is too narrow to trust, so no claim either way.
+        non_inferior = False
+        statement = (f"{TOO_FEW} whether the student is within {margin:g} of the teacher on {comparison.primary} "
+                     f"(n={comparison.n}; the paired bootstrap needs at least {MIN_TEST_EXAMPLES}): {numbers}")
+    else:
+        non_inferior = primary.non_inferior(margin)
+        statement = (f"the student is {'within' if non_inferior else 'NOT shown to be within'} {margin:g} of the teacher on "
+                     f"{comparison.primary}: {numbers}")
     vs_teacher: dict[str, Any]
     if config.task == "classify":
         vs_teacher = agreement(student_eval.rows, teacher_eval.rows, seed=config.eval.seed, samples=config.eval.bootstrap_samples)

@@ -40,3 +40,19 @@ def test_a_labels_file_that_is_not_a_label_map_is_one_line_naming_it(tmp_path):
             result = _cli(["eval", "--data", str(data), "--task", "classify", "--labels", str(labels)])
             assert isinstance(result.exception, DataError), (content, labels.name, repr(result.exception))
             assert str(result.exception).startswith(f"{labels}: not a labels.json") and "\n" not in str(result.exception), str(result.exception)
+
+
+def test_invalid_records_can_be_dropped_with_the_option_the_error_names(tmp_path, tiny_model_dir):
+    # The error's hint said "drop them with --skip-invalid", which `tunelab eval` did not have ("No such option").
+    from tunelab.errors import DataError
+
+    data = tmp_path / "test.jsonl"
+    rows = [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(4)] + [{"text": "", "label": "a"}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["eval", "--data", str(data), "--task", "classify", "--model", str(tiny_model_dir)]
+    result = _cli(args)
+    assert isinstance(result.exception, DataError), repr(result.exception)
+    assert "--skip-invalid" in result.exception.hint
+    result = _cli([*args, "--skip-invalid", "--json"])
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    assert f"{data}:5" in result.output  # each dropped record is listed, as the hint promises

@@ -35,3 +35,16 @@ def test_score_and_pairs_read_the_registry(tmp_path):
     assert json.loads(pairs.output)["pairs"] == 4 and len((tmp_path / "p.jsonl").read_text().splitlines()) == 4
     neither = runner.invoke(app, ["review", "score"])
     assert neither.exit_code != 0
+
+
+def test_a_registry_folder_names_the_file_it_likely_meant(tmp_path):
+    # `--registry runs` said "no run registry at runs" beside runs/registry.db (the other registry commands name the file).
+    from tunelab.registry import RegistryError
+
+    _register_commands()
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    registry.create_run(name="demo", task="sft", run_dir=str(tmp_path / "runs" / "demo"))
+    for command in (["score"], ["pairs", "--out", str(tmp_path / "p.jsonl")]):
+        result = CliRunner().invoke(app, ["review", *command, "--run", "demo", "--registry", str(tmp_path / "runs")])
+        assert isinstance(result.exception, RegistryError), (command, repr(result.exception))
+        assert str(tmp_path / "runs" / "registry.db") in result.exception.hint, (command, result.exception.hint)

@@ -166,6 +166,19 @@ def test_a_damaged_request_cache_is_one_clear_error(tmp_path):
     assert str(path) in raised.value.message and "TUNELAB_REMOTE_CACHE" in (raised.value.hint or "")
 
 
+def test_a_folder_as_the_request_cache_is_never_to_be_deleted(tmp_path):
+    # $TUNELAB_REMOTE_CACHE=~/.cache/tunelab (a folder, like $TUNELAB_CACHE) was told "fix: delete it".
+    from tunelab.errors import TunelabError
+
+    folder = tmp_path / "cache"
+    (folder / "keep.txt").parent.mkdir()
+    (folder / "keep.txt").write_text("a user's files")
+    with pytest.raises(TunelabError) as raised:
+        RequestCache(folder)
+    assert "folder" in raised.value.message and "delete" not in (raised.value.hint or "")
+    assert str(folder / "requests.db") in (raised.value.hint or "")
+
+
 def test_answers_without_usage_make_the_cost_unknown_not_zero(scripted, tmp_path, monkeypatch):
     client = client_for(scripted, tmp_path, monkeypatch, name="gpt-4o-mini")  # priced in the bundled table
     scripted.script = [completion("four", usage=False)]
