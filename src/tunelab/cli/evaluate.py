@@ -328,7 +328,9 @@ def review_score(
         f"{score.tuned} preferred over {score.base}: win rate {score.win_rate:.1%} "
         f"(95% CI {score.low:.1%} to {score.high:.1%}; {score.method})"
     )
-    console.print(f"tuned wins {score.tuned_wins}, base wins {score.base_wins}, ties {score.ties} (each counted half), not judged {score.unjudged}")
+    # Named as the sheet's key names them: the opponent is the strongest baseline when the base model was skipped.
+    console.print(f"{score.tuned} wins {score.tuned_wins}, {score.base} wins {score.base_wins}, ties {score.ties} (each counted half), "
+                  f"not judged {score.unjudged}", markup=False, highlight=False)
 
 
 @review_app.command("pairs")

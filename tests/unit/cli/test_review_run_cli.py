@@ -48,3 +48,22 @@ def test_a_registry_folder_names_the_file_it_likely_meant(tmp_path):
         result = CliRunner().invoke(app, ["review", *command, "--run", "demo", "--registry", str(tmp_path / "runs")])
         assert isinstance(result.exception, RegistryError), (command, repr(result.exception))
         assert str(tmp_path / "runs" / "registry.db") in result.exception.hint, (command, result.exception.hint)
+
+
+def test_the_score_line_names_the_opponent_it_was_reviewed_against(tmp_path):
+    # The base model skipped (it could not win): the sheet is the tuned model against the strongest baseline, and the
+    # line said "base wins 2" of the embedding baseline's answers.
+    _register_commands()
+    run_dir = tmp_path / "runs" / "demo"
+    _result("embedding").save(run_dir / "eval" / "embedding.json")
+    _result("tuned").save(run_dir / "eval" / "tuned.json")
+    (run_dir / "eval" / "comparison.json").write_text(json.dumps({"strongest": "embedding"}))
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    record = registry.create_run(name="demo", task="sft", run_dir=str(run_dir))
+    sheet = open_run_review(run_dir)
+    for row in sheet.rows[:2]:
+        other = next(side for side, model in sheet.sides[row["id"]].items() if model != "tuned")
+        registry.add_review(record.id, sheet=sheet.path, example_id=row["id"], reviewer="ann", preference=other)
+    result = CliRunner().invoke(app, ["review", "score", "--run", "demo", "--registry", str(registry.path)])
+    assert result.exit_code == 0, result.output
+    assert "embedding wins 2" in result.output and "base wins" not in result.output
