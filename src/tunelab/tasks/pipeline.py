@@ -557,6 +557,10 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
     return estimate
 
 
+# Why a stopped run's hint names a new run: the folder is taken, and `--resume` is held to the saved config's limits.
+_FIXED_CONFIG = "this run keeps its config, and `tunelab run --resume` would stop the same way"
+
+
 def _stop_over_budget(context: PipelineContext, estimate: dict[str, Any]) -> None:
     """Stop a run whose saved estimate (``EstimateResult.as_dict``) will not fit its device or is over budget.
 
@@ -570,7 +574,7 @@ def _stop_over_budget(context: PipelineContext, estimate: dict[str, Any]) -> Non
         raise BudgetExceeded(
             reason,
             "set one of those, or train.fit=auto to apply the first (train.fit=off trains anyway; "
-            "budget.max_memory_gib sets the limit)",
+            f"budget.max_memory_gib sets the limit), in a new run (another name=...): {_FIXED_CONFIG}",
         )
     budget = estimate.get("budget") or {}
     if budget.get("over"):
@@ -578,7 +582,7 @@ def _stop_over_budget(context: PipelineContext, estimate: dict[str, Any]) -> Non
         context.registry.update_run(context.registry_id, status="failed", error="over budget: " + reasons)
         raise BudgetExceeded(
             "the estimate is over budget: " + reasons,
-            "raise budget.max_hours / budget.max_usd, or shrink the run",
+            f"raise budget.max_hours / budget.max_usd, or shrink the run, in a new run (another name=...): {_FIXED_CONFIG}",
         )
 
 

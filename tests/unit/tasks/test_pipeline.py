@@ -202,8 +202,10 @@ def test_a_resumed_over_budget_run_is_still_over_budget(tmp_path, tiny_model_dir
     with pytest.raises(BudgetExceeded, match="over budget"):
         run_pipeline(config)  # calibrated: hours on this machine are only checked with a measured step
     run = tmp_path / "runs" / "quick"
-    with pytest.raises(BudgetExceeded, match="over budget"):
+    with pytest.raises(BudgetExceeded, match="over budget") as stopped:
         run_pipeline(resume=run)
+    # The hint is one a user can follow: a resume cannot raise the limit, and the name is taken.
+    assert "new run (another name=...)" in stopped.value.hint
     record = Registry(tmp_path / "runs" / "registry.db").get_run("quick")
     assert record.status == "failed" and "budget" in record.error
     assert not (run / "adapter").exists() and not (run / "model").exists() and not (run / "checkpoints").exists()
