@@ -408,6 +408,8 @@ def train_loop(
     elif state.best_step is not None and state.best_step != state.step and (best / "accelerate").is_dir():
         accelerator.load_state(str(best / "accelerate"))  # sharded (FSDP, DeepSpeed): every process loads its shard
     trained_seconds = state.train_seconds - start_seconds
+    if state.tokens == start_tokens:  # a resumed run that had already finished: its own rate, not an empty session's 0
+        start_tokens, trained_seconds = 0, state.train_seconds
     return LoopResult(
         steps=state.step,
         final_loss=state.last_loss,

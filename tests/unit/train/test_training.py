@@ -288,3 +288,15 @@ def test_early_stopping_without_a_validation_split_says_it_never_applies(tiny_mo
     assert result.steps == 2 and any("early_stopping_patience" in w and "no validation" in w for w in result.warnings)
     quiet = run_training(tiny_config(tiny_model_dir, max_steps=2), records_split(sft_records(4)), run_dir=tmp_path / "quiet")
     assert not any("early_stopping_patience" in w for w in quiet.warnings)
+
+
+def test_resuming_a_finished_run_keeps_its_training_rate(tiny_model_dir, tmp_path):
+    """`tunelab train --resume` of a run that had finished trained nothing more, and reported (and registered)
+    0 tokens/s: the rate of an empty session replaced the run's own."""
+    config = tiny_config(tiny_model_dir, max_steps=2)
+    split = records_split(sft_records(8))
+    first = run_training(config, split, run_dir=tmp_path / "run")
+    again = run_training(config, split, run_dir=tmp_path / "run", resume=True)
+    assert again.steps == first.steps == 2 and again.tokens == first.tokens
+    assert first.tokens_per_second > 0
+    assert again.tokens_per_second == pytest.approx(first.tokens_per_second, rel=0.05)
