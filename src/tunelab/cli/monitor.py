@@ -27,7 +27,7 @@ def _print_report(report: Any) -> None:
     if not report.models:
         console.print("no served traffic in the window")
     for model in report.models:
-        table = Table(title=f"{model.model} (run {model.run_id}): {model.requests} requests, [{_STYLE[model.status]}]{model.status}[/]")
+        table = Table(title=f"{model.model} ({f'run {model.run_id}' if model.run_id else 'no run'}): {model.requests} requests, [{_STYLE[model.status]}]{model.status}[/]")
         for column in ("signal", "value", "judged", "watch / drifted", "status", "n", "detail"):
             table.add_column(column, justify="right" if column in ("value", "judged", "n") else "left")
         for s in model.signals:

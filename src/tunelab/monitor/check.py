@@ -92,6 +92,9 @@ def _record_text(record: Any) -> str:
 def load_reference(run_dir: Path | None, run_id: str | None = None) -> Reference:
     """The reference of the run in ``run_dir`` (missing parts become notes, not errors)."""
     reference = Reference(run_id, run_dir)
+    if run_id is None and run_dir is None:  # the base model (or a name nothing served) answered: no run, no training data
+        reference.notes.append("no run answered these requests (the base model): signals against training data skipped")
+        return reference
     if run_dir is None or not Path(run_dir).is_dir():
         reference.notes.append(f"run {run_id} has no run folder here: signals against training data skipped (pass --run RUN_DIR)")
         return reference

@@ -61,7 +61,7 @@ def plot_traffic(traffic: Any, reference: Any, folder: Path) -> list[Path]:
         days_ax.set_xticks(range(len(days)), days, rotation=45, ha="right", fontsize=7)
     days_ax.set_title(f"requests per day ({traffic.requests} in the window)")
 
-    figure.suptitle(f"{traffic.model} (run {traffic.run_id}): {traffic.since[:16]} to {traffic.until[:16]}")
+    figure.suptitle(f"{traffic.model} ({f'run {traffic.run_id}' if traffic.run_id else 'no run'}): {traffic.since[:16]} to {traffic.until[:16]}")
     figure.tight_layout()
     path = folder / f"{name}.png"
     figure.savefig(path, dpi=80)
