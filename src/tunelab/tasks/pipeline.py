@@ -682,7 +682,9 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
     """
     from tunelab.registry.store import Registry, default_registry_path
     from tunelab.tasks import run_training
+    from tunelab.train.run import require_tracker
 
+    require_tracker(config)  # before a registry row or a run folder exists, as `tunelab run` checks it
     run = RunFolder(Path(run_dir))
     if run.pipeline_state.is_file():
         state = PipelineState.load(run)

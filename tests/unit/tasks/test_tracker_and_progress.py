@@ -57,6 +57,20 @@ def test_a_tracker_that_is_not_installed_stops_the_run_naming_the_extra(tmp_path
     assert not (tmp_path / "runs").exists()  # before anything is written or registered
 
 
+
+def test_tunelab_train_with_a_tracker_not_installed_writes_and_registers_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    # `tunelab train` (train_registered) named the extra too, but only after registering a failed run and leaving its
+    # folder (pipeline.json, .lock): every attempt added a failed row to `tunelab runs`.
+    from tunelab.data.split import make_split
+    from tunelab.tasks.pipeline import train_registered
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a))
+    config = _config(tmp_path, tiny_model_dir, tracker="tensorboard")
+    with pytest.raises(ConfigError, match="tensorboard package, which is not installed"):
+        train_registered(config, make_split(config), run_dir=tmp_path / "runs" / "tracked")
+    assert not (tmp_path / "runs").exists()
+
 def test_the_progress_display_shows_each_running_step_with_counts_and_eta(monkeypatch):
     from rich.console import Console
 
