@@ -45,3 +45,12 @@ def test_the_measurement_is_a_ratio_and_restores_threads():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_tunelab_config_states_the_precision_rule_the_runtime_applies():
+    # `tunelab config train` said "auto: bf16 where native (CUDA with bf16, CPUs with AMX)", while an AMD Zen 5
+    # without AMX trains in bf16 (and a Xeon with AVX512-BF16 alone does not): the rule is a measured speed-up.
+    from tunelab.config import TrainConfig
+
+    description = TrainConfig.model_fields["precision"].description
+    assert f"{runtime.BF16_MIN_SPEEDUP:g}x" in description and "AVX512-BF16" in description
