@@ -622,6 +622,14 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _freeze_names_its_layers(self) -> RunConfig:
+        # Known from the config alone: refused when it is read, not after a run folder and a registry row exist
+        # (whether each index is in range needs the model: models.adapters.apply_method).
+        if self.train.method == "freeze" and not self.train.trainable_layers:
+            raise ValueError("train.method=freeze needs train.trainable_layers, e.g. train.trainable_layers=[-1] (the last layer)")
+        return self
+
+    @model_validator(mode="after")
     def _text_stride_fits(self) -> RunConfig:
         # The windows of a document step by stride inside max_length: a longer step would skip tokens.
         stride = self.data.stride

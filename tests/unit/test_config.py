@@ -131,3 +131,12 @@ def test_seeds_the_random_generators_refuse_are_config_errors():
             parse_config({"task": "sft", section: {"seed": value}})
     config = parse_config({"task": "sft", "train": {"seed": 2**32 - 1}, "eval": {"seed": 12345}, "data": {"seed": -3}})
     assert config.train.seed == 2**32 - 1 and config.data.seed == -3  # the split's seed only names a hash order
+
+
+def test_freeze_without_its_layers_is_refused_when_the_config_is_read():
+    # It was refused at the estimate step, after the run folder and a failed registry row existed.
+    from tunelab.config import parse_config
+
+    with pytest.raises(ConfigError, match="train.trainable_layers"):
+        parse_config({"task": "sft", "model": "default", "data": {"train": "x.jsonl"}, "train": {"method": "freeze"}})
+    parse_config({"task": "sft", "model": "default", "data": {"train": "x.jsonl"}, "train": {"method": "freeze", "trainable_layers": [-1]}})
