@@ -449,6 +449,8 @@ class Run:
                 config = parse_config(raw, source=str(folder.config))
             elif state is not None and isinstance(state.get("config"), dict):
                 config = parse_config(state["config"], source=str(folder.pipeline_state))
+            elif not folder.root.is_dir():
+                raise ModelError(f"no run folder {folder.root}", "pass a run folder written by `tunelab run` or `tunelab train`")
             else:
                 raise ModelError(
                     f"{folder.root} is not a tunelab run (it has no config.yaml)", "pass a run folder written by `tunelab run` or `tunelab train`"

@@ -166,3 +166,16 @@ def test_only_the_run_module_calls_the_plain_model_loaders():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tunelab.models"):
                 offenders += [f"{path.relative_to(SOURCE.parent)}:{node.lineno} {alias.name}" for alias in node.names if alias.name in plain]
     assert not offenders, "import these from tunelab.runs (it also knows run folders):\n" + "\n".join(offenders)
+
+
+def test_a_missing_run_folder_is_named_as_missing(tmp_path):
+    # `tunelab serve --adapter /no/such/dir` said the folder "has no config.yaml", as if it existed.
+    from tunelab.errors import ModelError
+    from tunelab.runs import Run
+
+    with pytest.raises(ModelError, match="no run folder") as missing:
+        Run.open(tmp_path / "no-such-run")
+    assert "config.yaml" not in missing.value.message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="has no config.yaml"):
+        Run.open(tmp_path / "empty")
