@@ -17,6 +17,7 @@ from tunelab.cli.common import (
     progress_display,
 )
 from tunelab.estimate.plan import duration
+from tunelab.estimate.summary import money
 
 STEP_TITLES = {
     "check": "check data",
@@ -120,7 +121,14 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
         tokens = (estimate.get("tokens") or {}).get("train_tokens")
         # The machine's state decides the time here: "2 cores, 1 busy, 1 thread: about 9.5 min".
         here = estimate.get("here")
-        where = f"{here}: about {duration(seconds)}" if here else f"about {duration(seconds)} on this machine"
+        if estimate.get("backend") == "openai":  # a provider trains it: its price, never a time "on this machine"
+            usd = estimate.get("usd")
+            price = money(usd) if isinstance(usd, int | float) else "price unknown"
+            return f"the provider's fine-tuning: {price}, {estimate.get('training_tokens', 0):,} training tokens"
+        if seconds is None:  # not timed (--no-calibrate): no "about -"
+            where = "time here not measured (no calibration)"
+        else:
+            where = f"{here}: about {duration(seconds)}" if here else f"about {duration(seconds)} on this machine"
         return where + (f", {tokens:,} training tokens" if tokens else "")
     if step == "baseline" and (details.get("baselines") or details.get("skipped")):
         shown = []

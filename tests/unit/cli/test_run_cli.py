@@ -68,3 +68,17 @@ def test_cli_sweep_refuses_ray_options_with_the_local_engine(tmp_path, monkeypat
         result = CliRunner().invoke(app, ["sweep", str(tmp_path / "c.yaml"), "--grid", "train.lr=1e-4,2e-4", *option])
         assert isinstance(result.exception, ConfigError), (option, result.output, result.exception)
         assert option[0] in result.exception.message and "--engine ray" in result.exception.hint
+
+
+def test_the_estimate_line_never_says_about_dash():
+    # `--no-calibrate` (no time measured) and a provider's fine-tuning both printed "about - on this machine".
+    from tunelab.cli.run import _step_summary
+
+    untimed = _step_summary("estimate", {"estimate": {"total_seconds": None, "tokens": {"train_tokens": 5000}}})
+    assert "about -" not in untimed and "not measured" in untimed and "5,000 training tokens" in untimed
+    cloud = _step_summary("estimate", {"estimate": {"backend": "openai", "usd": 0.1234, "training_tokens": 90000, "total_seconds": None}})
+    assert cloud == "the provider's fine-tuning: $0.12, 90,000 training tokens"
+    unknown = _step_summary("estimate", {"estimate": {"backend": "openai", "usd": None, "training_tokens": 10, "total_seconds": None}})
+    assert "price unknown" in unknown
+    timed = _step_summary("estimate", {"estimate": {"total_seconds": 120.0, "here": "2 cores, idle, 2 threads"}})
+    assert timed == "2 cores, idle, 2 threads: about 2.0 min"
