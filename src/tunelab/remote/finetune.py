@@ -277,16 +277,21 @@ def _look_after_lost_reply(client: Any, endpoint: EndpointConfig, record: CloudJ
 
 
 def _find_job(client: Any, record: CloudJob) -> Any | None:
-    """The oldest job made from this run's training file (an id no other run has), or None; newest first, so older ones end the search."""
+    """The oldest job made from this run's training file (an id no other run has), or None; listed newest first, older ones end the search."""
     matches = []
     previous = None
-    newest_first = True  # how OpenAI lists jobs; a provider listing in another order is searched to the end
+    # How OpenAI lists jobs. Only once the list has shown it (a newer job before an older one, never the reverse) may an
+    # old job end the search: a provider listing oldest first starts with an old job and is searched to the end.
+    newer_before_older, older_before_newer = False, False
     for job in client.fine_tuning.jobs.list(limit=100):  # the page iterator fetches the next pages
-        newest_first = newest_first and (previous is None or job.created_at <= previous)
+        if previous is not None:
+            newer_before_older = newer_before_older or job.created_at < previous
+            older_before_newer = older_before_newer or job.created_at > previous
         previous = job.created_at
         if job.training_file == record.training_file:
             matches.append(job)
-        elif newest_first and record.uploaded_at is not None and job.created_at < record.uploaded_at:
+        elif (newer_before_older and not older_before_newer and record.uploaded_at is not None
+              and job.created_at < record.uploaded_at):
             break
     return min(matches, key=lambda job: job.created_at) if matches else None
 

@@ -277,3 +277,21 @@ def test_a_refused_job_creation_is_one_error_and_a_resume_asks_once_more_with_th
     assert provider.count("GET", "/v1/fine_tuning/jobs") == 0 and CloudJob.load(run_dir).status == "uploaded"
     run_pipeline(resume=run_dir)
     assert provider.count("POST", "/v1/files") == 1 and len(provider.jobs) == 1 and CloudJob.load(run_dir).status == "succeeded"
+
+
+@pytest.mark.parametrize("newest_first", [True, False], ids=["newest first", "oldest first"])
+def test_the_job_of_a_lost_reply_is_found_whatever_order_the_provider_lists_jobs_in(newest_first):
+    # A provider listing oldest first must be searched to the end: stopping at its first (old, someone else's) job
+    # would miss this run's job, and a resume would then ask for, and pay for, a second one.
+    from types import SimpleNamespace
+
+    from tunelab.remote.finetune import _find_job
+
+    jobs = [SimpleNamespace(id="ftjob-a", created_at=10, training_file="file-other"),
+            SimpleNamespace(id="ftjob-b", created_at=50, training_file="file-other"),
+            SimpleNamespace(id="ftjob-mine", created_at=120, training_file="file-mine")]
+    listed = list(reversed(jobs)) if newest_first else jobs
+    client = SimpleNamespace(fine_tuning=SimpleNamespace(jobs=SimpleNamespace(list=lambda limit: iter(listed))))
+    record = CloudJob(base_url="x", model=BASE_MODEL, training_file="file-mine", uploaded_at=100)
+    found = _find_job(client, record)
+    assert found is not None and found.id == "ftjob-mine"
