@@ -1062,7 +1062,8 @@ def _stop_over_cloud_budget(context: PipelineContext, estimate: dict[str, Any]) 
         reason = (f"the price of fine-tuning {config.model.endpoint.name} is not in the price table" if estimate["usd"] is None
                   else f"estimated ${estimate['usd']:.2f} > budget.max_usd ${limit:.2f}")
         context.registry.update_run(context.registry_id, status="failed", error=f"over budget: {reason}")
-        raise BudgetExceeded(f"the estimate is over budget: {reason}", "raise budget.max_usd, add the price to the table, or shrink the data")
+        raise BudgetExceeded(f"the estimate is over budget: {reason}",
+                             f"raise budget.max_usd, add the price to the table, or shrink the data, in a new run (another name=...): {_FIXED_CONFIG}")
 
 
 def with_remote_base(config: ResolvedConfig) -> ResolvedConfig:

@@ -142,9 +142,11 @@ def test_over_budget_stops_before_anything_is_uploaded(provider, tmp_path, tiny_
         run_pipeline(config)
     assert provider.count("POST", "/v1/files") == 0
     # A resume (its config, and so its budget, is pipeline.json's) stops the same way: nothing is uploaded.
-    with pytest.raises(BudgetExceeded, match="budget.max_usd"):
+    with pytest.raises(BudgetExceeded, match="budget.max_usd") as stopped:
         run_pipeline(resume=tmp_path / "runs" / "cloud")
     assert provider.count("POST", "/v1/files") == 0 and provider.count("POST", "/v1/fine_tuning/jobs") == 0
+    # As for a local run: the hint is one a user can follow (a resume cannot raise the limit, and the name is taken).
+    assert "new run (another name=...)" in stopped.value.hint
 
 
 def test_base_answers_are_the_providers(provider):
