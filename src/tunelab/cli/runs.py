@@ -103,7 +103,7 @@ def _timings_table(record: RunRecord) -> Table:
 def _metrics_table(record: RunRecord) -> Table:
     from tunelab.registry import metric_values
 
-    before, after = metric_values(record.baseline_metrics), metric_values(record.tuned_metrics)
+    before, after = record.base_metrics(), metric_values(record.tuned_metrics)
     table = Table(title="Metrics")
     for column in ("metric", "baseline", "tuned"):
         table.add_column(column, justify="right" if column != "metric" else "left")

@@ -495,8 +495,8 @@ class Registry:
             raise RegistryError("compare needs at least two runs")
         records = [self.get_run(run) for run in runs]
         comparison = RunComparison(runs=[record.name for record in records])
-        for attribute, target in (("baseline_metrics", comparison.baseline_metrics), ("tuned_metrics", comparison.tuned_metrics)):
-            per_run = [metric_values(getattr(record, attribute)) for record in records]
+        for read, target in ((RunRecord.base_metrics, comparison.baseline_metrics), (lambda record: metric_values(record.tuned_metrics), comparison.tuned_metrics)):
+            per_run = [read(record) for record in records]  # the base model's "before" only (RunRecord.base_metrics)
             for name in sorted({name for values in per_run for name in values}):
                 target[name] = [values.get(name) for values in per_run]
         comparison.config_differences = config_differences([record.config_dict for record in records])

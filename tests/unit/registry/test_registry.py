@@ -137,6 +137,18 @@ def test_compare_runs_lists_metrics_and_differing_config_keys(registry):
         registry.compare_runs(["r16"])
 
 
+def test_compare_never_shows_another_baselines_metrics_as_the_base_models(registry):
+    # A row written before the registry kept only the base model's "before" held the classical baseline's metrics when
+    # the base model was skipped; `tunelab runs` says "n/a (base skipped)", and compare (CLI, the UI's "Base model
+    # metrics") must not show them as the base model's either.
+    skipped = {"base": "it cannot win, so it is not scored on the test rows"}
+    registry.create_run(name="skipped", task="classify", baseline_metrics={"accuracy": 0.85}, tuned_metrics={"accuracy": 0.86},
+                        comparison={"verdict": "no significant difference", "skipped": skipped})
+    registry.create_run(name="scored", task="classify", baseline_metrics={"accuracy": 0.3}, tuned_metrics={"accuracy": 0.8})
+    comparison = registry.compare_runs(["skipped", "scored"])
+    assert comparison.baseline_metrics == {"accuracy": [None, 0.3]}
+
+
 def test_config_differences_and_metric_values():
     assert config_differences([{"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 1, "c": [1, 3]}}]) == {"a.c": [[1, 2], [1, 3]]}
     assert config_differences([{"x": 1}, {"x": 1}]) == {}
