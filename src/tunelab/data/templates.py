@@ -214,8 +214,13 @@ def template_with_system_prompt(tokenizer: Any, system_prompt: str | None) -> st
             f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}{{%- endif %}}"
         )
     except TemplateError:
+        # A request's own system message is folded here too (as _fold_system does): tunelab folds it before the
+        # template sees it, so a default that only looked for a system message would put the run's in front of it.
         default = (
-            "{%- if messages and messages[0]['role'] == 'user' and messages[0]['content'] is string %}"
+            "{%- if messages | length > 1 and messages[0]['role'] == 'system' and messages[1]['role'] == 'user'"
+            " and messages[0]['content'] is string and messages[1]['content'] is string %}"
+            "{%- set messages = [{'role': 'user', 'content': messages[0]['content'] ~ '\\n\\n' ~ messages[1]['content']}] + messages[2:] %}"
+            "{%- elif messages and messages[0]['role'] == 'user' and messages[0]['content'] is string %}"
             f"{{%- set messages = [{{'role': 'user', 'content': {literal} ~ '\\n\\n' ~ messages[0]['content']}}] + messages[1:] %}}"
             "{%- endif %}"
         )

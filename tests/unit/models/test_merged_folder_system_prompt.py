@@ -79,3 +79,25 @@ def test_a_template_without_a_system_role_gets_the_prompt_folded_into_the_first_
     for messages in ([{"role": "user", "content": QUESTIONS[0]}], conversation):
         assert render_prompt_ids(exported, messages) == render_prompt_ids(tokenizer, with_system_prompt(messages, SYSTEM))
     assert template_with_system_prompt(tokenizer, None) is None
+
+
+def test_a_requests_own_system_message_replaces_the_default_in_a_template_without_a_system_role(tiny_tokenizer):
+    # tunelab (serve, eval, generate of the exported folder) folds a request's system message into the first user
+    # turn before the template sees it; the default must not then put the run's system prompt in front of it as well:
+    # the run answers such a request with the request's system message only (with_system_prompt).
+    import copy
+
+    from tunelab.data.templates import render_chat, template_with_system_prompt
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    exported = copy.deepcopy(tokenizer)
+    exported.chat_template = template_with_system_prompt(tokenizer, SYSTEM)
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTIONS[0]}]
+    assert render_prompt_ids(exported, own) == render_prompt_ids(tokenizer, with_system_prompt(own, SYSTEM))
+    # Plain transformers gets the same prompt (the template folds the request's system message itself).
+    assert exported.apply_chat_template(own, tokenize=False, add_generation_prompt=True) == render_chat(tokenizer, own, add_generation_prompt=True)
