@@ -211,7 +211,7 @@ def sweep(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="Base run config (YAML)."),
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Overrides applied to every variant."),
     grid: list[str] = typer.Option(..., "--grid", help="KEY=V1,V2 (repeatable): every combination is run."),
-    metric: str = typer.Option(None, "--metric", help="Rank by this metric (default: the task's primary)."),
+    metric: str = typer.Option(None, "--metric", help="The test metric shown (default: the task's primary); variants are ranked on validation, on it only without validation rows."),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
     engine: str = typer.Option("local", "--engine", help="local: one variant after another here; ray: Ray Tune trials (pip install 'tunelab\\[ray]')."),
     address: str = typer.Option(None, "--address", help="ray: the cluster (auto, ray://HOST:10001); default: a Ray started here."),

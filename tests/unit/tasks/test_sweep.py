@@ -180,6 +180,18 @@ def test_the_cli_leaderboard_says_what_it_ranked_by(tmp_path, monkeypatch):
     assert result.output.index("0.7000") < result.output.index("0.6000")  # b (validation 0.7, test 0.8) first
 
 
+def test_the_metric_options_help_says_it_is_reported_not_ranked_by():
+    # The leaderboard is ranked on validation (rank_rows); --help said "Rank by this metric", which is selection on test.
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    _register_commands()
+    result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "400", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    assert "Rank by this metric" not in result.output and "ranked on validation" in result.output, result.output
+
+
 def test_a_variant_failing_outside_tunelab_errors_does_not_end_the_sweep(tmp_path, monkeypatch):
     # E.g. a larger model of a --grid model=... running out of GPU memory while it is evaluated: the other
     # variants still run and the leaderboard still lists the ones that finished.
