@@ -80,7 +80,7 @@ def test_aliases_of_a_missing_registry_or_alias_say_so(tmp_path):
     assert history.exit_code == 0 and "promote" in history.output, history.output
 
 
-@pytest.mark.parametrize("args", [("promote", "prod", "demo"), ("rollback", "prod")])
+@pytest.mark.parametrize("args", [("promote", "prod", "demo"), ("rollback", "prod"), ("retrain", "alias:prod", "--data", "new.jsonl")])
 def test_promote_and_rollback_of_a_missing_registry_say_so_and_create_nothing(tmp_path, args):
     # A mistyped --registry made an empty registry file (and its folders), then failed with "no run 'demo'".
     missing = tmp_path / "nowhere" / "registry.db"
