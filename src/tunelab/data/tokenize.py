@@ -146,8 +146,13 @@ def _end_of_turn(tokenizer: Any, answer: list[int], eos: int) -> int | None:
 def appends_eos(tokenizer: Any) -> bool:
     """Whether ``tokenize_sft`` adds EOS after this tokenizer's assistant turns (the data check's lengths count it)."""
     probe = [{"role": "user", "content": "hi"}]
-    prompt = render_chat(tokenizer, probe, add_generation_prompt=True)
-    full = render_chat(tokenizer, [*probe, {"role": "assistant", "content": "ok"}], add_generation_prompt=False)
+    try:
+        prompt = render_chat(tokenizer, probe, add_generation_prompt=True)
+        full = render_chat(tokenizer, [*probe, {"role": "assistant", "content": "ok"}], add_generation_prompt=False)
+    except DataError:
+        # A template that refuses this conversation (one wanting a system turn first): the check counts an EOS per
+        # turn, as it did before this rule; the records themselves are rendered (and refused) as they are.
+        return True
     return _end_of_turn(tokenizer, _encode(tokenizer, full[len(prompt) :]), _eos_id(tokenizer)) is None
 
 

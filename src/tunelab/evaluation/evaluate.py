@@ -470,7 +470,7 @@ def _evaluate_text(loaded, records, config, data_config, settings, progress):
     context = context_length(loaded.model)
     warnings = []
     if data_config.max_length > context:
-        warnings.append(f"perplexity windows are {context} tokens, the model's context of {context}, not data.max_length={data_config.max_length}")
+        warnings.append(f"perplexity windows are the model's context of {context} tokens, not data.max_length={data_config.max_length}")
         data_config = data_config.model_copy(update={"max_length": context})
     stride = perplexity_stride(data_config)
     windows, owner = [], []

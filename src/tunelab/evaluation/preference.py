@@ -62,7 +62,7 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
     context = context_length(loaded.model)
     warnings = []
     if data_config.max_length > context:
-        warnings.append(f"pairs are read within {context} tokens, the model's context of {context}, not data.max_length={data_config.max_length}")
+        warnings.append(f"pairs are read within the model's context of {context} tokens, not data.max_length={data_config.max_length}")
         data_config = data_config.model_copy(update={"max_length": context})
     examples, _ = tokenize_records(records, "preference", tokenizer, max_length=data_config.max_length, system_prompt=data_config.system_prompt)
     kept = [(r, e) for r, e in zip(records, examples, strict=True) if e.trainable]

@@ -139,3 +139,15 @@ def test_the_data_check_counts_the_ids_tokenize_sft_builds(name, request, tmp_pa
     path.write_text(json.dumps({"messages": list(CONVERSATION)}) + "\n", encoding="utf-8")
     report = check_data(str(path), "sft", DataConfig(), tokenizer=tokenizer)
     assert report.lengths.max == len(tokenize_sft(SFTRecord(CONVERSATION), tokenizer, max_length=512).input_ids)
+
+
+def test_the_eos_rule_of_a_template_that_refuses_the_probe_does_not_stop_the_check():
+    # A template that wants a system turn first refused the one-user-turn probe: the whole data check failed.
+    from tunelab.data.tokenize import appends_eos
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system message must come first') }}{% endif %}"
+        + tokenizer.chat_template
+    )
+    assert appends_eos(tokenizer) is True
