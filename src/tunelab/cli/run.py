@@ -1,4 +1,5 @@
-"""``tunelab run`` (the whole lifecycle from one config) and ``tunelab sweep`` (variants + leaderboard)."""
+"""``tunelab run`` (the whole lifecycle from one config), ``tunelab cancel`` (a cloud run's job at the provider) and
+``tunelab sweep`` (variants + leaderboard)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.common import (
@@ -207,6 +209,25 @@ def run(
     render_outcome(outcome)
 
 
+def cancel(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="The run folder of a train.backend: openai run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Cancel the provider's fine-tuning job of a cloud run (train.backend: openai): it stops training, and billing.
+
+    Ctrl-C stops tunelab, not the job at the provider. A cancelled job is never started again by `tunelab run --resume`.
+    """
+    from tunelab.tasks.pipeline import cancel_cloud_run
+
+    result = cancel_cloud_run(run_dir)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(result.summary, markup=False, highlight=False)
+    for warning in result.warnings:
+        error_console.print("[yellow]warning[/] " + escape(warning))
+
+
 def sweep(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="Base run config (YAML)."),
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Overrides applied to every variant."),
@@ -276,4 +297,5 @@ def sweep(
 
 def register(app: typer.Typer) -> None:
     app.command("run", epilog="Every config key, its default and meaning: `tunelab config`.")(run)
+    app.command("cancel")(cancel)
     app.command("sweep")(sweep)

@@ -19,6 +19,9 @@ carries an ``Idempotency-Key`` (saved before it is sent, the same on every try) 
 that honour one; OpenAI documents none for fine-tuning jobs, hence the search. The job's id is
 saved before it is followed, so an interrupted follow (Ctrl-C, a lost connection) resumes the same job.
 
+Stopping tunelab does not stop the provider's job: ``cancel_job`` (``tunelab cancel RUN``, the web UI's Cancel)
+asks the provider to cancel it, and a cancelled job is never followed to a model nor started again by a resume.
+
 Any provider that speaks OpenAI's fine-tuning API works through ``model.endpoint.base_url``. Note:
 OpenAI's fine-tuning platform closed to new organisations on 2026-05-07 and takes no new training
 jobs after 2027-01-06 (OpenAI's deprecations page).
@@ -40,7 +43,13 @@ from typing import Any
 from tunelab.config import EndpointConfig
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.estimate.prices import PriceTable, load_price_table
-from tunelab.paths import atomic_write_text
+from tunelab.paths import (
+    RunFolderInUse,
+    atomic_write_text,
+    lock_run_folder,
+    run_folder_holder,
+    unlock_run_folder,
+)
 from tunelab.remote.client import RemoteError, openai_client, without_key
 from tunelab.runs import RunFolder
 
@@ -50,6 +59,9 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Before the job exists, cloud_job.json's status says how far the start went.
 UPLOADING, UPLOADED, CREATING = "uploading", "uploaded", "creating"  # creating: asked for, whether it was made is unknown
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text, when no tokenizer count is given
+
+# What cancel_job did: cancelled the job; found it ended already (its status says how); found no job to cancel.
+CANCELLED, ALREADY_FINISHED, NO_JOB = "cancelled", "finished", "no-job"
 
 EventFn = Callable[[dict[str, Any]], None]
 
@@ -369,6 +381,104 @@ def follow_job(
         raise CloudJobFailed(f"the fine-tuning job {job.job_id} {job.status}: {job.error or 'no error message'}",
                              "fix the data or the settings it names and start a new run (a failed job is not resumed)")
     return job
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What ``cancel_job`` did to a run's job at the provider."""
+
+    outcome: str  # CANCELLED, ALREADY_FINISHED or NO_JOB
+    job_id: str | None
+    status: str | None  # the job's status now (before a job exists: how far its start went)
+    base_url: str
+    # A process working in the run folder (following the job): it records the new status itself, at its next look.
+    following_pid: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """One line a person reads (the CLI and the web UI show it)."""
+        if self.outcome == NO_JOB and self.status == CREATING:  # asked for without an answer, and not in the job list
+            return (f"the job this run asked {self.base_url} for is not in its job list (yet): nothing to cancel now; "
+                    "`tunelab cancel RUN` looks again")
+        if self.outcome == NO_JOB:
+            done = "only its files were uploaded" if self.status in (UPLOADING, UPLOADED) else "nothing was uploaded"
+            return f"no fine-tuning job was created for this run on {self.base_url} ({done}): nothing to cancel"
+        if self.outcome == ALREADY_FINISHED:
+            return f"job {self.job_id} on {self.base_url} had already ended ({self.status}): nothing to cancel"
+        now = "" if self.status == CANCELLED else f" (its status: {self.status})"  # a provider may take a moment to stop it
+        line = f"job {self.job_id} cancelled on {self.base_url}{now}: it trains and bills no more"
+        if self.following_pid is not None:
+            line += f"; process {self.following_pid}, which follows it, records that at its next look"
+        return line
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "warnings": list(self.warnings), "summary": self.summary}
+
+
+def cancel_job(endpoint: EndpointConfig, run_dir: Path) -> CancelResult:
+    """Cancel the run's job at the provider (``client.fine_tuning.jobs.cancel``) and record its new status in ``cloud_job.json``.
+
+    A job recorded as ended is left as it is (no request); one whose creation had no answer is looked for in the
+    provider's list first (a job made is billed whether or not the run heard of it). When another process works in
+    the run folder (a ``tunelab run`` following the job), only the provider is asked: that process records the new
+    status at its next look, and two writers would lose each other's events.
+
+    Raises:
+        RemoteError: when the provider refuses the cancel, cannot be reached, or its job list cannot be read.
+    """
+    import openai
+
+    run_dir = Path(run_dir)
+    record = CloudJob.load(run_dir)
+    if record is None:
+        return CancelResult(NO_JOB, None, None, endpoint.base_url)
+    base_url = record.base_url or endpoint.base_url
+    if record.job_id is None and record.status != CREATING:
+        return CancelResult(NO_JOB, None, record.status, base_url)
+    if record.status in FINISHED:
+        return CancelResult(ALREADY_FINISHED, record.job_id, record.status, base_url)
+    try:
+        lock_run_folder(run_dir)
+        locked = True
+    except RunFolderInUse:
+        locked = False
+    try:
+        client = openai_client(endpoint)
+        if record.job_id is None:  # asked for, never answered: cancel the job it may have made
+            found = _look_for_job(client, endpoint, record, run_dir, "an earlier start asked for it and had no answer")
+            if found is None:
+                return CancelResult(NO_JOB, None, record.status, base_url, None if locked else run_folder_holder(run_dir))
+            record.job_id, record.found = found.id, True
+        what = f"job {record.job_id}"
+        try:
+            ended_before = False
+            try:
+                state = client.fine_tuning.jobs.cancel(record.job_id)
+            except openai.APIStatusError as refused:
+                # A job that has ended cannot be cancelled: its state tells that refusal from any other.
+                if refused.status_code >= 500 or refused.status_code in (408, 409, 429):
+                    raise  # the client's retries are spent
+                state = client.fine_tuning.jobs.retrieve(record.job_id)
+                if state.status not in FINISHED:
+                    raise
+                ended_before = True
+            outcome = ALREADY_FINISHED if ended_before or state.status in ("succeeded", "failed") else CANCELLED
+        except openai.APIStatusError as error:
+            raise RemoteError(f"{base_url} refused to cancel {what} (HTTP {error.status_code}): {without_key(error.message, endpoint)}",
+                              "run `tunelab cancel RUN` again, or cancel it in the provider's dashboard") from None
+        except openai.APIConnectionError as error:
+            raise RemoteError(f"cannot reach {base_url} to cancel {what}: {error}",
+                              "run `tunelab cancel RUN` again, or cancel it in the provider's dashboard") from None
+        if not locked:
+            return CancelResult(outcome, record.job_id, state.status, base_url, run_folder_holder(run_dir))
+        record.status, record.fine_tuned_model, record.trained_tokens = state.status, state.fine_tuned_model, state.trained_tokens
+        record.error = state.error.message if state.error and state.error.message else record.error
+        record.save(run_dir)
+        return CancelResult(outcome, record.job_id, state.status, base_url)
+    finally:
+        if locked:
+            unlock_run_folder(run_dir)
 
 
 def fine_tuned_endpoint(endpoint: EndpointConfig, job: CloudJob) -> EndpointConfig:

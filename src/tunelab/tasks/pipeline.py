@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (
     from tunelab.evaluation.result import EvalResult
     from tunelab.models.loader import LoadedModel
     from tunelab.registry.store import Registry
+    from tunelab.remote.finetune import CancelResult
     from tunelab.train.run import TrainResult
 
 EventFn = Callable[[str, str, dict[str, Any]], None]  # (step, "start"|"done"|"skip"|"warn", details)
@@ -354,6 +355,19 @@ def _own_row(registry: Registry, run: RunFolder) -> str | None:
     return record.id
 
 
+def saved_run(run: RunFolder) -> tuple[PipelineState, ResolvedConfig, Path]:
+    """A started run's pipeline state, its config with relative paths anchored, and the folder it was started in.
+
+    Raises:
+        ConfigError: naming the folder when it is not there, or its pipeline.json when missing or damaged.
+    """
+    state = PipelineState.load(run)
+    started = started_in(run, state.data["config"])
+    # Anchored here, not in pipeline.json: the saved state stays as portable as it was written.
+    config = parse_config(anchor_paths(state.data["config"], started, outputs=True), source=str(run.pipeline_state))
+    return state, config, started
+
+
 def open_pipeline(
     config: ResolvedConfig | None = None,
     *,
@@ -381,10 +395,7 @@ def open_pipeline(
     started = Path.cwd()
     if resume is not None:
         run = RunFolder(Path(resume))
-        state = PipelineState.load(run)
-        started = started_in(run, state.data["config"])
-        # Anchored here, not in pipeline.json: the saved state stays as portable as it was written.
-        config = parse_config(anchor_paths(state.data["config"], started, outputs=True), source=str(run.pipeline_state))
+        state, config, started = saved_run(run)
     else:
         if config is None:
             raise ConfigError("run_pipeline needs a config or a run folder to resume")
@@ -1107,9 +1118,9 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
             job = follow_job(endpoint, run.root, job, poll_s=_poll_seconds() if poll_s is None else poll_s,
                              on_event=lambda event: context.emit("train", "event", event))
         except KeyboardInterrupt:
-            # Stopping tunelab does not stop the provider's job: it goes on, and is billed, until it ends or is cancelled there.
+            # Stopping tunelab does not stop the provider's job: it goes on, and is billed, until it ends or is cancelled.
             context.emit("train", "warn", {"message": f"job {job.job_id} keeps running on {endpoint.base_url} (and is billed): "
-                                                      f"`tunelab run --resume {run.root}` follows it again; cancel it at the provider to stop it",
+                                                      f"`tunelab cancel {run.root}` stops it; `tunelab run --resume {run.root}` follows it again",
                                            "job_id": job.job_id})
             raise
         result = {"backend": "openai", "job_id": job.job_id, "fine_tuned_model": job.fine_tuned_model, "trained_tokens": job.trained_tokens,
@@ -1118,6 +1129,41 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
         record.details = {"result": {**result, "steps": "-", "tokens_per_second": 0.0, "precision": "provider"}}
         record.timing = "train"
     context.train_result = result
+    return result
+
+
+def cancel_cloud_run(run_dir: str | Path) -> CancelResult:
+    """Cancel the provider's job of a ``train.backend: openai`` run (``tunelab cancel RUN``, the web UI's Cancel).
+
+    The job's new status goes to ``cloud_job.json`` (``remote.finetune.cancel_job``) and, once cancelled, the run's
+    registry row says failed and why. A resume follows the cancelled job to its end and stops there: it never
+    starts another.
+
+    Raises:
+        ConfigError: for a folder that is not there or not started by ``tunelab run``, or a run trained here.
+        RemoteError: when the provider refuses the cancel or cannot be reached.
+    """
+    import dataclasses
+
+    from tunelab.registry.store import Registry, RegistryError, default_registry_path
+    from tunelab.remote.finetune import cancel_job
+
+    run = RunFolder(Path(run_dir))
+    state, config, _ = saved_run(run)
+    if config.train.backend != "openai":
+        raise ConfigError(f"{run.root} is not a cloud run (train.backend: {config.train.backend}, not openai): it trains here, "
+                          "with no provider's job to cancel", "stop it with Ctrl-C, or Cancel in `tunelab ui`")
+    result = cancel_job(config.model.endpoint, run.root)
+    registry_id, registry_path = state.data.get("registry_id"), default_registry_path(config)
+    if result.status != "cancelled" or result.following_pid is not None or not registry_id or not registry_path.is_file():
+        return result  # a process following the job marks the row itself when it sees the cancel
+    try:
+        Registry(registry_path).update_run(
+            str(registry_id), status="failed",
+            error=f"cancelled: job {result.job_id} was cancelled on {result.base_url}; a cancelled job is not resumed (start a new run to train again)",
+        )
+    except RegistryError as error:
+        return dataclasses.replace(result, warnings=(*result.warnings, f"the registry row was not updated: {error.message}"))
     return result
 
 

@@ -361,6 +361,7 @@ def create_app(settings: UISettings):
             "run_id": record.id if record else None, "verdict": record.verdict if record else None,
             "verdict_kind": views.verdict_kind(record.verdict if record else None),
             "command": "tunelab " + " ".join(job.command[3:]),
+            "cloud": job.cloud, "cloud_cancel": job.cloud_cancel, "can_cancel": job.can_cancel(),
         }
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -2,7 +2,9 @@
 
 A subprocess rather than a thread: training holds the GIL and the CPU for minutes, a crash in it must
 not take the web app down, and cancelling is what Ctrl-C does in a terminal (SIGINT: the pipeline
-marks the run interrupted in the registry, and ``tunelab run --resume`` continues it later).
+marks the run interrupted in the registry, and ``tunelab run --resume`` continues it later). A cloud run
+(``train.backend: openai``) is billed by its provider until its job there ends: its Cancel also cancels that job, as
+``tunelab cancel RUN`` does, once the process has let go of the run folder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from tunelab.config import ResolvedConfig, load_config
 from tunelab.errors import ConfigError
 
 LOG_TAIL_CHARS = 4000
+# How long Cancel waits for an interrupted cloud run's process to let go of its run folder before it cancels the
+# provider's job anyway (the process then records the cancel when it next looks at the job).
+CLOUD_CANCEL_WAIT_S = 30.0
 
 
 @dataclass
@@ -37,6 +42,9 @@ class Job:
     started_at: float = field(default_factory=time.time)
     cancelled: bool = False
     kind: str = "run"  # run: `tunelab run` (run_dir is the run folder); advise: `tunelab advise` (run_dir is the advice folder)
+    cloud: bool = False  # train.backend: openai: a provider's job trains it (and bills) until it is cancelled there
+    cloud_cancel: str | None = None  # what cancelling the provider's job did (one line), once Cancel was asked
+    cloud_cancelled: bool = False  # the provider's job is cancelled, or there was none to cancel: not asked again
 
     @property
     def name(self) -> str:
@@ -50,6 +58,12 @@ class Job:
         if self.cancelled:
             return "cancelled"
         return "finished" if code == 0 else "failed"
+
+    def can_cancel(self) -> bool:
+        """Running; or a cloud run stopped without a model whose provider's job was not cancelled yet (a lost connection
+        stops the process, not the job)."""
+        status = self.status()
+        return status == "running" or (self.cloud and status != "finished" and not self.cloud_cancelled)
 
     def log_tail(self) -> str:
         try:
@@ -140,7 +154,8 @@ class JobManager:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
         with log_path.open("wb") as log:
             process = start_process(command, log, env)
-        job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path)
+        job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path,
+                  cloud=config.train.backend == "openai")
         self.jobs[job_id] = job
         return job
 
@@ -207,12 +222,39 @@ class JobManager:
         return self.jobs[job_id]
 
     def cancel(self, job_id: str) -> Job:
-        """Interrupt the run as Ctrl-C would (a second cancel terminates it)."""
+        """Interrupt the run as Ctrl-C would (a second cancel terminates it); a cloud run's job at the provider is cancelled too."""
         job = self.get(job_id)
         if job.process.poll() is None:
             job.process.send_signal(signal.SIGTERM if job.cancelled else signal.SIGINT)
             job.cancelled = True
+        if job.cloud and not job.cloud_cancelled:
+            self._cancel_cloud_job(job)
         return job
+
+    @staticmethod
+    def _cancel_cloud_job(job: Job) -> None:
+        """Cancel the provider's job of ``job``'s run, after its process has stopped (it then records the cancel in the
+        run folder and the registry); refused or out of reach, the next Cancel asks again."""
+        from tunelab.errors import TunelabError
+        from tunelab.remote.finetune import CREATING, NO_JOB
+        from tunelab.runs import RunFolder
+        from tunelab.tasks.pipeline import cancel_cloud_run
+
+        try:
+            job.process.wait(CLOUD_CANCEL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass  # still going: the provider's job is cancelled anyway (money), and the process sees it at its next look
+        if not RunFolder(job.run_dir).pipeline_state.is_file():
+            job.cloud_cancel, job.cloud_cancelled = "stopped before its data check passed: no provider's job to cancel", True
+            return
+        try:
+            result = cancel_cloud_run(job.run_dir)
+        except TunelabError as error:
+            job.cloud_cancel = f"the provider's job is NOT cancelled: {error}"
+            return
+        # A job asked for without an answer and not listed yet may still appear: the next Cancel looks again.
+        job.cloud_cancel = " ".join([result.summary, *result.warnings])
+        job.cloud_cancelled = not (result.outcome == NO_JOB and result.status == CREATING)
 
     def stop_all(self, timeout: float = 20.0) -> None:
         """Interrupt every run still going and wait for them (the UI is shutting down)."""

@@ -297,3 +297,151 @@ def test_the_job_of_a_lost_reply_is_found_whatever_order_the_provider_lists_jobs
     record = CloudJob(base_url="x", model=BASE_MODEL, training_file="file-mine", uploaded_at=100)
     found = _find_job(client, record)
     assert found is not None and found.id == "ftjob-mine"
+
+
+def interrupted_cloud_run(provider, tmp_path, model, warnings=None):
+    """A cloud run stopped by Ctrl-C while its job runs at the provider (and is billed): its run folder."""
+    def interrupt(step, status, details):
+        if step == "train" and status == "warn" and warnings is not None:
+            warnings.append(details["message"])
+        if step == "train" and status == "event" and str(details.get("message")).startswith("Step 1"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cloud_config(tmp_path, provider, model), on_event=interrupt)
+    return tmp_path / "runs" / "cloud"
+
+
+def test_tunelab_cancel_stops_the_providers_job_and_a_resume_starts_no_other(provider, tmp_path, tiny_model_dir):
+    from tunelab.registry.store import Registry
+    from tunelab.tasks.pipeline import cancel_cloud_run
+
+    warnings = []
+    run_dir = interrupted_cloud_run(provider, tmp_path, tiny_model_dir, warnings)
+    # The Ctrl-C warning names the command that stops the spending.
+    assert f"`tunelab cancel {run_dir}`" in warnings[0] and provider.jobs["ftjob-1"]["job"]["status"] == "running"
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    # While another process works in the run folder (following the job), only the provider is asked: that process
+    # records the cancel itself, and two writers of cloud_job.json would lose each other's events.
+    import subprocess
+    import sys
+    import time
+
+    from tunelab.paths import run_folder_holder
+
+    holder = subprocess.Popen([sys.executable, "-c", f"import time; from tunelab.paths import lock_run_folder; lock_run_folder({str(run_dir)!r}); "
+                                                     "time.sleep(120)"])
+    try:
+        deadline = time.monotonic() + 60
+        while run_folder_holder(run_dir) != holder.pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        meanwhile = cancel_cloud_run(run_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (meanwhile.outcome, meanwhile.following_pid) == ("cancelled", holder.pid) and f"process {holder.pid}" in meanwhile.summary
+    assert provider.jobs["ftjob-1"]["job"]["status"] == "cancelled"
+    assert CloudJob.load(run_dir).status == "running" and registry.list_runs()[0].status == "interrupted"
+    cancelled = cancel_cloud_run(run_dir)  # the folder free: recorded there and in the registry
+    assert (cancelled.outcome, cancelled.job_id, cancelled.status) == ("cancelled", "ftjob-1", "cancelled")
+    assert "ftjob-1" in cancelled.summary and "cancelled" in cancelled.summary and "\n" not in cancelled.summary
+    assert provider.jobs["ftjob-1"]["job"]["status"] == "cancelled" and provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel", 200) == 2
+    assert CloudJob.load(run_dir).status == "cancelled"
+    row = registry.list_runs()[0]
+    assert row.status == "failed" and "cancelled" in row.error and "ftjob-1" in row.error
+    # Again: it says the job has ended, and asks the provider nothing.
+    again = cancel_cloud_run(run_dir)
+    assert (again.outcome, again.status) == ("finished", "cancelled") and "already" in again.summary
+    assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 2
+    # A resume never starts a new job for a cancelled run.
+    with pytest.raises(CloudJobFailed, match="cancelled"):
+        run_pipeline(resume=run_dir)
+    assert list(provider.jobs) == ["ftjob-1"] and provider.count("POST", "/v1/files") == 1
+    row = registry.list_runs()[0]
+    assert row.status == "failed" and "cancelled" in row.error
+
+
+def test_cancel_says_when_there_is_nothing_to_cancel_and_a_refusal_is_one_line(provider, tmp_path, tiny_model_dir):
+    from tunelab.remote.client import RemoteError
+    from tunelab.remote.finetune import cancel_job
+    from tunelab.tasks.pipeline import cancel_cloud_run
+
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    # Only the uploads: no job was made, nothing is billed for training.
+    provider.refuse_next[JOBS] = [400]
+    with pytest.raises(RemoteError):
+        run_pipeline(cloud_config(tmp_path / "a", provider, tiny_model_dir))
+    nothing = cancel_cloud_run(tmp_path / "a" / "runs" / "cloud")
+    assert (nothing.outcome, nothing.job_id) == ("no-job", None) and "nothing to cancel" in nothing.summary
+    # A finished job: said so, nothing asked of the provider but its state.
+    done = run_pipeline(cloud_config(tmp_path / "b", provider, tiny_model_dir))
+    finished = cancel_cloud_run(done.run_dir)
+    assert (finished.outcome, finished.status) == ("finished", "succeeded") and "succeeded" in finished.summary
+    assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 0 and CloudJob.load(done.run_dir).status == "succeeded"
+    # The provider refusing, or out of reach: one line, the job left as it was recorded.
+    run_dir = interrupted_cloud_run(provider, tmp_path / "c", tiny_model_dir)
+    job_id = CloudJob.load(run_dir).job_id
+    provider.refuse_next[f"POST /v1/fine_tuning/jobs/{job_id}/cancel"] = [403]
+    with pytest.raises(RemoteError, match=r"refused to cancel .*HTTP 403") as refused:
+        cancel_cloud_run(run_dir)
+    assert "\n" not in refused.value.message
+    endpoint = cloud_config(tmp_path / "c", provider, tiny_model_dir).model.endpoint.model_copy(update={"max_retries": 0})
+    provider.refuse_next[f"POST /v1/fine_tuning/jobs/{job_id}/cancel"] = [0]
+    with pytest.raises(RemoteError, match="cannot reach") as unreachable:
+        cancel_job(endpoint, run_dir)
+    assert "\n" not in unreachable.value.message
+    assert CloudJob.load(run_dir).status == "running" and provider.jobs[job_id]["job"]["status"] == "running"
+    # It ended meanwhile, and the provider refuses to cancel an ended job: said so, its state recorded.
+    provider.jobs[job_id]["job"].update(status="succeeded", fine_tuned_model=f"ft:{BASE_MODEL}:tunelab:x:1")
+    provider.refuse_next[f"POST /v1/fine_tuning/jobs/{job_id}/cancel"] = [400]
+    ended = cancel_cloud_run(run_dir)
+    assert (ended.outcome, ended.status) == ("finished", "succeeded") and CloudJob.load(run_dir).status == "succeeded"
+
+
+def test_cancel_finds_and_cancels_a_job_whose_creation_had_no_answer(provider, tmp_path, tiny_model_dir):
+    # The job was made but the run never heard of it: "nothing to cancel" would leave it billing.
+    from tunelab.remote.client import RemoteError
+    from tunelab.tasks.pipeline import cancel_cloud_run
+
+    provider.lose_reply[JOBS] = [0]
+    provider.refuse_next["GET /v1/fine_tuning/jobs"] = [0] * 20
+    with pytest.raises(RemoteError):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    run_dir = tmp_path / "runs" / "cloud"
+    assert CloudJob.load(run_dir).job_id is None
+    provider.refuse_next = {}
+    cancelled = cancel_cloud_run(run_dir)
+    assert (cancelled.outcome, cancelled.job_id) == ("cancelled", "ftjob-1") and provider.jobs["ftjob-1"]["job"]["status"] == "cancelled"
+    assert CloudJob.load(run_dir).job_id == "ftjob-1"
+    with pytest.raises(CloudJobFailed, match="cancelled"):
+        run_pipeline(resume=run_dir)
+    assert list(provider.jobs) == ["ftjob-1"]
+
+
+def test_the_cancel_command_and_its_mistakes(provider, tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.errors import TunelabError
+
+    if not any(command.name == "cancel" for command in app.registered_commands):
+        _register_commands()
+    run_dir = interrupted_cloud_run(provider, tmp_path, tiny_model_dir)
+    shown = CliRunner().invoke(app, ["cancel", str(run_dir)])
+    assert shown.exit_code == 0 and "ftjob-1" in shown.output and "cancelled" in shown.output, shown.output
+    assert provider.jobs["ftjob-1"]["job"]["status"] == "cancelled"
+    as_json = CliRunner().invoke(app, ["cancel", str(run_dir), "--json"])
+    assert json.loads(as_json.output)["outcome"] == "finished"
+    missing = CliRunner().invoke(app, ["cancel", str(tmp_path / "no-such-run")])
+    assert isinstance(missing.exception, TunelabError) and "no run folder" in str(missing.exception)
+    # A run trained here (not by a provider): one line, naming what it is.
+    local = tmp_path / "runs" / "local"
+    local.mkdir()
+    state = json.loads(RunFolder(run_dir).pipeline_state.read_text())
+    state["config"]["train"]["backend"] = "local"
+    state.pop("registry_id", None)
+    RunFolder(local).pipeline_state.write_text(json.dumps(state))
+    refused = CliRunner().invoke(app, ["cancel", str(local)])
+    assert isinstance(refused.exception, TunelabError) and "not" in str(refused.exception) and "openai" in str(refused.exception)
+    assert refused.exception.exit_code == 2 and "\n" not in refused.exception.message

@@ -478,3 +478,48 @@ def test_a_finished_run_without_a_verdict_shows_its_tuned_metrics(made_run):
         page = client.get(f"/runs/{record.id}").text
         assert "no tuned model evaluated" not in page and "the tuned model is not evaluated" not in page
         assert "tuned-metrics" in page and f"{accuracy:.4g}" in page and f"skipped ({reason})" in page
+
+
+def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypatch, tiny_model_dir):
+    """Cancel stopped `tunelab run` (SIGINT, as Ctrl-C) and left the provider's job training, and billing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "remote"))
+    monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
+    monkeypatch.setenv("TUNELAB_REMOTE_CACHE", str(tmp_path / "requests.db"))
+    from fake_provider import FakeProvider
+    from test_remote_finetune import interrupted_cloud_run
+
+    from tunelab.remote.finetune import CloudJob
+    from tunelab.ui.jobs import Job
+
+    provider = FakeProvider()
+    provider.url = provider.start()
+    try:
+        run_dir = interrupted_cloud_run(provider, tmp_path, tiny_model_dir)
+        assert provider.jobs["ftjob-1"]["job"]["status"] == "running"
+        registry = Registry(tmp_path / "runs" / "registry.db")
+        with _client(registry) as client:
+            # Stands for the `tunelab run` process following the job: SIGINT ends it as it ends the real one.
+            process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            job = Job("c1", "c.yaml", [sys.executable, "-m", "tunelab.cli.main", "run", "c.yaml"], run_dir, registry.path, process,
+                      tmp_path / "log.txt", cloud=True)
+            client.app.state.jobs.jobs[job.id] = job
+            assert "also cancels that job at the provider" in client.get("/jobs/c1").text
+            state = client.post("/api/jobs/c1/cancel", headers=HEADERS).json()
+            assert process.poll() is not None and state["job_status"] == "cancelled"
+            assert provider.jobs["ftjob-1"]["job"]["status"] == "cancelled" and CloudJob.load(run_dir).status == "cancelled"
+            assert "ftjob-1 cancelled" in state["cloud_cancel"] and "ftjob-1 cancelled" in client.get("/jobs/c1").text
+            assert registry.list_runs()[0].status == "failed" and "cancelled" in registry.list_runs()[0].error
+            client.post("/api/jobs/c1/cancel", headers=HEADERS)  # again: the provider is not asked twice
+            assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 1
+            # A local run's Cancel is what it was: the process stopped, no provider asked.
+            local = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            client.app.state.jobs.jobs["l1"] = Job("l1", "c.yaml", ["x"] * 4, tmp_path / "runs" / "local", registry.path, local, tmp_path / "l.txt")
+            state = client.post("/api/jobs/l1/cancel", headers=HEADERS).json()
+            assert local.wait(60) is not None and state["cloud_cancel"] is None and not state["cloud"]
+            assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 1
+    finally:
+        provider.stop()

@@ -118,7 +118,12 @@ function updateJob(state) {
     link.classList.remove("hidden");
   }
   const cancel = document.getElementById("cancel-button");
-  if (cancel) cancel.disabled = state.job_status !== "running";
+  if (cancel) cancel.disabled = !state.can_cancel;
+  const cloud = document.getElementById("cloud-cancel");
+  if (cloud && state.cloud_cancel) {
+    cloud.textContent = state.cloud_cancel;
+    cloud.classList.remove("hidden");
+  }
 }
 
 function setUpJob() {
