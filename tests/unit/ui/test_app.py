@@ -482,7 +482,7 @@ def test_a_finished_run_without_a_verdict_shows_its_tuned_metrics(made_run):
 
 def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypatch, tiny_model_dir):
     """Cancel stopped `tunelab run` (SIGINT, as Ctrl-C) and left the provider's job training, and billing."""
-    import subprocess
+    import os
     import sys
     from pathlib import Path
 
@@ -493,7 +493,13 @@ def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypa
     from test_remote_finetune import interrupted_cloud_run
 
     from tunelab.remote.finetune import CloudJob
-    from tunelab.ui.jobs import Job
+    from tunelab.ui.jobs import Job, start_process
+
+    def sleeper(log):
+        # Started as the UI starts its runs (SIGINT back to its default: a suite run from a background shell inherits
+        # it ignored, and the sleeper would outlive its Cancel).
+        with log.open("wb") as out:
+            return start_process([sys.executable, "-c", "import time; time.sleep(120)"], out, dict(os.environ))
 
     provider = FakeProvider()
     provider.url = provider.start()
@@ -503,7 +509,7 @@ def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypa
         registry = Registry(tmp_path / "runs" / "registry.db")
         with _client(registry) as client:
             # Stands for the `tunelab run` process following the job: SIGINT ends it as it ends the real one.
-            process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            process = sleeper(tmp_path / "sleeper.txt")
             job = Job("c1", "c.yaml", [sys.executable, "-m", "tunelab.cli.main", "run", "c.yaml"], run_dir, registry.path, process,
                       tmp_path / "log.txt", cloud=True)
             client.app.state.jobs.jobs[job.id] = job
@@ -516,7 +522,7 @@ def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypa
             client.post("/api/jobs/c1/cancel", headers=HEADERS)  # again: the provider is not asked twice
             assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 1
             # A local run's Cancel is what it was: the process stopped, no provider asked.
-            local = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            local = sleeper(tmp_path / "local-sleeper.txt")
             client.app.state.jobs.jobs["l1"] = Job("l1", "c.yaml", ["x"] * 4, tmp_path / "runs" / "local", registry.path, local, tmp_path / "l.txt")
             state = client.post("/api/jobs/l1/cancel", headers=HEADERS).json()
             assert local.wait(60) is not None and state["cloud_cancel"] is None and not state["cloud"]
