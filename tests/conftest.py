@@ -78,6 +78,16 @@ def build_tiny_tokenizer():
     return fast
 
 
+def build_tiny_gpt2(vocab_size: int, n_positions: int, seed: int = 0):
+    """A 1-layer GPT-2 with ``n_positions`` absolute positions (a position past them is an IndexError, where a Llama
+    degrades quietly): the model for the tests of the model's context."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel(config).eval()
+
+
 def build_tiny_model(vocab_size: int, seed: int = 0):
     """A 2-layer Llama with hidden size 64 and random weights (about 60k parameters)."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.conftest import build_tiny_gpt2
 from typer.testing import CliRunner
 
 from tunelab.cli.main import _register_commands, app
@@ -19,13 +20,8 @@ def _commands():
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tiny_tokenizer):
     """A tiny GPT-2 (absolute positions: a position past n_positions is an IndexError) with a 32-token context."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    build_tiny_gpt2(len(tiny_tokenizer), CONTEXT).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
 

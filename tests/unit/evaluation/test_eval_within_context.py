@@ -5,7 +5,7 @@ failed mid-evaluation with an IndexError traceback."""
 from __future__ import annotations
 
 import pytest
-import torch
+from tests.conftest import build_tiny_gpt2
 
 from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.records import SFTRecord
@@ -19,11 +19,7 @@ CONTEXT = 32
 
 @pytest.fixture(scope="module")
 def gpt2(tiny_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
-    return LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    return LoadedModel(build_tiny_gpt2(len(tiny_tokenizer), CONTEXT), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
 
 
 def _record(question: str) -> SFTRecord:
@@ -101,16 +97,12 @@ def test_classify_prompts_longer_than_the_context_have_their_text_shortened_to_i
 def test_few_shot_classify_prompts_stay_inside_the_context(tiny_tokenizer):
     # The examples' budget left data.max_length (128) for the text beside eval.few_shot_tokens, but not the label list:
     # a long test text made a prompt past the model's 256 positions, an IndexError in the baseline step.
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from tunelab.data.labels import build_label_map
     from tunelab.data.records import ClassifyRecord
     from tunelab.evaluation.baselines import few_shot_classify
 
     context = 256
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
-    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    loaded = LoadedModel(build_tiny_gpt2(len(tiny_tokenizer), context), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
     label_map = build_label_map(["billing", "technical"], tiny_tokenizer)
     train = [ClassifyRecord(f"{word} {i}", label, source=f"train.csv:{i}") for i in range(8) for word, label in [("card", "billing"), ("login", "technical")]]
     test = [ClassifyRecord("my card has not arrived yet and I need help with billing " * 8, "billing", source="test.csv:2"),
@@ -122,8 +114,6 @@ def test_few_shot_classify_prompts_stay_inside_the_context(tiny_tokenizer):
 def test_few_shot_examples_leave_the_text_its_max_length_beside_the_label_list(tiny_tokenizer, monkeypatch):
     # The examples' budget was the context less data.max_length, but the label list comes on top: a long test text
     # was shortened below data.max_length (what the tuned model reads), so the opponent read less than the tuned model.
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from tunelab.data.labels import build_label_map
     from tunelab.data.records import ClassifyRecord
     from tunelab.evaluation.baselines import few_shot_classify
@@ -140,9 +130,7 @@ def test_few_shot_examples_leave_the_text_its_max_length_beside_the_label_list(t
     monkeypatch.setattr(Classifier, "prompt", spy)
 
     context, max_length = 320, 128
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
-    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    loaded = LoadedModel(build_tiny_gpt2(len(tiny_tokenizer), context), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
     label_map = build_label_map(["billing", "technical"], tiny_tokenizer)
     train = [ClassifyRecord(f"{word} {i}", label, source=f"train.csv:{i}") for i in range(8) for word, label in [("card", "billing"), ("login", "technical")]]
     test = [ClassifyRecord("my card has not arrived yet and I need help with billing " * 8, "billing", source="test.csv:2"),
@@ -158,14 +146,10 @@ def test_few_shot_examples_leave_the_text_its_max_length_beside_the_label_list(t
 def test_preference_pairs_longer_than_the_context_are_cut_to_it(tiny_tokenizer):
     # A chosen or rejected answer of data.max_length (128) past n_positions (64) was an IndexError traceback (the base
     # model's preference accuracy, before any training); each pair is now read within the context, as text windows are.
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from tunelab.data.records import PreferenceRecord
 
     context = 64
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
-    loaded = LoadedModel(GPT2LMHeadModel(config).eval(), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
+    loaded = LoadedModel(build_tiny_gpt2(len(tiny_tokenizer), context), tiny_tokenizer, ModelSource("folder", "/tiny-gpt2", "tiny-gpt2"))
     records = [PreferenceRecord(({"role": "user", "content": "hi"},), "ok", "no", source="test.jsonl:1"),
                PreferenceRecord(({"role": "user", "content": "hi"},), "fine thanks " * 6, "go away " * 6, source="test.jsonl:2")]
     result = evaluate(loaded, records, "preference", config=EvalConfig(), data_config=DataConfig(max_length=2 * context), baseline=True)

@@ -4,8 +4,8 @@ shortened to the context in the one classify inference (``inference.Classifier``
 from __future__ import annotations
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
+from tests.conftest import build_tiny_gpt2
 from tests.unit.serve.conftest import write_fake_run
 
 from tunelab.serve import ServeSettings, create_app
@@ -17,12 +17,8 @@ CONTEXT = 128
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tiny_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    build_tiny_gpt2(len(tiny_tokenizer), CONTEXT).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from tests.conftest import build_tiny_gpt2
 from train_helpers import records_split
 
 from tunelab.config import parse_config
@@ -20,12 +20,8 @@ CONTEXT = 64
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tiny_tokenizer):
     """A tiny GPT-2 (absolute positions: a position past n_positions is an IndexError) with a 64-token context."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    build_tiny_gpt2(len(tiny_tokenizer), CONTEXT).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
 
@@ -87,15 +83,11 @@ def test_tunelab_run_refuses_at_the_data_check_before_anything_is_written(gpt2_d
 def test_classify_rows_after_the_shared_prefix_stay_inside_the_context(tiny_tokenizer, tmp_path):
     # max_length = the context (128): a packed row's padding after a short prompt ran on from the shared prefix
     # (69 tokens) to position 165, an IndexError mid-training, though every prompt fit.
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from tunelab.data.records import ClassifyRecord
 
     context = 128
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
     folder = tmp_path / "gpt2"
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    build_tiny_gpt2(len(tiny_tokenizer), context).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     records = [ClassifyRecord("x " * n, "AB"[i % 2]) for i, n in enumerate([1, 60, 2, 2, 2, 2, 2, 2])]
     run_config = parse_config({
