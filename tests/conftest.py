@@ -88,6 +88,13 @@ def build_tiny_gpt2(vocab_size: int, n_positions: int, seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
+def save_tiny_gpt2(folder: Path, tokenizer, n_positions: int) -> Path:
+    """``build_tiny_gpt2`` saved with ``tokenizer`` as a model folder (usable as ``model.name``); ``folder``."""
+    build_tiny_gpt2(len(tokenizer), n_positions).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_model(vocab_size: int, seed: int = 0):
     """A 2-layer Llama with hidden size 64 and random weights (about 60k parameters)."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import build_tiny_gpt2
+from tests.conftest import save_tiny_gpt2
 from typer.testing import CliRunner
 
 from tunelab.cli.main import _register_commands, app
@@ -20,10 +20,7 @@ def _commands():
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tiny_tokenizer):
     """A tiny GPT-2 (absolute positions: a position past n_positions is an IndexError) with a 32-token context."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    build_tiny_gpt2(len(tiny_tokenizer), CONTEXT).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tiny_tokenizer, CONTEXT)
 
 
 def _prompt_tokens(tokenizer, text: str) -> int:

@@ -61,13 +61,13 @@ def test_serving_the_merged_folder_answers_like_serving_the_run(exported):
     assert _answers(str(run), QUESTIONS, system="Be brief.") != from_run
 
 
-def test_a_template_without_a_system_role_gets_the_prompt_folded_into_the_first_user_turn(tiny_tokenizer):
+def _without_system_role(tiny_tokenizer):
+    """(a tokenizer whose template has no system role, as Gemma's; its export with the run's SYSTEM as default)."""
     import copy
 
     from tunelab.data.templates import template_with_system_prompt
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
-    # Gemma's way: no system role (tunelab folds the system prompt into the first user turn).
     tokenizer.chat_template = (
         "{% for message in messages %}{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
         "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
@@ -75,6 +75,13 @@ def test_a_template_without_a_system_role_gets_the_prompt_folded_into_the_first_
     )
     exported = copy.deepcopy(tokenizer)
     exported.chat_template = template_with_system_prompt(tokenizer, SYSTEM)
+    return tokenizer, exported
+
+
+def test_a_template_without_a_system_role_gets_the_prompt_folded_into_the_first_user_turn(tiny_tokenizer):
+    from tunelab.data.templates import template_with_system_prompt
+
+    tokenizer, exported = _without_system_role(tiny_tokenizer)
     conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Again"}]
     for messages in ([{"role": "user", "content": QUESTIONS[0]}], conversation):
         assert render_prompt_ids(exported, messages) == render_prompt_ids(tokenizer, with_system_prompt(messages, SYSTEM))
@@ -85,18 +92,9 @@ def test_a_requests_own_system_message_replaces_the_default_in_a_template_withou
     # tunelab (serve, eval, generate of the exported folder) folds a request's system message into the first user
     # turn before the template sees it; the default must not then put the run's system prompt in front of it as well:
     # the run answers such a request with the request's system message only (with_system_prompt).
-    import copy
+    from tunelab.data.templates import render_chat
 
-    from tunelab.data.templates import render_chat, template_with_system_prompt
-
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    tokenizer.chat_template = (
-        "{% for message in messages %}{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    )
-    exported = copy.deepcopy(tokenizer)
-    exported.chat_template = template_with_system_prompt(tokenizer, SYSTEM)
+    tokenizer, exported = _without_system_role(tiny_tokenizer)
     own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTIONS[0]}]
     assert render_prompt_ids(exported, own) == render_prompt_ids(tokenizer, with_system_prompt(own, SYSTEM))
     # Plain transformers gets the same prompt (the template folds the request's system message itself).

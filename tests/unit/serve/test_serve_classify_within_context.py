@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import build_tiny_gpt2
+from tests.conftest import save_tiny_gpt2
 from tests.unit.serve.conftest import write_fake_run
 
 from tunelab.serve import ServeSettings, create_app
@@ -17,10 +17,7 @@ CONTEXT = 128
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tiny_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    build_tiny_gpt2(len(tiny_tokenizer), CONTEXT).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tiny_tokenizer, CONTEXT)
 
 
 def test_a_text_past_the_context_is_shortened_as_evaluated(tmp_path, gpt2_dir, tiny_tokenizer):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import build_tiny_gpt2
+from tests.conftest import save_tiny_gpt2
 from train_helpers import records_split
 
 from tunelab.config import parse_config
@@ -20,10 +20,7 @@ CONTEXT = 64
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tiny_tokenizer):
     """A tiny GPT-2 (absolute positions: a position past n_positions is an IndexError) with a 64-token context."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    build_tiny_gpt2(len(tiny_tokenizer), CONTEXT).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), tiny_tokenizer, CONTEXT)
 
 
 def _records(answer: str) -> list[SFTRecord]:
@@ -86,9 +83,7 @@ def test_classify_rows_after_the_shared_prefix_stay_inside_the_context(tiny_toke
     from tunelab.data.records import ClassifyRecord
 
     context = 128
-    folder = tmp_path / "gpt2"
-    build_tiny_gpt2(len(tiny_tokenizer), context).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
+    folder = save_tiny_gpt2(tmp_path / "gpt2", tiny_tokenizer, context)
     records = [ClassifyRecord("x " * n, "AB"[i % 2]) for i, n in enumerate([1, 60, 2, 2, 2, 2, 2, 2])]
     run_config = parse_config({
         "task": "classify", "model": str(folder), "data": {"max_length": context},
