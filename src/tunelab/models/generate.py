@@ -205,12 +205,26 @@ def stream_generate(
     """
     from transformers import TextIteratorStreamer
 
+    class AnswerStreamer(TextIteratorStreamer):
+        """Drops the stop id that ends the answer before decoding: skip_special_tokens keeps the text of a marker
+        the tokenizer does not flag special (a configured EOS id, Phi-3's <|end|>), which evaluation and the
+        server cut off."""
+
+        def put(self, value: torch.Tensor) -> None:
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                kept = [token for token in value.reshape(-1).tolist() if token not in stop_set]
+                if not kept:
+                    return
+                value = torch.tensor(kept, dtype=value.dtype)
+            super().put(value)
+
     if isinstance(prompt, str):
         input_ids = chat_input_ids(tokenizer, prompt, system).to(model.device)
     else:
         input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stops = stop_token_ids(model, tokenizer)
+    stop_set = set(stops)
+    streamer = AnswerStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []
 
     def worker() -> None:
