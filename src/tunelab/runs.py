@@ -692,6 +692,17 @@ def merge_run(run_dir: str | Path) -> Any:
     )  # fmt: skip
 
 
+def _carry_system_prompt(merged: Any, system_prompt: str | None) -> None:
+    """Make ``system_prompt`` the default of ``merged``'s chat template (``templates.template_with_system_prompt``):
+    an export read without tunelab puts the run's system prompt first when a request brings none, as training,
+    evaluation and serving did."""
+    from tunelab.data.templates import template_with_system_prompt
+
+    carried = template_with_system_prompt(merged.tokenizer, system_prompt)
+    if carried is not None:
+        merged.tokenizer.chat_template = carried
+
+
 def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = True) -> Path:
     """Write a run as a folder: its weights merged into a plain transformers model (``merge``, and always for
     full/freeze runs), else a copy of its PEFT adapter. A classify run's labels.json, out_of_scope.json and
@@ -723,13 +734,8 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     folder = run.folder
     merged = None if not merge and run.is_adapter else merge_run(run.root)
     if merged is not None:
-        from tunelab.data.templates import template_with_system_prompt
-
-        # The folder is read without tunelab (transformers, vLLM) and by `tunelab serve OUT`: its chat template
-        # puts the run's system prompt first when a request brings none, as training, evaluation and serving did.
-        carried = template_with_system_prompt(merged.tokenizer, run.system_prompt)
-        if carried is not None:
-            merged.tokenizer.chat_template = carried
+        # The folder is read without tunelab (transformers, vLLM) and by `tunelab serve OUT`.
+        _carry_system_prompt(merged, run.system_prompt)
     try:
         with atomic_directory(out) as tmp:
             if merged is None:
@@ -768,7 +774,10 @@ def export_gguf(
             f"{tokenizer / 'tokenizer.json'} is missing: a GGUF file needs the run's fast tokenizer (vocabulary and merges)",
             "restore the run's tokenizer/ folder (tokenizer.save_pretrained writes tokenizer.json)",
         )
-    return write_gguf(merge_run(run_dir), out, quant=quant, ollama=ollama, classify_instruction=classify_instruction)
+    merged = merge_run(run_dir)
+    # llama.cpp (`llama-server --jinja`) renders the file's stored chat template: the run's system prompt is its default.
+    _carry_system_prompt(merged, Run.open(run_dir).system_prompt)
+    return write_gguf(merged, out, quant=quant, ollama=ollama, classify_instruction=classify_instruction)
 
 
 def load_run(run_dir: str | Path, *, dtype: str = "float32", allow_network: bool | None = None) -> LoadedModel:

@@ -62,7 +62,7 @@ def read_back(path: Path):
 def test_default_model_lora_run_round_trips_through_gguf(default_model, tmp_path):
     from transformers.integrations.gguf import read_gguf_metadata
 
-    from tunelab.data.templates import classify_messages, render_prompt_ids
+    from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
     from tunelab.evaluation.predict import label_logits
     from tunelab.models.generate import generate_text
     from tunelab.models.gguf_export import LABELS_KEY
@@ -97,14 +97,15 @@ def test_default_model_lora_run_round_trips_through_gguf(default_model, tmp_path
             continue
         torch.testing.assert_close(model.state_dict()[name], merged.state_dict[name].half().float(), atol=0, rtol=0)
         for prompt in PROMPTS:
-            ids = render_prompt_ids(merged.tokenizer, [{"role": "user", "content": prompt}])
+            # A request without a system message gets the run's (the file's chat template carries it as its default).
+            ids = render_prompt_ids(merged.tokenizer, with_system_prompt([{"role": "user", "content": prompt}], SYSTEM))
             assert render_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]) == ids
             with torch.no_grad():
                 expected, logits = merged.model(torch.tensor([ids])).logits, model(torch.tensor([ids])).logits
             # The label tokens' output rows are the file's own: the codes' cleared, the names' the trained label rows.
             kept = [i for i in range(expected.shape[-1]) if i not in {*token_ids, *stored["answer_ids"]}]
             torch.testing.assert_close(logits[..., kept], expected[..., kept], atol=0.15, rtol=0.02)
-            answer = generate_text(merged.model, merged.tokenizer, prompt, max_new_tokens=12)
+            answer = generate_text(merged.model, merged.tokenizer, prompt, system=SYSTEM, max_new_tokens=12)
             assert generate_text(model, tokenizer, prompt, max_new_tokens=12) == answer
         del model
 
