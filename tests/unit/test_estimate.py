@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -205,6 +206,8 @@ def test_budget_flags():
         _config(budget={"gpu": "toy", "max_hours": 1e-12, "max_usd": 1e-15}), [64], FACTS, prices=PRICES, available_bytes=0
     )
     assert over_hours.budget.over and len(over_hours.budget.reasons) == 2
+    # A tiny run over a tiny limit says both numbers, never "$0.00 exceeds 1e-15" or "0.00 h".
+    assert not re.search(r"\$0\.00(?!\d)| 0\.00 h", " ".join(over_hours.budget.reasons)), over_hours.budget.reasons
     within = estimate_run(_config(budget={"gpu": "Toy", "max_hours": 1.0}), [64], FACTS, prices=PRICES, available_bytes=0)
     assert not within.budget.over and within.memory.fits is False
     unpriced = estimate_run(_config(budget={"max_usd": 1.0}), [64], FACTS, prices=PRICES)

@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from tunelab.cli.common import console, human_bytes, print_json, progress_display
-from tunelab.estimate.plan import duration
-from tunelab.estimate.summary import money
+from tunelab.estimate.plan import duration, money
 
 
 def _flops(value: float) -> str:

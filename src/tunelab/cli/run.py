@@ -18,8 +18,7 @@ from tunelab.cli.common import (
     print_json,
     progress_display,
 )
-from tunelab.estimate.plan import duration
-from tunelab.estimate.summary import money
+from tunelab.estimate.plan import duration, money
 
 STEP_TITLES = {
     "check": "check data",

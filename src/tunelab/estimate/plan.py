@@ -586,13 +586,13 @@ def check_budget(config: ResolvedConfig, seconds_here: float | None, gpus: list[
             check.notes.append("budget.max_hours not checked: no calibration of this machine (set budget.gpu or calibrate)")
         elif seconds / 3600 > budget.max_hours:
             check.over = True
-            check.reasons.append(f"estimated {seconds / 3600:.2f} h on {where} exceeds budget.max_hours {budget.max_hours:g}")
+            check.reasons.append(f"estimated {duration(seconds)} on {where} exceeds budget.max_hours {budget.max_hours:g} ({duration(budget.max_hours * 3600)})")
     if budget.max_usd is not None:
         if target is None:
             check.notes.append("budget.max_usd not checked: set budget.gpu to the GPU the run is priced on")
         elif target.usd > budget.max_usd:
             check.over = True
-            check.reasons.append(f"estimated ${target.usd:.2f} on {target.name} exceeds budget.max_usd {budget.max_usd:g}")
+            check.reasons.append(f"estimated {money(target.usd)} on {target.name} exceeds budget.max_usd {budget.max_usd:g}")
     return check
 
 
@@ -766,3 +766,15 @@ def duration(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def money(usd: float | None) -> str:
+    """Dollars as a person compares them: cents above a cent, else two significant digits (a tiny run costs $0.000031, not "< $0.0001")."""
+    if usd is None:
+        return "-"
+    if usd >= 0.01:
+        return f"${usd:,.2f}"
+    if usd <= 0:
+        return "$0"
+    decimals = -math.floor(math.log10(usd)) + 1  # two significant digits, written out
+    return f"${usd:.{decimals}f}"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from tunelab.estimate.plan import duration
+from tunelab.estimate.plan import duration, money
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -29,18 +28,6 @@ def cheapest(estimate: dict[str, Any] | None) -> tuple[float | None, str]:
     if not options:
         return None, ""
     return min(options)
-
-
-def money(usd: float | None) -> str:
-    """Dollars as a person compares them: cents above a cent, else two significant digits (a tiny run costs $0.000031, not "< $0.0001")."""
-    if usd is None:
-        return "-"
-    if usd >= 0.01:
-        return f"${usd:,.2f}"
-    if usd <= 0:
-        return "$0"
-    decimals = -math.floor(math.log10(usd)) + 1  # two significant digits, written out
-    return f"${usd:.{decimals}f}"
 
 
 def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:

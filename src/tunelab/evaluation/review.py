@@ -166,7 +166,7 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
 
     Every row judged A or B becomes one pair, the preferred output as ``chosen``; ties and blank rows
     carry no preference and are left out (counted). Each pair keeps where it came from (``review``:
-    sheet:line, and which model wrote the chosen answer), so the pairs file can be traced back.
+    the sheet's full path:line, and which model wrote the chosen answer), so the pairs file can be traced back.
 
     Raises:
         DataError: naming the line of an unknown preference or id, or when no row is decided.
@@ -188,7 +188,7 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
         chosen, rejected = row[f"output_{choice.lower()}"], row[f"output_{other.lower()}"]
         model = sides[row["id"]][choice]
         chosen_by[model] += 1
-        pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "review": f"{sheet.name}:{line}", "chosen_model": model}
+        pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "review": f"{sheet.resolve()}:{line}", "chosen_model": model}
         lines.append(json.dumps(pair, ensure_ascii=False))
     if not lines:
         raise DataError(f"{sheet}: no row prefers A or B ({ties} ties, {unjudged} blank)", "fill the preference column with A or B")

@@ -553,7 +553,9 @@ def _headline(result: Any) -> dict[str, Any]:
 
 
 def _money(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:.4f}"
+    from tunelab.estimate.plan import money
+
+    return "unknown" if value is None else money(value)
 
 
 def report_markdown(report: dict[str, Any]) -> str:

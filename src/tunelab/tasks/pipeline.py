@@ -1067,11 +1067,13 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
 
 def _stop_over_cloud_budget(context: PipelineContext, estimate: dict[str, Any]) -> None:
     """Raises: BudgetExceeded when the job's price is over ``budget.max_usd``, or unknown with a budget set."""
+    from tunelab.estimate.plan import money
+
     config = context.config
     limit = config.budget.max_usd
     if limit is not None and (estimate["usd"] is None or estimate["usd"] > limit):
         reason = (f"the price of fine-tuning {config.model.endpoint.name} is not in the price table" if estimate["usd"] is None
-                  else f"estimated ${estimate['usd']:.2f} > budget.max_usd ${limit:.2f}")
+                  else f"estimated {money(estimate['usd'])} > budget.max_usd {limit:g}")
         context.registry.update_run(context.registry_id, status="failed", error=f"over budget: {reason}")
         raise BudgetExceeded(f"the estimate is over budget: {reason}",
                              f"raise budget.max_usd, add the price to the table, or shrink the data, in a new run (another name=...): {_FIXED_CONFIG}")

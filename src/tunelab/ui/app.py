@@ -28,8 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.estimate.plan import duration
-from tunelab.estimate.summary import estimate_summary, money
+from tunelab.estimate.plan import duration, money
+from tunelab.estimate.summary import estimate_summary
 from tunelab.paths import atomic_write_text
 from tunelab.registry import Registry, RegistryError
 from tunelab.serve.settings import host_allowed

@@ -117,6 +117,8 @@ def test_review_pairs_are_exactly_the_decided_rows(tmp_path):
         for i in range(6, 12)
     }
     assert {p["prompt"]: (p["chosen"], p["rejected"]) for p in pairs} == expected
+    # Each pair leads back to its sheet's row, whichever folder it lies in (every run's sheet is called review.csv).
+    assert {p["review"].rsplit(":", 1)[0] for p in pairs} == {str(sheet.resolve())}
     # The pairs file is preference data as tunelab reads it.
     records = load_records(str(tmp_path / "pairs.jsonl"), "preference", DataConfig())
     assert sorted(r.chosen for r in records) == sorted(c for c, _ in expected.values())

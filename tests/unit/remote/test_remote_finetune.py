@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fake_provider import BASE_ANSWER, FakeProvider
@@ -138,8 +139,9 @@ def test_over_budget_stops_before_anything_is_uploaded(provider, tmp_path, tiny_
 
     config = cloud_config(tmp_path, provider, tiny_model_dir).model_copy(update={})
     config = parse_config({**config.model_dump(mode="json"), "budget": {"max_usd": 1e-9}})
-    with pytest.raises(BudgetExceeded, match="budget.max_usd"):
+    with pytest.raises(BudgetExceeded, match="budget.max_usd") as first:
         run_pipeline(config)
+    assert not re.search(r"\$0\.00(?!\d)", str(first.value))  # a tiny price is written with its digits, never "$0.00"
     assert provider.count("POST", "/v1/files") == 0
     # A resume (its config, and so its budget, is pipeline.json's) stops the same way: nothing is uploaded.
     with pytest.raises(BudgetExceeded, match="budget.max_usd") as stopped:
