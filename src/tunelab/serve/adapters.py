@@ -209,8 +209,11 @@ class ModelRegistry:
 
     # -- lookup (any thread) -------------------------------------------------------------------
     def names(self) -> list[str]:
-        hidden = {key for key in self._entries if any(key.startswith(f"{name}--") for name in self._aliases)}
-        return [name for name in self._entries if name not in hidden] + list(self._aliases)
+        # Snapshots first: refresh_aliases adds entries from a worker thread, and iterating a dict that grows
+        # meanwhile raises "dictionary changed size during iteration" (a 500 on /v1/models mid-promotion).
+        entries, aliases = list(self._entries), list(self._aliases)
+        hidden = {key for key in entries if any(key.startswith(f"{name}--") for name in aliases)}
+        return [name for name in entries if name not in hidden] + aliases
 
     def get(self, name: str) -> ServedModel | None:
         binding = self._aliases.get(name)
