@@ -39,6 +39,9 @@ def _print_report(report: Any) -> None:
             console.print(f"note: {note}")
         for plot in model.plots:
             console.print(f"plot: {plot}")
+    if report.unknown_models:
+        names = ", ".join(f"{name or '(none)'} ({count})" for name, count in report.unknown_models.items())
+        console.print(f"requests for names not served here, refused with 404: {names}", markup=False)
     if any(s.sampled for m in report.models for s in m.signals):
         console.print("* text signals on a seeded sample of the window's requests (monitor.sample); counts, labels, confidence, latency and errors are exact")
     console.print(f"status: [{_STYLE[report.status]}]{report.status}[/]")

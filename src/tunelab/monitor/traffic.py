@@ -90,18 +90,38 @@ _NEWEST = "f.id = (SELECT max(g.id) FROM feedback g WHERE g.response_id = f.resp
 _NEWEST_LABEL, _NEWEST_RATING = _NEWEST.format("label"), _NEWEST.format("rating")
 
 
+# A request for a name the server does not serve: refused with 404 (``model_not_found``) before any model answered,
+# so no run is logged. Reported as such, never as a served model's traffic (it read "the base model" answered it).
+_UNKNOWN_NAME = "status = 404 AND run_id IS NULL"
+
+
 def served_groups(path: Path, since: str, until: str) -> list[tuple[str, str | None, int]]:
     """(model, run id, requests) of every served name and run with traffic in the window, busiest first."""
     db = _open(path)
     try:
         rows = db.execute(
             f"SELECT model, run_id, count(*) FROM requests WHERE time >= ? AND time < ? AND model IS NOT NULL "
-            f"AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) GROUP BY model, run_id ORDER BY count(*) DESC",
+            f"AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) AND NOT ({_UNKNOWN_NAME}) "
+            "GROUP BY model, run_id ORDER BY count(*) DESC",
             (since, until, *SERVING_ENDPOINTS),
         ).fetchall()
     finally:
         db.close()
     return [(row[0], row[1], int(row[2])) for row in rows]
+
+
+def unknown_names(path: Path, since: str, until: str) -> dict[str, int]:
+    """The names requested in the window that the server does not serve (answered 404), and how many times, most first."""
+    db = _open(path)
+    try:
+        rows = db.execute(
+            f"SELECT coalesce(model, ''), count(*) FROM requests WHERE time >= ? AND time < ? AND {_UNKNOWN_NAME} "
+            f"AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) GROUP BY 1 ORDER BY count(*) DESC, 1",
+            (since, until, *SERVING_ENDPOINTS),
+        ).fetchall()
+    finally:
+        db.close()
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: str, *, sample: int = 20000) -> Traffic:

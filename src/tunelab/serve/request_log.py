@@ -11,7 +11,8 @@ Table ``requests`` (one row per HTTP request)::
     model TEXT, prompt TEXT, output TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
     latency_ms REAL, status INTEGER (HTTP status), error TEXT, stream INTEGER (0/1),
     response_id TEXT (the id the response carried: chatcmpl-/cmpl-/clf-...), run_id TEXT (the run behind
-    the served name when the request was answered), predicted_label TEXT, top_probability REAL (classify,
+    the served name when the request came, refused or answered; NULL for the base model and for a name not
+    served, refused with 404), predicted_label TEXT, top_probability REAL (classify,
     one input), probabilities TEXT (classify: JSON list, one {label: p} per input)
 
 Table ``feedback`` (the correct answer for a logged response, from ``POST /v1/feedback`` or
