@@ -385,12 +385,16 @@ def read_feedback_file(path: Path) -> list[Feedback]:
         DataError: naming the file and line of the first bad row.
     """
     import csv
+    import io
+
+    from tunelab.data.formats import decode_text
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"feedback file not found: {path}")
     items: list[Feedback] = []
-    with path.open(encoding="utf-8", newline="") as handle:
+    # The training data's decoding: a BOM (a spreadsheet's "CSV UTF-8" export) dropped, a file not in UTF-8 one line.
+    with io.StringIO(decode_text(path, path.read_bytes()), newline="") as handle:
         if path.suffix.lower() == ".csv":
             for line, row in enumerate(csv.DictReader(handle), start=2):
                 clean = {key: value for key, value in row.items() if value not in (None, "")}
