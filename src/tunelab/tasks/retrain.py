@@ -333,8 +333,11 @@ def retrain(
 
     # 4. The champion on the same fresh test set; paired bootstrap overall and on the recent slice.
     emit("champion", "start", {"n": len(split.test)})
+    # Every fresh test row, as the challenger was evaluated: the champion's own data.max_test_examples would judge it
+    # on a sample, and the decision on the rows the two happen to share.
+    every_row = config.data.model_copy(update={"max_test_examples": None})
     champion_eval = evaluate(
-        champion_run.load(), split.test, "classify", config=challenger_config.eval, data_config=config.data,
+        champion_run.load(), split.test, "classify", config=challenger_config.eval, data_config=every_row,
         baseline=False, train_ids=[r.id for r in split.train], progress=eval_progress,
     )
     champion_eval.save(context.run.champion_eval)
