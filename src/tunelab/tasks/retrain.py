@@ -281,7 +281,16 @@ def retrain(
     if log_path is not None:
         from tunelab.monitor.traffic import labelled_requests
 
-        for item in labelled_requests(Path(log_path), model=served_model, since=since):
+        labelled = labelled_requests(Path(log_path), model=served_model, since=since)
+        names = sorted({str(item["model"]) for item in labelled})
+        if served_model is None and len(names) > 1:
+            # Another model's corrections would bring its labels into the challenger and its rows into the recent
+            # slice, where the champion (without those labels) can only lose: which name's feedback is a choice.
+            raise DataError(
+                f"{log_path} holds labelled feedback on several served names ({', '.join(names)})",
+                f"pass --served-model NAME: the name {champion.name} is served under",
+            )
+        for item in labelled:
             new.append(ClassifyRecord(item["text"], item["label"], source=f"feedback:{item['response_id']}#{item['item']}"))
     fresh, dropped = new_records(new, old)
     if not fresh:
