@@ -144,6 +144,29 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def open_log(path: Path) -> sqlite3.Connection:
+    """:func:`connect` to a request log that must already be there (``tunelab monitor``, ``tunelab feedback import``).
+
+    Raises:
+        DataError: for a missing file, or one that is not a request log (not SQLite; another database, such as the
+            run registry, which is left untouched).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"request log not found: {path}", "pass the --log-db the server wrote (default runs/requests.db)")
+    try:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)  # looked at, never changed
+        try:
+            tables = {row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            probe.close()
+        if tables and "requests" not in tables:
+            raise DataError(f"{path} is not a tunelab request log (it has no requests table)", "pass the --log-db the server wrote (default runs/requests.db)")
+        return connect(path)
+    except sqlite3.DatabaseError as error:
+        raise DataError(f"{path} is not a tunelab request log: {error}", "pass the --log-db the server wrote (default runs/requests.db)") from None
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the request log's migrations not yet applied (under the write lock); return their names."""
     return apply_migrations(db, MIGRATIONS)
@@ -429,8 +452,7 @@ def import_feedback(log_path: Path, file: Path, *, require_logged: bool = True) 
     Raises:
         DataError: for a bad row, or a response id the log does not hold.
     """
-    if not Path(log_path).is_file():
-        raise DataError(f"request log not found: {log_path}", "pass the --log-db the server wrote (default runs/requests.db)")
+    open_log(log_path).close()
     items = read_feedback_file(file)
     ids = add_feedback(log_path, items, source=f"import:{Path(file).name}", require_logged=require_logged)
     return {"imported": len(ids), "labels": sum(i.label is not None for i in items), "file": str(file), "log": str(log_path)}

@@ -200,3 +200,22 @@ def test_feedback_import_reads_a_spreadsheet_s_csv_and_refuses_a_file_not_in_utf
     assert isinstance(result.exception, DataError) and "latin1.jsonl:1: undecodable bytes: not UTF-8 text" in str(result.exception)
     db = sqlite3.connect(log_path)
     assert db.execute("SELECT response_id, label FROM feedback").fetchall() == [("clf-1", "account")]
+
+
+def test_feedback_import_into_a_file_that_is_not_a_request_log_is_one_line_and_writes_nothing(tmp_path):
+    # `--log-db notes.txt` ended in a sqlite3.DatabaseError traceback; `--log-db runs/registry.db` (the registry, not
+    # runs/requests.db) had request-log tables added to the registry before refusing the ids.
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text(json.dumps({"id": "clf-1", "label": "billing"}) + "\n")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    with pytest.raises(DataError, match="is not a tunelab request log"):
+        import_feedback(text, corrections, require_logged=False)
+    assert text.read_text() == "not a database\n"
+    registry_path = tmp_path / "registry.db"
+    Registry(registry_path).create_run(name="router", task="classify", status="finished")
+    with pytest.raises(DataError, match="is not a tunelab request log") as refused:
+        import_feedback(registry_path, corrections, require_logged=False)
+    assert "\n" not in refused.value.message
+    tables = {row[0] for row in sqlite3.connect(registry_path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "requests" not in tables and "feedback" not in tables
