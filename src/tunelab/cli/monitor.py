@@ -39,6 +39,9 @@ def _print_report(report: Any) -> None:
             console.print(f"note: {note}")
         for plot in model.plots:
             console.print(f"plot: {plot}")
+    if report.unknown_models:
+        names = ", ".join(f"{name or '(none)'} ({count})" for name, count in report.unknown_models.items())
+        console.print(f"requests for names not served here, refused with 404: {names}", markup=False)
     if any(s.sampled for m in report.models for s in m.signals):
         console.print("* text signals on a seeded sample of the window's requests (monitor.sample); counts, labels, confidence, latency and errors are exact")
     console.print(f"status: [{_STYLE[report.status]}]{report.status}[/]")
@@ -48,8 +51,14 @@ def _print_retrain(outcome: dict[str, Any]) -> None:
     if "skipped" in outcome:
         console.print(f"retrain of {outcome.get('model')}: skipped: {outcome['skipped']}")
         return
+    challenger, champion = outcome["challenger"]["name"], outcome["champion"]["name"]
     mark = "[green]promoted[/green]" if outcome["promoted"] else "[yellow]kept the champion[/yellow]"
-    console.print(f"retrain: challenger {outcome['challenger']['name']} vs champion {outcome['champion']['name']}: {mark}")
+    if outcome["promoted"] and not outcome.get("alias_change"):
+        # It won, but nothing serves it: "promoted" would say the server moved to it.
+        alias = outcome.get("alias")
+        mark = (f"[green]the challenger wins[/green]; alias {alias} still serves {champion} (--no-promote)" if alias else
+                f"[green]the challenger wins[/green]; no alias moved (`tunelab promote ALIAS {challenger}` serves it)")
+    console.print(f"retrain: challenger {challenger} vs champion {champion}: {mark}")
     sizes = outcome["sizes"]
     console.print(f"  data: old train {sizes['old_train']}, new train {sizes['new_train']}, fresh test {sizes['test']} (recent slice {sizes['recent_test']})")
     for warning in outcome.get("warnings") or []:

@@ -45,7 +45,7 @@ from tunelab.monitor.signals import (
     words,
     worst,
 )
-from tunelab.monitor.traffic import Traffic, read_traffic, served_groups, window_bounds
+from tunelab.monitor.traffic import Traffic, read_traffic, served_groups, unknown_names, window_bounds
 from tunelab.paths import atomic_write_text
 from tunelab.runs import Run, RunFolder
 
@@ -176,6 +176,7 @@ class MonitorReport:
     window: str
     models: list[ModelReport]
     checked_at: str
+    unknown_models: dict[str, int] = field(default_factory=dict)  # names not served here: requests refused with 404
 
     @property
     def status(self) -> str:
@@ -189,6 +190,7 @@ class MonitorReport:
         return {
             "log": self.log, "since": self.since, "until": self.until, "window": self.window, "checked_at": self.checked_at,
             "status": self.status, "exit_code": self.exit_code, "models": [m.as_dict() for m in self.models],
+            "unknown_models": self.unknown_models,
         }
 
     def save(self, path: Path) -> Path:
@@ -385,9 +387,13 @@ def run_monitor(
 
             report.plots = [str(p) for p in plot_traffic(traffic, reference, Path(plots_dir))]
         reports.append(report)
+    unknown = {name: count for name, count in unknown_names(log_path, since, end).items() if model is None or name == model}
     if model is not None and not reports:
+        if unknown:
+            raise DataError(f"'{model}' is not served: its {unknown[model]} requests in {log_path} in the last {config.window} were refused (404)",
+                            "check --model against the names the server serves (GET /v1/models)")
         raise DataError(f"no traffic for '{model}' in {log_path} in the last {config.window}", "check --model and --window")
-    return MonitorReport(str(log_path), since, end, config.window, reports, datetime.now(UTC).isoformat(timespec="seconds"))
+    return MonitorReport(str(log_path), since, end, config.window, reports, datetime.now(UTC).isoformat(timespec="seconds"), unknown)
 
 
 def load_monitor_config(path: Path | None, overrides: dict[str, Any] | None = None) -> MonitorConfig:

@@ -9,7 +9,6 @@ and the result says when it sampled.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.errors import DataError
-from tunelab.serve.request_log import connect, request_texts
+from tunelab.serve.request_log import open_log, request_texts
 
 SERVING_ENDPOINTS = ("/v1/classify", "/v1/chat/completions", "/v1/completions")
 _HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive ids over 2**32
@@ -70,15 +68,6 @@ def _predictions(output: str | None) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else [str(value)]
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    if not Path(path).is_file():
-        raise DataError(f"request log not found: {path}", "pass the --log-db the server wrote (default runs/requests.db)")
-    try:
-        return connect(Path(path))
-    except sqlite3.DatabaseError as error:
-        raise DataError(f"{path} is not a tunelab request log: {error}") from None
-
-
 _WHERE = (
     f"time >= ? AND time < ? AND model = ? AND run_id IS ? AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)})"
 )
@@ -90,18 +79,38 @@ _NEWEST = "f.id = (SELECT max(g.id) FROM feedback g WHERE g.response_id = f.resp
 _NEWEST_LABEL, _NEWEST_RATING = _NEWEST.format("label"), _NEWEST.format("rating")
 
 
+# A request for a name the server does not serve: refused with 404 (``model_not_found``) before any model answered,
+# so no run is logged. Reported as such, never as a served model's traffic (it read "the base model" answered it).
+_UNKNOWN_NAME = "status = 404 AND run_id IS NULL"
+
+
 def served_groups(path: Path, since: str, until: str) -> list[tuple[str, str | None, int]]:
     """(model, run id, requests) of every served name and run with traffic in the window, busiest first."""
-    db = _open(path)
+    db = open_log(path)
     try:
         rows = db.execute(
             f"SELECT model, run_id, count(*) FROM requests WHERE time >= ? AND time < ? AND model IS NOT NULL "
-            f"AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) GROUP BY model, run_id ORDER BY count(*) DESC",
+            f"AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) AND NOT ({_UNKNOWN_NAME}) "
+            "GROUP BY model, run_id ORDER BY count(*) DESC",
             (since, until, *SERVING_ENDPOINTS),
         ).fetchall()
     finally:
         db.close()
     return [(row[0], row[1], int(row[2])) for row in rows]
+
+
+def unknown_names(path: Path, since: str, until: str) -> dict[str, int]:
+    """The names requested in the window that the server does not serve (answered 404), and how many times, most first."""
+    db = open_log(path)
+    try:
+        rows = db.execute(
+            f"SELECT coalesce(model, ''), count(*) FROM requests WHERE time >= ? AND time < ? AND {_UNKNOWN_NAME} "
+            f"AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) GROUP BY 1 ORDER BY count(*) DESC, 1",
+            (since, until, *SERVING_ENDPOINTS),
+        ).fetchall()
+    finally:
+        db.close()
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: str, *, sample: int = 20000) -> Traffic:
@@ -110,7 +119,7 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
     Raises:
         DataError: when ``path`` is not a request log.
     """
-    db = _open(path)
+    db = open_log(path)
     arguments = (since, until, model, run_id, *SERVING_ENDPOINTS)
     try:
         count, server_errors, client_errors, first, last = db.execute(
@@ -167,7 +176,7 @@ def labelled_requests(path: Path, *, model: str | None = None, since: str | None
     Raises:
         DataError: when ``path`` is not a request log.
     """
-    db = _open(path)
+    db = open_log(path)
     clauses, arguments = [_NEWEST_LABEL], []
     if model is not None:
         clauses.append("r.model = ?")

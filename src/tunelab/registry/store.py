@@ -662,7 +662,9 @@ class Registry:
         chain: list[str] = []
         for change in history:
             if change.action == "promote":
-                chain.append(change.run_id)
+                # Promoting the run already served changes nothing: counted twice, the next rollback would stay on it.
+                if not chain or chain[-1] != change.run_id:
+                    chain.append(change.run_id)
             elif chain:
                 chain.pop()
         if len(chain) < 2:

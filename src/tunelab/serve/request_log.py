@@ -11,7 +11,8 @@ Table ``requests`` (one row per HTTP request)::
     model TEXT, prompt TEXT, output TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
     latency_ms REAL, status INTEGER (HTTP status), error TEXT, stream INTEGER (0/1),
     response_id TEXT (the id the response carried: chatcmpl-/cmpl-/clf-...), run_id TEXT (the run behind
-    the served name when the request was answered), predicted_label TEXT, top_probability REAL (classify,
+    the served name when the request came, refused or answered; NULL for the base model and for a name not
+    served, refused with 404), predicted_label TEXT, top_probability REAL (classify,
     one input), probabilities TEXT (classify: JSON list, one {label: p} per input)
 
 Table ``feedback`` (the correct answer for a logged response, from ``POST /v1/feedback`` or
@@ -141,6 +142,29 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     migrate(db)
     return db
+
+
+def open_log(path: Path) -> sqlite3.Connection:
+    """:func:`connect` to a request log that must already be there (``tunelab monitor``, ``tunelab feedback import``).
+
+    Raises:
+        DataError: for a missing file, or one that is not a request log (not SQLite; another database, such as the
+            run registry, which is left untouched).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"request log not found: {path}", "pass the --log-db the server wrote (default runs/requests.db)")
+    try:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)  # looked at, never changed
+        try:
+            tables = {row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            probe.close()
+        if tables and "requests" not in tables:
+            raise DataError(f"{path} is not a tunelab request log (it has no requests table)", "pass the --log-db the server wrote (default runs/requests.db)")
+        return connect(path)
+    except sqlite3.DatabaseError as error:
+        raise DataError(f"{path} is not a tunelab request log: {error}", "pass the --log-db the server wrote (default runs/requests.db)") from None
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -384,12 +408,16 @@ def read_feedback_file(path: Path) -> list[Feedback]:
         DataError: naming the file and line of the first bad row.
     """
     import csv
+    import io
+
+    from tunelab.data.formats import decode_text
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"feedback file not found: {path}")
     items: list[Feedback] = []
-    with path.open(encoding="utf-8", newline="") as handle:
+    # The training data's decoding: a BOM (a spreadsheet's "CSV UTF-8" export) dropped, a file not in UTF-8 one line.
+    with io.StringIO(decode_text(path, path.read_bytes()), newline="") as handle:
         if path.suffix.lower() == ".csv":
             for line, row in enumerate(csv.DictReader(handle), start=2):
                 clean = {key: value for key, value in row.items() if value not in (None, "")}
@@ -424,8 +452,7 @@ def import_feedback(log_path: Path, file: Path, *, require_logged: bool = True) 
     Raises:
         DataError: for a bad row, or a response id the log does not hold.
     """
-    if not Path(log_path).is_file():
-        raise DataError(f"request log not found: {log_path}", "pass the --log-db the server wrote (default runs/requests.db)")
+    open_log(log_path).close()
     items = read_feedback_file(file)
     ids = add_feedback(log_path, items, source=f"import:{Path(file).name}", require_logged=require_logged)
     return {"imported": len(ids), "labels": sum(i.label is not None for i in items), "file": str(file), "log": str(log_path)}

@@ -237,6 +237,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     log = _log(request, model=body.model, prompt=json.dumps(messages, ensure_ascii=False), stream=int(body.stream))
     entry = service.served(body.model)
+    log.update(run_id=entry.run_id)  # a refused request too: it counts in its run's traffic (client errors), never as another model's
     _refuse(body.n != 1, "n", "n other than 1")
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
     _refuse(bool(body.tools), "tools", "Tool calling")
@@ -245,7 +246,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
     _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    log.update(response_id=completion_id, run_id=entry.run_id)
+    log.update(response_id=completion_id)
     created = _now()
 
     answer: GenerationResult | None = None
@@ -302,6 +303,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     log = _log(request, model=body.model, prompt=json.dumps(prompts if len(prompts) > 1 else prompts[0] if prompts else "", ensure_ascii=False), stream=int(body.stream))
     entry = service.served(body.model)
+    log.update(run_id=entry.run_id)  # a refused request too (see chat_completions)
     _refuse(body.n != 1, "n", "n other than 1")
     _refuse(body.echo, "echo", "echo")
     _refuse(body.logprobs is not None, "logprobs", "logprobs")
@@ -324,7 +326,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         encoded.append((ids, service.sampling(body, len(ids), requested, "prompt")))
     jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
-    log.update(response_id=completion_id, run_id=entry.run_id)
+    log.update(response_id=completion_id)
     created = _now()
 
     def chunk(text: str, finish_reason: str | None, index: int = 0) -> dict:
@@ -374,12 +376,13 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     log = _log(request, model=body.model, prompt=json.dumps(texts if len(texts) > 1 else texts[0] if texts else "", ensure_ascii=False))
     entry = service.served(body.model)
+    log.update(run_id=entry.run_id)  # a refused request too (see chat_completions)
     if not entry.is_classifier:
         raise bad_request(f"'{entry.name}' is not a classify model (it has no labels.json).", param="model")
     if not texts or len(texts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'input' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="input")
     response_id = f"clf-{uuid.uuid4().hex}"
-    log.update(response_id=response_id, run_id=entry.run_id)
+    log.update(response_id=response_id)
     results = await service.classify(entry, texts)
     prompt_tokens = sum(r.prompt_tokens for r in results)
     labels = [r.label for r in results]

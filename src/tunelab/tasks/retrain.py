@@ -281,7 +281,16 @@ def retrain(
     if log_path is not None:
         from tunelab.monitor.traffic import labelled_requests
 
-        for item in labelled_requests(Path(log_path), model=served_model, since=since):
+        labelled = labelled_requests(Path(log_path), model=served_model, since=since)
+        names = sorted({str(item["model"]) for item in labelled})
+        if served_model is None and len(names) > 1:
+            # Another model's corrections would bring its labels into the challenger and its rows into the recent
+            # slice, where the champion (without those labels) can only lose: which name's feedback is a choice.
+            raise DataError(
+                f"{log_path} holds labelled feedback on several served names ({', '.join(names)})",
+                f"pass --served-model NAME: the name {champion.name} is served under",
+            )
+        for item in labelled:
             new.append(ClassifyRecord(item["text"], item["label"], source=f"feedback:{item['response_id']}#{item['item']}"))
     fresh, dropped = new_records(new, old)
     if not fresh:
@@ -333,8 +342,11 @@ def retrain(
 
     # 4. The champion on the same fresh test set; paired bootstrap overall and on the recent slice.
     emit("champion", "start", {"n": len(split.test)})
+    # Every fresh test row, as the challenger was evaluated: the champion's own data.max_test_examples would judge it
+    # on a sample, and the decision on the rows the two happen to share.
+    every_row = config.data.model_copy(update={"max_test_examples": None})
     champion_eval = evaluate(
-        champion_run.load(), split.test, "classify", config=challenger_config.eval, data_config=config.data,
+        champion_run.load(), split.test, "classify", config=challenger_config.eval, data_config=every_row,
         baseline=False, train_ids=[r.id for r in split.train], progress=eval_progress,
     )
     champion_eval.save(context.run.champion_eval)

@@ -310,3 +310,17 @@ def test_an_alias_moved_only_from_a_given_run_is_checked_in_the_same_write(tmp_p
     assert moved.value.current == b and registry.alias("router") == b
     assert [change.run_id for change in registry.alias_history("router")] == [a, b]
     assert registry.set_alias("router", c, only_from=b).previous_run_id == b
+
+
+def test_a_rollback_after_the_same_run_was_promoted_twice_goes_back_to_the_run_before(tmp_path):
+    """`tunelab promote router B` run twice (a re-run script) recorded B twice in the chain: the next rollback moved
+    the alias from B to B and the run that served before B stayed out of service."""
+    registry = Registry(tmp_path / "registry.db")
+    a, b = (registry.create_run(name=name, task="classify", status="finished").id for name in ("a", "b"))
+    registry.set_alias("router", a)
+    registry.set_alias("router", b)
+    registry.set_alias("router", b)
+    change = registry.rollback_alias("router")
+    assert (change.previous_run_id, change.run_id) == (b, a) and registry.alias("router") == a
+    with pytest.raises(RegistryError, match="no earlier run"):
+        registry.rollback_alias("router")

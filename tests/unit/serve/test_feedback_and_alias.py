@@ -176,3 +176,46 @@ def test_registry_aliases_keep_history_and_roll_back(tmp_path, router_versions):
         ("promote", None, first), ("promote", first, second), ("promote", second, third), ("rollback", third, second), ("rollback", second, first),
     ]
     assert history[1].reason == "won" and store.alias("router") == first == store.resolve_alias("router").id
+
+
+def test_feedback_import_reads_a_spreadsheet_s_csv_and_refuses_a_file_not_in_utf8_in_one_line(tmp_path):
+    # A spreadsheet's "CSV UTF-8" export starts with a BOM: the header read "\ufeffid" and every row was refused as
+    # "unknown key(s) id" (the BOM invisible); a Latin-1 file ended in a UnicodeDecodeError traceback.
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    log_path = tmp_path / "requests.db"
+    log = RequestLog(log_path)
+    log.record({"time": "2026-01-02T00:00:00.000+00:00", "endpoint": "/v1/classify", "model": "router", "prompt": '"refund please"',
+                "status": 200, "stream": 0, "response_id": "clf-1", "run_id": "r1", "predicted_label": "billing"})
+    log.close()
+    exported = tmp_path / "tickets.csv"
+    exported.write_bytes(b"\xef\xbb\xbfid,label\r\nclf-1,account\r\n")
+    assert import_feedback(log_path, exported) == {"imported": 1, "labels": 1, "file": str(exported), "log": str(log_path)}
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"id": "clf-1", "label": "caf\xe9"}\n')
+    _register_commands()
+    result = CliRunner().invoke(app, ["feedback", "import", str(latin1), "--log-db", str(log_path)])
+    assert isinstance(result.exception, DataError) and "latin1.jsonl:1: undecodable bytes: not UTF-8 text" in str(result.exception)
+    db = sqlite3.connect(log_path)
+    assert db.execute("SELECT response_id, label FROM feedback").fetchall() == [("clf-1", "account")]
+
+
+def test_feedback_import_into_a_file_that_is_not_a_request_log_is_one_line_and_writes_nothing(tmp_path):
+    # `--log-db notes.txt` ended in a sqlite3.DatabaseError traceback; `--log-db runs/registry.db` (the registry, not
+    # runs/requests.db) had request-log tables added to the registry before refusing the ids.
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text(json.dumps({"id": "clf-1", "label": "billing"}) + "\n")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    with pytest.raises(DataError, match="is not a tunelab request log"):
+        import_feedback(text, corrections, require_logged=False)
+    assert text.read_text() == "not a database\n"
+    registry_path = tmp_path / "registry.db"
+    Registry(registry_path).create_run(name="router", task="classify", status="finished")
+    with pytest.raises(DataError, match="is not a tunelab request log") as refused:
+        import_feedback(registry_path, corrections, require_logged=False)
+    assert "\n" not in refused.value.message
+    tables = {row[0] for row in sqlite3.connect(registry_path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "requests" not in tables and "feedback" not in tables

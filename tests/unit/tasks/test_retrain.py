@@ -214,3 +214,64 @@ def test_a_challenger_never_replaces_a_run_it_was_not_compared_with(tmp_path):
     assert refused is None and change["previous_run_id"] == x and store.alias("router") == challenger
     assert promote_challenger(store, "fresh", x, challenger, reason="retrain", details={})[1] is None
     assert store.alias("fresh") == challenger
+
+
+def test_a_champion_evaluated_on_a_sample_is_still_judged_on_every_fresh_test_row(tmp_path, tiny_model_dir):
+    """A champion made with data.max_test_examples was evaluated on a seeded sample of the fresh test set while its
+    challenger was evaluated on all of it: the decision stood on the rows both happened to have (fewer than the
+    outcome's test size, a "different test sets" warning), recent rows left out of the champion's sample unjudged."""
+    from tunelab.tasks.retrain import retrain
+
+    runs = tmp_path / "runs"
+    registry_path = runs / "registry.db"
+    train = _write(tmp_path / "train.jsonl", _rows("A", 0, 24) + _rows("B", 0, 24))
+    config = parse_config({
+        "task": "classify", "model": str(tiny_model_dir), "name": "router-v1", "registry": str(registry_path),
+        "data": {"train": str(train), "test_size": 0.25, "validation_size": 0.1, "max_length": 64, "max_test_examples": 8},
+        "train": {"method": "lora", "lr": 5e-3, "epochs": 1, "batch_size": 8, "output_dir": str(runs)},
+        "eval": {"bootstrap_samples": 100, "baselines": []},
+    })
+    champion = run_pipeline(config, calibrate=False)
+    new = _write(tmp_path / "new.jsonl", _rows("A", 100, 16) + _rows("B", 100, 16))
+    outcome = retrain(champion.registry_id, [new], registry_path=registry_path, promote=False)
+    assert outcome.overall["n"] == outcome.sizes["test"] > 8
+    assert outcome.recent["n"] == outcome.sizes["recent_test"]
+    assert not any("different test sets" in warning for warning in outcome.warnings), outcome.warnings
+
+
+def test_feedback_on_another_served_model_is_never_learnt_without_being_asked_for(tmp_path, tiny_model_dir):
+    """`tunelab retrain alias:router --log-db requests.db` on a server that also serves another classify model took that
+    model's corrections too: its labels joined the challenger's label map and its rows the recent slice, where the
+    champion, which never had those labels, could only lose."""
+    from datetime import UTC, datetime
+
+    from tunelab.errors import DataError
+    from tunelab.serve.request_log import Feedback, RequestLog, add_feedback
+    from tunelab.tasks.retrain import retrain
+
+    runs = tmp_path / "runs"
+    registry_path = runs / "registry.db"
+    train = _write(tmp_path / "train.jsonl", _rows("A", 0, 24) + _rows("B", 0, 24))
+    config = parse_config({
+        "task": "classify", "model": str(tiny_model_dir), "name": "router-v1", "registry": str(registry_path),
+        "data": {"train": str(train), "test_size": 0.25, "validation_size": 0.1, "max_length": 64},
+        "train": {"method": "lora", "lr": 5e-3, "epochs": 1, "batch_size": 8, "output_dir": str(runs)},
+        "eval": {"bootstrap_samples": 100, "baselines": []},
+    })
+    champion = run_pipeline(config, calibrate=False)
+    Registry(registry_path).set_alias("router", champion.registry_id)
+    log_path = tmp_path / "requests.db"
+    log = RequestLog(log_path)
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    served = [("router", champion.registry_id, row) for row in _rows("A", 100, 20) + _rows("B", 100, 20)]
+    served += [("sentiment", "other-run", {"text": f"review {i} was great", "label": "positive"}) for i in range(20)]
+    for index, (model, run_id, row) in enumerate(served):
+        log.record({"time": now, "endpoint": "/v1/classify", "model": model, "prompt": json.dumps(row["text"]), "status": 200,
+                    "stream": 0, "response_id": f"clf-{index}", "run_id": run_id, "predicted_label": row["label"]})
+    log.close()
+    add_feedback(log_path, [Feedback(f"clf-{index}", label=row["label"]) for index, (_, _, row) in enumerate(served)], source="test")
+    with pytest.raises(DataError, match="router, sentiment") as refused:
+        retrain("alias:router", registry_path=registry_path, log_path=log_path)
+    assert "--served-model" in refused.value.hint and len(Registry(registry_path).list_runs()) == 1
+    outcome = retrain("alias:router", registry_path=registry_path, log_path=log_path, served_model="router", promote=False)
+    assert outcome.new_labels == [] and outcome.sizes["recent_test"] + outcome.sizes["new_train"] + outcome.sizes["new_validation"] == 40
