@@ -185,23 +185,25 @@ class ModelRegistry:
         key = f"{name}--{run_id}"
         return self._entries.get(key) or self.add_adapter(key, run_dir, run_id=run_id)
 
-    def refresh_aliases(self) -> list[tuple[str, str, str]]:
-        """Move every alias-following name to the run its alias points at now; return the moves made.
-
-        Raises:
-            ServeError: when an alias now points at a run that cannot be served (the name stays where it was).
-        """
-        moves = []
+    def refresh_aliases(self) -> tuple[list[tuple[str, str, str]], list[ServeError]]:
+        """Move every alias-following name to the run its alias points at now; return the moves made and, for each
+        alias that now points at a run that cannot be served here, why (that name stays where it was)."""
+        moves, failures = [], []
         for name, binding in list(self._aliases.items()):
-            run_id, run_dir = _alias_target(binding.alias, binding.registry_path)
-            if run_id == binding.run_id:
+            # Each alias on its own: one promoted to a run this server cannot serve must not stop the others following.
+            try:
+                run_id, run_dir = _alias_target(binding.alias, binding.registry_path)
+                if run_id == binding.run_id:
+                    continue
+                entry = self._entry_for_run(name, run_id, run_dir)
+            except ServeError as error:
+                failures.append(ServeError(f"'{name}' (alias {binding.alias}) stays on run {binding.run_id}: {error.message}", error.hint))
                 continue
-            entry = self._entry_for_run(name, run_id, run_dir)
             # One assignment: a request that already resolved the name keeps the entry it got.
             self._aliases[name] = AliasBinding(binding.alias, binding.registry_path, entry.name, run_id)
             moves.append((name, binding.run_id, run_id))
         self.alias_changes.extend(moves)
-        return moves
+        return moves, failures
 
     @property
     def follows_aliases(self) -> bool:

@@ -36,10 +36,14 @@ async def _follow_aliases(registry: ModelRegistry, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            for name, old, new in await asyncio.to_thread(registry.refresh_aliases):
-                logger.info("'%s' now served by run %s (was %s)", name, new, old)
-        except Exception:  # noqa: BLE001 - a bad promotion must not stop serving the current run
-            logger.exception("could not follow an alias; still serving the runs loaded before")
+            moves, failures = await asyncio.to_thread(registry.refresh_aliases)
+        except Exception:  # noqa: BLE001 - a registry that cannot be read must not stop serving the current runs
+            logger.exception("could not follow the aliases; still serving the runs loaded before")
+            continue
+        for name, old, new in moves:
+            logger.info("'%s' now served by run %s (was %s)", name, new, old)
+        for failure in failures:
+            logger.warning("could not follow an alias: %s", failure)
 
 
 def _validation_message(errors: list[dict]) -> tuple[str, str | None]:

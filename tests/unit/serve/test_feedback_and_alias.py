@@ -219,3 +219,22 @@ def test_feedback_import_into_a_file_that_is_not_a_request_log_is_one_line_and_w
     assert "\n" not in refused.value.message
     tables = {row[0] for row in sqlite3.connect(registry_path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "requests" not in tables and "feedback" not in tables
+
+
+def test_one_alias_promoted_to_a_run_that_cannot_be_served_does_not_stop_the_others_following(tiny_model_dir, router_versions, tmp_path):
+    from tunelab.serve.adapters import ServeError
+
+    store, (first, second) = _register(tmp_path / "registry.db", router_versions)
+    store.set_alias("broken", first)
+    store.set_alias("router", first)
+    served = load_registry(str(tiny_model_dir), [("broken", "alias:broken"), ("router", "alias:router")], registry_path=tmp_path / "registry.db")
+    # A finished run with no adapter (e.g. a cloud run) promoted under one alias, a good one under the other.
+    folderless = store.create_run(name="elsewhere", task="classify", status="finished", run_dir=str(tmp_path / "no-such-run")).id
+    store.set_alias("broken", folderless)
+    store.set_alias("router", second)
+    moves, failures = served.refresh_aliases()
+    assert moves == [("router", first, second)]
+    assert len(failures) == 1 and isinstance(failures[0], ServeError) and "'broken' (alias broken) stays on run" in failures[0].message
+    # The good promotion was followed all the same; the broken name stays on the run it served.
+    assert served.get("router").run_id == second and served.get("broken").run_id == first
+    assert served.alias_changes == [("router", first, second)]
