@@ -58,6 +58,10 @@ class LengthStats:
     max_length: int
     untrainable: int = 0  # sft: examples whose whole answer lies beyond max_length
     untrainable_sources: list[str] = field(default_factory=list)
+    prompt_cut: int = 0  # sft: examples that lose the start of their context to fit max_length, every answer token kept
+    answer_cut: int = 0  # sft: examples whose trained tokens do not all fit max_length (their end is cut; the prompt
+    # keeps its last token)
+    answer_cut_sources: list[str] = field(default_factory=list)
 
     @property
     def sampled(self) -> bool:
@@ -224,6 +228,8 @@ def _lengths(
     measured = _sample(records, sample)
     eos_id = tokenizer.eos_token_id
     untrainable: list[str] = []
+    answer_cut: list[str] = []
+    prompt_cut = 0
     if task == "sft":
         conversations = [with_system_prompt(list(r.messages), data.system_prompt) for r in measured]  # type: ignore[union-attr]
         texts = [_chat_text(tokenizer, messages, add_generation_prompt=False, tools=r.tools) for r, messages in zip(measured, conversations, strict=True)]  # type: ignore[union-attr]
@@ -238,8 +244,13 @@ def _lengths(
             lengths.append(n)
             if n > data.max_length:
                 example = tokenize_sft(record, tokenizer, data.max_length, data.system_prompt)  # type: ignore[arg-type]
+                whole = tokenize_sft(record, tokenizer, 10**9, data.system_prompt)  # type: ignore[arg-type]
                 if example.trained_tokens == 0:
                     untrainable.append(record.source)
+                elif example.trained_tokens < whole.trained_tokens:
+                    answer_cut.append(record.source)
+                else:
+                    prompt_cut += 1  # every trained token fits: what was cut is context before them
     elif task == "text":
         extra = 1 if eos_id is not None else 0
         lengths = [n + extra for n in _batch_lengths(tokenizer, [r.text for r in measured])]  # type: ignore[union-attr]
@@ -263,6 +274,9 @@ def _lengths(
         max_length=data.max_length,
         untrainable=len(untrainable),
         untrainable_sources=untrainable[:20],
+        prompt_cut=prompt_cut,
+        answer_cut=len(answer_cut),
+        answer_cut_sources=answer_cut[:20],
     )
 
 
@@ -415,6 +429,12 @@ def check_data(
             report.notes.append(f"token lengths measured on a seeded sample of {lengths.measured} of {lengths.total} records")
         if lengths.over_max_length:
             consequence = "cut into windows" if task == "text" else "truncated"
+            if task == "sft":
+                consequence = (
+                    f"truncated: {lengths.prompt_cut} would lose the start of their prompt (answer kept), "
+                    f"{lengths.answer_cut} the end of their answer"
+                    + (f" (e.g. {lengths.answer_cut_sources[0]})" if lengths.answer_cut_sources else "")
+                )
             report.warnings.append(
                 f"{lengths.over_max_length} of {lengths.measured} examples are longer than max_length={data.max_length} "
                 f"tokens and would be {consequence}"

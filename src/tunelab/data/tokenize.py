@@ -2,7 +2,8 @@
 
 - sft: the conversation rendered with the model's chat template; labels are -100 everywhere except
   the assistant turns, whose content *and* end-of-turn token are trained (so the model learns to
-  stop). The end of turn is the template's own (``<|im_end|>``, Gemma's ``<end_of_turn>``, Llama 3's
+  stop). A conversation longer than ``max_length`` loses the start of its context (TRL's "keep end",
+  as evaluation and serving cut a long prompt), never a trained token while context is left to cut. The end of turn is the template's own (``<|im_end|>``, Gemma's ``<end_of_turn>``, Llama 3's
   ``<|eot_id|>``): EOS is added only after a turn the template ends with no special token. An
   assistant message with ``"weight": 0`` (OpenAI's fine-tuning format) is not trained; tool results
   are context, the assistant's tool calls are trained, the tool schemas reach the template.
@@ -215,7 +216,12 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
         input_ids += answer
         labels += [(t if train and i < end else IGNORE_INDEX) for i, t in enumerate(answer)]
     truncated = len(input_ids) > max_length
-    return TokenizedExample(input_ids[:max_length], labels[:max_length], record.source, truncated)
+    if truncated:
+        # The prompt loses its start, never the answer (TRL's "keep end", as for a preference pair): keeping the start
+        # dropped every row with a long prompt, and the model is asked with a long prompt's end (``inference.chat_prompt``).
+        cut = _prompt_cut([labels], max_length)
+        input_ids, labels = input_ids[cut : cut + max_length], labels[cut : cut + max_length]
+    return TokenizedExample(input_ids, labels, record.source, truncated)
 
 
 def tokenize_preference(record: PreferenceRecord, tokenizer: Any, max_length: int, system_prompt: str | None = None) -> PreferenceExample:
@@ -227,12 +233,9 @@ def tokenize_preference(record: PreferenceRecord, tokenizer: Any, max_length: in
         conversation = SFTRecord(tuple([*context, {"role": "assistant", "content": answer}]), source=record.source)
         sides.append(tokenize_sft(conversation, tokenizer, max_length=10**9, system_prompt=system_prompt))
     (chosen, rejected) = sides
-    longest = max(len(chosen.input_ids), len(rejected.input_ids))
-    truncated = longest > max_length
+    truncated = max(len(chosen.input_ids), len(rejected.input_ids)) > max_length
     if truncated:
-        prompt_length = min(_first_target(chosen.labels), _first_target(rejected.labels))
-        # Keep one prompt token so the first answer token still has a position predicting it.
-        cut = max(0, min(longest - max_length, prompt_length - 1))
+        cut = _prompt_cut([chosen.labels, rejected.labels], max_length)
         for side in sides:
             side.input_ids, side.labels = side.input_ids[cut : cut + max_length], side.labels[cut : cut + max_length]
     return PreferenceExample(
@@ -242,6 +245,15 @@ def tokenize_preference(record: PreferenceRecord, tokenizer: Any, max_length: in
 
 def _first_target(labels: Sequence[int]) -> int:
     return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+def _prompt_cut(sequences: Sequence[Sequence[int]], max_length: int) -> int:
+    """How many tokens the sequences (labels of one prompt's answers) lose from their start to fit ``max_length``:
+    only untrained context before the first trained token, of which one token stays so the first answer token still
+    has a position predicting it; what is still too long then loses the answer's end."""
+    longest = max(len(labels) for labels in sequences)
+    prompt_length = min(_first_target(labels) for labels in sequences)
+    return max(0, min(longest - max_length, prompt_length - 1))
 
 
 def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:

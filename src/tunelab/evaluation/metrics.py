@@ -374,7 +374,9 @@ def _bits_per_byte_resampled(table: dict[str, np.ndarray], indices: np.ndarray) 
 
 # ------------------------------------------------------------------------------------ per task API
 
-PRIMARY_METRIC = {"classify": "accuracy", "sft": "rougeL", "text": "perplexity", "preference": "preference_accuracy"}
+# preference: the one rule that ranks pairs the same way before and after (the model's own per-token likelihood); the
+# implicit reward is zero for the reference, so any step in the trained direction would "beat" it (evaluation/preference.py).
+PRIMARY_METRIC = {"classify": "accuracy", "sft": "rougeL", "text": "perplexity", "preference": "likelihood_accuracy"}
 
 TASK_METRICS: dict[str, list[MetricSpec]] = {
     "sft": [

@@ -9,6 +9,8 @@
   reference of the chosen and of the rejected answers, per answer token). ``likelihood_accuracy``
   applies the "before" rule (per-token likelihood) to every model, so it compares like with like:
   right after training starts the implicit reward is near zero and ranks pairs almost at random.
+  It is the verdict's primary metric (``metrics.PRIMARY_METRIC``): on ``preference_accuracy`` a policy
+  that moved a hair in the trained direction "beat" its reference, whose own reward is zero.
 
 The reference of a LoRA run is the same weights with the adapter disabled (its parent was folded
 in beneath it); a full or freeze run's reference is its parent model, loaded for the evaluation.

@@ -46,7 +46,7 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
     "classify": ("accuracy", "macro_f1"),
     "sft": ("rougeL", "rouge_l", "rougeLsum", "chrf", "bleu", "exact_match"),
     "text": ("perplexity", "loss"),
-    "preference": ("preference_accuracy", "reward_margin"),
+    "preference": ("likelihood_accuracy", "preference_accuracy", "reward_margin"),
 }
 BUSY_TIMEOUT_MS = 30_000
 

@@ -9,9 +9,10 @@
    answers every input of the training and validation splits plus ``distill.unlabeled``: sft
    prompts get its answer, classify texts its label. Each answer is one line of
    ``<run>/distill.jsonl`` with its tokens, latency and cost, written as it arrives, so a crash loses
-   nothing: a rerun asks only what has no line yet. An empty answer, a failed request, or a classify
-   answer that names no category is kept in the file as ``rejected`` with its reason, listed, and
-   left out of the student's data (never silently).
+   nothing: a rerun asks only what has no line yet. An empty answer or a classify answer that names no
+   category is kept in the file as ``rejected`` with its reason, listed, and left out of the student's
+   data (never silently). A failed request (after the client's retries) is kept as ``rejected`` too, and
+   stops the run before the student trains: a resume asks only the failed ones again.
 3. The student (``model``, default the bundled model) trains on the accepted answers through the
    pipeline's steps (check, split, estimate, baselines, train, evaluate, report, register), with the
    held-out test records (and their references) as its test set.
@@ -377,6 +378,17 @@ def run_distill(
     rejected = [{"id": line.id, "source": line.source, "reason": line.reason, "answer": line.answer} for line in lines.values() if line.status != "ok"]
     cut_warning = cut_answers_warning(lines.values(), config)
     emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected, "warning": cut_warning})
+    failed = [line for line in lines.values() if line.retry]
+    if failed:
+        from tunelab.remote.client import RemoteError
+
+        # Before the student trains: a student trained on part of the answers is not trained again on resume (its
+        # pipeline's finished steps stay done), and the teacher's own evaluation would fail next anyway.
+        raise RemoteError(
+            f"{len(failed)} of {len(lines)} requests to the teacher {teacher.name} failed ({failed[0].reason}); the "
+            f"{len(lines) - len(failed)} answers received are kept in {run.distill_file}",
+            f"when the teacher answers again: tunelab distill --resume {run.root} (asks only the {len(failed)} that failed)",
+        )
     if not accepted:
         raise DataError(f"the teacher {teacher.name} gave no usable answer to {len(lines)} inputs (first reason: {rejected[0]['reason'] if rejected else 'none'})",
                         f"see {run.distill_file}")

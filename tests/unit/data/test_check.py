@@ -59,11 +59,22 @@ def test_rendered_text_and_classify_examples(tiny_tokenizer):
     assert classify.segments[0][0].endswith("<|im_start|>assistant\n")
 
 
-def test_sft_answers_beyond_max_length_are_reported(tmp_path, tiny_tokenizer):
-    rows = [{"prompt": "hello " * 40, "completion": "ok"}, {"prompt": "hi", "completion": "ok"}]
+def test_sft_rows_past_max_length_are_counted_by_what_they_lose(tmp_path, tiny_tokenizer):
+    # A long prompt used to keep its start and lose the whole answer (the row trained nothing); it now loses the
+    # prompt's start and keeps the answer, and the check says before training how many rows lose what.
+    rows = [
+        {"prompt": "hello " * 40, "completion": "ok"},
+        {"prompt": "hi", "completion": "ok"},
+        {"prompt": "hi", "completion": "two plus two is four " * 20},
+        {"prompt": "hello " * 40, "completion": "fine"},
+    ]
     path = _write_jsonl(tmp_path / "sft.jsonl", rows)
     report = check_data(str(path), "sft", DataConfig(max_length=60), tokenizer=tiny_tokenizer)
-    assert report.lengths.untrainable == 1 and report.lengths.untrainable_sources == [f"{path}:1"]
+    assert report.lengths.untrainable == 0
+    # Row 3's answer alone is too long: its prompt keeps one token, its answer's end is cut.
+    assert report.lengths.over_max_length == 3 and report.lengths.prompt_cut == 2 and report.lengths.answer_cut == 1
+    assert report.lengths.answer_cut_sources == [f"{path}:3"]
+    assert any("2 would lose the start of their prompt (answer kept)" in w and "1 the end of their answer" in w for w in report.warnings)
     assert report.ok
 
 

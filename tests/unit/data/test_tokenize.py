@@ -52,7 +52,23 @@ def test_sft_truncation_is_flagged(tiny_tokenizer):
     record = SFTRecord(({"role": "user", "content": "hello " * 50}, {"role": "assistant", "content": "ok"}))
     example = tokenize_sft(record, tiny_tokenizer, max_length=16)
     assert example.truncated and len(example.input_ids) == 16
-    assert example.trained_tokens == 0
+
+
+def test_sft_long_prompt_loses_its_start_and_keeps_the_answer(tiny_tokenizer):
+    # A prompt longer than max_length kept its start and lost the whole answer: the row trained nothing (dropped
+    # with a warning), while evaluation and serving prompt the model with a long prompt's end.
+    record = SFTRecord(({"role": "user", "content": "hello " * 50 + "What is two plus two?"}, {"role": "assistant", "content": "four"}))
+    full = tokenize_sft(record, tiny_tokenizer, max_length=10**9)
+    example = tokenize_sft(record, tiny_tokenizer, max_length=16)
+    assert example.truncated and len(example.input_ids) == 16
+    assert _trained_text(tiny_tokenizer, example) == "four<|im_end|>"
+    assert example.input_ids == full.input_ids[-16:] and example.labels == full.labels[-16:]
+    # The answer alone longer than max_length: one prompt token stays to predict the answer's first token, whose start is kept.
+    long_answer = SFTRecord(({"role": "user", "content": "hello " * 50}, {"role": "assistant", "content": "two plus two is four " * 20}))
+    full = tokenize_sft(long_answer, tiny_tokenizer, max_length=10**9)
+    cut = tokenize_sft(long_answer, tiny_tokenizer, max_length=16)
+    first = next(i for i, label in enumerate(full.labels) if label != -100)
+    assert cut.input_ids == full.input_ids[first - 1 : first + 15] and cut.trained_tokens == 15
 
 
 def test_text_windows_cover_each_token_once(tiny_tokenizer):

@@ -184,3 +184,42 @@ def test_answers_without_usage_make_the_cost_unknown_not_zero(scripted, tmp_path
     scripted.script = [completion("four", usage=False)]
     usage = client.usage(client.chat_many([ASK], max_tokens=8))
     assert usage.cost_usd is None and usage.paid_usd is None and usage.cost_per_1000_requests is None
+
+
+def test_a_teacher_failing_midway_stops_before_the_student_trains_and_resume_asks_only_the_failed(scripted, tmp_path, tiny_model_dir):
+    # The teacher answered 4 prompts, then every request was a 500: the student trained and was registered on those 4
+    # answers, then the run failed at the teacher's evaluation; a resume once the teacher was back asked the rest, but the
+    # student's finished steps were not run again, so it never learned them.
+    from tunelab.config import parse_config
+    from tunelab.remote.client import RemoteError
+    from tunelab.runs import RunFolder
+    from tunelab.tasks.distill import read_distill_file, run_distill
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "completion": f"It is {i + 1}."}) + "\n" for i in range(14)))
+    config = parse_config({
+        "task": "sft", "name": "distilled", "model": str(tiny_model_dir),
+        "data": {"train": str(train), "test_size": 0.3, "validation_size": 0.15, "max_length": 64},
+        "train": {"max_steps": 2, "batch_size": 4, "output_dir": str(tmp_path / "runs"), "threads": 1},
+        "eval": {"max_new_tokens": 6, "baselines": ["base"], "bootstrap_samples": 200},
+        "distill": {"teacher": {"base_url": scripted.url, "name": "teacher", "max_retries": 0, "timeout_s": 5}, "concurrency": 1},
+    })
+    # The first request is open_model's check of the endpoint (GET /models gets the script too), then 4 answers.
+    scripted.script = [completion("It is a number.")] * 5 + [(500, "application/json", json.dumps({"error": {"message": "boom"}}))]
+    with pytest.raises(RemoteError) as raised:
+        run_distill(config, calibrate=False)
+    run = tmp_path / "runs" / "distilled"
+    message = raised.value.message + " " + (raised.value.hint or "")
+    assert "\n" not in message and "HTTP 500" in message and f"tunelab distill --resume {run}" in message
+    lines = read_distill_file(run / "distill.jsonl")
+    asked = len(lines)
+    assert sum(line.status == "ok" for line in lines.values()) == 4  # what came back is kept
+    assert not RunFolder(run).adapter.exists() and not RunFolder(run).pipeline_state.exists()  # no student on a partial dataset
+
+    scripted.script, scripted.seen = [completion("It is a number.")], 0
+    outcome = run_distill(resume=run, calibrate=False)
+    # Only the failed prompts are asked again (after the check, before the teacher's evaluation on the test prompts).
+    assert scripted.seen == 1 + (asked - 4) + outcome.report["n"]
+    assert outcome.accepted == asked and len((run / "distill" / "train.jsonl").read_text().splitlines()) == asked
+    split = json.loads((run / "split.json").read_text())
+    assert split["sizes"]["train"] + split["sizes"]["validation"] == asked

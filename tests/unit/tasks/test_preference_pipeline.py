@@ -55,7 +55,7 @@ def test_preference_run_walks_every_step(tmp_path, tiny_model_dir):
     # Before: the reference's own likelihood; after: the implicit reward, with paired intervals.
     assert outcome.base_metrics["reward_margin"] == 0.0
     assert outcome.base_metrics["likelihood_accuracy"] == outcome.base_metrics["preference_accuracy"]
-    assert outcome.comparison.primary == "preference_accuracy"
+    assert outcome.comparison.primary == "likelihood_accuracy"
     margin = outcome.comparison.metric("reward_margin")
     assert margin.after > 0 and margin.low > 0  # the policy learned the pattern on held-out prompts
     assert outcome.tuned_metrics["log_ratio_chosen"] > outcome.tuned_metrics["log_ratio_rejected"]
@@ -129,3 +129,17 @@ def test_dpo_after_an_sft_run_answers_the_parents_test_prompts_and_writes_a_blin
 def test_a_preference_run_from_the_base_model_has_no_generation_step(tmp_path, tiny_model_dir):
     outcome = run_pipeline(_config(tmp_path, tiny_model_dir, _write_pairs(tmp_path / "pairs.jsonl", n=8), max_steps=1), calibrate=False)
     assert outcome.generation is None and not (outcome.run_dir / "review.csv").exists()
+
+
+def test_a_policy_that_barely_moved_is_not_said_to_have_paid_off(tmp_path, tiny_model_dir):
+    # The verdict was on preference_accuracy: before ranked by the reference's own likelihood, after by the implicit reward.
+    # One step at lr 1e-7 moved every held-out pair's reward a hair towards the chosen answer, and the verdict said
+    # "fine-tuning paid off" (+0.84) while the model's own ranking of the pairs (likelihood_accuracy) had not changed.
+    from tunelab.evaluation.compare import PAID_OFF
+
+    config = _config(tmp_path, tiny_model_dir, _write_pairs(tmp_path / "pairs.jsonl", n=80), max_steps=1, lr=1e-7)
+    outcome = run_pipeline(config, calibrate=False)
+    assert outcome.comparison.n >= 30
+    assert outcome.tuned_metrics["preference_accuracy"] > outcome.base_metrics["preference_accuracy"]  # the reward moved
+    assert outcome.tuned_metrics["likelihood_accuracy"] == outcome.base_metrics["likelihood_accuracy"]  # the model did not
+    assert outcome.comparison.primary == "likelihood_accuracy" and outcome.verdict != PAID_OFF
