@@ -693,9 +693,10 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
     """
     from tunelab.registry.store import Registry, default_registry_path
     from tunelab.tasks import run_training
-    from tunelab.train.run import require_tracker
+    from tunelab.train.run import check_model, require_tracker
 
     require_tracker(config)  # before a registry row or a run folder exists, as `tunelab run` checks it
+    check_model(config)  # the model is there and the rows fit its context: as `tunelab run`'s data check
     run = RunFolder(Path(run_dir))
     if run.pipeline_state.is_file():
         state = PipelineState.load(run)
