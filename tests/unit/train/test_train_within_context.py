@@ -138,3 +138,13 @@ def test_tunelab_train_with_a_missing_model_leaves_no_run_folder_or_registry_row
     with pytest.raises(ModelError):
         train_registered(config, records_split(_records("ok")), run_dir=runs / "missing")
     assert not runs.exists()
+
+
+def test_a_run_trained_over_a_run_is_checked_against_its_base_models_context(gpt2_dir, tmp_path):
+    first = tmp_path / "first"
+    run_training(_config(gpt2_dir, CONTEXT), records_split(_records("ok")), run_dir=first)
+    with pytest.raises(ConfigError) as caught:
+        run_training(_config(first, 2 * CONTEXT), records_split(_records("ok")), run_dir=tmp_path / "second")
+    _one_line(caught.value, "data.max_length")
+    assert not (tmp_path / "second").exists()
+    assert run_training(_config(first, CONTEXT), records_split(_records("ok")), run_dir=tmp_path / "third").steps == 2
