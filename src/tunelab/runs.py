@@ -624,6 +624,25 @@ def load_model(
     return load_plain(source, dtype=dtype, allow_network=allow_network, revision=revision)
 
 
+def load_model_config(name: str, *, allow_network: bool = False, revision: str | None = None) -> Any:
+    """The transformers config of any model name, a run folder included (its full model's, else its base's),
+    without loading weights: what a run's model is checked against before anything is written.
+
+    Raises:
+        ModelError: as :func:`load_model`.
+    """
+    from tunelab.models.loader import load_model_config as load_plain_config
+
+    source = resolve_model(name)
+    if source.kind == "run":
+        run = Run.open(source.location)
+        if run.folder.model.is_dir():
+            return load_plain_config(ModelSource("folder", str(run.folder.model), source.display_name))
+        base = run.base
+        return load_model_config(base.name, allow_network=allow_network or base.allow_network, revision=base.revision)
+    return load_plain_config(source, allow_network=allow_network, revision=revision)
+
+
 def load_for_training(config: Any, precision: str) -> LoadedModel:
     """The model of a run config (a ``ResolvedConfig``) as training holds it: frozen weights in the compute dtype
     (``models.loader.weights_dtype``), a 4-bit NF4 base for ``train.method: qlora``. Training and the estimate's

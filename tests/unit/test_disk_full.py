@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -165,3 +166,35 @@ def test_a_damaged_adapter_is_not_exported(tmp_path, tiny_model_dir, monkeypatch
         code, output = _tunelab(["export", str(run), str(out), *extra], monkeypatch, capsys)
         assert code == 2 and "adapter_model.safetensors is damaged" in output, (extra, output)
         assert not out.exists()
+
+
+def test_an_evaluation_or_a_report_written_to_a_full_disk_is_one_line_naming_the_file(small_disk, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`tunelab eval --out` and `tunelab report` were an `OSError: [Errno 28] No space left on device` traceback that
+    named no file, after the evaluation had run."""
+    from tunelab.tasks.pipeline import run_pipeline
+
+    config = _config(tmp_path / "data", tmp_path / "runs", tmp_path / "registry.db", tiny_model_dir, method="lora", max_steps=2)
+    run = run_pipeline(config, calibrate=False).run_dir
+    small_disk.resize("16m")
+    on_small_disk = small_disk.path / "run"
+    shutil.copytree(run, on_small_disk, ignore=shutil.ignore_patterns("checkpoints", "report.*", "*.png"))
+    with (small_disk.path / "filler").open("wb", buffering=0) as handle:  # everything that is left
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+    out = small_disk.path / "eval.json"
+    comparison = on_small_disk / "eval" / "comparison.json"  # the report's first write
+    before = comparison.read_bytes()
+    for args, target in (
+        (["eval", "--data", str(tmp_path / "data" / "train.jsonl"), "--task", "classify", "--adapter", str(run), "--limit", "8",
+          "--out", str(out)], out),
+        (["report", str(on_small_disk)], comparison),
+    ):  # fmt: skip
+        code, output = _tunelab(args, monkeypatch, capsys)
+        assert code == 2 and "Traceback" not in output, output
+        line = next(line for line in output.splitlines() if line.startswith("error: "))
+        assert line.startswith("error: disk full while writing ") and str(target) in line, output
+        assert not [p.name for p in target.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert not out.exists() and comparison.read_bytes() == before and not (on_small_disk / "report.md").exists()

@@ -98,17 +98,30 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _exit_with(error: TunelabError) -> None:
+    message = f"error: {error.message}"
+    if error.hint:
+        message += f"\n  fix: {error.hint}"
+    print(message, file=sys.stderr)
+    sys.exit(error.exit_code)
+
+
 def main() -> None:
     _quiet_libraries()
     _register_commands()
     try:
         app()
     except TunelabError as error:
-        message = f"error: {error.message}"
-        if error.hint:
-            message += f"\n  fix: {error.hint}"
-        print(message, file=sys.stderr)
-        sys.exit(error.exit_code)
+        _exit_with(error)
+    except OSError as error:
+        from pathlib import Path
+
+        from tunelab.paths import disk_full_error, is_disk_full
+
+        # A full disk under a file a command writes (--out, a report): one line naming it, as a run's own writes say it.
+        if not (isinstance(error.filename, str) and is_disk_full(error, Path(error.filename))):
+            raise
+        _exit_with(disk_full_error(Path(error.filename)))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

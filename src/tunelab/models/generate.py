@@ -41,10 +41,11 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def context_length(model: Any) -> int:
     """How many positions prompt + answer may fill: the config's ``max_position_embeddings`` (2048 when it has none).
+    ``model`` is a model or its transformers config (training checks a run before its weights are loaded).
 
     GPT-2-style models (absolute positions) fail with an IndexError past it and RoPE models answer beyond what they
     were trained on, so ``tunelab generate`` and the server refuse or cap a request against this one number."""
-    config = getattr(model, "config", None)
+    config = getattr(model, "config", model)
     return int(getattr(config, "max_position_embeddings", None) or 2048)
 
 

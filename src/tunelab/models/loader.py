@@ -197,20 +197,46 @@ def _from_pretrained(
                 raise
             # An architecture without an SDPA path in this transformers (Gemma 2): its own attention.
             model = AutoModelForCausalLM.from_pretrained(location, dtype=_torch_dtype(dtype), attn_implementation="eager", **kwargs, **model_kwargs)
-    except OSError as error:
-        if not allow_network:
-            raise ModelError(
-                f"model '{location}' is not available offline ({str(error).splitlines()[0]})",
-                "allow the network with --allow-network (model.allow_network: true) to download it",
-            ) from None
-        raise ModelError(f"cannot load model '{location}': {str(error).splitlines()[0]}") from None
-    except ValueError as error:
-        raise ModelError(f"cannot load model '{location}': {str(error).splitlines()[0]}") from None
+    except (OSError, ValueError) as error:
+        raise _load_error(location, error, allow_network) from None
     if tokenizer.pad_token_id is None:
         # Batched inference and training need a pad id; EOS is the conventional stand-in.
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def _load_error(location: str, error: Exception, allow_network: bool) -> ModelError:
+    if isinstance(error, OSError) and not allow_network:
+        return ModelError(
+            f"model '{location}' is not available offline ({str(error).splitlines()[0]})",
+            "allow the network with --allow-network (model.allow_network: true) to download it",
+        )
+    return ModelError(f"cannot load model '{location}': {str(error).splitlines()[0]}")
+
+
+def load_model_config(name: str | ModelSource, *, allow_network: bool = False, revision: str | None = None) -> Any:
+    """The transformers config of a model (its architecture, its context), without loading its weights.
+
+    Raises:
+        ModelError: as :func:`load_model`.
+    """
+    from transformers import AutoConfig
+
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
+    if source.kind == "run":
+        raise ModelError(f"{source.location} is a tunelab run", "read it with tunelab.runs.load_model_config")
+    if source.kind == "hub":
+        if not allow_network:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        location, kwargs = source.location, {"local_files_only": not allow_network, **({"revision": revision} if revision else {})}
+    else:
+        location, kwargs = str(local_folder_for(source)), {"local_files_only": True}
+        allow_network = False
+    try:
+        return AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as error:
+        raise _load_error(location, error, allow_network) from None
 
 
 def load_model(

@@ -49,6 +49,9 @@ def run_training(
 
     # One run per run folder: a second `--resume` (or a UI job beside a CLI one) would train into the same
     # checkpoints. Under a multi-process launch the first process holds it for all of them.
+    from tunelab.train.run import check_model
+
+    check_model(config)  # before the lock creates the run folder
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
         lock_run_folder(Path(run_dir))

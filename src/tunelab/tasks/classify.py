@@ -112,13 +112,14 @@ def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | P
     calibrated probability. The answers do not change. Returns what calibration.json holds.
     """
     import json
+    import shutil
 
     import numpy as np
 
     from tunelab.evaluation.metrics import expected_calibration_error, fit_temperature
     from tunelab.inference import Classifier, softmax
     from tunelab.models.adapters import write_label_rows
-    from tunelab.paths import atomic_write_text
+    from tunelab.paths import atomic_directory, atomic_write_text, disk_full_error, is_disk_full
 
     run = RunFolder(Path(run_dir))
     loaded = Run.open(run.root).load()
@@ -139,7 +140,17 @@ def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | P
             probabilities = softmax(scaled)
             return expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets)
 
-        write_label_rows(run.adapter, loaded.model, loaded.label_head.with_temperature(loaded.model, temperature))
+        calibrated = loaded.label_head.with_temperature(loaded.model, temperature)
+        try:
+            # adapter/ holds the finished run's weights: rewritten in a copy that replaces it in one rename, so a kill
+            # or a full disk midway leaves the trained adapter as it was.
+            with atomic_directory(run.adapter) as staged:
+                shutil.copytree(run.adapter, staged, dirs_exist_ok=True)
+                write_label_rows(staged, loaded.model, calibrated)
+        except Exception as error:  # safetensors reports a full disk as its own kind
+            if is_disk_full(error, run.root):
+                raise disk_full_error(run.adapter, sum(p.stat().st_size for p in run.adapter.iterdir())) from None
+            raise
         record.update(temperature=temperature, applied=True, ece_before=ece(logits), ece_after=ece(logits / temperature))
     atomic_write_text(run.calibration, json.dumps(record, indent=1))
     return record

@@ -290,13 +290,19 @@ def _mark(context: PipelineContext, status: str, error: str | None) -> None:
 
 def _disk_full(context: PipelineContext, error: BaseException) -> TunelabError | None:
     """The one-line error for a write that failed on a full disk (the registry's or the run folder's), or None."""
+    return _disk_full_under(error, context.registry, context.run)
+
+
+def _disk_full_under(error: BaseException, registry: Registry | None, run: RunFolder) -> TunelabError | None:
     import sqlite3
 
     need = 1_000_000  # a registry row, a report, an evaluation file: small writes
-    if isinstance(error, sqlite3.Error) and context.registry is not None:
-        return disk_full_error(context.registry.path, need) if is_disk_full(error, context.registry.path) else None
+    if isinstance(error, sqlite3.Error) and registry is not None:
+        return disk_full_error(registry.path, need) if is_disk_full(error, registry.path) else None
+    if not isinstance(error, Exception):
+        return None
     filename = getattr(error, "filename", None)
-    where = Path(filename) if isinstance(filename, str) else context.run.root
+    where = Path(filename) if isinstance(filename, str) else run.root
     return disk_full_error(where, need) if is_disk_full(error, where) else None
 
 
@@ -693,9 +699,10 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
     """
     from tunelab.registry.store import Registry, default_registry_path
     from tunelab.tasks import run_training
-    from tunelab.train.run import require_tracker
+    from tunelab.train.run import check_model, require_tracker
 
     require_tracker(config)  # before a registry row or a run folder exists, as `tunelab run` checks it
+    check_model(config)  # the model is there and the rows fit its context: as `tunelab run`'s data check
     run = RunFolder(Path(run_dir))
     if run.pipeline_state.is_file():
         state = PipelineState.load(run)
@@ -736,14 +743,23 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
             registry.update_run(registry_id, status="interrupted", error="interrupted (Ctrl-C); `tunelab train --resume RUN` continues it")
             raise
         except BaseException as error:
+            full = _disk_full_under(error, registry, run)  # as `tunelab run` says it: one line naming the file
             try:
-                registry.update_run(registry_id, status="failed", error=str(getattr(error, "message", error)))
+                registry.update_run(registry_id, status="failed", error=str(full or getattr(error, "message", error)))
             except Exception:  # noqa: BLE001 - a full disk under the registry: the next reader marks it interrupted
                 pass
+            if full:
+                raise full from None
             raise
-        registry.update_run(registry_id, status="finished", artifacts={"run_dir": str(run.root.absolute()), "train": result.as_dict()})
-        registry.record_timing(registry_id, "train", actual_s=result.seconds)
-        state.finish("train", result.as_dict(), result.seconds)
+        try:
+            registry.update_run(registry_id, status="finished", artifacts={"run_dir": str(run.root.absolute()), "train": result.as_dict()})
+            registry.record_timing(registry_id, "train", actual_s=result.seconds)
+            state.finish("train", result.as_dict(), result.seconds)
+        except Exception as error:  # the weights are saved; a full disk here is one line, and the row is settled on resume
+            full = _disk_full_under(error, registry, run)
+            if full:
+                raise full from None
+            raise
         return result
     finally:
         if main_process:

@@ -181,6 +181,21 @@ def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
     return accelerator, precision
 
 
+def check_model(config: ResolvedConfig) -> None:
+    """Refuse a run whose model is not there or whose rows may be longer than its context (``check_context``), from
+    the model's config alone: called before a run folder or a registry row is written, so that a refused config
+    leaves neither behind (``Session.load_model`` checks the loaded model again).
+
+    Raises:
+        ModelError: when the model cannot be found.
+        ConfigError: as ``models.generate.check_context``.
+    """
+    from tunelab.runs import load_model_config
+
+    model = config.model
+    check_context(config, load_model_config(model.name, allow_network=model.allow_network, revision=model.revision))
+
+
 def check_new_run_folder(run: RunFolder) -> None:
     """Refuse a run folder that already holds a run (a run is never overwritten).
 

@@ -45,15 +45,12 @@ def test_a_temperature_folded_into_the_label_head_divides_the_label_logits(tiny_
     assert torch.equal(after.argmax(-1), before.argmax(-1))  # the answers stay
 
 
-def test_a_classify_run_is_calibrated_on_validation_with_the_answers_unchanged(tiny_model_dir, tmp_path, monkeypatch):
+def _uncalibrated_run(tiny_model_dir, tmp_path):
+    """(config, split, run folder) of a classify run trained with classify.calibrate: false."""
     from tunelab.config import parse_config
     from tunelab.data.split import make_split
-    from tunelab.inference import Classifier
-    from tunelab.runs import Run
     from tunelab.tasks import run_training
-    from tunelab.tasks.classify import calibrate_temperature
 
-    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     words = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
     rows = [{"text": f"{words['AB'[i % 2]][i % 4]} {words['AB'[i % 2]][(i // 2) % 4]} number {i}", "label": "AB"[i % 2]} for i in range(48)]
     data = tmp_path / "train.jsonl"
@@ -67,6 +64,16 @@ def test_a_classify_run_is_calibrated_on_validation_with_the_answers_unchanged(t
     split = make_split(config)
     run_dir = tmp_path / "runs" / "calibrated"
     run_training(config, split, run_dir=run_dir)
+    return config, split, run_dir
+
+
+def test_a_classify_run_is_calibrated_on_validation_with_the_answers_unchanged(tiny_model_dir, tmp_path, monkeypatch):
+    from tunelab.inference import Classifier
+    from tunelab.runs import Run
+    from tunelab.tasks.classify import calibrate_temperature
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    config, split, run_dir = _uncalibrated_run(tiny_model_dir, tmp_path)
     assert not Run.open(run_dir).folder.calibration.exists()  # classify.calibrate: false
 
     def validation_logits():
@@ -86,3 +93,33 @@ def test_a_classify_run_is_calibrated_on_validation_with_the_answers_unchanged(t
     assert _nll(calibrated, targets, 1.0) <= _nll(raw, targets, 1.0) + 1e-9
     for key in ("ece_before", "ece_after"):
         assert 0.0 <= saved[key] <= 1.0
+
+
+def test_a_full_disk_while_calibrating_leaves_the_trained_adapter_whole(tiny_model_dir, tmp_path, monkeypatch):
+    """The temperature was written into the finished run's adapter/ in place: a full disk (or a kill) midway left a
+    truncated adapter_model.safetensors (the run's weights gone until retrained) and a traceback, not one line."""
+    import errno
+
+    import safetensors.torch
+
+    from tunelab.paths import DiskFullError
+    from tunelab.runs import Run
+    from tunelab.tasks.classify import calibrate_temperature
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    config, split, run_dir = _uncalibrated_run(tiny_model_dir, tmp_path)
+    adapter = Run.open(run_dir).folder.adapter
+    before = {path.name: path.read_bytes() for path in adapter.iterdir()}
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:  # what a writer gets down before the disk is full
+            handle.write(b"\0" * 64)
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(DiskFullError) as raised:
+        calibrate_temperature(config, split, run_dir)
+    assert "\n" not in str(raised.value) and str(adapter) in raised.value.message, raised.value
+    assert {path.name: path.read_bytes() for path in adapter.iterdir()} == before
+    assert not [p.name for p in adapter.parent.iterdir() if p.name.startswith(".adapter")]
+    Run.open(run_dir).verify_weights()

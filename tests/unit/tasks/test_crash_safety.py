@@ -141,6 +141,42 @@ def test_tunelab_train_stopped_between_its_row_and_its_id_can_run_again(tmp_path
     assert [(r.name, r.status) for r in registry.list_runs()] == [(NAME, "finished")]
 
 
+@pytest.mark.parametrize("full_at", ["calibration.json", "pipeline.json"])  # in training; after it, the weights saved
+def test_tunelab_train_on_a_full_disk_is_one_line_and_its_row_says_so(tmp_path, tiny_model_dir, monkeypatch, capsys, full_at):
+    """Only a checkpoint or the weights got the one line: any other write of `tunelab train` on a full disk (its
+    calibration, its pipeline.json) was an OSError traceback, where `tunelab run` says "disk full while writing X"."""
+    import errno
+
+    from tunelab.cli import main as cli
+    from tunelab.paths import atomic_write_bytes
+
+    monkeypatch.chdir(tmp_path)
+    path = _project(tmp_path, tiny_model_dir, max_steps=2)
+    adapter = tmp_path / "runs" / NAME / "adapter"
+
+    def full_disk(target, data):
+        if Path(target).name == full_at and adapter.is_dir():
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        atomic_write_bytes(target, data)
+
+    monkeypatch.setattr("tunelab.paths.atomic_write_bytes", full_disk)  # under every atomic_write_text
+    monkeypatch.setattr(sys, "argv", ["tunelab", "train", str(path)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    output = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in output, output
+    assert output.startswith("error: disk full while writing ") and full_at in output.splitlines()[0], output
+    record = _row(tmp_path / "runs" / NAME)
+    if full_at == "calibration.json":
+        assert record.status == "failed" and record.error.startswith("disk full while writing"), record
+    monkeypatch.undo()  # space freed: the same run goes on
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["tunelab", "train", "--resume", str(tmp_path / "runs" / NAME)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 0 and _row(tmp_path / "runs" / NAME).status == "finished"
+
+
 def test_a_killed_runs_row_is_marked_interrupted_when_the_registry_is_next_read(tmp_path):
     run = tmp_path / "runs" / "gone"
     run.mkdir(parents=True)

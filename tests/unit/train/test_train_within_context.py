@@ -105,3 +105,46 @@ def test_tunelab_estimate_refuses_as_training_would(gpt2_dir, tmp_path, monkeypa
     with pytest.raises(ConfigError) as caught:
         estimate_from_config(config, calibrate_here=True, calibration_steps=1)
     _one_line(caught.value, "data.max_length")
+
+
+def test_tunelab_train_refuses_before_a_run_folder_or_registry_row_exists(gpt2_dir, tmp_path):
+    # `tunelab train` checked the context only once the model was loaded, after the run folder (config.yaml, split,
+    # .lock) and a registry row were written: the refused config left a run folder and a "failed" row behind.
+    from tunelab.registry.store import Registry
+    from tunelab.tasks.pipeline import train_registered
+
+    runs = tmp_path / "runs"
+    config = _config(gpt2_dir, 2 * CONTEXT, output_dir=str(runs))
+    with pytest.raises(ConfigError) as caught:
+        train_registered(config, records_split(_records("ok")), run_dir=runs / "long")
+    _one_line(caught.value, "data.max_length")
+    assert not (runs / "long").exists()
+    assert not (runs / "registry.db").exists() or Registry(runs / "registry.db").list_runs() == []
+
+
+def test_run_training_refuses_before_the_run_folder_exists(gpt2_dir, tmp_path):
+    with pytest.raises(ConfigError):
+        run_training(_config(gpt2_dir, 2 * CONTEXT), records_split(_records("ok")), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_tunelab_train_with_a_missing_model_leaves_no_run_folder_or_registry_row(tmp_path):
+    # The same order: a model path that does not exist failed at the model load, after the run folder and its row.
+    from tunelab.errors import ModelError
+    from tunelab.tasks.pipeline import train_registered
+
+    runs = tmp_path / "runs"
+    config = _config(tmp_path / "no-such-model", CONTEXT, output_dir=str(runs))
+    with pytest.raises(ModelError):
+        train_registered(config, records_split(_records("ok")), run_dir=runs / "missing")
+    assert not runs.exists()
+
+
+def test_a_run_trained_over_a_run_is_checked_against_its_base_models_context(gpt2_dir, tmp_path):
+    first = tmp_path / "first"
+    run_training(_config(gpt2_dir, CONTEXT), records_split(_records("ok")), run_dir=first)
+    with pytest.raises(ConfigError) as caught:
+        run_training(_config(first, 2 * CONTEXT), records_split(_records("ok")), run_dir=tmp_path / "second")
+    _one_line(caught.value, "data.max_length")
+    assert not (tmp_path / "second").exists()
+    assert run_training(_config(first, CONTEXT), records_split(_records("ok")), run_dir=tmp_path / "third").steps == 2
