@@ -118,16 +118,28 @@ def output_head_name(model: nn.Module) -> str:
     return next(name for name, module in lm.named_modules() if module is head)
 
 
-def label_rows_as_trainable_tokens(model: nn.Module, label_head: LabelHead) -> tuple[str, list[int], torch.Tensor]:
+def label_rows_as_trainable_tokens(
+    model: nn.Module, label_head: LabelHead, state_dict: dict[str, torch.Tensor] | None = None
+) -> tuple[str, list[int], torch.Tensor]:
     """(output head's module name, label token ids, their trained rows): a run's label head in PEFT's own form.
 
     PEFT's ``trainable_token_indices`` (a ``TrainableTokensWrapper`` on the output head) stores replacement rows
     for chosen token ids, so a plain ``PeftModel.from_pretrained`` scores the labels as tunelab does. Only the
     output head is wrapped: the label tokens' input embeddings stay as they were, tied head or not.
+
+    ``state_dict``: ``model``'s whole weights when its own are shards (FSDP, DeepSpeed), where the head's are read.
     """
     lm = causal_lm_of(model)
-    head = lm.get_output_embeddings()
-    weight = _plain_head(head).weight.detach()
+    head = _plain_head(lm.get_output_embeddings())
+    weight = head.weight.detach()
+    if state_dict is not None:
+        # A sharded head's weight is a DTensor that only every process together can read; the gathered copy is whole.
+        # A tied head may be saved under the input embeddings' name only.
+        names = {module: f"{name}.weight" for name, module in model.named_modules()}
+        key = next((k for k in (names.get(head), names.get(lm.get_input_embeddings())) if k in state_dict), None)
+        if key is None:
+            raise KeyError(f"the gathered weights hold no output head ({names.get(head)})")
+        weight = state_dict[key].detach()
     ids = label_head.token_ids.tolist()
     rows = weight[label_head.token_ids.to(weight.device)].float() + label_head.delta.detach().to(weight.device).float()
     return output_head_name(model), [int(i) for i in ids], rows.to(weight.dtype).cpu().contiguous()
