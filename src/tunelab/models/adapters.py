@@ -164,7 +164,7 @@ def save_trained(
     else:
         target = Path(model_dir)
         if label_head is not None:
-            label_head.fold_into(model)
+            label_head.fold_into(model, state_dict)
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         if label_head is not None and target == Path(adapter_dir):
