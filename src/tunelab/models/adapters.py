@@ -164,11 +164,11 @@ def save_trained(
     else:
         target = Path(model_dir)
         if label_head is not None:
-            label_head.fold_into(model)
+            label_head.fold_into(model, state_dict)
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         if label_head is not None and target == Path(adapter_dir):
-            write_label_rows(tmp, model, label_head)
+            write_label_rows(tmp, model, label_head, state_dict=state_dict)
         if target == Path(model_dir):
             # model/ is a complete transformers folder on its own, tokenizer included.
             tokenizer.save_pretrained(tmp)
@@ -180,7 +180,7 @@ def save_trained(
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # PEFT's own file names
 
 
-def write_label_rows(adapter_dir: Path, model: nn.Module, label_head: Any) -> None:
+def write_label_rows(adapter_dir: Path, model: nn.Module, label_head: Any, *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Put a classify run's trained label rows into the PEFT adapter saved in ``adapter_dir``, in PEFT's own form:
     ``trainable_token_indices`` on the output head in ``adapter_config.json`` and the rows as the head's
     ``token_adapter.trainable_tokens_delta`` in ``adapter_model.safetensors`` (what ``peft.LoraConfig(trainable_token_indices=...)``
@@ -192,7 +192,7 @@ def write_label_rows(adapter_dir: Path, model: nn.Module, label_head: Any) -> No
 
     from tunelab.models.heads import label_rows_as_trainable_tokens
 
-    name, ids, rows = label_rows_as_trainable_tokens(model, label_head)
+    name, ids, rows = label_rows_as_trainable_tokens(model, label_head, state_dict)
     config_path, weights_path = Path(adapter_dir) / ADAPTER_CONFIG, Path(adapter_dir) / ADAPTER_WEIGHTS
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["trainable_token_indices"] = {name: ids}

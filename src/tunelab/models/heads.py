@@ -92,12 +92,26 @@ class LabelHead(nn.Module):
         delta = (rows + self.delta.detach().float().cpu()) / float(temperature) - rows
         return LabelHead(self.token_ids.cpu(), delta)
 
-    def fold_into(self, model: nn.Module) -> None:
+    def fold_into(self, model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Add the delta to the output head's label rows for good, untying the head from the input
-        embeddings first (the label tokens also occur in input text, whose embeddings must not move)."""
-        weight = causal_lm_of(model).get_output_embeddings().weight.detach().clone()
+        embeddings first (the label tokens also occur in input text, whose embeddings must not move).
+
+        ``state_dict``: ``model``'s whole weights when its own are shards (FSDP, DeepSpeed): the folded head goes there.
+        """
+        if state_dict is None:
+            weight = causal_lm_of(model).get_output_embeddings().weight.detach().clone()
+        else:
+            key, weight = _gathered_head(model, state_dict)
+            weight = weight.detach().clone()
         weight[self.token_ids.to(weight.device)] += self.delta.detach().to(weight.device, weight.dtype)
-        untie_output_head(model, weight)
+        if state_dict is None:
+            untie_output_head(model, weight)
+            return
+        state_dict[key] = weight  # under the head's own name, untied in the config as untie_output_head does
+        lm = causal_lm_of(model)
+        lm.config.tie_word_embeddings = False
+        if hasattr(lm.config, "get_text_config"):
+            lm.config.get_text_config().tie_word_embeddings = False
 
 
 def untie_output_head(model: nn.Module, weight: torch.Tensor) -> None:
@@ -118,19 +132,40 @@ def output_head_name(model: nn.Module) -> str:
     return next(name for name, module in lm.named_modules() if module is head)
 
 
-def label_rows_as_trainable_tokens(model: nn.Module, label_head: LabelHead) -> tuple[str, list[int], torch.Tensor]:
+def label_rows_as_trainable_tokens(
+    model: nn.Module, label_head: LabelHead, state_dict: dict[str, torch.Tensor] | None = None
+) -> tuple[str, list[int], torch.Tensor]:
     """(output head's module name, label token ids, their trained rows): a run's label head in PEFT's own form.
 
     PEFT's ``trainable_token_indices`` (a ``TrainableTokensWrapper`` on the output head) stores replacement rows
     for chosen token ids, so a plain ``PeftModel.from_pretrained`` scores the labels as tunelab does. Only the
     output head is wrapped: the label tokens' input embeddings stay as they were, tied head or not.
+
+    ``state_dict``: ``model``'s whole weights when its own are shards (FSDP, DeepSpeed), where the head's are read.
     """
     lm = causal_lm_of(model)
-    head = lm.get_output_embeddings()
-    weight = _plain_head(head).weight.detach()
+    head = _plain_head(lm.get_output_embeddings())
+    weight = head.weight.detach()
+    if state_dict is not None:
+        weight = _gathered_head(model, state_dict)[1].detach()
     ids = label_head.token_ids.tolist()
     rows = weight[label_head.token_ids.to(weight.device)].float() + label_head.delta.detach().to(weight.device).float()
     return output_head_name(model), [int(i) for i in ids], rows.to(weight.dtype).cpu().contiguous()
+
+
+def _gathered_head(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
+    """(the output head's weight name in ``model``, its weight in ``state_dict``): ``model``'s whole weights, gathered.
+
+    A sharded head's weight is a DTensor that only every process together can read; the gathered copy is whole.
+    A tied head may be saved under the input embeddings' name only.
+    """
+    lm = causal_lm_of(model)
+    names = {module: f"{name}.weight" for name, module in model.named_modules()}
+    own = names[_plain_head(lm.get_output_embeddings())]
+    found = next((key for key in (own, names.get(lm.get_input_embeddings())) if key in state_dict), None)
+    if found is None:
+        raise KeyError(f"the gathered weights hold no output head ({own})")
+    return own, state_dict[found]
 
 
 def _plain_head(head: nn.Module) -> nn.Module:

@@ -9,11 +9,15 @@ estimating and evaluating stay in the one process that runs the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +76,40 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@contextlib.contextmanager
+def _terminated_together(process: subprocess.Popen) -> Iterator[None]:
+    """While the block waits on ``process`` (accelerate's launcher), a SIGTERM to this process is passed on to it,
+    and once it has ended, this process ends as the SIGTERM would have ended it.
+
+    torch's launcher starts each training process in a session of its own, so a SIGTERM sent to this process
+    (``kill PID``, ``timeout``) reached no trainer: it ended this process alone and the training ran on, holding the
+    run folder. The launcher, told, stops its processes (SIGTERM, SIGKILL after its timeout). Ctrl-C needs no help:
+    the terminal signals the launcher, which shares this process's group.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+        yield
+        return
+    received: list[int] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        # Only the signal is passed on here: the block's own wait returns once the launcher has stopped its processes.
+        received.append(signum)
+        process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, pass_on)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if received:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_launched(command: list[str]) -> int:
     """Run a launch command, its output going where this process's goes; returns its exit code."""
-    return subprocess.run(command, env={**os.environ, "TUNELAB_LAUNCHED": "1"}, check=False).returncode
+    with subprocess.Popen(command, env={**os.environ, "TUNELAB_LAUNCHED": "1"}) as process, _terminated_together(process):
+        return process.wait()
 
 
 def train_launched(config: ResolvedConfig, run_dir: str | Path, launch: str, *, resume: bool) -> dict[str, Any]:
@@ -101,16 +136,17 @@ def train_launched(config: ResolvedConfig, run_dir: str | Path, launch: str, *, 
         path = run.root / LAUNCH_CONFIG
         atomic_write_text(path, dump_config(type(config).model_validate(settings)))
         arguments = ["train", str(path), "--run-dir", str(run.root), "--json"]
-    completed = subprocess.run(
+    with subprocess.Popen(
         launch_command(launch, arguments), env={**os.environ, "TUNELAB_LAUNCHED": "1", **lock_for_children(run.root)},
-        stdout=subprocess.PIPE, text=True, check=False,
-    )
-    if completed.returncode != 0:
+        stdout=subprocess.PIPE, text=True,
+    ) as process, _terminated_together(process):
+        stdout, _ = process.communicate()
+    if process.returncode != 0:
         raise LaunchError(
-            f"the launched training exited with code {completed.returncode} (its processes' output is above)",
+            f"the launched training exited with code {process.returncode} (its processes' output is above)",
             f"fix what they name, then continue with `tunelab run --resume {run.root} --launch {shlex.quote(launch)}`",
         )
     try:
-        return json.JSONDecoder().raw_decode(completed.stdout[completed.stdout.index("{"):])[0]
+        return json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
     except ValueError:
-        raise LaunchError(f"the launched training printed no result: {completed.stdout[-500:]!r}") from None
+        raise LaunchError(f"the launched training printed no result: {stdout[-500:]!r}") from None

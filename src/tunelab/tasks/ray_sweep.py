@@ -132,6 +132,10 @@ def run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     from tunelab.tasks.sweep import SweepEntry, leaderboard_row
 
     os.environ["OMP_NUM_THREADS"] = str(context["threads"])
+    # A Ray worker runs where its node was started; the command's and the config's relative paths (a grid's
+    # data.train, registry:, a model folder) are the driver's, as in the in-process engine (the folders are shared).
+    if Path(context["cwd"]).is_dir():
+        os.chdir(context["cwd"])
     overrides = [f"{key}={value}" for key, value in params.items()]
     trial_id = tune.get_context().get_trial_id()
     suffix = "-".join(re.sub(r"[^A-Za-z0-9.]+", "", o.split(".")[-1]) for o in overrides)
@@ -264,7 +268,7 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
         settings.usd_per_hour = load_price_table().gpu(base.budget.gpu).usd_per_hour
     context = {
         "config_path": str(config_path), "overrides": [*base_overrides, f"train.output_dir={output_dir}"], "sweep": name,
-        "threads": settings.cpus_per_trial, "metric": settings.metric,
+        "threads": settings.cpus_per_trial, "metric": settings.metric, "cwd": os.getcwd(),
     }
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}

@@ -50,8 +50,11 @@ def ray_cluster(tmp_path):
     env = _env(tmp_path)
     lean = ["--disable-usage-stats", "--object-store-memory", str(100 * 1024**2), f"--temp-dir={temp}", "--node-ip-address", "127.0.0.1"]
 
+    node = tmp_path / "node"  # the nodes' own folder, not the driver's: a trial runs where Ray started it
+    node.mkdir()
+
     def start(*arguments: str) -> None:
-        done = subprocess.run([RAY, "start", *arguments, *lean], env=env, capture_output=True, text=True, timeout=180)
+        done = subprocess.run([RAY, "start", *arguments, *lean], env=env, capture_output=True, text=True, timeout=180, cwd=node)
         assert done.returncode == 0, f"ray start {' '.join(arguments)}: {done.stdout[-1500:]} {done.stderr[-1500:]}"
 
     try:
@@ -145,6 +148,29 @@ def test_ray_sweep_on_a_local_cluster_stops_lagging_trials_and_continues_after_t
     assert {r["ranked_by"] for r in ranked} == {"validation accuracy"}  # selected on validation, test reported
     assert [r["rank_value"] for r in ranked] == sorted((r["rank_value"] for r in ranked), reverse=True)
     assert ranked[0]["overrides"] == "train.lr=3e-3" and runs[ranked[0]["name"]] == "finished"
+
+
+def test_a_ray_trial_reads_the_paths_of_the_command_and_config_from_the_drivers_folder(ray_cluster, tmp_path, tiny_model_dir):
+    """A trial ran in the folder its Ray node was started in: a relative `registry:` registered every trial in another
+    database than the one `tunelab runs` reads beside the config, and a relative grid path was not found."""
+    config = _write_config(tmp_path, tiny_model_dir)
+    settings = json.loads(config.read_text())
+    settings["registry"] = "sweep.db"
+    settings["train"].update(epochs=None, max_steps=2)
+    config.write_text(json.dumps(settings))
+    driver = """
+import json, sys
+from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+result = run_ray_sweep(sys.argv[1], [], ["data.train=train.jsonl"], RaySweepSettings(address=sys.argv[2], name="cwd"))
+print("RESULT " + json.dumps(result.rows))
+"""
+    done = subprocess.run([sys.executable, "-c", driver, str(config), ray_cluster], env=_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = json.loads(done.stdout[done.stdout.index("RESULT ") + 7:].splitlines()[0])
+    assert len(rows) == 1 and rows[0]["error"] is None, rows
+    assert [status for _, status in _runs(tmp_path / "sweep.db")] == ["finished"]
+    assert not (tmp_path / "node" / "sweep.db").exists()
 
 
 def test_optuna_draws_from_the_grids_ranges():

@@ -186,3 +186,33 @@ def test_a_run_resumed_on_another_number_of_processes_is_refused(tiny_model_dir,
     assert single.returncode != 0 and "RESULT" not in single.stdout
     assert "trained on 2 processes" in single.stderr and "resumed on 1" in single.stderr
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["best", "step-2", "step-3"]  # nothing lost
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_classify_run_under_fsdp_saves_its_label_rows(tiny_model_dir, tmp_path, method):
+    """Under FSDP the output head is sharded: a classify run trained to its end, then failed writing its label rows
+    (`aten.index.Tensor got mixed torch.Tensor and DTensor`), and no adapter was saved."""
+    labels = ["billing", "shipping", "login"]
+    (tmp_path / "train.jsonl").write_text("".join(
+        json.dumps({"text": f"request {i} about {labels[i % 3]}", "label": labels[i % 3]}) + "\n" for i in range(24)
+    ))
+    config = {"task": "classify", "name": "fsdp", "model": str(tiny_model_dir), "data": {"train": "train.jsonl", "max_length": 64},
+              "train": {"method": method, "batch_size": 2, "max_steps": 2, "precision": "fp32", "output_dir": str(tmp_path / "runs")}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    launch = f"{FSDP} --num_processes 2 --mixed_precision no --main_process_port 29521"
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "train", "config.json", "--launch", launch],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, _failure(done)
+    single = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "train", "config.json", "name=one", "train.batch_size=4"],
+                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    if method == "full":  # the label rows folded into an untied output head, as the one-process run's
+        sharded, whole = (load_file(str(tmp_path / "runs" / name / "model" / "model.safetensors")) for name in ("fsdp", "one"))
+        rows = ["lm_head.weight"]
+    else:  # the label rows as PEFT keeps them
+        sharded, whole = _adapter(tmp_path / "runs" / "fsdp"), _adapter(tmp_path / "runs" / "one")
+        rows = [name for name in whole if name.endswith("trainable_tokens_delta")]
+    assert len(rows) == 1 and rows[0] in whole and sharded.keys() == whole.keys()
+    # Full fine-tuning moves every head row: one whose gradient is near zero moves by up to lr (2e-5) a step on noise.
+    torch.testing.assert_close(sharded[rows[0]], whole[rows[0]], rtol=1e-3, atol=1e-4 if method == "full" else 1e-5)
