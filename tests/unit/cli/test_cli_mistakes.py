@@ -206,3 +206,13 @@ def test_distill_without_a_teacher_is_refused_before_anything_is_written(tmp_pat
     config.write_text(f"task: sft\nname: student\ndata:\n  train: {data.name}\ntrain:\n  output_dir: {tmp_path / 'runs'}\n")
     _one_line_error(_cli("distill", config), "distill.teacher is required")
     assert not (tmp_path / "runs").exists()
+
+
+def test_python_dash_m_tunelab_is_the_cli():
+    """`accelerate launch -m tunelab train CONFIG` and `python -m tunelab` run the same CLI as the `tunelab` command."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tunelab", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "tunelab" in done.stdout and "train" in done.stdout
