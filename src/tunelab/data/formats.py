@@ -140,16 +140,12 @@ def bounded_lines(handle: io.BufferedIOBase, limit: int) -> Iterator[tuple[bytes
 def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """One JSON object per line; blank lines are allowed and skipped, and so is a UTF-8 BOM at the start.
 
-    A file whose first line opens a JSON array over several lines (``json.dump(rows, f, indent=2)``) is read as JSON.
+    A file that holds one JSON array is read as JSON: written with indentation (``json.dump(rows, f, indent=2)``,
+    its first line opens the array) or on one line (``json.dump(rows, f)``, the file's only line).
     """
-    first = b""
-    with open_binary(path) as handle:
-        for raw, _ in bounded_lines(handle, 4096):  # an array's opening line is short; a long line is a record
-            first = (raw or b"{").removeprefix(UTF8_BOM).strip()
-            if first:
-                break
-    if first.startswith(b"[") and not first.endswith(b"]"):
-        # Line by line, "[" and each "}," would fail while the last object alone was accepted.
+    if _holds_one_json_array(path):
+        # Line by line, "[" and each "}," would fail while the last object alone was accepted; a one-line array
+        # would be one record of the wrong type (or "too large"), and no rows.
         yield from iter_json(path, max_record_bytes=max_record_bytes)
         return
     with open_binary(path) as handle:
@@ -179,6 +175,30 @@ def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> 
                 yield source, RecordError(source, f"wrong type: expected a JSON object, got {_json_type(value)}")
                 continue
             yield source, value
+
+
+def _holds_one_json_array(path: Path) -> bool:
+    """Whether a JSON Lines file really holds one JSON array: its first non-blank line opens one it does not close,
+    or starts one and is the only line. A first line that is a whole array followed by more lines is a bad line of
+    real JSON Lines (read as an array, the lines after it would be lost)."""
+    with open_binary(path) as handle:
+        first = b""
+        while not first.strip():
+            first = handle.readline(4096)  # only the start of a long line: an array's opening is at its start
+            if not first:
+                return False
+            first = first.removeprefix(UTF8_BOM)
+        if not first.lstrip().startswith(b"["):
+            return False
+        if first.endswith(b"\n") and not first.rstrip().endswith(b"]"):
+            return True  # "[" alone, or "[{...}," on the first line: an indented array
+        rest_of_first = not first.endswith(b"\n")  # a line longer than 4096 bytes (or one with no newline)
+        for raw, _ in bounded_lines(handle, 1 << 20):  # one item per line, a long one never held whole
+            if rest_of_first:
+                rest_of_first = False
+            elif raw is None or raw.strip():
+                return False
+        return True
 
 
 def _json_type(value: Any) -> str:
