@@ -427,18 +427,30 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
 
 
 def iter_parquet(path: Path) -> Iterator[RowOrError]:
-    """Rows of a Parquet file, read in batches; the source is ``file:row``."""
+    """Rows of a Parquet file, read in batches; the source is ``file:row``.
+
+    A file written by ``datasets`` (``to_parquet``, the Hub's parquet files) gives its class-label columns as
+    their names, as a ``save_to_disk`` folder does: its schema keeps the names under the "huggingface" key.
+    """
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    names: dict[str, Any] = {}
+    if b"huggingface" in (parquet.schema_arrow.metadata or {}):  # only then is the slow datasets import worth it
+        from datasets import Features
+
+        try:
+            names = class_labels(Features.from_arrow_schema(parquet.schema_arrow))
+        except Exception:  # damaged or foreign metadata: the integers as written, as in any other parquet file
+            names = {}
     number = 0
     for batch in parquet.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             number += 1
-            yield f"{path}:{number}", row
+            yield f"{path}:{number}", with_label_names(row, names)
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -446,21 +458,30 @@ def is_saved_dataset(folder: Path) -> bool:
     return (folder / SAVED_DATASET_DICT_FILE).is_file() or all((folder / name).is_file() for name in SAVED_DATASET_FILES)
 
 
-def dataset_rows(dataset: Any, where: Path | str) -> Iterator[RowOrError]:
-    """Rows of a ``datasets.Dataset``, in batches; class-label columns as their names (what a label file holds)."""
+def class_labels(features: Any) -> dict[str, Any]:
+    """The class-label columns of ``datasets`` features: column -> its ``ClassLabel``."""
     from datasets import ClassLabel
 
-    names = {column: feature for column, feature in dataset.features.items() if isinstance(feature, ClassLabel)}
+    return {column: feature for column, feature in features.items() if isinstance(feature, ClassLabel)}
+
+
+def with_label_names(row: Row, names: dict[str, Any]) -> Row:
+    """``row`` with each class-label column's integer as its name (what a label file holds)."""
+    for column, feature in names.items():
+        if isinstance(row.get(column), int) and 0 <= row[column] < feature.num_classes:
+            row[column] = feature.int2str(row[column])
+    return row
+
+
+def dataset_rows(dataset: Any, where: Path | str) -> Iterator[RowOrError]:
+    """Rows of a ``datasets.Dataset``, in batches; class-label columns as their names (what a label file holds)."""
+    names = class_labels(dataset.features)
     number = 0
     for batch in dataset.iter(batch_size=4096):
         columns = list(batch)
         for values in zip(*(batch[column] for column in columns), strict=True):
             number += 1
-            row = dict(zip(columns, values, strict=True))
-            for column, feature in names.items():
-                if isinstance(row.get(column), int) and 0 <= row[column] < feature.num_classes:
-                    row[column] = feature.int2str(row[column])
-            yield f"{where}:{number}", row
+            yield f"{where}:{number}", with_label_names(dict(zip(columns, values, strict=True)), names)
 
 
 def iter_saved_dataset(folder: Path) -> Iterator[RowOrError]:
