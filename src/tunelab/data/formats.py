@@ -423,6 +423,10 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
         if len(cells) != len(header):
             yield source, RecordError(source, f"wrong number of columns: expected {len(header)} ({delimiter!r}-separated), got {len(cells)}")
             continue
+        if [cell.strip() for cell in cells] == header:
+            # Exports joined with `cat`: read as a row, the header would be a record (a class named after the column).
+            yield source, RecordError(source, "the header row again (files joined into one?): not a record")
+            continue
         yield source, dict(zip(header, cells, strict=True))
 
 

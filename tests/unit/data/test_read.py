@@ -339,3 +339,13 @@ def test_a_jsonl_file_whose_first_line_is_a_list_still_reads_the_other_lines(tmp
     result = read_records(str(path), "classify", DataConfig())
     assert [str(error) for error in result.errors] == [f"{path}:1: wrong type: expected a JSON object, got a list"]
     assert [r.source for r in result.records] == [f"{path}:2", f"{path}:3"]
+
+
+def test_a_csv_header_repeated_inside_the_file_is_an_invalid_record_not_a_class(tmp_path):
+    # Exports joined with `cat a.csv b.csv`: the second header was read as the record ("text", label "label"),
+    # a class of its own trained on and tested.
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\nmy card is lost,card\n text , label\nI want a refund,refund\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert [(r.text, r.label) for r in result.records] == [("my card is lost", "card"), ("I want a refund", "refund")]
+    assert [e.source for e in result.errors] == [f"{path}:3"] and "header" in result.errors[0].reason
