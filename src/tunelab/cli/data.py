@@ -194,11 +194,16 @@ def split(
 ) -> None:
     """Split the config's data into train/validation/test and print the sizes (and warnings)."""
     from tunelab.data.split import make_split
+    from tunelab.tasks.pipeline import too_few_test_examples
 
     run_config = load_config(config, overrides or [])
     result = make_split(run_config)
     if save is not None:
-        result.save(save)
+        result.save(save)  # as `tunelab run` saves it: the verdict's warning below is shown, not saved
+    small = too_few_test_examples(run_config, result)
+    if small:
+        # Before any compute, as `tunelab run`'s split step says it: this split's test set cannot give a verdict.
+        result.warnings.append(small)
     if as_json:
         summary = result.to_dict()
         for side in ("train", "validation", "test"):

@@ -21,7 +21,7 @@ from typing import Any
 from tunelab.config import DataConfig
 from tunelab.data.formats import RecordError
 from tunelab.data.keys import input_key, normalize_text, stable_hash, target_text
-from tunelab.data.labels import LabelMap, build_label_map
+from tunelab.data.labels import LabelMap
 from tunelab.data.read import read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
@@ -320,7 +320,9 @@ def render_example(record: Record, tokenizer: Any, data: DataConfig, label_map: 
     )
 
 
-def _labels(report: CheckReport, records: Sequence[Record], tokenizer: Any, label_map: LabelMap | None) -> LabelMap | None:
+def _labels(
+    report: CheckReport, records: Sequence[Record], tokenizer: Any, label_map: LabelMap | None, out_of_scope_label: str | None = None
+) -> LabelMap | None:
     counts = Counter(r.label for r in records if isinstance(r, ClassifyRecord))
     report.labels = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     if not counts:
@@ -338,8 +340,8 @@ def _labels(report: CheckReport, records: Sequence[Record], tokenizer: Any, labe
         report.warnings.append(f"{len(rare)} label(s) have fewer than {RARE_LABEL} examples: {', '.join(rare[:10])}")
     if label_map is None and tokenizer is not None:
         try:
-            # Sorted: the same labels give the same mapping whatever the order of the file.
-            label_map = build_label_map(sorted(counts), tokenizer)
+            # The run's own rule (sorted labels; the out-of-scope label gets no token: its threshold answers it).
+            label_map = LabelMap.for_records([r for r in records if isinstance(r, ClassifyRecord)], tokenizer, out_of_scope_label)
         except DataError as error:
             report.other_errors.append(RecordError(report.path, f"labels: {error}"))
             return None
@@ -348,7 +350,7 @@ def _labels(report: CheckReport, records: Sequence[Record], tokenizer: Any, labe
             {"label": label, "token": token, "token_id": token_id}
             for label, token, token_id in zip(label_map.labels, label_map.token_strings, label_map.token_ids, strict=True)
         ]
-        missing = sorted(set(counts) - set(label_map.labels))
+        missing = sorted(set(counts) - set(label_map.labels) - {out_of_scope_label})
         if missing:
             report.other_errors.append(RecordError(report.path, f"labels not in the label map: {', '.join(missing[:10])}"))
     return label_map
@@ -421,7 +423,7 @@ def check_data(
     if report.conflicts:
         what = "labels" if task == "classify" else "answers"
         report.warnings.append(f"{report.conflicts} input(s) occur with conflicting {what}")
-    label_map = _labels(report, records, tokenizer, label_map)
+    label_map = _labels(report, records, tokenizer, label_map, data.out_of_scope_label)
     if tokenizer is not None:
         report.lengths = _lengths(records, task, tokenizer, data, label_map, length_sample)
         lengths = report.lengths
@@ -444,7 +446,10 @@ def check_data(
                 f"{lengths.untrainable} sft example(s) have their whole answer beyond max_length: nothing of them "
                 f"would be trained (e.g. {lengths.untrainable_sources[0]})"
             )
-        report.example = render_example(records[0], tokenizer, data, label_map)
+        # A record that is trained: an out-of-scope one has no answer token to show.
+        out_of_scope = data.out_of_scope_label
+        shown = next((r for r in records if out_of_scope is None or getattr(r, "label", None) != out_of_scope), records[0])
+        report.example = render_example(shown, tokenizer, data, label_map)
     else:
         report.notes.append("no tokenizer: pass --model to see token lengths, label tokens and the rendered example")
     if test_path:

@@ -140,16 +140,12 @@ def bounded_lines(handle: io.BufferedIOBase, limit: int) -> Iterator[tuple[bytes
 def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """One JSON object per line; blank lines are allowed and skipped, and so is a UTF-8 BOM at the start.
 
-    A file whose first line opens a JSON array over several lines (``json.dump(rows, f, indent=2)``) is read as JSON.
+    A file that holds one JSON array is read as JSON: written with indentation (``json.dump(rows, f, indent=2)``,
+    its first line opens the array) or on one line (``json.dump(rows, f)``, the file's only line).
     """
-    first = b""
-    with open_binary(path) as handle:
-        for raw, _ in bounded_lines(handle, 4096):  # an array's opening line is short; a long line is a record
-            first = (raw or b"{").removeprefix(UTF8_BOM).strip()
-            if first:
-                break
-    if first.startswith(b"[") and not first.endswith(b"]"):
-        # Line by line, "[" and each "}," would fail while the last object alone was accepted.
+    if _holds_one_json_array(path):
+        # Line by line, "[" and each "}," would fail while the last object alone was accepted; a one-line array
+        # would be one record of the wrong type (or "too large"), and no rows.
         yield from iter_json(path, max_record_bytes=max_record_bytes)
         return
     with open_binary(path) as handle:
@@ -179,6 +175,30 @@ def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> 
                 yield source, RecordError(source, f"wrong type: expected a JSON object, got {_json_type(value)}")
                 continue
             yield source, value
+
+
+def _holds_one_json_array(path: Path) -> bool:
+    """Whether a JSON Lines file really holds one JSON array: its first non-blank line opens one it does not close,
+    or starts one and is the only line. A first line that is a whole array followed by more lines is a bad line of
+    real JSON Lines (read as an array, the lines after it would be lost)."""
+    with open_binary(path) as handle:
+        first = b""
+        while not first.strip():
+            first = handle.readline(4096)  # only the start of a long line: an array's opening is at its start
+            if not first:
+                return False
+            first = first.removeprefix(UTF8_BOM)
+        if not first.lstrip().startswith(b"["):
+            return False
+        if first.endswith(b"\n") and not first.rstrip().endswith(b"]"):
+            return True  # "[" alone, or "[{...}," on the first line: an indented array
+        rest_of_first = not first.endswith(b"\n")  # a line longer than 4096 bytes (or one with no newline)
+        for raw, _ in bounded_lines(handle, 1 << 20):  # one item per line, a long one never held whole
+            if rest_of_first:
+                rest_of_first = False
+            elif raw is None or raw.strip():
+                return False
+        return True
 
 
 def _json_type(value: Any) -> str:
@@ -403,22 +423,38 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
         if len(cells) != len(header):
             yield source, RecordError(source, f"wrong number of columns: expected {len(header)} ({delimiter!r}-separated), got {len(cells)}")
             continue
+        if [cell.strip() for cell in cells] == header:
+            # Exports joined with `cat`: read as a row, the header would be a record (a class named after the column).
+            yield source, RecordError(source, "the header row again (files joined into one?): not a record")
+            continue
         yield source, dict(zip(header, cells, strict=True))
 
 
 def iter_parquet(path: Path) -> Iterator[RowOrError]:
-    """Rows of a Parquet file, read in batches; the source is ``file:row``."""
+    """Rows of a Parquet file, read in batches; the source is ``file:row``.
+
+    A file written by ``datasets`` (``to_parquet``, the Hub's parquet files) gives its class-label columns as
+    their names, as a ``save_to_disk`` folder does: its schema keeps the names under the "huggingface" key.
+    """
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    names: dict[str, Any] = {}
+    if b"huggingface" in (parquet.schema_arrow.metadata or {}):  # only then is the slow datasets import worth it
+        from datasets import Features
+
+        try:
+            names = class_labels(Features.from_arrow_schema(parquet.schema_arrow))
+        except Exception:  # damaged or foreign metadata: the integers as written, as in any other parquet file
+            names = {}
     number = 0
     for batch in parquet.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             number += 1
-            yield f"{path}:{number}", row
+            yield f"{path}:{number}", with_label_names(row, names)
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -426,21 +462,30 @@ def is_saved_dataset(folder: Path) -> bool:
     return (folder / SAVED_DATASET_DICT_FILE).is_file() or all((folder / name).is_file() for name in SAVED_DATASET_FILES)
 
 
-def dataset_rows(dataset: Any, where: Path | str) -> Iterator[RowOrError]:
-    """Rows of a ``datasets.Dataset``, in batches; class-label columns as their names (what a label file holds)."""
+def class_labels(features: Any) -> dict[str, Any]:
+    """The class-label columns of ``datasets`` features: column -> its ``ClassLabel``."""
     from datasets import ClassLabel
 
-    names = {column: feature for column, feature in dataset.features.items() if isinstance(feature, ClassLabel)}
+    return {column: feature for column, feature in features.items() if isinstance(feature, ClassLabel)}
+
+
+def with_label_names(row: Row, names: dict[str, Any]) -> Row:
+    """``row`` with each class-label column's integer as its name (what a label file holds)."""
+    for column, feature in names.items():
+        if isinstance(row.get(column), int) and 0 <= row[column] < feature.num_classes:
+            row[column] = feature.int2str(row[column])
+    return row
+
+
+def dataset_rows(dataset: Any, where: Path | str) -> Iterator[RowOrError]:
+    """Rows of a ``datasets.Dataset``, in batches; class-label columns as their names (what a label file holds)."""
+    names = class_labels(dataset.features)
     number = 0
     for batch in dataset.iter(batch_size=4096):
         columns = list(batch)
         for values in zip(*(batch[column] for column in columns), strict=True):
             number += 1
-            row = dict(zip(columns, values, strict=True))
-            for column, feature in names.items():
-                if isinstance(row.get(column), int) and 0 <= row[column] < feature.num_classes:
-                    row[column] = feature.int2str(row[column])
-            yield f"{where}:{number}", row
+            yield f"{where}:{number}", with_label_names(dict(zip(columns, values, strict=True)), names)
 
 
 def iter_saved_dataset(folder: Path) -> Iterator[RowOrError]:

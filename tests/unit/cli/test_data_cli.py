@@ -50,3 +50,21 @@ def test_an_out_of_range_option_is_a_one_line_error_naming_the_option(tmp_path):
         assert isinstance(result.exception, ConfigError), (args, repr(result.exception))
         assert str(result.exception).startswith(options[-2]), (args, str(result.exception))
         assert "\n" not in str(result.exception)
+
+
+def test_data_split_says_before_compute_when_the_test_split_is_too_small_for_a_verdict(tmp_path):
+    # `tunelab run` warns at its split step; `tunelab data split`, the command that shows the split before
+    # any compute, printed "test 2" and nothing about the verdict that run would end with.
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+
+    rows = [{"text": f"request number {i}", "label": "a" if i % 2 else "b"} for i in range(20)]
+    _write_jsonl(tmp_path / "tiny.jsonl", rows)
+    config = tmp_path / "run.yaml"
+    config.write_text("task: classify\ndata:\n  train: tiny.jsonl\n")
+    result = _cli(["data", "split", str(config), "--save", str(tmp_path / "split.json")])
+    assert result.exit_code == 0, result.output
+    assert f"a verdict needs at least {MIN_TEST_EXAMPLES}" in " ".join(result.output.split())
+    result = _cli(["data", "split", str(config), "--json"])
+    assert any(f"a verdict needs at least {MIN_TEST_EXAMPLES}" in warning for warning in json.loads(result.output)["warnings"])
+    # The saved split is the one `tunelab run` saves: the warning is about this config's verdict, not the split.
+    assert json.loads((tmp_path / "split.json").read_text())["warnings"] == []

@@ -124,3 +124,26 @@ def test_labels_that_differ_only_in_case_or_symbols_are_a_conflict(tmp_path):
     report = check_data(str(_write_jsonl(tmp_path / "signs.jsonl", rows)), "classify", DataConfig())
     assert report.conflicts == 2 and report.near_duplicates == 0
     assert sorted(group.labels for group in report.conflict_groups) == [["+", "-"], ["Yes", "yes"]]
+
+
+def test_the_label_tokens_shown_are_those_the_run_trains_without_the_out_of_scope_label(tmp_path, tiny_tokenizer):
+    # The check built its map over every label, the out-of-scope one included, while training builds it without
+    # (the threshold answers that label): `tunelab run`'s data_check.json showed 'refund' -> 'C' and the run trained
+    # 'refund' -> 'B', and gave a token to a label that is never trained.
+    from tunelab.data.labels import LabelMap
+    from tunelab.data.read import load_records
+
+    rows = [{"text": f"my card number {i} is broken", "label": "card"} for i in range(6)]
+    rows += [{"text": f"refund my order {i}", "label": "refund"} for i in range(6)]
+    rows += [{"text": f"weather on day {i}", "label": "out_of_scope"} for i in range(3)]
+    path = _write_jsonl(tmp_path / "train.jsonl", rows)
+    data = DataConfig(out_of_scope_label="out_of_scope")
+    report = check_data(str(path), "classify", data, tokenizer=tiny_tokenizer)
+    trained = LabelMap.for_records(load_records(str(path), "classify", data), tiny_tokenizer, "out_of_scope")
+    assert report.ok, report.errors
+    assert [(row["label"], row["token_id"]) for row in report.label_map] == list(zip(trained.labels, trained.token_ids, strict=True))
+    assert report.labels == {"card": 6, "refund": 6, "out_of_scope": 3}  # still counted: it is validated and tested
+    # The example shown is one that is trained, with its answer token.
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows[::-1]))
+    report = check_data(str(path), "classify", data, tokenizer=tiny_tokenizer)
+    assert report.example.source == f"{path}:4" and "is answered with the single token" in report.example.note

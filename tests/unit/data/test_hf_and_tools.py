@@ -6,6 +6,7 @@ import copy
 import json
 
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from tunelab.config import DataConfig
@@ -38,6 +39,20 @@ def test_class_label_integers_come_back_as_label_names(tmp_path):
     dataset = datasets.Dataset.from_dict({"text": [r["text"] for r in ROWS], "label": [0, 1]}, features=features)
     dataset.save_to_disk(str(tmp_path / "d"))
     assert [r.label for r in load_records(str(tmp_path / "d"), "classify", DataConfig())] == ["card", "refund"]
+
+
+def test_class_labels_of_a_hugging_face_parquet_file_come_back_as_label_names(tmp_path):
+    # Dataset.to_parquet and the Hub's parquet files keep the class names in the schema's metadata: read as
+    # plain parquet, labels were "0", "1" (the label tokens, the zero-shot prompt and the report said numbers),
+    # and a test file saved with save_to_disk had labels "never seen in train".
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["card", "refund"])})
+    dataset = datasets.Dataset.from_dict({"text": [r["text"] for r in ROWS], "label": [0, 1]}, features=features)
+    dataset.to_parquet(str(tmp_path / "train.parquet"))
+    records = load_records(str(tmp_path / "train.parquet"), "classify", DataConfig())
+    assert [(r.label, r.source) for r in records] == [("card", f"{tmp_path / 'train.parquet'}:1"), ("refund", f"{tmp_path / 'train.parquet'}:2")]
+    # A parquet file with no class names keeps its integers (label 0 is "0").
+    pa.parquet.write_table(pa.Table.from_pylist([{"text": "x y", "label": 0}, {"text": "z w", "label": 1}]), tmp_path / "plain.parquet")
+    assert [r.label for r in load_records(str(tmp_path / "plain.parquet"), "classify", DataConfig())] == ["0", "1"]
 
 
 def test_a_dataset_dict_folder_reads_its_train_split(tmp_path):

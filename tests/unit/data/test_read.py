@@ -316,3 +316,36 @@ def test_a_json_array_in_a_jsonl_file_is_read_as_json(tmp_path):
     result = read_records(str(path), "classify", DataConfig())
     assert not result.errors
     assert [(r.text, r.source) for r in result.records] == [("my card is lost", f"{path}:2"), ("I want a refund", f"{path}:6")]
+
+
+@pytest.mark.parametrize("repeat", [1, 40_000])
+def test_a_one_line_json_array_in_a_jsonl_file_is_read_as_json(tmp_path, repeat):
+    # json.dump(rows, f) (no indent) into train.jsonl writes one line: it was one "wrong type: got a list"
+    # error, or past max_record_bytes "record too large; raise data.max_record_bytes", and no records.
+    path = tmp_path / "train.jsonl"
+    rows = ROWS["classify"] * repeat
+    path.write_text(json.dumps(rows))
+    assert path.stat().st_size > 4096 or repeat == 1
+    result = read_records(str(path), "classify", DataConfig(max_record_bytes=1_000_000))
+    assert not result.errors
+    assert len(result.records) == len(rows)
+    assert result.records[0].source == f"{path}:1"
+
+
+def test_a_jsonl_file_whose_first_line_is_a_list_still_reads_the_other_lines(tmp_path):
+    # A bad first line in real JSON Lines is one invalid record, not the whole file read as one array.
+    path = tmp_path / "train.jsonl"
+    path.write_text('["my card is lost", "card"]\n' + "".join(json.dumps(row) + "\n" for row in ROWS["classify"]))
+    result = read_records(str(path), "classify", DataConfig())
+    assert [str(error) for error in result.errors] == [f"{path}:1: wrong type: expected a JSON object, got a list"]
+    assert [r.source for r in result.records] == [f"{path}:2", f"{path}:3"]
+
+
+def test_a_csv_header_repeated_inside_the_file_is_an_invalid_record_not_a_class(tmp_path):
+    # Exports joined with `cat a.csv b.csv`: the second header was read as the record ("text", label "label"),
+    # a class of its own trained on and tested.
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\nmy card is lost,card\n text , label\nI want a refund,refund\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert [(r.text, r.label) for r in result.records] == [("my card is lost", "card"), ("I want a refund", "refund")]
+    assert [e.source for e in result.errors] == [f"{path}:3"] and "header" in result.errors[0].reason
