@@ -129,7 +129,9 @@ def create_app(settings: UISettings):
         if not host_allowed(request.headers.get("host", ""), settings.host):
             return Response("this address is not served here", status_code=421)
         if settings.api_key:
-            given = request.cookies.get(KEY_COOKIE) or request.query_params.get("key") or ""
+            # The key in the address first: a browser shares cookies across a host's ports, so another `tunelab ui`
+            # (or this one before its key changed) may have left a cookie that must not shadow the key given now.
+            given = request.query_params.get("key") or request.cookies.get(KEY_COOKIE) or ""
             auth = request.headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
                 given = auth[7:].strip()

@@ -529,3 +529,15 @@ def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypa
             assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 1
     finally:
         provider.stop()
+
+
+def test_a_key_in_the_address_wins_over_a_stale_key_cookie(made_run):
+    """Cookies are shared by every port of a host: a cookie left by another `tunelab ui` (or this one before its key
+    changed) made `?key=RIGHT` a 401, with no way out but clearing the browser's cookies."""
+    registry, _, _ = made_run
+    with _client(registry, api_key="sesame") as client:
+        client.cookies.set("tunelab_ui_key", "the-key-of-another-ui", domain="127.0.0.1")
+        opened = client.get("/?key=sesame", follow_redirects=False)
+        assert opened.status_code == 303, opened.text
+        assert client.get("/").status_code == 200  # the cookie now holds this UI's key
+        assert client.get("/?key=wrong").status_code == 401  # a wrong key given is still refused
