@@ -37,6 +37,8 @@ from tunelab.serve.settings import host_allowed
 PACKAGE = Path(__file__).resolve().parent
 KEY_COOKIE = "tunelab_ui_key"
 POST_HEADER = "x-tunelab-ui"
+# What a run's Resume continues (`tunelab run --resume RUN`): Cancel leaves a run interrupted.
+RESUMABLE = ("interrupted", "failed")
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,18 @@ def create_app(settings: UISettings):
     def run_page(run: str):
         values = views.run_page(registry, run)
         job = next((j for j in jobs.jobs.values() if j.run_dir.resolve() == Path(values["record"].run_dir or "").resolve()), None)
-        return page("run.html", **values, job=job, active="runs")
+        resumable = values["record"].status in RESUMABLE and values["files"].get("exists") and not (job and job.status() == "running")
+        return page("run.html", **values, job=job, resumable=resumable, active="runs")
+
+    @app.post("/api/runs/{run}/resume")
+    def resume_run(run: str):
+        record = views.get_run(registry, run)
+        if record.status not in RESUMABLE:
+            raise ConfigError(f"run {record.name} is {record.status}: only an interrupted or failed run is resumed")
+        if not record.run_dir or not Path(record.run_dir).is_dir():
+            raise RegistryError(f"run {record.name} has no run folder here")
+        job = jobs.resume(Path(record.run_dir))
+        return {"id": job.id, "url": f"/jobs/{job.id}", "run": job.name}
 
     @app.get("/api/runs/{run}/progress")
     def run_progress(run: str):
