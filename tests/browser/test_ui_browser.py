@@ -227,3 +227,13 @@ def test_start_form_pickers_estimate_first_then_live_progress_and_cancel(page, u
     page.wait_for_function("document.getElementById('job-status').textContent === 'cancelled'", timeout=60_000)
     assert Registry(registry_path).get_run("started").status == "interrupted"
     shot(page, "started-run-cancelled")
+    # Resume from the run's page: the same run folder goes on to its verdict, as `tunelab run --resume RUN` would.
+    page.click("#run-link")
+    page.wait_for_selector("#resume-button")
+    page.click("#resume-button")
+    page.wait_for_url(re.compile(r"/jobs/"))
+    assert "--resume" in page.inner_text("#job")
+    page.wait_for_function("document.getElementById('job-status').textContent === 'finished'", timeout=600_000)
+    resumed = Registry(registry_path).get_run("started")
+    assert resumed.status == "finished" and page.inner_text("#job-verdict") == resumed.verdict
+    shot(page, "started-run-resumed")
