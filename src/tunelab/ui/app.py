@@ -146,7 +146,10 @@ def create_app(settings: UISettings):
                 # Drop the key from the address bar (and history) once the cookie holds it.
                 target = request.url.remove_query_params("key")
                 response = RedirectResponse(str(target), status_code=303)
-                response.set_cookie(KEY_COOKIE, settings.api_key, httponly=True, samesite="strict")
+                # Lax, not Strict: the key link is often opened from another site (a chat, a wiki), and the redirect that
+                # follows it counts as cross-site, so a Strict cookie was not sent and the user got the 401 page again.
+                # Cross-site writes stay refused by the POST header guard below, whatever the cookie.
+                response.set_cookie(KEY_COOKIE, settings.api_key, httponly=True, samesite="lax")
                 return response
         if request.method not in ("GET", "HEAD") and request.headers.get(POST_HEADER) != "1":
             return JSONResponse({"error": f"a {request.method} needs the {POST_HEADER} header (sent by the UI's own pages)"}, status_code=403)
