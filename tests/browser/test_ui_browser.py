@@ -227,3 +227,34 @@ def test_start_form_pickers_estimate_first_then_live_progress_and_cancel(page, u
     page.wait_for_function("document.getElementById('job-status').textContent === 'cancelled'", timeout=60_000)
     assert Registry(registry_path).get_run("started").status == "interrupted"
     shot(page, "started-run-cancelled")
+    # Resume from the run's page: the same run folder goes on to its verdict, as `tunelab run --resume RUN` would.
+    page.click("#run-link")
+    page.wait_for_selector("#resume-button")
+    page.click("#resume-button")
+    page.wait_for_url(re.compile(r"/jobs/"))
+    assert "--resume" in page.inner_text("#job")
+    page.wait_for_function("document.getElementById('job-status').textContent === 'finished'", timeout=600_000)
+    resumed = Registry(registry_path).get_run("started")
+    assert resumed.status == "finished" and page.inner_text("#job-verdict") == resumed.verdict
+    shot(page, "started-run-resumed")
+
+
+def test_a_key_link_opened_from_another_site_lets_the_user_in(page, ui_runs):
+    """`tunelab ui --api-key K` is opened once with ?key=K, often from a link on another site (a chat, a wiki, webmail).
+    The key's cookie was SameSite=Strict: the redirect that follows the link still counts as cross-site, so the cookie
+    just set was not sent and the user got the 401 page that asked for ?key=K, which they had just given."""
+    from tunelab.serve.server import BackgroundServer
+    from tunelab.ui import UISettings, create_app
+
+    folder, registry_path = ui_runs
+    page.context.clear_cookies()
+    with BackgroundServer(create_app(UISettings(registry=registry_path, project=folder, api_key="sesame")), port=0) as url:
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        # A page of another site: localhost and 127.0.0.1 are different sites to a browser.
+        page.goto(f"http://localhost:{port}/static/ui.css")
+        page.set_content(f'<a id="link" href="http://127.0.0.1:{port}/?key=sesame">the tunelab ui</a>')
+        page.click("#link")
+        page.wait_for_url(f"http://127.0.0.1:{port}/")
+        assert "401" not in page.inner_text("body")
+        assert page.locator("#runs tbody tr").count() >= 2
+    page.context.clear_cookies()

@@ -37,6 +37,8 @@ from tunelab.serve.settings import host_allowed
 PACKAGE = Path(__file__).resolve().parent
 KEY_COOKIE = "tunelab_ui_key"
 POST_HEADER = "x-tunelab-ui"
+# What a run's Resume continues (`tunelab run --resume RUN`): Cancel leaves a run interrupted.
+RESUMABLE = ("interrupted", "failed")
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ def create_app(settings: UISettings):
         if not host_allowed(request.headers.get("host", ""), settings.host):
             return Response("this address is not served here", status_code=421)
         if settings.api_key:
-            given = request.cookies.get(KEY_COOKIE) or request.query_params.get("key") or ""
+            # The key in the address first: a browser shares cookies across a host's ports, so another `tunelab ui`
+            # (or this one before its key changed) may have left a cookie that must not shadow the key given now.
+            given = request.query_params.get("key") or request.cookies.get(KEY_COOKIE) or ""
             auth = request.headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
                 given = auth[7:].strip()
@@ -142,7 +146,10 @@ def create_app(settings: UISettings):
                 # Drop the key from the address bar (and history) once the cookie holds it.
                 target = request.url.remove_query_params("key")
                 response = RedirectResponse(str(target), status_code=303)
-                response.set_cookie(KEY_COOKIE, settings.api_key, httponly=True, samesite="strict")
+                # Lax, not Strict: the key link is often opened from another site (a chat, a wiki), and the redirect that
+                # follows it counts as cross-site, so a Strict cookie was not sent and the user got the 401 page again.
+                # Cross-site writes stay refused by the POST header guard below, whatever the cookie.
+                response.set_cookie(KEY_COOKIE, settings.api_key, httponly=True, samesite="lax")
                 return response
         if request.method not in ("GET", "HEAD") and request.headers.get(POST_HEADER) != "1":
             return JSONResponse({"error": f"a {request.method} needs the {POST_HEADER} header (sent by the UI's own pages)"}, status_code=403)
@@ -168,7 +175,18 @@ def create_app(settings: UISettings):
     def run_page(run: str):
         values = views.run_page(registry, run)
         job = next((j for j in jobs.jobs.values() if j.run_dir.resolve() == Path(values["record"].run_dir or "").resolve()), None)
-        return page("run.html", **values, job=job, active="runs")
+        resumable = values["record"].status in RESUMABLE and values["files"].get("exists") and not (job and job.status() == "running")
+        return page("run.html", **values, job=job, resumable=resumable, active="runs")
+
+    @app.post("/api/runs/{run}/resume")
+    def resume_run(run: str):
+        record = views.get_run(registry, run)
+        if record.status not in RESUMABLE:
+            raise ConfigError(f"run {record.name} is {record.status}: only an interrupted or failed run is resumed")
+        if not record.run_dir or not Path(record.run_dir).is_dir():
+            raise RegistryError(f"run {record.name} has no run folder here")
+        job = jobs.resume(Path(record.run_dir))
+        return {"id": job.id, "url": f"/jobs/{job.id}", "run": job.name}
 
     @app.get("/api/runs/{run}/progress")
     def run_progress(run: str):

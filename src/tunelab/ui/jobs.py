@@ -144,18 +144,37 @@ class JobManager:
         """
         config, pinned = prepare_run(config_path, overrides or [], self.registry)
         self._refuse_running(Path(config.train.output_dir) / str(config.name))
-        job_id = uuid.uuid4().hex[:10]
-        folder = self.jobs_dir / job_id
-        folder.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "tunelab.cli.main", "run", str(config_path), *pinned]
         if not calibrate:
             command.append("--no-calibrate")
+        return self._spawn(command, str(config_path), Path(config.train.output_dir) / str(config.name), cloud=config.train.backend == "openai")
+
+    def resume(self, run_dir: Path) -> Job:
+        """Continue an interrupted (or failed) run folder as ``tunelab run --resume RUN`` does, as a child process.
+
+        Raises:
+            ConfigError: for a folder without the pipeline state a resume needs, or one a job of this UI is still making.
+        """
+        from tunelab.runs import RunFolder, read_state
+
+        state = read_state(RunFolder(Path(run_dir)))
+        if state is None:
+            raise ConfigError(f"{run_dir} has no pipeline state to resume from", "start the run again under a new name")
+        self._refuse_running(Path(run_dir))
+        backend = ((state.get("config") or {}).get("train") or {}).get("backend")
+        command = [sys.executable, "-m", "tunelab.cli.main", "run", "--resume", str(run_dir)]
+        return self._spawn(command, "", Path(run_dir), cloud=backend == "openai")
+
+    def _spawn(self, command: list[str], config_path: str, run_dir: Path, *, kind: str = "run", cloud: bool = False) -> Job:
+        """Start ``command`` with its output (as in a terminal) in a log file of its own, and keep it as a job."""
+        job_id = uuid.uuid4().hex[:10]
+        folder = self.jobs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "log.txt"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
         with log_path.open("wb") as log:
             process = start_process(command, log, env)
-        job = Job(job_id, str(config_path), command, Path(config.train.output_dir) / str(config.name), self.registry, process, log_path,
-                  cloud=config.train.backend == "openai")
+        job = Job(job_id, config_path, command, run_dir, self.registry, process, log_path, kind=kind, cloud=cloud)
         self.jobs[job_id] = job
         return job
 
@@ -192,16 +211,7 @@ class JobManager:
             command += ["--budget-minutes", f"{budget_minutes:g}"]
         if label_usd is not None:
             command += ["--label-usd", f"{label_usd:g}"]
-        job_id = uuid.uuid4().hex[:10]
-        log_folder = self.jobs_dir / job_id
-        log_folder.mkdir(parents=True, exist_ok=True)
-        log_path = log_folder / "log.txt"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
-        with log_path.open("wb") as log:
-            process = start_process(command, log, env)
-        job = Job(job_id, str(config_path), command, folder, self.registry, process, log_path, kind="advise")
-        self.jobs[job_id] = job
-        return job
+        return self._spawn(command, str(config_path), folder, kind="advise")
 
     def _refuse_running(self, folder: Path) -> None:
         """Refuse a second job on ``folder`` while the first is going: in the seconds before its process creates the

@@ -529,3 +529,50 @@ def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypa
             assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 1
     finally:
         provider.stop()
+
+
+def test_a_key_in_the_address_wins_over_a_stale_key_cookie(made_run):
+    """Cookies are shared by every port of a host: a cookie left by another `tunelab ui` (or this one before its key
+    changed) made `?key=RIGHT` a 401, with no way out but clearing the browser's cookies."""
+    registry, _, _ = made_run
+    with _client(registry, api_key="sesame") as client:
+        client.cookies.set("tunelab_ui_key", "the-key-of-another-ui", domain="127.0.0.1")
+        opened = client.get("/?key=sesame", follow_redirects=False)
+        assert opened.status_code == 303, opened.text
+        assert client.get("/").status_code == 200  # the cookie now holds this UI's key
+        assert client.get("/?key=wrong").status_code == 401  # a wrong key given is still refused
+
+
+def test_an_interrupted_run_is_resumed_from_its_page_as_tunelab_run_resume(made_run, monkeypatch):
+    """Cancel marks a run interrupted; the page only said `tunelab run --resume RUN` (a command, for a user of the UI)."""
+    import tunelab.ui.jobs as jobs_module
+    from tunelab.runs import RunFolder
+
+    registry, record, _ = made_run
+    started = []
+
+    class Running:  # a process that goes on until the UI shuts down
+        code = None
+
+        def poll(self):
+            return self.code
+
+        def send_signal(self, signal):
+            self.code = 130
+
+        def wait(self, timeout=None):
+            return self.code
+
+    monkeypatch.setattr(jobs_module, "start_process", lambda command, log, env: started.append(command) or Running())
+    with _client(registry) as client:
+        assert client.post(f"/api/runs/{record.id}/resume", headers=HEADERS).status_code == 400  # finished: nothing to resume
+        assert 'id="resume-button"' not in client.get(f"/runs/{record.id}").text
+        registry.update_run(record.id, status="interrupted", error="interrupted (Ctrl-C); `tunelab run --resume RUN` continues it")
+        RunFolder(record.run_dir).pipeline_state.write_text(json.dumps({"config": {"task": "classify", "train": {"backend": "local"}}, "steps": {"check": {}}}))
+        assert 'id="resume-button"' in client.get(f"/runs/{record.id}").text
+        job = client.post(f"/api/runs/{record.id}/resume", headers=HEADERS)
+        assert job.status_code == 200, job.text
+        assert started == [started[0]] and started[0][3:] == ["run", "--resume", record.run_dir]
+        assert client.get(job.json()["url"]).status_code == 200
+        again = client.post(f"/api/runs/{record.id}/resume", headers=HEADERS)  # its job still going: refused
+        assert again.status_code == 400 and "already being made" in again.json()["error"] and len(started) == 1

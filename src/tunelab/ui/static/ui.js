@@ -134,6 +134,17 @@ function setUpJob() {
   });
 }
 
+function setUpResume() {
+  const button = document.getElementById("resume-button");
+  if (!button) return;
+  button.addEventListener("click", () => {
+    setText("resume-error", "");
+    button.disabled = true;
+    post("/api/runs/" + button.dataset.run + "/resume").then((job) => { window.location = job.url; })
+      .catch((error) => { setText("resume-error", error.message); button.disabled = false; });
+  });
+}
+
 // -- start a run: the estimate first ----------------------------------------------------------
 
 function setUpStart() {
@@ -366,6 +377,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpPlayground();
   setUpRunsTable();
   setUpJob();
+  setUpResume();
   setUpStart();
   setUpAdvise();
   setUpReview();
