@@ -81,6 +81,11 @@ def test_full_freeze_classify_and_preference_flops():
     classify = _config(task="classify")
     classify_flops = plan_flops(classify, FACTS, plan_tokens(classify, [64]), n_labels=4)
     assert classify_flops.matmul_params == 6_000 + 16 * 4
+    # Training also scores the prompts' next tokens over the vocabulary (classify.prompt_lm_weight, on by default):
+    # the head's forward and activation gradients; evaluation still computes the label columns only.
+    plain = plan_flops(_config(task="classify", classify={"prompt_lm_weight": 0}), FACTS, plan_tokens(classify, [64]), n_labels=4)
+    assert classify_flops.dense_flops_per_token == plain.dense_flops_per_token + 4 * 16 * (100 - 4)
+    assert classify_flops.eval_flops == plain.eval_flops
     preference = plan_flops(_config(task="preference"), FACTS, tokens)
     assert preference.dense_flops_per_token == 6 * 7_600 + 6 * 500  # + the reference forward, 2N
 

@@ -20,7 +20,9 @@ weight except the input embedding table, with the LM head counted as d_model x h
 - attention scores and weighted sums, stated separately: ``6·n_layers·seq·d_model`` per token
   (forward ``2·n_layers·seq·d_model``, backward twice that), seq = the row length trained on.
 - classify: only the label columns of the LM head are computed, so the head counts
-  ``d_model·n_labels`` instead of ``d_model·vocab``; the tokens are those of each prompt (+1).
+  ``d_model·n_labels`` instead of ``d_model·vocab``; the tokens are those of each prompt (+1). Training
+  with ``classify.prompt_lm_weight`` also scores the prompts' next tokens: ``4·d_model·vocab`` more per token
+  (6 in full fine-tuning).
 - preference (DPO): chosen and rejected are two sequences, and the reference model adds a
   forward pass, ``2·N`` per token.
 - validation and evaluation are forward passes: ``2·N + 2·n_layers·seq·d_model`` per token.
@@ -452,6 +454,10 @@ def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_l
         dense = 4 * matmul + 2 * trainable
     if config.task == "preference":
         dense += 2 * matmul  # the reference model's forward pass
+    if config.task == "classify" and config.classify.prompt_lm_weight > 0:
+        # Training also scores the prompts' own next tokens over the whole vocabulary (``classify.prompt_lm_weight``):
+        # the head's forward and its activation gradients (4 d V; its weight is trained only in full fine-tuning).
+        dense += (6 if method == "full" else 4) * facts.d_model * (facts.vocab - head_columns)
     attention_forward = 2 * facts.n_layers * tokens.seq_len * facts.d_model
     attention = 3 * attention_forward
     forward = 2 * matmul + attention_forward

@@ -77,7 +77,8 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
         validation,
         collate=ClassifyCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens, prefix),
         loss_fn=functools.partial(
-            classify_loss_sum, **scoring, label_smoothing=config.classify.label_smoothing, class_weights=weights
+            classify_loss_sum, **scoring, label_smoothing=config.classify.label_smoothing, class_weights=weights,
+            prompt_lm_weight=config.classify.prompt_lm_weight,
         ),
         progress=progress,
         validation_score=functools.partial(classify_correct_sum, **scoring) if config.classify.select_by == "accuracy" else None,

@@ -136,16 +136,42 @@ def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = D
     return linear_cross_entropy_sum(hidden[keep], head, targets[keep], chunk)
 
 
-def classify_logits(
-    model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor, label_head: LabelHead | None = None
-) -> torch.Tensor:
-    """[examples, labels] logits at each prompt's last position, computed over the label columns only."""
+def _classify_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The final hidden states of every position of a classify batch, flattened [rows x width, hidden]."""
     if "prefix_ids" in batch:
         hidden = prefix_hidden_states(model, batch)
     else:
         hidden = hidden_states(model, batch["input_ids"], batch["position_ids"])
-    flat = hidden.reshape(-1, hidden.shape[-1])[batch["last_positions"]]
-    return label_logits(model, flat, label_token_ids, label_head)
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+def classify_logits(
+    model: nn.Module, batch: dict[str, torch.Tensor], label_token_ids: torch.Tensor, label_head: LabelHead | None = None
+) -> torch.Tensor:
+    """[examples, labels] logits at each prompt's last position, computed over the label columns only."""
+    return label_logits(model, _classify_states(model, batch)[batch["last_positions"]], label_token_ids, label_head)
+
+
+def prompt_lm_loss_mean(model: nn.Module, batch: dict[str, torch.Tensor], states: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over a classify batch's own prompt tokens (each example's text and the template
+    around it; the last position, which the label head reads, predicts nothing here).
+
+    ``states``: the batch's flattened final hidden states (``_classify_states``). A row's real tokens run up to the
+    last token of its last example (padding follows), and an example's last token is followed by the next example:
+    every other real position predicts the token after it, in its own example.
+    """
+    rows, width = batch["input_ids"].shape
+    last = batch["last_positions"].to(states.device)
+    ends = torch.full((rows,), -1, dtype=torch.long, device=states.device).scatter_reduce(0, last // width, last, "amax")
+    index = torch.arange(rows * width, device=states.device)
+    source = index <= ends[index // width]
+    source[last] = False
+    positions = index[source]
+    if positions.numel() == 0:
+        return states.sum() * 0.0
+    targets = batch["input_ids"].reshape(-1).to(states.device)[positions + 1]
+    head = causal_lm_of(model).get_output_embeddings()
+    return linear_cross_entropy_sum(states[positions], head, targets) / positions.numel()
 
 
 def classify_loss_sum(
@@ -155,22 +181,30 @@ def classify_loss_sum(
     label_head: LabelHead | None = None,
     label_smoothing: float = 0.0,
     class_weights: torch.Tensor | None = None,
+    prompt_lm_weight: float = 0.0,
 ) -> torch.Tensor:
     """Summed cross-entropy over the label tokens at each prompt's last position.
 
-    ``label_smoothing`` and ``class_weights`` (one weight per label: each example's loss times its label's)
-    apply while gradients are on (training steps) only: the validation loss the loop reports and selects by
-    stays the plain cross-entropy.
+    ``label_smoothing``, ``class_weights`` (one weight per label: each example's loss times its label's) and
+    ``prompt_lm_weight`` (the prompts' own next-token loss, ``prompt_lm_loss_mean``, times the number of examples
+    and this weight, so it scales with the summed label loss) apply while gradients are on (training steps) only:
+    the validation loss the loop reports and selects by stays the plain cross-entropy.
     """
-    logits = classify_logits(model, batch, label_token_ids, label_head).float()
+    states = _classify_states(model, batch)
+    logits = label_logits(model, states[batch["last_positions"]], label_token_ids, label_head).float()
+    labels = batch["class_labels"]
     if not torch.is_grad_enabled():
-        return F.cross_entropy(logits, batch["class_labels"], reduction="sum")
+        return F.cross_entropy(logits, labels, reduction="sum")
     if class_weights is None:
-        return F.cross_entropy(logits, batch["class_labels"], reduction="sum", label_smoothing=label_smoothing)
-    # Per example, not F.cross_entropy(weight=...): with label smoothing torch would also weigh the smoothed share
-    # by every other label's weight, and the loop averages the sum over examples, not over weights.
-    losses = F.cross_entropy(logits, batch["class_labels"], reduction="none", label_smoothing=label_smoothing)
-    return (losses * class_weights.to(losses.device)[batch["class_labels"]]).sum()
+        total = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
+    else:
+        # Per example, not F.cross_entropy(weight=...): with label smoothing torch would also weigh the smoothed share
+        # by every other label's weight, and the loop averages the sum over examples, not over weights.
+        losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+        total = (losses * class_weights.to(losses.device)[labels]).sum()
+    if prompt_lm_weight:
+        total = total + prompt_lm_weight * labels.numel() * prompt_lm_loss_mean(model, batch, states)
+    return total
 
 
 def classify_correct_sum(
