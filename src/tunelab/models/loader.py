@@ -223,20 +223,29 @@ def load_model_config(name: str | ModelSource, *, allow_network: bool = False, r
     """
     from transformers import AutoConfig
 
-    source = name if isinstance(name, ModelSource) else resolve_model(name)
-    if source.kind == "run":
-        raise ModelError(f"{source.location} is a tunelab run", "read it with tunelab.runs.load_model_config")
-    if source.kind == "hub":
-        if not allow_network:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        location, kwargs = source.location, {"local_files_only": not allow_network, **({"revision": revision} if revision else {})}
-    else:
-        location, kwargs = str(local_folder_for(source)), {"local_files_only": True}
-        allow_network = False
+    location, allow_network, revision = _plain_location(name, allow_network, revision)
+    kwargs = {"local_files_only": not allow_network, **({"revision": revision} if revision else {})}
     try:
         return AutoConfig.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as error:
         raise _load_error(location, error, allow_network) from None
+
+
+def _plain_location(name: str | ModelSource, allow_network: bool, revision: str | None) -> tuple[str, bool, str | None]:
+    """(where a plain model loads from, whether the network may be used, its revision): a hub id as given (offline
+    unless allowed), anything else its local folder (a GGUF converted on first use).
+
+    Raises:
+        ModelError: for a run folder (``tunelab.runs`` reads those) or an unknown name.
+    """
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
+    if source.kind == "run":
+        raise ModelError(f"{source.location} is a tunelab run", "read it through tunelab.runs (load_model, load_model_config) or Run.open(path).load()")
+    if source.kind == "hub":
+        if not allow_network:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return source.location, allow_network, revision
+    return str(local_folder_for(source)), False, None
 
 
 def load_model(
@@ -259,17 +268,8 @@ def load_model(
             or ``quantize`` without bitsandbytes.
     """
     source = name if isinstance(name, ModelSource) else resolve_model(name)
-    if source.kind == "run":
-        raise ModelError(f"{source.location} is a tunelab run", "load it with tunelab.runs.load_model (or Run.open(path).load())")
-    if source.kind == "hub":
-        if not allow_network:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        model, tokenizer = _from_pretrained(
-            source.location, dtype=dtype, allow_network=allow_network, revision=revision, quantize=quantize
-        )
-    else:
-        folder = local_folder_for(source)
-        model, tokenizer = _from_pretrained(str(folder), dtype=dtype, allow_network=False, revision=None, quantize=quantize)
+    location, allow_network, revision = _plain_location(source, allow_network, revision)
+    model, tokenizer = _from_pretrained(location, dtype=dtype, allow_network=allow_network, revision=revision, quantize=quantize)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
 
