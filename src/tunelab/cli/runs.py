@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.common import console, print_json, verdict_rich_table
@@ -168,6 +169,9 @@ def show(
         console.print(_metrics_table(record))
     if isinstance(baselines, dict) and baselines and verdict is None:
         console.print(_facts_table("Baselines", [(name, _cell((m or {}).get((m or {}).get("primary")))) for name, m in baselines.items()]))
+    # A baseline that was not scored is said with its reason, as `tunelab run` said it: never silently missing.
+    for name, reason in record.baselines_skipped.items():
+        console.print(f"[yellow]{escape(name)} skipped:[/yellow] {escape(reason)}")
     if isinstance(train, dict) and train:
         console.print(_facts_table("Training", _train_rows(train)))
     if record.timings:

@@ -110,13 +110,21 @@ class RunRecord:
         return None
 
     @property
+    def baselines_skipped(self) -> dict[str, str]:
+        """Each baseline of ``eval.baselines`` that was not scored, with why (it cannot run here, or cannot win), as the
+        verdict and the artifacts keep them (a run without a verdict, e.g. one that stopped after the baselines step,
+        has only the artifacts')."""
+        skipped: dict[str, str] = {}
+        for kept in ((self.artifacts or {}).get("baselines_skipped"), (self.comparison or {}).get("skipped")):
+            if isinstance(kept, dict):
+                skipped.update({str(name): str(reason) for name, reason in kept.items()})
+        return skipped
+
+    @property
     def base_skipped(self) -> str | None:
-        """Why the base model was not scored (``eval.skip_hopeless``: it cannot win), as the verdict or the artifacts
-        keep it; None when it was scored or nothing says so."""
-        for skipped in ((self.comparison or {}).get("skipped"), (self.artifacts or {}).get("baselines_skipped")):
-            if isinstance(skipped, dict) and "base" in skipped:
-                return str(skipped["base"])
-        return None
+        """Why the base model was not scored (``eval.skip_hopeless``: it cannot win); None when it was scored or
+        nothing says so."""
+        return self.baselines_skipped.get("base")
 
     def base_metrics(self) -> dict[str, float]:
         """The base model's metrics ("before"): ``baseline_metrics``, unless the run says the base model was skipped.

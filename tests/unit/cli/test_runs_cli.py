@@ -132,3 +132,21 @@ def test_runs_never_shows_another_baselines_value_as_the_base_models_before(app,
     assert "0.85 →" not in result.output, result.output
     assert "accuracy n/a (base skipped) → 0.86" in result.output, result.output
     assert Registry(path).get_run("hopeless-base").key_metric() == ("accuracy", None, 0.86)
+
+
+def test_show_gives_each_skipped_baselines_reason(app, tmp_path):
+    # `tunelab show` said "not scored (cannot run here or cannot win, see each reason): base, few_shot" and gave no reason.
+    reasons = {"base": "4 of 32 validation requests right (0.125, 95% interval up to 0.281): it cannot win",
+               "few_shot": "the prompt cannot hold one example per label within 2048 tokens"}
+    path = tmp_path / "registry.db"
+    Registry(path).create_run(
+        name="skips", task="classify", model="default", status="finished",
+        tuned_metrics={"primary": "accuracy", "accuracy": 0.86},
+        comparison={"verdict": "no significant difference", "primary": "accuracy", "skipped": {"base": reasons["base"]}},
+        artifacts={"baselines": {"classical": {"primary": "accuracy", "accuracy": 0.85}}, "baselines_skipped": reasons},
+    )
+    result = CliRunner().invoke(app, ["show", "skips", "--registry", str(path)])
+    assert result.exit_code == 0, result.output
+    for name, reason in reasons.items():
+        assert f"{name} skipped: {reason}" in result.output, result.output
+    assert Registry(path).get_run("skips").baselines_skipped == reasons
