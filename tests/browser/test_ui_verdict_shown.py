@@ -1,5 +1,6 @@
 """What a finished run's page says about its verdict, against what `tunelab show` and report.md say: every baseline
-scored (embedding included), every baseline skipped with its reason, the verdict's warnings."""
+scored (embedding included), every baseline skipped with its reason, the verdict's warnings, the calibration's ECE
+before and after."""
 
 from __future__ import annotations
 
@@ -66,3 +67,21 @@ def test_run_page_shows_every_baseline_scored_or_skipped_and_the_warnings(page, 
     shown = page.locator("#verdict-warnings li").all_inner_texts()
     assert shown == report_warnings, (shown, report_warnings)
     check_screen(page, "run-verdict")
+
+
+def test_run_page_shows_the_calibration_ece_before_and_after(page, verdict_url, verdict_run):
+    """classify.calibrate: the temperature and the validation ECE before and after, as calibration.json keeps them."""
+    import json
+
+    from tunelab.runs import RunFolder
+
+    _, registry_path, _ = verdict_run
+    record = Registry(registry_path).get_run("judged")
+    page.goto(f"{verdict_url}/runs/{record.id}")
+    calibration = json.loads(RunFolder(record.run_dir).calibration.read_text())
+    assert calibration["applied"]
+    assert page.locator("#calibration").count() == 1, "calibration.json is not shown"
+    text = page.inner_text("#calibration")
+    for value in (calibration["temperature"], calibration["ece_before"], calibration["ece_after"]):
+        assert f"{value:.4g}" in text, text
+    assert f"{calibration['queries']} validation" in text

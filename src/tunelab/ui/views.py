@@ -338,6 +338,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
     folder = RunFolder(Path(record.run_dir)) if record.run_dir else None
     pipeline = _pipeline_state(folder) if folder else None
     data_check = _load_json(folder.data_check) if folder else None
+    calibration = _load_json(folder.calibration) if folder else None
     comparison = _comparison_of(record)
     names, lines = verdict_table(comparison)
     estimate = record.estimate or {}
@@ -354,6 +355,8 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "baseline_names": names,
         "metric_lines": lines,
         "verdict_warnings": verdict_warnings(record, comparison),
+        # classify.calibrate: the temperature and the validation ECE before and after, as calibration.json keeps them.
+        "calibration": calibration if isinstance(calibration, dict) else None,
         "confusions": confusion_matrices(record),
         "examples": changed(record, comparison),
         "files": run_files(record),
