@@ -1,6 +1,6 @@
 """What a finished run's page says about its verdict, against what `tunelab show` and report.md say: every baseline
 scored (embedding included), every baseline skipped with its reason, the verdict's warnings, the calibration's ECE
-before and after."""
+before and after; and the data check's warnings on the start form before a run is started."""
 
 from __future__ import annotations
 
@@ -85,3 +85,24 @@ def test_run_page_shows_the_calibration_ece_before_and_after(page, verdict_url, 
     for value in (calibration["temperature"], calibration["ece_before"], calibration["ece_after"]):
         assert f"{value:.4g}" in text, text
     assert f"{calibration['queries']} validation" in text
+
+
+def test_start_form_shows_the_data_checks_warnings_before_start(page, verdict_url, verdict_run):
+    """The warnings `tunelab run` prints before any compute (the data check's, the split's) are on the form after
+    Estimate, before the user presses Start."""
+    folder, _, output = verdict_run
+    page.goto(verdict_url + "/start")
+    page.fill("#config-path", "judged.yaml")
+    page.click("details summary:has-text('more')")
+    page.fill("#overrides", "name=not-started")
+    page.click("#estimate-button")
+    page.wait_for_selector("#estimate-result:not(.hidden)")
+    shown = page.locator("#estimate-warnings li").all_inner_texts()
+    printed = [" ".join(w.split()) for w in output.split("warning ")[1:]]
+    assert any(w.startswith("data: only 48 examples") for w in shown), shown
+    assert any(w.startswith("split: the test split has 12 examples") for w in shown), shown
+    for warning in shown:  # word for word what the command line printed
+        assert any(p.startswith(" ".join(warning.split())) for p in printed), (warning, printed)
+    assert not page.is_disabled("#start-button")
+    assert not (folder / "runs" / "not-started").exists()
+    check_screen(page, "start-warnings")
