@@ -395,6 +395,12 @@ def confusion_results(baselines: dict[str, EvalResult], tuned: EvalResult) -> li
     return [*shown, ("tuned", tuned)]
 
 
+def verdict_warnings(warnings: list[str], baselines: dict[str, EvalResult], tuned: EvalResult) -> list[str]:
+    """The warnings a verdict is read with (the report, the UI's run page): the comparison's own (``Verdict.warnings``),
+    then each evaluation's, named by its model."""
+    return list(warnings) + [f"{name}: {w}" for name, result in baselines.items() for w in result.warnings] + [f"tuned: {w}" for w in tuned.warnings]
+
+
 def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict) -> ReportFiles:
     """Write report.md, report.html and plots/loss.png into ``run_dir``: the tuned model against every baseline.
 
@@ -408,7 +414,7 @@ def write_report(run_dir: str | Path, baselines: dict[str, EvalResult], tuned: E
             raise DataError(f"cannot report a {result.task} evaluation ({name}) against a {tuned.task} evaluation")
     run = RunFolder(Path(run_dir))
     plots: dict[str, Path] = {}
-    notes = list(verdict.warnings) + [f"{name}: {w}" for name, result in baselines.items() for w in result.warnings] + [f"tuned: {w}" for w in tuned.warnings]
+    notes = verdict_warnings(verdict.warnings, baselines, tuned)
     train, validation, bad = read_loss_log(run.metrics)
     if bad:
         notes.append(f"{bad} lines of {run.metrics.name} could not be read and are not plotted")

@@ -57,6 +57,7 @@ from tunelab.runs import Run, RunFolder, anchor_paths, read_state, repair_config
 from tunelab.runtime import pin_threads
 
 if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (start-up time)
+    from tunelab.data.check import CheckReport
     from tunelab.data.labels import LabelMap
     from tunelab.data.split import Split
     from tunelab.evaluation.answering import AnsweringModel
@@ -466,8 +467,8 @@ def check_step(context: PipelineContext) -> None:
                 f"{len(report.errors)} invalid record(s) in {config.data.train}: {listed}{more}",
                 f"fix them, or set data.skip_invalid: true to drop them (each is listed); `tunelab data check {config.data.train} --task {config.task}` shows all",
             )
-        for message in report.warnings:
-            context.warn(f"data: {message}")
+        for message in data_warnings(report):
+            context.warn(message)
         context.run.root.mkdir(parents=True, exist_ok=True)
         context.lock()  # from here on this process writes into the folder; a second one is refused
         # Kept in the run folder so the report and the UI show what the data looked like at training time.
@@ -492,11 +493,8 @@ def split_step(context: PipelineContext) -> Split:
         with step(context, "split") as record:
             split = make_split(config)
             split.save(run.split)
-            for message in split.warnings:
-                context.warn(f"split: {message}")
-            small = too_few_test_examples(config, split)
-            if small:
-                context.warn(f"split: {small}")
+            for message in split_warnings(config, split):
+                context.warn(message)
             record.value = {"sizes": split.sizes(), "fingerprint": split.fingerprint}
             record.details = {"sizes": split.sizes()}
     if not split.test:
@@ -508,6 +506,30 @@ def split_step(context: PipelineContext) -> Split:
     context.split = split
     context.label_map = _label_map_for(config, split, context.base.tokenizer)
     return split
+
+
+def data_warnings(report: CheckReport) -> list[str]:
+    """The data check's warnings as ``tunelab run`` gives them (check step)."""
+    return [f"data: {message}" for message in report.warnings]
+
+
+def split_warnings(config: RunConfig, split: Split) -> list[str]:
+    """The split's warnings as ``tunelab run`` gives them (split step), a test split too small for a verdict included."""
+    small = too_few_test_examples(config, split)
+    return [f"split: {message}" for message in [*split.warnings, *([small] if small else [])]]
+
+
+def warnings_before_start(config: ResolvedConfig, tokenizer: Any) -> list[str]:
+    """What ``tunelab run`` warns of before any compute (the check and split steps' warnings), for the UI's start form.
+
+    Raises:
+        DataError: as the split step does (unreadable data, invalid records without ``data.skip_invalid``).
+    """
+    from tunelab.data.check import check_data
+    from tunelab.data.split import make_split
+
+    report = check_data(config.data.train, config.task, config.data, tokenizer=tokenizer, test_path=config.data.test)
+    return data_warnings(report) + split_warnings(config, make_split(config))
 
 
 def too_few_test_examples(config: RunConfig, split: Split) -> str | None:

@@ -348,15 +348,23 @@ def create_app(settings: UISettings):
         from starlette.concurrency import run_in_threadpool
 
         from tunelab.estimate import estimate_from_config
+        from tunelab.runs import load_tokenizer
+        from tunelab.tasks.pipeline import warnings_before_start
         from tunelab.ui.jobs import prepare_run
 
         config_path, overrides, calibrate = _start_body(await json_object(request))
         config, _ = prepare_run(config_path, overrides, registry.path)
+
+        def check_and_estimate():
+            # The estimate, and what `tunelab run` warns of before any compute: both shown before Start.
+            result = estimate_from_config(config, calibrate_here=calibrate)
+            return warnings_before_start(config, load_tokenizer(config.model.name, config.model.allow_network)), result
+
         # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
-        result = await run_in_threadpool(estimate_from_config, config, calibrate_here=calibrate)
+        warnings, result = await run_in_threadpool(check_and_estimate)
         data = result.as_dict()
         command = " ".join(["tunelab", "run", config_path, *overrides])
-        return {"run": config.name, "lines": estimate_summary(data), "estimate": data, "command": command}
+        return {"run": config.name, "lines": estimate_summary(data), "estimate": data, "command": command, "warnings": warnings}
 
     @app.post("/api/jobs")
     async def start_job(request: Request):

@@ -238,6 +238,27 @@ def _comparison_of(record: RunRecord) -> dict[str, Any] | None:
     return None
 
 
+def verdict_warnings(record: RunRecord, comparison: dict[str, Any] | None) -> list[str]:
+    """The warnings the report gives beside the verdict (``report.verdict_warnings``): the comparison's, then those of
+    each evaluation it compares (read from the run's files; the comparison's alone when they cannot be read)."""
+    from tunelab.evaluation.report import verdict_warnings as report_warnings
+    from tunelab.evaluation.result import EvalResult
+
+    if not comparison:
+        return []
+    warnings = [str(w) for w in comparison.get("warnings") or []]
+    if not record.run_dir or not isinstance(comparison.get("comparisons"), dict):
+        return warnings
+    run = RunFolder(Path(record.run_dir))
+    found = run.baseline_evaluations()
+    try:
+        baselines = {name: EvalResult.load(found[name]) for name in comparison["comparisons"] if name in found}
+        tuned = EvalResult.load(run.tuned_eval)
+    except DataError:
+        return warnings
+    return report_warnings(warnings, baselines, tuned)
+
+
 def confusion_matrices(record: RunRecord) -> list[dict[str, Any]]:
     """Each model's confusion matrix (classify): the tuned model's, then the baselines' as registered."""
     from tunelab.evaluation.report import confusion_view
@@ -317,6 +338,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
     folder = RunFolder(Path(record.run_dir)) if record.run_dir else None
     pipeline = _pipeline_state(folder) if folder else None
     data_check = _load_json(folder.data_check) if folder else None
+    calibration = _load_json(folder.calibration) if folder else None
     comparison = _comparison_of(record)
     names, lines = verdict_table(comparison)
     estimate = record.estimate or {}
@@ -332,6 +354,9 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "comparison": comparison,
         "baseline_names": names,
         "metric_lines": lines,
+        "verdict_warnings": verdict_warnings(record, comparison),
+        # classify.calibrate: the temperature and the validation ECE before and after, as calibration.json keeps them.
+        "calibration": calibration if isinstance(calibration, dict) else None,
         "confusions": confusion_matrices(record),
         "examples": changed(record, comparison),
         "files": run_files(record),

@@ -178,6 +178,9 @@ function setUpStart() {
         row.appendChild(head);
         row.insertCell().textContent = value;
       });
+      const warnings = document.getElementById("estimate-warnings");
+      warnings.innerHTML = "";
+      (result.warnings || []).forEach((text) => { warnings.appendChild(document.createElement("li")).textContent = text; });
       document.getElementById("estimate-result").classList.remove("hidden");
       setText("estimate-command", result.command ? "will run: " + result.command : "");
       startButton.disabled = false;
