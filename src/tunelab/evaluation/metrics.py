@@ -186,10 +186,15 @@ def wilson_interval(successes: float, total: int, confidence: float = 0.95) -> t
     low, high = proportion_confint(successes, total, alpha=1 - confidence, method="wilson")
     return max(0.0, float(low)), min(1.0, float(high))
 def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
-    """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on these rows.
+    """The temperature T that minimises the cross-entropy of softmax(logits / T) on these rows, against targets
+    smoothed as Platt (1999) smooths his calibration targets.
 
     Temperature scaling (Guo et al. 2017): one positive scalar, so the argmax (every answer) is unchanged;
-    searched on log T in [log 0.05, log 20] (bounded: a handful of rows must not send it to 0 or infinity).
+    searched on log T in [log 0.05, log 20]. Each row's own label gets (n + 1) / (n + 2) of the target mass and
+    the other labels share the rest (n rows): with plain targets, validation rows that are all answered right
+    (a few dozen easy queries often are) make the loss fall for ever as T -> 0, and the fit ran to the bound,
+    every later answer "100 %" however often it is wrong. The smoothed targets say what n right answers in a
+    row support (Laplace's rule of succession) and keep the optimum finite; on rows with errors they move T little.
     """
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
@@ -198,13 +203,16 @@ def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
     targets = np.asarray(targets, dtype=int)
     if logits.size == 0:
         return 1.0
+    rows, labels = logits.shape
+    soft = np.full((rows, labels), 1.0 / ((rows + 2) * max(labels - 1, 1)))
+    soft[np.arange(rows), targets] = (rows + 1) / (rows + 2) if labels > 1 else 1.0
 
-    def nll(log_t: float) -> float:
-        return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(targets)), targets].mean())
+    def loss(log_t: float) -> float:
+        return float(-(soft * log_softmax(logits / np.exp(log_t), axis=1)).sum(axis=1).mean())
 
-    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    found = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     best = float(np.exp(found.x))
-    return best if nll(np.log(best)) <= nll(0.0) else 1.0
+    return best if loss(np.log(best)) <= loss(0.0) else 1.0
 
 
 def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_of_scope: Sequence[float]) -> tuple[float, float]:

@@ -10,11 +10,23 @@ from tunelab.evaluation.metrics import fit_temperature
 from tunelab.models.heads import LabelHead, label_logits
 
 
-def _nll(logits, targets, temperature):
+def _log_probs(logits, temperature):
     scaled = logits / temperature
     scaled = scaled - scaled.max(axis=1, keepdims=True)
-    log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(len(targets)), targets].mean()
+    return scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+
+
+def _nll(logits, targets, temperature):
+    return -_log_probs(logits, temperature)[np.arange(len(targets)), targets].mean()
+
+
+def _platt_loss(logits, targets, temperature):
+    """Cross-entropy against Platt's smoothed targets: (n+1)/(n+2) on each row's label, the rest shared, written out row by row."""
+    n, k = logits.shape
+    total = 0.0
+    for row, target in zip(_log_probs(logits, temperature), targets, strict=True):
+        total -= sum(((n + 1) / (n + 2) if j == target else 1 / ((n + 2) * (k - 1))) * row[j] for j in range(k))
+    return total / n
 
 
 @pytest.mark.parametrize("sharpness", [0.3, 3.0])
@@ -25,12 +37,28 @@ def test_fit_temperature_finds_the_lowest_nll_of_a_brute_force_search(sharpness)
     logits[np.arange(200), targets] += 1.5  # right more often than not
     logits *= sharpness  # 0.3: underconfident (T < 1 fits), 3.0: overconfident (T > 1)
     grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
-    best = grid[np.argmin([_nll(logits, targets, t) for t in grid])]
+    best = grid[np.argmin([_platt_loss(logits, targets, t) for t in grid])]
     found = fit_temperature(logits, targets)
     assert found == pytest.approx(best, rel=0.01)
     assert (found < 1) == (sharpness < 1)
     assert _nll(logits, targets, found) <= _nll(logits, targets, 1.0)
     assert fit_temperature(np.zeros((0, 3)), []) == 1.0
+
+
+def test_validation_rows_all_answered_right_do_not_send_the_temperature_to_its_bound():
+    # The quickstart's seed-2 run: all 32 validation queries right, an underconfident (label-smoothed) model. The plain
+    # NLL falls for ever as T -> 0: the fit ran to the bound 0.05 and every test answer came out at ~100 %.
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 8, size=32)
+    logits = rng.normal(scale=0.3, size=(32, 8))
+    logits[np.arange(32), targets] += 1.5  # every row right, top probability about 0.5
+    found = fit_temperature(logits, targets)
+    assert 0.06 < found < 1.0
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    assert found == pytest.approx(grid[np.argmin([_platt_loss(logits, targets, t) for t in grid])], rel=0.01)
+    # The calibrated top probability sits near what 32 right answers in a row support, (n + 1) / (n + 2), not at 1.
+    top = np.exp(_log_probs(logits, found)).max(axis=1).mean()
+    assert 0.9 < top < 0.995
 
 
 def test_a_temperature_folded_into_the_label_head_divides_the_label_logits(tiny_model):
