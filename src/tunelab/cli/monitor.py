@@ -175,11 +175,12 @@ def promote(
     reason: str | None = typer.Option(None, "--reason", help="Kept in the alias history."),
     registry_path: Path | None = typer.Option(None, "--registry", help="The run registry (default: runs/registry.db)."),
 ) -> None:
-    """Point ALIAS at RUN (servers following alias:ALIAS pick it up without a restart)."""
+    """Point ALIAS at RUN (servers following alias:ALIAS pick it up without a restart); a run they could not serve is refused."""
     from tunelab.cli.runs import open_registry
+    from tunelab.tasks.retrain import promote as promote_run
 
     # An existing registry only: a mistyped --registry would otherwise become a new, empty one.
-    change = open_registry(registry_path).set_alias(alias, run, reason=reason or "manual promote")
+    change = promote_run(open_registry(registry_path), alias, run, reason=reason or "manual promote")
     console.print(f"alias {alias}: {change.previous_run_id or '(new)'} -> {change.run_id}")
 
 

@@ -613,9 +613,7 @@ class Registry:
         """
         if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise RegistryError(f"alias name '{name}' is not letters, digits, '.', '_' or '-'")
-        record = self.get_run(run)
-        if record.status != "finished":
-            raise RegistryError(f"run '{record.name}' is {record.status}, not finished: it cannot be served", "promote a finished run")
+        record = self.finished_run(run)
         now = _now()
         with self._write() as db:
             row = db.execute("SELECT run_id FROM aliases WHERE name = ?", (name,)).fetchone()
@@ -633,6 +631,17 @@ class Registry:
             )
             change_id = int(cursor.lastrowid)
         return AliasChange(change_id, name, record.id, previous, action, reason, details, now)
+
+    def finished_run(self, run: str) -> RunRecord:
+        """The run an alias may point at: only a finished one can be served.
+
+        Raises:
+            RegistryError: for an unknown run, or one that did not finish.
+        """
+        record = self.get_run(run)
+        if record.status != "finished":
+            raise RegistryError(f"run '{record.name}' is {record.status}, not finished: it cannot be served", "promote a finished run")
+        return record
 
     def alias_history(self, name: str) -> list[AliasChange]:
         """Every change of alias ``name``, oldest first."""
