@@ -142,13 +142,13 @@ def retrain(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Train a challenger on the champion's data + new labelled data; promote it only if it wins."""
-    from tunelab.cli.common import progress_display
+    from tunelab.cli.common import cancel_on_sigterm, progress_display
     from tunelab.cli.runs import open_registry
     from tunelab.tasks.retrain import retrain as run_retrain
 
     # The champion is read from an existing registry only: a mistyped --registry would otherwise become a new, empty one.
     registry_path = open_registry(registry_path).path
-    with progress_display(quiet=as_json) as display:
+    with progress_display(quiet=as_json) as display, cancel_on_sigterm():
 
         def on_event(step: str, status: str, details: dict[str, Any]) -> None:
             if step == "champion" and status == "start":

@@ -35,7 +35,9 @@ from tunelab.faults import kill_point
 from tunelab.paths import LOCK_FILE, create_private_file, run_folder_holder
 from tunelab.registry.migrations import migrate
 
-STATUSES = ("created", "running", "finished", "failed", "interrupted")
+# "interrupted": stopped without a word (killed, the machine went down, a sweep's scheduler); "cancelled": the user
+# stopped it (Ctrl-C, SIGTERM, the UI's Cancel, `tunelab cancel`); "failed": it broke. The first two resume as they were.
+STATUSES = ("created", "running", "finished", "failed", "interrupted", "cancelled")
 JSON_FIELDS = ("estimate", "baseline_metrics", "tuned_metrics", "comparison", "timings", "artifacts")
 TEXT_FIELDS = ("name", "status", "task", "model", "config", "data_fingerprint", "split_fingerprint", "run_dir", "error")
 UPDATABLE_FIELDS = TEXT_FIELDS + JSON_FIELDS
