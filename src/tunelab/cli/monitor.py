@@ -189,10 +189,11 @@ def rollback(
     reason: str | None = typer.Option(None, "--reason", help="Kept in the alias history."),
     registry_path: Path | None = typer.Option(None, "--registry", help="The run registry (default: runs/registry.db)."),
 ) -> None:
-    """Point ALIAS back at the run it served before the current one."""
+    """Point ALIAS back at the run it served before the current one (refused when a server could no longer serve it)."""
     from tunelab.cli.runs import open_registry
+    from tunelab.tasks.retrain import rollback as rollback_run
 
-    change = open_registry(registry_path).rollback_alias(alias, reason=reason)
+    change = rollback_run(open_registry(registry_path), alias, reason=reason)
     console.print(f"alias {alias}: {change.previous_run_id} -> {change.run_id} (rollback)")
 
 

@@ -658,7 +658,15 @@ class Registry:
         ]
 
     def rollback_alias(self, name: str, *, reason: str | None = None) -> AliasChange:
-        """Point alias ``name`` back at the run it pointed at before its current one.
+        """Point alias ``name`` back at the run it pointed at before its current one (:meth:`rollback_target`).
+
+        Raises:
+            RegistryError: when the alias has no earlier run to go back to.
+        """
+        return self.set_alias(name, self.rollback_target(name), reason=reason or "rollback", action="rollback")
+
+    def rollback_target(self, name: str) -> str:
+        """The run id a rollback of alias ``name`` goes back to: the run it pointed at before its current one.
 
         Walks the history backwards past earlier rollbacks, so two rollbacks in a row step back twice
         (A -> B -> C, rollback: B, rollback: A).
@@ -680,7 +688,7 @@ class Registry:
                 chain.pop()
         if len(chain) < 2:
             raise RegistryError(f"alias '{name}' has no earlier run to roll back to", "`tunelab promote NAME RUN` sets one explicitly")
-        return self.set_alias(name, chain[-2], reason=reason or "rollback", action="rollback")
+        return chain[-2]
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -192,7 +192,7 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
 
 
 def promote(registry: Any, alias: str, run: str, *, reason: str, details: dict[str, Any] | None = None,
-            only_from: str | None = None) -> Any:
+            only_from: str | None = None, action: str = "promote") -> Any:
     """Point ``alias`` at ``run`` (``tunelab promote``, a retrain's winner) once a server following it could serve the run.
 
     Returns:
@@ -205,7 +205,17 @@ def promote(registry: Any, alias: str, run: str, *, reason: str, details: dict[s
     from tunelab.serve.adapters import check_promotion
 
     record = check_promotion(registry, alias, run)
-    return registry.set_alias(alias, record.id, reason=reason, details=details, only_from=only_from)
+    return registry.set_alias(alias, record.id, reason=reason, details=details, only_from=only_from, action=action)
+
+
+def rollback(registry: Any, alias: str, *, reason: str | None = None) -> Any:
+    """Point ``alias`` back at the run it served before (``tunelab rollback``), once a server could still serve that run
+    (its folder may have been deleted or damaged since).
+
+    Raises:
+        ServeError, RegistryError: as :func:`promote`; RegistryError when there is no earlier run.
+    """
+    return promote(registry, alias, registry.rollback_target(alias), reason=reason or "rollback", action="rollback")
 
 
 def promote_challenger(

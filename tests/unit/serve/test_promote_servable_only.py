@@ -108,3 +108,19 @@ def test_promote_refuses_a_run_the_server_serves_only_on_its_own(router_versions
     result = _promote(store.path, "router", run)
     assert isinstance(result.exception, TunelabError) and "q-run" in result.exception.message and method in result.exception.message
     assert store.alias("router") is None
+
+
+def test_rollback_refuses_a_run_whose_folder_is_gone_since_it_was_served(router_versions, tmp_path):
+    from tunelab.cli.main import _register_commands, app
+
+    earlier = tmp_path / "router-v0"
+    shutil.copytree(router_versions[0], earlier)
+    store = Registry(tmp_path / "registry.db")
+    first = store.create_run(name="router-v0", task="classify", status="finished", run_dir=str(earlier)).id
+    second = store.create_run(name="router-v2", task="classify", status="finished", run_dir=str(router_versions[1])).id
+    assert _promote(store.path, "router", first).exit_code == 0 and _promote(store.path, "router", second).exit_code == 0
+    shutil.rmtree(earlier / "adapter")  # cleaned up since it was served
+    _register_commands()
+    result = CliRunner().invoke(app, ["rollback", "router", "--registry", str(store.path)])
+    assert isinstance(result.exception, TunelabError) and "router-v0" in result.exception.message, repr(result.exception)
+    assert store.alias("router") == second and len(store.alias_history("router")) == 2
