@@ -32,3 +32,19 @@ class DataError(TunelabError):
 
 class ModelError(TunelabError):
     """A model that cannot be found, read or converted."""
+
+
+class Cancelled(KeyboardInterrupt):
+    """The user stopped the process by a signal other than Ctrl-C (SIGTERM: ``kill``, a second Cancel in the UI, a job
+    scheduler). A KeyboardInterrupt, so every place that cleans up after Ctrl-C cleans up after it the same way."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def cancel_reason(interrupt: KeyboardInterrupt) -> str:
+    """Why a cancelled run stopped, as its registry row says it: the signal when it was not Ctrl-C."""
+    if isinstance(interrupt, Cancelled):
+        return f"cancelled by {interrupt.signal_name}"
+    return "cancelled by the user (Ctrl-C / SIGINT)"

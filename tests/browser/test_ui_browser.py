@@ -225,7 +225,7 @@ def test_start_form_pickers_estimate_first_then_live_progress_and_cancel(page, u
     check_screen(page, "started-run")
     page.click("#cancel-button")
     page.wait_for_function("document.getElementById('job-status').textContent === 'cancelled'", timeout=60_000)
-    assert Registry(registry_path).get_run("started").status == "interrupted"
+    assert Registry(registry_path).get_run("started").status == "cancelled"
     shot(page, "started-run-cancelled")
     # Resume from the run's page: the same run folder goes on to its verdict, as `tunelab run --resume RUN` would.
     page.click("#run-link")

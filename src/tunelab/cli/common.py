@@ -180,6 +180,50 @@ class ProgressDisplay:
 
 
 @contextmanager
+def cancel_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM (``kill``, a job scheduler, the UI's second Cancel) stops it as Ctrl-C does.
+
+    Without a handler SIGTERM ends Python at once: the run's row said running until the next reader marked it
+    interrupted, as if the machine had gone down. Raised as ``Cancelled`` (a KeyboardInterrupt) in the main thread,
+    it is cleaned up after as Ctrl-C is and its row says cancelled by SIGTERM. Once only: a SIGTERM after the first,
+    or after Ctrl-C, ends the process at once, as the UI's second Cancel means to.
+    """
+    import signal
+    import threading
+
+    import typer
+
+    from tunelab.errors import Cancelled
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Cancelled("SIGTERM")
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
+    # An ignored SIGINT (a UI started in the background) stays ignored; Ctrl-C's own handler is replaced by the same.
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except Cancelled as cancelled:
+        error_console.print(f"cancelled ({cancelled.signal_name})")
+        raise typer.Exit(128 + signal.SIGTERM) from None  # as a shell reports a process SIGTERM ended
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+@contextmanager
 def progress_display(*, quiet: bool = False) -> Iterator[ProgressDisplay]:
     """The one progress display (``run``, ``sweep``, ``train``, ``distill``, ``eval``, ``estimate``, ``retrain``), stopped on the way out."""
     display = ProgressDisplay(quiet=quiet)

@@ -142,13 +142,13 @@ def retrain(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Train a challenger on the champion's data + new labelled data; promote it only if it wins."""
-    from tunelab.cli.common import progress_display
+    from tunelab.cli.common import cancel_on_sigterm, progress_display
     from tunelab.cli.runs import open_registry
     from tunelab.tasks.retrain import retrain as run_retrain
 
     # The champion is read from an existing registry only: a mistyped --registry would otherwise become a new, empty one.
     registry_path = open_registry(registry_path).path
-    with progress_display(quiet=as_json) as display:
+    with progress_display(quiet=as_json) as display, cancel_on_sigterm():
 
         def on_event(step: str, status: str, details: dict[str, Any]) -> None:
             if step == "champion" and status == "start":
@@ -175,11 +175,12 @@ def promote(
     reason: str | None = typer.Option(None, "--reason", help="Kept in the alias history."),
     registry_path: Path | None = typer.Option(None, "--registry", help="The run registry (default: runs/registry.db)."),
 ) -> None:
-    """Point ALIAS at RUN (servers following alias:ALIAS pick it up without a restart)."""
+    """Point ALIAS at RUN (servers following alias:ALIAS pick it up without a restart); a run they could not serve is refused."""
     from tunelab.cli.runs import open_registry
+    from tunelab.tasks.retrain import promote as promote_run
 
     # An existing registry only: a mistyped --registry would otherwise become a new, empty one.
-    change = open_registry(registry_path).set_alias(alias, run, reason=reason or "manual promote")
+    change = promote_run(open_registry(registry_path), alias, run, reason=reason or "manual promote")
     console.print(f"alias {alias}: {change.previous_run_id or '(new)'} -> {change.run_id}")
 
 
@@ -188,10 +189,11 @@ def rollback(
     reason: str | None = typer.Option(None, "--reason", help="Kept in the alias history."),
     registry_path: Path | None = typer.Option(None, "--registry", help="The run registry (default: runs/registry.db)."),
 ) -> None:
-    """Point ALIAS back at the run it served before the current one."""
+    """Point ALIAS back at the run it served before the current one (refused when a server could no longer serve it)."""
     from tunelab.cli.runs import open_registry
+    from tunelab.tasks.retrain import rollback as rollback_run
 
-    change = open_registry(registry_path).rollback_alias(alias, reason=reason)
+    change = rollback_run(open_registry(registry_path), alias, reason=reason)
     console.print(f"alias {alias}: {change.previous_run_id} -> {change.run_id} (rollback)")
 
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.common import (
+    cancel_on_sigterm,
     config_or_resume,
     console,
     error_console,
@@ -189,7 +190,7 @@ def run(
     from tunelab.tasks.pipeline import run_pipeline
 
     config = config_or_resume(config_path, overrides, resume, "run")
-    with progress_display(quiet=as_json) as display:
+    with progress_display(quiet=as_json) as display, cancel_on_sigterm():
         outcome = run_pipeline(
             config, resume=resume, on_event=shown_events(display, as_json), train_progress=display.training,
             eval_progress=display.advance, calibrate=not no_calibrate,
@@ -270,7 +271,7 @@ def sweep(
             from tunelab.errors import ConfigError
 
             raise ConfigError(f"{', '.join(given)} apply to the Ray engine only", "add --engine ray, or leave them out")
-        with progress_display(quiet=as_json) as display:
+        with progress_display(quiet=as_json) as display, cancel_on_sigterm():
             entries = run_sweep(config_path, overrides or [], grid, on_event=shown_events(display, as_json), train_progress=display.training,
                                 eval_progress=display.advance, metric=metric)
         rows = leaderboard(entries, metric)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import console, error_console, print_json, progress_display
+from tunelab.cli.common import cancel_on_sigterm, console, error_console, print_json, progress_display
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
 
@@ -60,7 +60,7 @@ def train(
         run_dir = run_dir or Path(config.train.output_dir) / run_name(config)
     split = make_split(config)
 
-    with progress_display(quiet=as_json) as display:
+    with progress_display(quiet=as_json) as display, cancel_on_sigterm():
         # One registry row per run however many processes train it: the first one keeps it.
         train = train_registered if is_main_process() else run_training
         result = train(config, split, run_dir=run_dir, progress=display.training, resume=resume is not None)

@@ -125,6 +125,47 @@ def m004_aliases(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX alias_history_name ON alias_history (name, id)")
 
 
+@migration
+def m005_cancelled_status(db: sqlite3.Connection) -> None:
+    # A run the user stopped (Ctrl-C, SIGTERM, the UI's Cancel, a cancelled cloud job) is told apart from one that
+    # broke. SQLite cannot change a CHECK in place: the table is rebuilt with the same columns, rows and indexes.
+    columns = (
+        "id, name, created_at, updated_at, status, task, model, config, data_fingerprint, split_fingerprint, estimate, "
+        "baseline_metrics, tuned_metrics, comparison, timings, run_dir, artifacts, error"
+    )
+    db.execute(
+        """
+        CREATE TABLE runs_new (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('created', 'running', 'finished', 'failed', 'interrupted', 'cancelled')),
+            task TEXT,
+            model TEXT,
+            config TEXT,
+            data_fingerprint TEXT,
+            split_fingerprint TEXT,
+            estimate TEXT CHECK (estimate IS NULL OR json_valid(estimate)),
+            baseline_metrics TEXT CHECK (baseline_metrics IS NULL OR json_valid(baseline_metrics)),
+            tuned_metrics TEXT CHECK (tuned_metrics IS NULL OR json_valid(tuned_metrics)),
+            comparison TEXT CHECK (comparison IS NULL OR json_valid(comparison)),
+            timings TEXT CHECK (timings IS NULL OR json_valid(timings)),
+            run_dir TEXT,
+            artifacts TEXT CHECK (artifacts IS NULL OR json_valid(artifacts)),
+            error TEXT
+        )
+        """
+    )
+    # ORDER BY rowid: listings break created_at ties by rowid, so the copy keeps the order runs were made in.
+    db.execute(f"INSERT INTO runs_new ({columns}) SELECT {columns} FROM runs ORDER BY rowid")
+    db.execute("DROP TABLE runs")
+    db.execute("ALTER TABLE runs_new RENAME TO runs")
+    db.execute("CREATE INDEX runs_task_status ON runs (task, status)")
+    db.execute("CREATE INDEX runs_created ON runs (created_at)")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 

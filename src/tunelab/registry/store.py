@@ -35,7 +35,9 @@ from tunelab.faults import kill_point
 from tunelab.paths import LOCK_FILE, create_private_file, run_folder_holder
 from tunelab.registry.migrations import migrate
 
-STATUSES = ("created", "running", "finished", "failed", "interrupted")
+# "interrupted": stopped without a word (killed, the machine went down, a sweep's scheduler); "cancelled": the user
+# stopped it (Ctrl-C, SIGTERM, the UI's Cancel, `tunelab cancel`); "failed": it broke. The first two resume as they were.
+STATUSES = ("created", "running", "finished", "failed", "interrupted", "cancelled")
 JSON_FIELDS = ("estimate", "baseline_metrics", "tuned_metrics", "comparison", "timings", "artifacts")
 TEXT_FIELDS = ("name", "status", "task", "model", "config", "data_fingerprint", "split_fingerprint", "run_dir", "error")
 UPDATABLE_FIELDS = TEXT_FIELDS + JSON_FIELDS
@@ -621,9 +623,7 @@ class Registry:
         """
         if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise RegistryError(f"alias name '{name}' is not letters, digits, '.', '_' or '-'")
-        record = self.get_run(run)
-        if record.status != "finished":
-            raise RegistryError(f"run '{record.name}' is {record.status}, not finished: it cannot be served", "promote a finished run")
+        record = self.finished_run(run)
         now = _now()
         with self._write() as db:
             row = db.execute("SELECT run_id FROM aliases WHERE name = ?", (name,)).fetchone()
@@ -642,6 +642,17 @@ class Registry:
             change_id = int(cursor.lastrowid)
         return AliasChange(change_id, name, record.id, previous, action, reason, details, now)
 
+    def finished_run(self, run: str) -> RunRecord:
+        """The run an alias may point at: only a finished one can be served.
+
+        Raises:
+            RegistryError: for an unknown run, or one that did not finish.
+        """
+        record = self.get_run(run)
+        if record.status != "finished":
+            raise RegistryError(f"run '{record.name}' is {record.status}, not finished: it cannot be served", "promote a finished run")
+        return record
+
     def alias_history(self, name: str) -> list[AliasChange]:
         """Every change of alias ``name``, oldest first."""
         with self._connect() as db:
@@ -655,7 +666,15 @@ class Registry:
         ]
 
     def rollback_alias(self, name: str, *, reason: str | None = None) -> AliasChange:
-        """Point alias ``name`` back at the run it pointed at before its current one.
+        """Point alias ``name`` back at the run it pointed at before its current one (:meth:`rollback_target`).
+
+        Raises:
+            RegistryError: when the alias has no earlier run to go back to.
+        """
+        return self.set_alias(name, self.rollback_target(name), reason=reason or "rollback", action="rollback")
+
+    def rollback_target(self, name: str) -> str:
+        """The run id a rollback of alias ``name`` goes back to: the run it pointed at before its current one.
 
         Walks the history backwards past earlier rollbacks, so two rollbacks in a row step back twice
         (A -> B -> C, rollback: B, rollback: A).
@@ -677,7 +696,7 @@ class Registry:
                 chain.pop()
         if len(chain) < 2:
             raise RegistryError(f"alias '{name}' has no earlier run to roll back to", "`tunelab promote NAME RUN` sets one explicitly")
-        return self.set_alias(name, chain[-2], reason=reason or "rollback", action="rollback")
+        return chain[-2]
 
     # -- helpers ------------------------------------------------------------------------------
 

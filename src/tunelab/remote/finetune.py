@@ -70,6 +70,11 @@ class CloudJobFailed(TunelabError):
     """The provider's fine-tuning job ended without a model (failed or cancelled)."""
 
 
+class CloudJobCancelled(CloudJobFailed):
+    """The provider's fine-tuning job was cancelled (``tunelab cancel``, the UI's Cancel, the provider's own page): the
+    run's row says cancelled, not failed."""
+
+
 @dataclass(frozen=True)
 class CloudEstimate:
     """The price of a job before it starts: training tokens x epochs x the dated price (None: unknown)."""
@@ -375,7 +380,7 @@ def follow_job(
             raise RemoteError(f"job {job.job_id} still {state.status} after {timeout_s:.0f} s", "follow it again with `tunelab run --resume RUN`")
         time.sleep(poll_s)
     if job.status == "cancelled":
-        raise CloudJobFailed(f"the fine-tuning job {job.job_id} cancelled: {job.error or 'no error message'}",
+        raise CloudJobCancelled(f"the fine-tuning job {job.job_id} cancelled: {job.error or 'no error message'}",
                              "it was cancelled at the provider; start a new run to train again (a cancelled job is not resumed)")
     if job.status != "succeeded" or not job.fine_tuned_model:
         raise CloudJobFailed(f"the fine-tuning job {job.job_id} {job.status}: {job.error or 'no error message'}",

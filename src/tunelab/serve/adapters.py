@@ -21,16 +21,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.data.labels import LabelMap, OutOfScope
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, TunelabError
 from tunelab.inference import Classifier
 from tunelab.models.generate import context_length
 from tunelab.models.loader import LoadedModel
 from tunelab.models.resolve import ModelSource
 from tunelab.runs import Run, load_model, resolve_model
 from tunelab.serve.errors import ServeError
+
+if TYPE_CHECKING:
+    from tunelab.registry.store import Registry, RunRecord
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,6 @@ class ServedModel:
 
 def _open_run(run_dir: Path) -> Run:
     """The finished run in ``run_dir``, or a ServeError naming what is wrong with it."""
-    from tunelab.errors import TunelabError
-
     try:
         run = Run.open(run_dir)
     except TunelabError as error:
@@ -69,6 +70,36 @@ def _open_run(run_dir: Path) -> Run:
     if not run.is_finished:
         raise ServeError(
             f"{run_dir} is not a finished tunelab run (it has no trained weights)", "pass a run folder written by `tunelab train`"
+        )
+    return run
+
+
+def adapter_run(run_dir: Path, base: ModelSource | None) -> Run:
+    """The run in ``run_dir`` once a server can serve it as a LoRA adapter over ``base`` (None: any base).
+
+    The one rule of what a server answers with beside others: every ``--adapter`` and every name that follows an
+    alias goes through it, and so does ``tunelab promote`` (with the base the alias's run is served over), so a
+    promotion is refused with the reason the server would log.
+
+    Raises:
+        ServeError: naming the run folder and what is wrong (unfinished, no adapter, qlora, another base).
+        ModelError: when one of its weight files is damaged.
+    """
+    run = _open_run(run_dir)
+    if not run.is_adapter:
+        raise ServeError(f"run {run_dir} has no LoRA adapter", "serve a full-model run on its own with --model RUN")
+    if run.config.train.method == "qlora":
+        raise ServeError(
+            f"run {run_dir} was trained with qlora over a 4-bit base: over a server's shared full-precision base it "
+            "would answer otherwise than it was evaluated",
+            f"serve it on its own with --model {run_dir} (over its 4-bit base, as evaluated), or its merged export",
+        )
+    run.verify_weights()  # at start-up, not as a 500 on every request once loaded
+    base_name = run.base.name
+    if base is not None and not _same_model(resolve_model(base_name), base):
+        raise ServeError(
+            f"run {run_dir} was trained on '{base_name}', but it would be served over '{base.display_name}'",
+            f"serve it over its own base: --model {base_name}",
         )
     return run
 
@@ -146,24 +177,7 @@ class ModelRegistry:
         """
         if not name or name in self._entries:
             raise ServeError(f"adapter name '{name}' is empty or already used", "give each --adapter a distinct NAME=RUN")
-        run_dir = Path(run_dir)
-        run = _open_run(run_dir)
-        if not run.is_adapter:
-            raise ServeError(f"run {run_dir} has no LoRA adapter", "serve a full-model run on its own with --model RUN")
-        if run.config.train.method == "qlora":
-            raise ServeError(
-                f"adapter '{name}' ({run_dir}) was trained with qlora over a 4-bit base: over this server's shared "
-                "full-precision base it would answer otherwise than it was evaluated",
-                f"serve it on its own with --model {run_dir} (over its 4-bit base, as evaluated), or its merged export",
-            )
-        run.verify_weights()  # at start-up, not as a 500 on every request once loaded
-        base_name = run.base.name
-        wanted = resolve_model(base_name)
-        if not _same_model(wanted, self.base.source):
-            raise ServeError(
-                f"adapter '{name}' ({run_dir}) was trained on '{base_name}', but the server's base is '{self.base.source.display_name}'",
-                f"start the server with --model {base_name}",
-            )
+        run = adapter_run(Path(run_dir), self.base.source)
         entry = _entry(name, "adapter", run, run_id, self.base.model)
         self._entries[name] = entry
         return entry
@@ -196,7 +210,7 @@ class ModelRegistry:
                 if run_id == binding.run_id:
                     continue
                 entry = self._entry_for_run(name, run_id, run_dir)
-            except ServeError as error:
+            except TunelabError as error:  # a ServeError, or a damaged weight file (ModelError)
                 failures.append(ServeError(f"'{name}' (alias {binding.alias}) stays on run {binding.run_id}: {error.message}", error.hint))
                 continue
             # One assignment: a request that already resolved the name keeps the entry it got.
@@ -305,9 +319,39 @@ def _alias_target(alias: str, registry_path: Path) -> tuple[str, Path]:
         record = Registry(registry_path).resolve_alias(alias)
     except RegistryError as error:
         raise ServeError(error.message, error.hint) from None
+    return record.id, _run_folder(record)
+
+
+def _run_folder(record: RunRecord) -> Path:
     if not record.run_dir:
-        raise ServeError(f"alias '{alias}' points at run {record.name}, which has no run folder")
-    return record.id, Path(record.run_dir)
+        raise ServeError(f"run {record.name} has no run folder to load its weights from")
+    return Path(record.run_dir)
+
+
+def _served_base(registry: Registry, alias: str) -> ModelSource | None:
+    """The base a server following ``alias`` serves over: the one its run now was trained on (None: unset, unreadable)."""
+    current = registry.alias(alias)
+    try:
+        run_dir = None if current is None else registry.get_run(current).run_dir
+        return None if not run_dir else resolve_model(Run.open(run_dir).base.name)
+    except TunelabError:
+        return None  # a server could not follow it either: nothing to compare the new run's base with
+
+
+def check_promotion(registry: Registry, alias: str, run: str) -> RunRecord:
+    """``run``'s registry row, once a server following ``alias`` could serve it: the checks the server makes when the
+    alias moves (a finished run with a run folder, :func:`adapter_run`), over the base the alias's run is served over.
+
+    Raises:
+        RegistryError: for an unknown or unfinished run.
+        ServeError: naming the run and why a server following ``alias`` could not serve it.
+    """
+    record = registry.finished_run(run)
+    try:
+        adapter_run(_run_folder(record), _served_base(registry, alias))
+    except TunelabError as error:
+        raise ServeError(f"run {record.name} ({record.id}) cannot be served under alias {alias}: {error.message}", error.hint) from None
+    return record
 
 
 def load_registry(

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, RunConfig, dump_config, parse_config, require_resolved
-from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.errors import ConfigError, DataError, TunelabError, cancel_reason
 from tunelab.faults import kill_point
 from tunelab.paths import (
     atomic_write_text,
@@ -220,7 +220,7 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
     """One step's bookkeeping: the start and done events, its time, its state, its registry record.
 
     A step after the split runs with a registry record (created on first use, marked running); when
-    the step raises, the record is marked interrupted (Ctrl-C, a stop) or failed, and the step is not
+    the step raises, the record is marked cancelled (Ctrl-C, SIGTERM), interrupted (a stop) or failed, and the step is not
     recorded as done, so a resume runs it again.
     """
     started = time.perf_counter()
@@ -239,8 +239,9 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
             if record.timing:
                 actual = record.seconds if record.seconds is not None else seconds
                 context.registry.record_timing(context.registry_id, record.timing, actual_s=actual)
-    except KeyboardInterrupt:
-        _mark(context, "interrupted", "interrupted (Ctrl-C); `tunelab run --resume RUN` continues it")
+    except KeyboardInterrupt as interrupt:
+        # The user stopped it (Ctrl-C, SIGTERM, the UI's Cancel): not broken, and told apart from a run that was killed.
+        _mark(context, "cancelled", f"{cancel_reason(interrupt)}; `tunelab run --resume RUN` continues it")
         raise
     except SystemExit:
         # Asked to stop (a sweep's scheduler stopping a trial, a signal handler's exit), not broken: the row says
@@ -248,7 +249,9 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
         _mark(context, "interrupted", None)
         raise
     except TunelabError as error:
-        _mark(context, "failed", str(error))
+        from tunelab.remote.finetune import CloudJobCancelled
+
+        _mark(context, "cancelled" if isinstance(error, CloudJobCancelled) else "failed", str(error))
         raise
     except Exception as error:
         full = _failed(context, error)
@@ -712,7 +715,7 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
     """``tunelab train``: train ``config`` into ``run_dir`` and keep the run in the registry like any other.
 
     The run is registered (status running) once its data has been split, marked finished with the
-    training result afterwards, or interrupted / failed when training stops; its registry id is kept in
+    training result afterwards, or cancelled / failed when training stops; its registry id is kept in
     the run's pipeline state, so ``tunelab runs``, the web interface, ``tunelab retrain`` and
     ``tunelab run --resume`` (which evaluates it) all find it.
 
@@ -761,8 +764,8 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
             state.save()
         try:
             result = run_training(config, split, run_dir=run.root, progress=progress, resume=resume)
-        except KeyboardInterrupt:
-            registry.update_run(registry_id, status="interrupted", error="interrupted (Ctrl-C); `tunelab train --resume RUN` continues it")
+        except KeyboardInterrupt as interrupt:
+            registry.update_run(registry_id, status="cancelled", error=f"{cancel_reason(interrupt)}; `tunelab train --resume RUN` continues it")
             raise
         except BaseException as error:
             full = _disk_full_under(error, registry, run)  # as `tunelab run` says it: one line naming the file
@@ -1176,7 +1179,7 @@ def cancel_cloud_run(run_dir: str | Path) -> CancelResult:
     """Cancel the provider's job of a ``train.backend: openai`` run (``tunelab cancel RUN``, the web UI's Cancel).
 
     The job's new status goes to ``cloud_job.json`` (``remote.finetune.cancel_job``) and, once cancelled, the run's
-    registry row says failed and why. A resume follows the cancelled job to its end and stops there: it never
+    registry row says cancelled and why. A resume follows the cancelled job to its end and stops there: it never
     starts another.
 
     Raises:
@@ -1199,7 +1202,7 @@ def cancel_cloud_run(run_dir: str | Path) -> CancelResult:
         return result  # a process following the job marks the row itself when it sees the cancel
     try:
         Registry(registry_path).update_run(
-            str(registry_id), status="failed",
+            str(registry_id), status="cancelled",
             error=f"cancelled: job {result.job_id} was cancelled on {result.base_url}; a cancelled job is not resumed (start a new run to train again)",
         )
     except RegistryError as error:

@@ -191,6 +191,33 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
     return decision, reasons
 
 
+def promote(registry: Any, alias: str, run: str, *, reason: str, details: dict[str, Any] | None = None,
+            only_from: str | None = None, action: str = "promote") -> Any:
+    """Point ``alias`` at ``run`` (``tunelab promote``, a retrain's winner) once a server following it could serve the run.
+
+    Returns:
+        The alias change (``registry.store.AliasChange``).
+
+    Raises:
+        ServeError: naming the run and why a server following ``alias`` would not serve it (nothing is written).
+        RegistryError: for an unknown or unfinished run, a bad alias name; AliasMoved as ``Registry.set_alias``.
+    """
+    from tunelab.serve.adapters import check_promotion
+
+    record = check_promotion(registry, alias, run)
+    return registry.set_alias(alias, record.id, reason=reason, details=details, only_from=only_from, action=action)
+
+
+def rollback(registry: Any, alias: str, *, reason: str | None = None) -> Any:
+    """Point ``alias`` back at the run it served before (``tunelab rollback``), once a server could still serve that run
+    (its folder may have been deleted or damaged since).
+
+    Raises:
+        ServeError, RegistryError: as :func:`promote`; RegistryError when there is no earlier run.
+    """
+    return promote(registry, alias, registry.rollback_target(alias), reason=reason or "rollback", action="rollback")
+
+
 def promote_challenger(
     registry: Any, alias: str, champion_id: str, challenger_id: str, *, reason: str, details: dict[str, Any],
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -200,10 +227,13 @@ def promote_challenger(
     retrain trained, or the champion was an older run of the monitored window), that run stays.
     """
     from tunelab.registry.store import AliasMoved
+    from tunelab.serve.errors import ServeError
 
     try:
         # Checked and moved in one write: a promotion landing meanwhile is never overwritten.
-        change = registry.set_alias(alias, challenger_id, reason=reason, details=details, only_from=champion_id)
+        change = promote(registry, alias, challenger_id, reason=reason, details=details, only_from=champion_id)
+    except ServeError as refused:
+        return None, f"not promoted: {refused.message}"
     except AliasMoved as moved:
         serving = moved.current
         names = {run_id: registry.get_run(run_id).name for run_id in (serving, champion_id)}

@@ -37,8 +37,8 @@ from tunelab.serve.settings import host_allowed
 PACKAGE = Path(__file__).resolve().parent
 KEY_COOKIE = "tunelab_ui_key"
 POST_HEADER = "x-tunelab-ui"
-# What a run's Resume continues (`tunelab run --resume RUN`): Cancel leaves a run interrupted.
-RESUMABLE = ("interrupted", "failed")
+# What a run's Resume continues (`tunelab run --resume RUN`): Cancel leaves a run cancelled.
+RESUMABLE = ("interrupted", "cancelled", "failed")
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def create_app(settings: UISettings):
     def resume_run(run: str):
         record = views.get_run(registry, run)
         if record.status not in RESUMABLE:
-            raise ConfigError(f"run {record.name} is {record.status}: only an interrupted or failed run is resumed")
+            raise ConfigError(f"run {record.name} is {record.status}: only an interrupted, cancelled or failed run is resumed")
         if not record.run_dir or not Path(record.run_dir).is_dir():
             raise RegistryError(f"run {record.name} has no run folder here")
         job = jobs.resume(Path(record.run_dir))

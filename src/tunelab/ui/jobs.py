@@ -2,7 +2,7 @@
 
 A subprocess rather than a thread: training holds the GIL and the CPU for minutes, a crash in it must
 not take the web app down, and cancelling is what Ctrl-C does in a terminal (SIGINT: the pipeline
-marks the run interrupted in the registry, and ``tunelab run --resume`` continues it later). A cloud run
+marks the run cancelled in the registry, and ``tunelab run --resume`` continues it later). A cloud run
 (``train.backend: openai``) is billed by its provider until its job there ends: its Cancel also cancels that job, as
 ``tunelab cancel RUN`` does, once the process has let go of the run folder.
 """
@@ -150,7 +150,7 @@ class JobManager:
         return self._spawn(command, str(config_path), Path(config.train.output_dir) / str(config.name), cloud=config.train.backend == "openai")
 
     def resume(self, run_dir: Path) -> Job:
-        """Continue an interrupted (or failed) run folder as ``tunelab run --resume RUN`` does, as a child process.
+        """Continue an interrupted, cancelled (or failed) run folder as ``tunelab run --resume RUN`` does, as a child process.
 
         Raises:
             ConfigError: for a folder without the pipeline state a resume needs, or one a job of this UI is still making.

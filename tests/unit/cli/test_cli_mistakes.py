@@ -75,7 +75,10 @@ def test_aliases_of_a_missing_registry_or_alias_say_so(tmp_path):
     assert json.loads(_cli("aliases", "--registry", registry.path, "--json").output) == {}
     unknown = _cli("aliases", "prod", "--registry", registry.path)
     assert isinstance(unknown.exception, TunelabError) and "no alias 'prod'" in str(unknown.exception), repr(unknown.exception)
-    assert _cli("promote", "prod", "demo", "--registry", registry.path).exit_code == 0
+    # A run with no run folder is one no server could follow the alias to: refused (it was promoted before).
+    refused = _cli("promote", "prod", "demo", "--registry", registry.path)
+    assert isinstance(refused.exception, TunelabError) and "run demo" in str(refused.exception), repr(refused.exception)
+    registry.set_alias("prod", "demo")
     history = _cli("aliases", "prod", "--registry", registry.path)
     assert history.exit_code == 0 and "promote" in history.output, history.output
 

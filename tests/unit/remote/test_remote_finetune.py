@@ -269,6 +269,10 @@ def test_a_job_cancelled_on_the_provider_is_one_clear_error_and_not_started_agai
     with pytest.raises(CloudJobFailed, match="cancelled"):
         run_pipeline(resume=tmp_path / "runs" / "cloud")
     assert provider.count("POST", "/v1/fine_tuning/jobs") == 1
+    from tunelab.registry.store import Registry
+
+    # Cancelled at the provider: the row says so, not that the run broke.
+    assert Registry(tmp_path / "runs" / "registry.db").get_run("cloud").status == "cancelled"
 
 
 def test_a_refused_job_creation_is_one_error_and_a_resume_asks_once_more_with_the_same_files(provider, tmp_path, tiny_model_dir):
@@ -343,14 +347,14 @@ def test_tunelab_cancel_stops_the_providers_job_and_a_resume_starts_no_other(pro
         holder.wait()
     assert (meanwhile.outcome, meanwhile.following_pid) == ("cancelled", holder.pid) and f"process {holder.pid}" in meanwhile.summary
     assert provider.jobs["ftjob-1"]["job"]["status"] == "cancelled"
-    assert CloudJob.load(run_dir).status == "running" and registry.list_runs()[0].status == "interrupted"
+    assert CloudJob.load(run_dir).status == "running" and registry.list_runs()[0].status == "cancelled"  # Ctrl-C
     cancelled = cancel_cloud_run(run_dir)  # the folder free: recorded there and in the registry
     assert (cancelled.outcome, cancelled.job_id, cancelled.status) == ("cancelled", "ftjob-1", "cancelled")
     assert "ftjob-1" in cancelled.summary and "cancelled" in cancelled.summary and "\n" not in cancelled.summary
     assert provider.jobs["ftjob-1"]["job"]["status"] == "cancelled" and provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel", 200) == 2
     assert CloudJob.load(run_dir).status == "cancelled"
     row = registry.list_runs()[0]
-    assert row.status == "failed" and "cancelled" in row.error and "ftjob-1" in row.error
+    assert row.status == "cancelled" and "cancelled" in row.error and "ftjob-1" in row.error
     # Again: it says the job has ended, and asks the provider nothing.
     again = cancel_cloud_run(run_dir)
     assert (again.outcome, again.status) == ("finished", "cancelled") and "already" in again.summary
@@ -360,7 +364,7 @@ def test_tunelab_cancel_stops_the_providers_job_and_a_resume_starts_no_other(pro
         run_pipeline(resume=run_dir)
     assert list(provider.jobs) == ["ftjob-1"] and provider.count("POST", "/v1/files") == 1
     row = registry.list_runs()[0]
-    assert row.status == "failed" and "cancelled" in row.error
+    assert row.status == "cancelled" and "cancelled" in row.error
 
 
 def test_cancel_says_when_there_is_nothing_to_cancel_and_a_refusal_is_one_line(provider, tmp_path, tiny_model_dir):

@@ -77,10 +77,11 @@ def test_run_walks_every_step_and_registers(tmp_path, tiny_model_dir):
         run_pipeline(_config(tmp_path, tiny_model_dir))
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit], ids=["ctrl-c", "stopped"])
-def test_interrupted_run_resumes_at_the_step_it_stopped_in(tmp_path, tiny_model_dir, stop):
+@pytest.mark.parametrize(("stop", "status"), [(KeyboardInterrupt, "cancelled"), (SystemExit, "interrupted")], ids=["ctrl-c", "stopped"])
+def test_interrupted_run_resumes_at_the_step_it_stopped_in(tmp_path, tiny_model_dir, stop, status):
     # SystemExit: how a sweep's scheduler stops a trial mid-run (Ray Tune), or a signal handler's exit. The
-    # process was asked to stop, not broken: the row says interrupted, not failed.
+    # process was asked to stop, not broken: the row says interrupted, not failed; stopped by the user (Ctrl-C,
+    # SIGTERM, the UI's Cancel), it says cancelled.
     def interrupt(step, status, details):
         if (step, status) == ("train", "start"):
             raise stop
@@ -88,7 +89,7 @@ def test_interrupted_run_resumes_at_the_step_it_stopped_in(tmp_path, tiny_model_
     with pytest.raises(stop):
         run_pipeline(_config(tmp_path, tiny_model_dir), on_event=interrupt, calibrate=False)
     registry = Registry(tmp_path / "runs" / "registry.db")
-    assert registry.get_run("quick").status == "interrupted"
+    assert registry.get_run("quick").status == status
     events = []
     outcome = run_pipeline(resume=tmp_path / "runs" / "quick", on_event=lambda s, st, d: events.append((s, st)))
     started = [step for step, status in events if status == "start"]

@@ -196,11 +196,15 @@ def test_no_labelled_records_at_all_is_said_plainly():
     assert describe_dropped({}, 3) == "all 3 new records are new"
 
 
-def test_a_challenger_never_replaces_a_run_it_was_not_compared_with(tmp_path):
+def test_a_challenger_never_replaces_a_run_it_was_not_compared_with(tmp_path, tiny_model_dir, tiny_tokenizer):
     """The alias moved while a retrain ran (or the --every loop retrained the run of an older part of the window):
     the challenger, judged against run X, replaced run Y, which it was never compared with."""
+    from tests.unit.serve.conftest import write_fake_run
+
     from tunelab.tasks.retrain import promote_challenger
 
+    # The challenger is a run a server following the alias can serve (a promotion checks that first).
+    write_fake_run(tmp_path / "challenger", tiny_model_dir, tiny_tokenizer, seed=1, task="classify")
     store = Registry(tmp_path / "registry.db")
     x, y, challenger = (store.create_run(name=name, task="classify", status="finished", run_dir=str(tmp_path / name)).id
                         for name in ("x", "y", "challenger"))

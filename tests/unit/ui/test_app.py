@@ -518,7 +518,7 @@ def test_cancel_of_a_cloud_run_also_cancels_the_providers_job(tmp_path, monkeypa
             assert process.poll() is not None and state["job_status"] == "cancelled"
             assert provider.jobs["ftjob-1"]["job"]["status"] == "cancelled" and CloudJob.load(run_dir).status == "cancelled"
             assert "ftjob-1 cancelled" in state["cloud_cancel"] and "ftjob-1 cancelled" in client.get("/jobs/c1").text
-            assert registry.list_runs()[0].status == "failed" and "cancelled" in registry.list_runs()[0].error
+            assert registry.list_runs()[0].status == "cancelled" and "cancelled" in registry.list_runs()[0].error
             client.post("/api/jobs/c1/cancel", headers=HEADERS)  # again: the provider is not asked twice
             assert provider.count("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel") == 1
             # A local run's Cancel is what it was: the process stopped, no provider asked.
@@ -544,7 +544,7 @@ def test_a_key_in_the_address_wins_over_a_stale_key_cookie(made_run):
 
 
 def test_an_interrupted_run_is_resumed_from_its_page_as_tunelab_run_resume(made_run, monkeypatch):
-    """Cancel marks a run interrupted; the page only said `tunelab run --resume RUN` (a command, for a user of the UI)."""
+    """Cancel marks a run cancelled; the page only said `tunelab run --resume RUN` (a command, for a user of the UI)."""
     import tunelab.ui.jobs as jobs_module
     from tunelab.runs import RunFolder
 
@@ -567,7 +567,7 @@ def test_an_interrupted_run_is_resumed_from_its_page_as_tunelab_run_resume(made_
     with _client(registry) as client:
         assert client.post(f"/api/runs/{record.id}/resume", headers=HEADERS).status_code == 400  # finished: nothing to resume
         assert 'id="resume-button"' not in client.get(f"/runs/{record.id}").text
-        registry.update_run(record.id, status="interrupted", error="interrupted (Ctrl-C); `tunelab run --resume RUN` continues it")
+        registry.update_run(record.id, status="cancelled", error="cancelled by the user (Ctrl-C / SIGINT); `tunelab run --resume RUN` continues it")
         RunFolder(record.run_dir).pipeline_state.write_text(json.dumps({"config": {"task": "classify", "train": {"backend": "local"}}, "steps": {"check": {}}}))
         assert 'id="resume-button"' in client.get(f"/runs/{record.id}").text
         job = client.post(f"/api/runs/{record.id}/resume", headers=HEADERS)
