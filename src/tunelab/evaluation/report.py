@@ -277,7 +277,8 @@ def opponent_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
     for name, comparison in verdict.comparisons.items():
         m = comparison.metric(verdict.primary)
         label = f"{name} (strongest)" if name == verdict.strongest else name
-        rows.append([label, comparison.name_a, _format(m.before), _format(m.after), _format(m.difference), f"[{_format(m.low)}, {_format(m.high)}]", m.outcome])
+        # comparison.verdict: the primary metric's outcome, or TOO_FEW under MIN_TEST_EXAMPLES (no baseline is beaten there)
+        rows.append([label, comparison.name_a, _format(m.before), _format(m.after), _format(m.difference), f"[{_format(m.low)}, {_format(m.high)}]", comparison.verdict])
     return header, rows
 
 
