@@ -112,3 +112,17 @@ def test_the_report_and_the_cli_table_call_no_baseline_beaten_under_the_minimum(
     console = Console(record=True, color_system="standard", force_terminal=True, width=200)
     console.print(verdict_rich_table(verdict.to_dict(), tuned="tuned"))
     assert "\x1b[32m" not in console.export_text(styles=True)  # green: a baseline beaten
+
+
+def test_the_split_warning_names_data_max_test_examples_when_that_cap_makes_the_test_split_small(tmp_path):
+    # max_test_examples=5 on a 40-row test split: the warning said "raise data.test_size, or give data.test", neither of
+    # which changes the 5 examples scored.
+    import json
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"request {i}", "label": "ab"[i % 2]}) for i in range(200)) + "\n")
+    config = parse_config({"task": "classify", "data": {"train": str(path), "test_size": 0.2, "max_test_examples": 5}})
+    split = make_split(config)
+    assert len(split.test) >= MIN_TEST_EXAMPLES
+    message = too_few_test_examples(config, split)
+    assert message is not None and "the test split has 5 examples" in message and "data.max_test_examples" in message
