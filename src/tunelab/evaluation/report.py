@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.labels import OUT_OF_SCOPE_SCORES
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.compare import Verdict, compare_with_baselines
 from tunelab.evaluation.result import EvalResult
 from tunelab.paths import atomic_write_text
-from tunelab.runs import Run, RunFolder
+from tunelab.runs import Run, RunFolder, read_state
 
 EXAMPLES_EACH_WAY = 5
 TEXT_LIMIT = 400
@@ -277,7 +277,8 @@ def opponent_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
     for name, comparison in verdict.comparisons.items():
         m = comparison.metric(verdict.primary)
         label = f"{name} (strongest)" if name == verdict.strongest else name
-        rows.append([label, comparison.name_a, _format(m.before), _format(m.after), _format(m.difference), f"[{_format(m.low)}, {_format(m.high)}]", m.outcome])
+        # comparison.verdict: the primary metric's outcome, or TOO_FEW under MIN_TEST_EXAMPLES (no baseline is beaten there)
+        rows.append([label, comparison.name_a, _format(m.before), _format(m.after), _format(m.difference), f"[{_format(m.low)}, {_format(m.high)}]", comparison.verdict])
     return header, rows
 
 
@@ -441,6 +442,11 @@ def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | N
     tuned_path = run.tuned_eval
     found = run.baseline_evaluations()
     base_path = run.baseline_eval("base")
+    skipped = _skipped_before(run, found)
+    if not found and skipped:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise DataError(f"no baseline evaluation in {run.root / 'eval'}: every baseline of the run was skipped ({reasons})",
+                        f"score one anyway: tunelab eval ... --out {base_path}")
     if not found:
         raise DataError(f"{base_path} not found, nor any other baseline evaluation", f"evaluate the run first (tunelab eval ... --out {base_path})")
     if not tuned_path.is_file():
@@ -451,19 +457,30 @@ def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | N
     samples = samples if samples is not None else (settings.bootstrap_samples if settings else 1000)
     baselines = {name: EvalResult.load(path) for name, path in found.items()}
     tuned = EvalResult.load(tuned_path)
-    verdict = compare_with_baselines(baselines, tuned, seed=seed, samples=samples, skipped=_skipped_before(run))
+    verdict = compare_with_baselines(baselines, tuned, seed=seed, samples=samples, skipped=skipped)
     verdict.save(run.comparison)
     return verdict, write_report(run.root, baselines, tuned, verdict)
 
 
-def _skipped_before(run: RunFolder) -> dict[str, str]:
-    """The baselines the run's verdict listed as skipped (kept when the report is written again from the files)."""
-    import json
+def _skipped_before(run: RunFolder, found: dict[str, Path]) -> dict[str, str]:
+    """The baselines the run skipped, with the reason, less those scored since (a file in ``found``): kept when the
+    report is written again from the files.
 
-    path = run.comparison
+    The baseline step's record in pipeline.json comes first (a run stopped before its report step has no verdict
+    yet), then the saved verdict's list.
+    """
+    skipped: dict[str, str] = {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-    skipped = data.get("skipped") if isinstance(data, dict) else None
-    return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {}
+        step = ((read_state(run) or {}).get("steps") or {}).get("baseline")
+    except ConfigError:  # a damaged pipeline.json: the saved verdict may still say
+        step = None
+    sources: list[Any] = [step.get("skipped") if isinstance(step, dict) else None]
+    try:
+        data = json.loads(run.comparison.read_text(encoding="utf-8")) if run.comparison.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = {}
+    sources.append(data.get("skipped") if isinstance(data, dict) else None)
+    for source in sources:
+        if isinstance(source, dict):
+            skipped.update({str(k): str(v) for k, v in source.items() if str(k) not in skipped})
+    return {name: reason for name, reason in skipped.items() if name not in found}

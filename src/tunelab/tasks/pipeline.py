@@ -547,10 +547,12 @@ def too_few_test_examples(config: RunConfig, split: Split) -> str | None:
     if n >= MIN_TEST_EXAMPLES or n == 0:
         return None
     unit = {"text": "documents", "preference": "pairs"}.get(config.task, "examples")
+    # When data.max_test_examples is what makes it small, more data or a larger split would change nothing.
+    fix = ("raise data.max_test_examples" if len(split.test) >= MIN_TEST_EXAMPLES
+           else "give more data, raise data.test_size, or give data.test")
     return (
         f"the test split has {n} {unit}; a verdict needs at least {MIN_TEST_EXAMPLES} (below that the paired bootstrap's "
-        f"interval is too narrow to trust), so this run will say 'too few test examples to decide': give more data, "
-        f"raise data.test_size, or give data.test"
+        f"interval is too narrow to trust), so this run will say 'too few test examples to decide': {fix}"
     )
 
 

@@ -93,3 +93,36 @@ def test_the_split_step_warns_before_any_compute_when_the_test_split_is_too_smal
     bigger = parse_config({"task": task, "data": {"train": str(path), "test_size": 0.6}})
     if len(make_split(bigger).test) >= MIN_TEST_EXAMPLES:
         assert too_few_test_examples(bigger, make_split(bigger)) is None
+
+
+def test_the_report_and_the_cli_table_call_no_baseline_beaten_under_the_minimum():
+    # report.md/html's "outcome for the tuned model" said "better" against base at n=8 (the CLI coloured the cell
+    # green) while the verdict above it said "too few test examples to decide".
+    from rich.console import Console
+
+    from tunelab.cli.common import verdict_rich_table
+    from tunelab.evaluation.report import opponent_table
+
+    n = MIN_TEST_EXAMPLES - 1
+    base = _classify("base", [i % 3 == 0 for i in range(n)])
+    verdict = compare_with_baselines({"base": base}, _classify("tuned", [True] * n), samples=500)
+    assert verdict.against("base").outcome == "better"  # the interval alone excludes zero
+    header, rows = opponent_table(verdict)
+    assert rows[0][header.index("outcome for the tuned model")] == TOO_FEW
+    console = Console(record=True, color_system="standard", force_terminal=True, width=200)
+    console.print(verdict_rich_table(verdict.to_dict(), tuned="tuned"))
+    assert "\x1b[32m" not in console.export_text(styles=True)  # green: a baseline beaten
+
+
+def test_the_split_warning_names_data_max_test_examples_when_that_cap_makes_the_test_split_small(tmp_path):
+    # max_test_examples=5 on a 40-row test split: the warning said "raise data.test_size, or give data.test", neither of
+    # which changes the 5 examples scored.
+    import json
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"request {i}", "label": "ab"[i % 2]}) for i in range(200)) + "\n")
+    config = parse_config({"task": "classify", "data": {"train": str(path), "test_size": 0.2, "max_test_examples": 5}})
+    split = make_split(config)
+    assert len(split.test) >= MIN_TEST_EXAMPLES
+    message = too_few_test_examples(config, split)
+    assert message is not None and "the test split has 5 examples" in message and "data.max_test_examples" in message

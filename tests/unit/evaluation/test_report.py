@@ -152,3 +152,31 @@ def test_a_baseline_without_the_out_of_scope_metrics_is_reported_beside_those_wi
     markdown = files.markdown.read_text()
     row = next(line for line in markdown.splitlines() if line.startswith("| in_scope_accuracy"))
     assert row.endswith("| n/a |")  # the remote model's column: not measured, not zero
+
+
+def test_report_run_keeps_the_runs_skipped_baselines_until_one_is_scored(tmp_path):
+    # A run stopped before its report step has no comparison.json: `tunelab report` dropped the skipped baselines
+    # (no reason, no "not scored"), and a baseline scored afterwards into eval/ was listed both scored and skipped.
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    _classify("classical", 0.5, 3).save(run / "eval" / "classical.json")
+    _classify("tuned", 0.6, 2).save(run / "eval" / "tuned.json")
+    skipped = {"base": "it cannot win", "few_shot": "one round needs 78 tokens"}
+    state = {"config": {"task": "classify"}, "steps": {"baseline": {"paths": {}, "cached": [], "skipped": skipped}}, "timings": {}}
+    (run / "pipeline.json").write_text(json.dumps(state))
+    verdict, files = report_run(run, samples=200)
+    assert verdict.skipped == skipped
+    assert "baseline few_shot: **skipped**, one round needs 78 tokens" in files.markdown.read_text()
+    _classify("base", 0.3, 1).save(run / "eval" / "base.json")  # scored anyway (tunelab eval --out RUN/eval/base.json)
+    verdict, files = report_run(run, samples=200)
+    assert "base" in verdict.comparisons and verdict.skipped == {"few_shot": "one round needs 78 tokens"}
+
+
+def test_report_run_of_a_run_whose_every_baseline_was_skipped_names_why(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    _classify("tuned", 0.6, 2).save(run / "eval" / "tuned.json")
+    state = {"config": {"task": "classify"}, "steps": {"baseline": {"skipped": {"embedding": "folder not found: /x"}}}, "timings": {}}
+    (run / "pipeline.json").write_text(json.dumps(state))
+    with pytest.raises(DataError, match=r"every baseline of the run was skipped \(embedding: folder not found: /x\)"):
+        report_run(run)
