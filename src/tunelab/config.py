@@ -681,8 +681,9 @@ class RunConfig(_Section):
 TASK_DEFAULT_EPOCHS: dict[str, float] = {"text": 1.0, "sft": 2.0, "classify": 5.0, "preference": 1.0}
 # classify: at least 120 optimizer steps when the epochs are the default. The defaults above were chosen on 180
 # training rows (20 intents x 9, 113-115 steps); on smaller data 5 epochs are fewer updates than that: SNIPS, 7 intents
-# x 9 rows, 40 steps, scored 0.886 / 0.883 / 0.911 on three draws never reported, and 0.917 / 0.923 / 0.909 with
-# 120 steps (bench/README.md, "Fewer than 120 steps"). Above 120 the epochs decide, as measured (10 epochs = 5 there).
+# x 9 rows, 40 steps; on seven small draws never reported (SNIPS 7 x 10, BANKING77 and HWU64 8 x 10) 120 steps
+# scored higher on five, +0.013 on average (bench/README.md, "Fewer than 120 steps"). Above 120 the epochs decide,
+# as measured there (10 epochs scored as 5 on 20 x 10).
 TASK_DEFAULT_MIN_STEPS: dict[str, int] = {"classify": 120}
 METHOD_DEFAULT_LR: dict[str, float] = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "freeze": 5e-5}
 # classify with LoRA learns one token per example from a few hundred examples: measured in
