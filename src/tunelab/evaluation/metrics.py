@@ -186,15 +186,15 @@ def wilson_interval(successes: float, total: int, confidence: float = 0.95) -> t
     low, high = proportion_confint(successes, total, alpha=1 - confidence, method="wilson")
     return max(0.0, float(low)), min(1.0, float(high))
 def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
-    """The temperature T that minimises the cross-entropy of softmax(logits / T) on these rows, against targets
-    smoothed as Platt (1999) smooths his calibration targets.
+    """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on these rows.
 
     Temperature scaling (Guo et al. 2017): one positive scalar, so the argmax (every answer) is unchanged;
-    searched on log T in [log 0.05, log 20]. Each row's own label gets (n + 1) / (n + 2) of the target mass and
-    the other labels share the rest (n rows): with plain targets, validation rows that are all answered right
-    (a few dozen easy queries often are) make the loss fall for ever as T -> 0, and the fit ran to the bound,
-    every later answer "100 %" however often it is wrong. The smoothed targets say what n right answers in a
-    row support (Laplace's rule of succession) and keep the optimum finite; on rows with errors they move T little.
+    searched on log T in [log 0.05, log 20]. When every row is answered right (a few dozen easy validation queries
+    often are) the likelihood has no optimum: it rises for ever as T -> 0, and the fit ran to the bound, every later
+    answer "100 %" however often it is wrong (and a probability threshold for out-of-scope requests had nothing left
+    to tell apart). Then the targets are smoothed as Platt (1999) smooths his for that case: each row's own label
+    (n + 1) / (n + 2) of the mass (Laplace's rule of succession: what n right answers in a row support), the other
+    labels the rest in equal shares, which keeps the optimum finite. Rows with an error keep the plain fit.
     """
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
@@ -204,8 +204,11 @@ def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
     if logits.size == 0:
         return 1.0
     rows, labels = logits.shape
-    soft = np.full((rows, labels), 1.0 / ((rows + 2) * max(labels - 1, 1)))
-    soft[np.arange(rows), targets] = (rows + 1) / (rows + 2) if labels > 1 else 1.0
+    soft = np.zeros((rows, labels))
+    soft[np.arange(rows), targets] = 1.0
+    if labels > 1 and bool((logits.argmax(axis=1) == targets).all()):
+        soft[:] = 1.0 / ((rows + 2) * (labels - 1))
+        soft[np.arange(rows), targets] = (rows + 1) / (rows + 2)
 
     def loss(log_t: float) -> float:
         return float(-(soft * log_softmax(logits / np.exp(log_t), axis=1)).sum(axis=1).mean())

@@ -108,7 +108,7 @@ def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | P
     """Fit one temperature on the in-scope validation queries, fold it into the saved label rows, save calibration.json.
 
     The saved run (as ``Run.load`` gives it) scores the validation queries with the one classify inference
-    (``inference.Classifier``); ``metrics.fit_temperature`` picks T (lowest cross-entropy against Platt-smoothed targets); the adapter's label rows become
+    (``inference.Classifier``); ``metrics.fit_temperature`` picks T (lowest NLL; Platt-smoothed targets when every query is right); the adapter's label rows become
     ``LabelHead.with_temperature``'s, so evaluation, serving, plain PEFT and the merged export all give the
     calibrated probability. The answers do not change. Returns what calibration.json holds.
     """
@@ -127,7 +127,7 @@ def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | P
     classifier = Classifier.for_model(loaded)
     labels = classifier.label_map.labels
     rows = [r for r in split.validation if r.label != config.data.out_of_scope_label and r.label in labels]
-    record: dict[str, Any] = {"method": "temperature scaling on the in-scope validation queries (lowest cross-entropy against targets smoothed as Platt's)", "queries": len(rows)}
+    record: dict[str, Any] = {"method": "temperature scaling on the in-scope validation queries (lowest NLL; targets smoothed as Platt's when every query is answered right)", "queries": len(rows)}
     if not rows or loaded.label_head is None or not run.adapter.is_dir():
         record.update(temperature=1.0, applied=False,
                       reason="no validation queries" if not rows else "the run has no label rows in an adapter to fold the temperature into")

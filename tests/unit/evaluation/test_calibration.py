@@ -37,7 +37,7 @@ def test_fit_temperature_finds_the_lowest_nll_of_a_brute_force_search(sharpness)
     logits[np.arange(200), targets] += 1.5  # right more often than not
     logits *= sharpness  # 0.3: underconfident (T < 1 fits), 3.0: overconfident (T > 1)
     grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
-    best = grid[np.argmin([_platt_loss(logits, targets, t) for t in grid])]
+    best = grid[np.argmin([_nll(logits, targets, t) for t in grid])]  # some rows wrong: the plain likelihood
     found = fit_temperature(logits, targets)
     assert found == pytest.approx(best, rel=0.01)
     assert (found < 1) == (sharpness < 1)
@@ -59,6 +59,10 @@ def test_validation_rows_all_answered_right_do_not_send_the_temperature_to_its_b
     # The calibrated top probability sits near what 32 right answers in a row support, (n + 1) / (n + 2), not at 1.
     top = np.exp(_log_probs(logits, found)).max(axis=1).mean()
     assert 0.9 < top < 0.995
+    # One wrong answer among them: the plain likelihood has its own optimum, and it is the one fitted.
+    logits[0, targets[0]] -= 3.0
+    assert (logits.argmax(axis=1) != targets).sum() == 1
+    assert fit_temperature(logits, targets) == pytest.approx(grid[np.argmin([_nll(logits, targets, t) for t in grid])], rel=0.01)
 
 
 def test_a_temperature_folded_into_the_label_head_divides_the_label_logits(tiny_model):
