@@ -328,27 +328,35 @@ def _run_folder(record: RunRecord) -> Path:
     return Path(record.run_dir)
 
 
-def _served_base(registry: Registry, alias: str) -> ModelSource | None:
-    """The base a server following ``alias`` serves over: the one its run now was trained on (None: unset, unreadable)."""
+def _served_run(registry: Registry, alias: str) -> Run | None:
+    """The run a server following ``alias`` serves now (None: the alias is unset, or its run cannot be opened)."""
     current = registry.alias(alias)
     try:
         run_dir = None if current is None else registry.get_run(current).run_dir
-        return None if not run_dir else resolve_model(Run.open(run_dir).base.name)
+        return None if not run_dir else Run.open(run_dir)
     except TunelabError:
-        return None  # a server could not follow it either: nothing to compare the new run's base with
+        return None  # a server could not follow it either: nothing to compare the new run with
 
 
 def check_promotion(registry: Registry, alias: str, run: str) -> RunRecord:
     """``run``'s registry row, once a server following ``alias`` could serve it: the checks the server makes when the
-    alias moves (a finished run with a run folder, :func:`adapter_run`), over the base the alias's run is served over.
+    alias moves (a finished run with a run folder, :func:`adapter_run`), over the base the alias's run is served over,
+    and for the task the alias's run answers (the clients of a classify name call /v1/classify, which an sft run
+    refuses, and the other way round).
 
     Raises:
         RegistryError: for an unknown or unfinished run.
         ServeError: naming the run and why a server following ``alias`` could not serve it.
     """
     record = registry.finished_run(run)
+    served = _served_run(registry, alias)
     try:
-        adapter_run(_run_folder(record), _served_base(registry, alias))
+        candidate = adapter_run(_run_folder(record), None if served is None else resolve_model(served.base.name))
+        if served is not None and candidate.config.task != served.config.task:
+            raise ServeError(
+                f"it is a {candidate.config.task} run, and the alias's run answers {served.config.task} requests",
+                "promote it under another alias (a server can follow several: --adapter NAME=alias:ALIAS)",
+            )
     except TunelabError as error:
         raise ServeError(f"run {record.name} ({record.id}) cannot be served under alias {alias}: {error.message}", error.hint) from None
     return record

@@ -46,6 +46,9 @@ def test_promote_refuses_what_a_server_following_the_alias_could_not_serve(
     other_run = write_fake_run(tmp_path / "other-base-run", other_base_dir, tiny_tokenizer, seed=5, task="classify")
     other_base = store.create_run(name="other-base-run", task="classify", status="finished", run_dir=str(other_run)).id
     gone = store.create_run(name="gone", task="classify", status="finished", run_dir=str(tmp_path / "deleted")).id
+    # An sft run over the same base: the server would load it, and every /v1/classify call to the name would be a 400.
+    sft_dir = write_fake_run(tmp_path / "chat-run", tiny_model_dir, tiny_tokenizer, seed=6, task="sft")
+    sft = store.create_run(name="chat-run", task="sft", status="finished", run_dir=str(sft_dir)).id
 
     served = load_registry(str(tiny_model_dir), [("router", "alias:router")], registry_path=registry_path)
     app = create_app(served, ServeSettings(alias_poll_s=0.05))
@@ -55,6 +58,7 @@ def test_promote_refuses_what_a_server_following_the_alias_could_not_serve(
         no_weights: "is not a finished tunelab run",
         other_base: f"was trained on '{other_base_dir}'",
         gone: "no-such",  # replaced below: Run.open's own message for a missing folder
+        sft: "it is a sft run, and the alias's run answers classify requests",
     }
     with caplog.at_level(logging.WARNING), BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/v1/models/router").json()["run_id"] == first
