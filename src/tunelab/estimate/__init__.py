@@ -308,8 +308,10 @@ def estimate_from_config(
     calibrate_here: bool = True,
     calibration_steps: int = 3,
     prices: PriceTable | None = None,
+    split: Split | None = None,
 ) -> Estimate:
-    """What ``tunelab estimate`` does: load the model, split the files, :func:`estimate_for_split`.
+    """What ``tunelab estimate`` does: load the model, split the files (unless ``split`` is the config's split, made
+    already), :func:`estimate_for_split`.
 
     Raises:
         ModelError: when the model cannot be loaded.
@@ -325,7 +327,7 @@ def estimate_from_config(
     if not config.data.train:
         raise DataError("the config has no data.train", "set data.train to your training file")
     loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
-    split = make_split(config)
+    split = split if split is not None else make_split(config)
     # The CLI needs the model for nothing else: calibration may change this one in place.
     return estimate_for_split(
         config, split, loaded, calibrate_here=calibrate_here, calibration_steps=calibration_steps,

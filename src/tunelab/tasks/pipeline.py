@@ -522,17 +522,13 @@ def split_warnings(config: RunConfig, split: Split) -> list[str]:
     return [f"split: {message}" for message in [*split.warnings, *([small] if small else [])]]
 
 
-def warnings_before_start(config: ResolvedConfig, tokenizer: Any) -> list[str]:
-    """What ``tunelab run`` warns of before any compute (the check and split steps' warnings), for the UI's start form.
-
-    Raises:
-        DataError: as the split step does (unreadable data, invalid records without ``data.skip_invalid``).
-    """
+def warnings_before_start(config: ResolvedConfig, tokenizer: Any, split: Split) -> list[str]:
+    """What ``tunelab run`` warns of before any compute (the check and split steps' warnings) for ``split``, the
+    config's split (``make_split``), for the UI's start form."""
     from tunelab.data.check import check_data
-    from tunelab.data.split import make_split
 
     report = check_data(config.data.train, config.task, config.data, tokenizer=tokenizer, test_path=config.data.test)
-    return data_warnings(report) + split_warnings(config, make_split(config))
+    return data_warnings(report) + split_warnings(config, split)
 
 
 def too_few_test_examples(config: RunConfig, split: Split) -> str | None:

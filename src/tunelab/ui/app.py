@@ -347,6 +347,7 @@ def create_app(settings: UISettings):
     async def estimate(request: Request):
         from starlette.concurrency import run_in_threadpool
 
+        from tunelab.data.split import make_split
         from tunelab.estimate import estimate_from_config
         from tunelab.runs import load_tokenizer
         from tunelab.tasks.pipeline import warnings_before_start
@@ -356,9 +357,10 @@ def create_app(settings: UISettings):
         config, _ = prepare_run(config_path, overrides, registry.path)
 
         def check_and_estimate():
-            # The estimate, and what `tunelab run` warns of before any compute: both shown before Start.
-            result = estimate_from_config(config, calibrate_here=calibrate)
-            return warnings_before_start(config, load_tokenizer(config.model.name, config.model.allow_network)), result
+            # The estimate, and what `tunelab run` warns of before any compute: both shown before Start, on one split.
+            split = make_split(config)
+            result = estimate_from_config(config, calibrate_here=calibrate, split=split)
+            return warnings_before_start(config, load_tokenizer(config.model.name, config.model.allow_network), split), result
 
         # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
         warnings, result = await run_in_threadpool(check_and_estimate)
