@@ -21,7 +21,7 @@ import torch
 
 from tunelab.errors import ModelError
 from tunelab.models.resolve import ModelSource, resolve_model
-from tunelab.paths import atomic_directory, cache_dir
+from tunelab.paths import atomic_directory, cache_dir, remove_stale_temporaries
 
 CONVERTED_SUBDIR = "models"
 
@@ -87,6 +87,8 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _ensure_writable(target.parent)
+    # A conversion killed midway left its temporary folder (the whole model) here; one still running keeps its own.
+    remove_stale_temporaries(target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         quantized = AutoModelForCausalLM.from_pretrained(

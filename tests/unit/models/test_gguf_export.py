@@ -145,6 +145,50 @@ def test_tunelab_reads_the_export_back_as_a_model(sft_f16, runs, monkeypatch, tm
     )
 
 
+# What a conversion writing into the model cache does (loader.convert_gguf): its atomic_directory, in its own process.
+CONVERTING = """
+import os, signal, sys, time
+from pathlib import Path
+from tunelab.paths import atomic_directory
+with atomic_directory(Path(sys.argv[1])) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"0" * 100_000)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print(tmp, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_conversions_folder_is_removed_by_the_next_and_a_running_ones_kept(sft_f16, monkeypatch, tmp_path):
+    # A first conversion of a GGUF killed midway left its hidden temporary folder (the whole model) in the cache,
+    # and every later conversion kept it there: the cache only grew.
+    import os
+    import subprocess
+    import sys
+
+    import tunelab
+    from tunelab.models.loader import converted_cache_path
+    from tunelab.runs import load_model
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    target = converted_cache_path(sft_f16)
+    env = {**os.environ, "PYTHONPATH": str(Path(tunelab.__file__).parents[1])}
+    killed = subprocess.run([sys.executable, "-c", CONVERTING, str(target), "kill"], env=env, check=False)
+    assert killed.returncode == -9
+    (stale,) = [child for child in target.parent.iterdir() if child.name.startswith(f".{target.name}.")]
+    running = subprocess.Popen([sys.executable, "-c", CONVERTING, str(target), "wait"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        writing = Path(running.stdout.readline().strip())  # a conversion of the same file, writing now
+        assert writing.is_dir()
+        load_model(str(sft_f16))
+        assert (target / "config.json").is_file()
+        assert not stale.exists()  # its writer is dead
+        assert writing.is_dir() and (writing / "model.safetensors").is_file()  # its writer is not
+    finally:
+        running.kill()
+        running.wait()
+
+
 def test_classify_export_keeps_labels_and_label_predictions(runs, tmp_path):
     merged = merge_run(runs["classify"])
     token_ids = merged.label_map["token_ids"]
