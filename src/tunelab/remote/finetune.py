@@ -14,7 +14,8 @@ automatic retries would send it again after a lost reply (a dropped connection, 
 although the provider may have created (and will bill) the job. Only a 429, refused before anything
 is done, is asked again. After any other failure the provider's job list is searched for a job made
 from this run's training file (a file id no other run has): found, it is the run's job; not found,
-the run stops and ``tunelab run --resume RUN`` searches again before it asks again. The request also
+the run stops and ``tunelab run --resume RUN`` searches again before it asks again (until ``LIST_LAG_S`` after the
+creation was asked for: a provider's job list may not show a new job at once). The request also
 carries an ``Idempotency-Key`` (saved before it is sent, the same on every try) for the providers
 that honour one; OpenAI documents none for fine-tuning jobs, hence the search. The job's id is
 saved before it is followed, so an interrupted follow (Ctrl-C, a lost connection) resumes the same job.
@@ -58,6 +59,9 @@ FINISHED = ("succeeded", "failed", "cancelled")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Before the job exists, cloud_job.json's status says how far the start went.
 UPLOADING, UPLOADED, CREATING = "uploading", "uploaded", "creating"  # creating: asked for, whether it was made is unknown
+# How long after a creation was asked for a provider may still not list the job it made: a resume within this time
+# looks again until it has passed before it asks again (a job list lags behind the creations).
+LIST_LAG_S = 60.0
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text, when no tokenizer count is given
 
 # What cancel_job did: cancelled the job; found it ended already (its status says how); found no job to cancel.
@@ -152,6 +156,7 @@ class CloudJob:
     validation_sha256: str | None = None
     uploaded_at: int | None = None  # the provider's time of the training file's upload: this run's job is not older
     request_key: str | None = None  # the Idempotency-Key of the request that creates the job (saved before it is sent)
+    requested_at: float | None = None  # when (this machine's time) the creation was last asked for
     found: bool = False  # the job was found in the provider's list after its creation's reply was lost
 
     @classmethod
@@ -165,12 +170,14 @@ class CloudJob:
 
 def start_job(
     endpoint: EndpointConfig, run_dir: Path, training: Path, validation: Path | None, *, epochs: int, seed: int, suffix: str | None = None,
+    poll_s: float = 10.0, list_lag_s: float | None = None,
 ) -> CloudJob:
     """Upload the files and create the job, continuing what an earlier start in ``run_dir`` did; one job, whatever is lost.
 
     Each file's id is saved as soon as its upload returns and reused by the next start (uploaded again
     only when the file changed or the provider no longer has it). A start whose creation's outcome is
-    unknown first looks for the job it may have made; a run folder that has its job returns it as it is.
+    unknown first looks for the job it may have made (every ``poll_s`` until ``list_lag_s``, default ``LIST_LAG_S``, after
+    that creation was asked for, as a job list may lag behind); a run folder that has its job returns it as it is.
 
     Raises:
         RemoteError: when the provider refuses the files or the job, cannot be reached, or lost the reply to
@@ -185,7 +192,13 @@ def start_job(
         record = CloudJob(base_url=endpoint.base_url, model=endpoint.name, status=UPLOADING)
     client = openai_client(endpoint)
     if record.status == CREATING and record.training_file:  # a creation was asked for and never answered
-        found = _look_for_job(client, endpoint, record, run_dir, "an earlier start asked for it and had no answer")
+        why = "an earlier start asked for it and had no answer"
+        found = _look_for_job(client, endpoint, record, run_dir, why)
+        # Not listed may only mean not listed yet: asking again before the list can show it would pay for a second job.
+        listed_by = (record.requested_at or 0.0) + (LIST_LAG_S if list_lag_s is None else list_lag_s)
+        while found is None and time.time() < listed_by:
+            time.sleep(min(poll_s, max(0.0, listed_by - time.time())))
+            found = _look_for_job(client, endpoint, record, run_dir, why)
         if found is not None:
             return _adopt(record, found, run_dir, found=True)
     try:
@@ -208,7 +221,7 @@ def start_job(
         raise RemoteError(f"cannot reach {endpoint.base_url} to start the fine-tuning job: {error}",
                           "`tunelab run --resume RUN` reuses the files already uploaded") from None
     record.request_key = record.request_key or f"tunelab-{uuid.uuid4()}"
-    record.status = CREATING
+    record.status, record.requested_at = CREATING, time.time()
     record.save(run_dir)  # before the request: a crash from here on is resumed by looking for the job first
     job = _create(client, endpoint, record, run_dir, {
         "model": endpoint.name, "training_file": record.training_file, "validation_file": record.validation_file,

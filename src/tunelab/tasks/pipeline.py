@@ -1149,7 +1149,8 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
         if job is None or job.job_id is None:  # not started, or started as far as the uploads (reused) or an unanswered creation
             validation = run.cloud_validation
             job = start_job(endpoint, run.root, run.cloud_train, validation if validation.is_file() else None,
-                            epochs=max(1, round(config.train.epochs)), seed=config.train.seed, suffix="tunelab")
+                            epochs=max(1, round(config.train.epochs)), seed=config.train.seed, suffix="tunelab",
+                            poll_s=_poll_seconds() if poll_s is None else poll_s)
             created = (f"job {job.job_id} found on {endpoint.base_url}: created by a request whose answer was lost (status {job.status})"
                        if job.found else f"job {job.job_id} created on {endpoint.base_url}")
             context.emit("train", "event", {"message": created, "job_id": job.job_id})

@@ -55,6 +55,8 @@ class FakeProvider:
         self.lose_reply: dict[str, list[int]] = {}
         self.idempotency_keys: list[str | None] = []  # the Idempotency-Key header of each job creation that arrived
         self.fail_jobs = False
+        # A new job is missing from this many job lists after its creation (a provider whose list lags behind)
+        self.list_lag = 0
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.clock = 1_700_000_000
@@ -203,14 +205,16 @@ class FakeProvider:
             "trained_tokens": None, "training_file": body["training_file"], "validation_file": body.get("validation_file"),
             "method": body.get("method"),
         }
-        self.jobs[job_id] = {"job": job, "pairs": pairs, "polls": 0, "suffix": body.get("suffix")}
+        self.jobs[job_id] = {"job": job, "pairs": pairs, "polls": 0, "suffix": body.get("suffix"), "unlisted": self.list_lag}
         self.events[job_id] = []
         self.event(job_id, f"Created fine-tuning job: {job_id}")
         return FineTuningJob.model_validate(job).model_dump(mode="json")
 
     def list_jobs(self, query: dict) -> dict:
         # Newest first; `after` pages toward older jobs (as the API documents). Looking does not advance a job.
-        jobs = sorted((entry["job"] for entry in self.jobs.values()), key=lambda job: job["created_at"], reverse=True)
+        for entry in self.jobs.values():
+            entry["unlisted"] -= 1
+        jobs = sorted((entry["job"] for entry in self.jobs.values() if entry["unlisted"] < 0), key=lambda job: job["created_at"], reverse=True)
         if "after" in query:
             ids = [job["id"] for job in jobs]
             jobs = jobs[ids.index(query["after"][0]) + 1:]

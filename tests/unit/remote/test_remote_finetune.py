@@ -26,6 +26,8 @@ TEXTS = {
 @pytest.fixture
 def provider(monkeypatch):
     monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
+    # This provider lists a job once it exists (unless list_lag says otherwise): a resume need not wait a minute for it.
+    monkeypatch.setattr("tunelab.remote.finetune.LIST_LAG_S", 2.0)
     fake = FakeProvider()
     url = fake.start()
     fake.url = url
@@ -247,6 +249,24 @@ def test_a_resume_finds_the_job_whose_creation_it_never_heard_of(provider, tmp_p
     assert provider.count("POST", "/v1/fine_tuning/jobs") == 1 and list(provider.jobs) == ["ftjob-1"]
     assert CloudJob.load(run_dir).job_id == "ftjob-1" and outcome.train["job_id"] == "ftjob-1"
     assert "ftjob-1" in events[0]["message"] and provider.count("POST", "/v1/files") == 1
+
+
+def test_an_early_resume_waits_for_a_lagging_job_list_before_it_asks_for_a_second_job(provider, tmp_path, tiny_model_dir, monkeypatch):
+    # The job is created, its reply lost and the list unreadable (or the process killed there); the user resumes at
+    # once, while the provider does not list the new job yet: asking again then creates (and bills) a second job.
+    from tunelab.remote.client import RemoteError
+
+    provider.lose_reply[JOBS] = [0]
+    provider.refuse_next["GET /v1/fine_tuning/jobs"] = [0] * 20
+    provider.list_lag = 3
+    monkeypatch.setattr("tunelab.remote.finetune.LIST_LAG_S", 60.0)  # the default: looked for until it is listed
+    with pytest.raises(RemoteError, match="--resume"):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    run_dir = tmp_path / "runs" / "cloud"
+    provider.refuse_next = {}
+    outcome = run_pipeline(resume=run_dir)
+    assert list(provider.jobs) == ["ftjob-1"] and provider.count("POST", "/v1/fine_tuning/jobs") == 1
+    assert CloudJob.load(run_dir).job_id == "ftjob-1" and outcome.train["job_id"] == "ftjob-1"
 
 
 def test_a_failed_job_is_never_started_again_by_a_resume(provider, tmp_path, tiny_model_dir):
