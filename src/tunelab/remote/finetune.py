@@ -8,8 +8,9 @@ lists the categories by name answered with the category (a provider's model answ
 it is evaluated with that same prompt).
 
 Real money is at stake, so a run pays for one job whatever is lost on the way. ``<run>/cloud_job.json``
-is written as soon as the first upload returns and keeps each uploaded file's id, so a resume never
-uploads a file twice. The request that creates the job is never repeated blindly: the client's
+is written before the first upload and keeps each uploaded file's id, so a resume never uploads a file twice; an
+upload is never repeated blindly either (the client's retries would store a second copy after a lost reply): its name
+holds the run's key, and after a lost reply the provider's file list is searched for it first. The request that creates the job is never repeated blindly: the client's
 automatic retries would send it again after a lost reply (a dropped connection, a timeout, a 5xx)
 although the provider may have created (and will bill) the job. Only a 429, refused before anything
 is done, is asked again. After any other failure the provider's job list is searched for a job made
@@ -157,6 +158,8 @@ class CloudJob:
     uploaded_at: int | None = None  # the provider's time of the training file's upload: this run's job is not older
     request_key: str | None = None  # the Idempotency-Key of the request that creates the job (saved before it is sent)
     requested_at: float | None = None  # when (this machine's time) the creation was last asked for
+    # In each uploaded file's name (saved before the first upload): a file whose upload had no answer is found by it
+    upload_key: str | None = None
     found: bool = False  # the job was found in the provider's list after its creation's reply was lost
 
     @classmethod
@@ -190,6 +193,11 @@ def start_job(
         return record  # created already: follow it, never a second one
     if record is None or (record.base_url, record.model) != (endpoint.base_url, endpoint.name):
         record = CloudJob(base_url=endpoint.base_url, model=endpoint.name, status=UPLOADING)
+    # An earlier start saved this key before it uploaded: a file it sent without hearing back may be stored already.
+    uploaded_before = record.upload_key is not None
+    if not uploaded_before:
+        record.upload_key = uuid.uuid4().hex[:12]
+        record.save(run_dir)
     client = openai_client(endpoint)
     if record.status == CREATING and record.training_file:  # a creation was asked for and never answered
         why = "an earlier start asked for it and had no answer"
@@ -202,14 +210,16 @@ def start_job(
         if found is not None:
             return _adopt(record, found, run_dir, found=True)
     try:
-        training_id, record.training_sha256, uploaded_at = _upload(client, training, record.training_file, record.training_sha256)
+        training_id, record.training_sha256, uploaded_at = _upload(
+            client, endpoint, training, record.training_file, record.training_sha256, record.upload_key, uploaded_before)
         if training_id != record.training_file:
             record.training_file, record.uploaded_at, record.request_key = training_id, uploaded_at, None  # another request
         record.status = UPLOADED if validation is None else UPLOADING
         record.save(run_dir)
         validation_id, validation_sha256 = None, None
         if validation is not None:
-            validation_id, validation_sha256, _ = _upload(client, validation, record.validation_file, record.validation_sha256)
+            validation_id, validation_sha256, _ = _upload(
+                client, endpoint, validation, record.validation_file, record.validation_sha256, record.upload_key, uploaded_before)
         record.validation_sha256 = validation_sha256
         if validation_id != record.validation_file:
             record.validation_file, record.request_key = validation_id, None
@@ -230,8 +240,15 @@ def start_job(
     return _adopt(record, job, run_dir, found=record.found)
 
 
-def _upload(client: Any, path: Path, saved_id: str | None, saved_sha256: str | None) -> tuple[str, str, int | None]:
-    """(file id, content hash, the provider's upload time): the saved file when the provider still has it as it is now."""
+def _upload(
+    client: Any, endpoint: EndpointConfig, path: Path, saved_id: str | None, saved_sha256: str | None, key: str | None, uploaded_before: bool,
+) -> tuple[str, str, int | None]:
+    """(file id, content hash, the provider's upload time): the saved file when the provider still has it as it is now.
+
+    Sent without the client's retries, which would store a second copy after a lost reply (a dropped connection, a
+    timeout, a 5xx): the file is named by the run's key and its content, and after a lost reply (or a start that may
+    have sent it) the provider's file list is searched for that name before it is sent again.
+    """
     import openai
 
     content = path.read_bytes()
@@ -241,8 +258,37 @@ def _upload(client: Any, path: Path, saved_id: str | None, saved_sha256: str | N
             return saved_id, digest, client.files.retrieve(saved_id).created_at
         except openai.NotFoundError:
             pass  # deleted on the provider since: upload it again
-    uploaded = client.files.create(file=(path.name, content), purpose="fine-tune")
-    return uploaded.id, digest, uploaded.created_at
+    name = f"{path.stem}.{key}.{digest[:12]}{path.suffix}" if key else path.name
+    found = _find_file(client, name, len(content)) if uploaded_before else None
+    if found is not None:
+        return found.id, digest, found.created_at
+    uploader = client.with_options(max_retries=0)
+    for attempt in itertools.count():
+        try:
+            uploaded = uploader.files.create(file=(name, content), purpose="fine-tune")
+            return uploaded.id, digest, uploaded.created_at
+        except openai.RateLimitError as error:  # refused before anything was stored
+            if attempt >= endpoint.max_retries:
+                raise
+            time.sleep(_retry_after(error, attempt))
+        except (openai.APIStatusError, openai.APIConnectionError) as error:
+            if isinstance(error, openai.APIStatusError) and error.status_code not in (408, 409) and error.status_code < 500:
+                raise  # refused: nothing was stored
+            found = _find_file(client, name, len(content))
+            if found is not None:
+                return found.id, digest, found.created_at
+            if attempt >= endpoint.max_retries:
+                raise
+            time.sleep(min(60.0, 0.5 * 2**attempt))
+    raise AssertionError("itertools.count() never ends")
+
+
+def _find_file(client: Any, name: str, size: int) -> Any | None:
+    """The fine-tuning file named ``name`` (no other run's: the name holds the run's key) of ``size`` bytes, or None."""
+    for stored in client.files.list(purpose="fine-tune"):  # the page iterator fetches the next pages
+        if stored.filename == name and stored.bytes == size:
+            return stored
+    return None
 
 
 def _create(client: Any, endpoint: EndpointConfig, record: CloudJob, run_dir: Path, params: dict[str, Any]) -> Any:

@@ -152,6 +152,8 @@ class FakeProvider:
         parts = path.strip("/").split("/")[1:]  # without "v1"
         if method == "POST" and parts == ["files"]:
             return 200, self.upload(body, content_type)
+        if method == "GET" and parts == ["files"]:
+            return 200, self.list_files(query)
         if method == "GET" and parts[:1] == ["files"] and len(parts) == 2:
             return 200, FileObject.model_validate(self.files[parts[1]]["object"]).model_dump(mode="json")
         if method == "POST" and parts == ["fine_tuning", "jobs"]:
@@ -185,6 +187,18 @@ class FakeProvider:
                "filename": fields["file"].get_filename(), "status": "processed"}
         self.files[file_id] = {"object": obj, "content": content}
         return FileObject.model_validate(obj).model_dump(mode="json")
+
+    def list_files(self, query: dict) -> dict:
+        # Newest first; `after` pages toward older files; `purpose` filters (as the API documents).
+        files = sorted((entry["object"] for entry in self.files.values()), key=lambda obj: obj["created_at"], reverse=True)
+        if "purpose" in query:
+            files = [obj for obj in files if obj["purpose"] == query["purpose"][0]]
+        if "after" in query:
+            ids = [obj["id"] for obj in files]
+            files = files[ids.index(query["after"][0]) + 1:]
+        limit = int(query.get("limit", ["10000"])[0])
+        return {"object": "list", "data": [FileObject.model_validate(obj).model_dump(mode="json") for obj in files[:limit]],
+                "has_more": len(files) > limit}
 
     def create_job(self, body: dict) -> dict:
         if body.get("model") not in self.base_models:

@@ -269,6 +269,31 @@ def test_an_early_resume_waits_for_a_lagging_job_list_before_it_asks_for_a_secon
     assert CloudJob.load(run_dir).job_id == "ftjob-1" and outcome.train["job_id"] == "ftjob-1"
 
 
+@pytest.mark.parametrize("lost", [0, 500], ids=["connection dropped", "HTTP 500"])
+def test_an_upload_whose_reply_is_lost_is_stored_once_at_the_provider(provider, tmp_path, tiny_model_dir, lost):
+    # The provider stores the training file, then the reply is lost: uploading it again stored a second copy.
+    provider.lose_reply["POST /v1/files"] = [lost]
+    outcome = run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    job = CloudJob.load(outcome.run_dir)
+    assert list(provider.files) == [job.training_file] and job.status == "succeeded"
+
+
+def test_a_resume_finds_the_upload_it_never_heard_back_from(provider, tmp_path, tiny_model_dir):
+    # The file is stored, its reply lost, and the file list cannot be read (or the process is killed there): the run
+    # stops, and the resume finds that file by its name rather than store a second copy.
+    from tunelab.remote.client import RemoteError
+
+    provider.lose_reply["POST /v1/files"] = [0]
+    provider.refuse_next["GET /v1/files"] = [0] * 20
+    with pytest.raises(RemoteError, match="--resume"):
+        run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir))
+    assert list(provider.files) == ["file-1"]
+    provider.refuse_next = {}
+    outcome = run_pipeline(resume=tmp_path / "runs" / "cloud")
+    assert list(provider.files) == ["file-1"] and CloudJob.load(outcome.run_dir).training_file == "file-1"
+    assert provider.count("POST", "/v1/files") == 1 and len(provider.jobs) == 1
+
+
 def test_a_failed_job_is_never_started_again_by_a_resume(provider, tmp_path, tiny_model_dir):
     provider.fail_jobs = True
     with pytest.raises(CloudJobFailed, match="too many tokens"):
