@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from tunelab.errors import TunelabError
@@ -67,6 +68,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(error, OSError) and error.filename is None:
             error.filename = str(path)  # a full disk's write() names no file: the one line names the one being written
         raise
+
+
+def write_figure(figure: Any, path: Path, **savefig: Any) -> Path:
+    """Save a matplotlib ``figure`` as ``path`` (PNG) the way every artifact is written: rendered in memory, then
+    :func:`atomic_write_bytes`, so a kill never leaves half an image under a name a report links (a dead writer's
+    temporary from an earlier kill is removed first: charts live outside the run folder's own clean-up)."""
+    import io
+
+    image = io.BytesIO()
+    figure.savefig(image, format="png", **savefig)
+    remove_stale_temporaries(path)
+    atomic_write_bytes(path, image.getvalue())
+    return path
 
 
 def check_output_folder(target: Path) -> None:

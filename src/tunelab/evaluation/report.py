@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from tunelab.data.labels import OUT_OF_SCOPE_SCORES
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.compare import Verdict, compare_with_baselines
 from tunelab.evaluation.result import EvalResult
-from tunelab.paths import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from tunelab.paths import atomic_write_text, write_figure
 from tunelab.runs import Run, RunFolder, read_state
 
 EXAMPLES_EACH_WAY = 5
@@ -115,13 +114,8 @@ def plot_losses(train: list[tuple[float, float]], validation: list[tuple[float, 
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    # Rendered in memory, then written atomically: report.md links this file, so a kill never leaves half an image
-    # under its name (nor, once the next report is written, a dead writer's temporary beside it).
-    image = io.BytesIO()
-    figure.savefig(image, format="png")
+    write_figure(figure, path)  # report.md links this file: never half an image under its name
     plt.close(figure)
-    remove_stale_temporaries(path)
-    atomic_write_bytes(path, image.getvalue())
     return path
 
 

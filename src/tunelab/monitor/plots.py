@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.monitor.signals import words
+from tunelab.paths import write_figure
 
 
 def plot_traffic(traffic: Any, reference: Any, folder: Path) -> list[Path]:
@@ -64,6 +65,6 @@ def plot_traffic(traffic: Any, reference: Any, folder: Path) -> list[Path]:
     figure.suptitle(f"{traffic.model} ({f'run {traffic.run_id}' if traffic.run_id else 'no run'}): {traffic.since[:16]} to {traffic.until[:16]}")
     figure.tight_layout()
     path = folder / f"{name}.png"
-    figure.savefig(path, dpi=80)
+    write_figure(figure, path, dpi=80)  # the monitor report links it: never half an image under its name
     plt.close(figure)
     return [path]
