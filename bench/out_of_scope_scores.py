@@ -14,6 +14,12 @@ test queries (``split.json``) with the run's own model only, several ways:
   dimensions of the raw state have means near 40 and dominate its cosine);
 - ``nearest_layerN_mean``: the same, standardised, on the mean over the prompt's tokens of decoder layer N's
   output (N = a third and two thirds of the depth), where an untrained probe found intents separate best;
+- ``loglik_mean``: the mean log-likelihood of the request's tokens under the tuned model (which the classify
+  recipe trains with a next-token loss on the training prompts, ``classify.prompt_lm_weight``: a density model
+  of the in-scope requests);
+- ``likelihood_ratio_sum`` / ``_mean``: the tuned model's log-likelihood of the request's tokens minus the base
+  model's (the adapter disabled), summed or averaged over the tokens (Ren et al. 2019: the ratio removes what
+  makes any text likely or not, keeping what the training requests taught);
 - ``probability_and_nearest``: a logistic regression of known vs unknown on those two, fitted on the
   validation queries (a prototype: the validation queries also choose its threshold, so its validation
   AUROC flatters it; the test columns do not).
@@ -90,6 +96,27 @@ def main() -> None:
         hidden = np.stack(out)
         return hidden / np.linalg.norm(hidden, axis=1, keepdims=True) if normalise else hidden
 
+    lm = causal_lm_of(loaded.model)
+    train_prompts = [classifier.prompt(r.text)[0] for r in split.train[:50]]
+    shared = min(next((i for i, (a, b) in enumerate(zip(p, train_prompts[0], strict=False)) if a != b), min(len(p), len(train_prompts[0])))
+                 for p in train_prompts[1:])
+
+    def request_logliks(records):
+        """(tuned, base) log-likelihood per request token after the prompt prefix every request shares."""
+        tuned, base = [], []
+        with torch.inference_mode():
+            for record in records:
+                ids = torch.tensor([classifier.prompt(record.text)[0]])
+                target = ids[0, shared:]
+                for out, disabled in ((tuned, False), (base, True)):
+                    if disabled:
+                        with loaded.model.disable_adapter():
+                            logits = lm(input_ids=ids).logits[0, shared - 1:-1].float()
+                    else:
+                        logits = lm(input_ids=ids).logits[0, shared - 1:-1].float()
+                    out.append(torch.log_softmax(logits, -1).gather(1, target[:, None])[:, 0].numpy())
+        return tuned, base
+
     depth = len(decoder.layers)
     middle = (depth // 3, 2 * depth // 3)
 
@@ -148,6 +175,10 @@ def main() -> None:
             "mahalanobis": -mahalanobis,
             "nearest_standardised": (standardise(raw) @ train_standardised.T).max(1),
         }
+        tuned_ll, base_ll = request_logliks(records)
+        scores["loglik_mean"] = np.array([t.mean() for t in tuned_ll])
+        scores["likelihood_ratio_sum"] = np.array([(t - b).sum() for t, b in zip(tuned_ll, base_ll, strict=True)])
+        scores["likelihood_ratio_mean"] = np.array([(t - b).mean() for t, b in zip(tuned_ll, base_ll, strict=True)])
         layers = layer_means(records)
         for n in middle:
             apply, train_n = layer_standardise[n]
