@@ -175,8 +175,12 @@ def create_app(settings: UISettings):
     def run_page(run: str):
         values = views.run_page(registry, run)
         job = next((j for j in jobs.jobs.values() if j.run_dir.resolve() == Path(values["record"].run_dir or "").resolve()), None)
+        from tunelab.tasks.pipeline import resume_refusal
+
         resumable = values["record"].status in RESUMABLE and values["files"].get("exists") and not (job and job.status() == "running")
-        return page("run.html", **values, job=job, resumable=resumable, active="runs")
+        # What `tunelab run --resume` would stop at at once (a cloud job cancelled at the provider) is said, not offered.
+        refusal = resume_refusal(values["record"].run_dir) if resumable else None
+        return page("run.html", **values, job=job, resumable=resumable and refusal is None, resume_refusal=refusal, active="runs")
 
     @app.post("/api/runs/{run}/resume")
     def resume_run(run: str):
