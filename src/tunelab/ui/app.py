@@ -192,6 +192,29 @@ def create_app(settings: UISettings):
         job = jobs.resume(Path(record.run_dir))
         return {"id": job.id, "url": f"/jobs/{job.id}", "run": job.name}
 
+    @app.post("/api/runs/{run}/promote")
+    async def promote_run(run: str, request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        from tunelab.tasks.retrain import promote
+
+        body = await json_object(request)
+        alias = str(body.get("alias") or "").strip()
+        reason = str(body.get("reason") or "").strip() or "manual promote (tunelab ui)"
+        record = views.get_run(registry, run)
+        # `tunelab promote ALIAS RUN`'s own function: the run's weights are read in full (seconds), off the event loop.
+        change = await run_in_threadpool(promote, registry, alias, record.id, reason=reason)
+        return change.as_dict()
+
+    @app.post("/api/aliases/{alias}/rollback")
+    async def rollback_alias(alias: str):
+        from starlette.concurrency import run_in_threadpool
+
+        from tunelab.tasks.retrain import rollback
+
+        change = await run_in_threadpool(rollback, registry, alias, reason="rollback (tunelab ui)")
+        return change.as_dict()
+
     @app.get("/api/runs/{run}/progress")
     def run_progress(run: str):
         record = views.get_run(registry, run)
