@@ -411,8 +411,12 @@ def create_app(settings: UISettings):
         if record is not None and (not record.run_dir or Path(record.run_dir).resolve() != job.run_dir.resolve()):
             record = None
         state = views.progress(job.run_dir, record)
+        status = job.status()
+        if status == "cancelled" and record is not None and record.status == "finished":
+            # Cancel came once the run was registered finished (its process printing the outcome): it stopped nothing.
+            status = "finished"
         return {
-            **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),
+            **state, "id": job.id, "name": job.name, "job_status": status, "log": job.log_tail(),
             "run_id": record.id if record else None, "verdict": record.verdict if record else None,
             "verdict_kind": views.verdict_kind(record.verdict if record else None),
             "command": "tunelab " + " ".join(job.command[3:]),

@@ -1,6 +1,7 @@
 """The UI's pages and guards over a hand-made run (no model): what the registry and run folder hold is what is shown."""
 
 import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -600,3 +601,25 @@ def test_a_cloud_run_whose_providers_job_was_cancelled_offers_no_resume(made_run
         # Cancelled before its job was created (no job id yet): a resume creates the job, so it is offered.
         CloudJob(base_url="http://127.0.0.1:9/v1", model="gpt-4o-mini", status="uploaded", training_file="file-1").save(record.run_dir)
         assert 'id="resume-button"' in client.get(f"/runs/{record.id}").text
+
+
+def test_a_cancel_that_comes_after_the_run_finished_leaves_the_job_finished(made_run):
+    """Cancel pressed as the run registered its verdict (the process then printing its outcome, past its Ctrl-C handling,
+    died of the SIGINT): the job page said cancelled while the run's page said finished, with its verdict."""
+    import subprocess
+    import sys
+
+    from tunelab.ui.jobs import Job
+
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        process = subprocess.Popen([sys.executable, "-c", "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGINT)"])
+        assert process.wait(60) != 0
+        job = Job("f1", "c.yaml", [sys.executable, "-m", "tunelab.cli.main", "run", "c.yaml"], Path(record.run_dir), registry.path,
+                  process, Path(record.run_dir) / "log.txt", cancelled=True)
+        client.app.state.jobs.jobs[job.id] = job
+        state = client.get(f"/api/jobs/{job.id}").json()
+        assert state["job_status"] == "finished" and state["verdict"] == record.verdict
+        # Stopped before it finished: cancelled, as before.
+        registry.update_run(record.id, status="cancelled", error="cancelled by the user (Ctrl-C / SIGINT)")
+        assert client.get(f"/api/jobs/{job.id}").json()["job_status"] == "cancelled"
