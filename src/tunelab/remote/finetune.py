@@ -170,6 +170,19 @@ class CloudJob:
     def save(self, run_dir: Path) -> None:
         atomic_write_text(RunFolder(Path(run_dir)).cloud_job, json.dumps(asdict(self), indent=1))
 
+    def ended_without_model(self) -> CloudJobFailed | None:
+        """The error following this job ends in once it has ended without a model (cancelled or failed); None while it
+        goes on or once it made its model. Such a job is never started again: a resume follows it to this error."""
+        if self.job_id is None or self.status not in FINISHED:
+            return None
+        if self.status == "cancelled":
+            return CloudJobCancelled(f"the fine-tuning job {self.job_id} cancelled: {self.error or 'no error message'}",
+                                     "it was cancelled at the provider; start a new run to train again (a cancelled job is not resumed)")
+        if self.status != "succeeded" or not self.fine_tuned_model:
+            return CloudJobFailed(f"the fine-tuning job {self.job_id} {self.status}: {self.error or 'no error message'}",
+                                  "fix the data or the settings it names and start a new run (a failed job is not resumed)")
+        return None
+
 
 def start_job(
     endpoint: EndpointConfig, run_dir: Path, training: Path, validation: Path | None, *, epochs: int, seed: int, suffix: str | None = None,
@@ -438,12 +451,9 @@ def follow_job(
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise RemoteError(f"job {job.job_id} still {state.status} after {timeout_s:.0f} s", "follow it again with `tunelab run --resume RUN`")
         time.sleep(poll_s)
-    if job.status == "cancelled":
-        raise CloudJobCancelled(f"the fine-tuning job {job.job_id} cancelled: {job.error or 'no error message'}",
-                             "it was cancelled at the provider; start a new run to train again (a cancelled job is not resumed)")
-    if job.status != "succeeded" or not job.fine_tuned_model:
-        raise CloudJobFailed(f"the fine-tuning job {job.job_id} {job.status}: {job.error or 'no error message'}",
-                             "fix the data or the settings it names and start a new run (a failed job is not resumed)")
+    ended = job.ended_without_model()
+    if ended is not None:
+        raise ended
     return job
 
 

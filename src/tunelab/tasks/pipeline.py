@@ -1209,6 +1209,19 @@ def cancel_cloud_run(run_dir: str | Path) -> CancelResult:
     return result
 
 
+def resume_refusal(run_dir: str | Path) -> TunelabError | None:
+    """The error ``tunelab run --resume RUN`` would stop at without training anything (the UI offers no Resume then);
+    None when a resume can go on.
+
+    A cloud run whose provider's job ended without a model (cancelled, failed) is followed to that end again and never
+    started anew; one stopped before its job existed is resumed (the job is created then).
+    """
+    from tunelab.remote.finetune import CloudJob
+
+    job = CloudJob.load(Path(run_dir))
+    return None if job is None else job.ended_without_model()
+
+
 def cloud_evaluate_step(context: PipelineContext):
     """6. The fine-tuned model on the test records, through the one model interface (same prompts as its training)."""
     from tunelab.evaluation.answering import remote_model

@@ -175,8 +175,12 @@ def create_app(settings: UISettings):
     def run_page(run: str):
         values = views.run_page(registry, run)
         job = next((j for j in jobs.jobs.values() if j.run_dir.resolve() == Path(values["record"].run_dir or "").resolve()), None)
+        from tunelab.tasks.pipeline import resume_refusal
+
         resumable = values["record"].status in RESUMABLE and values["files"].get("exists") and not (job and job.status() == "running")
-        return page("run.html", **values, job=job, resumable=resumable, active="runs")
+        # What `tunelab run --resume` would stop at at once (a cloud job cancelled at the provider) is said, not offered.
+        refusal = resume_refusal(values["record"].run_dir) if resumable else None
+        return page("run.html", **values, job=job, resumable=resumable and refusal is None, resume_refusal=refusal, active="runs")
 
     @app.post("/api/runs/{run}/resume")
     def resume_run(run: str):
@@ -187,6 +191,29 @@ def create_app(settings: UISettings):
             raise RegistryError(f"run {record.name} has no run folder here")
         job = jobs.resume(Path(record.run_dir))
         return {"id": job.id, "url": f"/jobs/{job.id}", "run": job.name}
+
+    @app.post("/api/runs/{run}/promote")
+    async def promote_run(run: str, request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        from tunelab.tasks.retrain import promote
+
+        body = await json_object(request)
+        alias = str(body.get("alias") or "").strip()
+        reason = str(body.get("reason") or "").strip() or "manual promote (tunelab ui)"
+        record = views.get_run(registry, run)
+        # `tunelab promote ALIAS RUN`'s own function: the run's weights are read in full (seconds), off the event loop.
+        change = await run_in_threadpool(promote, registry, alias, record.id, reason=reason)
+        return change.as_dict()
+
+    @app.post("/api/aliases/{alias}/rollback")
+    async def rollback_alias(alias: str):
+        from starlette.concurrency import run_in_threadpool
+
+        from tunelab.tasks.retrain import rollback
+
+        change = await run_in_threadpool(rollback, registry, alias, reason="rollback (tunelab ui)")
+        return change.as_dict()
 
     @app.get("/api/runs/{run}/progress")
     def run_progress(run: str):
@@ -384,8 +411,12 @@ def create_app(settings: UISettings):
         if record is not None and (not record.run_dir or Path(record.run_dir).resolve() != job.run_dir.resolve()):
             record = None
         state = views.progress(job.run_dir, record)
+        status = job.status()
+        if status == "cancelled" and record is not None and record.status == "finished":
+            # Cancel came once the run was registered finished (its process printing the outcome): it stopped nothing.
+            status = "finished"
         return {
-            **state, "id": job.id, "name": job.name, "job_status": job.status(), "log": job.log_tail(),
+            **state, "id": job.id, "name": job.name, "job_status": status, "log": job.log_tail(),
             "run_id": record.id if record else None, "verdict": record.verdict if record else None,
             "verdict_kind": views.verdict_kind(record.verdict if record else None),
             "command": "tunelab " + " ".join(job.command[3:]),

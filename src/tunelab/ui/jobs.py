@@ -154,12 +154,18 @@ class JobManager:
 
         Raises:
             ConfigError: for a folder without the pipeline state a resume needs, or one a job of this UI is still making.
+            CloudJobFailed: for a cloud run whose provider's job ended without a model (``tasks.pipeline.resume_refusal``).
         """
         from tunelab.runs import RunFolder, read_state
 
         state = read_state(RunFolder(Path(run_dir)))
         if state is None:
             raise ConfigError(f"{run_dir} has no pipeline state to resume from", "start the run again under a new name")
+        from tunelab.tasks.pipeline import resume_refusal
+
+        refusal = resume_refusal(run_dir)
+        if refusal is not None:
+            raise refusal
         self._refuse_running(Path(run_dir))
         backend = ((state.get("config") or {}).get("train") or {}).get("backend")
         command = [sys.executable, "-m", "tunelab.cli.main", "run", "--resume", str(run_dir)]

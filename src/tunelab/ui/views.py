@@ -17,7 +17,7 @@ from typing import Any
 
 from tunelab.errors import DataError
 from tunelab.estimate.summary import cheapest, estimate_summary
-from tunelab.registry import Registry, RunRecord, metric_values
+from tunelab.registry import Registry, RegistryError, RunRecord, metric_values
 from tunelab.runs import RunFolder
 
 EXAMPLES_SHOWN = 20
@@ -365,7 +365,23 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "tuned_metrics": metric_value_table(record.tuned_metrics) if not lines else {},
         "score_name": VALIDATION_SCORE_NAMES.get(record.task or "", "validation score"),
         "train": (record.artifacts or {}).get("train") or (((pipeline or {}).get("steps") or {}).get("train") if isinstance(pipeline, dict) else None),
+        **serving(registry, record),
     }
+
+
+def serving(registry: Registry, record: RunRecord) -> dict[str, Any]:
+    """The aliases that point at ``record`` (servers following ``alias:NAME`` answer with it), each with its last change
+    and the run a rollback would go back to (None: none before it), and every alias name (to promote it under one)."""
+    current = registry.aliases()
+    aliases = []
+    for name in sorted(alias for alias, run_id in current.items() if run_id == record.id):
+        change = registry.alias_history(name)[-1]
+        try:
+            target = registry.get_run(registry.rollback_target(name))
+        except RegistryError:
+            target = None  # no earlier run, or it was deleted from the registry: no rollback offered
+        aliases.append({"name": name, "change": change, "rollback_to": target})
+    return {"aliases": aliases, "alias_names": sorted(current)}
 
 
 # What the validation score of each task is (the loop's ``validation_score``): the metric a checkpoint is kept by.

@@ -1,6 +1,7 @@
 """The UI's pages and guards over a hand-made run (no model): what the registry and run folder hold is what is shown."""
 
 import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -576,3 +577,49 @@ def test_an_interrupted_run_is_resumed_from_its_page_as_tunelab_run_resume(made_
         assert client.get(job.json()["url"]).status_code == 200
         again = client.post(f"/api/runs/{record.id}/resume", headers=HEADERS)  # its job still going: refused
         assert again.status_code == 400 and "already being made" in again.json()["error"] and len(started) == 1
+
+
+def test_a_cloud_run_whose_providers_job_was_cancelled_offers_no_resume(made_run, monkeypatch):
+    """The page offered Resume on a cloud run whose job the user had cancelled at the provider: `tunelab run --resume`
+    follows that job to its end and stops there (a cancelled job is never started again), so the new job stopped at once."""
+    import tunelab.ui.jobs as jobs_module
+    from tunelab.remote.finetune import CloudJob
+    from tunelab.runs import RunFolder
+
+    registry, record, _ = made_run
+    started = []
+    monkeypatch.setattr(jobs_module, "start_process", lambda command, log, env: started.append(command))
+    registry.update_run(record.id, status="cancelled", error="cancelled: job ftjob-1 was cancelled on http://127.0.0.1:9/v1")
+    RunFolder(record.run_dir).pipeline_state.write_text(json.dumps({"config": {"task": "classify", "train": {"backend": "openai"}},
+                                                                    "steps": {"check": {}}}))
+    CloudJob(job_id="ftjob-1", base_url="http://127.0.0.1:9/v1", model="gpt-4o-mini", status="cancelled").save(record.run_dir)
+    with _client(registry) as client:
+        page = client.get(f"/runs/{record.id}").text
+        assert 'id="resume-button"' not in page and "a cancelled job is not resumed" in page
+        refused = client.post(f"/api/runs/{record.id}/resume", headers=HEADERS)
+        assert refused.status_code == 400 and "ftjob-1" in refused.json()["error"] and started == []
+        # Cancelled before its job was created (no job id yet): a resume creates the job, so it is offered.
+        CloudJob(base_url="http://127.0.0.1:9/v1", model="gpt-4o-mini", status="uploaded", training_file="file-1").save(record.run_dir)
+        assert 'id="resume-button"' in client.get(f"/runs/{record.id}").text
+
+
+def test_a_cancel_that_comes_after_the_run_finished_leaves_the_job_finished(made_run):
+    """Cancel pressed as the run registered its verdict (the process then printing its outcome, past its Ctrl-C handling,
+    died of the SIGINT): the job page said cancelled while the run's page said finished, with its verdict."""
+    import subprocess
+    import sys
+
+    from tunelab.ui.jobs import Job
+
+    registry, record, _ = made_run
+    with _client(registry) as client:
+        process = subprocess.Popen([sys.executable, "-c", "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGINT)"])
+        assert process.wait(60) != 0
+        job = Job("f1", "c.yaml", [sys.executable, "-m", "tunelab.cli.main", "run", "c.yaml"], Path(record.run_dir), registry.path,
+                  process, Path(record.run_dir) / "log.txt", cancelled=True)
+        client.app.state.jobs.jobs[job.id] = job
+        state = client.get(f"/api/jobs/{job.id}").json()
+        assert state["job_status"] == "finished" and state["verdict"] == record.verdict
+        # Stopped before it finished: cancelled, as before.
+        registry.update_run(record.id, status="cancelled", error="cancelled by the user (Ctrl-C / SIGINT)")
+        assert client.get(f"/api/jobs/{job.id}").json()["job_status"] == "cancelled"

@@ -145,6 +145,28 @@ function setUpResume() {
   });
 }
 
+// -- promote a finished run under an alias, or roll an alias back (tunelab promote / rollback) -------
+
+function setUpPromote() {
+  const button = document.getElementById("promote-button");
+  if (!button) return;
+  const act = (control, url, body) => {
+    setText("promote-error", "");
+    control.disabled = true;
+    // The page is rendered again: it lists the aliases that point at this run now.
+    post(url, body).then(() => window.location.reload())
+      .catch((error) => { setText("promote-error", error.message); control.disabled = false; });
+  };
+  const promote = () => act(button, "/api/runs/" + button.dataset.run + "/promote", { alias: document.getElementById("promote-alias").value });
+  button.addEventListener("click", promote);
+  document.getElementById("promote-alias").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); promote(); }
+  });
+  document.querySelectorAll(".rollback-button").forEach((rollback) => {
+    rollback.addEventListener("click", () => act(rollback, "/api/aliases/" + encodeURIComponent(rollback.dataset.alias) + "/rollback"));
+  });
+}
+
 // -- start a run: the estimate first ----------------------------------------------------------
 
 function setUpStart() {
@@ -381,6 +403,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpRunsTable();
   setUpJob();
   setUpResume();
+  setUpPromote();
   setUpStart();
   setUpAdvise();
   setUpReview();
