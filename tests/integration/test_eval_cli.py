@@ -130,3 +130,47 @@ def test_eval_against_baselines_learned_from_train(cli, run_dir, tmp_path):
     assert "classical" in result.output and "verdict:" in result.output
     result = cli.invoke(app, ["eval", "--adapter", str(run_dir), "--data", str(data), "--task", "classify", "--baselines", "classical"])
     assert isinstance(result.exception, DataError) and "--train FILE" in str(result.exception)
+
+
+def test_eval_of_a_run_uses_its_own_prompt_and_decoding(cli, tmp_path, tiny_model_dir):
+    """``tunelab eval --adapter RUN`` scores the run as its pipeline evaluated it (and as it is served): its
+    data.system_prompt, max_length and eval decoding, unless an option says otherwise. It used --system's
+    default (none), max_length 512 and 128 new tokens: on examples/qa-assistant every one of the 40 answers
+    differed from the run's own evaluation (ROUGE-L 0.196 against 0.208)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.data.read import load_records
+    from tunelab.evaluation.answering import LocalModel
+    from tunelab.runs import Run
+
+    run = tmp_path / "sft-run"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_" in name:
+                parameter.mul_(20)
+    adapted.save_pretrained(run / "adapter")
+    (run / "config.yaml").write_text(
+        f"task: sft\nmodel:\n  name: {tiny_model_dir}\ndata:\n  system_prompt: Answer about the leave policy in one sentence.\n"
+        "  max_length: 48\neval:\n  max_new_tokens: 6\n  bootstrap_samples: 200\n"
+    )
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"how many days {word}?", "completion": f"{word} days"})
+                              for word in ("card", "refund", "login", "billing", "cancel")))
+    out = tmp_path / "eval.json"
+    result = cli.invoke(app, ["eval", "--adapter", str(run), "--data", str(data), "--task", "sft", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(out.read_text())
+    opened = Run.open(run)
+    records = load_records(str(data), "sft", opened.config.data)
+    expected = LocalModel(opened.load()).evaluate(records, "sft", config=opened.config.eval, data_config=opened.config.data)
+    assert (scored["settings"]["max_length"], scored["settings"]["max_new_tokens"]) == (48, 6)
+    assert [row["prediction"] for row in scored["rows"]] == [row["prediction"] for row in expected.rows]
+    # An option given still wins over the run's own setting.
+    result = cli.invoke(app, ["eval", "--adapter", str(run), "--data", str(data), "--task", "sft", "--max-new-tokens", "3",
+                              "--max-length", "40", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (json.loads(out.read_text())["settings"]["max_length"], json.loads(out.read_text())["settings"]["max_new_tokens"]) == (40, 3)

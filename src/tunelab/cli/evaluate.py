@@ -94,14 +94,21 @@ def evaluate_command(
     ),
     labels: Path = typer.Option(None, "--labels", help="classify: a run's labels.json, so a base model is scored over the same label tokens."),
     preset: str = typer.Option(None, "--preset", help="Column mapping of a known dataset (banking77, scitldr, ...)."),
-    system: str = typer.Option(None, "--system", help="System message before every prompt."),
+    system: str = typer.Option(None, "--system", help="System message before every prompt (default: a run's own data.system_prompt)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Evaluate a seeded sample of at most N examples."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="sft: longest answer in tokens."),
-    max_length: int = typer.Option(512, "--max-length", min=8, help="Longest prompt / perplexity window in tokens."),
+    max_new_tokens: int = typer.Option(
+        None, "--max-new-tokens", min=1, show_default=False, help="sft: longest answer in tokens (default 128, a run's own eval.max_new_tokens)."
+    ),
+    max_length: int = typer.Option(
+        None, "--max-length", min=8, show_default=False,
+        help="Longest prompt / perplexity window in tokens (default 512, a run's own data.max_length).",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Examples per forward pass."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample (and of sampling when temperature > 0)."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="sft: 0 is greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    temperature: float = typer.Option(
+        None, "--temperature", min=0.0, show_default=False, help="sft: 0 is greedy (the default; a run's own eval.temperature)."
+    ),
+    top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, show_default=False, help="sft: nucleus mass (default 1, a run's own eval.top_p)."),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
     train: Path = typer.Option(None, "--train", help="Training file the classical, few-shot and retrieval baselines learn from."),
     baselines: str = typer.Option(
@@ -167,6 +174,14 @@ def evaluate_command(
     remote = _endpoint(endpoint, endpoint_model, endpoint_key_env, model, concurrency)
     # One model interface: a remote endpoint, a run (--adapter) or any model name answer the same way.
     answering = open_model(remote if remote is not None else str(adapter or model), allow_network=allow_network)
+    if answering.run is not None:
+        # A run is scored as its own evaluation scored it and as it is served (generate, serve): its system prompt, prompt
+        # length and decoding, unless an option says otherwise (None above is an option not given).
+        run_data, run_eval = answering.run.config.data, answering.run.config.eval
+        own_data = {"system_prompt": run_data.system_prompt, "max_length": run_data.max_length, "stride": run_data.stride}
+        own_eval = {"max_new_tokens": run_eval.max_new_tokens, "temperature": run_eval.temperature, "top_p": run_eval.top_p}
+        data_config = config_from_options(DataConfig, EVAL_OPTIONS, **{**own_data, **data_config.model_dump(exclude_unset=True)})
+        eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, **{**own_eval, **eval_config.model_dump(exclude_unset=True)})
     if answering.out_of_scope_label is not None and out_of_scope_label is None:
         out_of_scope_label = answering.out_of_scope_label
     if out_of_scope_label is not None and task == "classify" and not answering.remote:

@@ -58,6 +58,9 @@ class AnsweringModel(Protocol):
     @property
     def out_of_scope_label(self) -> str | None: ...
 
+    @property
+    def run(self) -> Any: ...
+
     def answer_label_map(self, labels: Sequence[str]) -> LabelMap: ...
 
 
@@ -80,6 +83,11 @@ class LocalModel:
     def out_of_scope_label(self) -> str | None:
         """A classify run's out-of-scope label (its saved rule), else None."""
         return self.loaded.out_of_scope.label if self.loaded.out_of_scope is not None else None
+
+    @property
+    def run(self) -> Any:
+        """The run it is (``tunelab.runs.Run``: the settings it was evaluated and is served with), or None."""
+        return self.loaded.run
 
     def evaluate(
         self, records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig, label_map: LabelMap | None = None,
@@ -166,6 +174,10 @@ class RemoteModel:
 
     @property
     def out_of_scope_label(self) -> str | None:
+        return None
+
+    @property
+    def run(self) -> Any:
         return None
 
     def answer_label_map(self, labels: Sequence[str]) -> LabelMap:
