@@ -5,7 +5,8 @@ Every row comes with its ``source`` (``file:line``; for Parquet the row number) 
 can be reported where the user can fix it. A row that cannot be read (invalid JSON, undecodable
 bytes, a wrong number of CSV columns, more bytes than ``max_record_bytes``, JSON nested deeper than
 Python can parse) comes out as a ``RecordError`` in its place instead of stopping the read: one pass
-finds every problem. Rows are yielded lazily, so a large JSONL file is read in bounded memory, and an
+finds every problem. A file written in an 8-bit code page (Excel's "CSV" on Windows) is one error, not one
+per accented line. Rows are yielded lazily, so a large JSONL file is read in bounded memory, and an
 oversized line is skipped without being held in memory.
 """
 
@@ -563,6 +564,60 @@ def wide_encoding(path: Path) -> str | None:
     return next((name for bom, name in WIDE_BOMS if start.startswith(bom)), None)
 
 
+def _split_bare_cr(raw: bytes) -> list[bytes]:
+    """The lines of ``raw``: one, unless it is ended by bare \r (Excel for Mac), which one readline does not split."""
+    return raw.splitlines(keepends=True) if b"\r" in raw.rstrip(b"\r\n") else [raw]
+
+
+def code_page_text(path: Path, kind: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> RecordError | None:
+    """One error for a file written in an 8-bit code page (Excel's "CSV (Comma delimited)" on Windows: Windows-1252).
+
+    Such a file is refused whole rather than guessed at: Windows-1252, Latin-1, Windows-1251 or Mac Roman decode
+    (almost) any byte, so a wrong guess would train on garbled text with no error. It is told from a UTF-8 file with a damaged
+    line by its non-ASCII lines: two or more of them, and none valid UTF-8. With one such line, or a UTF-8 line
+    anywhere, each bad line stays its own error (reported by the reader) and the rest is read.
+    """
+    first: tuple[int, bytes, UnicodeDecodeError] | None = None
+    bad_lines = 0
+    number = 0
+    with open_binary(path) as handle:
+        for raw, _ in bounded_lines(handle, max_record_bytes):
+            for line in _split_bare_cr(raw) if raw is not None else [b""]:  # an oversized line is the reader's error
+                number += 1
+                if line.isascii():
+                    continue
+                if number == 1 and line.startswith(UTF8_BOM):
+                    return None  # Excel's "CSV UTF-8" (a damaged line after it stays that line's error)
+                try:
+                    line.decode("utf-8")
+                    return None
+                except UnicodeDecodeError as error:
+                    if repair_utf8(line) is not None:
+                        return None
+                    bad_lines += 1
+                    first = first or (number, line, error)
+    if first is None or bad_lines < 2:
+        return None
+    number, line, error = first
+    byte = f"byte 0x{line[error.start]:02x} at byte {error.start + 1}"
+    counted = f"none of the {bad_lines} lines with non-ASCII bytes is UTF-8"
+    excel = kind == "csv"
+    try:
+        text = line.decode("cp1252")  # one character per byte: error.start is the character's index
+    except UnicodeDecodeError:  # one of the five bytes Windows-1252 leaves undefined: another code page
+        reason = f"undecodable bytes: not UTF-8 text ({byte}; {counted}): the file is in an 8-bit code page; save it as UTF-8"
+    else:
+        start = error.start - len(re.search(r"\w*$", text[: error.start]).group())
+        end = re.compile(r"\w*").match(text, error.start + 1).end()
+        fix = "as Excel saves 'CSV (Comma delimited)'; save it as UTF-8 (Excel: 'CSV UTF-8 (Comma delimited)')" if excel else ""
+        reason = (
+            f"undecodable bytes: not UTF-8 text ({byte}, {text[start:end]!r} in Windows-1252; {counted}): "
+            f"the file looks saved as Windows-1252{', ' + fix if fix else '; save it as UTF-8'}"
+        )
+    source = f"{path}:{number}"
+    return RecordError(source, reason + "; the file is unread")
+
+
 def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """Rows of one file in its own field names (see the module docstring).
 
@@ -572,7 +627,11 @@ def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEF
     kind = detect_format(path, file_format)
     try:
         encoding = wide_encoding(path) if kind in TEXT_FORMATS else None
-        if encoding is not None:
+        # Read line by line, every line with an accent would be its own error, the others kept as if nothing were wrong.
+        code_page = code_page_text(path, kind, max_record_bytes) if kind in TEXT_FORMATS and encoding is None else None
+        if code_page is not None:
+            yield code_page.source, code_page
+        elif encoding is not None:
             # Read as UTF-8, every row would be garbled into its own misleading error.
             source = f"{path}:1"
             yield source, RecordError(
