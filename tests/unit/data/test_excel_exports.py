@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from tunelab.config import DataConfig
 from tunelab.data.read import read_records
+from tunelab.errors import DataError
 
 ROWS = [("Le café est froid", "complaint"), ("plain ascii row", "info"), ("Mon résumé est prêt", "info"), ("Ça coûte 5 €", "billing")]
 
@@ -64,6 +65,43 @@ def test_excel_csv_utf8_with_a_byte_order_mark_is_read(tmp_path):
     result = read_records(str(path), "classify", DataConfig())
     assert not result.errors
     assert [(r.text, r.label) for r in result.records] == ROWS
+
+
+@pytest.mark.parametrize("header", [("Text", "Label"), (" text ", " label "), ("TEXT", "Label ")])
+def test_column_names_match_whatever_their_case_and_surrounding_spaces(tmp_path, header):
+    path = tmp_path / "train.csv"
+    path.write_text(_csv(ROWS, header=header), encoding="utf-8")
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [(r.text, r.label) for r in result.records] == ROWS
+
+
+def test_json_keys_match_whatever_their_case(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"Prompt": "What is 2+2?", "Completion": "4"}\n')
+    (record,) = read_records(str(path), "sft", DataConfig()).records
+    assert (record.prompt_messages[0]["content"], record.completion) == ("What is 2+2?", "4")
+
+
+def test_an_exact_column_name_wins_over_one_in_another_case(tmp_path):
+    # 'Text' is then one more column that is not read, like an 'id' column.
+    path = tmp_path / "train.csv"
+    path.write_text("text,Text,label\nthe text,other,a\n", encoding="utf-8")
+    (record,) = read_records(str(path), "classify", DataConfig()).records
+    assert record.text == "the text"
+
+
+def test_two_columns_matching_one_name_are_one_error_naming_both(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("Text,TEXT,label\na,b,x\nc,d,y\n", encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_records(str(path), "classify", DataConfig())
+    assert str(raised.value) == (
+        f"{path}:2: the columns 'Text' and 'TEXT' both match the text field 'text' (case and spaces aside) "
+        "(name the one to read exactly with --text-field (data.text_field), or rename the other)"
+    )
+    # Named exactly, the column is read.
+    assert [r.text for r in read_records(str(path), "classify", DataConfig(text_field="TEXT")).records] == ["b", "d"]
 
 
 def _cli(args):
