@@ -334,7 +334,8 @@ def _sniff_delimiter(header: str, declared: str | None) -> str:
 
 
 def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
-    """A delimited file with a header row; the delimiter is sniffed from the header unless given.
+    """A delimited file with a header row; the delimiter is the one a first line ``sep=X`` names (Excel's), else the
+    one given, else sniffed from the header.
 
     Each row's source is the line it starts on (quoted cells may span lines).
     """
@@ -360,24 +361,31 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
                     yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as error:
                     bad_lines.add(number)
-                    header_errors.extend([error] if number == 1 else [])
+                    if number <= 2:  # the header's line (the second after a 'sep=' line)
+                        header_errors[number] = error
                     yield raw.decode("utf-8", "replace")
 
-    header_errors: list[UnicodeDecodeError] = []
+    header_errors: dict[int, UnicodeDecodeError] = {}
     stream = lines()
     header_line = next(stream, None)
+    header_at = 1
+    separator = re.fullmatch(r"sep=(.)", header_line.rstrip("\r\n")) if header_line is not None else None
+    if separator:
+        # Excel's first line 'sep=;' names the separator (it writes and honours it): the header is the next line.
+        delimiter, header_line, header_at = separator.group(1), next(stream, None), 2
     if header_line is None:
         return
-    if header_errors:
+    if header_at in header_errors:
         # Column names with replacement characters would fail every row as a missing field.
-        source = f"{path}:1"
-        yield source, RecordError(source, f"{_undecodable(header_errors[0]).replace(':', ' in the header:', 1)}; save the file as UTF-8; the file is unread")
+        source = f"{path}:{header_at}"
+        reason = _undecodable(header_errors[header_at]).replace(":", " in the header:", 1)
+        yield source, RecordError(source, f"{reason}; save the file as UTF-8; the file is unread")
         return
     delimiter = _sniff_delimiter(header_line, delimiter)
     try:
         header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
     except csv.Error as error:
-        raise DataError(f"{path}:1: invalid CSV header: {error}") from None
+        raise DataError(f"{path}:{header_at}: invalid CSV header: {error}") from None
 
     record_lines: list[str] = []  # the lines of the record being read
 
@@ -387,7 +395,7 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
             yield line
 
     reader = csv.reader(rest(), delimiter=delimiter)
-    previous_end = 1
+    previous_end = header_at
     while True:
         record_lines.clear()
         try:
@@ -398,9 +406,9 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
             source = f"{path}:{previous_end + 1}"
             too_long = "field larger than field limit" in str(error)
             yield source, RecordError(source, too_large(max_record_bytes + 1, max_record_bytes) if too_long else f"invalid CSV: {error}")
-            previous_end = reader.line_num + 1
+            previous_end = reader.line_num + header_at
             continue
-        start, end = previous_end + 1, reader.line_num + 1
+        start, end = previous_end + 1, reader.line_num + header_at
         previous_end = end
         source = f"{path}:{start}"
         if not cells or all(not cell.strip() for cell in cells):

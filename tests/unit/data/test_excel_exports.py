@@ -104,6 +104,35 @@ def test_two_columns_matching_one_name_are_one_error_naming_both(tmp_path):
     assert [r.text for r in read_records(str(path), "classify", DataConfig(text_field="TEXT")).records] == ["b", "d"]
 
 
+@pytest.mark.parametrize("separator", [";", ",", "\t", "|"])
+def test_excel_sep_line_is_honoured_and_skipped(tmp_path, separator):
+    # Excel writes (and reads) a first line 'sep=;' naming the separator: it is no header.
+    path = tmp_path / "train.csv"
+    path.write_text(f"sep={separator}\r\n" + _csv(ROWS, separator), encoding="utf-8")
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [(r.text, r.label, r.source) for r in result.records] == [
+        (text, label, f"{path}:{number}") for number, (text, label) in enumerate(ROWS, start=3)
+    ]
+
+
+def test_a_semicolon_csv_with_commas_in_its_text_is_read(tmp_path):
+    # European Excel separates with ';' (',' is the decimal mark). The header line decides the separator: it holds
+    # column names, no free text, where a comma in a sentence would outvote the real separator.
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "text;label\r\nHello, café;greet\r\n1,5 kg, please;order\r\n".encode())
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors
+    assert [(r.text, r.label) for r in result.records] == [("Hello, café", "greet"), ("1,5 kg, please", "order")]
+
+
+def test_a_sep_line_then_a_header_that_is_not_utf8_is_one_error_at_line_2(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes("sep=;\ntexte;libellé\n".encode("latin-1") + "café au lait;boisson\n".encode())
+    result = read_records(str(path), "classify", DataConfig(text_field="texte", label_field="libellé"))
+    assert [error.source for error in result.errors] == [f"{path}:2"] and "in the header" in result.errors[0].reason
+
+
 def _cli(args):
     from tunelab.cli.main import _register_commands, app
 
