@@ -40,7 +40,7 @@ from tunelab.data.records import (
 )
 from tunelab.errors import DataError
 
-__all__ = ["ReadResult", "RecordError", "load_records", "load_result", "read_records", "row_to_record"]
+__all__ = ["Fields", "ReadResult", "RecordError", "load_records", "load_result", "named_columns", "read_records", "row_to_record"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED_ERRORS = 20
@@ -389,7 +389,7 @@ _ROLES_FOR = {
 }
 
 
-def _named_columns(row: dict, source: str, task: str, fields: Fields) -> dict:
+def named_columns(row: dict, source: str, task: str, fields: Fields) -> dict:
     """``row`` with a column that names a field in another case or with spaces around it (Excel's ``Text,Label``,
     ``" label"``) under the field's own name. A column named exactly wins: any other is one more column, left unread.
 
@@ -423,7 +423,7 @@ def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:
         ValueError: with the reason, when the row is not a valid record of ``task``.
         DataError: when two columns match one field's name.
     """
-    row = _named_columns(row, source, task, fields)
+    row = named_columns(row, source, task, fields)
     try:
         if task == "text":
             return TextRecord(_string(row, fields.text, "text"), source=source)
