@@ -119,7 +119,7 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
     Raises:
         DataError: listing the rows without a usable input (unless ``data.skip_invalid``).
     """
-    from tunelab.data.formats import RecordError, iter_rows, resolve_files
+    from tunelab.data.formats import RecordError, decode_text, iter_rows, read_bytes, resolve_files
     from tunelab.data.read import Fields, named_columns
     from tunelab.data.records import content_id
 
@@ -127,7 +127,7 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
     fields = Fields.from_config(data)  # a column matches its field as in training data: whatever its case
     for file in resolve_files(path):
         if file.suffix == ".txt":
-            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(decode_text(file, read_bytes(file)).splitlines(), 1):
                 if line.strip():
                     inputs.append(_unlabeled(config.task, line.strip(), f"{file}:{number}", content_id))
             continue
