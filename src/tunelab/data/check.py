@@ -22,7 +22,7 @@ from tunelab.config import DataConfig
 from tunelab.data.formats import RecordError
 from tunelab.data.keys import input_key, normalize_text, stable_hash, target_text
 from tunelab.data.labels import LabelMap
-from tunelab.data.read import read_records
+from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
 from tunelab.data.tokenize import IGNORE_INDEX, appends_eos, tokenize_classify, tokenize_sft, tokenize_text
@@ -385,6 +385,7 @@ def check_data(
     test_path: str | None = None,
     label_map: LabelMap | None = None,
     length_sample: int = LENGTH_SAMPLE,
+    read: ReadResult | None = None,
 ) -> CheckReport:
     """Check the data at ``path`` for ``task`` (see the module docstring); never raises for bad records.
 
@@ -393,11 +394,12 @@ def check_data(
         test_path: a held-out file to check for leakage against ``path`` and for unseen labels.
         label_map: the mapping of an existing run (default: built from the labels here, sorted).
         length_sample: measure token lengths on at most this many records (a seeded sample).
+        read: ``path`` as ``read_records`` already read it with ``data`` (``tunelab run`` reads it before its model loads).
 
     Raises:
         DataError: when the path matches nothing or a file cannot be opened at all.
     """
-    result = read_records(path, task, data)
+    result = read if read is not None else read_records(path, task, data)
     records = result.records
     report = CheckReport(
         path=path,

@@ -5,7 +5,8 @@ Every row comes with its ``source`` (``file:line``; for Parquet the row number) 
 can be reported where the user can fix it. A row that cannot be read (invalid JSON, undecodable
 bytes, a wrong number of CSV columns, more bytes than ``max_record_bytes``, JSON nested deeper than
 Python can parse) comes out as a ``RecordError`` in its place instead of stopping the read: one pass
-finds every problem. Rows are yielded lazily, so a large JSONL file is read in bounded memory, and an
+finds every problem. A file written in an 8-bit code page (Excel's "CSV" on Windows) is one error, not one
+per accented line. Rows are yielded lazily, so a large JSONL file is read in bounded memory, and an
 oversized line is skipped without being held in memory.
 """
 
@@ -333,7 +334,8 @@ def _sniff_delimiter(header: str, declared: str | None) -> str:
 
 
 def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
-    """A delimited file with a header row; the delimiter is sniffed from the header unless given.
+    """A delimited file with a header row; the delimiter is the one a first line ``sep=X`` names (Excel's), else the
+    one given, else sniffed from the header.
 
     Each row's source is the line it starts on (quoted cells may span lines).
     """
@@ -359,24 +361,31 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
                     yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as error:
                     bad_lines.add(number)
-                    header_errors.extend([error] if number == 1 else [])
+                    if number <= 2:  # the header's line (the second after a 'sep=' line)
+                        header_errors[number] = error
                     yield raw.decode("utf-8", "replace")
 
-    header_errors: list[UnicodeDecodeError] = []
+    header_errors: dict[int, UnicodeDecodeError] = {}
     stream = lines()
     header_line = next(stream, None)
+    header_at = 1
+    separator = re.fullmatch(r"sep=(.)", header_line.rstrip("\r\n")) if header_line is not None else None
+    if separator:
+        # Excel's first line 'sep=;' names the separator (it writes and honours it): the header is the next line.
+        delimiter, header_line, header_at = separator.group(1), next(stream, None), 2
     if header_line is None:
         return
-    if header_errors:
+    if header_at in header_errors:
         # Column names with replacement characters would fail every row as a missing field.
-        source = f"{path}:1"
-        yield source, RecordError(source, f"{_undecodable(header_errors[0]).replace(':', ' in the header:', 1)}; save the file as UTF-8; the file is unread")
+        source = f"{path}:{header_at}"
+        reason = _undecodable(header_errors[header_at]).replace(":", " in the header:", 1)
+        yield source, RecordError(source, f"{reason}; save the file as UTF-8; the file is unread")
         return
     delimiter = _sniff_delimiter(header_line, delimiter)
     try:
         header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
     except csv.Error as error:
-        raise DataError(f"{path}:1: invalid CSV header: {error}") from None
+        raise DataError(f"{path}:{header_at}: invalid CSV header: {error}") from None
 
     record_lines: list[str] = []  # the lines of the record being read
 
@@ -386,7 +395,7 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
             yield line
 
     reader = csv.reader(rest(), delimiter=delimiter)
-    previous_end = 1
+    previous_end = header_at
     while True:
         record_lines.clear()
         try:
@@ -397,9 +406,9 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
             source = f"{path}:{previous_end + 1}"
             too_long = "field larger than field limit" in str(error)
             yield source, RecordError(source, too_large(max_record_bytes + 1, max_record_bytes) if too_long else f"invalid CSV: {error}")
-            previous_end = reader.line_num + 1
+            previous_end = reader.line_num + header_at
             continue
-        start, end = previous_end + 1, reader.line_num + 1
+        start, end = previous_end + 1, reader.line_num + header_at
         previous_end = end
         source = f"{path}:{start}"
         if not cells or all(not cell.strip() for cell in cells):
@@ -563,6 +572,60 @@ def wide_encoding(path: Path) -> str | None:
     return next((name for bom, name in WIDE_BOMS if start.startswith(bom)), None)
 
 
+def _split_bare_cr(raw: bytes) -> list[bytes]:
+    """The lines of ``raw``: one, unless it is ended by bare \r (Excel for Mac), which one readline does not split."""
+    return raw.splitlines(keepends=True) if b"\r" in raw.rstrip(b"\r\n") else [raw]
+
+
+def code_page_text(path: Path, kind: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> RecordError | None:
+    """One error for a file written in an 8-bit code page (Excel's "CSV (Comma delimited)" on Windows: Windows-1252).
+
+    Such a file is refused whole rather than guessed at: Windows-1252, Latin-1, Windows-1251 or Mac Roman decode
+    (almost) any byte, so a wrong guess would train on garbled text with no error. It is told from a UTF-8 file with a damaged
+    line by its non-ASCII lines: two or more of them, and none valid UTF-8. With one such line, or a UTF-8 line
+    anywhere, each bad line stays its own error (reported by the reader) and the rest is read.
+    """
+    first: tuple[int, bytes, UnicodeDecodeError] | None = None
+    bad_lines = 0
+    number = 0
+    with open_binary(path) as handle:
+        for raw, _ in bounded_lines(handle, max_record_bytes):
+            for line in _split_bare_cr(raw) if raw is not None else [b""]:  # an oversized line is the reader's error
+                number += 1
+                if line.isascii():
+                    continue
+                if number == 1 and line.startswith(UTF8_BOM):
+                    return None  # Excel's "CSV UTF-8" (a damaged line after it stays that line's error)
+                try:
+                    line.decode("utf-8")
+                    return None
+                except UnicodeDecodeError as error:
+                    if repair_utf8(line) is not None:
+                        return None
+                    bad_lines += 1
+                    first = first or (number, line, error)
+    if first is None or bad_lines < 2:
+        return None
+    number, line, error = first
+    byte = f"byte 0x{line[error.start]:02x} at byte {error.start + 1}"
+    counted = f"none of the {bad_lines} lines with non-ASCII bytes is UTF-8"
+    excel = kind == "csv"
+    try:
+        text = line.decode("cp1252")  # one character per byte: error.start is the character's index
+    except UnicodeDecodeError:  # one of the five bytes Windows-1252 leaves undefined: another code page
+        reason = f"undecodable bytes: not UTF-8 text ({byte}; {counted}): the file is in an 8-bit code page; save it as UTF-8"
+    else:
+        start = error.start - len(re.search(r"\w*$", text[: error.start]).group())
+        end = re.compile(r"\w*").match(text, error.start + 1).end()
+        fix = "as Excel saves 'CSV (Comma delimited)'; save it as UTF-8 (Excel: 'CSV UTF-8 (Comma delimited)')" if excel else ""
+        reason = (
+            f"undecodable bytes: not UTF-8 text ({byte}, {text[start:end]!r} in Windows-1252; {counted}): "
+            f"the file looks saved as Windows-1252{', ' + fix if fix else '; save it as UTF-8'}"
+        )
+    source = f"{path}:{number}"
+    return RecordError(source, reason + "; the file is unread")
+
+
 def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
     """Rows of one file in its own field names (see the module docstring).
 
@@ -572,7 +635,11 @@ def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEF
     kind = detect_format(path, file_format)
     try:
         encoding = wide_encoding(path) if kind in TEXT_FORMATS else None
-        if encoding is not None:
+        # Read line by line, every line with an accent would be its own error, the others kept as if nothing were wrong.
+        code_page = code_page_text(path, kind, max_record_bytes) if kind in TEXT_FORMATS and encoding is None else None
+        if code_page is not None:
+            yield code_page.source, code_page
+        elif encoding is not None:
             # Read as UTF-8, every row would be garbled into its own misleading error.
             source = f"{path}:1"
             yield source, RecordError(

@@ -1,6 +1,7 @@
 """Read a user's data as it is into typed records, reporting every record that cannot be used.
 
-Accepted shapes per task (field names are configurable with ``data.*_field``):
+Accepted shapes per task (field names are configurable with ``data.*_field``, and a column matches a field
+whatever its case and surrounding spaces, ``Text`` as ``text``, unless one is named exactly):
 
 - text: ``.txt`` files (one file = one document) or rows with a ``text`` field.
 - sft: ``messages`` in the OpenAI chat format (system/developer/user/assistant/tool; an assistant
@@ -39,7 +40,7 @@ from tunelab.data.records import (
 )
 from tunelab.errors import DataError
 
-__all__ = ["ReadResult", "RecordError", "load_records", "load_result", "read_records", "row_to_record"]
+__all__ = ["Fields", "ReadResult", "RecordError", "load_records", "load_result", "named_columns", "read_records", "row_to_record"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED_ERRORS = 20
@@ -379,12 +380,50 @@ def _preference(row: dict, source: str, fields: Fields) -> PreferenceRecord:
     return PreferenceRecord(tuple(prompt), chosen, rejected, source=source)
 
 
+# The fields each task reads (what a column name is matched against).
+_ROLES_FOR = {
+    "text": ("text",),
+    "sft": ("messages", "prompt", "completion"),
+    "classify": ("text", "label"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+
+
+def named_columns(row: dict, source: str, task: str, fields: Fields) -> dict:
+    """``row`` with a column that names a field in another case or with spaces around it (Excel's ``Text,Label``,
+    ``" label"``) under the field's own name. A column named exactly wins: any other is one more column, left unread.
+
+    Raises:
+        DataError: when two columns match a field's name (``Text`` and ``TEXT``): which one is meant cannot be told.
+    """
+    missing = [(role, getattr(fields, role)) for role in _ROLES_FOR.get(task, ()) if getattr(fields, role) not in row]
+    if not missing:
+        return row
+    by_folded: dict[str, list[str]] = {}
+    for key in row:
+        if isinstance(key, str):
+            by_folded.setdefault(key.strip().casefold(), []).append(key)
+    for role, name in missing:
+        keys = by_folded.get(name.strip().casefold(), [])
+        if len(keys) > 1:
+            raise DataError(
+                f"{source}: the columns {' and '.join(repr(key) for key in keys)} both match the {role} field '{name}' "
+                "(case and spaces aside)",
+                f"name the one to read exactly with {_OPTION_FOR[role]} (data.{role}_field), or rename the other",
+            )
+        if keys:
+            row = {name if key == keys[0] else key: value for key, value in row.items()}
+    return row
+
+
 def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:
-    """Validate one row and build its record.
+    """Validate one row and build its record; a column names a field whatever its case and surrounding spaces.
 
     Raises:
         ValueError: with the reason, when the row is not a valid record of ``task``.
+        DataError: when two columns match one field's name.
     """
+    row = named_columns(row, source, task, fields)
     try:
         if task == "text":
             return TextRecord(_string(row, fields.text, "text"), source=source)

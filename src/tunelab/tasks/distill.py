@@ -119,13 +119,15 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
     Raises:
         DataError: listing the rows without a usable input (unless ``data.skip_invalid``).
     """
-    from tunelab.data.formats import RecordError, iter_rows, resolve_files
+    from tunelab.data.formats import RecordError, decode_text, iter_rows, read_bytes, resolve_files
+    from tunelab.data.read import Fields, named_columns
     from tunelab.data.records import content_id
 
     data, inputs, bad = config.data, [], []
+    fields = Fields.from_config(data)  # a column matches its field as in training data: whatever its case
     for file in resolve_files(path):
         if file.suffix == ".txt":
-            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(decode_text(file, read_bytes(file)).splitlines(), 1):
                 if line.strip():
                     inputs.append(_unlabeled(config.task, line.strip(), f"{file}:{number}", content_id))
             continue
@@ -133,6 +135,7 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
             if isinstance(row, RecordError):
                 bad.append(str(row))
                 continue
+            row = named_columns(row, source, config.task, fields)
             value = row.get(data.prompt_field if config.task == "sft" else data.text_field)
             if config.task == "sft" and value is None and isinstance(row.get(data.messages_field), list):
                 messages = [m for m in row[data.messages_field] if isinstance(m, dict)]

@@ -58,7 +58,9 @@ from tunelab.runtime import pin_threads
 
 if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (start-up time)
     from tunelab.data.check import CheckReport
+    from tunelab.data.formats import RecordError
     from tunelab.data.labels import LabelMap
+    from tunelab.data.read import ReadResult
     from tunelab.data.split import Split
     from tunelab.evaluation.answering import AnsweringModel
     from tunelab.evaluation.compare import Verdict
@@ -165,6 +167,7 @@ class PipelineContext:
     generation: dict[str, Any] | None = None  # preference: the DPO model against its SFT parent (generation_step)
     warnings: list[str] = field(default_factory=list)
     locked: bool = False
+    read: ReadResult | None = None  # data.train as read before the base model loaded (the check step's records)
 
     def close(self) -> None:
         """Release the run folder's lock (``run_pipeline`` does this when it returns or raises)."""
@@ -434,6 +437,13 @@ def open_pipeline(
         context.lock()  # before anything is read further: another process may be working in it
         repaired = repair_config(run, config, started)
     try:
+        if resume is None:
+            from tunelab.data.read import read_records
+
+            # Before the base model loads (a hub download, the default model's first conversion): a file that cannot be
+            # read as it is, or its bad records, are said at once. The check step goes on from these records.
+            context.read = read_records(config.data.train, config.task, config.data)
+            refuse_invalid(config, context.read.errors)
         # The base model is needed by the data check (token lengths), the estimate and the baseline.
         context.base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     except BaseException:
@@ -442,6 +452,21 @@ def open_pipeline(
     if repaired:
         context.warn(repaired)
     return context
+
+
+def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> None:
+    """Stop a run on its data's errors unless ``data.skip_invalid``.
+
+    Raises:
+        DataError: listing the first ten.
+    """
+    if errors and not config.data.skip_invalid:
+        listed = "; ".join(f"{e.source}: {e.reason}" for e in errors[:10])
+        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+        raise DataError(
+            f"{len(errors)} invalid record(s) in {config.data.train}: {listed}{more}",
+            f"fix them, or set data.skip_invalid: true to drop them (each is listed); `tunelab data check {config.data.train} --task {config.task}` shows all",
+        )
 
 
 def check_step(context: PipelineContext) -> None:
@@ -462,14 +487,12 @@ def check_step(context: PipelineContext) -> None:
         # As training would, but before the baselines spend minutes and before the run folder exists.
         check_context(config, context.base.model)
     with step(context, "check", path=config.data.train) as record:
-        report = check_data(config.data.train, config.task, config.data, tokenizer=context.base.tokenizer, test_path=config.data.test)
-        if report.errors and not config.data.skip_invalid:
-            listed = "; ".join(f"{e.source}: {e.reason}" for e in report.errors[:10])
-            more = f" (and {len(report.errors) - 10} more)" if len(report.errors) > 10 else ""
-            raise DataError(
-                f"{len(report.errors)} invalid record(s) in {config.data.train}: {listed}{more}",
-                f"fix them, or set data.skip_invalid: true to drop them (each is listed); `tunelab data check {config.data.train} --task {config.task}` shows all",
-            )
+        report = check_data(
+            config.data.train, config.task, config.data, tokenizer=context.base.tokenizer, test_path=config.data.test,
+            read=context.read,
+        )
+        context.read = None  # not held past the check: the split step reads the data for itself
+        refuse_invalid(config, report.errors)
         for message in data_warnings(report):
             context.warn(message)
         context.run.root.mkdir(parents=True, exist_ok=True)

@@ -282,6 +282,14 @@ def test_a_csv_header_that_is_not_utf8_is_reported_at_line_1(tmp_path):
     result = read_records(str(path), "classify", DataConfig(text_field="texte", label_field="libellé"))
     assert not result.records
     assert [str(error) for error in result.errors] == [
+        f"{path}:1: undecodable bytes: not UTF-8 text (byte 0xe9 at byte 13, 'libellé' in Windows-1252; none of the 2 lines "
+        "with non-ASCII bytes is UTF-8): the file looks saved as Windows-1252, as Excel saves 'CSV (Comma delimited)'; save it "
+        "as UTF-8 (Excel: 'CSV UTF-8 (Comma delimited)'); the file is unread"
+    ]
+    # Alone in a UTF-8 file, a header that is not UTF-8 is still one error: every row would miss its fields.
+    path.write_bytes("texte,libellé\n".encode("latin-1") + "café au lait,boisson\n".encode())
+    result = read_records(str(path), "classify", DataConfig(text_field="texte", label_field="libellé"))
+    assert [str(error) for error in result.errors] == [
         f"{path}:1: undecodable bytes in the header: not UTF-8 text (byte 0xe9 at byte 13); save the file as UTF-8; the file is unread"
     ]
 

@@ -170,3 +170,25 @@ def test_the_local_training_command_refuses_the_cloud_backend(tmp_path):
                            "train": {"backend": "openai"}})
     with pytest.raises(ConfigError, match="tunelab run"):
         run_training(config, None, run_dir=tmp_path)
+
+
+def test_unlabeled_inputs_match_their_column_whatever_its_case(tmp_path):
+    # A spreadsheet's "Text" header failed every row as "no 'text' text", as training data's did.
+    from tunelab.tasks.distill import read_unlabeled
+
+    unlabeled = tmp_path / "tickets.csv"
+    unlabeled.write_text("Id,Text\n1,the invoice is wrong\n2,the app will not open\n")
+    config = parse_config({"task": "classify", "data": {"train": str(unlabeled)}})
+    assert [item.text for item in read_unlabeled(str(unlabeled), config)] == ["the invoice is wrong", "the app will not open"]
+
+
+def test_an_unlabeled_txt_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    # It was a UnicodeDecodeError traceback.
+    from tunelab.errors import DataError
+    from tunelab.tasks.distill import read_unlabeled
+
+    unlabeled = tmp_path / "prompts.txt"
+    unlabeled.write_bytes("What is a café?\nWhy?\n".encode("cp1252"))
+    config = parse_config({"task": "sft", "data": {"train": str(unlabeled)}})
+    with pytest.raises(DataError, match=rf"^{unlabeled}:1: undecodable bytes: not UTF-8 text \(byte 0xe9 at byte 14\)"):
+        read_unlabeled(str(unlabeled), config)

@@ -289,3 +289,21 @@ def test_the_base_model_key_of_the_baseline_cache_follows_the_weights(tmp_path):
         return LoadedModel(model=model, tokenizer=None, source=ModelSource("hub", "org/model", "org/model"))
 
     assert _model_key(hub("a" * 40)) != _model_key(hub("b" * 40))
+
+
+def test_bad_data_is_refused_before_the_base_model_loads(tmp_path, monkeypatch):
+    # The base model (a hub download, the default model's first conversion) loaded before the data's errors were said.
+    import tunelab.runs
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the data was read")
+
+    monkeypatch.setattr(tunelab.runs, "load_model", loaded)
+    data = tmp_path / "train.csv"
+    data.write_bytes("text,label\r\nLe café est froid,complaint\r\nMon résumé,info\r\n".encode("cp1252"))
+    config = parse_config(
+        {"task": "classify", "model": "default", "name": "quick", "data": {"train": str(data)}, "train": {"output_dir": str(tmp_path / "runs")}}
+    )
+    with pytest.raises(DataError, match=r"1 invalid record\(s\) in .*train.csv:2: undecodable bytes: .*Windows-1252"):
+        run_pipeline(config)
+    assert not (tmp_path / "runs").exists()
