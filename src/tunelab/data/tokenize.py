@@ -7,11 +7,12 @@
   ``<|eot_id|>``): EOS is added only after a turn the template ends with no special token. An
   assistant message with ``"weight": 0`` (OpenAI's fine-tuning format) is not trained; tool results
   are context, the assistant's tool calls are trained, the tool schemas reach the template.
-- text: each document (+ EOS) becomes one example when it fits ``max_length``; a longer document
-  becomes sliding windows of ``max_length`` tokens every ``stride`` tokens. Where windows overlap,
-  the repeated tokens are masked in the later window, so every token is predicted exactly once
-  (training and perplexity alike). Short examples are packed into full rows by the training
-  collate, with attention isolated per example, instead of being padded.
+- text: each document (after the tokenizer's own BOS where it adds one, as a served prompt has it;
+  + EOS) becomes one example when it fits ``max_length``; a longer document becomes sliding windows
+  of ``max_length`` tokens every ``stride`` tokens. Where windows overlap, the repeated tokens are
+  masked in the later window, so every token is predicted exactly once (training and perplexity
+  alike). Short examples are packed into full rows by the training collate, with attention isolated
+  per example, instead of being padded.
 - preference: the prompt with the chosen answer and, separately, with the rejected one, each as an
   sft conversation whose only trained turn is that last answer (earlier assistant turns of a
   dialogue are context). When a pair is too long, both sequences lose the same tokens from the
@@ -115,6 +116,15 @@ class TokenizeStats:
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
+
+
+def _document_start(tokenizer: Any) -> list[int]:
+    """``[BOS]`` when the tokenizer's ``encode`` puts its BOS before a text, else ``[]``."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    added = tokenizer.encode("a", add_special_tokens=True)
+    return [bos] if added[:1] == [bos] and tokenizer.encode("a", add_special_tokens=False)[:1] != [bos] else []
 
 
 def _eos_id(tokenizer: Any) -> int:
@@ -257,11 +267,15 @@ def _prompt_cut(sequences: Sequence[Sequence[int]], max_length: int) -> int:
 
 
 def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:
-    """Split one document (+ EOS) into windows of ``max_length`` tokens every ``stride`` tokens."""
+    """Split one document (after the tokenizer's own BOS where it adds one, + EOS) into windows of ``max_length`` tokens
+    every ``stride`` tokens."""
     stride = stride or max_length
     if not 0 < stride <= max_length:
         raise ValueError(f"stride must be in 1..max_length ({max_length}), got {stride}")
-    ids = _encode(tokenizer, record.text) + [_eos_id(tokenizer)]
+    # A document starts as a served prompt does (``inference.completion_prompt``): after the BOS the tokenizer puts
+    # before a text of its own accord (Llama, Gemma, Mistral; none for SmolLM2, Qwen, GPT-2). The first token is never
+    # a target, so the BOS is context, never predicted.
+    ids = _document_start(tokenizer) + _encode(tokenizer, record.text) + [_eos_id(tokenizer)]
     if len(ids) <= max_length:
         return [TokenizedExample(ids, list(ids), record.source)]
     windows = []
