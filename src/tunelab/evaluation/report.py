@@ -189,6 +189,19 @@ def confusion_html(name: str, view: dict[str, Any]) -> str:
     return "".join(out)
 
 
+# What ``_change`` measures per task, said under the table of examples that changed most (a bare "+0.879" meant nothing).
+CHANGE_MEANS = {
+    "classify": "the probability of the right label",
+    "sft": "the answer's ROUGE-L",
+    "preference": "the reward margin of the chosen answer over the rejected one",
+    "text": "the mean log-likelihood per token in nats (a drop in loss)",
+}
+
+
+def change_means(task: str, opponent: str) -> str:
+    return f"change = {CHANGE_MEANS[task]}, tuned minus {opponent}: positive where the tuned model does better."
+
+
 def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
     """How much an example improved (positive) or worsened (negative) from before to after."""
     if task == "classify":
@@ -331,7 +344,7 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
         )
     if examples:
         opponent = verdict.strongest
-        lines += ["", f"## Examples that changed most (tuned against {opponent})", ""]
+        lines += ["", f"## Examples that changed most (tuned against {opponent})", "", change_means(tuned.task, opponent), ""]
         lines += table(
             ["change", "source", "prompt", "reference", f"{opponent}", "tuned"],
             [[f"{e['change']:+.3f}", e["source"], _cut(e["prompt"], 200), _cut(e["reference"], 200), _cut(shown_prediction(tuned.task, e["before"]), 200), _cut(shown_prediction(tuned.task, e["after"]), 200)] for e in examples],
@@ -378,7 +391,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
         parts.append(f"<script>{CONFUSION_SCRIPT}</script>")
     if examples:
         opponent = e(verdict.strongest)
-        parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
+        parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><p>{e(change_means(tuned.task, verdict.strongest))}</p><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
         for x in examples:
             cells = [f"{x['change']:+.3f}", x["source"], _cut(x["prompt"]), _cut(x["reference"]), _cut(shown_prediction(tuned.task, x["before"])), _cut(shown_prediction(tuned.task, x["after"]))]
             parts.append("<tr>" + "".join(f"<td class='text'>{e(str(c))}</td>" for c in cells) + "</tr>")

@@ -224,3 +224,14 @@ def test_a_report_plot_killed_midway_leaves_the_previous_png_whole(tmp_path):
     assert killed.returncode == -9
     assert plot.read_bytes() == before and before.endswith(b"IEND\xaeB`\x82")  # the complete previous image
     assert [p.name for p in plot.parent.iterdir()] == ["loss.png"]
+
+
+def test_the_examples_that_changed_most_say_what_change_measures(tmp_path):
+    # A text run's report listed "+0.879" under "change" with nothing saying it was nats per token.
+    run = tmp_path / "run"
+    run.mkdir()
+    base, tuned = _classify("base", 0.4, 1), _classify("tuned", 0.9, 2)
+    write_report(run, {"base": base}, tuned, compare_with_baselines({"base": base}, tuned, samples=200))
+    said = "change = the probability of the right label, tuned minus base: positive where the tuned model does better."
+    assert said in (run / "report.md").read_text()
+    assert said in (run / "report.html").read_text()
