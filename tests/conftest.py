@@ -153,3 +153,40 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+# Python run with ``-c`` before a script's own lines: every matplotlib savefig writes half its image, then the process
+# dies of SIGKILL (a kill while a chart is written). ``sys.argv[1:]`` are the script's own arguments.
+DIE_IN_SAVEFIG = """
+import io, os, signal
+import matplotlib.figure
+original = matplotlib.figure.Figure.savefig
+def dying(self, fname, *args, **kwargs):
+    buffer = io.BytesIO()
+    original(self, buffer, *args, **kwargs)
+    half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    if isinstance(fname, (str, os.PathLike)):
+        with open(fname, "wb") as handle:
+            handle.write(half)
+    else:
+        fname.write(half)
+    os.kill(os.getpid(), signal.SIGKILL)
+matplotlib.figure.Figure.savefig = dying
+"""
+
+
+@pytest.fixture
+def killed_while_saving_a_chart():
+    """Run ``script`` (Python source) in a fresh process with this checkout's tunelab, killed in its first savefig
+    (half the image written); returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    import tunelab
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(Path(tunelab.__file__).parents[1])}
+        return subprocess.run([sys.executable, "-c", DIE_IN_SAVEFIG + script, *args], env=env, check=False,
+                              capture_output=True, text=True)
+
+    return run

@@ -24,21 +24,26 @@ def cli():
     return CliRunner()
 
 
-@pytest.fixture
-def run_dir(tmp_path, tiny_model_dir, tiny_tokenizer):
-    """A classify run folder with a perturbed LoRA adapter on the tiny model."""
+def _perturbed_adapter(model_dir, folder):
+    """A LoRA adapter of the tiny model at ``folder`` whose weights visibly change its answers, as training would."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    run = tmp_path / "run"
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
     torch.manual_seed(0)
     adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
     with torch.no_grad():
         for name, parameter in adapted.named_parameters():
             if "lora_" in name:
-                parameter.mul_(20)  # a visible change, as training would make
-    adapted.save_pretrained(run / "adapter")
+                parameter.mul_(20)
+    adapted.save_pretrained(folder)
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """A classify run folder with a perturbed LoRA adapter on the tiny model."""
+    run = tmp_path / "run"
+    _perturbed_adapter(tiny_model_dir, run / "adapter")
     (run / "config.yaml").write_text(f"task: classify\nmodel:\n  name: {tiny_model_dir}\neval:\n  bootstrap_samples: 200\n")
     build_label_map(["billing", "refund", "technical"], tiny_tokenizer).save(run / "labels.json")
     lines = [{"step": s, "loss": 2 / s} for s in range(1, 9)] + [{"step": 8, "val_loss": 0.4}]
@@ -137,22 +142,13 @@ def test_eval_of_a_run_uses_its_own_prompt_and_decoding(cli, tmp_path, tiny_mode
     data.system_prompt, max_length and eval decoding, unless an option says otherwise. It used --system's
     default (none), max_length 512 and 128 new tokens: on examples/qa-assistant every one of the 40 answers
     differed from the run's own evaluation (ROUGE-L 0.196 against 0.208)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from tunelab.data.read import load_records
     from tunelab.evaluation.answering import LocalModel
     from tunelab.runs import Run
 
     run = tmp_path / "sft-run"
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    torch.manual_seed(0)
-    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
-    with torch.no_grad():
-        for name, parameter in adapted.named_parameters():
-            if "lora_" in name:
-                parameter.mul_(20)
-    adapted.save_pretrained(run / "adapter")
+    _perturbed_adapter(tiny_model_dir, run / "adapter")
     (run / "config.yaml").write_text(
         f"task: sft\nmodel:\n  name: {tiny_model_dir}\ndata:\n  system_prompt: Answer about the leave policy in one sentence.\n"
         "  max_length: 48\neval:\n  max_new_tokens: 6\n  bootstrap_samples: 200\n"

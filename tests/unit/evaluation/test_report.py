@@ -182,46 +182,17 @@ def test_report_run_of_a_run_whose_every_baseline_was_skipped_names_why(tmp_path
         report_run(run)
 
 
-# plot_losses in a process killed halfway through writing the PNG (its savefig writes half the image, then SIGKILL).
-KILLED_WHILE_PLOTTING = """
-import io, os, signal, sys
-from pathlib import Path
-import matplotlib.figure
-from tunelab.evaluation.report import plot_losses
-original = matplotlib.figure.Figure.savefig
-def dying(self, fname, *args, **kwargs):
-    buffer = io.BytesIO()
-    original(self, buffer, *args, **kwargs)
-    half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
-    if isinstance(fname, (str, os.PathLike)):
-        with open(fname, "wb") as handle:
-            handle.write(half)
-    else:
-        fname.write(half)
-    os.kill(os.getpid(), signal.SIGKILL)
-matplotlib.figure.Figure.savefig = dying
-plot_losses([(1, 3.0), (2, 1.0)], [(2, 1.5)], Path(sys.argv[1]))
-"""
-
-
-def test_a_report_plot_killed_midway_leaves_the_previous_png_whole(tmp_path):
+def test_a_report_plot_killed_midway_leaves_the_previous_png_whole(tmp_path, killed_while_saving_a_chart):
     # report.md links plots/loss.png: a kill while a report was being written again left a truncated PNG under it.
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import tunelab
-
     run = tmp_path / "run"
     run.mkdir()
     _metrics_log(run / "metrics.jsonl")
     base, tuned = _classify("base", 0.4, 1), _classify("tuned", 0.9, 2)
     (plot,) = write_report(run, {"base": base}, tuned, compare_with_baselines({"base": base}, tuned, samples=200)).plots
     before = plot.read_bytes()
-    env = {**os.environ, "PYTHONPATH": str(Path(tunelab.__file__).parents[1])}
-    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_PLOTTING, str(plot)], env=env, check=False)
-    assert killed.returncode == -9
+    script = "import sys\nfrom pathlib import Path\nfrom tunelab.evaluation.report import plot_losses\n" \
+             "plot_losses([(1, 3.0), (2, 1.0)], [(2, 1.5)], Path(sys.argv[1]))\n"
+    assert killed_while_saving_a_chart(script, str(plot)).returncode == -9
     assert plot.read_bytes() == before and before.endswith(b"IEND\xaeB`\x82")  # the complete previous image
     assert [p.name for p in plot.parent.iterdir()] == ["loss.png"]
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import tunelab
 
-# plot_traffic in a process killed halfway through writing the PNG (its savefig writes half the image, then SIGKILL).
-KILLED_WHILE_PLOTTING = """
-import io, os, signal, sys
+# plot_traffic of two requests against two training requests, into the folder sys.argv[1]; prints the chart's path.
+PLOT = """
+import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-import matplotlib.figure
 import numpy as np
 from tunelab.monitor.plots import plot_traffic
 
@@ -22,38 +21,24 @@ traffic = SimpleNamespace(model="support", run_id="r1", texts=["where is my orde
                           per_day={"2026-12-01": 2}, requests=2, since="2026-12-01T00:00", until="2026-12-02T00:00")
 reference = SimpleNamespace(train_texts=["my parcel is late", "money back"], train_labels=Counter(shipping=1, refund=1),
                             test_confidence=0.8, oos_threshold=None, oos_on_probability=False)
-if sys.argv[2] == "die":
-    original = matplotlib.figure.Figure.savefig
-    def dying(self, fname, *args, **kwargs):
-        buffer = io.BytesIO()
-        original(self, buffer, *args, **kwargs)
-        half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
-        if isinstance(fname, (str, os.PathLike)):
-            with open(fname, "wb") as handle:
-                handle.write(half)
-        else:
-            fname.write(half)
-        os.kill(os.getpid(), signal.SIGKILL)
-    matplotlib.figure.Figure.savefig = dying
 print(plot_traffic(traffic, reference, Path(sys.argv[1]))[0])
 """
 
 
-def _plot(folder: Path, how: str) -> subprocess.CompletedProcess:
+def _plot(folder: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(tunelab.__file__).parents[1])}
-    return subprocess.run([sys.executable, "-c", KILLED_WHILE_PLOTTING, str(folder), how], env=env, check=False,
-                          capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", PLOT, str(folder)], env=env, check=False, capture_output=True, text=True)
 
 
-def test_a_monitor_chart_killed_midway_leaves_the_previous_png_whole(tmp_path):
+def test_a_monitor_chart_killed_midway_leaves_the_previous_png_whole(tmp_path, killed_while_saving_a_chart):
     # The monitor's report links its chart: a kill while a later check redrew it left a truncated PNG under that name.
-    first = _plot(tmp_path, "live")
+    first = _plot(tmp_path)
     assert first.returncode == 0, first.stderr
     chart = Path(first.stdout.strip())
     before = chart.read_bytes()
     assert before.startswith(b"\x89PNG") and before.endswith(b"IEND\xaeB`\x82")
-    assert _plot(tmp_path, "die").returncode == -9
+    assert killed_while_saving_a_chart(PLOT, str(tmp_path)).returncode == -9
     assert chart.read_bytes() == before  # the complete previous image
     # The killed writer's temporary is gone once the next check draws the chart again.
-    assert _plot(tmp_path, "live").returncode == 0
+    assert _plot(tmp_path).returncode == 0
     assert [p.name for p in tmp_path.iterdir()] == [chart.name]
