@@ -144,7 +144,8 @@ class Service:
                 code="context_length_exceeded",
             )
 
-    def sampling(self, body: Any, prompt_tokens: int, requested: int | None, param: str) -> SamplingParams:
+    def sampling(self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str) -> SamplingParams:
+        """The decoding of one generation: the request's, else the run's own (``entry.run``'s eval settings), else OpenAI's."""
         self.check_context(prompt_tokens, param)
         limit = self.settings.max_tokens_limit
         if requested is not None and requested > limit:
@@ -166,7 +167,12 @@ class Service:
         stops = body.stop_list()
         if len(stops) > MAX_STOP_SEQUENCES:
             raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
-        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, stop=tuple(stops))
+        # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
+        # OpenAI's 1.0 sampled answers nobody judged; a plain model keeps OpenAI's defaults.
+        judged = entry.run.config.eval if entry.run is not None else None
+        temperature = body.temperature if body.temperature is not None else (judged.temperature if judged else 1.0)
+        top_p = body.top_p if body.top_p is not None else (judged.top_p if judged else 1.0)
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stops))
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
         """The served model's one classify inference (its prompt, the text shortened to its ``max_length`` and to the model's
@@ -263,7 +269,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         classification = _classification(0, result, entry)
     else:
         prompt_ids = service.render(entry, messages, "messages")
-        params = service.sampling(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens, "messages")
+        params = service.sampling(entry, body, len(prompt_ids), body.max_completion_tokens or body.max_tokens, "messages")
         job = service.engine.submit(entry.name, "generate", prompt_ids, params)
 
     def chunk(delta: dict, finish_reason: str | None) -> dict:
@@ -323,7 +329,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
         requested = body.max_tokens if body.max_tokens is not None else min(16, service.settings.max_tokens_limit)
-        encoded.append((ids, service.sampling(body, len(ids), requested, "prompt")))
+        encoded.append((ids, service.sampling(entry, body, len(ids), requested, "prompt")))
     jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     log.update(response_id=completion_id)

@@ -49,8 +49,12 @@ class StreamOptions(BaseModel):
 class _Sampling(_Request):
     model: str = Field(..., description="The base model's name or an adapter's name (GET /v1/models).")
     max_tokens: int | None = Field(None, ge=1, strict=True, description="Longest answer in tokens (capped by the server limit).")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, strict=True, description="0 is greedy.")
-    top_p: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False, strict=True, description="Nucleus sampling mass.")
+    # Left out (or null): a run's own eval.temperature / eval.top_p, what its evaluation judged; 1.0 for a plain model
+    # (OpenAI's default). See ``routes.Service.sampling``.
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, strict=True,
+                                      description="0 is greedy; left out: the run's own (its evaluation's), 1 for a plain model.")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, strict=True,
+                                description="Nucleus sampling mass; left out: the run's own, 1 for a plain model.")
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} stop sequences.")
     n: int = Field(1, strict=True, description="Number of answers; only 1 is supported.")
     stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
@@ -82,7 +86,6 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, strict=True)
     prompt: str | list[str] = Field(..., description=f"A prompt, or up to {MAX_PROMPTS_PER_REQUEST} prompts.")
     max_tokens: int | None = Field(None, ge=1, strict=True, description="Longest answer in tokens (default 16, as OpenAI).")
     echo: bool = Field(False, strict=True)

@@ -1,0 +1,51 @@
+"""A request that leaves the decoding out is answered with the run's own (what its evaluation judged)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from tests.unit.serve.conftest import write_fake_run
+
+from tunelab.serve import ServeSettings, create_app
+from tunelab.serve.adapters import load_registry
+from tunelab.serve.engine import Engine
+
+LOCAL = "http://127.0.0.1"
+QUESTION = [{"role": "user", "content": "How many days of leave?"}]
+
+
+@pytest.fixture
+def submitted(monkeypatch):
+    """The sampling parameters of every generation the engine is given."""
+    seen = []
+    real = Engine.submit
+
+    def spy(self, model, kind, prompt_ids, params=None):
+        seen.append((model, params))
+        return real(self, model, kind, prompt_ids, params)
+
+    monkeypatch.setattr(Engine, "submit", spy)
+    return seen
+
+
+def test_decoding_left_out_is_the_runs_own_and_a_plain_model_keeps_openais(tmp_path, tiny_model_dir, tiny_tokenizer, submitted):
+    # A client that sends no temperature got OpenAI's 1.0: sampled answers from a run judged on greedy ones.
+    greedy = write_fake_run(tmp_path / "greedy", tiny_model_dir, tiny_tokenizer, seed=1)
+    warm = write_fake_run(tmp_path / "warm", tiny_model_dir, tiny_tokenizer, seed=2)
+    config = yaml.safe_load((warm / "config.yaml").read_text())
+    config["eval"] = {"temperature": 0.7, "top_p": 0.9}  # a run judged on sampled answers is served with its own
+    (warm / "config.yaml").write_text(yaml.safe_dump(config))
+    registry = load_registry(str(tiny_model_dir), [("greedy", str(greedy)), ("warm", str(warm))], max_loaded=2)
+    base = registry.base_name
+    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
+        for model in ("greedy", "warm", base):
+            for path, body in (("/v1/chat/completions", {"messages": QUESTION}), ("/v1/completions", {"prompt": "Leave is"})):
+                response = client.post(path, json={"model": model, "max_tokens": 2, **body})
+                assert response.status_code == 200, response.text
+        # What a request says always wins, null being "left out" as OpenAI reads it.
+        client.post("/v1/chat/completions", json={"model": "greedy", "messages": QUESTION, "max_tokens": 2, "temperature": 1.2, "top_p": 0.5})
+        client.post("/v1/chat/completions", json={"model": "warm", "messages": QUESTION, "max_tokens": 2, "temperature": None})
+    decoding = [(model, params.temperature, params.top_p) for model, params in submitted]
+    assert decoding == [("greedy", 0.0, 1.0)] * 2 + [("warm", 0.7, 0.9)] * 2 + [(base, 1.0, 1.0)] * 2 + [
+        ("greedy", 1.2, 0.5), ("warm", 0.7, 0.9)]
