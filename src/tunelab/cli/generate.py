@@ -21,13 +21,16 @@ def generate(
         help=f"Longest answer in tokens (default {DEFAULT_NEW_TOKENS}, or fewer when the model's context leaves less after the "
         "prompt); a prompt plus this many tokens past the model's context is refused.",
     ),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    temperature: float | None = typer.Option(
+        None, "--temperature", min=0.0, show_default=False, help="0 is greedy (default: a run's own eval.temperature, else 0)."
+    ),
+    top_p: float | None = typer.Option(None, "--top-p", min=0.0, max=1.0, show_default=False, help="Nucleus mass (default: a run's own eval.top_p, else 1)."),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
 ) -> None:
     """Answer PROMPT with a model, printing tokens as they are generated (a classify run prints its label).
 
-    A run answers as it was evaluated and as it is served: its system prompt, its max_length, its stop tokens.
+    A run answers as it was evaluated and as it is served: its system prompt, its max_length, its stop tokens, its
+    decoding (eval.temperature, eval.top_p).
     """
     # Imported here: they pull in torch and transformers, which commands without a model never pay for.
     from tunelab.inference import Classifier, chat_prompt, completion_prompt
@@ -55,6 +58,10 @@ def generate(
     if prepared.truncated:
         error_console.print(f"[yellow]warning[/yellow] the prompt is longer than the run's max_length ({max_length}): its last tokens are kept")
     max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model))
+    # A run decodes as its evaluation judged it (as `tunelab serve` and `tunelab eval` do), unless told otherwise.
+    judged = run.config.eval if run is not None else None
+    temperature = temperature if temperature is not None else (judged.temperature if judged else 0.0)
+    top_p = top_p if top_p is not None else (judged.top_p if judged else 1.0)
     for piece in stream_generate(
         loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
     ):
