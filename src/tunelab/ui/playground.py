@@ -3,7 +3,8 @@
 Each run is answered by tunelab's serving app itself (``tunelab.serve.create_app`` over
 ``load_registry(run)``), called in-process through ASGI: the same endpoints, prompt, chat template,
 label head and out-of-scope threshold as ``tunelab serve RUN``. A classify run answers through
-``/v1/classify`` (label and probabilities), any other through ``/v1/chat/completions`` (greedy). The
+``/v1/classify`` (label and probabilities), any other through ``/v1/chat/completions`` (the run's own decoding: greedy unless its
+``eval.temperature`` says otherwise). The
 last two apps stay loaded, so a second prompt answers in the time of one forward pass.
 """
 
@@ -69,8 +70,9 @@ class Playground:
             if task == "classify":
                 response = await client.post("/v1/classify", json={"model": name, "input": prompt})
             else:
+                # No decoding given: the server answers with the run's own (eval.temperature, top_p), as it would any client.
                 response = await client.post("/v1/chat/completions", json={
-                    "model": name, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
+                    "model": name, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 })
         body = response.json()
         if response.status_code >= 400:
