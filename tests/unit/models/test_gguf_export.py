@@ -348,3 +348,15 @@ def test_classify_export_says_it_cannot_apply_the_out_of_scope_rule_and_carries_
     printed = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "cli.gguf")])
     assert printed.exit_code == 0, printed.output
     assert rule["note"] in " ".join(printed.output.split())
+
+
+def test_modelfile_decodes_as_the_run_was_judged(runs, tmp_path, tiny_model_dir, tiny_tokenizer):
+    # An sft export's Modelfile set no temperature: Ollama sampled at its own default (0.8) answers nobody judged.
+    greedy = export_gguf(runs["sft"], tmp_path / "sft.gguf", ollama=True).modelfile.read_text()
+    assert "PARAMETER temperature 0\n" in greedy and "PARAMETER top_p 1\n" in greedy
+    warm = write_lora_run(tmp_path / "warm-run", tiny_model_dir, tiny_tokenizer, seed=3)
+    config = yaml.safe_load((warm / "config.yaml").read_text())
+    config["eval"] = {"temperature": 0.7, "top_p": 0.9}
+    (warm / "config.yaml").write_text(yaml.safe_dump(config))
+    text = export_gguf(warm, tmp_path / "warm.gguf", ollama=True).modelfile.read_text()
+    assert "PARAMETER temperature 0.7\n" in text and "PARAMETER top_p 0.9\n" in text
