@@ -13,11 +13,15 @@ model that is judged answers exactly as the model that is served:
   none, the model's chat template with the assistant turn opened, and a prompt longer than the run's
   ``max_length`` keeping its end (where the answer starts), as evaluation always did.
   :func:`completion_prompt` is the same for raw text (a text run continues documents, no template).
+- :func:`few_shot_sft_examples` / :func:`few_shot_sft_chats` / :func:`few_shot_budget` — the sft few-shot prompt:
+  which solved training pairs fit ``eval.few_shot_tokens``, and each test prompt after them (the ``few_shot``
+  baseline sends these; the estimate counts their tokens).
 - Decoding (stop ids, left padding, greedy or seeded sampling) is ``tunelab.models.generate``.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +30,8 @@ import numpy as np
 import torch
 
 from tunelab.data.labels import LabelMap, OutOfScope
-from tunelab.data.records import ClassifyRecord, Message
-from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
+from tunelab.data.records import ClassifyRecord, Message, SFTRecord
+from tunelab.data.templates import classify_messages, few_shot_chat, render_prompt_ids, with_system_prompt
 from tunelab.data.tokenize import MIN_SHARED_PREFIX, shared_prefix_length, tokenize_classify
 from tunelab.models.generate import context_length
 from tunelab.models.heads import causal_lm_of
@@ -310,3 +314,29 @@ def completion_prompt(tokenizer: Any, text: str, *, max_length: int | None = Non
     if max_length is not None and len(ids) > max_length:
         return ChatPrompt(ids[-max_length:], True)
     return ChatPrompt(ids)
+
+
+def few_shot_budget(context: int, few_shot_tokens: int, room: int) -> int:
+    """The tokens few-shot examples get: ``eval.few_shot_tokens``, lowered so that they and a prompt's own ``room``
+    fit the model's ``context`` (``models.generate.context_length``)."""
+    return max(0, min(few_shot_tokens, context - room))
+
+
+def few_shot_sft_examples(train: Sequence[SFTRecord], tokenizer: Any, budget: int, *, seed: int = 0) -> list[tuple[list[Message], str]]:
+    """(prompt messages, answer) training pairs in a seeded order, added while their tokens fit ``budget``."""
+    order = sorted(train, key=lambda r: r.id)
+    random.Random(seed).shuffle(order)
+    chosen: list[tuple[list[Message], str]] = []
+    for record in order:
+        candidate = [*chosen, (record.prompt_messages, record.completion)]
+        if len(render_prompt_ids(tokenizer, few_shot_chat([], candidate))) > budget:
+            break  # stop at the first that does not fit: no bias toward the shortest examples
+        chosen = candidate
+    return chosen
+
+
+def few_shot_sft_chats(
+    records: Sequence[SFTRecord], examples: Sequence[tuple[Sequence[Message], str]], system_prompt: str | None
+) -> list[list[Message]]:
+    """Each record's prompt (with ``system_prompt``) after the solved ``examples``: what the few-shot baseline asks."""
+    return [few_shot_chat(with_system_prompt(record.prompt_messages, system_prompt), examples) for record in records]

@@ -52,10 +52,8 @@ from tunelab.config import BASELINES, REMOTE_TASKS, TASK_BASELINES, DataConfig, 
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.data.templates import (
-    few_shot_chat,
     few_shot_messages,
     render_prompt_ids,
-    with_system_prompt,
     zero_shot_messages,
 )
 from tunelab.errors import ConfigError, DataError, ModelError, TunelabError
@@ -74,7 +72,7 @@ from tunelab.evaluation.evaluate import (
 from tunelab.evaluation.metrics import PRIMARY_METRIC, wilson_interval
 from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
-from tunelab.inference import Classifier
+from tunelab.inference import Classifier, few_shot_budget, few_shot_sft_chats, few_shot_sft_examples
 from tunelab.models.generate import context_length
 
 # Regularisation strengths tried by cross-validation (inverse: large C = little regularisation).
@@ -541,21 +539,6 @@ def few_shot_classify(
     return _result("classify", "few_shot", model, chosen, rows, metrics, settings, warnings + more, label_map.labels)
 
 
-def few_shot_sft_examples(
-    train: Sequence[SFTRecord], tokenizer: Any, budget: int, *, seed: int = 0
-) -> list[tuple[list[dict[str, str]], str]]:
-    """(prompt messages, answer) training pairs in a seeded order, added while their tokens fit ``budget``."""
-    order = sorted(train, key=lambda r: r.id)
-    random.Random(seed).shuffle(order)
-    chosen: list[tuple[list[dict[str, str]], str]] = []
-    for record in order:
-        candidate = [*chosen, (record.prompt_messages, record.completion)]
-        if len(render_prompt_ids(tokenizer, few_shot_chat([], candidate))) > budget:
-            break  # stop at the first that does not fit: no bias toward the shortest examples
-        chosen = candidate
-    return chosen
-
-
 def few_shot_sft(
     loaded: Any,
     train: Sequence[SFTRecord],
@@ -580,7 +563,7 @@ def few_shot_sft(
         raise BaselineSkipped(
             f"{budget} tokens (eval.few_shot_tokens) do not fit one training example: the prompt would be the base model's own"
         )
-    conversations = [few_shot_chat(with_system_prompt(record.prompt_messages, data_config.system_prompt), examples) for record in chosen]
+    conversations = few_shot_sft_chats(chosen, examples, data_config.system_prompt)
     answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length + budget, progress)
     rows, metrics = score_sft(chosen, answers, references)
     if truncated:
@@ -638,9 +621,8 @@ def _model_name(loaded: Any) -> str:
 def _example_budget(loaded: Any, config: EvalConfig, room: int, warnings: list[str]) -> int:
     """``eval.few_shot_tokens``, lowered so examples + the example's own ``room`` tokens fit the model's context."""
     context = context_length(loaded.model)  # the one context length, as the Classifier caps the prompt at
-    budget = config.few_shot_tokens
-    if budget > context - room:
-        budget = max(0, context - room)
+    budget = few_shot_budget(context, config.few_shot_tokens, room)
+    if budget < config.few_shot_tokens:
         warnings.append(f"few-shot examples get {budget} tokens, not eval.few_shot_tokens={config.few_shot_tokens}: the model reads at most {context}")
     return budget
 
