@@ -657,7 +657,7 @@ def test_sft_generation_is_priced_by_its_decode_steps_and_the_few_shot_prompts_i
 
     # A few-shot prompt that cannot hold one example is skipped by the baseline: not priced.
     skipped = estimate_run(config, [64] * 4, FACTS, test_token_counts=[20, 18, 30], calibration=calibration, prices=PRICES,
-                           **{**counts, "few_shot_prompt_token_counts": []})  # fmt: skip
+                           **{**counts, "few_shot_prompt_token_counts": []}, skipped_baselines=["few_shot"])  # fmt: skip
     assert skipped.seconds["baseline"] == pytest.approx(base)
     assert skipped.gpus[0].seconds < estimate.gpus[0].seconds  # one evaluation less of work on a GPU too
     # The tuned model never decodes past eval.max_new_tokens.
@@ -698,5 +698,33 @@ def test_an_sft_calibration_times_generation_as_evaluation_runs_it(tmp_path, tin
     assert len(counts.few_shot_prompts) == len(sent) and all(f > s for f, s in zip(counts.few_shot_prompts, sent, strict=True))
     assert all(f <= s + 120 for f, s in zip(counts.few_shot_prompts, sent, strict=True))
     assert counts.answer_tokens >= 2  # the longest answer and its end of turn
+    assert counts.skipped_baselines == []
     no_room = parse_config({**config.model_dump(mode="json"), "eval": {**config.eval.model_dump(mode="json"), "few_shot_tokens": 1}})
-    assert count_tokens(no_room, split, tiny_tokenizer, context=2048).few_shot_prompts == []  # skipped: not priced
+    skipped = count_tokens(no_room, split, tiny_tokenizer, context=2048)
+    assert skipped.few_shot_prompts == [] and skipped.skipped_baselines == ["few_shot"]  # skipped by the baseline: not priced
+
+
+def test_a_classify_few_shot_prompt_that_cannot_show_every_label_is_not_priced(tmp_path, tiny_model_dir, tiny_tokenizer):
+    # "Time to verdict": the whole estimate priced base and few-shot on BANKING77 before the few-shot baseline was
+    # skipped (1,024 tokens held 36 examples, not one per intent). The skip is decided by the baseline's own rule.
+    from tunelab.data.split import make_split
+    from tunelab.estimate import count_tokens
+
+    train = tmp_path / "train.jsonl"
+    rows = [{"text": f"my card number {i} has not arrived yet", "label": f"label{i % 6}"} for i in range(60)]
+    train.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+
+    def counts(few_shot_tokens):
+        config = parse_config({"task": "classify", "model": str(tiny_model_dir), "data": {"train": str(train), "test_size": 0.2},
+                               "eval": {"baselines": ["classical", "base", "few_shot"], "few_shot_tokens": few_shot_tokens}})  # fmt: skip
+        return config, count_tokens(config, make_split(config), tiny_tokenizer, context=2048)
+
+    config, roomy = counts(1024)
+    assert roomy.skipped_baselines == []
+    _, tight = counts(30)  # room for a few examples, not one of each of the 6 labels
+    assert tight.skipped_baselines == ["few_shot"]
+    calibration = _generation_calibration()
+    both = estimate_run(config, roomy.train, FACTS, test_token_counts=roomy.test, n_labels=6, calibration=calibration, prices=PRICES)
+    one = estimate_run(config, roomy.train, FACTS, test_token_counts=roomy.test, n_labels=6, calibration=calibration, prices=PRICES,
+                       skipped_baselines=tight.skipped_baselines)  # fmt: skip
+    assert one.seconds["baseline"] == pytest.approx(both.seconds["baseline"] / 2) and one.seconds["eval"] == both.seconds["eval"]

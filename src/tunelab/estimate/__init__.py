@@ -67,11 +67,14 @@ class TokenCounts:
     # sft: the share of training tokens that carry loss (the answers), where the output head runs.
     scored_share: float = 1.0
     # sft: what evaluation generates from. Each test prompt's tokens as evaluation sends it (template and system
-    # prompt, at most max_length); each few-shot prompt's (None: the few_shot baseline is not listed; [] it will be
-    # skipped: not one example fits); the longest trained answer (EOS included): where a tuned model stops.
+    # prompt, at most max_length); each few-shot prompt's (None: the few_shot baseline is not listed; []: skipped);
+    # the longest trained answer (EOS included): where a tuned model stops.
     test_prompts: list[int] = field(default_factory=list)
     few_shot_prompts: list[int] | None = None
     answer_tokens: int = 0
+    # Baselines the pipeline will skip before they run: a few-shot prompt that cannot hold one example (sft) or
+    # one per label (classify), as the few_shot baseline decides it.
+    skipped_baselines: list[str] = field(default_factory=list)
 
 
 def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
@@ -116,6 +119,8 @@ def count_tokens(
 
         label_map = LabelMap.for_records(split.train, tokenizer, config.data.out_of_scope_label)
     test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
+    generation = _generation_counts(config, split, test, tokenizer, context or 2048)
+    cannot_fit = generation.get("few_shot_prompts") == [] or _few_shot_cannot_fit(config, split, tokenizer, label_map, context or 2048)
     return TokenCounts(
         train=example_token_counts(config, split.train, tokenizer, label_map),
         validation=example_token_counts(config, split.validation, tokenizer, label_map),
@@ -123,14 +128,32 @@ def count_tokens(
         n_labels=len(label_map.labels) if label_map else None,
         shared_prefix=_shared_prefix(config, split, tokenizer, label_map),
         scored_share=_scored_share(config, split, tokenizer),
-        **_generation_counts(config, split, test, tokenizer, context or 2048),
+        **generation,
+        skipped_baselines=["few_shot"] if cannot_fit else [],
     )
+
+
+def _few_shot_cannot_fit(config: ResolvedConfig, split: Split, tokenizer: Any, label_map: Any, context: int) -> bool:
+    """classify: whether the few_shot baseline will be skipped because its prompt cannot show every label once, as
+    ``evaluation.baselines.few_shot_classify`` decides it (the same budget, examples and records)."""
+    from tunelab.config import resolve_baselines
+    from tunelab.data.split import learning_records
+    from tunelab.inference import few_shot_budget, few_shot_classify_examples, zero_shot_extra_tokens
+
+    if config.task != "classify" or label_map is None or "few_shot" not in resolve_baselines(config.task, config.eval):
+        return False
+    system = config.data.system_prompt
+    room = config.data.max_length + zero_shot_extra_tokens(tokenizer, label_map, system)
+    budget = few_shot_budget(context, config.eval.few_shot_tokens, room)
+    _, k = few_shot_classify_examples(learning_records(split), label_map, tokenizer, budget, seed=config.data.seed, system_prompt=system)
+    return k == 0
 
 
 def _generation_counts(config: ResolvedConfig, split: Split, test: list, tokenizer: Any, context: int) -> dict[str, Any]:
     """sft: the prompts evaluation and the few-shot baseline send (``inference.chat_prompt``, the few-shot baseline's own
     ``inference.few_shot_sft_*``), and the longest trained answer; nothing for the other tasks."""
     from tunelab.config import resolve_baselines
+    from tunelab.data.split import learning_records
     from tunelab.data.templates import with_system_prompt
     from tunelab.data.tokenize import tokenize_records
     from tunelab.inference import chat_prompt, few_shot_budget, few_shot_sft_chats, few_shot_sft_examples
@@ -143,10 +166,9 @@ def _generation_counts(config: ResolvedConfig, split: Split, test: list, tokeniz
                for r in test]  # fmt: skip
     few_shot = None
     if "few_shot" in resolve_baselines(config.task, settings):
-        # As evaluation.baselines.few_shot_sft: the examples come from the records the tuned model saw.
-        learned = [*split.train, *split.validation]
+        # As evaluation.baselines.few_shot_sft: the same budget and examples, from the records a baseline learns from.
         budget = few_shot_budget(context, settings.few_shot_tokens, data.max_length + settings.max_new_tokens)
-        examples = few_shot_sft_examples(learned, tokenizer, budget, seed=data.seed)
+        examples = few_shot_sft_examples(learning_records(split), tokenizer, budget, seed=data.seed)
         chats = few_shot_sft_chats(test, examples, data.system_prompt) if examples else []
         few_shot = [len(chat_prompt(tokenizer, chat, max_length=data.max_length + budget).ids) for chat in chats]
     examples, _ = tokenize_records(split.train, "sft", tokenizer, max_length=data.max_length, stride=data.stride,
@@ -237,6 +259,7 @@ class EstimateInputs:
             test_prompt_token_counts=counts.test_prompts if test is None else None,
             few_shot_prompt_token_counts=counts.few_shot_prompts if test is None else None,
             answer_tokens=counts.answer_tokens,
+            skipped_baselines=counts.skipped_baselines,
             calibration=self.calibration,
             prices=self.prices,
             device=self.device,

@@ -643,6 +643,7 @@ def estimate_run(
     test_prompt_token_counts: list[int] | None = None,
     few_shot_prompt_token_counts: list[int] | None = None,
     answer_tokens: int = 0,
+    skipped_baselines: list[str] | tuple[str, ...] = (),
     calibration: Calibration | None = None,
     prices: PriceTable | None = None,
     device: str = "cpu",
@@ -662,9 +663,9 @@ def estimate_run(
         n_labels: classify: how many label columns the LM head computes.
         shared_prefix: classify: prompt tokens run once per micro-batch (see :func:`plan_tokens`).
         test_prompt_token_counts / few_shot_prompt_token_counts / answer_tokens: sft: the prompts evaluation and the
-            few-shot baseline send (few-shot ``[]``: it will be skipped, not one example fits), and the longest
-            trained answer; with a calibration that timed generation they price the baselines and evaluation
-            (:func:`generation_seconds`).
+            few-shot baseline send, and the longest trained answer; with a calibration that timed generation they
+            price the baselines and evaluation (:func:`generation_seconds`).
+        skipped_baselines: baselines the pipeline will skip before they run (a few-shot prompt that cannot fit): not priced.
         calibration: measured steps on this machine; without it there is no time for this machine.
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
@@ -694,10 +695,10 @@ def estimate_run(
 
     # Baselines that run the model (base, few_shot) cost about one test evaluation each (classify: the few-shot
     # prefix is one KV cache for the whole test set); classical / retrieval / embedding cost next to nothing.
-    # An sft few-shot prompt that cannot hold one example is skipped by the baseline: not priced.
-    model_runs = [name for name in resolve_baselines(config.task, config.eval) if name in BASELINES and BASELINES[name].needs_base_model]
-    if config.task == "sft" and few_shot_prompt_token_counts == [] and "few_shot" in model_runs:
-        model_runs.remove("few_shot")
+    # A baseline the pipeline skips before it runs (a few-shot prompt that cannot fit) is not priced. (classify's
+    # eval.skip_hopeless is decided on validation scores, unknown here: such a baseline stays priced.)
+    model_runs = [name for name in resolve_baselines(config.task, config.eval)
+                  if name in BASELINES and BASELINES[name].needs_base_model and name not in skipped_baselines]  # fmt: skip
     model_baselines = len(model_runs)
     seconds = None
     if calibration is not None:
