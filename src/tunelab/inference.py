@@ -13,11 +13,16 @@ model that is judged answers exactly as the model that is served:
   none, the model's chat template with the assistant turn opened, and a prompt longer than the run's
   ``max_length`` keeping its end (where the answer starts), as evaluation always did.
   :func:`completion_prompt` is the same for raw text (a text run continues documents, no template).
+- :func:`few_shot_budget`, :func:`few_shot_sft_examples` / :func:`few_shot_sft_chats` (sft) and
+  :func:`few_shot_classify_examples` / :func:`zero_shot_extra_tokens` (classify) — the few-shot prompts: which
+  solved training examples fit ``eval.few_shot_tokens``, and each request after them. The ``few_shot`` baseline
+  sends these; the estimate counts their tokens and whether the baseline will be skipped.
 - Decoding (stop ids, left padding, greedy or seeded sampling) is ``tunelab.models.generate``.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +31,15 @@ import numpy as np
 import torch
 
 from tunelab.data.labels import LabelMap, OutOfScope
-from tunelab.data.records import ClassifyRecord, Message
-from tunelab.data.templates import classify_messages, render_prompt_ids, with_system_prompt
+from tunelab.data.records import ClassifyRecord, Message, SFTRecord
+from tunelab.data.templates import (
+    classify_messages,
+    few_shot_chat,
+    few_shot_messages,
+    render_prompt_ids,
+    with_system_prompt,
+    zero_shot_messages,
+)
 from tunelab.data.tokenize import MIN_SHARED_PREFIX, shared_prefix_length, tokenize_classify
 from tunelab.models.generate import context_length
 from tunelab.models.heads import causal_lm_of
@@ -310,3 +322,76 @@ def completion_prompt(tokenizer: Any, text: str, *, max_length: int | None = Non
     if max_length is not None and len(ids) > max_length:
         return ChatPrompt(ids[-max_length:], True)
     return ChatPrompt(ids)
+
+
+def few_shot_budget(context: int, few_shot_tokens: int, room: int) -> int:
+    """The tokens few-shot examples get: ``eval.few_shot_tokens``, lowered so that they and a prompt's own ``room``
+    fit the model's ``context`` (``models.generate.context_length``)."""
+    return max(0, min(few_shot_tokens, context - room))
+
+
+def few_shot_sft_examples(train: Sequence[SFTRecord], tokenizer: Any, budget: int, *, seed: int = 0) -> list[tuple[list[Message], str]]:
+    """(prompt messages, answer) training pairs in a seeded order, added while their tokens fit ``budget``."""
+    order = sorted(train, key=lambda r: r.id)
+    random.Random(seed).shuffle(order)
+    chosen: list[tuple[list[Message], str]] = []
+    for record in order:
+        candidate = [*chosen, (record.prompt_messages, record.completion)]
+        if len(render_prompt_ids(tokenizer, few_shot_chat([], candidate))) > budget:
+            break  # stop at the first that does not fit: no bias toward the shortest examples
+        chosen = candidate
+    return chosen
+
+
+def few_shot_sft_chats(
+    records: Sequence[SFTRecord], examples: Sequence[tuple[Sequence[Message], str]], system_prompt: str | None
+) -> list[list[Message]]:
+    """Each record's prompt (with ``system_prompt``) after the solved ``examples``: what the few-shot baseline asks."""
+    return [few_shot_chat(with_system_prompt(record.prompt_messages, system_prompt), examples) for record in records]
+
+
+def zero_shot_extra_tokens(tokenizer: Any, label_map: LabelMap, system_prompt: str | None) -> int:
+    """How many more tokens the zero-shot prompt's template (instruction + label list) has than the trained prompt's."""
+    zero_shot = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))
+    trained = render_prompt_ids(tokenizer, classify_messages("", system_prompt))
+    return max(0, len(zero_shot) - len(trained))
+
+
+def few_shot_classify_examples(
+    train: Sequence[ClassifyRecord], label_map: LabelMap, tokenizer: Any, budget: int, *, seed: int = 0, system_prompt: str | None = None
+) -> tuple[list[tuple[str, str]], int]:
+    """Solved examples for the few-shot prompt and k, the examples per label: whole rounds of one per label.
+
+    Each label's training records are shuffled (seeded); round r holds the r-th of each label, in a
+    seeded label order. Rounds are added while the examples' tokens fit ``budget``; when not even one
+    round fits, the first round's examples that fit are used (k = 0 then: not every label is shown).
+    """
+    rng = random.Random(seed)
+    pools: dict[str, list[str]] = {}
+    for label in label_map.labels:
+        texts = sorted({r.text for r in train if r.label == label})
+        rng.shuffle(texts)
+        pools[label] = texts
+    empty = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))
+
+    def cost(examples: list[tuple[str, str]]) -> int:
+        return len(render_prompt_ids(tokenizer, few_shot_messages("", label_map, examples, system_prompt))) - len(empty)
+
+    chosen: list[tuple[str, str]] = []
+    rounds = max((len(p) for p in pools.values()), default=0)
+    k = 0
+    for index in range(rounds):
+        order = [label for label in label_map.labels if index < len(pools[label])]
+        rng.shuffle(order)
+        candidate = chosen + [(pools[label][index], label) for label in order]
+        if cost(candidate) > budget:
+            if index == 0:
+                for example in candidate:
+                    if cost([*chosen, example]) > budget:
+                        break
+                    chosen.append(example)
+            break
+        chosen = candidate
+        if len(order) == len(label_map.labels):
+            k = index + 1  # a whole round: every label shown once more
+    return chosen, k

@@ -618,3 +618,113 @@ def test_validation_does_not_change_the_training_micro_batches():
     validated = plan_tokens(config, [60] * 64, validation_token_counts=[60] * 10, shared_prefix=40)
     assert validated.micro_batches_per_epoch == alone.micro_batches_per_epoch == 8
     assert validated.rows_per_micro_batch == alone.rows_per_micro_batch == 1
+
+
+def _generation_calibration(**changes):
+    from tunelab.estimate import Calibration
+
+    # Training at 100 tokens/s; a prefill forward of 1 row x 32 tokens in 0.32 s; a decode step of 2 rows 0.1 s over a
+    # KV cache of 32 tokens, 0.3 s over 132, and 0.15 s at 32 with the run's adapters.
+    fields = {"device": "cpu", "precision": "fp32", "method": "lora", "batch_size": 1, "seq_len": 32, "threads": 1,
+              "step_seconds": [0.32], "warmup_seconds": 1.0, "forward_seconds": 0.32, "decode_rows": 2,
+              "decode_contexts": [32, 132], "decode_seconds": [0.1, 0.3], "adapted_decode_seconds": 0.15}  # fmt: skip
+    return Calibration(**{**fields, **changes})
+
+
+def test_sft_generation_is_priced_by_its_decode_steps_and_the_few_shot_prompts_it_sends():
+    # qa-assistant's estimate said 11.8 s for baselines that took 195.8 s: it priced base and few-shot as two test
+    # evaluations at the training FLOP rate (few-shot prompts as short as the plain ones, a new token as a token
+    # of a forward pass). Now: a prefill of every batch, then one measured decode step per new token.
+    config = _config(eval={"max_new_tokens": 10, "batch_size": 2, "baselines": ["base", "few_shot", "retrieval"]})
+    calibration = _generation_calibration()
+    counts = {"test_prompt_token_counts": [12, 10, 20], "few_shot_prompt_token_counts": [112, 110, 120], "answer_tokens": 4}
+    estimate = estimate_run(config, [64] * 4, FACTS, test_token_counts=[20, 18, 30], calibration=calibration, prices=PRICES, **counts)
+
+    def prefill(rows, longest):  # 0.01 s a token at 32 tokens; FLOPs 2 x 6,000 + 2 x 2 layers x 16 x length
+        return rows * longest * 0.01 * (12_000 + 64 * longest) / (12_000 + 64 * 32)
+
+    def decode(context):  # the line through (32, 0.1) and (132, 0.3), never below 0.1
+        return max(0.1, 0.1 + 0.2 * (context - 32) / 100)
+
+    # Sorted and batched by eval.batch_size: [10, 12] and [20]; 10 new tokens each over prompt + 5.
+    base = prefill(2, 12) + 10 * decode(17) + prefill(1, 20) + 10 * decode(25)
+    few_shot = prefill(2, 112) + 10 * decode(117) + prefill(1, 120) + 10 * decode(125)
+    assert estimate.seconds["baseline"] == pytest.approx(base + few_shot)
+    # The tuned model stops at its longest trained answer (4 tokens), each step with its adapters (+0.05 s).
+    tuned = prefill(2, 12) + 4 * (decode(14) + 0.05) + prefill(1, 20) + 4 * (decode(22) + 0.05)
+    assert estimate.seconds["eval"] == pytest.approx(tuned)
+    assert estimate.seconds["baseline"] > 20 * estimate.seconds["validation"]
+
+    # A few-shot prompt that cannot hold one example is skipped by the baseline: not priced.
+    skipped = estimate_run(config, [64] * 4, FACTS, test_token_counts=[20, 18, 30], calibration=calibration, prices=PRICES,
+                           **{**counts, "few_shot_prompt_token_counts": []}, skipped_baselines=["few_shot"])  # fmt: skip
+    assert skipped.seconds["baseline"] == pytest.approx(base)
+    assert skipped.gpus[0].seconds < estimate.gpus[0].seconds  # one evaluation less of work on a GPU too
+    # The tuned model never decodes past eval.max_new_tokens.
+    long_answers = estimate_run(config, [64] * 4, FACTS, calibration=calibration, prices=PRICES, **{**counts, "answer_tokens": 500})
+    assert long_answers.seconds["eval"] == pytest.approx(prefill(2, 12) + 10 * (decode(17) + 0.05) + prefill(1, 20) + 10 * (decode(25) + 0.05))
+    # A calibration that did not time generation (classify, text, an older cache entry) prices as before.
+    untimed = estimate_run(config, [64] * 4, FACTS, test_token_counts=[20, 18, 30], prices=PRICES, **counts,
+                           calibration=_generation_calibration(forward_seconds=None, decode_rows=None, decode_seconds=[]))  # fmt: skip
+    assert untimed.seconds["eval"] == pytest.approx(untimed.flops.eval_flops / (100 * untimed.flops.train_flops_per_token), rel=0.2)
+
+
+def test_an_sft_calibration_times_generation_as_evaluation_runs_it(tmp_path, tiny_model_dir, tiny_model, tiny_tokenizer):
+    from tunelab.data.split import make_split
+    from tunelab.estimate import count_tokens
+    from tunelab.estimate.calibrate import calibration_key
+    from tunelab.inference import chat_prompt
+
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32", "threads": 1},
+                           "lora": {"r": 4}})  # fmt: skip
+    calibration = calibrate(config, 16, model=tiny_model, steps=1, decode_rows=3, decode_contexts=[40, 8])
+    assert calibration.forward_seconds > 0 and calibration.decode_rows == 3 and calibration.decode_contexts == [8, 40]
+    assert len(calibration.decode_seconds) == 2 and calibration.adapted_decode_seconds > 0 and calibration.times_generation
+    again = calibrate(config, 16, steps=1, decode_rows=3, decode_contexts=[8, 40])
+    assert again.cached and again.decode_seconds == calibration.decode_seconds and again.forward_seconds == calibration.forward_seconds
+    shape = {"device": "cpu", "precision": "fp32", "threads": 1, "n_labels": 8, "steps": 1}
+    assert calibration_key(config, 16, **shape, decode=(3, [8, 40])) != calibration_key(config, 16, **shape, decode=(16, [8, 40]))
+
+    # The token counts: the prompts as evaluation sends them, the few-shot baseline's own prompts, the longest answer.
+    train = tmp_path / "train.jsonl"
+    rows = [{"prompt": f"question number {i} about leave", "completion": "answer " * (1 + i % 5)} for i in range(30)]
+    train.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    data = {"train": str(train), "test_size": 0.2, "validation_size": 0.1, "system_prompt": "Be brief."}
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "data": data, "eval": {"baselines": ["base", "few_shot"], "few_shot_tokens": 120}})
+    split = make_split(config)
+    counts = count_tokens(config, split, tiny_tokenizer, context=2048)
+    sent = [len(chat_prompt(tiny_tokenizer, r.prompt_messages, system_prompt="Be brief.").ids) for r in split.test]
+    assert counts.test_prompts == sent
+    assert len(counts.few_shot_prompts) == len(sent) and all(f > s for f, s in zip(counts.few_shot_prompts, sent, strict=True))
+    assert all(f <= s + 120 for f, s in zip(counts.few_shot_prompts, sent, strict=True))
+    assert counts.answer_tokens >= 2  # the longest answer and its end of turn
+    assert counts.skipped_baselines == []
+    no_room = parse_config({**config.model_dump(mode="json"), "eval": {**config.eval.model_dump(mode="json"), "few_shot_tokens": 1}})
+    skipped = count_tokens(no_room, split, tiny_tokenizer, context=2048)
+    assert skipped.few_shot_prompts == [] and skipped.skipped_baselines == ["few_shot"]  # skipped by the baseline: not priced
+
+
+def test_a_classify_few_shot_prompt_that_cannot_show_every_label_is_not_priced(tmp_path, tiny_model_dir, tiny_tokenizer):
+    # "Time to verdict": the whole estimate priced base and few-shot on BANKING77 before the few-shot baseline was
+    # skipped (1,024 tokens held 36 examples, not one per intent). The skip is decided by the baseline's own rule.
+    from tunelab.data.split import make_split
+    from tunelab.estimate import count_tokens
+
+    train = tmp_path / "train.jsonl"
+    rows = [{"text": f"my card number {i} has not arrived yet", "label": f"label{i % 6}"} for i in range(60)]
+    train.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+
+    def counts(few_shot_tokens):
+        config = parse_config({"task": "classify", "model": str(tiny_model_dir), "data": {"train": str(train), "test_size": 0.2},
+                               "eval": {"baselines": ["classical", "base", "few_shot"], "few_shot_tokens": few_shot_tokens}})  # fmt: skip
+        return config, count_tokens(config, make_split(config), tiny_tokenizer, context=2048)
+
+    config, roomy = counts(1024)
+    assert roomy.skipped_baselines == []
+    _, tight = counts(30)  # room for a few examples, not one of each of the 6 labels
+    assert tight.skipped_baselines == ["few_shot"]
+    calibration = _generation_calibration()
+    both = estimate_run(config, roomy.train, FACTS, test_token_counts=roomy.test, n_labels=6, calibration=calibration, prices=PRICES)
+    one = estimate_run(config, roomy.train, FACTS, test_token_counts=roomy.test, n_labels=6, calibration=calibration, prices=PRICES,
+                       skipped_baselines=tight.skipped_baselines)  # fmt: skip
+    assert one.seconds["baseline"] == pytest.approx(both.seconds["baseline"] / 2) and one.seconds["eval"] == both.seconds["eval"]

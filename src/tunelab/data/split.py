@@ -420,3 +420,14 @@ def load_split(path: str | Path, config: RunConfig) -> Split:
         if source:
             records += _load_with_errors(source, config.task, data, limit)[0]
     return Split.load(path, records)
+
+
+def learning_records(split: Any) -> list[Record]:
+    """What a baseline learns from: the split's training and validation records (what the tuned model saw).
+
+    With an out-of-scope label, the training records only: the validation queries choose each
+    opponent's threshold, so none may have learned from them (the tuned model never trains on them).
+    """
+    if getattr(split, "out_of_scope_label", None) is not None:
+        return list(split.train)
+    return [*split.train, *split.validation]

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, require_resolved
@@ -65,6 +66,15 @@ class TokenCounts:
     shared_prefix: int = 0
     # sft: the share of training tokens that carry loss (the answers), where the output head runs.
     scored_share: float = 1.0
+    # sft: what evaluation generates from. Each test prompt's tokens as evaluation sends it (template and system
+    # prompt, at most max_length); each few-shot prompt's (None: the few_shot baseline is not listed; []: skipped);
+    # the longest trained answer (EOS included): where a tuned model stops.
+    test_prompts: list[int] = field(default_factory=list)
+    few_shot_prompts: list[int] | None = None
+    answer_tokens: int = 0
+    # Baselines the pipeline will skip before they run: a few-shot prompt that cannot hold one example (sft) or
+    # one per label (classify), as the few_shot baseline decides it.
+    skipped_baselines: list[str] = field(default_factory=list)
 
 
 def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
@@ -98,14 +108,19 @@ def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, 
     return [len(example.input_ids) + extra for example in examples]
 
 
-def count_tokens(config: ResolvedConfig, split: Split, tokenizer: Any, label_map: LabelMap | None = None) -> TokenCounts:
+def count_tokens(
+    config: ResolvedConfig, split: Split, tokenizer: Any, label_map: LabelMap | None = None, *, context: int | None = None
+) -> TokenCounts:
     """Tokens per example of ``split`` as the run trains and evaluates it (the test set as sampled by
-    ``data.max_test_examples``, as evaluation does)."""
+    ``data.max_test_examples``, as evaluation does). ``context``: the model's (``models.generate.context_length``),
+    which bounds an sft few-shot prompt (None: 2048)."""
     if config.task == "classify" and label_map is None:
         from tunelab.data.labels import LabelMap
 
         label_map = LabelMap.for_records(split.train, tokenizer, config.data.out_of_scope_label)
     test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
+    generation = _generation_counts(config, split, test, tokenizer, context or 2048)
+    cannot_fit = generation.get("few_shot_prompts") == [] or _few_shot_cannot_fit(config, split, tokenizer, label_map, context or 2048)
     return TokenCounts(
         train=example_token_counts(config, split.train, tokenizer, label_map),
         validation=example_token_counts(config, split.validation, tokenizer, label_map),
@@ -113,7 +128,53 @@ def count_tokens(config: ResolvedConfig, split: Split, tokenizer: Any, label_map
         n_labels=len(label_map.labels) if label_map else None,
         shared_prefix=_shared_prefix(config, split, tokenizer, label_map),
         scored_share=_scored_share(config, split, tokenizer),
+        **generation,
+        skipped_baselines=["few_shot"] if cannot_fit else [],
     )
+
+
+def _few_shot_cannot_fit(config: ResolvedConfig, split: Split, tokenizer: Any, label_map: Any, context: int) -> bool:
+    """classify: whether the few_shot baseline will be skipped because its prompt cannot show every label once, as
+    ``evaluation.baselines.few_shot_classify`` decides it (the same budget, examples and records)."""
+    from tunelab.config import resolve_baselines
+    from tunelab.data.split import learning_records
+    from tunelab.inference import few_shot_budget, few_shot_classify_examples, zero_shot_extra_tokens
+
+    if config.task != "classify" or label_map is None or "few_shot" not in resolve_baselines(config.task, config.eval):
+        return False
+    system = config.data.system_prompt
+    room = config.data.max_length + zero_shot_extra_tokens(tokenizer, label_map, system)
+    budget = few_shot_budget(context, config.eval.few_shot_tokens, room)
+    _, k = few_shot_classify_examples(learning_records(split), label_map, tokenizer, budget, seed=config.data.seed, system_prompt=system)
+    return k == 0
+
+
+def _generation_counts(config: ResolvedConfig, split: Split, test: list, tokenizer: Any, context: int) -> dict[str, Any]:
+    """sft: the prompts evaluation and the few-shot baseline send (``inference.chat_prompt``, the few-shot baseline's own
+    ``inference.few_shot_sft_*``), and the longest trained answer; nothing for the other tasks."""
+    from tunelab.config import resolve_baselines
+    from tunelab.data.split import learning_records
+    from tunelab.data.templates import with_system_prompt
+    from tunelab.data.tokenize import tokenize_records
+    from tunelab.inference import chat_prompt, few_shot_budget, few_shot_sft_chats, few_shot_sft_examples
+
+    if config.task != "sft" or not test:
+        return {}
+    data, settings = config.data, config.eval
+    # prompt_room caps at max_length unless max_length + max_new_tokens exceeds the context (training refuses most such runs).
+    prompts = [len(chat_prompt(tokenizer, with_system_prompt(r.prompt_messages, data.system_prompt), max_length=data.max_length).ids)
+               for r in test]  # fmt: skip
+    few_shot = None
+    if "few_shot" in resolve_baselines(config.task, settings):
+        # As evaluation.baselines.few_shot_sft: the same budget and examples, from the records a baseline learns from.
+        budget = few_shot_budget(context, settings.few_shot_tokens, data.max_length + settings.max_new_tokens)
+        examples = few_shot_sft_examples(learning_records(split), tokenizer, budget, seed=data.seed)
+        chats = few_shot_sft_chats(test, examples, data.system_prompt) if examples else []
+        few_shot = [len(chat_prompt(tokenizer, chat, max_length=data.max_length + budget).ids) for chat in chats]
+    examples, _ = tokenize_records(split.train, "sft", tokenizer, max_length=data.max_length, stride=data.stride,
+                                   system_prompt=data.system_prompt)  # fmt: skip
+    answer = max((e.trained_tokens for e in examples), default=settings.max_new_tokens)
+    return {"test_prompts": prompts, "few_shot_prompts": few_shot, "answer_tokens": answer}
 
 
 def _scored_share(config: ResolvedConfig, split: Split, tokenizer: Any) -> float:
@@ -195,6 +256,10 @@ class EstimateInputs:
             test_token_counts=counts.test if test is None else test,
             n_labels=counts.n_labels,
             shared_prefix=counts.shared_prefix,
+            test_prompt_token_counts=counts.test_prompts if test is None else None,
+            few_shot_prompt_token_counts=counts.few_shot_prompts if test is None else None,
+            answer_tokens=counts.answer_tokens,
+            skipped_baselines=counts.skipped_baselines,
             calibration=self.calibration,
             prices=self.prices,
             device=self.device,
@@ -241,7 +306,7 @@ def estimate_inputs(
         ModelError: when the model cannot be loaded.
         ConfigError: for an unknown ``budget.gpu``, or rows longer than the model's context.
     """
-    from tunelab.models.generate import check_context
+    from tunelab.models.generate import check_context, context_length
     from tunelab.runtime import choose_threads, cpu_state, default_device
 
     config = require_resolved(config)
@@ -249,7 +314,7 @@ def estimate_inputs(
         (prices or load_price_table()).gpu(config.budget.gpu)  # an unknown name is a config error, before any work
     if config.train.backend == "local":
         check_context(config, loaded.model)  # training would refuse it; its timed steps would fail the same way
-    counts = count_tokens(config, split, loaded.tokenizer, label_map)
+    counts = count_tokens(config, split, loaded.tokenizer, label_map, context=context_length(loaded.model))
     facts = model_facts(loaded.model, config.lora.r, config.lora.target_modules)
     device = "cuda" if default_device().startswith("cuda") else "cpu"
     # On a CPU the time here depends on how many cores other processes leave free now: the threads the run
@@ -267,8 +332,20 @@ def estimate_inputs(
         calibration = calibrate(
             config, planned.seq_len, rows=planned.rows_per_micro_batch, model=calibration_model, steps=calibration_steps, device=device, n_labels=counts.n_labels or 8,
             use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share, machine=machine,
+            **_decode_shape(config, counts),
         )
     return EstimateInputs(config, counts, facts, calibration, device, fit.available, prices, machine, threads, fit)
+
+
+def _decode_shape(config: ResolvedConfig, counts: TokenCounts) -> dict[str, Any]:
+    """sft: the rows of evaluation's generation batches and the KV-cache lengths it decodes over (the plain prompts',
+    the few-shot prompts'), rounded up to 64 so that runs of similar data share a calibration."""
+    if config.task != "sft" or not counts.test_prompts:
+        return {}
+    half_answer = config.eval.max_new_tokens / 2  # a decode step's cache: the prompt and half the answer, on average
+    lengths = [counts.test_prompts, *([counts.few_shot_prompts] if counts.few_shot_prompts else [])]
+    contexts = [64 * math.ceil((sum(p) / len(p) + half_answer) / 64) for p in lengths]
+    return {"decode_rows": min(config.eval.batch_size, len(counts.test_prompts)), "decode_contexts": contexts}
 
 
 def estimate_for_split(

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ CALIBRATION_SUBDIR = "calibration"
 # Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
 # 6: the threads are the run's own (the free cores), and the machine's state is stored with each measurement.
 # 7: frozen weights in the compute dtype (bf16 under bf16), a 4-bit base for qlora, as training holds them.
-CALIBRATION_RECIPE_VERSION = 7
+# 8: sft also times evaluation's generation (a prefill forward, decode steps of the plain and the adapted model).
+CALIBRATION_RECIPE_VERSION = 8
+# Decode steps timed per KV-cache length (after one untimed): each is a few milliseconds to a tenth of a second.
+DECODE_STEPS = 3
 # The timed steps stop once they add up to this many seconds (at least one is timed): a slow step already
 # averages over much work, and a cold estimate must stay well under half a minute (sft at 512 tokens on
 # a 2-core CPU: 3 timed steps of 10 s made the cold estimate 39 s).
@@ -130,7 +134,7 @@ def _model_identity(config: ResolvedConfig) -> dict[str, Any]:
 
 def calibration_key(
     config: ResolvedConfig, seq_len: int, *, device: str, precision: str, threads: int, n_labels: int, steps: int,
-    shared_prefix: int = 0, scored_share: float = 1.0, rows: int | None = None,
+    shared_prefix: int = 0, scored_share: float = 1.0, rows: int | None = None, decode: tuple[int, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Everything that changes the speed of a calibrated step: the cache key of :func:`calibrate`.
 
@@ -165,6 +169,7 @@ def calibration_key(
         "rows": rows,
         "shared_prefix": shared_prefix if config.task == "classify" else None,
         "scored_share": round(scored_share, 2) if config.task in ("sft", "text") else None,
+        "decode": list(decode) if decode else None,
     }
 
 
@@ -230,10 +235,16 @@ def _read_cached(path: Path, key: dict[str, Any], machine: CpuState | None) -> C
             batch_size=int(fields["batch_size"]), seq_len=int(fields["seq_len"]), threads=threads,
             step_seconds=[float(v) for v in fields["step_seconds"]], warmup_seconds=float(fields["warmup_seconds"]),
             cached=True, machine=measured,
+            forward_seconds=None if fields.get("forward_seconds") is None else float(fields["forward_seconds"]),
+            decode_rows=None if fields.get("decode_rows") is None else int(fields["decode_rows"]),
+            decode_contexts=[int(v) for v in fields.get("decode_contexts") or []],
+            decode_seconds=[float(v) for v in fields.get("decode_seconds") or []],
+            adapted_decode_seconds=None if fields.get("adapted_decode_seconds") is None else float(fields["adapted_decode_seconds"]),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError):
         return None
-    durations = [*calibration.step_seconds, calibration.warmup_seconds]
+    durations = [*calibration.step_seconds, calibration.warmup_seconds, *calibration.decode_seconds]
+    durations += [d for d in (calibration.forward_seconds, calibration.adapted_decode_seconds) if d is not None]
     if not calibration.step_seconds or not all(math.isfinite(d) and d > 0 for d in durations):
         return None
     if calibration.batch_size < 1 or calibration.seq_len < 1 or calibration.threads < 1:
@@ -257,6 +268,76 @@ def calibration_rows(batch_size: int, seq_len: int, device: str) -> int:
     return max(1, min(batch_size, CPU_CALIBRATION_TOKENS // max(1, seq_len)))
 
 
+def _time_generation(
+    model: Any, input_ids: Any, rows: int, contexts: list[int], *, device: str, quantized: bool = False
+) -> dict[str, Any]:
+    """Seconds of what evaluation's generation runs (``models.generate``): a prefill forward of ``input_ids`` (None:
+    not timed) with the head on the last position only, as ``generate`` computes it, and one decode step (a new
+    token for each of ``rows`` rows) over a KV cache of each of ``contexts`` tokens.
+
+    In fp32 (evaluation loads models in fp32: ``runs.load_model``; a 4-bit base stays as it is) and inference mode.
+    The KV cache is zeros: speed does not depend on its values (zeros are a memset; random values for a few-shot
+    cache are a large draw, about 200M numbers for qa-assistant), and filling it by a real prefill of ``rows`` rows of a few-shot prompt would cost more than the rest of
+    the calibration.
+    """
+    import statistics as stats
+
+    import torch
+    from transformers import DynamicCache
+
+    from tunelab.models.heads import causal_lm_of
+    from tunelab.models.prefix import cache_argument
+
+    if not quantized:
+        model = model.float()
+    was_training = model.training
+    model.eval()
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_heads = int(text_config.num_attention_heads)
+    head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // n_heads)
+    n_kv = int(getattr(text_config, "num_key_value_heads", None) or n_heads)
+    dtype = model.get_input_embeddings().weight.dtype
+    vocab = model.get_input_embeddings().weight.shape[0]
+    lm = causal_lm_of(model)
+
+    def synchronize() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    timed: dict[str, Any] = {"decode_rows": rows, "decode_contexts": list(contexts), "decode_seconds": []}
+    generator = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        if input_ids is not None:
+            lm.get_decoder()(input_ids=input_ids[:1, :8])  # warm-up: first-call allocations
+            synchronize()
+            start = time.perf_counter()
+            hidden = lm.get_decoder()(input_ids=input_ids).last_hidden_state[:, -1]
+            lm.get_output_embeddings()(hidden).argmax(-1)
+            synchronize()
+            timed["forward_seconds"] = time.perf_counter() - start
+        for context in contexts:
+            cache = DynamicCache()
+            for layer in range(int(text_config.num_hidden_layers)):
+                keys = torch.zeros((rows, n_kv, context, head_dim), device=device, dtype=dtype)
+                cache.update(keys, torch.zeros_like(keys), layer)
+            mask = torch.ones((rows, context + DECODE_STEPS + 1), dtype=torch.long, device=device)
+            token = torch.randint(0, vocab, (rows, 1), generator=generator).to(device)
+            times = []
+            for step in range(1 + DECODE_STEPS):
+                synchronize()
+                start = time.perf_counter()
+                # The causal LM inside a PEFT wrapper still runs the adapters (they are its layers).
+                out = lm(input_ids=token, attention_mask=mask[:, : context + step + 1], use_cache=True, logits_to_keep=1,
+                         **{cache_argument(lm): cache})  # fmt: skip
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                synchronize()
+                times.append(time.perf_counter() - start)
+            timed["decode_seconds"].append(stats.median(times[1:]))
+            del cache
+    model.train(was_training)
+    return timed
+
+
 def calibrate(
     config: ResolvedConfig,
     seq_len: int,
@@ -271,12 +352,18 @@ def calibrate(
     timed_seconds: float | None = CALIBRATION_TIMED_SECONDS,
     machine: CpuState | None = None,
     rows: int | None = None,
+    decode_rows: int | None = None,
+    decode_contexts: Sequence[int] = (),
 ) -> Calibration:
     """Time one warm-up and up to ``steps`` real training steps (forward, backward, AdamW step) at the run's shape.
 
     A step holds ``rows`` rows of ``seq_len`` tokens: the rows of one of the run's micro-batches
     (``TokenPlan.rows_per_micro_batch``: packed examples share rows; None: ``train.batch_size``, one
     example a row). The timed steps stop early once they add up to ``timed_seconds`` (None: all ``steps`` are timed).
+    sft with ``decode_rows`` and ``decode_contexts`` (evaluation's generation batch and the KV-cache lengths it decodes
+    over) also times what evaluation runs, as it runs it (fp32 weights, inference mode): one forward of the rows with
+    the head on the last position (a prefill) and decode steps at each length, of the plain model before the
+    adapters are added (base, few-shot) and of the trained model after the steps (the tuned model's evaluation).
     sft and text score the output head on ``scored_share`` of each row's positions (the share of the
     run's tokens that carry loss: an sft answer, not its prompt), as their loss does.
 
@@ -319,9 +406,10 @@ def calibrate(
     else:
         threads = config.train.threads or torch.get_num_threads()
     batch = calibration_rows(rows or config.train.batch_size, seq_len, device)
+    decode = (decode_rows, sorted(set(decode_contexts))) if config.task == "sft" and decode_rows and decode_contexts else None
     key = calibration_key(
         config, seq_len, device=device, precision=precision, threads=threads,
-        n_labels=n_labels, steps=steps, shared_prefix=shared_prefix, scored_share=scored_share, rows=batch,
+        n_labels=n_labels, steps=steps, shared_prefix=shared_prefix, scored_share=scored_share, rows=batch, decode=decode,
     )  # fmt: skip
     cache_path = calibration_cache_path(key)
     if use_cache:
@@ -338,7 +426,15 @@ def calibrate(
         model = model.to(getattr(torch, weights_dtype(config.train.method, precision)))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    generation: dict[str, Any] = {}
     try:
+        generator = torch.Generator().manual_seed(0)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
+        if decode is not None:
+            generation = _time_generation(model, input_ids, *decode, device=device, quantized=config.train.method == "qlora")
+            if config.train.method != "qlora":
+                model = model.to(getattr(torch, weights_dtype(config.train.method, precision)))  # back as training holds it
         model = apply_method(model, config)
         compile_model(model, config.train.compile, device=device.split(":")[0], precision=precision)  # as the loop does
         if config.train.gradient_checkpointing:
@@ -349,9 +445,6 @@ def calibrate(
         model.train()
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=config.train.lr, weight_decay=config.train.weight_decay)
-        generator = torch.Generator().manual_seed(0)
-        vocab = model.get_input_embeddings().weight.shape[0]
-        input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
         label_columns = torch.arange(min(n_labels, vocab), device=device)
         prefix_batch = None
         if config.task == "classify" and shared_prefix:
@@ -400,6 +493,10 @@ def calibrate(
             times.append(time.perf_counter() - start)
             if timed_seconds is not None and len(times) > 1 and sum(times[1:]) >= timed_seconds:
                 break
+        if decode is not None:
+            # The tuned model's evaluation: the trained adapters on the fp32 base (runs.Run.load), one context.
+            adapted = _time_generation(model, None, decode[0], decode[1][:1], device=device, quantized=config.train.method == "qlora")
+            generation["adapted_decode_seconds"] = adapted["decode_seconds"][0]
     finally:
         torch.set_num_threads(previous_threads)
     calibration = Calibration(
@@ -412,6 +509,7 @@ def calibrate(
         step_seconds=times[1:],
         warmup_seconds=times[0],
         machine=machine,
+        **generation,
     )
     try:
         fields = {k: v for k, v in calibration.as_dict().items() if k not in ("cached", "machine")}

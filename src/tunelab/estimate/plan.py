@@ -26,6 +26,9 @@ weight except the input embedding table, with the LM head counted as d_model x h
 - preference (DPO): chosen and rejected are two sequences, and the reference model adds a
   forward pass, ``2·N`` per token.
 - validation and evaluation are forward passes: ``2·N + 2·n_layers·seq·d_model`` per token.
+- sft evaluation and the baselines that run the model (base, few-shot) generate: a prefill of each batch's
+  prompts, then one decode step per new token, each latency-bound (the weights and the KV cache are read for
+  one token a row). Their time here is measured, not derived from FLOPs (:func:`generation_seconds`).
 
 Memory (bytes, peak during training):
 
@@ -43,6 +46,7 @@ Memory (bytes, peak during training):
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
@@ -100,6 +104,15 @@ class Calibration:
     cached: bool = False
     # The machine while the steps ran: its cores and how many other processes kept busy (None: not known).
     machine: CpuState | None = None
+    # sft: what evaluation's generation costs here, measured as evaluation runs (fp32 weights, no autograd):
+    # one forward of the calibrated rows with the head on the last position only (a prompt's prefill), and one
+    # decode step (a new token for each of ``decode_rows`` rows over a KV cache of each ``decode_contexts`` length)
+    # of the plain model (base, few-shot) and, at the first context, of the model with the run's adapters.
+    forward_seconds: float | None = None
+    decode_rows: int | None = None
+    decode_contexts: list[int] = field(default_factory=list)
+    decode_seconds: list[float] = field(default_factory=list)
+    adapted_decode_seconds: float | None = None
 
     @property
     def seconds_per_step(self) -> float:
@@ -109,6 +122,22 @@ class Calibration:
     @property
     def tokens_per_second(self) -> float:
         return self.batch_size * self.seq_len / self.seconds_per_step
+
+    @property
+    def times_generation(self) -> bool:
+        return bool(self.forward_seconds and self.decode_rows and self.decode_seconds)
+
+    def decode_step_seconds(self, context: float, *, adapted: bool = False) -> float:
+        """One decode step over a KV cache of ``context`` tokens: a line through the measured contexts (the KV cache
+        is read whole at every step), never below the shortest's time; ``adapted`` adds the adapters' measured cost."""
+        points = sorted(zip(self.decode_contexts, self.decode_seconds, strict=True))
+        seconds = points[0][1]
+        if len(points) > 1:
+            (c0, s0), (c1, s1) = points[0], points[-1]
+            seconds = max(s0, s0 + (s1 - s0) * (context - c0) / (c1 - c0)) if c1 > c0 else s0
+        if adapted and self.adapted_decode_seconds is not None:
+            seconds += max(0.0, self.adapted_decode_seconds - points[0][1])
+        return seconds
 
     def as_dict(self) -> dict[str, Any]:
         data = {**asdict(self), "seconds_per_step": self.seconds_per_step, "tokens_per_second": self.tokens_per_second}
@@ -611,6 +640,10 @@ def estimate_run(
     test_token_counts: list[int] | None = None,
     n_labels: int | None = None,
     shared_prefix: int = 0,
+    test_prompt_token_counts: list[int] | None = None,
+    few_shot_prompt_token_counts: list[int] | None = None,
+    answer_tokens: int = 0,
+    skipped_baselines: list[str] | tuple[str, ...] = (),
     calibration: Calibration | None = None,
     prices: PriceTable | None = None,
     device: str = "cpu",
@@ -629,6 +662,10 @@ def estimate_run(
         validation_token_counts / test_token_counts: per example, for validation and eval time.
         n_labels: classify: how many label columns the LM head computes.
         shared_prefix: classify: prompt tokens run once per micro-batch (see :func:`plan_tokens`).
+        test_prompt_token_counts / few_shot_prompt_token_counts / answer_tokens: sft: the prompts evaluation and the
+            few-shot baseline send, and the longest trained answer; with a calibration that timed generation they
+            price the baselines and evaluation (:func:`generation_seconds`).
+        skipped_baselines: baselines the pipeline will skip before they run (a few-shot prompt that cannot fit): not priced.
         calibration: measured steps on this machine; without it there is no time for this machine.
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
@@ -656,9 +693,13 @@ def estimate_run(
     memory.device = device
     memory.available = available_bytes
 
-    # Baselines that run the model (base, few_shot) cost about one test evaluation each: few-shot prompts
-    # are longer, but their shared prefix is computed once. classical / retrieval cost next to nothing.
-    model_baselines = sum(name in BASELINES and BASELINES[name].needs_base_model for name in resolve_baselines(config.task, config.eval))
+    # Baselines that run the model (base, few_shot) cost about one test evaluation each (classify: the few-shot
+    # prefix is one KV cache for the whole test set); classical / retrieval / embedding cost next to nothing.
+    # A baseline the pipeline skips before it runs (a few-shot prompt that cannot fit) is not priced. (classify's
+    # eval.skip_hopeless is decided on validation scores, unknown here: such a baseline stays priced.)
+    model_runs = [name for name in resolve_baselines(config.task, config.eval)
+                  if name in BASELINES and BASELINES[name].needs_base_model and name not in skipped_baselines]  # fmt: skip
+    model_baselines = len(model_runs)
     seconds = None
     if calibration is not None:
         # Tokens at the calibrated shape give the time of training; the FLOP rate that implies
@@ -673,7 +714,20 @@ def estimate_run(
         if config.task == "preference":
             # The reference model's log-probabilities: one forward pass over the pairs, before training.
             seconds["reference"] = (2 * flops.matmul_params + attention_forward_per_token(facts, tokens)) * tokens.processed_tokens_per_epoch / flops_per_second
-        if tokens.test_tokens:
+        if config.task == "sft" and calibration.times_generation and test_prompt_token_counts:
+            # Generation is a prefill and then one latency-bound decode step per new token: priced by the measured
+            # step, not by the training FLOP rate (which put qa-assistant's base + few-shot baselines 17x under).
+            generate = functools.partial(generation_seconds, calibration, facts, batch_size=config.eval.batch_size)
+            # The base model was not trained to stop where the data's answers do: a batch decodes until its longest
+            # answer stops, which at eval.batch_size rows is about always max_new_tokens.
+            prompts = {"base": test_prompt_token_counts, "few_shot": few_shot_prompt_token_counts or test_prompt_token_counts}
+            baseline = sum(generate(prompts[name], new_tokens=config.eval.max_new_tokens) for name in model_runs if name in prompts)
+            if baseline:
+                seconds["baseline"] = baseline
+            # The tuned model stops where its training answers did: a batch at the longest one (at most max_new_tokens).
+            answer = min(config.eval.max_new_tokens, answer_tokens or config.eval.max_new_tokens)
+            seconds["eval"] = generate(test_prompt_token_counts, new_tokens=answer, adapted=True)
+        elif tokens.test_tokens:
             if model_baselines:
                 seconds["baseline"] = model_baselines * flops.eval_flops / flops_per_second
             seconds["eval"] = flops.eval_flops / flops_per_second
@@ -726,6 +780,34 @@ def estimate_run(
         machine=machine,
         threads=threads,
     )
+
+
+def generation_seconds(
+    calibration: Calibration, facts: ModelFacts, prompt_lengths: list[int], *, batch_size: int, new_tokens: int,
+    adapted: bool = False,
+) -> float:
+    """Seconds to answer ``prompt_lengths`` (tokens of each prompt) as ``models.generate.generate_batch`` does.
+
+    Prompts are sorted by length into batches of ``batch_size`` and left-padded to the batch's longest. Each batch
+    is a prefill of rows x longest tokens, at the calibration's measured forward speed (scaled for attention at that
+    length), then ``new_tokens`` decode steps, each at the measured step time over the batch's mean KV cache (the
+    prompt and half the answer; ``Calibration.decode_step_seconds``, with the adapters when ``adapted``). A batch of
+    fewer rows than the calibration's is priced at the calibration's rows' time: the decode step is latency-bound (its weights are
+    read once per step whatever the rows), so this overestimates a short last batch a little.
+    """
+    forward_per_token = 2 * facts.body_params  # the head runs on each prompt's last position only
+    measured_seq = calibration.seq_len
+    seconds_per_token = calibration.forward_seconds / (calibration.batch_size * measured_seq)
+    order = sorted(prompt_lengths)
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        longest = rows[-1]
+        attention = 2 * facts.n_layers * facts.d_model
+        scale = (forward_per_token + attention * longest) / (forward_per_token + attention * measured_seq)
+        total += len(rows) * longest * seconds_per_token * scale
+        total += new_tokens * calibration.decode_step_seconds(longest + new_tokens / 2, adapted=adapted)
+    return total
 
 
 def estimate_error(estimate: Estimate | dict | float, actual_seconds: float, step: str = "train") -> dict[str, Any]:

@@ -19,7 +19,7 @@ bootstrap of ``compare.py`` compares it with the tuned model example by example.
   ``{endpoint: ...}`` entry, asked through ``tunelab.remote`` and scored by ``evaluation/remote.py``.
 
 The records a baseline learns from are the training *and* validation records of the split
-(``learning_records``): the tuned model trains on the first and selects on the second, so both see
+(``data.split.learning_records``): the tuned model trains on the first and selects on the second, so both see
 the same labelled data. Their fingerprint is part of the baseline's cache key.
 
 With an out-of-scope label (``data.out_of_scope_label``) every baseline is treated as the tuned model
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +51,8 @@ from tunelab.config import BASELINES, REMOTE_TASKS, TASK_BASELINES, DataConfig, 
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.data.templates import (
-    few_shot_chat,
     few_shot_messages,
     render_prompt_ids,
-    with_system_prompt,
     zero_shot_messages,
 )
 from tunelab.errors import ConfigError, DataError, ModelError, TunelabError
@@ -69,12 +66,18 @@ from tunelab.evaluation.evaluate import (
     score_classify,
     score_sft,
     select_test_records,
-    zero_shot_extra_tokens,
 )
 from tunelab.evaluation.metrics import PRIMARY_METRIC, wilson_interval
 from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
-from tunelab.inference import Classifier
+from tunelab.inference import (
+    Classifier,
+    few_shot_budget,
+    few_shot_classify_examples,
+    few_shot_sft_chats,
+    few_shot_sft_examples,
+    zero_shot_extra_tokens,
+)
 from tunelab.models.generate import context_length
 
 # Regularisation strengths tried by cross-validation (inverse: large C = little regularisation).
@@ -139,17 +142,6 @@ def _expect(progress: Any, n: int) -> None:
     expect = getattr(progress, "expect", None)
     if expect is not None:
         expect(n)
-
-
-def learning_records(split: Any) -> list[Record]:
-    """What a baseline learns from: the split's training and validation records (what the tuned model saw).
-
-    With an out-of-scope label, the training records only: the validation queries choose each
-    opponent's threshold, so none may have learned from them (the tuned model never trains on them).
-    """
-    if getattr(split, "out_of_scope_label", None) is not None:
-        return list(split.train)
-    return [*split.train, *split.validation]
 
 
 def training_fingerprint(records: Sequence[Record]) -> str:
@@ -443,46 +435,6 @@ def embedding_retrieval_baseline(
 # ------------------------------------------------------------------------------------------ few-shot
 
 
-def few_shot_classify_examples(
-    train: Sequence[ClassifyRecord], label_map: LabelMap, tokenizer: Any, budget: int, *, seed: int = 0, system_prompt: str | None = None
-) -> tuple[list[tuple[str, str]], int]:
-    """Solved examples for the few-shot prompt and k, the examples per label: whole rounds of one per label.
-
-    Each label's training records are shuffled (seeded); round r holds the r-th of each label, in a
-    seeded label order. Rounds are added while the examples' tokens fit ``budget``; when not even one
-    round fits, the first round's examples that fit are used (k = 0 then: not every label is shown).
-    """
-    rng = random.Random(seed)
-    pools: dict[str, list[str]] = {}
-    for label in label_map.labels:
-        texts = sorted({r.text for r in train if r.label == label})
-        rng.shuffle(texts)
-        pools[label] = texts
-    empty = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))
-
-    def cost(examples: list[tuple[str, str]]) -> int:
-        return len(render_prompt_ids(tokenizer, few_shot_messages("", label_map, examples, system_prompt))) - len(empty)
-
-    chosen: list[tuple[str, str]] = []
-    rounds = max((len(p) for p in pools.values()), default=0)
-    k = 0
-    for index in range(rounds):
-        order = [label for label in label_map.labels if index < len(pools[label])]
-        rng.shuffle(order)
-        candidate = chosen + [(pools[label][index], label) for label in order]
-        if cost(candidate) > budget:
-            if index == 0:
-                for example in candidate:
-                    if cost([*chosen, example]) > budget:
-                        break
-                    chosen.append(example)
-            break
-        chosen = candidate
-        if len(order) == len(label_map.labels):
-            k = index + 1  # a whole round: every label shown once more
-    return chosen, k
-
-
 def few_shot_round(
     train: Sequence[ClassifyRecord], label_map: LabelMap, tokenizer: Any, *, seed: int = 0, system_prompt: str | None = None
 ) -> tuple[list[tuple[str, str]], int, int]:
@@ -541,21 +493,6 @@ def few_shot_classify(
     return _result("classify", "few_shot", model, chosen, rows, metrics, settings, warnings + more, label_map.labels)
 
 
-def few_shot_sft_examples(
-    train: Sequence[SFTRecord], tokenizer: Any, budget: int, *, seed: int = 0
-) -> list[tuple[list[dict[str, str]], str]]:
-    """(prompt messages, answer) training pairs in a seeded order, added while their tokens fit ``budget``."""
-    order = sorted(train, key=lambda r: r.id)
-    random.Random(seed).shuffle(order)
-    chosen: list[tuple[list[dict[str, str]], str]] = []
-    for record in order:
-        candidate = [*chosen, (record.prompt_messages, record.completion)]
-        if len(render_prompt_ids(tokenizer, few_shot_chat([], candidate))) > budget:
-            break  # stop at the first that does not fit: no bias toward the shortest examples
-        chosen = candidate
-    return chosen
-
-
 def few_shot_sft(
     loaded: Any,
     train: Sequence[SFTRecord],
@@ -580,7 +517,7 @@ def few_shot_sft(
         raise BaselineSkipped(
             f"{budget} tokens (eval.few_shot_tokens) do not fit one training example: the prompt would be the base model's own"
         )
-    conversations = [few_shot_chat(with_system_prompt(record.prompt_messages, data_config.system_prompt), examples) for record in chosen]
+    conversations = few_shot_sft_chats(chosen, examples, data_config.system_prompt)
     answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length + budget, progress)
     rows, metrics = score_sft(chosen, answers, references)
     if truncated:
@@ -638,9 +575,8 @@ def _model_name(loaded: Any) -> str:
 def _example_budget(loaded: Any, config: EvalConfig, room: int, warnings: list[str]) -> int:
     """``eval.few_shot_tokens``, lowered so examples + the example's own ``room`` tokens fit the model's context."""
     context = context_length(loaded.model)  # the one context length, as the Classifier caps the prompt at
-    budget = config.few_shot_tokens
-    if budget > context - room:
-        budget = max(0, context - room)
+    budget = few_shot_budget(context, config.few_shot_tokens, room)
+    if budget < config.few_shot_tokens:
         warnings.append(f"few-shot examples get {budget} tokens, not eval.few_shot_tokens={config.few_shot_tokens}: the model reads at most {context}")
     return budget
 

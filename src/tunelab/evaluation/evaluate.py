@@ -22,8 +22,6 @@ from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord, message_text
 from tunelab.data.templates import (
-    classify_messages,
-    render_prompt_ids,
     with_system_prompt,
     zero_shot_messages,
 )
@@ -40,7 +38,7 @@ from tunelab.evaluation.metrics import (
 )
 from tunelab.evaluation.predict import window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
-from tunelab.inference import Classifier, chat_prompt
+from tunelab.inference import Classifier, chat_prompt, zero_shot_extra_tokens
 from tunelab.models.generate import context_length, generate_batch
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
@@ -306,13 +304,6 @@ def classify_texts(loaded: Any, texts: Sequence[str], *, batch_size: int = 16) -
     if loaded.label_map is None:
         raise ConfigError("this model has no label map: it is not a classify run", "pass a classify run folder")
     return [answer.to_dict() for answer in Classifier.for_model(loaded).classify(loaded.model, texts, batch_size=batch_size)]
-
-
-def zero_shot_extra_tokens(tokenizer: Any, label_map: LabelMap, system_prompt: str | None) -> int:
-    """How many more tokens the zero-shot prompt's template (instruction + label list) has than the trained prompt's."""
-    zero_shot = render_prompt_ids(tokenizer, zero_shot_messages("", label_map, system_prompt))
-    trained = render_prompt_ids(tokenizer, classify_messages("", system_prompt))
-    return max(0, len(zero_shot) - len(trained))
 
 
 def calibrate_out_of_scope(validation: EvalResult, label: str) -> OutOfScope:

@@ -657,7 +657,8 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
     {} when ``eval.baselines`` is empty.
     """
     from tunelab.config import resolve_baselines
-    from tunelab.evaluation.baselines import evaluate_baselines, learning_records
+    from tunelab.data.split import learning_records
+    from tunelab.evaluation.baselines import evaluate_baselines
     from tunelab.evaluation.result import EvalResult
 
     config, run = context.config, context.run

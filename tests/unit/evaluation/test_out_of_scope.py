@@ -10,9 +10,9 @@ import pytest
 from tunelab.config import DataConfig, EvalConfig, parse_config
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord
-from tunelab.data.split import make_split, split_records
+from tunelab.data.split import learning_records, make_split, split_records
 from tunelab.errors import ConfigError, DataError
-from tunelab.evaluation.baselines import calibrated_baseline, fit_classical, learning_records
+from tunelab.evaluation.baselines import calibrated_baseline, fit_classical
 from tunelab.evaluation.compare import compare_evaluations
 from tunelab.evaluation.evaluate import apply_out_of_scope, calibrate_out_of_scope, score_classify
 from tunelab.evaluation.metrics import choose_threshold
