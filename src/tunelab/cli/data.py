@@ -52,10 +52,12 @@ def _render_example(example: Any) -> Text:
 
 def render_report(report: Any) -> None:
     """Print a CheckReport in one screen: summary, problems, lengths, labels, example."""
+    from tunelab.data.formats import invalid_records
+
     status = "[green]OK[/green]" if report.ok else f"[red]{len(report.errors)} error(s)[/red]"
     console.print(
         f"[bold]{escape(report.path)}[/bold]  task={report.task}  files={len(report.files)}  "
-        f"records={report.records}  invalid={len(report.invalid)}  → {status}"
+        f"records={report.records}  invalid={invalid_records(report.invalid)}  → {status}"
     )
     if report.limited:
         console.print("[yellow]read only the first --limit rows[/yellow]")
@@ -162,6 +164,7 @@ def show(
 ) -> None:
     """Render the first N examples exactly as they will be trained, trained tokens highlighted."""
     from tunelab.data.check import render_example
+    from tunelab.data.formats import invalid_records
     from tunelab.data.labels import LabelMap
     from tunelab.data.read import read_records
     from tunelab.data.records import ClassifyRecord
@@ -182,7 +185,7 @@ def show(
         if example.note:
             console.print(f"[dim]{escape(example.note)}[/dim]")
     if result.errors:
-        console.print(f"[yellow]{len(result.errors)} invalid record(s) not shown; run `tunelab data check`[/yellow]")
+        console.print(f"[yellow]{invalid_records(result.errors)} invalid record(s) not shown; run `tunelab data check`[/yellow]")
 
 
 @data_app.command("split")

@@ -141,6 +141,7 @@ def evaluate_command(
 
     try:
         # Written by the data layer; imported here so the other commands work without it.
+        from tunelab.data.formats import invalid_records
         from tunelab.data.read import load_result
     except ImportError:
         raise DataError("reading test files needs tunelab.data.read, which this installation lacks") from None
@@ -151,7 +152,7 @@ def evaluate_command(
         # The records of one file; with --skip-invalid the dropped ones are listed (the error's hint promises it).
         result = load_result(path, task, config)
         if result.errors:
-            error_console.print(f"warning: skipped {len(result.errors)} invalid record(s) in {path}:\n  {result.error_summary()}",
+            error_console.print(f"warning: skipped {invalid_records(result.errors)} invalid record(s) in {path}:\n  {result.error_summary()}",
                                 markup=False, highlight=False, soft_wrap=True)
         return result.records
 

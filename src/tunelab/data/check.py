@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tunelab.config import DataConfig
-from tunelab.data.formats import RecordError
+from tunelab.data.formats import RecordError, invalid_records
 from tunelab.data.keys import input_key, normalize_text, stable_hash, target_text
 from tunelab.data.labels import LabelMap
 from tunelab.data.read import ReadResult, read_records
@@ -457,5 +457,5 @@ def check_data(
     if test_path:
         _check_test(report, records, test_path, task, data)
     if report.skipped:
-        report.warnings.append(f"{len(report.skipped)} invalid record(s) skipped on request (--skip-invalid)")
+        report.warnings.append(f"{invalid_records(report.skipped)} invalid record(s) skipped on request (--skip-invalid)")
     return report

@@ -20,7 +20,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +48,20 @@ SAVED_DATASET_DICT_FILE = "dataset_dict.json"
 
 @dataclass(frozen=True)
 class RecordError:
-    """One record that cannot be used: where it is (``file:line``) and why."""
+    """One record that cannot be used: where it is (``file:line``) and why; or, with ``rows``, a whole file's rows that
+    fail for one reason (``source`` the file: a header without a field is one error, not one per row)."""
 
     source: str
     reason: str
+    rows: int = 1
 
     def __str__(self) -> str:
         return f"{self.source}: {self.reason}"
+
+
+def invalid_records(errors: Iterable[RecordError]) -> int:
+    """How many records ``errors`` make unusable (a file-wide error counts each of its rows)."""
+    return sum(error.rows for error in errors)
 
 
 Row = dict[str, Any]

@@ -23,13 +23,22 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig
-from tunelab.data.formats import RecordError, RowOrError, dataset_rows, iter_rows, resolve_files, too_large
+from tunelab.data.formats import (
+    RecordError,
+    RowOrError,
+    dataset_rows,
+    invalid_records,
+    iter_rows,
+    resolve_files,
+    too_large,
+)
 from tunelab.data.records import (
     ClassifyRecord,
     Message,
@@ -64,6 +73,22 @@ class ReadResult:
 
 class _Bad(Exception):
     """A row that is not a valid record; the message is the reason shown to the user."""
+
+
+class _Missing(_Bad):
+    """A row without a field (``roles``: the fields, any of which would have done)."""
+
+    def __init__(self, message: str, roles: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.roles = roles
+
+
+class _MissingField(ValueError):
+    """``row_to_record``'s ValueError for a row without a field, its roles kept: a file none of whose rows has it is one error."""
+
+    def __init__(self, message: str, roles: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.roles = roles
 
 
 @dataclass(frozen=True)
@@ -104,9 +129,9 @@ _OPTION_FOR = {
 }
 
 
-def _missing(row: dict, name: str, role: str) -> _Bad:
+def _missing(row: dict, name: str, role: str) -> _Missing:
     present = ", ".join(sorted(str(key) for key in row)[:12]) or "none"
-    return _Bad(f"missing field '{name}' (fields here: {present}; map another column with {_OPTION_FOR[role]})")
+    return _Missing(f"missing field '{name}' (fields here: {present}; map another column with {_OPTION_FOR[role]})", (role,))
 
 
 def _string(row: dict, name: str, role: str) -> str:
@@ -257,9 +282,10 @@ def _sft(row: dict, source: str, fields: Fields) -> SFTRecord:
     else:
         if fields.prompt not in row:
             if fields.completion not in row:
-                raise _Bad(
+                raise _Missing(
                     f"missing field '{fields.prompt}' or '{fields.messages}' (fields here: "
-                    f"{', '.join(sorted(map(str, row))[:12]) or 'none'}; map columns with --prompt-field/--completion-field)"
+                    f"{', '.join(sorted(map(str, row))[:12]) or 'none'}; map columns with --prompt-field/--completion-field)",
+                    ("messages", "prompt", "completion"),
                 )
             raise _missing(row, fields.prompt, "prompt")
         prompt_value = row[fields.prompt]
@@ -283,7 +309,7 @@ def _sft(row: dict, source: str, fields: Fields) -> SFTRecord:
 def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
     text = _string(row, fields.text, "text")
     if fields.label not in row:
-        raise _Bad(f"missing label: {_missing(row, fields.label, 'label')}")
+        raise _Missing(f"missing label: {_missing(row, fields.label, 'label')}", ("label",))
     label = row[fields.label]
     if isinstance(label, float) and (label != label or label.is_integer()):
         # pandas writes an integer label column holding a missing value as float64 (1.0, NaN): 1.0 is label 1.
@@ -433,6 +459,8 @@ def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:
             return _classify(row, source, fields)
         if task == "preference":
             return _preference(row, source, fields)
+    except _Missing as missing:
+        raise _MissingField(str(missing), missing.roles) from None
     except _Bad as bad:
         raise ValueError(str(bad)) from None
     raise DataError(f"unknown task '{task}'", "use text, sft, classify or preference")
@@ -495,11 +523,11 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
             raise DataError(f"preset '{preset.name}' is {preset.task} data, not {task}", f"use --task {preset.task}")
         files = preset.files(path)
         fields = Fields(max_label_chars=data.max_label_chars)
-        rows: Iterator[RowOrError] = (item for file in files for item in preset.rows(file))
+        rows: Iterator[tuple[str, RowOrError]] = ((str(file), item) for file in files for item in preset.rows(file))
     elif not Path(path).expanduser().exists() and not any(ch in path for ch in "*?[") and _looks_like_hub_name(path):
         files = []
         fields = Fields.from_config(data)
-        rows = _hub_rows(path)
+        rows = ((path, item) for item in _hub_rows(path))
         result.files.append(path)
     else:
         files = resolve_files(path)
@@ -511,10 +539,11 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
                     f"{text_files[0]}: a .txt file is raw text, which only the 'text' task reads",
                     f"give {task} data as JSONL, JSON, CSV, TSV or Parquet, or use --task text",
                 )
-        rows = (item for file in files for item in iter_rows(file, data.format, data.max_record_bytes))
+        rows = ((str(file), item) for file in files for item in iter_rows(file, data.format, data.max_record_bytes))
     result.files.extend(str(file) for file in files)
     count = 0
-    for source, row in rows:
+    tables: dict[str, _Columns] = {}
+    for file, (source, row) in rows:
         if data.limit is not None and count >= data.limit:
             result.truncated_by_limit = True
             break
@@ -526,11 +555,94 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         if size > data.max_record_bytes:  # rows no reader could measure in bytes (Parquet, presets, the hub)
             result.errors.append(RecordError(source, too_large(size, data.max_record_bytes)))
             continue
+        table = tables.setdefault(file, _Columns())
+        table.rows += 1
+        table.names.update(dict.fromkeys(str(key) for key in row))
         try:
             result.records.append(row_to_record(row, source, task, fields))
+        except _MissingField as missing:
+            result.errors.append(RecordError(source, str(missing)))
+            table.missing.append((result.errors[-1], missing.roles))
+            table.spaced.update(str(key) for key, value in row.items() if isinstance(value, str) and _SPACED.search(value))
         except ValueError as error:
             result.errors.append(RecordError(source, str(error)))
+    result.errors = _files_without_a_field(result.errors, tables, task, fields)
     return result
+
+
+@dataclass
+class _Columns:
+    """What one file's rows held: how many, their column names (in order), and those that lacked a field."""
+
+    rows: int = 0
+    names: dict[str, None] = field(default_factory=dict)
+    missing: list[tuple[RecordError, tuple[str, ...]]] = field(default_factory=list)
+    spaced: Counter[str] = field(default_factory=Counter)  # column -> rows whose value has two words or more (of those missing)
+
+
+_SPACED = re.compile(r"\S\s+\S")
+
+
+# The fields a record of each task cannot do without: a file missing one is named whole, even when its rows'
+# errors stopped at another (a classify row without its text is never looked at for its label).
+_NEEDED_FOR = {"text": ("text",), "classify": ("text", "label"), "preference": ("chosen", "rejected"), "sft": ()}
+
+
+def _files_without_a_field(errors: list[RecordError], tables: dict[str, _Columns], task: str, fields: Fields) -> list[RecordError]:
+    """``errors`` with the rows of a file that has no column for a field (every row lacks it: a header that names
+    other columns) as one error naming the file, its columns and the option that maps the field; a file whose rows
+    differ keeps one error per row. One row's error is already one line: it is kept as it is."""
+    whole: dict[int, RecordError | None] = {}  # id of a row's error -> the file's error (first row) or None (the rest)
+    for file, table in tables.items():
+        if table.rows < 2 or len(table.missing) != table.rows:
+            continue
+        folded = {name.strip().casefold() for name in table.names}
+        named = {role for _, roles in table.missing for role in roles} | set(_NEEDED_FOR.get(task, ()))
+        absent = [role for role in _ROLES_FOR.get(task, ()) if role in named and getattr(fields, role).strip().casefold() not in folded]
+        if not absent or any(not set(roles) & set(absent) for _, roles in table.missing):
+            continue  # rows that lack different fields: each says its own
+        error = RecordError(file, _no_column(absent, table, task, fields), rows=table.rows)
+        for number, (row_error, _) in enumerate(table.missing):
+            whole[id(row_error)] = None if number else error
+    if not whole:
+        return errors
+    return [whole.get(id(error)) or error for error in errors if whole.get(id(error), error) is not None]
+
+
+def _no_column(absent: list[str], table: _Columns, task: str, fields: Fields) -> str:
+    """``no column 'text' (columns: review, category); name it with --text-field (data.text_field)``, with the columns
+    meant when they can be told (see ``_guess_columns``)."""
+    chat = "messages" in absent and len(absent) == 3  # sft: either a messages column, or a prompt and a completion column
+    named = [role for role in absent if role != "messages"] if chat else absent
+    names = [f"'{getattr(fields, role)}'" for role in named]
+    what = f"no column {names[0]}" if len(names) == 1 else f"no columns {', '.join(names[:-1])} and {names[-1]}"
+    if chat:
+        what += f", nor '{fields.messages}'"
+    columns = list(table.names)
+    shown = (", ".join(columns[:12]) + (f", ... ({len(columns)} in all)" if len(columns) > 12 else "")) if columns else "none"
+    guesses = _guess_columns(named, table, task, fields)
+    options = " and ".join(" ".join(filter(None, (_OPTION_FOR[role], guesses.get(role)))) for role in named)
+    keys = ", ".join(f"data.{role}_field" + (f": {guesses[role]}" if role in guesses else "") for role in named)
+    meant = (", if that is the one meant" if len(guesses) == 1 else ", if those are the ones meant") if guesses else ""
+    chat_rows = f", or the chat rows' column with {_OPTION_FOR['messages']} (data.messages_field)" if chat else ""
+    return f"{what} (columns: {shown}); name {'it' if len(named) == 1 else 'them'} with {options} ({keys}){meant}{chat_rows}"
+
+
+def _guess_columns(absent: list[str], table: _Columns, task: str, fields: Fields) -> dict[str, str]:
+    """The column each absent field most likely is, where only one can be: the text is the one column that names no
+    field and holds words (two or more in most rows; a label is one word); then, one field left and one column left,
+    that column. Nothing is guessed otherwise (two wordy columns, more columns than fields)."""
+    known = {getattr(fields, role).strip().casefold() for role in _ROLES_FOR.get(task, ())}
+    others = [column for column in table.names if column.strip().casefold() not in known]
+    guesses: dict[str, str] = {}
+    wordy = [column for column in others if table.spaced[column] * 2 >= table.rows]
+    if "text" in absent and len(wordy) == 1:
+        guesses["text"] = wordy[0]
+    left = [role for role in absent if role not in guesses]
+    rest = [column for column in others if column not in guesses.values()]
+    if len(left) == 1 and len(rest) == 1:
+        guesses[left[0]] = rest[0]
+    return guesses
 
 
 def load_result(path: str, task: str, data: DataConfig) -> ReadResult:
@@ -542,7 +654,7 @@ def load_result(path: str, task: str, data: DataConfig) -> ReadResult:
     result = read_records(path, task, data)
     if result.errors and not data.skip_invalid:
         raise DataError(
-            f"{len(result.errors)} invalid record(s) in {path}:\n  {result.error_summary()}",
+            f"{invalid_records(result.errors)} invalid record(s) in {path}:\n  {result.error_summary()}",
             "fix them, or drop them with --skip-invalid (data.skip_invalid: true); each dropped one is listed",
         )
     if not result.records:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -210,20 +210,61 @@ class RemoteClient:
     ) -> list[Answer]:
         """Answers to ``conversations`` in their order, at most ``concurrency`` requests in flight.
 
-        ``on_answer(index, answer)`` is called as each one arrives (from worker threads; in arrival order).
+        ``on_answer(index, answer)`` is called as each one arrives (from worker threads, one call at a time, in arrival
+        order). An interrupt (Ctrl-C, or the SIGTERM the CLI turns into one) stops the batch at once: no queued request is
+        sent, the ones in flight are abandoned (an answer that still comes back is cached, but reaches no callback), and
+        the interrupt goes on to the caller, which marks the run cancelled.
         """
         bodies = [self.request_body(m, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed) for m in conversations]
+        answers: list[Answer | None] = [None] * len(bodies)
+        indexes = iter(range(len(bodies)))
+        # Hands out the next request and runs the callbacks, so that none runs, or is half-way, once the batch is given up.
+        lock = threading.Lock()
+        finished = threading.Event()
+        batch: dict[str, Any] = {"left": len(bodies), "stopped": False, "error": None}
 
-        def one(index: int) -> Answer:
-            answer = self.ask(bodies[index])
-            if on_answer is not None:
-                on_answer(index, answer)
-            if progress is not None:
-                progress(1)
-            return answer
+        def work() -> None:
+            while True:
+                with lock:
+                    index = None if batch["stopped"] else next(indexes, None)
+                if index is None:
+                    return
+                try:
+                    answer = self.ask(bodies[index])
+                    with lock:
+                        if batch["stopped"]:
+                            return
+                        answers[index] = answer
+                        if on_answer is not None:
+                            on_answer(index, answer)
+                        if progress is not None:
+                            progress(1)
+                        batch["left"] -= 1
+                        if not batch["left"]:
+                            finished.set()
+                except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, as a pool's map does
+                    with lock:
+                        batch["error"] = batch["error"] or error
+                        batch["stopped"] = True
+                    finished.set()
+                    return
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tunelab-remote") as pool:
-            return list(pool.map(one, range(len(bodies))))
+        if not bodies:
+            return []
+        # Daemon threads, not a ThreadPoolExecutor: leaving its `with` block, and the interpreter's exit, join its workers, so
+        # an interrupt waited for every request in flight (up to timeout_s on each of max_retries + 1 tries, 12 minutes with
+        # the defaults). An abandoned request dies with the process; it was sent, so it may be billed either way.
+        for number in range(min(self.concurrency, len(bodies))):
+            threading.Thread(target=work, name=f"tunelab-remote-{number}", daemon=True).start()
+        try:
+            finished.wait()
+        except BaseException:
+            with lock:
+                batch["stopped"] = True
+            raise
+        if batch["error"] is not None:
+            raise batch["error"]
+        return [answer for answer in answers if answer is not None]
 
     def usage(self, answers: Sequence[Answer]) -> Usage:
         return summarize(answers, self.price)

@@ -460,11 +460,13 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
     Raises:
         DataError: listing the first ten.
     """
+    from tunelab.data.formats import invalid_records
+
     if errors and not config.data.skip_invalid:
         listed = "; ".join(f"{e.source}: {e.reason}" for e in errors[:10])
         more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
         raise DataError(
-            f"{len(errors)} invalid record(s) in {config.data.train}: {listed}{more}",
+            f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}",
             f"fix them, or set data.skip_invalid: true to drop them (each is listed); `tunelab data check {config.data.train} --task {config.task}` shows all",
         )
 

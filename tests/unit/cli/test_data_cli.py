@@ -68,3 +68,29 @@ def test_data_split_says_before_compute_when_the_test_split_is_too_small_for_a_v
     assert any(f"a verdict needs at least {MIN_TEST_EXAMPLES}" in warning for warning in json.loads(result.output)["warnings"])
     # The saved split is the one `tunelab run` saves: the warning is about this config's verdict, not the split.
     assert json.loads((tmp_path / "split.json").read_text())["warnings"] == []
+
+
+def test_a_header_without_the_field_is_one_line_in_data_check_and_in_run(tmp_path):
+    # One "missing field 'text'" per row (20 listed, then "... and N more") for a file whose header names other columns.
+    from tunelab.config import parse_config
+    from tunelab.data.read import read_records
+    from tunelab.errors import DataError
+    from tunelab.tasks.pipeline import refuse_invalid
+
+    path = tmp_path / "train.csv"
+    path.write_text("review,category\n" + "".join(f"the app crashed again {i},bug\n" for i in range(30)))
+    result = _cli(["data", "check", str(path), "--task", "classify", "--no-tokens", "--json"])
+    assert result.exit_code == 2, result.output
+    report = json.loads(result.output)
+    # The file's one error, then what follows from it (no usable records): no error per row.
+    assert {error["source"] for error in report["errors"]} == {str(path)} and len(report["errors"]) == 2, report["errors"][:3]
+    assert "no column" in report["errors"][0]["reason"] and "review, category" in report["errors"][0]["reason"]
+    result = _cli(["data", "check", str(path), "--task", "classify", "--no-tokens"])
+    assert "invalid=30" in result.output and "missing field" not in result.output, result.output
+    config = parse_config({"task": "classify", "data": {"train": str(path)}})
+    try:
+        refuse_invalid(config, read_records(str(path), "classify", config.data).errors)
+    except DataError as error:
+        assert error.message.startswith(f"30 invalid record(s) in {path}: {path}: no column") and "more" not in error.message, error.message
+    else:
+        raise AssertionError("refused nothing")

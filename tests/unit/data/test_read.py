@@ -357,3 +357,44 @@ def test_a_csv_header_repeated_inside_the_file_is_an_invalid_record_not_a_class(
     result = read_records(str(path), "classify", DataConfig())
     assert [(r.text, r.label) for r in result.records] == [("my card is lost", "card"), ("I want a refund", "refund")]
     assert [e.source for e in result.errors] == [f"{path}:3"] and "header" in result.errors[0].reason
+
+
+def test_a_header_without_the_field_is_one_error_naming_the_columns_and_the_option(tmp_path):
+    # `review,category` for classify (text,label) gave one "missing field 'text'" per row: 20 listed, then "... and N more".
+    path = tmp_path / "train.csv"
+    path.write_text("review,category\n" + "".join(f"the app crashed again {i},bug\n" for i in range(30)))
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.records and len(result.errors) == 1, [str(e) for e in result.errors[:3]]
+    (error,) = result.errors
+    assert error.source == str(path) and error.rows == 30
+    assert "'text'" in error.reason and "'label'" in error.reason and "review, category" in error.reason, error.reason
+    assert "--text-field" in error.reason and "data.text_field" in error.reason and "data.label_field" in error.reason
+    # The one column of words is the text, the other one then the label: both are named in the hint, as a guess.
+    assert error.reason.endswith("name them with --text-field review and --label-field category "
+                                 "(data.text_field: review, data.label_field: category), if those are the ones meant"), error.reason
+    with pytest.raises(DataError) as raised:
+        load_result(str(path), "classify", DataConfig())
+    assert raised.value.message.startswith(f"30 invalid record(s) in {path}:") and "... and" not in raised.value.message
+    # Only the label column is named otherwise, and it is the one other column: it is named in the hint.
+    path.write_text("Text,category\n" + "".join(f"the app crashed again {i},bug\n" for i in range(30)))
+    (error,) = read_records(str(path), "classify", DataConfig()).errors
+    assert "no column 'label'" in error.reason and "--label-field category" in error.reason, error.reason
+    # Two columns of words (and no text column): no guess.
+    path.write_text("review,summary,category\n" + "".join(f"the app crashed {i},it crashed,bug\n" for i in range(30)))
+    (error,) = read_records(str(path), "classify", DataConfig()).errors
+    assert error.reason.endswith("name them with --text-field and --label-field (data.text_field, data.label_field)"), error.reason
+    # sft: a prompt and a completion column, or a messages column.
+    qa = tmp_path / "qa.csv"
+    qa.write_text("question,answer\n" + "".join(f"What is {i}?,It is {i}.\n" for i in range(5)))
+    (error,) = read_records(str(qa), "sft", DataConfig()).errors
+    assert error.reason == ("no columns 'prompt' and 'completion', nor 'messages' (columns: question, answer); name them with --prompt-field "
+                            "and --completion-field (data.prompt_field, data.completion_field), or the chat rows' column with "
+                            "--messages-field (data.messages_field)"), error.reason
+    # A JSONL file where every row lacks the field: one error too; where only some do, each is listed.
+    jsonl = tmp_path / "train.jsonl"
+    _write(jsonl, [{"review": f"r{i}", "label": "a"} for i in range(5)], "jsonl")
+    assert [e.source for e in read_records(str(jsonl), "classify", DataConfig()).errors] == [str(jsonl)]
+    _write(jsonl, [{"text": "fine", "label": "a"}] + [{"review": f"r{i}", "label": "a"} for i in range(4)], "jsonl")
+    result = read_records(str(jsonl), "classify", DataConfig())
+    assert [e.source for e in result.errors] == [f"{jsonl}:{n}" for n in range(2, 6)]
+    assert all("missing field 'text'" in e.reason for e in result.errors)

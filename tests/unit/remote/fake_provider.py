@@ -20,6 +20,7 @@ import json
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -57,6 +58,10 @@ class FakeProvider:
         self.fail_jobs = False
         # A new job is missing from this many job lists after its creation (a provider whose list lags behind)
         self.list_lag = 0
+        # Each chat request is answered this many seconds after it arrives (a slow provider; slept outside the lock, so
+        # requests in flight overlap as they do at a real one); ``chats_arrived`` counts them on arrival.
+        self.chat_delay_s = 0.0
+        self.chats_arrived = 0
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.clock = 1_700_000_000
@@ -97,6 +102,10 @@ class FakeProvider:
         length = int(request.headers.get("content-length") or 0)
         body = request.rfile.read(length) if length else b""
         key = f"{method} {url.path}"
+        if method == "POST" and url.path.endswith("/chat/completions"):
+            with self.lock:
+                self.chats_arrived += 1
+            time.sleep(self.chat_delay_s)
         with self.lock:
             if method == "POST" and url.path.endswith("/fine_tuning/jobs"):
                 self.idempotency_keys.append(request.headers.get("idempotency-key"))
