@@ -354,6 +354,9 @@ def retrain(
     challenger_raw["data"].update(
         train=files["train"], validation=files["validation"], test=files["test"], format="jsonl", preset=None,
         text_field="text", label_field="label", limit=None, max_test_examples=None,
+        # The champion's split already placed data.out_of_scope's requests in the validation and test files above;
+        # read again, they would be shared out a second time (twice in the test set, some in validation and test).
+        out_of_scope=None,
     )
     if not files["validation"]:
         challenger_raw["data"]["validation_size"] = 0.0
