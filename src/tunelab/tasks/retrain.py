@@ -332,6 +332,12 @@ def retrain(
     # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
     # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
     new_train, new_validation = _per_label_split(new_train, max(config.data.validation_size, 0.1), seed + 1)
+    outside = config.data.out_of_scope_label
+    if outside is not None:
+        # Confirmed out-of-scope requests are never trained on: in the training file the split step would share them
+        # over validation and the test set (beyond old test + recent slice); in validation they calibrate the threshold.
+        new_validation += [r for r in new_train if r.label == outside]
+        new_train = [r for r in new_train if r.label != outside]
     if not recent:
         raise DataError(f"only {len(fresh)} new records: too few for a recent test slice", "label more traffic")
     old_labels = {r.label for r in old.train}

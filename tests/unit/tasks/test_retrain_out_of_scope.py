@@ -63,3 +63,36 @@ def test_a_retrain_keeps_the_champions_out_of_scope_requests_once_and_apart(tmp_
     assert outcome.sizes["test"] == len(old.test) + outcome.sizes["recent_test"] == outcome.overall["n"]
     assert Counter(r.label for r in fresh.test)["none"] == Counter(r.label for r in old.test)["none"] > 0
     assert Counter(r.label for r in fresh.validation)["none"] == Counter(r.label for r in old.validation)["none"] > 0
+
+
+def test_new_out_of_scope_labels_are_not_a_new_label_nor_trained_on(tmp_path, tiny_model_dir):
+    """Feedback confirming requests as out of scope (the run's out-of-scope label) was reported as a new label, counted as
+    new training records (the split step then moved them over validation and test), and the test set grew past old
+    test + recent slice."""
+    from tunelab.tasks.retrain import retrain
+
+    runs = tmp_path / "runs"
+    registry_path = runs / "registry.db"
+    train = _write(tmp_path / "train.jsonl", _rows("A", 0, 24) + _rows("B", 0, 24))
+    outside = _write(tmp_path / "outside.jsonl", [{"text": f"paris capital number {5000 + i}", "label": "none"} for i in range(12)])
+    config = parse_config({
+        "task": "classify", "model": str(tiny_model_dir), "name": "router-v1", "registry": str(registry_path),
+        "data": {"train": str(train), "test_size": 0.25, "validation_size": 0.1, "max_length": 64,
+                 "out_of_scope": str(outside), "out_of_scope_label": "none"},
+        "train": {"method": "lora", "lr": 5e-3, "epochs": 1, "batch_size": 8, "output_dir": str(runs)},
+        "eval": {"bootstrap_samples": 100, "baselines": []},
+    })
+    champion = run_pipeline(config, calibrate=False)
+    old = load_split(Run.open(champion.run_dir).folder.split, Run.open(champion.run_dir).config)
+    confirmed = [{"text": f"paris paris number {7000 + i}", "label": "none"} for i in range(8)]
+    new = _write(tmp_path / "new.jsonl", _rows("A", 100, 16) + _rows("B", 100, 16) + confirmed)
+    outcome = retrain(champion.registry_id, [new], registry_path=registry_path, promote=False)
+
+    assert outcome.new_labels == []
+    challenger = Run.open(outcome.challenger["run_dir"])
+    fresh = load_split(challenger.folder.split, challenger.config)
+    assert outcome.sizes["test"] == len(fresh.test) == len(old.test) + outcome.sizes["recent_test"]
+    assert outcome.sizes["old_train"] + outcome.sizes["new_train"] == len(fresh.train)
+    assert "none" not in {r.label for r in fresh.train}
+    confirmed_texts = {row["text"] for row in confirmed}
+    assert confirmed_texts <= {r.text for r in fresh.test} | {r.text for r in fresh.validation}
