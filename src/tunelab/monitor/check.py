@@ -319,11 +319,12 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
             # Nor one or two: 0/1 already has its Wilson interval (0 to 0.79) below a test accuracy of 0.9.
             if status == DRIFTED and n < MIN_TEST_EXAMPLES:
                 status, too_few = WATCH, f"too few labelled answers for drift (< {MIN_TEST_EXAMPLES})"
+        # new_labels: what corrections name that the run never learnt (its out-of-scope label is never trained on by design).
         signals.append(Signal(
             "live_accuracy", accuracy, status, t.accuracy_drop, reference.test_accuracy, judged, n, False,
             f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}" + (f"; test accuracy {reference.test_accuracy:.4f}" if reference.test_accuracy is not None else "")
             + (f"; {too_few}" if too_few else ""),
-            {"low": low, "high": high, "new_labels": sorted({label for _, label in traffic.feedback} - set(reference.train_labels))},
+            {"low": low, "high": high, "new_labels": sorted({label for _, label in traffic.feedback} - set(reference.train_labels) - {reference.oos_label})},
         ))
 
     # -- service -------------------------------------------------------------------------------

@@ -149,3 +149,17 @@ def test_a_rating_after_a_correction_keeps_the_corrected_label(tmp_path):
     # A newer label replaces the older one.
     add_feedback(log_path, [Feedback("clf-1", label="card")], source="test")
     assert [item["label"] for item in labelled_requests(log_path)] == ["card"]
+
+
+def test_a_correction_to_the_out_of_scope_label_is_no_new_label():
+    """live_accuracy's new_labels (the labels corrections bring that the run never learnt) listed the run's own
+    out-of-scope label, which is never trained on by design: a false "new intent" for an alert to act on."""
+    from tunelab.monitor.check import Reference, compute_signals
+    from tunelab.monitor.traffic import Traffic
+
+    reference = Reference("r", None, task="classify", train_labels=Counter(a=5, b=5), test_accuracy=0.9,
+                          oos_threshold=0.5, oos_label="out_of_scope")
+    feedback = [("a", "out_of_scope"), ("a", "a"), ("b", "c")]
+    traffic = Traffic("m", "r", "s", "u", len(feedback), 0, 0, None, None, np.array([5.0]), feedback=feedback)
+    signal = next(s for s in compute_signals(traffic, reference, MonitorConfig()) if s.name == "live_accuracy")
+    assert signal.extra["new_labels"] == ["c"]
