@@ -75,6 +75,13 @@ async def _on_api_error(request: Request, error: APIError) -> JSONResponse:
 
 async def _on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     message, param = _validation_message(list(error.errors()))
+    body = error.body if isinstance(error.body, dict) else {}
+    entry = request.scope.get(LOG_KEY)
+    if entry is not None and isinstance(body.get("model"), str) and "model" not in entry:
+        # Refused before a route could log it: it still counts in the traffic of the run it asked for (client errors),
+        # as a route's own refusal does; a name not served stays apart (unknown_models).
+        served = request.app.state.registry.get(body["model"])
+        entry.update(model=body["model"], run_id=served.run_id if served is not None else None)
     return _error_response(request, 400, error_body(message, type="invalid_request_error", param=param))
 
 

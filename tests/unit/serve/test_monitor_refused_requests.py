@@ -26,9 +26,11 @@ def test_refused_requests_are_never_reported_as_another_model_s_traffic(tiny_mod
             assert client.post("/v1/classify", json={"model": "routr", "input": "refund please"}).status_code == 404
         refused = client.post("/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": "hi"}], "n": 2})
         assert refused.status_code == 400
+        # A body the schema refuses (no input) was logged with no model at all: counted nowhere, "0 client errors".
+        assert client.post("/v1/classify", json={"model": "router"}).status_code == 400
     report = run_monitor(log_path)
-    assert [(m.model, m.run_id, m.requests) for m in report.models] == [("router", served.get("router").run_id, 4)]
-    assert "1 client errors" in report.models[0].signal("error_rate").detail
+    assert [(m.model, m.run_id, m.requests) for m in report.models] == [("router", served.get("router").run_id, 5)]
+    assert "2 client errors" in report.models[0].signal("error_rate").detail
     assert report.unknown_models == {"routr": 2} and report.as_dict()["unknown_models"] == {"routr": 2}
     _register_commands()
     result = CliRunner().invoke(app, ["monitor", "--log-db", str(log_path), "--registry", str(tmp_path / "none.db")], env={"COLUMNS": "250"})
