@@ -407,40 +407,43 @@ def read_feedback_file(path: Path) -> list[Feedback]:
     Raises:
         DataError: naming the file and line of the first bad row.
     """
-    import csv
     import io
 
-    from tunelab.data.formats import decode_text
+    from tunelab.data.formats import RecordError, decode_text, iter_csv
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"feedback file not found: {path}")
     items: list[Feedback] = []
-    # The training data's decoding: a BOM (a spreadsheet's "CSV UTF-8" export) dropped, a file not in UTF-8 one line.
-    with io.StringIO(decode_text(path, path.read_bytes()), newline="") as handle:
-        if path.suffix.lower() == ".csv":
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                clean = {key: value for key, value in row.items() if value not in (None, "")}
-                if "index" in clean:
-                    try:
-                        clean["index"] = int(clean["index"])
-                    except ValueError:
-                        raise DataError(f"{path}:{line}: 'index' is not a number") from None
-                if "rating" in clean:
-                    try:
-                        clean["rating"] = int(clean["rating"])
-                    except ValueError:
-                        raise DataError(f"{path}:{line}: 'rating' is not 1 or -1") from None
-                items.append(feedback_from_dict(clean, f"{path}:{line}"))
-        else:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
+    if path.suffix.lower() == ".csv":
+        # The training data's CSV reader: its decoding (a BOM dropped, a file not in UTF-8 one error), Excel's 'sep=;'
+        # line or a delimiter sniffed from the header; column names whatever their case and surrounding spaces.
+        for source, row in iter_csv(path):
+            if isinstance(row, RecordError):
+                raise DataError(str(row))
+            clean = {str(key).strip().casefold(): value for key, value in row.items() if value not in (None, "")}
+            if "index" in clean:
                 try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{line}: not valid JSON: {error.msg}") from None
-                items.append(feedback_from_dict(row, f"{path}:{line}"))
+                    clean["index"] = int(clean["index"])
+                except ValueError:
+                    raise DataError(f"{source}: 'index' is not a number") from None
+            if "rating" in clean:
+                try:
+                    clean["rating"] = int(clean["rating"])
+                except ValueError:
+                    raise DataError(f"{source}: 'rating' is not 1 or -1") from None
+            items.append(feedback_from_dict(clean, source))
+    else:
+        # The training data's decoding: a BOM (a spreadsheet's "CSV UTF-8" export) dropped, a file not in UTF-8 one line.
+        handle = io.StringIO(decode_text(path, path.read_bytes()), newline="")
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line}: not valid JSON: {error.msg}") from None
+            items.append(feedback_from_dict(row, f"{path}:{line}"))
     if not items:
         raise DataError(f"{path} holds no feedback rows")
     return items

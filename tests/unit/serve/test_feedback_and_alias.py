@@ -238,3 +238,24 @@ def test_one_alias_promoted_to_a_run_that_cannot_be_served_does_not_stop_the_oth
     # The good promotion was followed all the same; the broken name stays on the run it served.
     assert served.get("router").run_id == second and served.get("broken").run_id == first
     assert served.alias_changes == [("router", first, second)]
+
+
+def test_feedback_import_reads_csv_as_the_training_data_reader_does(tmp_path):
+    # A helpdesk export headed 'ID;Label' (Excel in a European locale, with its 'sep=;' line) was refused although the
+    # training data reader takes such a file: the column names and the delimiter are read the same way now.
+    log_path = tmp_path / "requests.db"
+    log = RequestLog(log_path)
+    for n in (1, 2):
+        log.record({"time": "2026-01-02T00:00:00.000+00:00", "endpoint": "/v1/classify", "model": "router", "prompt": '"refund"',
+                    "status": 200, "stream": 0, "response_id": f"clf-{n}", "run_id": "r1", "predicted_label": "billing"})
+    log.close()
+    exported = tmp_path / "tickets.csv"
+    exported.write_text("sep=;\nID; Label \nclf-1;account\nclf-2;billing, refunds\n", encoding="utf-8")
+    assert import_feedback(log_path, exported)["imported"] == 2
+    db = sqlite3.connect(log_path)
+    assert db.execute("SELECT response_id, label FROM feedback ORDER BY response_id").fetchall() == [
+        ("clf-1", "account"), ("clf-2", "billing, refunds")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\nclf-1,account,extra\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.csv:2: "):
+        import_feedback(log_path, bad)
