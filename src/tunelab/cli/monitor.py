@@ -71,7 +71,11 @@ def _print_retrain(outcome: dict[str, Any]) -> None:
         console.print(f"  {'why' if outcome['promoted'] else 'why not'}: {reason}")
     if outcome.get("alias_change"):
         change = outcome["alias_change"]
-        console.print(f"  alias {change['name']}: {change['previous_run_id']} -> {change['run_id']}")
+        console.print(f"  alias {change['name']}: {change['previous_run_id'] or '(new)'} -> {change['run_id']}")
+        if change["previous_run_id"] is None:
+            # Made by this promotion (the alias defaults to the served name): a server serving a fixed run does not move.
+            console.print(f"  [yellow]note[/yellow] no server followed alias {change['name']} before: serve it with "
+                          f"`tunelab serve --adapter NAME=alias:{change['name']}` for the winner to answer")
 
 
 def monitor(

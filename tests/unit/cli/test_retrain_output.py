@@ -32,3 +32,14 @@ def test_a_winning_challenger_that_moved_no_alias_is_not_said_to_be_promoted(cap
     monitor_cli._print_retrain(_outcome(alias="router", alias_change=moved))
     printed = capsys.readouterr().out
     assert "promoted" in printed.splitlines()[0] and "alias router: c1 -> c2" in printed
+
+
+def test_a_challenger_promoted_into_an_alias_that_did_not_exist_says_no_server_followed_it(capsys, monkeypatch):
+    # `tunelab monitor --every 6h --retrain-on drift` beside a server that serves a fixed run (`--adapter router=RUN`):
+    # the alias defaults to the served name, was created by the promotion, and "promoted" said the server moved.
+    monkeypatch.setattr(monitor_cli.console, "width", 200)
+    created = {"name": "router", "previous_run_id": None, "run_id": "c2"}
+    monitor_cli._print_retrain(_outcome(alias="router", alias_change=created))
+    printed = capsys.readouterr().out
+    assert "alias router: (new) -> c2" in printed
+    assert "no server followed alias router before" in printed and "--adapter NAME=alias:router" in printed
