@@ -749,3 +749,17 @@ def test_a_preference_estimate_prices_the_reference_once_and_evaluation_as_two_p
     tokens = preference.tokens
     reference_tokens = tokens.processed_tokens_per_epoch + tokens.validation_tokens / tokens.validations
     assert preference.seconds["reference"] == pytest.approx(forward * preference.flops.eval_flops / tokens.test_tokens * reference_tokens, rel=0.05)
+
+
+def test_model_facts_of_an_sft_run_count_what_a_preference_run_trains(tiny_model):
+    """`tunelab estimate` of a DPO run on top of a LoRA SFT run said 9,876,480 trainable parameters (and 4.9M more
+    in matmuls) where training trained 4,884,480: the parent's adapter was counted as weights and as linears to adapt,
+    while training folds it into the weights before adding its own."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    plain = model_facts(tiny_model, lora_r=16, target_modules="all-linear")
+    parent = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=8, target_modules="all-linear"))
+    assert model_facts(parent, lora_r=16, target_modules="all-linear") == plain
+    assert model_facts(parent, lora_r=4, target_modules=["q_proj", "v_proj"]).lora_params == model_facts(tiny_model, 4, ["q_proj", "v_proj"]).lora_params
