@@ -116,6 +116,15 @@ class ModelConfig(_Section):
         description="A remote OpenAI-compatible model: what `tunelab eval` scores, and the provider of train.backend: openai.",
     )
 
+    @model_validator(mode="after")
+    def _local_path_absolute(self) -> ModelConfig:
+        # A local model named relative to the working folder (README's `model: runs/my-sft`): the resolved config is
+        # saved with the run, and a run built on it (a DPO run on its SFT run) is loaded from any folder later.
+        path = Path(self.name).expanduser()
+        if self.name != "default" and not path.is_absolute() and path.exists():
+            self.name = str(path.absolute())
+        return self
+
 
 class DataConfig(_Section):
     train: str | None = Field(

@@ -164,3 +164,18 @@ def test_classify_on_small_data_runs_at_least_the_steps_its_defaults_were_chosen
     saved = yaml.safe_load(dump_config(parse_config({"task": "classify", "train": {"epochs": 5}})))
     saved["train"].pop("min_steps")
     assert parse_config(saved).train.schedule(63).total_steps == 40
+
+
+def test_a_model_named_by_a_relative_folder_is_saved_absolute(tmp_path, monkeypatch):
+    """README's dpo.yaml names its SFT parent `model: runs/my-sft`: the DPO run saved that relative name, so from any
+    other folder `tunelab generate --model /abs/runs/my-dpo` (serve, eval, the UI) said "model 'runs/my-sft' is not
+    available offline ... allow the network"."""
+    (tmp_path / "runs" / "my-sft").mkdir(parents=True)
+    (tmp_path / "base.gguf").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert parse_config({"task": "preference", "model": "runs/my-sft"}).model.name == str(tmp_path / "runs" / "my-sft")
+    assert load_config(None, ["task=sft", "model=./base.gguf"]).model.name == str(tmp_path / "base.gguf")
+    # Names that are no local path stay as written: the bundled model, a hub id.
+    (tmp_path / "default").mkdir()
+    assert parse_config({"task": "sft", "model": "default"}).model.name == "default"
+    assert parse_config({"task": "sft", "model": "other/model"}).model.name == "other/model"

@@ -728,3 +728,38 @@ def test_a_classify_few_shot_prompt_that_cannot_show_every_label_is_not_priced(t
     one = estimate_run(config, roomy.train, FACTS, test_token_counts=roomy.test, n_labels=6, calibration=calibration, prices=PRICES,
                        skipped_baselines=tight.skipped_baselines)  # fmt: skip
     assert one.seconds["baseline"] == pytest.approx(both.seconds["baseline"] / 2) and one.seconds["eval"] == both.seconds["eval"]
+
+
+def test_a_preference_estimate_prices_the_reference_once_and_evaluation_as_two_passes():
+    """`tunelab estimate` of a DPO run said eval 7.0 s (as its baseline) for an evaluation that took 46 s: the timed
+    step (the policy alone) was taken to include the reference's forward, which inflated the FLOP rate 1.5x, and the
+    tuned evaluation (policy and reference, per pair) was priced as one pass."""
+    calibration = _generation_calibration(forward_seconds=None, decode_rows=None, decode_seconds=[])
+    shape = {"validation_token_counts": [40] * 4, "test_token_counts": [50] * 6, "calibration": calibration, "prices": PRICES}
+    sft = estimate_run(_config(eval={"baselines": ["base"]}), [64] * 8, FACTS, **shape)
+    preference = estimate_run(_config(task="preference", eval={"baselines": ["base"]}), [64] * 8, FACTS, **shape)
+    assert preference.flops.dense_flops_per_token == sft.flops.dense_flops_per_token + 2 * sft.flops.matmul_params
+    # The same measured step, the same forward passes: the same FLOP rate, so validation and a baseline cost the same.
+    assert preference.seconds["validation"] == pytest.approx(sft.seconds["validation"])
+    forward = sft.seconds["validation"] / sft.flops.validation_flops  # seconds per forward FLOP
+    assert preference.seconds["baseline"] == pytest.approx(forward * preference.flops.eval_flops)
+    # The tuned evaluation scores every pair with the policy and with its reference.
+    assert preference.seconds["eval"] == pytest.approx(2 * preference.seconds["baseline"])
+    # The reference pass over the training pairs and the validation pairs, once, at that rate.
+    tokens = preference.tokens
+    reference_tokens = tokens.processed_tokens_per_epoch + tokens.validation_tokens / tokens.validations
+    assert preference.seconds["reference"] == pytest.approx(forward * preference.flops.eval_flops / tokens.test_tokens * reference_tokens, rel=0.05)
+
+
+def test_model_facts_of_an_sft_run_count_what_a_preference_run_trains(tiny_model):
+    """`tunelab estimate` of a DPO run on top of a LoRA SFT run said 9,876,480 trainable parameters (and 4.9M more
+    in matmuls) where training trained 4,884,480: the parent's adapter was counted as weights and as linears to adapt,
+    while training folds it into the weights before adding its own."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    plain = model_facts(tiny_model, lora_r=16, target_modules="all-linear")
+    parent = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=8, target_modules="all-linear"))
+    assert model_facts(parent, lora_r=16, target_modules="all-linear") == plain
+    assert model_facts(parent, lora_r=4, target_modules=["q_proj", "v_proj"]).lora_params == model_facts(tiny_model, 4, ["q_proj", "v_proj"]).lora_params

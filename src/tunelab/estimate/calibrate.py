@@ -59,7 +59,13 @@ def model_facts(model: Any, lora_r: int = 16, target_modules: str | list[str] = 
     n_heads = int(text_config.num_attention_heads)
     head_dim = int(getattr(text_config, "head_dim", None) or d_model // n_heads)
     n_kv = int(getattr(text_config, "num_key_value_heads", None) or n_heads)
-    total = sum(p.numel() for p in model.parameters())
+    # A LoRA run's model comes with its adapter active (PEFT's lora_A / lora_B beside each adapted layer's
+    # base_layer); training folds it into the weights before adding its own (models.adapters.apply_method), so the
+    # facts are those of the folded model: adapter weights are neither parameters nor linears to adapt.
+    def adapter_part(name: str) -> bool:
+        return any(part.startswith("lora_") for part in name.split("."))
+
+    total = sum(p.numel() for name, p in model.named_parameters() if not adapter_part(name))
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     if embedding.device.type == "meta":  # meta tensors have no storage to compare
@@ -70,8 +76,9 @@ def model_facts(model: Any, lora_r: int = 16, target_modules: str | list[str] = 
     all_linear, names = _lora_targets(target_modules)
     lora = 0
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is head:
+        if not isinstance(module, torch.nn.Linear) or module is head or adapter_part(name):
             continue
+        name = name.removesuffix(".base_layer")
         if all_linear or name.split(".")[-1] in names:
             lora += lora_r * (module.in_features + module.out_features)
     return ModelFacts(

@@ -700,20 +700,27 @@ def estimate_run(
     model_runs = [name for name in resolve_baselines(config.task, config.eval)
                   if name in BASELINES and BASELINES[name].needs_base_model and name not in skipped_baselines]  # fmt: skip
     model_baselines = len(model_runs)
+    # A preference run's evaluation scores each pair with the policy and with its reference (evaluation/preference.py).
+    tuned_evaluations = 2 if config.task == "preference" else 1
     seconds = None
     if calibration is not None:
         # Tokens at the calibrated shape give the time of training; the FLOP rate that implies
         # prices the forward-only passes (validation, evaluation) on the same machine.
         calibrated_tokens = TokenPlan(**{**asdict(tokens), "seq_len": calibration.seq_len})
         flops_per_token_here = plan_flops(config, facts, calibrated_tokens, n_labels).train_flops_per_token
+        if config.task == "preference":
+            # The timed step is the policy's alone (the reference's log-probabilities are computed before training):
+            # counting the reference's forward in it made the rate 1.5x too fast.
+            flops_per_token_here -= 2 * flops.matmul_params
         flops_per_second = calibration.tokens_per_second * flops_per_token_here
         seconds = {
             "train": tokens.train_tokens / calibration.tokens_per_second,
             "validation": flops.validation_flops / flops_per_second,
         }
         if config.task == "preference":
-            # The reference model's log-probabilities: one forward pass over the pairs, before training.
-            seconds["reference"] = (2 * flops.matmul_params + attention_forward_per_token(facts, tokens)) * tokens.processed_tokens_per_epoch / flops_per_second
+            # The reference model's log-probabilities: one forward pass over the training and validation pairs, before training.
+            reference_tokens = tokens.processed_tokens_per_epoch + (tokens.validation_tokens / tokens.validations if tokens.validations else 0)
+            seconds["reference"] = (2 * flops.matmul_params + attention_forward_per_token(facts, tokens)) * reference_tokens / flops_per_second
         if config.task == "sft" and calibration.times_generation and test_prompt_token_counts:
             # Generation is a prefill and then one latency-bound decode step per new token: priced by the measured
             # step, not by the training FLOP rate (which put qa-assistant's base + few-shot baselines 17x under).
@@ -730,11 +737,11 @@ def estimate_run(
         elif tokens.test_tokens:
             if model_baselines:
                 seconds["baseline"] = model_baselines * flops.eval_flops / flops_per_second
-            seconds["eval"] = flops.eval_flops / flops_per_second
+            seconds["eval"] = tuned_evaluations * flops.eval_flops / flops_per_second
 
     utilization = config.budget.utilization or DEFAULT_UTILIZATION
     gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params, "cuda").total
-    evaluations = 1 + model_baselines
+    evaluations = tuned_evaluations + model_baselines
     work = flops.train_flops + flops.validation_flops + evaluations * flops.eval_flops
     gpus = []
     for gpu in prices.gpus:

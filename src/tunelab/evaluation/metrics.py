@@ -389,6 +389,13 @@ def _bits_per_byte_resampled(table: dict[str, np.ndarray], indices: np.ndarray) 
 # implicit reward is zero for the reference, so any step in the trained direction would "beat" it (evaluation/preference.py).
 PRIMARY_METRIC = {"classify": "accuracy", "sft": "rougeL", "text": "perplexity", "preference": "likelihood_accuracy"}
 
+
+def likelihood_margin(scores: dict[str, Any]) -> float:
+    """A preference pair's verdict rule (``likelihood_accuracy``): the model's mean log-probability per answer token of
+    the chosen answer minus that of the rejected one; positive where the model prefers the chosen answer."""
+    return scores["chosen_log_prob"] / scores["chosen_tokens"] - scores["rejected_log_prob"] / scores["rejected_tokens"]
+
+
 TASK_METRICS: dict[str, list[MetricSpec]] = {
     "sft": [
         MetricSpec("rouge1", True, _mean_of("rouge1")),

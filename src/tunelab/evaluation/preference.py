@@ -56,7 +56,7 @@ def _reference_context(loaded: Any) -> tuple[Any, Any]:
 
 def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config: Any, data_config: Any, baseline: bool, settings: dict, progress: Progress | None):
     """(rows, metrics, warnings) of ``loaded`` on preference ``records`` (see the module docstring)."""
-    from tunelab.evaluation.metrics import metric_values
+    from tunelab.evaluation.metrics import likelihood_margin, metric_values
 
     tokenizer = loaded.tokenizer
     # A pair reads at most the model's context (the one context_length), as text windows do: a GPT-2-style model
@@ -84,8 +84,9 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
     for (record, example), (chosen, rejected), (ref_chosen, ref_rejected) in zip(kept, policy, reference, strict=True):
         n_chosen, n_rejected = example.chosen_tokens, example.rejected_tokens
         ratio_chosen, ratio_rejected = chosen - ref_chosen, rejected - ref_rejected
+        likelihood = likelihood_margin({"chosen_log_prob": chosen, "chosen_tokens": n_chosen, "rejected_log_prob": rejected, "rejected_tokens": n_rejected})
         if baseline:
-            prefers_chosen = chosen / n_chosen > rejected / n_rejected
+            prefers_chosen = likelihood > 0
             margin = 0.0
         else:
             # As ``train.losses.preference_logits``: per answer token for ipo and length_normalized.
@@ -102,7 +103,7 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
             "scores": {
                 "correct": float(prefers_chosen), "margin": margin,
                 # The "before" rule applied to this model too, so before and after also compare like with like.
-                "likelihood_correct": float(chosen / n_chosen > rejected / n_rejected),
+                "likelihood_correct": float(likelihood > 0),
                 "log_ratio_chosen": ratio_chosen / n_chosen, "log_ratio_rejected": ratio_rejected / n_rejected,
                 "chosen_log_prob": chosen, "rejected_log_prob": rejected, "chosen_tokens": n_chosen, "rejected_tokens": n_rejected,
             },

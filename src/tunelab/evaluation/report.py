@@ -21,6 +21,7 @@ from typing import Any
 from tunelab.data.labels import OUT_OF_SCOPE_SCORES
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.compare import Verdict, compare_with_baselines
+from tunelab.evaluation.metrics import likelihood_margin
 from tunelab.evaluation.result import EvalResult
 from tunelab.paths import atomic_write_text, write_figure
 from tunelab.runs import Run, RunFolder, read_state
@@ -193,7 +194,8 @@ def confusion_html(name: str, view: dict[str, Any]) -> str:
 CHANGE_MEANS = {
     "classify": "the probability of the right label",
     "sft": "the answer's ROUGE-L",
-    "preference": "the reward margin of the chosen answer over the rejected one",
+    # The verdict's rule (likelihood_accuracy), as before and after are compared: the reward margin is zero before.
+    "preference": "the per-token log-likelihood margin of the chosen answer over the rejected one",
     "text": "the mean log-likelihood per token in nats (a drop in loss)",
 }
 
@@ -209,7 +211,7 @@ def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
     if task == "sft":
         return after["scores"]["rougeL"] - before["scores"]["rougeL"]
     if task == "preference":
-        return after["scores"]["margin"] - before["scores"]["margin"]
+        return likelihood_margin(after["scores"]) - likelihood_margin(before["scores"])
 
     def per_token(row: dict[str, Any]) -> float:
         return row["scores"]["nll"] / row["scores"]["tokens"] if row["scores"]["tokens"] else 0.0
@@ -246,8 +248,10 @@ def shown_prediction(task: str, row: dict[str, Any]) -> str:
     if task == "classify":
         return f"{row['prediction']} (p={row['scores']['confidence']:.2f}; p(true)={row['scores']['probability_of_reference']:.2f})"
     if task == "preference":
-        side = "chosen" if row["scores"]["correct"] else "rejected"
-        return f"prefers the {side} answer (reward margin {row['scores']['margin']:+.3f})"
+        # By the verdict's rule, which before and after share (the implicit reward ranks "after" only).
+        likelihood = likelihood_margin(row["scores"])
+        side = "chosen" if likelihood > 0 else "rejected"
+        return f"prefers the {side} answer (log-likelihood margin per token {likelihood:+.3f}; reward margin {row['scores']['margin']:+.3f})"
     if task == "text":
         scores = row["scores"]
         return f"perplexity {_format(math.exp(scores['nll'] / scores['tokens'])) if scores['tokens'] else 'n/a'}"

@@ -206,3 +206,26 @@ def test_the_examples_that_changed_most_say_what_change_measures(tmp_path):
     said = "change = the probability of the right label, tuned minus base: positive where the tuned model does better."
     assert said in (run / "report.md").read_text()
     assert said in (run / "report.html").read_text()
+
+
+def test_a_preference_reports_changed_examples_by_the_verdicts_rule():
+    """A DPO report listed pairs under "Examples that changed most" as going from "prefers the rejected answer" to
+    "prefers the chosen answer" while, by the rule its verdict is on (per-token likelihood), the DPO model still
+    preferred the rejected answer: before was said by that rule, after by the implicit reward."""
+    from tunelab.evaluation.report import changed_examples, shown_prediction
+
+    def row(i, chosen, rejected, reward_correct, margin):
+        scores = {"correct": reward_correct, "margin": margin, "likelihood_correct": float(chosen / 4 > rejected / 5),
+                  "chosen_log_prob": chosen, "rejected_log_prob": rejected, "chosen_tokens": 4, "rejected_tokens": 5,
+                  "log_ratio_chosen": 0.0, "log_ratio_rejected": 0.0}  # fmt: skip
+        return {"id": str(i), "source": f"pairs.jsonl:{i}", "prompt": "p", "reference": "c", "prediction": "c", "scores": scores}
+
+    # Pair 1: the policy moved toward the chosen answer (reward +1.0) yet its likelihood still prefers the rejected one.
+    # Pair 2: its likelihood now prefers the chosen answer (a real flip), with a smaller reward.
+    base = EvalResult("preference", "sft", 2, {}, [row(1, -8.0, -5.0, 0.0, 0.0), row(2, -8.0, -9.0, 0.0, 0.0)], test_fingerprint="f")
+    tuned = EvalResult("preference", "dpo", 2, {}, [row(1, -7.0, -5.5, 1.0, 1.0), row(2, -4.0, -9.5, 1.0, 0.3)], test_fingerprint="f")
+    (first, second) = changed_examples(base, tuned)
+    assert first["source"] == "pairs.jsonl:2"  # ranked by the change in the verdict's own margin
+    assert shown_prediction("preference", second["after"]).startswith("prefers the rejected answer")
+    assert shown_prediction("preference", first["before"]).startswith("prefers the rejected answer")
+    assert shown_prediction("preference", first["after"]).startswith("prefers the chosen answer")
