@@ -465,10 +465,13 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
     if errors and not config.data.skip_invalid:
         listed = "; ".join(f"{e.source}: {e.reason}" for e in errors[:10])
         more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
-        raise DataError(
-            f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}",
-            f"fix them, or set data.skip_invalid: true to drop them (each is listed); `tunelab data check {config.data.train} --task {config.task}` shows all",
-        )
+        check = f"`tunelab data check {config.data.train} --task {config.task}` shows all"
+        if all(e.rows > 1 for e in errors):
+            # A whole file's rows fail for one reason (a header without the field): skipping them drops every row.
+            hint = f"map the columns as the error says, or fix the file (data.skip_invalid would drop every row of it); {check}"
+        else:
+            hint = f"fix them, or set data.skip_invalid: true to drop them (each is listed); {check}"
+        raise DataError(f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}", hint)
 
 
 def check_step(context: PipelineContext) -> None:
