@@ -281,6 +281,66 @@ def _mixup(alpha: float) -> None:
     recipe.classify_loss_sum = loss
 
 
+def _probe_head(mix: float, c: float) -> None:
+    """Start the label head from a linear probe (LP-FT, Kumar et al. 2022; a prototype hook for a lever, not in tunelab).
+
+    Before any training step, the untrained model's final last-token states of the training prompts are fitted
+    by a logistic regression without intercept (the head has no bias); its coefficients, rescaled to the mean norm
+    of the output head's label rows, become the label rows (``mix`` = 1), or are mixed with the name-initialised
+    rows (``mix`` between 0 and 1). The rest of the recipe is unchanged: fine-tuning starts from a head that already
+    separates the training rows, so its first gradients move the representation less (the LP-FT argument).
+    """
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    import tunelab.tasks.classify as recipe
+    import tunelab.train.losses as losses
+    from tunelab.models.heads import LabelHead
+
+    captured: list = []
+    plain_tokenize = recipe.tokenize_records
+
+    def tokenize(batch_records, task, tokenizer, **kwargs):
+        examples, stats = plain_tokenize(batch_records, task, tokenizer, **kwargs)
+        captured.append(examples)
+        return examples, stats
+
+    recipe.tokenize_records = tokenize
+
+    class ProbeHead(LabelHead):
+        @classmethod
+        def initialise(cls, model, token_ids, name_token_ids):
+            head = LabelHead.initialise(model, token_ids, name_token_ids)
+            examples = captured[0]
+            states = []
+            with torch.no_grad():
+                for example in examples:
+                    ids = torch.tensor([example.input_ids])
+                    positions = torch.arange(ids.shape[1]).unsqueeze(0)
+                    states.append(losses.hidden_states(model, ids, positions)[0, -1].float().numpy())
+            x = np.stack(states)
+            y = np.array([e.label for e in examples])
+            probe = LogisticRegression(C=c, fit_intercept=False, max_iter=2000).fit(x, y)
+            coef = np.zeros((len(token_ids), x.shape[1]), dtype=np.float32)
+            if len(probe.classes_) == 2:
+                coef[probe.classes_[1]] = probe.coef_[0] / 2
+                coef[probe.classes_[0]] = -probe.coef_[0] / 2
+            else:
+                coef[probe.classes_] = probe.coef_
+            from tunelab.models.heads import causal_lm_of
+
+            rows = causal_lm_of(model).get_output_embeddings().weight.detach()[torch.tensor(token_ids)].float()
+            coef_t = torch.tensor(coef)
+            coef_t = coef_t * (rows.norm(dim=-1).mean() / coef_t.norm(dim=-1).mean().clamp(min=1e-6))
+            start = rows + head.delta.detach()
+            target = mix * coef_t + (1.0 - mix) * start
+            print(json.dumps({"probe_head": {"rows": len(examples), "train_accuracy": float(probe.score(x, y)), "mix": mix, "C": c}}), flush=True)
+            return cls(token_ids, target - rows)
+
+    recipe.LabelHead = ProbeHead
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -300,6 +360,8 @@ def main() -> None:
                         help="prototype: weight of a relational distillation term towards the embedding model's similarities")
     parser.add_argument("--distill-mode", choices=["relational", "direct"], default="relational")
     parser.add_argument("--mixup", type=float, default=None, help="prototype: manifold mixup of the last-token states, Beta(ALPHA, ALPHA)")
+    parser.add_argument("--probe-head", type=float, default=None, help="prototype: start the label head from a linear probe, mixed at this share with the name rows")
+    parser.add_argument("--probe-c", type=float, default=1.0, help="prototype: the probe's inverse regularisation")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -325,6 +387,8 @@ def main() -> None:
         _distill_embeddings(args.distill_embeddings, train, EvalConfig(), args.distill_mode)
     if args.mixup is not None:
         _mixup(args.mixup)
+    if args.probe_head is not None:
+        _probe_head(args.probe_head, args.probe_c)
     name = f"levers-{args.dataset}-{args.tag or 'defaults'}-{int(time.time())}"
     output = RESULTS_DIR / "tmp" / "levers"
     raw = apply_overrides({"task": "classify", "model": "default", "name": name, "data": {"max_length": 128},

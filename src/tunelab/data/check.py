@@ -12,6 +12,7 @@ the report says; everything else is exact.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -320,6 +321,17 @@ def render_example(record: Record, tokenizer: Any, data: DataConfig, label_map: 
     )
 
 
+def _labels_spelled_two_ways(counts: Counter) -> list[list[str]]:
+    """Groups of labels equal but for case, spaces, '-' and '_' ("Billing" / "billing", "card_arrival" /
+    "Card-Arrival"), each group sorted; labels with no letter or digit ("+", "-") are left alone: they are codes."""
+    groups: dict[str, list[str]] = {}
+    for label in counts:
+        key = re.sub(r"[\s_\-]+", "", label).casefold()
+        if any(ch.isalnum() for ch in key):
+            groups.setdefault(key, []).append(label)
+    return sorted(sorted(group) for group in groups.values() if len(group) > 1)
+
+
 def _labels(
     report: CheckReport, records: Sequence[Record], tokenizer: Any, label_map: LabelMap | None, out_of_scope_label: str | None = None
 ) -> LabelMap | None:
@@ -338,6 +350,13 @@ def _labels(
     rare = sorted(label for label, n in counts.items() if n < RARE_LABEL)
     if rare:
         report.warnings.append(f"{len(rare)} label(s) have fewer than {RARE_LABEL} examples: {', '.join(rare[:10])}")
+    spelled = _labels_spelled_two_ways(counts)
+    if spelled:
+        shown = "; ".join(" / ".join(f"'{label}' ({counts[label]})" for label in group) for group in spelled[:5])
+        report.warnings.append(
+            f"{len(spelled)} label(s) look like one category spelled two ways (case, spaces, '-' or '_'): {shown}: "
+            "each spelling is a class of its own; make them one in the data if they are the same category"
+        )
     if label_map is None and tokenizer is not None:
         try:
             # The run's own rule (sorted labels; the out-of-scope label gets no token: its threshold answers it).

@@ -147,3 +147,20 @@ def test_the_label_tokens_shown_are_those_the_run_trains_without_the_out_of_scop
     path.write_text("".join(json.dumps(row) + "\n" for row in rows[::-1]))
     report = check_data(str(path), "classify", data, tokenizer=tiny_tokenizer)
     assert report.example.source == f"{path}:4" and "is answered with the single token" in report.example.note
+
+
+def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path):
+    # A helpdesk export with "Billing" and "billing" (or "card_arrival" and "card-arrival") trains two classes where the
+    # user meant one: each half gets part of the examples and the model is scored wrong on the other half's spelling.
+    rows = [{"text": f"charged twice {i}", "label": "Billing"} for i in range(6)]
+    rows += [{"text": f"invoice wrong {i}", "label": "billing"} for i in range(2)]
+    rows += [{"text": f"where is my card {i}", "label": "card_arrival"} for i in range(5)]
+    rows += [{"text": f"card not here {i}", "label": "Card-Arrival"} for i in range(5)]
+    rows += [{"text": f"good {i}", "label": "+"} for i in range(5)] + [{"text": f"bad {i}", "label": "-"} for i in range(5)]
+    report = check_data(str(_write_jsonl(tmp_path / "labels.jsonl", rows)), "classify", DataConfig())
+    spelled = [w for w in report.warnings if "spelled" in w]
+    assert spelled == [
+        "2 label(s) look like one category spelled two ways (case, spaces, '-' or '_'): "
+        "'Billing' (6) / 'billing' (2); 'Card-Arrival' (5) / 'card_arrival' (5): "
+        "each spelling is a class of its own; make them one in the data if they are the same category"
+    ]
