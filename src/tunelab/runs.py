@@ -55,6 +55,7 @@ from tunelab.models.resolve import ModelSource
 from tunelab.paths import LOCK_FILE, atomic_write_text, baseline_file_stem
 
 if TYPE_CHECKING:
+    from tunelab.models.generate import Decoding
     from tunelab.models.loader import LoadedModel
 
 LOCAL_BASELINES = tuple(BASELINES)  # the catalogue's baselines: their eval files, in report order
@@ -494,6 +495,18 @@ class Run:
         return self.config.data.max_length
 
     @property
+    def decoding(self) -> Decoding:
+        """How the run generates when a request or a flag does not say: as its evaluation judged it (``eval.temperature``,
+        ``eval.top_p``: greedy unless set), not a client's or a tool's own default, which would answer with samples nobody
+        judged; a classify run answers its label greedily (its argmax), whatever ``eval`` says. ``tunelab generate``,
+        ``tunelab serve`` and every export (the merged folder's ``generation_config.json``, the Modelfile) read it here."""
+        from tunelab.models.generate import Decoding
+
+        if self.task == "classify":
+            return Decoding()
+        return Decoding(self.config.eval.temperature, self.config.eval.top_p)
+
+    @property
     def base(self) -> BaseModel:
         model = self.config.model
         return BaseModel(model.name, model.revision, model.allow_network)
@@ -696,6 +709,7 @@ def merge_run(run_dir: str | Path) -> Any:
         ModelError: when ``run_dir`` is no finished run, or its weights are damaged.
     """
     from tunelab.models.adapters import MergedRun, fold_trained
+    from tunelab.models.generate import judged_generation_config
 
     run = Run.open(run_dir)
     run.verify_weights()
@@ -703,11 +717,16 @@ def merge_run(run_dir: str | Path) -> Any:
     # trained over, and the result is a plain bf16 model (merging into 4-bit layers would quantize them again).
     loaded = run.load(dequantize=True)
     model = fold_trained(loaded)
+    # A reader that passes no decoding (model.generate(ids), vLLM) answers as the run was judged: its decoding, stop
+    # tokens and answer length (a classify run: one token, its label), not the base's sampling defaults.
+    new_tokens = 1 if run.task == "classify" else run.config.eval.max_new_tokens
+    model.generation_config = judged_generation_config(model, loaded.tokenizer, run.decoding, new_tokens)
     state_dict = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     return MergedRun(
         model=model, tokenizer=loaded.tokenizer, state_dict=state_dict, name=run.name, run_config=run.config.model_dump(mode="json"),
         label_map=run.label_map.to_dict() if run.label_map else None, base_source=loaded.base_source,
         out_of_scope={k: v for k, v in run.out_of_scope.to_dict().items() if k != "validation"} if run.out_of_scope else None,
+        decoding=run.decoding,
     )  # fmt: skip
 
 

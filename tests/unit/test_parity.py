@@ -68,12 +68,14 @@ def _exports(run: Run, tmp_path: Path) -> dict:
     return {"merged": _plain(merged), "gguf": _plain(merged, gguf)}
 
 
-def _plain_chat(model, tokenizer, messages) -> str:
+def _plain_chat(model, tokenizer, messages, name: str) -> str:
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     stops = [tokenizer.convert_tokens_to_ids(token) for token in STOPS]
+    # The merged folder is read as a user reads it, with no decoding of one's own: its generation_config.json holds the
+    # run's (greedy, its stop tokens, its eval.max_new_tokens). The GGUF file leaves that to llama.cpp and its Modelfile.
+    told = {} if name == "merged" else {"max_new_tokens": NEW_TOKENS, "do_sample": False, "eos_token_id": stops, "pad_token_id": stops[0]}
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=stops,
-                             pad_token_id=stops[0])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **told)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -193,7 +195,7 @@ def test_sft_answers_the_same_everywhere_with_the_runs_system_prompt(tmp_path, t
             assert chat["choices"][0]["message"]["content"].strip() == expected
             messages = with_system_prompt([{"role": "user", "content": row["prompt"]}], SYSTEM)
             for name, (model, tokenizer) in exports.items():
-                assert _plain_chat(model, tokenizer, messages) == expected, name
+                assert _plain_chat(model, tokenizer, messages, name) == expected, name
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -264,5 +266,5 @@ def test_preference_ranks_and_answers_the_same_everywhere(tmp_path, tiny_model_d
             assert chat["choices"][0]["message"]["content"].strip() == answer
             messages = with_system_prompt([{"role": "user", "content": row["prompt"]}], SYSTEM)
             for name, (model, tokenizer) in exports.items():
-                assert _plain_chat(model, tokenizer, messages) == answer, name
+                assert _plain_chat(model, tokenizer, messages, name) == answer, name
     assert held  # at least one held-out pair was checked

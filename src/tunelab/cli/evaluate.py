@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -56,8 +57,15 @@ def render_comparison(comparison) -> Table:
     for m in comparison.metrics:
         name = f"[bold]{m.name}[/bold]" if m.name == comparison.primary else m.name
         outcome = f"[{colours[m.outcome]}]{m.outcome}[/]" if m.outcome in colours else m.outcome
+        if m.not_compared:  # one side has no value of it (a preference run's reference): no difference, no interval
+            table.add_row(name, _number(m.before), _number(m.after), "-", "-", f"{outcome}: {m.not_compared}")
+            continue
         table.add_row(name, f"{m.before:.4g}", f"{m.after:.4g}", f"{m.difference:+.4g}", f"[{m.low:+.4g}, {m.high:+.4g}]", outcome)
     return table
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "-"
 
 
 def print_verdict(verdict) -> None:

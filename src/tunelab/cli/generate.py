@@ -34,7 +34,7 @@ def generate(
     """
     # Imported here: they pull in torch and transformers, which commands without a model never pay for.
     from tunelab.inference import Classifier, chat_prompt, completion_prompt
-    from tunelab.models.generate import context_length, stream_generate
+    from tunelab.models.generate import Decoding, context_length, stream_generate
     from tunelab.models.loader import is_cached
     from tunelab.runs import load_model, resolve_model
 
@@ -59,11 +59,9 @@ def generate(
         error_console.print(f"[yellow]warning[/yellow] the prompt is longer than the run's max_length ({max_length}): its last tokens are kept")
     max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model))
     # A run decodes as its evaluation judged it (as `tunelab serve` and `tunelab eval` do), unless told otherwise.
-    judged = run.config.eval if run is not None else None
-    temperature = temperature if temperature is not None else (judged.temperature if judged else 0.0)
-    top_p = top_p if top_p is not None else (judged.top_p if judged else 1.0)
+    decoding = (run.decoding if run is not None else Decoding()).told(temperature, top_p)
     for piece in stream_generate(
-        loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+        loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p
     ):
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -386,9 +386,10 @@ def estimate_from_config(
     calibration_steps: int = 3,
     prices: PriceTable | None = None,
     split: Split | None = None,
+    loaded: LoadedModel | None = None,
 ) -> Estimate:
-    """What ``tunelab estimate`` does: load the model, split the files (unless ``split`` is the config's split, made
-    already), :func:`estimate_for_split`.
+    """What ``tunelab estimate`` does: load the model (unless ``loaded`` is the config's model, loaded already), split
+    the files (unless ``split`` is the config's split, made already), :func:`estimate_for_split`.
 
     Raises:
         ModelError: when the model cannot be loaded.
@@ -403,7 +404,8 @@ def estimate_from_config(
         (prices or load_price_table()).gpu(config.budget.gpu)
     if not config.data.train:
         raise DataError("the config has no data.train", "set data.train to your training file")
-    loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    if loaded is None:
+        loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     split = split if split is not None else make_split(config)
     # The CLI needs the model for nothing else: calibration may change this one in place.
     return estimate_for_split(

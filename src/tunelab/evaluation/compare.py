@@ -23,6 +23,8 @@ from tunelab.evaluation.result import EvalResult, json_safe
 from tunelab.paths import atomic_write_text
 
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
+# A metric one side has no value of: measured against a reference, and that side is the reference scored as itself.
+NOT_COMPARED = "not compared"
 TOO_FEW = "too few test examples to decide"
 # Below this many paired test examples the percentile bootstrap's 95% interval is too narrow: with two
 # equally good models it excluded zero in 8-18 % of simulated test sets at n <= 20 (nominal 5 %), and in at
@@ -67,7 +69,10 @@ def _save_json(path: str | Path, data: dict[str, Any]) -> Path:
 
 @dataclass
 class MetricComparison:
-    """One metric before (A) and after (B), with the 95% interval of B - A."""
+    """One metric before (A) and after (B), with the 95% interval of B - A.
+
+    ``not_compared``: why A and B are not compared on it (one of them has no value of it: NaN, as the difference and
+    the interval), else None."""
 
     name: str
     before: float
@@ -76,10 +81,13 @@ class MetricComparison:
     low: float
     high: float
     higher_is_better: bool | None
+    not_compared: str | None = None
 
     @property
     def outcome(self) -> str:
-        """better / worse / no significant difference (for B against A); "changed" when no direction."""
+        """better / worse / no significant difference (for B against A); "changed" when no direction; "not compared"."""
+        if self.not_compared:
+            return NOT_COMPARED
         if self.low <= 0 <= self.high or not np.isfinite([self.low, self.high]).all():
             return SAME
         if self.higher_is_better is None:
@@ -130,7 +138,8 @@ class Comparison:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Comparison:
         metrics = [
-            MetricComparison(**{k: (float("nan") if v is None and k not in ("name", "higher_is_better") else v) for k, v in m.items() if k != "outcome"})
+            MetricComparison(**{k: (float("nan") if v is None and k not in ("name", "higher_is_better", "not_compared") else v)
+                                for k, v in m.items() if k != "outcome"})
             for m in data["metrics"]
         ]
         return cls(**{**data, "metrics": metrics})
@@ -178,16 +187,26 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
     everything = np.arange(n)[None, :]
     rng = np.random.default_rng(seed)
     specs = metric_specs(task, table_a, table_b)
-    differences: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+    # A preference run's baseline is its reference scored as itself: its reward against itself is zero by definition
+    # (and its preference_accuracy another rule's), so it has no value of a metric measured against the reference.
+    itself = {spec.name: [r.baseline_name or r.model for r in (a, b) if r.baseline] for spec in specs if spec.against_reference}
+    compared = [spec for spec in specs if not itself.get(spec.name)]
+    differences: dict[str, list[np.ndarray]] = {spec.name: [] for spec in compared}
     for start in range(0, samples, _CHUNK):
         indices = rng.integers(0, n, size=(min(_CHUNK, samples - start), n))
-        for spec in specs:
+        for spec in compared:
             with np.errstate(divide="ignore", invalid="ignore"):
                 differences[spec.name].append(spec.compute(table_b, indices) - spec.compute(table_a, indices))
     metrics = []
+    nan = float("nan")
     for spec in specs:
         before = float(spec.compute(table_a, everything)[0])
         after = float(spec.compute(table_b, everything)[0])
+        if itself.get(spec.name):
+            reason = f"{itself[spec.name][0]} is the reference it is measured against: its reward against itself is zero"
+            before, after = (nan if a.baseline else before), (nan if b.baseline else after)
+            metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason))
+            continue
         diffs = np.concatenate(differences[spec.name])
         diffs = diffs[np.isfinite(diffs)]
         low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs.size else (float("nan"), float("nan")))

@@ -43,6 +43,9 @@ class MetricSpec:
     name: str
     higher_is_better: bool | None  # None: no better direction (answer length)
     compute: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
+    # Measured against the model's reference (a preference run's implicit reward): the reference scored as itself (the
+    # run's baseline) has no value of it, so ``compare`` does not compare the two on it.
+    against_reference: bool = False
 
 
 # --------------------------------------------------------------------------------------------- sft
@@ -417,11 +420,11 @@ TASK_METRICS: dict[str, list[MetricSpec]] = {
     ],
     # preference: see evaluation/preference.py (before: the reference's own per-token likelihood ranks the pair).
     "preference": [
-        MetricSpec("preference_accuracy", True, _mean_of("correct")),
-        MetricSpec("reward_margin", True, _mean_of("margin")),
+        MetricSpec("preference_accuracy", True, _mean_of("correct"), against_reference=True),
+        MetricSpec("reward_margin", True, _mean_of("margin"), against_reference=True),
         MetricSpec("likelihood_accuracy", True, _mean_of("likelihood_correct")),
-        MetricSpec("log_ratio_chosen", None, _mean_of("log_ratio_chosen")),
-        MetricSpec("log_ratio_rejected", None, _mean_of("log_ratio_rejected")),
+        MetricSpec("log_ratio_chosen", None, _mean_of("log_ratio_chosen"), against_reference=True),
+        MetricSpec("log_ratio_rejected", None, _mean_of("log_ratio_rejected"), against_reference=True),
     ],
 }
 

@@ -14,7 +14,8 @@
 
 The reference of a LoRA run is the same weights with the adapter disabled (its parent was folded
 in beneath it); a full or freeze run's reference is its parent model, loaded for the evaluation.
-Per-example scores are kept, so ``compare`` bootstraps before vs after on the same pairs.
+Per-example scores are kept, so ``compare`` bootstraps before vs after on the same pairs; the metrics measured against
+the reference (``MetricSpec.against_reference``) it does not compare with the reference scored as itself.
 """
 
 from __future__ import annotations

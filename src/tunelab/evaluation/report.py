@@ -262,6 +262,8 @@ def _cell(metric) -> str:
     # One baseline's value and what the tuned model gains over it, with the 95% interval; n/a when not compared.
     if metric is None:
         return "n/a"
+    if metric.not_compared:  # the baseline has no value of it (a preference run's reference): the tuned value stands alone
+        return f"{metric.outcome}: {metric.not_compared}"
     return f"{_format(metric.before)} (tuned {_format(metric.difference)} [{_format(metric.low)}, {_format(metric.high)}])"
 
 

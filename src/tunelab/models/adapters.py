@@ -8,7 +8,7 @@ server. ``fold_trained`` folds it into the base weights (the one home of a run's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
+from tunelab.models.generate import Decoding
 from tunelab.paths import atomic_directory
 
 
@@ -292,6 +293,8 @@ class MergedRun:
     base_source: Any = None
     # A classify run's out-of-scope rule as plain data (label, threshold, score, score_is): what an export says of it.
     out_of_scope: dict | None = None
+    # How the run generates unless told otherwise (``runs.Run.decoding``); ``model.generation_config`` already says it.
+    decoding: Decoding = field(default_factory=Decoding)
 
 
 def fold_trained(loaded: Any) -> nn.Module:

@@ -11,8 +11,10 @@ answer (``tunelab generate``), and the serving engine feeds its per-row stopper.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -96,6 +98,43 @@ def sampling_options(temperature: float = 0.0, top_p: float = 1.0) -> dict[str, 
         return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
     # Explicitly greedy: the model's generation_config may carry sampling defaults.
     return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a model samples: greedy at temperature 0 (the default), else nucleus sampling at ``top_p``.
+
+    A run's own is ``tunelab.runs.Run.decoding`` (what its evaluation judged): the decoding ``tunelab generate``,
+    ``tunelab serve`` and every export use when they are not told otherwise."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def told(self, temperature: float | None = None, top_p: float | None = None) -> Decoding:
+        """This decoding with what a request or a flag says instead (None: left as it is)."""
+        return replace(
+            self, temperature=self.temperature if temperature is None else temperature, top_p=self.top_p if top_p is None else top_p
+        )
+
+    def options(self) -> dict[str, Any]:
+        """``generate`` keyword arguments (:func:`sampling_options`)."""
+        return sampling_options(self.temperature, self.top_p)
+
+
+def judged_generation_config(model: Any, tokenizer: Any, decoding: Decoding, max_new_tokens: int) -> Any:
+    """``model``'s ``GenerationConfig`` made to generate what :func:`generate_ids` does with ``decoding``: written as
+    an export's ``generation_config.json``, so a reader that passes no decoding of its own (``model.generate(ids)``,
+    vLLM) answers as the run was judged, not with the base model's sampling defaults (Llama 3 and Qwen ship
+    ``do_sample: true``) nor transformers' own (20 tokens in all, top-k 50).
+
+    The base's other settings stay: evaluation's ``generate`` call inherited them too (a repetition penalty, say)."""
+    config = copy.deepcopy(model.generation_config)
+    stops = stop_token_ids(model, tokenizer)
+    options = decoding.options()
+    if options["do_sample"]:
+        options["top_k"] = 0  # no top-k cut, as generate_ids's None; None in a file is transformers' default of 50
+    config.update(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_token_id(tokenizer, stops), **options)
+    return config
 
 
 def generate_ids(

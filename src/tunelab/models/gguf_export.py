@@ -40,6 +40,7 @@ import torch
 
 from tunelab.errors import ModelError
 from tunelab.models.adapters import MergedRun
+from tunelab.models.generate import Decoding
 from tunelab.paths import (
     atomic_write_text,
     check_output_folder,
@@ -176,12 +177,9 @@ def write_gguf(
         # The run saw its own system prompt, or the template's default one when it had none.
         system = system_prompt or default_system_prompt(tokenizer.chat_template, merged.tokenizer)
         task = str(merged.run_config.get("task", "run"))
-        from tunelab.config import EvalConfig
-
-        judged = EvalConfig.model_validate(merged.run_config.get("eval") or {})
         modelfile_content = modelfile_text(
             out, tokenizer.chat_template, system, labels, task, classify_instruction, named_answers=answers is not None,
-            out_of_scope_note=out_of_scope["note"] if out_of_scope else None, decoding=(judged.temperature, judged.top_p),
+            out_of_scope_note=out_of_scope["note"] if out_of_scope else None, decoding=merged.decoding,
         )
 
     from gguf import GGUFWriter
@@ -745,12 +743,12 @@ def modelfile_text(
     *,
     named_answers: bool = True,
     out_of_scope_note: str | None = None,
-    decoding: tuple[float, float] = (0.0, 1.0),
+    decoding: Decoding | None = None,
 ) -> str:
     """An Ollama Modelfile for the exported file: FROM, TEMPLATE, stop tokens, SYSTEM, decoding, label notes.
 
-    ``decoding``: the run's (temperature, top_p) as its evaluation generated (eval.temperature, eval.top_p): Ollama's
-    own default (temperature 0.8) would answer with samples nobody judged.
+    ``decoding``: the run's own (``runs.Run.decoding``, greedy when None), as its evaluation generated and as the merged
+    folder's generation_config.json says: Ollama's own default (temperature 0.8) would answer with samples nobody judged.
 
     A classify run's template wraps the user's message in the instruction it was trained on, and the
     file answers with the label's name (``write_gguf`` gives each label an answer token), so
@@ -773,8 +771,8 @@ def modelfile_text(
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")
     if not label_map:
-        temperature, top_p = decoding
-        lines += [f"PARAMETER temperature {temperature:g}", f"PARAMETER top_p {top_p:g}"]
+        decoding = decoding or Decoding()
+        lines += [f"PARAMETER temperature {decoding.temperature:g}", f"PARAMETER top_p {decoding.top_p:g}"]
     if label_map:
         # A classify model answers with exactly one token (its label's name); greedy, like tunelab's own evaluation.
         lines += ["PARAMETER temperature 0", "PARAMETER num_predict 1", ""]

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.serve.request_log import open_log, request_texts
+from tunelab.serve.request_log import SERVING_ENDPOINTS, open_log, request_texts
 
-SERVING_ENDPOINTS = ("/v1/classify", "/v1/chat/completions", "/v1/completions")
 _HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive ids over 2**32
 _HASH_RANGE = 2**32
 
@@ -68,8 +67,13 @@ def _predictions(output: str | None) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else [str(value)]
 
 
+# A request for a name the server does not serve: refused with 404 (``model_not_found``) before any model answered,
+# so no run is logged. Reported as such, never as a served model's traffic (it read "the base model" answered it).
+_UNKNOWN_NAME = "status = 404 AND run_id IS NULL"
+# One served name and run's requests: a 404 for the same name (a base model no longer served, say) is not among them.
 _WHERE = (
-    f"time >= ? AND time < ? AND model = ? AND run_id IS ? AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)})"
+    f"time >= ? AND time < ? AND model = ? AND run_id IS ? AND endpoint IN ({', '.join('?' for _ in SERVING_ENDPOINTS)}) "
+    f"AND NOT ({_UNKNOWN_NAME})"
 )
 
 
@@ -77,11 +81,6 @@ _WHERE = (
 # is the newest feedback row but says nothing about the label (and a newer label replaces an older one).
 _NEWEST = "f.id = (SELECT max(g.id) FROM feedback g WHERE g.response_id = f.response_id AND g.item = f.item AND g.{} IS NOT NULL)"
 _NEWEST_LABEL, _NEWEST_RATING = _NEWEST.format("label"), _NEWEST.format("rating")
-
-
-# A request for a name the server does not serve: refused with 404 (``model_not_found``) before any model answered,
-# so no run is logged. Reported as such, never as a served model's traffic (it read "the base model" answered it).
-_UNKNOWN_NAME = "status = 404 AND run_id IS NULL"
 
 
 def served_groups(path: Path, since: str, until: str) -> list[tuple[str, str | None, int]]:

@@ -20,9 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.serve.adapters import ModelRegistry
 from tunelab.serve.engine import Engine
-from tunelab.serve.errors import APIError, error_body
+from tunelab.serve.errors import APIError, error_body, model_not_found
 from tunelab.serve.middleware import LOG_KEY, Gatekeeper
-from tunelab.serve.request_log import RequestLog
+from tunelab.serve.request_log import SERVING_ENDPOINTS, RequestLog
 from tunelab.serve.routes import Service, router
 from tunelab.serve.settings import ServeSettings
 
@@ -76,12 +76,17 @@ async def _on_api_error(request: Request, error: APIError) -> JSONResponse:
 async def _on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     message, param = _validation_message(list(error.errors()))
     body = error.body if isinstance(error.body, dict) else {}
-    entry = request.scope.get(LOG_KEY)
-    if entry is not None and isinstance(body.get("model"), str) and "model" not in entry:
-        # Refused before a route could log it: it still counts in the traffic of the run it asked for (client errors),
-        # as a route's own refusal does; a name not served stays apart (unknown_models).
-        served = request.app.state.registry.get(body["model"])
-        entry.update(model=body["model"], run_id=served.run_id if served is not None else None)
+    name = body.get("model")
+    if request.url.path in SERVING_ENDPOINTS and isinstance(name, str):
+        served = request.app.state.registry.get(name)
+        entry = request.scope.get(LOG_KEY)
+        if entry is not None:
+            # Refused before a route could log it: it still counts where a route's own refusal does.
+            entry.update(model=name, run_id=served.run_id if served is not None else None)
+        if served is None:
+            # The model first, as every route checks it: a name not served is a 404 whatever else the body has wrong, so
+            # monitoring counts it once, among the names not served, and never as a served model's client error.
+            return _error_response(request, 404, model_not_found(name).body())
     return _error_response(request, 400, error_body(message, type="invalid_request_error", param=param))
 
 

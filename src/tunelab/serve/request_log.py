@@ -66,6 +66,8 @@ COLUMNS = (
     "probabilities",
 )
 
+# The endpoints whose body names the model that answers (its ``model`` field): the traffic monitoring reads.
+SERVING_ENDPOINTS = ("/v1/classify", "/v1/chat/completions", "/v1/completions")
 MIGRATIONS: list[Migration] = []  # the request log's own, applied by the registry's runner
 BUSY_TIMEOUT_S = 30.0
 

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tunelab.inference import chat_prompt, completion_prompt
+from tunelab.models.generate import Decoding
 from tunelab.serve.adapters import ModelRegistry, ServedModel
 from tunelab.serve.engine import ClassifyResult, Engine, GenerationResult, Job, SamplingParams
 from tunelab.serve.errors import APIError, bad_request, error_body, model_not_found
@@ -169,10 +170,9 @@ class Service:
             raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
         # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
         # OpenAI's 1.0 sampled answers nobody judged; a plain model keeps OpenAI's defaults.
-        judged = entry.run.config.eval if entry.run is not None else None
-        temperature = body.temperature if body.temperature is not None else (judged.temperature if judged else 1.0)
-        top_p = body.top_p if body.top_p is not None else (judged.top_p if judged else 1.0)
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stops))
+        default = entry.run.decoding if entry.run is not None else Decoding(temperature=1.0)
+        decoding = default.told(body.temperature, body.top_p)
+        return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops))
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
         """The served model's one classify inference (its prompt, the text shortened to its ``max_length`` and to the model's

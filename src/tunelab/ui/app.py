@@ -376,7 +376,7 @@ def create_app(settings: UISettings):
 
         from tunelab.data.split import make_split
         from tunelab.estimate import estimate_from_config
-        from tunelab.runs import load_tokenizer
+        from tunelab.runs import load_model
         from tunelab.tasks.pipeline import warnings_before_start
         from tunelab.ui.jobs import prepare_run
 
@@ -384,10 +384,12 @@ def create_app(settings: UISettings):
         config, _ = prepare_run(config_path, overrides, registry.path)
 
         def check_and_estimate():
-            # The estimate, and what `tunelab run` warns of before any compute: both shown before Start, on one split.
+            # What `tunelab run` warns of before any compute, and the estimate: both shown before Start, on one split and
+            # one model load (the check reads its tokenizer: a large one takes seconds to load again on a cold cache).
             split = make_split(config)
-            result = estimate_from_config(config, calibrate_here=calibrate, split=split)
-            return warnings_before_start(config, load_tokenizer(config.model.name, config.model.allow_network), split), result
+            loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+            warnings = warnings_before_start(config, loaded.tokenizer, split)  # first: calibration may change the model
+            return warnings, estimate_from_config(config, calibrate_here=calibrate, split=split, loaded=loaded)
 
         # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
         warnings, result = await run_in_threadpool(check_and_estimate)

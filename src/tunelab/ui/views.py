@@ -201,7 +201,7 @@ def verdict_table(comparison: dict[str, Any] | None) -> tuple[list[str], list[Me
             other = next((m for m in comparison["comparisons"][name].get("metrics", []) if m["name"] == metric["name"]), {})
             line.cells.append({
                 "baseline": name, "value": other.get("before"), "difference": other.get("difference"),
-                "low": other.get("low"), "high": other.get("high"), "outcome": other.get("outcome", ""),
+                "low": other.get("low"), "high": other.get("high"), "outcome": other.get("outcome", ""), "not_compared": other.get("not_compared"),
                 "kind": outcome_kind(other.get("outcome"), comparison["comparisons"][name].get("n", comparison.get("n"))),
             })
         lines.append(line)

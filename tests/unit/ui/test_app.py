@@ -623,3 +623,24 @@ def test_a_cancel_that_comes_after_the_run_finished_leaves_the_job_finished(made
         # Stopped before it finished: cancelled, as before.
         registry.update_run(record.id, status="cancelled", error="cancelled by the user (Ctrl-C / SIGINT)")
         assert client.get(f"/api/jobs/{job.id}").json()["job_status"] == "cancelled"
+
+
+def test_estimate_loads_the_tokenizer_once(made_run, tmp_path, tiny_model_dir, monkeypatch):
+    """Estimate loaded the model with its tokenizer for the estimate, then the tokenizer again for the data check's
+    warnings: a second load of a large tokenizer (seconds on a cold cache) for the one the model already had."""
+    from transformers import AutoTokenizer
+
+    registry, _, _ = made_run
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"request {i}", "label": "xy"[i % 2]}) for i in range(40)) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: classify\nmodel: {tiny_model_dir}\ndata: {{train: {data}}}\ntrain: {{output_dir: {tmp_path / 'runs'}}}\n")
+    loads = []
+    load = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *args, **kwargs: loads.append(args) or load(*args, **kwargs))
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    with _client(registry, project=tmp_path) as client:
+        response = client.post("/api/estimate", json={"config": str(config)}, headers=HEADERS)
+    assert response.status_code == 200, response.text
+    assert response.json()["lines"] and any("test split" in w for w in response.json()["warnings"])  # the check's warnings came
+    assert len(loads) == 1, loads
