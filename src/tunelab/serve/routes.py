@@ -138,20 +138,23 @@ class Service:
         context = self.registry.context_length
         if prompt_tokens + answer_tokens > context:
             raise bad_request(
-                f"This model's maximum context length is {context} tokens. However, your {param} has {prompt_tokens} tokens. "
-                "Please shorten it.",
+                f"This model's maximum context length is {context} tokens. However, your {param} resulted in {prompt_tokens} "
+                "tokens. Please shorten it.",
                 param=param,
                 code="context_length_exceeded",
             )
 
-    def sampling(self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str) -> SamplingParams:
-        """The decoding of one generation: the request's, else the run's own (``entry.run``'s eval settings), else OpenAI's."""
+    def sampling(
+        self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str, limit_param: str = "max_tokens"
+    ) -> SamplingParams:
+        """The decoding of one generation: the request's, else the run's own (``entry.run``'s eval settings), else OpenAI's.
+        ``limit_param``: the field ``requested`` came from (``max_tokens`` or ``max_completion_tokens``)."""
         self.check_context(prompt_tokens, param)
         limit = self.settings.max_tokens_limit
         if requested is not None and requested > limit:
             raise bad_request(
-                f"max_tokens is too large: {requested}. This server answers with at most {limit} tokens.",
-                param="max_tokens",
+                f"{limit_param} is too large: {requested}. This server answers with at most {limit} tokens.",
+                param=limit_param,
                 code="invalid_value",
             )
         context = self.registry.context_length
@@ -172,7 +175,7 @@ class Service:
         judged = entry.run.config.eval if entry.run is not None else None
         temperature = body.temperature if body.temperature is not None else (judged.temperature if judged else 1.0)
         top_p = body.top_p if body.top_p is not None else (judged.top_p if judged else 1.0)
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stops))
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stops), seed=body.seed)
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
         """The served model's one classify inference (its prompt, the text shortened to its ``max_length`` and to the model's
@@ -246,8 +249,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     log.update(run_id=entry.run_id)  # a refused request too: it counts in its run's traffic (client errors), never as another model's
     _refuse(body.n != 1, "n", "n other than 1")
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
+    _refuse(bool(body.top_logprobs), "top_logprobs", "top_logprobs (logprobs)")
     _refuse(bool(body.tools), "tools", "Tool calling")
-    _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
+    _refuse(body.tool_choice not in (None, "none", "auto"), "tool_choice", "Tool calling (tool_choice other than 'none' or 'auto')")
+    _refuse(bool(body.functions), "functions", "Function calling")
+    _refuse(body.function_call not in (None, "none", "auto"), "function_call", "Function calling")
+    _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
+    _refuse(body.audio is not None, "audio", "Audio output")
     _refuse_penalties(body)
     kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
     _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
@@ -269,7 +277,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         classification = _classification(0, result, entry)
     else:
         prompt_ids = service.render(entry, messages, "messages")
-        params = service.sampling(entry, body, len(prompt_ids), body.max_completion_tokens or body.max_tokens, "messages")
+        limit_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        params = service.sampling(entry, body, len(prompt_ids), getattr(body, limit_param), "messages", limit_param)
         job = service.engine.submit(entry.name, "generate", prompt_ids, params)
 
     def chunk(delta: dict, finish_reason: str | None) -> dict:
@@ -315,7 +324,6 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse(body.logprobs is not None, "logprobs", "logprobs")
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
-    _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
     _refuse_penalties(body)
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
