@@ -49,6 +49,26 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
+class _AnswerStream(StreamingResponse):
+    """A streamed answer whose job is cancelled once the response ends, however it ends.
+
+    A client that leaves is noticed by starlette, which cancels the task sending the stream. When that task was
+    sending a chunk rather than waiting in the answer's generator for the next token, the generator is left suspended
+    in a reference cycle: its ``finally`` (``Engine.stream`` cancelling the job) ran only when the cyclic garbage
+    collector came by, and until then the engine computed the rest of the answer for nobody."""
+
+    def __init__(self, content: AsyncIterator[str], job: Job | None, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.job is not None:
+                self.job.cancelled.set()  # a finished job ignores it
+
+
 def sse_answer(
     engine: Engine,
     job: Job | None,
@@ -87,7 +107,7 @@ def sse_answer(
             yield _sse(usage(final))
         yield _sse("[DONE]")
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return _AnswerStream(events(), job, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 @dataclass
