@@ -213,6 +213,36 @@ class Service:
         return [await self.engine.result(job) for job in submitted]
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has closed the connection (the request's body is read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _results(service: Service, request: Request, jobs: list[Job]) -> list[Any]:
+    """The jobs' results; a client that goes away first (its timeout: the ``openai`` client then asks again) cancels
+    them, where the engine computed every abandoned answer to its last token, for nobody.
+
+    Raises:
+        APIError: 499 (logged, sent to nobody) when the client left; a job's own error.
+    """
+    answers = asyncio.ensure_future(asyncio.gather(*(service.engine.result(job) for job in jobs)))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({answers, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        left = not answers.done()
+        if left:
+            for job in jobs:
+                job.cancelled.set()
+            answers.cancel()
+            answers.add_done_callback(lambda future: future.cancelled() or future.exception())  # nobody awaits it now
+    if left:
+        raise APIError(499, "The client closed the connection before the answer was ready.", code="client_closed_request")
+    return answers.result()
+
+
 def _service(request: Request) -> Service:
     return request.app.state.service
 
@@ -319,7 +349,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             answer=answer,
         )
 
-    final = answer if job is None else await service.engine.result(job)
+    final = answer if job is None else (await _results(service, request, [job]))[0]
     log.update(output=final.text, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
     response = {
         "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
@@ -379,7 +409,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             if include_usage else None,
         )
 
-    results: list[GenerationResult] = [await service.engine.result(job) for job in jobs]
+    results: list[GenerationResult] = await _results(service, request, jobs)
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
     outputs = [r.text for r in results]

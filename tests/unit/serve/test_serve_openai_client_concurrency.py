@@ -106,3 +106,34 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(registry, monkeypa
         assert after == before
     # The abandoned generation ended long before its 900 tokens.
     assert len(generated) == 3 and generated[1] < 900, generated
+
+
+def test_a_client_that_gives_up_on_a_plain_answer_stops_its_generation(registry, monkeypatch, tmp_path):
+    """The ``openai`` client's timeout (then, by default, its retries): the engine computed each abandoned answer to its
+    last token, for nobody, the worker busy for every other request meanwhile."""
+    from tunelab.serve import read_requests
+
+    generated: list[int] = []
+    original = engine_module.generate.generate_ids
+
+    def counting(model, input_ids, *args, **kwargs):
+        output = original(model, input_ids, *args, **kwargs)
+        generated.append(output.shape[1] - input_ids.shape[1])
+        return output
+
+    monkeypatch.setattr(engine_module.generate, "generate_ids", counting)
+    log = tmp_path / "requests.db"
+    app = create_app(registry, ServeSettings(max_tokens_limit=900, log_path=log))
+    question = [{"role": "user", "content": "hi"}]
+    with BackgroundServer(app, "127.0.0.1", 0) as url:
+        impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=0.3)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="france", messages=question, max_tokens=900, temperature=0)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.completions.create(model="france", prompt=["hi", "there"], max_tokens=900, temperature=0)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        answer = client.chat.completions.create(model="france", messages=question, max_tokens=8, temperature=0)
+        assert answer.choices[0].finish_reason == "length"
+    assert generated and max(generated) < 900, generated  # the abandoned answers stopped long before their 900 tokens
+    rows = read_requests(log)
+    assert [row["status"] for row in rows] == [499, 499, 200] and rows[0]["error"], [(r["status"], r["error"]) for r in rows]
