@@ -46,19 +46,48 @@ async def _follow_aliases(registry: ModelRegistry, every_s: float) -> None:
             logger.warning("could not follow an alias: %s", failure)
 
 
+def _union_branch(part: object) -> bool:
+    """A location part pydantic adds for one alternative of a union ('str', 'list[TextPart]', 'function-after[...]'),
+    never a field of the request (OpenAI's fields are lower-case words)."""
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "dict", "list", "none"} or "[" in part or part[:1].isupper())
+
+
+def _where(error: dict) -> list[str]:
+    return [str(part) for part in error.get("loc", ()) if part != "body" and not _union_branch(part)]
+
+
 def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     first = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
+    messages = [first.get("msg", "invalid")]
+    loc = tuple(first.get("loc", ()))
+    cut = next((i for i, part in enumerate(loc) if _union_branch(part)), None)
+    if cut is not None:
+        # A union ('content': a string or a list of parts): each alternative failed in its own way. The one that got
+        # deepest into the value says what is wrong ('messages.0.content.0.text' is missing); alternatives that failed
+        # at the same depth are listed ("a valid string or a valid list"). Their branch names never reach the client.
+        alternatives = [e for e in errors if tuple(e.get("loc", ()))[:cut] == loc[:cut] and len(e.get("loc", ())) > cut
+                        and _union_branch(e["loc"][cut])]
+        depth = max(len(_where(e)) for e in alternatives)
+        deepest = [e for e in alternatives if len(_where(e)) == depth]
+        first = deepest[0]
+        messages = list(dict.fromkeys(e.get("msg", "invalid") for e in deepest))
+    location = _where(first)
     kind = first.get("type", "")
+    if kind == "unsupported_content_part":
+        location += [str(first.get("ctx", {}).get("index", 0)), "type"]
+    param = ".".join(location) or None
     if kind == "json_invalid":
         return "We could not parse the JSON body of your request: it is not valid JSON.", None
     if kind == "model_attributes_type" and not location:
         return "The request body must be a JSON object, sent with 'Content-Type: application/json'.", None
+    if kind == "missing" and not location:
+        return "The request body is empty: send a JSON object, with 'Content-Type: application/json'.", None
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
+    text = messages[0].removeprefix("Value error, ")
+    text += "".join(" or " + other.removeprefix("Input should be ") for other in messages[1:])
     where = f"'{param}'" if param else "the request body"
-    return f"Invalid value for {where}: {first.get('msg', 'invalid')}.", param
+    return f"Invalid value for {where}: {text}.", param
 
 
 # -- errors in the OpenAI shape ------------------------------------------------------------------

@@ -40,10 +40,15 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    seed: int | None = None  # a sampled answer with a seed is computed alone, the generator seeded with it (OpenAI's seed)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def seeded(self) -> bool:
+        return self.seed is not None and not self.greedy
 
 
 @dataclass
@@ -70,6 +75,9 @@ class Job:
     def group(self) -> tuple:
         if self.kind == "classify" or self.params is None:
             return (self.model, self.kind)
+        if self.params.seeded:
+            # Alone in its batch: beside other rows the generator's draws would depend on what else was being computed.
+            return (self.model, self.kind, "seeded", id(self))
         sampling = (0.0, 1.0) if self.params.greedy else (self.params.temperature, self.params.top_p)
         return (self.model, self.kind, *sampling)
 
@@ -292,12 +300,16 @@ class Engine:
         params = batch[0].params
         assert params is not None
         input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
-        generate.generate_ids(
-            model, input_ids, attention_mask,
-            max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
-            stops=self.stops, pad_id=self.pad_id, temperature=params.temperature, top_p=params.top_p,
-            stopping_criteria=[_RowStopper(rows)],
-        )
+        # A seeded sample draws from a generator of its own: the unseeded answers after it stay as random as before.
+        device = torch.device(model.device)
+        accelerator = device.type != "cpu"
+        with torch.random.fork_rng(devices=[device] if accelerator else [], enabled=params.seeded, device_type=device.type if accelerator else None):
+            generate.generate_ids(
+                model, input_ids, attention_mask,
+                max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
+                stops=self.stops, pad_id=self.pad_id, temperature=params.temperature, top_p=params.top_p,
+                seed=params.seed if params.seeded else None, stopping_criteria=[_RowStopper(rows)],
+            )
         for row in rows:
             if row.finish_reason == "cancelled":
                 continue

@@ -50,6 +50,26 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
+class _AnswerStream(StreamingResponse):
+    """A streamed answer whose job is cancelled once the response ends, however it ends.
+
+    A client that leaves is noticed by starlette, which cancels the task sending the stream. When that task was
+    sending a chunk rather than waiting in the answer's generator for the next token, the generator is left suspended
+    in a reference cycle: its ``finally`` (``Engine.stream`` cancelling the job) ran only when the cyclic garbage
+    collector came by, and until then the engine computed the rest of the answer for nobody."""
+
+    def __init__(self, content: AsyncIterator[str], job: Job | None, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.job is not None:
+                self.job.cancelled.set()  # a finished job ignores it
+
+
 def sse_answer(
     engine: Engine,
     job: Job | None,
@@ -88,7 +108,7 @@ def sse_answer(
             yield _sse(usage(final))
         yield _sse("[DONE]")
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return _AnswerStream(events(), job, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 @dataclass
@@ -139,20 +159,23 @@ class Service:
         context = self.registry.context_length
         if prompt_tokens + answer_tokens > context:
             raise bad_request(
-                f"This model's maximum context length is {context} tokens. However, your {param} has {prompt_tokens} tokens. "
-                "Please shorten it.",
+                f"This model's maximum context length is {context} tokens. However, your {param} resulted in {prompt_tokens} "
+                "tokens. Please shorten it.",
                 param=param,
                 code="context_length_exceeded",
             )
 
-    def sampling(self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str) -> SamplingParams:
-        """The decoding of one generation: the request's, else the run's own (``entry.run``'s eval settings), else OpenAI's."""
+    def sampling(
+        self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str, limit_param: str = "max_tokens"
+    ) -> SamplingParams:
+        """The decoding of one generation: the request's, else the run's own (``entry.run``'s eval settings), else OpenAI's.
+        ``limit_param``: the field ``requested`` came from (``max_tokens`` or ``max_completion_tokens``)."""
         self.check_context(prompt_tokens, param)
         limit = self.settings.max_tokens_limit
         if requested is not None and requested > limit:
             raise bad_request(
-                f"max_tokens is too large: {requested}. This server answers with at most {limit} tokens.",
-                param="max_tokens",
+                f"{limit_param} is too large: {requested}. This server answers with at most {limit} tokens.",
+                param=limit_param,
                 code="invalid_value",
             )
         context = self.registry.context_length
@@ -172,7 +195,7 @@ class Service:
         # OpenAI's 1.0 sampled answers nobody judged; a plain model keeps OpenAI's defaults.
         default = entry.run.decoding if entry.run is not None else Decoding(temperature=1.0)
         decoding = default.told(body.temperature, body.top_p)
-        return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops))
+        return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops), seed=body.seed)
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
         """The served model's one classify inference (its prompt, the text shortened to its ``max_length`` and to the model's
@@ -188,6 +211,36 @@ class Service:
             prompts.append(ids)
         submitted = [self.engine.submit(entry.name, "classify", ids) for ids in prompts]
         return [await self.engine.result(job) for job in submitted]
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has closed the connection (the request's body is read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _results(service: Service, request: Request, jobs: list[Job]) -> list[Any]:
+    """The jobs' results; a client that goes away first (its timeout: the ``openai`` client then asks again) cancels
+    them, where the engine computed every abandoned answer to its last token, for nobody.
+
+    Raises:
+        APIError: 499 (logged, sent to nobody) when the client left; a job's own error.
+    """
+    answers = asyncio.ensure_future(asyncio.gather(*(service.engine.result(job) for job in jobs)))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({answers, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        left = not answers.done()
+        if left:
+            for job in jobs:
+                job.cancelled.set()
+            answers.cancel()
+            answers.add_done_callback(lambda future: future.cancelled() or future.exception())  # nobody awaits it now
+    if left:
+        raise APIError(499, "The client closed the connection before the answer was ready.", code="client_closed_request")
+    return answers.result()
 
 
 def _service(request: Request) -> Service:
@@ -246,8 +299,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     log.update(run_id=entry.run_id)  # a refused request too: it counts in its run's traffic (client errors), never as another model's
     _refuse(body.n != 1, "n", "n other than 1")
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
+    _refuse(bool(body.top_logprobs), "top_logprobs", "top_logprobs (logprobs)")
     _refuse(bool(body.tools), "tools", "Tool calling")
-    _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
+    _refuse(body.tool_choice not in (None, "none", "auto"), "tool_choice", "Tool calling (tool_choice other than 'none' or 'auto')")
+    _refuse(bool(body.functions), "functions", "Function calling")
+    _refuse(body.function_call not in (None, "none", "auto"), "function_call", "Function calling")
+    _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
+    _refuse(body.audio is not None, "audio", "Audio output")
     _refuse_penalties(body)
     kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
     _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
@@ -269,7 +327,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         classification = _classification(0, result, entry)
     else:
         prompt_ids = service.render(entry, messages, "messages")
-        params = service.sampling(entry, body, len(prompt_ids), body.max_completion_tokens or body.max_tokens, "messages")
+        limit_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        params = service.sampling(entry, body, len(prompt_ids), getattr(body, limit_param), "messages", limit_param)
         job = service.engine.submit(entry.name, "generate", prompt_ids, params)
 
     def chunk(delta: dict, finish_reason: str | None) -> dict:
@@ -290,7 +349,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             answer=answer,
         )
 
-    final = answer if job is None else await service.engine.result(job)
+    final = answer if job is None else (await _results(service, request, [job]))[0]
     log.update(output=final.text, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
     response = {
         "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
@@ -315,7 +374,6 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse(body.logprobs is not None, "logprobs", "logprobs")
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
-    _refuse(body.seed is not None, "seed", "seed (reproducible sampling)")
     _refuse_penalties(body)
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
@@ -351,7 +409,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             if include_usage else None,
         )
 
-    results: list[GenerationResult] = [await service.engine.result(job) for job in jobs]
+    results: list[GenerationResult] = await _results(service, request, jobs)
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
     outputs = [r.text for r in results]

@@ -3,7 +3,7 @@
 Field names, types and bounds follow the OpenAI API, strictly as it checks them: a number sent as a
 string (``"max_tokens": "5"``) is refused, not converted. Unknown fields are accepted and ignored (the
 official clients send optional fields such as ``user``), but fields that would change the answer and
-that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``, ``seed``, penalties, ``logit_bias``, a JSON
+that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``, penalties, ``logit_bias``, a JSON
 ``response_format``...) are refused with a 400 by the endpoint rather than silently ignored.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOP_SEQUENCES = 4
 MAX_PROMPTS_PER_REQUEST = 32
@@ -32,6 +33,22 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        # An image, audio or file part would be dropped from the prompt: refused by name (its index), where the
+        # validation of the union said only "Input should be a valid string" of 'content.str'.
+        if isinstance(value, list):
+            for index, part in enumerate(value):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(kind, str) and kind != "text":
+                    raise PydanticCustomError(
+                        "unsupported_content_part",
+                        "a content part of type '{kind}' is not supported by this server: only 'text' parts are",
+                        {"kind": kind, "index": index},
+                    )
+        return value
 
     def text(self) -> str:
         if self.content is None:
@@ -59,7 +76,8 @@ class _Sampling(_Request):
     n: int = Field(1, strict=True, description="Number of answers; only 1 is supported.")
     stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, strict=True, description="Not supported: answers are not reproducible per request (refused).")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, strict=True,
+                             description="Reproducible sampling: the same seed and request give the same sample (greedy: no effect).")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False, strict=True, description="Not supported: only 0 (refused).")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False, strict=True, description="Not supported: only 0 (refused).")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: only {} (refused).")
@@ -81,12 +99,28 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, strict=True, description="Newer name of max_tokens.")
     logprobs: bool | None = Field(None, strict=True)
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="Not supported: only 0 (refused).")
     tools: list | None = None
+    tool_choice: str | dict | None = Field(None, description='Only "none" or "auto" (tool calling is refused).')
+    functions: list | None = Field(None, description="Deprecated tool calling: refused.")
+    function_call: str | dict | None = Field(None, description='Only "none" or "auto" (function calling is refused).')
+    modalities: list[str] | None = Field(None, description='Only ["text"] (audio output is refused).')
+    audio: dict | None = Field(None, description="Audio output: refused.")
     response_format: dict | None = Field(None, description='Only {"type": "text"} (JSON modes are refused).')
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(..., description=f"A prompt, or up to {MAX_PROMPTS_PER_REQUEST} prompts.")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts_only(cls, value: Any) -> Any:
+        # OpenAI also takes token ids (a list of integers, or of such lists): ids of another tokenizer mean nothing here.
+        if isinstance(value, list) and value and all(isinstance(v, int) or isinstance(v, list) for v in value):
+            raise PydanticCustomError(
+                "unsupported_token_prompt", "token-id prompts are not supported by this server: send the prompt as text"
+            )
+        return value
     max_tokens: int | None = Field(None, ge=1, strict=True, description="Longest answer in tokens (default 16, as OpenAI).")
     echo: bool = Field(False, strict=True)
     logprobs: int | None = Field(None, strict=True)

@@ -133,3 +133,11 @@ def test_the_remote_example_configs_parse(name):
     config = load_config(Path(__file__).resolve().parents[3] / "examples" / "qa-assistant" / name)
     assert config.distill.teacher is not None or config.train.backend == "openai"
     assert Path(config.data.train).is_file() and Path(config.data.test).is_file()
+
+
+def test_a_sampled_remote_evaluation_of_tunelab_serve_gets_answers(endpoint):
+    """tunelab's own client sends a seed with a sampled request (``eval.temperature`` > 0); its own server refused every one."""
+    config = EvalConfig(max_new_tokens=6, temperature=0.8, seed=3)
+    result = evaluate_remote(remote_client(endpoint), sft_records(), "sft", config=config, data_config=DataConfig())
+    assert not [w for w in result.warnings if "HTTP 400" in w or "seed" in w], result.warnings
+    assert all(r["prediction"] for r in result.rows)

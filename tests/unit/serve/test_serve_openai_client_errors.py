@@ -1,0 +1,121 @@
+"""What the official ``openai`` client sees of requests tunelab refuses, against a real uvicorn on 127.0.0.1:
+the exception class, and an error body in OpenAI's shape whose ``param`` and message name what is wrong
+(never a validator's internals such as a union branch), for fields tunelab does not implement as for
+mistyped ones."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tunelab.serve import BackgroundServer, ServeSettings, create_app
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    app = create_app(registry, ServeSettings(max_tokens_limit=16))
+    with BackgroundServer(app, "127.0.0.1", 0) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def refused(call, exception=openai.BadRequestError) -> dict:
+    """The error object of a refused call (it must raise ``exception``, with OpenAI's four keys)."""
+    with pytest.raises(exception) as caught:
+        call()
+    error = caught.value.body
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["message"] and error["type"] == "invalid_request_error"
+    return error
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "named"),
+    [
+        # The legacy names of tool calling: ignored, the client would get text where it waits for a call.
+        ({"functions": [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}]}, "functions", "function"),
+        ({"function_call": {"name": "lookup"}}, "function_call", "function"),
+        ({"tool_choice": "required"}, "tool_choice", "tool"),
+        ({"tool_choice": {"type": "function", "function": {"name": "lookup"}}}, "tool_choice", "tool"),
+        # Audio output: the answer would come back without the audio asked for.
+        ({"modalities": ["text", "audio"]}, "modalities", "audio"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio"),
+        # OpenAI answers top_logprobs only with logprobs, which tunelab does not compute.
+        ({"top_logprobs": 2}, "top_logprobs", "logprobs"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_chat_fields_tunelab_does_not_do_are_refused_not_ignored(client, fields, param, named):
+    error = refused(lambda: client.chat.completions.create(model="france", messages=HI, max_tokens=2, **fields))
+    assert error["param"] == param and error["code"] == "unsupported_parameter"
+    assert named in error["message"].lower()
+
+
+def test_the_no_op_values_of_those_fields_are_accepted(client):
+    answer = client.chat.completions.create(
+        model="france", messages=HI, max_tokens=2, temperature=0, tool_choice="none", functions=None,
+        modalities=["text"], top_logprobs=0, parallel_tool_calls=False, store=False, metadata={"team": "a"}, user="u-1",
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_content_part_other_than_text_is_named(client):
+    image = {"type": "image_url", "image_url": {"url": "http://127.0.0.1/cat.png"}}
+    error = refused(lambda: client.chat.completions.create(
+        model="france", max_tokens=2, messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}]
+    ))
+    assert error["param"] == "messages.0.content.1.type"
+    assert "'image_url'" in error["message"] and "text" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"messages": HI, "stop": 5}, "stop"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_a_mistyped_union_field_is_named_without_validator_internals(client, body, param):
+    """``content`` is a string or a list of parts, ``stop`` a string or a list: the param was 'messages.0.content.str'."""
+    error = refused(lambda: client.post("/chat/completions", body={"model": "france", "max_tokens": 2, **body}, cast_to=object))
+    assert error["param"] == param
+    assert ".str" not in error["message"] and "list[" not in error["message"]
+
+
+def test_token_id_prompts_are_refused_by_name(client):
+    error = refused(lambda: client.completions.create(model="france", prompt=[1, 2, 3], max_tokens=2))
+    assert error["param"] == "prompt" and "token" in error["message"]
+
+
+def test_max_completion_tokens_over_the_limit_is_named_as_sent(client):
+    error = refused(lambda: client.chat.completions.create(model="france", messages=HI, max_completion_tokens=17))
+    assert error["param"] == "max_completion_tokens" and "max_completion_tokens" in error["message"]
+    error = refused(lambda: client.chat.completions.create(model="france", messages=HI, max_tokens=17))
+    assert error["param"] == "max_tokens"
+
+
+def test_a_prompt_beyond_the_context_says_how_long_it_is(client, registry):
+    """The base model has no run to shorten the prompt to: a prompt past the tiny model's 1024 tokens is refused."""
+    long = [{"role": "user", "content": "Four score and seven years ago " * 150}]
+    error = refused(lambda: client.chat.completions.create(model=registry.base_name, messages=long, max_tokens=2))
+    assert error["param"] == "messages" and error["code"] == "context_length_exceeded"
+    assert "1024" in error["message"] and "your messages resulted in" in error["message"]
+
+
+def test_an_empty_body_is_named_as_such(server):
+    response = httpx.post(f"{server}/v1/chat/completions", content=b"", headers={"content-type": "application/json"})
+    error = response.json()["error"]
+    assert response.status_code == 400 and "None" not in error["message"] and "empty" in error["message"]
+
+
+def test_the_server_answers_after_every_refusal(client):
+    assert client.chat.completions.create(model="france", messages=HI, max_tokens=2, temperature=0).choices[0].message.content is not None
