@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 
 app = typer.Typer(
     name="tunelab",
@@ -99,10 +99,14 @@ def _quiet_libraries() -> None:
 
 
 def _exit_with(error: TunelabError) -> None:
+    from tunelab.tasks.launch import is_main_process
+
     message = f"error: {error.message}"
     if error.hint:
         message += f"\n  fix: {error.hint}"
-    print(message, file=sys.stderr)
+    # Every process of a launched group reads the same config: the first one says what is wrong with it, once.
+    if is_main_process() or not isinstance(error, ConfigError):
+        print(message, file=sys.stderr)
     sys.exit(error.exit_code)
 
 
