@@ -149,6 +149,7 @@ PLAN: dict[str, Run | Skip] = {
     "tunelab estimate examples/support-routing/config.yaml train.epochs=1 --json": Run(),
     "tunelab estimate CONFIG --no-calibrate": Skip(SYNOPSIS),
     "tunelab estimate CONFIG --prices my-prices.yaml": Skip(SYNOPSIS),
+    "tunelab estimate CONFIG --launch \"--num_processes 8\"": Skip(SYNOPSIS),
     # Registry
     "tunelab runs [--task classify] [--status finished] [--json]": Skip(SYNOPSIS + " (run as `tunelab runs` below)"),
     "tunelab show RUN [--json]": Skip(SYNOPSIS),

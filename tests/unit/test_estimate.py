@@ -206,6 +206,21 @@ def test_gpu_time_money_cloud_and_fit():
     assert json.loads(json.dumps(result.as_dict()))["tokens"]["train_tokens"] == 240
 
 
+def test_a_launch_on_several_processes_is_estimated_with_its_global_batch():
+    """`tunelab run --launch "--num_processes 2"` trains steps of 2 x batch_size examples: the estimate priced steps of
+    batch_size (an epochs run twice the steps it makes, a max_steps run half the tokens it trains)."""
+    epochs = _config(train={"batch_size": 2, "epochs": 2})
+    one, two = (plan_tokens(epochs, [30] * 8, processes=n) for n in (1, 2))
+    assert (one.optimizer_steps, two.optimizer_steps) == (8, 4) and two.train_tokens == one.train_tokens and two.processes == 2
+    steps = _config(train={"batch_size": 2, "max_steps": 4})
+    one, two = (plan_tokens(steps, [30] * 16, processes=n) for n in (1, 2))
+    assert one.optimizer_steps == two.optimizer_steps == 4 and two.train_tokens == 2 * one.train_tokens
+    # On 2 GPUs of a kind: the training is shared between them, each is billed.
+    single, double = (estimate_run(epochs, [30] * 8, FACTS, prices=PRICES, precision="fp32", processes=n) for n in (1, 2))
+    assert double.gpus[0].seconds == pytest.approx(single.gpus[0].seconds / 2)
+    assert double.gpus[0].usd == pytest.approx(single.gpus[0].usd)
+
+
 def test_budget_flags():
     over_hours = estimate_run(
         _config(budget={"gpu": "toy", "max_hours": 1e-12, "max_usd": 1e-15}), [64], FACTS, prices=PRICES, available_bytes=0

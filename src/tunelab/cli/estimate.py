@@ -25,16 +25,23 @@ def estimate(
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Skip the timed training steps on this machine."),
     steps: int = typer.Option(3, "--steps", min=1, help="Timed calibration steps (after one warm-up step)."),
     prices: Path | None = typer.Option(None, "--prices", help="Your own GPU/cloud price table (YAML)."),
+    launch: str = typer.Option(
+        None, "--launch", metavar="OPTIONS",
+        help='The run as `tunelab train/run --launch` would train it, e.g. "--num_processes 8": a step takes batch_size '
+        "x processes examples, and the GPUs share the training.",
+    ),
 ) -> None:
     """Estimate a run before spending anything: tokens, FLOPs, time here and on GPUs, memory, price."""
     from tunelab.config import load_config
     from tunelab.estimate import estimate_from_config, load_price_table
+    from tunelab.tasks.launch import launch_processes
 
     config = load_config(config_path, overrides or [])
     table = load_price_table(prices) if prices else None
     with progress_display(quiet=as_json) as display:
         display.begin("estimate: loading the model, counting tokens" + ("" if no_calibrate else ", timing training steps here"))
-        result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table)
+        result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table,
+                                      processes=launch_processes(launch))
     if as_json:
         print_json(result.as_dict())
         return
@@ -45,6 +52,9 @@ def estimate(
     summary.add_column("value", justify="right")
     summary.add_row("training examples", f"{tokens.examples:,}" + (f" ({tokens.truncated_examples} truncated)" if tokens.truncated_examples else ""))
     summary.add_row("tokens per epoch (real / processed)", f"{tokens.real_tokens_per_epoch:,} / {tokens.processed_tokens_per_epoch:,}")
+    if tokens.processes > 1:
+        summary.add_row("processes × batch_size → examples a step", f"{tokens.processes} × {config.train.batch_size * config.train.grad_accum} "
+                        f"→ {tokens.processes * config.train.batch_size * config.train.grad_accum}")
     summary.add_row("epochs × rows → optimizer steps", f"{tokens.epochs:g} × {tokens.rows_per_epoch:,} → {tokens.optimizer_steps:,}")
     summary.add_row("training tokens", f"{tokens.train_tokens:,}" + (" (packed)" if tokens.packed else " (padded batches)"))
     summary.add_row("row length trained on", f"{tokens.seq_len}")
@@ -90,7 +100,8 @@ def estimate(
         mem.add_row("fits", "yes" if memory.fits else "[red]no[/red]")
     console.print(mem)
 
-    gpus = Table(title=f"On GPUs (bf16, {result.utilization:.0%} utilization; prices as of {result.price_table_date}, verify)")
+    on = f"{tokens.processes} of each GPU, " if tokens.processes > 1 else ""
+    gpus = Table(title=f"On GPUs ({on}bf16, {result.utilization:.0%} utilization; prices as of {result.price_table_date}, verify)")
     for column in ("GPU", "time", "price", "fits memory"):
         gpus.add_column(column, justify="left" if column == "GPU" else "right")
     for gpu in result.gpus:

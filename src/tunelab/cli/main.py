@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 
 app = typer.Typer(
     name="tunelab",
@@ -96,13 +96,19 @@ def _quiet_libraries() -> None:
     # warnings (its own and the kernels package's) that say nothing about the user's run.
     for name in ("bitsandbytes.backends.cpu.ops", "kernels"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A Ray sweep's trial that failed (or had no validation rows) ends on an infinite validation loss, since Tune wants
+    # the metric in every report: Tune's TensorBoard logger then warned "NaN or Inf found in input tensor" in the
+    # driver, which reads as a training that diverged. The trial's row says what happened.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 def _exit_with(error: TunelabError) -> None:
     message = f"error: {error.message}"
     if error.hint:
         message += f"\n  fix: {error.hint}"
-    print(message, file=sys.stderr)
+    # Every process of a launched group reads the same config: the first one (RANK 0) says what is wrong with it, once.
+    if os.environ.get("RANK", "0") == "0" or not isinstance(error, ConfigError):
+        print(message, file=sys.stderr)
     sys.exit(error.exit_code)
 
 

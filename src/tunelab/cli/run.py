@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -257,7 +259,9 @@ def sweep(
             gpus_per_trial=gpus_per_trial, max_hours=max_hours, max_usd=max_usd, usd_per_hour=usd_per_hour, name=name,
             metric=metric,
         )
-        result = run_ray_sweep(config_path, overrides or [], grid, settings)
+        # Ray Tune prints its experiment's header and folders on stdout: stdout is the leaderboard's (--json is parsed).
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_ray_sweep(config_path, overrides or [], grid, settings)
         rows = result.rows
         if not as_json:
             error_console.print(f"sweep {result.name}{' (continued)' if result.restored else ''}: {result.path}")
@@ -293,6 +297,10 @@ def sweep(
         table.add_row(str(rank), row["overrides"], _fmt(row["rank_value"]), row["metric"], f"{row.get('opponent')} {_fmt(row['before'])}",
                       _fmt(row["after"]), f"{row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]", row["verdict"])
     console.print(table)
+    best = rows[0] if rows and rows[0].get("after") is not None and rows[0].get("name") else None
+    if best is not None:  # the run's name is what `promote`, `show` and `serve` take: a Ray trial's is not guessable
+        console.print(f"best: {best['name']} ({best['overrides']}); serve it through an alias with "
+                      f"`tunelab promote ALIAS {best['name']}`", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 from pathlib import Path
 
 import typer
 
 from tunelab.cli.common import cancel_on_sigterm, console, error_console, print_json, progress_display
 from tunelab.config import load_config
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 
 
 def train(
@@ -26,14 +28,30 @@ def train(
     """Fine-tune a model as CONFIG says (LoRA by default), writing a run folder under train.output_dir."""
     from tunelab.data.split import make_split
     from tunelab.tasks import run_training
-    from tunelab.tasks.launch import is_main_process, launch_command, run_launched
+    from tunelab.tasks.launch import LaunchError, is_main_process, run_launched
     from tunelab.tasks.pipeline import run_name, train_registered
 
     if launch is not None:
         # This process only starts the group: accelerate runs this same command once per process.
         arguments = ["train", *([str(config_path)] if config_path else []), *(overrides or [])]
         arguments += [*(["--resume", str(resume)] if resume else []), *(["--run-dir", str(run_dir)] if run_dir else [])]
-        raise typer.Exit(run_launched(launch_command(launch, arguments + (["--json"] if as_json else []))))
+        code = run_launched(launch, arguments + (["--json"] if as_json else []))
+        if code == 0:
+            return
+        # The launcher's last words are torch's traceback of which rank failed: end on what it means and what to do.
+        folder = resume or run_dir
+        if folder is None and config_path is not None:
+            with contextlib.suppress(TunelabError):  # the processes said what is wrong with the config
+                config = load_config(config_path, overrides or [])
+                folder = Path(config.train.output_dir) / run_name(config)
+        from tunelab.runs import RunFolder
+
+        hint = "fix what the processes' output above names"
+        if folder is not None and RunFolder(Path(folder)).checkpoints.is_dir():
+            hint += f", then continue from its newest checkpoint: tunelab train --resume {folder} --launch {shlex.quote(launch)}"
+        failed = LaunchError(f"the launched training exited with code {code} (its processes' output is above)", hint)
+        failed.exit_code = code  # the launcher's, as before
+        raise failed
     if resume is not None:
         if config_path is not None and overrides is None and "=" in str(config_path):
             overrides = [str(config_path)]

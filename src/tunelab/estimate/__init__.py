@@ -237,6 +237,7 @@ class EstimateInputs:
     machine: CpuState | None = None  # the CPU's state when measured (how many cores other processes kept busy)
     threads: int | None = None  # the threads the run will use there
     fit: FitCheck | None = None  # the split's run against the device's memory (``train.fit`` applied to ``config``)
+    processes: int = 1  # training processes of a launch (``tunelab.tasks.launch.launch_processes``)
 
     def estimate(
         self, *, train: list[int] | None = None, validation: list[int] | None = None, test: list[int] | None = None,
@@ -266,6 +267,7 @@ class EstimateInputs:
             available_bytes=self.available_bytes,
             machine=self.machine,
             threads=self.threads,
+            processes=self.processes,
         )
         if train is None and config is None:
             estimate.fit = self.fit
@@ -299,6 +301,7 @@ def estimate_inputs(
     calibration_model: Any = None,
     calibration_cache: bool = True,
     prices: PriceTable | None = None,
+    processes: int = 1,
 ) -> EstimateInputs:
     """Count ``split``'s tokens, read the model's shape and (``calibrate_here``) time a few steps: see :func:`estimate_for_split`.
 
@@ -334,7 +337,7 @@ def estimate_inputs(
             use_cache=calibration_cache, shared_prefix=counts.shared_prefix, scored_share=counts.scored_share, machine=machine,
             **_decode_shape(config, counts),
         )
-    return EstimateInputs(config, counts, facts, calibration, device, fit.available, prices, machine, threads, fit)
+    return EstimateInputs(config, counts, facts, calibration, device, fit.available, prices, machine, threads, fit, processes)
 
 
 def _decode_shape(config: ResolvedConfig, counts: TokenCounts) -> dict[str, Any]:
@@ -359,6 +362,7 @@ def estimate_for_split(
     calibration_model: Any = None,
     calibration_cache: bool = True,
     prices: PriceTable | None = None,
+    processes: int = 1,
 ) -> Estimate:
     """The estimate of training ``config`` on ``split`` with the model ``loaded``: what ``tunelab run`` and
     ``tunelab estimate`` both report.
@@ -366,7 +370,9 @@ def estimate_for_split(
     Calibration adds adapters to the model it trains: ``calibration_model`` is a throwaway copy
     to use (None: a fresh copy is loaded, about 2 s, so ``loaded`` stays untouched). A calibration
     measured before on this machine for the same shape is read from the cache (``calibration_cache``,
-    see :func:`tunelab.estimate.calibrate.calibrate`); then no copy is loaded at all.
+    see :func:`tunelab.estimate.calibrate.calibrate`); then no copy is loaded at all. ``processes``: the training
+    processes of a launch (``tunelab.tasks.launch.launch_processes``), whose global batch is that many times
+    ``train.batch_size``.
 
     Raises:
         ModelError: when the model cannot be loaded.
@@ -375,7 +381,7 @@ def estimate_for_split(
     """
     return estimate_inputs(
         config, split, loaded, label_map=label_map, calibrate_here=calibrate_here, calibration_steps=calibration_steps,
-        calibration_model=calibration_model, calibration_cache=calibration_cache, prices=prices,
+        calibration_model=calibration_model, calibration_cache=calibration_cache, prices=prices, processes=processes,
     ).estimate()
 
 
@@ -387,6 +393,7 @@ def estimate_from_config(
     prices: PriceTable | None = None,
     split: Split | None = None,
     loaded: LoadedModel | None = None,
+    processes: int = 1,
 ) -> Estimate:
     """What ``tunelab estimate`` does: load the model (unless ``loaded`` is the config's model, loaded already), split
     the files (unless ``split`` is the config's split, made already), :func:`estimate_for_split`.
@@ -410,5 +417,5 @@ def estimate_from_config(
     # The CLI needs the model for nothing else: calibration may change this one in place.
     return estimate_for_split(
         config, split, loaded, calibrate_here=calibrate_here, calibration_steps=calibration_steps,
-        calibration_model=loaded.model, prices=prices,
+        calibration_model=loaded.model, prices=prices, processes=processes,
     )

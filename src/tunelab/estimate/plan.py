@@ -163,6 +163,7 @@ class TokenPlan:
     validations: int = 0
     test_tokens: int = 0
     micro_batches_per_epoch: int = 0
+    processes: int = 1  # training processes (one per device): a step takes batch_size x grad_accum x this many examples
 
     @property
     def rows_per_micro_batch(self) -> int:
@@ -376,11 +377,13 @@ def plan_tokens(
     validation_token_counts: list[int] | None = None,
     test_token_counts: list[int] | None = None,
     shared_prefix: int = 0,
+    processes: int = 1,
 ) -> TokenPlan:
     """Count what training processes: examples truncated to ``max_length``, packed or padded.
 
     Steps, validations and epochs come from the training loop's own schedule
-    (``config.train.schedule``): a step takes ``batch_size * grad_accum`` examples. Text documents
+    (``config.train.schedule``): a step takes ``batch_size * grad_accum * processes`` examples (``processes``: the
+    training processes of a launch, one per device; each runs micro-batches of ``batch_size``). Text documents
     longer than ``max_length`` become windows every ``stride`` tokens, so overlapping windows
     process ``max_length / stride`` times the tokens. Micro-batches are simulated on a seeded
     shuffle as the collate builds them: with ``train.packing`` their examples are packed into rows
@@ -427,7 +430,7 @@ def plan_tokens(
         rows += len(row_lengths)
         widths.append(width)
     seq_len = min(capacity if packed else max_length, _round_up(statistics.mean(widths)))
-    schedule = config.train.schedule(len(lengths))
+    schedule = config.train.schedule(len(lengths), processes)
     steps = schedule.total_steps
     train_tokens = processed * schedule.epochs_run
     validations = 0
@@ -459,6 +462,7 @@ def plan_tokens(
         validations=validations,
         test_tokens=test_tokens,
         micro_batches_per_epoch=micro_batches,
+        processes=processes,
     )
 
 
@@ -651,6 +655,7 @@ def estimate_run(
     available_bytes: int | None = None,
     machine: CpuState | None = None,
     threads: int | None = None,
+    processes: int = 1,
 ) -> Estimate:
     """Estimate tokens, FLOPs, time (here and on each GPU of the table), memory and money.
 
@@ -672,6 +677,9 @@ def estimate_run(
         available_bytes: free memory on ``device`` (None: unknown; ``calibrate.available_memory`` measures it).
         machine / threads: this machine's state now and the threads the run will use (``runtime.choose_threads``),
             stated with the time here.
+        processes: training processes (``--launch``, one per device): the global batch is ``processes`` times
+            ``batch_size``, so the steps and tokens are the launched run's. Each GPU trains and validates on its share
+            (the time on GPUs is divided among them, the dollars are not); CPU processes share this machine's cores.
 
     Raises:
         DataError: when there are no training examples.
@@ -686,7 +694,7 @@ def estimate_run(
     precision = precision or (calibration.precision if calibration else resolve_precision(config.train.precision, device))
     tokens = plan_tokens(
         config, example_token_counts, validation_token_counts=validation_token_counts, test_token_counts=test_token_counts,
-        shared_prefix=shared_prefix,
+        shared_prefix=shared_prefix, processes=processes,
     )  # fmt: skip
     flops = plan_flops(config, facts, tokens, n_labels)
     memory = plan_memory(config, facts, tokens, precision, flops.trainable_params, device)
@@ -713,9 +721,11 @@ def estimate_run(
             # counting the reference's forward in it made the rate 1.5x too fast.
             flops_per_token_here -= 2 * flops.matmul_params
         flops_per_second = calibration.tokens_per_second * flops_per_token_here
+        # One calibrated device: several GPUs train and validate their shares side by side; CPU processes share its cores.
+        devices = processes if device.startswith("cuda") else 1
         seconds = {
-            "train": tokens.train_tokens / calibration.tokens_per_second,
-            "validation": flops.validation_flops / flops_per_second,
+            "train": tokens.train_tokens / calibration.tokens_per_second / devices,
+            "validation": flops.validation_flops / flops_per_second / devices,
         }
         if config.task == "preference":
             # The reference model's log-probabilities: one forward pass over the training and validation pairs, before training.
@@ -742,7 +752,8 @@ def estimate_run(
     utilization = config.budget.utilization or DEFAULT_UTILIZATION
     gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params, "cuda").total
     evaluations = tuned_evaluations + model_baselines
-    work = flops.train_flops + flops.validation_flops + evaluations * flops.eval_flops
+    # On ``processes`` GPUs of a kind: training and validation run in parallel (evaluation on one), each GPU billed.
+    work = (flops.train_flops + flops.validation_flops) / processes + evaluations * flops.eval_flops
     gpus = []
     for gpu in prices.gpus:
         gpu_seconds = work / (gpu.bf16_tflops * 1e12 * utilization)
@@ -750,7 +761,7 @@ def estimate_run(
             GPUEstimate(
                 name=gpu.name,
                 seconds=gpu_seconds,
-                usd=gpu_seconds / 3600 * gpu.usd_per_hour,
+                usd=gpu_seconds / 3600 * gpu.usd_per_hour * processes,
                 fits=gpu_memory <= gpu.memory_gib * GIB,
                 memory_gib=gpu.memory_gib,
                 source=gpu.source,

@@ -29,10 +29,74 @@ from tunelab.runs import RunFolder
 # accelerate's own choices of how processes share the work; without one, several processes mean DDP.
 _MODE_FLAGS = ("--multi_gpu", "--use_fsdp", "--use_deepspeed", "--config_file", "--use_megatron_lm", "--cpu")
 LAUNCH_CONFIG = "launch-config.yaml"
+CPU_ONLY = "ACCELERATE_USE_CPU"  # what accelerate launch --cpu sets for its processes
 
 
 class LaunchError(TunelabError):
     """The launched training processes failed (their own output says why)."""
+
+
+def _split(launch: str) -> list[str]:
+    """The ``--launch`` options as accelerate gets them.
+
+    Raises:
+        ConfigError: when the options cannot be split like a shell would.
+    """
+    try:
+        return shlex.split(launch)
+    except ValueError as error:
+        raise ConfigError(f"--launch {launch!r}: {error}", 'quote it as one argument, e.g. --launch "--num_processes 2"') from None
+
+
+def _flag(option: str) -> str:
+    # accelerate takes --num-processes as well as --num_processes (and so every option of its own).
+    return "--" + option[2:].split("=", 1)[0].replace("-", "_") if option.startswith("--") else option
+
+
+def _value(options: list[str], name: str) -> str | None:
+    """The value given to accelerate's option ``name`` (``--name V`` or ``--name=V``), or None."""
+    for index, option in enumerate(options):
+        if _flag(option) != name:
+            continue
+        if "=" in option:
+            return option.split("=", 1)[1]
+        if index + 1 < len(options):
+            return options[index + 1]
+    return None
+
+
+def _count(options: list[str], name: str) -> int:
+    value = _value(options, name)
+    return int(value) if value is not None and value.isdigit() else 1
+
+
+def launch_processes(launch: str | None) -> int:
+    """How many training processes ``--launch`` starts in all (accelerate's ``--num_processes`` counts every machine's,
+    or its ``--config_file``'s ``num_processes``); 1 without a launch. The global batch is ``batch_size`` times this.
+
+    Raises:
+        ConfigError: when the options cannot be split like a shell would.
+    """
+    if not launch:
+        return 1
+    options = _split(launch)
+    if _value(options, "--num_processes") is None and _value(options, "--config_file"):
+        import yaml
+
+        try:
+            settings = yaml.safe_load(Path(_value(options, "--config_file") or "").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return 1  # accelerate itself says what is wrong with the file when it starts
+        processes = settings.get("num_processes") if isinstance(settings, dict) else None
+        return processes if isinstance(processes, int) and processes > 0 else 1
+    return _count(options, "--num_processes")
+
+
+def _on_cpus(options: list[str]) -> bool:
+    """``--cpu`` with several processes: accelerate alone starts ONE process for it (several only through mpirun), which
+    trained with one process's share of the global batch without a word. tunelab starts them as DDP over gloo."""
+    several = _count(options, "--num_processes") > 1 or _count(options, "--num_machines") > 1
+    return several and any(_flag(option) == "--cpu" for option in options)
 
 
 def launch_command(launch: str, tunelab_arguments: list[str]) -> list[str]:
@@ -41,34 +105,52 @@ def launch_command(launch: str, tunelab_arguments: list[str]) -> list[str]:
     Several processes (``--num_processes N`` with N > 1, or ``--num_machines M`` with M > 1) without a mode
     of accelerate's (``--multi_gpu``, ``--use_fsdp``, ``--use_deepspeed``, ``--config_file``) get
     ``--multi_gpu``: DDP, which on a machine without GPUs is gloo between CPU processes (accelerate itself
-    would start a single process there).
+    would start a single process there). ``--cpu`` with several processes is the same DDP, kept on the CPUs
+    (``launch_environment``): accelerate's own ``--cpu`` starts one process unless mpirun starts them.
 
     Raises:
         ConfigError: when the options cannot be split like a shell would.
     """
-    try:
-        options = shlex.split(launch)
-    except ValueError as error:
-        raise ConfigError(f"--launch {launch!r}: {error}", 'quote it as one argument, e.g. --launch "--num_processes 2"') from None
-
-    def flag(option: str) -> str:
-        # accelerate takes --num-processes as well as --num_processes (and so every option of its own).
-        return "--" + option[2:].split("=", 1)[0].replace("-", "_") if option.startswith("--") else option
-
-    def number(name: str) -> int:
-        for index, option in enumerate(options):
-            if "=" not in option and flag(option) == name and index + 1 < len(options) and options[index + 1].isdigit():
-                return int(options[index + 1])
-            if "=" in option and flag(option) == name and option.split("=", 1)[1].isdigit():
-                return int(option.split("=", 1)[1])
-        return 1
-
-    several = number("--num_processes") > 1 or number("--num_machines") > 1
-    if several and not any(flag(option) in _MODE_FLAGS for option in options):
+    options = _split(launch)
+    if _on_cpus(options):
+        options = [option for option in options if _flag(option) != "--cpu"]
+    several = _count(options, "--num_processes") > 1 or _count(options, "--num_machines") > 1
+    if several and not any(_flag(option) in _MODE_FLAGS for option in options):
         options = ["--multi_gpu", *options]
-    if not any(flag(option) == "--dynamo_backend" for option in options):
+    if not any(_flag(option) == "--dynamo_backend" for option in options):
         options += ["--dynamo_backend", "no"]  # train.compile decides compilation, not accelerate's defaults
     return [sys.executable, "-m", "accelerate.commands.launch", *options, "-m", "tunelab.cli.main", *tunelab_arguments]
+
+
+def launch_environment(launch: str) -> dict[str, str]:
+    """The environment variables the launched processes get besides this process's own.
+
+    Raises:
+        ConfigError: when the options cannot be split like a shell would.
+    """
+    environment = {"TUNELAB_LAUNCHED": "1"}
+    if _on_cpus(_split(launch)):
+        environment[CPU_ONLY] = "true"  # accelerate's own flag: its processes stay on the CPU, GPUs or not
+    return environment
+
+
+def check_not_launched(command: str) -> None:
+    """Refuse to run ``command`` (the whole pipeline, a sweep) as one of several processes started by
+    ``accelerate launch`` or torchrun: every process ran every step (the data check, the baselines, the evaluation,
+    the registry row) and the second one stopped on the run folder the first held, while the first waited for it in
+    training until the launcher killed it.
+
+    Raises:
+        ConfigError: naming ``--launch``, which runs only the train step on several processes.
+    """
+    size = next((int(value) for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+                 if (value := os.environ.get(name, "")).isdigit()), 1)
+    if size > 1:
+        hint = "run it as one process, without accelerate launch"
+        if command == "tunelab run":
+            hint = (f'run it as one process with --launch "ACCELERATE LAUNCH OPTIONS" (e.g. tunelab run CONFIG --launch '
+                    f'"--num_processes {size}"), or launch `tunelab train CONFIG` itself')
+        raise ConfigError(f"{command} was started as one of {size} processes (accelerate launch or torchrun): it runs in one process", hint)
 
 
 def is_main_process() -> bool:
@@ -106,9 +188,15 @@ def _terminated_together(process: subprocess.Popen) -> Iterator[None]:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_launched(command: list[str]) -> int:
-    """Run a launch command, its output going where this process's goes; returns its exit code."""
-    with subprocess.Popen(command, env={**os.environ, "TUNELAB_LAUNCHED": "1"}) as process, _terminated_together(process):
+def run_launched(launch: str, tunelab_arguments: list[str]) -> int:
+    """Run ``tunelab_arguments`` under ``accelerate launch`` with the ``launch`` options, its output going where this
+    process's goes; returns its exit code.
+
+    Raises:
+        ConfigError: when the options cannot be split like a shell would.
+    """
+    command = launch_command(launch, tunelab_arguments)
+    with subprocess.Popen(command, env={**os.environ, **launch_environment(launch)}) as process, _terminated_together(process):
         return process.wait()
 
 
@@ -137,7 +225,7 @@ def train_launched(config: ResolvedConfig, run_dir: str | Path, launch: str, *, 
         atomic_write_text(path, dump_config(type(config).model_validate(settings)))
         arguments = ["train", str(path), "--run-dir", str(run.root), "--json"]
     with subprocess.Popen(
-        launch_command(launch, arguments), env={**os.environ, "TUNELAB_LAUNCHED": "1", **lock_for_children(run.root)},
+        launch_command(launch, arguments), env={**os.environ, **launch_environment(launch), **lock_for_children(run.root)},
         stdout=subprocess.PIPE, text=True,
     ) as process, _terminated_together(process):
         stdout, _ = process.communicate()

@@ -403,7 +403,9 @@ def open_pipeline(
         ModelError: when the model cannot be loaded.
     """
     from tunelab.runs import load_model
+    from tunelab.tasks.launch import check_not_launched
 
+    check_not_launched("tunelab run")
     repaired: str | None = None
     started = Path.cwd()
     if resume is not None:
@@ -603,7 +605,11 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
     split = context.require_split()
     with step(context, "estimate") as record:
         # The base model stays as it is (the baseline evaluates it next): calibration loads its own copy.
-        result = estimate_for_split(context.config, split, context.base, label_map=context.label_map, calibrate_here=context.calibrate)
+        from tunelab.tasks.launch import launch_processes
+
+        # Under --launch the train step's global batch is batch_size times the launched processes: so are its steps.
+        result = estimate_for_split(context.config, split, context.base, label_map=context.label_map, calibrate_here=context.calibrate,
+                                    processes=launch_processes(context.launch))
         estimate = result.as_dict()
         for name, seconds in (result.seconds or {}).items():
             context.registry.record_timing(context.registry_id, name, estimated_s=seconds)
@@ -751,9 +757,10 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
     """
     from tunelab.registry.store import Registry, default_registry_path
     from tunelab.tasks import run_training
-    from tunelab.train.run import check_model, require_tracker
+    from tunelab.train.run import check_launch, check_model, require_tracker
 
     require_tracker(config)  # before a registry row or a run folder exists, as `tunelab run` checks it
+    check_launch()
     check_model(config)  # the model is there and the rows fit its context: as `tunelab run`'s data check
     run = RunFolder(Path(run_dir))
     if run.pipeline_state.is_file():

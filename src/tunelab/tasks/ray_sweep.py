@@ -250,8 +250,10 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
 
     from tunelab.config import load_config
     from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.tasks.launch import check_not_launched
     from tunelab.tasks.sweep import check_metric, check_same_rows, sweep_overrides
 
+    check_not_launched("tunelab sweep")
     config_path = Path(config_path).resolve()
     base = load_config(config_path, base_overrides)
     variants = [(overrides, load_config(config_path, [*base_overrides, *overrides])) for overrides in sweep_overrides(grid)]

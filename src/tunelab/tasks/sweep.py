@@ -82,7 +82,9 @@ def run_sweep(
             split (``check_same_rows``), or a ``metric`` the variants' task does not measure.
     """
     from tunelab.config import load_config
+    from tunelab.tasks.launch import check_not_launched
 
+    check_not_launched("tunelab sweep")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     configs = []
     for index, overrides in enumerate(sweep_overrides(grid), 1):

@@ -151,7 +151,9 @@ def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
     # precision must start from a fresh one (the distributed process group itself is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # accelerate launch --cpu (and tunelab's --launch "... --cpu") keeps the processes on the CPU, GPUs or not.
+    cpu_only = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
     precision = resolve_precision(config.train.precision, device)
     tracker = None if config.train.tracker == "none" else config.train.tracker
     fsdp_between_cpus = device == "cpu" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -179,6 +181,30 @@ def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
     return accelerator, precision
+
+
+# What a launcher that starts several processes sets in each (torchrun, mpirun's flavours): accelerate's own list.
+_GROUP_SIZE = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def check_launch() -> None:
+    """Refuse a training that ``accelerate launch --num_processes N --cpu`` started as one process.
+
+    accelerate starts several CPU processes only through mpirun: without it, ``--cpu`` runs the script once, with
+    MASTER_ADDR set for the processes it did not start. That one process trained with its share of the global batch
+    (``batch_size``, not ``N x batch_size``), the steps and learning-rate schedule of another run, without a word.
+
+    Raises:
+        ConfigError: naming the commands that do start N CPU processes.
+    """
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    if cpu and os.environ.get("MASTER_ADDR") and not any(os.environ.get(name) for name in (*_GROUP_SIZE, "LOCAL_RANK")):
+        raise ConfigError(
+            "accelerate launch --cpu started this training as one process, not the several asked for (accelerate starts "
+            "several CPU processes only through mpirun): it would train with one process's share of the global batch",
+            'let tunelab launch them: tunelab train CONFIG --launch "--num_processes N --cpu" (DDP over gloo), or '
+            "accelerate launch --multi_gpu --num_processes N ... on a machine without GPUs",
+        )
 
 
 def check_model(config: ResolvedConfig) -> None:
@@ -221,6 +247,7 @@ def start_run(config: ResolvedConfig, split: Split, *, run_dir: str | Path, resu
             is asked with a different config, or ``train.tracker`` is not installed.
     """
     require_tracker(config)
+    check_launch()
     run = RunFolder(Path(run_dir))
     if resume:
         _check_resume(config, split, run)

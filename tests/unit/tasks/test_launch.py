@@ -91,3 +91,119 @@ def test_sigterm_to_tunelab_train_launch_stops_the_training_processes(tiny_model
         for pid in _pids_of(str(tmp_path / "config.yaml")):  # what outlived the launcher: this test's own processes
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("launch", ["--num_processes 2 --cpu", "--cpu --num-processes=2", "--num_machines 2 --cpu"])
+def test_cpu_with_several_processes_is_ddp_kept_on_the_cpus(launch):
+    """accelerate alone starts ONE process for `--num_processes 2 --cpu` (several CPU processes only through mpirun)."""
+    from tunelab.tasks.launch import launch_environment
+
+    command = launch_command(launch, [])
+    assert "--multi_gpu" in command and "--cpu" not in command
+    assert launch_environment(launch) == {"TUNELAB_LAUNCHED": "1", "ACCELERATE_USE_CPU": "true"}
+    one = "--num_processes 1 --cpu"
+    assert "--cpu" in launch_command(one, []) and "ACCELERATE_USE_CPU" not in launch_environment(one)
+
+
+def test_the_processes_of_a_launch_are_counted_for_the_global_batch(tmp_path):
+    from tunelab.tasks.launch import launch_processes
+
+    (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\nnum_processes: 8\n")
+    assert [launch_processes(launch) for launch in (None, "--num_processes 4", "--num-processes=3 --cpu", "--mixed_precision bf16",
+                                                    f"--config_file {tmp_path / 'fsdp.yaml'}",
+                                                    f"--config-file {tmp_path / 'fsdp.yaml'} --num_processes 2")] == [1, 4, 3, 1, 8, 2]
+
+
+def _cli(arguments: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *arguments], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _sft_config(folder: Path, model: Path, **train) -> Path:
+    (folder / "train.jsonl").write_text("".join(
+        json.dumps({"prompt": f"What is {i} plus {i}?", "completion": f"It is {2 * i}."}) + "\n" for i in range(24)
+    ))
+    config = {"task": "sft", "name": "run", "model": str(model), "data": {"train": "train.jsonl", "max_length": 64},
+              "train": {"batch_size": 2, "precision": "fp32", "output_dir": str(folder / "runs"), **train},
+              "eval": {"baselines": ["base"], "bootstrap_samples": 100}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder / "config.yaml"
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_tunelab_run_started_by_accelerate_launch_is_refused_once(tiny_model_dir, tmp_path, rank):
+    """`accelerate launch -m tunelab run` ran the whole pipeline in every process: the second stopped on the run folder
+    the first held, and the first waited for it in training until torch's launcher killed it, minutes later."""
+    _sft_config(tmp_path, tiny_model_dir)
+    done = _cli(["run", "config.yaml"], tmp_path, RANK=rank, LOCAL_RANK=rank, WORLD_SIZE="2")
+    assert done.returncode == 2 and not (tmp_path / "runs").exists()
+    # Every process of the group says the same: the first one says it, once.
+    lines = done.stderr.strip().splitlines()
+    if rank == "0":
+        assert lines[0].startswith("error: tunelab run was started as one of 2 processes") and "--launch" in lines[1], lines
+    else:
+        assert lines == [], lines
+
+
+def test_accelerate_launch_cpu_that_starts_one_process_is_refused(tiny_model_dir, tmp_path):
+    """`accelerate launch --num_processes 2 --cpu -m tunelab train` starts one process (accelerate starts several CPU
+    processes only through mpirun): it trained with half the global batch and said nothing."""
+    _sft_config(tmp_path, tiny_model_dir, max_steps=2)
+    environment = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "tunelab.cli.main", "train", "config.yaml"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0, done.stderr[-3000:]  # accelerate's simple launcher answers 1 for the process's 2
+    assert "started this training as one process" in done.stderr and '--launch "--num_processes N --cpu"' in done.stderr
+    assert not (tmp_path / "runs" / "run").exists() and not (tmp_path / "runs" / "registry.db").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available() or not Path("/proc").is_dir(), reason="needs gloo and /proc")
+def test_a_rank_killed_mid_run_ends_the_launch_in_one_line_and_the_run_resumes_on_its_processes(tiny_model_dir, tmp_path):
+    """SIGKILL of one rank of `tunelab train --launch`: the other is stopped by the launcher (no hang), tunelab ends on
+    one line saying how to continue, and `--resume` with the same launch finishes the run, registered once."""
+    config = _sft_config(tmp_path, tiny_model_dir, max_steps=60, save_every=10, eval_every=1000)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = f"--num_processes 2 --cpu --mixed_precision no --main_process_port {port}"
+    environment = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "train", str(config), "--launch", launch],
+                                cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "runs" / "run"
+    try:
+        deadline = time.time() + 180
+        while not (run / "checkpoints" / "step-10" / "state.json").is_file():
+            assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:] if launcher.poll() else "no checkpoint"
+            time.sleep(0.1)
+        ranks = [pid for pid in _pids_of(str(config)) if pid != launcher.pid and
+                 b"LOCAL_RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(ranks) == 1
+        os.kill(ranks[0], signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for pid in _pids_of(str(config)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert launcher.returncode != 0 and not (run / "adapter").exists()
+    last = stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("error: the launched training exited with code"), stderr[-2000:]
+    assert f"tunelab train --resume {run} --launch" in last[1], last
+
+    resumed = _cli(["train", "--resume", str(run), "--launch", launch.replace(str(port), str(port + 1)), "--json"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert result["steps"] == 60 and (run / "adapter").is_dir()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "runs" / "registry.db") as db:
+        assert db.execute("SELECT name, status FROM runs").fetchall() == [("run", "finished")]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for kind in ("loss", "validation_loss"):  # one line a read: the main process alone writes them, none twice
+        steps = [record["step"] for record in records if kind in record]
+        assert steps and steps == sorted(set(steps)), records

@@ -152,23 +152,24 @@ def test_ray_sweep_on_a_local_cluster_stops_lagging_trials_and_continues_after_t
 
 def test_a_ray_trial_reads_the_paths_of_the_command_and_config_from_the_drivers_folder(ray_cluster, tmp_path, tiny_model_dir):
     """A trial ran in the folder its Ray node was started in: a relative `registry:` registered every trial in another
-    database than the one `tunelab runs` reads beside the config, and a relative grid path was not found."""
+    database than the one `tunelab runs` reads beside the config, and a relative grid path was not found. Through the
+    CLI, whose `--json` is the leaderboard alone: Ray Tune's header and folders were printed before it on stdout; a
+    variant that fails is a row with its error, and the sweep goes on."""
     config = _write_config(tmp_path, tiny_model_dir)
     settings = json.loads(config.read_text())
     settings["registry"] = "sweep.db"
     settings["train"].update(epochs=None, max_steps=2)
     config.write_text(json.dumps(settings))
-    driver = """
-import json, sys
-from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
-result = run_ray_sweep(sys.argv[1], [], ["data.train=train.jsonl"], RaySweepSettings(address=sys.argv[2], name="cwd"))
-print("RESULT " + json.dumps(result.rows))
-"""
-    done = subprocess.run([sys.executable, "-c", driver, str(config), ray_cluster], env=_env(tmp_path), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", "sweep", str(config), "--engine", "ray", "--address", ray_cluster,
+         "--name", "cwd", "--grid", "data.train=train.jsonl,missing.jsonl", "--json"],
+        env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
-    rows = json.loads(done.stdout[done.stdout.index("RESULT ") + 7:].splitlines()[0])
-    assert len(rows) == 1 and rows[0]["error"] is None, rows
+    rows = json.loads(done.stdout)
+    assert len(rows) == 2 and rows[0]["error"] is None and "missing.jsonl" in rows[1]["error"], rows
+    # Its final report's infinite loss is not logged as "NaN or Inf found in input tensor", a diverged training's words.
+    assert "NaN or Inf" not in done.stderr, done.stderr[-3000:]
     assert [status for _, status in _runs(tmp_path / "sweep.db")] == ["finished"]
     assert not (tmp_path / "node" / "sweep.db").exists()
 

@@ -178,6 +178,8 @@ def test_the_cli_leaderboard_says_what_it_ranked_by(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "best first by validation accuracy; the metric on test" in result.output
     assert result.output.index("0.7000") < result.output.index("0.6000")  # b (validation 0.7, test 0.8) first
+    # The winner's run name, which `promote` takes: the table shows variants only (a Ray trial's name is not guessable).
+    assert "best: b (train.lr=b)" in result.output and "tunelab promote ALIAS b" in result.output, result.output
 
 
 def test_the_metric_options_help_says_it_is_reported_not_ranked_by():

@@ -100,7 +100,12 @@ FSDP = ("--use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_W
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["", "--cpu"])
+def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir, tmp_path, mode):
+    """``--cpu`` as well: accelerate alone starts one process for ``--num_processes 2 --cpu`` (several only through
+    mpirun), and that one trained with half the global batch, the loss and weights of another run, without a word."""
+    from tunelab.tasks.launch import launch_environment
+
     common = {"max_steps": 4, "lora": {"dropout": 0.0}, "lr": 1e-2}
     single = subprocess.run(
         [sys.executable, str(CHILD), str(tiny_model_dir), str(tmp_path / "one"), "fresh", *_args({**common, "batch_size": 4})],
@@ -108,10 +113,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     )
     assert single.returncode == 0, single.stderr[-2000:]
     # No mode given: several processes are DDP (--multi_gpu is added, gloo between CPU processes).
-    launch = _launched("--num_processes 2 --mixed_precision no --main_process_port 29517",
-                       [str(tiny_model_dir), str(tmp_path / "two"), "fresh", *_args({**common, "batch_size": 2})])
+    options = f"--num_processes 2 --mixed_precision no --main_process_port 29517 {mode}"
+    launch = _launched(options, [str(tiny_model_dir), str(tmp_path / "two"), "fresh", *_args({**common, "batch_size": 2})])
     assert "--multi_gpu" in launch
-    double = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=300)
+    double = subprocess.run(launch, env={**_env(), **launch_environment(options)}, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     # Only the main process writes the run folder; both report the same reduced loss.
     one, two = _result(single.stdout), _result(double.stdout)
