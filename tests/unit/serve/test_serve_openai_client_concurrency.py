@@ -71,6 +71,21 @@ class SlowNetwork:
 
 
 @pytest.fixture
+def generated(monkeypatch) -> list[int]:
+    """How many tokens each of the engine's generations computed, in order."""
+    counts: list[int] = []
+    original = engine_module.generate.generate_ids
+
+    def counting(model, input_ids, *args, **kwargs):
+        output = original(model, input_ids, *args, **kwargs)
+        counts.append(output.shape[1] - input_ids.shape[1])
+        return output
+
+    monkeypatch.setattr(engine_module.generate, "generate_ids", counting)
+    return counts
+
+
+@pytest.fixture
 def no_cyclic_gc():
     """The cyclic garbage collector held off for the test, as it may be for seconds on a busy server."""
     gc.disable()
@@ -79,19 +94,10 @@ def no_cyclic_gc():
 
 
 @pytest.mark.parametrize("network", ["fast", "slow"])
-def test_a_client_that_leaves_mid_stream_stops_its_generation(registry, monkeypatch, network, no_cyclic_gc):
+def test_a_client_that_leaves_mid_stream_stops_its_generation(registry, generated, network, no_cyclic_gc):
     """Cancelled outside the answer's generator (while sending a chunk), the generator sits in a reference cycle and was
     closed, cancelling its job, only when the cyclic garbage collector came by: until then the engine went on computing
     all 900 tokens for nobody, its one worker busy for every other request meanwhile."""
-    generated: list[int] = []
-    original = engine_module.generate.generate_ids
-
-    def counting(model, input_ids, *args, **kwargs):
-        output = original(model, input_ids, *args, **kwargs)
-        generated.append(output.shape[1] - input_ids.shape[1])
-        return output
-
-    monkeypatch.setattr(engine_module.generate, "generate_ids", counting)
     app = create_app(registry, ServeSettings(max_tokens_limit=900))
     with BackgroundServer(SlowNetwork(app) if network == "slow" else app, "127.0.0.1", 0) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
@@ -108,20 +114,11 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(registry, monkeypa
     assert len(generated) == 3 and generated[1] < 900, generated
 
 
-def test_a_client_that_gives_up_on_a_plain_answer_stops_its_generation(registry, monkeypatch, tmp_path):
+def test_a_client_that_gives_up_on_a_plain_answer_stops_its_generation(registry, generated, tmp_path):
     """The ``openai`` client's timeout (then, by default, its retries): the engine computed each abandoned answer to its
     last token, for nobody, the worker busy for every other request meanwhile."""
     from tunelab.serve import read_requests
 
-    generated: list[int] = []
-    original = engine_module.generate.generate_ids
-
-    def counting(model, input_ids, *args, **kwargs):
-        output = original(model, input_ids, *args, **kwargs)
-        generated.append(output.shape[1] - input_ids.shape[1])
-        return output
-
-    monkeypatch.setattr(engine_module.generate, "generate_ids", counting)
     log = tmp_path / "requests.db"
     app = create_app(registry, ServeSettings(max_tokens_limit=900, log_path=log))
     question = [{"role": "user", "content": "hi"}]
