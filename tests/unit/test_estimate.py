@@ -763,3 +763,20 @@ def test_model_facts_of_an_sft_run_count_what_a_preference_run_trains(tiny_model
     parent = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=8, target_modules="all-linear"))
     assert model_facts(parent, lora_r=16, target_modules="all-linear") == plain
     assert model_facts(parent, lora_r=4, target_modules=["q_proj", "v_proj"]).lora_params == model_facts(tiny_model, 4, ["q_proj", "v_proj"]).lora_params
+
+
+def test_estimate_reports_a_missing_or_bad_data_file_before_loading_the_model(tmp_path, monkeypatch):
+    """`tunelab estimate` loaded the model (seconds; a hub model: a download) and only then read the data, so a typo in
+    data.train cost a model load before its one-line error; `tunelab run` and `advise` read the data first."""
+    import tunelab.runs
+    from tunelab.estimate import estimate_from_config
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was read")
+
+    monkeypatch.setattr(tunelab.runs, "load_model", no_model)
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine", "label": "a"}\n{"text": "broken", "label": \n')
+    for name, message in (("missing.jsonl", "data not found"), ("bad.jsonl", r"bad.jsonl:2\b")):
+        config = parse_config({"task": "classify", "model": "no-such-model", "data": {"train": str(tmp_path / name)}})
+        with pytest.raises(DataError, match=message):
+            estimate_from_config(config, calibrate_here=False)

@@ -403,8 +403,9 @@ def estimate_from_config(
         (prices or load_price_table()).gpu(config.budget.gpu)
     if not config.data.train:
         raise DataError("the config has no data.train", "set data.train to your training file")
-    loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    # The data first: a missing or bad file is a one-line error before the model is loaded (a hub model: downloaded).
     split = split if split is not None else make_split(config)
+    loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     # The CLI needs the model for nothing else: calibration may change this one in place.
     return estimate_for_split(
         config, split, loaded, calibrate_here=calibrate_here, calibration_steps=calibration_steps,
