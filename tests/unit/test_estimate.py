@@ -780,3 +780,23 @@ def test_estimate_reports_a_missing_or_bad_data_file_before_loading_the_model(tm
         config = parse_config({"task": "classify", "model": "no-such-model", "data": {"train": str(tmp_path / name)}})
         with pytest.raises(DataError, match=message):
             estimate_from_config(config, calibrate_here=False)
+
+
+def test_text_test_tokens_are_the_windows_perplexity_reads(tmp_path, tiny_tokenizer):
+    """Perplexity reads each held-out document in windows that overlap by half (``perplexity_stride``); the estimate
+    counted them at data.stride (no overlap: half the tokens), one reason an FDR speeches run's evaluation took 57 s
+    against 6 s estimated."""
+    from tunelab.data.records import TextRecord
+    from tunelab.data.split import Split
+    from tunelab.data.tokenize import perplexity_stride, tokenize_text
+    from tunelab.estimate import count_tokens
+
+    document = " ".join(f"word{i % 37} and more text" for i in range(400))
+    records = [TextRecord(id=f"d{i}", text=document, source=f"d{i}.txt") for i in range(3)]
+    config = parse_config({"task": "text", "model": "default", "data": {"train": "unused", "max_length": 64}})
+    counts = count_tokens(config, Split("text", records[:1], records[1:2], records[2:], seed=0), tiny_tokenizer)
+    read = [len(w.input_ids) for w in tokenize_text(records[2], tiny_tokenizer, 64, perplexity_stride(config.data))]
+    assert perplexity_stride(config.data) == 32 and len(read) > 2
+    assert counts.test == read
+    trained = [len(w.input_ids) for w in tokenize_text(records[0], tiny_tokenizer, 64, 64)]
+    assert counts.train == trained  # training and its validation loss keep data.stride
