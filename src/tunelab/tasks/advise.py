@@ -605,7 +605,9 @@ def advise(
     curves = ([fits.tuned] if fits.tuned is not None else []) + [c for c in opponent_curves if c.learns]
     if stopped:
         flags.append(stopped)
-    if len(validation) < 30:
+    if len(validation) == 1:
+        flags.append("1 validation row: every score here is of that one row, with no interval; nothing here can decide")
+    elif len(validation) < 30:
         flags.append(f"{len(validation)} validation rows: every score here is uncertain by several points (see the intervals)")
     if not opponent_curves:
         flags.append("no baseline to compare with (eval.baselines is empty): nothing says fine-tuning is needed")
