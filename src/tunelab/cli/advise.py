@@ -103,7 +103,10 @@ def render_advice(data: dict[str, Any]) -> None:
             f"[{projection['low']:+.3f}, {projection['high']:+.3f}]"
         )
     if crossing:
-        if crossing["size"] is None:
+        if crossing["size"] is None and crossing.get("behind_from") is not None:
+            console.print(f"crossing: level or ahead of {crossing['opponent']} only up to about {crossing['behind_from']:,.0f} training examples, "
+                          f"behind from there to {crossing['limit']:,.0f}")
+        elif crossing["size"] is None:
             console.print(f"crossing: not within 10x your data (up to {crossing['limit']:,.0f} training examples)")
         elif crossing["ahead_at_start"]:
             console.print(f"crossing: level or ahead of every opponent from the smallest size measured ({crossing['start']:,.0f})")

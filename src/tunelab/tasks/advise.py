@@ -272,6 +272,10 @@ def recommend(
         lead = f"{scores}; not shown to be ahead, so the cheaper way wins."
     if crossing is None:
         return choice, lead
+    if crossing.size is None and crossing.behind_from is not None:
+        # Two saturating curves crossing twice: the tuned one learns fast and levels off below the opponent's.
+        return choice, (f"{lead} The central curve is level or ahead of it up to about {crossing.behind_from:,.0f} training examples, "
+                        f"behind beyond: more data of this kind favours {p.opponent}.")
     if crossing.size is None:
         return choice, f"{lead} The curve does not reach it within {crossing.limit / train_size:.0f}x your data ({crossing.limit:,.0f} training examples)."
     if crossing.size <= train_size:
