@@ -778,3 +778,40 @@ def test_model_facts_of_an_sft_run_count_what_a_preference_run_trains(tiny_model
     parent = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=8, target_modules="all-linear"))
     assert model_facts(parent, lora_r=16, target_modules="all-linear") == plain
     assert model_facts(parent, lora_r=4, target_modules=["q_proj", "v_proj"]).lora_params == model_facts(tiny_model, 4, ["q_proj", "v_proj"]).lora_params
+
+
+def test_estimate_reports_a_missing_or_bad_data_file_before_loading_the_model(tmp_path, monkeypatch):
+    """`tunelab estimate` loaded the model (seconds; a hub model: a download) and only then read the data, so a typo in
+    data.train cost a model load before its one-line error; `tunelab run` and `advise` read the data first."""
+    import tunelab.runs
+    from tunelab.estimate import estimate_from_config
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was read")
+
+    monkeypatch.setattr(tunelab.runs, "load_model", no_model)
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine", "label": "a"}\n{"text": "broken", "label": \n')
+    for name, message in (("missing.jsonl", "data not found"), ("bad.jsonl", r"bad.jsonl:2\b")):
+        config = parse_config({"task": "classify", "model": "no-such-model", "data": {"train": str(tmp_path / name)}})
+        with pytest.raises(DataError, match=message):
+            estimate_from_config(config, calibrate_here=False)
+
+
+def test_text_test_tokens_are_the_windows_perplexity_reads(tmp_path, tiny_tokenizer):
+    """Perplexity reads each held-out document in windows that overlap by half (``perplexity_stride``); the estimate
+    counted them at data.stride (no overlap: half the tokens), one reason an FDR speeches run's evaluation took 57 s
+    against 6 s estimated."""
+    from tunelab.data.records import TextRecord
+    from tunelab.data.split import Split
+    from tunelab.data.tokenize import perplexity_stride, tokenize_text
+    from tunelab.estimate import count_tokens
+
+    document = " ".join(f"word{i % 37} and more text" for i in range(400))
+    records = [TextRecord(id=f"d{i}", text=document, source=f"d{i}.txt") for i in range(3)]
+    config = parse_config({"task": "text", "model": "default", "data": {"train": "unused", "max_length": 64}})
+    counts = count_tokens(config, Split("text", records[:1], records[1:2], records[2:], seed=0), tiny_tokenizer)
+    read = [len(w.input_ids) for w in tokenize_text(records[2], tiny_tokenizer, 64, perplexity_stride(config.data))]
+    assert perplexity_stride(config.data) == 32 and len(read) > 2
+    assert counts.test == read
+    trained = [len(w.input_ids) for w in tokenize_text(records[0], tiny_tokenizer, 64, 64)]
+    assert counts.train == trained  # training and its validation loss keep data.stride

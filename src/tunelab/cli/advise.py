@@ -63,14 +63,19 @@ def _event_printer(quiet: bool):
 def render_advice(data: dict[str, Any]) -> None:
     """The table and the recommendation, from an ``advice.json`` dict."""
     metric = data["metric"]
-    opponents = Table(title=f"Opponents on {data['validation_size']} validation rows ({metric}, 95% interval)")
+    # One validation row resamples to itself: its "interval" has no width and says nothing, so none is shown.
+    one_row = data["validation_size"] < 2
+    interval = "one row: no interval" if one_row else "95% interval"
+    curves = {c["name"]: c for c in data["curves"]}
+    opponents = Table(title=f"Opponents on {data['validation_size']} validation rows ({metric}, {interval})")
     for column in ("baseline", metric, "learns from data", "time here"):
         opponents.add_column(column, justify="left" if column == "baseline" else "right")
     for o in data["opponents"]:
-        opponents.add_row(o["name"], _score(o["score"], o["low"], o["high"]), "yes (curve)" if o["learns"] else "no", duration(o["seconds"]))
+        learns = ("yes (curve)" if o["name"] in curves else "yes") if o["learns"] else "no"
+        score = _score(o["score"]) if one_row else _score(o["score"], o["low"], o["high"])
+        opponents.add_row(o["name"], score, learns, duration(o["seconds"]))
     console.print(opponents)
 
-    curves = {c["name"]: c for c in data["curves"]}
     if data["points"]:
         points = Table(title=f"Learning curve: the recipe on nested subsets of the {data['train_size']:,} training examples")
         learning = [name for name in curves if name != "tuned"]
@@ -98,7 +103,10 @@ def render_advice(data: dict[str, Any]) -> None:
             f"[{projection['low']:+.3f}, {projection['high']:+.3f}]"
         )
     if crossing:
-        if crossing["size"] is None:
+        if crossing["size"] is None and crossing.get("behind_from") is not None:
+            console.print(f"crossing: level or ahead of {crossing['opponent']} only up to about {crossing['behind_from']:,.0f} training examples, "
+                          f"behind from there to {crossing['limit']:,.0f}")
+        elif crossing["size"] is None:
             console.print(f"crossing: not within 10x your data (up to {crossing['limit']:,.0f} training examples)")
         elif crossing["ahead_at_start"]:
             console.print(f"crossing: level or ahead of every opponent from the smallest size measured ({crossing['start']:,.0f})")
@@ -112,7 +120,11 @@ def render_advice(data: dict[str, Any]) -> None:
     for row in data["options"]:
         retune_time = duration(row["retune_seconds_per_month"]) if row["retune_seconds_per_month"] is not None else "-"
         retune = f"{retune_time}, USD {_usd(row['retune_usd_per_month'])}"
-        options.add_row(row["name"], _score(row["score"], row["score_low"], row["score_high"]) if row["score"] is not None else row["score_note"],
+        if row["score"] is None:
+            score = row["score_note"]
+        else:
+            score = _score(row["score"]) if one_row else _score(row["score"], row["score_low"], row["score_high"])
+        options.add_row(row["name"], score,
                         duration(row["seconds"]) if row["seconds"] is not None else "?", _usd(row["usd"]), retune)
     console.print(options)
     console.print("[dim]? unknown (see the notes); time here is this machine's, on the GPU compute only; inference costs are not included[/]")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from tunelab.cli.common import console, human_bytes, print_json, progress_display
-from tunelab.estimate.plan import duration, money
+from tunelab.estimate.plan import duration, money, steps_text
 
 
 def _flops(value: float) -> str:
@@ -55,7 +56,8 @@ def estimate(
     if tokens.processes > 1:
         summary.add_row("processes × batch_size → examples a step", f"{tokens.processes} × {config.train.batch_size * config.train.grad_accum} "
                         f"→ {tokens.processes * config.train.batch_size * config.train.grad_accum}")
-    summary.add_row("epochs × rows → optimizer steps", f"{tokens.epochs:g} × {tokens.rows_per_epoch:,} → {tokens.optimizer_steps:,}")
+    summary.add_row("rows per epoch", f"{tokens.rows_per_epoch:,}" + (" (examples packed into rows)" if tokens.packed else ""))
+    summary.add_row("optimizer steps", steps_text(asdict(tokens)))
     summary.add_row("training tokens", f"{tokens.train_tokens:,}" + (" (packed)" if tokens.packed else " (padded batches)"))
     summary.add_row("row length trained on", f"{tokens.seq_len}")
     summary.add_row("validation tokens", f"{tokens.validation_tokens:,} ({tokens.validations} passes)")

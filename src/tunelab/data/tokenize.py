@@ -266,6 +266,13 @@ def _prompt_cut(sequences: Sequence[Sequence[int]], max_length: int) -> int:
     return max(0, min(longest - max_length, prompt_length - 1))
 
 
+def perplexity_stride(data_config: Any) -> int:
+    """The stride of perplexity's windows over a held-out document (``data_config``: the run's ``data`` section): they
+    overlap by at least half a window, so every token after a document's first has context."""
+    half = max(1, data_config.max_length // 2)
+    return min(data_config.stride or half, half)
+
+
 def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:
     """Split one document (after the tokenizer's own BOS where it adds one, + EOS) into windows of ``max_length`` tokens
     every ``stride`` tokens."""

@@ -77,10 +77,13 @@ class TokenCounts:
     skipped_baselines: list[str] = field(default_factory=list)
 
 
-def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None) -> list[int]:
+def example_token_counts(
+    config: ResolvedConfig, records: list, tokenizer: Any, label_map: Any = None, *, stride: int | None = None
+) -> list[int]:
     """Tokens of each example exactly as it will be trained (template, windows, truncation included).
 
-    classify examples are the prompt; the answer is one more token.
+    classify examples are the prompt; the answer is one more token. text: ``stride`` between windows (default
+    ``data.stride``, as training reads them).
     """
     from tunelab.data.tokenize import tokenize_records
 
@@ -97,7 +100,7 @@ def example_token_counts(config: ResolvedConfig, records: list, tokenizer: Any, 
         config.task,
         tokenizer,
         max_length=config.data.max_length,
-        stride=config.data.stride,
+        stride=stride or config.data.stride,
         label_map=label_map,
         system_prompt=config.data.system_prompt,
     )
@@ -114,6 +117,8 @@ def count_tokens(
     """Tokens per example of ``split`` as the run trains and evaluates it (the test set as sampled by
     ``data.max_test_examples``, as evaluation does). ``context``: the model's (``models.generate.context_length``),
     which bounds an sft few-shot prompt (None: 2048)."""
+    from tunelab.data.tokenize import perplexity_stride
+
     if config.task == "classify" and label_map is None:
         from tunelab.data.labels import LabelMap
 
@@ -124,7 +129,9 @@ def count_tokens(
     return TokenCounts(
         train=example_token_counts(config, split.train, tokenizer, label_map),
         validation=example_token_counts(config, split.validation, tokenizer, label_map),
-        test=example_token_counts(config, test, tokenizer, label_map),
+        # text: perplexity reads a held-out document in windows that overlap by half, not at the training stride.
+        test=example_token_counts(config, test, tokenizer, label_map,
+                                  stride=perplexity_stride(config.data) if config.task == "text" else None),
         n_labels=len(label_map.labels) if label_map else None,
         shared_prefix=_shared_prefix(config, split, tokenizer, label_map),
         scored_share=_scored_share(config, split, tokenizer),
@@ -411,9 +418,10 @@ def estimate_from_config(
         (prices or load_price_table()).gpu(config.budget.gpu)
     if not config.data.train:
         raise DataError("the config has no data.train", "set data.train to your training file")
+    # The data first: a missing or bad file is a one-line error before the model is loaded (a hub model: downloaded).
+    split = split if split is not None else make_split(config)
     if loaded is None:
         loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
-    split = split if split is not None else make_split(config)
     # The CLI needs the model for nothing else: calibration may change this one in place.
     return estimate_for_split(
         config, split, loaded, calibrate_here=calibrate_here, calibration_steps=calibration_steps,

@@ -164,6 +164,9 @@ class TokenPlan:
     test_tokens: int = 0
     micro_batches_per_epoch: int = 0
     processes: int = 1  # training processes (one per device): a step takes batch_size x grad_accum x this many examples
+    steps_per_epoch: int = 0
+    # What decided the optimizer steps besides epochs x steps per epoch: "train.min_steps", "train.max_steps" or None.
+    steps_set_by: str | None = None
 
     @property
     def rows_per_micro_batch(self) -> int:
@@ -432,6 +435,8 @@ def plan_tokens(
     seq_len = min(capacity if packed else max_length, _round_up(statistics.mean(widths)))
     schedule = config.train.schedule(len(lengths), processes)
     steps = schedule.total_steps
+    from_epochs = max(1, math.ceil(config.train.epochs * schedule.steps_per_epoch))
+    steps_set_by = None if steps == from_epochs else "train.max_steps" if config.train.max_steps else "train.min_steps"
     train_tokens = processed * schedule.epochs_run
     validations = 0
     validation_tokens = sum(min(c, max_length) for c in validation_token_counts or [])
@@ -463,7 +468,27 @@ def plan_tokens(
         test_tokens=test_tokens,
         micro_batches_per_epoch=micro_batches,
         processes=processes,
+        steps_per_epoch=schedule.steps_per_epoch,
+        steps_set_by=steps_set_by,
     )
+
+
+def steps_text(tokens: dict[str, Any]) -> str:
+    """How a plan's optimizer steps were counted (``TokenPlan`` as a dict, also a stored estimate's), e.g.
+    "5 epochs × 23 per epoch = 115, raised to 120 by train.min_steps"; the bare count for an estimate stored before
+    ``steps_per_epoch`` was."""
+    steps, per_epoch, epochs = tokens.get("optimizer_steps"), tokens.get("steps_per_epoch"), tokens.get("epochs")
+    if not isinstance(steps, int):
+        return "-"
+    if not per_epoch or not isinstance(epochs, int | float):
+        return f"{steps:,}"
+    from_epochs = max(1, math.ceil(epochs * per_epoch))
+    counted = f"{epochs:g} epochs × {per_epoch:,} per epoch"
+    if tokens.get("steps_set_by") == "train.max_steps":
+        return f"{steps:,}, set by train.max_steps ({counted}: {from_epochs:,})"
+    if tokens.get("steps_set_by"):
+        return f"{counted} = {from_epochs:,}, raised to {steps:,} by {tokens['steps_set_by']}"
+    return f"{counted} = {steps:,}"
 
 
 def attention_forward_per_token(facts: ModelFacts, tokens: TokenPlan) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.estimate.plan import duration, money
+from tunelab.estimate.plan import duration, money, steps_text
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -40,7 +40,7 @@ def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
         ("task / method", f"{estimate.get('task', '-')} / {estimate.get('method', '-')} ({estimate.get('precision', '-')})"),
         ("training examples", number(tokens.get("examples"))),
         ("training tokens", f"{tokens.get('train_tokens', 0):,}" if isinstance(tokens.get("train_tokens"), int) else "-"),
-        ("optimizer steps", number(tokens.get("optimizer_steps"))),
+        ("optimizer steps", steps_text(tokens)),
     ]
     seconds = estimate.get("seconds") or {}
     if seconds:

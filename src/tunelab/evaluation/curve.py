@@ -279,7 +279,8 @@ class Crossing:
     """Where the tuned curve reaches the best opponent (every opponent at once) for good, between ``start`` and ``limit`` examples.
 
     ``size`` None: not within ``limit`` (``CROSSING_LIMIT`` x the user's data), or ahead only for a while and
-    behind again at ``limit``. ``ahead_at_start``: level or ahead from the smallest size looked at to ``limit``. ``low``/``high``: the 95% range of the crossing over the
+    behind again at ``limit``; then ``behind_from`` is the size from which it is behind for good (None: behind
+    everywhere). ``ahead_at_start``: level or ahead from the smallest size looked at to ``limit``. ``low``/``high``: the 95% range of the crossing over the
     bootstrap resamples (``high`` None: beyond the limit in more than 2.5% of them).
     """
 
@@ -290,6 +291,7 @@ class Crossing:
     limit: float
     ahead_at_start: bool
     opponent: str | None  # the opponent it reaches last (the best one at the crossing)
+    behind_from: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -324,10 +326,15 @@ def crossing_point(tuned: Curve, opponents: Sequence[Curve], *, start: float, li
     gaps = gap(grid)
     behind = np.flatnonzero(gaps < 0)
     size: float | None
+    behind_from = None
     if behind.size == 0:
         size = float(start)
     elif behind[-1] == grid.size - 1:
         size = None
+        ahead = np.flatnonzero(gaps >= 0)
+        if ahead.size:  # ahead for a while: where it falls behind for good
+            j = int(ahead[-1])
+            behind_from = float(brentq(lambda n: float(gap([n])[0]), grid[j], grid[j + 1], xtol=1e-9, rtol=1e-12))
     else:
         i = int(behind[-1]) + 1  # the first size after the last one behind
         size = float(brentq(lambda n: float(gap([n])[0]), grid[i - 1], grid[i], xtol=1e-9, rtol=1e-12))
@@ -344,7 +351,7 @@ def crossing_point(tuned: Curve, opponents: Sequence[Curve], *, start: float, li
     _, names = envelope(opponents, [size if size is not None else limit], higher)
     return Crossing(
         size=size, low=float(low) if np.isfinite(low) else None, high=float(high) if np.isfinite(high) else None,
-        start=float(start), limit=float(limit), ahead_at_start=behind.size == 0, opponent=names[0],
+        start=float(start), limit=float(limit), ahead_at_start=behind.size == 0, opponent=names[0], behind_from=behind_from,
     )
 
 

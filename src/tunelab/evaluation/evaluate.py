@@ -25,7 +25,7 @@ from tunelab.data.templates import (
     with_system_prompt,
     zero_shot_messages,
 )
-from tunelab.data.tokenize import tokenize_text
+from tunelab.data.tokenize import perplexity_stride, tokenize_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import (
     PRIMARY_METRIC,
@@ -447,12 +447,6 @@ def _evaluate_sft(loaded, records, config, data_config, settings, progress):
     warnings = [f"{truncated} sft prompts were longer than {bound} and kept only their last tokens"] if truncated else []
     settings.update(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     return rows, metrics, warnings
-
-
-def perplexity_stride(data_config: DataConfig) -> int:
-    """Windows overlap by at least half a window, so every token after a document's first has context."""
-    half = max(1, data_config.max_length // 2)
-    return min(data_config.stride or half, half)
 
 
 def _evaluate_text(loaded, records, config, data_config, settings, progress):

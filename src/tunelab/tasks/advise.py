@@ -272,6 +272,10 @@ def recommend(
         lead = f"{scores}; not shown to be ahead, so the cheaper way wins."
     if crossing is None:
         return choice, lead
+    if crossing.size is None and crossing.behind_from is not None:
+        # Two saturating curves crossing twice: the tuned one learns fast and levels off below the opponent's.
+        return choice, (f"{lead} The central curve is level or ahead of it up to about {crossing.behind_from:,.0f} training examples, "
+                        f"behind beyond: more data of this kind favours {p.opponent}.")
     if crossing.size is None:
         return choice, f"{lead} The curve does not reach it within {crossing.limit / train_size:.0f}x your data ({crossing.limit:,.0f} training examples)."
     if crossing.size <= train_size:
@@ -605,7 +609,9 @@ def advise(
     curves = ([fits.tuned] if fits.tuned is not None else []) + [c for c in opponent_curves if c.learns]
     if stopped:
         flags.append(stopped)
-    if len(validation) < 30:
+    if len(validation) == 1:
+        flags.append("1 validation row: every score here is of that one row, with no interval; nothing here can decide")
+    elif len(validation) < 30:
         flags.append(f"{len(validation)} validation rows: every score here is uncertain by several points (see the intervals)")
     if not opponent_curves:
         flags.append("no baseline to compare with (eval.baselines is empty): nothing says fine-tuning is needed")

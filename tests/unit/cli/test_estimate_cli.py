@@ -47,3 +47,27 @@ def test_a_tiny_runs_price_reads_as_money_not_scientific_notation(tmp_path, tiny
     assert table.exit_code == 0, table.output
     assert not re.search(r"\d[eE]-\d", table.output), table.output
     assert re.search(r"H100-SXM .*\$0\.0+\d", table.output), table.output
+
+
+def test_the_optimizer_steps_say_how_they_were_counted(tmp_path, tiny_model_dir):
+    """The table printed "epochs × rows → optimizer steps" as "5 × 45 → 120" for 180 BANKING77 rows: 45 packed rows, 23
+    steps an epoch (batch 8), 115 steps raised to 120 by the classify default train.min_steps; nothing said so."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+
+    config = _sft_config(tmp_path, tiny_model_dir)  # 8 training examples, batch 8: one step an epoch, 2 epochs (sft)
+    runner = CliRunner()
+
+    def words(*overrides):
+        result = runner.invoke(cli_main.app, ["estimate", str(config), *overrides, "--no-calibrate"])
+        assert result.exit_code == 0, result.output
+        return " ".join(re.findall(r"[^│┃\s]+", result.output))  # the table's cells, wrapped lines joined
+
+    assert "optimizer steps 2 epochs × 1 per epoch = 2 " in words() and "min_steps" not in words()
+    assert "optimizer steps 2 epochs × 1 per epoch = 2, raised to 30 by train.min_steps " in words("train.min_steps=30")
+    assert "optimizer steps 5, set by train.max_steps (2 epochs × 1 per epoch: 2) " in words("train.max_steps=5")
+    data = json.loads(runner.invoke(cli_main.app, ["estimate", str(config), "train.min_steps=30", "--no-calibrate", "--json"]).output)
+    assert (data["tokens"]["steps_per_epoch"], data["tokens"]["optimizer_steps"], data["tokens"]["steps_set_by"]) == (1, 30, "train.min_steps")

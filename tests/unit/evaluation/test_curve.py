@@ -168,6 +168,10 @@ def test_a_curve_that_is_ahead_only_for_a_while_has_not_reached_the_opponent():
     # Behind again at the limit: more data of this kind leaves it behind, so no crossing within the limit.
     crossing = crossing_point(tuned, [embedding], start=20, limit=1600)
     assert crossing.size is None and crossing.high is None and not crossing.ahead_at_start
+    # Where it falls behind for good is said, so that an advice ahead at the user's size is not told "never reached".
+    assert crossing.behind_from == pytest.approx(400.0, rel=1e-5)
+    assert crossing_point(_curve(PowerLaw(0.8, 1.0, 0.5)), [flat_curve("classical", 160, 0.85, np.full(20, 0.85))],
+                          start=20, limit=1600).behind_from is None  # behind everywhere: never ahead
     assert not crossing_point(tuned, [embedding], start=100, limit=1600).ahead_at_start
     # Up to a limit below 400 it stays ahead from 25 on: that is its crossing.
     within = crossing_point(tuned, [embedding], start=20, limit=300)

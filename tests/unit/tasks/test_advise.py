@@ -197,6 +197,13 @@ def test_recommend_keeping_the_baseline_says_where_the_curve_reaches_it():
     never = recommend(metric="accuracy", train_size=288, projection=_difference(0.7, -0.2, -0.05), crossing=_crossing(None),
                       options=_options(), labels_to_add=None)
     assert "does not reach it within 10x your data (2,880 training examples)" in never[1]
+    # SNIPS, 94 examples: tuned 0.928 against classical's curve 0.923 at 94, but classical's curve keeps rising past the
+    # tuned one's ceiling (0.93): ahead now, behind with more data. It was told "does not reach it within 10x your data".
+    for_a_while = Crossing(None, None, None, 14, 940, False, "classical", behind_from=310.4)
+    ahead_now = recommend(metric="accuracy", train_size=94, projection=_difference(0.928, -0.137, 0.111, opponent=0.923),
+                          crossing=for_a_while, options=_options(), labels_to_add=None)
+    assert ahead_now[0] == "keep classical" and "does not reach" not in ahead_now[1], ahead_now
+    assert "level or ahead of it up to about 310 training examples, behind beyond" in ahead_now[1], ahead_now
     nothing = recommend(metric="accuracy", train_size=288, projection=None, crossing=None, options=_options(), labels_to_add=None,
                         no_curve="no learning curve fits the budget")
     assert nothing[0].startswith("measure first") and "5.0 min" in nothing[1]
@@ -232,3 +239,33 @@ def test_sft_and_text_get_their_own_opponents_and_curves(tmp_path, tiny_model_di
     assert advice.metric == "perplexity" and not advice.higher_is_better
     assert [o.name for o in advice.opponents] == ["base"] and [c.name for c in advice.curves] == ["tuned"]
     assert advice.projection is not None and advice.projection.opponent == "base"
+
+
+def test_the_tables_say_only_what_was_measured():
+    """FDR speeches (8 documents: 1 validation document) showed perplexity "36.112 [36.112, 36.112]", an interval of
+    zero width from one row, with a note to "see the intervals"; and an advice without a curve (the budget fitted
+    none) said "yes (curve)" for classical and embedding, whose curves were never measured."""
+    from tunelab.cli.advise import render_advice
+    from tunelab.cli.common import console
+
+    def opponent(name, score, learns):
+        return {"name": name, "score": score, "low": score, "high": score, "learns": learns, "seconds": 1.0, "model": name}
+
+    data = {
+        "name": "x", "task": "text", "metric": "perplexity", "higher_is_better": False, "train_size": 6, "validation_size": 1,
+        "labelled": 8, "opponents": [opponent("base", 36.112, False), opponent("classical", 30.5, True)], "points": [],
+        "curves": [], "projection": None, "crossing": None, "recommendation": "measure first: run tunelab run", "reason": "r",
+        "flags": [], "options": [{"key": "keep", "name": "keep base", "seconds": 1.0, "usd": None, "retune_seconds_per_month": 0.0,
+                                   "retune_usd_per_month": 0.0, "notes": [], "score": 36.112, "score_low": 36.112,
+                                   "score_high": 36.112, "score_note": "measured on the validation rows"}],
+        "retrain_every": "30d", "folder": "/tmp/x", "seconds": 1.0, "warnings": [],
+    }
+    with console.capture() as captured:
+        render_advice(data)
+    output = " ".join(captured.get().split())
+    assert "[36.112, 36.112]" not in output and "36.112" in output and "no interval" in output, output
+    assert "(curve)" not in output and "│ classical │" in output, output
+    data["validation_size"], data["curves"] = 20, [{"name": "classical"}]
+    with console.capture() as captured:
+        render_advice(data)
+    assert "[36.112, 36.112]" in captured.get() and "yes (curve)" in captured.get()
