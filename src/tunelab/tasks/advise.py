@@ -288,6 +288,17 @@ def recommend(
     return choice, f"{lead} The curve reaches it at about {crossing.size:,.0f} training examples{cost}: only beyond that would fine-tuning win."
 
 
+def kept_opponent(opponents: Sequence[Opponent], projection: Difference | None, *, higher_is_better: bool) -> Opponent:
+    """The baseline the "keep" way forward keeps: the one the projection compares with (the recommendation's), else
+    the best measured score, a tie going to the cheaper one."""
+    if projection is not None:
+        for opponent in opponents:
+            if opponent.name == projection.opponent:
+                return opponent
+    sign = 1.0 if higher_is_better else -1.0
+    return max(opponents, key=lambda o: (sign * o.score, -o.seconds))
+
+
 # -------------------------------------------------------------------------------------------- fits
 
 
@@ -609,6 +620,13 @@ def advise(
     curves = ([fits.tuned] if fits.tuned is not None else []) + [c for c in opponent_curves if c.learns]
     if stopped:
         flags.append(stopped)
+    if label_map is not None:
+        # A label with no validation row (a rare one, or one of a single row) is never scored here: say which.
+        unscored = [label for label in label_map.labels if label not in {r.label for r in validation}]
+        if unscored:
+            named = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
+            flags.append(f"{len(unscored)} of {len(label_map.labels)} labels have no validation row ({named}): "
+                         "every score here is silent on them (the real run's test rows may hold them)")
     if len(validation) == 1:
         flags.append("1 validation row: every score here is of that one row, with no interval; nothing here can decide")
     elif len(validation) < 30:
@@ -631,7 +649,7 @@ def advise(
     options: list[OptionRow] = []
     keyed: dict[str, OptionCost] = {}
     if opponents:
-        best = (max if higher else min)(opponents, key=lambda o: o.score)
+        best = kept_opponent(opponents, projection, higher_is_better=higher)
         keep = keep_option(best.name, best.seconds, learns=learns_from_training(best.name) or best.name in CURVE_BASELINES,
                            local_usd_per_hour=local_usd_per_hour, **every)
         if config.eval.endpoint_of(best.name) is not None:

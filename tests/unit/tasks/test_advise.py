@@ -99,6 +99,32 @@ def test_too_little_data_still_gets_an_honest_answer(tmp_path, tiny_model_dir):
 
 
 
+def test_labels_the_validation_rows_lack_are_named(tmp_path, tiny_model_dir):
+    """A skewed BANKING77 draw (4 labels of 3 rows, 4 of 12, 4 of 40) left 4 labels without a validation row: every score
+    of the advice was silent on them, and nothing said so. A label with one row is the extreme case."""
+    config = _classify_config(tmp_path, tiny_model_dir, rows=20)
+    path = tmp_path / "train.jsonl"
+    path.write_text(path.read_text() + json.dumps({"text": "a lone request about the weather", "label": "C"}) + "\n")
+    advice = advise(config, budget_minutes=None, calibrate=False, folder=tmp_path / "lone-advice")
+    assert "C" not in {row["reference"] for row in json.loads((advice.folder / "baselines" / "classical.json").read_text())["rows"]}
+    assert any(flag.startswith("1 of 3 labels have no validation row (C): ") for flag in advice.flags), advice.flags
+
+
+def test_the_baseline_to_keep_is_the_one_the_recommendation_names():
+    """Skewed BANKING77: classical and embedding both 1.000 on the 22 validation rows; the recommendation said "keep
+    embedding" (its curve 0.998 at 198 examples) while the table's row said "keep classical"."""
+    from tunelab.tasks.advise import Opponent, kept_opponent
+
+    opponents = [Opponent("base", 0.18, 0.05, 0.36, False, 3.6), Opponent("classical", 1.0, 1.0, 1.0, True, 1.2),
+                 Opponent("embedding", 1.0, 1.0, 1.0, True, 3.1)]
+    projection = Difference(198, 0.993, 0.968, 1.0, "embedding", 0.998, -0.005, -0.029, 0.003, True)
+    assert kept_opponent(opponents, projection, higher_is_better=True).name == "embedding"
+    # Without a curve, the best measured score; a tie goes to the cheaper one.
+    assert kept_opponent(opponents, None, higher_is_better=True).name == "classical"
+    assert kept_opponent(opponents[::-1], None, higher_is_better=True).name == "classical"
+    assert kept_opponent(opponents, None, higher_is_better=False).name == "base"
+
+
 def test_the_rented_gpu_of_the_advice_is_the_one_the_config_names(tmp_path, tiny_model_dir):
     # The cheapest GPU of the table for a tiny run is not the H200: a user who set budget.gpu: H200 is told its price.
     raw = _classify_config(tmp_path, tiny_model_dir, rows=20).model_dump(mode="json")
