@@ -225,6 +225,22 @@ def plan_curve(
     )
 
 
+def curve_cost_note(curve_s: float | None, run_s: float | None, min_steps: int | None = None) -> str | None:
+    """A note when the planned curve costs more than the whole ``tunelab run`` it is meant to save (None otherwise).
+
+    ``min_steps``: the ``train.min_steps`` that raised the curve runs' steps (None: it did not), the usual reason on
+    small classify data: every curve run then trains that many optimizer steps, whatever its size.
+    """
+    from tunelab.estimate.plan import duration
+
+    if curve_s is None or run_s is None or run_s <= 0 or curve_s <= run_s:
+        return None
+    why = (f"; on data this small every curve run trains at least train.min_steps ({min_steps}) optimizer steps, "
+           "whatever its size" if min_steps else "")
+    return (f"the curve costs {curve_s / run_s:.1f}x a whole `tunelab run` here ({duration(curve_s)} against "
+            f"{duration(run_s)}){why}: the run itself decides, on the test rows, for less")
+
+
 def recommend(
     *,
     metric: str,
@@ -561,6 +577,12 @@ def advise(
                                             budget_s=None if budget_s is None else max(budget_s, 0.0), spent_s=used)
     if planned_s is None and sizes and budget_s is not None:
         warnings.append("the time of each curve run is unknown (no calibration): the largest curve was planned regardless of the budget")
+    if sizes and planned_s is not None:
+        smallest = inputs.estimate(train=example_token_counts(config, subset(min(sizes)), base.tokenizer, label_map))
+        raised = smallest.tokens.steps_set_by == "train.min_steps"
+        costly = curve_cost_note(planned_s, estimate_now.total_seconds, config.train.min_steps if raised else None)
+        if costly:
+            warnings.append(costly)
     _emit(on_event, "plan", "done", sizes=[len(subset(size)) for size in sizes], estimated_seconds=planned_s, reason=no_curve)
 
     # 4. The learning curve: the recipe on nested subsets, each scored on the validation rows.

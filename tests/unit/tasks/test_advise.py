@@ -187,6 +187,25 @@ def test_the_plan_takes_the_largest_curve_that_fits_the_budget():
     assert "too few" in plan_curve(20, min_size=8, seconds_for=seconds, budget_s=None)[2]
 
 
+def test_a_curve_dearer_than_the_run_it_would_save_says_so():
+    """BANKING77, 20 intents x 10: the curve (20, 40, 80, 180 examples) was planned at 18.2 min against 5.5 min for the
+    whole run (measured 19.3 and 5.1): every curve run trains train.min_steps (120) steps. Nothing said so."""
+    from tunelab.tasks.advise import curve_cost_note
+
+    note = curve_cost_note(1092.0, 330.0, 120)
+    assert note.startswith("the curve costs 3.3x a whole `tunelab run` here (18.2 min against 5.5 min)"), note
+    assert "train.min_steps (120)" in note
+    assert "min_steps" not in curve_cost_note(1092.0, 330.0, None)
+    assert curve_cost_note(300.0, 330.0, 120) is None and curve_cost_note(None, 330.0) is None and curve_cost_note(1.0, None) is None
+
+
+def test_the_advice_warns_when_its_curve_costs_more_than_the_run(tmp_path, tiny_model_dir):
+    raw = _classify_config(tmp_path, tiny_model_dir, rows=64).model_dump(mode="json")
+    raw["train"].update({"epochs": 1, "min_steps": 30})  # 38 training examples: 5 steps an epoch, raised to 30 at every size
+    advice = advise(parse_config(raw), budget_minutes=None, calibrate=True, folder=tmp_path / "dear-advice")
+    assert advice.points and any(w.startswith("the curve costs ") and "train.min_steps (30)" in w for w in advice.warnings), advice.warnings
+
+
 def _options(here_seconds=300.0, gpu_usd=0.01):
     return {
         "here": OptionCost("here", "fine-tune here", here_seconds, None, None, None),
