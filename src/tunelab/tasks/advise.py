@@ -644,7 +644,8 @@ def advise(
         flags.append(stopped)
     if label_map is not None:
         # A label with no validation row (a rare one, or one of a single row) is never scored here: say which.
-        unscored = [label for label in label_map.labels if label not in {r.label for r in validation}]
+        scored = {r.label for r in validation}
+        unscored = [label for label in label_map.labels if label not in scored]
         if unscored:
             named = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
             flags.append(f"{len(unscored)} of {len(label_map.labels)} labels have no validation row ({named}): "
