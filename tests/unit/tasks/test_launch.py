@@ -20,6 +20,14 @@ from tunelab.tasks.launch import launch_command
 SRC = Path(__file__).resolve().parents[3] / "src"
 
 
+def _wait_for_checkpoint(launcher: subprocess.Popen, checkpoint: Path, timeout: float = 180) -> None:
+    """Until the launched training has saved ``checkpoint`` whole; its stderr's end when it exits first."""
+    deadline = time.time() + timeout
+    while not (checkpoint / "state.json").is_file():
+        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:] if launcher.poll() else "no checkpoint"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("launch", ["--num_processes 2", "--num-processes 2", "--num-processes=2", "--num-machines 2"])
 def test_several_processes_get_ddp_however_accelerate_spells_the_option(launch):
     command = launch_command(launch, ["train", "c.yaml"])
@@ -73,10 +81,7 @@ def test_sigterm_to_tunelab_train_launch_stops_the_training_processes(tiny_model
     )
     run = tmp_path / "runs" / "long"
     try:
-        deadline = time.time() + 180
-        while not (run / "checkpoints" / "step-20" / "state.json").is_file():
-            assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:] if launcher.poll() else "no checkpoint"
-            time.sleep(0.1)
+        _wait_for_checkpoint(launcher, run / "checkpoints" / "step-20")
         assert run_folder_holder(run) is not None
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(timeout=60)
@@ -175,10 +180,7 @@ def test_a_rank_killed_mid_run_ends_the_launch_in_one_line_and_the_run_resumes_o
                                 cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "runs" / "run"
     try:
-        deadline = time.time() + 180
-        while not (run / "checkpoints" / "step-10" / "state.json").is_file():
-            assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:] if launcher.poll() else "no checkpoint"
-            time.sleep(0.1)
+        _wait_for_checkpoint(launcher, run / "checkpoints" / "step-10")
         ranks = [pid for pid in _pids_of(str(config)) if pid != launcher.pid and
                  b"LOCAL_RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
         assert len(ranks) == 1
