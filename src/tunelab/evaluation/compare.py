@@ -171,13 +171,6 @@ def _paired_rows(a: EvalResult, b: EvalResult) -> tuple[list[dict], list[dict], 
     return [rows_a[k] for k in shared], [rows_b[k] for k in shared], warnings
 
 
-def reference_scored_as_itself(baseline: str) -> str:
-    """Why ``baseline`` (a preference run's reference scored as itself) has no value of a metric measured against the
-    reference (``metrics.measured_against_reference``): the ``not_compared`` of :func:`compare_evaluations`, and what
-    the web interface's Compare page says of the base model's stored value."""
-    return f"{baseline} is the reference it is measured against: its reward against itself is zero"
-
-
 def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples: int = 1000) -> Comparison:
     """Compare evaluation ``b`` against ``a`` with a seeded paired bootstrap.
 
@@ -210,7 +203,7 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
         before = float(spec.compute(table_a, everything)[0])
         after = float(spec.compute(table_b, everything)[0])
         if itself.get(spec.name):
-            reason = reference_scored_as_itself(itself[spec.name][0])
+            reason = f"{itself[spec.name][0]} is the reference it is measured against: its reward against itself is zero"
             before, after = (nan if a.baseline else before), (nan if b.baseline else after)
             metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason))
             continue

@@ -429,13 +429,6 @@ TASK_METRICS: dict[str, list[MetricSpec]] = {
 }
 
 
-def measured_against_reference(task: str | None) -> frozenset[str]:
-    """The ``task``'s metrics measured against the model's reference (``MetricSpec.against_reference``): a baseline, the
-    reference scored as itself, has no value of them; what a stored base-model evaluation holds under these names (a
-    reward margin of 0) is not shown as its own."""
-    return frozenset(spec.name for spec in TASK_METRICS.get(task or "", []) if spec.against_reference)
-
-
 def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Columns of per-example scores that the task's MetricSpecs compute on.
 

@@ -1,12 +1,14 @@
 """The Compare page's "Base model metrics" of a preference run: its base model is the reference the run's implicit reward
 is measured against, scored as itself, so it has no value of those metrics (``MetricSpec.against_reference``). The page
-listed the reference's own preference_accuracy and a reward margin of 0 as the base model's, where the run page, the
-report and the CLI say "not compared" (``compare_evaluations``)."""
+listed the reference's own preference_accuracy and a reward margin of 0 as the base model's, where the run's verdict
+(``compare_evaluations``, as the run page, the report and the CLI show it) says "not compared"."""
 
 import re
 
 from fastapi.testclient import TestClient
+from tests.unit.evaluation.test_preference_comparison import _pair
 
+from tunelab.evaluation.compare import compare_with_baselines
 from tunelab.registry import Registry
 from tunelab.ui import UISettings, create_app
 
@@ -26,9 +28,11 @@ def _base_model_metrics(page: str) -> dict[str, list[str]]:
 
 def test_a_preference_runs_base_model_metrics_leave_the_reference_metrics_not_compared(tmp_path):
     registry = Registry(tmp_path / "runs" / "registry.db")
+    base, tuned = _pair()
+    verdict = compare_with_baselines({"base": base}, tuned, samples=100).to_dict()  # as the pipeline registers it
     runs = [
         registry.create_run(name=name, task="preference", model="/models/tiny", status="finished", run_dir=str(tmp_path / name),
-                            baseline_metrics=REFERENCE, tuned_metrics=TUNED)
+                            baseline_metrics=REFERENCE, tuned_metrics=TUNED, comparison=verdict)
         for name in ("dpo-a", "dpo-b")
     ]
     # A classify run beside them keeps its base model's values: it has no metric measured against a reference.
