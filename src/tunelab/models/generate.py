@@ -105,7 +105,8 @@ class Decoding:
     """How a model samples: greedy at temperature 0 (the default), else nucleus sampling at ``top_p``.
 
     A run's own is ``tunelab.runs.Run.decoding`` (what its evaluation judged): the decoding ``tunelab generate``,
-    ``tunelab serve`` and every export use when they are not told otherwise."""
+    ``tunelab serve`` and every export use when they are not told otherwise. A plain model's is what its own
+    ``generation_config`` says (:func:`configured_decoding`; a merged export's: its run's)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
