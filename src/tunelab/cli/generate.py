@@ -18,13 +18,13 @@ def generate(
     system: str = typer.Option(None, "--system", help="System message (default: the run's own data.system_prompt)."),
     max_new_tokens: int | None = typer.Option(
         None, "--max-new-tokens", min=1, show_default=False,
-        help=f"Longest answer in tokens (default {DEFAULT_NEW_TOKENS}, or fewer when the model's context leaves less after the "
+        help=f"Longest answer in tokens (default: a plain model's own generation_config max_new_tokens, else {DEFAULT_NEW_TOKENS}; or fewer when the model's context leaves less after the "
         "prompt); a prompt plus this many tokens past the model's context is refused.",
     ),
     temperature: float | None = typer.Option(
-        None, "--temperature", min=0.0, show_default=False, help="0 is greedy (default: a run's own eval.temperature, else 0)."
+        None, "--temperature", min=0.0, show_default=False, help="0 is greedy (default: a run's own eval.temperature, else the model's generation_config, else 0)."
     ),
-    top_p: float | None = typer.Option(None, "--top-p", min=0.0, max=1.0, show_default=False, help="Nucleus mass (default: a run's own eval.top_p, else 1)."),
+    top_p: float | None = typer.Option(None, "--top-p", min=0.0, max=1.0, show_default=False, help="Nucleus mass (default: a run's own eval.top_p, else the model's generation_config, else 1)."),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
 ) -> None:
     """Answer PROMPT with a model, printing tokens as they are generated (a classify run prints its label).
@@ -34,7 +34,13 @@ def generate(
     """
     # Imported here: they pull in torch and transformers, which commands without a model never pay for.
     from tunelab.inference import Classifier, chat_prompt, completion_prompt
-    from tunelab.models.generate import Decoding, context_length, stream_generate
+    from tunelab.models.generate import (
+        Decoding,
+        configured_answer_length,
+        configured_decoding,
+        context_length,
+        stream_generate,
+    )
     from tunelab.models.loader import is_cached
     from tunelab.runs import load_model, resolve_model
 
@@ -57,9 +63,14 @@ def generate(
         prepared = chat_prompt(loaded.tokenizer, [{"role": "user", "content": prompt}], system_prompt=system_prompt, max_length=max_length)
     if prepared.truncated:
         error_console.print(f"[yellow]warning[/yellow] the prompt is longer than the run's max_length ({max_length}): its last tokens are kept")
-    max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model))
-    # A run decodes as its evaluation judged it (as `tunelab serve` and `tunelab eval` do), unless told otherwise.
-    decoding = (run.decoding if run is not None else Decoding()).told(temperature, top_p)
+    # A run decodes as its evaluation judged it (as `tunelab serve` and `tunelab eval` do), a plain model as its own
+    # generation_config says (a merged export's: as its run was judged; greedy where it says nothing), unless told otherwise.
+    if run is not None:
+        decoding, configured = run.decoding, None
+    else:
+        decoding, configured = configured_decoding(loaded.model, Decoding()), configured_answer_length(loaded.model)
+    decoding = decoding.told(temperature, top_p)
+    max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model), configured)
     for piece in stream_generate(
         loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p
     ):
@@ -68,13 +79,14 @@ def generate(
     sys.stdout.write("\n")
 
 
-def _new_tokens(prompt_tokens: int, requested: int | None, context: int) -> int:
+def _new_tokens(prompt_tokens: int, requested: int | None, context: int, configured: int | None = None) -> int:
     """As the server does: past the model's context is refused (a GPT-2-style model would fail with an IndexError, a
-    RoPE model answer beyond its context); without --max-new-tokens the answer gets what the context leaves."""
+    RoPE model answer beyond its context); without --max-new-tokens the answer gets ``configured`` (a plain folder's
+    generation_config max_new_tokens) or DEFAULT_NEW_TOKENS, at most what the context leaves."""
     if prompt_tokens >= context:
         raise ConfigError(f"the prompt has {prompt_tokens} tokens, the model's context is {context}: shorten the prompt")
     if requested is None:
-        return min(DEFAULT_NEW_TOKENS, context - prompt_tokens)
+        return min(configured or DEFAULT_NEW_TOKENS, context - prompt_tokens)
     if prompt_tokens + requested > context:
         raise ConfigError(
             f"the prompt has {prompt_tokens} tokens and --max-new-tokens asks for {requested} more, past the model's context "

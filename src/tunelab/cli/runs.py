@@ -225,7 +225,10 @@ def compare(
         for name in comparison.runs:
             table.add_column(name, justify="right")
         for metric, values in metrics.items():
-            table.add_row(metric, *(_cell(value) for value in values))
+            # A preference run's base model is the reference scored as itself: where its verdict does not compare it
+            # (its stored reward margin of 0), neither does this table.
+            reasons = comparison.baseline_not_compared.get(metric, []) if metrics is comparison.baseline_metrics else []
+            table.add_row(metric, *("not compared" if i < len(reasons) and reasons[i] else _cell(value) for i, value in enumerate(values)))
         console.print(table)
     if any(comparison.verdicts):
         table = Table(title="Verdicts")

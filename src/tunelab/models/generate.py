@@ -105,7 +105,8 @@ class Decoding:
     """How a model samples: greedy at temperature 0 (the default), else nucleus sampling at ``top_p``.
 
     A run's own is ``tunelab.runs.Run.decoding`` (what its evaluation judged): the decoding ``tunelab generate``,
-    ``tunelab serve`` and every export use when they are not told otherwise."""
+    ``tunelab serve`` and every export use when they are not told otherwise. A plain model's is what its own
+    ``generation_config`` says (:func:`configured_decoding`; a merged export's: its run's)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -135,6 +136,33 @@ def judged_generation_config(model: Any, tokenizer: Any, decoding: Decoding, max
         options["top_k"] = 0  # no top-k cut, as generate_ids's None; None in a file is transformers' default of 50
     config.update(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_token_id(tokenizer, stops), **options)
     return config
+
+
+def configured_decoding(model: Any, default: Decoding) -> Decoding:
+    """How ``model``'s own ``generation_config`` samples, for a model that is no run (a run's is ``Run.decoding``):
+    what ``tunelab serve FOLDER`` and ``tunelab generate --model FOLDER`` use when a request or a flag says nothing,
+    as ``model.generate(ids)`` and vLLM do. A merged export's file says how its run was judged
+    (:func:`judged_generation_config`); a hub model's, how its authors would have it sampled.
+
+    ``do_sample: false`` is greedy; ``do_sample: true`` samples at the file's temperature and top_p (1 where it
+    leaves them out, as transformers). A file that leaves ``do_sample`` unset (transformers 5 derives such a config
+    from the model's config when a folder has none) says nothing of sampling: ``default``. Only temperature and
+    top_p are read: a top-k cut is not carried, as :func:`generate_ids` never cuts (an export writes none)."""
+    config = getattr(model, "generation_config", None)
+    do_sample = getattr(config, "do_sample", None)
+    if do_sample is None:
+        return default
+    if not do_sample:
+        return Decoding()
+    temperature, top_p = getattr(config, "temperature", None), getattr(config, "top_p", None)
+    return Decoding(1.0 if temperature is None else float(temperature), 1.0 if top_p is None else float(top_p))
+
+
+def configured_answer_length(model: Any) -> int | None:
+    """The ``max_new_tokens`` of ``model``'s own ``generation_config`` (a merged export's: the answer length its run was
+    judged at), the longest answer when a request or a flag does not say; None when it has none."""
+    value = getattr(getattr(model, "generation_config", None), "max_new_tokens", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def generate_ids(

@@ -134,6 +134,22 @@ class RunRecord:
         classical baseline's when the base model was skipped), never to be shown as the base model's."""
         return {} if self.base_skipped is not None else metric_values(self.baseline_metrics)
 
+    def base_not_compared(self) -> dict[str, str]:
+        """The metrics the verdict does not compare with the base model, with why (its ``not_compared``, decided once by
+        ``evaluation.compare.compare_evaluations``): a preference run's base model is the reference scored as itself,
+        whose stored value of a metric measured against the reference (a reward margin of 0) is no value of its own.
+        The base model's entry first, then any baseline's (a cloud run's base model is named otherwise)."""
+        comparisons = self.comparison.get("comparisons") if isinstance(self.comparison, dict) else None
+        if not isinstance(comparisons, dict):
+            return {}
+        reasons: dict[str, str] = {}
+        for name in sorted(comparisons, key=lambda name: name != "base"):
+            metrics = comparisons[name].get("metrics") if isinstance(comparisons[name], dict) else None
+            for metric in metrics if isinstance(metrics, list) else []:
+                if isinstance(metric, dict) and metric.get("not_compared"):
+                    reasons.setdefault(str(metric.get("name")), str(metric["not_compared"]))
+        return reasons
+
     def key_metric(self) -> tuple[str, float | None, float | None] | None:
         """(metric name, base model's value, tuned value) of the task's headline metric, if either is known."""
         candidates = KEY_METRICS.get(self.task or "", ())
@@ -239,6 +255,9 @@ class RunComparison:
 
     runs: list[str]
     baseline_metrics: dict[str, list[float | None]] = field(default_factory=dict)
+    # Per baseline metric and run: why the run's verdict does not compare it with the base model (RunRecord.base_not_compared),
+    # else None; a renderer shows the reason, not the stored value.
+    baseline_not_compared: dict[str, list[str | None]] = field(default_factory=dict)
     tuned_metrics: dict[str, list[float | None]] = field(default_factory=dict)
     config_differences: dict[str, list[Any]] = field(default_factory=dict)
     verdicts: list[str | None] = field(default_factory=list)
@@ -509,6 +528,8 @@ class Registry:
             per_run = [read(record) for record in records]  # the base model's "before" only (RunRecord.base_metrics)
             for name in sorted({name for values in per_run for name in values}):
                 target[name] = [values.get(name) for values in per_run]
+        not_compared = [record.base_not_compared() for record in records]
+        comparison.baseline_not_compared = {name: [reasons.get(name) for reasons in not_compared] for name in comparison.baseline_metrics}
         comparison.config_differences = config_differences([record.config_dict for record in records])
         comparison.verdicts = [record.verdict for record in records]
         return comparison

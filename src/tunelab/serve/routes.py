@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tunelab.inference import chat_prompt, completion_prompt
-from tunelab.models.generate import Decoding
+from tunelab.models.generate import Decoding, configured_answer_length, configured_decoding
 from tunelab.serve.adapters import ModelRegistry, ServedModel
 from tunelab.serve.engine import ClassifyResult, Engine, GenerationResult, Job, SamplingParams
 from tunelab.serve.errors import APIError, bad_request, error_body, model_not_found
@@ -166,10 +166,13 @@ class Service:
             )
 
     def sampling(
-        self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str, limit_param: str = "max_tokens"
+        self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str, limit_param: str = "max_tokens",
+        left_out: int | None = None,
     ) -> SamplingParams:
-        """The decoding of one generation: the request's, else the run's own (``entry.run``'s eval settings), else OpenAI's.
-        ``limit_param``: the field ``requested`` came from (``max_tokens`` or ``max_completion_tokens``)."""
+        """The decoding of one generation: the request's, else the run's own (``entry.run``'s eval settings), else the
+        model's own ``generation_config`` (a merged export's says how its run was judged), else OpenAI's.
+        ``limit_param``: the field ``requested`` came from (``max_tokens`` or ``max_completion_tokens``); ``left_out``:
+        the endpoint's own answer length when it is left out (None: what the server limit and the context leave)."""
         self.check_context(prompt_tokens, param)
         limit = self.settings.max_tokens_limit
         if requested is not None and requested > limit:
@@ -179,7 +182,15 @@ class Service:
                 code="invalid_value",
             )
         context = self.registry.context_length
-        max_tokens = requested if requested is not None else min(limit, context - prompt_tokens)
+        # Left out: a plain folder's own answer length (an export's: its run's eval.max_new_tokens), a default like the
+        # server limit (so capped to what the context leaves); else the endpoint's own (OpenAI's: asked for, not capped).
+        configured = configured_answer_length(self.registry.model) if entry.run is None else None
+        if requested is not None:
+            max_tokens = requested
+        elif configured is None and left_out is not None:
+            max_tokens = min(left_out, limit)
+        else:
+            max_tokens = min(configured or limit, limit, context - prompt_tokens)
         if prompt_tokens + max_tokens > context:
             raise bad_request(
                 f"This model's maximum context length is {context} tokens. However, you requested {prompt_tokens + max_tokens} "
@@ -192,8 +203,12 @@ class Service:
         if len(stops) > MAX_STOP_SEQUENCES:
             raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
         # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
-        # OpenAI's 1.0 sampled answers nobody judged; a plain model keeps OpenAI's defaults.
-        default = entry.run.decoding if entry.run is not None else Decoding(temperature=1.0)
+        # OpenAI's 1.0 sampled answers nobody judged. A plain model decodes as its generation_config says (a merged
+        # export's is its run's), as transformers and vLLM read the folder; OpenAI's defaults where it says nothing.
+        if entry.run is not None:
+            default = entry.run.decoding
+        else:
+            default = configured_decoding(self.registry.model, Decoding(temperature=1.0))
         decoding = default.told(body.temperature, body.top_p)
         return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops), seed=body.seed)
 
@@ -386,8 +401,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         ids = service.encode_text(entry, prompt, "prompt")
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
-        requested = body.max_tokens if body.max_tokens is not None else min(16, service.settings.max_tokens_limit)
-        encoded.append((ids, service.sampling(entry, body, len(ids), requested, "prompt")))
+        # Left out: OpenAI's 16 for a completion, unless a plain folder's generation_config says its own.
+        encoded.append((ids, service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)))
     jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     log.update(response_id=completion_id)

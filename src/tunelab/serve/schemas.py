@@ -66,12 +66,13 @@ class StreamOptions(BaseModel):
 class _Sampling(_Request):
     model: str = Field(..., description="The base model's name or an adapter's name (GET /v1/models).")
     max_tokens: int | None = Field(None, ge=1, strict=True, description="Longest answer in tokens (capped by the server limit).")
-    # Left out (or null): a run's own eval.temperature / eval.top_p, what its evaluation judged; 1.0 for a plain model
-    # (OpenAI's default). See ``routes.Service.sampling``.
+    # Left out (or null): a run's own eval.temperature / eval.top_p, what its evaluation judged; for a plain model what
+    # its generation_config says (a merged export's: its run's), else 1.0 (OpenAI's default). See ``routes.Service.sampling``.
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, strict=True,
-                                      description="0 is greedy; left out: the run's own (its evaluation's), 1 for a plain model.")
+                                      description="0 is greedy; left out: the run's own (its evaluation's), a plain model's "
+                                      "generation_config, else 1.")
     top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, strict=True,
-                                description="Nucleus sampling mass; left out: the run's own, 1 for a plain model.")
+                                description="Nucleus sampling mass; left out: the run's own, a plain model's generation_config, else 1.")
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} stop sequences.")
     n: int = Field(1, strict=True, description="Number of answers; only 1 is supported.")
     stream: bool = Field(False, strict=True, description="Answer as server-sent events.")

@@ -482,7 +482,7 @@ def compare_page(registry: Registry, runs: list[str]) -> dict[str, Any]:
     Raises:
         RegistryError: for an unknown run or fewer than two.
     """
-    from tunelab.evaluation.compare import compare_evaluations
+    from tunelab.evaluation.compare import NOT_COMPARED, compare_evaluations
     from tunelab.evaluation.report import shown_prediction
     from tunelab.evaluation.result import EvalResult
 
@@ -525,7 +525,13 @@ def compare_page(registry: Registry, runs: list[str]) -> dict[str, Any]:
             })
         examples.sort(key=lambda example: not example["differ"])  # where the runs disagree first
     tuned_metrics = {name: values for name, values in side_by_side.tuned_metrics.items() if name not in HIDDEN_METRICS}
-    baseline_metrics = {name: values for name, values in side_by_side.baseline_metrics.items() if name not in HIDDEN_METRICS}
+    # A preference run's base model is the reference its reward is measured against, scored as itself: its stored
+    # value of such a metric (a reward margin of 0) is shown as the verdict has it, not compared, with why.
+    baseline_metrics = {
+        name: [{"value": value, "outcome": NOT_COMPARED, "not_compared": reason} if reason else {"value": value, "not_compared": None}
+               for value, reason in zip(values, side_by_side.baseline_not_compared.get(name, [None] * len(values)), strict=True)]
+        for name, values in side_by_side.baseline_metrics.items() if name not in HIDDEN_METRICS
+    }
     tasks = sorted({row.task for row in rows})
     if len(tasks) > 1:
         # Their metrics differ (accuracy, ROUGE-L, perplexity): side by side they say nothing about each other.

@@ -130,3 +130,26 @@ def test_the_merged_folder_stops_where_the_run_stops(tmp_path, sampling_base, ti
     # The system prompt is the template's default (test_merged_folder_system_prompt), so the reader's prompt is the run's.
     user = [{"role": "user", "content": QUESTIONS[0]}]
     assert render_prompt_ids(tokenizer, user) == render_prompt_ids(tiny_tokenizer, with_system_prompt(user, SYSTEM))
+
+
+def test_serving_the_merged_folder_answers_as_serving_its_run(tmp_path, sampling_base, tiny_tokenizer):
+    """``tunelab serve merged/`` read the folder as a plain model: OpenAI's temperature 1.0 and the server's limit
+    where the run, served, answers greedily as judged (test_folder_generation_config covers the reading itself)."""
+    from fastapi.testclient import TestClient
+
+    from tunelab.serve import ServeSettings, create_app
+    from tunelab.serve.adapters import load_registry
+
+    run = _run(tmp_path, sampling_base, tiny_tokenizer)
+    merged = export_folder(run, tmp_path / "merged", merge=True)
+    answers = []
+    for model, told in ((run, {"max_tokens": NEW_TOKENS}), (merged, {})):
+        registry = load_registry(str(model), [], max_loaded=1)
+        with TestClient(create_app(registry, ServeSettings()), base_url="http://127.0.0.1") as client:
+            name = Run.open(run).name if model == run else registry.base_name  # a LoRA run is an adapter on its base
+            for question in QUESTIONS:
+                body = {"model": name, "messages": [{"role": "user", "content": question}], **told}
+                answer = client.post("/v1/chat/completions", json=body).json()
+                answers.append((model, answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"]))
+    served, exported = answers[: len(QUESTIONS)], answers[len(QUESTIONS) :]
+    assert [answer[1:] for answer in served] == [answer[1:] for answer in exported]
