@@ -64,6 +64,15 @@ GIB = 1024**3
 # to 8 bits, plus one fp32 constant per 256 such blocks: 4 + 8/64 + 32/(64*256) = 4.127 bits.
 QLORA_BYTES_PER_WEIGHT = (4 + 8 / 64 + 32 / (64 * 256)) / 8
 ADAPTER_METHODS = ("lora", "qlora")
+# The baselines that run no language model, priced per text they read (the learning, validation and test records)
+# by constants measured on the project's 2-core AMD EPYC at one torch thread, the other core busy
+# (bench/baseline_speed.py on the quickstart, 400 texts, 2026-12-06): all-MiniLM-L6-v2's load in a fresh process
+# (4.9 s), then its encoding and the cross-validated logistic regression (3.4 s); TF-IDF with its cross-validated
+# logistic regression (classical, 5.9 s; sft's retrieval is TF-IDF cosine only, priced the same: an overestimate).
+# Constants, not a calibration: a GPU encodes faster and a bigger eval.embedding_model slower than they say.
+EMBEDDING_LOAD_SECONDS = 4.9
+EMBEDDING_SECONDS_PER_TEXT = 0.0084
+TFIDF_SECONDS_PER_TEXT = 0.0148
 
 
 @dataclass(frozen=True)
@@ -104,9 +113,9 @@ class Calibration:
     cached: bool = False
     # The machine while the steps ran: its cores and how many other processes kept busy (None: not known).
     machine: CpuState | None = None
-    # sft: what evaluation's generation costs here, measured as evaluation runs (fp32 weights, no autograd):
-    # one forward of the calibrated rows with the head on the last position only (a prompt's prefill), and one
-    # decode step (a new token for each of ``decode_rows`` rows over a KV cache of each ``decode_contexts`` length)
+    # What evaluation costs here, measured as evaluation runs (fp32 weights, no autograd): one forward of the
+    # calibrated rows with the head on the last position only (a classify prompt, an sft prompt's prefill; every
+    # task, None in a calibration stored before recipe 9), and, sft only, one decode step (a new token for each of ``decode_rows`` rows over a KV cache of each ``decode_contexts`` length)
     # of the plain model (base, few-shot) and, at the first context, of the model with the run's adapters.
     forward_seconds: float | None = None
     decode_rows: int | None = None
@@ -341,6 +350,8 @@ class Estimate:
     machine: CpuState | None = None
     threads: int | None = None
     fit: FitCheck | None = None  # the memory check against the device (set by estimate_for_split)
+    # What the time here priced that may not happen (a baseline eval.skip_hopeless may skip), for a person to read.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float | None:
@@ -493,6 +504,22 @@ def steps_text(tokens: dict[str, Any]) -> str:
 
 def attention_forward_per_token(facts: ModelFacts, tokens: TokenPlan) -> int:
     return 2 * facts.n_layers * tokens.seq_len * facts.d_model
+
+
+def forward_flops_per_second(calibration: Calibration, facts: ModelFacts) -> float | None:
+    """The FLOP rate of evaluation's forward here: the calibration's timed forward (rows of ``seq_len`` tokens, the
+    head on each row's last position, fp32 weights, no autograd) over its FLOPs; None when it was not timed.
+
+    Evaluation and the baselines that run the model are priced at this rate, not at the training step's (on a bf16
+    CPU the fp32 forward ran 130-170 tokens/s where training's forward and backward ran 237); validation runs
+    inside the training loop, in its dtype, and stays at the training step's.
+    """
+    if not calibration.forward_seconds:
+        return None
+    seq_len = calibration.seq_len
+    per_token = 2 * facts.body_params + 2 * facts.n_layers * seq_len * facts.d_model
+    flops = calibration.batch_size * (seq_len * per_token + 2 * facts.d_model * facts.vocab)
+    return flops / calibration.forward_seconds
 
 
 def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
@@ -727,12 +754,15 @@ def estimate_run(
     memory.available = available_bytes
 
     # Baselines that run the model (base, few_shot) cost about one test evaluation each (classify: the few-shot
-    # prefix is one KV cache for the whole test set); classical / retrieval / embedding cost next to nothing.
-    # A baseline the pipeline skips before it runs (a few-shot prompt that cannot fit) is not priced. (classify's
-    # eval.skip_hopeless is decided on validation scores, unknown here: such a baseline stays priced.)
-    model_runs = [name for name in resolve_baselines(config.task, config.eval)
-                  if name in BASELINES and BASELINES[name].needs_base_model and name not in skipped_baselines]  # fmt: skip
+    # prefix is one KV cache for the whole test set); classical / retrieval / embedding cost their measured
+    # constants per text. A baseline the pipeline skips before it runs (a few-shot prompt that cannot fit) is not
+    # priced. (classify's eval.skip_hopeless is decided on validation scores, unknown here: such a baseline stays
+    # priced, and a note says what skipping it would save.)
+    listed = [name for name in resolve_baselines(config.task, config.eval) if name in BASELINES and name not in skipped_baselines]
+    model_runs = [name for name in listed if BASELINES[name].needs_base_model]
+    cheap_runs = [name for name in listed if not BASELINES[name].needs_base_model]
     model_baselines = len(model_runs)
+    notes: list[str] = []
     # A preference run's evaluation scores each pair with the policy and with its reference (evaluation/preference.py).
     tuned_evaluations = 2 if config.task == "preference" else 1
     seconds = None
@@ -770,9 +800,27 @@ def estimate_run(
             answer = min(config.eval.max_new_tokens, answer_tokens or config.eval.max_new_tokens)
             seconds["eval"] = generate(test_prompt_token_counts, new_tokens=answer, adapted=True)
         elif tokens.test_tokens:
+            # Evaluation loads the models in fp32 and runs them forward only: priced at the measured forward's rate
+            # (a calibration stored before it was timed: the training step's).
+            evaluation_rate = forward_flops_per_second(calibration, facts) or flops_per_second
             if model_baselines:
-                seconds["baseline"] = model_baselines * flops.eval_flops / flops_per_second
-            seconds["eval"] = tuned_evaluations * flops.eval_flops / flops_per_second
+                seconds["baseline"] = model_baselines * flops.eval_flops / evaluation_rate
+            seconds["eval"] = tuned_evaluations * flops.eval_flops / evaluation_rate
+            hopeless = hopeless_check(config, model_runs, cheap_runs, tokens)
+            if hopeless:
+                # Each is first scored on the validation rows; only one that may win is then scored on the test rows.
+                validation_pass = flops.validation_flops / tokens.validations / evaluation_rate
+                test_pass = flops.eval_flops / evaluation_rate
+                seconds["baseline"] += len(hopeless) * validation_pass
+                opponents = " or ".join(name for name in cheap_runs if BASELINES[name].learns_from_training)
+                notes.append(
+                    f"{', '.join(hopeless)} may be skipped by eval.skip_hopeless when its validation score shows it cannot "
+                    f"beat {opponents}: each one skipped saves about {duration(test_pass)} of the baseline time"
+                )
+        texts = tokens.examples + len(validation_token_counts or []) + len(test_prompt_token_counts or test_token_counts or [])
+        cheap = sum(cheap_baseline_seconds(name, texts) for name in cheap_runs)
+        if cheap:
+            seconds["baseline"] = seconds.get("baseline", 0.0) + cheap
 
     utilization = config.budget.utilization or DEFAULT_UTILIZATION
     gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params, "cuda").total
@@ -822,7 +870,25 @@ def estimate_run(
         retune=plan_retune(config.monitor, total_here, gpus),
         machine=machine,
         threads=threads,
+        notes=notes,
     )
+
+
+def hopeless_check(config: ResolvedConfig, model_runs: list[str], cheap_runs: list[str], tokens: TokenPlan) -> list[str]:
+    """The baselines of ``model_runs`` that classify's ``eval.skip_hopeless`` will score on the validation rows first
+    (``evaluation.baselines.model_baseline_cannot_win``) and may then skip: it needs validation rows and a cheap
+    opponent whose cross-validated accuracy it compares with (the classify baselines that learn without the model)."""
+    opponents = [name for name in cheap_runs if BASELINES[name].learns_from_training]
+    if config.task != "classify" or not config.eval.skip_hopeless or not tokens.validations or not opponents:
+        return []
+    return list(model_runs)
+
+
+def cheap_baseline_seconds(name: str, texts: int) -> float:
+    """Seconds of a baseline that runs no language model over ``texts`` records, by the measured constants above."""
+    if name == "embedding":
+        return EMBEDDING_LOAD_SECONDS + texts * EMBEDDING_SECONDS_PER_TEXT
+    return texts * TFIDF_SECONDS_PER_TEXT
 
 
 def generation_seconds(
