@@ -741,6 +741,9 @@ def test_a_classify_few_shot_prompt_that_cannot_show_every_label_is_not_priced(t
 
     config, roomy = counts(1024)
     assert roomy.skipped_baselines == []
+    # What each baseline's prompt adds to the trained one, run once per scoring pass: the instruction and label list,
+    # and for few-shot the solved examples too.
+    assert roomy.baseline_prefixes["few_shot"] > roomy.baseline_prefixes["base"] > 0
     _, tight = counts(30)  # room for a few examples, not one of each of the 6 labels
     assert tight.skipped_baselines == ["few_shot"]
     calibration = _generation_calibration()
@@ -926,6 +929,16 @@ def test_a_model_baseline_skip_hopeless_may_skip_is_priced_with_its_validation_p
     assert ruled_out.seconds["baseline"] == pytest.approx(2 * hopeful.seconds["eval"] + classical) and ruled_out.notes == []
     alone = estimate_run(_config(task="classify", eval={"baselines": ["base"]}), [64] * 10, FACTS, **shape)
     assert alone.seconds["baseline"] == pytest.approx(hopeful.seconds["eval"]) and alone.notes == []
+    # Each pass runs the baseline's longer prompt once as a shared prefix the scored tokens attend over.
+    from tunelab.estimate.plan import shared_prefix_flops
+
+    prefixed = estimate_run(_config(task="classify", eval={"baselines": names}), [64] * 10, FACTS, **shape,
+                            baseline_prefixes={"base": 10, "few_shot": 200})  # fmt: skip
+    one_validation = hopeful.tokens.validation_tokens / hopeful.tokens.validations
+    added = sum(shared_prefix_flops(FACTS, prefix, hopeful.tokens.test_tokens) + shared_prefix_flops(FACTS, prefix, one_validation)
+                for prefix in (10, 200))  # fmt: skip
+    assert prefixed.seconds["baseline"] == pytest.approx(hopeful.seconds["baseline"] + rate * added)
+    assert shared_prefix_flops(FACTS, 200, 50) == 200 * (2 * 6_000 + 2 * 2 * 16 * 200) + 50 * 2 * 2 * 16 * 200
     # The note is what `tunelab show` and the web interface print with the estimate.
     from tunelab.estimate.summary import estimate_summary
 

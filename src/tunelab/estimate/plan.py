@@ -506,6 +506,13 @@ def attention_forward_per_token(facts: ModelFacts, tokens: TokenPlan) -> int:
     return 2 * facts.n_layers * tokens.seq_len * facts.d_model
 
 
+def shared_prefix_flops(facts: ModelFacts, prefix: int, tokens_on_top: float) -> float:
+    """FLOPs a shared prompt prefix of ``prefix`` tokens adds to a forward pass: its tokens run once (one KV cache every
+    prompt reads, ``inference.prefix_label_logits``), and each of the ``tokens_on_top`` tokens after it attends over them."""
+    attention = 2 * facts.n_layers * facts.d_model
+    return prefix * (2 * facts.body_params + attention * prefix) + tokens_on_top * attention * prefix
+
+
 def forward_flops_per_second(calibration: Calibration, facts: ModelFacts) -> float | None:
     """The FLOP rate of evaluation's forward here: the calibration's timed forward (rows of ``seq_len`` tokens, the
     head on each row's last position, fp32 weights, no autograd) over its FLOPs; None when it was not timed.
@@ -700,6 +707,7 @@ def estimate_run(
     few_shot_prompt_token_counts: list[int] | None = None,
     answer_tokens: int = 0,
     skipped_baselines: list[str] | tuple[str, ...] = (),
+    baseline_prefixes: dict[str, int] | None = None,
     calibration: Calibration | None = None,
     prices: PriceTable | None = None,
     device: str = "cpu",
@@ -723,6 +731,8 @@ def estimate_run(
             few-shot baseline send, and the longest trained answer; with a calibration that timed generation they
             price the baselines and evaluation (:func:`generation_seconds`).
         skipped_baselines: baselines the pipeline will skip before they run (a few-shot prompt that cannot fit): not priced.
+        baseline_prefixes: classify: the tokens the base and few_shot prompts add to the trained prompt (instruction,
+            label list, solved examples), run once per scoring pass as a shared prefix.
         calibration: measured steps on this machine; without it there is no time for this machine.
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
@@ -803,19 +813,29 @@ def estimate_run(
             # Evaluation loads the models in fp32 and runs them forward only: priced at the measured forward's rate
             # (a calibration stored before it was timed: the training step's).
             evaluation_rate = forward_flops_per_second(calibration, facts) or flops_per_second
-            if model_baselines:
-                seconds["baseline"] = model_baselines * flops.eval_flops / evaluation_rate
             seconds["eval"] = tuned_evaluations * flops.eval_flops / evaluation_rate
+            # classify's eval.skip_hopeless scores such a baseline on the validation rows first; only one that may win
+            # is then scored on the test rows. Each pass runs the baseline's longer prompt (instruction, label list,
+            # solved examples) once as a shared prefix.
             hopeless = hopeless_check(config, model_runs, cheap_runs, tokens)
+            one_validation = tokens.validation_tokens / tokens.validations if tokens.validations else 0
+            test_passes: dict[str, float] = {}
+            baseline = 0.0
+            for name in model_runs:
+                prefix = (baseline_prefixes or {}).get(name, 0)
+                test_passes[name] = (flops.eval_flops + shared_prefix_flops(facts, prefix, tokens.test_tokens)) / evaluation_rate
+                baseline += test_passes[name]
+                if name in hopeless:
+                    validation_flops = flops.validation_flops / tokens.validations + shared_prefix_flops(facts, prefix, one_validation)
+                    baseline += validation_flops / evaluation_rate
+            if model_runs:
+                seconds["baseline"] = baseline
             if hopeless:
-                # Each is first scored on the validation rows; only one that may win is then scored on the test rows.
-                validation_pass = flops.validation_flops / tokens.validations / evaluation_rate
-                test_pass = flops.eval_flops / evaluation_rate
-                seconds["baseline"] += len(hopeless) * validation_pass
                 opponents = " or ".join(name for name in cheap_runs if BASELINES[name].learns_from_training)
+                saved = ", ".join(f"{duration(test_passes[name])} ({name})" for name in hopeless)
                 notes.append(
                     f"{', '.join(hopeless)} may be skipped by eval.skip_hopeless when its validation score shows it cannot "
-                    f"beat {opponents}: each one skipped saves about {duration(test_pass)} of the baseline time"
+                    f"beat {opponents}: skipping saves about {saved} of the baseline time"
                 )
         texts = tokens.examples + len(validation_token_counts or []) + len(test_prompt_token_counts or test_token_counts or [])
         cheap = sum(cheap_baseline_seconds(name, texts) for name in cheap_runs)
