@@ -502,15 +502,19 @@ def steps_text(tokens: dict[str, Any]) -> str:
     return f"{counted} = {steps:,}"
 
 
+def attention_forward(facts: ModelFacts, context: float) -> float:
+    """Forward attention FLOPs of one token over ``context`` tokens (scores and weighted sums): ``2·n_layers·seq·d_model``."""
+    return 2 * facts.n_layers * context * facts.d_model
+
+
 def attention_forward_per_token(facts: ModelFacts, tokens: TokenPlan) -> int:
-    return 2 * facts.n_layers * tokens.seq_len * facts.d_model
+    return int(attention_forward(facts, tokens.seq_len))
 
 
 def shared_prefix_flops(facts: ModelFacts, prefix: int, tokens_on_top: float) -> float:
     """FLOPs a shared prompt prefix of ``prefix`` tokens adds to a forward pass: its tokens run once (one KV cache every
     prompt reads, ``inference.prefix_label_logits``), and each of the ``tokens_on_top`` tokens after it attends over them."""
-    attention = 2 * facts.n_layers * facts.d_model
-    return prefix * (2 * facts.body_params + attention * prefix) + tokens_on_top * attention * prefix
+    return prefix * (2 * facts.body_params + attention_forward(facts, prefix)) + tokens_on_top * attention_forward(facts, prefix)
 
 
 def forward_flops_per_second(calibration: Calibration, facts: ModelFacts) -> float | None:
@@ -524,7 +528,7 @@ def forward_flops_per_second(calibration: Calibration, facts: ModelFacts) -> flo
     if not calibration.forward_seconds:
         return None
     seq_len = calibration.seq_len
-    per_token = 2 * facts.body_params + 2 * facts.n_layers * seq_len * facts.d_model
+    per_token = 2 * facts.body_params + attention_forward(facts, seq_len)
     flops = calibration.batch_size * (seq_len * per_token + 2 * facts.d_model * facts.vocab)
     return flops / calibration.forward_seconds
 
@@ -550,9 +554,9 @@ def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_l
         # Training also scores the prompts' own next tokens over the whole vocabulary (``classify.prompt_lm_weight``):
         # the head's forward and its activation gradients (4 d V; its weight is trained only in full fine-tuning).
         dense += (6 if method == "full" else 4) * facts.d_model * (facts.vocab - head_columns)
-    attention_forward = 2 * facts.n_layers * tokens.seq_len * facts.d_model
-    attention = 3 * attention_forward
-    forward = 2 * matmul + attention_forward
+    attention_forward_flops = attention_forward_per_token(facts, tokens)
+    attention = 3 * attention_forward_flops
+    forward = 2 * matmul + attention_forward_flops
     return FlopPlan(
         matmul_params=matmul,
         trainable_params=trainable,
@@ -932,8 +936,7 @@ def generation_seconds(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         longest = rows[-1]
-        attention = 2 * facts.n_layers * facts.d_model
-        scale = (forward_per_token + attention * longest) / (forward_per_token + attention * measured_seq)
+        scale = (forward_per_token + attention_forward(facts, longest)) / (forward_per_token + attention_forward(facts, measured_seq))
         total += len(rows) * longest * seconds_per_token * scale
         total += new_tokens * calibration.decode_step_seconds(longest + new_tokens / 2, adapted=adapted)
     return total
