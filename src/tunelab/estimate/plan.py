@@ -25,7 +25,11 @@ weight except the input embedding table, with the LM head counted as d_model x h
   (6 in full fine-tuning).
 - preference (DPO): chosen and rejected are two sequences, and the reference model adds a
   forward pass, ``2·N`` per token.
-- validation and evaluation are forward passes: ``2·N + 2·n_layers·seq·d_model`` per token.
+- validation and evaluation are forward passes: ``2·N + 2·n_layers·seq·d_model`` per token. Validation runs at
+  the training step's FLOP rate (inside the loop, in its dtype); evaluation and the baselines that run the model at
+  the rate of a timed fp32 forward (:func:`forward_flops_per_second`), a classify baseline's longer prompt as a
+  prefix run once per pass (:func:`shared_prefix_flops`); the baselines that run no model at measured constants
+  per text (:func:`cheap_baseline_seconds`).
 - sft evaluation and the baselines that run the model (base, few-shot) generate: a prefill of each batch's
   prompts, then one decode step per new token, each latency-bound (the weights and the KV cache are read for
   one token a row). Their time here is measured, not derived from FLOPs (:func:`generation_seconds`).
@@ -115,8 +119,9 @@ class Calibration:
     machine: CpuState | None = None
     # What evaluation costs here, measured as evaluation runs (fp32 weights, no autograd): one forward of the
     # calibrated rows with the head on the last position only (a classify prompt, an sft prompt's prefill; every
-    # task, None in a calibration stored before recipe 9), and, sft only, one decode step (a new token for each of ``decode_rows`` rows over a KV cache of each ``decode_contexts`` length)
-    # of the plain model (base, few-shot) and, at the first context, of the model with the run's adapters.
+    # task, None in a calibration stored before recipe 9), and, sft only, one decode step (a new token for each of
+    # ``decode_rows`` rows over a KV cache of each ``decode_contexts`` length) of the plain model (base, few-shot)
+    # and, at the first context, of the model with the run's adapters.
     forward_seconds: float | None = None
     decode_rows: int | None = None
     decode_contexts: list[int] = field(default_factory=list)
