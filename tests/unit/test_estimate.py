@@ -25,6 +25,7 @@ from tunelab.estimate import (
     plan_memory,
     plan_tokens,
 )
+from tunelab.estimate.plan import cheap_baseline_seconds
 
 # A made-up model: 6,000 body weights, d_model 16, vocab 100, 2 layers, a 500-parameter adapter.
 FACTS = ModelFacts(
@@ -324,7 +325,9 @@ def test_an_sft_calibration_runs_the_head_only_on_the_share_of_positions_that_ca
         calibrate(config, 16, model=tiny_model, steps=1, scored_share=0.25, use_cache=False)
     finally:
         handle.remove()
-    assert rows == [2 * 4, 2 * 4]  # warm-up and timed step: 2 rows x 4 of their 16 positions
+    # Evaluation's timed forward (the head on each row's last position), then the warm-up and the timed step: 2 rows x
+    # 4 of their 16 positions.
+    assert rows == [2, 2 * 4, 2 * 4]
 
 
 def test_the_sft_scored_share_is_the_answers_share_of_the_tokens_and_in_the_calibration_key(
@@ -664,7 +667,9 @@ def test_sft_generation_is_priced_by_its_decode_steps_and_the_few_shot_prompts_i
     # Sorted and batched by eval.batch_size: [10, 12] and [20]; 10 new tokens each over prompt + 5.
     base = prefill(2, 12) + 10 * decode(17) + prefill(1, 20) + 10 * decode(25)
     few_shot = prefill(2, 112) + 10 * decode(117) + prefill(1, 120) + 10 * decode(125)
-    assert estimate.seconds["baseline"] == pytest.approx(base + few_shot)
+    # retrieval runs no model: its measured constant per text (4 training prompts, 3 test prompts).
+    retrieval = cheap_baseline_seconds("retrieval", 4 + 3)
+    assert estimate.seconds["baseline"] == pytest.approx(base + few_shot + retrieval)
     # The tuned model stops at its longest trained answer (4 tokens), each step with its adapters (+0.05 s).
     tuned = prefill(2, 12) + 4 * (decode(14) + 0.05) + prefill(1, 20) + 4 * (decode(22) + 0.05)
     assert estimate.seconds["eval"] == pytest.approx(tuned)
@@ -673,7 +678,7 @@ def test_sft_generation_is_priced_by_its_decode_steps_and_the_few_shot_prompts_i
     # A few-shot prompt that cannot hold one example is skipped by the baseline: not priced.
     skipped = estimate_run(config, [64] * 4, FACTS, test_token_counts=[20, 18, 30], calibration=calibration, prices=PRICES,
                            **{**counts, "few_shot_prompt_token_counts": []}, skipped_baselines=["few_shot"])  # fmt: skip
-    assert skipped.seconds["baseline"] == pytest.approx(base)
+    assert skipped.seconds["baseline"] == pytest.approx(base + retrieval)
     assert skipped.gpus[0].seconds < estimate.gpus[0].seconds  # one evaluation less of work on a GPU too
     # The tuned model never decodes past eval.max_new_tokens.
     long_answers = estimate_run(config, [64] * 4, FACTS, calibration=calibration, prices=PRICES, **{**counts, "answer_tokens": 500})
@@ -736,13 +741,18 @@ def test_a_classify_few_shot_prompt_that_cannot_show_every_label_is_not_priced(t
 
     config, roomy = counts(1024)
     assert roomy.skipped_baselines == []
+    # What each baseline's prompt adds to the trained one, run once per scoring pass: the instruction and label list,
+    # and for few-shot the solved examples too.
+    assert roomy.baseline_prefixes["few_shot"] > roomy.baseline_prefixes["base"] > 0
     _, tight = counts(30)  # room for a few examples, not one of each of the 6 labels
     assert tight.skipped_baselines == ["few_shot"]
     calibration = _generation_calibration()
     both = estimate_run(config, roomy.train, FACTS, test_token_counts=roomy.test, n_labels=6, calibration=calibration, prices=PRICES)
     one = estimate_run(config, roomy.train, FACTS, test_token_counts=roomy.test, n_labels=6, calibration=calibration, prices=PRICES,
                        skipped_baselines=tight.skipped_baselines)  # fmt: skip
-    assert one.seconds["baseline"] == pytest.approx(both.seconds["baseline"] / 2) and one.seconds["eval"] == both.seconds["eval"]
+    classical = cheap_baseline_seconds("classical", len(roomy.train) + len(roomy.test))  # no model: per text read
+    assert one.seconds["baseline"] - classical == pytest.approx((both.seconds["baseline"] - classical) / 2)
+    assert one.seconds["eval"] == both.seconds["eval"]
 
 
 def test_a_preference_estimate_prices_the_reference_once_and_evaluation_as_two_passes():
@@ -815,3 +825,121 @@ def test_text_test_tokens_are_the_windows_perplexity_reads(tmp_path, tiny_tokeni
     assert counts.test == read
     trained = [len(w.input_ids) for w in tokenize_text(records[0], tiny_tokenizer, 64, 64)]
     assert counts.train == trained  # training and its validation loss keep data.stride
+
+
+@pytest.mark.parametrize("task", ["classify", "text"])
+def test_evaluation_and_the_model_baselines_are_priced_at_the_measured_forward_rate(task):
+    """The quickstart's classify evaluation ran 1.8-2.2x and a text run's 4.6x longer than estimated: evaluation (fp32
+    weights, no autograd) was priced at the training step's bf16 FLOP rate. A calibration that timed evaluation's
+    forward prices it, and the baselines that run the model, at the forward's own rate; training and validation
+    (inside the loop, in its dtype) keep the step's."""
+    from tunelab.estimate import Calibration
+
+    config = _config(task=task, eval={"baselines": ["base"]})
+    shape = {"validation_token_counts": [40] * 4, "test_token_counts": [50] * 6, "n_labels": 4, "prices": PRICES}
+
+    def estimate(forward_seconds):
+        calibration = Calibration(device="cpu", precision="bf16", method="lora", batch_size=2, seq_len=32, threads=1,
+                                  step_seconds=[0.5], warmup_seconds=1.0, forward_seconds=forward_seconds)  # fmt: skip
+        return estimate_run(config, [64] * 8, FACTS, calibration=calibration, **shape)
+
+    fast, slow = estimate(0.1), estimate(0.4)
+    assert slow.seconds["eval"] == pytest.approx(4 * fast.seconds["eval"])
+    assert slow.seconds["baseline"] == pytest.approx(4 * fast.seconds["baseline"])
+    assert (slow.seconds["train"], slow.seconds["validation"]) == (fast.seconds["train"], fast.seconds["validation"])
+    # The timed forward: 2 rows of 32 tokens through the body and attention, the head on each row's last position.
+    timed = 2 * (32 * (2 * 6_000 + 2 * 2 * 32 * 16) + 2 * 16 * 100)
+    assert fast.seconds["eval"] == pytest.approx(fast.flops.eval_flops / (timed / 0.1))
+    # A calibration stored before the forward was timed prices evaluation as before, at the training step's rate.
+    untimed = estimate(None)
+    step_rate = untimed.seconds["validation"] / untimed.flops.validation_flops
+    assert untimed.seconds["eval"] == pytest.approx(step_rate * untimed.flops.eval_flops)
+
+
+def test_a_classify_calibration_times_evaluations_forward_and_caches_it(tiny_model_dir, tiny_model):
+    from tunelab.models.heads import causal_lm_of
+
+    config = parse_config({"task": "classify", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32", "threads": 1},
+                           "lora": {"r": 4}})  # fmt: skip
+    rows = []
+    head = causal_lm_of(tiny_model).get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, inputs, output: rows.append(tuple(inputs[0].shape)))
+    try:
+        calibration = calibrate(config, 8, model=tiny_model, steps=1, n_labels=3)
+    finally:
+        handle.remove()
+    # Evaluation's forward: the full head on each row's last position, in fp32, before the adapters are added.
+    assert rows and rows[0] == (2, tiny_model.config.hidden_size)
+    assert calibration.forward_seconds > 0 and not calibration.times_generation
+    again = calibrate(config, 8, steps=1, n_labels=3)
+    assert again.cached and again.forward_seconds == calibration.forward_seconds
+
+
+def _forward_calibration():
+    from tunelab.estimate import Calibration
+
+    return Calibration(device="cpu", precision="bf16", method="lora", batch_size=2, seq_len=32, threads=1,
+                       step_seconds=[0.5], warmup_seconds=1.0, forward_seconds=0.2)  # fmt: skip
+
+
+def test_the_baselines_without_a_language_model_are_priced_per_text_they_read():
+    """The quickstart's estimate priced classical and embedding at nothing: the embedding baseline loads
+    all-MiniLM-L6-v2 and encodes every learning and test text, and both fit a cross-validated logistic regression."""
+    from tunelab.estimate.plan import (
+        EMBEDDING_LOAD_SECONDS,
+        EMBEDDING_SECONDS_PER_TEXT,
+        TFIDF_SECONDS_PER_TEXT,
+    )
+
+    shape = {"validation_token_counts": [40] * 4, "test_token_counts": [50] * 6, "n_labels": 4, "calibration": _forward_calibration(),
+             "prices": PRICES}  # fmt: skip
+
+    def baseline(names):
+        return estimate_run(_config(task="classify", eval={"baselines": names}), [64] * 10, FACTS, **shape).seconds.get("baseline")
+
+    texts = 10 + 4 + 6  # learning, validation and test records
+    assert EMBEDDING_LOAD_SECONDS > 0 and EMBEDDING_SECONDS_PER_TEXT > 0 and TFIDF_SECONDS_PER_TEXT > 0
+    assert baseline(["classical"]) == pytest.approx(texts * TFIDF_SECONDS_PER_TEXT)
+    assert baseline(["embedding"]) == pytest.approx(EMBEDDING_LOAD_SECONDS + texts * EMBEDDING_SECONDS_PER_TEXT)
+    assert baseline(["classical", "embedding"]) == pytest.approx(baseline(["classical"]) + baseline(["embedding"]))
+    # sft's retrieval and embedding retrieval read the prompts the same way.
+    sft = estimate_run(_config(eval={"baselines": ["retrieval", "embedding"]}), [64] * 10, FACTS, **shape)
+    assert sft.seconds["baseline"] == pytest.approx(texts * TFIDF_SECONDS_PER_TEXT + EMBEDDING_LOAD_SECONDS + texts * EMBEDDING_SECONDS_PER_TEXT)
+
+
+def test_a_model_baseline_skip_hopeless_may_skip_is_priced_with_its_validation_pass_and_a_note():
+    """The quickstart's estimate priced base and few-shot in full; eval.skip_hopeless scored them on the 32
+    validation rows and skipped both. The estimate cannot know the validation scores: it keeps the price, adds the
+    validation pass each one runs first, and says what skipping would save."""
+    from tunelab.estimate.plan import duration
+
+    shape = {"validation_token_counts": [40] * 4, "test_token_counts": [50] * 6, "n_labels": 4, "calibration": _forward_calibration(),
+             "prices": PRICES}  # fmt: skip
+    names = ["classical", "base", "few_shot"]
+    hopeful = estimate_run(_config(task="classify", eval={"baselines": names}), [64] * 10, FACTS, **shape)
+    rate = hopeful.seconds["eval"] / hopeful.flops.eval_flops  # seconds per forward FLOP
+    validation_pass = rate * hopeful.flops.validation_flops / hopeful.tokens.validations
+    classical = cheap_baseline_seconds("classical", 20)
+    assert hopeful.seconds["baseline"] == pytest.approx(2 * (hopeful.seconds["eval"] + validation_pass) + classical)
+    (note,) = hopeful.notes
+    assert "base, few_shot may be skipped by eval.skip_hopeless" in note and "classical" in note
+    assert duration(hopeful.seconds["eval"]) in note
+    # Without the rule, or without a cheap opponent to compare with, nothing is scored first and nothing noted.
+    ruled_out = estimate_run(_config(task="classify", eval={"baselines": names, "skip_hopeless": False}), [64] * 10, FACTS, **shape)
+    assert ruled_out.seconds["baseline"] == pytest.approx(2 * hopeful.seconds["eval"] + classical) and ruled_out.notes == []
+    alone = estimate_run(_config(task="classify", eval={"baselines": ["base"]}), [64] * 10, FACTS, **shape)
+    assert alone.seconds["baseline"] == pytest.approx(hopeful.seconds["eval"]) and alone.notes == []
+    # Each pass runs the baseline's longer prompt once as a shared prefix the scored tokens attend over.
+    from tunelab.estimate.plan import shared_prefix_flops
+
+    prefixed = estimate_run(_config(task="classify", eval={"baselines": names}), [64] * 10, FACTS, **shape,
+                            baseline_prefixes={"base": 10, "few_shot": 200})  # fmt: skip
+    one_validation = hopeful.tokens.validation_tokens / hopeful.tokens.validations
+    added = sum(shared_prefix_flops(FACTS, prefix, hopeful.tokens.test_tokens) + shared_prefix_flops(FACTS, prefix, one_validation)
+                for prefix in (10, 200))  # fmt: skip
+    assert prefixed.seconds["baseline"] == pytest.approx(hopeful.seconds["baseline"] + rate * added)
+    assert shared_prefix_flops(FACTS, 200, 50) == 200 * (2 * 6_000 + 2 * 2 * 16 * 200) + 50 * 2 * 2 * 16 * 200
+    # The note is what `tunelab show` and the web interface print with the estimate.
+    from tunelab.estimate.summary import estimate_summary
+
+    assert ("note", note) in estimate_summary(hopeful.as_dict())

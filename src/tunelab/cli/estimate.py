@@ -87,6 +87,8 @@ def estimate(
             calibration_line += f"; read back from an earlier measurement on this machine{measured}"
         console.print(here)
         console.print(calibration_line)
+        for note in result.notes:
+            console.print(f"note: {note}")
     else:
         here.add_row("not calibrated", "run without --no-calibrate")
         console.print(here)

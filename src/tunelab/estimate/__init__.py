@@ -75,6 +75,9 @@ class TokenCounts:
     # Baselines the pipeline will skip before they run: a few-shot prompt that cannot hold one example (sft) or
     # one per label (classify), as the few_shot baseline decides it.
     skipped_baselines: list[str] = field(default_factory=list)
+    # classify: the tokens each baseline that runs the model adds to the trained prompt (the zero-shot instruction
+    # and label list; few-shot: its solved examples too), run once per scoring pass as a prefix every prompt shares.
+    baseline_prefixes: dict[str, int] = field(default_factory=dict)
 
 
 def example_token_counts(
@@ -125,7 +128,8 @@ def count_tokens(
         label_map = LabelMap.for_records(split.train, tokenizer, config.data.out_of_scope_label)
     test = split.sample_test(config.data.max_test_examples, config.data.seed) if config.data.max_test_examples else split.test
     generation = _generation_counts(config, split, test, tokenizer, context or 2048)
-    cannot_fit = generation.get("few_shot_prompts") == [] or _few_shot_cannot_fit(config, split, tokenizer, label_map, context or 2048)
+    prefixes, few_shot_cannot_fit = _classify_baseline_prefixes(config, split, tokenizer, label_map, context or 2048)
+    cannot_fit = generation.get("few_shot_prompts") == [] or few_shot_cannot_fit
     return TokenCounts(
         train=example_token_counts(config, split.train, tokenizer, label_map),
         validation=example_token_counts(config, split.validation, tokenizer, label_map),
@@ -137,23 +141,36 @@ def count_tokens(
         scored_share=_scored_share(config, split, tokenizer),
         **generation,
         skipped_baselines=["few_shot"] if cannot_fit else [],
+        baseline_prefixes=prefixes,
     )
 
 
-def _few_shot_cannot_fit(config: ResolvedConfig, split: Split, tokenizer: Any, label_map: Any, context: int) -> bool:
-    """classify: whether the few_shot baseline will be skipped because its prompt cannot show every label once, as
-    ``evaluation.baselines.few_shot_classify`` decides it (the same budget, examples and records)."""
+def _classify_baseline_prefixes(
+    config: ResolvedConfig, split: Split, tokenizer: Any, label_map: Any, context: int
+) -> tuple[dict[str, int], bool]:
+    """classify: the tokens the base and few_shot baselines' prompts add to the trained prompt, as
+    ``evaluation.baselines`` builds them (the zero-shot instruction and label list; the same few-shot budget, examples
+    and records), and whether the few-shot prompt cannot show every label once (the baseline is then skipped)."""
     from tunelab.config import resolve_baselines
     from tunelab.data.split import learning_records
+    from tunelab.data.templates import classify_messages, few_shot_messages, render_prompt_ids
     from tunelab.inference import few_shot_budget, few_shot_classify_examples, zero_shot_extra_tokens
 
-    if config.task != "classify" or label_map is None or "few_shot" not in resolve_baselines(config.task, config.eval):
-        return False
+    names = resolve_baselines(config.task, config.eval)
+    if config.task != "classify" or label_map is None or not {"base", "few_shot"} & set(names):
+        return {}, False
     system = config.data.system_prompt
-    room = config.data.max_length + zero_shot_extra_tokens(tokenizer, label_map, system)
-    budget = few_shot_budget(context, config.eval.few_shot_tokens, room)
-    _, k = few_shot_classify_examples(learning_records(split), label_map, tokenizer, budget, seed=config.data.seed, system_prompt=system)
-    return k == 0
+    extra = zero_shot_extra_tokens(tokenizer, label_map, system)
+    prefixes = {"base": extra} if "base" in names else {}
+    cannot_fit = False
+    if "few_shot" in names:
+        budget = few_shot_budget(context, config.eval.few_shot_tokens, config.data.max_length + extra)
+        examples, k = few_shot_classify_examples(learning_records(split), label_map, tokenizer, budget, seed=config.data.seed,
+                                                 system_prompt=system)  # fmt: skip
+        trained = len(render_prompt_ids(tokenizer, classify_messages("", system)))
+        prefixes["few_shot"] = max(0, len(render_prompt_ids(tokenizer, few_shot_messages("", label_map, examples, system))) - trained)
+        cannot_fit = k == 0
+    return prefixes, cannot_fit
 
 
 def _generation_counts(config: ResolvedConfig, split: Split, test: list, tokenizer: Any, context: int) -> dict[str, Any]:
@@ -268,6 +285,7 @@ class EstimateInputs:
             few_shot_prompt_token_counts=counts.few_shot_prompts if test is None else None,
             answer_tokens=counts.answer_tokens,
             skipped_baselines=counts.skipped_baselines,
+            baseline_prefixes=counts.baseline_prefixes,
             calibration=self.calibration,
             prices=self.prices,
             device=self.device,

@@ -28,7 +28,9 @@ CALIBRATION_SUBDIR = "calibration"
 # 6: the threads are the run's own (the free cores), and the machine's state is stored with each measurement.
 # 7: frozen weights in the compute dtype (bf16 under bf16), a 4-bit base for qlora, as training holds them.
 # 8: sft also times evaluation's generation (a prefill forward, decode steps of the plain and the adapted model).
-CALIBRATION_RECIPE_VERSION = 8
+# 9: every task times evaluation's forward (fp32 weights, inference mode): classify and text evaluation ran 1.8-4.6x
+#    longer than the training step's bf16 FLOP rate priced them (bench/README.md, "Decide before spending").
+CALIBRATION_RECIPE_VERSION = 9
 # Decode steps timed per KV-cache length (after one untimed): each is a few milliseconds to a tenth of a second.
 DECODE_STEPS = 3
 # The timed steps stop once they add up to this many seconds (at least one is timed): a slow step already
@@ -276,11 +278,12 @@ def calibration_rows(batch_size: int, seq_len: int, device: str) -> int:
 
 
 def _time_generation(
-    model: Any, input_ids: Any, rows: int, contexts: list[int], *, device: str, quantized: bool = False
+    model: Any, input_ids: Any, rows: int | None, contexts: list[int], *, device: str, quantized: bool = False
 ) -> dict[str, Any]:
-    """Seconds of what evaluation's generation runs (``models.generate``): a prefill forward of ``input_ids`` (None:
-    not timed) with the head on the last position only, as ``generate`` computes it, and one decode step (a new
-    token for each of ``rows`` rows) over a KV cache of each of ``contexts`` tokens.
+    """Seconds of what evaluation runs: a forward of ``input_ids`` (None: not timed) with the head on the last position
+    only, as ``generate`` computes a prefill and classify scores a prompt (every task's evaluation and the baselines
+    that run the model), and one decode step (a new token for each of ``rows`` rows) over a KV cache of each of
+    ``contexts`` tokens (none: no generation timed).
 
     In fp32 (evaluation loads models in fp32: ``runs.load_model``; a 4-bit base stays as it is) and inference mode.
     The KV cache is zeros: speed does not depend on its values (zeros are a memset; random values for a few-shot
@@ -367,10 +370,11 @@ def calibrate(
     A step holds ``rows`` rows of ``seq_len`` tokens: the rows of one of the run's micro-batches
     (``TokenPlan.rows_per_micro_batch``: packed examples share rows; None: ``train.batch_size``, one
     example a row). The timed steps stop early once they add up to ``timed_seconds`` (None: all ``steps`` are timed).
-    sft with ``decode_rows`` and ``decode_contexts`` (evaluation's generation batch and the KV-cache lengths it decodes
-    over) also times what evaluation runs, as it runs it (fp32 weights, inference mode): one forward of the rows with
-    the head on the last position (a prefill) and decode steps at each length, of the plain model before the
-    adapters are added (base, few-shot) and of the trained model after the steps (the tuned model's evaluation).
+    Every task also times evaluation's forward as evaluation runs it (fp32 weights, inference mode), before the
+    adapters are added: one forward of the rows with the head on the last position (a classify prompt, an sft
+    prefill; ``Calibration.forward_seconds``). sft with ``decode_rows`` and ``decode_contexts`` (evaluation's
+    generation batch and the KV-cache lengths it decodes over) also times decode steps at each length, of the plain
+    model (base, few-shot) and of the trained model after the steps (the tuned model's evaluation).
     sft and text score the output head on ``scored_share`` of each row's positions (the share of the
     run's tokens that carry loss: an sft answer, not its prompt), as their loss does.
 
@@ -438,10 +442,11 @@ def calibrate(
         generator = torch.Generator().manual_seed(0)
         vocab = model.get_input_embeddings().weight.shape[0]
         input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
-        if decode is not None:
-            generation = _time_generation(model, input_ids, *decode, device=device, quantized=config.train.method == "qlora")
-            if config.train.method != "qlora":
-                model = model.to(getattr(torch, weights_dtype(config.train.method, precision)))  # back as training holds it
+        # Evaluation's forward, whatever the task (sft: with its decode steps): evaluation holds the weights in fp32 and
+        # runs no autograd, so the training step's bf16 FLOP rate priced it up to 4.6x fast.
+        generation = _time_generation(model, input_ids, *(decode or (None, [])), device=device, quantized=config.train.method == "qlora")
+        if config.train.method != "qlora":
+            model = model.to(getattr(torch, weights_dtype(config.train.method, precision)))  # back as training holds it
         model = apply_method(model, config)
         compile_model(model, config.train.compile, device=device.split(":")[0], precision=precision)  # as the loop does
         if config.train.gradient_checkpointing:

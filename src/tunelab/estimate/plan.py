@@ -25,7 +25,11 @@ weight except the input embedding table, with the LM head counted as d_model x h
   (6 in full fine-tuning).
 - preference (DPO): chosen and rejected are two sequences, and the reference model adds a
   forward pass, ``2·N`` per token.
-- validation and evaluation are forward passes: ``2·N + 2·n_layers·seq·d_model`` per token.
+- validation and evaluation are forward passes: ``2·N + 2·n_layers·seq·d_model`` per token. Validation runs at
+  the training step's FLOP rate (inside the loop, in its dtype); evaluation and the baselines that run the model at
+  the rate of a timed fp32 forward (:func:`forward_flops_per_second`), a classify baseline's longer prompt as a
+  prefix run once per pass (:func:`shared_prefix_flops`); the baselines that run no model at measured constants
+  per text (:func:`cheap_baseline_seconds`).
 - sft evaluation and the baselines that run the model (base, few-shot) generate: a prefill of each batch's
   prompts, then one decode step per new token, each latency-bound (the weights and the KV cache are read for
   one token a row). Their time here is measured, not derived from FLOPs (:func:`generation_seconds`).
@@ -64,6 +68,15 @@ GIB = 1024**3
 # to 8 bits, plus one fp32 constant per 256 such blocks: 4 + 8/64 + 32/(64*256) = 4.127 bits.
 QLORA_BYTES_PER_WEIGHT = (4 + 8 / 64 + 32 / (64 * 256)) / 8
 ADAPTER_METHODS = ("lora", "qlora")
+# The baselines that run no language model, priced per text they read (the learning, validation and test records)
+# by constants measured on the project's 2-core AMD EPYC at one torch thread, the other core busy
+# (bench/baseline_speed.py on the quickstart, 400 texts, 2026-12-06): all-MiniLM-L6-v2's load in a fresh process
+# (4.9 s), then its encoding and the cross-validated logistic regression (3.4 s); TF-IDF with its cross-validated
+# logistic regression (classical, 5.9 s; sft's retrieval is TF-IDF cosine only, priced the same: an overestimate).
+# Constants, not a calibration: a GPU encodes faster and a bigger eval.embedding_model slower than they say.
+EMBEDDING_LOAD_SECONDS = 4.9
+EMBEDDING_SECONDS_PER_TEXT = 0.0084
+TFIDF_SECONDS_PER_TEXT = 0.0148
 
 
 @dataclass(frozen=True)
@@ -104,10 +117,11 @@ class Calibration:
     cached: bool = False
     # The machine while the steps ran: its cores and how many other processes kept busy (None: not known).
     machine: CpuState | None = None
-    # sft: what evaluation's generation costs here, measured as evaluation runs (fp32 weights, no autograd):
-    # one forward of the calibrated rows with the head on the last position only (a prompt's prefill), and one
-    # decode step (a new token for each of ``decode_rows`` rows over a KV cache of each ``decode_contexts`` length)
-    # of the plain model (base, few-shot) and, at the first context, of the model with the run's adapters.
+    # What evaluation costs here, measured as evaluation runs (fp32 weights, no autograd): one forward of the
+    # calibrated rows with the head on the last position only (a classify prompt, an sft prompt's prefill; every
+    # task, None in a calibration stored before recipe 9), and, sft only, one decode step (a new token for each of
+    # ``decode_rows`` rows over a KV cache of each ``decode_contexts`` length) of the plain model (base, few-shot)
+    # and, at the first context, of the model with the run's adapters.
     forward_seconds: float | None = None
     decode_rows: int | None = None
     decode_contexts: list[int] = field(default_factory=list)
@@ -341,6 +355,8 @@ class Estimate:
     machine: CpuState | None = None
     threads: int | None = None
     fit: FitCheck | None = None  # the memory check against the device (set by estimate_for_split)
+    # What the time here priced that may not happen (a baseline eval.skip_hopeless may skip), for a person to read.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float | None:
@@ -491,8 +507,35 @@ def steps_text(tokens: dict[str, Any]) -> str:
     return f"{counted} = {steps:,}"
 
 
+def attention_forward(facts: ModelFacts, context: float) -> float:
+    """Forward attention FLOPs of one token over ``context`` tokens (scores and weighted sums): ``2·n_layers·seq·d_model``."""
+    return 2 * facts.n_layers * context * facts.d_model
+
+
 def attention_forward_per_token(facts: ModelFacts, tokens: TokenPlan) -> int:
-    return 2 * facts.n_layers * tokens.seq_len * facts.d_model
+    return int(attention_forward(facts, tokens.seq_len))
+
+
+def shared_prefix_flops(facts: ModelFacts, prefix: int, tokens_on_top: float) -> float:
+    """FLOPs a shared prompt prefix of ``prefix`` tokens adds to a forward pass: its tokens run once (one KV cache every
+    prompt reads, ``inference.prefix_label_logits``), and each of the ``tokens_on_top`` tokens after it attends over them."""
+    return prefix * (2 * facts.body_params + attention_forward(facts, prefix)) + tokens_on_top * attention_forward(facts, prefix)
+
+
+def forward_flops_per_second(calibration: Calibration, facts: ModelFacts) -> float | None:
+    """The FLOP rate of evaluation's forward here: the calibration's timed forward (rows of ``seq_len`` tokens, the
+    head on each row's last position, fp32 weights, no autograd) over its FLOPs; None when it was not timed.
+
+    Evaluation and the baselines that run the model are priced at this rate, not at the training step's (on a bf16
+    CPU the fp32 forward ran 130-170 tokens/s where training's forward and backward ran 237); validation runs
+    inside the training loop, in its dtype, and stays at the training step's.
+    """
+    if not calibration.forward_seconds:
+        return None
+    seq_len = calibration.seq_len
+    per_token = 2 * facts.body_params + attention_forward(facts, seq_len)
+    flops = calibration.batch_size * (seq_len * per_token + 2 * facts.d_model * facts.vocab)
+    return flops / calibration.forward_seconds
 
 
 def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_labels: int | None = None) -> FlopPlan:
@@ -516,9 +559,9 @@ def plan_flops(config: ResolvedConfig, facts: ModelFacts, tokens: TokenPlan, n_l
         # Training also scores the prompts' own next tokens over the whole vocabulary (``classify.prompt_lm_weight``):
         # the head's forward and its activation gradients (4 d V; its weight is trained only in full fine-tuning).
         dense += (6 if method == "full" else 4) * facts.d_model * (facts.vocab - head_columns)
-    attention_forward = 2 * facts.n_layers * tokens.seq_len * facts.d_model
-    attention = 3 * attention_forward
-    forward = 2 * matmul + attention_forward
+    attention_forward_flops = attention_forward_per_token(facts, tokens)
+    attention = 3 * attention_forward_flops
+    forward = 2 * matmul + attention_forward_flops
     return FlopPlan(
         matmul_params=matmul,
         trainable_params=trainable,
@@ -673,6 +716,7 @@ def estimate_run(
     few_shot_prompt_token_counts: list[int] | None = None,
     answer_tokens: int = 0,
     skipped_baselines: list[str] | tuple[str, ...] = (),
+    baseline_prefixes: dict[str, int] | None = None,
     calibration: Calibration | None = None,
     prices: PriceTable | None = None,
     device: str = "cpu",
@@ -696,6 +740,8 @@ def estimate_run(
             few-shot baseline send, and the longest trained answer; with a calibration that timed generation they
             price the baselines and evaluation (:func:`generation_seconds`).
         skipped_baselines: baselines the pipeline will skip before they run (a few-shot prompt that cannot fit): not priced.
+        baseline_prefixes: classify: the tokens the base and few_shot prompts add to the trained prompt (instruction,
+            label list, solved examples), run once per scoring pass as a shared prefix.
         calibration: measured steps on this machine; without it there is no time for this machine.
         prices: the GPU/cloud table (default: the bundled one).
         device / precision: where memory is checked and which precision training uses there.
@@ -727,12 +773,15 @@ def estimate_run(
     memory.available = available_bytes
 
     # Baselines that run the model (base, few_shot) cost about one test evaluation each (classify: the few-shot
-    # prefix is one KV cache for the whole test set); classical / retrieval / embedding cost next to nothing.
-    # A baseline the pipeline skips before it runs (a few-shot prompt that cannot fit) is not priced. (classify's
-    # eval.skip_hopeless is decided on validation scores, unknown here: such a baseline stays priced.)
-    model_runs = [name for name in resolve_baselines(config.task, config.eval)
-                  if name in BASELINES and BASELINES[name].needs_base_model and name not in skipped_baselines]  # fmt: skip
+    # prefix is one KV cache for the whole test set); classical / retrieval / embedding cost their measured
+    # constants per text. A baseline the pipeline skips before it runs (a few-shot prompt that cannot fit) is not
+    # priced. (classify's eval.skip_hopeless is decided on validation scores, unknown here: such a baseline stays
+    # priced, and a note says what skipping it would save.)
+    listed = [name for name in resolve_baselines(config.task, config.eval) if name in BASELINES and name not in skipped_baselines]
+    model_runs = [name for name in listed if BASELINES[name].needs_base_model]
+    cheap_runs = [name for name in listed if not BASELINES[name].needs_base_model]
     model_baselines = len(model_runs)
+    notes: list[str] = []
     # A preference run's evaluation scores each pair with the policy and with its reference (evaluation/preference.py).
     tuned_evaluations = 2 if config.task == "preference" else 1
     seconds = None
@@ -770,9 +819,37 @@ def estimate_run(
             answer = min(config.eval.max_new_tokens, answer_tokens or config.eval.max_new_tokens)
             seconds["eval"] = generate(test_prompt_token_counts, new_tokens=answer, adapted=True)
         elif tokens.test_tokens:
-            if model_baselines:
-                seconds["baseline"] = model_baselines * flops.eval_flops / flops_per_second
-            seconds["eval"] = tuned_evaluations * flops.eval_flops / flops_per_second
+            # Evaluation loads the models in fp32 and runs them forward only: priced at the measured forward's rate
+            # (a calibration stored before it was timed: the training step's).
+            evaluation_rate = forward_flops_per_second(calibration, facts) or flops_per_second
+            seconds["eval"] = tuned_evaluations * flops.eval_flops / evaluation_rate
+            # classify's eval.skip_hopeless scores such a baseline on the validation rows first; only one that may win
+            # is then scored on the test rows. Each pass runs the baseline's longer prompt (instruction, label list,
+            # solved examples) once as a shared prefix.
+            hopeless = hopeless_check(config, model_runs, cheap_runs, tokens)
+            one_validation = tokens.validation_tokens / tokens.validations if tokens.validations else 0
+            test_passes: dict[str, float] = {}
+            baseline = 0.0
+            for name in model_runs:
+                prefix = (baseline_prefixes or {}).get(name, 0)
+                test_passes[name] = (flops.eval_flops + shared_prefix_flops(facts, prefix, tokens.test_tokens)) / evaluation_rate
+                baseline += test_passes[name]
+                if name in hopeless:
+                    validation_flops = flops.validation_flops / tokens.validations + shared_prefix_flops(facts, prefix, one_validation)
+                    baseline += validation_flops / evaluation_rate
+            if model_runs:
+                seconds["baseline"] = baseline
+            if hopeless:
+                opponents = " or ".join(name for name in cheap_runs if BASELINES[name].learns_from_training)
+                saved = ", ".join(f"{duration(test_passes[name])} ({name})" for name in hopeless)
+                notes.append(
+                    f"{', '.join(hopeless)} may be skipped by eval.skip_hopeless when its validation score shows it cannot "
+                    f"beat {opponents}: skipping saves about {saved} of the baseline time"
+                )
+        texts = tokens.examples + len(validation_token_counts or []) + len(test_prompt_token_counts or test_token_counts or [])
+        cheap = sum(cheap_baseline_seconds(name, texts) for name in cheap_runs)
+        if cheap:
+            seconds["baseline"] = seconds.get("baseline", 0.0) + cheap
 
     utilization = config.budget.utilization or DEFAULT_UTILIZATION
     gpu_memory = plan_memory(config, facts, tokens, "bf16", flops.trainable_params, "cuda").total
@@ -822,7 +899,25 @@ def estimate_run(
         retune=plan_retune(config.monitor, total_here, gpus),
         machine=machine,
         threads=threads,
+        notes=notes,
     )
+
+
+def hopeless_check(config: ResolvedConfig, model_runs: list[str], cheap_runs: list[str], tokens: TokenPlan) -> list[str]:
+    """The baselines of ``model_runs`` that classify's ``eval.skip_hopeless`` will score on the validation rows first
+    (``evaluation.baselines.model_baseline_cannot_win``) and may then skip: it needs validation rows and a cheap
+    opponent whose cross-validated accuracy it compares with (the classify baselines that learn without the model)."""
+    opponents = [name for name in cheap_runs if BASELINES[name].learns_from_training]
+    if config.task != "classify" or not config.eval.skip_hopeless or not tokens.validations or not opponents:
+        return []
+    return list(model_runs)
+
+
+def cheap_baseline_seconds(name: str, texts: int) -> float:
+    """Seconds of a baseline that runs no language model over ``texts`` records, by the measured constants above."""
+    if name == "embedding":
+        return EMBEDDING_LOAD_SECONDS + texts * EMBEDDING_SECONDS_PER_TEXT
+    return texts * TFIDF_SECONDS_PER_TEXT
 
 
 def generation_seconds(
@@ -846,8 +941,7 @@ def generation_seconds(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         longest = rows[-1]
-        attention = 2 * facts.n_layers * facts.d_model
-        scale = (forward_per_token + attention * longest) / (forward_per_token + attention * measured_seq)
+        scale = (forward_per_token + attention_forward(facts, longest)) / (forward_per_token + attention_forward(facts, measured_seq))
         total += len(rows) * longest * seconds_per_token * scale
         total += new_tokens * calibration.decode_step_seconds(longest + new_tokens / 2, adapted=adapted)
     return total

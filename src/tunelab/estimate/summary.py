@@ -48,6 +48,7 @@ def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
         lines.append((f"time on this machine{here}", ", ".join(f"{step} {duration(value)}" for step, value in seconds.items()) + f"; total {duration(estimate.get('total_seconds'))}"))
     else:
         lines.append(("time on this machine", "not measured (calibration off)"))
+    lines += [("note", note) for note in estimate.get("notes") or []]
     if memory:
         needed = f"{number((memory.get('total') or 0) / 2**30, 3)} GiB needed on {memory.get('device')}"
         if memory.get("available") is None:  # not measured: unknown, not "does not fit in 0 GiB"

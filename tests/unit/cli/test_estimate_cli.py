@@ -71,3 +71,25 @@ def test_the_optimizer_steps_say_how_they_were_counted(tmp_path, tiny_model_dir)
     assert "optimizer steps 5, set by train.max_steps (2 epochs × 1 per epoch: 2) " in words("train.max_steps=5")
     data = json.loads(runner.invoke(cli_main.app, ["estimate", str(config), "train.min_steps=30", "--no-calibrate", "--json"]).output)
     assert (data["tokens"]["steps_per_epoch"], data["tokens"]["optimizer_steps"], data["tokens"]["steps_set_by"]) == (1, 30, "train.min_steps")
+
+
+def test_the_table_notes_a_baseline_skip_hopeless_may_skip(tmp_path, tiny_model_dir):
+    """The quickstart's estimate priced base and few-shot in full and said nothing; eval.skip_hopeless then skipped
+    both after scoring the validation rows. The estimate keeps the price and says what skipping would save."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    rows = [{"text": f"my card number {i} has not arrived yet", "label": f"label{i % 4}"} for i in range(60)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"task: classify\nmodel: {tiny_model_dir}\ndata:\n  train: train.jsonl\n  test_size: 0.2\n  max_length: 32\n"
+                      "train:\n  threads: 1\n  precision: fp32\neval:\n  baselines: [classical, base]\n")  # fmt: skip
+    table = CliRunner().invoke(cli_main.app, ["estimate", str(config), "--steps", "1"], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    printed = " ".join(table.output.split())  # the console wraps long lines
+    assert "note: base may be skipped by eval.skip_hopeless when its validation score shows it cannot beat classical" in printed, printed
+    quiet = CliRunner().invoke(cli_main.app, ["estimate", str(config), "--steps", "1", "eval.skip_hopeless=false"], terminal_width=200)
+    assert quiet.exit_code == 0 and "skip_hopeless" not in quiet.output, quiet.output
