@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tunelab.inference import chat_prompt, completion_prompt
-from tunelab.models.generate import Decoding, configured_answer_length, configured_decoding
+from tunelab.models.generate import Decoding, configured_decoding
 from tunelab.serve.adapters import ModelRegistry, ServedModel
 from tunelab.serve.engine import ClassifyResult, Engine, GenerationResult, Job, SamplingParams
 from tunelab.serve.errors import APIError, bad_request, error_body, model_not_found
@@ -182,15 +182,23 @@ class Service:
                 code="invalid_value",
             )
         context = self.registry.context_length
-        # Left out: a plain folder's own answer length (an export's: its run's eval.max_new_tokens), a default like the
-        # server limit (so capped to what the context leaves); else the endpoint's own (OpenAI's: asked for, not capped).
-        configured = configured_answer_length(self.registry.model) if entry.run is None else None
+        # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
+        # OpenAI's 1.0 sampled answers nobody judged. A plain model decodes as its generation_config says (a merged
+        # export's is its run's), as transformers and vLLM read the folder; OpenAI's defaults where it says nothing.
+        if entry.run is not None:
+            default = entry.run.decoding
+        else:
+            default = configured_decoding(self.registry.model, Decoding(temperature=1.0))
+        # Left out, the answer length is the model's own too: a run's eval.max_new_tokens (its export's file says the
+        # same, so the two answer alike), a plain folder's generation_config; a default like the server limit (so capped
+        # to what the context leaves). Else the endpoint's own (OpenAI's: asked for, not capped).
+        judged = default.max_new_tokens
         if requested is not None:
             max_tokens = requested
-        elif configured is None and left_out is not None:
+        elif judged is None and left_out is not None:
             max_tokens = min(left_out, limit)
         else:
-            max_tokens = min(configured or limit, limit, context - prompt_tokens)
+            max_tokens = min(judged or limit, limit, context - prompt_tokens)
         if prompt_tokens + max_tokens > context:
             raise bad_request(
                 f"This model's maximum context length is {context} tokens. However, you requested {prompt_tokens + max_tokens} "
@@ -202,13 +210,6 @@ class Service:
         stops = body.stop_list()
         if len(stops) > MAX_STOP_SEQUENCES:
             raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
-        # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
-        # OpenAI's 1.0 sampled answers nobody judged. A plain model decodes as its generation_config says (a merged
-        # export's is its run's), as transformers and vLLM read the folder; OpenAI's defaults where it says nothing.
-        if entry.run is not None:
-            default = entry.run.decoding
-        else:
-            default = configured_decoding(self.registry.model, Decoding(temperature=1.0))
         decoding = default.told(body.temperature, body.top_p)
         return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops), seed=body.seed)
 
@@ -401,7 +402,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         ids = service.encode_text(entry, prompt, "prompt")
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
-        # Left out: OpenAI's 16 for a completion, unless a plain folder's generation_config says its own.
+        # Left out: OpenAI's 16 for a completion, unless the model has its own (a run's judged length; a plain folder's
+        # generation_config): a run and its merged export then complete a prompt alike, at the length that was judged.
         encoded.append((ids, service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)))
     jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
