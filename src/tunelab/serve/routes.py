@@ -282,6 +282,18 @@ def _refuse(condition: bool, param: str, what: str) -> None:
         raise bad_request(f"{what} is not supported by this server.", param=param, code="unsupported_parameter")
 
 
+def _invalid(condition: bool, param: str, message: str) -> None:
+    """A request OpenAI itself refuses (a field that needs another): the same 400, naming the field, so a client
+    learns here what it would learn there rather than being answered as if the field meant something."""
+    if condition:
+        raise bad_request(message, param=param)
+
+
+def _check_stream_options(body: Any) -> None:
+    # Without stream the options ask for what a plain answer never has (a usage chunk): OpenAI refuses them.
+    _invalid(body.stream_options is not None and not body.stream, "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+
+
 def _refuse_penalties(body: Any) -> None:
     """Penalties and logit_bias change the answer and are not applied here: only their no-op values pass."""
     _refuse(bool(body.frequency_penalty), "frequency_penalty", "frequency_penalty other than 0")
@@ -317,12 +329,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
     _refuse(bool(body.top_logprobs), "top_logprobs", "top_logprobs (logprobs)")
     _refuse(bool(body.tools), "tools", "Tool calling")
-    _refuse(body.tool_choice not in (None, "none", "auto"), "tool_choice", "Tool calling (tool_choice other than 'none' or 'auto')")
+    # Tools are refused above, so any tool_choice but the no-op "none" comes without them: as OpenAI, that is a 400.
+    _invalid(body.tool_choice not in (None, "none"), "tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.")
     _refuse(bool(body.functions), "functions", "Function calling")
     _refuse(body.function_call not in (None, "none", "auto"), "function_call", "Function calling")
     _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
     _refuse(body.audio is not None, "audio", "Audio output")
     _refuse_penalties(body)
+    _check_stream_options(body)
     kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
     _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -391,6 +405,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
     _refuse_penalties(body)
+    _check_stream_options(body)
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
     if body.stream and len(prompts) != 1:
