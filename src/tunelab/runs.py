@@ -497,14 +497,16 @@ class Run:
     @property
     def decoding(self) -> Decoding:
         """How the run generates when a request or a flag does not say: as its evaluation judged it (``eval.temperature``,
-        ``eval.top_p``: greedy unless set), not a client's or a tool's own default, which would answer with samples nobody
-        judged; a classify run answers its label greedily (its argmax), whatever ``eval`` says. ``tunelab generate``,
-        ``tunelab serve`` and every export (the merged folder's ``generation_config.json``, the Modelfile) read it here."""
+        ``eval.top_p``: greedy unless set; answers of at most ``eval.max_new_tokens``), not a client's or a tool's own
+        default, which would answer with samples nobody judged, or longer than any judged answer; a classify run answers
+        its label, one token, greedily (its argmax), whatever ``eval`` says. ``tunelab generate``, ``tunelab serve`` and
+        every export (the merged folder's ``generation_config.json``, the Modelfile) read it here."""
         from tunelab.models.generate import Decoding
 
         if self.task == "classify":
-            return Decoding()
-        return Decoding(self.config.eval.temperature, self.config.eval.top_p)
+            return Decoding(max_new_tokens=1)
+        judged = self.config.eval
+        return Decoding(judged.temperature, judged.top_p, judged.max_new_tokens)
 
     @property
     def base(self) -> BaseModel:
@@ -719,8 +721,7 @@ def merge_run(run_dir: str | Path) -> Any:
     model = fold_trained(loaded)
     # A reader that passes no decoding (model.generate(ids), vLLM) answers as the run was judged: its decoding, stop
     # tokens and answer length (a classify run: one token, its label), not the base's sampling defaults.
-    new_tokens = 1 if run.task == "classify" else run.config.eval.max_new_tokens
-    model.generation_config = judged_generation_config(model, loaded.tokenizer, run.decoding, new_tokens)
+    model.generation_config = judged_generation_config(model, loaded.tokenizer, run.decoding)
     state_dict = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     return MergedRun(
         model=model, tokenizer=loaded.tokenizer, state_dict=state_dict, name=run.name, run_config=run.config.model_dump(mode="json"),

@@ -18,7 +18,7 @@ def generate(
     system: str = typer.Option(None, "--system", help="System message (default: the run's own data.system_prompt)."),
     max_new_tokens: int | None = typer.Option(
         None, "--max-new-tokens", min=1, show_default=False,
-        help=f"Longest answer in tokens (default: a plain model's own generation_config max_new_tokens, else {DEFAULT_NEW_TOKENS}; or fewer when the model's context leaves less after the "
+        help=f"Longest answer in tokens (default: a run's own eval.max_new_tokens, a plain model's generation_config max_new_tokens, else {DEFAULT_NEW_TOKENS}; or fewer when the model's context leaves less after the "
         "prompt); a prompt plus this many tokens past the model's context is refused.",
     ),
     temperature: float | None = typer.Option(
@@ -30,13 +30,12 @@ def generate(
     """Answer PROMPT with a model, printing tokens as they are generated (a classify run prints its label).
 
     A run answers as it was evaluated and as it is served: its system prompt, its max_length, its stop tokens, its
-    decoding (eval.temperature, eval.top_p).
+    decoding (eval.temperature, eval.top_p) and answer length (eval.max_new_tokens).
     """
     # Imported here: they pull in torch and transformers, which commands without a model never pay for.
     from tunelab.inference import Classifier, chat_prompt, completion_prompt
     from tunelab.models.generate import (
         Decoding,
-        configured_answer_length,
         configured_decoding,
         context_length,
         stream_generate,
@@ -65,12 +64,9 @@ def generate(
         error_console.print(f"[yellow]warning[/yellow] the prompt is longer than the run's max_length ({max_length}): its last tokens are kept")
     # A run decodes as its evaluation judged it (as `tunelab serve` and `tunelab eval` do), a plain model as its own
     # generation_config says (a merged export's: as its run was judged; greedy where it says nothing), unless told otherwise.
-    if run is not None:
-        decoding, configured = run.decoding, None
-    else:
-        decoding, configured = configured_decoding(loaded.model, Decoding()), configured_answer_length(loaded.model)
+    decoding = run.decoding if run is not None else configured_decoding(loaded.model, Decoding())
     decoding = decoding.told(temperature, top_p)
-    max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model), configured)
+    max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model), decoding.max_new_tokens)
     for piece in stream_generate(
         loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p
     ):
@@ -81,8 +77,9 @@ def generate(
 
 def _new_tokens(prompt_tokens: int, requested: int | None, context: int, configured: int | None = None) -> int:
     """As the server does: past the model's context is refused (a GPT-2-style model would fail with an IndexError, a
-    RoPE model answer beyond its context); without --max-new-tokens the answer gets ``configured`` (a plain folder's
-    generation_config max_new_tokens) or DEFAULT_NEW_TOKENS, at most what the context leaves."""
+    RoPE model answer beyond its context); without --max-new-tokens the answer gets ``configured`` (the model's own:
+    a run's eval.max_new_tokens, a plain folder's generation_config max_new_tokens) or DEFAULT_NEW_TOKENS, at most what
+    the context leaves."""
     if prompt_tokens >= context:
         raise ConfigError(f"the prompt has {prompt_tokens} tokens, the model's context is {context}: shorten the prompt")
     if requested is None:

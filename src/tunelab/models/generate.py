@@ -102,7 +102,8 @@ def sampling_options(temperature: float = 0.0, top_p: float = 1.0) -> dict[str, 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How a model samples: greedy at temperature 0 (the default), else nucleus sampling at ``top_p``.
+    """How a model samples: greedy at temperature 0 (the default), else nucleus sampling at ``top_p``; and how long it
+    answers when not told (``max_new_tokens``; None: the caller's own default, the server's limit or generate's 256).
 
     A run's own is ``tunelab.runs.Run.decoding`` (what its evaluation judged): the decoding ``tunelab generate``,
     ``tunelab serve`` and every export use when they are not told otherwise. A plain model's is what its own
@@ -110,6 +111,7 @@ class Decoding:
 
     temperature: float = 0.0
     top_p: float = 1.0
+    max_new_tokens: int | None = None
 
     def told(self, temperature: float | None = None, top_p: float | None = None) -> Decoding:
         """This decoding with what a request or a flag says instead (None: left as it is)."""
@@ -122,8 +124,9 @@ class Decoding:
         return sampling_options(self.temperature, self.top_p)
 
 
-def judged_generation_config(model: Any, tokenizer: Any, decoding: Decoding, max_new_tokens: int) -> Any:
-    """``model``'s ``GenerationConfig`` made to generate what :func:`generate_ids` does with ``decoding``: written as
+def judged_generation_config(model: Any, tokenizer: Any, decoding: Decoding) -> Any:
+    """``model``'s ``GenerationConfig`` made to generate what :func:`generate_ids` does with ``decoding`` (its answer
+    length included: a run's ``eval.max_new_tokens``, one token for a classify run's label): written as
     an export's ``generation_config.json``, so a reader that passes no decoding of its own (``model.generate(ids)``,
     vLLM) answers as the run was judged, not with the base model's sampling defaults (Llama 3 and Qwen ship
     ``do_sample: true``) nor transformers' own (20 tokens in all, top-k 50).
@@ -134,7 +137,7 @@ def judged_generation_config(model: Any, tokenizer: Any, decoding: Decoding, max
     options = decoding.options()
     if options["do_sample"]:
         options["top_k"] = 0  # no top-k cut, as generate_ids's None; None in a file is transformers' default of 50
-    config.update(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_token_id(tokenizer, stops), **options)
+    config.update(max_new_tokens=decoding.max_new_tokens, eos_token_id=stops, pad_token_id=pad_token_id(tokenizer, stops), **options)
     return config
 
 
@@ -147,15 +150,18 @@ def configured_decoding(model: Any, default: Decoding) -> Decoding:
     ``do_sample: false`` is greedy; ``do_sample: true`` samples at the file's temperature and top_p (1 where it
     leaves them out, as transformers). A file that leaves ``do_sample`` unset (transformers 5 derives such a config
     from the model's config when a folder has none) says nothing of sampling: ``default``. Only temperature and
-    top_p are read: a top-k cut is not carried, as :func:`generate_ids` never cuts (an export writes none)."""
+    top_p are read: a top-k cut is not carried, as :func:`generate_ids` never cuts (an export writes none). The answer
+    length is the file's ``max_new_tokens`` (:func:`configured_answer_length`), else ``default``'s."""
     config = getattr(model, "generation_config", None)
     do_sample = getattr(config, "do_sample", None)
+    length = configured_answer_length(model)
+    length = default.max_new_tokens if length is None else length
     if do_sample is None:
-        return default
+        return replace(default, max_new_tokens=length)
     if not do_sample:
-        return Decoding()
+        return Decoding(max_new_tokens=length)
     temperature, top_p = getattr(config, "temperature", None), getattr(config, "top_p", None)
-    return Decoding(1.0 if temperature is None else float(temperature), 1.0 if top_p is None else float(top_p))
+    return Decoding(1.0 if temperature is None else float(temperature), 1.0 if top_p is None else float(top_p), length)
 
 
 def configured_answer_length(model: Any) -> int | None:

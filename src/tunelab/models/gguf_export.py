@@ -748,7 +748,8 @@ def modelfile_text(
     """An Ollama Modelfile for the exported file: FROM, TEMPLATE, stop tokens, SYSTEM, decoding, label notes.
 
     ``decoding``: the run's own (``runs.Run.decoding``, greedy when None), as its evaluation generated and as the merged
-    folder's generation_config.json says: Ollama's own default (temperature 0.8) would answer with samples nobody judged.
+    folder's generation_config.json says: its temperature, top_p and answer length (num_predict). Ollama's own defaults
+    (temperature 0.8, no answer length) would answer with samples nobody judged, longer than any judged answer.
 
     A classify run's template wraps the user's message in the instruction it was trained on, and the
     file answers with the label's name (``write_gguf`` gives each label an answer token), so
@@ -773,6 +774,9 @@ def modelfile_text(
     if not label_map:
         decoding = decoding or Decoding()
         lines += [f"PARAMETER temperature {decoding.temperature:g}", f"PARAMETER top_p {decoding.top_p:g}"]
+        if decoding.max_new_tokens is not None:
+            # The judged answer length, as the merged folder's file says: Ollama's own would answer past it.
+            lines.append(f"PARAMETER num_predict {decoding.max_new_tokens}")
     if label_map:
         # A classify model answers with exactly one token (its label's name); greedy, like tunelab's own evaluation.
         lines += ["PARAMETER temperature 0", "PARAMETER num_predict 1", ""]

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tunelab.inference import chat_prompt, completion_prompt
-from tunelab.models.generate import Decoding, configured_answer_length, configured_decoding
+from tunelab.models.generate import Decoding, configured_decoding
 from tunelab.serve.adapters import ModelRegistry, ServedModel
 from tunelab.serve.engine import ClassifyResult, Engine, GenerationResult, Job, SamplingParams
 from tunelab.serve.errors import APIError, bad_request, error_body, model_not_found
@@ -182,15 +182,23 @@ class Service:
                 code="invalid_value",
             )
         context = self.registry.context_length
-        # Left out: a plain folder's own answer length (an export's: its run's eval.max_new_tokens), a default like the
-        # server limit (so capped to what the context leaves); else the endpoint's own (OpenAI's: asked for, not capped).
-        configured = configured_answer_length(self.registry.model) if entry.run is None else None
+        # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
+        # OpenAI's 1.0 sampled answers nobody judged. A plain model decodes as its generation_config says (a merged
+        # export's is its run's), as transformers and vLLM read the folder; OpenAI's defaults where it says nothing.
+        if entry.run is not None:
+            default = entry.run.decoding
+        else:
+            default = configured_decoding(self.registry.model, Decoding(temperature=1.0))
+        # Left out, the answer length is the model's own too: a run's eval.max_new_tokens (its export's file says the
+        # same, so the two answer alike), a plain folder's generation_config; a default like the server limit (so capped
+        # to what the context leaves). Else the endpoint's own (OpenAI's: asked for, not capped).
+        judged = default.max_new_tokens
         if requested is not None:
             max_tokens = requested
-        elif configured is None and left_out is not None:
+        elif judged is None and left_out is not None:
             max_tokens = min(left_out, limit)
         else:
-            max_tokens = min(configured or limit, limit, context - prompt_tokens)
+            max_tokens = min(judged or limit, limit, context - prompt_tokens)
         if prompt_tokens + max_tokens > context:
             raise bad_request(
                 f"This model's maximum context length is {context} tokens. However, you requested {prompt_tokens + max_tokens} "
@@ -202,13 +210,6 @@ class Service:
         stops = body.stop_list()
         if len(stops) > MAX_STOP_SEQUENCES:
             raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
-        # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
-        # OpenAI's 1.0 sampled answers nobody judged. A plain model decodes as its generation_config says (a merged
-        # export's is its run's), as transformers and vLLM read the folder; OpenAI's defaults where it says nothing.
-        if entry.run is not None:
-            default = entry.run.decoding
-        else:
-            default = configured_decoding(self.registry.model, Decoding(temperature=1.0))
         decoding = default.told(body.temperature, body.top_p)
         return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops), seed=body.seed)
 
@@ -281,6 +282,18 @@ def _refuse(condition: bool, param: str, what: str) -> None:
         raise bad_request(f"{what} is not supported by this server.", param=param, code="unsupported_parameter")
 
 
+def _invalid(condition: bool, param: str, message: str) -> None:
+    """A request OpenAI itself refuses (a field that needs another): the same 400, naming the field, so a client
+    learns here what it would learn there rather than being answered as if the field meant something."""
+    if condition:
+        raise bad_request(message, param=param)
+
+
+def _check_stream_options(body: Any) -> None:
+    # Without stream the options ask for what a plain answer never has (a usage chunk): OpenAI refuses them.
+    _invalid(body.stream_options is not None and not body.stream, "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+
+
 def _refuse_penalties(body: Any) -> None:
     """Penalties and logit_bias change the answer and are not applied here: only their no-op values pass."""
     _refuse(bool(body.frequency_penalty), "frequency_penalty", "frequency_penalty other than 0")
@@ -316,12 +329,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _refuse(bool(body.logprobs), "logprobs", "logprobs")
     _refuse(bool(body.top_logprobs), "top_logprobs", "top_logprobs (logprobs)")
     _refuse(bool(body.tools), "tools", "Tool calling")
-    _refuse(body.tool_choice not in (None, "none", "auto"), "tool_choice", "Tool calling (tool_choice other than 'none' or 'auto')")
+    # Tools are refused above, so any tool_choice but the no-op "none" comes without them: as OpenAI, that is a 400.
+    _invalid(body.tool_choice not in (None, "none"), "tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.")
     _refuse(bool(body.functions), "functions", "Function calling")
     _refuse(body.function_call not in (None, "none", "auto"), "function_call", "Function calling")
     _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
     _refuse(body.audio is not None, "audio", "Audio output")
     _refuse_penalties(body)
+    _check_stream_options(body)
     kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
     _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -390,6 +405,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
     _refuse_penalties(body)
+    _check_stream_options(body)
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
     if body.stream and len(prompts) != 1:
@@ -401,7 +417,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         ids = service.encode_text(entry, prompt, "prompt")
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
-        # Left out: OpenAI's 16 for a completion, unless a plain folder's generation_config says its own.
+        # Left out: OpenAI's 16 for a completion, unless the model has its own (a run's judged length; a plain folder's
+        # generation_config): a run and its merged export then complete a prompt alike, at the length that was judged.
         encoded.append((ids, service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)))
     jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
     completion_id = f"cmpl-{uuid.uuid4().hex}"

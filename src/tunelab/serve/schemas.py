@@ -76,7 +76,7 @@ class _Sampling(_Request):
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} stop sequences.")
     n: int = Field(1, strict=True, description="Number of answers; only 1 is supported.")
     stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(None, description="Only with stream: true (as OpenAI: else a 400).")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, strict=True,
                              description="Reproducible sampling: the same seed and request give the same sample (greedy: no effect).")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False, strict=True, description="Not supported: only 0 (refused).")
@@ -102,7 +102,7 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = Field(None, strict=True)
     top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="Not supported: only 0 (refused).")
     tools: list | None = None
-    tool_choice: str | dict | None = Field(None, description='Only "none" or "auto" (tool calling is refused).')
+    tool_choice: str | dict | None = Field(None, description='Only "none" (tool calling is refused; any other needs tools, as OpenAI says).')
     functions: list | None = Field(None, description="Deprecated tool calling: refused.")
     function_call: str | dict | None = Field(None, description='Only "none" or "auto" (function calling is refused).')
     modalities: list[str] | None = Field(None, description='Only ["text"] (audio output is refused).')

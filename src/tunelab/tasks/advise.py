@@ -357,11 +357,12 @@ def fit_advice(
     evaluations: list[EvalResult] = [*baselines.values(), *points.values()] + [r for by_size in refits.values() for r in by_size.values()]
     full, resampled = resampled_scores(task, [e.rows for e in evaluations], metric, samples=samples, seed=seed, labels=labels)
     column = {id(e): i for i, e in enumerate(evaluations)}
+    rows = len(evaluations[0].rows) if evaluations else 0  # every evaluation is on the same validation rows
     scores: dict[str, tuple[float, float, float]] = {}
     opponents: list[Curve] = []
     for name, result in baselines.items():
         i = column[id(result)]
-        scores[name] = (float(full[i]), *_score_interval(resampled[:, i]))
+        scores[name] = (float(full[i]), *_score_interval(resampled[:, i], float(full[i]), rows, metric))
         by_size = dict(refits.get(name, {}))
         if by_size:
             by_size.setdefault(train_size, result)  # the opponent on all the training data is the curve's last point
@@ -380,6 +381,9 @@ def fit_advice(
         flags += projection_flags(tuned, train_size, metric)
         if opponents:
             projection = difference_at(tuned, opponents, train_size)
+            # Right (or wrong) on every row at every size, the tuned band is as degenerate as such an opponent's (the
+            # run noise scales with p (1 - p), none at the bound): the same Wilson interval on the validation rows.
+            projection.tuned_low, projection.tuned_high = _honest_band(projection.tuned_low, projection.tuned_high, projection.tuned, rows, metric)
             if tuned.learns:
                 crossing = crossing_point(tuned, opponents, start=min(sizes), limit=CROSSING_LIMIT * train_size)
     for curve in opponents:
@@ -424,11 +428,26 @@ def _emit(on_event: EventFn | None, step: str, status: str, **details: Any) -> N
         on_event(step, status, details)
 
 
-def _score_interval(resampled: Sequence[float]) -> tuple[float, float]:
+def _score_interval(resampled: Sequence[float], score: float, rows: int, metric: str) -> tuple[float, float]:
+    """The 95% bootstrap interval of a score measured on ``rows`` validation rows (:func:`_honest_band`)."""
     import numpy as np
 
     low, high = np.percentile(np.asarray(resampled, dtype=float), [2.5, 97.5])
-    return float(low), float(high)
+    return _honest_band(float(low), float(high), score, rows, metric)
+
+
+def _honest_band(low: float, high: float, score: float, rows: int, metric: str) -> tuple[float, float]:
+    """A bootstrap band, except where it has no width at a bounded metric's end. Every row right (or every row
+    wrong) resamples to itself, so the bootstrap said 1.000 [1.000, 1.000], as if a few dozen rows proved a model
+    never errs; there the score is a proportion of rows at its bound, and its honest interval is Wilson's
+    (``metrics.wilson_interval``, as a win rate's), which puts a perfect score on 20 rows at [0.839, 1]."""
+    from tunelab.evaluation.curve import BOUNDED
+    from tunelab.evaluation.metrics import wilson_interval
+
+    at_bound = min(abs(score), abs(1.0 - score)) < 1e-9
+    if high - low < 1e-12 and metric in BOUNDED and at_bound and rows > 0:
+        return wilson_interval(round(score) * rows, rows)
+    return low, high
 
 
 def advise(

@@ -36,3 +36,24 @@ def test_generate_decodes_as_the_run_was_judged_unless_told(monkeypatch, tmp_pat
     result = CliRunner().invoke(app, ["generate", "hello", "--model", str(tiny_model_dir), "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
     assert seen == [(0.7, 0.9), (0.0, 0.9), (0.7, 0.5), (0.0, 1.0)]  # a plain model: greedy, as before
+
+
+def test_generate_answers_at_the_runs_judged_length_unless_told(monkeypatch, tmp_path, tiny_model_dir, tiny_tokenizer):
+    # A run judged on 5-token answers answered 256 tokens by default, where its merged export answers 5.
+    import tunelab.models.generate as generation
+
+    seen = []
+
+    def spy(model, tokenizer, ids, **options):
+        seen.append(options["max_new_tokens"])
+        yield "x"
+
+    monkeypatch.setattr(generation, "stream_generate", spy)
+    run = write_fake_run(tmp_path / "short", tiny_model_dir, tiny_tokenizer, seed=1)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["eval"] = {"max_new_tokens": 5}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    for extra in ([], ["--max-new-tokens", "2"]):
+        result = CliRunner().invoke(app, ["generate", "hello", "--model", str(run), *extra])
+        assert result.exit_code == 0, result.output
+    assert seen == [5, 2]

@@ -246,7 +246,8 @@ def test_modelfile_system_is_the_templates_default_when_the_run_has_none(runs, t
     result = export_gguf(runs["sft"], tmp_path / "sft.gguf", ollama=True)
     # The tiny chat template inserts this system message when a conversation has none.
     assert 'SYSTEM """You are a tiny test model."""' in result.modelfile.read_text()
-    assert "num_predict" not in result.modelfile.read_text()
+    # An sft run answers at its judged length (eval.max_new_tokens, 128 by default), not a classify run's one token.
+    assert "PARAMETER num_predict 128\n" in result.modelfile.read_text()
 
 
 def test_untied_output_head_is_written_and_read_back(tiny_model, tiny_tokenizer, tmp_path):

@@ -111,6 +111,8 @@ def test_the_merged_folder_and_the_modelfile_decode_alike(tmp_path, sampling_bas
         temperature = stored.get("temperature") if stored["do_sample"] else 0
         top_p = stored.get("top_p") if stored["do_sample"] else 1
         assert f"PARAMETER temperature {temperature:g}\n" in modelfile and f"PARAMETER top_p {top_p:g}\n" in modelfile, judged
+        # The answer length too: Ollama's own (unbounded) would answer past anything the run was judged on.
+        assert f"PARAMETER num_predict {stored['max_new_tokens']}\n" in modelfile, judged
 
 
 def test_a_classify_runs_merged_folder_answers_one_token_greedily(tmp_path, sampling_base, tiny_tokenizer):
@@ -134,7 +136,9 @@ def test_the_merged_folder_stops_where_the_run_stops(tmp_path, sampling_base, ti
 
 def test_serving_the_merged_folder_answers_as_serving_its_run(tmp_path, sampling_base, tiny_tokenizer):
     """``tunelab serve merged/`` read the folder as a plain model: OpenAI's temperature 1.0 and the server's limit
-    where the run, served, answers greedily as judged (test_folder_generation_config covers the reading itself)."""
+    where the run, served, answers greedily as judged (test_folder_generation_config covers the reading itself); and
+    the run, served, answered up to the server's limit where its export answers at the judged length. The same
+    request, its length left out, gets the same answer from both (/v1/completions too: neither takes OpenAI's 16)."""
     from fastapi.testclient import TestClient
 
     from tunelab.serve import ServeSettings, create_app
@@ -143,13 +147,17 @@ def test_serving_the_merged_folder_answers_as_serving_its_run(tmp_path, sampling
     run = _run(tmp_path, sampling_base, tiny_tokenizer)
     merged = export_folder(run, tmp_path / "merged", merge=True)
     answers = []
-    for model, told in ((run, {"max_tokens": NEW_TOKENS}), (merged, {})):
+    for model in (run, merged):
         registry = load_registry(str(model), [], max_loaded=1)
         with TestClient(create_app(registry, ServeSettings()), base_url="http://127.0.0.1") as client:
             name = Run.open(run).name if model == run else registry.base_name  # a LoRA run is an adapter on its base
             for question in QUESTIONS:
-                body = {"model": name, "messages": [{"role": "user", "content": question}], **told}
+                body = {"model": name, "messages": [{"role": "user", "content": question}]}
                 answer = client.post("/v1/chat/completions", json=body).json()
                 answers.append((model, answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"]))
-    served, exported = answers[: len(QUESTIONS)], answers[len(QUESTIONS) :]
+                answer = client.post("/v1/completions", json={"model": name, "prompt": question}).json()
+                answers.append((model, answer["choices"][0]["text"], answer["usage"]["completion_tokens"]))
+    served, exported = answers[: 2 * len(QUESTIONS)], answers[2 * len(QUESTIONS) :]
     assert [answer[1:] for answer in served] == [answer[1:] for answer in exported]
+    # The tiny model answers past its judged length: both stopped at it, not at the server's limit.
+    assert max(answer[2] for answer in served) == NEW_TOKENS, served

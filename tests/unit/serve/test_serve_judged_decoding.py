@@ -49,3 +49,29 @@ def test_decoding_left_out_is_the_runs_own_and_a_plain_model_keeps_openais(tmp_p
     decoding = [(model, params.temperature, params.top_p) for model, params in submitted]
     assert decoding == [("greedy", 0.0, 1.0)] * 2 + [("warm", 0.7, 0.9)] * 2 + [(base, 1.0, 1.0)] * 2 + [
         ("greedy", 1.2, 0.5), ("warm", 0.7, 0.9)]
+
+
+def test_answer_length_left_out_is_the_runs_judged_one_capped_by_the_server(tmp_path, tiny_model_dir, tiny_tokenizer, submitted):
+    # A run judged on 5-token answers was served up to the server's limit (512): longer than anything judged, and
+    # longer than its merged export, whose generation_config says 5. /v1/completions too: a run's default is its own,
+    # as an export's is, not OpenAI's 16.
+    short = write_fake_run(tmp_path / "short", tiny_model_dir, tiny_tokenizer, seed=1)
+    long = write_fake_run(tmp_path / "long", tiny_model_dir, tiny_tokenizer, seed=2)
+    for run, judged in ((short, 5), (long, 40)):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["eval"] = {"max_new_tokens": judged}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    registry = load_registry(str(tiny_model_dir), [("short", str(short)), ("long", str(long))], max_loaded=2)
+    base = registry.base_name
+    with TestClient(create_app(registry, ServeSettings(max_tokens_limit=30)), base_url=LOCAL) as client:
+        for model in ("short", "long", base):
+            for path, body in (("/v1/chat/completions", {"messages": QUESTION}), ("/v1/completions", {"prompt": "Leave is"})):
+                response = client.post(path, json={"model": model, **body})
+                assert response.status_code == 200, response.text
+        # What a request says still wins.
+        client.post("/v1/chat/completions", json={"model": "short", "messages": QUESTION, "max_tokens": 2})
+        client.post("/v1/chat/completions", json={"model": "short", "messages": QUESTION, "max_completion_tokens": 3})
+        client.post("/v1/completions", json={"model": "short", "prompt": "Leave is", "max_tokens": 7})
+    lengths = [(model, params.max_tokens) for model, params in submitted]
+    # The long run's 40 is capped by the server's limit, as any default; the base keeps the limit and OpenAI's 16.
+    assert lengths == [("short", 5)] * 2 + [("long", 30)] * 2 + [(base, 30), (base, 16), ("short", 2), ("short", 3), ("short", 7)]

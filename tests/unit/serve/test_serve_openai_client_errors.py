@@ -42,8 +42,6 @@ def refused(call, exception=openai.BadRequestError) -> dict:
         # The legacy names of tool calling: ignored, the client would get text where it waits for a call.
         ({"functions": [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}]}, "functions", "function"),
         ({"function_call": {"name": "lookup"}}, "function_call", "function"),
-        ({"tool_choice": "required"}, "tool_choice", "tool"),
-        ({"tool_choice": {"type": "function", "function": {"name": "lookup"}}}, "tool_choice", "tool"),
         # Audio output: the answer would come back without the audio asked for.
         ({"modalities": ["text", "audio"]}, "modalities", "audio"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio"),
@@ -56,6 +54,28 @@ def test_chat_fields_tunelab_does_not_do_are_refused_not_ignored(client, fields,
     error = refused(lambda: client.chat.completions.create(model="france", messages=HI, max_tokens=2, **fields))
     assert error["param"] == param and error["code"] == "unsupported_parameter"
     assert named in error["message"].lower()
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required", {"type": "function", "function": {"name": "lookup"}}], ids=str)
+def test_a_tool_choice_without_tools_is_refused_as_openai_refuses_it(client, tool_choice):
+    # tool_choice "auto" with no tools was accepted silently: OpenAI answers 400, naming the field.
+    error = refused(lambda: client.chat.completions.create(model="france", messages=HI, max_tokens=2, tool_choice=tool_choice))
+    assert error["param"] == "tool_choice"
+    assert "'tool_choice' is only allowed when 'tools' are specified." in error["message"]
+
+
+@pytest.mark.parametrize("stream_options", [{"include_usage": True}, {}], ids=str)
+def test_stream_options_without_stream_is_refused_as_openai_refuses_it(client, stream_options):
+    # Accepted silently: a client asking for a usage chunk on a plain answer was never told it gets none.
+    for create, body in ((client.chat.completions.create, {"messages": HI}), (client.completions.create, {"prompt": "hi"})):
+        for stream in ({}, {"stream": False}):
+            error = refused(lambda: create(model="france", max_tokens=2, stream_options=stream_options, **body, **stream))  # noqa: B023
+            assert error["param"] == "stream_options"
+            assert error["message"] == "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+    # With stream: true (or null), as before.
+    with client.chat.completions.create(model="france", messages=HI, max_tokens=2, stream=True, stream_options=stream_options) as stream:
+        assert list(stream)
+    client.chat.completions.create(model="france", messages=HI, max_tokens=2, stream_options=None)
 
 
 def test_the_no_op_values_of_those_fields_are_accepted(client):

@@ -11,6 +11,7 @@ from tunelab.config import parse_config
 from tunelab.errors import ConfigError, DataError
 from tunelab.estimate.options import OptionCost
 from tunelab.evaluation.curve import Crossing, Difference
+from tunelab.evaluation.result import EvalResult
 from tunelab.tasks.advise import advise, curve_sizes, load_advice, plan_curve, recommend
 
 WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
@@ -314,3 +315,30 @@ def test_the_tables_say_only_what_was_measured():
     with console.capture() as captured:
         render_advice(data)
     assert "[36.112, 36.112]" in captured.get() and "yes (curve)" in captured.get()
+
+
+def _classify_result(name: str, right: list[bool]) -> EvalResult:
+    rows = [{"id": str(i), "reference": "A", "prediction": "A" if ok else "B", "scores": {"correct": float(ok), "confidence": 0.9}}
+            for i, ok in enumerate(right)]
+    return EvalResult(task="classify", model=name, n=len(rows), metrics={"accuracy": sum(right) / len(rows)}, rows=rows,
+                      baseline=True, labels=["A", "B"], baseline_name=name)
+
+
+def test_a_perfect_or_null_score_on_the_validation_rows_gets_the_wilson_interval_not_none():
+    # Every validation row right: each bootstrap resample is right too, and the score showed 1.000 [1.000, 1.000], as
+    # if 20 rows proved it never errs. The interval of a proportion there is Wilson's, as everywhere else in tunelab.
+    from tunelab.evaluation.metrics import wilson_interval
+    from tunelab.tasks.advise import fit_advice
+
+    baselines = {"classical": _classify_result("classical", [True] * 20), "base": _classify_result("base", [False] * 20),
+                 "few_shot": _classify_result("few_shot", [True] * 15 + [False] * 5)}
+    points = {size: _classify_result("tuned", [True] * 20) for size in (10, 20, 40)}
+    fits = fit_advice("classify", "accuracy", True, 40, baselines, points, {}, samples=200, seed=0, labels=["A", "B"])
+    assert fits.scores["classical"] == (1.0, *wilson_interval(20, 20))
+    assert fits.scores["base"] == (0.0, *wilson_interval(0, 20))
+    assert wilson_interval(20, 20)[0] < 0.9  # a band that says something: 20 rows cannot prove 100 %
+    score, low, high = fits.scores["few_shot"]
+    assert score == 0.75 and low < 0.75 < high  # a score inside (0, 1) keeps its bootstrap interval
+    # The tuned model is right on every row at every size: its projected band is as degenerate, and as honest with Wilson.
+    assert fits.projection is not None and fits.projection.tuned == 1.0
+    assert (fits.projection.tuned_low, fits.projection.tuned_high) == wilson_interval(20, 20)
