@@ -98,11 +98,12 @@ def render_advice(data: dict[str, Any]) -> None:
 
     projection, crossing = data.get("projection"), data.get("crossing")
     if projection:
+        tuned_score = _score(projection["tuned"]) if one_row else _score(projection["tuned"], projection["tuned_low"], projection["tuned_high"])
         console.print(
-            f"projected with all {data['train_size']:,} {unit}: tuned {_score(projection['tuned'], projection['tuned_low'], projection['tuned_high'])}"
+            f"projected with all {data['train_size']:,} {unit}: tuned {tuned_score}"
             f" vs {projection['opponent']}{' (its curve)' if projection.get('opponent_learns') else ''} {_score(projection['opponent_score'])}: "
-            f"difference {projection['difference']:+.3f}{'' if projection.get('higher_is_better', True) else ' (lower is better: > 0 is the tuned model lower)'} "
-            f"[{projection['low']:+.3f}, {projection['high']:+.3f}]"
+            f"difference {projection['difference']:+.3f}{'' if projection.get('higher_is_better', True) else ' (lower is better: > 0 is the tuned model lower)'}"
+            + ("" if one_row else f" [{projection['low']:+.3f}, {projection['high']:+.3f}]")
         )
     if crossing:
         if crossing["size"] is None and crossing.get("behind_from") is not None:

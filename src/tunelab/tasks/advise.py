@@ -265,6 +265,7 @@ def recommend(
     no_curve: str | None = None,
     unit: str = "training examples",
     more: str | None = None,
+    undecided: str | None = None,
 ) -> tuple[str, str]:
     """One plain recommendation and its reason, from the projection against the best opponent and the costs.
 
@@ -275,19 +276,25 @@ def recommend(
       The reason says where the curve reaches it, and what labelling that many examples costs.
 
     ``unit``: what the sizes count (``size_words``); ``more``: what to add to reach the crossing, when it is not
-    "label about N more" (a text run adds documents).
+    "label about N more" (a text run adds documents). ``undecided``: why the projection's interval says nothing (one
+    validation document): the scores are told without it, and nothing is recommended but measuring.
     """
     from tunelab.estimate.plan import duration
 
+    here = options.get("here")
+    cost = f" (about {duration(here.seconds)} here)" if here and here.seconds is not None else ""
     if projection is None:
         why = no_curve or "no learning curve was measured"
-        here = options.get("here")
-        cost = f" (about {duration(here.seconds)} here)" if here and here.seconds is not None else ""
         return ("measure first: run tunelab run",
                 f"{why}. The opponents alone cannot say what fine-tuning gives: `tunelab run` measures it{cost} and its verdict decides.")
     p = projection
     theirs = f"{p.opponent}'s curve {p.opponent_score:.3f}" if p.opponent_learns else f"{p.opponent} {p.opponent_score:.3f}"
     direction = "" if p.higher_is_better else f", {metric} lower by that much"
+    if undecided:
+        # Every resample of one row is that row: the band and the interval have no width, and would look certain.
+        return ("measure first: run tunelab run",
+                f"At your {train_size:,} {unit} the tuned model is projected at {metric} {p.tuned:.3f} against {theirs}: "
+                f"difference {p.difference:+.3f}{direction}. But {undecided}: `tunelab run` measures it{cost}.")
     scores = (f"At your {train_size:,} {unit} the tuned model is projected at {metric} {p.tuned:.3f} "
               f"(95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) against {theirs}: difference {p.difference:+.3f}{direction} "
               f"(95% interval {p.low:+.3f} to {p.high:+.3f})")
@@ -772,8 +779,14 @@ def advise(
         low, high = (float(x[0]) for x in curves[0].band([target]))
         options.append(OptionRow(label, level, low, high, f"projected at {target:,} {unit} (level with {crossing.opponent})"))
         keyed["label"] = label
+    undecided = None
+    if task == "text" and len(validation) == 1:
+        # Perplexity is not bounded: no Wilson interval stands in for the bootstrap's zero-width one (classify's does).
+        undecided = ("one validation document gives no interval, so the difference cannot be told from chance; hold out "
+                     "more documents (data.validation_size, data.test_size) for an advice, and a run's verdict, that can decide")
     recommendation, reason = recommend(metric=metric, train_size=n_all, projection=projection, crossing=crossing,
-                                       options=keyed, labels_to_add=to_add, no_curve=no_curve, unit=unit, more=more)
+                                       options=keyed, labels_to_add=to_add, no_curve=no_curve, unit=unit, more=more,
+                                       undecided=undecided)
     if no_curve:
         flags.insert(0, no_curve)
     advice = Advice(

@@ -367,7 +367,9 @@ def test_a_few_long_documents_get_a_curve_over_their_training_windows(tmp_path, 
     advice = advise(config, budget_minutes=None, calibrate=False)
     assert advice.train_size == windows and advice.unit == "training windows of 32 tokens"
     assert len(advice.points) == 4 and advice.points[-1].size == windows, advice.flags
-    assert advice.projection is not None and advice.recommendation != "measure first: run tunelab run"
+    assert advice.projection is not None and "too few" not in advice.reason
+    # One validation document: the projection is told without an interval, and decides nothing.
+    assert advice.recommendation == "measure first: run tunelab run" and "one validation document gives no interval" in advice.reason
     # The held-out validation document is scored whole at every size.
     for point in advice.points:
         scored = json.loads((advice.folder / "curve" / f"n{point.size}" / "eval" / "validation.json").read_text())["rows"]
@@ -376,7 +378,8 @@ def test_a_few_long_documents_get_a_curve_over_their_training_windows(tmp_path, 
         render_advice(advice.to_dict())
     output = " ".join(captured.get().split())
     assert f"nested subsets of the {windows:,} training windows of 32 tokens" in output, output
-    assert f"projected with all {windows:,} training windows of 32 tokens" in output, output
+    projected = output[output.index(f"projected with all {windows:,} training windows of 32 tokens: tuned "):]
+    assert "[" not in projected[: projected.index("Each way forward")], projected
 
 
 def test_text_grows_by_documents_priced_per_document():
@@ -391,3 +394,17 @@ def test_text_grows_by_documents_priced_per_document():
                        more="add about 3 more documents like yours, about 9,000 tokens of text")
     assert "At your 71 training windows of 256 tokens" in behind[1]
     assert "about 450 training windows of 256 tokens (add about 3 more documents like yours, about 9,000 tokens of text, USD 45.00)" in behind[1]
+
+
+def test_one_validation_document_decides_nothing():
+    """FDR speeches, 8 documents (1 to validate), once the curve counted windows: "fine-tune here", perplexity 33.959
+    "(95% band 33.959 to 33.959)" against base 36.112, "95% interval +2.153 to +2.153": a zero-width interval from one
+    document, under a note that said one row decides nothing."""
+    projection = Difference(71, 33.959, 33.959, 33.959, "base", 36.112, 2.153, 2.153, 2.153, False, False)
+    words = dict(metric="perplexity", train_size=71, projection=projection, crossing=_crossing(10), options=_options(),
+                 labels_to_add=None, unit="training windows of 256 tokens")
+    assert recommend(**words)[0] == "fine-tune here"  # with rows enough to give an interval, +2.153 above zero decides
+    choice, reason = recommend(**words, undecided="one validation document gives no interval")
+    assert choice == "measure first: run tunelab run", reason
+    assert "perplexity 33.959 against base 36.112: difference +2.153" in reason and "95%" not in reason, reason
+    assert "one validation document gives no interval" in reason and "5.0 min" in reason, reason
