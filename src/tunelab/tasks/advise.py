@@ -294,7 +294,7 @@ def recommend(
         # Every resample of one row is that row: the band and the interval have no width, and would look certain.
         return ("measure first: run tunelab run",
                 f"At your {train_size:,} {unit} the tuned model is projected at {metric} {p.tuned:.3f} against {theirs}: "
-                f"difference {p.difference:+.3f}{direction}. But {undecided}: `tunelab run` measures it{cost}.")
+                f"difference {p.difference:+.3f}{direction}. But {undecided}. `tunelab run` measures it{cost}.")
     scores = (f"At your {train_size:,} {unit} the tuned model is projected at {metric} {p.tuned:.3f} "
               f"(95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) against {theirs}: difference {p.difference:+.3f}{direction} "
               f"(95% interval {p.low:+.3f} to {p.high:+.3f})")
