@@ -125,6 +125,16 @@ def labels_needed(target_train_size: float, train_size: int, train_share: float)
     return int(math.ceil(round(missing / train_share, 9)))
 
 
+def documents_needed(target_windows: float, windows: int, documents: int, labelled: int, tokens: int) -> tuple[int, float]:
+    """A text run's :func:`labels_needed`: how many more documents like the user's bring training to ``target_windows``
+    windows, and about how many tokens of text that is. The training split holds ``documents`` of the ``labelled`` in all
+    (new documents are held out in the same share), ``windows`` windows and ``tokens`` tokens: text grows by documents,
+    each of the average length.
+    """
+    count = labels_needed(target_windows * documents / windows, documents, documents / labelled)
+    return count, count * tokens / documents
+
+
 def label_option(
     examples: int, usd_per_example: float | None, seconds_here_at_size: float | None, *, retrain_every_s: float,
     local_usd_per_hour: float | None = None, what: str | None = None, per: str = "labelled example",

@@ -720,6 +720,7 @@ def advise(
 
     # 6. The cost of each way forward, and the answer.
     from tunelab.estimate.options import (
+        documents_needed,
         gpu_option,
         here_option,
         keep_option,
@@ -766,9 +767,7 @@ def advise(
         cycle = inputs.counts.train
         bigger = inputs.estimate(train=[cycle[i % len(cycle)] for i in range(int(round(len(cycle) * target / n_all)))])
         if task == "text":
-            # Text grows by documents like these (a share of them held out, as now), each of this many windows and tokens.
-            to_add = labels_needed(target * len(train) / n_all, len(train), len(train) / labelled if labelled else 1.0)
-            tokens = to_add * sum(cycle) / len(train)
+            to_add, tokens = documents_needed(target, n_all, len(train), labelled or len(train), sum(cycle))
             more = f"add about {to_add:,} more documents like yours, about {tokens:,.0f} tokens of text"
             label = label_option(to_add, label_usd_per_example, bigger.total_seconds, local_usd_per_hour=local_usd_per_hour,
                                  what=f"add {to_add:,} more documents ({tokens:,.0f} tokens of text)", per="document", **every)

@@ -384,7 +384,12 @@ def test_a_few_long_documents_get_a_curve_over_their_training_windows(tmp_path, 
 
 def test_text_grows_by_documents_priced_per_document():
     """What a text run adds to reach its opponent is documents like the user's, and tokens of text, not labels."""
-    from tunelab.estimate.options import label_option
+    from tunelab.estimate.options import documents_needed, label_option
+
+    # FDR: 6 training speeches of 8 (1 validation, 1 test), 71 windows, 17,500 tokens. Twice the windows is 6 more training
+    # speeches, 8 to write (a quarter is held out as now), of about 2,917 tokens each.
+    assert documents_needed(142, 71, 6, 8, 17_500) == (8, 8 * 17_500 / 6)
+    assert documents_needed(71, 71, 6, 8, 17_500) == (0, 0.0)
 
     label = label_option(3, None, 60.0, retrain_every_s=30 * 86400, what="add 3 more documents (9,000 tokens of text)", per="document")
     assert label.name == "add 3 more documents (9,000 tokens of text), then fine-tune here"
