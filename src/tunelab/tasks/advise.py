@@ -179,9 +179,10 @@ def _log_grid(start: float, stop: float, count: int) -> list[float]:
 
 def size_words(task: str, max_length: int) -> tuple[str, str]:
     """What the sizes of a curve count, in full and short: what a run learns from. A text run learns from windows of
-    ``data.max_length`` tokens (a few long documents are many windows), every other task from its examples."""
+    ``data.max_length`` tokens (a few long documents are many windows; a short document is one window, shorter, packed
+    with others into a row), every other task from its examples."""
     if task == "text":
-        return f"training windows of {max_length} tokens", "windows"
+        return f"training windows of up to {max_length} tokens", "windows"
     return "training examples", "examples"
 
 

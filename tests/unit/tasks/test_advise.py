@@ -365,7 +365,7 @@ def test_a_few_long_documents_get_a_curve_over_their_training_windows(tmp_path, 
     assert len(split.train) == 6 and len(split.validation) == 1
     windows = sum(len(tokenize_text(document, tiny_tokenizer, 32)) for document in split.train)
     advice = advise(config, budget_minutes=None, calibrate=False)
-    assert advice.train_size == windows and advice.unit == "training windows of 32 tokens"
+    assert advice.train_size == windows and advice.unit == "training windows of up to 32 tokens"
     assert len(advice.points) == 4 and advice.points[-1].size == windows, advice.flags
     assert advice.projection is not None and "too few" not in advice.reason
     # One validation document: the projection is told without an interval, and decides nothing.
@@ -377,8 +377,8 @@ def test_a_few_long_documents_get_a_curve_over_their_training_windows(tmp_path, 
     with console.capture() as captured:
         render_advice(advice.to_dict())
     output = " ".join(captured.get().split())
-    assert f"nested subsets of the {windows:,} training windows of 32 tokens" in output, output
-    projected = output[output.index(f"projected with all {windows:,} training windows of 32 tokens: tuned "):]
+    assert f"nested subsets of the {windows:,} training windows of up to 32 tokens" in output, output
+    projected = output[output.index(f"projected with all {windows:,} training windows of up to 32 tokens: tuned "):]
     assert "[" not in projected[: projected.index("Each way forward")], projected
 
 
