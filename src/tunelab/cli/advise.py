@@ -50,11 +50,11 @@ def _event_printer(quiet: bool):
         elif step == "plan":
             if details.get("sizes"):
                 error_console.print(f"  [green]✓[/] curve: {len(details['sizes'])} short runs on {', '.join(map(str, details['sizes']))} "
-                                    f"examples, about {duration(details.get('estimated_seconds'))}")
+                                    f"{details.get('noun', 'examples')}, about {duration(details.get('estimated_seconds'))}")
             else:
                 error_console.print(f"  [yellow]no curve[/] {details.get('reason')}")
         elif step == "point":
-            error_console.print(f"  [green]✓[/] {details['size']} examples [dim]({duration(details['seconds'])}, estimated "
+            error_console.print(f"  [green]✓[/] {details['size']} {details.get('noun', 'examples')} [dim]({duration(details['seconds'])}, estimated "
                                 f"{duration(details.get('estimated_seconds'))})[/] {_score(details.get('score'))}")
 
     return on_event
@@ -63,6 +63,8 @@ def _event_printer(quiet: bool):
 def render_advice(data: dict[str, Any]) -> None:
     """The table and the recommendation, from an ``advice.json`` dict."""
     metric = data["metric"]
+    # What the sizes count: training examples, or a text run's training windows (advice.json before them: examples).
+    unit, noun = data.get("size_unit", "training examples"), data.get("size_noun", "examples")
     # One validation row resamples to itself: its "interval" has no width and says nothing, so none is shown.
     one_row = data["validation_size"] < 2
     interval = "one row: no interval" if one_row else "95% interval"
@@ -77,9 +79,9 @@ def render_advice(data: dict[str, Any]) -> None:
     console.print(opponents)
 
     if data["points"]:
-        points = Table(title=f"Learning curve: the recipe on nested subsets of the {data['train_size']:,} training examples")
+        points = Table(title=f"Learning curve: the recipe on nested subsets of the {data['train_size']:,} {unit}")
         learning = [name for name in curves if name != "tuned"]
-        for column in ("examples", f"tuned {metric}", *learning, "time (estimated)"):
+        for column in (noun, f"tuned {metric}", *learning, "time (estimated)"):
             points.add_column(column, justify="right")
         for p in data["points"]:
             extra = []
@@ -96,23 +98,24 @@ def render_advice(data: dict[str, Any]) -> None:
 
     projection, crossing = data.get("projection"), data.get("crossing")
     if projection:
+        tuned_score = _score(projection["tuned"]) if one_row else _score(projection["tuned"], projection["tuned_low"], projection["tuned_high"])
         console.print(
-            f"projected with all {data['train_size']:,} training examples: tuned {_score(projection['tuned'], projection['tuned_low'], projection['tuned_high'])}"
+            f"projected with all {data['train_size']:,} {unit}: tuned {tuned_score}"
             f" vs {projection['opponent']}{' (its curve)' if projection.get('opponent_learns') else ''} {_score(projection['opponent_score'])}: "
-            f"difference {projection['difference']:+.3f}{'' if projection.get('higher_is_better', True) else ' (lower is better: > 0 is the tuned model lower)'} "
-            f"[{projection['low']:+.3f}, {projection['high']:+.3f}]"
+            f"difference {projection['difference']:+.3f}{'' if projection.get('higher_is_better', True) else ' (lower is better: > 0 is the tuned model lower)'}"
+            + ("" if one_row else f" [{projection['low']:+.3f}, {projection['high']:+.3f}]")
         )
     if crossing:
         if crossing["size"] is None and crossing.get("behind_from") is not None:
-            console.print(f"crossing: level or ahead of {crossing['opponent']} only up to about {crossing['behind_from']:,.0f} training examples, "
+            console.print(f"crossing: level or ahead of {crossing['opponent']} only up to about {crossing['behind_from']:,.0f} {unit}, "
                           f"behind from there to {crossing['limit']:,.0f}")
         elif crossing["size"] is None:
-            console.print(f"crossing: not within 10x your data (up to {crossing['limit']:,.0f} training examples)")
+            console.print(f"crossing: not within 10x your data (up to {crossing['limit']:,.0f} {unit})")
         elif crossing["ahead_at_start"]:
             console.print(f"crossing: level or ahead of every opponent from the smallest size measured ({crossing['start']:,.0f})")
         else:
             spread = f"{crossing['low']:,.0f} to " + (f"{crossing['high']:,.0f}" if crossing["high"] is not None else "beyond 10x")
-            console.print(f"crossing: the tuned curve reaches {crossing['opponent']} at about {crossing['size']:,.0f} training examples (95%: {spread})")
+            console.print(f"crossing: the tuned curve reaches {crossing['opponent']} at about {crossing['size']:,.0f} {unit} (95%: {spread})")
 
     options = Table(title=f"Each way forward (re-tuning once every {data['retrain_every']})")
     for column in ("option", metric, "time", "USD", "re-tune / month"):

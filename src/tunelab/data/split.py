@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from tunelab.config import DataConfig, RunConfig
 from tunelab.data.formats import RecordError
 from tunelab.data.keys import input_key, stable_hash
 from tunelab.data.read import load_result
-from tunelab.data.records import ClassifyRecord, Record
+from tunelab.data.records import ClassifyRecord, Record, TextRecord
 from tunelab.errors import DataError
 from tunelab.paths import atomic_write_text
 
@@ -311,6 +312,55 @@ def nested_subsets(records: Sequence[Record], sizes: Sequence[int], *, task: str
         else:
             chosen = set(order[:size])
         subsets.append([record for i, record in enumerate(records) if i in chosen])
+    return subsets
+
+
+def text_windows(records: Sequence[TextRecord], tokenizer: Any, max_length: int, stride: int) -> int:
+    """How many training windows ``records`` become: what a text run learns from (``data.tokenize.tokenize_text``)."""
+    from tunelab.data.tokenize import tokenize_text
+
+    return sum(len(tokenize_text(record, tokenizer, max_length, stride)) for record in records)
+
+
+def nested_text_subsets(
+    records: Sequence[TextRecord], sizes: Sequence[int], *, tokenizer: Any, max_length: int, stride: int, seed: int = 0
+) -> list[list[TextRecord]]:
+    """Nested subsets of text documents of about each of ``sizes`` training *windows* (not documents).
+
+    A text run learns from windows of ``max_length`` tokens, so a few long documents are thousands of tokens
+    of training: counting documents left a user with 7 speeches no learning curve. Each document longer than
+    one window keeps its first ``round(share x its windows)`` windows (at least one): the windows the real
+    run trains on, cut where a window ends, and every document (each topic, each register) is at every size,
+    so the curve measures the amount of text, not which few documents a draw happened to keep. Documents of
+    one window cannot be cut: a seeded order keeps the first ``round(share x their count)``, as
+    ``nested_subsets`` does. A smaller subset is inside every larger one (a shorter prefix, a shorter run of
+    the same order). Only training documents are given here: held-out documents stay whole.
+    """
+    from tunelab.data.tokenize import tokenize_text
+
+    pieces = [tokenize_text(record, tokenizer, max_length, stride) for record in records]
+    total = sum(len(windows) for windows in pieces)
+    short = [i for i, windows in enumerate(pieces) if len(windows) == 1]
+    order = sorted(short, key=lambda i: stable_hash(str(seed), "nested", records[i].id, str(i)))
+    subsets: list[list[TextRecord]] = []
+    for size in sizes:
+        share = max(0, min(int(size), total)) / total if total else 0.0
+        kept = set(order[: round(share * len(order))])
+        subset: list[TextRecord] = []
+        for i, (record, windows) in enumerate(zip(records, pieces, strict=True)):
+            if len(windows) == 1:
+                if i in kept:
+                    subset.append(record)
+                continue
+            keep = max(1, round(share * len(windows)))
+            if keep >= len(windows):
+                subset.append(record)
+                continue
+            # The ids the first ``keep`` windows cover, less one: tokenizing the prefix adds the document's EOS again.
+            ids = [token for window in windows[: keep - 1] for token in window.input_ids[:stride]] + windows[keep - 1].input_ids
+            text = tokenizer.decode(ids[:-1], skip_special_tokens=True)
+            subset.append(dataclasses.replace(record, text=text, source=f"{record.source}#windows0-{keep - 1}", id=""))
+        subsets.append(subset)
     return subsets
 
 

@@ -125,22 +125,33 @@ def labels_needed(target_train_size: float, train_size: int, train_share: float)
     return int(math.ceil(round(missing / train_share, 9)))
 
 
+def documents_needed(target_windows: float, windows: int, documents: int, labelled: int, tokens: int) -> tuple[int, float]:
+    """A text run's :func:`labels_needed`: how many more documents like the user's bring training to ``target_windows``
+    windows, and about how many tokens of text that is. The training split holds ``documents`` of the ``labelled`` in all
+    (new documents are held out in the same share), ``windows`` windows and ``tokens`` tokens: text grows by documents,
+    each of the average length.
+    """
+    count = labels_needed(target_windows * documents / windows, documents, documents / labelled)
+    return count, count * tokens / documents
+
+
 def label_option(
     examples: int, usd_per_example: float | None, seconds_here_at_size: float | None, *, retrain_every_s: float,
-    local_usd_per_hour: float | None = None,
+    local_usd_per_hour: float | None = None, what: str | None = None, per: str = "labelled example",
 ) -> OptionCost:
     """Label ``examples`` more, then fine-tune here on the larger data (``seconds_here_at_size``: its estimate here).
 
     Money: the labelling at ``usd_per_example`` (unknown without it) plus this machine's time when priced.
-    Time: the training only (how long labelling takes is the user's to say).
+    Time: the training only (how long labelling takes is the user's to say). ``what`` names the data added when it
+    is not labelled examples (a text run adds documents: "add 12 more documents (...)"), ``per`` what one is priced by.
     """
     notes = ["time: training on the larger data only; the labelling itself is not counted"]
     labelling = None if usd_per_example is None else examples * usd_per_example
     if usd_per_example is None:
-        notes.append("money: give a price per labelled example to count the labelling")
+        notes.append(f"money: give a price per {per} to count the labelling")
     compute = machine_usd(seconds_here_at_size, local_usd_per_hour)
     usd = None if labelling is None else labelling + (compute or 0.0)
     if labelling is not None and compute is None:
         notes.append("money: the labelling only (your own machine trains)")
-    return OptionCost("label", f"label {examples:,} more, then fine-tune here", seconds_here_at_size, usd,
+    return OptionCost("label", f"{what or f'label {examples:,} more'}, then fine-tune here", seconds_here_at_size, usd,
                       _monthly(seconds_here_at_size, retrain_every_s), _monthly(compute, retrain_every_s), notes)

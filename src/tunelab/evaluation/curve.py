@@ -252,17 +252,19 @@ def is_wide(low: float, high: float, value: float, metric: str) -> bool:
     return (high - low) / scale > WIDE_BAND
 
 
-def projection_flags(curve: Curve, n: float, metric: str) -> list[str]:
-    """What a reader must know about ``curve``'s value at ``n``: the curve's own flags, a wide band, a far extrapolation."""
+def projection_flags(curve: Curve, n: float, metric: str, noun: str = "examples") -> list[str]:
+    """What a reader must know about ``curve``'s value at ``n``: the curve's own flags, a wide band, a far extrapolation.
+
+    ``noun``: what the sizes count (examples; a text run's windows)."""
     flags = list(curve.flags)
     if curve.law is None:
         return flags
     value = float(curve.value([n])[0])
     low, high = (float(x[0]) for x in curve.band([n]))
     if is_wide(low, high, value, metric):
-        flags.append(f"wide band at {n:,.0f} examples: {low:.3g} to {high:.3g} (few validation rows, or points that disagree)")
+        flags.append(f"wide band at {n:,.0f} {noun}: {low:.3g} to {high:.3g} (few validation rows, or points that disagree)")
     if n > 2 * max(curve.sizes):
-        flags.append(f"{n:,.0f} examples is {n / max(curve.sizes):.1f}x the largest size measured ({max(curve.sizes):,}): a long extrapolation")
+        flags.append(f"{n:,.0f} {noun} is {n / max(curve.sizes):.1f}x the largest size measured ({max(curve.sizes):,}): a long extrapolation")
     return flags
 
 

@@ -133,6 +133,9 @@ class Advice:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     bootstrap: dict[str, int] = field(default_factory=dict)  # the resamples of the bands: samples, seed
+    # What the sizes count (``size_words``): training examples, or a text run's training windows.
+    unit: str = "training examples"
+    noun: str = "examples"
 
     @property
     def strongest(self) -> Opponent | None:
@@ -157,6 +160,7 @@ class Advice:
             "recommendation": self.recommendation, "reason": self.reason, "flags": list(self.flags),
             "budget": dict(self.budget), "retrain_every": self.retrain_every, "folder": str(self.folder),
             "seconds": self.seconds, "warnings": list(self.warnings), "bootstrap": dict(self.bootstrap),
+            "size_unit": self.unit, "size_noun": self.noun,
         }
 
     def save(self) -> Path:
@@ -171,6 +175,15 @@ def _log_grid(start: float, stop: float, count: int) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------ pure decisions
+
+
+def size_words(task: str, max_length: int) -> tuple[str, str]:
+    """What the sizes of a curve count, in full and short: what a run learns from. A text run learns from windows of
+    ``data.max_length`` tokens (a few long documents are many windows; a short document is one window, shorter, packed
+    with others into a row), every other task from its examples."""
+    if task == "text":
+        return f"training windows of up to {max_length} tokens", "windows"
+    return "training examples", "examples"
 
 
 def curve_sizes(train_size: int, top_fraction: float, *, min_size: int, max_points: int = MAX_POINTS) -> list[int]:
@@ -190,7 +203,7 @@ def curve_sizes(train_size: int, top_fraction: float, *, min_size: int, max_poin
 
 def plan_curve(
     train_size: int, *, min_size: int, seconds_for: Callable[[int], float | None], budget_s: float | None,
-    spent_s: float = 0.0,
+    spent_s: float = 0.0, unit: str = "training examples", noun: str = "examples",
 ) -> tuple[list[int], float | None, str | None]:
     """The sizes to train: the largest top size (all the data, else a half, a quarter...) whose curve fits the budget.
 
@@ -198,7 +211,8 @@ def plan_curve(
     A curve needs three sizes (a power law has three parameters); without a known time per run (no
     calibration) or without a budget, the largest curve is planned. ``budget_s`` is what is left of the
     budget after the ``spent_s`` seconds already taken (the opponents, the estimate): the budget to give
-    for a curve counts both, so it is always more than the one given.
+    for a curve counts both, so it is always more than the one given. ``unit`` and ``noun`` (``size_words``): what
+    the sizes count, in the reasons.
     """
     from tunelab.evaluation.curve import MIN_POINTS
 
@@ -214,13 +228,13 @@ def plan_curve(
         cheapest = (sizes, total)
     if cheapest is None:
         return [], None, (
-            f"{train_size} training examples are too few for a learning curve: {MIN_POINTS} sizes of at least "
-            f"{min_size} examples, each half the next, are needed"
+            f"{train_size} {unit} are too few for a learning curve: {MIN_POINTS} sizes of at least "
+            f"{min_size} {noun}, each half the next, are needed"
         )
     sizes, total = cheapest
     spent = f", after {spent_s / 60:.1f} min on the opponents and the estimate" if spent_s >= 1 else ""
     return [], None, (
-        f"no learning curve fits the budget: the smallest ({', '.join(map(str, sizes))} examples) is estimated at "
+        f"no learning curve fits the budget: the smallest ({', '.join(map(str, sizes))} {noun}) is estimated at "
         f"{total / 60:.1f} min{spent}; give --budget-minutes {math.ceil((spent_s + total * BUDGET_GRACE) / 60)} or more"
     )
 
@@ -250,6 +264,9 @@ def recommend(
     options: dict[str, OptionCost],
     labels_to_add: int | None,
     no_curve: str | None = None,
+    unit: str = "training examples",
+    more: str | None = None,
+    undecided: str | None = None,
 ) -> tuple[str, str]:
     """One plain recommendation and its reason, from the projection against the best opponent and the costs.
 
@@ -258,19 +275,28 @@ def recommend(
       on the cheapest GPU that fits).
     - Otherwise keep the best opponent (a tie goes to the cheaper way): behind, or not shown to be ahead.
       The reason says where the curve reaches it, and what labelling that many examples costs.
+
+    ``unit``: what the sizes count (``size_words``); ``more``: what to add to reach the crossing, when it is not
+    "label about N more" (a text run adds documents). ``undecided``: why the projection's interval says nothing (one
+    validation document): the scores are told without it, and nothing is recommended but measuring.
     """
     from tunelab.estimate.plan import duration
 
+    here = options.get("here")
+    cost = f" (about {duration(here.seconds)} here)" if here and here.seconds is not None else ""
     if projection is None:
         why = no_curve or "no learning curve was measured"
-        here = options.get("here")
-        cost = f" (about {duration(here.seconds)} here)" if here and here.seconds is not None else ""
         return ("measure first: run tunelab run",
                 f"{why}. The opponents alone cannot say what fine-tuning gives: `tunelab run` measures it{cost} and its verdict decides.")
     p = projection
     theirs = f"{p.opponent}'s curve {p.opponent_score:.3f}" if p.opponent_learns else f"{p.opponent} {p.opponent_score:.3f}"
     direction = "" if p.higher_is_better else f", {metric} lower by that much"
-    scores = (f"At your {train_size:,} training examples the tuned model is projected at {metric} {p.tuned:.3f} "
+    if undecided:
+        # Every resample of one row is that row: the band and the interval have no width, and would look certain.
+        return ("measure first: run tunelab run",
+                f"At your {train_size:,} {unit} the tuned model is projected at {metric} {p.tuned:.3f} against {theirs}: "
+                f"difference {p.difference:+.3f}{direction}. But {undecided}. `tunelab run` measures it{cost}.")
+    scores = (f"At your {train_size:,} {unit} the tuned model is projected at {metric} {p.tuned:.3f} "
               f"(95% band {p.tuned_low:.3f} to {p.tuned_high:.3f}) against {theirs}: difference {p.difference:+.3f}{direction} "
               f"(95% interval {p.low:+.3f} to {p.high:+.3f})")
     if p.low > 0:
@@ -290,18 +316,18 @@ def recommend(
         return choice, lead
     if crossing.size is None and crossing.behind_from is not None:
         # Two saturating curves crossing twice: the tuned one learns fast and levels off below the opponent's.
-        return choice, (f"{lead} The central curve is level or ahead of it up to about {crossing.behind_from:,.0f} training examples, "
+        return choice, (f"{lead} The central curve is level or ahead of it up to about {crossing.behind_from:,.0f} {unit}, "
                         f"behind beyond: more data of this kind favours {p.opponent}.")
     if crossing.size is None:
-        return choice, f"{lead} The curve does not reach it within {crossing.limit / train_size:.0f}x your data ({crossing.limit:,.0f} training examples)."
+        return choice, f"{lead} The curve does not reach it within {crossing.limit / train_size:.0f}x your data ({crossing.limit:,.0f} {unit})."
     if crossing.size <= train_size:
-        return choice, f"{lead} The central curve is level with it from about {crossing.size:,.0f} training examples: the gain is within the noise."
+        return choice, f"{lead} The central curve is level with it from about {crossing.size:,.0f} {unit}: the gain is within the noise."
     label = options.get("label")
     cost = ""
     if labels_to_add:
-        cost = f" (label about {labels_to_add:,} more"
+        cost = f" ({more or f'label about {labels_to_add:,} more'}"
         cost += f", USD {label.usd:,.2f})" if label is not None and label.usd is not None else ")"
-    return choice, f"{lead} The curve reaches it at about {crossing.size:,.0f} training examples{cost}: only beyond that would fine-tuning win."
+    return choice, f"{lead} The curve reaches it at about {crossing.size:,.0f} {unit}{cost}: only beyond that would fine-tuning win."
 
 
 def kept_opponent(opponents: Sequence[Opponent], projection: Difference | None, *, higher_is_better: bool) -> Opponent:
@@ -333,7 +359,7 @@ class Fits:
 def fit_advice(
     task: str, metric: str, higher: bool, train_size: int, baselines: dict[str, EvalResult], points: dict[int, EvalResult],
     refits: dict[str, dict[int, EvalResult]], *, samples: int, seed: int, labels: Sequence[str] | None = None,
-    run_noise: float | None = None,
+    run_noise: float | None = None, noun: str = "examples",
 ) -> Fits:
     """Fit every curve of an advice from its evaluations, all on the same validation rows.
 
@@ -341,7 +367,8 @@ def fit_advice(
     size; ``refits``: the opponents refitted at each size. Every evaluation is computed on the same
     bootstrap resamples (``evaluation.curve.resampled_scores``), so the tuned curve and the opponents stay paired.
     The tuned curve's band also holds the run-to-run noise of training (``run_noise``, default
-    ``evaluation.curve.RUN_NOISE``); an opponent's curve is deterministic given its data.
+    ``evaluation.curve.RUN_NOISE``); an opponent's curve is deterministic given its data. ``noun``: what the sizes
+    count (``size_words``), in the flags.
     """
     from tunelab.evaluation.curve import (
         CROSSING_LIMIT,
@@ -378,7 +405,7 @@ def fit_advice(
         columns = [column[id(points[n])] for n in sizes]
         tuned = fit_curve("tuned", sizes, full[columns].tolist(), resampled[:, columns], metric=metric, higher_is_better=higher,
                           run_noise=RUN_NOISE if run_noise is None else run_noise, seed=seed)
-        flags += projection_flags(tuned, train_size, metric)
+        flags += projection_flags(tuned, train_size, metric, noun)
         if opponents:
             projection = difference_at(tuned, opponents, train_size)
             # Right (or wrong) on every row at every size, the tuned band is as degenerate as such an opponent's (the
@@ -417,7 +444,8 @@ def refit_advice(folder: str | Path, *, run_noise: float | None = None) -> tuple
                 refits.setdefault(unquote(path.stem), {})[point["size"]] = EvalResult.load(path)
     bootstrap = data.get("bootstrap") or {"samples": 1000, "seed": 0}
     return data, fit_advice(data["task"], data["metric"], data["higher_is_better"], data["train_size"], baselines, points, refits,
-                            samples=bootstrap["samples"], seed=bootstrap["seed"], run_noise=run_noise)
+                            samples=bootstrap["samples"], seed=bootstrap["seed"], run_noise=run_noise,
+                            noun=data.get("size_noun", "examples"))
 
 
 # ------------------------------------------------------------------------------------------ runner
@@ -572,12 +600,23 @@ def advise(
 
     from functools import cache
 
-    from tunelab.data.split import nested_subsets
+    from tunelab.data.split import nested_subsets, nested_text_subsets, text_windows
     from tunelab.estimate import example_token_counts
 
     seed = config.train.seed
+    unit, noun = size_words(task, config.data.max_length)
+    window = dict(tokenizer=base.tokenizer, max_length=config.data.max_length, stride=config.data.stride)
 
+    def size_of(records: Sequence[Record]) -> int:
+        # A text run learns from windows of data.max_length tokens: the curve's sizes count them, not documents.
+        return text_windows(records, **window) if task == "text" else len(records)  # type: ignore[arg-type]
+
+    n_all = size_of(train)
+
+    @cache
     def subset(size: int) -> list[Record]:
+        if task == "text":
+            return nested_text_subsets(train, [size], seed=seed, **window)[0]  # type: ignore[arg-type]
         return nested_subsets(train, [size], task=task, seed=seed)[0]
 
     @cache
@@ -592,8 +631,9 @@ def advise(
     min_size = max(MIN_EXAMPLES, n_labels)
     used = time.perf_counter() - started
     budget_s = None if budget_minutes is None else budget_minutes * 60 - used
-    sizes, planned_s, no_curve = plan_curve(len(train), min_size=min_size, seconds_for=seconds_for,
-                                            budget_s=None if budget_s is None else max(budget_s, 0.0), spent_s=used)
+    sizes, planned_s, no_curve = plan_curve(n_all, min_size=min_size, seconds_for=seconds_for,
+                                            budget_s=None if budget_s is None else max(budget_s, 0.0), spent_s=used,
+                                            unit=unit, noun=noun)
     if planned_s is None and sizes and budget_s is not None:
         warnings.append("the time of each curve run is unknown (no calibration): the largest curve was planned regardless of the budget")
     if sizes and planned_s is not None:
@@ -602,7 +642,8 @@ def advise(
         costly = curve_cost_note(planned_s, estimate_now.total_seconds, config.train.min_steps if raised else None)
         if costly:
             warnings.append(costly)
-    _emit(on_event, "plan", "done", sizes=[len(subset(size)) for size in sizes], estimated_seconds=planned_s, reason=no_curve)
+    _emit(on_event, "plan", "done", sizes=[size_of(subset(size)) for size in sizes], estimated_seconds=planned_s, reason=no_curve,
+          noun=noun)
 
     # 4. The learning curve: the recipe on nested subsets, each scored on the validation rows.
     from tunelab.data.split import Split
@@ -625,11 +666,12 @@ def advise(
                 stopped = f"the budget ran out after {len(points)} of {len(sizes)} sizes (the runs took up to {max(ratios):.2f}x their estimate)"
                 break
         records = subset(size)
-        if any(p.size == len(records) for p in points):
+        measured = size_of(records)
+        if any(p.size == measured for p in points):
             continue  # two sizes that keep every label's share can round to the same subset: it is trained once
-        _emit(on_event, "point", "start", size=len(records), estimated_seconds=estimated)
+        _emit(on_event, "point", "start", size=measured, estimated_seconds=estimated, noun=noun)
         began = time.perf_counter()
-        run_dir = root / "curve" / f"n{len(records)}"
+        run_dir = root / "curve" / f"n{measured}"
         piece = Split(task, records, [], [], seed=split.seed, out_of_scope_label=outside)
         run_training(point_config, piece, run_dir=run_dir, progress=train_progress)
         tuned = evaluate(load_run(run_dir), validation, task, config=config.eval, data_config=whole,
@@ -644,16 +686,17 @@ def advise(
         seconds = time.perf_counter() - began
         if estimated:
             ratios.append(seconds / estimated)
-        points.append(CurvePoint(len(records), float(tuned.metrics[metric]), seconds, estimated, str(run_dir)))
+        points.append(CurvePoint(measured, float(tuned.metrics[metric]), seconds, estimated, str(run_dir)))
         point_results.append(tuned)
-        _emit(on_event, "point", "done", size=len(records), score=tuned.metrics[metric], seconds=seconds, estimated_seconds=estimated)
+        _emit(on_event, "point", "done", size=measured, score=tuned.metrics[metric], seconds=seconds, estimated_seconds=estimated,
+              noun=noun)
 
     # 5. Fits: every evaluation on the same bootstrap resamples of the validation rows (paired).
-    n_all = len(train)
     fits = fit_advice(
         task, metric, higher, n_all, baseline_results, dict(zip([p.size for p in points], point_results, strict=True)),
         {name: dict(zip([p.size for p in points], results, strict=True)) for name, results in curve_baselines.items()},
         samples=config.eval.bootstrap_samples, seed=config.eval.seed, labels=label_map.labels if label_map is not None else None,
+        noun=noun,
     )
     opponents = [Opponent(name, score, low, high, name in CURVE_BASELINES, baseline_seconds[name], baseline_results[name].model)
                  for name, (score, low, high) in fits.scores.items()]
@@ -678,6 +721,7 @@ def advise(
 
     # 6. The cost of each way forward, and the answer.
     from tunelab.estimate.options import (
+        documents_needed,
         gpu_option,
         here_option,
         keep_option,
@@ -702,9 +746,9 @@ def advise(
     if projection is None:
         tuned_note = "not measured"
     elif curves[0].learns:
-        tuned_note = f"projected from the curve at {n_all:,} training examples"
+        tuned_note = f"projected from the curve at {n_all:,} {unit}"
     else:
-        tuned_note = f"measured at {curves[0].sizes[-1]:,} training examples (too few sizes for a curve)"
+        tuned_note = f"measured at {curves[0].sizes[-1]:,} {unit} (too few sizes for a curve)"
     here = here_option(estimate_now.total_seconds, local_usd_per_hour=local_usd_per_hour, **every)
     options.append(OptionRow(here, *tuned_score, tuned_note))
     keyed["here"] = here
@@ -717,30 +761,42 @@ def advise(
     if provider is not None:
         options.append(OptionRow(provider, None, score_note="a different model: not measured"))
         keyed["provider"] = provider
-    to_add = None
+    to_add = more = None
     if crossing is not None and crossing.size is not None and crossing.size > n_all:
         target = int(math.ceil(crossing.size))
-        to_add = labels_needed(target, n_all, n_all / labelled if labelled else 1.0)
         # More examples like these: the training examples' token counts repeated up to the larger size.
         cycle = inputs.counts.train
         bigger = inputs.estimate(train=[cycle[i % len(cycle)] for i in range(int(round(len(cycle) * target / n_all)))])
-        label = label_option(to_add, label_usd_per_example, bigger.total_seconds, local_usd_per_hour=local_usd_per_hour, **every)
+        if task == "text":
+            to_add, tokens = documents_needed(target, n_all, len(train), labelled or len(train), sum(cycle))
+            more = f"add about {to_add:,} more documents like yours, about {tokens:,.0f} tokens of text"
+            label = label_option(to_add, label_usd_per_example, bigger.total_seconds, local_usd_per_hour=local_usd_per_hour,
+                                 what=f"add {to_add:,} more documents ({tokens:,.0f} tokens of text)", per="document", **every)
+        else:
+            to_add = labels_needed(target, n_all, n_all / labelled if labelled else 1.0)
+            label = label_option(to_add, label_usd_per_example, bigger.total_seconds, local_usd_per_hour=local_usd_per_hour, **every)
         level = float(curves[0].value([target])[0])
         low, high = (float(x[0]) for x in curves[0].band([target]))
-        options.append(OptionRow(label, level, low, high, f"projected at {target:,} training examples (level with {crossing.opponent})"))
+        options.append(OptionRow(label, level, low, high, f"projected at {target:,} {unit} (level with {crossing.opponent})"))
         keyed["label"] = label
+    undecided = None
+    if task == "text" and len(validation) == 1:
+        # Perplexity is not bounded: no Wilson interval stands in for the bootstrap's zero-width one (classify's does).
+        undecided = ("one validation document gives no interval, so the difference cannot be told from chance; hold out "
+                     "more documents (data.validation_size, data.test_size) for an advice, and a run's verdict, that can decide")
     recommendation, reason = recommend(metric=metric, train_size=n_all, projection=projection, crossing=crossing,
-                                       options=keyed, labels_to_add=to_add, no_curve=no_curve)
+                                       options=keyed, labels_to_add=to_add, no_curve=no_curve, unit=unit, more=more,
+                                       undecided=undecided)
     if no_curve:
         flags.insert(0, no_curve)
     advice = Advice(
         name=name, task=task, metric=metric, higher_is_better=higher, train_size=n_all, validation_size=len(validation),
         labelled=labelled, opponents=opponents, points=points, curves=curves, projection=projection, crossing=crossing,
         options=options, recommendation=recommendation, reason=reason, flags=flags,
-        budget={"minutes": budget_minutes, "sizes": [len(subset(size)) for size in sizes], "estimated_seconds": planned_s,
+        budget={"minutes": budget_minutes, "sizes": [size_of(subset(size)) for size in sizes], "estimated_seconds": planned_s,
                 "used_seconds": time.perf_counter() - started},
         retrain_every=retrain_every, folder=root, warnings=warnings + list(split.warnings),
-        bootstrap={"samples": config.eval.bootstrap_samples, "seed": config.eval.seed},
+        bootstrap={"samples": config.eval.bootstrap_samples, "seed": config.eval.seed}, unit=unit, noun=noun,
     )
     advice.seconds = time.perf_counter() - started
     advice.budget["used_seconds"] = advice.seconds

@@ -673,7 +673,7 @@ def advice_page(registry: Registry, name: str) -> dict[str, Any]:
 
 
 def curve_chart(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The learning curves of an advice as SVG shapes (a log scale of training examples across, the metric up).
+    """The learning curves of an advice as SVG shapes (a log scale of training examples, or windows of text, across; the metric up).
 
     Each learning curve: its 95% band (a polygon), the fitted law (a line), the measured points; each
     opponent that does not learn: a dashed line at its score; markers at the user's data and the crossing.
@@ -708,7 +708,7 @@ def curve_chart(data: dict[str, Any]) -> dict[str, Any] | None:
         shapes.append({
             "name": curve["name"], "series": index, "band": " ".join(band),
             "line": " ".join(f"{x(g['n'])},{y(g['value'])}" for g in grid),
-            "points": [{"x": x(n), "y": y(s), "title": f"{curve['name']}: {s:.3f} at {n:,} examples"}
+            "points": [{"x": x(n), "y": y(s), "title": f"{curve['name']}: {s:.3f} at {n:,} {data.get('size_noun', 'examples')}"}
                        for n, s in zip(curve["sizes"], curve["scores"], strict=True)],
         })
     ticks_x = [n for n in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000) if min(sizes) <= n <= max(sizes)]

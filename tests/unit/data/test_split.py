@@ -140,3 +140,36 @@ def test_a_label_with_one_example_stays_in_train():
         assert split.sizes() == {"train": 10, "validation": 4, "test": 4}, seed
         check_classify_labels(split)
         assert not any("never occur in train" in warning for warning in split.warnings), seed
+
+
+def test_nested_text_subsets_count_windows_and_keep_the_first_windows_of_every_document(tiny_tokenizer):
+    """FDR speeches: 6 training documents of thousands of tokens each. Subsets of documents gave a learning curve 6 sizes at
+    most; subsets of windows keep the first windows of every long document (the very windows the real run trains on), and a
+    document of one window whole or not at all."""
+    from tunelab.data.split import nested_text_subsets, text_windows
+    from tunelab.data.tokenize import tokenize_text
+
+    long = [TextRecord(" ".join(f"the keeper wrote line {i} of log {d}." for i in range(30)), source=f"log{d}") for d in range(3)]
+    short = [TextRecord(f"note {i}", source=f"note{i}") for i in range(4)]
+    records = long + short
+    total = text_windows(records, tiny_tokenizer, 32, 32)
+    assert total > 10 * len(long)
+    sizes = [total // 4, total // 2, total]
+    subsets = nested_text_subsets(records, sizes, tokenizer=tiny_tokenizer, max_length=32, stride=32, seed=0)
+    counts = [text_windows(subset, tiny_tokenizer, 32, 32) for subset in subsets]
+    assert subsets[-1] == records and counts[-1] == total
+    assert counts[0] < counts[1] < counts[2] and all(abs(c - s) <= len(records) for c, s in zip(counts, sizes, strict=True))
+    for subset in subsets:
+        kept = {r.source.split("#")[0]: r for r in subset}
+        assert {d.source for d in long} <= set(kept), "every long document is at every size"
+        for document in long:
+            piece, whole = kept[document.source], tokenize_text(document, tiny_tokenizer, 32, 32)
+            mine = tokenize_text(piece, tiny_tokenizer, 32, 32)
+            assert document.text.startswith(piece.text)
+            # Its windows are the document's first ones; only the last token of the last differs (the prefix's EOS).
+            assert [w.input_ids for w in mine[:-1]] == [w.input_ids for w in whole[: len(mine) - 1]]
+            assert mine[-1].input_ids[:-1] == whole[len(mine) - 1].input_ids[:-1]
+    for small, large in zip(subsets, subsets[1:], strict=False):
+        larger = {r.source.split("#")[0]: r.text for r in large}
+        assert all(larger[r.source.split("#")[0]].startswith(r.text) for r in small)
+    assert nested_text_subsets(records, sizes, tokenizer=tiny_tokenizer, max_length=32, stride=32, seed=0) == subsets

@@ -342,3 +342,74 @@ def test_a_perfect_or_null_score_on_the_validation_rows_gets_the_wilson_interval
     # The tuned model is right on every row at every size: its projected band is as degenerate, and as honest with Wilson.
     assert fits.projection is not None and fits.projection.tuned == 1.0
     assert (fits.projection.tuned_low, fits.projection.tuned_high) == wilson_interval(20, 20)
+
+
+def test_a_few_long_documents_get_a_curve_over_their_training_windows(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """FDR speeches, 8 documents: 6 to train, 71 training windows of 256 tokens. The curve counted documents: "6 training
+    examples are too few for a learning curve", "measure first", for a user whose few documents are most of a run's data."""
+    from tunelab.cli.advise import render_advice
+    from tunelab.cli.common import console
+    from tunelab.data.split import make_split
+    from tunelab.data.tokenize import tokenize_text
+
+    documents = tmp_path / "speeches.jsonl"
+    documents.write_text("\n".join(json.dumps({"text": " ".join(f"my friends, on day {i} of week {d} the banks were open." for i in range(40))})
+                                   for d in range(8)) + "\n")
+    config = parse_config({
+        "task": "text", "model": str(tiny_model_dir), "name": "speeches",
+        "data": {"train": str(documents), "max_length": 32},
+        "train": {"epochs": 1, "batch_size": 4, "output_dir": str(tmp_path / "runs")},
+        "eval": {"bootstrap_samples": 100},
+    })
+    split = make_split(config)
+    assert len(split.train) == 6 and len(split.validation) == 1
+    windows = sum(len(tokenize_text(document, tiny_tokenizer, 32)) for document in split.train)
+    advice = advise(config, budget_minutes=None, calibrate=False)
+    assert advice.train_size == windows and advice.unit == "training windows of up to 32 tokens"
+    assert len(advice.points) == 4 and advice.points[-1].size == windows, advice.flags
+    assert advice.projection is not None and "too few" not in advice.reason
+    # One validation document: the projection is told without an interval, and decides nothing.
+    assert advice.recommendation == "measure first: run tunelab run" and "one validation document gives no interval" in advice.reason
+    # The held-out validation document is scored whole at every size.
+    for point in advice.points:
+        scored = json.loads((advice.folder / "curve" / f"n{point.size}" / "eval" / "validation.json").read_text())["rows"]
+        assert [row["id"] for row in scored] == [r.id for r in split.validation]
+    with console.capture() as captured:
+        render_advice(advice.to_dict())
+    output = " ".join(captured.get().split())
+    assert f"nested subsets of the {windows:,} training windows of up to 32 tokens" in output, output
+    projected = output[output.index(f"projected with all {windows:,} training windows of up to 32 tokens: tuned "):]
+    assert "[" not in projected[: projected.index("Each way forward")], projected
+
+
+def test_text_grows_by_documents_priced_per_document():
+    """What a text run adds to reach its opponent is documents like the user's, and tokens of text, not labels."""
+    from tunelab.estimate.options import documents_needed, label_option
+
+    # FDR: 6 training speeches of 8 (1 validation, 1 test), 71 windows, 17,500 tokens. Twice the windows is 6 more training
+    # speeches, 8 to write (a quarter is held out as now), of about 2,917 tokens each.
+    assert documents_needed(142, 71, 6, 8, 17_500) == (8, 8 * 17_500 / 6)
+    assert documents_needed(71, 71, 6, 8, 17_500) == (0, 0.0)
+
+    label = label_option(3, None, 60.0, retrain_every_s=30 * 86400, what="add 3 more documents (9,000 tokens of text)", per="document")
+    assert label.name == "add 3 more documents (9,000 tokens of text), then fine-tune here"
+    assert "money: give a price per document to count the labelling" in label.notes
+    behind = recommend(metric="perplexity", train_size=71, projection=_difference(0.75, -0.1, -0.01), crossing=_crossing(450.2),
+                       options=_options(), labels_to_add=3, unit="training windows of 256 tokens",
+                       more="add about 3 more documents like yours, about 9,000 tokens of text")
+    assert "At your 71 training windows of 256 tokens" in behind[1]
+    assert "about 450 training windows of 256 tokens (add about 3 more documents like yours, about 9,000 tokens of text, USD 45.00)" in behind[1]
+
+
+def test_one_validation_document_decides_nothing():
+    """FDR speeches, 8 documents (1 to validate), once the curve counted windows: "fine-tune here", perplexity 33.959
+    "(95% band 33.959 to 33.959)" against base 36.112, "95% interval +2.153 to +2.153": a zero-width interval from one
+    document, under a note that said one row decides nothing."""
+    projection = Difference(71, 33.959, 33.959, 33.959, "base", 36.112, 2.153, 2.153, 2.153, False, False)
+    words = dict(metric="perplexity", train_size=71, projection=projection, crossing=_crossing(10), options=_options(),
+                 labels_to_add=None, unit="training windows of 256 tokens")
+    assert recommend(**words)[0] == "fine-tune here"  # with rows enough to give an interval, +2.153 above zero decides
+    choice, reason = recommend(**words, undecided="one validation document gives no interval")
+    assert choice == "measure first: run tunelab run", reason
+    assert "perplexity 33.959 against base 36.112: difference +2.153" in reason and "95%" not in reason, reason
+    assert "one validation document gives no interval" in reason and "5.0 min" in reason, reason

@@ -80,3 +80,30 @@ def test_an_advice_started_from_the_browser_is_a_real_tunelab_advise(tmp_path, a
         time.sleep(1)
     assert "Recommendation:" in page.text and "re-tuning once every 7d" in page.text
     assert (tmp_path / "runs" / "advise-page" / "advice.json").is_file()
+
+
+def test_a_text_advice_on_one_validation_document_shows_windows_and_no_zero_width_interval(tmp_path):
+    """FDR speeches: 1 validation document. The page showed perplexity "36.1 [36.1, 36.1]" (an interval of one row)
+    and counted the curve in "training examples" where the advice counts training windows."""
+    folder = tmp_path / "runs" / "advise-speeches"
+    folder.mkdir(parents=True)
+    option = {"seconds": 1.0, "usd": None, "retune_seconds_per_month": 0.0, "retune_usd_per_month": 0.0, "notes": []}
+    data = {
+        "name": "speeches", "task": "text", "metric": "perplexity", "higher_is_better": False, "train_size": 71,
+        "validation_size": 1, "labelled": 8, "size_unit": "training windows of up to 256 tokens", "size_noun": "windows",
+        "opponents": [{"name": "base", "score": 36.112, "low": 36.112, "high": 36.112, "learns": False, "seconds": 32.5, "model": "base"}],
+        "points": [{"size": n, "score": s, "seconds": 60.0, "estimated_seconds": 50.0, "run_dir": str(folder / f"n{n}")}
+                   for n, s in ((10, 35.406), (19, 35.066), (36, 34.564), (71, 33.869))],
+        "curves": [], "projection": None, "crossing": None, "recommendation": "measure first: run tunelab run", "reason": "r",
+        "flags": [], "retrain_every": "30d", "folder": str(folder), "seconds": 400.0, "warnings": [],
+        "budget": {"minutes": 8.0, "sizes": [10, 19, 36, 71], "estimated_seconds": 320.0, "used_seconds": 400.0},
+        "options": [{"key": "keep", "name": "keep base", **option, "score": 36.112, "score_low": 36.112, "score_high": 36.112,
+                     "score_note": "measured on the validation rows"},
+                    {"key": "here", "name": "fine-tune here", **option, "score": 33.959, "score_low": 33.959, "score_high": 33.959,
+                     "score_note": "projected from the curve at 71 training windows of up to 256 tokens"}],
+    }
+    (folder / "advice.json").write_text(json.dumps(data))
+    page = _client(tmp_path).get("/advise/advise-speeches")
+    assert page.status_code == 200, page.text
+    assert "71 training windows of up to 256 tokens" in page.text and "training examples" not in page.text, page.text
+    assert "[36.1, 36.1]" not in page.text and "[34, 34]" not in page.text, page.text  # 3 significant digits
