@@ -332,7 +332,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     # Tools are refused above, so any tool_choice but the no-op "none" comes without them: as OpenAI, that is a 400.
     _invalid(body.tool_choice not in (None, "none"), "tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.")
     _refuse(bool(body.functions), "functions", "Function calling")
-    _refuse(body.function_call not in (None, "none", "auto"), "function_call", "Function calling")
+    # The same for the deprecated pair: functions are refused, so any function_call but "none" comes without them.
+    _invalid(body.function_call not in (None, "none"), "function_call",
+             "Invalid value for 'function_call': 'function_call' is only allowed when 'functions' are specified.")
     _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
     _refuse(body.audio is not None, "audio", "Audio output")
     _refuse_penalties(body)

@@ -104,7 +104,7 @@ class ChatCompletionRequest(_Sampling):
     tools: list | None = None
     tool_choice: str | dict | None = Field(None, description='Only "none" (tool calling is refused; any other needs tools, as OpenAI says).')
     functions: list | None = Field(None, description="Deprecated tool calling: refused.")
-    function_call: str | dict | None = Field(None, description='Only "none" or "auto" (function calling is refused).')
+    function_call: str | dict | None = Field(None, description='Only "none" (function calling is refused; any other needs functions, as OpenAI says).')
     modalities: list[str] | None = Field(None, description='Only ["text"] (audio output is refused).')
     audio: dict | None = Field(None, description="Audio output: refused.")
     response_format: dict | None = Field(None, description='Only {"type": "text"} (JSON modes are refused).')

@@ -186,6 +186,19 @@ def size_words(task: str, max_length: int) -> tuple[str, str]:
     return "training examples", "examples"
 
 
+def undecided_reason(task: str, validation_rows: int) -> str | None:
+    """Why the projection against the best opponent decides nothing (None: it can decide): one validation row, any task.
+
+    Every bootstrap resample of one row is that row, so the difference's interval has no width (sft's rougeL, text's
+    perplexity) or only the width of the tuned run's noise, never of the rows (classify); a Wilson interval of one row
+    (0.21 to 1 for a right one) overlaps any other. A text run's row is a document."""
+    if validation_rows != 1:
+        return None
+    row, rows = ("document", "documents") if task == "text" else ("row", "rows")
+    return (f"one validation {row} gives no interval, so the difference cannot be told from chance; hold out more {rows} "
+            "(data.validation_size, data.test_size, or a larger data.validation) for an advice, and a run's verdict, that can decide")
+
+
 def curve_sizes(train_size: int, top_fraction: float, *, min_size: int, max_points: int = MAX_POINTS) -> list[int]:
     """The sizes of a curve whose largest point is ``top_fraction`` of the data: it and its halvings, ascending.
 
@@ -278,7 +291,8 @@ def recommend(
 
     ``unit``: what the sizes count (``size_words``); ``more``: what to add to reach the crossing, when it is not
     "label about N more" (a text run adds documents). ``undecided``: why the projection's interval says nothing (one
-    validation document): the scores are told without it, and nothing is recommended but measuring.
+    validation row, ``undecided_reason``): the scores are told without it, and nothing is recommended but measuring.
+    A difference of exactly zero (both perfect on every row) is a tie the rows cannot break: the cheaper way.
     """
     from tunelab.estimate.plan import duration
 
@@ -310,6 +324,9 @@ def recommend(
     choice = f"keep {p.opponent}"
     if p.high < 0:
         lead = f"{scores}; behind it."
+    elif abs(p.difference) < 1e-12:
+        # Both perfect (or both null) on every row: the rows cannot say which errs more elsewhere. A tie, as any other.
+        lead = f"{scores}; level with it: the validation rows cannot separate them, so the cheaper way wins."
     else:
         lead = f"{scores}; not shown to be ahead, so the cheaper way wins."
     if crossing is None:
@@ -411,6 +428,9 @@ def fit_advice(
             # Right (or wrong) on every row at every size, the tuned band is as degenerate as such an opponent's (the
             # run noise scales with p (1 - p), none at the bound): the same Wilson interval on the validation rows.
             projection.tuned_low, projection.tuned_high = _honest_band(projection.tuned_low, projection.tuned_high, projection.tuned, rows, metric)
+            rival = next(c for c in opponents if c.name == projection.opponent)
+            rival_band = _honest_band(*(float(x[0]) for x in rival.band([train_size])), projection.opponent_score, rows, metric)
+            projection.low, projection.high = _honest_difference(projection, *rival_band, metric)
             if tuned.learns:
                 crossing = crossing_point(tuned, opponents, start=min(sizes), limit=CROSSING_LIMIT * train_size)
     for curve in opponents:
@@ -475,6 +495,21 @@ def _honest_band(low: float, high: float, score: float, rows: int, metric: str) 
     at_bound = min(abs(score), abs(1.0 - score)) < 1e-9
     if high - low < 1e-12 and metric in BOUNDED and at_bound and rows > 0:
         return wilson_interval(round(score) * rows, rows)
+    return low, high
+
+
+def _honest_difference(p: Difference, rival_low: float, rival_high: float, metric: str) -> tuple[float, float]:
+    """The interval of the difference, except where the paired bootstrap gave it no width: both scores at a bound (both
+    right on every row: "+0.000 to +0.000", as if the rows proved them equal everywhere). There it is Newcombe's hybrid
+    score interval from the two (Wilson) bands, as for independent proportions: wider than the paired one, so no more
+    sure than the rows are."""
+    from tunelab.evaluation.curve import BOUNDED
+
+    if p.high - p.low >= 1e-12 or metric not in BOUNDED or not p.higher_is_better:
+        return p.low, p.high
+    tuned, rival = p.tuned, p.opponent_score
+    low = p.difference - math.hypot(tuned - p.tuned_low, rival_high - rival)
+    high = p.difference + math.hypot(p.tuned_high - tuned, rival - rival_low)
     return low, high
 
 
@@ -779,14 +814,9 @@ def advise(
         low, high = (float(x[0]) for x in curves[0].band([target]))
         options.append(OptionRow(label, level, low, high, f"projected at {target:,} {unit} (level with {crossing.opponent})"))
         keyed["label"] = label
-    undecided = None
-    if task == "text" and len(validation) == 1:
-        # Perplexity is not bounded: no Wilson interval stands in for the bootstrap's zero-width one (classify's does).
-        undecided = ("one validation document gives no interval, so the difference cannot be told from chance; hold out "
-                     "more documents (data.validation_size, data.test_size) for an advice, and a run's verdict, that can decide")
     recommendation, reason = recommend(metric=metric, train_size=n_all, projection=projection, crossing=crossing,
                                        options=keyed, labels_to_add=to_add, no_curve=no_curve, unit=unit, more=more,
-                                       undecided=undecided)
+                                       undecided=undecided_reason(task, len(validation)))
     if no_curve:
         flags.insert(0, no_curve)
     advice = Advice(

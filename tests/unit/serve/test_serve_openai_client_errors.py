@@ -41,7 +41,6 @@ def refused(call, exception=openai.BadRequestError) -> dict:
     [
         # The legacy names of tool calling: ignored, the client would get text where it waits for a call.
         ({"functions": [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}]}, "functions", "function"),
-        ({"function_call": {"name": "lookup"}}, "function_call", "function"),
         # Audio output: the answer would come back without the audio asked for.
         ({"modalities": ["text", "audio"]}, "modalities", "audio"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio"),
@@ -64,6 +63,14 @@ def test_a_tool_choice_without_tools_is_refused_as_openai_refuses_it(client, too
     assert "'tool_choice' is only allowed when 'tools' are specified." in error["message"]
 
 
+@pytest.mark.parametrize("function_call", ["auto", {"name": "lookup"}], ids=str)
+def test_a_function_call_without_functions_is_refused_as_openai_refuses_it(client, function_call):
+    # The deprecated twin of tool_choice: "auto" with no functions was accepted silently, a name was called unsupported.
+    error = refused(lambda: client.chat.completions.create(model="france", messages=HI, max_tokens=2, function_call=function_call))
+    assert error["param"] == "function_call"
+    assert "'function_call' is only allowed when 'functions' are specified." in error["message"]
+
+
 @pytest.mark.parametrize("stream_options", [{"include_usage": True}, {}], ids=str)
 def test_stream_options_without_stream_is_refused_as_openai_refuses_it(client, stream_options):
     # Accepted silently: a client asking for a usage chunk on a plain answer was never told it gets none.
@@ -81,7 +88,7 @@ def test_stream_options_without_stream_is_refused_as_openai_refuses_it(client, s
 def test_the_no_op_values_of_those_fields_are_accepted(client):
     answer = client.chat.completions.create(
         model="france", messages=HI, max_tokens=2, temperature=0, tool_choice="none", functions=None,
-        modalities=["text"], top_logprobs=0, parallel_tool_calls=False, store=False, metadata={"team": "a"}, user="u-1",
+        function_call="none", modalities=["text"], top_logprobs=0, parallel_tool_calls=False, store=False, metadata={"team": "a"}, user="u-1",
     )
     assert answer.choices[0].finish_reason in ("stop", "length")
 

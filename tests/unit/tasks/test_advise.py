@@ -413,3 +413,63 @@ def test_one_validation_document_decides_nothing():
     assert choice == "measure first: run tunelab run", reason
     assert "perplexity 33.959 against base 36.112: difference +2.153" in reason and "95%" not in reason, reason
     assert "one validation document gives no interval" in reason and "5.0 min" in reason, reason
+
+
+@pytest.mark.parametrize("task", ["classify", "sft"])
+def test_one_validation_row_decides_nothing_whatever_the_task(tmp_path, tiny_model_dir, task):
+    """Text said "measure first" for one validation document; sft, whose rougeL on one row resamples to itself, still
+    recommended from a zero-width interval, and classify from a difference whose every resample was that one row's."""
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    if task == "sft":
+        rows = [{"prompt": f"what is {i} plus {i}?", "completion": f"{i} plus {i} is {2 * i}."} for i in range(41)]
+        data = {"max_length": 160}
+        extra = {"eval": {"bootstrap_samples": 100, "max_new_tokens": 8, "few_shot_tokens": 64}}
+    else:
+        rows = [{"text": f"{WORDS['AB'[i % 2]][i % 4]} number {i}", "label": "AB"[i % 2]} for i in range(41)]
+        data = {"max_length": 64}
+        extra = {"eval": {"bootstrap_samples": 100}}
+    train.write_text("\n".join(json.dumps(row) for row in rows[1:]) + "\n")
+    validation.write_text(json.dumps(rows[0]) + "\n")
+    config = parse_config({
+        "task": task, "model": str(tiny_model_dir), "name": f"one-{task}",
+        "data": {"train": str(train), "validation": str(validation), "test_size": 0.2, **data},
+        "train": {"epochs": 1, "batch_size": 8, "output_dir": str(tmp_path / "runs")}, **extra,
+    })
+    advice = advise(config, budget_minutes=None, calibrate=False)
+    assert advice.validation_size == 1 and advice.projection is not None, advice.flags
+    assert advice.recommendation == "measure first: run tunelab run", advice.reason
+    assert "one validation row gives no interval" in advice.reason and "95%" not in advice.reason, advice.reason
+
+
+def test_both_perfect_on_every_row_is_level_not_a_certain_zero():
+    """The tuned model and classical right on all 20 validation rows: "difference +0.000 (95% interval +0.000 to
+    +0.000)", an interval of no width told as certain. 20 rows cannot separate two perfect scores."""
+    from tunelab.cli.advise import render_advice
+    from tunelab.cli.common import console
+    from tunelab.tasks.advise import fit_advice
+
+    baselines = {"classical": _classify_result("classical", [True] * 20), "base": _classify_result("base", [False] * 20)}
+    points = {size: _classify_result("tuned", [True] * 20) for size in (10, 20, 40)}
+    fits = fit_advice("classify", "accuracy", True, 40, baselines, points, {}, samples=200, seed=0, labels=["A", "B"])
+    p = fits.projection
+    assert p is not None and p.difference == 0.0 and p.opponent == "classical"
+    assert p.low < 0 < p.high, (p.low, p.high)  # both perfect on 20 rows: each could err on a few percent of others
+    choice, reason = recommend(metric="accuracy", train_size=40, projection=p, crossing=fits.crossing, options=_options(),
+                               labels_to_add=None)
+    assert choice == "keep classical", reason
+    assert "level" in reason and "cannot separate them" in reason and "+0.000 to +0.000" not in reason, reason
+    # Tuned right on every row, base wrong on every row: the gap is real, and its interval has a width too.
+    ahead = fit_advice("classify", "accuracy", True, 40, {"base": baselines["base"]}, points, {}, samples=200, seed=0,
+                       labels=["A", "B"]).projection
+    assert ahead is not None and ahead.difference == 1.0 and 0 < ahead.low < ahead.high == 1.0, (ahead.low, ahead.high)
+    assert recommend(metric="accuracy", train_size=40, projection=ahead, crossing=None, options=_options(),
+                     labels_to_add=None)[0] == "fine-tune here"
+    data = {
+        "name": "x", "task": "classify", "metric": "accuracy", "higher_is_better": True, "train_size": 40, "validation_size": 20,
+        "labelled": 60, "opponents": [], "points": [], "curves": [], "projection": p.to_dict(), "crossing": None,
+        "recommendation": choice, "reason": reason, "flags": [], "options": [], "retrain_every": "30d", "folder": "/tmp/x",
+        "seconds": 1.0, "warnings": [],
+    }
+    with console.capture() as captured:
+        render_advice(data)
+    assert "[+0.000, +0.000]" not in captured.get() and "difference +0.000 [-0." in captured.get(), captured.get()
