@@ -341,6 +341,42 @@ def _probe_head(mix: float, c: float) -> None:
     recipe.LabelHead = ProbeHead
 
 
+def _word_dropout(rate: float, seed: int = 0) -> None:
+    """Drop each of a training prompt's own tokens with probability ``rate``, anew at every step (a prototype hook).
+
+    Word dropout (Iyyer et al. 2015) as augmentation: each epoch shows every request with a different tenth of its
+    tokens missing, so the label head cannot lean on one token of ten examples. The template's tail (the tokens
+    every prompt ends with, which the label head reads from) and the shared prefix are never dropped; validation
+    batches (built under ``torch.no_grad``) are left whole.
+    """
+    import dataclasses
+
+    import torch
+
+    import tunelab.tasks.classify as recipe
+
+    rng = random.Random(seed)
+    plain = recipe.ClassifyCollate
+
+    class Dropping(plain):
+        def __call__(self, examples):
+            if not torch.is_grad_enabled() or len(examples) < 2:
+                return super().__call__(examples)
+            prefix = len(self.prefix_ids or ())
+            own = [e.input_ids[prefix:] for e in examples]
+            tail = 0
+            while all(len(x) > tail + 1 for x in own) and len({x[-1 - tail] for x in own}) == 1:
+                tail += 1
+            changed = []
+            for example, ids in zip(examples, own, strict=True):
+                body, end = ids[: len(ids) - tail], ids[len(ids) - tail :]
+                kept = [t for t in body if rng.random() >= rate] or body[:1]
+                changed.append(dataclasses.replace(example, input_ids=[*example.input_ids[:prefix], *kept, *end]))
+            return super().__call__(changed)
+
+    recipe.ClassifyCollate = Dropping
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -362,6 +398,9 @@ def main() -> None:
     parser.add_argument("--mixup", type=float, default=None, help="prototype: manifold mixup of the last-token states, Beta(ALPHA, ALPHA)")
     parser.add_argument("--probe-head", type=float, default=None, help="prototype: start the label head from a linear probe, mixed at this share with the name rows")
     parser.add_argument("--probe-c", type=float, default=1.0, help="prototype: the probe's inverse regularisation")
+    parser.add_argument("--word-dropout", type=float, default=None, help="prototype: drop each training prompt token with this probability, anew each step")
+    parser.add_argument("--train-on-validation", action="store_true",
+                        help="prototype: train on the validation rows too (the rows the baselines learn from); checkpoint choice then sees trained rows")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -373,6 +412,10 @@ def main() -> None:
     from tunelab.tasks import run_training
 
     train, validation, test = subsample(dataset_records(args.dataset), args.per_label, args.test_per_label, args.seed, args.labels, args.skew)
+    if args.train_on_validation:
+        train = [*train, *validation]
+    if args.word_dropout is not None:
+        _word_dropout(args.word_dropout)
     if args.init_lora is not None:
         _start_lora_from(args.init_lora)
     if args.head_lr_times is not None:
@@ -403,18 +446,19 @@ def main() -> None:
     tuned = load_run(result.run_dir)
     scored = evaluate(tuned, test, "classify", config=config.eval, data_config=config.data)
     # The opponent on the same rows, trained on what the tuned model saw (as tunelab run does).
-    classical = classical_baseline([*train, *validation], test, data_config=config.data)
+    learned = train if args.train_on_validation else [*train, *validation]
+    classical = classical_baseline(learned, test, data_config=config.data)
     from tunelab.evaluation.baselines import BaselineSkipped, embedding_baseline
 
     try:
-        embedding = embedding_baseline([*train, *validation], test, config=config.eval, data_config=config.data).metrics["accuracy"]
+        embedding = embedding_baseline(learned, test, config=config.eval, data_config=config.data).metrics["accuracy"]
     except BaselineSkipped:
         embedding = None
     # On skewed training data the held-out rows stay balanced, so accuracy is the mean per-label recall; weighted
     # by each label's share of the training rows it is the accuracy expected on a test split drawn like them.
     shares = defaultdict(float)
-    for record in [*train, *validation]:
-        shares[record.label] += 1 / (len(train) + len(validation))
+    for record in learned:
+        shares[record.label] += 1 / len(learned)
     recall = {label: values["recall"] for label, values in scored.metrics["per_class"].items()}
     rare = sorted(shares, key=shares.get)[: max(1, len(shares) // 4)]
     row = {
