@@ -3,7 +3,7 @@
 Times, on a run config's own split (default: the quickstart, examples/support-routing), the embedding model's
 load (``models.embedding.load_embedding_model``, a fresh process), its encoding of the learning records and the
 test records (``embed_texts``), and each baseline whole (``classical_baseline``, ``embedding_baseline``: the
-cross-validated fit included), at the torch threads the environment gives (cpujob: one).
+cross-validated fit included), at the torch threads the environment gives (measured with OMP_NUM_THREADS=1).
 
     PYTHONPATH=src python bench/baseline_speed.py [CONFIG]
 """
