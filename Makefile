@@ -11,7 +11,7 @@ STAMP := $(VENV)/.tunelab-installed
 # torch is pinned: an unpinned `torch` pulls several GB of CUDA packages on a CPU machine.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,19 @@ install: $(STAMP)
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/tunelab run examples/support-routing/config.yaml
 
-test: install
+# The browser tests (tests/browser) drive Debian's chromium through Playwright (a dev extra); nothing downloads a
+# browser. As root with apt-get (CI, a fresh Debian machine) it is installed when missing; elsewhere those tests
+# skip, naming the package.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "chromium is missing and cannot be installed here (not root or no apt-get): the browser tests will skip" >&2; \
+	  fi; \
+	fi
+
+test: install browser
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pytest tests
 
 test-fast: install
