@@ -133,7 +133,9 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
             where = "time here not measured (no calibration)"
         else:
             where = f"{here}: about {duration(seconds)}" if here else f"about {duration(seconds)} on this machine"
-        return where + (f", {tokens:,} training tokens" if tokens else "")
+        # What the time priced that may not run (a baseline eval.skip_hopeless may skip), as `tunelab estimate` notes it.
+        notes = "".join(f"; {note}" for note in estimate.get("notes") or [])
+        return where + (f", {tokens:,} training tokens" if tokens else "") + notes
     if step == "baseline" and (details.get("baselines") or details.get("skipped")):
         shown = []
         for name, metrics in (details.get("baselines") or {}).items():

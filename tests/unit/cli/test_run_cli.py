@@ -82,3 +82,13 @@ def test_the_estimate_line_never_says_about_dash():
     assert "price unknown" in unknown
     timed = _step_summary("estimate", {"estimate": {"total_seconds": 120.0, "here": "2 cores, idle, 2 threads"}})
     assert timed == "2 cores, idle, 2 threads: about 2.0 min"
+
+
+def test_the_estimate_line_of_tunelab_run_says_what_it_priced_that_may_not_run():
+    # The estimate prices a base or few-shot baseline eval.skip_hopeless may skip; `tunelab estimate` said so in a note,
+    # `tunelab run`'s one line did not, so the quickstart read "about 5.8 min" and took 4 with no word why.
+    from tunelab.cli.run import _step_summary
+
+    note = "base may be skipped by eval.skip_hopeless when its validation score shows it cannot beat classical: skipping saves about 40.0 s (base) of the baseline time"
+    line = _step_summary("estimate", {"estimate": {"total_seconds": 120.0, "here": "2 cores, idle, 2 threads", "notes": [note]}})
+    assert line == f"2 cores, idle, 2 threads: about 2.0 min; {note}"
