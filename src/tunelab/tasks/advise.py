@@ -11,8 +11,9 @@
    subsets of the training split (``data.split.nested_subsets``: halvings of the largest size the
    budget allows, down to one example per label), each scored on the same validation rows. The runs
    train to the recipe's last epoch with no validation set: choosing the checkpoint on the rows that
-   then score it would flatter the curve. A baseline that learns from data and costs seconds to refit
-   (``CURVE_BASELINES``) is refitted at every size too. How many sizes fit ``budget_minutes`` is
+   then score it would flatter the curve. A ``train.max_steps`` is the whole run's: a curve run makes as many
+   passes over its subset (``curve_max_steps``), still raised by ``train.min_steps``. A baseline that learns
+   from data and costs seconds to refit (``CURVE_BASELINES``) is refitted at every size too. How many sizes fit ``budget_minutes`` is
    decided with the estimate of each run (``estimate.EstimateInputs``: one calibration, every size).
 3. **Fits.** A saturating power law through each curve, a paired bootstrap band (``evaluation.curve``),
    the projected score with all the training data against the best opponent, and the number of
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.config import ResolvedConfig, parse_duration, require_resolved
+from tunelab.config import ResolvedConfig, ResolvedTrainConfig, parse_duration, require_resolved
 from tunelab.errors import ConfigError, DataError
 from tunelab.paths import atomic_write_text, baseline_file_stem
 from tunelab.runs import RunFolder
@@ -90,6 +91,7 @@ class CurvePoint:
     seconds: float
     estimated_seconds: float | None
     run_dir: str
+    steps: int | None = None  # the optimizer steps the run trained (None: an advice saved before they were)
 
 
 @dataclass
@@ -250,6 +252,23 @@ def plan_curve(
         f"no learning curve fits the budget: the smallest ({', '.join(map(str, sizes))} {noun}) is estimated at "
         f"{total / 60:.1f} min{spent}; give --budget-minutes {math.ceil((spent_s + total * BUDGET_GRACE) / 60)} or more"
     )
+
+
+def curve_max_steps(train: ResolvedTrainConfig, size: int, full: int) -> tuple[int | None, bool]:
+    """The ``train.max_steps`` of a curve run on ``size`` of the ``full`` examples (text: windows), and whether
+    ``train.min_steps`` raised it.
+
+    The whole run's ``max_steps`` are so many passes over all the data; a curve run makes as many passes over its
+    subset (the same recipe on less data). Kept as they are, they would train the smallest subset for many more epochs
+    than the whole run, a different recipe at each size. ``min_steps`` still raises a small run, as it raises any run's
+    epochs, but never above the whole run's ``max_steps``. (None, False): ``max_steps`` is not set, the epochs scale.
+    """
+    if train.max_steps is None:
+        return None, False
+    part, whole = train.schedule(size).steps_per_epoch, train.schedule(full).steps_per_epoch
+    steps = max(1, -(-train.max_steps * part // whole))  # integers: the whole run's own size gets exactly max_steps
+    floor = min(train.min_steps or 0, train.max_steps)
+    return max(steps, floor), floor > steps
 
 
 def curve_cost_note(curve_s: float | None, run_s: float | None, min_steps: int | None = None) -> str | None:
@@ -655,10 +674,17 @@ def advise(
         return nested_subsets(train, [size], task=task, seed=seed)[0]
 
     @cache
+    def run_config(size: int) -> ResolvedConfig:
+        # The recipe of a curve run: no tracker, and train.max_steps scaled to its subset (curve_max_steps).
+        steps, _ = curve_max_steps(config.train, size_of(subset(size)), n_all)
+        train_update: dict[str, Any] = {"tracker": "none"} | ({} if steps is None else {"max_steps": steps})
+        return config.model_copy(update={"train": config.train.model_copy(update=train_update)})
+
+    @cache
     def seconds_for(size: int) -> float | None:
         # A curve run: the subset's own token counts (tokenized as trained), no validation, scored on the validation rows.
         counts = example_token_counts(config, subset(size), base.tokenizer, label_map)
-        run = inputs.estimate(train=counts, validation=[], test=inputs.counts.validation)
+        run = inputs.estimate(train=counts, validation=[], test=inputs.counts.validation, config=run_config(size))
         if run.seconds is None:
             return None
         return run.seconds["train"] + run.seconds.get("eval", 0.0) + RUN_OVERHEAD_S
@@ -671,10 +697,21 @@ def advise(
                                             unit=unit, noun=noun)
     if planned_s is None and sizes and budget_s is not None:
         warnings.append("the time of each curve run is unknown (no calibration): the largest curve was planned regardless of the budget")
+    if sizes and config.train.max_steps is not None:
+        steps = [run_config(size).train.max_steps for size in sizes]
+        warnings.append(f"train.max_steps ({config.train.max_steps}) are the whole run's: each curve run makes as many passes "
+                        f"over its own subset, {', '.join(map(str, steps))} optimizer steps on "
+                        f"{', '.join(str(size_of(subset(size))) for size in sizes)} {noun}")
     if sizes and planned_s is not None:
-        smallest = inputs.estimate(train=example_token_counts(config, subset(min(sizes)), base.tokenizer, label_map))
-        raised = smallest.tokens.steps_set_by == "train.min_steps"
-        costly = curve_cost_note(planned_s, estimate_now.total_seconds, config.train.min_steps if raised else None)
+        smallest = min(sizes)
+        if config.train.max_steps is not None:
+            raised = curve_max_steps(config.train, size_of(subset(smallest)), n_all)[1]
+            floor = min(config.train.min_steps or 0, config.train.max_steps)
+        else:
+            counts = example_token_counts(config, subset(smallest), base.tokenizer, label_map)
+            raised = inputs.estimate(train=counts).tokens.steps_set_by == "train.min_steps"
+            floor = config.train.min_steps or 0
+        costly = curve_cost_note(planned_s, estimate_now.total_seconds, floor if raised else None)
         if costly:
             warnings.append(costly)
     _emit(on_event, "plan", "done", sizes=[size_of(subset(size)) for size in sizes], estimated_seconds=planned_s, reason=no_curve,
@@ -686,7 +723,6 @@ def advise(
     from tunelab.runs import load_run
     from tunelab.tasks import run_training
 
-    point_config = config.model_copy(update={"train": config.train.model_copy(update={"tracker": "none"})})
     points: list[CurvePoint] = []
     point_results: list[EvalResult] = []
     learning = [b for b in names if b in CURVE_BASELINES]
@@ -708,7 +744,7 @@ def advise(
         began = time.perf_counter()
         run_dir = root / "curve" / f"n{measured}"
         piece = Split(task, records, [], [], seed=split.seed, out_of_scope_label=outside)
-        run_training(point_config, piece, run_dir=run_dir, progress=train_progress)
+        trained = run_training(run_config(size), piece, run_dir=run_dir, progress=train_progress)
         tuned = evaluate(load_run(run_dir), validation, task, config=config.eval, data_config=whole,
                          train_ids=[r.id for r in records])
         tuned.save(RunFolder(run_dir).validation_eval)
@@ -721,7 +757,7 @@ def advise(
         seconds = time.perf_counter() - began
         if estimated:
             ratios.append(seconds / estimated)
-        points.append(CurvePoint(measured, float(tuned.metrics[metric]), seconds, estimated, str(run_dir)))
+        points.append(CurvePoint(measured, float(tuned.metrics[metric]), seconds, estimated, str(run_dir), trained.steps))
         point_results.append(tuned)
         _emit(on_event, "point", "done", size=measured, score=tuned.metrics[metric], seconds=seconds, estimated_seconds=estimated,
               noun=noun)

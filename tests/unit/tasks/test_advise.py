@@ -473,3 +473,45 @@ def test_both_perfect_on_every_row_is_level_not_a_certain_zero():
     with console.capture() as captured:
         render_advice(data)
     assert "[+0.000, +0.000]" not in captured.get() and "difference +0.000 [-0." in captured.get(), captured.get()
+
+
+def _steps_trained(run_dir) -> int:
+    """The optimizer steps a run trained: the last step its metrics log (the last step always logs)."""
+    from tunelab.runs import RunFolder
+
+    lines = RunFolder(run_dir).metrics.read_text().splitlines()
+    return max(json.loads(line)["step"] for line in lines if line.strip())
+
+
+def test_curve_runs_scale_train_max_steps_with_their_size(tmp_path, tiny_model_dir):
+    """A reviewer's config with train.max_steps: every curve run trained those steps whatever its size, so the
+    smallest subset made many more passes over its data than the whole run: a different recipe at each size."""
+    raw = _classify_config(tmp_path, tiny_model_dir).model_dump(mode="json")
+    # 72 training examples, 9 steps an epoch: 18 steps are 2 passes. Sizes 8, 18, 36, 72: 1, 3, 5, 9 steps an epoch,
+    # so 2, 6, 10, 18 steps, the smallest raised to train.min_steps (4).
+    raw["train"].update({"max_steps": 18, "min_steps": 4})
+    raw["eval"]["baselines"] = ["base"]
+    advice = advise(parse_config(raw), budget_minutes=None, calibrate=False, folder=tmp_path / "steps-advice")
+    assert [p.size for p in advice.points] == [8, 18, 36, 72]
+    assert [_steps_trained(p.run_dir) for p in advice.points] == [4, 6, 10, 18]
+    assert [p["steps"] for p in load_advice(advice.folder)["points"]] == [4, 6, 10, 18]
+    scaled = [w for w in advice.warnings if "train.max_steps (18)" in w]
+    assert len(scaled) == 1 and "4, 6, 10, 18 optimizer steps" in scaled[0], advice.warnings
+
+
+def test_curve_max_steps_keeps_the_whole_runs_passes_and_min_steps_under_max_steps():
+    from tunelab.tasks.advise import curve_max_steps
+
+    def train(**update):
+        raw = {"task": "classify", "model": "m", "data": {"train": "x.jsonl"}, "train": {"batch_size": 8, **update}}
+        return parse_config(raw).train
+
+    # No max_steps: the epochs already scale with the size.
+    assert curve_max_steps(train(epochs=3), 8, 72) == (None, False)
+    # 200 steps over 800 examples (100 an epoch) are 2 passes: 100 examples (13 steps an epoch) get 26.
+    assert curve_max_steps(train(max_steps=200, epochs=3), 100, 800) == (26, False)
+    assert curve_max_steps(train(max_steps=200, epochs=3), 800, 800) == (200, False)
+    # classify's default epochs bring train.min_steps 120: it raises a small run, never above the whole run's steps.
+    assert curve_max_steps(train(max_steps=200), 100, 800) == (120, True)
+    assert curve_max_steps(train(max_steps=50), 100, 800) == (50, True)
+    assert curve_max_steps(train(max_steps=50), 800, 800) == (50, False)
