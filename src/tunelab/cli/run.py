@@ -161,6 +161,7 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
 
 def render_outcome(outcome: Any) -> None:
     from tunelab.cli.evaluate import print_verdict
+    from tunelab.evaluation.report import calibration_line
 
     if outcome.comparison is not None:
         print_verdict(outcome.comparison)
@@ -168,6 +169,9 @@ def render_outcome(outcome: Any) -> None:
         console.print(f"tuned: {outcome.tuned_metrics}")
         for name, reason in outcome.baseline_skipped.items():
             console.print(f"[yellow]{name} skipped:[/yellow] {reason}")
+    calibration = calibration_line(outcome.run_dir)
+    if calibration:
+        console.print(calibration, markup=False, highlight=False)
     estimated = (outcome.estimate or {}).get("seconds") or {}
     if outcome.train and estimated.get("train"):
         actual = outcome.train.get("seconds")

@@ -217,6 +217,8 @@ def compare(
     if as_json:
         print_json(comparison.as_dict())
         return
+    for warning in comparison.warnings:  # first: it says how to read every table below
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     for title, metrics in (("Tuned metrics", comparison.tuned_metrics), ("Baseline metrics", comparison.baseline_metrics)):
         if not metrics:
             continue

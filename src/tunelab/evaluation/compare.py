@@ -260,6 +260,9 @@ class Verdict:
     summary: str
     warnings: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # baselines not scored, with the reason (shown, never dropped)
+    # The tuned evaluation's ``EvalResult.test_fingerprint``: runs are set side by side (``tunelab compare RUN RUN``,
+    # through the registry's copy of this verdict) only knowing whether they were judged on the same test set.
+    test_fingerprint: str = ""
 
     @property
     def paid_off(self) -> bool:
@@ -320,10 +323,12 @@ def compare_with_baselines(
     primary = first.primary
     metrics = {name: comparison.metric(primary) for name, comparison in comparisons.items()}
     lower_is_better = first.metric(primary).higher_is_better is False
-    # The strongest opponent scores best on the primary metric (ties: the first listed).
-    strongest = (min if lower_is_better else max)(metrics, key=lambda name: metrics[name].before)
     beaten = [name for name, m in metrics.items() if m.outcome == BETTER]
     winners = [name for name, m in metrics.items() if m.outcome == WORSE]
+    # The strongest opponent scores best on the primary metric; ties: one significantly better than the tuned model
+    # (the verdict's "use ... instead" names it, and the report labels it), else the first listed.
+    sign = -1 if lower_is_better else 1
+    strongest = max(metrics, key=lambda name: (sign * metrics[name].before, name in winners))
     direction = "lower" if lower_is_better else "higher"
 
     def scores(name: str) -> str:
@@ -368,4 +373,5 @@ def compare_with_baselines(
     warnings = list(dict.fromkeys(w for comparison in comparisons.values() for w in comparison.warnings))
     if skipped:
         summary += f"; not scored (cannot run here or cannot win, see each reason): {', '.join(skipped)}"
-    return Verdict(tuned.task, primary, tuned.model, n, seed, samples, comparisons, strongest, verdict, summary, warnings, skipped)
+    return Verdict(tuned.task, primary, tuned.model, n, seed, samples, comparisons, strongest, verdict, summary, warnings, skipped,
+                   tuned.test_fingerprint)

@@ -321,6 +321,21 @@ def out_of_scope_lines(baselines: dict[str, EvalResult], tuned: EvalResult) -> l
     ]
 
 
+def calibration_line(run_dir: str | Path) -> str | None:
+    """classify.calibrate: the temperature fitted on the validation queries and the validation ECE before and after, as
+    calibration.json keeps them (the run page shows the same); None for a run without one, or one that cannot be read."""
+    try:
+        saved = json.loads(RunFolder(Path(run_dir)).calibration.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    if not saved.get("applied"):
+        return f"calibration: none applied ({saved.get('reason', 'no reason recorded')})"
+    return (f"calibration: temperature {_format(saved.get('temperature'))} fitted on {saved.get('queries')} validation queries: "
+            f"ECE {_format(saved.get('ece_before'))} before, {_format(saved.get('ece_after'))} after")
+
+
 def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict, plots: dict[str, Path], examples, notes) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
         escape = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -333,6 +348,7 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
     lines += [f"- intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
               "a baseline column shows its value, then the tuned model's difference from it [95% CI]"]
     lines += [f"- {line}" for line in out_of_scope_lines(baselines, tuned)]
+    lines += [f"- {line}" for line in [calibration_line(run.root)] if line]
     lines += [f"- warning: {w}" for w in notes]
     lines += ["", "## Against each baseline", ""] + table(*opponent_table(verdict))
     lines += ["", "## Metrics", ""] + table(*metric_table(verdict))
@@ -382,6 +398,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
                  f"Intervals: paired bootstrap, {verdict.samples} resamples, seed {verdict.seed}; ↑ higher is better, ↓ lower is better; "
                  "a baseline column shows its value, then the tuned model's difference from it [95% CI].</p>")
     parts += [f"<p>{e(line)}</p>" for line in out_of_scope_lines(baselines, tuned)]
+    parts += [f"<p>{e(line)}</p>" for line in [calibration_line(run.root)] if line]
     parts += [f"<p class='warn'>warning: {e(w)}</p>" for w in notes]
     parts.append("<h2>Against each baseline</h2>" + table(*opponent_table(verdict)))
     parts.append("<h2>Metrics</h2>" + table(*metric_table(verdict)))

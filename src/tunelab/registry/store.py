@@ -261,9 +261,25 @@ class RunComparison:
     tuned_metrics: dict[str, list[float | None]] = field(default_factory=dict)
     config_differences: dict[str, list[Any]] = field(default_factory=dict)
     verdicts: list[str | None] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what keeps the numbers from comparing (different test sets)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _test_set_warnings(records: list[RunRecord]) -> list[str]:
+    """A warning when the runs' verdicts were reached on different test sets (the verdict's ``test_fingerprint``, else
+    its test example count): their metrics and verdicts then say nothing about which run is better."""
+    verdicts = [record.comparison if isinstance(record.comparison, dict) else {} for record in records]
+    known = [(record.name, verdict.get("test_fingerprint"), verdict.get("n")) for record, verdict in zip(records, verdicts, strict=True)]
+    fingerprints = {fingerprint for _, fingerprint, _ in known if fingerprint}
+    counts = {n for _, _, n in known if isinstance(n, int)}
+    if len(fingerprints) < 2 and len(counts) < 2:
+        return []
+    described = ", ".join(f"{name}: {n if isinstance(n, int) else '?'} examples" + (f", test set {fingerprint[:8]}" if fingerprint else "")
+                          for name, fingerprint, n in known)
+    return [f"these runs were judged on different test sets ({described}): their metrics and verdicts do not compare; "
+            "compare runs of the same data and split (data.seed, data.test_size, data.test)"]
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -532,6 +548,7 @@ class Registry:
         comparison.baseline_not_compared = {name: [reasons.get(name) for reasons in not_compared] for name in comparison.baseline_metrics}
         comparison.config_differences = config_differences([record.config_dict for record in records])
         comparison.verdicts = [record.verdict for record in records]
+        comparison.warnings = _test_set_warnings(records)
         return comparison
 
     # -- baseline cache -----------------------------------------------------------------------

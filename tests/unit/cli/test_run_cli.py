@@ -92,3 +92,21 @@ def test_the_estimate_line_of_tunelab_run_says_what_it_priced_that_may_not_run()
     note = "base may be skipped by eval.skip_hopeless when its validation score shows it cannot beat classical: skipping saves about 40.0 s (base) of the baseline time"
     line = _step_summary("estimate", {"estimate": {"total_seconds": 120.0, "here": "2 cores, idle, 2 threads", "notes": [note]}})
     assert line == f"2 cores, idle, 2 threads: about 2.0 min; {note}"
+
+
+def test_tunelab_run_prints_the_calibrations_ece_before_and_after(tmp_path, capsys, monkeypatch):
+    # A classify run calibrated on validation kept the ECE before and after in calibration.json; `tunelab run` printed the
+    # verdict and nothing of the calibration.
+    import json
+    from types import SimpleNamespace
+
+    from tunelab.cli.common import console
+    from tunelab.cli.run import render_outcome
+
+    monkeypatch.setattr(console, "width", 250)
+    (tmp_path / "calibration.json").write_text(json.dumps({"queries": 40, "temperature": 1.8312, "applied": True,
+                                                           "ece_before": 0.1234, "ece_after": 0.0456}))
+    outcome = SimpleNamespace(comparison=None, tuned_metrics={"accuracy": 0.9}, baseline_skipped={}, estimate=None, train=None,
+                              generation=None, run_dir=tmp_path, report={})
+    render_outcome(outcome)
+    assert "temperature 1.831 fitted on 40 validation queries: ECE 0.1234 before, 0.0456 after" in capsys.readouterr().out

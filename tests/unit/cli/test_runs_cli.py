@@ -150,3 +150,21 @@ def test_show_gives_each_skipped_baselines_reason(app, tmp_path):
     for name, reason in reasons.items():
         assert f"{name} skipped: {reason}" in result.output, result.output
     assert Registry(path).get_run("skips").baselines_skipped == reasons
+
+
+def test_compare_warns_when_the_runs_were_judged_on_different_test_sets(app, tmp_path):
+    # Side by side, 0.9 against 0.8 reads as the better run; on two different test sets it says nothing of the kind.
+    path = tmp_path / "registry.db"
+    registry = Registry(path)
+    for name, accuracy, fingerprint in (("seed0", 0.9, "aaaa"), ("seed1", 0.8, "bbbb"), ("again", 0.85, "aaaa")):
+        registry.create_run(name=name, task="classify", status="finished", config={"task": "classify", "data": {"seed": 0}},
+                            tuned_metrics={"accuracy": accuracy}, comparison={"verdict": "no significant difference", "n": 40,
+                                                                               "test_fingerprint": fingerprint})
+    runner = CliRunner()
+    result = runner.invoke(app, ["compare", "seed0", "seed1", "--registry", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "different test sets" in result.output
+    data = json.loads(runner.invoke(app, ["compare", "seed0", "seed1", "--json", "--registry", str(path)]).output)
+    assert any("different test sets" in warning for warning in data["warnings"])
+    same = json.loads(runner.invoke(app, ["compare", "seed0", "again", "--json", "--registry", str(path)]).output)
+    assert same["warnings"] == []

@@ -178,3 +178,35 @@ def test_one_non_inferiority_rule_for_retrain_and_distillation():
     assert not MetricComparison("accuracy", 0.8, 0.8, 0.0, float("nan"), float("nan"), True).non_inferior(0.05)
     for module in (retrain, distill):
         assert ".non_inferior(" in inspect.getsource(module)
+
+
+def test_the_verdict_keeps_the_tuned_models_test_fingerprint():
+    # What `tunelab compare RUN RUN` checks (through the registry's comparison column) before setting runs side by side.
+    from tunelab.evaluation.compare import Verdict, compare_with_baselines
+
+    base, tuned = _constructed(60)
+    tuned.test_fingerprint = "fp-of-the-split"
+    verdict = compare_with_baselines({"base": base}, tuned, samples=200)
+    assert verdict.test_fingerprint == "fp-of-the-split"
+    assert verdict.to_dict()["test_fingerprint"] == "fp-of-the-split"
+    assert Verdict.from_dict(verdict.to_dict()).test_fingerprint == "fp-of-the-split"
+
+
+def test_between_baselines_tied_on_the_primary_metric_the_strongest_is_the_one_the_verdict_names():
+    from tunelab.evaluation.compare import compare_with_baselines
+
+    # classical and embedding both get 42 of 60 right, the tuned model 36; only embedding is significantly better (it is
+    # right wherever the tuned model is, and on 6 more), classical is right and wrong on other examples. The report
+    # labelled classical "(strongest)" and said "use embedding instead ...; the strongest opponent, classical 0.7 vs
+    # tuned 0.6, is not significantly better".
+    n = 60
+    tuned_right = [i < 36 for i in range(n)]
+    embedding_right = [i < 42 for i in range(n)]
+    classical_right = [i >= 36 or i < 18 for i in range(n)]
+    assert sum(classical_right) == sum(embedding_right) == 42
+    opponents = {"classical": _classify("classical", classical_right, seed=1), "embedding": _classify("embedding", embedding_right, seed=2)}
+    verdict = compare_with_baselines(opponents, _classify("tuned", tuned_right, seed=3), samples=500)
+    assert verdict.against("embedding").outcome == "worse"
+    assert verdict.verdict == "use embedding instead"
+    assert verdict.strongest == "embedding"
+    assert "the strongest opponent" not in verdict.summary

@@ -229,3 +229,19 @@ def test_a_preference_reports_changed_examples_by_the_verdicts_rule():
     assert shown_prediction("preference", second["after"]).startswith("prefers the rejected answer")
     assert shown_prediction("preference", first["before"]).startswith("prefers the rejected answer")
     assert shown_prediction("preference", first["after"]).startswith("prefers the chosen answer")
+
+
+def test_the_report_says_what_the_calibration_did_to_the_validation_ece(tmp_path):
+    # classify.calibrate fits a temperature and keeps the ECE before and after in calibration.json; the run page showed
+    # them, report.md and report.html said nothing of it.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "calibration.json").write_text(json.dumps({"method": "temperature scaling", "queries": 40, "temperature": 1.8312,
+                                                      "applied": True, "ece_before": 0.1234, "ece_after": 0.0456}))
+    base, tuned = _classify("base", 0.4, 1), _classify("tuned", 0.9, 2)
+    files = write_report(run, {"base": base}, tuned, compare_with_baselines({"base": base}, tuned, samples=200))
+    for text in (files.markdown.read_text(), files.html.read_text()):
+        assert "temperature 1.831 fitted on 40 validation queries: ECE 0.1234 before, 0.0456 after" in text
+    (run / "calibration.json").write_text(json.dumps({"queries": 0, "temperature": 1.0, "applied": False, "reason": "no validation queries"}))
+    files = write_report(run, {"base": base}, tuned, compare_with_baselines({"base": base}, tuned, samples=200))
+    assert "calibration: none applied (no validation queries)" in files.markdown.read_text()
