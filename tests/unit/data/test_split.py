@@ -1,4 +1,5 @@
 import json
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -173,3 +174,17 @@ def test_nested_text_subsets_count_windows_and_keep_the_first_windows_of_every_d
         larger = {r.source.split("#")[0]: r.text for r in large}
         assert all(larger[r.source.split("#")[0]].startswith(r.text) for r in small)
     assert nested_text_subsets(records, sizes, tokenizer=tiny_tokenizer, max_length=32, stride=32, seed=0) == subsets
+
+
+def test_the_same_text_in_two_unicode_forms_is_one_example():
+    # "café" typed on one machine (é as one character, NFC) and exported from another (e + a combining accent,
+    # NFD, as macOS file names and some exports write it) is one example: as two, the split put them on both
+    # sides (train on one, test on the other) and neither the check nor the overlap warning saw it.
+    composed, decomposed = unicodedata.normalize("NFC", "café crème"), unicodedata.normalize("NFD", "café crème")
+    assert composed != decomposed
+    assert input_key(ClassifyRecord(composed, "x")) == input_key(ClassifyRecord(decomposed, "x"))
+    records = _classify() + [ClassifyRecord(composed, "a", source="f:nfc"), ClassifyRecord(decomposed, "a", source="f:nfd")]
+    for seed in range(20):
+        split = split_records(records, "classify", test_size=0.2, validation_size=0.2, seed=seed)
+        sides = {r.source: name for name, side in (("train", split.train), ("validation", split.validation), ("test", split.test)) for r in side}
+        assert sides["f:nfc"] == sides["f:nfd"], seed
