@@ -188,3 +188,20 @@ def test_the_same_text_in_two_unicode_forms_is_one_example():
         split = split_records(records, "classify", test_size=0.2, validation_size=0.2, seed=seed)
         sides = {r.source: name for name, side in (("train", split.train), ("validation", split.validation), ("test", split.test)) for r in side}
         assert sides["f:nfc"] == sides["f:nfd"], seed
+
+
+def test_a_test_file_overlapping_the_validation_side_is_warned_about():
+    # The best checkpoint (and an out-of-scope threshold) is chosen on validation: a test example there too is
+    # picked for, then scored. Only an overlap with train was warned about: this one went unsaid, whether the
+    # validation side came from a file or was held out of the training data.
+    records = _classify()
+    test = [ClassifyRecord("a test example", "a", source="test.jsonl:1"), ClassifyRecord("Example 3 of class A!", "a", source="test.jsonl:2")]
+    validation = [ClassifyRecord("a test example.", "a", source="validation.jsonl:1")]
+    split = split_records(records, "classify", test_records=test, validation_records=validation, seed=0)
+    assert "1 test example(s) also occur in validation (same normalized text): test.jsonl:1" in split.warnings
+    assert "1 test example(s) also occur in train (same normalized text): test.jsonl:2" in split.warnings
+    # Held out of the data, validation is found the same way.
+    held = split_records(records, "classify", test_records=test, validation_size=0.2, seed=0)
+    twin = next(r for r in held.validation)
+    held = split_records(records, "classify", test_records=[*test, ClassifyRecord(twin.text.upper(), "a", source="test.jsonl:3")], validation_size=0.2, seed=0)
+    assert any(w.startswith("1 test example(s) also occur in validation") and "test.jsonl:3" in w for w in held.warnings)
