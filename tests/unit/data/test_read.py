@@ -430,3 +430,15 @@ def test_a_jsonl_line_ending_with_a_comma_says_so(tmp_path):
         f"{path}:1: invalid JSON: a ',' after the object (column 45); JSON Lines has one object per line and no commas between them"
     ]
     assert [r.source for r in result.records] == [f"{path}:2"]
+
+
+def test_a_label_is_one_class_whatever_the_unicode_form_of_its_accents(tmp_path):
+    # "Café" with é as one character (NFC) and as e + a combining accent (NFD, from a Mac export) look the same
+    # everywhere they are shown, yet trained as two classes, with no warning (they differ in no case or space).
+    import unicodedata
+
+    composed, decomposed = unicodedata.normalize("NFC", "Café"), unicodedata.normalize("NFD", "Café")
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"text": "a latte please", "label": composed}) + "\n" + json.dumps({"text": "an espresso", "label": decomposed}) + "\n")
+    records = read_records(str(path), "classify", DataConfig()).records
+    assert [r.label for r in records] == [composed, composed]
