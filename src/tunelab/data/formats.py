@@ -174,7 +174,7 @@ def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> 
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as error:
-                yield source, RecordError(source, f"invalid JSON: {error.msg} (column {error.colno})")
+                yield source, RecordError(source, _invalid_json_line(line, error))
                 continue
             except RecursionError:
                 yield source, RecordError(source, too_deep())
@@ -183,6 +183,13 @@ def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> 
                 yield source, RecordError(source, f"wrong type: expected a JSON object, got {_json_type(value)}")
                 continue
             yield source, value
+
+
+def _invalid_json_line(line: str, error: json.JSONDecodeError) -> str:
+    """Why a JSON Lines line is not JSON; a line copied out of a JSON array (its object, then a comma) says so."""
+    if error.msg == "Extra data" and line[error.pos :].strip() == ",":
+        return f"invalid JSON: a ',' after the object (column {error.colno}); JSON Lines has one object per line and no commas between them"
+    return f"invalid JSON: {error.msg} (column {error.colno})"
 
 
 def _holds_one_json_array(path: Path) -> bool:
@@ -393,6 +400,19 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
         header = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
     except csv.Error as error:
         raise DataError(f"{path}:{header_at}: invalid CSV header: {error}") from None
+    twice = next((name for name in header if name and header.count(name) > 1), None)
+    if twice is not None:
+        # A row is a dict: it would keep the last of the two columns, read without a word. Empty names (a
+        # spreadsheet's trailing empty columns) name no field and may repeat.
+        columns = [str(number) for number, name in enumerate(header, start=1) if name == twice]
+        times = "twice" if len(columns) == 2 else f"{len(columns)} times"
+        source = f"{path}:{header_at}"
+        yield source, RecordError(
+            source,
+            f"the header names the column '{twice}' {times} (columns {', '.join(columns[:-1])} and {columns[-1]}): "
+            "which one to read cannot be told; rename one; the file is unread",
+        )
+        return
 
     record_lines: list[str] = []  # the lines of the record being read
 

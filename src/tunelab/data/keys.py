@@ -1,7 +1,8 @@
 """What makes two records "the same example": normalized input text, used by the check and the split.
 
-Normalization casefolds, removes punctuation and symbols, and collapses whitespace, so
-"Where is my card?" and "where is my  card" are one example. The input of a record is what the
+Normalization composes accents (Unicode NFC), casefolds, removes punctuation and symbols, and collapses
+whitespace, so "Where is my card?" and "where is my  card" are one example, and so is "café" whether its é is
+one character or an e and a combining accent. The input of a record is what the
 model is given (the text, or the prompt's user/assistant turns; a shared system prompt is left
 out); two records with the same input on both sides of a split would leak the answer.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord, message_text
 
@@ -17,12 +19,14 @@ _NOT_WORD = re.compile(r"[\W_]+")
 
 
 def normalize_text(text: str) -> str:
-    """Casefold, drop punctuation/symbols, collapse whitespace.
+    """Compose accents (NFC), casefold, drop punctuation/symbols, collapse whitespace.
 
     A text made only of punctuation, symbols or emoji (":)", "😡") keeps them (casefolded, whitespace
     collapsed): dropped, every such text would be the same empty example.
     """
-    folded = text.casefold()
+    # NFC first: a combining accent is no word character, so "cafe\u0301" would become "cafe" and split words
+    # apart. Text already composed (nearly all text) is unchanged, and so are its keys and its side of the split.
+    folded = unicodedata.normalize("NFC", text).casefold()
     return " ".join(_NOT_WORD.sub(" ", folded).split()) or " ".join(folded.split())
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -318,7 +319,9 @@ def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
         raise _Bad(f"missing label: field '{fields.label}' is empty")
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise _Bad(f"wrong type: label '{fields.label}' should be a string or an integer, got {type(label).__name__}")
-    label = str(label).strip()
+    # NFC: an accent typed as one character or as a letter and a combining mark (Mac exports) looks the same
+    # wherever a label is shown, and is one class; composed labels (nearly all) are unchanged.
+    label = unicodedata.normalize("NFC", str(label).strip())
     if len(label) > fields.max_label_chars:
         # A category, not a text: a long one is almost always a column mix-up (and labels are shown everywhere).
         raise _Bad(

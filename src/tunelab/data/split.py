@@ -385,14 +385,20 @@ def check_classify_labels(split: Split, out_of_scope_label: str | None = None) -
 
 
 def overlap_warnings(split: Split) -> list[str]:
-    """Warnings for test/validation examples whose normalized input also occurs in train, and unseen labels."""
+    """Warnings for test/validation examples whose normalized input also occurs in train, test examples that also
+    occur in validation (the best checkpoint is chosen there), and unseen labels."""
     warnings = []
     train_keys = {input_key(r) for r in split.train}
-    for name, records in (("test", split.test), ("validation", split.validation)):
-        leaked = [r for r in records if input_key(r) in train_keys]
+    validation_keys = {input_key(r) for r in split.validation}
+    for name, records, other, keys in (
+        ("test", split.test, "train", train_keys),
+        ("validation", split.validation, "train", train_keys),
+        ("test", split.test, "validation", validation_keys),
+    ):
+        leaked = [r for r in records if input_key(r) in keys]
         if leaked:
             examples = ", ".join(r.source or r.id for r in leaked[:5])
-            warnings.append(f"{len(leaked)} {name} example(s) also occur in train (same normalized text): {examples}")
+            warnings.append(f"{len(leaked)} {name} example(s) also occur in {other} (same normalized text): {examples}")
     if split.task == "classify":
         train_labels = {r.label for r in split.train if isinstance(r, ClassifyRecord)}
         test_labels = {r.label for r in split.test if isinstance(r, ClassifyRecord)} - {split.out_of_scope_label}

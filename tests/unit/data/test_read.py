@@ -398,3 +398,47 @@ def test_a_header_without_the_field_is_one_error_naming_the_columns_and_the_opti
     result = read_records(str(jsonl), "classify", DataConfig())
     assert [e.source for e in result.errors] == [f"{jsonl}:{n}" for n in range(2, 6)]
     assert all("missing field 'text'" in e.reason for e in result.errors)
+
+
+def test_a_csv_header_naming_a_column_twice_is_one_error_not_the_last_column_read(tmp_path):
+    # Two 'text' columns (an export that joined sheets): the row kept the last one, and the run trained on
+    # it without a word.
+    path = tmp_path / "train.csv"
+    path.write_text("text,label,text\nmy card is lost,card,internal note\nI want a refund,refund,another note\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert result.records == []
+    assert [str(error) for error in result.errors] == [
+        f"{path}:1: the header names the column 'text' twice (columns 1 and 3): which one to read cannot be told; "
+        "rename one; the file is unread"
+    ]
+
+
+def test_a_csv_header_with_several_empty_names_is_read(tmp_path):
+    # Spreadsheets export trailing empty columns with empty names: no column is named twice.
+    path = tmp_path / "train.csv"
+    path.write_text("text,label,,\nmy card is lost,card,,\n")
+    result = read_records(str(path), "classify", DataConfig())
+    assert not result.errors and [(r.text, r.label) for r in result.records] == [("my card is lost", "card")]
+
+
+def test_a_jsonl_line_ending_with_a_comma_says_so(tmp_path):
+    # Lines copied out of a JSON array keep their commas; "Extra data" did not tell the user what to remove.
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "my card is lost", "label": "card"},\n{"text": "I want a refund", "label": "refund"}\n')
+    result = read_records(str(path), "classify", DataConfig())
+    assert [str(error) for error in result.errors] == [
+        f"{path}:1: invalid JSON: a ',' after the object (column 45); JSON Lines has one object per line and no commas between them"
+    ]
+    assert [r.source for r in result.records] == [f"{path}:2"]
+
+
+def test_a_label_is_one_class_whatever_the_unicode_form_of_its_accents(tmp_path):
+    # "Café" with é as one character (NFC) and as e + a combining accent (NFD, from a Mac export) look the same
+    # everywhere they are shown, yet trained as two classes, with no warning (they differ in no case or space).
+    import unicodedata
+
+    composed, decomposed = unicodedata.normalize("NFC", "Café"), unicodedata.normalize("NFD", "Café")
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"text": "a latte please", "label": composed}) + "\n" + json.dumps({"text": "an espresso", "label": decomposed}) + "\n")
+    records = read_records(str(path), "classify", DataConfig()).records
+    assert [r.label for r in records] == [composed, composed]
