@@ -279,6 +279,12 @@ class Feedback:
     completion: str | None = None
     rating: int | None = None
 
+    def __post_init__(self) -> None:
+        # A label as the training data reader reads one (``data.read``): " billing " from a spreadsheet cell is the
+        # run's "billing", not a new label that monitoring counts as a wrong answer and a retrain learns beside it.
+        if isinstance(self.label, str):
+            object.__setattr__(self, "label", self.label.strip())
+
     def check(self, where: str = "feedback") -> None:
         """Raises:
             DataError: naming ``where`` when the feedback says nothing or a field has a wrong value.
