@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.serve.request_log import SERVING_ENDPOINTS, open_log, request_texts
+from tunelab.serve.request_log import CLASSIFY, SERVING_ENDPOINTS, open_log, request_texts
 
 _HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive ids over 2**32
 _HASH_RANGE = 2**32
@@ -176,7 +176,8 @@ def labelled_requests(path: Path, *, model: str | None = None, since: str | None
         DataError: when ``path`` is not a request log.
     """
     db = open_log(path)
-    clauses, arguments = [_NEWEST_LABEL], []
+    # Classify answers only: a label stored for a chat answer (before add_feedback refused one) is no classify example.
+    clauses, arguments = [_NEWEST_LABEL, "r.endpoint = ?"], [CLASSIFY]
     if model is not None:
         clauses.append("r.model = ?")
         arguments.append(model)
