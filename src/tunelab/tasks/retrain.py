@@ -309,9 +309,19 @@ def retrain(
     for path in data or []:
         new += load_records(str(path), "classify", config.data)
     if log_path is not None:
-        from tunelab.monitor.traffic import labelled_requests
+        from tunelab.monitor.traffic import labelled_requests, served_groups
 
         labelled = labelled_requests(Path(log_path), model=served_model, since=since)
+        if served_model is not None and not labelled:
+            # A name nothing was served under (a typo, the alias for the served name) would leave the feedback out
+            # without a word; a served name without corrections yet retrains on --data alone (the --every loop does).
+            served = {group[0] for group in served_groups(Path(log_path), since or "", "9999")}
+            others = sorted({str(item["model"]) for item in labelled_requests(Path(log_path), since=since)})
+            if served_model not in served and others:
+                raise DataError(
+                    f"{log_path} holds no request for served name '{served_model}' (labelled feedback is on {', '.join(others)})",
+                    "pass --served-model with the name clients sent in 'model'",
+                )
         names = sorted({str(item["model"]) for item in labelled})
         if served_model is None and len(names) > 1:
             # Another model's corrections would bring its labels into the challenger and its rows into the recent
