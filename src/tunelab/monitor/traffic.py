@@ -120,6 +120,9 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
     """
     db = open_log(path)
     arguments = (since, until, model, run_id, *SERVING_ENDPOINTS)
+    # One read transaction: every query below sees the same snapshot of a log the server keeps writing (WAL), so the
+    # counts, latencies, labels and texts are of the same requests.
+    db.execute("BEGIN")
     try:
         count, server_errors, client_errors, first, last = db.execute(
             f"SELECT count(*), coalesce(sum(status >= 500), 0), coalesce(sum(status >= 400 AND status < 500), 0), min(time), max(time) "
@@ -157,6 +160,7 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
                 ratings[int(rating)] += 1
         per_day = {row[0]: int(row[1]) for row in db.execute(f"SELECT substr(time, 1, 10), count(*) FROM requests WHERE {_WHERE} GROUP BY 1 ORDER BY 1", arguments)}
     finally:
+        db.execute("ROLLBACK")  # read only: nothing to keep
         db.close()
     return Traffic(
         model=model, run_id=run_id, since=since, until=until, requests=int(count), server_errors=int(server_errors),
