@@ -30,7 +30,12 @@ def iso(moment: datetime) -> str:
 
 def window_bounds(window_seconds: float, until: datetime | None = None) -> tuple[str, str]:
     until = until or datetime.now(UTC)
-    return iso(until - timedelta(seconds=window_seconds)), iso(until + timedelta(milliseconds=1))
+    try:
+        since = iso(until - timedelta(seconds=window_seconds))
+    except OverflowError:
+        # A window reaching before the year 1 ("1000000d": all of it): the whole log.
+        since = iso(datetime.min.replace(tzinfo=UTC))
+    return since, iso(until + timedelta(milliseconds=1))
 
 
 @dataclass
