@@ -283,6 +283,8 @@ class Feedback:
     def __post_init__(self) -> None:
         # A label as the training data reader reads one (``data.read``): " billing " from a spreadsheet cell is the
         # run's "billing", not a new label that monitoring counts as a wrong answer and a retrain learns beside it.
+        if isinstance(self.label, int) and not isinstance(self.label, bool):
+            object.__setattr__(self, "label", str(self.label))  # a dataset's integer label column: 3 is "3"
         if isinstance(self.label, str):
             object.__setattr__(self, "label", self.label.strip())
 

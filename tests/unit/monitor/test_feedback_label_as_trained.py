@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from tunelab.errors import DataError
 from tunelab.monitor.traffic import labelled_requests, read_traffic
 from tunelab.serve.request_log import Feedback, RequestLog, add_feedback, import_feedback
 
@@ -34,3 +37,17 @@ def test_a_corrected_label_with_spaces_around_it_is_the_label_the_run_knows(tmp_
     assert [item["label"] for item in labelled_requests(log_path)] == ["billing", "billing", "billing"]
     traffic = read_traffic(log_path, "router", "r1", "2026-01-01", "2026-01-03")
     assert traffic.feedback == [("billing", "billing")] * 3
+
+
+def test_a_whole_number_label_is_the_label_a_run_trained_on_whole_numbers_knows(tmp_path):
+    # The training reader reads a label 3 as "3" (a dataset's integer label column); a ticket export in JSON Lines
+    # writing it as a number was refused ("'label' must be a non-empty string, got 3").
+    log_path = _log(tmp_path / "requests.db", 2)
+    lines = tmp_path / "tickets.jsonl"
+    lines.write_text(json.dumps({"id": "clf-0", "label": 3}) + "\n", encoding="utf-8")
+    import_feedback(log_path, lines)
+    assert [item["label"] for item in labelled_requests(log_path)] == ["3"]
+    refused = tmp_path / "flag.jsonl"
+    refused.write_text(json.dumps({"id": "clf-1", "label": True}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="'label' must be"):
+        import_feedback(log_path, refused)
