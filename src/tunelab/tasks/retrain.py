@@ -281,7 +281,7 @@ def retrain(
     from tunelab.data.split import load_split
     from tunelab.evaluation.compare import compare_evaluations
     from tunelab.evaluation.evaluate import evaluate
-    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.registry.store import Registry, RegistryError, default_registry_path
     from tunelab.runs import Run, is_run_folder
     from tunelab.tasks import pipeline
 
@@ -359,6 +359,21 @@ def retrain(
     challenger_name = name or f"{champion.name}-retrain-{stamp}"
     output_dir = Path(config.train.output_dir)
     data_dir = output_dir / "retrain-data" / challenger_name
+    # The name is checked and its data folder claimed before anything is written: refused after writing, a taken name
+    # left a never-run retrain's files behind, or replaced the data files of the retrain that owns it under it.
+    try:
+        taken = registry.get_run(challenger_name).run_dir or str(registry.path)
+    except RegistryError:
+        taken = str(output_dir / challenger_name) if (output_dir / challenger_name).exists() else None
+    if taken is not None:
+        raise ConfigError(f"a run named {challenger_name} already exists ({taken}): a retrain never overwrites one", "choose another --name")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConfigError(
+            f"{data_dir} already holds the data of a retrain named {challenger_name}",
+            "choose another --name (the default name is stamped to the second: two retrains of one champion in one second share it)",
+        ) from None
     files = {
         "train": _write_jsonl(data_dir / "train.jsonl", list(old.train) + new_train),
         "validation": _write_jsonl(data_dir / "validation.jsonl", list(old.validation) + new_validation) if old.validation or new_validation else None,
