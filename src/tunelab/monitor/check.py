@@ -369,9 +369,12 @@ def run_monitor(
     ``run_dir`` overrides the reference run (otherwise the registry's folder for the logged run id).
 
     Raises:
-        DataError: when the log cannot be read. ConfigError: for a bad window.
+        DataError: when the log cannot be read, or ``run_dir`` is not a folder. ConfigError: for a bad window.
     """
     config = config or MonitorConfig()
+    if run_dir is not None and not Path(run_dir).is_dir():
+        # Named by the user: a typo must not become a report whose every signal against it is skipped, status ok.
+        raise DataError(f"--run {run_dir}: no run folder there to compare the traffic with", "pass the folder of the served run (runs/NAME)")
     since, end = window_bounds(config.window_seconds, until)
     groups = [g for g in served_groups(log_path, since, end) if model is None or g[0] == model]
     reports = []

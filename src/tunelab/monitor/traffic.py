@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.serve.request_log import SERVING_ENDPOINTS, open_log, request_texts
+from tunelab.serve.request_log import CLASSIFY, SERVING_ENDPOINTS, open_log, request_texts
 
 _HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive ids over 2**32
 _HASH_RANGE = 2**32
@@ -30,7 +30,12 @@ def iso(moment: datetime) -> str:
 
 def window_bounds(window_seconds: float, until: datetime | None = None) -> tuple[str, str]:
     until = until or datetime.now(UTC)
-    return iso(until - timedelta(seconds=window_seconds)), iso(until + timedelta(milliseconds=1))
+    try:
+        since = iso(until - timedelta(seconds=window_seconds))
+    except OverflowError:
+        # A window reaching before the year 1 ("1000000d": all of it): the whole log.
+        since = iso(datetime.min.replace(tzinfo=UTC))
+    return since, iso(until + timedelta(milliseconds=1))
 
 
 @dataclass
@@ -120,6 +125,9 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
     """
     db = open_log(path)
     arguments = (since, until, model, run_id, *SERVING_ENDPOINTS)
+    # One read transaction: every query below sees the same snapshot of a log the server keeps writing (WAL), so the
+    # counts, latencies, labels and texts are of the same requests.
+    db.execute("BEGIN")
     try:
         count, server_errors, client_errors, first, last = db.execute(
             f"SELECT count(*), coalesce(sum(status >= 500), 0), coalesce(sum(status >= 400 AND status < 500), 0), min(time), max(time) "
@@ -157,6 +165,7 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
                 ratings[int(rating)] += 1
         per_day = {row[0]: int(row[1]) for row in db.execute(f"SELECT substr(time, 1, 10), count(*) FROM requests WHERE {_WHERE} GROUP BY 1 ORDER BY 1", arguments)}
     finally:
+        db.execute("ROLLBACK")  # read only: nothing to keep
         db.close()
     return Traffic(
         model=model, run_id=run_id, since=since, until=until, requests=int(count), server_errors=int(server_errors),
@@ -176,7 +185,8 @@ def labelled_requests(path: Path, *, model: str | None = None, since: str | None
         DataError: when ``path`` is not a request log.
     """
     db = open_log(path)
-    clauses, arguments = [_NEWEST_LABEL], []
+    # Classify answers only: a label stored for a chat answer (before add_feedback refused one) is no classify example.
+    clauses, arguments = [_NEWEST_LABEL, "r.endpoint = ?"], [CLASSIFY]
     if model is not None:
         clauses.append("r.model = ?")
         arguments.append(model)

@@ -68,6 +68,7 @@ COLUMNS = (
 
 # The endpoints whose body names the model that answers (its ``model`` field): the traffic monitoring reads.
 SERVING_ENDPOINTS = ("/v1/classify", "/v1/chat/completions", "/v1/completions")
+CLASSIFY = SERVING_ENDPOINTS[0]  # the one endpoint whose answers a feedback 'label' corrects
 MIGRATIONS: list[Migration] = []  # the request log's own, applied by the registry's runner
 BUSY_TIMEOUT_S = 30.0
 
@@ -279,6 +280,14 @@ class Feedback:
     completion: str | None = None
     rating: int | None = None
 
+    def __post_init__(self) -> None:
+        # A label as the training data reader reads one (``data.read``): " billing " from a spreadsheet cell is the
+        # run's "billing", not a new label that monitoring counts as a wrong answer and a retrain learns beside it.
+        if isinstance(self.label, int) and not isinstance(self.label, bool):
+            object.__setattr__(self, "label", str(self.label))  # a dataset's integer label column: 3 is "3"
+        if isinstance(self.label, str):
+            object.__setattr__(self, "label", self.label.strip())
+
     def check(self, where: str = "feedback") -> None:
         """Raises:
             DataError: naming ``where`` when the feedback says nothing or a field has a wrong value.
@@ -342,35 +351,55 @@ def request_texts(endpoint: str, prompt: str | None) -> list[str]:
     return [str(value)]
 
 
-def logged_inputs(db: sqlite3.Connection, response_ids: Iterable[str]) -> dict[str, int]:
-    """How many inputs each of ``response_ids`` that the log holds was asked about (at least 1: every response
-    answered something, and a rating is about the whole answer)."""
+def logged_responses(db: sqlite3.Connection, response_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """(endpoint, inputs) of each of ``response_ids`` that the log holds: the endpoint that answered, and how many
+    inputs it was asked about (at least 1: every response answered something, and a rating is about the whole answer)."""
     ids = list(dict.fromkeys(response_ids))
-    found: dict[str, int] = {}
+    found: dict[str, tuple[str, int]] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ", ".join("?" for _ in chunk)
         for response_id, endpoint, prompt in db.execute(
             f"SELECT response_id, endpoint, prompt FROM requests WHERE response_id IN ({marks})", chunk
         ):
-            found[response_id] = max(1, len(request_texts(endpoint, prompt)))
+            found[response_id] = (endpoint, max(1, len(request_texts(endpoint, prompt))))
     return found
+
+
+def logged_inputs(db: sqlite3.Connection, response_ids: Iterable[str]) -> dict[str, int]:
+    """How many inputs each of ``response_ids`` that the log holds was asked about (see :func:`logged_responses`)."""
+    return {response_id: count for response_id, (_, count) in logged_responses(db, response_ids).items()}
 
 
 class FeedbackItemError(DataError):
     """Feedback about an input a logged response does not have (``index`` past its inputs)."""
 
 
+class FeedbackKindError(DataError):
+    """Feedback a logged response cannot take: a 'label' for an answer that is not a classification."""
+
+
 def add_feedback(path: Path, items: list[Feedback], *, source: str, require_logged: bool = True) -> list[str]:
     """Store feedback rows in one transaction; return their ids (``fb-...``).
 
     Raises:
-        DataError: when ``require_logged`` and some response id is not in the log (nothing is stored then).
+        DataError: when ``require_logged`` and some response id is not in the log (nothing is stored then);
+            FeedbackItemError for an index past a response's inputs, FeedbackKindError for a label on an answer
+            that is not a classification (nothing is stored either).
     """
     db = connect(Path(path))
     try:
+        logged = logged_responses(db, (item.response_id for item in items))
+        # A label corrects a classify answer: on a chat or completion answer, a retrain would learn that message as a
+        # classify example of the label. Checked whenever the log holds the response, --allow-unknown or not.
+        other = next((item for item in items if item.label is not None and logged.get(item.response_id, (CLASSIFY,))[0] != CLASSIFY), None)
+        if other is not None:
+            raise FeedbackKindError(
+                f"response {other.response_id} answered {logged[other.response_id][0]}: a 'label' corrects a {CLASSIFY} answer",
+                "give a chat or completion answer a 'completion' or a 'rating'",
+            )
         if require_logged:
-            inputs = logged_inputs(db, (item.response_id for item in items))
+            inputs = {response_id: count for response_id, (_, count) in logged.items()}
             missing = sorted({item.response_id for item in items} - set(inputs))
             if missing:
                 listed = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")

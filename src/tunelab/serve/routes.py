@@ -497,7 +497,12 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
 async def feedback(body: FeedbackRequest, request: Request) -> Any:
     """Store the correct answer next to a logged response (same auth as every endpoint)."""
     from tunelab.errors import DataError
-    from tunelab.serve.request_log import FeedbackItemError, add_feedback, feedback_from_dict
+    from tunelab.serve.request_log import (
+        FeedbackItemError,
+        FeedbackKindError,
+        add_feedback,
+        feedback_from_dict,
+    )
 
     log = request.app.state.request_log
     if log is None:
@@ -513,6 +518,8 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
         (feedback_id,) = await asyncio.to_thread(add_feedback, log.path, [item], source="api")
     except FeedbackItemError as error:
         raise bad_request(error.message, param="index") from None
+    except FeedbackKindError as error:
+        raise bad_request(error.message, param="label") from None
     except DataError:
         # Not the library's message: it names the log file, and a client has no business knowing server paths.
         raise APIError(

@@ -281,7 +281,7 @@ def retrain(
     from tunelab.data.split import load_split
     from tunelab.evaluation.compare import compare_evaluations
     from tunelab.evaluation.evaluate import evaluate
-    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.registry.store import Registry, RegistryError, default_registry_path
     from tunelab.runs import Run, is_run_folder
     from tunelab.tasks import pipeline
 
@@ -309,9 +309,19 @@ def retrain(
     for path in data or []:
         new += load_records(str(path), "classify", config.data)
     if log_path is not None:
-        from tunelab.monitor.traffic import labelled_requests
+        from tunelab.monitor.traffic import labelled_requests, served_groups
 
         labelled = labelled_requests(Path(log_path), model=served_model, since=since)
+        if served_model is not None and not labelled:
+            # A name nothing was served under (a typo, the alias for the served name) would leave the feedback out
+            # without a word; a served name without corrections yet retrains on --data alone (the --every loop does).
+            served = {group[0] for group in served_groups(Path(log_path), since or "", "9999")}
+            others = sorted({str(item["model"]) for item in labelled_requests(Path(log_path), since=since)})
+            if served_model not in served and others:
+                raise DataError(
+                    f"{log_path} holds no request for served name '{served_model}' (labelled feedback is on {', '.join(others)})",
+                    "pass --served-model with the name clients sent in 'model'",
+                )
         names = sorted({str(item["model"]) for item in labelled})
         if served_model is None and len(names) > 1:
             # Another model's corrections would bring its labels into the challenger and its rows into the recent
@@ -349,6 +359,21 @@ def retrain(
     challenger_name = name or f"{champion.name}-retrain-{stamp}"
     output_dir = Path(config.train.output_dir)
     data_dir = output_dir / "retrain-data" / challenger_name
+    # The name is checked and its data folder claimed before anything is written: refused after writing, a taken name
+    # left a never-run retrain's files behind, or replaced the data files of the retrain that owns it under it.
+    try:
+        taken = registry.get_run(challenger_name).run_dir or str(registry.path)
+    except RegistryError:
+        taken = str(output_dir / challenger_name) if (output_dir / challenger_name).exists() else None
+    if taken is not None:
+        raise ConfigError(f"a run named {challenger_name} already exists ({taken}): a retrain never overwrites one", "choose another --name")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConfigError(
+            f"{data_dir} already holds the data of a retrain named {challenger_name}",
+            "choose another --name (the default name is stamped to the second: two retrains of one champion in one second share it)",
+        ) from None
     files = {
         "train": _write_jsonl(data_dir / "train.jsonl", list(old.train) + new_train),
         "validation": _write_jsonl(data_dir / "validation.jsonl", list(old.validation) + new_validation) if old.validation or new_validation else None,
