@@ -230,3 +230,20 @@ def test_a_request_log_on_a_full_disk_is_one_line_until_it_writes_again(small_di
     line = errors[0].getMessage()
     assert line.startswith("request log: disk full while writing ") and str(path) in line and "\n" not in line, line
     assert log.dropped == 3 and [row["prompt"] for row in read_requests(path)] == ["before", "after"]
+
+
+@pytest.mark.parametrize("damaged", ["adapter_config.json", "adapter_model.safetensors"])
+def test_a_damaged_adapter_loaded_to_answer_is_one_line_naming_it(damaged, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`tunelab eval --adapter RUN` (and whatever loads a run to answer) was a JSONDecodeError or SafetensorError
+    traceback naming no file."""
+    from tunelab.tasks.pipeline import run_pipeline
+
+    config = _config(tmp_path / "data", tmp_path / "runs", tmp_path / "registry.db", tiny_model_dir, method="lora", max_steps=2)
+    run = run_pipeline(config, calibrate=False).run_dir
+    file = run / "adapter" / damaged
+    file.write_bytes(file.read_bytes()[:40])
+    code, output = _tunelab(["eval", "--data", str(tmp_path / "data" / "train.jsonl"), "--task", "classify", "--adapter", str(run),
+                             "--limit", "4"], monkeypatch, capsys)  # fmt: skip
+    assert code == 2 and "Traceback" not in output, output
+    line = next(line for line in output.splitlines() if line.startswith("error: "))
+    assert line.startswith(f"error: {file} is damaged"), output
