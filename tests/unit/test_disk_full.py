@@ -198,3 +198,52 @@ def test_an_evaluation_or_a_report_written_to_a_full_disk_is_one_line_naming_the
         assert line.startswith("error: disk full while writing ") and str(target) in line, output
         assert not [p.name for p in target.parent.iterdir() if p.name.startswith(".")]  # no temporary left
     assert not out.exists() and comparison.read_bytes() == before and not (on_small_disk / "report.md").exists()
+
+
+def test_a_request_log_on_a_full_disk_is_one_line_until_it_writes_again(small_disk, caplog):
+    """The server logged a traceback for every batch it could not write, naming no full disk."""
+    import logging
+
+    from tunelab.serve.request_log import RequestLog, read_requests
+
+    path = small_disk.path / "requests.db"
+    log = RequestLog(path)
+    entry = {"time": "t", "endpoint": "/v1/classify", "prompt": "x" * 20_000, "status": 200, "stream": 0}
+    log.record({**entry, "prompt": "before"})
+    assert log.flush()
+    filler = small_disk.path / "filler"
+    with filler.open("wb", buffering=0) as handle:  # everything that is left
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+    with caplog.at_level(logging.INFO, logger="tunelab.serve"):
+        for _ in range(3):
+            log.record(entry)
+            assert log.flush()
+        filler.unlink()
+        log.record({**entry, "prompt": "after"})
+        log.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None, [r.getMessage() for r in caplog.records]
+    line = errors[0].getMessage()
+    assert line.startswith("request log: disk full while writing ") and str(path) in line and "\n" not in line, line
+    assert log.dropped == 3 and [row["prompt"] for row in read_requests(path)] == ["before", "after"]
+
+
+@pytest.mark.parametrize("damaged", ["adapter_config.json", "adapter_model.safetensors"])
+def test_a_damaged_adapter_loaded_to_answer_is_one_line_naming_it(damaged, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`tunelab eval --adapter RUN` (and whatever loads a run to answer) was a JSONDecodeError or SafetensorError
+    traceback naming no file."""
+    from tunelab.tasks.pipeline import run_pipeline
+
+    config = _config(tmp_path / "data", tmp_path / "runs", tmp_path / "registry.db", tiny_model_dir, method="lora", max_steps=2)
+    run = run_pipeline(config, calibrate=False).run_dir
+    file = run / "adapter" / damaged
+    file.write_bytes(file.read_bytes()[:40])
+    code, output = _tunelab(["eval", "--data", str(tmp_path / "data" / "train.jsonl"), "--task", "classify", "--adapter", str(run),
+                             "--limit", "4"], monkeypatch, capsys)  # fmt: skip
+    assert code == 2 and "Traceback" not in output, output
+    line = next(line for line in output.splitlines() if line.startswith("error: "))
+    assert line.startswith(f"error: {file} is damaged"), output

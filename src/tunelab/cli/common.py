@@ -217,6 +217,10 @@ def cancel_on_sigterm() -> Iterator[None]:
     except Cancelled as cancelled:
         error_console.print(f"cancelled ({cancelled.signal_name})")
         raise typer.Exit(128 + signal.SIGTERM) from None  # as a shell reports a process SIGTERM ended
+    except KeyboardInterrupt:
+        # typer ends a KeyboardInterrupt with exit code 130 and not a word: say why the command stopped, as for SIGTERM.
+        error_console.print("cancelled (Ctrl-C)")
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         if previous_int is signal.default_int_handler:

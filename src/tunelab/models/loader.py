@@ -304,16 +304,22 @@ def load_adapted(
             # Trained on top of another LoRA run (e.g. DPO after SFT): the parent's adapter was folded
             # into the weights before this run's adapter was trained, so fold it in the same way here.
             parent = parent.merge_and_unload()
-        from tunelab.models.adapters import label_rows_config, read_label_head
+        from tunelab.models.adapters import ADAPTER_CONFIG, label_rows_config, read_label_head, verify_weights
 
-        # The LoRA part through PEFT; a classify run's label rows as tunelab's LabelHead (see label_rows_config).
-        config, label_rows = label_rows_config(adapter_dir)
-        model = PeftModel.from_pretrained(parent, str(adapter_dir), config=config)
-        from tunelab.models.lora_forward import fuse_lora_forward
+        try:
+            # The LoRA part through PEFT; a classify run's label rows as tunelab's LabelHead (see label_rows_config).
+            config, label_rows = label_rows_config(adapter_dir)
+            model = PeftModel.from_pretrained(parent, str(adapter_dir), config=config)
+            from tunelab.models.lora_forward import fuse_lora_forward
 
-        fuse_lora_forward(model)
-        model.eval()
-        label_head = read_label_head(adapter_dir, parent, label_rows)
+            fuse_lora_forward(model)
+            model.eval()
+            label_head = read_label_head(adapter_dir, parent, label_rows)
+        except Exception:
+            # json and safetensors name no file: a damaged one is named in one line (verify_weights raises), anything
+            # else goes on as it was.
+            verify_weights(Path(adapter_dir), ADAPTER_CONFIG)
+            raise
         tokenizer = base.tokenizer
         base_source = base.source
     else:

@@ -57,6 +57,10 @@ class RegistryError(TunelabError):
     """A run that does not exist, an ambiguous name, a registry file that cannot be used."""
 
 
+class RegistryLocked(RegistryError):
+    """Another process held the registry's write lock for longer than ``busy_timeout``."""
+
+
 class AliasMoved(RegistryError):
     """``set_alias(only_from=...)`` found the alias pointing at another run (``current``)."""
 
@@ -354,7 +358,7 @@ class Registry:
                         db.execute("PRAGMA journal_mode=WAL")
                     migrate(db)
                 return
-            except sqlite3.OperationalError as error:
+            except (sqlite3.OperationalError, RegistryLocked) as error:
                 if "locked" not in str(error) or time.monotonic() + pause > deadline:
                     raise
                 time.sleep(pause)
@@ -369,9 +373,17 @@ class Registry:
             db.execute("PRAGMA foreign_keys=ON")
             yield db
         except sqlite3.DatabaseError as error:
+            name = getattr(error, "sqlite_errorname", "")
+            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                # busy_timeout has been waited out: another process keeps a write transaction open.
+                raise RegistryLocked(
+                    f"the run registry {self.path} is locked by another process (waited {BUSY_TIMEOUT_MS / 1000:g} s)",
+                    "let that process finish, or end it (a `sqlite3` shell left in a transaction, a stuck command), "
+                    "then run the same command again; `tunelab run --resume RUN` continues a run where it stopped",
+                ) from None
             # A file whose header is sound but whose pages are not opens fine and fails on the first read that
             # reaches a damaged page: the same one line as a file that cannot be opened at all.
-            if not getattr(error, "sqlite_errorname", "").startswith("SQLITE_CORRUPT"):
+            if not name.startswith("SQLITE_CORRUPT"):
                 raise
             raise RegistryError(
                 f"cannot use {self.path} as a run registry: it is damaged ({error})",
@@ -759,8 +771,8 @@ class Registry:
                     (error, _now(), record.id, record.updated_at),
                 )
                 row = db.execute("SELECT * FROM runs WHERE id = ?", (record.id,)).fetchone()
-        except sqlite3.OperationalError:
-            return record  # a read-only or full registry: the row is shown as stored
+        except (sqlite3.OperationalError, RegistryLocked):
+            return record  # a read-only, full or locked registry: the row is shown as stored
         return self._record(row) if row is not None else record
 
     def integrity_check(self) -> str:

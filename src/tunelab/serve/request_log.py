@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
-from tunelab.paths import create_private_file
+from tunelab.paths import create_private_file, disk_full_error, is_disk_full
 from tunelab.registry.migrations import Migration
 from tunelab.registry.migrations import migrate as apply_migrations
 
@@ -230,7 +230,7 @@ class RequestLog:
         placeholders = ", ".join("?" for _ in COLUMNS)
         statement = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({placeholders})"
         try:
-            running = True
+            running, full = True, False
             while running:
                 first = self._queue.get()
                 entries = [first]
@@ -248,9 +248,17 @@ class RequestLog:
                         with connection:
                             connection.executemany(statement, rows)
                         self.written += len(rows)
-                    except sqlite3.Error:
-                        logger.exception("request log: could not write %d rows to %s", len(rows), self.path)
+                        full = False
+                    except sqlite3.Error as error:
                         self.dropped += len(rows)
+                        if not is_disk_full(error, self.path):
+                            logger.exception("request log: could not write %d rows to %s", len(rows), self.path)
+                        elif not full:
+                            # One line while the disk stays full (not a traceback per batch); the log goes on by itself
+                            # once there is space again.
+                            full = True
+                            logger.error("request log: %s; requests are served but not logged until there is space",
+                                         disk_full_error(self.path).message)
                 for entry in entries:
                     if isinstance(entry, threading.Event):
                         entry.set()

@@ -296,6 +296,34 @@ def test_opening_waits_out_a_lock_the_busy_handler_does_not_cover(tmp_path, monk
         Registry(tmp_path / "other.db")
 
 
+def test_a_registry_another_process_keeps_locked_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A write that waited out busy_timeout behind another writer (a `sqlite3` shell left in a transaction, a stuck
+    process) was a `sqlite3.OperationalError: database is locked` traceback out of `tunelab run`, naming no file."""
+    from tunelab.registry import store
+
+    path = tmp_path / "registry.db"
+    registry = Registry(path)
+    dead = tmp_path / "dead-run"  # a killed run's folder: its row is marked interrupted when read, if the file lets it
+    dead.mkdir()
+    (dead / ".lock").write_text("999999999\n")
+    registry.create_run(name="before", run_dir=str(dead))
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 100)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("UPDATE runs SET status = 'running'")  # as the killed run left it (not through Registry: it settles)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(RegistryError) as error:
+            registry.create_run(name="blocked")
+        # Reading goes on beside the writer (WAL): the killed run's row shown as stored.
+        assert [(run.name, run.status) for run in registry.list_runs()] == [("before", "running")]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert str(path) in error.value.message and "locked by another process" in error.value.message
+    assert "\n" not in str(error.value)
+    assert registry.create_run(name="after").name == "after"
+
+
 def test_an_alias_moved_only_from_a_given_run_is_checked_in_the_same_write(tmp_path):
     """A retrain's challenger replaces only the champion it was judged against: with only_from, an alias that
     points at another run by the time of the write stays where it is, its history untouched."""

@@ -58,6 +58,8 @@ def test_a_run_the_user_stops_is_cancelled_not_failed(tmp_path, tiny_model_dir, 
     cli = [sys.executable, "-m", "tunelab.cli.main"]
     exit_code, output = _stop_while_training([*cli, command, str(config)], tmp_path, signum)
     assert exit_code == code, output[-3000:]
+    # Ctrl-C said nothing at all (typer ends a KeyboardInterrupt quietly); SIGTERM said "cancelled (SIGTERM)".
+    assert f"cancelled ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'})" in output, output[-3000:]
     registry = Registry(tmp_path / "runs" / "registry.db")
     record = registry.get_run("stopped")
     assert record.status == "cancelled", (record.status, record.error, output[-3000:])
