@@ -261,13 +261,18 @@ def train_loop(
         score = torch.zeros((), device=device)
         count = 0
         shard = list(validation_examples)[rank::world]
+        # Every process runs as many batches as the one with the most rows, a process short of rows on a batch it
+        # does not count: under FSDP each forward gathers the weights from every process, and with 5 rows at 2 a
+        # batch on 2 processes the first waited forever for the second's missing third forward.
+        batches = math.ceil(math.ceil(len(validation_examples) / world) / config.batch_size)
         with torch.no_grad(), accelerator.autocast():
-            for start in range(0, len(shard), config.batch_size):
+            for start in range(0, batches * config.batch_size, config.batch_size):
                 chunk = shard[start : start + config.batch_size]
-                batch = to_device(collate(chunk))
-                total += module(batch).float()
+                counted = 1.0 if chunk else 0.0
+                batch = to_device(collate(chunk or [validation_examples[0]]))
+                total += module(batch).float() * counted
                 if validation_score is not None:
-                    score += validation_score(model, batch).float()
+                    score += validation_score(model, batch).float() * counted
                 count += sum(trained_targets(e) for e in chunk)
         module.train()
         totals = accelerator.reduce(torch.stack([total, score, torch.tensor(float(count), device=device)]), "sum")
