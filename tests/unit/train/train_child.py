@@ -14,7 +14,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from train_helpers import classify_records, records_split, sft_records, tiny_config  # noqa: E402
 
+from tunelab.data.records import SFTRecord  # noqa: E402
 from tunelab.tasks import run_training  # noqa: E402
+
+LONG = " Four score and seven years ago our fathers brought forth on this continent a new nation."
 
 
 def main() -> None:
@@ -25,9 +28,14 @@ def main() -> None:
         settings[key] = json.loads(value)
     task = settings.pop("task", "sft")
     validation_rows = settings.pop("validation_rows", 4)  # an odd count leaves the processes' shards uneven
-    config = tiny_config(Path(model_dir), task, **settings)
+    long_answers = settings.pop("long_answers", False)
+    config = tiny_config(Path(model_dir), task, settings.pop("max_length", 64), **settings)
     records = classify_records if task == "classify" else sft_records
-    split = records_split(records(12), records(12 + validation_rows)[12:])
+    train = records(12)
+    if long_answers:  # every other row several times as long: passes of uneven counts
+        train = [SFTRecord((r.messages[0], {"role": "assistant", "content": r.messages[1]["content"] + LONG})) if i % 2 else r
+                 for i, r in enumerate(train)]
+    split = records_split(train, records(12 + validation_rows)[12:])
     seen_steps = []
     if mode == "slow":  # the parent may kill one rank of a launched group: it finds this process's id here
         Path(f"{run_dir}.rank{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
