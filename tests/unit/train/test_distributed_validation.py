@@ -30,17 +30,18 @@ def test_validation_on_two_processes_with_an_odd_row_count_is_the_one_process_va
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_fsdp_with_passes_of_uneven_counts_on_the_processes_trains_like_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_passes_of_uneven_counts_on_the_processes_train_like_one_process(tiny_model_dir, tmp_path, mode):
     """train.max_pass_tokens cuts each process's share of a step into passes by its own rows' lengths: two short rows
     make one pass of 128 tokens, a short and a long one two. Under FSDP every pass gathers the weights from every
-    process, so the processes must run as many passes each."""
+    process, so the processes must run as many passes each (they hung); DDP synchronises on the last pass only."""
     common = {"long_answers": True, "max_length": 128, "max_pass_tokens": 128, "max_steps": 3, "lora": {"dropout": 0.0}, "lr": 1e-2}
     single = subprocess.run(
         [sys.executable, str(CHILD), str(tiny_model_dir), str(tmp_path / "one"), "fresh", *_args({**common, "batch_size": 4})],
         env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    options = f"{FSDP} --num_processes 2 --mixed_precision no --main_process_port 29524"
+    options = f"{FSDP if mode == 'fsdp' else ''} --num_processes 2 --mixed_precision no --main_process_port 29524"
     launch = _launched(options, [str(tiny_model_dir), str(tmp_path / "two"), "fresh", *_args({**common, "batch_size": 2})])
     double = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=150)
     assert double.returncode == 0, _failure(double)
