@@ -81,11 +81,7 @@ def train(
         if config_path is None:
             raise ConfigError("give a config file: tunelab train CONFIG.yaml [key=value ...]")
         config = load_config(config_path, overrides or [])
-        if run_dir is None:
-            from tunelab.train.run import first_process_value
-
-            # Without config.name the folder is named by the time: the processes of a launched group take the first's.
-            run_dir = Path(config.train.output_dir) / (config.name or first_process_value(run_name(config)))
+        run_dir = run_dir or Path(config.train.output_dir) / run_name(config)
     split = make_split(config)
 
     with progress_display(quiet=as_json) as display, cancel_on_sigterm():

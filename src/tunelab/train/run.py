@@ -151,7 +151,9 @@ def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
     # precision must start from a fresh one (the distributed process group itself is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    device = _training_device()
+    # accelerate launch --cpu (and tunelab's --launch "... --cpu") keeps the processes on the CPU, GPUs or not.
+    cpu_only = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
     precision = resolve_precision(config.train.precision, device)
     tracker = None if config.train.tracker == "none" else config.train.tracker
     fsdp_between_cpus = device == "cpu" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -179,27 +181,6 @@ def make_accelerator(config: ResolvedConfig, run: RunFolder) -> tuple[Any, str]:
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
     return accelerator, precision
-
-
-def _training_device() -> str:
-    # accelerate launch --cpu (and tunelab's --launch "... --cpu") keeps the processes on the CPU, GPUs or not.
-    cpu_only = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    return "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
-
-
-def first_process_value(value: Any) -> Any:
-    """``value`` as the first process of a launched group has it (every process calls this; alone: ``value`` itself).
-
-    For what each process would make differently, as a run folder named by the time it starts: a process that
-    started a second later trained into a folder of its own, and under FSDP wrote its checkpoint shards there.
-    """
-    if not any(os.environ.get(name, "1") not in ("", "1") for name in _GROUP_SIZE):
-        return value
-    from accelerate.state import PartialState
-    from accelerate.utils import broadcast_object_list
-
-    PartialState(cpu=_training_device() == "cpu")  # joins the launcher's group, as the run's Accelerator will
-    return broadcast_object_list([value])[0]
 
 
 # What a launcher that starts several processes sets in each (torchrun, mpirun's flavours): accelerate's own list.

@@ -212,8 +212,7 @@ def test_a_rank_killed_mid_run_ends_the_launch_in_one_line_and_the_run_resumes_o
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
-@pytest.mark.parametrize("direct", [False, True], ids=["tunelab-launch", "accelerate-launch"])
-def test_the_processes_of_a_launch_without_a_run_name_share_one_run_folder(tiny_model_dir, tmp_path, direct):
+def test_the_processes_of_a_launch_without_a_run_name_share_one_run_folder(tiny_model_dir, tmp_path):
     """Without `name`, a run folder is named by the time the run starts: each launched process named its own, and one
     that started in a later second than the first wrote its checkpoint shards into a folder of its own."""
     config = _sft_config(tmp_path, tiny_model_dir, max_steps=2, save_every=1)
@@ -225,16 +224,9 @@ def test_the_processes_of_a_launch_without_a_run_name_share_one_run_folder(tiny_
     late.mkdir()
     (late / "sitecustomize.py").write_text("import os, time\nif os.environ.get('RANK') == '1':\n    time.sleep(1.5)\n")
     launch = ("--use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap "
-              "LlamaDecoderLayer --fsdp_state_dict_type SHARDED_STATE_DICT --num_processes 2 --mixed_precision no")
-    if direct:  # accelerate launch -m tunelab train, as the README shows it
-        done = subprocess.run(
-            launch_command(f"{launch} --main_process_port 29527", ["train", "config.yaml"]),
-            cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{late}{os.pathsep}{SRC}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-            capture_output=True, text=True, timeout=300,
-        )
-    else:
-        done = _cli(["train", "config.yaml", "--launch", f"{launch} --main_process_port 29526"], tmp_path,
-                    PYTHONPATH=f"{late}{os.pathsep}{SRC}")
+              "LlamaDecoderLayer --fsdp_state_dict_type SHARDED_STATE_DICT --num_processes 2 --mixed_precision no "
+              "--main_process_port 29526")
+    done = _cli(["train", "config.yaml", "--launch", launch], tmp_path, PYTHONPATH=f"{late}{os.pathsep}{SRC}")
     assert done.returncode == 0, done.stderr[-3000:]
     folders = [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(folders) == 1, folders
