@@ -122,7 +122,9 @@ def bf16_native(device: str | None = None) -> bool:
 
     device = device or default_device()
     if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # Not torch.cuda.is_bf16_supported() as it is: it also says yes where bf16 is only emulated (a T4, a V100),
+        # slower than fp32 there.
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device == "cpu":
         return cpu_bf16_native()
     return False

@@ -54,3 +54,17 @@ def test_tunelab_config_states_the_precision_rule_the_runtime_applies():
 
     description = TrainConfig.model_fields["precision"].description
     assert f"{runtime.BF16_MIN_SPEEDUP:g}x" in description and "AVX512-BF16" in description
+
+
+@pytest.mark.parametrize("major, native", [(7, False), (8, True), (9, True)])
+def test_cuda_bf16_is_native_from_compute_capability_8(monkeypatch, major, native):
+    # torch.cuda.is_bf16_supported() also says yes where a bf16 tensor can merely be made (a T4, a V100: emulated,
+    # slower than fp32), so `precision: auto` trained in emulated bf16 there.
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: type("Properties", (), {"major": major, "minor": 5})())
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    assert runtime.bf16_native("cuda") is native
+    assert runtime.resolve_precision("auto", "cuda") == ("bf16" if native else "fp32")

@@ -33,6 +33,12 @@ def train(
 
     if launch is not None:
         # This process only starts the group: accelerate runs this same command once per process.
+        if run_dir is None and resume is None and config_path is not None:
+            # Named here, once: a name made of the start time was each process's own, and a process that started in
+            # a later second trained into (and wrote its checkpoint shards to) a run folder of its own.
+            with contextlib.suppress(TunelabError):  # the processes say what is wrong with the config, once
+                named = load_config(config_path, overrides or [])
+                run_dir = Path(named.train.output_dir) / run_name(named)
         arguments = ["train", *([str(config_path)] if config_path else []), *(overrides or [])]
         arguments += [*(["--resume", str(resume)] if resume else []), *(["--run-dir", str(run_dir)] if run_dir else [])]
         code = run_launched(launch, arguments + (["--json"] if as_json else []))

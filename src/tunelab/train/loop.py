@@ -212,6 +212,7 @@ def train_loop(
     module, optimizer = accelerator.prepare(LossModule(model, loss_fn), optimizer)
     trainable = [p for p in module.parameters() if p.requires_grad]
     deepspeed = str(accelerator.distributed_type).endswith("DEEPSPEED")
+    sharded = deepspeed or str(accelerator.distributed_type).endswith("FSDP")  # each process holds a shard of the weights
     device = accelerator.device
     pass_tokens = config.pass_token_budget(device.type)
     # torch's threads follow the free cores (train.threads or OMP_NUM_THREADS win): sized now, again at each
@@ -261,19 +262,32 @@ def train_loop(
         score = torch.zeros((), device=device)
         count = 0
         shard = list(validation_examples)[rank::world]
+        # Every process runs as many batches as the one with the most rows, a process short of rows on a batch it
+        # does not count: under FSDP each forward gathers the weights from every process, and with 5 rows at 2 a
+        # batch on 2 processes the first waited forever for the second's missing third forward.
+        batches = math.ceil(math.ceil(len(validation_examples) / world) / config.batch_size)
         with torch.no_grad(), accelerator.autocast():
-            for start in range(0, len(shard), config.batch_size):
+            for start in range(0, batches * config.batch_size, config.batch_size):
                 chunk = shard[start : start + config.batch_size]
-                batch = to_device(collate(chunk))
-                total += module(batch).float()
+                counted = 1.0 if chunk else 0.0
+                batch = to_device(collate(chunk or [validation_examples[0]]))
+                total += module(batch).float() * counted
                 if validation_score is not None:
-                    score += validation_score(model, batch).float()
+                    score += validation_score(model, batch).float() * counted
                 count += sum(trained_targets(e) for e in chunk)
         module.train()
         totals = accelerator.reduce(torch.stack([total, score, torch.tensor(float(count), device=device)]), "sum")
         denominator = totals[2].clamp(min=1)
         mean_score = (totals[1] / denominator).item() if validation_score is not None else None
         return (totals[0] / denominator).item(), mean_score, int(totals[2].item())
+
+    def passes_of(examples: list, process: int) -> list[list]:
+        """The forward/backward passes of process ``process`` in the optimizer step of ``examples``."""
+        planned = micro_batches(
+            examples, batch_size=config.batch_size, grad_accum=config.grad_accum,
+            world_size=world, rank=process, bucket=not getattr(collate, "packing", True),
+        )
+        return [part for batch in planned for part in split_passes(batch, pass_tokens)]
 
     # 3. The loop: one iteration is one optimizer step over a fixed global batch.
     module.train()
@@ -291,11 +305,14 @@ def train_loop(
             step_started = time.perf_counter()
             examples = [train_examples[i] for i in plan.indices(step)]
             step_targets = sum(trained_targets(e) for e in examples)  # the whole step's, known on the host
-            planned = micro_batches(
-                examples, batch_size=config.batch_size, grad_accum=config.grad_accum,
-                world_size=world, rank=rank, bucket=not getattr(collate, "packing", True),
-            )
-            batches = [part for batch in planned for part in split_passes(batch, pass_tokens)]
+            batches = passes_of(examples, rank)
+            # Under FSDP every pass gathers the weights from every process: a process with fewer passes (its rows
+            # shorter, fewer cuts by max_pass_tokens) left the others waiting forever. It runs passes it does not
+            # count up to the most any process has (each knows every process's rows: the step's plan is global).
+            counted_passes = len(batches)
+            if sharded and world > 1:
+                most = max(len(passes_of(examples, process)) for process in range(world))
+                batches += [batches[-1][:1]] * (most - counted_passes)
             if len(batches) > 1 and deepspeed:
                 raise ConfigError(
                     f"under DeepSpeed an optimizer step must be one backward pass; step {step + 1} has {len(batches)} "
@@ -304,11 +321,12 @@ def train_loop(
                 )
             for index, micro in enumerate(batches):
                 last = index == len(batches) - 1
+                counted = 1.0 if index < counted_passes else 0.0
                 # Gradients are synchronised across processes only on the last pass.
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(module)
                 with sync:
                     with accelerator.autocast():
-                        loss_sum = module(to_device(collate(micro)))
+                        loss_sum = module(to_device(collate(micro))) * counted
                     # DDP averages gradients over processes; scaling by world makes that the global sum.
                     accelerator.backward(loss_sum * (world / max(1, step_targets)))
                 window_loss += loss_sum.detach().float()

@@ -209,3 +209,25 @@ def test_a_rank_killed_mid_run_ends_the_launch_in_one_line_and_the_run_resumes_o
     for kind in ("loss", "validation_loss"):  # one line a read: the main process alone writes them, none twice
         steps = [record["step"] for record in records if kind in record]
         assert steps and steps == sorted(set(steps)), records
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_the_processes_of_a_launch_without_a_run_name_share_one_run_folder(tiny_model_dir, tmp_path):
+    """Without `name`, a run folder is named by the time the run starts: each launched process named its own, and one
+    that started in a later second than the first wrote its checkpoint shards into a folder of its own."""
+    config = _sft_config(tmp_path, tiny_model_dir, max_steps=2, save_every=1)
+    settings = yaml.safe_load(config.read_text())
+    del settings["name"]
+    config.write_text(yaml.safe_dump(settings))
+    # The second process starts its run 1.5 s after the first: it lands in another second whatever the machine's speed.
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "sitecustomize.py").write_text("import os, time\nif os.environ.get('RANK') == '1':\n    time.sleep(1.5)\n")
+    launch = ("--use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap "
+              "LlamaDecoderLayer --fsdp_state_dict_type SHARDED_STATE_DICT --num_processes 2 --mixed_precision no "
+              "--main_process_port 29526")
+    done = _cli(["train", "config.yaml", "--launch", launch], tmp_path, PYTHONPATH=f"{late}{os.pathsep}{SRC}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folders = [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    assert (tmp_path / "runs" / folders[0] / "adapter").is_dir()

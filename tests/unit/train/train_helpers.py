@@ -33,12 +33,12 @@ def classify_records(n: int = 12) -> list[ClassifyRecord]:
     return [ClassifyRecord(f"{texts[labels[i % 3]]} ({i})", labels[i % 3]) for i in range(n)]
 
 
-def tiny_config(model_dir: Path, task: str = "sft", **train):
+def tiny_config(model_dir: Path, task: str = "sft", max_length: int = 64, **train):
     settings = {"batch_size": 4, "lr": 5e-3, "max_steps": 6, "log_every": 1, "precision": "fp32", "seed": 0}
     settings.update(train)
     lora = settings.pop("lora", {})
     return parse_config(
-        {"task": task, "model": str(model_dir), "data": {"max_length": 64}, "train": settings, "lora": lora}
+        {"task": task, "model": str(model_dir), "data": {"max_length": max_length}, "train": settings, "lora": lora}
     )
 
 
