@@ -253,7 +253,7 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm (null: no clipping).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="auto: bf16 where native (CUDA with bf16; a CPU with bf16 instructions, AMX or AVX512-BF16, where one "
+        description="auto: bf16 where native (CUDA of compute capability 8.0+; a CPU with bf16 instructions, AMX or AVX512-BF16, where one "
         "matmul timed at start runs at least 1.5x faster in bf16: see `tunelab env`), else fp32. Under bf16 the frozen "
         "weights are held in bf16; trained weights and optimizer state stay fp32.",
     )
