@@ -223,14 +223,28 @@ class RequestLog:
         self._queue.put(None)
         self._thread.join(timeout)
 
+    def _open(self) -> sqlite3.Connection:
+        # The busy timeout every connection to the log uses: a `tunelab feedback import` holding the write lock
+        # for longer than SQLite's default 5 s made the server drop rows.
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
     def _write_loop(self) -> None:
-        connection = sqlite3.connect(self.path, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
         placeholders = ", ".join("?" for _ in COLUMNS)
         statement = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({placeholders})"
+        # Opened at the first batch and again at each batch after a failed open: a log that cannot be opened (a disk
+        # filled since start-up, a file made unwritable) drops and counts its rows instead of ending the thread, which
+        # left every later entry queued, unwritten and uncounted; logging resumes by itself once the log opens.
+        connection: sqlite3.Connection | None = None
         try:
-            running, full = True, False
+            running = True
+            reported: str | None = None  # the failure ("full", "open") whose one line is logged, until a batch is written
             while running:
                 first = self._queue.get()
                 entries = [first]
@@ -245,25 +259,33 @@ class RequestLog:
                 rows = [tuple(_clean(entry.get(column)) for column in COLUMNS) for entry in entries if isinstance(entry, dict)]
                 if rows:
                     try:
+                        if connection is None:
+                            connection = self._open()
                         with connection:
                             connection.executemany(statement, rows)
                         self.written += len(rows)
-                        full = False
+                        reported = None
                     except sqlite3.Error as error:
                         self.dropped += len(rows)
-                        if not is_disk_full(error, self.path):
+                        kind = "full" if is_disk_full(error, self.path) else "write" if connection is not None else "open"
+                        if kind == "write":
                             logger.exception("request log: could not write %d rows to %s", len(rows), self.path)
-                        elif not full:
-                            # One line while the disk stays full (not a traceback per batch); the log goes on by itself
-                            # once there is space again.
-                            full = True
-                            logger.error("request log: %s; requests are served but not logged until there is space",
-                                         disk_full_error(self.path).message)
+                        elif kind != reported:
+                            # One line while the disk stays full or the log stays unopenable (not one per batch); the
+                            # log goes on by itself once it can write again.
+                            reported = kind
+                            if kind == "full":
+                                logger.error("request log: %s; requests are served but not logged until there is space",
+                                             disk_full_error(self.path).message)
+                            else:
+                                logger.error("request log: could not open %s (%s); requests are served but not logged until "
+                                             "it opens", self.path, error)
                 for entry in entries:
                     if isinstance(entry, threading.Event):
                         entry.set()
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
 
 
 def read_requests(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
