@@ -246,18 +246,26 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     """
     from tunelab.config import PROMOTION_MARGIN
     from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, compare_evaluations
+    from tunelab.registry.store import RegistryError
 
     incumbent_id = registry.alias(alias)
     if incumbent_id is None or incumbent_id == record.id:
         return None
-    incumbent = registry.get_run(incumbent_id)
+    try:
+        incumbent = registry.get_run(incumbent_id)
+    except RegistryError:
+        incumbent = None  # its row was deleted since: nothing to compare with, yet the alias must stay movable
+    incumbent_name = incumbent_id if incumbent is None else incumbent.name
     force_hint = f"`tunelab promote {alias} {record.name} --force` promotes it anyway"
-    served = f"{incumbent.name}, which alias {alias} serves"
-    old, why_old = _stored_evaluation(incumbent)
+    served = f"{incumbent_name} (served by alias {alias})"
+    if incumbent is None:
+        old, why_old = None, f"the run alias {alias} serves ({incumbent_id}) is no longer in the registry"
+    else:
+        old, why_old = _stored_evaluation(incumbent)
     new, why_new = _stored_evaluation(record)
     why = why_new or why_old
     if why is None and old.test_fingerprint != new.test_fingerprint:
-        why = f"{record.name} and {incumbent.name} were judged on different test sets"
+        why = f"{record.name} and {incumbent_name} were judged on different test sets"
     details: dict[str, Any] = {"compared_with": incumbent_id, "margin": PROMOTION_MARGIN, "forced": False}
     if why is not None:
         if not force:
@@ -266,7 +274,7 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
                 f"`tunelab retrain alias:{alias}`, or `tunelab eval` of both on one test file and `tunelab compare A.json B.json`; "
                 f"{force_hint})"
             )
-        return details | {"forced": True, "summary": f"not compared with {incumbent.name} ({why}): promoted anyway, forced with --force"}
+        return details | {"forced": True, "summary": f"not compared with {incumbent_name} ({why}): promoted anyway, forced with --force"}
     comparison = compare_evaluations(old, new)
     main = comparison.metric(comparison.primary)
     line = (f"{comparison.primary} {main.before:.4f} -> {main.after:.4f}, difference {main.difference:+.4f} "
@@ -278,7 +286,7 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     elif not main.non_inferior(PROMOTION_MARGIN):
         problem = f"{record.name} may be worse than {served} by more than the margin {PROMOTION_MARGIN:g}"
     else:
-        return details | {"summary": f"{record.name} vs {incumbent.name}: {line}, not worse by more than the margin {PROMOTION_MARGIN:g}"}
+        return details | {"summary": f"{record.name} vs {incumbent_name}: {line}, not worse by more than the margin {PROMOTION_MARGIN:g}"}
     if not force:
         raise PromotionRefused(f"{problem}: {line}; not promoted ({force_hint})")
     return details | {"forced": True, "summary": f"{problem}: {line}; promoted anyway, forced with --force"}

@@ -119,3 +119,24 @@ def test_the_ui_promote_refuses_a_worse_run_as_the_cli_does(runs):
         _evaluate(folders["router-v2"], 185)
         done = client.post(f"/api/runs/{ids['router-v2']}/promote", json={"alias": "router"}, headers=headers)
         assert done.status_code == 200 and store.alias("router") == ids["router-v2"], done.text
+
+
+def test_a_served_run_gone_from_the_registry_is_not_compared_but_can_be_replaced_with_force(runs):
+    store, ids, folders = runs
+    store.delete_run(ids["router-v1"])
+    _evaluate(folders["router-v2"], 190)
+    refused = _cli("promote", "router", "router-v2", "--registry", store.path)
+    assert isinstance(refused.exception, TunelabError), (refused.output, repr(refused.exception))
+    assert ids["router-v1"] in refused.exception.message and "--force" in refused.exception.message, refused.exception.message
+    forced = _cli("promote", "router", "router-v2", "--force", "--registry", store.path)
+    assert forced.exit_code == 0 and store.alias("router") == ids["router-v2"], (forced.output, repr(forced.exception))
+
+
+def test_a_comparison_on_too_few_test_examples_is_no_verdict(runs):
+    store, ids, folders = runs
+    write_fake_evaluation(folders["router-v1"], 18, n=20)
+    write_fake_evaluation(folders["router-v2"], 20, n=20)  # better on every row, yet 20 rows show nothing
+    refused = _cli("promote", "router", "router-v2", "--registry", store.path)
+    assert isinstance(refused.exception, TunelabError), (refused.output, repr(refused.exception))
+    assert "too few test examples (n=20" in refused.exception.message, refused.exception.message
+    assert store.alias("router") == ids["router-v1"]
