@@ -246,6 +246,7 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     """
     from tunelab.config import PROMOTION_MARGIN
     from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, compare_evaluations
+    from tunelab.evaluation.result import json_safe
     from tunelab.registry.store import RegistryError
 
     incumbent_id = registry.alias(alias)
@@ -279,7 +280,8 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     main = comparison.metric(comparison.primary)
     line = (f"{comparison.primary} {main.before:.4f} -> {main.after:.4f}, difference {main.difference:+.4f} "
             f"(95% CI {main.low:+.4f} to {main.high:+.4f}, n={comparison.n}, paired bootstrap)")
-    details |= {"primary": comparison.primary, "difference": main.difference, "low": main.low, "high": main.high, "n": comparison.n}
+    # NaN as null: the history is read back as JSON (`tunelab aliases --json`).
+    details |= json_safe({"primary": comparison.primary, "difference": main.difference, "low": main.low, "high": main.high, "n": comparison.n})
     if comparison.n < MIN_TEST_EXAMPLES:
         # The bootstrap interval of a few rows is too narrow to show anything (``evaluation.compare``): no verdict.
         problem = f"too few test examples (n={comparison.n}, at least {MIN_TEST_EXAMPLES} needed) to show {record.name} is not worse than {served}"
@@ -293,8 +295,9 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
 
 
 def promote_checked(registry: Any, alias: str, run: str, *, reason: str, force: bool = False) -> Any:
-    """``tunelab promote ALIAS RUN`` and the UI's Promote: :func:`promote` once ``run`` is judged not worse than the run
-    ``alias`` serves (:func:`judge_promotion`, kept in the change's details).
+    """``tunelab promote ALIAS RUN`` and the UI's Promote: :func:`promote`'s servability check, then ``run`` judged against
+    the run ``alias`` serves (:func:`judge_promotion`, kept in the change's details); a retrain's challenger and a rollback
+    move the alias through :func:`promote` alone (the challenger was judged by the retrain, a rollback is never blocked).
 
     Raises:
         PromotionRefused: as :func:`judge_promotion`; ServeError, RegistryError: as :func:`promote` (checked first).
