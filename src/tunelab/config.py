@@ -569,6 +569,11 @@ class MonitorThresholds(_Section):
     error_rate: tuple[float, float] = Field((0.01, 0.05), description="Share of requests answered with a 5xx status.")
 
 
+# The non-inferiority margin a new run must meet against the run a served name follows: a retrain's challenger (unless
+# the config says otherwise) and every `tunelab promote` of another run.
+PROMOTION_MARGIN = 0.02
+
+
 class MonitorConfig(_Section):
     """``tunelab monitor``: what it watches, how often, and when it retrains a challenger."""
 
@@ -578,7 +583,7 @@ class MonitorConfig(_Section):
         "drift", description="--every loop: retrain a challenger when the status reaches this (never: only report)."
     )
     margin: float = Field(
-        0.02, ge=0.0, lt=1.0,
+        PROMOTION_MARGIN, ge=0.0, lt=1.0,
         description="Retrain: promote only when the challenger is not worse than the champion by more than this on the primary metric.",
     )
     min_requests: int = Field(50, ge=1, description="Fewer requests in the window: the input signals say ok with a note.")

@@ -23,6 +23,9 @@ def alias_runs(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
     ids = {}
     for name, seed, task in (("router-v1", 21, "classify"), ("router-v2", 22, "classify"), ("legal", 23, "sft")):
         folder = module.write_fake_run(runs / name, tiny_model_dir, tiny_tokenizer, seed=seed, task=task)
+        if task == "classify":
+            # Equally good on one test set: router-v2 is not worse than router-v1, so `tunelab promote` lets it replace it.
+            module.write_fake_evaluation(folder, 150)
         ids[name] = registry.create_run(name=name, task=task, model=str(tiny_model_dir), status="finished", run_dir=str(folder)).id
     return registry, ids
 

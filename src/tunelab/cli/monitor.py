@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.common import console, error_console, print_json
@@ -177,14 +178,20 @@ def promote(
     alias: str = typer.Argument(..., help="The alias, e.g. router."),
     run: str = typer.Argument(..., help="The run it should point at (id or name)."),
     reason: str | None = typer.Option(None, "--reason", help="Kept in the alias history."),
+    force: bool = typer.Option(
+        False, "--force", help="Promote even when RUN may be worse than the run ALIAS serves, or the two cannot be compared (kept in the history)."
+    ),
     registry_path: Path | None = typer.Option(None, "--registry", help="The run registry (default: runs/registry.db)."),
 ) -> None:
-    """Point ALIAS at RUN (servers following alias:ALIAS pick it up without a restart); a run they could not serve is refused."""
+    """Point ALIAS at RUN (servers following alias:ALIAS pick it up without a restart); a run they could not serve is refused,
+    and so is a run not shown to be as good as the one ALIAS serves (both runs' test evaluations, paired bootstrap)."""
     from tunelab.cli.runs import open_registry
-    from tunelab.tasks.retrain import promote as promote_run
+    from tunelab.tasks.retrain import promote_checked
 
     # An existing registry only: a mistyped --registry would otherwise become a new, empty one.
-    change = promote_run(open_registry(registry_path), alias, run, reason=reason or "manual promote")
+    change = promote_checked(open_registry(registry_path), alias, run, reason=reason or "manual promote", force=force)
+    if change.details:
+        console.print(escape(change.details["summary"]), style="yellow" if change.details.get("forced") else None)
     console.print(f"alias {alias}: {change.previous_run_id or '(new)'} -> {change.run_id}")
 
 

@@ -208,6 +208,109 @@ def promote(registry: Any, alias: str, run: str, *, reason: str, details: dict[s
     return registry.set_alias(alias, record.id, reason=reason, details=details, only_from=only_from, action=action)
 
 
+class PromotionRefused(TunelabError):
+    """``tunelab promote`` of a run not shown to be as good as the run the alias serves (nothing is written)."""
+
+
+def _stored_evaluation(record: Any) -> tuple[Any, str | None]:
+    """(the run's stored evaluation on its test split, None), or (None, why it has none a paired comparison can use)."""
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.runs import RunFolder
+
+    if not record.run_dir:
+        return None, f"run {record.name} has no run folder"
+    path = RunFolder(Path(record.run_dir)).tuned_eval
+    if not path.is_file():
+        return None, f"run {record.name} has no stored test evaluation ({path})"
+    try:
+        result = EvalResult.load(path)
+    except DataError as error:
+        return None, error.message
+    if not result.rows or not result.test_fingerprint:
+        return None, f"run {record.name}'s evaluation {path} has no per-example results or no test fingerprint"
+    return result, None
+
+
+def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = False) -> dict[str, Any] | None:
+    """``record`` (a registry row) judged against the run ``alias`` serves (the incumbent) before a manual promotion:
+    the paired bootstrap of both runs' stored test evaluations and retrain's non-inferiority rule on the primary metric,
+    with ``config.PROMOTION_MARGIN``. Runs judged on different or unknown test sets are not compared.
+
+    Returns:
+        What the alias history keeps of the judgement (``summary`` is its line), or None when there is nothing to judge:
+        no incumbent (a first promotion), or the incumbent is ``record``.
+
+    Raises:
+        PromotionRefused: when ``record`` may be worse than the incumbent by more than the margin, or the two cannot be
+            compared; ``force`` promotes anyway, and the result says it was forced.
+    """
+    from tunelab.config import PROMOTION_MARGIN
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, compare_evaluations
+    from tunelab.evaluation.result import json_safe
+    from tunelab.registry.store import RegistryError
+
+    incumbent_id = registry.alias(alias)
+    if incumbent_id is None or incumbent_id == record.id:
+        return None
+    try:
+        incumbent = registry.get_run(incumbent_id)
+    except RegistryError:
+        incumbent = None  # its row was deleted since: nothing to compare with, yet the alias must stay movable
+    incumbent_name = incumbent_id if incumbent is None else incumbent.name
+    force_hint = f"`tunelab promote {alias} {record.name} --force` promotes it anyway"
+    served = f"{incumbent_name} (served by alias {alias})"
+    if incumbent is None:
+        old, why_old = None, f"the run alias {alias} serves ({incumbent_id}) is no longer in the registry"
+    else:
+        old, why_old = _stored_evaluation(incumbent)
+    new, why_new = _stored_evaluation(record)
+    why = why_new or why_old
+    if why is None and old.test_fingerprint != new.test_fingerprint:
+        why = f"{record.name} and {incumbent_name} were judged on different test sets"
+    details: dict[str, Any] = {"compared_with": incumbent_id, "margin": PROMOTION_MARGIN, "forced": False}
+    if why is not None:
+        if not force:
+            raise PromotionRefused(
+                f"{why}: {record.name} cannot be compared with {served}; not promoted (compare the two on one test set: "
+                f"`tunelab retrain alias:{alias}`, or `tunelab eval` of both on one test file and `tunelab compare A.json B.json`; "
+                f"{force_hint})"
+            )
+        return details | {"forced": True, "summary": f"not compared with {incumbent_name} ({why}): promoted anyway, forced with --force"}
+    comparison = compare_evaluations(old, new)
+    main = comparison.metric(comparison.primary)
+    line = (f"{comparison.primary} {main.before:.4f} -> {main.after:.4f}, difference {main.difference:+.4f} "
+            f"(95% CI {main.low:+.4f} to {main.high:+.4f}, n={comparison.n}, paired bootstrap)")
+    # NaN as null: the history is read back as JSON (`tunelab aliases --json`).
+    details |= json_safe({"primary": comparison.primary, "difference": main.difference, "low": main.low, "high": main.high, "n": comparison.n})
+    if comparison.n < MIN_TEST_EXAMPLES:
+        # The bootstrap interval of a few rows is too narrow to show anything (``evaluation.compare``): no verdict.
+        problem = f"too few test examples (n={comparison.n}, at least {MIN_TEST_EXAMPLES} needed) to show {record.name} is not worse than {served}"
+    elif not main.non_inferior(PROMOTION_MARGIN):
+        problem = f"{record.name} may be worse than {served} by more than the margin {PROMOTION_MARGIN:g}"
+    else:
+        return details | {"summary": f"{record.name} vs {incumbent_name}: {line}, not worse by more than the margin {PROMOTION_MARGIN:g}"}
+    if not force:
+        raise PromotionRefused(f"{problem}: {line}; not promoted ({force_hint})")
+    return details | {"forced": True, "summary": f"{problem}: {line}; promoted anyway, forced with --force"}
+
+
+def promote_checked(registry: Any, alias: str, run: str, *, reason: str, force: bool = False) -> Any:
+    """``tunelab promote ALIAS RUN`` and the UI's Promote: :func:`promote`'s servability check, then ``run`` judged against
+    the run ``alias`` serves (:func:`judge_promotion`, kept in the change's details); a retrain's challenger and a rollback
+    move the alias through :func:`promote` alone (the challenger was judged by the retrain, a rollback is never blocked).
+
+    Raises:
+        PromotionRefused: as :func:`judge_promotion`; ServeError, RegistryError: as :func:`promote` (checked first).
+    """
+    from tunelab.serve.adapters import check_promotion
+
+    record = check_promotion(registry, alias, run)
+    incumbent = registry.alias(alias)
+    details = judge_promotion(registry, alias, record, force=force)
+    # Moved only while the alias still serves the run just judged against (AliasMoved otherwise, nothing written).
+    return registry.set_alias(alias, record.id, reason=reason, details=details, only_from=incumbent)
+
+
 def rollback(registry: Any, alias: str, *, reason: str | None = None) -> Any:
     """Point ``alias`` back at the run it served before (``tunelab rollback``), once a server could still serve that run
     (its folder may have been deleted or damaged since).

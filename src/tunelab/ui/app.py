@@ -196,14 +196,15 @@ def create_app(settings: UISettings):
     async def promote_run(run: str, request: Request):
         from starlette.concurrency import run_in_threadpool
 
-        from tunelab.tasks.retrain import promote
+        from tunelab.tasks.retrain import promote_checked
 
         body = await json_object(request)
         alias = str(body.get("alias") or "").strip()
         reason = str(body.get("reason") or "").strip() or "manual promote (tunelab ui)"
         record = views.get_run(registry, run)
         # `tunelab promote ALIAS RUN`'s own function: the run's weights are read in full (seconds), off the event loop.
-        change = await run_in_threadpool(promote, registry, alias, record.id, reason=reason)
+        # No force here: a refusal names `tunelab promote ... --force` for promoting anyway.
+        change = await run_in_threadpool(promote_checked, registry, alias, record.id, reason=reason)
         return change.as_dict()
 
     @app.post("/api/aliases/{alias}/rollback")

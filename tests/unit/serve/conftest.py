@@ -55,6 +55,21 @@ def write_fake_run(root: Path, base_dir: Path, tokenizer, *, seed: int, task: st
     return root
 
 
+def write_fake_evaluation(root: Path, correct: int, *, n: int = 200, fingerprint: str = "test-v1") -> Path:
+    """A classify run's stored test evaluation (``eval/tuned.json``): ``correct`` of ``n`` rows right (the first ones), on
+    the test set ``fingerprint`` names (what `tunelab promote` compares two runs on)."""
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.runs import RunFolder
+
+    rows = [
+        {"id": f"t{i}", "reference": "billing", "prediction": "billing" if i < correct else "technical",
+         "scores": {"correct": float(i < correct), "confidence": 0.9}}
+        for i in range(n)
+    ]
+    result = EvalResult("classify", "tuned", n, {"accuracy": correct / n}, rows, labels=CLASSIFY_LABELS, test_fingerprint=fingerprint)
+    return result.save(RunFolder(root).tuned_eval)
+
+
 @pytest.fixture(scope="session")
 def fake_runs(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")

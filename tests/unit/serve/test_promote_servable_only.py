@@ -19,11 +19,11 @@ from tunelab.serve import BackgroundServer, ServeSettings, create_app
 from tunelab.serve.adapters import load_registry
 
 
-def _promote(registry_path, alias, run):
+def _promote(registry_path, alias, run, *options):
     from tunelab.cli.main import _register_commands, app
 
     _register_commands()
-    return CliRunner().invoke(app, ["promote", alias, run, "--registry", str(registry_path)])
+    return CliRunner().invoke(app, ["promote", alias, run, "--registry", str(registry_path), *options])
 
 
 def test_promote_refuses_what_a_server_following_the_alias_could_not_serve(
@@ -76,8 +76,9 @@ def test_promote_refuses_what_a_server_following_the_alias_could_not_serve(
         assert client.get("/v1/models/router").json()["run_id"] == first
         assert not [r for r in caplog.records if "could not follow" in r.getMessage()]
 
-        # A run it can serve is promoted, and the server follows it.
-        result = _promote(registry_path, "router", second)
+        # A run it can serve is promoted, and the server follows it (forced: these runs have no test evaluation to
+        # compare, which test_promote_not_worse.py covers).
+        result = _promote(registry_path, "router", second, "--force")
         assert result.exit_code == 0, (result.output, repr(result.exception))
         deadline = time.monotonic() + 30
         while client.get("/v1/models/router").json()["run_id"] != second and time.monotonic() < deadline:
@@ -122,7 +123,7 @@ def test_rollback_refuses_a_run_whose_folder_is_gone_since_it_was_served(router_
     store = Registry(tmp_path / "registry.db")
     first = store.create_run(name="router-v0", task="classify", status="finished", run_dir=str(earlier)).id
     second = store.create_run(name="router-v2", task="classify", status="finished", run_dir=str(router_versions[1])).id
-    assert _promote(store.path, "router", first).exit_code == 0 and _promote(store.path, "router", second).exit_code == 0
+    assert _promote(store.path, "router", first).exit_code == 0 and _promote(store.path, "router", second, "--force").exit_code == 0
     shutil.rmtree(earlier / "adapter")  # cleaned up since it was served
     _register_commands()
     result = CliRunner().invoke(app, ["rollback", "router", "--registry", str(store.path)])

@@ -18,25 +18,28 @@ from tunelab.ui import UISettings, create_app
 HEADERS = {"X-Tunelab-UI": "1"}
 
 
-def _write_fake_run():
-    """The serving tests' fake LoRA run folders (their conftest is not importable by name from here)."""
+def _fake_runs():
+    """The serving tests' fake LoRA run folders and evaluations (their conftest is not importable by name from here)."""
     path = Path(__file__).resolve().parents[1] / "serve" / "conftest.py"
     spec = importlib.util.spec_from_file_location("serve_fake_runs", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.write_fake_run
+    return module
 
 
 @pytest.fixture
 def promotable(tmp_path, tiny_model_dir, tiny_tokenizer):
     """A registry with two servable classify runs, a servable sft run, a finished run whose folder is gone, and a
     cancelled one."""
-    write_fake_run = _write_fake_run()
+    fake = _fake_runs()
     runs = tmp_path / "runs"
     registry = Registry(runs / "registry.db")
     ids = {}
     for name, seed, task in (("router-v1", 11, "classify"), ("router-v2", 12, "classify"), ("legal", 13, "sft")):
-        folder = write_fake_run(runs / name, tiny_model_dir, tiny_tokenizer, seed=seed, task=task)
+        folder = fake.write_fake_run(runs / name, tiny_model_dir, tiny_tokenizer, seed=seed, task=task)
+        if task == "classify":
+            # Equally good on one test set: router-v2 is not worse than router-v1, so `tunelab promote` lets it replace it.
+            fake.write_fake_evaluation(folder, 150)
         ids[name] = registry.create_run(name=name, task=task, model=str(tiny_model_dir), status="finished", run_dir=str(folder)).id
     ids["gone"] = registry.create_run(name="gone", task="classify", status="finished", run_dir=str(runs / "no-such-run")).id
     ids["stopped"] = registry.create_run(name="stopped", task="classify", status="cancelled", run_dir=str(runs / "router-v1")).id
