@@ -25,6 +25,7 @@ from tunelab.config import ResolvedConfig
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.paths import atomic_write_text, lock_for_children
 from tunelab.runs import RunFolder
+from tunelab.runtime import cpu_state, default_device
 
 # accelerate's own choices of how processes share the work; without one, several processes mean DDP.
 _MODE_FLAGS = ("--multi_gpu", "--use_fsdp", "--use_deepspeed", "--config_file", "--use_megatron_lm", "--cpu")
@@ -99,6 +100,25 @@ def _on_cpus(options: list[str]) -> bool:
     return several and any(_flag(option) == "--cpu" for option in options)
 
 
+def _cpu_threads(options: list[str]) -> list[str]:
+    """``--num_cpu_threads_per_process`` for a launch that trains on the CPUs, sharing this machine's cores between
+    its processes; nothing for a GPU launch, an ``accelerate config`` file's, or a thread count the user chose.
+
+    accelerate sets every process's OMP_NUM_THREADS to that option, 1 unless given (its own share of the cores
+    only for its ``--cpu``, which :func:`launch_command` turns into DDP), and an explicit OMP_NUM_THREADS wins
+    over tunelab's free-core rule: 2 processes on 16 cores trained on 2. An OMP_NUM_THREADS of the user's reaches
+    the processes as it is (accelerate passes it on), and ``train.threads`` wins in each process over both.
+    """
+    chosen = any(_flag(option) in ("--num_cpu_threads_per_process", "--config_file") for option in options)
+    if chosen or (os.environ.get("OMP_NUM_THREADS") or "").strip():
+        return []
+    if not any(_flag(option) == "--cpu" for option in options) and default_device() != "cpu":
+        return []
+    # accelerate's own count of one machine's processes; the cores are this process's (affinity, quota).
+    local = max(1, _count(options, "--num_processes") // _count(options, "--num_machines"))
+    return ["--num_cpu_threads_per_process", str(max(1, cpu_state(sample_seconds=None).cores // local))]
+
+
 def launch_command(launch: str, tunelab_arguments: list[str]) -> list[str]:
     """``accelerate launch`` with the user's options, running ``tunelab`` with ``tunelab_arguments``.
 
@@ -106,12 +126,14 @@ def launch_command(launch: str, tunelab_arguments: list[str]) -> list[str]:
     of accelerate's (``--multi_gpu``, ``--use_fsdp``, ``--use_deepspeed``, ``--config_file``) get
     ``--multi_gpu``: DDP, which on a machine without GPUs is gloo between CPU processes (accelerate itself
     would start a single process there). ``--cpu`` with several processes is the same DDP, kept on the CPUs
-    (``launch_environment``): accelerate's own ``--cpu`` starts one process unless mpirun starts them.
+    (``launch_environment``): accelerate's own ``--cpu`` starts one process unless mpirun starts them. A launch
+    on the CPUs gives each process its share of the physical cores as threads (``_cpu_threads``).
 
     Raises:
         ConfigError: when the options cannot be split like a shell would.
     """
     options = _split(launch)
+    options += _cpu_threads(options)  # before --cpu goes: it says the launch is on the CPUs
     if _on_cpus(options):
         options = [option for option in options if _flag(option) != "--cpu"]
     several = _count(options, "--num_processes") > 1 or _count(options, "--num_machines") > 1

@@ -15,7 +15,9 @@ import torch
 import yaml
 
 from tunelab.paths import run_folder_holder
-from tunelab.tasks.launch import launch_command
+from tunelab.runtime import CpuState
+from tunelab.tasks import launch as launch_module
+from tunelab.tasks.launch import launch_command, launch_environment
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 
@@ -43,6 +45,65 @@ def test_a_mode_of_accelerates_own_is_kept(launch):
 def test_the_users_dynamo_backend_is_not_overridden(launch):
     command = launch_command(launch, [])
     assert "no" not in command[: command.index("-m", 3)]
+
+
+def _threads_option(command: list[str]) -> list[str]:
+    """What the launch command gives accelerate's ``--num_cpu_threads_per_process`` (each value, in order)."""
+    options = command[: command.index("-m", 3)]
+    return [option.split("=", 1)[1] if "=" in option else options[i + 1] for i, option in enumerate(options)
+            if option.split("=", 1)[0].replace("-", "_") == "__num_cpu_threads_per_process"]
+
+
+@pytest.fixture
+def sixteen_cores(monkeypatch):
+    """A machine of 16 physical cores without GPUs, and no OMP_NUM_THREADS of the user's (cpujob sets one)."""
+    monkeypatch.setattr(launch_module, "cpu_state", lambda **_: CpuState(cpus=32, physical_cores=16), raising=False)
+    monkeypatch.setattr(launch_module, "default_device", lambda: "cpu", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+@pytest.mark.parametrize(("launch", "threads"), [
+    ("--num_processes 2 --cpu", "8"), ("--num_processes 2", "8"), ("--num-processes=4 --num_machines 2", "8"),
+    ("--num_processes 1", "16"), ("--num_processes 32 --cpu", "1"),
+])
+def test_a_cpu_launch_gives_each_process_its_share_of_the_physical_cores(sixteen_cores, launch, threads):
+    """accelerate sets OMP_NUM_THREADS to --num_cpu_threads_per_process (1 unless its own --cpu, which tunelab turns
+    into DDP): 2 processes on 16 cores trained on 2 of them."""
+    assert _threads_option(launch_command(launch, [])) == [threads]
+
+
+@pytest.mark.parametrize("launch", ["--num_processes 2 --num_cpu_threads_per_process 3", "--num-processes 2 --num-cpu-threads-per-process=3"])
+def test_the_users_own_thread_count_in_the_launch_is_kept(sixteen_cores, launch):
+    assert _threads_option(launch_command(launch, [])) == ["3"]
+
+
+def test_the_users_omp_num_threads_is_kept(sixteen_cores, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # accelerate passes it on to each process itself
+    assert _threads_option(launch_command("--num_processes 2 --cpu", [])) == []
+
+
+def test_a_gpu_launch_gets_no_cpu_thread_count(sixteen_cores, monkeypatch):
+    monkeypatch.setattr(launch_module, "default_device", lambda: "cuda")
+    assert _threads_option(launch_command("--num_processes 2", [])) == []
+    assert _threads_option(launch_command("--num_processes 2 --cpu", [])) == ["8"]  # kept on the CPUs
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_each_launched_cpu_process_runs_its_share_of_threads(sixteen_cores, tmp_path):
+    """Really launched: each process gets the computed count (8 here, whatever this machine has) as its OMP_NUM_THREADS,
+    and tunelab's thread rule there (the loop's ThreadFollower) takes it. torch's own starting count is not asserted:
+    it keeps to the cores this machine has."""
+    script = tmp_path / "threads.py"
+    script.write_text("import os\n"
+                      "from tunelab.runtime import choose_threads\n"
+                      "os.write(1, f\"THREADS {os.environ['RANK']} {os.environ['OMP_NUM_THREADS']} {choose_threads().threads}\\n\".encode())\n")
+    options = "--num_processes 2 --cpu --mixed_precision no --main_process_port 29521"
+    command = launch_command(options, [])
+    command = command[: command.index("-m", 3)] + [str(script)]
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(SRC), **launch_environment(options)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("THREADS")) == ["THREADS 0 8 8", "THREADS 1 8 8"]
 
 
 def _pids_of(marker: str) -> list[int]:

@@ -129,6 +129,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_a_full_disk_on_the_main_process_stops_every_process_of_a_launch(tiny_model_dir, tmp_path):
+    """The main process fails writing a checkpoint while the other waits for it at the barrier after the write:
+    both end (the launch does not hang until its timeout), and the disk-full error is what the output says."""
+    settings = {"max_steps": 4, "save_every": 2, "batch_size": 2, "full_disk_on_rank0": True}
+    options = "--num_processes 2 --cpu --mixed_precision no --main_process_port 29519"
+    launch = _launched(options, [str(tiny_model_dir), str(tmp_path / "run"), "fresh", *_args(settings)])
+    from tunelab.tasks.launch import launch_environment
+
+    failed = subprocess.run(launch, env={**_env(), **launch_environment(options)}, capture_output=True, text=True, timeout=240)
+    assert failed.returncode != 0 and "RESULT" not in failed.stdout
+    assert "disk full while writing" in failed.stderr, failed.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints" / "step-2").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_fsdp2_on_two_processes_trains_like_one_and_resumes_after_one_rank_is_killed(tiny_model_dir, tmp_path):
     """FSDP2 (sharded weights, optimizer state and checkpoints) with half the batch on each of 2 processes makes the
     updates of one process with the whole batch; SIGKILL of one rank after a checkpoint, then a resume under FSDP,

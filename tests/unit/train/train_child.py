@@ -4,6 +4,7 @@ usage: train_child.py MODEL_DIR RUN_DIR MODE [key=value ...]
 MODE: fresh | resume | slow (fresh, sleeping after each step so the parent can kill it mid-run).
 """
 
+import errno
 import json
 import os
 import sys
@@ -29,6 +30,14 @@ def main() -> None:
     task = settings.pop("task", "sft")
     validation_rows = settings.pop("validation_rows", 4)  # an odd count leaves the processes' shards uneven
     long_answers = settings.pop("long_answers", False)
+    if settings.pop("full_disk_on_rank0", False) and os.environ.get("RANK", "0") == "0":
+        # The main process alone writes checkpoints: its disk fills up there while the others wait for it.
+        from tunelab.train import checkpoints
+
+        def full_disk(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        checkpoints._write_checkpoint = full_disk
     config = tiny_config(Path(model_dir), task, settings.pop("max_length", 64), **settings)
     records = classify_records if task == "classify" else sft_records
     train = records(12)
