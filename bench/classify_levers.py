@@ -377,6 +377,37 @@ def _word_dropout(rate: float, seed: int = 0) -> None:
     recipe.ClassifyCollate = Dropping
 
 
+def _embedding_noise(alpha: float, seed: int = 0) -> None:
+    """Add uniform noise to the input embeddings of every training forward (NEFTune, Jain et al. 2023; a prototype
+    hook for a lever, not in tunelab).
+
+    Each training step's token embeddings get noise drawn from U(-1, 1) x alpha / sqrt(width x hidden), anew at every
+    step: a continuous cousin of word dropout that perturbs every token a little instead of removing a few. Validation,
+    calibration and every prediction (run without gradients) see the plain embeddings.
+    """
+    import torch
+
+    import tunelab.tasks.classify as recipe
+    from tunelab.models.heads import causal_lm_of
+
+    plain = recipe.apply_method
+    generator = torch.Generator().manual_seed(seed)
+
+    def noisy(module, inputs, output):
+        if not torch.is_grad_enabled():
+            return output
+        scale = alpha / (output.shape[-2] * output.shape[-1]) ** 0.5
+        noise = (torch.rand(output.shape, generator=generator) * 2 - 1) * scale
+        return output + noise.to(output.dtype).to(output.device)
+
+    def apply_then_hook(model, config):
+        model = plain(model, config)
+        causal_lm_of(model).get_input_embeddings().register_forward_hook(noisy)
+        return model
+
+    recipe.apply_method = apply_then_hook
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -399,6 +430,7 @@ def main() -> None:
     parser.add_argument("--probe-head", type=float, default=None, help="prototype: start the label head from a linear probe, mixed at this share with the name rows")
     parser.add_argument("--probe-c", type=float, default=1.0, help="prototype: the probe's inverse regularisation")
     parser.add_argument("--word-dropout", type=float, default=None, help="prototype: drop each training prompt token with this probability, anew each step")
+    parser.add_argument("--embedding-noise", type=float, default=None, help="prototype: NEFTune noise of this alpha on the training steps' input embeddings")
     parser.add_argument("--train-on-validation", action="store_true",
                         help="prototype: train on the validation rows too (the rows the baselines learn from); checkpoint choice then sees trained rows")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
@@ -416,6 +448,8 @@ def main() -> None:
         train = [*train, *validation]
     if args.word_dropout is not None:
         _word_dropout(args.word_dropout)
+    if args.embedding_noise is not None:
+        _embedding_noise(args.embedding_noise)
     if args.init_lora is not None:
         _start_lora_from(args.init_lora)
     if args.head_lr_times is not None:
