@@ -377,6 +377,121 @@ def _word_dropout(rate: float, seed: int = 0) -> None:
     recipe.ClassifyCollate = Dropping
 
 
+def _embedding_noise(alpha: float, seed: int = 0) -> None:
+    """Add uniform noise to the input embeddings of every training forward (NEFTune, Jain et al. 2023; a prototype
+    hook for a lever, not in tunelab).
+
+    Each training step's token embeddings get noise drawn from U(-1, 1) x alpha / sqrt(width x hidden), anew at every
+    step: a continuous cousin of word dropout that perturbs every token a little instead of removing a few. Validation,
+    calibration and every prediction (run without gradients) see the plain embeddings.
+    """
+    import torch
+
+    import tunelab.tasks.classify as recipe
+    from tunelab.models.heads import causal_lm_of
+
+    plain = recipe.apply_method
+    generator = torch.Generator().manual_seed(seed)
+
+    def noisy(module, inputs, output):
+        if not torch.is_grad_enabled():
+            return output
+        scale = alpha / (output.shape[-2] * output.shape[-1]) ** 0.5
+        noise = (torch.rand(output.shape, generator=generator) * 2 - 1) * scale
+        return output + noise.to(output.dtype).to(output.device)
+
+    def apply_then_hook(model, config):
+        model = plain(model, config)
+        causal_lm_of(model).get_input_embeddings().register_forward_hook(noisy)
+        return model
+
+    recipe.apply_method = apply_then_hook
+
+
+def _teacher_smoothing(share: float, records: list, eval_config, seed: int = 0) -> None:
+    """Spread the label smoothing's share by a stronger teacher's out-of-fold probabilities instead of uniformly
+    (knowledge distillation at the output; a prototype hook for a lever, not in tunelab).
+
+    The teacher is the embedding baseline's model (sentence embeddings + logistic regression, C=10): each training
+    row's probabilities come from a classifier fitted on the other folds (5-fold, stratified), so they say which
+    *other* intents the request resembles, which a classifier fitted on the row itself would not. The training
+    target is (1 - share) x the one-hot label + share x those probabilities; the recipe's uniform label smoothing is
+    replaced (set to 0 here). Validation, checkpoint choice, calibration and every prediction are the recipe's own:
+    the teacher is used on the training rows, during training only.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    import tunelab.tasks.classify as recipe
+    import tunelab.train.batching as batching
+    from tunelab.models.embedding import embed_texts, load_embedding_model, resolve_embedding_model
+
+    embedder = load_embedding_model(resolve_embedding_model(eval_config.embedding_model))
+    rows = sorted(records, key=lambda r: r.id)
+    x = embed_texts(embedder, [r.text for r in rows])
+    y = np.array([r.label for r in rows])
+    classes = sorted(set(y))
+    oof = np.zeros((len(rows), len(classes)))
+    folds = StratifiedKFold(n_splits=min(5, min(np.bincount(np.unique(y, return_inverse=True)[1]))), shuffle=True, random_state=seed)
+    for fit, held in folds.split(x, y):
+        model = LogisticRegression(C=10.0, max_iter=2000).fit(x[fit], y[fit])
+        columns = [classes.index(c) for c in model.classes_]
+        oof[np.ix_(held, columns)] = model.predict_proba(x[held])
+    by_text = {r.text: oof[i] for i, r in enumerate(rows)}
+    accuracy = float(np.mean(np.array(classes)[oof.argmax(1)] == y))
+    print(json.dumps({"teacher_smoothing": {"share": share, "rows": len(rows), "out_of_fold_accuracy": round(accuracy, 4)}}), flush=True)
+    targets: dict[tuple, np.ndarray] = {}
+    order: dict[str, int] = {}
+
+    plain_tokenize = recipe.tokenize_records
+
+    def tokenize(batch_records, task, tokenizer, **kwargs):
+        examples, stats = plain_tokenize(batch_records, task, tokenizer, **kwargs)
+        if len(examples) == len(batch_records):
+            for record, example in zip(batch_records, examples, strict=True):
+                order[record.label] = example.label
+                if record.text in by_text:
+                    targets[tuple(example.input_ids)] = by_text[record.text]
+        return examples, stats
+
+    recipe.tokenize_records = tokenize
+    plain_call = batching.ClassifyCollate.__call__
+
+    def call(self, examples):
+        batch = plain_call(self, examples)
+        keys = [tuple(e.input_ids) for e in examples]
+        if all(k in targets for k in keys):
+            width = max(order.values()) + 1
+            soft = np.zeros((len(keys), width), dtype=np.float32)
+            index = [order[c] for c in classes]
+            for row, key in enumerate(keys):
+                soft[row, index] = targets[key]
+            batch["teacher_targets"] = torch.tensor(soft)
+        return batch
+
+    batching.ClassifyCollate.__call__ = call
+    plain_loss = recipe.classify_loss_sum
+    import tunelab.train.losses as losses
+
+    def loss(model, batch, label_token_ids, label_head=None, label_smoothing=0.0, class_weights=None, prompt_lm_weight=0.0):
+        if not torch.is_grad_enabled() or "teacher_targets" not in batch:
+            return plain_loss(model, batch, label_token_ids, label_head, label_smoothing, class_weights, prompt_lm_weight)
+        states = losses._classify_states(model, batch)
+        logits = losses.label_logits(model, states[batch["last_positions"]], label_token_ids, label_head).float()
+        labels = batch["class_labels"]
+        teacher = batch["teacher_targets"].to(logits.device)[:, : logits.shape[1]]
+        target = (1.0 - share) * F.one_hot(labels, logits.shape[1]).float() + share * teacher
+        total = -(target * F.log_softmax(logits, dim=-1)).sum()
+        if prompt_lm_weight:
+            total = total + prompt_lm_weight * labels.numel() * losses.prompt_lm_loss_mean(model, batch, states)
+        return total
+
+    recipe.classify_loss_sum = loss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77", choices=[*sorted(DATASETS), "quickstart-train"])
@@ -399,6 +514,9 @@ def main() -> None:
     parser.add_argument("--probe-head", type=float, default=None, help="prototype: start the label head from a linear probe, mixed at this share with the name rows")
     parser.add_argument("--probe-c", type=float, default=1.0, help="prototype: the probe's inverse regularisation")
     parser.add_argument("--word-dropout", type=float, default=None, help="prototype: drop each training prompt token with this probability, anew each step")
+    parser.add_argument("--embedding-noise", type=float, default=None, help="prototype: NEFTune noise of this alpha on the training steps' input embeddings")
+    parser.add_argument("--teacher-smoothing", type=float, default=None,
+                        help="prototype: spread this share of each target by the embedding teacher's out-of-fold probabilities (replaces label smoothing)")
     parser.add_argument("--train-on-validation", action="store_true",
                         help="prototype: train on the validation rows too (the rows the baselines learn from); checkpoint choice then sees trained rows")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
@@ -416,6 +534,13 @@ def main() -> None:
         train = [*train, *validation]
     if args.word_dropout is not None:
         _word_dropout(args.word_dropout)
+    if args.teacher_smoothing is not None:
+        from tunelab.config import EvalConfig
+
+        _teacher_smoothing(args.teacher_smoothing, train, EvalConfig())
+        args.overrides = [*args.overrides, "classify.label_smoothing=0"]
+    if args.embedding_noise is not None:
+        _embedding_noise(args.embedding_noise)
     if args.init_lora is not None:
         _start_lora_from(args.init_lora)
     if args.head_lr_times is not None:
