@@ -55,6 +55,21 @@ def _write(path, rows):
     return path
 
 
+def _router_v1(tmp_path, tiny_model_dir, **data):
+    """(runs folder, registry path, pipeline result) of a registered classify run on labels A and B, one epoch;
+    ``data``: more data.* keys."""
+    runs = tmp_path / "runs"
+    registry_path = runs / "registry.db"
+    train = _write(tmp_path / "train.jsonl", _rows("A", 0, 24) + _rows("B", 0, 24))
+    config = parse_config({
+        "task": "classify", "model": str(tiny_model_dir), "name": "router-v1", "registry": str(registry_path),
+        "data": {"train": str(train), "test_size": 0.25, "validation_size": 0.1, "max_length": 64, **data},
+        "train": {"method": "lora", "lr": 5e-3, "epochs": 1, "batch_size": 8, "output_dir": str(runs)},
+        "eval": {"bootstrap_samples": 100, "baselines": []},
+    })
+    return runs, registry_path, run_pipeline(config, calibrate=False)
+
+
 def _statuses(report):
     return "\n".join(f"{s['name']} {s['status']} {s['judged']} {s['detail']}" for m in report["models"] for s in m["signals"])
 
@@ -229,16 +244,7 @@ def test_a_champion_evaluated_on_a_sample_is_still_judged_on_every_fresh_test_ro
     outcome's test size, a "different test sets" warning), recent rows left out of the champion's sample unjudged."""
     from tunelab.tasks.retrain import retrain
 
-    runs = tmp_path / "runs"
-    registry_path = runs / "registry.db"
-    train = _write(tmp_path / "train.jsonl", _rows("A", 0, 24) + _rows("B", 0, 24))
-    config = parse_config({
-        "task": "classify", "model": str(tiny_model_dir), "name": "router-v1", "registry": str(registry_path),
-        "data": {"train": str(train), "test_size": 0.25, "validation_size": 0.1, "max_length": 64, "max_test_examples": 8},
-        "train": {"method": "lora", "lr": 5e-3, "epochs": 1, "batch_size": 8, "output_dir": str(runs)},
-        "eval": {"bootstrap_samples": 100, "baselines": []},
-    })
-    champion = run_pipeline(config, calibrate=False)
+    runs, registry_path, champion = _router_v1(tmp_path, tiny_model_dir, max_test_examples=8)
     new = _write(tmp_path / "new.jsonl", _rows("A", 100, 16) + _rows("B", 100, 16))
     outcome = retrain(champion.registry_id, [new], registry_path=registry_path, promote=False)
     assert outcome.overall["n"] == outcome.sizes["test"] > 8
@@ -256,16 +262,7 @@ def test_feedback_on_another_served_model_is_never_learnt_without_being_asked_fo
     from tunelab.serve.request_log import Feedback, RequestLog, add_feedback
     from tunelab.tasks.retrain import retrain
 
-    runs = tmp_path / "runs"
-    registry_path = runs / "registry.db"
-    train = _write(tmp_path / "train.jsonl", _rows("A", 0, 24) + _rows("B", 0, 24))
-    config = parse_config({
-        "task": "classify", "model": str(tiny_model_dir), "name": "router-v1", "registry": str(registry_path),
-        "data": {"train": str(train), "test_size": 0.25, "validation_size": 0.1, "max_length": 64},
-        "train": {"method": "lora", "lr": 5e-3, "epochs": 1, "batch_size": 8, "output_dir": str(runs)},
-        "eval": {"bootstrap_samples": 100, "baselines": []},
-    })
-    champion = run_pipeline(config, calibrate=False)
+    runs, registry_path, champion = _router_v1(tmp_path, tiny_model_dir)
     Registry(registry_path).set_alias("router", champion.registry_id)
     log_path = tmp_path / "requests.db"
     log = RequestLog(log_path)
@@ -282,6 +279,67 @@ def test_feedback_on_another_served_model_is_never_learnt_without_being_asked_fo
     assert "--served-model" in refused.value.hint and len(Registry(registry_path).list_runs()) == 1
     outcome = retrain("alias:router", registry_path=registry_path, log_path=log_path, served_model="router", promote=False)
     assert outcome.new_labels == [] and outcome.sizes["recent_test"] + outcome.sizes["new_train"] + outcome.sizes["new_validation"] == 40
+
+def test_a_taken_challenger_name_writes_nothing(tmp_path, tiny_model_dir):
+    """A retrain's challenger name taken already (`--name` of an existing run, or two retrains of one champion started in
+the same second: the default name has a one-second stamp) wrote its data files first and was refused after: files of
+a retrain that never ran were left behind, or the data files of the retrain that owns the name were replaced under it
+(its recorded training data changed). The name is checked, and its data folder claimed, before anything is written."""
+    from tunelab.errors import ConfigError
+    from tunelab.tasks.retrain import retrain
+
+    runs, registry_path, champion = _router_v1(tmp_path, tiny_model_dir)
+    new = _write(tmp_path / "new.jsonl", _rows("A", 100, 10) + _rows("B", 100, 10))
+
+    with pytest.raises(ConfigError, match="router-v1") as refused:
+        retrain(champion.registry_id, [new], registry_path=registry_path, name="router-v1", promote=False)
+    assert "\n" not in refused.value.message
+    assert not (runs / "retrain-data" / "router-v1").exists()
+
+    # Another retrain's data folder under the same name: left as it is.
+    owned = runs / "retrain-data" / "router-v2" / "train.jsonl"
+    owned.parent.mkdir(parents=True)
+    owned.write_text("the other retrain's data\n")
+    with pytest.raises(ConfigError, match="router-v2"):
+        retrain(champion.registry_id, [new], registry_path=registry_path, name="router-v2", promote=False)
+    assert owned.read_text() == "the other retrain's data\n" and sorted(p.name for p in owned.parent.iterdir()) == ["train.jsonl"]
+
+
+def test_a_served_name_without_labelled_feedback_is_named_not_called_an_empty_log(tmp_path, tiny_model_dir):
+    """`tunelab retrain RUN --log-db LOG --served-model NAME` with a NAME no labelled feedback is on (a typo, the alias
+instead of the served name) said "no labelled feedback in the log" of a log that holds some, or, beside --data,
+retrained without any of it and without a word; it names the served names that have labelled feedback now. A name
+that was served but has no corrections yet still retrains on --data alone (as the --every loop does)."""
+    from datetime import UTC, datetime
+
+    from tunelab.errors import DataError
+    from tunelab.serve.request_log import Feedback, RequestLog, add_feedback
+    from tunelab.tasks.retrain import retrain
+
+    runs, registry_path, champion = _router_v1(tmp_path, tiny_model_dir)
+    log_path = tmp_path / "requests.db"
+    log = RequestLog(log_path)
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    rows = _rows("A", 100, 10) + _rows("B", 100, 10)
+    for index, row in enumerate(rows):
+        log.record({"time": now, "endpoint": "/v1/classify", "model": "router", "prompt": json.dumps(row["text"]), "status": 200,
+                    "stream": 0, "response_id": f"clf-{index}", "run_id": champion.registry_id, "predicted_label": row["label"]})
+    log.close()
+    add_feedback(log_path, [Feedback(f"clf-{index}", label=row["label"]) for index, row in enumerate(rows)], source="test")
+    new = _write(tmp_path / "new.jsonl", _rows("A", 200, 10) + _rows("B", 200, 10))
+    for data in ([], [new]):
+        with pytest.raises(DataError, match="no request for served name 'routr'") as refused:
+            retrain(champion.registry_id, data, registry_path=registry_path, log_path=log_path, served_model="routr", promote=False)
+        assert "router" in refused.value.message and "\n" not in refused.value.message
+    assert len(Registry(registry_path).list_runs()) == 1  # no challenger was trained
+    # A name the log served, with no corrections yet: --data alone, as before.
+    log = RequestLog(log_path)
+    log.record({"time": now, "endpoint": "/v1/classify", "model": "router-b", "prompt": json.dumps("login please"), "status": 200,
+                "stream": 0, "response_id": "clf-b", "run_id": champion.registry_id, "predicted_label": "B"})
+    log.close()
+    outcome = retrain(champion.registry_id, [new], registry_path=registry_path, log_path=log_path, served_model="router-b", promote=False)
+    assert outcome.sizes["recent_test"] + outcome.sizes["new_train"] + outcome.sizes["new_validation"] == 20
+
 
 # -- a run with an out-of-scope file (data.out_of_scope) -------------------------------------------------------------
 def _out_of_scope_champion(tmp_path, tiny_model_dir):
