@@ -9,8 +9,9 @@
    answers every input of the training and validation splits plus ``distill.unlabeled``: sft
    prompts get its answer, classify texts its label. Each answer is one line of
    ``<run>/distill.jsonl`` with its tokens, latency and cost, written as it arrives, so a crash loses
-   nothing: a rerun asks only what has no line yet. An empty answer or a classify answer that names no
-   category is kept in the file as ``rejected`` with its reason, listed, and left out of the student's
+   nothing: a rerun asks only what has no line yet. An empty answer, one the provider's content filter
+   stopped, or a classify answer that names no category is kept in the file as ``rejected`` with its
+   reason, listed, and left out of the student's
    data (never silently). A failed request (after the client's retries) is kept as ``rejected`` too, and
    stops the run before the student trains: a resume asks only the failed ones again.
 3. The student (``model``, default the bundled model) trains on the accepted answers through the
@@ -225,12 +226,16 @@ class DistillWriter:
         self._handle.close()
 
 
-def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[str]) -> tuple[str, str | None, str | None]:
+def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[str],
+           finish_reason: str | None = None) -> tuple[str, str | None, str | None]:
     """(status, reason, label) of one teacher answer."""
     from tunelab.evaluation.remote import parse_label
 
     if error is not None:
         return "rejected", f"request failed: {error}", None
+    if finish_reason == "content_filter":
+        # The provider cut or blanked the answer: what came back is not the teacher's answer, and asking again gets the same.
+        return "rejected", "stopped by the provider's content filter", None
     if answer is None or not answer.strip():
         return "rejected", "empty answer", None
     if task == "classify":
@@ -262,7 +267,7 @@ def ask_teacher(
 
     def on_answer(index: int, answer: Any) -> None:
         item = todo[index]
-        status, reason, label = _judge(config.task, answer.text, answer.error, labels)
+        status, reason, label = _judge(config.task, answer.text, answer.error, labels, answer.finish_reason)
         cost = answer.cost_usd
         if not teacher.remote:  # a local teacher's cost is its time on this machine
             cost = answer.latency_s * usd_per_hour / 3600 if usd_per_hour and answer.latency_s is not None else None

@@ -223,3 +223,57 @@ def test_a_teacher_failing_midway_stops_before_the_student_trains_and_resume_ask
     assert outcome.accepted == asked and len((run / "distill" / "train.jsonl").read_text().splitlines()) == asked
     split = json.loads((run / "split.json").read_text())
     assert split["sizes"]["train"] + split["sizes"]["validation"] == asked
+
+
+def chat_body(choices: object, usage: object = None) -> tuple[int, str, str]:
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "teacher", "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return 200, "application/json", json.dumps(body)
+
+
+SPOILT_COMPLETIONS = {
+    "choices is a string": chat_body("four"),
+    "a choice is null": chat_body([None]),
+    "the message is a string": chat_body([{"index": 0, "finish_reason": "stop", "message": "four"}]),
+    "the content is a list of parts": chat_body([{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": [{"type": "text", "text": "four"}]}}]),
+    "usage is a string": chat_body([{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "four"}}], usage="lots"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPOILT_COMPLETIONS))
+def test_a_completion_of_the_wrong_shape_is_one_failed_request_not_a_crash_of_the_batch(scripted, tmp_path, monkeypatch, case):
+    # A gateway's completion whose fields have the wrong types raised AttributeError (or sqlite's ProgrammingError when
+    # the cache stored a list as text) out of chat_many: the whole evaluation or distillation died on one answer.
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [SPOILT_COMPLETIONS[case], completion("four")]
+    answers = client.chat_many([ASK], max_tokens=8)
+    assert answers[0].text is None and answers[0].error.startswith("HTTP 200") and "\n" not in answers[0].error
+    assert len(client.cache) == 0
+    assert client.chat_many([ASK], max_tokens=8)[0].text == "four"
+
+
+def test_an_error_status_with_a_plain_text_body_names_the_servers_text(scripted, tmp_path, monkeypatch):
+    # A proxy's "HTTP 502" page in plain text came out as "HTTP 502: Error code: 502": what the server said was lost.
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [(502, "text/plain", "upstream connect error or disconnect/reset before headers\n")]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert error.startswith("HTTP 502") and "upstream connect error" in error and "\n" not in error
+
+
+@pytest.mark.parametrize("text", ["The first half of the answer, then", ""])
+def test_a_teacher_answer_stopped_by_the_content_filter_is_rejected_and_named(scripted, tmp_path, monkeypatch, text):
+    # finish_reason "content_filter": the provider cut (or blanked) the answer; the student learned the cut text as an answer.
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    client.concurrency = 1
+    scripted.script = [completion(text, finish_reason="content_filter"), completion("It is four.")]
+    config = parse_config({"task": "sft", "data": {"train": "unused.jsonl"}, "distill": {"teacher": "openai:x"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", messages=({"role": "user", "content": f"question {i}"},)) for i in range(2)]
+    lines = ask_teacher(RemoteModel(client), inputs, config, [], tmp_path / "distill.jsonl")
+    assert lines["id0"].status == "rejected" and "content filter" in lines["id0"].reason and not lines["id0"].retry
+    assert lines["id1"].status == "ok"
