@@ -170,7 +170,9 @@ class RemoteClient:
             response = self.client.chat.completions.create(model=self.endpoint.name, **body)
         except openai.APIStatusError as error:
             return self._failed(f"HTTP {error.status_code}: {_message(error)}")
-        except openai.APIConnectionError as error:  # timeouts included, after the retries
+        except openai.APITimeoutError:  # after the retries; named by the setting that bounds it, which the user can raise
+            return self._failed(f"no answer within timeout_s={self.endpoint.timeout_s:g} s (tried {self.endpoint.max_retries + 1} times)")
+        except openai.APIConnectionError as error:  # after the retries
             return self._failed(f"{type(error).__name__}: {error}")
         except (openai.APIResponseValidationError, json.JSONDecodeError) as error:  # a 200 whose body is not JSON
             return self._failed(f"HTTP 200 with a body that is not JSON ({error})")

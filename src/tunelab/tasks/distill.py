@@ -241,7 +241,8 @@ def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[st
     if task == "classify":
         label = parse_label(answer, labels)
         if label is None:
-            return "rejected", f"names no category of {len(labels)}", None
+            said = " ".join(answer.split())  # named, one line and short: a chatty teacher and a made-up category read differently
+            return "rejected", f"names no category of {len(labels)}: {said if len(said) <= 60 else said[:57] + '...'!r}", None
         return "ok", None, label
     return "ok", None, None
 

@@ -277,3 +277,36 @@ def test_a_teacher_answer_stopped_by_the_content_filter_is_rejected_and_named(sc
     lines = ask_teacher(RemoteModel(client), inputs, config, [], tmp_path / "distill.jsonl")
     assert lines["id0"].status == "rejected" and "content filter" in lines["id0"].reason and not lines["id0"].retry
     assert lines["id1"].status == "ok"
+
+
+def test_a_timeout_names_the_setting_that_bounds_it(scripted, tmp_path, monkeypatch):
+    # "APITimeoutError: Request timed out." told a user neither how long was waited nor which key to raise.
+    import time
+
+    def slow(request):
+        time.sleep(1.5)
+        return completion("late")
+
+    monkeypatch.setenv("TEACHER_KEY", KEY)
+    endpoint = EndpointConfig(base_url=scripted.url, name="teacher", api_key_env="TEACHER_KEY", max_retries=0, timeout_s=0.5)
+    client = RemoteClient(endpoint, cache=RequestCache(tmp_path / "requests.db"))
+    scripted.script = [slow]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert "timeout_s" in error and "0.5" in error and "\n" not in error
+
+
+def test_a_classify_teacher_answer_outside_the_labels_is_rejected_naming_what_it_said(scripted, tmp_path, monkeypatch):
+    # The rejected line said only "names no category of 2": the user could not tell a chatty teacher from one that
+    # answers with a category the data does not have.
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    client.concurrency = 1
+    scripted.script = [completion("neutral"), completion("positive")]
+    config = parse_config({"task": "classify", "data": {"train": "unused.jsonl"}, "distill": {"teacher": "openai:x"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", text=f"text {i}") for i in range(2)]
+    lines = ask_teacher(RemoteModel(client), inputs, config, ["negative", "positive"], tmp_path / "distill.jsonl")
+    assert lines["id0"].status == "rejected" and "'neutral'" in lines["id0"].reason and lines["id0"].label is None
+    assert lines["id1"].status == "ok" and lines["id1"].label == "positive"
