@@ -386,7 +386,7 @@ def run_distill(
     accepted = [line for line in lines.values() if line.status == "ok"]
     rejected = [{"id": line.id, "source": line.source, "reason": line.reason, "answer": line.answer} for line in lines.values() if line.status != "ok"]
     cut_warning = cut_answers_warning(lines.values(), config)
-    emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected, "warning": cut_warning})
+    emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected, "warning": cut_warning, "usage": distillation_usage(lines.values())})
     failed = [line for line in lines.values() if line.retry]
     if failed:
         from tunelab.remote.client import RemoteError
@@ -556,7 +556,7 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
         "distillation": {
             "lines": len(lines), "accepted": sum(line.status == "ok" for line in lines),
             "rejected": sum(line.status != "ok" for line in lines),
-            "cost_usd": distillation_cost(lines),
+            **distillation_usage(lines),
         },
     }
 
@@ -566,6 +566,13 @@ def distillation_cost(lines: Iterable[DistillLine]) -> float | None:
     (its line has no cost): it counts 0, not unknown, or one failure would hide the cost of all the rest."""
     costs = [line.cost_usd for line in lines if not line.retry]
     return None if any(cost is None for cost in costs) else float(sum(costs))
+
+
+def distillation_usage(lines: Iterable[DistillLine]) -> dict[str, Any]:
+    """What the teacher's answers used: tokens (those it reported), answers from the cache, and ``distillation_cost``."""
+    lines = list(lines)
+    return {"input_tokens": sum(line.input_tokens or 0 for line in lines), "output_tokens": sum(line.output_tokens or 0 for line in lines),
+            "cached": sum(line.cached for line in lines), "cost_usd": distillation_cost(lines)}
 
 
 def _headline(result: Any) -> dict[str, Any]:
