@@ -310,3 +310,41 @@ def test_a_classify_teacher_answer_outside_the_labels_is_rejected_naming_what_it
     lines = ask_teacher(RemoteModel(client), inputs, config, ["negative", "positive"], tmp_path / "distill.jsonl")
     assert lines["id0"].status == "rejected" and "'neutral'" in lines["id0"].reason and lines["id0"].label is None
     assert lines["id1"].status == "ok" and lines["id1"].label == "positive"
+
+
+KEY_GIVEN_AS_NAME = "sk-proj-Ab3dEf9hIjKlMn0pQr"
+
+
+def test_a_key_given_where_its_variable_belongs_is_refused_without_being_printed_or_saved(tmp_path):
+    # api_key_env: sk-... (the key itself) was printed twice ("needs an API key in $sk-..., export sk-...=...") and saved
+    # in the run folder's distill_config.json before the teacher was opened.
+    from tunelab.errors import ConfigError
+    from tunelab.tasks.distill import run_distill
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(8)))
+    data = {"task": "sft", "name": "leaky", "data": {"train": str(train)}, "train": {"output_dir": str(tmp_path / "runs")},
+            "distill": {"teacher": {"base_url": "http://127.0.0.1:9/v1", "name": "teacher", "api_key_env": KEY_GIVEN_AS_NAME}}}
+    from tunelab.config import parse_config
+
+    with pytest.raises(ConfigError) as raised:
+        run_distill(parse_config(data), calibrate=False)
+    said = raised.value.message + " " + (raised.value.hint or "")
+    assert "api_key_env" in said and KEY_GIVEN_AS_NAME not in said
+    assert not (tmp_path / "runs").exists() or KEY_GIVEN_AS_NAME not in " ".join(
+        path.read_text(errors="replace") for path in (tmp_path / "runs").rglob("*") if path.is_file())
+
+
+def test_the_endpoint_key_option_refuses_a_key_without_printing_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    if not any(c.name == "eval" for c in app.registered_commands):
+        _register_commands()
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"prompt": "hi", "completion": "hello"}) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--data", str(test), "--task", "sft", "--endpoint", "http://127.0.0.1:9/v1",
+                                      "--endpoint-model", "m", "--endpoint-key-env", KEY_GIVEN_AS_NAME])
+    said = result.output + str(result.exception or "")
+    assert result.exit_code != 0 and "--endpoint-key-env" in said and KEY_GIVEN_AS_NAME not in said
