@@ -282,8 +282,12 @@ class RemoteClient:
         try:
             openai_client(self.endpoint, max_retries=1).models.list()
         except openai.AuthenticationError as error:
-            raise RemoteError(f"{self.endpoint.base_url} refused the API key: {without_key(_one_line(_message(error)), self.endpoint)}",
-                              "check api_key_env") from None
+            said = without_key(_one_line(_message(error)), self.endpoint)
+            if self.endpoint.api_key_env:
+                raise RemoteError(f"{self.endpoint.base_url} refused the API key: {said}",
+                                  f"check the key in ${self.endpoint.api_key_env}") from None
+            raise RemoteError(f"{self.endpoint.base_url} wants an API key and no key is sent: {said}",
+                              "set api_key_env to the environment variable that holds the key") from None
         except openai.APIConnectionError as error:
             raise RemoteError(f"cannot reach {self.endpoint.base_url}: {error}", "is the server running? check base_url") from None
         except openai.APIStatusError:

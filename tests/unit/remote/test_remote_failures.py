@@ -348,3 +348,18 @@ def test_the_endpoint_key_option_refuses_a_key_without_printing_it(tmp_path):
                                       "--endpoint-model", "m", "--endpoint-key-env", KEY_GIVEN_AS_NAME])
     said = result.output + str(result.exception or "")
     assert result.exit_code != 0 and "--endpoint-key-env" in said and KEY_GIVEN_AS_NAME not in said
+
+
+@pytest.mark.parametrize("key_env", ["TEACHER_KEY", None])
+def test_a_refused_key_names_the_variable_to_fix(scripted, tmp_path, monkeypatch, key_env):
+    # The hint said "check api_key_env" whichever variable held the key, and also when no key was sent at all.
+    from tunelab.remote.client import RemoteError
+
+    monkeypatch.setenv("TEACHER_KEY", KEY)
+    endpoint = EndpointConfig(base_url=scripted.url, name="teacher", api_key_env=key_env, max_retries=0, timeout_s=5)
+    scripted.script = [(401, "application/json", json.dumps({"error": {"message": "Incorrect API key provided"}}))]
+    with pytest.raises(RemoteError) as raised:
+        RemoteClient(endpoint, cache=None).check()
+    hint = raised.value.hint or ""
+    assert ("$TEACHER_KEY" in hint) if key_env else ("api_key_env" in hint and "no key" in raised.value.message)
+    assert KEY not in raised.value.message + hint
