@@ -169,7 +169,9 @@ class RemoteClient:
         try:
             response = self.client.chat.completions.create(model=self.endpoint.name, **body)
         except openai.APIStatusError as error:
-            return self._failed(f"HTTP {error.status_code}: {_message(error)}")
+            # A 404 on every request is nearly always the address (a base_url without its /v1) or the model's name.
+            wrong_address = " (check base_url, usually ending in /v1, and the model's name there)" if error.status_code == 404 else ""
+            return self._failed(f"HTTP {error.status_code}: {_message(error)}{wrong_address}")
         except openai.APITimeoutError:  # after the retries; named by the setting that bounds it, which the user can raise
             return self._failed(f"no answer within timeout_s={self.endpoint.timeout_s:g} s (tried {self.endpoint.max_retries + 1} times)")
         except openai.APIConnectionError as error:  # after the retries
@@ -348,6 +350,8 @@ def _message(error: Any) -> str:
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
+        if isinstance(body.get("detail"), str):  # FastAPI-based servers (vLLM's routes, tunelab serve) say it here
+            return body["detail"]
     if isinstance(body, str) and body.strip():  # a body that is not JSON (a proxy's text page): what the server said
         return body
     return str(getattr(error, "message", error))

@@ -363,3 +363,11 @@ def test_a_refused_key_names_the_variable_to_fix(scripted, tmp_path, monkeypatch
     hint = raised.value.hint or ""
     assert ("$TEACHER_KEY" in hint) if key_env else ("api_key_env" in hint and "no key" in raised.value.message)
     assert KEY not in raised.value.message + hint
+
+
+def test_a_404_says_what_to_check(scripted, tmp_path, monkeypatch):
+    # A base_url without its /v1 (or a model the server does not have): "HTTP 404: Error code: 404" on every request.
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [(404, "application/json", json.dumps({"detail": "Not Found"}))]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert error.startswith("HTTP 404: Not Found") and "base_url" in error and "model" in error
