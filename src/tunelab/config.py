@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError
 
@@ -80,6 +81,7 @@ class _Section(BaseModel):
 # The OpenAI API, for `openai:NAME` (a model of OpenAI's, the key in OPENAI_API_KEY).
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a shell can export; a key has "-" or is not one name
 REMOTE_TASKS = ("classify", "sft")  # a chat API gives answers, not the token log-likelihoods text/preference need
 
 
@@ -94,6 +96,16 @@ class EndpointConfig(_Section):
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (the bound).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds before one request is abandoned (then retried).")
     max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 429, 5xx, timeouts and dropped connections.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_not_a_key(cls, value: str | None) -> str | None:
+        # The key pasted in place of its variable's name was echoed in "needs an API key in $<key>" and saved with the
+        # run's config: it is refused here, before anything is written, by a message that does not repeat it.
+        if value is not None and not ENV_NAME.fullmatch(value):
+            raise ValueError("api_key_env is the name of the environment variable that holds the API key (e.g. "
+                             f"{OPENAI_KEY_ENV}), not the key itself: export the key in a variable and name that")
+        return value
 
     @classmethod
     def parse_name(cls, text: str) -> EndpointConfig | None:
@@ -878,7 +890,13 @@ def _section_at(path: tuple) -> type[BaseModel]:
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
     lines = []
-    for item in error.errors():
+    errors = error.errors()
+    # A mapping given to a "name or section" field (distill.teacher) also fails as a name: that error says only "not a
+    # string" and repeats the whole mapping (an API key put in it included); the section's own errors say what is wrong.
+    errors = [item for item in errors if not (
+        item["type"] == "string_type" and item["loc"][-1:] == ("str",) and isinstance(item.get("input"), dict)
+        and any(other is not item and other["loc"][:len(item["loc"]) - 1] == item["loc"][:-1] for other in errors))]
+    for item in errors:
         location = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             section = _section_at(item["loc"][:-1])

@@ -38,7 +38,10 @@ def config_from_options(section: type[Section], options: Mapping[str, str] | Non
         for item in error.errors():
             field = str(item["loc"][0]) if item["loc"] else ""
             option = (options or {}).get(field) or "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
-            problems.append(f"{option}: {item['msg']} (got {item.get('input')!r})" if item["loc"] else str(item["msg"]))
+            if item["type"] == "value_error":  # a field's own check says what is wrong; its input may be a secret (a key)
+                problems.append(f"{option}: {str(item['msg']).removeprefix('Value error, ')}")
+            else:
+                problems.append(f"{option}: {item['msg']} (got {item.get('input')!r})" if item["loc"] else str(item["msg"]))
         raise ConfigError("; ".join(problems)) from None
 
 

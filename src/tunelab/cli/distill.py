@@ -42,6 +42,7 @@ def distill(
 ) -> None:
     """The teacher answers your prompts (or labels your texts), the student learns them, and both are scored on held-out data."""
     from tunelab.cli.run import shown_events
+    from tunelab.estimate.plan import money
     from tunelab.tasks.distill import run_distill
 
     config = config_or_resume(config_path, overrides, resume, "distill")
@@ -58,7 +59,11 @@ def distill(
             if step == "teacher" and status == "done":
                 display.on_event(step, status, details)
                 if not as_json:
-                    error_console.print(f"  [green]✓[/] {details['accepted']} answers kept, {len(details['rejected'])} rejected")
+                    usage = details["usage"]
+                    cost = "cost unknown" if usage["cost_usd"] is None else f"cost {money(usage['cost_usd'])}"
+                    error_console.print(f"  [green]✓[/] {details['accepted']} answers kept, {len(details['rejected'])} rejected "
+                                        f"({usage['input_tokens']:,} tokens in, {usage['output_tokens']:,} out, {cost}; "
+                                        f"{usage['cached']} from the request cache)")
                     for item in details["rejected"][:10]:
                         error_console.print(f"  [yellow]rejected[/] {item['source']}: {item['reason']}")
                     if details.get("warning"):

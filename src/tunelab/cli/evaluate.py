@@ -223,7 +223,8 @@ def _endpoint(url: str | None, name: str | None, key_env: str | None, model: str
         return parsed.model_copy(update={"concurrency": concurrency}) if parsed else None
     if not url or not name:
         raise DataError("a remote model needs both --endpoint URL and --endpoint-model NAME")
-    return EndpointConfig(base_url=url, name=name, api_key_env=key_env, concurrency=concurrency)
+    return config_from_options(EndpointConfig, {"base_url": "--endpoint", "name": "--endpoint-model", "api_key_env": "--endpoint-key-env"},
+                               base_url=url, name=name, api_key_env=key_env, concurrency=concurrency)
 
 
 def _show_evaluation(result, opponents, verdict, out: Path | None, as_json: bool) -> None:

@@ -169,8 +169,12 @@ class RemoteClient:
         try:
             response = self.client.chat.completions.create(model=self.endpoint.name, **body)
         except openai.APIStatusError as error:
-            return self._failed(f"HTTP {error.status_code}: {_message(error)}")
-        except openai.APIConnectionError as error:  # timeouts included, after the retries
+            # A 404 on every request is nearly always the address (a base_url without its /v1) or the model's name.
+            wrong_address = " (check base_url, usually ending in /v1, and the model's name there)" if error.status_code == 404 else ""
+            return self._failed(f"HTTP {error.status_code}: {_message(error)}{wrong_address}")
+        except openai.APITimeoutError:  # after the retries; named by the setting that bounds it, which the user can raise
+            return self._failed(f"no answer within timeout_s={self.endpoint.timeout_s:g} s (tried {self.endpoint.max_retries + 1} times)")
+        except openai.APIConnectionError as error:  # after the retries
             return self._failed(f"{type(error).__name__}: {error}")
         except (openai.APIResponseValidationError, json.JSONDecodeError) as error:  # a 200 whose body is not JSON
             return self._failed(f"HTTP 200 with a body that is not JSON ({error})")
@@ -280,8 +284,12 @@ class RemoteClient:
         try:
             openai_client(self.endpoint, max_retries=1).models.list()
         except openai.AuthenticationError as error:
-            raise RemoteError(f"{self.endpoint.base_url} refused the API key: {without_key(_message(error), self.endpoint)}",
-                              "check api_key_env") from None
+            said = without_key(_one_line(_message(error)), self.endpoint)
+            if self.endpoint.api_key_env:
+                raise RemoteError(f"{self.endpoint.base_url} refused the API key: {said}",
+                                  f"check the key in ${self.endpoint.api_key_env}") from None
+            raise RemoteError(f"{self.endpoint.base_url} wants an API key and no key is sent: {said}",
+                              "set api_key_env to the environment variable that holds the key") from None
         except openai.APIConnectionError as error:
             raise RemoteError(f"cannot reach {self.endpoint.base_url}: {error}", "is the server running? check base_url") from None
         except openai.APIStatusError:
@@ -306,6 +314,33 @@ def _not_a_completion(response: Any) -> str | None:
         return f"HTTP 200 with an error: {_one_line(str(message or inner))}"
     if not response.choices:
         return "HTTP 200 with no choices in the completion"
+    # The client builds the response without validating it: a gateway's field of the wrong type would otherwise
+    # raise in ``ask`` (or in the cache's INSERT) and end the whole batch on one answer.
+    wrong = _wrong_field(response)
+    return f"HTTP 200 with a completion whose {wrong}" if wrong else None
+
+
+def _wrong_field(response: Any) -> str | None:
+    """The first field of a chat completion of the wrong type, said as a phrase, or None when all are usable."""
+    from openai.types import CompletionUsage
+    from openai.types.chat import ChatCompletionMessage
+    from openai.types.chat.chat_completion import Choice
+
+    if not isinstance(response.choices, list):
+        return f"choices is not a list: {_one_line(repr(response.choices))}"
+    choice = response.choices[0]
+    if not isinstance(choice, Choice):
+        return f"first choice is not an object: {_one_line(repr(choice))}"
+    message = getattr(choice, "message", None)
+    if message is not None and not isinstance(message, ChatCompletionMessage):
+        return f"message is not an object: {_one_line(repr(message))}"
+    content = getattr(message, "content", None)
+    if content is not None and not isinstance(content, str):
+        return f"message content is not text: {_one_line(repr(content))}"
+    usage = response.usage
+    if usage is not None and not (isinstance(usage, CompletionUsage) and all(
+            isinstance(getattr(usage, name, None), int) for name in ("prompt_tokens", "completion_tokens"))):
+        return f"usage has no token counts: {_one_line(repr(usage))}"
     return None
 
 
@@ -315,4 +350,8 @@ def _message(error: Any) -> str:
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
+        if isinstance(body.get("detail"), str):  # FastAPI-based servers (vLLM's routes, tunelab serve) say it here
+            return body["detail"]
+    if isinstance(body, str) and body.strip():  # a body that is not JSON (a proxy's text page): what the server said
+        return body
     return str(getattr(error, "message", error))

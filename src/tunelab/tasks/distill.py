@@ -9,8 +9,9 @@
    answers every input of the training and validation splits plus ``distill.unlabeled``: sft
    prompts get its answer, classify texts its label. Each answer is one line of
    ``<run>/distill.jsonl`` with its tokens, latency and cost, written as it arrives, so a crash loses
-   nothing: a rerun asks only what has no line yet. An empty answer or a classify answer that names no
-   category is kept in the file as ``rejected`` with its reason, listed, and left out of the student's
+   nothing: a rerun asks only what has no line yet. An empty answer, one the provider's content filter
+   stopped, or a classify answer that names no category is kept in the file as ``rejected`` with its
+   reason, listed, and left out of the student's
    data (never silently). A failed request (after the client's retries) is kept as ``rejected`` too, and
    stops the run before the student trains: a resume asks only the failed ones again.
 3. The student (``model``, default the bundled model) trains on the accepted answers through the
@@ -225,18 +226,23 @@ class DistillWriter:
         self._handle.close()
 
 
-def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[str]) -> tuple[str, str | None, str | None]:
+def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[str],
+           finish_reason: str | None = None) -> tuple[str, str | None, str | None]:
     """(status, reason, label) of one teacher answer."""
     from tunelab.evaluation.remote import parse_label
 
     if error is not None:
         return "rejected", f"request failed: {error}", None
+    if finish_reason == "content_filter":
+        # The provider cut or blanked the answer: what came back is not the teacher's answer, and asking again gets the same.
+        return "rejected", "stopped by the provider's content filter", None
     if answer is None or not answer.strip():
         return "rejected", "empty answer", None
     if task == "classify":
         label = parse_label(answer, labels)
         if label is None:
-            return "rejected", f"names no category of {len(labels)}", None
+            said = " ".join(answer.split())  # named, one line and short: a chatty teacher and a made-up category read differently
+            return "rejected", f"names no category of {len(labels)}: {said if len(said) <= 60 else said[:57] + '...'!r}", None
         return "ok", None, label
     return "ok", None, None
 
@@ -262,7 +268,7 @@ def ask_teacher(
 
     def on_answer(index: int, answer: Any) -> None:
         item = todo[index]
-        status, reason, label = _judge(config.task, answer.text, answer.error, labels)
+        status, reason, label = _judge(config.task, answer.text, answer.error, labels, answer.finish_reason)
         cost = answer.cost_usd
         if not teacher.remote:  # a local teacher's cost is its time on this machine
             cost = answer.latency_s * usd_per_hour / 3600 if usd_per_hour and answer.latency_s is not None else None
@@ -380,7 +386,7 @@ def run_distill(
     accepted = [line for line in lines.values() if line.status == "ok"]
     rejected = [{"id": line.id, "source": line.source, "reason": line.reason, "answer": line.answer} for line in lines.values() if line.status != "ok"]
     cut_warning = cut_answers_warning(lines.values(), config)
-    emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected, "warning": cut_warning})
+    emit("teacher", "done", {"accepted": len(accepted), "rejected": rejected, "warning": cut_warning, "usage": distillation_usage(lines.values())})
     failed = [line for line in lines.values() if line.retry]
     if failed:
         from tunelab.remote.client import RemoteError
@@ -550,7 +556,7 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
         "distillation": {
             "lines": len(lines), "accepted": sum(line.status == "ok" for line in lines),
             "rejected": sum(line.status != "ok" for line in lines),
-            "cost_usd": distillation_cost(lines),
+            **distillation_usage(lines),
         },
     }
 
@@ -560,6 +566,13 @@ def distillation_cost(lines: Iterable[DistillLine]) -> float | None:
     (its line has no cost): it counts 0, not unknown, or one failure would hide the cost of all the rest."""
     costs = [line.cost_usd for line in lines if not line.retry]
     return None if any(cost is None for cost in costs) else float(sum(costs))
+
+
+def distillation_usage(lines: Iterable[DistillLine]) -> dict[str, Any]:
+    """What the teacher's answers used: tokens (those it reported), answers from the cache, and ``distillation_cost``."""
+    lines = list(lines)
+    return {"input_tokens": sum(line.input_tokens or 0 for line in lines), "output_tokens": sum(line.output_tokens or 0 for line in lines),
+            "cached": sum(line.cached for line in lines), "cost_usd": distillation_cost(lines)}
 
 
 def _headline(result: Any) -> dict[str, Any]:

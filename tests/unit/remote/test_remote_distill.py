@@ -160,6 +160,11 @@ def test_tunelab_distill_prints_the_student_vs_teacher_table(served, tiny_model_
     assert (tmp_path / "runs" / "distilled" / "distill_report.md").is_file()
     # The tiny teacher never stops before eval.max_new_tokens: the user is told the student learns cut answers.
     assert "cut at eval.max_new_tokens (6 tokens)" in result.output
+    # What the teacher's answers used is on the terminal, not only in the report file: tokens, and a cost that is
+    # unknown (the served model has no price), never $0.
+    lines = read_distill_file(tmp_path / "runs" / "distilled" / "distill.jsonl").values()
+    tokens_in, tokens_out = sum(line.input_tokens for line in lines), sum(line.output_tokens for line in lines)
+    assert f"{tokens_in:,} tokens in, {tokens_out:,} out, cost unknown" in " ".join(result.output.split())
 
 
 def test_the_local_training_command_refuses_the_cloud_backend(tmp_path):

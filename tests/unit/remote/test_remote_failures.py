@@ -223,3 +223,151 @@ def test_a_teacher_failing_midway_stops_before_the_student_trains_and_resume_ask
     assert outcome.accepted == asked and len((run / "distill" / "train.jsonl").read_text().splitlines()) == asked
     split = json.loads((run / "split.json").read_text())
     assert split["sizes"]["train"] + split["sizes"]["validation"] == asked
+
+
+def chat_body(choices: object, usage: object = None) -> tuple[int, str, str]:
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "teacher", "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return 200, "application/json", json.dumps(body)
+
+
+SPOILT_COMPLETIONS = {
+    "choices is a string": chat_body("four"),
+    "a choice is null": chat_body([None]),
+    "the message is a string": chat_body([{"index": 0, "finish_reason": "stop", "message": "four"}]),
+    "the content is a list of parts": chat_body([{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": [{"type": "text", "text": "four"}]}}]),
+    "usage is a string": chat_body([{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "four"}}], usage="lots"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPOILT_COMPLETIONS))
+def test_a_completion_of_the_wrong_shape_is_one_failed_request_not_a_crash_of_the_batch(scripted, tmp_path, monkeypatch, case):
+    # A gateway's completion whose fields have the wrong types raised AttributeError (or sqlite's ProgrammingError when
+    # the cache stored a list as text) out of chat_many: the whole evaluation or distillation died on one answer.
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [SPOILT_COMPLETIONS[case], completion("four")]
+    answers = client.chat_many([ASK], max_tokens=8)
+    assert answers[0].text is None and answers[0].error.startswith("HTTP 200") and "\n" not in answers[0].error
+    assert len(client.cache) == 0
+    assert client.chat_many([ASK], max_tokens=8)[0].text == "four"
+
+
+def test_an_error_status_with_a_plain_text_body_names_the_servers_text(scripted, tmp_path, monkeypatch):
+    # A proxy's "HTTP 502" page in plain text came out as "HTTP 502: Error code: 502": what the server said was lost.
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [(502, "text/plain", "upstream connect error or disconnect/reset before headers\n")]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert error.startswith("HTTP 502") and "upstream connect error" in error and "\n" not in error
+
+
+@pytest.mark.parametrize("text", ["The first half of the answer, then", ""])
+def test_a_teacher_answer_stopped_by_the_content_filter_is_rejected_and_named(scripted, tmp_path, monkeypatch, text):
+    # finish_reason "content_filter": the provider cut (or blanked) the answer; the student learned the cut text as an answer.
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    client.concurrency = 1
+    scripted.script = [completion(text, finish_reason="content_filter"), completion("It is four.")]
+    config = parse_config({"task": "sft", "data": {"train": "unused.jsonl"}, "distill": {"teacher": "openai:x"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", messages=({"role": "user", "content": f"question {i}"},)) for i in range(2)]
+    lines = ask_teacher(RemoteModel(client), inputs, config, [], tmp_path / "distill.jsonl")
+    assert lines["id0"].status == "rejected" and "content filter" in lines["id0"].reason and not lines["id0"].retry
+    assert lines["id1"].status == "ok"
+
+
+def test_a_timeout_names_the_setting_that_bounds_it(scripted, tmp_path, monkeypatch):
+    # "APITimeoutError: Request timed out." told a user neither how long was waited nor which key to raise.
+    import time
+
+    def slow(request):
+        time.sleep(1.5)
+        return completion("late")
+
+    monkeypatch.setenv("TEACHER_KEY", KEY)
+    endpoint = EndpointConfig(base_url=scripted.url, name="teacher", api_key_env="TEACHER_KEY", max_retries=0, timeout_s=0.5)
+    client = RemoteClient(endpoint, cache=RequestCache(tmp_path / "requests.db"))
+    scripted.script = [slow]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert "timeout_s" in error and "0.5" in error and "\n" not in error
+
+
+def test_a_classify_teacher_answer_outside_the_labels_is_rejected_naming_what_it_said(scripted, tmp_path, monkeypatch):
+    # The rejected line said only "names no category of 2": the user could not tell a chatty teacher from one that
+    # answers with a category the data does not have.
+    from tunelab.config import parse_config
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.tasks.distill import TeacherInput, ask_teacher
+
+    client = client_for(scripted, tmp_path, monkeypatch)
+    client.concurrency = 1
+    scripted.script = [completion("neutral"), completion("positive")]
+    config = parse_config({"task": "classify", "data": {"train": "unused.jsonl"}, "distill": {"teacher": "openai:x"}})
+    inputs = [TeacherInput(f"id{i}", f"row {i}", text=f"text {i}") for i in range(2)]
+    lines = ask_teacher(RemoteModel(client), inputs, config, ["negative", "positive"], tmp_path / "distill.jsonl")
+    assert lines["id0"].status == "rejected" and "'neutral'" in lines["id0"].reason and lines["id0"].label is None
+    assert lines["id1"].status == "ok" and lines["id1"].label == "positive"
+
+
+KEY_GIVEN_AS_NAME = "sk-proj-Ab3dEf9hIjKlMn0pQr"
+
+
+def test_a_key_given_where_its_variable_belongs_is_refused_without_being_printed_or_saved(tmp_path):
+    # api_key_env: sk-... (the key itself) was printed twice ("needs an API key in $sk-..., export sk-...=...") and saved
+    # in the run folder's distill_config.json before the teacher was opened.
+    from tunelab.errors import ConfigError
+    from tunelab.tasks.distill import run_distill
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(8)))
+    data = {"task": "sft", "name": "leaky", "data": {"train": str(train)}, "train": {"output_dir": str(tmp_path / "runs")},
+            "distill": {"teacher": {"base_url": "http://127.0.0.1:9/v1", "name": "teacher", "api_key_env": KEY_GIVEN_AS_NAME}}}
+    from tunelab.config import parse_config
+
+    with pytest.raises(ConfigError) as raised:
+        run_distill(parse_config(data), calibrate=False)
+    said = raised.value.message + " " + (raised.value.hint or "")
+    assert "api_key_env" in said and KEY_GIVEN_AS_NAME not in said
+    assert not (tmp_path / "runs").exists() or KEY_GIVEN_AS_NAME not in " ".join(
+        path.read_text(errors="replace") for path in (tmp_path / "runs").rglob("*") if path.is_file())
+
+
+def test_the_endpoint_key_option_refuses_a_key_without_printing_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    if not any(c.name == "eval" for c in app.registered_commands):
+        _register_commands()
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"prompt": "hi", "completion": "hello"}) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--data", str(test), "--task", "sft", "--endpoint", "http://127.0.0.1:9/v1",
+                                      "--endpoint-model", "m", "--endpoint-key-env", KEY_GIVEN_AS_NAME])
+    said = result.output + str(result.exception or "")
+    assert result.exit_code != 0 and "--endpoint-key-env" in said and KEY_GIVEN_AS_NAME not in said
+
+
+@pytest.mark.parametrize("key_env", ["TEACHER_KEY", None])
+def test_a_refused_key_names_the_variable_to_fix(scripted, tmp_path, monkeypatch, key_env):
+    # The hint said "check api_key_env" whichever variable held the key, and also when no key was sent at all.
+    from tunelab.remote.client import RemoteError
+
+    monkeypatch.setenv("TEACHER_KEY", KEY)
+    endpoint = EndpointConfig(base_url=scripted.url, name="teacher", api_key_env=key_env, max_retries=0, timeout_s=5)
+    scripted.script = [(401, "application/json", json.dumps({"error": {"message": "Incorrect API key provided"}}))]
+    with pytest.raises(RemoteError) as raised:
+        RemoteClient(endpoint, cache=None).check()
+    hint = raised.value.hint or ""
+    assert ("$TEACHER_KEY" in hint) if key_env else ("api_key_env" in hint and "no key" in raised.value.message)
+    assert KEY not in raised.value.message + hint
+
+
+def test_a_404_says_what_to_check(scripted, tmp_path, monkeypatch):
+    # A base_url without its /v1 (or a model the server does not have): "HTTP 404: Error code: 404" on every request.
+    client = client_for(scripted, tmp_path, monkeypatch)
+    scripted.script = [(404, "application/json", json.dumps({"detail": "Not Found"}))]
+    error = client.chat_many([ASK], max_tokens=8)[0].error
+    assert error.startswith("HTTP 404: Not Found") and "base_url" in error and "model" in error
