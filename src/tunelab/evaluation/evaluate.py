@@ -377,6 +377,9 @@ def score_sft(
         row = {"id": record.id, "source": record.source, "prompt": prompt_text(record.prompt_messages), "reference": refs[0], "prediction": answer, "scores": scores}
         if len(refs) > 1:
             row["references"] = refs
+        if len(record.prompt_messages) > 1:
+            # ``prompt`` is one string to read; a preference pair made from this row needs the conversation itself.
+            row["messages"] = record.prompt_messages
         rows.append(row)
     return rows, metric_values("sft", rows)
 
