@@ -455,7 +455,8 @@ def check_data(
             if task == "sft":
                 consequence = (
                     f"truncated: {lengths.prompt_cut} would lose the start of their prompt (answer kept), "
-                    f"{lengths.answer_cut} the end of their answer"
+                    # The prompt goes first (``tokenize_sft``), down to one token: such an answer is trained without its question.
+                    f"{lengths.answer_cut} the end of their answer and all but the last token of the prompt before it"
                     + (f" (e.g. {lengths.answer_cut_sources[0]})" if lengths.answer_cut_sources else "")
                 )
             report.warnings.append(

@@ -584,7 +584,9 @@ def iter_txt(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> It
         line = data.count(b"\n", 0, error.start) + 1
         yield f"{path}:{line}", RecordError(f"{path}:{line}", _undecodable(error))
         return
-    yield f"{path}:1", {"text": text}
+    # Line ends as Python's text mode reads them: a document saved on Windows (CRLF) or old Mac (CR) trained the model
+    # on carriage returns it then wrote, and read as another record than the same text saved on Linux.
+    yield f"{path}:1", {"text": text.replace("\r\n", "\n").replace("\r", "\n")}
 
 
 # UTF-32's little-endian mark begins with UTF-16's, so it is tried first.

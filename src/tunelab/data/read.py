@@ -381,6 +381,11 @@ def _preference(row: dict, source: str, fields: Fields) -> PreferenceRecord:
         prompt_value = row[fields.prompt]
         if isinstance(prompt_value, list):
             prompt = _messages(prompt_value, fields.prompt)
+            # As an sft prompt: the answers are the assistant's next turn, after something said to it.
+            if prompt[-1]["role"] == "assistant":
+                raise _Bad(f"'{fields.prompt}' must not end with an assistant turn")
+            if not any(m["role"] == "user" for m in prompt):
+                raise _Bad(f"no user turn in '{fields.prompt}'")
         else:
             prompt = [{"role": "user", "content": _string(row, fields.prompt, "prompt")}]
         chosen, rejected = _answer(row, fields.chosen), _answer(row, fields.rejected)

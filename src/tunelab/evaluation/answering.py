@@ -129,7 +129,7 @@ class LocalModel:
                 texts = [row["prediction"] for row in result.rows]
             else:
                 conversations = [with_system_prompt([dict(m) for m in messages], data_config.system_prompt) for messages in chunk]
-                texts, _ = answer_prompts(self.loaded, conversations, config, data_config.max_length)
+                texts, _, _ = answer_prompts(self.loaded, conversations, config, data_config.max_length)
             seconds = (time.perf_counter() - began) / len(chunk)  # batched: seconds per answer, not one request's latency
             for offset, text in enumerate(texts):
                 answer = Answer(text, latency_s=seconds)

@@ -66,6 +66,7 @@ from tunelab.evaluation.evaluate import (
     score_classify,
     score_sft,
     select_test_records,
+    unstopped_warning,
 )
 from tunelab.evaluation.metrics import PRIMARY_METRIC, wilson_interval
 from tunelab.evaluation.remote import names_label_map
@@ -518,10 +519,11 @@ def few_shot_sft(
             f"{budget} tokens (eval.few_shot_tokens) do not fit one training example: the prompt would be the base model's own"
         )
     conversations = few_shot_sft_chats(chosen, examples, data_config.system_prompt)
-    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length + budget, progress)
+    answers, truncated, unstopped = answer_prompts(loaded, conversations, config, data_config.max_length + budget, progress)
     rows, metrics = score_sft(chosen, answers, references)
     if truncated:
         warnings.append(f"{truncated} few-shot prompts were too long and kept only their last tokens")
+    warnings += unstopped_warning(unstopped, len(answers), config)
     settings = {"prompt": "few_shot", "examples": len(examples), "few_shot_tokens": config.few_shot_tokens,
                 "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
     return _result("sft", "few_shot", f"{_model_name(loaded)} few-shot ({len(examples)} examples)", chosen, rows, metrics, settings, warnings)

@@ -39,7 +39,7 @@ from tunelab.evaluation.metrics import (
 from tunelab.evaluation.predict import window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier, chat_prompt, zero_shot_extra_tokens
-from tunelab.models.generate import context_length, generate_batch
+from tunelab.models.generate import context_length, generate_answers
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
 Progress = Callable[[int], None]
@@ -377,6 +377,9 @@ def score_sft(
         row = {"id": record.id, "source": record.source, "prompt": prompt_text(record.prompt_messages), "reference": refs[0], "prediction": answer, "scores": scores}
         if len(refs) > 1:
             row["references"] = refs
+        if len(record.prompt_messages) > 1:
+            # ``prompt`` is one string to read; a preference pair made from this row needs the conversation itself.
+            row["messages"] = record.prompt_messages
         rows.append(row)
     return rows, metric_values("sft", rows)
 
@@ -406,8 +409,9 @@ def answer_prompts(
     max_length: int,
     progress: Progress | None = None,
     tools: Sequence[Sequence[dict[str, Any]]] | None = None,
-) -> tuple[list[str], int]:
-    """The model's answers to chat prompts (the one generation path), and how many prompts were cut.
+) -> tuple[list[str], int, int]:
+    """The model's answers to chat prompts (the one generation path), how many prompts were cut, and how many answers
+    reached ``eval.max_new_tokens`` before any end of turn (cut there: ``unstopped_warning``).
 
     A prompt longer than ``max_length`` (or than ``prompt_room``) keeps its end: the opened assistant turn is where
     the answer starts.
@@ -420,7 +424,7 @@ def answer_prompts(
         prompt = chat_prompt(loaded.tokenizer, messages, max_length=limit, tools=tools[index] if tools else ())
         prompts.append(prompt.ids)
         truncated += prompt.truncated
-    answers = generate_batch(
+    answers = generate_answers(
         loaded.model,
         loaded.tokenizer,
         prompts,
@@ -431,13 +435,22 @@ def answer_prompts(
         seed=config.seed,
         progress=progress,
     )
-    return answers, truncated
+    return [a.text for a in answers], truncated, sum(not a.stopped for a in answers)
+
+
+def unstopped_warning(unstopped: int, answers: int, config: EvalConfig) -> list[str]:
+    """The warning for answers cut at ``eval.max_new_tokens`` (none when every answer ended): scored as cut, mid-sentence,
+    they read as wrong answers when the model never learned to stop or the budget is short of the references."""
+    if not unstopped:
+        return []
+    return [f"{unstopped} of {answers} answers reached eval.max_new_tokens={config.max_new_tokens} before an end of turn "
+            "and were scored as cut there"]
 
 
 def _evaluate_sft(loaded, records, config, data_config, settings, progress):
     references = [references_of(record) for record in records]
     conversations = [with_system_prompt(r.prompt_messages, data_config.system_prompt) for r in records]
-    answers, truncated = answer_prompts(loaded, conversations, config, data_config.max_length, progress, tools=[r.tools for r in records])
+    answers, truncated, unstopped = answer_prompts(loaded, conversations, config, data_config.max_length, progress, tools=[r.tools for r in records])
     rows, metrics = score_sft(records, answers, references)
     limit = prompt_room(loaded, config, data_config.max_length)
     bound = "max_length" if limit == data_config.max_length else (
@@ -445,6 +458,7 @@ def _evaluate_sft(loaded, records, config, data_config, settings, progress):
         f"data.max_length is {data_config.max_length})"
     )
     warnings = [f"{truncated} sft prompts were longer than {bound} and kept only their last tokens"] if truncated else []
+    warnings += unstopped_warning(unstopped, len(answers), config)
     settings.update(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     return rows, metrics, warnings
 

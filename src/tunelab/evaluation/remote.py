@@ -21,7 +21,13 @@ from tunelab.config import REMOTE_TASKS, DataConfig, EndpointConfig, EvalConfig
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Record
 from tunelab.data.templates import with_system_prompt, zero_shot_messages
-from tunelab.evaluation.evaluate import check_test_records, references_of, score_sft, select_test_records
+from tunelab.evaluation.evaluate import (
+    check_test_records,
+    references_of,
+    score_sft,
+    select_test_records,
+    unstopped_warning,
+)
 from tunelab.evaluation.metrics import PRIMARY_METRIC, classify_metrics
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.remote.client import Answer, RemoteClient, RemoteError
@@ -149,7 +155,7 @@ def evaluate_remote(
         raise_for_failures(answers, client)
         # Stripped, as the local generation path strips its answers: the same answer scores the same.
         rows, metrics = score_sft(chosen, [(a.text or "").strip() for a in answers], references)
-        more = []
+        more = unstopped_warning(sum(a.finish_reason == "length" for a in answers), len(answers), config)
     for row, answer in zip(rows, answers, strict=True):
         row["remote"] = {"latency_s": answer.latency_s, "input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
                          "cached": answer.cached, "cost_usd": answer.cost_usd}

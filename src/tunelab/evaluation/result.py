@@ -46,8 +46,8 @@ class EvalResult:
 
     ``baseline_name`` says which opponent of the tuned model this is (``tunelab.evaluation.baselines``).
     ``rows`` hold, per example: ``id``, ``source`` (file:line), ``prompt``, ``reference`` (and
-    ``references`` for multi-reference sft), ``prediction`` and ``scores`` (the task's per-example
-    scores, see ``tunelab.evaluation.metrics``).
+    ``references`` for multi-reference sft; ``messages``, an sft prompt of more than one message as its messages),
+    ``prediction`` and ``scores`` (the task's per-example scores, see ``tunelab.evaluation.metrics``).
     """
 
     task: str

@@ -77,15 +77,22 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)
     sides: dict[str, dict[str, str]] = {}
+    # The conversations behind prompts of more than one message, which the sheet shows as one string (``review_pairs``).
+    prompts: dict[str, list] = {}
     for before, after in pairs:
         tuned_first = rng.random() < 0.5
         a, b = (after, before) if tuned_first else (before, after)
         sides[after["id"]] = {"A": "tuned" if tuned_first else "base", "B": "base" if tuned_first else "tuned"}
+        if "messages" in after:
+            prompts[after["id"]] = after["messages"]
         writer.writerow([after["id"], after["prompt"], a["prediction"], b["prediction"], ""])
     sheet = Path(sheet)
     key = key_path_for(sheet)
     atomic_write_text(sheet, buffer.getvalue())
-    atomic_write_text(key, json.dumps({"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides}, indent=1, ensure_ascii=False))
+    content = {"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides}
+    if prompts:
+        content["prompts"] = prompts
+    atomic_write_text(key, json.dumps(content, indent=1, ensure_ascii=False))
     return sheet, key
 
 
@@ -188,7 +195,9 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
         chosen, rejected = row[f"output_{choice.lower()}"], row[f"output_{other.lower()}"]
         model = sides[row["id"]][choice]
         chosen_by[model] += 1
-        pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "review": f"{sheet.resolve()}:{line}", "chosen_model": model}
+        # The answers were generated for the conversation, not for the sheet's one-string view of it.
+        prompt = key_data.get("prompts", {}).get(row["id"], row["prompt"])
+        pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "review": f"{sheet.resolve()}:{line}", "chosen_model": model}
         lines.append(json.dumps(pair, ensure_ascii=False))
     if not lines:
         raise DataError(f"{sheet}: no row prefers A or B ({ties} ties, {unjudged} blank)", "fill the preference column with A or B")

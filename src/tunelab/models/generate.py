@@ -208,7 +208,20 @@ def _by_length(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def generate_batch(
+@dataclass(frozen=True)
+class Generated:
+    """One generated answer: its text, and whether it ended at a stop id (False: cut at ``max_new_tokens``)."""
+
+    text: str
+    stopped: bool
+
+
+def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], **options: Any) -> list[str]:
+    """The texts of :func:`generate_answers`."""
+    return [answer.text for answer in generate_answers(model, tokenizer, prompts, **options)]
+
+
+def generate_answers(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
@@ -219,7 +232,7 @@ def generate_batch(
     top_p: float = 1.0,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-) -> list[str]:
+) -> list[Generated]:
     """Answer each prompt (token ids, chat template already applied) with batched KV-cache generation.
 
     Prompts are sorted by length and left-padded. Each answer stops at a stop id or after
@@ -228,7 +241,7 @@ def generate_batch(
     device = next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, stops)
-    answers: list[str] = [""] * len(prompts)
+    answers: list[Generated] = [Generated("", True)] * len(prompts)
     # Seeded once for the whole set, not per batch: what evaluation always did.
     if temperature > 0:
         torch.manual_seed(seed)
@@ -241,11 +254,12 @@ def generate_batch(
         longest = input_ids.shape[1]
         for row, index in enumerate(batch):
             new = output[row, longest:].tolist()
+            stopped = False
             for position, token in enumerate(new):
                 if token in stops:
-                    new = new[:position]
+                    new, stopped = new[:position], True
                     break
-            answers[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            answers[index] = Generated(tokenizer.decode(new, skip_special_tokens=True).strip(), stopped)
         if progress:
             progress(len(batch))
     return answers

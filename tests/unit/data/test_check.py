@@ -75,6 +75,9 @@ def test_sft_rows_past_max_length_are_counted_by_what_they_lose(tmp_path, tiny_t
     assert report.lengths.over_max_length == 3 and report.lengths.prompt_cut == 2 and report.lengths.answer_cut == 1
     assert report.lengths.answer_cut_sources == [f"{path}:3"]
     assert any("2 would lose the start of their prompt (answer kept)" in w and "1 the end of their answer" in w for w in report.warnings)
+    # ... and all of the prompt before it but one token: the answer is trained without its question, which the warning
+    # said nothing of.
+    assert any("1 the end of their answer and all but the last token of the prompt before it" in w for w in report.warnings), report.warnings
     assert report.ok
 
 

@@ -149,7 +149,7 @@ def test_few_shot_sft_puts_training_pairs_before_the_prompt(loaded, tiny_tokeniz
     assert 1 <= len(examples) < len(train)
     assert len(render_prompt_ids(tiny_tokenizer, few_shot_chat([], examples))) <= 90
     result = B.few_shot_sft(loaded, train, test, config=config, data_config=DataConfig())
-    answers, _ = answer_prompts(loaded, [few_shot_chat(r.prompt_messages, examples) for r in test], config, 10_000)
+    answers, _, _ = answer_prompts(loaded, [few_shot_chat(r.prompt_messages, examples) for r in test], config, 10_000)
     assert [row["prediction"] for row in result.rows] == answers
     assert result.settings["examples"] == len(examples) and "rougeL" in result.metrics
     chat = few_shot_chat([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], examples[:1])

@@ -37,6 +37,9 @@ def test_remote_sft_answers_equal_the_local_evaluation_of_the_same_model(endpoin
     assert all(r["prediction"] for r in remote.rows)  # real text, not only whitespace
     assert remote.metrics["rougeL"] == pytest.approx(local.metrics["rougeL"])
     assert remote.test_fingerprint == local.test_fingerprint  # so the two pair in the bootstrap
+    # Answers cut at eval.max_new_tokens are counted alike (the endpoint's finish_reason "length", the local stop ids).
+    cut = [w for w in local.warnings if "reached eval.max_new_tokens=8" in w]
+    assert cut and cut == [w for w in remote.warnings if "reached eval.max_new_tokens=8" in w], (local.warnings, remote.warnings)
     usage = remote.settings["usage"]
     assert usage["requests"] == 5 and usage["cached"] == 0 and usage["input_tokens"] > 0
     assert usage["cost_usd"] is None and any("cost is unknown" in w for w in remote.warnings)  # unknown price, never 0
