@@ -102,6 +102,12 @@ class PreferenceExample:
         return sum(1 for label in self.rejected_labels[1:] if label != IGNORE_INDEX)
 
     @property
+    def differs(self) -> bool:
+        """Whether the two answers, as cut to max_length, are different tokens (else neither can be preferred: training
+        and evaluation both leave such a pair out)."""
+        return self.chosen_ids != self.rejected_ids
+
+    @property
     def trainable(self) -> bool:
         """Both answers keep at least one token within max_length (else the pair teaches nothing)."""
         return self.chosen_tokens > 0 and self.rejected_tokens > 0
@@ -275,7 +281,8 @@ def perplexity_stride(data_config: Any) -> int:
 
 def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:
     """Split one document (after the tokenizer's own BOS where it adds one, + EOS) into windows of ``max_length`` tokens
-    every ``stride`` tokens."""
+    every ``stride`` tokens (at most ``max_length - 1``: windows share at least one token), each token after the
+    document's first a training target in exactly one window."""
     stride = stride or max_length
     if not 0 < stride <= max_length:
         raise ValueError(f"stride must be in 1..max_length ({max_length}), got {stride}")
@@ -295,7 +302,9 @@ def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: i
         predicted_until = start + len(window)
         if start + max_length >= len(ids):
             break
-        start += stride
+        # A window's first token is context only (nothing before it predicts it): the next window starts at the latest
+        # on this one's last token, so that token is a target there, and no token of the document is never learnt.
+        start += min(stride, max_length - 1)
     return windows
 
 

@@ -73,10 +73,10 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
         warnings.append(f"{len(records) - len(kept)} pairs have an answer beyond max_length and were not scored")
     # Answers cut to the same tokens rank neither above the other for any model (counted wrong for every one); training
     # leaves such a pair out too (``tasks.preference``).
-    tied = [(r, e) for r, e in kept if e.chosen_ids == e.rejected_ids]
+    tied = [(r, e) for r, e in kept if not e.differs]
     if tied:
         warnings.append(f"{len(tied)} pairs have answers that differ only beyond max_length and were not scored")
-        kept = [(r, e) for r, e in kept if e.chosen_ids != e.rejected_ids]
+        kept = [(r, e) for r, e in kept if e.differs]
     examples = [e for _, e in kept]
     policy = answer_log_probs(loaded.model, examples, batch_size=config.batch_size, progress=progress)
     run_settings = loaded.run.config.preference if loaded.run is not None else None

@@ -48,15 +48,15 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     settings = {"max_length": max_length, "system_prompt": config.data.system_prompt}
     examples, stats = tokenize_records(split.train, "preference", tokenizer, **settings)
     # Answers that differ only beyond max_length are cut to the same tokens: no gradient, yet one more pair in every mean.
-    tied = [e.source for e in examples if e.trainable and not _differs(e)]
-    examples = [e for e in examples if e.trainable and _differs(e)]
+    tied = [e.source for e in examples if e.trainable and not e.differs]
+    examples = [e for e in examples if e.trainable and e.differs]
     if not examples:
         raise DataError(
             f"no training pair keeps both answers, and a difference between them, within data.max_length={max_length}",
             "raise data.max_length or shorten the prompts",
         )
     validation, _ = tokenize_records(split.validation, "preference", tokenizer, **settings)
-    validation = [e for e in validation if e.trainable and _differs(e)]
+    validation = [e for e in validation if e.trainable and e.differs]
     collate = PreferenceCollate(tokenizer.pad_token_id, max_length, config.train.packing, config.train.pack_tokens)
 
     # The reference is the model as loaded (an SFT run's adapter active), before anything is trained.
@@ -78,11 +78,6 @@ def train(config: ResolvedConfig, split: Split, *, run_dir: str | Path, progress
     result.warnings += [f"{source}: an answer lies beyond data.max_length; pair not trained on" for source in stats.untrainable]
     result.warnings += [f"{source}: chosen and rejected differ only beyond data.max_length; pair not trained on" for source in tied]
     return result
-
-
-def _differs(example: PreferenceExample) -> bool:
-    """Whether the pair's two answers, as cut to max_length, are different tokens (else there is nothing to prefer)."""
-    return example.chosen_ids != example.rejected_ids
 
 
 def with_reference_log_probs(
