@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -209,6 +211,17 @@ class LoraConfig(_Section):
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."
     )
+
+    @model_validator(mode="after")
+    def _module_names_listed(self) -> LoraConfig:
+        # peft reads a string as one regular expression over whole module paths: "q_proj" or "q_proj,v_proj" matched no
+        # module and failed only when the model was built. Any string but all-linear is the names, comma-separated.
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            names = [name.strip() for name in self.target_modules.split(",") if name.strip()]
+            if not names:
+                raise ValueError("lora.target_modules is empty; give all-linear or module names (e.g. [q_proj, v_proj])")
+            self.target_modules = names
+        return self
 
 
 # train.max_pass_tokens=auto on a CPU (measured: see TrainConfig.max_pass_tokens).
@@ -884,11 +897,18 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
             section = _section_at(item["loc"][:-1])
             valid = _valid_keys(section)
             key = str(item["loc"][-1])
-            close = difflib.get_close_matches(key, valid, n=1)
-            suggestion = f" Did you mean '{close[0]}'?" if close else ""
+            close = [f"'{name}'" for name in difflib.get_close_matches(key, valid, n=1)]
+            if section is RunConfig:
+                # A section's key written at the top (`lr=1e-4`): its section is what was meant, not a look-alike name.
+                owners = [name for name, field in RunConfig.model_fields.items()
+                          if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) and key in field.annotation.model_fields]
+                close = [" or ".join(f"'{owner}.{key}'" for owner in owners)] if owners else close
+            suggestion = f" Did you mean {close[0]}?" if close else ""
             lines.append(f"unknown key '{location}'.{suggestion} Valid keys here: {', '.join(valid)}")
         elif item["type"] == "missing":
-            lines.append(f"missing required key '{location}'")
+            field = _section_at(item["loc"][:-1]).model_fields.get(str(item["loc"][-1]))
+            meaning = f" ({field.description})" if field is not None and field.description else ""
+            lines.append(f"missing required key '{location}'{meaning}")
         elif item["type"] == "value_error":
             # A section's own check: its message names the keys already; the whole section as "got" is noise.
             lines.append(str(item["msg"]).removeprefix("Value error, "))
@@ -930,6 +950,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _field_types(path: list[str]) -> set[Any]:
+    """The types a key accepts (``list`` for ``list[str]``; None excluded); empty for a key that is not a field."""
+    section: type[BaseModel] = RunConfig
+    for part in path[:-1]:
+        field = section.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return set()
+        section = field.annotation
+    field = section.model_fields.get(path[-1])
+    if field is None:
+        return set()
+    options = typing.get_args(field.annotation) if isinstance(field.annotation, types.UnionType) else (field.annotation,)
+    return {typing.get_origin(option) or option for option in options} - {type(None)}
+
+
+def _typed_override(path: list[str], raw: str, value: Any) -> Any:
+    """An override's value as the key's type reads it: YAML alone made ``name=2024`` a number, ``data.label_field=yes``
+    a boolean and ``data.system_prompt=You: be brief`` a mapping, each refused as not text; a list key takes
+    ``a,b`` (what a shell passes without quoting brackets) as the list [a, b]."""
+    accepted = _field_types(path)
+    if accepted == {str} and value is not None and not isinstance(value, str):
+        return raw
+    if accepted & {list, tuple} and isinstance(value, str) and (list in accepted and str not in accepted or "," in value):
+        return [part.strip() for part in value.split(",")]
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted ``key=value`` overrides to a raw config dict (validation happens afterwards)."""
     result = yaml.safe_load(yaml.safe_dump(data)) if data else {}
@@ -937,6 +984,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         path, value = parse_override(override)
         if path == ["model"] and isinstance(value, str):
             path = ["model", "name"]
+        value = _typed_override(path, override.split("=", 1)[1].strip(), value)
         node = result
         for part in path[:-1]:
             current = node.get(part)
@@ -950,19 +998,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping: PyYAML keeps the last one silently, so a
+    second ``train:`` section dropped every key of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}:{key_node.start_mark.line + 1}: the key '{key}' is written twice "
+                    f"(first on line {seen[key]}); only one would count",
+                    "keep one of them",
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict, resolving relative data paths against the file's folder.
 
     Raises:
         ConfigError: when the file is missing, unreadable or not valid YAML.
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # a quoted '~/run.yaml' (or one from a script) is the home folder's, as the shell's
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a config file", "pass the run config's YAML file, e.g. config.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", "check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -1,0 +1,62 @@
+"""A config as a new user types it: YAML files and key=value overrides whose meaning is plain, read as meant,
+and mistakes that would silently change a run stopped with one line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.config import load_config, parse_config
+from tunelab.errors import ConfigError
+
+
+def test_a_key_written_twice_in_a_file_is_an_error_not_the_last_one(tmp_path):
+    # PyYAML keeps the last of two equal keys: a second `train:` section silently dropped the first's lr.
+    path = tmp_path / "run.yaml"
+    path.write_text("task: classify\ntrain:\n  lr: 1e-4\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:4: the key 'train' is written twice") as info:
+        load_config(path)
+    assert "line 2" in str(info.value)
+    path.write_text("task: classify\ntrain:\n  lr: 1e-4\n  lr: 3e-4\n")
+    with pytest.raises(ConfigError, match="'lr' is written twice"):
+        load_config(path)
+
+
+def test_a_comma_separated_override_of_a_list_is_the_list():
+    config = load_config(None, ["task=classify", "eval.baselines=classical,base", "train.method=freeze", "train.trainable_layers=-1,-2"])
+    assert config.eval.baselines == ["classical", "base"]
+    assert config.train.trainable_layers == [-1, -2]
+    assert load_config(None, ["task=classify", "eval.baselines=classical"]).eval.baselines == ["classical"]
+    assert load_config(None, ["task=classify", "eval.baselines=[classical]"]).eval.baselines == ["classical"]
+
+
+def test_target_modules_named_by_a_string_are_a_list_of_names():
+    # peft reads a string as one regular expression matched against whole module paths: "q_proj,v_proj" matched nothing.
+    assert load_config(None, ["task=sft", "lora.target_modules=q_proj,v_proj"]).lora.target_modules == ["q_proj", "v_proj"]
+    assert parse_config({"task": "sft", "lora": {"target_modules": "q_proj"}}).lora.target_modules == ["q_proj"]
+    assert parse_config({"task": "sft"}).lora.target_modules == "all-linear"
+
+
+def test_an_override_of_a_text_key_keeps_the_text_typed():
+    config = load_config(None, ["task=classify", "name=2024", "data.label_field=yes", "data.system_prompt=You: answer briefly"])
+    assert config.name == "2024"
+    assert config.data.label_field == "yes"
+    assert config.data.system_prompt == "You: answer briefly"
+    assert load_config(None, ["task=classify", "data.system_prompt=null"]).data.system_prompt is None
+
+
+def test_a_config_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run.yaml").write_text("task: sft\n")
+    assert load_config("~/run.yaml").task == "sft"
+
+
+def test_a_section_key_given_at_the_top_level_names_its_section():
+    with pytest.raises(ConfigError, match="Did you mean 'train.lr'"):
+        load_config(None, ["task=sft", "lr=1e-4"])
+
+
+def test_a_key_of_several_sections_names_them_all_and_a_missing_task_says_which_tasks():
+    with pytest.raises(ConfigError, match="Did you mean 'data.seed' or 'train.seed' or 'eval.seed'"):
+        load_config(None, ["task=sft", "seed=1"])
+    with pytest.raises(ConfigError, match="missing required key 'task' \\(text, sft, classify or preference"):
+        load_config(None, [])
