@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError
 
@@ -72,6 +73,12 @@ BASELINES: dict[str, BaselineEntry] = {
 TASK_BASELINES: dict[str, tuple[str, ...]] = {
     task: tuple(name for name, entry in BASELINES.items() if task in entry.tasks) for task in ("classify", "sft", "text", "preference")
 }
+
+
+def _expand_home(path: str) -> str:
+    # A shell expands no ~ inside `train.output_dir=~/runs` (nor in a quoted YAML value): without this the runs went to
+    # a folder named "~" under the working folder.
+    return os.path.expanduser(path)
 
 
 class _Section(BaseModel):
@@ -317,6 +324,11 @@ class TrainConfig(_Section):
         "none", description="Experiment tracker through accelerate (install it yourself)."
     )
     output_dir: str = Field("runs", description="Folder under which each run gets its own folder.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home_expanded(cls, value: str) -> str:
+        return _expand_home(value)
     backend: Literal["local", "openai"] = Field(
         "local", description="local: train here; openai: a provider's fine-tuning API at model.endpoint (same data and config)."
     )
@@ -649,6 +661,11 @@ class RunConfig(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_home_expanded(cls, value: str | None) -> str | None:
+        return None if value is None else _expand_home(value)
 
     @model_validator(mode="after")
     def _name_is_one_folder(self) -> RunConfig:

@@ -60,3 +60,11 @@ def test_a_key_of_several_sections_names_them_all_and_a_missing_task_says_which_
         load_config(None, ["task=sft", "seed=1"])
     with pytest.raises(ConfigError, match="missing required key 'task' \\(text, sft, classify or preference"):
         load_config(None, [])
+
+
+def test_output_folder_and_registry_under_a_tilde_are_in_the_home_folder(tmp_path, monkeypatch):
+    # The shell expands no ~ after `train.output_dir=`: the runs went to a folder named "~" in the working folder.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(None, ["task=sft", "train.output_dir=~/runs", "registry=~/runs/reg.db"])
+    assert config.train.output_dir == str(tmp_path / "runs")
+    assert config.registry == str(tmp_path / "runs" / "reg.db")
