@@ -929,6 +929,11 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         elif item["type"] == "value_error":
             # A section's own check: its message names the keys already; the whole section as "got" is noise.
             lines.append(str(item["msg"]).removeprefix("Value error, "))
+        elif item["type"] == "string_type" and isinstance(item.get("input"), bool | int | float):
+            # YAML reads yes/no/on/off as booleans and 2024 as a number before the key's type is known.
+            value = item["input"]
+            kind, text = ("a boolean", "yes" if value else "no") if isinstance(value, bool) else ("a number", str(value))
+            lines.append(f"'{location}' takes text, and YAML read it as {kind}: quote it if it is text (e.g. \"{text}\")")
         else:
             lines.append(f"'{location}': {item['msg']} (got {item.get('input')!r})")
     return f"{source}: " + "; ".join(lines)

@@ -68,3 +68,15 @@ def test_output_folder_and_registry_under_a_tilde_are_in_the_home_folder(tmp_pat
     config = load_config(None, ["task=sft", "train.output_dir=~/runs", "registry=~/runs/reg.db"])
     assert config.train.output_dir == str(tmp_path / "runs")
     assert config.registry == str(tmp_path / "runs" / "reg.db")
+
+
+def test_a_text_value_yaml_read_as_another_type_says_to_quote_it(tmp_path):
+    # YAML reads `out_of_scope_label: no` as false and `name: 2024` as a number; "Input should be a valid string
+    # (got False)" left the user to guess why.
+    path = tmp_path / "run.yaml"
+    path.write_text("task: classify\ndata:\n  out_of_scope_label: no\n")
+    with pytest.raises(ConfigError, match="data.out_of_scope_label.*YAML read it as a boolean.*quote it.*\"no\""):
+        load_config(path)
+    path.write_text("task: classify\nname: 2024\n")
+    with pytest.raises(ConfigError, match="'name'.*YAML read it as a number.*quote it.*\"2024\""):
+        load_config(path)
