@@ -992,7 +992,7 @@ def _typed_override(path: list[str], raw: str, value: Any) -> Any:
     a boolean and ``data.system_prompt=You: be brief`` a mapping, each refused as not text; a list key takes
     ``a,b`` (what a shell passes without quoting brackets) as the list [a, b]."""
     accepted = _field_types(path)
-    if accepted == {str} and value is not None and not isinstance(value, str):
+    if accepted == {str} and isinstance(value, bool | int | float | dict):  # a list for text stays a type error
         return raw
     if accepted & {list, tuple} and isinstance(value, str) and (list in accepted and str not in accepted or "," in value):
         return [part.strip() for part in value.split(",")]
@@ -1048,6 +1048,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a config file", "pass the run config's YAML file, e.g. config.yaml")
     if not path.is_file():
+        if "=" in path.name:  # an override typed where the config goes (`tunelab train train.lr=1e-4 run.yaml`)
+            raise ConfigError(f"config file not found: {path}", "the config file comes first, then key=value overrides: CONFIG.yaml train.lr=1e-4")
         raise ConfigError(f"config file not found: {path}", "check the path")
     try:
         loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))

@@ -80,3 +80,11 @@ def test_a_text_value_yaml_read_as_another_type_says_to_quote_it(tmp_path):
     path.write_text("task: classify\nname: 2024\n")
     with pytest.raises(ConfigError, match="'name'.*YAML read it as a number.*quote it.*\"2024\""):
         load_config(path)
+
+
+def test_an_override_given_before_the_config_says_the_config_comes_first(tmp_path, monkeypatch):
+    # `tunelab train train.lr=1e-4 run.yaml` said only "config file not found: train.lr=1e-4".
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="config file not found: train.lr=1e-4") as info:
+        load_config("train.lr=1e-4", ["run.yaml"])
+    assert "the config file comes first" in (info.value.hint or "")
