@@ -42,6 +42,8 @@ def test_an_override_of_a_text_key_keeps_the_text_typed():
     assert config.data.label_field == "yes"
     assert config.data.system_prompt == "You: answer briefly"
     assert load_config(None, ["task=classify", "data.system_prompt=null"]).data.system_prompt is None
+    with pytest.raises(ConfigError, match="'data.train': Input should be a valid string"):  # one path, not a list
+        load_config(None, ["task=classify", "data.train=[a.jsonl,b.jsonl]"])
 
 
 def test_a_config_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
