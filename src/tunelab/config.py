@@ -85,6 +85,21 @@ class _Section(BaseModel):
     # extra="forbid": a typo in a config key must fail loudly, never be ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, values: Any) -> Any:
+        # A section whose keys are all commented out (`train:` alone) is null to YAML: it means the section's defaults.
+        if not isinstance(values, dict):
+            return values
+        return {
+            key: value for key, value in values.items()
+            if not (value is None and key in cls.model_fields and _is_section(cls.model_fields[key].annotation))
+        }
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Section)
+
 
 # The OpenAI API, for `openai:NAME` (a model of OpenAI's, the key in OPENAI_API_KEY).
 OPENAI_BASE_URL = "https://api.openai.com/v1"

@@ -90,3 +90,12 @@ def test_an_override_given_before_the_config_says_the_config_comes_first(tmp_pat
     with pytest.raises(ConfigError, match="config file not found: train.lr=1e-4") as info:
         load_config("train.lr=1e-4", ["run.yaml"])
     assert "the config file comes first" in (info.value.hint or "")
+
+
+def test_a_section_with_every_key_commented_out_is_its_defaults(tmp_path):
+    # `train:` with its keys commented out is null to YAML: "Input should be a valid dictionary ... (got None)".
+    path = tmp_path / "run.yaml"
+    path.write_text("task: classify\nmodel:\ntrain:\n#  lr: 1e-4\nmonitor:\n  thresholds:\n")
+    config = load_config(path)
+    assert config.train.lr == 1e-3 and config.model.name == "default"
+    assert config.monitor.thresholds == type(config.monitor.thresholds)()
