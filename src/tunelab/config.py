@@ -434,7 +434,7 @@ class EvalConfig(_Section):
                 if name.removeprefix("remote:") not in self.endpoints:
                     raise ValueError(f"eval.baselines: {name} names no entry of eval.endpoints ({', '.join(self.endpoints) or 'none'})")
                 continue
-            raise ValueError(f"eval.baselines: unknown baseline '{name}': use {', '.join(sorted(local))}, openai:NAME, remote:NAME or {{endpoint: ...}}")
+            raise ValueError(f"eval.baselines: unknown baseline '{name}': use {', '.join(sorted(local))}, openai:NAME, remote:NAME or {{endpoint: ...}} (eval.baselines=[] for none)")
         return self
 
     def endpoint_of(self, name: str) -> EndpointConfig | None:

@@ -99,3 +99,11 @@ def test_a_section_with_every_key_commented_out_is_its_defaults(tmp_path):
     config = load_config(path)
     assert config.train.lr == 1e-3 and config.model.name == "default"
     assert config.monitor.thresholds == type(config.monitor.thresholds)()
+
+
+def test_eval_baselines_none_says_how_to_write_no_baseline():
+    # The eval command takes --baselines none; in a config `eval.baselines=none` is an unknown baseline 'none', which
+    # apply, and the message did not say how to ask for none.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["task=classify", "eval.baselines=none"])
+    assert "none" in info.value.message and "eval.baselines=[] for none" in info.value.message
