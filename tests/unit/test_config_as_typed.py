@@ -102,8 +102,8 @@ def test_a_section_with_every_key_commented_out_is_its_defaults(tmp_path):
 
 
 def test_eval_baselines_none_says_how_to_write_no_baseline():
-    # The eval command takes --baselines none; in a config `eval.baselines=none` is an unknown baseline 'none', which
-    # apply, and the message did not say how to ask for none.
+    # The eval command takes --baselines none; in a config `eval.baselines=none` is an unknown baseline, and the
+    # message did not say how to ask for none.
     with pytest.raises(ConfigError) as info:
         load_config(None, ["task=classify", "eval.baselines=none"])
     assert "none" in info.value.message and "eval.baselines=[] for none" in info.value.message
