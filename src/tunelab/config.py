@@ -921,9 +921,24 @@ def _section_at(path: tuple) -> type[BaseModel]:
     return section
 
 
+# pydantic names the branch of a key of several types in its location ('train.compile.bool',
+# "train.compile.literal['auto',...]", 'distill.teacher.EndpointConfig.name'): not a key the user wrote.
+_BRANCH_NAMES = {"str", "int", "float", "bool", "none", "list[str]", "list[int]"}
+_BRANCH_PREFIXES = ("literal[", "constrained-", "list[", "dict[", "tuple[", "function-")
+
+
+def _is_branch_name(part: Any) -> bool:
+    if not isinstance(part, str):
+        return False
+    models = {cls.__name__ for cls in _Section.__subclasses__()}
+    return part in _BRANCH_NAMES or part in models or part.startswith(_BRANCH_PREFIXES)
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     lines = []
+    typed: dict[str, list[dict[str, Any]]] = {}  # the plain type errors of each key, one line per key
     for item in error.errors():
+        item = {**item, "loc": tuple(part for part in item["loc"] if not _is_branch_name(part))}
         location = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             section = _section_at(item["loc"][:-1])
@@ -950,7 +965,12 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
             kind, text = ("a boolean", "yes" if value else "no") if isinstance(value, bool) else ("a number", str(value))
             lines.append(f"'{location}' takes text, and YAML read it as {kind}: quote it if it is text (e.g. \"{text}\")")
         else:
-            lines.append(f"'{location}': {item['msg']} (got {item.get('input')!r})")
+            if location not in typed:
+                lines.append(location)  # its place, filled in below
+            typed.setdefault(location, []).append(item)
+    for location, items in typed.items():
+        wanted = " or ".join(dict.fromkeys(item["msg"] for item in items))
+        lines[lines.index(location)] = f"'{location}': {wanted} (got {items[0].get('input')!r})"
     return f"{source}: " + "; ".join(lines)
 
 

@@ -107,3 +107,15 @@ def test_eval_baselines_none_says_how_to_write_no_baseline():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["task=classify", "eval.baselines=none"])
     assert "none" in info.value.message and "eval.baselines=[] for none" in info.value.message
+
+
+def test_a_key_of_several_types_is_named_once_without_pydantics_branch_names():
+    # `train.compile=fast` named 'train.compile.bool' and "train.compile.literal['auto',...]" as two keys.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["task=sft", "train.compile=fast"])
+    message = info.value.message
+    assert message.count("'train.compile'") == 1 and "literal[" not in message and ".bool" not in message
+    assert "valid boolean" in message and "'elementwise'" in message and "got 'fast'" in message
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["task=sft", "distill.teacher={base_url: http://x}"])
+    assert "'distill.teacher.name'" in info.value.message and "EndpointConfig" not in info.value.message
