@@ -23,9 +23,11 @@ def config(
         import difflib
 
         sections = list(dict.fromkeys(key.split(".")[0] for key, _, _ in field_docs() if "." in key))
-        close = difflib.get_close_matches(section, sections, n=1)
+        # A dotted name is a key: the close one is a key (train.lrr: train.lr), else a section.
+        names = [key for key, _, _ in field_docs()] if "." in section else sections
+        close = difflib.get_close_matches(section, names, n=1)
         raise ConfigError(
-            f"no config section '{section}'." + (f" Did you mean '{close[0]}'?" if close else ""),
+            f"no config section or key '{section}'." + (f" Did you mean '{close[0]}'?" if close else ""),
             f"sections: {', '.join(sections)}",
         )
     if as_json:

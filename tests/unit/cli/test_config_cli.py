@@ -42,3 +42,15 @@ def test_cli_config_shows_one_key_asked_by_its_name():
         result = CliRunner().invoke(app, ["config", key, "--json"])
         assert result.exit_code == 0, result.output
         assert [row["key"] for row in json.loads(result.stdout)] == [key]
+
+
+def test_cli_config_suggests_a_key_for_a_misspelt_key():
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.errors import ConfigError
+
+    _register_commands()
+    result = CliRunner().invoke(app, ["config", "train.lrr"])
+    assert isinstance(result.exception, ConfigError)
+    assert "'train.lrr'" in result.exception.message and "Did you mean 'train.lr'" in result.exception.message
