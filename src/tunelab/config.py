@@ -25,6 +25,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -1018,7 +1019,8 @@ def _field_types(path: list[str]) -> set[Any]:
     field = section.model_fields.get(path[-1])
     if field is None:
         return set()
-    options = typing.get_args(field.annotation) if isinstance(field.annotation, types.UnionType) else (field.annotation,)
+    union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(field.annotation) if union else (field.annotation,)
     return {typing.get_origin(option) or option for option in options} - {type(None)}
 
 
@@ -1063,6 +1065,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # YAML's complex keys: PyYAML's own error names them
+                continue
             if key in seen:
                 raise ConfigError(
                     f"{self.name}:{key_node.start_mark.line + 1}: the key '{key}' is written twice "
