@@ -19,6 +19,9 @@ def test_a_key_written_twice_in_a_file_is_an_error_not_the_last_one(tmp_path):
     path.write_text("task: classify\ntrain:\n  lr: 1e-4\n  lr: 3e-4\n")
     with pytest.raises(ConfigError, match="'lr' is written twice"):
         load_config(path)
+    path.write_text("task: classify\n? [a, b]\n: 1\n")  # a complex key: PyYAML's own one line, not a TypeError
+    with pytest.raises(ConfigError, match="unhashable key"):
+        load_config(path)
 
 
 def test_a_comma_separated_override_of_a_list_is_the_list():
