@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import types
+import typing
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,9 +77,30 @@ TASK_BASELINES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _expand_home(path: str) -> str:
+    # A shell expands no ~ inside `train.output_dir=~/runs` (nor in a quoted YAML value): without this the runs went to
+    # a folder named "~" under the working folder.
+    return os.path.expanduser(path)
+
+
 class _Section(BaseModel):
     # extra="forbid": a typo in a config key must fail loudly, never be ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, values: Any) -> Any:
+        # A section whose keys are all commented out (`train:` alone) is null to YAML: it means the section's defaults.
+        if not isinstance(values, dict):
+            return values
+        return {
+            key: value for key, value in values.items()
+            if not (value is None and key in cls.model_fields and _is_section(cls.model_fields[key].annotation))
+        }
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Section)
 
 
 # The OpenAI API, for `openai:NAME` (a model of OpenAI's, the key in OPENAI_API_KEY).
@@ -222,6 +247,17 @@ class LoraConfig(_Section):
         "all-linear", description="Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."
     )
 
+    @model_validator(mode="after")
+    def _module_names_listed(self) -> LoraConfig:
+        # peft reads a string as one regular expression over whole module paths: "q_proj" or "q_proj,v_proj" matched no
+        # module and failed only when the model was built. Any string but all-linear is the names, comma-separated.
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            names = [name.strip() for name in self.target_modules.split(",") if name.strip()]
+            if not names:
+                raise ValueError("lora.target_modules is empty; give all-linear or module names (e.g. [q_proj, v_proj])")
+            self.target_modules = names
+        return self
+
 
 # train.max_pass_tokens=auto on a CPU (measured: see TrainConfig.max_pass_tokens).
 CPU_PASS_TOKENS = 1024
@@ -316,6 +352,11 @@ class TrainConfig(_Section):
         "none", description="Experiment tracker through accelerate (install it yourself)."
     )
     output_dir: str = Field("runs", description="Folder under which each run gets its own folder.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home_expanded(cls, value: str) -> str:
+        return _expand_home(value)
     backend: Literal["local", "openai"] = Field(
         "local", description="local: train here; openai: a provider's fine-tuning API at model.endpoint (same data and config)."
     )
@@ -406,7 +447,7 @@ class EvalConfig(_Section):
                 if name.removeprefix("remote:") not in self.endpoints:
                     raise ValueError(f"eval.baselines: {name} names no entry of eval.endpoints ({', '.join(self.endpoints) or 'none'})")
                 continue
-            raise ValueError(f"eval.baselines: unknown baseline '{name}': use {', '.join(sorted(local))}, openai:NAME, remote:NAME or {{endpoint: ...}}")
+            raise ValueError(f"eval.baselines: unknown baseline '{name}': use {', '.join(sorted(local))}, openai:NAME, remote:NAME or {{endpoint: ...}} (eval.baselines=[] for none)")
         return self
 
     def endpoint_of(self, name: str) -> EndpointConfig | None:
@@ -649,6 +690,11 @@ class RunConfig(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     registry: str | None = Field(None, description="SQLite registry path (default: <train.output_dir>/registry.db).")
 
+    @field_validator("registry")
+    @classmethod
+    def _registry_home_expanded(cls, value: str | None) -> str | None:
+        return None if value is None else _expand_home(value)
+
     @model_validator(mode="after")
     def _name_is_one_folder(self) -> RunConfig:
         if self.name is not None:
@@ -888,6 +934,19 @@ def _section_at(path: tuple) -> type[BaseModel]:
     return section
 
 
+# pydantic names the branch of a key of several types in its location ('train.compile.bool',
+# "train.compile.literal['auto',...]", 'distill.teacher.EndpointConfig.name'): not a key the user wrote.
+_BRANCH_NAMES = {"str", "int", "float", "bool", "none", "list[str]", "list[int]"}
+_BRANCH_PREFIXES = ("literal[", "constrained-", "list[", "dict[", "tuple[", "function-")
+
+
+def _is_branch_name(part: Any) -> bool:
+    if not isinstance(part, str):
+        return False
+    models = {cls.__name__ for cls in _Section.__subclasses__()}
+    return part in _BRANCH_NAMES or part in models or part.startswith(_BRANCH_PREFIXES)
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     lines = []
     errors = error.errors()
@@ -896,22 +955,41 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     errors = [item for item in errors if not (
         item["type"] == "string_type" and item["loc"][-1:] == ("str",) and isinstance(item.get("input"), dict)
         and any(other is not item and other["loc"][:len(item["loc"]) - 1] == item["loc"][:-1] for other in errors))]
+    typed: dict[str, list[dict[str, Any]]] = {}  # the plain type errors of each key, one line per key
     for item in errors:
+        item = {**item, "loc": tuple(part for part in item["loc"] if not _is_branch_name(part))}
         location = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             section = _section_at(item["loc"][:-1])
             valid = _valid_keys(section)
             key = str(item["loc"][-1])
-            close = difflib.get_close_matches(key, valid, n=1)
-            suggestion = f" Did you mean '{close[0]}'?" if close else ""
+            close = [f"'{name}'" for name in difflib.get_close_matches(key, valid, n=1)]
+            if section is RunConfig:
+                # A section's key written at the top (`lr=1e-4`): its section is what was meant, not a look-alike name.
+                owners = [name for name, field in RunConfig.model_fields.items()
+                          if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) and key in field.annotation.model_fields]
+                close = [" or ".join(f"'{owner}.{key}'" for owner in owners)] if owners else close
+            suggestion = f" Did you mean {close[0]}?" if close else ""
             lines.append(f"unknown key '{location}'.{suggestion} Valid keys here: {', '.join(valid)}")
         elif item["type"] == "missing":
-            lines.append(f"missing required key '{location}'")
+            field = _section_at(item["loc"][:-1]).model_fields.get(str(item["loc"][-1]))
+            meaning = f" ({field.description})" if field is not None and field.description else ""
+            lines.append(f"missing required key '{location}'{meaning}")
         elif item["type"] == "value_error":
             # A section's own check: its message names the keys already; the whole section as "got" is noise.
             lines.append(str(item["msg"]).removeprefix("Value error, "))
+        elif item["type"] == "string_type" and isinstance(item.get("input"), bool | int | float):
+            # YAML reads yes/no/on/off as booleans and 2024 as a number before the key's type is known.
+            value = item["input"]
+            kind, text = ("a boolean", "yes" if value else "no") if isinstance(value, bool) else ("a number", str(value))
+            lines.append(f"'{location}' takes text, and YAML read it as {kind}: quote it if it is text (e.g. \"{text}\")")
         else:
-            lines.append(f"'{location}': {item['msg']} (got {item.get('input')!r})")
+            if location not in typed:
+                lines.append(location)  # its place, filled in below
+            typed.setdefault(location, []).append(item)
+    for location, items in typed.items():
+        wanted = " or ".join(dict.fromkeys(item["msg"] for item in items))
+        lines[lines.index(location)] = f"'{location}': {wanted} (got {items[0].get('input')!r})"
     return f"{source}: " + "; ".join(lines)
 
 
@@ -948,6 +1026,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _field_types(path: list[str]) -> set[Any]:
+    """The types a key accepts (``list`` for ``list[str]``; None excluded); empty for a key that is not a field."""
+    section: type[BaseModel] = RunConfig
+    for part in path[:-1]:
+        field = section.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return set()
+        section = field.annotation
+    field = section.model_fields.get(path[-1])
+    if field is None:
+        return set()
+    union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(field.annotation) if union else (field.annotation,)
+    return {typing.get_origin(option) or option for option in options} - {type(None)}
+
+
+def _typed_override(path: list[str], raw: str, value: Any) -> Any:
+    """An override's value as the key's type reads it: YAML alone made ``name=2024`` a number, ``data.label_field=yes``
+    a boolean and ``data.system_prompt=You: be brief`` a mapping, each refused as not text; a list key takes
+    ``a,b`` (what a shell passes without quoting brackets) as the list [a, b]."""
+    accepted = _field_types(path)
+    if accepted == {str} and isinstance(value, bool | int | float | dict):  # a list for text stays a type error
+        return raw
+    if accepted & {list, tuple} and isinstance(value, str) and (list in accepted and str not in accepted or "," in value):
+        return [part.strip() for part in value.split(",")]
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted ``key=value`` overrides to a raw config dict (validation happens afterwards)."""
     result = yaml.safe_load(yaml.safe_dump(data)) if data else {}
@@ -955,6 +1061,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         path, value = parse_override(override)
         if path == ["model"] and isinstance(value, str):
             path = ["model", "name"]
+        value = _typed_override(path, override.split("=", 1)[1].strip(), value)
         node = result
         for part in path[:-1]:
             current = node.get(part)
@@ -968,19 +1075,46 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping: PyYAML keeps the last one silently, so a
+    second ``train:`` section dropped every key of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # YAML's complex keys: PyYAML's own error names them
+                continue
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}:{key_node.start_mark.line + 1}: the key '{key}' is written twice "
+                    f"(first on line {seen[key]}); only one would count",
+                    "keep one of them",
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict, resolving relative data paths against the file's folder.
 
     Raises:
         ConfigError: when the file is missing, unreadable or not valid YAML.
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # a quoted '~/run.yaml' (or one from a script) is the home folder's, as the shell's
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a config file", "pass the run config's YAML file, e.g. config.yaml")
     if not path.is_file():
+        if "=" in path.name:  # an override typed where the config goes (`tunelab train train.lr=1e-4 run.yaml`)
+            raise ConfigError(f"config file not found: {path}", "the config file comes first, then key=value overrides: CONFIG.yaml train.lr=1e-4")
         raise ConfigError(f"config file not found: {path}", "check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

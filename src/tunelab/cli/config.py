@@ -12,19 +12,22 @@ from tunelab.errors import ConfigError
 
 def config(
     section: str = typer.Argument(
-        None, help="Only keys under this section (model, data, lora, train, eval, classify, preference, distill, budget, monitor)."
+        None, help="A section (model, data, lora, train, eval, classify, preference, distill, budget, monitor) to list only its keys, or one key by name (task, train.lr)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List every key of a run config (YAML, or key=value overrides) with its default and meaning."""
-    rows = [row for row in field_docs() if section is None or row[0].startswith(f"{section}.")]
+    # A section lists its keys; a key by its own name (`task`, `train.lr`) shows that one.
+    rows = [row for row in field_docs() if section is None or row[0] == section or row[0].startswith(f"{section}.")]
     if not rows:
         import difflib
 
         sections = list(dict.fromkeys(key.split(".")[0] for key, _, _ in field_docs() if "." in key))
-        close = difflib.get_close_matches(section, sections, n=1)
+        # A dotted name is a key: the close one is a key (train.lrr: train.lr), else a section.
+        names = [key for key, _, _ in field_docs()] if "." in section else sections
+        close = difflib.get_close_matches(section, names, n=1)
         raise ConfigError(
-            f"no config section '{section}'." + (f" Did you mean '{close[0]}'?" if close else ""),
+            f"no config section or key '{section}'." + (f" Did you mean '{close[0]}'?" if close else ""),
             f"sections: {', '.join(sections)}",
         )
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.common import console, print_json, verdict_rich_table
+from tunelab.config import Task
 from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord, default_registry_path
 
 REGISTRY_OPTION = typer.Option(None, "--registry", help="The registry file (default: runs/registry.db).")
@@ -64,6 +66,10 @@ def runs(
     """List recorded runs, newest first: task, model, status, key metric before → after, verdict."""
     if status is not None and status not in STATUSES:
         raise RegistryError(f"unknown status '{status}'", f"use one of {', '.join(STATUSES)}")
+    tasks = typing.get_args(Task)
+    if task is not None and task not in tasks:
+        # A misspelt task matched no row and read as an empty registry.
+        raise RegistryError(f"unknown task '{task}'", f"use one of {', '.join(tasks)}")
     registry_path = _registry_file(registry_path)
     records = Registry(registry_path).list_runs(task=task, status=status, limit=limit) if registry_path.is_file() else []
     if as_json:

@@ -411,7 +411,8 @@ def load_monitor_config(path: Path | None, overrides: dict[str, Any] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         raw = read_config_file(path)
-        section = raw.get("monitor", {})
+        section = raw.get("monitor")
+        section = {} if section is None else section  # `monitor:` with its keys commented out: the defaults
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: 'monitor' must be a mapping of keys to values")
         data = dict(section)

@@ -44,9 +44,16 @@ def _split(launch: str) -> list[str]:
         ConfigError: when the options cannot be split like a shell would.
     """
     try:
-        return shlex.split(launch)
+        options = shlex.split(launch)
     except ValueError as error:
         raise ConfigError(f"--launch {launch!r}: {error}", 'quote it as one argument, e.g. --launch "--num_processes 2"') from None
+    if options and not options[0].startswith("-"):
+        # accelerate runs its first bare word as the training script: `--launch 8` ran `python 8`.
+        raise ConfigError(
+            f"--launch {launch!r}: accelerate launch options start with -- ({options[0]!r} would be run as the training script)",
+            'e.g. --launch "--num_processes 8"',
+        )
+    return options
 
 
 def _flag(option: str) -> str:

@@ -188,6 +188,16 @@ def test_runs_refuses_a_limit_below_one(tmp_path):
         assert result.exit_code == 2 and "--limit" in result.output and "demo" not in result.output, result.output
 
 
+def test_runs_refuses_an_unknown_task(tmp_path):
+    # `tunelab runs --task clasify` said "no runs recorded", as if the registry were empty; --status was checked already.
+    registry = Registry(tmp_path / "registry.db")
+    registry.create_run(name="demo", task="classify", status="finished")
+    result = _cli("runs", "--task", "clasify", "--registry", registry.path)
+    assert isinstance(result.exception, TunelabError) and result.exception.exit_code == 2, result.output
+    assert "clasify" in result.exception.message and "classify" in (result.exception.hint or "")
+    assert "demo" in _cli("runs", "--task", "classify", "--registry", registry.path).output
+
+
 def test_show_lists_the_run_folder_once(tmp_path, monkeypatch):
     # A finished run's artifacts repeat its run_dir: `tunelab show` printed both "run dir" and "run_dir".
     from tunelab.cli.common import console

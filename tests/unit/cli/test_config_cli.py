@@ -27,3 +27,30 @@ def test_cli_config_names_the_sections_when_one_is_unknown():
     assert listed.returncode == 0 and listed.stdout.count('"key": "classify.') == len(
         [key for key, _, _ in field_docs() if key.startswith("classify.")]
     )
+
+
+def test_cli_config_shows_one_key_asked_by_its_name():
+    import json
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    _register_commands()
+    # `tunelab config task` said "no config section 'task'": a top-level key (or a dotted one) is asked for by name.
+    for key in ("task", "registry", "train.lr"):
+        result = CliRunner().invoke(app, ["config", key, "--json"])
+        assert result.exit_code == 0, result.output
+        assert [row["key"] for row in json.loads(result.stdout)] == [key]
+
+
+def test_cli_config_suggests_a_key_for_a_misspelt_key():
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.errors import ConfigError
+
+    _register_commands()
+    result = CliRunner().invoke(app, ["config", "train.lrr"])
+    assert isinstance(result.exception, ConfigError)
+    assert "'train.lrr'" in result.exception.message and "Did you mean 'train.lr'" in result.exception.message

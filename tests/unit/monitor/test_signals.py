@@ -63,6 +63,14 @@ def test_durations_and_monitor_config_errors():
         load_monitor_config(None, {"windw": "1d"})
 
 
+def test_a_monitor_section_with_its_keys_commented_out_is_the_defaults(tmp_path):
+    # `monitor:` alone is null to YAML: "'monitor' must be a mapping", where a run config takes it as the defaults.
+    from tunelab.monitor import load_monitor_config
+
+    (tmp_path / "run.yaml").write_text("task: classify\nmonitor:\n#  window: 1d\n")
+    assert load_monitor_config(tmp_path / "run.yaml") == MonitorConfig()
+
+
 def test_an_sft_run_is_a_reference_of_its_prompts(tmp_path):
     """`tunelab monitor` on an sft run's traffic read the training prompts through a property it called (TypeError)."""
     import json

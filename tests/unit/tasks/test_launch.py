@@ -180,6 +180,19 @@ def test_the_processes_of_a_launch_are_counted_for_the_global_batch(tmp_path):
                                                     f"--config-file {tmp_path / 'fsdp.yaml'} --num_processes 2")] == [1, 4, 3, 1, 8, 2]
 
 
+@pytest.mark.parametrize("launch", ["8", "num_processes=2", "2 --multi_gpu"])
+def test_a_launch_that_does_not_start_with_an_option_is_refused(launch):
+    # accelerate ran a bare word as the training script (`python 8`): a traceback of accelerate's after the run had
+    # started, and `tunelab estimate --launch 8` counted one process without a word.
+    from tunelab.errors import ConfigError
+    from tunelab.tasks.launch import launch_processes
+
+    with pytest.raises(ConfigError, match="--launch.*--num_processes"):
+        launch_command(launch, ["train", "c.yaml"])
+    with pytest.raises(ConfigError):
+        launch_processes(launch)
+
+
 def _cli(arguments: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
     return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *arguments], cwd=cwd, env=environment,
