@@ -336,9 +336,10 @@ def nested_text_subsets(
     ``nested_subsets`` does. A smaller subset is inside every larger one (a shorter prefix, a shorter run of
     the same order). Only training documents are given here: held-out documents stay whole.
     """
-    from tunelab.data.tokenize import tokenize_text
+    from tunelab.data.tokenize import tokenize_text, window_step
 
     pieces = [tokenize_text(record, tokenizer, max_length, stride) for record in records]
+    step = window_step(max_length, stride)  # where each window starts after the one before
     total = sum(len(windows) for windows in pieces)
     short = [i for i, windows in enumerate(pieces) if len(windows) == 1]
     order = sorted(short, key=lambda i: stable_hash(str(seed), "nested", records[i].id, str(i)))
@@ -357,7 +358,7 @@ def nested_text_subsets(
                 subset.append(record)
                 continue
             # The ids the first ``keep`` windows cover, less one: tokenizing the prefix adds the document's EOS again.
-            ids = [token for window in windows[: keep - 1] for token in window.input_ids[:stride]] + windows[keep - 1].input_ids
+            ids = [token for window in windows[: keep - 1] for token in window.input_ids[:step]] + windows[keep - 1].input_ids
             text = tokenizer.decode(ids[:-1], skip_special_tokens=True)
             subset.append(dataclasses.replace(record, text=text, source=f"{record.source}#windows0-{keep - 1}", id=""))
         subsets.append(subset)

@@ -279,6 +279,13 @@ def perplexity_stride(data_config: Any) -> int:
     return min(data_config.stride or half, half)
 
 
+def window_step(max_length: int, stride: int | None = None) -> int:
+    """How many tokens each training window of a text document starts after the one before: ``stride`` (default
+    ``max_length``), at most ``max_length - 1``. A window's first token is context only (nothing before it in the window
+    predicts it), so the next window starts at the latest on this one's last token, and every token is learnt."""
+    return min(stride or max_length, max_length - 1)
+
+
 def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:
     """Split one document (after the tokenizer's own BOS where it adds one, + EOS) into windows of ``max_length`` tokens
     every ``stride`` tokens (at most ``max_length - 1``: windows share at least one token), each token after the
@@ -302,9 +309,7 @@ def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: i
         predicted_until = start + len(window)
         if start + max_length >= len(ids):
             break
-        # A window's first token is context only (nothing before it predicts it): the next window starts at the latest
-        # on this one's last token, so that token is a target there, and no token of the document is never learnt.
-        start += min(stride, max_length - 1)
+        start += window_step(max_length, stride)
     return windows
 
 
