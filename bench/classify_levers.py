@@ -151,6 +151,28 @@ def _prompt_suffix(suffix: str) -> None:
         module.classify_messages = classify_messages
 
 
+def _targets_by_prompt(by_text: dict) -> tuple[dict, dict]:
+    """Make the classify recipe's tokenization record, for each training text in ``by_text``, its value keyed by the
+    example's prompt ids (what a collate sees), and each label's index; returns the two dicts it fills."""
+    import tunelab.tasks.classify as recipe
+
+    targets: dict[tuple, object] = {}
+    order: dict[str, int] = {}
+    plain_tokenize = recipe.tokenize_records
+
+    def tokenize(batch_records, task, tokenizer, **kwargs):
+        examples, stats = plain_tokenize(batch_records, task, tokenizer, **kwargs)
+        if len(examples) == len(batch_records):
+            for record, example in zip(batch_records, examples, strict=True):
+                order[record.label] = example.label
+                if record.text in by_text:
+                    targets[tuple(example.input_ids)] = by_text[record.text]
+        return examples, stats
+
+    recipe.tokenize_records = tokenize
+    return targets, order
+
+
 def _distill_embeddings(weight: float, records: list, eval_config, mode: str = "relational") -> None:
     """Add a relational distillation term to the classify loss (a prototype hook for a lever; not in tunelab).
 
@@ -172,19 +194,7 @@ def _distill_embeddings(weight: float, records: list, eval_config, mode: str = "
     embedder = load_embedding_model(resolve_embedding_model(eval_config.embedding_model))
     texts = sorted({r.text for r in records})
     by_text = dict(zip(texts, embed_texts(embedder, texts), strict=True))
-    targets: dict[tuple, np.ndarray] = {}
-
-    plain_tokenize = recipe.tokenize_records
-
-    def tokenize(batch_records, task, tokenizer, **kwargs):
-        examples, stats = plain_tokenize(batch_records, task, tokenizer, **kwargs)
-        if len(examples) == len(batch_records):
-            for record, example in zip(batch_records, examples, strict=True):
-                if record.text in by_text:
-                    targets[tuple(example.input_ids)] = by_text[record.text]
-        return examples, stats
-
-    recipe.tokenize_records = tokenize
+    targets, _ = _targets_by_prompt(by_text)
     plain_call = batching.ClassifyCollate.__call__
 
     def call(self, examples):
@@ -443,21 +453,7 @@ def _teacher_smoothing(share: float, records: list, eval_config, seed: int = 0) 
     by_text = {r.text: oof[i] for i, r in enumerate(rows)}
     accuracy = float(np.mean(np.array(classes)[oof.argmax(1)] == y))
     print(json.dumps({"teacher_smoothing": {"share": share, "rows": len(rows), "out_of_fold_accuracy": round(accuracy, 4)}}), flush=True)
-    targets: dict[tuple, np.ndarray] = {}
-    order: dict[str, int] = {}
-
-    plain_tokenize = recipe.tokenize_records
-
-    def tokenize(batch_records, task, tokenizer, **kwargs):
-        examples, stats = plain_tokenize(batch_records, task, tokenizer, **kwargs)
-        if len(examples) == len(batch_records):
-            for record, example in zip(batch_records, examples, strict=True):
-                order[record.label] = example.label
-                if record.text in by_text:
-                    targets[tuple(example.input_ids)] = by_text[record.text]
-        return examples, stats
-
-    recipe.tokenize_records = tokenize
+    targets, order = _targets_by_prompt(by_text)
     plain_call = batching.ClassifyCollate.__call__
 
     def call(self, examples):
