@@ -84,6 +84,7 @@ PLAN: dict[str, Run | Skip] = {
     "tunelab monitor --plots runs/monitor": Skip("judges the walkthrough's logged traffic (tests/unit/monitor)"),
     "tunelab retrain alias:router --log-db runs/requests.db": Skip("retrains the walkthrough's champion (tests/unit/tasks/test_retrain.py)"),
     "tunelab aliases router": Skip("the walkthrough's alias history"),
+    "tunelab promote router router-v2": Skip("a second run of the walkthrough promoted over the first: judged against it (tests/unit/serve/test_promote_not_worse.py)"),
     "tunelab monitor --config monitor.yaml --every 6h --retrain-on drift": Skip("a loop that runs until stopped, over " + YOURS),
     "0 */6 * * *  cd /srv/tunelab && (tunelab monitor --config monitor.yaml --json > runs/monitor.json || [ $? -ne 3 ] || tunelab retrain alias:router --log-db runs/requests.db)": Skip("a crontab line"),
     "vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora --max-lora-rank 16 --lora-modules france=runs/legal-fr/adapter germany=runs/legal-de/adapter": Skip(
