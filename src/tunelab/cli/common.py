@@ -295,6 +295,8 @@ def verdict_rich_table(comparison: Any, *, tuned: str = "tuned") -> Any:
             text = f"{number(cell['value'])} (tuned {signed(cell['difference'])} [{signed(cell['low'])}, {signed(cell['high'])}])"
             if cell["not_compared"]:  # the baseline has no value of it (a preference run's reference)
                 text = f"{cell['outcome']}: {cell['not_compared']}"
+            if cell["missing"]:  # a metric only other comparisons have (out of scope, where this baseline was not thresholded)
+                text = "n/a"
             # kind, not outcome: under MIN_TEST_EXAMPLES it is "too-few", never coloured as a win or a loss
             cells.append(f"[{colours[cell['kind']]}]{text}[/]" if cell["kind"] in colours else text)
         table.add_row(f"[bold]{line.name}[/bold]" if line.primary else line.name, number(line.tuned), *cells)

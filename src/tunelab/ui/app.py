@@ -159,7 +159,10 @@ def create_app(settings: UISettings):
         return HTMLResponse(templates.get_template(name).render(registry_path=str(registry.path), **values), status_code=status)
 
     def error_status(error: TunelabError) -> int:
-        return 404 if isinstance(error, RegistryError) and error.message.startswith("no run") else 400
+        from tunelab.ui.jobs import UnknownJob
+
+        unknown = isinstance(error, UnknownJob) or (isinstance(error, RegistryError) and error.message.startswith("no run"))
+        return 404 if unknown else 400
 
     @app.exception_handler(TunelabError)
     async def tunelab_error(request: Request, error: TunelabError):

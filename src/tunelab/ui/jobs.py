@@ -128,6 +128,10 @@ def prepare_run(config_path: str | Path, overrides: list[str], registry: Path) -
     return config, pinned
 
 
+class UnknownJob(ConfigError):
+    """No job of this id in this UI session: a 404, as an unknown run is (the ids of an earlier session are gone)."""
+
+
 class JobManager:
     """The runs this UI process started (kept in memory: the registry keeps everything that lasts)."""
 
@@ -232,9 +236,9 @@ class JobManager:
                                   "wait for it, cancel it, or set another name (an override name=...)")
 
     def get(self, job_id: str) -> Job:
-        """Raises: ConfigError when no job has this id."""
+        """Raises: UnknownJob (a ConfigError) when no job has this id."""
         if job_id not in self.jobs:
-            raise ConfigError(f"no started run '{job_id}' in this UI session", "runs started earlier are on the Runs page")
+            raise UnknownJob(f"no started run '{job_id}' in this UI session", "runs started earlier are on the Runs page")
         return self.jobs[job_id]
 
     def cancel(self, job_id: str) -> Job:

@@ -176,6 +176,11 @@ class MetricLine:
     tuned: float | None
     cells: list[dict[str, Any]] = field(default_factory=list)  # per baseline: value, difference, low, high, outcome
 
+    @property
+    def arrow(self) -> str:
+        """The direction beside the metric's name, as the report writes it (a perplexity or loss falls as the model improves)."""
+        return {"higher is better": "↑", "lower is better": "↓"}.get(self.direction, "")
+
 
 def outcome_kind(outcome: str | None, n: Any) -> str:
     """The colour class of one metric's outcome (better, worse, no-significant-difference, changed), or "too-few"
@@ -192,17 +197,24 @@ def verdict_table(comparison: dict[str, Any] | None) -> tuple[list[str], list[Me
     if not comparison or not isinstance(comparison.get("comparisons"), dict) or not comparison["comparisons"]:
         return [], []
     names = list(comparison["comparisons"])
-    first = comparison["comparisons"][names[0]]
+    by_name = {name: {m["name"]: m for m in comparison["comparisons"][name].get("metrics", [])} for name in names}
+    # The first comparison's metrics, in its order, then any the others add (as the report's metric_table): the out-of-scope
+    # ones exist only where the baseline's answers were thresholded, and are n/a in the other columns.
+    shown: dict[str, dict[str, Any]] = {}
+    for name in names:
+        for metric_name, metric in by_name[name].items():
+            shown.setdefault(metric_name, metric)
     lines = []
-    for metric in first.get("metrics", []):
+    for metric in shown.values():
         direction = {True: "higher is better", False: "lower is better"}.get(metric.get("higher_is_better"), "")
         line = MetricLine(metric["name"], metric["name"] == comparison.get("primary"), direction, metric.get("after"))
         for name in names:
-            other = next((m for m in comparison["comparisons"][name].get("metrics", []) if m["name"] == metric["name"]), {})
+            other = by_name[name].get(metric["name"], {})
             line.cells.append({
                 "baseline": name, "value": other.get("before"), "difference": other.get("difference"),
                 "low": other.get("low"), "high": other.get("high"), "outcome": other.get("outcome", ""), "not_compared": other.get("not_compared"),
                 "kind": outcome_kind(other.get("outcome"), comparison["comparisons"][name].get("n", comparison.get("n"))),
+                "missing": not other,
             })
         lines.append(line)
     return names, lines
@@ -257,6 +269,23 @@ def verdict_warnings(record: RunRecord, comparison: dict[str, Any] | None) -> li
     except DataError:
         return warnings
     return report_warnings(warnings, baselines, tuned)
+
+
+def out_of_scope(record: RunRecord) -> list[str]:
+    """classify with an out-of-scope label: the report's line of each model's threshold (``report.out_of_scope_lines``),
+    read from the run's evaluations; none when they cannot be read."""
+    from tunelab.evaluation.report import out_of_scope_lines
+    from tunelab.evaluation.result import EvalResult
+
+    if not record.run_dir or record.task != "classify":
+        return []
+    run = RunFolder(Path(record.run_dir))
+    try:
+        tuned = EvalResult.load(run.tuned_eval)
+        baselines = {name: EvalResult.load(path) for name, path in run.baseline_evaluations().items()}
+    except DataError:
+        return []
+    return out_of_scope_lines(baselines, tuned)
 
 
 def confusion_matrices(record: RunRecord) -> list[dict[str, Any]]:
@@ -355,6 +384,10 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "baseline_names": names,
         "metric_lines": lines,
         "verdict_warnings": verdict_warnings(record, comparison),
+        # As `tunelab show` lists them (the verdict's and the artifacts', kept when no baseline was scored), with those of a
+        # comparison not registered yet.
+        "skipped": {**record.baselines_skipped, **(comparison["skipped"] if isinstance((comparison or {}).get("skipped"), dict) else {})},
+        "out_of_scope": out_of_scope(record),
         # classify.calibrate: the temperature and the validation ECE before and after, as calibration.json keeps them.
         "calibration": calibration if isinstance(calibration, dict) else None,
         "confusions": confusion_matrices(record),
