@@ -3,7 +3,9 @@ import json
 
 import pytest
 
+from tunelab.data.records import SFTRecord
 from tunelab.errors import DataError
+from tunelab.evaluation.evaluate import score_sft
 from tunelab.evaluation.metrics import wilson_interval
 from tunelab.evaluation.result import EvalResult
 from tunelab.evaluation.review import export_review, score_review
@@ -174,3 +176,34 @@ def test_a_test_example_given_twice_is_one_row_of_the_sheet_scored_on_its_own_si
     score = score_review(sheet)
     assert (score.tuned_wins, score.base_wins) == (score.judged, 0)
     assert sorted(r["id"] for r in rows) == [f"q{i}" for i in range(10)]  # one row per example, as the registry keys judgments
+
+
+# -- review pairs: a prompt of several messages ----------------------------------------------------------------------
+DIALOGUE_RECORDS = [
+    SFTRecord(({"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Capital of Italy?"},
+               {"role": "assistant", "content": "Rome."}), source="test.jsonl:1"),
+    SFTRecord(({"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}), source="test.jsonl:2"),
+]
+
+
+def _sft_result(name: str, answers: list[str]) -> EvalResult:
+    rows, metrics = score_sft(DIALOGUE_RECORDS, answers, [[r.completion] for r in DIALOGUE_RECORDS])
+    return EvalResult("sft", name, len(rows), metrics, rows)
+
+
+def test_pairs_keep_each_prompt_as_its_messages(tmp_path):
+    """``tunelab review pairs`` writes each pair's prompt as the conversation the answers were generated for. The sheet's
+    prompt column is one string for people to read ("system: ...\\nuser: ..." for more than one message); written as the
+    pair's prompt, DPO trained on a single user turn holding that text, a prompt the SFT model was never asked with
+    (its data's system message as words in the user's turn, a dialogue's earlier turns run together)."""
+    from tunelab.config import DataConfig
+    from tunelab.data.read import load_records
+    from tunelab.evaluation.review import review_pairs
+
+    sheet, key = export_review(_sft_result("base", ["Roma.", "Parigi."]), _sft_result("tuned", ["Rome.", "Paris."]), tmp_path / "review.csv")
+    _fill(sheet, key, lambda row, sides: "A")
+    pairs = review_pairs(sheet, tmp_path / "pairs.jsonl")
+    records = load_records(str(pairs.path), "preference", DataConfig())
+    prompts = sorted((list(r.prompt) for r in records), key=len)
+    assert prompts == [[{"role": "user", "content": "Capital of France?"}],
+                       [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Capital of Italy?"}]]
