@@ -77,3 +77,19 @@ def test_a_few_shot_prompt_stays_one_text_for_the_base_model(plain):
         ids = render_prompt_ids(plain, messages)
         assert ids == plain.encode(render_chat(plain, messages, add_generation_prompt=True), add_special_tokens=True)
         assert plain.eos_token_id not in ids
+
+
+def test_a_tool_calling_dialogues_training_prompt_is_the_inference_prompt(plain):
+    tools = ({"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}},)
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}}
+    messages = [
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+        {"role": "assistant", "content": "four"},
+    ]
+    example = tokenize_sft(SFTRecord(tuple(messages), tools=tools), plain, max_length=10**6)
+    starts = _answer_starts(example)
+    assert len(starts) == 2
+    for start, index in zip(starts, (1, 3), strict=True):
+        assert chat_prompt(plain, messages[:index], tools=tools).ids == example.input_ids[:start]
