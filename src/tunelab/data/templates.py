@@ -24,6 +24,9 @@ from tunelab.errors import DataError
 # Opens the assistant's turn for a model with no chat template (a base model).
 NO_TEMPLATE_ANSWER = "Answer: "
 CLASSIFY_INSTRUCTION = "Classify the following text. Answer with the category only."
+# Marks a solved example's answer in a few-shot prompt: a base model's example, never an answer the model was trained
+# after, so a model without a chat template reads it inside the prompt's one text (``_plain_prompt_ids``).
+FEW_SHOT_ANSWER = "few_shot_answer"
 
 
 def with_system_prompt(messages: list[Message], system_prompt: str | None) -> list[Message]:
@@ -71,7 +74,7 @@ def few_shot_messages(
     for number, (example, label) in enumerate(examples):
         lead = f"{instruction}\n\n" if number == 0 else ""
         messages.append({"role": "user", "content": f"{lead}Text: {example}"})
-        messages.append({"role": "assistant", "content": label_map.token_strings[label_map.index(label)]})
+        messages.append({"role": "assistant", "content": label_map.token_strings[label_map.index(label)], FEW_SHOT_ANSWER: True})
     lead = "" if examples else f"{instruction}\n\n"
     messages.append({"role": "user", "content": f"{lead}Text: {text}"})
     return with_system_prompt(messages, system_prompt)
@@ -243,6 +246,8 @@ def template_with_system_prompt(tokenizer: Any, system_prompt: str | None) -> st
 def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[dict[str, Any]] = ()) -> list[int]:
     """Token ids of ``messages`` with the assistant turn opened, ready for the answer's first token.
 
+    Without a chat template: the ids ``tokenize_sft`` trains before an answer (``_plain_prompt_ids``).
+
     Raises:
         DataError: when the chat template refuses the conversation (see ``_apply_template``).
     """
@@ -252,7 +257,36 @@ def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[d
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
-    return tokenizer.encode(render_chat(tokenizer, messages, tools=tools, add_generation_prompt=True), add_special_tokens=True)
+    return _plain_prompt_ids(tokenizer, messages, tools)
+
+
+def _plain_prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]]) -> list[int]:
+    """The prompt ids of a model without a chat template: ``render_chat``'s text cut at each assistant answer, each
+    piece tokenized on its own (only the first with the tokenizer's special tokens, e.g. a BOS), each earlier answer
+    closed by EOS. ``tokenize_sft`` takes the context before every answer it trains from here.
+
+    The inference side follows training, not the reverse: the model must learn to stop, so each trained answer ends
+    with EOS, and that EOS stays in the context of the later turns; a runtime that let the model answer the earlier
+    turn has it there too (generation ended on it). The pieces are tokenized apart because the answers are: encoded
+    whole, "Answer: four" merges " four" into a token the model never saw before an answer it learnt. A prompt with
+    no earlier answer is one piece, the whole text, as it always was; so is a few-shot prompt (``FEW_SHOT_ANSWER``):
+    the base model it asks was trained on none of this, and reads its examples best as one document (to a base model
+    an EOS ends a document, and the examples before it would count for little).
+    """
+    ids: list[int] = []
+    rendered = ""
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant" or message.get(FEW_SHOT_ANSWER):
+            continue
+        opened = render_chat(tokenizer, messages[:index], tools=tools, add_generation_prompt=True)
+        ids += tokenizer.encode(opened[len(rendered) :], add_special_tokens=not rendered)
+        rendered = render_chat(tokenizer, messages[: index + 1], tools=tools)
+        answer = rendered[len(opened) :]
+        answer_ids = tokenizer.encode(answer, add_special_tokens=False) if answer else []
+        # As tokenize_sft trains it: EOS after the answer, unless the answer's text already wrote one.
+        ids += answer_ids if tokenizer.eos_token_id in answer_ids else [*answer_ids, tokenizer.eos_token_id]
+    opened = render_chat(tokenizer, messages, tools=tools, add_generation_prompt=True)
+    return ids + tokenizer.encode(opened[len(rendered) :], add_special_tokens=not rendered)
 
 
 def few_shot_chat(prompt_messages: Sequence[Message], examples: Sequence[tuple[Sequence[Message], str]]) -> list[Message]:
@@ -264,5 +298,5 @@ def few_shot_chat(prompt_messages: Sequence[Message], examples: Sequence[tuple[S
     turns: list[Message] = []
     for messages, answer in examples:
         turns += [dict(m) for m in messages if m["role"] != "system"]
-        turns.append({"role": "assistant", "content": answer})
+        turns.append({"role": "assistant", "content": answer, FEW_SHOT_ANSWER: True})
     return system + turns + [dict(m) for m in prompt_messages if m["role"] != "system"]

@@ -212,10 +212,10 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
             continue
         # The generation prompt (e.g. "<|im_start|>assistant\n") belongs to the prompt side.
         with_prompt = render(index, opened=True)
-        if not rendered and not getattr(tokenizer, "chat_template", None):
-            # No template writes the BOS into the text: the tokenizer's own special tokens start the prompt, as they
-            # start the inference prompt (``render_prompt_ids``).
-            piece = tokenizer.encode(with_prompt, add_special_tokens=True)
+        if not getattr(tokenizer, "chat_template", None):
+            # No template: the context before each answer is the inference prompt itself (``render_prompt_ids``: the
+            # tokenizer's own special tokens first, each earlier answer closed by the EOS added after it below).
+            piece = render_prompt_ids(tokenizer, messages[:index], record.tools)[len(input_ids) :]
         else:
             piece = _encode(tokenizer, with_prompt[len(rendered) :])
         input_ids += piece
