@@ -25,6 +25,7 @@ from tunelab.data.keys import input_key, normalize_text, stable_hash, target_tex
 from tunelab.data.labels import LabelMap
 from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
+from tunelab.data.split import conflict_only_label_warnings
 from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
 from tunelab.data.tokenize import IGNORE_INDEX, appends_eos, tokenize_classify, tokenize_sft, tokenize_text
 from tunelab.errors import DataError
@@ -444,6 +445,9 @@ def check_data(
     if report.conflicts:
         what = "labels" if task == "classify" else "answers"
         report.warnings.append(f"{report.conflicts} input(s) occur with conflicting {what}")
+        # What the split will do with them, said here first: the split step comes after the check.
+        in_scope = [r for r in records if data.out_of_scope_label is None or getattr(r, "label", None) != data.out_of_scope_label]
+        report.warnings.extend(conflict_only_label_warnings(in_scope, task))
     label_map = _labels(report, records, tokenizer, label_map, data.out_of_scope_label)
     if tokenizer is not None:
         report.lengths = _lengths(records, task, tokenizer, data, label_map, length_sample)

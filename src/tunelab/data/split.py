@@ -188,6 +188,44 @@ def _stratum(records: Sequence[Record], members: Sequence[int], task: str) -> st
     return min(labels, key=lambda label: (-labels[label], label))
 
 
+def _labels_of(records: Sequence[Record], members: Sequence[int], task: str) -> set[str]:
+    """Every label of a group (classify; other tasks have none)."""
+    return {records[i].label for i in members} if task == "classify" else set()  # type: ignore[union-attr]
+
+
+def _labels_only_in_conflicts(records: Sequence[Record], order: Sequence[Sequence[int]], task: str) -> set[str]:
+    """Labels that occur only in groups filed under another label (an input written with two labels): the
+    last-group rule, which counts the groups filed under a label, cannot keep them in train."""
+    if task != "classify":
+        return set()
+    filed = {_stratum(records, members, task) for members in order}
+    return {label for members in order for label in _labels_of(records, members, task)} - filed
+
+
+def conflict_only_label_warnings(records: Sequence[Record], task: str) -> list[str]:
+    """One line per label that occurs only on inputs also written with another label (``data check`` says it too)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        groups[input_key(record)].append(index)
+    order = list(groups.values())
+    return _hidden_label_warnings(records, order, _labels_only_in_conflicts(records, order, task))
+
+
+def _hidden_label_warnings(records: Sequence[Record], order: Sequence[Sequence[int]], hidden: set[str]) -> list[str]:
+    """One line per label of ``_labels_only_in_conflicts``, with the rows that carry it and those they conflict with."""
+    warnings = []
+    for label in sorted(hidden):
+        groups = [members for members in order if any(records[i].label == label for i in members)]  # type: ignore[union-attr]
+        own = [records[i].source or records[i].id for members in groups for i in members if records[i].label == label]  # type: ignore[union-attr]
+        others = [f"{records[i].source or records[i].id} ({records[i].label})" for members in groups for i in members if records[i].label != label]  # type: ignore[union-attr]
+        warnings.append(
+            f"label '{label}' occurs only on inputs that also have another label ({', '.join(own[:5])}; beside "
+            f"{', '.join(others[:5])}): one such input stays in train so the label can be learned, from rows that "
+            "contradict each other; give it examples of its own, or relabel those rows"
+        )
+    return warnings
+
+
 def _count(total: int, share: float) -> int:
     if share <= 0:
         return 0
@@ -230,6 +268,8 @@ def split_records(
     counts = {"test": 0, "validation": 0}
     order = _stratified_order(records, task, seed)
     groups_in_train = Counter(_stratum(records, members, task) for members in order)
+    hidden = _labels_only_in_conflicts(records, order, task)
+    hidden_in_train = Counter(label for members in order for label in _labels_of(records, members, task) if label in hidden)
     for members in order:
         if counts["test"] < wanted_test:
             name = "test"
@@ -241,6 +281,12 @@ def split_records(
         if task == "classify" and groups_in_train[stratum] == 1:
             # A label's last group stays in train: held out, it could be neither learned nor validated.
             continue
+        mine = [label for label in _labels_of(records, members, task) if label in hidden]
+        if any(hidden_in_train[label] == 1 for label in mine):
+            # The same for a label no group is filed under (it occurs only beside another label on one input). Only
+            # data with such a label is split differently: for all other data this never holds.
+            continue
+        hidden_in_train.subtract(mine)
         groups_in_train[stratum] -= 1
         for index in members:
             side[index] = name
@@ -253,6 +299,7 @@ def split_records(
         task, train, validation + out_validation, test + out_test, seed=seed, test_size=test_size,
         validation_size=validation_size, out_of_scope_label=out_of_scope_label,
     )
+    split.warnings.extend(_hidden_label_warnings(records, order, hidden))
     split.warnings.extend(overlap_warnings(split))
     if out_of_scope_label is not None:
         if not out_validation:
