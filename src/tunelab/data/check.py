@@ -21,7 +21,7 @@ from typing import Any
 
 from tunelab.config import DataConfig
 from tunelab.data.formats import RecordError, invalid_records
-from tunelab.data.keys import input_key, normalize_text, stable_hash, target_text
+from tunelab.data.keys import input_key, lookalike_key, normalize_text, stable_hash, target_text
 from tunelab.data.labels import LabelMap
 from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
@@ -111,6 +111,8 @@ class CheckReport:
     near_duplicate_groups: list[DuplicateGroup] = field(default_factory=list)
     conflicts: int = 0  # inputs that occur with different labels (classify) or answers (sft)
     conflict_groups: list[DuplicateGroup] = field(default_factory=list)
+    lookalikes: int = 0  # duplicate groups whose inputs differ only by look-alike characters (the split keeps them apart)
+    lookalike_groups: list[DuplicateGroup] = field(default_factory=list)
     lengths: LengthStats | None = None
     labels: dict[str, int] = field(default_factory=dict)
     imbalance: float | None = None
@@ -154,11 +156,15 @@ def _preview(text: str, width: int = 80) -> str:
 def _find_duplicates(report: CheckReport, records: Sequence[Record]) -> None:
     groups: dict[str, list[int]] = defaultdict(list)
     for index, record in enumerate(records):
-        groups[input_key(record)].append(index)
+        groups[lookalike_key(record)].append(index)
     for members in groups.values():
         if len(members) < 2:
             continue
         group = [records[i] for i in members]
+        if len({input_key(r) for r in group}) > 1:
+            # One example to a reader, two to the split (its key keeps look-alike characters apart).
+            report.lookalikes += 1
+            report.lookalike_groups.append(DuplicateGroup([r.source for r in group], _preview(_input_preview(group[0]))))
         by_id: dict[str, list[Record]] = defaultdict(list)
         for record in group:
             by_id[record.id].append(record)
@@ -179,7 +185,7 @@ def _find_duplicates(report: CheckReport, records: Sequence[Record]) -> None:
         elif len(targets) == 1:
             report.near_duplicates += len(representatives) - 1
             report.near_duplicate_groups.append(DuplicateGroup([r.source for r in representatives], preview))
-    for name in ("exact_duplicate_groups", "near_duplicate_groups", "conflict_groups"):
+    for name in ("exact_duplicate_groups", "near_duplicate_groups", "conflict_groups", "lookalike_groups"):
         setattr(report, name, getattr(report, name)[:LISTED_GROUPS])
 
 
@@ -379,8 +385,8 @@ def _labels(
 def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, task: str, data: DataConfig) -> None:
     result = read_records(test_path, task, data.model_copy(update={"limit": None}))
     report.invalid.extend(result.errors)
-    train_keys = {input_key(r) for r in records}
-    leaked = [r for r in result.records if input_key(r) in train_keys]
+    train_keys = {lookalike_key(r) for r in records}
+    leaked = [r for r in result.records if lookalike_key(r) in train_keys]
     unseen: list[str] = []
     if task == "classify":
         train_labels = {r.label for r in records if isinstance(r, ClassifyRecord)}
@@ -442,6 +448,13 @@ def check_data(
         report.warnings.append(f"{report.exact_duplicates} exact duplicate record(s)")
     if report.near_duplicates:
         report.warnings.append(f"{report.near_duplicates} near-duplicate record(s) (same text after normalization)")
+    if report.lookalikes:
+        shown = "; ".join(" / ".join(group.sources[:4]) for group in report.lookalike_groups[:3])
+        report.warnings.append(
+            f"{report.lookalikes} input(s) differ from a duplicate only by look-alike characters (full-width letters, "
+            f"zero-width characters, a BOM): {shown}; the split counts them as different examples and may put them on "
+            "both sides (its overlap warning says so): remove the copies or clean the text"
+        )
     if report.conflicts:
         what = "labels" if task == "classify" else "answers"
         report.warnings.append(f"{report.conflicts} input(s) occur with conflicting {what}")

@@ -29,7 +29,7 @@ from typing import Any
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.formats import RecordError
-from tunelab.data.keys import input_key, stable_hash
+from tunelab.data.keys import input_key, lookalike_key, stable_hash
 from tunelab.data.read import load_result
 from tunelab.data.records import ClassifyRecord, Record, TextRecord
 from tunelab.errors import DataError
@@ -436,14 +436,15 @@ def overlap_warnings(split: Split) -> list[str]:
     """Warnings for test/validation examples whose normalized input also occurs in train, test examples that also
     occur in validation (the best checkpoint is chosen there), and unseen labels."""
     warnings = []
-    train_keys = {input_key(r) for r in split.train}
-    validation_keys = {input_key(r) for r in split.validation}
+    # Look-alike characters aside: the split keeps such inputs apart (its key cannot change), so they can straddle it.
+    train_keys = {lookalike_key(r) for r in split.train}
+    validation_keys = {lookalike_key(r) for r in split.validation}
     for name, records, other, keys in (
         ("test", split.test, "train", train_keys),
         ("validation", split.validation, "train", train_keys),
         ("test", split.test, "validation", validation_keys),
     ):
-        leaked = [r for r in records if input_key(r) in keys]
+        leaked = [r for r in records if lookalike_key(r) in keys]
         if leaked:
             examples = ", ".join(r.source or r.id for r in leaked[:5])
             warnings.append(f"{len(leaked)} {name} example(s) also occur in {other} (same normalized text): {examples}")
