@@ -741,4 +741,19 @@ def resolve_files(path: str) -> list[Path]:
         if not files:
             raise DataError(f"{path}: the pattern matches no file")
         return files
-    raise DataError(f"data not found: {path}", "check the path (a file, a folder or a glob)")
+    raise DataError(f"data not found: {path}{looked_for(path)}", "check the path (a file, a folder or a glob)")
+
+
+def looked_for(path: str) -> str:
+    """`` (looked for /abs/path, ...)`` for a relative ``path`` that names nothing: where it was taken from.
+
+    A relative path is the working folder's. In a config file it is first looked for in the config file's folder
+    (``config.read_config_file``), which left it as written when nothing was there.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return ""
+    return (
+        f" (looked for {candidate.absolute()}, relative to the working folder {Path.cwd()}; a path written in a config "
+        "file is tried first relative to the config file's folder)"
+    )

@@ -89,3 +89,28 @@ def test_look_alike_test_rows_are_leakage_in_the_check(tmp_path):
     test.write_text("".join(json.dumps({"text": t, "label": "refund"}, ensure_ascii=False) + "\n" for t in LOOKALIKES))
     report = check_data(str(train), "classify", DataConfig(), test_path=str(test))
     assert report.test.leaked == 5
+
+
+def test_a_relative_data_path_not_found_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    from tunelab.config import load_config
+    from tunelab.data.split import make_split
+    from tunelab.errors import DataError
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "run.yaml").write_text("task: classify\ndata:\n  train: data/train.jsonl\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as error:
+        make_split(load_config("cfg/run.yaml"))
+    message = str(error.value)
+    assert "data/train.jsonl" in message and str(tmp_path / "data" / "train.jsonl") in message
+    assert f"working folder {tmp_path}" in message and "config file's folder" in message
+
+
+def test_a_local_folder_name_not_found_is_not_only_called_a_hub_dataset(tmp_path, monkeypatch):
+    from tunelab.data.read import read_records
+    from tunelab.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as error:
+        read_records("mydata", "classify", DataConfig())
+    assert str(tmp_path / "mydata") in str(error.value)
