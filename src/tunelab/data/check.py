@@ -21,7 +21,7 @@ from typing import Any
 
 from tunelab.config import DataConfig
 from tunelab.data.formats import RecordError, invalid_records
-from tunelab.data.keys import input_key, lookalike_key, normalize_text, stable_hash, target_text
+from tunelab.data.keys import input_key, lookalike_key, normalize_text, stable_hash, target_text, visible_text
 from tunelab.data.labels import LabelMap
 from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
@@ -330,10 +330,16 @@ def render_example(record: Record, tokenizer: Any, data: DataConfig, label_map: 
 
 def _labels_spelled_two_ways(counts: Counter) -> list[list[str]]:
     """Groups of labels equal but for case, spaces, '-' and '_' ("Billing" / "billing", "card_arrival" /
-    "Card-Arrival"), each group sorted; labels with no letter or digit ("+", "-") are left alone: they are codes."""
+    "Card-Arrival"), look-alike characters ("ｃａｒｄ", "card" with a zero-width space) or how a number is written
+    ("1" / "1.0"), each group sorted; labels with no letter or digit ("+", "-") are left alone: they are codes, and
+    so is a number's sign ("-1" / "1" are two classes)."""
     groups: dict[str, list[str]] = {}
     for label in counts:
-        key = re.sub(r"[\s_\-]+", "", label).casefold()
+        visible = visible_text(label).strip()
+        try:
+            key = f"number {float(visible)!r}"
+        except ValueError:
+            key = re.sub(r"[\s_\-]+", "", visible).casefold()
         if any(ch.isalnum() for ch in key):
             groups.setdefault(key, []).append(label)
     return sorted(sorted(group) for group in groups.values() if len(group) > 1)

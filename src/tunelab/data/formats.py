@@ -162,8 +162,9 @@ def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> 
             if raw is None:
                 yield source, RecordError(source, too_large(size, max_record_bytes))
                 continue
-            if number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]  # written by Windows editors; invisible, and no part of the JSON
+            if raw.startswith(UTF8_BOM):
+                # Written by Windows editors, and kept where files were joined with `cat`: invisible, no part of the JSON.
+                raw = raw[len(UTF8_BOM):]
             if not raw.strip():
                 continue
             try:
@@ -372,7 +373,9 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
         with open_binary(path) as handle:
             for number, raw in enumerate(raw_lines(handle), start=1):
                 try:
-                    yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    # Each file's BOM, where exports were joined with `cat`: else the header repeated would not be
+                    # told from a record, and a row's first cell would start with an invisible character.
+                    yield raw.decode("utf-8-sig" if number == 1 or raw.startswith(UTF8_BOM) else "utf-8")
                 except UnicodeDecodeError as error:
                     bad_lines.add(number)
                     if number <= 2:  # the header's line (the second after a 'sep=' line)

@@ -75,8 +75,13 @@ def lookalike_text(text: str) -> str:
     to a reader, yet ``input_key`` keeps them apart: it cannot change, since every split is made with it. The data
     check and the overlap warnings compare this instead, so such copies are found and said.
     """
-    compatible = unicodedata.normalize("NFKC", text)
-    return normalize_text("".join(ch for ch in compatible if unicodedata.category(ch) != "Cf"))
+    return normalize_text(visible_text(text))
+
+
+def visible_text(text: str) -> str:
+    """``text`` as a reader sees it: compatibility characters as their plain ones (NFKC: full-width letters, ligatures)
+    and no invisible format characters (zero-width spaces and joiners, a BOM, soft hyphens)."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
 
 
 def lookalike_key(record: Record) -> str:

@@ -114,3 +114,38 @@ def test_a_local_folder_name_not_found_is_not_only_called_a_hub_dataset(tmp_path
     with pytest.raises(DataError) as error:
         read_records("mydata", "classify", DataConfig())
     assert str(tmp_path / "mydata") in str(error.value)
+
+
+def test_files_joined_with_their_byte_order_marks_are_read_as_written(tmp_path):
+    from tunelab.data.read import read_records
+
+    bom = "\ufeff"
+    jsonl = tmp_path / "joined.jsonl"
+    jsonl.write_text(bom + json.dumps({"text": "first", "label": "a"}) + "\n" + bom + json.dumps({"text": "second", "label": "b"}) + "\n")
+    result = read_records(str(jsonl), "classify", DataConfig())
+    assert [(r.text, r.label) for r in result.records] == [("first", "a"), ("second", "b")] and not result.errors
+    part = "text,label\r\nreq 0,card\r\nreq 1,refund\r\n"
+    csv = tmp_path / "joined.csv"
+    csv.write_text(bom + part + bom + part, encoding="utf-8")
+    result = read_records(str(csv), "classify", DataConfig())
+    assert {r.label for r in result.records} == {"card", "refund"}  # the second header is no record labelled 'label'
+    assert all(not r.text.startswith(bom) for r in result.records)
+    assert [(e.source, "header row again" in e.reason) for e in result.errors] == [(f"{csv}:4", True)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "warned"),
+    [
+        (["card", "card\u200b", "ｃａｒｄ", "\ufeffcard"], True),  # zero-width, full-width, a BOM: one class to a reader
+        (["1", "1.0"], True),  # one number written two ways (a float column exported as text)
+        (["-1", "1"], False),  # two numbers: a sign is no separator
+        (["-1", "0", "1"], False),
+    ],
+)
+def test_labels_that_look_alike_are_warned_about(tmp_path, labels, warned):
+    rows = [{"text": f"request {i} {label}", "label": label} for label in labels for i in range(6)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    report = check_data(str(path), "classify", DataConfig())
+    assert len(report.labels) == len(labels)
+    assert any("spelled two ways" in w for w in report.warnings) == warned
