@@ -81,6 +81,8 @@ def lookalike_text(text: str) -> str:
 def visible_text(text: str) -> str:
     """``text`` as a reader sees it: compatibility characters as their plain ones (NFKC: full-width letters, ligatures)
     and no invisible format characters (zero-width spaces and joiners, a BOM, soft hyphens)."""
+    if text.isascii():
+        return text  # nearly all text: nothing to change, and no character-by-character pass over a large dataset
     return "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
 
 
