@@ -457,7 +457,7 @@ def check_data(
     if report.lookalikes:
         shown = "; ".join(" / ".join(group.sources[:4]) for group in report.lookalike_groups[:3])
         report.warnings.append(
-            f"{report.lookalikes} input(s) differ from a duplicate only by look-alike characters (full-width letters, "
+            f"{report.lookalikes} group(s) of inputs differ only by look-alike characters (full-width letters, "
             f"zero-width characters, a BOM): {shown}; the split counts them as different examples and may put them on "
             "both sides (its overlap warning says so): remove the copies or clean the text"
         )
