@@ -1,7 +1,8 @@
 """``tunelab data check``: everything wrong with a dataset, found before any compute is spent.
 
 One pass over the file gives: counts; every bad record (``file:line`` and why); exact duplicates,
-near duplicates (same normalized input) and the same input with conflicting labels; token lengths
+near duplicates (same normalized input, look-alike characters aside: ``keys.lookalike_key``) and the same input
+with conflicting labels (and labels that occur only there); token lengths
 with the model's tokenizer and how many examples ``max_length`` would truncate; the label
 distribution and the label -> token mapping; leakage between a test file and the data; and one
 example rendered exactly as it will be trained, with the trained tokens marked.

@@ -7,7 +7,9 @@
   groups are spread evenly over the order, so every side gets each label in proportion.
 - The first ``test_size`` share of the order is the test set, the next ``validation_size`` share the
   validation set, the rest is train; for classify, a label's last group stays in train (held out, it
-  could be neither learned nor validated). A user-given test (or validation) file replaces the held-out one.
+  could be neither learned nor validated); so does the last group of a label that occurs only on inputs also
+  written with another label (a conflicting group is filed under its most common label), which is warned about.
+  A user-given test (or validation) file replaces the held-out one.
 - classify with ``data.out_of_scope_label``: records with that label (in train, and every record of
   ``data.out_of_scope``) are never trained on. In their own seeded order they are shared between test
   and validation in proportion to the in-scope records of each side, so both sides have the same
@@ -15,6 +17,8 @@
   validation file is given: they are the only out-of-scope examples to choose and test it with).
 - ``split.json`` keeps the record ids of each side and a fingerprint of the data, so a resumed run
   or ``tunelab eval`` reuses exactly the same test ids, and a changed data file is detected.
+- The overlap warnings compare inputs look-alike characters aside (``keys.lookalike_key``: full-width letters,
+  zero-width characters): the groups keep ``input_key``, so such copies can land on two sides, and are said.
 """
 
 from __future__ import annotations
