@@ -1,7 +1,8 @@
 """``tunelab data check``: everything wrong with a dataset, found before any compute is spent.
 
 One pass over the file gives: counts; every bad record (``file:line`` and why); exact duplicates,
-near duplicates (same normalized input) and the same input with conflicting labels; token lengths
+near duplicates (same normalized input, look-alike characters aside: ``keys.lookalike_key``) and the same input
+with conflicting labels (and labels that occur only there); token lengths
 with the model's tokenizer and how many examples ``max_length`` would truncate; the label
 distribution and the label -> token mapping; leakage between a test file and the data; and one
 example rendered exactly as it will be trained, with the trained tokens marked.
@@ -21,10 +22,11 @@ from typing import Any
 
 from tunelab.config import DataConfig
 from tunelab.data.formats import RecordError, invalid_records
-from tunelab.data.keys import input_key, normalize_text, stable_hash, target_text
+from tunelab.data.keys import input_key, lookalike_key, normalize_text, stable_hash, target_text, visible_text
 from tunelab.data.labels import LabelMap
 from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
+from tunelab.data.split import conflict_only_label_warnings
 from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
 from tunelab.data.tokenize import IGNORE_INDEX, appends_eos, tokenize_classify, tokenize_sft, tokenize_text
 from tunelab.errors import DataError
@@ -110,6 +112,8 @@ class CheckReport:
     near_duplicate_groups: list[DuplicateGroup] = field(default_factory=list)
     conflicts: int = 0  # inputs that occur with different labels (classify) or answers (sft)
     conflict_groups: list[DuplicateGroup] = field(default_factory=list)
+    lookalikes: int = 0  # duplicate groups whose inputs differ only by look-alike characters (the split keeps them apart)
+    lookalike_groups: list[DuplicateGroup] = field(default_factory=list)
     lengths: LengthStats | None = None
     labels: dict[str, int] = field(default_factory=dict)
     imbalance: float | None = None
@@ -153,11 +157,15 @@ def _preview(text: str, width: int = 80) -> str:
 def _find_duplicates(report: CheckReport, records: Sequence[Record]) -> None:
     groups: dict[str, list[int]] = defaultdict(list)
     for index, record in enumerate(records):
-        groups[input_key(record)].append(index)
+        groups[lookalike_key(record)].append(index)
     for members in groups.values():
         if len(members) < 2:
             continue
         group = [records[i] for i in members]
+        if len({input_key(r) for r in group}) > 1:
+            # One example to a reader, two to the split (its key keeps look-alike characters apart).
+            report.lookalikes += 1
+            report.lookalike_groups.append(DuplicateGroup([r.source for r in group], _preview(_input_preview(group[0]))))
         by_id: dict[str, list[Record]] = defaultdict(list)
         for record in group:
             by_id[record.id].append(record)
@@ -178,7 +186,7 @@ def _find_duplicates(report: CheckReport, records: Sequence[Record]) -> None:
         elif len(targets) == 1:
             report.near_duplicates += len(representatives) - 1
             report.near_duplicate_groups.append(DuplicateGroup([r.source for r in representatives], preview))
-    for name in ("exact_duplicate_groups", "near_duplicate_groups", "conflict_groups"):
+    for name in ("exact_duplicate_groups", "near_duplicate_groups", "conflict_groups", "lookalike_groups"):
         setattr(report, name, getattr(report, name)[:LISTED_GROUPS])
 
 
@@ -323,10 +331,16 @@ def render_example(record: Record, tokenizer: Any, data: DataConfig, label_map: 
 
 def _labels_spelled_two_ways(counts: Counter) -> list[list[str]]:
     """Groups of labels equal but for case, spaces, '-' and '_' ("Billing" / "billing", "card_arrival" /
-    "Card-Arrival"), each group sorted; labels with no letter or digit ("+", "-") are left alone: they are codes."""
+    "Card-Arrival"), look-alike characters ("ｃａｒｄ", "card" with a zero-width space) or how a number is written
+    ("1" / "1.0"), each group sorted; labels with no letter or digit ("+", "-") are left alone: they are codes, and
+    so is a number's sign ("-1" / "1" are two classes)."""
     groups: dict[str, list[str]] = {}
     for label in counts:
-        key = re.sub(r"[\s_\-]+", "", label).casefold()
+        visible = visible_text(label).strip()
+        try:
+            key = f"number {float(visible)!r}"
+        except ValueError:
+            key = re.sub(r"[\s_\-]+", "", visible).casefold()
         if any(ch.isalnum() for ch in key):
             groups.setdefault(key, []).append(label)
     return sorted(sorted(group) for group in groups.values() if len(group) > 1)
@@ -378,8 +392,8 @@ def _labels(
 def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, task: str, data: DataConfig) -> None:
     result = read_records(test_path, task, data.model_copy(update={"limit": None}))
     report.invalid.extend(result.errors)
-    train_keys = {input_key(r) for r in records}
-    leaked = [r for r in result.records if input_key(r) in train_keys]
+    train_keys = {lookalike_key(r) for r in records}
+    leaked = [r for r in result.records if lookalike_key(r) in train_keys]
     unseen: list[str] = []
     if task == "classify":
         train_labels = {r.label for r in records if isinstance(r, ClassifyRecord)}
@@ -441,9 +455,19 @@ def check_data(
         report.warnings.append(f"{report.exact_duplicates} exact duplicate record(s)")
     if report.near_duplicates:
         report.warnings.append(f"{report.near_duplicates} near-duplicate record(s) (same text after normalization)")
+    if report.lookalikes:
+        shown = "; ".join(" / ".join(group.sources[:4]) for group in report.lookalike_groups[:3])
+        report.warnings.append(
+            f"{report.lookalikes} group(s) of inputs differ only by look-alike characters (full-width letters, "
+            f"zero-width characters, a BOM): {shown}; the split counts them as different examples and may put them on "
+            "both sides (its overlap warning says so): remove the copies or clean the text"
+        )
     if report.conflicts:
         what = "labels" if task == "classify" else "answers"
         report.warnings.append(f"{report.conflicts} input(s) occur with conflicting {what}")
+        # What the split will do with them, said here first: the split step comes after the check.
+        in_scope = [r for r in records if data.out_of_scope_label is None or getattr(r, "label", None) != data.out_of_scope_label]
+        report.warnings.extend(conflict_only_label_warnings(in_scope, task))
     label_map = _labels(report, records, tokenizer, label_map, data.out_of_scope_label)
     if tokenizer is not None:
         report.lengths = _lengths(records, task, tokenizer, data, label_map, length_sample)

@@ -162,8 +162,9 @@ def iter_jsonl(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> 
             if raw is None:
                 yield source, RecordError(source, too_large(size, max_record_bytes))
                 continue
-            if number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]  # written by Windows editors; invisible, and no part of the JSON
+            if raw.startswith(UTF8_BOM):
+                # Written by Windows editors, and kept where files were joined with `cat`: invisible, no part of the JSON.
+                raw = raw[len(UTF8_BOM):]
             if not raw.strip():
                 continue
             try:
@@ -372,7 +373,9 @@ def iter_csv(path: Path, delimiter: str | None = None, max_record_bytes: int = D
         with open_binary(path) as handle:
             for number, raw in enumerate(raw_lines(handle), start=1):
                 try:
-                    yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    # Each file's BOM, where exports were joined with `cat`: else the header repeated would not be
+                    # told from a record, and a row's first cell would start with an invisible character.
+                    yield raw.decode("utf-8-sig" if number == 1 or raw.startswith(UTF8_BOM) else "utf-8")
                 except UnicodeDecodeError as error:
                     bad_lines.add(number)
                     if number <= 2:  # the header's line (the second after a 'sep=' line)
@@ -741,4 +744,19 @@ def resolve_files(path: str) -> list[Path]:
         if not files:
             raise DataError(f"{path}: the pattern matches no file")
         return files
-    raise DataError(f"data not found: {path}", "check the path (a file, a folder or a glob)")
+    raise DataError(f"data not found: {path}{looked_for(path)}", "check the path (a file, a folder or a glob)")
+
+
+def looked_for(path: str) -> str:
+    """`` (looked for /abs/path, ...)`` for a relative ``path`` that names nothing: where it was taken from.
+
+    A relative path is the working folder's. In a config file it is first looked for in the config file's folder
+    (``config.read_config_file``), which left it as written when nothing was there.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return ""
+    return (
+        f" (looked for {candidate.absolute()}, relative to the working folder {Path.cwd()}; a path written in a config "
+        "file is tried first relative to the config file's folder)"
+    )

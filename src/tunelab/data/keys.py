@@ -66,3 +66,26 @@ def stable_hash(*parts: str) -> str:
 def input_key(record: Record) -> str:
     """A short hash of the normalized input: equal for exact and near duplicates."""
     return stable_hash(normalize_text(input_text(record)))[:20]
+
+
+def lookalike_text(text: str) -> str:
+    """``normalize_text`` after NFKC and without invisible format characters, for finding duplicates only.
+
+    "ｒｅｆｕｎｄ" (full-width), "ref\u200bund" (a zero-width space, joiner or a BOM inside) and "refund" look the same
+    to a reader, yet ``input_key`` keeps them apart: it cannot change, since every split is made with it. The data
+    check and the overlap warnings compare this instead, so such copies are found and said.
+    """
+    return normalize_text(visible_text(text))
+
+
+def visible_text(text: str) -> str:
+    """``text`` as a reader sees it: compatibility characters as their plain ones (NFKC: full-width letters, ligatures)
+    and no invisible format characters (zero-width spaces and joiners, a BOM, soft hyphens)."""
+    if text.isascii():
+        return text  # nearly all text: nothing to change, and no character-by-character pass over a large dataset
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+
+
+def lookalike_key(record: Record) -> str:
+    """``input_key`` with ``lookalike_text``: equal for inputs that differ only by characters that look alike."""
+    return stable_hash(lookalike_text(input_text(record)))[:20]

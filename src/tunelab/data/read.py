@@ -37,6 +37,7 @@ from tunelab.data.formats import (
     dataset_rows,
     invalid_records,
     iter_rows,
+    looked_for,
     resolve_files,
     too_large,
 )
@@ -499,7 +500,7 @@ def _looks_like_hub_name(path: str) -> bool:
 def _hub_rows(name: str) -> Iterator[RowOrError]:
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise DataError(
-            f"data not found locally: {name} (a Hugging Face dataset name needs the network)",
+            f"data not found locally: {name}{looked_for(name)}; as a Hugging Face dataset name it needs the network",
             "pass --allow-network, or download the data and give its path",
         )
     import datasets

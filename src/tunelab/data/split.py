@@ -7,7 +7,9 @@
   groups are spread evenly over the order, so every side gets each label in proportion.
 - The first ``test_size`` share of the order is the test set, the next ``validation_size`` share the
   validation set, the rest is train; for classify, a label's last group stays in train (held out, it
-  could be neither learned nor validated). A user-given test (or validation) file replaces the held-out one.
+  could be neither learned nor validated); so does the last group of a label that occurs only on inputs also
+  written with another label (a conflicting group is filed under its most common label), which is warned about.
+  A user-given test (or validation) file replaces the held-out one.
 - classify with ``data.out_of_scope_label``: records with that label (in train, and every record of
   ``data.out_of_scope``) are never trained on. In their own seeded order they are shared between test
   and validation in proportion to the in-scope records of each side, so both sides have the same
@@ -15,6 +17,8 @@
   validation file is given: they are the only out-of-scope examples to choose and test it with).
 - ``split.json`` keeps the record ids of each side and a fingerprint of the data, so a resumed run
   or ``tunelab eval`` reuses exactly the same test ids, and a changed data file is detected.
+- The overlap warnings compare inputs look-alike characters aside (``keys.lookalike_key``: full-width letters,
+  zero-width characters): the groups keep ``input_key``, so such copies can land on two sides, and are said.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.formats import RecordError
-from tunelab.data.keys import input_key, stable_hash
+from tunelab.data.keys import input_key, lookalike_key, stable_hash
 from tunelab.data.read import load_result
 from tunelab.data.records import ClassifyRecord, Record, TextRecord
 from tunelab.errors import DataError
@@ -188,6 +192,44 @@ def _stratum(records: Sequence[Record], members: Sequence[int], task: str) -> st
     return min(labels, key=lambda label: (-labels[label], label))
 
 
+def _labels_of(records: Sequence[Record], members: Sequence[int], task: str) -> set[str]:
+    """Every label of a group (classify; other tasks have none)."""
+    return {records[i].label for i in members} if task == "classify" else set()  # type: ignore[union-attr]
+
+
+def _labels_only_in_conflicts(records: Sequence[Record], order: Sequence[Sequence[int]], task: str) -> set[str]:
+    """Labels that occur only in groups filed under another label (an input written with two labels): the
+    last-group rule, which counts the groups filed under a label, cannot keep them in train."""
+    if task != "classify":
+        return set()
+    filed = {_stratum(records, members, task) for members in order}
+    return {label for members in order for label in _labels_of(records, members, task)} - filed
+
+
+def conflict_only_label_warnings(records: Sequence[Record], task: str) -> list[str]:
+    """One line per label that occurs only on inputs also written with another label (``data check`` says it too)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        groups[input_key(record)].append(index)
+    order = list(groups.values())
+    return _hidden_label_warnings(records, order, _labels_only_in_conflicts(records, order, task))
+
+
+def _hidden_label_warnings(records: Sequence[Record], order: Sequence[Sequence[int]], hidden: set[str]) -> list[str]:
+    """One line per label of ``_labels_only_in_conflicts``, with the rows that carry it and those they conflict with."""
+    warnings = []
+    for label in sorted(hidden):
+        groups = [members for members in order if any(records[i].label == label for i in members)]  # type: ignore[union-attr]
+        own = [records[i].source or records[i].id for members in groups for i in members if records[i].label == label]  # type: ignore[union-attr]
+        others = [f"{records[i].source or records[i].id} ({records[i].label})" for members in groups for i in members if records[i].label != label]  # type: ignore[union-attr]
+        warnings.append(
+            f"label '{label}' occurs only on inputs that also have another label ({', '.join(own[:5])}; beside "
+            f"{', '.join(others[:5])}): one such input stays in train so the label can be learned, from rows that "
+            "contradict each other; give it examples of its own, or relabel those rows"
+        )
+    return warnings
+
+
 def _count(total: int, share: float) -> int:
     if share <= 0:
         return 0
@@ -230,6 +272,8 @@ def split_records(
     counts = {"test": 0, "validation": 0}
     order = _stratified_order(records, task, seed)
     groups_in_train = Counter(_stratum(records, members, task) for members in order)
+    hidden = _labels_only_in_conflicts(records, order, task)
+    hidden_in_train = Counter(label for members in order for label in _labels_of(records, members, task) if label in hidden)
     for members in order:
         if counts["test"] < wanted_test:
             name = "test"
@@ -241,6 +285,12 @@ def split_records(
         if task == "classify" and groups_in_train[stratum] == 1:
             # A label's last group stays in train: held out, it could be neither learned nor validated.
             continue
+        mine = [label for label in _labels_of(records, members, task) if label in hidden]
+        if any(hidden_in_train[label] == 1 for label in mine):
+            # The same for a label no group is filed under (it occurs only beside another label on one input). Only
+            # data with such a label is split differently: for all other data this never holds.
+            continue
+        hidden_in_train.subtract(mine)
         groups_in_train[stratum] -= 1
         for index in members:
             side[index] = name
@@ -253,6 +303,7 @@ def split_records(
         task, train, validation + out_validation, test + out_test, seed=seed, test_size=test_size,
         validation_size=validation_size, out_of_scope_label=out_of_scope_label,
     )
+    split.warnings.extend(_hidden_label_warnings(records, order, hidden))
     split.warnings.extend(overlap_warnings(split))
     if out_of_scope_label is not None:
         if not out_validation:
@@ -389,14 +440,15 @@ def overlap_warnings(split: Split) -> list[str]:
     """Warnings for test/validation examples whose normalized input also occurs in train, test examples that also
     occur in validation (the best checkpoint is chosen there), and unseen labels."""
     warnings = []
-    train_keys = {input_key(r) for r in split.train}
-    validation_keys = {input_key(r) for r in split.validation}
+    # Look-alike characters aside: the split keeps such inputs apart (its key cannot change), so they can straddle it.
+    train_keys = {lookalike_key(r) for r in split.train}
+    validation_keys = {lookalike_key(r) for r in split.validation}
     for name, records, other, keys in (
         ("test", split.test, "train", train_keys),
         ("validation", split.validation, "train", train_keys),
         ("test", split.test, "validation", validation_keys),
     ):
-        leaked = [r for r in records if input_key(r) in keys]
+        leaked = [r for r in records if lookalike_key(r) in keys]
         if leaked:
             examples = ", ".join(r.source or r.id for r in leaked[:5])
             warnings.append(f"{len(leaked)} {name} example(s) also occur in {other} (same normalized text): {examples}")
