@@ -731,15 +731,22 @@ def merge_run(run_dir: str | Path) -> Any:
     )  # fmt: skip
 
 
-def _carry_system_prompt(merged: Any, system_prompt: str | None) -> None:
+def _carry_system_prompt(merged: Any, system_prompt: str | None) -> bool:
     """Make ``system_prompt`` the default of ``merged``'s chat template (``templates.template_with_system_prompt``):
     an export read without tunelab puts the run's system prompt first when a request brings none, as training,
-    evaluation and serving did."""
-    from tunelab.data.templates import template_with_system_prompt
+    evaluation and serving did. A tokenizer without a template gets one that writes the plain turns the run was
+    trained on (``templates.plain_chat_template``); True when it did.
 
-    carried = template_with_system_prompt(merged.tokenizer, system_prompt)
+    Raises:
+        DataError: when the template cannot render the run's prompt.
+    """
+    from tunelab.data.templates import plain_chat_template, template_with_system_prompt
+
+    plain = plain_chat_template(merged.tokenizer, system_prompt)
+    carried = plain or template_with_system_prompt(merged.tokenizer, system_prompt)
     if carried is not None:
         merged.tokenizer.chat_template = carried
+    return plain is not None
 
 
 def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = True) -> Path:
@@ -750,6 +757,7 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     Raises:
         ModelError: when ``run_dir`` is no finished run, its weights are damaged, or ``out_dir`` already exists.
         DiskFullError: when the output's disk is full (nothing half-written is left).
+        DataError: when the run's prompt cannot be written as the export's chat template (``_carry_system_prompt``).
     """
     import shutil
 
@@ -802,7 +810,9 @@ def export_gguf(
     Raises:
         ModelError: when the output exists, the run is no finished run, its tokenizer file is missing, its
             architecture or tokenizer cannot be written as GGUF, or ``quant`` is unknown.
+        DataError: when the run's prompt cannot be written as the export's chat template (``_carry_system_prompt``).
     """
+    from tunelab.data.templates import NO_TEMPLATE_ANSWER
     from tunelab.models.gguf_export import check_targets, write_gguf
 
     out = Path(out_path)
@@ -815,8 +825,10 @@ def export_gguf(
         )
     merged = merge_run(run_dir)
     # llama.cpp (`llama-server --jinja`) renders the file's stored chat template: the run's system prompt is its default.
-    _carry_system_prompt(merged, Run.open(run_dir).system_prompt)
-    return write_gguf(merged, out, quant=quant, ollama=ollama, classify_instruction=classify_instruction)
+    plain = _carry_system_prompt(merged, Run.open(run_dir).system_prompt)
+    # Ollama reads the Modelfile's TEMPLATE, not the stored one: it gets the plain turns' words too.
+    plain_answer = NO_TEMPLATE_ANSWER if plain else None
+    return write_gguf(merged, out, quant=quant, ollama=ollama, classify_instruction=classify_instruction, plain_answer=plain_answer)
 
 
 def load_run(run_dir: str | Path, *, dtype: str = "float32", allow_network: bool | None = None) -> LoadedModel:

@@ -195,6 +195,60 @@ def render_chat(
     return "\n\n".join(turns) + (f"\n\n{NO_TEMPLATE_ANSWER}" if add_generation_prompt else "")
 
 
+def plain_chat_template(tokenizer: Any, system_prompt: str | None = None) -> str | None:
+    """The chat template an exported model without one carries: ``render_chat``'s plain turns as Jinja, after the
+    tokenizer's BOS where its encode() puts one, with EOS after each answer (as ``tokenize_sft`` trains it and
+    ``_plain_prompt_ids`` asks) and ``system_prompt`` as the default (as ``template_with_system_prompt`` gives a
+    template). Without it, transformers and vLLM refuse to chat with the exported folder, llama.cpp falls back to
+    ChatML and Ollama sends the raw text. None: the tokenizer has a template.
+
+    A one-turn request renders to the run's own prompt ids (one text, as ``_plain_prompt_ids`` encodes it). A request
+    with earlier answers renders to the run's text, but a template's text is encoded whole, and BPE may merge "Answer: "
+    with the answer's first characters where training encoded each answer apart: no template can give those ids.
+
+    Raises:
+        DataError: when the template renders a probe otherwise than ``render_chat``.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    encoded = tokenizer("x")["input_ids"]
+    bos = tokenizer.bos_token if encoded and tokenizer.bos_token_id is not None and encoded[0] == tokenizer.bos_token_id else ""
+    answer = json.dumps(NO_TEMPLATE_ANSWER)
+    default = ""
+    if system_prompt:
+        literal = json.dumps(system_prompt, ensure_ascii=False)  # a Jinja string literal (see template_with_system_prompt)
+        default = (
+            "{%- if not messages or messages[0]['role'] != 'system' %}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}{{%- endif %}}"
+        )
+    result = (
+        default + ("{{- bos_token }}" if bos else "")
+        + "{%- for message in messages %}{%- if not loop.first %}{{- '\\n\\n' }}{%- endif %}"
+        f"{{%- if message['role'] == 'assistant' %}}{{{{- {answer} ~ message['content'] ~ eos_token }}}}"
+        "{%- else %}{{- message['content'] }}{%- endif %}{%- endfor %}"
+        f"{{%- if add_generation_prompt %}}{{{{- '\\n\\n' ~ {answer} }}}}{{%- endif %}}"
+    )
+    probes = [[{"role": "user", "content": "x"}], [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]]
+    answered = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"}]
+    expected = [bos + render_chat(tokenizer, with_system_prompt(p, system_prompt), add_generation_prompt=True) for p in probes]
+    earlier = render_chat(tokenizer, with_system_prompt(answered[:2], system_prompt))
+    opened = render_chat(tokenizer, with_system_prompt(answered, system_prompt), add_generation_prompt=True)
+    expected.append(bos + earlier + (tokenizer.eos_token or "") + opened[len(earlier) :])
+    try:
+        tokenizer.chat_template = result
+        rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in [*probes, answered]]
+    except TemplateError:
+        rendered = None
+    finally:
+        tokenizer.chat_template = None
+    if rendered != expected:
+        raise DataError(
+            f"the plain prompt of {_model_name(tokenizer)} (no chat template) cannot be written as a chat template",
+            "prompt the exported model as render_chat writes it (plain turns, 'Answer: ' before each answer)",
+        )
+    return result
+
+
 def template_with_system_prompt(tokenizer: Any, system_prompt: str | None) -> str | None:
     """``tokenizer``'s chat template with ``system_prompt`` as its default: put first when a conversation brings no
     system message (``with_system_prompt``), or folded into the first user turn for a template without a system role

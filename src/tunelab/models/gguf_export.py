@@ -87,6 +87,17 @@ CHATML_GO_TEMPLATE = (
 )
 
 
+def plain_go_template(answer: str, eos: str) -> str:
+    """The Go-template form (Ollama) of the plain turns of a model without a chat template (``templates.render_chat``):
+    each message a paragraph, each answer opened by ``answer`` and closed by ``eos`` as it was trained, then the answer
+    opened. Ollama adds the BOS itself (the file's add_bos_token) and puts the Modelfile's SYSTEM first."""
+    return (
+        "{{- range $i, $m := .Messages }}{{ if $i }}\n\n{{ end }}"
+        f'{{{{ if eq $m.Role "assistant" }}}}{answer}{{{{ $m.Content }}}}{eos}{{{{ else }}}}{{{{ $m.Content }}}}{{{{ end }}}}'
+        f"{{{{ end }}}}\n\n{answer}"
+    )
+
+
 @dataclass(frozen=True)
 class GGUFExport:
     """What ``export_gguf`` wrote."""
@@ -144,13 +155,16 @@ class _Tokenizer:
 
 
 def write_gguf(
-    merged: MergedRun, out_path: str | Path, *, quant: str = "f16", ollama: bool = False, classify_instruction: str | None = None
+    merged: MergedRun, out_path: str | Path, *, quant: str = "f16", ollama: bool = False, classify_instruction: str | None = None,
+    plain_answer: str | None = None,
 ) -> GGUFExport:
     """Write a run's merged weights (``tunelab.runs.merge_run``) as one GGUF file at ``out_path`` (and a
     Modelfile beside it with ``ollama``). ``tunelab.runs.export_gguf`` merges a run folder and calls this.
 
     ``classify_instruction``: the instruction a classify run was trained with, shown in the Modelfile
     (the data layer owns the prompt, and models sits beside it, so the caller passes it in).
+    ``plain_answer``: for a model without a chat template of its own, the words that open its answers
+    (``templates.NO_TEMPLATE_ANSWER``), for the Modelfile's TEMPLATE (``plain_go_template``).
 
     Raises:
         ModelError: when the output exists, the architecture or tokenizer cannot be written as GGUF, or
@@ -180,6 +194,7 @@ def write_gguf(
         modelfile_content = modelfile_text(
             out, tokenizer.chat_template, system, labels, task, classify_instruction, named_answers=answers is not None,
             out_of_scope_note=out_of_scope["note"] if out_of_scope else None, decoding=merged.decoding,
+            plain=(plain_answer, merged.tokenizer.eos_token or "") if plain_answer is not None else None,
         )
 
     from gguf import GGUFWriter
@@ -744,6 +759,7 @@ def modelfile_text(
     named_answers: bool = True,
     out_of_scope_note: str | None = None,
     decoding: Decoding | None = None,
+    plain: tuple[str, str] | None = None,
 ) -> str:
     """An Ollama Modelfile for the exported file: FROM, TEMPLATE, stop tokens, SYSTEM, decoding, label notes.
 
@@ -754,6 +770,9 @@ def modelfile_text(
     A classify run's template wraps the user's message in the instruction it was trained on, and the
     file answers with the label's name (``write_gguf`` gives each label an answer token), so
     ``ollama run NAME "my card never came"`` prints ``card_arrival``.
+
+    ``plain``: (the words opening an answer, the EOS token) of a model trained without a chat template, whose
+    TEMPLATE writes those plain turns (``plain_go_template``).
     """
     chatml = bool(chat_template) and CHATML_START in chat_template and CHATML_END in chat_template
     lines = [f"# Written by tunelab export ({task} run).", f"FROM ./{gguf_path.name}", ""]
@@ -763,6 +782,10 @@ def modelfile_text(
         lines.append(f'TEMPLATE """{classify_go_template(classify_instruction)}"""')
     elif chatml:
         lines.append(f'TEMPLATE """{CHATML_GO_TEMPLATE}"""')
+    elif plain:
+        if any('"""' in part or "{{" in part for part in plain):
+            raise ModelError("the plain prompt's words cannot be quoted in a Modelfile template")
+        lines.append(f'TEMPLATE """{plain_go_template(*plain)}"""')
     else:
         lines.append("# No TEMPLATE: the chat template is not ChatML; Ollama derives one from the GGUF's")
         lines.append("# tokenizer.chat_template.")
