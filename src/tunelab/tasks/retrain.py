@@ -231,6 +231,21 @@ def _stored_evaluation(record: Any) -> tuple[Any, str | None]:
     return result, None
 
 
+def _retrain_champion_evaluation(record: Any, champion_id: str) -> Any:
+    """The evaluation a retrain made of run ``champion_id`` on ``record``'s fresh test set, when ``record`` is the
+    challenger of that retrain (``eval/champion.json``, the champion named in ``retrain.json``); else None."""
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.runs import RunFolder
+
+    folder = RunFolder(Path(record.run_dir))
+    try:
+        if json.loads(folder.retrain_outcome.read_text())["champion"]["id"] != champion_id:
+            return None
+        return EvalResult.load(folder.champion_eval)
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return None
+
+
 def _bootstrap_settings(record: Any) -> tuple[int, int]:
     """(seed, samples) of the paired bootstrap judging ``record`` (a registry row with a run folder): its config's
     ``eval.seed`` and ``eval.bootstrap_samples``, as its own verdict against its baselines was computed."""
@@ -245,7 +260,8 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     the paired bootstrap of both runs' stored test evaluations (with ``record``'s ``eval.seed`` and
     ``eval.bootstrap_samples``) and retrain's non-inferiority rule on the primary metric, with ``config.PROMOTION_MARGIN``
     as it reads on that metric (``MetricComparison.allowance``). Runs judged on different or unknown test sets are not
-    compared. A run the alias served before is a return to it, as ``tunelab rollback`` makes: never refused (after a
+    compared, except a retrain's challenger against its champion, judged on the retrain's evaluation of the champion on
+    the challenger's test set. A run the alias served before is a return to it, as ``tunelab rollback`` makes: never refused (after a
     retrain the old champion's evaluation is on another test set, yet ``rollback`` goes back to it), the comparison
     shown when there is one.
 
@@ -279,6 +295,12 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     else:
         old, why_old = _stored_evaluation(incumbent)
     new, why_new = _stored_evaluation(record)
+    if new is not None and incumbent is not None and (old is None or old.test_fingerprint != new.test_fingerprint):
+        # A retrain's challenger left unpromoted (lost, --no-promote, the alias moved meanwhile): its test set is the
+        # champion's plus a recent slice, and the retrain evaluated the champion on it; `retrain` points here to serve it.
+        fresh = _retrain_champion_evaluation(record, incumbent.id)
+        if fresh is not None and fresh.rows and fresh.test_fingerprint == new.test_fingerprint:
+            old, why_old = fresh, None
     why = why_new or why_old
     if why is None and old.test_fingerprint != new.test_fingerprint:
         why = f"{record.name} and {incumbent_name} were judged on different test sets"
