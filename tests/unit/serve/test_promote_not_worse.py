@@ -236,3 +236,17 @@ def test_the_comparison_uses_the_candidates_bootstrap_settings(runs):
     assert done.exit_code == 0, (done.output, repr(done.exception))
     details = store.alias_history("router")[-1].details
     assert (details["low"], details["high"], details["samples"], details["seed"]) == (expected.low, expected.high, 200, 7), details
+
+
+def test_the_alias_history_names_the_runs_and_says_how_each_promotion_was_judged(runs):
+    # `tunelab aliases router` printed ids and "manual promote" only: a forced promotion read as a judged one.
+    store, ids, folders = runs
+    _evaluate(folders["router-v2"], 150)
+    assert _cli("promote", "router", "router-v2", "--force", "--registry", store.path).exit_code == 0
+    assert _cli("promote", "router", "router-v1", "--registry", store.path).exit_code == 0  # judged: better
+    history = _cli("aliases", "router", "--registry", store.path)
+    assert history.exit_code == 0, (history.output, repr(history.exception))
+    lines = history.output.replace("\n  ", " ").splitlines()  # a wrapped summary read as one line
+    forced, back = lines[-2], lines[-1]
+    assert "router-v1" in forced and "router-v2" in forced and "forced with --force" in forced, history.output
+    assert back.endswith("not worse by more than the margin 0.02") and "router-v1 vs router-v2" in back, history.output
