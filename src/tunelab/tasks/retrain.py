@@ -261,9 +261,9 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     ``eval.bootstrap_samples``) and retrain's non-inferiority rule on the primary metric, with ``config.PROMOTION_MARGIN``
     as it reads on that metric (``MetricComparison.allowance``). Runs judged on different or unknown test sets are not
     compared, except a retrain's challenger against its champion, judged on the retrain's evaluation of the champion on
-    the challenger's test set. A run the alias served before is a return to it, as ``tunelab rollback`` makes: never refused (after a
-    retrain the old champion's evaluation is on another test set, yet ``rollback`` goes back to it), the comparison
-    shown when there is one.
+    the challenger's test set. A run the alias served before is a return to it, as ``tunelab rollback`` makes: never
+    refused (after a retrain the old champion's evaluation is on another test set, yet ``rollback`` goes back to it),
+    the comparison shown when there is one.
 
     Returns:
         What the alias history keeps of the judgement (``summary`` is its line), or None when there is nothing to judge:
