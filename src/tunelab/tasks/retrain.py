@@ -237,6 +237,8 @@ def _retrain_champion_evaluation(record: Any, champion_id: str) -> Any:
     from tunelab.evaluation.result import EvalResult
     from tunelab.runs import RunFolder
 
+    if not record.run_dir:
+        return None
     folder = RunFolder(Path(record.run_dir))
     try:
         if json.loads(folder.retrain_outcome.read_text())["champion"]["id"] != champion_id:
@@ -295,12 +297,16 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     else:
         old, why_old = _stored_evaluation(incumbent)
     new, why_new = _stored_evaluation(record)
-    if new is not None and incumbent is not None and (old is None or old.test_fingerprint != new.test_fingerprint):
-        # A retrain's challenger left unpromoted (lost, --no-promote, the alias moved meanwhile): its test set is the
-        # champion's plus a recent slice, and the retrain evaluated the champion on it; `retrain` points here to serve it.
+    if incumbent is not None and (old is None or new is None or old.test_fingerprint != new.test_fingerprint):
+        # A retrain's challenger and its champion: the challenger's test set is the champion's plus a recent slice, and
+        # the retrain evaluated the champion on it. Either way round: the challenger left unpromoted (lost, --no-promote,
+        # the alias moved meanwhile; `retrain` points here to serve it), or the champion promoted back after it.
         fresh = _retrain_champion_evaluation(record, incumbent.id)
-        if fresh is not None and fresh.rows and fresh.test_fingerprint == new.test_fingerprint:
+        if new is not None and fresh is not None and fresh.rows and fresh.test_fingerprint == new.test_fingerprint:
             old, why_old = fresh, None
+        fresh = _retrain_champion_evaluation(incumbent, record.id)
+        if old is not None and fresh is not None and fresh.rows and fresh.test_fingerprint == old.test_fingerprint:
+            new, why_new = fresh, None
     why = why_new or why_old
     if why is None and old.test_fingerprint != new.test_fingerprint:
         why = f"{record.name} and {incumbent_name} were judged on different test sets"

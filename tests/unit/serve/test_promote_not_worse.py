@@ -250,3 +250,20 @@ def test_the_alias_history_names_the_runs_and_says_how_each_promotion_was_judged
     forced, back = lines[-2], lines[-1]
     assert "router-v1" in forced and "router-v2" in forced and "forced with --force" in forced, history.output
     assert back.endswith("not worse by more than the margin 0.02") and "router-v1 vs router-v2" in back, history.output
+
+
+def test_a_retrains_champion_and_challenger_are_compared_on_the_retrains_test_set_either_way(runs):
+    import json
+
+    from tunelab.evaluation.result import EvalResult
+
+    store, ids, folders = runs
+    # router-v2 as a retrain of router-v1 makes it: its test set is v1's plus a recent slice, v1 evaluated on it too.
+    write_fake_evaluation(folders["router-v2"], 170, fingerprint="fresh").rename(RunFolder(folders["router-v2"]).champion_eval)
+    _evaluate(folders["router-v2"], 190, fingerprint="fresh")
+    RunFolder(folders["router-v2"]).retrain_outcome.write_text(json.dumps({"champion": {"id": ids["router-v1"]}}))
+    assert EvalResult.load(RunFolder(folders["router-v2"]).champion_eval).metrics["accuracy"] == 0.85
+    forward = _cli("promote", "router", "router-v2", "--registry", store.path)
+    assert forward.exit_code == 0 and "0.8500 -> 0.9500" in forward.output, (forward.output, repr(forward.exception))
+    back = _cli("promote", "router", "router-v1", "--registry", store.path)  # a return, with the comparison shown
+    assert back.exit_code == 0 and "0.9500 -> 0.8500" in back.output, (back.output, repr(back.exception))
