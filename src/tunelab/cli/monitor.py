@@ -234,8 +234,26 @@ def aliases(
     if as_json:
         print_json(history)
         return
+    names: dict[str, str] = {}
+
+    def named(run_id: str | None) -> str:
+        if run_id is None:
+            return "-"
+        if run_id not in names:
+            try:
+                names[run_id] = f"{registry.get_run(run_id).name} ({run_id})"
+            except RegistryError:
+                names[run_id] = f"{run_id} (no longer in the registry)"
+        return names[run_id]
+
     for change in history:
-        console.print(f"{change['created_at']}  {change['action']:8}  {change['previous_run_id'] or '-'} -> {change['run_id']}  {change['reason'] or ''}")
+        console.print(f"{change['created_at']}  {change['action']:8}  {named(change['previous_run_id'])} -> {named(change['run_id'])}  "
+                      f"{change['reason'] or ''}", markup=False, highlight=False, soft_wrap=True)
+        # How `tunelab promote` judged the run (compared, forced, a return to an earlier run): else a forced promotion
+        # reads as a judged one here.
+        summary = (change["details"] or {}).get("summary")
+        if summary:
+            console.print(f"  {summary}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -82,6 +82,7 @@ class MetricComparison:
     high: float
     higher_is_better: bool | None
     not_compared: str | None = None
+    full_scale: float | None = 1.0  # the metric's range when bounded, None when not (``metrics.MetricSpec.full_scale``)
 
     @property
     def outcome(self) -> str:
@@ -100,11 +101,27 @@ class MetricComparison:
         on the bad side (its low end when higher is better, minus its high end when lower is better)."""
         return self.low if self.higher_is_better is not False else -self.high
 
+    def allowance(self, margin: float) -> float:
+        """How much worse than A that B may be on this metric under the non-inferiority ``margin`` (a share): ``margin``
+        of the metric's range when it is bounded, of A's value when it is not (perplexity; ``MetricSpec.full_scale``)."""
+        if self.full_scale is None:
+            return margin * abs(self.before)
+        return margin * self.full_scale
+
+    def describe_margin(self, margin: float) -> str:
+        """``margin`` as it reads on this metric: "0.02" on a proportion, "2% of 12.3 (0.246)" on perplexity."""
+        if self.full_scale is None:
+            return f"{margin * 100:g}% of {self.before:.4g} ({self.allowance(margin):.4g})"
+        if self.full_scale == 1:
+            return f"{margin:g}"
+        return f"{margin:g} of {self.full_scale:g} ({self.allowance(margin):.4g})"
+
     def non_inferior(self, margin: float) -> bool:
-        """The one non-inferiority rule (retrain's challenger, distillation's student): B is shown to be no worse
-        than A by more than ``margin`` when even the worst plausible change (``worst_case``) is above ``-margin``."""
-        worst = self.worst_case()
-        return bool(np.isfinite(worst) and worst > -margin)
+        """The one non-inferiority rule (retrain's challenger, distillation's student, `tunelab promote`): B is shown to be
+        no worse than A by more than ``margin`` when even the worst plausible change (``worst_case``) is above minus the
+        margin as it reads on this metric (``allowance``)."""
+        worst, allowed = self.worst_case(), self.allowance(margin)
+        return bool(np.isfinite([worst, allowed]).all() and worst > -allowed)
 
 
 @dataclass
@@ -138,7 +155,7 @@ class Comparison:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Comparison:
         metrics = [
-            MetricComparison(**{k: (float("nan") if v is None and k not in ("name", "higher_is_better", "not_compared") else v)
+            MetricComparison(**{k: (float("nan") if v is None and k not in ("name", "higher_is_better", "not_compared", "full_scale") else v)
                                 for k, v in m.items() if k != "outcome"})
             for m in data["metrics"]
         ]
@@ -205,12 +222,12 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
         if itself.get(spec.name):
             reason = f"{itself[spec.name][0]} is the reference it is measured against: its reward against itself is zero"
             before, after = (nan if a.baseline else before), (nan if b.baseline else after)
-            metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason))
+            metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason, full_scale=spec.full_scale))
             continue
         diffs = np.concatenate(differences[spec.name])
         diffs = diffs[np.isfinite(diffs)]
         low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs.size else (float("nan"), float("nan")))
-        metrics.append(MetricComparison(spec.name, before, after, after - before, float(low), float(high), spec.higher_is_better))
+        metrics.append(MetricComparison(spec.name, before, after, after - before, float(low), float(high), spec.higher_is_better, full_scale=spec.full_scale))
     primary = PRIMARY_METRIC[task]
     main = next(m for m in metrics if m.name == primary)
     verdict = main.outcome if n >= MIN_TEST_EXAMPLES else TOO_FEW

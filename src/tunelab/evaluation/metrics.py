@@ -46,6 +46,12 @@ class MetricSpec:
     # Measured against the model's reference (a preference run's implicit reward): the reference scored as itself (the
     # run's baseline) has no value of it, so ``compare`` does not compare the two on it.
     against_reference: bool = False
+    # How a non-inferiority margin (a share, 0.02 for `tunelab promote`) reads on this metric: ``margin x full_scale``
+    # on a bounded metric (1 for a proportion: 0.02 is two points of accuracy; 100 for BLEU and chrF, scored 0-100), and
+    # ``margin x`` the incumbent's value on an unbounded one (None): an absolute 0.02 of perplexity 12.3 is far inside the
+    # noise of any test set and would refuse every new run, while 2% of it (0.25) means the same at any scale
+    # (``compare.MetricComparison.allowance``).
+    full_scale: float | None = 1.0
 
 
 # --------------------------------------------------------------------------------------------- sft
@@ -404,10 +410,10 @@ TASK_METRICS: dict[str, list[MetricSpec]] = {
         MetricSpec("rouge1", True, _mean_of("rouge1")),
         MetricSpec("rouge2", True, _mean_of("rouge2")),
         MetricSpec("rougeL", True, _mean_of("rougeL")),
-        MetricSpec("bleu", True, _corpus_of("bleu_stats", bleu_from_stats)),
-        MetricSpec("chrf", True, _corpus_of("chrf_stats", chrf_from_stats)),
+        MetricSpec("bleu", True, _corpus_of("bleu_stats", bleu_from_stats), full_scale=100.0),
+        MetricSpec("chrf", True, _corpus_of("chrf_stats", chrf_from_stats), full_scale=100.0),
         MetricSpec("exact_match", True, _mean_of("exact_match")),
-        MetricSpec("length", None, _mean_of("length")),
+        MetricSpec("length", None, _mean_of("length"), full_scale=None),
     ],
     "classify": [
         MetricSpec("accuracy", True, _mean_of("correct")),
@@ -415,16 +421,16 @@ TASK_METRICS: dict[str, list[MetricSpec]] = {
         MetricSpec("ece", False, _ece_resampled),
     ],
     "text": [
-        MetricSpec("perplexity", False, _perplexity_resampled),
-        MetricSpec("bits_per_byte", False, _bits_per_byte_resampled),
+        MetricSpec("perplexity", False, _perplexity_resampled, full_scale=None),
+        MetricSpec("bits_per_byte", False, _bits_per_byte_resampled, full_scale=None),
     ],
     # preference: see evaluation/preference.py (before: the reference's own per-token likelihood ranks the pair).
     "preference": [
         MetricSpec("preference_accuracy", True, _mean_of("correct"), against_reference=True),
-        MetricSpec("reward_margin", True, _mean_of("margin"), against_reference=True),
+        MetricSpec("reward_margin", True, _mean_of("margin"), against_reference=True, full_scale=None),
         MetricSpec("likelihood_accuracy", True, _mean_of("likelihood_correct")),
-        MetricSpec("log_ratio_chosen", None, _mean_of("log_ratio_chosen"), against_reference=True),
-        MetricSpec("log_ratio_rejected", None, _mean_of("log_ratio_rejected"), against_reference=True),
+        MetricSpec("log_ratio_chosen", None, _mean_of("log_ratio_chosen"), against_reference=True, full_scale=None),
+        MetricSpec("log_ratio_rejected", None, _mean_of("log_ratio_rejected"), against_reference=True, full_scale=None),
     ],
 }
 

@@ -513,11 +513,11 @@ def compare_student_with_teacher(context: Any, teacher: AnsweringModel, config: 
     if comparison.n < MIN_TEST_EXAMPLES:
         # The verdict's rule: an interval from this few examples is too narrow to trust, so no claim either way.
         non_inferior = False
-        statement = (f"{TOO_FEW} whether the student is within {margin:g} of the teacher on {comparison.primary} "
+        statement = (f"{TOO_FEW} whether the student is within {primary.describe_margin(margin)} of the teacher on {comparison.primary} "
                      f"(n={comparison.n}; the paired bootstrap needs at least {MIN_TEST_EXAMPLES}): {numbers}")
     else:
         non_inferior = primary.non_inferior(margin)
-        statement = (f"the student is {'within' if non_inferior else 'NOT shown to be within'} {margin:g} of the teacher on "
+        statement = (f"the student is {'within' if non_inferior else 'NOT shown to be within'} {primary.describe_margin(margin)} of the teacher on "
                      f"{comparison.primary}: {numbers}")
     vs_teacher: dict[str, Any]
     if config.task == "classify":

@@ -169,7 +169,7 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
     if not main.non_inferior(margin):
         reasons.append(
             f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
-            f"may be worse than the margin -{margin:g}"
+            f"may be worse than the margin -{main.describe_margin(margin)}"
         )
     if recent.n < MIN_TEST_EXAMPLES:
         # A bootstrap interval of a few rows is degenerate (two rows both won give [+1, +1]): no verdict, no promotion.
@@ -185,7 +185,7 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
     decision = KEPT if reasons else PROMOTED
     if not reasons:
         reasons.append(
-            f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {margin:g}) "
+            f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {main.describe_margin(margin)}) "
             f"and better on the recent slice ({slice_main.before:.4f} -> {slice_main.after:.4f}, 95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f})"
         )
     return decision, reasons
@@ -231,10 +231,41 @@ def _stored_evaluation(record: Any) -> tuple[Any, str | None]:
     return result, None
 
 
+def _retrain_champion_evaluation(record: Any, champion_id: str) -> Any:
+    """The evaluation a retrain made of run ``champion_id`` on ``record``'s fresh test set, when ``record`` is the
+    challenger of that retrain (``eval/champion.json``, the champion named in ``retrain.json``); else None."""
+    from tunelab.evaluation.result import EvalResult
+    from tunelab.runs import RunFolder
+
+    if not record.run_dir:
+        return None
+    folder = RunFolder(Path(record.run_dir))
+    try:
+        if json.loads(folder.retrain_outcome.read_text())["champion"]["id"] != champion_id:
+            return None
+        return EvalResult.load(folder.champion_eval)
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return None
+
+
+def _bootstrap_settings(record: Any) -> tuple[int, int]:
+    """(seed, samples) of the paired bootstrap judging ``record`` (a registry row with a run folder): its config's
+    ``eval.seed`` and ``eval.bootstrap_samples``, as its own verdict against its baselines was computed."""
+    from tunelab.runs import Run
+
+    settings = Run.open(record.run_dir).config.eval
+    return settings.seed, settings.bootstrap_samples
+
+
 def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = False) -> dict[str, Any] | None:
     """``record`` (a registry row) judged against the run ``alias`` serves (the incumbent) before a manual promotion:
-    the paired bootstrap of both runs' stored test evaluations and retrain's non-inferiority rule on the primary metric,
-    with ``config.PROMOTION_MARGIN``. Runs judged on different or unknown test sets are not compared.
+    the paired bootstrap of both runs' stored test evaluations (with ``record``'s ``eval.seed`` and
+    ``eval.bootstrap_samples``) and retrain's non-inferiority rule on the primary metric, with ``config.PROMOTION_MARGIN``
+    as it reads on that metric (``MetricComparison.allowance``). Runs judged on different or unknown test sets are not
+    compared, except a retrain's challenger against its champion, judged on the retrain's evaluation of the champion on
+    the challenger's test set. A run the alias served before is a return to it, as ``tunelab rollback`` makes: never
+    refused (after a retrain the old champion's evaluation is on another test set, yet ``rollback`` goes back to it),
+    the comparison shown when there is one.
 
     Returns:
         What the alias history keeps of the judgement (``summary`` is its line), or None when there is nothing to judge:
@@ -242,7 +273,7 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
 
     Raises:
         PromotionRefused: when ``record`` may be worse than the incumbent by more than the margin, or the two cannot be
-            compared; ``force`` promotes anyway, and the result says it was forced.
+            compared, and the alias never served it; ``force`` promotes anyway, and the result says it was forced.
     """
     from tunelab.config import PROMOTION_MARGIN
     from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, compare_evaluations
@@ -259,16 +290,30 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     incumbent_name = incumbent_id if incumbent is None else incumbent.name
     force_hint = f"`tunelab promote {alias} {record.name} --force` promotes it anyway"
     served = f"{incumbent_name} (served by alias {alias})"
+    returned = any(change.run_id == record.id for change in registry.alias_history(alias))
+    back = f"{record.name} was served by alias {alias} before: a return to it is never refused, as `tunelab rollback` is not"
     if incumbent is None:
         old, why_old = None, f"the run alias {alias} serves ({incumbent_id}) is no longer in the registry"
     else:
         old, why_old = _stored_evaluation(incumbent)
     new, why_new = _stored_evaluation(record)
+    if incumbent is not None and (old is None or new is None or old.test_fingerprint != new.test_fingerprint):
+        # A retrain's challenger and its champion: the challenger's test set is the champion's plus a recent slice, and
+        # the retrain evaluated the champion on it. Either way round: the challenger left unpromoted (lost, --no-promote,
+        # the alias moved meanwhile; `retrain` points here to serve it), or the champion promoted back after it.
+        fresh = _retrain_champion_evaluation(record, incumbent.id)
+        if new is not None and fresh is not None and fresh.rows and fresh.test_fingerprint == new.test_fingerprint:
+            old, why_old = fresh, None
+        fresh = _retrain_champion_evaluation(incumbent, record.id)
+        if old is not None and fresh is not None and fresh.rows and fresh.test_fingerprint == old.test_fingerprint:
+            new, why_new = fresh, None
     why = why_new or why_old
     if why is None and old.test_fingerprint != new.test_fingerprint:
         why = f"{record.name} and {incumbent_name} were judged on different test sets"
-    details: dict[str, Any] = {"compared_with": incumbent_id, "margin": PROMOTION_MARGIN, "forced": False}
+    details: dict[str, Any] = {"compared_with": incumbent_id, "margin": PROMOTION_MARGIN, "forced": False, "returned": returned}
     if why is not None:
+        if returned:
+            return details | {"summary": f"{back} (not compared with {incumbent_name}: {why})"}
         if not force:
             raise PromotionRefused(
                 f"{why}: {record.name} cannot be compared with {served}; not promoted (compare the two on one test set: "
@@ -276,19 +321,24 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
                 f"{force_hint})"
             )
         return details | {"forced": True, "summary": f"not compared with {incumbent_name} ({why}): promoted anyway, forced with --force"}
-    comparison = compare_evaluations(old, new)
+    seed, samples = _bootstrap_settings(record)
+    comparison = compare_evaluations(old, new, seed=seed, samples=samples)
     main = comparison.metric(comparison.primary)
+    margin = main.describe_margin(PROMOTION_MARGIN)
     line = (f"{comparison.primary} {main.before:.4f} -> {main.after:.4f}, difference {main.difference:+.4f} "
-            f"(95% CI {main.low:+.4f} to {main.high:+.4f}, n={comparison.n}, paired bootstrap)")
+            f"(95% CI {main.low:+.4f} to {main.high:+.4f}, n={comparison.n}, paired bootstrap x{samples})")
     # NaN as null: the history is read back as JSON (`tunelab aliases --json`).
-    details |= json_safe({"primary": comparison.primary, "difference": main.difference, "low": main.low, "high": main.high, "n": comparison.n})
+    details |= json_safe({"primary": comparison.primary, "difference": main.difference, "low": main.low, "high": main.high,
+                          "n": comparison.n, "allowance": main.allowance(PROMOTION_MARGIN), "seed": seed, "samples": samples})
     if comparison.n < MIN_TEST_EXAMPLES:
         # The bootstrap interval of a few rows is too narrow to show anything (``evaluation.compare``): no verdict.
         problem = f"too few test examples (n={comparison.n}, at least {MIN_TEST_EXAMPLES} needed) to show {record.name} is not worse than {served}"
     elif not main.non_inferior(PROMOTION_MARGIN):
-        problem = f"{record.name} may be worse than {served} by more than the margin {PROMOTION_MARGIN:g}"
+        problem = f"{record.name} may be worse than {served} by more than the margin {margin}"
     else:
-        return details | {"summary": f"{record.name} vs {incumbent_name}: {line}, not worse by more than the margin {PROMOTION_MARGIN:g}"}
+        return details | {"summary": f"{record.name} vs {incumbent_name}: {line}, not worse by more than the margin {margin}"}
+    if returned:
+        return details | {"summary": f"{back}: {problem}: {line}"}
     if not force:
         raise PromotionRefused(f"{problem}: {line}; not promoted ({force_hint})")
     return details | {"forced": True, "summary": f"{problem}: {line}; promoted anyway, forced with --force"}
@@ -296,8 +346,9 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
 
 def promote_checked(registry: Any, alias: str, run: str, *, reason: str, force: bool = False) -> Any:
     """``tunelab promote ALIAS RUN`` and the UI's Promote: :func:`promote`'s servability check, then ``run`` judged against
-    the run ``alias`` serves (:func:`judge_promotion`, kept in the change's details); a retrain's challenger and a rollback
-    move the alias through :func:`promote` alone (the challenger was judged by the retrain, a rollback is never blocked).
+    the run ``alias`` serves (:func:`judge_promotion`, kept in the change's details: a run the alias served before is let
+    through, as a rollback); a retrain's challenger and a rollback move the alias through :func:`promote` alone (the
+    challenger was judged by the retrain, a rollback is never blocked).
 
     Raises:
         PromotionRefused: as :func:`judge_promotion`; ServeError, RegistryError: as :func:`promote` (checked first).

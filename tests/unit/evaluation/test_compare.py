@@ -210,3 +210,19 @@ def test_between_baselines_tied_on_the_primary_metric_the_strongest_is_the_one_t
     assert verdict.verdict == "use embedding instead"
     assert verdict.strongest == "embedding"
     assert "the strongest opponent" not in verdict.summary
+
+
+def test_a_margin_is_a_share_of_a_bounded_metric_and_relative_on_an_unbounded_one():
+    # One rule for every non-inferiority judgement: 0.02 is two points of accuracy, two BLEU points of 100, and 2% of a
+    # perplexity (an absolute 0.02 of perplexity 12.3 would be noise).
+    from tunelab.evaluation.compare import MetricComparison, compare_evaluations
+    from tunelab.evaluation.result import EvalResult
+
+    rows = [{"id": f"d{i}", "scores": {"nll": 50 * 2.5 + (i % 7), "tokens": 50.0, "bytes": 200.0}} for i in range(60)]
+    result = EvalResult("text", "a", 60, {}, rows)
+    perplexity = compare_evaluations(result, result).metric("perplexity")
+    assert perplexity.allowance(0.02) == pytest.approx(0.02 * perplexity.before) and "2% of" in perplexity.describe_margin(0.02)
+    worse = MetricComparison("perplexity", 12.3, 12.5, 0.2, 0.15, 0.25, False, full_scale=None)
+    assert not worse.non_inferior(0.02) and worse.non_inferior(0.03)  # 0.25 is over 2% of 12.3 (0.246), under 3%
+    assert MetricComparison("bleu", 30.0, 29.0, -1.0, -1.5, -0.5, True, full_scale=100.0).non_inferior(0.02)
+    assert not MetricComparison("accuracy", 0.9, 0.89, -0.01, -0.03, 0.01, True).non_inferior(0.02)

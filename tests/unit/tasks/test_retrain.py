@@ -400,3 +400,19 @@ def test_new_out_of_scope_labels_are_not_a_new_label_nor_trained_on(tmp_path, ti
     assert "none" not in {r.label for r in fresh.train}
     confirmed_texts = {row["text"] for row in confirmed}
     assert confirmed_texts <= {r.text for r in fresh.test} | {r.text for r in fresh.validation}
+
+
+def test_a_challenger_left_unpromoted_is_judged_on_the_retrains_own_comparison(tmp_path, tiny_model_dir, cli):
+    """`retrain --no-promote` says `tunelab promote ALIAS CHALLENGER` serves it: promote judges it against the champion's
+    evaluation on the challenger's test set (eval/champion.json), not refuses it as judged on another test set."""
+    runs, registry_path, champion = _router_v1(tmp_path, tiny_model_dir)
+    store = Registry(registry_path)
+    store.set_alias("router", champion.registry_id)
+    new = _write(tmp_path / "new.jsonl", _rows("A", 100, 30) + _rows("B", 100, 30))
+    result = cli.invoke(cli_main.app, ["retrain", "alias:router", "--data", str(new), "--no-promote", "--registry", str(registry_path), "--json"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.output[result.output.index("{"):])
+    assert store.alias("router") == champion.registry_id
+    promoted = cli.invoke(cli_main.app, ["promote", "router", outcome["challenger"]["name"], "--registry", str(registry_path)])
+    message = promoted.output if promoted.exit_code == 0 else promoted.exception.message
+    assert "different test sets" not in message and f"n={outcome['sizes']['test']}," in message, message

@@ -60,6 +60,7 @@ def test_a_run_is_promoted_and_rolled_back_from_its_page_with_the_clis_checks(pr
         assert registry.alias("router") == ids["router-v2"] and registry.alias_history("router")[-1].previous_run_id == ids["router-v1"]
         v2 = client.get(f"/runs/{ids['router-v2']}").text
         assert 'data-alias="router"' in v2 and "router-v1" in v2  # the rollback names where it goes back to
+        assert "not worse by more than the margin 0.02" in v2  # how the promotion was judged, as `tunelab aliases router` says
         assert 'data-alias="router"' not in client.get(f"/runs/{ids['router-v1']}").text
 
         # Refused as `tunelab promote` refuses: the library's one-line message, and the alias stays where it was.
