@@ -120,7 +120,10 @@ class EndpointConfig(_Section):
     )
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (the bound).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds before one request is abandoned (then retried).")
-    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 429, 5xx, timeouts and dropped connections.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries with exponential backoff on 429, 5xx, timeouts and dropped connections (a provider's "
+        "Retry-After is waited for, up to 10 minutes; a longer one fails the request at once)."
+    )
 
     @field_validator("api_key_env")
     @classmethod

@@ -52,11 +52,13 @@ def scripted():
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length") or 0))
-            status, content_type, text = state.next(self)
+            status, content_type, text, *headers = state.next(self)
             data = text.encode()
             self.send_response(status)
             self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(data)))
+            for name, value in (headers[0] if headers else {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -371,3 +373,42 @@ def test_a_404_says_what_to_check(scripted, tmp_path, monkeypatch):
     scripted.script = [(404, "application/json", json.dumps({"detail": "Not Found"}))]
     error = client.chat_many([ASK], max_tokens=8)[0].error
     assert error.startswith("HTTP 404: Not Found") and "base_url" in error and "model" in error
+
+
+def rate_limited(retry_after: str) -> tuple[int, str, str, dict]:
+    return 429, "application/json", json.dumps({"error": {"message": "Rate limit reached"}}), {"retry-after": retry_after}
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The client's waits between tries, recorded instead of slept (no test waits a real minute)."""
+    import tunelab.remote.client as client_module
+
+    waited: list[float] = []
+    monkeypatch.setattr(client_module, "_sleep", waited.append, raising=False)
+    return waited
+
+
+@pytest.mark.parametrize("seconds", [61, 150])
+def test_a_long_retry_after_is_waited_for_with_one_line_saying_so(scripted, tmp_path, monkeypatch, waits, caplog, seconds):
+    # A provider's 429 with Retry-After above what the openai client honours (60 s, 120 s in later versions) was retried
+    # after a second of backoff, or not at all: the batch failed on requests the provider would have answered.
+    client = client_for(scripted, tmp_path, monkeypatch, retries=2)
+    scripted.script = [rate_limited(str(seconds)), completion("four")]
+    with caplog.at_level("WARNING", logger="tunelab.remote"):
+        answer = client.chat_many([ASK], max_tokens=8)[0]
+    assert answer.error is None and answer.text == "four" and scripted.seen == 2
+    assert waits == [seconds]
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and f"{seconds} s" in said[0] and "429" in said[0] and "\n" not in said[0]
+
+
+def test_a_retry_after_beyond_the_cap_fails_the_request_at_once_naming_the_wait(scripted, tmp_path, monkeypatch, waits):
+    # A daily quota's Retry-After (hours) is not slept through: the request fails now, and says why and what to do.
+    from tunelab.remote.client import MAX_RETRY_AFTER_S
+
+    client = client_for(scripted, tmp_path, monkeypatch, retries=3)
+    scripted.script = [rate_limited(str(int(MAX_RETRY_AFTER_S) * 10)), completion("four")]
+    answer = client.chat_many([ASK], max_tokens=8)[0]
+    assert answer.text is None and scripted.seen == 1 and waits == []
+    assert "HTTP 429" in answer.error and f"{int(MAX_RETRY_AFTER_S) * 10} s" in answer.error and "\n" not in answer.error
