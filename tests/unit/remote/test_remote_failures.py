@@ -412,3 +412,23 @@ def test_a_retry_after_beyond_the_cap_fails_the_request_at_once_naming_the_wait(
     answer = client.chat_many([ASK], max_tokens=8)[0]
     assert answer.text is None and scripted.seen == 1 and waits == []
     assert "HTTP 429" in answer.error and f"{int(MAX_RETRY_AFTER_S) * 10} s" in answer.error and "\n" not in answer.error
+
+
+@pytest.mark.parametrize("pasted", ["f3a90c1e5b7d2468ace013579bdf2468ace01357", "AbCdEfGh12345678IjKlMnOp90QrStUvWx",
+                                    "sk_live_51H8xYzAbCdEfGhIjKlMnOpQrSt", "gsk7Q2mZp9XwLk4Vb8NcRt1YhJf6Du3Se0"])
+def test_an_alphanumeric_key_given_as_api_key_env_is_refused_without_being_repeated(pasted):
+    # A key of letters and digits only (a hex token, a key without dashes) passed the variable-name check: it was echoed
+    # in "needs an API key in $<key>" and saved with the run's config.
+    from tunelab.config import parse_config
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"task": "sft", "distill": {"teacher": {"base_url": "http://127.0.0.1:9/v1", "name": "teacher", "api_key_env": pasted}}})
+    said = raised.value.message + " " + (raised.value.hint or "")
+    assert "api_key_env" in said and pasted not in said
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "MY_KEY_2", "together_api_key", "HF_TOKEN", "KEY", "AZURE_OPENAI_API_KEY_2",
+                                  "AZUREOPENAIAPIKEY2", "GROQ_API_KEY", "x"])
+def test_real_variable_names_are_accepted_as_api_key_env(name):
+    assert EndpointConfig(base_url="http://127.0.0.1:9/v1", name="teacher", api_key_env=name).api_key_env == name
