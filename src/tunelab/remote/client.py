@@ -191,7 +191,10 @@ class RemoteClient:
         except openai.APITimeoutError:  # after the retries; named by the setting that bounds it, which the user can raise
             return self._failed(f"no answer within timeout_s={self.endpoint.timeout_s:g} s (tried {self.endpoint.max_retries + 1} times)")
         except openai.APIConnectionError as error:  # after the retries
-            return self._failed(f"{type(error).__name__}: {error}")
+            # The client says only "Connection error."; what httpx saw (refused, reset, a body cut short) is its cause.
+            cause = error.__cause__
+            said = f"{type(cause).__name__}: {cause}" if cause is not None and str(cause) else str(error)
+            return self._failed(f"{type(error).__name__} ({said}; tried {self.endpoint.max_retries + 1} times)")
         except (openai.APIResponseValidationError, json.JSONDecodeError) as error:  # a 200 whose body is not JSON
             return self._failed(f"HTTP 200 with a body that is not JSON ({error})")
         latency = time.perf_counter() - started

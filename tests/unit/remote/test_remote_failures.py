@@ -432,3 +432,30 @@ def test_an_alphanumeric_key_given_as_api_key_env_is_refused_without_being_repea
                                   "AZUREOPENAIAPIKEY2", "GROQ_API_KEY", "x"])
 def test_real_variable_names_are_accepted_as_api_key_env(name):
     assert EndpointConfig(base_url="http://127.0.0.1:9/v1", name="teacher", api_key_env=name).api_key_env == name
+
+
+def cut_mid_body(request: BaseHTTPRequestHandler) -> tuple[int, str, str]:
+    """A completion whose connection closes half-way through its body (a proxy's timeout, a server restarting)."""
+    import socket
+
+    data = completion("four")[2].encode()
+    request.send_response(200)
+    request.send_header("content-type", "application/json")
+    request.send_header("content-length", str(len(data)))
+    request.end_headers()
+    request.wfile.write(data[: len(data) // 2])
+    request.wfile.flush()
+    request.connection.shutdown(socket.SHUT_RDWR)
+    request.close_connection = True
+    raise ConnectionAbortedError  # the handler's own reply is not sent
+
+
+def test_a_connection_closed_mid_body_is_retried_and_named_when_it_stays(scripted, tmp_path, monkeypatch, waits):
+    # It failed as "APIConnectionError: Connection error.": neither what happened nor that it was tried again was said.
+    client = client_for(scripted, tmp_path, monkeypatch, retries=1)
+    scripted.script = [cut_mid_body, completion("four")]
+    assert client.chat_many([ASK], max_tokens=8)[0].text == "four" and scripted.seen == 2
+    scripted.script, scripted.seen = [cut_mid_body], 0
+    answer = client.chat_many([[{"role": "user", "content": "And three plus three?"}]], max_tokens=8)[0]
+    assert answer.text is None and scripted.seen == 2 and len(client.cache) == 1
+    assert "closed" in answer.error and "tried 2 times" in answer.error and "\n" not in answer.error, answer.error
