@@ -75,3 +75,32 @@ def test_a_distillation_stopped_while_the_teacher_answers_says_how_to_resume_and
     test_prompts = len((run / "distill" / "test.jsonl").read_text().splitlines())
     # Only what had no answer is asked again (the answered ones come from distill.jsonl), then the teacher's test prompts.
     assert provider.chats_arrived - arrived == len(lines) - answered + test_prompts
+
+
+def test_a_distillation_cancelled_while_the_student_trains_names_distills_resume_in_its_row(slow_teacher, tiny_model_dir, tmp_path, monkeypatch):
+    # The row said "`tunelab run --resume RUN` continues it": that finishes the student but never compares it with the
+    # teacher (no distill report), which only `tunelab distill --resume RUN` does.
+    from tunelab.config import parse_config
+    from tunelab.registry.store import Registry
+    from tunelab.tasks.distill import run_distill
+
+    provider, url = slow_teacher
+    provider.chat_delay_s = 0.0
+    monkeypatch.setenv("TUNELAB_REMOTE_CACHE", str(tmp_path / "requests.db"))
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "completion": f"It is {i + 1}."}) + "\n" for i in range(14)))
+    config = parse_config({
+        "task": "sft", "name": "stopped", "model": str(tiny_model_dir),
+        "data": {"train": str(train), "test_size": 0.3, "validation_size": 0.15, "max_length": 64},
+        "train": {"max_steps": 50, "batch_size": 4, "output_dir": str(tmp_path / "runs"), "threads": 1},
+        "eval": {"max_new_tokens": 6, "baselines": [], "bootstrap_samples": 100},
+        "distill": {"teacher": {"base_url": url, "name": TEACHER, "max_retries": 0, "timeout_s": 30}},
+    })
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(config, calibrate=False, train_progress=stop)
+    record = Registry(tmp_path / "runs" / "registry.db").get_run("stopped")
+    assert record.status == "cancelled" and "`tunelab distill --resume RUN`" in record.error, record.error
