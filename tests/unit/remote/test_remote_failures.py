@@ -459,3 +459,17 @@ def test_a_connection_closed_mid_body_is_retried_and_named_when_it_stays(scripte
     answer = client.chat_many([[{"role": "user", "content": "And three plus three?"}]], max_tokens=8)[0]
     assert answer.text is None and scripted.seen == 2 and len(client.cache) == 1
     assert "closed" in answer.error and "tried 2 times" in answer.error and "\n" not in answer.error, answer.error
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [({"retry-after": "90"}, 90.0), ({"retry-after-ms": "1500"}, 1.5), ({"retry-after": "86400"}, None)])
+def test_a_fine_tuning_upload_waits_what_the_provider_asks_up_to_the_clients_cap(headers, seconds):
+    # Uploads and job creations after a 429 waited at most 60 s whatever the provider asked (and were refused again);
+    # beyond the cap (a daily quota) they are not retried at all, as chat requests are not.
+    import httpx
+    import openai
+
+    from tunelab.remote.finetune import _retry_after
+
+    response = httpx.Response(429, headers=headers, request=httpx.Request("POST", "http://127.0.0.1:9/v1/files"))
+    error = openai.RateLimitError("Rate limit reached", response=response, body=None)
+    assert _retry_after(error, 0) == seconds
