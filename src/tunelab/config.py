@@ -107,6 +107,18 @@ def _is_section(annotation: Any) -> bool:
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a shell can export; a key has "-" or is not one name
+
+
+def looks_like_a_key(value: str) -> bool:
+    """Whether ``value``, given as a variable's name, is rather a secret: not a name a shell can export, or one with a
+    word of random letters and digits (a hex token, ``sk_live_51H8x...``) that no variable's name has.
+
+    Words are cut at "_": OPENAI_API_KEY, MY_KEY_2 and together_api_key have short words, a key has a long one.
+    """
+    if not ENV_NAME.fullmatch(value):
+        return True
+    words = value.split("_")
+    return any(len(word) >= 32 or (len(word) >= 20 and re.search(r"\d", word) and re.search(r"[A-Za-z]", word)) for word in words)
 REMOTE_TASKS = ("classify", "sft")  # a chat API gives answers, not the token log-likelihoods text/preference need
 
 
@@ -120,14 +132,17 @@ class EndpointConfig(_Section):
     )
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (the bound).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds before one request is abandoned (then retried).")
-    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 429, 5xx, timeouts and dropped connections.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries with exponential backoff on 429, 5xx, timeouts and dropped connections (a provider's "
+        "Retry-After is waited for, up to 10 minutes; a longer one fails the request at once)."
+    )
 
     @field_validator("api_key_env")
     @classmethod
     def _a_variable_not_a_key(cls, value: str | None) -> str | None:
         # The key pasted in place of its variable's name was echoed in "needs an API key in $<key>" and saved with the
         # run's config: it is refused here, before anything is written, by a message that does not repeat it.
-        if value is not None and not ENV_NAME.fullmatch(value):
+        if value is not None and looks_like_a_key(value):
             raise ValueError("api_key_env is the name of the environment variable that holds the API key (e.g. "
                              f"{OPENAI_KEY_ENV}), not the key itself: export the key in a variable and name that")
         return value

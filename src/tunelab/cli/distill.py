@@ -8,7 +8,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import config_or_resume, console, error_console, print_json, progress_display
+from tunelab.cli.common import (
+    cancel_on_sigterm,
+    config_or_resume,
+    console,
+    error_console,
+    print_json,
+    progress_display,
+)
 
 
 def _fmt(value: Any) -> str:
@@ -41,13 +48,27 @@ def distill(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """The teacher answers your prompts (or labels your texts), the student learns them, and both are scored on held-out data."""
+    from tunelab.tasks.distill import distill_run_dir
+
+    config = config_or_resume(config_path, overrides, resume, "distill")
+    try:
+        outcome = _distill(config, resume, no_calibrate, as_json)
+    except (KeyboardInterrupt, typer.Exit):  # Ctrl-C, or SIGTERM as cancel_on_sigterm ends it
+        # Ctrl-C said nothing at all and SIGTERM ended Python at once: say that the answers are kept and how to go on.
+        run_dir = Path(resume) if resume is not None else distill_run_dir(config)
+        if run_dir.is_dir():
+            error_console.print(f"the teacher's answers so far are kept: `tunelab distill --resume {run_dir}` continues", soft_wrap=True)
+        raise
+    _print_outcome(outcome, as_json)
+
+
+def _distill(config: Any, resume: Path | None, no_calibrate: bool, as_json: bool) -> Any:
+    """``run_distill`` under the progress display, Ctrl-C and SIGTERM cancelling it as they cancel ``tunelab run``."""
     from tunelab.cli.run import shown_events
     from tunelab.estimate.plan import money
     from tunelab.tasks.distill import run_distill
 
-    config = config_or_resume(config_path, overrides, resume, "distill")
-
-    with progress_display(quiet=as_json) as display:
+    with progress_display(quiet=as_json) as display, cancel_on_sigterm():
         shown = shown_events(display, as_json)
 
         def on_event(step: str, status: str, details: dict[str, Any]) -> None:
@@ -71,8 +92,11 @@ def distill(
                 return
             shown(step, status, details)
 
-        outcome = run_distill(config, resume=resume, on_event=on_event, ask_progress=display.advance,
-                              train_progress=display.training, eval_progress=display.advance, calibrate=not no_calibrate)
+        return run_distill(config, resume=resume, on_event=on_event, ask_progress=display.advance,
+                           train_progress=display.training, eval_progress=display.advance, calibrate=not no_calibrate)
+
+
+def _print_outcome(outcome: Any, as_json: bool) -> None:
     if as_json:
         print_json({"run_dir": str(outcome.run_dir), "distill_file": str(outcome.distill_file), "asked": outcome.asked,
                     "accepted": outcome.accepted, "rejected": outcome.rejected, "report": outcome.report, "warnings": outcome.warnings})

@@ -1,17 +1,20 @@
 """One client for every OpenAI-compatible endpoint: bounded concurrency, retries, timeouts, cache, cost.
 
-Built on the official ``openai`` package pointed at ``endpoint.base_url``. Retries are the client's
-own (exponential backoff with jitter, ``Retry-After`` honoured) on 408/409/429/5xx, timeouts and
-dropped connections, ``endpoint.max_retries`` times; at most ``endpoint.concurrency`` requests are
-in flight. Every answer that comes back is cached (``RequestCache``), so asking again costs nothing.
+Built on the official ``openai`` package pointed at ``endpoint.base_url``. Retries are this module's
+own (exponential backoff with jitter; a provider's ``Retry-After`` honoured up to ``MAX_RETRY_AFTER_S``,
+a long wait said in one line) on 408/409/429/5xx, timeouts and dropped connections,
+``endpoint.max_retries`` times; at most ``endpoint.concurrency`` requests are in flight. Every answer that comes back is cached (``RequestCache``), so asking again costs nothing.
 A request that still fails is returned as an :class:`Answer` with its ``error`` (never dropped),
 and the caller decides: an evaluation refuses to score with holes, distillation lists and skips them.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +28,13 @@ from tunelab.remote.cache import CachedResponse, RequestCache, request_key
 
 Progress = Callable[[int], None]
 NO_KEY = "not-needed"  # the openai client insists on a key; a local server ignores it
+# The longest wait a provider's Retry-After gets (a rate limit's minute or two). A longer one (a daily quota's hours) fails
+# the request at once, saying how long the provider asked for: a resume later asks only the failed requests again.
+MAX_RETRY_AFTER_S = 600.0
+# The backoff between tries when the provider says nothing (the openai client's: 0.5 s doubling up to 8 s, less a jitter).
+BACKOFF_S, BACKOFF_MAX_S = 0.5, 8.0
+_sleep = time.sleep  # every wait between tries (tests record them instead of sleeping)
+logger = logging.getLogger("tunelab.remote")
 
 
 class RemoteError(TunelabError):
@@ -143,7 +153,10 @@ class RemoteClient:
         self.endpoint = endpoint
         self.cache = cache
         self.concurrency = concurrency or endpoint.concurrency
-        self.client = openai_client(endpoint)
+        # The retries are ask's own: the openai client honours a Retry-After of at most two minutes (one minute in older
+        # versions) and silently, so a rate-limited provider's requests were asked again too early and failed the batch.
+        self.client = openai_client(endpoint, max_retries=0)
+        self._quiet_until = 0.0  # until when a wait already said covers the batch (one line for all requests waiting)
         self.price = (prices or load_price_table()).inference_price(endpoint.name)
 
     @property
@@ -167,15 +180,21 @@ class RemoteClient:
                 return self._answer(hit, cached=True)
         started = time.perf_counter()
         try:
-            response = self.client.chat.completions.create(model=self.endpoint.name, **body)
+            response = self._create(body)
         except openai.APIStatusError as error:
             # A 404 on every request is nearly always the address (a base_url without its /v1) or the model's name.
             wrong_address = " (check base_url, usually ending in /v1, and the model's name there)" if error.status_code == 404 else ""
-            return self._failed(f"HTTP {error.status_code}: {_message(error)}{wrong_address}")
+            asked = retry_after_s(error.response.headers)
+            too_long = (f" (the provider asks to wait {asked:.0f} s before asking again, longer than the {MAX_RETRY_AFTER_S:.0f} s "
+                        "tunelab waits: ask again later)") if _retryable(error.response) and asked is not None and asked > MAX_RETRY_AFTER_S else ""
+            return self._failed(f"HTTP {error.status_code}: {_message(error)}{wrong_address}{too_long}")
         except openai.APITimeoutError:  # after the retries; named by the setting that bounds it, which the user can raise
             return self._failed(f"no answer within timeout_s={self.endpoint.timeout_s:g} s (tried {self.endpoint.max_retries + 1} times)")
         except openai.APIConnectionError as error:  # after the retries
-            return self._failed(f"{type(error).__name__}: {error}")
+            # The client says only "Connection error."; what httpx saw (refused, reset, a body cut short) is its cause.
+            cause = error.__cause__
+            said = f"{type(cause).__name__}: {cause}" if cause is not None and str(cause) else str(error)
+            return self._failed(f"{type(error).__name__} ({said}; tried {self.endpoint.max_retries + 1} times)")
         except (openai.APIResponseValidationError, json.JSONDecodeError) as error:  # a 200 whose body is not JSON
             return self._failed(f"HTTP 200 with a body that is not JSON ({error})")
         latency = time.perf_counter() - started
@@ -197,6 +216,39 @@ class RemoteClient:
         if self.cache is not None:
             self.cache.put(key, self.endpoint.base_url, self.endpoint.name, body, result)
         return self._answer(result, cached=False)
+
+    def _create(self, body: dict[str, Any]) -> Any:
+        """The completion, asked up to ``max_retries + 1`` times; the last error is raised."""
+        import openai
+
+        for attempt in itertools.count():
+            try:
+                return self.client.chat.completions.create(model=self.endpoint.name, **body)
+            except (openai.APIStatusError, openai.APIConnectionError) as error:  # a timeout is a connection error
+                response = getattr(error, "response", None) if isinstance(error, openai.APIStatusError) else None
+                if attempt >= self.endpoint.max_retries or (response is not None and not _retryable(response)):
+                    raise
+                asked = retry_after_s(response.headers) if response is not None else None
+                if asked is not None and asked > MAX_RETRY_AFTER_S:
+                    raise
+                if asked is not None and asked > 0:
+                    self._say_wait(asked, f"HTTP {response.status_code}", attempt)
+                    _sleep(asked)
+                else:
+                    _sleep(min(BACKOFF_S * 2**attempt, BACKOFF_MAX_S) * (1 - 0.25 * random.random()))
+        raise AssertionError("itertools.count() never ends")
+
+    def _say_wait(self, seconds: float, why: str, attempt: int) -> None:
+        """One line for a wait the user would notice (longer than the backoff), once for all the requests waiting with it."""
+        if seconds <= BACKOFF_MAX_S:
+            return
+        with _said_lock:
+            now = time.monotonic()
+            if now < self._quiet_until:
+                return
+            self._quiet_until = now + seconds
+        logger.warning("%s answered %s and asks to wait %.0f s: waiting before trying again (retry %d of %d)",
+                       self.display_name, why, seconds, attempt + 1, self.endpoint.max_retries)
 
     def _failed(self, error: str) -> Answer:
         return Answer(text=None, error=without_key(_one_line(error), self.endpoint))
@@ -294,6 +346,35 @@ class RemoteClient:
             raise RemoteError(f"cannot reach {self.endpoint.base_url}: {error}", "is the server running? check base_url") from None
         except openai.APIStatusError:
             pass  # some compatible servers have no /models; the requests themselves will tell
+
+
+_said_lock = threading.Lock()
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """The seconds a response's ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date) asks for, or None."""
+    import email.utils
+
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name)) * scale
+        except (TypeError, ValueError):
+            continue
+        if seconds == seconds:  # not NaN
+            return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(headers.get("retry-after"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo is not None else None
+
+
+def _retryable(response: Any) -> bool:
+    """Whether a refused request may be answered if asked again (as the openai client decides it)."""
+    said = response.headers.get("x-should-retry")
+    if said in ("true", "false"):
+        return said == "true"
+    return response.status_code in (408, 409, 429) or response.status_code >= 500
 
 
 def _one_line(text: str, limit: int = 200) -> str:

@@ -52,7 +52,7 @@ from tunelab.paths import (
     run_folder_holder,
     unlock_run_folder,
 )
-from tunelab.remote.client import RemoteError, openai_client, without_key
+from tunelab.remote.client import MAX_RETRY_AFTER_S, RemoteError, openai_client, retry_after_s, without_key
 from tunelab.runs import RunFolder
 
 MIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
@@ -281,9 +281,10 @@ def _upload(
             uploaded = uploader.files.create(file=(name, content), purpose="fine-tune")
             return uploaded.id, digest, uploaded.created_at
         except openai.RateLimitError as error:  # refused before anything was stored
-            if attempt >= endpoint.max_retries:
+            wait = _retry_after(error, attempt)
+            if attempt >= endpoint.max_retries or wait is None:
                 raise
-            time.sleep(_retry_after(error, attempt))
+            time.sleep(wait)
         except (openai.APIStatusError, openai.APIConnectionError) as error:
             if isinstance(error, openai.APIStatusError) and error.status_code not in (408, 409) and error.status_code < 500:
                 raise  # refused: nothing was stored
@@ -313,12 +314,13 @@ def _create(client: Any, endpoint: EndpointConfig, record: CloudJob, run_dir: Pa
         try:
             return creator.fine_tuning.jobs.create(**params, extra_headers={IDEMPOTENCY_HEADER: record.request_key})
         except openai.RateLimitError as error:  # refused before anything was done: asking again cannot make a second job
-            if attempt == endpoint.max_retries:
+            wait = _retry_after(error, attempt)
+            if attempt == endpoint.max_retries or wait is None:
                 record.status = UPLOADED
                 record.save(run_dir)
                 raise RemoteError(f"{endpoint.base_url} refused the fine-tuning job (HTTP 429): {without_key(error.message, endpoint)}",
                                   "`tunelab run --resume RUN` asks again later, with the files already uploaded") from None
-            time.sleep(_retry_after(error, attempt))
+            time.sleep(wait)
         except openai.APIStatusError as error:
             if error.status_code not in (408, 409) and error.status_code < 500:  # refused: no job was made
                 record.status = UPLOADED
@@ -385,15 +387,13 @@ def _find_job(client: Any, record: CloudJob) -> Any | None:
     return min(matches, key=lambda job: job.created_at) if matches else None
 
 
-def _retry_after(error: Any, attempt: int) -> float:
-    """Seconds to wait after a 429: the provider's Retry-After (ms or s), else exponential backoff (at most a minute)."""
-    headers = error.response.headers if error.response is not None else {}
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        try:
-            return min(60.0, max(0.0, float(headers.get(name)) * scale))
-        except (TypeError, ValueError):
-            continue
-    return min(60.0, 0.5 * 2**attempt)
+def _retry_after(error: Any, attempt: int) -> float | None:
+    """Seconds to wait after a 429: the provider's Retry-After, else exponential backoff (at most a minute); None when the
+    provider asks for longer than ``MAX_RETRY_AFTER_S`` (a daily quota), which is not waited for (as for chat requests)."""
+    asked = retry_after_s(error.response.headers) if error.response is not None else None
+    if asked is None:
+        return min(60.0, 0.5 * 2**attempt)
+    return asked if asked <= MAX_RETRY_AFTER_S else None
 
 
 def _adopt(record: CloudJob, job: Any, run_dir: Path, *, found: bool) -> CloudJob:

@@ -195,12 +195,16 @@ class RequestLog:
         self.dropped = 0
         self.written = 0
         self._closed = False
+        self._stopped = False  # the writer thread has ended (closed, or killed by what it did not expect)
         self._thread = threading.Thread(target=self._write_loop, name="tunelab-request-log", daemon=True)
         self._thread.start()
 
     def record(self, entry: dict[str, Any]) -> None:
         """Queue one entry (keys from COLUMNS); never blocks."""
         if self._closed:
+            return
+        if self._stopped:  # nobody writes the queue any more: the row is lost now, and counted
+            self.dropped += 1
             return
         try:
             self._queue.put_nowait(entry)
@@ -209,10 +213,13 @@ class RequestLog:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (feedback looks its response up after this)."""
-        if self._closed or not self._thread.is_alive():
+        if self._closed or self._stopped:
             return False
         done = threading.Event()
-        self._queue.put(done)
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
         return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -220,8 +227,15 @@ class RequestLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        # Not a blocking put: a writer that died (see _write_loop's finally) left a full queue that nobody empties.
+        if not self._stopped:
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                pass
         self._thread.join(timeout)
+        if not self._thread.is_alive():  # a row a request queued while a dead writer emptied the queue is counted too
+            self.dropped += self._drain([])
 
     def _open(self) -> sqlite3.Connection:
         # The busy timeout every connection to the log uses: a `tunelab feedback import` holding the write lock
@@ -242,8 +256,9 @@ class RequestLog:
         # filled since start-up, a file made unwritable) drops and counts its rows instead of ending the thread, which
         # left every later entry queued, unwritten and uncounted; logging resumes by itself once the log opens.
         connection: sqlite3.Connection | None = None
+        running = True
+        entries: list[Any] = []
         try:
-            running = True
             reported: str | None = None  # the failure ("full", "open") whose one line is logged, until a batch is written
             while running:
                 first = self._queue.get()
@@ -256,20 +271,29 @@ class RequestLog:
                         break
                 if None in entries:
                     running = False
-                rows = [tuple(_clean(entry.get(column)) for column in COLUMNS) for entry in entries if isinstance(entry, dict)]
-                if rows:
+                count = sum(isinstance(entry, dict) for entry in entries)
+                if count:
                     try:
+                        rows = [tuple(_clean(entry.get(column)) for column in COLUMNS) for entry in entries if isinstance(entry, dict)]
                         if connection is None:
                             connection = self._open()
                         with connection:
                             connection.executemany(statement, rows)
-                        self.written += len(rows)
+                        self.written += count
                         reported = None
-                    except sqlite3.Error as error:
-                        self.dropped += len(rows)
-                        kind = "full" if is_disk_full(error, self.path) else "write" if connection is not None else "open"
+                    except Exception as error:  # noqa: BLE001 - a batch the writer cannot write must not end the logging
+                        self.dropped += count
+                        # Not SQLite's (a bug, a value of a type nobody expected): it ended the thread, and close() then
+                        # blocked for ever on the full queue. Now one line, as for a full disk, and the rows are counted.
+                        kind = ("unexpected" if not isinstance(error, sqlite3.Error) else "full" if is_disk_full(error, self.path)
+                                else "write" if connection is not None else "open")
                         if kind == "write":
-                            logger.exception("request log: could not write %d rows to %s", len(rows), self.path)
+                            logger.exception("request log: could not write %d rows to %s", count, self.path)
+                        elif kind == "unexpected":
+                            if kind != reported:
+                                reported = kind
+                                logger.error("request log: could not write %d rows to %s (%s: %s); requests are served, rows "
+                                             "like these are not logged", count, self.path, type(error).__name__, error)
                         elif kind != reported:
                             # One line while the disk stays full or the log stays unopenable (not one per batch); the
                             # log goes on by itself once it can write again.
@@ -284,8 +308,26 @@ class RequestLog:
                     if isinstance(entry, threading.Event):
                         entry.set()
         finally:
+            self._stopped = True
             if connection is not None:
                 connection.close()
+            if running:  # ended by what even the handler above lets through (a SystemExit): no entry may wait on it
+                self.dropped += self._drain(entries)
+                logger.error("request log: the writer stopped; %d rows were not written to %s, and requests are served but "
+                             "not logged", self.dropped, self.path)
+
+    def _drain(self, entries: list[Any]) -> int:
+        """The rows in ``entries`` and the queue, which no writer will write (the queue emptied, the flushes woken)."""
+        lost = 0
+        while True:
+            for entry in entries:
+                lost += isinstance(entry, dict)
+                if isinstance(entry, threading.Event):
+                    entry.set()
+            try:
+                entries = [self._queue.get_nowait()]
+            except queue.Empty:
+                return lost
 
 
 def read_requests(path: Path, limit: int | None = None) -> list[dict[str, Any]]:

@@ -244,7 +244,10 @@ def step(context: PipelineContext, name: str, *, emit_start: bool = True, **star
                 context.registry.record_timing(context.registry_id, record.timing, actual_s=actual)
     except KeyboardInterrupt as interrupt:
         # The user stopped it (Ctrl-C, SIGTERM, the UI's Cancel): not broken, and told apart from a run that was killed.
-        _mark(context, "cancelled", f"{cancel_reason(interrupt)}; `tunelab run --resume RUN` continues it")
+        # A distillation's student is continued by `tunelab distill --resume`: `run --resume` would finish the student
+        # and never compare it with the teacher.
+        command = "distill" if context.run.distill_config.is_file() else "run"
+        _mark(context, "cancelled", f"{cancel_reason(interrupt)}; `tunelab {command} --resume RUN` continues it")
         raise
     except SystemExit:
         # Asked to stop (a sweep's scheduler stopping a trial, a signal handler's exit), not broken: the row says

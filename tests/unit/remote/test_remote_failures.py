@@ -52,11 +52,13 @@ def scripted():
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length") or 0))
-            status, content_type, text = state.next(self)
+            status, content_type, text, *headers = state.next(self)
             data = text.encode()
             self.send_response(status)
             self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(data)))
+            for name, value in (headers[0] if headers else {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -371,3 +373,103 @@ def test_a_404_says_what_to_check(scripted, tmp_path, monkeypatch):
     scripted.script = [(404, "application/json", json.dumps({"detail": "Not Found"}))]
     error = client.chat_many([ASK], max_tokens=8)[0].error
     assert error.startswith("HTTP 404: Not Found") and "base_url" in error and "model" in error
+
+
+def rate_limited(retry_after: str) -> tuple[int, str, str, dict]:
+    return 429, "application/json", json.dumps({"error": {"message": "Rate limit reached"}}), {"retry-after": retry_after}
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The client's waits between tries, recorded instead of slept (no test waits a real minute)."""
+    import tunelab.remote.client as client_module
+
+    waited: list[float] = []
+    monkeypatch.setattr(client_module, "_sleep", waited.append, raising=False)
+    return waited
+
+
+@pytest.mark.parametrize("seconds", [61, 150])
+def test_a_long_retry_after_is_waited_for_with_one_line_saying_so(scripted, tmp_path, monkeypatch, waits, caplog, seconds):
+    # A provider's 429 with Retry-After above what the openai client honours (60 s, 120 s in later versions) was retried
+    # after a second of backoff, or not at all: the batch failed on requests the provider would have answered.
+    client = client_for(scripted, tmp_path, monkeypatch, retries=2)
+    scripted.script = [rate_limited(str(seconds)), completion("four")]
+    with caplog.at_level("WARNING", logger="tunelab.remote"):
+        answer = client.chat_many([ASK], max_tokens=8)[0]
+    assert answer.error is None and answer.text == "four" and scripted.seen == 2
+    assert waits == [seconds]
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and f"{seconds} s" in said[0] and "429" in said[0] and "\n" not in said[0]
+
+
+def test_a_retry_after_beyond_the_cap_fails_the_request_at_once_naming_the_wait(scripted, tmp_path, monkeypatch, waits):
+    # A daily quota's Retry-After (hours) is not slept through: the request fails now, and says why and what to do.
+    from tunelab.remote.client import MAX_RETRY_AFTER_S
+
+    client = client_for(scripted, tmp_path, monkeypatch, retries=3)
+    scripted.script = [rate_limited(str(int(MAX_RETRY_AFTER_S) * 10)), completion("four")]
+    answer = client.chat_many([ASK], max_tokens=8)[0]
+    assert answer.text is None and scripted.seen == 1 and waits == []
+    assert "HTTP 429" in answer.error and f"{int(MAX_RETRY_AFTER_S) * 10} s" in answer.error and "\n" not in answer.error
+
+
+@pytest.mark.parametrize("pasted", ["f3a90c1e5b7d2468ace013579bdf2468ace01357", "AbCdEfGh12345678IjKlMnOp90QrStUvWx",
+                                    "sk_live_51H8xYzAbCdEfGhIjKlMnOpQrSt", "gsk7Q2mZp9XwLk4Vb8NcRt1YhJf6Du3Se0"])
+def test_an_alphanumeric_key_given_as_api_key_env_is_refused_without_being_repeated(pasted):
+    # A key of letters and digits only (a hex token, a key without dashes) passed the variable-name check: it was echoed
+    # in "needs an API key in $<key>" and saved with the run's config.
+    from tunelab.config import parse_config
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"task": "sft", "distill": {"teacher": {"base_url": "http://127.0.0.1:9/v1", "name": "teacher", "api_key_env": pasted}}})
+    said = raised.value.message + " " + (raised.value.hint or "")
+    assert "api_key_env" in said and pasted not in said
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "MY_KEY_2", "together_api_key", "HF_TOKEN", "KEY", "AZURE_OPENAI_API_KEY_2",
+                                  "AZUREOPENAIAPIKEY2", "GROQ_API_KEY", "x"])
+def test_real_variable_names_are_accepted_as_api_key_env(name):
+    assert EndpointConfig(base_url="http://127.0.0.1:9/v1", name="teacher", api_key_env=name).api_key_env == name
+
+
+def cut_mid_body(request: BaseHTTPRequestHandler) -> tuple[int, str, str]:
+    """A completion whose connection closes half-way through its body (a proxy's timeout, a server restarting)."""
+    import socket
+
+    data = completion("four")[2].encode()
+    request.send_response(200)
+    request.send_header("content-type", "application/json")
+    request.send_header("content-length", str(len(data)))
+    request.end_headers()
+    request.wfile.write(data[: len(data) // 2])
+    request.wfile.flush()
+    request.connection.shutdown(socket.SHUT_RDWR)
+    request.close_connection = True
+    raise ConnectionAbortedError  # the handler's own reply is not sent
+
+
+def test_a_connection_closed_mid_body_is_retried_and_named_when_it_stays(scripted, tmp_path, monkeypatch, waits):
+    # It failed as "APIConnectionError: Connection error.": neither what happened nor that it was tried again was said.
+    client = client_for(scripted, tmp_path, monkeypatch, retries=1)
+    scripted.script = [cut_mid_body, completion("four")]
+    assert client.chat_many([ASK], max_tokens=8)[0].text == "four" and scripted.seen == 2
+    scripted.script, scripted.seen = [cut_mid_body], 0
+    answer = client.chat_many([[{"role": "user", "content": "And three plus three?"}]], max_tokens=8)[0]
+    assert answer.text is None and scripted.seen == 2 and len(client.cache) == 1
+    assert "closed" in answer.error and "tried 2 times" in answer.error and "\n" not in answer.error, answer.error
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [({"retry-after": "90"}, 90.0), ({"retry-after-ms": "1500"}, 1.5), ({"retry-after": "86400"}, None)])
+def test_a_fine_tuning_upload_waits_what_the_provider_asks_up_to_the_clients_cap(headers, seconds):
+    # Uploads and job creations after a 429 waited at most 60 s whatever the provider asked (and were refused again);
+    # beyond the cap (a daily quota) they are not retried at all, as chat requests are not.
+    import httpx
+    import openai
+
+    from tunelab.remote.finetune import _retry_after
+
+    response = httpx.Response(429, headers=headers, request=httpx.Request("POST", "http://127.0.0.1:9/v1/files"))
+    error = openai.RateLimitError("Rate limit reached", response=response, body=None)
+    assert _retry_after(error, 0) == seconds

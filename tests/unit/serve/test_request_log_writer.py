@@ -74,3 +74,32 @@ def test_the_writer_waits_for_a_lock_as_long_as_the_other_connections(tmp_path):
     assert log.flush(timeout=60)
     log.close()
     assert log.dropped == 0 and [row["prompt"] for row in read_requests(path)] == ["waited"]
+
+
+# SystemExit: what even a catch-all lets through ends the thread, and pytest names the thread's exception
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("error", [RuntimeError("a bug in a row"), SystemExit(3)])
+def test_close_returns_and_counts_the_rows_when_the_writer_meets_an_unexpected_error(error, tmp_path, monkeypatch, caplog):
+    """A writer thread that died of anything but an SQLite error left its queue to fill: close() then blocked for ever
+    on the full queue (the server never stopped), and the queued rows were counted nowhere."""
+    import tunelab.serve.request_log as request_log
+
+    def broken(value):
+        raise error
+
+    monkeypatch.setattr(request_log, "_clean", broken)
+    path = tmp_path / "requests.db"
+    with caplog.at_level(logging.INFO, logger="tunelab.serve"):
+        log = RequestLog(path, max_queue=2)
+        log.record({**ENTRY, "prompt": "first"})
+        log.flush()  # the first batch has met the error
+        for number in range(3):  # more than the queue holds
+            log.record({**ENTRY, "prompt": f"later {number}"})
+        closing = threading.Thread(target=log.close, daemon=True)
+        closing.start()
+        closing.join(20)  # a guard against the hang, not a timing: close waits at most its own timeout
+    assert not closing.is_alive(), "close() blocked"
+    assert log.written == 0 and log.dropped == 4
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0] and str(path) in errors[0], errors
+    assert read_requests(path) == []
