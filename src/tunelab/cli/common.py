@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand
 
 from tunelab.errors import ConfigError
 from tunelab.paths import check_output_folder
@@ -20,6 +22,48 @@ error_console = Console(stderr=True)
 
 
 Section = TypeVar("Section", bound=BaseModel)
+
+
+class UsageCommand(TyperCommand):
+    """A command whose usage line names its arguments as click and man pages do: ``ALIAS RUN``, ``[CONFIG]``,
+    ``ITEMS...``, ``[KEY=VALUE]...``.
+
+    typer 0.29 writes a required argument ``{alias}`` and an optional one ``[alias]``, in the parameter's own lower
+    case (``{config_path}``), and wraps a metavar that already says it repeats again (``[[KEY=VALUE]...]...``);
+    its errors named the Python parameter (``Missing argument 'config_path'``). An argument without a metavar gets
+    its name in capitals, so its help row and its errors say what the usage line says.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None and param.name:
+                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, TyperArgument):
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = param.metavar or (param.name or "").upper()
+            # A metavar written whole ("[KEY=VALUE]...") is shown as written.
+            if param.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            if not param.required and not name.startswith("["):
+                name = f"[{name}]"
+            pieces.append(name)
+        return pieces
+
+
+def use_usage_command(app: typer.Typer) -> None:
+    """Make every command of ``app`` and of its groups a :class:`UsageCommand` (one place, not each ``app.command``)."""
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):  # typer's app.command fills in TyperCommand; a command's own class stays
+            info.cls = UsageCommand
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            use_usage_command(group.typer_instance)
 
 
 def config_from_options(section: type[Section], options: Mapping[str, str] | None = None, **values: Any) -> Section:
