@@ -306,7 +306,30 @@ def config_or_resume(config_path: Any, overrides: list[str] | None, resume: Any,
         return None
     if config_path is None:
         raise ConfigError(f"give a config file: tunelab {command} CONFIG.yaml [key=value ...]")
-    return load_config(config_path, overrides or [])
+    config = load_config(config_path, overrides or [])
+    show_overridden(config_path, overrides or [])
+    return config
+
+
+def show_overridden(config_path: Any, overrides: list[str]) -> None:
+    """One line on stderr per key the config file set that an override changed, as the run starts: which value won
+    (``train.lr: 0.001 (config.yaml) -> 0.002 (command line)``). Once in a launched group (its first process)."""
+    import os
+
+    from tunelab.config import overridden_keys
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for item in overridden_keys(config_path, overrides):
+        error_console.print(
+            f"{item.key}: {_plain(item.file_value)} ({config_path}) -> {_plain(item.value)} (command line)",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+def _plain(value: Any) -> str:
+    # As YAML writes it (a list [a, b], null), not Python's repr (['a', 'b'], None).
+    return json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
 def verdict_rich_table(comparison: Any, *, tuned: str = "tuned") -> Any:
