@@ -241,3 +241,12 @@ def test_a_key_the_config_and_an_override_both_set_says_which_won(tmp_path, comm
     assert isinstance(result.exception, TunelabError), result.output  # the missing data, after the config was read
     lines = [line for line in result.output.splitlines() if "(command line)" in line]
     assert lines == [f"train.lr: 0.001 ({cfg}) -> 0.002 (command line)"], result.output
+
+
+def test_review_export_of_a_run_folder_that_is_not_there_names_it_and_creates_nothing(tmp_path):
+    # `tunelab review export nope` made an empty folder nope/ (for its default sheet) and then said
+    # "evaluation file not found: nope/eval/base.json", as if the run were there without its evaluation.
+    missing = tmp_path / "nope"
+    message = _one_line_error(_cli("review", "export", missing), f"no run folder {missing}")
+    assert "eval" not in message
+    assert not missing.exists()
