@@ -56,6 +56,45 @@ class UsageCommand(TyperCommand):
         return pieces
 
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # typer's own copy of click raises it (a private module: typer 0.29 vendors click).
+        from typer._click.exceptions import NoSuchOption
+
+        try:
+            return super().parse_args(ctx, list(args))
+        except NoSuchOption as error:
+            if any(param.name == "overrides" for param in self.params):
+                keys = _config_keys_like(error.option_name)
+                if keys:
+                    value = _option_value(error.option_name, args)
+                    error.message += " (config keys are set as KEY=VALUE after the config: " + " or ".join(f"{key}={value}" for key in keys) + ")"
+                    error.possibilities = None  # click's look-alike options (--epoch: --search) are not what was meant
+            raise
+
+
+def _config_keys_like(option: str) -> list[str]:
+    """The config keys an unknown option was likely meant as (``--epoch``: ``train.epochs``; ``--seed``: each seed)."""
+    import difflib
+
+    from tunelab.config import field_docs
+
+    name = option.split("=", 1)[0].lstrip("-").replace("-", "_")
+    keys = [key for key, _, _ in field_docs()]
+    leaves = list(dict.fromkeys(key.rsplit(".", 1)[-1] for key in keys))
+    close = [name] if name in leaves else difflib.get_close_matches(name, leaves, n=1, cutoff=0.8)
+    return [key for key in keys if close and key.rsplit(".", 1)[-1] == close[0]]
+
+
+def _option_value(option: str, args: list[str]) -> str:
+    """The value typed with an unknown option (``--lr=1e-4``, ``--epoch 3``), else ``VALUE``."""
+    for index, arg in enumerate(args):
+        if arg == option and index + 1 < len(args) and not args[index + 1].startswith("-"):
+            return args[index + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return "VALUE"
+
+
 def use_usage_command(app: typer.Typer) -> None:
     """Make every command of ``app`` and of its groups a :class:`UsageCommand` (one place, not each ``app.command``)."""
     for info in app.registered_commands:

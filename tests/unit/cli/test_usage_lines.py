@@ -84,3 +84,27 @@ def test_a_missing_argument_is_named_as_the_usage_line_names_it(args, name):
     result = _cli(*args)
     assert result.exit_code == 2
     assert f"Missing argument '{name}'" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["run", "config.yaml", "--epoch", "3"], "train.epochs=3"),
+        (["train", "config.yaml", "--lr=1e-4"], "train.lr=1e-4"),
+        (["sweep", "config.yaml", "--epochs"], "train.epochs=VALUE"),
+        (["estimate", "config.yaml", "--seed", "1"], "data.seed=1 or train.seed=1 or eval.seed=1"),
+    ],
+)
+def test_a_config_key_given_as_an_option_points_to_its_override(args, said):
+    # `tunelab run config.yaml --epoch 3` said "No such option: --epoch" (sweep's even offered --search): a config key
+    # is set as key=value after the config.
+    result = _cli(*args)
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # the error panel wraps at 80 columns
+    assert f"config keys are set as KEY=VALUE after the config: {said}" in message, result.output
+    assert "--search" not in message
+
+
+def test_an_unknown_option_of_a_command_without_overrides_gets_no_config_hint():
+    result = _cli("show", "demo", "--epoch", "3")
+    assert result.exit_code == 2 and "No such option: --epoch" in result.output and "KEY=VALUE" not in result.output
