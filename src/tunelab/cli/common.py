@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
-from typer.core import TyperArgument, TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from tunelab.errors import ConfigError
 from tunelab.paths import check_output_folder
@@ -24,7 +24,32 @@ error_console = Console(stderr=True)
 Section = TypeVar("Section", bound=BaseModel)
 
 
-class UsageCommand(TyperCommand):
+class _FlagsTakeNoValue:
+    """typer 0.29 types every flag in --help (``--json <bool>``, ``--help <bool>``), which reads as ``--json true``;
+    a flag's type column is left empty, as click's own help leaves it."""
+
+    params: list[Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _untyped_flag(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _untyped_flag(super().get_help_option(ctx))  # type: ignore[misc]
+
+
+def _untyped_flag(param: Any) -> Any:
+    if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+        param.metavar = ""  # what --help shows as the option's type
+    return param
+
+
+class UsageGroup(_FlagsTakeNoValue, TyperGroup):
+    """A command group (``tunelab``, ``tunelab data``) whose flags show no type (:class:`_FlagsTakeNoValue`)."""
+
+
+class UsageCommand(_FlagsTakeNoValue, TyperCommand):
     """A command whose usage line names its arguments as click and man pages do: ``ALIAS RUN``, ``[CONFIG]``,
     ``ITEMS...``, ``[KEY=VALUE]...``.
 
@@ -96,7 +121,10 @@ def _option_value(option: str, args: list[str]) -> str:
 
 
 def use_usage_command(app: typer.Typer) -> None:
-    """Make every command of ``app`` and of its groups a :class:`UsageCommand` (one place, not each ``app.command``)."""
+    """Make every command of ``app`` and of its groups a :class:`UsageCommand`, and each group a :class:`UsageGroup`
+    (one place, not each ``app.command``)."""
+    if not isinstance(app.info.cls, type) or app.info.cls is TyperGroup:  # typer's default is a placeholder
+        app.info.cls = UsageGroup
     for info in app.registered_commands:
         if info.cls in (None, TyperCommand):  # typer's app.command fills in TyperCommand; a command's own class stays
             info.cls = UsageCommand

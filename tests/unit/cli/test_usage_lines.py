@@ -108,3 +108,13 @@ def test_a_config_key_given_as_an_option_points_to_its_override(args, said):
 def test_an_unknown_option_of_a_command_without_overrides_gets_no_config_hint():
     result = _cli("show", "demo", "--epoch", "3")
     assert result.exit_code == 2 and "No such option: --epoch" in result.output and "KEY=VALUE" not in result.output
+
+
+def test_no_flag_is_shown_as_taking_a_value():
+    # typer 0.29 typed every flag in --help as `--json <bool>` (`--help <bool>`, `--version <bool>`), which reads as
+    # `--json true`; a flag takes no value.
+    root = typer.main.get_command(app)
+    shown = [(), *(path for path in _commands_of(root)), ("data",), ("review",)]
+    wrong = [" ".join(path) for path in shown if "<bool>" in _cli(*path, "--help").output]
+    assert wrong == []
+    assert re.search(r"--limit\s+<int", _cli("runs", "--help").output)  # an option that takes a value keeps its type
