@@ -89,7 +89,7 @@ class UsageCommand(_FlagsTakeNoValue, TyperCommand):
             return super().parse_args(ctx, list(args))
         except NoSuchOption as error:
             if any(param.name == "overrides" for param in self.params):
-                keys = _config_keys_like(error.option_name)
+                keys = config_keys_like(error.option_name)
                 if keys:
                     value = _option_value(error.option_name, args)
                     error.message += " (config keys are set as KEY=VALUE after the config: " + " or ".join(f"{key}={value}" for key in keys) + ")"
@@ -97,8 +97,9 @@ class UsageCommand(_FlagsTakeNoValue, TyperCommand):
             raise
 
 
-def _config_keys_like(option: str) -> list[str]:
-    """The config keys an unknown option was likely meant as (``--epoch``: ``train.epochs``; ``--seed``: each seed)."""
+def config_keys_like(option: str, *, close: bool = True) -> list[str]:
+    """The config keys a name without its section was likely meant as (``--epoch``: ``train.epochs``; ``seed``: each
+    seed); ``close=False``: only keys of exactly that name."""
     import difflib
 
     from tunelab.config import field_docs
@@ -106,8 +107,8 @@ def _config_keys_like(option: str) -> list[str]:
     name = option.split("=", 1)[0].lstrip("-").replace("-", "_")
     keys = [key for key, _, _ in field_docs()]
     leaves = list(dict.fromkeys(key.rsplit(".", 1)[-1] for key in keys))
-    close = [name] if name in leaves else difflib.get_close_matches(name, leaves, n=1, cutoff=0.8)
-    return [key for key in keys if close and key.rsplit(".", 1)[-1] == close[0]]
+    meant = [name] if name in leaves else difflib.get_close_matches(name, leaves, n=1, cutoff=0.8) if close else []
+    return [key for key in keys if meant and key.rsplit(".", 1)[-1] == meant[0]]
 
 
 def _option_value(option: str, args: list[str]) -> str:
