@@ -80,7 +80,6 @@ class UsageCommand(_FlagsTakeNoValue, TyperCommand):
             pieces.append(name)
         return pieces
 
-
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # typer's own copy of click raises it (a private module: typer 0.29 vendors click).
         from typer._click.exceptions import NoSuchOption
