@@ -1070,14 +1070,19 @@ def _typed_override(path: list[str], raw: str, value: Any) -> Any:
     return value
 
 
+def _override_key(override: str) -> tuple[list[str], Any]:
+    """The key an override sets (``model=NAME`` is ``model.name``) and its value as that key's type reads it."""
+    path, value = parse_override(override)
+    if path == ["model"] and isinstance(value, str):
+        path = ["model", "name"]
+    return path, _typed_override(path, override.split("=", 1)[1].strip(), value)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted ``key=value`` overrides to a raw config dict (validation happens afterwards)."""
     result = yaml.safe_load(yaml.safe_dump(data)) if data else {}
     for override in overrides:
-        path, value = parse_override(override)
-        if path == ["model"] and isinstance(value, str):
-            path = ["model", "name"]
-        value = _typed_override(path, override.split("=", 1)[1].strip(), value)
+        path, value = _override_key(override)
         node = result
         for part in path[:-1]:
             current = node.get(part)
@@ -1150,6 +1155,42 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                     # Absolute: the resolved config is saved with the run, which may be resumed from elsewhere.
                     data_section[key] = str(candidate)
     return data
+
+
+@dataclass(frozen=True)
+class OverriddenKey:
+    """A key the config file set that a ``key=value`` override set to another value: the override is what counts."""
+
+    key: str  # dotted, e.g. train.lr
+    file_value: Any
+    value: Any
+
+
+_NOT_SET = object()
+
+
+def overridden_keys(path: str | Path | None, overrides: list[str]) -> list[OverriddenKey]:
+    """The keys of the config file at ``path`` that ``overrides`` change, in the order first overridden (the last
+    override of a key is its value, as ``apply_overrides`` applies them). A key the file leaves out is not listed.
+
+    Raises:
+        ConfigError: as ``load_config`` does for the same file and overrides.
+    """
+    data: Any = read_config_file(path) if path is not None else {}
+    changed: dict[str, OverriddenKey] = {}
+    for override in overrides:
+        parts, value = _override_key(override)
+        node = data
+        for part in parts:
+            if isinstance(node, str) and part == "name":  # `model: NAME` is model.name
+                continue
+            node = node.get(part, _NOT_SET) if isinstance(node, dict) else _NOT_SET
+        key = ".".join(parts)
+        if node is _NOT_SET or node == value:
+            changed.pop(key, None)
+        else:
+            changed[key] = OverriddenKey(key, node, value)
+    return list(changed.values())
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ResolvedConfig:

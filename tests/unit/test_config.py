@@ -1,12 +1,14 @@
 import pytest
 
 from tunelab.config import (
+    OverriddenKey,
     ResolvedConfig,
     RunConfig,
     apply_overrides,
     dump_config,
     field_docs,
     load_config,
+    overridden_keys,
     parse_config,
     resolve_defaults,
 )
@@ -59,6 +61,20 @@ def test_overrides_are_dotted_and_typed():
         apply_overrides({}, ["train.lr"])
     with pytest.raises(ConfigError, match="lora.rank"):
         parse_config(apply_overrides({"task": "sft"}, ["lora.rank=4"]))
+
+
+def test_overridden_keys_are_the_file_keys_an_override_set_again(tmp_path):
+    # The CLI said nothing of which won when the file and the command line both set a key.
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: sft\nmodel: default\ntrain:\n  lr: 0.001\n  epochs: 2\nlora:\n  r: 8\n")
+    overrides = ["train.lr=0.002", "train.batch_size=4", "lora.r=8", "model=other/model", "train.epochs=1", "train.epochs=3"]
+    assert overridden_keys(cfg, overrides) == [
+        OverriddenKey("train.lr", 0.001, 0.002),
+        OverriddenKey("model.name", "default", "other/model"),
+        OverriddenKey("train.epochs", 2, 3),
+    ]  # train.batch_size: not in the file; lora.r: the same value
+    assert overridden_keys(cfg, []) == []
+    assert overridden_keys(None, ["train.lr=0.002"]) == []
 
 
 def test_load_config_resolves_relative_data_paths(tmp_path):

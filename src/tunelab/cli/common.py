@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from tunelab.errors import ConfigError
 from tunelab.paths import check_output_folder
@@ -20,6 +22,115 @@ error_console = Console(stderr=True)
 
 
 Section = TypeVar("Section", bound=BaseModel)
+
+
+class _FlagsTakeNoValue:
+    """typer 0.29 types every flag in --help (``--json <bool>``, ``--help <bool>``), which reads as ``--json true``;
+    a flag's type column is left empty, as click's own help leaves it."""
+
+    params: list[Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _untyped_flag(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _untyped_flag(super().get_help_option(ctx))  # type: ignore[misc]
+
+
+def _untyped_flag(param: Any) -> Any:
+    if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+        param.metavar = ""  # what --help shows as the option's type
+    return param
+
+
+class UsageGroup(_FlagsTakeNoValue, TyperGroup):
+    """A command group (``tunelab``, ``tunelab data``) whose flags show no type (:class:`_FlagsTakeNoValue`)."""
+
+
+class UsageCommand(_FlagsTakeNoValue, TyperCommand):
+    """A command whose usage line names its arguments as click and man pages do: ``ALIAS RUN``, ``[CONFIG]``,
+    ``ITEMS...``, ``[KEY=VALUE]...``.
+
+    typer 0.29 writes a required argument ``{alias}`` and an optional one ``[alias]``, in the parameter's own lower
+    case (``{config_path}``), and wraps a metavar that already says it repeats again (``[[KEY=VALUE]...]...``);
+    its errors named the Python parameter (``Missing argument 'config_path'``). An argument without a metavar gets
+    its name in capitals, so its help row and its errors say what the usage line says.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None and param.name:
+                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, TyperArgument):
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = param.metavar or (param.name or "").upper()
+            # A metavar written whole ("[KEY=VALUE]...") is shown as written.
+            if param.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            if not param.required and not name.startswith("["):
+                name = f"[{name}]"
+            pieces.append(name)
+        return pieces
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # typer's own copy of click raises it (a private module: typer 0.29 vendors click).
+        from typer._click.exceptions import NoSuchOption
+
+        try:
+            return super().parse_args(ctx, list(args))
+        except NoSuchOption as error:
+            if any(param.name == "overrides" for param in self.params):
+                keys = config_keys_like(error.option_name)
+                if keys:
+                    value = _option_value(error.option_name, args)
+                    error.message += " (config keys are set as KEY=VALUE after the config: " + " or ".join(f"{key}={value}" for key in keys) + ")"
+                    error.possibilities = None  # click's look-alike options (--epoch: --search) are not what was meant
+            raise
+
+
+def config_keys_like(option: str, *, close: bool = True) -> list[str]:
+    """The config keys a name without its section was likely meant as (``--epoch``: ``train.epochs``; ``seed``: each
+    seed); ``close=False``: only keys of exactly that name."""
+    import difflib
+
+    from tunelab.config import field_docs
+
+    name = option.split("=", 1)[0].lstrip("-").replace("-", "_")
+    keys = [key for key, _, _ in field_docs()]
+    leaves = list(dict.fromkeys(key.rsplit(".", 1)[-1] for key in keys))
+    meant = [name] if name in leaves else difflib.get_close_matches(name, leaves, n=1, cutoff=0.8) if close else []
+    return [key for key in keys if meant and key.rsplit(".", 1)[-1] == meant[0]]
+
+
+def _option_value(option: str, args: list[str]) -> str:
+    """The value typed with an unknown option (``--lr=1e-4``, ``--epoch 3``), else ``VALUE``."""
+    for index, arg in enumerate(args):
+        if arg == option and index + 1 < len(args) and not args[index + 1].startswith("-"):
+            return args[index + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return "VALUE"
+
+
+def use_usage_command(app: typer.Typer) -> None:
+    """Make every command of ``app`` and of its groups a :class:`UsageCommand`, and each group a :class:`UsageGroup`
+    (one place, not each ``app.command``)."""
+    if not isinstance(app.info.cls, type) or app.info.cls is TyperGroup:  # typer's default is a placeholder
+        app.info.cls = UsageGroup
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):  # typer's app.command fills in TyperCommand; a command's own class stays
+            info.cls = UsageCommand
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            use_usage_command(group.typer_instance)
 
 
 def config_from_options(section: type[Section], options: Mapping[str, str] | None = None, **values: Any) -> Section:
@@ -262,7 +373,30 @@ def config_or_resume(config_path: Any, overrides: list[str] | None, resume: Any,
         return None
     if config_path is None:
         raise ConfigError(f"give a config file: tunelab {command} CONFIG.yaml [key=value ...]")
-    return load_config(config_path, overrides or [])
+    config = load_config(config_path, overrides or [])
+    show_overridden(config_path, overrides or [])
+    return config
+
+
+def show_overridden(config_path: Any, overrides: list[str]) -> None:
+    """One line on stderr per key the config file set that an override changed, as the run starts: which value won
+    (``train.lr: 0.001 (config.yaml) -> 0.002 (command line)``). Once in a launched group (its first process)."""
+    import os
+
+    from tunelab.config import overridden_keys
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for item in overridden_keys(config_path, overrides):
+        error_console.print(
+            f"{item.key}: {_plain(item.file_value)} ({config_path}) -> {_plain(item.value)} (command line)",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+def _plain(value: Any) -> str:
+    # As YAML writes it (a list [a, b], null), not Python's repr (['a', 'b'], None).
+    return json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
 def verdict_rich_table(comparison: Any, *, tuned: str = "tuned") -> Any:

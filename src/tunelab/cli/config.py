@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, print_json
+from tunelab.cli.common import config_keys_like, console, print_json
 from tunelab.config import METHOD_DEFAULT_LR, TASK_DEFAULT_EPOCHS, field_docs
 from tunelab.errors import ConfigError
 
@@ -25,9 +25,11 @@ def config(
         sections = list(dict.fromkeys(key.split(".")[0] for key, _, _ in field_docs() if "." in key))
         # A dotted name is a key: the close one is a key (train.lrr: train.lr), else a section.
         names = [key for key, _, _ in field_docs()] if "." in section else sections
-        close = difflib.get_close_matches(section, names, n=1)
+        # A key without its section (`lr`, `epoch`) is that key, before a look-alike section (`lr`: lora).
+        close = [] if "." in section else config_keys_like(section, close=False)
+        close = close or difflib.get_close_matches(section, names, n=1) or ([] if "." in section else config_keys_like(section))
         raise ConfigError(
-            f"no config section or key '{section}'." + (f" Did you mean '{close[0]}'?" if close else ""),
+            f"no config section or key '{section}'." + (f" Did you mean {' or '.join(repr(name) for name in close)}?" if close else ""),
             f"sections: {', '.join(sections)}",
         )
     if as_json:

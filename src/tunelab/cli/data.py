@@ -191,7 +191,7 @@ def show(
 @data_app.command("split")
 def split(
     config: Path = typer.Argument(..., help="A run config (YAML)."),
-    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. data.seed=1."),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="key=value overrides, e.g. data.seed=1."),
     save: Path | None = typer.Option(None, "--save", help="Write split.json here."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

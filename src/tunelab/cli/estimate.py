@@ -20,8 +20,8 @@ def _flops(value: float) -> str:
 
 
 def estimate(
-    config_path: Path = typer.Argument(..., help="The run config (YAML)."),
-    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=1"),
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="The run config (YAML)."),
+    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="key=value overrides, e.g. train.epochs=1"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Skip the timed training steps on this machine."),
     steps: int = typer.Option(3, "--steps", min=1, help="Timed calibration steps (after one warm-up step)."),

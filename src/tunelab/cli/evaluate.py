@@ -282,7 +282,10 @@ def _pair(run: Path | None, base: Path | None, tuned: Path | None) -> tuple[Path
         from tunelab.evaluation.review import review_opponent
         from tunelab.runs import RunFolder
 
-        return review_opponent(run), RunFolder(run).tuned_eval
+        folder = RunFolder(run)
+        # A mistyped run is named as such, before the default sheet's folder is made for it.
+        folder.require_folder()
+        return review_opponent(run), folder.tuned_eval
     if base is None or tuned is None:
         raise DataError("name a run folder, or both --base and --tuned evaluation files")
     return base, tuned

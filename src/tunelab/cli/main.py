@@ -66,9 +66,11 @@ def _register_commands() -> None:
         train,
         ui,
     )
+    from tunelab.cli.common import use_usage_command
 
     for module in (run, advise, generate, models, env, config, data, serve, train, evaluate, distill, estimate, runs, feedback, monitor, ui):
         module.register(app)
+    use_usage_command(app)
 
 
 def _quiet_libraries() -> None:

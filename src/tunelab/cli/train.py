@@ -8,7 +8,14 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import cancel_on_sigterm, console, error_console, print_json, progress_display
+from tunelab.cli.common import (
+    cancel_on_sigterm,
+    config_or_resume,
+    console,
+    error_console,
+    print_json,
+    progress_display,
+)
 from tunelab.config import load_config
 from tunelab.errors import ConfigError, TunelabError
 
@@ -78,9 +85,7 @@ def train(
         config = Run.open(resume).config
         run_dir = Path(resume)
     else:
-        if config_path is None:
-            raise ConfigError("give a config file: tunelab train CONFIG.yaml [key=value ...]")
-        config = load_config(config_path, overrides or [])
+        config = config_or_resume(config_path, overrides, None, "train")
         run_dir = run_dir or Path(config.train.output_dir) / run_name(config)
     split = make_split(config)
 

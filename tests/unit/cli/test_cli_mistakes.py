@@ -229,3 +229,24 @@ def test_python_dash_m_tunelab_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "tunelab", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "tunelab" in done.stdout and "train" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "train", "distill"])
+def test_a_key_the_config_and_an_override_both_set_says_which_won(tmp_path, command):
+    # `tunelab run config.yaml train.lr=0.002` over a file's `lr: 0.001` trained at 0.002 without a word about it.
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"task: sft\ndata:\n  train: {tmp_path / 'missing.jsonl'}\ntrain:\n  lr: 0.001\n  epochs: 2\n"
+                   f"  output_dir: {tmp_path / 'runs'}\n")
+    result = _cli(command, cfg, "train.lr=0.002", "train.batch_size=2")
+    assert isinstance(result.exception, TunelabError), result.output  # the missing data, after the config was read
+    lines = [line for line in result.output.splitlines() if "(command line)" in line]
+    assert lines == [f"train.lr: 0.001 ({cfg}) -> 0.002 (command line)"], result.output
+
+
+def test_review_export_of_a_run_folder_that_is_not_there_names_it_and_creates_nothing(tmp_path):
+    # `tunelab review export nope` made an empty folder nope/ (for its default sheet) and then said
+    # "evaluation file not found: nope/eval/base.json", as if the run were there without its evaluation.
+    missing = tmp_path / "nope"
+    message = _one_line_error(_cli("review", "export", missing), f"no run folder {missing}")
+    assert "eval" not in message
+    assert not missing.exists()

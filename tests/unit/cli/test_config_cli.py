@@ -54,3 +54,17 @@ def test_cli_config_suggests_a_key_for_a_misspelt_key():
     result = CliRunner().invoke(app, ["config", "train.lrr"])
     assert isinstance(result.exception, ConfigError)
     assert "'train.lrr'" in result.exception.message and "Did you mean 'train.lr'" in result.exception.message
+
+
+def test_cli_config_of_a_key_without_its_section_names_the_key():
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.errors import ConfigError
+
+    _register_commands()
+    # `tunelab config lr` said "Did you mean 'lora'?"; `tunelab config epoch` named only the sections.
+    for name, meant in (("lr", "'train.lr'"), ("epoch", "'train.epochs'"), ("seed", "'data.seed' or 'train.seed' or 'eval.seed'")):
+        result = CliRunner().invoke(app, ["config", name])
+        assert isinstance(result.exception, ConfigError), result.output
+        assert f"Did you mean {meant}?" in result.exception.message, result.exception.message
