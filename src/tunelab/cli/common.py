@@ -81,8 +81,10 @@ class UsageCommand(_FlagsTakeNoValue, TyperCommand):
         return pieces
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        # typer's own copy of click raises it (a private module: typer 0.29 vendors click).
-        from typer._click.exceptions import NoSuchOption
+        try:  # typer's own copy of click raises it (a private module: typer 0.29 vendors click) ...
+            from typer._click.exceptions import NoSuchOption
+        except ImportError:  # ... a typer that moves it or uses click itself must not break every command
+            from click.exceptions import NoSuchOption
 
         try:
             return super().parse_args(ctx, list(args))
