@@ -229,3 +229,14 @@ def test_python_dash_m_tunelab_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "tunelab", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "tunelab" in done.stdout and "train" in done.stdout
+
+
+def test_a_rescored_baseline_is_said_in_the_run_output():
+    # After an upgrade that changes how baselines prompt or score, `tunelab run` rescored a cached baseline without a word.
+    from tunelab.cli.common import error_console
+    from tunelab.cli.run import _event_printer
+
+    with error_console.capture() as captured:
+        _event_printer(quiet=False)("baseline", "baseline rescore", {
+            "baseline": "few_shot", "cached_from": "runs/x/baselines/few_shot-1.json", "reason": "scored by another tunelab version"})
+    assert "few_shot" in captured.get() and "rescor" in captured.get() and "another tunelab version" in captured.get(), captured.get()
