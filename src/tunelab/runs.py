@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from tunelab.config import BASELINES, ResolvedConfig, parse_config
+from tunelab.config import BASELINES, EvalConfig, ResolvedConfig, parse_config
 from tunelab.data.labels import OUT_OF_SCOPE_SCORES, LabelMap, OutOfScope
 from tunelab.errors import ConfigError, DataError, ModelError
 from tunelab.models.resolve import ModelSource
@@ -602,6 +602,23 @@ class Run:
         loaded.source = ModelSource("run", str(folder.root.resolve()), folder.root.name)
         loaded.run = self
         return loaded
+
+
+def bootstrap_settings(run_dir: str | Path | None) -> tuple[int, int]:
+    """(seed, samples) of the paired bootstrap that judges the run in ``run_dir``: its ``eval.seed`` and
+    ``eval.bootstrap_samples``, as its verdict against its baselines was computed. Every comparison of a run (report,
+    promotion, the UI's Compare page) reads them here, so each shows the same interval for the same evaluations.
+    A folder of evaluation files without a config (or no folder): the ``eval`` defaults.
+
+    Raises:
+        ModelError: when the run's config or pipeline state cannot be read.
+    """
+    folder = RunFolder(Path(run_dir).expanduser()) if run_dir else None
+    if folder is None or not (folder.config.is_file() or folder.pipeline_state.is_file()):
+        settings = EvalConfig()
+    else:
+        settings = Run.open(folder.root).config.eval
+    return settings.seed, settings.bootstrap_samples
 
 
 def is_run_folder(path: str | Path) -> bool:

@@ -86,6 +86,8 @@ def _event_printer(quiet: bool):
                 error_console.print(f"[bold cyan]▶ {title}[/]")
         elif status == "baseline start":
             error_console.print(f"  [dim]… {details.get('baseline')}[/]")
+        elif status == "baseline rescore":
+            error_console.print(f"  [yellow]↻ {details.get('baseline')} rescored:[/] {details.get('reason')} ({details.get('cached_from', '')})")
         elif status == "baseline skipped":
             error_console.print(f"  [yellow]– {details.get('baseline')} skipped:[/] {details.get('reason')}")
         elif status == "event":  # a cloud fine-tuning job's events, as the provider sends them

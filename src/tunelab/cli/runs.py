@@ -71,15 +71,19 @@ def runs(
         # A misspelt task matched no row and read as an empty registry.
         raise RegistryError(f"unknown task '{task}'", f"use one of {', '.join(tasks)}")
     registry_path = _registry_file(registry_path)
-    records = Registry(registry_path).list_runs(task=task, status=status, limit=limit) if registry_path.is_file() else []
+    registry = Registry(registry_path) if registry_path.is_file() else None
+    records = registry.list_runs(task=task, status=status, limit=limit) if registry is not None else []
+    served = registry.aliases_by_run() if registry is not None else {}
     if as_json:
-        print_json([record.as_dict() for record in records])
+        print_json([{**record.as_dict(), "aliases": served.get(record.id, [])} for record in records])
         return
     if not records:
         console.print(f"no runs recorded in {registry_path}")
         return
     table = Table(title=f"Runs in {registry_path}")
-    for column in ("name", "task", "model", "status", "key metric", "verdict", "created"):
+    # Which run is live: a column only where some alias serves a listed run (else a column of dashes).
+    alias_column = any(record.id in served for record in records)
+    for column in ("name", "task", "model", "status", *(["served as"] if alias_column else []), "key metric", "verdict", "created"):
         # A name or model too long for its column folds onto more lines rather than ending in "…" (80 columns,
         # or piped): the name is what `tunelab show` takes.
         table.add_column(column, overflow="fold" if column in ("name", "model") else "ellipsis")
@@ -89,6 +93,7 @@ def runs(
             record.task or "-",
             record.model or "-",
             record.status,
+            *([", ".join(served.get(record.id, [])) or "-"] if alias_column else []),
             _key_metric(record),
             record.verdict or "-",
             record.created_at[:19].replace("T", " "),
@@ -153,13 +158,17 @@ def show(
     """Show everything recorded about one run: verdict, metrics against every baseline, training, time, estimate, config."""
     from tunelab.estimate.summary import estimate_summary
 
-    record = open_registry(registry_path).get_run(run)
+    registry = open_registry(registry_path)
+    record = registry.get_run(run)
+    aliases = registry.aliases_by_run().get(record.id, [])
     if as_json:
-        print_json(record.as_dict())
+        print_json({**record.as_dict(), "aliases": aliases})
         return
     fields = [field for field in ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint",
                                   "split_fingerprint", "error") if getattr(record, field) is not None]
     rows = [(field.replace("_", " "), str(getattr(record, field))) for field in fields]
+    # Which alias serves it (servers following `alias:NAME` answer with this run): a user with many runs sees the live one.
+    rows.insert(2, ("served as", ", ".join(aliases) or f"no alias (`tunelab promote ALIAS {record.name}` serves it)"))
     artifacts = dict(record.artifacts or {})
     train = artifacts.pop("train", None)
     baselines = artifacts.pop("baselines", None)

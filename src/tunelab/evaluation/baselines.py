@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,8 @@ CROSS_VALIDATED = ("classical", "embedding")  # cheap opponents whose training-s
 
 Progress = Callable[[int], None]
 # (baseline name, status, details); status: "start", "progress" (done, total, eta_s), "done", "skip" (a cached
-# result reused), "skipped" (not scored: reason).
+# result reused), "rescore" (a cached result scored by other code: cached_from, reason; it is scored again),
+# "skipped" (not scored: reason).
 EventFn = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -841,6 +843,38 @@ def calibrated_baseline(
     return apply_out_of_scope(on_test, out_of_scope)
 
 
+# The modules that build a baseline's prompts, fit it, answer and score it, besides the two that
+# ``tokenize.code_fingerprint`` already covers (tokenize.py, templates.py).
+SCORING_MODULES = (
+    "tunelab.evaluation.baselines", "tunelab.evaluation.evaluate", "tunelab.evaluation.predict", "tunelab.evaluation.answering",
+    "tunelab.evaluation.metrics", "tunelab.evaluation.remote", "tunelab.inference", "tunelab.data.labels", "tunelab.models.generate",
+    "tunelab.models.prefix", "tunelab.models.embedding",
+)
+
+
+@functools.cache
+def scoring_code_fingerprint() -> str:
+    """A hash of the code that prompts, fits, answers and scores a baseline: ``tokenize.code_fingerprint`` extended
+    by ``SCORING_MODULES``.
+
+    Stored with each cached baseline and compared when it is read, not part of its key: a tunelab upgrade that
+    prompts or scores differently rescores the cached baselines once (and says so) and the cache files keep
+    their names. Any edit to these files rescores them too; a wasted rescoring costs minutes, a stale one a verdict.
+    """
+    from tunelab import __version__
+    from tunelab.data.keys import stable_hash
+    from tunelab.data.tokenize import code_fingerprint
+
+    sources = [code_fingerprint()]
+    for module in SCORING_MODULES:
+        spec = importlib.util.find_spec(module)  # the file only: importing the embedding module costs seconds
+        try:
+            sources.append(Path(spec.origin).read_text(encoding="utf-8"))  # type: ignore[union-attr, arg-type]
+        except (AttributeError, TypeError, OSError):  # installed without its sources (bytecode only): the version stands in
+            sources.append(__version__)
+    return stable_hash(*sources)[:16]
+
+
 def baseline_cache_key(name: str, model_key: str, test_fingerprint_: str, settings: Mapping[str, Any]):
     """The registry's cache key of a baseline (``tunelab.registry.store.BaselineKey``).
 
@@ -905,7 +939,9 @@ def evaluate_baselines(
     """Every baseline in ``names`` on ``records``; cached in ``registry`` when one is given.
 
     A cached evaluation is reused when its key (model for base/few_shot, test-set fingerprint,
-    ``baseline_settings``, the training records' fingerprint where it learns) matches and its file exists.
+    ``baseline_settings``, the training records' fingerprint where it learns) matches, its file exists and it was
+    scored by the same code (``scoring_code_fingerprint``); one scored by other code is scored again, after a
+    "rescore" event.
     classify with ``data_config.out_of_scope_label``: each baseline's threshold is chosen on ``validation``
     (``calibrated_baseline``); without validation queries it stays 0 (nothing rejected).
 
@@ -923,6 +959,7 @@ def evaluate_baselines(
     cross_validated: dict[str, float] = {}
     test_key = test_fingerprint("split", (r.id for r in records))
     cheap_first = sorted(names, key=needs_base_model)  # stable: the listed order otherwise
+    code = scoring_code_fingerprint()
     for name in cheap_first:
         key = None
         if registry is not None and cache_dir is not None:
@@ -930,10 +967,14 @@ def evaluate_baselines(
             key = baseline_cache_key(name, model_key or "", test_key, settings)
             cached = registry.get_cached_baseline(key)
             if cached and cached.predictions_path and Path(cached.predictions_path).is_file():
-                results[name] = EvalResult.load(cached.predictions_path)
-                _note_cross_validated(name, results[name], cross_validated)
-                emit(name, "skip", {"cached_from": cached.predictions_path})
-                continue
+                reused = EvalResult.load(cached.predictions_path)
+                if reused.settings.get("code") == code:
+                    results[name] = reused
+                    _note_cross_validated(name, reused, cross_validated)
+                    emit(name, "skip", {"cached_from": cached.predictions_path})
+                    continue
+                emit(name, "rescore", {"cached_from": cached.predictions_path, "reason": (
+                    "its cached result was scored by another tunelab version (its prompts, training or scoring code differ)")})
         emit(name, "start", {"n": len(records)})
         meter = Meter(name, emit, progress if needs_base_model(name) else None)
         scoring = {"train": train, "config": config, "data_config": data_config, "label_map": label_map, "train_ids": train_ids,
@@ -952,6 +993,7 @@ def evaluate_baselines(
             skipped[name] = skip.message
             emit(name, "skipped", {"reason": skip.message})
             continue
+        result.settings["code"] = code  # which code scored it: checked before the cached result is reused
         if key is not None:
             path = Path(cache_dir) / f"{name}-{key.settings_hash}-{key.test_fingerprint[:12]}.json"
             result.save(path)

@@ -24,7 +24,7 @@ from tunelab.evaluation.compare import Verdict, compare_with_baselines
 from tunelab.evaluation.metrics import likelihood_margin
 from tunelab.evaluation.result import EvalResult
 from tunelab.paths import atomic_write_text, write_figure
-from tunelab.runs import Run, RunFolder, read_state
+from tunelab.runs import RunFolder, bootstrap_settings, read_state
 
 EXAMPLES_EACH_WAY = 5
 TEXT_LIMIT = 400
@@ -486,10 +486,9 @@ def report_run(run_dir: str | Path, *, seed: int | None = None, samples: int | N
         raise DataError(f"{base_path} not found, nor any other baseline evaluation", f"evaluate the run first (tunelab eval ... --out {base_path})")
     if not tuned_path.is_file():
         raise DataError(f"{tuned_path} not found", f"evaluate the run first (tunelab eval ... --out {tuned_path})")
-    # The run's own eval settings when it has a config (a folder of evaluation files alone: 0 and 1000).
-    settings = Run.open(run.root).config.eval if run.config.is_file() or run.pipeline_state.is_file() else None
-    seed = seed if seed is not None else (settings.seed if settings else 0)
-    samples = samples if samples is not None else (settings.bootstrap_samples if settings else 1000)
+    own_seed, own_samples = bootstrap_settings(run.root)  # a folder of evaluation files alone: the eval defaults
+    seed = seed if seed is not None else own_seed
+    samples = samples if samples is not None else own_samples
     baselines = {name: EvalResult.load(path) for name, path in found.items()}
     tuned = EvalResult.load(tuned_path)
     verdict = compare_with_baselines(baselines, tuned, seed=seed, samples=samples, skipped=skipped)

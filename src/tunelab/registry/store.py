@@ -646,6 +646,14 @@ class Registry:
         with self._connect() as db:
             return {row["name"]: row["run_id"] for row in db.execute("SELECT name, run_id FROM aliases ORDER BY name")}
 
+    def aliases_by_run(self) -> dict[str, list[str]]:
+        """The aliases pointing at each run (run id -> alias names, sorted): which runs are live and under what name.
+        A run no alias points at is absent."""
+        served: dict[str, list[str]] = {}
+        for alias, run_id in self.aliases().items():  # in alias order: each run's list comes out sorted
+            served.setdefault(run_id, []).append(alias)
+        return served
+
     def resolve_alias(self, name: str) -> RunRecord:
         """The run alias ``name`` points at.
 

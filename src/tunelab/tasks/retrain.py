@@ -248,15 +248,6 @@ def _retrain_champion_evaluation(record: Any, champion_id: str) -> Any:
         return None
 
 
-def _bootstrap_settings(record: Any) -> tuple[int, int]:
-    """(seed, samples) of the paired bootstrap judging ``record`` (a registry row with a run folder): its config's
-    ``eval.seed`` and ``eval.bootstrap_samples``, as its own verdict against its baselines was computed."""
-    from tunelab.runs import Run
-
-    settings = Run.open(record.run_dir).config.eval
-    return settings.seed, settings.bootstrap_samples
-
-
 def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = False) -> dict[str, Any] | None:
     """``record`` (a registry row) judged against the run ``alias`` serves (the incumbent) before a manual promotion:
     the paired bootstrap of both runs' stored test evaluations (with ``record``'s ``eval.seed`` and
@@ -279,6 +270,7 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, compare_evaluations
     from tunelab.evaluation.result import json_safe
     from tunelab.registry.store import RegistryError
+    from tunelab.runs import bootstrap_settings
 
     incumbent_id = registry.alias(alias)
     if incumbent_id is None or incumbent_id == record.id:
@@ -321,7 +313,7 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
                 f"{force_hint})"
             )
         return details | {"forced": True, "summary": f"not compared with {incumbent_name} ({why}): promoted anyway, forced with --force"}
-    seed, samples = _bootstrap_settings(record)
+    seed, samples = bootstrap_settings(record.run_dir)  # the judged run's own, as its verdict against its baselines
     comparison = compare_evaluations(old, new, seed=seed, samples=samples)
     main = comparison.metric(comparison.primary)
     margin = main.describe_margin(PROMOTION_MARGIN)

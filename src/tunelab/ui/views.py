@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import DataError
+from tunelab.errors import DataError, ModelError
 from tunelab.estimate.summary import cheapest, estimate_summary
 from tunelab.registry import Registry, RegistryError, RunRecord, metric_values
-from tunelab.runs import RunFolder
+from tunelab.runs import RunFolder, bootstrap_settings
 
 EXAMPLES_SHOWN = 20
 HIDDEN_METRICS = {"primary", "per_class", "confusion_matrix", "unknown_label_examples"}
@@ -537,8 +537,10 @@ def compare_page(registry: Registry, runs: list[str]) -> dict[str, Any]:
             notes.append(f"{record.name}: no tuned evaluation to compare")
             continue
         try:
-            comparison = compare_evaluations(first, other, seed=0, samples=1000)
-        except DataError as error:
+            # The judged run's own bootstrap, as `tunelab promote` and its report use: the same interval everywhere.
+            seed, samples = bootstrap_settings(record.run_dir)
+            comparison = compare_evaluations(first, other, seed=seed, samples=samples)
+        except (DataError, ModelError) as error:
             notes.append(f"{record.name}: {error.message}")
             continue
         notes.extend(f"{record.name}: {w}" for w in comparison.warnings)

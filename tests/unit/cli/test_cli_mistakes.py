@@ -250,3 +250,14 @@ def test_review_export_of_a_run_folder_that_is_not_there_names_it_and_creates_no
     message = _one_line_error(_cli("review", "export", missing), f"no run folder {missing}")
     assert "eval" not in message
     assert not missing.exists()
+
+
+def test_a_rescored_baseline_is_said_in_the_run_output():
+    # After an upgrade that changes how baselines prompt or score, `tunelab run` rescored a cached baseline without a word.
+    from tunelab.cli.common import error_console
+    from tunelab.cli.run import _event_printer
+
+    with error_console.capture() as captured:
+        _event_printer(quiet=False)("baseline", "baseline rescore", {
+            "baseline": "few_shot", "cached_from": "runs/x/baselines/few_shot-1.json", "reason": "scored by another tunelab version"})
+    assert "few_shot" in captured.get() and "rescor" in captured.get() and "another tunelab version" in captured.get(), captured.get()

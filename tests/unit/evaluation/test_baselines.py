@@ -371,3 +371,49 @@ def test_the_catalogue_and_its_scorers_agree_and_cache_keys_stay_stable():
                 k = baseline_cache_key(name, "model-key", "testfp", s)
                 out[f"{oos}-{task}-{name}"] = [k.model, k.settings_hash]
     assert out == PINNED_CACHE_KEYS
+
+
+def test_a_cached_baseline_scored_by_other_code_is_rescored_and_said_once(tmp_path, loaded, tiny_tokenizer, monkeypatch):
+    """An upgrade that changes how baselines prompt or score never reuses scores cached by the old code."""
+    from tunelab.registry.store import Registry
+
+    registry = Registry(tmp_path / "registry.db")
+    label_map = build_label_map(sorted(WORDS), tiny_tokenizer)
+    events = []
+
+    def run():
+        B.evaluate_baselines(
+            ["classical"], loaded, _test_records(), "classify", train=_classify_records(), config=EvalConfig(), data_config=DataConfig(),
+            label_map=label_map, registry=registry, cache_dir=tmp_path / "cache", model_key="tiny",
+            on_event=lambda name, status, details: events.append((status, details)) if status != "progress" else None,
+        )
+        statuses = [status for status, _ in events]
+        events.clear()
+        return statuses
+
+    assert run() == ["start", "done"]
+    assert run() == ["skip"]  # nothing changed: reused
+    monkeypatch.setattr(B, "scoring_code_fingerprint", lambda: "an upgraded tunelab")
+    run_events = []
+    statuses = B.evaluate_baselines(
+        ["classical"], loaded, _test_records(), "classify", train=_classify_records(), config=EvalConfig(), data_config=DataConfig(),
+        label_map=label_map, registry=registry, cache_dir=tmp_path / "cache", model_key="tiny",
+        on_event=lambda name, status, details: run_events.append((status, details)) if status != "progress" else None,
+    )
+    assert statuses["classical"].settings["code"] == "an upgraded tunelab"
+    assert [status for status, _ in run_events] == ["rescore", "start", "done"]
+    assert "tunelab" in run_events[0][1]["reason"] and run_events[0][1]["cached_from"]
+    assert run() == ["skip"]  # rescored once, then reused
+
+
+def test_the_scoring_code_fingerprint_covers_the_prompt_code_and_existing_modules(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from tunelab.data import tokenize
+
+    for module in B.SCORING_MODULES:
+        assert Path(importlib.util.find_spec(module).origin).is_file(), module
+    before = B.scoring_code_fingerprint.__wrapped__()
+    monkeypatch.setattr(tokenize, "code_fingerprint", lambda: "other templates")
+    assert B.scoring_code_fingerprint.__wrapped__() != before
