@@ -266,7 +266,7 @@ def test_evaluate_baselines_caches_and_recomputes_when_training_data_changes(tmp
 PINNED_CACHE_KEYS = {
  "None-classify-base": [
   "model-key",
-  "8ec52d05fa77131b"
+  "f4b83adee8aaa01b"
  ],
  "None-classify-classical": [
   "classical",
@@ -274,7 +274,7 @@ PINNED_CACHE_KEYS = {
  ],
  "None-classify-few_shot": [
   "model-key",
-  "23ba610d7684d131"
+  "42ba0bf14cc8e0e0"
  ],
  "None-classify-openai:gpt-x": [
   "openai:gpt-x",
@@ -306,7 +306,7 @@ PINNED_CACHE_KEYS = {
  ],
  "other-classify-base": [
   "model-key",
-  "cc3a7597c3f46511"
+  "185a36bc532a6099"
  ],
  "other-classify-classical": [
   "classical",
@@ -314,7 +314,7 @@ PINNED_CACHE_KEYS = {
  ],
  "other-classify-few_shot": [
   "model-key",
-  "bee35b8d10047d1a"
+  "9eee779ab03054cf"
  ],
  "other-classify-openai:gpt-x": [
   "openai:gpt-x",
