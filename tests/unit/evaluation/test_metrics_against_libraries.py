@@ -4,12 +4,13 @@ torch) on hand-built and random inputs: what a user recomputing a number with th
 import math
 import re
 import string
+from collections import Counter
 
 import numpy as np
 import pytest
 import sacrebleu
 import torch
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 from scipy.stats import bootstrap
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
@@ -17,6 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from tunelab.evaluation.compare import compare_evaluations
 from tunelab.evaluation.metrics import (
     ECE_BINS,
+    RougeTokenizer,
     classify_metrics,
     corpus_statistics,
     exact_match,
@@ -109,6 +111,51 @@ def test_rouge_on_english_equals_rouge_score_and_its_multi_reference_choice():
         ours = sft_example_scores(prediction, references)
         library = scorer.score_multi(references, prediction)
         assert {key: ours[key] for key in library} == pytest.approx({key: value.fmeasure for key, value in library.items()})
+
+
+def test_rouge_tokens_of_any_ascii_text_are_rouge_scores_own():
+    library = tokenizers.DefaultTokenizer(use_stemmer=True)
+    rng = np.random.default_rng(2)
+    alphabet = list(string.printable) + ["running", "generalization", "CATS", "don't"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet, int(rng.integers(0, 40))))
+        assert RougeTokenizer().tokenize(text) == library.tokenize(text)
+
+
+@pytest.mark.parametrize("answer", ["北京是中国的首都", "Москва — столица России", "Η Αθήνα είναι πόλη", "東京は日本の首都です", "서울은 한국의 수도"])
+def test_a_non_latin_answer_identical_to_its_reference_scores_full_rouge(answer):
+    # rouge-score's own tokenizer keeps only a-z and 0-9: every Cyrillic, Greek or CJK answer had ROUGE 0 however right
+    # it was, and sft's primary metric could tell no model from another on such a test set.
+    scores = sft_example_scores(answer, [answer])
+    assert (scores["rouge1"], scores["rouge2"], scores["rougeL"]) == (1.0, 1.0, 1.0)
+
+
+def _f1(hits, predicted, reference):
+    return 0.0 if hits == 0 else 2 * hits / (predicted + reference)
+
+
+def _lcs(a, b):
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def test_chinese_rouge_counts_characters_as_words_and_cyrillic_rouge_counts_words():
+    # Chinese is written without spaces: each character is a unit, as sacrebleu's "zh" tokenizer and the usual
+    # Chinese ROUGE (LCSTS) take it. Hand computation on those units.
+    prediction, reference = "北京是中国首都", "北京是中国的首都"
+    p, r = list(prediction), list(reference)
+    unigrams = sum((Counter(p) & Counter(r)).values())
+    bigrams = sum((Counter(zip(p, p[1:], strict=False)) & Counter(zip(r, r[1:], strict=False))).values())
+    scores = sft_example_scores(prediction, [reference])
+    assert scores["rouge1"] == pytest.approx(_f1(unigrams, len(p), len(r)))
+    assert scores["rouge2"] == pytest.approx(_f1(bigrams, len(p) - 1, len(r) - 1))
+    assert scores["rougeL"] == pytest.approx(_f1(_lcs(p, r), len(p), len(r)))
+    # Words of a spaced script stay words; punctuation (the dash) separates; case does not matter.
+    scores = sft_example_scores("москва столица", ["Москва — столица России"])
+    assert scores["rouge1"] == pytest.approx(_f1(2, 2, 3)) and scores["rougeL"] == pytest.approx(_f1(2, 2, 3))
 
 
 def test_corpus_bleu_and_chrf_equal_sacrebleu_on_unicode_cjk_and_empty_predictions():
