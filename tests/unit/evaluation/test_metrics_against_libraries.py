@@ -4,6 +4,7 @@ torch) on hand-built and random inputs: what a user recomputing a number with th
 import math
 import re
 import string
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -15,7 +16,7 @@ from scipy.stats import bootstrap
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from tunelab.evaluation.compare import compare_evaluations
+from tunelab.evaluation.compare import compare_evaluations, compare_with_baselines
 from tunelab.evaluation.metrics import (
     ECE_BINS,
     RougeTokenizer,
@@ -253,3 +254,28 @@ def test_out_of_scope_metrics_in_a_comparison_equal_sklearn():
     assert values["in_scope_accuracy"] == pytest.approx(accuracy_score([references[i] for i in inside], [predictions[i] for i in inside]))
     assert (values["out_of_scope_precision"], values["out_of_scope_recall"], values["out_of_scope_f1"]) == pytest.approx((p, r, f))
     assert values["macro_f1"] == pytest.approx(f1_score(references, predictions, average="macro", zero_division=0))
+
+
+def _text(name, nll):
+    return _result(name, "text", [{"nll": float(v), "tokens": 10.0, "bytes": 40.0} for v in nll])
+
+
+def test_a_metric_that_is_not_a_number_on_the_full_test_set_gets_no_interval_and_no_verdict():
+    # One document's NLL is NaN (a model overflowing in half precision): the tuned model's perplexity is undefined. The
+    # interval came from the resamples that happened to leave that document out (about a third of them) and the verdict
+    # said "better" beside a difference of NaN; scipy's bootstrap gives no interval at all.
+    before = np.random.default_rng(0).normal(30, 3, 40)
+    after = before - 5
+    after[3] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns that its statistic is degenerate: it is NaN
+        library = bootstrap((before, after), lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis), paired=True,
+                            vectorized=True, n_resamples=200, method="percentile", rng=np.random.default_rng(0))
+    assert np.isnan(library.confidence_interval).all()
+    comparison = compare_evaluations(_text("base", before), _text("tuned", after), samples=200)
+    metric = comparison.metric("perplexity")
+    assert math.isnan(metric.after) and np.isnan([metric.difference, metric.low, metric.high]).all()
+    assert metric.outcome not in ("better", "worse") and comparison.verdict not in ("better", "worse")
+    assert "tuned" in metric.not_compared
+    verdict = compare_with_baselines({"base": _text("base", before)}, _text("tuned", after), samples=200)
+    assert not verdict.paid_off and "use base instead" not in verdict.verdict
