@@ -24,6 +24,7 @@ from tunelab.evaluation.metrics import (
     corpus_statistics,
     exact_match,
     expected_calibration_error,
+    fit_temperature,
     metric_values,
     sft_example_scores,
 )
@@ -279,3 +280,25 @@ def test_a_metric_that_is_not_a_number_on_the_full_test_set_gets_no_interval_and
     assert "tuned" in metric.not_compared
     verdict = compare_with_baselines({"base": _text("base", before)}, _text("tuned", after), samples=200)
     assert not verdict.paid_off and "use base instead" not in verdict.verdict
+
+
+@pytest.mark.parametrize("sharpness", [0.5, 4.0])
+def test_fit_temperature_equals_guo_et_als_lbfgs_fit_of_the_cross_entropy(sharpness):
+    # Guo et al.'s reference implementation: LBFGS on torch's cross-entropy of logits / T (here on log T, to keep T > 0).
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 4, 300)
+    logits = rng.normal(0, 1, (300, 4))
+    logits[np.arange(300), targets] += 1.0  # right about two times in three
+    logits *= sharpness  # over- (4.0) or under-confident (0.5)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
+    x, y = torch.tensor(logits), torch.tensor(targets)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert fit_temperature(logits, targets) == pytest.approx(log_t.exp().item(), rel=1e-3)
