@@ -224,6 +224,13 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
             before, after = (nan if a.baseline else before), (nan if b.baseline else after)
             metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason, full_scale=spec.full_scale))
             continue
+        undefined = [name for name, value in ((a.model, before), (b.model, after)) if not np.isfinite(value)]
+        if undefined:
+            # A per-example score that is not a number (a NaN NLL from a model overflowing): the resamples without that
+            # example would still give an interval, of another test set, and a verdict beside a difference of NaN.
+            reason = f"{' and '.join(undefined)} has no value of it on this test set (a per-example score is not a number)"
+            metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason, full_scale=spec.full_scale))
+            continue
         diffs = np.concatenate(differences[spec.name])
         diffs = diffs[np.isfinite(diffs)]
         low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs.size else (float("nan"), float("nan")))

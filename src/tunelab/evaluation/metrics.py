@@ -3,8 +3,8 @@
 Every task stores, per example, what its corpus metrics are made of, so a metric can be recomputed
 on any subset of examples: that is what the paired bootstrap in ``compare`` does.
 
-- sft: ROUGE-1/2/L F-measure (rouge-score, stemmed), exact match after normalisation, answer length
-  in words: per example, best over the references. BLEU and chrF (sacrebleu) are corpus metrics;
+- sft: ROUGE-1/2/L F-measure (rouge-score, stemmed; its tokenizer widened to every script, see
+  ``RougeTokenizer``), exact match after normalisation, answer length in words: per example, best over the references. BLEU and chrF (sacrebleu) are corpus metrics;
   each example keeps sacrebleu's sufficient statistics (n-gram matches and totals), whose sums give
   the exact corpus score of any resample.
 - classify: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix (scikit-learn),
@@ -85,6 +85,33 @@ def exact_match(prediction: str, reference: str) -> bool:
 
 
 _rouge_scorer = None
+# Scripts written without spaces between words: each character is a unit of ROUGE (Han ideographs, kana).
+_UNSPACED = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+
+
+def _unspaced(ch: str) -> bool:
+    return any(low <= ord(ch) <= high for low, high in _UNSPACED)
+
+
+class RougeTokenizer:
+    """rouge-score's own tokenizer for every script: on ASCII text the same tokens (lower case, any character but a
+    letter or digit separates, Porter-stemmed above three letters), so English ROUGE equals rouge-score's.
+
+    rouge-score's keeps only a-z and 0-9: a Cyrillic, Greek or CJK answer had no token and scored 0 however right it
+    was, and a Latin word lost its accented letters ("café" read "caf"). Here a word is any run of letters, marks and
+    digits (NFKC first, as ``normalize_answer``), each Han or kana character is a word of its own (as sacrebleu's "zh"
+    tokenizer and Chinese ROUGE take them), and only ASCII words are stemmed (Porter's rules are English).
+    """
+
+    def __init__(self) -> None:
+        from nltk.stem import porter
+
+        self._stemmer = porter.PorterStemmer()
+
+    def tokenize(self, text: str) -> list[str]:
+        text = unicodedata.normalize("NFKC", text).lower()
+        spaced = "".join(f" {ch} " if _unspaced(ch) else ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in text)
+        return [self._stemmer.stem(word) if len(word) > 3 and word.isascii() else word for word in spaced.split()]
 
 
 def _rouge():
@@ -92,7 +119,7 @@ def _rouge():
     if _rouge_scorer is None:
         from rouge_score import rouge_scorer
 
-        _rouge_scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        _rouge_scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=RougeTokenizer())
     return _rouge_scorer
 
 
