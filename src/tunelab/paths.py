@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tunelab.errors import TunelabError
+from tunelab.faults import kill_point
 
 try:  # POSIX; elsewhere a run folder is not locked
     import fcntl
@@ -62,6 +63,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        kill_point("atomic-write.before-rename", path.name)
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)

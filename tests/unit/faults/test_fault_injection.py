@@ -49,7 +49,8 @@ CASES = [
 
 
 def test_every_kill_point_is_exercised():
-    assert {point for point, _ in CASES} == set(KILL_POINTS)
+    # A classify run generates no answers; test_fault_injection_generative.py kills an sft run at these two.
+    assert {point for point, _ in CASES} == set(KILL_POINTS) - {"generate.batch-answered", "atomic-write.before-rename"}
 
 
 def _write_project(folder: Path, model_dir: Path) -> Path:
