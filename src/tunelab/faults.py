@@ -32,6 +32,8 @@ KILL_POINTS = (
     "train.weights-saved",  # adapter/ (or model/) written after the loop, the step not yet recorded
     # paths.py
     "atomic-write.before-rename",  # a file's new content is in its temporary sibling, not yet renamed over it
+    # models/gguf_export.py
+    "export.modelfile-written",  # an Ollama export's Modelfile is in place, its GGUF not yet renamed
     # models/generate.py
     "generate.batch-answered",  # an evaluation's answers partly generated (one batch more each time)
     # registry/store.py

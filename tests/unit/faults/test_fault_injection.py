@@ -49,8 +49,10 @@ CASES = [
 
 
 def test_every_kill_point_is_exercised():
-    # A classify run generates no answers; test_fault_injection_generative.py kills an sft run at these two.
-    assert {point for point, _ in CASES} == set(KILL_POINTS) - {"generate.batch-answered", "atomic-write.before-rename"}
+    # Killed elsewhere: an sft run (test_fault_injection_generative.py; a classify run generates no answers), an export
+    # (test_export_killed.py).
+    elsewhere = {"generate.batch-answered", "atomic-write.before-rename", "export.modelfile-written"}
+    assert {point for point, _ in CASES} == set(KILL_POINTS) - elsewhere
 
 
 def _write_project(folder: Path, model_dir: Path) -> Path:
