@@ -6,13 +6,14 @@ checkpoint written but not yet known as the best one, a registry row created but
 saved in ``pipeline.json``). Normally it does nothing. With ``TUNELAB_KILL_AT=NAME`` (or
 ``NAME@N``: the N-th time that point is reached, counting from 1) the process sends itself SIGKILL
 there: no ``finally`` block, no ``atexit``, no flush runs, exactly as after a real crash. A point
-reached for many files (``atomic-write.before-rename``) is narrowed to one with ``NAME:FILE`` (``NAME:FILE@N``). The
+reached for many files (``atomic-write.before-rename``) is narrowed to one with ``NAME:FILE`` (``NAME:FILE@N``; FILE may be a pattern: ``base-*.json``). The
 fault-injection tests (``tests/unit/faults``) kill a run at every point in :data:`KILL_POINTS`, resume it,
 and compare the result with an uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 
@@ -51,7 +52,7 @@ def kill_point(name: str, subject: str | None = None) -> None:
         return
     point, _, nth = wanted.partition("@")
     point, _, only = point.partition(":")
-    if point != name or (only and only != subject):
+    if point != name or (only and not fnmatch.fnmatchcase(subject or "", only)):
         return
     _reached[wanted] = _reached.get(wanted, 0) + 1
     if _reached[wanted] == int(nth or 1):

@@ -1,6 +1,7 @@
 """Fault injection for the generative tasks: an sft and a text run SIGKILLed while training, while writing a
-checkpoint, while evaluating the tuned model and while writing the report, then ``--resume``d, end where an
-uninterrupted run ends: the same adapter, the same metrics, the same verdict, and no temporary left behind.
+checkpoint, while evaluating the tuned model and while writing the report, a preference run while its reference
+log-probs are saved, then ``--resume``d, end where an uninterrupted run ends: the same adapter, the same metrics, the
+same verdict, and no temporary left behind.
 
 The kills are real SIGKILLs of real ``tunelab run`` processes (``TUNELAB_KILL_AT``, see ``tunelab.faults``), as in
 ``test_fault_injection.py`` (the classify run).
@@ -32,17 +33,23 @@ CASES = [
     ("sft", "checkpoint.pruned", 1),  # between two checkpoints
     ("sft", "pipeline.step-started", 6),  # the evaluation of the tuned model
     ("sft", "generate.batch-answered", 5),  # the tuned model's answers half generated (after the base model's 3 batches)
+    ("sft", "atomic-write.before-rename:base-*.json", 1),  # the base model's evaluation saved in runs/baselines/
     ("sft", "pipeline.step-started", 7),  # the report
     ("sft", "atomic-write.before-rename:README.md", 2),  # the register step writing the adapter's model card (1: the train step)
     ("text", "checkpoint.renamed", 1),
     ("text", "pipeline.step-started", 6),
     ("text", "pipeline.step-finished", 6),  # after the evaluation, before the report
+    ("preference", "atomic-write.before-rename:reference_log_probs.json", 1),  # the reference log-probs being saved
+    ("preference", "checkpoint.files-written", 1),
 ]
+TASKS = ("sft", "text", "preference")
 
 
 def _write_project(folder: Path, model_dir: Path, task: str) -> Path:
     if task == "sft":
         rows = [{"prompt": f"Say {i} twice.", "completion": f"{i} {i}"} for i in range(24)]
+    elif task == "preference":
+        rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": f"Maybe {i + 3}."} for i in range(24)]
     else:
         rows = [{"text": f"The number {i} comes after {i - 1} and before {i + 1}. " * 3} for i in range(24)]
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,7 +121,7 @@ def _assert_identical(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_model_dir) -> dict:
     outcomes = {}
-    for task in ("sft", "text"):
+    for task in TASKS:
         project = tmp_path_factory.mktemp(f"uninterrupted-{task}")
         config = _write_project(project, tiny_model_dir, task)
         done = _tunelab(["run", str(config), "--no-calibrate"], project, TUNELAB_CACHE=str(project / "cache"))
