@@ -5,13 +5,15 @@ two writes where a crash is most likely to leave state behind that does not agre
 checkpoint written but not yet known as the best one, a registry row created but its id not yet
 saved in ``pipeline.json``). Normally it does nothing. With ``TUNELAB_KILL_AT=NAME`` (or
 ``NAME@N``: the N-th time that point is reached, counting from 1) the process sends itself SIGKILL
-there: no ``finally`` block, no ``atexit``, no flush runs, exactly as after a real crash. The
+there: no ``finally`` block, no ``atexit``, no flush runs, exactly as after a real crash. A point
+reached for many files (``atomic-write.before-rename``) is narrowed to one with ``NAME:FILE`` (``NAME:FILE@N``; FILE may be a pattern: ``base-*.json``). The
 fault-injection tests (``tests/unit/faults``) kill a run at every point in :data:`KILL_POINTS`, resume it,
 and compare the result with an uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 
@@ -29,6 +31,12 @@ KILL_POINTS = (
     "checkpoint.best-written",  # best/ holds the new best weights; step-N not written yet
     "checkpoint.pruned",  # older step checkpoints removed
     "train.weights-saved",  # adapter/ (or model/) written after the loop, the step not yet recorded
+    # paths.py
+    "atomic-write.before-rename",  # a file's new content is in its temporary sibling, not yet renamed over it
+    # models/gguf_export.py
+    "export.modelfile-written",  # an Ollama export's Modelfile is in place, its GGUF not yet renamed
+    # models/generate.py
+    "generate.batch-answered",  # an evaluation's answers partly generated (one batch more each time)
     # registry/store.py
     "registry.before-commit",  # inside a write transaction, before COMMIT
 )
@@ -36,14 +44,16 @@ KILL_POINTS = (
 _reached: dict[str, int] = {}
 
 
-def kill_point(name: str) -> None:
-    """SIGKILL this process here when ``TUNELAB_KILL_AT`` names this point (see the module docstring)."""
+def kill_point(name: str, subject: str | None = None) -> None:
+    """SIGKILL this process here when ``TUNELAB_KILL_AT`` names this point (and ``subject``, the file a point reached
+    for many files is at; see the module docstring)."""
     wanted = os.environ.get(KILL_ENV)
     if not wanted:
         return
     point, _, nth = wanted.partition("@")
-    if point != name:
+    point, _, only = point.partition(":")
+    if point != name or (only and not fnmatch.fnmatchcase(subject or "", only)):
         return
-    _reached[name] = _reached.get(name, 0) + 1
-    if _reached[name] == int(nth or 1):
+    _reached[wanted] = _reached.get(wanted, 0) + 1
+    if _reached[wanted] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tunelab.errors import TunelabError
+from tunelab.faults import kill_point
 
 try:  # POSIX; elsewhere a run folder is not locked
     import fcntl
@@ -62,6 +63,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        kill_point("atomic-write.before-rename", path.name)
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
@@ -129,6 +131,11 @@ _TEMPORARY = re.compile(r"^\..+\.(tmp|sharded)$|^\..+\.old-\d+$")
 _REPLACED = re.compile(r"^\.(.+)\.old-\d+$")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is a write's temporary (``.NAME.PID.x1y2.tmp``, ``.NAME.old-PID``): never part of what was written."""
+    return bool(_TEMPORARY.match(name))
+
+
 def remove_temporaries(folder: Path) -> list[Path]:
     """Remove what writes killed midway left directly in ``folder`` (not below it); returns what was removed.
 
@@ -138,7 +145,7 @@ def remove_temporaries(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for child in folder.iterdir():
-        if not _TEMPORARY.match(child.name):
+        if not is_temporary(child.name):
             continue
         replaced = _REPLACED.match(child.name)
         if replaced and not (folder / replaced.group(1)).exists():

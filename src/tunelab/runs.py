@@ -783,6 +783,7 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
         check_output_folder,
         disk_full_error,
         is_disk_full,
+        is_temporary,
         remove_stale_temporaries,
     )
 
@@ -803,7 +804,9 @@ def export_folder(run_dir: str | Path, out_dir: str | Path, *, merge: bool = Tru
     try:
         with atomic_directory(out) as tmp:
             if merged is None:
-                shutil.copytree(folder.adapter, tmp, dirs_exist_ok=True)
+                # Not what a write killed in the run left there (the register step rewrites the adapter's model card).
+                shutil.copytree(folder.adapter, tmp, dirs_exist_ok=True,
+                                ignore=lambda _, names: [name for name in names if is_temporary(name)])
             else:
                 merged.model.save_pretrained(tmp)
                 merged.tokenizer.save_pretrained(tmp)
@@ -833,7 +836,7 @@ def export_gguf(
     from tunelab.models.gguf_export import check_targets, write_gguf
 
     out = Path(out_path)
-    check_targets(out, quant, ollama)
+    check_targets(out, quant)
     tokenizer = RunFolder(Path(run_dir)).tokenizer
     if tokenizer.is_dir() and not (tokenizer / "tokenizer.json").is_file():
         raise ModelError(

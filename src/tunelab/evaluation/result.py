@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
-from tunelab.paths import atomic_write_text
+from tunelab.paths import atomic_write_text, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 
@@ -73,6 +73,8 @@ class EvalResult:
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON (atomically) and return the path."""
         path = Path(path)
+        # A dead writer's temporary first: the baselines' cache (runs/baselines/) is no run folder, which its lock cleans.
+        remove_stale_temporaries(path)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
         return path
 

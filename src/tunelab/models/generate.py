@@ -21,6 +21,7 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
+from tunelab.faults import kill_point
 from tunelab.runtime import following_free_cores
 
 # End-of-turn markers of common chat templates; generation stops at whichever the vocabulary has.
@@ -262,6 +263,7 @@ def generate_answers(
             answers[index] = Generated(tokenizer.decode(new, skip_special_tokens=True).strip(), stopped)
         if progress:
             progress(len(batch))
+        kill_point("generate.batch-answered")
     return answers
 
 

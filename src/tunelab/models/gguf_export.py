@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import ModelError
+from tunelab.faults import kill_point
 from tunelab.models.adapters import MergedRun
 from tunelab.models.generate import Decoding
 from tunelab.paths import (
@@ -171,8 +172,9 @@ def write_gguf(
             ``quant`` is unknown.
     """
     out = Path(out_path)
-    check_targets(out, quant, ollama)
-    remove_stale_temporaries(out)  # a killed export's half-written file (hundreds of MB)
+    check_targets(out, quant)
+    for target in (out, modelfile_path(out)):
+        remove_stale_temporaries(target)  # a killed export's half-written files (the GGUF: hundreds of MB)
     architecture = _architecture(merged.model.config)
     tokenizer = _tokenizer_metadata(merged)
     labels = merged.label_map
@@ -212,6 +214,12 @@ def write_gguf(
         writer.close()
         # mkstemp makes the file private (0600); an exported model is meant to be read by other tools.
         os.chmod(writer_target, _default_file_mode())
+        if modelfile is not None and modelfile_content is not None:
+            # The Modelfile before the GGUF: the GGUF in its place is what says the export is complete (it was renamed
+            # first, and a kill before the Modelfile left it there without one, the same command refusing to run again).
+            atomic_write_text(modelfile, modelfile_content)
+            os.chmod(modelfile, _default_file_mode())
+            kill_point("export.modelfile-written")
         os.replace(writer_target, out)
     except BaseException as error:
         try:
@@ -219,12 +227,11 @@ def write_gguf(
         except OSError:
             pass  # closing flushes, which fails again on a full disk
         writer_target.unlink(missing_ok=True)
+        if modelfile is not None and not out.exists():
+            modelfile.unlink(missing_ok=True)  # written for this GGUF, which is not there
         if isinstance(error, Exception) and is_disk_full(error, out.parent):
             raise disk_full_error(out, sum(int(getattr(data, "nbytes", 0)) for _, data, _ in tensors)) from None
         raise
-    if modelfile is not None and modelfile_content is not None:
-        atomic_write_text(modelfile, modelfile_content)
-        os.chmod(modelfile, _default_file_mode())
     counts: dict[str, int] = {}
     for _, data, raw_dtype in tensors:
         kind = raw_dtype.name if raw_dtype is not None else {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}[data.dtype]
@@ -298,12 +305,13 @@ def _label_answers(
     return updated, dataclasses.replace(tokenizer, tokens=tokens, token_types=types), answers
 
 
-def check_targets(out: Path, quant: str, ollama: bool) -> None:
+def check_targets(out: Path, quant: str) -> None:
     if quant not in QUANTS:
         raise ModelError(f"--quant {quant!r} is not supported", f"use one of: {', '.join(QUANTS)}")
-    for target in (out, modelfile_path(out) if ollama else None):
-        if target is not None and target.exists():
-            raise ModelError(f"{target} already exists; export never overwrites", "choose a new output name")
+    # A Modelfile without its GGUF beside it is not refused: an export killed between writing the two left it
+    # (write_gguf renames the GGUF last), and the same command run again replaces it.
+    if out.exists():
+        raise ModelError(f"{out} already exists; export never overwrites", "choose a new output name")
     check_output_folder(out)
 
 

@@ -46,6 +46,7 @@ def run_training(
     import os
 
     from tunelab.paths import lock_run_folder, remove_temporaries, unlock_run_folder
+    from tunelab.runs import RunFolder
 
     # One run per run folder: a second `--resume` (or a UI job beside a CLI one) would train into the same
     # checkpoints. Under a multi-process launch the first process holds it for all of them.
@@ -57,7 +58,8 @@ def run_training(
         lock_run_folder(Path(run_dir))
     try:
         if main_process:
-            remove_temporaries(Path(run_dir))  # what a killed write left (a half-saved adapter/, config.yaml)
+            for folder in (Path(run_dir), RunFolder(Path(run_dir)).adapter):
+                remove_temporaries(folder)  # what a killed write left (a half-saved adapter/, config.yaml, its model card)
         return train(config, split, run_dir=run_dir, progress=progress, resume=resume)
     finally:
         if main_process:

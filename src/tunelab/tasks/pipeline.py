@@ -184,8 +184,10 @@ class PipelineContext:
         if not self.locked:
             lock_run_folder(self.run.root)
             self.locked = True
-            remove_temporaries(self.run.root)
-            remove_temporaries(self.run.eval_dir)
+            # adapter/ too: the register step rewrites its model card in place (a kill there left the temporary in
+            # the run's adapter, and `tunelab export` copied it out).
+            for folder in (self.run.root, self.run.eval_dir, self.run.adapter):
+                remove_temporaries(folder)
 
     def emit(self, step: str, status: str, details: dict[str, Any]) -> None:
         if self.on_event is not None:

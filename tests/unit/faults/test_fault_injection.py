@@ -49,7 +49,10 @@ CASES = [
 
 
 def test_every_kill_point_is_exercised():
-    assert {point for point, _ in CASES} == set(KILL_POINTS)
+    # Killed elsewhere: an sft run (test_fault_injection_generative.py; a classify run generates no answers), an export
+    # (test_export_killed.py).
+    elsewhere = {"generate.batch-answered", "atomic-write.before-rename", "export.modelfile-written"}
+    assert {point for point, _ in CASES} == set(KILL_POINTS) - elsewhere
 
 
 def _write_project(folder: Path, model_dir: Path) -> Path:
