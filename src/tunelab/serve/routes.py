@@ -232,7 +232,7 @@ class Service:
                 raise bad_request(f"'input' cannot be prompted: {error}", param="input") from None
             self.check_context(len(ids), "input", answer_tokens=0)
             prompts.append(ids)
-        submitted = [self.engine.submit(entry.name, "classify", ids) for ids in prompts]
+        submitted = self.engine.submit_all(entry.name, "classify", [(ids, None) for ids in prompts])
         return [await self.engine.result(job) for job in submitted]
 
 
@@ -447,7 +447,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         # Left out: OpenAI's 16 for a completion, unless the model has its own (a run's judged length; a plain folder's
         # generation_config): a run and its merged export then complete a prompt alike, at the length that was judged.
         encoded.append((ids, service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)))
-    jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
+    jobs = service.engine.submit_all(entry.name, "generate", encoded)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     log.update(response_id=completion_id)
     created = _now()
