@@ -206,8 +206,12 @@ class Engine:
     # -- submission (event loop) -----------------------------------------------------------------
     @property
     def waiting(self) -> int:
-        """Jobs submitted and not yet taken into a batch (the worker's own list is only read: a length, never changed)."""
-        return self._queue.qsize() + len(self._pending)
+        """Jobs submitted, not yet taken into a batch, whose client still waits: one that left (its timeout, and the
+        ``openai`` client asks again) is dropped unseen by the worker, so it takes no room. The worker's own list is
+        only read here (a copy), never changed."""
+        with self._queue.mutex:
+            queued = list(self._queue.queue)
+        return sum(1 for job in [*queued, *self._pending] if job is not None and not job.cancelled.is_set())
 
     def submit(self, model: str, kind: str, prompt_ids: list[int], params: SamplingParams | None = None) -> Job:
         """Queue one job; read its events from ``job.events``.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -24,11 +25,11 @@ def _wait_for(condition, what: str) -> None:
 def test_more_waiting_requests_than_the_server_takes_get_a_429_with_retry_after(registry):
     app = create_app(registry, ServeSettings(max_waiting_requests=1, max_batch_size=1, batch_window_ms=0))
     engine = app.state.engine
-    release = threading.Event()
+    gate = [threading.Event()]
     generate = engine._generate
 
-    def held(model, batch):  # the worker computes the first request only once the test lets it
-        release.wait(60)
+    def held(model, batch):  # the worker computes a batch only once the test lets it
+        gate[0].wait(60)
         generate(model, batch)
 
     engine._generate = held
@@ -58,9 +59,30 @@ def test_more_waiting_requests_than_the_server_takes_get_a_429_with_retry_after(
                 assert caught.value.code == "server_overloaded"
                 assert int(caught.value.response.headers["retry-after"]) >= 1
         finally:
-            release.set()
+            gate[0].set()
             first.join(60)
             second.join(60)
         assert [answer.choices[0].finish_reason in ("stop", "length") for answer in answers] == [True, True]
-        # Room again: the next request is answered.
-        assert client.chat.completions.create(model="france", messages=HI, max_tokens=2).choices
+
+        # A waiting request whose client left (its timeout: the openai client then asks again) takes no room.
+        gate[0] = threading.Event()
+        computed = engine.batches
+        first = threading.Thread(target=ask)
+        first.start()
+        _wait_for(lambda: engine.batches == computed + 1, "a request is being computed")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json={"model": "france", "messages": HI, "max_tokens": 2}, timeout=httpx.Timeout(60, read=2))
+
+        def left() -> bool:
+            with engine._queue.mutex:
+                queued = list(engine._queue.queue)
+            return len(queued) == 1 and queued[0].cancelled.is_set()
+
+        _wait_for(left, "the request whose client left is still queued, cancelled")
+        second = threading.Thread(target=ask)
+        second.start()
+        _wait_for(lambda: engine.waiting == 1, "the retried request waits")
+        gate[0].set()
+        first.join(60)
+        second.join(60)
+        assert len(answers) == 4
