@@ -24,6 +24,9 @@ def serve(
     max_loaded_adapters: int = typer.Option(DEFAULTS.max_loaded_adapters, "--max-loaded-adapters", min=1, help="Adapters kept in memory (LRU)."),
     max_batch_size: int = typer.Option(DEFAULTS.max_batch_size, "--max-batch-size", min=1, help="Most requests computed together."),
     batch_window_ms: float = typer.Option(DEFAULTS.batch_window_ms, "--batch-window-ms", min=0.0, help="How long to gather a batch."),
+    max_waiting: int = typer.Option(
+        DEFAULTS.max_waiting_requests, "--max-waiting", min=1, help="Requests waiting to be computed beyond which a new one gets 429 (Retry-After)."
+    ),
     max_tokens: int = typer.Option(DEFAULTS.max_tokens_limit, "--max-tokens", min=1, help="Longest answer a request may ask for."),
     max_body_bytes: int = typer.Option(DEFAULTS.max_body_bytes, "--max-body-bytes", min=1024, help="Largest request body."),
     dtype: str = typer.Option(DEFAULTS.dtype, "--dtype", help="float32 or bfloat16."),
@@ -47,6 +50,7 @@ def serve(
         max_loaded_adapters=max_loaded_adapters,
         max_batch_size=max_batch_size,
         batch_window_ms=batch_window_ms,
+        max_waiting_requests=max_waiting,
         max_tokens_limit=max_tokens,
         max_body_bytes=max_body_bytes,
         served_name=served_name,

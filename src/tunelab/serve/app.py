@@ -91,15 +91,15 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
 
 
 # -- errors in the OpenAI shape ------------------------------------------------------------------
-def _error_response(request: Request, status: int, body: dict) -> JSONResponse:
+def _error_response(request: Request, status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
     entry = request.scope.get(LOG_KEY)
     if entry is not None:
         entry["error"] = body["error"]["message"]
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _on_api_error(request: Request, error: APIError) -> JSONResponse:
-    return _error_response(request, error.status, error.body())
+    return _error_response(request, error.status, error.body(), error.headers)
 
 
 async def _on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -135,7 +135,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     ``app.state.engine`` and ``app.state.request_log`` are exposed for tests and metrics.
     """
     settings = settings or ServeSettings()
-    engine = Engine(registry, max_batch_size=settings.max_batch_size, batch_window_ms=settings.batch_window_ms)
+    engine = Engine(
+        registry, max_batch_size=settings.max_batch_size, batch_window_ms=settings.batch_window_ms, max_waiting=settings.max_waiting_requests
+    )
     request_log = RequestLog(settings.log_path) if settings.log_path else None
 
     @asynccontextmanager

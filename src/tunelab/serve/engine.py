@@ -164,9 +164,10 @@ class _RowStopper:
 class Engine:
     """Gathers jobs into batches and computes them on one worker thread (see the module docstring)."""
 
-    def __init__(self, registry: ModelRegistry, *, max_batch_size: int = 8, batch_window_ms: float = 10.0) -> None:
+    def __init__(self, registry: ModelRegistry, *, max_batch_size: int = 8, batch_window_ms: float = 10.0, max_waiting: int | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        self.max_waiting = max_waiting  # None: no limit
         self.registry = registry
         self.tokenizer = registry.tokenizer
         self.max_batch_size = max_batch_size
@@ -203,18 +204,45 @@ class Engine:
             thread.join(timeout)
 
     # -- submission (event loop) -----------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Jobs submitted, not yet taken into a batch, whose client still waits: one that left (its timeout, and the
+        ``openai`` client asks again) is dropped unseen by the worker, so it takes no room. The worker's own list is
+        only read here (a copy), never changed."""
+        with self._queue.mutex:
+            queued = list(self._queue.queue)
+        return sum(1 for job in [*queued, *self._pending] if job is not None and not job.cancelled.is_set())
+
     def submit(self, model: str, kind: str, prompt_ids: list[int], params: SamplingParams | None = None) -> Job:
         """Queue one job; read its events from ``job.events``.
 
         Raises:
-            APIError: 503 once the server is shutting down.
+            APIError: 503 once the server is shutting down; 429 when ``max_waiting`` jobs already wait.
+        """
+        (job,) = self.submit_all(model, kind, [(prompt_ids, params)])
+        return job
+
+    def submit_all(self, model: str, kind: str, prompts: list[tuple[list[int], SamplingParams | None]]) -> list[Job]:
+        """Queue one request's jobs, all or none (a refused request leaves no job computed for nobody).
+
+        Raises:
+            APIError: 503 once the server is shutting down; 429 when they would take the waiting jobs past
+                ``max_waiting`` (a request never fits only when others wait: alone, any size is taken).
         """
         if not self._accepting:
             raise APIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
+        waiting = self.waiting
+        if self.max_waiting is not None and waiting and waiting + len(prompts) > self.max_waiting:
+            raise APIError(
+                429, f"The server is overloaded: {waiting} requests are waiting to be computed. Please retry shortly.",
+                type="server_error", code="server_overloaded", headers={"retry-after": "1"},
+            )
         self.start()
-        job = Job(model, kind, list(prompt_ids), params, asyncio.get_running_loop(), asyncio.Queue())
-        self._queue.put(job)
-        return job
+        loop = asyncio.get_running_loop()
+        jobs = [Job(model, kind, list(ids), params, loop, asyncio.Queue()) for ids, params in prompts]
+        for job in jobs:
+            self._queue.put(job)
+        return jobs
 
     async def stream(self, job: Job) -> AsyncIterator[tuple[str, Any]]:
         """The job's events until its end ("done" or "error"); cancels the job if the caller stops early."""

@@ -26,6 +26,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",  # noqa: A002 - the OpenAI field is called "type"
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -33,6 +34,7 @@ class APIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers  # sent with the error (a 429's Retry-After)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)

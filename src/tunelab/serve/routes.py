@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -44,6 +44,11 @@ def _now() -> int:
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _usage_key(include_usage: bool) -> dict[str, None]:
+    """A streamed chunk's ``usage`` before the last: OpenAI sends it as null on every chunk once usage is asked for."""
+    return {"usage": None} if include_usage else {}
 
 
 def _sse(data: dict | str) -> str:
@@ -118,6 +123,8 @@ class Service:
     registry: ModelRegistry
     engine: Engine
     settings: ServeSettings
+    # When the models were loaded: the ``created`` of every model card (OpenAI's is a Unix time; 0 read as 1970).
+    loaded_at: int = field(default_factory=_now)
 
     @property
     def tokenizer(self) -> Any:
@@ -131,7 +138,7 @@ class Service:
 
     def model_card(self, name: str) -> dict:
         entry = self.served(name)
-        card = {"id": name, "object": "model", "created": 0, "owned_by": "tunelab", "kind": entry.kind, "task": entry.task}
+        card = {"id": name, "object": "model", "created": self.loaded_at, "owned_by": "tunelab", "kind": entry.kind, "task": entry.task}
         if entry.kind == "adapter":
             card["parent"] = self.registry.base_name
         if entry.run_id:
@@ -225,7 +232,7 @@ class Service:
                 raise bad_request(f"'input' cannot be prompted: {error}", param="input") from None
             self.check_context(len(ids), "input", answer_tokens=0)
             prompts.append(ids)
-        submitted = [self.engine.submit(entry.name, "classify", ids) for ids in prompts]
+        submitted = self.engine.submit_all(entry.name, "classify", [(ids, None) for ids in prompts])
         return [await self.engine.result(job) for job in submitted]
 
 
@@ -289,6 +296,22 @@ def _invalid(condition: bool, param: str, message: str) -> None:
         raise bad_request(message, param=param)
 
 
+def _check_messages(body: ChatCompletionRequest) -> None:
+    """Messages the prompt cannot hold as sent: refused by name, where they were answered as an empty turn."""
+    for index, message in enumerate(body.messages):
+        where = f"messages.{index}"
+        # OpenAI lets only an assistant turn (one that calls a tool) have null content; a user message that lost its
+        # text is the client's mistake, and answering it as "" hides that. (A missing content is the schema's 400.)
+        if message.role != "assistant" and message.content is None:
+            raise bad_request(
+                f"Invalid value for '{where}.content': a {message.role} message needs a string or a list of text parts, not null.",
+                param=f"{where}.content",
+            )
+        # An earlier call of the assistant (tool calling is refused): dropped, the model saw an empty assistant turn.
+        for key in ("tool_calls", "function_call"):
+            _refuse(bool((message.model_extra or {}).get(key)), f"{where}.{key}", f"A tool call in the conversation ('{key}')")
+
+
 def _check_stream_options(body: Any) -> None:
     # Without stream the options ask for what a plain answer never has (a usage chunk): OpenAI refuses them.
     _invalid(body.stream_options is not None and not body.stream, "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
@@ -335,6 +358,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     # The same for the deprecated pair: functions are refused, so any function_call but "none" comes without them.
     _invalid(body.function_call not in (None, "none"), "function_call",
              "Invalid value for 'function_call': 'function_call' is only allowed when 'functions' are specified.")
+    _check_messages(body)
     _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
     _refuse(body.audio is not None, "audio", "Audio output")
     _refuse_penalties(body)
@@ -363,14 +387,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         params = service.sampling(entry, body, len(prompt_ids), getattr(body, limit_param), "messages", limit_param)
         job = service.engine.submit(entry.name, "generate", prompt_ids, params)
 
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+
     def chunk(delta: dict, finish_reason: str | None) -> dict:
         return {
             "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **_usage_key(include_usage),
         }
 
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_answer(
             service.engine, job, log,
             opening=(chunk({"role": "assistant", "content": ""}, None),),
@@ -422,19 +447,20 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         # Left out: OpenAI's 16 for a completion, unless the model has its own (a run's judged length; a plain folder's
         # generation_config): a run and its merged export then complete a prompt alike, at the length that was judged.
         encoded.append((ids, service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)))
-    jobs = [service.engine.submit(entry.name, "generate", ids, params) for ids, params in encoded]
+    jobs = service.engine.submit_all(entry.name, "generate", encoded)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     log.update(response_id=completion_id)
     created = _now()
 
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+
     def chunk(text: str, finish_reason: str | None, index: int = 0) -> dict:
         return {
             "id": completion_id, "object": "text_completion", "created": created, "model": body.model,
-            "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}], **_usage_key(include_usage),
         }
 
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_answer(
             service.engine, jobs[0], log,
             delta=lambda text: chunk(text, None),

@@ -31,7 +31,8 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    # Required, as OpenAI has it; null only for an assistant turn (the endpoint refuses it for other roles).
+    content: str | list[TextPart] | None = Field(..., description="A string or a list of text parts; null only for an assistant message.")
     name: str | None = None
 
     @field_validator("content", mode="before")

@@ -62,6 +62,10 @@ class ServeSettings:
     dtype: str = "float32"
     max_loaded_adapters: int = 4
     max_batch_size: int = 8
+    # Requests waiting for the engine (not yet computing) beyond which a new one is answered 429 with Retry-After: an
+    # unbounded queue made every client wait longer under a burst, until its own timeout gave up on an answer computed
+    # for nobody; OpenAI's clients back off and ask again on a 429.
+    max_waiting_requests: int = 256
     batch_window_ms: float = 10.0
     max_tokens_limit: int = 512
     max_body_bytes: int = 1_000_000

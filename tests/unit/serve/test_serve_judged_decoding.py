@@ -19,13 +19,13 @@ QUESTION = [{"role": "user", "content": "How many days of leave?"}]
 def submitted(monkeypatch):
     """The sampling parameters of every generation the engine is given."""
     seen = []
-    real = Engine.submit
+    real = Engine.submit_all  # every endpoint's jobs go through it (Engine.submit too)
 
-    def spy(self, model, kind, prompt_ids, params=None):
-        seen.append((model, params))
-        return real(self, model, kind, prompt_ids, params)
+    def spy(self, model, kind, prompts):
+        seen.extend((model, params) for _, params in prompts)
+        return real(self, model, kind, prompts)
 
-    monkeypatch.setattr(Engine, "submit", spy)
+    monkeypatch.setattr(Engine, "submit_all", spy)
     return seen
 
 
