@@ -1,0 +1,99 @@
+"""What a GPU user's run does with its tensors, checked on a machine without one.
+
+``CudaAsMeta`` turns every ``cuda`` device torch is asked for into ``meta``: a tensor the code sends to the
+GPU lands on a device other than the CPU, so a model left on the CPU beside its inputs on the "GPU" shows.
+A checkpoint written on a GPU is imitated by tagging its tensors' storages ``cuda:0`` when they are saved,
+as torch does there; torch on a machine without CUDA then refuses them unless they are mapped to the CPU.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from tunelab.config import parse_config
+
+
+def _as_meta(value):
+    if isinstance(value, str) and value.startswith("cuda"):
+        return "meta"
+    if isinstance(value, torch.device) and value.type == "cuda":
+        return torch.device("meta")
+    return value
+
+
+class CudaAsMeta(TorchFunctionMode):
+    """Every ``cuda`` device in a torch call (``.to("cuda")``, ``device=``) becomes ``meta``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        args = tuple(_as_meta(a) for a in args)
+        kwargs = {k: _as_meta(v) for k, v in (kwargs or {}).items()}
+        return func(*args, **kwargs)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_calibration_on_a_gpu_times_evaluation_with_the_model_where_its_inputs_are(tiny_model_dir, tiny_model, monkeypatch):
+    # The estimate calibrates on the GPU (device "cuda") with a model loaded on the CPU: the forward evaluation's
+    # timing runs (before the adapters go on) got the model on the CPU and the token ids on the GPU, and every
+    # `tunelab estimate` / `tunelab run` on a GPU machine stopped on "Expected all tensors to be on the same device".
+    import importlib
+
+    calibrate_module = importlib.import_module("tunelab.estimate.calibrate")  # the package exports a function of that name
+
+    seen = {}
+
+    def spy(model, input_ids, *args, **kwargs):
+        seen["model"] = next(model.parameters()).device.type
+        seen["inputs"] = input_ids.device.type
+        raise _Stop
+
+    monkeypatch.setattr(calibrate_module, "_time_generation", spy)
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32"}, "lora": {"r": 4}})
+    with CudaAsMeta(), pytest.raises(_Stop):
+        calibrate_module.calibrate(config, 16, model=tiny_model, steps=1, device="cuda", use_cache=False)
+    assert seen == {"model": "meta", "inputs": "meta"}
+
+
+def _gpu_saved(value, path, monkeypatch):
+    """``torch.save`` of ``value`` as a GPU process writes it: every storage tagged ``cuda:0``."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        with path.open("wb") as handle:
+            torch.save(value, handle)
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_machine_without_one(tmp_path, monkeypatch):
+    # A run trained on a GPU and resumed on a CPU (or a machine whose GPU is busy: ACCELERATE_USE_CPU) read
+    # optimizer.pt without map_location: torch refused its CUDA tensors, and every checkpoint was called damaged.
+    from safetensors.torch import save_file
+
+    from tunelab.train.checkpoints import LoopState, load_checkpoint, trainable_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    folder = tmp_path / "step-1"
+    folder.mkdir()
+    save_file(trainable_state(model), str(folder / "trainable.safetensors"))
+    _gpu_saved(optimizer.state_dict(), folder / "optimizer.pt", monkeypatch)
+    _gpu_saved(scheduler.state_dict(), folder / "scheduler.pt", monkeypatch)
+    (folder / "state.json").write_text(LoopState(step=1, processes=1).to_json())
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(folder / "optimizer.pt", weights_only=True)  # the checkpoint is a GPU one, as torch sees it
+
+    fresh = torch.nn.Linear(3, 2)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    accelerator = SimpleNamespace(num_processes=1, process_index=0)
+    state = load_checkpoint(folder, accelerator=accelerator, model=fresh, optimizer=fresh_optimizer,
+                            scheduler=torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0))  # fmt: skip
+    assert state.step == 1
+    moments = fresh_optimizer.state_dict()["state"][0]["exp_avg"]
+    assert moments.device.type == "cpu" and torch.equal(moments, optimizer.state_dict()["state"][0]["exp_avg"])
