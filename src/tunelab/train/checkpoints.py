@@ -264,14 +264,16 @@ def load_checkpoint(
             current = "trainable.safetensors"
             load_trainable_state(model, load_file(str(source / "trainable.safetensors")))
             current = "optimizer.pt"
-            optimizer.load_state_dict(torch.load(source / "optimizer.pt", weights_only=True))
+            # Onto the CPU: a checkpoint written on a GPU resumes on a machine without one (or on another GPU), and
+            # load_state_dict moves each state to its parameter's device.
+            optimizer.load_state_dict(torch.load(source / "optimizer.pt", map_location="cpu", weights_only=True))
         current = "scheduler.pt"
-        scheduler.load_state_dict(torch.load(source / "scheduler.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(source / "scheduler.pt", map_location="cpu", weights_only=True))
         rng_file = source / f"rng-{accelerator.process_index}.pt"
         current = rng_file.name
         if restore_rng and rng_file.is_file():
             # Not weights_only: Python's and numpy's RNG states are tuples holding numpy arrays.
-            set_rng_state(torch.load(rng_file, weights_only=False))
+            set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     except Exception as error:  # noqa: BLE001 - safetensors, torch and pickle each raise their own kinds
         raise damaged(current, error) from None
     return state
