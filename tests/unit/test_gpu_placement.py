@@ -97,3 +97,25 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_a_machine_without_one(tmp_path
     assert state.step == 1
     moments = fresh_optimizer.state_dict()["state"][0]["exp_avg"]
     assert moments.device.type == "cpu" and torch.equal(moments, optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_rng_states_of_more_gpus_than_this_machine_has_restore_those_it_has(monkeypatch):
+    # One process sees every GPU of its machine and saves each one's random state: resumed where fewer are
+    # visible (another machine, CUDA_VISIBLE_DEVICES), torch.cuda.set_rng_state_all asked for a device that is not
+    # there, and the checkpoint was called damaged.
+    from tunelab.train import checkpoints
+
+    restored = []
+
+    def set_one(state, device):
+        if device >= 1:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        restored.append(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_one)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_one)  # what torch.cuda.set_rng_state_all calls
+    state = {**checkpoints.rng_state(), "cuda": [torch.get_rng_state(), torch.get_rng_state()]}
+    checkpoints.set_rng_state(state)
+    assert restored == [0]

@@ -101,7 +101,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw; where fewer are visible now (another machine,
+        # CUDA_VISIBLE_DEVICES), those that are get theirs: set_rng_state_all stopped on the first missing one.
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
