@@ -119,3 +119,69 @@ def test_rng_states_of_more_gpus_than_this_machine_has_restore_those_it_has(monk
     state = {**checkpoints.rng_state(), "cuda": [torch.get_rng_state(), torch.get_rng_state()]}
     checkpoints.set_rng_state(state)
     assert restored == [0]
+
+
+def _a_gpu_with(monkeypatch, free_bytes: int) -> None:
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, 2 * free_bytes))
+
+
+def _moves_of(model, monkeypatch) -> list[str]:
+    moves: list[str] = []
+
+    def to(device, *args, **kwargs):
+        moves.append(str(device))
+        return model
+
+    monkeypatch.setattr(model, "to", to)
+    return moves
+
+
+def test_evaluation_runs_a_model_loaded_on_the_cpu_on_the_gpu_and_gives_it_back(tiny_model, monkeypatch):
+    # Models load on the CPU (training's accelerate moves its own): evaluation, the baselines and serving ran them
+    # there on a GPU machine, hours for a 7B model, while the estimate priced them at the GPU's timed forward.
+    from tunelab.models.loader import on_inference_device
+
+    _a_gpu_with(monkeypatch, 10**12)
+    moves = _moves_of(tiny_model, monkeypatch)
+    with on_inference_device(tiny_model):
+        assert moves == ["cuda"]
+    assert moves == ["cuda", "cpu"]  # back where it was: a base model kept for later steps holds no GPU memory in training
+
+
+def test_a_model_that_does_not_fit_the_free_gpu_memory_stays_on_the_cpu(tiny_model, monkeypatch):
+    from tunelab.models.loader import on_inference_device
+
+    _a_gpu_with(monkeypatch, 1000)  # far less than the tiny model's weights
+    moves = _moves_of(tiny_model, monkeypatch)
+    with on_inference_device(tiny_model):
+        pass
+    _a_gpu_with(monkeypatch, 10**12)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # the user keeps the work on the CPU, GPU or not
+    with on_inference_device(tiny_model):
+        pass
+    assert moves == []
+
+
+def test_evaluate_puts_the_model_on_the_inference_device(tiny_model, tiny_tokenizer, monkeypatch):
+    import importlib
+
+    from tunelab.config import DataConfig, EvalConfig
+    from tunelab.data.records import TextRecord
+    from tunelab.models.loader import LoadedModel
+    from tunelab.models.resolve import ModelSource
+
+    evaluate_module = importlib.import_module("tunelab.evaluation.evaluate")  # the package exports a function of that name
+    placed = []
+    real = evaluate_module.on_inference_device
+
+    def spy(model):
+        placed.append(model)
+        return real(model)
+
+    monkeypatch.setattr(evaluate_module, "on_inference_device", spy)
+    loaded = LoadedModel(tiny_model, tiny_tokenizer, ModelSource("folder", "/tiny", "tiny"))
+    evaluate_module.evaluate(loaded, [TextRecord("one two three four five six", source="a.txt")], "text",
+                             config=EvalConfig(), data_config=DataConfig(max_length=64))  # fmt: skip
+    assert placed == [tiny_model]
