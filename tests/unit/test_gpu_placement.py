@@ -185,3 +185,13 @@ def test_evaluate_puts_the_model_on_the_inference_device(tiny_model, tiny_tokeni
     evaluate_module.evaluate(loaded, [TextRecord("one two three four five six", source="a.txt")], "text",
                              config=EvalConfig(), data_config=DataConfig(max_length=64))  # fmt: skip
     assert placed == [tiny_model]
+
+
+def test_the_server_places_its_model_for_inference(tiny_model_dir, monkeypatch):
+    import importlib
+
+    adapters = importlib.import_module("tunelab.serve.adapters")
+    placed = []
+    monkeypatch.setattr(adapters, "place_for_inference", lambda model: placed.append(model))
+    registry = adapters.load_registry(str(tiny_model_dir), [])
+    assert placed == [registry.model]
