@@ -435,6 +435,10 @@ def calibrate(
         model = load_for_training(config, precision).model
     else:
         model = model.to(getattr(torch, weights_dtype(config.train.method, precision)))
+    if config.train.method != "qlora":
+        # Loaded on the CPU; the timed forward and decode steps feed it their tokens on ``device`` (a 4-bit base is
+        # already there: it is placed as it is quantized).
+        model = model.to(device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     generation: dict[str, Any] = {}

@@ -40,6 +40,7 @@ from tunelab.evaluation.predict import window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier, chat_prompt, zero_shot_extra_tokens
 from tunelab.models.generate import context_length, generate_answers
+from tunelab.models.loader import on_inference_device
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
 Progress = Callable[[int], None]
@@ -153,18 +154,20 @@ def evaluate(
     if len(chosen) < len(records):
         warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
     settings: dict[str, Any] = {"batch_size": config.batch_size, "max_length": data_config.max_length}
-    if task == "classify":
-        out_of_scope = resolve_out_of_scope(loaded, data_config, out_of_scope, baseline, warnings)
-        label_map = _resolve_label_map(loaded, chosen, label_map, out_of_scope)
-        rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress, out_of_scope)
-    elif task == "sft":
-        rows, metrics, more = _evaluate_sft(loaded, chosen, config, data_config, settings, progress)
-    elif task == "preference":
-        from tunelab.evaluation.preference import evaluate_preference
+    # Loaded on the CPU; on a GPU machine the answers are computed there (and the model given back after).
+    with on_inference_device(loaded.model):
+        if task == "classify":
+            out_of_scope = resolve_out_of_scope(loaded, data_config, out_of_scope, baseline, warnings)
+            label_map = _resolve_label_map(loaded, chosen, label_map, out_of_scope)
+            rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress, out_of_scope)
+        elif task == "sft":
+            rows, metrics, more = _evaluate_sft(loaded, chosen, config, data_config, settings, progress)
+        elif task == "preference":
+            from tunelab.evaluation.preference import evaluate_preference
 
-        rows, metrics, more = evaluate_preference(loaded, chosen, config, data_config, baseline, settings, progress)
-    else:
-        rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
+            rows, metrics, more = evaluate_preference(loaded, chosen, config, data_config, baseline, settings, progress)
+        else:
+            rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
     warnings += more
     return EvalResult(
         task=task,

@@ -9,10 +9,12 @@ cache and takes well under 2 s.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,45 @@ def load_model(
     model, tokenizer = _from_pretrained(location, dtype=dtype, allow_network=allow_network, revision=revision, quantize=quantize)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
+
+
+# Of the GPU's free memory, the most a model's weights may take when evaluation or serving moves it there: the rest
+# holds the activations, the KV cache and the batch.
+GPU_WEIGHTS_SHARE = 0.8
+
+
+def place_for_inference(model: Any) -> torch.device | None:
+    """Move ``model`` (loaded on the CPU, as every load here does) to the GPU where evaluation and serving should run it;
+    the device it was on when it moved, None when it stays.
+
+    It moves where CUDA is available (``CUDA_VISIBLE_DEVICES`` says which card is "cuda"), the user did not keep the
+    work on the CPU (``ACCELERATE_USE_CPU``, what ``accelerate launch --cpu`` sets), it is on the CPU (a 4-bit base is
+    placed on its GPU as it is quantized) and its weights take at most ``GPU_WEIGHTS_SHARE`` of the free GPU memory;
+    a larger one stays on the CPU, where it ran before.
+    """
+    if not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes"):
+        return None
+    parameters = list(model.parameters())
+    if not parameters or parameters[0].device.type != "cpu" or getattr(model, "is_quantized", False):
+        return None
+    size = sum(p.numel() * p.element_size() for p in parameters) + sum(b.numel() * b.element_size() for b in model.buffers())
+    if size > GPU_WEIGHTS_SHARE * torch.cuda.mem_get_info()[0]:
+        return None
+    previous = parameters[0].device
+    model.to("cuda")
+    return previous
+
+
+@contextlib.contextmanager
+def on_inference_device(model: Any) -> Iterator[Any]:
+    """``model`` on the GPU for the block (``place_for_inference``), back where it was after: a model kept for later
+    steps (the pipeline's base, between its baselines and the training) holds no GPU memory meanwhile."""
+    previous = place_for_inference(model)
+    try:
+        yield model
+    finally:
+        if previous is not None:
+            model.to(previous)
 
 
 def load_adapted(

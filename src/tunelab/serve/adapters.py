@@ -27,7 +27,7 @@ from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.errors import ModelError, TunelabError
 from tunelab.inference import Classifier
 from tunelab.models.generate import context_length
-from tunelab.models.loader import LoadedModel
+from tunelab.models.loader import LoadedModel, place_for_inference
 from tunelab.models.resolve import ModelSource
 from tunelab.runs import Run, load_model, resolve_model
 from tunelab.serve.errors import ServeError
@@ -155,6 +155,9 @@ class ModelRegistry:
     def __init__(self, base: LoadedModel, base_name: str, *, max_loaded: int = 4, base_entry: ServedModel | None = None):
         if max_loaded < 1:
             raise ServeError("max_loaded_adapters must be at least 1")
+        # Loaded on the CPU: on a GPU machine the server answers from the GPU where the model fits it (adapters loaded
+        # later go where its layers are).
+        place_for_inference(base.model)
         self.base = base
         self.base_name = base_name
         self.tokenizer = base.tokenizer

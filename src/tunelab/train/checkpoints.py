@@ -101,7 +101,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw; where fewer are visible now (another machine,
+        # CUDA_VISIBLE_DEVICES), those that are get theirs: set_rng_state_all stopped on the first missing one.
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -264,14 +267,16 @@ def load_checkpoint(
             current = "trainable.safetensors"
             load_trainable_state(model, load_file(str(source / "trainable.safetensors")))
             current = "optimizer.pt"
-            optimizer.load_state_dict(torch.load(source / "optimizer.pt", weights_only=True))
+            # Onto the CPU: a checkpoint written on a GPU resumes on a machine without one (or on another GPU), and
+            # load_state_dict moves each state to its parameter's device.
+            optimizer.load_state_dict(torch.load(source / "optimizer.pt", map_location="cpu", weights_only=True))
         current = "scheduler.pt"
-        scheduler.load_state_dict(torch.load(source / "scheduler.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(source / "scheduler.pt", map_location="cpu", weights_only=True))
         rng_file = source / f"rng-{accelerator.process_index}.pt"
         current = rng_file.name
         if restore_rng and rng_file.is_file():
             # Not weights_only: Python's and numpy's RNG states are tuples holding numpy arrays.
-            set_rng_state(torch.load(rng_file, weights_only=False))
+            set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     except Exception as error:  # noqa: BLE001 - safetensors, torch and pickle each raise their own kinds
         raise damaged(current, error) from None
     return state
