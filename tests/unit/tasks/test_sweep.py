@@ -130,14 +130,15 @@ def test_a_grid_key_that_changes_the_test_or_validation_rows_is_refused_before_a
     assert len(names) == 4
 
 
-def _entry(name, test_accuracy, validation_accuracy, validation_loss, model="default"):
+def _entry(name, test_accuracy, validation_accuracy, validation_loss, model="default", task="classify", preference=None):
     from types import SimpleNamespace
 
     metric = SimpleNamespace(name="accuracy", before=0.5, after=test_accuracy, difference=test_accuracy - 0.5, low=0.0, high=0.1,
                              higher_is_better=True)
     comparison = SimpleNamespace(primary="accuracy", metrics=[metric], metric=lambda name: metric, verdict="better", strongest="classical")
     train = {"best_validation_loss": validation_loss, "best_validation_score": validation_accuracy}
-    config = SimpleNamespace(model=SimpleNamespace(name=model))
+    preference = preference or SimpleNamespace(beta=0.1, loss="sigmoid")
+    config = SimpleNamespace(model=SimpleNamespace(name=model), task=task, preference=preference)
     return sweep.SweepEntry([f"train.lr={name}"], SimpleNamespace(name=name, comparison=comparison, train=train, config=config))
 
 
@@ -165,6 +166,25 @@ def test_a_grid_over_models_is_not_ranked_by_losses_of_different_tokenizers():
     rows = sweep.leaderboard(entries)
     assert [row["overrides"] for row in rows] == ["train.lr=a", "train.lr=b"]
     assert "different tokenizers" in rows[0]["ranked_by"] and "selects on test" in rows[0]["ranked_by"]
+
+
+def test_a_grid_over_the_preference_loss_is_not_ranked_by_losses_of_different_losses():
+    """A preference run's validation loss is its DPO loss, with its own beta and loss type: `--grid preference.beta=0.1,1`
+    ranked the variants by numbers of different functions (at beta 1 the same margins give a lower sigmoid loss; ipo's
+    squared loss has another scale), and the sweep named the winner by them."""
+    from types import SimpleNamespace
+
+    def variant(name, test, loss, beta, kind="sigmoid"):
+        return _entry(name, test, None, loss, task="preference", preference=SimpleNamespace(beta=beta, loss=kind))
+
+    rows = sweep.leaderboard([variant("a", 0.6, 0.2, 1.0), variant("b", 0.8, 0.6, 0.1)])
+    assert [row["overrides"] for row in rows] == ["train.lr=b", "train.lr=a"]
+    assert "preference" in rows[0]["ranked_by"] and "selects on test" in rows[0]["ranked_by"], rows[0]["ranked_by"]
+    rows = sweep.leaderboard([variant("a", 0.6, 0.2, 0.1, "ipo"), variant("b", 0.8, 0.6, 0.1)])
+    assert [row["overrides"] for row in rows] == ["train.lr=b", "train.lr=a"] and "selects on test" in rows[0]["ranked_by"]
+    # One loss, variants of another key: the validation loss ranks them, as for sft.
+    rows = sweep.leaderboard([variant("a", 0.6, 0.2, 0.1), variant("b", 0.8, 0.6, 0.1)])
+    assert [row["overrides"] for row in rows] == ["train.lr=a", "train.lr=b"] and rows[0]["ranked_by"] == "validation loss"
 
 
 def test_the_cli_leaderboard_says_what_it_ranked_by(tmp_path, monkeypatch):
