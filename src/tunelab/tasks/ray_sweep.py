@@ -243,7 +243,8 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
 
     Raises:
         ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, a grid key that
-            changes the split, a ``settings.metric`` the task does not measure, or a budget in dollars without a price.
+            changes the split, a ``settings.metric`` the task does not measure, ASHA or Optuna over validation losses that
+            do not compare (``sweep.check_one_loss``), or a budget in dollars without a price.
     """
     tune = require_ray()
     import ray
@@ -251,7 +252,7 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     from tunelab.config import load_config
     from tunelab.registry.store import Registry, default_registry_path
     from tunelab.tasks.launch import check_not_launched
-    from tunelab.tasks.sweep import check_metric, check_same_rows, sweep_overrides
+    from tunelab.tasks.sweep import check_metric, check_one_loss, check_same_rows, sweep_overrides
 
     check_not_launched("tunelab sweep")
     config_path = Path(config_path).resolve()
@@ -260,6 +261,9 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     for _, variant in variants:  # every combination must make a valid config before any trial runs
         check_metric(settings.metric, variant)
     check_same_rows(variants)
+    for option, used in (("--asha", settings.asha), ("--search optuna", settings.search == "optuna")):
+        if used:
+            check_one_loss(variants, option)
     output_dir = Path(base.train.output_dir).resolve()
     name = settings.name or f"{base.name or 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = output_dir / SWEEPS_SUBDIR

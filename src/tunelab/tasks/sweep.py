@@ -180,6 +180,35 @@ def check_same_rows(variants: list[tuple[list[str], Any]]) -> None:
             )
 
 
+def check_one_loss(variants: list[tuple[list[str], Any]], option: str) -> None:
+    """Refuse ``option`` (Ray's ASHA or Optuna, which compare the trials' validation losses) for variants whose losses
+    are not comparable: of different models (per token of different tokenizers) or different preference losses.
+
+    The leaderboard itself ranks such variants on test and says so (``rank_rows``); ASHA would stop, and Optuna choose,
+    trials by those numbers all the same.
+
+    Raises:
+        ConfigError: naming the grid keys whose values change what the validation loss is.
+    """
+    kinds = [(config.model.name, loss_definition(config)) for _, config in variants]
+    if len(set(kinds)) <= 1:
+        return
+    keys = []
+    for axis in range(len(variants[0][0])):
+        # A key whose values alone change the loss: variants equal on every other key, different losses.
+        seen: dict[tuple, set] = {}
+        for (overrides, _), kind in zip(variants, kinds, strict=True):
+            seen.setdefault(tuple(o for i, o in enumerate(overrides) if i != axis), set()).add(kind)
+        if any(len(found) > 1 for found in seen.values()):
+            keys.append(variants[0][0][axis].split("=", 1)[0])
+    raise ConfigError(
+        f"{option} compares the trials' validation losses, and --grid {', '.join(keys)} makes them losses that do not "
+        "compare (per token of different tokenizers, or of different preference losses)",
+        f"leave {option} out (the leaderboard then ranks the variants on test and says so), or sweep one value of "
+        f"{', '.join(keys)} at a time",
+    )
+
+
 def leaderboard(entries: list[SweepEntry], metric: str | None = None) -> list[dict[str, Any]]:
     """Rows of the variants, best first by validation; ``metric`` (default: the task's primary) is reported on test.
 

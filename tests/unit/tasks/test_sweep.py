@@ -55,6 +55,26 @@ def test_the_ray_engine_refuses_an_unknown_metric_before_starting_ray(tmp_path):
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("option", [{"asha": True}, {"search": "optuna", "trials": 4}])
+def test_the_ray_engine_refuses_asha_or_optuna_over_losses_that_are_not_comparable(tmp_path, option):
+    """ASHA stops a trial whose validation loss lags the others', Optuna draws towards the lowest: with --grid model=...
+    (a loss per token of one tokenizer against another's) or a preference loss of another beta, they stopped and chose
+    trials by numbers the leaderboard itself refuses to rank."""
+    pytest.importorskip("ray.tune")
+    pytest.importorskip("optuna")
+    import ray
+
+    from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+
+    config = _sweep_config(tmp_path)
+    with pytest.raises(ConfigError, match="--grid model"):
+        run_ray_sweep(config, [], ["model=tiny,other", "train.lr=1e-4,2e-4"], RaySweepSettings(**option))
+    config.write_text(config.read_text().replace("task: classify", "task: preference"))
+    with pytest.raises(ConfigError, match="--grid preference.beta"):
+        run_ray_sweep(config, [], ["preference.beta=0.1,0.5"], RaySweepSettings(**option))
+    assert not ray.is_initialized()
+
+
 def test_continuing_a_ray_sweep_with_another_grid_config_or_overrides_is_refused(tmp_path):
     from tunelab.tasks.ray_sweep import RaySweepSettings, same_sweep
 
