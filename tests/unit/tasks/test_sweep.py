@@ -75,6 +75,21 @@ def test_the_ray_engine_refuses_asha_or_optuna_over_losses_that_are_not_comparab
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("resources", [{"cpus_per_trial": 4096}, {"gpus_per_trial": 4096}])
+def test_a_ray_sweep_started_here_refuses_trials_this_machine_cannot_place(tmp_path, resources):
+    """`--gpus-per-trial 1` on a CPU machine (or more CPUs a trial than it has), with the Ray started for the sweep: no
+    trial could ever start, and the sweep waited for ever, Ray Tune warning once a minute on stderr."""
+    pytest.importorskip("ray.tune")
+    import ray
+
+    from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+
+    with pytest.raises(ConfigError, match="no trial could start") as refused:
+        run_ray_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"], RaySweepSettings(**resources))
+    assert "4096" in str(refused.value) and "--address" in refused.value.hint, refused.value
+    assert not ray.is_initialized()  # the Ray it started is shut down again
+
+
 def test_continuing_a_ray_sweep_with_another_grid_config_or_overrides_is_refused(tmp_path):
     from tunelab.tasks.ray_sweep import RaySweepSettings, same_sweep
 
