@@ -39,6 +39,9 @@ def estimate(
 
     config = load_config(config_path, overrides or [])
     table = load_price_table(prices) if prices else None
+    if config.train.backend != "local":
+        _provider_estimate(config, table, as_json)
+        return
     with progress_display(quiet=as_json) as display:
         display.begin("estimate: loading the model, counting tokens" + ("" if no_calibrate else ", timing training steps here"))
         result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table,
@@ -134,6 +137,34 @@ def estimate(
         for reason in result.budget.reasons:
             console.print(f"[red]over budget:[/red] {reason}")
     elif result.budget.reasons == [] and (config.budget.max_hours or config.budget.max_usd):
+        console.print("within budget")
+
+
+def _provider_estimate(config, table, as_json: bool) -> None:
+    """A provider trains the run: its job's price and ``budget.max_usd`` as ``tunelab run`` checks them before uploading,
+    never a time on this machine nor a GPU's price."""
+    from tunelab.tasks.pipeline import estimate_cloud_run
+
+    with progress_display(quiet=as_json) as display:
+        display.begin("estimate: counting the training tokens the provider bills")
+        result = estimate_cloud_run(config, prices=table)
+    if as_json:
+        print_json(result)
+        return
+    endpoint = config.model.endpoint
+    summary = Table(title=f"Estimate: {config.task}, fine-tuned by the provider ({endpoint.name} at {endpoint.base_url})", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("training examples", f"{result['examples']:,}")
+    summary.add_row("tokens per epoch", f"{result['tokens_per_epoch']:,} (counted with {result['token_count']})")
+    summary.add_row("epochs (whole)", f"{result['epochs']}")
+    summary.add_row("training tokens billed", f"{result['training_tokens']:,}")
+    usd = result["usd"]
+    summary.add_row("price", f"{money(usd)} ({result['price_source']})" if usd is not None else f"unknown: {endpoint.name} is not in the price table")
+    console.print(summary)
+    for reason in result["budget"]["reasons"]:
+        console.print(f"[red]over budget:[/red] {reason}")
+    if not result["budget"]["over"] and config.budget.max_usd:
         console.print("within budget")
 
 

@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (
     from tunelab.data.labels import LabelMap
     from tunelab.data.read import ReadResult
     from tunelab.data.split import Split
+    from tunelab.estimate.prices import PriceTable
     from tunelab.evaluation.answering import AnsweringModel
     from tunelab.evaluation.compare import Verdict
     from tunelab.evaluation.result import EvalResult
@@ -1105,8 +1106,63 @@ def cloud_conversations(records: Sequence[Any], config: ResolvedConfig, labels: 
 
 
 def cloud_labels(context: PipelineContext) -> list[str]:
-    split = context.require_split()
-    return sorted({r.label for r in split.train}) if context.config.task == "classify" else []
+    return _cloud_labels(context.config, context.require_split())
+
+
+def _cloud_labels(config: ResolvedConfig, split: Split) -> list[str]:
+    return sorted({r.label for r in split.train}) if config.task == "classify" else []
+
+
+def cloud_price(config: ResolvedConfig, split: Split, base: LoadedModel, prices: PriceTable | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The chat rows of a provider run's training examples and the price of its job (``remote.finetune.CloudEstimate``
+    as a dict, ``backend`` added): what ``budget.max_usd`` is checked against, in ``tunelab run`` and ``tunelab estimate``.
+
+    Raises:
+        DataError: when the examples do not make a valid chat file.
+    """
+    from tunelab.remote.finetune import chat_lines, estimate_cloud_cost
+
+    rows = chat_lines(cloud_conversations(split.train, config, _cloud_labels(config, split)))
+    tokenizer = base.tokenizer
+    estimate = estimate_cloud_cost(
+        rows, config.train.epochs, config.model.endpoint.name, prices=prices,
+        count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+        counted_with=f"the tokenizer of {base.source.display_name} (the provider's count differs somewhat)",
+    ).as_dict()
+    estimate["backend"] = "openai"
+    return rows, estimate
+
+
+def cloud_budget_reason(config: ResolvedConfig, estimate: dict[str, Any]) -> str | None:
+    """Why the job priced ``estimate`` is over ``budget.max_usd`` (an unknown price with a budget set is), else None."""
+    from tunelab.estimate.plan import money
+
+    limit = config.budget.max_usd
+    if limit is None or (estimate["usd"] is not None and estimate["usd"] <= limit):
+        return None
+    if estimate["usd"] is None:
+        return f"the price of fine-tuning {config.model.endpoint.name} is not in the price table"
+    return f"estimated {money(estimate['usd'])} > budget.max_usd {limit:g}"
+
+
+def estimate_cloud_run(config: ResolvedConfig, prices: PriceTable | None = None) -> dict[str, Any]:
+    """What ``tunelab estimate`` reports of a ``train.backend: openai`` config: the job's price as ``tunelab run``
+    computes it before uploading (:func:`cloud_price`), and ``budget`` (``over``, ``reasons``) as it checks it.
+    Nothing trains on this machine, so nothing is timed here and no GPU is priced.
+
+    Raises:
+        DataError: when the data cannot be read or does not make a valid chat file.
+        ModelError: when the model whose tokenizer counts the tokens cannot be loaded.
+    """
+    from tunelab.data.split import make_split
+    from tunelab.runs import load_model
+
+    config = require_resolved(config)
+    split = make_split(config)
+    base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    _, estimate = cloud_price(config, split, base, prices)
+    reason = cloud_budget_reason(config, estimate)
+    return {**estimate, "budget": {"over": reason is not None, "reasons": [reason] if reason else []}}
 
 
 def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
@@ -1116,7 +1172,7 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
         DataError: when the examples do not make a valid chat file.
         BudgetExceeded: over budget, or a budget set and the price unknown.
     """
-    from tunelab.remote.finetune import chat_lines, estimate_cloud_cost, write_chat_jsonl
+    from tunelab.remote.finetune import write_chat_jsonl
 
     if context.state.get("estimate") is not None:
         context.estimate = context.state.get("estimate")
@@ -1126,17 +1182,10 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
     config, split = context.config, context.require_split()
     labels = cloud_labels(context)
     with step(context, "estimate") as record:
-        rows = chat_lines(cloud_conversations(split.train, config, labels))
+        rows, estimate = cloud_price(config, split, context.base)
         write_chat_jsonl(rows, context.run.cloud_train)
         if split.validation:
             write_chat_jsonl([{"messages": m} for m in cloud_conversations(split.validation, config, labels)], context.run.cloud_validation)
-        tokenizer = context.base.tokenizer
-        estimate = estimate_cloud_cost(
-            rows, config.train.epochs, config.model.endpoint.name,
-            count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
-            counted_with=f"the tokenizer of {context.base.source.display_name} (the provider's count differs somewhat)",
-        ).as_dict()
-        estimate["backend"] = "openai"
         record.value = estimate
         record.details = {"estimate": {**estimate, "total_seconds": None}}
         record.registry_fields = {"estimate": estimate}
@@ -1147,13 +1196,9 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
 
 def _stop_over_cloud_budget(context: PipelineContext, estimate: dict[str, Any]) -> None:
     """Raises: BudgetExceeded when the job's price is over ``budget.max_usd``, or unknown with a budget set."""
-    from tunelab.estimate.plan import money
-
     config = context.config
-    limit = config.budget.max_usd
-    if limit is not None and (estimate["usd"] is None or estimate["usd"] > limit):
-        reason = (f"the price of fine-tuning {config.model.endpoint.name} is not in the price table" if estimate["usd"] is None
-                  else f"estimated {money(estimate['usd'])} > budget.max_usd {limit:g}")
+    reason = cloud_budget_reason(config, estimate)
+    if reason is not None:
         context.registry.update_run(context.registry_id, status="failed", error=f"over budget: {reason}")
         raise BudgetExceeded(f"the estimate is over budget: {reason}",
                              f"raise budget.max_usd, add the price to the table, or shrink the data, in a new run (another name=...): {_FIXED_CONFIG}")

@@ -118,6 +118,24 @@ def _time_budget(settings: RaySweepSettings) -> float | None:
     return min(limits) if limits else None
 
 
+def check_trial_fits(settings: RaySweepSettings, resources: dict[str, float]) -> None:
+    """Refuse a trial that asks for more CPUs or GPUs than the Ray started here for the sweep has (``resources``):
+    no trial would ever start, and Tune waits for ever (a cluster given by ``--address`` may be autoscaling: not refused).
+
+    Raises:
+        ConfigError: naming what a trial asks for and what this machine has.
+    """
+    asked = {"CPU": ("--cpus-per-trial", settings.cpus_per_trial), "GPU": ("--gpus-per-trial", settings.gpus_per_trial)}
+    for resource, (option, wanted) in asked.items():
+        have = resources.get(resource, 0.0)
+        if wanted > have:
+            raise ConfigError(
+                f"{option} {wanted:g}: each trial asks for {wanted:g} {resource}s and this machine has {have:g}; "
+                "no trial could start",
+                f"ask for at most {have:g} ({option}), or give a Ray cluster that has them with --address",
+            )
+
+
 def run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial in a Ray worker: the whole pipeline of one variant, reporting each validation loss to Tune.
 
@@ -243,7 +261,8 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
 
     Raises:
         ConfigError: without Ray, for a bad grid, for a combination that makes an invalid config, a grid key that
-            changes the split, a ``settings.metric`` the task does not measure, or a budget in dollars without a price.
+            changes the split, a ``settings.metric`` the task does not measure, ASHA or Optuna over validation losses that
+            do not compare (``sweep.check_one_loss``), or a budget in dollars without a price.
     """
     tune = require_ray()
     import ray
@@ -251,7 +270,7 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     from tunelab.config import load_config
     from tunelab.registry.store import Registry, default_registry_path
     from tunelab.tasks.launch import check_not_launched
-    from tunelab.tasks.sweep import check_metric, check_same_rows, sweep_overrides
+    from tunelab.tasks.sweep import check_metric, check_one_loss, check_same_rows, sweep_overrides
 
     check_not_launched("tunelab sweep")
     config_path = Path(config_path).resolve()
@@ -260,6 +279,9 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
     for _, variant in variants:  # every combination must make a valid config before any trial runs
         check_metric(settings.metric, variant)
     check_same_rows(variants)
+    for option, used in (("--asha", settings.asha), ("--search optuna", settings.search == "optuna")):
+        if used:
+            check_one_loss(variants, option)
     output_dir = Path(base.train.output_dir).resolve()
     name = settings.name or f"{base.name or 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = output_dir / SWEEPS_SUBDIR
@@ -279,6 +301,12 @@ def run_ray_sweep(config_path: str | Path, base_overrides: list[str], grid: list
         # The trials' processes import tunelab from wherever this one does (a source checkout included).
         ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+        if settings.address is None:
+            try:
+                check_trial_fits(settings, ray.cluster_resources())
+            except ConfigError:
+                ray.shutdown()  # the Ray started for this sweep only
+                raise
     restored = tune.Tuner.can_restore(str(experiment))
     same_sweep(experiment, config_path, base_overrides, grid, settings, restored=restored)
     if restored:

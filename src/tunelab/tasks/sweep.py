@@ -180,6 +180,35 @@ def check_same_rows(variants: list[tuple[list[str], Any]]) -> None:
             )
 
 
+def check_one_loss(variants: list[tuple[list[str], Any]], option: str) -> None:
+    """Refuse ``option`` (Ray's ASHA or Optuna, which compare the trials' validation losses) for variants whose losses
+    are not comparable: of different models (per token of different tokenizers) or different preference losses.
+
+    The leaderboard itself ranks such variants on test and says so (``rank_rows``); ASHA would stop, and Optuna choose,
+    trials by those numbers all the same.
+
+    Raises:
+        ConfigError: naming the grid keys whose values change what the validation loss is.
+    """
+    kinds = [(config.model.name, loss_definition(config)) for _, config in variants]
+    if len(set(kinds)) <= 1:
+        return
+    keys = []
+    for axis in range(len(variants[0][0])):
+        # A key whose values alone change the loss: variants equal on every other key, different losses.
+        seen: dict[tuple, set] = {}
+        for (overrides, _), kind in zip(variants, kinds, strict=True):
+            seen.setdefault(tuple(o for i, o in enumerate(overrides) if i != axis), set()).add(kind)
+        if any(len(found) > 1 for found in seen.values()):
+            keys.append(variants[0][0][axis].split("=", 1)[0])
+    raise ConfigError(
+        f"{option} compares the trials' validation losses, and --grid {', '.join(keys)} makes them losses that do not "
+        "compare (per token of different tokenizers, or of different preference losses)",
+        f"leave {option} out (the leaderboard then ranks the variants on test and says so), or sweep one value of "
+        f"{', '.join(keys)} at a time",
+    )
+
+
 def leaderboard(entries: list[SweepEntry], metric: str | None = None) -> list[dict[str, Any]]:
     """Rows of the variants, best first by validation; ``metric`` (default: the task's primary) is reported on test.
 
@@ -208,8 +237,16 @@ def leaderboard_row(entry: SweepEntry, metric: str | None = None) -> dict[str, A
                    opponent=outcome.comparison.strongest)  # before/difference are against the strongest baseline
         train = outcome.train or {}
         row.update(validation_loss=train.get("best_validation_loss"), validation_score=train.get("best_validation_score"),
-                   model=outcome.config.model.name)
+                   model=outcome.config.model.name, validation_loss_of=loss_definition(outcome.config))
     return row
+
+
+def loss_definition(config: Any) -> str:
+    """What a run's validation loss is a value of, beyond its model: a preference run's is its DPO loss, of its own
+    ``preference.loss`` and ``preference.beta`` (the same margins give another number under another beta)."""
+    if config.task == "preference":
+        return f"preference.loss={config.preference.loss} preference.beta={config.preference.beta:g}"
+    return ""
 
 
 # What the variants are ranked by: the kept checkpoint's validation accuracy (classify), else its validation loss.
@@ -225,11 +262,19 @@ def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     without a result (failed, stopped) last.
     """
     finished = [row for row in rows if row.get("after") is not None]
-    # A loss per token of one tokenizer is not comparable with another's: a grid over models has no common loss.
+    # A loss per token of one tokenizer is not comparable with another's: a grid over models has no common loss; nor
+    # are losses of different functions (a grid over preference.beta or preference.loss).
     one_model = len({row.get("model") for row in finished}) <= 1
+    one_loss = len({row.get("validation_loss_of", "") for row in finished}) <= 1
     chosen = next(((name, label, higher) for name, label, higher in RANKINGS
-                   if finished and all(row.get(name) is not None for row in finished) and (name != "validation_loss" or one_model)), None)
-    why = "no validation rows" if one_model else "the models' validation losses are per token of different tokenizers"
+                   if finished and all(row.get(name) is not None for row in finished)
+                   and (name != "validation_loss" or (one_model and one_loss))), None)
+    if not one_model:
+        why = "the models' validation losses are per token of different tokenizers"
+    elif not one_loss:
+        why = "the variants' validation losses are of different losses (preference.loss, preference.beta)"
+    else:
+        why = "no validation rows"
     for row in finished:
         if chosen is None:
             row.update(ranked_by=f"the test metric ({why}: this selects on test)", rank_value=row["after"])

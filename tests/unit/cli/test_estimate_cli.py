@@ -93,3 +93,44 @@ def test_the_table_notes_a_baseline_skip_hopeless_may_skip(tmp_path, tiny_model_
     assert "note: base may be skipped by eval.skip_hopeless when its validation score shows it cannot beat classical" in printed, printed
     quiet = CliRunner().invoke(cli_main.app, ["estimate", str(config), "--steps", "1", "eval.skip_hopeless=false"], terminal_width=200)
     assert quiet.exit_code == 0 and "skip_hopeless" not in quiet.output, quiet.output
+
+
+def test_a_provider_runs_estimate_is_its_price_and_budget_as_tunelab_run_checks_them(tmp_path, tiny_model_dir):
+    """A `train.backend: openai` config: `tunelab estimate` timed LoRA steps here, priced GPUs, said "budget.max_usd not
+    checked" and then "within budget", while `tunelab run` of the same config stopped before uploading, over
+    budget.max_usd at the provider's per-token price. The estimate is now the provider's price `tunelab run` computes."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+    from tunelab.config import load_config
+    from tunelab.data.split import make_split
+    from tunelab.remote.finetune import chat_lines, estimate_cloud_cost
+    from tunelab.runs import load_model
+    from tunelab.tasks.pipeline import cloud_conversations
+
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) + "\n" for i in range(40)))
+    config = tmp_path / "cloud.yaml"
+    config.write_text(
+        f"task: sft\nmodel:\n  name: {tiny_model_dir}\n  endpoint: {{base_url: 'http://127.0.0.1:9/v1', name: gpt-4o-mini-2024-07-18, "
+        "api_key_env: null}\ndata:\n  train: train.jsonl\n  max_length: 32\ntrain:\n  backend: openai\n  epochs: 3\n"
+        "budget:\n  max_usd: 0.000001\n"
+    )
+    resolved = load_config(config, [])
+    tokenizer = load_model(str(tiny_model_dir)).tokenizer
+    rows = chat_lines(cloud_conversations(make_split(resolved).train, resolved, []))
+    expected = estimate_cloud_cost(rows, 3, "gpt-4o-mini-2024-07-18", count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
+    assert expected.usd > 0.000001  # tunelab run stops this run before uploading
+
+    runner = CliRunner()
+    data = json.loads(runner.invoke(cli_main.app, ["estimate", str(config), "--json"]).output)
+    assert data["backend"] == "openai" and data["usd"] == expected.usd and data["training_tokens"] == expected.training_tokens
+    assert data["budget"]["over"] is True and "budget.max_usd" in data["budget"]["reasons"][0]
+    assert data.get("calibration") is None  # nothing trains here: no timed steps
+    table = runner.invoke(cli_main.app, ["estimate", str(config)], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert "over budget" in table.output and "within budget" not in table.output and "On GPUs" not in table.output, table.output
+    assert "gpt-4o-mini-2024-07-18" in table.output, table.output
+    within = runner.invoke(cli_main.app, ["estimate", str(config), "budget.max_usd=5"], terminal_width=200)
+    assert "within budget" in within.output and "over budget" not in within.output, within.output

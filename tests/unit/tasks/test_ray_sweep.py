@@ -36,6 +36,9 @@ def _env(tmp_path: Path) -> dict:
         PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false", TUNELAB_CACHE=str(tmp_path / "cache"), RAY_USAGE_STATS_ENABLED="0",
         TUNE_GLOBAL_CHECKPOINT_S="1", RAY_CHDIR_TO_TRIAL_DIR="0",
+        # A Ray started in-process before (another test's) leaves ~/.ray/auth_token: the head then wants a token the
+        # worker's `ray start` did not send (AuthenticationError). These nodes listen on the loopback only.
+        RAY_AUTH_MODE="disabled",
     )
     return env
 

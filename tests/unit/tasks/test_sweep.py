@@ -55,6 +55,41 @@ def test_the_ray_engine_refuses_an_unknown_metric_before_starting_ray(tmp_path):
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("option", [{"asha": True}, {"search": "optuna", "trials": 4}])
+def test_the_ray_engine_refuses_asha_or_optuna_over_losses_that_are_not_comparable(tmp_path, option):
+    """ASHA stops a trial whose validation loss lags the others', Optuna draws towards the lowest: with --grid model=...
+    (a loss per token of one tokenizer against another's) or a preference loss of another beta, they stopped and chose
+    trials by numbers the leaderboard itself refuses to rank."""
+    pytest.importorskip("ray.tune")
+    pytest.importorskip("optuna")
+    import ray
+
+    from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+
+    config = _sweep_config(tmp_path)
+    with pytest.raises(ConfigError, match="--grid model"):
+        run_ray_sweep(config, [], ["model=tiny,other", "train.lr=1e-4,2e-4"], RaySweepSettings(**option))
+    config.write_text(config.read_text().replace("task: classify", "task: preference"))
+    with pytest.raises(ConfigError, match="--grid preference.beta"):
+        run_ray_sweep(config, [], ["preference.beta=0.1,0.5"], RaySweepSettings(**option))
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("resources", [{"cpus_per_trial": 4096}, {"gpus_per_trial": 4096}])
+def test_a_ray_sweep_started_here_refuses_trials_this_machine_cannot_place(tmp_path, resources):
+    """`--gpus-per-trial 1` on a CPU machine (or more CPUs a trial than it has), with the Ray started for the sweep: no
+    trial could ever start, and the sweep waited for ever, Ray Tune warning once a minute on stderr."""
+    pytest.importorskip("ray.tune")
+    import ray
+
+    from tunelab.tasks.ray_sweep import RaySweepSettings, run_ray_sweep
+
+    with pytest.raises(ConfigError, match="no trial could start") as refused:
+        run_ray_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"], RaySweepSettings(**resources))
+    assert "4096" in str(refused.value) and "--address" in refused.value.hint, refused.value
+    assert not ray.is_initialized()  # the Ray it started is shut down again
+
+
 def test_continuing_a_ray_sweep_with_another_grid_config_or_overrides_is_refused(tmp_path):
     from tunelab.tasks.ray_sweep import RaySweepSettings, same_sweep
 
@@ -130,14 +165,15 @@ def test_a_grid_key_that_changes_the_test_or_validation_rows_is_refused_before_a
     assert len(names) == 4
 
 
-def _entry(name, test_accuracy, validation_accuracy, validation_loss, model="default"):
+def _entry(name, test_accuracy, validation_accuracy, validation_loss, model="default", task="classify", preference=None):
     from types import SimpleNamespace
 
     metric = SimpleNamespace(name="accuracy", before=0.5, after=test_accuracy, difference=test_accuracy - 0.5, low=0.0, high=0.1,
                              higher_is_better=True)
     comparison = SimpleNamespace(primary="accuracy", metrics=[metric], metric=lambda name: metric, verdict="better", strongest="classical")
     train = {"best_validation_loss": validation_loss, "best_validation_score": validation_accuracy}
-    config = SimpleNamespace(model=SimpleNamespace(name=model))
+    preference = preference or SimpleNamespace(beta=0.1, loss="sigmoid")
+    config = SimpleNamespace(model=SimpleNamespace(name=model), task=task, preference=preference)
     return sweep.SweepEntry([f"train.lr={name}"], SimpleNamespace(name=name, comparison=comparison, train=train, config=config))
 
 
@@ -165,6 +201,25 @@ def test_a_grid_over_models_is_not_ranked_by_losses_of_different_tokenizers():
     rows = sweep.leaderboard(entries)
     assert [row["overrides"] for row in rows] == ["train.lr=a", "train.lr=b"]
     assert "different tokenizers" in rows[0]["ranked_by"] and "selects on test" in rows[0]["ranked_by"]
+
+
+def test_a_grid_over_the_preference_loss_is_not_ranked_by_losses_of_different_losses():
+    """A preference run's validation loss is its DPO loss, with its own beta and loss type: `--grid preference.beta=0.1,1`
+    ranked the variants by numbers of different functions (at beta 1 the same margins give a lower sigmoid loss; ipo's
+    squared loss has another scale), and the sweep named the winner by them."""
+    from types import SimpleNamespace
+
+    def variant(name, test, loss, beta, kind="sigmoid"):
+        return _entry(name, test, None, loss, task="preference", preference=SimpleNamespace(beta=beta, loss=kind))
+
+    rows = sweep.leaderboard([variant("a", 0.6, 0.2, 1.0), variant("b", 0.8, 0.6, 0.1)])
+    assert [row["overrides"] for row in rows] == ["train.lr=b", "train.lr=a"]
+    assert "preference" in rows[0]["ranked_by"] and "selects on test" in rows[0]["ranked_by"], rows[0]["ranked_by"]
+    rows = sweep.leaderboard([variant("a", 0.6, 0.2, 0.1, "ipo"), variant("b", 0.8, 0.6, 0.1)])
+    assert [row["overrides"] for row in rows] == ["train.lr=b", "train.lr=a"] and "selects on test" in rows[0]["ranked_by"]
+    # One loss, variants of another key: the validation loss ranks them, as for sft.
+    rows = sweep.leaderboard([variant("a", 0.6, 0.2, 0.1), variant("b", 0.8, 0.6, 0.1)])
+    assert [row["overrides"] for row in rows] == ["train.lr=a", "train.lr=b"] and rows[0]["ranked_by"] == "validation loss"
 
 
 def test_the_cli_leaderboard_says_what_it_ranked_by(tmp_path, monkeypatch):
