@@ -12,6 +12,7 @@ the fairest question the base model can be asked.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -318,24 +319,42 @@ def end_of_turn(tokenizer: Any, answer: list[int], eos: int | None) -> int | Non
     return end if end and answer[end - 1] in special else None
 
 
-def answer_ids(tokenizer: Any, opened: str, full: str) -> list[int]:
-    """The ids of the answer ``full`` adds to ``opened`` (a prompt's text with the assistant turn opened).
+def answer_ids(tokenizer: Any, opened: str, full: str, opened_ids: list[int] | None = None) -> list[int]:
+    """The ids of the answer ``full`` adds to ``opened`` (a prompt's text with the assistant turn opened; ``opened_ids``:
+    its ids encoded whole, where the caller has them).
 
     With a chat template: the ids the whole text has after the prompt's, as a runtime encodes the template's text (a
     SentencePiece tokenizer puts "▁" before a text encoded on its own); the answer's text alone where the whole text
     merges a token across the answer's start. The plain turns' answers are always encoded alone (``_plain_prompt_ids``).
     """
     if getattr(tokenizer, "chat_template", None):
-        whole, start = tokenizer.encode(full, add_special_tokens=False), tokenizer.encode(opened, add_special_tokens=False)
+        whole = tokenizer.encode(full, add_special_tokens=False)
+        start = tokenizer.encode(opened, add_special_tokens=False) if opened_ids is None else opened_ids
         if whole[: len(start)] == start:
             return whole[len(start) :]
     answer = full[len(opened) :]
     return tokenizer.encode(answer, add_special_tokens=False) if answer else []
 
 
+# appends_eos of a tokenizer, by what its answer depends on: it is asked for every later turn of every dialogue.
+_APPENDS_EOS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bool]] = weakref.WeakKeyDictionary()
+
+
 def appends_eos(tokenizer: Any) -> bool:
     """Whether ``tokenize_sft`` adds EOS after this tokenizer's assistant turns (the data check's lengths count it, and
     ``render_prompt_ids`` then puts it after each earlier answer, as training has it)."""
+    key = (getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id, len(tokenizer))
+    try:
+        cached = _APPENDS_EOS.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced is probed each time
+        return _probe_appends_eos(tokenizer)
+    if cached is None or cached[0] != key:
+        cached = (key, _probe_appends_eos(tokenizer))
+        _APPENDS_EOS[tokenizer] = cached
+    return cached[1]
+
+
+def _probe_appends_eos(tokenizer: Any) -> bool:
     probe = [{"role": "user", "content": "hi"}]
     try:
         prompt = render_chat(tokenizer, probe, add_generation_prompt=True)
@@ -345,6 +364,14 @@ def appends_eos(tokenizer: Any) -> bool:
         # turn, as it did before this rule; the records themselves are rendered (and refused) as they are.
         return True
     return end_of_turn(tokenizer, answer_ids(tokenizer, prompt, full), tokenizer.eos_token_id) is None
+
+
+def pieced_prompt(tokenizer: Any, messages: Sequence[Message]) -> bool:
+    """Whether ``render_prompt_ids`` gives a templated ``messages`` in pieces (``_plain_prompt_ids``), not as the
+    template's text encoded whole: an earlier answer the template closes with no token of its own is closed by the
+    EOS trained after it, which that text lacks."""
+    answered = any(m["role"] == "assistant" and not m.get(FEW_SHOT_ANSWER) for m in messages)
+    return answered and appends_eos(tokenizer)
 
 
 def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[dict[str, Any]] = ()) -> list[int]:
@@ -357,8 +384,7 @@ def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[d
     Raises:
         DataError: when the chat template refuses the conversation (see ``_apply_template``).
     """
-    answered = any(m["role"] == "assistant" and not m.get(FEW_SHOT_ANSWER) for m in messages)
-    if getattr(tokenizer, "chat_template", None) and not (answered and appends_eos(tokenizer)):
+    if getattr(tokenizer, "chat_template", None) and not pieced_prompt(tokenizer, messages):
         shown, extra = chat_inputs(tokenizer, messages, tools)
         ids = _apply_template(tokenizer, shown, extra, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):

@@ -200,7 +200,12 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
         # The context before each answer is the inference prompt itself (``render_prompt_ids``: a template's text
         # encoded whole, as evaluation, serve and any chat runtime send it; the plain turns and a template that closes
         # an answer with no token of its own get each earlier answer closed by the EOS added after it below).
-        prompt = render_prompt_ids(tokenizer, messages[:index], record.tools)
+        opened_ids = None
+        if templated and not templates.pieced_prompt(tokenizer, messages[:index]):
+            # What render_prompt_ids gives, the text just rendered encoded whole (not rendered a third time).
+            prompt = opened_ids = _encode(tokenizer, with_prompt)
+        else:
+            prompt = render_prompt_ids(tokenizer, messages[:index], record.tools)
         if prompt[: len(input_ids)] != input_ids:
             raise DataError(
                 f"{record.source}: the tokenizer of {getattr(tokenizer, 'name_or_path', '') or 'the model'} encodes the "
@@ -214,7 +219,7 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
         if templated and tokenizer.eos_token and full.endswith(tokenizer.eos_token):
             closing = _conversation_end(tokenizer) if closing is None else closing
             full = full[: len(full) - len(closing)]
-        answer = templates.answer_ids(tokenizer, with_prompt, full)
+        answer = templates.answer_ids(tokenizer, with_prompt, full, opened_ids)
         rendered = full
         train = float(message.get("weight", 1)) != 0
         end = templates.end_of_turn(tokenizer, answer, eos)
