@@ -27,8 +27,14 @@ from tunelab.data.labels import LabelMap
 from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 from tunelab.data.split import conflict_only_label_warnings
-from tunelab.data.templates import classify_messages, render_chat, render_prompt_ids, with_system_prompt
-from tunelab.data.tokenize import IGNORE_INDEX, appends_eos, tokenize_classify, tokenize_sft, tokenize_text
+from tunelab.data.templates import (
+    appends_eos,
+    classify_messages,
+    render_chat,
+    render_prompt_ids,
+    with_system_prompt,
+)
+from tunelab.data.tokenize import IGNORE_INDEX, tokenize_classify, tokenize_sft, tokenize_text
 from tunelab.errors import DataError
 
 FEW_EXAMPLES = 100

@@ -12,6 +12,7 @@ the fairest question the base model can be asked.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -297,15 +298,93 @@ def template_with_system_prompt(tokenizer: Any, system_prompt: str | None) -> st
     return result
 
 
+def end_of_turn(tokenizer: Any, answer: list[int], eos: int | None) -> int | None:
+    """How many of an assistant turn's ids are trained: through its end-of-turn token; None: the template wrote none.
+
+    What the template adds after that token (Gemma's and ChatML's newline) is not the answer. A turn that ends
+    with a special token other than EOS (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, Phi-3's ``<|end|>``)
+    gets no EOS after it: the model would learn tokens no chat runtime sends, and in a dialogue an EOS
+    in the middle of every later turn's context (generation stops at these tokens: ``models.generate``).
+    """
+    if eos is not None and eos in answer:
+        return len(answer) - answer[::-1].index(eos)
+    if not getattr(tokenizer, "chat_template", None):
+        return None  # the plain "Answer: " turns have no end-of-turn token of their own
+    # Turn markers are special without being named (Llama 3's <|eot_id|>): the added tokens flagged special count too.
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)}
+    end = len(answer)
+    while end and answer[end - 1] not in special and not tokenizer.decode([answer[end - 1]]).strip():
+        end -= 1
+    return end if end and answer[end - 1] in special else None
+
+
+def answer_ids(tokenizer: Any, opened: str, full: str, opened_ids: list[int] | None = None) -> list[int]:
+    """The ids of the answer ``full`` adds to ``opened`` (a prompt's text with the assistant turn opened; ``opened_ids``:
+    its ids encoded whole, where the caller has them).
+
+    With a chat template: the ids the whole text has after the prompt's, as a runtime encodes the template's text (a
+    SentencePiece tokenizer puts "▁" before a text encoded on its own); the answer's text alone where the whole text
+    merges a token across the answer's start. The plain turns' answers are always encoded alone (``_plain_prompt_ids``).
+    """
+    if getattr(tokenizer, "chat_template", None):
+        whole = tokenizer.encode(full, add_special_tokens=False)
+        start = tokenizer.encode(opened, add_special_tokens=False) if opened_ids is None else opened_ids
+        if whole[: len(start)] == start:
+            return whole[len(start) :]
+    answer = full[len(opened) :]
+    return tokenizer.encode(answer, add_special_tokens=False) if answer else []
+
+
+# appends_eos of a tokenizer, by what its answer depends on: it is asked for every later turn of every dialogue.
+_APPENDS_EOS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bool]] = weakref.WeakKeyDictionary()
+
+
+def appends_eos(tokenizer: Any) -> bool:
+    """Whether ``tokenize_sft`` adds EOS after this tokenizer's assistant turns (the data check's lengths count it, and
+    ``render_prompt_ids`` then puts it after each earlier answer, as training has it)."""
+    key = (getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id, len(tokenizer))
+    try:
+        cached = _APPENDS_EOS.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced is probed each time
+        return _probe_appends_eos(tokenizer)
+    if cached is None or cached[0] != key:
+        cached = (key, _probe_appends_eos(tokenizer))
+        _APPENDS_EOS[tokenizer] = cached
+    return cached[1]
+
+
+def _probe_appends_eos(tokenizer: Any) -> bool:
+    probe = [{"role": "user", "content": "hi"}]
+    try:
+        prompt = render_chat(tokenizer, probe, add_generation_prompt=True)
+        full = render_chat(tokenizer, [*probe, {"role": "assistant", "content": "ok"}], add_generation_prompt=False)
+    except DataError:
+        # A template that refuses this conversation (one wanting a system turn first): the check counts an EOS per
+        # turn, as it did before this rule; the records themselves are rendered (and refused) as they are.
+        return True
+    return end_of_turn(tokenizer, answer_ids(tokenizer, prompt, full), tokenizer.eos_token_id) is None
+
+
+def pieced_prompt(tokenizer: Any, messages: Sequence[Message]) -> bool:
+    """Whether ``render_prompt_ids`` gives a templated ``messages`` in pieces (``_plain_prompt_ids``), not as the
+    template's text encoded whole: an earlier answer the template closes with no token of its own is closed by the
+    EOS trained after it, which that text lacks."""
+    answered = any(m["role"] == "assistant" and not m.get(FEW_SHOT_ANSWER) for m in messages)
+    return answered and appends_eos(tokenizer)
+
+
 def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[dict[str, Any]] = ()) -> list[int]:
     """Token ids of ``messages`` with the assistant turn opened, ready for the answer's first token.
 
-    Without a chat template: the ids ``tokenize_sft`` trains before an answer (``_plain_prompt_ids``).
+    With a chat template: its text encoded whole, as any chat runtime sends it. Without one, or with one that closes
+    an answer with no token of its own (a newline only): the ids ``tokenize_sft`` trains before an answer
+    (``_plain_prompt_ids``, each earlier answer closed by the EOS trained after it).
 
     Raises:
         DataError: when the chat template refuses the conversation (see ``_apply_template``).
     """
-    if getattr(tokenizer, "chat_template", None):
+    if getattr(tokenizer, "chat_template", None) and not pieced_prompt(tokenizer, messages):
         shown, extra = chat_inputs(tokenizer, messages, tools)
         ids = _apply_template(tokenizer, shown, extra, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
@@ -315,8 +394,9 @@ def render_prompt_ids(tokenizer: Any, messages: list[Message], tools: Sequence[d
 
 
 def _plain_prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]]) -> list[int]:
-    """The prompt ids of a model without a chat template: ``render_chat``'s text cut at each assistant answer, each
-    piece tokenized on its own (only the first with the tokenizer's special tokens, e.g. a BOS), each earlier answer
+    """The prompt ids of a model without a chat template, or with one that closes an answer with no token of its own:
+    ``render_chat``'s text cut at each assistant answer, each piece tokenized on its own (only the first with the
+    tokenizer's special tokens, e.g. a BOS, where no template writes its own), each earlier answer (``answer_ids``)
     closed by EOS. ``tokenize_sft`` takes the context before every answer it trains from here.
 
     The inference side follows training, not the reverse: the model must learn to stop, so each trained answer ends
@@ -329,18 +409,20 @@ def _plain_prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequen
     """
     ids: list[int] = []
     rendered = ""
+    # A chat template writes its own BOS (and encode()'s would double it); the plain turns get the tokenizer's.
+    own_specials = not getattr(tokenizer, "chat_template", None)
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or message.get(FEW_SHOT_ANSWER):
             continue
         opened = render_chat(tokenizer, messages[:index], tools=tools, add_generation_prompt=True)
-        ids += tokenizer.encode(opened[len(rendered) :], add_special_tokens=not rendered)
+        ids += tokenizer.encode(opened[len(rendered) :], add_special_tokens=own_specials and not rendered)
         rendered = render_chat(tokenizer, messages[: index + 1], tools=tools)
-        answer = rendered[len(opened) :]
-        answer_ids = tokenizer.encode(answer, add_special_tokens=False) if answer else []
-        # As tokenize_sft trains it: EOS after the answer, unless the answer's text already wrote one.
-        ids += answer_ids if tokenizer.eos_token_id in answer_ids else [*answer_ids, tokenizer.eos_token_id]
+        answer = answer_ids(tokenizer, opened, rendered)
+        # As tokenize_sft trains it: EOS after the answer, unless the answer's text already wrote an end of turn.
+        closed = end_of_turn(tokenizer, answer, tokenizer.eos_token_id) is not None
+        ids += answer if closed else [*answer, tokenizer.eos_token_id]
     opened = render_chat(tokenizer, messages, tools=tools, add_generation_prompt=True)
-    return ids + tokenizer.encode(opened[len(rendered) :], add_special_tokens=not rendered)
+    return ids + tokenizer.encode(opened[len(rendered) :], add_special_tokens=own_specials and not rendered)
 
 
 def few_shot_chat(prompt_messages: Sequence[Message], examples: Sequence[tuple[Sequence[Message], str]]) -> list[Message]:

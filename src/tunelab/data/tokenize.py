@@ -139,57 +139,42 @@ def _eos_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id
 
 
-def _end_of_turn(tokenizer: Any, answer: list[int], eos: int) -> int | None:
-    """How many of an assistant turn's ids are trained: through its end-of-turn token; None: the template wrote none.
-
-    What the template adds after that token (Gemma's and ChatML's newline) is not the answer. A turn that ends
-    with a special token other than EOS (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, Phi-3's ``<|end|>``)
-    gets no EOS after it: the model would learn tokens no chat runtime sends, and in a dialogue an EOS
-    in the middle of every later turn's context (generation stops at these tokens: ``models.generate``).
-    """
-    if eos in answer:
-        return len(answer) - answer[::-1].index(eos)
-    if not getattr(tokenizer, "chat_template", None):
-        return None  # the plain "Answer: " turns have no end-of-turn token of their own
-    # Turn markers are special without being named (Llama 3's <|eot_id|>): the added tokens flagged special count too.
-    special = set(tokenizer.all_special_ids)
-    special |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)}
-    end = len(answer)
-    while end and answer[end - 1] not in special and not tokenizer.decode([answer[end - 1]]).strip():
-        end -= 1
-    return end if end and answer[end - 1] in special else None
-
-
-def appends_eos(tokenizer: Any) -> bool:
-    """Whether ``tokenize_sft`` adds EOS after this tokenizer's assistant turns (the data check's lengths count it)."""
-    probe = [{"role": "user", "content": "hi"}]
+def _conversation_end(tokenizer: Any) -> str:
+    """The text a chat template writes after a conversation's last message only ("" for most): Phi-3's writes EOS when
+    no assistant turn is opened, so an answer rendered last ends with it and the same answer before the next turn does
+    not. It is no part of the answer's turn: training leaves it out, as every later turn's context does."""
+    eos = tokenizer.eos_token or ""
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     try:
-        prompt = render_chat(tokenizer, probe, add_generation_prompt=True)
-        full = render_chat(tokenizer, [*probe, {"role": "assistant", "content": "ok"}], add_generation_prompt=False)
+        closed = render_chat(tokenizer, probe)
+        followed = render_chat(tokenizer, [*probe, {"role": "user", "content": "hi"}], add_generation_prompt=True)
     except DataError:
-        # A template that refuses this conversation (one wanting a system turn first): the check counts an EOS per
-        # turn, as it did before this rule; the records themselves are rendered (and refused) as they are.
-        return True
-    return _end_of_turn(tokenizer, _encode(tokenizer, full[len(prompt) :]), _eos_id(tokenizer)) is None
+        return ""
+    if eos and not followed.startswith(closed) and closed.endswith(eos) and followed.startswith(closed[: -len(eos)]):
+        return eos
+    return ""
 
 
 def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prompt: str | None = None) -> TokenizedExample:
     """Render ``record`` (after ``system_prompt``) with the chat template and mask everything but the trained assistant turns.
 
-    The conversation is rendered up to each assistant turn and tokenized piece by piece between those
-    boundaries (user, system and tool turns are context, never trained); chat templates start each
-    turn with special tokens, so the pieces concatenate to exactly the ids of the whole text. Tool
-    calls and the record's tool schemas go through ``templates.render_chat``.
+    The context before each assistant turn is the prompt inference sends for the conversation up to it
+    (``render_prompt_ids``; user, system and tool turns are context, never trained), and the answer is
+    the ids the whole text has after that prompt's text. Tool calls and the record's tool schemas go
+    through ``templates.render_chat``.
 
     Raises:
-        DataError: when the chat template refuses the conversation, or does not render a conversation's
-            beginning the same way as the whole conversation (the trained tokens could not be found).
+        DataError: when the chat template refuses the conversation, or does not render (or the tokenizer
+            encode) a conversation's beginning the same way as the whole conversation (the trained tokens
+            could not be found).
     """
     eos = _eos_id(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
     rendered = ""
     messages = with_system_prompt(list(record.messages), system_prompt)
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    closing: str | None = None  # _conversation_end, probed only for an answer whose text ends with EOS
 
     def render(upto: int, *, opened: bool) -> str:
         try:
@@ -212,20 +197,32 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, system_prom
             continue
         # The generation prompt (e.g. "<|im_start|>assistant\n") belongs to the prompt side.
         with_prompt = render(index, opened=True)
-        if not getattr(tokenizer, "chat_template", None):
-            # No template: the context before each answer is the inference prompt itself (``render_prompt_ids``: the
-            # tokenizer's own special tokens first, each earlier answer closed by the EOS added after it below).
-            piece = render_prompt_ids(tokenizer, messages[:index], record.tools)[len(input_ids) :]
+        # The context before each answer is the inference prompt itself (``render_prompt_ids``: a template's text
+        # encoded whole, as evaluation, serve and any chat runtime send it; the plain turns and a template that closes
+        # an answer with no token of its own get each earlier answer closed by the EOS added after it below).
+        opened_ids = None
+        if templated and not templates.pieced_prompt(tokenizer, messages[:index]):
+            # What render_prompt_ids gives, the text just rendered encoded whole (not rendered a third time).
+            prompt = opened_ids = _encode(tokenizer, with_prompt)
         else:
-            piece = _encode(tokenizer, with_prompt[len(rendered) :])
+            prompt = render_prompt_ids(tokenizer, messages[:index], record.tools)
+        if prompt[: len(input_ids)] != input_ids:
+            raise DataError(
+                f"{record.source}: the tokenizer of {getattr(tokenizer, 'name_or_path', '') or 'the model'} encodes the "
+                f"conversation before turn {index} otherwise than its beginning, so the context trained is not the prompt served",
+                "give each record one assistant turn to learn (the earlier turns as context in it)",
+            )
+        piece = prompt[len(input_ids) :]
         input_ids += piece
         labels += [IGNORE_INDEX] * len(piece)
-        rendered = with_prompt
         full = render(index + 1, opened=False)
-        answer = _encode(tokenizer, full[len(rendered) :])
+        if templated and tokenizer.eos_token and full.endswith(tokenizer.eos_token):
+            closing = _conversation_end(tokenizer) if closing is None else closing
+            full = full[: len(full) - len(closing)]
+        answer = templates.answer_ids(tokenizer, with_prompt, full, opened_ids)
         rendered = full
         train = float(message.get("weight", 1)) != 0
-        end = _end_of_turn(tokenizer, answer, eos)
+        end = templates.end_of_turn(tokenizer, answer, eos)
         if end is None:
             answer = answer + [eos]
             end = len(answer)

@@ -143,7 +143,7 @@ def test_the_data_check_counts_the_ids_tokenize_sft_builds(name, request, tmp_pa
 
 def test_the_eos_rule_of_a_template_that_refuses_the_probe_does_not_stop_the_check():
     # A template that wants a system turn first refused the one-user-turn probe: the whole data check failed.
-    from tunelab.data.tokenize import appends_eos
+    from tunelab.data.templates import appends_eos
 
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = (

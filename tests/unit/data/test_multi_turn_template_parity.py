@@ -79,23 +79,6 @@ STYLES = {
     "newline": (NEWLINE, ["<|endoftext|>"], "<|endoftext|>", "<|endoftext|>"),
 }
 
-PHI3_REFUSED = (
-    "Phi-3's template writes EOS after the last message only (add_generation_prompt false): the answer's turn is "
-    "rendered with it, the next turn's context without it, so tokenize_sft refuses every multi-turn record "
-    "(DataError 'renders an earlier turn differently') and trains '<|end|>', '\\n', EOS after a last answer; "
-    "fix in data/tokenize.py (see the report)"
-)
-NEWLINE_EOS = (
-    "tokenize_sft adds EOS after an answer whose template writes no end-of-turn token, and the EOS stays in the later "
-    "turns' context; render_prompt_ids (templated) renders those turns without it, so a served multi-turn prompt is "
-    "not the trained context; fix in data/templates.py (see the report)"
-)
-PIECEWISE = (
-    "tokenize_sft encodes a templated conversation piece by piece; a SentencePiece-style tokenizer puts '▁' before "
-    "each piece, so an earlier answer is trained as '▁four' (and Llama 2's as '▁', '▁four') where the served prompt, "
-    "encoded whole, has 'four'; fix in data/tokenize.py (see the report)"
-)
-
 
 def _byte_level(special: list[str], bos: str, eos: str, template: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -125,7 +108,10 @@ def _sentencepiece_style(template: str):
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    # The newline a template writes is a token (Llama 2's byte fallback has one), never <unk>.
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=["\n"], show_progress=False
+    )
     backend.train_from_iterator([text.replace(" ", "▁") for text in _CORPUS], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.chat_template = template
@@ -170,20 +156,16 @@ def _answers(labels: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _cases(styles, turns, marks=()):
-    return [pytest.param(style, n, system, id=f"{style}-{n}turns{'-system' if system else ''}", marks=marks)
+def _cases(styles, turns):
+    return [pytest.param(style, n, system, id=f"{style}-{n}turns{'-system' if system else ''}")
             for style in styles for n in turns for system in (False, True)]
 
 
-AGREEING = ("chatml", "llama3", "gemma", "mistral", "llama2")
-CASES = [
-    *_cases(AGREEING, (1, 2, 3)),
-    *_cases(("newline",), (1,)),
-    *_cases(("newline",), (2, 3), pytest.mark.xfail(strict=True, reason=NEWLINE_EOS)),
-    *_cases(("phi3",), (1, 2, 3), pytest.mark.xfail(strict=True, reason=PHI3_REFUSED)),
-    *_cases(("mistral-sentencepiece", "llama2-sentencepiece"), (1,)),
-    *_cases(("mistral-sentencepiece", "llama2-sentencepiece"), (2, 3), pytest.mark.xfail(strict=True, reason=PIECEWISE)),
-]
+CASES = _cases(
+    ("chatml", "llama3", "gemma", "mistral", "llama2", "newline", "phi3", "mistral-sentencepiece", "llama2-sentencepiece",
+     "newline-sentencepiece"),
+    (1, 2, 3),
+)
 
 
 @pytest.mark.parametrize(("style", "turns", "system"), CASES)
