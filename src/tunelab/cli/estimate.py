@@ -143,6 +143,7 @@ def estimate(
 def _provider_estimate(config, table, as_json: bool) -> None:
     """A provider trains the run: its job's price and ``budget.max_usd`` as ``tunelab run`` checks them before uploading,
     never a time on this machine nor a GPU's price."""
+    from tunelab.estimate.summary import provider_summary
     from tunelab.tasks.pipeline import estimate_cloud_run
 
     with progress_display(quiet=as_json) as display:
@@ -155,12 +156,8 @@ def _provider_estimate(config, table, as_json: bool) -> None:
     summary = Table(title=f"Estimate: {config.task}, fine-tuned by the provider ({endpoint.name} at {endpoint.base_url})", show_header=False)
     summary.add_column("what")
     summary.add_column("value", justify="right")
-    summary.add_row("training examples", f"{result['examples']:,}")
-    summary.add_row("tokens per epoch", f"{result['tokens_per_epoch']:,} (counted with {result['token_count']})")
-    summary.add_row("epochs (whole)", f"{result['epochs']}")
-    summary.add_row("training tokens billed", f"{result['training_tokens']:,}")
-    usd = result["usd"]
-    summary.add_row("price", f"{money(usd)} ({result['price_source']})" if usd is not None else f"unknown: {endpoint.name} is not in the price table")
+    for what, value in provider_summary({**result, "budget": {}}):  # the budget is said below, in colour
+        summary.add_row(what, value.replace("the model is", f"{endpoint.name} is"))
     console.print(summary)
     for reason in result["budget"]["reasons"]:
         console.print(f"[red]over budget:[/red] {reason}")

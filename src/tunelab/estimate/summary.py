@@ -31,9 +31,12 @@ def cheapest(estimate: dict[str, Any] | None) -> tuple[float | None, str]:
 
 
 def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The few lines of an estimate a person decides on: tokens, steps, time here, memory, money, budget."""
+    """The few lines of an estimate a person decides on: tokens, steps, time here, memory, money, budget (a run a
+    provider trains: its job's billed tokens and price, ``provider_summary``)."""
     if not estimate:
         return []
+    if estimate.get("backend") not in (None, "local"):
+        return provider_summary(estimate)
     tokens = estimate.get("tokens") or {}
     memory = estimate.get("memory") or {}
     lines = [
@@ -59,6 +62,23 @@ def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
     usd, where = cheapest(estimate)
     if usd is not None:
         lines.append(("cheapest elsewhere", f"{money(usd)} {where}"))
+    budget = estimate.get("budget") or {}
+    if budget:
+        lines.append(("budget", "over: " + "; ".join(budget.get("reasons") or []) if budget.get("over") else "within budget"))
+    return lines
+
+
+def provider_summary(estimate: dict[str, Any]) -> list[tuple[str, str]]:
+    """The lines of a provider-trained run's estimate (``tasks.pipeline.estimate_cloud_run``, the run's own estimate step):
+    what the provider bills and the price, nothing timed or priced on this machine (it trains nothing here)."""
+    usd = estimate.get("usd")
+    lines = [
+        ("training examples", number(estimate.get("examples"))),
+        ("tokens per epoch", f"{estimate.get('tokens_per_epoch', 0):,} (counted with {estimate.get('token_count', '-')})"),
+        ("epochs (whole)", number(estimate.get("epochs"))),
+        ("training tokens billed", f"{estimate.get('training_tokens', 0):,}"),
+        ("price", f"{money(usd)} ({estimate.get('price_source')})" if usd is not None else "unknown: the model is not in the price table"),
+    ]
     budget = estimate.get("budget") or {}
     if budget:
         lines.append(("budget", "over: " + "; ".join(budget.get("reasons") or []) if budget.get("over") else "within budget"))

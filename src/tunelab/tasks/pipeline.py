@@ -1145,10 +1145,13 @@ def cloud_budget_reason(config: ResolvedConfig, estimate: dict[str, Any]) -> str
     return f"estimated {money(estimate['usd'])} > budget.max_usd {limit:g}"
 
 
-def estimate_cloud_run(config: ResolvedConfig, prices: PriceTable | None = None) -> dict[str, Any]:
+def estimate_cloud_run(
+    config: ResolvedConfig, prices: PriceTable | None = None, *, split: Split | None = None, loaded: LoadedModel | None = None
+) -> dict[str, Any]:
     """What ``tunelab estimate`` reports of a ``train.backend: openai`` config: the job's price as ``tunelab run``
     computes it before uploading (:func:`cloud_price`), and ``budget`` (``over``, ``reasons``) as it checks it.
-    Nothing trains on this machine, so nothing is timed here and no GPU is priced.
+    Nothing trains on this machine, so nothing is timed here and no GPU is priced. ``split`` / ``loaded``: the config's
+    split and model, made and loaded already (the web interface's estimate has them).
 
     Raises:
         DataError: when the data cannot be read or does not make a valid chat file.
@@ -1158,8 +1161,8 @@ def estimate_cloud_run(config: ResolvedConfig, prices: PriceTable | None = None)
     from tunelab.runs import load_model
 
     config = require_resolved(config)
-    split = make_split(config)
-    base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
+    split = split if split is not None else make_split(config)
+    base = loaded if loaded is not None else load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     _, estimate = cloud_price(config, split, base, prices)
     reason = cloud_budget_reason(config, estimate)
     return {**estimate, "budget": {"over": reason is not None, "reasons": [reason] if reason else []}}

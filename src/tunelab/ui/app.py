@@ -381,7 +381,7 @@ def create_app(settings: UISettings):
         from tunelab.data.split import make_split
         from tunelab.estimate import estimate_from_config
         from tunelab.runs import load_model
-        from tunelab.tasks.pipeline import warnings_before_start
+        from tunelab.tasks.pipeline import estimate_cloud_run, warnings_before_start
         from tunelab.ui.jobs import prepare_run
 
         config_path, overrides, calibrate = _start_body(await json_object(request))
@@ -393,11 +393,13 @@ def create_app(settings: UISettings):
             split = make_split(config)
             loaded = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
             warnings = warnings_before_start(config, loaded.tokenizer, split)  # first: calibration may change the model
-            return warnings, estimate_from_config(config, calibrate_here=calibrate, split=split, loaded=loaded)
+            if config.train.backend != "local":
+                # A provider trains it: its job's price and budget as `tunelab run` checks them, nothing timed here.
+                return warnings, estimate_cloud_run(config, split=split, loaded=loaded)
+            return warnings, estimate_from_config(config, calibrate_here=calibrate, split=split, loaded=loaded).as_dict()
 
         # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
-        warnings, result = await run_in_threadpool(check_and_estimate)
-        data = result.as_dict()
+        warnings, data = await run_in_threadpool(check_and_estimate)
         command = " ".join(["tunelab", "run", config_path, *overrides])
         return {"run": config.name, "lines": estimate_summary(data), "estimate": data, "command": command, "warnings": warnings}
 

@@ -644,3 +644,25 @@ def test_estimate_loads_the_tokenizer_once(made_run, tmp_path, tiny_model_dir, m
     assert response.status_code == 200, response.text
     assert response.json()["lines"] and any("test split" in w for w in response.json()["warnings"])  # the check's warnings came
     assert len(loads) == 1, loads
+
+
+def test_the_estimate_of_a_provider_trained_config_is_its_price_not_timed_steps_here(made_run, tmp_path, tiny_model_dir):
+    """A `train.backend: openai` config: the Start page's estimate timed LoRA steps on this machine and priced GPUs (what
+    `tunelab estimate` did too before it priced the provider's job), while `tunelab run` bills the provider's tokens."""
+    registry, _, _ = made_run
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}."}) + "\n" for i in range(40)))
+    config = tmp_path / "cloud.yaml"
+    config.write_text(
+        f"task: sft\nmodel:\n  name: {tiny_model_dir}\n  endpoint: {{base_url: 'http://127.0.0.1:9/v1', name: gpt-4o-mini-2024-07-18, "
+        f"api_key_env: null}}\ndata:\n  train: {tmp_path / 'train.jsonl'}\n  max_length: 32\ntrain:\n  backend: openai\n  epochs: 3\n"
+        f"  output_dir: {tmp_path / 'runs'}\nbudget:\n  max_usd: 0.000001\n"
+    )
+    with _client(registry, project=tmp_path) as client:
+        response = client.post("/api/estimate", json={"config": str(config)}, headers=HEADERS)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["estimate"]["backend"] == "openai" and body["estimate"]["usd"] > 0 and "seconds" not in body["estimate"]
+    lines = dict(body["lines"])
+    assert lines["training tokens billed"] == f"{body['estimate']['training_tokens']:,}" and lines["price"].startswith("$")
+    assert lines["budget"].startswith("over: ") and "budget.max_usd" in lines["budget"], lines
+    assert not any("time on this machine" in what or "cheapest" in what for what in lines), lines
