@@ -344,3 +344,66 @@ def test_the_few_shot_baseline_answers_on_the_gpu(task, tiny_model, tiny_tokeniz
                           progress=None, test_count=0)
     baselines._score_few_shot(job)
     assert answered == [True]
+
+
+def _out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB")
+
+
+def test_evaluation_out_of_memory_is_one_line_naming_what_to_lower(tiny_model, tiny_tokenizer, monkeypatch):
+    # Training's out of memory is one line naming its batch and max_length; evaluation's (its batches on the GPU now)
+    # was torch's traceback, naming neither eval.batch_size nor data.max_length.
+    from tunelab.config import DataConfig, EvalConfig
+    from tunelab.data.records import TextRecord
+    from tunelab.errors import TunelabError
+    from tunelab.evaluation.evaluate import evaluate
+    from tunelab.models.loader import LoadedModel
+    from tunelab.models.resolve import ModelSource
+
+    monkeypatch.setattr(tiny_model, "forward", _out_of_memory)
+    loaded = LoadedModel(tiny_model, tiny_tokenizer, ModelSource("folder", "/tiny", "tiny"))
+    with pytest.raises(TunelabError) as raised:
+        evaluate(loaded, [TextRecord("one two three four five six", source="a.txt")], "text",
+                 config=EvalConfig(batch_size=8), data_config=DataConfig(max_length=64))  # fmt: skip
+    message = str(raised.value)
+    assert "\n" not in message and "eval.batch_size=8" in message and "data.max_length=64" in message, message
+
+
+def test_timing_evaluation_on_a_gpu_makes_no_fp32_copy_that_would_not_fit(tiny_model, monkeypatch):
+    # The estimate times evaluation's forward in fp32 (as evaluation loads models): model.float() on the GPU doubled a
+    # bf16 model there, and a model whose training fits ran the estimate (and `tunelab run`) out of memory.
+    import importlib
+
+    calibrate_module = importlib.import_module("tunelab.estimate.calibrate")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    timed_in = []
+
+    def forward(*args, **kwargs):
+        timed_in.append(next(tiny_model.parameters()).dtype)
+        raise _Stop
+
+    monkeypatch.setattr(tiny_model.model, "forward", forward)
+    model = tiny_model.to(torch.bfloat16)
+    with CudaAsMeta():
+        model.to("cuda")
+        input_ids = torch.zeros((2, 8), dtype=torch.long, device="cuda")
+        _a_gpu_with(monkeypatch, 1000)  # the bf16 weights are there; an fp32 copy does not fit beside them
+        with pytest.raises(_Stop):
+            calibrate_module._time_generation(model, input_ids, 2, [16], device="cuda")
+        _a_gpu_with(monkeypatch, 10**12)  # room for it: timed in fp32, as evaluation runs
+        with pytest.raises(_Stop):
+            calibrate_module._time_generation(model, input_ids, 2, [16], device="cuda")
+    assert timed_in == [torch.bfloat16, torch.float32]
+
+
+def test_timing_evaluation_out_of_memory_is_one_line(tiny_model, monkeypatch):
+    import importlib
+
+    from tunelab.errors import TunelabError
+
+    calibrate_module = importlib.import_module("tunelab.estimate.calibrate")
+    monkeypatch.setattr(tiny_model.model, "forward", _out_of_memory)
+    with pytest.raises(TunelabError) as raised:
+        calibrate_module._time_generation(tiny_model, torch.zeros((2, 8), dtype=torch.long), 2, [16], device="cpu")
+    message = str(raised.value)
+    assert "\n" not in message and "out of memory" in message, message
