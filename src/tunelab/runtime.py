@@ -106,6 +106,14 @@ def bf16_matmul_speedup(rows: int = 256, inner: int = 576, outer: int = 1536) ->
         torch.set_num_threads(threads)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch running out of accelerator memory (``torch.OutOfMemoryError``, or a RuntimeError
+    that says so: cuBLAS, MPS); training and evaluation turn it into one line naming the settings to lower."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
 def default_device() -> str:
     import torch
 

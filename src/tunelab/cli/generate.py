@@ -40,39 +40,41 @@ def generate(
         context_length,
         stream_generate,
     )
-    from tunelab.models.loader import is_cached
+    from tunelab.models.loader import is_cached, on_inference_device
     from tunelab.runs import load_model, resolve_model
 
     source = resolve_model(model)
     if not is_cached(source):
         error_console.print(f"[dim]converting {source.display_name} from GGUF once (about 20 s); later loads are fast[/dim]")
     loaded = load_model(source, allow_network=allow_network)
-    run = loaded.run
-    if loaded.label_map is not None:
-        # A classify run answers with one label, as it does when evaluated and served: the one classify inference.
-        (answer,) = Classifier.for_model(loaded).classify(loaded.model, [prompt])
-        sys.stdout.write(answer.label + "\n")
-        error_console.print(f"[dim]top label {answer.top_label} with probability {answer.confidence:.3f}[/dim]")
-        return
-    max_length = run.max_length if run is not None else None
-    if run is not None and run.task == "text":
-        prepared = completion_prompt(loaded.tokenizer, prompt, max_length=max_length)  # a text run continues raw text
-    else:
-        system_prompt = system if system is not None else loaded.system_prompt
-        prepared = chat_prompt(loaded.tokenizer, [{"role": "user", "content": prompt}], system_prompt=system_prompt, max_length=max_length)
-    if prepared.truncated:
-        error_console.print(f"[yellow]warning[/yellow] the prompt is longer than the run's max_length ({max_length}): its last tokens are kept")
-    # A run decodes as its evaluation judged it (as `tunelab serve` and `tunelab eval` do), a plain model as its own
-    # generation_config says (a merged export's: as its run was judged; greedy where it says nothing), unless told otherwise.
-    decoding = run.decoding if run is not None else configured_decoding(loaded.model, Decoding())
-    decoding = decoding.told(temperature, top_p)
-    max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model), decoding.max_new_tokens)
-    for piece in stream_generate(
-        loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p
-    ):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    # Loaded on the CPU: answered on the GPU where the model fits it, as `tunelab serve` answers.
+    with on_inference_device(loaded.model):
+        run = loaded.run
+        if loaded.label_map is not None:
+            # A classify run answers with one label, as it does when evaluated and served: the one classify inference.
+            (answer,) = Classifier.for_model(loaded).classify(loaded.model, [prompt])
+            sys.stdout.write(answer.label + "\n")
+            error_console.print(f"[dim]top label {answer.top_label} with probability {answer.confidence:.3f}[/dim]")
+            return
+        max_length = run.max_length if run is not None else None
+        if run is not None and run.task == "text":
+            prepared = completion_prompt(loaded.tokenizer, prompt, max_length=max_length)  # a text run continues raw text
+        else:
+            system_prompt = system if system is not None else loaded.system_prompt
+            prepared = chat_prompt(loaded.tokenizer, [{"role": "user", "content": prompt}], system_prompt=system_prompt, max_length=max_length)
+        if prepared.truncated:
+            error_console.print(f"[yellow]warning[/yellow] the prompt is longer than the run's max_length ({max_length}): its last tokens are kept")
+        # A run decodes as its evaluation judged it (as `tunelab serve` and `tunelab eval` do), a plain model as its own
+        # generation_config says (a merged export's: as its run was judged; greedy where it says nothing), unless told otherwise.
+        decoding = run.decoding if run is not None else configured_decoding(loaded.model, Decoding())
+        decoding = decoding.told(temperature, top_p)
+        max_new_tokens = _new_tokens(len(prepared.ids), max_new_tokens, context_length(loaded.model), decoding.max_new_tokens)
+        for piece in stream_generate(
+            loaded.model, loaded.tokenizer, prepared.ids, max_new_tokens=max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p
+        ):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
 
 
 def _new_tokens(prompt_tokens: int, requested: int | None, context: int, configured: int | None = None) -> int:

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import CPU_PASS_TOKENS, ResolvedConfig
+from tunelab.errors import ConfigError
 from tunelab.estimate.plan import Calibration, ModelFacts
 from tunelab.paths import atomic_write_text, cache_dir
-from tunelab.runtime import CpuState, choose_threads, cpu_state
+from tunelab.runtime import CpuState, choose_threads, cpu_state, is_out_of_memory
 
 CALIBRATION_SUBDIR = "calibration"
 # Bumped whenever what calibrate() times changes, so measurements of an older recipe are not reused.
@@ -277,6 +278,21 @@ def calibration_rows(batch_size: int, seq_len: int, device: str) -> int:
     return max(1, min(batch_size, CPU_CALIBRATION_TOKENS // max(1, seq_len)))
 
 
+def _fp32_fits(model: Any, device: str) -> bool:
+    """Whether ``model``'s weights in fp32 fit where it is: always on the CPU; on the GPU as evaluation places a model
+    there (``models.loader.GPU_WEIGHTS_SHARE`` of the free memory, the weights it already holds counted free)."""
+    if not device.startswith("cuda"):
+        return True
+    import torch
+
+    from tunelab.models.loader import GPU_WEIGHTS_SHARE
+
+    tensors = [*model.parameters(), *model.buffers()]
+    held = sum(t.numel() * t.element_size() for t in tensors)
+    fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in tensors)
+    return fp32 <= GPU_WEIGHTS_SHARE * (torch.cuda.mem_get_info(device)[0] + held)
+
+
 def _time_generation(
     model: Any, input_ids: Any, rows: int | None, contexts: list[int], *, device: str, quantized: bool = False
 ) -> dict[str, Any]:
@@ -285,7 +301,9 @@ def _time_generation(
     that run the model), and one decode step (a new token for each of ``rows`` rows) over a KV cache of each of
     ``contexts`` tokens (none: no generation timed).
 
-    In fp32 (evaluation loads models in fp32: ``runs.load_model``; a 4-bit base stays as it is) and inference mode.
+    In fp32 (evaluation loads models in fp32: ``runs.load_model``; a 4-bit base stays as it is) and inference mode; on
+    a GPU where the fp32 weights would not fit (``_fp32_fits``: evaluation would not place them there either) in the
+    model's own dtype, without the copy that ran the estimate out of memory. Running out of memory anyway is one line.
     The KV cache is zeros: speed does not depend on its values (zeros are a memset; random values for a few-shot
     cache are a large draw, about 200M numbers for qa-assistant), and filling it by a real prefill of ``rows`` rows of a few-shot prompt would cost more than the rest of
     the calibration.
@@ -298,7 +316,7 @@ def _time_generation(
     from tunelab.models.heads import causal_lm_of
     from tunelab.models.prefix import cache_argument
 
-    if not quantized:
+    if not quantized and _fp32_fits(model, device):
         model = model.float()
     was_training = model.training
     model.eval()
@@ -316,34 +334,44 @@ def _time_generation(
 
     timed: dict[str, Any] = {"decode_rows": rows, "decode_contexts": list(contexts), "decode_seconds": []}
     generator = torch.Generator().manual_seed(1)
-    with torch.inference_mode():
-        if input_ids is not None:
-            lm.get_decoder()(input_ids=input_ids[:1, :8])  # warm-up: first-call allocations
-            synchronize()
-            start = time.perf_counter()
-            hidden = lm.get_decoder()(input_ids=input_ids).last_hidden_state[:, -1]
-            lm.get_output_embeddings()(hidden).argmax(-1)
-            synchronize()
-            timed["forward_seconds"] = time.perf_counter() - start
-        for context in contexts:
-            cache = DynamicCache()
-            for layer in range(int(text_config.num_hidden_layers)):
-                keys = torch.zeros((rows, n_kv, context, head_dim), device=device, dtype=dtype)
-                cache.update(keys, torch.zeros_like(keys), layer)
-            mask = torch.ones((rows, context + DECODE_STEPS + 1), dtype=torch.long, device=device)
-            token = torch.randint(0, vocab, (rows, 1), generator=generator).to(device)
-            times = []
-            for step in range(1 + DECODE_STEPS):
+    try:
+        with torch.inference_mode():
+            if input_ids is not None:
+                lm.get_decoder()(input_ids=input_ids[:1, :8])  # warm-up: first-call allocations
                 synchronize()
                 start = time.perf_counter()
-                # The causal LM inside a PEFT wrapper still runs the adapters (they are its layers).
-                out = lm(input_ids=token, attention_mask=mask[:, : context + step + 1], use_cache=True, logits_to_keep=1,
-                         **{cache_argument(lm): cache})  # fmt: skip
-                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                hidden = lm.get_decoder()(input_ids=input_ids).last_hidden_state[:, -1]
+                lm.get_output_embeddings()(hidden).argmax(-1)
                 synchronize()
-                times.append(time.perf_counter() - start)
-            timed["decode_seconds"].append(stats.median(times[1:]))
-            del cache
+                timed["forward_seconds"] = time.perf_counter() - start
+            for context in contexts:
+                cache = DynamicCache()
+                for layer in range(int(text_config.num_hidden_layers)):
+                    keys = torch.zeros((rows, n_kv, context, head_dim), device=device, dtype=dtype)
+                    cache.update(keys, torch.zeros_like(keys), layer)
+                mask = torch.ones((rows, context + DECODE_STEPS + 1), dtype=torch.long, device=device)
+                token = torch.randint(0, vocab, (rows, 1), generator=generator).to(device)
+                times = []
+                for step in range(1 + DECODE_STEPS):
+                    synchronize()
+                    start = time.perf_counter()
+                    # The causal LM inside a PEFT wrapper still runs the adapters (they are its layers).
+                    out = lm(input_ids=token, attention_mask=mask[:, : context + step + 1], use_cache=True, logits_to_keep=1,
+                             **{cache_argument(lm): cache})  # fmt: skip
+                    token = out.logits[:, -1].argmax(-1, keepdim=True)
+                    synchronize()
+                    times.append(time.perf_counter() - start)
+                timed["decode_seconds"].append(stats.median(times[1:]))
+                del cache
+    except RuntimeError as error:
+        if is_out_of_memory(error):
+            timing = [f"a forward of {input_ids.shape[0]} rows of {input_ids.shape[1]} tokens"] if input_ids is not None else []
+            timing += [f"decode steps of {rows} rows"] if contexts else []
+            raise ConfigError(
+                f"out of memory on {device} timing evaluation for the estimate ({', '.join(timing)})",
+                "lower train.batch_size or data.max_length (the forward's rows and tokens), or eval.batch_size (the decode rows)",
+            ) from None
+        raise
     model.train(was_training)
     return timed
 

@@ -81,6 +81,7 @@ from tunelab.inference import (
     zero_shot_extra_tokens,
 )
 from tunelab.models.generate import context_length
+from tunelab.models.loader import on_inference_device
 
 # Regularisation strengths tried by cross-validation (inverse: large C = little regularisation).
 CLASSICAL_C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -663,11 +664,13 @@ def _score_embedding(job: BaselineJob) -> EvalResult:
 @scorer("few_shot", lambda config: {"few_shot_tokens": config.few_shot_tokens})
 def _score_few_shot(job: BaselineJob) -> EvalResult:
     _expect(job.progress, job.test_count)
-    if job.task == "classify":
-        return few_shot_classify(job.base, job.train, job.records, config=job.config, data_config=job.data_config, label_map=job.label_map,
-                                 train_ids=job.train_ids, progress=job.progress)
-    return few_shot_sft(job.base, job.train, job.records, config=job.config, data_config=job.data_config, train_ids=job.train_ids,
-                        progress=job.progress)
+    # The base model, loaded on the CPU, is prompted on the GPU where it fits (as the zero-shot base baseline's evaluate does).
+    with on_inference_device(job.base.model):
+        if job.task == "classify":
+            return few_shot_classify(job.base, job.train, job.records, config=job.config, data_config=job.data_config,
+                                     label_map=job.label_map, train_ids=job.train_ids, progress=job.progress)
+        return few_shot_sft(job.base, job.train, job.records, config=job.config, data_config=job.data_config, train_ids=job.train_ids,
+                            progress=job.progress)
 
 
 @scorer("retrieval")

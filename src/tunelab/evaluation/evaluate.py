@@ -41,6 +41,7 @@ from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import Classifier, chat_prompt, zero_shot_extra_tokens
 from tunelab.models.generate import context_length, generate_answers
 from tunelab.models.loader import on_inference_device
+from tunelab.runtime import is_out_of_memory
 
 RECORD_TYPES = {"text": TextRecord, "sft": SFTRecord, "classify": ClassifyRecord, "preference": PreferenceRecord}
 Progress = Callable[[int], None]
@@ -156,18 +157,27 @@ def evaluate(
     settings: dict[str, Any] = {"batch_size": config.batch_size, "max_length": data_config.max_length}
     # Loaded on the CPU; on a GPU machine the answers are computed there (and the model given back after).
     with on_inference_device(loaded.model):
-        if task == "classify":
-            out_of_scope = resolve_out_of_scope(loaded, data_config, out_of_scope, baseline, warnings)
-            label_map = _resolve_label_map(loaded, chosen, label_map, out_of_scope)
-            rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress, out_of_scope)
-        elif task == "sft":
-            rows, metrics, more = _evaluate_sft(loaded, chosen, config, data_config, settings, progress)
-        elif task == "preference":
-            from tunelab.evaluation.preference import evaluate_preference
+        try:
+            if task == "classify":
+                out_of_scope = resolve_out_of_scope(loaded, data_config, out_of_scope, baseline, warnings)
+                label_map = _resolve_label_map(loaded, chosen, label_map, out_of_scope)
+                rows, metrics, more = _evaluate_classify(loaded, chosen, config, data_config, label_map, baseline, settings, progress, out_of_scope)
+            elif task == "sft":
+                rows, metrics, more = _evaluate_sft(loaded, chosen, config, data_config, settings, progress)
+            elif task == "preference":
+                from tunelab.evaluation.preference import evaluate_preference
 
-            rows, metrics, more = evaluate_preference(loaded, chosen, config, data_config, baseline, settings, progress)
-        else:
-            rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
+                rows, metrics, more = evaluate_preference(loaded, chosen, config, data_config, baseline, settings, progress)
+            else:
+                rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
+        except RuntimeError as error:
+            if is_out_of_memory(error):
+                # As training's: one line naming what to lower, not torch's traceback.
+                raise ConfigError(
+                    f"out of memory evaluating with eval.batch_size={config.batch_size} and data.max_length={data_config.max_length}",
+                    "lower eval.batch_size, or data.max_length",
+                ) from None
+            raise
     warnings += more
     return EvalResult(
         task=task,

@@ -29,6 +29,7 @@ from tunelab.data.tokenize import PreferenceExample, tokenize_records
 from tunelab.errors import ConfigError
 from tunelab.evaluation.predict import window_nll
 from tunelab.models.generate import context_length
+from tunelab.models.loader import on_inference_device
 
 Progress = Callable[[int], None]
 DEFAULT_BETA, DEFAULT_LOSS = 0.1, "sigmoid"
@@ -85,7 +86,8 @@ def evaluate_preference(loaded: Any, records: Sequence[PreferenceRecord], config
         reference = policy
     else:
         model, context = _reference_context(loaded)
-        with context:
+        # A full or freeze run's parent is loaded here, on the CPU: scored on the GPU where it fits, as the run was.
+        with context, on_inference_device(model):
             reference = answer_log_probs(model, examples, batch_size=config.batch_size)
     rows = []
     for (record, example), (chosen, rejected), (ref_chosen, ref_rejected) in zip(kept, policy, reference, strict=True):

@@ -26,6 +26,7 @@ from tunelab.data.split import Split, check_classify_labels
 from tunelab.data.tokenize import tokenize_records, training_prefix
 from tunelab.models.adapters import apply_method
 from tunelab.models.heads import LabelHead
+from tunelab.models.loader import on_inference_device
 from tunelab.runs import Run, RunFolder
 from tunelab.train.batching import ClassifyCollate
 from tunelab.train.losses import classify_correct_sum, classify_loss_sum
@@ -133,7 +134,9 @@ def calibrate_temperature(config: ResolvedConfig, split: Split, run_dir: str | P
                       reason="no validation queries" if not rows else "the run has no label rows in an adapter to fold the temperature into")
     else:
         prompts = [classifier.prompt(r.text)[0] for r in rows]
-        logits = classifier.logits(loaded.model, prompts, batch_size=config.eval.batch_size)
+        # Loaded on the CPU: scored on the GPU where there is one, and back before the label rows are rewritten.
+        with on_inference_device(loaded.model):
+            logits = classifier.logits(loaded.model, prompts, batch_size=config.eval.batch_size)
         targets = np.array([labels.index(r.label) for r in rows])
         temperature = fit_temperature(logits, targets)
 
@@ -190,15 +193,18 @@ def calibrate_run(config: ResolvedConfig, split: Split, run_dir: str | Path) -> 
         states = state_buffer(loaded.model, len(prompts)) if "nearest" in choices else None
         return classifier.logits(loaded.model, prompts, batch_size=config.eval.batch_size, features=states), states
 
-    logits, states = final_states(list(split.validation))
+    # Loaded on the CPU: the validation (and training) queries are scored on the GPU where there is one.
+    with on_inference_device(loaded.model):
+        logits, states = final_states(list(split.validation))
+        training_states = None
+        if "nearest" in choices:
+            _, training_states = final_states([r for r in split.train if r.label != label and r.label in labels])
     probabilities = softmax(logits)
     top = np.array(labels)[probabilities.argmax(axis=1)]
     outside = np.array([r.label == label for r in split.validation])
     correct = np.array([not out and t == r.label for t, out, r in zip(top, outside, split.validation, strict=True)])
     reference = None
-    if "nearest" in choices:
-        training = [r for r in split.train if r.label != label and r.label in labels]
-        _, training_states = final_states(training)
+    if training_states is not None:
         reference = training_states / np.maximum(np.linalg.norm(training_states, axis=1, keepdims=True), 1e-12)
     # Each candidate scored exactly as evaluation and serving will score it (OutOfScope.scores).
     scores = {name: OutOfScope(label, 0.0, score=name, reference=reference).scores(probabilities, states) for name in choices}

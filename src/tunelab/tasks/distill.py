@@ -471,13 +471,16 @@ def evaluate_teacher(teacher: AnsweringModel, test: Sequence[Any], config: Resol
 def local_latency(loaded: Any, test: Sequence[Any], config: ResolvedConfig, labels: Sequence[str] | None) -> float | None:
     """Median seconds of one request to a local model, timed one at a time on a few test records (batch 1)."""
     from tunelab.evaluation.evaluate import evaluate
+    from tunelab.models.loader import on_inference_device
 
     single = config.eval.model_copy(update={"batch_size": 1})
     timings = []
-    for record in list(test)[:LATENCY_PROBES]:
-        began = time.perf_counter()
-        evaluate(loaded, [record], config.task, config=single, data_config=config.data.model_copy(update={"max_test_examples": None}))
-        timings.append(time.perf_counter() - began)
+    # Placed once for all the probes: each evaluation would otherwise time the model's copy to the GPU and back.
+    with on_inference_device(loaded.model):
+        for record in list(test)[:LATENCY_PROBES]:
+            began = time.perf_counter()
+            evaluate(loaded, [record], config.task, config=single, data_config=config.data.model_copy(update={"max_test_examples": None}))
+            timings.append(time.perf_counter() - began)
     return sorted(timings)[len(timings) // 2] if timings else None
 
 

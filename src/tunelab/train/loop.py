@@ -33,7 +33,7 @@ from tunelab.errors import ConfigError, TunelabError
 from tunelab.faults import kill_point
 from tunelab.models.fused import compile_model
 from tunelab.runs import RunFolder
-from tunelab.runtime import ThreadFollower
+from tunelab.runtime import ThreadFollower, is_out_of_memory
 from tunelab.train.batching import StepPlan, micro_batches, real_tokens, split_passes, trained_targets
 from tunelab.train.checkpoints import (
     BEST,
@@ -148,10 +148,6 @@ def make_scheduler(
 
 def _precision(accelerator: Any) -> str:
     return "bf16" if getattr(accelerator, "mixed_precision", "no") == "bf16" else "fp32"
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 def _out_of_memory_error(config: ResolvedTrainConfig, max_length: int) -> TrainingError:
@@ -407,7 +403,7 @@ def train_loop(
             if stopped_early:
                 break
     except RuntimeError as error:
-        if _is_out_of_memory(error):
+        if is_out_of_memory(error):
             raise _out_of_memory_error(config, max_length) from None
         raise
 
