@@ -634,7 +634,7 @@ class MonitorThresholds(_Section):
         (0.05, 0.10), description="Test accuracy minus live accuracy on feedback; drifted also needs the 95% interval below the test accuracy."
     )
     latency_p95_ms: tuple[float, float] = Field((1000.0, 5000.0), description="95th percentile of request latency (ms).")
-    error_rate: tuple[float, float] = Field((0.01, 0.05), description="Share of requests answered with a 5xx status.")
+    error_rate: tuple[float, float] = Field((0.01, 0.05), description="Share of requests the server failed to answer: a 5xx status, or 429 when overloaded.")
 
 
 # The non-inferiority margin a new run must meet against the run a served name follows: a retrain's challenger (unless

@@ -8,7 +8,7 @@ thresholds (``monitor.thresholds``) and a status ok / watch / drifted:
 - confidence drift: ``confidence_drop`` (mean top probability, test set minus live) and ``oos_share``
   (the share of answers that are the run's out-of-scope label, when the run saved a rule in ``out_of_scope.json``);
 - quality: ``live_accuracy`` on the requests that got feedback, with a 95% Wilson interval;
-- service: ``latency_p95_ms`` and ``error_rate`` (5xx share).
+- service: ``latency_p95_ms`` and ``error_rate`` (the share the server failed to answer: 5xx, and 429 when overloaded).
 
 The reference of a run is its folder: the training split's records (``split.json`` + the data files
 of its saved config), the test evaluation (``eval/tuned.json``) and ``out_of_scope.json``. A signal
@@ -336,7 +336,9 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         signals.append(_skipped("latency_p95_ms", "no latencies logged"))
     rate = traffic.server_errors / traffic.requests if traffic.requests else 0.0
     signals.append(Signal("error_rate", rate, status_for(rate, t.error_rate), t.error_rate, None, rate, traffic.requests, False,
-                          f"{traffic.server_errors} server errors, {traffic.client_errors} client errors (4xx, not judged)"))
+                          f"{traffic.server_errors} server errors"
+                          + (f" ({traffic.overloaded} refused as overloaded (429))" if traffic.overloaded else "")
+                          + f", {traffic.client_errors} client errors (4xx, not judged)"))
     return signals
 
 

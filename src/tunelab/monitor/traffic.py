@@ -21,6 +21,7 @@ from tunelab.serve.request_log import CLASSIFY, SERVING_ENDPOINTS, open_log, req
 
 _HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive ids over 2**32
 _HASH_RANGE = 2**32
+OVERLOADED = 429  # what ``tunelab serve`` answers when more requests wait than it takes
 
 
 def iso(moment: datetime) -> str:
@@ -47,8 +48,8 @@ class Traffic:
     since: str
     until: str
     requests: int
-    server_errors: int
-    client_errors: int
+    server_errors: int  # 5xx, and the 429s below: the server failed to answer
+    client_errors: int  # 4xx but 429: the client's request was wrong
     first: str | None
     last: str | None
     latency_ms: np.ndarray
@@ -60,6 +61,7 @@ class Traffic:
     feedback: list[tuple[str | None, str]] = field(default_factory=list)  # (predicted, correct label)
     ratings: Counter = field(default_factory=Counter)  # +1 / -1 on generated answers
     per_day: dict[str, int] = field(default_factory=dict)
+    overloaded: int = 0  # refused with 429 (``serve --max-waiting``): among the server errors
 
 
 def _predictions(output: str | None) -> list[str]:
@@ -129,9 +131,12 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
     # counts, latencies, labels and texts are of the same requests.
     db.execute("BEGIN")
     try:
-        count, server_errors, client_errors, first, last = db.execute(
-            f"SELECT count(*), coalesce(sum(status >= 500), 0), coalesce(sum(status >= 400 AND status < 500), 0), min(time), max(time) "
-            f"FROM requests WHERE {_WHERE}",
+        # A 429 is the server's own refusal (more requests waiting than it takes), not a request the client got wrong:
+        # counted with the server's errors, which are judged, and never among the client errors, which are not.
+        count, server_errors, client_errors, overloaded, first, last = db.execute(
+            f"SELECT count(*), coalesce(sum(status >= 500 OR status = {OVERLOADED}), 0), "
+            f"coalesce(sum(status >= 400 AND status < 500 AND status != {OVERLOADED}), 0), coalesce(sum(status = {OVERLOADED}), 0), "
+            f"min(time), max(time) FROM requests WHERE {_WHERE}",
             arguments,
         ).fetchone()
         latency = np.array([row[0] for row in db.execute(f"SELECT latency_ms FROM requests WHERE {_WHERE} AND latency_ms IS NOT NULL", arguments)], dtype=float)
@@ -171,7 +176,7 @@ def read_traffic(path: Path, model: str, run_id: str | None, since: str, until: 
         model=model, run_id=run_id, since=since, until=until, requests=int(count), server_errors=int(server_errors),
         client_errors=int(client_errors), first=first, last=last, latency_ms=latency, predicted=predicted,
         top_probabilities=top, texts=texts, text_requests=text_requests, sampled=sampled, feedback=feedback,
-        ratings=ratings, per_day=per_day,
+        ratings=ratings, per_day=per_day, overloaded=int(overloaded),
     )
 
 

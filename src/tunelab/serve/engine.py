@@ -29,7 +29,7 @@ from tunelab.inference import ClassifyAnswer as ClassifyResult  # noqa: F401 - w
 from tunelab.models import generate
 from tunelab.runtime import ThreadFollower
 from tunelab.serve.adapters import ModelRegistry
-from tunelab.serve.errors import APIError
+from tunelab.serve.errors import APIError, shutting_down
 
 logger = logging.getLogger("tunelab.serve")
 
@@ -230,7 +230,7 @@ class Engine:
                 ``max_waiting`` (a request never fits only when others wait: alone, any size is taken).
         """
         if not self._accepting:
-            raise APIError(503, "The server is shutting down.", type="server_error", code="shutting_down")
+            raise shutting_down()
         waiting = self.waiting
         if self.max_waiting is not None and waiting and waiting + len(prompts) > self.max_waiting:
             raise APIError(
@@ -301,7 +301,7 @@ class Engine:
             batch = self._next_batch()
             if batch is None:
                 for job in self._pending:
-                    job.emit("error", APIError(503, "The server is shutting down.", type="server_error"))
+                    job.emit("error", shutting_down())
                 return
             batch = [job for job in batch if not job.cancelled.is_set()]
             if not batch:

@@ -56,3 +56,17 @@ def model_not_found(name: str) -> APIError:
         404, f"The model '{name}' does not exist or is not served here (see GET /v1/models).", param="model",
         code="model_not_found",
     )
+
+
+# A server that is shutting down is usually being restarted (a new version, other models): it answers again once
+# the models are loaded, seconds later. Retry-After says when to come back (as the overloaded 429's does), where the
+# openai client would otherwise guess with its own short backoff.
+SHUTDOWN_RETRY_AFTER_S = 5
+
+
+def shutting_down() -> APIError:
+    """A request the server took no more work for (it finishes what it holds, then stops): come back shortly."""
+    return APIError(
+        503, "The server is shutting down. Please retry shortly.", type="server_error", code="shutting_down",
+        headers={"retry-after": str(SHUTDOWN_RETRY_AFTER_S)},
+    )

@@ -29,6 +29,7 @@ from tunelab.serve.schemas import (
     MAX_PROMPTS_PER_REQUEST,
     MAX_STOP_SEQUENCES,
     ChatCompletionRequest,
+    ChatMessage,
     ClassifyRequest,
     CompletionRequest,
     FeedbackRequest,
@@ -307,9 +308,22 @@ def _check_messages(body: ChatCompletionRequest) -> None:
                 f"Invalid value for '{where}.content': a {message.role} message needs a string or a list of text parts, not null.",
                 param=f"{where}.content",
             )
+        # OpenAI's schema asks for at least one part; an empty list was answered as an empty turn, hiding the text lost.
+        if isinstance(message.content, list) and not message.content:
+            raise bad_request(
+                f"Invalid value for '{where}.content': empty array. Expected a string or at least one text part.",
+                param=f"{where}.content", code="empty_array",
+            )
         # An earlier call of the assistant (tool calling is refused): dropped, the model saw an empty assistant turn.
         for key in ("tool_calls", "function_call"):
             _refuse(bool((message.model_extra or {}).get(key)), f"{where}.{key}", f"A tool call in the conversation ('{key}')")
+
+
+def _turn(message: ChatMessage) -> dict[str, str]:
+    """One message as the prompt holds it. OpenAI gives the model a participant's ``name`` (in its turn's header);
+    the chat templates here have no place for it (they render role and content), so it opens the turn's text."""
+    text = message.text()
+    return {"role": "system" if message.role == "developer" else message.role, "content": f"{message.name}: {text}" if message.name else text}
 
 
 def _check_stream_options(body: Any) -> None:
@@ -344,7 +358,7 @@ async def get_model(model_id: str, request: Request) -> dict:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     service = _service(request)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    messages = [_turn(m) for m in body.messages]
     log = _log(request, model=body.model, prompt=json.dumps(messages, ensure_ascii=False), stream=int(body.stream))
     entry = service.served(body.model)
     log.update(run_id=entry.run_id)  # a refused request too: it counts in its run's traffic (client errors), never as another model's
@@ -358,6 +372,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     # The same for the deprecated pair: functions are refused, so any function_call but "none" comes without them.
     _invalid(body.function_call not in (None, "none"), "function_call",
              "Invalid value for 'function_call': 'function_call' is only allowed when 'functions' are specified.")
+    # OpenAI refuses the pair (which would win?), even when equal: the newer name is not a second, tighter limit.
+    if body.max_tokens is not None and body.max_completion_tokens is not None:
+        raise bad_request(
+            "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported: send one of them.",
+            param="max_tokens", code="invalid_parameter_combination",
+        )
     _check_messages(body)
     _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
     _refuse(body.audio is not None, "audio", "Audio output")
@@ -373,8 +393,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     job: Job | None = None
     classification: dict[str, Any] | None = None
     if entry.is_classifier:
-        # A classify model answers with its label: the last user message is the text to classify.
-        text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+        # A classify model answers with its label: the last user message is the text to classify (its sender's name is not).
+        text = next((m.text() for m in reversed(body.messages) if m.role == "user"), None)
         if text is None:
             raise bad_request("A classify model needs a user message with the text to classify.", param="messages")
         (result,) = await service.classify(entry, [text])

@@ -33,7 +33,9 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     # Required, as OpenAI has it; null only for an assistant turn (the endpoint refuses it for other roles).
     content: str | list[TextPart] | None = Field(..., description="A string or a list of text parts; null only for an assistant message.")
-    name: str | None = None
+    # A participant's name, written into the prompt (``routes._turn``): OpenAI's pattern, so no name carries a sentence
+    # or a line break into what the model reads.
+    name: str | None = Field(None, pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="The sender's name (letters, digits, _ and -), shown to the model.")
 
     @field_validator("content", mode="before")
     @classmethod

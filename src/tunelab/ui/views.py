@@ -405,16 +405,16 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
 def serving(registry: Registry, record: RunRecord) -> dict[str, Any]:
     """The aliases that point at ``record`` (servers following ``alias:NAME`` answer with it), each with its last change
     and the run a rollback would go back to (None: none before it), and every alias name (to promote it under one)."""
-    current = registry.aliases()
+    by_run = registry.aliases_by_run()
     aliases = []
-    for name in sorted(alias for alias, run_id in current.items() if run_id == record.id):
+    for name in by_run.get(record.id, []):
         change = registry.alias_history(name)[-1]
         try:
             target = registry.get_run(registry.rollback_target(name))
         except RegistryError:
             target = None  # no earlier run, or it was deleted from the registry: no rollback offered
         aliases.append({"name": name, "change": change, "rollback_to": target})
-    return {"aliases": aliases, "alias_names": sorted(current)}
+    return {"aliases": aliases, "alias_names": sorted(name for names in by_run.values() for name in names)}
 
 
 # What the validation score of each task is (the loop's ``validation_score``): the metric a checkpoint is kept by.
