@@ -320,10 +320,10 @@ def _check_messages(body: ChatCompletionRequest) -> None:
 
 
 def _turn(message: ChatMessage) -> dict[str, str]:
-    """One message as the prompt holds it. OpenAI gives the model a participant's ``name`` (in its turn's header);
-    the chat templates here have no place for it (they render role and content), so it opens the turn's text."""
-    text = message.text()
-    return {"role": "system" if message.role == "developer" else message.role, "content": f"{message.name}: {text}" if message.name else text}
+    """One message as the prompt holds it: its role and text. A participant's ``name`` (checked against OpenAI's pattern)
+    is not shown to the model: training drops it too (``templates.chat_inputs``), and a served prompt that opened turns
+    with names would be one the run was never trained or judged on."""
+    return {"role": "system" if message.role == "developer" else message.role, "content": message.text()}
 
 
 def _check_stream_options(body: Any) -> None:
