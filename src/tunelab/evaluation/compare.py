@@ -211,6 +211,16 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
     if a.task != b.task:
         raise DataError(f"cannot compare a {a.task} evaluation with a {b.task} evaluation")
     task = a.task
+    if task == "text":
+        rules = [result.settings.get("text_scoring", 1) for result in (a, b)]
+        if rules[0] != rules[1]:
+            # Their NLLs sum over different tokens (``metrics.TEXT_SCORING``): a difference would be the rule's, not the models'.
+            older = a if rules[0] < rules[1] else b
+            raise DataError(
+                f"the evaluations of '{a.model}' and '{b.model}' were scored by different rules for which tokens a text's NLL "
+                f"covers (text_scoring {rules[0]} and {rules[1]}); their perplexity and bits per byte are not comparable",
+                f"evaluate '{older.model}' again with this tunelab (`tunelab eval`), then compare",
+            )
     rows_a, rows_b, warnings = _paired_rows(a, b)
     labels = list(dict.fromkeys((a.labels or []) + (b.labels or [])))
     table_a, table_b = score_table(task, rows_a, labels), score_table(task, rows_b, labels)
