@@ -83,3 +83,24 @@ def test_an_evaluation_scored_by_the_old_rule_is_never_compared_with_a_new_one(l
     with pytest.raises(DataError, match="scored by different rules"):
         compare_evaluations(old, _stored("new", {"text_scoring": new.settings["text_scoring"]}))
     compare_evaluations(_stored("a", dict(new.settings)), _stored("b", dict(new.settings)), samples=50)
+
+
+def test_with_a_bos_the_document_is_scored_after_it_and_still_without_an_eos(tiny_tokenizer):
+    # A Llama/Gemma/Mistral tokenizer puts its BOS before a text: that BOS is the context of the first token, as a
+    # served prompt starts (``inference.completion_prompt``); the EOS is never a target of the scoring.
+    import copy
+
+    from tokenizers import processors
+
+    from tunelab.data.tokenize import tokenize_text
+
+    bos = tiny_tokenizer.bos_token_id
+    adding = copy.deepcopy(tiny_tokenizer)
+    backend = copy.deepcopy(tiny_tokenizer.backend_tokenizer)
+    backend.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    adding._tokenizer = backend
+    text_ids = adding.encode(TEXTS[2], add_special_tokens=False)
+    for max_length in (256, 16):
+        windows = tokenize_text(TextRecord(TEXTS[2]), adding, max_length, max_length // 2, scoring=True)
+        assert windows[0].input_ids[0] == bos
+        assert [token for w in windows for token in w.labels[1:] if token != -100] == text_ids, max_length

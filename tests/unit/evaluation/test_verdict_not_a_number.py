@@ -57,3 +57,20 @@ def test_retrain_keeps_the_champion_and_says_why_when_the_challenger_cannot_be_j
     assert decision != "promoted"
     assert any("cannot be judged" in reason and "not a number" in reason for reason in reasons), reasons
     assert not any("nan" in reason for reason in reasons), reasons
+
+
+def test_the_run_page_shows_the_verdict_grey_with_its_reason_not_a_tie(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tunelab.registry import Registry
+    from tunelab.ui import UISettings, create_app
+
+    verdict = compare_with_baselines({"base": _text("base", 3.0)}, _text("tuned", 2.0, broken=2), samples=100)
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    record = registry.create_run(name="overflowed", task="text", model="/models/tiny", status="finished",
+                                 run_dir=str(tmp_path / "runs" / "overflowed"), comparison=verdict.to_dict())
+    with TestClient(create_app(UISettings(registry=registry.path)), base_url="http://127.0.0.1:7860") as client:
+        page = client.get(f"/runs/{record.id}").text
+    assert "verdict-too-few" in page and CANNOT_JUDGE in page and "2 of 40 examples" in page
+    assert "too narrow to trust" not in page  # that note is about too few test examples, not about a NaN
+
