@@ -75,7 +75,9 @@ def print_verdict(verdict) -> None:
         console.print(f"[yellow]{name} skipped:[/yellow] {reason}")
     for warning in verdict.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    colour = "green" if verdict.paid_off else ("red" if verdict.verdict.startswith("use ") else "yellow")
+    from tunelab.ui.views import verdict_kind  # the one colour rule, as `tunelab runs` shows it
+
+    colour = {"paid-off": "green", "lost": "red", "too-few": "dim"}.get(verdict_kind(verdict.verdict), "yellow")
     console.print(f"[bold {colour}]verdict: {verdict.verdict}[/]  {verdict.summary}")
 
 

@@ -283,22 +283,34 @@ def window_step(max_length: int, stride: int | None = None) -> int:
     return min(stride or max_length, max_length - 1)
 
 
-def tokenize_text(record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None) -> list[TokenizedExample]:
+def tokenize_text(
+    record: TextRecord, tokenizer: Any, max_length: int, stride: int | None = None, *, scoring: bool = False,
+) -> list[TokenizedExample]:
     """Split one document (after the tokenizer's own BOS where it adds one, + EOS) into windows of ``max_length`` tokens
     every ``stride`` tokens (at most ``max_length - 1``: windows share at least one token), each token after the
-    document's first a training target in exactly one window."""
+    document's first a training target in exactly one window.
+
+    ``scoring`` (perplexity and bits per byte): the document's own tokens are the targets, each in exactly one window,
+    after one token of context (the BOS, else the EOS: lm-evaluation-harness's rolling loglikelihood), and no EOS is
+    appended: the NLL is of exactly the tokens whose bytes bits per byte counts."""
     stride = stride or max_length
     if not 0 < stride <= max_length:
         raise ValueError(f"stride must be in 1..max_length ({max_length}), got {stride}")
     # A document starts as a served prompt does (``inference.completion_prompt``): after the BOS the tokenizer puts
     # before a text of its own accord (Llama, Gemma, Mistral; none for SmolLM2, Qwen, GPT-2). The first token is never
     # a target, so the BOS is context, never predicted.
-    ids = _document_start(tokenizer) + _encode(tokenizer, record.text) + [_eos_id(tokenizer)]
+    context = _document_start(tokenizer)
+    if scoring:
+        context = context or [_eos_id(tokenizer)]
+        ids = context + _encode(tokenizer, record.text)
+    else:
+        ids = context + _encode(tokenizer, record.text) + [_eos_id(tokenizer)]
+    context_only = len(context) if scoring else 0
     if len(ids) <= max_length:
-        return [TokenizedExample(ids, list(ids), record.source)]
+        return [TokenizedExample(ids, [IGNORE_INDEX] * context_only + ids[context_only:], record.source)]
     windows = []
     start = 0
-    predicted_until = 0  # tokens before this index were already targets in an earlier window
+    predicted_until = context_only  # tokens before this index were already targets in an earlier window, or are context
     while True:
         window = ids[start : start + max_length]
         labels = [token if start + i >= predicted_until else IGNORE_INDEX for i, token in enumerate(window)]

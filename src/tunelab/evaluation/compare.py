@@ -26,6 +26,8 @@ BETTER, WORSE, SAME = "better", "worse", "no significant difference"
 # A metric one side has no value of: measured against a reference, and that side is the reference scored as itself.
 NOT_COMPARED = "not compared"
 TOO_FEW = "too few test examples to decide"
+# The primary metric of the tuned model, or of every baseline, is not a number on the test set: no verdict either.
+CANNOT_JUDGE = "cannot be judged"
 # Below this many paired test examples the percentile bootstrap's 95% interval is too narrow: with two
 # equally good models it excluded zero in 8-18 % of simulated test sets at n <= 20 (nominal 5 %), and in at
 # most 7.5 % from n = 25 on, for accuracy and continuous per-example scores alike; 25 rounded up to ten for the
@@ -58,6 +60,18 @@ def too_few_statement(n: int, metric: MetricComparison, opponent: str) -> str:
     if needed is None:
         return text + f"; at least {MIN_TEST_EXAMPLES} test examples are needed"
     return text + f"; about {needed} test examples would be needed to detect a difference that large (80% power)"
+
+
+def not_a_number(model: str, metric: str, table: dict[str, np.ndarray]) -> str:
+    """Why ``model`` has no value of ``metric`` on a test set, its scores being ``table`` (``metrics.score_table``): how many
+    examples have a per-example score that is not a number (a NaN NLL from a model overflowing)."""
+    n = len(next(iter(table.values()))) if table else 0
+    broken = np.zeros(n, dtype=bool)
+    for column in table.values():
+        if np.issubdtype(column.dtype, np.floating):
+            broken |= ~np.isfinite(column.reshape(n, -1)).all(axis=1)
+    why = f"{int(broken.sum())} of {n} examples' scores are NaN" if broken.any() else "it is undefined on these examples"
+    return f"{model}'s {metric} is not a number on this test set ({why})"
 
 
 def _save_json(path: str | Path, data: dict[str, Any]) -> Path:
@@ -197,6 +211,16 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
     if a.task != b.task:
         raise DataError(f"cannot compare a {a.task} evaluation with a {b.task} evaluation")
     task = a.task
+    if task == "text":
+        rules = [result.settings.get("text_scoring", 1) for result in (a, b)]
+        if rules[0] != rules[1]:
+            # Their NLLs sum over different tokens (``metrics.TEXT_SCORING``): a difference would be the rule's, not the models'.
+            older = a if rules[0] < rules[1] else b
+            raise DataError(
+                f"the evaluations of '{a.model}' and '{b.model}' were scored by different rules for which tokens a text's NLL "
+                f"covers (text_scoring {rules[0]} and {rules[1]}); their perplexity and bits per byte are not comparable",
+                f"evaluate '{older.model}' again with this tunelab (`tunelab eval`), then compare",
+            )
     rows_a, rows_b, warnings = _paired_rows(a, b)
     labels = list(dict.fromkeys((a.labels or []) + (b.labels or [])))
     table_a, table_b = score_table(task, rows_a, labels), score_table(task, rows_b, labels)
@@ -224,11 +248,12 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
             before, after = (nan if a.baseline else before), (nan if b.baseline else after)
             metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason, full_scale=spec.full_scale))
             continue
-        undefined = [name for name, value in ((a.model, before), (b.model, after)) if not np.isfinite(value)]
+        undefined = [not_a_number(name, spec.name, table) for name, value, table in ((a.model, before, table_a), (b.model, after, table_b))
+                     if not np.isfinite(value)]
         if undefined:
             # A per-example score that is not a number (a NaN NLL from a model overflowing): the resamples without that
             # example would still give an interval, of another test set, and a verdict beside a difference of NaN.
-            reason = f"{' and '.join(undefined)} has no value of it on this test set (a per-example score is not a number)"
+            reason = "; ".join(undefined)
             metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason, full_scale=spec.full_scale))
             continue
         diffs = np.concatenate(differences[spec.name])
@@ -244,7 +269,10 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
         f"{main.before:.4g} -> {main.after:.4g}, difference {main.difference:+.4g} "
         f"(95% CI {main.low:+.4g} to {main.high:+.4g}, n={n}, paired bootstrap x{samples})"
     )
-    if n < MIN_TEST_EXAMPLES:
+    if main.not_compared:
+        # No numbers to show beside a NaN: the reason is the summary.
+        summary = f"{b.model} vs {a.model}: {CANNOT_JUDGE} on {primary}: {main.not_compared}"
+    elif n < MIN_TEST_EXAMPLES:
         summary += "; " + too_few_statement(n, main, a.model)
     return Comparison(task, primary, a.model, b.model, n, seed, samples, metrics, verdict, summary, warnings)
 
@@ -269,7 +297,8 @@ class Verdict:
     baseline with the best primary metric. ``verdict`` is ``PAID_OFF`` only when the tuned model beats
     every baseline with the 95% interval of the difference above zero (below, for lower-is-better
     metrics); ``"use <baseline> instead"`` when some baseline is significantly better (the best of
-    those); else ``"no significant difference"``.
+    those); else ``"no significant difference"``. ``CANNOT_JUDGE`` when the tuned model's primary metric, or every
+    baseline's, is not a number on the test set; a baseline without a value is named in ``summary``, never an opponent.
     """
 
     task: str
@@ -345,14 +374,19 @@ def compare_with_baselines(
     comparisons = {name: compare_evaluations(result, tuned, seed=seed, samples=samples) for name, result in baselines.items()}
     first = next(iter(comparisons.values()))
     primary = first.primary
-    metrics = {name: comparison.metric(primary) for name, comparison in comparisons.items()}
+    every = {name: comparison.metric(primary) for name, comparison in comparisons.items()}
+    # A baseline whose primary metric is not a number is no opponent: it can neither be beaten nor tied, nor be the
+    # strongest (NaN would win or lose max() by its place in the list); it is named in the summary instead.
+    unscored = {name: not_a_number(comparisons[name].name_a, primary, score_table(result.task, result.rows, result.labels))
+                for name, result in baselines.items() if not np.isfinite(every[name].before)}
+    metrics = {name: m for name, m in every.items() if name not in unscored}
     lower_is_better = first.metric(primary).higher_is_better is False
     beaten = [name for name, m in metrics.items() if m.outcome == BETTER]
     winners = [name for name, m in metrics.items() if m.outcome == WORSE]
     # The strongest opponent scores best on the primary metric; ties: one significantly better than the tuned model
     # (the verdict's "use ... instead" names it, and the report labels it), else the first listed.
     sign = -1 if lower_is_better else 1
-    strongest = max(metrics, key=lambda name: (sign * metrics[name].before, name in winners))
+    strongest = max(metrics or every, key=lambda name: (sign * every[name].before if name in metrics else 0.0, name in winners))
     direction = "lower" if lower_is_better else "higher"
 
     def scores(name: str) -> str:
@@ -362,10 +396,19 @@ def compare_with_baselines(
     # Each opponent is paired on the rows it shares with the tuned model (a baseline file may hold fewer): the
     # fewest decide whether there is a verdict at all.
     n = min(comparison.n for comparison in comparisons.values())
-    if n < MIN_TEST_EXAMPLES:
+    tuned_undefined = not all(np.isfinite(m.after) for m in every.values())
+    if tuned_undefined or not metrics:
+        # No number to judge by: more test examples would not help, unlike TOO_FEW.
+        verdict = CANNOT_JUDGE
+        why = ([not_a_number(tuned.model, primary, score_table(tuned.task, tuned.rows, tuned.labels))] if tuned_undefined
+               else list(unscored.values()))
+        summary = f"fine-tuning {CANNOT_JUDGE}: " + "; ".join(why)
+        if not metrics:
+            unscored = {}  # already the summary's reason
+    elif n < MIN_TEST_EXAMPLES:
         verdict = TOO_FEW
         short = strongest if comparisons[strongest].n == n else next(name for name, c in comparisons.items() if c.n == n)
-        summary = "fine-tuning cannot be judged: " + too_few_statement(n, metrics[short], short)
+        summary = "fine-tuning cannot be judged: " + too_few_statement(n, every[short], short)
     elif len(beaten) == len(metrics):
         verdict = PAID_OFF
         m = metrics[strongest]
@@ -395,6 +438,8 @@ def compare_with_baselines(
             f"the strongest opponent, {scores(strongest)}: difference {m.difference:+.4g} (95% CI {m.low:+.4g} to {m.high:+.4g})"
         )
     warnings = list(dict.fromkeys(w for comparison in comparisons.values() for w in comparison.warnings))
+    if unscored:
+        summary += "; not compared: " + "; ".join(unscored.values())
     if skipped:
         summary += f"; not scored (cannot run here or cannot win, see each reason): {', '.join(skipped)}"
     return Verdict(tuned.task, primary, tuned.model, n, seed, samples, comparisons, strongest, verdict, summary, warnings, skipped,

@@ -29,6 +29,7 @@ from tunelab.data.tokenize import perplexity_stride, tokenize_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import (
     PRIMARY_METRIC,
+    TEXT_SCORING,
     choose_threshold,
     classify_metrics,
     corpus_statistics,
@@ -487,7 +488,7 @@ def _evaluate_text(loaded, records, config, data_config, settings, progress):
     stride = perplexity_stride(data_config)
     windows, owner = [], []
     for index, record in enumerate(records):
-        for window in tokenize_text(record, loaded.tokenizer, data_config.max_length, stride):
+        for window in tokenize_text(record, loaded.tokenizer, data_config.max_length, stride, scoring=True):
             windows.append((window.input_ids, window.labels))
             owner.append(index)
     per_window = window_nll(loaded.model, windows, batch_size=config.batch_size)
@@ -517,5 +518,5 @@ def _evaluate_text(loaded, records, config, data_config, settings, progress):
     empty = [r.source or r.id for r, count in zip(records, tokens, strict=True) if count == 0]
     if empty:
         warnings.append(f"{len(empty)} documents have no token to predict (first: {empty[0]})")
-    settings.update(stride=stride, windows=len(windows))
+    settings.update(stride=stride, windows=len(windows), text_scoring=TEXT_SCORING)
     return rows, metrics, warnings

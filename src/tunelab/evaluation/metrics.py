@@ -13,7 +13,8 @@ on any subset of examples: that is what the paired bootstrap in ``compare`` does
   rejected in-scope query is wrong) and out-of-scope precision/recall/F1 (rejected vs out of scope).
   ECE stays the calibration of the top label's probability on in-scope queries.
 - text: perplexity = exp(total NLL / total predicted tokens) and bits per byte = total NLL /
-  (ln 2 * UTF-8 bytes), which compares models with different tokenizers.
+  (ln 2 * UTF-8 bytes), which compares models with different tokenizers. The NLL is of exactly the
+  documents' own tokens, the bytes counted (``TEXT_SCORING``).
 """
 
 from __future__ import annotations
@@ -397,6 +398,14 @@ OUT_OF_SCOPE_METRICS = [
 
 
 # -------------------------------------------------------------------------------------------- text
+
+
+# Which tokens a text evaluation's NLL covers, stored in its settings ("text_scoring"); evaluations by different rules
+# are never compared (``compare.compare_evaluations``). 1 (none stored): every token after the document's first, and the
+# appended EOS: with no BOS the first token's bytes were counted, never predicted, and the EOS predicted with no byte.
+# 2: exactly the document's own tokens, each after the one before it or, the first, after the BOS (else the EOS), as
+# lm-evaluation-harness's rolling loglikelihood: bits per byte is then the NLL of the very bytes it counts.
+TEXT_SCORING = 2
 
 
 def text_metrics(nll_sum: float, tokens: int, byte_count: int) -> dict[str, float]:

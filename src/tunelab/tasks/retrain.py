@@ -166,7 +166,9 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
     main, slice_main = overall.metric(primary), recent.metric(primary)
     reasons = []
     # Non-inferiority: the worst plausible difference (interval end in the bad direction) within the margin.
-    if not main.non_inferior(margin):
+    if main.not_compared:  # a primary metric that is not a number: no difference, no interval to show
+        reasons.append(f"cannot be judged on {primary}: {main.not_compared}")
+    elif not main.non_inferior(margin):
         reasons.append(
             f"not shown non-inferior on {primary}: difference {main.difference:+.4f} (95% CI {main.low:+.4f} to {main.high:+.4f}) "
             f"may be worse than the margin -{main.describe_margin(margin)}"
@@ -177,6 +179,8 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
             f"too few examples on the recent slice (n={recent.n}) for a verdict: it needs at least {MIN_TEST_EXAMPLES} "
             "(label more traffic, or raise --recent-share)"
         )
+    elif slice_main.not_compared:
+        reasons.append(f"cannot be judged on the recent slice (n={recent.n}): {slice_main.not_compared}")
     elif not slice_main.worst_case() > 0:
         reasons.append(
             f"not better on the recent slice (n={recent.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
@@ -322,7 +326,10 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     # NaN as null: the history is read back as JSON (`tunelab aliases --json`).
     details |= json_safe({"primary": comparison.primary, "difference": main.difference, "low": main.low, "high": main.high,
                           "n": comparison.n, "allowance": main.allowance(PROMOTION_MARGIN), "seed": seed, "samples": samples})
-    if comparison.n < MIN_TEST_EXAMPLES:
+    if main.not_compared:
+        problem = f"{record.name} cannot be judged against {served}: {main.not_compared}"
+        line = f"n={comparison.n}"  # no number to show beside a NaN
+    elif comparison.n < MIN_TEST_EXAMPLES:
         # The bootstrap interval of a few rows is too narrow to show anything (``evaluation.compare``): no verdict.
         problem = f"too few test examples (n={comparison.n}, at least {MIN_TEST_EXAMPLES} needed) to show {record.name} is not worse than {served}"
     elif not main.non_inferior(PROMOTION_MARGIN):

@@ -114,12 +114,12 @@ class RunRow:
 
 def verdict_kind(verdict: str | None) -> str:
     """The colour class of a verdict: it paid off (green), a baseline wins (red), no significant difference (amber),
-    too few test examples to decide (grey: no verdict at all, neither a loss nor a tie)."""
-    from tunelab.evaluation.compare import TOO_FEW
+    too few test examples to decide or a primary metric that is not a number (grey: no verdict at all, neither a loss nor a tie)."""
+    from tunelab.evaluation.compare import CANNOT_JUDGE, TOO_FEW
 
     if not verdict or verdict == "-":
         return "none"
-    if verdict.startswith(TOO_FEW):
+    if verdict.startswith((TOO_FEW, CANNOT_JUDGE)):  # neither gives a verdict
         return "too-few"
     if "paid off" in verdict and "not" not in verdict:
         return "paid-off"

@@ -121,7 +121,8 @@ def test_text_perplexity_equals_hand_computation_when_the_window_covers_the_docu
     result = evaluate(loaded, documents, "text", config=EvalConfig(batch_size=2), data_config=DataConfig(max_length=256))
     total, count = 0.0, 0
     for document in documents:
-        ids = tiny_tokenizer.encode(document.text, add_special_tokens=False) + [tiny_tokenizer.eos_token_id]
+        # The document's own tokens, the first after the EOS (the tiny tokenizer adds no BOS): metrics.TEXT_SCORING.
+        ids = [tiny_tokenizer.eos_token_id] + tiny_tokenizer.encode(document.text, add_special_tokens=False)
         with torch.no_grad():
             log_probs = torch.log_softmax(tiny_model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
         total -= sum(log_probs[t - 1, ids[t]].item() for t in range(1, len(ids)))
