@@ -10,21 +10,18 @@ The kills are real SIGKILLs of real ``tunelab run`` processes (``TUNELAB_KILL_AT
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tests.unit.faults.test_fault_injection import _tunelab
 
 from tunelab.faults import KILL_ENV
 from tunelab.registry.store import Registry
 
-SRC = Path(__file__).resolve().parents[3] / "src"
 NAME = "victim"
 
 # (task, kill point, which time it is reached): the two that left temporaries behind, and one moment of each task's
@@ -66,21 +63,6 @@ def _write_project(folder: Path, model_dir: Path, task: str) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    env.pop(KILL_ENV, None)
-    env.update(extra)
-    return env
-
-
-def _tunelab(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tunelab.cli.main", *args], cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=600
-    )
 
 
 def _outcome(project: Path) -> dict:
