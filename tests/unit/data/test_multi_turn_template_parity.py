@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from tests.conftest import _CORPUS, build_tiny_tokenizer
+from tests.unit.data.test_end_of_turn_not_eos import _tokenizer as _byte_level
 
 from tunelab.data.records import SFTRecord
 from tunelab.data.templates import render_prompt_ids
@@ -80,26 +81,6 @@ STYLES = {
 }
 
 
-def _byte_level(special: list[str], bos: str, eos: str, template: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE(unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator(_CORPUS, trainer=trainer)
-    named = {bos, eos, special[0]}
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=special[0],
-        additional_special_tokens=[t for t in special if t not in named],
-    )
-    fast.chat_template = template
-    return fast
-
-
 def _sentencepiece_style(template: str):
     """Mistral's and Llama 2's tokenizer.json in small: "▁" put before the text and for each space, no pre-tokenizer."""
     from tokenizers import Tokenizer, decoders, models, normalizers, trainers
@@ -129,7 +110,7 @@ def _tokenizer(style: str):
             _TOKENIZERS[style] = _sentencepiece_style(STYLES[style.removesuffix("-sentencepiece")][0])
         else:
             template, special, bos, eos = STYLES[style]
-            _TOKENIZERS[style] = _byte_level(special, bos, eos, template)
+            _TOKENIZERS[style] = _byte_level(special, bos, eos, template, style)
     return _TOKENIZERS[style]
 
 
