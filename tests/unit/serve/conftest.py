@@ -103,3 +103,20 @@ def assert_openai_error(response, status, param=None, code=None):
     if code is not None:
         assert error["code"] == code
     return error
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    """A real server on the loopback over ``registry`` (answers of at most 16 tokens): its base URL."""
+    from tunelab.serve import BackgroundServer, ServeSettings, create_app
+
+    with BackgroundServer(create_app(registry, ServeSettings(max_tokens_limit=16)), "127.0.0.1", 0) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official ``openai`` client pointed at ``server`` (no retries: each test sees the first answer)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)

@@ -9,21 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tunelab.serve import BackgroundServer, ServeSettings, create_app
-
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def server(registry):
-    app = create_app(registry, ServeSettings(max_tokens_limit=16))
-    with BackgroundServer(app, "127.0.0.1", 0) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def refused(call, exception=openai.BadRequestError) -> dict:

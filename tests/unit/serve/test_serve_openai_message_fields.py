@@ -13,12 +13,6 @@ from tunelab.serve import BackgroundServer, ServeSettings, create_app
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def client(registry):
-    with BackgroundServer(create_app(registry, ServeSettings(max_tokens_limit=16)), "127.0.0.1", 0) as url:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
 def test_max_tokens_and_max_completion_tokens_together_are_refused_as_openai_refuses_them(client):
     # The second silently won: a client that set both (an old default and a new one) got the length it did not read.
     for first, second in ((2, 5), (3, 3)):
