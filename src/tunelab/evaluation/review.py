@@ -83,7 +83,10 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
             pairs.append((by_id[row["id"]], row))
     if not pairs:
         raise DataError("the two evaluations share no example to review")
-    rng = random.Random(seed)
+    # The seed alone gave every sheet of n rows the same sides by position (one key seen told them all); the two
+    # evaluations' answers are mixed in, so the same evaluations and seed still give the same sheet.
+    answered = "\n".join(f"{after['id']}\t{_fingerprint(before['prediction'])}\t{_fingerprint(after['prediction'])}" for before, after in pairs)
+    rng = random.Random(f"{seed}:{hashlib.sha256(answered.encode('utf-8')).hexdigest()}")
     rng.shuffle(pairs)
     buffer = io.StringIO()
     writer = csv.writer(buffer)

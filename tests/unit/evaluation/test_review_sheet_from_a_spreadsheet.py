@@ -137,3 +137,21 @@ def test_a_preference_evaluation_is_refused_for_review_with_a_reason(tmp_path):
 def test_a_clean_sweep_has_an_interval_ending_exactly_at_one():
     # 10 of 10 read high = 0.9999999999999999 in `review score --json`.
     assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+
+
+def test_the_sides_by_position_are_not_the_same_on_every_sheet_of_one_seed(tmp_path):
+    # The side of the k-th row came from the seed and the row count alone: every 20-row sheet exported with seed 0 (the
+    # README's, the web interface's) had the tuned answer on the same positions, so one key seen told them all.
+    def side_pattern(run, ids):
+        def result(name):
+            rows = [{"id": i, "source": "", "prompt": f"question {i}", "reference": "r", "prediction": f"{name} {run} {i}", "scores": {}} for i in ids]
+            return EvalResult("sft", name, len(rows), {}, rows)
+
+        sheet, _ = export_review(result("base"), result("tuned"), tmp_path / f"{run}.csv", seed=0)
+        with sheet.open(newline="", encoding="utf-8") as handle:
+            return "".join("T" if row["output_a"].startswith("tuned") else "b" for row in csv.DictReader(handle))
+
+    first = side_pattern("r1", [f"q{i}" for i in range(20)])
+    assert side_pattern("r2", [f"ex-{i * 7}" for i in range(20)]) != first
+    assert side_pattern("r3", [f"q{i}" for i in range(20)]) != first  # the same test set answered by another run
+    assert side_pattern("r1", [f"q{i}" for i in range(20)]) == first  # still the seed's own sheet
