@@ -359,6 +359,8 @@ def review_score(
     # Named as the sheet's key names them: the opponent is the strongest baseline when the base model was skipped.
     console.print(f"{score.tuned} wins {score.tuned_wins}, {score.base} wins {score.base_wins}, ties {score.ties} (each counted half), "
                   f"not judged {score.unjudged}", markup=False, highlight=False)
+    if score.missing:
+        console.print(f"{score.missing} rows of the key are not in the sheet (deleted?): not judged either", markup=False, highlight=False)
 
 
 @review_app.command("pairs")

@@ -130,6 +130,8 @@ class ReviewScore:
     base: str
     tuned: str
     method: str = "Wilson 95% interval on wins + ties/2 over judged rows"
+    # Rows of the key a sheet no longer has (deleted in the spreadsheet): not judged either, but not blank to be seen.
+    missing: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -306,9 +308,11 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
     choices = [(row["id"], decided(choice, row.get("output_a"), row.get("output_b")))
                for _, row, choice in _judged_rows(sheet, key, key_data, ("id", "preference"))]
     try:
-        return score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"))
+        score = score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"))
     except DataError:
         raise DataError(f"{sheet}: no row has a preference yet", "fill the preference column with A, B or tie") from None
+    score.missing = len(set(sides) - {example_id for example_id, _ in choices})
+    return score
 
 
 # -- reviews in the registry (tunelab ui) -----------------------------------------------------------

@@ -155,3 +155,19 @@ def test_the_sides_by_position_are_not_the_same_on_every_sheet_of_one_seed(tmp_p
     assert side_pattern("r2", [f"ex-{i * 7}" for i in range(20)]) != first
     assert side_pattern("r3", [f"q{i}" for i in range(20)]) != first  # the same test set answered by another run
     assert side_pattern("r1", [f"q{i}" for i in range(20)]) == first  # still the seed's own sheet
+
+
+def test_rows_deleted_from_the_sheet_are_counted_and_said(exported):
+    # A reviewer who deleted the rows they did not want to judge got a win rate over what was left, and "not judged 0".
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    _, _, sheet, _, rows = exported
+    _save(sheet, rows[2:])
+    score = score_review(sheet)
+    assert (score.judged, score.unjudged, score.missing) == (4, 0, 2)
+    if not any(c.name == "eval" for c in app.registered_commands):
+        _register_commands()
+    result = CliRunner().invoke(app, ["review", "score", str(sheet)])
+    assert result.exit_code == 0 and "2 rows of the key are not in the sheet" in result.output
