@@ -39,10 +39,16 @@ COLUMNS = ["id", "prompt", "output_a", "output_b", "preference"]
 CHOICES = {"a": "A", "b": "B", "tie": "tie"}
 
 
+def same_answer(output_a: str | None, output_b: str | None) -> bool:
+    """Whether two outputs are the same answer: the same words, whatever the spacing and line breaks (the Review page
+    does not ask such a row; a pair of them would teach DPO nothing but spacing)."""
+    return output_a is not None and output_b is not None and output_a.split() == output_b.split()
+
+
 def decided(choice: str | None, output_a: str | None, output_b: str | None) -> str | None:
     """The one tie rule of a judged row, for the win rate and for preference pairs alike: a row judged tie, or
-    whose two outputs are the same text (the models agreed: there is nothing to prefer), is a tie."""
-    if choice in ("A", "B") and output_a is not None and output_a == output_b:
+    whose two outputs are the same answer (``same_answer``: the models agreed, there is nothing to prefer), is a tie."""
+    if choice in ("A", "B") and same_answer(output_a, output_b):
         return "tie"
     return choice
 

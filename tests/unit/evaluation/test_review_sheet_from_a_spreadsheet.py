@@ -171,3 +171,20 @@ def test_rows_deleted_from_the_sheet_are_counted_and_said(exported):
         _register_commands()
     result = CliRunner().invoke(app, ["review", "score", str(sheet)])
     assert result.exit_code == 0 and "2 rows of the key are not in the sheet" in result.output
+
+
+def test_answers_alike_but_for_spacing_are_a_tie_as_the_web_page_treats_them(tmp_path):
+    # The Review page does not ask a row whose answers differ only in spacing (it compares them with spaces
+    # collapsed); a sheet's row of those answers judged A was a win for the score and a DPO pair of two same answers.
+    base = _result("base", ["Paris is the capital.", "base answer"])
+    tuned = _result("tuned", ["Paris is the  capital.\n", "tuned answer"])
+    sheet, key = export_review(base, tuned, tmp_path / "review.csv", seed=0)
+    sides = json.loads(key.read_text())["sides"]
+    with sheet.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["preference"] = "A" if sides[row["id"]]["A"] == "tuned" else "B"
+    _save(sheet, rows)
+    score = score_review(sheet)
+    assert (score.tuned_wins, score.ties) == (1, 1)
+    assert (review_pairs(sheet, tmp_path / "pairs.jsonl").pairs, score.judged) == (1, 2)
