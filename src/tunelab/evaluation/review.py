@@ -191,13 +191,17 @@ def _judged_rows(sheet: Path, key: Path, key_data: dict, columns: Sequence[str],
     Read as a spreadsheet program saves it: a BOM, CRLF, ``;`` or tab separators, column names in any case, empty rows.
 
     Raises:
-        DataError: for a missing column, a key that is not the sheet's, or naming the line of an unknown id or
+        DataError: for a sheet not in UTF-8, a missing column, a key that is not the sheet's, or naming the line of an unknown id or
             preference or of an example given twice by one reviewer.
     """
     sides = key_data["sides"]
     answers = key_data.get("answers", {})  # keys written before answers were remembered are not checked
-    with sheet.open(newline="", encoding="utf-8-sig") as handle:
-        text = handle.read()
+    try:
+        with sheet.open(newline="", encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{sheet}: not UTF-8 text (byte {error.start})",
+                        "save it from the spreadsheet as \"CSV UTF-8\" (Excel) or with the character set UTF-8 (LibreOffice)") from None
     header = text.split("\n", 1)[0]
     # A spreadsheet in a locale whose decimal mark is a comma saves CSV with ';'; no column name holds a separator.
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=max(",;\t", key=header.count))

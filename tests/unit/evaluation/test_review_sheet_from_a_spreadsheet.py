@@ -188,3 +188,15 @@ def test_answers_alike_but_for_spacing_are_a_tie_as_the_web_page_treats_them(tmp
     score = score_review(sheet)
     assert (score.tuned_wins, score.ties) == (1, 1)
     assert (review_pairs(sheet, tmp_path / "pairs.jsonl").pairs, score.judged) == (1, 2)
+
+
+def test_a_sheet_saved_in_a_windows_code_page_is_a_clear_error(exported):
+    # Excel's plain "CSV" is saved in the Windows code page: an answer with an accent ended in a UnicodeDecodeError.
+    _, _, sheet, _, rows = exported
+    rows[0]["output_a"] += " café"
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([COLUMNS, *([row[name] for name in COLUMNS] for row in rows)])
+    sheet.write_bytes(buffer.getvalue().encode("cp1252"))
+    with pytest.raises(DataError, match="not UTF-8") as raised:
+        score_review(sheet)
+    assert "CSV UTF-8" in raised.value.hint
