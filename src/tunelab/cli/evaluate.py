@@ -311,7 +311,7 @@ def review_export(
 
         out = RunFolder(run).review_sheet
     check_output_file(out)
-    sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed)
+    sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed, replace=False)
     console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
 
 

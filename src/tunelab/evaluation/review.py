@@ -65,11 +65,14 @@ def key_path_for(sheet: Path) -> Path:
     return sheet.with_name(sheet.stem + ".key.json")
 
 
-def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
+def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, seed: int = 0, replace: bool = True) -> tuple[Path, Path]:
     """Write a blind A/B sheet of the examples both evaluations answered, and its key file.
 
+    With ``replace`` False an existing sheet or key is written over only by the same text (the same export again).
+
     Raises:
-        DataError: for a text evaluation (no outputs to compare) or evaluations with no shared example.
+        DataError: for a text or preference evaluation (no outputs to compare), evaluations with no shared example, or
+            (``replace`` False) an existing sheet or key this export would change.
     """
     if base.task != tuned.task:
         raise DataError(f"cannot review a {base.task} evaluation against a {tuned.task} evaluation")
@@ -113,11 +116,19 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
         writer.writerow([after["id"], after["prompt"], a["prediction"], b["prediction"], ""])
     sheet = Path(sheet)
     key = key_path_for(sheet)
-    atomic_write_text(sheet, buffer.getvalue())
     content = {"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides, "answers": answers}
     if prompts:
         content["prompts"] = prompts
-    atomic_write_text(key, json.dumps(content, indent=1, ensure_ascii=False))
+    key_text = json.dumps(content, indent=1, ensure_ascii=False)
+    if not replace:
+        for path, text in ((sheet, buffer.getvalue()), (key, key_text)):
+            # A filled sheet would lose its preferences; judgments stored as A or B (the web page's) would be read with
+            # another key's sides.
+            if path.exists() and path.read_bytes() != text.encode("utf-8"):
+                raise DataError(f"{path} already exists and differs from this export (filled in, or another seed or evaluation)",
+                                f"write the sheet to another file (--out), or delete {sheet} and {key} first")
+    atomic_write_text(sheet, buffer.getvalue())
+    atomic_write_text(key, key_text)
     return sheet, key
 
 

@@ -200,3 +200,32 @@ def test_a_sheet_saved_in_a_windows_code_page_is_a_clear_error(exported):
     with pytest.raises(DataError, match="not UTF-8") as raised:
         score_review(sheet)
     assert "CSV UTF-8" in raised.value.hint
+
+
+def test_exporting_again_does_not_overwrite_a_filled_sheet(tmp_path):
+    # `tunelab review export RUN` a second time (another seed, or just again after people filled the sheet in) wrote a
+    # blank sheet and a new key over the filled one: every judgment lost, and the web page's stored judgments (A or B)
+    # read with other sides.
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    if not any(c.name == "eval" for c in app.registered_commands):
+        _register_commands()
+    run = tmp_path / "run"
+    _result("base", [f"base answer {i}" for i in range(6)]).save(run / "eval" / "base.json")
+    _result("tuned", [f"tuned answer {i}" for i in range(6)]).save(run / "eval" / "tuned.json")
+    runner = CliRunner()
+    assert runner.invoke(app, ["review", "export", str(run)]).exit_code == 0
+    assert runner.invoke(app, ["review", "export", str(run)]).exit_code == 0  # the same sheet again: nothing is lost
+    key = json.loads((run / "review.key.json").read_text())
+    refused = runner.invoke(app, ["review", "export", str(run), "--seed", "1"])
+    assert isinstance(refused.exception, DataError) and "already exists" in str(refused.exception)
+    assert json.loads((run / "review.key.json").read_text()) == key
+    sheet = run / "review.csv"
+    with sheet.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["preference"] = "A"
+    _save(sheet, rows)
+    assert isinstance(runner.invoke(app, ["review", "export", str(run)]).exception, DataError)
+    assert score_review(sheet).judged == 1
