@@ -313,7 +313,7 @@ def review_export(
 
         out = RunFolder(run).review_sheet
     check_output_file(out)
-    sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed)
+    sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed, replace=False)
     console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
 
 
@@ -361,6 +361,8 @@ def review_score(
     # Named as the sheet's key names them: the opponent is the strongest baseline when the base model was skipped.
     console.print(f"{score.tuned} wins {score.tuned_wins}, {score.base} wins {score.base_wins}, ties {score.ties} (each counted half), "
                   f"not judged {score.unjudged}", markup=False, highlight=False)
+    if score.missing:
+        console.print(f"{score.missing} rows of the key are not in the sheet (deleted?): not judged either", markup=False, highlight=False)
 
 
 @review_app.command("pairs")

@@ -221,6 +221,11 @@ def wilson_interval(successes: float, total: int, confidence: float = 0.95) -> t
     from statsmodels.stats.proportion import proportion_confint
 
     low, high = proportion_confint(successes, total, alpha=1 - confidence, method="wilson")
+    # At 0 or n successes the Wilson bound is exactly 0 or 1; the float formula left 0.9999999999999999.
+    if successes <= 0:
+        low = 0.0
+    if successes >= total:
+        high = 1.0
     return max(0.0, float(low)), min(1.0, float(high))
 def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
     """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on these rows.

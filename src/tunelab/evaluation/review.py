@@ -16,6 +16,7 @@ turns the registry's judgments into a filled-in sheet, so ``review_pairs`` is th
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -38,12 +39,25 @@ COLUMNS = ["id", "prompt", "output_a", "output_b", "preference"]
 CHOICES = {"a": "A", "b": "B", "tie": "tie"}
 
 
+def same_answer(output_a: str | None, output_b: str | None) -> bool:
+    """Whether two outputs are the same answer: the same words, whatever the spacing and line breaks (the Review page
+    does not ask such a row; a pair of them would teach DPO nothing but spacing)."""
+    return output_a is not None and output_b is not None and output_a.split() == output_b.split()
+
+
 def decided(choice: str | None, output_a: str | None, output_b: str | None) -> str | None:
     """The one tie rule of a judged row, for the win rate and for preference pairs alike: a row judged tie, or
-    whose two outputs are the same text (the models agreed: there is nothing to prefer), is a tie."""
-    if choice in ("A", "B") and output_a is not None and output_a == output_b:
+    whose two outputs are the same answer (``same_answer``: the models agreed, there is nothing to prefer), is a tie."""
+    if choice in ("A", "B") and same_answer(output_a, output_b):
         return "tie"
     return choice
+
+
+def _fingerprint(text: str | None) -> str:
+    """An answer as the key remembers it, to tell its sheet from another: a spreadsheet program may save a cell's line
+    ends as CRLF and keep or drop spaces at line ends, which are no other answer."""
+    lines = (text or "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return hashlib.sha256("\n".join(line.rstrip() for line in lines).strip().encode("utf-8")).hexdigest()[:16]
 
 
 def key_path_for(sheet: Path) -> Path:
@@ -51,16 +65,23 @@ def key_path_for(sheet: Path) -> Path:
     return sheet.with_name(sheet.stem + ".key.json")
 
 
-def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
+def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, seed: int = 0, replace: bool = True) -> tuple[Path, Path]:
     """Write a blind A/B sheet of the examples both evaluations answered, and its key file.
 
+    With ``replace`` False an existing sheet or key is written over only by the same text (the same export again).
+
     Raises:
-        DataError: for a text evaluation (no outputs to compare) or evaluations with no shared example.
+        DataError: for a text or preference evaluation (no outputs to compare), evaluations with no shared example, or
+            (``replace`` False) an existing sheet or key this export would change.
     """
     if base.task != tuned.task:
         raise DataError(f"cannot review a {base.task} evaluation against a {tuned.task} evaluation")
     if tuned.task == "text":
         raise DataError("a text evaluation has no generated outputs to review", "review sft or classify evaluations")
+    if tuned.task == "preference":
+        raise DataError("a preference evaluation scores given answer pairs: it has no generated answers to review",
+                        "a DPO run whose model is an evaluated SFT run has its own sheet RUN/review.csv (written by `tunelab run`), "
+                        "the SFT parent against the DPO model")
     by_id = {row["id"]: row for row in base.rows}
     # One row per example: the key (and the registry's judgments) know an example by its id, so a test example
     # given twice must not be two rows with sides of their own.
@@ -71,7 +92,10 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
             pairs.append((by_id[row["id"]], row))
     if not pairs:
         raise DataError("the two evaluations share no example to review")
-    rng = random.Random(seed)
+    # The seed alone gave every sheet of n rows the same sides by position (one key seen told them all); the two
+    # evaluations' answers are mixed in, so the same evaluations and seed still give the same sheet.
+    answered = "\n".join(f"{after['id']}\t{_fingerprint(before['prediction'])}\t{_fingerprint(after['prediction'])}" for before, after in pairs)
+    rng = random.Random(f"{seed}:{hashlib.sha256(answered.encode('utf-8')).hexdigest()}")
     rng.shuffle(pairs)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -79,20 +103,32 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
     sides: dict[str, dict[str, str]] = {}
     # The conversations behind prompts of more than one message, which the sheet shows as one string (``review_pairs``).
     prompts: dict[str, list] = {}
+    # Which answer is on which side, by text: a key of another export of the same examples (another seed, another run)
+    # has the same ids, and scoring with it would silently swap wins and losses.
+    answers: dict[str, list[str]] = {}
     for before, after in pairs:
         tuned_first = rng.random() < 0.5
         a, b = (after, before) if tuned_first else (before, after)
         sides[after["id"]] = {"A": "tuned" if tuned_first else "base", "B": "base" if tuned_first else "tuned"}
+        answers[after["id"]] = [_fingerprint(a["prediction"]), _fingerprint(b["prediction"])]
         if "messages" in after:
             prompts[after["id"]] = after["messages"]
         writer.writerow([after["id"], after["prompt"], a["prediction"], b["prediction"], ""])
     sheet = Path(sheet)
     key = key_path_for(sheet)
-    atomic_write_text(sheet, buffer.getvalue())
-    content = {"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides}
+    content = {"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides, "answers": answers}
     if prompts:
         content["prompts"] = prompts
-    atomic_write_text(key, json.dumps(content, indent=1, ensure_ascii=False))
+    key_text = json.dumps(content, indent=1, ensure_ascii=False)
+    if not replace:
+        for path, text in ((sheet, buffer.getvalue()), (key, key_text)):
+            # A filled sheet would lose its preferences; judgments stored as A or B (the web page's) would be read with
+            # another key's sides.
+            if path.exists() and path.read_bytes() != text.encode("utf-8"):
+                raise DataError(f"{path} already exists and differs from this export (filled in, or another seed or evaluation)",
+                                f"write the sheet to another file (--out), or delete {sheet} and {key} first")
+    atomic_write_text(sheet, buffer.getvalue())
+    atomic_write_text(key, key_text)
     return sheet, key
 
 
@@ -111,6 +147,8 @@ class ReviewScore:
     base: str
     tuned: str
     method: str = "Wilson 95% interval on wins + ties/2 over judged rows"
+    # Rows of the key a sheet no longer has (deleted in the spreadsheet): not judged either, but not blank to be seen.
+    missing: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,25 +185,72 @@ class ReviewPairs:
         return data
 
 
-def _judged_rows(sheet: Path, key: Path, sides: dict, columns: Sequence[str], hint: str | None = None) -> Iterator[tuple[int, dict, str | None]]:
+def _column(name: str | None) -> str:
+    """A header cell as the sheet's column name: people retype "Output A" or "Preference" in a spreadsheet."""
+    return (name or "").strip().lower().replace(" ", "_")
+
+
+def _blank(row: dict) -> bool:
+    """A row with nothing in it: a spreadsheet program saves rows once touched as ``,,,,``."""
+    return not any(value.strip() if isinstance(value, str) else any(v.strip() for v in value)
+                   for value in row.values() if value is not None)
+
+
+def _judged_rows(sheet: Path, key: Path, key_data: dict, columns: Sequence[str], hint: str | None = None) -> Iterator[tuple[int, dict, str | None]]:
     """(line, row, "A" | "B" | "tie" | None for blank) for every row of a filled-in sheet, checked against its key.
 
+    Read as a spreadsheet program saves it: a BOM, CRLF, ``;`` or tab separators, column names in any case, empty rows.
+
     Raises:
-        DataError: for a missing column, or naming the line of an unknown id or preference.
+        DataError: for a sheet not in UTF-8, a missing column, a key that is not the sheet's, or naming the line of an unknown id or
+            preference or of an example given twice by one reviewer.
     """
-    with sheet.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{sheet}: missing column(s) {', '.join(missing)}", hint)
-        for row in reader:
-            line = reader.line_num
-            if row["id"] not in sides:
-                raise DataError(f"{sheet}:{line}: id {row['id']!r} is not in the key {key}")
-            raw = (row["preference"] or "").strip().lower()
-            if raw and raw not in CHOICES:
-                raise DataError(f"{sheet}:{line}: preference {row['preference']!r} is not A, B or tie")
-            yield line, row, CHOICES[raw] if raw else None
+    sides = key_data["sides"]
+    answers = key_data.get("answers", {})  # keys written before answers were remembered are not checked
+    try:
+        with sheet.open(newline="", encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{sheet}: not UTF-8 text (byte {error.start})",
+                        "save it from the spreadsheet as \"CSV UTF-8\" (Excel) or with the character set UTF-8 (LibreOffice)") from None
+    header = text.split("\n", 1)[0]
+    # A spreadsheet in a locale whose decimal mark is a comma saves CSV with ';'; no column name holds a separator.
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=max(",;\t", key=header.count))
+    reader.fieldnames = [_column(name) for name in reader.fieldnames or []]
+    missing = [c for c in columns if c not in reader.fieldnames]
+    if missing:
+        raise DataError(f"{sheet}: missing column(s) {', '.join(missing)}", hint)
+    seen: dict[tuple[str, str], int] = {}
+    checked = matched = 0
+    wrong_key = f"{key} is not the key of this sheet"
+    key_hint = "pass the key file written with this sheet (--key); each export, seed or run has its own"
+    for row in reader:
+        line = reader.line_num
+        if _blank(row):
+            continue
+        if row["id"] not in sides:
+            raise DataError(f"{sheet}:{line}: id {row['id']!r} is not in the key {key}")
+        # One reviewer's row given twice (pasted again, kept after a sort) would count twice; several reviewers of one
+        # sheet say who judged each row in a reviewer column (what the web interface's judgments are written as).
+        where = (row["id"], (row.get("reviewer") or "").strip())
+        if where in seen:
+            raise DataError(f"{sheet}:{line}: id {row['id']!r} is also on line {seen[where]}",
+                            "delete one of the two rows; when several people filled the sheet, name each in a reviewer column")
+        seen[where] = line
+        expected = answers.get(row["id"])
+        if expected and row.get("output_a") is not None and row.get("output_b") is not None and expected[0] != expected[1]:
+            found = [_fingerprint(row["output_a"]), _fingerprint(row["output_b"])]
+            checked += 1
+            matched += found == expected
+            if found == expected[::-1]:
+                raise DataError(f"{wrong_key}: line {line}'s answers are on the other sides in the key", key_hint)
+        raw = (row["preference"] or "").strip().lower()
+        if raw and raw not in CHOICES:
+            raise DataError(f"{sheet}:{line}: preference {row['preference']!r} is not A, B or tie")
+        yield line, row, CHOICES[raw] if raw else None
+    # A cell the spreadsheet changed is no other key; a sheet none of whose answers the key knows is.
+    if checked and not matched:
+        raise DataError(f"{wrong_key}: none of the sheet's answers is one the key was written for", key_hint)
 
 
 def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = None) -> ReviewPairs:
@@ -184,7 +269,7 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
     lines: list[str] = []
     chosen_by = {"tuned": 0, "base": 0}
     ties = unjudged = 0
-    for line, row, choice in _judged_rows(sheet, key, sides, COLUMNS, "pass a sheet written by `tunelab review export`"):
+    for line, row, choice in _judged_rows(sheet, key, key_data, COLUMNS, "pass a sheet written by `tunelab review export`"):
         if choice is None:
             unjudged += 1
             continue
@@ -242,11 +327,13 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
     key, key_data = _read_key(sheet, key)
     sides = key_data["sides"]
     choices = [(row["id"], decided(choice, row.get("output_a"), row.get("output_b")))
-               for _, row, choice in _judged_rows(sheet, key, sides, ("id", "preference"))]
+               for _, row, choice in _judged_rows(sheet, key, key_data, ("id", "preference"))]
     try:
-        return score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"))
+        score = score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"))
     except DataError:
         raise DataError(f"{sheet}: no row has a preference yet", "fill the preference column with A, B or tie") from None
+    score.missing = len(set(sides) - {example_id for example_id, _ in choices})
+    return score
 
 
 # -- reviews in the registry (tunelab ui) -----------------------------------------------------------
@@ -281,7 +368,7 @@ def load_sheet(sheet: str | Path, key: str | Path | None = None) -> ReviewSheet:
     key, key_data = _read_key(sheet, key)
     rows = [
         {name: row[name] for name in ("id", "prompt", "output_a", "output_b")}
-        for _, row, _ in _judged_rows(sheet, key, key_data["sides"], COLUMNS, "pass a sheet written by `tunelab review export`")
+        for _, row, _ in _judged_rows(sheet, key, key_data, COLUMNS, "pass a sheet written by `tunelab review export`")
     ]
     return ReviewSheet(sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"))
 

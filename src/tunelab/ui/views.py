@@ -609,6 +609,7 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         open_run_review,
         registry_judgments,
         review_opponent,
+        same_answer,
         score_registry_reviews,
     )
 
@@ -619,7 +620,7 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
     judgments = registry_judgments(registry, record.id, sheet)
     reviewer = (reviewer or "").strip() or None
     # Rows where both models answered the same carry no preference: they are not asked.
-    identical = {row["id"] for row in sheet.rows if " ".join(row["output_a"].split()) == " ".join(row["output_b"].split())}
+    identical = {row["id"] for row in sheet.rows if same_answer(row["output_a"], row["output_b"])}
     askable = [row for row in sheet.rows if row["id"] not in identical]
     # Skipped rows count as seen by this reviewer (they come back only after every other row).
     seen = {j.example_id for j in judgments if j.reviewer == reviewer}
