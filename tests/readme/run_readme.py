@@ -158,7 +158,7 @@ PLAN: dict[str, Run | Skip] = {
     "tunelab compare base.json tuned.json": Skip(SYNOPSIS),
     # The web UI
     "tunelab ui": Run(serves=7860),
-    "tunelab ui --registry other/registry.db --port 8000": Run(serves=8000),
+    "tunelab ui --registry runs/registry.db --port 8000": Run(serves=8000),
     "tunelab ui --host 0.0.0.0 --api-key SECRET": Run(serves=7860),
 }
 
@@ -298,7 +298,7 @@ def run_readme(clone: Path, *, tiny: bool, only: str | None, log) -> list[Outcom
                         seconds = time.perf_counter() - started
                         if background and up:
                             servers.append(process)
-                        else:
+                        elif process.poll() is None:  # one that exited at once (a refused option) has no group left
                             os.killpg(process.pid, signal.SIGINT)
                             process.wait(timeout=60)
                         detail = "answered" if up else f"did not come up: {process.stderr.read().decode()[-400:] if process.stderr else ''}"
