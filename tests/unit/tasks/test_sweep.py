@@ -263,3 +263,55 @@ def test_a_variant_failing_outside_tunelab_errors_does_not_end_the_sweep(tmp_pat
     entries = run_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"])
     assert len(ran) == 2 and entries[1].error is None
     assert entries[0].outcome is None and entries[0].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_the_same_sweep_again_after_ctrl_c_reuses_finished_variants_and_continues_the_stopped_one(tmp_path, monkeypatch, tiny_model_dir):
+    """Ctrl-C in a sweep's second variant lost its leaderboard, and the same command again retrained every variant
+    under new names: it reuses a finished variant of the same config and data, continues the stopped one from its
+    checkpoint, and ranks them all; a variant of another config still trains."""
+    import json
+
+    import yaml
+
+    from tunelab.registry.store import Registry
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rows = [{"text": f"{('apple', 'card')[i % 2]} {('pear', 'refund')[i % 2]} number {i}", "label": "AB"[i % 2]} for i in range(40)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "task": "classify", "model": str(tiny_model_dir), "name": "sw",
+        "data": {"train": "train.jsonl", "test_size": 0.25, "validation_size": 0.2, "max_length": 32},
+        "train": {"method": "lora", "max_steps": 4, "batch_size": 4, "eval_every": 2, "precision": "fp32", "output_dir": "runs"},
+        "lora": {"r": 4}, "eval": {"baselines": ["base"], "bootstrap_samples": 100},
+    }))
+    trained: list[str] = []
+    variant: dict[str, str] = {}
+
+    def on_event(step, status, details):
+        if step == "variant" and status == "start":
+            variant["name"] = details["name"]
+
+    def sweep_once(grid, stop_in=None):
+        def progress(event):
+            if variant["name"] not in trained:
+                trained.append(variant["name"])
+            if stop_in and variant["name"].endswith(stop_in) and event.step == 2:
+                raise KeyboardInterrupt
+
+        trained.clear()
+        return run_sweep("sweep.yaml", [], grid, on_event=on_event, train_progress=progress)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_once(["train.lr=1e-2,2e-2"], stop_in="lr2e2")
+    first, stopped = trained
+    entries = sweep_once(["train.lr=1e-2,2e-2"])
+    assert trained == [stopped], trained  # only the stopped variant trains again, in its own run folder
+    assert [entry.outcome.name for entry in entries] == [first, stopped] and all(entry.error is None for entry in entries)
+    assert all(row["after"] is not None for row in sweep.leaderboard(entries))
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    assert sorted(run.name for run in registry.list_runs()) == sorted([first, stopped])
+    assert {run.status for run in registry.list_runs()} == {"finished"}
+    entries = sweep_once(["train.lr=1e-2,3e-2"])
+    assert len(trained) == 1 and trained[0].endswith("lr3e2"), trained  # another config: a new run
+    assert entries[0].outcome.name == first and len(registry.list_runs()) == 3
