@@ -1,4 +1,7 @@
-"""The in-process sweep's pure parts: the grid, the variants' run names, the metric, the leaderboard."""
+"""The in-process sweep: the grid, the variants' run names, the metric, the leaderboard; the same command again after an
+interrupted sweep (on the tiny model)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -265,15 +268,13 @@ def test_a_variant_failing_outside_tunelab_errors_does_not_end_the_sweep(tmp_pat
     assert entries[0].outcome is None and entries[0].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
-def test_the_same_sweep_again_after_ctrl_c_reuses_finished_variants_and_continues_the_stopped_one(tmp_path, monkeypatch, tiny_model_dir):
-    """Ctrl-C in a sweep's second variant lost its leaderboard, and the same command again retrained every variant
-    under new names: it reuses a finished variant of the same config and data, continues the stopped one from its
-    checkpoint, and ranks them all; a variant of another config still trains."""
+def _tiny_sweep(tmp_path, tiny_model_dir, monkeypatch):
+    """A sweep project on the tiny model in ``tmp_path`` (the working folder now); returns ``sweep_once(grid, stop_in)``,
+    which runs the sweep, and the names of the variants that trained in its last call (Ctrl-C in the variant whose name
+    ends in ``stop_in`` at its step 2)."""
     import json
 
     import yaml
-
-    from tunelab.registry.store import Registry
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
@@ -302,6 +303,16 @@ def test_the_same_sweep_again_after_ctrl_c_reuses_finished_variants_and_continue
         trained.clear()
         return run_sweep("sweep.yaml", [], grid, on_event=on_event, train_progress=progress)
 
+    return sweep_once, trained
+
+
+def test_the_same_sweep_again_after_ctrl_c_reuses_finished_variants_and_continues_the_stopped_one(tmp_path, monkeypatch, tiny_model_dir):
+    """Ctrl-C in a sweep's second variant lost its leaderboard, and the same command again retrained every variant
+    under new names: it reuses a finished variant of the same config and data, continues the stopped one from its
+    checkpoint, and ranks them all; a variant of another config still trains."""
+    from tunelab.registry.store import Registry
+
+    sweep_once, trained = _tiny_sweep(tmp_path, tiny_model_dir, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         sweep_once(["train.lr=1e-2,2e-2"], stop_in="lr2e2")
     first, stopped = trained
@@ -315,3 +326,27 @@ def test_the_same_sweep_again_after_ctrl_c_reuses_finished_variants_and_continue
     entries = sweep_once(["train.lr=1e-2,3e-2"])
     assert len(trained) == 1 and trained[0].endswith("lr3e2"), trained  # another config: a new run
     assert entries[0].outcome.name == first and len(registry.list_runs()) == 3
+
+
+def test_the_same_sweep_again_after_a_kill_continues_the_killed_variant(tmp_path, monkeypatch, tiny_model_dir):
+    # Killed (SIGKILL: no handler runs) just after the second variant's registry row was created: the row says running,
+    # its process is gone; the same command again reads the first variant back and continues the second in its folder.
+    import os
+    import subprocess
+    import sys
+
+    import tunelab
+    from tunelab.faults import KILL_ENV
+    from tunelab.registry.store import Registry
+
+    sweep_once, trained = _tiny_sweep(tmp_path, tiny_model_dir, monkeypatch)
+    env = {**os.environ, "PYTHONPATH": str(Path(tunelab.__file__).parents[1]), KILL_ENV: "pipeline.registered@2"}
+    script = "from tunelab.tasks.sweep import run_sweep; run_sweep('sweep.yaml', [], ['train.lr=1e-2,2e-2'])"
+    killed = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    before = {run.name: run.status for run in registry.list_runs()}
+    assert sorted(before.values()) == ["finished", "interrupted"], before
+    entries = sweep_once(["train.lr=1e-2,2e-2"])
+    assert [entry.outcome.name for entry in entries] == sorted(before) and trained == [entries[1].outcome.name], trained
+    assert {run.name: run.status for run in registry.list_runs()} == dict.fromkeys(before, "finished")
