@@ -136,21 +136,27 @@ def earlier_variant(config: Any, data_fingerprint: str | None) -> RunRecord | No
 
     An interrupted sweep (Ctrl-C, a kill) keeps the variants it finished, and the run folder of the one it stopped in:
     running the same command again reuses the first and continues the second. The config is compared as the pipeline
-    registers it (data paths anchored here): a changed key, or other data behind the same path, trains anew.
+    registers it (data paths anchored here, with what ``train.fit: auto`` applied): a changed key, or other data behind
+    the same path, trains anew.
     """
     if data_fingerprint is None:
         return None
     import yaml
 
-    from tunelab.config import dump_config, parse_config
+    from tunelab.config import apply_overrides, dump_config, parse_config
     from tunelab.registry.store import Registry, default_registry_path
     from tunelab.runs import RunFolder, anchor_paths
 
-    wanted = yaml.safe_load(dump_config(parse_config(anchor_paths(config.model_dump(mode="json"), Path.cwd()), source="config")))
-    wanted.pop("name", None)
+    def as_registered(overrides: list[str]) -> dict[str, Any]:
+        data = apply_overrides(anchor_paths(config.model_dump(mode="json"), Path.cwd()), overrides)
+        data = yaml.safe_load(dump_config(parse_config(data, source="config")))
+        data.pop("name", None)
+        return data
+
     path = default_registry_path(config)
     if not path.is_file():
         return None
+    wanted = as_registered([])
     for record in Registry(path).list_runs(task=config.task):  # newest first
         if record.status not in CONTINUED_STATUSES or record.data_fingerprint != data_fingerprint or not record.run_dir:
             continue
@@ -158,7 +164,9 @@ def earlier_variant(config: Any, data_fingerprint: str | None) -> RunRecord | No
             continue  # its folder was deleted or moved: nothing to read back or continue
         registered = dict(record.config_dict)
         registered.pop("name", None)
-        if registered == wanted:
+        # train.fit: auto registers the config it trained (estimate_step): the variant's with the fit's changes.
+        applied = ((record.estimate or {}).get("fit") or {}).get("applied") or []
+        if registered == (as_registered(applied) if applied else wanted):
             return record
     return None
 

@@ -350,3 +350,26 @@ def test_the_same_sweep_again_after_a_kill_continues_the_killed_variant(tmp_path
     entries = sweep_once(["train.lr=1e-2,2e-2"])
     assert [entry.outcome.name for entry in entries] == sorted(before) and trained == [entries[1].outcome.name], trained
     assert {run.name: run.status for run in registry.list_runs()} == dict.fromkeys(before, "finished")
+
+
+def test_an_earlier_variant_that_train_fit_auto_changed_is_still_found(tmp_path, monkeypatch):
+    # train.fit: auto registers the config the run trained (smaller passes, say), not the one the sweep made: matched on
+    # that alone, such a finished variant was trained again by every sweep that went on after an interruption.
+    from tunelab.config import apply_overrides, dump_config, load_config, parse_config
+    from tunelab.registry.store import Registry
+    from tunelab.runs import anchor_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(_sweep_config(tmp_path), ["train.lr=1e-4", "train.fit=auto"])
+    applied = ["train.max_pass_tokens=256"]
+    trained = parse_config(apply_overrides(anchor_paths(config.model_dump(mode="json"), tmp_path), applied))  # as registered
+    run_dir = tmp_path / "runs" / "sw-earlier"
+    run_dir.mkdir(parents=True)
+    (run_dir / "pipeline.json").write_text("{}")
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    registry.create_run(name="sw-earlier", task="classify", model="tiny", config=dump_config(trained), status="finished",
+                        data_fingerprint="f1", run_dir=str(run_dir), estimate={"fit": {"applied": applied}})
+    assert sweep.earlier_variant(config, "f1").name == "sw-earlier"
+    assert sweep.earlier_variant(config, "f2") is None  # other data behind the same path
+    other = load_config(_sweep_config(tmp_path), ["train.lr=2e-4", "train.fit=auto"])
+    assert sweep.earlier_variant(other, "f1") is None
