@@ -407,3 +407,25 @@ def test_timing_evaluation_out_of_memory_is_one_line(tiny_model, monkeypatch):
         calibrate_module._time_generation(tiny_model, torch.zeros((2, 8), dtype=torch.long), 2, [16], device="cpu")
     message = str(raised.value)
     assert "\n" not in message and "out of memory" in message, message
+
+
+@pytest.mark.parametrize(("task", "fit"), [("classify", "check"), ("text", "off")])
+def test_the_estimates_training_steps_out_of_memory_is_one_line_naming_what_to_lower(task, fit, tiny_model_dir, tiny_model, monkeypatch):
+    # The timed training steps (after evaluation's timing, which already said it in one line) ran out of GPU memory
+    # as torch's traceback: `tunelab estimate` / `tunelab run` named neither the batch nor the length to lower.
+    import importlib
+
+    from tunelab.errors import TunelabError
+
+    calibrate_module = importlib.import_module("tunelab.estimate.calibrate")
+    monkeypatch.setattr(calibrate_module, "_time_generation", lambda *args, **kwargs: {})
+    monkeypatch.setattr(tiny_model.model, "forward", _out_of_memory)
+    config = parse_config({"task": task, "model": str(tiny_model_dir), "train": {"batch_size": 2, "precision": "fp32", "fit": fit},
+                           "lora": {"r": 4}})
+    with pytest.raises(TunelabError) as raised:
+        calibrate_module.calibrate(config, 16, model=tiny_model, steps=1, device="cpu", use_cache=False)
+    message = str(raised.value)
+    assert "\n" not in message and "out of memory" in message and "train.batch_size=2" in message, message
+    assert "data.max_length" in raised.value.hint and "train.max_pass_tokens" in raised.value.hint, raised.value.hint
+    # train.fit: auto changes a run its memory check says will not fit: one timed here passed that check, unless it was off.
+    assert ("train.fit: auto" in raised.value.hint) == (fit == "off"), raised.value.hint

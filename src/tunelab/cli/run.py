@@ -81,7 +81,10 @@ def _event_printer(quiet: bool):
         if status == "start":
             started[step] = time.perf_counter()
             if step == "variant":
-                error_console.rule(f"variant {details.get('name')}: {' '.join(details.get('overrides', []))}")
+                # Taken up from an interrupted sweep: a finished run is read back, a stopped one goes on from its checkpoint.
+                continues = details.get("continues")
+                again = "" if not continues else " (finished earlier: reused)" if continues == "finished" else " (stopped earlier: continued)"
+                error_console.rule(f"variant {details.get('name')}: {' '.join(details.get('overrides', []))}{again}")
             else:
                 error_console.print(f"[bold cyan]▶ {title}[/]")
         elif status == "baseline start":
@@ -274,7 +277,7 @@ def sweep(
         if not as_json:
             error_console.print(f"sweep {result.name}{' (continued)' if result.restored else ''}: {result.path}")
     elif engine == "local":
-        # Silently dropped, --name would let a second run start every variant anew, --max-hours never stop one.
+        # Silently dropped, --name would seem to name a sweep to continue (the same command continues it), --max-hours never stop one.
         ray_only = {"--address": address, "--search": search != "grid", "--trials": trials, "--asha": asha,
                     "--cpus-per-trial": cpus_per_trial != 1, "--gpus-per-trial": gpus_per_trial, "--max-hours": max_hours,
                     "--max-usd": max_usd, "--usd-per-hour": usd_per_hour, "--name": name}

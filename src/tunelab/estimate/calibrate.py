@@ -425,7 +425,8 @@ def calibrate(
 
     Raises:
         ModelError: when the model cannot be loaded.
-        ConfigError: when ``apply_method`` refuses the config (see there).
+        ConfigError: when ``apply_method`` refuses the config (see there), or out of memory on ``device`` (one line
+            naming what to lower).
     """
     import torch
 
@@ -541,6 +542,20 @@ def calibrate(
             # The tuned model's evaluation: the trained adapters on the fp32 base (runs.Run.load), one context.
             adapted = _time_generation(model, None, decode[0], decode[1][:1], device=device, quantized=config.train.method == "qlora")
             generation["adapted_decode_seconds"] = adapted["decode_seconds"][0]
+    except RuntimeError as error:
+        # The timed training steps at the run's shape did not fit where the run would train: the run itself would stop
+        # the same way, so the estimate says which settings make the step smaller instead of torch's traceback.
+        if is_out_of_memory(error):
+            # train.fit: auto changes only a run its memory estimate says will not fit: this one's it expected to (a
+            # step is timed only then), so it is named only where the check was off.
+            auto = ", or set train.fit: auto (the memory check then makes the step fit)" if config.train.fit == "off" else ""
+            raise ConfigError(
+                f"out of memory on {device} timing training steps for the estimate ({batch} rows of {seq_len} tokens: "
+                f"train.batch_size={config.train.batch_size}, data.max_length={config.data.max_length})",
+                "lower train.batch_size (raise train.grad_accum to keep the same effective batch) or data.max_length, set "
+                f"train.max_pass_tokens (the same step in smaller passes) or train.gradient_checkpointing=true{auto}",
+            ) from None
+        raise
     finally:
         torch.set_num_threads(previous_threads)
     calibration = Calibration(

@@ -1,6 +1,7 @@
 """``tunelab sweep``: every combination of a grid of overrides, each a full pipeline run, and a leaderboard.
 
-The baseline is shared through the registry's baseline cache, so variants pay for it once.
+The baseline is shared through the registry's baseline cache, so variants pay for it once. The same command after an
+interrupted sweep (Ctrl-C, a kill) reuses the variants it finished and continues the one it stopped in (``earlier_variant``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.tasks.pipeline import EventFn, RunOutcome, run_pipeline
+
+if TYPE_CHECKING:
+    from tunelab.registry.store import RunRecord
 
 
 @dataclass
@@ -75,7 +79,8 @@ def run_sweep(
 
     A failing variant does not stop the others (there is no guarantee every variant works); its
     error is kept in the entry. Every config, and the leaderboard's ``metric``, is validated before any
-    variant runs.
+    variant runs. A variant with a registered run of the same config on the same data (``earlier_variant``: a sweep
+    interrupted before) is not trained again: a finished run's outcome is read back, a stopped one is continued.
 
     Raises:
         ConfigError: for a bad grid, a combination that makes an invalid config, a grid key that changes the
@@ -97,13 +102,17 @@ def run_sweep(
             name = f"{name[:114]}-v{index}"
         config.name = name
         configs.append((overrides, config))
-    check_same_rows(configs)
+    fingerprints = check_same_rows(configs)
     emit = on_event or (lambda step, status, details: None)
     entries = []
-    for overrides, config in configs:
-        emit("variant", "start", {"overrides": overrides, "name": config.name})
+    for (overrides, config), fingerprint in zip(configs, fingerprints, strict=True):
+        earlier = earlier_variant(config, fingerprint)
+        details = {"overrides": overrides, "name": config.name if earlier is None else earlier.name}
+        emit("variant", "start", details if earlier is None else {**details, "continues": earlier.status})
         try:
-            outcome = run_pipeline(config, on_event=on_event, train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate)
+            # A variant an interrupted sweep finished returns its recorded outcome; one it stopped goes on from its checkpoint.
+            outcome = run_pipeline(None if earlier else config, resume=earlier.run_dir if earlier else None, on_event=on_event,
+                                   train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate)
             entries.append(SweepEntry(overrides, outcome))
         except TunelabError as error:
             entries.append(SweepEntry(overrides, None, str(error)))
@@ -114,6 +123,52 @@ def run_sweep(
             entries.append(SweepEntry(overrides, None, message))
             emit("variant", "warn", {"message": f"{config.name} failed: {message}"})
     return entries
+
+
+# What an earlier run of a variant may be taken up in: finished (its outcome is read back) or stopped (it goes on from
+# its last checkpoint). A failed one is run anew: the same run would stop at the same error.
+CONTINUED_STATUSES = ("finished", "interrupted", "cancelled")
+
+
+def earlier_variant(config: Any, data_fingerprint: str | None) -> RunRecord | None:
+    """The newest registered run of ``config`` (its name aside) on data of ``data_fingerprint`` that a sweep takes up
+    instead of training the variant again (``CONTINUED_STATUSES``), or None.
+
+    An interrupted sweep (Ctrl-C, a kill) keeps the variants it finished, and the run folder of the one it stopped in:
+    running the same command again reuses the first and continues the second. The config is compared as the pipeline
+    registers it (data paths anchored here, with what ``train.fit: auto`` applied): a changed key, or other data behind
+    the same path, trains anew.
+    """
+    if data_fingerprint is None:
+        return None
+    import yaml
+
+    from tunelab.config import apply_overrides, dump_config, parse_config
+    from tunelab.registry.store import Registry, default_registry_path
+    from tunelab.runs import RunFolder, anchor_paths
+
+    def as_registered(overrides: list[str]) -> dict[str, Any]:
+        data = apply_overrides(anchor_paths(config.model_dump(mode="json"), Path.cwd()), overrides)
+        data = yaml.safe_load(dump_config(parse_config(data, source="config")))
+        data.pop("name", None)
+        return data
+
+    path = default_registry_path(config)
+    if not path.is_file():
+        return None
+    wanted = as_registered([])
+    for record in Registry(path).list_runs(task=config.task):  # newest first
+        if record.status not in CONTINUED_STATUSES or record.data_fingerprint != data_fingerprint or not record.run_dir:
+            continue
+        if not RunFolder(Path(record.run_dir)).pipeline_state.is_file():
+            continue  # its folder was deleted or moved: nothing to read back or continue
+        registered = dict(record.config_dict)
+        registered.pop("name", None)
+        # train.fit: auto registers the config it trained (estimate_step): the variant's with the fit's changes.
+        applied = ((record.estimate or {}).get("fit") or {}).get("applied") or []
+        if registered == (as_registered(applied) if applied else wanted):
+            return record
+    return None
 
 
 def check_metric(metric: str | None, config: Any) -> None:
@@ -136,13 +191,17 @@ def check_metric(metric: str | None, config: Any) -> None:
         raise ConfigError(f"--metric {metric!r} cannot rank {config.task} runs", f"use one of {', '.join(rankable)}")
 
 
-def check_same_rows(variants: list[tuple[list[str], Any]]) -> None:
+def check_same_rows(variants: list[tuple[list[str], Any]]) -> list[str | None]:
     """Refuse a grid whose variants would be selected (validation) or judged (test) on different rows.
 
     A grid key that changes the split (data.seed, data.test_size, data.limit, the data files, data.out_of_scope,
     data.max_test_examples...) gives every variant rows of its own: their numbers are not comparable, and the
     leaderboard would rank them anyway. The rows are computed as the pipeline computes them, not guessed from the
     key's name. A variant whose data cannot be read is left to fail in its own run, as before.
+
+    Returns:
+        each variant's data fingerprint (None where its data cannot be read): what the in-process sweep matches an
+        earlier run of the variant by (``earlier_variant``).
 
     Raises:
         ConfigError: naming the grid key whose values change the rows.
@@ -151,20 +210,23 @@ def check_same_rows(variants: list[tuple[list[str], Any]]) -> None:
     from tunelab.evaluation.evaluate import select_test_records
 
     rows_by_data: dict[str, tuple | None] = {}
-    rows = []
+    fingerprint_by_data: dict[str, str | None] = {}
+    rows, fingerprints = [], []
     for _, config in variants:
         data = f"{config.task} {config.data.model_dump_json()}"  # variants that change no data key share one split
         if data not in rows_by_data:
             try:
                 split = make_split(config)
             except TunelabError:
-                rows_by_data[data] = None
+                rows_by_data[data] = fingerprint_by_data[data] = None
             else:
                 test = select_test_records(split.test, config.data.max_test_examples, config.data.seed)
                 rows_by_data[data] = (frozenset(r.id for r in test), frozenset(r.id for r in split.validation))
+                fingerprint_by_data[data] = split.data_fingerprint
         rows.append(rows_by_data[data])
+        fingerprints.append(fingerprint_by_data[data])
     if len({r for r in rows if r is not None}) <= 1:
-        return
+        return fingerprints
     for axis in range(len(variants[0][0])):
         # The key whose values alone change the rows: variants equal on every other key, different rows.
         seen: dict[tuple, set] = {}
@@ -178,6 +240,7 @@ def check_same_rows(variants: list[tuple[list[str], Any]]) -> None:
                 "measured on different rows",
                 f"sweep one value of {key} at a time, or fix the rows with data.test and data.validation files",
             )
+    return fingerprints
 
 
 def check_one_loss(variants: list[tuple[list[str], Any]], option: str) -> None:

@@ -1,4 +1,7 @@
-"""The in-process sweep's pure parts: the grid, the variants' run names, the metric, the leaderboard."""
+"""The in-process sweep: the grid, the variants' run names, the metric, the leaderboard; the same command again after an
+interrupted sweep (on the tiny model)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -263,3 +266,110 @@ def test_a_variant_failing_outside_tunelab_errors_does_not_end_the_sweep(tmp_pat
     entries = run_sweep(_sweep_config(tmp_path), [], ["train.lr=1e-4,2e-4"])
     assert len(ran) == 2 and entries[1].error is None
     assert entries[0].outcome is None and entries[0].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def _tiny_sweep(tmp_path, tiny_model_dir, monkeypatch):
+    """A sweep project on the tiny model in ``tmp_path`` (the working folder now); returns ``sweep_once(grid, stop_in)``,
+    which runs the sweep, and the names of the variants that trained in its last call (Ctrl-C in the variant whose name
+    ends in ``stop_in`` at its step 2)."""
+    import json
+
+    import yaml
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rows = [{"text": f"{('apple', 'card')[i % 2]} {('pear', 'refund')[i % 2]} number {i}", "label": "AB"[i % 2]} for i in range(40)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "task": "classify", "model": str(tiny_model_dir), "name": "sw",
+        "data": {"train": "train.jsonl", "test_size": 0.25, "validation_size": 0.2, "max_length": 32},
+        "train": {"method": "lora", "max_steps": 4, "batch_size": 4, "eval_every": 2, "precision": "fp32", "output_dir": "runs"},
+        "lora": {"r": 4}, "eval": {"baselines": ["base"], "bootstrap_samples": 100},
+    }))
+    trained: list[str] = []
+    variant: dict[str, str] = {}
+
+    def on_event(step, status, details):
+        if step == "variant" and status == "start":
+            variant["name"] = details["name"]
+
+    def sweep_once(grid, stop_in=None):
+        def progress(event):
+            if variant["name"] not in trained:
+                trained.append(variant["name"])
+            if stop_in and variant["name"].endswith(stop_in) and event.step == 2:
+                raise KeyboardInterrupt
+
+        trained.clear()
+        return run_sweep("sweep.yaml", [], grid, on_event=on_event, train_progress=progress)
+
+    return sweep_once, trained
+
+
+def test_the_same_sweep_again_after_ctrl_c_reuses_finished_variants_and_continues_the_stopped_one(tmp_path, monkeypatch, tiny_model_dir):
+    """Ctrl-C in a sweep's second variant lost its leaderboard, and the same command again retrained every variant
+    under new names: it reuses a finished variant of the same config and data, continues the stopped one from its
+    checkpoint, and ranks them all; a variant of another config still trains."""
+    from tunelab.registry.store import Registry
+
+    sweep_once, trained = _tiny_sweep(tmp_path, tiny_model_dir, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_once(["train.lr=1e-2,2e-2"], stop_in="lr2e2")
+    first, stopped = trained
+    entries = sweep_once(["train.lr=1e-2,2e-2"])
+    assert trained == [stopped], trained  # only the stopped variant trains again, in its own run folder
+    assert [entry.outcome.name for entry in entries] == [first, stopped] and all(entry.error is None for entry in entries)
+    assert all(row["after"] is not None for row in sweep.leaderboard(entries))
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    assert sorted(run.name for run in registry.list_runs()) == sorted([first, stopped])
+    assert {run.status for run in registry.list_runs()} == {"finished"}
+    entries = sweep_once(["train.lr=1e-2,3e-2"])
+    assert len(trained) == 1 and trained[0].endswith("lr3e2"), trained  # another config: a new run
+    assert entries[0].outcome.name == first and len(registry.list_runs()) == 3
+
+
+def test_the_same_sweep_again_after_a_kill_continues_the_killed_variant(tmp_path, monkeypatch, tiny_model_dir):
+    # Killed (SIGKILL: no handler runs) just after the second variant's registry row was created: the row says running,
+    # its process is gone; the same command again reads the first variant back and continues the second in its folder.
+    import os
+    import subprocess
+    import sys
+
+    import tunelab
+    from tunelab.faults import KILL_ENV
+    from tunelab.registry.store import Registry
+
+    sweep_once, trained = _tiny_sweep(tmp_path, tiny_model_dir, monkeypatch)
+    env = {**os.environ, "PYTHONPATH": str(Path(tunelab.__file__).parents[1]), KILL_ENV: "pipeline.registered@2"}
+    script = "from tunelab.tasks.sweep import run_sweep; run_sweep('sweep.yaml', [], ['train.lr=1e-2,2e-2'])"
+    killed = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    before = {run.name: run.status for run in registry.list_runs()}
+    assert sorted(before.values()) == ["finished", "interrupted"], before
+    entries = sweep_once(["train.lr=1e-2,2e-2"])
+    assert [entry.outcome.name for entry in entries] == sorted(before) and trained == [entries[1].outcome.name], trained
+    assert {run.name: run.status for run in registry.list_runs()} == dict.fromkeys(before, "finished")
+
+
+def test_an_earlier_variant_that_train_fit_auto_changed_is_still_found(tmp_path, monkeypatch):
+    # train.fit: auto registers the config the run trained (smaller passes, say), not the one the sweep made: matched on
+    # that alone, such a finished variant was trained again by every sweep that went on after an interruption.
+    from tunelab.config import apply_overrides, dump_config, load_config, parse_config
+    from tunelab.registry.store import Registry
+    from tunelab.runs import anchor_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(_sweep_config(tmp_path), ["train.lr=1e-4", "train.fit=auto"])
+    applied = ["train.max_pass_tokens=256"]
+    trained = parse_config(apply_overrides(anchor_paths(config.model_dump(mode="json"), tmp_path), applied))  # as registered
+    run_dir = tmp_path / "runs" / "sw-earlier"
+    run_dir.mkdir(parents=True)
+    (run_dir / "pipeline.json").write_text("{}")
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    registry.create_run(name="sw-earlier", task="classify", model="tiny", config=dump_config(trained), status="finished",
+                        data_fingerprint="f1", run_dir=str(run_dir), estimate={"fit": {"applied": applied}})
+    assert sweep.earlier_variant(config, "f1").name == "sw-earlier"
+    assert sweep.earlier_variant(config, "f2") is None  # other data behind the same path
+    other = load_config(_sweep_config(tmp_path), ["train.lr=2e-4", "train.fit=auto"])
+    assert sweep.earlier_variant(other, "f1") is None
