@@ -76,13 +76,13 @@ def test_serving_a_judged_folder_decodes_as_its_generation_config_says(judged_fo
 
     folder = judged_folder
     seen = []
-    real = Engine.submit
+    real = Engine.submit_all  # every endpoint's jobs go through it (Engine.submit too)
 
-    def spy(self, model, kind, prompt_ids, params=None):
-        seen.append((params.temperature, params.top_p, params.max_tokens))
-        return real(self, model, kind, prompt_ids, params)
+    def spy(self, model, kind, prompts):
+        seen.extend((params.temperature, params.top_p, params.max_tokens) for _, params in prompts)
+        return real(self, model, kind, prompts)
 
-    monkeypatch.setattr(Engine, "submit", spy)
+    monkeypatch.setattr(Engine, "submit_all", spy)
     registry = load_registry(str(folder), [], max_loaded=1)
     chat = {"model": registry.base_name, "messages": QUESTION}
     with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
