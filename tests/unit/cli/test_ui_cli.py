@@ -9,10 +9,13 @@ import time
 
 import httpx
 
+from tunelab.registry import Registry
+
 
 def test_a_port_in_use_is_one_line_and_no_address_is_announced(tmp_path):
     # Port 7860 is also Gradio's default: a second `tunelab ui` announced its address (where the other app answers),
     # then uvicorn logged the bind error and exited 3.
+    Registry(tmp_path / "registry.db")  # `--registry` names an existing registry (a mistyped path is refused)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -27,6 +30,7 @@ def test_a_port_in_use_is_one_line_and_no_address_is_announced(tmp_path):
 
 
 def test_tunelab_ui_announces_the_port_it_bound_and_answers_there(tmp_path):
+    Registry(tmp_path / "registry.db")
     server = subprocess.Popen(
         [sys.executable, "-m", "tunelab.cli.main", "ui", "--port", "0", "--registry", str(tmp_path / "registry.db")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TUNELAB_UI_API_KEY": ""},
