@@ -25,13 +25,19 @@ def exported(tmp_path):
     """A sheet of six rows with two-line answers, and its rows judged for the tuned answer every time."""
     base = _result("base", [f"base answer {i}\nsecond line" for i in range(6)])
     tuned = _result("tuned", [f"tuned answer {i}\nsecond line" for i in range(6)])
-    sheet, key = export_review(base, tuned, tmp_path / "review.csv", seed=0)
+    sheet, key, rows = _judged_for_tuned(base, tuned, tmp_path / "review.csv")
+    return base, tuned, sheet, key, rows
+
+
+def _judged_for_tuned(base, tuned, path):
+    """The exported sheet, its key, and its rows with the tuned answer preferred on every one (not yet saved)."""
+    sheet, key = export_review(base, tuned, path, seed=0)
     sides = json.loads(key.read_text())["sides"]
     with sheet.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         row["preference"] = "A" if sides[row["id"]]["A"] == "tuned" else "B"
-    return base, tuned, sheet, key, rows
+    return sheet, key, rows
 
 
 def _save(path, rows, header=COLUMNS, *, delimiter=",", trailer=""):
@@ -178,12 +184,7 @@ def test_answers_alike_but_for_spacing_are_a_tie_as_the_web_page_treats_them(tmp
     # collapsed); a sheet's row of those answers judged A was a win for the score and a DPO pair of two same answers.
     base = _result("base", ["Paris is the capital.", "base answer"])
     tuned = _result("tuned", ["Paris is the  capital.\n", "tuned answer"])
-    sheet, key = export_review(base, tuned, tmp_path / "review.csv", seed=0)
-    sides = json.loads(key.read_text())["sides"]
-    with sheet.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        row["preference"] = "A" if sides[row["id"]]["A"] == "tuned" else "B"
+    sheet, _, rows = _judged_for_tuned(base, tuned, tmp_path / "review.csv")
     _save(sheet, rows)
     score = score_review(sheet)
     assert (score.tuned_wins, score.ties) == (1, 1)
