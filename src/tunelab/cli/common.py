@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.paths import check_output_folder
 
 console = Console()
@@ -38,6 +38,16 @@ class _FlagsTakeNoValue:
     def get_help_option(self, ctx: Any) -> Any:
         return _untyped_flag(super().get_help_option(ctx))  # type: ignore[misc]
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except _click_exceptions().UsageError as error:
+            # click's option parser raises some errors (`--limit` without its value) knowing no command: the line of
+            # :func:`usage_error` names the command they came from.
+            if error.ctx is None:
+                error.ctx = ctx
+            raise
+
 
 def _untyped_flag(param: Any) -> Any:
     if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
@@ -46,7 +56,19 @@ def _untyped_flag(param: Any) -> Any:
 
 
 class UsageGroup(_FlagsTakeNoValue, TyperGroup):
-    """A command group (``tunelab``, ``tunelab data``) whose flags show no type (:class:`_FlagsTakeNoValue`)."""
+    """A command group (``tunelab``, ``tunelab data``) whose flags show no type (:class:`_FlagsTakeNoValue`) and whose
+    usage errors, and those of every command under it, are one line (:func:`usage_error`).
+
+    Parsing the group's own options happens in ``make_context``; finding its command and parsing that command's
+    arguments (a group's under it too) in ``invoke``: between them they see every usage error of the CLI."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
 
 
 class UsageCommand(_FlagsTakeNoValue, TyperCommand):
@@ -81,14 +103,9 @@ class UsageCommand(_FlagsTakeNoValue, TyperCommand):
         return pieces
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        try:  # typer's own copy of click raises it (a private module: typer 0.29 vendors click) ...
-            from typer._click.exceptions import NoSuchOption
-        except ImportError:  # ... a typer that moves it or uses click itself must not break every command
-            from click.exceptions import NoSuchOption
-
         try:
             return super().parse_args(ctx, list(args))
-        except NoSuchOption as error:
+        except _click_exceptions().NoSuchOption as error:
             if any(param.name == "overrides" for param in self.params):
                 keys = config_keys_like(error.option_name)
                 if keys:
@@ -96,6 +113,44 @@ class UsageCommand(_FlagsTakeNoValue, TyperCommand):
                     error.message += " (config keys are set as KEY=VALUE after the config: " + " or ".join(f"{key}={value}" for key in keys) + ")"
                     error.possibilities = None  # click's look-alike options (--epoch: --search) are not what was meant
             raise
+
+
+def _click_exceptions() -> Any:
+    """The exceptions module of the click that typer raises from."""
+    try:  # typer's own copy of click (a private module: typer 0.29 vendors click) ...
+        from typer._click import exceptions
+    except ImportError:  # ... a typer that moves it or uses click itself must not break every command
+        from click import exceptions
+    return exceptions
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    exceptions = _click_exceptions()
+    try:
+        yield
+    # A group run without a command (`tunelab review`) prints its help through this error: it stays as it is.
+    except getattr(exceptions, "NoArgsIsHelpError", ()):
+        raise
+    except exceptions.UsageError as error:
+        raise usage_error(error) from None
+
+
+def usage_error(error: Any) -> TunelabError:
+    """A click usage error (unknown option or command, missing or extra argument, a value of the wrong type) as the
+    CLI's one error line: ``tunelab run: no such option: --bogus (tunelab run --help)``.
+
+    typer printed the usage line, "Try 'tunelab run --help' for help." and the message in a box, unlike every other
+    error of the CLI; click's message (with its "Did you mean" suggestions) is kept whole, on one line."""
+    ctx = error.ctx
+    message = " ".join(error.format_message().split()).removesuffix(".")
+    if message[:1].isupper() and message[1:2].islower():  # "No such option" reads on in the line; "PROMPT ..." stays
+        message = message[0].lower() + message[1:]
+    if ctx is None:
+        return TunelabError(message)
+    where = f" ({ctx.command_path} {ctx.help_option_names[0]})" if ctx.command.get_help_option(ctx) is not None else ""
+    # No hint: the CLI prints a hint on a line of its own, and a usage error is one line.
+    return TunelabError(f"{ctx.command_path}: {message}{where}")
 
 
 def config_keys_like(option: str, *, close: bool = True) -> list[str]:
