@@ -133,7 +133,13 @@ def test_promotion_under_32_concurrent_clients_loses_nothing_and_mixes_nothing(t
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)
+        # Promoted once the first answer is back, where it slept 0.3 s: on a busy machine no request might have been
+        # answered by then, every answer v2's, and the test's check that both runs answered would fail. The workers'
+        # other requests before their gate (95 of them) are still to come or in flight.
+        deadline = time.monotonic() + 60
+        while not results:
+            assert time.monotonic() < deadline, "no answer in 60 s"
+            time.sleep(0.01)
         store.set_alias("router", second, reason="test promotion")  # while requests are in flight
         deadline = time.monotonic() + 30
         while client.get("/v1/models/router").json().get("run_id") != second and time.monotonic() < deadline:
