@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.tasks.pipeline import EventFn, RunOutcome, run_pipeline
+from tunelab.tasks.pipeline import EventFn, RunOutcome, ended_by_provider, run_pipeline
 
 if TYPE_CHECKING:
     from tunelab.registry.store import RunRecord
@@ -107,6 +107,13 @@ def run_sweep(
     entries = []
     for (overrides, config), fingerprint in zip(configs, fingerprints, strict=True):
         earlier = earlier_variant(config, fingerprint)
+        ended = ended_by_provider(earlier.run_dir) if earlier is not None else None
+        if earlier is not None and ended is not None:
+            # Its job ended without a model at the provider, which a resume never restarts: the rerun would refuse the
+            # variant every time. The user did not stop it (a job they cancelled is refused, as `run --resume` does).
+            emit("variant", "warn", {"message": f"{earlier.name}: its job {ended.job_id} {ended.status} at the provider, not by you: "
+                                                f"{config.name} starts it again as a new job"})
+            earlier = None
         details = {"overrides": overrides, "name": config.name if earlier is None else earlier.name}
         emit("variant", "start", details if earlier is None else {**details, "continues": earlier.status})
         try:
@@ -126,13 +133,15 @@ def run_sweep(
 
 
 # What an earlier run of a variant may be taken up in: finished (its outcome is read back) or stopped (it goes on from
-# its last checkpoint). A failed one is run anew: the same run would stop at the same error.
+# its last checkpoint). A failed one is run anew: the same run would stop at the same error. (A cloud run whose job the
+# provider failed or cancelled is found too, for run_sweep to say that it starts the variant again as a new job.)
 CONTINUED_STATUSES = ("finished", "interrupted", "cancelled")
 
 
 def earlier_variant(config: Any, data_fingerprint: str | None) -> RunRecord | None:
     """The newest registered run of ``config`` (its name aside) on data of ``data_fingerprint`` that a sweep takes up
-    instead of training the variant again (``CONTINUED_STATUSES``), or None.
+    instead of training the variant again (``CONTINUED_STATUSES``), or a cloud run whose job the provider ended without
+    a model (``ended_by_provider``: the sweep starts that variant again as a new job, and says so), or None.
 
     An interrupted sweep (Ctrl-C, a kill) keeps the variants it finished, and the run folder of the one it stopped in:
     running the same command again reuses the first and continues the second. The config is compared as the pipeline
@@ -158,7 +167,9 @@ def earlier_variant(config: Any, data_fingerprint: str | None) -> RunRecord | No
         return None
     wanted = as_registered([])
     for record in Registry(path).list_runs(task=config.task):  # newest first
-        if record.status not in CONTINUED_STATUSES or record.data_fingerprint != data_fingerprint or not record.run_dir:
+        if record.data_fingerprint != data_fingerprint or not record.run_dir:
+            continue
+        if record.status not in CONTINUED_STATUSES and not (record.status == "failed" and ended_by_provider(record.run_dir)):
             continue
         if not RunFolder(Path(record.run_dir)).pipeline_state.is_file():
             continue  # its folder was deleted or moved: nothing to read back or continue
