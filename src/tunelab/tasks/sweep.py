@@ -2,6 +2,8 @@
 
 The baseline is shared through the registry's baseline cache, so variants pay for it once. The same command after an
 interrupted sweep (Ctrl-C, a kill) reuses the variants it finished and continues the one it stopped in (``earlier_variant``).
+A variant whose provider's job (``train.backend: openai``) the provider failed or cancelled is started again as a new job,
+and said so; one whose job the user cancelled (``tunelab cancel``, the UI's Cancel) is refused, as ``run --resume`` refuses it.
 """
 
 from __future__ import annotations
@@ -105,21 +107,38 @@ def run_sweep(
     fingerprints = check_same_rows(configs)
     emit = on_event or (lambda step, status, details: None)
     entries = []
-    for (overrides, config), fingerprint in zip(configs, fingerprints, strict=True):
-        earlier = earlier_variant(config, fingerprint)
-        ended = ended_by_provider(earlier.run_dir) if earlier is not None else None
-        if earlier is not None and ended is not None:
-            # Its job ended without a model at the provider, which a resume never restarts: the rerun would refuse the
-            # variant every time. The user did not stop it (a job they cancelled is refused, as `run --resume` does).
+
+    def started_again(earlier: RunRecord, config: Any) -> bool:
+        """Whether the earlier run's job ended without a model at the provider (said in one line): a resume never restarts
+        it, so the rerun would refuse the variant every time. A job the user cancelled stays refused, as `run --resume`
+        refuses it."""
+        ended = ended_by_provider(earlier.run_dir)
+        if ended is not None:
             emit("variant", "warn", {"message": f"{earlier.name}: its job {ended.job_id} {ended.status} at the provider, not by you: "
                                                 f"{config.name} starts it again as a new job"})
-            earlier = None
+        return ended is not None
+
+    def run_variant(overrides: list[str], config: Any, earlier: RunRecord | None) -> RunOutcome:
         details = {"overrides": overrides, "name": config.name if earlier is None else earlier.name}
         emit("variant", "start", details if earlier is None else {**details, "continues": earlier.status})
+        # A variant an interrupted sweep finished returns its recorded outcome; one it stopped goes on from its checkpoint.
+        return run_pipeline(None if earlier else config, resume=earlier.run_dir if earlier else None, on_event=on_event,
+                            train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate)
+
+    from tunelab.remote.finetune import CloudJobFailed
+
+    for (overrides, config), fingerprint in zip(configs, fingerprints, strict=True):
+        earlier = earlier_variant(config, fingerprint)
+        if earlier is not None and started_again(earlier, config):
+            earlier = None
         try:
-            # A variant an interrupted sweep finished returns its recorded outcome; one it stopped goes on from its checkpoint.
-            outcome = run_pipeline(None if earlier else config, resume=earlier.run_dir if earlier else None, on_event=on_event,
-                                   train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate)
+            try:
+                outcome = run_variant(overrides, config, earlier)
+            except CloudJobFailed:
+                # A stopped variant's job may have ended at the provider while tunelab was stopped: seen only as it is followed.
+                if earlier is None or not started_again(earlier, config):
+                    raise
+                outcome = run_variant(overrides, config, None)
             entries.append(SweepEntry(overrides, outcome))
         except TunelabError as error:
             entries.append(SweepEntry(overrides, None, str(error)))

@@ -106,3 +106,22 @@ def test_a_variant_whose_job_the_user_cancelled_is_not_started_again(provider, t
         entries, said = _sweep(config)
         assert entries[0].outcome is None and "cancelled" in entries[0].error and "not resumed" in entries[0].error
         assert list(provider.jobs) == ["ftjob-1"] and not any("new job" in line for line in said)
+
+
+def test_a_stopped_variant_whose_job_the_provider_cancelled_meanwhile_is_started_again_on_the_same_rerun(provider, tmp_path, monkeypatch,
+                                                                                                         tiny_model_dir):
+    config = _project(tmp_path, monkeypatch, provider, tiny_model_dir)
+
+    def ctrl_c(step, status, details):
+        if step == "train" and status == "event" and details.get("message") == "Fine-tuning job started":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(config, ctrl_c)
+    with provider.lock:
+        provider.cancel("ftjob-1")  # at the provider, while tunelab was stopped
+    # The rerun continues the stopped variant, finds its job cancelled at the provider, and starts it again at once.
+    entries, said = _sweep(config)
+    assert entries[0].error is None and entries[0].outcome.tuned_metrics is not None
+    assert list(provider.jobs) == ["ftjob-1", "ftjob-2"] and CloudJob.load(entries[0].outcome.run_dir).job_id == "ftjob-2"
+    assert len(said) == 1 and "ftjob-1" in said[0] and "new job" in said[0]
