@@ -236,6 +236,12 @@ class RunFolder:
         return self.root / "cloud_job.json"
 
     @property
+    def cloud_cancel(self) -> Path:
+        """train.backend: openai: the job ``tunelab cancel`` (or the UI's Cancel) had the provider cancel. Its own file, as
+        the process following the job may be the one writing ``cloud_job.json`` then."""
+        return self.root / "cloud_cancel.json"
+
+    @property
     def cloud_train(self) -> Path:
         return self.root / "cloud_train.jsonl"
 

@@ -33,12 +33,23 @@ NO_KEY = "not-needed"  # the openai client insists on a key; a local server igno
 MAX_RETRY_AFTER_S = 600.0
 # The backoff between tries when the provider says nothing (the openai client's: 0.5 s doubling up to 8 s, less a jitter).
 BACKOFF_S, BACKOFF_MAX_S = 0.5, 8.0
-_sleep = time.sleep  # every wait between tries (tests record them instead of sleeping)
 logger = logging.getLogger("tunelab.remote")
+
+
+def _sleep(seconds: float, stop: threading.Event | None = None) -> None:
+    """Every wait between tries (tests record them instead of sleeping); it ends early once ``stop`` is set."""
+    if stop is None:
+        time.sleep(seconds)
+    else:
+        stop.wait(seconds)
 
 
 class RemoteError(TunelabError):
     """A remote endpoint that cannot be reached or keeps refusing."""
+
+
+class _Stopped(Exception):
+    """A request of a batch that was stopped (Ctrl-C, SIGTERM) while it waited between tries: not asked again."""
 
 
 @dataclass
@@ -169,8 +180,9 @@ class RemoteClient:
             body.update(top_p=top_p, seed=seed)
         return body
 
-    def ask(self, body: dict[str, Any]) -> Answer:
-        """One request (a cache hit when this exact request was answered before)."""
+    def ask(self, body: dict[str, Any], *, stop: threading.Event | None = None) -> Answer:
+        """One request (a cache hit when this exact request was answered before); once ``stop`` is set (its batch was
+        stopped), a wait between tries ends and nothing more is sent (``_Stopped`` is raised)."""
         import openai
 
         key = request_key(self.endpoint.base_url, self.endpoint.name, body)
@@ -180,7 +192,7 @@ class RemoteClient:
                 return self._answer(hit, cached=True)
         started = time.perf_counter()
         try:
-            response = self._create(body)
+            response = self._create(body, stop)
         except openai.APIStatusError as error:
             # A 404 on every request is nearly always the address (a base_url without its /v1) or the model's name.
             wrong_address = " (check base_url, usually ending in /v1, and the model's name there)" if error.status_code == 404 else ""
@@ -217,11 +229,18 @@ class RemoteClient:
             self.cache.put(key, self.endpoint.base_url, self.endpoint.name, body, result)
         return self._answer(result, cached=False)
 
-    def _create(self, body: dict[str, Any]) -> Any:
-        """The completion, asked up to ``max_retries + 1`` times; the last error is raised."""
+    def _create(self, body: dict[str, Any], stop: threading.Event | None = None) -> Any:
+        """The completion, asked up to ``max_retries + 1`` times; the last error is raised.
+
+        Raises:
+            _Stopped: once ``stop`` is set: a wait (a Retry-After of up to 10 minutes) ends then, and what the user
+                stopped is not asked again after it (in a notebook the process, and this thread, live on).
+        """
         import openai
 
         for attempt in itertools.count():
+            if stop is not None and stop.is_set():
+                raise _Stopped
             try:
                 return self.client.chat.completions.create(model=self.endpoint.name, **body)
             except (openai.APIStatusError, openai.APIConnectionError) as error:  # a timeout is a connection error
@@ -233,9 +252,9 @@ class RemoteClient:
                     raise
                 if asked is not None and asked > 0:
                     self._say_wait(asked, f"HTTP {response.status_code}", attempt)
-                    _sleep(asked)
+                    _sleep(asked, stop)
                 else:
-                    _sleep(min(BACKOFF_S * 2**attempt, BACKOFF_MAX_S) * (1 - 0.25 * random.random()))
+                    _sleep(min(BACKOFF_S * 2**attempt, BACKOFF_MAX_S) * (1 - 0.25 * random.random()), stop)
         raise AssertionError("itertools.count() never ends")
 
     def _say_wait(self, seconds: float, why: str, attempt: int) -> None:
@@ -277,6 +296,7 @@ class RemoteClient:
         # Hands out the next request and runs the callbacks, so that none runs, or is half-way, once the batch is given up.
         lock = threading.Lock()
         finished = threading.Event()
+        stopped = threading.Event()  # ends the waits between tries of the requests in flight, and their tries
         batch: dict[str, Any] = {"left": len(bodies), "stopped": False, "error": None}
 
         def work() -> None:
@@ -286,7 +306,7 @@ class RemoteClient:
                 if index is None:
                     return
                 try:
-                    answer = self.ask(bodies[index])
+                    answer = self.ask(bodies[index], stop=stopped)
                     with lock:
                         if batch["stopped"]:
                             return
@@ -298,10 +318,13 @@ class RemoteClient:
                         batch["left"] -= 1
                         if not batch["left"]:
                             finished.set()
+                except _Stopped:
+                    return  # the batch was given up while this request waited: the caller has the stop already
                 except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, as a pool's map does
                     with lock:
                         batch["error"] = batch["error"] or error
                         batch["stopped"] = True
+                    stopped.set()
                     finished.set()
                     return
 
@@ -317,6 +340,7 @@ class RemoteClient:
         except BaseException:
             with lock:
                 batch["stopped"] = True
+            stopped.set()
             raise
         if batch["error"] is not None:
             raise batch["error"]

@@ -538,6 +538,8 @@ def cancel_job(endpoint: EndpointConfig, run_dir: Path) -> CancelResult:
                     raise
                 ended_before = True
             outcome = ALREADY_FINISHED if ended_before or state.status in ("succeeded", "failed") else CANCELLED
+            if outcome == CANCELLED:  # what tells the user's cancel from the provider's (cancelled_by_user)
+                atomic_write_text(RunFolder(run_dir).cloud_cancel, json.dumps({"job_id": record.job_id, "asked_at": time.time()}))
         except openai.APIStatusError as error:
             raise RemoteError(f"{base_url} refused to cancel {what} (HTTP {error.status_code}): {without_key(error.message, endpoint)}",
                               "run `tunelab cancel RUN` again, or cancel it in the provider's dashboard") from None
@@ -553,6 +555,17 @@ def cancel_job(endpoint: EndpointConfig, run_dir: Path) -> CancelResult:
     finally:
         if locked:
             unlock_run_folder(run_dir)
+
+
+def cancelled_by_user(run_dir: Path, job_id: str | None) -> bool:
+    """Whether ``cancel_job`` (``tunelab cancel RUN``, the UI's Cancel) had the provider cancel job ``job_id`` of the run;
+    False for a job the provider cancelled itself, or someone in its dashboard."""
+    path = RunFolder(Path(run_dir)).cloud_cancel
+    try:
+        asked = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return job_id is not None and isinstance(asked, dict) and asked.get("job_id") == job_id
 
 
 def fine_tuned_endpoint(endpoint: EndpointConfig, job: CloudJob) -> EndpointConfig:

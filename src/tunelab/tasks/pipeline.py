@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (
     from tunelab.evaluation.result import EvalResult
     from tunelab.models.loader import LoadedModel
     from tunelab.registry.store import Registry
-    from tunelab.remote.finetune import CancelResult
+    from tunelab.remote.finetune import CancelResult, CloudJob
     from tunelab.train.run import TrainResult
 
 EventFn = Callable[[str, str, dict[str, Any]], None]  # (step, "start"|"done"|"skip"|"warn", details)
@@ -1309,6 +1309,22 @@ def resume_refusal(run_dir: str | Path) -> TunelabError | None:
 
     job = CloudJob.load(Path(run_dir))
     return None if job is None else job.ended_without_model()
+
+
+def ended_by_provider(run_dir: str | Path) -> CloudJob | None:
+    """The job of a cloud run that ended without a model not by the user's asking (it failed, or the provider cancelled
+    it), or None (no such job, or one ``tunelab cancel`` / the UI's Cancel cancelled).
+
+    Such a run is never resumed (``resume_refusal``), so a sweep starts its variant again as a new job: the user did not
+    stop it. A job the user cancelled is refused, as ``tunelab run --resume RUN`` refuses it, and never paid for again.
+    """
+    from tunelab.remote.finetune import CloudJob, CloudJobCancelled, cancelled_by_user
+
+    job = CloudJob.load(Path(run_dir))
+    ended = None if job is None else job.ended_without_model()
+    if ended is None or (isinstance(ended, CloudJobCancelled) and cancelled_by_user(Path(run_dir), job.job_id)):
+        return None
+    return job
 
 
 def cloud_evaluate_step(context: PipelineContext):

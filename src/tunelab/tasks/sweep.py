@@ -2,6 +2,8 @@
 
 The baseline is shared through the registry's baseline cache, so variants pay for it once. The same command after an
 interrupted sweep (Ctrl-C, a kill) reuses the variants it finished and continues the one it stopped in (``earlier_variant``).
+A variant whose provider's job (``train.backend: openai``) the provider failed or cancelled is started again as a new job,
+and said so; one whose job the user cancelled (``tunelab cancel``, the UI's Cancel) is refused, as ``run --resume`` refuses it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.tasks.pipeline import EventFn, RunOutcome, run_pipeline
+from tunelab.tasks.pipeline import EventFn, RunOutcome, ended_by_provider, run_pipeline
 
 if TYPE_CHECKING:
     from tunelab.registry.store import RunRecord
@@ -105,14 +107,38 @@ def run_sweep(
     fingerprints = check_same_rows(configs)
     emit = on_event or (lambda step, status, details: None)
     entries = []
-    for (overrides, config), fingerprint in zip(configs, fingerprints, strict=True):
-        earlier = earlier_variant(config, fingerprint)
+
+    def started_again(earlier: RunRecord, config: Any) -> bool:
+        """Whether the earlier run's job ended without a model at the provider (said in one line): a resume never restarts
+        it, so the rerun would refuse the variant every time. A job the user cancelled stays refused, as `run --resume`
+        refuses it."""
+        ended = ended_by_provider(earlier.run_dir)
+        if ended is not None:
+            emit("variant", "warn", {"message": f"{earlier.name}: its job {ended.job_id} {ended.status} at the provider, not by you: "
+                                                f"{config.name} starts it again as a new job"})
+        return ended is not None
+
+    def run_variant(overrides: list[str], config: Any, earlier: RunRecord | None) -> RunOutcome:
         details = {"overrides": overrides, "name": config.name if earlier is None else earlier.name}
         emit("variant", "start", details if earlier is None else {**details, "continues": earlier.status})
+        # A variant an interrupted sweep finished returns its recorded outcome; one it stopped goes on from its checkpoint.
+        return run_pipeline(None if earlier else config, resume=earlier.run_dir if earlier else None, on_event=on_event,
+                            train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate)
+
+    from tunelab.remote.finetune import CloudJobFailed
+
+    for (overrides, config), fingerprint in zip(configs, fingerprints, strict=True):
+        earlier = earlier_variant(config, fingerprint)
+        if earlier is not None and started_again(earlier, config):
+            earlier = None
         try:
-            # A variant an interrupted sweep finished returns its recorded outcome; one it stopped goes on from its checkpoint.
-            outcome = run_pipeline(None if earlier else config, resume=earlier.run_dir if earlier else None, on_event=on_event,
-                                   train_progress=train_progress, eval_progress=eval_progress, calibrate=calibrate)
+            try:
+                outcome = run_variant(overrides, config, earlier)
+            except CloudJobFailed:
+                # A stopped variant's job may have ended at the provider while tunelab was stopped: seen only as it is followed.
+                if earlier is None or not started_again(earlier, config):
+                    raise
+                outcome = run_variant(overrides, config, None)
             entries.append(SweepEntry(overrides, outcome))
         except TunelabError as error:
             entries.append(SweepEntry(overrides, None, str(error)))
@@ -126,13 +152,15 @@ def run_sweep(
 
 
 # What an earlier run of a variant may be taken up in: finished (its outcome is read back) or stopped (it goes on from
-# its last checkpoint). A failed one is run anew: the same run would stop at the same error.
+# its last checkpoint). A failed one is run anew: the same run would stop at the same error. (A cloud run whose job the
+# provider failed or cancelled is found too, for run_sweep to say that it starts the variant again as a new job.)
 CONTINUED_STATUSES = ("finished", "interrupted", "cancelled")
 
 
 def earlier_variant(config: Any, data_fingerprint: str | None) -> RunRecord | None:
     """The newest registered run of ``config`` (its name aside) on data of ``data_fingerprint`` that a sweep takes up
-    instead of training the variant again (``CONTINUED_STATUSES``), or None.
+    instead of training the variant again (``CONTINUED_STATUSES``), or a cloud run whose job the provider ended without
+    a model (``ended_by_provider``: the sweep starts that variant again as a new job, and says so), or None.
 
     An interrupted sweep (Ctrl-C, a kill) keeps the variants it finished, and the run folder of the one it stopped in:
     running the same command again reuses the first and continues the second. The config is compared as the pipeline
@@ -158,7 +186,9 @@ def earlier_variant(config: Any, data_fingerprint: str | None) -> RunRecord | No
         return None
     wanted = as_registered([])
     for record in Registry(path).list_runs(task=config.task):  # newest first
-        if record.status not in CONTINUED_STATUSES or record.data_fingerprint != data_fingerprint or not record.run_dir:
+        if record.data_fingerprint != data_fingerprint or not record.run_dir:
+            continue
+        if record.status not in CONTINUED_STATUSES and not (record.status == "failed" and ended_by_provider(record.run_dir)):
             continue
         if not RunFolder(Path(record.run_dir)).pipeline_state.is_file():
             continue  # its folder was deleted or moved: nothing to read back or continue

@@ -47,6 +47,7 @@ class FakeProvider:
         self.tuned: dict[str, list[tuple[str, str]]] = {}  # fine-tuned model -> (user text, answer) pairs
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) as answered
         self.rate_limit_next = 0  # the next N requests get 429
+        self.rate_limit_headers = {"retry-after-ms": "5"}  # what those 429s ask the client to wait
         self.drop_next = 0  # the next N requests lose their connection without a response
         # "METHOD /path" -> statuses: the next such requests are answered with the status without being carried
         # out (0: the connection drops without a reply)
@@ -121,7 +122,7 @@ class FakeProvider:
                 self.rate_limit_next -= 1
                 return self.send(request, method, url.path, 429, {"error": {"message": "Rate limit reached", "type": "requests",
                                                                             "code": "rate_limit_exceeded", "param": None}},
-                                 {"retry-after-ms": "5"})
+                                 self.rate_limit_headers)
             try:
                 status, payload = self.route(method, url.path, parse_qs(url.query), body, request.headers.get("content-type", ""))
             except KeyError as missing:

@@ -385,7 +385,7 @@ def waits(monkeypatch):
     import tunelab.remote.client as client_module
 
     waited: list[float] = []
-    monkeypatch.setattr(client_module, "_sleep", waited.append, raising=False)
+    monkeypatch.setattr(client_module, "_sleep", lambda seconds, stop=None: waited.append(seconds))
     return waited
 
 
