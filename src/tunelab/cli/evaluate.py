@@ -303,7 +303,7 @@ def review_export(
 ) -> None:
     """Write a blind A/B sheet (id, prompt, output_a, output_b, preference) and its key file."""
     from tunelab.evaluation.result import EvalResult
-    from tunelab.evaluation.review import export_review
+    from tunelab.evaluation.review import export_review, load_sheet
 
     base_path, tuned_path = _pair(run, base, tuned)
     if out is None:
@@ -315,6 +315,10 @@ def review_export(
     check_output_file(out)
     sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed, replace=False)
     console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
+    identical = load_sheet(sheet, key).identical
+    if identical:
+        console.print(f"{len(identical)} identical answers not asked (both models gave the same answer: no judgement of either)",
+                      markup=False, highlight=False)
 
 
 def _registry_review(run: str, registry_path: Path | None):
@@ -361,6 +365,9 @@ def review_score(
     # Named as the sheet's key names them: the opponent is the strongest baseline when the base model was skipped.
     console.print(f"{score.tuned} wins {score.tuned_wins}, {score.base} wins {score.base_wins}, ties {score.ties} (each counted half), "
                   f"not judged {score.unjudged}", markup=False, highlight=False)
+    if score.identical:
+        console.print(f"{score.identical} identical answers not asked (both models gave the same answer: no judgement of either)",
+                      markup=False, highlight=False)
     if score.missing:
         console.print(f"{score.missing} rows of the key are not in the sheet (deleted?): not judged either", markup=False, highlight=False)
 

@@ -228,7 +228,15 @@ def compare(
             raise RegistryError("give either run names/ids or evaluation .json files, not both")
         _compare_files(json_files, as_json)
         return
-    comparison = open_registry(registry_path).compare_runs(items)
+    registry = open_registry(registry_path)
+    comparison = registry.compare_runs(items)
+    # The stored metrics carry no scoring rule: text runs scored by different rules are flagged from their evaluations
+    # (imported only then: the evaluation modules load torch, which a plain compare does not wait for).
+    texts = [(record.name, record.run_dir) for record in map(registry.get_run, items) if record.task == "text"]
+    if len(texts) > 1:
+        from tunelab.evaluation.compare import runs_scoring_warnings
+
+        comparison.warnings += runs_scoring_warnings(texts)
     if as_json:
         print_json(comparison.as_dict())
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tunelab.errors import DataError
 from tunelab.evaluation.metrics import PRIMARY_METRIC, metric_specs, score_table
 from tunelab.evaluation.result import EvalResult, json_safe
 from tunelab.paths import atomic_write_text
+from tunelab.runs import RunFolder
 
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
 # A metric one side has no value of: measured against a reference, and that side is the reference scored as itself.
@@ -202,25 +204,40 @@ def _paired_rows(a: EvalResult, b: EvalResult) -> tuple[list[dict], list[dict], 
     return [rows_a[k] for k in shared], [rows_b[k] for k in shared], warnings
 
 
+def check_text_scoring(a: EvalResult, b: EvalResult, names: tuple[str, str] | None = None) -> None:
+    """The one check that two text evaluations were scored by the same rule (``metrics.TEXT_SCORING``, none stored: 1).
+
+    ``names`` says what the two are to the user (default: their models, quoted), in the message and in what to evaluate again.
+
+    Raises:
+        DataError: when both are text evaluations scored by different rules.
+    """
+    if a.task != "text" or b.task != "text":
+        return
+    rules = [result.settings.get("text_scoring", 1) for result in (a, b)]
+    if rules[0] == rules[1]:
+        return
+    # Their NLLs sum over different tokens: a difference would be the rule's, not the models'.
+    name_a, name_b = names or (f"'{a.model}'", f"'{b.model}'")
+    older = name_a if rules[0] < rules[1] else name_b
+    raise DataError(
+        f"the evaluations of {name_a} and {name_b} were scored by different rules for which tokens a text's NLL "
+        f"covers (text_scoring {rules[0]} and {rules[1]}); their perplexity and bits per byte are not comparable",
+        f"evaluate {older} again with this tunelab (`tunelab eval`), then compare",
+    )
+
+
 def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples: int = 1000) -> Comparison:
     """Compare evaluation ``b`` against ``a`` with a seeded paired bootstrap.
 
     Raises:
-        DataError: when the tasks differ or the evaluations share no example.
+        DataError: when the tasks differ, text evaluations were scored by different rules (``check_text_scoring``), or
+            the evaluations share no example.
     """
     if a.task != b.task:
         raise DataError(f"cannot compare a {a.task} evaluation with a {b.task} evaluation")
     task = a.task
-    if task == "text":
-        rules = [result.settings.get("text_scoring", 1) for result in (a, b)]
-        if rules[0] != rules[1]:
-            # Their NLLs sum over different tokens (``metrics.TEXT_SCORING``): a difference would be the rule's, not the models'.
-            older = a if rules[0] < rules[1] else b
-            raise DataError(
-                f"the evaluations of '{a.model}' and '{b.model}' were scored by different rules for which tokens a text's NLL "
-                f"covers (text_scoring {rules[0]} and {rules[1]}); their perplexity and bits per byte are not comparable",
-                f"evaluate '{older.model}' again with this tunelab (`tunelab eval`), then compare",
-            )
+    check_text_scoring(a, b)
     rows_a, rows_b, warnings = _paired_rows(a, b)
     labels = list(dict.fromkeys((a.labels or []) + (b.labels or [])))
     table_a, table_b = score_table(task, rows_a, labels), score_table(task, rows_b, labels)
@@ -275,6 +292,28 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
     elif n < MIN_TEST_EXAMPLES:
         summary += "; " + too_few_statement(n, main, a.model)
     return Comparison(task, primary, a.model, b.model, n, seed, samples, metrics, verdict, summary, warnings)
+
+
+def runs_scoring_warnings(runs: Sequence[tuple[str, str | Path | None]]) -> list[str]:
+    """For (run name, run folder) of runs shown side by side (``tunelab compare RUN RUN``): one line for each run whose
+    tuned evaluation another rule scored than the first such run's (``check_text_scoring``), saying what to evaluate
+    again. The registry's metrics carry no rule; the run folder's evaluation does. Runs without one are not checked."""
+    evaluations = []
+    for name, run_dir in runs:
+        path = RunFolder(Path(run_dir)).tuned_eval if run_dir else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            evaluations.append((name, EvalResult.load(path)))
+        except DataError:
+            continue  # a damaged file is no rule to compare by; the side-by-side table still shows the registry's values
+    warnings = []
+    for (first_name, first), (name, other) in ((evaluations[0], later) for later in evaluations[1:]):
+        try:
+            check_text_scoring(first, other, (f"run {first_name}", f"run {name}"))
+        except DataError as error:
+            warnings.append(f"{error.message}: {error.hint}")
+    return warnings
 
 
 def compare_files(path_a: str | Path, path_b: str | Path, *, seed: int = 0, samples: int = 1000) -> Comparison:

@@ -3,7 +3,9 @@
 ``export_review`` writes a CSV sheet (id, prompt, output_a, output_b, preference) in a seeded random
 order with the base and tuned outputs on random sides, and keeps which side is which in a separate
 key file so the reviewer cannot tell. ``score_review`` reads the filled-in sheet back (A / B / tie)
-and reports the tuned model's win rate with a Wilson 95% interval; a tie counts as half a win.
+and reports the tuned model's win rate with a Wilson 95% interval; a tie counts as half a win. An example whose two
+answers are the same (``same_answer``) is no judgement of either model: the sheet and the browser leave it out, and the
+score reports how many were not asked (``not_asked``, the one rule for both).
 ``review_pairs`` turns the same filled-in sheet into preference pairs (prompt, chosen, rejected) for
 ``task: preference``: each row judged A or B becomes one pair; ties and blank rows are no preference.
 
@@ -21,7 +23,7 @@ import io
 import json
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,14 +42,22 @@ CHOICES = {"a": "A", "b": "B", "tie": "tie"}
 
 
 def same_answer(output_a: str | None, output_b: str | None) -> bool:
-    """Whether two outputs are the same answer: the same words, whatever the spacing and line breaks (the Review page
-    does not ask such a row; a pair of them would teach DPO nothing but spacing)."""
+    """Whether two outputs are the same answer: the same words, whatever the spacing and line breaks (neither the sheet
+    nor the Review page asks such a row; a pair of them would teach DPO nothing but spacing)."""
     return output_a is not None and output_b is not None and output_a.split() == output_b.split()
 
 
+def not_asked(key_data: dict, rows: Iterable[dict]) -> set[str]:
+    """The examples of a review whose two answers are the same answer (``same_answer``), which nobody is asked to judge:
+    those the key lists (an export leaves them off the sheet) and the sheet's rows of the same answer (a sheet exported
+    before they were left off, or a cell edited to match). A judgment of one counts for neither model, nor as a tie."""
+    identical = {str(example_id) for example_id in key_data.get("identical") or []}
+    return identical | {row["id"] for row in rows if same_answer(row.get("output_a"), row.get("output_b"))}
+
+
 def decided(choice: str | None, output_a: str | None, output_b: str | None) -> str | None:
-    """The one tie rule of a judged row, for the win rate and for preference pairs alike: a row judged tie, or
-    whose two outputs are the same answer (``same_answer``: the models agreed, there is nothing to prefer), is a tie."""
+    """The tie rule of a judged row for preference pairs: a row judged tie, or whose two outputs are the same answer
+    (``same_answer``: the models agreed, there is nothing to prefer), is no pair."""
     if choice in ("A", "B") and same_answer(output_a, output_b):
         return "tie"
     return choice
@@ -106,8 +116,13 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
     # Which answer is on which side, by text: a key of another export of the same examples (another seed, another run)
     # has the same ids, and scoring with it would silently swap wins and losses.
     answers: dict[str, list[str]] = {}
+    # Examples both models answered alike: not asked (``not_asked``), as on the Review page; the key keeps their count.
+    identical: list[str] = []
     for before, after in pairs:
-        tuned_first = rng.random() < 0.5
+        tuned_first = rng.random() < 0.5  # drawn for every row, so leaving one out keeps the others' sides
+        if same_answer(before["prediction"], after["prediction"]):
+            identical.append(after["id"])
+            continue
         a, b = (after, before) if tuned_first else (before, after)
         sides[after["id"]] = {"A": "tuned" if tuned_first else "base", "B": "base" if tuned_first else "tuned"}
         answers[after["id"]] = [_fingerprint(a["prediction"]), _fingerprint(b["prediction"])]
@@ -116,7 +131,7 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
         writer.writerow([after["id"], after["prompt"], a["prediction"], b["prediction"], ""])
     sheet = Path(sheet)
     key = key_path_for(sheet)
-    content = {"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides, "answers": answers}
+    content = {"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides, "answers": answers, "identical": identical}
     if prompts:
         content["prompts"] = prompts
     key_text = json.dumps(content, indent=1, ensure_ascii=False)
@@ -134,7 +149,7 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
 
 @dataclass
 class ReviewScore:
-    """The tuned model's win rate over the judged rows (a tie counts as half a win)."""
+    """The tuned model's win rate over the judged rows (a tie counts as half a win); rows of the same answer are not asked."""
 
     judged: int
     tuned_wins: int
@@ -149,6 +164,8 @@ class ReviewScore:
     method: str = "Wilson 95% interval on wins + ties/2 over judged rows"
     # Rows of the key a sheet no longer has (deleted in the spreadsheet): not judged either, but not blank to be seen.
     missing: int = 0
+    # Examples both models answered alike (``not_asked``): not judged, not blank, not a tie; "N identical answers not asked".
+    identical: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -291,11 +308,13 @@ def review_pairs(sheet: str | Path, out: str | Path, key: str | Path | None = No
     return ReviewPairs(out, len(lines), ties, unjudged, chosen_by["tuned"], chosen_by["base"])
 
 
-def score_judgments(choices: Iterable[tuple[str, str | None]], sides: dict[str, dict[str, str]], *, base: str = "base", tuned: str = "tuned") -> ReviewScore:
+def score_judgments(choices: Iterable[tuple[str, str | None]], sides: dict[str, dict[str, str]], *, base: str = "base", tuned: str = "tuned",
+                    identical: Collection[str] = ()) -> ReviewScore:
     """Score (example id, "A" | "B" | "tie" | None) judgments with a key's ``sides``: the one scoring rule.
 
-    The callers pass each choice through ``decided`` (the one tie rule). None is a row not judged (blank in a sheet, skipped in the browser). Each judgment counts once,
-    so two reviewers of the same row count twice.
+    None is a row not judged (blank in a sheet, skipped in the browser). Each judgment counts once, so two reviewers of
+    the same row count twice. A judgment of an example in ``identical`` (``not_asked``: both answers the same) counts
+    for nothing, whatever was filled in; the score reports how many such examples there are.
 
     Raises:
         DataError: when nothing was judged.
@@ -303,6 +322,8 @@ def score_judgments(choices: Iterable[tuple[str, str | None]], sides: dict[str, 
     wins = {"tuned": 0, "base": 0}
     ties = unjudged = 0
     for example_id, choice in choices:
+        if example_id in identical:
+            continue
         if choice is None:
             unjudged += 1
         elif choice == "tie":
@@ -314,7 +335,7 @@ def score_judgments(choices: Iterable[tuple[str, str | None]], sides: dict[str, 
         raise DataError("no row has a preference yet", "judge some rows with A, B or tie")
     successes = wins["tuned"] + ties / 2
     low, high = wilson_interval(successes, judged)
-    return ReviewScore(judged, wins["tuned"], wins["base"], ties, unjudged, successes / judged, low, high, base, tuned)
+    return ReviewScore(judged, wins["tuned"], wins["base"], ties, unjudged, successes / judged, low, high, base, tuned, identical=len(identical))
 
 
 def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScore:
@@ -326,13 +347,17 @@ def score_review(sheet: str | Path, key: str | Path | None = None) -> ReviewScor
     sheet = Path(sheet)
     key, key_data = _read_key(sheet, key)
     sides = key_data["sides"]
-    choices = [(row["id"], decided(choice, row.get("output_a"), row.get("output_b")))
-               for _, row, choice in _judged_rows(sheet, key, key_data, ("id", "preference"))]
+    judged = [(row, choice) for _, row, choice in _judged_rows(sheet, key, key_data, ("id", "preference"))]
+    identical = not_asked(key_data, (row for row, _ in judged))
+    choices = [(row["id"], choice) for row, choice in judged]
     try:
-        score = score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"))
+        score = score_judgments(choices, sides, base=key_data.get("base", "base"), tuned=key_data.get("tuned", "tuned"), identical=identical)
     except DataError:
-        raise DataError(f"{sheet}: no row has a preference yet", "fill the preference column with A, B or tie") from None
-    score.missing = len(set(sides) - {example_id for example_id, _ in choices})
+        hint = "fill the preference column with A, B or tie"
+        if identical:
+            hint += f" ({len(identical)} identical answers not asked)"
+        raise DataError(f"{sheet}: no row has a preference yet", hint) from None
+    score.missing = len(set(sides) - identical - {example_id for example_id, _ in choices})
     return score
 
 
@@ -353,6 +378,8 @@ class ReviewSheet:
     sides: dict[str, dict[str, str]]
     base: str
     tuned: str
+    # The examples not asked (``not_asked``): off the sheet (the key lists them) or, on an older sheet, rows of the same answer.
+    identical: set[str] = field(default_factory=set)
 
     def row(self, example_id: str) -> dict[str, str]:
         return next(row for row in self.rows if row["id"] == example_id)
@@ -370,7 +397,7 @@ def load_sheet(sheet: str | Path, key: str | Path | None = None) -> ReviewSheet:
         {name: row[name] for name in ("id", "prompt", "output_a", "output_b")}
         for _, row, _ in _judged_rows(sheet, key, key_data, COLUMNS, "pass a sheet written by `tunelab review export`")
     ]
-    return ReviewSheet(sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"))
+    return ReviewSheet(sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"), not_asked(key_data, rows))
 
 
 def review_opponent(run_dir: str | Path) -> Path:
@@ -430,9 +457,8 @@ def score_registry_reviews(registry: Registry, run: str, sheet: ReviewSheet) -> 
     Raises:
         DataError: when nothing was judged yet.
     """
-    judgments = registry_judgments(registry, run, sheet)
-    choices = [(j.example_id, decided(j.choice, sheet.row(j.example_id)["output_a"], sheet.row(j.example_id)["output_b"])) for j in judgments]
-    return score_judgments(choices, sheet.sides, base=sheet.base, tuned=sheet.tuned)
+    choices = [(j.example_id, j.choice) for j in registry_judgments(registry, run, sheet)]
+    return score_judgments(choices, sheet.sides, base=sheet.base, tuned=sheet.tuned, identical=sheet.identical)
 
 
 @dataclass

@@ -609,7 +609,6 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         open_run_review,
         registry_judgments,
         review_opponent,
-        same_answer,
         score_registry_reviews,
     )
 
@@ -619,8 +618,8 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
     sheet = open_run_review(record.run_dir)
     judgments = registry_judgments(registry, record.id, sheet)
     reviewer = (reviewer or "").strip() or None
-    # Rows where both models answered the same carry no preference: they are not asked.
-    identical = {row["id"] for row in sheet.rows if same_answer(row["output_a"], row["output_b"])}
+    # Examples both models answered alike carry no preference: not asked, by the sheet's one rule (``not_asked``).
+    identical = sheet.identical
     askable = [row for row in sheet.rows if row["id"] not in identical]
     # Skipped rows count as seen by this reviewer (they come back only after every other row).
     seen = {j.example_id for j in judgments if j.reviewer == reviewer}

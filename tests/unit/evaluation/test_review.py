@@ -140,8 +140,9 @@ def test_review_pairs_errors_name_the_line(tmp_path):
     assert not (tmp_path / "p.jsonl").exists()
 
 
-def test_identical_outputs_are_a_tie_for_the_score_and_the_pairs(tmp_path):
-    """`review score` counted an identical-output row judged A as a win, `review pairs` dropped it as a tie: one rule now."""
+def test_identical_outputs_are_not_asked_for_the_score_nor_the_pairs(tmp_path):
+    """`review score` counted an identical-output row judged A as a win, `review pairs` dropped it as a tie; then both
+    counted it a tie (half a win) while the Review page never asked it: one rule now, the row is not asked."""
     from tunelab.evaluation.review import review_pairs
 
     base = _result("base", ["same answer", "base answer", "base other"])
@@ -151,8 +152,8 @@ def test_identical_outputs_are_a_tie_for_the_score_and_the_pairs(tmp_path):
     _fill(sheet, key, lambda row, side: "A" if side["A"] == "tuned" else "B")
     score = score_review(sheet)
     pairs = review_pairs(sheet, tmp_path / "pairs.jsonl")
-    assert (score.tuned_wins, score.ties) == (2, 1) and score.win_rate == pytest.approx(2.5 / 3)
-    assert (pairs.pairs, pairs.ties) == (2, 1)
+    assert (score.tuned_wins, score.ties, score.judged, score.identical) == (2, 0, 2, 1) and score.win_rate == 1.0
+    assert (pairs.pairs, pairs.ties) == (2, 0)
 
 
 def test_a_test_example_given_twice_is_one_row_of_the_sheet_scored_on_its_own_sides(tmp_path):

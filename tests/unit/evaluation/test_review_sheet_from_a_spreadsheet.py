@@ -179,16 +179,17 @@ def test_rows_deleted_from_the_sheet_are_counted_and_said(exported):
     assert result.exit_code == 0 and "2 rows of the key are not in the sheet" in result.output
 
 
-def test_answers_alike_but_for_spacing_are_a_tie_as_the_web_page_treats_them(tmp_path):
+def test_answers_alike_but_for_spacing_are_not_asked_as_the_web_page_treats_them(tmp_path):
     # The Review page does not ask a row whose answers differ only in spacing (it compares them with spaces
     # collapsed); a sheet's row of those answers judged A was a win for the score and a DPO pair of two same answers.
+    # The sheet now leaves it out too (`not_asked`), and the score says so.
     base = _result("base", ["Paris is the capital.", "base answer"])
     tuned = _result("tuned", ["Paris is the  capital.\n", "tuned answer"])
     sheet, _, rows = _judged_for_tuned(base, tuned, tmp_path / "review.csv")
     _save(sheet, rows)
     score = score_review(sheet)
-    assert (score.tuned_wins, score.ties) == (1, 1)
-    assert (review_pairs(sheet, tmp_path / "pairs.jsonl").pairs, score.judged) == (1, 2)
+    assert (score.tuned_wins, score.ties, score.identical, len(rows)) == (1, 0, 1, 1)
+    assert (review_pairs(sheet, tmp_path / "pairs.jsonl").pairs, score.judged) == (1, 1)
 
 
 def test_a_sheet_saved_in_a_windows_code_page_is_a_clear_error(exported):

@@ -109,15 +109,23 @@ def test_dpo_after_an_sft_run_answers_the_parents_test_prompts_and_writes_a_blin
 
     # The blind sheet names no side; its key says which is the parent and which the DPO model.
     sheet = load_sheet(outcome.run_dir / "review.csv")
-    assert sorted(row["id"] for row in sheet.rows) == sorted(parent.ids)
+    # Every test prompt is on the sheet but those the two models answered alike, which are not asked (`not_asked`).
+    assert sorted([row["id"] for row in sheet.rows] + list(sheet.identical)) == sorted(parent.ids)
     assert sheet.base == parent.model and sheet.tuned == generated.model
     text = (outcome.run_dir / "review.csv").read_text()
     assert "tuned" not in text.splitlines()[0] and "base" not in text.splitlines()[0]
-    # A person fills it in: the DPO side wins every decided row but one tie.
+    # A person fills it in: the DPO side wins every row asked but one tie.
     import csv
 
     with (outcome.run_dir / "review.csv").open() as handle:
         filled = list(csv.DictReader(handle))
+    if not filled:
+        # The tiny model after one DPO step answers every prompt as its parent did: nothing is asked, and the score
+        # says why rather than scoring identical answers as ties.
+        with pytest.raises(DataError, match="no row has a preference") as raised:
+            score_review(outcome.run_dir / "review.csv")
+        assert "4 identical answers not asked" in raised.value.hint
+        return
     for index, row in enumerate(filled):
         row["preference"] = "tie" if index == 0 else next(side for side, who in sheet.sides[row["id"]].items() if who == "tuned")
     with (outcome.run_dir / "review.csv").open("w", newline="") as handle:
@@ -125,9 +133,7 @@ def test_dpo_after_an_sft_run_answers_the_parents_test_prompts_and_writes_a_blin
         writer.writeheader()
         writer.writerows(filled)
     score = score_review(outcome.run_dir / "review.csv")
-    # The one tie rule: a row whose two answers are the same text is a tie whatever was clicked.
-    same = sum(row["output_a"] == row["output_b"] for row in filled[1:])
-    assert (score.tuned_wins, score.ties, score.base_wins) == (3 - same, 1 + same, 0)
+    assert (score.tuned_wins, score.ties, score.base_wins, score.identical) == (len(filled) - 1, 1, 0, 4 - len(filled))
 
 
 def test_a_preference_run_from_the_base_model_has_no_generation_step(tmp_path, tiny_model_dir):
