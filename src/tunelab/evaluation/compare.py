@@ -223,7 +223,9 @@ def check_text_scoring(a: EvalResult, b: EvalResult, names: tuple[str, str] | No
     raise DataError(
         f"the evaluations of {name_a} and {name_b} were scored by different rules for which tokens a text's NLL "
         f"covers (text_scoring {rules[0]} and {rules[1]}); their perplexity and bits per byte are not comparable",
-        f"evaluate {older} again with this tunelab (`tunelab eval`), then compare",
+        # For runs too: the registry keeps a run's metrics as first scored, so the files are what is compared again.
+        f"evaluate {older} again with this tunelab (`tunelab eval ... --out FILE.json`), then compare the two evaluation "
+        "files (`tunelab compare A.json B.json`)",
     )
 
 
