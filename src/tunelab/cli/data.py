@@ -106,7 +106,7 @@ def render_report(report: Any) -> None:
             console.print(f"[dim]{escape(report.example.note)}[/dim]")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    for note in report.notes:
+    for note in [*report.layouts, *report.notes]:
         console.print(f"[dim]note: {escape(note)}[/dim]")
 
 

@@ -93,7 +93,7 @@ def _event_printer(quiet: bool):
             error_console.print(f"  [yellow]↻ {details.get('baseline')} rescored:[/] {details.get('reason')} ({details.get('cached_from', '')})")
         elif status == "baseline skipped":
             error_console.print(f"  [yellow]– {details.get('baseline')} skipped:[/] {details.get('reason')}")
-        elif status == "event":  # a cloud fine-tuning job's events, as the provider sends them
+        elif status == "event":  # a cloud fine-tuning job's events as the provider sends them; how the data was read
             error_console.print(f"  [dim]{details.get('status') or ''}[/] {details.get('message')}")
         elif status == "warn":
             error_console.print(f"  [yellow]warning[/] {details.get('message')}")

@@ -112,6 +112,7 @@ class CheckReport:
     other_errors: list[RecordError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    layouts: list[str] = field(default_factory=list)  # how files in a recognised layout were read (``ReadResult.layouts``)
     exact_duplicates: int = 0  # extra copies of identical records
     exact_duplicate_groups: list[DuplicateGroup] = field(default_factory=list)
     near_duplicates: int = 0  # extra records whose normalized input and answer equal another's
@@ -448,6 +449,7 @@ def check_data(
         invalid=list(result.errors),
         skip_invalid=data.skip_invalid,
         limited=result.truncated_by_limit,
+        layouts=list(result.layouts),
     )
     if not records:
         report.other_errors.append(RecordError(path, f"no usable {task} records"))

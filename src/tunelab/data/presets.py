@@ -140,13 +140,19 @@ def _tinyshakespeare(path: Path) -> Iterator[RowOrError]:
         yield f"{path}:{start}", {"text": "\n\n".join(chunk)}
 
 
+def instruction_prompt(instruction: str, given: str | None) -> str:
+    """An instruction and its input as one prompt: the input after a blank line, when there is one (the convention
+    of Self-Instruct and Alpaca, whose rows ``tunelab.data.read`` reads as they are)."""
+    given = (given or "").strip()
+    return f"{instruction.strip()}\n\n{given}" if given else instruction.strip()
+
+
 def _self_instruct(path: Path) -> Iterator[RowOrError]:
     def convert(row: dict, source: str) -> list[tuple[str, dict]]:
         instances = row["instances"]
         result = []
         for number, instance in enumerate(instances, start=1):
-            given = (instance.get("input") or "").strip()
-            prompt = f"{row['instruction'].strip()}\n\n{given}" if given else row["instruction"].strip()
+            prompt = instruction_prompt(row["instruction"], instance.get("input"))
             where = source if len(instances) == 1 else f"{source}#{number}"
             result.append((where, {"prompt": prompt, "completion": instance["output"]}))
         return result

@@ -8,6 +8,10 @@ whatever its case and surrounding spaces, ``Text`` as ``text``, unless one is na
   ``weight`` of 0 is kept and not trained; assistant ``tool_calls`` and ``tool`` results, with the
   row's ``tools`` schemas), or ``prompt``/``completion`` as strings or as message lists (TRL's
   conversational prompt-completion). An optional ``references`` list keeps extra reference answers.
+  Two common layouts are read as they are (``ReadResult.layouts`` says so, once per file): Alpaca
+  (``instruction``, optional ``input``, ``output``; LLaMA-Factory's ``system`` and ``history`` are the
+  earlier turns) and ShareGPT (``conversations``, when there is no ``messages`` column, or the messages
+  column, of ``from``/``value`` turns: human/user, gpt/assistant, system).
 - classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer).
 - preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
   ``chosen``/``rejected`` holding whole dialogues with a shared beginning: the HH-RLHF shape
@@ -41,6 +45,7 @@ from tunelab.data.formats import (
     resolve_files,
     too_large,
 )
+from tunelab.data.presets import get_preset, instruction_prompt
 from tunelab.data.records import (
     ClassifyRecord,
     Message,
@@ -65,6 +70,7 @@ class ReadResult:
     errors: list[RecordError] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     truncated_by_limit: bool = False
+    layouts: list[str] = field(default_factory=list)  # "file: read as Alpaca: ...", once per file and recognised layout
 
     def error_summary(self, limit: int = MAX_LISTED_ERRORS) -> str:
         lines = [str(error) for error in self.errors[:limit]]
@@ -261,6 +267,103 @@ def _messages(value: Any, name: str, context: Sequence[Message] = ()) -> list[Me
     return messages
 
 
+# ShareGPT's speakers (``from``), as axolotl, LLaMA-Factory and unsloth read them; ``user``/``assistant`` are written there too.
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# LLaMA-Factory's tool turns: their JSON is not OpenAI's tool_calls (no call ids, schemas in another column), so they
+# are refused by name rather than mapped by a guess.
+_SHAREGPT_TOOL_ROLES = ("function_call", "observation")
+_CONVERSATIONS = "conversations"  # ShareGPT's column, read as the messages when there is no messages column
+
+
+def _is_sharegpt(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(turn, dict) and ("from" in turn or "value" in turn) for turn in value)
+
+
+def _sharegpt(value: Any, name: str) -> Any:
+    """ShareGPT turns (``{"from": "human", "value": ...}``) as OpenAI messages, for ``_messages``; any other value as it is."""
+    if not _is_sharegpt(value):
+        return value
+    messages = []
+    for number, turn in enumerate(value, start=1):
+        where = f"{name}[{number}]"
+        if not isinstance(turn, dict):
+            messages.append(turn)  # _messages says what is wrong with it
+            continue
+        if "role" in turn or "content" in turn:
+            raise _Bad(f"{where}: mixes OpenAI 'role'/'content' and ShareGPT 'from'/'value' keys in one conversation (write every turn one way)")
+        speaker = turn.get("from")
+        if speaker in _SHAREGPT_TOOL_ROLES:
+            raise _Bad(
+                f"{where}: ShareGPT role {speaker!r} is not supported (write tool-calling conversations as OpenAI "
+                "messages: an assistant's 'tool_calls' and 'tool' results)"
+            )
+        if speaker not in _SHAREGPT_ROLES:
+            raise _Bad(f"{where}: unknown ShareGPT speaker {speaker!r} in 'from' (expected human, gpt, system, user or assistant)")
+        if "value" not in turn:
+            raise _Bad(f"{where}: missing 'value'")
+        message = {"role": _SHAREGPT_ROLES[speaker], "content": turn["value"]}
+        if "weight" in turn:  # axolotl's per-turn weight, as an OpenAI assistant message's
+            message["weight"] = turn["weight"]
+        messages.append(message)
+    return messages
+
+
+def _alpaca(row: dict) -> list[Message]:
+    """An Alpaca row's messages: instruction and input joined as Self-Instruct's are (``instruction_prompt``), the output
+    the answer; LLaMA-Factory's ``system`` and ``history`` ([prompt, answer] pairs) the turns before them."""
+    instruction = _string(row, "instruction", "prompt")
+    given = row.get("input")
+    if given is not None and not isinstance(given, str):
+        raise _Bad(f"wrong type: field 'input' should be a string, got {type(given).__name__}")
+    earlier: list[Message] = []
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise _Bad(f"wrong type: field 'system' should be a string, got {type(system).__name__}")
+    if system and system.strip():
+        earlier.append({"role": "system", "content": system})
+    history = row.get("history") or []
+    pairs = isinstance(history, list) and all(
+        isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(text, str) for text in pair) for pair in history
+    )
+    if not pairs:
+        raise _Bad("wrong type: 'history' should be a list of [prompt, answer] pairs (the turns before the instruction)")
+    for number, (asked, answered) in enumerate(history, start=1):
+        if not asked.strip() or not answered.strip():
+            raise _Bad(f"history[{number}]: empty prompt or answer")
+        earlier += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
+    user: Message = {"role": "user", "content": instruction_prompt(instruction, given)}
+    return [*earlier, user, {"role": "assistant", "content": _string(row, "output", "completion")}]
+
+
+def _sft_layout(row: dict, fields: Fields) -> tuple[str, str]:
+    """How an sft row is read: ``("messages", column)`` (OpenAI or ShareGPT turns), ``("alpaca", "")`` or
+    ``("prompt", "")``. tunelab's own fields come first: ``conversations`` and Alpaca only in a row without them."""
+    if fields.messages in row:
+        return "messages", fields.messages
+    if fields.prompt not in row and fields.completion not in row:
+        if _CONVERSATIONS in row:
+            return "messages", _CONVERSATIONS
+        if "instruction" in row and "output" in row:
+            return "alpaca", ""
+    return "prompt", ""
+
+
+def _layout(row: dict, task: str, fields: Fields) -> str | None:
+    """How the columns of a row in a recognised layout are read, for people (None: tunelab's own fields)."""
+    if task != "sft":
+        return None
+    kind, column = _sft_layout(row, fields)
+    if kind == "alpaca":
+        return "read as Alpaca: instruction + input → prompt, output → completion" + (
+            ", system and history → the turns before" if row.get("system") or row.get("history") else ""
+        )
+    if kind == "messages" and _is_sharegpt(row[column]):
+        return f"read as ShareGPT: '{column}' turns from/value → messages (human → user, gpt → assistant)"
+    if column == _CONVERSATIONS:
+        return f"read '{_CONVERSATIONS}' as the messages"
+    return None
+
+
 def _references(row: dict) -> tuple[str, ...]:
     value = row.get("references")
     if value is None:
@@ -273,14 +376,17 @@ def _references(row: dict) -> tuple[str, ...]:
 
 
 def _sft(row: dict, source: str, fields: Fields) -> SFTRecord:
-    if fields.messages in row:
-        messages = _messages(row[fields.messages], fields.messages)
+    kind, column = _sft_layout(row, fields)
+    if kind == "messages":
+        messages = _messages(_sharegpt(row[column], column), column)
         if not any(m["role"] == "assistant" for m in messages):
-            raise _Bad(f"no assistant turn in '{fields.messages}' (nothing to learn)")
+            raise _Bad(f"no assistant turn in '{column}' (nothing to learn)")
         if messages[-1]["role"] != "assistant":
-            raise _Bad(f"'{fields.messages}' must end with an assistant turn (the answer to learn)")
+            raise _Bad(f"'{column}' must end with an assistant turn (the answer to learn)")
         if not any(m["role"] == "user" for m in messages):
-            raise _Bad(f"no user turn in '{fields.messages}'")
+            raise _Bad(f"no user turn in '{column}'")
+    elif kind == "alpaca":
+        messages = _alpaca(row)
     else:
         if fields.prompt not in row:
             if fields.completion not in row:
@@ -523,8 +629,6 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
     Raises:
         DataError: when the path matches nothing, a file cannot be opened, or a preset does not fit.
     """
-    from tunelab.data.presets import get_preset
-
     result = ReadResult()
     preset = get_preset(data.preset) if data.preset else None
     if preset is not None:
@@ -569,6 +673,9 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         table.names.update(dict.fromkeys(str(key) for key in row))
         try:
             result.records.append(row_to_record(row, source, task, fields))
+            layout = _layout(named_columns(row, source, task, fields), task, fields) if task == "sft" else None
+            if layout:
+                table.layouts[layout] = None
         except _MissingField as missing:
             result.errors.append(RecordError(source, str(missing)))
             table.missing.append((result.errors[-1], missing.roles))
@@ -576,6 +683,7 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         except ValueError as error:
             result.errors.append(RecordError(source, str(error)))
     result.errors = _files_without_a_field(result.errors, tables, task, fields)
+    result.layouts = [f"{file}: {layout}" for file, table in tables.items() for layout in table.layouts]
     return result
 
 
@@ -587,6 +695,7 @@ class _Columns:
     names: dict[str, None] = field(default_factory=dict)
     missing: list[tuple[RecordError, tuple[str, ...]]] = field(default_factory=list)
     spaced: Counter[str] = field(default_factory=Counter)  # column -> rows whose value has two words or more (of those missing)
+    layouts: dict[str, None] = field(default_factory=dict)  # how rows in a recognised layout were read (``_layout``), in order
 
 
 _SPACED = re.compile(r"\S\s+\S")

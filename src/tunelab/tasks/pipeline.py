@@ -505,6 +505,8 @@ def check_step(context: PipelineContext) -> None:
             read=context.read,
         )
         context.read = None  # not held past the check: the split step reads the data for itself
+        for layout in report.layouts:  # how an Alpaca or ShareGPT file's columns were read, said once
+            context.emit("check", "event", {"message": f"data: {layout}"})
         refuse_invalid(config, report.errors)
         for message in data_warnings(report):
             context.warn(message)
