@@ -215,3 +215,30 @@ def test_the_cli_judges_a_run_end_to_end(run):
     # A judge named without an endpoint: told how to name one.
     wrong = runner.invoke(app, ["review", "judge", "demo", "--judge", JUDGE, "--registry", str(registry.path)])
     assert wrong.exit_code != 0 and "--endpoint" in (getattr(wrong.exception, "hint", "") or "")
+
+
+def test_a_failed_request_records_nothing_and_a_rerun_asks_only_it(run):
+    registry, record = run
+    provider, endpoint = _serve("tuned")
+    provider.refuse_next["POST /v1/chat/completions"] = [500]  # max_retries=0: that request fails for good
+    try:
+        first = judge_run(registry, "demo", remote_client(endpoint))
+        again = judge_run(registry, "demo", remote_client(endpoint))
+    finally:
+        provider.stop()
+    assert (first.failed, first.judged, first.recorded) == (1, N - 1, N - 1)
+    assert (again.failed, again.judged, again.recorded) == (0, N, 1)
+    assert _chats(provider) == 2 * N + 1  # the failed one asked again, nothing else
+    assert len(registry.list_reviews(record.id)) == N
+
+
+def test_an_openai_judge_without_its_key_is_refused_before_asking(run, monkeypatch):
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.errors import ConfigError
+
+    _register_commands()
+    registry, record = run
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["review", "judge", "demo", "--judge", "openai:gpt-4o-mini", "--registry", str(registry.path)])
+    assert isinstance(result.exception, ConfigError) and "OPENAI_API_KEY" in str(result.exception), repr(result.exception)
+    assert registry.list_reviews(record.id) == []
