@@ -401,6 +401,58 @@ def review_pairs_command(
     )
 
 
+@review_app.command("judge")
+def review_judge(
+    run: str = typer.Argument(..., help="The run (name or id in the registry) whose blind sheet the judge reviews."),
+    judge: str = typer.Option(..., "--judge", help="The judge model: openai:NAME (key in OPENAI_API_KEY), or its name at --endpoint."),
+    endpoint: str = typer.Option(None, "--endpoint", help="The base URL of the judge's OpenAI-compatible API (with --judge NAME)."),
+    endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Judge requests in flight at once."),
+    registry_path: Path = REVIEW_REGISTRY_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Let a strong model judge the run's blind A/B sheet as one more reviewer (judge:NAME in the registry).
+
+    Each row is asked in both orders; a row whose two orders disagree is a tie (position bias). Answers are cached:
+    a rerun asks nothing again and records nothing twice. `tunelab review score --run RUN` then counts the judge
+    with the people, and the Review page shows their agreement.
+    """
+    from tunelab.cli.runs import open_registry
+    from tunelab.evaluation.judge import judge_run
+    from tunelab.evaluation.remote import remote_client
+
+    remote = _endpoint(endpoint, judge if endpoint else None, endpoint_key_env, judge, concurrency)
+    if remote is None:
+        raise DataError(f"--judge {judge} names no remote model", "give --judge openai:NAME, or --judge NAME --endpoint URL")
+    registry = open_registry(registry_path)
+    with progress_display(quiet=as_json) as display:
+        display.begin(f"judge {remote.name} asking", unit="requests")
+        outcome = judge_run(registry, run, remote_client(remote), progress=display.advance)
+    if as_json:
+        print_json(outcome.to_dict())
+        return
+    say = {"markup": False, "highlight": False}
+    console.print(f"{outcome.reviewer} judged {outcome.judged} of {outcome.rows} rows (each asked in both orders; "
+                  f"{outcome.identical} with the same answer on both sides not asked); {outcome.recorded} judgments recorded", **say)
+    if outcome.score is not None:
+        score = outcome.score
+        console.print(f"{score.tuned} preferred over {score.base} by the judge: win rate {score.win_rate:.1%} "
+                      f"(95% CI {score.low:.1%} to {score.high:.1%}; {score.method})", **say)
+        console.print(f"{score.tuned} wins {score.tuned_wins}, {score.base} wins {score.base_wins}, ties {score.ties} (each counted half)", **say)
+    console.print(f"position bias: the two orders disagreed on {outcome.position_disagreements} rows (recorded as ties)", **say)
+    if outcome.unparseable:
+        console.print(f"unparseable: {outcome.unparseable} rows answered other than A, B or tie (nothing recorded; "
+                      f"first: {outcome.first_unparseable!r})", **say)
+    if outcome.failed:
+        console.print(f"failed: {outcome.failed} rows whose requests failed after retries (nothing recorded; a rerun asks only them)", **say)
+    for pair in outcome.agreements:
+        other = pair.reviewer_b if pair.reviewer_a == outcome.reviewer else pair.reviewer_a
+        kappa = "undefined" if pair.kappa is None else f"{pair.kappa:.2f}"
+        console.print(f"agreement with {other}: {pair.agreed} of {pair.rows} shared rows, Cohen's kappa {kappa}", **say)
+    if outcome.usage is not None:
+        console.print(render_usage(outcome.usage.to_dict()), **say)
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate_command)
     app.command("report")(report_command)

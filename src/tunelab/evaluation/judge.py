@@ -1,0 +1,159 @@
+"""A strong model as one more reviewer of a run's blind A/B sheet (MT-Bench / AlpacaEval style pairwise judging).
+
+The judge reads the rows a person reads on the Review page: the run's own sheet (``open_run_review``), with its
+sides, and the rows whose two answers are the same answer (``same_answer``) left out as the page leaves them out.
+Its judgments go into the registry's reviews table as the reviewer ``judge:<model name>``, so ``tunelab review
+score --run``, the web page and ``agreement`` (the judge against each person) read them through the one scoring rule.
+
+Position bias: a language model judging two answers tends to prefer the one shown first (or second), whatever they
+say (Zheng et al. 2023, "Judging LLM-as-a-judge"). The sheet put each pair's sides at random, so such a bias would
+only add noise to the win rate, but noise that looks like a verdict row by row. Each row is therefore asked twice,
+once as on the sheet and once with the two answers swapped: the row is A or B only when both orders prefer the same
+answer, and a tie when they disagree (the judge's preference there was the position, not the answer). The
+disagreements are counted, so a judge that mostly follows position is seen as one.
+
+An answer that is not exactly "A", "B" or "tie" (``parse_verdict``) records nothing for its row and is counted: a
+guess at what the judge meant would be a judgment nobody made. Every request goes through ``RemoteClient.chat_many``
+(concurrency, the request cache, retries, Retry-After, cost): a rerun asks nothing again, and it records a judgment
+only where the judge's latest one of that row differs, so the append-only reviews table gets no duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tunelab.errors import DataError
+from tunelab.evaluation.review import (
+    Agreement,
+    ReviewScore,
+    agreement,
+    decided,
+    open_run_review,
+    registry_judgments,
+    same_answer,
+    score_judgments,
+)
+
+if TYPE_CHECKING:
+    from tunelab.registry.store import Registry
+    from tunelab.remote.client import RemoteClient, Usage
+
+JUDGE_PREFIX = "judge:"
+# A verdict is one word: a few tokens leave room for a trailing period or a newline, not for an essay.
+JUDGE_MAX_TOKENS = 8
+JUDGE_PROMPT = """You are judging two answers to the same request. Decide which answer is better: more correct, more \
+helpful and more to the point for the request. Ignore which answer comes first and how long each is.
+
+[Request]
+{question}
+
+[Answer A]
+{answer_a}
+
+[Answer B]
+{answer_b}
+
+Reply with exactly one of: A, B, tie. Write nothing else."""
+
+
+def judge_reviewer(model: str) -> str:
+    """The reviewer name a judge model's judgments are stored under: ``judge:<model name>``."""
+    return f"{JUDGE_PREFIX}{model}"
+
+
+def judge_conversation(question: str, answer_a: str, answer_b: str) -> list[dict[str, str]]:
+    """The one chat a judge is asked for one order of one row."""
+    return [{"role": "user", "content": JUDGE_PROMPT.format(question=question, answer_a=answer_a, answer_b=answer_b)}]
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """"A", "B" or "tie" when the whole answer is one of them (any case; surrounding spaces, quotes, ``**`` and a final
+    period aside), else None: an answer that says more is not read for a letter in it."""
+    if text is None:
+        return None
+    word = text.strip().strip("\"'`*").strip().removesuffix(".").strip("\"'`*").strip().lower()
+    return {"a": "A", "b": "B", "tie": "tie"}.get(word)
+
+
+def _swap_back(choice: str | None) -> str | None:
+    """A verdict given on the swapped order, said in the sheet's sides."""
+    return {"A": "B", "B": "A"}.get(choice or "", choice)
+
+
+@dataclass
+class JudgeOutcome:
+    """What one ``judge_run`` did: rows asked, how they came out, what was recorded, and the judge's own score."""
+
+    reviewer: str
+    rows: int  # rows on the sheet
+    identical: int  # rows whose two answers are the same answer: not asked (not shown on the Review page either)
+    judged: int  # rows with a judgment (A, B or tie) this time
+    position_disagreements: int  # rows whose two orders disagreed: recorded as tie
+    unparseable: int  # rows with an answer that is not A, B or tie in either order: nothing recorded
+    failed: int  # rows with a request that still failed after the retries: nothing recorded, asked again on a rerun
+    recorded: int  # judgments written to the registry now (0 on a rerun that changed nothing)
+    score: ReviewScore | None  # the judge's judgments of this sheet, through score_judgments; None when none
+    agreements: list[Agreement] = field(default_factory=list)  # the judge against each other reviewer of the sheet
+    usage: Usage | None = None
+    first_unparseable: str | None = None  # one unparseable answer, to show what the judge said
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["score"] = self.score.to_dict() if self.score else None
+        data["agreements"] = [a.to_dict() for a in self.agreements]
+        data["usage"] = self.usage.to_dict() if self.usage else None
+        return data
+
+
+def judge_run(
+    registry: Registry, run: str, client: RemoteClient, *, progress: Callable[[int], None] | None = None
+) -> JudgeOutcome:
+    """Ask ``client``'s model to judge every row of ``run``'s blind sheet in both orders, and record its judgments.
+
+    Raises:
+        RegistryError: when the run does not exist.
+        DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run).
+    """
+    record = registry.get_run(run)
+    if not record.run_dir:
+        raise DataError(f"run {record.name} has no run folder recorded")
+    sheet = open_run_review(record.run_dir)
+    reviewer = judge_reviewer(client.endpoint.name)
+    asked = [row for row in sheet.rows if not same_answer(row["output_a"], row["output_b"])]
+    conversations = []
+    for row in asked:
+        conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"]))
+        conversations.append(judge_conversation(row["prompt"], row["output_b"], row["output_a"]))
+    answers = client.chat_many(conversations, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0, progress=progress)
+    before = {j.example_id: j.choice for j in registry_judgments(registry, record.id, sheet) if j.reviewer == reviewer}
+    judged = disagreements = unparseable = failed = recorded = 0
+    first_unparseable = None
+    for index, row in enumerate(asked):
+        in_order, swapped = answers[2 * index], answers[2 * index + 1]
+        if in_order.error is not None or swapped.error is not None:
+            failed += 1
+            continue
+        first, second = parse_verdict(in_order.text), _swap_back(parse_verdict(swapped.text))
+        if first is None or second is None:
+            unparseable += 1
+            first_unparseable = first_unparseable or (in_order.text if first is None else swapped.text)
+            continue
+        judged += 1
+        choice = first if first == second else "tie"
+        disagreements += first != second
+        if before.get(row["id"]) != choice:  # the latest judgment counts: a changed one replaces, the same is not repeated
+            registry.add_review(record.id, sheet=sheet.path, example_id=row["id"], reviewer=reviewer, preference=choice)
+            recorded += 1
+    judgments = registry_judgments(registry, record.id, sheet)
+    mine = [(j.example_id, decided(j.choice, sheet.row(j.example_id)["output_a"], sheet.row(j.example_id)["output_b"]))
+            for j in judgments if j.reviewer == reviewer]
+    try:
+        score = score_judgments(mine, sheet.sides, base=sheet.base, tuned=sheet.tuned)
+    except DataError:  # nothing judged (every answer unparseable or failed): said by the counts, not an error
+        score = None
+    return JudgeOutcome(
+        reviewer, len(sheet.rows), len(sheet.rows) - len(asked), judged, disagreements, unparseable, failed, recorded, score,
+        [a for a in agreement(judgments) if reviewer in (a.reviewer_a, a.reviewer_b)], client.usage(answers), first_unparseable,
+    )
