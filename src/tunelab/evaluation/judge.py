@@ -1,7 +1,8 @@
 """A strong model as one more reviewer of a run's blind A/B sheet (MT-Bench / AlpacaEval style pairwise judging).
 
 The judge reads the rows a person reads on the Review page: the run's own sheet (``open_run_review``), with its
-sides, and the rows whose two answers are the same answer (``same_answer``) left out as the page leaves them out.
+sides; the examples whose two answers are the same answer (``ReviewSheet.identical``, the one rule ``not_asked``) are
+not asked, as nobody is asked them.
 Its judgments go into the registry's reviews table as the reviewer ``judge:<model name>``, so ``tunelab review
 score --run``, the web page and ``agreement`` (the judge against each person) read them through the one scoring rule.
 
@@ -29,10 +30,8 @@ from tunelab.evaluation.review import (
     Agreement,
     ReviewScore,
     agreement,
-    decided,
     open_run_review,
     registry_judgments,
-    same_answer,
     score_judgments,
 )
 
@@ -88,7 +87,7 @@ class JudgeOutcome:
 
     reviewer: str
     rows: int  # rows on the sheet
-    identical: int  # rows whose two answers are the same answer: not asked (not shown on the Review page either)
+    identical: int  # examples whose two answers are the same answer (``ReviewSheet.identical``): not asked, by anyone
     judged: int  # rows with a judgment (A, B or tie) this time
     position_disagreements: int  # rows whose two orders disagreed: recorded as tie
     unparseable: int  # rows with an answer that is not A, B or tie in either order: nothing recorded
@@ -121,7 +120,7 @@ def judge_run(
         raise DataError(f"run {record.name} has no run folder recorded")
     sheet = open_run_review(record.run_dir)
     reviewer = judge_reviewer(client.endpoint.name)
-    asked = [row for row in sheet.rows if not same_answer(row["output_a"], row["output_b"])]
+    asked = [row for row in sheet.rows if row["id"] not in sheet.identical]
     conversations = []
     for row in asked:
         conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"]))
@@ -147,13 +146,12 @@ def judge_run(
             registry.add_review(record.id, sheet=sheet.path, example_id=row["id"], reviewer=reviewer, preference=choice)
             recorded += 1
     judgments = registry_judgments(registry, record.id, sheet)
-    mine = [(j.example_id, decided(j.choice, sheet.row(j.example_id)["output_a"], sheet.row(j.example_id)["output_b"]))
-            for j in judgments if j.reviewer == reviewer]
-    try:
-        score = score_judgments(mine, sheet.sides, base=sheet.base, tuned=sheet.tuned)
+    mine = [(j.example_id, j.choice) for j in judgments if j.reviewer == reviewer]
+    try:  # the one scoring rule, as score_registry_reviews applies it to everyone's judgments
+        score = score_judgments(mine, sheet.sides, base=sheet.base, tuned=sheet.tuned, identical=sheet.identical)
     except DataError:  # nothing judged (every answer unparseable or failed): said by the counts, not an error
         score = None
     return JudgeOutcome(
-        reviewer, len(sheet.rows), len(sheet.rows) - len(asked), judged, disagreements, unparseable, failed, recorded, score,
+        reviewer, len(sheet.rows), len(sheet.identical), judged, disagreements, unparseable, failed, recorded, score,
         [a for a in agreement(judgments) if reviewer in (a.reviewer_a, a.reviewer_b)], client.usage(answers), first_unparseable,
     )
