@@ -137,6 +137,7 @@ PLAN: dict[str, Run | Skip] = {
     "tunelab run dpo.yaml": Skip(YOURS + ": dpo.yaml"),
     "tunelab run dpo.yaml name=my-dpo": Skip(YOURS + ": dpo.yaml"),
     "tunelab review score runs/my-dpo/review.csv": Skip("a review sheet people filled in"),
+    "tunelab review judge r1 --judge openai:gpt-4o": Skip("the network and an OpenAI key"),
     # Remote models
     "tunelab eval --endpoint http://127.0.0.1:8000/v1 --endpoint-model teacher --data test.jsonl --task sft --train train.jsonl --baselines retrieval --out eval/remote.json": Skip(
         SERVED + "; " + YOURS),
