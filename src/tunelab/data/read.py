@@ -529,32 +529,52 @@ _ROLES_FOR = {
     "preference": ("prompt", "chosen", "rejected"),
 }
 
+# The columns of the layouts read as they are (Alpaca's, LLaMA-Factory's, ShareGPT's), matched as the fields are.
+_LAYOUT_COLUMNS = {
+    "sft": ("instruction", "input", "output", "system", "history", "conversations"),
+}
+
 
 def named_columns(row: dict, source: str, task: str, fields: Fields) -> dict:
     """``row`` with a column that names a field in another case or with spaces around it (Excel's ``Text,Label``,
-    ``" label"``) under the field's own name. A column named exactly wins: any other is one more column, left unread.
+    ``" label"``) under the field's own name, as one naming a recognised layout's column (``Instruction``,
+    ``Conversations``) in a row without those fields. A column named exactly wins: any other is one more column, left unread.
 
     Raises:
         DataError: when two columns match a field's name (``Text`` and ``TEXT``): which one is meant cannot be told.
     """
-    missing = [(role, getattr(fields, role)) for role in _ROLES_FOR.get(task, ()) if getattr(fields, role) not in row]
-    if not missing:
+    roles = _ROLES_FOR.get(task, ())
+    missing = [(role, getattr(fields, role)) for role in roles if getattr(fields, role) not in row]
+    if not missing and not _LAYOUT_COLUMNS.get(task):
         return row
     by_folded: dict[str, list[str]] = {}
     for key in row:
         if isinstance(key, str):
             by_folded.setdefault(key.strip().casefold(), []).append(key)
     for role, name in missing:
-        keys = by_folded.get(name.strip().casefold(), [])
-        if len(keys) > 1:
-            raise DataError(
-                f"{source}: the columns {' and '.join(repr(key) for key in keys)} both match the {role} field '{name}' "
-                "(case and spaces aside)",
-                f"name the one to read exactly with {_OPTION_FOR[role]} (data.{role}_field), or rename the other",
-            )
-        if keys:
-            row = {name if key == keys[0] else key: value for key, value in row.items()}
+        row = _named(row, source, by_folded, name, role)
+    if not any(getattr(fields, role) in row for role in roles):
+        # A layout's columns are read only in a row without tunelab's own fields (``_sft_layout``): only then
+        # can two of them that match one name be a question.
+        for name in _LAYOUT_COLUMNS.get(task, ()):
+            if name not in row:
+                row = _named(row, source, by_folded, name, None)
     return row
+
+
+def _named(row: dict, source: str, by_folded: dict[str, list[str]], name: str, role: str | None) -> dict:
+    """``row`` with the column whose folded name is ``name``'s under ``name`` (``role``: the field it is, None for a
+    layout's column)."""
+    keys = by_folded.get(name.strip().casefold(), [])
+    if len(keys) > 1:
+        both = f"{source}: the columns {' and '.join(repr(key) for key in keys)} both match"
+        if role is None:  # a layout's column has no option to name it: only its own name is read
+            raise DataError(f"{both} the column '{name}' (case and spaces aside)", f"rename one of them, or name one exactly '{name}'")
+        raise DataError(
+            f"{both} the {role} field '{name}' (case and spaces aside)",
+            f"name the one to read exactly with {_OPTION_FOR[role]} (data.{role}_field), or rename the other",
+        )
+    return {name if key == keys[0] else key: value for key, value in row.items()} if keys else row
 
 
 def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:

@@ -1,0 +1,56 @@
+"""Alpaca and ShareGPT files are read as they are wherever tunelab reads a file: distill's unlabelled prompts,
+columns named in another case, ``data show``'s note, and preference pairs written as ShareGPT turns."""
+
+import dataclasses
+import json
+
+import pytest
+
+from tunelab.config import DataConfig
+from tunelab.data.read import read_records
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _unsourced(records):
+    return [dataclasses.replace(record, source="") for record in records]
+
+
+@pytest.mark.parametrize(
+    ("row", "layout"),
+    [
+        ({" Instruction": "Translate to French.", "INPUT": "cat", "Output ": "chat"}, "read as Alpaca"),
+        ({"Conversations": [{"from": "human", "value": "Translate to French.\n\ncat"}, {"from": "gpt", "value": "chat"}]}, "read as ShareGPT"),
+    ],
+)
+def test_layout_columns_match_whatever_their_case_and_spaces(tmp_path, row, layout):
+    # As tunelab's own fields do (``Text`` as ``text``); both were "missing field 'prompt' or 'messages'".
+    result = read_records(str(_write(tmp_path / "data.jsonl", [row])), "sft", DataConfig())
+    by_hand = read_records(str(_write(tmp_path / "hand.jsonl", [{"prompt": "Translate to French.\n\ncat", "completion": "chat"}])), "sft", DataConfig())
+    assert not result.errors, result.errors
+    assert _unsourced(result.records) == _unsourced(by_hand.records)
+    assert len(result.layouts) == 1 and layout in result.layouts[0]
+
+
+def test_alpaca_system_and_history_columns_match_whatever_their_case(tmp_path):
+    row = {"Instruction": "And now?", "Output": "Two.", "System": "Count.", "History": [["Start", "One."]]}
+    result = read_records(str(_write(tmp_path / "data.jsonl", [row])), "sft", DataConfig())
+    assert not result.errors and [m["content"] for m in result.records[0].messages] == ["Count.", "Start", "One.", "And now?", "Two."]
+
+
+def test_two_columns_naming_one_layout_column_are_an_error_naming_both(tmp_path):
+    from tunelab.errors import DataError
+
+    path = _write(tmp_path / "data.jsonl", [{"Instruction": "Q", "INSTRUCTION": "Q2", "output": "A"}])
+    with pytest.raises(DataError, match="'Instruction' and 'INSTRUCTION'"):
+        read_records(str(path), "sft", DataConfig())
+
+
+def test_columns_of_a_layout_not_read_are_not_matched(tmp_path):
+    # A row of tunelab's own fields never reads them: two of them named alike are no question.
+    row = {"prompt": "Q", "completion": "A", "System": "x", "SYSTEM": "y"}
+    result = read_records(str(_write(tmp_path / "data.jsonl", [row])), "sft", DataConfig())
+    assert not result.errors and len(result.records) == 1 and result.layouts == []
