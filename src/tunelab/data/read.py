@@ -15,7 +15,8 @@ whatever its case and surrounding spaces, ``Text`` as ``text``, unless one is na
 - classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer).
 - preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
   ``chosen``/``rejected`` holding whole dialogues with a shared beginning: the HH-RLHF shape
-  (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt).
+  (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt). A message list
+  may be ShareGPT turns (``from``/``value``), read as sft's are.
 
 A path is a file, a folder (every readable file below it, in a stable order), a glob, or a Hugging
 Face dataset name (``name`` or ``name:split``) when the network is allowed. ``data.preset`` reads a
@@ -350,6 +351,11 @@ def _sft_layout(row: dict, fields: Fields) -> tuple[str, str]:
 
 def _layout(row: dict, task: str, fields: Fields) -> str | None:
     """How the columns of a row in a recognised layout are read, for people (None: tunelab's own fields)."""
+    if task == "preference":
+        # One note for the file, whichever of a row's columns hold the turns (a pair's prompt may be a string).
+        if any(_is_sharegpt(row.get(name)) for name in (fields.prompt, fields.chosen, fields.rejected)):
+            return "read as ShareGPT: turns from/value → messages (human → user, gpt → assistant)"
+        return None
     if task != "sft":
         return None
     kind, column = _sft_layout(row, fields)
@@ -459,7 +465,7 @@ def parse_hh_dialogue(text: str) -> list[Message]:
 def _dialogue(row: dict, name: str) -> list[Message]:
     value = row.get(name)
     if isinstance(value, list):
-        return _messages(value, name)
+        return _messages(_sharegpt(value, name), name)
     text = _string(row, name, name)
     try:
         return parse_hh_dialogue(text)
@@ -473,7 +479,7 @@ def _dialogue(row: dict, name: str) -> list[Message]:
 def _answer(row: dict, name: str) -> str:
     value = row.get(name)
     if isinstance(value, list):
-        messages = _messages(value, name)
+        messages = _messages(_sharegpt(value, name), name)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
             raise _Bad(f"'{name}' should hold exactly one assistant message")
         return messages[0]["content"]
@@ -487,7 +493,7 @@ def _preference(row: dict, source: str, fields: Fields) -> PreferenceRecord:
     if fields.prompt in row:
         prompt_value = row[fields.prompt]
         if isinstance(prompt_value, list):
-            prompt = _messages(prompt_value, fields.prompt)
+            prompt = _messages(_sharegpt(prompt_value, fields.prompt), fields.prompt)
             # As an sft prompt: the answers are the assistant's next turn, after something said to it.
             if prompt[-1]["role"] == "assistant":
                 raise _Bad(f"'{fields.prompt}' must not end with an assistant turn")
@@ -693,7 +699,7 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         table.names.update(dict.fromkeys(str(key) for key in row))
         try:
             result.records.append(row_to_record(row, source, task, fields))
-            layout = _layout(named_columns(row, source, task, fields), task, fields) if task == "sft" else None
+            layout = _layout(named_columns(row, source, task, fields), task, fields)
             if layout:
                 table.layouts[layout] = None
         except _MissingField as missing:

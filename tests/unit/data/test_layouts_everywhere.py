@@ -54,3 +54,34 @@ def test_columns_of_a_layout_not_read_are_not_matched(tmp_path):
     row = {"prompt": "Q", "completion": "A", "System": "x", "SYSTEM": "y"}
     result = read_records(str(_write(tmp_path / "data.jsonl", [row])), "sft", DataConfig())
     assert not result.errors and len(result.records) == 1 and result.layouts == []
+
+
+def _turns(*turns):
+    return [{"from": who, "value": said} for who, said in turns]
+
+
+def _messages(*turns):
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    return [{"role": roles[who], "content": said} for who, said in turns]
+
+
+@pytest.mark.parametrize("as_turns", [_turns, _messages])
+def test_preference_pairs_of_sharegpt_turns_equal_those_of_messages(tmp_path, as_turns):
+    # Each was "prompt[1]: unknown role None".
+    rows = [
+        {"prompt": as_turns(("system", "Be brief."), ("human", "Hi")), "chosen": as_turns(("gpt", "Hello.")), "rejected": as_turns(("gpt", "Go."))},
+        {"chosen": as_turns(("human", "Hi"), ("gpt", "Hello.")), "rejected": as_turns(("human", "Hi"), ("gpt", "Go."))},
+    ]
+    result = read_records(str(_write(tmp_path / "pairs.jsonl", rows)), "preference", DataConfig())
+    assert not result.errors, result.errors
+    assert [(r.prompt, r.chosen, r.rejected) for r in result.records] == [
+        (({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}), "Hello.", "Go."),
+        (({"role": "user", "content": "Hi"},), "Hello.", "Go."),
+    ]
+    assert (len(result.layouts), as_turns) in ((1, _turns), (0, _messages))
+
+
+def test_a_bad_sharegpt_turn_in_a_preference_pair_is_named(tmp_path):
+    rows = [{"prompt": _turns(("human", "Hi")), "chosen": [{"from": "bot", "value": "Hello."}], "rejected": _turns(("gpt", "Go."))}]
+    result = read_records(str(_write(tmp_path / "pairs.jsonl", rows)), "preference", DataConfig())
+    assert not result.records and "chosen[1]: unknown ShareGPT speaker 'bot'" in result.errors[0].reason
