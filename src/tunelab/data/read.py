@@ -57,7 +57,7 @@ from tunelab.data.records import (
 )
 from tunelab.errors import DataError
 
-__all__ = ["Fields", "ReadResult", "RecordError", "load_records", "load_result", "named_columns", "read_records", "row_to_record"]
+__all__ = ["Fields", "ReadResult", "RecordError", "load_records", "load_result", "named_columns", "read_records", "row_to_record", "sft_prompt"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED_ERRORS = 20
@@ -310,8 +310,13 @@ def _sharegpt(value: Any, name: str) -> Any:
 
 
 def _alpaca(row: dict) -> list[Message]:
-    """An Alpaca row's messages: instruction and input joined as Self-Instruct's are (``instruction_prompt``), the output
-    the answer; LLaMA-Factory's ``system`` and ``history`` ([prompt, answer] pairs) the turns before them."""
+    """An Alpaca row's messages: its prompt (``_alpaca_prompt``), the output the answer."""
+    return [*_alpaca_prompt(row), {"role": "assistant", "content": _string(row, "output", "completion")}]
+
+
+def _alpaca_prompt(row: dict) -> list[Message]:
+    """An Alpaca row's prompt: instruction and input joined as Self-Instruct's are (``instruction_prompt``),
+    LLaMA-Factory's ``system`` and ``history`` ([prompt, answer] pairs) the turns before them."""
     instruction = _string(row, "instruction", "prompt")
     given = row.get("input")
     if given is not None and not isinstance(given, str):
@@ -332,21 +337,46 @@ def _alpaca(row: dict) -> list[Message]:
         if not asked.strip() or not answered.strip():
             raise _Bad(f"history[{number}]: empty prompt or answer")
         earlier += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
-    user: Message = {"role": "user", "content": instruction_prompt(instruction, given)}
-    return [*earlier, user, {"role": "assistant", "content": _string(row, "output", "completion")}]
+    return [*earlier, {"role": "user", "content": instruction_prompt(instruction, given)}]
 
 
-def _sft_layout(row: dict, fields: Fields) -> tuple[str, str]:
+def _sft_layout(row: dict, fields: Fields, *, answered: bool = True) -> tuple[str, str]:
     """How an sft row is read: ``("messages", column)`` (OpenAI or ShareGPT turns), ``("alpaca", "")`` or
-    ``("prompt", "")``. tunelab's own fields come first: ``conversations`` and Alpaca only in a row without them."""
+    ``("prompt", "")``. tunelab's own fields come first: ``conversations`` and Alpaca only in a row without them.
+    ``answered``: an Alpaca row has its ``output`` (a prompt to be answered, not learned from, needs none)."""
     if fields.messages in row:
         return "messages", fields.messages
     if fields.prompt not in row and fields.completion not in row:
         if _CONVERSATIONS in row:
             return "messages", _CONVERSATIONS
-        if "instruction" in row and "output" in row:
+        if "instruction" in row and ("output" in row or not answered):
             return "alpaca", ""
     return "prompt", ""
+
+
+def sft_prompt(row: dict, fields: Fields) -> list[Message] | None:
+    """The turns an sft row asks, for prompts with no answer to learn (distill's unlabelled inputs): its messages
+    (OpenAI's or ShareGPT's) or Alpaca columns read as for training, less the assistant turns they end with; None
+    for a row of tunelab's ``prompt`` field, left to the caller. ``row``'s columns are already named (``named_columns``).
+
+    Raises:
+        ValueError: with the reason, when the row's turns cannot be read.
+    """
+    kind, column = _sft_layout(row, fields, answered=False)
+    try:
+        if kind == "messages":
+            messages = _messages(_sharegpt(row[column], column), column)
+        elif kind == "alpaca":
+            messages = _alpaca_prompt(row)
+        else:
+            return None
+    except _Bad as bad:
+        raise ValueError(str(bad)) from None
+    while messages and messages[-1]["role"] == "assistant":
+        messages.pop()
+    if not messages:
+        raise ValueError(f"'{column}' holds only assistant turns (nothing to answer)")
+    return messages
 
 
 def _layout(row: dict, task: str, fields: Fields) -> str | None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, parse_config
 from tunelab.data.read import read_records
 
 
@@ -17,6 +17,58 @@ def _write(path, rows):
 
 def _unsourced(records):
     return [dataclasses.replace(record, source="") for record in records]
+
+
+def _prompts(path):
+    from tunelab.tasks.distill import read_unlabeled
+
+    config = parse_config({"task": "sft", "data": {"train": str(path)}})
+    return [list(item.messages) for item in read_unlabeled(str(path), config)]
+
+
+def test_distill_reads_unlabelled_prompts_from_alpaca_rows(tmp_path):
+    # Both were refused as "no 'prompt' text"; an unlabelled Alpaca file has an empty output or none.
+    path = _write(tmp_path / "alpaca.jsonl", [
+        {"instruction": "Translate to French.", "input": "cat", "output": ""},
+        {"instruction": "Name a colour."},
+        {"instruction": "And now?", "input": "", "output": "Two.", "system": "Count.", "history": [["Start", "One."]]},
+    ])
+    assert _prompts(path) == [
+        [{"role": "user", "content": "Translate to French.\n\ncat"}],
+        [{"role": "user", "content": "Name a colour."}],
+        [
+            {"role": "system", "content": "Count."},
+            {"role": "user", "content": "Start"},
+            {"role": "assistant", "content": "One."},
+            {"role": "user", "content": "And now?"},
+        ],
+    ]
+
+
+def test_distill_reads_unlabelled_prompts_from_sharegpt_rows_as_from_messages_rows(tmp_path):
+    turns = [("system", "Be brief."), ("human", "Hi"), ("gpt", "Hello."), ("human", "Bye"), ("gpt", "Goodbye.")]
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    sharegpt = _write(tmp_path / "sharegpt.jsonl", [
+        {"conversations": [{"from": who, "value": said} for who, said in turns]},
+        {"conversations": [{"from": "human", "value": "Only asked."}]},
+    ])
+    openai = _write(tmp_path / "openai.jsonl", [
+        {"messages": [{"role": roles[who], "content": said} for who, said in turns]},
+        {"messages": [{"role": "user", "content": "Only asked."}]},
+    ])
+    assert _prompts(sharegpt) == _prompts(openai) == [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
+        [{"role": "user", "content": "Only asked."}],
+    ]  # fmt: skip
+
+
+def test_distill_names_a_bad_sharegpt_turn_in_an_unlabelled_row(tmp_path):
+    from tunelab.errors import DataError
+
+    path = _write(tmp_path / "sharegpt.jsonl", [{"conversations": [{"from": "bot", "value": "Hi"}]}])
+    with pytest.raises(DataError, match=r"sharegpt.jsonl:1: conversations\[1\]: unknown ShareGPT speaker 'bot'"):
+        _prompts(path)
 
 
 @pytest.mark.parametrize(
