@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+from typer.testing import CliRunner
 
 from tunelab.config import DataConfig, parse_config
 from tunelab.data.read import read_records
@@ -106,6 +107,17 @@ def test_columns_of_a_layout_not_read_are_not_matched(tmp_path):
     row = {"prompt": "Q", "completion": "A", "System": "x", "SYSTEM": "y"}
     result = read_records(str(_write(tmp_path / "data.jsonl", [row])), "sft", DataConfig())
     assert not result.errors and len(result.records) == 1 and result.layouts == []
+
+
+def test_data_show_says_how_the_file_was_read(tmp_path, tiny_model_dir):
+    from tunelab.cli.main import _register_commands, app
+
+    _register_commands()
+    path = _write(tmp_path / "alpaca.jsonl", [{"instruction": "Name a colour.", "input": "", "output": "Blue."}])
+    result = CliRunner().invoke(app, ["data", "show", str(path), "--task", "sft", "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    # Rich wraps long lines: the words are counted, not the line breaks.
+    assert " ".join(result.output.split()).count("note: " + f"{path}: read as Alpaca") == 1, result.output
 
 
 def _turns(*turns):
