@@ -106,7 +106,12 @@ def render_report(report: Any) -> None:
             console.print(f"[dim]{escape(report.example.note)}[/dim]")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    for note in [*report.layouts, *report.notes]:
+    _print_notes([*report.layouts, *report.notes])
+
+
+def _print_notes(notes: list[str]) -> None:
+    # How a file's columns were read (an Alpaca or ShareGPT file) among them: said by check and show alike.
+    for note in notes:
         console.print(f"[dim]note: {escape(note)}[/dim]")
 
 
@@ -184,6 +189,7 @@ def show(
         console.print(_render_example(example))
         if example.note:
             console.print(f"[dim]{escape(example.note)}[/dim]")
+    _print_notes(result.layouts)
     if result.errors:
         console.print(f"[yellow]{invalid_records(result.errors)} invalid record(s) not shown; run `tunelab data check`[/yellow]")
 

@@ -15,7 +15,8 @@ whatever its case and surrounding spaces, ``Text`` as ``text``, unless one is na
 - classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer).
 - preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
   ``chosen``/``rejected`` holding whole dialogues with a shared beginning: the HH-RLHF shape
-  (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt).
+  (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt). A message list
+  may be ShareGPT turns (``from``/``value``), read as sft's are.
 
 A path is a file, a folder (every readable file below it, in a stable order), a glob, or a Hugging
 Face dataset name (``name`` or ``name:split``) when the network is allowed. ``data.preset`` reads a
@@ -56,7 +57,7 @@ from tunelab.data.records import (
 )
 from tunelab.errors import DataError
 
-__all__ = ["Fields", "ReadResult", "RecordError", "load_records", "load_result", "named_columns", "read_records", "row_to_record"]
+__all__ = ["Fields", "ReadResult", "RecordError", "load_records", "load_result", "named_columns", "read_records", "row_to_record", "sft_prompt"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED_ERRORS = 20
@@ -309,8 +310,13 @@ def _sharegpt(value: Any, name: str) -> Any:
 
 
 def _alpaca(row: dict) -> list[Message]:
-    """An Alpaca row's messages: instruction and input joined as Self-Instruct's are (``instruction_prompt``), the output
-    the answer; LLaMA-Factory's ``system`` and ``history`` ([prompt, answer] pairs) the turns before them."""
+    """An Alpaca row's messages: its prompt (``_alpaca_prompt``), the output the answer."""
+    return [*_alpaca_prompt(row), {"role": "assistant", "content": _string(row, "output", "completion")}]
+
+
+def _alpaca_prompt(row: dict) -> list[Message]:
+    """An Alpaca row's prompt: instruction and input joined as Self-Instruct's are (``instruction_prompt``),
+    LLaMA-Factory's ``system`` and ``history`` ([prompt, answer] pairs) the turns before them."""
     instruction = _string(row, "instruction", "prompt")
     given = row.get("input")
     if given is not None and not isinstance(given, str):
@@ -331,25 +337,55 @@ def _alpaca(row: dict) -> list[Message]:
         if not asked.strip() or not answered.strip():
             raise _Bad(f"history[{number}]: empty prompt or answer")
         earlier += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
-    user: Message = {"role": "user", "content": instruction_prompt(instruction, given)}
-    return [*earlier, user, {"role": "assistant", "content": _string(row, "output", "completion")}]
+    return [*earlier, {"role": "user", "content": instruction_prompt(instruction, given)}]
 
 
-def _sft_layout(row: dict, fields: Fields) -> tuple[str, str]:
+def _sft_layout(row: dict, fields: Fields, *, answered: bool = True) -> tuple[str, str]:
     """How an sft row is read: ``("messages", column)`` (OpenAI or ShareGPT turns), ``("alpaca", "")`` or
-    ``("prompt", "")``. tunelab's own fields come first: ``conversations`` and Alpaca only in a row without them."""
+    ``("prompt", "")``. tunelab's own fields come first: ``conversations`` and Alpaca only in a row without them.
+    ``answered``: an Alpaca row has its ``output`` (a prompt to be answered, not learned from, needs none)."""
     if fields.messages in row:
         return "messages", fields.messages
     if fields.prompt not in row and fields.completion not in row:
         if _CONVERSATIONS in row:
             return "messages", _CONVERSATIONS
-        if "instruction" in row and "output" in row:
+        if "instruction" in row and ("output" in row or not answered):
             return "alpaca", ""
     return "prompt", ""
 
 
+def sft_prompt(row: dict, fields: Fields) -> list[Message] | None:
+    """The turns an sft row asks, for prompts with no answer to learn (distill's unlabelled inputs): its messages
+    (OpenAI's or ShareGPT's) or Alpaca columns read as for training, less the assistant turns they end with; None
+    for a row of tunelab's ``prompt`` field, left to the caller. ``row``'s columns are already named (``named_columns``).
+
+    Raises:
+        ValueError: with the reason, when the row's turns cannot be read.
+    """
+    kind, column = _sft_layout(row, fields, answered=False)
+    try:
+        if kind == "messages":
+            messages = _messages(_sharegpt(row[column], column), column)
+        elif kind == "alpaca":
+            messages = _alpaca_prompt(row)
+        else:
+            return None
+    except _Bad as bad:
+        raise ValueError(str(bad)) from None
+    while messages and messages[-1]["role"] == "assistant":
+        messages.pop()
+    if not messages:
+        raise ValueError(f"'{column}' holds only assistant turns (nothing to answer)")
+    return messages
+
+
 def _layout(row: dict, task: str, fields: Fields) -> str | None:
     """How the columns of a row in a recognised layout are read, for people (None: tunelab's own fields)."""
+    if task == "preference":
+        # One note for the file, whichever of a row's columns hold the turns (a pair's prompt may be a string).
+        if any(_is_sharegpt(row.get(name)) for name in (fields.prompt, fields.chosen, fields.rejected)):
+            return "read as ShareGPT: turns from/value → messages (human → user, gpt → assistant)"
+        return None
     if task != "sft":
         return None
     kind, column = _sft_layout(row, fields)
@@ -459,7 +495,7 @@ def parse_hh_dialogue(text: str) -> list[Message]:
 def _dialogue(row: dict, name: str) -> list[Message]:
     value = row.get(name)
     if isinstance(value, list):
-        return _messages(value, name)
+        return _messages(_sharegpt(value, name), name)
     text = _string(row, name, name)
     try:
         return parse_hh_dialogue(text)
@@ -473,7 +509,7 @@ def _dialogue(row: dict, name: str) -> list[Message]:
 def _answer(row: dict, name: str) -> str:
     value = row.get(name)
     if isinstance(value, list):
-        messages = _messages(value, name)
+        messages = _messages(_sharegpt(value, name), name)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
             raise _Bad(f"'{name}' should hold exactly one assistant message")
         return messages[0]["content"]
@@ -487,7 +523,7 @@ def _preference(row: dict, source: str, fields: Fields) -> PreferenceRecord:
     if fields.prompt in row:
         prompt_value = row[fields.prompt]
         if isinstance(prompt_value, list):
-            prompt = _messages(prompt_value, fields.prompt)
+            prompt = _messages(_sharegpt(prompt_value, fields.prompt), fields.prompt)
             # As an sft prompt: the answers are the assistant's next turn, after something said to it.
             if prompt[-1]["role"] == "assistant":
                 raise _Bad(f"'{fields.prompt}' must not end with an assistant turn")
@@ -529,32 +565,52 @@ _ROLES_FOR = {
     "preference": ("prompt", "chosen", "rejected"),
 }
 
+# The columns of the layouts read as they are (Alpaca's, LLaMA-Factory's, ShareGPT's), matched as the fields are.
+_LAYOUT_COLUMNS = {
+    "sft": ("instruction", "input", "output", "system", "history", "conversations"),
+}
+
 
 def named_columns(row: dict, source: str, task: str, fields: Fields) -> dict:
     """``row`` with a column that names a field in another case or with spaces around it (Excel's ``Text,Label``,
-    ``" label"``) under the field's own name. A column named exactly wins: any other is one more column, left unread.
+    ``" label"``) under the field's own name, as one naming a recognised layout's column (``Instruction``,
+    ``Conversations``) in a row without those fields. A column named exactly wins: any other is one more column, left unread.
 
     Raises:
         DataError: when two columns match a field's name (``Text`` and ``TEXT``): which one is meant cannot be told.
     """
-    missing = [(role, getattr(fields, role)) for role in _ROLES_FOR.get(task, ()) if getattr(fields, role) not in row]
-    if not missing:
+    roles = _ROLES_FOR.get(task, ())
+    missing = [(role, getattr(fields, role)) for role in roles if getattr(fields, role) not in row]
+    if not missing and not _LAYOUT_COLUMNS.get(task):
         return row
     by_folded: dict[str, list[str]] = {}
     for key in row:
         if isinstance(key, str):
             by_folded.setdefault(key.strip().casefold(), []).append(key)
     for role, name in missing:
-        keys = by_folded.get(name.strip().casefold(), [])
-        if len(keys) > 1:
-            raise DataError(
-                f"{source}: the columns {' and '.join(repr(key) for key in keys)} both match the {role} field '{name}' "
-                "(case and spaces aside)",
-                f"name the one to read exactly with {_OPTION_FOR[role]} (data.{role}_field), or rename the other",
-            )
-        if keys:
-            row = {name if key == keys[0] else key: value for key, value in row.items()}
+        row = _named(row, source, by_folded, name, role)
+    if not any(getattr(fields, role) in row for role in roles):
+        # A layout's columns are read only in a row without tunelab's own fields (``_sft_layout``): only then
+        # can two of them that match one name be a question.
+        for name in _LAYOUT_COLUMNS.get(task, ()):
+            if name not in row:
+                row = _named(row, source, by_folded, name, None)
     return row
+
+
+def _named(row: dict, source: str, by_folded: dict[str, list[str]], name: str, role: str | None) -> dict:
+    """``row`` with the column whose folded name is ``name``'s under ``name`` (``role``: the field it is, None for a
+    layout's column)."""
+    keys = by_folded.get(name.strip().casefold(), [])
+    if len(keys) > 1:
+        both = f"{source}: the columns {' and '.join(repr(key) for key in keys)} both match"
+        if role is None:  # a layout's column has no option to name it: only its own name is read
+            raise DataError(f"{both} the column '{name}' (case and spaces aside)", f"rename one of them, or name one exactly '{name}'")
+        raise DataError(
+            f"{both} the {role} field '{name}' (case and spaces aside)",
+            f"name the one to read exactly with {_OPTION_FOR[role]} (data.{role}_field), or rename the other",
+        )
+    return {name if key == keys[0] else key: value for key, value in row.items()} if keys else row
 
 
 def row_to_record(row: dict, source: str, task: str, fields: Fields) -> Record:
@@ -673,7 +729,7 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         table.names.update(dict.fromkeys(str(key) for key in row))
         try:
             result.records.append(row_to_record(row, source, task, fields))
-            layout = _layout(named_columns(row, source, task, fields), task, fields) if task == "sft" else None
+            layout = _layout(named_columns(row, source, task, fields), task, fields)
             if layout:
                 table.layouts[layout] = None
         except _MissingField as missing:

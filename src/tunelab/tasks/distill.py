@@ -114,14 +114,15 @@ def _input_of(record: Any, task: str) -> TeacherInput:
 
 
 def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
-    """The inputs of ``distill.unlabeled``: sft prompts (``data.prompt_field`` or chat ``messages`` without
-    their last assistant turn; a .txt file: one prompt per non-empty line), classify texts (``data.text_field``).
+    """The inputs of ``distill.unlabeled``: sft prompts (``data.prompt_field``, or chat ``messages``, ShareGPT
+    ``conversations`` or Alpaca ``instruction``/``input`` without the assistant turns they end with; a .txt file: one
+    prompt per non-empty line), classify texts (``data.text_field``).
 
     Raises:
         DataError: listing the rows without a usable input (unless ``data.skip_invalid``).
     """
     from tunelab.data.formats import RecordError, decode_text, iter_rows, read_bytes, resolve_files
-    from tunelab.data.read import Fields, named_columns
+    from tunelab.data.read import Fields, named_columns, sft_prompt
     from tunelab.data.records import content_id
 
     data, inputs, bad = config.data, [], []
@@ -137,14 +138,17 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
                 bad.append(str(row))
                 continue
             row = named_columns(row, source, config.task, fields)
-            value = row.get(data.prompt_field if config.task == "sft" else data.text_field)
-            if config.task == "sft" and value is None and isinstance(row.get(data.messages_field), list):
-                messages = [m for m in row[data.messages_field] if isinstance(m, dict)]
-                while messages and messages[-1].get("role") == "assistant":
-                    messages.pop()
-                if messages:
+            if config.task == "sft":
+                # Chat rows (OpenAI's or ShareGPT's) and Alpaca's columns are read as training data's are.
+                try:
+                    messages = sft_prompt(row, fields)
+                except ValueError as error:
+                    bad.append(f"{source}: {error}")
+                    continue
+                if messages is not None:
                     inputs.append(TeacherInput(content_id("distill-sft", messages), source, messages=tuple(messages)))
                     continue
+            value = row.get(data.prompt_field if config.task == "sft" else data.text_field)
             if isinstance(value, str) and value.strip():
                 inputs.append(_unlabeled(config.task, value.strip(), source, content_id))
             else:
