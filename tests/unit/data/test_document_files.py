@@ -203,3 +203,15 @@ def test_data_check_reads_a_folder_of_documents(tmp_path):
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["data", "check", str(notes), "--task", "text", "--no-tokens", "--skip-invalid"])
     assert result.exit_code == 0, result.output
+
+
+def test_distill_reads_an_unlabeled_markdown_file_as_it_reads_a_txt_file_one_prompt_per_line(tmp_path):
+    # distill.unlabeled reads a .txt file as one prompt per non-empty line; a .md (or .txt.gz) file is the same text.
+    from tunelab.config import parse_config
+    from tunelab.tasks.distill import read_unlabeled
+
+    for name in ("prompts.txt", "prompts.md", "prompts.rst"):
+        (tmp_path / name).write_text("What is a lease?\n\nHow long is a notice period?\n")
+        config = parse_config({"task": "sft", "data": {"train": str(tmp_path / name)}})
+        prompts = [item.messages[0]["content"] for item in read_unlabeled(str(tmp_path / name), config)]
+        assert prompts == ["What is a lease?", "How long is a notice period?"], name
