@@ -19,6 +19,7 @@ import glob as globbing
 import gzip
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -784,15 +785,18 @@ def iter_pdf(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> It
     """A PDF is one document: its text layer (see ``_pdf_text``). A scan (no text layer), a PDF that needs a password,
     or one pypdf cannot parse is one error naming the file, never an empty document."""
     source = f"{path}:1"
+    # pypdf logs what it repairs or gives up on ("EOF marker not found") straight to stderr, beside the report that
+    # already names the file and why: quiet while reading, the level restored before anything is yielded.
+    pypdf_log = logging.getLogger("pypdf")
+    level = pypdf_log.level
+    pypdf_log.setLevel(logging.CRITICAL)
     try:
         text = _pdf_text(path, max_record_bytes)
     except Exception as error:  # pypdf raises several types for a damaged file
-        yield source, RecordError(source, f"not a readable PDF: {_first_line(error)}")
-        return
-    if isinstance(text, RecordError):
-        yield source, text
-        return
-    yield _extracted(path, text, max_record_bytes)
+        text = RecordError(source, f"not a readable PDF: {_first_line(error)}")
+    finally:
+        pypdf_log.setLevel(level)
+    yield (source, text) if isinstance(text, RecordError) else _extracted(path, text, max_record_bytes)
 
 
 # UTF-32's little-endian mark begins with UTF-16's, so it is tried first.
@@ -951,7 +955,7 @@ def resolve_files(path: str) -> list[Path]:
         return files
     if any(ch in path for ch in "*?["):
         files = sorted((Path(p) for p in globbing.glob(os.path.expanduser(path), recursive=True)), key=lambda p: p.as_posix())
-        files = [p for p in files if p.is_file()]
+        files = [p for p in files if p.is_file() and not p.name.startswith("~$")]
         if not files:
             raise DataError(f"{path}: the pattern matches no file")
         return files

@@ -5,6 +5,7 @@ cannot be read (a scan, a password, a damaged file) is one record error naming i
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from typer.testing import CliRunner
@@ -145,6 +146,7 @@ def test_unreadable_documents_are_one_error_each_and_the_rest_still_read(tmp_pat
     assert "no text layer: a scanned PDF needs OCR first" in reasons[f"{tmp_path / 'scan.pdf'}:1"]
     assert "encrypted" in reasons[f"{tmp_path / 'locked.pdf'}:1"]
     assert "not a readable PDF" in reasons[f"{tmp_path / 'broken.pdf'}:1"]
+    assert logging.getLogger("pypdf").level == logging.NOTSET  # quiet only while a PDF is read
     assert "not a readable Word" in reasons[f"{tmp_path / 'broken.docx'}:1"]
 
 
@@ -167,6 +169,7 @@ def test_a_folder_of_documents_is_read_and_office_lock_files_are_not(tmp_path):
     (tmp_path / "f.pdf").write_bytes(_pdf(["words"]))
     (tmp_path / "~$e.docx").write_bytes(b"\x00lock")  # Word's owner file while e.docx is open
     assert [p.name for p in resolve_files(str(tmp_path))] == ["a.md", "b.html", "c.rst", "d.txt", "e.docx", "f.pdf"]
+    assert [p.name for p in resolve_files(str(tmp_path / "*.docx"))] == ["e.docx"]
     result = read_records(str(tmp_path), "text", DataConfig())
     assert [record.text for record in result.records] == ["words"] * 6 and not result.errors
 
