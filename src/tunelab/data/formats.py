@@ -928,8 +928,19 @@ def _files_under(folder: Path) -> list[Path]:
             continue
         if format_by_name(path) is not None:
             found.append(path)
+    if any(path in saved or format_by_name(path) not in DOCUMENT_FORMATS for path in found):
+        # A folder of data files (a downloaded dataset with its README.md card, docs beside a CSV) is its data files:
+        # documents there were never read before tunelab read documents, and would be refused or trained as records.
+        found = [path for path in found if path in saved or not _document_beside_data(path)]
     # Sorted by the POSIX relative path: the same order on every platform and filesystem.
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _document_beside_data(path: Path) -> bool:
+    """Whether ``path`` is a document other than a .txt file (Markdown and other markup, HTML, .docx, PDF): in a folder
+    that also holds data files it is left out (``_files_under``); a .txt file is read there as it always was."""
+    suffix = Path(path.name.lower().removesuffix(".gz")).suffix
+    return format_by_name(path) in DOCUMENT_FORMATS and suffix not in (".txt", ".text")
 
 
 def resolve_files(path: str) -> list[Path]:

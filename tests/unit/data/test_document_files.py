@@ -218,3 +218,19 @@ def test_distill_reads_an_unlabeled_markdown_file_as_it_reads_a_txt_file_one_pro
         config = parse_config({"task": "sft", "data": {"train": str(tmp_path / name)}})
         prompts = [item.messages[0]["content"] for item in read_unlabeled(str(tmp_path / name), config)]
         assert prompts == ["What is a lease?", "How long is a notice period?"], name
+
+
+def test_a_dataset_folder_s_readme_is_not_read_as_data(tmp_path):
+    # A downloaded dataset keeps its card (README.md) beside its files: before documents were read it was never data,
+    # and an sft or classify run of such a folder must stay as it was (not refused for a "raw text" file).
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(4)))
+    (folder / "README.md").write_text("# A dataset card\n")
+    (folder / "notes.pdf").write_bytes(b"%PDF-1.4 not really")
+    assert [path.name for path in resolve_files(str(folder))] == ["train.jsonl"]
+    # A folder of documents alone is read whole, its README.md included.
+    (folder / "train.jsonl").unlink()
+    (folder / "notes.pdf").unlink()
+    (folder / "essay.md").write_text("An essay.\n")
+    assert [path.name for path in resolve_files(str(folder))] == ["README.md", "essay.md"]
