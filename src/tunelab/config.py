@@ -191,8 +191,10 @@ class DataConfig(_Section):
         description="A named mapping for a known public dataset shape (banking77, snips, hwu64, "
         "fdr_speeches, scitldr, gsm8k, self_instruct, hh_rlhf, tinyshakespeare).",
     )
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "arrow", "txt"] = Field(
-        "auto", description="File format; 'auto' picks by extension (.gz is looked through); a saved Hugging Face dataset folder is always read as one."
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "arrow", "txt", "html", "docx", "pdf"] = Field(
+        "auto",
+        description="File format; 'auto' picks by extension (.gz is looked through; .md, .rst, .org and .tex are 'txt'); "
+        "a saved Hugging Face dataset folder is always read as one.",
     )
     text_field: str = Field("text", description="Column with the document (text) or the input text (classify).")
     prompt_field: str = Field("prompt", description="Column with the prompt (sft, preference).")
@@ -232,7 +234,8 @@ class DataConfig(_Section):
     # line took 130 s and 4.8 GB in the check): a record beyond them is an invalid record (file:line), like any other.
     max_record_bytes: int = Field(
         4_000_000, ge=1,
-        description="Longest record in bytes (a JSONL line, a CSV row, a JSON array element, a .txt document); "
+        description="Longest record in bytes (a JSONL line, a CSV row, a JSON array element, a .txt document, the text "
+        "of an HTML, .docx or PDF document); "
         "a longer one is an invalid record, reported at its file:line.",
     )
     max_label_chars: int = Field(

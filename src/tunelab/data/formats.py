@@ -1,5 +1,6 @@
 """Read rows out of files as they are: JSONL, JSON, CSV, TSV, Parquet and TXT, each possibly gzipped;
-Arrow files and folders written by Hugging Face ``datasets`` (``save_to_disk``).
+Arrow files and folders written by Hugging Face ``datasets`` (``save_to_disk``); and documents as a person writes them
+(Markdown and other markup, HTML, Word .docx, PDF), each file one document as a .txt file is.
 
 Every row comes with its ``source`` (``file:line``; for Parquet the row number) so that each problem
 can be reported where the user can fix it. A row that cannot be read (invalid JSON, undecodable
@@ -18,10 +19,12 @@ import glob as globbing
 import gzip
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,22 @@ FORMAT_BY_SUFFIX = {
     ".txt": "txt",
     ".text": "txt",
     ".arrow": "arrow",
+    # Markup a person writes in is read as written, exactly as .txt: the markup is part of how they write.
+    ".md": "txt",
+    ".markdown": "txt",
+    ".rst": "txt",
+    ".org": "txt",
+    ".tex": "txt",
+    ".html": "html",
+    ".htm": "html",
+    ".docx": "docx",
+    ".pdf": "pdf",
 }
+# The formats whose file is one document (a row {"text": ...}): raw text, which only the 'text' task reads.
+DOCUMENT_FORMATS = ("txt", "html", "docx", "pdf")
+# An HTML file may be this many times data.max_record_bytes before its text is extracted (the limit itself applies to
+# the text): a saved web page's scripts and styles are often most of its bytes, and they are no part of the record.
+HTML_MARKUP_ALLOWANCE = 16
 # What ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` leave in a folder besides the Arrow
 # shards: metadata, never rows.
 SAVED_DATASET_FILES = ("state.json", "dataset_info.json")
@@ -80,6 +98,11 @@ def too_deep() -> str:
     return "invalid JSON: nested too deeply (thousands of levels of [ or {)"
 
 
+def format_by_name(path: Path) -> str | None:
+    """The format ``path``'s extension names (looking through .gz), or None for an extension tunelab does not read."""
+    return FORMAT_BY_SUFFIX.get(Path(path.name.lower().removesuffix(".gz")).suffix)
+
+
 def detect_format(path: Path, declared: str = "auto") -> str:
     """The format of ``path``: ``declared`` unless 'auto', else by extension (looking through .gz).
 
@@ -90,16 +113,14 @@ def detect_format(path: Path, declared: str = "auto") -> str:
         return "hf_disk"
     if declared != "auto":
         return declared
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    suffix = Path(name).suffix
-    if suffix in FORMAT_BY_SUFFIX:
-        return FORMAT_BY_SUFFIX[suffix]
+    kind = format_by_name(path)
+    if kind is not None:
+        return kind
+    suffix = Path(path.name.lower().removesuffix(".gz")).suffix
     raise DataError(
         f"{path}: cannot tell the format from the extension '{suffix or '(none)'}'",
-        "use .jsonl, .json, .csv, .tsv, .parquet, .arrow or .txt (optionally .gz), a saved Hugging Face "
-        "dataset folder, or set data.format",
+        "use .jsonl, .json, .csv, .tsv, .parquet, .arrow, .txt (optionally .gz), a document (.md, .html, .docx, .pdf; "
+        "text task), a saved Hugging Face dataset folder, or set data.format",
     )
 
 
@@ -574,27 +595,213 @@ def iter_arrow(path: Path) -> Iterator[RowOrError]:
     yield from dataset_rows(dataset, path)
 
 
-def iter_txt(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
-    """A plain-text file is one document: a row ``{"text": ...}``."""
+def _document_name(path: Path) -> str:
+    """How an error names the kind of document: its extension ('.md', '.pdf'), as the user knows the file."""
+    return Path(path.name.lower().removesuffix(".gz")).suffix or "text"
+
+
+def _text_file(path: Path, read_limit: int) -> str | RecordError:
+    """A text file's content decoded (UTF-8, a BOM dropped, line ends as "\\n"), or why not: the one home of that
+    decoding for every document read as text (.txt, Markdown and other markup, HTML). More than ``read_limit`` bytes is
+    an error, found without reading past them."""
     with open_binary(path) as handle:
-        data = handle.read(max_record_bytes + 1)
-    if len(data) > max_record_bytes:
-        yield f"{path}:1", RecordError(f"{path}:1", too_large(len(data), max_record_bytes) + " (one .txt file is one record)")
-        return
+        data = handle.read(read_limit + 1)
+    if len(data) > read_limit:
+        return RecordError(f"{path}:1", too_large(len(data), read_limit) + f" (one {_document_name(path)} file is one document: one record)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        yield f"{path}:{line}", RecordError(f"{path}:{line}", _undecodable(error))
-        return
+        return RecordError(f"{path}:{line}", _undecodable(error))
     # Line ends as Python's text mode reads them: a document saved on Windows (CRLF) or old Mac (CR) trained the model
     # on carriage returns it then wrote, and read as another record than the same text saved on Linux.
-    yield f"{path}:1", {"text": text.replace("\r\n", "\n").replace("\r", "\n")}
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def iter_txt(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
+    """A plain-text file is one document: a row ``{"text": ...}``.
+
+    Markdown, reStructuredText, Org and LaTeX files are read here too, as written: their markup is part of how the
+    person writes, and a model tuned on their notes should write it as they do.
+    """
+    text = _text_file(path, max_record_bytes)
+    if isinstance(text, RecordError):
+        yield text.source, text
+        return
+    yield f"{path}:1", {"text": text}
+
+
+def _extracted(path: Path, text: str, max_record_bytes: int) -> RowOrError:
+    """The row of a document's extracted text, or the error of one over ``max_record_bytes`` (checked on the text,
+    not on the file: a .docx is zipped, a PDF or HTML file carries bytes that are no text)."""
+    source = f"{path}:1"
+    size = len(text.encode("utf-8"))
+    if size > max_record_bytes:
+        return source, RecordError(source, too_large(size, max_record_bytes) + f" (the text of one {_document_name(path)} file is one document: one record)")
+    return source, {"text": text}
+
+
+class _VisibleText(HTMLParser):
+    """The text an HTML page shows: no tags, scripts, styles or title; entities decoded; each block (paragraph,
+    heading, list item, ...) its own paragraph, ``<br>`` a line break, ``<pre>`` kept as written, other whitespace
+    collapsed as a browser collapses it."""
+
+    HIDDEN = frozenset({"script", "style", "title", "template", "noscript"})
+    BLOCKS = frozenset(
+        "address article aside blockquote body caption dd details div dl dt fieldset figcaption figure footer form h1 h2 "
+        "h3 h4 h5 h6 header hr html li main nav ol p pre section summary table tbody thead tfoot tr ul".split()
+    )
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self.lines: list[list[str]] = [[]]
+        self.hidden = 0
+        self.pre = 0
+
+    def _flush(self) -> None:
+        if self.pre:
+            text = "".join(chunk for line in self.lines for chunk in line).strip("\n")
+        else:
+            # HTML's whitespace is ASCII's only: a no-break space is text the page shows.
+            collapsed = (re.sub(r"[ \t\n\r\f]+", " ", "".join(line)).strip(" ") for line in self.lines)
+            text = "\n".join(line for line in collapsed if line)
+        if text.strip():
+            self.paragraphs.append(text)
+        self.lines = [[]]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.HIDDEN:
+            self.hidden += 1
+        elif tag == "br":
+            self.lines.append([])
+        elif tag in ("td", "th"):
+            self.lines[-1].append(" ")
+        elif tag in self.BLOCKS:
+            self._flush()
+            self.pre += tag == "pre"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in self.BLOCKS:
+            self._flush()
+            if tag == "pre":
+                self.pre = max(0, self.pre - 1)
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.lines[-1].append(data)
+
+    def text(self) -> str:
+        self._flush()
+        return "\n\n".join(self.paragraphs)
+
+
+def iter_html(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
+    """An HTML page is one document: the text it shows (see ``_VisibleText``), paragraphs separated by a blank line.
+
+    The file is decoded as a .txt file is (UTF-8); ``max_record_bytes`` applies to the extracted text, and the file may
+    be ``HTML_MARKUP_ALLOWANCE`` times larger for its markup.
+    """
+    page = _text_file(path, max_record_bytes * HTML_MARKUP_ALLOWANCE)
+    if isinstance(page, RecordError):
+        yield page.source, page
+        return
+    parser = _VisibleText()
+    parser.feed(page)
+    parser.close()
+    yield _extracted(path, parser.text(), max_record_bytes)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _docx_text(path: Path) -> str:
+    """A Word document's paragraphs and tables in document order, a blank line between them; a table is one line per
+    row, its cells separated by tabs (a merged cell once). Headers, footers, footnotes, comments, text boxes and tables
+    nested inside a cell are left out: python-docx reads the body."""
+    import docx
+    from docx.table import Table
+
+    with open_binary(path) as handle:
+        document = docx.Document(io.BytesIO(handle.read()))
+    blocks = []
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            rows = []
+            for row in block.rows:
+                cells = list({id(cell._tc): cell.text for cell in row.cells}.values())  # a merged cell is one cell
+                rows.append("\t".join(cells))
+            blocks.append("\n".join(rows))
+        else:
+            blocks.append(block.text)
+    # An empty paragraph is spacing in Word, not a paragraph of text.
+    return "\n\n".join(block for block in blocks if block.strip()).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def iter_docx(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
+    """A Word .docx document is one document (see ``_docx_text``); a file python-docx cannot open is one error."""
+    source = f"{path}:1"
+    try:
+        text = _docx_text(path)
+    except Exception as error:  # python-docx raises several types (zip, XML, missing part) for a damaged file
+        yield source, RecordError(source, f"not a readable Word document (.docx): {_first_line(error)}")
+        return
+    yield _extracted(path, text, max_record_bytes)
+
+
+def _pdf_text(path: Path, max_record_bytes: int) -> str | RecordError:
+    """A PDF's text layer, page by page in order, a blank line between pages; reading stops once the text is past
+    ``max_record_bytes``."""
+    from pypdf import PdfReader
+
+    source = f"{path}:1"
+    with open_binary(path) as handle:
+        reader = PdfReader(io.BytesIO(handle.read()))
+    if reader.is_encrypted:
+        try:
+            opened = bool(reader.decrypt(""))  # only an owner password (printing, copying limits): any viewer opens it
+        except Exception:  # AES without the cryptography package, or a damaged encryption dictionary
+            opened = False
+        if not opened:
+            return RecordError(source, "encrypted: the PDF needs a password to open; save a copy without one to read it")
+    pages: list[str] = []
+    size = 0
+    for page in reader.pages:
+        text = (page.extract_text() or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+        size += len(text.encode("utf-8"))
+        pages.append(text)
+        if size > max_record_bytes:
+            break
+    text = "\n\n".join(page for page in pages if page)
+    if not text:
+        return RecordError(source, f"no text layer: a scanned PDF needs OCR first ({len(reader.pages)} page(s), no text on any)")
+    return text
+
+
+def iter_pdf(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RowOrError]:
+    """A PDF is one document: its text layer (see ``_pdf_text``). A scan (no text layer), a PDF that needs a password,
+    or one pypdf cannot parse is one error naming the file, never an empty document."""
+    source = f"{path}:1"
+    # pypdf logs what it repairs or gives up on ("EOF marker not found") straight to stderr, beside the report that
+    # already names the file and why: quiet while reading, the level restored before anything is yielded.
+    pypdf_log = logging.getLogger("pypdf")
+    level = pypdf_log.level
+    pypdf_log.setLevel(logging.CRITICAL)
+    try:
+        text = _pdf_text(path, max_record_bytes)
+    except Exception as error:  # pypdf raises several types for a damaged file
+        text = RecordError(source, f"not a readable PDF: {_first_line(error)}")
+    finally:
+        pypdf_log.setLevel(level)
+    yield (source, text) if isinstance(text, RecordError) else _extracted(path, text, max_record_bytes)
 
 
 # UTF-32's little-endian mark begins with UTF-16's, so it is tried first.
 WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
-TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "txt")
+TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "txt", "html")
 
 
 def wide_encoding(path: Path) -> str | None:
@@ -693,6 +900,12 @@ def iter_rows(path: Path, file_format: str = "auto", max_record_bytes: int = DEF
             yield from iter_saved_dataset(path)
         elif kind == "txt":
             yield from iter_txt(path, max_record_bytes)
+        elif kind == "html":
+            yield from iter_html(path, max_record_bytes)
+        elif kind == "docx":
+            yield from iter_docx(path, max_record_bytes)
+        elif kind == "pdf":
+            yield from iter_pdf(path, max_record_bytes)
         else:
             raise DataError(f"{path}: unknown format '{kind}'")
     except (OSError, EOFError, gzip.BadGzipFile) as error:
@@ -711,13 +924,23 @@ def _files_under(folder: Path) -> list[Path]:
             saved.append(path)
             found.append(path)
             continue
-        if not path.is_file():
+        if not path.is_file() or path.name.startswith("~$"):  # "~$": Office's lock file beside an open document
             continue
-        name = path.name.lower().removesuffix(".gz")
-        if Path(name).suffix in FORMAT_BY_SUFFIX:
+        if format_by_name(path) is not None:
             found.append(path)
+    if any(path in saved or format_by_name(path) not in DOCUMENT_FORMATS for path in found):
+        # A folder of data files (a downloaded dataset with its README.md card, docs beside a CSV) is its data files:
+        # documents there were never read before tunelab read documents, and would be refused or trained as records.
+        found = [path for path in found if path in saved or not _document_beside_data(path)]
     # Sorted by the POSIX relative path: the same order on every platform and filesystem.
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _document_beside_data(path: Path) -> bool:
+    """Whether ``path`` is a document other than a .txt file (Markdown and other markup, HTML, .docx, PDF): in a folder
+    that also holds data files it is left out (``_files_under``); a .txt file is read there as it always was."""
+    suffix = Path(path.name.lower().removesuffix(".gz")).suffix
+    return format_by_name(path) in DOCUMENT_FORMATS and suffix not in (".txt", ".text")
 
 
 def resolve_files(path: str) -> list[Path]:
@@ -736,11 +959,14 @@ def resolve_files(path: str) -> list[Path]:
             return [candidate]  # the folder's metadata files are no data: datasets reads it as a whole
         files = _files_under(candidate)
         if not files:
-            raise DataError(f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.arrow/.txt files")
+            raise DataError(
+                f"{path}: the folder holds no .jsonl/.json/.csv/.tsv/.parquet/.arrow/.txt files and no documents "
+                "(.md/.markdown/.rst/.org/.tex/.html/.htm/.docx/.pdf)"
+            )
         return files
     if any(ch in path for ch in "*?["):
         files = sorted((Path(p) for p in globbing.glob(os.path.expanduser(path), recursive=True)), key=lambda p: p.as_posix())
-        files = [p for p in files if p.is_file()]
+        files = [p for p in files if p.is_file() and not p.name.startswith("~$")]
         if not files:
             raise DataError(f"{path}: the pattern matches no file")
         return files

@@ -3,7 +3,8 @@
 Accepted shapes per task (field names are configurable with ``data.*_field``, and a column matches a field
 whatever its case and surrounding spaces, ``Text`` as ``text``, unless one is named exactly):
 
-- text: ``.txt`` files (one file = one document) or rows with a ``text`` field.
+- text: ``.txt`` files and documents (Markdown and other markup, HTML, .docx, PDF; one file = one document) or rows
+  with a ``text`` field.
 - sft: ``messages`` in the OpenAI chat format (system/developer/user/assistant/tool; an assistant
   ``weight`` of 0 is kept and not trained; assistant ``tool_calls`` and ``tool`` results, with the
   row's ``tools`` schemas), or ``prompt``/``completion`` as strings or as message lists (TRL's
@@ -37,9 +38,11 @@ from typing import Any
 
 from tunelab.config import DataConfig
 from tunelab.data.formats import (
+    DOCUMENT_FORMATS,
     RecordError,
     RowOrError,
     dataset_rows,
+    format_by_name,
     invalid_records,
     iter_rows,
     looked_for,
@@ -702,10 +705,11 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         files = resolve_files(path)
         fields = Fields.from_config(data)
         if task != "text":
-            text_files = [f for f in files if f.name.lower().removesuffix(".gz").endswith((".txt", ".text"))]
+            text_files = [f for f in files if format_by_name(f) in DOCUMENT_FORMATS]
             if text_files and data.format == "auto":
                 raise DataError(
-                    f"{text_files[0]}: a .txt file is raw text, which only the 'text' task reads",
+                    f"{text_files[0]}: a {Path(text_files[0].name.lower().removesuffix('.gz')).suffix} file is raw text "
+                    "(one document), which only the 'text' task reads",
                     f"give {task} data as JSONL, JSON, CSV, TSV or Parquet, or use --task text",
                 )
         rows = ((str(file), item) for file in files for item in iter_rows(file, data.format, data.max_record_bytes))

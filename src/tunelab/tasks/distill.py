@@ -115,20 +115,27 @@ def _input_of(record: Any, task: str) -> TeacherInput:
 
 def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
     """The inputs of ``distill.unlabeled``: sft prompts (``data.prompt_field``, or chat ``messages``, ShareGPT
-    ``conversations`` or Alpaca ``instruction``/``input`` without the assistant turns they end with; a .txt file: one
-    prompt per non-empty line), classify texts (``data.text_field``).
+    ``conversations`` or Alpaca ``instruction``/``input`` without the assistant turns they end with; a .txt file, or
+    Markdown and other markup read as .txt: one prompt per non-empty line), classify texts (``data.text_field``).
 
     Raises:
         DataError: listing the rows without a usable input (unless ``data.skip_invalid``).
     """
-    from tunelab.data.formats import RecordError, decode_text, iter_rows, read_bytes, resolve_files
+    from tunelab.data.formats import (
+        RecordError,
+        decode_text,
+        format_by_name,
+        iter_rows,
+        read_bytes,
+        resolve_files,
+    )
     from tunelab.data.read import Fields, named_columns, sft_prompt
     from tunelab.data.records import content_id
 
     data, inputs, bad = config.data, [], []
     fields = Fields.from_config(data)  # a column matches its field as in training data: whatever its case
     for file in resolve_files(path):
-        if file.suffix == ".txt":
+        if format_by_name(file) == "txt" and data.format in ("auto", "txt"):  # .txt, .md, .rst, ...: text as written
             for number, line in enumerate(decode_text(file, read_bytes(file)).splitlines(), 1):
                 if line.strip():
                     inputs.append(_unlabeled(config.task, line.strip(), f"{file}:{number}", content_id))
