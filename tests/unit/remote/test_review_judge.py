@@ -69,13 +69,19 @@ def _chats(provider) -> int:
     return provider.count("POST", "/v1/chat/completions")
 
 
-def test_a_judge_preferring_the_tuned_answer_in_both_orders_gives_it_every_row(run):
-    registry, record = run
-    provider, endpoint = _serve("tuned")
+def _judge(registry, prefer: str, run: str = "demo", garbage_ids: frozenset[str] = frozenset()):
+    """One `judge_run` of ``run`` against a judge preferring ``prefer``: its outcome and the (stopped) provider."""
+    provider, endpoint = _serve(prefer)
+    provider.garbage_ids = set(garbage_ids)
     try:
-        outcome = judge_run(registry, "demo", remote_client(endpoint))
+        return judge_run(registry, run, remote_client(endpoint)), provider
     finally:
         provider.stop()
+
+
+def test_a_judge_preferring_the_tuned_answer_in_both_orders_gives_it_every_row(run):
+    registry, record = run
+    outcome, provider = _judge(registry, "tuned")
     assert _chats(provider) == 2 * N  # each row asked twice
     assert (outcome.judged, outcome.position_disagreements, outcome.unparseable, outcome.recorded) == (N, 0, 0, N)
     assert outcome.reviewer == f"judge:{JUDGE}"
@@ -88,11 +94,7 @@ def test_a_judge_preferring_the_tuned_answer_in_both_orders_gives_it_every_row(r
 
 def test_a_judge_that_follows_position_gets_ties_not_wins(run):
     registry, _ = run
-    provider, endpoint = _serve("first")
-    try:
-        outcome = judge_run(registry, "demo", remote_client(endpoint))
-    finally:
-        provider.stop()
+    outcome, provider = _judge(registry, "first")
     # On the sheet's order it says A, on the swapped order A again (= B on the sheet): every row disagrees.
     assert (outcome.judged, outcome.position_disagreements) == (N, N)
     assert (outcome.score.ties, outcome.score.tuned_wins, outcome.score.base_wins, outcome.score.win_rate) == (N, 0, 0, 0.5)
@@ -100,12 +102,7 @@ def test_a_judge_that_follows_position_gets_ties_not_wins(run):
 
 def test_garbage_answers_are_counted_never_recorded(run):
     registry, record = run
-    provider, endpoint = _serve("tuned")
-    provider.garbage_ids = {"question 0", "question 1", "question 2"}
-    try:
-        outcome = judge_run(registry, "demo", remote_client(endpoint))
-    finally:
-        provider.stop()
+    outcome, provider = _judge(registry, "tuned", garbage_ids=frozenset({"question 0", "question 1", "question 2"}))
     assert (outcome.unparseable, outcome.judged, outcome.recorded) == (3, N - 3, N - 3)
     assert outcome.first_unparseable.startswith("Both answers")
     recorded = {review.example_id for review in registry.list_reviews(record.id)}
@@ -114,11 +111,7 @@ def test_garbage_answers_are_counted_never_recorded(run):
 
 def test_all_garbage_records_nothing_and_has_no_score(run):
     registry, record = run
-    provider, endpoint = _serve("garbage")
-    try:
-        outcome = judge_run(registry, "demo", remote_client(endpoint))
-    finally:
-        provider.stop()
+    outcome, provider = _judge(registry, "garbage")
     assert (outcome.unparseable, outcome.judged, outcome.recorded, outcome.score) == (N, 0, 0, None)
     assert registry.list_reviews(record.id) == []
 
@@ -146,11 +139,7 @@ def test_the_judge_agrees_with_a_person_through_the_one_agreement(run):
         wanted = "tuned" if index < N - 2 else "base"
         side = next(side for side, model in sheet.sides[row["id"]].items() if model == wanted)
         registry.add_review(record.id, sheet=sheet.path, example_id=row["id"], reviewer="ann", preference=side)
-    provider, endpoint = _serve("tuned")
-    try:
-        outcome = judge_run(registry, "demo", remote_client(endpoint))
-    finally:
-        provider.stop()
+    outcome, provider = _judge(registry, "tuned")
     expected = [a for a in agreement(registry_judgments(registry, record.id, sheet)) if f"judge:{JUDGE}" in (a.reviewer_a, a.reviewer_b)]
     assert [a.to_dict() for a in outcome.agreements] == [a.to_dict() for a in expected]
     assert (outcome.agreements[0].rows, outcome.agreements[0].agreed) == (N, N - 2)
@@ -167,11 +156,7 @@ def test_rows_with_the_same_answer_are_not_asked(tmp_path):
     tuned.save(run_dir / "eval" / "tuned.json")
     registry = Registry(tmp_path / "runs" / "registry.db")
     registry.create_run(name="same", task="sft", run_dir=str(run_dir))
-    provider, endpoint = _serve("tuned")
-    try:
-        outcome = judge_run(registry, "same", remote_client(endpoint))
-    finally:
-        provider.stop()
+    outcome, provider = _judge(registry, "tuned", run="same")
     assert (outcome.identical, outcome.judged, _chats(provider)) == (1, N - 1, 2 * (N - 1))
 
 
