@@ -1,0 +1,214 @@
+"""Token log-probabilities (chat ``logprobs``/``top_logprobs``, completions ``logprobs``/``echo``), as OpenAI shapes them:
+each number checked against a plain forward pass of a standalone copy of the model over prompt + answer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from tests.unit.serve.conftest import assert_openai_error
+
+from tunelab.inference import chat_prompt, completion_prompt
+from tunelab.models.generate import stop_token_ids
+from tunelab.serve import ServeSettings, create_app
+
+LOCAL = "http://127.0.0.1"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+PROMPT = "The capital of France is"
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def client(registry):
+    app = create_app(registry, ServeSettings(max_tokens_limit=16))
+    with TestClient(app, base_url=LOCAL) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, fake_runs, tiny_tokenizer):
+    """``(model_name, prompt_ids, n) -> (answer ids, log-probabilities [positions, vocab])``: a standalone copy of the
+    model answers greedily by plain forward passes, then scores prompt + answer in one forward pass."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    models: dict[str, object] = {}
+    stops = set(stop_token_ids(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), tiny_tokenizer))
+
+    def load(name):
+        if name not in models:
+            model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+            if name in fake_runs:
+                model = PeftModel.from_pretrained(model, str(fake_runs[name] / "adapter"))
+            models[name] = model.eval()
+        return models[name]
+
+    def score(name, prompt_ids, n):
+        model = load(name)
+        ids = list(prompt_ids)
+        answer = []
+        with torch.inference_mode():
+            for _ in range(n):
+                token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+                if token in stops:
+                    break
+                answer.append(token)
+                ids.append(token)
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        return answer, logprobs
+
+    return score
+
+
+def _events(client, path, body):
+    with client.stream("POST", path, json={**body, "stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        lines = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def _check_top(entries, chosen_logprob, chosen_token, k, exact=True):
+    """Sorted, ``k`` of them (at most, for the legacy dict: alternatives of the same text are one), and holding the
+    chosen token's logprob when the chosen token is among them."""
+    assert len(entries) == k if exact else 1 <= len(entries) <= k
+    values = [value for _, value in entries]
+    assert values == sorted(values, reverse=True)
+    if values and chosen_logprob >= values[-1] - 1e-6:
+        assert any(token == chosen_token and abs(value - chosen_logprob) < 1e-6 for token, value in entries)
+
+
+@pytest.mark.parametrize("name", ["base", "france"])
+def test_chat_logprobs_are_the_models_own(client, registry, reference, tiny_tokenizer, name):
+    model = registry.base_name if name == "base" else name
+    body = {"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    answer = client.post("/v1/chat/completions", json=body).json()
+    content = answer["choices"][0]["logprobs"]["content"]
+    prompt_ids = chat_prompt(tiny_tokenizer, [dict(m) for m in QUESTION]).ids
+    ids, logprobs = reference(name if name != "base" else None, prompt_ids, 8)
+    assert ids, "the tiny model answered nothing: the test would check nothing"
+    assert [item["token"] for item in content] == [tiny_tokenizer.decode([t]) for t in ids]
+    assert "".join(item["token"] for item in content) == answer["choices"][0]["message"]["content"]
+    for position, (item, token) in enumerate(zip(content, ids, strict=True)):
+        expected = float(logprobs[len(prompt_ids) - 1 + position, token])
+        assert abs(item["logprob"] - expected) < TOLERANCE
+        assert bytes(item["bytes"]).decode("utf-8", errors="replace") == item["token"]
+        tops = item["top_logprobs"]
+        assert set(tops[0]) == {"token", "logprob", "bytes"}
+        _check_top([(t["token"], t["logprob"]) for t in tops], item["logprob"], item["token"], 3)
+        best = torch.topk(logprobs[len(prompt_ids) - 1 + position], 3)
+        assert [abs(t["logprob"] - float(v)) < TOLERANCE for t, v in zip(tops, best.values, strict=True)] == [True] * 3
+
+    # Streamed: the chunks carry the logprobs of their own tokens, the same ones in all.
+    chunks = _events(client, "/v1/chat/completions", body)
+    streamed = [item for chunk in chunks for choice in chunk["choices"] if choice["logprobs"] for item in choice["logprobs"]["content"]]
+    assert [(i["token"], round(i["logprob"], 4)) for i in streamed] == [(i["token"], round(i["logprob"], 4)) for i in content]
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            if choice["logprobs"] is not None:
+                assert "".join(i["token"] for i in choice["logprobs"]["content"]) == choice["delta"].get("content", "")
+
+
+def test_chat_logprobs_are_before_temperature(client, registry):
+    body = {"model": registry.base_name, "messages": QUESTION, "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
+    greedy = client.post("/v1/chat/completions", json={**body, "temperature": 0}).json()
+    hot = client.post("/v1/chat/completions", json={**body, "temperature": 1.7, "seed": 3}).json()
+    first = [greedy["choices"][0]["logprobs"]["content"][0], hot["choices"][0]["logprobs"]["content"][0]]
+    assert [round(t["logprob"], 4) for t in first[0]["top_logprobs"]] == [round(t["logprob"], 4) for t in first[1]["top_logprobs"]]
+
+
+def test_without_logprobs_the_answer_says_null(client, registry):
+    chat = client.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 4}).json()
+    assert chat["choices"][0]["logprobs"] is None
+    completion = client.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 4}).json()
+    assert completion["choices"][0]["logprobs"] is None
+    for chunk in _events(client, "/v1/completions", {"model": "france", "prompt": PROMPT, "max_tokens": 4}):
+        assert all(choice["logprobs"] is None for choice in chunk["choices"])
+    # logprobs: false is the same as left out; top_logprobs 0 with it too.
+    chat = client.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 2, "logprobs": False}).json()
+    assert chat["choices"][0]["logprobs"] is None
+
+
+def test_echo_with_max_tokens_0_scores_the_prompt(client, reference, tiny_tokenizer):
+    # lm-evaluation-harness's local-completions: the prompt scored, nothing generated.
+    body = {"model": "france", "prompt": [PROMPT, "Two plus two is four."], "max_tokens": 0, "echo": True, "logprobs": 2, "temperature": 0}
+    answer = client.post("/v1/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    for choice, prompt in zip(answer.json()["choices"], body["prompt"], strict=True):
+        ids = completion_prompt(tiny_tokenizer, prompt).ids
+        _, logprobs = reference("france", ids, 0)
+        result = choice["logprobs"]
+        assert choice["text"] == prompt and choice["finish_reason"] == "length"
+        assert result["tokens"] == [tiny_tokenizer.decode([t]) for t in ids]
+        assert result["token_logprobs"][0] is None and result["top_logprobs"][0] is None
+        for position in range(1, len(ids)):
+            expected = float(logprobs[position - 1, ids[position]])
+            assert abs(result["token_logprobs"][position] - expected) < TOLERANCE
+            top = result["top_logprobs"][position]
+            # A dict by token text: two alternatives of the same text (two halves of characters, both "\ufffd") are one.
+            best = torch.topk(logprobs[position - 1], 2)
+            assert list(top) == list(dict.fromkeys(tiny_tokenizer.decode([int(i)]) for i in best.indices))
+            assert list(top.values()) == sorted(top.values(), reverse=True)
+            assert abs(next(iter(top.values())) - float(best.values[0])) < TOLERANCE
+        assert result["text_offset"] == [len(tiny_tokenizer.decode(ids[:i])) for i in range(len(ids))]
+    usage = answer.json()["usage"]
+    assert usage["completion_tokens"] == 0
+
+
+def test_completion_logprobs_echo_and_generated(client, reference, tiny_tokenizer):
+    body = {"model": "germany", "prompt": PROMPT, "max_tokens": 6, "echo": True, "logprobs": 3, "temperature": 0}
+    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    ids = completion_prompt(tiny_tokenizer, PROMPT).ids
+    answer, logprobs = reference("germany", ids, 6)
+    assert answer
+    result = choice["logprobs"]
+    assert choice["text"] == PROMPT + tiny_tokenizer.decode(answer)
+    everything = ids + answer
+    assert result["tokens"] == [tiny_tokenizer.decode([t]) for t in everything]
+    assert result["token_logprobs"][0] is None
+    for position in range(1, len(everything)):
+        assert abs(result["token_logprobs"][position] - float(logprobs[position - 1, everything[position]])) < TOLERANCE
+    assert result["text_offset"] == [len(tiny_tokenizer.decode(everything[:i])) for i in range(len(everything))]
+    for position in range(len(ids), len(everything)):
+        top = result["top_logprobs"][position]
+        _check_top(list(top.items()), result["token_logprobs"][position], result["tokens"][position], 3, exact=False)
+
+    # Without echo: only the generated tokens, offsets into the answer; streamed alike.
+    plain = client.post("/v1/completions", json={**body, "echo": False}).json()["choices"][0]
+    assert plain["logprobs"]["tokens"] == result["tokens"][len(ids):]
+    assert [round(v, 4) for v in plain["logprobs"]["token_logprobs"]] == [round(v, 4) for v in result["token_logprobs"][len(ids):]]
+    assert plain["logprobs"]["text_offset"][0] == 0
+    chunks = _events(client, "/v1/completions", {**body, "echo": False})
+    tokens = [t for chunk in chunks for c in chunk["choices"] if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    assert tokens == plain["logprobs"]["tokens"]
+
+
+def test_classify_chat_logprobs_are_the_labels_probability(client):
+    body = {"model": "router", "messages": [{"role": "user", "content": "my card was charged twice"}], "logprobs": True, "top_logprobs": 3}
+    answer = client.post("/v1/chat/completions", json=body).json()
+    classified = client.post("/v1/classify", json={"model": "router", "input": "my card was charged twice"}).json()["data"][0]
+    (item,) = answer["choices"][0]["logprobs"]["content"]
+    assert item["token"] == classified["label"] == answer["choices"][0]["message"]["content"]
+    assert abs(item["logprob"] - math.log(classified["probabilities"][item["token"]])) < TOLERANCE
+    assert [t["token"] for t in item["top_logprobs"]] == sorted(classified["probabilities"], key=classified["probabilities"].get, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "param"),
+    [
+        ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("/v1/chat/completions", {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),  # OpenAI: top_logprobs needs logprobs: true
+        ("/v1/completions", {"logprobs": 21}, "logprobs"),
+        ("/v1/completions", {"logprobs": -1}, "logprobs"),
+        ("/v1/completions", {"max_tokens": 0}, "max_tokens"),  # 0 only with echo (the prompt scored)
+        ("/v1/completions", {"max_tokens": 0, "logprobs": 1}, "max_tokens"),
+    ],
+    ids=str,
+)
+def test_out_of_range_values_are_400s_naming_the_parameter(client, path, fields, param):
+    body = {"model": "france", **({"messages": QUESTION} if "chat" in path else {"prompt": PROMPT}), "max_tokens": 2, **fields}
+    assert_openai_error(client.post(path, json=body), 400, param=param)
