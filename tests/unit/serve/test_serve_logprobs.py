@@ -212,3 +212,96 @@ def test_classify_chat_logprobs_are_the_labels_probability(client):
 def test_out_of_range_values_are_400s_naming_the_parameter(client, path, fields, param):
     body = {"model": "france", **({"messages": QUESTION} if "chat" in path else {"prompt": PROMPT}), "max_tokens": 2, **fields}
     assert_openai_error(client.post(path, json=body), 400, param=param)
+
+
+def test_a_batch_mixing_rows_gives_each_its_own(registry, reference, tiny_tokenizer):
+    """One left-padded batch: a row with logprobs, one without, one that only scores its prompt (max_tokens 0): each
+    row's numbers are those of its prompt alone, and the row that did not ask gets none."""
+    import asyncio
+
+    from tunelab.serve.engine import Engine, SamplingParams
+
+    engine = Engine(registry, max_batch_size=8, batch_window_ms=300)
+    prompts = [completion_prompt(tiny_tokenizer, text).ids for text in ("hi", "What is two plus two? Two plus", PROMPT)]
+    params = [SamplingParams(max_tokens=5, logprobs=2), SamplingParams(max_tokens=5), SamplingParams(max_tokens=0, logprobs=1, echo=True)]
+
+    async def run_all():
+        jobs = [engine.submit("france", "generate", ids, p) for ids, p in zip(prompts, params, strict=True)]
+        return [await engine.result(job) for job in jobs]
+
+    try:
+        results = asyncio.run(run_all())
+        assert engine.largest_batch == 3
+    finally:
+        engine.stop()
+    answer, logprobs = reference("france", prompts[0], 5)
+    assert [item.token for item in results[0].logprobs] == answer
+    for position, item in enumerate(results[0].logprobs):
+        assert abs(item.logprob - float(logprobs[len(prompts[0]) - 1 + position, item.token])) < TOLERANCE
+        assert len(item.top) == 2
+    assert results[1].logprobs is None and results[1].prompt_logprobs is None and results[1].completion_tokens >= 1
+    scored = results[2]
+    assert scored.completion_tokens == 0 and scored.text == "" and scored.logprobs == []
+    _, logprobs = reference("france", prompts[2], 0)
+    assert [item.token for item in scored.prompt_logprobs] == prompts[2]
+    assert scored.prompt_logprobs[0].logprob is None
+    for position, item in enumerate(scored.prompt_logprobs[1:], start=1):
+        assert abs(item.logprob - float(logprobs[position - 1, item.token])) < TOLERANCE
+
+
+def test_only_a_batch_that_asks_computes_logprobs(client, monkeypatch):
+    from tunelab.serve import engine
+
+    made = []
+
+    class Counting(engine._LogprobReader):
+        def __init__(self, rows):
+            made.append(len(rows))
+            super().__init__(rows)
+
+    monkeypatch.setattr(engine, "_LogprobReader", Counting)
+    client.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 3})
+    client.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 3})
+    assert made == []
+    client.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 3, "logprobs": 0})
+    assert made == [1]
+
+
+def test_a_stop_sequence_cuts_the_logprobs_with_the_text(client):
+    body = {"model": "france", "messages": QUESTION, "max_tokens": 12, "temperature": 0, "logprobs": True}
+    full = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    tokens = [item["token"] for item in full["logprobs"]["content"]]
+    assert len(tokens) >= 6
+    stop = "".join(tokens[4:])[:2]
+    cut = client.post("/v1/chat/completions", json={**body, "stop": [stop]}).json()["choices"][0]
+    text = cut["message"]["content"]
+    kept = [item["token"] for item in cut["logprobs"]["content"]]
+    assert kept == tokens[: len(kept)] and "".join(kept).startswith(text) and len("".join(kept[:-1])) < len(text) + 1
+    assert len(kept) < len(tokens)
+
+
+def test_the_openai_client_reads_them(server):
+    """The official client's types parse both shapes, as lm-evaluation-harness's local-completions reads them."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+    scored = client.completions.create(model="france", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    logprobs = scored.choices[0].logprobs
+    assert scored.choices[0].text == PROMPT and logprobs.token_logprobs[0] is None and len(logprobs.tokens) == len(logprobs.text_offset) > 1
+    chat = client.chat.completions.create(model="france", messages=QUESTION, max_tokens=3, logprobs=True, top_logprobs=2, temperature=0)
+    content = chat.choices[0].logprobs.content
+    assert content and all(len(item.top_logprobs) == 2 and isinstance(item.bytes, list) for item in content)
+
+
+def test_a_streamed_echo_sends_the_prompt_first(client):
+    body = {"model": "france", "prompt": PROMPT, "max_tokens": 3, "echo": True, "logprobs": 1, "temperature": 0}
+    whole = client.post("/v1/completions", json=body).json()["choices"][0]
+    chunks = [c for chunk in _events(client, "/v1/completions", body) for c in chunk["choices"]]
+    assert chunks[0]["text"] == PROMPT and chunks[0]["logprobs"]["token_logprobs"][0] is None
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    for key in ("tokens", "text_offset"):
+        assert [v for c in chunks if c["logprobs"] for v in c["logprobs"][key]] == whole["logprobs"][key]
+    # Without logprobs the prompt still comes first, as text.
+    plain = [c for chunk in _events(client, "/v1/completions", {**body, "logprobs": None}) for c in chunk["choices"]]
+    assert plain[0]["text"] == PROMPT and all(c["logprobs"] is None for c in plain)
+    assert "".join(c["text"] for c in plain) == whole["text"]
