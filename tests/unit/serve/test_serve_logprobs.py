@@ -305,3 +305,33 @@ def test_a_streamed_echo_sends_the_prompt_first(client):
     plain = [c for chunk in _events(client, "/v1/completions", {**body, "logprobs": None}) for c in chunk["choices"]]
     assert plain[0]["text"] == PROMPT and all(c["logprobs"] is None for c in plain)
     assert "".join(c["text"] for c in plain) == whole["text"]
+
+
+def test_classify_run_with_an_out_of_scope_label_refuses_logprobs(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """Its out-of-scope answer is a label of no probability of its own: a 400 naming logprobs, not a made-up number."""
+    from tests.unit.serve.conftest import write_fake_run
+
+    from tunelab.data.labels import OutOfScope
+    from tunelab.serve.adapters import load_registry
+
+    guarded = write_fake_run(tmp_path / "guarded", tiny_model_dir, tiny_tokenizer, seed=3, task="classify")
+    OutOfScope("out_of_scope", 0.5).save(guarded / "out_of_scope.json")
+    registry = load_registry(str(tiny_model_dir), [("guarded", str(guarded))])
+    with TestClient(create_app(registry, ServeSettings(max_tokens_limit=8)), base_url=LOCAL) as guarded_client:
+        body = {"model": "guarded", "messages": [{"role": "user", "content": "refund please"}]}
+        error = assert_openai_error(guarded_client.post("/v1/chat/completions", json={**body, "logprobs": True}), 400, param="logprobs")
+        assert "out-of-scope" in error["message"]
+        assert guarded_client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_a_token_that_is_part_of_a_character_has_its_raw_bytes(tiny_tokenizer):
+    """Byte-level BPE splits "é€" into byte tokens that decode alone to U+FFFD: their bytes are the raw ones, which
+    joined give the characters' UTF-8 (as OpenAI's ``bytes``), not the replacement character's."""
+    from tunelab.serve.logprobs import TokenRenderer
+
+    render = TokenRenderer(tiny_tokenizer)
+    ids = tiny_tokenizer("é€", add_special_tokens=False)["input_ids"]
+    pieces = [render(token) for token in ids]
+    assert any(text == "\ufffd" for text, _ in pieces), "the tiny tokenizer must split a character for this to mean anything"
+    assert [byte for _, raw in pieces for byte in raw] == list("é€".encode())
+    assert render(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) == ("<|im_end|>", list(b"<|im_end|>"))
