@@ -71,6 +71,7 @@ class TokenLogprob:
     logprob: float | None
     top: tuple[tuple[int, float], ...] | None
     offset: int
+    end: bool = False  # the end-of-answer token (EOS): part of the answer's tokens (usage counts it), not of its text
 
 
 @dataclass
@@ -156,6 +157,10 @@ class _Row:
             return
         self.count += 1
         if token in self.eos_ids:
+            if self.logprobs is not None and self.step is not None:
+                # Kept, as vLLM keeps it: a prompt scored with max_tokens 1 (lm-evaluation-harness reads all tokens but
+                # the last) then has its one answer token even when it is EOS, where without it the prompt's last was cut.
+                self.logprobs.append(TokenLogprob(token, self.step[0], self.step[1], self.decoded, end=True))
             self.finish_reason = "stop"
             self._flush(len(self.text))
             return

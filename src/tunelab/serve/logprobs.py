@@ -63,7 +63,8 @@ class TokenRenderer:
 
 
 def chat_logprobs(items: Sequence[TokenLogprob], render: TokenRenderer) -> dict[str, Any]:
-    """The chat shape (``choices[i].logprobs`` of a chat completion or of one streamed chunk)."""
+    """The chat shape (``choices[i].logprobs`` of a chat completion or of one streamed chunk): the tokens of the
+    message's content, so without the end-of-turn token (as OpenAI's), which the legacy shape keeps."""
 
     def entry(token: int, logprob: float) -> dict[str, Any]:
         text, raw = render(token)
@@ -74,6 +75,7 @@ def chat_logprobs(items: Sequence[TokenLogprob], render: TokenRenderer) -> dict[
             {**entry(item.token, item.logprob if item.logprob is not None else 0.0),
              "top_logprobs": [entry(token, value) for token, value in item.top or ()]}
             for item in items
+            if not item.end
         ]
     }
 
@@ -96,7 +98,8 @@ def _log(probability: float) -> float:
 
 def completion_logprobs(items: Sequence[TokenLogprob], render: TokenRenderer, offset: int = 0) -> dict[str, Any]:
     """The legacy completions shape; ``offset``: characters before these tokens' text in ``choices[i].text`` (an echoed
-    prompt's, for the answer's tokens). Two alternatives of the same text (e.g. two partial characters) keep the first."""
+    prompt's, for the answer's tokens). An answer that ended at EOS ends with that token (its text the special token's,
+    its offset the text's end), as vLLM's. Two alternatives of the same text (e.g. two partial characters) keep the first."""
     tokens, values, tops, offsets = [], [], [], []
     for item in items:
         tokens.append(render(item.token)[0])

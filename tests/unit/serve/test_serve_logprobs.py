@@ -335,3 +335,33 @@ def test_a_token_that_is_part_of_a_character_has_its_raw_bytes(tiny_tokenizer):
     assert any(text == "\ufffd" for text, _ in pieces), "the tiny tokenizer must split a character for this to mean anything"
     assert [byte for _, raw in pieces for byte in raw] == list("é€".encode())
     assert render(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) == ("<|im_end|>", list(b"<|im_end|>"))
+
+
+def test_an_answer_ended_by_eos_keeps_that_token_in_the_legacy_shape(tiny_tokenizer):
+    """lm-evaluation-harness sends echo with max_tokens 1 and drops the last token: an EOS answer must still be one
+    token there (it was dropped, and the prompt's last token with it); chat's content leaves it out, as OpenAI."""
+    import asyncio
+
+    from tunelab.serve.engine import Job, SamplingParams, _Row
+    from tunelab.serve.logprobs import TokenRenderer, chat_logprobs, completion_logprobs
+
+    eos = tiny_tokenizer.eos_token_id
+    word = tiny_tokenizer("Paris", add_special_tokens=False)["input_ids"][0]
+    loop = asyncio.new_event_loop()
+    try:
+        job = Job("m", "generate", [1, 2], SamplingParams(max_tokens=4, logprobs=1), loop, asyncio.Queue())
+        row = _Row(job, tiny_tokenizer, {eos})
+        row.step = (-0.5, ((word, -0.5),))
+        row.add(word)
+        row.step = (-0.25, ((eos, -0.25),))
+        row.add(eos)
+    finally:
+        loop.close()
+    result = row.result()
+    assert result.finish_reason == "stop" and result.completion_tokens == 2
+    render = TokenRenderer(tiny_tokenizer)
+    legacy = completion_logprobs(result.logprobs, render, offset=3)
+    text = tiny_tokenizer.decode([word])
+    assert legacy["tokens"] == [text, "<|im_end|>"] and legacy["token_logprobs"] == [-0.5, -0.25]
+    assert legacy["text_offset"] == [3, 3 + len(text)]
+    assert [item["token"] for item in chat_logprobs(result.logprobs, render)["content"]] == [text]
