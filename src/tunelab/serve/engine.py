@@ -215,8 +215,8 @@ def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
 
 class _LogprobReader:
     """A transformers logits processor that reads, for the rows that ask for them, the log-softmax of each step's
-    logits (before temperature and top-p, which transformers applies after the processors it is passed) and changes nothing; the stopper
-    then gives each row its chosen token's log-probability. Rows that do not ask cost nothing."""
+    logits (before temperature and top-p, which transformers applies after the processors it is passed) and changes
+    nothing; the stopper then gives each row its chosen token's log-probability. Rows that do not ask cost nothing."""
 
     def __init__(self, rows: list[_Row]) -> None:
         self.rows = rows

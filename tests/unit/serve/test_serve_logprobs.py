@@ -365,3 +365,12 @@ def test_an_answer_ended_by_eos_keeps_that_token_in_the_legacy_shape(tiny_tokeni
     assert legacy["tokens"] == [text, "<|im_end|>"] and legacy["token_logprobs"] == [-0.5, -0.25]
     assert legacy["text_offset"] == [3, 3 + len(text)]
     assert [item["token"] for item in chat_logprobs(result.logprobs, render)["content"]] == [text]
+
+
+def test_echo_without_logprobs_returns_the_prompt_and_answer(client):
+    body = {"model": "france", "prompt": PROMPT, "max_tokens": 3, "temperature": 0}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]
+    echoed = client.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]
+    assert echoed["text"] == PROMPT + plain["text"] and echoed["logprobs"] is None
+    scored = client.post("/v1/completions", json={**body, "echo": True, "max_tokens": 0}).json()
+    assert scored["choices"][0]["text"] == PROMPT and scored["usage"]["completion_tokens"] == 0
