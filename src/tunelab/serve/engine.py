@@ -15,8 +15,9 @@ Token log-probabilities (``SamplingParams.logprobs``) are the served model's own
 log-softmax of the logits each decoding step already computed, read by a logits processor before temperature and
 top-p change them (as vLLM returns by default; a processor the model's own ``generation_config`` sets, such as a
 repetition penalty, comes first). Only the rows that ask for them are computed: a batch without such a row does no
-extra work. A prompt's own (``echo``) come from one forward pass over the prompt, for those rows only: the whole
-answer of a row that generates nothing (``max_tokens`` 0, what lm-evaluation-harness sends).
+extra work. A prompt's own (``echo``) come from the prefill's logits (kept at every position only for a batch with such
+a row), or, for a row that generates nothing (``max_tokens`` 0, what lm-evaluation-harness sends), from its one
+forward pass over the prompt.
 """
 
 from __future__ import annotations
@@ -421,11 +422,10 @@ class Engine:
                 for job in batch:
                     job.emit("error", failure)
 
-    def _score_prompt(self, model: Any, row: _Row) -> None:
-        """The prompt's tokens' log-probabilities (``echo``): one forward pass over the prompt alone (no padding, so
-        the positions are the prompt's own), the first token's None (nothing predicts it)."""
+    def _score_prompt(self, row: _Row, logits: torch.Tensor) -> None:
+        """The prompt's tokens' log-probabilities (``echo``) from ``logits``, the model's at the prompt's positions but
+        the last [prompt - 1, vocab]; the first token's None (nothing predicts it). Sent at once: a stream's first piece."""
         ids = row.job.prompt_ids
-        logits = model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0, :-1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0].tolist()
         top = _top(logprobs, row.params.logprobs or 0)
@@ -433,6 +433,23 @@ class Engine:
             TokenLogprob(token, value, alternatives, offset)
             for token, value, alternatives, offset in zip(ids[1:], chosen, top, self._offsets(ids)[1:], strict=True)
         ]
+        row.job.emit("delta", Delta("", row.prompt_logprobs, prompt=True))
+
+    def _prefill_reader(self, rows: list[_Row], width: int) -> Any:
+        """A forward hook that scores the ``echo`` rows' prompts from the first forward pass of ``generate`` (the
+        prefill, asked to keep every position's logits): their rows of the left-padded batch, right-aligned in ``width``.
+        Only that pass is read (the decoding steps are :class:`_LogprobReader`'s); the caller removes the hook."""
+        echoing = [i for i, row in enumerate(rows) if row.params.echo]
+        passes = []
+
+        def hook(module: Any, args: Any, output: Any) -> None:
+            passes.append(1)
+            if len(passes) > 1:
+                return
+            for i in echoing:
+                self._score_prompt(rows[i], output.logits[i, width - len(rows[i].job.prompt_ids) : width - 1])
+
+        return hook
 
     def _offsets(self, ids: list[int]) -> list[int]:
         """Where each token starts in the decoded text of ``ids`` (the text an echo returns): the running length of
@@ -451,16 +468,15 @@ class Engine:
 
     def _generate(self, model: Any, batch: list[Job]) -> None:
         all_rows = [_Row(job, self.tokenizer, self.eos_ids) for job in batch]
-        for row in all_rows:
-            if row.params.echo:
-                self._score_prompt(model, row)
-                row.job.emit("delta", Delta("", row.prompt_logprobs, prompt=True))  # a stream sends the prompt first
-        # A row of max_tokens 0 (only with echo: the prompt scored) generates nothing: done already.
-        rows = [row for row in all_rows if row.params.max_tokens > 0]
+        # A row of max_tokens 0 (only with echo: the prompt scored, what lm-evaluation-harness sends) generates
+        # nothing: its one forward pass is the prompt's, and it is done.
         for row in all_rows:
             if row.params.max_tokens <= 0:
+                ids = row.job.prompt_ids
+                self._score_prompt(row, model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0, :-1])
                 row.finish_reason = "length"
                 row.job.emit("done", row.result())
+        rows = [row for row in all_rows if row.params.max_tokens > 0]
         if not rows:
             return
         batch = [row.job for row in rows]
@@ -471,16 +487,27 @@ class Engine:
         hooks: dict[str, Any] = {"stopping_criteria": [_RowStopper(rows, reader)]}
         if reader is not None:
             hooks["logits_processor"] = LogitsProcessorList([reader])
+        prefill = None
+        if any(row.params.echo for row in rows):
+            # The prompts are scored from generate's own prefill, not a second pass: it keeps every position's logits
+            # (logits_to_keep 0; else only the last, the next token's) for this batch only.
+            hooks["logits_to_keep"] = 0
+            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            prefill = causal_lm.register_forward_hook(self._prefill_reader(rows, input_ids.shape[1]))
         # A seeded sample draws from a generator of its own: the unseeded answers after it stay as random as before.
         device = torch.device(model.device)
         accelerator = device.type != "cpu"
-        with torch.random.fork_rng(devices=[device] if accelerator else [], enabled=params.seeded, device_type=device.type if accelerator else None):
-            generate.generate_ids(
-                model, input_ids, attention_mask,
-                max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
-                stops=self.stops, pad_id=self.pad_id, temperature=params.temperature, top_p=params.top_p,
-                seed=params.seed if params.seeded else None, **hooks,
-            )
+        try:
+            with torch.random.fork_rng(devices=[device] if accelerator else [], enabled=params.seeded, device_type=device.type if accelerator else None):
+                generate.generate_ids(
+                    model, input_ids, attention_mask,
+                    max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
+                    stops=self.stops, pad_id=self.pad_id, temperature=params.temperature, top_p=params.top_p,
+                    seed=params.seed if params.seeded else None, **hooks,
+                )
+        finally:
+            if prefill is not None:
+                prefill.remove()  # a failed batch leaves no hook behind for the next
         for row in rows:
             if row.finish_reason == "cancelled":
                 continue

@@ -222,8 +222,12 @@ def test_a_batch_mixing_rows_gives_each_its_own(registry, reference, tiny_tokeni
     from tunelab.serve.engine import Engine, SamplingParams
 
     engine = Engine(registry, max_batch_size=8, batch_window_ms=300)
-    prompts = [completion_prompt(tiny_tokenizer, text).ids for text in ("hi", "What is two plus two? Two plus", PROMPT)]
-    params = [SamplingParams(max_tokens=5, logprobs=2), SamplingParams(max_tokens=5), SamplingParams(max_tokens=0, logprobs=1, echo=True)]
+    texts = ("hi", "What is two plus two? Two plus", PROMPT, "Four score")
+    prompts = [completion_prompt(tiny_tokenizer, text).ids for text in texts]
+    params = [
+        SamplingParams(max_tokens=5, logprobs=2), SamplingParams(max_tokens=5), SamplingParams(max_tokens=0, logprobs=1, echo=True),
+        SamplingParams(max_tokens=3, logprobs=1, echo=True),  # shorter than the longest: its prompt scored from padded rows
+    ]
 
     async def run_all():
         jobs = [engine.submit("france", "generate", ids, p) for ids, p in zip(prompts, params, strict=True)]
@@ -231,7 +235,7 @@ def test_a_batch_mixing_rows_gives_each_its_own(registry, reference, tiny_tokeni
 
     try:
         results = asyncio.run(run_all())
-        assert engine.largest_batch == 3
+        assert engine.largest_batch == 4
     finally:
         engine.stop()
     answer, logprobs = reference("france", prompts[0], 5)
@@ -247,6 +251,38 @@ def test_a_batch_mixing_rows_gives_each_its_own(registry, reference, tiny_tokeni
     assert scored.prompt_logprobs[0].logprob is None
     for position, item in enumerate(scored.prompt_logprobs[1:], start=1):
         assert abs(item.logprob - float(logprobs[position - 1, item.token])) < TOLERANCE
+    echoed = results[3]
+    answer, logprobs = reference("france", prompts[3], 3)
+    assert [item.token for item in echoed.prompt_logprobs] == prompts[3] and [item.token for item in echoed.logprobs] == answer
+    for position, item in enumerate([*echoed.prompt_logprobs[1:], *echoed.logprobs], start=1):
+        assert abs(item.logprob - float(logprobs[position - 1, item.token])) < TOLERANCE
+
+
+def test_an_echoed_prompt_is_scored_from_the_prefill_not_a_second_pass(registry, tiny_tokenizer):
+    import asyncio
+
+    from tunelab.serve.engine import Engine, SamplingParams
+
+    calls = []
+    causal_lm = registry.model.get_base_model() if hasattr(registry.model, "get_base_model") else registry.model
+    handle = causal_lm.register_forward_hook(lambda module, args, output: calls.append(output.logits.shape[1]))
+    engine = Engine(registry, max_batch_size=8, batch_window_ms=0)
+    ids = completion_prompt(tiny_tokenizer, PROMPT).ids
+
+    async def passes(params):
+        calls.clear()
+        result = await engine.result(engine.submit(registry.base_name, "generate", ids, params))
+        return list(calls), result
+
+    try:
+        plain, _ = asyncio.run(passes(SamplingParams(max_tokens=3, logprobs=1)))
+        echoed, result = asyncio.run(passes(SamplingParams(max_tokens=3, logprobs=1, echo=True)))
+    finally:
+        engine.stop()
+        handle.remove()
+    assert len(plain) >= 1 and len(echoed) == len(plain)  # no extra forward pass
+    assert echoed[0] == len(ids) and plain[0] == 1  # the prefill kept every position's logits only when asked
+    assert len(result.prompt_logprobs) == len(ids)
 
 
 def test_only_a_batch_that_asks_computes_logprobs(client, monkeypatch):
