@@ -23,6 +23,7 @@ forward pass over the prompt.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import queue
 import threading
@@ -491,8 +492,9 @@ class Engine:
         if any(row.params.echo for row in rows):
             # The prompts are scored from generate's own prefill, not a second pass: it keeps every position's logits
             # (logits_to_keep 0; else only the last, the next token's) for this batch only.
-            hooks["logits_to_keep"] = 0
             causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            if "logits_to_keep" in inspect.signature(causal_lm.forward).parameters:  # a model without it keeps them all
+                hooks["logits_to_keep"] = 0
             prefill = causal_lm.register_forward_hook(self._prefill_reader(rows, input_ids.shape[1]))
         # A seeded sample draws from a generator of its own: the unseeded answers after it stay as random as before.
         device = torch.device(model.device)
