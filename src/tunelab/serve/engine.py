@@ -10,11 +10,20 @@ one window. A batch holds only one adapter's requests, so no request ever sees a
 Per-row bookkeeping (incremental detokenisation, stop sequences, each row's own ``max_tokens``,
 EOS, cancelled streams) runs as a ``StoppingCriteria``: transformers calls it after every decoding
 step with the new tokens, and the rows it reports finished are padded from then on.
+
+Token log-probabilities (``SamplingParams.logprobs``) are the served model's own next-token distribution: the
+log-softmax of the logits each decoding step already computed, read by a logits processor before temperature and
+top-p change them (as vLLM returns by default; a processor the model's own ``generation_config`` sets, such as a
+repetition penalty, comes first). Only the rows that ask for them are computed: a batch without such a row does no
+extra work. A prompt's own (``echo``) come from the prefill's logits (kept at every position only for a batch with such
+a row), or, for a row that generates nothing (``max_tokens`` 0, what lm-evaluation-harness sends), from its one
+forward pass over the prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import queue
 import threading
@@ -24,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from tunelab.inference import ClassifyAnswer as ClassifyResult  # noqa: F401 - what a classify job answers (routes read it)
 from tunelab.models import generate
@@ -41,6 +51,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None  # a sampled answer with a seed is computed alone, the generator seeded with it (OpenAI's seed)
+    logprobs: int | None = None  # None: no log-probabilities; k: each answer token's, with the k most likely alternatives
+    echo: bool = False  # the prompt's tokens scored too (their log-probabilities, with ``logprobs`` alternatives)
 
     @property
     def greedy(self) -> bool:
@@ -51,17 +63,41 @@ class SamplingParams:
         return self.seed is not None and not self.greedy
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability under the model (None: a prompt's first token, which nothing predicts), its ``top``
+    alternatives as (token id, log-probability), most likely first, and ``offset``: where its text starts (characters
+    into the answer; into the prompt's decoded text for a prompt token)."""
+
+    token: int
+    logprob: float | None
+    top: tuple[tuple[int, float], ...] | None
+    offset: int
+    end: bool = False  # the end-of-answer token (EOS): part of the answer's tokens (usage counts it), not of its text
+
+
 @dataclass
 class GenerationResult:
     text: str
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # the answer's tokens (asked for with ``SamplingParams.logprobs``)
+    prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's tokens (``SamplingParams.echo``)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A streamed piece of an answer: its text and, when asked for, the log-probabilities of the tokens it starts."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    prompt: bool = False  # the prompt's own tokens (``echo``), before the answer's first piece: ``text`` is empty
 
 
 @dataclass
 class Job:
-    """One prompt. Events go to ``events`` on the handler's loop: ("delta", str), ("done", result), ("error", exc)."""
+    """One prompt. Events go to ``events`` on the handler's loop: ("delta", Delta), ("done", result), ("error", exc)."""
 
     model: str
     kind: str  # "generate" or "classify"
@@ -101,6 +137,11 @@ class _Row:
         self.text = ""  # the answer so far, after cutting at a stop sequence
         self.sent = 0  # characters of text already streamed
         self.finish_reason: str | None = None
+        self.decoded = 0  # characters of the whole decoded answer (before a stop cut): where the next token starts
+        self.logprobs: list[TokenLogprob] | None = [] if self.params.logprobs is not None else None
+        self.logprobs_sent = 0
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.step: tuple[float, tuple[tuple[int, float], ...]] | None = None  # this step's (chosen logprob, top), set before add
 
     def _held_back(self, text: str) -> int:
         """Characters at the end of ``text`` that could still become a stop sequence (not streamed yet)."""
@@ -118,14 +159,24 @@ class _Row:
             return
         self.count += 1
         if token in self.eos_ids:
+            if self.logprobs is not None and self.step is not None:
+                # Kept, as vLLM keeps it: a prompt scored with max_tokens 1 (lm-evaluation-harness reads all tokens but
+                # the last) then has its one answer token even when it is EOS, where without it the prompt's last was cut.
+                self.logprobs.append(TokenLogprob(token, self.step[0], self.step[1], self.decoded, end=True))
             self.finish_reason = "stop"
             self._flush(len(self.text))
             return
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if self.logprobs is not None and self.step is not None:
+            self.logprobs.append(TokenLogprob(token, self.step[0], self.step[1], self.decoded))
+        self.decoded = len(text)
         cut = min((i for i in (text.find(s) for s in self.params.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.text = text[:cut]
+            if self.logprobs is not None:
+                # The tokens the cut answer holds: those that start before the stop sequence (the last may hold its start).
+                self.logprobs = [item for item in self.logprobs if item.offset < cut]
             self.finish_reason = "stop"
             self._flush(len(self.text))
             return
@@ -138,23 +189,72 @@ class _Row:
         safe = len(text.rstrip("\ufffd")) - self._held_back(text)
         self._flush(safe)
 
-    def _flush(self, upto: int) -> None:
-        if upto > self.sent:
-            self.job.emit("delta", self.text[self.sent : upto])
-            self.sent = upto
+    def _flush(self, upto: int, final: bool = False) -> None:
+        pending = None
+        if self.logprobs is not None:
+            # The tokens this piece starts (the last piece: all those left, a token of no text of its own included).
+            end = len(self.logprobs) if final else sum(1 for item in self.logprobs if item.offset < upto)
+            pending = self.logprobs[self.logprobs_sent : end] if end > self.logprobs_sent else None
+        if upto > self.sent or pending:
+            self.job.emit("delta", Delta(self.text[self.sent : upto], pending))
+            self.sent = max(self.sent, upto)
+            if pending:
+                self.logprobs_sent += len(pending)
 
     def result(self) -> GenerationResult:
-        return GenerationResult(self.text, self.finish_reason or "length", len(self.job.prompt_ids), self.count)
+        return GenerationResult(
+            self.text, self.finish_reason or "length", len(self.job.prompt_ids), self.count, self.logprobs, self.prompt_logprobs,
+        )
+
+
+def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
+    """Each row's ``k`` most likely tokens as (id, log-probability), most likely first."""
+    if k <= 0:
+        return [() for _ in range(logprobs.shape[0])]
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+    return [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+
+
+class _LogprobReader:
+    """A transformers logits processor that reads, for the rows that ask for them, the log-softmax of each step's
+    logits (before temperature and top-p, which transformers applies after the processors it is passed) and changes
+    nothing; the stopper then gives each row its chosen token's log-probability. Rows that do not ask cost nothing."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self.rows = rows
+        self.wanted = [i for i, row in enumerate(rows) if row.logprobs is not None]
+        self.k = max((rows[i].params.logprobs or 0 for i in self.wanted), default=0)
+        self.logprobs: torch.Tensor | None = None
+        self.top: list[tuple[tuple[int, float], ...]] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        index = torch.tensor(self.wanted, device=scores.device)
+        self.logprobs = torch.log_softmax(scores.index_select(0, index).float(), dim=-1)
+        self.top = _top(self.logprobs, self.k)
+        return scores
+
+    def chosen(self, tokens: list[int]) -> None:
+        """Hand each asking row its step's (chosen token's log-probability, its own k alternatives)."""
+        if self.logprobs is None:
+            return
+        index = torch.tensor([tokens[i] for i in self.wanted], device=self.logprobs.device)
+        values = self.logprobs.gather(1, index[:, None])[:, 0].tolist()
+        for j, i in enumerate(self.wanted):
+            self.rows[i].step = (values[j], self.top[j][: self.rows[i].params.logprobs or 0])
+        self.logprobs = None
 
 
 class _RowStopper:
     """A transformers StoppingCriteria that feeds each new token to its row and reports finished rows."""
 
-    def __init__(self, rows: list[_Row]) -> None:
+    def __init__(self, rows: list[_Row], reader: _LogprobReader | None = None) -> None:
         self.rows = rows
+        self.reader = reader
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         new_tokens = input_ids[:, -1].tolist()
+        if self.reader is not None:
+            self.reader.chosen(new_tokens)
         for row, token in zip(self.rows, new_tokens, strict=True):
             if row.finish_reason is None:
                 row.add(token)
@@ -323,25 +423,97 @@ class Engine:
                 for job in batch:
                     job.emit("error", failure)
 
+    def _score_prompt(self, row: _Row, logits: torch.Tensor) -> None:
+        """The prompt's tokens' log-probabilities (``echo``) from ``logits``, the model's at the prompt's positions but
+        the last [prompt - 1, vocab]; the first token's None (nothing predicts it). Sent at once: a stream's first piece."""
+        ids = row.job.prompt_ids
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0].tolist()
+        top = _top(logprobs, row.params.logprobs or 0)
+        row.prompt_logprobs = [TokenLogprob(ids[0], None, None, 0)] + [
+            TokenLogprob(token, value, alternatives, offset)
+            for token, value, alternatives, offset in zip(ids[1:], chosen, top, self._offsets(ids)[1:], strict=True)
+        ]
+        row.job.emit("delta", Delta("", row.prompt_logprobs, prompt=True))
+
+    def _prefill_reader(self, rows: list[_Row], width: int) -> Any:
+        """A forward hook that scores the ``echo`` rows' prompts from the first forward pass of ``generate`` (the
+        prefill, asked to keep every position's logits): their rows of the left-padded batch, right-aligned in ``width``.
+        Only that pass is read (the decoding steps are :class:`_LogprobReader`'s); the caller removes the hook."""
+        echoing = [i for i, row in enumerate(rows) if row.params.echo]
+        passes = []
+
+        def hook(module: Any, args: Any, output: Any) -> None:
+            passes.append(1)
+            if len(passes) > 1:
+                return
+            for i in echoing:
+                self._score_prompt(rows[i], output.logits[i, width - len(rows[i].job.prompt_ids) : width - 1])
+
+        return hook
+
+    def _offsets(self, ids: list[int]) -> list[int]:
+        """Where each token starts in the decoded text of ``ids`` (the text an echo returns): the running length of
+        the tokens decoded one by one when they add up to the whole (linear), else each prefix decoded (a token
+        that is part of a multi-byte character decodes alone to U+FFFD)."""
+        def decode(part: list[int]) -> str:
+            return self.tokenizer.decode(part, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+        pieces = [decode([token]) for token in ids]
+        if "".join(pieces) == decode(ids):
+            starts = [0]
+            for piece in pieces[:-1]:
+                starts.append(starts[-1] + len(piece))
+            return starts
+        return [len(decode(ids[:i])) for i in range(len(ids))]
+
     def _generate(self, model: Any, batch: list[Job]) -> None:
-        rows = [_Row(job, self.tokenizer, self.eos_ids) for job in batch]
+        all_rows = [_Row(job, self.tokenizer, self.eos_ids) for job in batch]
+        # A row of max_tokens 0 (only with echo: the prompt scored, what lm-evaluation-harness sends) generates
+        # nothing: its one forward pass is the prompt's, and it is done.
+        for row in all_rows:
+            if row.params.max_tokens <= 0:
+                ids = row.job.prompt_ids
+                self._score_prompt(row, model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0, :-1])
+                row.finish_reason = "length"
+                row.job.emit("done", row.result())
+        rows = [row for row in all_rows if row.params.max_tokens > 0]
+        if not rows:
+            return
+        batch = [row.job for row in rows]
         params = batch[0].params
         assert params is not None
         input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
+        reader = _LogprobReader(rows) if any(row.logprobs is not None for row in rows) else None
+        hooks: dict[str, Any] = {"stopping_criteria": [_RowStopper(rows, reader)]}
+        if reader is not None:
+            hooks["logits_processor"] = LogitsProcessorList([reader])
+        prefill = None
+        if any(row.params.echo for row in rows):
+            # The prompts are scored from generate's own prefill, not a second pass: it keeps every position's logits
+            # (logits_to_keep 0; else only the last, the next token's) for this batch only.
+            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            if "logits_to_keep" in inspect.signature(causal_lm.forward).parameters:  # a model without it keeps them all
+                hooks["logits_to_keep"] = 0
+            prefill = causal_lm.register_forward_hook(self._prefill_reader(rows, input_ids.shape[1]))
         # A seeded sample draws from a generator of its own: the unseeded answers after it stay as random as before.
         device = torch.device(model.device)
         accelerator = device.type != "cpu"
-        with torch.random.fork_rng(devices=[device] if accelerator else [], enabled=params.seeded, device_type=device.type if accelerator else None):
-            generate.generate_ids(
-                model, input_ids, attention_mask,
-                max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
-                stops=self.stops, pad_id=self.pad_id, temperature=params.temperature, top_p=params.top_p,
-                seed=params.seed if params.seeded else None, stopping_criteria=[_RowStopper(rows)],
-            )
+        try:
+            with torch.random.fork_rng(devices=[device] if accelerator else [], enabled=params.seeded, device_type=device.type if accelerator else None):
+                generate.generate_ids(
+                    model, input_ids, attention_mask,
+                    max_new_tokens=max(job.params.max_tokens for job in batch),  # type: ignore[union-attr]
+                    stops=self.stops, pad_id=self.pad_id, temperature=params.temperature, top_p=params.top_p,
+                    seed=params.seed if params.seeded else None, **hooks,
+                )
+        finally:
+            if prefill is not None:
+                prefill.remove()  # a failed batch leaves no hook behind for the next
         for row in rows:
             if row.finish_reason == "cancelled":
                 continue
-            row._flush(len(row.text))
+            row._flush(len(row.text), final=True)
             row.job.emit("done", row.result())
 
     def _classify(self, model: Any, batch: list[Job]) -> None:

@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,8 +22,15 @@ from fastapi.responses import StreamingResponse
 from tunelab.inference import chat_prompt, completion_prompt
 from tunelab.models.generate import Decoding, configured_decoding
 from tunelab.serve.adapters import ModelRegistry, ServedModel
-from tunelab.serve.engine import ClassifyResult, Engine, GenerationResult, Job, SamplingParams
+from tunelab.serve.engine import ClassifyResult, Delta, Engine, GenerationResult, Job, SamplingParams
 from tunelab.serve.errors import APIError, bad_request, error_body, model_not_found
+from tunelab.serve.logprobs import (
+    TokenRenderer,
+    chat_logprobs,
+    completion_logprobs,
+    join_completion_logprobs,
+    label_logprobs,
+)
 from tunelab.serve.middleware import LOG_KEY
 from tunelab.serve.schemas import (
     MAX_PROMPTS_PER_REQUEST,
@@ -81,14 +88,14 @@ def sse_answer(
     job: Job | None,
     log: dict,
     *,
-    delta: Callable[[str], dict],
+    delta: Callable[[Delta], dict],
     finish: Callable[[str], dict],
     usage: Callable[[GenerationResult], dict] | None = None,
     opening: tuple[dict, ...] = (),
     answer: GenerationResult | None = None,
 ) -> StreamingResponse:
     """The one server-sent-events stream of an answer: ``opening`` chunks, a ``delta`` chunk per piece of
-    text, the ``finish`` chunk, the ``usage`` chunk when asked, then ``[DONE]``; an engine error ends
+    text (with its tokens' log-probabilities when asked for), the ``finish`` chunk, the ``usage`` chunk when asked, then ``[DONE]``; an engine error ends
     it with the error in the OpenAI shape. ``answer``: an answer already known (no ``job``)."""
 
     async def events() -> AsyncIterator[str]:
@@ -106,7 +113,7 @@ def sse_answer(
                     yield _sse(payload.body() if isinstance(payload, APIError) else error_body(str(payload), type="server_error"))
                     return
         elif final is not None:
-            yield _sse(delta(final.text))
+            yield _sse(delta(Delta(final.text, final.logprobs)))
         assert final is not None
         log.update(output=final.text, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
         yield _sse(finish(final.finish_reason))
@@ -181,7 +188,8 @@ class Service:
         model's own ``generation_config`` (a merged export's says how its run was judged), else OpenAI's.
         ``limit_param``: the field ``requested`` came from (``max_tokens`` or ``max_completion_tokens``); ``left_out``:
         the endpoint's own answer length when it is left out (None: what the server limit and the context leave)."""
-        self.check_context(prompt_tokens, param)
+        # A prompt only scored (completions' echo with max_tokens 0) needs no room for an answer.
+        self.check_context(prompt_tokens, param, answer_tokens=0 if requested == 0 else 1)
         limit = self.settings.max_tokens_limit
         if requested is not None and requested > limit:
             raise bad_request(
@@ -363,8 +371,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     entry = service.served(body.model)
     log.update(run_id=entry.run_id)  # a refused request too: it counts in its run's traffic (client errors), never as another model's
     _refuse(body.n != 1, "n", "n other than 1")
-    _refuse(bool(body.logprobs), "logprobs", "logprobs")
-    _refuse(bool(body.top_logprobs), "top_logprobs", "top_logprobs (logprobs)")
+    # As OpenAI: alternatives are asked for with the log-probabilities (0, the no-op, passes alone).
+    _invalid(bool(body.top_logprobs) and not body.logprobs, "top_logprobs",
+             "Invalid value for 'top_logprobs': 'top_logprobs' is only allowed when 'logprobs' is true.")
+    # A classify run's out-of-scope answer is a label of no probability of its own: no log-probability to give.
+    _refuse(bool(body.logprobs) and entry.out_of_scope is not None, "logprobs", "logprobs for a classify run with an out-of-scope label")
     _refuse(bool(body.tools), "tools", "Tool calling")
     # Tools are refused above, so any tool_choice but the no-op "none" comes without them: as OpenAI, that is a 400.
     _invalid(body.tool_choice not in (None, "none"), "tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.")
@@ -392,6 +403,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     answer: GenerationResult | None = None
     job: Job | None = None
     classification: dict[str, Any] | None = None
+    label_logprob: dict[str, Any] | None = None  # a classify answer's, in the chat shape
+    top_logprobs = body.top_logprobs or 0
     if entry.is_classifier:
         # A classify model answers with its label: the last user message is the text to classify (its sender's name is not).
         text = next((m.text() for m in reversed(body.messages) if m.role == "user"), None)
@@ -401,25 +414,35 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         log.update(_prediction_fields([result]))
         answer = GenerationResult(result.label, "stop", result.prompt_tokens, 1)
         classification = _classification(0, result, entry)
+        if body.logprobs:
+            label_logprob = label_logprobs(result.label, result.probabilities, top_logprobs)
     else:
         prompt_ids = service.render(entry, messages, "messages")
         limit_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         params = service.sampling(entry, body, len(prompt_ids), getattr(body, limit_param), "messages", limit_param)
+        if body.logprobs:
+            params = replace(params, logprobs=top_logprobs)
         job = service.engine.submit(entry.name, "generate", prompt_ids, params)
 
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    render = TokenRenderer(service.tokenizer)
 
-    def chunk(delta: dict, finish_reason: str | None) -> dict:
+    def logprobs_of(tokens: list | None) -> dict[str, Any] | None:
+        if label_logprob is not None:
+            return label_logprob
+        return chat_logprobs(tokens, render) if tokens is not None else None
+
+    def chunk(delta: dict, finish_reason: str | None, logprobs: dict[str, Any] | None = None) -> dict:
         return {
             "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **_usage_key(include_usage),
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}], **_usage_key(include_usage),
         }
 
     if body.stream:
         return sse_answer(
             service.engine, job, log,
             opening=(chunk({"role": "assistant", "content": ""}, None),),
-            delta=lambda text: chunk({"content": text}, None),
+            delta=lambda piece: chunk({"content": piece.text}, None, logprobs_of(piece.logprobs)),
             finish=lambda reason: chunk({}, reason),
             usage=(lambda final: {**chunk({}, None), "choices": [], "usage": _usage(final.prompt_tokens, final.completion_tokens)})
             if include_usage else None,
@@ -430,7 +453,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     log.update(output=final.text, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
     response = {
         "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": None, "finish_reason": final.finish_reason}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": logprobs_of(final.logprobs),
+                     "finish_reason": final.finish_reason}],
         "usage": _usage(final.prompt_tokens, final.completion_tokens),
     }
     if classification is not None and entry.out_of_scope is not None:
@@ -447,8 +471,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     entry = service.served(body.model)
     log.update(run_id=entry.run_id)  # a refused request too (see chat_completions)
     _refuse(body.n != 1, "n", "n other than 1")
-    _refuse(body.echo, "echo", "echo")
-    _refuse(body.logprobs is not None, "logprobs", "logprobs")
+    # max_tokens 0 asks for no answer: only a prompt scored (echo, what lm-evaluation-harness sends) makes it a request.
+    _invalid(body.max_tokens == 0 and not body.echo, "max_tokens",
+             "Invalid value for 'max_tokens': 0. It must be at least 1 (0 only with 'echo': the prompt scored, nothing generated).")
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
     _refuse_penalties(body)
@@ -466,24 +491,50 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             raise bad_request("The prompt is empty.", param="prompt")
         # Left out: OpenAI's 16 for a completion, unless the model has its own (a run's judged length; a plain folder's
         # generation_config): a run and its merged export then complete a prompt alike, at the length that was judged.
-        encoded.append((ids, service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)))
+        params = service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)
+        if body.logprobs is not None:
+            params = replace(params, logprobs=body.logprobs, echo=body.echo)
+        encoded.append((ids, params))
     jobs = service.engine.submit_all(entry.name, "generate", encoded)
+    render = TokenRenderer(service.tokenizer)
+    # An echo returns the prompt as its tokens read (the decoded prompt ids: what was scored, shortened as it was).
+    echoed = [
+        service.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) if body.echo else ""
+        for ids, _ in encoded
+    ]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     log.update(response_id=completion_id)
     created = _now()
 
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
 
-    def chunk(text: str, finish_reason: str | None, index: int = 0) -> dict:
+    def chunk(text: str, finish_reason: str | None, index: int = 0, logprobs: dict[str, Any] | None = None) -> dict:
         return {
             "id": completion_id, "object": "text_completion", "created": created, "model": body.model,
-            "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}], **_usage_key(include_usage),
+            "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}], **_usage_key(include_usage),
         }
 
+    def piece(delta: Delta) -> dict:
+        if delta.prompt:  # the echoed prompt, first
+            return chunk(echoed[0], None, logprobs=completion_logprobs(delta.logprobs or [], render) if body.logprobs is not None else None)
+        logprobs = completion_logprobs(delta.logprobs, render, len(echoed[0])) if delta.logprobs is not None else None
+        return chunk(delta.text, None, logprobs=logprobs)
+
+    def logprobs_of(result: GenerationResult, index: int) -> dict[str, Any] | None:
+        if body.logprobs is None:
+            return None
+        answer = completion_logprobs(result.logprobs or [], render, len(echoed[index]))
+        return join_completion_logprobs([completion_logprobs(result.prompt_logprobs, render), answer]) if result.prompt_logprobs else answer
+
     if body.stream:
+        if body.echo and body.logprobs is None:
+            opening: tuple[dict, ...] = (chunk(echoed[0], None),)  # no prompt scored: the engine sends no prompt piece
+        else:
+            opening = ()
         return sse_answer(
             service.engine, jobs[0], log,
-            delta=lambda text: chunk(text, None),
+            opening=opening,
+            delta=piece,
             finish=lambda reason: chunk("", reason),
             usage=(lambda final: {**chunk("", None), "choices": [], "usage": _usage(final.prompt_tokens, final.completion_tokens)})
             if include_usage else None,
@@ -496,7 +547,10 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     log.update(output=json.dumps(outputs, ensure_ascii=False) if len(outputs) > 1 else outputs[0], prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     return {
         "id": completion_id, "object": "text_completion", "created": created, "model": body.model,
-        "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)],
+        "choices": [
+            {"text": echoed[i] + r.text, "index": i, "logprobs": logprobs_of(r, i), "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)
+        ],
         "usage": _usage(prompt_tokens, completion_tokens),
     }
 

@@ -3,8 +3,9 @@
 Field names, types and bounds follow the OpenAI API, strictly as it checks them: a number sent as a
 string (``"max_tokens": "5"``) is refused, not converted. Unknown fields are accepted and ignored (the
 official clients send optional fields such as ``user``), but fields that would change the answer and
-that tunelab does not implement (``n`` > 1, ``logprobs``, tools, ``echo``, penalties, ``logit_bias``, a JSON
-``response_format``...) are refused with a 400 by the endpoint rather than silently ignored.
+that tunelab does not implement (``n`` > 1, tools, penalties, ``logit_bias``, a JSON ``response_format``, ``best_of``,
+``suffix``...) are refused with a 400 by the endpoint rather than silently ignored. Token log-probabilities are answered
+(chat ``logprobs``/``top_logprobs``; completions ``logprobs``/``echo``, ``max_tokens`` 0 with ``echo`` to score a prompt).
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ class _Sampling(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, strict=True, description="Newer name of max_tokens.")
-    logprobs: bool | None = Field(None, strict=True)
-    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, description="Not supported: only 0 (refused).")
+    logprobs: bool | None = Field(None, strict=True, description="Each answer token's log-probability under the model (the "
+                                  "log-softmax of its logits, before temperature and top-p); a classify run's: its label's.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True,
+                                     description="0 to 20 most likely alternatives of each answer token (needs logprobs: true).")
     tools: list | None = None
     tool_choice: str | dict | None = Field(None, description='Only "none" (tool calling is refused; any other needs tools, as OpenAI says).')
     functions: list | None = Field(None, description="Deprecated tool calling: refused.")
@@ -125,9 +128,13 @@ class CompletionRequest(_Sampling):
                 "unsupported_token_prompt", "token-id prompts are not supported by this server: send the prompt as text"
             )
         return value
-    max_tokens: int | None = Field(None, ge=1, strict=True, description="Longest answer in tokens (default 16, as OpenAI).")
-    echo: bool = Field(False, strict=True)
-    logprobs: int | None = Field(None, strict=True)
+    max_tokens: int | None = Field(None, ge=0, strict=True,
+                                   description="Longest answer in tokens (default 16, as OpenAI); 0 only with echo (the prompt scored).")
+    echo: bool = Field(False, strict=True, description="The prompt comes first in the text (and in the logprobs, its first token's null).")
+    # OpenAI takes 0 to 5; up to 20 as vLLM (lm-evaluation-harness asks for a few).
+    logprobs: int | None = Field(None, ge=0, le=20, strict=True,
+                                 description="Each token's log-probability under the model (the log-softmax of its logits, before "
+                                 "temperature and top-p), with this many (0 to 20) most likely alternatives.")
     best_of: int | None = Field(None, strict=True)
     suffix: str | None = None
 

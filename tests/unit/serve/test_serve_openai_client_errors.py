@@ -30,8 +30,6 @@ def refused(call, exception=openai.BadRequestError) -> dict:
         # Audio output: the answer would come back without the audio asked for.
         ({"modalities": ["text", "audio"]}, "modalities", "audio"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio"),
-        # OpenAI answers top_logprobs only with logprobs, which tunelab does not compute.
-        ({"top_logprobs": 2}, "top_logprobs", "logprobs"),
     ],
     ids=lambda value: str(value),
 )
