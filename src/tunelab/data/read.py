@@ -13,7 +13,9 @@ whatever its case and surrounding spaces, ``Text`` as ``text``, unless one is na
   (``instruction``, optional ``input``, ``output``; LLaMA-Factory's ``system`` and ``history`` are the
   earlier turns) and ShareGPT (``conversations``, when there is no ``messages`` column, or the messages
   column, of ``from``/``value`` turns: human/user, gpt/assistant, system).
-- classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer).
+- classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer); or a
+  folder of documents kept one folder per label (``FOLDER/LABEL/file``: aclImdb, 20 Newsgroups), each document's text
+  as the text task reads it and its folder's name the label, said once (``ReadResult.layouts``).
 - preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
   ``chosen``/``rejected`` holding whole dialogues with a shared beginning: the HH-RLHF shape
   (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt). A message list
