@@ -399,6 +399,7 @@ def _labels(
 def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, task: str, data: DataConfig) -> None:
     result = read_records(test_path, task, data.model_copy(update={"limit": None}))
     report.invalid.extend(result.errors)
+    report.layouts.extend(result.layouts)  # how the test data was read (a folder per label), said as the data's is
     train_keys = {lookalike_key(r) for r in records}
     leaked = [r for r in result.records if lookalike_key(r) in train_keys]
     unseen: list[str] = []

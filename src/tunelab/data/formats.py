@@ -943,6 +943,62 @@ def _document_beside_data(path: Path) -> bool:
     return format_by_name(path) in DOCUMENT_FORMATS and suffix not in (".txt", ".text")
 
 
+LABEL_FOLDERS_EXPECTED = (
+    "expected FOLDER/LABEL/file: each label's documents (.txt, .md, .html, .docx, .pdf, ...) in a folder named after the "
+    "label, one level down, and nothing else there"
+)
+
+
+def label_folders(folder: Path, files: list[Path]) -> dict[Path, str] | None:
+    """Each file's label when ``folder`` keeps labelled documents one folder per label (``FOLDER/LABEL/file``, as
+    aclImdb, 20 Newsgroups and scikit-learn's ``load_files`` do): the name of the folder it is in, as written.
+
+    ``files`` are ``resolve_files``' of ``folder`` (hidden files and Office lock files already left out). None when no
+    document is in a subfolder: a folder of data files (a card beside them is already left out) or of documents at its
+    top, each read as before.
+
+    Raises:
+        DataError: when documents are in subfolders but the folder is not that layout (documents at the top too, a
+            deeper folder, data files beside them: which files are examples of which label cannot be told), naming
+            what was found; or when a label folder holds no document.
+    """
+    depth = {file: len(file.relative_to(folder).parts) for file in files}
+    if not any(depth[file] > 1 and format_by_name(file) in DOCUMENT_FORMATS for file in files):
+        return None
+    found = {
+        "documents at the top": [f for f in files if depth[f] == 1 and format_by_name(f) in DOCUMENT_FORMATS],
+        "documents nested deeper": [f for f in files if depth[f] > 2 and format_by_name(f) in DOCUMENT_FORMATS],
+        "data files": [f for f in files if format_by_name(f) not in DOCUMENT_FORMATS],  # a saved dataset's folder too
+    }
+    problems = [f"{what} ({_some(folder, paths)})" for what, paths in found.items() if paths]
+    if problems:
+        raise DataError(
+            f"{folder}: documents in subfolders are read as one folder per label, but the folder also holds {'; '.join(problems)}",
+            f"{LABEL_FOLDERS_EXPECTED}; move or remove the others",
+        )
+    labels = {file: file.parent.name for file in files}
+    # An empty label folder is an error, not a note: its label would be silently missing from the label map, a class the
+    # model can never predict, and such a folder is most often a copy that did not finish.
+    empty = sorted(
+        child.name
+        for child in folder.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and child.name not in set(labels.values())
+    )
+    if empty:
+        raise DataError(
+            f"{folder}: the label folder(s) {', '.join(repr(name) for name in empty[:10])} hold no document: "
+            "a label with no example",
+            "add its documents, or remove the folder",
+        )
+    return labels
+
+
+def _some(folder: Path, paths: list[Path], shown: int = 3) -> str:
+    """``a.txt, b.txt, c.txt and 4 more``: a few of ``paths``, relative to ``folder``."""
+    names = ", ".join(path.relative_to(folder).as_posix() for path in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
 def resolve_files(path: str) -> list[Path]:
     """The files a path names: a file, the readable files under a folder, or a glob's matches.
 

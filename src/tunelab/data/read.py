@@ -13,7 +13,9 @@ whatever its case and surrounding spaces, ``Text`` as ``text``, unless one is na
   (``instruction``, optional ``input``, ``output``; LLaMA-Factory's ``system`` and ``history`` are the
   earlier turns) and ShareGPT (``conversations``, when there is no ``messages`` column, or the messages
   column, of ``from``/``value`` turns: human/user, gpt/assistant, system).
-- classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer).
+- classify: ``text`` and ``label`` (a string or an integer; a whole-number float such as 1.0 is the integer); or a
+  folder of documents kept one folder per label (``FOLDER/LABEL/file``: aclImdb, 20 Newsgroups), each document's text
+  as the text task reads it and its folder's name the label, said once (``ReadResult.layouts``).
 - preference: ``prompt``/``chosen``/``rejected`` (strings or message lists), or only
   ``chosen``/``rejected`` holding whole dialogues with a shared beginning: the HH-RLHF shape
   (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) or message lists (TRL's implicit prompt). A message list
@@ -45,6 +47,7 @@ from tunelab.data.formats import (
     format_by_name,
     invalid_records,
     iter_rows,
+    label_folders,
     looked_for,
     resolve_files,
     too_large,
@@ -704,15 +707,21 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
     else:
         files = resolve_files(path)
         fields = Fields.from_config(data)
-        if task != "text":
+        folder = Path(path).expanduser()
+        labels = label_folders(folder, files) if task == "classify" and data.format == "auto" and folder.is_dir() else None
+        if task != "text" and labels is None:
             text_files = [f for f in files if format_by_name(f) in DOCUMENT_FORMATS]
             if text_files and data.format == "auto":
+                by_folder = f", or keep each label's documents in a folder named after it ({path}/LABEL/file)" if task == "classify" else ""
                 raise DataError(
                     f"{text_files[0]}: a {Path(text_files[0].name.lower().removesuffix('.gz')).suffix} file is raw text "
                     "(one document), which only the 'text' task reads",
-                    f"give {task} data as JSONL, JSON, CSV, TSV or Parquet, or use --task text",
+                    f"give {task} data as JSONL, JSON, CSV, TSV or Parquet{by_folder}, or use --task text",
                 )
         rows = ((str(file), item) for file in files for item in iter_rows(file, data.format, data.max_record_bytes))
+        if labels is not None:
+            rows = ((file, _labelled(item, labels[Path(file)], fields)) for file, item in rows)
+            result.layouts.append(f"{path}: {_label_folders_note(labels)}")
     result.files.extend(str(file) for file in files)
     count = 0
     tables: dict[str, _Columns] = {}
@@ -743,8 +752,26 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         except ValueError as error:
             result.errors.append(RecordError(source, str(error)))
     result.errors = _files_without_a_field(result.errors, tables, task, fields)
-    result.layouts = [f"{file}: {layout}" for file, table in tables.items() for layout in table.layouts]
+    result.layouts += [f"{file}: {layout}" for file, table in tables.items() for layout in table.layouts]
     return result
+
+
+def _labelled(item: RowOrError, label: str, fields: Fields) -> RowOrError:
+    """A document's row (``{"text": ...}``) from a label folder as a classify row under the run's field names; an error
+    as it is."""
+    source, row = item
+    if isinstance(row, RecordError):
+        return item
+    return source, {fields.text: row["text"], fields.label: label}
+
+
+def _label_folders_note(labels: dict[Path, str], shown: int = 10) -> str:
+    """``read as one folder per label: 2 labels (neg 12,500 files, pos 12,500)``: said once, as a layout is."""
+    counts = sorted(Counter(labels.values()).items())
+    listed = [f"{label} {count:,}" for label, count in counts[:shown]]
+    listed[0] += " file" if counts[0][1] == 1 else " files"  # the unit once: "(neg 12,500 files, pos 12,500)"
+    more = f", ... {len(counts) - shown} more" if len(counts) > shown else ""
+    return f"read as one folder per label: {len(counts)} label{'s' if len(counts) != 1 else ''} ({', '.join(listed)}{more})"
 
 
 @dataclass
