@@ -105,6 +105,25 @@ def test_lm_evaluation_harness_loglikelihood_request(client, tiny_model_dir, tin
     assert greedy == all(int(logprobs[p - 1].argmax()) == tokens[p] for p in range(ctxlen, len(tokens)))
 
 
+def test_a_prompt_that_starts_with_the_pad_token_is_scored_whole_in_a_padded_batch(client, tiny_model_dir, tiny_tokenizer):
+    """lm-eval's rolling loglikelihood sends a prefix token (BOS, else EOS: often the server's pad id) then the text; in a
+    batch with a longer prompt the row is left-padded with that same id, and its own first token still counts."""
+    from transformers import AutoModelForCausalLM
+
+    pad = client.app.state.engine.pad_id
+    short = [pad, *tiny_tokenizer("Paris is nice")["input_ids"]]
+    long = [pad, *tiny_tokenizer("Two plus two is four, and four plus four is eight.")["input_ids"]]
+    payload = {"model": registry_base(client), "prompt": [short, long], "temperature": 0, "max_tokens": 1, "logprobs": 1, "echo": True}
+    choices = sorted(_post(client, payload)["choices"], key=lambda c: c["index"])
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    for tokens, choice in zip([short, long], choices, strict=True):
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([tokens])).logits[0].float(), dim=-1)
+        served = choice["logprobs"]["token_logprobs"][1:-1]  # lm-eval's [ctxlen:-1], ctxlen 1: the prefix token predicts
+        expected = [float(logprobs[position - 1, tokens[position]]) for position in range(1, len(tokens))]
+        assert all(abs(a - b) < 1e-4 for a, b in zip(served, expected, strict=True))
+
+
 def registry_base(client):
     return client.app.state.service.registry.base_name
 
