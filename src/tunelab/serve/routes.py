@@ -153,10 +153,12 @@ class Service:
             card["run_id"] = entry.run_id  # which run answers now (it moves when a followed alias is promoted)
         return card
 
-    def encode_text(self, entry: ServedModel, text: str, param: str) -> list[int]:
-        """A raw-text prompt (``tunelab.inference.completion_prompt``), at most the run's ``max_length`` tokens."""
+    def encode_text(self, entry: ServedModel, text: str, param: str, *, shorten: bool = True) -> list[int]:
+        """A raw-text prompt (``tunelab.inference.completion_prompt``), at most the run's ``max_length`` tokens (the end
+        kept); ``shorten`` False: all of it (an echoed prompt, whose positions the client reads; the context check is
+        :meth:`sampling`'s)."""
         try:
-            return completion_prompt(self.tokenizer, text, max_length=entry.max_length).ids
+            return completion_prompt(self.tokenizer, text, max_length=entry.max_length if shorten else None).ids
         except Exception as error:  # noqa: BLE001 - e.g. lone surrogates the tokenizer cannot encode
             raise bad_request(f"'{param}' cannot be tokenized: {error}", param=param) from None
 
@@ -511,7 +513,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     encoded = []
     for index, prompt in enumerate(prompts):
         if isinstance(prompt, str):
-            ids = service.encode_text(entry, prompt, "prompt")
+            # An echoed prompt is scored whole, never cut to the run's max_length: a client counts positions in it
+            # (lm-evaluation-harness reads token_logprobs[ctxlen:-1]), and a cut start shifted every one it read.
+            ids = service.encode_text(entry, prompt, "prompt", shorten=not body.echo)
         else:
             # Named as sent: 'prompt' holds one prompt's ids, or a batch ('prompt.N' its Nth).
             ids = service.token_prompt(prompt, "prompt" if prompts == [body.prompt] else f"prompt.{index}")
@@ -531,7 +535,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         ]))
     jobs = service.engine.submit_all(entry.name, "generate", encoded)
     render = TokenRenderer(service.tokenizer)
-    # An echo returns the prompt as its tokens read (the decoded prompt ids: what was scored, shortened as it was).
+    # An echo returns the prompt as its tokens read (the decoded prompt ids: what was scored, whole).
     echoed = [
         service.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) if body.echo else ""
         for ids, _ in encoded

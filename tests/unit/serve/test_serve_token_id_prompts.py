@@ -210,3 +210,21 @@ def test_the_request_log_holds_the_prompts_text_one_input_per_prompt(registry, t
     rows = {row["response_id"]: row for row in read_requests(log_path)}
     assert rows[single["id"]]["prompt"] == json.dumps(PROMPTS[0])
     assert json.loads(rows[batch["id"]]["prompt"]) == PROMPTS
+
+
+def test_an_echoed_text_prompt_longer_than_the_runs_max_length_is_scored_whole(client, registry, tiny_tokenizer):
+    """lm-eval with ``tokenized_requests=False`` sends text and reads ``token_logprobs[ctxlen:-1]`` by its own count: a
+    text prompt cut to the run's max_length (512 here, the model's context 1024) shifted every position it read. An
+    echoed prompt is scored whole, as its token ids are; without echo the run still reads the end that fits it."""
+    max_length = registry.get("france").max_length
+    text = PROMPTS[1]
+    while len(_ids(tiny_tokenizer, text)) < max_length + 40:
+        text += " " + PROMPTS[1]
+    ids = _ids(tiny_tokenizer, text)
+    assert max_length < len(ids) < registry.context_length
+    body = {"model": "france", "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+    by_text = _post(client, {**body, "prompt": text})
+    assert by_text["choices"][0]["text"].startswith(text) and by_text["usage"]["prompt_tokens"] == len(ids)
+    _same_choices(_post(client, {**body, "prompt": ids}), by_text)
+    plain = _post(client, {**body, "echo": False, "logprobs": None, "prompt": text})
+    assert plain["usage"]["prompt_tokens"] == max_length
