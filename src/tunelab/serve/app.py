@@ -75,6 +75,8 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     kind = first.get("type", "")
     if kind == "unsupported_content_part":
         location += [str(first.get("ctx", {}).get("index", 0)), "type"]
+    if kind == "invalid_prompt":  # a completions prompt's item: its index (and the token's, in a batch of token ids)
+        location += [part for part in first.get("ctx", {}).get("at", "").split(".") if part]
     param = ".".join(location) or None
     if kind == "json_invalid":
         return "We could not parse the JSON body of your request: it is not valid JSON.", None

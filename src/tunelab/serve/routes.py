@@ -153,12 +153,28 @@ class Service:
             card["run_id"] = entry.run_id  # which run answers now (it moves when a followed alias is promoted)
         return card
 
-    def encode_text(self, entry: ServedModel, text: str, param: str) -> list[int]:
-        """A raw-text prompt (``tunelab.inference.completion_prompt``), at most the run's ``max_length`` tokens."""
+    def encode_text(self, entry: ServedModel, text: str, param: str, *, shorten: bool = True) -> list[int]:
+        """A raw-text prompt (``tunelab.inference.completion_prompt``), at most the run's ``max_length`` tokens (the end
+        kept); ``shorten`` False: all of it (an echoed prompt, whose positions the client reads; the context check is
+        :meth:`sampling`'s)."""
         try:
-            return completion_prompt(self.tokenizer, text, max_length=entry.max_length).ids
+            return completion_prompt(self.tokenizer, text, max_length=entry.max_length if shorten else None).ids
         except Exception as error:  # noqa: BLE001 - e.g. lone surrogates the tokenizer cannot encode
             raise bad_request(f"'{param}' cannot be tokenized: {error}", param=param) from None
+
+    def token_prompt(self, ids: list[int], param: str) -> list[int]:
+        """A token-id prompt (``/v1/completions``), used as given: no template, no special token added, not shortened to
+        the run's ``max_length`` (a client that sends ids counts positions in the answer, as lm-evaluation-harness reads
+        ``token_logprobs[ctxlen:-1]``: a cut prompt would shift them). The context check is the text prompt's
+        (:meth:`sampling`). Ids the tokenizer has no token for are refused, naming the first one's index."""
+        vocabulary = len(self.tokenizer)
+        for index, token in enumerate(ids):
+            if token >= vocabulary:
+                raise bad_request(
+                    f"Invalid value for '{param}.{index}': token id {token} is not in this model's vocabulary (0 to {vocabulary - 1}).",
+                    param=f"{param}.{index}",
+                )
+        return list(ids)
 
     def render(self, entry: ServedModel, messages: list[dict], param: str) -> list[int]:
         """The one chat preparation (``tunelab.inference.chat_prompt``): the run's system prompt when the request
@@ -463,11 +479,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     return response
 
 
+def _logged_prompts(prompts: list[str | list[int]]) -> str:
+    """A completions request's prompts as the log keeps them (``request_log.request_texts`` reads them back): one text as
+    itself, else the list, one item per prompt (one prompt's token ids, before they are decoded, as a list of one)."""
+    if len(prompts) == 1 and isinstance(prompts[0], str):
+        return json.dumps(prompts[0], ensure_ascii=False)
+    return json.dumps(prompts if prompts else "", ensure_ascii=False)
+
+
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
     service = _service(request)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-    log = _log(request, model=body.model, prompt=json.dumps(prompts if len(prompts) > 1 else prompts[0] if prompts else "", ensure_ascii=False), stream=int(body.stream))
+    prompts = body.prompts()
+    log = _log(request, model=body.model, prompt=_logged_prompts(prompts), stream=int(body.stream))
     entry = service.served(body.model)
     log.update(run_id=entry.run_id)  # a refused request too (see chat_completions)
     _refuse(body.n != 1, "n", "n other than 1")
@@ -479,14 +503,22 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse_penalties(body)
     _check_stream_options(body)
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
-        raise bad_request(f"'prompt' must be a string or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings.", param="prompt")
+        raise bad_request(
+            f"'prompt' must be a string, token ids, or a list of 1 to {MAX_PROMPTS_PER_REQUEST} strings or lists of token ids.", param="prompt"
+        )
     if body.stream and len(prompts) != 1:
         raise bad_request("Streaming supports one prompt per request.", param="prompt")
     if entry.is_classifier:
         raise bad_request(f"'{entry.name}' is a classify model: use /v1/classify or /v1/chat/completions.", param="model")
     encoded = []
-    for prompt in prompts:
-        ids = service.encode_text(entry, prompt, "prompt")
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            # An echoed prompt is scored whole, never cut to the run's max_length: a client counts positions in it
+            # (lm-evaluation-harness reads token_logprobs[ctxlen:-1]), and a cut start shifted every one it read.
+            ids = service.encode_text(entry, prompt, "prompt", shorten=not body.echo)
+        else:
+            # Named as sent: 'prompt' holds one prompt's ids, or a batch ('prompt.N' its Nth).
+            ids = service.token_prompt(prompt, "prompt" if prompts == [body.prompt] else f"prompt.{index}")
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
         # Left out: OpenAI's 16 for a completion, unless the model has its own (a run's judged length; a plain folder's
@@ -495,9 +527,15 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         if body.logprobs is not None:
             params = replace(params, logprobs=body.logprobs, echo=body.echo)
         encoded.append((ids, params))
+    if any(not isinstance(prompt, str) for prompt in prompts):
+        # The log's prompts are text (monitoring and feedback read them as inputs): token ids as the text the model read.
+        log.update(prompt=_logged_prompts([
+            prompt if isinstance(prompt, str) else service.tokenizer.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            for prompt in prompts
+        ]))
     jobs = service.engine.submit_all(entry.name, "generate", encoded)
     render = TokenRenderer(service.tokenizer)
-    # An echo returns the prompt as its tokens read (the decoded prompt ids: what was scored, shortened as it was).
+    # An echo returns the prompt as its tokens read (the decoded prompt ids: what was scored, whole).
     echoed = [
         service.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) if body.echo else ""
         for ids, _ in encoded

@@ -4,7 +4,8 @@ Field names, types and bounds follow the OpenAI API, strictly as it checks them:
 string (``"max_tokens": "5"``) is refused, not converted. Unknown fields are accepted and ignored (the
 official clients send optional fields such as ``user``), but fields that would change the answer and
 that tunelab does not implement (``n`` > 1, tools, penalties, ``logit_bias``, a JSON ``response_format``, ``best_of``,
-``suffix``...) are refused with a 400 by the endpoint rather than silently ignored. Token log-probabilities are answered
+``suffix``...) are refused with a 400 by the endpoint rather than silently ignored. A completions prompt may be token
+ids (OpenAI's list of integers, or list of such lists: lm-evaluation-harness's default), used as given. Token log-probabilities are answered
 (chat ``logprobs``/``top_logprobs``; completions ``logprobs``/``echo``, ``max_tokens`` 0 with ``echo`` to score a prompt).
 """
 
@@ -116,18 +117,57 @@ class ChatCompletionRequest(_Sampling):
     response_format: dict | None = Field(None, description='Only {"type": "text"} (JSON modes are refused).')
 
 
+def _kind(item: Any) -> str:
+    names = {list: "a list", str: "a string", dict: "an object", int: "an integer", float: "a number", bool: "a boolean", type(None): "null"}
+    return names.get(type(item), type(item).__name__)
+
+
+def _token_id_problem(ids: list, where: tuple[int, ...]) -> tuple[str, tuple[int, ...]] | None:
+    """What is wrong with one token-id prompt (and where), or None: non-negative integers, at least one."""
+    if not ids:
+        return "a token-id prompt must hold at least one token id", where
+    for index, token in enumerate(ids):
+        # bool is an int to Python, not to JSON: true is no token id.
+        if not isinstance(token, int) or isinstance(token, bool):
+            return f"a token id must be an integer, not {_kind(token)}", (*where, index)
+        if token < 0:
+            return f"a token id must not be negative, not {token}", (*where, index)
+    return None
+
+
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(..., description=f"A prompt, or up to {MAX_PROMPTS_PER_REQUEST} prompts.")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description=f"A prompt, or up to {MAX_PROMPTS_PER_REQUEST} prompts; each a string or a list of token ids (used as given)."
+    )
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _text_prompts_only(cls, value: Any) -> Any:
-        # OpenAI also takes token ids (a list of integers, or of such lists): ids of another tokenizer mean nothing here.
-        if isinstance(value, list) and value and all(isinstance(v, int) or isinstance(v, list) for v in value):
-            raise PydanticCustomError(
-                "unsupported_token_prompt", "token-id prompts are not supported by this server: send the prompt as text"
-            )
+    def _one_kind_of_prompt(cls, value: Any) -> Any:
+        # OpenAI's four shapes: a string, strings, token ids, lists of token ids. A list that is not all strings is checked
+        # here as the shape its first item starts, naming the first bad item's index, where the union's four failures
+        # said only "Input should be a valid string" of 'prompt.list[str].1'.
+        if not isinstance(value, list) or not value or all(isinstance(item, str) for item in value):
+            return value
+        if isinstance(value[0], list):
+            problem = next(((f"a batch of token-id prompts holds only lists of token ids, not {_kind(item)}", (index,))
+                            for index, item in enumerate(value) if not isinstance(item, list)), None)
+            problem = problem or next(filter(None, (_token_id_problem(item, (index,)) for index, item in enumerate(value))), None)
+        elif isinstance(value[0], str):
+            index = next(i for i, item in enumerate(value) if not isinstance(item, str))
+            problem = f"a list of prompts holds only strings, not {_kind(value[index])}", (index,)
+        else:
+            problem = _token_id_problem(value, ())
+        if problem is not None:
+            message, where = problem
+            raise PydanticCustomError("invalid_prompt", "{message}", {"message": message, "at": ".".join(map(str, where))})
         return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts, each a string or one prompt's token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]  # type: ignore[list-item]
+        return list(self.prompt)  # type: ignore[arg-type]
+
     max_tokens: int | None = Field(None, ge=0, strict=True,
                                    description="Longest answer in tokens (default 16, as OpenAI); 0 only with echo (the prompt scored).")
     echo: bool = Field(False, strict=True, description="The prompt comes first in the text (and in the logprobs, its first token's null).")

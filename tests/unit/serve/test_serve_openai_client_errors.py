@@ -102,9 +102,10 @@ def test_a_mistyped_union_field_is_named_without_validator_internals(client, bod
     assert ".str" not in error["message"] and "list[" not in error["message"]
 
 
-def test_token_id_prompts_are_refused_by_name(client):
-    error = refused(lambda: client.completions.create(model="france", prompt=[1, 2, 3], max_tokens=2))
-    assert error["param"] == "prompt" and "token" in error["message"]
+def test_token_ids_outside_the_vocabulary_are_refused_by_index(client, tiny_tokenizer):
+    """Token-id prompts are answered (test_serve_token_id_prompts.py); an id the tokenizer has no token for is named."""
+    error = refused(lambda: client.completions.create(model="france", prompt=[1, 2, len(tiny_tokenizer)], max_tokens=2))
+    assert error["param"] == "prompt.2" and "vocabulary" in error["message"]
 
 
 def test_max_completion_tokens_over_the_limit_is_named_as_sent(client):
