@@ -196,6 +196,17 @@ class Service:
                 code="context_length_exceeded",
             )
 
+    def decoding(self, entry: ServedModel, body: Any) -> Decoding:
+        """How a generation request is decoded: its temperature and top_p; what it leaves out, the model's own."""
+        # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
+        # OpenAI's 1.0 sampled answers nobody judged. A plain model decodes as its generation_config says (a merged
+        # export's is its run's), as transformers and vLLM read the folder; OpenAI's defaults where it says nothing.
+        if entry.run is not None:
+            default = entry.run.decoding
+        else:
+            default = configured_decoding(self.registry.model, Decoding(temperature=1.0))
+        return default.told(body.temperature, body.top_p)
+
     def sampling(
         self, entry: ServedModel, body: Any, prompt_tokens: int, requested: int | None, param: str, limit_param: str = "max_tokens",
         left_out: int | None = None,
@@ -214,17 +225,11 @@ class Service:
                 code="invalid_value",
             )
         context = self.registry.context_length
-        # Left out, the decoding is the run's own: a run is served as its evaluation judged it (greedy by default), where
-        # OpenAI's 1.0 sampled answers nobody judged. A plain model decodes as its generation_config says (a merged
-        # export's is its run's), as transformers and vLLM read the folder; OpenAI's defaults where it says nothing.
-        if entry.run is not None:
-            default = entry.run.decoding
-        else:
-            default = configured_decoding(self.registry.model, Decoding(temperature=1.0))
+        decoding = self.decoding(entry, body)
         # Left out, the answer length is the model's own too: a run's eval.max_new_tokens (its export's file says the
         # same, so the two answer alike), a plain folder's generation_config; a default like the server limit (so capped
         # to what the context leaves). Else the endpoint's own (OpenAI's: asked for, not capped).
-        judged = default.max_new_tokens
+        judged = decoding.max_new_tokens
         if requested is not None:
             max_tokens = requested
         elif judged is None and left_out is not None:
@@ -242,7 +247,6 @@ class Service:
         stops = body.stop_list()
         if len(stops) > MAX_STOP_SEQUENCES:
             raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
-        decoding = default.told(body.temperature, body.top_p)
         return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops), seed=body.seed)
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
@@ -362,6 +366,52 @@ def _refuse_penalties(body: Any) -> None:
     _refuse(bool(body.logit_bias), "logit_bias", "logit_bias")
 
 
+def _number(value: Any, *no_ops: float) -> bool:
+    # A JSON number only: true is no 1 and "0" no 0 (the schema's strictness for the fields it declares).
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value in no_ops
+
+
+# Sampling extensions of other servers (vLLM, TGI, llama.cpp server, transformers' generate), which clients such as
+# lm-evaluation-harness pass through from a task's gen_kwargs. Unknown fields are accepted (the schema's extra="allow"),
+# but these change the answer and tunelab does not apply them: only their no-op value passes, and null (left to the
+# default, as for OpenAI's own fields). Each: whether its value is a no-op, given whether tunelab samples this request
+# (the do_sample transformers would be passed); and what is refused. max_new_tokens is never a no-op: the answer
+# length has OpenAI's name here, and taking both would mean two limits.
+_EXTENSIONS: dict[str, tuple[Callable[[Any, bool], bool], str]] = {
+    "top_k": (lambda v, _: _number(v, 0, -1), "top_k other than 0 or -1 (no top-k cut)"),
+    "min_p": (lambda v, _: _number(v, 0), "min_p other than 0"),
+    "typical_p": (lambda v, _: _number(v, 1), "typical_p other than 1"),
+    "repetition_penalty": (lambda v, _: _number(v, 1), "repetition_penalty other than 1"),
+    "length_penalty": (lambda v, _: _number(v, 1), "length_penalty other than 1"),
+    "min_tokens": (lambda v, _: _number(v, 0), "min_tokens other than 0"),
+    "min_new_tokens": (lambda v, _: _number(v, 0), "min_new_tokens other than 0"),
+    "max_new_tokens": (lambda v, _: False, "max_new_tokens (send max_tokens, OpenAI's name for the answer length)"),
+    "ignore_eos": (lambda v, _: v is False, "ignore_eos other than false"),
+    "use_beam_search": (lambda v, _: v is False, "Beam search (use_beam_search other than false)"),
+    "num_beams": (lambda v, _: _number(v, 1), "Beam search (num_beams other than 1)"),
+    # The one tunelab decides: sampled above temperature 0, greedy at 0 (left out: the model's own, see Service.decoding).
+    "do_sample": (lambda v, sampled: v is sampled,
+                  "do_sample that disagrees with the temperature (0 is greedy, above 0 samples; left out, the model's own)"),
+    "stop_token_ids": (lambda v, _: v == [], "stop_token_ids other than []"),
+    "include_stop_str_in_output": (lambda v, _: v is False, "include_stop_str_in_output other than false"),
+    "skip_special_tokens": (lambda v, _: v is True, "skip_special_tokens other than true"),
+    "guided_json": (lambda v, _: False, "Guided decoding (guided_json)"),
+    "guided_regex": (lambda v, _: False, "Guided decoding (guided_regex)"),
+    "guided_choice": (lambda v, _: False, "Guided decoding (guided_choice)"),
+    "guided_grammar": (lambda v, _: False, "Guided decoding (guided_grammar)"),
+    "truncate_prompt_tokens": (lambda v, _: False, "truncate_prompt_tokens"),
+    "prompt_logprobs": (lambda v, _: False, "prompt_logprobs (completions' echo with logprobs scores a prompt)"),
+}
+
+
+def _refuse_extensions(body: Any, sampled: bool) -> None:
+    """Other servers' sampling fields this request sets to anything but their no-op (``_EXTENSIONS``): refused by name."""
+    for name, value in (body.model_extra or {}).items():
+        if name in _EXTENSIONS and value is not None:
+            no_op, what = _EXTENSIONS[name]
+            _refuse(not no_op(value, sampled), name, what)
+
+
 @router.get("/health")
 async def health(request: Request) -> dict:
     registry = _service(request).registry
@@ -409,6 +459,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _refuse(any(m != "text" for m in body.modalities or ()), "modalities", "Output other than text (audio)")
     _refuse(body.audio is not None, "audio", "Audio output")
     _refuse_penalties(body)
+    # A classify run's answer is its most likely label: never sampled.
+    _refuse_extensions(body, sampled=not entry.is_classifier and service.decoding(entry, body).options()["do_sample"])
     _check_stream_options(body)
     kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
     _refuse(body.response_format is not None and kind != "text", "response_format", f"response_format {kind!r}" if kind else "response_format")
@@ -501,6 +553,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     _refuse(body.best_of not in (None, 1), "best_of", "best_of other than 1")
     _refuse(bool(body.suffix), "suffix", "suffix")
     _refuse_penalties(body)
+    _refuse_extensions(body, sampled=service.decoding(entry, body).options()["do_sample"])
     _check_stream_options(body)
     if not prompts or len(prompts) > MAX_PROMPTS_PER_REQUEST:
         raise bad_request(

@@ -4,7 +4,9 @@ Field names, types and bounds follow the OpenAI API, strictly as it checks them:
 string (``"max_tokens": "5"``) is refused, not converted. Unknown fields are accepted and ignored (the
 official clients send optional fields such as ``user``), but fields that would change the answer and
 that tunelab does not implement (``n`` > 1, tools, penalties, ``logit_bias``, a JSON ``response_format``, ``best_of``,
-``suffix``...) are refused with a 400 by the endpoint rather than silently ignored. A completions prompt may be token
+``suffix``...) are refused with a 400 by the endpoint rather than silently ignored; so are other servers' sampling
+extensions (``top_k``, ``repetition_penalty``, ``min_tokens``, guided decoding...: ``routes._EXTENSIONS``) set to
+anything but their no-op value. A completions prompt may be token
 ids (OpenAI's list of integers, or list of such lists: lm-evaluation-harness's default), used as given. Token log-probabilities are answered
 (chat ``logprobs``/``top_logprobs``; completions ``logprobs``/``echo``, ``max_tokens`` 0 with ``echo`` to score a prompt).
 """
