@@ -401,6 +401,17 @@ _EXTENSIONS: dict[str, tuple[Callable[[Any, bool], bool], str]] = {
     "guided_grammar": (lambda v, _: False, "Guided decoding (guided_grammar)"),
     "truncate_prompt_tokens": (lambda v, _: False, "truncate_prompt_tokens"),
     "prompt_logprobs": (lambda v, _: False, "prompt_logprobs (completions' echo with logprobs scores a prompt)"),
+    # llama.cpp server's and transformers' names for the same kinds of change.
+    "repeat_penalty": (lambda v, _: _number(v, 1), "repeat_penalty other than 1"),
+    "no_repeat_ngram_size": (lambda v, _: _number(v, 0), "no_repeat_ngram_size other than 0"),
+    "mirostat": (lambda v, _: _number(v, 0), "mirostat other than 0"),
+    "tfs_z": (lambda v, _: _number(v, 1), "tfs_z other than 1"),
+    "bad_words": (lambda v, _: v == [], "bad_words other than []"),
+    "allowed_token_ids": (lambda v, _: False, "allowed_token_ids"),
+    "structured_outputs": (lambda v, _: False, "Structured outputs (structured_outputs)"),
+    "grammar": (lambda v, _: False, "Grammar-constrained decoding (grammar)"),
+    "json_schema": (lambda v, _: False, "Schema-constrained decoding (json_schema)"),
+    "logits_processors": (lambda v, _: False, "logits_processors"),
 }
 
 

@@ -21,6 +21,9 @@ REFUSED = [
     ("skip_special_tokens", False), ("guided_json", {"type": "object"}), ("guided_regex", "[0-9]+"),
     ("guided_choice", ["yes", "no"]), ("guided_grammar", "root ::= \"a\""), ("truncate_prompt_tokens", 8),
     ("prompt_logprobs", 1), ("prompt_logprobs", 0),
+    ("repeat_penalty", 1.1), ("no_repeat_ngram_size", 3), ("mirostat", 2), ("tfs_z", 0.9), ("bad_words", ["x"]),
+    ("allowed_token_ids", [1, 2]), ("structured_outputs", {"json": {}}), ("grammar", "root ::= \"a\""),
+    ("json_schema", {"type": "object"}), ("logits_processors", ["x"]),
     # Values of the wrong kind are no no-op either (a string "0" is not top_k 0).
     ("top_k", "0"), ("ignore_eos", 0),
 ]
@@ -29,7 +32,8 @@ NO_OPS = {
     "top_k": -1, "min_p": 0, "typical_p": 1, "repetition_penalty": 1.0, "length_penalty": 1, "min_tokens": 0,
     "min_new_tokens": 0, "ignore_eos": False, "use_beam_search": False, "num_beams": 1, "stop_token_ids": [],
     "include_stop_str_in_output": False, "skip_special_tokens": True, "prompt_logprobs": None, "guided_json": None,
-    "truncate_prompt_tokens": None,
+    "truncate_prompt_tokens": None, "repeat_penalty": 1, "no_repeat_ngram_size": 0, "mirostat": 0, "tfs_z": 1.0,
+    "bad_words": [],
 }
 
 
