@@ -21,6 +21,7 @@ from tunelab.config import REMOTE_TASKS, DataConfig, EndpointConfig, EvalConfig
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Record
 from tunelab.data.templates import with_system_prompt, zero_shot_messages
+from tunelab.estimate.prices import PriceTable
 from tunelab.evaluation.evaluate import (
     check_test_records,
     references_of,
@@ -217,13 +218,16 @@ def typical_answer_tokens(record: Record, task: str) -> int | None:
         return None
 
 
-def remote_client(endpoint: EndpointConfig, *, concurrency: int | None = None, cache: bool = True) -> RemoteClient:
-    """The client evaluation uses: the shared request cache under the user cache (``TUNELAB_CACHE``), the bundled prices.
+def remote_client(
+    endpoint: EndpointConfig, *, concurrency: int | None = None, cache: bool = True, prices: PriceTable | None = None
+) -> RemoteClient:
+    """The client evaluation uses: the shared request cache under the user cache (``TUNELAB_CACHE``), the bundled prices
+    (or ``prices``).
 
     Raises:
         ConfigError: when the endpoint's API key variable is empty.
     """
     from tunelab.remote.cache import RequestCache
 
-    return RemoteClient(endpoint, cache=RequestCache() if cache else None, concurrency=concurrency)
+    return RemoteClient(endpoint, cache=RequestCache() if cache else None, concurrency=concurrency, prices=prices)
 

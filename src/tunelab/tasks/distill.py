@@ -42,6 +42,7 @@ from tunelab.runs import RunFolder
 LATENCY_PROBES = 8  # requests timed one at a time for a local model's latency
 
 if TYPE_CHECKING:
+    from tunelab.estimate.prices import PriceTable
     from tunelab.evaluation.answering import AnsweringModel
     from tunelab.remote.client import RequestEstimate
 
@@ -268,6 +269,48 @@ def _in_a_new_run(resume: Any) -> str:
     return " (in a new run: a resumed run keeps its saved config)" if resume is not None else ""
 
 
+def teacher_inputs(config: ResolvedConfig, split: Any) -> tuple[list[str], list[TeacherInput]]:
+    """The classify labels and the inputs the teacher answers: the training and validation records and
+    ``distill.unlabeled``, once each, never a test record.
+
+    Raises:
+        DataError: for unusable rows of ``distill.unlabeled``.
+    """
+    labels = sorted({r.label for r in [*split.train, *split.validation, *split.test]}) if config.task == "classify" else []
+    test_inputs = {_input_of(r, config.task).id for r in split.test}
+    inputs = [_input_of(r, config.task) for r in [*split.train, *split.validation]]
+    if config.distill.unlabeled:
+        inputs += read_unlabeled(config.distill.unlabeled, config)
+    return labels, [item for item in dict((item.id, item) for item in inputs).values() if item.id not in test_inputs]
+
+
+def estimate_teacher_cost(config: ResolvedConfig, *, prices: PriceTable | None = None) -> RequestEstimate | None:
+    """What ``tunelab distill`` of ``config`` would pay its remote teacher (``teacher_estimate``), without asking it
+    anything or writing anything (``tunelab estimate``); None for a local teacher.
+
+    Raises:
+        ConfigError: without a teacher, or one that is the student itself.
+        DataError: for data the split or ``distill.unlabeled`` cannot read.
+    """
+    from tunelab.data.split import make_split
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.evaluation.remote import remote_client
+    from tunelab.remote.cache import default_cache_path
+
+    check_teacher(config)
+    endpoint = teacher_endpoint(config)
+    if endpoint is None:
+        return None
+    split = make_split(config)
+    labels, inputs = teacher_inputs(config, split)
+    # Pricing contacts nobody and needs no API key (a request's cache key has none): the endpoint and its key are
+    # checked when the run starts.
+    # Without a request cache yet, nothing is cached: none is created for it.
+    unkeyed = endpoint.model_copy(update={"api_key_env": None})
+    teacher = RemoteModel(remote_client(unkeyed, concurrency=config.distill.concurrency, cache=default_cache_path().is_file(), prices=prices))
+    return teacher_estimate(teacher, inputs, split, config, labels, RunFolder(distill_run_dir(config)).distill_file)
+
+
 def teacher_estimate(
     teacher: AnsweringModel, inputs: Sequence[TeacherInput], split: Any, config: ResolvedConfig, labels: Sequence[str], path: Path,
 ) -> RequestEstimate | None:
@@ -421,12 +464,7 @@ def run_distill(
     # 2. The teacher answers the training inputs (and distill.unlabeled), line by line. What that and its evaluation on
     # the test records will cost is said, and checked against budget.max_usd, before the run folder is written.
     teacher = open_teacher(config)
-    labels = sorted({r.label for r in [*split.train, *split.validation, *split.test]}) if config.task == "classify" else []
-    test_inputs = {_input_of(r, config.task).id for r in split.test}
-    inputs = [_input_of(r, config.task) for r in [*split.train, *split.validation]]
-    if config.distill.unlabeled:
-        inputs += read_unlabeled(config.distill.unlabeled, config)
-    inputs = [item for item in dict((item.id, item) for item in inputs).values() if item.id not in test_inputs]
+    labels, inputs = teacher_inputs(config, split)
     estimate = teacher_estimate(teacher, inputs, split, config, labels, run.distill_file)
     if estimate is not None:
         emit("teacher", "estimate", {"teacher": teacher.name, "estimate": estimate.to_dict(),

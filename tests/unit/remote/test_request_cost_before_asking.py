@@ -151,18 +151,22 @@ def test_review_judge_refuses_over_max_usd_before_asking(cli, provider, tmp_path
     assert f"asking {PRICED}: 10 requests (0 cached)" in refused.stderr and "at most 80 output tokens" in refused.stderr
 
 
-def test_distill_refuses_over_budget_max_usd_before_the_teacher_is_asked(provider, tiny_model_dir, tmp_path):
-    from tunelab.tasks.distill import distill_run_dir, run_distill
-
+def _distill_config(provider, tiny_model_dir, tmp_path) -> dict:
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"What is {i} plus one?", "completion": f"It is {i + 1}."} for i in range(10)])
-    config = parse_config({
+    return {
         "task": "sft", "name": "distilled", "model": str(tiny_model_dir),
         "data": {"train": str(train), "test_size": 0.3, "validation_size": 0.15, "max_length": 64},
         "train": {"max_steps": 2, "output_dir": str(tmp_path / "runs")},
         "eval": {"max_new_tokens": 6, "baselines": []},
         "budget": {"max_usd": float(TINY_CAP)},
         "distill": {"teacher": {"base_url": provider.url, "name": PRICED}},
-    })
+    }
+
+
+def test_distill_refuses_over_budget_max_usd_before_the_teacher_is_asked(provider, tiny_model_dir, tmp_path):
+    from tunelab.tasks.distill import distill_run_dir, run_distill
+
+    config = parse_config(_distill_config(provider, tiny_model_dir, tmp_path))
     events = []
     with pytest.raises(BudgetExceeded, match="budget.max_usd"):
         run_distill(config, calibrate=False, on_event=lambda step, status, details: events.append((step, status, details)))
@@ -171,3 +175,19 @@ def test_distill_refuses_over_budget_max_usd_before_the_teacher_is_asked(provide
     said = [details["line"] for step, status, details in events if (step, status) == ("teacher", "estimate")]
     # The 7 training and validation prompts and the 3 test prompts the teacher is evaluated on.
     assert len(said) == 1 and said[0].startswith(f"asking {PRICED}: 10 requests (0 cached)")
+
+
+def test_estimate_of_a_distill_config_prices_the_teacher_beside_the_training(cli, provider, tiny_model_dir, tmp_path):
+    import yaml
+
+    config = tmp_path / "distill.yaml"
+    config.write_text(yaml.safe_dump(_distill_config(provider, tiny_model_dir, tmp_path)))
+    result = cli.invoke(app, ["estimate", str(config), "--no-calibrate", "--json"])
+    assert result.exit_code == 0, result.output
+    teacher = json.loads(result.stdout)["teacher"]
+    assert (teacher["model"], teacher["requests"], teacher["cached"], teacher["over"]) == (PRICED, 10, 0, True)
+    assert teacher["max_output_tokens"] == 10 * 6 and teacher["usd_max"] > teacher["usd_expected"] > 0
+    assert provider.chats_arrived == 0 and not (tmp_path / "runs").exists()  # priced, nothing asked, nothing written
+    shown = cli.invoke(app, ["estimate", str(config), "--no-calibrate"])
+    assert f"distillation teacher: asking {PRICED}: 10 requests (0 cached)" in shown.stdout
+    assert "over budget: the teacher's requests" in shown.stdout
