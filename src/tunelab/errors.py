@@ -34,6 +34,12 @@ class ModelError(TunelabError):
     """A model that cannot be found, read or converted."""
 
 
+class BudgetExceeded(TunelabError):
+    """The estimate is over the budget the user set (``budget.max_usd``, ``--max-usd``); nothing was trained or asked.
+
+    Here, not in tasks.pipeline, because evaluation and the remote client refuse paid requests with it too."""
+
+
 class Cancelled(KeyboardInterrupt):
     """The user stopped the process by a signal other than Ctrl-C (SIGTERM: ``kill``, a second Cancel in the UI, a job
     scheduler). A KeyboardInterrupt, so every place that cleans up after Ctrl-C cleans up after it the same way."""

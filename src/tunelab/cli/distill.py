@@ -72,6 +72,9 @@ def _distill(config: Any, resume: Path | None, no_calibrate: bool, as_json: bool
         shown = shown_events(display, as_json)
 
         def on_event(step: str, status: str, details: dict[str, Any]) -> None:
+            if step == "teacher" and status == "estimate":  # before the first request, also with --json (on stderr)
+                error_console.print(details["line"], markup=False, highlight=False, soft_wrap=True)
+                return
             if step == "teacher" and status == "start":
                 display.on_event(step, status, details)
                 if not as_json:

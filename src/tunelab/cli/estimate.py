@@ -46,8 +46,9 @@ def estimate(
         display.begin("estimate: loading the model, counting tokens" + ("" if no_calibrate else ", timing training steps here"))
         result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table,
                                       processes=launch_processes(launch))
+        teacher = _teacher_estimate(config, table)
     if as_json:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), **({"teacher": teacher} if teacher else {})})
         return
 
     tokens, flops, memory = result.tokens, result.flops, result.memory
@@ -138,6 +139,25 @@ def estimate(
             console.print(f"[red]over budget:[/red] {reason}")
     elif result.budget.reasons == [] and (config.budget.max_hours or config.budget.max_usd):
         console.print("within budget")
+    if teacher:
+        console.print(f"distillation teacher: {teacher['line']}", markup=False, highlight=False, soft_wrap=True)
+        if teacher["over"]:
+            console.print(f"[red]over budget:[/red] the teacher's requests, expected {money(teacher['usd_expected'])} > budget.max_usd "
+                          f"{config.budget.max_usd:g} (`tunelab distill` asks nothing)")
+
+
+def _teacher_estimate(config, table) -> dict | None:
+    """A distillation config's remote teacher: what ``tunelab distill`` would pay it (the inputs, its test answers) and
+    whether that is over budget.max_usd, as ``run_distill`` checks it before the first request. None without one."""
+    if config.distill.teacher is None:
+        return None
+    from tunelab.tasks.distill import estimate_teacher_cost
+
+    estimate = estimate_teacher_cost(config, prices=table)
+    if estimate is None:
+        return None
+    return {**estimate.to_dict(), "line": estimate.describe("budget.max_usd", config.budget.max_usd),
+            "over": estimate.over(config.budget.max_usd)}
 
 
 def _provider_estimate(config, table, as_json: bool) -> None:

@@ -137,6 +137,9 @@ def evaluate_command(
     endpoint_model: str = typer.Option(None, "--endpoint-model", help="The model's name at --endpoint."),
     endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Remote model: requests in flight at once."),
+    max_usd: float = typer.Option(
+        None, "--max-usd", min=0.0, help="Remote model: ask nothing when the expected price of its requests is higher (by the price table)."
+    ),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid records of --data, --train and --validation (each is listed) instead of stopping."),
 ) -> None:
     """Evaluate any model (or a run's tuned model, or a remote one) on any test file, against baselines, and optionally save every prediction.
@@ -200,6 +203,9 @@ def evaluate_command(
         data_config = config_from_options(DataConfig, EVAL_OPTIONS, **{**data_config.model_dump(exclude_unset=True), "out_of_scope_label": out_of_scope_label})
     if baseline is None:
         baseline = task == "classify" and answering.label_map is None
+    say_request_cost(answering.estimate_evaluate(records, task, config=eval_config, data_config=data_config,
+                                                 labels=_remote_labels(label_map, task, train_records, records)),
+                     max_usd, "raise --max-usd, or evaluate fewer examples (--limit)")
     verb = "asking" if answering.remote else "evaluating"
     with progress_display(quiet=as_json) as display:
         display.begin(f"{verb} {answering.name}", total=min(len(records), limit or len(records)),
@@ -214,6 +220,22 @@ def evaluate_command(
             progress=display.advance, validation=validation_records, on_event=on_baseline,
         )
     _show_evaluation(result, opponents, verdict, out, as_json)
+
+
+def say_request_cost(estimate, max_usd: float | None, hint: str, cap_name: str = "--max-usd") -> None:
+    """The one line a command that asks a paid model says before its first request (on stderr: --json keeps stdout),
+    and its refusal when the expected cost is over the cap. Nothing for a model that runs here (no estimate)."""
+    if estimate is None:
+        return
+    error_console.print(estimate.describe(cap_name, max_usd), markup=False, highlight=False, soft_wrap=True)
+    estimate.refuse_over(cap_name, max_usd, hint)
+
+
+def _remote_labels(label_map, task: str, train: list, records: list) -> list[str] | None:
+    """The categories a remote model is asked over, as ``evaluate_with_baselines`` chooses them for it."""
+    if task != "classify":
+        return None
+    return list(label_map.labels) if label_map is not None else sorted({r.label for r in (train or records)})
 
 
 def _endpoint(url: str | None, name: str | None, key_env: str | None, model: str, concurrency: int):
@@ -408,6 +430,7 @@ def review_judge(
     endpoint: str = typer.Option(None, "--endpoint", help="The base URL of the judge's OpenAI-compatible API (with --judge NAME)."),
     endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Judge requests in flight at once."),
+    max_usd: float = typer.Option(None, "--max-usd", min=0.0, help="Ask nothing when the expected price of the judge's requests is higher."),
     registry_path: Path = REVIEW_REGISTRY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -427,7 +450,9 @@ def review_judge(
     registry = open_registry(registry_path)
     with progress_display(quiet=as_json) as display:
         display.begin(f"judge {remote.name} asking", unit="requests")
-        outcome = judge_run(registry, run, remote_client(remote), progress=display.advance)
+        outcome = judge_run(registry, run, remote_client(remote), progress=display.advance, max_usd=max_usd,
+                            on_estimate=lambda estimate: error_console.print(estimate.describe("--max-usd", max_usd), markup=False,
+                                                                             highlight=False, soft_wrap=True))
     if as_json:
         print_json(outcome.to_dict())
         return

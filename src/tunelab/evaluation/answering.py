@@ -25,7 +25,7 @@ from tunelab.config import DataConfig, EndpointConfig, EvalConfig
 from tunelab.data.labels import LabelMap, OutOfScope, build_label_map
 from tunelab.data.records import ClassifyRecord, Message, Record
 from tunelab.evaluation.result import EvalResult
-from tunelab.remote.client import Answer
+from tunelab.remote.client import Answer, RequestEstimate
 
 Progress = Callable[[int], None]
 OnAnswer = Callable[[int, Answer], None]
@@ -49,6 +49,15 @@ class AnsweringModel(Protocol):
         self, questions: Sequence[Question], task: str, *, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] = (),
         on_answer: OnAnswer | None = None, progress: Progress | None = None,
     ) -> list[Answer]: ...
+
+    def estimate_evaluate(
+        self, records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] | None = None,
+    ) -> RequestEstimate | None: ...
+
+    def estimate_ask(
+        self, questions: Sequence[Question], task: str, *, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] = (),
+        expected_output_tokens: Sequence[int | None] | None = None,
+    ) -> RequestEstimate | None: ...
 
     def base_model(self, *, allow_network: bool = False) -> Any: ...
 
@@ -140,6 +149,13 @@ class LocalModel:
                 progress(len(chunk))
         return answers
 
+    def estimate_evaluate(self, records: Sequence[Record], task: str, **settings: Any) -> RequestEstimate | None:
+        """None: a model that runs here sends no paid requests (its time is estimated elsewhere)."""
+        return None
+
+    def estimate_ask(self, questions: Sequence[Question], task: str, **settings: Any) -> RequestEstimate | None:
+        return None
+
     def base_model(self, *, allow_network: bool = False) -> Any:
         """The model an adapter sits on, a full run's starting model, else this model itself.
 
@@ -203,18 +219,37 @@ class RemoteModel:
         on_answer: OnAnswer | None = None, progress: Progress | None = None,
     ) -> list[Answer]:
         """The same request bodies as ``evaluate`` sends, so a teacher's evaluation reuses its cached answers."""
+        conversations, max_tokens = self._conversations(questions, task, data_config, config, labels)
+        return self.client.chat_many(conversations, max_tokens=max_tokens, temperature=config.temperature, top_p=config.top_p,
+                                     seed=config.seed, progress=progress, on_answer=on_answer)
+
+    def _conversations(
+        self, questions: Sequence[Question], task: str, data_config: DataConfig, config: EvalConfig, labels: Sequence[str]
+    ) -> tuple[list[list[dict[str, str]]], int]:
         from tunelab.data.templates import with_system_prompt
         from tunelab.evaluation.remote import classify_conversation
 
         system = data_config.system_prompt
         if task == "classify":
-            conversations = [classify_conversation(str(text), labels, system) for text in questions]
-            max_tokens = min(config.max_new_tokens, 32)
-        else:
-            conversations = [with_system_prompt([dict(m) for m in messages], system) for messages in questions]
-            max_tokens = config.max_new_tokens
-        return self.client.chat_many(conversations, max_tokens=max_tokens, temperature=config.temperature, top_p=config.top_p,
-                                     seed=config.seed, progress=progress, on_answer=on_answer)
+            return [classify_conversation(str(text), labels, system) for text in questions], min(config.max_new_tokens, 32)
+        return [with_system_prompt([dict(m) for m in messages], system) for messages in questions], config.max_new_tokens
+
+    def estimate_ask(
+        self, questions: Sequence[Question], task: str, *, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] = (),
+        expected_output_tokens: Sequence[int | None] | None = None,
+    ) -> RequestEstimate:
+        """What ``ask`` with the same arguments would cost (``RemoteClient.estimate``: the same request bodies)."""
+        conversations, max_tokens = self._conversations(questions, task, data_config, config, labels)
+        return self.client.estimate(conversations, max_tokens=max_tokens, temperature=config.temperature, top_p=config.top_p,
+                                    seed=config.seed, expected_output_tokens=expected_output_tokens)
+
+    def estimate_evaluate(
+        self, records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] | None = None,
+    ) -> RequestEstimate:
+        """What ``evaluate`` with the same arguments would cost (``remote.estimate_remote``)."""
+        from tunelab.evaluation.remote import estimate_remote
+
+        return estimate_remote(self.client, records, task, config=config, data_config=data_config, labels=labels)
 
     def base_model(self, *, allow_network: bool = False) -> Any:
         return None

@@ -37,11 +37,12 @@ from tunelab.evaluation.review import (
 
 if TYPE_CHECKING:
     from tunelab.registry.store import Registry
-    from tunelab.remote.client import RemoteClient, Usage
+    from tunelab.remote.client import RemoteClient, RequestEstimate, Usage
 
 JUDGE_PREFIX = "judge:"
 # A verdict is one word: a few tokens leave room for a trailing period or a newline, not for an essay.
 JUDGE_MAX_TOKENS = 8
+VERDICT_TOKENS = 1  # what a judge that follows the prompt answers ("A", "B", "tie"): the expected cost's answer length
 JUDGE_PROMPT = """You are judging two answers to the same request. Decide which answer is better: more correct, more \
 helpful and more to the point for the request. Ignore which answer comes first and how long each is.
 
@@ -107,13 +108,18 @@ class JudgeOutcome:
 
 
 def judge_run(
-    registry: Registry, run: str, client: RemoteClient, *, progress: Callable[[int], None] | None = None
+    registry: Registry, run: str, client: RemoteClient, *, progress: Callable[[int], None] | None = None,
+    max_usd: float | None = None, on_estimate: Callable[[RequestEstimate], None] | None = None,
 ) -> JudgeOutcome:
     """Ask ``client``'s model to judge every row of ``run``'s blind sheet in both orders, and record its judgments.
+
+    Before the first request the batch is priced (``RemoteClient.estimate``; a verdict is expected to be one token)
+    and handed to ``on_estimate``; over ``max_usd`` nothing is asked.
 
     Raises:
         RegistryError: when the run does not exist.
         DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run).
+        BudgetExceeded: when the expected cost is over ``max_usd``.
     """
     record = registry.get_run(run)
     if not record.run_dir:
@@ -125,6 +131,11 @@ def judge_run(
     for row in asked:
         conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"]))
         conversations.append(judge_conversation(row["prompt"], row["output_b"], row["output_a"]))
+    estimate = client.estimate(conversations, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0,
+                               expected_output_tokens=[VERDICT_TOKENS] * len(conversations))
+    if on_estimate is not None:
+        on_estimate(estimate)
+    estimate.refuse_over("--max-usd", max_usd, "raise --max-usd, or judge a smaller sheet")
     answers = client.chat_many(conversations, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0, progress=progress)
     before = {j.example_id: j.choice for j in registry_judgments(registry, record.id, sheet) if j.reviewer == reviewer}
     judged = disagreements = unparseable = failed = recorded = 0

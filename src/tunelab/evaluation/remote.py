@@ -21,6 +21,7 @@ from tunelab.config import REMOTE_TASKS, DataConfig, EndpointConfig, EvalConfig
 from tunelab.data.labels import LabelMap
 from tunelab.data.records import ClassifyRecord, Record
 from tunelab.data.templates import with_system_prompt, zero_shot_messages
+from tunelab.estimate.prices import PriceTable
 from tunelab.evaluation.evaluate import (
     check_test_records,
     references_of,
@@ -30,7 +31,7 @@ from tunelab.evaluation.evaluate import (
 )
 from tunelab.evaluation.metrics import PRIMARY_METRIC, classify_metrics
 from tunelab.evaluation.result import EvalResult, test_fingerprint
-from tunelab.remote.client import Answer, RemoteClient, RemoteError
+from tunelab.remote.client import Answer, RemoteClient, RemoteError, RequestEstimate, text_tokens
 
 Progress = Callable[[int], None]
 UNPARSED = "(no category in the answer)"
@@ -133,25 +134,18 @@ def evaluate_remote(
         DataError: for an empty test set, records of the wrong task, or an sft example without reference.
         RemoteError: when requests still fail after the retries.
     """
-    from tunelab.errors import ConfigError
-
-    if task not in REMOTE_TASKS:
-        raise ConfigError(f"a remote model can be evaluated on classify and sft, not {task}",
-                          "a chat API returns answers, not the token log-likelihoods perplexity and preference need")
+    _check_task(task)
     warnings = check_test_records(records, task, train_ids)
-    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    chosen, conversations, ask, labels = _requests(records, task, config, data_config, labels)
     if len(chosen) < len(records):
         warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
-    system = data_config.system_prompt
-    ask = {"max_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed, "progress": progress}
     if task == "classify":
-        labels = list(labels) if labels is not None else sorted({r.label for r in chosen})
-        answers = client.chat_many([classify_conversation(r.text, labels, system) for r in chosen], **{**ask, "max_tokens": min(config.max_new_tokens, 32)})
+        answers = client.chat_many(conversations, **ask, progress=progress)
         raise_for_failures(answers, client)
         rows, metrics, more = classify_rows(chosen, [a.text for a in answers], labels)
     else:
         references = [references_of(r) for r in chosen]
-        answers = client.chat_many([with_system_prompt(r.prompt_messages, system) for r in chosen], **ask)
+        answers = client.chat_many(conversations, **ask, progress=progress)
         raise_for_failures(answers, client)
         # Stripped, as the local generation path strips its answers: the same answer scores the same.
         rows, metrics = score_sft(chosen, [(a.text or "").strip() for a in answers], references)
@@ -176,13 +170,64 @@ def evaluate_remote(
     )
 
 
-def remote_client(endpoint: EndpointConfig, *, concurrency: int | None = None, cache: bool = True) -> RemoteClient:
-    """The client evaluation uses: the shared request cache under the user cache (``TUNELAB_CACHE``), the bundled prices.
+def _check_task(task: str) -> None:
+    """Raises: ConfigError for a task a chat API cannot be scored on."""
+    from tunelab.errors import ConfigError
+
+    if task not in REMOTE_TASKS:
+        raise ConfigError(f"a remote model can be evaluated on classify and sft, not {task}",
+                          "a chat API returns answers, not the token log-likelihoods perplexity and preference need")
+
+
+def _requests(
+    records: Sequence[Record], task: str, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] | None
+) -> tuple[list[Record], list[list[dict[str, str]]], dict[str, Any], list[str] | None]:
+    """The test records asked (the seeded sample), their chats, the decoding ``chat_many`` gets, and the classify labels:
+    one place, so the estimate prices exactly the requests ``evaluate_remote`` sends (and finds the cached ones)."""
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    system = data_config.system_prompt
+    ask: dict[str, Any] = {"max_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
+    if task == "classify":
+        labels = list(labels) if labels is not None else sorted({r.label for r in chosen})
+        return chosen, [classify_conversation(r.text, labels, system) for r in chosen], {**ask, "max_tokens": min(config.max_new_tokens, 32)}, labels
+    return chosen, [with_system_prompt(r.prompt_messages, system) for r in chosen], ask, None
+
+
+def estimate_remote(
+    client: RemoteClient, records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig,
+    labels: Sequence[str] | None = None,
+) -> RequestEstimate:
+    """What ``evaluate_remote`` with the same arguments would cost, before any request: a typical answer is the
+    reference's length (sft) or the category's name (classify)."""
+    _check_task(task)
+    check_test_records(records, task, None)  # the records evaluate_remote refuses are refused here first, the same way
+    chosen, conversations, ask, _ = _requests(records, task, config, data_config, labels)
+    return client.estimate(conversations, **ask, expected_output_tokens=[typical_answer_tokens(r, task) for r in chosen])
+
+
+def typical_answer_tokens(record: Record, task: str) -> int | None:
+    """The tokens a model's answer to ``record`` is expected to have: its category's name (classify), its first
+    reference (sft); None when it has none (the estimate then counts the mean of the others)."""
+    from tunelab.errors import DataError
+
+    if task == "classify":
+        return text_tokens(record.label)
+    try:
+        return text_tokens(references_of(record)[0])
+    except DataError:
+        return None
+
+
+def remote_client(
+    endpoint: EndpointConfig, *, concurrency: int | None = None, cache: bool = True, prices: PriceTable | None = None
+) -> RemoteClient:
+    """The client evaluation uses: the shared request cache under the user cache (``TUNELAB_CACHE``), the bundled prices
+    (or ``prices``).
 
     Raises:
         ConfigError: when the endpoint's API key variable is empty.
     """
     from tunelab.remote.cache import RequestCache
 
-    return RemoteClient(endpoint, cache=RequestCache() if cache else None, concurrency=concurrency)
+    return RemoteClient(endpoint, cache=RequestCache() if cache else None, concurrency=concurrency, prices=prices)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tunelab.config import EndpointConfig
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import BudgetExceeded, ConfigError, TunelabError
 from tunelab.estimate.prices import InferencePrice, PriceTable, load_price_table
 from tunelab.remote.cache import CachedResponse, RequestCache, request_key
 
@@ -34,6 +35,12 @@ MAX_RETRY_AFTER_S = 600.0
 # The backoff between tries when the provider says nothing (the openai client's: 0.5 s doubling up to 8 s, less a jitter).
 BACKOFF_S, BACKOFF_MAX_S = 0.5, 8.0
 logger = logging.getLogger("tunelab.remote")
+# The one rule for counting a provider's tokens before asking it (a fine-tuning job's price, a batch of requests):
+# OpenAI's rule of thumb for English text, unless the caller passes a tokenizer's count, plus ~4 tokens of chat markup
+# per message.
+CHARS_PER_TOKEN = 4
+MESSAGE_MARKUP_TOKENS = 4
+TokenCount = Callable[[str], int]
 
 
 def _sleep(seconds: float, stop: threading.Event | None = None) -> None:
@@ -122,6 +129,100 @@ def summarize(answers: Sequence[Answer], price: InferencePrice | None) -> Usage:
     return usage
 
 
+def text_tokens(text: str, count_tokens: TokenCount | None = None) -> int:
+    """The tokens of ``text``: ``count_tokens`` (a tokenizer) when given, else characters / ``CHARS_PER_TOKEN``."""
+    return count_tokens(text) if count_tokens is not None else math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def chat_tokens(messages: Sequence[dict[str, Any]], count_tokens: TokenCount | None = None) -> int:
+    """The input tokens of one chat: each message's content plus ``MESSAGE_MARKUP_TOKENS`` of markup."""
+    return sum(text_tokens(str(m.get("content") or ""), count_tokens) + MESSAGE_MARKUP_TOKENS for m in messages)
+
+
+def is_loopback(base_url: str) -> bool:
+    """Whether ``base_url`` is this machine (``tunelab serve``, a local vLLM): no provider bills its answers."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = (urlparse(base_url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+@dataclass(frozen=True)
+class RequestEstimate:
+    """What a batch of chat requests will cost, before the first is sent.
+
+    ``usd_max`` is the upper bound (every answer ``max_tokens`` long); ``usd_expected`` uses the typical answer length
+    the caller knows (references, a one-word verdict), the bound where it knows none. Both are None when the price is
+    unknown (never a made-up number), 0 for a ``local`` endpoint. Requests in the request cache cost nothing.
+    """
+
+    model: str
+    requests: int
+    cached: int
+    input_tokens: int  # of the requests to send (cached ones excluded)
+    max_output_tokens: int
+    expected_output_tokens: int
+    usd_expected: float | None
+    usd_max: float | None
+    local: bool = False
+    price_date: str | None = None  # the price table's date
+    token_count: str = f"characters / {CHARS_PER_TOKEN}"
+
+    def plus(self, other: RequestEstimate) -> RequestEstimate:
+        """Two batches to the same model (a teacher's training answers and its test answers) as one."""
+        def add(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else a + b
+
+        return RequestEstimate(
+            self.model, self.requests + other.requests, self.cached + other.cached, self.input_tokens + other.input_tokens,
+            self.max_output_tokens + other.max_output_tokens, self.expected_output_tokens + other.expected_output_tokens,
+            add(self.usd_expected, other.usd_expected), add(self.usd_max, other.usd_max), self.local and other.local,
+            self.price_date, self.token_count,
+        )
+
+    def over(self, max_usd: float | None) -> bool:
+        """Whether the batch is refused under the cap ``max_usd``.
+
+        The expected cost is checked, not the upper bound: the bound assumes every answer runs to max_tokens, which
+        for sft answers (max_new_tokens 128-512, typical answers far shorter) is several times what is paid, so a cap
+        on it would refuse batches that fit. The refusal still says the bound. An unknown price is never refused
+        (nothing to compare): ``describe`` says the cap cannot be checked.
+        """
+        return max_usd is not None and self.usd_expected is not None and self.usd_expected > max_usd
+
+    def describe(self, cap_name: str | None = None, max_usd: float | None = None) -> str:
+        """The one line said before the first request (with the cap ``cap_name`` when one is set)."""
+        from tunelab.estimate.plan import money
+
+        counts = (f"asking {self.model}: {self.requests} requests ({self.cached} cached), about {self.input_tokens:,} input tokens, "
+                  f"at most {self.max_output_tokens:,} output tokens")
+        if self.local:
+            return f"{counts}: local endpoint, no price (nothing billed)"
+        if self.usd_expected is None or self.usd_max is None:
+            unchecked = f"; {cap_name} {max_usd:g} cannot be checked" if cap_name and max_usd is not None else ""
+            return f"{counts}: price unknown (no price for {self.model} in the price table){unchecked}"
+        return f"{counts}: about {money(self.usd_expected)} (at most {money(self.usd_max)}) by the price table of {self.price_date}"
+
+    def refuse_over(self, cap_name: str, max_usd: float | None, hint: str) -> None:
+        """Raises: BudgetExceeded (one line: the estimate and the cap) when ``over(max_usd)``."""
+        if self.over(max_usd):
+            from tunelab.estimate.plan import money
+
+            raise BudgetExceeded(
+                f"asking {self.model} would cost about {money(self.usd_expected)} (at most {money(self.usd_max)}) for "
+                f"{self.requests - self.cached} uncached requests > {cap_name} {max_usd:g}: nothing was asked", hint)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def api_key_for(endpoint: EndpointConfig) -> str:
     """The key of ``endpoint`` from its ``api_key_env``, or a placeholder when it names none.
 
@@ -168,7 +269,8 @@ class RemoteClient:
         # versions) and silently, so a rate-limited provider's requests were asked again too early and failed the batch.
         self.client = openai_client(endpoint, max_retries=0)
         self._quiet_until = 0.0  # until when a wait already said covers the batch (one line for all requests waiting)
-        self.price = (prices or load_price_table()).inference_price(endpoint.name)
+        self.prices = prices or load_price_table()
+        self.price = self.prices.inference_price(endpoint.name)
 
     @property
     def display_name(self) -> str:
@@ -179,6 +281,40 @@ class RemoteClient:
         if temperature > 0:
             body.update(top_p=top_p, seed=seed)
         return body
+
+    def estimate(
+        self, conversations: Sequence[Sequence[dict[str, str]]], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = 0, expected_output_tokens: Sequence[int | None] | None = None, count_tokens: TokenCount | None = None,
+    ) -> RequestEstimate:
+        """What ``chat_many`` with the same arguments would cost, before it sends anything.
+
+        A request already in the request cache (the key ``ask`` computes) costs nothing. ``expected_output_tokens``: the
+        typical answer length of each conversation where the caller knows one (capped at ``max_tokens``); one it does
+        not know counts at the mean of those it knows, or at ``max_tokens`` when it knows none.
+        """
+        expected = list(expected_output_tokens) if expected_output_tokens is not None else [None] * len(conversations)
+        known = [min(n, max_tokens) for n in expected if n is not None]
+        typical = round(sum(known) / len(known)) if known else max_tokens
+        requests = cached = input_tokens = bound = likely = 0
+        for messages, answer in zip(conversations, expected, strict=True):
+            requests += 1
+            body = self.request_body(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+            if self.cache is not None and self.cache.get(request_key(self.endpoint.base_url, self.endpoint.name, body)) is not None:
+                cached += 1
+                continue
+            input_tokens += chat_tokens(messages, count_tokens)
+            bound += max_tokens
+            likely += typical if answer is None else min(answer, max_tokens)
+        # A model the table prices is priced wherever it is served (a proxy on localhost forwarding to a provider bills);
+        # an unpriced model on this machine (tunelab serve) costs nothing; elsewhere its price is unknown.
+        local = self.price is None and is_loopback(self.endpoint.base_url)
+        price = self.price
+        return RequestEstimate(
+            self.endpoint.name, requests, cached, input_tokens, bound, likely,
+            0.0 if local else price.cost(input_tokens, likely) if price else None,
+            0.0 if local else price.cost(input_tokens, bound) if price else None,
+            local, self.prices.table_date if price else None,
+        )
 
     def ask(self, body: dict[str, Any], *, stop: threading.Event | None = None) -> Answer:
         """One request (a cache hit when this exact request was answered before); once ``stop`` is set (its batch was

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -52,7 +51,15 @@ from tunelab.paths import (
     run_folder_holder,
     unlock_run_folder,
 )
-from tunelab.remote.client import MAX_RETRY_AFTER_S, RemoteError, openai_client, retry_after_s, without_key
+from tunelab.remote.client import (
+    CHARS_PER_TOKEN,
+    MAX_RETRY_AFTER_S,
+    RemoteError,
+    chat_tokens,
+    openai_client,
+    retry_after_s,
+    without_key,
+)
 from tunelab.runs import RunFolder
 
 MIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
@@ -63,7 +70,6 @@ UPLOADING, UPLOADED, CREATING = "uploading", "uploaded", "creating"  # creating:
 # How long after a creation was asked for a provider may still not list the job it made: a resume within this time
 # looks again until it has passed before it asks again (a job list lags behind the creations).
 LIST_LAG_S = 60.0
-CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text, when no tokenizer count is given
 
 # What cancel_job did: cancelled the job; found it ended already (its status says how); found no job to cancel.
 CANCELLED, ALREADY_FINISHED, NO_JOB = "cancelled", "finished", "no-job"
@@ -125,8 +131,7 @@ def estimate_cloud_cost(
     count_tokens: Callable[[str], int] | None = None, counted_with: str | None = None,
 ) -> CloudEstimate:
     """Tokens x epochs x the price table's per-training-token price of ``model`` (None when the table has none)."""
-    count = count_tokens or (lambda text: math.ceil(len(text) / CHARS_PER_TOKEN))
-    tokens = sum(count(m["content"]) + 4 for row in rows for m in row["messages"])  # ~4 tokens of chat markup per message
+    tokens = sum(chat_tokens(row["messages"], count_tokens) for row in rows)  # the rule a batch of requests is counted by
     whole_epochs = max(1, round(epochs))
     price = (prices or load_price_table()).fine_tuning_price(model)
     usd = tokens * whole_epochs * price.usd_per_million_training_tokens / 1e6 if price else None

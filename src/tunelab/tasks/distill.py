@@ -42,7 +42,9 @@ from tunelab.runs import RunFolder
 LATENCY_PROBES = 8  # requests timed one at a time for a local model's latency
 
 if TYPE_CHECKING:
+    from tunelab.estimate.prices import PriceTable
     from tunelab.evaluation.answering import AnsweringModel
+    from tunelab.remote.client import RequestEstimate
 
 EventFn = Callable[[str, str, dict[str, Any]], None]
 
@@ -258,6 +260,83 @@ def _judge(task: str, answer: str | None, error: str | None, labels: Sequence[st
     return "ok", None, None
 
 
+def _todo(inputs: Sequence[TeacherInput], done: dict[str, DistillLine]) -> list[TeacherInput]:
+    """The inputs the teacher is asked now: those without a line in distill.jsonl, and those whose request failed."""
+    return [item for item in inputs if item.id not in done or done[item.id].retry]
+
+
+def _in_a_new_run(resume: Any) -> str:
+    return " (in a new run: a resumed run keeps its saved config)" if resume is not None else ""
+
+
+def teacher_inputs(config: ResolvedConfig, split: Any) -> tuple[list[str], list[TeacherInput]]:
+    """The classify labels and the inputs the teacher answers: the training and validation records and
+    ``distill.unlabeled``, once each, never a test record.
+
+    Raises:
+        DataError: for unusable rows of ``distill.unlabeled``.
+    """
+    labels = sorted({r.label for r in [*split.train, *split.validation, *split.test]}) if config.task == "classify" else []
+    test_inputs = {_input_of(r, config.task).id for r in split.test}
+    inputs = [_input_of(r, config.task) for r in [*split.train, *split.validation]]
+    if config.distill.unlabeled:
+        inputs += read_unlabeled(config.distill.unlabeled, config)
+    return labels, [item for item in dict((item.id, item) for item in inputs).values() if item.id not in test_inputs]
+
+
+def estimate_teacher_cost(config: ResolvedConfig, *, prices: PriceTable | None = None) -> RequestEstimate | None:
+    """What ``tunelab distill`` of ``config`` would pay its remote teacher (``teacher_estimate``), without asking it
+    anything or writing anything (``tunelab estimate``); None for a local teacher.
+
+    Raises:
+        ConfigError: without a teacher, or one that is the student itself.
+        DataError: for data the split or ``distill.unlabeled`` cannot read.
+    """
+    from tunelab.data.split import make_split
+    from tunelab.evaluation.answering import RemoteModel
+    from tunelab.evaluation.remote import remote_client
+    from tunelab.remote.cache import default_cache_path
+
+    check_teacher(config)
+    endpoint = teacher_endpoint(config)
+    if endpoint is None:
+        return None
+    split = make_split(config)
+    labels, inputs = teacher_inputs(config, split)
+    # Pricing contacts nobody and needs no API key (a request's cache key has none): the endpoint and its key are
+    # checked when the run starts.
+    # Without a request cache yet, nothing is cached: none is created for it.
+    unkeyed = endpoint.model_copy(update={"api_key_env": None})
+    teacher = RemoteModel(remote_client(unkeyed, concurrency=config.distill.concurrency, cache=default_cache_path().is_file(), prices=prices))
+    return teacher_estimate(teacher, inputs, split, config, labels, RunFolder(distill_run_dir(config)).distill_file)
+
+
+def teacher_estimate(
+    teacher: AnsweringModel, inputs: Sequence[TeacherInput], split: Any, config: ResolvedConfig, labels: Sequence[str], path: Path,
+) -> RequestEstimate | None:
+    """What the teacher's requests will cost (``RemoteClient.estimate``): the inputs not yet in distill.jsonl, and its
+    evaluation on the test records. None for a local teacher (its time is its cost).
+
+    budget.max_usd is checked against this (the teacher's requests alone) before the first request; the student's
+    training is checked against the same budget.max_usd by its own pipeline, as ``tunelab run`` checks a run: each
+    paid part must fit the budget, the two are not added (a local student's price is its GPU time at budget.gpu).
+    A typical answer is the record's reference (sft) or category (classify); an unlabeled input's is the mean.
+    """
+    from tunelab.evaluation.remote import typical_answer_tokens
+
+    todo = _todo(inputs, read_distill_file(path))
+    questions = [item.text if config.task == "classify" else item.messages for item in todo]
+    records = {_input_of(r, config.task).id: r for r in [*split.train, *split.validation]}
+    expected = [typical_answer_tokens(records[item.id], config.task) if item.id in records else None for item in todo]
+    asking = teacher.estimate_ask(questions, config.task, config=config.eval, data_config=config.data, labels=labels,
+                                  expected_output_tokens=expected)
+    testing = teacher.estimate_evaluate(split.test, config.task, config=config.eval, data_config=config.data,
+                                        labels=labels or None)
+    if asking is None or testing is None:
+        return None
+    return asking.plus(testing)
+
+
 def ask_teacher(
     teacher: AnsweringModel,
     inputs: Sequence[TeacherInput],
@@ -273,7 +352,7 @@ def ask_teacher(
     loses nothing. Returns the lines of ``inputs`` by id (the file may hold more, from an earlier, larger run).
     """
     done = read_distill_file(path)
-    todo = [item for item in inputs if item.id not in done or done[item.id].retry]
+    todo = _todo(inputs, done)
     usd_per_hour = config.distill.local_usd_per_hour
     writer = DistillWriter(path)
 
@@ -381,17 +460,19 @@ def run_distill(
     if not split.test:
         raise DataError("the test split is empty", "add data, raise data.test_size, or give data.test")
     emit("split", "done", {"sizes": split.sizes()})
+
+    # 2. The teacher answers the training inputs (and distill.unlabeled), line by line. What that and its evaluation on
+    # the test records will cost is said, and checked against budget.max_usd, before the run folder is written.
+    teacher = open_teacher(config)
+    labels, inputs = teacher_inputs(config, split)
+    estimate = teacher_estimate(teacher, inputs, split, config, labels, run.distill_file)
+    if estimate is not None:
+        emit("teacher", "estimate", {"teacher": teacher.name, "estimate": estimate.to_dict(),
+                                     "line": estimate.describe("budget.max_usd", config.budget.max_usd)})
+        estimate.refuse_over("budget.max_usd", config.budget.max_usd,
+                             f"raise budget.max_usd, or give the teacher fewer inputs (data.train, distill.unlabeled){_in_a_new_run(resume)}")
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.distill_config, json.dumps(config.model_dump(mode="json"), indent=1))
-
-    # 2. The teacher answers the training inputs (and distill.unlabeled), line by line.
-    teacher = open_teacher(config)
-    labels = sorted({r.label for r in [*split.train, *split.validation, *split.test]}) if config.task == "classify" else []
-    test_inputs = {_input_of(r, config.task).id for r in split.test}
-    inputs = [_input_of(r, config.task) for r in [*split.train, *split.validation]]
-    if config.distill.unlabeled:
-        inputs += read_unlabeled(config.distill.unlabeled, config)
-    inputs = [item for item in dict((item.id, item) for item in inputs).values() if item.id not in test_inputs]
     emit("teacher", "start", {"teacher": teacher.name, "inputs": len(inputs)})
     lines = ask_teacher(teacher, inputs, config, labels, run.distill_file, progress=ask_progress)
     accepted = [line for line in lines.values() if line.status == "ok"]

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, RunConfig, dump_config, parse_config, require_resolved
-from tunelab.errors import ConfigError, DataError, TunelabError, cancel_reason
+from tunelab.errors import BudgetExceeded, ConfigError, DataError, TunelabError, cancel_reason
 from tunelab.faults import kill_point
 from tunelab.paths import (
     atomic_write_text,
@@ -72,10 +72,6 @@ if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (
     from tunelab.train.run import TrainResult
 
 EventFn = Callable[[str, str, dict[str, Any]], None]  # (step, "start"|"done"|"skip"|"warn", details)
-
-
-class BudgetExceeded(TunelabError):
-    """The estimate is over the budget the user set; nothing was trained."""
 
 
 @dataclass

@@ -30,12 +30,12 @@ def test_eval_endpoint_scores_the_served_model_with_a_retrieval_baseline(cli, se
                  "--train", str(train), "--baselines", "retrieval", "--samples", "200", "--json", "--out", str(tmp_path / "eval.json")]
     result = cli.invoke(app, arguments)
     assert result.exit_code == 0, result.output
-    output = json.loads(result.output)
+    output = json.loads(result.stdout)  # stdout: the price line goes to stderr
     assert output["model"] == f"{name} @ {url}" and output["n"] == 4
     assert output["usage"]["requests"] == 4 and output["usage"]["cost_usd"] is None
     assert set(output["baselines"]) == {"retrieval"} and output["verdict"] is not None
     assert (tmp_path / "eval.json").is_file() and (tmp_path / "eval.retrieval.json").is_file()
-    again = json.loads(cli.invoke(app, arguments).output)
+    again = json.loads(cli.invoke(app, arguments).stdout)
     assert again["usage"]["cached"] == 4  # the rerun paid nothing
 
 

@@ -192,7 +192,7 @@ def test_the_cli_judges_a_run_end_to_end(run):
     assert "judged 9 of 10 rows" in shown.output and "win rate 100.0%" in shown.output
     assert "disagreed on 0 rows" in shown.output and "unparseable: 1 rows" in shown.output
     assert "cost unknown" in shown.output
-    data = json.loads(as_json.output)
+    data = json.loads(as_json.stdout)  # stdout: the price line goes to stderr
     assert (data["recorded"], data["unparseable"], data["score"]["tuned_wins"], data["usage"]["cached"]) == (0, 1, 9, 2 * N)
     score = runner.invoke(app, ["review", "score", "--run", "demo", "--registry", str(registry.path), "--json"])
     assert score.exit_code == 0, score.output
