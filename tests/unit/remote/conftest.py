@@ -7,8 +7,18 @@ nothing leaves the machine. The request cache is per test (TUNELAB_REMOTE_CACHE)
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
+from tunelab.cli.main import _register_commands, app
 from tunelab.config import EndpointConfig
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """The CLI with every command registered (`tunelab eval`, `review judge`), driven in-process."""
+    if not any(c.name == "eval" for c in app.registered_commands):
+        _register_commands()
+    return CliRunner()
 
 
 @pytest.fixture(autouse=True)

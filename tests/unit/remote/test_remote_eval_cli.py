@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from typer.testing import CliRunner
-
-from tunelab.cli.main import _register_commands, app
-
-
-@pytest.fixture(scope="module")
-def cli():
-    if not any(c.name == "eval" for c in app.registered_commands):
-        _register_commands()
-    return CliRunner()
+from tunelab.cli.main import app
 
 
 def write_jsonl(path, rows):

@@ -12,9 +12,8 @@ import math
 
 import pytest
 from fake_provider import FakeProvider
-from typer.testing import CliRunner
 
-from tunelab.cli.main import _register_commands, app
+from tunelab.cli.main import app
 from tunelab.config import EndpointConfig, parse_config
 from tunelab.errors import BudgetExceeded
 from tunelab.estimate.prices import InferencePrice, PriceTable
@@ -41,13 +40,6 @@ def provider():
     provider.url = provider.start()
     yield provider
     provider.stop()
-
-
-@pytest.fixture(scope="module")
-def cli():
-    if not any(c.name == "eval" for c in app.registered_commands):
-        _register_commands()
-    return CliRunner()
 
 
 def write_jsonl(path, rows):
