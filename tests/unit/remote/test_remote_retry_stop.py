@@ -26,7 +26,16 @@ def provider():
     fake.stop()
 
 
-def test_a_stop_during_a_retry_after_wait_ends_the_batch_at_once_and_asks_nothing_more(provider, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C as in a terminal or a notebook: a KeyboardInterrupt in the main thread, whatever handler another test in
+    this process left (an ignored SIGINT, or one that does not raise, would let the batch run on and prove nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_stop_during_a_retry_after_wait_ends_the_batch_at_once_and_asks_nothing_more(provider, monkeypatch, ctrl_c_raises):
     import tunelab.remote.client as client_module
 
     provider.rate_limit_next = 1
