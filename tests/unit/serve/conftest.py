@@ -115,6 +115,17 @@ def server(registry):
 
 
 @pytest.fixture(scope="module")
+def api(registry):
+    """The same app as ``server``, in process (FastAPI's TestClient, requests from the loopback): raw JSON in and out."""
+    from fastapi.testclient import TestClient
+
+    from tunelab.serve import ServeSettings, create_app
+
+    with TestClient(create_app(registry, ServeSettings(max_tokens_limit=16)), base_url="http://127.0.0.1") as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
 def client(server):
     """The official ``openai`` client pointed at ``server`` (no retries: each test sees the first answer)."""
     import openai

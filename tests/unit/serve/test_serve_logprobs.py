@@ -22,13 +22,6 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def client(registry):
-    app = create_app(registry, ServeSettings(max_tokens_limit=16))
-    with TestClient(app, base_url=LOCAL) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
 def reference(tiny_model_dir, fake_runs, tiny_tokenizer):
     """``(model_name, prompt_ids, n) -> (answer ids, log-probabilities [positions, vocab])``: a standalone copy of the
     model answers greedily by plain forward passes, then scores prompt + answer in one forward pass."""
@@ -63,8 +56,8 @@ def reference(tiny_model_dir, fake_runs, tiny_tokenizer):
     return score
 
 
-def _events(client, path, body):
-    with client.stream("POST", path, json={**body, "stream": True}) as response:
+def _events(api, path, body):
+    with api.stream("POST", path, json={**body, "stream": True}) as response:
         assert response.status_code == 200, response.read()
         lines = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
@@ -82,10 +75,10 @@ def _check_top(entries, chosen_logprob, chosen_token, k, exact=True):
 
 
 @pytest.mark.parametrize("name", ["base", "france"])
-def test_chat_logprobs_are_the_models_own(client, registry, reference, tiny_tokenizer, name):
+def test_chat_logprobs_are_the_models_own(api, registry, reference, tiny_tokenizer, name):
     model = registry.base_name if name == "base" else name
     body = {"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 3}
-    answer = client.post("/v1/chat/completions", json=body).json()
+    answer = api.post("/v1/chat/completions", json=body).json()
     content = answer["choices"][0]["logprobs"]["content"]
     prompt_ids = chat_prompt(tiny_tokenizer, [dict(m) for m in QUESTION]).ids
     ids, logprobs = reference(name if name != "base" else None, prompt_ids, 8)
@@ -103,7 +96,7 @@ def test_chat_logprobs_are_the_models_own(client, registry, reference, tiny_toke
         assert [abs(t["logprob"] - float(v)) < TOLERANCE for t, v in zip(tops, best.values, strict=True)] == [True] * 3
 
     # Streamed: the chunks carry the logprobs of their own tokens, the same ones in all.
-    chunks = _events(client, "/v1/chat/completions", body)
+    chunks = _events(api, "/v1/chat/completions", body)
     streamed = [item for chunk in chunks for choice in chunk["choices"] if choice["logprobs"] for item in choice["logprobs"]["content"]]
     assert [(i["token"], round(i["logprob"], 4)) for i in streamed] == [(i["token"], round(i["logprob"], 4)) for i in content]
     for chunk in chunks:
@@ -112,30 +105,30 @@ def test_chat_logprobs_are_the_models_own(client, registry, reference, tiny_toke
                 assert "".join(i["token"] for i in choice["logprobs"]["content"]) == choice["delta"].get("content", "")
 
 
-def test_chat_logprobs_are_before_temperature(client, registry):
+def test_chat_logprobs_are_before_temperature(api, registry):
     body = {"model": registry.base_name, "messages": QUESTION, "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
-    greedy = client.post("/v1/chat/completions", json={**body, "temperature": 0}).json()
-    hot = client.post("/v1/chat/completions", json={**body, "temperature": 1.7, "seed": 3}).json()
+    greedy = api.post("/v1/chat/completions", json={**body, "temperature": 0}).json()
+    hot = api.post("/v1/chat/completions", json={**body, "temperature": 1.7, "seed": 3}).json()
     first = [greedy["choices"][0]["logprobs"]["content"][0], hot["choices"][0]["logprobs"]["content"][0]]
     assert [round(t["logprob"], 4) for t in first[0]["top_logprobs"]] == [round(t["logprob"], 4) for t in first[1]["top_logprobs"]]
 
 
-def test_without_logprobs_the_answer_says_null(client, registry):
-    chat = client.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 4}).json()
+def test_without_logprobs_the_answer_says_null(api, registry):
+    chat = api.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 4}).json()
     assert chat["choices"][0]["logprobs"] is None
-    completion = client.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 4}).json()
+    completion = api.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 4}).json()
     assert completion["choices"][0]["logprobs"] is None
-    for chunk in _events(client, "/v1/completions", {"model": "france", "prompt": PROMPT, "max_tokens": 4}):
+    for chunk in _events(api, "/v1/completions", {"model": "france", "prompt": PROMPT, "max_tokens": 4}):
         assert all(choice["logprobs"] is None for choice in chunk["choices"])
     # logprobs: false is the same as left out; top_logprobs 0 with it too.
-    chat = client.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 2, "logprobs": False}).json()
+    chat = api.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 2, "logprobs": False}).json()
     assert chat["choices"][0]["logprobs"] is None
 
 
-def test_echo_with_max_tokens_0_scores_the_prompt(client, reference, tiny_tokenizer):
+def test_echo_with_max_tokens_0_scores_the_prompt(api, reference, tiny_tokenizer):
     # lm-evaluation-harness's local-completions: the prompt scored, nothing generated.
     body = {"model": "france", "prompt": [PROMPT, "Two plus two is four."], "max_tokens": 0, "echo": True, "logprobs": 2, "temperature": 0}
-    answer = client.post("/v1/completions", json=body)
+    answer = api.post("/v1/completions", json=body)
     assert answer.status_code == 200, answer.text
     for choice, prompt in zip(answer.json()["choices"], body["prompt"], strict=True):
         ids = completion_prompt(tiny_tokenizer, prompt).ids
@@ -158,9 +151,9 @@ def test_echo_with_max_tokens_0_scores_the_prompt(client, reference, tiny_tokeni
     assert usage["completion_tokens"] == 0
 
 
-def test_completion_logprobs_echo_and_generated(client, reference, tiny_tokenizer):
+def test_completion_logprobs_echo_and_generated(api, reference, tiny_tokenizer):
     body = {"model": "germany", "prompt": PROMPT, "max_tokens": 6, "echo": True, "logprobs": 3, "temperature": 0}
-    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    choice = api.post("/v1/completions", json=body).json()["choices"][0]
     ids = completion_prompt(tiny_tokenizer, PROMPT).ids
     answer, logprobs = reference("germany", ids, 6)
     assert answer
@@ -177,19 +170,19 @@ def test_completion_logprobs_echo_and_generated(client, reference, tiny_tokenize
         _check_top(list(top.items()), result["token_logprobs"][position], result["tokens"][position], 3, exact=False)
 
     # Without echo: only the generated tokens, offsets into the answer; streamed alike.
-    plain = client.post("/v1/completions", json={**body, "echo": False}).json()["choices"][0]
+    plain = api.post("/v1/completions", json={**body, "echo": False}).json()["choices"][0]
     assert plain["logprobs"]["tokens"] == result["tokens"][len(ids):]
     assert [round(v, 4) for v in plain["logprobs"]["token_logprobs"]] == [round(v, 4) for v in result["token_logprobs"][len(ids):]]
     assert plain["logprobs"]["text_offset"][0] == 0
-    chunks = _events(client, "/v1/completions", {**body, "echo": False})
+    chunks = _events(api, "/v1/completions", {**body, "echo": False})
     tokens = [t for chunk in chunks for c in chunk["choices"] if c["logprobs"] for t in c["logprobs"]["tokens"]]
     assert tokens == plain["logprobs"]["tokens"]
 
 
-def test_classify_chat_logprobs_are_the_labels_probability(client):
+def test_classify_chat_logprobs_are_the_labels_probability(api):
     body = {"model": "router", "messages": [{"role": "user", "content": "my card was charged twice"}], "logprobs": True, "top_logprobs": 3}
-    answer = client.post("/v1/chat/completions", json=body).json()
-    classified = client.post("/v1/classify", json={"model": "router", "input": "my card was charged twice"}).json()["data"][0]
+    answer = api.post("/v1/chat/completions", json=body).json()
+    classified = api.post("/v1/classify", json={"model": "router", "input": "my card was charged twice"}).json()["data"][0]
     (item,) = answer["choices"][0]["logprobs"]["content"]
     assert item["token"] == classified["label"] == answer["choices"][0]["message"]["content"]
     assert abs(item["logprob"] - math.log(classified["probabilities"][item["token"]])) < TOLERANCE
@@ -209,9 +202,9 @@ def test_classify_chat_logprobs_are_the_labels_probability(client):
     ],
     ids=str,
 )
-def test_out_of_range_values_are_400s_naming_the_parameter(client, path, fields, param):
+def test_out_of_range_values_are_400s_naming_the_parameter(api, path, fields, param):
     body = {"model": "france", **({"messages": QUESTION} if "chat" in path else {"prompt": PROMPT}), "max_tokens": 2, **fields}
-    assert_openai_error(client.post(path, json=body), 400, param=param)
+    assert_openai_error(api.post(path, json=body), 400, param=param)
 
 
 def test_a_batch_mixing_rows_gives_each_its_own(registry, reference, tiny_tokenizer):
@@ -285,7 +278,7 @@ def test_an_echoed_prompt_is_scored_from_the_prefill_not_a_second_pass(registry,
     assert len(result.prompt_logprobs) == len(ids)
 
 
-def test_only_a_batch_that_asks_computes_logprobs(client, monkeypatch):
+def test_only_a_batch_that_asks_computes_logprobs(api, monkeypatch):
     from tunelab.serve import engine
 
     made = []
@@ -296,31 +289,28 @@ def test_only_a_batch_that_asks_computes_logprobs(client, monkeypatch):
             super().__init__(rows)
 
     monkeypatch.setattr(engine, "_LogprobReader", Counting)
-    client.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 3})
-    client.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 3})
+    api.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 3})
+    api.post("/v1/chat/completions", json={"model": "france", "messages": QUESTION, "max_tokens": 3})
     assert made == []
-    client.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 3, "logprobs": 0})
+    api.post("/v1/completions", json={"model": "france", "prompt": PROMPT, "max_tokens": 3, "logprobs": 0})
     assert made == [1]
 
 
-def test_a_stop_sequence_cuts_the_logprobs_with_the_text(client):
+def test_a_stop_sequence_cuts_the_logprobs_with_the_text(api):
     body = {"model": "france", "messages": QUESTION, "max_tokens": 12, "temperature": 0, "logprobs": True}
-    full = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    full = api.post("/v1/chat/completions", json=body).json()["choices"][0]
     tokens = [item["token"] for item in full["logprobs"]["content"]]
     assert len(tokens) >= 6
     stop = "".join(tokens[4:])[:2]
-    cut = client.post("/v1/chat/completions", json={**body, "stop": [stop]}).json()["choices"][0]
+    cut = api.post("/v1/chat/completions", json={**body, "stop": [stop]}).json()["choices"][0]
     text = cut["message"]["content"]
     kept = [item["token"] for item in cut["logprobs"]["content"]]
     assert kept == tokens[: len(kept)] and "".join(kept).startswith(text) and len("".join(kept[:-1])) < len(text) + 1
     assert len(kept) < len(tokens)
 
 
-def test_the_openai_client_reads_them(server):
+def test_the_openai_client_reads_them(client):
     """The official client's types parse both shapes, as lm-evaluation-harness's local-completions reads them."""
-    import openai
-
-    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
     scored = client.completions.create(model="france", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, temperature=0)
     logprobs = scored.choices[0].logprobs
     assert scored.choices[0].text == PROMPT and logprobs.token_logprobs[0] is None and len(logprobs.tokens) == len(logprobs.text_offset) > 1
@@ -329,16 +319,16 @@ def test_the_openai_client_reads_them(server):
     assert content and all(len(item.top_logprobs) == 2 and isinstance(item.bytes, list) for item in content)
 
 
-def test_a_streamed_echo_sends_the_prompt_first(client):
+def test_a_streamed_echo_sends_the_prompt_first(api):
     body = {"model": "france", "prompt": PROMPT, "max_tokens": 3, "echo": True, "logprobs": 1, "temperature": 0}
-    whole = client.post("/v1/completions", json=body).json()["choices"][0]
-    chunks = [c for chunk in _events(client, "/v1/completions", body) for c in chunk["choices"]]
+    whole = api.post("/v1/completions", json=body).json()["choices"][0]
+    chunks = [c for chunk in _events(api, "/v1/completions", body) for c in chunk["choices"]]
     assert chunks[0]["text"] == PROMPT and chunks[0]["logprobs"]["token_logprobs"][0] is None
     assert "".join(c["text"] for c in chunks) == whole["text"]
     for key in ("tokens", "text_offset"):
         assert [v for c in chunks if c["logprobs"] for v in c["logprobs"][key]] == whole["logprobs"][key]
     # Without logprobs the prompt still comes first, as text.
-    plain = [c for chunk in _events(client, "/v1/completions", {**body, "logprobs": None}) for c in chunk["choices"]]
+    plain = [c for chunk in _events(api, "/v1/completions", {**body, "logprobs": None}) for c in chunk["choices"]]
     assert plain[0]["text"] == PROMPT and all(c["logprobs"] is None for c in plain)
     assert "".join(c["text"] for c in plain) == whole["text"]
 
@@ -403,10 +393,10 @@ def test_an_answer_ended_by_eos_keeps_that_token_in_the_legacy_shape(tiny_tokeni
     assert [item["token"] for item in chat_logprobs(result.logprobs, render)["content"]] == [text]
 
 
-def test_echo_without_logprobs_returns_the_prompt_and_answer(client):
+def test_echo_without_logprobs_returns_the_prompt_and_answer(api):
     body = {"model": "france", "prompt": PROMPT, "max_tokens": 3, "temperature": 0}
-    plain = client.post("/v1/completions", json=body).json()["choices"][0]
-    echoed = client.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]
+    plain = api.post("/v1/completions", json=body).json()["choices"][0]
+    echoed = api.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]
     assert echoed["text"] == PROMPT + plain["text"] and echoed["logprobs"] is None
-    scored = client.post("/v1/completions", json={**body, "echo": True, "max_tokens": 0}).json()
+    scored = api.post("/v1/completions", json={**body, "echo": True, "max_tokens": 0}).json()
     assert scored["choices"][0]["text"] == PROMPT and scored["usage"]["completion_tokens"] == 0

@@ -5,10 +5,7 @@ so any value but their no-op is a 400 naming the field, where they were accepted
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from tests.unit.serve.conftest import assert_openai_error
-
-from tunelab.serve import ServeSettings, create_app
 
 LOCAL = "http://127.0.0.1"
 PATHS = ["/v1/chat/completions", "/v1/completions"]
@@ -41,12 +38,6 @@ def _body(path: str, **fields) -> dict:
     body = {"model": "france", "max_tokens": 2, **fields}
     body.update({"messages": [{"role": "user", "content": "hi"}]} if "chat" in path else {"prompt": "hi"})
     return body
-
-
-@pytest.fixture(scope="module")
-def api(registry):
-    with TestClient(create_app(registry, ServeSettings()), base_url=LOCAL) as client:
-        yield client
 
 
 @pytest.mark.parametrize("path", PATHS)
