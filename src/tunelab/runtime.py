@@ -15,6 +15,7 @@ the free cores"). torch is imported inside the functions that need it, so readin
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import platform
@@ -484,3 +485,14 @@ def following_free_cores(batches: Iterable[Any], device: str = "cpu") -> Iterato
     for batch in batches:
         yield batch
         follower.check()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost): a server bound there is reachable from
+    nowhere else (``tunelab serve``, ``tunelab ui``), an endpoint there is no provider's (the remote client)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -979,11 +979,8 @@ def label_folders(folder: Path, files: list[Path]) -> dict[Path, str] | None:
     labels = {file: file.parent.name for file in files}
     # An empty label folder is an error, not a note: its label would be silently missing from the label map, a class the
     # model can never predict, and such a folder is most often a copy that did not finish.
-    empty = sorted(
-        child.name
-        for child in folder.iterdir()
-        if child.is_dir() and not child.name.startswith(".") and child.name not in set(labels.values())
-    )
+    named = set(labels.values())
+    empty = sorted(child.name for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".") and child.name not in named)
     if empty:
         raise DataError(
             f"{folder}: the label folder(s) {', '.join(repr(name) for name in empty[:10])} hold no document: "

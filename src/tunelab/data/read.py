@@ -742,7 +742,8 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         table.names.update(dict.fromkeys(str(key) for key in row))
         try:
             result.records.append(row_to_record(row, source, task, fields))
-            layout = _layout(named_columns(row, source, task, fields), task, fields)
+            # Only sft and preference rows have layouts of others' to recognise: no second pass over a text or classify row.
+            layout = _layout(named_columns(row, source, task, fields), task, fields) if task in ("sft", "preference") else None
             if layout:
                 table.layouts[layout] = None
         except _MissingField as missing:

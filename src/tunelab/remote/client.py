@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunelab import runtime
 from tunelab.config import EndpointConfig
 from tunelab.errors import BudgetExceeded, ConfigError, TunelabError
 from tunelab.estimate.prices import InferencePrice, PriceTable, load_price_table
@@ -141,17 +142,9 @@ def chat_tokens(messages: Sequence[dict[str, Any]], count_tokens: TokenCount | N
 
 def is_loopback(base_url: str) -> bool:
     """Whether ``base_url`` is this machine (``tunelab serve``, a local vLLM): no provider bills its answers."""
-    import ipaddress
     from urllib.parse import urlparse
 
-    host = (urlparse(base_url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_unspecified
+    return runtime.is_loopback(urlparse(base_url).hostname or "")
 
 
 @dataclass(frozen=True)

@@ -5,23 +5,13 @@ Light on purpose (no fastapi): the CLI imports it to register ``tunelab serve``.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.runtime import is_loopback
+
 API_KEY_ENV = "TUNELAB_API_KEY"
 DEFAULT_LOG_PATH = Path("runs") / "requests.db"
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost); also used by ``tunelab ui``."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 

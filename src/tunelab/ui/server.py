@@ -20,7 +20,7 @@ def check_ui_bind(settings: UISettings) -> None:
     Raises:
         UIError: when the host is not loopback, no key is set and ``insecure`` is False.
     """
-    from tunelab.serve.settings import is_loopback
+    from tunelab.runtime import is_loopback
 
     if not settings.api_key and not is_loopback(settings.host) and not settings.insecure:
         raise UIError(
