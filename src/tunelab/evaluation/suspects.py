@@ -24,11 +24,11 @@ from tunelab.config import EvalConfig
 from tunelab.data.records import ClassifyRecord
 from tunelab.evaluation.baselines import (
     BaselineSkipped,
-    _embedder,
-    _expect,
-    _in_label_order,
     embedding_classifier,
+    expect_progress,
     fit_with_cv,
+    in_label_order,
+    load_embedder,
 )
 
 MAX_SUSPECTS = 20  # shown by default; the count and share cover all of them
@@ -125,10 +125,10 @@ def out_of_fold_probabilities(features: np.ndarray, labels: Sequence[str], *, se
     classes = sorted(set(labels.tolist()))
     folds = StratifiedKFold(n_splits=fitted["folds"], shuffle=True, random_state=seed)
     probabilities = np.zeros((len(labels), len(classes)))
-    _expect(progress, fitted["folds"])
+    expect_progress(progress, fitted["folds"])
     for train_index, test_index in folds.split(np.zeros(len(labels)), labels):
         classifier = embedding_classifier(fitted["C"], seed).fit(features[train_index], labels[train_index])
-        probabilities[test_index] = _in_label_order(classifier.predict_proba(features[test_index]), classifier.classes_, classes)
+        probabilities[test_index] = in_label_order(classifier.predict_proba(features[test_index]), classifier.classes_, classes)
         if progress is not None:
             progress(1)
     return probabilities, classes, fitted
@@ -157,14 +157,14 @@ def find_suspect_labels(
         report.skipped = "too little to check: fewer than 2 labels have 2 or more examples"
         return report
     try:
-        model, source = _embedder(config or EvalConfig(), allow_network)
+        model, source = load_embedder(config or EvalConfig(), allow_network)
     except BaselineSkipped as error:
         report.skipped = str(error)
         return report
     from tunelab.models.embedding import embed_texts
 
     report.model = source.display_name
-    _expect(progress, len(kept))
+    expect_progress(progress, len(kept))
     features = embed_texts(model, [r.text for r in kept], progress=progress)
     labels = [r.label for r in kept]
     probabilities, classes, fitted = out_of_fold_probabilities(features, labels, seed=seed, progress=progress)
