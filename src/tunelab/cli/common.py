@@ -310,6 +310,13 @@ class ProgressDisplay:
         total = f"/{int(task.total):,}" if task.total else ""
         self.progress.update(self.task, detail=f"{int(task.completed):,}{total} {self.unit}, {rate:.1f}/s, ETA {_clock(left)}")
 
+    def expect(self, count: int) -> None:
+        """``count`` more items of the running step to come (a library that learns its work as it goes: ``Meter.expect``)."""
+        if self.task is None:
+            return
+        task = self.progress.tasks[-1]
+        self.progress.update(self.task, total=(task.total or 0) + count)
+
     def end(self) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)

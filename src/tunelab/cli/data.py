@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tunelab.cli.common import config_from_options, console, print_json
-from tunelab.config import DataConfig, load_config
-from tunelab.errors import ModelError
+from tunelab.config import DataConfig, EvalConfig, load_config
+from tunelab.errors import ConfigError, ModelError
 
 data_app = typer.Typer(help="Check, split and show training data.", no_args_is_help=True)
 
@@ -109,6 +109,57 @@ def render_report(report: Any) -> None:
     _print_notes([*report.layouts, *report.notes])
 
 
+def _find_suspects(records: list[Any], eval_config: EvalConfig, seed: int, allow_network: bool) -> Any:
+    from tunelab.cli.common import progress_display
+    from tunelab.evaluation.suspects import find_suspect_labels
+
+    with progress_display() as display:
+        display.begin("suspect labels: embed texts, fit out-of-fold classifiers", unit="steps")
+        return find_suspect_labels(records, config=eval_config, seed=seed, allow_network=allow_network, progress=_LineProgress(display))
+
+
+class _LineProgress:
+    """A library's progress (``expect(n)``, then called with each part done) drawn on the display's running line."""
+
+    def __init__(self, display: Any) -> None:
+        self.display = display
+
+    def expect(self, count: int) -> None:
+        self.display.expect(count)
+
+    def __call__(self, count: int) -> None:
+        self.display.advance(count)
+
+
+def _cut(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def render_suspects(suspects: Any, max_suspects: int | None) -> None:
+    """Print the suspect labels of a SuspectReport: the most doubtful rows, then the count and share."""
+    if suspects.left_out:
+        console.print(f"[dim]note: labels with a single example are not checked for suspect labels: {escape(', '.join(suspects.left_out))}[/dim]")
+    if suspects.skipped:
+        console.print(f"[yellow]suspect labels not checked:[/yellow] {escape(suspects.skipped)}")
+        return
+    folds = suspects.settings.get("folds")
+    shown = suspects.top(max_suspects)
+    if shown:
+        table = Table(title=f"Suspect labels (top {len(shown)})", title_justify="left")
+        for column in ("where", "text", "given", "suggested", "p(given)", "p(suggested)"):
+            table.add_column(column, no_wrap=column == "where")
+        for suspect in shown:
+            table.add_row(escape(suspect.source), escape(_cut(suspect.text)), escape(suspect.given), escape(suspect.suggested),
+                          f"{suspect.p_given:.2f}", f"{suspect.p_suggested:.2f}")
+        console.print(table)
+    console.print(
+        f"[bold]Suspect labels[/bold]: {len(suspects.suspects)} of {suspects.records} records ({suspects.share:.1%}); "
+        f"out-of-fold {escape(suspects.model)} embeddings + logistic regression, {folds} folds. "
+        "Candidates for a person to look at, not errors: the exit code does not change."
+    )
+
+
 def _print_notes(notes: list[str]) -> None:
     # How a file's columns were read (an Alpaca or ShareGPT file) among them: said by check and show alike.
     for note in notes:
@@ -133,23 +184,40 @@ def check(
     system_prompt: str | None = typer.Option(None, "--system-prompt"),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow hub models/datasets."),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token lengths (no tokenizer, no torch: starts in well under a second)."),
+    suspect_labels: bool = typer.Option(
+        False, "--suspect-labels", help="classify: list rows whose label looks wrong (confident learning on out-of-fold embedding-baseline probabilities)."
+    ),
+    max_suspects: int | None = typer.Option(None, "--max-suspects", min=0, help="How many suspect rows to list (default 20; the count covers all)."),
+    embedding_model: str | None = typer.Option(None, "--embedding-model", help="Sentence-embedding model for --suspect-labels (default: the embedding baseline's)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Report every problem in a dataset; exit code 2 when there are errors (as for any bad input)."""
     from tunelab.data.check import check_data
+    from tunelab.data.read import read_records
 
+    if suspect_labels and task != "classify":
+        raise ConfigError(f"--suspect-labels checks classify labels, not --task {task}")
     data = config_from_options(
         DataConfig,
         preset=preset, max_length=max_length, skip_invalid=skip_invalid, limit=limit, text_field=text_field,
         prompt_field=prompt_field, completion_field=completion_field, messages_field=messages_field,
         label_field=label_field, system_prompt=system_prompt,
     )  # fmt: skip
+    eval_config = config_from_options(EvalConfig, embedding_model=embedding_model)
     tokenizer = None if no_tokens else _tokenizer(model, allow_network)
-    report = check_data(path, task, data, tokenizer=tokenizer, test_path=test)
+    # Read once: the check and the suspects see the same records.
+    read = read_records(path, task, data) if suspect_labels else None
+    report = check_data(path, task, data, tokenizer=tokenizer, test_path=test, read=read)
+    suspects = _find_suspects(read.records, eval_config, data.seed, allow_network) if read is not None else None
     if as_json:
-        print_json(report.to_dict())
+        summary = report.to_dict()
+        if suspects is not None:
+            summary["suspect_labels"] = suspects.to_dict(max_suspects)
+        print_json(summary)
     else:
         render_report(report)
+        if suspects is not None:
+            render_suspects(suspects, max_suspects)
     if not report.ok:
         # 2 as for every user mistake: a crash exits 1, so a script (and the fuzz tests) can tell them apart.
         raise typer.Exit(2)

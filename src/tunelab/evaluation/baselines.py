@@ -142,7 +142,7 @@ class Meter:
         self.emit(self.name, "progress", {"done": min(self.done, self.total), "total": self.total, "eta_s": self.eta_seconds()})
 
 
-def _expect(progress: Any, n: int) -> None:
+def expect_progress(progress: Any, n: int) -> None:
     expect = getattr(progress, "expect", None)
     if expect is not None:
         expect(n)
@@ -264,13 +264,13 @@ def fit_with_cv(make: Callable[[float], Any], features: Any, labels: Sequence[st
     labels = np.asarray(list(labels))
     folds = cv_folds(labels)
     if folds < 2:
-        _expect(progress, 1)
+        expect_progress(progress, 1)
         fitted = make(CLASSICAL_FALLBACK_C).fit(features, labels)
         if progress is not None:
             progress(1)
         return fitted, {"C": CLASSICAL_FALLBACK_C, "folds": 0, "cv_accuracy": None}
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
-    _expect(progress, len(CLASSICAL_C_GRID) * folds + 1)
+    expect_progress(progress, len(CLASSICAL_C_GRID) * folds + 1)
     means = []
     for c in CLASSICAL_C_GRID:
         scores = []
@@ -329,14 +329,14 @@ def classical_baseline(
     pipeline, fitted = fit_classical([r.text for r in train], [r.label for r in train], seed=data_config.seed, progress=progress)
     if not fitted["folds"]:
         warnings.append(f"some label has a single training example: the classical baseline uses C={CLASSICAL_FALLBACK_C} without cross-validation")
-    probabilities = _in_label_order(pipeline.predict_proba([r.text for r in chosen]), pipeline.classes_, labels)
+    probabilities = in_label_order(pipeline.predict_proba([r.text for r in chosen]), pipeline.classes_, labels)
     rows, metrics, more = score_classify(chosen, probabilities, labels)
     model = f"classical (TF-IDF word 1-2 + char 2-5 grams, logistic regression C={fitted['C']:g})"
     settings = {"train_records": len(train), "c_grid": list(CLASSICAL_C_GRID), **fitted}
     return _result("classify", "classical", model, chosen, rows, metrics, settings, warnings + more, labels)
 
 
-def _in_label_order(predicted: np.ndarray, classes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+def in_label_order(predicted: np.ndarray, classes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """Columns in the tuned model's label order; a label the classifier never saw has probability 0."""
     probabilities = np.zeros((len(predicted), len(labels)))
     column = {label: index for index, label in enumerate(labels)}
@@ -356,7 +356,7 @@ def embedding_classifier(c: float = 1.0, seed: int = 0):
     return LogisticRegression(C=c, max_iter=2000, random_state=seed)
 
 
-def _embedder(config: EvalConfig, allow_network: bool) -> tuple[Any, Any]:
+def load_embedder(config: EvalConfig, allow_network: bool) -> tuple[Any, Any]:
     """The embedding model of ``eval.embedding_model`` and its source, or BaselineSkipped with the reason."""
     from tunelab.models.embedding import load_embedding_model, resolve_embedding_model
 
@@ -393,15 +393,15 @@ def embedding_baseline(
     chosen, warnings = _prepare(records, "classify", data_config, train_ids)
     train = sorted(train, key=lambda record: record.id)  # fold assignment independent of the file order
     labels = list(labels) if labels is not None else sorted({r.label for r in train})
-    model, source = _embedder(config, allow_network)
-    _expect(progress, len(train) + len(chosen))
+    model, source = load_embedder(config, allow_network)
+    expect_progress(progress, len(train) + len(chosen))
     train_vectors = embed_texts(model, [r.text for r in train], progress=progress)
     test_vectors = embed_texts(model, [r.text for r in chosen], progress=progress)
     classifier, fitted = fit_with_cv(lambda c: embedding_classifier(c, data_config.seed), train_vectors, [r.label for r in train],
                                      seed=data_config.seed, progress=progress)
     if not fitted["folds"]:
         warnings.append(f"some label has a single training example: the embedding baseline uses C={CLASSICAL_FALLBACK_C} without cross-validation")
-    probabilities = _in_label_order(classifier.predict_proba(test_vectors), classifier.classes_, labels)
+    probabilities = in_label_order(classifier.predict_proba(test_vectors), classifier.classes_, labels)
     rows, metrics, more = score_classify(chosen, probabilities, labels)
     name = f"embedding ({source.display_name} sentence embeddings, logistic regression C={fitted['C']:g})"
     settings = {"train_records": len(train), "c_grid": list(CLASSICAL_C_GRID), "embedding_model": source.display_name, **fitted}
@@ -424,8 +424,8 @@ def embedding_retrieval_baseline(
     chosen, warnings = _prepare(records, "sft", data_config, train_ids)
     train = sorted(train, key=lambda record: record.id)
     references = [references_of(record) for record in chosen]
-    model, source = _embedder(config, allow_network)
-    _expect(progress, len(train) + len(chosen))
+    model, source = load_embedder(config, allow_network)
+    expect_progress(progress, len(train) + len(chosen))
     train_vectors = embed_texts(model, [prompt_text(r.prompt_messages) for r in train], progress=progress)
     test_vectors = embed_texts(model, [prompt_text(r.prompt_messages) for r in chosen], progress=progress)
     nearest = (test_vectors @ train_vectors.T).argmax(axis=1)  # unit vectors: the dot product is the cosine
@@ -640,7 +640,7 @@ CROSS_VALIDATION_SETTINGS = {"c_grid": list(CLASSICAL_C_GRID), "folds": CLASSICA
 def _score_base(job: BaselineJob) -> EvalResult:
     from tunelab.evaluation.answering import LocalModel
 
-    _expect(job.progress, job.test_count)
+    expect_progress(job.progress, job.test_count)
     return LocalModel(job.base).evaluate(job.records, job.task, config=job.config, data_config=job.data_config, label_map=job.label_map,
                                          baseline=True, train_ids=job.train_ids, progress=job.progress, baseline_name="base")
 
@@ -663,7 +663,7 @@ def _score_embedding(job: BaselineJob) -> EvalResult:
 
 @scorer("few_shot", lambda config: {"few_shot_tokens": config.few_shot_tokens})
 def _score_few_shot(job: BaselineJob) -> EvalResult:
-    _expect(job.progress, job.test_count)
+    expect_progress(job.progress, job.test_count)
     # The base model, loaded on the CPU, is prompted on the GPU where it fits (as the zero-shot base baseline's evaluate does).
     with on_inference_device(job.base.model):
         if job.task == "classify":
@@ -675,7 +675,7 @@ def _score_few_shot(job: BaselineJob) -> EvalResult:
 
 @scorer("retrieval")
 def _score_retrieval(job: BaselineJob) -> EvalResult:
-    _expect(job.progress, 1)
+    expect_progress(job.progress, 1)
     result = retrieval_baseline(job.train, job.records, data_config=job.data_config, train_ids=job.train_ids)
     if job.progress is not None:
         job.progress(1)
