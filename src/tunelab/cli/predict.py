@@ -25,7 +25,7 @@ def predict(
     text_field: str | None = typer.Option(None, "--text-field", help="classify: the column of the text (default: text)."),
     prompt_field: str | None = typer.Option(None, "--prompt-field", help="sft: the column of the prompt (default: prompt; chat messages are read too)."),
     messages_field: str | None = typer.Option(None, "--messages-field", help="sft: the column of the chat messages (default: messages)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Requests per forward pass, and per write of the unfinished answers."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Requests per forward pass, and per write of the unfinished answers (another size starts a stopped job over)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave invalid rows out (each is listed) instead of stopping."),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
 ) -> None:

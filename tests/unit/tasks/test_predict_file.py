@@ -187,3 +187,29 @@ def test_skip_invalid_leaves_the_bad_rows_out_and_lists_them(runs, tmp_path):
     assert result.exit_code == 0, (result.output, result.exception)
     assert [row["n"] for row in _jsonl(out)] == [1, 3]
     assert f"{requests}:2" in result.stderr
+
+
+def test_sigterm_keeps_the_answers_and_the_same_command_continues(runs, tmp_path, monkeypatch):
+    import tunelab.tasks.predict as predicting
+    from tunelab.errors import Cancelled
+
+    requests = tmp_path / "labelled.jsonl"
+    requests.write_text("".join(json.dumps({"text": text, "label": "old"}) + "\n" for text in TEXTS))
+    out = tmp_path / "routed.csv"
+    args = ["predict", str(runs["router"]), str(requests), "--out", str(out), "--batch-size", "4"]
+
+    def terminated(name):
+        raise Cancelled("SIGTERM")  # what cancel_on_sigterm's handler raises when SIGTERM arrives
+
+    monkeypatch.setattr(predicting, "kill_point", terminated)
+    stopped = _cli(args)
+    assert stopped.exit_code == 143, (stopped.output, stopped.exception)
+    assert "cancelled (SIGTERM)" in stopped.stderr and "the same command continues" in stopped.stderr
+    assert not out.exists() and predicting.partial_path(out).is_file()
+    monkeypatch.setattr(predicting, "kill_point", lambda name: None)
+    finished = _cli(args)
+    assert finished.exit_code == 0, (finished.output, finished.exception)
+    assert "4 of 9 requests were answered before" in finished.stderr
+    assert "column(s) label are replaced" in finished.stderr  # an old label column is not silently lost
+    with out.open(newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(TEXTS)
