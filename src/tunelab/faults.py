@@ -37,6 +37,8 @@ KILL_POINTS = (
     "export.modelfile-written",  # an Ollama export's Modelfile is in place, its GGUF not yet renamed
     # models/generate.py
     "generate.batch-answered",  # an evaluation's answers partly generated (one batch more each time)
+    # tasks/predict.py
+    "predict.batch-written",  # a batch of `tunelab predict`'s answers is in its partial file, the next not yet answered
     # registry/store.py
     "registry.before-commit",  # inside a write transaction, before COMMIT
 )

@@ -60,6 +60,7 @@ def _register_commands() -> None:
         generate,
         models,
         monitor,
+        predict,
         run,
         runs,
         serve,
@@ -68,7 +69,7 @@ def _register_commands() -> None:
     )
     from tunelab.cli.common import use_usage_command
 
-    for module in (run, advise, generate, models, env, config, data, serve, train, evaluate, distill, estimate, runs, feedback, monitor, ui):
+    for module in (run, advise, generate, predict, models, env, config, data, serve, train, evaluate, distill, estimate, runs, feedback, monitor, ui):
         module.register(app)
     use_usage_command(app)
 

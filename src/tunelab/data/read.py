@@ -63,7 +63,10 @@ from tunelab.data.records import (
 )
 from tunelab.errors import DataError
 
-__all__ = ["Fields", "ReadResult", "RecordError", "load_records", "load_result", "named_columns", "read_records", "row_to_record", "sft_prompt"]
+__all__ = [
+    "Fields", "ReadResult", "RecordError", "Unlabeled", "error_summary", "load_records", "load_result", "named_columns", "read_records",
+    "read_unlabeled", "row_to_record", "sft_prompt",
+]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED_ERRORS = 20
@@ -80,10 +83,15 @@ class ReadResult:
     layouts: list[str] = field(default_factory=list)  # "file: read as Alpaca: ...", once per file and recognised layout
 
     def error_summary(self, limit: int = MAX_LISTED_ERRORS) -> str:
-        lines = [str(error) for error in self.errors[:limit]]
-        if len(self.errors) > limit:
-            lines.append(f"... and {len(self.errors) - limit} more")
-        return "\n  ".join(lines)
+        return error_summary(self.errors, limit)
+
+
+def error_summary(errors: Sequence[RecordError], limit: int = MAX_LISTED_ERRORS) -> str:
+    """The first ``limit`` errors, one ``file:line: reason`` a line (indented under the line that counts them)."""
+    lines = [str(error) for error in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"... and {len(errors) - limit} more")
+    return "\n  ".join(lines)
 
 
 class _Bad(Exception):
@@ -875,3 +883,65 @@ def load_records(path: str, task: str, data: DataConfig) -> list[Record]:
         DataError: listing every bad record unless ``data.skip_invalid``, or when none is usable.
     """
     return load_result(path, task, data).records
+
+
+@dataclass(frozen=True)
+class Unlabeled:
+    """One input with nothing to learn from it, to be answered (distill's teacher, ``tunelab predict``): an sft prompt
+    (``messages``) or a classify text (``text``), and the row it came from as read (``row``, every column; a line
+    of a .txt file is ``{field: line}``)."""
+
+    source: str
+    row: dict[str, Any]
+    messages: tuple[Message, ...] = ()
+    text: str = ""
+
+
+def read_unlabeled(path: str, task: str, data: DataConfig) -> tuple[list[Unlabeled], list[RecordError]]:
+    """The inputs at ``path`` and the rows without one (``file:line``), no label or answer column needed: sft prompts
+    (``data.prompt_field``, or chat ``messages``, ShareGPT ``conversations`` or Alpaca ``instruction``/``input``
+    without the assistant turns they end with; a .txt file, or Markdown and other markup read as .txt: one prompt per
+    non-empty line), classify texts (``data.text_field``). A column matches its field as in training data.
+
+    Raises:
+        DataError: when the path matches nothing or a file cannot be opened; as ``named_columns``.
+    """
+    from tunelab.data.formats import decode_text, read_bytes
+
+    fields = Fields.from_config(data)
+    field_name = data.prompt_field if task == "sft" else data.text_field
+    inputs: list[Unlabeled] = []
+    bad: list[RecordError] = []
+
+    def of_value(value: str, source: str, row: dict[str, Any]) -> Unlabeled:
+        if task == "sft":
+            return Unlabeled(source, row, messages=({"role": "user", "content": value},))
+        return Unlabeled(source, row, text=value)
+
+    for file in resolve_files(path):
+        if format_by_name(file) == "txt" and data.format in ("auto", "txt"):  # .txt, .md, .rst, ...: text as written
+            for number, line in enumerate(decode_text(file, read_bytes(file)).splitlines(), 1):
+                if line.strip():
+                    inputs.append(of_value(line.strip(), f"{file}:{number}", {field_name: line.strip()}))
+            continue
+        for source, row in iter_rows(file, data.format, data.max_record_bytes):
+            if isinstance(row, RecordError):
+                bad.append(row)
+                continue
+            named = named_columns(row, source, task, fields)
+            if task == "sft":
+                # Chat rows (OpenAI's or ShareGPT's) and Alpaca's columns are read as training data's are.
+                try:
+                    messages = sft_prompt(named, fields)
+                except ValueError as error:
+                    bad.append(RecordError(source, str(error)))
+                    continue
+                if messages is not None:
+                    inputs.append(Unlabeled(source, row, messages=tuple(messages)))
+                    continue
+            value = named.get(field_name)
+            if isinstance(value, str) and value.strip():
+                inputs.append(of_value(value.strip(), source, row))
+            else:
+                bad.append(RecordError(source, f"no '{field_name}' text"))
+    return inputs, bad

@@ -123,46 +123,12 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
     Raises:
         DataError: listing the rows without a usable input (unless ``data.skip_invalid``).
     """
-    from tunelab.data.formats import (
-        RecordError,
-        decode_text,
-        format_by_name,
-        iter_rows,
-        read_bytes,
-        resolve_files,
-    )
-    from tunelab.data.read import Fields, named_columns, sft_prompt
-    from tunelab.data.records import content_id
+    from tunelab.data.read import read_unlabeled as read_inputs
 
-    data, inputs, bad = config.data, [], []
-    fields = Fields.from_config(data)  # a column matches its field as in training data: whatever its case
-    for file in resolve_files(path):
-        if format_by_name(file) == "txt" and data.format in ("auto", "txt"):  # .txt, .md, .rst, ...: text as written
-            for number, line in enumerate(decode_text(file, read_bytes(file)).splitlines(), 1):
-                if line.strip():
-                    inputs.append(_unlabeled(config.task, line.strip(), f"{file}:{number}", content_id))
-            continue
-        for source, row in iter_rows(file, data.format, data.max_record_bytes):
-            if isinstance(row, RecordError):
-                bad.append(str(row))
-                continue
-            row = named_columns(row, source, config.task, fields)
-            if config.task == "sft":
-                # Chat rows (OpenAI's or ShareGPT's) and Alpaca's columns are read as training data's are.
-                try:
-                    messages = sft_prompt(row, fields)
-                except ValueError as error:
-                    bad.append(f"{source}: {error}")
-                    continue
-                if messages is not None:
-                    inputs.append(TeacherInput(content_id("distill-sft", messages), source, messages=tuple(messages)))
-                    continue
-            value = row.get(data.prompt_field if config.task == "sft" else data.text_field)
-            if isinstance(value, str) and value.strip():
-                inputs.append(_unlabeled(config.task, value.strip(), source, content_id))
-            else:
-                field_name = data.prompt_field if config.task == "sft" else data.text_field
-                bad.append(f"{source}: no '{field_name}' text")
+    data = config.data
+    found, errors = read_inputs(path, config.task, data)
+    inputs = [_unlabeled(config.task, item) for item in found]
+    bad = [str(error) for error in errors]
     if bad and not data.skip_invalid:
         raise DataError(f"{len(bad)} unusable row(s) in {path}: {'; '.join(bad[:5])}", "fix them, or set data.skip_invalid: true (each is listed)")
     if not inputs:
@@ -170,11 +136,14 @@ def read_unlabeled(path: str, config: ResolvedConfig) -> list[TeacherInput]:
     return inputs
 
 
-def _unlabeled(task: str, value: str, source: str, content_id: Callable[..., str]) -> TeacherInput:
+def _unlabeled(task: str, item: Any) -> TeacherInput:
+    """The teacher's input of one ``data.read.Unlabeled``."""
+    from tunelab.data.records import content_id
+
     if task == "sft":
-        messages = ({"role": "user", "content": value},)
-        return TeacherInput(content_id("distill-sft", list(messages)), source, messages=messages)
-    return TeacherInput(content_id("distill-classify", value), source, text=value)
+        messages = tuple(dict(m) for m in item.messages)
+        return TeacherInput(content_id("distill-sft", list(messages)), item.source, messages=messages)
+    return TeacherInput(content_id("distill-classify", item.text), item.source, text=item.text)
 
 
 # --------------------------------------------------------------------------------- the distillation file
