@@ -147,10 +147,15 @@ class _Row:
         """Characters at the end of ``text`` that could still become a stop sequence (not streamed yet)."""
         hold = 0
         for stop in self.params.stop:
-            for size in range(min(len(stop) - 1, len(text)), hold, -1):
-                if text.endswith(stop[:size]):
-                    hold = size
+            # Only the tail's places that hold the stop's first character are tried, longest tail first: with up to
+            # MAX_STOP_SEQUENCES strings of MAX_STOP_LENGTH characters, trying every length after every token was the
+            # batch's cost, not the model's.
+            start = text.find(stop[0], max(len(text) - len(stop) + 1, 0))
+            while start >= 0 and len(text) - start > hold:
+                if stop.startswith(text[start:]):
+                    hold = len(text) - start
                     break
+                start = text.find(stop[0], start + 1)
         return hold
 
     def add(self, token: int) -> None:

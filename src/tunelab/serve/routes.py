@@ -34,6 +34,7 @@ from tunelab.serve.logprobs import (
 from tunelab.serve.middleware import LOG_KEY
 from tunelab.serve.schemas import (
     MAX_PROMPTS_PER_REQUEST,
+    MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     ChatCompletionRequest,
     ChatMessage,
@@ -246,7 +247,9 @@ class Service:
             )
         stops = body.stop_list()
         if len(stops) > MAX_STOP_SEQUENCES:
-            raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
+            raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed (got {len(stops)}).", param="stop")
+        if any(len(stop) > MAX_STOP_LENGTH for stop in stops):
+            raise bad_request(f"A stop sequence may be at most {MAX_STOP_LENGTH} characters long.", param="stop")
         return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops), seed=body.seed)
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
