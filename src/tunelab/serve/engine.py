@@ -12,9 +12,9 @@ EOS, cancelled streams) runs as a ``StoppingCriteria``: transformers calls it af
 step with the new tokens, and the rows it reports finished are padded from then on.
 
 Token log-probabilities (``SamplingParams.logprobs``) are the served model's own next-token distribution: the
-log-softmax of the logits each decoding step already computed, read by a logits processor before temperature and
-top-p change them (as vLLM returns by default; a processor the model's own ``generation_config`` sets, such as a
-repetition penalty, comes first). Only the rows that ask for them are computed: a batch without such a row does no
+log-softmax of the logits each decoding step already computed, read from the forward pass before anything changes
+them: temperature and top-p, and the processors the model's own ``generation_config`` sets, such as a repetition
+penalty, which the answer is still generated with (vLLM's default too). Only the rows that ask for them are computed: a batch without such a row does no
 extra work. A prompt's own (``echo``) come from the prefill's logits (kept at every position only for a batch with such
 a row), or, for a row that generates nothing (``max_tokens`` 0, what lm-evaluation-harness sends), from its one
 forward pass over the prompt.
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
 
 from tunelab.inference import ClassifyAnswer as ClassifyResult  # noqa: F401 - what a classify job answers (routes read it)
 from tunelab.models import generate
@@ -221,9 +220,11 @@ def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
 
 
 class _LogprobReader:
-    """A transformers logits processor that reads, for the rows that ask for them, the log-softmax of each step's
-    logits (before temperature and top-p, which transformers applies after the processors it is passed) and changes
-    nothing; the stopper then gives each row its chosen token's log-probability. Rows that do not ask cost nothing."""
+    """A forward hook on the causal LM that reads, for the rows that ask for them, the log-softmax of each step's
+    logits as the model computed them (its next-token position); the stopper then gives each row its chosen token's
+    log-probability. Read from the forward pass, not as a logits processor: transformers runs the processors a
+    model's own ``generation_config`` sets (a repetition penalty) before any it is passed, so a processor saw the
+    scores already changed. Rows that do not ask cost nothing."""
 
     def __init__(self, rows: list[_Row]) -> None:
         self.rows = rows
@@ -232,11 +233,11 @@ class _LogprobReader:
         self.logprobs: torch.Tensor | None = None
         self.top: list[tuple[tuple[int, float], ...]] = []
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        index = torch.tensor(self.wanted, device=scores.device)
-        self.logprobs = torch.log_softmax(scores.index_select(0, index).float(), dim=-1)
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        logits = output.logits[:, -1]  # the prefill's last position (it may keep them all) or a decoding step's one
+        index = torch.tensor(self.wanted, device=logits.device)
+        self.logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
         self.top = _top(self.logprobs, self.k)
-        return scores
 
     def chosen(self, tokens: list[int]) -> None:
         """Hand each asking row its step's (chosen token's log-probability, its own k alternatives)."""
@@ -491,16 +492,16 @@ class Engine:
         input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
         reader = _LogprobReader(rows) if any(row.logprobs is not None for row in rows) else None
         hooks: dict[str, Any] = {"stopping_criteria": [_RowStopper(rows, reader)]}
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        handles = []
         if reader is not None:
-            hooks["logits_processor"] = LogitsProcessorList([reader])
-        prefill = None
+            handles.append(causal_lm.register_forward_hook(reader))
         if any(row.params.echo for row in rows):
             # The prompts are scored from generate's own prefill, not a second pass: it keeps every position's logits
             # (logits_to_keep 0; else only the last, the next token's) for this batch only.
-            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
             if "logits_to_keep" in inspect.signature(causal_lm.forward).parameters:  # a model without it keeps them all
                 hooks["logits_to_keep"] = 0
-            prefill = causal_lm.register_forward_hook(self._prefill_reader(rows, input_ids.shape[1]))
+            handles.append(causal_lm.register_forward_hook(self._prefill_reader(rows, input_ids.shape[1])))
         # A seeded sample draws from a generator of its own: the unseeded answers after it stay as random as before.
         device = torch.device(model.device)
         accelerator = device.type != "cpu"
@@ -513,8 +514,8 @@ class Engine:
                     seed=params.seed if params.seeded else None, **hooks,
                 )
         finally:
-            if prefill is not None:
-                prefill.remove()  # a failed batch leaves no hook behind for the next
+            for handle in handles:
+                handle.remove()  # a failed batch leaves no hook behind for the next
         for row in rows:
             if row.finish_reason == "cancelled":
                 continue
