@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,9 @@ class SamplingParams:
     seed: int | None = None  # a sampled answer with a seed is computed alone, the generator seeded with it (OpenAI's seed)
     logprobs: int | None = None  # None: no log-probabilities; k: each answer token's, with the k most likely alternatives
     echo: bool = False  # the prompt's tokens scored too (their log-probabilities, with ``logprobs`` alternatives)
+    # The alternatives are keyed by their text (the legacy completions shape): the ``logprobs`` most likely of distinct
+    # texts, a text's most likely token standing for it, so two tokens of one text do not leave the answer short of k.
+    distinct_texts: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -211,12 +214,49 @@ class _Row:
         )
 
 
-def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
-    """Each row's ``k`` most likely tokens as (id, log-probability), most likely first."""
+def token_text(tokenizer: Any, token: int) -> str:
+    """One token's text: what the tokenizer decodes of it alone, special tokens included (the ``token`` of OpenAI's
+    log-probability shapes)."""
+    return tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _top(logprobs: torch.Tensor, k: int, text: Callable[[int], str] | None = None) -> list[tuple[tuple[int, float], ...]]:
+    """Each row's ``k`` most likely tokens as (id, log-probability), most likely first; with ``text`` (a token's text),
+    the ``k`` most likely of distinct texts (fewer only when the vocabulary has fewer): more candidates are looked at
+    until each row has them."""
     if k <= 0:
         return [() for _ in range(logprobs.shape[0])]
-    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
-    return [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    vocab = logprobs.shape[-1]
+    fetch = min(k if text is None else 2 * k, vocab)
+    while True:
+        values, ids = torch.topk(logprobs, fetch, dim=-1)
+        rows = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+        if text is None:
+            return [tuple(row) for row in rows]
+        kept = []
+        for row in rows:
+            seen: dict[str, tuple[int, float]] = {}
+            for token, value in row:
+                if len(seen) == k:
+                    break
+                seen.setdefault(text(token), (token, value))
+            kept.append(tuple(seen.values()))
+        if fetch == vocab or all(len(row) == k for row in kept):
+            return kept
+        fetch = min(2 * fetch, vocab)
+
+
+class _TokenTexts:
+    """:func:`token_text`, remembered: a step's candidates recur from step to step."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.texts: dict[int, str] = {}
+
+    def __call__(self, token: int) -> str:
+        if token not in self.texts:
+            self.texts[token] = token_text(self.tokenizer, token)
+        return self.texts[token]
 
 
 class _LogprobReader:
@@ -230,6 +270,8 @@ class _LogprobReader:
         self.rows = rows
         self.wanted = [i for i, row in enumerate(rows) if row.logprobs is not None]
         self.k = max((rows[i].params.logprobs or 0 for i in self.wanted), default=0)
+        self.by_text = [j for j, i in enumerate(self.wanted) if rows[i].params.distinct_texts]
+        self.text = _TokenTexts(rows[0].tokenizer)
         self.logprobs: torch.Tensor | None = None
         self.top: list[tuple[tuple[int, float], ...]] = []
 
@@ -238,6 +280,8 @@ class _LogprobReader:
         index = torch.tensor(self.wanted, device=logits.device)
         self.logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
         self.top = _top(self.logprobs, self.k)
+        for j in self.by_text:
+            self.top[j] = _top(self.logprobs[j : j + 1], self.k, self.text)[0]
 
     def chosen(self, tokens: list[int]) -> None:
         """Hand each asking row its step's (chosen token's log-probability, its own k alternatives)."""
@@ -435,7 +479,7 @@ class Engine:
         ids = row.job.prompt_ids
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0].tolist()
-        top = _top(logprobs, row.params.logprobs or 0)
+        top = _top(logprobs, row.params.logprobs or 0, _TokenTexts(self.tokenizer) if row.params.distinct_texts else None)
         row.prompt_logprobs = [TokenLogprob(ids[0], None, None, 0)] + [
             TokenLogprob(token, value, alternatives, offset)
             for token, value, alternatives, offset in zip(ids[1:], chosen, top, self._offsets(ids)[1:], strict=True)

@@ -592,7 +592,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         # generation_config): a run and its merged export then complete a prompt alike, at the length that was judged.
         params = service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)
         if body.logprobs is not None:
-            params = replace(params, logprobs=body.logprobs, echo=body.echo)
+            params = replace(params, logprobs=body.logprobs, echo=body.echo, distinct_texts=True)
         encoded.append((ids, params))
     if any(not isinstance(prompt, str) for prompt in prompts):
         # The log's prompts are text (monitoring and feedback read them as inputs): token ids as the text the model read.
