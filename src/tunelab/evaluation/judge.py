@@ -2,7 +2,8 @@
 
 The judge reads the rows a person reads on the Review page: the run's own sheet (``open_run_review``), with its
 sides; the examples whose two answers are the same answer (``ReviewSheet.identical``, the one rule ``not_asked``) are
-not asked, as nobody is asked them.
+not asked, as nobody is asked them. A row whose prompt is a conversation (the key keeps it) is shown whole, turn by
+turn (``judge_conversation``): its answers were written for all of it.
 Its judgments go into the registry's reviews table as the reviewer ``judge:<model name>``, so ``tunelab review
 score --run``, the web page and ``agreement`` (the judge against each person) read them through the one scoring rule.
 
@@ -21,10 +22,12 @@ only where the judge's latest one of that row differs, so the append-only review
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tunelab.data.records import Message, message_text
 from tunelab.errors import DataError
 from tunelab.evaluation.review import (
     Agreement,
@@ -56,6 +59,22 @@ helpful and more to the point for the request. Ignore which answer comes first a
 {answer_b}
 
 Reply with exactly one of: A, B, tie. Write nothing else."""
+# A prompt of more than one message (earlier turns, the user's own system message): the answers were written for the
+# whole conversation, so the judge reads all of it, one JSON object a turn. JSON keeps the turns apart: a message
+# quoting a transcript cannot read as turns of its own, as it could in the sheet's "role: text" lines. A one-message
+# prompt keeps JUDGE_PROMPT's text to the character: the request cache's keys are made of it.
+JUDGE_CONVERSATION_PROMPT = """You are judging two answers to the same conversation: each answer is the assistant's next turn after the conversation's last message. Decide which answer is better: more correct, more helpful and more to the point for the conversation. Ignore which answer comes first and how long each is.
+
+[Conversation]
+{conversation}
+
+[Answer A]
+{answer_a}
+
+[Answer B]
+{answer_b}
+
+Reply with exactly one of: A, B, tie. Write nothing else."""
 
 
 def judge_reviewer(model: str) -> str:
@@ -63,8 +82,14 @@ def judge_reviewer(model: str) -> str:
     return f"{JUDGE_PREFIX}{model}"
 
 
-def judge_conversation(question: str, answer_a: str, answer_b: str) -> list[dict[str, str]]:
-    """The one chat a judge is asked for one order of one row."""
+def judge_conversation(
+    question: str, answer_a: str, answer_b: str, messages: Sequence[Message] | None = None
+) -> list[dict[str, str]]:
+    """The one chat a judge is asked for one order of one row: ``question`` is the sheet's prompt; ``messages`` the
+    conversation behind it (``ReviewSheet.conversations``), shown instead when it has more than one message."""
+    if messages is not None and len(messages) > 1:
+        turns = "\n".join(json.dumps({"role": m["role"], "content": message_text(m)}, ensure_ascii=False) for m in messages)
+        return [{"role": "user", "content": JUDGE_CONVERSATION_PROMPT.format(conversation=turns, answer_a=answer_a, answer_b=answer_b)}]
     return [{"role": "user", "content": JUDGE_PROMPT.format(question=question, answer_a=answer_a, answer_b=answer_b)}]
 
 
@@ -129,8 +154,9 @@ def judge_run(
     asked = [row for row in sheet.rows if row["id"] not in sheet.identical]
     conversations = []
     for row in asked:
-        conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"]))
-        conversations.append(judge_conversation(row["prompt"], row["output_b"], row["output_a"]))
+        messages = sheet.conversations.get(row["id"])
+        conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"], messages))
+        conversations.append(judge_conversation(row["prompt"], row["output_b"], row["output_a"], messages))
     estimate = client.estimate(conversations, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0,
                                expected_output_tokens=[VERDICT_TOKENS] * len(conversations))
     if on_estimate is not None:

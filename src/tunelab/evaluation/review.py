@@ -380,6 +380,9 @@ class ReviewSheet:
     tuned: str
     # The examples not asked (``not_asked``): off the sheet (the key lists them) or, on an older sheet, rows of the same answer.
     identical: set[str] = field(default_factory=set)
+    # The conversations behind prompts of more than one message (the key's ``prompts``), which the sheet's ``prompt``
+    # shows as one string; the user's own system message is among them when the example had one.
+    conversations: dict[str, list[dict]] = field(default_factory=dict)
 
     def row(self, example_id: str) -> dict[str, str]:
         return next(row for row in self.rows if row["id"] == example_id)
@@ -397,7 +400,10 @@ def load_sheet(sheet: str | Path, key: str | Path | None = None) -> ReviewSheet:
         {name: row[name] for name in ("id", "prompt", "output_a", "output_b")}
         for _, row, _ in _judged_rows(sheet, key, key_data, COLUMNS, "pass a sheet written by `tunelab review export`")
     ]
-    return ReviewSheet(sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"), not_asked(key_data, rows))
+    return ReviewSheet(
+        sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"), not_asked(key_data, rows),
+        key_data.get("prompts", {}),
+    )
 
 
 def review_opponent(run_dir: str | Path) -> Path:

@@ -12,9 +12,9 @@ EOS, cancelled streams) runs as a ``StoppingCriteria``: transformers calls it af
 step with the new tokens, and the rows it reports finished are padded from then on.
 
 Token log-probabilities (``SamplingParams.logprobs``) are the served model's own next-token distribution: the
-log-softmax of the logits each decoding step already computed, read by a logits processor before temperature and
-top-p change them (as vLLM returns by default; a processor the model's own ``generation_config`` sets, such as a
-repetition penalty, comes first). Only the rows that ask for them are computed: a batch without such a row does no
+log-softmax of the logits each decoding step already computed, read from the forward pass before anything changes
+them: temperature and top-p, and the processors the model's own ``generation_config`` sets, such as a repetition
+penalty, which the answer is still generated with (vLLM's default too). Only the rows that ask for them are computed: a batch without such a row does no
 extra work. A prompt's own (``echo``) come from the prefill's logits (kept at every position only for a batch with such
 a row), or, for a row that generates nothing (``max_tokens`` 0, what lm-evaluation-harness sends), from its one
 forward pass over the prompt.
@@ -28,12 +28,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
 
 from tunelab.inference import ClassifyAnswer as ClassifyResult  # noqa: F401 - what a classify job answers (routes read it)
 from tunelab.models import generate
@@ -53,6 +52,9 @@ class SamplingParams:
     seed: int | None = None  # a sampled answer with a seed is computed alone, the generator seeded with it (OpenAI's seed)
     logprobs: int | None = None  # None: no log-probabilities; k: each answer token's, with the k most likely alternatives
     echo: bool = False  # the prompt's tokens scored too (their log-probabilities, with ``logprobs`` alternatives)
+    # The alternatives are keyed by their text (the legacy completions shape): the ``logprobs`` most likely of distinct
+    # texts, a text's most likely token standing for it, so two tokens of one text do not leave the answer short of k.
+    distinct_texts: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -147,10 +149,15 @@ class _Row:
         """Characters at the end of ``text`` that could still become a stop sequence (not streamed yet)."""
         hold = 0
         for stop in self.params.stop:
-            for size in range(min(len(stop) - 1, len(text)), hold, -1):
-                if text.endswith(stop[:size]):
-                    hold = size
+            # Only the tail's places that hold the stop's first character are tried, longest tail first: with up to
+            # MAX_STOP_SEQUENCES strings of MAX_STOP_LENGTH characters, trying every length after every token was the
+            # batch's cost, not the model's.
+            start = text.find(stop[0], max(len(text) - len(stop) + 1, 0))
+            while start >= 0 and len(text) - start > hold:
+                if stop.startswith(text[start:]):
+                    hold = len(text) - start
                     break
+                start = text.find(stop[0], start + 1)
         return hold
 
     def add(self, token: int) -> None:
@@ -207,31 +214,74 @@ class _Row:
         )
 
 
-def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
-    """Each row's ``k`` most likely tokens as (id, log-probability), most likely first."""
+def token_text(tokenizer: Any, token: int) -> str:
+    """One token's text: what the tokenizer decodes of it alone, special tokens included (the ``token`` of OpenAI's
+    log-probability shapes)."""
+    return tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _top(logprobs: torch.Tensor, k: int, text: Callable[[int], str] | None = None) -> list[tuple[tuple[int, float], ...]]:
+    """Each row's ``k`` most likely tokens as (id, log-probability), most likely first; with ``text`` (a token's text),
+    the ``k`` most likely of distinct texts (fewer only when the vocabulary has fewer): more candidates are looked at
+    until each row has them."""
     if k <= 0:
         return [() for _ in range(logprobs.shape[0])]
-    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
-    return [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    vocab = logprobs.shape[-1]
+    fetch = min(k if text is None else 2 * k, vocab)
+    while True:
+        values, ids = torch.topk(logprobs, fetch, dim=-1)
+        rows = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+        if text is None:
+            return [tuple(row) for row in rows]
+        kept = []
+        for row in rows:
+            seen: dict[str, tuple[int, float]] = {}
+            for token, value in row:
+                if len(seen) == k:
+                    break
+                seen.setdefault(text(token), (token, value))
+            kept.append(tuple(seen.values()))
+        if fetch == vocab or all(len(row) == k for row in kept):
+            return kept
+        fetch = min(2 * fetch, vocab)
+
+
+class _TokenTexts:
+    """:func:`token_text`, remembered: a step's candidates recur from step to step."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.texts: dict[int, str] = {}
+
+    def __call__(self, token: int) -> str:
+        if token not in self.texts:
+            self.texts[token] = token_text(self.tokenizer, token)
+        return self.texts[token]
 
 
 class _LogprobReader:
-    """A transformers logits processor that reads, for the rows that ask for them, the log-softmax of each step's
-    logits (before temperature and top-p, which transformers applies after the processors it is passed) and changes
-    nothing; the stopper then gives each row its chosen token's log-probability. Rows that do not ask cost nothing."""
+    """A forward hook on the causal LM that reads, for the rows that ask for them, the log-softmax of each step's
+    logits as the model computed them (its next-token position); the stopper then gives each row its chosen token's
+    log-probability. Read from the forward pass, not as a logits processor: transformers runs the processors a
+    model's own ``generation_config`` sets (a repetition penalty) before any it is passed, so a processor saw the
+    scores already changed. Rows that do not ask cost nothing."""
 
     def __init__(self, rows: list[_Row]) -> None:
         self.rows = rows
         self.wanted = [i for i, row in enumerate(rows) if row.logprobs is not None]
         self.k = max((rows[i].params.logprobs or 0 for i in self.wanted), default=0)
+        self.by_text = [j for j, i in enumerate(self.wanted) if rows[i].params.distinct_texts]
+        self.text = _TokenTexts(rows[0].tokenizer)
         self.logprobs: torch.Tensor | None = None
         self.top: list[tuple[tuple[int, float], ...]] = []
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        index = torch.tensor(self.wanted, device=scores.device)
-        self.logprobs = torch.log_softmax(scores.index_select(0, index).float(), dim=-1)
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        logits = output.logits[:, -1]  # the prefill's last position (it may keep them all) or a decoding step's one
+        index = torch.tensor(self.wanted, device=logits.device)
+        self.logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
         self.top = _top(self.logprobs, self.k)
-        return scores
+        for j in self.by_text:
+            self.top[j] = _top(self.logprobs[j : j + 1], self.k, self.text)[0]
 
     def chosen(self, tokens: list[int]) -> None:
         """Hand each asking row its step's (chosen token's log-probability, its own k alternatives)."""
@@ -429,7 +479,7 @@ class Engine:
         ids = row.job.prompt_ids
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0].tolist()
-        top = _top(logprobs, row.params.logprobs or 0)
+        top = _top(logprobs, row.params.logprobs or 0, _TokenTexts(self.tokenizer) if row.params.distinct_texts else None)
         row.prompt_logprobs = [TokenLogprob(ids[0], None, None, 0)] + [
             TokenLogprob(token, value, alternatives, offset)
             for token, value, alternatives, offset in zip(ids[1:], chosen, top, self._offsets(ids)[1:], strict=True)
@@ -486,16 +536,16 @@ class Engine:
         input_ids, attention_mask = generate.left_pad([job.prompt_ids for job in batch], self.pad_id, model.device)
         reader = _LogprobReader(rows) if any(row.logprobs is not None for row in rows) else None
         hooks: dict[str, Any] = {"stopping_criteria": [_RowStopper(rows, reader)]}
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        handles = []
         if reader is not None:
-            hooks["logits_processor"] = LogitsProcessorList([reader])
-        prefill = None
+            handles.append(causal_lm.register_forward_hook(reader))
         if any(row.params.echo for row in rows):
             # The prompts are scored from generate's own prefill, not a second pass: it keeps every position's logits
             # (logits_to_keep 0; else only the last, the next token's) for this batch only.
-            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
             if "logits_to_keep" in inspect.signature(causal_lm.forward).parameters:  # a model without it keeps them all
                 hooks["logits_to_keep"] = 0
-            prefill = causal_lm.register_forward_hook(self._prefill_reader(rows, input_ids.shape[1]))
+            handles.append(causal_lm.register_forward_hook(self._prefill_reader(rows, input_ids.shape[1])))
         # A seeded sample draws from a generator of its own: the unseeded answers after it stay as random as before.
         device = torch.device(model.device)
         accelerator = device.type != "cpu"
@@ -508,8 +558,8 @@ class Engine:
                     seed=params.seed if params.seeded else None, **hooks,
                 )
         finally:
-            if prefill is not None:
-                prefill.remove()  # a failed batch leaves no hook behind for the next
+            for handle in handles:
+                handle.remove()  # a failed batch leaves no hook behind for the next
         for row in rows:
             if row.finish_reason == "cancelled":
                 continue

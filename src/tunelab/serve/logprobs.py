@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from tunelab.serve.engine import TokenLogprob
+from tunelab.serve.engine import TokenLogprob, token_text
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -40,13 +40,13 @@ class TokenRenderer:
 
     def __call__(self, token: int) -> tuple[str, list[int]]:
         if token not in self._cache:
-            text = self.tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            text = token_text(self.tokenizer, token)
             self._cache[token] = (text, self._raw_bytes(token) if "\ufffd" in text else list(text.encode("utf-8")))
         return self._cache[token]
 
     def _raw_bytes(self, token: int) -> list[int]:
         piece = self.tokenizer.convert_ids_to_tokens(token)
-        text = self.tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = token_text(self.tokenizer, token)
         if isinstance(piece, str):
             match = _BYTE_PIECE.match(piece)
             if match:
@@ -94,7 +94,8 @@ def _log(probability: float) -> float:
 def completion_logprobs(items: Sequence[TokenLogprob], render: TokenRenderer, offset: int = 0) -> dict[str, Any]:
     """The legacy completions shape; ``offset``: characters before these tokens' text in ``choices[i].text`` (an echoed
     prompt's, for the answer's tokens). An answer that ended at EOS ends with that token (its text the special token's,
-    its offset the text's end), as vLLM's. Two alternatives of the same text (e.g. two partial characters) keep the first."""
+    its offset the text's end), as vLLM's. The alternatives are of distinct texts (``SamplingParams.distinct_texts``: the
+engine filled them to k from the next candidates, as OpenAI's dict holds k); one of a text already there is dropped."""
     tokens, values, tops, offsets = [], [], [], []
     for item in items:
         tokens.append(render(item.token)[0])

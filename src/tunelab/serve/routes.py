@@ -34,6 +34,7 @@ from tunelab.serve.logprobs import (
 from tunelab.serve.middleware import LOG_KEY
 from tunelab.serve.schemas import (
     MAX_PROMPTS_PER_REQUEST,
+    MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     ChatCompletionRequest,
     ChatMessage,
@@ -246,7 +247,9 @@ class Service:
             )
         stops = body.stop_list()
         if len(stops) > MAX_STOP_SEQUENCES:
-            raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
+            raise bad_request(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed (got {len(stops)}).", param="stop")
+        if any(len(stop) > MAX_STOP_LENGTH for stop in stops):
+            raise bad_request(f"A stop sequence may be at most {MAX_STOP_LENGTH} characters long.", param="stop")
         return SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p, stop=tuple(stops), seed=body.seed)
 
     async def classify(self, entry: ServedModel, texts: list[str]) -> list[ClassifyResult]:
@@ -589,7 +592,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         # generation_config): a run and its merged export then complete a prompt alike, at the length that was judged.
         params = service.sampling(entry, body, len(ids), body.max_tokens, "prompt", left_out=16)
         if body.logprobs is not None:
-            params = replace(params, logprobs=body.logprobs, echo=body.echo)
+            params = replace(params, logprobs=body.logprobs, echo=body.echo, distinct_texts=True)
         encoded.append((ids, params))
     if any(not isinstance(prompt, str) for prompt in prompts):
         # The log's prompts are text (monitoring and feedback read them as inputs): token ids as the text the model read.

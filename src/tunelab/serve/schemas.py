@@ -18,7 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-MAX_STOP_SEQUENCES = 4
+# Stop strings: OpenAI takes at most 4, vLLM and llama.cpp's server any number; lm-evaluation-harness's
+# local-completions sends a task's ``until`` list plus its EOS text (5 for a task of 4). A cap keeps the per-token
+# stop check of a request bounded (each string is looked for in the answer after every token).
+MAX_STOP_SEQUENCES = 32
+MAX_STOP_LENGTH = 256
 MAX_PROMPTS_PER_REQUEST = 32
 
 
@@ -80,7 +84,9 @@ class _Sampling(_Request):
                                       "generation_config, else 1.")
     top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, strict=True,
                                 description="Nucleus sampling mass; left out: the run's own, a plain model's generation_config, else 1.")
-    stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} stop sequences.")
+    stop: str | list[str] | None = Field(
+        None, description=f"Up to {MAX_STOP_SEQUENCES} stop sequences (OpenAI: 4), each at most {MAX_STOP_LENGTH} characters."
+    )
     n: int = Field(1, strict=True, description="Number of answers; only 1 is supported.")
     stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = Field(None, description="Only with stream: true (as OpenAI: else a 400).")

@@ -227,3 +227,68 @@ def test_an_openai_judge_without_its_key_is_refused_before_asking(run, monkeypat
     result = CliRunner().invoke(app, ["review", "judge", "demo", "--judge", "openai:gpt-4o-mini", "--registry", str(registry.path)])
     assert isinstance(result.exception, ConfigError) and "OPENAI_API_KEY" in str(result.exception), repr(result.exception)
     assert registry.list_reviews(record.id) == []
+
+
+def test_a_single_turn_request_is_what_it_was():
+    """The judge's request for a one-message prompt keeps its text to the character: the request cache's key is made of
+    it, so a change would ask (and pay for) every judgment already made again."""
+    import hashlib
+
+    from tunelab.evaluation.judge import judge_conversation
+
+    messages = judge_conversation("What is the capital of France?\nuser: a line that reads like a turn", "Paris.", "Lyon.")
+    text = json.dumps(messages, ensure_ascii=False)
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == "d2576a456ff28dc54dc50497c1f4c3ba403a811d433faf8644575541afbb0188"
+
+
+class RecordingJudge(FakeProvider):
+    """A judge that says A and keeps each request's messages."""
+
+    def __init__(self) -> None:
+        super().__init__(base_models=(JUDGE,))
+        self.asked: list[str] = []
+
+    def chat(self, body: dict) -> dict:
+        self.asked.append(body["messages"][-1]["content"])
+        completion = super().chat(body)
+        completion["choices"][0]["message"]["content"] = "A"
+        return completion
+
+
+def test_a_multi_turn_prompt_is_shown_whole_and_delimited(tmp_path):
+    """The answers were written for the whole conversation (the key keeps it): the judge reads every turn, each one's
+    role and text unmistakably apart, where the sheet's one-string view made a quoted transcript in one message read
+    exactly like turns of its own."""
+    from tunelab.evaluation.evaluate import prompt_text
+
+    conversation = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    quoted = [{"role": "user", "content": prompt_text(conversation)}]  # one message quoting the same transcript
+    run_dir = tmp_path / "runs" / "chat"
+    for name in ("base", "tuned"):
+        rows = [{"id": f"q{i}", "source": "", "prompt": prompt_text(messages), "reference": "r", "prediction": f"{name} says Ada {i}",
+                 "scores": {}, **({"messages": messages} if len(messages) > 1 else {})}
+                for i, messages in enumerate([conversation, quoted])]
+        EvalResult("sft", name, len(rows), {}, rows).save(run_dir / "eval" / f"{name}.json")
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    registry.create_run(name="chat", task="sft", run_dir=str(run_dir))
+    provider = RecordingJudge()
+    endpoint = EndpointConfig(base_url=provider.start(), name=JUDGE, concurrency=1, timeout_s=30, max_retries=0)
+    try:
+        judge_run(registry, "chat", remote_client(endpoint))
+    finally:
+        provider.stop()
+    assert len(provider.asked) == 4
+    # Each row's two requests (both orders), its answers' number taken out: what is left is how its prompt was shown.
+    by_row = [{text.replace(f"says Ada {i}", "says Ada") for text in provider.asked if f"says Ada {i}" in text} for i in range(2)]
+    assert len(by_row[0]) == len(by_row[1]) == 2
+    assert by_row[0] != by_row[1], "the judge cannot tell a conversation from one message quoting it"
+    for text in by_row[0]:
+        shown = text.split("[Conversation]\n", 1)[1].split("\n\n[Answer A]", 1)[0]
+        assert [json.loads(line) for line in shown.splitlines()] == conversation
+    for text in by_row[1]:  # the one-message prompt: the single-turn text
+        assert text.startswith(JUDGE_PROMPT.split("{question}")[0] + quoted[0]["content"] + "\n\n[Answer A]")

@@ -141,14 +141,44 @@ def test_echo_with_max_tokens_0_scores_the_prompt(api, reference, tiny_tokenizer
             expected = float(logprobs[position - 1, ids[position]])
             assert abs(result["token_logprobs"][position] - expected) < TOLERANCE
             top = result["top_logprobs"][position]
-            # A dict by token text: two alternatives of the same text (two halves of characters, both "\ufffd") are one.
-            best = torch.topk(logprobs[position - 1], 2)
-            assert list(top) == list(dict.fromkeys(tiny_tokenizer.decode([int(i)]) for i in best.indices))
-            assert list(top.values()) == sorted(top.values(), reverse=True)
-            assert abs(next(iter(top.values())) - float(best.values[0])) < TOLERANCE
+            # A dict by token text: the 2 most likely texts (a text's most likely token stands for it).
+            best = _best_texts(logprobs[position - 1], tiny_tokenizer, 2)
+            assert list(top) == list(best)
+            assert all(abs(top[text] - best[text]) < TOLERANCE for text in best)
         assert result["text_offset"] == [len(tiny_tokenizer.decode(ids[:i])) for i in range(len(ids))]
     usage = answer.json()["usage"]
     assert usage["completion_tokens"] == 0
+
+
+def _best_texts(logprobs, tokenizer, k):
+    """The ``k`` most likely token texts of one position, each with its most likely token's log-probability."""
+    best: dict[str, float] = {}
+    for token in torch.argsort(logprobs, descending=True).tolist():
+        best.setdefault(tokenizer.decode([token]), float(logprobs[token]))
+        if len(best) == k:
+            break
+    return best
+
+
+def test_legacy_top_logprobs_hold_k_distinct_texts(api, reference, tiny_tokenizer):
+    """Two of the k most likely tokens of the same text (byte tokens that are halves of characters all decode to
+    U+FFFD) made the dict keyed by text hold fewer than k: the next most likely texts fill it, as OpenAI's holds k."""
+    k = 20
+    body = {"model": "france", "prompt": PROMPT, "max_tokens": 4, "echo": True, "logprobs": k, "temperature": 0}
+    choice = api.post("/v1/completions", json=body).json()["choices"][0]
+    ids = completion_prompt(tiny_tokenizer, PROMPT).ids
+    _, logprobs = reference("france", ids, 4)
+    tops = choice["logprobs"]["top_logprobs"]
+    positions = range(1, min(len(tops), logprobs.shape[0] + 1))
+    shared = [p for p in positions if len({tiny_tokenizer.decode([t]) for t in torch.topk(logprobs[p - 1], k).indices.tolist()}) < k]
+    assert shared, "no position's top tokens share a text: the test would mean nothing"
+    for position in positions:
+        best = _best_texts(logprobs[position - 1], tiny_tokenizer, k)
+        assert list(tops[position]) == list(best), position
+        assert all(abs(tops[position][text] - best[text]) < TOLERANCE for text in best)
+    streamed = [top for chunk in _events(api, "/v1/completions", body) for c in chunk["choices"] if c["logprobs"]
+                for top in c["logprobs"]["top_logprobs"]]
+    assert [list(top or ()) for top in streamed] == [list(top or ()) for top in tops]
 
 
 def test_completion_logprobs_echo_and_generated(api, reference, tiny_tokenizer):
