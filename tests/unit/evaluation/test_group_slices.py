@@ -4,13 +4,19 @@ one line under the verdict for each group the tuned model loses, even when fine-
 
 import numpy as np
 
-from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, PAID_OFF, Verdict, compare_evaluations, compare_with_baselines
+from tunelab.evaluation.compare import (
+    MIN_TEST_EXAMPLES,
+    PAID_OFF,
+    Verdict,
+    compare_evaluations,
+    compare_with_baselines,
+)
 from tunelab.evaluation.result import EvalResult
 
 
 def _classify(name, outcomes, groups):
     rows = [{"id": f"x{i}", "source": f"t:{i + 1}", "prompt": f"text {i}", "reference": "a", "prediction": "a" if ok else "b",
-             "scores": {"correct": float(ok), "confidence": 0.9}, **({"group": group} if group is not None else {})}
+             "scores": {"correct": float(ok), "confidence": 0.9, "probability_of_reference": 0.9 if ok else 0.1}, **({"group": group} if group is not None else {})}
             for i, (ok, group) in enumerate(zip(outcomes, groups, strict=True))]
     return EvalResult("classify", name, len(rows), {}, rows, labels=["a", "b"], test_fingerprint="same")
 
@@ -89,3 +95,27 @@ def test_every_row_of_a_grouped_record_carries_its_group():
     chats = [SFTRecord(({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}), group="DE")]
     rows, _ = score_sft(chats, ["Hello"], [["Hello"]])
     assert rows[0]["group"] == "DE"
+
+
+def test_the_report_and_the_cli_show_the_groups_and_the_lost_one(tmp_path, capsys):
+    import json
+
+    from tunelab.cli.common import print_group_lines
+    from tunelab.cli.evaluate import print_verdict
+    from tunelab.evaluation.report import write_report
+
+    tuned, opponent = _classify("tuned", TUNED, GROUPS), _classify("embedding", OPPONENT, GROUPS)
+    verdict = compare_with_baselines({"embedding": opponent}, tuned, samples=200)
+    (line,) = verdict.group_lines
+    files = write_report(tmp_path, {"embedding": opponent}, tuned, verdict)
+    markdown, page = files.markdown.read_text(), files.html.read_text()
+    # Right under the verdict, before any table: "paid off" does not hide it.
+    assert markdown.index(line) < markdown.index("## Against each baseline") and "## By group" in markdown
+    assert "| IT | 10 | 1 | 1 | 0 | - | too few (n=10) |" in markdown
+    assert line.replace("'", "&#x27;") in page and "<h2>By group</h2>" in page
+    print_verdict(verdict)
+    shown = capsys.readouterr().out
+    assert "by group" in shown and "too few" in shown and line in " ".join(shown.split())
+    # `tunelab show` renders the registry's copy of the verdict (its JSON) by the same function.
+    print_group_lines(json.loads(json.dumps(verdict.to_dict())))
+    assert line in " ".join(capsys.readouterr().out.split())
