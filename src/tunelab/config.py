@@ -71,6 +71,10 @@ BASELINES: dict[str, BaselineEntry] = {
     )
 }
 
+# The tasks whose records may carry a group (data.group_field) and whose evaluation is reported per group: a text
+# window or a preference pair is scored by another rule than one answer per record.
+GROUP_TASKS = ("classify", "sft")
+
 # The opponents that make sense per task, in the catalogue's order.
 TASK_BASELINES: dict[str, tuple[str, ...]] = {
     task: tuple(name for name, entry in BASELINES.items() if task in entry.tasks) for task in ("classify", "sft", "text", "preference")
@@ -203,6 +207,13 @@ class DataConfig(_Section):
     label_field: str = Field("label", description="Column with the category (classify).")
     chosen_field: str = Field("chosen", description="Column with the preferred answer (preference).")
     rejected_field: str = Field("rejected", description="Column with the rejected answer (preference).")
+    group_field: str | None = Field(
+        None,
+        description="sft, classify: column naming each record's group (a country, a product, a channel). The evaluation "
+        "then gives the primary metric per group against the strongest baseline, with its paired bootstrap interval, and "
+        "the verdict names each group where the tuned model is significantly worse. A row without it is an invalid record. "
+        "It does not change the split.",
+    )
     system_prompt: str | None = Field(None, description="System message put before every sft/classify prompt.")
     max_length: int = Field(512, ge=8, description="Longest training sequence in tokens; longer ones are truncated.")
     stride: int | None = Field(
@@ -246,6 +257,8 @@ class DataConfig(_Section):
     def _out_of_scope_named(self) -> DataConfig:
         if self.out_of_scope_label is not None and not self.out_of_scope_label.strip():
             raise ValueError("data.out_of_scope_label is empty; give the label of out-of-scope requests (e.g. other)")
+        if self.group_field is not None and not self.group_field.strip():
+            raise ValueError("data.group_field is empty; give the column that names each record's group (e.g. country)")
         if self.out_of_scope is not None and self.out_of_scope_label is None:
             raise ValueError(
                 "data.out_of_scope names a file but data.out_of_scope_label is not set; "
@@ -718,6 +731,15 @@ class RunConfig(_Section):
     def _name_is_one_folder(self) -> RunConfig:
         if self.name is not None:
             check_run_name(self.name)
+        return self
+
+    @model_validator(mode="after")
+    def _groups_are_sft_or_classify(self) -> RunConfig:
+        if self.data.group_field is not None and self.task not in GROUP_TASKS:
+            raise ValueError(
+                f"data.group_field applies to tasks sft and classify only, not {self.task} (its metrics are not "
+                "reported by group); drop it"
+            )
         return self
 
     @model_validator(mode="after")

@@ -978,6 +978,7 @@ def model_card(run: Run, base: dict[str, Any] | None = None) -> str:
     if verdict:
         lines.append(f"**{verdict.get('verdict')}** against {len(verdict.get('comparisons') or {})} baseline(s); strongest opponent: "
                      f"**{verdict.get('strongest')}**. {verdict.get('summary', '')}")
+        lines += [f"- {line}" for line in verdict.get("group_lines") or ()]  # a group the tuned model lost, never hidden
     else:
         lines.append("No verdict yet: the run has not been compared with its baselines.")
     if run.label_map is not None:

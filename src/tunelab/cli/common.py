@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from tunelab.errors import ConfigError, TunelabError
@@ -461,6 +462,42 @@ def show_overridden(config_path: Any, overrides: list[str]) -> None:
 def _plain(value: Any) -> str:
     # As YAML writes it (a list [a, b], null), not Python's repr (['a', 'b'], None).
     return json.dumps(value, default=str) if not isinstance(value, str) else value
+
+
+def group_rich_table(comparison: Any) -> Any:
+    """The tuned model against the opponent the verdict names, one row per group of the test set (``data.group_field``),
+    from a verdict as saved (``Verdict.to_dict``, the registry's ``comparison``); None without groups."""
+    from rich.table import Table
+
+    groups = comparison.get("groups") if isinstance(comparison, dict) else None
+    if not groups:
+        return None
+
+    def number(value: float | None, sign: str = "") -> str:
+        return "-" if value is None else f"{value:{sign}.4g}"
+
+    first = groups[0]
+    table = Table(title=f"{first.get('metric')} by group: tuned against {first.get('opponent')}")
+    for column in ("group", "n", "tuned", str(first.get("opponent")), "difference", "95% CI", "outcome"):
+        table.add_column(column, justify="left" if column in ("group", "outcome") else "right")
+    colours = {"better": "green", "worse": "red"}
+    for group in groups:
+        interval = "-" if group.get("low") is None else f"[{group['low']:+.4g}, {group['high']:+.4g}]"
+        outcome = str(group.get("outcome"))
+        table.add_row(escape(str(group.get("group"))), str(group.get("n")), number(group.get("tuned")), number(group.get("opponent_value")),
+                      number(group.get("difference"), "+"), interval, f"[{colours[outcome]}]{outcome}[/]" if outcome in colours else outcome)
+    return table
+
+
+def print_group_lines(comparison: Any) -> None:
+    """Under a verdict (as saved, ``Verdict.to_dict``): its table by group and one red line for each group the tuned model
+    is significantly worse on (``tunelab eval``, ``run``, ``report`` and ``show``): a verdict that paid off on average
+    does not hide them."""
+    groups = group_rich_table(comparison)
+    if groups is not None:
+        console.print(groups)
+    for line in (comparison.get("group_lines") if isinstance(comparison, dict) else None) or ():
+        console.print(f"[red]{escape(line)}[/red]")
 
 
 def verdict_rich_table(comparison: Any, *, tuned: str = "tuned") -> Any:

@@ -181,6 +181,7 @@ def check(
     completion_field: str | None = typer.Option(None, "--completion-field"),
     messages_field: str | None = typer.Option(None, "--messages-field"),
     label_field: str | None = typer.Option(None, "--label-field"),
+    group_field: str | None = typer.Option(None, "--group-field", help="sft, classify: column naming each record's group (a country, a product); a row without it is an error."),
     system_prompt: str | None = typer.Option(None, "--system-prompt"),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow hub models/datasets."),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token lengths (no tokenizer, no torch: starts in well under a second)."),
@@ -201,7 +202,7 @@ def check(
         DataConfig,
         preset=preset, max_length=max_length, skip_invalid=skip_invalid, limit=limit, text_field=text_field,
         prompt_field=prompt_field, completion_field=completion_field, messages_field=messages_field,
-        label_field=label_field, system_prompt=system_prompt,
+        label_field=label_field, group_field=group_field, system_prompt=system_prompt,
     )  # fmt: skip
     eval_config = config_from_options(EvalConfig, embedding_model=embedding_model)
     tokenizer = None if no_tokens else _tokenizer(model, allow_network)

@@ -14,6 +14,7 @@ from tunelab.cli.common import (
     config_from_options,
     console,
     error_console,
+    print_group_lines,
     print_json,
     progress_display,
     verdict_rich_table,
@@ -79,6 +80,7 @@ def print_verdict(verdict) -> None:
 
     colour = {"paid-off": "green", "lost": "red", "too-few": "dim"}.get(verdict_kind(verdict.verdict), "yellow")
     console.print(f"[bold {colour}]verdict: {verdict.verdict}[/]  {verdict.summary}")
+    print_group_lines(verdict.to_dict())
 
 
 def _baseline_names(option: str | None, task: str, train: Path | None) -> list[str]:
@@ -141,6 +143,9 @@ def evaluate_command(
         None, "--max-usd", min=0.0, help="Remote model: ask nothing when the expected price of its requests is higher (by the price table)."
     ),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid records of --data, --train and --validation (each is listed) instead of stopping."),
+    group_field: str = typer.Option(
+        None, "--group-field", help="sft, classify: column of --data naming each example's group (a country, a product): the verdict by group."
+    ),
 ) -> None:
     """Evaluate any model (or a run's tuned model, or a remote one) on any test file, against baselines, and optionally save every prediction.
 
@@ -159,7 +164,7 @@ def evaluate_command(
     except ImportError:
         raise DataError("reading test files needs tunelab.data.read, which this installation lacks") from None
     data_config = config_from_options(DataConfig, EVAL_OPTIONS, preset=preset, system_prompt=system, max_length=max_length,
-                                      max_test_examples=limit, seed=seed, skip_invalid=skip_invalid)
+                                      max_test_examples=limit, seed=seed, skip_invalid=skip_invalid, group_field=group_field)
 
     def load_records(path: str, task: str, config: DataConfig) -> list:
         # The records of one file; with --skip-invalid the dropped ones are listed (the error's hint promises it).

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunelab.cli.common import console, print_json, verdict_rich_table
+from tunelab.cli.common import console, print_group_lines, print_json, verdict_rich_table
 from tunelab.config import Task
 from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord, default_registry_path
 
@@ -180,6 +180,7 @@ def show(
         console.print(verdict)
         colour = {"paid-off": "green", "lost": "red", "too-few": "dim"}.get(_verdict_kind(record.verdict), "yellow")
         console.print(f"[bold {colour}]verdict: {record.verdict}[/]  {record.comparison.get('summary', '')}")
+        print_group_lines(record.comparison)
     elif record.baseline_metrics or record.tuned_metrics:
         console.print(_metrics_table(record))
     if isinstance(baselines, dict) and baselines and verdict is None:

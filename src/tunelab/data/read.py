@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import DataConfig
+from tunelab.config import GROUP_TASKS, DataConfig
 from tunelab.data.formats import (
     DOCUMENT_FORMATS,
     RecordError,
@@ -126,6 +126,7 @@ class Fields:
     chosen: str = "chosen"
     rejected: str = "rejected"
     max_label_chars: int = 200  # data.max_label_chars
+    group: str | None = None  # data.group_field: None reads no group
 
     @classmethod
     def from_config(cls, data: DataConfig) -> Fields:
@@ -138,6 +139,7 @@ class Fields:
             data.chosen_field,
             data.rejected_field,
             data.max_label_chars,
+            data.group_field,
         )
 
 
@@ -149,6 +151,7 @@ _OPTION_FOR = {
     "label": "--label-field",
     "chosen": "--chosen-field",
     "rejected": "--rejected-field",
+    "group": "--group-field",
 }
 
 
@@ -461,7 +464,7 @@ def _sft(row: dict, source: str, fields: Fields) -> SFTRecord:
         else:
             completion = [{"role": "assistant", "content": _string(row, fields.completion, "completion")}]
         messages = prompt + completion
-    return SFTRecord(tuple(messages), source=source, references=_references(row), tools=_tools(row))
+    return SFTRecord(tuple(messages), source=source, references=_references(row), tools=_tools(row), group=_group(row, fields))
 
 
 def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
@@ -485,7 +488,24 @@ def _classify(row: dict, source: str, fields: Fields) -> ClassifyRecord:
             f"label '{fields.label}' is {len(label):,} characters long, more than data.max_label_chars={fields.max_label_chars} "
             f"(is the text in the label column? map columns with --text-field/--label-field)"
         )
-    return ClassifyRecord(text, label, source=source)
+    return ClassifyRecord(text, label, source=source, group=_group(row, fields))
+
+
+def _group(row: dict, fields: Fields) -> str | None:
+    """The row's group (``data.group_field``), as its label is read: a string or an integer, never empty; None when no
+    group column is named. A top-level field of the row in every layout (an OpenAI-messages row's too)."""
+    if fields.group is None:
+        return None
+    if fields.group not in row:
+        raise _Missing(f"missing group: {_missing(row, fields.group, 'group')}", ("group",))
+    value = row[fields.group]
+    if isinstance(value, float) and (value != value or value.is_integer()):
+        value = None if value != value else int(value)  # pandas' float64 for an integer column with a gap, as a label's
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise _Bad(f"missing group: field '{fields.group}' is empty")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _Bad(f"wrong type: group '{fields.group}' should be a string or an integer, got {type(value).__name__}")
+    return unicodedata.normalize("NFC", str(value).strip())
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
@@ -594,7 +614,8 @@ def named_columns(row: dict, source: str, task: str, fields: Fields) -> dict:
         DataError: when two columns match a field's name (``Text`` and ``TEXT``): which one is meant cannot be told.
     """
     roles = _ROLES_FOR.get(task, ())
-    missing = [(role, getattr(fields, role)) for role in roles if getattr(fields, role) not in row]
+    named = roles + ("group",) if fields.group is not None else roles
+    missing = [(role, getattr(fields, role)) for role in named if getattr(fields, role) not in row]
     if not missing and not _LAYOUT_COLUMNS.get(task):
         return row
     by_folded: dict[str, list[str]] = {}
@@ -699,13 +720,18 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
     Raises:
         DataError: when the path matches nothing, a file cannot be opened, or a preset does not fit.
     """
+    if data.group_field is not None and task not in GROUP_TASKS:
+        raise DataError(
+            f"data.group_field (--group-field) applies to tasks sft and classify only, not {task}: its metrics are not reported by group",
+            "drop it",
+        )
     result = ReadResult()
     preset = get_preset(data.preset) if data.preset else None
     if preset is not None:
         if preset.task != task:
             raise DataError(f"preset '{preset.name}' is {preset.task} data, not {task}", f"use --task {preset.task}")
         files = preset.files(path)
-        fields = Fields(max_label_chars=data.max_label_chars)
+        fields = Fields(max_label_chars=data.max_label_chars, group=data.group_field)
         rows: Iterator[tuple[str, RowOrError]] = ((str(file), item) for file in files for item in preset.rows(file))
     elif not Path(path).expanduser().exists() and not any(ch in path for ch in "*?[") and _looks_like_hub_name(path):
         files = []
@@ -812,7 +838,8 @@ def _files_without_a_field(errors: list[RecordError], tables: dict[str, _Columns
             continue
         folded = {name.strip().casefold() for name in table.names}
         named = {role for _, roles in table.missing for role in roles} | set(_NEEDED_FOR.get(task, ()))
-        absent = [role for role in _ROLES_FOR.get(task, ()) if role in named and getattr(fields, role).strip().casefold() not in folded]
+        roles = _ROLES_FOR.get(task, ()) + (("group",) if fields.group is not None else ())
+        absent = [role for role in roles if role in named and getattr(fields, role).strip().casefold() not in folded]
         if not absent or any(not set(roles) & set(absent) for _, roles in table.missing):
             continue  # rows that lack different fields: each says its own
         error = RecordError(file, _no_column(absent, table, task, fields), rows=table.rows)

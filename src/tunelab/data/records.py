@@ -1,7 +1,9 @@
 """Typed records: what every reader produces and every later step consumes.
 
 Each record carries ``source`` (``file:line``, for messages a person can act on) and ``id``, a stable
-content hash used by the split so the same test set is used before and after training.
+content hash used by the split so the same test set is used before and after training. An sft or classify
+record may carry ``group`` (``data.group_field``: a country, a product, a channel), which evaluation reports
+each metric by; it never joins the id, so naming a group column changes no split.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class SFTRecord:
     id: str = field(default="")
     references: tuple[str, ...] = ()
     tools: tuple[dict[str, Any], ...] = ()
+    group: str | None = None  # data.group_field's value; not part of the id
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
@@ -99,6 +102,7 @@ class ClassifyRecord:
     label: str
     source: str = ""
     id: str = field(default="")
+    group: str | None = None  # data.group_field's value; not part of the id
 
     def __post_init__(self) -> None:
         if not self.id:

@@ -9,6 +9,7 @@ resampled predictions, perplexity as exp(sum NLL / sum tokens) of the resampled 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -178,17 +179,18 @@ class Comparison:
         return cls(**{**data, "metrics": metrics})
 
 
-def _paired_rows(a: EvalResult, b: EvalResult) -> tuple[list[dict], list[dict], list[str]]:
+def _keyed(result: EvalResult) -> dict[tuple[str, int], dict]:
     # Pair by (id, occurrence): a duplicated test example pairs with its own copy.
-    def keyed(result: EvalResult) -> dict[tuple[str, int], dict]:
-        seen: Counter[str] = Counter()
-        out = {}
-        for row in result.rows:
-            out[(row["id"], seen[row["id"]])] = row
-            seen[row["id"]] += 1
-        return out
+    seen: Counter[str] = Counter()
+    out = {}
+    for row in result.rows:
+        out[(row["id"], seen[row["id"]])] = row
+        seen[row["id"]] += 1
+    return out
 
-    rows_a, rows_b = keyed(a), keyed(b)
+
+def _paired_rows(a: EvalResult, b: EvalResult) -> tuple[list[dict], list[dict], list[str]]:
+    rows_a, rows_b = _keyed(a), _keyed(b)
     shared = [key for key in rows_a if key in rows_b]
     warnings = []
     if not shared:
@@ -327,6 +329,64 @@ def compare_files(path_a: str | Path, path_b: str | Path, *, seed: int = 0, samp
     return compare_evaluations(EvalResult.load(path_a), EvalResult.load(path_b), seed=seed, samples=samples)
 
 
+@dataclass
+class GroupComparison:
+    """The tuned model against one opponent on the test examples of one group (``data.group_field``): the primary
+    metric of each and the difference (tuned minus opponent) with its paired bootstrap 95% interval, NaN under
+    ``MIN_TEST_EXAMPLES`` examples (``outcome`` then says "too few (n=...)")."""
+
+    group: str
+    n: int
+    opponent: str
+    metric: str
+    tuned: float
+    opponent_value: float
+    difference: float
+    low: float
+    high: float
+    outcome: str
+    higher_is_better: bool | None = True
+
+    @property
+    def worse_line(self) -> str | None:
+        """The verdict's line for a group where the tuned model is significantly worse than the opponent; else None."""
+        if self.outcome != WORSE:
+            return None
+        return (f"worse than {self.opponent} on group '{self.group}': {self.difference:+.4g} {self.metric} "
+                f"(95% CI {self.low:+.4g} to {self.high:+.4g}), n={self.n}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GroupComparison:
+        known = set(cls.__dataclass_fields__)
+        numbers = ("tuned", "opponent_value", "difference", "low", "high")
+        return cls(**{key: (float("nan") if value is None and key in numbers else value) for key, value in data.items() if key in known})
+
+
+def compare_groups(opponent: EvalResult, tuned: EvalResult, name: str, *, seed: int = 0, samples: int = 1000) -> list[GroupComparison]:
+    """``tuned`` against ``opponent`` (called ``name``) on each group of the tuned evaluation's rows (their ``group``),
+    by ``compare_evaluations`` on that group's paired rows: the verdict's bootstrap, seed and resamples. Empty when the
+    rows carry no group. Groups in the order they first appear in the test set."""
+    tuned_rows, opponent_rows = _keyed(tuned), _keyed(opponent)
+    members: dict[str, list[tuple[str, int]]] = {}
+    for key, row in tuned_rows.items():
+        if row.get("group") is not None and key in opponent_rows:
+            members.setdefault(str(row["group"]), []).append(key)
+    found = []
+    for group, keys in members.items():
+        # The group's rows alone, in their order, on both sides: the rows of a duplicated example pair as in the whole set.
+        def part(result: EvalResult, rows: dict[tuple[str, int], dict], keys: list[tuple[str, int]] = keys) -> EvalResult:
+            return dataclasses.replace(result, rows=[rows[key] for key in keys], n=len(keys), test_fingerprint="")
+
+        comparison = compare_evaluations(part(opponent, opponent_rows), part(tuned, tuned_rows), seed=seed, samples=samples)
+        m = comparison.metric(comparison.primary)
+        low, high, outcome = m.low, m.high, m.outcome
+        if comparison.n < MIN_TEST_EXAMPLES:
+            # The interval of so few examples is too narrow to trust (MIN_TEST_EXAMPLES): not shown, not judged.
+            low, high, outcome = float("nan"), float("nan"), f"too few (n={comparison.n})"
+        found.append(GroupComparison(group, comparison.n, name, m.name, m.after, m.before, m.difference, low, high, outcome, m.higher_is_better))
+    return found
+
+
 PAID_OFF = "fine-tuning paid off"
 
 
@@ -357,10 +417,19 @@ class Verdict:
     # The tuned evaluation's ``EvalResult.test_fingerprint``: runs are set side by side (``tunelab compare RUN RUN``,
     # through the registry's copy of this verdict) only knowing whether they were judged on the same test set.
     test_fingerprint: str = ""
+    # The tuned model against the opponent the verdict names, per group of the test set (``data.group_field``);
+    # empty without groups.
+    groups: list[GroupComparison] = field(default_factory=list)
 
     @property
     def paid_off(self) -> bool:
         return self.verdict == PAID_OFF
+
+    @property
+    def group_lines(self) -> list[str]:
+        """One line per group where the tuned model is significantly worse than the opponent the verdict names: shown
+        under the verdict wherever it is, so "paid off" on average cannot hide a group it lost."""
+        return [line for group in self.groups if (line := group.worse_line)]
 
     def against(self, baseline: str) -> MetricComparison:
         """The primary metric of the tuned model against ``baseline``."""
@@ -378,6 +447,7 @@ class Verdict:
         data = {key: value for key, value in asdict(self).items() if key != "comparisons"}
         data["comparisons"] = {name: comparison.to_dict() for name, comparison in self.comparisons.items()}
         data["paid_off"] = self.paid_off
+        data["group_lines"] = self.group_lines
         return json_safe(data)
 
     def save(self, path: str | Path) -> Path:
@@ -386,8 +456,9 @@ class Verdict:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
         comparisons = {name: Comparison.from_dict(value) for name, value in data["comparisons"].items()}
-        known = set(cls.__dataclass_fields__) - {"comparisons"}
-        return cls(**{key: value for key, value in data.items() if key in known}, comparisons=comparisons)
+        known = set(cls.__dataclass_fields__) - {"comparisons", "groups"}
+        groups = [GroupComparison.from_dict(group) for group in data.get("groups") or ()]
+        return cls(**{key: value for key, value in data.items() if key in known}, comparisons=comparisons, groups=groups)
 
 
 def _lead(metric: MetricComparison) -> tuple[float, float, float]:
@@ -437,6 +508,7 @@ def compare_with_baselines(
     # Each opponent is paired on the rows it shares with the tuned model (a baseline file may hold fewer): the
     # fewest decide whether there is a verdict at all.
     n = min(comparison.n for comparison in comparisons.values())
+    named = strongest  # the opponent the verdict names (the best of those significantly better, when some are)
     tuned_undefined = not all(np.isfinite(m.after) for m in every.values())
     if tuned_undefined or not metrics:
         # No number to judge by: more test examples would not help, unlike TOO_FEW.
@@ -458,7 +530,7 @@ def compare_with_baselines(
             f"the strongest, {scores(strongest)}: difference {m.difference:+.4g} (95% CI {m.low:+.4g} to {m.high:+.4g})"
         )
     elif winners:
-        best = (min if lower_is_better else max)(winners, key=lambda name: metrics[name].before)
+        best = named = (min if lower_is_better else max)(winners, key=lambda name: metrics[name].before)
         lead, low, high = _lead(metrics[best])
         verdict = f"use {best} instead"
         summary = (
@@ -483,5 +555,7 @@ def compare_with_baselines(
         summary += "; not compared: " + "; ".join(unscored.values())
     if skipped:
         summary += f"; not scored (cannot run here or cannot win, see each reason): {', '.join(skipped)}"
+    # Per group against the opponent the verdict names: none when there is no opponent to judge by.
+    groups = compare_groups(baselines[named], tuned, named, seed=seed, samples=samples) if verdict != CANNOT_JUDGE else []
     return Verdict(tuned.task, primary, tuned.model, n, seed, samples, comparisons, strongest, verdict, summary, warnings, skipped,
-                   tuned.test_fingerprint)
+                   tuned.test_fingerprint, groups)

@@ -256,6 +256,7 @@ def score_classify(
                 },
             }
         )
+        with_group(rows[-1], record)
         if out_of_scope_scores is not None:
             rows[-1]["scores"]["out_of_scope_score"] = float(out_of_scope_scores[index])
     if out_of_scope is not None:
@@ -378,6 +379,15 @@ def _evaluate_classify(loaded, records, config, data_config, label_map, baseline
     return rows, metrics, warnings
 
 
+def with_group(row: dict[str, Any], record: Record) -> dict[str, Any]:
+    """``row`` with its record's group (``data.group_field``) as ``group``, which the verdict reports by; a record without
+    one adds nothing, so evaluations without groups keep their rows as they were."""
+    group = getattr(record, "group", None)
+    if group is not None:
+        row["group"] = group
+    return row
+
+
 def score_sft(
     records: Sequence[SFTRecord], answers: Sequence[str], references: Sequence[Sequence[str]]
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -388,7 +398,8 @@ def score_sft(
         scores = sft_example_scores(answer, refs)
         scores["bleu_stats"] = statistics["bleu"][index]
         scores["chrf_stats"] = statistics["chrf"][index]
-        row = {"id": record.id, "source": record.source, "prompt": prompt_text(record.prompt_messages), "reference": refs[0], "prediction": answer, "scores": scores}
+        row = with_group({"id": record.id, "source": record.source, "prompt": prompt_text(record.prompt_messages), "reference": refs[0],
+                          "prediction": answer, "scores": scores}, record)
         if len(refs) > 1:
             row["references"] = refs
         if len(record.prompt_messages) > 1:

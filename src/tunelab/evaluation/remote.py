@@ -28,6 +28,7 @@ from tunelab.evaluation.evaluate import (
     score_sft,
     select_test_records,
     unstopped_warning,
+    with_group,
 )
 from tunelab.evaluation.metrics import PRIMARY_METRIC, classify_metrics
 from tunelab.evaluation.result import EvalResult, test_fingerprint
@@ -98,12 +99,12 @@ def classify_rows(
     predictions = [parse_label(answer, labels) or UNPARSED for answer in answers]
     rows = []
     for record, answer, prediction in zip(records, answers, predictions, strict=True):
-        rows.append({
+        rows.append(with_group({
             "id": record.id, "source": record.source, "prompt": record.text, "reference": record.label, "prediction": prediction,
             "answer": answer,
             "scores": {"correct": float(prediction == record.label), "confidence": 1.0,
                        "probability_of_reference": float(prediction == record.label), "known_label": record.label in labels},
-        })
+        }, record))
     # An answer naming no category is its own (always wrong) class in the confusion matrix.
     classes = labels + [UNPARSED] if UNPARSED in predictions else labels
     metrics = classify_metrics([r.label for r in records], predictions, [1.0] * len(records), classes)

@@ -300,6 +300,16 @@ def opponent_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def group_table(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: the primary metric per group of the test set (``data.group_field``) for the tuned model and the
+    opponent the verdict names, the difference and its 95% interval ("-" under ``MIN_TEST_EXAMPLES``); no rows without groups."""
+    opponent = verdict.groups[0].opponent if verdict.groups else verdict.strongest
+    header = ["group", "n", f"tuned {verdict.primary}", f"{opponent} {verdict.primary}", "tuned − opponent", "95% CI", "outcome for the tuned model"]
+    rows = [[g.group, str(g.n), _format(g.tuned), _format(g.opponent_value), _format(g.difference),
+             "-" if not math.isfinite(g.low) else f"[{_format(g.low)}, {_format(g.high)}]", g.outcome] for g in verdict.groups]
+    return header, rows
+
+
 def out_of_scope_lines(baselines: dict[str, EvalResult], tuned: EvalResult) -> list[str]:
     """classify with an out-of-scope label: each opponent's threshold, chosen on the validation queries."""
     rule = tuned.settings.get("out_of_scope")
@@ -342,6 +352,7 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
         return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
 
     lines = [f"# Report: {run.root.name}", "", f"**Verdict: {verdict.verdict}.** {verdict.summary}", ""]
+    lines += [f"**{line}.**" for line in verdict.group_lines] + ([""] if verdict.group_lines else [])
     lines += [f"- task: {tuned.task}; test examples: {verdict.n}; tuned: {tuned.model}"]
     lines += [f"- baseline {name}: {result.model}" for name, result in baselines.items()]
     lines += [f"- baseline {name}: **skipped**, {reason}" for name, reason in verdict.skipped.items()]
@@ -351,6 +362,8 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
     lines += [f"- {line}" for line in [calibration_line(run.root)] if line]
     lines += [f"- warning: {w}" for w in notes]
     lines += ["", "## Against each baseline", ""] + table(*opponent_table(verdict))
+    if verdict.groups:
+        lines += ["", "## By group", ""] + table(*group_table(verdict))
     lines += ["", "## Metrics", ""] + table(*metric_table(verdict))
     if "loss" in plots:
         lines += ["", "## Loss curves", "", f"![loss curves]({plots['loss'].relative_to(run.root).as_posix()})"]
@@ -392,6 +405,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {e(run.root.name)}</title><style>{CSS}\n{CONFUSION_STYLE}</style></head><body>"]
     parts.append(f"<h1>Report: {e(run.root.name)}</h1>")
     parts.append(f"<p class='verdict {verdict_class}'><b>Verdict: {e(verdict.verdict)}.</b> {e(verdict.summary)}</p>")
+    parts += [f"<p class='verdict worse'>{e(line)}</p>" for line in verdict.group_lines]
     described = "".join(f"<br>baseline {e(name)}: {e(result.model)}" for name, result in baselines.items())
     described += "".join(f"<br>baseline {e(name)}: <b>skipped</b>, {e(reason)}" for name, reason in verdict.skipped.items())
     parts.append(f"<p>task: {e(tuned.task)}; test examples: {verdict.n}; tuned: {e(tuned.model)}{described}<br>"
@@ -401,6 +415,8 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
     parts += [f"<p>{e(line)}</p>" for line in [calibration_line(run.root)] if line]
     parts += [f"<p class='warn'>warning: {e(w)}</p>" for w in notes]
     parts.append("<h2>Against each baseline</h2>" + table(*opponent_table(verdict)))
+    if verdict.groups:
+        parts.append("<h2>By group</h2>" + table(*group_table(verdict)))
     parts.append("<h2>Metrics</h2>" + table(*metric_table(verdict)))
     if "loss" in plots:
         data = base64.b64encode(plots["loss"].read_bytes()).decode("ascii")
