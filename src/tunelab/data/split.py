@@ -487,7 +487,7 @@ def make_split(config: RunConfig) -> Split:
         skipped += errors
     out_of_scope: list[Record] = []
     if data.out_of_scope:
-        out_of_scope, errors = _load_with_errors(data.out_of_scope, config.task, data, limit=False)
+        out_of_scope, errors = _load_with_errors(data.out_of_scope, config.task, _without_group(data), limit=False)
         skipped += errors
         _check_out_of_scope_file(out_of_scope, data)
     split = split_records(
@@ -505,6 +505,13 @@ def make_split(config: RunConfig) -> Split:
     split.validation_from = data.validation or "held out"
     split.skipped = skipped
     return split
+
+
+def _without_group(data: DataConfig) -> DataConfig:
+    """How the out-of-scope file is read: without ``data.group_field``. Its requests belong to no category, and
+    usually to no group either (spam, jokes, another company's questions): asking each for a country would refuse the
+    file; they count in the verdict over the whole test set, in no group's."""
+    return data.model_copy(update={"group_field": None})
 
 
 def _check_out_of_scope_file(records: Sequence[Record], data: DataConfig) -> None:
@@ -525,9 +532,11 @@ def load_split(path: str | Path, config: RunConfig) -> Split:
     """
     data = config.data.model_copy(update={"skip_invalid": True})
     records: list[Record] = []
-    for source, limit in ((data.train, True), (data.test, False), (data.validation, False), (data.out_of_scope, False)):
+    for source, limit in ((data.train, True), (data.test, False), (data.validation, False)):
         if source:
             records += _load_with_errors(source, config.task, data, limit)[0]
+    if data.out_of_scope:
+        records += _load_with_errors(data.out_of_scope, config.task, _without_group(data), False)[0]
     return Split.load(path, records)
 
 

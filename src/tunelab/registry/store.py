@@ -300,18 +300,19 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_MISSING = object()
-
-
 def config_differences(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The dotted config keys whose values are not the same in every config (absent shows as None)."""
+    """The dotted config keys whose values are not the same in every config (absent shows as None).
+
+    An absent key and a null one are the same: a run saved before a key existed (``data.group_field``) has none, a
+    newer run its null default, and listing that as a difference would hide the ones that matter among them.
+    """
     flats = [flatten(config) for config in configs]
     keys = sorted({key for flat in flats for key in flat})
     differences = {}
     for key in keys:
-        values = [flat.get(key, _MISSING) for flat in flats]
+        values = [flat.get(key) for flat in flats]
         if any(value != values[0] for value in values[1:]):
-            differences[key] = [None if value is _MISSING else value for value in values]
+            differences[key] = values
     return differences
 
 

@@ -72,3 +72,24 @@ def test_text_and_preference_refuse_the_key(tmp_path):
         read_records(str(path), "text", DataConfig(group_field="country"))
     with pytest.raises(ConfigError, match="group_field applies to tasks sft and classify only, not preference"):
         parse_config({"task": "preference", "model": "default", "data": {"train": str(path), "group_field": "country"}})
+
+
+def test_the_out_of_scope_file_needs_no_group(tmp_path):
+    # Requests that fit no category (spam, another company's questions) have no country either: the out-of-scope file
+    # is read without the group column, in the split and when a run's split is read back.
+    from tunelab.data.split import load_split
+
+    labels = ("card", "refund")
+    rows = [{"text": f"{label} request number {i}", "label": label, "country": "FR" if i % 2 else "DE"} for label in labels for i in range(20)]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    oos = _jsonl(tmp_path / "oos.jsonl", [{"text": f"tell me a joke {i}", "label": "other"} for i in range(6)])
+    config = parse_config({"task": "classify", "data": {"train": str(train), "group_field": "country", "out_of_scope": str(oos),
+                                                          "out_of_scope_label": "other"}})
+    split = make_split(config)
+    assert not split.skipped
+    unknown = [r for r in split.test + split.validation if r.label == "other"]
+    assert unknown and all(r.group is None for r in unknown)
+    assert {r.group for r in split.test if r.label != "other"} <= {"FR", "DE"}
+    split.save(tmp_path / "split.json")
+    again = load_split(tmp_path / "split.json", config)
+    assert [(r.id, r.group) for r in again.test] == [(r.id, r.group) for r in split.test]

@@ -152,6 +152,9 @@ def test_compare_never_shows_another_baselines_metrics_as_the_base_models(regist
 def test_config_differences_and_metric_values():
     assert config_differences([{"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 1, "c": [1, 3]}}]) == {"a.c": [[1, 2], [1, 3]]}
     assert config_differences([{"x": 1}, {"x": 1}]) == {}
+    # A key an older run's config does not have yet is no difference while the newer run leaves it null.
+    assert config_differences([{"data": {"seed": 0}}, {"data": {"seed": 0, "group_field": None}}]) == {}
+    assert config_differences([{"data": {"seed": 0}}, {"data": {"seed": 0, "group_field": "country"}}]) == {"data.group_field": [None, "country"]}
     assert metric_values({"metrics": {"accuracy": {"value": 0.5}, "n": 10, "ok": True, "name": "x"}}) == {"accuracy": 0.5, "n": 10.0}
 
 
