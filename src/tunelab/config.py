@@ -86,7 +86,7 @@ PREDICTIONS_TASKS = BASELINES["predictions"].tasks
 PREDICTIONS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a predictions baseline's name is part of file names (eval/NAME.json)
 
 
-def _file_stem(path: Any) -> str:
+def file_stem(path: Any) -> str:
     """A file's name without its extensions (``current.jsonl.gz`` → ``current``): a predictions baseline's default name."""
     return Path(str(path)).name.split(".")[0] or "predictions"
 
@@ -499,7 +499,7 @@ class EvalConfig(_Section):
                 # `{predictions: PATH, name: NAME, ...}` is shorthand for NAME plus eval.predictions[NAME] (the other keys:
                 # PredictionsConfig's, checked there, so a misspelt one is refused).
                 rest = {key: value for key, value in entry.items() if key not in ("predictions", "name")}
-                name = entry.get("name") or _file_stem(entry["predictions"])
+                name = entry.get("name") or file_stem(entry["predictions"])
                 predictions[str(name)] = {"path": entry["predictions"], **rest}
                 names.append(str(name))
             else:

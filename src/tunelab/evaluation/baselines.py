@@ -820,6 +820,21 @@ def check_baselines(names: Sequence[str], task: str, config: EvalConfig, *, trai
         raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
 
 
+def check_predictions(names: Sequence[str], records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig) -> None:
+    """Refuse, before any model answers, a predictions file of ``names`` with unreadable rows, two answers to one
+    request, or no answer to a test request that will be scored.
+
+    Raises:
+        DataError: as ``data.predictions.read_predictions`` and ``match_predictions``.
+    """
+    from tunelab.data.predictions import match_predictions, read_predictions
+
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    for name in names:
+        if is_predictions(name, config, task):
+            match_predictions(read_predictions(config.predictions_of(name), task, data_config), chosen)  # type: ignore[arg-type]
+
+
 def evaluate_baseline(
     name: str,
     base: Any,
@@ -1163,6 +1178,7 @@ def evaluate_with_baselines(
     from tunelab.evaluation.compare import compare_with_baselines
 
     check_baselines(baselines, task, config, train=train, has_base=not model.remote)
+    check_predictions(baselines, records, task, config=config, data_config=data_config)
     if task == "classify" and label_map is None:
         if model.label_map is not None:
             label_map = model.label_map

@@ -97,7 +97,12 @@ def test_the_out_of_scope_label_is_an_out_of_scope_answer(tmp_path):
     answers = ["billing", "technical", "shipping", "billing", "technical", "shipping", "other", "other"]
     rows = [{"text": r.text, "label": a} for r, a in zip(records, answers, strict=True)]
     config = _eval_config(_write(tmp_path / "current.jsonl", rows))
-    result = _score("current", config, records=records, data_config=DataConfig(out_of_scope_label="other"))
+    # Through evaluate_baselines, which chooses every other baseline's threshold on the validation queries: the current
+    # system has none to choose (it answered those as it does), and is not asked for the validation queries.
+    validation = [ClassifyRecord("is it sunny", "other"), ClassifyRecord("my invoice", "billing")]
+    result = B.evaluate_baselines(["current"], None, records, "classify", train=[], config=config, data_config=DataConfig(out_of_scope_label="other"),
+                                  label_map=_label_map(), validation=validation)["current"]
+    assert "out_of_scope_threshold" not in result.metrics
     assert result.metrics["accuracy"] == pytest.approx(7 / 8) and "unknown_answers" not in result.metrics
     assert result.metrics["out_of_scope_recall"] == pytest.approx(1.0) and result.metrics["out_of_scope_precision"] == pytest.approx(0.5)
 
@@ -171,3 +176,37 @@ def test_a_cached_result_is_reused_and_a_changed_file_is_not(tmp_path):
     _write(path, [{"text": t, "label": "billing"} for t, _ in TEST])  # the same file name, other answers
     assert run() == (["start", "done"], pytest.approx(3 / 7))
     assert run() == (["skip"], pytest.approx(3 / 7))
+
+
+def test_tunelab_eval_takes_the_predictions_file_as_a_baseline(tmp_path, tiny_model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.evaluation import answering
+
+    data = _write(tmp_path / "test.jsonl", [{"text": t, "label": label} for t, label in TEST])
+    answers = _write(tmp_path / "rules.jsonl", [{"text": t, "label": "billing"} for t, _ in TEST[1:]])
+    _register_commands()
+    evaluated = []
+    monkeypatch.setattr(answering.LocalModel, "evaluate", lambda *a, **k: evaluated.append(1) or pytest.fail("evaluated"))
+    args = ["eval", "--data", str(data), "--task", "classify", "--model", str(tiny_model_dir), "--json"]
+    result = CliRunner().invoke(app, [*args, "--predictions", f"current={answers}"])
+    # A hole is refused before the model answers anything.
+    assert isinstance(result.exception, DataError) and "1 of 7 test requests have no prediction" in str(result.exception)
+    assert not evaluated
+    monkeypatch.undo()
+    _write(answers, [{"text": t, "label": "billing"} for t, _ in TEST])
+    result = CliRunner().invoke(app, [*args, "--predictions", str(answers), "--samples", "100"])
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    shown = json.loads(result.output)
+    assert shown["baselines"]["rules"]["accuracy"] == pytest.approx(3 / 7) and shown["baselines"]["rules"]["ece"] is None
+    assert "rules" in shown["verdict"]["comparisons"]
+
+
+def test_a_relative_predictions_path_is_anchored_for_resume(tmp_path):
+    from tunelab.runs import anchor_paths
+
+    (tmp_path / "current.jsonl").write_text("{}\n")
+    config = {"eval": {"predictions": {"current": {"path": "current.jsonl"}, "gone": {"path": "gone.jsonl"}}}}
+    anchored = anchor_paths(config, tmp_path)["eval"]["predictions"]
+    assert anchored["current"]["path"] == str(tmp_path / "current.jsonl") and anchored["gone"]["path"] == "gone.jsonl"
