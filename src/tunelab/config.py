@@ -52,6 +52,8 @@ class BaselineEntry:
     needs_base_model: bool  # runs the base model: costs about one evaluation; none under a remote evaluated model
     learns_from_training: bool  # learns from the training split: its records' fingerprint is part of the cache key
     description: str
+    # Listed by default (eval.baselines left out). An entry that needs a file of the user's is listed only by naming it.
+    by_default: bool = True
 
 
 # The baseline catalogue: what a user would do instead of fine-tuning. A new baseline is one entry here and
@@ -68,6 +70,10 @@ BASELINES: dict[str, BaselineEntry] = {
                       "frozen sentence embeddings (eval.embedding_model) + logistic regression; sft: the nearest training prompt's answer"),
         BaselineEntry("few_shot", ("classify", "sft"), True, True, "the base model with solved training examples in its prompt"),
         BaselineEntry("retrieval", ("sft",), False, True, "the completion of the most similar training prompt (TF-IDF cosine)"),
+        # The user's current system (a rules engine, a vendor's classifier, a team's answers): its answers to the test
+        # requests, exported as a file; listed as {predictions: PATH, name: NAME} and shown under NAME.
+        BaselineEntry("predictions", ("classify", "sft"), False, False, "the answers of the system in use now, read from a file",
+                      by_default=False),
     )
 }
 
@@ -77,8 +83,16 @@ GROUP_TASKS = ("classify", "sft")
 
 # The opponents that make sense per task, in the catalogue's order.
 TASK_BASELINES: dict[str, tuple[str, ...]] = {
-    task: tuple(name for name, entry in BASELINES.items() if task in entry.tasks) for task in ("classify", "sft", "text", "preference")
+    task: tuple(name for name, entry in BASELINES.items() if task in entry.tasks and entry.by_default)
+    for task in ("classify", "sft", "text", "preference")
 }
+PREDICTIONS_TASKS = BASELINES["predictions"].tasks
+PREDICTIONS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a predictions baseline's name is part of file names (eval/NAME.json)
+
+
+def file_stem(path: Any) -> str:
+    """A file's name without its extensions (``current.jsonl.gz`` → ``current``): a predictions baseline's default name."""
+    return Path(str(path)).name.split(".")[0] or "predictions"
 
 
 def _expand_home(path: str) -> str:
@@ -157,6 +171,28 @@ class EndpointConfig(_Section):
         if text.startswith("openai:") and text.removeprefix("openai:").strip():
             return cls(base_url=OPENAI_BASE_URL, name=text.removeprefix("openai:").strip(), api_key_env=OPENAI_KEY_ENV)
         return None
+
+
+class PredictionsConfig(_Section):
+    """The answers of the system a user has now (``{predictions: PATH}`` in ``eval.baselines``), to the test requests.
+
+    Read by the data readers in the task's own layout (classify: the request's text and the label answered; sft: the
+    prompt and its answer), matched to the test records by their input key (``tunelab.data.keys.input_key``).
+    A field left out is the run's own ``data.*_field``.
+    """
+
+    path: str = Field(..., description="The file (or folder, or glob) of answers: JSONL, JSON, CSV, TSV or Parquet.")
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "arrow"] = Field(
+        "auto", description="File format; 'auto' picks by extension."
+    )
+    text_field: str | None = Field(None, description="classify: column with the request (default: data.text_field).")
+    label_field: str | None = Field(None, description="classify: column with the label answered (default: data.label_field).")
+    prompt_field: str | None = Field(None, description="sft: column with the prompt (default: data.prompt_field).")
+    completion_field: str | None = Field(None, description="sft: column with the answer (default: data.completion_field).")
+    messages_field: str | None = Field(None, description="sft: column with chat messages (default: data.messages_field).")
+    probability_field: str = Field(
+        "probability", description="classify: optional column with the answer's probability (gives an ECE; without it ECE is not given)."
+    )
 
 
 class ModelConfig(_Section):
@@ -425,11 +461,18 @@ class EvalConfig(_Section):
         "logistic regression; sft: the answer of the training prompt nearest by embedding), few_shot (the base model "
         "with training examples in the prompt), retrieval (sft: the answer of the most similar training prompt by "
         "TF-IDF), and remote models: "
-        "openai:NAME, remote:NAME (an entry of eval.endpoints) or {endpoint: {base_url, name, api_key_env}}. "
+        "openai:NAME, remote:NAME (an entry of eval.endpoints) or {endpoint: {base_url, name, api_key_env}}; "
+        "and the system in use now (classify, sft): {predictions: PATH, name: NAME} (its answers to the test requests, "
+        "from a file; name default: the file's stem). "
         "Default: all local ones that apply to the task.",
     )
     endpoints: dict[str, EndpointConfig] = Field(
         default_factory=dict, description="Remote models named in eval.baselines as remote:NAME."
+    )
+    predictions: dict[str, PredictionsConfig] = Field(
+        default_factory=dict,
+        description="The answers of systems in use now, by the name eval.baselines lists them under "
+        "(written there as {predictions: PATH, name: NAME}).",
     )
     few_shot_tokens: int = Field(
         1024, ge=0, description="few_shot: token budget for the training examples put in the prompt."
@@ -458,20 +501,36 @@ class EvalConfig(_Section):
         if not isinstance(values, dict) or not isinstance(values.get("baselines"), list):
             return values
         endpoints = dict(values.get("endpoints") or {})
+        predictions = dict(values.get("predictions") or {})
         names = []
         for entry in values["baselines"]:
             if isinstance(entry, dict) and set(entry) <= {"endpoint", "as"} and isinstance(entry.get("endpoint"), dict):
                 name = str(entry.get("as") or entry["endpoint"].get("name") or "remote")
                 endpoints[name] = entry["endpoint"]
                 names.append(f"remote:{name}")
+            elif isinstance(entry, dict) and "predictions" in entry:
+                # `{predictions: PATH, name: NAME, ...}` is shorthand for NAME plus eval.predictions[NAME] (the other keys:
+                # PredictionsConfig's, checked there, so a misspelt one is refused).
+                rest = {key: value for key, value in entry.items() if key not in ("predictions", "name")}
+                name = entry.get("name") or file_stem(entry["predictions"])
+                predictions[str(name)] = {"path": entry["predictions"], **rest}
+                names.append(str(name))
             else:
                 names.append(entry)
-        return {**values, "baselines": names, "endpoints": endpoints}
+        return {**values, "baselines": names, "endpoints": endpoints, "predictions": predictions}
 
     @model_validator(mode="after")
     def _remote_names_known(self) -> EvalConfig:
         local = set(BASELINES)
+        for name in self.predictions:
+            if name in local or ":" in name or not PREDICTIONS_NAME.fullmatch(name):
+                raise ValueError(f"eval.baselines: '{name}' cannot name a predictions file's baseline: "
+                                 "use letters, digits, '_', '.' or '-', and no name of the catalogue (give it another name: NAME)")
         for name in self.baselines or ():
+            if name == "predictions":
+                raise ValueError("eval.baselines: predictions needs its file: {predictions: PATH, name: NAME}")
+            if name in self.predictions:
+                continue
             if name in local or EndpointConfig.parse_name(name) is not None:
                 continue
             if name.startswith("remote:"):
@@ -480,6 +539,10 @@ class EvalConfig(_Section):
                 continue
             raise ValueError(f"eval.baselines: unknown baseline '{name}': use {', '.join(sorted(local))}, openai:NAME, remote:NAME or {{endpoint: ...}} (eval.baselines=[] for none)")
         return self
+
+    def predictions_of(self, name: str) -> PredictionsConfig | None:
+        """The predictions file of a baseline name listed as ``{predictions: PATH, name: NAME}``, None for any other."""
+        return self.predictions.get(name)
 
     def endpoint_of(self, name: str) -> EndpointConfig | None:
         """The endpoint of a remote baseline name (``openai:NAME``, ``remote:NAME``), None for a local baseline."""
@@ -937,7 +1000,8 @@ def resolve_baselines(task: str, config: EvalConfig) -> list[str]:
         names = [name for name in valid if not (name == "base" and config.baseline is False)]
     else:
         names = list(dict.fromkeys(config.baselines))
-    wrong = [name for name in names if name not in valid and not (config.endpoint_of(name) and task in REMOTE_TASKS)]
+    wrong = [name for name in names if name not in valid and not (config.endpoint_of(name) and task in REMOTE_TASKS)
+             and not (config.predictions_of(name) and task in PREDICTIONS_TASKS)]
     if wrong:
         raise ConfigError(
             f"eval.baselines: {', '.join(wrong)} does not apply to the task {task}",

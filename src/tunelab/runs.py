@@ -339,6 +339,13 @@ def anchor_paths(config: dict[str, Any], base: Path, *, outputs: bool = False) -
             candidate = base / Path(value).expanduser()
             if candidate.exists() or any(ch in value for ch in "*?["):
                 config[section][key] = str(candidate)
+    # The current system's predictions files (eval.predictions.NAME.path), read again on resume like the data.
+    for entry in ((config.get("eval") or {}).get("predictions") or {}).values():
+        value = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            candidate = base / Path(value).expanduser()
+            if candidate.exists() or any(ch in value for ch in "*?["):
+                entry["path"] = str(candidate)
     if not outputs:
         return config
     train = config.get("train") or {}

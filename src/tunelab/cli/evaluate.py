@@ -19,7 +19,7 @@ from tunelab.cli.common import (
     progress_display,
     verdict_rich_table,
 )
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 
 review_app = typer.Typer(help="Blind human A/B review of base vs tuned outputs.", no_args_is_help=True)
 
@@ -95,6 +95,20 @@ def _baseline_names(option: str | None, task: str, train: Path | None) -> list[s
     return list(dict.fromkeys(name.strip() for name in option.split(",") if name.strip()))
 
 
+def _predictions_files(options: list[str]) -> dict[str, str]:
+    """``--predictions FILE`` / ``NAME=FILE`` as {name: file}; a name is the file's stem unless given."""
+    from tunelab.config import file_stem
+
+    files: dict[str, str] = {}
+    for option in options:
+        name, _, path = option.rpartition("=") if "=" in option and not Path(option).exists() else ("", "", option)
+        name = name.strip() or file_stem(path)
+        if name in files:
+            raise ConfigError(f"--predictions: two files named {name}", "name one of them: --predictions NAME=FILE")
+        files[name] = path
+    return files
+
+
 def evaluate_command(
     data: str = typer.Option(..., "--data", "-d", help="Test file (any format `tunelab data check` reads)."),
     task: str = typer.Option(..., "--task", "-t", help="text, sft or classify."),
@@ -131,6 +145,10 @@ def evaluate_command(
     ),
     validation: Path = typer.Option(
         None, "--validation", help="classify with an out-of-scope label: validation file each baseline's threshold is chosen on."
+    ),
+    predictions: list[str] = typer.Option(
+        None, "--predictions", help="The current system's answers to the test requests, as a baseline: FILE (named after its "
+        "stem) or NAME=FILE; classify: text + label (+ probability), sft: prompt + completion. Repeatable.",
     ),
     few_shot_tokens: int = typer.Option(1024, "--few-shot-tokens", min=0, help="few_shot: token budget for the examples in the prompt."),
     samples: int = typer.Option(1000, "--samples", min=100, help="Bootstrap resamples of the comparison with the baselines."),
@@ -174,10 +192,12 @@ def evaluate_command(
                                 markup=False, highlight=False, soft_wrap=True)
         return result.records
 
+    files = _predictions_files(predictions or [])
     eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                                      temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples)
+                                      temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples,
+                                      predictions={name: {"path": path} for name, path in files.items()} or None)
     check_output_file(out)
-    names = _baseline_names(baselines, task, train)
+    names = [*_baseline_names(baselines, task, train), *files]
     records = load_records(data, task, data_config)
     learn_config = DataConfig(preset=preset, system_prompt=system, skip_invalid=skip_invalid)
     train_records = load_records(str(train), task, learn_config) if train is not None else []

@@ -48,7 +48,15 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.config import BASELINES, REMOTE_TASKS, TASK_BASELINES, DataConfig, EvalConfig
+from tunelab.config import (
+    BASELINES,
+    PREDICTIONS_TASKS,
+    REMOTE_TASKS,
+    TASK_BASELINES,
+    DataConfig,
+    EvalConfig,
+    PredictionsConfig,
+)
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.data.templates import (
@@ -570,6 +578,86 @@ def retrieval_baseline(train: Sequence[SFTRecord], records: Sequence[SFTRecord],
     return _result("sft", "retrieval", "retrieval (completion of the nearest training prompt, TF-IDF cosine)", chosen, rows, metrics, settings, warnings)
 
 
+# ------------------------------------------------------------------------ the current system's predictions
+
+
+def predictions_baseline(
+    name: str, entry: PredictionsConfig, records: Sequence[Record], task: str, *, data_config: DataConfig,
+    labels: Sequence[str] | None = None, train_ids=None,
+) -> EvalResult:
+    """The answers the system in use now gave to the test requests (``entry``'s file), scored like the model's.
+
+    classify: an answer that is none of ``labels`` counts as wrong (it is what the system answered; said once with a
+    count), the out-of-scope label (``data.out_of_scope_label``) is an out-of-scope answer; ECE only where the file gives
+    every answer's probability. The system learns nothing here and runs nothing: no threshold is chosen for it.
+
+    Raises:
+        DataError: for unreadable rows, two answers to one request, or a test request without an answer.
+    """
+    from tunelab.data.predictions import match_predictions, read_predictions
+
+    chosen, warnings = _prepare(records, task, data_config, train_ids)
+    read = read_predictions(entry, task, data_config)
+    answers, notes = match_predictions(read, chosen)
+    warnings += notes
+    settings = {"predictions": entry.path, "content_hash": read.content_hash}
+    model = f"{name} (the current system's answers, {entry.path})"
+    if task == "sft":
+        rows, metrics = score_sft(chosen, [a.answer for a in answers], [references_of(r) for r in chosen])
+        return _result("sft", name, model, chosen, rows, metrics, settings, warnings)
+    labels = list(labels) if labels is not None else sorted({r.label for r in chosen})
+    rows, metrics, more = score_answers(chosen, answers, labels, data_config.out_of_scope_label)
+    return _result("classify", name, model, chosen, rows, metrics, settings, warnings + more, labels)
+
+
+def score_answers(
+    records: Sequence[ClassifyRecord], answers: Sequence[Any], labels: Sequence[str], out_of_scope_label: str | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Rows, metrics and warnings of classify answers given as labels (``Prediction``s: answer, source, probability).
+
+    A confidence is the answer's probability where the file gives one; without one for every answer ECE is None
+    (shown "—", never 0), and each row's confidence is None.
+    """
+    from tunelab.evaluation.metrics import classify_metrics
+
+    labels = list(labels)
+    answerable = {*labels, *([out_of_scope_label] if out_of_scope_label is not None else [])}
+    calibrated = all(answer.probability is not None for answer in answers)
+    rows = []
+    for record, answer in zip(records, answers, strict=True):
+        known = record.label in answerable
+        correct = float(answer.answer == record.label)
+        confidence = answer.probability if calibrated else None
+        scores: dict[str, Any] = {
+            "correct": correct, "confidence": confidence,
+            "probability_of_reference": (confidence if correct else 0.0) if calibrated else None, "known_label": known,
+        }
+        row = {"id": record.id, "source": record.source, "prompt": record.text, "reference": record.label, "prediction": answer.answer,
+               "answer_source": answer.source, "scores": scores}
+        if out_of_scope_label is not None:
+            outside = record.label == out_of_scope_label
+            scores.update(label_correct=float(not outside and correct), out_of_scope=float(outside),
+                          rejected=float(answer.answer == out_of_scope_label))
+            row["label_prediction"] = answer.answer
+        rows.append(row)
+    # An answer that is none of the labels is its own (always wrong) class in the confusion matrix, as a remote model's.
+    unknown = sorted({answer.answer for answer in answers} - answerable)
+    metrics = classify_metrics(
+        [r.label for r in records], [a.answer for a in answers], [a.probability if calibrated else 1.0 for a in answers], labels + unknown,
+        out_of_scope_label=out_of_scope_label,
+        label_correct=[row["scores"]["label_correct"] for row in rows] if out_of_scope_label is not None else None,
+    )
+    warnings = []
+    if not calibrated:
+        metrics["ece"] = None
+    if unknown:
+        count = sum(1 for answer in answers if answer.answer in set(unknown))
+        metrics["unknown_answers"] = count
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        warnings.append(f"{count} answers are none of the run's labels ({shown}): they count as wrong")
+    return rows, metrics, warnings
+
+
 # ---------------------------------------------------------------------------------------- dispatching
 
 
@@ -682,6 +770,24 @@ def _score_retrieval(job: BaselineJob) -> EvalResult:
     return result
 
 
+@scorer("predictions")
+def _score_predictions(job: BaselineJob) -> EvalResult:
+    entry = job.config.predictions_of(job.name)
+    if entry is None:
+        raise ConfigError("the predictions baseline needs its file: {predictions: PATH, name: NAME} in eval.baselines")
+    _expect(job.progress, 1)
+    labels = job.label_map.labels if job.label_map is not None else None
+    result = predictions_baseline(job.name, entry, job.records, job.task, data_config=job.data_config, labels=labels, train_ids=job.train_ids)
+    if job.progress is not None:
+        job.progress(1)
+    return result
+
+
+def is_predictions(name: str, config: EvalConfig, task: str) -> bool:
+    """Whether ``name`` is the current system's predictions file (``{predictions: PATH, name: NAME}``) for ``task``."""
+    return config.predictions_of(name) is not None and task in PREDICTIONS_TASKS
+
+
 def needs_base_model(name: str) -> bool:
     """Whether baseline ``name`` runs the base model (a remote one runs elsewhere)."""
     entry = BASELINES.get(name)
@@ -703,7 +809,7 @@ def check_baselines(names: Sequence[str], task: str, config: EvalConfig, *, trai
         DataError: when a baseline that learns has no training records.
     """
     for name in names:
-        if name not in TASK_BASELINES.get(task, ()) and not (config.endpoint_of(name) and task in REMOTE_TASKS):
+        if name not in TASK_BASELINES.get(task, ()) and not (config.endpoint_of(name) and task in REMOTE_TASKS) and not is_predictions(name, config, task):
             raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
     local = [name for name in names if needs_base_model(name)]
     if local and not has_base:
@@ -712,6 +818,21 @@ def check_baselines(names: Sequence[str], task: str, config: EvalConfig, *, trai
     missing = [name for name in names if learns_from_training(name) and not train]
     if missing:
         raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
+
+
+def check_predictions(names: Sequence[str], records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig) -> None:
+    """Refuse, before any model answers, a predictions file of ``names`` with unreadable rows, two answers to one
+    request, or no answer to a test request that will be scored.
+
+    Raises:
+        DataError: as ``data.predictions.read_predictions`` and ``match_predictions``.
+    """
+    from tunelab.data.predictions import match_predictions, read_predictions
+
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    for name in names:
+        if is_predictions(name, config, task):
+            match_predictions(read_predictions(config.predictions_of(name), task, data_config), chosen)  # type: ignore[arg-type]
 
 
 def evaluate_baseline(
@@ -747,6 +868,9 @@ def evaluate_baseline(
             label_map = names_label_map(sorted({r.label for r in train}))
         return remote_model(endpoint, check=False).evaluate(records, task, config=config, data_config=data_config, label_map=label_map,
                                                             train_ids=train_ids, baseline_name=name, progress=progress)
+    if is_predictions(name, config, task):
+        job = BaselineJob(name, base, records, task, train, config, data_config, label_map, train_ids, progress, allow_network)
+        return SCORERS["predictions"].score(job)
     if name not in TASK_BASELINES.get(task, ()):
         raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
     if needs_base_model(name) and base is None:
@@ -798,6 +922,15 @@ def baseline_settings(
         settings["exact_match"] = "nfkc, casefold, unicode punctuation; articles kept when nothing else is left"
     if name in SCORERS:
         settings.update(SCORERS[name].cache_settings(config))
+    predictions = config.predictions_of(name)
+    if predictions is not None:
+        from tunelab.data.predictions import content_hash, reading_config
+
+        # The file's content, not its name or time: an edited file is scored again, a copied one is not; and the columns
+        # it is read from (the run's own data.*_field where the entry names none).
+        read_as = reading_config(predictions, data_config).model_dump(mode="json", include={
+            "format", "text_field", "label_field", "prompt_field", "completion_field", "messages_field"})
+        settings["predictions"] = {"content": content_hash(predictions.path), "probability_field": predictions.probability_field, **read_as}
     if learns_from_training(name):
         settings["train_fingerprint"] = training_fingerprint(train)
     if task == "classify" and data_config.out_of_scope_label is not None:
@@ -851,7 +984,7 @@ def calibrated_baseline(
 SCORING_MODULES = (
     "tunelab.evaluation.baselines", "tunelab.evaluation.evaluate", "tunelab.evaluation.predict", "tunelab.evaluation.answering",
     "tunelab.evaluation.metrics", "tunelab.evaluation.remote", "tunelab.inference", "tunelab.data.labels", "tunelab.models.generate",
-    "tunelab.models.prefix", "tunelab.models.embedding",
+    "tunelab.models.prefix", "tunelab.models.embedding", "tunelab.data.predictions",
 )
 
 
@@ -988,7 +1121,8 @@ def evaluate_baselines(
                                                    label_map=label_map, cross_validated=cross_validated, progress=meter)
                 if reason is not None:
                     raise BaselineSkipped(reason)
-            if task == "classify" and data_config.out_of_scope_label is not None:
+            if task == "classify" and data_config.out_of_scope_label is not None and config.predictions_of(name) is None:
+                # (The current system answers out of scope as it does: it has no threshold to choose.)
                 result = calibrated_baseline(name, base, records, list(validation or []), **scoring)
             else:
                 result = evaluate_baseline(name, base, records, task, **scoring)
@@ -1044,6 +1178,7 @@ def evaluate_with_baselines(
     from tunelab.evaluation.compare import compare_with_baselines
 
     check_baselines(baselines, task, config, train=train, has_base=not model.remote)
+    check_predictions(baselines, records, task, config=config, data_config=data_config)
     if task == "classify" and label_map is None:
         if model.label_map is not None:
             label_map = model.label_map

@@ -74,6 +74,8 @@ def not_a_number(model: str, metric: str, table: dict[str, np.ndarray]) -> str:
         if np.issubdtype(column.dtype, np.floating):
             broken |= ~np.isfinite(column.reshape(n, -1)).all(axis=1)
     why = f"{int(broken.sum())} of {n} examples' scores are NaN" if broken.any() else "it is undefined on these examples"
+    if metric == "ece" and "confidence" in table and n and np.isnan(table["confidence"]).all():
+        why = "its answers come without probabilities"  # a predictions file without its probability column
     return f"{model}'s {metric} is not a number on this test set ({why})"
 
 

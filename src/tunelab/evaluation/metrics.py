@@ -360,6 +360,8 @@ def _macro_f1_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np
 def _ece_resampled(table: dict[str, np.ndarray], indices: np.ndarray) -> np.ndarray:
     # On in-scope queries, of the top label before any out-of-scope threshold (as classify_metrics).
     correct = table.get("label_correct", table["correct"])
+    if np.isnan(table["confidence"]).any():  # answers given without a probability (a predictions file): no ECE
+        return np.full(len(indices), np.nan)
     inside = table["out_of_scope"] == 0 if "out_of_scope" in table else np.ones(len(correct), dtype=bool)
     return np.array([expected_calibration_error(table["confidence"][s[inside[s]]], correct[s[inside[s]]]) for s in indices])
 

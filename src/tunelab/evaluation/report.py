@@ -207,7 +207,7 @@ def change_means(task: str, opponent: str) -> str:
 def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
     """How much an example improved (positive) or worsened (negative) from before to after."""
     if task == "classify":
-        return after["scores"]["probability_of_reference"] - before["scores"]["probability_of_reference"]
+        return _right(after) - _right(before)
     if task == "sft":
         return after["scores"]["rougeL"] - before["scores"]["rougeL"]
     if task == "preference":
@@ -217,6 +217,12 @@ def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
         return row["scores"]["nll"] / row["scores"]["tokens"] if row["scores"]["tokens"] else 0.0
 
     return per_token(before) - per_token(after)
+
+
+def _right(row: dict[str, Any]) -> float:
+    # The probability of the right label; an answer given without probabilities (a predictions file) is right or wrong.
+    probability = row["scores"].get("probability_of_reference")
+    return float(row["scores"]["correct"] if probability is None else probability)
 
 
 def changed_examples(base: EvalResult, tuned: EvalResult, each_way: int = EXAMPLES_EACH_WAY) -> list[dict[str, Any]]:
@@ -246,6 +252,8 @@ def _cut(text: str, limit: int = TEXT_LIMIT) -> str:
 def shown_prediction(task: str, row: dict[str, Any]) -> str:
     """How one example's prediction reads to a person (label and probabilities, the answer, perplexity)."""
     if task == "classify":
+        if row["scores"].get("confidence") is None:  # an answer given without probabilities (a predictions file)
+            return str(row["prediction"])
         return f"{row['prediction']} (p={row['scores']['confidence']:.2f}; p(true)={row['scores']['probability_of_reference']:.2f})"
     if task == "preference":
         # By the verdict's rule, which before and after share (the implicit reward ranks "after" only).

@@ -631,6 +631,10 @@ def advise(
     baseline_results: dict[str, EvalResult] = {}
     baseline_seconds: dict[str, float] = {}
     for baseline in names:
+        if config.eval.predictions_of(baseline) is not None:
+            # The current system's file answers the test requests; advice is given on the validation rows, which it did not see.
+            warnings.append(f"{baseline} skipped: its predictions file answers the test requests, and advice is given on the validation rows")
+            continue
         _emit(on_event, "baseline", "start", baseline=baseline, n=len(validation))
         began = time.perf_counter()
         try:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (
     from tunelab.data.formats import RecordError
     from tunelab.data.labels import LabelMap
     from tunelab.data.read import ReadResult
+    from tunelab.data.records import Record
     from tunelab.data.split import Split
     from tunelab.estimate.prices import PriceTable
     from tunelab.evaluation.answering import AnsweringModel
@@ -448,6 +449,7 @@ def open_pipeline(
             # read as it is, or its bad records, are said at once. The check step goes on from these records.
             context.read = read_records(config.data.train, config.task, config.data)
             refuse_invalid(config, context.read.errors)
+            check_predictions(config)  # the current system's answers: unreadable rows or two answers to a request
         # The base model is needed by the data check (token lengths), the estimate and the baseline.
         context.base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     except BaseException:
@@ -476,6 +478,31 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
         else:
             hint = f"fix them, or set data.skip_invalid: true to drop them (each is listed); {check}"
         raise DataError(f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}", hint)
+
+
+def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None) -> list[str]:
+    """Read each predictions file of ``eval.baselines`` (``{predictions: PATH}``) and, given the test split, match it to
+    the test requests that will be scored; the notes to show (answers to requests outside the test set, ignored).
+
+    Raises:
+        DataError: for unreadable rows, two answers to one request, or a test request without an answer.
+    """
+    from tunelab.config import PREDICTIONS_TASKS
+    from tunelab.data.predictions import match_predictions, read_predictions
+    from tunelab.evaluation.evaluate import select_test_records
+
+    notes: list[str] = []
+    if config.task not in PREDICTIONS_TASKS:
+        return notes  # resolve_baselines refuses the entry for this task
+    for name in config.eval.baselines or ():
+        entry = config.eval.predictions_of(name)
+        if entry is None:
+            continue
+        read = read_predictions(entry, config.task, config.data)
+        if test is not None:
+            chosen = select_test_records(test, config.data.max_test_examples, config.data.seed)
+            notes += [f"baseline {name}: {note}" for note in match_predictions(read, chosen)[1]]
+    return notes
 
 
 def check_step(context: PipelineContext) -> None:
@@ -536,6 +563,10 @@ def split_step(context: PipelineContext) -> Split:
             record.details = {"sizes": split.sizes()}
     if not split.test:
         raise DataError("the test split is empty", "add data, raise data.test_size, or give data.test")
+    # Before the estimate, the baselines and training: a test request the current system has no answer to is refused now.
+    for message in check_predictions(config, split.test):
+        if message not in context.warnings:  # said once, a resumed run included
+            context.warn(message)
     if config.task == "classify":
         from tunelab.data.split import check_classify_labels
 
