@@ -46,8 +46,9 @@ def reading_config(entry: PredictionsConfig, data: DataConfig) -> DataConfig:
     """The run's data settings with the predictions file's own format and fields (each one left out: the run's)."""
     fields = ("text_field", "label_field", "prompt_field", "completion_field", "messages_field")
     update: dict[str, Any] = {name: getattr(entry, name) for name in fields if getattr(entry, name) is not None}
-    # Every answer is read (no cap, no preset's layout): a missing one is refused, never sampled away.
-    update.update(format=entry.format, preset=None, limit=None)
+    # Every answer is read (no cap, no preset's layout): a missing one is refused, never sampled away. A run's group
+    # column (data.group_field) is the test records' own: an export of answers need not repeat it.
+    update.update(format=entry.format, preset=None, limit=None, group_field=None)
     return data.model_copy(update=update)
 
 

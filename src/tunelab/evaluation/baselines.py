@@ -775,7 +775,7 @@ def _score_predictions(job: BaselineJob) -> EvalResult:
     entry = job.config.predictions_of(job.name)
     if entry is None:
         raise ConfigError("the predictions baseline needs its file: {predictions: PATH, name: NAME} in eval.baselines")
-    _expect(job.progress, 1)
+    expect_progress(job.progress, 1)
     labels = job.label_map.labels if job.label_map is not None else None
     result = predictions_baseline(job.name, entry, job.records, job.task, data_config=job.data_config, labels=labels, train_ids=job.train_ids)
     if job.progress is not None:
@@ -820,19 +820,27 @@ def check_baselines(names: Sequence[str], task: str, config: EvalConfig, *, trai
         raise DataError(f"the {', '.join(missing)} baseline(s) learn from training data", "give the training file with --train FILE")
 
 
-def check_predictions(names: Sequence[str], records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig) -> None:
+def check_predictions(
+    names: Sequence[str], records: Sequence[Record] | None, task: str, *, config: EvalConfig, data_config: DataConfig
+) -> list[str]:
     """Refuse, before any model answers, a predictions file of ``names`` with unreadable rows, two answers to one
-    request, or no answer to a test request that will be scored.
+    request, or (given the test ``records``) no answer to a test request that will be scored; the notes to show
+    (answers to requests outside the test set, ignored). Without ``records`` the files are only read (a run's data
+    check, before its split exists).
 
     Raises:
         DataError: as ``data.predictions.read_predictions`` and ``match_predictions``.
     """
     from tunelab.data.predictions import match_predictions, read_predictions
 
-    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    chosen = None if records is None else select_test_records(records, data_config.max_test_examples, data_config.seed)
+    notes: list[str] = []
     for name in names:
         if is_predictions(name, config, task):
-            match_predictions(read_predictions(config.predictions_of(name), task, data_config), chosen)  # type: ignore[arg-type]
+            read = read_predictions(config.predictions_of(name), task, data_config)  # type: ignore[arg-type]
+            if chosen is not None:
+                notes += [f"baseline {name}: {note}" for note in match_predictions(read, chosen)[1]]
+    return notes
 
 
 def evaluate_baseline(

@@ -481,28 +481,15 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
 
 
 def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None) -> list[str]:
-    """Read each predictions file of ``eval.baselines`` (``{predictions: PATH}``) and, given the test split, match it to
-    the test requests that will be scored; the notes to show (answers to requests outside the test set, ignored).
+    """The run's predictions files (``{predictions: PATH}`` in ``eval.baselines``) read and, given the test split,
+    matched to the test requests that will be scored (``evaluation/baselines.check_predictions``); the notes to show.
 
     Raises:
         DataError: for unreadable rows, two answers to one request, or a test request without an answer.
     """
-    from tunelab.config import PREDICTIONS_TASKS
-    from tunelab.data.predictions import match_predictions, read_predictions
-    from tunelab.evaluation.evaluate import select_test_records
+    from tunelab.evaluation.baselines import check_predictions as check
 
-    notes: list[str] = []
-    if config.task not in PREDICTIONS_TASKS:
-        return notes  # resolve_baselines refuses the entry for this task
-    for name in config.eval.baselines or ():
-        entry = config.eval.predictions_of(name)
-        if entry is None:
-            continue
-        read = read_predictions(entry, config.task, config.data)
-        if test is not None:
-            chosen = select_test_records(test, config.data.max_test_examples, config.data.seed)
-            notes += [f"baseline {name}: {note}" for note in match_predictions(read, chosen)[1]]
-    return notes
+    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data)
 
 
 def check_step(context: PipelineContext) -> None:

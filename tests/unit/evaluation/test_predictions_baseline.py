@@ -210,3 +210,13 @@ def test_a_relative_predictions_path_is_anchored_for_resume(tmp_path):
     config = {"eval": {"predictions": {"current": {"path": "current.jsonl"}, "gone": {"path": "gone.jsonl"}}}}
     anchored = anchor_paths(config, tmp_path)["eval"]["predictions"]
     assert anchored["current"]["path"] == str(tmp_path / "current.jsonl") and anchored["gone"]["path"] == "gone.jsonl"
+
+
+def test_a_run_with_groups_reads_a_predictions_file_without_them(tmp_path):
+    # The run's records carry a country (data.group_field); the current system's export has only its answers, and is
+    # read without the group column, as the out-of-scope file is.
+    rows = [{"text": text, "label": label} for text, label in TEST]
+    config = _eval_config(_write(tmp_path / "current.jsonl", rows))
+    records = [ClassifyRecord(text, label, source=f"test.jsonl:{i + 1}", group="FR") for i, (text, label) in enumerate(TEST)]
+    result = _score("current", config, records=records, data_config=DataConfig(group_field="country"))
+    assert result.metrics["accuracy"] == pytest.approx(1.0)
