@@ -146,11 +146,16 @@ def render_suspects(suspects: Any, max_suspects: int | None) -> None:
     folds = suspects.settings.get("folds")
     shown = suspects.top(max_suspects)
     if shown:
-        table = Table(title=f"Suspect labels (top {len(shown)})", title_justify="left")
-        for column in ("where", "text", "given", "suggested", "p(given)", "p(suggested)"):
-            table.add_column(column, no_wrap=column == "where")
+        # One file (the usual case): its name in the title and the line alone in the column, so the text keeps the width.
+        files = {suspect.source.rpartition(":")[0] for suspect in shown}
+        one_file = next(iter(files)) if len(files) == 1 and "" not in files else None
+        title = f"Suspect labels (top {len(shown)})" + (f" in {one_file}" if one_file else "")
+        table = Table(title=escape(title), title_justify="left")
+        for column in ("line" if one_file else "where", "text", "given", "suggested", "p(given)", "p(suggested)"):
+            table.add_column(column, no_wrap=column != "text", ratio=1 if column == "text" else None)
         for suspect in shown:
-            table.add_row(escape(suspect.source), escape(_cut(suspect.text)), escape(suspect.given), escape(suspect.suggested),
+            where = suspect.source.rpartition(":")[2] if one_file else suspect.source
+            table.add_row(escape(where), escape(_cut(suspect.text)), escape(suspect.given), escape(suspect.suggested),
                           f"{suspect.p_given:.2f}", f"{suspect.p_suggested:.2f}")
         console.print(table)
     console.print(
