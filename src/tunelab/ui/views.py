@@ -589,9 +589,10 @@ def metric_value_table(metrics: dict | None) -> dict[str, float]:
 
 
 def _reference_of(run_dir: Path, example_id: str) -> str | None:
-    """The test example's reference answer (from the tuned evaluation): shown beside the two answers, it names no side."""
-    tuned = _load_json(RunFolder(run_dir).tuned_eval)
-    for row in (tuned or {}).get("rows") or []:
+    """The test example's reference answer (from the tuned evaluation; a text run's: the author's continuation of the
+    sample's opening, ``EvalResult.samples``): shown beside the two answers, it names no side."""
+    tuned = _load_json(RunFolder(run_dir).tuned_eval) or {}
+    for row in [*(tuned.get("samples") or []), *(tuned.get("rows") or [])]:
         if row.get("id") == example_id:
             return row.get("reference")
     return None
@@ -650,6 +651,9 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         "reviewers": counts,
         "agreement": [a.to_dict() for a in agreement(judgments)],
         "sheet": str(sheet.path),
+        # What the reviewer is asked when it is not "which answer is better" (a text run: which continuation is closer
+        # to the author's voice).
+        "question": sheet.question,
     }
 
 
