@@ -176,7 +176,7 @@ def evaluate(
                 rows, metrics, more = evaluate_preference(loaded, chosen, config, data_config, baseline, settings, progress)
             else:
                 rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
-                samples = continuation_samples(loaded, chosen, config, data_config, settings)
+                samples = continuation_samples(loaded, chosen, config, data_config, settings, more)
         except RuntimeError as error:
             if is_out_of_memory(error):
                 # As training's: one line naming what to lower, not torch's traceback.
@@ -530,19 +530,28 @@ def _evaluate_text(loaded, records, config, data_config, settings, progress):
 
 
 def continuation_samples(
-    loaded: Any, records: Sequence[TextRecord], config: EvalConfig, data_config: DataConfig, settings: dict[str, Any]
+    loaded: Any, records: Sequence[TextRecord], config: EvalConfig, data_config: DataConfig, settings: dict[str, Any],
+    warnings: list[str],
 ) -> list[dict[str, Any]]:
     """A text evaluation's continuation samples (``inference.text_openings``): each opening continued as raw text
     (``inference.completion_prompt``, as ``tunelab generate`` continues a text run's prompt) through the one generation
     path, with ``config``'s decoding, answer length and seed, beside the author's own continuation (``reference``).
 
     Rows as an sft evaluation's (``id``, ``source``, ``prompt``, ``reference``, ``prediction``): the blind sheet, the
-    Review page and the judge read them as they read answers. None are written with ``eval.text_samples`` 0.
+    Review page and the judge read them as they read answers. None are written with ``eval.text_samples`` 0, nor
+    (said in ``warnings`` and ``settings["samples"]["why"]``) when ``eval.max_new_tokens`` fills the model's context:
+    the samples are for reading, and perplexity, the verdict, never needed that room.
     """
     if not config.text_samples:
         return []
+    try:
+        limit = prompt_room(loaded, config, data_config.max_length)
+    except ConfigError as error:
+        why = f"no continuation samples: {error}"
+        settings["samples"] = {"count": 0, "why": why}
+        warnings.append(why)
+        return []
     openings = text_openings(records, loaded.tokenizer, config.text_samples, data_config.seed, config.max_new_tokens)
-    limit = prompt_room(loaded, config, data_config.max_length)
     prompts = [completion_prompt(loaded.tokenizer, opening.opening, max_length=limit).ids for opening in openings]
     answers = generate_answers(
         loaded.model, loaded.tokenizer, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,

@@ -95,8 +95,10 @@ def _reviewed_rows(result: EvalResult) -> list[dict]:
         raise DataError(f"the text evaluation of {result.model} has no continuation samples (evaluated before tunelab wrote them)",
                         "evaluate the run again (tunelab eval RUN) to write them")
     if not result.samples:
-        raise DataError(f"the text evaluation of {result.model} has no continuation samples to review: eval.text_samples was 0",
-                        "set eval.text_samples (e.g. 16) and evaluate the run again (tunelab eval RUN)")
+        # Why none were written: eval.text_samples 0, or an evaluation that said why (``evaluate.continuation_samples``).
+        why = (result.settings.get("samples") or {}).get("why") or "eval.text_samples was 0"
+        raise DataError(f"the text evaluation of {result.model} has no continuation samples to review ({why})",
+                        "set eval.text_samples (e.g. 16), within the model's context, and evaluate the run again (tunelab eval RUN)")
     return result.samples
 
 

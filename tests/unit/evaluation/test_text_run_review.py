@@ -147,3 +147,90 @@ def test_the_estimate_of_a_text_run_prices_its_continuation_samples():
     sampled = estimate_run(config, [64] * 4, FACTS, test_prompt_token_counts=[40, 41, 42], **common)
     assert sampled.seconds["eval"] > without.seconds["eval"]
     assert sampled.seconds["baseline"] > without.seconds["baseline"]
+
+
+def _text_run(tiny_tokenizer, tmp_path):
+    from tunelab.registry import Registry
+
+    base, tuned = _evaluations(tiny_tokenizer)
+    run_dir = tmp_path / "runs" / "keeper"
+    base.save(RunFolder(run_dir).baseline_eval("base"))
+    tuned.save(RunFolder(run_dir).tuned_eval)
+    registry = Registry(tmp_path / "runs" / "registry.db")
+    registry.create_run(name="keeper", task="text", run_dir=str(run_dir))
+    return registry, tuned
+
+
+def test_the_review_page_asks_about_the_voice_and_shows_the_authors_continuation(tiny_tokenizer, tmp_path):
+    from tunelab.ui.views import review_state
+
+    registry, tuned = _text_run(tiny_tokenizer, tmp_path)
+    state = review_state(registry, "keeper", "ann")
+    assert state["question"] == "Which continuation is closer to the author's voice?"
+    assert state["total"] == 3
+    sample = next(s for s in tuned.samples if s["id"] == state["next"]["id"])
+    assert state["next"]["prompt"] == sample["prompt"] and state["next"]["reference"] == sample["reference"]
+
+
+class _Judge:
+    """A judge client that answers A to every request and keeps what it was asked."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.endpoint = SimpleNamespace(name="judge-model")
+        self.asked = []
+
+    def estimate(self, conversations, **options):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(refuse_over=lambda *args: None)
+
+    def chat_many(self, conversations, **options):
+        from types import SimpleNamespace
+
+        self.asked += conversations
+        return [SimpleNamespace(error=None, text="A") for _ in conversations]
+
+    def usage(self, answers):
+        return None
+
+
+def test_the_judge_of_a_text_run_is_asked_about_the_voice_with_the_authors_continuation(tiny_tokenizer, tmp_path):
+    from tunelab.evaluation.judge import judge_run
+
+    registry, tuned = _text_run(tiny_tokenizer, tmp_path)
+    judge = _Judge()
+    outcome = judge_run(registry, "keeper", judge)
+    assert outcome.judged == 3 and outcome.position_disagreements == 3  # "A" in both orders: a tie, by position
+    references = {s["reference"] for s in tuned.samples}
+    for chat in judge.asked:
+        content = chat[0]["content"]
+        assert "closer to the author's voice" in content
+        assert any(f"[The author's own continuation]\n{reference}\n" in content for reference in references)
+
+
+def test_the_estimate_counts_the_openings_evaluation_continues(tiny_tokenizer):
+    from tunelab.data.split import Split
+    from tunelab.estimate import count_tokens
+    from tunelab.inference import completion_prompt, text_openings
+
+    documents = _documents()
+    config = parse_config({"task": "text", "model": "tiny", "data": {"max_length": 64}, "eval": {"text_samples": 2, "max_new_tokens": 12}})
+    counts = count_tokens(config, Split("text", documents, [], documents), tiny_tokenizer)
+    openings = text_openings(documents, tiny_tokenizer, 2, 0, 12)
+    assert counts.test_prompts == [len(completion_prompt(tiny_tokenizer, o.opening).ids) for o in openings] and len(openings) == 2
+    none = parse_config({"task": "text", "model": "tiny", "eval": {"text_samples": 0}})
+    assert count_tokens(none, Split("text", documents, [], documents), tiny_tokenizer).test_prompts == []
+
+
+def test_a_context_too_short_for_the_samples_still_scores_perplexity_and_says_why(tiny_tokenizer, tmp_path):
+    from tests.conftest import build_tiny_gpt2
+
+    # eval.max_new_tokens (128) fills a 32-position model's context: the samples cannot be written, perplexity can.
+    small = LoadedModel(build_tiny_gpt2(len(tiny_tokenizer), 32), tiny_tokenizer, ModelSource("folder", "/small", "small"))
+    result = evaluate(small, _documents(), "text", config=EvalConfig(text_samples=2), data_config=DataConfig(max_length=32))
+    assert result.metrics["perplexity"] > 0 and result.samples == []
+    assert any("no continuation samples" in warning and "eval.max_new_tokens" in warning for warning in result.warnings)
+    with pytest.raises(DataError, match="eval.max_new_tokens"):
+        export_review(result, result, tmp_path / "review.csv")
