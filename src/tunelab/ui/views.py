@@ -350,9 +350,13 @@ def run_files(record: RunRecord) -> dict[str, Any]:
     if not record.run_dir:
         return {}
     run = RunFolder(Path(record.run_dir))
+    review = review_opponent(run.root).is_file() and run.tuned_eval.is_file()
+    if review and record.task == "text":
+        # A text run is reviewed on its continuation samples (eval.text_samples): none written, nothing to review.
+        review = bool((_load_json(run.tuned_eval) or {}).get("samples"))
     return {
         "report_html": run.report_html.is_file(), "report_md": run.report_md.is_file(),
-        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": review_opponent(run.root).is_file() and run.tuned_eval.is_file(),
+        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": review,
         "folder": str(run.root), "exists": run.root.is_dir(),
     }
 

@@ -234,3 +234,12 @@ def test_a_context_too_short_for_the_samples_still_scores_perplexity_and_says_wh
     assert any("no continuation samples" in warning and "eval.max_new_tokens" in warning for warning in result.warnings)
     with pytest.raises(DataError, match="eval.max_new_tokens"):
         export_review(result, result, tmp_path / "review.csv")
+
+
+def test_the_run_page_offers_the_review_of_a_text_run_with_samples(tiny_tokenizer, tmp_path):
+    from tunelab.ui.views import run_files
+
+    registry, tuned = _text_run(tiny_tokenizer, tmp_path)
+    assert run_files(registry.get_run("keeper"))["review"]
+    EvalResult.from_dict({**tuned.to_dict(), "samples": []}).save(RunFolder(tmp_path / "runs" / "keeper").tuned_eval)
+    assert not run_files(registry.get_run("keeper"))["review"]
