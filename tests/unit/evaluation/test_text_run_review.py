@@ -243,3 +243,20 @@ def test_the_run_page_offers_the_review_of_a_text_run_with_samples(tiny_tokenize
     assert run_files(registry.get_run("keeper"))["review"]
     EvalResult.from_dict({**tuned.to_dict(), "samples": []}).save(RunFolder(tmp_path / "runs" / "keeper").tuned_eval)
     assert not run_files(registry.get_run("keeper"))["review"]
+
+
+def test_review_export_of_a_text_run_names_the_question_and_tunelab_config_documents_the_key(tiny_tokenizer, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    if not any(c.name == "eval" for c in app.registered_commands):
+        _register_commands()
+    _text_run(tiny_tokenizer, tmp_path)
+    runner = CliRunner()
+    exported = runner.invoke(app, ["review", "export", str(tmp_path / "runs" / "keeper")])
+    assert exported.exit_code == 0, exported.output
+    assert "Which continuation is closer to the author's voice?" in " ".join(exported.output.split())
+    documented = runner.invoke(app, ["config", "--json"])
+    keys = {row["key"]: row for row in json.loads(documented.output)}
+    assert str(keys["eval.text_samples"]["default"]) == "16" and "0: none" in keys["eval.text_samples"]["description"]
