@@ -173,7 +173,7 @@ def judge_run(
 
     Raises:
         RegistryError: when the run does not exist.
-        DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run).
+        DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run without continuation samples).
         BudgetExceeded: when the expected cost is over ``max_usd``.
     """
     record = registry.get_run(run)

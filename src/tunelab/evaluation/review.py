@@ -463,7 +463,7 @@ def open_run_review(run_dir: str | Path, *, seed: int = 0) -> ReviewSheet:
     ``tunelab review export RUN``) on first use.
 
     Raises:
-        DataError: when the run has no opponent or tuned evaluation, or nothing to review (a text run).
+        DataError: when the run has no opponent or tuned evaluation, or nothing to review (a text run without continuation samples).
     """
     run_dir = Path(run_dir)
     sheet = review_sheet_path(run_dir)
