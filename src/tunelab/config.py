@@ -448,10 +448,17 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    max_new_tokens: int = Field(128, ge=1, description="sft: longest generated answer in tokens.")
+    max_new_tokens: int = Field(128, ge=1, description="sft: longest generated answer in tokens (text: of each continuation sample).")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 is greedy (the default).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0.")
     batch_size: int = Field(16, ge=1, description="Examples per forward pass in evaluation.")
+    text_samples: int = Field(
+        16,
+        ge=0,
+        description="text: held-out documents whose opening (about the first 48 tokens, cut at a sentence end) the base "
+        "and tuned models continue with this run's decoding (eval.max_new_tokens, temperature, top_p, seed), kept beside "
+        "the author's own continuation for `tunelab review export` and the Review page; perplexity is unchanged. 0: none.",
+    )
     bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of the bootstrap and of sampling.")
     baselines: list[str] | None = Field(

@@ -324,6 +324,84 @@ def completion_prompt(tokenizer: Any, text: str, *, max_length: int | None = Non
     return ChatPrompt(ids)
 
 
+# A text run's continuation sample starts from a document's first tokens: enough for two or three sentences of the
+# author (the voice and what the passage is about), few enough that the model's continuation, eval.max_new_tokens
+# long, is most of what a reviewer reads.
+TEXT_OPENING_TOKENS = 48
+SENTENCE_ENDS = (".", "!", "?", "\u2026")
+CLOSERS = "\"')]\u201d\u2019"
+
+
+@dataclass(frozen=True)
+class TextOpening:
+    """A held-out document cut for a continuation sample: its opening (the prompt) and what the author wrote next."""
+
+    record_id: str
+    source: str | None
+    opening: str
+    reference: str
+
+
+def seeded_subset(records: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
+    """At most ``limit`` records, a seeded sample chosen by id (so every model evaluated sees the same ones), in order."""
+    if limit is None or len(records) <= limit:
+        return list(records)
+    ordered = sorted(records, key=lambda record: record.id)
+    chosen = {record.id for record in random.Random(seed).sample(ordered, limit)}
+    return [record for record in records if record.id in chosen]
+
+
+def _token_count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _word_ends(text: str, limit: int) -> list[int]:
+    """Where a prefix of ``text`` of at most ``limit`` characters may end: before each run of whitespace (and at the
+    end of the text when it is that short). A cut inside a word would tokenize differently from the document."""
+    ends = [i for i in range(1, min(len(text), limit + 1)) if text[i].isspace() and not text[i - 1].isspace()]
+    return [*ends, len(text)] if len(text) <= limit else ends
+
+
+def _last_fitting(tokenizer: Any, text: str, ends: Sequence[int], budget: int) -> int | None:
+    """The index in ``ends`` of the longest prefix of ``text`` within ``budget`` tokens (a prefix's tokens grow with its
+    length), or None when even the first is longer."""
+    low, high, found = 0, len(ends) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        if _token_count(tokenizer, text[: ends[middle]]) <= budget:
+            found, low = middle, middle + 1
+        else:
+            high = middle - 1
+    return found
+
+
+def text_openings(records: Sequence[Any], tokenizer: Any, count: int, seed: int, reference_tokens: int) -> list[TextOpening]:
+    """The continuation samples of a text evaluation (``eval.text_samples``): ``count`` documents of ``records`` (a seeded
+    sample by id, the same for the base and the tuned model), each cut into an opening and the author's continuation.
+
+    The opening is at most ``TEXT_OPENING_TOKENS`` tokens and half the document, ending at its last sentence end (else
+    its last word): a model asked to go on after a whole sentence writes the author's next sentence, which is where a
+    voice shows; cut mid-sentence, the first words only finish the grammar. The reference is the text after the opening,
+    at most ``reference_tokens`` tokens (eval.max_new_tokens, the continuation's length) and whole words. A document
+    with no word end in its first half (one long word) gives no sample.
+    """
+    openings = []
+    for record in seeded_subset(records, count, seed):
+        text = record.text
+        ends = _word_ends(text, len(text) // 2)
+        last = _last_fitting(tokenizer, text, ends, TEXT_OPENING_TOKENS)
+        if last is None:
+            continue
+        sentences = [end for end in ends[: last + 1] if text[:end].rstrip(CLOSERS).endswith(SENTENCE_ENDS) or text[end] == "\n"]
+        cut = sentences[-1] if sentences else ends[last]
+        rest = text[cut:].strip()
+        rest_ends = _word_ends(rest, len(rest))
+        kept = _last_fitting(tokenizer, rest, rest_ends, reference_tokens) if rest_ends else None
+        reference = rest[: rest_ends[kept if kept is not None else 0]] if rest_ends else rest
+        openings.append(TextOpening(record.id, record.source, text[:cut], reference))
+    return openings
+
+
 def few_shot_budget(context: int, few_shot_tokens: int, room: int) -> int:
     """The tokens few-shot examples get: ``eval.few_shot_tokens``, lowered so that they and a prompt's own ``room``
     fit the model's ``context`` (``models.generate.context_length``)."""

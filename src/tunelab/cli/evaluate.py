@@ -348,7 +348,10 @@ def review_export(
     out: Path = typer.Option(None, "--out", "-o", help="The sheet to write (default: RUN/review.csv)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the row order and of the A/B sides."),
 ) -> None:
-    """Write a blind A/B sheet (id, prompt, output_a, output_b, preference) and its key file."""
+    """Write a blind A/B sheet (id, prompt, output_a, output_b, preference) and its key file.
+
+    A text run's sheet holds its continuation samples (eval.text_samples): the prompt is a held-out document's opening,
+    the outputs two continuations, and a reference column the author's own continuation."""
     from tunelab.evaluation.result import EvalResult
     from tunelab.evaluation.review import export_review, load_sheet
 
@@ -362,7 +365,11 @@ def review_export(
     check_output_file(out)
     sheet, key = export_review(EvalResult.load(base_path), EvalResult.load(tuned_path), out, seed=seed, replace=False)
     console.print(f"wrote {sheet} (fill the preference column with A, B or tie) and its key {key} (keep it from the reviewer)")
-    identical = load_sheet(sheet, key).identical
+    written = load_sheet(sheet, key)
+    if written.question:  # a text run's sheet: continuations of openings, the author's own in the reference column
+        console.print(f"the question for the reviewer: {written.question} (the reference column is the author's own continuation)",
+                      markup=False, highlight=False)
+    identical = written.identical
     if identical:
         console.print(f"{len(identical)} identical answers not asked (both models gave the same answer: no judgement of either)",
                       markup=False, highlight=False)

@@ -68,7 +68,8 @@ class TokenCounts:
     scored_share: float = 1.0
     # sft: what evaluation generates from. Each test prompt's tokens as evaluation sends it (template and system
     # prompt, at most max_length); each few-shot prompt's (None: the few_shot baseline is not listed; []: skipped);
-    # the longest trained answer (EOS included): where a tuned model stops.
+    # the longest trained answer (EOS included): where a tuned model stops. text: the openings of the continuation
+    # samples (eval.text_samples) as evaluation sends them.
     test_prompts: list[int] = field(default_factory=list)
     few_shot_prompts: list[int] | None = None
     answer_tokens: int = 0
@@ -175,16 +176,27 @@ def _classify_baseline_prefixes(
 
 def _generation_counts(config: ResolvedConfig, split: Split, test: list, tokenizer: Any, context: int) -> dict[str, Any]:
     """sft: the prompts evaluation and the few-shot baseline send (``inference.chat_prompt``, the few-shot baseline's own
-    ``inference.few_shot_sft_*``), and the longest trained answer; nothing for the other tasks."""
+    ``inference.few_shot_sft_*``), and the longest trained answer; text: the openings of the continuation samples
+    (``inference.text_openings``, ``inference.completion_prompt``); nothing for the other tasks."""
     from tunelab.config import resolve_baselines
     from tunelab.data.split import learning_records
     from tunelab.data.templates import with_system_prompt
     from tunelab.data.tokenize import tokenize_records
-    from tunelab.inference import chat_prompt, few_shot_budget, few_shot_sft_chats, few_shot_sft_examples
+    from tunelab.inference import (
+        chat_prompt,
+        completion_prompt,
+        few_shot_budget,
+        few_shot_sft_chats,
+        few_shot_sft_examples,
+        text_openings,
+    )
 
+    data, settings = config.data, config.eval
+    if config.task == "text" and test and settings.text_samples:
+        openings = text_openings(test, tokenizer, settings.text_samples, data.seed, settings.max_new_tokens)
+        return {"test_prompts": [len(completion_prompt(tokenizer, o.opening, max_length=data.max_length).ids) for o in openings]}
     if config.task != "sft" or not test:
         return {}
-    data, settings = config.data, config.eval
     # prompt_room caps at max_length unless max_length + max_new_tokens exceeds the context (training refuses most such runs).
     prompts = [len(chat_prompt(tokenizer, with_system_prompt(r.prompt_messages, data.system_prompt), max_length=data.max_length).ids)
                for r in test]  # fmt: skip
@@ -367,8 +379,9 @@ def estimate_inputs(
 
 def _decode_shape(config: ResolvedConfig, counts: TokenCounts) -> dict[str, Any]:
     """sft: the rows of evaluation's generation batches and the KV-cache lengths it decodes over (the plain prompts',
-    the few-shot prompts'), rounded up to 64 so that runs of similar data share a calibration."""
-    if config.task != "sft" or not counts.test_prompts:
+    the few-shot prompts'); text: the continuation samples' (their openings'); rounded up to 64 so that runs of similar
+    data share a calibration."""
+    if config.task not in ("sft", "text") or not counts.test_prompts:
         return {}
     half_answer = config.eval.max_new_tokens / 2  # a decode step's cache: the prompt and half the answer, on average
     lengths = [counts.test_prompts, *([counts.few_shot_prompts] if counts.few_shot_prompts else [])]

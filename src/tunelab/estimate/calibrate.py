@@ -400,8 +400,8 @@ def calibrate(
     example a row). The timed steps stop early once they add up to ``timed_seconds`` (None: all ``steps`` are timed).
     Every task also times evaluation's forward as evaluation runs it (fp32 weights, inference mode), before the
     adapters are added: one forward of the rows with the head on the last position (a classify prompt, an sft
-    prefill; ``Calibration.forward_seconds``). sft with ``decode_rows`` and ``decode_contexts`` (evaluation's
-    generation batch and the KV-cache lengths it decodes over) also times decode steps at each length, of the plain
+    prefill; ``Calibration.forward_seconds``). sft and text with ``decode_rows`` and ``decode_contexts`` (evaluation's
+    generation batch and the KV-cache lengths it decodes over; text: its continuation samples) also times decode steps at each length, of the plain
     model (base, few-shot) and of the trained model after the steps (the tuned model's evaluation).
     sft and text score the output head on ``scored_share`` of each row's positions (the share of the
     run's tokens that carry loss: an sft answer, not its prompt), as their loss does.
@@ -446,7 +446,8 @@ def calibrate(
     else:
         threads = config.train.threads or torch.get_num_threads()
     batch = calibration_rows(rows or config.train.batch_size, seq_len, device)
-    decode = (decode_rows, sorted(set(decode_contexts))) if config.task == "sft" and decode_rows and decode_contexts else None
+    # sft answers and a text run's continuation samples are generated: their decode steps are timed.
+    decode = (decode_rows, sorted(set(decode_contexts))) if config.task in ("sft", "text") and decode_rows and decode_contexts else None
     key = calibration_key(
         config, seq_len, device=device, precision=precision, threads=threads,
         n_labels=n_labels, steps=steps, shared_prefix=shared_prefix, scored_share=scored_share, rows=batch, decode=decode,

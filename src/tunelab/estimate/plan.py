@@ -738,7 +738,8 @@ def estimate_run(
         shared_prefix: classify: prompt tokens run once per micro-batch (see :func:`plan_tokens`).
         test_prompt_token_counts / few_shot_prompt_token_counts / answer_tokens: sft: the prompts evaluation and the
             few-shot baseline send, and the longest trained answer; with a calibration that timed generation they
-            price the baselines and evaluation (:func:`generation_seconds`).
+            price the baselines and evaluation (:func:`generation_seconds`). text: the openings of the continuation
+            samples (``eval.text_samples``), whose generation joins the evaluation's and the base model's time.
         skipped_baselines: baselines the pipeline will skip before they run (a few-shot prompt that cannot fit): not priced.
         baseline_prefixes: classify: the tokens the base and few_shot prompts add to the trained prompt (instruction,
             label list, solved examples), run once per scoring pass as a shared prefix.
@@ -846,6 +847,14 @@ def estimate_run(
                     f"{', '.join(hopeless)} may be skipped by eval.skip_hopeless when its validation score shows it cannot "
                     f"beat {opponents}: skipping saves about {saved} of the baseline time"
                 )
+        if config.task == "text" and calibration.times_generation and test_prompt_token_counts:
+            # The continuation samples (eval.text_samples) each evaluated model writes beside its perplexity: the same
+            # openings, each continued to eval.max_new_tokens (a document's continuation seldom ends before it).
+            generate = functools.partial(generation_seconds, calibration, facts, batch_size=config.eval.batch_size)
+            new_tokens = config.eval.max_new_tokens
+            seconds["eval"] = seconds.get("eval", 0.0) + generate(test_prompt_token_counts, new_tokens=new_tokens, adapted=True)
+            if "base" in model_runs:
+                seconds["baseline"] = seconds.get("baseline", 0.0) + generate(test_prompt_token_counts, new_tokens=new_tokens)
         texts = tokens.examples + len(validation_token_counts or []) + len(test_prompt_token_counts or test_token_counts or [])
         cheap = sum(cheap_baseline_seconds(name, texts) for name in cheap_runs)
         if cheap:

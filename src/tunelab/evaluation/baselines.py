@@ -928,6 +928,10 @@ def baseline_settings(
         # How exact match compares (``metrics.exact_match``: Unicode-aware since it was ASCII-only): a baseline
         # scored the old way is not reused beside a tuned model scored the new way.
         settings["exact_match"] = "nfkc, casefold, unicode punctuation; articles kept when nothing else is left"
+    if task == "text" and needs_base_model(name):
+        # The continuation samples the base model writes beside its perplexity (read by the review sheet): a cached
+        # evaluation with another count of them is not this one.
+        settings["text_samples"] = config.text_samples
     if name in SCORERS:
         settings.update(SCORERS[name].cache_settings(config))
     predictions = config.predictions_of(name)

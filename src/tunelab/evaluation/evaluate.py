@@ -5,13 +5,13 @@
   scored over the same label tokens. Never generation.
 - sft: batched greedy generation on the prompts, in the model's chat template, scored against
   every reference of the example.
-- text: sliding-window negative log-likelihood of each held-out document, token-weighted.
+- text: sliding-window negative log-likelihood of each held-out document, token-weighted; beside it, continuation
+  samples of a few documents' openings (``eval.text_samples``) for people and a judge to read (``review``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -39,7 +39,15 @@ from tunelab.evaluation.metrics import (
 )
 from tunelab.evaluation.predict import window_nll
 from tunelab.evaluation.result import EvalResult, test_fingerprint
-from tunelab.inference import Classifier, chat_prompt, zero_shot_extra_tokens
+from tunelab.inference import (
+    TEXT_OPENING_TOKENS,
+    Classifier,
+    chat_prompt,
+    completion_prompt,
+    seeded_subset,
+    text_openings,
+    zero_shot_extra_tokens,
+)
 from tunelab.models.generate import context_length, generate_answers
 from tunelab.models.loader import on_inference_device
 from tunelab.runtime import is_out_of_memory
@@ -75,11 +83,7 @@ def prompt_text(messages: Sequence[dict[str, str]]) -> str:
 
 def select_test_records(records: Sequence[Record], limit: int | None, seed: int) -> list[Record]:
     """At most ``limit`` records, a seeded sample chosen by id (so before and after see the same ones)."""
-    if limit is None or len(records) <= limit:
-        return list(records)
-    ordered = sorted(records, key=lambda record: record.id)
-    chosen = {record.id for record in random.Random(seed).sample(ordered, limit)}
-    return [record for record in records if record.id in chosen]
+    return seeded_subset(records, limit, seed)
 
 
 def check_test_records(records: Sequence[Record], task: str, train_ids: Collection[str] | None) -> list[str]:
@@ -156,6 +160,7 @@ def evaluate(
     if len(chosen) < len(records):
         warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
     settings: dict[str, Any] = {"batch_size": config.batch_size, "max_length": data_config.max_length}
+    samples = None
     # Loaded on the CPU; on a GPU machine the answers are computed there (and the model given back after).
     with on_inference_device(loaded.model):
         try:
@@ -171,6 +176,7 @@ def evaluate(
                 rows, metrics, more = evaluate_preference(loaded, chosen, config, data_config, baseline, settings, progress)
             else:
                 rows, metrics, more = _evaluate_text(loaded, chosen, config, data_config, settings, progress)
+                samples = continuation_samples(loaded, chosen, config, data_config, settings, more)
         except RuntimeError as error:
             if is_out_of_memory(error):
                 # As training's: one line naming what to lower, not torch's traceback.
@@ -191,6 +197,7 @@ def evaluate(
         baseline=baseline,
         labels=list(label_map.labels) if task == "classify" and label_map else None,
         warnings=warnings,
+        samples=samples,
     )
 
 
@@ -531,3 +538,41 @@ def _evaluate_text(loaded, records, config, data_config, settings, progress):
         warnings.append(f"{len(empty)} documents have no token to predict (first: {empty[0]})")
     settings.update(stride=stride, windows=len(windows), text_scoring=TEXT_SCORING)
     return rows, metrics, warnings
+
+
+def continuation_samples(
+    loaded: Any, records: Sequence[TextRecord], config: EvalConfig, data_config: DataConfig, settings: dict[str, Any],
+    warnings: list[str],
+) -> list[dict[str, Any]]:
+    """A text evaluation's continuation samples (``inference.text_openings``): each opening continued as raw text
+    (``inference.completion_prompt``, as ``tunelab generate`` continues a text run's prompt) through the one generation
+    path, with ``config``'s decoding, answer length and seed, beside the author's own continuation (``reference``).
+
+    Rows as an sft evaluation's (``id``, ``source``, ``prompt``, ``reference``, ``prediction``): the blind sheet, the
+    Review page and the judge read them as they read answers. None are written with ``eval.text_samples`` 0, nor
+    (said in ``warnings`` and ``settings["samples"]["why"]``) when ``eval.max_new_tokens`` fills the model's context:
+    the samples are for reading, and perplexity, the verdict, never needed that room.
+    """
+    if not config.text_samples:
+        return []
+    try:
+        limit = prompt_room(loaded, config, data_config.max_length)
+    except ConfigError as error:
+        why = f"no continuation samples: {error}"
+        settings["samples"] = {"count": 0, "why": why}
+        warnings.append(why)
+        return []
+    openings = text_openings(records, loaded.tokenizer, config.text_samples, data_config.seed, config.max_new_tokens)
+    prompts = [completion_prompt(loaded.tokenizer, opening.opening, max_length=limit).ids for opening in openings]
+    answers = generate_answers(
+        loaded.model, loaded.tokenizer, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+        temperature=config.temperature, top_p=config.top_p, seed=config.seed,
+    )  # fmt: skip
+    settings["samples"] = {
+        "count": len(openings), "opening_tokens": TEXT_OPENING_TOKENS, "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
+    }  # fmt: skip
+    return [
+        {"id": o.record_id, "source": o.source, "prompt": o.opening, "reference": o.reference, "prediction": answer.text}
+        for o, answer in zip(openings, answers, strict=True)
+    ]

@@ -3,7 +3,9 @@
 The judge reads the rows a person reads on the Review page: the run's own sheet (``open_run_review``), with its
 sides; the examples whose two answers are the same answer (``ReviewSheet.identical``, the one rule ``not_asked``) are
 not asked, as nobody is asked them. A row whose prompt is a conversation (the key keeps it) is shown whole, turn by
-turn (``judge_conversation``): its answers were written for all of it.
+turn (``judge_conversation``): its answers were written for all of it. A text run's row (a document's opening, two
+continuations and the author's own, ``review.REVIEW_QUESTIONS``) is asked which continuation is closer to the author's
+voice, with the author's continuation shown as the measure of that voice, as the reviewer's sheet shows it.
 Its judgments go into the registry's reviews table as the reviewer ``judge:<model name>``, so ``tunelab review
 score --run``, the web page and ``agreement`` (the judge against each person) read them through the one scoring rule.
 
@@ -76,6 +78,28 @@ JUDGE_CONVERSATION_PROMPT = """You are judging two answers to the same conversat
 
 Reply with exactly one of: A, B, tie. Write nothing else."""
 
+# A text run's row: two continuations of a document's opening. What is judged is the voice (style, word choice, rhythm)
+# the run was tuned on, not helpfulness; the author's own continuation is the sample of it, and its content is not
+# what either continuation should match.
+JUDGE_CONTINUATION_PROMPT = """You are judging two continuations of the same opening of a text by one author. Decide \
+which continuation is closer to the author's voice: style, word choice, rhythm and register, and how naturally it \
+follows on from the opening. The author's own continuation is shown as a sample of the voice; a continuation need not \
+say the same things. Ignore which continuation comes first and how long each is.
+
+[Opening]
+{opening}
+
+[The author's own continuation]
+{reference}
+
+[Continuation A]
+{answer_a}
+
+[Continuation B]
+{answer_b}
+
+Reply with exactly one of: A, B, tie. Write nothing else."""
+
 
 def judge_reviewer(model: str) -> str:
     """The reviewer name a judge model's judgments are stored under: ``judge:<model name>``."""
@@ -83,10 +107,16 @@ def judge_reviewer(model: str) -> str:
 
 
 def judge_conversation(
-    question: str, answer_a: str, answer_b: str, messages: Sequence[Message] | None = None
+    question: str, answer_a: str, answer_b: str, messages: Sequence[Message] | None = None, *, task: str | None = None,
+    reference: str | None = None,
 ) -> list[dict[str, str]]:
     """The one chat a judge is asked for one order of one row: ``question`` is the sheet's prompt; ``messages`` the
-    conversation behind it (``ReviewSheet.conversations``), shown instead when it has more than one message."""
+    conversation behind it (``ReviewSheet.conversations``), shown instead when it has more than one message. ``task``
+    "text" (``ReviewSheet.task``): the prompt is an opening and the answers are continuations, judged against the
+    author's ``reference``."""
+    if task == "text":
+        content = JUDGE_CONTINUATION_PROMPT.format(opening=question, reference=reference or "-", answer_a=answer_a, answer_b=answer_b)
+        return [{"role": "user", "content": content}]
     if messages is not None and len(messages) > 1:
         turns = "\n".join(json.dumps({"role": m["role"], "content": message_text(m)}, ensure_ascii=False) for m in messages)
         return [{"role": "user", "content": JUDGE_CONVERSATION_PROMPT.format(conversation=turns, answer_a=answer_a, answer_b=answer_b)}]
@@ -143,7 +173,7 @@ def judge_run(
 
     Raises:
         RegistryError: when the run does not exist.
-        DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run).
+        DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run without continuation samples).
         BudgetExceeded: when the expected cost is over ``max_usd``.
     """
     record = registry.get_run(run)
@@ -155,8 +185,9 @@ def judge_run(
     conversations = []
     for row in asked:
         messages = sheet.conversations.get(row["id"])
-        conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"], messages))
-        conversations.append(judge_conversation(row["prompt"], row["output_b"], row["output_a"], messages))
+        text = {"task": sheet.task, "reference": row.get("reference")} if sheet.task == "text" else {}
+        conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"], messages, **text))
+        conversations.append(judge_conversation(row["prompt"], row["output_b"], row["output_a"], messages, **text))
     estimate = client.estimate(conversations, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0,
                                expected_output_tokens=[VERDICT_TOKENS] * len(conversations))
     if on_estimate is not None:

@@ -61,6 +61,9 @@ class EvalResult:
     labels: list[str] | None = None
     baseline_name: str | None = None  # which opponent (base, classical, few_shot, retrieval); None: the model itself
     warnings: list[str] = field(default_factory=list)
+    # text: continuation samples (``evaluate.continuation_samples``), rows as an sft evaluation's; [] when
+    # eval.text_samples was 0, None for every other task and a text evaluation written before samples were kept.
+    samples: list[dict[str, Any]] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -68,7 +71,10 @@ class EvalResult:
         return [row["id"] for row in self.rows]
 
     def to_dict(self) -> dict[str, Any]:
-        return json_safe(asdict(self))
+        data = asdict(self)
+        if self.samples is None:  # the other tasks' files stay as they were
+            del data["samples"]
+        return json_safe(data)
 
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON (atomically) and return the path."""

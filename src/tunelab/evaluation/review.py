@@ -6,6 +6,11 @@ key file so the reviewer cannot tell. ``score_review`` reads the filled-in sheet
 and reports the tuned model's win rate with a Wilson 95% interval; a tie counts as half a win. An example whose two
 answers are the same (``same_answer``) is no judgement of either model: the sheet and the browser leave it out, and the
 score reports how many were not asked (``not_asked``, the one rule for both).
+A text run's sheet is made of its evaluations' continuation samples (``EvalResult.samples``): the prompt is a held-out
+document's opening, the outputs the two models' continuations, and a ``reference`` column holds what the author wrote
+next. The reference names no side, so the sheet stays blind; the question is which continuation is closer to the
+author's voice (``REVIEW_QUESTIONS``), and a reviewer who is not the author has no other sample of that voice than the
+opening's two or three sentences.
 ``review_pairs`` turns the same filled-in sheet into preference pairs (prompt, chosen, rejected) for
 ``task: preference``: each row judged A or B becomes one pair; ties and blank rows are no preference.
 
@@ -38,6 +43,9 @@ if TYPE_CHECKING:
     from tunelab.registry.store import Registry
 
 COLUMNS = ["id", "prompt", "output_a", "output_b", "preference"]
+TEXT_COLUMNS = ["id", "prompt", "output_a", "output_b", "reference", "preference"]
+# What a reviewer (a person on the Review page, the CLI's export line, the judge) is asked, by the sheet's task.
+REVIEW_QUESTIONS = {"text": "Which continuation is closer to the author's voice?"}
 CHOICES = {"a": "A", "b": "B", "tie": "tie"}
 
 
@@ -75,28 +83,47 @@ def key_path_for(sheet: Path) -> Path:
     return sheet.with_name(sheet.stem + ".key.json")
 
 
+def _reviewed_rows(result: EvalResult) -> list[dict]:
+    """The rows of ``result`` a sheet compares: a text evaluation's continuation samples, every other task's rows.
+
+    Raises:
+        DataError: for a text evaluation without samples (eval.text_samples 0, or evaluated before they were kept).
+    """
+    if result.task != "text":
+        return result.rows
+    if result.samples is None:
+        raise DataError(f"the text evaluation of {result.model} has no continuation samples (evaluated before tunelab wrote them)",
+                        "evaluate the run again (tunelab eval RUN) to write them")
+    if not result.samples:
+        # Why none were written: eval.text_samples 0, or an evaluation that said why (``evaluate.continuation_samples``).
+        why = (result.settings.get("samples") or {}).get("why") or "eval.text_samples was 0"
+        raise DataError(f"the text evaluation of {result.model} has no continuation samples to review ({why})",
+                        "set eval.text_samples (e.g. 16), within the model's context, and evaluate the run again (tunelab eval RUN)")
+    return result.samples
+
+
 def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, seed: int = 0, replace: bool = True) -> tuple[Path, Path]:
     """Write a blind A/B sheet of the examples both evaluations answered, and its key file.
 
     With ``replace`` False an existing sheet or key is written over only by the same text (the same export again).
 
     Raises:
-        DataError: for a text or preference evaluation (no outputs to compare), evaluations with no shared example, or
+        DataError: for a preference evaluation or a text evaluation without continuation samples (no outputs to compare),
+            evaluations with no shared example, or
             (``replace`` False) an existing sheet or key this export would change.
     """
     if base.task != tuned.task:
         raise DataError(f"cannot review a {base.task} evaluation against a {tuned.task} evaluation")
-    if tuned.task == "text":
-        raise DataError("a text evaluation has no generated outputs to review", "review sft or classify evaluations")
     if tuned.task == "preference":
         raise DataError("a preference evaluation scores given answer pairs: it has no generated answers to review",
                         "a DPO run whose model is an evaluated SFT run has its own sheet RUN/review.csv (written by `tunelab run`), "
                         "the SFT parent against the DPO model")
-    by_id = {row["id"]: row for row in base.rows}
+    text = tuned.task == "text"
+    by_id = {row["id"]: row for row in _reviewed_rows(base)}
     # One row per example: the key (and the registry's judgments) know an example by its id, so a test example
     # given twice must not be two rows with sides of their own.
     pairs, seen = [], set()
-    for row in tuned.rows:
+    for row in _reviewed_rows(tuned):
         if row["id"] in by_id and row["id"] not in seen:
             seen.add(row["id"])
             pairs.append((by_id[row["id"]], row))
@@ -109,7 +136,7 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
     rng.shuffle(pairs)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
+    writer.writerow(TEXT_COLUMNS if text else COLUMNS)
     sides: dict[str, dict[str, str]] = {}
     # The conversations behind prompts of more than one message, which the sheet shows as one string (``review_pairs``).
     prompts: dict[str, list] = {}
@@ -128,12 +155,14 @@ def export_review(base: EvalResult, tuned: EvalResult, sheet: str | Path, *, see
         answers[after["id"]] = [_fingerprint(a["prediction"]), _fingerprint(b["prediction"])]
         if "messages" in after:
             prompts[after["id"]] = after["messages"]
-        writer.writerow([after["id"], after["prompt"], a["prediction"], b["prediction"], ""])
+        writer.writerow([after["id"], after["prompt"], a["prediction"], b["prediction"], *([after["reference"]] if text else []), ""])
     sheet = Path(sheet)
     key = key_path_for(sheet)
     content = {"seed": seed, "base": base.model, "tuned": tuned.model, "sides": sides, "answers": answers, "identical": identical}
     if prompts:
         content["prompts"] = prompts
+    if text:  # the sheet's task, for the question it asks (``REVIEW_QUESTIONS``); an sft key stays as it was
+        content["task"] = "text"
     key_text = json.dumps(content, indent=1, ensure_ascii=False)
     if not replace:
         for path, text in ((sheet, buffer.getvalue()), (key, key_text)):
@@ -383,6 +412,13 @@ class ReviewSheet:
     # The conversations behind prompts of more than one message (the key's ``prompts``), which the sheet's ``prompt``
     # shows as one string; the user's own system message is among them when the example had one.
     conversations: dict[str, list[dict]] = field(default_factory=dict)
+    # The evaluations' task when the key names it (a text run's sheet: continuations of openings), else None.
+    task: str | None = None
+
+    @property
+    def question(self) -> str | None:
+        """What a reviewer of this sheet is asked, when not "which answer is better" (``REVIEW_QUESTIONS``)."""
+        return REVIEW_QUESTIONS.get(self.task or "")
 
     def row(self, example_id: str) -> dict[str, str]:
         return next(row for row in self.rows if row["id"] == example_id)
@@ -396,13 +432,14 @@ def load_sheet(sheet: str | Path, key: str | Path | None = None) -> ReviewSheet:
     """
     sheet = Path(sheet)
     key, key_data = _read_key(sheet, key)
+    # A text sheet's reference (the author's continuation) is read too: shown beside the two, it names no side.
     rows = [
-        {name: row[name] for name in ("id", "prompt", "output_a", "output_b")}
+        {name: row[name] for name in ("id", "prompt", "output_a", "output_b", "reference") if row.get(name) is not None}
         for _, row, _ in _judged_rows(sheet, key, key_data, COLUMNS, "pass a sheet written by `tunelab review export`")
     ]
     return ReviewSheet(
         sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"), not_asked(key_data, rows),
-        key_data.get("prompts", {}),
+        key_data.get("prompts", {}), key_data.get("task"),
     )
 
 
@@ -426,7 +463,7 @@ def open_run_review(run_dir: str | Path, *, seed: int = 0) -> ReviewSheet:
     ``tunelab review export RUN``) on first use.
 
     Raises:
-        DataError: when the run has no opponent or tuned evaluation, or nothing to review (a text run).
+        DataError: when the run has no opponent or tuned evaluation, or nothing to review (a text run without continuation samples).
     """
     run_dir = Path(run_dir)
     sheet = review_sheet_path(run_dir)

@@ -749,8 +749,10 @@ def advise(
         run_dir = root / "curve" / f"n{measured}"
         piece = Split(task, records, [], [], seed=split.seed, out_of_scope_label=outside)
         trained = run_training(run_config(size), piece, run_dir=run_dir, progress=train_progress)
-        tuned = evaluate(load_run(run_dir), validation, task, config=config.eval, data_config=whole,
-                         train_ids=[r.id for r in records])
+        # A curve point is judged by its score alone: a text point writes no continuation samples (nobody reviews them,
+        # and its estimate does not price them).
+        tuned = evaluate(load_run(run_dir), validation, task, config=config.eval.model_copy(update={"text_samples": 0}),
+                         data_config=whole, train_ids=[r.id for r in records])
         tuned.save(RunFolder(run_dir).validation_eval)
         shutil.rmtree(RunFolder(run_dir).checkpoints, ignore_errors=True)  # no resume for a curve run: the adapter is kept
         for baseline in learning:

@@ -350,9 +350,13 @@ def run_files(record: RunRecord) -> dict[str, Any]:
     if not record.run_dir:
         return {}
     run = RunFolder(Path(record.run_dir))
+    review = review_opponent(run.root).is_file() and run.tuned_eval.is_file()
+    if review and record.task == "text":
+        # A text run is reviewed on its continuation samples (eval.text_samples): none written, nothing to review.
+        review = bool((_load_json(run.tuned_eval) or {}).get("samples"))
     return {
         "report_html": run.report_html.is_file(), "report_md": run.report_md.is_file(),
-        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": review_opponent(run.root).is_file() and run.tuned_eval.is_file(),
+        "adapter": run.adapter.is_dir(), "model": run.model.is_dir(), "review": review,
         "folder": str(run.root), "exists": run.root.is_dir(),
     }
 
@@ -589,9 +593,10 @@ def metric_value_table(metrics: dict | None) -> dict[str, float]:
 
 
 def _reference_of(run_dir: Path, example_id: str) -> str | None:
-    """The test example's reference answer (from the tuned evaluation): shown beside the two answers, it names no side."""
-    tuned = _load_json(RunFolder(run_dir).tuned_eval)
-    for row in (tuned or {}).get("rows") or []:
+    """The test example's reference answer (from the tuned evaluation; a text run's: the author's continuation of the
+    sample's opening, ``EvalResult.samples``): shown beside the two answers, it names no side."""
+    tuned = _load_json(RunFolder(run_dir).tuned_eval) or {}
+    for row in [*(tuned.get("samples") or []), *(tuned.get("rows") or [])]:
         if row.get("id") == example_id:
             return row.get("reference")
     return None
@@ -650,6 +655,9 @@ def review_state(registry: Registry, run: str, reviewer: str | None) -> dict[str
         "reviewers": counts,
         "agreement": [a.to_dict() for a in agreement(judgments)],
         "sheet": str(sheet.path),
+        # What the reviewer is asked when it is not "which answer is better" (a text run: which continuation is closer
+        # to the author's voice).
+        "question": sheet.question,
     }
 
 
