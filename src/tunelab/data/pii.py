@@ -64,7 +64,11 @@ _IBAN_LENGTHS = {
 }  # fmt: skip
 
 
-_DIGIT = re.compile(r"\d")
+# One cheap first look (a leading character class lets the regex engine skip ahead): seven digits with at most two
+# separators between any two of them, as every phone, card, IBAN and SSN has, or digits with dots as an IPv4 address
+# has. Most texts have neither and skip the validating patterns, whose leading look-behinds are tried at every position
+# (100k long sft records: 1.5 s without this look, 8 s with the patterns alone).
+_DIGITS_TO_LOOK_AT = re.compile(r"[0-9](?:[ .()-]{0,2}[0-9]){6}|[0-9]\.[0-9]{1,3}\.[0-9]")
 
 
 def _digits(text: str) -> str:
@@ -114,8 +118,10 @@ def find_all(text: str) -> list[tuple[str, str]]:
 
     if "@" in text:
         found += [("email", m.group()) for m in _EMAIL.finditer(text)]
-    if not _DIGIT.search(text):
+    if not _DIGITS_TO_LOOK_AT.search(text):
         return found
+    if "." in text:
+        found += [("ipv4", m.group()) for m in _IPV4.finditer(text)]
     for m in _IBAN.finditer(text):
         compact = m.group().replace(" ", "")
         size = _IBAN_LENGTHS.get(compact[:2])
@@ -133,8 +139,6 @@ def find_all(text: str) -> list[tuple[str, str]]:
             found.append(("ssn", m.group()))
             taken.append(m.span())
     found += [("phone", m.group()) for m in _PHONE.finditer(text) if free(m) and _phone_ok(m.group())]
-    if "." in text:
-        found += [("ipv4", m.group()) for m in _IPV4.finditer(text)]
     return found
 
 
@@ -218,8 +222,8 @@ class PiiReport:
             where = ", ".join(f"{name} {n}" for name, n in kind.fields.items())
             lines.append(
                 f"personal data: {kind.matches} {singular if kind.matches == 1 else plural} in {kind.records} of "
-                f"{self.records} records ({where}), e.g. {'; '.join(kind.examples)}: a fine-tuned model can repeat them; "
-                "remove or replace them, or set data.pii: off if they are fake or public"
+                f"{self.records} records ({where}), e.g. {'; '.join(kind.examples)} (a tuned model can repeat them; "
+                "data.pii: off if they are fake or public)"
             )
         return lines
 
