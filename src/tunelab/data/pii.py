@@ -67,7 +67,7 @@ _IBAN_LENGTHS = {
 # One cheap first look (a leading character class lets the regex engine skip ahead): seven digits with at most two
 # separators between any two of them, as every phone, card, IBAN and SSN has, or digits with dots as an IPv4 address
 # has. Most texts have neither and skip the validating patterns, whose leading look-behinds are tried at every position
-# (100k long sft records: 1.5 s without this look, 8 s with the patterns alone).
+# (104k gsm8k-sized sft records, 209k texts: 1.3 s with this look, 8 s with the patterns alone).
 _DIGITS_TO_LOOK_AT = re.compile(r"[0-9](?:[ .()-]{0,2}[0-9]){6}|[0-9]\.[0-9]{1,3}\.[0-9]")
 
 
@@ -104,6 +104,7 @@ def _phone_ok(value: str) -> bool:
 
 def _card_ok(value: str) -> bool:
     digits = _digits(value)
+    # Card numbers start with the issuer's digit: 2 and 5 Mastercard, 3 Amex/Diners/JCB, 4 Visa, 6 Discover/UnionPay.
     return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_valid(digits)
 
 
