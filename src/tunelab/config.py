@@ -276,6 +276,13 @@ class DataConfig(_Section):
         description="classify: more out-of-scope requests (a file, folder or glob, labelled data.out_of_scope_label), "
         "split between validation and test like the out-of-scope records of train (never trained on).",
     )
+    pii: Literal["warn", "refuse", "off"] = Field(
+        "warn",
+        description="Personal data in the training texts (e-mail addresses, phone, card and IBAN numbers, US SSNs, "
+        "IPv4 addresses): 'warn' says what the data check found (masked) and, before a provider upload or a remote "
+        "teacher's requests, where it will be sent; 'refuse' stops `tunelab run` and `tunelab distill` before any "
+        "training, upload or request; 'off' does not look.",
+    )
 
     # Caps on one record, so one bad record cannot stall a data check for minutes or take gigabytes (a 50 MB
     # line took 130 s and 4.8 GB in the check): a record beyond them is an invalid record (file:line), like any other.

@@ -195,6 +195,9 @@ def check(
     ),
     max_suspects: int | None = typer.Option(None, "--max-suspects", min=0, help="How many suspect rows to list (default 20; the count covers all)."),
     embedding_model: str | None = typer.Option(None, "--embedding-model", help="Sentence-embedding model for --suspect-labels (default: the embedding baseline's)."),
+    pii: str | None = typer.Option(
+        None, "--pii", help="Personal data (e-mail, phone, card, IBAN, SSN, IPv4) in the texts: warn (default) or off. Never changes the exit code."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Report every problem in a dataset; exit code 2 when there are errors (as for any bad input)."""
@@ -207,7 +210,7 @@ def check(
         DataConfig,
         preset=preset, max_length=max_length, skip_invalid=skip_invalid, limit=limit, text_field=text_field,
         prompt_field=prompt_field, completion_field=completion_field, messages_field=messages_field,
-        label_field=label_field, group_field=group_field, system_prompt=system_prompt,
+        label_field=label_field, group_field=group_field, system_prompt=system_prompt, pii=pii,
     )  # fmt: skip
     eval_config = config_from_options(EvalConfig, embedding_model=embedding_model)
     tokenizer = None if no_tokens else _tokenizer(model, allow_network)

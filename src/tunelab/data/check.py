@@ -4,7 +4,7 @@ One pass over the file gives: counts; every bad record (``file:line`` and why); 
 near duplicates (same normalized input, look-alike characters aside: ``keys.lookalike_key``) and the same input
 with conflicting labels (and labels that occur only there); token lengths
 with the model's tokenizer and how many examples ``max_length`` would truncate; the label
-distribution and the label -> token mapping; leakage between a test file and the data; and one
+distribution and the label -> token mapping; leakage between a test file and the data; personal data in the texts (``data.pii``, masked); and one
 example rendered exactly as it will be trained, with the trained tokens marked.
 
 Token lengths of very large files are measured on a seeded sample (``length_sample`` records), which
@@ -24,6 +24,7 @@ from tunelab.config import DataConfig
 from tunelab.data.formats import RecordError, invalid_records
 from tunelab.data.keys import input_key, lookalike_key, normalize_text, stable_hash, target_text, visible_text
 from tunelab.data.labels import LabelMap
+from tunelab.data.pii import PiiReport, scan_records
 from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
 from tunelab.data.split import conflict_only_label_warnings
@@ -128,6 +129,7 @@ class CheckReport:
     test: TestCheck | None = None
     example: RenderedExample | None = None
     limited: bool = False
+    pii: PiiReport | None = None  # personal data found in the texts (None: data.pii is off)
 
     @property
     def errors(self) -> list[RecordError]:
@@ -477,6 +479,9 @@ def check_data(
         # What the split will do with them, said here first: the split step comes after the check.
         in_scope = [r for r in records if data.out_of_scope_label is None or getattr(r, "label", None) != data.out_of_scope_label]
         report.warnings.extend(conflict_only_label_warnings(in_scope, task))
+    if data.pii != "off":
+        report.pii = scan_records(records)
+        report.warnings.extend(report.pii.warnings())
     label_map = _labels(report, records, tokenizer, label_map, data.out_of_scope_label)
     if tokenizer is not None:
         report.lengths = _lengths(records, task, tokenizer, data, label_map, length_sample)

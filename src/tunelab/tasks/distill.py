@@ -253,6 +253,28 @@ def teacher_inputs(config: ResolvedConfig, split: Any) -> tuple[list[str], list[
     return labels, [item for item in dict((item.id, item) for item in inputs).values() if item.id not in test_inputs]
 
 
+def _check_pii(config: ResolvedConfig, inputs: Sequence[TeacherInput], emit: EventFn) -> None:
+    """Personal data in what the teacher is asked, before any request (``data.pii``): refused, or said with the host a
+    remote teacher's requests go to. A local teacher sends nothing away; its student's own check warns of what it learns.
+
+    Raises:
+        DataError: under ``data.pii: refuse`` when the inputs hold any.
+    """
+    from tunelab.data.pii import message_fields, scan_texts
+
+    if config.data.pii == "off":
+        return
+    pii = scan_texts((item.source, message_fields(item.messages) if item.messages else [("prompt", item.text)]) for item in inputs)
+    if not pii.found:
+        return
+    what = f"what the teacher is asked (from {config.data.train}" + (f" and {config.distill.unlabeled})" if config.distill.unlabeled else ")")
+    if config.data.pii == "refuse":
+        raise pii.refusal(what)
+    endpoint = teacher_endpoint(config)
+    if endpoint is not None:
+        emit("warn", "warn", {"message": pii.sent_to(what, endpoint.base_url)})
+
+
 def estimate_teacher_cost(config: ResolvedConfig, *, prices: PriceTable | None = None) -> RequestEstimate | None:
     """What ``tunelab distill`` of ``config`` would pay its remote teacher (``teacher_estimate``), without asking it
     anything or writing anything (``tunelab estimate``); None for a local teacher.
@@ -432,8 +454,9 @@ def run_distill(
 
     # 2. The teacher answers the training inputs (and distill.unlabeled), line by line. What that and its evaluation on
     # the test records will cost is said, and checked against budget.max_usd, before the run folder is written.
-    teacher = open_teacher(config)
     labels, inputs = teacher_inputs(config, split)
+    _check_pii(config, inputs, emit)
+    teacher = open_teacher(config)
     estimate = teacher_estimate(teacher, inputs, split, config, labels, run.distill_file)
     if estimate is not None:
         emit("teacher", "estimate", {"teacher": teacher.name, "estimate": estimate.to_dict(),

@@ -520,6 +520,12 @@ def check_step(context: PipelineContext) -> None:
         refuse_invalid(config, report.errors)
         for message in data_warnings(report):
             context.warn(message)
+        if report.pii is not None and report.pii.found:
+            if config.data.pii == "refuse":
+                # Before the run folder, the baselines (a cloud run's ask the provider) and any upload.
+                raise report.pii.refusal(config.data.train or "data.train")
+            if config.train.backend == "openai":
+                context.warn(f"data: {report.pii.sent_to(config.data.train or 'data.train', config.model.endpoint.base_url)}")
         context.run.root.mkdir(parents=True, exist_ok=True)
         context.lock()  # from here on this process writes into the folder; a second one is refused
         # Kept in the run folder so the report and the UI show what the data looked like at training time.
@@ -1253,6 +1259,7 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
         job = CloudJob.load(run.root)
         if job is None or job.job_id is None:  # not started, or started as far as the uploads (reused) or an unanswered creation
             validation = run.cloud_validation
+            _warn_pii_upload(context, [run.cloud_train, *([validation] if validation.is_file() else [])])
             job = start_job(endpoint, run.root, run.cloud_train, validation if validation.is_file() else None,
                             epochs=max(1, round(config.train.epochs)), seed=config.train.seed, suffix="tunelab",
                             poll_s=_poll_seconds() if poll_s is None else poll_s)
@@ -1277,6 +1284,21 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
         record.timing = "train"
     context.train_result = result
     return result
+
+
+def _warn_pii_upload(context: PipelineContext, files: Sequence[Path]) -> None:
+    """One line before the upload: the personal data the files about to be uploaded hold, and the provider's host
+    (``data.pii``: off says nothing; refuse stopped the run at its check step already)."""
+    from tunelab.data.pii import message_fields, scan_texts
+
+    config = context.config
+    if config.data.pii == "off":
+        return
+    for path in files:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        pii = scan_texts((f"{path.name}:{n}", message_fields(row.get("messages", []))) for n, row in enumerate(rows, 1))
+        if pii.found:
+            context.warn(pii.sent_to(path.name, config.model.endpoint.base_url))
 
 
 def cancel_cloud_run(run_dir: str | Path) -> CancelResult:

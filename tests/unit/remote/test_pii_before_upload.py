@@ -1,0 +1,127 @@
+"""Personal data in the training data of a provider run or a remote teacher: said (with the host) before anything is
+sent, refused before anything is trained or sent under ``data.pii: refuse``, silent under ``off``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fake_provider import FakeProvider
+
+from tunelab.config import parse_config
+from tunelab.errors import BudgetExceeded, DataError
+from tunelab.tasks.pipeline import run_pipeline
+
+BASE_MODEL = "gpt-4o-mini-2024-07-18"
+EMAIL = "jane.roe@example.com"
+CARD = "4242 4242 4242 4242"
+
+
+@pytest.fixture
+def provider(monkeypatch):
+    monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
+    monkeypatch.setattr("tunelab.remote.finetune.LIST_LAG_S", 2.0)
+    fake = FakeProvider()
+    fake.url = fake.start()
+    yield fake
+    fake.stop()
+
+
+def _rows():
+    rows = [{"text": f"my bill {i} is wrong", "label": "billing"} for i in range(8)]
+    rows += [{"text": f"the app crashes on screen {i}", "label": "technical"} for i in range(8)]
+    # Eight of sixteen: at most four go to the test split, so the uploaded training file holds some too.
+    for i in range(4):
+        rows[i]["text"] = f"refund {i} to {EMAIL} please"
+        rows[8 + i]["text"] = f"card {CARD} declined {i} times"
+    return rows
+
+
+def cloud_config(tmp_path, provider, model, **data):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in _rows()))
+    return parse_config({
+        "task": "classify", "name": "cloud", "model": {"name": str(model), "endpoint": {"base_url": provider.url, "name": BASE_MODEL}},
+        "data": {"train": str(path), "test_size": 0.25, "validation_size": 0.0, **data},
+        "train": {"backend": "openai", "epochs": 1, "output_dir": str(tmp_path / "runs")},
+        "eval": {"baselines": ["base"], "bootstrap_samples": 100},
+    })
+
+
+def _host(provider):
+    return provider.url.split("//", 1)[1].split("/", 1)[0]
+
+
+def test_a_provider_run_says_what_it_uploads_and_where_before_the_upload(provider, tmp_path, tiny_model_dir):
+    seen = []
+
+    def on_event(step, status, details):
+        message = str(details.get("message", ""))
+        if "will be sent to" in message:
+            # What had reached the provider when the line was said: nothing uploaded yet.
+            seen.append((message, provider.count("POST", "/v1/files")))
+
+    outcome = run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir), on_event=on_event)
+    assert provider.count("POST", "/v1/files") >= 1  # warned, not blocked
+    check_line, upload_line = seen[0], seen[-1]
+    assert check_line == (f"data: {tmp_path / 'train.jsonl'} holds 4 e-mail addresses and 4 card numbers (data check --json lists "
+                          f"them, masked); they will be sent to {_host(provider)}", 0)
+    assert upload_line[0].startswith("cloud_train.jsonl holds ") and upload_line[0].endswith(f"they will be sent to {_host(provider)}")
+    assert upload_line[1] == 0
+    # The run keeps the check's summary, masked.
+    pii = json.loads((outcome.run_dir / "data_check.json").read_text())["pii"]
+    assert pii["kinds"]["card"]["examples"] == [f"{tmp_path / 'train.jsonl'}:{line} text: **** **** **** 4242" for line in (9, 10, 11)]
+    # (The check's rendered example is the data itself, as the run folder's split is.)
+    assert EMAIL not in json.dumps(pii) and CARD not in json.dumps(pii)
+
+
+def test_refuse_stops_the_run_before_anything_is_trained_or_sent(provider, tmp_path, tiny_model_dir):
+    config = cloud_config(tmp_path, provider, tiny_model_dir, pii="refuse")
+    with pytest.raises(DataError, match="holds 4 e-mail addresses and 4 card numbers and data.pii is refuse") as refused:
+        run_pipeline(config)
+    assert EMAIL not in str(refused.value) and CARD not in str(refused.value)
+    assert provider.requests == []  # no upload, no baseline asked of the provider's base model
+    assert not (tmp_path / "runs" / "cloud").exists()
+
+
+def test_off_says_nothing(provider, tmp_path, tiny_model_dir):
+    config = cloud_config(tmp_path, provider, tiny_model_dir, pii="off")
+    config = parse_config({**config.model_dump(mode="json"), "budget": {"max_usd": 1e-9}})  # stop at the estimate
+    messages = []
+    with pytest.raises(BudgetExceeded):
+        run_pipeline(config, on_event=lambda step, status, details: messages.append(str(details.get("message", ""))))
+    assert messages and not any("personal data" in m or "will be sent to" in m for m in messages)
+
+
+def _distill_config(tmp_path, provider, model, pii):
+    path = tmp_path / "train.jsonl"
+    rows = [{"prompt": f"my card {CARD} was charged {i} times", "completion": f"answer {i}"} for i in range(12)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return parse_config({
+        "task": "sft", "name": "distilled", "model": str(model),
+        "data": {"train": str(path), "test_size": 0.25, "validation_size": 0.0, "pii": pii},
+        "train": {"output_dir": str(tmp_path / "runs")},
+        "distill": {"teacher": {"base_url": provider.url, "name": BASE_MODEL}},
+    })
+
+
+def test_distill_refuses_before_the_teacher_is_asked(provider, tmp_path, tiny_model_dir):
+    from tunelab.tasks.distill import run_distill
+
+    with pytest.raises(DataError, match=r"\d+ card numbers and data.pii is refuse"):
+        run_distill(_distill_config(tmp_path, provider, tiny_model_dir, "refuse"), calibrate=False)
+    assert provider.requests == [] and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("pii", "said"), [("warn", True), ("off", False)])
+def test_distill_says_where_the_teachers_inputs_go(provider, tmp_path, tiny_model_dir, pii, said):
+    from tunelab.data.split import make_split
+    from tunelab.tasks.distill import _check_pii, teacher_inputs
+
+    config = _distill_config(tmp_path, provider, tiny_model_dir, pii)
+    _, inputs = teacher_inputs(config, make_split(config))
+    events = []
+    _check_pii(config, inputs, lambda step, status, details: events.append(details["message"]))
+    expected = [f"what the teacher is asked (from {config.data.train}) holds {len(inputs)} card numbers (data check --json lists them, "
+                f"masked); they will be sent to {_host(provider)}"]
+    assert events == (expected if said else [])
