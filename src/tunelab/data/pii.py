@@ -108,6 +108,19 @@ def _card_ok(value: str) -> bool:
     return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_valid(digits)
 
 
+# Domains reserved for documentation and tests (RFC 2606, RFC 6761): no one's address can be there, so an example
+# dataset's made-up contacts (people@shop.example, jane@example.com) are not reported as personal data.
+_DOCUMENTATION_DOMAINS = ("example.com", "example.net", "example.org")
+_DOCUMENTATION_TLDS = ("example", "test", "invalid", "localhost")
+
+
+def _documentation_domain(address: str) -> bool:
+    domain = address.rpartition("@")[2].lower()
+    return domain.rsplit(".", 1)[-1] in _DOCUMENTATION_TLDS or any(
+        domain == reserved or domain.endswith("." + reserved) for reserved in _DOCUMENTATION_DOMAINS
+    )
+
+
 def find_all(text: str) -> list[tuple[str, str]]:
     """(kind, value) of every validated match in ``text``. An IBAN's or card's digits are not read again as a card
     or a phone number: each value counts once, as its most specific kind."""
@@ -118,7 +131,7 @@ def find_all(text: str) -> list[tuple[str, str]]:
         return all(match.end() <= start or match.start() >= end for start, end in taken)
 
     if "@" in text:
-        found += [("email", m.group()) for m in _EMAIL.finditer(text)]
+        found += [("email", m.group()) for m in _EMAIL.finditer(text) if not _documentation_domain(m.group())]
     if not _DIGITS_TO_LOOK_AT.search(text):
         return found
     if "." in text:

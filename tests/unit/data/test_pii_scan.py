@@ -11,7 +11,7 @@ from tunelab.data.pii import find_all, mask, scan_records
 from tunelab.data.records import PreferenceRecord, SFTRecord
 
 FOUND = [
-    ("email", "write to john.doe@example.com today", "john.doe@example.com"),
+    ("email", "write to john.doe@acme-mail.com today", "john.doe@acme-mail.com"),
     ("phone", "call +44 20 7946 0958 after six", "+44 20 7946 0958"),
     ("phone", "my number is (555) 123-4567.", "(555) 123-4567"),
     ("phone", "ring 555-123-4567 please", "555-123-4567"),
@@ -43,6 +43,9 @@ NEAR_MISSES = [
     "not an address: 300.1.2.3",
     "total $1,234,567.89",
     "user@localhost is not an address",
+    # Domains reserved for documentation (RFC 2606): an example dataset's made-up contacts are nobody's.
+    "write to people@harbor-analytics.example, jane@example.com or ops@mail.example.org",
+    "bounce@shop.test and nobody@host.invalid",
 ]
 
 
@@ -59,7 +62,7 @@ def test_near_misses_are_not_found(text):
 
 
 def test_masks_keep_only_what_tells_values_apart():
-    assert mask("email", "john.doe@example.com") == "j***@example.com"
+    assert mask("email", "john.doe@acme-mail.com") == "j***@acme-mail.com"
     assert mask("card", "4242 4242 4242 4242") == "**** **** **** 4242"
     assert mask("ssn", "123-45-6789") == "***-**-6789"
     assert mask("phone", "+44 20 7946 0958") == "+** ** **** **58"
@@ -72,16 +75,16 @@ def test_counts_are_per_record_and_per_field():
         return SFTRecord(({"role": "user", "content": user}, {"role": "assistant", "content": answer}), source)
 
     records = [
-        sft("f:1", "my mail is ann@example.org", "noted: ann@example.org and bob@example.org"),  # prompt and answer
-        sft("f:2", "hello", "reach us at help@example.com"),  # answer only
+        sft("f:1", "my mail is ann@acme-mail.org", "noted: ann@acme-mail.org and bob@acme-mail.org"),  # prompt and answer
+        sft("f:2", "hello", "reach us at help@acme-mail.com"),  # answer only
         sft("f:3", "card 4242 4242 4242 4242", "thanks"),
-        PreferenceRecord(({"role": "user", "content": "hi"},), "mail x@example.net", "no", "f:4"),
+        PreferenceRecord(({"role": "user", "content": "hi"},), "mail x@acme-mail.net", "no", "f:4"),
     ]
     report = scan_records(records)
     email = report.kinds["email"]
     assert (email.records, email.matches) == (3, 5)
     assert email.fields == {"prompt": 1, "answer": 2, "chosen": 1}
-    assert email.examples == ["f:1 prompt: a***@example.org", "f:2 answer: h***@example.com", "f:4 chosen: x***@example.net"]
+    assert email.examples == ["f:1 prompt: a***@acme-mail.org", "f:2 answer: h***@acme-mail.com", "f:4 chosen: x***@acme-mail.net"]
     assert report.kinds["card"].fields == {"prompt": 1}
     assert report.summary() == "5 e-mail addresses and 1 card number"
 
@@ -91,7 +94,7 @@ def _write(path, rows):
     return path
 
 
-SECRETS = ["john.doe@example.com", "4242 4242 4242 4242", "DE89 3704 0044 0532 0130 00", "123-45-6789", "+44 20 7946 0958", "10.20.30.40"]
+SECRETS = ["john.doe@acme-mail.com", "4242 4242 4242 4242", "DE89 3704 0044 0532 0130 00", "123-45-6789", "+44 20 7946 0958", "10.20.30.40"]
 
 
 def _pii_file(tmp_path):
@@ -139,7 +142,7 @@ def test_data_pii_off_looks_for_nothing(tmp_path):
 
 
 def test_classify_and_text_records_are_scanned(tmp_path):
-    path = _write(tmp_path / "c.jsonl", [{"text": "mail me at a@example.com", "label": "x"}, {"text": "hi", "label": "y"}])
+    path = _write(tmp_path / "c.jsonl", [{"text": "mail me at a@acme-mail.com", "label": "x"}, {"text": "hi", "label": "y"}])
     assert check_data(str(path), "classify", DataConfig()).pii.kinds["email"].fields == {"text": 1}
     doc = tmp_path / "doc.txt"
     doc.write_text("Contact 555-123-4567 for details.\n")

@@ -13,7 +13,7 @@ from tunelab.errors import BudgetExceeded, DataError
 from tunelab.tasks.pipeline import run_pipeline
 
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
-EMAIL = "jane.roe@example.com"
+EMAIL = "jane.roe@acme-mail.com"
 CARD = "4242 4242 4242 4242"
 
 
