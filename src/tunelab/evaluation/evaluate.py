@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.config import DataConfig, EvalConfig
+from tunelab.config import VERDICT_METRICS, DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord, message_text
 from tunelab.data.templates import (
@@ -94,7 +94,10 @@ def check_verdict_metric(task: str, records: Sequence[Record], data_config: Data
     Raises:
         ConfigError: as ``metrics.primary_metric``, one line naming the metrics this test set has.
     """
-    if task != "sft" or metric is None:
+    if metric is None:
+        return
+    if task != "sft":
+        primary_metric(task, dict.fromkeys(VERDICT_METRICS.get(task, ())), metric)  # an unknown name (`tunelab eval --metric`)
         return
     chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
     kind = answer_kind([references_of(record) for record in chosen if isinstance(record, SFTRecord)])

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tunelab.config import VERDICT_METRICS
 from tunelab.data.records import tool_calls_in
 from tunelab.errors import ConfigError
 
@@ -611,9 +612,11 @@ def primary_metric(task: str, metrics: dict[str, Any], configured: str | None = 
     name = configured or PRIMARY_METRIC[task]
     if name in metrics:
         return name
+    if name not in VERDICT_METRICS.get(task, ()):
+        raise ConfigError(f"eval.metric {name!r} is not a metric of task {task}: choose from {', '.join(VERDICT_METRICS.get(task, ()))}")
     kind = next((kind for kind, names in STRUCTURED_METRICS.items() if name in names), None)
     needs = {JSON_ANSWERS: "every test reference to be JSON (an object or array, a ```json fence allowed)",
-             TOOL_CALL_ANSWERS: "every test reference to call a tool (an assistant turn with tool_calls)"}.get(kind, "other test data")
+             TOOL_CALL_ANSWERS: "every test reference to call a tool (an assistant turn with tool_calls)"}.get(kind, "an out-of-scope label (data.out_of_scope_label)")
     measured = [spec.name for spec in metric_specs(task) if spec.name in metrics and spec.higher_is_better is not None]
     raise ConfigError(f"eval.metric {name} needs {needs}, and this test set's are not: set eval.metric to one of {', '.join(measured)}")
 

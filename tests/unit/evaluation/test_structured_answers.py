@@ -164,6 +164,11 @@ def test_a_json_metric_on_references_that_are_not_json_is_one_line_at_evaluation
     with pytest.raises(ConfigError, match="eval.metric tool_call_exact needs every test reference to call a tool"):
         check_verdict_metric("sft", _records(['{"qty": 2}', "[1]"]), data, "tool_call_exact")
     check_verdict_metric("sft", _records(['{"qty": 2}', "[1]"]), data, "json_f1")
+    # `tunelab eval --metric` is checked by the same rule as the config: an unknown name is one line naming the task's.
+    with pytest.raises(ConfigError, match="eval.metric 'rogueL' is not a metric of task sft: choose from rouge1"):
+        check_verdict_metric("sft", _records(["plain"]), data, "rogueL")
+    with pytest.raises(ConfigError, match="not a metric of task classify: choose from accuracy, macro_f1"):
+        check_verdict_metric("classify", [], data, "json_f1")
 
 
 def test_an_unknown_metric_is_one_config_error_naming_the_tasks_metrics():
@@ -183,3 +188,13 @@ def test_the_configs_metric_names_are_the_metrics_a_verdict_can_be_on():
         judged = [s.name for s in [*specs, *extra.get(task, [])] if s.higher_is_better is not None and not s.against_reference]
         assert sorted(VERDICT_METRICS[task]) == sorted(judged)
     assert all(spec.full_scale == 1.0 for spec in STRUCTURED_SPECS)  # shares: a margin reads as on accuracy
+
+
+def test_a_runs_listing_shows_the_metric_its_verdict_is_on():
+    from tunelab.registry.store import RunRecord
+
+    record = RunRecord("r", "r", "t", "t", "finished", task="sft", baseline_metrics={"rougeL": 0.9, "json_f1": 0.5},
+                       tuned_metrics={"primary": "json_f1", "rougeL": 0.4, "json_f1": 0.8})
+    assert record.key_metric() == ("json_f1", 0.5, 0.8)
+    record.tuned_metrics = {"primary": "rougeL", "rougeL": 0.4, "json_f1": 0.8}
+    assert record.key_metric() == ("rougeL", 0.9, 0.4)
