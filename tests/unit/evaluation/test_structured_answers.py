@@ -198,3 +198,18 @@ def test_a_runs_listing_shows_the_metric_its_verdict_is_on():
     assert record.key_metric() == ("json_f1", 0.5, 0.8)
     record.tuned_metrics = {"primary": "rougeL", "rougeL": 0.4, "json_f1": 0.8}
     assert record.key_metric() == ("rougeL", 0.9, 0.4)
+
+
+def test_the_report_bolds_the_configured_metric_and_lists_examples_by_it(tmp_path):
+    from tunelab.evaluation.report import write_report
+
+    references, tuned_answers, retrieval_answers = _orders()
+    baselines = {"retrieval": _evaluation("retrieval", retrieval_answers, references, "json_f1", baseline=True)}
+    tuned = _evaluation("tuned", tuned_answers, references, "json_f1")
+    run = tmp_path / "run"
+    run.mkdir()
+    write_report(run, baselines, tuned, compare_with_baselines(baselines, tuned, samples=200))
+    text = (run / "report.md").read_text()
+    assert "| **json_f1** ↑ | 1 |" in text and "| json_valid ↑ | 1 |" in text and "| rougeL ↑ |" in text
+    # Every tuned answer improved json_f1 (0.75 -> 1) while its ROUGE-L fell: the listed changes are json_f1's.
+    assert "change = the answer's json_f1, tuned minus retrieval" in text and "+0.250" in text
