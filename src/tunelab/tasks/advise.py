@@ -566,6 +566,7 @@ def advise(
     from tunelab.data.labels import LabelMap
     from tunelab.data.split import check_classify_labels, make_split
     from tunelab.estimate import estimate_inputs
+    from tunelab.evaluation.evaluate import check_verdict_metric
     from tunelab.evaluation.metrics import (
         OUT_OF_SCOPE_METRICS,
         PRIMARY_METRIC,
@@ -615,6 +616,8 @@ def advise(
             "tunelab advise scores every opponent and every curve run on the validation split, and it is empty",
             "set data.validation_size above 0 (default 0.1) or give data.validation",
         )
+    # Before the first curve run: the validation rows are what the curve is scored on, by eval.metric (json_f1 needs them JSON).
+    check_verdict_metric(task, validation, config.data.model_copy(update={"max_test_examples": None}), config.eval.metric)
     if outside is not None and len(validation) < len(split.validation):
         warnings.append(f"the {len(split.validation) - len(validation)} out-of-scope validation rows are left out: "
                         "the curve is of in-scope accuracy (their threshold is chosen on these rows in a real run)")

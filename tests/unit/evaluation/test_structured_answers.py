@@ -213,3 +213,20 @@ def test_the_report_bolds_the_configured_metric_and_lists_examples_by_it(tmp_pat
     assert "| **json_f1** ↑ | 1 |" in text and "| json_valid ↑ | 1 |" in text and "| rougeL ↑ |" in text
     # Every tuned answer improved json_f1 (0.75 -> 1) while its ROUGE-L fell: the listed changes are json_f1's.
     assert "change = the answer's json_f1, tuned minus retrieval" in text and "+0.250" in text
+
+
+def test_a_run_refuses_a_json_metric_on_plain_references_at_its_split_before_training(tmp_path, tiny_model_dir, monkeypatch):
+    from tunelab.tasks import pipeline
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i} plus two?", "completion": f"It is {i + 2}."}) + "\n" for i in range(20)))
+    config = parse_config({"task": "sft", "model": str(tiny_model_dir), "name": "js", "eval": {"metric": "json_f1"},
+                           "data": {"train": str(data), "test_size": 0.25, "max_length": 64}, "train": {"output_dir": str(tmp_path / "runs")}})
+    context = pipeline.open_pipeline(config, calibrate=False)
+    try:
+        pipeline.check_step(context)
+        with pytest.raises(ConfigError, match="eval.metric json_f1 needs every test reference to be JSON"):
+            pipeline.split_step(context)
+    finally:
+        context.close()
