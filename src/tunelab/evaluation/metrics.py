@@ -617,7 +617,7 @@ def primary_metric(task: str, metrics: dict[str, Any], configured: str | None = 
     kind = next((kind for kind, names in STRUCTURED_METRICS.items() if name in names), None)
     needs = {JSON_ANSWERS: "every test reference to be JSON (an object or array, a ```json fence allowed)",
              TOOL_CALL_ANSWERS: "every test reference to call a tool (an assistant turn with tool_calls)"}.get(kind, "an out-of-scope label (data.out_of_scope_label)")
-    measured = [spec.name for spec in metric_specs(task) if spec.name in metrics and spec.higher_is_better is not None]
+    measured = [known for known in VERDICT_METRICS[task] if known in metrics]
     raise ConfigError(f"eval.metric {name} needs {needs}, and this test set's are not: set eval.metric to one of {', '.join(measured)}")
 
 

@@ -163,6 +163,8 @@ def test_a_json_metric_on_references_that_are_not_json_is_one_line_at_evaluation
     data = parse_config({"task": "sft"}).data
     with pytest.raises(ConfigError, match="eval.metric tool_call_exact needs every test reference to call a tool"):
         check_verdict_metric("sft", _records(['{"qty": 2}', "[1]"]), data, "tool_call_exact")
+    with pytest.raises(ConfigError, match="one of rouge1, rouge2, rougeL, bleu, chrf, exact_match, json_valid, json_exact, json_f1$"):
+        check_verdict_metric("sft", _records(['{"qty": 2}', "[1]"]), data, "tool_name_accuracy")  # names those it has
     check_verdict_metric("sft", _records(['{"qty": 2}', "[1]"]), data, "json_f1")
     # `tunelab eval --metric` is checked by the same rule as the config: an unknown name is one line naming the task's.
     with pytest.raises(ConfigError, match="eval.metric 'rogueL' is not a metric of task sft: choose from rouge1"):
