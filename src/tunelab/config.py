@@ -77,6 +77,19 @@ BASELINES: dict[str, BaselineEntry] = {
     )
 }
 
+# The metrics a verdict may be on (eval.metric), per task: those with a better direction, never one measured against a
+# preference run's reference (its baseline has no value of it). Computed by tunelab.evaluation.metrics (a test checks
+# that the two agree). Conditional ones: OUT_OF_SCOPE_VERDICT_METRICS need data.out_of_scope_label; the sft metrics of
+# answers that are data need such a test set (refused at evaluation otherwise: the references are read only then).
+OUT_OF_SCOPE_VERDICT_METRICS = ("in_scope_accuracy", "out_of_scope_precision", "out_of_scope_recall", "out_of_scope_f1")
+VERDICT_METRICS: dict[str, tuple[str, ...]] = {
+    "sft": ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match",
+            "json_valid", "json_exact", "json_f1", "tool_name_accuracy", "tool_call_exact"),
+    "classify": ("accuracy", "macro_f1", "ece", *OUT_OF_SCOPE_VERDICT_METRICS),
+    "text": ("perplexity", "bits_per_byte"),
+    "preference": ("likelihood_accuracy",),
+}
+
 # The tasks whose records may carry a group (data.group_field) and whose evaluation is reported per group: a text
 # window or a preference pair is scored by another rule than one answer per record.
 GROUP_TASKS = ("classify", "sft")
@@ -468,6 +481,13 @@ class EvalConfig(_Section):
     )
     bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of the bootstrap and of sampling.")
+    metric: str | None = Field(
+        None,
+        description="The metric the verdict, `tunelab compare`, a sweep's ranking and promotion margins are on (default: "
+        "the task's: sft rougeL, classify accuracy, text perplexity, preference likelihood_accuracy). sft answers that are "
+        "data add json_valid, json_exact, json_f1 (every test reference JSON) or tool_name_accuracy, tool_call_exact "
+        "(every one a tool call).",
+    )
     baselines: list[str] | None = Field(
         None,
         description="What the tuned model must beat, on the same test set: base (the base model zero-shot), "
@@ -825,6 +845,17 @@ class RunConfig(_Section):
             raise ValueError(
                 f"data.out_of_scope_label applies to task classify only, not {self.task}; drop it or set task: classify"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _metric_is_the_tasks(self) -> RunConfig:
+        metric = self.eval.metric
+        if metric is None:
+            return self
+        if metric not in VERDICT_METRICS[self.task]:
+            raise ValueError(f"eval.metric {metric!r} is not a metric of task {self.task}: choose from {', '.join(VERDICT_METRICS[self.task])}")
+        if metric in OUT_OF_SCOPE_VERDICT_METRICS and self.data.out_of_scope_label is None:
+            raise ValueError(f"eval.metric {metric} needs data.out_of_scope_label (the out-of-scope metrics are measured only with it)")
         return self
 
     @model_validator(mode="after")

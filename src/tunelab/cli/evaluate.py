@@ -152,6 +152,10 @@ def evaluate_command(
     ),
     few_shot_tokens: int = typer.Option(1024, "--few-shot-tokens", min=0, help="few_shot: token budget for the examples in the prompt."),
     samples: int = typer.Option(1000, "--samples", min=100, help="Bootstrap resamples of the comparison with the baselines."),
+    metric: str = typer.Option(
+        None, "--metric", help="The metric the verdict is on (eval.metric; default: a run's own, else the task's: sft rougeL). "
+        "sft answers that are JSON: json_valid, json_exact, json_f1; tool calls: tool_name_accuracy, tool_call_exact.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     endpoint: str = typer.Option(None, "--endpoint", help="Evaluate a remote model: the base URL of an OpenAI-compatible API."),
     endpoint_model: str = typer.Option(None, "--endpoint-model", help="The model's name at --endpoint."),
@@ -174,6 +178,7 @@ def evaluate_command(
     from tunelab.data.labels import LabelMap
     from tunelab.evaluation.answering import open_model
     from tunelab.evaluation.baselines import evaluate_with_baselines
+    from tunelab.evaluation.evaluate import check_verdict_metric
 
     try:
         # Written by the data layer; imported here so the other commands work without it.
@@ -194,7 +199,7 @@ def evaluate_command(
 
     files = _predictions_files(predictions or [])
     eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                                      temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples,
+                                      temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples, metric=metric,
                                       predictions={name: {"path": path} for name, path in files.items()} or None)
     check_output_file(out)
     names = [*_baseline_names(baselines, task, train), *files]
@@ -218,7 +223,8 @@ def evaluate_command(
         # length and decoding, unless an option says otherwise (None above is an option not given).
         run_data, run_eval = answering.run.config.data, answering.run.config.eval
         own_data = {"system_prompt": run_data.system_prompt, "max_length": run_data.max_length, "stride": run_data.stride}
-        own_eval = {"max_new_tokens": run_eval.max_new_tokens, "temperature": run_eval.temperature, "top_p": run_eval.top_p}
+        own_eval = {"max_new_tokens": run_eval.max_new_tokens, "temperature": run_eval.temperature, "top_p": run_eval.top_p,
+                    "metric": run_eval.metric}
         data_config = config_from_options(DataConfig, EVAL_OPTIONS, **{**own_data, **data_config.model_dump(exclude_unset=True)})
         eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, **{**own_eval, **eval_config.model_dump(exclude_unset=True)})
     if answering.out_of_scope_label is not None and out_of_scope_label is None:
@@ -228,6 +234,8 @@ def evaluate_command(
         data_config = config_from_options(DataConfig, EVAL_OPTIONS, **{**data_config.model_dump(exclude_unset=True), "out_of_scope_label": out_of_scope_label})
     if baseline is None:
         baseline = task == "classify" and answering.label_map is None
+    # Before any answer is asked for (a remote one costs money): a metric these references cannot measure is refused now.
+    check_verdict_metric(task, records, data_config, eval_config.metric)
     say_request_cost(answering.estimate_evaluate(records, task, config=eval_config, data_config=data_config,
                                                  labels=_remote_labels(label_map, task, train_records, records)),
                      max_usd, "raise --max-usd, or evaluate fewer examples (--limit)")

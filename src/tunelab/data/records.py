@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,39 @@ from typing import Any
 Message = dict[str, Any]
 
 
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+_TOOL_CALL_BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
+
+
 def tool_call_text(call: dict[str, Any]) -> str:
     """One tool call as text: the ``<tool_call>`` JSON block that Hermes-style chat templates (Qwen2.5, ...) write."""
     function = call.get("function") or {}
     body = json.dumps({"name": function.get("name"), "arguments": function.get("arguments")}, ensure_ascii=False)
-    return f"<tool_call>\n{body}\n</tool_call>"
+    return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
+
+
+def tool_calls_in(text: str) -> list[dict[str, Any]]:
+    """The tool calls written in ``text`` as ``tool_call_text`` writes them, each ``{"name", "arguments"}``, in order.
+
+    A block whose body is not a JSON object with a string ``name`` is no call (a model's malformed attempt is skipped,
+    not guessed at). ``arguments`` given as a JSON string (as OpenAI's API sends them) is read as the object it holds.
+    """
+    calls = []
+    for body in _TOOL_CALL_BLOCK.findall(text):
+        try:
+            call = json.loads(body)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            continue
+        arguments = call.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                pass
+        calls.append({"name": call["name"], "arguments": arguments})
+    return calls
 
 
 def message_text(message: Message) -> str:

@@ -77,7 +77,7 @@ from tunelab.evaluation.evaluate import (
     select_test_records,
     unstopped_warning,
 )
-from tunelab.evaluation.metrics import PRIMARY_METRIC, wilson_interval
+from tunelab.evaluation.metrics import PRIMARY_METRIC, primary_metric, wilson_interval
 from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.inference import (
@@ -1150,6 +1150,10 @@ def evaluate_baselines(
         results[name] = result
         _note_cross_validated(name, result, cross_validated)
         emit(name, "done", {"metrics": result.metrics})
+    for result in results.values():
+        # The verdict's metric (eval.metric) is the run's, not the scores': set here, so a cached result judged by
+        # another metric before is judged by this one now.
+        result.metrics["primary"] = primary_metric(task, result.metrics, config.metric)
     return Baselines({name: results[name] for name in names if name in results}, skipped=skipped)
 
 

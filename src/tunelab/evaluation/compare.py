@@ -233,6 +233,17 @@ def check_text_scoring(a: EvalResult, b: EvalResult, names: tuple[str, str] | No
     )
 
 
+def verdict_metric(a: EvalResult, b: EvalResult, warnings: list[str] | None = None) -> str:
+    """The metric B is judged against A on: B's own ``metrics["primary"]`` (``metrics.primary_metric``: eval.metric, else
+    the task's default), else A's, else the task's default. Evaluations that name different ones add a warning."""
+    named = [result.metrics.get("primary") for result in (b, a)]
+    primary = next((name for name in named if name), PRIMARY_METRIC[b.task])
+    if warnings is not None and all(named) and named[0] != named[1]:
+        warnings.append(f"the evaluations name different primary metrics ('{b.model}': {named[0]}, '{a.model}': {named[1]}); "
+                        f"the verdict is on {primary}, that of '{b.model}'")
+    return primary
+
+
 def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples: int = 1000) -> Comparison:
     """Compare evaluation ``b`` against ``a`` with a seeded paired bootstrap.
 
@@ -283,8 +294,12 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
         diffs = diffs[np.isfinite(diffs)]
         low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs.size else (float("nan"), float("nan")))
         metrics.append(MetricComparison(spec.name, before, after, after - before, float(low), float(high), spec.higher_is_better, full_scale=spec.full_scale))
-    primary = PRIMARY_METRIC[task]
-    main = next(m for m in metrics if m.name == primary)
+    primary = verdict_metric(a, b, warnings)
+    main = next((m for m in metrics if m.name == primary), None)
+    if main is None:
+        raise DataError(f"the verdict is on {primary} (eval.metric), which the evaluations of '{a.model}' and '{b.model}' do not both have",
+                        f"compare on one they both have ({', '.join(m.name for m in metrics)}): set eval.metric, or evaluate both again")
+
     verdict = main.outcome if n >= MIN_TEST_EXAMPLES else TOO_FEW
     direction = "higher" if main.higher_is_better else "lower"
     summary = (

@@ -51,7 +51,9 @@ CROSSING_LIMIT = 10.0  # look for the crossing up to this many times the data th
 RUN_NOISE = 0.08
 # The best value each metric can take: the asymptote a never promises more.
 METRIC_BEST = {"accuracy": 1.0, "macro_f1": 1.0, "rougeL": 1.0, "rouge1": 1.0, "rouge2": 1.0, "exact_match": 1.0, "perplexity": 1.0}
-BOUNDED = {"accuracy", "macro_f1", "rougeL", "rouge1", "rouge2", "exact_match"}  # scores in [0, 1]
+# Scores in [0, 1] (the sft metrics of answers that are data are shares of examples too).
+BOUNDED = {"accuracy", "macro_f1", "rougeL", "rouge1", "rouge2", "exact_match",
+           "json_valid", "json_exact", "json_f1", "tool_name_accuracy", "tool_call_exact"}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.config import DataConfig, EvalConfig
+from tunelab.config import VERDICT_METRICS, DataConfig, EvalConfig
 from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord, message_text
 from tunelab.data.templates import (
@@ -29,11 +29,15 @@ from tunelab.data.tokenize import perplexity_stride, tokenize_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import (
     PRIMARY_METRIC,
+    STRUCTURED_METRICS,
+    TASK_METRICS,
     TEXT_SCORING,
+    answer_kind,
     choose_threshold,
     classify_metrics,
     corpus_statistics,
     metric_values,
+    primary_metric,
     sft_example_scores,
     text_metrics,
 )
@@ -84,6 +88,25 @@ def prompt_text(messages: Sequence[dict[str, str]]) -> str:
 def select_test_records(records: Sequence[Record], limit: int | None, seed: int) -> list[Record]:
     """At most ``limit`` records, a seeded sample chosen by id (so before and after see the same ones)."""
     return seeded_subset(records, limit, seed)
+
+
+def check_verdict_metric(task: str, records: Sequence[Record], data_config: DataConfig, metric: str | None) -> None:
+    """Refuse, before anything is trained, an ``eval.metric`` the test set cannot measure: the sft metrics of answers
+    that are data need references of that kind (``metrics.answer_kind``), which are read only with the data. The
+    examples ``evaluate`` would score are the ones checked; other tasks' metrics are checked with the config.
+
+    Raises:
+        ConfigError: as ``metrics.primary_metric``, one line naming the metrics this test set has.
+    """
+    if metric is None:
+        return
+    if task != "sft":
+        primary_metric(task, dict.fromkeys(VERDICT_METRICS.get(task, ())), metric)  # an unknown name (`tunelab eval --metric`)
+        return
+    chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    kind = answer_kind([references_of(record) for record in chosen if isinstance(record, SFTRecord)])
+    measured = [spec.name for spec in TASK_METRICS["sft"]] + list(STRUCTURED_METRICS.get(kind, ()) if kind else ())
+    primary_metric(task, dict.fromkeys(measured), metric)
 
 
 def check_test_records(records: Sequence[Record], task: str, train_ids: Collection[str] | None) -> list[str]:
@@ -190,7 +213,7 @@ def evaluate(
         task=task,
         model=_model_name(loaded),
         n=len(rows),
-        metrics={"primary": PRIMARY_METRIC[task], **metrics},
+        metrics={"primary": primary_metric(task, metrics, config.metric), **metrics},
         rows=rows,
         settings=settings,
         test_fingerprint=test_fingerprint(task, (r.id for r in chosen)),
@@ -400,9 +423,10 @@ def score_sft(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Rows and metrics of sft answers against every reference (shared by the model and the baselines)."""
     statistics = corpus_statistics(list(answers), references)
+    kind = answer_kind(references)  # decided by the whole test set: every opponent scored on it gets the same metrics
     rows = []
     for index, (record, answer, refs) in enumerate(zip(records, answers, references, strict=True)):
-        scores = sft_example_scores(answer, refs)
+        scores = sft_example_scores(answer, refs, kind)
         scores["bleu_stats"] = statistics["bleu"][index]
         scores["chrf_stats"] = statistics["chrf"][index]
         row = with_group({"id": record.id, "source": record.source, "prompt": prompt_text(record.prompt_messages), "reference": refs[0],

@@ -6,7 +6,9 @@ on any subset of examples: that is what the paired bootstrap in ``compare`` does
 - sft: ROUGE-1/2/L F-measure (rouge-score, stemmed; its tokenizer widened to every script, see
   ``RougeTokenizer``), exact match after normalisation, answer length in words: per example, best over the references. BLEU and chrF (sacrebleu) are corpus metrics;
   each example keeps sacrebleu's sufficient statistics (n-gram matches and totals), whose sums give
-  the exact corpus score of any resample.
+  the exact corpus score of any resample. When a test set's answers are data (``answer_kind``: every reference JSON, or
+  every one a tool call), also: json_valid, json_exact, json_f1 (F1 of the flattened leaf pairs), or tool_name_accuracy
+  and tool_call_exact; absent on plain text.
 - classify: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix (scikit-learn),
   expected calibration error over equal-width confidence bins. With an out-of-scope label: accuracy
   is over all queries (an out-of-scope query is right when rejected), plus in-scope accuracy (a
@@ -19,15 +21,21 @@ on any subset of examples: that is what the paired bootstrap in ``compare`` does
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from tunelab.config import VERDICT_METRICS
+from tunelab.data.records import tool_calls_in
+from tunelab.errors import ConfigError
 
 ECE_BINS = 15
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -137,8 +145,9 @@ def _chrf():
     return CHRF()
 
 
-def sft_example_scores(prediction: str, references: Sequence[str]) -> dict[str, Any]:
-    """Per-example sft scores: ROUGE F-measures and exact match (best over references), length.
+def sft_example_scores(prediction: str, references: Sequence[str], kind: str | None = None) -> dict[str, Any]:
+    """Per-example sft scores: ROUGE F-measures and exact match (best over references), length; with ``kind``
+    (``answer_kind`` of the whole test set) the JSON or tool-call scores too (``structured_scores``).
 
     Raises:
         ValueError: when ``references`` is empty.
@@ -152,7 +161,116 @@ def sft_example_scores(prediction: str, references: Sequence[str]) -> dict[str, 
         for key in best:
             best[key] = max(best[key], scores[key].fmeasure)
     exact = float(any(exact_match(prediction, reference) for reference in references))
-    return {**best, "exact_match": exact, "length": float(len(prediction.split()))}
+    return {**best, "exact_match": exact, "length": float(len(prediction.split())), **structured_scores(prediction, references, kind)}
+
+
+# ----------------------------------------------------------------------------- sft answers that are data
+
+# An sft test set whose answers are data (an order as JSON, a function call) is judged on the data: ROUGE-L gives
+# {"qty": 2} against {"qty": 20} nearly 1. Which kind a test set is, is decided once for all its examples
+# (``answer_kind``), so every opponent scored on it has the same metrics; a test set of neither kind has none of these
+# (never a misleading 0).
+JSON_ANSWERS, TOOL_CALL_ANSWERS = "json", "tool_calls"
+STRUCTURED_METRICS = {
+    JSON_ANSWERS: ("json_valid", "json_exact", "json_f1"),
+    TOOL_CALL_ANSWERS: ("tool_name_accuracy", "tool_call_exact"),
+}
+# One Markdown code fence around the whole text, with or without a language (```json).
+_FENCE = re.compile(r"\A```[\w+-]*[ \t]*\n(.*?)\n?[ \t]*```\Z", re.DOTALL)
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    """``text`` as JSON data: (True, the object or array), else (False, None).
+
+    The rule for references and answers alike: surrounding whitespace and one code fence around the whole text
+    (```json ... ``` or ``` ... ```, as chat models often wrap JSON) are dropped, and what is left must parse as a JSON
+    object or array. A bare number or string is no record of fields: (False, None).
+    """
+    text = text.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False, None
+    return (True, value) if isinstance(value, dict | list) else (False, None)
+
+
+def _leaf(value: Any) -> tuple[str, Any]:
+    # Typed, so true is not 1 and "2" is not 2; a whole float is its integer (2.0 == 2, as JSON does not tell them apart).
+    if isinstance(value, bool):
+        return "bool", value
+    if isinstance(value, int | float):
+        return "number", int(value) if isinstance(value, float) and value.is_integer() else value
+    if isinstance(value, str):
+        return "string", value
+    if value is None:
+        return "null", None
+    # An empty object or array is a leaf of its own: {"items": []} and {"items": {}} differ from {}.
+    return ("object" if isinstance(value, dict) else "array"), None
+
+
+def json_leaves(value: Any, path: tuple = ()) -> set[tuple[tuple, tuple[str, Any]]]:
+    """The flattened (path, value) pairs of JSON ``value``: a path is the keys and array positions down to a leaf.
+
+    Keys are a set, so their order never matters; an array's items are matched by position (a list of items in
+    another order is another answer).
+    """
+    if isinstance(value, dict) and value:
+        return {leaf for key, item in value.items() for leaf in json_leaves(item, (*path, ("key", key)))}
+    if isinstance(value, list) and value:
+        return {leaf for index, item in enumerate(value) for leaf in json_leaves(item, (*path, ("index", index)))}
+    return {(path, _leaf(value))}
+
+
+def json_scores(prediction: str, reference: str) -> dict[str, float]:
+    """One answer against one JSON reference: whether it parses (``parse_json``), whether it is the same data, and
+    the F1 of its leaf pairs (``json_leaves``) against the reference's; an answer that does not parse scores 0."""
+    valid, answer = parse_json(prediction)
+    _, expected = parse_json(reference)
+    if not valid:
+        return {"json_valid": 0.0, "json_exact": 0.0, "json_f1": 0.0}
+    got, wanted = json_leaves(answer), json_leaves(expected)
+    return {"json_valid": 1.0, "json_exact": float(got == wanted), "json_f1": 2 * len(got & wanted) / (len(got) + len(wanted))}
+
+
+def _call_key(call: dict[str, Any]) -> tuple[str, frozenset]:
+    return call["name"], frozenset(json_leaves(call["arguments"]))
+
+
+def tool_call_scores(prediction: str, reference: str) -> dict[str, float]:
+    """One answer against one reference that calls tools, both read by ``records.tool_calls_in``: whether it calls the
+    same functions (names, as many times each, in any order), and whether each with the same arguments (equal as
+    JSON: ``json_leaves``). An answer with no call scores 0."""
+    got, wanted = tool_calls_in(prediction), tool_calls_in(reference)
+    if not got:
+        return {"tool_name_accuracy": 0.0, "tool_call_exact": 0.0}
+    names = Counter(call["name"] for call in got) == Counter(call["name"] for call in wanted)
+    exact = Counter(map(_call_key, got)) == Counter(map(_call_key, wanted))
+    return {"tool_name_accuracy": float(names), "tool_call_exact": float(exact)}
+
+
+def answer_kind(references: Sequence[Sequence[str]]) -> str | None:
+    """Whether a test set's answers are data: ``TOOL_CALL_ANSWERS`` when every reference calls at least one tool,
+    ``JSON_ANSWERS`` when every reference is JSON (``parse_json``), else None (plain text: no structured metrics)."""
+    every = [reference for refs in references for reference in refs]
+    if not every:
+        return None
+    if all(tool_calls_in(reference) for reference in every):
+        return TOOL_CALL_ANSWERS
+    if all(parse_json(reference)[0] for reference in every):
+        return JSON_ANSWERS
+    return None
+
+
+def structured_scores(prediction: str, references: Sequence[str], kind: str | None) -> dict[str, float]:
+    """The per-example scores of ``kind`` (``answer_kind``), each the best over the references; none for None."""
+    if kind is None:
+        return {}
+    score = json_scores if kind == JSON_ANSWERS else tool_call_scores
+    every = [score(prediction, reference) for reference in references]
+    return {name: max(scores[name] for scores in every) for name in STRUCTURED_METRICS[kind]}
 
 
 def corpus_statistics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, list[list[float]]]:
@@ -478,6 +596,31 @@ TASK_METRICS: dict[str, list[MetricSpec]] = {
 }
 
 
+# The metrics of an sft test set whose answers are data (``answer_kind``): shares of examples, in [0, 1], so a
+# non-inferiority margin reads on them as on accuracy (full_scale 1).
+STRUCTURED_SPECS = [MetricSpec(name, True, _mean_of(name)) for names in STRUCTURED_METRICS.values() for name in names]
+
+
+def primary_metric(task: str, metrics: dict[str, Any], configured: str | None = None) -> str:
+    """The metric an evaluation's verdict is on (stored as its ``metrics["primary"]``, which every comparison, sweep,
+    promotion and report reads): ``eval.metric`` when set, else the task's default (``PRIMARY_METRIC``).
+
+    Raises:
+        ConfigError: when the configured metric was not measured on this test set (a JSON metric on references that
+            are not JSON).
+    """
+    name = configured or PRIMARY_METRIC[task]
+    if name in metrics:
+        return name
+    if name not in VERDICT_METRICS.get(task, ()):
+        raise ConfigError(f"eval.metric {name!r} is not a metric of task {task}: choose from {', '.join(VERDICT_METRICS.get(task, ()))}")
+    kind = next((kind for kind, names in STRUCTURED_METRICS.items() if name in names), None)
+    needs = {JSON_ANSWERS: "every test reference to be JSON (an object or array, a ```json fence allowed)",
+             TOOL_CALL_ANSWERS: "every test reference to call a tool (an assistant turn with tool_calls)"}.get(kind, "an out-of-scope label (data.out_of_scope_label)")
+    measured = [known for known in VERDICT_METRICS[task] if known in metrics]
+    raise ConfigError(f"eval.metric {name} needs {needs}, and this test set's are not: set eval.metric to one of {', '.join(measured)}")
+
+
 def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Columns of per-example scores that the task's MetricSpecs compute on.
 
@@ -487,6 +630,10 @@ def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str]
         table = {key: np.array([row["scores"][key] for row in rows], dtype=float) for key in ("rouge1", "rouge2", "rougeL", "exact_match", "length")}
         table["bleu_stats"] = np.array([row["scores"]["bleu_stats"] for row in rows], dtype=float)
         table["chrf_stats"] = np.array([row["scores"]["chrf_stats"] for row in rows], dtype=float)
+        # Only where every example has them (a test set of answers that are data, scored by this tunelab).
+        for spec in STRUCTURED_SPECS:
+            if rows and all(spec.name in row["scores"] for row in rows):
+                table[spec.name] = np.array([row["scores"][spec.name] for row in rows], dtype=float)
         return table
     if task == "classify":
         names = list(labels or [])
@@ -514,10 +661,13 @@ def score_table(task: str, rows: Sequence[dict[str, Any]], labels: Sequence[str]
 
 
 def metric_specs(task: str, *tables: dict[str, np.ndarray]) -> list[MetricSpec]:
-    """The MetricSpecs to compute on these tables: the task's, plus the out-of-scope ones when every table has them."""
+    """The MetricSpecs to compute on these tables: the task's, plus the out-of-scope ones (classify) and those of answers
+    that are data (sft, ``STRUCTURED_SPECS``) when every table has them."""
     specs = list(TASK_METRICS[task])
     if task == "classify" and tables and all("out_of_scope" in table for table in tables):
         specs += OUT_OF_SCOPE_METRICS
+    if task == "sft" and tables:
+        specs += [spec for spec in STRUCTURED_SPECS if all(spec.name in table for table in tables)]
     return specs
 
 

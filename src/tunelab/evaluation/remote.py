@@ -30,7 +30,7 @@ from tunelab.evaluation.evaluate import (
     unstopped_warning,
     with_group,
 )
-from tunelab.evaluation.metrics import PRIMARY_METRIC, classify_metrics
+from tunelab.evaluation.metrics import classify_metrics, primary_metric
 from tunelab.evaluation.result import EvalResult, test_fingerprint
 from tunelab.remote.client import Answer, RemoteClient, RemoteError, RequestEstimate, text_tokens
 
@@ -165,7 +165,7 @@ def evaluate_remote(
     if baseline_name:
         settings["baseline"] = baseline_name
     return EvalResult(
-        task=task, model=client.display_name, n=len(rows), metrics={"primary": PRIMARY_METRIC[task], **metrics}, rows=rows,
+        task=task, model=client.display_name, n=len(rows), metrics={"primary": primary_metric(task, metrics, config.metric), **metrics}, rows=rows,
         settings=settings, test_fingerprint=test_fingerprint(task, (r.id for r in chosen)), baseline=baseline_name is not None,
         labels=list(labels) if task == "classify" else None, baseline_name=baseline_name, warnings=warnings + more,
     )

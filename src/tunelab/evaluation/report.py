@@ -200,16 +200,27 @@ CHANGE_MEANS = {
 }
 
 
-def change_means(task: str, opponent: str) -> str:
-    return f"change = {CHANGE_MEANS[task]}, tuned minus {opponent}: positive where the tuned model does better."
+def sft_change_metric(tuned: EvalResult) -> str:
+    """The per-example score an sft example's change is measured by: the verdict's metric (``metrics["primary"]``) when
+    each example has one (json_f1, tool_call_exact, ...: an answer that is data is judged on the data), else ROUGE-L
+    (BLEU and chrF are corpus metrics, with no per-example value)."""
+    primary = tuned.metrics.get("primary")
+    return primary if primary and tuned.rows and all(primary in row["scores"] for row in tuned.rows) else "rougeL"
 
 
-def _change(task: str, before: dict[str, Any], after: dict[str, Any]) -> float:
-    """How much an example improved (positive) or worsened (negative) from before to after."""
+def change_means(task: str, opponent: str, tuned: EvalResult | None = None) -> str:
+    means = CHANGE_MEANS[task]
+    if task == "sft" and tuned is not None and (metric := sft_change_metric(tuned)) != "rougeL":
+        means = f"the answer's {metric}"
+    return f"change = {means}, tuned minus {opponent}: positive where the tuned model does better."
+
+
+def _change(task: str, before: dict[str, Any], after: dict[str, Any], metric: str = "rougeL") -> float:
+    """How much an example improved (positive) or worsened (negative) from before to after (sft: by ``metric``)."""
     if task == "classify":
         return _right(after) - _right(before)
     if task == "sft":
-        return after["scores"]["rougeL"] - before["scores"]["rougeL"]
+        return after["scores"][metric] - before["scores"][metric]
     if task == "preference":
         return likelihood_margin(after["scores"]) - likelihood_margin(before["scores"])
 
@@ -229,7 +240,10 @@ def changed_examples(base: EvalResult, tuned: EvalResult, each_way: int = EXAMPL
     """The examples that improved most, then those that worsened most (paired by id)."""
     by_id = {row["id"]: row for row in base.rows}
     pairs = [(by_id[row["id"]], row) for row in tuned.rows if row["id"] in by_id]
-    scored = [(_change(tuned.task, b, a), b, a) for b, a in pairs]
+    metric = sft_change_metric(tuned) if tuned.task == "sft" else "rougeL"
+    if metric != "rougeL" and not all(metric in b["scores"] for b, _ in pairs):
+        metric = "rougeL"  # an opponent scored without it (an older file): the one score both have
+    scored = [(_change(tuned.task, b, a, metric), b, a) for b, a in pairs]
     improved = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])[:each_way]
     worsened = sorted((s for s in scored if s[0] < 0), key=lambda s: s[0])[:each_way]
     return [
@@ -387,7 +401,7 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
         )
     if examples:
         opponent = verdict.strongest
-        lines += ["", f"## Examples that changed most (tuned against {opponent})", "", change_means(tuned.task, opponent), ""]
+        lines += ["", f"## Examples that changed most (tuned against {opponent})", "", change_means(tuned.task, opponent, tuned), ""]
         lines += table(
             ["change", "source", "prompt", "reference", f"{opponent}", "tuned"],
             [[f"{e['change']:+.3f}", e["source"], _cut(e["prompt"], 200), _cut(e["reference"], 200), _cut(shown_prediction(tuned.task, e["before"]), 200), _cut(shown_prediction(tuned.task, e["after"]), 200)] for e in examples],
@@ -438,7 +452,7 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
         parts.append(f"<script>{CONFUSION_SCRIPT}</script>")
     if examples:
         opponent = e(verdict.strongest)
-        parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><p>{e(change_means(tuned.task, verdict.strongest))}</p><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
+        parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><p>{e(change_means(tuned.task, verdict.strongest, tuned))}</p><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
         for x in examples:
             cells = [f"{x['change']:+.3f}", x["source"], _cut(x["prompt"]), _cut(x["reference"]), _cut(shown_prediction(tuned.task, x["before"])), _cut(shown_prediction(tuned.task, x["after"]))]
             parts.append("<tr>" + "".join(f"<td class='text'>{e(str(c))}</td>" for c in cells) + "</tr>")

@@ -155,8 +155,10 @@ class RunRecord:
         return reasons
 
     def key_metric(self) -> tuple[str, float | None, float | None] | None:
-        """(metric name, base model's value, tuned value) of the task's headline metric, if either is known."""
-        candidates = KEY_METRICS.get(self.task or "", ())
+        """(metric name, base model's value, tuned value) of the run's headline metric, if either is known: the metric its
+        verdict is on (the tuned evaluation's ``primary``: eval.metric), else the task's."""
+        primary = (self.tuned_metrics or {}).get("primary") if isinstance(self.tuned_metrics, dict) else None
+        candidates = ((primary,) if isinstance(primary, str) else ()) + KEY_METRICS.get(self.task or "", ())
         for name in candidates + tuple(metric_values(self.tuned_metrics) or metric_values(self.baseline_metrics)):
             before = self.base_metrics().get(name)
             after = metric_values(self.tuned_metrics).get(name)

@@ -566,7 +566,13 @@ def advise(
     from tunelab.data.labels import LabelMap
     from tunelab.data.split import check_classify_labels, make_split
     from tunelab.estimate import estimate_inputs
-    from tunelab.evaluation.metrics import PRIMARY_METRIC, TASK_METRICS
+    from tunelab.evaluation.evaluate import check_verdict_metric
+    from tunelab.evaluation.metrics import (
+        OUT_OF_SCOPE_METRICS,
+        PRIMARY_METRIC,
+        STRUCTURED_SPECS,
+        TASK_METRICS,
+    )
     from tunelab.runs import load_model
     from tunelab.tasks.pipeline import run_name
 
@@ -593,8 +599,9 @@ def advise(
     root = Path(folder) if folder is not None else Path(config.train.output_dir) / f"advise-{name}"
     if (root / ADVICE_FILE).exists():
         raise ConfigError(f"{root} already holds an advice", "choose another name (name=...) or folder, or delete it")
-    task, metric = config.task, PRIMARY_METRIC[config.task]
-    higher = next(spec.higher_is_better for spec in TASK_METRICS[task] if spec.name == metric) is not False
+    task, metric = config.task, config.eval.metric or PRIMARY_METRIC[config.task]
+    specs = [*TASK_METRICS[task], *OUT_OF_SCOPE_METRICS, *STRUCTURED_SPECS]
+    higher = next(spec.higher_is_better for spec in specs if spec.name == metric) is not False
     warnings: list[str] = [provider_note] if provider_note else []
 
     # 1. The split; the validation rows are what everything is scored on.
@@ -609,6 +616,8 @@ def advise(
             "tunelab advise scores every opponent and every curve run on the validation split, and it is empty",
             "set data.validation_size above 0 (default 0.1) or give data.validation",
         )
+    # Before the first curve run: the validation rows are what the curve is scored on, by eval.metric (json_f1 needs them JSON).
+    check_verdict_metric(task, validation, config.data.model_copy(update={"max_test_examples": None}), config.eval.metric)
     if outside is not None and len(validation) < len(split.validation):
         warnings.append(f"the {len(split.validation) - len(validation)} out-of-scope validation rows are left out: "
                         "the curve is of in-scope accuracy (their threshold is chosen on these rows in a real run)")

@@ -560,6 +560,10 @@ def split_step(context: PipelineContext) -> Split:
     for message in check_predictions(config, split.test):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
+    from tunelab.evaluation.evaluate import check_verdict_metric
+
+    # Before training, not after it: eval.metric json_f1 on test references that are not JSON is refused now.
+    check_verdict_metric(config.task, split.test, config.data, config.eval.metric)
     if config.task == "classify":
         from tunelab.data.split import check_classify_labels
 

@@ -211,11 +211,13 @@ def check_metric(metric: str | None, config: Any) -> None:
     """
     if metric is None:
         return
-    from tunelab.evaluation.metrics import OUT_OF_SCOPE_METRICS, TASK_METRICS
+    from tunelab.evaluation.metrics import OUT_OF_SCOPE_METRICS, STRUCTURED_SPECS, TASK_METRICS
 
     specs = list(TASK_METRICS[config.task])
     if config.task == "classify" and config.data.out_of_scope_label is not None:
         specs += OUT_OF_SCOPE_METRICS
+    if config.task == "sft":
+        specs += STRUCTURED_SPECS  # measured when the test references are data (``metrics.answer_kind``)
     rankable = [spec.name for spec in specs if spec.higher_is_better is not None]
     if metric not in rankable:
         raise ConfigError(f"--metric {metric!r} cannot rank {config.task} runs", f"use one of {', '.join(rankable)}")

@@ -7,7 +7,7 @@ import torch
 from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.labels import build_label_map
 from tunelab.data.records import ClassifyRecord, SFTRecord, TextRecord
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.evaluate import evaluate, select_test_records
 from tunelab.evaluation.result import EvalResult
 from tunelab.models.loader import LoadedModel
@@ -151,3 +151,16 @@ def test_max_test_examples_is_a_seeded_sample_by_id():
     assert {r.id for r in first} == {r.id for r in select_test_records(list(reversed(records)), 5, seed=1)}
     assert {r.id for r in first} != {r.id for r in select_test_records(records, 5, seed=2)}
     assert select_test_records(records, 50, seed=1) == records
+
+
+def test_sft_answers_that_are_data_are_judged_on_the_configured_metric(loaded):
+    def record(answer):
+        return SFTRecord(({"role": "user", "content": "order two apples"}, {"role": "assistant", "content": answer}))
+
+    orders = [record('{"item": "apple", "qty": 2}'), record('```json\n{"item": "pear", "qty": 1}\n```')]
+    result = evaluate(loaded, orders, "sft", config=EvalConfig(max_new_tokens=4, metric="json_f1"), data_config=DataConfig())
+    assert result.metrics["primary"] == "json_f1"
+    # A tiny random model writes no JSON: every answer is invalid, and scores 0 (not missing).
+    assert result.metrics["json_valid"] == result.metrics["json_f1"] == 0.0 and "tool_call_exact" not in result.metrics
+    with pytest.raises(ConfigError, match="eval.metric json_f1 needs every test reference to be JSON"):
+        evaluate(loaded, [record("two apples")], "sft", config=EvalConfig(max_new_tokens=4, metric="json_f1"), data_config=DataConfig())
