@@ -42,7 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.config import ResolvedConfig, RunConfig, dump_config, parse_config, require_resolved
+from tunelab.config import (
+    REMOTE_TASKS,
+    ResolvedConfig,
+    RunConfig,
+    dump_config,
+    parse_config,
+    require_resolved,
+)
 from tunelab.errors import BudgetExceeded, ConfigError, DataError, TunelabError, cancel_reason
 from tunelab.faults import kill_point
 from tunelab.paths import (
@@ -560,6 +567,7 @@ def split_step(context: PipelineContext) -> Split:
     for message in check_predictions(config, split.test):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
+    check_pii_sent(context, split.test)
     from tunelab.evaluation.evaluate import check_verdict_metric
 
     # Before training, not after it: eval.metric json_f1 on test references that are not JSON is refused now.
@@ -571,6 +579,43 @@ def split_step(context: PipelineContext) -> Split:
     context.split = split
     context.label_map = _label_map_for(config, split, context.base.tokenizer)
     return split
+
+
+def remote_hosts(config: ResolvedConfig) -> list[str]:
+    """The providers the test requests are sent to: each remote baseline's, and a cloud run's own (its fine-tuned
+    model is evaluated there)."""
+    from tunelab.config import resolve_baselines
+
+    urls = [config.model.endpoint.base_url] if config.train.backend == "openai" and config.model.endpoint is not None else []
+    for name in resolve_baselines(config.task, config.eval) if config.task in REMOTE_TASKS else ():
+        endpoint = config.eval.endpoint_of(name)
+        if endpoint is not None:
+            urls.append(endpoint.base_url)
+    return list(dict.fromkeys(urls))
+
+
+def check_pii_sent(context: PipelineContext, test: Sequence[Record]) -> None:
+    """Personal data in the test requests a remote model will be asked (a remote baseline, a cloud run's evaluation):
+    said with the host before the first request, or refused (``data.pii: refuse``). The check step scanned the
+    training data; the test split (``data.test``, or held out) is what leaves the machine here."""
+    from tunelab.data.pii import scan_records
+    from tunelab.evaluation.evaluate import select_test_records
+
+    config = context.config
+    hosts = remote_hosts(config) if config.data.pii != "off" else []
+    if not hosts:
+        return
+    asked = select_test_records(test, config.data.max_test_examples, config.data.seed)
+    pii = scan_records(asked)
+    if not pii.found:
+        return
+    what = f"the test split ({len(asked)} requests)"
+    if config.data.pii == "refuse":
+        raise pii.refusal(what)
+    for host in hosts:
+        message = f"data: {pii.sent_to(what, host)}"
+        if message not in context.warnings:  # said once, a resumed run included
+            context.warn(message)
 
 
 def data_warnings(report: CheckReport) -> list[str]:

@@ -125,3 +125,41 @@ def test_distill_says_where_the_teachers_inputs_go(provider, tmp_path, tiny_mode
     expected = [f"what the teacher is asked (from {config.data.train}) holds {len(inputs)} card numbers (data check --json lists them, "
                 f"masked); they will be sent to {_host(provider)}"]
     assert events == (expected if said else [])
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("pii", ["warn", "refuse"])
+def test_a_remote_baseline_names_the_host_its_test_requests_go_to(provider, tmp_path, tiny_model_dir, monkeypatch, pii):
+    # A local run whose verdict asks a remote model: the test requests (here a --test file the check step never scanned)
+    # go to that host. Said before the first request, refused under data.pii: refuse; stopped here at the estimate.
+    from tunelab.tasks import pipeline
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(pipeline, "estimate_step", stop)
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"plain request {i}", "label": "AB"[i % 2]}) + "\n" for i in range(24)))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"text": f"refund {i} to {EMAIL}" if i < 3 else f"other request {i}", "label": "AB"[i % 2]}) + "\n"
+                            for i in range(8)))
+    config = parse_config({
+        "task": "classify", "name": "local", "model": str(tiny_model_dir),
+        "data": {"train": str(train), "test": str(test), "validation_size": 0.2, "max_length": 64, "pii": pii},
+        "train": {"output_dir": str(tmp_path / "runs")},
+        "eval": {"baselines": ["classical", {"endpoint": {"base_url": provider.url, "name": BASE_MODEL}, "as": "gpt"}]},
+    })
+    seen = []
+    if pii == "refuse":
+        with pytest.raises(DataError, match=r"the test split \(8 requests\) holds 3 e-mail addresses and data.pii is refuse"):
+            run_pipeline(config)
+    else:
+        with pytest.raises(_Stop):
+            run_pipeline(config, on_event=lambda step, status, details: seen.append(str(details.get("message", ""))))
+        assert [m for m in seen if "will be sent to" in m] == [
+            f"data: the test split (8 requests) holds 3 e-mail addresses (data check --json lists them, masked); they will be sent to {_host(provider)}"
+        ]
+    assert provider.chats_arrived == 0  # nothing was asked of the remote model
