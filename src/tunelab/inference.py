@@ -161,7 +161,9 @@ def prefix_label_logits(
 @dataclass
 class ClassifyAnswer:
     """A classify model's answer to one text: ``label`` is the answer (the out-of-scope label when the run's
-    out-of-scope score is below its threshold), ``top_label`` the most probable label."""
+    out-of-scope score is below its threshold), ``top_label`` the most probable label, ``runner_up`` the second most
+    probable (None with one label) and ``margin`` the top probability less the runner-up's: how sure the model is
+    between its two best labels (``tunelab predict --label-next`` asks for the requests where it is least)."""
 
     label: str
     top_label: str
@@ -171,6 +173,8 @@ class ClassifyAnswer:
     prompt_tokens: int = 0
     truncated: bool = False
     out_of_scope_score: float | None = None  # what the run's out-of-scope threshold was compared with
+    runner_up: str | None = None
+    margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "top_label": self.top_label, "confidence": self.confidence, "probabilities": self.probabilities,
@@ -273,14 +277,17 @@ class Classifier:
             scores = rule.scores(probabilities)  # raises for a rule that needs the hidden states
         result = []
         for index, row in enumerate(probabilities):
-            best = int(np.argmax(row))
+            # Stable: among equal probabilities the first label leads, as np.argmax chose it.
+            order = np.argsort(-row, kind="stable")
+            best = int(order[0])
             top, confidence = labels[best], float(row[best])
+            second = int(order[1]) if len(order) > 1 else None
             score = float(scores[index]) if scores is not None else None
             rejected = rule is not None and score is not None and rule.rejects(score)
             result.append(ClassifyAnswer(
                 rule.label if rejected else top, top, confidence, {label: float(p) for label, p in zip(labels, row, strict=True)},
                 rejected, len(prompts[index]) if index < len(prompts) else 0, bool(truncated[index]) if index < len(truncated) else False,
-                score,
+                score, None if second is None else labels[second], confidence - (0.0 if second is None else float(row[second])),
             ))  # fmt: skip
         return result
 

@@ -28,13 +28,19 @@ def predict(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Requests per forward pass, and per write of the unfinished answers (another size starts a stopped job over)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave invalid rows out (each is listed) instead of stopping."),
     allow_network: bool = typer.Option(False, "--allow-network", help="Allow downloading a hub model."),
+    label_next: int | None = typer.Option(
+        None, "--label-next", metavar="N", min=1,
+        help="classify: answer every request, then write only the N the run is least sure of, to label first: the smallest "
+             "margin between its two most probable labels' calibrated probabilities first, with runner_up and margin; a "
+             "near-duplicate of an earlier request is left out; out-of-scope requests are ranked like the others."),
 ) -> None:
     """Answer every request in FILE with MODEL and write them to --out: a classify run's label, probability and
     out_of_scope, an sft run's answer, each after the row's own columns.
 
     A run answers as it was evaluated and as it is served (its prompt, label head, calibrated probability and
     out-of-scope rule; its system prompt and decoding). Killed or stopped, the answers so far are kept beside --out:
-    the same command continues from them. --out appears only once every request is answered.
+    the same command continues from them. --out appears only once every request is answered. --label-next N writes
+    only the N requests a classify run is least sure of: the ones to label first.
     """
     from tunelab.cli.generate import DEFAULT_NEW_TOKENS
     from tunelab.data.read import error_summary
@@ -55,7 +61,8 @@ def predict(
                     display.begin(f"answering with {details['model']}", total=details["total"] - details["resumed"], unit="requests")
 
             outcome = predict_file(model, path, out, data=data, batch_size=batch_size, allow_network=allow_network,
-                                   default_new_tokens=DEFAULT_NEW_TOKENS, on_event=on_event, progress=display.advance)
+                                   default_new_tokens=DEFAULT_NEW_TOKENS, on_event=on_event, progress=display.advance,
+                                   label_next=label_next)
     except (KeyboardInterrupt, typer.Exit):  # Ctrl-C, or SIGTERM as cancel_on_sigterm ends it
         if partial_path(out).is_file():
             error_console.print(f"the answers so far are kept in {partial_path(out)}: the same command continues from them", soft_wrap=True)
@@ -67,7 +74,14 @@ def predict(
         error_console.print(f"warning: the input's column(s) {', '.join(outcome.replaced)} are replaced by the answer's in {out}",
                             markup=False, highlight=False, soft_wrap=True)
     resumed = f" ({outcome.resumed:,} from the earlier, stopped run)" if outcome.resumed else ""
-    console.print(f"{outcome.rows:,} answers written to {out}{resumed}", soft_wrap=True, highlight=False)
+    ranking = outcome.ranking
+    if ranking is None:
+        console.print(f"{outcome.rows:,} answers written to {out}{resumed}", soft_wrap=True, highlight=False)
+        return
+    copies = f" ({ranking.duplicates:,} near-duplicates counted once)" if ranking.duplicates else ""
+    console.print(f"ranked {ranking.ranked:,} requests{copies}{resumed}: the {len(ranking.chosen):,} least sure, margin "
+                  f"{min(ranking.margins):.3f}-{max(ranking.margins):.3f}, written to {out} to label next",
+                  soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,11 @@ Crash safety: the answers go batch by batch to a partial file beside the output 
 synced, its first line saying what job it belongs to (the model, the input's hash, the options that change an
 answer). Run again after a kill, it continues from there; another model, input or option starts over. The output
 itself appears only complete (an atomic rename), and the partial file goes once it is there.
+
+``--label-next N`` (classify): every request is answered as without it (the same partial file, continued either way),
+then only the N the model is least sure of are written, by the margin between its two most probable labels
+(uncertainty sampling, Lewis & Gale 1994; margin sampling, Scheffer et al. 2001), near-duplicates once
+(``data.keys.input_key``, the key the split uses): the requests worth labelling first.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from tunelab.paths import atomic_write_bytes
 EventFn = Callable[[str, dict[str, Any]], None]
 
 FORMATS = (".jsonl", ".csv")
-PARTIAL_FORMAT = 1  # the partial file's layout; another one (an older tunelab's) starts over
+PARTIAL_FORMAT = 2  # the partial file's layout; another one (an older tunelab's) starts over
 CLASSIFY_COLUMNS = ("label", "probability", "out_of_scope")
+RANK_COLUMNS = ("runner_up", "margin")  # classify: kept beside each answer in the partial file, written with --label-next
 SFT_COLUMNS = ("answer",)
 
 
@@ -43,10 +49,36 @@ def partial_path(out: Path) -> Path:
 
 
 @dataclass
+class Ranking:
+    """``--label-next``: ``chosen``, the indices of the requests to label first (most uncertain first) and their
+    ``margins``; ``ranked`` requests were ranked, ``duplicates`` of them near-copies of an earlier one, left out."""
+
+    chosen: list[int]
+    margins: list[float]
+    ranked: int
+    duplicates: int
+
+
+def least_sure(ranks: Sequence[dict[str, Any]], keys: Sequence[str], n: int) -> Ranking:
+    """The ``n`` requests with the smallest ``margin`` (``ranks[i]``: its ``margin`` and top ``probability``), ties to the
+    lower top probability, then to the earlier request; of requests with the same ``keys`` only the first is ranked
+    (labelling a near-copy teaches the model nothing more)."""
+    seen: set[str] = set()
+    first = []
+    for index, key in enumerate(keys):
+        if key not in seen:
+            seen.add(key)
+            first.append(index)
+    chosen = sorted(first, key=lambda i: (ranks[i]["margin"], ranks[i]["probability"], i))[:n]
+    return Ranking(chosen, [ranks[i]["margin"] for i in chosen], len(keys), len(keys) - len(first))
+
+
+@dataclass
 class PredictOutcome:
     """What ``predict_file`` wrote: ``rows`` answers in ``out``, ``resumed`` of them from an earlier, killed run,
     ``skipped`` the invalid rows left out (``--skip-invalid``), ``started_over``: why an earlier partial file was
-    not continued (None when there was none, or it was), ``replaced``: input columns an answer column replaced."""
+    not continued (None when there was none, or it was), ``replaced``: input columns an answer column replaced,
+    ``ranking``: with ``label_next``, which requests ``out`` holds (``rows`` were answered)."""
 
     out: Path
     task: str
@@ -55,6 +87,7 @@ class PredictOutcome:
     skipped: list[Any] = field(default_factory=list)
     started_over: str | None = None
     replaced: list[str] = field(default_factory=list)
+    ranking: Ranking | None = None
 
 
 def output_format(out: Path) -> str:
@@ -121,8 +154,9 @@ def read_inputs(path: str, task: str, data: DataConfig) -> tuple[list[Any], list
 
 
 def _read_partial(partial: Path, job: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-    """The answered rows of ``partial`` when it is ``job``'s, else none and why it is not continued. A torn last line
-    (killed while writing) is dropped: its batch is answered again."""
+    """The answered requests of ``partial`` when it is ``job``'s, else none and why it is not continued. A torn last
+    line (killed while writing) is dropped: its batch is answered again. Each is ``{"row": the output row, "rank":
+    its RANK_COLUMNS}`` (classify; kept apart so that an input column of the same name stays in a plain output)."""
     if not partial.is_file():
         return [], None
     lines = partial.read_bytes().split(b"\n")
@@ -167,16 +201,20 @@ def _encoded(rows: Sequence[dict[str, Any]], kind: str) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _answerer(loaded: Any, task: str, batch_size: int, default_new_tokens: int) -> Callable[[Sequence[Any]], list[dict[str, Any]]]:
-    """The answer columns of a batch of inputs, from the one inference of each task."""
+Answers = list[tuple[dict[str, Any], dict[str, Any]]]
+
+
+def _answerer(loaded: Any, task: str, batch_size: int, default_new_tokens: int) -> Callable[[Sequence[Any]], Answers]:
+    """(answer columns, RANK_COLUMNS) of each of a batch of inputs, from the one inference of each task (sft: no rank)."""
     if task == "classify":
         from tunelab.inference import Classifier
 
         classifier = Classifier.for_model(loaded)
 
-        def classify(batch: Sequence[Any]) -> list[dict[str, Any]]:
+        def classify(batch: Sequence[Any]) -> Answers:
             answers = classifier.classify(loaded.model, [item.text for item in batch], batch_size=batch_size)
-            return [{"label": a.label, "probability": a.confidence, "out_of_scope": a.out_of_scope} for a in answers]
+            return [({"label": a.label, "probability": a.confidence, "out_of_scope": a.out_of_scope},
+                     {"runner_up": a.runner_up, "margin": a.margin}) for a in answers]
 
         return classify
 
@@ -196,10 +234,10 @@ def _answerer(loaded: Any, task: str, batch_size: int, default_new_tokens: int) 
                             top_p=decoding.top_p, batch_size=batch_size)
         max_length = context_length(loaded.model)
 
-    def answer(batch: Sequence[Any]) -> list[dict[str, Any]]:
+    def answer(batch: Sequence[Any]) -> Answers:
         conversations = [with_system_prompt([dict(m) for m in item.messages], loaded.system_prompt) for item in batch]
         texts, _, _ = answer_prompts(loaded, conversations, config, max_length)
-        return [{"answer": text} for text in texts]
+        return [({"answer": text}, {}) for text in texts]
 
     return answer
 
@@ -215,6 +253,7 @@ def predict_file(
     default_new_tokens: int = 256,
     on_event: EventFn | None = None,
     progress: Callable[[int], None] | None = None,
+    label_next: int | None = None,
 ) -> PredictOutcome:
     """Answer every input at ``path`` with ``model`` (a run folder or any model name) and write ``out`` (.jsonl or .csv):
     each row's columns as read, then ``label``, ``probability``, ``out_of_scope`` (classify) or ``answer`` (sft).
@@ -223,11 +262,14 @@ def predict_file(
     write of the partial file. ``default_new_tokens``: a plain model's answer length when its generation_config has
     none. ``on_event(name, details)``: ``started_over`` (why an earlier partial file is not continued), ``start``
     (``total``, ``resumed``, ``model``) before the first batch; ``progress(n)``: n more inputs answered.
+    ``label_next`` (classify): every input is answered alike, then ``out`` holds only the ``label_next`` the model is
+    least sure of (``least_sure``: smallest margin first, near-duplicates once, out-of-scope ones ranked like the
+    others), each with ``runner_up`` and ``margin`` after its answer.
 
-    Invalid rows, a text run and a bad ``out`` are refused before the model loads.
+    Invalid rows, a text run, ``label_next`` for an sft model and a bad ``out`` are refused before the model loads.
 
     Raises:
-        ConfigError: for a text run, or an ``out`` that is neither .jsonl nor .csv.
+        ConfigError: for a text run, ``label_next`` below 1 or for an sft model, or an ``out`` that is neither .jsonl nor .csv.
         DataError: for invalid rows (unless ``data.skip_invalid``), or an input with none to answer.
         ModelError: for a model that cannot be found or loaded.
     """
@@ -238,6 +280,11 @@ def predict_file(
     kind = output_format(out)
     source = resolve_model(model)
     task, identity = model_task(source)
+    if label_next is not None and label_next < 1:
+        raise ConfigError(f"--label-next {label_next}: the number of requests to choose is at least 1")
+    if label_next is not None and task != "classify":
+        raise ConfigError(f"--label-next ranks a classify run's requests by the margin between its two most probable labels: "
+                          f"{model} answers as an sft model, with no margin", "answer them without --label-next")
     inputs, skipped = read_inputs(path, task, data)
     fields = {name: getattr(data, name) for name in ("text_field", "prompt_field", "messages_field", "format")}
     job = {"format": PARTIAL_FORMAT, "model": identity, "input": input_hash(path),
@@ -250,13 +297,22 @@ def predict_file(
         # Batches start at multiples of batch_size: a batch a kill cut short is answered again whole, as it was the first time.
         done = done[: len(done) - len(done) % batch_size]
     done = done[: len(inputs)]
-    columns = CLASSIFY_COLUMNS if task == "classify" else SFT_COLUMNS
+    columns = (CLASSIFY_COLUMNS + (RANK_COLUMNS if label_next else ()) if task == "classify" else SFT_COLUMNS)
     replaced = sorted({column for item in inputs for column in columns if column in item.row})
     outcome = PredictOutcome(out, task, len(inputs), len(done), skipped, started_over, replaced)
     if len(done) < len(inputs):
         _answer_rest(source, task, inputs, done, partial, job, batch_size=batch_size, allow_network=allow_network,
                      default_new_tokens=default_new_tokens, emit=emit, progress=progress)
-    atomic_write_bytes(out, _encoded(done, kind))
+    if label_next:
+        from tunelab.data.keys import input_key
+        from tunelab.data.records import ClassifyRecord
+
+        ranked = [{**entry["row"], **entry["rank"]} for entry in done]
+        outcome.ranking = least_sure(ranked, [input_key(ClassifyRecord(item.text, "")) for item in inputs], label_next)
+        rows = [ranked[index] for index in outcome.ranking.chosen]
+    else:
+        rows = [entry["row"] for entry in done]
+    atomic_write_bytes(out, _encoded(rows, kind))
     partial.unlink(missing_ok=True)
     return outcome
 
@@ -279,9 +335,10 @@ def _answer_rest(source: Any, task: str, inputs: Sequence[Any], done: list[dict[
         with partial.open("a", encoding="utf-8") as handle:
             for start in range(len(done), len(inputs), batch_size):
                 batch = inputs[start : start + batch_size]
-                rows = [{**item.row, **columns} for item, columns in zip(batch, answer(batch), strict=True)]
-                _append(handle, rows)
-                done.extend(rows)
+                entries = [{"row": {**item.row, **columns}, **({"rank": rank} if rank else {})}
+                           for item, (columns, rank) in zip(batch, answer(batch), strict=True)]
+                _append(handle, entries)
+                done.extend(entries)
                 kill_point("predict.batch-written")
                 if progress is not None:
                     progress(len(batch))
