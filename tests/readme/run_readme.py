@@ -132,6 +132,7 @@ PLAN: dict[str, Run | Skip] = {
     "tunelab review score runs/r1/review.csv": Run(expect_exit=(0, 2)),  # nobody filled the sheet in: says so
     # Answering a file offline
     "tunelab predict runs/r1 examples/support-routing/out_of_scope.jsonl --out routed.csv": Run(),
+    "tunelab predict runs/r1 examples/support-routing/out_of_scope.jsonl --out to_label.csv --label-next 10": Run(),
     "tunelab predict runs/legal-fr questions.csv --out drafts.jsonl --prompt-field question": Skip(YOURS + ": an sft run legal-fr and questions.csv"),
     # DPO
     "tunelab run sft.yaml name=my-sft": Skip(YOURS + ": sft.yaml (tests/unit/tasks/test_preference_pipeline.py)"),
