@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.common import (
@@ -236,6 +238,7 @@ def evaluate_command(
         baseline = task == "classify" and answering.label_map is None
     # Before any answer is asked for (a remote one costs money): a metric these references cannot measure is refused now.
     check_verdict_metric(task, records, data_config, eval_config.metric)
+    _say_pii_sent(records, answering, eval_config, data_config, task)
     say_request_cost(answering.estimate_evaluate(records, task, config=eval_config, data_config=data_config,
                                                  labels=_remote_labels(label_map, task, train_records, records)),
                      max_usd, "raise --max-usd, or evaluate fewer examples (--limit)")
@@ -262,6 +265,19 @@ def say_request_cost(estimate, max_usd: float | None, hint: str, cap_name: str =
         return
     error_console.print(estimate.describe(cap_name, max_usd), markup=False, highlight=False, soft_wrap=True)
     estimate.refuse_over(cap_name, max_usd, hint)
+
+
+def _say_pii_sent(records: Any, answering: Any, eval_config: Any, data_config: Any, task: str) -> None:
+    """Before a remote model (the one evaluated, or a remote baseline) is asked the test requests: personal data in them
+    is said with each host, as `tunelab run` says it (``data.pii``)."""
+    from tunelab.config import REMOTE_TASKS, resolve_baselines
+    from tunelab.data.pii import check_sent
+
+    urls = [answering.client.endpoint.base_url] if answering.remote else []
+    if eval_config.baselines and task in REMOTE_TASKS:
+        urls += [e.base_url for name in resolve_baselines(task, eval_config) if (e := eval_config.endpoint_of(name)) is not None]
+    for line in check_sent(records, urls, data_config.pii, f"the test file ({len(records)} requests)"):
+        error_console.print(f"[yellow]warning:[/yellow] {escape(line)}")  # stderr: --json stays JSON
 
 
 def _remote_labels(label_map, task: str, train: list, records: list) -> list[str] | None:

@@ -15,7 +15,7 @@ a wrong check sum. A dotted quad such as ``1.2.3.4`` is a valid IPv4 address and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -290,3 +290,20 @@ def scan_texts(items: Iterable[tuple[str, Iterable[tuple[str, str]]]]) -> PiiRep
 def scan_records(records: Iterable[Record]) -> PiiReport:
     """Every kind of personal data in the texts of ``records`` (:func:`record_fields`), counted per kind and field."""
     return scan_texts((record.source, record_fields(record)) for record in records)
+
+
+def check_sent(records: Sequence[Record], base_urls: Sequence[str], setting: str, what: str) -> list[str]:
+    """Before ``records`` are sent to the endpoints at ``base_urls`` (a remote model asked the test requests): the line
+    to say per host when they hold personal data (``data.pii: warn``), none when they hold none or ``setting`` is off.
+
+    Raises:
+        DataError: under ``data.pii: refuse`` when they hold some (nothing is sent).
+    """
+    if setting == "off" or not base_urls:
+        return []
+    pii = scan_records(records)
+    if not pii.found:
+        return []
+    if setting == "refuse":
+        raise pii.refusal(what)
+    return [pii.sent_to(what, url) for url in dict.fromkeys(base_urls)]

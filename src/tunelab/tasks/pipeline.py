@@ -598,22 +598,13 @@ def check_pii_sent(context: PipelineContext, test: Sequence[Record]) -> None:
     """Personal data in the test requests a remote model will be asked (a remote baseline, a cloud run's evaluation):
     said with the host before the first request, or refused (``data.pii: refuse``). The check step scanned the
     training data; the test split (``data.test``, or held out) is what leaves the machine here."""
-    from tunelab.data.pii import scan_records
+    from tunelab.data.pii import check_sent
     from tunelab.evaluation.evaluate import select_test_records
 
     config = context.config
-    hosts = remote_hosts(config) if config.data.pii != "off" else []
-    if not hosts:
-        return
     asked = select_test_records(test, config.data.max_test_examples, config.data.seed)
-    pii = scan_records(asked)
-    if not pii.found:
-        return
-    what = f"the test split ({len(asked)} requests)"
-    if config.data.pii == "refuse":
-        raise pii.refusal(what)
-    for host in hosts:
-        message = f"data: {pii.sent_to(what, host)}"
+    for line in check_sent(asked, remote_hosts(config), config.data.pii, f"the test split ({len(asked)} requests)"):
+        message = f"data: {line}"
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
 

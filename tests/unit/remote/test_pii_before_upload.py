@@ -163,3 +163,17 @@ def test_a_remote_baseline_names_the_host_its_test_requests_go_to(provider, tmp_
             f"data: the test split (8 requests) holds 3 e-mail addresses (data check --json lists them, masked); they will be sent to {_host(provider)}"
         ]
     assert provider.chats_arrived == 0  # nothing was asked of the remote model
+
+
+def test_tunelab_eval_of_a_remote_model_names_the_host_before_asking(cli, provider, tmp_path):
+    from tunelab.cli.main import app
+
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": f"write to {EMAIL} about order {i}" if i == 0 else f"question {i}",
+                                        "completion": f"answer {i}"}) + "\n" for i in range(3)))
+    result = cli.invoke(app, ["eval", "--data", str(test), "--task", "sft", "--endpoint", provider.url, "--endpoint-model", BASE_MODEL,
+                              "--max-new-tokens", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert (f"the test file (3 requests) holds 1 e-mail address (data check --json lists them, masked); they will be sent to "
+            f"{_host(provider)}") in " ".join(result.stderr.split())
+    assert json.loads(result.stdout)["n"] == 3 and EMAIL not in result.stderr
