@@ -81,6 +81,18 @@ def test_the_current_system_joins_the_verdict_and_the_report(tmp_path, tiny_mode
     assert any("1 predictions in" in warning and "ignored" in warning for warning in outcome.warnings)
 
 
+
+def test_the_report_written_again_keeps_the_current_system(tmp_path, tiny_model_dir):
+    from tunelab.evaluation.report import report_run
+
+    answers = [{**row, "label": "A"} for row in _rows(12, offset=100)]
+    outcome = run_pipeline(_config(tmp_path, tiny_model_dir, _write(tmp_path / "current.jsonl", answers)))
+    verdict, _ = report_run(outcome.run_dir)  # `tunelab report RUN`: the verdict and report again from the run's files
+    assert list(verdict.comparisons) == ["classical", "current"] and not verdict.skipped
+    assert "| metric | tuned | classical | current |" in (outcome.run_dir / "report.md").read_text()
+    saved = json.loads((outcome.run_dir / "eval" / "comparison.json").read_text())
+    assert list(saved["comparisons"]) == ["classical", "current"]
+
 def test_the_current_system_alone_is_shown_by_show_json_and_the_ui(tmp_path, tiny_model_dir):
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
