@@ -598,7 +598,7 @@ def predictions_baseline(
 
     chosen, warnings = _prepare(records, task, data_config, train_ids)
     read = read_predictions(entry, task, data_config)
-    answers, notes = match_predictions(read, chosen)
+    answers, notes = match_predictions(read, chosen, records)
     warnings += notes
     settings = {"predictions": entry.path, "content_hash": read.content_hash}
     model = f"{name} (the current system's answers, {entry.path})"
@@ -839,7 +839,7 @@ def check_predictions(
         if is_predictions(name, config, task):
             read = read_predictions(config.predictions_of(name), task, data_config)  # type: ignore[arg-type]
             if chosen is not None:
-                notes += [f"baseline {name}: {note}" for note in match_predictions(read, chosen)[1]]
+                notes += [f"baseline {name}: {note}" for note in match_predictions(read, chosen, records)[1]]
     return notes
 
 

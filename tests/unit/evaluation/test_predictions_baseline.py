@@ -220,3 +220,16 @@ def test_a_run_with_groups_reads_a_predictions_file_without_them(tmp_path):
     records = [ClassifyRecord(text, label, source=f"test.jsonl:{i + 1}", group="FR") for i, (text, label) in enumerate(TEST)]
     result = _score("current", config, records=records, data_config=DataConfig(group_field="country"))
     assert result.metrics["accuracy"] == pytest.approx(1.0)
+
+
+def test_answers_to_test_requests_left_out_of_the_sample_are_not_said_to_be_outside_the_test_set(tmp_path):
+    # An export of the whole test file, scored on data.max_test_examples' sample: only the extra answer is outside.
+    rows = [{"text": text, "label": label} for text, label in TEST] + [{"text": "a request of another month", "label": "billing"}]
+    config = _eval_config(_write(tmp_path / "current.jsonl", rows))
+    data_config = DataConfig(max_test_examples=4)
+    result = _score("current", config, data_config=data_config)
+    assert result.n == 4
+    assert [w for w in result.warnings if "not in the test set" in w] == [
+        f"1 predictions in {tmp_path / 'current.jsonl'} answer requests not in the test set: ignored"]
+    notes = B.check_predictions(["current"], _records(), "classify", config=config, data_config=data_config)
+    assert notes == [f"baseline current: 1 predictions in {tmp_path / 'current.jsonl'} answer requests not in the test set: ignored"]
