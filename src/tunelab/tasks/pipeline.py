@@ -604,8 +604,10 @@ def too_few_test_examples(config: RunConfig, split: Split) -> str | None:
     # When data.max_test_examples is what makes it small, more data or a larger split would change nothing.
     fix = ("raise data.max_test_examples" if len(split.test) >= MIN_TEST_EXAMPLES
            else "give more data, raise data.test_size, or give data.test")
+    # The split step's line gives the split's own size: said beside it, a capped count alone read as a contradiction.
+    size = f"{n} {unit}" if n == len(split.test) else f"{len(split.test)} {unit}, {n} of them evaluated (data.max_test_examples)"
     return (
-        f"the test split has {n} {unit}; a verdict needs at least {MIN_TEST_EXAMPLES} (below that the paired bootstrap's "
+        f"the test split has {size}; a verdict needs at least {MIN_TEST_EXAMPLES} (below that the paired bootstrap's "
         f"interval is too narrow to trust), so this run will say 'too few test examples to decide': {fix}"
     )
 
