@@ -233,3 +233,15 @@ def test_answers_to_test_requests_left_out_of_the_sample_are_not_said_to_be_outs
         f"1 predictions in {tmp_path / 'current.jsonl'} answer requests not in the test set: ignored"]
     notes = B.check_predictions(["current"], _records(), "classify", config=config, data_config=data_config)
     assert notes == [f"baseline current: 1 predictions in {tmp_path / 'current.jsonl'} answer requests not in the test set: ignored"]
+
+
+def test_no_ece_is_said_with_the_baselines_name_not_its_files_path(tmp_path):
+    # The table cell of `tunelab run` and `show` held "current (the current system's answers, /long/path.jsonl)'s ece
+    # ...", cut by the table's width in the middle; the column's header already names the file's baseline.
+    rows = [{"text": text, "label": label} for text, label in TEST]
+    config = _eval_config(_write(tmp_path / "current.jsonl", rows))
+    scored = _eval_config(_write(tmp_path / "tuned.jsonl", [{**row, "probability": 0.9} for row in rows]))
+    result, tuned = _score("current", config), _score("tuned", scored)
+    tuned.baseline, tuned.baseline_name, tuned.model = False, None, "tuned"
+    reason = compare_with_baselines({"current": result}, tuned, seed=0, samples=50).comparisons["current"].metric("ece").not_compared
+    assert reason == "current's ece is not a number on this test set (its answers come without probabilities)"
