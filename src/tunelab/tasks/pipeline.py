@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,16 +480,17 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
         raise DataError(f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}", hint)
 
 
-def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None) -> list[str]:
+def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None, labels: Collection[str] | None = None) -> list[str]:
     """The run's predictions files (``{predictions: PATH}`` in ``eval.baselines``) read and, given the test split,
-    matched to the test requests that will be scored (``evaluation/baselines.check_predictions``); the notes to show.
+    matched to the test requests that will be scored (``evaluation/baselines.check_predictions``); the notes to show
+    (with the run's classify ``labels``: the answers that are none of them).
 
     Raises:
         DataError: for unreadable rows, two answers to one request, or a test request without an answer.
     """
     from tunelab.evaluation.baselines import check_predictions as check
 
-    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data)
+    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data, labels=labels)
 
 
 def check_step(context: PipelineContext) -> None:
@@ -557,7 +558,9 @@ def split_step(context: PipelineContext) -> Split:
     if not split.test:
         raise DataError("the test split is empty", "add data, raise data.test_size, or give data.test")
     # Before the estimate, the baselines and training: a test request the current system has no answer to is refused now.
-    for message in check_predictions(config, split.test):
+    # The run's labels are its training records' (the label map's), read here without the tokenizer the map needs.
+    labels = {record.label for record in split.train} if config.task == "classify" else None
+    for message in check_predictions(config, split.test, labels):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
     if config.task == "classify":

@@ -82,6 +82,14 @@ def test_the_current_system_joins_the_verdict_and_the_report(tmp_path, tiny_mode
 
 
 
+
+def test_answers_that_are_none_of_the_runs_labels_are_said_by_tunelab_run(tmp_path, tiny_model_dir):
+    # They were said only in report.md: the run's own lines and --json's warnings showed a low accuracy without why.
+    answers = [{**row, "label": "escalate" if i < 3 else row["label"]} for i, row in enumerate(_rows(12, offset=100))]
+    outcome = run_pipeline(_config(tmp_path, tiny_model_dir, _write(tmp_path / "current.jsonl", answers)))
+    assert "baseline current: 3 answers are none of the run's labels (escalate): they count as wrong" in outcome.warnings
+    assert outcome.baseline_metrics["current"]["unknown_answers"] == 3
+
 def test_the_report_written_again_keeps_the_current_system(tmp_path, tiny_model_dir):
     from tunelab.evaluation.report import report_run
 
