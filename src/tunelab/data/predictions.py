@@ -107,7 +107,7 @@ def read_predictions(entry: PredictionsConfig, task: str, data: DataConfig) -> P
     from tunelab.data.read import read_records
 
     config = reading_config(entry, data)
-    read = read_records(entry.path, task, config)
+    read = read_records(entry.path, task, config, named_in="the file's eval.baselines entry")
     probabilities, errors = _probabilities(entry, config) if task == "classify" else ({}, [])
     errors = [*read.errors, *errors]
     if errors:

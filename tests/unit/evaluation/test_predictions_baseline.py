@@ -245,3 +245,17 @@ def test_no_ece_is_said_with_the_baselines_name_not_its_files_path(tmp_path):
     tuned.baseline, tuned.baseline_name, tuned.model = False, None, "tuned"
     reason = compare_with_baselines({"current": result}, tuned, seed=0, samples=50).comparisons["current"].metric("ece").not_compared
     assert reason == "current's ece is not a number on this test set (its answers come without probabilities)"
+
+
+def test_a_missing_column_is_to_be_named_in_the_files_entry_not_with_the_datas_options(tmp_path):
+    # "name them with --text-field request and --label-field routed_to (data.text_field: ...)" renamed the test data's
+    # columns too: the predictions entry has its own text_field and label_field.
+    path = tmp_path / "current.csv"
+    path.write_text("request,routed_to\n" + "".join(f"{text},{label}\n" for text, label in TEST))
+    with pytest.raises(DataError) as caught:
+        _score("current", _eval_config(path))
+    message = caught.value.message
+    assert "name them in the file's eval.baselines entry (text_field: request, label_field: routed_to)" in message, message
+    assert "--text-field" not in message and "data.text_field" not in message
+    result = _score("current", _eval_config(path, text_field="request", label_field="routed_to"))
+    assert result.n == len(TEST)
