@@ -257,11 +257,32 @@ class RunFolder:
     def baseline_evaluations(self) -> dict[str, Path]:
         """The baseline evaluations saved in the folder: ``eval/<name>.json`` of each local baseline, in order, then remote ones."""
         found = {name: self.baseline_eval(name) for name in LOCAL_BASELINES if self.baseline_eval(name).is_file()}
+        # The current system's answers ({predictions: PATH, name: NAME}): a name the user chose, known from the config alone.
+        for name in self._predictions_names():
+            if self.baseline_eval(name).is_file():
+                found.setdefault(name, self.baseline_eval(name))
         # Remote baselines (openai:NAME, remote:NAME): percent-encoded names; runs written before kept the ':'.
         if self.eval_dir.is_dir():
             for path in sorted([*self.eval_dir.glob("*%3A*.json"), *self.eval_dir.glob("*:*.json")]):
                 found.setdefault(unquote(path.stem), path)
         return found
+
+    def _predictions_names(self) -> list[str]:
+        """The names of the run's predictions baselines (``eval.predictions`` of config.yaml, else of pipeline.json's
+        config for a run stopped before training); none when neither can be read."""
+        import yaml
+
+        raw: Any = None
+        try:
+            if self.config.is_file():
+                raw = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+            elif self.pipeline_state.is_file():
+                raw = _read_json(self.pipeline_state).get("config")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, yaml.YAMLError):
+            return []  # a damaged file: what the catalogue's and remote names find is still listed
+        evaluation = raw.get("eval") if isinstance(raw, dict) else None
+        predictions = evaluation.get("predictions") if isinstance(evaluation, dict) else None
+        return [str(name) for name in predictions] if isinstance(predictions, dict) else []
 
     def is_run(self) -> bool:
         """A finished run: its config and its trained weights (an adapter or a full model)."""

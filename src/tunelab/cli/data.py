@@ -50,6 +50,11 @@ def _render_example(example: Any) -> Text:
     return text
 
 
+def _group_counts(counts: dict[str, int]) -> str:
+    shown = ", ".join(f"{group} {n}" for group, n in list(counts.items())[:12])
+    return shown + (f", ... {len(counts) - 12} more" if len(counts) > 12 else "")
+
+
 def render_report(report: Any) -> None:
     """Print a CheckReport in one screen: summary, problems, lengths, labels, example."""
     from tunelab.data.formats import invalid_records
@@ -96,9 +101,18 @@ def render_report(report: Any) -> None:
         if len(shown) > 12:
             table.add_row(f"... {len(shown) - 12} more", str(sum(n for _, n in shown[12:])), "")
         console.print(table)
+    if report.groups:
+        console.print(f"[bold]Groups[/bold] ({len(report.groups)}): {escape(_group_counts(report.groups))}")
     if report.test is not None:
         test = report.test
         console.print(f"[bold]Test file[/bold] {escape(test.path)}: {test.records} records, {test.leaked} also in the data")
+        if test.groups:
+            from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+
+            # Each group's own verdict needs as many test examples as the whole one's: said before a run spends on it.
+            few = [group for group, n in test.groups.items() if n < MIN_TEST_EXAMPLES]
+            note = f"; under {MIN_TEST_EXAMPLES}, too few for a group's verdict: {', '.join(few)}" if few else ""
+            console.print(f"  by group: {escape(_group_counts(test.groups) + note)}")
     if report.example is not None:
         console.print(f"[bold]Example[/bold] {escape(report.example.source)} (trained tokens highlighted, in [[ ]]):")
         console.print(_render_example(report.example))

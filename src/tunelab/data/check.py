@@ -98,6 +98,7 @@ class TestCheck:
     leaked: int  # test examples whose normalized input also occurs in the data
     leaked_sources: list[str]
     unseen_labels: list[str]
+    groups: dict[str, int] = field(default_factory=dict)  # test records per group (data.group_field), most first
 
 
 @dataclass
@@ -130,6 +131,7 @@ class CheckReport:
     example: RenderedExample | None = None
     limited: bool = False
     pii: PiiReport | None = None  # personal data found in the texts (None: data.pii is off)
+    groups: dict[str, int] = field(default_factory=dict)  # records per group (data.group_field), most first
 
     @property
     def errors(self) -> list[RecordError]:
@@ -398,6 +400,13 @@ def _labels(
     return label_map
 
 
+def _group_counts(records: Sequence[Record]) -> dict[str, int]:
+    """Records per group (``data.group_field``), the largest first: how many each group's verdict will rest on.
+    Empty when no group was read."""
+    counts = Counter(group for record in records if (group := getattr(record, "group", None)) is not None)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, task: str, data: DataConfig) -> None:
     result = read_records(test_path, task, data.model_copy(update={"limit": None}))
     report.invalid.extend(result.errors)
@@ -409,7 +418,8 @@ def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, 
         train_labels = {r.label for r in records if isinstance(r, ClassifyRecord)}
         # The out-of-scope label is meant to be absent from training.
         unseen = sorted({r.label for r in result.records if isinstance(r, ClassifyRecord)} - train_labels - {data.out_of_scope_label})
-    report.test = TestCheck(test_path, len(result.records), len(leaked), [r.source for r in leaked[:20]], unseen)
+    report.test = TestCheck(test_path, len(result.records), len(leaked), [r.source for r in leaked[:20]], unseen,
+                            _group_counts(result.records))
     if leaked:
         report.warnings.append(
             f"leakage: {len(leaked)} of {len(result.records)} test examples also occur in the training data "
@@ -461,6 +471,7 @@ def check_data(
         report.warnings.append(
             f"only {len(records)} examples: fine-tuning usually needs a few hundred or more to beat the base model"
         )
+    report.groups = _group_counts(records)
     _find_duplicates(report, records)
     if report.exact_duplicates:
         report.warnings.append(f"{report.exact_duplicates} exact duplicate record(s)")

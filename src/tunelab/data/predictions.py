@@ -107,7 +107,7 @@ def read_predictions(entry: PredictionsConfig, task: str, data: DataConfig) -> P
     from tunelab.data.read import read_records
 
     config = reading_config(entry, data)
-    read = read_records(entry.path, task, config)
+    read = read_records(entry.path, task, config, named_in="the file's eval.baselines entry")
     probabilities, errors = _probabilities(entry, config) if task == "classify" else ({}, [])
     errors = [*read.errors, *errors]
     if errors:
@@ -131,8 +131,12 @@ def read_predictions(entry: PredictionsConfig, task: str, data: DataConfig) -> P
     return result
 
 
-def match_predictions(predictions: Predictions, records: Sequence[Record]) -> tuple[list[Prediction], list[str]]:
-    """The answer to each of ``records`` (in order), and the notes to show (answers to requests outside them).
+def match_predictions(
+    predictions: Predictions, records: Sequence[Record], test_set: Sequence[Record] | None = None
+) -> tuple[list[Prediction], list[str]]:
+    """The answer to each of ``records`` (in order), and the notes to show (answers to requests outside ``test_set``,
+    the whole test set ``records`` were sampled from by ``data.max_test_examples``; default ``records``: an answer to
+    a test request left out of the sample answers a request of the test set all the same).
 
     Raises:
         DataError: when some record has no answer: how many, and the first few ``file:line``s.
@@ -145,7 +149,7 @@ def match_predictions(predictions: Predictions, records: Sequence[Record]) -> tu
             f"{len(missing)} of {len(records)} test requests have no prediction in {predictions.path} (first: {shown})",
             "export the current system's answer to every test request (matched by the request's text)",
         )
-    wanted = set(keys)
+    wanted = set(keys) if test_set is None else {input_key(record) for record in test_set}
     outside = sum(1 for key in predictions.by_key if key not in wanted)
     notes = [f"{outside} predictions in {predictions.path} answer requests not in the test set: ignored"] if outside else []
     return [predictions.by_key[key] for key in keys], notes

@@ -127,9 +127,11 @@ class Fields:
     rejected: str = "rejected"
     max_label_chars: int = 200  # data.max_label_chars
     group: str | None = None  # data.group_field: None reads no group
+    # Where the columns are named when not by the data's options and keys: a predictions file's eval.baselines entry.
+    named_in: str | None = None
 
     @classmethod
-    def from_config(cls, data: DataConfig) -> Fields:
+    def from_config(cls, data: DataConfig, named_in: str | None = None) -> Fields:
         return cls(
             data.text_field,
             data.prompt_field,
@@ -140,6 +142,7 @@ class Fields:
             data.rejected_field,
             data.max_label_chars,
             data.group_field,
+            named_in,
         )
 
 
@@ -710,12 +713,13 @@ def _hub_rows(name: str) -> Iterator[RowOrError]:
     yield from dataset_rows(dataset, name)
 
 
-def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
+def read_records(path: str, task: str, data: DataConfig, *, named_in: str | None = None) -> ReadResult:
     """Read every record at ``path`` for ``task``, keeping each bad one as an error (nothing is dropped).
 
     ``data.preset`` selects a known dataset's layout, ``data.*_field`` the column names,
     ``data.format`` the format (default: by extension) and ``data.limit`` caps the rows read.
-    ``data.system_prompt`` is not part of a record: it is applied at tokenization.
+    ``data.system_prompt`` is not part of a record: it is applied at tokenization. ``named_in``: where a missing
+    column is to be named, when not with the data's options and keys (see ``Fields.named_in``).
 
     Raises:
         DataError: when the path matches nothing, a file cannot be opened, or a preset does not fit.
@@ -735,12 +739,12 @@ def read_records(path: str, task: str, data: DataConfig) -> ReadResult:
         rows: Iterator[tuple[str, RowOrError]] = ((str(file), item) for file in files for item in preset.rows(file))
     elif not Path(path).expanduser().exists() and not any(ch in path for ch in "*?[") and _looks_like_hub_name(path):
         files = []
-        fields = Fields.from_config(data)
+        fields = Fields.from_config(data, named_in)
         rows = ((path, item) for item in _hub_rows(path))
         result.files.append(path)
     else:
         files = resolve_files(path)
-        fields = Fields.from_config(data)
+        fields = Fields.from_config(data, named_in)
         folder = Path(path).expanduser()
         labels = label_folders(folder, files) if task == "classify" and data.format == "auto" and folder.is_dir() else None
         if task != "text" and labels is None:
@@ -865,6 +869,9 @@ def _no_column(absent: list[str], table: _Columns, task: str, fields: Fields) ->
     options = " and ".join(" ".join(filter(None, (_OPTION_FOR[role], guesses.get(role)))) for role in named)
     keys = ", ".join(f"data.{role}_field" + (f": {guesses[role]}" if role in guesses else "") for role in named)
     meant = (", if that is the one meant" if len(guesses) == 1 else ", if those are the ones meant") if guesses else ""
+    if fields.named_in is not None:  # not the data's: its --text-field would rename the test data's column too
+        pairs = ", ".join(f"{role}_field: {guesses.get(role, '...')}" for role in named)
+        return f"{what} (columns: {shown}); name {'it' if len(named) == 1 else 'them'} in {fields.named_in} ({pairs}){meant}"
     chat_rows = f", or the chat rows' column with {_OPTION_FOR['messages']} (data.messages_field)" if chat else ""
     return f"{what} (columns: {shown}); name {'it' if len(named) == 1 else 'them'} with {options} ({keys}){meant}{chat_rows}"
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -598,7 +598,7 @@ def predictions_baseline(
 
     chosen, warnings = _prepare(records, task, data_config, train_ids)
     read = read_predictions(entry, task, data_config)
-    answers, notes = match_predictions(read, chosen)
+    answers, notes = match_predictions(read, chosen, records)
     warnings += notes
     settings = {"predictions": entry.path, "content_hash": read.content_hash}
     model = f"{name} (the current system's answers, {entry.path})"
@@ -650,12 +650,22 @@ def score_answers(
     warnings = []
     if not calibrated:
         metrics["ece"] = None
-    if unknown:
-        count = sum(1 for answer in answers if answer.answer in set(unknown))
+    count, warning = unknown_answers(answers, answerable)
+    if warning:
         metrics["unknown_answers"] = count
-        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        warnings.append(f"{count} answers are none of the run's labels ({shown}): they count as wrong")
+        warnings.append(warning)
     return rows, metrics, warnings
+
+
+def unknown_answers(answers: Sequence[Any], answerable: Collection[str]) -> tuple[int, str | None]:
+    """How many of classify ``answers`` (``Prediction``s) are none of the ``answerable`` labels, and the warning that
+    says so (None when there is none): they count as wrong."""
+    unknown = sorted({answer.answer for answer in answers} - set(answerable))
+    if not unknown:
+        return 0, None
+    count = sum(1 for answer in answers if answer.answer in set(unknown))
+    shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    return count, f"{count} answers are none of the run's labels ({shown}): they count as wrong"
 
 
 # ---------------------------------------------------------------------------------------- dispatching
@@ -821,12 +831,14 @@ def check_baselines(names: Sequence[str], task: str, config: EvalConfig, *, trai
 
 
 def check_predictions(
-    names: Sequence[str], records: Sequence[Record] | None, task: str, *, config: EvalConfig, data_config: DataConfig
+    names: Sequence[str], records: Sequence[Record] | None, task: str, *, config: EvalConfig, data_config: DataConfig,
+    labels: Collection[str] | None = None,
 ) -> list[str]:
     """Refuse, before any model answers, a predictions file of ``names`` with unreadable rows, two answers to one
     request, or (given the test ``records``) no answer to a test request that will be scored; the notes to show
-    (answers to requests outside the test set, ignored). Without ``records`` the files are only read (a run's data
-    check, before its split exists).
+    (answers to requests outside the test set, ignored; given the run's classify ``labels``, answers to the scored
+    requests that are none of them, counted wrong). Without ``records`` the files are only read (a run's data check,
+    before its split exists).
 
     Raises:
         DataError: as ``data.predictions.read_predictions`` and ``match_predictions``.
@@ -839,7 +851,11 @@ def check_predictions(
         if is_predictions(name, config, task):
             read = read_predictions(config.predictions_of(name), task, data_config)  # type: ignore[arg-type]
             if chosen is not None:
-                notes += [f"baseline {name}: {note}" for note in match_predictions(read, chosen)[1]]
+                answers, found = match_predictions(read, chosen, records)
+                if task == "classify" and labels is not None:
+                    outside = [data_config.out_of_scope_label] if data_config.out_of_scope_label is not None else []
+                    found.append(unknown_answers(answers, {*labels, *outside})[1])
+                notes += [f"baseline {name}: {note}" for note in found if note]
     return notes
 
 

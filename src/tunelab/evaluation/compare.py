@@ -282,7 +282,8 @@ def compare_evaluations(a: EvalResult, b: EvalResult, *, seed: int = 0, samples:
             before, after = (nan if a.baseline else before), (nan if b.baseline else after)
             metrics.append(MetricComparison(spec.name, before, after, nan, nan, nan, spec.higher_is_better, not_compared=reason, full_scale=spec.full_scale))
             continue
-        undefined = [not_a_number(name, spec.name, table) for name, value, table in ((a.model, before, table_a), (b.model, after, table_b))
+        # A baseline by its name (its model description may hold a file's whole path), as the tables' headers name it.
+        undefined = [not_a_number(r.baseline_name or r.model, spec.name, table) for r, value, table in ((a, before, table_a), (b, after, table_b))
                      if not np.isfinite(value)]
         if undefined:
             # A per-example score that is not a number (a NaN NLL from a model overflowing): the resamples without that

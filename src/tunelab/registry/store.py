@@ -493,7 +493,7 @@ class Registry:
         return self.get_run(run_id)
 
     def get_run(self, run: str) -> RunRecord:
-        """A run by id, by name, or by a unique id prefix of at least 4 characters.
+        """A run by id, by name, by a unique id prefix of at least 4 characters, or by its run folder's path.
 
         Raises:
             RegistryError: when no run matches, or a prefix matches several.
@@ -505,6 +505,12 @@ class Registry:
                 if len(rows) > 1:
                     raise RegistryError(f"'{run}' matches several run ids in {self.path}", "give more characters or the name")
                 row = rows[0] if rows else None
+            if row is None and Path(run).expanduser().is_dir():
+                # The run's folder, as `tunelab run` prints it and report, predict and review take it; kept absolute.
+                folder = Path(run).expanduser()
+                places = list(dict.fromkeys([str(folder.absolute()), str(folder.resolve())]))
+                row = db.execute(f"SELECT * FROM runs WHERE run_dir IN ({', '.join('?' * len(places))}) "
+                                 "ORDER BY created_at DESC LIMIT 1", places).fetchone()
         if row is None:
             raise RegistryError(f"no run '{run}' in {self.path}", "`tunelab runs` lists the recorded runs")
         return self._settle(self._record(row))

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,16 +487,17 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
         raise DataError(f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}", hint)
 
 
-def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None) -> list[str]:
+def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None, labels: Collection[str] | None = None) -> list[str]:
     """The run's predictions files (``{predictions: PATH}`` in ``eval.baselines``) read and, given the test split,
-    matched to the test requests that will be scored (``evaluation/baselines.check_predictions``); the notes to show.
+    matched to the test requests that will be scored (``evaluation/baselines.check_predictions``); the notes to show
+    (with the run's classify ``labels``: the answers that are none of them).
 
     Raises:
         DataError: for unreadable rows, two answers to one request, or a test request without an answer.
     """
     from tunelab.evaluation.baselines import check_predictions as check
 
-    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data)
+    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data, labels=labels)
 
 
 def check_step(context: PipelineContext) -> None:
@@ -564,7 +565,9 @@ def split_step(context: PipelineContext) -> Split:
     if not split.test:
         raise DataError("the test split is empty", "add data, raise data.test_size, or give data.test")
     # Before the estimate, the baselines and training: a test request the current system has no answer to is refused now.
-    for message in check_predictions(config, split.test):
+    # The run's labels are its training records' (the label map's), read here without the tokenizer the map needs.
+    labels = {record.label for record in split.train} if config.task == "classify" else None
+    for message in check_predictions(config, split.test, labels):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
     check_pii_sent(context, split.test)
@@ -644,8 +647,10 @@ def too_few_test_examples(config: RunConfig, split: Split) -> str | None:
     # When data.max_test_examples is what makes it small, more data or a larger split would change nothing.
     fix = ("raise data.max_test_examples" if len(split.test) >= MIN_TEST_EXAMPLES
            else "give more data, raise data.test_size, or give data.test")
+    # The split step's line gives the split's own size: said beside it, a capped count alone read as a contradiction.
+    size = f"{n} {unit}" if n == len(split.test) else f"{len(split.test)} {unit}, {n} of them evaluated (data.max_test_examples)"
     return (
-        f"the test split has {n} {unit}; a verdict needs at least {MIN_TEST_EXAMPLES} (below that the paired bootstrap's "
+        f"the test split has {size}; a verdict needs at least {MIN_TEST_EXAMPLES} (below that the paired bootstrap's "
         f"interval is too narrow to trust), so this run will say 'too few test examples to decide': {fix}"
     )
 

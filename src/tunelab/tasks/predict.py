@@ -169,6 +169,11 @@ def _read_partial(partial: Path, job: dict[str, Any]) -> tuple[list[dict[str, An
         changed = [name for name in ("model", "input", "options", "format") if old.get(name) != job.get(name)]
         what = {"model": "another model", "input": "another input (its content changed)", "options": "other options",
                 "format": "an older tunelab"}
+        if "options" in changed and isinstance(old.get("options"), dict):  # which of them: a user retries with another
+            before, now = old["options"], job["options"]
+            keys = [key for key in now if before.get(key) != now[key]]
+            if keys:
+                what["options"] += " (" + ", ".join(f"{key} {before.get(key)}, now {now[key]}" for key in keys) + ")"
         because = ", ".join(what[name] for name in changed) or "an unreadable job line"
         return [], f"the unfinished answers in {partial} were for {because}: starting over"
     rows = []

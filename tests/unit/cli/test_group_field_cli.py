@@ -28,6 +28,20 @@ def test_data_check_names_the_row_without_a_group(tmp_path):
     assert _cli(["data", "check", str(path), "--task", "classify", "--no-tokens"]).exit_code == 0  # without the key: no group asked
 
 
+
+def test_data_check_counts_each_group_in_the_data_and_the_test_file(tmp_path):
+    # --group-field only checked that each row had one: how many test examples a group's verdict rests on went unsaid.
+    data = _write(tmp_path / "data.jsonl", [{"text": f"text {i}", "label": "ab"[i % 2], "country": "FR" if i < 6 else "DE"} for i in range(8)])
+    test = _write(tmp_path / "test.jsonl", [{"text": f"test {i}", "label": "ab"[i % 2], "country": "FR" if i < 31 else "DE"} for i in range(33)])
+    args = ["data", "check", str(data), "--task", "classify", "--group-field", "country", "--test", str(test), "--no-tokens"]
+    shown = _cli([*args, "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert report["groups"] == {"FR": 6, "DE": 2} and report["test"]["groups"] == {"FR": 31, "DE": 2}
+    text = " ".join(_cli(args).output.split())
+    assert "Groups (2): FR 6, DE 2" in text
+    assert "by group: FR 31, DE 2; under 30, too few for a group's verdict: DE" in text
+
 def test_eval_reports_each_group_against_the_baseline(tmp_path, tiny_model_dir):
     words = {"a": "refund money back", "b": "login password locked"}
     train = _write(tmp_path / "train.jsonl", [{"text": f"{words['ab'[i % 2]]} {i}", "label": "ab"[i % 2]} for i in range(40)])

@@ -220,3 +220,42 @@ def test_a_run_with_groups_reads_a_predictions_file_without_them(tmp_path):
     records = [ClassifyRecord(text, label, source=f"test.jsonl:{i + 1}", group="FR") for i, (text, label) in enumerate(TEST)]
     result = _score("current", config, records=records, data_config=DataConfig(group_field="country"))
     assert result.metrics["accuracy"] == pytest.approx(1.0)
+
+
+def test_answers_to_test_requests_left_out_of_the_sample_are_not_said_to_be_outside_the_test_set(tmp_path):
+    # An export of the whole test file, scored on data.max_test_examples' sample: only the extra answer is outside.
+    rows = [{"text": text, "label": label} for text, label in TEST] + [{"text": "a request of another month", "label": "billing"}]
+    config = _eval_config(_write(tmp_path / "current.jsonl", rows))
+    data_config = DataConfig(max_test_examples=4)
+    result = _score("current", config, data_config=data_config)
+    assert result.n == 4
+    assert [w for w in result.warnings if "not in the test set" in w] == [
+        f"1 predictions in {tmp_path / 'current.jsonl'} answer requests not in the test set: ignored"]
+    notes = B.check_predictions(["current"], _records(), "classify", config=config, data_config=data_config)
+    assert notes == [f"baseline current: 1 predictions in {tmp_path / 'current.jsonl'} answer requests not in the test set: ignored"]
+
+
+def test_no_ece_is_said_with_the_baselines_name_not_its_files_path(tmp_path):
+    # The table cell of `tunelab run` and `show` held "current (the current system's answers, /long/path.jsonl)'s ece
+    # ...", cut by the table's width in the middle; the column's header already names the file's baseline.
+    rows = [{"text": text, "label": label} for text, label in TEST]
+    config = _eval_config(_write(tmp_path / "current.jsonl", rows))
+    scored = _eval_config(_write(tmp_path / "tuned.jsonl", [{**row, "probability": 0.9} for row in rows]))
+    result, tuned = _score("current", config), _score("tuned", scored)
+    tuned.baseline, tuned.baseline_name, tuned.model = False, None, "tuned"
+    reason = compare_with_baselines({"current": result}, tuned, seed=0, samples=50).comparisons["current"].metric("ece").not_compared
+    assert reason == "current's ece is not a number on this test set (its answers come without probabilities)"
+
+
+def test_a_missing_column_is_to_be_named_in_the_files_entry_not_with_the_datas_options(tmp_path):
+    # "name them with --text-field request and --label-field routed_to (data.text_field: ...)" renamed the test data's
+    # columns too: the predictions entry has its own text_field and label_field.
+    path = tmp_path / "current.csv"
+    path.write_text("request,routed_to\n" + "".join(f"{text},{label}\n" for text, label in TEST))
+    with pytest.raises(DataError) as caught:
+        _score("current", _eval_config(path))
+    message = caught.value.message
+    assert "name them in the file's eval.baselines entry (text_field: request, label_field: routed_to)" in message, message
+    assert "--text-field" not in message and "data.text_field" not in message
+    result = _score("current", _eval_config(path, text_field="request", label_field="routed_to"))
+    assert result.n == len(TEST)

@@ -355,3 +355,16 @@ def test_a_rollback_after_the_same_run_was_promoted_twice_goes_back_to_the_run_b
     assert (change.previous_run_id, change.run_id) == (b, a) and registry.alias("router") == a
     with pytest.raises(RegistryError, match="no earlier run"):
         registry.rollback_alias("router")
+
+
+def test_a_run_is_found_by_the_folder_the_run_printed(registry, tmp_path, monkeypatch):
+    # `tunelab run` ends with "run folder: runs/NAME"; `tunelab show runs/NAME` said there was no such run.
+    folder = tmp_path / "runs" / "r1"
+    folder.mkdir(parents=True)
+    registry.create_run(name="r1", task="classify", run_dir=str(folder.resolve()))
+    monkeypatch.chdir(tmp_path)
+    assert registry.get_run("runs/r1").name == "r1"
+    assert registry.get_run(str(folder) + "/").name == "r1"
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(RegistryError, match="no run 'elsewhere'"):
+        registry.get_run("elsewhere")  # a folder that is no run's stays an unknown run

@@ -147,6 +147,23 @@ def test_another_input_or_model_starts_over(runs, tmp_path, monkeypatch):
         out.unlink()
 
 
+
+def test_another_batch_size_is_named_when_it_starts_over(runs, tmp_path, monkeypatch):
+    # "were for other options" left the user to guess which: --batch-size is the one a user changes between tries.
+    import tunelab.tasks.predict as predicting
+
+    tickets, out = _tickets(tmp_path / "tickets.jsonl"), tmp_path / "routed.jsonl"
+
+    def crash(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predicting, "kill_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        predicting.predict_file(str(runs["router"]), str(tickets), out, batch_size=2)
+    monkeypatch.setattr(predicting, "kill_point", lambda name: None)
+    again = predicting.predict_file(str(runs["router"]), str(tickets), out, batch_size=4)
+    assert again.resumed == 0 and "other options (batch_size 2, now 4)" in again.started_over, again.started_over
+
 def test_mistakes_are_one_line_before_any_model_loads(runs, tmp_path, monkeypatch):
     import tunelab.runs
     from tunelab.errors import ConfigError, DataError, ModelError

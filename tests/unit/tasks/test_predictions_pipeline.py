@@ -81,6 +81,26 @@ def test_the_current_system_joins_the_verdict_and_the_report(tmp_path, tiny_mode
     assert any("1 predictions in" in warning and "ignored" in warning for warning in outcome.warnings)
 
 
+
+
+def test_answers_that_are_none_of_the_runs_labels_are_said_by_tunelab_run(tmp_path, tiny_model_dir):
+    # They were said only in report.md: the run's own lines and --json's warnings showed a low accuracy without why.
+    answers = [{**row, "label": "escalate" if i < 3 else row["label"]} for i, row in enumerate(_rows(12, offset=100))]
+    outcome = run_pipeline(_config(tmp_path, tiny_model_dir, _write(tmp_path / "current.jsonl", answers)))
+    assert "baseline current: 3 answers are none of the run's labels (escalate): they count as wrong" in outcome.warnings
+    assert outcome.baseline_metrics["current"]["unknown_answers"] == 3
+
+def test_the_report_written_again_keeps_the_current_system(tmp_path, tiny_model_dir):
+    from tunelab.evaluation.report import report_run
+
+    answers = [{**row, "label": "A"} for row in _rows(12, offset=100)]
+    outcome = run_pipeline(_config(tmp_path, tiny_model_dir, _write(tmp_path / "current.jsonl", answers)))
+    verdict, _ = report_run(outcome.run_dir)  # `tunelab report RUN`: the verdict and report again from the run's files
+    assert list(verdict.comparisons) == ["classical", "current"] and not verdict.skipped
+    assert "| metric | tuned | classical | current |" in (outcome.run_dir / "report.md").read_text()
+    saved = json.loads((outcome.run_dir / "eval" / "comparison.json").read_text())
+    assert list(saved["comparisons"]) == ["classical", "current"]
+
 def test_the_current_system_alone_is_shown_by_show_json_and_the_ui(tmp_path, tiny_model_dir):
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
