@@ -53,3 +53,15 @@ def test_no_group_table_without_groups(tmp_path):
     tuned = _classify("tuned", [True] * 40, [None] * 40)
     base = _classify("base", [False] * 40, [None] * 40)
     assert 'id="groups"' not in _page(tmp_path, compare_with_baselines({"base": base}, tuned, samples=100).to_dict())
+
+
+def test_the_data_check_section_gives_the_records_per_group(tmp_path):
+    import json
+
+    from tunelab.runs import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.data_check.parent.mkdir(parents=True, exist_ok=True)
+    folder.data_check.write_text(json.dumps({"records": 9, "files": ["d.jsonl"], "errors": [], "groups": {"FR": 6, "DE": 3}, "group_field": "country"}))
+    page = _page(tmp_path, None)
+    assert re.search(r'<dt>groups \(country\)</dt><dd id="data-groups">FR: 6, DE: 3</dd>', page)
