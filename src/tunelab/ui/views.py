@@ -335,7 +335,7 @@ def changed(record: RunRecord, comparison: dict[str, Any] | None) -> list[dict[s
     except (DataError, KeyError):
         return []
     return [
-        {"change": e["change"], "source": e["source"], "prompt": e["prompt"], "reference": e["reference"],
+        {"change": e["change"], "source": e["source"], "group": e["group"], "prompt": e["prompt"], "reference": e["reference"],
          "before": shown_prediction(after.task, e["before"]), "after": shown_prediction(after.task, e["after"]), "against": strongest}
         for e in examples
     ]

@@ -65,3 +65,18 @@ def test_the_data_check_section_gives_the_records_per_group(tmp_path):
     folder.data_check.write_text(json.dumps({"records": 9, "files": ["d.jsonl"], "errors": [], "groups": {"FR": 6, "DE": 3}, "group_field": "country"}))
     page = _page(tmp_path, None)
     assert re.search(r'<dt>groups \(country\)</dt><dd id="data-groups">FR: 6, DE: 3</dd>', page)
+
+
+def test_the_examples_that_changed_most_name_their_group(tmp_path):
+    from tunelab.runs import RunFolder
+
+    groups = ["FR"] * 40 + ["DE"] * 10
+    tuned = _classify("tuned", [True] * 40 + [False] * 10, groups)
+    base = _classify("base", [False] * 40 + [True] * 10, groups)
+    folder = RunFolder(tmp_path / "run")
+    tuned.save(folder.tuned_eval)
+    base.save(folder.baseline_eval("base"))
+    page = _page(tmp_path, compare_with_baselines({"base": base}, tuned, samples=100).to_dict())
+    table = page.split('class="examples"', 1)[1].split("</table>", 1)[0]
+    assert "<th>group</th>" in table
+    assert re.search(r"<td>\+0\.8</td><td>FR</td>", table) and re.search(r"<td>-0\.8</td><td>DE</td>", table)
