@@ -102,7 +102,16 @@ def render_report(report: Any) -> None:
             table.add_row(f"... {len(shown) - 12} more", str(sum(n for _, n in shown[12:])), "")
         console.print(table)
     if report.groups:
-        console.print(f"[bold]Groups[/bold] ({len(report.groups)}): {escape(_group_counts(report.groups))}")
+        # Counts only, whatever the task: the verdict is given per group, and how many each has is what decides it.
+        table = Table(title=f"Groups ({len(report.groups)}, {report.group_field})", title_justify="left")
+        for column in ("group", "examples"):
+            table.add_column(column)
+        counted = list(report.groups.items())
+        for group, count in counted[:12]:
+            table.add_row(escape(group), str(count))
+        if len(counted) > 12:
+            table.add_row(f"... {len(counted) - 12} more", str(sum(n for _, n in counted[12:])))
+        console.print(table)
     if report.test is not None:
         test = report.test
         console.print(f"[bold]Test file[/bold] {escape(test.path)}: {test.records} records, {test.leaked} also in the data")
@@ -294,7 +303,7 @@ def split(
 ) -> None:
     """Split the config's data into train/validation/test and print the sizes (and warnings)."""
     from tunelab.data.split import make_split
-    from tunelab.tasks.pipeline import too_few_test_examples
+    from tunelab.tasks.pipeline import too_few_group_examples, too_few_test_examples
 
     run_config = load_config(config, overrides or [])
     result = make_split(run_config)
@@ -304,6 +313,7 @@ def split(
     if small:
         # Before any compute, as `tunelab run`'s split step says it: this split's test set cannot give a verdict.
         result.warnings.append(small)
+    result.warnings.extend(too_few_group_examples(run_config, result))  # each group too small for its own verdict
     if as_json:
         summary = result.to_dict()
         for side in ("train", "validation", "test"):

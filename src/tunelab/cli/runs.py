@@ -216,6 +216,31 @@ def _cell(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
+def _groups_table(runs: list[str], groups: dict[str, list[dict[str, Any] | None]]) -> Table:
+    """Each run's verdict by group (``RunComparison.groups``), one row per group: the tuned model's difference from the
+    opponent that run's verdict names, its 95% interval, the outcome and n."""
+    first = next(cell for cells in groups.values() for cell in cells if cell)
+    table = Table(title=f"{first.get('metric')} by group: each run's tuned model against the opponent its verdict names")
+    table.add_column("group")
+    for i, name in enumerate(runs):
+        opponents = {cells[i].get("opponent") for cells in groups.values() if cells[i]}
+        table.add_column(f"{name} (against {', '.join(map(str, sorted(opponents, key=str)))})")
+    colours = {"better": "green", "worse": "red"}
+
+    def cell(group: dict[str, Any] | None) -> str:
+        if group is None:
+            return "-"
+        difference = "-" if group.get("difference") is None else f"{group['difference']:+.3g}"
+        interval = "" if group.get("low") is None else f" [{group['low']:+.3g}, {group['high']:+.3g}]"
+        outcome = str(group.get("outcome"))
+        shown = f"[{colours[outcome]}]{outcome}[/]" if outcome in colours else escape(outcome)
+        return f"{difference}{interval} {shown}, n={group.get('n')}"
+
+    for name, cells in groups.items():
+        table.add_row(escape(name), *map(cell, cells))
+    return table
+
+
 def compare(
     items: list[str] = typer.Argument(..., help="Two or more run names/ids, or two evaluation .json files."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -262,6 +287,10 @@ def compare(
             table.add_column(name)
         table.add_row(*(_cell(verdict) for verdict in comparison.verdicts))
         console.print(table)
+    if comparison.groups:
+        console.print(_groups_table(comparison.runs, comparison.groups))
+    elif comparison.groups_note:
+        console.print(f"[dim]by group: {escape(comparison.groups_note)}[/dim]")
     if comparison.config_differences:
         table = Table(title="Config keys that differ")
         table.add_column("key")

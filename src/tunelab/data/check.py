@@ -125,13 +125,14 @@ class CheckReport:
     lookalike_groups: list[DuplicateGroup] = field(default_factory=list)
     lengths: LengthStats | None = None
     labels: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)  # records per group (data.group_field), most first; {} without one
+    group_field: str | None = None  # the column the groups were read from
     imbalance: float | None = None
     label_map: list[dict[str, Any]] = field(default_factory=list)
     test: TestCheck | None = None
     example: RenderedExample | None = None
     limited: bool = False
     pii: PiiReport | None = None  # personal data found in the texts (None: data.pii is off)
-    groups: dict[str, int] = field(default_factory=dict)  # records per group (data.group_field), most first
 
     @property
     def errors(self) -> list[RecordError]:
@@ -494,6 +495,7 @@ def check_data(
         report.pii = scan_records(records)
         report.warnings.extend(report.pii.warnings())
     label_map = _labels(report, records, tokenizer, label_map, data.out_of_scope_label)
+    report.group_field = data.group_field
     if tokenizer is not None:
         report.lengths = _lengths(records, task, tokenizer, data, label_map, length_sample)
         lengths = report.lengths

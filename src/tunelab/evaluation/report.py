@@ -237,7 +237,8 @@ def _right(row: dict[str, Any]) -> float:
 
 
 def changed_examples(base: EvalResult, tuned: EvalResult, each_way: int = EXAMPLES_EACH_WAY) -> list[dict[str, Any]]:
-    """The examples that improved most, then those that worsened most (paired by id)."""
+    """The examples that improved most, then those that worsened most (paired by id), each with its group
+    (``data.group_field``; None without one)."""
     by_id = {row["id"]: row for row in base.rows}
     pairs = [(by_id[row["id"]], row) for row in tuned.rows if row["id"] in by_id]
     metric = sft_change_metric(tuned) if tuned.task == "sft" else "rougeL"
@@ -247,9 +248,15 @@ def changed_examples(base: EvalResult, tuned: EvalResult, each_way: int = EXAMPL
     improved = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])[:each_way]
     worsened = sorted((s for s in scored if s[0] < 0), key=lambda s: s[0])[:each_way]
     return [
-        {"change": change, "source": after["source"], "prompt": after["prompt"], "reference": after["reference"], "before": before, "after": after}
+        {"change": change, "source": after["source"], "group": after.get("group"), "prompt": after["prompt"], "reference": after["reference"],
+         "before": before, "after": after}
         for change, before, after in improved + worsened
     ]
+
+
+def _grouped(examples: list[dict[str, Any]]) -> bool:
+    # The group column only where the test set has groups (data.group_field): a column of blanks says nothing.
+    return any(example.get("group") is not None for example in examples)
 
 
 def _format(value: float) -> str:
@@ -402,9 +409,11 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
     if examples:
         opponent = verdict.strongest
         lines += ["", f"## Examples that changed most (tuned against {opponent})", "", change_means(tuned.task, opponent, tuned), ""]
+        grouped = _grouped(examples)
         lines += table(
-            ["change", "source", "prompt", "reference", f"{opponent}", "tuned"],
-            [[f"{e['change']:+.3f}", e["source"], _cut(e["prompt"], 200), _cut(e["reference"], 200), _cut(shown_prediction(tuned.task, e["before"]), 200), _cut(shown_prediction(tuned.task, e["after"]), 200)] for e in examples],
+            ["change", "source", *(["group"] if grouped else []), "prompt", "reference", f"{opponent}", "tuned"],
+            [[f"{e['change']:+.3f}", e["source"], *([str(e["group"])] if grouped else []), _cut(e["prompt"], 200), _cut(e["reference"], 200),
+              _cut(shown_prediction(tuned.task, e["before"]), 200), _cut(shown_prediction(tuned.task, e["after"]), 200)] for e in examples],
         )
     return "\n".join(lines) + "\n"
 
@@ -452,9 +461,12 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
         parts.append(f"<script>{CONFUSION_SCRIPT}</script>")
     if examples:
         opponent = e(verdict.strongest)
-        parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><p>{e(change_means(tuned.task, verdict.strongest, tuned))}</p><table><tr><th>change</th><th>source</th><th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
+        grouped = _grouped(examples)
+        parts.append(f"<h2>Examples that changed most (tuned against {opponent})</h2><p>{e(change_means(tuned.task, verdict.strongest, tuned))}</p>"
+                     f"<table><tr><th>change</th><th>source</th>{'<th>group</th>' if grouped else ''}<th>prompt</th><th>reference</th><th>{opponent}</th><th>tuned</th></tr>")
         for x in examples:
-            cells = [f"{x['change']:+.3f}", x["source"], _cut(x["prompt"]), _cut(x["reference"]), _cut(shown_prediction(tuned.task, x["before"])), _cut(shown_prediction(tuned.task, x["after"]))]
+            cells = [f"{x['change']:+.3f}", x["source"], *([str(x["group"])] if grouped else []), _cut(x["prompt"]), _cut(x["reference"]),
+                     _cut(shown_prediction(tuned.task, x["before"])), _cut(shown_prediction(tuned.task, x["after"]))]
             parts.append("<tr>" + "".join(f"<td class='text'>{e(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
     parts.append("</body></html>")

@@ -268,9 +268,37 @@ class RunComparison:
     config_differences: dict[str, list[Any]] = field(default_factory=dict)
     verdicts: list[str | None] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what keeps the numbers from comparing (different test sets)
+    # Per group of the test set (data.group_field), per run: its verdict for that group (n, opponent, metric, tuned,
+    # opponent_value, difference, low, high, outcome as the verdict saved them), None where the run has no such group.
+    # Only when every run was judged by group on the same test set, and for at most MAX_GROUPS_SIDE_BY_SIDE groups.
+    groups: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)
+    groups_note: str | None = None  # why groups there are were not set side by side (too many)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# More groups than this are not set side by side (`tunelab compare`): a table that long is not read; each run's own
+# table (`tunelab show`) still has them all.
+MAX_GROUPS_SIDE_BY_SIDE = 12
+_GROUP_KEYS = ("n", "opponent", "metric", "tuned", "opponent_value", "difference", "low", "high", "outcome")
+
+
+def _groups_side_by_side(records: list[RunRecord], different_test_sets: bool) -> tuple[dict[str, list[dict[str, Any] | None]], str | None]:
+    """Each run's verdict by group, per group (``RunComparison.groups``), and the note when there are too many; nothing
+    unless every run has one, on one test set (otherwise its numbers compare no better than the runs' metrics do)."""
+    per_run = []
+    for record in records:
+        saved = record.comparison.get("groups") if isinstance(record.comparison, dict) else None
+        per_run.append({str(group["group"]): group for group in saved or () if isinstance(group, dict) and "group" in group})
+    if different_test_sets or not all(per_run):
+        return {}, None
+    names = list(dict.fromkeys(name for groups in per_run for name in groups))  # the first run's order, then the others'
+    if len(names) > MAX_GROUPS_SIDE_BY_SIDE:
+        return {}, (f"{len(names)} groups: too many to set side by side (at most {MAX_GROUPS_SIDE_BY_SIDE}); "
+                    "`tunelab show RUN` tables each run's verdict for every group")
+    return {name: [{key: groups[name].get(key) for key in _GROUP_KEYS} if name in groups else None for groups in per_run]
+            for name in names}, None
 
 
 def _test_set_warnings(records: list[RunRecord]) -> list[str]:
@@ -570,6 +598,7 @@ class Registry:
         comparison.config_differences = config_differences([record.config_dict for record in records])
         comparison.verdicts = [record.verdict for record in records]
         comparison.warnings = _test_set_warnings(records)
+        comparison.groups, comparison.groups_note = _groups_side_by_side(records, bool(comparison.warnings))
         return comparison
 
     # -- baseline cache -----------------------------------------------------------------------

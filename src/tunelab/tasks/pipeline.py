@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -525,6 +526,9 @@ def check_step(context: PipelineContext) -> None:
         context.read = None  # not held past the check: the split step reads the data for itself
         for layout in report.layouts:  # how an Alpaca or ShareGPT file's columns were read, said once
             context.emit("check", "event", {"message": f"data: {layout}"})
+        groups = group_distribution(report)
+        if groups:  # the records per group (data.group_field), as `tunelab data check` tables them
+            context.emit("check", "event", {"message": f"data: {groups}"})
         refuse_invalid(config, report.errors)
         for message in data_warnings(report):
             context.warn(message)
@@ -612,6 +616,17 @@ def check_pii_sent(context: PipelineContext, test: Sequence[Record]) -> None:
             context.warn(message)
 
 
+def group_distribution(report: CheckReport, shown: int = 12) -> str | None:
+    """The check's records per group (``data.group_field``) in one line, most first (the first ``shown`` of them, as the
+    label table); None without groups."""
+    if not report.groups:
+        return None
+    counted = list(report.groups.items())
+    listed = ", ".join(f"'{group}' {n}" for group, n in counted[:shown])
+    more = f", and {len(counted) - shown} more ({sum(n for _, n in counted[shown:])})" if len(counted) > shown else ""
+    return f"{len(counted)} group{'s' if len(counted) != 1 else ''} ({report.group_field}): {listed}{more} records"
+
+
 def data_warnings(report: CheckReport) -> list[str]:
     """The data check's warnings as ``tunelab run`` gives them (check step)."""
     return [f"data: {message}" for message in report.warnings]
@@ -620,7 +635,7 @@ def data_warnings(report: CheckReport) -> list[str]:
 def split_warnings(config: RunConfig, split: Split) -> list[str]:
     """The split's warnings as ``tunelab run`` gives them (split step), a test split too small for a verdict included."""
     small = too_few_test_examples(config, split)
-    return [f"split: {message}" for message in [*split.warnings, *([small] if small else [])]]
+    return [f"split: {message}" for message in [*split.warnings, *([small] if small else []), *too_few_group_examples(config, split)]]
 
 
 def warnings_before_start(config: ResolvedConfig, tokenizer: Any, split: Split) -> list[str]:
@@ -653,6 +668,37 @@ def too_few_test_examples(config: RunConfig, split: Split) -> str | None:
         f"the test split has {size}; a verdict needs at least {MIN_TEST_EXAMPLES} (below that the paired bootstrap's "
         f"interval is too narrow to trust), so this run will say 'too few test examples to decide': {fix}"
     )
+
+
+def too_few_group_examples(config: RunConfig, split: Split) -> list[str]:
+    """The split step's warning, before any compute, naming each group (``data.group_field``) whose test examples are
+    too few for its own verdict (``evaluation.compare.MIN_TEST_EXAMPLES``: its row will say "too few"), with how many it
+    has, in one line; empty when there is none, or when the whole test split is too small (``too_few_test_examples``
+    says so, and then of every group). Counted on the examples the evaluation scores: after ``data.max_test_examples``.
+    """
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
+
+    if config.data.group_field is None or too_few_test_examples(config, split) is not None:
+        return []
+    scored = split.test
+    limit = config.data.max_test_examples
+    if limit is not None and len(scored) > limit:
+        # Imported only here: the evaluation's seeded sample (torch) is needed only when the cap takes one.
+        from tunelab.evaluation.evaluate import select_test_records
+
+        scored = select_test_records(scored, limit, config.data.seed)
+    counts = Counter(record.group for record in scored if getattr(record, "group", None) is not None)
+    small = sorted(((group, n) for group, n in counts.items() if n < MIN_TEST_EXAMPLES), key=lambda kv: (kv[1], kv[0]))
+    if not small:
+        return []
+    listed = ", ".join(f"'{group}' {n}" for group, n in small)
+    # As for the whole split: when the cap is what makes a group small, more data would change nothing.
+    fix = ("raise data.max_test_examples" if limit is not None and len(split.test) > limit
+           else "give those groups more data, raise data.test_size, or give data.test (a rare group its own test file)")
+    return [
+        f"{len(small)} of {len(counts)} group(s) ({config.data.group_field}) will have fewer than {MIN_TEST_EXAMPLES} test "
+        f"examples, so their verdict by group will say 'too few': {listed}; {fix}"
+    ]
 
 
 def estimate_step(context: PipelineContext) -> dict[str, Any]:

@@ -220,6 +220,22 @@ def verdict_table(comparison: dict[str, Any] | None) -> tuple[list[str], list[Me
     return names, lines
 
 
+def group_rows(comparison: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The verdict by group (``Verdict.groups``, ``data.group_field``) of a stored verdict, one row per group as
+    ``tunelab show`` tables it: the tuned model against the opponent the verdict names; none without groups."""
+    from tunelab.evaluation.compare import GroupComparison
+
+    saved = comparison.get("groups") if isinstance(comparison, dict) else None
+    rows = []
+    for group in map(GroupComparison.from_dict, saved if isinstance(saved, list) else ()):
+        # No interval under MIN_TEST_EXAMPLES (NaN as saved): "-", as the CLI and the report write it.
+        interval = f"[{signed(group.low)}, {signed(group.high)}]" if math.isfinite(group.low) else "-"
+        rows.append({"group": group.group, "n": group.n, "metric": group.metric, "opponent": group.opponent, "tuned": group.tuned,
+                     "opponent_value": group.opponent_value, "difference": group.difference, "interval": interval,
+                     "outcome": group.outcome, "kind": outcome_kind(group.outcome, group.n)})
+    return rows
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -319,7 +335,7 @@ def changed(record: RunRecord, comparison: dict[str, Any] | None) -> list[dict[s
     except (DataError, KeyError):
         return []
     return [
-        {"change": e["change"], "source": e["source"], "prompt": e["prompt"], "reference": e["reference"],
+        {"change": e["change"], "source": e["source"], "group": e["group"], "prompt": e["prompt"], "reference": e["reference"],
          "before": shown_prediction(after.task, e["before"]), "after": shown_prediction(after.task, e["after"]), "against": strongest}
         for e in examples
     ]
@@ -387,6 +403,7 @@ def run_page(registry: Registry, run: str) -> dict[str, Any]:
         "comparison": comparison,
         "baseline_names": names,
         "metric_lines": lines,
+        "group_rows": group_rows(comparison),
         "verdict_warnings": verdict_warnings(record, comparison),
         # As `tunelab show` lists them (the verdict's and the artifacts', kept when no baseline was scored), with those of a
         # comparison not registered yet.

@@ -39,8 +39,9 @@ def test_data_check_counts_each_group_in_the_data_and_the_test_file(tmp_path):
     report = json.loads(shown.output)
     assert report["groups"] == {"FR": 6, "DE": 2} and report["test"]["groups"] == {"FR": 31, "DE": 2}
     text = " ".join(_cli(args).output.split())
-    assert "Groups (2): FR 6, DE 2" in text
+    assert "Groups (2, country)" in text and "FR │ 6" in text and "DE │ 2" in text  # the table, most first
     assert "by group: FR 31, DE 2; under 30, too few for a group's verdict: DE" in text
+
 
 def test_eval_reports_each_group_against_the_baseline(tmp_path, tiny_model_dir):
     words = {"a": "refund money back", "b": "login password locked"}
