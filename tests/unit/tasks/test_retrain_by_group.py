@@ -103,3 +103,20 @@ def test_a_retrain_of_a_grouped_champion_judges_its_challenger_by_group(tmp_path
     written = [json.loads(line) for line in (runs / "retrain-data" / outcome.challenger["name"] / "test.jsonl").read_text().splitlines()]
     assert {row["country"] for row in written} == {"FR", "DE"}
     assert {group["group"] for group in outcome.groups} == {"FR", "DE"}, outcome.groups
+
+
+def test_records_without_a_group_leave_the_challenger_judged_overall_only_and_say_so(tmp_path, tiny_model_dir):
+    """The champion's out-of-scope requests carry no group (read without data.group_field): written into the
+    challenger's files beside grouped rows they would be invalid records; the retrain goes on without groups, said."""
+    from tests.unit.tasks.test_retrain import _router_v1, _rows, _write
+
+    from tunelab.tasks.retrain import retrain
+
+    train = [row | {"country": "FR"} for row in _rows("A", 0, 24) + _rows("B", 0, 24)]
+    outside = _write(tmp_path / "outside.jsonl", [{"text": f"paris capital number {5000 + i}", "label": "none"} for i in range(12)])
+    _, registry_path, champion = _router_v1(tmp_path, tiny_model_dir, group_field="country", out_of_scope=str(outside),
+                                            out_of_scope_label="none", train=str(_write(tmp_path / "grouped.jsonl", train)))
+    new = _write(tmp_path / "new.jsonl", [row | {"country": "DE"} for row in _rows("A", 100, 16) + _rows("B", 100, 16)])
+    outcome = retrain(champion.registry_id, [new], registry_path=registry_path, promote=False)
+    assert outcome.groups == []
+    assert any("carry no country" in warning and "not judged by group" in warning for warning in outcome.warnings), outcome.warnings
