@@ -69,7 +69,7 @@ def _print_retrain(outcome: dict[str, Any]) -> None:
     for name, comparison in (("whole test set", outcome["overall"]), ("recent slice", outcome["recent"])):
         console.print(f"  {name}: {comparison['summary']}")
     for reason in outcome["reasons"]:
-        console.print(f"  {'why' if outcome['promoted'] else 'why not'}: {reason}")
+        console.print(f"  {'why' if outcome['promoted'] else 'why not'}: {reason}", markup=False)  # a reason may name a group: data, not markup
     if outcome.get("alias_change"):
         change = outcome["alias_change"]
         console.print(f"  alias {change['name']}: {change['previous_run_id'] or '(new)'} -> {change['run_id']}")

@@ -364,6 +364,18 @@ class GroupComparison:
     high: float
     outcome: str
     higher_is_better: bool | None = True
+    full_scale: float | None = 1.0  # the metric's range when bounded (``MetricComparison.full_scale``): its margin's scale
+
+    @property
+    def judged(self) -> bool:
+        """Whether the group has enough test examples for a verdict (``MIN_TEST_EXAMPLES``): a smaller one has no interval."""
+        return self.n >= MIN_TEST_EXAMPLES
+
+    def as_metric(self) -> MetricComparison:
+        """The group's primary metric as a ``MetricComparison`` (A the opponent, B the tuned model): the rules and texts
+        a whole test set is judged by (``non_inferior``, ``describe_margin``) judge a group alike."""
+        return MetricComparison(self.metric, self.opponent_value, self.tuned, self.difference, self.low, self.high,
+                                self.higher_is_better, full_scale=self.full_scale)
 
     @property
     def worse_line(self) -> str | None:
@@ -383,7 +395,8 @@ class GroupComparison:
 def compare_groups(opponent: EvalResult, tuned: EvalResult, name: str, *, seed: int = 0, samples: int = 1000) -> list[GroupComparison]:
     """``tuned`` against ``opponent`` (called ``name``) on each group of the tuned evaluation's rows (their ``group``),
     by ``compare_evaluations`` on that group's paired rows: the verdict's bootstrap, seed and resamples. Empty when the
-    rows carry no group. Groups in the order they first appear in the test set."""
+    rows carry no group. Groups in the order they first appear in the test set. A promotion judges a challenger (as
+    ``tuned``) against the champion (as ``opponent``) per group by these too (``tasks.retrain.group_comparisons``)."""
     tuned_rows, opponent_rows = _keyed(tuned), _keyed(opponent)
     members: dict[str, list[tuple[str, int]]] = {}
     for key, row in tuned_rows.items():
@@ -401,7 +414,8 @@ def compare_groups(opponent: EvalResult, tuned: EvalResult, name: str, *, seed: 
         if comparison.n < MIN_TEST_EXAMPLES:
             # The interval of so few examples is too narrow to trust (MIN_TEST_EXAMPLES): not shown, not judged.
             low, high, outcome = float("nan"), float("nan"), f"too few (n={comparison.n})"
-        found.append(GroupComparison(group, comparison.n, name, m.name, m.after, m.before, m.difference, low, high, outcome, m.higher_is_better))
+        found.append(GroupComparison(group, comparison.n, name, m.name, m.after, m.before, m.difference, low, high, outcome, m.higher_is_better,
+                                     m.full_scale))
     return found
 
 

@@ -14,7 +14,9 @@ Reads top to bottom:
    on the whole test set and on the recent slice;
 5. the decision: promote only when the challenger is not worse on the primary metric by more than
    ``margin`` (the 95% interval's low end above ``-margin``) *and* better on the recent slice (its
-   interval above zero, on at least ``evaluation.compare.MIN_TEST_EXAMPLES`` recent rows: fewer give no verdict).
+   interval above zero, on at least ``evaluation.compare.MIN_TEST_EXAMPLES`` recent rows: fewer give no verdict)
+   *and*, when the test rows carry groups (``data.group_field``), not worse by more than ``margin`` on any group of at
+   least ``MIN_TEST_EXAMPLES`` rows by the same rule (``group_comparisons``; a smaller group is said not judged).
    Otherwise the champion stays and the outcome says why. Promotion moves the
    registry alias (kept with its history; a server following the alias picks it up), and only while the
    alias still serves the champion the challenger was compared with.
@@ -58,6 +60,8 @@ class RetrainOutcome:
     alias_change: dict[str, Any] | None = None
     dropped: dict[str, int] = field(default_factory=dict)  # new records left out, by reason (see ``new_records``)
     warnings: list[str] = field(default_factory=list)
+    # The challenger against the champion per group of the fresh test set (``GroupComparison`` as dicts); empty without groups.
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def promoted(self) -> bool:
@@ -147,8 +151,12 @@ def _per_label_split(records: list[Any], share: float, seed: int) -> tuple[list[
     return train, test
 
 
-def _write_jsonl(path: Path, records: list[Any]) -> str:
-    atomic_write_text(path, "".join(json.dumps({"text": r.text, "label": r.label}, ensure_ascii=False) + "\n" for r in records))
+def _write_jsonl(path: Path, records: list[Any], group_field: str | None = None) -> str:
+    # The group column under the champion's data.group_field: read back by the challenger's config, which names it.
+    def row(r: Any) -> dict[str, Any]:
+        return {"text": r.text, "label": r.label} | ({group_field: r.group} if group_field else {})
+
+    atomic_write_text(path, "".join(json.dumps(row(r), ensure_ascii=False) + "\n" for r in records))
     return str(path)
 
 
@@ -157,9 +165,49 @@ def _subset(result: Any, ids: set[str]) -> Any:
     return dataclasses.replace(result, rows=rows, n=len(rows), test_fingerprint="")
 
 
-def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
+def group_comparisons(champion: Any, challenger: Any, *, seed: int, samples: int, name: str = "the champion") -> list[Any]:
+    """The challenger's evaluation against the champion's on each group of the test set (``compare.compare_groups``:
+    the paired bootstrap with ``seed`` and ``samples``, as overall), when the rows of both carry groups; else []."""
+    from tunelab.evaluation.compare import compare_groups
+
+    if not all(any(row.get("group") is not None for row in result.rows) for result in (champion, challenger)):
+        return []
+    return compare_groups(champion, challenger, name, seed=seed, samples=samples)
+
+
+def group_judgement(groups: list[Any], margin: float) -> tuple[str | None, str]:
+    """(why the challenger is refused on groups, None when it is not; what to add to the line that lets it through) for
+    ``groups`` (``group_comparisons``): a group of at least ``MIN_TEST_EXAMPLES`` rows refuses when the challenger is
+    significantly worse there (its whole 95% interval on the worse side of zero: the rule of the verdict's lost-group
+    lines); a smaller one has no interval to judge by and is named not judged.
+
+    Why not the overall rule (non-inferiority within ``margin``, which the whole test set must show): a group of 30 to
+    100 rows has an interval of about ±0.1 to ±0.2, so "shown within 0.02" would refuse nearly every challenger whose
+    answers differ at all; a guardrail blocks a shown loss, not the absence of proof on a small slice. ``margin`` is
+    kept for the caller's text (the overall line names it).
+    """
+    from tunelab.evaluation.compare import MIN_TEST_EXAMPLES, WORSE
+
+    if not groups:
+        return None, ""
+    judged = [group for group in groups if group.judged]
+    small = ", ".join(f"'{group.group}' (n={group.n})" for group in groups if not group.judged)
+    unjudged = f"; not judged (under {MIN_TEST_EXAMPLES} test examples): {small}" if small else ""
+    worse = [
+        f"on group '{group.group}' (n={group.n}): difference {group.difference:+.4f} (95% CI {group.low:+.4f} to {group.high:+.4f})"
+        for group in judged
+        if group.outcome == WORSE
+    ]
+    if worse:
+        return f"significantly worse on {groups[0].metric} " + "; ".join(worse) + unjudged, unjudged
+    names = ", ".join(f"'{group.group}'" for group in judged)
+    return None, (f"; not significantly worse on any group ({names})" if judged else "") + unjudged
+
+
+def decide(overall: Any, recent: Any, margin: float, groups: list[Any] | None = None) -> tuple[str, list[str]]:
     """(PROMOTED or KEPT, the reasons): the rule of step 5 over the challenger-vs-champion comparisons
-    (``evaluation.compare.Comparison``) on the whole fresh test set and on its recent slice."""
+    (``evaluation.compare.Comparison``) on the whole fresh test set and on its recent slice, and per group
+    (``group_comparisons``; None or [] without groups: the decision and its text as without them)."""
     from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
 
     primary = overall.primary
@@ -186,11 +234,15 @@ def decide(overall: Any, recent: Any, margin: float) -> tuple[str, list[str]]:
             f"not better on the recent slice (n={recent.n}): {primary} {slice_main.before:.4f} -> {slice_main.after:.4f}, "
             f"95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f} includes or is below zero"
         )
+    by_group, group_note = group_judgement(groups or [], margin)
+    if by_group is not None:
+        reasons.append(by_group)
     decision = KEPT if reasons else PROMOTED
     if not reasons:
         reasons.append(
             f"non-inferior on {primary} (difference {main.difference:+.4f}, 95% CI {main.low:+.4f} to {main.high:+.4f}, margin {main.describe_margin(margin)}) "
             f"and better on the recent slice ({slice_main.before:.4f} -> {slice_main.after:.4f}, 95% CI {slice_main.low:+.4f} to {slice_main.high:+.4f})"
+            + group_note
         )
     return decision, reasons
 
@@ -256,7 +308,8 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     """``record`` (a registry row) judged against the run ``alias`` serves (the incumbent) before a manual promotion:
     the paired bootstrap of both runs' stored test evaluations (with ``record``'s ``eval.seed`` and
     ``eval.bootstrap_samples``) and retrain's non-inferiority rule on the primary metric, with ``config.PROMOTION_MARGIN``
-    as it reads on that metric (``MetricComparison.allowance``). Runs judged on different or unknown test sets are not
+    as it reads on that metric (``MetricComparison.allowance``), and by the same rule on each group of at least
+    ``MIN_TEST_EXAMPLES`` test rows when both evaluations' rows carry groups (``group_comparisons``). Runs judged on different or unknown test sets are not
     compared, except a retrain's challenger against its champion, judged on the retrain's evaluation of the champion on
     the challenger's test set. A run the alias served before is a return to it, as ``tunelab rollback`` makes: never
     refused (after a retrain the old champion's evaluation is on another test set, yet ``rollback`` goes back to it),
@@ -335,7 +388,15 @@ def judge_promotion(registry: Any, alias: str, record: Any, *, force: bool = Fal
     elif not main.non_inferior(PROMOTION_MARGIN):
         problem = f"{record.name} may be worse than {served} by more than the margin {margin}"
     else:
-        return details | {"summary": f"{record.name} vs {incumbent_name}: {line}, not worse by more than the margin {margin}"}
+        # Not worse on average, and per group when both runs' test rows carry groups (``data.group_field``): better
+        # overall must not hide a country it may lose by more than the margin.
+        groups = group_comparisons(old, new, seed=seed, samples=samples, name=incumbent_name)
+        by_group, group_note = group_judgement(groups, PROMOTION_MARGIN)
+        if groups:
+            details["groups"] = [json_safe(dataclasses.asdict(group)) for group in groups]
+        if by_group is None:
+            return details | {"summary": f"{record.name} vs {incumbent_name}: {line}, not worse by more than the margin {margin}{group_note}"}
+        problem = f"{record.name} may be worse than {served} on a group: {by_group}; overall"
     if returned:
         return details | {"summary": f"{back}: {problem}: {line}"}
     if not force:
@@ -434,6 +495,7 @@ def retrain(
     from tunelab.data.split import load_split
     from tunelab.evaluation.compare import compare_evaluations
     from tunelab.evaluation.evaluate import evaluate
+    from tunelab.evaluation.result import json_safe
     from tunelab.registry.store import Registry, RegistryError, default_registry_path
     from tunelab.runs import Run, is_run_folder
     from tunelab.tasks import pipeline
@@ -527,10 +589,19 @@ def retrain(
             f"{data_dir} already holds the data of a retrain named {challenger_name}",
             "choose another --name (the default name is stamped to the second: two retrains of one champion in one second share it)",
         ) from None
+    group_field, group_warnings = config.data.group_field, []
+    parts = {"train": list(old.train) + new_train, "validation": list(old.validation) + new_validation, "test": list(old.test) + recent}
+    ungrouped = sum(r.group is None for records in parts.values() for r in records)
+    if group_field is not None and ungrouped:
+        # Feedback from the request log and out-of-scope requests carry no group: a file row without one is an invalid
+        # record, so the challenger is read without groups, and judged overall only (said, never silently).
+        group_field = None
+        group_warnings.append(f"{ungrouped} records carry no {config.data.group_field} (feedback, out-of-scope requests): "
+                              "the challenger is not judged by group")
     files = {
-        "train": _write_jsonl(data_dir / "train.jsonl", list(old.train) + new_train),
-        "validation": _write_jsonl(data_dir / "validation.jsonl", list(old.validation) + new_validation) if old.validation or new_validation else None,
-        "test": _write_jsonl(data_dir / "test.jsonl", list(old.test) + recent),
+        "train": _write_jsonl(data_dir / "train.jsonl", parts["train"], group_field),
+        "validation": _write_jsonl(data_dir / "validation.jsonl", parts["validation"], group_field) if parts["validation"] else None,
+        "test": _write_jsonl(data_dir / "test.jsonl", parts["test"], group_field),
     }
     challenger_raw = config.model_dump(mode="json")
     challenger_raw["name"] = challenger_name
@@ -540,7 +611,7 @@ def retrain(
         text_field="text", label_field="label", limit=None, max_test_examples=None,
         # The champion's split already placed data.out_of_scope's requests in the validation and test files above;
         # read again, they would be shared out a second time (twice in the test set, some in validation and test).
-        out_of_scope=None,
+        out_of_scope=None, group_field=group_field,
     )
     if not files["validation"]:
         challenger_raw["data"]["validation_size"] = 0.0
@@ -577,12 +648,14 @@ def retrain(
 
     # 5. The decision.
     primary = overall.primary
-    decision, reasons = decide(overall, recent_cmp, margin)
+    groups = group_comparisons(champion_eval, challenger_eval, seed=boot_seed, samples=samples)
+    decision, reasons = decide(overall, recent_cmp, margin, groups)
     change = None
     if decision == PROMOTED and alias and promote:
         change, refused = promote_challenger(
             registry, alias, champion.id, outcome_run.registry_id, reason="retrain: " + reasons[0],
-            details={"champion": champion.id, "overall": overall.summary, "recent": recent_cmp.summary},
+            details={"champion": champion.id, "overall": overall.summary, "recent": recent_cmp.summary}
+            | ({"groups": [json_safe(dataclasses.asdict(group)) for group in groups]} if groups else {}),
         )
         if refused:
             decision, reasons = KEPT, [refused, f"against the champion {champion.name}: {reasons[0]}"]
@@ -593,7 +666,8 @@ def retrain(
         primary=primary, margin=margin, overall=overall.to_dict(), recent=recent_cmp.to_dict(),
         sizes={"old_train": len(old.train), "new_train": len(new_train), "new_validation": len(new_validation), "recent_test": len(recent), "test": len(split.test)},
         new_labels=new_labels, alias=alias, alias_change=change, dropped=dropped,
-        warnings=([f"new data: {describe_dropped(dropped, len(new))}"] if dropped else []) + list(overall.warnings),
+        warnings=([f"new data: {describe_dropped(dropped, len(new))}"] if dropped else []) + group_warnings + list(overall.warnings),
+        groups=[json_safe(dataclasses.asdict(group)) for group in groups],
     )
     atomic_write_text(context.run.retrain_outcome, json.dumps(outcome.as_dict(), indent=1, default=str))
     emit("decision", "done", {"decision": decision, "reasons": reasons})
