@@ -83,3 +83,17 @@ def served(talkative_model_dir, tmp_path_factory):
 def endpoint(served) -> EndpointConfig:
     url, name, _ = served
     return EndpointConfig(base_url=url, name=name, concurrency=4, timeout_s=60, max_retries=2)
+
+
+@pytest.fixture
+def cloud_provider(monkeypatch):
+    """The loopback fake provider for fine-tuning jobs, polled fast; it lists a job once it exists (unless its list_lag
+    says otherwise), so a resume need not wait a minute for it."""
+    from fake_provider import FakeProvider
+
+    monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
+    monkeypatch.setattr("tunelab.remote.finetune.LIST_LAG_S", 2.0)
+    fake = FakeProvider()
+    fake.url = fake.start()
+    yield fake
+    fake.stop()

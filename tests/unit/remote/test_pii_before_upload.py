@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_provider import FakeProvider
 
 from tunelab.config import parse_config
 from tunelab.errors import BudgetExceeded, DataError
@@ -18,13 +17,8 @@ CARD = "4242 4242 4242 4242"
 
 
 @pytest.fixture
-def provider(monkeypatch):
-    monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
-    monkeypatch.setattr("tunelab.remote.finetune.LIST_LAG_S", 2.0)
-    fake = FakeProvider()
-    fake.url = fake.start()
-    yield fake
-    fake.stop()
+def provider(cloud_provider):
+    return cloud_provider
 
 
 def _rows():

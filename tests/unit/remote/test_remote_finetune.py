@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from fake_provider import BASE_ANSWER, FakeProvider
+from fake_provider import BASE_ANSWER
 
 from tunelab.config import parse_config
 from tunelab.errors import DataError
@@ -24,15 +24,8 @@ TEXTS = {
 
 
 @pytest.fixture
-def provider(monkeypatch):
-    monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
-    # This provider lists a job once it exists (unless list_lag says otherwise): a resume need not wait a minute for it.
-    monkeypatch.setattr("tunelab.remote.finetune.LIST_LAG_S", 2.0)
-    fake = FakeProvider()
-    url = fake.start()
-    fake.url = url
-    yield fake
-    fake.stop()
+def provider(cloud_provider):
+    return cloud_provider
 
 
 def cloud_config(tmp_path, provider, model, *, copies=1, data=None, **train):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_provider import FakeProvider
 
 from tunelab.remote.finetune import CloudJob
 from tunelab.tasks.sweep import run_sweep
@@ -22,13 +21,8 @@ GRID = ["train.epochs=2"]
 
 
 @pytest.fixture
-def provider(monkeypatch):
-    monkeypatch.setenv("TUNELAB_CLOUD_POLL_S", "0.01")
-    monkeypatch.setattr("tunelab.remote.finetune.LIST_LAG_S", 2.0)
-    fake = FakeProvider()
-    fake.url = fake.start()
-    yield fake
-    fake.stop()
+def provider(cloud_provider):
+    return cloud_provider
 
 
 def _project(tmp_path, monkeypatch, provider, model) -> str:
