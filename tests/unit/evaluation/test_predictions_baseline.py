@@ -255,7 +255,9 @@ def test_a_missing_column_is_to_be_named_in_the_files_entry_not_with_the_datas_o
     with pytest.raises(DataError) as caught:
         _score("current", _eval_config(path))
     message = caught.value.message
-    assert "name them in the file's eval.baselines entry (text_field: request, label_field: routed_to)" in message, message
+    # From `tunelab eval` the entry is the --predictions-field option: both are named.
+    assert ("name them in the file's eval.baselines entry or with tunelab eval's --predictions-field NAME.FIELD=VALUE "
+            "(text_field: request, label_field: routed_to)") in message, message
     assert "--text-field" not in message and "data.text_field" not in message
     result = _score("current", _eval_config(path, text_field="request", label_field="routed_to"))
     assert result.n == len(TEST)
