@@ -186,6 +186,8 @@ def render_suspects(suspects: Any, max_suspects: int | None) -> None:
         f"out-of-fold {escape(suspects.model)} embeddings + logistic regression, {folds} folds. "
         "Candidates for a person to look at, not errors: the exit code does not change."
     )
+    if suspects.weak:
+        console.print(f"[yellow]{escape(suspects.weak)}[/yellow]")
 
 
 def _print_notes(notes: list[str]) -> None:

@@ -111,6 +111,49 @@ def _predictions_files(options: list[str]) -> dict[str, str]:
     return files
 
 
+def _predictions_entries(files: dict[str, str], options: list[str]) -> dict[str, dict[str, str]]:
+    """The ``eval.predictions`` entries of ``--predictions`` files with their ``--predictions-field NAME.FIELD=VALUE``s.
+
+    One option per field, keyed by the file's name, like the config's dotted ``KEY=VALUE`` overrides: with several
+    files each column is named for one of them, never guessed; NAME may be left out when there is one file.
+
+    Raises:
+        ConfigError: one line naming the option as given.
+    """
+    from pydantic import ValidationError
+
+    from tunelab.config import PredictionsConfig
+
+    entries: dict[str, dict[str, str]] = {name: {"path": path} for name, path in files.items()}
+    named = ", ".join(files) or "none"
+    for option in options:
+        said = f"--predictions-field {option}"
+        key, equals, value = option.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"{said}: give [NAME.]FIELD=VALUE", "e.g. --predictions-field current.text_field=request")
+        # Fields have no dots, names may (current.v2): the last dot splits them.
+        name, _, field = key.strip().rpartition(".")
+        if not name:
+            if len(files) != 1:
+                raise ConfigError(f"{said}: name the file ({named}): NAME.{key.strip()}={value}")
+            name = next(iter(files))
+        if name not in files:
+            raise ConfigError(f"{said}: no --predictions file is named {name} (named: {named})")
+        if field == "path" or field not in PredictionsConfig.model_fields:
+            fields = ", ".join(f for f in PredictionsConfig.model_fields if f != "path")
+            raise ConfigError(f"{said}: {field} is no field of a predictions file (fields: {fields})")
+        entries[name][field] = value
+    for name, entry in entries.items():
+        try:
+            PredictionsConfig(**entry)
+        except ValidationError as error:
+            item = error.errors()[0]
+            field = str(item["loc"][0]) if item["loc"] else ""
+            option = next((o for o in options if o.partition("=")[0].strip() in (f"{name}.{field}", field)), f"{name}.{field}")
+            raise ConfigError(f"--predictions-field {option}: {str(item['msg']).removeprefix('Value error, ')}") from None
+    return entries
+
+
 def evaluate_command(
     data: str = typer.Option(..., "--data", "-d", help="Test file (any format `tunelab data check` reads)."),
     task: str = typer.Option(..., "--task", "-t", help="text, sft or classify."),
@@ -151,6 +194,10 @@ def evaluate_command(
     predictions: list[str] = typer.Option(
         None, "--predictions", help="The current system's answers to the test requests, as a baseline: FILE (named after its "
         "stem) or NAME=FILE; classify: text + label (+ probability), sft: prompt + completion. Repeatable.",
+    ),
+    predictions_field: list[str] = typer.Option(
+        None, "--predictions-field", metavar="[NAME.]FIELD=VALUE", help="A column (or format) of the --predictions file NAME, e.g. "
+        "current.text_field=request, current.label_field=routed_to (NAME may be left out with one file). Repeatable.",
     ),
     few_shot_tokens: int = typer.Option(1024, "--few-shot-tokens", min=0, help="few_shot: token budget for the examples in the prompt."),
     samples: int = typer.Option(1000, "--samples", min=100, help="Bootstrap resamples of the comparison with the baselines."),
@@ -202,7 +249,7 @@ def evaluate_command(
     files = _predictions_files(predictions or [])
     eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       temperature=temperature, top_p=top_p, few_shot_tokens=few_shot_tokens, bootstrap_samples=samples, metric=metric,
-                                      predictions={name: {"path": path} for name, path in files.items()} or None)
+                                      predictions=_predictions_entries(files, predictions_field or []) or None)
     check_output_file(out)
     names = [*_baseline_names(baselines, task, train), *files]
     records = load_records(data, task, data_config)

@@ -107,7 +107,9 @@ def read_predictions(entry: PredictionsConfig, task: str, data: DataConfig) -> P
     from tunelab.data.read import read_records
 
     config = reading_config(entry, data)
-    read = read_records(entry.path, task, config, named_in="the file's eval.baselines entry")
+    # The file is named in a config entry or on tunelab eval's command line: a missing column's hint names both.
+    named_in = "the file's eval.baselines entry or with tunelab eval's --predictions-field NAME.FIELD=VALUE"
+    read = read_records(entry.path, task, config, named_in=named_in)
     probabilities, errors = _probabilities(entry, config) if task == "classify" else ({}, [])
     errors = [*read.errors, *errors]
     if errors:

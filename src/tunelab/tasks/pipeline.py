@@ -837,6 +837,14 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
     return context.baseline_evals
 
 
+def _record_validation_time(registry: Any, registry_id: str | None, result: dict[str, Any]) -> None:
+    """The validation passes' actual time, beside the estimate's "validation" (a result without it, or without a
+    validation set, records nothing: `tunelab show` keeps "-")."""
+    seconds = result.get("validation_seconds")
+    if registry_id is not None and isinstance(seconds, int | float):
+        registry.record_timing(registry_id, "validation", actual_s=seconds)
+
+
 def train_step(context: PipelineContext) -> dict[str, Any]:
     """5. Train (continuing from the last checkpoint when the run folder already has one)."""
     from tunelab.tasks import run_training
@@ -858,6 +866,7 @@ def train_step(context: PipelineContext) -> dict[str, Any]:
             record.value = result.as_dict()
         record.details = {"result": record.value}
         record.timing, record.seconds = "train", record.value["seconds"]
+        _record_validation_time(context.registry, context.registry_id, record.value)
     context.train_result = record.value
     return context.train_result
 
@@ -932,6 +941,7 @@ def train_registered(config: ResolvedConfig, split: Split, *, run_dir: str | Pat
         try:
             registry.update_run(registry_id, status="finished", artifacts={"run_dir": str(run.root.absolute()), "train": result.as_dict()})
             registry.record_timing(registry_id, "train", actual_s=result.seconds)
+            _record_validation_time(registry, registry_id, result.as_dict())
             state.finish("train", result.as_dict(), result.seconds)
         except Exception as error:  # the weights are saved; a full disk here is one line, and the row is settled on resume
             full = _disk_full_under(error, registry, run)

@@ -48,6 +48,7 @@ class LoopState:
     step: int = 0  # optimizer steps completed
     tokens: int = 0  # real (non-padding) tokens trained on, all processes
     train_seconds: float = 0.0
+    validation_seconds: float = 0.0  # the validation passes' own time (not in train_seconds); 0 in checkpoints before it was kept
     best_validation_loss: float | None = None
     best_validation_score: float | None = None  # e.g. accuracy, when the task selects by a score
     best_step: int | None = None
@@ -75,7 +76,7 @@ class LoopState:
         numbers = (int, float)
         if not isinstance(state.step, int) or isinstance(state.step, bool) or state.step < 0 or not isinstance(state.tokens, int):
             raise ValueError("'step' and 'tokens' must be counts")
-        for name in ("best_validation_loss", "best_validation_score", "top_validation_score", "last_loss"):
+        for name in ("best_validation_loss", "best_validation_score", "top_validation_score", "last_loss", "validation_seconds"):
             if getattr(state, name) is not None and not isinstance(getattr(state, name), numbers):
                 raise ValueError(f"'{name}' must be a number")
         if state.best_step is not None and not isinstance(state.best_step, int):

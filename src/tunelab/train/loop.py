@@ -79,6 +79,7 @@ class LoopResult:
     seconds: float
     stopped_early: bool
     best_validation_score: float | None = None
+    validation_seconds: float | None = None  # the validation passes' time (not in seconds); None without validation examples
     warnings: list[str] = field(default_factory=list)  # e.g. a damaged checkpoint passed over on resume
     module: Any = None  # the module accelerate prepared (under FSDP/DeepSpeed it holds the sharded weights)
 
@@ -362,7 +363,10 @@ def train_loop(
                     "threads": torch.get_num_threads(),
                 })
             if validate:
+                # Timed apart from the steps (train_seconds): `tunelab show` sets it beside the estimate's validation time.
+                validation_started = time.perf_counter()
                 validation, score, counted = validate_now()
+                state.validation_seconds += time.perf_counter() - validation_started
                 if validation is not None:
                     one_example = 1.0 / max(1, counted)
                     if improves(validation, score, state.best_validation_loss, state.top_validation_score, tolerance=one_example):
@@ -434,6 +438,7 @@ def train_loop(
         tokens_per_second=(state.tokens - start_tokens) / max(1e-9, trained_seconds),
         seconds=state.train_seconds,
         stopped_early=stopped_early,
+        validation_seconds=state.validation_seconds if validation_examples else None,
         warnings=warnings,
         module=module,
     )

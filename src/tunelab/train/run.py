@@ -51,6 +51,7 @@ class TrainResult:
     stopped_early: bool = False
     warnings: list[str] = field(default_factory=list)
     best_validation_score: float | None = None  # classify: the kept checkpoint's validation accuracy
+    validation_seconds: float | None = None  # the validation passes' time, apart from seconds (None: no validation set)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -382,6 +383,7 @@ def finish_run(session: Session, model: Any, loop: LoopResult) -> TrainResult:
         method=session.config.train.method,
         stopped_early=loop.stopped_early,
         best_validation_score=loop.best_validation_score,
+        validation_seconds=loop.validation_seconds,
         warnings=list(loop.warnings),
     )
 

@@ -58,6 +58,8 @@ def test_a_trained_run_is_registered_and_listed(cli, tiny_model_dir, tmp_path):
     record = Registry(registry_path).get_run(run.registry_id)
     assert record.name == "listed" and record.status == "finished" and record.task == "sft"
     assert record.run_dir == str(run.root) and record.artifacts["train"]["steps"] == 1
+    # Its validation passes' time is recorded as `tunelab run` records it (`tunelab show`'s time table).
+    assert record.timings["validation"]["actual_s"] > 0
     # The same command again is refused, and the finished run's row stays finished (it was marked failed with the
     # refusal as its error, the first run's result lost from `tunelab runs`).
     again = runner.invoke(cli, ["train", str(config), "train.max_steps=1", "train.batch_size=4", "--json"])

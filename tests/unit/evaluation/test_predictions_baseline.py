@@ -255,7 +255,46 @@ def test_a_missing_column_is_to_be_named_in_the_files_entry_not_with_the_datas_o
     with pytest.raises(DataError) as caught:
         _score("current", _eval_config(path))
     message = caught.value.message
-    assert "name them in the file's eval.baselines entry (text_field: request, label_field: routed_to)" in message, message
+    # From `tunelab eval` the entry is the --predictions-field option: both are named.
+    assert ("name them in the file's eval.baselines entry or with tunelab eval's --predictions-field NAME.FIELD=VALUE "
+            "(text_field: request, label_field: routed_to)") in message, message
     assert "--text-field" not in message and "data.text_field" not in message
     result = _score("current", _eval_config(path, text_field="request", label_field="routed_to"))
     assert result.n == len(TEST)
+
+
+def test_tunelab_eval_names_a_predictions_files_columns(tmp_path, tiny_model_dir):
+    # A CSV export with the columns request,routed_to could only be used from the config's entry, not from the CLI.
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    data = _write(tmp_path / "test.jsonl", [{"text": t, "label": label} for t, label in TEST])
+    export = tmp_path / "export.csv"
+    export.write_text("request,routed_to\n" + "".join(f"{text},billing\n" for text, _ in TEST))
+    _register_commands()
+    args = ["eval", "--data", str(data), "--task", "classify", "--model", str(tiny_model_dir), "--json", "--samples", "100"]
+    result = CliRunner().invoke(app, [*args, "--predictions", f"current={export}", "--predictions-field", "current.text_field=request",
+                                      "--predictions-field", "current.label_field=routed_to"])
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    assert json.loads(result.output)["baselines"]["current"]["accuracy"] == pytest.approx(3 / 7)
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    (["other.text_field=request"], "--predictions-field other.text_field=request: no --predictions file is named other (named: current, rules)"),
+    (["text_field=request"], "--predictions-field text_field=request: name the file (current, rules): NAME.text_field=request"),
+    (["current.colour=red"], "--predictions-field current.colour=red: colour is no field of a predictions file"),
+    (["current.text_field"], "--predictions-field current.text_field: give [NAME.]FIELD=VALUE"),
+    (["current.format=xls"], "--predictions-field current.format=xls: "),
+])
+def test_a_mistaken_predictions_field_is_one_line_naming_the_option(tmp_path, fields, said):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _register_commands, app
+
+    _register_commands()
+    args = ["eval", "--data", str(tmp_path / "test.jsonl"), "--task", "classify", "--predictions", "current=a.csv",
+            "--predictions", "rules=b.csv"]
+    result = CliRunner().invoke(app, [*args, *[part for field in fields for part in ("--predictions-field", field)]])
+    assert isinstance(result.exception, ConfigError), (result.output, repr(result.exception))
+    assert str(result.exception).startswith(said) and "\n" not in str(result.exception), str(result.exception)

@@ -128,9 +128,9 @@ def test_json_lists_the_suspects_and_the_exit_code_stays_0(tmp_path, default_emb
     result = _cli(["data", "check", str(path), "--task", "classify", "--no-tokens", "--suspect-labels", "--max-suspects", "2", "--json"])
     assert result.exit_code == 0, result.output
     suspects = json.loads(result.output)["suspect_labels"]
-    assert set(suspects) == {"records", "checked", "count", "share", "suspects", "left_out", "skipped", "model", "settings"}
+    assert set(suspects) == {"records", "checked", "count", "share", "suspects", "left_out", "skipped", "weak", "model", "settings"}
     assert suspects["records"] == suspects["checked"] == 72 and suspects["count"] >= 3 and len(suspects["suspects"]) == 2
-    assert suspects["share"] == pytest.approx(suspects["count"] / 72) and suspects["skipped"] is None
+    assert suspects["share"] == pytest.approx(suspects["count"] / 72) and suspects["skipped"] is None and suspects["weak"] is None
     first = suspects["suspects"][0]
     assert set(first) == {"source", "text", "given", "suggested", "p_given", "p_suggested", "margin"}
     assert first["source"].startswith(f"{path}:") and first["margin"] >= suspects["suspects"][1]["margin"]
@@ -161,3 +161,27 @@ def test_suspect_labels_is_refused_for_other_tasks_in_one_line(tmp_path):
     result = _cli(["data", "check", str(path), "--task", "sft", "--no-tokens", "--suspect-labels"])
     # cli/main prints a ConfigError as one line and exits 2
     assert isinstance(result.exception, ConfigError) and "--suspect-labels" in str(result.exception), repr(result.exception)
+
+
+def test_few_examples_per_label_are_said_to_give_weak_hints(tmp_path, monkeypatch):
+    # 13 records with 7 labels flagged 46 % of the rows with 2 folds: a classifier that saw one example of a label
+    # says little about a row of it. The list stays; a line and a JSON field say how weak it is. No embedding model
+    # is needed to show it: each text's features are random.
+    from tunelab.evaluation import suspects as S
+    from tunelab.models import embedding
+
+    monkeypatch.setattr(S, "load_embedder", lambda config, allow_network: (None, type("Source", (), {"display_name": "fake"})()))
+    monkeypatch.setattr(embedding, "embed_texts", lambda model, texts, progress=None: np.random.default_rng(0).normal(size=(len(texts), 8)))
+    labels = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f", "g"]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"request {i}", "label": label}) + "\n" for i, label in enumerate(labels)))
+    report = find_suspect_labels([ClassifyRecord(f"request {i}", label) for i, label in enumerate(labels)])
+    assert report.skipped is None and report.checked == 12
+    assert report.weak == "few examples per label (median 2, fewer than 5): treat these as weak hints"
+    shown = json.loads(_cli(["data", "check", str(path), "--task", "classify", "--no-tokens", "--suspect-labels", "--json"]).output)
+    assert shown["suspect_labels"]["weak"] == report.weak and shown["suspect_labels"]["count"] == len(report.suspects)
+    result = _cli(["data", "check", str(path), "--task", "classify", "--no-tokens", "--suspect-labels"])
+    assert result.exit_code == 0 and report.weak in " ".join(result.output.split()), result.output
+    assert "Suspect labels" in result.output
+    many = [label for label in "abc" for _ in range(5)]
+    assert find_suspect_labels([ClassifyRecord(f"request {i}", label) for i, label in enumerate(many)]).weak is None

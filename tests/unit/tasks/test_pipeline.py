@@ -72,6 +72,8 @@ def test_run_walks_every_step_and_registers(tmp_path, tiny_model_dir):
     assert record.tuned_metrics["accuracy"] == outcome.tuned_metrics["accuracy"]
     assert record.estimate["tokens"]["train_tokens"] > 0
     assert record.timings["train"]["actual_s"] > 0 and record.timings["train"]["estimated_s"] > 0
+    # The validation passes' own time, beside their estimate (`tunelab show` showed "-" for it).
+    assert record.timings["validation"]["actual_s"] > 0 and record.timings["validation"]["estimated_s"] > 0
     assert record.comparison["verdict"] == outcome.comparison.verdict
     with pytest.raises(ConfigError, match="already exists"):
         run_pipeline(_config(tmp_path, tiny_model_dir))
