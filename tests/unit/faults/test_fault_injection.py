@@ -100,7 +100,7 @@ def _outcome(project: Path) -> dict:
     """What must be bit-identical: the adapter and label head tensors, every metric, the training counters."""
     run = project / "runs" / NAME
     state = json.loads((run / "pipeline.json").read_text())
-    train = {k: v for k, v in state["steps"]["train"].items() if k not in ("seconds", "tokens_per_second", "run_dir")}
+    train = {k: v for k, v in state["steps"]["train"].items() if k not in ("seconds", "validation_seconds", "tokens_per_second", "run_dir")}
     metrics = [
         {k: v for k, v in json.loads(line).items() if k not in ("elapsed", "tokens_per_second")}
         for line in (run / "metrics.jsonl").read_text().splitlines()
