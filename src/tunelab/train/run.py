@@ -53,6 +53,9 @@ class TrainResult:
     best_validation_score: float | None = None  # classify: the kept checkpoint's validation accuracy
     validation_seconds: float | None = None  # the validation passes' time, apart from seconds (None: no validation set)
 
+    # Clock readings: a resumed run's differ from an uninterrupted one's, every other field is the same bit for bit.
+    CLOCK_FIELDS = ("seconds", "validation_seconds", "tokens_per_second")
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["run_dir"] = str(self.run_dir)

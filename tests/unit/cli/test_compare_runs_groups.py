@@ -4,6 +4,7 @@ not shown for runs judged on different test sets (their warning already says the
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tunelab.evaluation.compare import compare_with_baselines
@@ -12,12 +13,20 @@ from tunelab.registry import Registry
 from tunelab.registry.store import MAX_GROUPS_SIDE_BY_SIDE
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Wide enough that no cell wraps: each row of the table is one line to read. Set on the CLI's console itself: its
+    width is read from COLUMNS once, when the first test of a session imports it, so an env here may come too late."""
+    from tunelab.cli import common
+
+    monkeypatch.setattr(common.console, "_width", 250)
+
+
 def _cli(*args):
     from tunelab.cli.main import _register_commands, app
 
     _register_commands()
-    # Wide enough that no cell wraps: each row of the table is one line to read.
-    return CliRunner().invoke(app, [str(arg) for arg in args], env={"COLUMNS": "250"})
+    return CliRunner().invoke(app, [str(arg) for arg in args])
 
 
 def _classify(name, outcomes, groups, fingerprint):

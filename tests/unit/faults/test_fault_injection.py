@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from tunelab.faults import KILL_ENV, KILL_POINTS
 from tunelab.registry.store import Registry
+from tunelab.train.run import TrainResult
 
 WORDS = {"A": ["apple", "pear", "plum", "fruit"], "B": ["billing", "account", "card", "refund"]}
 SRC = Path(__file__).resolve().parents[3] / "src"
@@ -100,7 +101,7 @@ def _outcome(project: Path) -> dict:
     """What must be bit-identical: the adapter and label head tensors, every metric, the training counters."""
     run = project / "runs" / NAME
     state = json.loads((run / "pipeline.json").read_text())
-    train = {k: v for k, v in state["steps"]["train"].items() if k not in ("seconds", "validation_seconds", "tokens_per_second", "run_dir")}
+    train = {k: v for k, v in state["steps"]["train"].items() if k not in (*TrainResult.CLOCK_FIELDS, "run_dir")}
     metrics = [
         {k: v for k, v in json.loads(line).items() if k not in ("elapsed", "tokens_per_second")}
         for line in (run / "metrics.jsonl").read_text().splitlines()

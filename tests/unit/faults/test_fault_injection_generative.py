@@ -21,6 +21,7 @@ from tests.unit.faults.test_fault_injection import _tunelab
 
 from tunelab.faults import KILL_ENV
 from tunelab.registry.store import Registry
+from tunelab.train.run import TrainResult
 
 NAME = "victim"
 
@@ -68,7 +69,7 @@ def _write_project(folder: Path, model_dir: Path, task: str) -> Path:
 def _outcome(project: Path) -> dict:
     run = project / "runs" / NAME
     state = json.loads((run / "pipeline.json").read_text())
-    train = {k: v for k, v in state["steps"]["train"].items() if k not in ("seconds", "tokens_per_second", "run_dir")}
+    train = {k: v for k, v in state["steps"]["train"].items() if k not in (*TrainResult.CLOCK_FIELDS, "run_dir")}
     metrics = [
         {k: v for k, v in json.loads(line).items() if k not in ("elapsed", "tokens_per_second")}
         for line in (run / "metrics.jsonl").read_text().splitlines()
