@@ -56,7 +56,7 @@ def _threads_option(command: list[str]) -> list[str]:
 
 @pytest.fixture
 def sixteen_cores(monkeypatch):
-    """A machine of 16 physical cores without GPUs, and no OMP_NUM_THREADS of the user's (cpujob sets one)."""
+    """A machine of 16 physical cores without GPUs, and no OMP_NUM_THREADS of the user's (a job runner may set one)."""
     monkeypatch.setattr(launch_module, "cpu_state", lambda **_: CpuState(cpus=32, physical_cores=16), raising=False)
     monkeypatch.setattr(launch_module, "default_device", lambda: "cpu", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
