@@ -17,6 +17,7 @@ import codecs
 import csv
 import glob as globbing
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -1039,3 +1040,17 @@ def looked_for(path: str) -> str:
         f" (looked for {candidate.absolute()}, relative to the working folder {Path.cwd()}; a path written in a config "
         "file is tried first relative to the config file's folder)"
     )
+
+
+def content_hash(path: str) -> str:
+    """A SHA-256 over the names and bytes of every file ``path`` names (a folder's files in order): a changed file, a
+    changed key (a predictions baseline's cache, `tunelab predict`'s partial file)."""
+    digest = hashlib.sha256()
+    for found in resolve_files(path):
+        files = sorted(p for p in found.rglob("*") if p.is_file()) if found.is_dir() else [found]
+        for file in files:
+            digest.update(file.name.encode("utf-8") + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 - the handle of this iteration
+                    digest.update(block)
+    return digest.hexdigest()[:24]

@@ -8,14 +8,13 @@ training data holds for it. An answer is matched to a test record by the record'
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import DataConfig, PredictionsConfig
-from tunelab.data.formats import RecordError, iter_rows, resolve_files
+from tunelab.data.formats import RecordError, content_hash, iter_rows, resolve_files
 from tunelab.data.keys import input_key
 from tunelab.data.records import ClassifyRecord, Record, SFTRecord
 from tunelab.errors import DataError
@@ -50,19 +49,6 @@ def reading_config(entry: PredictionsConfig, data: DataConfig) -> DataConfig:
     # column (data.group_field) is the test records' own: an export of answers need not repeat it.
     update.update(format=entry.format, preset=None, limit=None, group_field=None)
     return data.model_copy(update=update)
-
-
-def content_hash(path: str) -> str:
-    """A SHA-256 over the bytes of every file ``path`` names (a folder's files in order): a changed file, a changed key."""
-    digest = hashlib.sha256()
-    for found in resolve_files(path):
-        files = sorted(p for p in found.rglob("*") if p.is_file()) if found.is_dir() else [found]
-        for file in files:
-            digest.update(file.name.encode("utf-8") + b"\0")
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 - the handle of this iteration
-                    digest.update(block)
-    return digest.hexdigest()[:24]
 
 
 def _answer(record: Record) -> str:

@@ -952,7 +952,8 @@ def baseline_settings(
         settings.update(SCORERS[name].cache_settings(config))
     predictions = config.predictions_of(name)
     if predictions is not None:
-        from tunelab.data.predictions import content_hash, reading_config
+        from tunelab.data.formats import content_hash
+        from tunelab.data.predictions import reading_config
 
         # The file's content, not its name or time: an edited file is scored again, a copied one is not; and the columns
         # it is read from (the run's own data.*_field where the entry names none).

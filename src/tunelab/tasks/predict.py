@@ -20,7 +20,6 @@ then only the N the model is least sure of are written, by the margin between it
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig
+from tunelab.data.formats import content_hash
 from tunelab.errors import ConfigError, DataError
 from tunelab.faults import kill_point
 from tunelab.paths import atomic_write_bytes
@@ -120,19 +120,6 @@ def model_task(source: Any) -> tuple[str, str]:
         raise ConfigError(f"{source.location} is a {run.task} run: it continues text and answers no requests",
                           f"`tunelab generate --model {source.location} TEXT` continues one text")
     return run.task, f"run:{run.registry_id or source.location}"
-
-
-def input_hash(path: str) -> str:
-    """The sha256 of every file ``path`` names (their names and bytes, in the order they are read)."""
-    from tunelab.data.formats import resolve_files
-
-    digest = hashlib.sha256()
-    for file in resolve_files(path):
-        digest.update(file.name.encode("utf-8") + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def read_inputs(path: str, task: str, data: DataConfig) -> tuple[list[Any], list[Any]]:
@@ -292,7 +279,7 @@ def predict_file(
                           f"{model} answers as an sft model, with no margin", "answer them without --label-next")
     inputs, skipped = read_inputs(path, task, data)
     fields = {name: getattr(data, name) for name in ("text_field", "prompt_field", "messages_field", "format")}
-    job = {"format": PARTIAL_FORMAT, "model": identity, "input": input_hash(path),
+    job = {"format": PARTIAL_FORMAT, "model": identity, "input": content_hash(path),
            "options": {"task": task, "fields": fields, "skip_invalid": data.skip_invalid, "batch_size": batch_size, "out": kind}}
     partial = partial_path(out)
     done, started_over = _read_partial(partial, job)
