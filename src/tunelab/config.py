@@ -261,7 +261,7 @@ class DataConfig(_Section):
         description="sft, classify: column naming each record's group (a country, a product, a channel). The evaluation "
         "then gives the primary metric per group against the strongest baseline, with its paired bootstrap interval, and "
         "the verdict names each group where the tuned model is significantly worse. A row without it is an invalid record. "
-        "It does not change the split.",
+        "The held-out split gives each group its share of test and validation (as each label's, for classify).",
     )
     system_prompt: str | None = Field(None, description="System message put before every sft/classify prompt.")
     max_length: int = Field(512, ge=8, description="Longest training sequence in tokens; longer ones are truncated.")

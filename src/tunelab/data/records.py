@@ -3,7 +3,8 @@
 Each record carries ``source`` (``file:line``, for messages a person can act on) and ``id``, a stable
 content hash used by the split so the same test set is used before and after training. An sft or classify
 record may carry ``group`` (``data.group_field``: a country, a product, a channel), which evaluation reports
-each metric by; it never joins the id, so naming a group column changes no split.
+each metric by and the split stratifies by (``data.split``); it never joins the id, so a record is the same record
+with or without a group column.
 """
 
 from __future__ import annotations

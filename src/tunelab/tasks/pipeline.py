@@ -34,6 +34,7 @@ type or a missing file never leaves a half-registered run.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -675,6 +676,9 @@ def too_few_group_examples(config: RunConfig, split: Split) -> list[str]:
     too few for its own verdict (``evaluation.compare.MIN_TEST_EXAMPLES``: its row will say "too few"), with how many it
     has, in one line; empty when there is none, or when the whole test split is too small (``too_few_test_examples``
     says so, and then of every group). Counted on the examples the evaluation scores: after ``data.max_test_examples``.
+
+    A held-out test set gives each group its share (``data.split``), so a group falls short only when its data is too
+    small: the line then says how many records it has, and how many a group needs at ``data.test_size``.
     """
     from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
 
@@ -688,17 +692,39 @@ def too_few_group_examples(config: RunConfig, split: Split) -> list[str]:
 
         scored = select_test_records(scored, limit, config.data.seed)
     counts = Counter(record.group for record in scored if getattr(record, "group", None) is not None)
+    capped = limit is not None and len(split.test) > limit
+    held_out = split.test_from == "held out" and not capped
+    if held_out:
+        # Every group of the data, one the split left wholly in train too (0 test examples: it gets no row at all).
+        held = Counter(record.group for side in (split.train, split.validation, split.test) for record in side
+                       if getattr(record, "group", None) is not None)
+        counts = Counter({group: counts[group] for group in held})
     small = sorted(((group, n) for group, n in counts.items() if n < MIN_TEST_EXAMPLES), key=lambda kv: (kv[1], kv[0]))
     if not small:
         return []
     listed = ", ".join(f"'{group}' {n}" for group, n in small)
-    # As for the whole split: when the cap is what makes a group small, more data would change nothing.
-    fix = ("raise data.max_test_examples" if limit is not None and len(split.test) > limit
-           else "give those groups more data, raise data.test_size, or give data.test (a rare group its own test file)")
+    if capped:
+        # As for the whole split: when the cap is what makes a group small, more data would change nothing.
+        fix = "raise data.max_test_examples"
+    elif not held_out:
+        # The test file is what each group is tested on: the training data's size changes nothing.
+        fix = f"give those groups at least {MIN_TEST_EXAMPLES} rows each in data.test ({split.test_from})"
+    else:
+        listed = ", ".join(f"'{group}' {_counted(n, 'test example')} of its {_counted(held[group], 'record')}" for group, n in small)
+        fix = "give those groups more data, raise data.test_size, or give data.test (a rare group its own test file)"
+        if split.test_size > 0:  # 0 holds out no test set (its only test records are out-of-scope ones)
+            # The split gives each group its share of the test set (data.split): a short group has too few records.
+            needed = math.ceil(MIN_TEST_EXAMPLES / split.test_size)
+            fix = f"at data.test_size {split.test_size:g} a group needs at least {needed} records for {MIN_TEST_EXAMPLES} test examples: {fix}"
+    missing = " (a group with none gets no row)" if small[0][1] == 0 else ""
     return [
         f"{len(small)} of {len(counts)} group(s) ({config.data.group_field}) will have fewer than {MIN_TEST_EXAMPLES} test "
-        f"examples, so their verdict by group will say 'too few': {listed}; {fix}"
+        f"examples, so their verdict by group will say 'too few'{missing}: {listed}; {fix}"
     ]
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def estimate_step(context: PipelineContext) -> dict[str, Any]:
