@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunelab.cli.common import console, human_bytes, print_group_lines, print_json, verdict_rich_table
+from tunelab.cli.common import console, print_group_lines, print_json, verdict_rich_table
 from tunelab.config import Task
+from tunelab.paths import human_bytes
 from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord, default_registry_path
 
 REGISTRY_OPTION = typer.Option(None, "--registry", help="The registry file (default: runs/registry.db).")
