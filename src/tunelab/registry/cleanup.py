@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tunelab.faults import kill_point
 from tunelab.paths import RunFolderInUse, lock_run_folder, run_folder_holder, unlock_run_folder
 from tunelab.registry.store import Registry, RegistryError, RunRecord
 
@@ -117,7 +118,10 @@ class Dependant:
 def _same_folder(value: Any, folder: str) -> bool:
     if not isinstance(value, str) or not value or value == "default":
         return False
-    return os.path.normpath(os.path.abspath(os.path.expanduser(value))) == os.path.normpath(os.path.abspath(folder))
+    value = os.path.expanduser(value)
+    # As written (both absolute: the pipeline stores them so), and through links (a folder named by another path).
+    return (os.path.normpath(os.path.abspath(value)) == os.path.normpath(os.path.abspath(folder))
+            or os.path.realpath(value) == os.path.realpath(folder))
 
 
 def dependants(record: RunRecord, others: Sequence[RunRecord]) -> list[Dependant]:
@@ -303,11 +307,13 @@ def delete_runs(registry: Registry, plan: DeletionPlan) -> DeletionResult:
                 os.replace(folder, trash)
             finally:
                 unlock_run_folder(folder)
+        kill_point("delete.folder-moved")
         if not registry.remove_run_row(record.id):
             if trash is not None and folder is not None:
                 os.replace(trash, folder)  # an alias moved onto it meanwhile: it stays as it was
             result.refused.append(RunDeletion(**{**item.as_dict(), "reason": "an alias was pointed at it meanwhile"}))
             continue
+        kill_point("delete.row-removed")
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         result.deleted.append(item)

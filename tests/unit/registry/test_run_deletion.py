@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -197,3 +198,30 @@ def test_a_folder_that_holds_the_registry_is_never_deleted(registry, runs):
     registry.create_run(name="odd", status="failed", run_dir=str(runs.absolute()))
     plan = plan_deletion(registry, ["odd"], force=True)
     assert plan.deletions == [] and "registry" in plan.refusals[0].reason
+
+
+@pytest.mark.parametrize("point", ["delete.folder-moved", "delete.row-removed"])
+def test_a_delete_killed_midway_leaves_a_state_the_next_commands_read_and_finish(registry, runs, point):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import main as cli_main
+
+    folder = make_run(registry, runs, "victim", status="failed")
+    make_run(registry, runs, "bystander", status="failed")
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TUNELAB_KILL_AT": point}
+    killed = subprocess.run([sys.executable, "-m", "tunelab", "delete", "victim", "--yes", "--registry", str(runs / "registry.db")],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert not folder.exists()  # moved aside in both cases
+    if not cli_main.app.registered_commands:
+        cli_main._register_commands()
+    listed = CliRunner().invoke(cli_main.app, ["runs", "--registry", str(runs / "registry.db"), "--json"])
+    assert listed.exit_code == 0, listed.output
+    sizes = {run["name"]: run["bytes"] for run in json.loads(listed.output)}
+    assert sizes == ({"victim": None, "bystander": 2_100} if point == "delete.folder-moved" else {"bystander": 2_100})
+    # The next delete finishes the killed one: of that run again, or of any run in the same folder.
+    plan = plan_deletion(registry, ["victim"] if point == "delete.folder-moved" else ["bystander"])
+    # (the moved folder also holds the lock file the killed delete took: a few bytes more)
+    assert plan.refusals == [] and plan.bytes >= (2_100 if point == "delete.folder-moved" else 2 * 2_100)
+    delete_runs(registry, plan)
+    assert not list(runs.glob(".victim*")) and "victim" not in [record.name for record in registry.list_runs()]
