@@ -41,6 +41,9 @@ KILL_POINTS = (
     "predict.batch-written",  # a batch of `tunelab predict`'s answers is in its partial file, the next not yet answered
     # registry/store.py
     "registry.before-commit",  # inside a write transaction, before COMMIT
+    # registry/cleanup.py (`tunelab delete`)
+    "delete.folder-moved",  # a run's folder is moved aside, its row not yet removed
+    "delete.row-removed",  # the row is removed, the moved folder not yet
 )
 
 _reached: dict[str, int] = {}

@@ -304,6 +304,15 @@ class DiskFullError(TunelabError):
     """A write failed because its file system is full (nothing half-written is left)."""
 
 
+def human_bytes(size: float) -> str:
+    """A size as a person reads it (decimal units, as disks are sold): ``1.5 KB``, ``3.5 MB``."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
 def _free_bytes(path: Path) -> int | None:
     for candidate in (Path(path), *Path(path).parents):
         try:

@@ -239,14 +239,6 @@ def print_json(data: Any, *, line: bool = False) -> None:
         print(json.dumps(data, indent=2, default=str))
 
 
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
 def _clock(seconds: float | None) -> str:
     return "-" if seconds is None else time.strftime("%H:%M:%S", time.gmtime(max(0.0, seconds)))
 

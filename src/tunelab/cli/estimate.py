@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, human_bytes, print_json, progress_display
+from tunelab.cli.common import console, print_json, progress_display
 from tunelab.estimate.plan import duration, money, steps_text
+from tunelab.paths import human_bytes
 
 
 def _flops(value: float) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from tunelab.cli.common import console, human_bytes, print_json
+from tunelab.cli.common import console, print_json
+from tunelab.paths import human_bytes
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tunelab.cli.common import console, print_group_lines, print_json, verdict_rich_table
 from tunelab.config import Task
+from tunelab.paths import human_bytes
 from tunelab.registry import STATUSES, Registry, RegistryError, RunRecord, default_registry_path
 
 REGISTRY_OPTION = typer.Option(None, "--registry", help="The registry file (default: runs/registry.db).")
@@ -56,6 +57,10 @@ def _key_metric(run: RunRecord) -> str:
     return f"{name} {shown} → {_number(after)}"
 
 
+def _size(size: int | None) -> str:
+    return "-" if size is None else human_bytes(size)
+
+
 def runs(
     task: str | None = typer.Option(None, "--task", help="Only runs of this task."),
     status: str | None = typer.Option(None, "--status", help=f"Only runs with this status ({', '.join(STATUSES)})."),
@@ -63,7 +68,9 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     registry_path: Path | None = REGISTRY_OPTION,
 ) -> None:
-    """List recorded runs, newest first: task, model, status, key metric before → after, verdict."""
+    """List recorded runs, newest first: task, model, status, disk size, key metric before → after, verdict."""
+    from tunelab.registry.cleanup import run_bytes
+
     if status is not None and status not in STATUSES:
         raise RegistryError(f"unknown status '{status}'", f"use one of {', '.join(STATUSES)}")
     tasks = typing.get_args(Task)
@@ -74,8 +81,9 @@ def runs(
     registry = Registry(registry_path) if registry_path.is_file() else None
     records = registry.list_runs(task=task, status=status, limit=limit) if registry is not None else []
     served = registry.aliases_by_run() if registry is not None else {}
+    sizes = {record.id: run_bytes(record) for record in records}  # None: the folder is gone
     if as_json:
-        print_json([{**record.as_dict(), "aliases": served.get(record.id, [])} for record in records])
+        print_json([{**record.as_dict(), "aliases": served.get(record.id, []), "bytes": sizes[record.id]} for record in records])
         return
     if not records:
         console.print(f"no runs recorded in {registry_path}")
@@ -83,7 +91,7 @@ def runs(
     table = Table(title=f"Runs in {registry_path}")
     # Which run is live: a column only where some alias serves a listed run (else a column of dashes).
     alias_column = any(record.id in served for record in records)
-    for column in ("name", "task", "model", "status", *(["served as"] if alias_column else []), "key metric", "verdict", "created"):
+    for column in ("name", "task", "model", "status", "size", *(["served as"] if alias_column else []), "key metric", "verdict", "created"):
         # A name or model too long for its column folds onto more lines rather than ending in "…" (80 columns,
         # or piped): the name is what `tunelab show` takes.
         table.add_column(column, overflow="fold" if column in ("name", "model") else "ellipsis")
@@ -93,6 +101,7 @@ def runs(
             record.task or "-",
             record.model or "-",
             record.status,
+            _size(sizes[record.id]),
             *([", ".join(served.get(record.id, [])) or "-"] if alias_column else []),
             _key_metric(record),
             record.verdict or "-",
@@ -157,18 +166,24 @@ def show(
 ) -> None:
     """Show everything recorded about one run: verdict, metrics against every baseline, training, time, estimate, config."""
     from tunelab.estimate.summary import estimate_summary
+    from tunelab.registry.cleanup import disk_use
 
     registry = open_registry(registry_path)
     record = registry.get_run(run)
     aliases = registry.aliases_by_run().get(record.id, [])
+    use = disk_use(record.run_dir) if record.run_dir else None
+    size = use.bytes if use is not None else None
     if as_json:
-        print_json({**record.as_dict(), "aliases": aliases})
+        print_json({**record.as_dict(), "aliases": aliases, "bytes": size, "parts": dict(use.parts) if use is not None else {}})
         return
     fields = [field for field in ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint",
                                   "split_fingerprint", "error") if getattr(record, field) is not None]
     rows = [(field.replace("_", " "), str(getattr(record, field))) for field in fields]
     # Which alias serves it (servers following `alias:NAME` answer with this run): a user with many runs sees the live one.
     rows.insert(2, ("served as", ", ".join(aliases) or f"no alias (`tunelab promote ALIAS {record.name}` serves it)"))
+    # What a clean-up would free, and where it sits (checkpoints, exports): `tunelab delete RUN` removes it.
+    biggest = ", ".join(f"{name} {human_bytes(part)}" for name, part in (use.parts if use is not None else [])[:4])
+    rows.insert(3, ("size", "- (its folder is gone)" if size is None else f"{human_bytes(size)}" + (f" ({biggest})" if biggest else "")))
     artifacts = dict(record.artifacts or {})
     train = artifacts.pop("train", None)
     baselines = artifacts.pop("baselines", None)
@@ -303,7 +318,70 @@ def compare(
         console.print("the configs are identical")
 
 
+def _deletion_line(item: Any, verb: str) -> str:
+    note = f"; {item.note}" if item.note else ""
+    return f"{verb} {escape(item.name)} ({item.status}, {_size(item.bytes)}{escape(note)})"
+
+
+def delete(
+    runs: list[str] = typer.Argument(None, help="Run names, ids or folders (or choose them with --status / --older-than)."),
+    status: str | None = typer.Option(None, "--status", help=f"Every run with this status ({', '.join(STATUSES)}), e.g. failed."),
+    older_than: str | None = typer.Option(None, "--older-than", help="Every run created more than this long ago (30d, 12h, 2w)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted and refused, and the bytes freed."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Also delete a distillation's teacher run (the student keeps its answers)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (needs --dry-run or --yes)."),
+    registry_path: Path | None = REGISTRY_OPTION,
+) -> None:
+    """Delete runs: their folders (adapters, checkpoints, exports) and their registry rows, after listing what goes.
+    Refused: a run an alias serves, a run a process is working in, a run another run was trained on."""
+    from tunelab.config import parse_duration
+    from tunelab.registry.cleanup import delete_runs, plan_deletion
+
+    if status is not None and status not in STATUSES:
+        raise RegistryError(f"unknown status '{status}'", f"use one of {', '.join(STATUSES)}")
+    if as_json and not (dry_run or yes):
+        raise RegistryError("--json cannot ask for confirmation", "add --dry-run to see the plan, or --yes to delete")
+    seconds = parse_duration(older_than, "--older-than") if older_than is not None else None
+    registry = open_registry(registry_path)
+    plan = plan_deletion(registry, runs or [], status=status, older_than=seconds, force=force)
+    # Refusals of runs named one by one fail the command; a filter's matches that are refused (the served run is old
+    # too) are only listed, so a scheduled `--older-than 30d --yes` does not fail every time.
+    failed = bool(plan.refusals) and bool(runs)
+    if as_json and dry_run:
+        print_json(plan.as_dict())
+        raise typer.Exit(1 if failed else 0)
+    if not as_json:
+        for item in plan.deletions if dry_run or not yes else []:  # with --yes, what was deleted is said once, after
+            console.print(_deletion_line(item, "would delete"), soft_wrap=True)
+        for path in plan.leftovers if dry_run or not yes else []:
+            console.print(f"would remove {escape(str(path))} (left by a delete that was stopped midway)")
+        for item in plan.refusals:
+            console.print(f"[yellow]refused {escape(item.name)}:[/yellow] {escape(item.reason or '')}", soft_wrap=True)
+    if not plan.deletions and not plan.leftovers:
+        if not as_json:
+            console.print("nothing to delete")
+        raise typer.Exit(1 if failed else 0)
+    if dry_run:
+        console.print(f"would free {human_bytes(plan.bytes)}; run again without --dry-run to delete")
+        raise typer.Exit(1 if failed else 0)
+    if not yes:
+        count = f"{len(plan.deletions)} run" + ("s" if len(plan.deletions) != 1 else "")
+        typer.confirm(f"Delete {count}, freeing {human_bytes(plan.bytes)}?", abort=True)
+    result = delete_runs(registry, plan)
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        for item in result.deleted:
+            console.print(_deletion_line(item, "deleted"), soft_wrap=True)
+        for item in result.refused:
+            console.print(f"[yellow]refused {escape(item.name)}:[/yellow] {escape(item.reason or '')}", soft_wrap=True)
+        console.print(f"freed {human_bytes(result.bytes)}")
+    raise typer.Exit(1 if failed or result.refused else 0)
+
+
 def register(app: typer.Typer) -> None:
     app.command("runs")(runs)
     app.command("show")(show)
     app.command("compare")(compare)
+    app.command("delete")(delete)

@@ -579,6 +579,18 @@ class Registry:
         with self._write() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
+    def remove_run_row(self, run_id: str) -> bool:
+        """Remove run ``run_id``'s row and its reviews in one transaction, unless an alias points at it (False then).
+
+        For ``registry.cleanup.delete_runs``, which deals with the folder; the alias history keeps the id (a tombstone).
+        """
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM aliases WHERE run_id = ?", (run_id,)).fetchone() is not None:
+                return False
+            db.execute("DELETE FROM reviews WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        return True
+
     def compare_runs(self, runs: list[str]) -> RunComparison:
         """Baseline and tuned metrics side by side, and the config keys (dotted) whose values differ.
 
@@ -792,6 +804,12 @@ class Registry:
                 chain.pop()
         if len(chain) < 2:
             raise RegistryError(f"alias '{name}' has no earlier run to roll back to", "`tunelab promote NAME RUN` sets one explicitly")
+        with self._connect() as db:
+            gone = db.execute("SELECT 1 FROM runs WHERE id = ?", (chain[-2],)).fetchone() is None
+        if gone:
+            # Its id stays in the history (`tunelab delete` keeps it there so the history still reads).
+            raise RegistryError(f"alias '{name}' served run {chain[-2]} before, which was deleted: nothing to roll back to",
+                                f"`tunelab promote {name} RUN` points it at another run")
         return chain[-2]
 
     # -- helpers ------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def create_app(settings: UISettings):
     from tunelab.evaluation.report import CONFUSION_SCRIPT, CONFUSION_STYLE, confusion_html
 
     templates.globals.update(
-        number=views.number, signed=views.signed, verdict_kind=views.verdict_kind, outcome_kind=views.outcome_kind, duration=duration, money=money, confusion_html=confusion_html,
+        number=views.number, signed=views.signed, size=views.size, verdict_kind=views.verdict_kind, outcome_kind=views.outcome_kind, duration=duration, money=money, confusion_html=confusion_html,
         confusion_script=CONFUSION_SCRIPT, confusion_style=CONFUSION_STYLE,
     )
 

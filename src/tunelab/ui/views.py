@@ -17,7 +17,9 @@ from typing import Any
 
 from tunelab.errors import DataError, ModelError
 from tunelab.estimate.summary import cheapest, estimate_summary
+from tunelab.paths import human_bytes
 from tunelab.registry import Registry, RegistryError, RunRecord, metric_values
+from tunelab.registry.cleanup import run_bytes
 from tunelab.runs import RunFolder, bootstrap_settings
 
 EXAMPLES_SHOWN = 20
@@ -52,6 +54,11 @@ def number(value: Any, digits: int = 4) -> str:
             return "n/a"
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def size(value: int | None) -> str:
+    """A run folder's size (``RunRow.size``), "-" when the folder is gone."""
+    return "-" if value is None else human_bytes(value)
 
 
 def signed(value: Any) -> str:
@@ -91,6 +98,7 @@ class RunRow:
     seconds: float | None
     estimated_seconds: float | None
     created: str
+    size: int | None = None  # the run folder's bytes; None when it is gone (`tunelab delete` frees it)
 
     @property
     def interval(self) -> str:
@@ -156,6 +164,7 @@ def run_row(record: RunRecord) -> RunRow:
         verdict=record.verdict or "-", verdict_kind=verdict_kind(record.verdict), baselines=baselines,
         cost_usd=usd, cost_where=where, seconds=sum(actual) if actual else None,
         estimated_seconds=sum(estimated) if estimated else None, created=record.created_at[:19].replace("T", " "),
+        size=run_bytes(record),
     )
 
 

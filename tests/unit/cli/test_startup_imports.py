@@ -56,6 +56,7 @@ def workspace(tmp_path_factory):
         ["runs", "--registry", "registry.db"],
         ["show", "a", "--registry", "registry.db"],
         ["compare", "a", "b", "--registry", "registry.db"],
+        ["delete", "a", "--dry-run", "--registry", "registry.db"],
         ["data", "check", "train.jsonl", "--task", "classify", "--no-tokens"],
         ["ui", "--help"],
     ],

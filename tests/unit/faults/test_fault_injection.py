@@ -51,8 +51,9 @@ CASES = [
 
 def test_every_kill_point_is_exercised():
     # Killed elsewhere: an sft run (test_fault_injection_generative.py; a classify run generates no answers), an export
-    # (test_export_killed.py), `tunelab predict` (test_predict_file.py).
-    elsewhere = {"generate.batch-answered", "atomic-write.before-rename", "export.modelfile-written", "predict.batch-written"}
+    # (test_export_killed.py), `tunelab predict` (test_predict_file.py), `tunelab delete` (test_run_deletion.py).
+    elsewhere = {"generate.batch-answered", "atomic-write.before-rename", "export.modelfile-written", "predict.batch-written",
+                 "delete.folder-moved", "delete.row-removed"}
     assert {point for point, _ in CASES} == set(KILL_POINTS) - elsewhere
 
 

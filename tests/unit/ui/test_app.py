@@ -666,3 +666,18 @@ def test_the_estimate_of_a_provider_trained_config_is_its_price_not_timed_steps_
     assert lines["training tokens billed"] == f"{body['estimate']['training_tokens']:,}" and lines["price"].startswith("$")
     assert lines["budget"].startswith("over: ") and "budget.max_usd" in lines["budget"], lines
     assert not any("time on this machine" in what or "cheapest" in what for what in lines), lines
+
+
+def test_the_runs_page_has_each_run_folders_size(made_run):
+    from pathlib import Path
+
+    from tunelab.paths import human_bytes
+    from tunelab.registry.cleanup import folder_bytes
+    from tunelab.ui.views import run_row
+
+    registry, record, _ = made_run
+    size = folder_bytes(Path(record.run_dir))
+    assert size and run_row(registry.get_run(record.id)).size == size
+    with _client(registry) as client:
+        page = client.get("/").text
+    assert f'<td data-value="{size}">{human_bytes(size)}</td>' in page
