@@ -161,6 +161,8 @@ PLAN: dict[str, Run | Skip] = {
     "tunelab show RUN [--json]": Skip(SYNOPSIS),
     "tunelab compare RUN RUN ... [--json]": Skip(SYNOPSIS),
     "tunelab compare base.json tuned.json": Skip(SYNOPSIS),
+    "tunelab delete RUN [RUN ...] [--dry-run] [--yes] [--force]": Skip(SYNOPSIS),
+    "tunelab delete --status failed [--older-than 30d] --dry-run": Skip(SYNOPSIS),
     # The web UI
     "tunelab ui": Run(serves=7860),
     "tunelab ui --registry runs/registry.db --port 8000": Run(serves=8000),

@@ -18,7 +18,7 @@ TEXT = README.read_text(encoding="utf-8")
 # What a line of prose never starts with, and a command or code line does.
 CODE_LINE = re.compile(
     r"^(tunelab (run|sweep|serve|train|eval|export|data|estimate|runs|show|compare|ui|review|distill|monitor|retrain|promote"
-    r"|feedback|generate|predict|models|config|env|report|aliases|rollback)\b|vllm serve|python |pip install|from tunelab|import \w|curl |ollama |make \w)"
+    r"|feedback|generate|predict|delete|models|config|env|report|aliases|rollback)\b|vllm serve|python |pip install|from tunelab|import \w|curl |ollama |make \w)"
 )
 
 

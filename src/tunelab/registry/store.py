@@ -570,22 +570,21 @@ class Registry:
         return [self._settle(record) for record in records]
 
     def delete_run(self, run: str) -> None:
-        """Remove a run's row (its folder on disk is left alone).
+        """Remove a run's row and its reviews, even one an alias points at (its folder on disk is left alone);
+        ``tunelab delete`` goes through ``registry.cleanup``, which refuses a served run and removes the folder.
 
         Raises:
             RegistryError: when the run does not exist.
         """
-        run_id = self.get_run(run).id
-        with self._write() as db:
-            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        self.remove_run_row(self.get_run(run).id, even_if_served=True)
 
-    def remove_run_row(self, run_id: str) -> bool:
+    def remove_run_row(self, run_id: str, *, even_if_served: bool = False) -> bool:
         """Remove run ``run_id``'s row and its reviews in one transaction, unless an alias points at it (False then).
 
         For ``registry.cleanup.delete_runs``, which deals with the folder; the alias history keeps the id (a tombstone).
         """
         with self._write() as db:
-            if db.execute("SELECT 1 FROM aliases WHERE run_id = ?", (run_id,)).fetchone() is not None:
+            if not even_if_served and db.execute("SELECT 1 FROM aliases WHERE run_id = ?", (run_id,)).fetchone() is not None:
                 return False
             db.execute("DELETE FROM reviews WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
