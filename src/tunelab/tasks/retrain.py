@@ -151,6 +151,15 @@ def _per_label_split(records: list[Any], share: float, seed: int) -> tuple[list[
     return train, test
 
 
+def split_new(fresh: list[Any], *, recent_share: float, validation_size: float, seed: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """(new train, new validation, recent test slice) of the new records ``fresh`` (step 2 of the module docstring)."""
+    new_train, recent = _per_label_split(fresh, recent_share, seed)
+    # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
+    # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
+    new_train, new_validation = _per_label_split(new_train, max(validation_size, 0.1), seed + 1)
+    return new_train, new_validation, recent
+
+
 def _write_jsonl(path: Path, records: list[Any], group_field: str | None = None) -> str:
     # The group column under the champion's data.group_field: read back by the challenger's config, which names it.
     def row(r: Any) -> dict[str, Any]:
@@ -553,10 +562,7 @@ def retrain(
             f"no new labelled records to retrain on: {describe_dropped(dropped, len(new))}",
             "pass --data FILE with other texts, or a --log-db with labelled feedback on new requests",
         )
-    new_train, recent = _per_label_split(fresh, recent_share, seed)
-    # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
-    # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
-    new_train, new_validation = _per_label_split(new_train, max(config.data.validation_size, 0.1), seed + 1)
+    new_train, new_validation, recent = split_new(fresh, recent_share=recent_share, validation_size=config.data.validation_size, seed=seed)
     outside = config.data.out_of_scope_label
     if outside is not None:
         # Confirmed out-of-scope requests are never trained on: in the training file the split step would share them
