@@ -297,7 +297,32 @@ def split_records(
             f"{total} record(s) are too few to hold out {wanted_test} for test and {wanted_validation} for validation",
             "add data, lower data.test_size / data.validation_size, or give a test file (data.test)",
         )
-    side = ["train"] * total
+    side, order, hidden = _sides(records, task, seed, wanted_test, wanted_validation)
+    train = [r for r, s in zip(records, side, strict=True) if s == "train"]
+    validation = list(validation_records) if validation_records is not None else [r for r, s in zip(records, side, strict=True) if s == "validation"]
+    test = list(test_records) if test_records is not None else [r for r, s in zip(records, side, strict=True) if s == "test"]
+    out_test, out_validation = _share_out_of_scope(outside, task, seed, len(test), len(validation))
+    split = Split(
+        task, train, validation + out_validation, test + out_test, seed=seed, test_size=test_size,
+        validation_size=validation_size, out_of_scope_label=out_of_scope_label,
+    )
+    split.warnings.extend(_hidden_label_warnings(records, order, hidden))
+    split.warnings.extend(overlap_warnings(split))
+    if out_of_scope_label is not None:
+        if not out_validation:
+            split.warnings.append(
+                f"no out-of-scope record ('{out_of_scope_label}') in validation: the confidence threshold stays 0 "
+                "(nothing is answered out of scope)"
+            )
+        if not out_test:
+            split.warnings.append(f"no out-of-scope record ('{out_of_scope_label}') in test: out-of-scope recall is not measured")
+    return split
+
+
+def _sides(records: Sequence[Record], task: str, seed: int, wanted_test: int, wanted_validation: int) -> tuple[list[str], list[list[int]], set[str]]:
+    """(each record's side: "train", "validation" or "test"; the order it was cut from; the labels that occur only on
+    conflicting inputs): about ``wanted_test`` and ``wanted_validation`` records held out (see the module docstring)."""
+    side = ["train"] * len(records)
     counts = {"test": 0, "validation": 0}
     order = _stratified_order(records, task, seed)
     groups_in_train = Counter(_stratum(records, members, task) for members in order)
@@ -324,25 +349,23 @@ def split_records(
         for index in members:
             side[index] = name
         counts[name] += len(members)
-    train = [r for r, s in zip(records, side, strict=True) if s == "train"]
-    validation = list(validation_records) if validation_records is not None else [r for r, s in zip(records, side, strict=True) if s == "validation"]
-    test = list(test_records) if test_records is not None else [r for r, s in zip(records, side, strict=True) if s == "test"]
-    out_test, out_validation = _share_out_of_scope(outside, task, seed, len(test), len(validation))
-    split = Split(
-        task, train, validation + out_validation, test + out_test, seed=seed, test_size=test_size,
-        validation_size=validation_size, out_of_scope_label=out_of_scope_label,
-    )
-    split.warnings.extend(_hidden_label_warnings(records, order, hidden))
-    split.warnings.extend(overlap_warnings(split))
-    if out_of_scope_label is not None:
-        if not out_validation:
-            split.warnings.append(
-                f"no out-of-scope record ('{out_of_scope_label}') in validation: the confidence threshold stays 0 "
-                "(nothing is answered out of scope)"
-            )
-        if not out_test:
-            split.warnings.append(f"no out-of-scope record ('{out_of_scope_label}') in test: out-of-scope recall is not measured")
-    return split
+    return side, order, hidden
+
+
+def split_shares(
+    records: Sequence[Record], task: str, *, test_size: float, validation_size: float = 0.0, seed: int = 0
+) -> tuple[list[Record], list[Record], list[Record]]:
+    """(train, validation, test) of records held in memory, cut by the rule of ``split_records``: the same seeded
+    order, stratified by label and by ``group``, near copies (``keys.input_key``) on one side, a label's last input
+    kept in train. Each side keeps the records' order.
+
+    For a caller that splits records it made itself (``tunelab retrain``'s new ones): no ``Split``, no warnings, and no
+    minimum size: too few records give short or empty held-out sides (for classify, train keeps every label).
+    """
+    total = len(records)
+    side, _, _ = _sides(records, task, seed, _count(total, test_size), _count(total, validation_size))
+    held = {name: [r for r, s in zip(records, side, strict=True) if s == name] for name in ("train", "validation", "test")}
+    return held["train"], held["validation"], held["test"]
 
 
 def _share_out_of_scope(outside: Sequence[Record], task: str, seed: int, in_test: int, in_validation: int) -> tuple[list[Record], list[Record]]:

@@ -4,9 +4,10 @@ Reads top to bottom:
 
 1. the champion: a run (id, name or folder, or ``alias:NAME``) and its saved resolved config;
 2. the new labelled data: ``--data`` files plus, with a request log, the served inputs that got a
-   corrected label (``POST /v1/feedback`` / ``tunelab feedback import``); a seeded, per-label share of
-   it (``recent_share``) becomes the *recent slice* of the test set, a tenth of the rest (at least
-   ``data.validation_size``) joins the validation records, the rest joins the training data;
+   corrected label (``POST /v1/feedback`` / ``tunelab feedback import``); a seeded share of it (``recent_share``)
+   becomes the *recent slice* of the test set, a tenth of the rest (at least ``data.validation_size``) joins the
+   validation records, the rest joins the training data. The cut is the split module's (``split_new``): near copies
+   of one request on one side, each label's and each group's share held out, a label's last input kept in train;
 3. the challenger: the champion's recipe (its config) on old train + new train, with the old
    validation records (+ new ones) and a fresh test set = old test + recent slice; new labels extend the label map
    (it is built from the training records); the pipeline's own steps train, evaluate and register it;
@@ -26,9 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,20 +134,20 @@ def describe_dropped(dropped: dict[str, int], total: int) -> str:
     return f"{sum(dropped.values())} of {total} new records left out: {parts}"
 
 
-def _per_label_split(records: list[Any], share: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """(train, recent test): ``share`` of each label's records go to the test side (at least one when it has two)."""
-    by_label: dict[str, list[Any]] = defaultdict(list)
-    for record in records:
-        by_label[record.label].append(record)
-    rng = random.Random(seed)
-    train, test = [], []
-    for label in sorted(by_label):
-        items = by_label[label][:]
-        rng.shuffle(items)
-        count = max(1, round(share * len(items))) if len(items) >= 2 else 0
-        test += items[:count]
-        train += items[count:]
-    return train, test
+def split_new(fresh: list[Any], *, recent_share: float, validation_size: float, seed: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """(new train, new validation, recent test slice) of the new records ``fresh``: ``recent_share`` of them is the recent
+    slice, a tenth of the rest (at least ``validation_size`` of it) validates, cut by the split module's one rule
+    (``data.split.split_shares``, seeded by ``seed``): near copies of one request never on two sides, each label's and
+    each group's (``data.group_field``) share held out, a label's last input kept in train."""
+    from tunelab.data.split import split_shares
+
+    # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
+    # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
+    # One order cut twice, as make_split cuts test then validation: the validation share is of what the slice leaves.
+    new_train, new_validation, recent = split_shares(
+        fresh, "classify", test_size=recent_share, validation_size=max(validation_size, 0.1) * (1 - recent_share), seed=seed
+    )
+    return new_train, new_validation, recent
 
 
 def _write_jsonl(path: Path, records: list[Any], group_field: str | None = None) -> str:
@@ -484,7 +483,7 @@ def retrain(
         log_path: a request log whose labelled feedback joins the new data (``served_model``/``since`` filter it).
         alias: the registry alias to move on promotion (None: decide, but move nothing).
         margin: the non-inferiority margin on the primary metric (default: the config's ``monitor.margin``).
-        recent_share: share of the new records (per label) held out as the recent test slice.
+        recent_share: share of the new records (of each label and group) held out as the recent test slice.
 
     Raises:
         ConfigError: for an unknown run or a task retraining does not support.
@@ -553,10 +552,7 @@ def retrain(
             f"no new labelled records to retrain on: {describe_dropped(dropped, len(new))}",
             "pass --data FILE with other texts, or a --log-db with labelled feedback on new requests",
         )
-    new_train, recent = _per_label_split(fresh, recent_share, seed)
-    # Some new records validate too: the best checkpoint is chosen on validation accuracy, and on the
-    # old validation records alone it would prefer a checkpoint that has not learnt the new labels yet.
-    new_train, new_validation = _per_label_split(new_train, max(config.data.validation_size, 0.1), seed + 1)
+    new_train, new_validation, recent = split_new(fresh, recent_share=recent_share, validation_size=config.data.validation_size, seed=seed)
     outside = config.data.out_of_scope_label
     if outside is not None:
         # Confirmed out-of-scope requests are never trained on: in the training file the split step would share them
