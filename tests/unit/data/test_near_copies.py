@@ -93,15 +93,34 @@ def test_data_check_reports_the_near_copies(tmp_path):
     assert "1 near-copies of training examples" in result.output and "i want to cancel my order 5678" in result.output
 
 
-def test_the_split_step_warns_of_near_copies_and_keeps_the_split(tmp_path, tiny_model_dir):
-    from tunelab.data.split import make_split
-    from tunelab.tasks import pipeline
-
+def _twice_each(tmp_path):
     # Forty distinct requests, each written twice with another order number: near-copies, never identical.
     topics = [f"{verb} my {thing}" for verb in ("cancel", "return", "track", "change", "repair")
               for thing in ("kettle", "teapot", "frying pan", "knife set", "toaster", "blender", "oven mitts", "scale")]
     texts = [f"Please {topic}, order {n}" for topic in topics for n in (1000 + len(topic), 2000 + len(topic))]
-    path = _write(tmp_path / "data.jsonl", texts)
+    return _write(tmp_path / "data.jsonl", texts)
+
+
+def test_data_split_warns_of_near_copies_as_the_run_does(tmp_path):
+    from tunelab.cli.main import _register_commands, app
+    from tunelab.data.split import make_split
+    from tunelab.tasks.pipeline import near_copy_warning
+
+    path = _twice_each(tmp_path)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(f"task: classify\ndata: {{train: {path}, test_size: 0.25}}\n")
+    _register_commands()
+    result = CliRunner().invoke(app, ["data", "split", str(config_path), "--json"])
+    assert result.exit_code == 0, result.output
+    expected = near_copy_warning(make_split(parse_config({"task": "classify", "data": {"train": str(path), "test_size": 0.25}})))
+    assert expected and expected in json.loads(result.output)["warnings"]
+
+
+def test_the_split_step_warns_of_near_copies_and_keeps_the_split(tmp_path, tiny_model_dir):
+    from tunelab.data.split import make_split
+    from tunelab.tasks import pipeline
+
+    path = _twice_each(tmp_path)
     config = parse_config({"task": "classify", "model": str(tiny_model_dir), "name": "near",
                            "data": {"train": str(path), "test_size": 0.25, "max_length": 64},
                            "train": {"output_dir": str(tmp_path / "runs")}})
