@@ -25,9 +25,9 @@ from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRe
 # Measured on the training files of BANKING77 (3,000 requests against the other 7,003, a seeded shuffle) and HWU64
 # (2,981 against 6,956); no test split was read. At >= 0.9, 14% and 16% of the requests have such a neighbour, 96% and
 # 97% of those pairs share their label, and the pairs read are the same request reworded ("Where is my card PIN?" /
-# "Where's my card PIN?", "Set an alarm for 8pm." / "set an alarm for 2pm"). Between 0.85 and 0.9 one pair in eight
+# "Where's my card PIN?", "Set an alarm for 8pm." / "set an alarm for 2pm"). Between 0.85 and 0.9 one pair in ten
 # has another label and several read are other asks ("my card payment has been cancelled" / "my top-up has been
-# cancelled"). Digits as one "0" add 25 pairs on HWU64 (alarm times, sums), 24 of them the same intent; none on BANKING77.
+# cancelled"). Digits as one "0" add 25 pairs on HWU64 (alarm times, sums), 24 of them the same intent; none on BANKING77 at 0.9.
 NEAR_COPY_THRESHOLD = 0.9
 LISTED_PAIRS = 20
 _BLOCK = 4_000_000  # similarities held at once (test rows x training requests): 16 MB, however large the training data
