@@ -115,6 +115,12 @@ def render_report(report: Any) -> None:
     if report.test is not None:
         test = report.test
         console.print(f"[bold]Test file[/bold] {escape(test.path)}: {test.records} records, {test.leaked} also in the data")
+        if test.near_copies is not None and test.near_copies.count:
+            found = test.near_copies
+            console.print(f"  {found.count} near-copies of training examples (similarity ≥ {found.threshold:g}), e.g.:")
+            for pair in found.pairs[:3]:
+                console.print(f"    {escape(pair.test)} ≈ {escape(pair.train)} ({pair.similarity:.2f}): "
+                              f"{escape(repr(pair.test_text))} ≈ {escape(repr(pair.train_text))}")
         if test.groups:
             from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
 
@@ -305,7 +311,7 @@ def split(
 ) -> None:
     """Split the config's data into train/validation/test and print the sizes (and warnings)."""
     from tunelab.data.split import make_split
-    from tunelab.tasks.pipeline import too_few_group_examples, too_few_test_examples
+    from tunelab.tasks.pipeline import near_copy_warning, too_few_group_examples, too_few_test_examples
 
     run_config = load_config(config, overrides or [])
     result = make_split(run_config)
@@ -316,6 +322,9 @@ def split(
         # Before any compute, as `tunelab run`'s split step says it: this split's test set cannot give a verdict.
         result.warnings.append(small)
     result.warnings.extend(too_few_group_examples(run_config, result))  # each group too small for its own verdict
+    near = near_copy_warning(result)
+    if near:
+        result.warnings.append(near)  # as the run's split step says it: test requests a word or a number from training
     if as_json:
         summary = result.to_dict()
         for side in ("train", "validation", "test"):

@@ -4,7 +4,8 @@ One pass over the file gives: counts; every bad record (``file:line`` and why); 
 near duplicates (same normalized input, look-alike characters aside: ``keys.lookalike_key``) and the same input
 with conflicting labels (and labels that occur only there); token lengths
 with the model's tokenizer and how many examples ``max_length`` would truncate; the label
-distribution and the label -> token mapping; leakage between a test file and the data; personal data in the texts (``data.pii``, masked); and one
+distribution and the label -> token mapping; leakage between a test file and the data, and its near-copies (``data.near_copies``: a test request a word or a number away
+from a training one); personal data in the texts (``data.pii``, masked); and one
 example rendered exactly as it will be trained, with the trained tokens marked.
 
 Token lengths of very large files are measured on a seeded sample (``length_sample`` records), which
@@ -24,6 +25,7 @@ from tunelab.config import DataConfig
 from tunelab.data.formats import RecordError, invalid_records
 from tunelab.data.keys import input_key, lookalike_key, normalize_text, stable_hash, target_text, visible_text
 from tunelab.data.labels import LabelMap
+from tunelab.data.near_copies import NearCopies, find_near_copies
 from tunelab.data.pii import PiiReport, scan_records
 from tunelab.data.read import ReadResult, read_records
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, TextRecord
@@ -99,6 +101,7 @@ class TestCheck:
     leaked_sources: list[str]
     unseen_labels: list[str]
     groups: dict[str, int] = field(default_factory=dict)  # test records per group (data.group_field), most first
+    near_copies: NearCopies | None = None  # test requests a word or a number away from a training one (None: documents)
 
 
 @dataclass
@@ -419,13 +422,17 @@ def _check_test(report: CheckReport, records: Sequence[Record], test_path: str, 
         train_labels = {r.label for r in records if isinstance(r, ClassifyRecord)}
         # The out-of-scope label is meant to be absent from training.
         unseen = sorted({r.label for r in result.records if isinstance(r, ClassifyRecord)} - train_labels - {data.out_of_scope_label})
+    near_copies = find_near_copies(result.records, records)
     report.test = TestCheck(test_path, len(result.records), len(leaked), [r.source for r in leaked[:20]], unseen,
-                            _group_counts(result.records))
+                            _group_counts(result.records), near_copies)
     if leaked:
         report.warnings.append(
             f"leakage: {len(leaked)} of {len(result.records)} test examples also occur in the training data "
             f"(same normalized text), e.g. {leaked[0].source}"
         )
+    near_copy_warning = near_copies.warning() if near_copies is not None else None
+    if near_copy_warning:
+        report.warnings.append(near_copy_warning)
     if unseen:
         report.warnings.append(f"{len(unseen)} test label(s) never occur in the training data: {', '.join(unseen[:10])}")
 

@@ -636,7 +636,19 @@ def data_warnings(report: CheckReport) -> list[str]:
 def split_warnings(config: RunConfig, split: Split) -> list[str]:
     """The split's warnings as ``tunelab run`` gives them (split step), a test split too small for a verdict included."""
     small = too_few_test_examples(config, split)
-    return [f"split: {message}" for message in [*split.warnings, *([small] if small else []), *too_few_group_examples(config, split)]]
+    near = near_copy_warning(split)
+    return [f"split: {message}" for message in
+            [*split.warnings, *([small] if small else []), *too_few_group_examples(config, split), *([near] if near else [])]]
+
+
+def near_copy_warning(split: Split) -> str | None:
+    """The split step's warning when test requests are near-copies of training or validation ones (``data.near_copies``:
+    a word or a number apart), with their share of the test: the verdict on them is optimistic. Said, never acted on:
+    the split is what it is. None when there are none, and for documents."""
+    from tunelab.data.near_copies import find_near_copies
+
+    found = find_near_copies(split.test, [*split.train, *split.validation])
+    return found.warning("test", "training or validation") if found is not None else None
 
 
 def warnings_before_start(config: ResolvedConfig, tokenizer: Any, split: Split) -> list[str]:
