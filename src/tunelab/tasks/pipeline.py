@@ -826,6 +826,9 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
             result.save(paths[name])
         metrics = {name: result.metrics for name, result in results.items()}
         record.value = {"paths": {name: str(paths[name]) for name in results}, "cached": cached, "skipped": results.skipped}
+        suspects = suspect_labels_step(context, results.get("embedding"))
+        if suspects is not None:
+            record.value["suspect_labels"] = suspects
         shown = metrics.get("base") or next(iter(metrics.values()), None)
         record.details = {"metrics": shown, "baselines": metrics, "skipped": results.skipped}
         # The registry's baseline_metrics column keeps the base model's (what `tunelab runs` shows as "before"), or
@@ -835,6 +838,24 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
     context.baseline_evals = dict(results)
     context.baseline_skipped = dict(results.skipped)
     return context.baseline_evals
+
+
+def suspect_labels_step(context: PipelineContext, embedding: EvalResult | None) -> dict[str, Any] | None:
+    """Part of step 4, before any training: the suspect labels the classify embedding baseline found among the rows it
+    learned from (its own cross-validation, ``evaluation.suspects``), written to the run folder and said in one warning
+    when there are any. It never stops the run nor changes what is trained. Returns {path, count, records}, or None
+    when the baseline did not run (not asked for, skipped, another task)."""
+    from tunelab.evaluation.suspects import SuspectReport, run_warning
+
+    if context.config.task != "classify" or embedding is None or embedding.suspect_labels is None:
+        return None
+    report = SuspectReport.from_dict(embedding.suspect_labels)
+    path = context.run.suspect_labels
+    atomic_write_text(path, json.dumps(report.to_dict(max_suspects=len(report.suspects)), indent=1, ensure_ascii=False))
+    message = run_warning(report, str(path))
+    if message is not None:
+        context.warn(message)
+    return {"path": str(path), "count": len(report.suspects), "records": report.records}
 
 
 def _record_validation_time(registry: Any, registry_id: str | None, result: dict[str, Any]) -> None:
