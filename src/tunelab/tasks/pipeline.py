@@ -103,6 +103,7 @@ class RunOutcome:
     baseline_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline name -> metrics
     baseline_skipped: dict[str, str] = field(default_factory=dict)  # baseline name -> why it was not scored
     generation: dict[str, Any] | None = None  # preference from an SFT run: generations against the parent
+    suspect_labels: dict[str, Any] | None = None  # classify with the embedding baseline: {path, count, records} (suspect_labels_step)
 
     @property
     def verdict(self) -> str | None:
@@ -1085,6 +1086,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
         from tunelab.train.run import report_to_tracker
 
         report_to_tracker(context.config, context.run.root, tracker_values(context), step=(context.train_result or {}).get("steps"))
+    suspects = (context.state.get("baseline") or {}).get("suspect_labels")
     with step(context, "register", emit_start=False) as record:
         record.registry_fields = {
             "status": "finished",
@@ -1094,6 +1096,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
                 "baselines": {name: result.metrics for name, result in context.baseline_evals.items()},
                 "baselines_skipped": context.baseline_skipped,
                 **({"generation": context.generation["comparison"]} if context.generation else {}),
+                **({"suspect_labels": _suspects_line(suspects)} if suspects else {}),
             },
         }
         record.value = {"registry": str(context.registry.path), "id": context.registry_id}
@@ -1120,7 +1123,13 @@ def register_step(context: PipelineContext) -> RunOutcome:
         baseline_metrics={name: result.metrics for name, result in context.baseline_evals.items()},
         baseline_skipped=dict(context.baseline_skipped),
         generation=context.generation,
+        suspect_labels=suspects,
     )
+
+
+def _suspects_line(suspects: dict[str, Any]) -> str:
+    """The registry's (``tunelab show``'s) one line of a run's suspect labels."""
+    return f"{suspects['count']} of {suspects['records']} training rows: {suspects['path']}"
 
 
 def run_pipeline(

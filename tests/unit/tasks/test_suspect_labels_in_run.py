@@ -69,6 +69,12 @@ def test_a_flipped_label_is_said_before_training_and_listed_in_the_run_folder(tm
     report = (outcome.run_dir / "report.md").read_text()
     assert "## Suspect labels" in report and f"{FLIPPED_LINE}" in report.split("## Suspect labels")[1]
     assert "Suspect labels" in (outcome.run_dir / "report.html").read_text()
+    # `tunelab run --json` and `tunelab show` (the registry's artifacts) say it too.
+    assert outcome.suspect_labels == {"path": str(outcome.run_dir / "suspect_labels.json"), "count": listed["count"], "records": 40}
+    from tunelab.registry.store import Registry
+
+    shown = Registry(tmp_path / "runs" / "registry.db").get_run("flipped").artifacts["suspect_labels"]
+    assert shown == f"{listed['count']} of 40 training rows: {outcome.run_dir / 'suspect_labels.json'}"
 
 
 def test_a_run_without_the_embedding_baseline_writes_no_list_and_says_nothing(tmp_path, tiny_model_dir):
@@ -76,4 +82,4 @@ def test_a_run_without_the_embedding_baseline_writes_no_list_and_says_nothing(tm
     outcome = run_pipeline(_config(tmp_path, tiny_model_dir, "plain", ["classical"]), on_event=lambda s, st, d: events.append((s, st, d)))
     assert not (outcome.run_dir / "suspect_labels.json").exists()
     assert not any("suspect" in json.dumps(d).lower() for s, st, d in events)
-    assert "Suspect labels" not in (outcome.run_dir / "report.md").read_text()
+    assert "Suspect labels" not in (outcome.run_dir / "report.md").read_text() and outcome.suspect_labels is None
