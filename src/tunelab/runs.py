@@ -31,6 +31,7 @@ greps the source for the names). A run folder::
       checkpoints/       step-N/ folders for resume; best/ by validation loss
       metrics.jsonl      one JSON object per logged step / validation
       data_check.json    the data check of `tunelab run` (what `tunelab data check --json` prints)
+      suspect_labels.json  classify: the training rows whose label the embedding baseline's cross-validation doubts
       eval/              base.json (and every other baseline), tuned.json, comparison.json, ...
       report.md, report.html, plots/
       review.csv         the blind A/B sheet (+ review.key.json)
@@ -137,6 +138,12 @@ class RunFolder:
     @property
     def data_check(self) -> Path:
         return self.root / "data_check.json"
+
+    @property
+    def suspect_labels(self) -> Path:
+        """classify with the embedding baseline: every suspect label among the rows it learned from
+        (``evaluation.suspects.SuspectReport.to_dict``), written by the baselines step."""
+        return self.root / "suspect_labels.json"
 
     @property
     def eval_dir(self) -> Path:

@@ -140,7 +140,7 @@ def render_report(report: Any) -> None:
 
 def _find_suspects(records: list[Any], eval_config: EvalConfig, seed: int, allow_network: bool) -> Any:
     from tunelab.cli.common import progress_display
-    from tunelab.evaluation.suspects import find_suspect_labels
+    from tunelab.evaluation.baselines import find_suspect_labels
 
     with progress_display() as display:
         display.begin("suspect labels: embed texts, fit out-of-fold classifiers", unit="steps")

@@ -217,6 +217,7 @@ def run(
             "tuned": outcome.tuned_metrics,
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
             "report": outcome.report, "timings": outcome.timings, "warnings": outcome.warnings, "generation": outcome.generation,
+            "suspect_labels": outcome.suspect_labels,
         })
         return
     render_outcome(outcome)

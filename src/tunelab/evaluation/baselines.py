@@ -80,6 +80,7 @@ from tunelab.evaluation.evaluate import (
 from tunelab.evaluation.metrics import PRIMARY_METRIC, primary_metric, wilson_interval
 from tunelab.evaluation.remote import names_label_map
 from tunelab.evaluation.result import EvalResult, test_fingerprint
+from tunelab.evaluation.suspects import SuspectReport, left_out_labels, suspect_report
 from tunelab.inference import (
     Classifier,
     few_shot_budget,
@@ -256,12 +257,27 @@ def cv_folds(labels: Sequence[str]) -> int:
     return int(min(CLASSICAL_FOLDS, counts.min()))
 
 
-def fit_with_cv(make: Callable[[float], Any], features: Any, labels: Sequence[str], *, seed: int = 0, progress: Any = None) -> tuple[Any, dict[str, Any]]:
+@dataclass
+class CrossValidation:
+    """What ``cross_validate`` chose and fitted: the estimator refitted on every row at the chosen C, the choice (C,
+    folds, CV accuracy), and, when asked for, each row's class probabilities from the fold that did not train on it
+    (columns ``classes``, the sorted labels; None without cross-validation)."""
+
+    fitted: Any
+    chosen: dict[str, Any]
+    classes: list[str]
+    out_of_fold: np.ndarray | None = None
+
+
+def cross_validate(
+    make: Callable[[float], Any], features: Any, labels: Sequence[str], *, seed: int = 0, progress: Any = None, out_of_fold: bool = False,
+) -> CrossValidation:
     """Fit ``make(C)`` with C chosen from ``CLASSICAL_C_GRID`` by stratified k-fold CV (accuracy) on these rows only.
 
     What ``GridSearchCV(refit=True)`` does (the same folds, mean fold accuracy, ties to the first C of the
-    grid), written out so each fit is a step of the baseline's progress. Returns the estimator refitted on
-    every row, and what was chosen (C, folds, CV accuracy).
+    grid), written out so each fit is a step of the baseline's progress. ``out_of_fold``: also keep the fold
+    classifiers' probabilities of the rows they did not see, at the chosen C (``suspects``' confident learning
+    reads them): the fits the choice of C made anyway, so no classifier is fitted for them.
 
     Raises:
         DataError: with fewer than two labels.
@@ -270,29 +286,46 @@ def fit_with_cv(make: Callable[[float], Any], features: Any, labels: Sequence[st
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(list(labels))
+    classes = sorted(set(labels.tolist()))
     folds = cv_folds(labels)
     if folds < 2:
         expect_progress(progress, 1)
         fitted = make(CLASSICAL_FALLBACK_C).fit(features, labels)
         if progress is not None:
             progress(1)
-        return fitted, {"C": CLASSICAL_FALLBACK_C, "folds": 0, "cv_accuracy": None}
+        return CrossValidation(fitted, {"C": CLASSICAL_FALLBACK_C, "folds": 0, "cv_accuracy": None}, classes)
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
     expect_progress(progress, len(CLASSICAL_C_GRID) * folds + 1)
-    means = []
+    means, probabilities = [], []
     for c in CLASSICAL_C_GRID:
         scores = []
+        kept = np.zeros((len(labels), len(classes))) if out_of_fold else None
         for train_index, test_index in splits:
             estimator = clone(make(c)).fit(_rows(features, train_index), labels[train_index])
+            # predict, not the argmax of predict_proba: the scores (hence C, and the cache) stay what they were.
             scores.append(float(np.mean(estimator.predict(_rows(features, test_index)) == labels[test_index])))
+            if kept is not None:
+                kept[test_index] = in_label_order(estimator.predict_proba(_rows(features, test_index)), estimator.classes_, classes)
             if progress is not None:
                 progress(1)
         means.append(float(np.mean(scores)))
+        probabilities.append(kept)
     best = int(np.argmax(means))  # the first of equal means, as GridSearchCV ranks them
     fitted = make(CLASSICAL_C_GRID[best]).fit(features, labels)
     if progress is not None:
         progress(1)
-    return fitted, {"C": float(CLASSICAL_C_GRID[best]), "folds": folds, "cv_accuracy": means[best]}
+    return CrossValidation(fitted, {"C": float(CLASSICAL_C_GRID[best]), "folds": folds, "cv_accuracy": means[best]}, classes, probabilities[best])
+
+
+def fit_with_cv(make: Callable[[float], Any], features: Any, labels: Sequence[str], *, seed: int = 0, progress: Any = None) -> tuple[Any, dict[str, Any]]:
+    """``cross_validate`` without the out-of-fold probabilities: the estimator refitted on every row, and what was
+    chosen (C, folds, CV accuracy).
+
+    Raises:
+        DataError: with fewer than two labels.
+    """
+    validated = cross_validate(make, features, labels, seed=seed, progress=progress)
+    return validated.fitted, validated.chosen
 
 
 def _rows(features: Any, index: np.ndarray) -> Any:
@@ -405,15 +438,59 @@ def embedding_baseline(
     expect_progress(progress, len(train) + len(chosen))
     train_vectors = embed_texts(model, [r.text for r in train], progress=progress)
     test_vectors = embed_texts(model, [r.text for r in chosen], progress=progress)
-    classifier, fitted = fit_with_cv(lambda c: embedding_classifier(c, data_config.seed), train_vectors, [r.label for r in train],
-                                     seed=data_config.seed, progress=progress)
+    validated = cross_validate(lambda c: embedding_classifier(c, data_config.seed), train_vectors, [r.label for r in train],
+                               seed=data_config.seed, progress=progress, out_of_fold=True)
+    classifier, fitted = validated.fitted, validated.chosen
     if not fitted["folds"]:
         warnings.append(f"some label has a single training example: the embedding baseline uses C={CLASSICAL_FALLBACK_C} without cross-validation")
     probabilities = in_label_order(classifier.predict_proba(test_vectors), classifier.classes_, labels)
     rows, metrics, more = score_classify(chosen, probabilities, labels)
     name = f"embedding ({source.display_name} sentence embeddings, logistic regression C={fitted['C']:g})"
     settings = {"train_records": len(train), "c_grid": list(CLASSICAL_C_GRID), "embedding_model": source.display_name, **fitted}
-    return _result("classify", "embedding", name, chosen, rows, metrics, settings, warnings + more, labels)
+    result = _result("classify", "embedding", name, chosen, rows, metrics, settings, warnings + more, labels)
+    # The rows it learned from whose label its own cross-validation doubts: kept with the result, so a cached
+    # baseline gives the run the same list without embedding anything again.
+    result.suspect_labels = _suspects_of(train, validated, source.display_name).to_dict(max_suspects=len(train))
+    return result
+
+
+def _suspects_of(records: Sequence[ClassifyRecord], validated: CrossValidation, model: str, total: int | None = None) -> SuspectReport:
+    settings = {key: validated.chosen[key] for key in ("C", "folds", "cv_accuracy")}
+    skipped = None if validated.out_of_fold is not None else (
+        f"some label has a single example ({', '.join(left_out_labels(records))}): no cross-validation scored the rows")
+    return suspect_report(records, validated.out_of_fold, validated.classes, total=total, model=model, settings=settings, skipped=skipped)
+
+
+def find_suspect_labels(
+    records: Sequence[ClassifyRecord], *, config: EvalConfig | None = None, seed: int = 0, allow_network: bool = False, progress: Any = None,
+) -> SuspectReport:
+    """``tunelab data check --suspect-labels``: rows of ``records`` whose label is likely wrong (``suspects``), found
+    as the embedding baseline finds them in a run; never raises for too little data.
+
+    Labels with a single example are left out (no fold can score them), the others cross-validated as the embedding
+    baseline does. ``config.embedding_model`` names the embedding model; one that cannot be loaded gives a report with
+    ``skipped`` saying why. ``progress`` is a baseline's (``expect(n)``, then called with each part done: texts
+    embedded, classifiers fitted).
+    """
+    from tunelab.models.embedding import embed_texts
+
+    left_out = set(left_out_labels(records))
+    # Sorted by id, as the embedding baseline sorts: the folds do not depend on the file's order.
+    kept = sorted((r for r in records if r.label not in left_out), key=lambda r: r.id)
+    if len({r.label for r in kept}) < 2:
+        report = suspect_report(records, None, [], skipped="too little to check: fewer than 2 labels have 2 or more examples")
+        return report
+    try:
+        model, source = load_embedder(config or EvalConfig(), allow_network)
+    except BaselineSkipped as error:
+        return suspect_report(records, None, [], skipped=str(error))
+    expect_progress(progress, len(kept))
+    features = embed_texts(model, [r.text for r in kept], progress=progress)
+    validated = cross_validate(lambda c: embedding_classifier(c, seed), features, [r.label for r in kept], seed=seed, progress=progress,
+                               out_of_fold=True)
+    report = _suspects_of(kept, validated, source.display_name, total=len(records))
+    report.left_out = sorted(left_out)
+    return report
 
 
 def embedding_retrieval_baseline(
@@ -1014,6 +1091,7 @@ SCORING_MODULES = (
     "tunelab.evaluation.baselines", "tunelab.evaluation.evaluate", "tunelab.evaluation.predict", "tunelab.evaluation.answering",
     "tunelab.evaluation.metrics", "tunelab.evaluation.remote", "tunelab.inference", "tunelab.data.labels", "tunelab.models.generate",
     "tunelab.models.prefix", "tunelab.models.embedding", "tunelab.data.predictions",
+    "tunelab.evaluation.suspects",  # the embedding baseline's suspect labels are kept with its cached result
 )
 
 

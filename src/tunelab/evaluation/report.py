@@ -23,10 +23,12 @@ from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.compare import Verdict, compare_with_baselines
 from tunelab.evaluation.metrics import likelihood_margin
 from tunelab.evaluation.result import EvalResult
+from tunelab.evaluation.suspects import SuspectReport
 from tunelab.paths import atomic_write_text, write_figure
 from tunelab.runs import RunFolder, bootstrap_settings, read_state
 
 EXAMPLES_EACH_WAY = 5
+SUSPECTS_SHOWN = 5  # the report's suspect-label rows; the run folder's file holds every one
 TEXT_LIMIT = 400
 VALIDATION_KEYS = ("val_loss", "validation_loss", "eval_loss")
 
@@ -375,6 +377,32 @@ def calibration_line(run_dir: str | Path) -> str | None:
             f"ECE {_format(saved.get('ece_before'))} before, {_format(saved.get('ece_after'))} after")
 
 
+def read_suspects(run: RunFolder) -> SuspectReport | None:
+    """The suspect labels the baselines step wrote (``RunFolder.suspect_labels``); None without that file or when it
+    cannot be read."""
+    try:
+        saved = json.loads(run.suspect_labels.read_text(encoding="utf-8"))
+        return SuspectReport.from_dict(saved) if isinstance(saved, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
+        return None
+
+
+def suspect_summary(run: RunFolder, report: SuspectReport) -> str:
+    """The report's line above the suspect rows: how many of how many training rows, and where every one is."""
+    if report.skipped:
+        return f"Not checked: {report.skipped}."
+    if not report.suspects:
+        return f"None among the {report.records} training rows the embedding baseline learned from."
+    weak = f" {report.weak[:1].upper()}{report.weak[1:]}." if report.weak else ""
+    return (f"{len(report.suspects)} of {report.records} training rows ({report.share:.1%}) have a label the embedding baseline's "
+            f"cross-validation doubts (confident learning): candidates to look at, not errors. Every one in {run.suspect_labels.name}.{weak}")
+
+
+def _suspect_rows(report: SuspectReport) -> tuple[list[str], list[list[str]]]:
+    rows = [[s.source, _cut(s.text, 120), s.given, s.suggested, f"{s.p_given:.2f}", f"{s.p_suggested:.2f}"] for s in report.top(SUSPECTS_SHOWN)]
+    return ["source", "text", "given", "suggested", "p(given)", "p(suggested)"], rows
+
+
 def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, verdict: Verdict, plots: dict[str, Path], examples, notes) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
         escape = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -415,6 +443,11 @@ def _markdown(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResul
             [[f"{e['change']:+.3f}", e["source"], *([str(e["group"])] if grouped else []), _cut(e["prompt"], 200), _cut(e["reference"], 200),
               _cut(shown_prediction(tuned.task, e["before"]), 200), _cut(shown_prediction(tuned.task, e["after"]), 200)] for e in examples],
         )
+    suspects = read_suspects(run)
+    if suspects is not None:
+        lines += ["", "## Suspect labels", "", suspect_summary(run, suspects)]
+        if suspects.suspects:
+            lines += [""] + table(*_suspect_rows(suspects))
     return "\n".join(lines) + "\n"
 
 
@@ -469,6 +502,11 @@ def _html(run: RunFolder, baselines: dict[str, EvalResult], tuned: EvalResult, v
                      _cut(shown_prediction(tuned.task, x["before"])), _cut(shown_prediction(tuned.task, x["after"]))]
             parts.append("<tr>" + "".join(f"<td class='text'>{e(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
+    suspects = read_suspects(run)
+    if suspects is not None:
+        parts.append(f"<h2>Suspect labels</h2><p>{e(suspect_summary(run, suspects))}</p>")
+        if suspects.suspects:
+            parts.append(table(*_suspect_rows(suspects)))
     parts.append("</body></html>")
     return "\n".join(parts)
 

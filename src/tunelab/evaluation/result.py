@@ -64,6 +64,9 @@ class EvalResult:
     # text: continuation samples (``evaluate.continuation_samples``), rows as an sft evaluation's; [] when
     # eval.text_samples was 0, None for every other task and a text evaluation written before samples were kept.
     samples: list[dict[str, Any]] | None = None
+    # classify embedding baseline: the suspect labels among the rows it learned from (``suspects.SuspectReport.to_dict``,
+    # every suspect), found by its own cross-validation; None for every other evaluation.
+    suspect_labels: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -74,6 +77,8 @@ class EvalResult:
         data = asdict(self)
         if self.samples is None:  # the other tasks' files stay as they were
             del data["samples"]
+        if self.suspect_labels is None:  # as every other evaluation's file was
+            del data["suspect_labels"]
         return json_safe(data)
 
     def save(self, path: str | Path) -> Path:

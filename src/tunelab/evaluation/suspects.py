@@ -4,8 +4,11 @@ A request filed under the wrong category trains the model to be wrong and lowers
 learning (Northcutt, Jiang and Chuang 2021, "Confident Learning: Estimating Uncertainty in Dataset Labels")
 finds such rows from out-of-fold predicted probabilities: a row whose given label is less likely than another
 label that the model predicts confidently for its own rows is a candidate. The probabilities come from the
-``embedding`` baseline's model (frozen sentence embeddings + logistic regression, C chosen by ``fit_with_cv``),
-each row scored by a classifier that never saw it.
+``embedding`` baseline's model (frozen sentence embeddings + logistic regression): the fold classifiers of its
+cross-validation at the C it chose (``baselines.cross_validate``), each row scored by a classifier that never saw
+it. ``tunelab run`` reads them from the baseline it scores anyway (``baselines.embedding_baseline``, on the rows it
+learned from), ``tunelab data check --suspect-labels`` from the same code run on the file
+(``baselines.find_suspect_labels``); this module holds the rule and the report both give.
 
 The result is a list of candidates for a person to look at, not a list of errors: an ambiguous request, or
 a label the embeddings cannot tell apart from another, is listed too.
@@ -20,16 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.config import EvalConfig
 from tunelab.data.records import ClassifyRecord
-from tunelab.evaluation.baselines import (
-    BaselineSkipped,
-    embedding_classifier,
-    expect_progress,
-    fit_with_cv,
-    in_label_order,
-    load_embedder,
-)
 
 MAX_SUSPECTS = 20  # shown by default; the count and share cover all of them
 # Below this many examples for the median label, the list is said to be weak hints. Each row is scored by a
@@ -90,6 +84,17 @@ class SuspectReport:
             "settings": self.settings,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuspectReport:
+        """The report ``to_dict`` wrote (every suspect it kept; count and share then cover those)."""
+        fields = {key: data[key] for key in ("records", "checked", "left_out", "skipped", "weak", "model", "settings") if key in data}
+        known = set(Suspect.__dataclass_fields__)
+        return cls(**fields, suspects=[Suspect(**{key: value for key, value in row.items() if key in known}) for row in data.get("suspects", [])])
+
+    def lines(self, shown: int = 3) -> list[str]:
+        """The top ``shown`` rows as ``file:line given → suggested``."""
+        return [f"{s.source or '?'} {s.given} → {s.suggested}" for s in self.top(shown)]
+
 
 def confident_suspects(probabilities: np.ndarray, given: Sequence[int]) -> list[tuple[int, int]]:
     """Confident learning's rule on out-of-fold ``probabilities`` (rows × classes): (row, suggested class), ranked.
@@ -118,73 +123,49 @@ def confident_suspects(probabilities: np.ndarray, given: Sequence[int]) -> list[
     return [(row, j) for row, j, _ in found]
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: Sequence[str], *, seed: int = 0, progress: Any = None) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """Each row's class probabilities from a classifier fitted on the other folds (columns: sorted labels).
-
-    C is chosen once by the embedding baseline's cross-validation over all rows (not again inside each fold:
-    the choice barely moves the ranking and would cost the grid's fits once more per fold). The folds are the
-    same stratified, seeded ones, K = at most 5 and at most the rarest label's count (>= 2 here).
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    labels = np.asarray(list(labels))
-    _, fitted = fit_with_cv(lambda c: embedding_classifier(c, seed), features, labels, seed=seed, progress=progress)
-    classes = sorted(set(labels.tolist()))
-    folds = StratifiedKFold(n_splits=fitted["folds"], shuffle=True, random_state=seed)
-    probabilities = np.zeros((len(labels), len(classes)))
-    expect_progress(progress, fitted["folds"])
-    for train_index, test_index in folds.split(np.zeros(len(labels)), labels):
-        classifier = embedding_classifier(fitted["C"], seed).fit(features[train_index], labels[train_index])
-        probabilities[test_index] = in_label_order(classifier.predict_proba(features[test_index]), classifier.classes_, classes)
-        if progress is not None:
-            progress(1)
-    return probabilities, classes, fitted
-
-
-def find_suspect_labels(
-    records: Sequence[ClassifyRecord],
-    *,
-    config: EvalConfig | None = None,
-    seed: int = 0,
-    allow_network: bool = False,
-    progress: Any = None,
-) -> SuspectReport:
-    """Rows of ``records`` whose label is likely wrong (see the module docstring); never raises for too little data.
-
-    ``config.embedding_model`` names the embedding model (the embedding baseline's); one that cannot be loaded
-    gives a report with ``skipped`` saying why. ``progress`` is a baseline's (``expect(n)``, then called with
-    each part done: texts embedded, classifiers fitted).
-    """
-    report = SuspectReport(records=len(records))
+def left_out_labels(records: Sequence[ClassifyRecord]) -> list[str]:
+    """Labels with a single example: no fold can score them (sorted)."""
     counts = Counter(r.label for r in records)
-    report.left_out = sorted(label for label, n in counts.items() if n < 2)
-    # Sorted by id, as the embedding baseline sorts: the folds do not depend on the file's order.
-    kept = sorted((r for r in records if counts[r.label] >= 2), key=lambda r: r.id)
-    if len(counts) - len(report.left_out) < 2:
-        report.skipped = "too little to check: fewer than 2 labels have 2 or more examples"
-        return report
-    try:
-        model, source = load_embedder(config or EvalConfig(), allow_network)
-    except BaselineSkipped as error:
-        report.skipped = str(error)
-        return report
-    from tunelab.models.embedding import embed_texts
+    return sorted(label for label, n in counts.items() if n < 2)
 
-    report.model = source.display_name
-    expect_progress(progress, len(kept))
-    features = embed_texts(model, [r.text for r in kept], progress=progress)
-    labels = [r.label for r in kept]
-    probabilities, classes, fitted = out_of_fold_probabilities(features, labels, seed=seed, progress=progress)
+
+def suspect_report(
+    records: Sequence[ClassifyRecord], probabilities: np.ndarray | None, classes: Sequence[str], *, total: int | None = None,
+    model: str = "", settings: dict[str, Any] | None = None, skipped: str | None = None,
+) -> SuspectReport:
+    """The suspects among ``records`` given each one's out-of-fold ``probabilities`` (columns ``classes``).
+
+    ``total``: the rows asked about (``records`` and those left out, default ``records``); ``probabilities`` None:
+    nothing was cross-validated, and ``skipped`` says why.
+    """
+    report = SuspectReport(records=len(records) if total is None else total, model=model, settings=dict(settings or {}))
+    report.left_out = left_out_labels(records)
+    if probabilities is None:
+        report.skipped = skipped or "no out-of-fold probabilities"
+        return report
+    counts = Counter(r.label for r in records)
     column = {label: index for index, label in enumerate(classes)}
-    given = [column[label] for label in labels]
-    report.checked = len(kept)
-    report.settings = {key: fitted[key] for key in ("C", "folds", "cv_accuracy")}
+    given = [column[r.label] for r in records]
+    report.checked = len(records)
     median = float(np.median([counts[label] for label in classes]))
     if median < WEAK_MEDIAN_EXAMPLES:
         report.weak = f"few examples per label (median {median:g}, fewer than {WEAK_MEDIAN_EXAMPLES}): treat these as weak hints"
-    found = [
-        Suspect(kept[row].source, kept[row].text, kept[row].label, classes[j], float(probabilities[row, given[row]]), float(probabilities[row, j]))
+    report.suspects = [
+        Suspect(records[row].source, records[row].text, records[row].label, classes[j], float(probabilities[row, given[row]]),
+                float(probabilities[row, j]))
         for row, j in confident_suspects(probabilities, given)
     ]
-    report.suspects = found
     return report
+
+
+def run_warning(report: SuspectReport, full_list: str, shown: int = 3) -> str | None:
+    """``tunelab run``'s one line before training: how many of the rows learned from, the top ``shown``, where the
+    full list is, and the weak-hints note; None when there is nothing to say (no suspect, or not checked)."""
+    if not report.suspects:
+        return None
+    weak = f"; {report.weak}" if report.weak else ""
+    return (
+        f"data: {len(report.suspects)} of {report.records} training rows have a suspect label ({report.share:.1%}; out-of-fold "
+        f"embedding baseline): {'; '.join(report.lines(shown))}; every one in {full_list}{weak}. Candidates to look at, "
+        "not errors: training goes on with the labels as given"
+    )

@@ -104,6 +104,7 @@ class RunOutcome:
     baseline_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline name -> metrics
     baseline_skipped: dict[str, str] = field(default_factory=dict)  # baseline name -> why it was not scored
     generation: dict[str, Any] | None = None  # preference from an SFT run: generations against the parent
+    suspect_labels: dict[str, Any] | None = None  # classify with the embedding baseline: {path, count, records} (suspect_labels_step)
 
     @property
     def verdict(self) -> str | None:
@@ -864,6 +865,9 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
             result.save(paths[name])
         metrics = {name: result.metrics for name, result in results.items()}
         record.value = {"paths": {name: str(paths[name]) for name in results}, "cached": cached, "skipped": results.skipped}
+        suspects = suspect_labels_step(context, results.get("embedding"))
+        if suspects is not None:
+            record.value["suspect_labels"] = suspects
         shown = metrics.get("base") or next(iter(metrics.values()), None)
         record.details = {"metrics": shown, "baselines": metrics, "skipped": results.skipped}
         # The registry's baseline_metrics column keeps the base model's (what `tunelab runs` shows as "before"), or
@@ -873,6 +877,24 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
     context.baseline_evals = dict(results)
     context.baseline_skipped = dict(results.skipped)
     return context.baseline_evals
+
+
+def suspect_labels_step(context: PipelineContext, embedding: EvalResult | None) -> dict[str, Any] | None:
+    """Part of step 4, before any training: the suspect labels the classify embedding baseline found among the rows it
+    learned from (its own cross-validation, ``evaluation.suspects``), written to the run folder and said in one warning
+    when there are any. It never stops the run nor changes what is trained. Returns {path, count, records}, or None
+    when the baseline did not run (not asked for, skipped, another task)."""
+    from tunelab.evaluation.suspects import SuspectReport, run_warning
+
+    if context.config.task != "classify" or embedding is None or embedding.suspect_labels is None:
+        return None
+    report = SuspectReport.from_dict(embedding.suspect_labels)
+    path = context.run.suspect_labels
+    atomic_write_text(path, json.dumps(report.to_dict(max_suspects=len(report.suspects)), indent=1, ensure_ascii=False))
+    message = run_warning(report, str(path))
+    if message is not None:
+        context.warn(message)
+    return {"path": str(path), "count": len(report.suspects), "records": report.records}
 
 
 def _record_validation_time(registry: Any, registry_id: str | None, result: dict[str, Any]) -> None:
@@ -1102,6 +1124,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
         from tunelab.train.run import report_to_tracker
 
         report_to_tracker(context.config, context.run.root, tracker_values(context), step=(context.train_result or {}).get("steps"))
+    suspects = (context.state.get("baseline") or {}).get("suspect_labels")
     with step(context, "register", emit_start=False) as record:
         record.registry_fields = {
             "status": "finished",
@@ -1111,6 +1134,7 @@ def register_step(context: PipelineContext) -> RunOutcome:
                 "baselines": {name: result.metrics for name, result in context.baseline_evals.items()},
                 "baselines_skipped": context.baseline_skipped,
                 **({"generation": context.generation["comparison"]} if context.generation else {}),
+                **({"suspect_labels": _suspects_line(suspects)} if suspects else {}),
             },
         }
         record.value = {"registry": str(context.registry.path), "id": context.registry_id}
@@ -1137,7 +1161,13 @@ def register_step(context: PipelineContext) -> RunOutcome:
         baseline_metrics={name: result.metrics for name, result in context.baseline_evals.items()},
         baseline_skipped=dict(context.baseline_skipped),
         generation=context.generation,
+        suspect_labels=suspects,
     )
+
+
+def _suspects_line(suspects: dict[str, Any]) -> str:
+    """The registry's (``tunelab show``'s) one line of a run's suspect labels."""
+    return f"{suspects['count']} of {suspects['records']} training rows: {suspects['path']}"
 
 
 def run_pipeline(

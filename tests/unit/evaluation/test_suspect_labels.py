@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from tunelab.data.records import ClassifyRecord
 from tunelab.errors import ConfigError
-from tunelab.evaluation.suspects import confident_suspects, find_suspect_labels
+from tunelab.evaluation.baselines import find_suspect_labels
+from tunelab.evaluation.suspects import confident_suspects
 
 REQUESTS = {
     "billing": [
@@ -167,10 +168,10 @@ def test_few_examples_per_label_are_said_to_give_weak_hints(tmp_path, monkeypatc
     # 13 records with 7 labels flagged 46 % of the rows with 2 folds: a classifier that saw one example of a label
     # says little about a row of it. The list stays; a line and a JSON field say how weak it is. No embedding model
     # is needed to show it: each text's features are random.
-    from tunelab.evaluation import suspects as S
+    from tunelab.evaluation import baselines as B
     from tunelab.models import embedding
 
-    monkeypatch.setattr(S, "load_embedder", lambda config, allow_network: (None, type("Source", (), {"display_name": "fake"})()))
+    monkeypatch.setattr(B, "load_embedder", lambda config, allow_network: (None, type("Source", (), {"display_name": "fake"})()))
     monkeypatch.setattr(embedding, "embed_texts", lambda model, texts, progress=None: np.random.default_rng(0).normal(size=(len(texts), 8)))
     labels = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f", "g"]
     path = tmp_path / "train.jsonl"
