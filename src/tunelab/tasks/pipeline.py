@@ -1389,17 +1389,22 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
 
 def _warn_pii_upload(context: PipelineContext, files: Sequence[Path]) -> None:
     """One line before the upload: the personal data the files about to be uploaded hold, and the provider's host
-    (``data.pii``: off says nothing; refuse stopped the run at its check step already)."""
-    from tunelab.data.pii import message_fields, scan_texts
+    (``data.pii``: off says nothing). Under refuse nothing is uploaded: the check step refused data.train's already,
+    but a data.validation file of its own is first scanned here.
+
+    Raises:
+        DataError: under ``data.pii: refuse`` when a file holds some.
+    """
+    from tunelab.data.pii import check_texts_sent, message_fields
 
     config = context.config
     if config.data.pii == "off":
         return
     for path in files:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        pii = scan_texts((f"{path.name}:{n}", message_fields(row.get("messages", []))) for n, row in enumerate(rows, 1))
-        if pii.found:
-            context.warn(pii.sent_to(path.name, config.model.endpoint.base_url))
+        texts = ((f"{path.name}:{n}", message_fields(row.get("messages", []))) for n, row in enumerate(rows, 1))
+        for line in check_texts_sent(texts, [config.model.endpoint.base_url], config.data.pii, path.name):
+            context.warn(line)
 
 
 def cancel_cloud_run(run_dir: str | Path) -> CancelResult:
