@@ -534,6 +534,8 @@ def review_judge(
     endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Judge requests in flight at once."),
     max_usd: float = typer.Option(None, "--max-usd", min=0.0, help="Ask nothing when the expected price of the judge's requests is higher."),
+    pii: str = typer.Option(None, "--pii", help="Personal data in the rows sent to the judge: warn (name the host), refuse (ask nothing) "
+                            "or off. Default: the run's own data.pii."),
     registry_path: Path = REVIEW_REGISTRY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -547,15 +549,21 @@ def review_judge(
     from tunelab.evaluation.judge import judge_run
     from tunelab.evaluation.remote import remote_client
 
+    from tunelab.config import DataConfig
+
+    if pii is not None:
+        pii = config_from_options(DataConfig, pii=pii).pii  # data.pii's own values, refused as any option is
     remote = _endpoint(endpoint, judge if endpoint else None, endpoint_key_env, judge, concurrency)
     if remote is None:
         raise DataError(f"--judge {judge} names no remote model", "give --judge openai:NAME, or --judge NAME --endpoint URL")
     registry = open_registry(registry_path)
     with progress_display(quiet=as_json) as display:
         display.begin(f"judge {remote.name} asking", unit="requests")
-        outcome = judge_run(registry, run, remote_client(remote), progress=display.advance, max_usd=max_usd,
+        outcome = judge_run(registry, run, remote_client(remote), progress=display.advance, max_usd=max_usd, pii=pii,
                             on_estimate=lambda estimate: error_console.print(estimate.describe("--max-usd", max_usd), markup=False,
-                                                                             highlight=False, soft_wrap=True))
+                                                                             highlight=False, soft_wrap=True),
+                            # stderr, as `tunelab eval` says it: --json stays JSON
+                            on_warning=lambda line: error_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True))
     if as_json:
         print_json(outcome.to_dict())
         return
