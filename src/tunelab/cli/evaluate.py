@@ -546,10 +546,9 @@ def review_judge(
     with the people, and the Review page shows their agreement.
     """
     from tunelab.cli.runs import open_registry
+    from tunelab.config import DataConfig
     from tunelab.evaluation.judge import judge_run
     from tunelab.evaluation.remote import remote_client
-
-    from tunelab.config import DataConfig
 
     if pii is not None:
         pii = config_from_options(DataConfig, pii=pii).pii  # data.pii's own values, refused as any option is
