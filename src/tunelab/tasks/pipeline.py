@@ -574,7 +574,7 @@ def split_step(context: PipelineContext) -> Split:
     for message in check_predictions(config, split.test, labels):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
-    check_pii_sent(context, split.test)
+    check_pii_sent(context, split.test, split.validation)
     from tunelab.evaluation.evaluate import check_verdict_metric
 
     # Before training, not after it: eval.metric json_f1 on test references that are not JSON is refused now.
@@ -601,16 +601,22 @@ def remote_hosts(config: ResolvedConfig) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def check_pii_sent(context: PipelineContext, test: Sequence[Record]) -> None:
+def check_pii_sent(context: PipelineContext, test: Sequence[Record], validation: Sequence[Record] = ()) -> None:
     """Personal data in the test requests a remote model will be asked (a remote baseline, a cloud run's evaluation):
     said with the host before the first request, or refused (``data.pii: refuse``). The check step scanned the
-    training data; the test split (``data.test``, or held out) is what leaves the machine here."""
+    training data; the test split (``data.test``, or held out) is what leaves the machine here, and with a classify
+    run's ``data.out_of_scope_label`` the ``validation`` rows too (each opponent's threshold is chosen on them:
+    ``baselines.calibrated_baseline`` asks a remote one them; a ``data.validation`` file the check step never scans)."""
     from tunelab.data.pii import check_sent
     from tunelab.evaluation.evaluate import select_test_records
 
     config = context.config
     asked = select_test_records(test, config.data.max_test_examples, config.data.seed)
-    for line in check_sent(asked, remote_hosts(config), config.data.pii, f"the test split ({len(asked)} requests)"):
+    what = f"the test split ({len(asked)} requests)"
+    if config.task == "classify" and config.data.out_of_scope_label is not None and validation:
+        asked = [*validation, *asked]
+        what = f"the validation and test splits ({len(validation)} + {len(asked) - len(validation)} requests)"
+    for line in check_sent(asked, remote_hosts(config), config.data.pii, what):
         message = f"data: {line}"
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)

@@ -190,3 +190,31 @@ def test_refuse_uploads_no_validation_file_holding_personal_data(provider, tmp_p
     with pytest.raises(DataError, match=r"cloud_validation\.jsonl holds 4 phone numbers \(e\.g\. cloud_validation\.jsonl:\d+ prompt: "):
         run_pipeline(config)
     assert provider.count("POST", "/v1/files") == 0
+
+
+def test_a_remote_baseline_with_an_out_of_scope_label_is_asked_the_validation_rows_too(provider, tmp_path, tiny_model_dir, monkeypatch):
+    # With data.out_of_scope_label each opponent's threshold is chosen on the validation rows: a remote baseline is asked
+    # them beside the test requests, so they are scanned with them (here only the validation file holds personal data).
+    from tunelab.tasks import pipeline
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(pipeline, "estimate_step", stop)
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"plain request {i}", "label": "AB"[i % 2]}) + "\n" for i in range(24)))
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps({"text": f"refund {i} to {EMAIL}", "label": "AB"[i % 2]}) + "\n" for i in range(4)))
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text("".join(json.dumps({"text": f"weather today {i}", "label": "other"}) + "\n" for i in range(8)))
+    config = parse_config({
+        "task": "classify", "name": "local", "model": str(tiny_model_dir),
+        "data": {"train": str(train), "validation": str(validation), "out_of_scope": str(outside), "out_of_scope_label": "other",
+                 "test_size": 0.25, "max_length": 64, "pii": "refuse"},
+        "train": {"output_dir": str(tmp_path / "runs")},
+        "eval": {"baselines": [{"endpoint": {"base_url": provider.url, "name": BASE_MODEL}, "as": "gpt"}]},
+    })
+    with pytest.raises(DataError, match=r"the validation and test splits \(\d+ \+ \d+ requests\) holds 4 e-mail addresses "
+                                        r"\(e\.g\. \S+validation\.jsonl:\d text: j\*\*\*@acme-mail\.com\) and data\.pii is refuse"):
+        run_pipeline(config)
+    assert provider.chats_arrived == 0
