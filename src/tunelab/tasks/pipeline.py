@@ -174,6 +174,9 @@ class PipelineContext:
     warnings: list[str] = field(default_factory=list)
     locked: bool = False
     read: ReadResult | None = None  # data.train as read before the base model loaded (the check step's records)
+    # The predictions files of eval.baselines as parsed (``data.predictions.read_once``, by content): checked before the
+    # base model loads, matched at the split and scored as a baseline, read once.
+    predictions_read: dict = field(default_factory=dict)
 
     def close(self) -> None:
         """Release the run folder's lock (``run_pipeline`` does this when it returns or raises)."""
@@ -457,7 +460,7 @@ def open_pipeline(
             # read as it is, or its bad records, are said at once. The check step goes on from these records.
             context.read = read_records(config.data.train, config.task, config.data)
             refuse_invalid(config, context.read.errors)
-            check_predictions(config)  # the current system's answers: unreadable rows or two answers to a request
+            check_predictions(config, read=context.predictions_read)  # the current system's answers: unreadable rows or two answers to a request
         # The base model is needed by the data check (token lengths), the estimate and the baseline.
         context.base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     except BaseException:
@@ -488,17 +491,21 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
         raise DataError(f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}", hint)
 
 
-def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None, labels: Collection[str] | None = None) -> list[str]:
+def check_predictions(
+    config: ResolvedConfig, test: Sequence[Record] | None = None, labels: Collection[str] | None = None, *, read: dict | None = None,
+) -> list[str]:
     """The run's predictions files (``{predictions: PATH}`` in ``eval.baselines``) read and, given the test split,
     matched to the test requests that will be scored (``evaluation/baselines.check_predictions``); the notes to show
-    (with the run's classify ``labels``: the answers that are none of them).
+    (with the run's classify ``labels``: the answers that are none of them). ``read``: the files parsed so far in this
+    run (``PipelineContext.predictions_read``), kept for its next use.
 
     Raises:
         DataError: for unreadable rows, two answers to one request, or a test request without an answer.
     """
     from tunelab.evaluation.baselines import check_predictions as check
 
-    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data, labels=labels)
+    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data, labels=labels,
+                 predictions_read=read)
 
 
 def check_step(context: PipelineContext) -> None:
@@ -571,7 +578,7 @@ def split_step(context: PipelineContext) -> Split:
     # Before the estimate, the baselines and training: a test request the current system has no answer to is refused now.
     # The run's labels are its training records' (the label map's), read here without the tokenizer the map needs.
     labels = {record.label for record in split.train} if config.task == "classify" else None
-    for message in check_predictions(config, split.test, labels):
+    for message in check_predictions(config, split.test, labels, read=context.predictions_read):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
     check_pii_sent(context, split.test, split.validation)
@@ -826,7 +833,7 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
             data_config=config.data, label_map=context.label_map, train_ids=[r.id for r in split.train],
             registry=context.registry, cache_dir=Path(config.train.output_dir) / "baselines", model_key=_model_key(context.base),
             run_id=context.registry_id, on_event=on_baseline, progress=context.eval_progress, validation=split.validation,
-            allow_network=config.model.allow_network,
+            allow_network=config.model.allow_network, predictions_read=context.predictions_read,
         )
         for name, result in results.items():
             result.save(paths[name])
