@@ -218,3 +218,32 @@ def test_a_remote_baseline_with_an_out_of_scope_label_is_asked_the_validation_ro
                                         r"\(e\.g\. \S+validation\.jsonl:\d text: j\*\*\*@acme-mail\.com\) and data\.pii is refuse"):
         run_pipeline(config)
     assert provider.chats_arrived == 0
+
+
+def test_tunelab_eval_names_the_host_a_remote_baseline_is_asked_the_validation_file_at(cli, provider, tmp_path, tiny_model_dir, monkeypatch):
+    # A remote baseline of --baselines is asked the test file (the check read eval_config.baselines, which tunelab eval
+    # never sets: no line was said); with an out-of-scope label each baseline's threshold is chosen on --validation, so
+    # it is asked those rows too. Each is named with the host before the first request.
+    from tunelab.cli.main import app
+
+    monkeypatch.setattr("tunelab.config.OPENAI_BASE_URL", provider.url)  # openai:NAME, answered by the loopback fake
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setattr("fake_provider.BASE_ANSWER", "A")  # a category: the baseline's threshold is chosen on its answers
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return str(path)
+
+    test = write("test.jsonl", [{"text": f"plain request {i}" + (f" from {EMAIL}" if i == 0 else ""), "label": "AB"[i % 2]} for i in range(6)])
+    validation = write("validation.jsonl", [{"text": f"refund {i} to {EMAIL}", "label": "AB"[i % 2]} for i in range(4)]
+                       + [{"text": "the weather", "label": "other"}])
+    train = write("train.jsonl", [{"text": f"training request {i}", "label": "AB"[i % 2]} for i in range(8)])
+    result = cli.invoke(app, ["eval", "--data", test, "--task", "classify", "--model", str(tiny_model_dir), "--train", train,
+                              "--validation", validation, "--out-of-scope-label", "other", "--baselines", f"openai:{BASE_MODEL}",
+                              "--json"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "the test file (6 requests) holds 1 e-mail address (e.g. " in said, said
+    assert "the validation file (5 requests) holds 4 e-mail addresses (e.g. " in said, said
+    assert f"they will be sent to {_host(provider)}" in said and EMAIL not in result.stderr
