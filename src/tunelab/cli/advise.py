@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.common import console, error_console, print_json, train_progress_bar
@@ -35,6 +36,9 @@ def _event_printer(quiet: bool):
 
     def on_event(step: str, status: str, details: dict[str, Any]) -> None:
         if quiet:
+            return
+        if status == "warn":  # personal data in the rows a remote opponent is asked, with its host: before the first request
+            error_console.print(f"  [yellow]warning:[/] {escape(details['message'])}", soft_wrap=True)
             return
         key = f"{step}:{details.get('baseline', '')}"
         if status == "start":

@@ -285,7 +285,7 @@ def evaluate_command(
         baseline = task == "classify" and answering.label_map is None
     # Before any answer is asked for (a remote one costs money): a metric these references cannot measure is refused now.
     check_verdict_metric(task, records, data_config, eval_config.metric)
-    _say_pii_sent(records, answering, eval_config, data_config, task)
+    _say_pii_sent(records, answering, names, eval_config, data_config, task, validation_records)
     say_request_cost(answering.estimate_evaluate(records, task, config=eval_config, data_config=data_config,
                                                  labels=_remote_labels(label_map, task, train_records, records)),
                      max_usd, "raise --max-usd, or evaluate fewer examples (--limit)")
@@ -314,16 +314,23 @@ def say_request_cost(estimate, max_usd: float | None, hint: str, cap_name: str =
     estimate.refuse_over(cap_name, max_usd, hint)
 
 
-def _say_pii_sent(records: Any, answering: Any, eval_config: Any, data_config: Any, task: str) -> None:
-    """Before a remote model (the one evaluated, or a remote baseline) is asked the test requests: personal data in them
-    is said with each host, as `tunelab run` says it (``data.pii``)."""
-    from tunelab.config import REMOTE_TASKS, resolve_baselines
+def _say_pii_sent(
+    records: Any, answering: Any, names: list[str], eval_config: Any, data_config: Any, task: str, validation: Any = None,
+) -> None:
+    """Before a remote model (the one evaluated, or a remote baseline of ``names``, the --baselines) is asked the test
+    requests: personal data in them is said with each host, as `tunelab run` says it (``data.pii``). With an
+    out-of-scope label a remote baseline is asked the ``--validation`` rows too (its threshold is chosen on them:
+    ``baselines.calibrated_baseline``)."""
+    from tunelab.config import REMOTE_TASKS
     from tunelab.data.pii import check_sent
 
+    # The --baselines names, as evaluate_with_baselines is given them (eval_config.baselines is not set here).
+    baselines = [e.base_url for name in names if (e := eval_config.endpoint_of(name)) is not None] if task in REMOTE_TASKS else []
     urls = [answering.client.endpoint.base_url] if answering.remote else []
-    if eval_config.baselines and task in REMOTE_TASKS:
-        urls += [e.base_url for name in resolve_baselines(task, eval_config) if (e := eval_config.endpoint_of(name)) is not None]
-    for line in check_sent(records, urls, data_config.pii, f"the test file ({len(records)} requests)"):
+    lines = check_sent(records, [*urls, *baselines], data_config.pii, f"the test file ({len(records)} requests)")
+    if validation and task == "classify" and data_config.out_of_scope_label is not None:
+        lines += check_sent(validation, baselines, data_config.pii, f"the validation file ({len(validation)} requests)")
+    for line in lines:
         error_console.print(f"[yellow]warning:[/yellow] {escape(line)}")  # stderr: --json stays JSON
 
 
@@ -534,6 +541,8 @@ def review_judge(
     endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Judge requests in flight at once."),
     max_usd: float = typer.Option(None, "--max-usd", min=0.0, help="Ask nothing when the expected price of the judge's requests is higher."),
+    pii: str = typer.Option(None, "--pii", help="Personal data in the rows sent to the judge: warn (name the host), refuse (ask nothing) "
+                            "or off. Default: the run's own data.pii."),
     registry_path: Path = REVIEW_REGISTRY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -544,18 +553,23 @@ def review_judge(
     with the people, and the Review page shows their agreement.
     """
     from tunelab.cli.runs import open_registry
+    from tunelab.config import DataConfig
     from tunelab.evaluation.judge import judge_run
     from tunelab.evaluation.remote import remote_client
 
+    if pii is not None:
+        pii = config_from_options(DataConfig, pii=pii).pii  # data.pii's own values, refused as any option is
     remote = _endpoint(endpoint, judge if endpoint else None, endpoint_key_env, judge, concurrency)
     if remote is None:
         raise DataError(f"--judge {judge} names no remote model", "give --judge openai:NAME, or --judge NAME --endpoint URL")
     registry = open_registry(registry_path)
     with progress_display(quiet=as_json) as display:
         display.begin(f"judge {remote.name} asking", unit="requests")
-        outcome = judge_run(registry, run, remote_client(remote), progress=display.advance, max_usd=max_usd,
+        outcome = judge_run(registry, run, remote_client(remote), progress=display.advance, max_usd=max_usd, pii=pii,
                             on_estimate=lambda estimate: error_console.print(estimate.describe("--max-usd", max_usd), markup=False,
-                                                                             highlight=False, soft_wrap=True))
+                                                                             highlight=False, soft_wrap=True),
+                            # stderr, as `tunelab eval` says it: --json stays JSON
+                            on_warning=lambda line: error_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True))
     if as_json:
         print_json(outcome.to_dict())
         return

@@ -247,15 +247,20 @@ class PiiReport:
         return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+    def first_example(self) -> str:
+        """The first masked example found (``file:line field: value``): the one line about them says where to look."""
+        return next(kind.examples[0] for kind in self.kinds.values() if kind.examples)
+
     def sent_to(self, what: str, base_url: str) -> str:
-        """The line said before ``what`` goes to a provider: what it holds, and which host receives it."""
+        """The line said before ``what`` goes to a provider: what it holds, where one is, and which host receives it."""
         host = urlsplit(base_url).netloc or base_url
-        return f"{what} holds {self.summary()} (data check --json lists them, masked); they will be sent to {host}"
+        return (f"{what} holds {self.summary()} (e.g. {self.first_example()}; data check --json lists them, masked); "
+                f"they will be sent to {host}")
 
     def refusal(self, what: str) -> DataError:
-        """The one-line error of ``data.pii: refuse``."""
+        """The one-line error of ``data.pii: refuse``, naming where one of them is (masked)."""
         return DataError(
-            f"{what} holds {self.summary()} and data.pii is refuse: nothing is trained, uploaded or sent",
+            f"{what} holds {self.summary()} (e.g. {self.first_example()}) and data.pii is refuse: nothing is trained, uploaded or sent",
             "remove or replace them (`tunelab data check --json` lists where, masked), "
             "or set data.pii: warn (or off) if they are fake or public",
         )
@@ -293,15 +298,29 @@ def scan_records(records: Iterable[Record]) -> PiiReport:
 
 
 def check_sent(records: Sequence[Record], base_urls: Sequence[str], setting: str, what: str) -> list[str]:
-    """Before ``records`` are sent to the endpoints at ``base_urls`` (a remote model asked the test requests): the line
-    to say per host when they hold personal data (``data.pii: warn``), none when they hold none or ``setting`` is off.
+    """Before ``records`` are sent to the endpoints at ``base_urls`` (a remote model asked the test requests):
+    :func:`check_texts_sent` of their texts (:func:`record_fields`).
+
+    Raises:
+        DataError: under ``data.pii: refuse`` when they hold some (nothing is sent).
+    """
+    return check_texts_sent(((record.source, record_fields(record)) for record in records), base_urls, setting, what)
+
+
+def check_texts_sent(
+    items: Iterable[tuple[str, Iterable[tuple[str, str]]]], base_urls: Sequence[str], setting: str, what: str
+) -> list[str]:
+    """Before the texts of ``items`` (``(source, [(field, text), ...])``, as :func:`scan_texts` reads them) are sent to
+    the endpoints at ``base_urls``: the line to say per host when they hold personal data (``data.pii: warn``), none
+    when they hold none, nothing is sent or ``setting`` is off. A loopback endpoint (``localhost:8000``) is named like
+    any other: it may be a tunnel to a provider as well as a local vLLM, and this module cannot tell which.
 
     Raises:
         DataError: under ``data.pii: refuse`` when they hold some (nothing is sent).
     """
     if setting == "off" or not base_urls:
         return []
-    pii = scan_records(records)
+    pii = scan_texts(items)
     if not pii.found:
         return []
     if setting == "refuse":

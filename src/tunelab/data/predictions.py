@@ -8,8 +8,9 @@ training data holds for it. An answer is matched to a test record by the record'
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,25 @@ def read_predictions(entry: PredictionsConfig, task: str, data: DataConfig) -> P
                 "keep the one the current system gives (requests are matched by their text, case and punctuation aside)",
             )
     return result
+
+
+def read_once(
+    entry: PredictionsConfig, task: str, data: DataConfig, read: MutableMapping[str, Predictions] | None = None
+) -> Predictions:
+    """:func:`read_predictions`, parsed once per file content and reading settings kept in ``read`` (one run's: a
+    ``tunelab run`` checks the file before the base model loads, matches it at the split and scores it as a baseline);
+    None reads it afresh. Keyed by the file's content hash, so a file edited between two uses is read again.
+
+    Raises:
+        DataError: as :func:`read_predictions`.
+    """
+    if read is None:
+        return read_predictions(entry, task, data)
+    key = json.dumps([content_hash(entry.path), task, entry.model_dump(mode="json"), reading_config(entry, data).model_dump(mode="json")],
+                     sort_keys=True, default=str)
+    if key not in read:
+        read[key] = read_predictions(entry, task, data)
+    return read[key]
 
 
 def match_predictions(

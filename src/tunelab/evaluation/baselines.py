@@ -660,7 +660,7 @@ def retrieval_baseline(train: Sequence[SFTRecord], records: Sequence[SFTRecord],
 
 def predictions_baseline(
     name: str, entry: PredictionsConfig, records: Sequence[Record], task: str, *, data_config: DataConfig,
-    labels: Sequence[str] | None = None, train_ids=None,
+    labels: Sequence[str] | None = None, train_ids=None, predictions_read: dict | None = None,
 ) -> EvalResult:
     """The answers the system in use now gave to the test requests (``entry``'s file), scored like the model's.
 
@@ -670,11 +670,13 @@ def predictions_baseline(
 
     Raises:
         DataError: for unreadable rows, two answers to one request, or a test request without an answer.
+
+    ``predictions_read``: the files already read in this run (``data.predictions.read_once``).
     """
-    from tunelab.data.predictions import match_predictions, read_predictions
+    from tunelab.data.predictions import match_predictions, read_once
 
     chosen, warnings = _prepare(records, task, data_config, train_ids)
-    read = read_predictions(entry, task, data_config)
+    read = read_once(entry, task, data_config, predictions_read)
     answers, notes = match_predictions(read, chosen, records)
     warnings += notes
     settings = {"predictions": entry.path, "content_hash": read.content_hash}
@@ -780,6 +782,7 @@ class BaselineJob:
     train_ids: Any
     progress: Progress | None
     allow_network: bool = False
+    predictions_read: dict | None = None  # the predictions files this run has read (``data.predictions.read_once``)
 
     @property
     def test_count(self) -> int:
@@ -864,7 +867,8 @@ def _score_predictions(job: BaselineJob) -> EvalResult:
         raise ConfigError("the predictions baseline needs its file: {predictions: PATH, name: NAME} in eval.baselines")
     expect_progress(job.progress, 1)
     labels = job.label_map.labels if job.label_map is not None else None
-    result = predictions_baseline(job.name, entry, job.records, job.task, data_config=job.data_config, labels=labels, train_ids=job.train_ids)
+    result = predictions_baseline(job.name, entry, job.records, job.task, data_config=job.data_config, labels=labels, train_ids=job.train_ids,
+                                  predictions_read=job.predictions_read)
     if job.progress is not None:
         job.progress(1)
     return result
@@ -909,7 +913,7 @@ def check_baselines(names: Sequence[str], task: str, config: EvalConfig, *, trai
 
 def check_predictions(
     names: Sequence[str], records: Sequence[Record] | None, task: str, *, config: EvalConfig, data_config: DataConfig,
-    labels: Collection[str] | None = None,
+    labels: Collection[str] | None = None, predictions_read: dict | None = None,
 ) -> list[str]:
     """Refuse, before any model answers, a predictions file of ``names`` with unreadable rows, two answers to one
     request, or (given the test ``records``) no answer to a test request that will be scored; the notes to show
@@ -919,14 +923,16 @@ def check_predictions(
 
     Raises:
         DataError: as ``data.predictions.read_predictions`` and ``match_predictions``.
+
+    ``predictions_read``: the files already read in this run, kept for its next use (``data.predictions.read_once``).
     """
-    from tunelab.data.predictions import match_predictions, read_predictions
+    from tunelab.data.predictions import match_predictions, read_once
 
     chosen = None if records is None else select_test_records(records, data_config.max_test_examples, data_config.seed)
     notes: list[str] = []
     for name in names:
         if is_predictions(name, config, task):
-            read = read_predictions(config.predictions_of(name), task, data_config)  # type: ignore[arg-type]
+            read = read_once(config.predictions_of(name), task, data_config, predictions_read)  # type: ignore[arg-type]
             if chosen is not None:
                 answers, found = match_predictions(read, chosen, records)
                 if task == "classify" and labels is not None:
@@ -949,6 +955,7 @@ def evaluate_baseline(
     train_ids=None,
     progress: Progress | None = None,
     allow_network: bool = False,
+    predictions_read: dict | None = None,
 ) -> EvalResult:
     """One baseline's evaluation on ``records`` (``base`` is the base model, needed by base and few_shot).
 
@@ -970,7 +977,7 @@ def evaluate_baseline(
         return remote_model(endpoint, check=False).evaluate(records, task, config=config, data_config=data_config, label_map=label_map,
                                                             train_ids=train_ids, baseline_name=name, progress=progress)
     if is_predictions(name, config, task):
-        job = BaselineJob(name, base, records, task, train, config, data_config, label_map, train_ids, progress, allow_network)
+        job = BaselineJob(name, base, records, task, train, config, data_config, label_map, train_ids, progress, allow_network, predictions_read)
         return SCORERS["predictions"].score(job)
     if name not in TASK_BASELINES.get(task, ()):
         raise ConfigError(f"the {name} baseline does not apply to the task {task}", f"choose from {', '.join(TASK_BASELINES.get(task, ()))}")
@@ -1178,6 +1185,7 @@ def evaluate_baselines(
     progress: Progress | None = None,
     validation: Sequence[Record] | None = None,
     allow_network: bool = False,
+    predictions_read: dict | None = None,
 ) -> Baselines:
     """Every baseline in ``names`` on ``records``; cached in ``registry`` when one is given.
 
@@ -1232,7 +1240,7 @@ def evaluate_baselines(
                 # (The current system answers out of scope as it does: it has no threshold to choose.)
                 result = calibrated_baseline(name, base, records, list(validation or []), **scoring)
             else:
-                result = evaluate_baseline(name, base, records, task, **scoring)
+                result = evaluate_baseline(name, base, records, task, **scoring, predictions_read=predictions_read)
         except BaselineSkipped as skip:
             skipped[name] = skip.message
             emit(name, "skipped", {"reason": skip.message})
@@ -1289,7 +1297,8 @@ def evaluate_with_baselines(
     from tunelab.evaluation.compare import compare_with_baselines
 
     check_baselines(baselines, task, config, train=train, has_base=not model.remote)
-    check_predictions(baselines, records, task, config=config, data_config=data_config)
+    predictions_read: dict = {}  # a predictions file is checked here and scored below: parsed once
+    check_predictions(baselines, records, task, config=config, data_config=data_config, predictions_read=predictions_read)
     if task == "classify" and label_map is None:
         if model.label_map is not None:
             label_map = model.label_map
@@ -1303,7 +1312,7 @@ def evaluate_with_baselines(
     base = model.base_model(allow_network=allow_network) if any(needs_base_model(name) for name in baselines) else None
     opponents = evaluate_baselines(baselines, base, records, task, train=train, config=config, data_config=data_config,
                                    label_map=label_map, train_ids=train_ids, on_event=on_event, progress=progress, validation=validation,
-                                   allow_network=allow_network)
+                                   allow_network=allow_network, predictions_read=predictions_read)
     verdict = (compare_with_baselines(opponents, result, seed=config.seed, samples=config.bootstrap_samples, skipped=opponents.skipped)
                if opponents else None)
     return result, opponents, verdict

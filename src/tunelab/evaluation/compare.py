@@ -76,7 +76,8 @@ def not_a_number(model: str, metric: str, table: dict[str, np.ndarray]) -> str:
     why = f"{int(broken.sum())} of {n} examples' scores are NaN" if broken.any() else "it is undefined on these examples"
     if metric == "ece" and "confidence" in table and n and np.isnan(table["confidence"]).all():
         why = "its answers come without probabilities"  # a predictions file without its probability column
-    return f"{model}'s {metric} is not a number on this test set ({why})"
+    # "the ece of NAME", not "NAME's ece": a name is the user's (a predictions baseline named keywords read "keywords's").
+    return f"the {metric} of {model} is not a number on this test set ({why})"
 
 
 def _save_json(path: str | Path, data: dict[str, Any]) -> Path:

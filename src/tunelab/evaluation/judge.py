@@ -25,15 +25,18 @@ only where the judge's latest one of that row differs, so the append-only review
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.data.pii import check_texts_sent, message_fields
 from tunelab.data.records import Message, message_text
 from tunelab.errors import DataError
 from tunelab.evaluation.review import (
     Agreement,
     ReviewScore,
+    ReviewSheet,
     agreement,
     open_run_review,
     registry_judgments,
@@ -132,6 +135,33 @@ def parse_verdict(text: str | None) -> str | None:
     return {"a": "A", "b": "B", "tie": "tie"}.get(word)
 
 
+def run_pii_setting(run_dir: str | Path) -> str:
+    """The run's own ``data.pii`` (its config.yaml); "warn", the default, when the folder has none or it cannot be read."""
+    import yaml
+
+    from tunelab.runs import RunFolder
+
+    try:
+        raw = yaml.safe_load(RunFolder(Path(run_dir)).config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "warn"
+    data = raw.get("data") if isinstance(raw, dict) else None
+    setting = data.get("pii") if isinstance(data, dict) else None
+    return setting if setting in ("warn", "refuse", "off") else "warn"
+
+
+def _sheet_texts(sheet: ReviewSheet, rows: Sequence[dict[str, str]]) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """(``sheet:line``, its texts) of each row the judge is sent: the request (the whole conversation where the key
+    keeps one), both answers, and a text run's author continuation."""
+    for row in rows:
+        messages = sheet.conversations.get(row["id"])
+        fields = list(message_fields(messages)) if messages else [("prompt", row["prompt"])]
+        fields += [("output_a", row["output_a"]), ("output_b", row["output_b"])]
+        if row.get("reference"):
+            fields.append(("reference", row["reference"]))
+        yield f"{sheet.path}:{sheet.lines.get(row['id'], '?')}", fields
+
+
 def _swap_back(choice: str | None) -> str | None:
     """A verdict given on the swapped order, said in the sheet's sides."""
     return {"A": "B", "B": "A"}.get(choice or "", choice)
@@ -165,17 +195,22 @@ class JudgeOutcome:
 def judge_run(
     registry: Registry, run: str, client: RemoteClient, *, progress: Callable[[int], None] | None = None,
     max_usd: float | None = None, on_estimate: Callable[[RequestEstimate], None] | None = None,
+    pii: str | None = None, on_warning: Callable[[str], None] | None = None,
 ) -> JudgeOutcome:
     """Ask ``client``'s model to judge every row of ``run``'s blind sheet in both orders, and record its judgments.
 
-    Before the first request the batch is priced (``RemoteClient.estimate``; a verdict is expected to be one token)
-    and handed to ``on_estimate``; over ``max_usd`` nothing is asked.
+    Before the first request the rows are scanned for personal data (``pii``: warn, refuse or off; None: the run's own
+    ``data.pii``): under warn the line naming the judge's host goes to ``on_warning``. Then the batch is priced
+    (``RemoteClient.estimate``; a verdict is expected to be one token) and handed to ``on_estimate``; over ``max_usd``
+    nothing is asked.
 
     Raises:
         RegistryError: when the run does not exist.
-        DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run without continuation samples).
+        DataError: when the run has no folder or nothing to review (no base and tuned evaluation, a text run without
+            continuation samples), or under ``pii`` refuse when the rows hold personal data (nothing is asked).
         BudgetExceeded: when the expected cost is over ``max_usd``.
     """
+
     record = registry.get_run(run)
     if not record.run_dir:
         raise DataError(f"run {record.name} has no run folder recorded")
@@ -188,6 +223,13 @@ def judge_run(
         text = {"task": sheet.task, "reference": row.get("reference")} if sheet.task == "text" else {}
         conversations.append(judge_conversation(row["prompt"], row["output_a"], row["output_b"], messages, **text))
         conversations.append(judge_conversation(row["prompt"], row["output_b"], row["output_a"], messages, **text))
+    # The rows quote the test requests and both models' answers (which can repeat what they were trained on): what
+    # leaves the machine here, said with the judge's host or refused as `tunelab run` does for its own requests.
+    setting = pii if pii is not None else run_pii_setting(record.run_dir)
+    what = f"the review sheet ({len(conversations)} requests to judge {len(asked)} rows)"
+    for line in check_texts_sent(_sheet_texts(sheet, asked), [client.endpoint.base_url], setting, what):
+        if on_warning is not None:
+            on_warning(line)
     estimate = client.estimate(conversations, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0,
                                expected_output_tokens=[VERDICT_TOKENS] * len(conversations))
     if on_estimate is not None:

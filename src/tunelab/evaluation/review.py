@@ -414,6 +414,8 @@ class ReviewSheet:
     conversations: dict[str, list[dict]] = field(default_factory=dict)
     # The evaluations' task when the key names it (a text run's sheet: continuations of openings), else None.
     task: str | None = None
+    # Each row's line in the sheet (by id): where a finding in it is named (the judge's personal-data line).
+    lines: dict[str, int] = field(default_factory=dict)
 
     @property
     def question(self) -> str | None:
@@ -433,13 +435,14 @@ def load_sheet(sheet: str | Path, key: str | Path | None = None) -> ReviewSheet:
     sheet = Path(sheet)
     key, key_data = _read_key(sheet, key)
     # A text sheet's reference (the author's continuation) is read too: shown beside the two, it names no side.
+    read = list(_judged_rows(sheet, key, key_data, COLUMNS, "pass a sheet written by `tunelab review export`"))
     rows = [
         {name: row[name] for name in ("id", "prompt", "output_a", "output_b", "reference") if row.get(name) is not None}
-        for _, row, _ in _judged_rows(sheet, key, key_data, COLUMNS, "pass a sheet written by `tunelab review export`")
+        for _, row, _ in read
     ]
     return ReviewSheet(
         sheet, key, rows, key_data["sides"], key_data.get("base", "base"), key_data.get("tuned", "tuned"), not_asked(key_data, rows),
-        key_data.get("prompts", {}), key_data.get("task"),
+        key_data.get("prompts", {}), key_data.get("task"), {row["id"]: line for line, row, _ in read},
     )
 
 

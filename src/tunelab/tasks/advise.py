@@ -625,6 +625,14 @@ def advise(
     # How many labelled examples the user has, and which share of new ones would land in training.
     labelled = len(train) + len(split.validation) + (len(split.test) if split.test_from == "held out" else 0)
     _emit(on_event, "split", "done", train=len(train), validation=len(validation), labelled=labelled)
+    # A remote opponent is asked every validation row (its scores are on them): their personal data is said with its
+    # host before the first request, or refused before anything is asked or written, as the run's test split is.
+    from tunelab.data.pii import check_sent
+    from tunelab.tasks.pipeline import remote_hosts
+
+    for line in check_sent(validation, remote_hosts(config), config.data.pii, f"the validation split ({len(validation)} requests)"):
+        warnings.append(line)
+        _emit(on_event, "pii", "warn", message=line)
 
     base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     label_map = LabelMap.for_records(train, base.tokenizer, outside) if task == "classify" else None

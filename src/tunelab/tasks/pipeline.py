@@ -176,6 +176,9 @@ class PipelineContext:
     warnings: list[str] = field(default_factory=list)
     locked: bool = False
     read: ReadResult | None = None  # data.train as read before the base model loaded (the check step's records)
+    # The predictions files of eval.baselines as parsed (``data.predictions.read_once``, by content): checked before the
+    # base model loads, matched at the split and scored as a baseline, read once.
+    predictions_read: dict = field(default_factory=dict)
 
     def close(self) -> None:
         """Release the run folder's lock (``run_pipeline`` does this when it returns or raises)."""
@@ -459,7 +462,7 @@ def open_pipeline(
             # read as it is, or its bad records, are said at once. The check step goes on from these records.
             context.read = read_records(config.data.train, config.task, config.data)
             refuse_invalid(config, context.read.errors)
-            check_predictions(config)  # the current system's answers: unreadable rows or two answers to a request
+            check_predictions(config, read=context.predictions_read)  # the current system's answers: unreadable rows or two answers to a request
         # The base model is needed by the data check (token lengths), the estimate and the baseline.
         context.base = load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     except BaseException:
@@ -490,17 +493,21 @@ def refuse_invalid(config: ResolvedConfig, errors: Sequence[RecordError]) -> Non
         raise DataError(f"{invalid_records(errors)} invalid record(s) in {config.data.train}: {listed}{more}", hint)
 
 
-def check_predictions(config: ResolvedConfig, test: Sequence[Record] | None = None, labels: Collection[str] | None = None) -> list[str]:
+def check_predictions(
+    config: ResolvedConfig, test: Sequence[Record] | None = None, labels: Collection[str] | None = None, *, read: dict | None = None,
+) -> list[str]:
     """The run's predictions files (``{predictions: PATH}`` in ``eval.baselines``) read and, given the test split,
     matched to the test requests that will be scored (``evaluation/baselines.check_predictions``); the notes to show
-    (with the run's classify ``labels``: the answers that are none of them).
+    (with the run's classify ``labels``: the answers that are none of them). ``read``: the files parsed so far in this
+    run (``PipelineContext.predictions_read``), kept for its next use.
 
     Raises:
         DataError: for unreadable rows, two answers to one request, or a test request without an answer.
     """
     from tunelab.evaluation.baselines import check_predictions as check
 
-    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data, labels=labels)
+    return check(config.eval.baselines or (), test, config.task, config=config.eval, data_config=config.data, labels=labels,
+                 predictions_read=read)
 
 
 def check_step(context: PipelineContext) -> None:
@@ -573,10 +580,10 @@ def split_step(context: PipelineContext) -> Split:
     # Before the estimate, the baselines and training: a test request the current system has no answer to is refused now.
     # The run's labels are its training records' (the label map's), read here without the tokenizer the map needs.
     labels = {record.label for record in split.train} if config.task == "classify" else None
-    for message in check_predictions(config, split.test, labels):
+    for message in check_predictions(config, split.test, labels, read=context.predictions_read):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
-    check_pii_sent(context, split.test)
+    check_pii_sent(context, split.test, split.validation)
     from tunelab.evaluation.evaluate import check_verdict_metric
 
     # Before training, not after it: eval.metric json_f1 on test references that are not JSON is refused now.
@@ -603,16 +610,22 @@ def remote_hosts(config: ResolvedConfig) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def check_pii_sent(context: PipelineContext, test: Sequence[Record]) -> None:
+def check_pii_sent(context: PipelineContext, test: Sequence[Record], validation: Sequence[Record] = ()) -> None:
     """Personal data in the test requests a remote model will be asked (a remote baseline, a cloud run's evaluation):
     said with the host before the first request, or refused (``data.pii: refuse``). The check step scanned the
-    training data; the test split (``data.test``, or held out) is what leaves the machine here."""
+    training data; the test split (``data.test``, or held out) is what leaves the machine here, and with a classify
+    run's ``data.out_of_scope_label`` the ``validation`` rows too (each opponent's threshold is chosen on them:
+    ``baselines.calibrated_baseline`` asks a remote one them; a ``data.validation`` file the check step never scans)."""
     from tunelab.data.pii import check_sent
     from tunelab.evaluation.evaluate import select_test_records
 
     config = context.config
     asked = select_test_records(test, config.data.max_test_examples, config.data.seed)
-    for line in check_sent(asked, remote_hosts(config), config.data.pii, f"the test split ({len(asked)} requests)"):
+    what = f"the test split ({len(asked)} requests)"
+    if config.task == "classify" and config.data.out_of_scope_label is not None and validation:
+        asked = [*validation, *asked]
+        what = f"the validation and test splits ({len(validation)} + {len(asked) - len(validation)} requests)"
+    for line in check_sent(asked, remote_hosts(config), config.data.pii, what):
         message = f"data: {line}"
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
@@ -859,7 +872,7 @@ def baseline_step(context: PipelineContext) -> dict[str, EvalResult]:
             data_config=config.data, label_map=context.label_map, train_ids=[r.id for r in split.train],
             registry=context.registry, cache_dir=Path(config.train.output_dir) / "baselines", model_key=_model_key(context.base),
             run_id=context.registry_id, on_event=on_baseline, progress=context.eval_progress, validation=split.validation,
-            allow_network=config.model.allow_network,
+            allow_network=config.model.allow_network, predictions_read=context.predictions_read,
         )
         for name, result in results.items():
             result.save(paths[name])
@@ -1457,17 +1470,22 @@ def cloud_train_step(context: PipelineContext, *, poll_s: float | None = None) -
 
 def _warn_pii_upload(context: PipelineContext, files: Sequence[Path]) -> None:
     """One line before the upload: the personal data the files about to be uploaded hold, and the provider's host
-    (``data.pii``: off says nothing; refuse stopped the run at its check step already)."""
-    from tunelab.data.pii import message_fields, scan_texts
+    (``data.pii``: off says nothing). Under refuse nothing is uploaded: the check step refused data.train's already,
+    but a data.validation file of its own is first scanned here.
+
+    Raises:
+        DataError: under ``data.pii: refuse`` when a file holds some.
+    """
+    from tunelab.data.pii import check_texts_sent, message_fields
 
     config = context.config
     if config.data.pii == "off":
         return
     for path in files:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        pii = scan_texts((f"{path.name}:{n}", message_fields(row.get("messages", []))) for n, row in enumerate(rows, 1))
-        if pii.found:
-            context.warn(pii.sent_to(path.name, config.model.endpoint.base_url))
+        texts = ((f"{path.name}:{n}", message_fields(row.get("messages", []))) for n, row in enumerate(rows, 1))
+        for line in check_texts_sent(texts, [config.model.endpoint.base_url], config.data.pii, path.name):
+            context.warn(line)
 
 
 def cancel_cloud_run(run_dir: str | Path) -> CancelResult:

@@ -282,7 +282,7 @@ def _stored_evaluation(record: Any) -> tuple[Any, str | None]:
     except DataError as error:
         return None, error.message
     if not result.rows or not result.test_fingerprint:
-        return None, f"run {record.name}'s evaluation {path} has no per-example results or no test fingerprint"
+        return None, f"the evaluation {path} of run {record.name} has no per-example results or no test fingerprint"
     return result, None
 
 

@@ -22,6 +22,8 @@ def test_run_refuses_data_with_personal_data_before_anything_runs(tmp_path, tiny
     }))
     refused = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "run", str(config)], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2, refused.stderr
-    assert f"{data} holds 1 card number and data.pii is refuse: nothing is trained, uploaded or sent" in " ".join(refused.stderr.split())
+    # The one line names where the card number is (masked): the file's line 6, its text.
+    assert (f"{data} holds 1 card number (e.g. {data}:6 text: **** **** **** 4242) and data.pii is refuse: nothing is trained, "
+            "uploaded or sent") in " ".join(refused.stderr.split())
     assert CARD not in refused.stderr and CARD not in refused.stdout
     assert not (tmp_path / "runs" / "refused").exists()

@@ -244,7 +244,19 @@ def test_no_ece_is_said_with_the_baselines_name_not_its_files_path(tmp_path):
     result, tuned = _score("current", config), _score("tuned", scored)
     tuned.baseline, tuned.baseline_name, tuned.model = False, None, "tuned"
     reason = compare_with_baselines({"current": result}, tuned, seed=0, samples=50).comparisons["current"].metric("ece").not_compared
-    assert reason == "current's ece is not a number on this test set (its answers come without probabilities)"
+    assert reason == "the ece of current is not a number on this test set (its answers come without probabilities)"
+
+
+def test_a_baseline_name_ending_in_s_reads_right_where_its_metric_is_named(tmp_path):
+    # A predictions baseline named keywords: the line read "keywords's ece is not a number"; any name reads right as
+    # "the ece of NAME".
+    rows = [{"text": text, "label": label} for text, label in TEST]
+    config = _eval_config(_write(tmp_path / "keywords.jsonl", rows), name="keywords")
+    scored = _eval_config(_write(tmp_path / "tuned.jsonl", [{**row, "probability": 0.9} for row in rows]))
+    result, tuned = _score("keywords", config), _score("tuned", scored)
+    tuned.baseline, tuned.baseline_name, tuned.model = False, None, "tuned"
+    reason = compare_with_baselines({"keywords": result}, tuned, seed=0, samples=50).comparisons["keywords"].metric("ece").not_compared
+    assert reason == "the ece of keywords is not a number on this test set (its answers come without probabilities)"
 
 
 def test_a_missing_column_is_to_be_named_in_the_files_entry_not_with_the_datas_options(tmp_path):

@@ -22,11 +22,11 @@ def test_a_tuned_model_whose_primary_metric_is_not_a_number_cannot_be_judged_in_
     verdict = compare_with_baselines({"base": base}, tuned, samples=100)
     assert verdict.verdict == CANNOT_JUDGE and not verdict.paid_off
     assert verdict.summary.startswith(
-        "fine-tuning cannot be judged: tuned's perplexity is not a number on this test set (2 of 40 examples' scores are NaN)"), verdict.summary
+        "fine-tuning cannot be judged: the perplexity of tuned is not a number on this test set (2 of 40 examples' scores are NaN)"), verdict.summary
     assert "nan" not in verdict.summary.lower().replace("are nan", "")
     files = write_report(tmp_path, {"base": base}, tuned, verdict)
     markdown, page = files.markdown.read_text(), files.html.read_text()
-    assert f"**Verdict: {CANNOT_JUDGE}.** fine-tuning cannot be judged: tuned's perplexity" in markdown
+    assert f"**Verdict: {CANNOT_JUDGE}.** fine-tuning cannot be judged: the perplexity of tuned" in markdown
     assert "no significant difference" not in markdown and "no significant difference" not in page
     assert f"Verdict: {CANNOT_JUDGE}." in page
     # Grey in the UI and `tunelab runs` (no verdict), like too few test examples: neither a tie nor a loss.
@@ -47,7 +47,7 @@ def test_a_baseline_whose_primary_metric_is_not_a_number_is_never_the_strongest(
 def test_no_baseline_with_a_value_cannot_be_judged():
     verdict = compare_with_baselines({"base": _text("base", 3.0, broken=40)}, _text("tuned", 2.0), samples=100)
     assert verdict.verdict == CANNOT_JUDGE
-    assert "base's perplexity is not a number on this test set (40 of 40 examples' scores are NaN)" in verdict.summary
+    assert "the perplexity of base is not a number on this test set (40 of 40 examples' scores are NaN)" in verdict.summary
 
 
 def test_retrain_keeps_the_champion_and_says_why_when_the_challenger_cannot_be_judged():

@@ -4,6 +4,7 @@ sent, refused before anything is trained or sent under ``data.pii: refuse``, sil
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -58,8 +59,9 @@ def test_a_provider_run_says_what_it_uploads_and_where_before_the_upload(provide
     outcome = run_pipeline(cloud_config(tmp_path, provider, tiny_model_dir), on_event=on_event)
     assert provider.count("POST", "/v1/files") >= 1  # warned, not blocked
     check_line, upload_line = seen[0], seen[-1]
-    assert check_line == (f"data: {tmp_path / 'train.jsonl'} holds 4 e-mail addresses and 4 card numbers (data check --json lists "
-                          f"them, masked); they will be sent to {_host(provider)}", 0)
+    train = tmp_path / "train.jsonl"
+    assert check_line == (f"data: {train} holds 4 e-mail addresses and 4 card numbers (e.g. {train}:1 text: j***@acme-mail.com; "
+                          f"data check --json lists them, masked); they will be sent to {_host(provider)}", 0)
     assert upload_line[0].startswith("cloud_train.jsonl holds ") and upload_line[0].endswith(f"they will be sent to {_host(provider)}")
     assert upload_line[1] == 0
     # The run keeps the check's summary, masked.
@@ -71,7 +73,8 @@ def test_a_provider_run_says_what_it_uploads_and_where_before_the_upload(provide
 
 def test_refuse_stops_the_run_before_anything_is_trained_or_sent(provider, tmp_path, tiny_model_dir):
     config = cloud_config(tmp_path, provider, tiny_model_dir, pii="refuse")
-    with pytest.raises(DataError, match="holds 4 e-mail addresses and 4 card numbers and data.pii is refuse") as refused:
+    with pytest.raises(DataError, match=r"holds 4 e-mail addresses and 4 card numbers \(e\.g\. \S+train\.jsonl:1 text: j\*\*\*@acme-mail\.com\) "
+                                        "and data.pii is refuse") as refused:
         run_pipeline(config)
     assert EMAIL not in str(refused.value) and CARD not in str(refused.value)
     assert provider.requests == []  # no upload, no baseline asked of the provider's base model
@@ -102,7 +105,7 @@ def _distill_config(tmp_path, provider, model, pii):
 def test_distill_refuses_before_the_teacher_is_asked(provider, tmp_path, tiny_model_dir):
     from tunelab.tasks.distill import run_distill
 
-    with pytest.raises(DataError, match=r"\d+ card numbers and data.pii is refuse"):
+    with pytest.raises(DataError, match=r"\d+ card numbers \(e\.g\. \S+:\d+ prompt: \*\*\*\* \*\*\*\* \*\*\*\* 4242\) and data.pii is refuse"):
         run_distill(_distill_config(tmp_path, provider, tiny_model_dir, "refuse"), calibrate=False)
     assert provider.requests == [] and not (tmp_path / "runs").exists()
 
@@ -116,8 +119,8 @@ def test_distill_says_where_the_teachers_inputs_go(provider, tmp_path, tiny_mode
     _, inputs = teacher_inputs(config, make_split(config))
     events = []
     _check_pii(config, inputs, lambda step, status, details: events.append(details["message"]))
-    expected = [f"what the teacher is asked (from {config.data.train}) holds {len(inputs)} card numbers (data check --json lists them, "
-                f"masked); they will be sent to {_host(provider)}"]
+    expected = [f"what the teacher is asked (from {config.data.train}) holds {len(inputs)} card numbers (e.g. {inputs[0].source} prompt: "
+                f"**** **** **** 4242; data check --json lists them, masked); they will be sent to {_host(provider)}"]
     assert events == (expected if said else [])
 
 
@@ -148,14 +151,16 @@ def test_a_remote_baseline_names_the_host_its_test_requests_go_to(provider, tmp_
     })
     seen = []
     if pii == "refuse":
-        with pytest.raises(DataError, match=r"the test split \(8 requests\) holds 3 e-mail addresses and data.pii is refuse"):
+        with pytest.raises(DataError, match=r"the test split \(8 requests\) holds 3 e-mail addresses \(e\.g\. \S+test\.jsonl:[123] text: "
+                                            r"j\*\*\*@acme-mail\.com\) and data.pii is refuse"):
             run_pipeline(config)
     else:
         with pytest.raises(_Stop):
             run_pipeline(config, on_event=lambda step, status, details: seen.append(str(details.get("message", ""))))
-        assert [m for m in seen if "will be sent to" in m] == [
-            f"data: the test split (8 requests) holds 3 e-mail addresses (data check --json lists them, masked); they will be sent to {_host(provider)}"
-        ]
+        said = [m for m in seen if "will be sent to" in m]
+        assert len(said) == 1 and re.fullmatch(
+            rf"data: the test split \(8 requests\) holds 3 e-mail addresses \(e\.g\. {re.escape(str(test))}:[123] text: j\*\*\*@acme-mail\.com; "
+            rf"data check --json lists them, masked\); they will be sent to {re.escape(_host(provider))}", said[0]), said
     assert provider.chats_arrived == 0  # nothing was asked of the remote model
 
 
@@ -168,6 +173,77 @@ def test_tunelab_eval_of_a_remote_model_names_the_host_before_asking(cli, provid
     result = cli.invoke(app, ["eval", "--data", str(test), "--task", "sft", "--endpoint", provider.url, "--endpoint-model", BASE_MODEL,
                               "--max-new-tokens", "4", "--json"])
     assert result.exit_code == 0, result.output
-    assert (f"the test file (3 requests) holds 1 e-mail address (data check --json lists them, masked); they will be sent to "
-            f"{_host(provider)}") in " ".join(result.stderr.split())
+    said = " ".join(result.stderr.split())
+    assert "the test file (3 requests) holds 1 e-mail address (e.g. " in said
+    assert f"prompt: j***@acme-mail.com; data check --json lists them, masked); they will be sent to {_host(provider)}" in said
     assert json.loads(result.stdout)["n"] == 3 and EMAIL not in result.stderr
+
+
+def test_refuse_uploads_no_validation_file_holding_personal_data(provider, tmp_path, tiny_model_dir):
+    # data.validation is a file of its own: the check step scans data.train (and data.test), so the upload is where
+    # its personal data is first seen. Refused there, before any file reaches the provider.
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps({"text": f"call me on +44 20 7946 0{i}58", "label": "billing"}) + "\n" for i in range(4)))
+    config = cloud_config(tmp_path, provider, tiny_model_dir, pii="refuse", validation=str(validation))
+    clean = tmp_path / "train.jsonl"
+    clean.write_text("".join(json.dumps({"text": f"plain request {i}", "label": ["billing", "technical"][i % 2]}) + "\n" for i in range(16)))
+    with pytest.raises(DataError, match=r"cloud_validation\.jsonl holds 4 phone numbers \(e\.g\. cloud_validation\.jsonl:\d+ prompt: "):
+        run_pipeline(config)
+    assert provider.count("POST", "/v1/files") == 0
+
+
+def test_a_remote_baseline_with_an_out_of_scope_label_is_asked_the_validation_rows_too(provider, tmp_path, tiny_model_dir, monkeypatch):
+    # With data.out_of_scope_label each opponent's threshold is chosen on the validation rows: a remote baseline is asked
+    # them beside the test requests, so they are scanned with them (here only the validation file holds personal data).
+    from tunelab.tasks import pipeline
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(pipeline, "estimate_step", stop)
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"plain request {i}", "label": "AB"[i % 2]}) + "\n" for i in range(24)))
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps({"text": f"refund {i} to {EMAIL}", "label": "AB"[i % 2]}) + "\n" for i in range(4)))
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text("".join(json.dumps({"text": f"weather today {i}", "label": "other"}) + "\n" for i in range(8)))
+    config = parse_config({
+        "task": "classify", "name": "local", "model": str(tiny_model_dir),
+        "data": {"train": str(train), "validation": str(validation), "out_of_scope": str(outside), "out_of_scope_label": "other",
+                 "test_size": 0.25, "max_length": 64, "pii": "refuse"},
+        "train": {"output_dir": str(tmp_path / "runs")},
+        "eval": {"baselines": [{"endpoint": {"base_url": provider.url, "name": BASE_MODEL}, "as": "gpt"}]},
+    })
+    with pytest.raises(DataError, match=r"the validation and test splits \(\d+ \+ \d+ requests\) holds 4 e-mail addresses "
+                                        r"\(e\.g\. \S+validation\.jsonl:\d text: j\*\*\*@acme-mail\.com\) and data\.pii is refuse"):
+        run_pipeline(config)
+    assert provider.chats_arrived == 0
+
+
+def test_tunelab_eval_names_the_host_a_remote_baseline_is_asked_the_validation_file_at(cli, provider, tmp_path, tiny_model_dir, monkeypatch):
+    # A remote baseline of --baselines is asked the test file (the check read eval_config.baselines, which tunelab eval
+    # never sets: no line was said); with an out-of-scope label each baseline's threshold is chosen on --validation, so
+    # it is asked those rows too. Each is named with the host before the first request.
+    from tunelab.cli.main import app
+
+    monkeypatch.setattr("tunelab.config.OPENAI_BASE_URL", provider.url)  # openai:NAME, answered by the loopback fake
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setattr("fake_provider.BASE_ANSWER", "A")  # a category: the baseline's threshold is chosen on its answers
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return str(path)
+
+    test = write("test.jsonl", [{"text": f"plain request {i}" + (f" from {EMAIL}" if i == 0 else ""), "label": "AB"[i % 2]} for i in range(6)])
+    validation = write("validation.jsonl", [{"text": f"refund {i} to {EMAIL}", "label": "AB"[i % 2]} for i in range(4)]
+                       + [{"text": "the weather", "label": "other"}])
+    train = write("train.jsonl", [{"text": f"training request {i}", "label": "AB"[i % 2]} for i in range(8)])
+    result = cli.invoke(app, ["eval", "--data", test, "--task", "classify", "--model", str(tiny_model_dir), "--train", train,
+                              "--validation", validation, "--out-of-scope-label", "other", "--baselines", f"openai:{BASE_MODEL}",
+                              "--json"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "the test file (6 requests) holds 1 e-mail address (e.g. " in said, said
+    assert "the validation file (5 requests) holds 4 e-mail addresses (e.g. " in said, said
+    assert f"they will be sent to {_host(provider)}" in said and EMAIL not in result.stderr
