@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,9 @@ def render_report(report: Any) -> None:
             found = test.near_copies
             console.print(f"  {found.count} near-copies of training examples (similarity ≥ {found.threshold:g}), e.g.:")
             for pair in found.pairs[:3]:
-                console.print(f"    {escape(pair.test)} ≈ {escape(pair.train)} ({pair.similarity:.2f}): "
+                # Rounded down: a pair a word apart has a cosine just under 1, and "1.00" would read as identical.
+                shown = math.floor(pair.similarity * 100) / 100
+                console.print(f"    {escape(pair.test)} ≈ {escape(pair.train)} ({shown:.2f}): "
                               f"{escape(repr(pair.test_text))} ≈ {escape(repr(pair.train_text))}")
         if test.groups:
             from tunelab.evaluation.compare import MIN_TEST_EXAMPLES

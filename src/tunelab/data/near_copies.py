@@ -65,7 +65,7 @@ class NearCopies:
             return None
         shown = ", ".join(f"{pair.test} ≈ {pair.train}" for pair in self.pairs[:3])
         return (
-            f"near-duplicates: {self.count} of {self.compared} {test_name} examples ({self.share:.0%}) have a "
+            f"near-copies: {self.count} of {self.compared} {test_name} examples ({self.share:.0%}) have a "
             f"{train_name} example at similarity ≥ {self.threshold:g} (TF-IDF character n-grams, numbers aside), e.g. "
             f"{shown}: scores on them are optimistic (the exact copies are counted as leakage, not here)"
         )

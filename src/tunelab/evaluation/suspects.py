@@ -166,6 +166,18 @@ def run_warning(report: SuspectReport, full_list: str, shown: int = 3) -> str | 
     weak = f"; {report.weak}" if report.weak else ""
     return (
         f"data: {len(report.suspects)} of {report.records} training rows have a suspect label ({report.share:.1%}; out-of-fold "
-        f"embedding baseline): {'; '.join(report.lines(shown))}; every one in {full_list}{weak}. Candidates to look at, "
+        f"embedding baseline): {_top_rows(report, shown)}; every one in {full_list}{weak}. Candidates to look at, "
         "not errors: training goes on with the labels as given"
     )
+
+
+def _top_rows(report: SuspectReport, shown: int) -> str:
+    """``file: line N given → suggested; line M ...`` when the rows share one file (the run's paths are absolute, and
+    a path said three times filled most of the warning), else each row's own ``file:line given → suggested``."""
+    suspects = report.top(shown)
+    places = [s.source.rpartition(":") for s in suspects]
+    files = {file for file, _, line in places}
+    if len(files) == 1 and all(file and line.isdigit() for file, _, line in places):
+        rows = "; ".join(f"line {line} {s.given} → {s.suggested}" for (_, _, line), s in zip(places, suspects, strict=True))
+        return f"{files.pop()}: {rows}"
+    return "; ".join(report.lines(shown))

@@ -79,7 +79,7 @@ def test_data_check_reports_the_near_copies(tmp_path):
     train = _write(tmp_path / "train.jsonl", TRAIN)
     test = _write(tmp_path / "test.jsonl", ["Is there a discount for students?", "i want to cancel my order 5678"])
     report = check_data(str(train), "classify", DataConfig(), test_path=str(test))
-    warning = next(w for w in report.warnings if w.startswith("near-duplicates:"))
+    warning = next(w for w in report.warnings if w.startswith("near-copies:"))
     assert f"1 of 2 test examples (50%) have a training example at similarity ≥ {NEAR_COPY_THRESHOLD:g}" in warning
     assert f"{test}:2 ≈ {train}:1" in warning
     _register_commands()
@@ -126,7 +126,7 @@ def test_the_split_step_warns_of_near_copies_and_keeps_the_split(tmp_path, tiny_
                            "train": {"output_dir": str(tmp_path / "runs")}})
     context = pipeline.open_pipeline(config, calibrate=False)
     split = pipeline.split_step(context)
-    (warning,) = [message for message in context.warnings if "near-duplicates:" in message]
+    (warning,) = [message for message in context.warnings if "near-copies:" in message]
     found = find_near_copies(split.test, [*split.train, *split.validation])
     assert found.count > 0 and warning == "split: " + found.warning("test", "training or validation")
     assert f"{found.share:.0%})" in warning and "optimistic" in warning
@@ -140,3 +140,24 @@ def test_the_quickstart_has_no_near_copies_of_training_requests():
     report = check_data(str(folder / "train.jsonl"), "classify", DataConfig(), test_path=str(folder / "test.jsonl"))
     assert report.test.near_copies.compared == 80
     assert report.test.near_copies.count == 0, report.test.near_copies.pairs
+
+
+def test_the_warning_says_near_copies_and_a_reworded_pair_never_reads_as_identical(tmp_path):
+    # "near duplicates" is the data check's name for inputs equal once normalized (its Duplicates table); the test
+    # requests a word away from a training one are near-copies, as the check's own block and the README call them.
+    # A pair that differs by a word has a cosine under 1: printed rounded, it read "(1.00)" as if identical.
+    from tunelab.cli.main import _register_commands, app
+
+    long = "The barcode scanner in the app doesn't open the camera when I tap it, and the search bar returns no results"
+    train = _write(tmp_path / "train.jsonl", [*TRAIN, long])
+    test = _write(tmp_path / "test.jsonl", [long.replace("the", "a", 1)])
+    report = check_data(str(train), "classify", DataConfig(), test_path=str(test))
+    (pair,) = report.test.near_copies.pairs
+    assert 0.995 <= pair.similarity < 1
+    (warning,) = [w for w in report.warnings if "similarity ≥" in w]
+    assert warning.startswith("near-copies: 1 of 1 test examples") and "near-duplicates" not in warning
+    _register_commands()
+    result = CliRunner().invoke(app, ["data", "check", str(train), "--task", "classify", "--test", str(test), "--no-tokens"],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "(0.99)" in result.output and "(1.00)" not in result.output, result.output  # wrapped at 80 columns

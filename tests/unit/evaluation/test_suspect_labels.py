@@ -186,3 +186,20 @@ def test_few_examples_per_label_are_said_to_give_weak_hints(tmp_path, monkeypatc
     assert "Suspect labels" in result.output
     many = [label for label in "abc" for _ in range(5)]
     assert find_suspect_labels([ClassifyRecord(f"request {i}", label) for i, label in enumerate(many)]).weak is None
+
+
+def test_the_run_warning_names_the_training_file_once():
+    # On the quickstart the top 3 were three "/abs/path/train.jsonl:N" in one 80-column warning of 8 lines: the file
+    # is said once, then the lines. Rows from several files keep their own file:line.
+    from tunelab.evaluation.suspects import Suspect, SuspectReport, run_warning
+
+    def report(sources):
+        return SuspectReport(records=320, checked=320, suspects=[
+            Suspect(source, "text", given, suggested, 0.2, 0.7)
+            for source, (given, suggested) in zip(sources, [("returns", "order_change"), ("order_change", "billing")], strict=True)])
+
+    one_file = run_warning(report(["/data/shop/train.jsonl:154", "/data/shop/train.jsonl:228"]), "runs/r/suspect_labels.json")
+    assert one_file.count("/data/shop/train.jsonl") == 1, one_file
+    assert "/data/shop/train.jsonl: line 154 returns → order_change; line 228 order_change → billing; every one in" in one_file
+    two_files = run_warning(report(["/data/a.jsonl:154", "/data/b.jsonl:2"]), "runs/r/suspect_labels.json")
+    assert "/data/a.jsonl:154 returns → order_change; /data/b.jsonl:2 order_change → billing; every one in" in two_files

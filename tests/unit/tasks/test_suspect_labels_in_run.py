@@ -60,7 +60,7 @@ def test_a_flipped_label_is_said_before_training_and_listed_in_the_run_folder(tm
     assert listed["suspects"][0]["source"] == where and (listed["suspects"][0]["given"], listed["suspects"][0]["suggested"]) == ("B", "A")
     assert listed["count"] == len(listed["suspects"]) >= 1
     warning = next(d["message"] for s, st, d in events if st == "warn" and "suspect label" in d["message"])
-    assert f"{where} B → A" in warning and f"{listed['count']} of 40 training rows" in warning
+    assert f"{tmp_path / 'train.jsonl'}: line {FLIPPED_LINE} B → A" in warning and f"{listed['count']} of 40 training rows" in warning
     assert str(outcome.run_dir / "suspect_labels.json") in warning and warning in outcome.warnings
     # Said before training starts, and training went on with the labels as given.
     said = next(i for i, (s, st, d) in enumerate(events) if st == "warn" and "suspect label" in d["message"])
