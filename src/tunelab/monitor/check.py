@@ -238,11 +238,11 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         held = reference.heldout_texts
         if len(held) > REFERENCE_SAMPLE:
             held = rng.sample(held, REFERENCE_SAMPLE)
-        # Undrifted samples of the live sample's size, drawn with replacement from the held-out rows: their mean is
+        # Undrifted samples shaped like the live one (as many distinct held-out rows, repeated as often): their mean is
         # what the number is from sample size alone (a centroid of few texts lies far from any other), their spread
         # how far it moves by chance at this size. The excess counts only beyond that chance (p < 0.01): fixed
         # thresholds against a window of 50 called a quarter of ordinary windows drifted (bench/monitor_quality.py).
-        counts = draw_counts(len(held), len(live), REFERENCE_DRAWS, seed) if held else None
+        counts = draw_counts(len(held), list(Counter(live).values()), REFERENCE_DRAWS, seed) if held else None
         distance = centroid.distance(live)
         baseline = noise = 0.0
         if counts is not None:

@@ -64,3 +64,16 @@ def test_a_window_half_from_another_domain_is_still_drifted():
     assert signals["centroid_distance"].status == "drifted", signals["centroid_distance"]
     # The noise the status was judged against is reported with the value.
     assert signals["oov_share"].extra["noise"] > 0 and signals["centroid_distance"].extra["noise"] > 0
+
+
+def test_a_window_repeating_a_few_ordinary_requests_is_not_drift():
+    """A TF-IDF centroid of k distinct texts lies farther from any other the fewer they are: 200 requests repeating 20
+    held-out texts were drifted against draws of 200 from all the held-out rows (about 100 distinct ones). The
+    draws repeat as many distinct held-out rows as often as the window repeats its own."""
+    reference = _reference()
+    statuses = Counter()
+    for seed in range(20):
+        rng = random.Random(seed)
+        window = rng.choices(rng.sample(reference.heldout_texts, 20), k=200)
+        statuses[_signals(reference, window)["centroid_distance"].status] += 1
+    assert statuses["drifted"] <= 1, statuses
