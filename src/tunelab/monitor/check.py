@@ -38,6 +38,7 @@ from tunelab.monitor.signals import (
     CentroidModel,
     Signal,
     beyond_noise,
+    distinct_texts,
     draw_counts,
     length_ks,
     oov_counts,
@@ -227,7 +228,9 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         for name in ("length_ks", "centroid_distance", "oov_share"):
             signals.append(_skipped(name, "no request texts in the window"))
     else:
-        statistic, pvalue = length_ks([len(words(x)) for x in train], [len(words(x)) for x in live])
+        live_distinct = distinct_texts(live)
+        statistic, pvalue = length_ks([len(words(x)) for x in train], [len(words(x)) for x in live],
+                                      sizes=(len(distinct_texts(train)), len(live_distinct)))
         judged = statistic if pvalue < 0.01 else 0.0
         signals.append(Signal(
             "length_ks", statistic, OK if few else status_for(judged, t.length_ks), t.length_ks, None, judged, len(live),
@@ -242,7 +245,7 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         # what the number is from sample size alone (a centroid of few texts lies far from any other), their spread
         # how far it moves by chance at this size. The excess counts only beyond that chance (p < 0.01): fixed
         # thresholds against a window of 50 called a quarter of ordinary windows drifted (bench/monitor_quality.py).
-        counts = draw_counts(len(held), list(Counter(live).values()), REFERENCE_DRAWS, seed) if held else None
+        counts = draw_counts(len(held), list(live_distinct.values()), REFERENCE_DRAWS, seed) if held else None
         distance = centroid.distance(live)
         baseline = noise = 0.0
         if counts is not None:

@@ -62,12 +62,27 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def length_ks(train_lengths: Sequence[int], live_lengths: Sequence[int]) -> tuple[float, float]:
-    """Kolmogorov-Smirnov distance between two length samples and its p-value."""
-    from scipy.stats import ks_2samp
+def distinct_texts(texts: Iterable[str]) -> Counter:
+    """How often each text occurs, texts being their words (``words``): the text signals see nothing else of a text,
+    so "Where is my order?" and "where is my order" are one text repeated."""
+    return Counter(tuple(words(text)) for text in texts)
+
+
+def length_ks(train_lengths: Sequence[int], live_lengths: Sequence[int], *, sizes: tuple[int, int] | None = None) -> tuple[float, float]:
+    """Kolmogorov-Smirnov distance between two length samples and its p-value.
+
+    ``sizes``: the samples' numbers of distinct texts, when they repeat texts. A repeated request adds no evidence
+    about the distribution of lengths (1000 requests of 15 texts are 15 lengths), so the p-value is the asymptotic
+    one of those sizes, not of the samples' lengths.
+    """
+    from scipy.stats import ks_2samp, kstwo
 
     result = ks_2samp(np.asarray(train_lengths), np.asarray(live_lengths))
-    return float(result.statistic), float(result.pvalue)
+    statistic, pvalue = float(result.statistic), float(result.pvalue)
+    if sizes is not None and (sizes[0] < len(train_lengths) or sizes[1] < len(live_lengths)) and min(sizes) > 0:
+        effective = sizes[0] * sizes[1] / (sizes[0] + sizes[1])
+        pvalue = max(pvalue, float(kstwo.sf(statistic, max(1, round(effective)))))
+    return statistic, pvalue
 
 
 def oov_share(vocabulary: set[str], texts: Iterable[str]) -> float:
