@@ -263,6 +263,13 @@ def markdown(result: dict[str, Any]) -> str:
         + markdown_table(headers, table)
         + "\n\n"
         + (f"Skipped in every window: {'; '.join(skipped)}.\n\n" if skipped else "")
+        + "Traffic: *in-distribution*: the quickstart's 80 test requests (never trained on), drawn with replacement; "
+        "*+ case/punctuation noise*: the same, each request lower-cased, without its end or any punctuation, or "
+        "ending in ?? / !!; *validation rows*: the run's 32 validation rows (never trained on; not the test rows the "
+        "label and confidence references come from, so they carry that reference's noise, and only 32 texts); "
+        f"*label mix*: test requests, one category (seeded) {MIX_FACTOR}x as likely; *out_of_scope s* / *banking77 s*: a "
+        "share s of the requests from the quickstart's out-of-scope file / BANKING77 train.csv (labelled feedback: "
+        f"`{OOD_LABEL}`), the rest in-distribution.\n\n"
         + f"Wall time {result['seconds']} s (answers {result['answers_seconds']} s for {result['texts']} texts).  \n"
         + machine_markdown(result["machine"])
         + "\n"
