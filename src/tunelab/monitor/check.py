@@ -37,10 +37,15 @@ from tunelab.monitor.signals import (
     WATCH,
     CentroidModel,
     Signal,
+    beyond_noise,
+    distinct_texts,
+    draw_counts,
     length_ks,
+    oov_counts,
     oov_share,
     psi,
     psi_noise,
+    same_size_noise,
     status_for,
     words,
     worst,
@@ -54,7 +59,7 @@ from tunelab.runs import Run, RunFolder
 SERVICE_SIGNALS = ("latency_p95_ms", "error_rate")
 EXIT_DRIFTED = 3  # `tunelab monitor` exits with this when some signal drifted (cron / CI act on it)
 REFERENCE_SAMPLE = 20000  # training texts the TF-IDF and vocabulary are fitted on at most (seeded)
-REFERENCE_DRAWS = 5  # undrifted samples of the live size whose centroid distance is the noise level
+REFERENCE_DRAWS = 100  # undrifted samples of the live size: their mean and spread are the text signals' noise level
 
 
 @dataclass
@@ -223,7 +228,9 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         for name in ("length_ks", "centroid_distance", "oov_share"):
             signals.append(_skipped(name, "no request texts in the window"))
     else:
-        statistic, pvalue = length_ks([len(words(x)) for x in train], [len(words(x)) for x in live])
+        live_distinct = distinct_texts(live)
+        statistic, pvalue = length_ks([len(words(x)) for x in train], [len(words(x)) for x in live],
+                                      sizes=(len(distinct_texts(train)), len(live_distinct)))
         judged = statistic if pvalue < 0.01 else 0.0
         signals.append(Signal(
             "length_ks", statistic, OK if few else status_for(judged, t.length_ks), t.length_ks, None, judged, len(live),
@@ -232,25 +239,40 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
         ))
         centroid = CentroidModel(train)
         held = reference.heldout_texts
-        # Undrifted samples of the live sample's size (drawn with replacement when the held-out rows
-        # are fewer): what the distance is from sample size alone. Averaged over a few draws.
-        draws = [rng.choices(held, k=len(live)) for _ in range(REFERENCE_DRAWS)] if held else []
-        same_size = [text for draw in draws for text in draw]
+        if len(held) > REFERENCE_SAMPLE:
+            held = rng.sample(held, REFERENCE_SAMPLE)
+        # Undrifted samples shaped like the live one (as many distinct held-out rows, repeated as often): their mean is
+        # what the number is from sample size alone (a centroid of few texts lies far from any other), their spread
+        # how far it moves by chance at this size. The excess counts only beyond that chance (p < 0.01): fixed
+        # thresholds against a window of 50 called a quarter of ordinary windows drifted (bench/monitor_quality.py).
+        counts = draw_counts(len(held), list(live_distinct.values()), REFERENCE_DRAWS, seed) if held else None
         distance = centroid.distance(live)
-        baseline = float(np.mean([centroid.distance(draw) for draw in draws])) if draws else 0.0
-        judged = distance - baseline
+        baseline = noise = 0.0
+        if counts is not None:
+            draws = centroid.draw_distances(held, counts)
+            baseline, noise = float(np.mean(draws)), same_size_noise(draws, len(live), len(held))
+        judged = beyond_noise(distance - baseline, noise)
         signals.append(Signal(
             "centroid_distance", distance, OK if few else status_for(judged, t.centroid_distance), t.centroid_distance, baseline, judged,
             len(live), traffic.sampled,
-            "; ".join(filter(None, [f"held-out rows of the same size: {baseline:.4f}" if same_size else "no held-out rows: judged as is", sampled_note, few_note if few else ""])),
+            "; ".join(filter(None, [f"held-out rows of the same size: {baseline:.4f} (noise {noise:.4f})" if held else "no held-out rows: judged as is",
+                                    sampled_note, few_note if few else ""])),
+            {"noise": noise},
         ))
         vocabulary = {w for x in train for w in words(x)}
         live_oov = oov_share(vocabulary, live)
-        held_oov = oov_share(vocabulary, same_size) if same_size else 0.0
-        judged = live_oov - held_oov
+        held_oov = noise = 0.0
+        if counts is not None:
+            unknown, total = oov_counts(vocabulary, held)
+            held_oov = float(unknown.sum() / total.sum()) if total.sum() else 0.0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shares = np.nan_to_num((counts @ unknown) / (counts @ total))
+            noise = same_size_noise(shares, len(live), len(held))
+        judged = beyond_noise(live_oov - held_oov, noise)
         signals.append(Signal(
             "oov_share", live_oov, OK if few else status_for(judged, t.oov_share), t.oov_share, held_oov, judged, len(live), traffic.sampled,
-            "; ".join(filter(None, [f"held-out rows: {held_oov:.4f}", sampled_note, few_note if few else ""])),
+            "; ".join(filter(None, [f"held-out rows: {held_oov:.4f} (noise at this size {noise:.4f})", sampled_note, few_note if few else ""])),
+            {"noise": noise},
         ))
 
     predicted_n = sum(traffic.predicted.values())

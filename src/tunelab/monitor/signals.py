@@ -20,6 +20,7 @@ import numpy as np
 OK, WATCH, DRIFTED = "ok", "watch", "drifted"
 _ORDER = {OK: 0, WATCH: 1, DRIFTED: 2}
 _WORD = re.compile(r"\w+", re.UNICODE)
+NOISE_Z = 2.326  # one-sided p < 0.01 for a normal statistic: length_ks's p < 0.01, for the signals without a p-value
 
 
 @dataclass
@@ -61,12 +62,27 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def length_ks(train_lengths: Sequence[int], live_lengths: Sequence[int]) -> tuple[float, float]:
-    """Kolmogorov-Smirnov distance between two length samples and its p-value."""
-    from scipy.stats import ks_2samp
+def distinct_texts(texts: Iterable[str]) -> Counter:
+    """How often each text occurs, texts being their words (``words``): the text signals see nothing else of a text,
+    so "Where is my order?" and "where is my order" are one text repeated."""
+    return Counter(tuple(words(text)) for text in texts)
+
+
+def length_ks(train_lengths: Sequence[int], live_lengths: Sequence[int], *, sizes: tuple[int, int] | None = None) -> tuple[float, float]:
+    """Kolmogorov-Smirnov distance between two length samples and its p-value.
+
+    ``sizes``: the samples' numbers of distinct texts, when they repeat texts. A repeated request adds no evidence
+    about the distribution of lengths (1000 requests of 15 texts are 15 lengths), so the p-value is the asymptotic
+    one of those sizes, not of the samples' lengths.
+    """
+    from scipy.stats import ks_2samp, kstwo
 
     result = ks_2samp(np.asarray(train_lengths), np.asarray(live_lengths))
-    return float(result.statistic), float(result.pvalue)
+    statistic, pvalue = float(result.statistic), float(result.pvalue)
+    if sizes is not None and (sizes[0] < len(train_lengths) or sizes[1] < len(live_lengths)) and min(sizes) > 0:
+        effective = sizes[0] * sizes[1] / (sizes[0] + sizes[1])
+        pvalue = max(pvalue, float(kstwo.sf(statistic, max(1, round(effective)))))
+    return statistic, pvalue
 
 
 def oov_share(vocabulary: set[str], texts: Iterable[str]) -> float:
@@ -77,6 +93,52 @@ def oov_share(vocabulary: set[str], texts: Iterable[str]) -> float:
             total += 1
             unknown += word not in vocabulary
     return unknown / total if total else 0.0
+
+
+def oov_counts(vocabulary: set[str], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: its words not in ``vocabulary``, and all its words (``oov_share`` of a sample is their sums' ratio)."""
+    unknown, total = np.zeros(len(texts)), np.zeros(len(texts))
+    for i, text in enumerate(texts):
+        found = words(text)
+        total[i] = len(found)
+        unknown[i] = sum(word not in vocabulary for word in found)
+    return unknown, total
+
+
+def draw_counts(pool: int, repeats: Sequence[int], draws: int, seed: int = 0) -> np.ndarray:
+    """``draws`` undrifted samples out of ``pool`` held-out rows shaped like a live sample whose distinct texts came
+    ``repeats`` times each: as many distinct rows, each taken as often (counts per row, draws x pool).
+
+    A TF-IDF centroid of k distinct texts lies farther from the training centroid the smaller k is (k = 80 or 112
+    held-out rows of the quickstart: 0.119 and 0.095), so a sample repeating few requests must be compared with draws
+    repeating as few. With more distinct live texts than held-out rows the draws are of the same size, with replacement.
+    """
+    rng = np.random.default_rng(seed)
+    repeats = np.asarray(sorted(repeats), dtype=np.int64)
+    if len(repeats) > pool:
+        return rng.multinomial(int(repeats.sum()), np.full(pool, 1.0 / pool), size=draws)
+    counts = np.zeros((draws, pool), dtype=np.int64)
+    for row in counts:
+        row[rng.permutation(pool)[: len(repeats)]] = repeats
+    return counts
+
+
+def same_size_noise(draw_values: np.ndarray, size: int, pool: int) -> float:
+    """The standard deviation of (live value minus reference) between undrifted samples, from ``draw_values``: the
+    statistic over draws of ``size`` rows out of the ``pool`` held-out rows.
+
+    The draws' spread is the live sample's noise (variance ~ 1/size); the held-out rows are a sample too, of ``pool``
+    rows (variance ~ 1/pool), so the spread is scaled by sqrt(1 + size / pool): the two terms of psi_noise's 1/N + 1/n.
+    """
+    if draw_values.size < 2 or not pool:
+        return 0.0
+    return float(np.std(draw_values, ddof=1) * math.sqrt(1.0 + size / pool))
+
+
+def beyond_noise(excess: float, noise: float) -> float:
+    """``excess`` where it is beyond chance at p < 0.01 (one-sided, ``NOISE_Z`` noise levels), else 0: what a text
+    signal's thresholds are compared with, so they measure how large a real change is, never how small a window is."""
+    return excess if excess > NOISE_Z * noise else 0.0
 
 
 class CentroidModel:
@@ -99,6 +161,17 @@ class CentroidModel:
         centroid = np.asarray(self.vectorizer.transform(texts).mean(axis=0)).ravel()
         norm = float(np.linalg.norm(centroid) * np.linalg.norm(self.centroid))
         return 1.0 - float(centroid @ self.centroid) / norm if norm else 1.0
+
+    def draw_distances(self, texts: Sequence[str], counts: np.ndarray) -> np.ndarray:
+        """The distance of each draw of ``texts`` (``counts[j, i]``: how often draw j took text i), as ``distance``
+        of that draw's texts would give, from one transform of ``texts`` (not one per draw)."""
+        from scipy import sparse
+
+        centroids = sparse.csr_matrix(counts) @ self.vectorizer.transform(texts)  # each row: its centroid times its size
+        dots = np.asarray(centroids @ self.centroid).ravel()
+        norms = np.sqrt(np.asarray(centroids.multiply(centroids).sum(axis=1)).ravel()) * float(np.linalg.norm(self.centroid))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(norms > 0, 1.0 - dots / np.where(norms > 0, norms, 1.0), 1.0)
 
 
 def psi(expected: Counter, actual: Counter) -> float:
