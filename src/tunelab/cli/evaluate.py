@@ -213,6 +213,10 @@ def evaluate_command(
     max_usd: float = typer.Option(
         None, "--max-usd", min=0.0, help="Remote model: ask nothing when the expected price of its requests is higher (by the price table)."
     ),
+    pii: str = typer.Option(
+        None, "--pii", help="Personal data in the requests a remote model or baseline is asked (and --validation's, which it is "
+        "asked too with an out-of-scope label): warn (name the host; the default, as data.pii's), refuse (ask nothing) or off.",
+    ),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid records of --data, --train and --validation (each is listed) instead of stopping."),
     group_field: str = typer.Option(
         None, "--group-field", help="sft, classify: column of --data naming each example's group (a country, a product): the verdict by group."
@@ -236,7 +240,7 @@ def evaluate_command(
     except ImportError:
         raise DataError("reading test files needs tunelab.data.read, which this installation lacks") from None
     data_config = config_from_options(DataConfig, EVAL_OPTIONS, preset=preset, system_prompt=system, max_length=max_length,
-                                      max_test_examples=limit, seed=seed, skip_invalid=skip_invalid, group_field=group_field)
+                                      max_test_examples=limit, seed=seed, skip_invalid=skip_invalid, group_field=group_field, pii=pii)
 
     def load_records(path: str, task: str, config: DataConfig) -> list:
         # The records of one file; with --skip-invalid the dropped ones are listed (the error's hint promises it).

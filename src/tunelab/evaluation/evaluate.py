@@ -336,7 +336,20 @@ def rescore_classify(
         list(labels), out_of_scope_label=out_of_scope.label, label_correct=[row["scores"]["label_correct"] for row in result],
     )
     metrics["out_of_scope_threshold"] = out_of_scope.threshold
-    return result, metrics, _unknown_labels(result, {*labels, out_of_scope.label}, metrics)
+    return result, metrics, _unknown_labels(result, {*labels, out_of_scope.label}, metrics) + unnamed_answers(result, {*labels, out_of_scope.label}, metrics)
+
+
+UNNAMED_ANSWERS = "answers named no category"
+
+
+def unnamed_answers(rows: Sequence[dict[str, Any]], labels: Collection[str], metrics: dict[str, Any]) -> list[str]:
+    """The warning on answers whose top label is none of ``labels`` (a remote model's answer that names no category,
+    ``remote.UNPARSED``): each counts as wrong, their number is ``metrics["unparsed_answers"]``; none when every answer names one."""
+    unnamed = [row["source"] or row["id"] for row in rows if row.get("label_prediction", row["prediction"]) not in labels]
+    if not unnamed:
+        return []
+    metrics["unparsed_answers"] = len(unnamed)
+    return [f"{len(unnamed)} {UNNAMED_ANSWERS} (counted wrong; first: {', '.join(unnamed[:3])})"]
 
 
 def classify_texts(loaded: Any, texts: Sequence[str], *, batch_size: int = 16) -> list[dict[str, Any]]:
@@ -371,7 +384,8 @@ def apply_out_of_scope(result: EvalResult, out_of_scope: OutOfScope) -> EvalResu
     """``result`` (classify) answered under ``out_of_scope``: rows, metrics and settings updated."""
     labels = result.labels or []
     rows, metrics, warnings = rescore_classify(result.rows, labels, out_of_scope)
-    kept = [w for w in result.warnings if "never trained on" not in w]
+    # Said again by rescore_classify, counted on these rows (a calibrated baseline's were scored with the validation rows).
+    kept = [w for w in result.warnings if "never trained on" not in w and UNNAMED_ANSWERS not in w]
     return dataclasses.replace(
         result, rows=rows, metrics={"primary": result.metrics.get("primary", PRIMARY_METRIC["classify"]), **metrics},
         settings={**result.settings, "out_of_scope": out_of_scope.to_dict()}, warnings=kept + warnings,

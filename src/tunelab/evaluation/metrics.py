@@ -423,7 +423,8 @@ def classify_metrics(
     """Accuracy, macro-F1, per-class P/R/F1, confusion matrix and ECE (+ the out-of-scope metrics).
 
     ``labels`` are the classes the model can answer; a reference outside them (a label the model
-    was never trained on) counts as wrong and gets its own row in the confusion matrix. With
+    was never trained on) counts as wrong and gets its own row in the confusion matrix, and a prediction
+    outside them (a remote model's answer that names no category, ``remote.UNPARSED``) its own column. With
     ``out_of_scope_label`` that label is one more class, and ``label_correct`` (whether the top label,
     before the threshold, is right) gives ECE on the in-scope queries.
     """
@@ -431,6 +432,8 @@ def classify_metrics(
 
     answerable = list(labels) + ([out_of_scope_label] if out_of_scope_label is not None and out_of_scope_label not in labels else [])
     classes = answerable + sorted({r for r in references if r not in set(answerable)})
+    # confusion_matrix drops a row whose prediction is no class: every prediction is one, so each query is counted.
+    classes += sorted({p for p in predictions if p not in set(classes)})
     correct = np.array([r == p for r, p in zip(references, predictions, strict=True)], dtype=float)
     outside = np.array([r == out_of_scope_label for r in references], dtype=float) if out_of_scope_label is not None else np.zeros(len(references))
     in_scope = outside == 0

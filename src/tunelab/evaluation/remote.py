@@ -27,6 +27,7 @@ from tunelab.evaluation.evaluate import (
     references_of,
     score_sft,
     select_test_records,
+    unnamed_answers,
     unstopped_warning,
     with_group,
 )
@@ -105,15 +106,10 @@ def classify_rows(
             "scores": {"correct": float(prediction == record.label), "confidence": 1.0,
                        "probability_of_reference": float(prediction == record.label), "known_label": record.label in labels},
         }, record))
-    # An answer naming no category is its own (always wrong) class in the confusion matrix.
-    classes = labels + [UNPARSED] if UNPARSED in predictions else labels
-    metrics = classify_metrics([r.label for r in records], predictions, [1.0] * len(records), classes)
+    # An answer naming no category is its own (always wrong) class in the confusion matrix (classify_metrics adds it).
+    metrics = classify_metrics([r.label for r in records], predictions, [1.0] * len(records), labels)
     warnings = ["a chat API gives no probabilities: confidence is 1 for every answer, so ECE is not meaningful here"]
-    unparsed = [r.source or r.id for r, p in zip(records, predictions, strict=True) if p == UNPARSED]
-    if unparsed:
-        metrics["unparsed_answers"] = len(unparsed)
-        warnings.append(f"{len(unparsed)} answers named no category (counted wrong; first: {', '.join(unparsed[:3])})")
-    return rows, metrics, warnings
+    return rows, metrics, warnings + unnamed_answers(rows, labels, metrics)
 
 
 def evaluate_remote(
