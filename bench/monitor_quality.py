@@ -14,8 +14,10 @@ Usage: ``python bench/monitor_quality.py [--run RUN_DIR] [--seeds 50] [--sizes 5
 3. For each traffic kind and window size, ``--seeds`` windows of requests are drawn (seeded, with
    replacement) and written with the request log's own writer (``RequestLog``), as ``tunelab serve``
    logs a classify answer; a fifth of them get their true label as feedback (``add_feedback``; the
-   out-of-domain ones: ``out_of_scope``, a queue the run does not have). Latency (20 ms) and server
-   errors (none) are healthy on purpose: they are not what is measured.
+   out-of-domain ones: ``out_of_scope``, a queue the run does not have), a random sample of answers right
+   or wrong. One healthy kind instead gets a label for every wrong answer and none for a right one, as a
+   client told to send corrections does. Latency (20 ms) and server errors (none) are healthy on purpose:
+   they are not what is measured.
 4. ``run_monitor`` judges every window with the default ``MonitorConfig`` against the run folder. The
    share of windows per status is the false-alarm rate (healthy kinds) or the detection rate (shifted).
 
@@ -48,6 +50,7 @@ EXAMPLE = REPO_DIR / "examples" / "support-routing"
 SIGNALS = ("length_ks", "centroid_distance", "oov_share", "label_psi", "confidence_drop", "oos_share", "live_accuracy",
            "latency_p95_ms", "error_rate")
 FEEDBACK_SHARE = 0.2  # requests whose true label comes back as feedback (live_accuracy is judged on them)
+CORRECTIONS_ONLY = "in-distribution, corrections only"  # feedback on every wrong answer and on no right one
 OOD_LABEL = "out_of_scope"  # what a support desk corrects an out-of-domain request to: none of the run's queues
 BANKING_TEXTS = 300
 SHARES = (0.1, 0.25, 0.5)
@@ -143,7 +146,8 @@ def answers_for(run_dir: Path, texts: list[str]) -> dict[str, dict[str, Any]]:
 
 def kinds(available: dict[str, list]) -> list[tuple[str, bool]]:
     """(traffic kind, healthy?) in table order."""
-    result = [("in-distribution", True), ("in-distribution + case/punctuation noise", True), ("validation rows", True), (f"label mix: one category {MIX_FACTOR}x", False)]
+    result = [("in-distribution", True), ("in-distribution + case/punctuation noise", True), ("validation rows", True), (CORRECTIONS_ONLY, True),
+              (f"label mix: one category {MIX_FACTOR}x", False)]
     for source in ("out_of_scope", "banking77"):
         if available.get(source):
             result += [(f"{source} {share:.0%}", False) for share in SHARES]
@@ -155,7 +159,7 @@ def draw(kind: str, size: int, rng: random.Random, available: dict[str, list]) -
     test = available["test"]
     if kind.startswith("in-distribution +"):
         return rng.choices(available["noisy"], k=size)
-    if kind == "in-distribution":
+    if kind in ("in-distribution", CORRECTIONS_ONLY):
         return rng.choices(test, k=size)
     if kind == "validation rows":
         return rng.choices(available["validation"], k=size)
@@ -170,8 +174,10 @@ def draw(kind: str, size: int, rng: random.Random, available: dict[str, list]) -
     return requests
 
 
-def write_log(path: Path, windows: list[list[tuple[str, str]]], answers: dict[str, dict], run_id: str, seed: int) -> None:
-    """One served name per window (``w00``, ``w01``, ...), logged as the server logs ``/v1/classify``, plus feedback."""
+def write_log(path: Path, windows: list[list[tuple[str, str]]], answers: dict[str, dict], run_id: str, seed: int,
+              corrections_only: bool = False) -> None:
+    """One served name per window (``w00``, ``w01``, ...), logged as the server logs ``/v1/classify``, plus feedback:
+    on a random ``FEEDBACK_SHARE`` of the answers, or (``corrections_only``) on every wrong answer and no right one."""
     from datetime import UTC, datetime
 
     from tunelab.serve.request_log import CLASSIFY, Feedback, RequestLog, add_feedback
@@ -191,7 +197,7 @@ def write_log(path: Path, windows: list[list[tuple[str, str]]], answers: dict[st
                 "predicted_label": answer["label"], "top_probability": max(answer["probabilities"].values()),
                 "probabilities": json.dumps([answer["probabilities"]]),
             })
-            if rng.random() < FEEDBACK_SHARE:
+            if (answer["label"] != truth) if corrections_only else (rng.random() < FEEDBACK_SHARE):
                 feedback.append(Feedback(response_id, label=truth))
     log.close()
     if log.dropped:
@@ -212,7 +218,7 @@ def measure(run_dir: Path, answers: dict[str, dict], available: dict[str, list],
             started = time.perf_counter()
             windows = [draw(kind, size, random.Random(f"{kind}|{size}|{seed}"), available) for seed in range(seeds)]
             log = work / f"log-{len(rows):03d}.db"
-            write_log(log, windows, answers, run_dir.name, seed=len(rows))
+            write_log(log, windows, answers, run_dir.name, seed=len(rows), corrections_only=kind == CORRECTIONS_ONLY)
             report = run_monitor(log, MonitorConfig(), run_dir=run_dir)
             assert len(report.models) == seeds, (len(report.models), seeds)
             counts: dict[str, Counter] = {name: Counter() for name in (*SIGNALS, "overall")}
@@ -267,6 +273,7 @@ def markdown(result: dict[str, Any]) -> str:
         "*+ case/punctuation noise*: the same, each request lower-cased, without its end or any punctuation, or "
         "ending in ?? / !!; *validation rows*: the run's 32 validation rows (never trained on; not the test rows the "
         "label and confidence references come from, so they carry that reference's noise, and only 32 texts); "
+        "*corrections only*: in-distribution requests whose every wrong answer, and no right one, gets its label; "
         f"*label mix*: test requests, one category (seeded) {MIX_FACTOR}x as likely; *out_of_scope s* / *banking77 s*: a "
         "share s of the requests from the quickstart's out-of-scope file / BANKING77 train.csv (labelled feedback: "
         f"`{OOD_LABEL}`), the rest in-distribution.\n\n"

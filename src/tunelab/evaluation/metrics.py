@@ -345,6 +345,23 @@ def wilson_interval(successes: float, total: int, confidence: float = 0.95) -> t
     if successes >= total:
         high = 1.0
     return max(0.0, float(low)), min(1.0, float(high))
+
+
+def difference_interval(successes1: float, total1: int, successes2: float, total2: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The interval of the difference of two independent proportions, first minus second: Newcomb's hybrid score
+    interval, built from the two Wilson intervals (``wilson_interval``): inside [-1, 1], and defined at 0 or n successes
+    (where statsmodels' "score" method fails to converge); one of the intervals Fagerland et al. (2015) recommend.
+
+    A monitored live accuracy against the test accuracy is such a pair: the test set is a sample too.
+    """
+    if total1 <= 0 or total2 <= 0:
+        return -1.0, 1.0
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    low, high = confint_proportions_2indep(successes1, total1, successes2, total2, method="newcomb", compare="diff", alpha=1 - confidence)
+    return max(-1.0, float(low)), min(1.0, float(high))
+
+
 def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
     """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on these rows.
 

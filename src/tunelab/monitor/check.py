@@ -7,7 +7,8 @@ thresholds (``monitor.thresholds``) and a status ok / watch / drifted:
   (words never seen in training), ``label_psi`` (predicted labels against training labels);
 - confidence drift: ``confidence_drop`` (mean top probability, test set minus live) and ``oos_share``
   (the share of answers that are the run's out-of-scope label, when the run saved a rule in ``out_of_scope.json``);
-- quality: ``live_accuracy`` on the requests that got feedback, with a 95% Wilson interval;
+- quality: ``live_accuracy`` on the requests that got feedback, with a 95% Wilson interval, judged against the test
+  accuracy only beyond the two samples' joint noise, and not judged on corrections alone (not the model's accuracy);
 - service: ``latency_p95_ms`` and ``error_rate`` (the share the server failed to answer: 5xx, and 429 when overloaded).
 
 The reference of a run is its folder: the training split's records (``split.json`` + the data files
@@ -30,7 +31,7 @@ import numpy as np
 from tunelab.config import MonitorConfig, parse_config
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.evaluation.compare import MIN_TEST_EXAMPLES
-from tunelab.evaluation.metrics import wilson_interval
+from tunelab.evaluation.metrics import difference_interval, wilson_interval
 from tunelab.monitor.signals import (
     DRIFTED,
     OK,
@@ -73,6 +74,7 @@ class Reference:
     train_labels: Counter = field(default_factory=Counter)
     heldout_texts: list[str] = field(default_factory=list)  # test (+ validation) inputs: undrifted data of any size
     test_accuracy: float | None = None
+    test_n: int | None = None  # rows the test accuracy is of: it is a sample too, whose noise a live drop must exceed
     test_confidence: float | None = None
     test_predictions: Counter = field(default_factory=Counter)  # the tuned model's answers on its test set
     oos_threshold: float | None = None
@@ -125,6 +127,7 @@ def load_reference(run_dir: Path | None, run_id: str | None = None) -> Reference
         result = EvalResult.load(tuned)
         accuracy = result.metrics.get("accuracy")
         reference.test_accuracy = float(accuracy) if isinstance(accuracy, int | float) else None
+        reference.test_n = int(result.n) if result.n else None
         confidences = [row["scores"]["confidence"] for row in result.rows if "confidence" in row.get("scores", {})]
         reference.test_confidence = float(np.mean(confidences)) if confidences else None
         reference.test_predictions = Counter(str(row["prediction"]) for row in result.rows if row.get("prediction") is not None)
@@ -205,6 +208,51 @@ class MonitorReport:
 
 def _skipped(name: str, reason: str, n: int = 0) -> Signal:
     return Signal(name, None, OK, detail=f"skipped: {reason}", n=n)
+
+
+def _live_accuracy(feedback: list[tuple[str | None, str]], reference: Reference, thresholds: tuple[float, float]) -> Signal:
+    """Accuracy on the labelled answers against the test accuracy (``feedback``: (answer, label) pairs, not empty)."""
+    n = len(feedback)
+    correct = sum(predicted == label for predicted, label in feedback)
+    # new_labels: what corrections name that the run never learnt (its out-of-scope label is never trained on by design).
+    new_labels = sorted({label for _, label in feedback} - set(reference.train_labels) - {reference.oos_label})
+    if not correct:
+        # No label agrees with its answer: clients send corrections only (what they are often asked to do), and accuracy
+        # on corrections is 0 whatever the model. Only labels of a sample of answers, right or wrong, measure it. A
+        # model wrong on every answer of such a sample looks the same here: that one is left to the other signals.
+        return Signal(
+            "live_accuracy", None, OK, thresholds, reference.test_accuracy, None, n, False,
+            f"skipped: feedback holds only corrections ({n} of {n}): no label agrees with its answer, and accuracy on them is "
+            "not the model's; label a random sample of answers, right ones too (a label equal to the answer confirms it)",
+            {"corrections": n, "new_labels": new_labels},
+        )
+    accuracy = correct / n
+    low, high = wilson_interval(correct, n)
+    detail = f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}"
+    extra: dict[str, Any] = {"low": low, "high": high, "corrections": n - correct, "new_labels": new_labels}
+    if reference.test_accuracy is None:
+        return Signal("live_accuracy", accuracy, OK, thresholds, None, None, n, False, detail, extra)
+    drop = reference.test_accuracy - accuracy
+    if reference.test_n:
+        # The test accuracy is a sample too (80 rows on the quickstart): the drop counts only when the 95% interval of
+        # the difference of the two proportions is above 0, for watch as for drifted (as the text signals count their
+        # excess only beyond noise): a bare point drop of 0.05 is chance on a few dozen labels.
+        test_correct = round(reference.test_accuracy * reference.test_n)
+        difference_low, difference_high = difference_interval(test_correct, reference.test_n, correct, n)
+        beyond = difference_low > 0
+        detail += (f"; test accuracy {reference.test_accuracy:.4f} ({test_correct}/{reference.test_n}), "
+                   f"drop 95% CI {difference_low:+.3f} to {difference_high:+.3f}")
+        extra |= {"difference_low": difference_low, "difference_high": difference_high, "test_n": reference.test_n}
+    else:
+        beyond = high < reference.test_accuracy
+        detail += f"; test accuracy {reference.test_accuracy:.4f} (test size unknown: taken as exact)"
+    judged = drop if beyond else 0.0
+    status = status_for(judged, thresholds)
+    # Nor one or two: 0/1 against 70/80 already has its difference interval above 0 (0.08 to 0.93).
+    if status == DRIFTED and n < MIN_TEST_EXAMPLES:
+        status = WATCH
+        detail += f"; too few labelled answers for drift (< {MIN_TEST_EXAMPLES})"
+    return Signal("live_accuracy", accuracy, status, thresholds, reference.test_accuracy, judged, n, False, detail, extra)
 
 
 def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfig, *, seed: int = 0) -> list[Signal]:
@@ -327,27 +375,7 @@ def compute_signals(traffic: Traffic, reference: Reference, config: MonitorConfi
     if not traffic.feedback:
         signals.append(_skipped("live_accuracy", "no labelled feedback in the window"))
     else:
-        n = len(traffic.feedback)
-        correct = sum(predicted == label for predicted, label in traffic.feedback)
-        accuracy = correct / n
-        low, high = wilson_interval(correct, n)
-        status, judged, too_few = OK, None, ""
-        if reference.test_accuracy is not None:
-            judged = reference.test_accuracy - accuracy
-            status = status_for(judged, t.accuracy_drop)
-            # Drifted only when the whole interval is below the test accuracy: not a few unlucky corrections.
-            if status == DRIFTED and high >= reference.test_accuracy:
-                status = WATCH
-            # Nor one or two: 0/1 already has its Wilson interval (0 to 0.79) below a test accuracy of 0.9.
-            if status == DRIFTED and n < MIN_TEST_EXAMPLES:
-                status, too_few = WATCH, f"too few labelled answers for drift (< {MIN_TEST_EXAMPLES})"
-        # new_labels: what corrections name that the run never learnt (its out-of-scope label is never trained on by design).
-        signals.append(Signal(
-            "live_accuracy", accuracy, status, t.accuracy_drop, reference.test_accuracy, judged, n, False,
-            f"{correct}/{n} correct, 95% CI {low:.3f} to {high:.3f}" + (f"; test accuracy {reference.test_accuracy:.4f}" if reference.test_accuracy is not None else "")
-            + (f"; {too_few}" if too_few else ""),
-            {"low": low, "high": high, "new_labels": sorted({label for _, label in traffic.feedback} - set(reference.train_labels) - {reference.oos_label})},
-        ))
+        signals.append(_live_accuracy(traffic.feedback, reference, t.accuracy_drop))
 
     # -- service -------------------------------------------------------------------------------
     if traffic.latency_ms.size:

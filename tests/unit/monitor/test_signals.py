@@ -125,10 +125,13 @@ def test_one_unlucky_correction_is_not_drift():
         traffic = Traffic("m", "r", "s", "u", len(feedback), 0, 0, None, None, np.array([5.0]), feedback=feedback)
         return next(s for s in compute_signals(traffic, reference, MonitorConfig()) if s.name == "live_accuracy")
 
-    one = live_accuracy([("a", "b")])
-    assert one.status == "watch" and "too few" in one.detail
-    # As many wrong answers as a verdict needs: drifted.
-    assert live_accuracy([("a", "b")] * MIN_TEST_EXAMPLES).status == "drifted"
+    # A lone correction is no accuracy at all (only corrections: not judged); one answer right and nine corrected is
+    # beyond chance, but too few for a verdict.
+    assert live_accuracy([("a", "b")]).status == "ok"
+    few = live_accuracy([("a", "a")] + [("a", "b")] * 9)
+    assert few.status == "watch" and "too few" in few.detail
+    # As many labelled answers as a verdict needs: drifted.
+    assert live_accuracy([("a", "a")] + [("a", "b")] * (MIN_TEST_EXAMPLES - 1)).status == "drifted"
 
 
 def test_a_rating_after_a_correction_keeps_the_corrected_label(tmp_path):
