@@ -136,7 +136,11 @@ def render_report(report: Any) -> None:
         console.print(_render_example(report.example))
         if report.example.note:
             console.print(f"[dim]{escape(report.example.note)}[/dim]")
+    near_copies = report.test.near_copies if report.test is not None else None
     for warning in report.warnings:
+        if near_copies is not None and warning == near_copies.warning():
+            # Its pairs are listed above with their texts (the report keeps them in the line for --json and `tunelab run`).
+            warning = near_copies.warning(examples=False) or warning
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     _print_notes([*report.layouts, *report.notes])
 

@@ -235,6 +235,8 @@ def aliases(
         print_json(history)
         return
     names: dict[str, str] = {}
+    # A deleted run's name as the history kept it (rows written before the registry kept names have none).
+    kept = {change["run_id"]: change["run_name"] for change in history if change.get("run_name")}
 
     def named(run_id: str | None) -> str:
         if run_id is None:
@@ -243,7 +245,7 @@ def aliases(
             try:
                 names[run_id] = f"{registry.get_run(run_id).name} ({run_id})"
             except RegistryError:
-                names[run_id] = f"{run_id} (no longer in the registry)"
+                names[run_id] = f"{kept[run_id]} ({run_id}, no longer in the registry)" if run_id in kept else f"{run_id} (no longer in the registry)"
         return names[run_id]
 
     for change in history:

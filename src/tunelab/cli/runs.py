@@ -47,13 +47,15 @@ def _number(value: float | None) -> str:
     return f"{value:.4g}"
 
 
-def _key_metric(run: RunRecord) -> str:
+def _key_metric(run: RunRecord, *, short: bool = False) -> str:
     metric = run.key_metric()
     if metric is None:
         return "-"
     name, before, after = metric
-    # Only the base model's value is "before": when it was skipped the cell says so (`tunelab show` gives the reason).
-    shown = "n/a (base skipped)" if before is None and run.base_skipped is not None else _number(before)
+    # Only the base model's value is "before": when it was skipped the cell says so (`tunelab show` gives the reason),
+    # in a narrow table by a mark explained under it.
+    skipped = before is None and run.base_skipped is not None
+    shown = ("n/a*" if short else "n/a (base skipped)") if skipped else _number(before)
     return f"{name} {shown} → {_number(after)}"
 
 
@@ -88,26 +90,69 @@ def runs(
     if not records:
         console.print(f"no runs recorded in {registry_path}")
         return
-    table = Table(title=f"Runs in {registry_path}")
+    table, left_out, marked = _runs_table(f"Runs in {registry_path}", records, sizes, served)
+    console.print(table)
+    if marked:
+        console.print("[dim]* n/a: the base model was not scored (`tunelab show RUN` says why)[/dim]")
+    if left_out:
+        console.print(f"[dim]not shown at {console.width} columns: {', '.join(left_out)} (`tunelab show RUN` and --json give them)[/dim]")
+
+
+# What a narrower terminal gives up, in this order, until every shown cell fits whole on its row's one line (at 80
+# columns the full table was mostly "class…", "finis…", "accur… n/a (base skipp…"): first what `tunelab show` and
+# --json give anyway, then the key metric's long form, then the less telling columns. Name, key metric and verdict stay.
+_NARROWER = ("task", "model", "short key metric", "created", "size", "alias", "status")
+
+
+def _runs_table(title: str, records: list[RunRecord], sizes: dict[str, int | None], served: dict[str, list[str]]) -> tuple[Table, list[str], bool]:
+    """The ``tunelab runs`` table at the console's width, the columns it leaves out, and whether a key metric is marked
+    "n/a*" (its short form)."""
+    from rich.cells import cell_len
+    from rich.measure import Measurement
+
     # Which run is live: a column only where some alias serves a listed run (else a column of dashes).
     alias_column = any(record.id in served for record in records)
-    for column in ("name", "task", "model", "status", "size", *(["served as"] if alias_column else []), "key metric", "verdict", "created"):
-        # A name or model too long for its column folds onto more lines rather than ending in "…" (80 columns,
-        # or piped): the name is what `tunelab show` takes.
-        table.add_column(column, overflow="fold" if column in ("name", "model") else "ellipsis")
-    for record in records:
-        table.add_row(
-            record.name,
-            record.task or "-",
-            record.model or "-",
-            record.status,
-            _size(sizes[record.id]),
-            *([", ".join(served.get(record.id, [])) or "-"] if alias_column else []),
-            _key_metric(record),
-            record.verdict or "-",
-            record.created_at[:19].replace("T", " "),
-        )
-    console.print(table)
+    cells = {
+        "name": [record.name for record in records],
+        "task": [record.task or "-" for record in records],
+        "model": [record.model or "-" for record in records],
+        "status": [record.status for record in records],
+        "size": [_size(sizes[record.id]) for record in records],
+        # The aliases serving the run: "alias", not "served as", keeps it within 80 columns beside status.
+        **({"alias": [", ".join(served.get(record.id, [])) or "-" for record in records]} if alias_column else {}),
+        "key metric": [_key_metric(record) for record in records],
+        "verdict": [record.verdict or "-" for record in records],
+        "created": [record.created_at[:16].replace("T", " ") for record in records],
+    }
+    short = [_key_metric(record, short=True) for record in records]
+    marked = False  # some shown key metric is "n/a*": the note under the table explains it
+    left_out: list[str] = []
+
+    def table(whole: bool) -> Table:
+        shown = Table(title=title)
+        for column in cells:
+            # A verdict ("no significant difference") wraps at its words; every other cell stays whole on its line.
+            # Past the last step (a name longer than the terminal is wide) every cell folds: never cut to "…".
+            shown.add_column(column, overflow="fold", no_wrap=whole and column != "verdict")
+        for row in zip(*cells.values(), strict=True):
+            shown.add_row(*row)
+        return shown
+
+    wide = console.options.update(width=10_000)  # measured unsqueezed: every cell whole on one line
+    # The verdict column can narrow to its longest word; the width it may give up is not needed.
+    verdicts = [*cells["verdict"], "verdict"]
+    slack = max(map(cell_len, verdicts)) - max(cell_len(word) for verdict in verdicts for word in verdict.split())
+    for step in (None, *_NARROWER):
+        if step == "short key metric":
+            marked, cells["key metric"] = short != cells["key metric"], short
+        elif step in cells:
+            del cells[step]
+            left_out.append(step)
+        elif step is not None:
+            continue  # no such column here (no alias serves a listed run)
+        if Measurement.get(console, wide, table(whole=True)).maximum - slack <= console.width:
+            return table(whole=True), left_out, marked
+    return table(whole=False), left_out, marked
 
 
 def _timings_table(record: RunRecord) -> Table:
@@ -187,8 +232,9 @@ def show(
     artifacts = dict(record.artifacts or {})
     train = artifacts.pop("train", None)
     baselines = artifacts.pop("baselines", None)
-    # The artifacts repeat the record's run_dir: shown once, as "run dir".
-    rows += [(f"{name}", str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float) and name not in fields]
+    # The artifacts repeat the record's run_dir: shown once, as "run dir". Each is labelled in words, as the record's
+    # fields are ("suspect labels", never the stored key "suspect_labels").
+    rows += [(name.replace("_", " "), str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float) and name not in fields]
     console.print(_facts_table(f"Run {record.name}", rows))
     verdict = verdict_rich_table(record.comparison)
     if verdict is not None:

@@ -59,14 +59,15 @@ class NearCopies:
     def share(self) -> float:
         return self.count / self.compared if self.compared else 0.0
 
-    def warning(self, test_name: str = "test", train_name: str = "training") -> str | None:
-        """The one line that says it, or None when there is nothing to say."""
+    def warning(self, test_name: str = "test", train_name: str = "training", *, examples: bool = True) -> str | None:
+        """The one line that says it, or None when there is nothing to say. ``examples=False``: without the first pairs,
+        for a screen that lists them itself (``tunelab data check``)."""
         if not self.count:
             return None
-        shown = ", ".join(f"{pair.test} ≈ {pair.train}" for pair in self.pairs[:3])
+        shown = ", e.g. " + ", ".join(f"{pair.test} ≈ {pair.train}" for pair in self.pairs[:3]) if examples else ""
         return (
             f"near-copies: {self.count} of {self.compared} {test_name} examples ({self.share:.0%}) have a "
-            f"{train_name} example at similarity ≥ {self.threshold:g} (TF-IDF character n-grams, numbers aside), e.g. "
+            f"{train_name} example at similarity ≥ {self.threshold:g} (TF-IDF character n-grams, numbers aside)"
             f"{shown}: scores on them are optimistic (the exact copies are counted as leakage, not here)"
         )
 

@@ -394,8 +394,11 @@ def suspect_summary(run: RunFolder, report: SuspectReport) -> str:
     if not report.suspects:
         return f"None among the {report.records} training rows the embedding baseline learned from."
     weak = f" {report.weak[:1].upper()}{report.weak[1:]}." if report.weak else ""
+    # The table shows only the first few: said, so they do not read as all of them.
+    shown = (f"Below, the {SUSPECTS_SHOWN} most doubtful of the {len(report.suspects)}; every one"
+             if len(report.suspects) > SUSPECTS_SHOWN else "Every one")
     return (f"{len(report.suspects)} of {report.records} training rows ({report.share:.1%}) have a label the embedding baseline's "
-            f"cross-validation doubts (confident learning): candidates to look at, not errors. Every one in {run.suspect_labels.name}.{weak}")
+            f"cross-validation doubts (confident learning): candidates to look at, not errors. {shown} in {run.suspect_labels.name}.{weak}")
 
 
 def _suspect_rows(report: SuspectReport) -> tuple[list[str], list[list[str]]]:

@@ -166,6 +166,15 @@ def m005_cancelled_status(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX runs_created ON runs (created_at)")
 
 
+@migration
+def m006_alias_history_run_name(db: sqlite3.Connection) -> None:
+    # A history row kept only the run's id: once the run was deleted, `tunelab aliases` and `tunelab rollback` could
+    # say only "77a6c178f568". The name it had when the alias moved is kept with the row; rows written before are
+    # filled from the runs still there (a run deleted before this migration keeps only its id).
+    db.execute("ALTER TABLE alias_history ADD COLUMN run_name TEXT")
+    db.execute("UPDATE alias_history SET run_name = (SELECT name FROM runs WHERE runs.id = alias_history.run_id)")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 

@@ -250,6 +250,7 @@ class AliasChange:
     reason: str | None
     details: dict | None
     created_at: str
+    run_name: str | None = None  # the run's name when the alias moved: it still reads once the run is deleted
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -743,11 +744,13 @@ class Registry:
                 (name, record.id, now),
             )
             cursor = db.execute(
-                "INSERT INTO alias_history (name, run_id, previous_run_id, action, reason, details, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, record.id, previous, action, reason, json.dumps(details, default=str) if details is not None else None, now),
+                "INSERT INTO alias_history (name, run_id, previous_run_id, action, reason, details, created_at, run_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, record.id, previous, action, reason, json.dumps(details, default=str) if details is not None else None, now,
+                 record.name),
             )
             change_id = int(cursor.lastrowid)
-        return AliasChange(change_id, name, record.id, previous, action, reason, details, now)
+        return AliasChange(change_id, name, record.id, previous, action, reason, details, now, record.name)
 
     def finished_run(self, run: str) -> RunRecord:
         """The run an alias may point at: only a finished one can be served.
@@ -767,7 +770,7 @@ class Registry:
         return [
             AliasChange(
                 row["id"], row["name"], row["run_id"], row["previous_run_id"], row["action"], row["reason"],
-                json.loads(row["details"]) if row["details"] else None, row["created_at"],
+                json.loads(row["details"]) if row["details"] else None, row["created_at"], row["run_name"],
             )
             for row in rows
         ]
@@ -806,8 +809,10 @@ class Registry:
         with self._connect() as db:
             gone = db.execute("SELECT 1 FROM runs WHERE id = ?", (chain[-2],)).fetchone() is None
         if gone:
-            # Its id stays in the history (`tunelab delete` keeps it there so the history still reads).
-            raise RegistryError(f"alias '{name}' served run {chain[-2]} before, which was deleted: nothing to roll back to",
+            # Its id stays in the history (`tunelab delete` keeps it there so the history still reads), with its name.
+            known = next((change.run_name for change in reversed(history) if change.run_id == chain[-2] and change.run_name), None)
+            run = f"{known} ({chain[-2]})" if known else chain[-2]
+            raise RegistryError(f"alias '{name}' served run {run} before, which was deleted: nothing to roll back to",
                                 f"`tunelab promote {name} RUN` points it at another run")
         return chain[-2]
 

@@ -216,4 +216,59 @@ def test_runs_without_any_alias_has_no_alias_column(app, tmp_path):
     registry = Registry(tmp_path / "registry.db")
     registry.create_run(name="only", task="classify", model="default", status="finished")
     result = CliRunner().invoke(app, ["runs", "--registry", str(registry.path)])
-    assert result.exit_code == 0 and "only" in result.output and "served as" not in result.output, result.output  # no column of dashes
+    assert result.exit_code == 0 and "only" in result.output, result.output
+    assert "alias" not in _row(result.output, "┃ name"), result.output  # no column of dashes
+
+
+@pytest.fixture
+def typical(tmp_path):
+    # The reviewer's row on the real default model: a base model skipped, an alias serving the run, a folder on disk.
+    folder = tmp_path / "runs" / "classify-walk2-r16-a"
+    folder.mkdir(parents=True)
+    (folder / "adapter.safetensors").write_bytes(b"0" * 2_000_000)
+    registry = Registry(tmp_path / "registry.db")
+    reason = "4 of 32 validation requests right: it cannot win"
+    registry.create_run(
+        name="classify-walk2-r16-a", task="classify", model="default", status="finished", run_dir=str(folder),
+        tuned_metrics={"primary": "accuracy", "accuracy": 0.875},
+        comparison={"verdict": "better", "primary": "accuracy", "skipped": {"base": reason}},
+        artifacts={"baselines_skipped": {"base": reason}},
+    )
+    registry.set_alias("prod", "classify-walk2-r16-a")
+    return registry
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_runs_shows_a_typical_row_whole_at_80_and_160_columns(app, typical, monkeypatch, width):
+    # At 80 columns the listing was mostly ellipses ("class…", "finis…", "accur… n/a (base skipp… → 0.875") and the
+    # size folded onto two lines ("200.7" / "MB"): every shown cell is now whole, on the row's one line.
+    from tunelab.cli.common import console
+
+    monkeypatch.setattr(console, "width", width)
+    result = CliRunner().invoke(app, ["runs", "--registry", str(typical.path)])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= width, result.output
+    row = _row(result.output, "classify-walk2-r16-a")
+    for cell in ("finished", "prod", "0.875", "better"):
+        assert cell in row, result.output
+    if width == 160:
+        created = typical.get_run("classify-walk2-r16-a").created_at[:16].replace("T", " ")
+        for cell in ("classify", "default", "2.0 MB", "accuracy n/a (base skipped) → 0.875", created):
+            assert cell in row, result.output
+    else:
+        assert "accuracy n/a" in row, result.output
+        # What is left out is said, and --json still has it.
+        assert "--json" in result.output, result.output
+    listed = json.loads(CliRunner().invoke(app, ["runs", "--registry", str(typical.path), "--json"]).output)
+    assert listed[0]["task"] == "classify" and listed[0]["bytes"] == 2_000_000 and listed[0]["created_at"]
+
+
+def test_show_labels_the_suspect_labels_row_in_words(app, tmp_path):
+    # Its neighbours read "served as", "run dir"; the suspect row read "suspect_labels", the stored artifact key.
+    path = tmp_path / "registry.db"
+    Registry(path).create_run(name="sus", task="classify", model="default", status="finished",
+                              artifacts={"suspect_labels": "3 of 320 training rows have a doubtful label"})
+    result = CliRunner().invoke(app, ["show", "sus", "--registry", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "suspect labels" in _row(result.output, "3 of 320") and "suspect_labels" not in result.output, result.output

@@ -44,6 +44,7 @@ def workspace(tmp_path_factory):
     registry = Registry(folder / "registry.db")
     for name, r in (("a", 16), ("b", 4)):
         registry.create_run(name=name, task="classify", model="default", status="finished", config={"task": "classify", "lora": {"r": r}})
+    (folder / "split.yaml").write_text("task: classify\ndata:\n  train: train.jsonl\n")
     (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"request {i}", "label": "ab"[i % 2]}) + "\n" for i in range(8)))
     return folder
 
@@ -66,6 +67,14 @@ def test_commands_without_a_model_import_no_torch_or_transformers(arguments, wor
     probe = _imports(arguments, workspace)
     assert probe["code"] == 0
     assert probe["heavy"] == []
+
+
+def test_data_split_imports_no_model_library(workspace):
+    # Splitting needs no model, but it imported torch through the evaluation package (for the verdict's minimum test
+    # size). It does need scikit-learn: the near-copies warning compares TF-IDF vectors, as `tunelab run`'s split step.
+    probe = _imports(["data", "split", "split.yaml"], workspace)
+    assert probe["code"] == 0
+    assert [name for name in probe["heavy"] if name != "sklearn"] == []
 
 
 def test_the_probe_sees_an_import_of_torch(workspace):

@@ -161,3 +161,23 @@ def test_the_warning_says_near_copies_and_a_reworded_pair_never_reads_as_identic
                                 terminal_width=300)
     assert result.exit_code == 0, result.output
     assert "(0.99)" in result.output and "(1.00)" not in result.output, result.output  # wrapped at 80 columns
+
+
+def test_data_check_names_the_near_copy_pairs_once(tmp_path, monkeypatch):
+    # The "Test file" block listed the pairs with their texts, then the warning repeated the same pairs. The library's
+    # warning (for `tunelab run` and --json) keeps them; the check's screen says them once, in the block.
+    from tunelab.cli.common import console
+    from tunelab.cli.main import _register_commands, app
+
+    monkeypatch.setattr(console, "width", 400)  # each pair on one line, to be counted
+
+    train = _write(tmp_path / "train.jsonl", TRAIN)
+    test = _write(tmp_path / "test.jsonl", ["i want to cancel my order 5678", "The app crashes when I open the camera!!"])
+    report = check_data(str(train), "classify", DataConfig(), test_path=str(test))
+    assert any(w.startswith("near-copies:") and f"{test}:1 ≈ {train}:1" in w for w in report.warnings)
+    _register_commands()
+    result = CliRunner().invoke(app, ["data", "check", str(train), "--task", "classify", "--test", str(test), "--no-tokens"],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(f"{test}:1 ≈ {train}:1") == 1, result.output
+    assert "near-copies: 1 of 2 test examples" in result.output and "scores on them are optimistic" in result.output, result.output

@@ -203,3 +203,17 @@ def test_the_run_warning_names_the_training_file_once():
     assert "/data/shop/train.jsonl: line 154 returns → order_change; line 228 order_change → billing; every one in" in one_file
     two_files = run_warning(report(["/data/a.jsonl:154", "/data/b.jsonl:2"]), "runs/r/suspect_labels.json")
     assert "/data/a.jsonl:154 returns → order_change; /data/b.jsonl:2 order_change → billing; every one in" in two_files
+
+
+def test_the_report_says_its_rows_are_the_most_doubtful_of_all(tmp_path):
+    # report.md showed 5 rows under "8 of 320 training rows ... have a label ... doubts" without saying which 5.
+    from tunelab.evaluation.report import SUSPECTS_SHOWN, suspect_summary
+    from tunelab.evaluation.suspects import Suspect, SuspectReport
+    from tunelab.runs import RunFolder
+
+    def report(count):
+        return SuspectReport(records=320, checked=320, suspects=[Suspect(f"t:{i}", "text", "a", "b", 0.1, 0.8) for i in range(count)])
+
+    line = suspect_summary(RunFolder(tmp_path), report(8))
+    assert f"the {SUSPECTS_SHOWN} most doubtful of the 8" in line, line
+    assert "most doubtful" not in suspect_summary(RunFolder(tmp_path), report(SUSPECTS_SHOWN)), "all are shown"

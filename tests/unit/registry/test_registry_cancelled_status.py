@@ -49,7 +49,7 @@ def test_a_registry_written_before_cancelled_existed_opens_and_takes_it(tmp_path
     db = sqlite3.connect(path)
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")}
     assert {"runs_task_status", "runs_created"} <= indexes
-    assert [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")][-1] == "m005_cancelled_status"
+    assert "m005_cancelled_status" in [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
     assert registry.integrity_check() == "ok"
     # Still refused: a status no version knows.
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):

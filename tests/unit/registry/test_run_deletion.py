@@ -225,3 +225,28 @@ def test_a_delete_killed_midway_leaves_a_state_the_next_commands_read_and_finish
     assert plan.refusals == [] and plan.bytes >= (2_100 if point == "delete.folder-moved" else 2 * 2_100)
     delete_runs(registry, plan)
     assert not list(runs.glob(".victim*")) and "victim" not in [record.name for record in registry.list_runs()]
+
+
+def test_a_deleted_run_is_named_in_its_alias_history_and_its_rollback_refusal(registry, runs, monkeypatch):
+    # `tunelab rollback` said "served run 77a6c178f568 before, which was deleted" and `tunelab aliases router`
+    # "77a6c178f568 (no longer in the registry)": the name the user knew it by is kept with the history row.
+    from typer.testing import CliRunner
+
+    from tunelab.cli.common import console
+    from tunelab.cli.main import _register_commands, app
+
+    make_run(registry, runs, "walk2")
+    make_run(registry, runs, "walk3")
+    first = registry.get_run("walk2").id
+    registry.set_alias("router", "walk2")
+    registry.set_alias("router", "walk3")
+    delete_runs(registry, plan_deletion(registry, ["walk2"]))
+    assert [(change.run_id, change.run_name) for change in registry.alias_history("router")] == [
+        (first, "walk2"), (registry.get_run("walk3").id, "walk3")]
+    with pytest.raises(RegistryError, match=f"served run walk2 \\({first}\\) before, which was deleted"):
+        registry.rollback_alias("router")
+    _register_commands()
+    monkeypatch.setattr(console, "width", 250)
+    result = CliRunner().invoke(app, ["aliases", "router", "--registry", str(registry.path)])
+    assert result.exit_code == 0, result.output
+    assert f"walk2 ({first}, no longer in the registry)" in result.output, result.output
