@@ -12,15 +12,7 @@ from tunelab.evaluation.result import EvalResult
 from tunelab.registry import Registry
 from tunelab.registry.store import MAX_GROUPS_SIDE_BY_SIDE
 
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    """Wide enough that no cell wraps: each row of the table is one line to read. Set on the CLI's console itself: its
-    width is read from COLUMNS once, when the first test of a session imports it, so an env here may come too late."""
-    from tunelab.cli import common
-
-    monkeypatch.setattr(common.console, "_width", 250)
-
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 def _cli(*args):
     from tunelab.cli.main import _register_commands, app

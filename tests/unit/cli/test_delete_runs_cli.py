@@ -8,24 +8,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tunelab.cli import main as cli_main
 from tunelab.errors import TunelabError
 from tunelab.registry import Registry
 
-
-@pytest.fixture(scope="module")
-def app():
-    if not cli_main.app.registered_commands:
-        cli_main._register_commands()
-    return cli_main.app
-
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    from tunelab.cli.common import console
-
-    monkeypatch.setattr(console, "width", 250)
-
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 @pytest.fixture
 def runs(tmp_path):

@@ -7,24 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tunelab.cli import main as cli_main
 from tunelab.registry import Registry
 
-
-@pytest.fixture(scope="module")
-def app():
-    if not cli_main.app.registered_commands:
-        cli_main._register_commands()
-    return cli_main.app
-
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    # Tables wrap at the terminal width; a wide console keeps every cell on one line for the asserts.
-    from tunelab.cli.common import console
-
-    monkeypatch.setattr(console, "width", 250)
-
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 @pytest.fixture
 def registry_path(tmp_path):
