@@ -207,12 +207,17 @@ class RemoteModel:
         baseline: bool = False, train_ids: Collection[str] | None = None, progress: Progress | None = None,
         baseline_name: str | None = None, out_of_scope: OutOfScope | None = None,
     ) -> EvalResult:
-        """Asked with the zero-shot prompt that lists the categories by name (a chat API gives no label-token scores)."""
+        """Asked with the zero-shot prompt that lists the categories by name (a chat API gives no label-token scores).
+
+        As a baseline (``baseline_name``) under ``data_config.out_of_scope_label`` the prompt also offers that label, as a
+        user asking a chat model would; a fine-tuned model (a cloud run's) is asked its training prompt, which has no option.
+        """
         from tunelab.evaluation.remote import evaluate_remote
 
         labels = list(label_map.labels) if label_map is not None else None
+        offered = data_config.out_of_scope_label if baseline_name is not None else None
         return evaluate_remote(self.client, records, task, config=config, data_config=data_config, labels=labels, train_ids=train_ids,
-                               baseline_name=baseline_name, progress=progress)
+                               baseline_name=baseline_name, progress=progress, out_of_scope_label=offered)
 
     def ask(
         self, questions: Sequence[Question], task: str, *, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] = (),

@@ -374,8 +374,10 @@ def calibrate_out_of_scope(validation: EvalResult, label: str) -> OutOfScope:
     top = [row.get("label_prediction", row["prediction"]) for row in rows]
     outside = [row["reference"] == label for row in rows]
     correct = [not out and t == row["reference"] for t, out, row in zip(top, outside, rows, strict=True)]
-    threshold, accuracy = choose_threshold(confidence, correct, outside)
-    without = float(np.mean([c for c in correct])) if rows else 0.0
+    # A model that answers the label itself (a remote one offered it in its prompt) is counted as its rejection is.
+    answered_out = [t == label for t in top]
+    threshold, accuracy = choose_threshold(confidence, correct, outside, answered_out)
+    without = float(np.mean([c or (out and a) for c, out, a in zip(correct, outside, answered_out, strict=True)])) if rows else 0.0
     details = {"queries": len(rows), "out_of_scope": int(sum(outside)), "accuracy": accuracy, "accuracy_without_threshold": without}
     return OutOfScope(label, threshold, validation=details)
 

@@ -395,7 +395,9 @@ def fit_temperature(logits: np.ndarray, targets: Sequence[int]) -> float:
     return best if loss(np.log(best)) <= loss(0.0) else 1.0
 
 
-def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_of_scope: Sequence[float]) -> tuple[float, float]:
+def choose_threshold(
+    confidence: Sequence[float], correct: Sequence[float], out_of_scope: Sequence[float], answered_out: Sequence[bool] | None = None,
+) -> tuple[float, float]:
     """The out-of-scope threshold chosen on validation queries, and the accuracy it reaches there.
 
     The rule (``tunelab.data.labels.OUT_OF_SCOPE_RULE``): a query is rejected (answered out of
@@ -406,16 +408,20 @@ def choose_threshold(confidence: Sequence[float], correct: Sequence[float], out_
     queries (in-scope: top label correct and not rejected; out-of-scope: rejected); ties go to the
     lowest t, so a threshold never rejects more than the data asks for. ``correct`` is whether the
     top label is right (in-scope queries), ``out_of_scope`` whether the query is out of scope.
+    ``answered_out``: whether the model's own answer already is the out-of-scope label (a remote model offered it in
+    its prompt): such a query is rejected whatever t.
     """
     confidence = np.asarray(confidence, dtype=float)
     correct = np.asarray(correct, dtype=bool)
     outside = np.asarray(out_of_scope, dtype=bool)
+    already = np.asarray(answered_out, dtype=bool) if answered_out is not None else np.zeros(confidence.size, dtype=bool)
     if confidence.size == 0:
         return 0.0, 0.0
     distinct = np.unique(confidence)
     candidates = np.concatenate([[min(0.0, distinct[0])], (distinct[:-1] + distinct[1:]) / 2, [max(1.0, distinct[-1])]])
     accepted = confidence[None, :] >= candidates[:, None]
-    right = np.where(outside[None, :], ~accepted, accepted & correct[None, :])
+    rejected = ~accepted | already[None, :]
+    right = np.where(outside[None, :], rejected, ~rejected & correct[None, :])
     accuracy = right.mean(axis=1)
     best = int(np.argmax(accuracy))  # the first maximum: the lowest threshold among equals
     return float(candidates[best]), float(accuracy[best])

@@ -8,7 +8,9 @@ bootstrap of ``compare.py``. What differs is only how an answer is obtained:
 - classify: a chat API gives text, not label-token probabilities, so the model gets the zero-shot
   prompt that lists the categories by name (the base model's prompt) and its answer is read back as a
   label (``parse_label``). An answer that names no category counts as wrong and is listed; confidence
-  is 1 (there is no probability), so ECE says nothing about a remote model.
+  is 1 (there is no probability), so ECE says nothing about a remote model. With an out-of-scope label
+  (``data.out_of_scope_label``) a remote baseline's prompt offers it for a text that fits no category, and
+  an answer naming it is the out-of-scope answer: no threshold on a confidence of 1 could ever reject.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from tunelab.config import REMOTE_TASKS, DataConfig, EndpointConfig, EvalConfig
-from tunelab.data.labels import LabelMap
+from tunelab.data.labels import LabelMap, OutOfScope
 from tunelab.data.records import ClassifyRecord, Record
 from tunelab.data.templates import with_system_prompt, zero_shot_messages
 from tunelab.estimate.prices import PriceTable
 from tunelab.evaluation.evaluate import (
     check_test_records,
     references_of,
+    rescore_classify,
     score_sft,
     select_test_records,
     unnamed_answers,
@@ -48,9 +51,29 @@ def names_label_map(labels: Sequence[str]) -> LabelMap:
     return LabelMap(list(labels), list(range(len(labels))), list(labels))
 
 
-def classify_conversation(text: str, labels: Sequence[str], system_prompt: str | None) -> list[dict[str, str]]:
-    """The chat a remote model is asked for one text: the zero-shot prompt listing the categories by name."""
-    return zero_shot_messages(text, names_label_map(labels), system_prompt)
+def out_of_scope_option(label: str) -> str:
+    """The sentence that offers a chat model the out-of-scope answer, by the label's own name (``parse_label`` reads it back)."""
+    return f"If the text fits none of the categories, answer exactly: {label}"
+
+
+def classify_conversation(
+    text: str, labels: Sequence[str], system_prompt: str | None, out_of_scope_label: str | None = None
+) -> list[dict[str, str]]:
+    """The chat a remote model is asked for one text: the zero-shot prompt listing the categories by name.
+
+    With ``out_of_scope_label`` the prompt also offers that label for a text that fits no category (after the
+    instruction, before the text), as a user asking a chat model would: a chat API gives no probability a threshold
+    could reject on, so without the option it could never answer out of scope. Without it the prompt is the plain
+    zero-shot one, byte for byte (the request cache is keyed by it).
+    """
+    if out_of_scope_label is None:
+        return zero_shot_messages(text, names_label_map(labels), system_prompt)
+    categories = [label for label in labels if label != out_of_scope_label]  # an option, never one more category
+    messages = zero_shot_messages(text, names_label_map(categories), system_prompt)
+    asked = f"\n\nText: {text}"  # how zero_shot_messages ends the user turn
+    instruction = messages[-1]["content"].removesuffix(asked)
+    messages[-1] = {**messages[-1], "content": f"{instruction}\n{out_of_scope_option(out_of_scope_label)}{asked}"}
+    return messages
 
 
 def _normal(text: str) -> str:
@@ -93,11 +116,17 @@ def raise_for_failures(answers: Sequence[Answer], client: RemoteClient) -> None:
 
 
 def classify_rows(
-    records: Sequence[ClassifyRecord], answers: Sequence[str | None], labels: Sequence[str]
+    records: Sequence[ClassifyRecord], answers: Sequence[str | None], labels: Sequence[str], out_of_scope_label: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """Rows, metrics and warnings of classify answers given as text (a remote model, a teacher)."""
-    labels = list(labels)
-    predictions = [parse_label(answer, labels) or UNPARSED for answer in answers]
+    """Rows, metrics and warnings of classify answers given as text (a remote model, a teacher).
+
+    With ``out_of_scope_label`` (offered in the prompt: ``classify_conversation``) an answer naming it is the
+    out-of-scope answer, scored by ``evaluate.rescore_classify`` as a local model's rejection is (a threshold of 0:
+    every answer has confidence 1, so only the answer itself can say out of scope).
+    """
+    labels = [label for label in labels if label != out_of_scope_label]
+    answerable = [*labels, out_of_scope_label] if out_of_scope_label is not None else labels
+    predictions = [parse_label(answer, answerable) or UNPARSED for answer in answers]
     rows = []
     for record, answer, prediction in zip(records, answers, predictions, strict=True):
         rows.append(with_group({
@@ -106,9 +135,12 @@ def classify_rows(
             "scores": {"correct": float(prediction == record.label), "confidence": 1.0,
                        "probability_of_reference": float(prediction == record.label), "known_label": record.label in labels},
         }, record))
+    warnings = ["a chat API gives no probabilities: confidence is 1 for every answer, so ECE is not meaningful here"]
+    if out_of_scope_label is not None:
+        rows, metrics, more = rescore_classify(rows, labels, OutOfScope(out_of_scope_label, 0.0))
+        return rows, metrics, warnings + more
     # An answer naming no category is its own (always wrong) class in the confusion matrix (classify_metrics adds it).
     metrics = classify_metrics([r.label for r in records], predictions, [1.0] * len(records), labels)
-    warnings = ["a chat API gives no probabilities: confidence is 1 for every answer, so ECE is not meaningful here"]
     return rows, metrics, warnings + unnamed_answers(rows, labels, metrics)
 
 
@@ -123,8 +155,12 @@ def evaluate_remote(
     train_ids: Collection[str] | None = None,
     baseline_name: str | None = None,
     progress: Progress | None = None,
+    out_of_scope_label: str | None = None,
 ) -> EvalResult:
     """Evaluate the remote model of ``client`` on ``records`` (classify: over ``labels``, default the test labels).
+
+    classify with ``out_of_scope_label``: the prompt offers that label for a request that fits no category, and an
+    answer naming it is the out-of-scope answer (``classify_conversation``, ``classify_rows``).
 
     Raises:
         ConfigError: for a task a chat API cannot be scored on (text, preference).
@@ -133,13 +169,14 @@ def evaluate_remote(
     """
     _check_task(task)
     warnings = check_test_records(records, task, train_ids)
-    chosen, conversations, ask, labels = _requests(records, task, config, data_config, labels)
+    out_of_scope_label = out_of_scope_label if task == "classify" else None
+    chosen, conversations, ask, labels = _requests(records, task, config, data_config, labels, out_of_scope_label)
     if len(chosen) < len(records):
         warnings.append(f"evaluated a seeded sample of {len(chosen)} of {len(records)} test examples (max_test_examples)")
     if task == "classify":
         answers = client.chat_many(conversations, **ask, progress=progress)
         raise_for_failures(answers, client)
-        rows, metrics, more = classify_rows(chosen, [a.text for a in answers], labels)
+        rows, metrics, more = classify_rows(chosen, [a.text for a in answers], labels, out_of_scope_label)
     else:
         references = [references_of(r) for r in chosen]
         answers = client.chat_many(conversations, **ask, progress=progress)
@@ -158,6 +195,8 @@ def evaluate_remote(
         "prompt": "zero_shot_names" if task == "classify" else "chat", "max_new_tokens": config.max_new_tokens,
         "temperature": config.temperature, "usage": usage.to_dict(),
     }
+    if out_of_scope_label is not None:
+        settings["out_of_scope_option"] = out_of_scope_option(out_of_scope_label)
     if baseline_name:
         settings["baseline"] = baseline_name
     return EvalResult(
@@ -177,7 +216,8 @@ def _check_task(task: str) -> None:
 
 
 def _requests(
-    records: Sequence[Record], task: str, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] | None
+    records: Sequence[Record], task: str, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] | None,
+    out_of_scope_label: str | None = None,
 ) -> tuple[list[Record], list[list[dict[str, str]]], dict[str, Any], list[str] | None]:
     """The test records asked (the seeded sample), their chats, the decoding ``chat_many`` gets, and the classify labels:
     one place, so the estimate prices exactly the requests ``evaluate_remote`` sends (and finds the cached ones)."""
@@ -185,20 +225,23 @@ def _requests(
     system = data_config.system_prompt
     ask: dict[str, Any] = {"max_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
     if task == "classify":
-        labels = list(labels) if labels is not None else sorted({r.label for r in chosen})
-        return chosen, [classify_conversation(r.text, labels, system) for r in chosen], {**ask, "max_tokens": min(config.max_new_tokens, 32)}, labels
+        listed = labels if labels is not None else sorted({r.label for r in chosen})
+        labels = [label for label in listed if label != out_of_scope_label]
+        conversations = [classify_conversation(r.text, labels, system, out_of_scope_label) for r in chosen]
+        return chosen, conversations, {**ask, "max_tokens": min(config.max_new_tokens, 32)}, labels
     return chosen, [with_system_prompt(r.prompt_messages, system) for r in chosen], ask, None
 
 
 def estimate_remote(
     client: RemoteClient, records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None, out_of_scope_label: str | None = None,
 ) -> RequestEstimate:
     """What ``evaluate_remote`` with the same arguments would cost, before any request: a typical answer is the
     reference's length (sft) or the category's name (classify)."""
     _check_task(task)
     check_test_records(records, task, None)  # the records evaluate_remote refuses are refused here first, the same way
-    chosen, conversations, ask, _ = _requests(records, task, config, data_config, labels)
+    out_of_scope_label = out_of_scope_label if task == "classify" else None
+    chosen, conversations, ask, _ = _requests(records, task, config, data_config, labels, out_of_scope_label)
     return client.estimate(conversations, **ask, expected_output_tokens=[typical_answer_tokens(r, task) for r in chosen])
 
 

@@ -21,6 +21,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -62,6 +63,8 @@ class FakeProvider:
         # Each chat request is answered this many seconds after it arrives (a slow provider; slept outside the lock, so
         # requests in flight overlap as they do at a real one); ``chats_arrived`` counts them on arrival.
         self.chat_delay_s = 0.0
+        # The base model's answer to a chat's last user message (a model that follows the prompt); None: BASE_ANSWER
+        self.base_answer: Callable[[str], str] | None = None
         self.chats_arrived = 0
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -302,7 +305,7 @@ class FakeProvider:
         name = body["model"]
         self.model(name)
         question = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
-        answer = BASE_ANSWER
+        answer = self.base_answer(question) if self.base_answer is not None else BASE_ANSWER
         if name in self.tuned:
             words = _words(question)
             answer = max(self.tuned[name], key=lambda pair: len(words & _words(pair[0])))[1]
