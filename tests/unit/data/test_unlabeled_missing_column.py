@@ -37,3 +37,17 @@ def test_a_file_whose_rows_differ_keeps_one_error_per_row(tmp_path):
     path.write_text('{"prompt": "hello there"}\n{"question": "no prompt here"}\n{"prompt": ""}\n', encoding="utf-8")
     inputs, errors = read_unlabeled(str(path), "sft", DataConfig())
     assert len(inputs) == 1 and [error.source for error in errors] == [f"{path}:2", f"{path}:3"], errors
+
+
+def test_skip_invalid_on_a_file_without_the_column_says_why_nothing_is_left(tmp_path):
+    # With --skip-invalid every row was dropped and the one line said only "no prompt to answer in questions.csv".
+    import pytest
+
+    from tunelab.errors import DataError
+    from tunelab.tasks.predict import read_inputs
+
+    path = tmp_path / "questions.csv"
+    path.write_text('Question,Country\n"In FR, how much notice do I owe?",FR\n"In IT, what deposit is allowed?",IT\n', encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_inputs(str(path), "sft", DataConfig(skip_invalid=True))
+    assert "no prompt to answer" in str(raised.value) and "--prompt-field Question" in str(raised.value), str(raised.value)
