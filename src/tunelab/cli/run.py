@@ -94,7 +94,9 @@ def _event_printer(quiet: bool):
         elif status == "baseline skipped":
             error_console.print(f"  [yellow]– {details.get('baseline')} skipped:[/] {details.get('reason')}")
         elif status == "event":  # a cloud fine-tuning job's events as the provider sends them; how the data was read
-            error_console.print(f"  [dim]{details.get('status') or ''}[/] {details.get('message')}")
+            # Without a provider's status (how the data was read) the message takes its place: aligned with the warnings.
+            status_text = f"[dim]{details['status']}[/] " if details.get("status") else ""
+            error_console.print(f"  {status_text}{details.get('message')}")
         elif status == "warn":
             error_console.print(f"  [yellow]warning[/] {details.get('message')}")
         elif status == "skip":
@@ -104,7 +106,8 @@ def _event_printer(quiet: bool):
             # A step that sent no start event (register) has no time to show: it read "(-0.0 s)".
             elapsed = f"[dim]({time.perf_counter() - started[step]:.1f} s)[/] " if step in started else ""
             summary = _step_summary(step, details)
-            error_console.print(f"  [green]✓[/] {title} {elapsed}{summary}")
+            # A step with nothing to summarize (check data) ends at its time, with no trailing space.
+            error_console.print(f"  [green]✓[/] {title} {elapsed}{summary}".rstrip())
 
     return on_event
 

@@ -832,16 +832,18 @@ _SPACED = re.compile(r"\S\s+\S")
 _NEEDED_FOR = {"text": ("text",), "classify": ("text", "label"), "preference": ("chosen", "rejected"), "sft": ()}
 
 
-def _files_without_a_field(errors: list[RecordError], tables: dict[str, _Columns], task: str, fields: Fields) -> list[RecordError]:
+def _files_without_a_field(errors: list[RecordError], tables: dict[str, _Columns], task: str, fields: Fields,
+                           needed: tuple[str, ...] | None = None) -> list[RecordError]:
     """``errors`` with the rows of a file that has no column for a field (every row lacks it: a header that names
     other columns) as one error naming the file, its columns and the option that maps the field; a file whose rows
-    differ keeps one error per row. One row's error is already one line: it is kept as it is."""
+    differ keeps one error per row. One row's error is already one line: it is kept as it is. ``needed``: the fields a
+    row cannot do without (default the task's training fields; inputs to answer need no label)."""
     whole: dict[int, RecordError | None] = {}  # id of a row's error -> the file's error (first row) or None (the rest)
     for file, table in tables.items():
         if table.rows < 2 or len(table.missing) != table.rows:
             continue
         folded = {name.strip().casefold() for name in table.names}
-        named = {role for _, roles in table.missing for role in roles} | set(_NEEDED_FOR.get(task, ()))
+        named = {role for _, roles in table.missing for role in roles} | set(_NEEDED_FOR.get(task, ()) if needed is None else needed)
         roles = _ROLES_FOR.get(task, ()) + (("group",) if fields.group is not None else ())
         absent = [role for role in roles if role in named and getattr(fields, role).strip().casefold() not in folded]
         if not absent or any(not set(roles) & set(absent) for _, roles in table.missing):
@@ -886,6 +888,8 @@ def _guess_columns(absent: list[str], table: _Columns, task: str, fields: Fields
     wordy = [column for column in others if table.spaced[column] * 2 >= table.rows]
     if "text" in absent and len(wordy) == 1:
         guesses["text"] = wordy[0]
+    elif absent == ["prompt"] and len(wordy) == 1:  # prompts to answer (`tunelab predict`): a question is words too
+        guesses["prompt"] = wordy[0]
     left = [role for role in absent if role not in guesses]
     rest = [column for column in others if column not in guesses.values()]
     if len(left) == 1 and len(rest) == 1:
@@ -946,6 +950,7 @@ def read_unlabeled(path: str, task: str, data: DataConfig) -> tuple[list[Unlabel
     field_name = data.prompt_field if task == "sft" else data.text_field
     inputs: list[Unlabeled] = []
     bad: list[RecordError] = []
+    tables: dict[str, _Columns] = {}  # per file: a header without the field is one error, as training data's is
 
     def of_value(value: str, source: str, row: dict[str, Any]) -> Unlabeled:
         if task == "sft":
@@ -958,10 +963,13 @@ def read_unlabeled(path: str, task: str, data: DataConfig) -> tuple[list[Unlabel
                 if line.strip():
                     inputs.append(of_value(line.strip(), f"{file}:{number}", {field_name: line.strip()}))
             continue
+        table = tables.setdefault(str(file), _Columns())
         for source, row in iter_rows(file, data.format, data.max_record_bytes):
             if isinstance(row, RecordError):
                 bad.append(row)
                 continue
+            table.rows += 1
+            table.names.update(dict.fromkeys(str(key) for key in row))
             named = named_columns(row, source, task, fields)
             if task == "sft":
                 # Chat rows (OpenAI's or ShareGPT's) and Alpaca's columns are read as training data's are.
@@ -978,4 +986,6 @@ def read_unlabeled(path: str, task: str, data: DataConfig) -> tuple[list[Unlabel
                 inputs.append(of_value(value.strip(), source, row))
             else:
                 bad.append(RecordError(source, f"no '{field_name}' text"))
-    return inputs, bad
+                table.missing.append((bad[-1], ("prompt" if task == "sft" else "text",)))
+                table.spaced.update(str(key) for key, value in row.items() if isinstance(value, str) and _SPACED.search(value))
+    return inputs, _files_without_a_field(bad, tables, task, fields, needed=())

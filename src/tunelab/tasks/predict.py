@@ -136,7 +136,9 @@ def read_inputs(path: str, task: str, data: DataConfig) -> tuple[list[Any], list
         raise DataError(f"{invalid_records(errors)} invalid row(s) in {path}:\n  {error_summary(errors)}",
                         "fix them, or drop them with --skip-invalid (each dropped one is listed)")
     if not inputs:
-        raise DataError(f"no {'prompt' if task == 'sft' else 'text'} to answer in {path}")
+        # Every row dropped (--skip-invalid): why they were is the only thing that helps.
+        why = f": every row is invalid:\n  {error_summary(errors)}" if errors else ""
+        raise DataError(f"no {'prompt' if task == 'sft' else 'text'} to answer in {path}{why}")
     return inputs, errors
 
 

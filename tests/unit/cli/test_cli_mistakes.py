@@ -262,3 +262,22 @@ def test_a_rescored_baseline_is_said_in_the_run_output():
         _event_printer(quiet=False)("baseline", "baseline rescore", {
             "baseline": "few_shot", "cached_from": "runs/x/baselines/few_shot-1.json", "reason": "scored by another tunelab version"})
     assert "few_shot" in captured.get() and "rescor" in captured.get() and "another tunelab version" in captured.get(), captured.get()
+
+
+def test_a_data_line_is_indented_as_the_warnings_and_a_bare_step_ends_without_a_space():
+    # `tunelab run` on grouped data printed "   data: 3 groups (country): ..." one column to the right of the
+    # "  warning split: ..." lines (an empty status still took its place), and "  ✓ check data (0.0 s) " with a
+    # trailing space when the step has nothing to summarize.
+    from tunelab.cli.common import error_console
+    from tunelab.cli.run import _event_printer
+
+    printer = _event_printer(quiet=False)
+    with error_console.capture() as captured:
+        printer("check", "start", {})
+        printer("check", "event", {"message": "data: 3 groups (country): 'DE' 77, 'FR' 77, 'IT' 35 records"})
+        printer("check", "warn", {"message": "split: something"})
+        printer("check", "done", {})
+    lines = captured.get().splitlines()
+    assert lines[1].startswith("  data: "), lines
+    assert lines[2].startswith("  warning "), lines
+    assert lines[3] == lines[3].rstrip(), lines
