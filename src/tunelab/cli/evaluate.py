@@ -282,14 +282,15 @@ def evaluate_command(
         eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, **{**own_eval, **eval_config.model_dump(exclude_unset=True)})
     if answering.out_of_scope_label is not None and out_of_scope_label is None:
         out_of_scope_label = answering.out_of_scope_label
-    if out_of_scope_label is not None and task == "classify" and not answering.remote:
+    if out_of_scope_label is not None and task == "classify":
+        # A remote model too: its prompt offers the label (``RemoteModel.evaluate``), and so does each remote baseline's.
         # Validated like the other options (model_copy would take an empty label unchecked).
         data_config = config_from_options(DataConfig, EVAL_OPTIONS, **{**data_config.model_dump(exclude_unset=True), "out_of_scope_label": out_of_scope_label})
     if baseline is None:
         baseline = task == "classify" and answering.label_map is None
     # Before any answer is asked for (a remote one costs money): a metric these references cannot measure is refused now.
     check_verdict_metric(task, records, data_config, eval_config.metric)
-    _say_pii_sent(records, answering, names, eval_config, data_config, task, validation_records)
+    _say_pii_sent(records, answering, names, eval_config, data_config, task)
     say_request_cost(answering.estimate_evaluate(records, task, config=eval_config, data_config=data_config,
                                                  labels=_remote_labels(label_map, task, train_records, records)),
                      max_usd, "raise --max-usd, or evaluate fewer examples (--limit)")
@@ -318,23 +319,17 @@ def say_request_cost(estimate, max_usd: float | None, hint: str, cap_name: str =
     estimate.refuse_over(cap_name, max_usd, hint)
 
 
-def _say_pii_sent(
-    records: Any, answering: Any, names: list[str], eval_config: Any, data_config: Any, task: str, validation: Any = None,
-) -> None:
+def _say_pii_sent(records: Any, answering: Any, names: list[str], eval_config: Any, data_config: Any, task: str) -> None:
     """Before a remote model (the one evaluated, or a remote baseline of ``names``, the --baselines) is asked the test
-    requests: personal data in them is said with each host, as `tunelab run` says it (``data.pii``). With an
-    out-of-scope label a remote baseline is asked the ``--validation`` rows too (its threshold is chosen on them:
-    ``baselines.calibrated_baseline``)."""
+    requests: personal data in them is said with each host, as `tunelab run` says it (``data.pii``). The ``--validation``
+    rows are never sent: a remote baseline has no threshold to choose on them (``baselines.calibrated_baseline``)."""
     from tunelab.config import REMOTE_TASKS
     from tunelab.data.pii import check_sent
 
     # The --baselines names, as evaluate_with_baselines is given them (eval_config.baselines is not set here).
     baselines = [e.base_url for name in names if (e := eval_config.endpoint_of(name)) is not None] if task in REMOTE_TASKS else []
     urls = [answering.client.endpoint.base_url] if answering.remote else []
-    lines = check_sent(records, [*urls, *baselines], data_config.pii, f"the test file ({len(records)} requests)")
-    if validation and task == "classify" and data_config.out_of_scope_label is not None:
-        lines += check_sent(validation, baselines, data_config.pii, f"the validation file ({len(validation)} requests)")
-    for line in lines:
+    for line in check_sent(records, [*urls, *baselines], data_config.pii, f"the test file ({len(records)} requests)"):
         error_console.print(f"[yellow]warning:[/yellow] {escape(line)}")  # stderr: --json stays JSON
 
 

@@ -140,7 +140,11 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
             where = f"{here}: about {duration(seconds)}" if here else f"about {duration(seconds)} on this machine"
         # What the time priced that may not run (a baseline eval.skip_hopeless may skip), as `tunelab estimate` notes it.
         notes = "".join(f"; {note}" for note in estimate.get("notes") or [])
-        return where + (f", {tokens:,} training tokens" if tokens else "") + notes
+        # What the remote baselines will cost, said before the first request is sent (an unknown price as unknown).
+        from tunelab.estimate.summary import remote_price
+
+        asked = "".join(f"; baseline {remote_price(name, priced)}" for name, priced in (estimate.get("remote_baselines") or {}).items())
+        return where + (f", {tokens:,} training tokens" if tokens else "") + asked + notes
     if step == "baseline" and (details.get("baselines") or details.get("skipped")):
         shown = []
         for name, metrics in (details.get("baselines") or {}).items():
