@@ -92,6 +92,9 @@ def provider_summary(estimate: dict[str, Any]) -> list[tuple[str, str]]:
         ("training tokens billed", f"{estimate.get('training_tokens', 0):,}"),
         ("price", f"{money(usd)} ({estimate.get('price_source')})" if usd is not None else "unknown: the model is not in the price table"),
     ]
+    remote = estimate.get("remote_baselines") or {}
+    if remote:
+        lines.append(("remote baselines", "; ".join(remote_price(name, priced) for name, priced in remote.items())))
     budget = estimate.get("budget") or {}
     if budget:
         lines.append(("budget", "over: " + "; ".join(budget.get("reasons") or []) if budget.get("over") else "within budget"))

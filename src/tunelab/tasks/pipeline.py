@@ -1352,15 +1352,21 @@ def cloud_price(config: ResolvedConfig, split: Split, base: LoadedModel, prices:
 
 
 def cloud_budget_reason(config: ResolvedConfig, estimate: dict[str, Any]) -> str | None:
-    """Why the job priced ``estimate`` is over ``budget.max_usd`` (an unknown price with a budget set is), else None."""
+    """Why the job priced ``estimate`` and its remote baselines' requests (``remote_baselines``, the expected price of
+    those the table prices: an unknown one is not counted, never as 0) are over ``budget.max_usd`` (an unknown price
+    of the job with a budget set is), else None."""
     from tunelab.estimate.plan import money
 
     limit = config.budget.max_usd
-    if limit is None or (estimate["usd"] is not None and estimate["usd"] <= limit):
+    if limit is None:
         return None
     if estimate["usd"] is None:
         return f"the price of fine-tuning {config.model.endpoint.name} is not in the price table"
-    return f"estimated {money(estimate['usd'])} > budget.max_usd {limit:g}"
+    asked = {name: r["usd_expected"] for name, r in (estimate.get("remote_baselines") or {}).items() if r.get("usd_expected") is not None}
+    if estimate["usd"] + sum(asked.values()) <= limit:
+        return None
+    requests = f" + {money(sum(asked.values()))} of requests to the remote baselines ({', '.join(asked)})" if asked else ""
+    return f"estimated {money(estimate['usd'])}{requests} > budget.max_usd {limit:g}"
 
 
 def estimate_cloud_run(
@@ -1382,6 +1388,7 @@ def estimate_cloud_run(
     split = split if split is not None else make_split(config)
     base = loaded if loaded is not None else load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     _, estimate = cloud_price(config, split, base, prices)
+    estimate["remote_baselines"] = remote_baseline_prices(with_remote_base(config), split, prices)  # as run_cloud_steps asks them
     reason = cloud_budget_reason(config, estimate)
     return {**estimate, "budget": {"over": reason is not None, "reasons": [reason] if reason else []}}
 
@@ -1404,6 +1411,8 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
     labels = cloud_labels(context)
     with step(context, "estimate") as record:
         rows, estimate = cloud_price(config, split, context.base)
+        # The baselines run_cloud_steps asks (the provider's base model among them), priced before anything is sent.
+        estimate["remote_baselines"] = remote_baseline_prices(with_remote_base(config), split)
         write_chat_jsonl(rows, context.run.cloud_train)
         if split.validation:
             write_chat_jsonl([{"messages": m} for m in cloud_conversations(split.validation, config, labels)], context.run.cloud_validation)

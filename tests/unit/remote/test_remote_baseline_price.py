@@ -198,3 +198,28 @@ def _input_tokens(records):
     from tunelab.remote.client import chat_tokens
 
     return f"{sum(chat_tokens(classify_conversation(r.text, ['A', 'B'], None, 'other')) for r in records):,}"
+
+
+def test_a_provider_run_prices_its_remote_base_baseline(provider, tmp_path, tiny_model_dir):
+    # A provider-trained run's "base" baseline asks the provider's base model: priced with the job, held to budget.max_usd.
+    from tunelab.estimate.summary import estimate_summary
+    from tunelab.tasks.pipeline import REMOTE_BASE, cloud_budget_reason, estimate_cloud_run
+
+    train = _write(tmp_path / "train.jsonl", [{"text": f"{'alpha' if i % 2 else 'beta'} request {i}", "label": "BA"[i % 2]} for i in range(16)])
+
+    def config(**budget):
+        return parse_config({
+            "task": "classify", "name": "cloud", "model": {"name": str(tiny_model_dir), "endpoint": {"base_url": provider.url, "name": PRICED}},
+            "data": {"train": train, "test_size": 0.25, "validation_size": 0.0},
+            "train": {"backend": "openai", "epochs": 1, "output_dir": str(tmp_path / "runs")},
+            "eval": {"baselines": ["base"], "bootstrap_samples": 100}, "budget": budget,
+        })
+
+    estimate = estimate_cloud_run(config())
+    base = estimate["remote_baselines"][REMOTE_BASE]
+    assert base["requests"] == 4 and base["usd_expected"] > 0
+    # The job alone fits a budget of its own price; with the baseline's requests it does not.
+    reason = cloud_budget_reason(config(max_usd=estimate["usd"]), estimate)
+    assert reason is not None and REMOTE_BASE in reason, reason
+    assert dict(estimate_summary(estimate))["remote baselines"].startswith(f"{REMOTE_BASE} about $")
+    assert provider.chats_arrived == 0
