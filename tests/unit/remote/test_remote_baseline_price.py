@@ -223,3 +223,24 @@ def test_a_provider_run_prices_its_remote_base_baseline(provider, tmp_path, tiny
     assert reason is not None and REMOTE_BASE in reason, reason
     assert dict(estimate_summary(estimate))["remote baselines"].startswith(f"{REMOTE_BASE} about $")
     assert provider.chats_arrived == 0
+
+
+def test_tunelab_eval_prices_its_remote_baselines_and_holds_them_to_max_usd(cli, provider, tmp_path, tiny_model_dir, monkeypatch):
+    from tunelab.cli.main import app
+
+    monkeypatch.setattr("tunelab.config.OPENAI_BASE_URL", provider.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    provider.base_answer = _follows_the_prompt
+    test = _write(tmp_path / "test.jsonl", [{"text": f"{'alpha' if i % 2 else 'beta'} request {i}", "label": "BA"[i % 2]} for i in range(6)])
+    train = _write(tmp_path / "train.jsonl", [{"text": f"training {i}", "label": "AB"[i % 2]} for i in range(8)])
+    command = ["eval", "--data", test, "--task", "classify", "--model", str(tiny_model_dir), "--train", train,
+               "--baselines", f"openai:{PRICED}", "--samples", "100", "--json"]
+    refused = cli.invoke(app, [*command, "--max-usd", "1e-9"])
+    assert refused.exit_code != 0 and provider.chats_arrived == 0
+    said = " ".join(refused.stderr.split())
+    assert f"baseline openai:{PRICED}: asking {PRICED}: 6 requests (0 cached)" in said, said
+    assert isinstance(refused.exception, BudgetExceeded) and re.search(
+        rf"about \$[\d.]+ \(openai:{PRICED}\) > --max-usd 1e-09: nothing was asked", str(refused.exception)), refused.exception
+    result = cli.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert provider.chats_arrived == 6
