@@ -244,3 +244,15 @@ def test_tunelab_eval_prices_its_remote_baselines_and_holds_them_to_max_usd(cli,
     result = cli.invoke(app, command)
     assert result.exit_code == 0, result.output
     assert provider.chats_arrived == 6
+
+
+def test_tunelab_runs_estimate_line_says_each_remote_baselines_price():
+    from tunelab.cli.run import _step_summary
+
+    priced = {"remote:gpt": {"model": PRICED, "requests": 5, "cached": 2, "usd_expected": 0.00002, "usd_max": 0.0001, "local": False},
+              "openai:x": {"model": "x", "requests": 5, "cached": 0, "usd_expected": None, "usd_max": None, "local": False}}
+    line = _step_summary("estimate", {"estimate": {"total_seconds": None, "remote_baselines": priced}})
+    assert "; baseline remote:gpt about $0.000020, at most $0.00010 (5 requests, 2 cached)" in line, line
+    assert "; baseline openai:x price unknown: x is not in the price table (5 requests, 0 cached)" in line, line
+    cloud = _step_summary("estimate", {"estimate": {"backend": "openai", "usd": 1.0, "training_tokens": 10, "remote_baselines": priced}})
+    assert cloud.startswith("the provider's fine-tuning: $1.00, 10 training tokens; baseline remote:gpt about $"), cloud
