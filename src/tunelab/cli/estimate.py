@@ -37,6 +37,7 @@ def estimate(
     from tunelab.config import load_config
     from tunelab.estimate import estimate_from_config, load_price_table
     from tunelab.tasks.launch import launch_processes
+    from tunelab.tasks.pipeline import remote_baseline_prices
 
     config = load_config(config_path, overrides or [])
     table = load_price_table(prices) if prices else None
@@ -45,8 +46,11 @@ def estimate(
         return
     with progress_display(quiet=as_json) as display:
         display.begin("estimate: loading the model, counting tokens" + ("" if no_calibrate else ", timing training steps here"))
+        split = _split(config)
         result = estimate_from_config(config, calibrate_here=not no_calibrate, calibration_steps=steps, prices=table,
-                                      processes=launch_processes(launch))
+                                      processes=launch_processes(launch), split=split)
+        # As `tunelab run`'s estimate step: the remote baselines' requests, in the money and in budget.max_usd.
+        result.with_remote_baselines(config, remote_baseline_prices(config, split, table))
         teacher = _teacher_estimate(config, table)
     if as_json:
         print_json({**result.as_dict(), **({"teacher": teacher} if teacher else {})})
@@ -133,6 +137,8 @@ def estimate(
             f"retrains a month{here_month}; on {cheapest} a month at most"
         )
 
+    for name, priced in result.remote_baselines.items():
+        console.print(f"baseline {name}: {priced['line']}", markup=False, highlight=False, soft_wrap=True)
     for note in result.budget.notes:
         console.print(f"note: {note}")
     if result.budget.over:
@@ -145,6 +151,20 @@ def estimate(
         if teacher["over"]:
             console.print(f"[red]over budget:[/red] the teacher's requests, expected {money(teacher['usd_expected'])} > budget.max_usd "
                           f"{config.budget.max_usd:g} (`tunelab distill` asks nothing)")
+
+
+def _split(config):
+    """The config's split, made once: the estimate counts it and the remote baselines are priced on its test rows.
+
+    Raises:
+        DataError: for missing or bad files (before the model is loaded), or no data.train.
+    """
+    from tunelab.data.split import make_split
+    from tunelab.errors import DataError
+
+    if not config.data.train:
+        raise DataError("the config has no data.train", "set data.train to your training file")
+    return make_split(config)
 
 
 def _teacher_estimate(config, table) -> dict | None:

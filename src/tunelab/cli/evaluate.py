@@ -211,11 +211,12 @@ def evaluate_command(
     endpoint_key_env: str = typer.Option(None, "--endpoint-key-env", help="Environment variable with the --endpoint API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Remote model: requests in flight at once."),
     max_usd: float = typer.Option(
-        None, "--max-usd", min=0.0, help="Remote model: ask nothing when the expected price of its requests is higher (by the price table)."
+        None, "--max-usd", min=0.0, help="Remote models (the evaluated one and remote baselines): ask nothing when the expected price "
+        "of their requests is higher (by the price table)."
     ),
     pii: str = typer.Option(
-        None, "--pii", help="Personal data in the requests a remote model or baseline is asked (and --validation's, which it is "
-        "asked too with an out-of-scope label): warn (name the host; the default, as data.pii's), refuse (ask nothing) or off.",
+        None, "--pii", help="Personal data in the requests a remote model or baseline is asked (the test file's; --validation is "
+        "never sent): warn (name the host; the default, as data.pii's), refuse (ask nothing) or off.",
     ),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid records of --data, --train and --validation (each is listed) instead of stopping."),
     group_field: str = typer.Option(
@@ -230,7 +231,7 @@ def evaluate_command(
     from tunelab.config import DataConfig, EvalConfig
     from tunelab.data.labels import LabelMap
     from tunelab.evaluation.answering import open_model
-    from tunelab.evaluation.baselines import evaluate_with_baselines
+    from tunelab.evaluation.baselines import estimate_remote_baselines, evaluate_with_baselines
     from tunelab.evaluation.evaluate import check_verdict_metric
 
     try:
@@ -282,17 +283,21 @@ def evaluate_command(
         eval_config = config_from_options(EvalConfig, EVAL_OPTIONS, **{**own_eval, **eval_config.model_dump(exclude_unset=True)})
     if answering.out_of_scope_label is not None and out_of_scope_label is None:
         out_of_scope_label = answering.out_of_scope_label
-    if out_of_scope_label is not None and task == "classify" and not answering.remote:
+    if out_of_scope_label is not None and task == "classify":
+        # A remote model too: its prompt offers the label (``RemoteModel.evaluate``), and so does each remote baseline's.
         # Validated like the other options (model_copy would take an empty label unchecked).
         data_config = config_from_options(DataConfig, EVAL_OPTIONS, **{**data_config.model_dump(exclude_unset=True), "out_of_scope_label": out_of_scope_label})
     if baseline is None:
         baseline = task == "classify" and answering.label_map is None
     # Before any answer is asked for (a remote one costs money): a metric these references cannot measure is refused now.
     check_verdict_metric(task, records, data_config, eval_config.metric)
-    _say_pii_sent(records, answering, names, eval_config, data_config, task, validation_records)
-    say_request_cost(answering.estimate_evaluate(records, task, config=eval_config, data_config=data_config,
-                                                 labels=_remote_labels(label_map, task, train_records, records)),
-                     max_usd, "raise --max-usd, or evaluate fewer examples (--limit)")
+    _say_pii_sent(records, answering, names, eval_config, data_config, task)
+    labels = _remote_labels(label_map if label_map is not None else answering.label_map, task, train_records, records)
+    hint = "raise --max-usd, or evaluate fewer examples (--limit)"
+    own = answering.estimate_evaluate(records, task, config=eval_config, data_config=data_config, labels=labels)
+    say_request_cost(own, max_usd, hint)
+    _say_baselines_cost(own, estimate_remote_baselines(names, records, task, config=eval_config, data_config=data_config, labels=labels),
+                        max_usd, hint)
     verb = "asking" if answering.remote else "evaluating"
     with progress_display(quiet=as_json) as display:
         display.begin(f"{verb} {answering.name}", total=min(len(records), limit or len(records)),
@@ -318,23 +323,33 @@ def say_request_cost(estimate, max_usd: float | None, hint: str, cap_name: str =
     estimate.refuse_over(cap_name, max_usd, hint)
 
 
-def _say_pii_sent(
-    records: Any, answering: Any, names: list[str], eval_config: Any, data_config: Any, task: str, validation: Any = None,
-) -> None:
+def _say_baselines_cost(own: Any, baselines: dict[str, Any], max_usd: float | None, hint: str) -> None:
+    """Each remote baseline's line before its first request (on stderr), and the refusal when the expected price of all
+    the requests (the evaluated model's, ``own``, and the baselines') is over ``max_usd``: nothing is asked then. An
+    unknown price is not counted (never as 0): its line says the cap cannot be checked."""
+    from tunelab.errors import BudgetExceeded
+    from tunelab.estimate.plan import money
+
+    for name, estimate in baselines.items():
+        error_console.print(f"baseline {name}: {estimate.describe('--max-usd', max_usd)}", markup=False, highlight=False, soft_wrap=True)
+    known = [e.usd_expected for e in [own, *baselines.values()] if e is not None and e.usd_expected is not None]
+    if baselines and max_usd is not None and sum(known) > max_usd:
+        asked = [*(["the evaluated model"] if own is not None else []), *baselines]
+        raise BudgetExceeded(f"asking the remote models would cost about {money(sum(known))} ({', '.join(asked)}) > --max-usd "
+                             f"{max_usd:g}: nothing was asked", hint)
+
+
+def _say_pii_sent(records: Any, answering: Any, names: list[str], eval_config: Any, data_config: Any, task: str) -> None:
     """Before a remote model (the one evaluated, or a remote baseline of ``names``, the --baselines) is asked the test
-    requests: personal data in them is said with each host, as `tunelab run` says it (``data.pii``). With an
-    out-of-scope label a remote baseline is asked the ``--validation`` rows too (its threshold is chosen on them:
-    ``baselines.calibrated_baseline``)."""
+    requests: personal data in them is said with each host, as `tunelab run` says it (``data.pii``). The ``--validation``
+    rows are never sent: a remote baseline has no threshold to choose on them (``baselines.calibrated_baseline``)."""
     from tunelab.config import REMOTE_TASKS
     from tunelab.data.pii import check_sent
 
     # The --baselines names, as evaluate_with_baselines is given them (eval_config.baselines is not set here).
     baselines = [e.base_url for name in names if (e := eval_config.endpoint_of(name)) is not None] if task in REMOTE_TASKS else []
     urls = [answering.client.endpoint.base_url] if answering.remote else []
-    lines = check_sent(records, [*urls, *baselines], data_config.pii, f"the test file ({len(records)} requests)")
-    if validation and task == "classify" and data_config.out_of_scope_label is not None:
-        lines += check_sent(validation, baselines, data_config.pii, f"the validation file ({len(validation)} requests)")
-    for line in lines:
+    for line in check_sent(records, [*urls, *baselines], data_config.pii, f"the test file ({len(records)} requests)"):
         error_console.print(f"[yellow]warning:[/yellow] {escape(line)}")  # stderr: --json stays JSON
 
 

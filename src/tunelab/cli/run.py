@@ -123,6 +123,13 @@ def shown_events(display: Any, quiet: bool):
     return on_event
 
 
+def _remote_baselines_said(estimate: dict[str, Any]) -> str:
+    """What the remote baselines will cost, said before the first request is sent (an unknown price as unknown)."""
+    from tunelab.estimate.summary import remote_price
+
+    return "".join(f"; baseline {remote_price(name, priced)}" for name, priced in (estimate.get("remote_baselines") or {}).items())
+
+
 def _step_summary(step: str, details: dict[str, Any]) -> str:
     if step == "split":
         sizes = details.get("sizes", {})
@@ -136,14 +143,14 @@ def _step_summary(step: str, details: dict[str, Any]) -> str:
         if estimate.get("backend") == "openai":  # a provider trains it: its price, never a time "on this machine"
             usd = estimate.get("usd")
             price = money(usd) if isinstance(usd, int | float) else "price unknown"
-            return f"the provider's fine-tuning: {price}, {estimate.get('training_tokens', 0):,} training tokens"
+            return f"the provider's fine-tuning: {price}, {estimate.get('training_tokens', 0):,} training tokens" + _remote_baselines_said(estimate)
         if seconds is None:  # not timed (--no-calibrate): no "about -"
             where = "time here not measured (no calibration)"
         else:
             where = f"{here}: about {duration(seconds)}" if here else f"about {duration(seconds)} on this machine"
         # What the time priced that may not run (a baseline eval.skip_hopeless may skip), as `tunelab estimate` notes it.
         notes = "".join(f"; {note}" for note in estimate.get("notes") or [])
-        return where + (f", {tokens:,} training tokens" if tokens else "") + notes
+        return where + (f", {tokens:,} training tokens" if tokens else "") + _remote_baselines_said(estimate) + notes
     if step == "baseline" and (details.get("baselines") or details.get("skipped")):
         shown = []
         for name, metrics in (details.get("baselines") or {}).items():

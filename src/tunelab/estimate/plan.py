@@ -357,6 +357,14 @@ class Estimate:
     fit: FitCheck | None = None  # the memory check against the device (set by estimate_for_split)
     # What the time here priced that may not happen (a baseline eval.skip_hopeless may skip), for a person to read.
     notes: list[str] = field(default_factory=list)
+    # Each remote baseline's requests (``remote.client.RequestEstimate`` as a dict, with its ``line``), by baseline name.
+    remote_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def with_remote_baselines(self, config: ResolvedConfig, priced: dict[str, dict[str, Any]]) -> Estimate:
+        """This estimate with the remote baselines' requests priced in: shown, and counted in ``budget.max_usd``."""
+        self.remote_baselines = dict(priced)
+        self.budget = check_budget(config, self.total_seconds, self.gpus, self.remote_baselines)
+        return self
 
     @property
     def total_seconds(self) -> float | None:
@@ -677,12 +685,19 @@ def apply_fit(config: ResolvedConfig, check: FitCheck) -> ResolvedConfig:
     return _with_overrides(config, option.overrides)
 
 
-def check_budget(config: ResolvedConfig, seconds_here: float | None, gpus: list[GPUEstimate]) -> BudgetCheck:
+def check_budget(
+    config: ResolvedConfig, seconds_here: float | None, gpus: list[GPUEstimate], remote: dict[str, dict[str, Any]] | None = None,
+) -> BudgetCheck:
     """Compare the estimate with ``budget.max_hours`` / ``budget.max_usd``.
 
-    Hours are checked on ``budget.gpu`` when set, else on this machine; dollars need ``budget.gpu``
-    (this machine has no price), otherwise the check is skipped with a note.
+    Hours are checked on ``budget.gpu`` when set, else on this machine. Dollars: the training on ``budget.gpu`` (this
+    machine has no price: without it training is not counted, with a note) plus the expected price of the remote
+    baselines' requests (``remote``: name -> ``RequestEstimate`` dict; cached requests cost nothing). A remote model
+    the price table lacks has an unknown price: it is never counted as 0, never refused, and said in a note.
     """
+    remote = remote or {}
+    known = {name: float(r["usd_expected"]) for name, r in remote.items() if r.get("usd_expected") is not None}
+    requests_usd = sum(known.values())
     budget = config.budget
     check = BudgetCheck(over=False)
     target = next((gpu for gpu in gpus if budget.gpu and gpu.name.lower() == budget.gpu.lower()), None)
@@ -695,11 +710,21 @@ def check_budget(config: ResolvedConfig, seconds_here: float | None, gpus: list[
             check.over = True
             check.reasons.append(f"estimated {duration(seconds)} on {where} exceeds budget.max_hours {budget.max_hours:g} ({duration(budget.max_hours * 3600)})")
     if budget.max_usd is not None:
+        asked = f"{money(requests_usd)} of requests to the remote baselines ({', '.join(known)})" if known else ""
+        for name, unpriced in remote.items():
+            if name not in known:
+                check.notes.append(f"{name}: price unknown (no price for {unpriced.get('model')} in the price table): "
+                                   "budget.max_usd cannot count its requests")
         if target is None:
-            check.notes.append("budget.max_usd not checked: set budget.gpu to the GPU the run is priced on")
-        elif target.usd > budget.max_usd:
+            part = " for training (only the remote baselines' requests)" if remote else ""
+            check.notes.append(f"budget.max_usd not checked{part}: set budget.gpu to the GPU the run is priced on")
+            if known and requests_usd > budget.max_usd:
+                check.over = True
+                check.reasons.append(f"expected {asked} exceeds budget.max_usd {budget.max_usd:g}")
+        elif target.usd + requests_usd > budget.max_usd:
             check.over = True
-            check.reasons.append(f"estimated {money(target.usd)} on {target.name} exceeds budget.max_usd {budget.max_usd:g}")
+            spent = f"{money(target.usd)} on {target.name}" + (f" + {asked}" if known else "")
+            check.reasons.append(f"estimated {spent} exceeds budget.max_usd {budget.max_usd:g}")
     return check
 
 

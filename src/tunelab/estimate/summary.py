@@ -62,10 +62,23 @@ def estimate_summary(estimate: dict[str, Any] | None) -> list[tuple[str, str]]:
     usd, where = cheapest(estimate)
     if usd is not None:
         lines.append(("cheapest elsewhere", f"{money(usd)} {where}"))
+    remote = estimate.get("remote_baselines") or {}
+    if remote:
+        lines.append(("remote baselines", "; ".join(remote_price(name, priced) for name, priced in remote.items())))
     budget = estimate.get("budget") or {}
     if budget:
         lines.append(("budget", "over: " + "; ".join(budget.get("reasons") or []) if budget.get("over") else "within budget"))
     return lines
+
+
+def remote_price(name: str, priced: dict[str, Any]) -> str:
+    """One remote baseline's requests as a person decides on them (``RequestEstimate`` as a dict): unknown, never $0."""
+    counted = f"{priced.get('requests', 0)} requests, {priced.get('cached', 0)} cached"
+    if priced.get("local"):
+        return f"{name} on a local endpoint, nothing billed ({counted})"
+    if priced.get("usd_expected") is None:
+        return f"{name} price unknown: {priced.get('model')} is not in the price table ({counted})"
+    return f"{name} about {money(priced['usd_expected'])}, at most {money(priced.get('usd_max'))} ({counted})"
 
 
 def provider_summary(estimate: dict[str, Any]) -> list[tuple[str, str]]:
@@ -79,6 +92,9 @@ def provider_summary(estimate: dict[str, Any]) -> list[tuple[str, str]]:
         ("training tokens billed", f"{estimate.get('training_tokens', 0):,}"),
         ("price", f"{money(usd)} ({estimate.get('price_source')})" if usd is not None else "unknown: the model is not in the price table"),
     ]
+    remote = estimate.get("remote_baselines") or {}
+    if remote:
+        lines.append(("remote baselines", "; ".join(remote_price(name, priced) for name, priced in remote.items())))
     budget = estimate.get("budget") or {}
     if budget:
         lines.append(("budget", "over: " + "; ".join(budget.get("reasons") or []) if budget.get("over") else "within budget"))

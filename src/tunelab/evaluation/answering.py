@@ -175,10 +175,14 @@ class LocalModel:
 @dataclass
 class RemoteModel:
     """A model behind an OpenAI-compatible endpoint (``tunelab.remote.RemoteClient``): a hosted model, a
-    provider's fine-tuned model (a cloud job), a remote teacher."""
+    provider's fine-tuned model (a cloud job), a remote teacher.
+
+    ``training_prompt``: a cloud run's fine-tuned model, asked exactly the prompt it was trained on (its training chats
+    never offered an out-of-scope label, so its evaluation does not either)."""
 
     client: Any
     remote: bool = True
+    training_prompt: bool = False
 
     @property
     def name(self) -> str:
@@ -209,15 +213,20 @@ class RemoteModel:
     ) -> EvalResult:
         """Asked with the zero-shot prompt that lists the categories by name (a chat API gives no label-token scores).
 
-        As a baseline (``baseline_name``) under ``data_config.out_of_scope_label`` the prompt also offers that label, as a
-        user asking a chat model would; a fine-tuned model (a cloud run's) is asked its training prompt, which has no option.
+        Under ``data_config.out_of_scope_label`` the prompt also offers that label, as a user asking a chat model would
+        (evaluated or a baseline alike: a threshold on a confidence of 1 rejects nothing); a cloud run's fine-tuned model
+        (``training_prompt``) is asked its training prompt, which has no option.
         """
         from tunelab.evaluation.remote import evaluate_remote
 
         labels = list(label_map.labels) if label_map is not None else None
-        offered = data_config.out_of_scope_label if baseline_name is not None else None
+        offered = self._offered(data_config)
         return evaluate_remote(self.client, records, task, config=config, data_config=data_config, labels=labels, train_ids=train_ids,
                                baseline_name=baseline_name, progress=progress, out_of_scope_label=offered)
+
+    def _offered(self, data_config: DataConfig) -> str | None:
+        """The out-of-scope label its prompt offers (``evaluate`` and ``estimate_evaluate`` alike)."""
+        return None if self.training_prompt else data_config.out_of_scope_label
 
     def ask(
         self, questions: Sequence[Question], task: str, *, config: EvalConfig, data_config: DataConfig, labels: Sequence[str] = (),
@@ -254,7 +263,8 @@ class RemoteModel:
         """What ``evaluate`` with the same arguments would cost (``remote.estimate_remote``)."""
         from tunelab.evaluation.remote import estimate_remote
 
-        return estimate_remote(self.client, records, task, config=config, data_config=data_config, labels=labels)
+        return estimate_remote(self.client, records, task, config=config, data_config=data_config, labels=labels,
+                               out_of_scope_label=self._offered(data_config))
 
     def base_model(self, *, allow_network: bool = False) -> Any:
         return None

@@ -1061,6 +1061,10 @@ def _embedding_key(config: EvalConfig) -> str:
         return f"unavailable:{config.embedding_model}"
 
 
+# Why a remote baseline has no out-of-scope threshold (kept in its ``OutOfScope.validation``, said by the report).
+ANSWERS_ITSELF = "answers the out-of-scope label itself (offered in its prompt); no threshold"
+
+
 def calibrated_baseline(
     name: str, base: Any, records: Sequence[Record], validation: Sequence[Record], *, train: Sequence[Record],
     config: EvalConfig, data_config: DataConfig, label_map: LabelMap | None = None, train_ids=None, progress: Progress | None = None,
@@ -1069,10 +1073,17 @@ def calibrated_baseline(
     """A classify baseline with its own out-of-scope threshold, chosen on ``validation`` by the tuned model's rule.
 
     The validation and test queries are scored in one pass (one fit of the classical model, one shared
-    few-shot prefix); the threshold then answers the test queries.
+    few-shot prefix); the threshold then answers the test queries. A remote baseline is asked the test queries only:
+    its prompt offers the label, and its threshold is 0 (``ANSWERS_ITSELF``).
     """
     label = data_config.out_of_scope_label
     chosen = select_test_records(records, data_config.max_test_examples, data_config.seed)
+    if config.endpoint_of(name) is not None:
+        # A remote model's confidence is always 1, so a threshold chosen on validation rows is always 0: asking it
+        # them would cost money and send the user's rows for nothing. It is offered the label in its prompt instead.
+        answered = evaluate_baseline(name, base, records, "classify", train=train, config=config, data_config=data_config,
+                                     label_map=label_map, train_ids=train_ids, progress=progress, allow_network=allow_network)
+        return apply_out_of_scope(answered, OutOfScope(label, 0.0, validation={"queries": 0, "out_of_scope": 0, "no_threshold": ANSWERS_ITSELF}))
     whole = data_config.model_copy(update={"max_test_examples": None})
     scored = evaluate_baseline(
         name, base, [*validation, *chosen], "classify", train=train, config=config, data_config=whole,
@@ -1090,6 +1101,32 @@ def calibrated_baseline(
         scored, rows=scored.rows[cut:], n=len(chosen), test_fingerprint=test_fingerprint("classify", (r.id for r in chosen)), warnings=warnings,
     )
     return apply_out_of_scope(on_test, out_of_scope)
+
+
+def estimate_remote_baselines(
+    names: Sequence[str], records: Sequence[Record], task: str, *, config: EvalConfig, data_config: DataConfig,
+    labels: Sequence[str] | None = None, prices: Any = None,
+) -> dict[str, Any]:
+    """What each remote baseline of ``names`` will cost (``remote.client.RequestEstimate``), before anything is asked:
+    the requests ``evaluate_baselines`` sends it (the test rows after ``data.max_test_examples``, through the one prompt
+    builder, the out-of-scope option included; no validation rows: ``calibrated_baseline``), the cached ones free.
+    ``labels``: the categories it is asked over (the run's label map's). Local baselines are not in the result.
+
+    Raises:
+        ConfigError: when an endpoint's API key variable is empty.
+        DataError: for a test set the evaluation would refuse.
+    """
+    from tunelab.evaluation.remote import estimate_remote, remote_client
+
+    if task not in REMOTE_TASKS:
+        return {}
+    priced = {}
+    for name in names:
+        endpoint = config.endpoint_of(name)
+        if endpoint is not None:
+            priced[name] = estimate_remote(remote_client(endpoint, prices=prices), records, task, config=config, data_config=data_config,
+                                           labels=labels, out_of_scope_label=data_config.out_of_scope_label)
+    return priced
 
 
 # The modules that build a baseline's prompts, fit it, answer and score it, besides the two that

@@ -347,6 +347,8 @@ def out_of_scope_lines(baselines: dict[str, EvalResult], tuned: EvalResult) -> l
     if not rule:
         return []
     def described(name: str, saved: dict) -> str:
+        if (saved.get("validation") or {}).get("no_threshold"):  # a remote baseline: offered the label, never thresholded
+            return f"{name} answers '{saved['label']}' itself (no threshold)"
         score = saved.get("score", "probability")
         return f"{name} {saved['threshold']:.3g}" + ("" if score == "probability" else f" on the {score} score")
 

@@ -583,7 +583,7 @@ def split_step(context: PipelineContext) -> Split:
     for message in check_predictions(config, split.test, labels, read=context.predictions_read):
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
-    check_pii_sent(context, split.test, split.validation)
+    check_pii_sent(context, split.test)
     from tunelab.evaluation.evaluate import check_verdict_metric
 
     # Before training, not after it: eval.metric json_f1 on test references that are not JSON is refused now.
@@ -610,22 +610,18 @@ def remote_hosts(config: ResolvedConfig) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def check_pii_sent(context: PipelineContext, test: Sequence[Record], validation: Sequence[Record] = ()) -> None:
+def check_pii_sent(context: PipelineContext, test: Sequence[Record]) -> None:
     """Personal data in the test requests a remote model will be asked (a remote baseline, a cloud run's evaluation):
     said with the host before the first request, or refused (``data.pii: refuse``). The check step scanned the
-    training data; the test split (``data.test``, or held out) is what leaves the machine here, and with a classify
-    run's ``data.out_of_scope_label`` the ``validation`` rows too (each opponent's threshold is chosen on them:
-    ``baselines.calibrated_baseline`` asks a remote one them; a ``data.validation`` file the check step never scans)."""
+    training data; the test split (``data.test``, or held out) is what leaves the machine here. The validation rows
+    never do: under ``data.out_of_scope_label`` a remote baseline is offered the label in its prompt and has no
+    threshold to choose on them (``baselines.calibrated_baseline``)."""
     from tunelab.data.pii import check_sent
     from tunelab.evaluation.evaluate import select_test_records
 
     config = context.config
     asked = select_test_records(test, config.data.max_test_examples, config.data.seed)
-    what = f"the test split ({len(asked)} requests)"
-    if config.task == "classify" and config.data.out_of_scope_label is not None and validation:
-        asked = [*validation, *asked]
-        what = f"the validation and test splits ({len(validation)} + {len(asked) - len(validation)} requests)"
-    for line in check_sent(asked, remote_hosts(config), config.data.pii, what):
+    for line in check_sent(asked, remote_hosts(config), config.data.pii, f"the test split ({len(asked)} requests)"):
         message = f"data: {line}"
         if message not in context.warnings:  # said once, a resumed run included
             context.warn(message)
@@ -781,6 +777,7 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
         # Under --launch the train step's global batch is batch_size times the launched processes: so are its steps.
         result = estimate_for_split(context.config, split, context.base, label_map=context.label_map, calibrate_here=context.calibrate,
                                     processes=launch_processes(context.launch))
+        result.with_remote_baselines(context.config, remote_baseline_prices(context.config, split))
         estimate = result.as_dict()
         for name, seconds in (result.seconds or {}).items():
             context.registry.record_timing(context.registry_id, name, estimated_s=seconds)
@@ -800,6 +797,23 @@ def estimate_step(context: PipelineContext) -> dict[str, Any]:
         context.warn(f"train.fit: auto: {fit.describe()}")
     _stop_over_budget(context, estimate)
     return estimate
+
+
+def remote_baseline_prices(config: ResolvedConfig, split: Split, prices: PriceTable | None = None) -> dict[str, dict[str, Any]]:
+    """What the run's remote baselines will be asked and cost (``baselines.estimate_remote_baselines``: the requests the
+    baseline step sends, over the run's labels), each with the line said before a request: what ``tunelab run``'s
+    estimate step and ``tunelab estimate`` add to the estimate (``Estimate.with_remote_baselines``).
+
+    Raises:
+        ConfigError: when a remote baseline's API key variable is empty.
+    """
+    from tunelab.config import resolve_baselines
+    from tunelab.evaluation.baselines import estimate_remote_baselines
+
+    labels = sorted({r.label for r in split.train} - {config.data.out_of_scope_label}) if config.task == "classify" else None
+    priced = estimate_remote_baselines(resolve_baselines(config.task, config.eval), split.test, config.task, config=config.eval,
+                                       data_config=config.data, labels=labels, prices=prices)
+    return {name: {**estimate.to_dict(), "line": estimate.describe()} for name, estimate in priced.items()}
 
 
 # Why a stopped run's hint names a new run: the folder is taken, and `--resume` is held to the saved config's limits.
@@ -1338,15 +1352,21 @@ def cloud_price(config: ResolvedConfig, split: Split, base: LoadedModel, prices:
 
 
 def cloud_budget_reason(config: ResolvedConfig, estimate: dict[str, Any]) -> str | None:
-    """Why the job priced ``estimate`` is over ``budget.max_usd`` (an unknown price with a budget set is), else None."""
+    """Why the job priced ``estimate`` and its remote baselines' requests (``remote_baselines``, the expected price of
+    those the table prices: an unknown one is not counted, never as 0) are over ``budget.max_usd`` (an unknown price
+    of the job with a budget set is), else None."""
     from tunelab.estimate.plan import money
 
     limit = config.budget.max_usd
-    if limit is None or (estimate["usd"] is not None and estimate["usd"] <= limit):
+    if limit is None:
         return None
     if estimate["usd"] is None:
         return f"the price of fine-tuning {config.model.endpoint.name} is not in the price table"
-    return f"estimated {money(estimate['usd'])} > budget.max_usd {limit:g}"
+    asked = {name: r["usd_expected"] for name, r in (estimate.get("remote_baselines") or {}).items() if r.get("usd_expected") is not None}
+    if estimate["usd"] + sum(asked.values()) <= limit:
+        return None
+    requests = f" + {money(sum(asked.values()))} of requests to the remote baselines ({', '.join(asked)})" if asked else ""
+    return f"estimated {money(estimate['usd'])}{requests} > budget.max_usd {limit:g}"
 
 
 def estimate_cloud_run(
@@ -1368,6 +1388,7 @@ def estimate_cloud_run(
     split = split if split is not None else make_split(config)
     base = loaded if loaded is not None else load_model(config.model.name, allow_network=config.model.allow_network, revision=config.model.revision)
     _, estimate = cloud_price(config, split, base, prices)
+    estimate["remote_baselines"] = remote_baseline_prices(with_remote_base(config), split, prices)  # as run_cloud_steps asks them
     reason = cloud_budget_reason(config, estimate)
     return {**estimate, "budget": {"over": reason is not None, "reasons": [reason] if reason else []}}
 
@@ -1390,6 +1411,8 @@ def cloud_estimate_step(context: PipelineContext) -> dict[str, Any]:
     labels = cloud_labels(context)
     with step(context, "estimate") as record:
         rows, estimate = cloud_price(config, split, context.base)
+        # The baselines run_cloud_steps asks (the provider's base model among them), priced before anything is sent.
+        estimate["remote_baselines"] = remote_baseline_prices(with_remote_base(config), split)
         write_chat_jsonl(rows, context.run.cloud_train)
         if split.validation:
             write_chat_jsonl([{"messages": m} for m in cloud_conversations(split.validation, config, labels)], context.run.cloud_validation)
@@ -1557,6 +1580,7 @@ def cloud_evaluate_step(context: PipelineContext):
     from tunelab.evaluation.answering import remote_model
 
     tuned = remote_model(context.config.model.endpoint, name=context.train_result["fine_tuned_model"], check=False)
+    tuned.training_prompt = True  # asked as it was trained (cloud_conversations): no out-of-scope option
     return evaluate_step(context, tuned)
 
 

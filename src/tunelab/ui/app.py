@@ -381,7 +381,7 @@ def create_app(settings: UISettings):
         from tunelab.data.split import make_split
         from tunelab.estimate import estimate_from_config
         from tunelab.runs import load_model
-        from tunelab.tasks.pipeline import estimate_cloud_run, warnings_before_start
+        from tunelab.tasks.pipeline import estimate_cloud_run, remote_baseline_prices, warnings_before_start
         from tunelab.ui.jobs import prepare_run
 
         config_path, overrides, calibrate = _start_body(await json_object(request))
@@ -396,7 +396,9 @@ def create_app(settings: UISettings):
             if config.train.backend != "local":
                 # A provider trains it: its job's price and budget as `tunelab run` checks them, nothing timed here.
                 return warnings, estimate_cloud_run(config, split=split, loaded=loaded)
-            return warnings, estimate_from_config(config, calibrate_here=calibrate, split=split, loaded=loaded).as_dict()
+            estimate = estimate_from_config(config, calibrate_here=calibrate, split=split, loaded=loaded)
+            # As `tunelab run`'s estimate step: the remote baselines' requests, in the money and in budget.max_usd.
+            return warnings, estimate.with_remote_baselines(config, remote_baseline_prices(config, split)).as_dict()
 
         # Loads the model and splits the data (seconds); off the event loop so other pages stay live.
         warnings, data = await run_in_threadpool(check_and_estimate)

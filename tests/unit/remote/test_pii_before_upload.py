@@ -192,9 +192,10 @@ def test_refuse_uploads_no_validation_file_holding_personal_data(provider, tmp_p
     assert provider.count("POST", "/v1/files") == 0
 
 
-def test_a_remote_baseline_with_an_out_of_scope_label_is_asked_the_validation_rows_too(provider, tmp_path, tiny_model_dir, monkeypatch):
-    # With data.out_of_scope_label each opponent's threshold is chosen on the validation rows: a remote baseline is asked
-    # them beside the test requests, so they are scanned with them (here only the validation file holds personal data).
+def test_a_remote_baseline_with_an_out_of_scope_label_is_not_asked_the_validation_rows(provider, tmp_path, tiny_model_dir, monkeypatch):
+    # With data.out_of_scope_label a remote baseline has no threshold to choose on the validation rows (its confidence is
+    # always 1: it is offered the label in its prompt instead), so they never leave the machine: personal data only in
+    # them is neither said nor refused (here only the validation file holds some). Stopped at the estimate.
     from tunelab.tasks import pipeline
 
     def stop(*args, **kwargs):
@@ -214,16 +215,17 @@ def test_a_remote_baseline_with_an_out_of_scope_label_is_asked_the_validation_ro
         "train": {"output_dir": str(tmp_path / "runs")},
         "eval": {"baselines": [{"endpoint": {"base_url": provider.url, "name": BASE_MODEL}, "as": "gpt"}]},
     })
-    with pytest.raises(DataError, match=r"the validation and test splits \(\d+ \+ \d+ requests\) holds 4 e-mail addresses "
-                                        r"\(e\.g\. \S+validation\.jsonl:\d text: j\*\*\*@acme-mail\.com\) and data\.pii is refuse"):
-        run_pipeline(config)
+    seen = []
+    with pytest.raises(_Stop):
+        run_pipeline(config, on_event=lambda step, status, details: seen.append(str(details.get("message", ""))))
+    assert not [m for m in seen if "will be sent to" in m or "personal data" in m], seen
     assert provider.chats_arrived == 0
 
 
-def test_tunelab_eval_names_the_host_a_remote_baseline_is_asked_the_validation_file_at(cli, provider, tmp_path, tiny_model_dir, monkeypatch):
+def test_tunelab_eval_names_the_host_of_a_remote_baseline_and_sends_it_no_validation_rows(cli, provider, tmp_path, tiny_model_dir, monkeypatch):
     # A remote baseline of --baselines is asked the test file (the check read eval_config.baselines, which tunelab eval
-    # never sets: no line was said); with an out-of-scope label each baseline's threshold is chosen on --validation, so
-    # it is asked those rows too. Each is named with the host before the first request.
+    # never sets: no line was said), named with the host before the first request. With an out-of-scope label it is
+    # offered the label and has no threshold to choose on --validation: those rows are never sent, so never named.
     from tunelab.cli.main import app
 
     monkeypatch.setattr("tunelab.config.OPENAI_BASE_URL", provider.url)  # openai:NAME, answered by the loopback fake
@@ -245,5 +247,6 @@ def test_tunelab_eval_names_the_host_a_remote_baseline_is_asked_the_validation_f
     assert result.exit_code == 0, result.output
     said = " ".join(result.stderr.split())
     assert "the test file (6 requests) holds 1 e-mail address (e.g. " in said, said
-    assert "the validation file (5 requests) holds 4 e-mail addresses (e.g. " in said, said
+    assert "the validation file" not in said, said
+    assert provider.chats_arrived == 6  # the test rows only
     assert f"they will be sent to {_host(provider)}" in said and EMAIL not in result.stderr
