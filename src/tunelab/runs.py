@@ -56,6 +56,7 @@ from tunelab.models.resolve import ModelSource
 from tunelab.paths import LOCK_FILE, atomic_write_text, baseline_file_stem
 
 if TYPE_CHECKING:
+    from tunelab.data.near_copies import NearCopies
     from tunelab.models.generate import Decoding
     from tunelab.models.loader import LoadedModel
 
@@ -327,6 +328,17 @@ def _state_problem(data: Any) -> str | None:
     return None
 
 
+def read_near_copies(folder: RunFolder) -> NearCopies | None:
+    """The split step's near-copy finding (split.json's ``near_copies``: count, compared, share, threshold, the first
+    pairs), for the report and ``tunelab show``; None for a run whose split.json is missing, unreadable or older than it."""
+    from tunelab.data.split import read_saved_near_copies
+
+    try:
+        return read_saved_near_copies(_read_json(folder.split))
+    except (OSError, ValueError):  # a JSON error is a ValueError
+        return None
+
+
 def read_state(folder: RunFolder) -> dict[str, Any] | None:
     """The pipeline's state (pipeline.json) as a dict, None when the folder has none.
 
@@ -569,6 +581,11 @@ class Run:
     def is_adapter(self) -> bool:
         """A LoRA run: a PEFT adapter on its base model (not a full model folder)."""
         return self.folder.adapter.is_dir() and not self.folder.model.is_dir()
+
+    @property
+    def near_copies(self) -> NearCopies | None:
+        """The test requests that are near-copies of training ones, as the split step found them (:func:`read_near_copies`)."""
+        return read_near_copies(self.folder)
 
     # -- its evaluation files --------------------------------------------------------------------
     def baseline_evaluations(self) -> dict[str, Path]:

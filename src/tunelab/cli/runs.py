@@ -212,14 +212,19 @@ def show(
     """Show everything recorded about one run: verdict, metrics against every baseline, training, time, estimate, config."""
     from tunelab.estimate.summary import estimate_summary
     from tunelab.registry.cleanup import disk_use
+    from tunelab.runs import RunFolder, read_near_copies
 
     registry = open_registry(registry_path)
     record = registry.get_run(run)
     aliases = registry.aliases_by_run().get(record.id, [])
     use = disk_use(record.run_dir) if record.run_dir else None
     size = use.bytes if use is not None else None
+    # The split step's near-copy finding, from the run folder (split.json): said only when there are near-copies.
+    near_copies = read_near_copies(RunFolder(Path(record.run_dir))) if record.run_dir else None
+    caveat = near_copies.caveat() if near_copies is not None else None
     if as_json:
-        print_json({**record.as_dict(), "aliases": aliases, "bytes": size, "parts": dict(use.parts) if use is not None else {}})
+        found = {"near_copies": near_copies.to_dict()} if near_copies is not None and caveat else {}
+        print_json({**record.as_dict(), "aliases": aliases, "bytes": size, "parts": dict(use.parts) if use is not None else {}, **found})
         return
     fields = [field for field in ("id", "status", "task", "model", "created_at", "updated_at", "run_dir", "data_fingerprint",
                                   "split_fingerprint", "error") if getattr(record, field) is not None]
@@ -235,6 +240,7 @@ def show(
     # The artifacts repeat the record's run_dir: shown once, as "run dir". Each is labelled in words, as the record's
     # fields are ("suspect labels", never the stored key "suspect_labels").
     rows += [(name.replace("_", " "), str(value)) for name, value in artifacts.items() if isinstance(value, str | int | float) and name not in fields]
+    rows += [("near-copies", caveat)] if caveat else []
     console.print(_facts_table(f"Run {record.name}", rows))
     verdict = verdict_rich_table(record.comparison)
     if verdict is not None:

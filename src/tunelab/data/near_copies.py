@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from tunelab.data.keys import input_text, lookalike_key, lookalike_text
 from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRecord, message_text
@@ -30,6 +31,7 @@ from tunelab.data.records import ClassifyRecord, PreferenceRecord, Record, SFTRe
 # cancelled"). Digits as one "0" add 25 pairs on HWU64 (alarm times, sums), 24 of them the same intent; none on BANKING77 at 0.9.
 NEAR_COPY_THRESHOLD = 0.9
 LISTED_PAIRS = 20
+KEPT_PAIRS = 3  # in the run folder: enough to see what the pairs are, the data check lists them all
 _BLOCK = 4_000_000  # similarities held at once (test rows x training requests): 16 MB, however large the training data
 _DIGITS = re.compile(r"\d+")
 
@@ -58,6 +60,30 @@ class NearCopies:
     @property
     def share(self) -> float:
         return self.count / self.compared if self.compared else 0.0
+
+    def caveat(self) -> str | None:
+        """The one line a verdict is read with (report.md/html under the verdict, ``tunelab show``): the share of the
+        test its scores are optimistic on; None when there is nothing to say."""
+        if not self.count:
+            return None
+        return (f"{self.count} of {self.compared} test requests ({self.share:.0%}) are near-copies of training requests "
+                f"(similarity ≥ {self.threshold:g}): every score on them is optimistic")
+
+    def to_dict(self, pairs: int = KEPT_PAIRS) -> dict[str, Any]:
+        """What a run folder keeps (split.json's ``near_copies``): the counts, the share and the first ``pairs`` pairs."""
+        return {"threshold": self.threshold, "compared": self.compared, "count": self.count, "share": round(self.share, 4),
+                "pairs": [asdict(pair) for pair in self.pairs[:pairs]]}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> NearCopies:
+        """Read back :meth:`to_dict` (``share`` is derived, not read).
+
+        Raises:
+            KeyError, TypeError, ValueError: when ``saved`` is not such a record.
+        """
+        pairs = [NearCopy(str(pair["test"]), str(pair["train"]), float(pair["similarity"]), str(pair.get("test_text", "")),
+                          str(pair.get("train_text", ""))) for pair in saved.get("pairs") or []]
+        return cls(float(saved["threshold"]), int(saved["compared"]), int(saved["count"]), pairs)
 
     def warning(self, test_name: str = "test", train_name: str = "training", *, examples: bool = True) -> str | None:
         """The one line that says it, or None when there is nothing to say. ``examples=False``: without the first pairs,

@@ -43,6 +43,7 @@ from typing import Any
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.formats import RecordError
 from tunelab.data.keys import input_key, lookalike_key, stable_hash
+from tunelab.data.near_copies import NearCopies
 from tunelab.data.read import load_result
 from tunelab.data.records import ClassifyRecord, Record, TextRecord
 from tunelab.errors import DataError
@@ -72,6 +73,9 @@ class Split:
     warnings: list[str] = field(default_factory=list)
     skipped: list[RecordError] = field(default_factory=list)  # bad records dropped with skip_invalid
     out_of_scope_label: str | None = None  # classify: never trained; in validation and test only
+    # Test requests a word or a number away from a training or validation one (``data.near_copies``), found by the split
+    # step and kept in split.json so the report and ``tunelab show`` say it; None: not looked for, or documents.
+    near_copies: NearCopies | None = None
 
     @property
     def data_fingerprint(self) -> str:
@@ -115,6 +119,7 @@ class Split:
             "sizes": self.sizes(),
             "warnings": list(self.warnings),
             "skipped": [str(error) for error in self.skipped],
+            "near_copies": self.near_copies.to_dict() if self.near_copies is not None else None,
             "train": [r.id for r in self.train],
             "validation": [r.id for r in self.validation],
             "test": [r.id for r in self.test],
@@ -168,10 +173,22 @@ class Split:
             validation_from=saved.get("validation_from", "held out"),
             warnings=list(saved.get("warnings", [])),
             out_of_scope_label=saved.get("out_of_scope_label"),
+            near_copies=read_saved_near_copies(saved),
         )
         if extra:
             split.warnings.append(f"{extra} record(s) in the data are not in the saved split and are not used")
         return split
+
+
+def read_saved_near_copies(saved: Any) -> NearCopies | None:
+    """split.json's near-copy finding; None in a split saved before it was kept, or one that cannot be read."""
+    found = saved.get("near_copies") if isinstance(saved, dict) else None
+    if not isinstance(found, dict):
+        return None
+    try:
+        return NearCopies.from_dict(found)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _stratified_order(records: Sequence[Record], task: str, seed: int) -> list[list[int]]:

@@ -69,6 +69,7 @@ if TYPE_CHECKING:  # the heavy modules are imported by the steps that use them (
     from tunelab.data.check import CheckReport
     from tunelab.data.formats import RecordError
     from tunelab.data.labels import LabelMap
+    from tunelab.data.near_copies import NearCopies
     from tunelab.data.read import ReadResult
     from tunelab.data.records import Record
     from tunelab.data.split import Split
@@ -570,6 +571,8 @@ def split_step(context: PipelineContext) -> Split:
     else:
         with step(context, "split") as record:
             split = make_split(config)
+            # Kept in split.json, so the report and `tunelab show` say it under the verdict (`runs.read_near_copies`).
+            split.near_copies = find_split_near_copies(split)
             split.save(run.split)
             for message in split_warnings(config, split):
                 context.warn(message)
@@ -655,10 +658,16 @@ def near_copy_warning(split: Split) -> str | None:
     """The split step's warning when test requests are near-copies of training or validation ones (``data.near_copies``:
     a word or a number apart), with their share of the test: the verdict on them is optimistic. Said, never acted on:
     the split is what it is. None when there are none, and for documents."""
+    found = split.near_copies if split.near_copies is not None else find_split_near_copies(split)
+    return found.warning("test", "training or validation") if found is not None else None
+
+
+def find_split_near_copies(split: Split) -> NearCopies | None:
+    """The split's test requests that are near-copies of a training or validation one (``data.near_copies``); None
+    for documents."""
     from tunelab.data.near_copies import find_near_copies
 
-    found = find_near_copies(split.test, [*split.train, *split.validation])
-    return found.warning("test", "training or validation") if found is not None else None
+    return find_near_copies(split.test, [*split.train, *split.validation])
 
 
 def warnings_before_start(config: ResolvedConfig, tokenizer: Any, split: Split) -> list[str]:
