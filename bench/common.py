@@ -147,6 +147,16 @@ def cpu_hog(seconds: float, cpu: int | None = None) -> Iterator[subprocess.Popen
             process.wait()
 
 
+def best_of(runs: int, work: Any) -> float:
+    """The shortest of ``runs`` timings of ``work()`` in seconds (the least disturbed by other work on the machine)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

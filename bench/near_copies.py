@@ -17,13 +17,12 @@ import argparse
 import csv
 import random
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from common import SHARED_DATA, machine_info, machine_markdown, markdown_table, write_results  # noqa: E402
+from common import SHARED_DATA, best_of, machine_info, machine_markdown, markdown_table, write_results  # noqa: E402
 
 from tunelab.data import near_copies  # noqa: E402
 from tunelab.data.records import ClassifyRecord  # noqa: E402
@@ -74,15 +73,6 @@ def threshold_rows(name: str, records: list[ClassifyRecord], per_band: int) -> t
         })
     row = [name, f"{len(test)} vs {len(train)}", *(f"{r.count} ({r.share:.1%})" for r in counts)]
     return [row], bands
-
-
-def best_of(runs: int, work) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -12,21 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import best_of  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 CASES = {"banking77": ("classify", "banking77"), "gsm8k": ("sft", "gsm8k")}
-
-
-def best_of(runs: int, work) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
